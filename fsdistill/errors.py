@@ -1,0 +1,29 @@
+"""One error hierarchy for everything a user can get wrong.
+
+The library raises these with messages written for people (what is wrong, which file, how to fix it); the CLI
+turns any :class:`FsdistillError` into one line on stderr and exit code 2. Anything else is a bug (exit 1).
+"""
+
+from __future__ import annotations
+
+__all__ = ["FsdistillError", "DataError", "CheckpointError", "ConfigError", "DeviceError"]
+
+
+class FsdistillError(Exception):
+    """Base class of user-facing errors (bad input, bad option, bad file)."""
+
+
+class DataError(FsdistillError):
+    """A support folder, image or mask cannot be used as given."""
+
+
+class CheckpointError(FsdistillError):
+    """An artifact directory or weights file is missing, corrupt, foreign or from a newer version."""
+
+
+class ConfigError(FsdistillError):
+    """An option or configuration file has a bad value or an unknown key."""
+
+
+class DeviceError(FsdistillError):
+    """The requested device is not available on this machine."""
