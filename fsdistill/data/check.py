@@ -1,0 +1,209 @@
+"""Validate a support folder and summarise it (``fsdistill check``).
+
+:func:`check_support` decodes every pair, so any unreadable image, size mismatch, unknown colour or class id
+beyond the names file raises :class:`~fsdistill.errors.DataError` naming the file, before hours of training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fsdistill.data.discover import SupportIndex, discover
+from fsdistill.data.masks import IGNORE_INDEX
+from fsdistill.errors import DataError
+
+__all__ = ["CheckReport", "check_support", "check_index", "TINY_FRACTION", "MIN_IMAGES_PER_CLASS"]
+
+# A class covering under 0.1% of an image is about 12×12 px once the image is resized to 384×384, less than one
+# cell of a stride-32 feature map: such objects are easily lost at the model's input size.
+TINY_FRACTION = 0.001
+# Few-shot adaptation needs one example to learn from and another to check against.
+MIN_IMAGES_PER_CLASS = 2
+_EXAMPLES = 3  # file names quoted in a warning
+
+
+@dataclass
+class CheckReport:
+    """What ``fsdistill check`` reports. Paths are relative to ``root``; fractions are of labelled pixels
+    (ignore excluded) over all images."""
+
+    root: str
+    layout: str
+    mask_kind: str
+    num_pairs: int
+    class_names: list[str]
+    names_source: str
+    orphan_images: list[str] = field(default_factory=list)
+    orphan_masks: list[str] = field(default_factory=list)
+    images_per_class: dict[str, int] = field(default_factory=dict)
+    pixels_per_class: dict[str, float] = field(default_factory=dict)
+    tiny_per_class: dict[str, int] = field(default_factory=dict)  # images where the class is present but tiny
+    ignore_fraction: float = 0.0
+    empty_masks: list[str] = field(default_factory=list)  # keys of masks without any foreground class
+    min_width: int = 0
+    max_width: int = 0
+    min_height: int = 0
+    max_height: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict (plain str/int/float/list/dict)."""
+        return asdict(self)
+
+    def to_text(self) -> str:
+        """A human-readable report of about 10-20 lines."""
+        lines = [
+            f"Support folder: {self.root}",
+            f"Layout: {self.layout}, masks: {self.mask_kind}, pairs: {self.num_pairs}",
+            f"Image sizes: width {self.min_width}-{self.max_width} px, height {self.min_height}-{self.max_height} px",
+            f"Classes ({len(self.class_names) - 1} + background, names from {self.names_source}):",
+        ]
+        wid = max(len(n) for n in self.class_names)
+        for name in self.class_names:
+            tiny = self.tiny_per_class.get(name, 0)
+            extra = f", tiny in {tiny}" if tiny else ""
+            lines.append(
+                f"  {name:<{wid}}  {self.images_per_class.get(name, 0):>5} images  "
+                f"{100 * self.pixels_per_class.get(name, 0.0):6.2f}% of pixels{extra}"
+            )
+        if self.ignore_fraction:
+            lines.append(f"Ignored pixels (255): {100 * self.ignore_fraction:.2f}%")
+        for what, items in (("Images without masks", self.orphan_images), ("Masks without images", self.orphan_masks)):
+            if items:
+                more = f", ... (+{len(items) - _EXAMPLES})" if len(items) > _EXAMPLES else ""
+                lines.append(f"{what}: {len(items)} ({', '.join(items[:_EXAMPLES])}{more})")
+        if self.empty_masks:
+            lines.append(f"Empty masks: {len(self.empty_masks)}")
+        lines.append(f"Warnings: {len(self.warnings)}" if self.warnings else "No warnings.")
+        lines += [f"  - {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def _rel(p: Path, root: Path) -> str:
+    try:
+        return p.relative_to(root).as_posix()
+    except ValueError:
+        return str(p)
+
+
+def _examples(keys: list[str]) -> str:
+    return ", ".join(keys[:_EXAMPLES]) + (", ..." if len(keys) > _EXAMPLES else "")
+
+
+def check_index(index: SupportIndex, progress: Callable[[int, int], None] | None = None) -> CheckReport:
+    """Decode every pair of an already discovered support set and build the report.
+
+    Args:
+        progress: called as ``progress(done, total)`` after each pair (for a progress bar; the library never prints).
+
+    Raises:
+        DataError: an unreadable image or mask, a size mismatch, an unknown colour or class id, or all masks empty.
+    """
+    names = index.class_names
+    k = len(names)
+    pixels = np.zeros(k, np.int64)
+    images_with = np.zeros(k, np.int64)
+    tiny_in = np.zeros(k, np.int64)
+    tiny_keys: list[list[str]] = [[] for _ in range(k)]
+    keys_with: list[list[str]] = [[] for _ in range(k)]
+    ignored = 0
+    total = 0
+    widths: list[int] = []
+    heights: list[int] = []
+    empty: list[str] = []
+    only_ignore: list[str] = []  # no class pixel but some 255: often a 0/255 binary mask in an index set
+    n = len(index)
+    for i, s in enumerate(index.samples):
+        img, mask = index.load_pair(i)
+        h, w = mask.shape
+        widths.append(w)
+        heights.append(h)
+        counts = np.bincount(mask.ravel(), minlength=256)
+        ignored += int(counts[IGNORE_INDEX])
+        total += h * w
+        c = counts[:k]
+        pixels += c
+        present = c > 0
+        images_with += present
+        for cid in np.flatnonzero(present):
+            keys_with[cid].append(s.key)
+            if cid and c[cid] < TINY_FRACTION * h * w:
+                tiny_in[cid] += 1
+                tiny_keys[cid].append(s.key)
+        if not present[1:].any():
+            empty.append(s.key)
+            if counts[IGNORE_INDEX]:
+                only_ignore.append(s.key)
+        del img
+        if progress is not None:
+            progress(i + 1, n)
+
+    if n and len(empty) == n:
+        raise DataError(
+            f"All {n} masks in {index.root} are empty: no pixel has a foreground class (e.g. {_examples(empty)}); "
+            "check the mask values (binary masks need 255 or 1 for the object) and the names file."
+        )
+
+    warnings = list(index.warnings)
+    if empty:
+        warnings.append(
+            f"{len(empty)} of {n} masks are empty (no foreground class), e.g. {_examples(empty)}; they only teach "
+            "background."
+        )
+    if only_ignore:
+        warnings.append(
+            f"{len(only_ignore)} masks have no class pixels but some ignore (255) pixels, e.g. "
+            f"{_examples(only_ignore)}; if 255 marks the object there, repaint it with its class id."
+        )
+    labelled = max(total - ignored, 1)
+    for cid in range(1, k):
+        name = names[cid]
+        if images_with[cid] == 0:
+            warnings.append(
+                f"Class {name!r} is listed but no mask contains it; add examples or remove it from the names."
+            )
+        elif images_with[cid] < MIN_IMAGES_PER_CLASS:
+            warnings.append(
+                f"Class {name!r} appears in only {images_with[cid]} image ({keys_with[cid][0]}); few-shot adaptation "
+                f"needs at least {MIN_IMAGES_PER_CLASS} images per class."
+            )
+        if tiny_in[cid]:
+            warnings.append(
+                f"Class {name!r} covers less than {100 * TINY_FRACTION:g}% of the image in {tiny_in[cid]} of its "
+                f"{images_with[cid]} images (e.g. {_examples(tiny_keys[cid])}); such small objects may vanish at the "
+                "model's input size, so crop closer or use a larger --size."
+            )
+    return CheckReport(
+        root=str(index.root),
+        layout=index.layout,
+        mask_kind=index.mask_kind,
+        num_pairs=n,
+        class_names=list(names),
+        names_source=index.names_source,
+        orphan_images=[_rel(p, index.root) for p in index.orphan_images],
+        orphan_masks=[_rel(p, index.root) for p in index.orphan_masks],
+        images_per_class={names[c]: int(images_with[c]) for c in range(k)},
+        pixels_per_class={names[c]: float(pixels[c]) / labelled for c in range(k)},
+        tiny_per_class={names[c]: int(tiny_in[c]) for c in range(1, k) if tiny_in[c]},
+        ignore_fraction=float(ignored) / max(total, 1),
+        empty_masks=empty,
+        min_width=min(widths, default=0),
+        max_width=max(widths, default=0),
+        min_height=min(heights, default=0),
+        max_height=max(heights, default=0),
+        warnings=warnings,
+    )
+
+
+def check_support(root: Path | str, progress: Callable[[int, int], None] | None = None) -> CheckReport:
+    """Discover a support folder, decode every pair and report what was found (see :class:`CheckReport`).
+
+    Raises:
+        DataError: nothing usable (missing/empty folder, no pairs, all masks empty) or a broken file.
+    """
+    return check_index(discover(root), progress=progress)

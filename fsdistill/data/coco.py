@@ -1,0 +1,294 @@
+"""COCO JSON annotations → H×W uint8 class-id masks, without pycocotools.
+
+Handles polygons (rasterised with ``cv2.fillPoly``), uncompressed RLE (``counts`` a list) and compressed RLE
+(``counts`` the COCO string: 6-bit characters offset by 48, 5 payload bits each, 0x20 = "more follows",
+0x10 = sign of the last chunk, and counts after the third stored as differences to the count two before).
+RLE runs are column-major (Fortran order) and start with a run of zeros.
+
+Category ids are remapped to contiguous class ids 1..N in the order of the ``categories`` list; 0 is background.
+Crowd regions (``iscrowd: 1``) become 255 (ignore): they mark a group of objects whose exact extent nobody drew,
+so they should neither teach "foreground" nor "background". Objects are painted largest first, so a small
+object lying on a large one stays visible.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from fsdistill.errors import DataError
+
+__all__ = [
+    "CocoImage",
+    "CocoData",
+    "read_coco_json",
+    "load_coco",
+    "rle_string_to_counts",
+    "counts_to_rle_string",
+    "encode_rle",
+    "decode_rle",
+    "rasterize_polygons",
+    "annotation_mask",
+]
+
+IGNORE_INDEX = 255
+
+
+@dataclass(frozen=True)
+class CocoImage:
+    """One ``images`` entry. ``width``/``height`` are None when the file omits them (read from the image then)."""
+
+    id: int
+    file_name: str
+    width: int | None
+    height: int | None
+
+
+@dataclass
+class CocoData:
+    """A parsed COCO file: categories in file order, images by id and their annotations by image id."""
+
+    path: Path
+    category_ids: list[int]
+    names: list[str]
+    images: dict[int, CocoImage]
+    annotations: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+
+    @property
+    def class_of(self) -> dict[int, int]:
+        """COCO category id → contiguous class id 1..N (order of ``categories``)."""
+        return {cid: k + 1 for k, cid in enumerate(self.category_ids)}
+
+    def mask(self, image_id: int, height: int | None = None, width: int | None = None) -> np.ndarray:
+        """H×W uint8 class ids of one image (0 background, 1..N categories, 255 crowd/ignore).
+
+        ``height``/``width`` default to the image entry's; pass the real image size when the file lacks them.
+        """
+        img = self.images[image_id]
+        h = img.height if img.height is not None else height
+        w = img.width if img.width is not None else width
+        if h is None or w is None:
+            raise DataError(
+                f"COCO file {self.path} gives no width/height for image {img.file_name!r}; add them to its entry."
+            )
+        class_of = self.class_of
+        # (0 for crowd, -area, mask, value): sorting paints crowd first, then objects largest first.
+        layers: list[tuple[int, int, np.ndarray, int]] = []
+        for ann in self.annotations.get(image_id, []):
+            m = annotation_mask(ann, h, w, self.path)
+            if m is None:
+                continue
+            crowd = bool(ann.get("iscrowd", 0))
+            value = IGNORE_INDEX if crowd else class_of[int(ann["category_id"])]
+            layers.append((0 if crowd else 1, -int(m.sum()), m, value))
+        out = np.zeros((h, w), np.uint8)
+        for _, _, m, value in sorted(layers, key=lambda t: (t[0], t[1])):
+            out[m] = value
+        return out
+
+
+def _bad(path: Path, what: str) -> DataError:
+    return DataError(f"COCO file {path} {what}; fix the file or re-export it from the annotation tool.")
+
+
+def read_coco_json(path: Path | str) -> dict[str, Any] | None:
+    """The parsed JSON if ``path`` is a COCO annotation file (a dict with list-valued ``images``,
+    ``annotations`` and ``categories``), else None. Unparseable JSON is also None (it may be anything)."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            d = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if isinstance(d, dict) and all(isinstance(d.get(k), list) for k in ("images", "annotations", "categories")):
+        return d
+    return None
+
+
+def _int(v: Any, path: Path, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int | float) or int(v) != v:
+        raise _bad(path, f"has {what} {v!r}, which is not an integer")
+    return int(v)
+
+
+def load_coco(path: Path | str, data: dict[str, Any] | None = None) -> CocoData:
+    """Parse and validate a COCO file (``data`` = its already parsed JSON, to avoid reading it twice).
+
+    Raises:
+        DataError: not a COCO file, missing keys, duplicate ids, an annotation pointing at an unknown image or
+            category, or annotations that are all boxes without masks.
+    """
+    path = Path(path)
+    if data is None:
+        data = read_coco_json(path)
+        if data is None:
+            raise DataError(
+                f"{path} is not a COCO annotation file (a JSON object with images, annotations and categories); "
+                "export COCO JSON from the annotation tool."
+            )
+    cat_ids: list[int] = []
+    names: list[str] = []
+    for c in data["categories"]:
+        if not isinstance(c, dict) or "id" not in c or "name" not in c:
+            raise _bad(path, f"has a category without id or name ({c!r})")
+        cid = _int(c["id"], path, "category id")
+        if cid in cat_ids:
+            raise _bad(path, f"lists category id {cid} twice")
+        cat_ids.append(cid)
+        names.append(str(c["name"]))
+    if not cat_ids:
+        raise _bad(path, "lists no categories")
+    images: dict[int, CocoImage] = {}
+    for im in data["images"]:
+        if not isinstance(im, dict) or "id" not in im or "file_name" not in im:
+            raise _bad(path, f"has an image entry without id or file_name ({str(im)[:80]})")
+        iid = _int(im["id"], path, "image id")
+        if iid in images:
+            raise _bad(path, f"lists image id {iid} twice")
+        w, h = im.get("width"), im.get("height")
+        images[iid] = CocoImage(
+            iid,
+            str(im["file_name"]),
+            None if w is None else _int(w, path, "image width"),
+            None if h is None else _int(h, path, "image height"),
+        )
+    known_cats = set(cat_ids)
+    anns: dict[int, list[dict[str, Any]]] = {}
+    with_masks = 0
+    for a in data["annotations"]:
+        if not isinstance(a, dict) or "image_id" not in a or "category_id" not in a:
+            raise _bad(path, f"has an annotation without image_id or category_id ({str(a)[:80]})")
+        iid = _int(a["image_id"], path, "annotation image_id")
+        cid = _int(a["category_id"], path, "annotation category_id")
+        if iid not in images:
+            raise _bad(path, f"has annotation {a.get('id', '?')} for image id {iid}, which is not in images")
+        if cid not in known_cats:
+            raise _bad(path, f"has annotation {a.get('id', '?')} with category id {cid}, which is not in categories")
+        if a.get("segmentation"):
+            with_masks += 1
+        anns.setdefault(iid, []).append(a)
+    if data["annotations"] and not with_masks:
+        raise DataError(
+            f"COCO file {path} has only boxes, no segmentation polygons or RLE masks; export segmentation masks."
+        )
+    return CocoData(path, cat_ids, names, images, anns)
+
+
+def rle_string_to_counts(s: str | bytes) -> list[int]:
+    """Decode a compressed COCO RLE string into run lengths."""
+    b = s.encode("ascii") if isinstance(s, str) else bytes(s)
+    counts: list[int] = []
+    p, n = 0, len(b)
+    while p < n:
+        x, k, more = 0, 0, True
+        while more:
+            if p >= n:
+                raise ValueError("RLE string ends inside a number")
+            c = b[p] - 48
+            if not 0 <= c < 64:
+                raise ValueError(f"RLE string has character {chr(b[p])!r} outside the code range")
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)  # sign-extend: the last chunk's 0x10 bit marks a negative number
+        if len(counts) > 2:
+            x += counts[-2]  # counts from the fourth on are stored relative to the count two before
+        counts.append(x)
+    return counts
+
+
+def counts_to_rle_string(counts: Sequence[int]) -> str:
+    """Encode run lengths as a compressed COCO RLE string (inverse of :func:`rle_string_to_counts`)."""
+    out = bytearray()
+    for i, cnt in enumerate(counts):
+        x = int(cnt) - (int(counts[i - 2]) if i > 2 else 0)
+        more = True
+        while more:
+            c = x & 0x1F
+            x >>= 5  # arithmetic shift: negative numbers end at -1
+            more = x != -1 if c & 0x10 else x != 0
+            if more:
+                c |= 0x20
+            out.append(c + 48)
+    return out.decode("ascii")
+
+
+def encode_rle(mask: np.ndarray, compressed: bool = True) -> dict[str, Any]:
+    """H×W mask (nonzero = object) → COCO RLE ``{"size": [h, w], "counts": str | list[int]}``."""
+    m = np.asarray(mask).astype(bool)
+    h, w = m.shape
+    flat = m.reshape(-1, order="F").astype(np.int8)
+    change = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate([[0], change, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    if flat.size and flat[0]:
+        runs = [0, *runs]  # RLE always starts with a (possibly empty) run of zeros
+    counts: str | list[int] = counts_to_rle_string(runs) if compressed else [int(r) for r in runs]
+    return {"size": [int(h), int(w)], "counts": counts}
+
+
+def decode_rle(counts: Sequence[int], height: int, width: int) -> np.ndarray:
+    """Run lengths (zeros first, column-major) → H×W bool. Raises ValueError if they do not cover H×W."""
+    runs = np.asarray(counts, dtype=np.int64)
+    if (runs < 0).any():
+        raise ValueError("negative run length")
+    if int(runs.sum()) != height * width:
+        raise ValueError(f"run lengths sum to {int(runs.sum())}, not height×width = {height * width}")
+    values = (np.arange(len(runs)) % 2).astype(bool)
+    flat = np.repeat(values, runs)
+    return flat.reshape((width, height)).T.copy()
+
+
+def rasterize_polygons(polygons: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
+    """COCO polygons (each a flat ``[x1, y1, x2, y2, ...]`` in pixel-edge coordinates) → H×W bool.
+
+    Vertices move by −0.5 px to pixel-centre coordinates and are drawn with 4 fractional bits; ``cv2.fillPoly``
+    includes boundary pixels, so an object is at most one pixel wider than pycocotools draws it.
+    """
+    out = np.zeros((height, width), np.uint8)
+    pts = []
+    for poly in polygons:
+        xy = np.asarray(poly, dtype=np.float64).reshape(-1)
+        if xy.size < 6 or xy.size % 2:
+            continue  # fewer than 3 points has no area
+        pts.append(np.round((xy.reshape(-1, 2) - 0.5) * 16).astype(np.int32))
+    if pts:
+        cv2.fillPoly(out, pts, 1, lineType=cv2.LINE_8, shift=4)
+    return out.astype(bool)
+
+
+def annotation_mask(ann: dict[str, Any], height: int, width: int, path: Path | str = "<coco>") -> np.ndarray | None:
+    """H×W bool mask of one annotation, or None when it has no segmentation (a box-only annotation).
+
+    Raises:
+        DataError: malformed segmentation or an RLE whose size differs from the image's.
+    """
+    seg = ann.get("segmentation")
+    aid = ann.get("id", "?")
+    path = Path(path)
+    if not seg:
+        return None
+    try:
+        if isinstance(seg, list):
+            if seg and not isinstance(seg[0], list | tuple):
+                seg = [seg]  # a single polygon given flat
+            return rasterize_polygons(seg, height, width)
+        if isinstance(seg, dict) and "counts" in seg and "size" in seg:
+            h, w = (int(v) for v in seg["size"])
+            if (h, w) != (height, width):
+                raise _bad(path, f"has annotation {aid} with RLE size {h}×{w} (h×w) but its image is {height}×{width}")
+            counts = seg["counts"]
+            runs = rle_string_to_counts(counts) if isinstance(counts, str | bytes) else counts
+            return decode_rle(runs, h, w)
+    except DataError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise _bad(path, f"has annotation {aid} with an unreadable segmentation ({e})") from e
+    raise _bad(path, f"has annotation {aid} whose segmentation is neither polygons nor RLE")

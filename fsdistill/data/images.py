@@ -1,0 +1,190 @@
+"""Read user images as H×W×3 uint8 RGB, whatever they were saved as.
+
+Support folders come from microscopes, phones, scanners and annotation tools, so an "image" may be an
+EXIF-rotated JPEG, a 16-bit fluorescence PNG, an RGBA PNG from the 2018 Data Science Bowl, a palette GIF-like
+PNG or a many-channel TIFF. Everything is normalised here, once, so the rest of the library only ever sees
+H×W×3 uint8 RGB in display orientation.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from fsdistill.errors import DataError
+
+__all__ = ["IMAGE_SUFFIXES", "read_image", "image_size", "to_uint8_rgb"]
+
+IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+TIFF_SUFFIXES: frozenset[str] = frozenset({".tif", ".tiff"})
+
+# EXIF tag 0x0112 (Orientation) values 5..8 include a 90° turn, which swaps width and height.
+_EXIF_ORIENTATION = 0x0112
+_SWAPS_AXES = {5, 6, 7, 8}
+
+# Errors Pillow raises for files it cannot decode: truncated data (OSError), broken chunks (SyntaxError,
+# ValueError), unknown formats (UnidentifiedImageError is an OSError) and oversized files.
+_PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError, struct.error, EOFError)
+# A malformed EXIF block must not make an otherwise fine image unreadable; it only loses its rotation.
+_EXIF_ERRORS = (OSError, SyntaxError, ValueError, KeyError, TypeError, struct.error)
+
+
+def _cannot_read(path: Path, reason: str) -> DataError:
+    reason = reason.strip().rstrip(".") or "unknown format"
+    return DataError(f"Cannot read image {path}: {reason}. Re-export it as PNG or JPEG or remove it.")
+
+
+def _scale_to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Any-dtype array → uint8 by the array's own min/max (constant arrays become 0).
+
+    Per-image scaling keeps a dim 12-bit fluorescence image (values 100..900 of 65535) visible instead of black.
+    """
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8) * 255
+    a = arr.astype(np.float64)
+    finite = np.isfinite(a)
+    if not finite.all():
+        # NaN/inf pixels (masked-out regions in float TIFFs) map to black instead of poisoning min/max.
+        a = np.where(finite, a, np.nan)
+        lo, hi = (np.nanmin(a), np.nanmax(a)) if finite.any() else (0.0, 0.0)
+        a = np.nan_to_num(a, nan=lo)
+    else:
+        lo, hi = float(a.min()), float(a.max())
+    if hi <= lo:
+        return np.zeros(a.shape, np.uint8)
+    return np.clip(np.round((a - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+
+
+def to_uint8_rgb(arr: np.ndarray) -> np.ndarray:
+    """Turn a decoded pixel array into H×W×3 uint8 RGB.
+
+    Args:
+        arr: H×W (grey), H×W×C or C×H×W (C ≤ 16 channels; the smallest axis is taken as channels), or a stack
+            with more leading axes (the first plane is used). Any integer, bool or float dtype.
+
+    Returns:
+        H×W×3 uint8. Grey is repeated into three channels; 2 channels use the first; 4 or more keep the first
+        three (alpha and extra bands dropped). Non-uint8 data is scaled by its own min/max.
+    """
+    a = np.asarray(arr)
+    a = np.squeeze(a) if a.ndim > 2 and 1 in a.shape[:-2] else a
+    while a.ndim > 3:
+        a = a[0]  # Z-stacks and time series: keep the first plane, as image viewers show it
+    if a.ndim == 3:
+        ch_axis = int(np.argmin(a.shape))
+        if a.shape[ch_axis] > 16:
+            a = a[0]  # all three axes are large: a stack of planes, not channels
+        else:
+            a = np.moveaxis(a, ch_axis, -1)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[0] == 0 or a.shape[1] == 0:
+        raise ValueError(f"not an image array: shape {np.shape(arr)}")
+    c = a.shape[-1]
+    a = a[..., :1] if c in (1, 2) else a[..., :3]
+    a = _scale_to_uint8(a)
+    if a.shape[-1] == 1:
+        a = np.repeat(a, 3, axis=-1)
+    return np.ascontiguousarray(a)
+
+
+def _pil_to_rgb(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode == "RGB":
+        return np.asarray(img, dtype=np.uint8).copy()
+    if mode in ("1", "L"):
+        return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    if mode in ("RGBA", "RGBa", "LA", "La", "PA", "P"):
+        # Alpha is dropped, not composited: DSB2018 images are RGBA with alpha 255, and compositing a transparent
+        # region onto an arbitrary background colour would invent pixels.
+        return np.ascontiguousarray(np.asarray(img.convert("RGBA"), dtype=np.uint8)[..., :3])
+    if mode.startswith("I") or mode == "F":
+        # 16-bit grey (I;16, I;16B, I) and float images: scaled by the image's own range.
+        return to_uint8_rgb(np.asarray(img))
+    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    try:
+        import tifffile  # optional: only many-channel or float TIFFs that Pillow cannot decode need it
+    except ImportError as e:
+        reason = "Pillow cannot decode this TIFF and tifffile is not installed (pip install tifffile)"
+        raise _cannot_read(path, reason) from e
+    try:
+        arr = tifffile.imread(path, key=0)
+    except Exception as e:  # tifffile raises many unrelated types for corrupt files; all mean "unreadable"
+        raise _cannot_read(path, f"{type(e).__name__}: {e}") from e
+    try:
+        return to_uint8_rgb(arr)
+    except ValueError as e:
+        raise _cannot_read(path, str(e)) from e
+
+
+def read_image(path: Path | str) -> np.ndarray:
+    """Read an image file as H×W×3 uint8 RGB in display orientation.
+
+    EXIF orientation is applied; grey, palette, RGBA/LA (alpha dropped), CMYK and 16-bit/float images
+    (scaled by their own min/max) are converted. TIFFs that Pillow cannot decode (many channels, float,
+    16-bit RGB) are read with tifffile.
+
+    Raises:
+        DataError: the file is missing, truncated or not an image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise _cannot_read(path, "no such file")
+    try:
+        with Image.open(path) as img:
+            img.load()  # Pillow decodes lazily; force it here so truncation surfaces as an error now
+            try:
+                img = ImageOps.exif_transpose(img) or img
+            except _EXIF_ERRORS:
+                pass
+            return _pil_to_rgb(img)
+    except DataError:
+        raise
+    except _PIL_ERRORS as e:
+        if path.suffix.lower() in TIFF_SUFFIXES and _tiff_header(path):
+            return _read_tiff(path)  # many-channel, float or 16-bit RGB TIFF: Pillow gives up, tifffile does not
+        raise _cannot_read(path, str(e) or type(e).__name__) from e
+
+
+def _tiff_header(path: Path) -> bool:
+    """True when the file starts with a TIFF/BigTIFF byte-order mark (worth a second try with tifffile)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head[:2] in (b"II", b"MM")
+
+
+def image_size(path: Path | str) -> tuple[int, int]:
+    """(width, height) of an image in display orientation, from its header only (no pixel decoding).
+
+    Raises:
+        DataError: the file is missing or not an image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise _cannot_read(path, "no such file")
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            try:
+                orientation = img.getexif().get(_EXIF_ORIENTATION)
+            except _EXIF_ERRORS:
+                orientation = None
+    except _PIL_ERRORS as e:
+        if path.suffix.lower() in TIFF_SUFFIXES and _tiff_header(path):
+            h, w = read_image(path).shape[:2]  # rare exotic TIFF: decoding is the only reliable way
+            return w, h
+        raise _cannot_read(path, str(e) or type(e).__name__) from e
+    if orientation in _SWAPS_AXES:
+        w, h = h, w
+    return int(w), int(h)

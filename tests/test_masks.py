@@ -1,0 +1,343 @@
+"""Image reading, mask decoding/encoding and COCO rasterisation (fsdistill.data.images/masks/coco)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fsdistill.data.coco import (
+    annotation_mask,
+    counts_to_rle_string,
+    decode_rle,
+    encode_rle,
+    load_coco,
+    rasterize_polygons,
+    rle_string_to_counts,
+)
+from fsdistill.data.images import IMAGE_SUFFIXES, image_size, read_image, to_uint8_rgb
+from fsdistill.data.masks import (
+    colours_to_index,
+    decode_binary,
+    default_palette,
+    parse_labelmap,
+    read_binary_source,
+    read_index_mask,
+    read_mask_array,
+    read_rgb_mask,
+    union_instances,
+    write_index_png,
+)
+from fsdistill.errors import DataError
+
+# ------------------------------------------------------------------------------ a test-only COCO RLE encoder
+# Written independently of fsdistill.data.coco so that decoding is checked against a second implementation.
+
+
+def _runs_column_major(mask: np.ndarray) -> list[int]:
+    flat = [int(v) for v in np.asarray(mask, bool).T.reshape(-1)]  # transpose: COCO runs go down columns
+    runs, cur, n = [], 0, 0
+    for v in flat:
+        if v != cur:
+            runs.append(n)
+            cur, n = v, 0
+        n += 1
+    runs.append(n)
+    return runs
+
+
+def _compress(runs: list[int]) -> str:
+    chars = []
+    for i, r in enumerate(runs):
+        x = r - runs[i - 2] if i > 2 else r
+        while True:
+            c = x & 31
+            x >>= 5
+            done = (x == -1) if (c & 16) else (x == 0)
+            chars.append(chr((c if done else c | 32) + 48))
+            if done:
+                break
+    return "".join(chars)
+
+
+# ------------------------------------------------------------------------------------------------- images
+
+
+def test_image_suffixes() -> None:
+    assert {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"} == set(IMAGE_SUFFIXES)
+
+
+def test_exif_rotated_jpeg(tmp_path: Path, syn_data) -> None:
+    arr = syn_data.image(20, 30)
+    arr[:5, :5] = (255, 0, 0)  # mark the stored top-left corner
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    p = tmp_path / "rot.jpg"
+    Image.fromarray(arr).save(p, exif=exif, quality=95)
+    out = read_image(p)
+    assert out.shape == (30, 20, 3) and out.dtype == np.uint8
+    assert image_size(p) == (20, 30)  # (width, height) after rotation, from the header
+    # Rotating 90° clockwise moves the stored top-left corner to the top-right.
+    assert out[:4, -4:, 0].mean() > 200 and out[:4, -4:, 1].mean() < 60
+
+
+def test_grey_rgba_palette_to_rgb(tmp_path: Path, syn_data) -> None:
+    g = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    out = read_image(syn_data.save(tmp_path / "g.png", g))
+    assert out.shape == (3, 4, 3) and (out == g[..., None]).all()
+
+    rgba = np.zeros((3, 4, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 0  # fully transparent: alpha is dropped, not composited
+    out = read_image(syn_data.save(tmp_path / "a.png", rgba))
+    assert out.shape == (3, 4, 3) and (out[..., 0] == 200).all() and (out[..., 1:] == 0).all()
+
+    p = syn_data.save_palette(tmp_path / "p.png", np.array([[0, 1], [2, 3]], np.uint8))
+    pal = Image.open(p).getpalette()
+    out = read_image(p)
+    assert out.shape == (2, 2, 3) and tuple(out[1, 0]) == tuple(pal[6:9])
+
+
+def test_16bit_scaled_by_own_range(tmp_path: Path) -> None:
+    a = np.full((8, 9), 1000, np.uint16)
+    a[0, 0], a[-1, -1] = 100, 900 + 100  # dim 12-bit data in a 16-bit file
+    a[2, 2] = 550
+    p = tmp_path / "dim16.png"
+    Image.fromarray(a).save(p)
+    assert Image.open(p).mode.startswith("I")
+    out = read_image(p)
+    assert out.dtype == np.uint8 and out.shape == (8, 9, 3)
+    assert out[0, 0, 0] == 0 and out[-1, -1, 0] == 255 and 120 < out[2, 2, 0] < 135
+
+
+def test_tiff_fallbacks(tmp_path: Path) -> None:
+    tifffile = pytest.importorskip("tifffile")
+    multi = np.random.default_rng(0).random((6, 10, 12)).astype(np.float32)  # C×H×W, 6 bands
+    tifffile.imwrite(tmp_path / "multi.tif", multi)
+    out = read_image(tmp_path / "multi.tif")
+    assert out.shape == (10, 12, 3) and out.dtype == np.uint8
+    assert out.min() >= 0 and out.max() == 255
+    assert image_size(tmp_path / "multi.tif") == (12, 10)
+    tifffile.imwrite(tmp_path / "rgb16.tif", (np.arange(5 * 7 * 3) * 100).astype(np.uint16).reshape(5, 7, 3))
+    assert read_image(tmp_path / "rgb16.tif").shape == (5, 7, 3)
+
+
+def test_to_uint8_rgb_shapes() -> None:
+    assert to_uint8_rgb(np.zeros((4, 5), bool)).shape == (4, 5, 3)
+    assert to_uint8_rgb(np.zeros((2, 4, 5), np.uint8)).shape == (4, 5, 3)  # 2 channels: first used
+    assert to_uint8_rgb(np.zeros((30, 20, 25), np.uint16)).shape == (20, 25, 3)  # a stack: first plane
+
+
+@pytest.mark.parametrize("kind", ["truncated-jpeg", "truncated-png", "not-an-image", "missing"])
+def test_unreadable_image(tmp_path: Path, syn_data, kind: str) -> None:
+    arr = syn_data.image(64, 64)
+    if kind == "truncated-jpeg":
+        p = syn_data.save(tmp_path / "t.jpg", arr)
+        p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2])
+    elif kind == "truncated-png":
+        p = syn_data.save(tmp_path / "t.png", np.random.default_rng(1).integers(0, 255, (64, 64, 3), np.uint8))
+        p.write_bytes(p.read_bytes()[:200])
+    elif kind == "not-an-image":
+        p = tmp_path / "t.png"
+        p.write_text("hello")
+    else:
+        p = tmp_path / "nope.png"
+    with pytest.raises(DataError, match=r"Cannot read image .*t?\.(png|jpg)|nope\.png") as e:
+        read_image(p)
+    assert str(p) in str(e.value) and "Re-export" in str(e.value)
+
+
+# -------------------------------------------------------------------------------------------------- masks
+
+
+def test_default_palette_voc() -> None:
+    pal = default_palette(22)
+    assert pal[:5] == [(0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128)]
+    assert pal[15] == (192, 128, 128) and pal[20] == (0, 64, 128)  # VOC person, tvmonitor
+    assert len(set(pal)) == 22
+
+
+def test_write_index_png_round_trip(tmp_path: Path) -> None:
+    m = np.zeros((7, 9), np.uint8)
+    m[1:3, 2:5], m[4:, 6:], m[0, 0] = 1, 2, 255
+    pal = default_palette(3)
+    p = tmp_path / "sub" / "m.png"
+    write_index_png(p, m, pal)
+    img = Image.open(p)
+    assert img.mode == "P"
+    assert img.getpalette()[:9] == [c for rgb in pal for c in rgb]
+    assert (read_index_mask(p) == m).all() and read_index_mask(p).dtype == np.uint8
+    assert sorted(os.listdir(p.parent)) == ["m.png"]  # no temporary file left behind
+    write_index_png(p, np.zeros((2, 2), np.uint8), pal)  # overwrite in place
+    assert read_index_mask(p).shape == (2, 2)
+    with pytest.raises(ValueError):
+        write_index_png(p, np.zeros((2, 2, 3), np.uint8), pal)
+
+
+def test_read_index_mask_modes(tmp_path: Path, syn_data) -> None:
+    m = np.array([[0, 1], [2, 255]], np.uint8)
+    assert (read_index_mask(syn_data.save(tmp_path / "l.png", m)) == m).all()
+    assert (read_index_mask(syn_data.save_palette(tmp_path / "p.png", m)) == m).all()
+    grey_rgb = np.repeat(m[..., None], 3, -1)  # a grey mask saved as RGB collapses to H×W
+    assert (read_index_mask(syn_data.save(tmp_path / "rgb.png", grey_rgb)) == m).all()
+    colour = np.zeros((2, 2, 3), np.uint8)
+    colour[0, 0] = (255, 0, 0)
+    with pytest.raises(DataError, match=r"colour\.png is a colour image"):
+        read_index_mask(syn_data.save(tmp_path / "colour.png", colour))
+    assert read_mask_array(tmp_path / "colour.png").shape == (2, 2, 3)
+
+
+def test_binary_decoding(tmp_path: Path, syn_data) -> None:
+    raw = np.array([[0, 127, 128, 255]], np.uint8)
+    assert decode_binary(raw, 128).tolist() == [[0, 0, 1, 1]]
+    assert decode_binary(np.array([[0, 1]], np.uint8), 1, class_id=3).tolist() == [[0, 3]]
+    # A pure-blue foreground on black stays foreground (brightest channel, not luminance).
+    c = np.zeros((2, 2, 3), np.uint8)
+    c[0, 0] = (0, 0, 255)
+    src = read_binary_source(syn_data.save(tmp_path / "blue.png", c))
+    assert decode_binary(src, 128).tolist() == [[1, 0], [0, 0]]
+
+
+def test_jpeg_mask_thresholded(tmp_path: Path, syn_data) -> None:
+    d = syn_data.disc(40, 40, 20, 20, 10)
+    p = syn_data.save(tmp_path / "m.jpg", d.astype(np.uint8) * 255, quality=75)
+    raw = read_binary_source(p)
+    assert len(np.unique(raw)) > 2  # JPEG noise
+    got = decode_binary(raw, 128).astype(bool)
+    assert (got ^ d).sum() <= 4
+
+
+def test_colours_to_index(tmp_path: Path, syn_data) -> None:
+    rgb = np.zeros((3, 4, 3), np.uint8)
+    rgb[0, 1] = (250, 50, 83)
+    rgb[2, 3] = (0, 255, 0)
+    table = {(0, 0, 0): 0, (250, 50, 83): 1, (0, 255, 0): 2}
+    p = syn_data.save(tmp_path / "c.png", rgb)
+    out = colours_to_index(read_rgb_mask(p), table, p)
+    assert out.dtype == np.uint8 and out[0, 1] == 1 and out[2, 3] == 2 and out.sum() == 3
+    rgb[1, 2] = (9, 9, 200)
+    p2 = syn_data.save(tmp_path / "bad.png", rgb)
+    with pytest.raises(DataError, match=r"bad\.png has colour \(9, 9, 200\) \(first at x=2, y=1\)"):
+        colours_to_index(read_rgb_mask(p2), table, p2)
+
+
+def test_union_instances(tmp_path: Path, syn_data) -> None:
+    a = syn_data.disc(20, 20, 5, 5, 3)
+    b = syn_data.disc(20, 20, 14, 14, 4)
+    pa = syn_data.save(tmp_path / "a.png", a.astype(np.uint8) * 255)
+    pb = syn_data.save(tmp_path / "b.png", b.astype(np.uint8))  # a 0/1 instance file
+    assert (union_instances([pa, pb]) == (a | b)).all()
+    pc = syn_data.save(tmp_path / "c.png", np.zeros((10, 20), np.uint8))
+    with pytest.raises(DataError, match=r"c\.png is 20×10"):
+        union_instances([pa, pc])
+
+
+def test_parse_labelmap(tmp_path: Path) -> None:
+    p = tmp_path / "labelmap.txt"
+    p.write_text("# label:color_rgb:parts:actions\ncar:250,50,83::\nbackground:0,0,0::\nroad: 0,255,0 ::\n")
+    names, colours = parse_labelmap(p)
+    assert names == ["background", "car", "road"]
+    assert colours == [(0, 0, 0), (250, 50, 83), (0, 255, 0)]
+    p.write_text("car:250,50,83::\n")
+    assert parse_labelmap(p) == (["background", "car"], [(0, 0, 0), (250, 50, 83)])
+    p.write_text("car:250,50::\n")
+    with pytest.raises(DataError, match=r"labelmap\.txt line 1"):
+        parse_labelmap(p)
+    p.write_text("car:1,2,3::\nbus:1,2,3::\n")
+    with pytest.raises(DataError, match="twice"):
+        parse_labelmap(p)
+
+
+# --------------------------------------------------------------------------------------------------- COCO
+
+
+def _shape_mask() -> np.ndarray:
+    m = np.zeros((13, 17), bool)
+    m[2:9, 3:7] = True
+    m[0, 16] = True  # touches the last column, first row
+    m[12, 0] = True  # last row, first column
+    m[5:7, 10:16] = True
+    return m
+
+
+def test_rle_round_trip_against_test_encoder() -> None:
+    m = _shape_mask()
+    runs = _runs_column_major(m)
+    s = _compress(runs)
+    assert rle_string_to_counts(s) == runs
+    assert (decode_rle(rle_string_to_counts(s), *m.shape) == m).all()
+    assert counts_to_rle_string(runs) == s  # the library encoder agrees with the independent one
+    enc = encode_rle(m)
+    assert enc == {"size": [13, 17], "counts": s}
+    assert encode_rle(m, compressed=False)["counts"] == runs
+    full = np.ones((4, 5), bool)  # starts with a zero-length run of zeros
+    assert (decode_rle(rle_string_to_counts(_compress(_runs_column_major(full))), 4, 5) == full).all()
+
+
+def test_rle_known_string_and_big_counts() -> None:
+    # Runs with large and decreasing values exercise multi-chunk and negative (sign-extended) deltas.
+    runs = [70000, 3, 1, 40, 2, 5]
+    assert rle_string_to_counts(_compress(runs)) == runs
+    # By hand: '5'→5, '2'→2, '2'→2, then deltas to the count two before: '0'→0+2=2, '3'→3+2=5.
+    assert rle_string_to_counts("52203") == [5, 2, 2, 2, 5]
+    assert rle_string_to_counts("O") == [-1]  # 'O'-48 = 31: one chunk with the sign bit 0x10 set
+    with pytest.raises(ValueError):
+        decode_rle([5, 2], 3, 3)
+
+
+def test_polygon_raster() -> None:
+    # A box with pixel-edge corners (3, 2)-(8, 6): cv2 includes boundary pixels, so columns 3..8 and rows 2..6.
+    m = rasterize_polygons([[3, 2, 8, 2, 8, 6, 3, 6]], 10, 12)
+    expected = np.zeros((10, 12), bool)
+    expected[2:7, 3:9] = True
+    assert (m == expected).all()
+    assert not rasterize_polygons([[1, 1, 5, 5]], 10, 12).any()  # two points: no area
+
+
+def test_annotation_masks_all_forms(tmp_path: Path) -> None:
+    m = _shape_mask()
+    h, w = m.shape
+    poly = {"id": 1, "segmentation": [[3, 2, 8, 2, 8, 6, 3, 6]]}
+    rle_list = {"id": 2, "segmentation": {"size": [h, w], "counts": _runs_column_major(m)}}
+    rle_str = {"id": 3, "segmentation": {"size": [h, w], "counts": _compress(_runs_column_major(m))}}
+    box = {"id": 4, "bbox": [0, 0, 2, 2]}
+    assert annotation_mask(poly, h, w)[2:7, 3:9].all()
+    assert (annotation_mask(rle_list, h, w) == m).all()
+    assert (annotation_mask(rle_str, h, w) == m).all()
+    assert annotation_mask(box, h, w) is None
+    wrong = {"id": 5, "segmentation": {"size": [h + 1, w], "counts": [1]}}
+    with pytest.raises(DataError, match="annotation 5 with RLE size"):
+        annotation_mask(wrong, h, w, tmp_path / "a.json")
+
+
+def test_coco_mask_remap_crowd_and_order(tmp_path: Path) -> None:
+    h, w = 12, 16
+    big = np.zeros((h, w), bool)
+    big[:, :8] = True
+    crowd = np.zeros((h, w), bool)
+    crowd[:, 12:] = True
+    data = {
+        "images": [{"id": 5, "file_name": "a.png", "width": w, "height": h}],
+        "categories": [{"id": 7, "name": "car"}, {"id": 3, "name": "person"}],
+        "annotations": [
+            {"id": 1, "image_id": 5, "category_id": 3, "segmentation": [[2, 2, 5, 2, 5, 5, 2, 5]], "iscrowd": 0},
+            {"id": 2, "image_id": 5, "category_id": 7, "iscrowd": 0,
+             "segmentation": {"size": [h, w], "counts": _compress(_runs_column_major(big))}},
+            {"id": 3, "image_id": 5, "category_id": 7, "iscrowd": 1,
+             "segmentation": {"size": [h, w], "counts": _runs_column_major(crowd)}},
+        ],
+    }  # fmt: skip
+    coco = load_coco(tmp_path / "c.json", data)
+    assert coco.names == ["car", "person"] and coco.class_of == {7: 1, 3: 2}
+    out = coco.mask(5)
+    assert (out[crowd] == 255).all()
+    assert (out[2:6, 2:6] == 2).all()  # the small person lies on top of the big car
+    assert out[0, 0] == 1 and out[0, 9] == 0
+    bad = dict(data, annotations=[{"id": 9, "image_id": 99, "category_id": 7, "segmentation": [[0, 0, 1, 0, 1, 1]]}])
+    with pytest.raises(DataError, match=r"c\.json has annotation 9 for image id 99"):
+        load_coco(tmp_path / "c.json", bad)
+    boxes = dict(data, annotations=[{"id": 1, "image_id": 5, "category_id": 7, "bbox": [0, 0, 1, 1]}])
+    with pytest.raises(DataError, match="only boxes"):
+        load_coco(tmp_path / "c.json", boxes)
