@@ -1,0 +1,267 @@
+"""The library's verbs as plain functions: typed config in, results out. No printing, no ``sys.exit``.
+
+``adapt`` (TransferFSS) and ``distill`` (DistillFSS) train from a support folder and write artifacts into a run
+directory; ``predict`` and ``evaluate`` load artifacts. The CLI (``fsdistill.cli``) only parses options and calls
+these.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+import yaml
+
+from fsdistill.config import AdaptCfg, DistillCfg
+from fsdistill.data.discover import SupportIndex, discover
+from fsdistill.errors import ConfigError, DataError
+from fsdistill.infer.predictor import PredictResult, Predictor, list_images, predict_files
+from fsdistill.metrics import ConfusionMatrix
+from fsdistill.models.build import build_student, build_teacher, load_model, save_model
+from fsdistill.models.teacher import DCAMATeacher
+from fsdistill.runtime import resolve_device, seed_everything
+from fsdistill.train.episodes import FeatureCache, load_support_tensors
+from fsdistill.train.fit import TrainStats, train
+
+__all__ = ["RunResult", "EvalResult", "new_run_dir", "adapt", "distill", "evaluate", "predict", "count_images"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """What a training command produced."""
+
+    run_dir: Path
+    teacher_dir: Path | None = None
+    student_dir: Path | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def new_run_dir(out: Path | None) -> Path:
+    """``out`` if given (created), else ``runs/<date>-<time>`` made unique: a run never overwrites another."""
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+    base = Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    candidate.mkdir(parents=True)
+    return candidate
+
+
+def _write_run_config(run_dir: Path, cfg: AdaptCfg | DistillCfg, command: str) -> None:
+    data = {"command": command, **json.loads(cfg.model_dump_json())}
+    tmp = run_dir / ".config.resolved.yaml.tmp"
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    tmp.replace(run_dir / "config.resolved.yaml")
+
+
+def _support_info(index: SupportIndex) -> dict[str, Any]:
+    return {
+        "root": str(index.root),
+        "layout": index.layout,
+        "count": len(index),
+        "keys": [s.key for s in index.samples],
+        "fingerprint": index.fingerprint(),
+    }
+
+
+def _stats_dict(stats: TrainStats) -> dict[str, Any]:
+    return {
+        "steps": stats.steps,
+        "episodes": stats.episodes,
+        "seconds": round(stats.seconds, 2),
+        "final_losses": {k: stats.final(k) for k in (stats.history[-1] if stats.history else {})},
+    }
+
+
+def _prepare(cfg: AdaptCfg | DistillCfg, quiet: bool):
+    index = discover(cfg.support)
+    num_classes = len(index.class_names) - 1
+    if num_classes < 1:
+        raise DataError(f"{cfg.support} declares no foreground class; masks need at least one labelled class.")
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.train.seed)
+    support = load_support_tensors(index, cfg.model.size)
+    return index, num_classes, device, support
+
+
+def _train_config(cfg: AdaptCfg | DistillCfg) -> dict[str, Any]:
+    return json.loads(cfg.model_dump_json())
+
+
+def adapt(cfg: AdaptCfg, quiet: bool = False) -> RunResult:
+    """TransferFSS: fine-tune the DCAMA teacher on the support folder; writes ``RUN/teacher/``.
+
+    ``cfg.train.steps == 0`` writes the untuned teacher (the training-free baseline) as a normal artifact.
+    """
+    index, num_classes, device, support = _prepare(cfg, quiet)
+    teacher = _new_teacher(cfg, num_classes).to(device)
+    if cfg.train.augment is False and len(index) == 1 and cfg.train.steps > 0:
+        raise ConfigError("One support image needs augmentation to build episodes; drop --no-augment or add images.")
+    run_dir = new_run_dir(cfg.out)
+    _write_run_config(run_dir, cfg, "adapt")
+    cache = FeatureCache(teacher, support, device, cfg.train.augment)
+    stats = train(teacher, cache, cfg.train, quiet=quiet)
+    teacher_dir = save_model(
+        run_dir / "teacher",
+        teacher,
+        class_names=index.class_names,
+        palette=index.palette,
+        input_size=cfg.model.size,
+        train_config=_train_config(cfg),
+        support_info=_support_info(index),
+        training=_stats_dict(stats),
+        support_images=support.images,
+        support_masks=support.masks,
+    )
+    return RunResult(run_dir, teacher_dir=teacher_dir, stats=_stats_dict(stats))
+
+
+def _new_teacher(cfg: AdaptCfg | DistillCfg, num_classes: int) -> DCAMATeacher:
+    teacher = build_teacher(cfg.model, num_classes)
+    if cfg.model.teacher_weights is not None:
+        from fsdistill.models.reference_import import import_reference_weights
+
+        import_reference_weights(teacher, cfg.model.teacher_weights)
+    return teacher
+
+
+def distill(cfg: DistillCfg, quiet: bool = False) -> RunResult:
+    """DistillFSS: train the support-free ConvDist student (jointly with the teacher unless ``cfg.teacher``).
+
+    Writes ``RUN/student/`` and, when the teacher was adapted here, ``RUN/teacher/``.
+    """
+    index, num_classes, device, support = _prepare(cfg, quiet)
+    if cfg.teacher is not None:
+        loaded = load_model(cfg.teacher, kind="teacher")
+        if loaded.class_names != index.class_names:
+            raise DataError(
+                f"The teacher {loaded.path} knows classes {loaded.class_names} but {cfg.support} has "
+                f"{index.class_names}; distill with the support folder the teacher was adapted on."
+            )
+        if loaded.size != cfg.model.size:
+            raise ConfigError(f"The teacher {loaded.path} runs at --size {loaded.size}; pass --size {loaded.size}.")
+        teacher: DCAMATeacher = loaded.model.to(device)
+    else:
+        if cfg.freeze_teacher:
+            raise ConfigError("--freeze-teacher needs an adapted teacher: pass --teacher RUN/teacher.")
+        teacher = _new_teacher(cfg, num_classes).to(device)
+    run_dir = new_run_dir(cfg.out)
+    _write_run_config(run_dir, cfg, "distill")
+    cache = FeatureCache(teacher, support, device, cfg.train.augment)
+    student = build_student(teacher, cfg.model.student_width).to(device)
+    student.class_prior.copy_(teacher.class_prior(cache.support[0], list(range(num_classes))))
+    stats = train(teacher, cache, cfg.train, student=student, freeze_teacher=cfg.freeze_teacher, quiet=quiet)
+    common = dict(
+        class_names=index.class_names,
+        palette=index.palette,
+        input_size=cfg.model.size,
+        train_config=_train_config(cfg),
+        support_info=_support_info(index),
+        training=_stats_dict(stats),
+    )
+    teacher_dir = None
+    if cfg.teacher is None:
+        teacher_dir = save_model(
+            run_dir / "teacher", teacher, support_images=support.images, support_masks=support.masks, **common
+        )
+    student_dir = save_model(run_dir / "student", student, **common)
+    return RunResult(run_dir, teacher_dir=teacher_dir, student_dir=student_dir, stats=_stats_dict(stats))
+
+
+@dataclass
+class EvalResult:
+    """Dataset-level IoU per class (accumulated over all images, at original resolution) and fg mIoU."""
+
+    model: str
+    images: int
+    iou: dict[str, float]
+    miou: float
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "images": self.images, "iou": self.iou, "miou": self.miou}
+
+
+def evaluate(
+    data_dir: Path,
+    model: Path | None = None,
+    teacher: bool = False,
+    device: str = "auto",
+    batch_size: int = 8,
+    workers: int = 2,
+    on_progress: Callable[[int], None] | None = None,
+) -> EvalResult:
+    """Evaluate a run's student (or ``teacher=True``: its teacher with the stored supports) on a labelled folder.
+
+    Raises:
+        DataError: images whose keys match the model's support images (evaluation leakage), or a folder whose
+            class names differ from the model's.
+    """
+    loaded = load_model(model, kind="teacher" if teacher else None) if model is not None or teacher else load_model(None)
+    index = discover(data_dir)
+    if index.class_names != loaded.class_names:
+        raise DataError(
+            f"{data_dir} has classes {index.class_names} but the model {loaded.path} predicts {loaded.class_names}; "
+            "evaluate on a folder labelled with the same classes (same names file)."
+        )
+    support_keys = set(loaded.config.get("support", {}).get("keys", []))
+    leaked = sorted(s.key for s in index.samples if s.key in support_keys)
+    if leaked:
+        shown = ", ".join(leaked[:3]) + (", …" if len(leaked) > 3 else "")
+        raise DataError(
+            f"{len(leaked)} image(s) of {data_dir} have the names of support images the model was trained on "
+            f"({shown}); evaluate on held-out images only."
+        )
+    predictor = Predictor(loaded, resolve_device(device))
+    matrix = ConfusionMatrix(len(loaded.class_names))
+    start = time.perf_counter()
+    # Ground-truth masks are read in the main process while workers decode the images for the model.
+    for i, prediction, error in predictor.iterate([s.image_path for s in index.samples], batch_size, workers):
+        if error is not None:
+            raise DataError(error)
+        matrix.update(index.load_mask(i, size=(prediction.shape[1], prediction.shape[0])), prediction)
+        if on_progress:
+            on_progress(1)
+    ious = matrix.iou()
+    return EvalResult(
+        model=str(loaded.path),
+        images=len(index),
+        iou={name: (None if np.isnan(v) else float(v)) for name, v in zip(loaded.class_names, ious)},
+        miou=matrix.miou(),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def predict(
+    inputs: list[Path],
+    out_dir: Path,
+    model: Path | None = None,
+    device: str = "auto",
+    batch_size: int = 8,
+    overlay: bool = False,
+    overwrite: bool = False,
+    workers: int = 2,
+    on_progress: Callable[[int], None] | None = None,
+) -> PredictResult:
+    """Support-free batch inference with a student: masks at each image's original size (see predict_files)."""
+    loaded = load_model(model, kind=None)
+    predictor = Predictor(loaded, resolve_device(device))
+    return predict_files(predictor, inputs, out_dir, batch_size, overlay, overwrite, workers, on_progress)
+
+
+def count_images(inputs: list[Path]) -> int:
+    """How many images ``predict`` would process (for a progress bar total)."""
+    return len(list_images(inputs))

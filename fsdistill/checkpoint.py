@@ -1,0 +1,131 @@
+"""Artifact directories: ``model.safetensors`` + ``config.json``, written atomically, checked on load.
+
+An artifact is everything needed to rebuild and run a model with no flags repeated: the config names the kind
+(teacher or student), the backbone, the input size and normalisation, the class names and palette, the model
+arguments, the resolved training configuration and the support-set fingerprint. The safetensors header carries
+``config_sha256`` so a config.json that does not belong to the weights is caught.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from fsdistill import __version__
+from fsdistill.errors import CheckpointError
+
+__all__ = ["ARTIFACT_FORMAT", "FORMAT_VERSION", "save_artifact", "load_artifact", "config_sha256", "is_artifact"]
+
+ARTIFACT_FORMAT = "fsdistill-artifact"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+def config_sha256(config: dict[str, Any]) -> str:
+    """Hash of the canonical JSON form (sorted keys, no whitespace), independent of pretty-printing."""
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def is_artifact(path: Path) -> bool:
+    return (Path(path) / CONFIG_FILE).is_file() and (Path(path) / WEIGHTS_FILE).is_file()
+
+
+def save_artifact(directory: Path, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> Path:
+    """Write ``directory/{model.safetensors,config.json}`` atomically and return ``directory``.
+
+    Both files are written into a hidden sibling folder that is renamed into place only when complete, so an
+    interrupted save never leaves a directory that loads. An existing artifact at ``directory`` is replaced.
+    """
+    directory = Path(directory)
+    config = {"format": ARTIFACT_FORMAT, "format_version": FORMAT_VERSION, "fsdistill_version": __version__, **config}
+    if "kind" not in config:
+        raise ValueError("artifact config needs a 'kind'")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = directory.parent / f".{directory.name}.partial-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        metadata = {
+            "format": ARTIFACT_FORMAT,
+            "fsdistill_version": __version__,
+            "kind": str(config["kind"]),
+            "config_sha256": config_sha256(config),
+        }
+        contiguous = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+        save_file(contiguous, str(staging / WEIGHTS_FILE), metadata=metadata)
+        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
+        if directory.exists():
+            retired = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(directory, retired)
+            os.replace(staging, directory)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, directory)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return directory
+
+
+def _major_minor(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def load_artifact(directory: Path, expected_kind: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load and verify an artifact directory. Returns ``(tensors, config)``.
+
+    Raises:
+        CheckpointError: missing files, unparsable or foreign config, newer format, corrupt weights, hash mismatch,
+            or a kind other than ``expected_kind``.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"Model folder {directory} does not exist; pass a run or artifact folder to --model.")
+    config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise CheckpointError(f"{directory} is not an fsdistill artifact: {path.name} is missing.")
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"{config_path} is not valid JSON; the artifact is damaged: re-run the command that made it.")
+    if not isinstance(config, dict) or config.get("format") != ARTIFACT_FORMAT:
+        raise CheckpointError(f"{config_path} is not an fsdistill artifact config (format key missing or foreign).")
+    if int(config.get("format_version", 0)) > FORMAT_VERSION or _major_minor(
+        str(config.get("fsdistill_version", "0"))
+    )[:2] > _major_minor(__version__)[:2]:
+        raise CheckpointError(
+            f"{directory} was written by fsdistill {config.get('fsdistill_version')} (artifact format "
+            f"{config.get('format_version')}); upgrade fsdistill (this is {__version__}) to load it."
+        )
+    if expected_kind is not None and config.get("kind") != expected_kind:
+        raise CheckpointError(f"{directory} holds a {config.get('kind')} model, but a {expected_kind} is needed here.")
+    try:
+        tensors = load_file(str(weights_path))
+        from safetensors import safe_open
+
+        with safe_open(str(weights_path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{weights_path} is corrupt or not a safetensors file ({exc}); re-run the command that made it.")
+    if metadata.get("format") != ARTIFACT_FORMAT:
+        raise CheckpointError(f"{weights_path} was not written by fsdistill (no fsdistill header metadata).")
+    if metadata.get("config_sha256") != config_sha256(config):
+        raise CheckpointError(
+            f"{config_path} does not belong to {weights_path.name} (config hash mismatch); restore the original config.json."
+        )
+    return tensors, config

@@ -1,0 +1,318 @@
+"""The ``fsdistill`` command line: parse options, call ``fsdistill.api``, print results.
+
+The only module that imports typer or prints. Exit codes: 0 success, 2 a user error (one sentence on stderr, no
+traceback), 1 an internal error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from fsdistill import __version__
+from fsdistill.errors import FsdistillError
+
+app = typer.Typer(
+    name="fsdistill",
+    help="Few-shot segmentation distilled into a fast, support-free segmenter (DistillFSS).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# Reusable option types (one definition each, like the hf CLI's aliases).
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | mps (auto: cuda, then mps, then cpu).")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed (default 0).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries, errors only.")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML file of options (flags override it).")]
+BackboneOpt = Annotated[
+    Optional[str], typer.Option("--backbone", help="efficientnet-lite0 (default, offline), resnet50, swin-b.")
+]
+BackboneWeightsOpt = Annotated[
+    Optional[Path], typer.Option("--backbone-weights", help="Local .pth/.safetensors backbone weights (no download).")
+]
+TeacherWeightsOpt = Annotated[
+    Optional[Path], typer.Option("--teacher-weights", help="Official DCAMA/DistillFSS checkpoint to start from.")
+]
+StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="Optimiser steps (0 = untrained teacher).")]
+LrOpt = Annotated[Optional[float], typer.Option("--lr", help="AdamW learning rate (default 1e-3).")]
+SizeOpt = Annotated[Optional[int], typer.Option("--size", help="Square input size in pixels (multiple of 32).")]
+OutRunOpt = Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/<date>-<time>).")]
+TrainOpt = Annotated[
+    Optional[str], typer.Option("--train", help="Teacher groups to fine-tune: mapper,merge,attention,mixer.")
+]
+AugmentOpt = Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Flip views of the supports.")]
+ModelOpt = Annotated[
+    Optional[Path], typer.Option("--model", help="Run folder or artifact folder (default: newest run under ./runs).")
+]
+
+
+class _Console:
+    """stdout for results, stderr for messages; silenced by --quiet."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            typer.echo(text)
+
+
+def _guarded(fn: Callable) -> Callable:
+    """User errors → one line on stderr and exit 2; Ctrl-C → a note on what was kept and exit 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FsdistillError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo(
+                "interrupted: nothing half-written was left (artifacts are written only when complete); "
+                "re-run the same command to start again (predict resumes where it stopped).",
+                err=True,
+            )
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def command(fn: Callable) -> Callable:
+    """Register a guarded command under its function name."""
+    return app.command()(_guarded(fn))
+
+
+def _train_overrides(
+    steps: int | None, lr: float | None, seed: int | None, train: str | None, augment: bool | None
+) -> dict[str, Any]:
+    groups = [g.strip() for g in train.split(",") if g.strip()] if train else None
+    return {"steps": steps, "lr": lr, "seed": seed, "train": groups, "augment": augment}
+
+
+def _bar(total: int, desc: str, quiet: bool):
+    from fsdistill.runtime import progress
+
+    return progress(total=total, desc=desc, unit="img", quiet=quiet)
+
+
+@command
+def check(
+    support_dir: Annotated[Path, typer.Argument(help="Support folder to validate.")],
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Validate a support folder: layout, pairs, orphans, classes, sizes and warnings.
+
+    Example: fsdistill check ./support --json report.json
+    """
+    from fsdistill.data.check import check_support
+
+    report = check_support(support_dir)
+    _Console(quiet).say(report.to_text())
+    if json_out is not None:
+        _write_json(json_out, report.to_dict())
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _model_overrides(backbone, backbone_weights, teacher_weights, size, student_width=None) -> dict[str, Any]:
+    return {
+        "backbone": backbone,
+        "backbone_weights": backbone_weights,
+        "teacher_weights": teacher_weights,
+        "size": size,
+        "student_width": student_width,
+    }
+
+
+@command
+def adapt(
+    support: Annotated[Path, typer.Option("--support", help="Support folder (images + masks).")],
+    backbone: BackboneOpt = None,
+    backbone_weights: BackboneWeightsOpt = None,
+    teacher_weights: TeacherWeightsOpt = None,
+    steps: StepsOpt = None,
+    lr: LrOpt = None,
+    size: SizeOpt = None,
+    train: TrainOpt = None,
+    augment: AugmentOpt = None,
+    out: OutRunOpt = None,
+    config: ConfigOpt = None,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """TransferFSS: fine-tune the DCAMA teacher on a support folder; writes RUN/teacher/.
+
+    Example: fsdistill adapt --support ./support --steps 150 --out runs/polyps
+    """
+    from fsdistill import api
+    from fsdistill.config import AdaptCfg, load_config
+
+    cfg = load_config(
+        AdaptCfg,
+        config,
+        {
+            "support": support,
+            "out": out,
+            "device": device,
+            "model": _model_overrides(backbone, backbone_weights, teacher_weights, size),
+            "train": _train_overrides(steps, lr, seed, train, augment),
+        },
+    )
+    result = api.adapt(cfg, quiet=quiet)
+    _Console(quiet).say(
+        f"teacher: {result.teacher_dir}  ({result.stats['steps']} steps, {result.stats['seconds']:.0f} s)"
+    )
+
+
+@command
+def distill(
+    support: Annotated[Path, typer.Option("--support", help="Support folder (images + masks).")],
+    teacher: Annotated[
+        Optional[Path], typer.Option("--teacher", help="Adapted teacher (RUN/teacher) to distill from.")
+    ] = None,
+    freeze_teacher: Annotated[
+        bool, typer.Option("--freeze-teacher", help="With --teacher: train only the student against it.")
+    ] = False,
+    backbone: BackboneOpt = None,
+    backbone_weights: BackboneWeightsOpt = None,
+    teacher_weights: TeacherWeightsOpt = None,
+    student_width: Annotated[
+        Optional[int], typer.Option("--student-width", help="ConvDist channels per class (default: paper, = C).")
+    ] = None,
+    steps: StepsOpt = None,
+    lr: LrOpt = None,
+    size: SizeOpt = None,
+    train: TrainOpt = None,
+    augment: AugmentOpt = None,
+    out: OutRunOpt = None,
+    config: ConfigOpt = None,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """DistillFSS: train the support-free student (jointly with the teacher); writes RUN/student/.
+
+    Example: fsdistill distill --support ./support --backbone efficientnet-lite0
+    """
+    from fsdistill import api
+    from fsdistill.config import DistillCfg, load_config
+
+    cfg = load_config(
+        DistillCfg,
+        config,
+        {
+            "support": support,
+            "out": out,
+            "teacher": teacher,
+            "freeze_teacher": freeze_teacher or None,
+            "device": device,
+            "model": _model_overrides(backbone, backbone_weights, teacher_weights, size, student_width),
+            "train": _train_overrides(steps, lr, seed, train, augment),
+        },
+    )
+    result = api.distill(cfg, quiet=quiet)
+    from fsdistill.checkpoint import load_artifact
+
+    _, student_cfg = load_artifact(result.student_dir)
+    mb = (result.student_dir / "model.safetensors").stat().st_size / 2**20
+    console = _Console(quiet)
+    console.say(f"student: {result.student_dir}  ({student_cfg['parameters']:,} parameters, {mb:.1f} MB)")
+    if result.teacher_dir is not None:
+        console.say(f"teacher: {result.teacher_dir}")
+    console.say(f"trained {result.stats['steps']} steps in {result.stats['seconds']:.0f} s")
+
+
+@command
+def predict(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder (masks/, overlays/, predictions.csv).")],
+    model: ModelOpt = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 8,
+    overlay: Annotated[bool, typer.Option("--overlay", help="Also write colour overlays.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo images already predicted.")] = False,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Image-decoding worker processes.")] = 2,
+    device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """Segment images with a support-free student; masks at each image's original size.
+
+    Example: fsdistill predict images/ -o out/ --model runs/polyps --overlay
+    """
+    from fsdistill import api
+
+    total = api.count_images(inputs)
+    with _bar(total, "predict", quiet) as bar:
+        result = api.predict(inputs, out, model, device, batch_size, overlay, overwrite, workers, bar.update)
+    console = _Console(quiet)
+    console.say(
+        f"{result.written} written, {result.skipped} already done, {len(result.failed)} failed -> {out}/masks"
+    )
+    if result.failed:
+        for path, reason in result.failed:
+            typer.echo(f"error: {reason}", err=True)
+        raise typer.Exit(2)
+
+
+@command
+def evaluate(
+    data_dir: Annotated[Path, typer.Argument(help="Labelled folder (any support layout) with the model's classes.")],
+    model: ModelOpt = None,
+    teacher: Annotated[bool, typer.Option("--teacher", help="Evaluate the run's teacher with its supports.")] = False,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the result as JSON here.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
+    workers: Annotated[int, typer.Option("--workers", min=0)] = 2,
+    device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """Per-class IoU and mIoU (foreground classes) on held-out images, at original resolution.
+
+    Example: fsdistill evaluate heldout/ --model runs/polyps --json eval.json
+    """
+    from fsdistill import api
+    from fsdistill.data.discover import discover
+
+    total = len(discover(data_dir))
+    with _bar(total, "evaluate", quiet) as bar:
+        result = api.evaluate(data_dir, model, teacher, device, batch_size, workers, bar.update)
+    console = _Console(quiet)
+    for name, value in result.iou.items():
+        console.say(f"{name:>20}  IoU {'n/a' if value is None else f'{value:.4f}'}")
+    console.say(f"{'mIoU':>20}  {result.miou:.4f}  ({result.images} images, {result.model})")
+    if json_out is not None:
+        _write_json(json_out, result.to_dict())
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"fsdistill {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """Few-shot segmentation distilled into a fast, support-free segmenter (DistillFSS)."""
+
+
+def main() -> None:
+    """Console entry point (``fsdistill`` and ``python -m fsdistill``)."""
+    app()

@@ -1,0 +1,144 @@
+"""Typed run configurations: defaults, then a YAML file, then command-line flags.
+
+Every model is pydantic with ``extra="forbid"`` so a misspelt key in a YAML file or an unknown option is an error,
+not a silently ignored setting. The resolved configuration is saved with every run and inside every artifact.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fsdistill.errors import ConfigError
+
+__all__ = [
+    "TRAINABLE_GROUPS",
+    "ModelCfg",
+    "TrainCfg",
+    "AdaptCfg",
+    "DistillCfg",
+    "load_config",
+]
+
+# Parameter groups of the teacher that can be fine-tuned, named as in the paper (reference.md §3):
+# mapper = ConvMapper conv1–3, merge = ConvMerge conv4/5, attention = the DCAMA q/k projections,
+# mixer = the final mixer1–3 (plus the coarse-prior scale that our decoder adds).
+TRAINABLE_GROUPS = ("mapper", "merge", "attention", "mixer")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelCfg(_Strict):
+    """Architecture of the teacher (and of the student's shared decoder)."""
+
+    backbone: str = "efficientnet-lite0"
+    backbone_weights: Path | None = None
+    teacher_weights: Path | None = None
+    size: int = Field(384, ge=64, le=2048, description="square input size in pixels (images are resized to it)")
+    heads: int = Field(8, ge=1)
+    use_pe: bool = True
+    attn_dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    voting: int = Field(10, ge=1, description="support images per attention chunk at inference (bounds memory)")
+    student_width: int | None = Field(
+        None, ge=1, description="ConvDist hidden channels per class; None = the backbone's channels (paper)"
+    )
+
+    @field_validator("size")
+    @classmethod
+    def _multiple_of_32(cls, value: int) -> int:
+        if value % 32:
+            raise ValueError(f"size must be a multiple of 32, got {value}")
+        return value
+
+
+class TrainCfg(_Strict):
+    """Optimisation shared by adapt and distill."""
+
+    steps: int = Field(40, ge=0, description="optimiser steps; 40 × 4 episodes ≈ 2.5 min on 2 CPU cores at 384 px")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    episodes_per_step: int = Field(4, ge=1, description="query images per optimiser step")
+    max_shots: int = Field(3, ge=1, description="support images per training episode (at most)")
+    train: list[str] = Field(default_factory=lambda: ["mapper", "mixer"])
+    augment: bool = True
+    seed: int = 0
+
+    @field_validator("train")
+    @classmethod
+    def _known_groups(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(TRAINABLE_GROUPS))
+        if unknown:
+            raise ValueError(f"unknown trainable group(s) {unknown}; choose from {list(TRAINABLE_GROUPS)}")
+        return value
+
+
+class AdaptCfg(_Strict):
+    """``fsdistill adapt``: TransferFSS fine-tuning of the teacher."""
+
+    support: Path
+    out: Path | None = None
+    model: ModelCfg = Field(default_factory=ModelCfg)
+    train: TrainCfg = Field(default_factory=TrainCfg)
+    device: str = "auto"
+
+
+class DistillCfg(_Strict):
+    """``fsdistill distill``: joint teacher + ConvDist student training (or student only from a given teacher)."""
+
+    support: Path
+    out: Path | None = None
+    teacher: Path | None = None
+    freeze_teacher: bool = False
+    model: ModelCfg = Field(default_factory=ModelCfg)
+    train: TrainCfg = Field(default_factory=lambda: TrainCfg(train=["mapper", "mixer"]))
+    device: str = "auto"
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` over ``base``, recursively; None in ``override`` means "not given" and keeps ``base``."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict):
+            merged[key] = _deep_merge(merged.get(key) if isinstance(merged.get(key), dict) else {}, value)
+        elif value is not None:
+            merged[key] = value
+    return merged
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "config"
+    return f"{where}: {err['msg']}"
+
+
+def load_config(
+    cls: type[_Strict], yaml_path: Path | None = None, overrides: dict[str, Any] | None = None
+) -> Any:
+    """Build ``cls`` from its defaults, then ``yaml_path``, then the non-None ``overrides`` (nested dicts).
+
+    Raises:
+        ConfigError: unreadable YAML, an unknown key, or a value out of range (one sentence naming the key).
+    """
+    data: dict[str, Any] = {}
+    if yaml_path is not None:
+        path = Path(yaml_path)
+        if not path.is_file():
+            raise ConfigError(f"Config file {path} does not exist; pass an existing YAML file to --config.")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"Config file {path} is not valid YAML ({exc.__class__.__name__}); fix its syntax.")
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"Config file {path} must hold a mapping of option names to values.")
+        data = loaded
+    data = _deep_merge(data, overrides or {})
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        source = f" (from {yaml_path} and flags)" if yaml_path else ""
+        raise ConfigError(f"Invalid configuration{source}: {_first_error(exc)}.") from None

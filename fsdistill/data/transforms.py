@@ -1,0 +1,67 @@
+"""Resizing and normalisation shared by training, prediction and evaluation (one way to do each)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["resize_image", "resize_mask", "normalize", "logits_to_mask", "FLIP_VIEWS", "flip"]
+
+# Cached augmentation views for training: identity, horizontal, vertical, both (dims of a …×H×W tensor to flip).
+FLIP_VIEWS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """H×W×3 uint8 → size×size×3 uint8 (no aspect preservation, as the reference; area filter when shrinking)."""
+    h, w = image.shape[:2]
+    interpolation = cv2.INTER_AREA if size < min(h, w) else cv2.INTER_LINEAR
+    return cv2.resize(image, (size, size), interpolation=interpolation)
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """H×W uint8 class ids → size×size, nearest neighbour (class ids are not interpolated)."""
+    return cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+
+
+def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """B×H×W×3 or B×3×H×W uint8 → B×3×H×W float32 normalised with the backbone's mean/std (0–1 scale)."""
+    if images.shape[-1] == 3 and images.shape[1] != 3:
+        images = images.permute(0, 3, 1, 2)
+    x = images.float().div_(255.0)
+    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+def flip(x: Tensor, view: int) -> Tensor:
+    """Apply flip view ``view`` (index into FLIP_VIEWS) to the last two dims."""
+    dims = FLIP_VIEWS[view]
+    return torch.flip(x, dims) if dims else x
+
+
+def logits_to_mask(logits: Tensor, height: int, width: int, band_pixels: int = 1 << 24) -> np.ndarray:
+    """1×K×h×w (or K×h×w) logits → height×width uint8 class ids, upsampled bilinearly before the argmax.
+
+    Large outputs are produced in horizontal bands (``grid_sample`` over the rows of each band, the same bilinear
+    sampling as ``interpolate(align_corners=False)``) so a huge image never needs a K×H×W float tensor.
+    """
+    if logits.dim() == 3:
+        logits = logits[None]
+    logits = logits.float()
+    if height * width <= band_pixels:
+        up = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+        return up.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+    out = np.empty((height, width), dtype=np.uint8)
+    rows = max(1, band_pixels // width)
+    # Pixel centres in normalised coordinates (align_corners=False convention).
+    xs = (torch.arange(width, device=logits.device, dtype=torch.float32) + 0.5) / width * 2 - 1
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        ys = (torch.arange(top, bottom, device=logits.device, dtype=torch.float32) + 0.5) / height * 2 - 1
+        grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1)[None]
+        band = F.grid_sample(logits, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        out[top:bottom] = band.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+    return out

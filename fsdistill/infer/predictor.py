@@ -1,0 +1,242 @@
+"""Batched inference over files: decode in DataLoader workers, run the model, write masks at original size.
+
+Used by ``predict`` (image folders) and ``evaluate`` (labelled folders). Masks are written one file at a time,
+atomically, so an interrupted run leaves only complete masks and a rerun skips them (resume).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from fsdistill.checkpoint import config_sha256
+from fsdistill.data.images import IMAGE_SUFFIXES, read_image
+from fsdistill.data.masks import read_index_mask, write_index_png
+from fsdistill.data.transforms import logits_to_mask, normalize, resize_image
+from fsdistill.errors import DataError, FsdistillError
+from fsdistill.models.build import LoadedModel
+
+__all__ = ["list_images", "Predictor", "PredictResult", "predict_files", "MANIFEST_NAME"]
+
+MANIFEST_NAME = ".fsdistill-predict.json"
+
+
+def list_images(inputs: list[Path]) -> list[tuple[Path, Path]]:
+    """Image files of ``inputs`` (files, or folders searched recursively) as (path, output-relative path).
+
+    With several inputs, each one's outputs go under its own name so equal file names cannot collide.
+    """
+    found: list[tuple[Path, Path]] = []
+    for given in inputs:
+        path = Path(given)
+        if not path.exists():
+            raise DataError(f"Input {path} does not exist; pass image files or folders.")
+        prefix = Path(path.name) if len(inputs) > 1 else Path()
+        if path.is_file():
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                raise DataError(f"{path} is not an image file ({', '.join(sorted(IMAGE_SUFFIXES))}).")
+            found.append((path, prefix / path.name if len(inputs) > 1 else Path(path.name)))
+            continue
+        for file in sorted(path.rglob("*")):
+            if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES and not any(
+                part.startswith(".") for part in file.relative_to(path).parts
+            ):
+                found.append((file, prefix / file.relative_to(path)))
+    if not found:
+        raise DataError(f"No images found in {', '.join(map(str, inputs))}; supported: {', '.join(sorted(IMAGE_SUFFIXES))}.")
+    return found
+
+
+class _ImageDataset(Dataset):
+    """Decodes and resizes images in DataLoader workers; a bad file becomes an error record, not a crash."""
+
+    def __init__(self, paths: list[Path], size: int) -> None:
+        self.paths, self.size = paths, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        try:
+            image = read_image(self.paths[i])
+        except FsdistillError as exc:
+            return {"index": i, "error": str(exc)}
+        h, w = image.shape[:2]
+        small = torch.from_numpy(resize_image(image, self.size)).permute(2, 0, 1).contiguous()
+        return {"index": i, "image": small, "height": h, "width": w}
+
+
+def _collate(items: list[dict]) -> list[dict]:
+    return items
+
+
+class Predictor:
+    """Runs a loaded student (or teacher with its stored supports) on uint8 images.
+
+    Args:
+        loaded: from :func:`fsdistill.models.build.load_model`. device: where to run. amp: autocast on CUDA.
+    """
+
+    def __init__(self, loaded: LoadedModel, device: torch.device, amp: bool = True) -> None:
+        self.loaded = loaded.to(device)
+        self.device = device
+        self.amp = amp and device.type == "cuda"
+
+    @torch.inference_mode()
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """B×3×size×size uint8 → B×(N+1)×size×size float logits."""
+        batch = normalize(images.to(self.device, non_blocking=True), self.loaded.mean, self.loaded.std)
+        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
+        with ctx:
+            return self.loaded.logits(batch).float()
+
+    def predict_array(self, image: np.ndarray) -> np.ndarray:
+        """H×W×3 uint8 → H×W uint8 class ids at the image's own size."""
+        small = torch.from_numpy(resize_image(image, self.loaded.size)).permute(2, 0, 1)[None]
+        return logits_to_mask(self.logits(small)[0], *image.shape[:2])
+
+    def iterate(
+        self, paths: list[Path], batch_size: int = 8, workers: int = 2
+    ) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
+        """Yield ``(index, mask or None, error or None)`` per path, in batches decoded by ``workers`` processes."""
+        workers = workers if len(paths) > batch_size else 0
+        loader = DataLoader(
+            _ImageDataset(paths, self.loaded.size),
+            batch_size=batch_size,
+            num_workers=workers,
+            collate_fn=_collate,
+            persistent_workers=False,
+        )
+        for items in loader:
+            good = [it for it in items if "error" not in it]
+            for it in items:
+                if "error" in it:
+                    yield it["index"], None, it["error"]
+            if not good:
+                continue
+            logits = self.logits(torch.stack([it["image"] for it in good]))
+            for it, lg in zip(good, logits):
+                yield it["index"], logits_to_mask(lg, it["height"], it["width"]), None
+
+
+@dataclass
+class PredictResult:
+    out_dir: Path
+    written: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    csv_path: Path | None = None
+
+
+def _model_identity(loaded: LoadedModel) -> dict:
+    return {"model": str(loaded.path.resolve()), "config_sha256": config_sha256(loaded.config)}
+
+
+def _overlay(image: np.ndarray, mask: np.ndarray, palette: list[tuple[int, int, int]], alpha: float = 0.5) -> np.ndarray:
+    colours = np.array(palette, dtype=np.float32)[np.minimum(mask, len(palette) - 1)]
+    blended = image.astype(np.float32) * (1 - alpha) + colours * alpha
+    out = np.where(mask[..., None] > 0, blended, image.astype(np.float32))
+    return out.round().astype(np.uint8)
+
+
+def _atomic_png(path: Path, rgb: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(buffer.getvalue())
+    os.replace(tmp, path)
+
+
+def _write_csv(out_dir: Path, entries: list[tuple[Path, Path]], class_names: list[str]) -> Path:
+    """predictions.csv from the masks on disk (so a resumed run's table covers every image)."""
+    path = out_dir / "predictions.csv"
+    tmp = out_dir / ".predictions.csv.tmp"
+    with tmp.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "width", "height", "class", "pixels", "fraction"])
+        for source, rel in entries:
+            mask_path = out_dir / "masks" / rel.with_suffix(".png")
+            if not mask_path.is_file():
+                continue
+            mask = read_index_mask(mask_path)
+            h, w = mask.shape
+            counts = np.bincount(mask.ravel(), minlength=len(class_names))
+            for cls, name in enumerate(class_names):
+                writer.writerow([str(source), w, h, name, int(counts[cls]), f"{counts[cls] / (h * w):.6f}"])
+    os.replace(tmp, path)
+    return path
+
+
+def predict_files(
+    predictor: Predictor,
+    inputs: list[Path],
+    out_dir: Path,
+    batch_size: int = 8,
+    overlay: bool = False,
+    overwrite: bool = False,
+    workers: int = 2,
+    on_progress: Callable[[int], None] | None = None,
+) -> PredictResult:
+    """Predict every image of ``inputs`` into ``out_dir`` (masks/, overlays/, predictions.csv), resuming.
+
+    Images whose mask already exists are skipped, unless the folder was written by another model (then a
+    DataError asks for ``overwrite`` or another folder) or ``overwrite`` is set.
+    """
+    entries = list_images(inputs)
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise DataError(f"Cannot write to output folder {out_dir} ({exc.strerror}); choose a writable -o folder.")
+    loaded = predictor.loaded
+    manifest = out_dir / MANIFEST_NAME
+    identity = _model_identity(loaded)
+    if manifest.is_file() and not overwrite:
+        previous = json.loads(manifest.read_text())
+        if previous.get("config_sha256") != identity["config_sha256"]:
+            raise DataError(
+                f"{out_dir} holds masks from another model ({previous.get('model')}); pass --overwrite or a new -o folder."
+            )
+    manifest.write_text(json.dumps(identity, indent=2) + "\n")
+    result = PredictResult(out_dir)
+    todo: list[tuple[Path, Path]] = []
+    for source, rel in entries:
+        done = (out_dir / "masks" / rel.with_suffix(".png")).is_file()
+        if overlay:
+            done = done and (out_dir / "overlays" / rel.with_suffix(".png")).is_file()
+        if done and not overwrite:
+            result.skipped += 1
+            if on_progress:
+                on_progress(1)
+        else:
+            todo.append((source, rel))
+    palette = loaded.palette
+    for index, mask, error in predictor.iterate([s for s, _ in todo], batch_size, workers):
+        source, rel = todo[index]
+        if error is not None:
+            result.failed.append((str(source), error))
+        else:
+            if overlay:
+                _atomic_png(out_dir / "overlays" / rel.with_suffix(".png"), _overlay(read_image(source), mask, palette))
+            # The mask goes last: its presence is what marks an image as done.
+            write_index_png(out_dir / "masks" / rel.with_suffix(".png"), mask, palette)
+            result.written += 1
+        if on_progress:
+            on_progress(1)
+    result.csv_path = _write_csv(out_dir, entries, loaded.class_names)
+    return result

@@ -1,0 +1,82 @@
+"""DistillFSS student: ConvDist blocks replace the teacher's support attention; no supports at inference.
+
+Per foreground class and per stage 2–4 the paper has one ConvDist block, Conv3×3(C→C) → ReLU → Conv1×1(C→1),
+shared by all block-level maps of that stage (reference.md §2.1). Here the N per-class blocks of a stage are fused
+into one Conv3×3(C→N·W) and one grouped Conv1×1(N·W→N, groups=N): the same function as N separate blocks (W = C
+is the paper's width), but one pass over the features for all classes, so the cost grows far slower with N.
+The decoder then runs once over all classes as a batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from fsdistill.models.decoder import DCAMADecoder, merge_classes
+from fsdistill.models.teacher import ATTENTION_LEVELS, Features
+
+__all__ = ["ConvDist", "DistilledStudent"]
+
+
+class ConvDist(nn.Module):
+    """All N per-class ConvDist blocks of one stage.
+
+    Args:
+        channels: C of the stage's feature maps. num_classes: N. width: hidden channels per class (W; C = paper).
+    """
+
+    def __init__(self, channels: int, num_classes: int, width: int | None = None) -> None:
+        super().__init__()
+        width = width or channels
+        self.num_classes, self.width = num_classes, width
+        self.hidden = nn.Conv2d(channels, num_classes * width, 3, padding=1)
+        self.act = nn.ReLU(inplace=True)
+        self.out = nn.Conv2d(num_classes * width, num_classes, 1, groups=num_classes)
+
+    def forward(self, maps: list[Tensor]) -> Tensor:
+        """L block maps, each B×C×h×w → B×N×L×h×w coarse maps (class-major, like the teacher's)."""
+        stacked = torch.cat(maps, dim=0)  # (L·B)×C×h×w: all layer maps of the stage in one pass
+        coarse = self.out(self.act(self.hidden(stacked)))  # (L·B)×N×h×w
+        b = maps[0].shape[0]
+        return coarse.view(len(maps), b, self.num_classes, *coarse.shape[-2:]).permute(1, 2, 0, 3, 4)
+
+
+class DistilledStudent(nn.Module):
+    """Backbone → ConvDist (stages 2–4) → shared DCAMA decoder → N-way merge.
+
+    Args:
+        backbone: frozen feature extractor (shared with the teacher during joint training).
+        decoder: the teacher's decoder (shared during training; its own copy in the artifact).
+        num_classes: foreground classes N.
+        width: ConvDist hidden width per class (None = the stage's channels, as in the paper).
+    """
+
+    def __init__(self, backbone: nn.Module, decoder: DCAMADecoder, num_classes: int, width: int | None = None) -> None:
+        super().__init__()
+        spec = backbone.spec
+        self.backbone = backbone
+        self.decoder = decoder
+        self.num_classes = num_classes
+        self.width_arg = width  # None = paper width (the stage's channels); stored in the artifact
+        self.convdist = nn.ModuleList([ConvDist(spec.channels[lvl], num_classes, width) for lvl in ATTENTION_LEVELS])
+        # Foreground fraction of each class in the support set: the decoder's coarse-map prior (the teacher
+        # computes it from the supports it is given; the student keeps the support set's value).
+        self.register_buffer("class_prior", torch.full((num_classes,), 0.5))
+
+    def coarse_maps(self, feats: Features) -> list[Tensor]:
+        """Per stage 2, 3, 4: B×N×n×h×w coarse maps mimicking the teacher's."""
+        return [dist(feats[lvl]) for dist, lvl in zip(self.convdist, ATTENTION_LEVELS)]
+
+    def forward_features(self, feats: Features) -> tuple[Tensor, list[Tensor]]:
+        """Backbone features of B images → (B×(N+1)×H×W merged logits, per-stage B×N×n×h×w coarse maps)."""
+        coarse = self.coarse_maps(feats)
+        b, n = coarse[0].shape[:2]
+        skip = self.decoder.skip_features(feats[0][-1], feats[1][-1])
+        flat = [c.flatten(0, 1) for c in coarse]  # (B·N)×n×h×w, image-major
+        prior = self.class_prior.repeat(b)
+        logits = self.decoder(flat, skip, prior)  # (B·N)×2×H×W
+        return merge_classes(logits.view(b, n, 2, *logits.shape[-2:])), coarse
+
+    def forward(self, images: Tensor) -> Tensor:
+        """B×3×H×W normalised images → B×(N+1)×H×W logits (background, class 1..N)."""
+        return self.forward_features(self.backbone(images))[0]

@@ -1,0 +1,70 @@
+"""Device selection, seeding, progress bars and library versions."""
+
+from __future__ import annotations
+
+import platform
+import random
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from fsdistill.errors import DeviceError
+
+__all__ = ["resolve_device", "seed_everything", "progress", "library_versions", "device_name"]
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then the CPU; an explicit choice must be available."""
+    name = (name or "auto").lower()
+    if name not in DEVICE_CHOICES and not name.startswith("cuda:"):
+        raise DeviceError(f"Unknown device '{name}'; use one of {', '.join(DEVICE_CHOICES)}.")
+    mps_ok = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if mps_ok else torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DeviceError("CUDA was requested but no CUDA device is available here; use --device cpu or auto.")
+    if name == "mps" and not mps_ok:
+        raise DeviceError("MPS was requested but is not available here; use --device cpu or auto.")
+    return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    """Human-readable device description, e.g. ``cuda (NVIDIA H100)`` or ``cpu (x86_64, 2 threads)``."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"{device.type} ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, numpy and torch; returns a CPU generator for samplers that must not share global state."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator
+
+
+def progress(iterable: Iterable | None = None, *, quiet: bool = False, **kwargs: Any) -> tqdm:
+    """A tqdm bar on a terminal, silent off one (``disable=None``) or when ``quiet``."""
+    return tqdm(iterable, disable=True if quiet else None, dynamic_ncols=True, **kwargs)
+
+
+def library_versions() -> dict[str, str]:
+    import timm
+
+    from fsdistill import __version__
+
+    return {
+        "fsdistill": __version__,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }

@@ -1,0 +1,153 @@
+"""The one training loop behind ``adapt`` (TransferFSS) and ``distill`` (DistillFSS).
+
+A step = ``episodes_per_step`` leave-one-out episodes whose gradients are accumulated, then one AdamW step
+(the reference accumulates over one pass of all supports; a fixed number of episodes per step makes the cost
+of a step independent of the support-set size, so ``--steps`` means the same for 5 or 50 images).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from fsdistill.config import TRAINABLE_GROUPS, TrainCfg
+from fsdistill.models.student import DistilledStudent
+from fsdistill.models.teacher import DCAMATeacher
+from fsdistill.runtime import progress
+from fsdistill.train.episodes import EpisodeSampler, FeatureCache
+from fsdistill.train.losses import coarse_mse, focal_loss
+
+__all__ = ["TrainStats", "teacher_groups", "set_trainable", "train"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainStats:
+    steps: int = 0
+    episodes: int = 0
+    seconds: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)  # per step: losses
+
+    def final(self, key: str) -> float | None:
+        values = [h[key] for h in self.history[-10:] if key in h]
+        return sum(values) / len(values) if values else None
+
+
+def teacher_groups(teacher: DCAMATeacher) -> dict[str, list[nn.Parameter]]:
+    """Teacher parameters by paper name: mapper (conv1–3), merge (conv4/5), attention (q/k), mixer (mixer1–3)."""
+    d = teacher.decoder
+    groups = {
+        "mapper": [*d.conv1.parameters(), *d.conv2.parameters(), *d.conv3.parameters()],
+        "merge": [*d.conv4.parameters(), *d.conv5.parameters()],
+        "attention": list(teacher.blocks.parameters()),
+        "mixer": [*d.mixer1.parameters(), *d.mixer2.parameters(), *d.mixer3.parameters(), d.prior_scale],
+    }
+    assert set(groups) == set(TRAINABLE_GROUPS)
+    return groups
+
+
+def set_trainable(teacher: DCAMATeacher, names: list[str]) -> list[nn.Parameter]:
+    """Freeze the whole teacher, then unfreeze the named groups; returns the trainable parameters."""
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    params: list[nn.Parameter] = []
+    for name, group in teacher_groups(teacher).items():
+        if name in names:
+            for p in group:
+                p.requires_grad_(True)
+            params += group
+    return params
+
+
+def train(
+    teacher: DCAMATeacher,
+    cache: FeatureCache,
+    cfg: TrainCfg,
+    student: DistilledStudent | None = None,
+    freeze_teacher: bool = False,
+    quiet: bool = False,
+) -> TrainStats:
+    """Fine-tune the teacher (``student is None``) or train the student jointly with it.
+
+    Losses: adapt = focal(teacher); distill = ⅓ focal(teacher) + ⅓ focal(student) + ⅓ MSE(coarse maps), or with
+    ``freeze_teacher`` ½ focal(student) + ½ MSE against the fixed teacher.
+    """
+    stats = TrainStats()
+    if cfg.steps == 0:
+        return stats
+    teacher_params = [] if freeze_teacher else set_trainable(teacher, cfg.train)
+    if freeze_teacher:
+        set_trainable(teacher, [])
+    params = list(teacher_params)
+    if student is not None:
+        for p in student.convdist.parameters():
+            p.requires_grad_(True)
+        params += list(student.convdist.parameters())
+    if not params:
+        raise ValueError("nothing to train: choose at least one trainable group")
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sampler = EpisodeSampler(cache.present, cfg.max_shots, cache.views, cfg.seed)
+    attention_trains = any(p.requires_grad for p in teacher.blocks.parameters())
+    teacher.train()
+    if student is not None:
+        student.train()
+    start = time.perf_counter()
+    bar = progress(range(cfg.steps), quiet=quiet, desc="distill" if student is not None else "adapt", unit="step")
+    for _ in bar:
+        optimizer.zero_grad(set_to_none=True)
+        totals: dict[str, float] = {}
+        for _ in range(cfg.episodes_per_step):
+            episode = sampler.sample()
+            q_feats, q_mask = cache.query(episode.query, episode.query_view)
+            support = cache.supports(list(episode.supports))
+            # The attention holds no trainable parameter unless its group is selected: skip its backward graph.
+            attention_ctx = nullcontext() if attention_trains and not freeze_teacher else torch.no_grad()
+            with attention_ctx:
+                coarse_t = teacher.coarse_maps(q_feats, support, list(range(teacher.num_classes)))
+            present = support.present.any(dim=0)
+            t_logits = teacher.decode_episode(q_feats, support, coarse_t, present)
+            # Classes that no sampled support shows cannot be found by the teacher: background in its target.
+            absent_ids = (~present).nonzero().flatten() + 1
+            t_target = torch.where(torch.isin(q_mask, absent_ids), torch.zeros_like(q_mask), q_mask)
+            losses = {}
+            if student is None:
+                losses["teacher"] = focal_loss(t_logits, t_target)
+                loss = losses["teacher"]
+            else:
+                s_logits, coarse_s = student.forward_features(q_feats)
+                # The student always predicts every class, so its target is the full query mask (the reference
+                # reuses the teacher's episode-reduced target, teaching the student to miss absent classes).
+                losses["student"] = focal_loss(s_logits, q_mask)
+                losses["mse"] = coarse_mse([c[0] for c in coarse_s], coarse_t, present)
+                if freeze_teacher:
+                    loss = (losses["student"] + losses["mse"]) / 2
+                else:
+                    losses["teacher"] = focal_loss(t_logits, t_target)
+                    loss = (losses["teacher"] + losses["student"] + losses["mse"]) / 3
+            if not math.isfinite(float(loss)):
+                raise FloatingPointError(f"non-finite loss {float(loss)} at step {stats.steps}")
+            (loss / cfg.episodes_per_step).backward()
+            for k, v in losses.items():
+                totals[k] = totals.get(k, 0.0) + float(v) / cfg.episodes_per_step
+            stats.episodes += 1
+        optimizer.step()
+        stats.steps += 1
+        stats.history.append(totals)
+        bar.set_postfix({k: f"{v:.3f}" for k, v in totals.items()})
+    stats.seconds = time.perf_counter() - start
+    teacher.eval()
+    if student is not None:
+        student.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    if student is not None:
+        for p in student.parameters():
+            p.requires_grad_(False)
+    return stats

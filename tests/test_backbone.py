@@ -1,0 +1,395 @@
+"""Backbone taps, weights loading and freezing (fsdistill.models.backbone).
+
+Lite0 runs with its real embedded ImageNet weights; ResNet-50 and Swin-B run as tiny random-init instances of
+the same classes (the ``test-*`` names or overrides), since their weights cannot be downloaded here.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import timm
+from fsdistill.errors import CheckpointError, ConfigError
+from fsdistill.models import backbone as bb
+from fsdistill.models.backbone import (
+    BACKBONE_NAMES,
+    USER_BACKBONE_NAMES,
+    Backbone,
+    BackboneSpec,
+    backbone_spec,
+    create_backbone,
+    load_classifier,
+)
+
+SHRUNK_RESNET50 = dict(layers=(1, 2, 1, 1), channels=(4, 8, 16, 32))
+SHRUNK_SWIN_B = dict(embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 1, 2, 2), window_size=2, img_size=64)
+
+
+@pytest.fixture(scope="module")
+def lite0() -> Backbone:
+    return create_backbone("efficientnet-lite0")
+
+
+@pytest.fixture(scope="module")
+def lite0_classifier() -> nn.Module:
+    return load_classifier("efficientnet-lite0")
+
+
+@pytest.fixture(scope="module")
+def lukemelas_state() -> dict[str, torch.Tensor]:
+    return bb._read_state_dict(bb._embedded_lite0_path())
+
+
+def _randomize_norms(model: nn.Module) -> nn.Module:
+    # timm zero-initialises each residual branch's last BatchNorm, which would make random-init blocks identity
+    # maps (and pre-ReLU taps non-negative); random affine parameters make the checks below meaningful.
+    gen = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            with torch.no_grad():
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen))
+                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+    return model
+
+
+def _one_sentence(message: str) -> None:
+    # User-facing errors are one sentence: what is wrong; how to fix it.
+    assert message.count("; ") >= 1 and "\n" not in message, message
+
+
+# --- registry and specs -----------------------------------------------------------------------------------------
+
+
+def test_registry_names() -> None:
+    assert USER_BACKBONE_NAMES == ("efficientnet-lite0", "resnet50", "swin-b")
+    assert set(BACKBONE_NAMES) == set(USER_BACKBONE_NAMES) | {"test-resnet", "test-swin"}
+    assert bb.DEFAULT_BACKBONE == "efficientnet-lite0"
+
+
+@pytest.mark.parametrize(
+    "name, channels, blocks, mean, fixed",
+    [
+        ("efficientnet-lite0", (24, 40, 112, 192), (2, 2, 3, 4), (0.5, 0.5, 0.5), None),
+        ("resnet50", (256, 512, 1024, 2048), (3, 4, 6, 3), (0.485, 0.456, 0.406), None),
+        ("swin-b", (128, 256, 512, 1024), (2, 2, 18, 2), (0.485, 0.456, 0.406), 384),
+    ],
+)
+def test_real_specs_match_their_modules(name, channels, blocks, mean, fixed) -> None:
+    spec = backbone_spec(name)
+    assert (spec.channels, spec.num_blocks, spec.mean, spec.fixed_size) == (channels, blocks, mean, fixed)
+    assert (spec.default_size, spec.size_multiple, spec.strides) == (384, 32, (4, 8, 16, 32))
+    # Full-size modules on the meta device (no memory, no weights): the Backbone constructor checks the real
+    # module structure against the spec, so this proves the numbers above for the actual timm models.
+    with torch.device("meta"):
+        backbone = create_backbone(name, pretrained=False)
+    assert backbone.spec.channels == channels and backbone.spec.num_blocks == blocks
+
+
+def test_unknown_name_is_config_error() -> None:
+    with pytest.raises(ConfigError, match="Unknown backbone 'vgg16'") as info:
+        create_backbone("vgg16")
+    _one_sentence(str(info.value))
+    with pytest.raises(ConfigError):
+        backbone_spec("vgg16")
+
+
+def test_bad_override_is_config_error() -> None:
+    with pytest.raises(ConfigError, match="overrides"):
+        create_backbone("test-resnet", not_a_timm_arg=1)
+
+
+def test_spec_round_trip_rebuilds_same_module() -> None:
+    backbone = create_backbone("resnet50", pretrained=False, **SHRUNK_RESNET50)
+    spec = backbone.spec
+    assert spec.model_args == SHRUNK_RESNET50 and spec.channels == (16, 32, 64, 128)
+    again_spec = BackboneSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+    assert again_spec == spec and hash(again_spec) == hash(spec)
+    again = create_backbone(again_spec.name, pretrained=False, **again_spec.model_args)
+    a, b = backbone.state_dict(), again.state_dict()
+    assert list(a) == list(b) and all(a[k].shape == b[k].shape for k in a)
+    with pytest.raises(CheckpointError, match="newer"):
+        BackboneSpec.from_dict({**spec.to_dict(), "from_the_future": 1})
+    with pytest.raises(CheckpointError, match="lacks keys"):
+        BackboneSpec.from_dict({k: v for k, v in spec.to_dict().items() if k != "channels"})
+
+
+# --- taps -------------------------------------------------------------------------------------------------------
+
+
+def _check_taps(backbone: Backbone, height: int, width: int) -> None:
+    spec = backbone.spec
+    feats = backbone(torch.randn(2, 3, height, width))
+    assert len(feats) == 4
+    for level, maps in enumerate(feats):
+        assert len(maps) == spec.num_blocks[level]
+        stride = spec.strides[level]
+        for m in maps:
+            assert m.shape == (2, spec.channels[level], height // stride, width // stride)
+            assert m.is_contiguous() and not m.requires_grad
+
+
+def test_lite0_taps(lite0: Backbone) -> None:
+    assert lite0.spec.num_blocks == (2, 2, 3, 4) and lite0.spec.channels == (24, 40, 112, 192)
+    for size in [(256, 192), (128, 128), (160, 224)]:
+        _check_taps(lite0, *size)
+
+
+@pytest.mark.parametrize(
+    "name, overrides, sizes",
+    [
+        ("test-resnet", {}, [(256, 192), (96, 128)]),
+        ("resnet50", SHRUNK_RESNET50, [(192, 256), (64, 64)]),
+        ("test-swin", {}, [(128, 128)]),
+        ("swin-b", SHRUNK_SWIN_B, [(64, 64)]),
+    ],
+)
+def test_shrunk_taps(name, overrides, sizes) -> None:
+    backbone = create_backbone(name, pretrained=False, **overrides)
+    assert backbone.spec.source == "random init"
+    for size in sizes:
+        _check_taps(backbone, *size)
+
+
+@pytest.mark.parametrize(
+    "name, indices",
+    [
+        # timm's stage ends: lite0 feature_info 1, 2, 3 = blocks[1], [2], [4]; resnet 1..4 = layer1..4.
+        ("efficientnet-lite0", {0: 1, 1: 2, 2: 3}),
+        ("test-resnet", {0: 1, 1: 2, 2: 3, 3: 4}),
+        ("test-swin", {0: 0, 1: 1, 2: 2, 3: 3}),
+    ],
+)
+def test_last_tap_of_each_level_is_timms_stage_output(name, indices, lite0_classifier) -> None:
+    # Guards the hand-written block walks against timm upgrades: the last map of a level must equal the
+    # stage output timm itself reports (ResNet taps are pre-ReLU, timm's stage output is after it).
+    if name == "efficientnet-lite0":
+        full = lite0_classifier
+    else:
+        full = _randomize_norms(load_classifier(name, pretrained=False))
+    spec = backbone_spec(name)
+    backbone = bb._FAMILY_CLASSES[spec.family](spec, copy.deepcopy(full))
+    size = spec.fixed_size or 128
+    x = torch.randn(1, 3, size, size)
+    feats = backbone(x)
+    with torch.no_grad():
+        stages = full.forward_intermediates(x, indices=sorted(indices.values()), intermediates_only=True)
+    by_index = dict(zip(sorted(indices.values()), stages))
+    for level, idx in indices.items():
+        tap = feats[level][-1]
+        if spec.family == "resnet":
+            assert tap.min() < 0  # really before the ReLU
+            tap = F.relu(tap)
+        torch.testing.assert_close(tap, by_index[idx], rtol=1e-4, atol=1e-5)
+
+
+def test_resnet_bottleneck_split_matches_timm_block() -> None:
+    backbone = _randomize_norms(create_backbone("test-resnet", pretrained=False))
+    block = backbone.model.layer3[0]  # has a downsample shortcut
+    x = torch.randn(1, block.conv1.in_channels, 16, 16)
+    with torch.no_grad():
+        pre, out = bb._bottleneck(block, x)
+        torch.testing.assert_close(out, block(x.clone()))
+    torch.testing.assert_close(F.relu(pre), out)
+
+
+def test_head_is_pruned(lite0: Backbone) -> None:
+    keys = lite0.state_dict().keys()
+    assert not any(k.startswith(("model.classifier", "model.conv_head", "model.bn2", "model.blocks.6")) for k in keys)
+    assert not any("fc" in k for k in create_backbone("test-resnet", pretrained=False).state_dict())
+    assert not any(k.startswith("model.head") for k in create_backbone("test-swin", pretrained=False).state_dict())
+    assert "mean" not in keys  # normalisation travels in the spec, not the weights
+
+
+def test_input_size_rules(lite0: Backbone) -> None:
+    with pytest.raises(ConfigError, match="multiples of 32") as info:
+        lite0(torch.randn(1, 3, 250, 256))
+    _one_sentence(str(info.value))
+    swin = create_backbone("test-swin", pretrained=False)
+    with pytest.raises(ConfigError, match=r"test-swin needs 128×128 input.*use --size 128"):
+        swin(torch.randn(1, 3, 160, 160))
+    assert backbone_spec("swin-b").fixed_size == 384
+    with pytest.raises(ValueError):
+        lite0(torch.randn(3, 64, 64))
+
+
+# --- frozen and eval --------------------------------------------------------------------------------------------
+
+
+def test_frozen_and_eval_even_after_train() -> None:
+    backbone = create_backbone("test-resnet", pretrained=False)
+    parent = nn.Sequential(backbone, nn.Conv2d(3, 3, 1))
+    parent.train()
+    backbone.train(True)
+    assert not any(m.training for m in backbone.modules())
+    assert parent[1].training
+    assert not any(p.requires_grad for p in backbone.parameters())
+    x = torch.randn(1, 3, 64, 64, requires_grad=True)
+    feats = backbone(x)
+    assert not any(m.requires_grad for level in feats for m in level)
+    # eval mode really is used: BatchNorm running statistics do not move.
+    before = backbone.model.bn1.running_mean.clone()
+    backbone(torch.randn(2, 3, 64, 64) * 5 + 3)
+    torch.testing.assert_close(backbone.model.bn1.running_mean, before)
+
+
+def test_normalize_uses_spec(lite0: Backbone) -> None:
+    x = torch.full((1, 3, 4, 4), 0.75)
+    torch.testing.assert_close(lite0.normalize(x), torch.full((1, 3, 4, 4), 0.5))
+
+
+# --- weights ----------------------------------------------------------------------------------------------------
+
+
+def _imagenet_top5(model: nn.Module, image: np.ndarray) -> list[int]:
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+    x = F.interpolate(x, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
+    with torch.no_grad():
+        logits = model((x - 0.5) / 0.5)
+    return logits[0].topk(5).indices.tolist()
+
+
+def test_golden_lite0_embedded_weights_classify(lite0_classifier) -> None:
+    skimage_data = pytest.importorskip("skimage.data")
+    info = timm.data.ImageNetInfo()
+    cat = _imagenet_top5(lite0_classifier, skimage_data.chelsea())
+    assert cat[0] in {281, 282, 285}, [info.index_to_description(i) for i in cat]
+    assert "cat" in info.index_to_description(cat[0])
+    coffee = _imagenet_top5(lite0_classifier, skimage_data.coffee())
+    assert coffee[0] == 967, [info.index_to_description(i) for i in coffee]
+    assert info.index_to_description(967) == "espresso"
+
+
+def test_backbone_holds_the_classifier_weights(lite0, lite0_classifier) -> None:
+    full = lite0_classifier.state_dict()
+    own = {k.removeprefix("model."): v for k, v in lite0.state_dict().items()}
+    assert len(own) > 200
+    for k, v in own.items():
+        assert torch.equal(v, full[k]), k
+    assert "embedded" in lite0.spec.source
+
+
+def test_lite0_local_files_lukemelas_and_timm_named(tmp_path, lite0, lukemelas_state) -> None:
+    from safetensors.torch import save_file
+
+    expected = lite0.state_dict()
+    luke = tmp_path / "lite0_lukemelas.safetensors"
+    save_file({k: v.contiguous() for k, v in lukemelas_state.items()}, str(luke))
+    shuffled = tmp_path / "lite0_lukemelas_shuffled.pth"
+    keys = list(lukemelas_state)
+    order = torch.randperm(len(keys), generator=torch.Generator().manual_seed(0)).tolist()
+    torch.save({keys[i]: lukemelas_state[keys[i]] for i in order}, shuffled)
+    timm_named = tmp_path / "lite0_timm.pth"
+    # Wrapped and prefixed as training scripts save them.
+    torch.save({"state_dict": {f"module.{k}": v for k, v in load_classifier().state_dict().items()}}, timm_named)
+    # safetensors stores keys sorted by name and the shuffled file has no order at all: the remap must not
+    # rely on the file's key order.
+    for path in (luke, shuffled, timm_named):
+        loaded = create_backbone("efficientnet-lite0", weights=path)
+        assert str(path) in loaded.spec.source
+        got = loaded.state_dict()
+        assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def test_corrupted_lukemelas_file_is_checkpoint_error(tmp_path, lukemelas_state) -> None:
+    state = dict(lukemelas_state)
+    state["_blocks.3._bn1.weight"] = state["_blocks.3._bn1.weight"][:-1]
+    bad = tmp_path / "bad_shape.pth"
+    torch.save(state, bad)
+    with pytest.raises(CheckpointError, match=r"_blocks\.3\._bn1\.weight") as info:
+        create_backbone("efficientnet-lite0", weights=bad)
+    _one_sentence(str(info.value))
+
+    state = dict(lukemelas_state)
+    del state["_fc.bias"]
+    short = tmp_path / "missing_tensor.pth"
+    torch.save(state, short)
+    with pytest.raises(CheckpointError, match="tensors"):
+        create_backbone("efficientnet-lite0", weights=short)
+
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="Cannot read"):
+        create_backbone("efficientnet-lite0", weights=junk)
+
+
+@pytest.mark.parametrize("name", ["efficientnet-lite0", "test-resnet", "resnet50", "swin-b"])
+def test_missing_weights_file_is_checkpoint_error(tmp_path, name) -> None:
+    missing = tmp_path / "nope.pth"
+    with pytest.raises(CheckpointError, match="nope.pth does not exist") as info:
+        create_backbone(name, weights=missing)
+    _one_sentence(str(info.value))
+
+
+def test_hub_weights_through_local_file_and_family_filter(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    # ResNet: a timm-named safetensors file.
+    torch.manual_seed(0)
+    source = load_classifier("test-resnet", pretrained=False)
+    path = tmp_path / "resnet.safetensors"
+    save_file(source.state_dict(), str(path))
+    loaded = create_backbone("test-resnet", weights=path)
+    x = torch.randn(1, 3, 64, 64)
+    reference = bb.ResNetBackbone(backbone_spec("test-resnet"), copy.deepcopy(source))
+    torch.testing.assert_close(loaded(x)[3][0], reference(x)[3][0])
+
+    # Swin: a file in the ORIGINAL Swin layout (PatchMerging at the end of a stage, `head.*`, under "model"), as
+    # the reference's swin_base_patch4_window12_384.pth; timm's family filter must move it back.
+    source = load_classifier("test-swin", pretrained=False)
+    original = {}
+    for k, v in source.state_dict().items():
+        if "relative_position_index" in k or "attn_mask" in k:
+            continue
+        for i in range(1, 4):
+            k = k.replace(f"layers.{i}.downsample", f"layers.{i - 1}.downsample")
+        original[k.replace("head.fc.", "head.")] = v
+    assert "layers.0.downsample.reduction.weight" in original
+    path = tmp_path / "swin_original.pth"
+    torch.save({"model": original}, path)
+    loaded = create_backbone("test-swin", weights=path)
+    reference = bb.SwinBackbone(backbone_spec("test-swin"), copy.deepcopy(source))
+    x = torch.randn(1, 3, 128, 128)
+    for a, b in zip(loaded(x), reference(x)):
+        torch.testing.assert_close(a[-1], b[-1])
+
+    # A file of another architecture does not fit.
+    wrong = tmp_path / "wrong.safetensors"
+    save_file(load_classifier("test-swin", pretrained=False).state_dict(), str(wrong))
+    with pytest.raises(CheckpointError, match="does not fit ResNet-50") as info:
+        create_backbone("test-resnet", weights=wrong)
+    _one_sentence(str(info.value))
+
+
+@pytest.mark.parametrize("name", ["resnet50", "swin-b"])
+def test_offline_hub_is_checkpoint_error(monkeypatch, name) -> None:
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    calls = []
+
+    def offline_create_model(model_name, pretrained=False, **kwargs):
+        calls.append((model_name, pretrained))
+        raise LocalEntryNotFoundError("cannot find the requested files in the local cache")
+
+    monkeypatch.setattr(timm, "create_model", offline_create_model)
+    with pytest.raises(CheckpointError, match=r"Could not download .* \(offline\?\); pass --backbone-weights") as info:
+        create_backbone(name)
+    _one_sentence(str(info.value))
+    assert calls == [(backbone_spec(name).timm_name, True)]
+
+
+def test_test_names_never_download(monkeypatch) -> None:
+    real = timm.create_model
+
+    def no_download(model_name, pretrained=False, **kwargs):
+        assert not pretrained
+        return real(model_name, pretrained=False, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", no_download)
+    assert create_backbone("test-swin").spec.source == "random init"
