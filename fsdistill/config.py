@@ -44,9 +44,22 @@ class ModelCfg(_Strict):
     use_pe: bool = True
     attn_dropout: float = Field(0.5, ge=0.0, lt=1.0)
     voting: int = Field(10, ge=1, description="support images per attention chunk at inference (bounds memory)")
+    qk_norm: float | None = Field(
+        10.0, gt=0, description="cosine-attention temperature; None = the reference's raw scaled dot product"
+    )
+    decoder_width: int = Field(128, ge=8, description="ConvMapper/ConvMerge channels (paper 128)")
+    mixer_widths: tuple[int, int, int] = Field((128, 64, 16), description="mixer1-3 channels (paper 128, 64, 16)")
+    full_resolution: bool = Field(True, description="paper's mixer schedule up to the input size; False = stride 4")
     student_width: int | None = Field(
         None, ge=1, description="ConvDist hidden channels per class; None = the backbone's channels (paper)"
     )
+
+    @field_validator("decoder_width")
+    @classmethod
+    def _groupnorm_divisible(cls, value: int) -> int:
+        if value % 32:
+            raise ValueError(f"decoder_width must be a multiple of 32 (GroupNorm of width/8 channels in 4 groups), got {value}")
+        return value
 
     @field_validator("size")
     @classmethod

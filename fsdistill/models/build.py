@@ -43,7 +43,16 @@ def build_teacher(cfg: ModelCfg, num_classes: int, pretrained: bool = True) -> D
     backbone = create_backbone(cfg.backbone, weights=cfg.backbone_weights, pretrained=pretrained)
     backbone.check_size(cfg.size, cfg.size)
     return DCAMATeacher(
-        backbone, num_classes, heads=cfg.heads, use_pe=cfg.use_pe, attn_dropout=cfg.attn_dropout, voting=cfg.voting
+        backbone,
+        num_classes,
+        heads=cfg.heads,
+        use_pe=cfg.use_pe,
+        attn_dropout=cfg.attn_dropout,
+        voting=cfg.voting,
+        qk_norm=cfg.qk_norm,
+        decoder_width=cfg.decoder_width,
+        mixer_widths=cfg.mixer_widths,
+        full_resolution=cfg.full_resolution,
     )
 
 
@@ -118,9 +127,11 @@ def _model_args(model: nn.Module) -> dict[str, Any]:
             "use_pe": block.use_pe,
             "attn_dropout": block.dropout,
             "voting": model.voting,
+            "qk_norm": block.qk_norm,
+            **model.decoder.arguments(),
         }
     assert isinstance(model, DistilledStudent)
-    return {"num_classes": model.num_classes, "student_width": model.width_arg}
+    return {"num_classes": model.num_classes, "student_width": model.width_arg, **model.decoder.arguments()}
 
 
 def save_model(
@@ -170,12 +181,20 @@ def load_model(path: Path, kind: str | None = None) -> LoadedModel:
     spec = BackboneSpec.from_dict(config["backbone"])
     args = config["model_args"]
     backbone = create_backbone(spec.name, pretrained=False, **spec.model_args)
+    decoder_args = {k: args[k] for k in ("decoder_width", "mixer_widths", "full_resolution") if k in args}
     if config["kind"] == "teacher":
         model: nn.Module = DCAMATeacher(
-            backbone, args["num_classes"], args["heads"], args["use_pe"], args["attn_dropout"], args["voting"]
+            backbone,
+            args["num_classes"],
+            heads=args["heads"],
+            use_pe=args["use_pe"],
+            attn_dropout=args["attn_dropout"],
+            voting=args["voting"],
+            qk_norm=args.get("qk_norm"),
+            **decoder_args,
         )
     elif config["kind"] == "student":
-        teacher_shell = DCAMATeacher(backbone, args["num_classes"])
+        teacher_shell = DCAMATeacher(backbone, args["num_classes"], **decoder_args)
         model = DistilledStudent(backbone, teacher_shell.decoder, args["num_classes"], args.get("student_width"))
     else:
         raise CheckpointError(f"{directory} holds an unknown model kind '{config['kind']}'.")

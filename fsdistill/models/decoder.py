@@ -41,8 +41,12 @@ class DCAMADecoder(nn.Module):
     Args:
         num_layers: coarse maps per stage (stage 2, 3, 4) = block-level taps of backbone levels 1, 2, 3.
         skip_channels: channels of the stride-4 and stride-8 query maps (levels 0 and 1).
-        width: ConvMapper/ConvMerge output channels (128 in the paper).
+        width: ConvMapper/ConvMerge output channels (128 in the paper); the mapper's inner widths scale with it
+            (width/8, width/2: 16, 64 in the paper).
         mixer: mixer channel widths (128, 64, 16 in the paper).
+        full_resolution: the paper's schedule, mixer2 at stride 2 and mixer3 at stride 1. False runs all mixers at
+            stride 4 and upsamples the 2-channel logits ×4: 16× fewer operations in the two most expensive
+            layers of a class, which decide the student's speed on small backbones.
     """
 
     def __init__(
@@ -51,14 +55,18 @@ class DCAMADecoder(nn.Module):
         skip_channels: tuple[int, int],
         width: int = 128,
         mixer: tuple[int, int, int] = (128, 64, 16),
+        full_resolution: bool = True,
     ) -> None:
         super().__init__()
         n2, n3, n4 = num_layers
         self.width = width
+        self.full_resolution = full_resolution
+        self.mixer_widths = tuple(mixer)
+        inner = [width // 8, width // 2, width]
         # ConvMapper: conv1 for stage 4 (stride 32), conv2 for stage 3 (16), conv3 for stage 2 (8).
-        self.conv1 = _conv_gn_relu([n4, 16, 64, width], [3, 3, 3])
-        self.conv2 = _conv_gn_relu([n3, 16, 64, width], [5, 3, 3])
-        self.conv3 = _conv_gn_relu([n2, 16, 64, width], [5, 5, 3])
+        self.conv1 = _conv_gn_relu([n4, *inner], [3, 3, 3])
+        self.conv2 = _conv_gn_relu([n3, *inner], [5, 3, 3])
+        self.conv3 = _conv_gn_relu([n2, *inner], [5, 5, 3])
         # ConvMerge.
         self.conv4 = _conv_gn_relu([width] * 4, [3, 3, 3])
         self.conv5 = _conv_gn_relu([width] * 4, [3, 3, 3])
@@ -113,15 +121,24 @@ class DCAMADecoder(nn.Module):
         x = F.conv2d(x, first.weight[:, : self.width], None, padding=1)
         x = x + skip.repeat_interleave(groups, dim=0)
         x = self.mixer1[1:](x)
-        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
-        x = self.mixer2(x)
-        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+        if self.full_resolution:
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+            x = self.mixer2(x)
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+        else:
+            x = self.mixer2(x)
         logits = self.mixer3(x)
         if prior is not None:
             evidence = self.coarse_evidence(coarse, logits.shape[-2:])
             fg = logits[:, 1] + self.prior_scale * (evidence - prior.view(-1, 1, 1))
             logits = torch.stack([logits[:, 0], fg], dim=1)
+        if not self.full_resolution:
+            logits = F.interpolate(logits, scale_factor=4, mode="bilinear", align_corners=False)
         return logits
+
+    def arguments(self) -> dict:
+        """Constructor arguments beyond the backbone-derived ones (stored in artifacts to rebuild the decoder)."""
+        return {"decoder_width": self.width, "mixer_widths": list(self.mixer_widths), "full_resolution": self.full_resolution}
 
     @staticmethod
     def coarse_evidence(coarse: list[Tensor], size: tuple[int, int] | torch.Size) -> Tensor:

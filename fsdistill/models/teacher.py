@@ -154,6 +154,9 @@ class DCAMATeacher(nn.Module):
         attn_dropout: float = 0.5,
         voting: int = 10,
         qk_norm: float | None = 10.0,
+        decoder_width: int = 128,
+        mixer_widths: tuple[int, int, int] = (128, 64, 16),
+        full_resolution: bool = True,
     ) -> None:
         super().__init__()
         spec = backbone.spec
@@ -166,6 +169,9 @@ class DCAMATeacher(nn.Module):
         self.decoder = DCAMADecoder(
             num_layers=tuple(spec.num_blocks[lvl] for lvl in ATTENTION_LEVELS),
             skip_channels=(spec.channels[0], spec.channels[1]),
+            width=decoder_width,
+            mixer=tuple(mixer_widths),
+            full_resolution=full_resolution,
         )
 
     # -- support side -------------------------------------------------------------------------------------------

@@ -131,11 +131,12 @@ def train(
                 else:
                     losses["teacher"] = focal_loss(t_logits, t_target)
                     loss = (losses["teacher"] + losses["student"] + losses["mse"]) / 3
-            if not math.isfinite(float(loss)):
-                raise FloatingPointError(f"non-finite loss {float(loss)} at step {stats.steps}")
-            (loss / cfg.episodes_per_step).backward()
+            if not math.isfinite(float(loss.detach())):
+                raise FloatingPointError(f"non-finite loss {float(loss.detach())} at step {stats.steps}")
+            if loss.requires_grad:  # no class of the query in any sampled support (empty masks): nothing to learn
+                (loss / cfg.episodes_per_step).backward()
             for k, v in losses.items():
-                totals[k] = totals.get(k, 0.0) + float(v) / cfg.episodes_per_step
+                totals[k] = totals.get(k, 0.0) + float(v.detach()) / cfg.episodes_per_step
             stats.episodes += 1
         optimizer.step()
         stats.steps += 1

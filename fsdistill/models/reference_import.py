@@ -1,0 +1,565 @@
+"""Import an official DCAMA / DistillFSS teacher checkpoint ("modcross") into a :class:`DCAMATeacher`.
+
+Written from the key layout in reference.md §4 (no code of the reference repositories is used). The files hold
+
+- ``feature_extractor.*``: the whole backbone (torchvision ResNet-50 or the original Swin-B), classifier, final
+  norm and the Swin buffers (``attn_mask``, ``relative_position_index``) included;
+- ``model.DCAMA_blocks.{0,1,2}.linears.{0,1}.{weight,bias}``: query/key projections of the attention blocks;
+- ``model.pe.{0,1,2}.pe``: stored 1×10000×C sinusoidal encodings;
+- ``model.conv{1..5}.{0,1,3,4,6,7}.*`` and ``model.mixer{1,2,3}.{0,2}.*``: ConvMapper, ConvMerge and Mixer;
+
+possibly under ``module.`` (DDP) and one more ``model.`` (the "LA repo" safetensors), or ``teacher.`` (the
+teacher inside a DistillFSS model). Keys are parsed by anchoring on ``feature_extractor`` or on a head module
+name followed by an index, after any leading run of these wrapper tokens, so the reference's own ``model.`` never
+gets stripped from inside a name.
+
+Mapping (name-based):
+
+- ``DCAMA_blocks.i`` → ``blocks.i``: i = 0 is paper stage 2 (stride 8, backbone level 1), i = 1 stage 3 (stride
+  16, level 2), i = 2 stage 4 (stride 32, level 3); see :data:`BLOCK_STAGES`.
+- ``convK.n.*`` → ``decoder.convK.n.*`` and ``mixerK.n.*`` → ``decoder.mixerK.n.*`` (same Sequential indices).
+- ``pe.*`` is dropped: fsdistill regenerates the encoding (it is checked against ours and a mismatch is logged).
+- ``feature_extractor.*`` → ``backbone.model.*`` (timm names; original-Swin ``layers.i.downsample`` moves to
+  timm's ``layers.{i+1}.downsample``); tensors our pruned backbone lacks (classifier, final norm, buffers) are
+  ignored.
+
+When names do not match, both parts fall back to pairing tensors by position with a strict shape check (the
+file's stored order; for safetensors, whose order is by name, also a natural module order). A head that fits
+neither way raises :class:`CheckpointError` with the reason (other backbone, support concatenation, …); a
+backbone that fits neither way is kept as it was (``--backbone-weights`` or the hub) with a warning.
+
+After import the teacher behaves as published: ``decoder.prior_scale`` = 0 (our coarse-map prior is off) and
+every attention block uses the raw scaled dot product (``qk_norm = None``). ``use_pe`` stays as configured.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from fsdistill.errors import CheckpointError, ConfigError
+from fsdistill.models.backbone import BACKBONE_NAMES, backbone_spec
+from fsdistill.models.teacher import ATTENTION_LEVELS, DCAMATeacher, sinusoidal_pe
+
+__all__ = ["ImportReport", "import_reference_weights", "BLOCK_STAGES"]
+
+log = logging.getLogger(__name__)
+
+# Reference DCAMA_blocks index → (paper stage, our backbone level). Our ``blocks[i]`` serves the same stage.
+BLOCK_STAGES: dict[int, tuple[int, int]] = {0: (2, 1), 1: (3, 2), 2: (4, 3)}
+assert tuple(level for _, level in BLOCK_STAGES.values()) == ATTENTION_LEVELS
+
+# Leading tokens that only wrap the model: DDP, the "LA repo" export, a DistillFSS model's teacher, torch.compile.
+_WRAPPERS = frozenset({"module", "model", "teacher", "_orig_mod"})
+_BACKBONE_ROOT = "feature_extractor"
+_DECODER_MODULES = ("conv1", "conv2", "conv3", "conv4", "conv5", "mixer1", "mixer2", "mixer3")
+_HEAD_MODULES = frozenset({"DCAMA_blocks", "pe", *_DECODER_MODULES})
+# Backbone tensors that are never paired: buffers rebuilt by timm, and batch counters (kept from the model).
+_SKIPPED_BUFFERS = ("relative_position_index", "attn_mask", "num_batches_tracked")
+_COUNTER = "num_batches_tracked"
+# The reference decoder (reference.md §1.3): ConvMapper/ConvMerge width and mixer widths.
+_REFERENCE_WIDTH = 128
+_REFERENCE_MIXER = (128, 64, 16)
+_REFERENCE_HEADS = 8
+# Published DCAMA backbones fsdistill does not build (attention widths of stages 2–4, maps per stage 2–4).
+_UNSUPPORTED_BACKBONES: tuple[tuple[str, tuple[int, int, int], tuple[int, int, int] | None], ...] = (
+    ("resnet101 (not supported by fsdistill)", (512, 1024, 2048), (4, 23, 3)),
+    ("dinov3-small (not supported by fsdistill)", (384, 384, 384), None),
+    ("dinov3-base (not supported by fsdistill)", (768, 768, 768), None),
+    ("dinov3-large (not supported by fsdistill)", (1024, 1024, 1024), None),
+)
+_PARAM_RANK = {"weight": 0, "bias": 1, "running_mean": 2, "running_var": 3, _COUNTER: 4}
+
+
+@dataclass
+class ImportReport:
+    """What :func:`import_reference_weights` loaded.
+
+    Attributes:
+        path: the checkpoint file.
+        head_method: ``"name"`` or ``"positional"`` (attention projections + decoder).
+        head_tensors: head tensors loaded (84 for the reference head).
+        backbone_method: ``"name"``, ``"positional"`` or ``"kept"`` (the file's backbone did not fit or was absent;
+            the teacher keeps the backbone it was built with).
+        backbone_tensors: backbone tensors loaded (0 when kept).
+        backbone_note: why the backbone was kept ("" otherwise).
+        ignored_keys: file keys not used (stored PE, classifier, final norm, Swin buffers, unknown tensors).
+        pe_checked: stored PE buffers that matched fsdistill's regenerated encoding.
+    """
+
+    path: Path
+    head_method: str
+    head_tensors: int
+    backbone_method: str
+    backbone_tensors: int
+    backbone_note: str = ""
+    ignored_keys: list[str] = field(default_factory=list)
+    pe_checked: int = 0
+
+    @property
+    def ignored(self) -> int:
+        """Number of file keys not used."""
+        return len(self.ignored_keys)
+
+    @property
+    def backbone_kept(self) -> bool:
+        return self.backbone_method == "kept"
+
+    def summary(self) -> str:
+        """One line for logs."""
+        if self.backbone_kept:
+            backbone = f"backbone kept ({self.backbone_note})"
+        else:
+            backbone = f"{self.backbone_tensors} backbone tensors by {self.backbone_method}"
+        return (
+            f"imported {self.path.name}: {self.head_tensors} head tensors by {self.head_method}, {backbone}, "
+            f"{self.ignored} keys ignored"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading
+
+
+def _read(path: Path) -> dict[str, Tensor]:
+    """Tensors of the file in stored order, unwrapped from ``state_dict``/``model`` dicts."""
+    if not path.is_file():
+        raise CheckpointError(f"Teacher weights file {path} does not exist; check the --teacher-weights path.")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip, weights_only and safetensors errors share no base class
+        unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if unsafe:
+            raise CheckpointError(
+                f"Teacher weights file {path} pickles the Python object {unsafe.group(1)}, which a safe "
+                "(weights_only) load refuses; if you trust the file, re-save only its state dict with "
+                "torch.save(ckpt['state_dict'], 'plain.pt') and pass that."
+            ) from e
+        raise CheckpointError(
+            f"Cannot read teacher weights file {path} ({_load_cause(e, path)}); pass an official DCAMA/DistillFSS "
+            ".pt/.pth/.safetensors checkpoint saved as a plain state dict."
+        ) from e
+    # {"model": sd}, {"state_dict": sd}, or nested; a plain state dict has dotted names, never these keys.
+    while isinstance(obj, dict):
+        inner = next((obj[k] for k in ("state_dict", "model") if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            break
+        obj = inner
+    items = obj.items() if isinstance(obj, dict) else []
+    tensors = {k: v for k, v in items if isinstance(k, str) and isinstance(v, Tensor)}
+    if not tensors:
+        raise CheckpointError(
+            f"Teacher weights file {path} holds no state dict of tensors; pass an official DCAMA/DistillFSS checkpoint."
+        )
+    return tensors
+
+
+def _load_cause(e: BaseException, path: Path) -> str:
+    """A short phrase (no full stop) for why torch or safetensors could not read the file."""
+    text = str(e)
+    if isinstance(e, EOFError) or path.stat().st_size == 0:
+        return "the file is empty or cut short"
+    if "central directory" in text or "zip archive" in text:
+        return "damaged zip archive, probably truncated or corrupted"
+    if "Weights only load failed" in text:
+        return "not a PyTorch checkpoint"
+    first = _first_line(e).split(". ")[0].rstrip(".")
+    if path.suffix == ".safetensors":
+        return f"not a valid safetensors file: {first}"
+    return f"not a PyTorch checkpoint: {first}"
+
+
+def _first_line(e: BaseException) -> str:
+    text = " ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
+def _split(key: str) -> tuple[str, str] | None:
+    """``("backbone", name in the backbone)``, ``("head", "convK.n.weight"…)`` or None for an unknown key."""
+    parts = key.split(".")
+    i = 0
+    while i < len(parts) - 1 and parts[i] in _WRAPPERS:
+        i += 1
+    root = parts[i]
+    if root == _BACKBONE_ROOT and i + 1 < len(parts):
+        return "backbone", ".".join(parts[i + 1 :])
+    if root in _HEAD_MODULES and i + 2 < len(parts) and parts[i + 1].isdigit():
+        return "head", ".".join(parts[i:])
+    return None
+
+
+def _strip_wrappers(key: str) -> str:
+    parts = key.split(".")
+    i = 0
+    while i < len(parts) - 1 and parts[i] in _WRAPPERS:
+        i += 1
+    return ".".join(parts[i:])
+
+
+def _natural_key(key: str) -> list[tuple[int, int, str]]:
+    """Guess of module order from a name: numbers numerically, ``weight`` before ``bias`` before BN statistics."""
+    parts = key.split(".")
+    out = []
+    for n, part in enumerate(parts):
+        if part.isdigit():
+            out.append((0, int(part), ""))
+        elif n == len(parts) - 1 and part in _PARAM_RANK:
+            out.append((1, _PARAM_RANK[part], ""))
+        else:
+            out.append((2, 0, part))
+    return out
+
+
+def _orders(keys: list[str], path: Path) -> list[list[str]]:
+    """Orders to try for positional pairing: the stored one, and for safetensors (stored by name) a natural one."""
+    orders = [keys]
+    if path.suffix == ".safetensors":
+        natural = sorted(keys, key=_natural_key)
+        if natural != keys:
+            orders.append(natural)
+    return orders
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Head
+
+
+def _head_targets(teacher: DCAMATeacher) -> list[tuple[str, str]]:
+    """(reference name without wrappers, our parameter name) of every head tensor, in the reference's order."""
+    pairs = []
+    for i, block in enumerate(teacher.blocks):
+        for j, linear in enumerate(block.linears):
+            for p, _ in linear.named_parameters(recurse=False):
+                pairs.append((f"DCAMA_blocks.{i}.linears.{j}.{p}", f"blocks.{i}.linears.{j}.{p}"))
+    for name in _DECODER_MODULES:
+        for idx, module in enumerate(getattr(teacher.decoder, name)):
+            for p, _ in module.named_parameters(recurse=False):
+                pairs.append((f"{name}.{idx}.{p}", f"decoder.{name}.{idx}.{p}"))
+    return pairs
+
+
+def _is_pe(key: str, tensor: Tensor) -> bool:
+    """A stored positional encoding: ``pe`` leaf, or a 1×L×C tensor (no head parameter is 3-D)."""
+    return key.rsplit(".", 1)[-1] == "pe" or (tensor.ndim == 3 and tensor.shape[0] == 1)
+
+
+def _backbone_guess(widths: tuple[int, ...], maps: tuple[int, ...] | None) -> str | None:
+    """Name of the backbone whose stage 2–4 attention widths (and maps per stage) these are, if known."""
+    candidates: list[tuple[str, tuple[int, ...], tuple[int, ...] | None]] = []
+    for name in BACKBONE_NAMES:
+        spec = backbone_spec(name)
+        candidates.append((name, tuple(spec.channels[1:]), tuple(spec.num_blocks[1:])))
+    candidates += list(_UNSUPPORTED_BACKBONES)
+    by_width = [c for c in candidates if c[1] == widths]
+    exact = [c for c in by_width if maps is None or c[2] is None or c[2] == maps]
+    chosen = exact or by_width
+    return chosen[0][0] if chosen else None
+
+
+def _fmt(values: tuple[int, ...]) -> str:
+    return "/".join(str(v) for v in values)
+
+
+def _diagnose(
+    teacher: DCAMATeacher, path: Path, got: dict[str, tuple[str, torch.Size]], positional: bool = False
+) -> CheckpointError:
+    """The most useful error for a head that does not fit: other backbone, support concatenation, or the first key.
+
+    Args:
+        got: our parameter name → (file key, file shape), paired by name or by position.
+        positional: the file has no head names, ``got`` pairs its last tensors by position.
+    """
+    spec = teacher.backbone.spec
+    params = dict(teacher.named_parameters())
+    ours_w = tuple(spec.channels[lvl] for lvl in ATTENTION_LEVELS)
+    ours_m = tuple(spec.num_blocks[lvl] for lvl in ATTENTION_LEVELS)
+    linears = [got.get(f"blocks.{i}.linears.0.weight") for i in range(3)]
+    if all(x is not None and len(x[1]) == 2 and x[1][0] == x[1][1] for x in linears):
+        widths = tuple(int(x[1][0]) for x in linears)  # type: ignore[index]
+        mapper = [got.get(f"decoder.conv{k}.0.weight") for k in (3, 2, 1)]  # stage 2, 3, 4
+        maps = tuple(int(x[1][1]) for x in mapper) if all(x is not None and len(x[1]) == 4 for x in mapper) else None
+        if widths != ours_w or (maps is not None and maps != ours_m):
+            guess = _backbone_guess(widths, maps)
+            found = f"attention widths {_fmt(widths)}" + (f", {_fmt(maps)} maps at stages 2–4" if maps else "")
+            needs = f"the {guess} backbone" if guess else "an unknown backbone"
+            supported = guess in BACKBONE_NAMES
+            fix = f"pass --backbone {guess}" if supported else f"use a checkpoint trained with {spec.name}"
+            return CheckpointError(
+                f"Teacher checkpoint {path} needs {needs} ({found}) but this teacher uses {spec.name} "
+                f"({_fmt(ours_w)}, {_fmt(ours_m)} maps); {fix}."
+            )
+    elif positional:
+        key, shape = linears[0] or ("?", torch.Size())
+        return CheckpointError(
+            f"Teacher checkpoint {path} holds no DCAMA head: it has no model.DCAMA_blocks / model.conv* names and "
+            f"its tensors do not fit by position ({key} of shape {tuple(shape)} where an attention projection is "
+            "expected); pass an official DCAMA/DistillFSS checkpoint, not a backbone file."
+        )
+    for ours, (key, shape) in got.items():
+        want = tuple(params[ours].shape)
+        if tuple(shape) == want:
+            continue
+        if ours == "decoder.mixer1.0.weight" and len(shape) == 4:
+            width = teacher.decoder.width
+            concat = width + 2 * (spec.channels[0] + spec.channels[1])
+            if shape[1] == concat:
+                return CheckpointError(
+                    f"Teacher checkpoint {path} has {key} of shape {tuple(shape)} where fsdistill needs {want}: it "
+                    "was trained with support concatenation (concat_support=True, the original DCAMA), which "
+                    "fsdistill does not support; use a \"modcross\" checkpoint trained with --remove_support_skip."
+                )
+        return CheckpointError(
+            f"Teacher checkpoint {path} does not fit this teacher: {key} has shape {tuple(shape)} where "
+            f"{ours} needs {want}; pass an official DCAMA/DistillFSS \"modcross\" checkpoint for {spec.name}."
+        )
+    return CheckpointError(
+        f"Teacher checkpoint {path} does not fit this teacher; pass an official DCAMA/DistillFSS checkpoint."
+    )
+
+
+def _resolve_head(
+    teacher: DCAMATeacher, path: Path, state: dict[str, Tensor], head_keys: dict[str, str], candidates: list[str]
+) -> tuple[str, dict[str, str], list[str]]:
+    """Pair our head parameters with file keys.
+
+    Args:
+        head_keys: reference name (wrappers stripped) → file key, for keys that parse as head keys (no PE).
+        candidates: file keys that may be head tensors for positional pairing (stored order, no backbone/PE).
+    Returns:
+        (method, our name → file key, candidate keys left in front of the positional head: a backbone if the
+        file has no ``feature_extractor`` names).
+    Raises:
+        CheckpointError: neither way fits.
+    """
+    targets = _head_targets(teacher)
+    params = dict(teacher.named_parameters())
+    n = len(targets)
+    if all(ref in head_keys for ref, _ in targets):
+        got = {ours: (head_keys[ref], state[head_keys[ref]].shape) for ref, ours in targets}
+        if all(tuple(shape) == tuple(params[ours].shape) for ours, (_, shape) in got.items()):
+            return "name", {ours: key for ours, (key, _) in got.items()}, []
+        raise _diagnose(teacher, path, got)
+    first_failure: dict[str, tuple[str, torch.Size]] | None = None
+    for order in _orders(candidates, path):
+        if len(order) < n:
+            break
+        got = {ours: (key, state[key].shape) for (_, ours), key in zip(targets, order[-n:])}
+        if all(tuple(shape) == tuple(params[ours].shape) for ours, (_, shape) in got.items()):
+            log.info("Teacher checkpoint %s: head names differ from the reference; paired %d tensors by position.",
+                     path, n)
+            return "positional", {ours: key for ours, (key, _) in got.items()}, order[:-n]
+        first_failure = first_failure or got
+    if head_keys:
+        missing = [f"model.{ref}" for ref, _ in targets if ref not in head_keys]
+        shown = ", ".join(missing[:3]) + (", …" if len(missing) > 3 else "")
+        raise CheckpointError(
+            f"Teacher checkpoint {path} lacks {len(missing)} of the {n} DCAMA head tensors ({shown}); pass a "
+            "complete official DCAMA/DistillFSS checkpoint."
+        )
+    if first_failure is not None:
+        raise _diagnose(teacher, path, first_failure, positional=True)
+    raise CheckpointError(
+        f"Teacher checkpoint {path} holds no DCAMA head (no model.DCAMA_blocks / model.conv* / model.mixer* "
+        f"tensors, and only {len(candidates)} unnamed tensors where {n} are needed); pass an official "
+        "DCAMA/DistillFSS checkpoint, not a backbone file."
+    )
+
+
+def _check_pe(teacher: DCAMATeacher, path: Path, pe: dict[int, Tensor]) -> int:
+    """Compare stored PE buffers with fsdistill's regenerated encoding; warn on a mismatch. Returns matches."""
+    matched = 0
+    for i, stored in sorted(pe.items()):
+        if i >= len(teacher.blocks) or stored.ndim != 3 or stored.shape[-1] != teacher.blocks[i].channels:
+            continue
+        length = min(stored.shape[1], 1024)  # enough positions to tell two encodings apart
+        ours = sinusoidal_pe(length, stored.shape[-1], torch.device("cpu"), torch.float32)
+        diff = (stored[0, :length].float() - ours).abs().max().item()
+        if diff <= 1e-3:
+            matched += 1
+        else:
+            log.warning(
+                "Teacher checkpoint %s: the stored positional encoding of DCAMA block %d differs from fsdistill's "
+                "regenerated one (max difference %.3g); the imported teacher may not reproduce published results.",
+                path, i, diff,
+            )
+    return matched
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Backbone
+
+
+def _rename_backbone(family: str, names: list[str]) -> dict[str, str]:
+    """Reference backbone name → timm name (identity except the original Swin's downsample placement)."""
+    if family == "swin" and any(n.startswith("layers.0.downsample.") for n in names):
+        # Original Swin merges patches at the END of stage i; timm at the START of stage i+1.
+        pattern = re.compile(r"^layers\.(\d+)\.downsample\.")
+        return {n: pattern.sub(lambda m: f"layers.{int(m.group(1)) + 1}.downsample.", n) for n in names}
+    return {n: n for n in names}
+
+
+def _resolve_backbone(
+    teacher: DCAMATeacher, path: Path, source: dict[str, Tensor]
+) -> tuple[str, dict[str, Tensor] | None, str, list[str]]:
+    """Map the file's backbone tensors (names relative to the backbone, stored order) onto ``backbone.model``.
+
+    Returns:
+        (method, full state dict to load or None when kept, note, source names not used). Tensors of the state
+        dict not taken from the file (batch counters the file lacks) are the model's own.
+    """
+    model = teacher.backbone.model
+    spec = teacher.backbone.spec
+    target = model.state_dict()
+    wanted = [k for k in target if not k.endswith(_COUNTER)]
+    if not source:
+        return "kept", None, "the checkpoint holds no backbone weights", []
+    reason = ""
+    # 1. By name, after the family's renames.
+    renamed = _rename_backbone(spec.family, list(source))
+    by_name = {new: old for old, new in renamed.items()}
+    missing = [k for k in wanted if k not in by_name]
+    if not missing:
+        bad = [k for k in wanted if source[by_name[k]].shape != target[k].shape]
+        if not bad:
+            mapped = {k: source[by_name[k]] if k in by_name else v for k, v in target.items()}
+            used = {by_name[k] for k in target if k in by_name}
+            return "name", mapped, "", [n for n in source if n not in used]
+        k = bad[0]
+        reason = f"{by_name[k]} has shape {tuple(source[by_name[k]].shape)} where {k} needs {tuple(target[k].shape)}"
+    else:
+        reason = f"{len(missing)} of {len(wanted)} tensors not found by name, e.g. {missing[0]}"
+    # 2. By position, strict shapes; extra tensors may only trail (classifier, final norm).
+    paired = [n for n in source if not n.endswith(_SKIPPED_BUFFERS) and source[n].is_floating_point()]
+    for order in _orders(paired, path):
+        if len(order) < len(wanted):
+            reason += f"; by position {len(order)} tensors where {len(wanted)} are needed"
+            break
+        if all(source[s].shape == target[d].shape for s, d in zip(order, wanted)):
+            mapped = dict(target)
+            mapped.update({d: source[s] for s, d in zip(order, wanted)})
+            used = set(order[: len(wanted)])
+            return "positional", mapped, "", [n for n in source if n not in used]
+    else:
+        reason += "; tensors do not fit by position either"
+    return "kept", None, f"its backbone weights do not fit {spec.name}: {reason}", list(source)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Entry point
+
+
+def import_reference_weights(teacher: DCAMATeacher, path: Path | str) -> ImportReport:
+    """Load an official DCAMA / DistillFSS "modcross" checkpoint into ``teacher`` (in place).
+
+    Args:
+        teacher: built on the backbone the checkpoint was trained with (swin-b or resnet50), paper decoder widths.
+        path: ``.pt``/``.pth`` (read with ``weights_only=True``; may wrap the state dict under ``state_dict`` or
+            ``model``) or ``.safetensors``.
+
+    Returns:
+        What was loaded and how (see :class:`ImportReport`).
+
+    Raises:
+        CheckpointError: unreadable file, no DCAMA head, a head for another backbone, a head trained with support
+            concatenation, or any tensor whose shape does not fit. Nothing is changed when it raises.
+        ConfigError: the teacher was built with non-paper decoder widths.
+    """
+    path = Path(path).expanduser()
+    decoder = teacher.decoder
+    mixer = tuple(getattr(decoder, "mixer_widths", _REFERENCE_MIXER))
+    if decoder.width != _REFERENCE_WIDTH or mixer != _REFERENCE_MIXER:
+        raise ConfigError(
+            f"--teacher-weights needs the paper decoder (decoder_width {_REFERENCE_WIDTH}, mixer_widths "
+            f"{_REFERENCE_MIXER}) but this teacher has {decoder.width} and {mixer}; drop those options."
+        )
+    state = _read(path)
+
+    head_keys: dict[str, str] = {}
+    backbone_src: dict[str, Tensor] = {}
+    pe: dict[int, Tensor] = {}
+    ignored: list[str] = []
+    candidates: list[str] = []
+    for key, tensor in state.items():
+        parsed = _split(key)
+        if parsed is not None and parsed[0] == "backbone":
+            if parsed[1] in backbone_src:  # the same tensor under two wrappings: the first one wins
+                ignored.append(key)
+            backbone_src.setdefault(parsed[1], tensor)
+            continue
+        if _is_pe(key, tensor):
+            if parsed is not None and parsed[1].startswith("pe."):
+                pe[int(parsed[1].split(".")[1])] = tensor
+            ignored.append(key)
+            continue
+        if parsed is not None:
+            head_keys.setdefault(parsed[1], key)
+        if tensor.is_floating_point():
+            candidates.append(key)
+        else:
+            ignored.append(key)
+
+    method, head_map, leading = _resolve_head(teacher, path, state, head_keys, candidates)
+    used = set(head_map.values())
+    if not backbone_src and leading:
+        # No feature_extractor names: the tensors before the positional head are the backbone (module order).
+        backbone_src = {_strip_wrappers(k): state[k] for k in leading}
+        used |= set(leading)
+    ignored += [k for k in candidates if k not in used]
+    key_of = {}
+    for key in state:
+        parsed = _split(key)
+        if parsed is not None and parsed[0] == "backbone":
+            key_of.setdefault(parsed[1], key)
+    for k in leading:
+        key_of.setdefault(_strip_wrappers(k), k)
+
+    bb_method, bb_state, bb_note, bb_unused = _resolve_backbone(teacher, path, backbone_src)
+    ignored += [key_of.get(n, n) for n in bb_unused]
+
+    # Nothing above changed the teacher; apply everything now.
+    params = dict(teacher.named_parameters())
+    with torch.no_grad():
+        for ours, key in head_map.items():
+            params[ours].copy_(state[key])
+        decoder.prior_scale.fill_(0.0)
+    for block in teacher.blocks:
+        block.qk_norm = None
+    loaded_bb = 0
+    if bb_state is not None:
+        teacher.backbone.model.load_state_dict(bb_state, strict=True)
+        loaded_bb = len(backbone_src) - len(bb_unused)
+    else:
+        source = teacher.backbone.spec.source
+        level: Callable[..., None] = log.warning if backbone_src or source == "random init" else log.info
+        level("Teacher checkpoint %s: %s; keeping the current backbone (%s).", path, bb_note, source)
+
+    pe_checked = _check_pe(teacher, path, pe)
+    if teacher.blocks[0].heads != _REFERENCE_HEADS:
+        log.warning("Teacher checkpoint %s was trained with %d attention heads but this teacher uses %d; "
+                    "results will differ from the published model.", path, _REFERENCE_HEADS, teacher.blocks[0].heads)
+    if not getattr(decoder, "full_resolution", True):
+        log.warning("Teacher checkpoint %s was trained with the full-resolution mixer; full_resolution=False "
+                    "changes its output.", path)
+    report = ImportReport(
+        path=path,
+        head_method=method,
+        head_tensors=len(head_map),
+        backbone_method=bb_method,
+        backbone_tensors=loaded_bb,
+        backbone_note=bb_note,
+        ignored_keys=ignored,
+        pe_checked=pe_checked,
+    )
+    log.info("%s", report.summary())
+    return report
