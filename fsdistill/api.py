@@ -30,7 +30,17 @@ from fsdistill.runtime import resolve_device, seed_everything
 from fsdistill.train.episodes import FeatureCache, load_support_tensors
 from fsdistill.train.fit import TrainStats, train
 
-__all__ = ["RunResult", "EvalResult", "new_run_dir", "adapt", "distill", "evaluate", "predict", "count_images"]
+__all__ = [
+    "RunResult",
+    "EvalResult",
+    "new_run_dir",
+    "adapt",
+    "distill",
+    "evaluate",
+    "predict",
+    "count_images",
+    "profile",
+]
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +154,8 @@ def distill(cfg: DistillCfg, quiet: bool = False) -> RunResult:
     Writes ``RUN/student/`` and, when the teacher was adapted here, ``RUN/teacher/``.
     """
     index, num_classes, device, support = _prepare(cfg, quiet)
+    if cfg.train.augment is False and len(index) == 1 and cfg.train.steps > 0:  # as in adapt: no query besides it
+        raise ConfigError("One support image needs augmentation to build episodes; drop --no-augment or add images.")
     if cfg.teacher is not None:
         loaded = load_model(cfg.teacher, kind="teacher")
         if loaded.class_names != index.class_names:
@@ -162,7 +174,7 @@ def distill(cfg: DistillCfg, quiet: bool = False) -> RunResult:
     _write_run_config(run_dir, cfg, "distill")
     cache = FeatureCache(teacher, support, device, cfg.train.augment)
     student = build_student(teacher, cfg.model.student_width).to(device)
-    student.class_prior.copy_(teacher.class_prior(cache.support[0], list(range(num_classes))))
+    student.set_class_prior(teacher.class_prior(cache.support[0], list(range(num_classes))))
     stats = train(teacher, cache, cfg.train, student=student, freeze_teacher=cfg.freeze_teacher, quiet=quiet)
     common = dict(
         class_names=index.class_names,
@@ -265,3 +277,25 @@ def predict(
 def count_images(inputs: list[Path]) -> int:
     """How many images ``predict`` would process (for a progress bar total)."""
     return len(list_images(inputs))
+
+
+def profile(cfg: "ProfileCfg | None" = None, quiet: bool = False, **options: Any) -> "ProfileResult":
+    """Latency and memory of teacher, student and bare backbone over ways × shots (``fsdistill profile``).
+
+    Pass a :class:`fsdistill.infer.profile.ProfileCfg`, or its fields as keywords (``profile(ways=5, shots=50)``).
+    Writes ``profile.json``, ``profile.csv``, ``profile.md`` and ``profile.png`` into ``cfg.out``; random weights
+    and inputs unless ``cfg.model`` names a run. Shows a progress bar with an ETA unless ``quiet``.
+
+    Raises:
+        ConfigError: a bad option (ways, shots or runs below 1, an unknown backbone, …).
+    """
+    from fsdistill.infer.profile import ProfileCfg, run_profile
+
+    if cfg is None:
+        try:
+            cfg = ProfileCfg(**options)
+        except TypeError as exc:
+            raise ConfigError(f"Unknown profile option ({exc}); see fsdistill.infer.profile.ProfileCfg.") from None
+    elif options:
+        raise ConfigError("Pass either a ProfileCfg or keyword options to profile, not both.")
+    return run_profile(cfg, quiet=quiet)

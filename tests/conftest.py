@@ -85,3 +85,115 @@ def syn_binary(tmp_path: Path, syn_data: SynData) -> tuple[Path, list[np.ndarray
     """A paired ``images/`` + ``masks/`` folder of 3 PNG pairs with 0/255 disc masks, and the discs."""
     root = tmp_path / "binary"
     return root, syn_data.paired(root)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model-test helpers (teacher/student/artifact/train/predict/CLI tests): named binary and N-way index folders.
+
+
+def write_binary_folder(root: Path, names: list[str], size: tuple[int, int] = (48, 56), seed: int = 0) -> Path:
+    """``root/images/<name>.png`` + ``root/masks/<name>.png`` (0/255 disc masks, the disc a brighter colour)."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    for k, name in enumerate(names):
+        r = float(rng.uniform(0.18, 0.3) * min(h, w))
+        cy, cx = rng.uniform(r, h - r), rng.uniform(r, w - r)
+        disc = SynData.disc(h, w, cy, cx, r)
+        image = SynData.image(h, w, seed * 100 + k)
+        image[disc] = (230, 60, 60)
+        SynData.save(root / "images" / f"{name}.png", image)
+        SynData.save(root / "masks" / f"{name}.png", disc.astype(np.uint8) * 255)
+    return root
+
+
+def write_multiclass_folder(
+    root: Path, names: list[str], classes: list[str], size: tuple[int, int] = (48, 56), seed: int = 0
+) -> Path:
+    """N-way index folder: grey PNG masks with values 0..N and a ``classes.txt`` (background first).
+
+    Image ``k`` shows the classes ``1 + (k + j) % N`` for ``j < 2`` (each as a disc in its own colour), so every
+    image misses at least one class when N ≥ 3 and every class appears in several images.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(classes)
+    colours = [(230, 60, 60), (60, 200, 60), (60, 60, 230), (230, 230, 60), (200, 60, 200)]
+    h, w = size
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "classes.txt").write_text("\n".join(["background", *classes]) + "\n")
+    for k, name in enumerate(names):
+        image = SynData.image(h, w, seed * 100 + k)
+        mask = np.zeros((h, w), np.uint8)
+        for j in range(min(2, n)):
+            cls = 1 + (k + j) % n
+            r = float(rng.uniform(0.12, 0.2) * min(h, w))
+            cy, cx = rng.uniform(r, h - r), rng.uniform(r, w - r)
+            disc = SynData.disc(h, w, cy, cx, r)
+            mask[disc] = cls
+            image[disc] = colours[(cls - 1) % len(colours)]
+        SynData.save(root / "images" / f"{name}.png", image)
+        SynData.save(root / "masks" / f"{name}.png", mask)
+    return root
+
+
+TINY_MODEL = {"backbone": "test-resnet", "size": 64}
+TINY_TRAIN = {"steps": 2, "episodes_per_step": 1}
+
+
+class TinyData:
+    """Paths of the session's tiny synthetic folders (see the ``tiny_data`` fixture)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.binary = write_binary_folder(root / "binary_support", [f"s{i}" for i in range(4)], seed=1)
+        self.binary_heldout = write_binary_folder(root / "binary_heldout", [f"h{i}" for i in range(3)], seed=2)
+        self.multi_classes = ["red", "green", "blue"]
+        self.multi = write_multiclass_folder(
+            root / "multi_support", [f"m{i}" for i in range(6)], self.multi_classes, seed=3
+        )
+        self.multi_heldout = write_multiclass_folder(
+            root / "multi_heldout", [f"q{i}" for i in range(3)], self.multi_classes, seed=4
+        )
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> TinyData:
+    """Tiny synthetic support/held-out folders: binary (4 + 3 images) and 3-class index (6 + 3 images)."""
+    return TinyData(tmp_path_factory.mktemp("tiny_data"))
+
+
+def _tiny_distill(support: Path, out: Path):
+    from fsdistill import api
+    from fsdistill.config import DistillCfg, load_config
+
+    cfg = load_config(
+        DistillCfg, None, {"support": support, "out": out, "device": "cpu", "model": TINY_MODEL, "train": TINY_TRAIN}
+    )
+    return api.distill(cfg, quiet=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_binary_run(tiny_data: TinyData, tmp_path_factory):
+    """A test-resnet/64 px distill run (teacher + student, 2 steps) on the binary tiny folder, trained once."""
+    return _tiny_distill(tiny_data.binary, tmp_path_factory.mktemp("runs") / "binary")
+
+
+@pytest.fixture(scope="session")
+def tiny_multi_run(tiny_data: TinyData, tmp_path_factory):
+    """A test-resnet/64 px distill run on the 3-class tiny folder, trained once."""
+    return _tiny_distill(tiny_data.multi, tmp_path_factory.mktemp("runs") / "multi")
+
+
+@pytest.fixture(scope="session")
+def examples_root() -> Path:
+    """The real example data (``examples/make_examples.py``): ``$FSDISTILL_EXAMPLES``, else ``examples/data``.
+
+    Skips (never builds or downloads) when the nuclei case is not there.
+    """
+    import os
+
+    env = os.environ.get("FSDISTILL_EXAMPLES")
+    root = Path(env) if env else Path(__file__).resolve().parents[1] / "examples" / "data"
+    nuclei = root / "nuclei"
+    if not ((nuclei / "support").is_dir() and (nuclei / "heldout").is_dir()):
+        pytest.skip(f"example data not built under {root} (run python examples/make_examples.py)")
+    return root

@@ -46,7 +46,7 @@ def list_images(inputs: list[Path]) -> list[tuple[Path, Path]]:
         if path.is_file():
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 raise DataError(f"{path} is not an image file ({', '.join(sorted(IMAGE_SUFFIXES))}).")
-            found.append((path, prefix / path.name if len(inputs) > 1 else Path(path.name)))
+            found.append((path, Path(path.name)))  # a file's mask goes beside the others, not in a folder of its name
             continue
         for file in sorted(path.rglob("*")):
             if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES and not any(

@@ -33,10 +33,21 @@ class ConvDist(nn.Module):
         self.act = nn.ReLU(inplace=True)
         self.out = nn.Conv2d(num_classes * width, num_classes, 1, groups=num_classes)
 
+    def init_output(self, prior: Tensor) -> None:
+        """Start every coarse map at its class prior (N values in (0, 1)) with a zero output layer.
+
+        The teacher's coarse maps are attention mass in [0, 1]; the student's pass through a sigmoid. With raw
+        outputs (the reference) one AdamW step on a wide 3×3 conv moved them by whole units and the student
+        collapsed to background for its first dozens of steps.
+        """
+        nn.init.zeros_(self.out.weight)
+        with torch.no_grad():
+            self.out.bias.copy_(torch.logit(prior.clamp(1e-3, 1 - 1e-3)))
+
     def forward(self, maps: list[Tensor]) -> Tensor:
-        """L block maps, each B×C×h×w → B×N×L×h×w coarse maps (class-major, like the teacher's)."""
+        """L block maps, each B×C×h×w → B×N×L×h×w coarse maps in (0, 1) (class-major, like the teacher's)."""
         stacked = torch.cat(maps, dim=0)  # (L·B)×C×h×w: all layer maps of the stage in one pass
-        coarse = self.out(self.act(self.hidden(stacked)))  # (L·B)×N×h×w
+        coarse = torch.sigmoid(self.out(self.act(self.hidden(stacked))))  # (L·B)×N×h×w
         b = maps[0].shape[0]
         return coarse.view(len(maps), b, self.num_classes, *coarse.shape[-2:]).permute(1, 2, 0, 3, 4)
 
@@ -62,6 +73,12 @@ class DistilledStudent(nn.Module):
         # Foreground fraction of each class in the support set: the decoder's coarse-map prior (the teacher
         # computes it from the supports it is given; the student keeps the support set's value).
         self.register_buffer("class_prior", torch.full((num_classes,), 0.5))
+
+    def set_class_prior(self, prior: Tensor) -> None:
+        """Record the support set's N foreground fractions and start the ConvDist outputs there."""
+        self.class_prior.copy_(prior)
+        for dist in self.convdist:
+            dist.init_output(prior)
 
     def coarse_maps(self, feats: Features) -> list[Tensor]:
         """Per stage 2, 3, 4: B×N×n×h×w coarse maps mimicking the teacher's."""

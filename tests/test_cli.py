@@ -1,0 +1,282 @@
+"""The typer CLI: help texts, check, one-line user errors with exit 2, and an end-to-end run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import typer
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import SynData
+from fsdistill.cli import app
+
+REQUIRED_COMMANDS = ("check", "adapt", "distill", "predict", "evaluate")
+TINY = ["--backbone", "test-resnet", "--size", "64", "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def _commands() -> list[str]:
+    group = typer.main.get_command(app)
+    return sorted(group.commands)
+
+
+def assert_user_error(result, *fragments: str) -> str:
+    """Exit 2, exactly one stderr line starting 'error:', no traceback anywhere; returns the line."""
+    assert result.exit_code == 2, (result.exit_code, result.output, repr(result.exception))
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error:"), lines[0]
+    assert "Traceback" not in result.output and "Traceback" not in result.stderr
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+    for fragment in fragments:
+        assert fragment.lower() in lines[0].lower(), (fragment, lines[0])
+    return lines[0]
+
+
+# --- help ------------------------------------------------------------------------------------------------------
+
+
+def test_all_contract_commands_exist() -> None:
+    assert set(REQUIRED_COMMANDS) <= set(_commands())
+
+
+@pytest.mark.parametrize("name", _commands())
+def test_help_of_every_command_shows_an_example(runner, name) -> None:
+    result = runner.invoke(app, [name, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.output
+    assert f"fsdistill {name}" in result.output
+
+
+def test_root_help_and_version(runner) -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for name in REQUIRED_COMMANDS:
+        assert name in result.output
+    version = runner.invoke(app, ["--version"])
+    assert version.exit_code == 0 and version.output.startswith("fsdistill ")
+
+
+# --- check -----------------------------------------------------------------------------------------------------
+
+
+def test_check_good_folder_writes_json(runner, tiny_data, tmp_path) -> None:
+    report = tmp_path / "sub" / "report.json"
+    result = runner.invoke(app, ["check", str(tiny_data.multi), "--json", str(report)])
+    assert result.exit_code == 0, result.output
+    assert "red" in result.stdout and "paired" in result.stdout
+    data = json.loads(report.read_text())
+    assert data["num_pairs"] == 6 and data["layout"] == "paired"
+    assert data["class_names"] == ["background", "red", "green", "blue"]
+    assert set(data["images_per_class"]) == set(data["class_names"])
+
+
+def test_check_quiet_prints_nothing(runner, tiny_data) -> None:
+    result = runner.invoke(app, ["check", str(tiny_data.binary), "--quiet"])
+    assert result.exit_code == 0 and result.stdout == ""
+
+
+# --- user errors -----------------------------------------------------------------------------------------------
+
+
+def test_check_missing_folder(runner, tmp_path) -> None:
+    assert_user_error(runner.invoke(app, ["check", str(tmp_path / "nope")]), "does not exist")
+
+
+def test_check_empty_folder(runner, tmp_path) -> None:
+    (tmp_path / "empty").mkdir()
+    assert_user_error(runner.invoke(app, ["check", str(tmp_path / "empty")]), "empty")
+
+
+def test_check_folder_without_pairs(runner, tmp_path) -> None:
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("hello")
+    assert_user_error(runner.invoke(app, ["check", str(tmp_path / "junk")]))
+
+
+@pytest.mark.parametrize("command", ["adapt", "distill"])
+def test_training_on_a_missing_or_empty_folder(runner, tmp_path, command) -> None:
+    run = tmp_path / "run"
+    assert_user_error(runner.invoke(app, [command, "--support", str(tmp_path / "nope"), "--out", str(run), *TINY]))
+    (tmp_path / "empty").mkdir()
+    assert_user_error(runner.invoke(app, [command, "--support", str(tmp_path / "empty"), "--out", str(run), *TINY]))
+    assert not run.exists()
+
+
+def _train_args(tiny_data, tmp_path, command="distill"):
+    return [command, "--support", str(tiny_data.binary), "--out", str(tmp_path / "run"), "--steps", "0", "--quiet"]
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--backbone", "nope", "--size", "64"], "nope"),
+        (["--backbone", "test-resnet", "--size", "64", "--device", "tpu"], "tpu"),
+        (["--backbone", "test-resnet", "--size", "100"], "size"),
+        (["--backbone", "test-resnet", "--size", "64", "--train", "mapper,bogus"], "bogus"),
+        (["--backbone", "test-resnet", "--size", "64", "--steps", "-1"], "steps"),
+        (["--backbone", "test-swin", "--size", "64"], "128"),
+    ],
+    ids=[
+        "unknown-backbone",
+        "bad-device",
+        "size-not-multiple-of-32",
+        "unknown-train-group",
+        "negative-steps",
+        "swin-size",
+    ],
+)
+@pytest.mark.parametrize("command", ["adapt", "distill"])
+def test_bad_training_options(runner, tiny_data, tmp_path, command, extra, fragment) -> None:
+    result = runner.invoke(app, [*_train_args(tiny_data, tmp_path, command), *extra])
+    assert_user_error(result, fragment)
+    assert not (tmp_path / "run").exists()  # a refused run leaves no run folder
+
+
+@pytest.mark.parametrize(
+    "yaml_text, fragment",
+    [
+        ("train:\n  stepz: 3\n", "stepz"),
+        ("modle:\n  size: 64\n", "modle"),
+        ("train: [1, 2\n", "yaml"),
+        ("- just\n- a list\n", "mapping"),
+    ],
+    ids=["unknown-nested-key", "unknown-top-key", "invalid-yaml", "not-a-mapping"],
+)
+def test_bad_config_yaml(runner, tiny_data, tmp_path, yaml_text, fragment) -> None:
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml_text)
+    result = runner.invoke(app, [*_train_args(tiny_data, tmp_path), "--config", str(config), *TINY])
+    assert_user_error(result, fragment)
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_config_file(runner, tiny_data, tmp_path) -> None:
+    result = runner.invoke(app, [*_train_args(tiny_data, tmp_path), "--config", str(tmp_path / "no.yaml"), *TINY])
+    assert_user_error(result, "no.yaml")
+
+
+def test_missing_backbone_weights_file(runner, tiny_data, tmp_path) -> None:
+    weights = str(tmp_path / "w.pth")
+    result = runner.invoke(app, [*_train_args(tiny_data, tmp_path), "--backbone-weights", weights, *TINY])
+    assert_user_error(result)
+
+
+def test_distill_from_a_non_teacher(runner, tiny_data, tmp_path) -> None:
+    (tmp_path / "notateacher").mkdir()
+    result = runner.invoke(app, [*_train_args(tiny_data, tmp_path), "--teacher", str(tmp_path / "notateacher"), *TINY])
+    assert_user_error(result)
+
+
+def _image(path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(SynData.image(30, 41, 0)).save(path)
+    return str(path)
+
+
+def test_predict_with_a_non_artifact_model(runner, tmp_path) -> None:
+    (tmp_path / "notamodel").mkdir()
+    (tmp_path / "notamodel" / "config.json").write_text("{}")
+    image = _image(tmp_path / "in" / "a.png")
+    result = runner.invoke(app, ["predict", image, "-o", str(tmp_path / "out"), "--model", str(tmp_path / "notamodel")])
+    assert_user_error(result, "notamodel")
+
+
+def test_predict_with_a_missing_model(runner, tmp_path) -> None:
+    image = _image(tmp_path / "in" / "a.png")
+    result = runner.invoke(app, ["predict", image, "-o", str(tmp_path / "out"), "--model", str(tmp_path / "gone")])
+    assert_user_error(result, "gone")
+
+
+def test_predict_without_model_and_without_runs(runner, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    image = _image(tmp_path / "in" / "a.png")
+    assert_user_error(runner.invoke(app, ["predict", image, "-o", str(tmp_path / "out")]), "runs")
+
+
+def test_predict_missing_input(runner, tiny_binary_run, tmp_path) -> None:
+    model = str(tiny_binary_run.run_dir)
+    missing = str(tmp_path / "missing.png")
+    result = runner.invoke(app, ["predict", missing, "-o", str(tmp_path / "out"), "--model", model])
+    assert_user_error(result, "missing.png")
+
+
+def test_predict_bad_device(runner, tiny_binary_run, tmp_path) -> None:
+    image = _image(tmp_path / "in" / "a.png")
+    result = runner.invoke(
+        app, ["predict", image, "-o", str(tmp_path / "out"), "--model", str(tiny_binary_run.run_dir), "--device", "tpu"]
+    )
+    assert_user_error(result, "tpu")
+
+
+def test_evaluate_with_leakage(runner, tiny_binary_run, tiny_data) -> None:
+    model = str(tiny_binary_run.run_dir)
+    result = runner.invoke(app, ["evaluate", str(tiny_data.binary), "--model", model, "--device", "cpu"])
+    assert_user_error(result, str(tiny_data.binary))
+
+
+def test_evaluate_with_other_classes(runner, tiny_binary_run, tiny_data) -> None:
+    result = runner.invoke(
+        app, ["evaluate", str(tiny_data.multi_heldout), "--model", str(tiny_binary_run.run_dir), "--device", "cpu"]
+    )
+    assert_user_error(result, "classes")
+
+
+def test_evaluate_missing_folder(runner, tiny_binary_run, tmp_path) -> None:
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "nope"), "--model", str(tiny_binary_run.run_dir)])
+    assert_user_error(result, "does not exist")
+
+
+def test_predict_corrupt_image_exits_2_after_writing_the_rest(runner, tiny_binary_run, tmp_path) -> None:
+    good = _image(tmp_path / "in" / "good.png")
+    (tmp_path / "in" / "bad.png").write_bytes(b"not an image at all")
+    model = str(tiny_binary_run.run_dir)
+    out = str(tmp_path / "out")
+    result = runner.invoke(app, ["predict", str(tmp_path / "in"), "-o", out, "--model", model, "--quiet"])
+    assert_user_error(result, "bad.png")
+    assert (tmp_path / "out" / "masks" / "good.png").is_file() and good
+
+
+# --- end to end ------------------------------------------------------------------------------------------------
+
+
+def test_distill_predict_evaluate_end_to_end(runner, tiny_data, tmp_path) -> None:
+    config = tmp_path / "fast.yaml"
+    config.write_text("train:\n  episodes_per_step: 1\n  steps: 50\n")  # --steps below overrides the file
+    run = tmp_path / "run"
+    result = runner.invoke(
+        app,
+        ["distill", "--support", str(tiny_data.binary), "--steps", "2", "--out", str(run), "--config", str(config)]
+        + TINY,
+    )
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert (run / "student" / "model.safetensors").is_file() and (run / "teacher" / "config.json").is_file()
+    resolved = (run / "config.resolved.yaml").read_text()
+    assert "episodes_per_step: 1" in resolved and "steps: 2" in resolved
+
+    out = tmp_path / "pred"
+    result = runner.invoke(
+        app,
+        ["predict", str(tiny_data.binary_heldout / "images"), "-o", str(out), "--model", str(run), "--device", "cpu"],
+    )
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "3 written" in result.stdout
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["h0.png", "h1.png", "h2.png"]
+    assert (out / "predictions.csv").is_file()
+
+    report = tmp_path / "eval.json"
+    result = runner.invoke(
+        app, ["evaluate", str(tiny_data.binary_heldout), "--model", str(run), "--json", str(report), "--device", "cpu"]
+    )
+    assert result.exit_code == 0, (result.output, result.exception)
+    data = json.loads(report.read_text())
+    assert set(data) == {"model", "images", "iou", "miou"}
+    assert data["images"] == 3 and set(data["iou"]) == {"background", "foreground"}
+    assert 0.0 <= data["miou"] <= 1.0
+    assert "mIoU" in result.stdout

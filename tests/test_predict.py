@@ -1,0 +1,272 @@
+"""predict and evaluate through the library API: original sizes, odd inputs, CSV, resume, failures, evaluation."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import SynData
+from fsdistill import api
+from fsdistill.errors import CheckpointError, DataError
+from fsdistill.infer import predictor as predictor_module
+
+CSV_COLUMNS = ["image", "width", "height", "class", "pixels", "fraction"]
+
+
+def _rgb(h: int, w: int, seed: int) -> np.ndarray:
+    img = SynData.image(h, w, seed)
+    img[h // 4 : h // 2, w // 4 : w // 2] = (230, 60, 60)
+    return img
+
+
+@pytest.fixture(scope="module")
+def odd_images(tmp_path_factory):
+    """A folder of awkward inputs: odd sizes, grey, RGBA, 16-bit, JPEG, and a nested subfolder."""
+    root = tmp_path_factory.mktemp("odd")
+    sizes = {}
+
+    def put(rel: str, arr: np.ndarray, mode: str | None = None, **kw):
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img = Image.fromarray(arr, mode) if mode else Image.fromarray(arr)
+        img.save(path, **kw)
+        sizes[rel] = (arr.shape[1], arr.shape[0])  # (width, height)
+
+    put("odd_37x53.png", _rgb(37, 53, 1))
+    put("odd_211x97.png", _rgb(211, 97, 2))
+    put("grey.png", _rgb(45, 61, 3)[..., 0])
+    rgba = np.concatenate([_rgb(50, 33, 4), np.full((50, 33, 1), 128, np.uint8)], axis=-1)
+    put("rgba.png", rgba)
+    put("deep16.png", (np.linspace(0, 65535, 29 * 71).reshape(29, 71)).astype(np.uint16))
+    put("photo.jpg", _rgb(64, 80, 5), quality=90)
+    put("nested/inner.png", _rgb(33, 65, 6))
+    return root, sizes
+
+
+def _predict(inputs, out, model, **kw):
+    kw.setdefault("device", "cpu")
+    kw.setdefault("workers", 0)
+    return api.predict(list(inputs) if isinstance(inputs, (list, tuple)) else [inputs], out, model, **kw)
+
+
+def _read_csv(path):
+    with path.open(newline="") as handle:
+        return list(csv.reader(handle))
+
+
+def _pngs(root) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png") if p.is_file())
+
+
+def _tree(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# --- predict ---------------------------------------------------------------------------------------------------
+
+
+def test_masks_at_original_size_for_odd_inputs(tiny_multi_run, odd_images, tmp_path) -> None:
+    root, sizes = odd_images
+    result = _predict(root, tmp_path / "out", tiny_multi_run.run_dir, batch_size=3)
+    assert result.written == len(sizes) and result.skipped == 0 and result.failed == []
+    for rel, (w, h) in sizes.items():
+        mask_path = tmp_path / "out" / "masks" / f"{rel.rsplit('.', 1)[0]}.png"
+        assert mask_path.is_file(), rel
+        with Image.open(mask_path) as mask:
+            assert mask.mode == "P", rel  # index PNG with an embedded palette
+            assert mask.size == (w, h), rel
+            palette = mask.getpalette()
+            values = np.asarray(mask)
+        assert palette is not None, rel
+        assert values.max() <= 3, rel  # background + 3 classes
+    files = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out" / "masks").rglob("*.png"))
+    assert len(files) == len(sizes)
+
+
+def test_mask_palette_is_the_models(tiny_multi_run, odd_images, tmp_path) -> None:
+    root, _ = odd_images
+    _predict(root / "odd_37x53.png", tmp_path / "out", tiny_multi_run.run_dir)
+    from fsdistill.models.build import load_model
+
+    palette = load_model(tiny_multi_run.run_dir).palette
+    with Image.open(tmp_path / "out" / "masks" / "odd_37x53.png") as mask:
+        stored = mask.getpalette()[: 3 * len(palette)]
+    assert stored == [c for rgb in palette for c in rgb]
+
+
+def test_predictions_csv_has_one_row_per_image_and_class(tiny_multi_run, odd_images, tmp_path) -> None:
+    root, sizes = odd_images
+    result = _predict(root, tmp_path / "out", tiny_multi_run.run_dir)
+    rows = _read_csv(result.csv_path)
+    assert result.csv_path == tmp_path / "out" / "predictions.csv"
+    assert rows[0] == CSV_COLUMNS
+    body = rows[1:]
+    classes = ["background", "red", "green", "blue"]
+    assert len(body) == len(sizes) * len(classes)
+    by_image: dict[str, list[list[str]]] = {}
+    for row in body:
+        by_image.setdefault(row[0], []).append(row)
+    assert len(by_image) == len(sizes)
+    for image, image_rows in by_image.items():
+        rel = image[len(str(root)) + 1 :]
+        w, h = sizes[rel]
+        assert [r[3] for r in image_rows] == classes
+        assert all(int(r[1]) == w and int(r[2]) == h for r in image_rows)
+        assert sum(int(r[4]) for r in image_rows) == w * h
+        assert sum(float(r[5]) for r in image_rows) == pytest.approx(1.0, abs=1e-4)
+        mask = np.asarray(Image.open(tmp_path / "out" / "masks" / f"{rel.rsplit('.', 1)[0]}.png"))
+        assert [int(r[4]) for r in image_rows] == np.bincount(mask.ravel(), minlength=4).tolist()
+
+
+def test_resume_skips_done_images_and_matches_an_uninterrupted_run(
+    tiny_binary_run, odd_images, tmp_path, monkeypatch
+) -> None:
+    root, sizes = odd_images
+    model = tiny_binary_run.run_dir
+    reference = _predict(root, tmp_path / "ref", model, batch_size=4)
+    assert reference.written == len(sizes)
+
+    real_write = predictor_module.write_index_png
+    written = []
+
+    def dies_after_three(path, mask, palette):
+        if len(written) == 3:
+            raise KeyboardInterrupt
+        real_write(path, mask, palette)
+        written.append(path)
+
+    monkeypatch.setattr(predictor_module, "write_index_png", dies_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        _predict(root, tmp_path / "out", model, batch_size=4)
+    monkeypatch.undo()
+    assert len(list((tmp_path / "out" / "masks").rglob("*.png"))) == 3
+    assert not list((tmp_path / "out").rglob("*.tmp"))  # no half-written file
+
+    resumed = _predict(root, tmp_path / "out", model, batch_size=4)
+    assert resumed.skipped == 3 and resumed.written == len(sizes) - 3 and resumed.failed == []
+    again = _predict(root, tmp_path / "out", model, batch_size=4)
+    assert again.written == 0 and again.skipped == len(sizes)
+
+    ref_tree, out_tree = _tree(tmp_path / "ref"), _tree(tmp_path / "out")
+    assert set(ref_tree) == set(out_tree)
+    for name in ref_tree:
+        if name.startswith("masks/"):
+            assert ref_tree[name] == out_tree[name], name
+    assert _read_csv(tmp_path / "ref" / "predictions.csv") == _read_csv(tmp_path / "out" / "predictions.csv")
+
+
+def test_overwrite_redoes_everything(tiny_binary_run, odd_images, tmp_path) -> None:
+    root, sizes = odd_images
+    _predict(root / "grey.png", tmp_path / "out", tiny_binary_run.run_dir)
+    redo = _predict(root / "grey.png", tmp_path / "out", tiny_binary_run.run_dir, overwrite=True)
+    assert redo.written == 1 and redo.skipped == 0
+
+
+def test_corrupt_image_is_reported_and_the_rest_written(tiny_binary_run, tmp_path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(_rgb(30 + i, 40, i)).save(folder / f"good{i}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 20)
+    good = (folder / "good0.png").read_bytes()
+    (folder / "truncated.png").write_bytes(good[: len(good) // 2])
+    result = _predict(folder, tmp_path / "out", tiny_binary_run.run_dir, batch_size=2)
+    assert result.written == 3
+    failed = sorted(p for p, _ in result.failed)
+    assert failed == [str(folder / "broken.png"), str(folder / "truncated.png")]
+    assert all(reason for _, reason in result.failed)
+    masks = sorted(p.name for p in (tmp_path / "out" / "masks").iterdir())
+    assert masks == ["good0.png", "good1.png", "good2.png"]
+    rows = _read_csv(result.csv_path)[1:]
+    assert {r[0] for r in rows} == {str(folder / f"good{i}.png") for i in range(3)}
+
+
+def test_overlay_writes_overlays(tiny_binary_run, odd_images, tmp_path) -> None:
+    root, sizes = odd_images
+    inputs = [root / "odd_37x53.png", root / "nested"]
+    result = _predict(inputs, tmp_path / "out", tiny_binary_run.run_dir, overlay=True)
+    assert result.written == 2
+    overlays = _pngs(tmp_path / "out" / "overlays")
+    masks = _pngs(tmp_path / "out" / "masks")
+    # a file input's outputs sit at the top level (not in a folder named after the file), a folder's under its name
+    assert overlays == masks == ["nested/inner.png", "odd_37x53.png"]
+    assert (tmp_path / "out" / "masks" / "odd_37x53.png").is_file()
+    with Image.open(tmp_path / "out" / "overlays" / overlays[0]) as ov:
+        assert ov.mode == "RGB"
+    for rel in overlays:
+        with Image.open(tmp_path / "out" / "overlays" / rel) as ov, Image.open(tmp_path / "out" / "masks" / rel) as m:
+            assert ov.size == m.size
+
+
+def test_output_folder_of_another_model_needs_overwrite(tiny_binary_run, tiny_multi_run, odd_images, tmp_path) -> None:
+    root, _ = odd_images
+    image = root / "odd_37x53.png"
+    _predict(image, tmp_path / "out", tiny_binary_run.run_dir)
+    with pytest.raises(DataError, match="overwrite"):
+        _predict(image, tmp_path / "out", tiny_multi_run.run_dir)
+    result = _predict(image, tmp_path / "out", tiny_multi_run.run_dir, overwrite=True)
+    assert result.written == 1
+    rows = _read_csv(tmp_path / "out" / "predictions.csv")[1:]
+    assert [r[3] for r in rows] == ["background", "red", "green", "blue"]
+
+
+def test_missing_input_and_empty_folder(tiny_binary_run, tmp_path) -> None:
+    with pytest.raises(DataError, match="does not exist"):
+        _predict(tmp_path / "nope", tmp_path / "out", tiny_binary_run.run_dir)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError):
+        _predict(tmp_path / "empty", tmp_path / "out", tiny_binary_run.run_dir)
+
+
+def test_predict_with_a_non_artifact_model(tmp_path, odd_images) -> None:
+    (tmp_path / "notamodel").mkdir()
+    with pytest.raises(CheckpointError):
+        _predict(odd_images[0], tmp_path / "out", tmp_path / "notamodel")
+
+
+def test_predict_with_the_teacher_artifact(tiny_binary_run, odd_images, tmp_path) -> None:
+    root, _ = odd_images
+    result = _predict(root / "odd_211x97.png", tmp_path / "out", tiny_binary_run.teacher_dir)
+    assert result.written == 1
+    with Image.open(tmp_path / "out" / "masks" / "odd_211x97.png") as m:
+        assert m.size == (97, 211) and m.mode == "P"
+
+
+# --- evaluate --------------------------------------------------------------------------------------------------
+
+
+def test_evaluate_json_shape(tiny_multi_run, tiny_data) -> None:
+    result = api.evaluate(tiny_data.multi_heldout, tiny_multi_run.run_dir, device="cpu", workers=0)
+    data = json.loads(json.dumps(result.to_dict()))
+    assert set(data) == {"model", "images", "iou", "miou"}
+    assert data["model"] == str(tiny_multi_run.student_dir)
+    assert data["images"] == 3
+    assert list(data["iou"]) == ["background", "red", "green", "blue"]
+    assert all(v is None or 0.0 <= v <= 1.0 for v in data["iou"].values())
+    assert isinstance(data["miou"], float) and 0.0 <= data["miou"] <= 1.0
+    fg = [v for k, v in data["iou"].items() if k != "background" and v is not None]
+    assert data["miou"] == pytest.approx(sum(fg) / len(fg))
+
+
+def test_evaluate_teacher_with_its_supports(tiny_binary_run, tiny_data) -> None:
+    result = api.evaluate(tiny_data.binary_heldout, tiny_binary_run.run_dir, teacher=True, device="cpu", workers=0)
+    assert result.model == str(tiny_binary_run.teacher_dir)
+    assert result.images == 3 and 0.0 <= result.miou <= 1.0
+
+
+def test_evaluate_on_the_support_folder_is_refused(tiny_binary_run, tiny_data) -> None:
+    with pytest.raises(DataError) as info:
+        api.evaluate(tiny_data.binary, tiny_binary_run.run_dir, device="cpu", workers=0)
+    message = str(info.value)
+    assert str(tiny_data.binary) in message
+    assert "support" in message and "s0" in message
+
+
+def test_evaluate_with_other_class_names_is_refused(tiny_binary_run, tiny_data) -> None:
+    with pytest.raises(DataError) as info:
+        api.evaluate(tiny_data.multi_heldout, tiny_binary_run.run_dir, device="cpu", workers=0)
+    assert "classes" in str(info.value)

@@ -1,0 +1,119 @@
+"""ConvDist student: shapes for every backbone family, batch independence, fused = per-class blocks, width."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fsdistill.config import ModelCfg
+from fsdistill.models.backbone import create_backbone
+from fsdistill.models.build import build_student, build_teacher
+from fsdistill.models.student import ConvDist, DistilledStudent
+from fsdistill.models.teacher import ATTENTION_LEVELS, DCAMATeacher
+
+
+def _student(backbone: str, size: int, num_classes: int, width: int | None = None, pretrained: bool = False):
+    torch.manual_seed(0)
+    teacher = build_teacher(ModelCfg(backbone=backbone, size=size), num_classes, pretrained=pretrained)
+    return build_student(teacher, width).eval()
+
+
+def _randomise(module: nn.Module, seed: int = 0) -> None:
+    """Perturb every trainable (non-backbone) parameter so outputs depend on all of them."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if not name.startswith("backbone."):
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+
+
+@pytest.mark.parametrize(
+    "backbone, size, pretrained",
+    [
+        ("test-resnet", 64, False),
+        ("test-swin", 128, False),
+        ("efficientnet-lite0", 64, False),
+        ("efficientnet-lite0", 96, True),
+    ],
+    ids=["test-resnet-64", "test-swin-128", "lite0-random-64", "lite0-pretrained-96"],
+)
+def test_output_shapes_for_every_backbone_family(backbone, size, pretrained) -> None:
+    n = 3
+    student = _student(backbone, size, n, pretrained=pretrained)
+    spec = student.backbone.spec
+    images = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        logits, coarse = student.forward_features(student.backbone(images))
+    assert logits.shape == (2, n + 1, size, size)
+    assert torch.isfinite(logits).all()
+    assert len(coarse) == len(ATTENTION_LEVELS)
+    for c, lvl in zip(coarse, ATTENTION_LEVELS):
+        stride = spec.strides[lvl]
+        assert c.shape == (2, n, spec.num_blocks[lvl], size // stride, size // stride)
+    with torch.no_grad():
+        assert torch.equal(student(images), logits)
+
+
+def test_batch_1_equals_batch_8_in_eval_mode() -> None:
+    student = _student("test-resnet", 64, 2)
+    _randomise(student)
+    images = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        batched = student(images)
+        single = torch.cat([student(images[i : i + 1]) for i in range(8)])
+    torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-4)
+    # different images give different outputs (the comparison is not vacuous)
+    assert not torch.allclose(batched[0], batched[1], atol=1e-3)
+
+
+@pytest.mark.parametrize("width", [None, 5])
+def test_fused_convdist_equals_separate_per_class_blocks(width) -> None:
+    channels, n, layers = 12, 3, 2
+    torch.manual_seed(3)
+    fused = ConvDist(channels, n, width)
+    w = width or channels
+    assert fused.hidden.weight.shape == (n * w, channels, 3, 3)
+    assert fused.out.weight.shape == (n, w, 1, 1)
+    with torch.no_grad():
+        for p in fused.parameters():
+            p.normal_(0, 0.2)
+    maps = [torch.randn(2, channels, 5, 6) for _ in range(layers)]
+    out = fused(maps)
+    assert out.shape == (2, n, layers, 5, 6)
+    for c in range(n):
+        block = nn.Sequential(nn.Conv2d(channels, w, 3, padding=1), nn.ReLU(), nn.Conv2d(w, 1, 1))
+        with torch.no_grad():
+            block[0].weight.copy_(fused.hidden.weight[c * w : (c + 1) * w])
+            block[0].bias.copy_(fused.hidden.bias[c * w : (c + 1) * w])
+            block[2].weight.copy_(fused.out.weight[c : c + 1])
+            block[2].bias.copy_(fused.out.bias[c : c + 1])
+        for layer, m in enumerate(maps):  # one block per class, shared by all layer maps of the stage
+            torch.testing.assert_close(out[:, c, layer], block(m)[:, 0], rtol=1e-5, atol=1e-5)
+
+
+def test_student_width_reduces_parameter_count() -> None:
+    torch.manual_seed(0)
+    teacher = build_teacher(ModelCfg(backbone="test-resnet", size=64), 2, pretrained=False)
+    paper = build_student(teacher, None)
+    narrow = build_student(teacher, 4)
+
+    def count(student: DistilledStudent) -> int:
+        return sum(p.numel() for p in student.convdist.parameters())
+
+    assert count(narrow) < count(paper)
+    assert sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in paper.parameters())
+    spec = teacher.backbone.spec
+    for dist, lvl in zip(paper.convdist, ATTENTION_LEVELS):
+        assert dist.width == spec.channels[lvl]  # paper width = the stage's channels
+    for dist in narrow.convdist:
+        assert dist.width == 4 and dist.hidden.out_channels == 2 * 4
+    # The student holds no attention: its parameters are backbone, decoder, ConvDist (and the prior buffer).
+    assert not [k for k in narrow.state_dict() if k.startswith("blocks.")]
+
+
+def test_student_shares_backbone_and_decoder_with_its_teacher() -> None:
+    teacher = DCAMATeacher(create_backbone("test-resnet", pretrained=False), 2)
+    student = build_student(teacher, 8)
+    assert student.backbone is teacher.backbone and student.decoder is teacher.decoder
+    assert torch.equal(student.class_prior, torch.full((2,), 0.5))
