@@ -298,6 +298,71 @@ def evaluate(
         _write_json(json_out, result.to_dict())
 
 
+
+@command
+def profile(
+    ways: Annotated[
+        Optional[int], typer.Option("--ways", help="Largest ways W: grid 1..W (default 3; with --model its classes).")
+    ] = None,
+    shots: Annotated[int, typer.Option("--shots", help="Largest shots S: grid {1,5,10,25,50,S} up to S.")] = 10,
+    backbone: BackboneOpt = None,
+    size: SizeOpt = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Query images per timed run (the teacher runs them one at a time).")
+    ] = 1,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed runs before each cell (slow cells skip them).")] = 1,
+    runs: Annotated[
+        int, typer.Option("--runs", help="Timed runs per cell (cells slower than 2 s: as many as fit in 10 s).")
+    ] = 5,
+    model: ModelOpt = None,
+    out: Annotated[Path, typer.Option("--out", help="Output folder for profile.json/.csv/.md/.png.")] = Path("profile"),
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Recompute support features for every query (the reference's cost).")
+    ] = False,
+    student_width: Annotated[
+        Optional[int], typer.Option("--student-width", help="ConvDist channels per class of the random student.")
+    ] = None,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Latency and memory of teacher vs student vs bare backbone over ways x shots (the paper's speed table).
+
+    Random weights and inputs unless --model RUN_DIR (then its teacher/student, classes and size).
+
+    Example: fsdistill profile --ways 5 --shots 50 --out profile/
+    """
+    from fsdistill import api
+    from fsdistill.infer.profile import ProfileCfg
+
+    cfg = ProfileCfg(
+        ways=ways,
+        shots=shots,
+        backbone=backbone,
+        size=size,
+        batch_size=batch_size,
+        warmup=warmup,
+        runs=runs,
+        model=model,
+        out=out,
+        cache=not no_cache,
+        student_width=student_width,
+        device=device,
+        seed=0 if seed is None else seed,
+    )
+    result = api.profile(cfg, quiet=quiet)
+    console = _Console(quiet)
+    ratios = result.ratios
+    fmt = lambda x: "n/a" if x is None else f"{x:.2f}x"  # noqa: E731
+    cell = ratios["largest_cell"]
+    console.say(f"student latency max/min over the grid: {fmt(ratios['student_max_over_min'])}")
+    console.say(f"teacher/student at {cell['ways']}-way {cell['shots']}-shot: {fmt(ratios['teacher_over_student'])}")
+    console.say(f"student/backbone at {cell['ways']}-way: {fmt(ratios['student_over_backbone'])}")
+    failed = [f"{r['model']} {r['ways']}w{r['shots']}s" for r in result.rows if r["status"] != "ok"]
+    if failed:
+        console.say(f"out of memory: {', '.join(failed)}")
+    console.say(f"profile: {result.out_dir}/profile.{{json,csv,md,png}}  ({result.data['seconds']:.0f} s)")
+
 def _version_callback(value: bool) -> None:
     if value:
         typer.echo(f"fsdistill {__version__}")

@@ -270,3 +270,16 @@ def test_evaluate_with_other_class_names_is_refused(tiny_binary_run, tiny_data) 
     with pytest.raises(DataError) as info:
         api.evaluate(tiny_data.multi_heldout, tiny_binary_run.run_dir, device="cpu", workers=0)
     assert "classes" in str(info.value)
+
+
+def test_inputs_that_would_write_the_same_mask_are_refused(tmp_path) -> None:
+    from fsdistill.errors import DataError
+    from fsdistill.infer.predictor import list_images
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / folder / "x.png")
+    with pytest.raises(DataError, match="would both write masks/x.png"):
+        list_images([tmp_path / "a" / "x.png", tmp_path / "b" / "x.png"])
+    # Folders keep their own prefix, so equal names inside different folders are fine.
+    assert len(list_images([tmp_path / "a", tmp_path / "b"])) == 2

@@ -55,6 +55,15 @@ def list_images(inputs: list[Path]) -> list[tuple[Path, Path]]:
                 found.append((file, prefix / file.relative_to(path)))
     if not found:
         raise DataError(f"No images found in {', '.join(map(str, inputs))}; supported: {', '.join(sorted(IMAGE_SUFFIXES))}.")
+    seen: dict[Path, Path] = {}
+    for source, rel in found:
+        target = rel.with_suffix(".png")
+        if target in seen:
+            raise DataError(
+                f"{seen[target]} and {source} would both write masks/{target}; rename one or predict them into "
+                "separate -o folders."
+            )
+        seen[target] = source
     return found
 
 
