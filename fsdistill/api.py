@@ -107,6 +107,11 @@ def _prepare(cfg: AdaptCfg | DistillCfg, quiet: bool):
     return index, num_classes, device, support
 
 
+def _augment(cfg: AdaptCfg | DistillCfg, count: int) -> bool:
+    """Flip views when asked, or by default only for a single support image (episodes need a second view)."""
+    return cfg.train.augment if cfg.train.augment is not None else count == 1
+
+
 def _train_config(cfg: AdaptCfg | DistillCfg) -> dict[str, Any]:
     return json.loads(cfg.model_dump_json())
 
@@ -122,7 +127,7 @@ def adapt(cfg: AdaptCfg, quiet: bool = False) -> RunResult:
         raise ConfigError("One support image needs augmentation to build episodes; drop --no-augment or add images.")
     run_dir = new_run_dir(cfg.out)
     _write_run_config(run_dir, cfg, "adapt")
-    cache = FeatureCache(teacher, support, device, cfg.train.augment)
+    cache = FeatureCache(teacher, support, device, _augment(cfg, len(index)))
     stats = train(teacher, cache, cfg.train, quiet=quiet)
     teacher_dir = save_model(
         run_dir / "teacher",
@@ -172,7 +177,7 @@ def distill(cfg: DistillCfg, quiet: bool = False) -> RunResult:
         teacher = _new_teacher(cfg, num_classes).to(device)
     run_dir = new_run_dir(cfg.out)
     _write_run_config(run_dir, cfg, "distill")
-    cache = FeatureCache(teacher, support, device, cfg.train.augment)
+    cache = FeatureCache(teacher, support, device, _augment(cfg, len(index)))
     student = build_student(teacher, cfg.model.student_width).to(device)
     student.set_class_prior(teacher.class_prior(cache.support[0], list(range(num_classes))))
     stats = train(teacher, cache, cfg.train, student=student, freeze_teacher=cfg.freeze_teacher, quiet=quiet)

@@ -43,7 +43,10 @@ class ModelCfg(_Strict):
     heads: int = Field(8, ge=1)
     use_pe: bool = True
     attn_dropout: float = Field(0.5, ge=0.0, lt=1.0)
-    voting: int = Field(10, ge=1, description="support images per attention chunk at inference (bounds memory)")
+    voting: int = Field(
+        50, ge=1, description="support images per attention chunk at inference; one softmax over more supports "
+        "measured better (brain 0.52 → 0.62 from 10 to 20) and the fused kernel needs no chunking for memory"
+    )
     qk_norm: float | None = Field(
         10.0, gt=0, description="cosine-attention temperature; None = the reference's raw scaled dot product"
     )
@@ -72,13 +75,16 @@ class ModelCfg(_Strict):
 class TrainCfg(_Strict):
     """Optimisation shared by adapt and distill."""
 
-    steps: int = Field(40, ge=0, description="optimiser steps; 40 × 4 episodes ≈ 2.5 min on 2 CPU cores at 384 px")
+    steps: int = Field(60, ge=0, description="optimiser steps of 4 episodes each (see docs/benchmarks.md)")
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     episodes_per_step: int = Field(4, ge=1, description="query images per optimiser step")
     max_shots: int = Field(3, ge=1, description="support images per training episode (at most)")
-    train: list[str] = Field(default_factory=lambda: ["mapper", "mixer"])
-    augment: bool = True
+    # The paper's default is mapper + mixer; adding merge measured +0.03 mIoU on brain, +0.003 on nuclei.
+    train: list[str] = Field(default_factory=lambda: ["mapper", "merge", "mixer"])
+    augment: bool | None = Field(
+        None, description="cached flip views; None = only for a single support image (no measured gain otherwise)"
+    )
     seed: int = 0
 
     @field_validator("train")
@@ -108,7 +114,7 @@ class DistillCfg(_Strict):
     teacher: Path | None = None
     freeze_teacher: bool = False
     model: ModelCfg = Field(default_factory=ModelCfg)
-    train: TrainCfg = Field(default_factory=lambda: TrainCfg(train=["mapper", "mixer"]))
+    train: TrainCfg = Field(default_factory=TrainCfg)
     device: str = "auto"
 
 

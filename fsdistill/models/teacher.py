@@ -158,7 +158,7 @@ class DCAMATeacher(nn.Module):
         heads: int = 8,
         use_pe: bool = True,
         attn_dropout: float = 0.5,
-        voting: int = 10,
+        voting: int = 50,
         qk_norm: float | None = 10.0,
         decoder_width: int = 128,
         mixer_widths: tuple[int, int, int] = (128, 64, 16),
