@@ -1,0 +1,123 @@
+"""``fsdistill predict`` throughput against the bare backbone, measured in one run.
+
+Builds a folder of real images (the example nuclei and brain images, tiled to 512×512 and 640×480 files so
+decoding and resizing cost what they cost on user data), then measures, on the same device and thread count:
+  * predict images/s: the full ``api.predict`` path (decode in DataLoader workers, resize, student forward,
+    upsample to original size, argmax, palette PNG written, predictions.csv);
+  * backbone images/s: the bare frozen backbone forward on pre-resized tensors at the same batch size.
+The issue's goal is predict ≥ 0.8× backbone.
+
+    python benchmarks/predict_throughput.py [--model RUN_DIR] [--images 64] [--batch-size 8]
+
+Without ``--model`` a student is built with random weights (throughput does not depend on the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+
+from make_examples import build_examples  # noqa: E402
+
+from fsdistill import api  # noqa: E402
+from fsdistill.config import ModelCfg  # noqa: E402
+from fsdistill.data.discover import discover  # noqa: E402
+from fsdistill.data.transforms import normalize  # noqa: E402
+from fsdistill.models.build import build_student, build_teacher, load_model, save_model  # noqa: E402
+from fsdistill.runtime import device_name, library_versions, resolve_device  # noqa: E402
+
+
+def make_image_folder(folder: Path, count: int, data: Path) -> None:
+    cases = build_examples(data)
+    sources = []
+    for case in cases.values():
+        index = discover(case / "heldout")
+        sources += [index.load_image(i) for i in range(len(index))]
+    sizes = [(512, 512), (640, 480)]
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        tile = sources[i % len(sources)]
+        w, h = sizes[i % len(sizes)]
+        big = np.tile(tile, (h // tile.shape[0] + 1, w // tile.shape[1] + 1, 1))[:h, :w]
+        Image.fromarray(big).save(folder / f"img_{i:04d}.png")
+
+
+def random_student(directory: Path, cfg: ModelCfg) -> Path:
+    teacher = build_teacher(cfg, 1)
+    student = build_student(teacher, cfg.student_width)
+    return save_model(
+        directory, student, class_names=["background", "foreground"], palette=[(0, 0, 0), (255, 0, 0)],
+        input_size=cfg.size, train_config={}, support_info={}, training={},
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--data", type=Path, default=ROOT / "examples" / "data")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "predict_throughput")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    work = Path(tempfile.mkdtemp(prefix="fsd-throughput-"))
+    try:
+        images = work / "images"
+        make_image_folder(images, args.images, args.data)
+        model_dir = args.model or random_student(work / "student", ModelCfg())
+        loaded = load_model(model_dir)
+        predict_rates = []
+        for r in range(args.repeats):
+            out = work / f"out{r}"
+            start = time.perf_counter()
+            result = api.predict([images], out, model=model_dir, device=args.device, batch_size=args.batch_size, workers=args.workers)
+            predict_rates.append(result.written / (time.perf_counter() - start))
+        backbone = loaded.model.to(device).backbone
+        batch = normalize(torch.randint(0, 255, (args.batch_size, 3, loaded.size, loaded.size), dtype=torch.uint8).to(device), loaded.mean, loaded.std)
+        backbone_rates = []
+        with torch.inference_mode():
+            backbone(batch)
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                for _ in range(max(1, args.images // args.batch_size)):
+                    backbone(batch)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                backbone_rates.append(args.batch_size * max(1, args.images // args.batch_size) / (time.perf_counter() - start))
+        report = {
+            "device": device_name(device),
+            "model": str(model_dir) if args.model else "random-init student (default config)",
+            "model_args": loaded.config["model_args"],
+            "images": args.images,
+            "batch_size": args.batch_size,
+            "workers": args.workers,
+            "predict_images_per_s": statistics.median(predict_rates),
+            "backbone_images_per_s": statistics.median(backbone_rates),
+            "versions": library_versions(),
+        }
+        report["ratio"] = report["predict_images_per_s"] / report["backbone_images_per_s"]
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps(report, indent=2))
+        print(json.dumps(report, indent=2))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

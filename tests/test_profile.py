@@ -1,0 +1,206 @@
+"""``fsdistill profile``: tiny grids through the API and the CLI, --model on a tiny run, OOM cells, bad options."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import SynData
+from fsdistill import api
+from fsdistill.cli import app
+from fsdistill.config import DistillCfg
+from fsdistill.errors import ConfigError
+from fsdistill.infer.profile import CSV_COLUMNS, ProfileCfg, headline_ratios, is_oom, shot_grid
+from fsdistill.models.build import load_model
+from fsdistill.models.teacher import DCAMATeacher
+
+TINY = dict(backbone="test-resnet", size=64, ways=2, shots=5, runs=2, device="cpu")
+FILES = ("profile.json", "profile.csv", "profile.md", "profile.png")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: tiny models time the same, and a loaded machine cannot stall OpenMP barriers."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """A distilled test-resnet run at 64 px (teacher + student artifacts) from a synthetic binary folder."""
+    root = tmp_path_factory.mktemp("profile_run")
+    SynData().paired(root / "support", n=3, size=(48, 56))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = DistillCfg(
+            support=root / "support",
+            out=root / "run",
+            model={"backbone": "test-resnet", "size": 64},
+            train={"steps": 1, "episodes_per_step": 1},
+            device="cpu",
+        )
+        api.distill(cfg, quiet=True)
+    finally:
+        torch.set_num_threads(threads)
+    return root / "run"
+
+
+def check_schema(data: dict, ways: list[int], shots: list[int]) -> None:
+    assert isinstance(data["device"], str) and data["device"]
+    assert isinstance(data["backbone"], str)
+    assert isinstance(data["size"], int)
+    assert isinstance(data["rows"], list) and data["rows"]
+    for row in data["rows"]:
+        assert row["model"] in ("teacher", "student", "backbone")
+        assert isinstance(row["ways"], int) and isinstance(row["shots"], int)
+        assert isinstance(row["params"], int) and row["params"] > 0
+        assert isinstance(row["peak_mem_mb"], float)
+        assert row["status"] in ("ok", "oom")
+        if row["status"] == "ok":
+            assert isinstance(row["p50_ms"], float) and isinstance(row["p95_ms"], float)
+            assert 0 < row["p50_ms"] <= row["p95_ms"]
+            assert row["throughput"] > 0 and row["runs"] >= 1
+    for model in ("teacher", "student", "backbone"):
+        cells = [(r["ways"], r["shots"]) for r in data["rows"] if r["model"] == model]
+        assert sorted(cells) == sorted((w, s) for w in ways for s in shots), model
+    assert {"torch", "timm"} <= set(data["versions"]) and data["threads"] >= 1
+
+
+def check_files(out: Path) -> dict:
+    for name in FILES:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert not list(out.glob(".*.tmp"))
+    assert (out / "profile.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads((out / "profile.json").read_text())
+    with open(out / "profile.csv", newline="") as fh:
+        reader = csv.DictReader(fh)
+        assert list(reader.fieldnames[: len(CSV_COLUMNS)]) == list(CSV_COLUMNS)
+        assert len(list(reader)) == len(data["rows"])
+    md = (out / "profile.md").read_text()
+    assert "| ways | shots | teacher ms" in md and "teacher / student at" in md
+    return data
+
+
+def test_shot_grid():
+    assert shot_grid(1) == [1]
+    assert shot_grid(5) == [1, 5]
+    assert shot_grid(7) == [1, 5, 7]
+    assert shot_grid(50) == [1, 5, 10, 25, 50]
+    assert shot_grid(60) == [1, 5, 10, 25, 50, 60]
+
+
+def test_api_tiny_grid(tmp_path):
+    result = api.profile(ProfileCfg(**TINY, warmup=0, out=tmp_path / "p"), quiet=True)
+    data = check_files(tmp_path / "p")
+    check_schema(data, [1, 2], [1, 5])
+    assert data == json.loads(json.dumps(result.data))
+    assert data["complete"] and data["batch_size"] == 1 and data["cache"] is True
+    teacher = [r for r in data["rows"] if r["model"] == "teacher"]
+    assert all(r["status"] == "ok" and r["supports"] == r["ways"] * r["shots"] for r in teacher)
+    ratios = data["ratios"]
+    assert ratios["largest_cell"] == {"ways": 2, "shots": 5}
+    for key in ("student_max_over_min", "teacher_over_student", "student_over_backbone"):
+        assert ratios[key] > 0
+    assert ratios["student_max_over_min"] >= 1.0
+
+
+def test_cli_tiny_grid_no_cache(tmp_path):
+    out = tmp_path / "cli"
+    args = ["profile", "--backbone", "test-resnet", "--size", "64", "--ways", "2", "--shots", "5", "--warmup", "1",
+            "--runs", "2", "--device", "cpu", "--no-cache", "--batch-size", "2", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "teacher/student at 2-way 5-shot" in result.output
+    data = check_files(out)
+    check_schema(data, [1, 2], [1, 5])
+    assert data["cache"] is False and data["batch_size"] == 2
+    assert all("support_cache_mb" not in r for r in data["rows"])
+
+
+def test_profile_with_model(tiny_run, tmp_path):
+    out = tmp_path / "m"
+    result = CliRunner().invoke(
+        app, ["profile", "--model", str(tiny_run), "--shots", "2", "--warmup", "0", "--runs", "2", "--device", "cpu",
+              "--out", str(out), "--quiet"]
+    )
+    assert result.exit_code == 0, result.output
+    data = check_files(out)
+    check_schema(data, [1], [1, 2])
+    assert data["backbone"] == "test-resnet" and data["size"] == 64
+    assert data["weights"] == "run artifacts" and set(data["artifacts"]) == {"teacher", "student"}
+    student = load_model(tiny_run / "student").model
+    assert all(r["params"] == sum(p.numel() for p in student.parameters()) for r in data["rows"] if r["model"] == "student")
+
+
+def test_profile_model_conflicts(tiny_run, tmp_path):
+    with pytest.raises(ConfigError, match="--size"):
+        api.profile(model=tiny_run, size=128, out=tmp_path / "x", device="cpu", quiet=True)
+    with pytest.raises(ConfigError, match="--ways"):
+        api.profile(model=tiny_run, ways=3, out=tmp_path / "x", device="cpu", quiet=True)
+
+
+def test_oom_cell_is_reported(tmp_path, monkeypatch):
+    original = DCAMATeacher.predict_features
+    chunks: list[int] = []
+
+    def fake(self, query, support, voting=None):
+        if len(support) == 10:  # the 2-way 5-shot cell only
+            chunks.append(voting)
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return original(self, query, support, voting)
+
+    monkeypatch.setattr(DCAMATeacher, "predict_features", fake)
+    api.profile(ProfileCfg(**TINY, warmup=0, out=tmp_path / "o"), quiet=True)
+    data = check_files(tmp_path / "o")
+    check_schema(data, [1, 2], [1, 5])
+    bad = [r for r in data["rows"] if r["status"] != "ok"]
+    assert [(r["model"], r["ways"], r["shots"]) for r in bad] == [("teacher", 2, 5)]
+    assert bad[0]["p50_ms"] is None and bad[0]["voting"] == 1 and "out of memory" in bad[0]["note"]
+    assert chunks == [50, 25, 12, 6, 3, 1]  # from the default voting chunk, halved until it fits
+    assert data["ratios"]["teacher_over_student"] is None
+    assert "OOM" in (tmp_path / "o" / "profile.md").read_text()
+
+
+def test_is_oom():
+    assert is_oom(torch.OutOfMemoryError("x"))
+    assert is_oom(MemoryError())
+    assert is_oom(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes"))
+    assert not is_oom(RuntimeError("shape mismatch"))
+
+
+def test_ratios_from_rows():
+    def row(model, w, s, ms):
+        return {"model": model, "ways": w, "shots": s, "p50_ms": ms, "status": "ok"}
+
+    rows = [row("backbone", 1, 1, 10.0), row("backbone", 1, 5, 10.0), row("student", 1, 1, 11.0), row("student", 1, 5, 12.0),
+            row("teacher", 1, 1, 100.0), row("teacher", 1, 5, 600.0)]
+    r = headline_ratios(rows, 1, 5)
+    assert r["student_max_over_min"] == pytest.approx(12 / 11, abs=1e-3)
+    assert r["teacher_over_student"] == 50.0
+    assert r["student_over_backbone"] == 1.2
+
+
+@pytest.mark.parametrize(
+    "args, word",
+    [
+        (["--ways", "0"], "--ways"),
+        (["--shots", "0"], "--shots"),
+        (["--runs", "0"], "--runs"),
+        (["--backbone", "no-such-net"], "no-such-net"),
+        (["--size", "100"], "--size"),
+    ],
+)
+def test_bad_options_exit_2(tmp_path, args, word):
+    result = CliRunner().invoke(app, ["profile", "--device", "cpu", "--out", str(tmp_path / "b"), *args])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and word in lines[0], result.stderr
+    assert not (tmp_path / "b").exists()
