@@ -112,8 +112,16 @@ def _augment(cfg: AdaptCfg | DistillCfg, count: int) -> bool:
     return cfg.train.augment if cfg.train.augment is not None else count == 1
 
 
-def _train_config(cfg: AdaptCfg | DistillCfg) -> dict[str, Any]:
-    return json.loads(cfg.model_dump_json())
+def _artifact_fields(cfg: AdaptCfg | DistillCfg, index: SupportIndex, stats: TrainStats) -> dict[str, Any]:
+    """What every artifact of a run records besides its weights: classes, input size, config, supports, training."""
+    return {
+        "class_names": index.class_names,
+        "palette": index.palette,
+        "input_size": cfg.model.size,
+        "train_config": json.loads(cfg.model_dump_json()),
+        "support_info": _support_info(index),
+        "training": _stats_dict(stats),
+    }
 
 
 def adapt(cfg: AdaptCfg, quiet: bool = False) -> RunResult:
@@ -132,14 +140,9 @@ def adapt(cfg: AdaptCfg, quiet: bool = False) -> RunResult:
     teacher_dir = save_model(
         run_dir / "teacher",
         teacher,
-        class_names=index.class_names,
-        palette=index.palette,
-        input_size=cfg.model.size,
-        train_config=_train_config(cfg),
-        support_info=_support_info(index),
-        training=_stats_dict(stats),
         support_images=support.images,
         support_masks=support.masks,
+        **_artifact_fields(cfg, index, stats),
     )
     return RunResult(run_dir, teacher_dir=teacher_dir, stats=_stats_dict(stats))
 
@@ -181,14 +184,7 @@ def distill(cfg: DistillCfg, quiet: bool = False) -> RunResult:
     student = build_student(teacher, cfg.model.student_width).to(device)
     student.set_class_prior(teacher.class_prior(cache.support[0], list(range(num_classes))))
     stats = train(teacher, cache, cfg.train, student=student, freeze_teacher=cfg.freeze_teacher, quiet=quiet)
-    common = dict(
-        class_names=index.class_names,
-        palette=index.palette,
-        input_size=cfg.model.size,
-        train_config=_train_config(cfg),
-        support_info=_support_info(index),
-        training=_stats_dict(stats),
-    )
+    common = _artifact_fields(cfg, index, stats)
     teacher_dir = None
     if cfg.teacher is None:
         teacher_dir = save_model(
