@@ -204,3 +204,23 @@ def test_bad_options_exit_2(tmp_path, args, word):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and word in lines[0], result.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_student_oom_keeps_backbone(tmp_path, monkeypatch):
+    from fsdistill.models.student import DistilledStudent
+
+    original = DistilledStudent.forward
+
+    def fake(self, images):
+        if self.num_classes == 2:
+            raise MemoryError("no memory left")
+        return original(self, images)
+
+    monkeypatch.setattr(DistilledStudent, "forward", fake)
+    api.profile(ProfileCfg(**{**TINY, "shots": 1}, warmup=1, out=tmp_path / "s"), quiet=True)
+    data = check_files(tmp_path / "s")
+    status = {(r["model"], r["ways"]): r["status"] for r in data["rows"]}
+    assert status == {("backbone", 1): "ok", ("student", 1): "ok", ("teacher", 1): "ok",
+                      ("backbone", 2): "ok", ("student", 2): "oom", ("teacher", 2): "ok"}
+    backbone = next(r for r in data["rows"] if r["model"] == "backbone" and r["ways"] == 2)
+    assert backbone["runs"] == 2 and backbone["warmup"] == 1

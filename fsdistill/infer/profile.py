@@ -1058,6 +1058,7 @@ def _write_plot(path: Path, data: dict[str, Any]) -> Path:
         ax.set_xscale("log")
     ax.set_xticks(shots)
     ax.set_xticklabels([str(s) for s in shots])
+    ax.set_xticks([], minor=True)
     ax.set_xlabel("shots per class")
     ax.set_ylabel("latency p50 (ms per batch)")
     ax.set_title(f"{data['backbone']} {data['size']} px, {data['device']}, batch {data['batch_size']}", fontsize=9)
