@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fsdistill.errors import ConfigError
 
@@ -50,19 +50,27 @@ class ModelCfg(_Strict):
     qk_norm: float | None = Field(
         10.0, gt=0, description="cosine-attention temperature; None = the reference's raw scaled dot product"
     )
-    decoder_width: int = Field(128, ge=8, description="ConvMapper/ConvMerge channels (paper 128)")
-    mixer_widths: tuple[int, int, int] = Field((128, 64, 16), description="mixer1-3 channels (paper 128, 64, 16)")
-    full_resolution: bool = Field(True, description="paper's mixer schedule up to the input size; False = stride 4")
+    decoder: Literal["dcama", "light"] = Field(
+        "dcama", description="dcama = the paper's decoder; light = one conv per block, per-class work at stride >= 4"
+    )
+    decoder_width: int | None = Field(
+        None, ge=8, description="ConvMapper/ConvMerge channels; None = the decoder's default (dcama 128, light 32)"
+    )
+    mixer_widths: tuple[int, int, int] | None = Field(
+        None, description="mixer channels; None = the decoder's default (dcama 128, 64, 16; light 16, 8, 8)"
+    )
+    full_resolution: bool = Field(True, description="dcama only: the paper's mixer schedule up to the input size; False = stride 4")
     student_width: int | None = Field(
         None, ge=1, description="ConvDist hidden channels per class; None = the backbone's channels (paper)"
     )
 
-    @field_validator("decoder_width")
-    @classmethod
-    def _groupnorm_divisible(cls, value: int) -> int:
-        if value % 32:
-            raise ValueError(f"decoder_width must be a multiple of 32 (GroupNorm of width/8 channels in 4 groups), got {value}")
-        return value
+    @model_validator(mode="after")
+    def _groupnorm_divisible(self) -> "ModelCfg":
+        # GroupNorm(4) runs on width/8 channels in the paper's mapper and on the width itself in the light one.
+        multiple = 32 if self.decoder == "dcama" else 4
+        if self.decoder_width is not None and self.decoder_width % multiple:
+            raise ValueError(f"decoder_width must be a multiple of {multiple} for the {self.decoder} decoder, got {self.decoder_width}")
+        return self
 
     @field_validator("size")
     @classmethod

@@ -13,9 +13,11 @@ from fsdistill.models.student import ConvDist, DistilledStudent
 from fsdistill.models.teacher import ATTENTION_LEVELS, DCAMATeacher
 
 
-def _student(backbone: str, size: int, num_classes: int, width: int | None = None, pretrained: bool = False):
+def _student(
+    backbone: str, size: int, num_classes: int, width: int | None = None, pretrained: bool = False, decoder: str = "light"
+):
     torch.manual_seed(0)
-    teacher = build_teacher(ModelCfg(backbone=backbone, size=size), num_classes, pretrained=pretrained)
+    teacher = build_teacher(ModelCfg(backbone=backbone, size=size, decoder=decoder), num_classes, pretrained=pretrained)
     return build_student(teacher, width).eval()
 
 
@@ -28,6 +30,7 @@ def _randomise(module: nn.Module, seed: int = 0) -> None:
                 p.add_(0.05 * torch.randn(p.shape, generator=g))
 
 
+@pytest.mark.parametrize("decoder", ["light", "dcama"])
 @pytest.mark.parametrize(
     "backbone, size, pretrained",
     [
@@ -38,14 +41,15 @@ def _randomise(module: nn.Module, seed: int = 0) -> None:
     ],
     ids=["test-resnet-64", "test-swin-128", "lite0-random-64", "lite0-pretrained-96"],
 )
-def test_output_shapes_for_every_backbone_family(backbone, size, pretrained) -> None:
+def test_output_shapes_for_every_backbone_family(backbone, size, pretrained, decoder) -> None:
     n = 3
-    student = _student(backbone, size, n, pretrained=pretrained)
+    student = _student(backbone, size, n, pretrained=pretrained, decoder=decoder)
     spec = student.backbone.spec
     images = torch.randn(2, 3, size, size)
     with torch.no_grad():
         logits, coarse = student.forward_features(student.backbone(images))
-    assert logits.shape == (2, n + 1, size, size)
+    out = size // (4 if decoder == "light" else 1)  # the light decoder's logits are at stride 4
+    assert logits.shape == (2, n + 1, out, out)
     assert torch.isfinite(logits).all()
     assert len(coarse) == len(ATTENTION_LEVELS)
     for c, lvl in zip(coarse, ATTENTION_LEVELS):

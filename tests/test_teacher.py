@@ -181,7 +181,7 @@ def test_voting_at_least_k_equals_no_voting(teacher) -> None:
     assert teacher.voting >= 4
     for v in (4, 5, 100):
         torch.testing.assert_close(teacher.predict_features(query, support, voting=v), whole, rtol=0, atol=1e-5)
-    assert whole.shape == (1, 4, SIZE, SIZE)
+    assert whole.shape == (1, 4, SIZE // teacher.decoder.output_stride, SIZE // teacher.decoder.output_stride)
 
 
 def test_chunked_voting_takes_the_best_chunk_per_class(teacher) -> None:
@@ -189,7 +189,7 @@ def test_chunked_voting_takes_the_best_chunk_per_class(teacher) -> None:
     support = _support(teacher, masks)
     query = _features(teacher, 1, seed=12)
     voted = teacher.predict_features(query, support, voting=2)
-    assert voted.shape == (1, 4, SIZE, SIZE)
+    assert voted.shape == (1, 4, SIZE // teacher.decoder.output_stride, SIZE // teacher.decoder.output_stride)
     assert torch.isfinite(voted).all()
     # Per class the foreground logit is the larger of the two chunks' (reference.md §1.4).
     chunk_fg = []
@@ -216,7 +216,7 @@ def test_predict_batches_queries(teacher) -> None:
     support = _support(teacher, _masks((1,), (2, 3)))
     images = torch.randn(2, 3, SIZE, SIZE)
     out = teacher.predict(images, support)
-    assert out.shape == (2, 4, SIZE, SIZE)
+    assert out.shape == (2, 4, SIZE // teacher.decoder.output_stride, SIZE // teacher.decoder.output_stride)
     torch.testing.assert_close(out[1:], teacher.predict(images[1:], support), rtol=0, atol=1e-5)
 
 

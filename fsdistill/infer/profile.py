@@ -55,6 +55,7 @@ from torch import Tensor, nn
 from fsdistill.config import ModelCfg, load_config
 from fsdistill.errors import ConfigError
 from fsdistill.models.backbone import DEFAULT_BACKBONE, backbone_spec
+from fsdistill.models.decoder import DECODERS
 from fsdistill.runtime import device_name, library_versions, progress, resolve_device, seed_everything
 
 __all__ = [
@@ -106,7 +107,8 @@ class ProfileCfg:
         model: a run or artifact folder: its teacher and/or student weights, classes and size.
         out: output folder (profile.json, profile.csv, profile.md, profile.png).
         cache: support features computed once (real use); False recomputes them for every query.
-        student_width: ConvDist width of the random student (None = the paper's, the stage's channels).
+        student_width: ConvDist width of the random student (None = fsdistill's default, ``ModelCfg``).
+        decoder: decoder of the random models, "light" or "dcama" (None = fsdistill's default, ``ModelCfg``).
         slow_s: single-run time above which a cell gets no warm-up and fewer runs.
         cell_budget_s: timed seconds a slow cell may spend; min_slow_runs: its fewest timed runs.
     """
@@ -122,6 +124,7 @@ class ProfileCfg:
     out: Path = Path("profile")
     cache: bool = True
     student_width: int | None = None
+    decoder: str | None = None
     device: str = "auto"
     seed: int = 0
     slow_s: float = 2.0
@@ -142,12 +145,15 @@ class ProfileCfg:
             raise ConfigError(f"--ways must be an integer of at least 1, got {self.ways}.")
         if self.student_width is not None and self.student_width < 1:
             raise ConfigError(f"--student-width must be at least 1, got {self.student_width}.")
+        if self.decoder is not None and self.decoder not in DECODERS:
+            raise ConfigError(f"--decoder must be one of {', '.join(sorted(DECODERS))}, got {self.decoder!r}.")
         if self.size is not None and (self.size < 64 or self.size % 32):
             raise ConfigError(f"--size must be a multiple of 32 of at least 64, got {self.size}.")
         if self.slow_s <= 0 or self.cell_budget_s <= 0 or self.min_slow_runs < 1:
             raise ConfigError("slow_s and cell_budget_s must be positive and min_slow_runs at least 1.")
         if self.model is not None:
-            for flag, value in (("--backbone", self.backbone), ("--size", self.size), ("--student-width", self.student_width)):
+            fixed = (("--backbone", self.backbone), ("--size", self.size), ("--student-width", self.student_width), ("--decoder", self.decoder))
+            for flag, value in fixed:
                 if value is not None:
                     raise ConfigError(
                         f"{flag} cannot be combined with --model: the model's artifact fixes it; drop {flag}."
@@ -676,17 +682,18 @@ def run_profile(cfg: ProfileCfg, quiet: bool = False) -> ProfileResult:
             )
         ways_grid = [info["ways"]]
         backbone_name, size = info["backbone"], info["size"]
-        factory = None
+        factory, model_cfg = None, None
         base_teacher = fixed.teacher
     else:
         backbone_name = cfg.backbone or DEFAULT_BACKBONE
         size = cfg.size or backbone_spec(backbone_name).default_size
+        chosen = {"student_width": cfg.student_width, "decoder": cfg.decoder}
         model_cfg = load_config(
-            ModelCfg, None, {"backbone": backbone_name, "size": size, "student_width": cfg.student_width}
+            ModelCfg, None, {"backbone": backbone_name, "size": size, **{k: v for k, v in chosen.items() if v is not None}}
         )
         max_ways = cfg.ways or DEFAULT_WAYS
         ways_grid = list(range(1, max_ways + 1))
-        factory = _RandomFactory(model_cfg, max_ways, cfg.student_width, device)
+        factory = _RandomFactory(model_cfg, max_ways, model_cfg.student_width, device)
         base_teacher = factory.base
         info = {}
     shots_grid = shot_grid(cfg.shots)
@@ -741,7 +748,8 @@ def run_profile(cfg: ProfileCfg, quiet: bool = False) -> ProfileResult:
         "grid": {"ways": ways_grid, "shots": shots_grid},
         "model": str(cfg.model) if cfg.model is not None else None,
         "weights": "run artifacts" if cfg.model is not None else "random init",
-        "student_width": cfg.student_width if cfg.model is None else None,
+        "student_width": model_cfg.student_width if model_cfg is not None else None,
+        "decoder": model_cfg.decoder if model_cfg is not None else None,
         "timing": "CUDA events + synchronize" if device.type == "cuda" else "time.perf_counter",
         "timing_policy": timing_policy,
         "memory_method": meter.method,

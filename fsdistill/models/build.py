@@ -50,6 +50,7 @@ def build_teacher(cfg: ModelCfg, num_classes: int, pretrained: bool = True) -> D
         attn_dropout=cfg.attn_dropout,
         voting=cfg.voting,
         qk_norm=cfg.qk_norm,
+        decoder=cfg.decoder,
         decoder_width=cfg.decoder_width,
         mixer_widths=cfg.mixer_widths,
         full_resolution=cfg.full_resolution,
@@ -112,7 +113,7 @@ class LoadedModel:
 
     @torch.no_grad()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
-        """B×3×size×size normalised images → B×(N+1)×size×size logits (teacher: with its stored supports)."""
+        """B×3×size×size normalised images → B×(N+1)×h×w logits at the model's output stride (teacher: with its stored supports)."""
         if self.kind == "teacher":
             return self.model.predict(batch, self.support_features())
         return self.model(batch)
@@ -181,7 +182,7 @@ def load_model(path: Path, kind: str | None = None) -> LoadedModel:
     spec = BackboneSpec.from_dict(config["backbone"])
     args = config["model_args"]
     backbone = create_backbone(spec.name, pretrained=False, **spec.model_args)
-    decoder_args = {k: args[k] for k in ("decoder_width", "mixer_widths", "full_resolution") if k in args}
+    decoder_args = {k: args[k] for k in ("decoder", "decoder_width", "mixer_widths", "full_resolution") if k in args}
     if config["kind"] == "teacher":
         model: nn.Module = DCAMATeacher(
             backbone,

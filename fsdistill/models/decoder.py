@@ -1,8 +1,16 @@
-"""The DCAMA decoder shared by teacher and student: ConvMapper → ConvMerge → query skips → Mixer, plus the N-way merge.
+"""Decoders shared by teacher and student: ConvMapper → ConvMerge → query skips → Mixer, plus the N-way merge.
 
-Module names follow the reference checkpoints (``conv1``–``conv5``, ``mixer1``–``mixer3``; reference.md §1.3, §4)
-so official weights import by name. Coarse maps arrive per *group* (one group per class, or per class and voting
-chunk): the class-independent skip features are computed once per image and shared by every group.
+Two decoders with the same interface and the same module names (``conv1``–``conv5``, ``mixer1``–``mixer3``, as in
+the reference checkpoints, reference.md §1.3, §4, so official weights import by name and the trainable groups
+mean the same in both):
+
+* :class:`DCAMADecoder`, the paper's (3 convs per mapper/merge block, 128 channels, mixer up to the input size);
+* :class:`LightDecoder`, one conv per block, 32 channels, all per-class work at stride ≥ 4. The paper's decoder
+  costs ~11 GFLOP *per class* at 384 px, 5× the whole EfficientNet-Lite0 backbone, so the student's latency grew
+  with the number of classes; the light one costs ~2% of the backbone per class.
+
+Coarse maps arrive per *group* (one group per class, or per class and voting chunk): the class-independent skip
+features are computed once per image and shared by every group.
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["DCAMADecoder", "merge_classes", "ABSENT_LOGIT"]
+__all__ = ["DCAMADecoder", "LightDecoder", "DECODERS", "merge_classes", "ABSENT_LOGIT"]
 
 # A class with no support gets this finite fg logit: the reference uses -inf, which turns the loss into NaN when
 # no sampled support holds any class (reference.md §7.7).
@@ -35,7 +43,60 @@ def _conv_relu(channels: list[int], final_relu: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class DCAMADecoder(nn.Module):
+class _CoarseMapDecoder(nn.Module):
+    """What both decoders share: the class-independent skip features, the coarse-map prior, the group broadcast.
+
+    Subclasses define ``conv1``–``conv5``, ``mixer1``–``mixer3``, ``width`` and ``output_stride`` (the logits'
+    stride relative to the input: 1 = input size, 4 = a quarter of it, upsampled once when the mask is made).
+    """
+
+    width: int
+    output_stride: int
+    mixer1: nn.Sequential
+
+    def _init_prior(self) -> None:
+        # Our addition: a coarse-map prior added to the foreground logit, scale * (mean coarse map - class prior).
+        # It makes an untrained decoder a meaningful training-free baseline (the last conv starts at zero, so the
+        # prior alone decides at step 0); imported reference weights set the scale to 0 and behave as published.
+        self.prior_scale = nn.Parameter(torch.tensor(8.0))
+        last = self.mixer3[-1]
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
+    def skip_features(self, skip4: Tensor, skip8: Tensor) -> Tensor:
+        """Class-independent part of mixer1's first conv, computed once per image.
+
+        Args:
+            skip4: B×C4×H/4×W/4 last stride-4 query map. skip8: B×C8×H/8×W/8 last stride-8 query map.
+        Returns:
+            B×M1×H/4×W/4 (bias included).
+        """
+        first = self.mixer1[0]
+        w = first.weight[:, self.width :]
+        up8 = F.interpolate(skip8, size=skip4.shape[-2:], mode="bilinear", align_corners=True)
+        return F.conv2d(torch.cat([up8, skip4], dim=1), w, first.bias, padding=1)
+
+    @staticmethod
+    def _add_skip(x: Tensor, skip: Tensor) -> Tensor:
+        """(B·G)×M×h×w per-group maps + B×M×h×w shared skip features, broadcast over the G groups (no copies)."""
+        b = skip.shape[0]
+        return (x.view(b, -1, *x.shape[1:]) + skip[:, None]).flatten(0, 1)
+
+    def _with_prior(self, logits: Tensor, coarse: list[Tensor], prior: Tensor | None) -> Tensor:
+        if prior is None:
+            return logits
+        evidence = self.coarse_evidence(coarse, logits.shape[-2:])
+        fg = logits[:, 1] + self.prior_scale * (evidence - prior.view(-1, 1, 1))
+        return torch.stack([logits[:, 0], fg], dim=1)
+
+    @staticmethod
+    def coarse_evidence(coarse: list[Tensor], size: tuple[int, int] | torch.Size) -> Tensor:
+        """Mean of all coarse maps of all stages, upsampled: (B·G)×H×W attention mass on the foreground."""
+        maps = [F.interpolate(c.mean(dim=1, keepdim=True), size=size, mode="bilinear", align_corners=True) for c in coarse]
+        return torch.cat(maps, dim=1).mean(dim=1)
+
+
+class DCAMADecoder(_CoarseMapDecoder):
     """Coarse maps of stages 2–4 → 2-channel (background, foreground) logits at the input resolution.
 
     Args:
@@ -45,8 +106,8 @@ class DCAMADecoder(nn.Module):
             (width/8, width/2: 16, 64 in the paper).
         mixer: mixer channel widths (128, 64, 16 in the paper).
         full_resolution: the paper's schedule, mixer2 at stride 2 and mixer3 at stride 1. False runs all mixers at
-            stride 4 and upsamples the 2-channel logits ×4: 16× fewer operations in the two most expensive
-            layers of a class, which decide the student's speed on small backbones.
+            stride 4 and returns stride-4 logits (upsampled once, to each image's own size, when the mask is
+            made): 16× fewer operations in the two most expensive layers of a class.
     """
 
     def __init__(
@@ -76,25 +137,8 @@ class DCAMADecoder(nn.Module):
         self.mixer1 = _conv_relu([width + c8 + c4, m1, m2], final_relu=True)
         self.mixer2 = _conv_relu([m2, m2, m3], final_relu=True)
         self.mixer3 = _conv_relu([m3, m3, 2], final_relu=False)
-        # Our addition: a coarse-map prior added to the foreground logit, scale * (mean coarse map - class prior).
-        # It makes an untrained decoder a meaningful training-free baseline (the last conv starts at zero, so the
-        # prior alone decides at step 0); imported reference weights set the scale to 0 and behave as published.
-        self.prior_scale = nn.Parameter(torch.tensor(8.0))
-        nn.init.zeros_(self.mixer3[-1].weight)
-        nn.init.zeros_(self.mixer3[-1].bias)
-
-    def skip_features(self, skip4: Tensor, skip8: Tensor) -> Tensor:
-        """Class-independent part of mixer1's first conv, computed once per image.
-
-        Args:
-            skip4: B×C4×H/4×W/4 last stride-4 query map. skip8: B×C8×H/8×W/8 last stride-8 query map.
-        Returns:
-            B×M1×H/4×W/4 (bias included).
-        """
-        first = self.mixer1[0]
-        w = first.weight[:, self.width :]
-        up8 = F.interpolate(skip8, size=skip4.shape[-2:], mode="bilinear", align_corners=True)
-        return F.conv2d(torch.cat([up8, skip4], dim=1), w, first.bias, padding=1)
+        self.output_stride = 1 if full_resolution else 4
+        self._init_prior()
 
     def forward(self, coarse: list[Tensor], skip: Tensor, prior: Tensor | None = None) -> Tensor:
         """Decode G groups of coarse maps per image.
@@ -105,10 +149,10 @@ class DCAMADecoder(nn.Module):
             skip: B×M1×H/4×W/4 from :meth:`skip_features`.
             prior: (B·G) class priors in [0, 1] (foreground fraction of the supports), or None for no prior.
         Returns:
-            (B·G)×2×H×W logits (background, foreground) at 4× the skip resolution (the input size).
+            (B·G)×2×H×W logits (background, foreground) at the input size, or at the skip resolution (H/4×W/4)
+            without ``full_resolution``.
         """
         cm2, cm3, cm4 = coarse
-        groups = cm2.shape[0] // skip.shape[0]
         x4 = self.conv1(cm4)
         x3 = self.conv2(cm3)
         x2 = self.conv3(cm2)
@@ -119,7 +163,7 @@ class DCAMADecoder(nn.Module):
         x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=True)
         first = self.mixer1[0]
         x = F.conv2d(x, first.weight[:, : self.width], None, padding=1)
-        x = x + skip.repeat_interleave(groups, dim=0)
+        x = self._add_skip(x, skip)
         x = self.mixer1[1:](x)
         if self.full_resolution:
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
@@ -127,24 +171,75 @@ class DCAMADecoder(nn.Module):
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
         else:
             x = self.mixer2(x)
-        logits = self.mixer3(x)
-        if prior is not None:
-            evidence = self.coarse_evidence(coarse, logits.shape[-2:])
-            fg = logits[:, 1] + self.prior_scale * (evidence - prior.view(-1, 1, 1))
-            logits = torch.stack([logits[:, 0], fg], dim=1)
-        if not self.full_resolution:
-            logits = F.interpolate(logits, scale_factor=4, mode="bilinear", align_corners=False)
-        return logits
+        return self._with_prior(self.mixer3(x), coarse, prior)
 
     def arguments(self) -> dict:
         """Constructor arguments beyond the backbone-derived ones (stored in artifacts to rebuild the decoder)."""
-        return {"decoder_width": self.width, "mixer_widths": list(self.mixer_widths), "full_resolution": self.full_resolution}
+        return {
+            "decoder": "dcama",
+            "decoder_width": self.width,
+            "mixer_widths": list(self.mixer_widths),
+            "full_resolution": self.full_resolution,
+        }
 
-    @staticmethod
-    def coarse_evidence(coarse: list[Tensor], size: tuple[int, int] | torch.Size) -> Tensor:
-        """Mean of all coarse maps of all stages, upsampled: (B·G)×H×W attention mass on the foreground."""
-        maps = [F.interpolate(c.mean(dim=1, keepdim=True), size=size, mode="bilinear", align_corners=True) for c in coarse]
-        return torch.cat(maps, dim=1).mean(dim=1)
+
+class LightDecoder(_CoarseMapDecoder):
+    """The DCAMA decoder's data flow with one conv per block and every per-class layer at stride ≥ 4.
+
+    Same stages as :class:`DCAMADecoder`: mapper (conv1–3, one Conv3×3 → GroupNorm → ReLU per stage) → merge
+    (conv4 at stride 16, conv5 at stride 8) → mixer1 (its coarse half at stride 8, then upsampled and added to the
+    shared skip half at stride 4) → mixer2 → mixer3, giving stride-4 logits. Per class at 384 px this is ~40 MFLOP
+    against ~11 GFLOP for the paper's decoder; the shared skip half is computed once per image.
+
+    Args:
+        num_layers, skip_channels: as :class:`DCAMADecoder`. width: mapper/merge channels (32).
+        mixer: mixer1 output, mixer1 second conv / mixer2 input, mixer2 output widths (16, 8, 8).
+    """
+
+    def __init__(
+        self,
+        num_layers: tuple[int, int, int],
+        skip_channels: tuple[int, int],
+        width: int = 32,
+        mixer: tuple[int, int, int] = (16, 8, 8),
+    ) -> None:
+        super().__init__()
+        n2, n3, n4 = num_layers
+        self.width = width
+        self.mixer_widths = tuple(mixer)
+        self.output_stride = 4
+        self.conv1 = _conv_gn_relu([n4, width], [3])
+        self.conv2 = _conv_gn_relu([n3, width], [3])
+        self.conv3 = _conv_gn_relu([n2, width], [3])
+        self.conv4 = _conv_gn_relu([width, width], [3])
+        self.conv5 = _conv_gn_relu([width, width], [3])
+        c4, c8 = skip_channels
+        m1, m2, m3 = mixer
+        self.mixer1 = _conv_relu([width + c8 + c4, m1, m2], final_relu=True)
+        self.mixer2 = _conv_relu([m2, m3], final_relu=True)
+        self.mixer3 = _conv_relu([m3, 2], final_relu=False)
+        self._init_prior()
+
+    def forward(self, coarse: list[Tensor], skip: Tensor, prior: Tensor | None = None) -> Tensor:
+        """Same contract as :meth:`DCAMADecoder.forward`; returns (B·G)×2×H/4×W/4 logits."""
+        cm2, cm3, cm4 = coarse
+        x3 = self.conv2(cm3) + F.interpolate(self.conv1(cm4), size=cm3.shape[-2:], mode="bilinear", align_corners=True)
+        x = self.conv4(x3)
+        x = self.conv3(cm2) + F.interpolate(x, size=cm2.shape[-2:], mode="bilinear", align_corners=True)
+        x = self.conv5(x)
+        # mixer1's first conv is linear: its coarse half runs at stride 8 on `width` channels and only its
+        # M1-channel result is upsampled, instead of upsampling `width` channels and convolving at stride 4.
+        x = F.conv2d(x, self.mixer1[0].weight[:, : self.width], None, padding=1)
+        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=True)
+        x = self.mixer2(self.mixer1[1:](self._add_skip(x, skip)))
+        return self._with_prior(self.mixer3(x), coarse, prior)
+
+    def arguments(self) -> dict:
+        """Constructor arguments beyond the backbone-derived ones (stored in artifacts to rebuild the decoder)."""
+        return {"decoder": "light", "decoder_width": self.width, "mixer_widths": list(self.mixer_widths)}
+
+
+DECODERS = {"dcama": DCAMADecoder, "light": LightDecoder}
 
 
 def merge_classes(logits: Tensor, present: Tensor | None = None) -> Tensor:

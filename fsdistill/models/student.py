@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from fsdistill.models.decoder import DCAMADecoder, merge_classes
+from fsdistill.models.decoder import DCAMADecoder, LightDecoder, merge_classes
 from fsdistill.models.teacher import ATTENTION_LEVELS, Features
 
 __all__ = ["ConvDist", "DistilledStudent"]
@@ -62,7 +62,7 @@ class DistilledStudent(nn.Module):
         width: ConvDist hidden width per class (None = the stage's channels, as in the paper).
     """
 
-    def __init__(self, backbone: nn.Module, decoder: DCAMADecoder, num_classes: int, width: int | None = None) -> None:
+    def __init__(self, backbone: nn.Module, decoder: DCAMADecoder | LightDecoder, num_classes: int, width: int | None = None) -> None:
         super().__init__()
         spec = backbone.spec
         self.backbone = backbone
@@ -85,7 +85,7 @@ class DistilledStudent(nn.Module):
         return [dist(feats[lvl]) for dist, lvl in zip(self.convdist, ATTENTION_LEVELS)]
 
     def forward_features(self, feats: Features) -> tuple[Tensor, list[Tensor]]:
-        """Backbone features of B images → (B×(N+1)×H×W merged logits, per-stage B×N×n×h×w coarse maps)."""
+        """Backbone features of B images → (B×(N+1)×h×w merged logits, per-stage B×N×n×h×w coarse maps)."""
         coarse = self.coarse_maps(feats)
         b, n = coarse[0].shape[:2]
         skip = self.decoder.skip_features(feats[0][-1], feats[1][-1])
@@ -95,5 +95,6 @@ class DistilledStudent(nn.Module):
         return merge_classes(logits.view(b, n, 2, *logits.shape[-2:])), coarse
 
     def forward(self, images: Tensor) -> Tensor:
-        """B×3×H×W normalised images → B×(N+1)×H×W logits (background, class 1..N)."""
+        """B×3×H×W normalised images → B×(N+1)×h×w logits (background, class 1..N) at the decoder's output stride
+        (h = H, or H/4 for the light decoder: the mask is upsampled once, straight to each image's own size)."""
         return self.forward_features(self.backbone(images))[0]

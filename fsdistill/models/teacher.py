@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fsdistill.models.decoder import DCAMADecoder, merge_classes
+from fsdistill.models.decoder import DECODERS, DCAMADecoder, LightDecoder, merge_classes
 
 __all__ = ["DenseCrossAttention", "DCAMATeacher", "SupportFeatures", "sinusoidal_pe", "one_hot_masks"]
 
@@ -149,6 +149,9 @@ class DCAMATeacher(nn.Module):
     Args:
         backbone: frozen feature extractor with ``spec.channels`` / ``spec.num_blocks`` per level.
         num_classes: foreground classes N.
+        decoder: "dcama" (the paper's) or "light" (see :mod:`fsdistill.models.decoder`); decoder_width /
+            mixer_widths None = that decoder's defaults.
+    Logits come at the decoder's ``output_stride`` (1 = the input size, 4 = a quarter of it).
     """
 
     def __init__(
@@ -160,8 +163,9 @@ class DCAMATeacher(nn.Module):
         attn_dropout: float = 0.5,
         voting: int = 50,
         qk_norm: float | None = 10.0,
-        decoder_width: int = 128,
-        mixer_widths: tuple[int, int, int] = (128, 64, 16),
+        decoder: str = "dcama",
+        decoder_width: int | None = None,
+        mixer_widths: tuple[int, int, int] | None = None,
         full_resolution: bool = True,
     ) -> None:
         super().__init__()
@@ -172,13 +176,19 @@ class DCAMATeacher(nn.Module):
         self.blocks = nn.ModuleList(
             [DenseCrossAttention(spec.channels[lvl], heads, attn_dropout, use_pe, qk_norm) for lvl in ATTENTION_LEVELS]
         )
-        self.decoder = DCAMADecoder(
-            num_layers=tuple(spec.num_blocks[lvl] for lvl in ATTENTION_LEVELS),
-            skip_channels=(spec.channels[0], spec.channels[1]),
-            width=decoder_width,
-            mixer=tuple(mixer_widths),
-            full_resolution=full_resolution,
-        )
+        shape = {
+            "num_layers": tuple(spec.num_blocks[lvl] for lvl in ATTENTION_LEVELS),
+            "skip_channels": (spec.channels[0], spec.channels[1]),
+        }
+        sizes = {k: v for k, v in (("width", decoder_width), ("mixer", mixer_widths)) if v is not None}
+        if "mixer" in sizes:
+            sizes["mixer"] = tuple(sizes["mixer"])
+        if decoder == "dcama":
+            self.decoder = DCAMADecoder(**shape, **sizes, full_resolution=full_resolution)
+        elif decoder == "light":
+            self.decoder = LightDecoder(**shape, **sizes)
+        else:
+            raise ValueError(f"unknown decoder {decoder!r}; choose one of {sorted(DECODERS)}")
 
     # -- support side -------------------------------------------------------------------------------------------
     def prepare_support(self, feats: Features, masks: Tensor) -> SupportFeatures:
@@ -228,10 +238,12 @@ class DCAMATeacher(nn.Module):
         Args:
             coarse: per stage, N×n×h×w (all classes). present: N bool.
         Returns:
-            1×N×2×H×W (background, foreground) per class; absent classes hold zeros (merge_classes masks them).
+            1×N×2×h×w (background, foreground) per class at the decoder's output stride; absent classes hold zeros
+            (merge_classes masks them).
         """
         skip = self.decoder.skip_features(query[0][-1], query[1][-1])
-        out_size = (skip.shape[-2] * 4, skip.shape[-1] * 4)
+        scale = 4 // self.decoder.output_stride  # skip features are at stride 4
+        out_size = (skip.shape[-2] * scale, skip.shape[-1] * scale)
         logits = skip.new_zeros(1, self.num_classes, 2, *out_size)
         classes = present.nonzero().flatten()
         if classes.numel():
@@ -279,5 +291,5 @@ class DCAMATeacher(nn.Module):
 
     @torch.no_grad()
     def predict(self, images: Tensor, support: SupportFeatures, voting: int | None = None) -> Tensor:
-        """B×3×H×W normalised images → B×(N+1)×H×W logits (queries run one at a time: the attention is per query)."""
+        """B×3×H×W normalised images → B×(N+1)×h×w logits at the output stride (queries run one at a time: the attention is per query)."""
         return torch.cat([self.predict_features(self.backbone(img[None]), support, voting) for img in images])

@@ -15,8 +15,11 @@ def focal_loss(logits: Tensor, target: Tensor, gamma: float = 2.0) -> Tensor:
     """Multi-class focal loss, mean over labelled pixels of (1 − p_t)^γ · CE, no α (the paper's choice).
 
     Args:
-        logits: B×K×H×W merged logits. target: B×H×W class ids, 255 = ignore.
+        logits: B×K×h×w merged logits; at a coarser stride than the target (the light decoder's stride 4) they
+            are upsampled bilinearly to it, as they are when a mask is predicted. target: B×H×W class ids, 255 = ignore.
     """
+    if logits.shape[-2:] != target.shape[-2:]:
+        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
     ce = F.cross_entropy(logits, target.long(), ignore_index=IGNORE_INDEX, reduction="none")
     valid = target != IGNORE_INDEX
     if not valid.any():

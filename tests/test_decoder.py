@@ -1,0 +1,163 @@
+"""The two decoders: output strides, group independence, per-class cost, config validation, artifact round trip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from fsdistill.config import ModelCfg
+from fsdistill.errors import ConfigError
+from fsdistill.config import AdaptCfg, load_config
+from fsdistill.models.build import build_student, build_teacher, load_model, save_model
+from fsdistill.models.decoder import DCAMADecoder, LightDecoder
+from fsdistill.train.fit import teacher_groups
+from fsdistill.train.losses import focal_loss
+
+SIZE = 64
+
+
+def _decoder_inputs(groups: int, batch: int = 1, seed: int = 0):
+    """Coarse maps for layers (2, 3, 4) at strides 8/16/32 of a 64 px input and skip maps of 8 and 16 channels."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = [torch.rand(batch * groups, n, SIZE // s, SIZE // s, generator=g) for n, s in ((2, 8), (3, 16), (4, 32))]
+    skip4 = torch.randn(batch, 8, SIZE // 4, SIZE // 4, generator=g)
+    skip8 = torch.randn(batch, 16, SIZE // 8, SIZE // 8, generator=g)
+    return coarse, skip4, skip8
+
+
+def _randomised(decoder):
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in decoder.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return decoder.eval()
+
+
+DECODER_CASES = {
+    "dcama": lambda: DCAMADecoder((2, 3, 4), (8, 16), width=32, mixer=(16, 8, 8)),
+    "dcama-stride4": lambda: DCAMADecoder((2, 3, 4), (8, 16), width=32, mixer=(16, 8, 8), full_resolution=False),
+    "light": lambda: LightDecoder((2, 3, 4), (8, 16)),
+}
+
+
+@pytest.mark.parametrize("name", list(DECODER_CASES))
+def test_output_stride_and_shape(name) -> None:
+    decoder = _randomised(DECODER_CASES[name]())
+    coarse, skip4, skip8 = _decoder_inputs(groups=3, batch=2)
+    with torch.no_grad():
+        logits = decoder(coarse, decoder.skip_features(skip4, skip8), torch.full((6,), 0.3))
+    side = SIZE // decoder.output_stride
+    assert logits.shape == (6, 2, side, side)
+    assert decoder.output_stride == (1 if name == "dcama" else 4)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("name", list(DECODER_CASES))
+def test_groups_and_images_are_decoded_independently(name) -> None:
+    """Decoding G groups of B images at once equals decoding each (image, group) alone: the skip broadcast is
+    per image, never mixed across images."""
+    decoder = _randomised(DECODER_CASES[name]())
+    coarse, skip4, skip8 = _decoder_inputs(groups=3, batch=2, seed=4)
+    prior = torch.rand(6)
+    with torch.no_grad():
+        skip = decoder.skip_features(skip4, skip8)
+        together = decoder(coarse, skip, prior)
+        for i in range(6):
+            image = i // 3
+            alone = decoder([c[i : i + 1] for c in coarse], skip[image : image + 1], prior[i : i + 1])
+            torch.testing.assert_close(together[i : i + 1], alone, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(together[0], together[3], atol=1e-3)  # images differ: the check is not vacuous
+
+
+def _per_class_flops(decoder_name: str) -> tuple[int, int]:
+    """FLOPs of one student forward at 384 px on Lite0 with 1 and with 5 classes (random weights)."""
+    counts = []
+    for classes in (1, 5):
+        teacher = build_teacher(ModelCfg(decoder=decoder_name, size=384), classes, pretrained=False)
+        student = build_student(teacher, 8).eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            student(torch.randn(1, 3, 384, 384))
+        counts.append(counter.get_total_flops())
+    return counts[0], counts[1]
+
+
+def test_light_decoder_cost_per_class_is_small_next_to_the_backbone() -> None:
+    """The reason for the light decoder, as an operation count (deterministic, unlike a timing): each extra class
+    adds < 10% of the backbone's FLOPs (ConvDist at width 8 included; measured 9.3%), against several backbones'
+    worth for the paper's decoder."""
+    backbone = build_teacher(ModelCfg(size=384), 1, pretrained=False).backbone
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        backbone(torch.randn(1, 3, 384, 384))
+    backbone_flops = counter.get_total_flops()
+    one, five = _per_class_flops("light")
+    assert (five - one) / 4 < 0.10 * backbone_flops
+    one_paper, five_paper = _per_class_flops("dcama")
+    assert (five_paper - one_paper) / 4 > 2 * backbone_flops
+
+
+def test_light_teacher_and_student_end_to_end_shapes_and_loss() -> None:
+    torch.manual_seed(0)
+    teacher = build_teacher(ModelCfg(backbone="test-resnet", size=SIZE, decoder="light"), 2, pretrained=False)
+    student = build_student(teacher, 4)
+    images = torch.randn(3, 3, SIZE, SIZE)
+    feats = teacher.backbone(images)
+    logits, coarse = student.forward_features(feats)
+    assert logits.shape == (3, 3, SIZE // 4, SIZE // 4)
+    target = torch.randint(0, 3, (3, SIZE, SIZE))
+    loss = focal_loss(logits, target)  # stride-4 logits are upsampled to the target inside the loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert student.convdist[0].hidden.weight.grad is not None
+    assert student.decoder.mixer3[-1].weight.grad is not None
+    # the paper's trainable groups exist under the same names
+    assert all(teacher_groups(teacher)[name] for name in ("mapper", "merge", "attention", "mixer"))
+
+
+def test_focal_loss_upsamples_coarse_logits_like_prediction() -> None:
+    logits = torch.randn(1, 3, 4, 4)
+    target = torch.randint(0, 3, (1, 16, 16))
+    up = F.interpolate(logits, size=(16, 16), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(focal_loss(logits, target), focal_loss(up, target))
+
+
+def test_light_student_artifact_round_trip(tmp_path) -> None:
+    torch.manual_seed(0)
+    teacher = build_teacher(ModelCfg(backbone="test-resnet", size=SIZE, decoder="light"), 2, pretrained=False)
+    student = _randomised(build_student(teacher, 4))
+    path = save_model(
+        tmp_path / "student",
+        student,
+        class_names=["background", "a", "b"],
+        palette=[(0, 0, 0), (1, 1, 1), (2, 2, 2)],
+        input_size=SIZE,
+        train_config={},
+        support_info={},
+        training={},
+    )
+    loaded = load_model(path)
+    assert isinstance(loaded.model.decoder, LightDecoder)
+    assert loaded.config["model_args"]["decoder"] == "light"
+    images = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        assert torch.equal(loaded.logits(images), student(images))
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ({"decoder": "dcama", "decoder_width": 48}, "multiple of 32"),
+        ({"decoder": "light", "decoder_width": 18}, "multiple of 4"),
+        ({"decoder": "unet"}, "decoder"),
+    ],
+)
+def test_decoder_config_errors(model, message, tmp_path) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(AdaptCfg, overrides={"support": tmp_path, "model": model})
+
+
+def test_light_decoder_width_need_not_be_a_multiple_of_32() -> None:
+    cfg = ModelCfg(decoder="light", decoder_width=24)
+    teacher = build_teacher(cfg.model_copy(update={"backbone": "test-resnet", "size": SIZE}), 1, pretrained=False)
+    assert teacher.decoder.width == 24
