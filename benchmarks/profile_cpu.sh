@@ -4,7 +4,7 @@
 #   1. efficientnet-lite0 (the default backbone), 384 px, ways 1..5 x shots {1,5,10,25,50}: teacher (cached
 #      supports), student and bare backbone -> benchmarks/results/profile_cpu/lite0/; prints the three headline
 #      ratios (student max/min latency over the grid, teacher/student at 5-way 50-shot, student/backbone).
-#   2. resnet50 (random init, --student-width 64), 384 px, ways 1..5 at 1 shot (the student does not depend on
+#   2. resnet50 (random init, --student-width 8), 384 px, ways 1..5 at 1 shot (the student does not depend on
 #      shots; 1 shot keeps the ResNet-50 teacher cheap) -> .../resnet50/; prints student at 5 ways / backbone.
 #
 # Random weights and inputs: nothing is downloaded. THREADS (default 2) sets the torch/OpenMP threads; run it on
@@ -25,7 +25,7 @@ t0=$(date +%s)
 "$PY" -m fsdistill profile --ways 5 --shots 50 --size 384 --device cpu --out "$OUT/lite0" ${FSDISTILL_PROFILE_ARGS:-}
 t1=$(date +%s)
 # shellcheck disable=SC2086
-"$PY" -m fsdistill profile --backbone resnet50 --student-width 64 --ways 5 --shots 1 --size 384 --device cpu \
+"$PY" -m fsdistill profile --backbone resnet50 --student-width 8 --ways 5 --shots 1 --size 384 --device cpu \
     --out "$OUT/resnet50" ${FSDISTILL_PROFILE_ARGS:-}
 t2=$(date +%s)
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || uptime)"
@@ -52,7 +52,7 @@ line("teacher/student at 5-way 50-shot", r["teacher_over_student"], ">= 50", lam
 line("student/backbone at 5-way (largest cell)", r["student_over_backbone"], "<= 1.15", lambda v: v <= 1.15)
 line("student/backbone, worst cell", r["student_over_backbone_max"], "<= 1.15", lambda v: v <= 1.15)
 r = r50["ratios"]
-print(f"\n{r50['backbone']} {r50['size']} px, --student-width 64, on {r50['device']}: {r50_s} s wall")
+print(f"\n{r50['backbone']} {r50['size']} px, --student-width 8, on {r50['device']}: {r50_s} s wall")
 line("student at 5 ways / bare backbone", r["student_over_backbone"], "<= 1.5", lambda v: v <= 1.5)
 print(f"\ntables: {out}/lite0/profile.md, {out}/resnet50/profile.md")
 PYEOF

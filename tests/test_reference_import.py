@@ -425,7 +425,7 @@ def _tiny_reference_checkpoint(path: Path, backbone_weights: dict | None = None)
     from fsdistill.config import ModelCfg
     from fsdistill.models.build import build_teacher
 
-    teacher = build_teacher(ModelCfg(backbone="test-resnet", size=64), 1, pretrained=False)
+    teacher = build_teacher(ModelCfg(backbone="test-resnet", size=64, decoder="dcama"), 1, pretrained=False)
     gen = torch.Generator().manual_seed(3)
     sd: dict[str, torch.Tensor] = {}
     source = create_backbone("test-resnet", pretrained=False).model.state_dict()
@@ -483,3 +483,17 @@ def test_api_new_teacher_imports(tmp_path):
     assert_published_behaviour(teacher)
     assert torch.equal(teacher.decoder.conv3[6].weight, sd["module.model.conv3.6.weight"])
     assert torch.equal(teacher.blocks[2].linears[0].bias, sd["module.model.DCAMA_blocks.2.linears.0.bias"])
+
+
+def test_teacher_weights_select_the_paper_decoder_unless_another_is_asked_for(tmp_path) -> None:
+    from fsdistill.config import ModelCfg
+    from fsdistill.errors import ConfigError
+    from fsdistill.models.build import build_teacher
+
+    assert ModelCfg().decoder == "light"
+    assert ModelCfg(teacher_weights=tmp_path / "w.pt").decoder == "dcama"
+    weights = tmp_path / "tiny_modcross.pt"
+    _tiny_reference_checkpoint(weights)
+    light = build_teacher(ModelCfg(backbone="test-resnet", size=64, decoder="light"), 1, pretrained=False)
+    with pytest.raises(ConfigError, match="--decoder dcama"):
+        import_reference_weights(light, weights)

@@ -77,7 +77,11 @@ def test_fused_convdist_equals_separate_per_class_blocks(width) -> None:
     torch.manual_seed(3)
     fused = ConvDist(channels, n, width)
     w = width or channels
-    assert fused.hidden.weight.shape == (n * w, channels, 3, 3)
+    if width is None:  # the paper's block: Conv3×3(C→C) → ReLU → Conv1×1(C→1)
+        assert fused.bottleneck is None and fused.hidden.weight.shape == (n * w, channels, 3, 3)
+    else:  # bottleneck Conv1×1(C→W) → Conv3×3(W→W) → ReLU → Conv1×1(W→1)
+        assert fused.bottleneck.weight.shape == (n * w, channels, 1, 1)
+        assert fused.hidden.weight.shape == (n * w, w, 3, 3)
     assert fused.out.weight.shape == (n, w, 1, 1)
     with torch.no_grad():
         for p in fused.parameters():
@@ -86,12 +90,21 @@ def test_fused_convdist_equals_separate_per_class_blocks(width) -> None:
     out = fused(maps)
     assert out.shape == (2, n, layers, 5, 6)
     for c in range(n):
-        block = nn.Sequential(nn.Conv2d(channels, w, 3, padding=1), nn.ReLU(), nn.Conv2d(w, 1, 1))
+        rows = slice(c * w, (c + 1) * w)
+        layers_c: list[nn.Module] = []
+        if width is not None:
+            squeeze = nn.Conv2d(channels, w, 1)
+            with torch.no_grad():
+                squeeze.weight.copy_(fused.bottleneck.weight[rows])
+                squeeze.bias.copy_(fused.bottleneck.bias[rows])
+            layers_c.append(squeeze)
+        conv, head = nn.Conv2d(w if width else channels, w, 3, padding=1), nn.Conv2d(w, 1, 1)
         with torch.no_grad():
-            block[0].weight.copy_(fused.hidden.weight[c * w : (c + 1) * w])
-            block[0].bias.copy_(fused.hidden.bias[c * w : (c + 1) * w])
-            block[2].weight.copy_(fused.out.weight[c : c + 1])
-            block[2].bias.copy_(fused.out.bias[c : c + 1])
+            conv.weight.copy_(fused.hidden.weight[rows])
+            conv.bias.copy_(fused.hidden.bias[rows])
+            head.weight.copy_(fused.out.weight[c : c + 1])
+            head.bias.copy_(fused.out.bias[c : c + 1])
+        block = nn.Sequential(*layers_c, conv, nn.ReLU(), head)
         for layer, m in enumerate(maps):  # one block per class, shared by all layer maps of the stage
             # The student's coarse maps are bounded like the teacher's attention mass: sigmoid of the block.
             torch.testing.assert_close(out[:, c, layer], torch.sigmoid(block(m)[:, 0]), rtol=1e-5, atol=1e-5)
@@ -112,7 +125,7 @@ def test_student_width_reduces_parameter_count() -> None:
     for dist, lvl in zip(paper.convdist, ATTENTION_LEVELS):
         assert dist.width == spec.channels[lvl]  # paper width = the stage's channels
     for dist in narrow.convdist:
-        assert dist.width == 4 and dist.hidden.out_channels == 2 * 4
+        assert dist.width == 4 and dist.hidden.out_channels == 2 * 4 and dist.bottleneck.out_channels == 2 * 4
     # The student holds no attention: its parameters are backbone, decoder, ConvDist (and the prior buffer).
     assert not [k for k in narrow.state_dict() if k.startswith("blocks.")]
 

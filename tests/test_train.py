@@ -65,7 +65,7 @@ def test_adapt_zero_steps_writes_the_untuned_teacher(tiny_data, tmp_path) -> Non
     assert float(teacher.decoder.prior_scale.detach()) == 8.0
     assert loaded.support_images.shape == (4, 3, 64, 64)
     logits = loaded.logits(torch.zeros(1, 3, 64, 64))
-    assert logits.shape == (1, 2, 64, 64) and torch.isfinite(logits).all()
+    assert logits.shape == (1, 2, 16, 16) and torch.isfinite(logits).all()  # the light decoder: stride 4
 
 
 @pytest.mark.parametrize("data", ["binary", "multi"])
@@ -98,7 +98,7 @@ def test_distill_writes_teacher_and_student(request, data) -> None:
     assert student.config["model_args"]["num_classes"] == n
     assert student.config["training"]["steps"] == 2
     logits = student.logits(torch.zeros(2, 3, 64, 64))
-    assert logits.shape == (2, n + 1, 64, 64) and torch.isfinite(logits).all()
+    assert logits.shape == (2, n + 1, 16, 16) and torch.isfinite(logits).all()  # light decoder: stride 4
     # the student keeps the support set's class prior, not the 0.5 placeholder
     assert not torch.allclose(student.model.class_prior, torch.full((n,), 0.5))
 
@@ -289,3 +289,24 @@ def test_real_nuclei_short_distill(examples_root, tmp_path) -> None:
             assert mask.size == image.size
             counts += np.bincount(np.asarray(mask).ravel(), minlength=2)[:2]
     assert (counts > 0).all(), f"the student predicts a single class everywhere: {counts.tolist()}"
+
+
+def test_episode_sampler_covers_classes_then_fills_up_to_k_shots() -> None:
+    """Episodes hold 1..max_shots supports (the teacher is used with many at once), never the query itself, and
+    always one support per class the query shows."""
+    from fsdistill.train.episodes import EpisodeSampler
+
+    present = torch.tensor([[1, 0], [0, 1], [1, 1], [1, 0], [0, 1], [1, 1]], dtype=torch.bool)
+    sampler = EpisodeSampler(present, max_shots=4, views=1, seed=0)
+    sizes = set()
+    for _ in range(300):
+        episode = sampler.sample()
+        chosen = [i for i, _ in episode.supports]
+        assert episode.query not in chosen and len(set(chosen)) == len(chosen)
+        for cls in present[episode.query].nonzero().flatten().tolist():
+            assert any(present[i, cls] for i in chosen)
+        sizes.add(len(chosen))
+    assert sizes == {1, 2, 3, 4}
+    # two images: the only other one is the whole episode
+    small = EpisodeSampler(present[:2], max_shots=4, views=1, seed=0)
+    assert all(len(small.sample().supports) == 1 for _ in range(10))

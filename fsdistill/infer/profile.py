@@ -143,8 +143,8 @@ class ProfileCfg:
                 raise ConfigError(f"{flag} must be an integer of at least {low}, got {value}.")
         if self.ways is not None and (not isinstance(self.ways, int) or self.ways < 1):
             raise ConfigError(f"--ways must be an integer of at least 1, got {self.ways}.")
-        if self.student_width is not None and self.student_width < 1:
-            raise ConfigError(f"--student-width must be at least 1, got {self.student_width}.")
+        if self.student_width is not None and self.student_width < 0:
+            raise ConfigError(f"--student-width must be 0 (the paper's width) or more, got {self.student_width}.")
         if self.decoder is not None and self.decoder not in DECODERS:
             raise ConfigError(f"--decoder must be one of {', '.join(sorted(DECODERS))}, got {self.decoder!r}.")
         if self.size is not None and (self.size < 64 or self.size % 32):

@@ -45,6 +45,7 @@ from torch import Tensor
 
 from fsdistill.errors import CheckpointError, ConfigError
 from fsdistill.models.backbone import BACKBONE_NAMES, backbone_spec
+from fsdistill.models.decoder import DCAMADecoder
 from fsdistill.models.teacher import ATTENTION_LEVELS, DCAMATeacher, sinusoidal_pe
 
 __all__ = ["ImportReport", "import_reference_weights", "BLOCK_STAGES"]
@@ -477,6 +478,8 @@ def import_reference_weights(teacher: DCAMATeacher, path: Path | str) -> ImportR
     """
     path = Path(path).expanduser()
     decoder = teacher.decoder
+    if not isinstance(decoder, DCAMADecoder):
+        raise ConfigError("--teacher-weights needs the paper's decoder; pass --decoder dcama (or leave --decoder out).")
     mixer = tuple(getattr(decoder, "mixer_widths", _REFERENCE_MIXER))
     if decoder.width != _REFERENCE_WIDTH or mixer != _REFERENCE_MIXER:
         raise ConfigError(

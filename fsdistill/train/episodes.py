@@ -103,9 +103,11 @@ class Episode:
 class EpisodeSampler:
     """Leave-one-out episodes: each support image in turn is the query against 1–``max_shots`` others.
 
-    Supports are chosen to cover the query's classes (one image per class it shows, like the reference's
-    ``paired`` episodes), so binary data gets 1-shot episodes as in the reference's ``null, 1`` setting. With a
-    single support image the query is a flipped view of it (needs augmentation views).
+    An episode draws K uniformly from 1..``max_shots`` (capped by the other images available); its supports
+    first cover the query's classes (one image per class it shows, like the reference's ``paired`` episodes),
+    then random other images fill it up to K. Before this fill-up every episode was one image per class, while
+    inference attends to all supports at once: the teacher never trained for the multi-shot softmax it is used
+    with. With a single support image the query is a flipped view of it (needs augmentation views).
     """
 
     def __init__(self, present: Tensor, max_shots: int, views: int, seed: int) -> None:
@@ -139,6 +141,11 @@ class EpisodeSampler:
             candidates = [i for i in others if self.present[i, cls] and i not in chosen]
             if candidates:
                 chosen.append(self.rng.choice(candidates))
+        shots = self.rng.randint(1, max(1, min(self.max_shots, len(others))))
+        rest = [i for i in others if i not in chosen]
+        self.rng.shuffle(rest)
+        while len(chosen) < shots and rest:
+            chosen.append(rest.pop())
         if not chosen:
             chosen.append(self.rng.choice(others))
         supports = tuple((i, self.rng.randrange(self.views) if i != query else 0) for i in chosen)

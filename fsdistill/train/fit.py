@@ -19,7 +19,7 @@ from torch import nn
 from fsdistill.config import TRAINABLE_GROUPS, TrainCfg
 from fsdistill.models.student import DistilledStudent
 from fsdistill.models.teacher import DCAMATeacher
-from fsdistill.runtime import progress
+from fsdistill.runtime import progress, raise_if_interrupted
 from fsdistill.train.episodes import EpisodeSampler, FeatureCache
 from fsdistill.train.losses import coarse_mse, focal_loss
 
@@ -85,14 +85,14 @@ def train(
     teacher_params = [] if freeze_teacher else set_trainable(teacher, cfg.train)
     if freeze_teacher:
         set_trainable(teacher, [])
-    params = list(teacher_params)
+    groups = [{"params": teacher_params, "lr": cfg.lr}] if teacher_params else []
     if student is not None:
         for p in student.convdist.parameters():
             p.requires_grad_(True)
-        params += list(student.convdist.parameters())
-    if not params:
+        groups.append({"params": list(student.convdist.parameters()), "lr": cfg.student_lr})
+    if not groups:
         raise ValueError("nothing to train: choose at least one trainable group")
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sampler = EpisodeSampler(cache.present, cfg.max_shots, cache.views, cfg.seed)
     attention_trains = any(p.requires_grad for p in teacher.blocks.parameters())
     teacher.train()
@@ -101,6 +101,7 @@ def train(
     start = time.perf_counter()
     bar = progress(range(cfg.steps), quiet=quiet, desc="distill" if student is not None else "adapt", unit="step")
     for _ in bar:
+        raise_if_interrupted()
         optimizer.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
         for _ in range(cfg.episodes_per_step):
