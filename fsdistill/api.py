@@ -13,22 +13,27 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 import yaml
 
+from fsdistill.checkpoint import config_sha256
 from fsdistill.config import AdaptCfg, DistillCfg
 from fsdistill.data.discover import SupportIndex, discover
-from fsdistill.errors import ConfigError, DataError
+from fsdistill.data.masks import IGNORE_INDEX
+from fsdistill.errors import CheckpointError, ConfigError, DataError, FsdistillError
 from fsdistill.infer.predictor import PredictResult, Predictor, list_images, predict_files
 from fsdistill.metrics import ConfusionMatrix
-from fsdistill.models.build import build_student, build_teacher, load_model, save_model
+from fsdistill.models.build import build_student, build_teacher, load_model, resolve_model_dir, save_model
 from fsdistill.models.teacher import DCAMATeacher
-from fsdistill.runtime import resolve_device, seed_everything
+from fsdistill.runtime import ensure_writable_dir, resolve_device, seed_everything
 from fsdistill.train.episodes import FeatureCache, load_support_tensors
 from fsdistill.train.fit import TrainStats, train
+
+if TYPE_CHECKING:
+    from fsdistill.export import ExportResult
 
 __all__ = [
     "RunResult",
@@ -40,6 +45,8 @@ __all__ = [
     "predict",
     "count_images",
     "profile",
+    "export",
+    "resolve_onnx_file",
 ]
 
 log = logging.getLogger(__name__)
@@ -58,16 +65,13 @@ class RunResult:
 def new_run_dir(out: Path | None) -> Path:
     """``out`` if given (created), else ``runs/<date>-<time>`` made unique: a run never overwrites another."""
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        return out
+        return ensure_writable_dir(Path(out), "--out")
     base = Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
     candidate, n = base, 1
     while candidate.exists():
         n += 1
         candidate = base.with_name(f"{base.name}-{n}")
-    candidate.mkdir(parents=True)
-    return candidate
+    return ensure_writable_dir(candidate, "--out")
 
 
 def _write_run_config(run_dir: Path, cfg: AdaptCfg | DistillCfg, command: str) -> None:
@@ -104,6 +108,11 @@ def _prepare(cfg: AdaptCfg | DistillCfg, quiet: bool):
     device = resolve_device(cfg.device)
     seed_everything(cfg.train.seed)
     support = load_support_tensors(index, cfg.model.size)
+    if not bool(((support.masks > 0) & (support.masks != IGNORE_INDEX)).any()):
+        raise DataError(
+            f"All {len(index)} masks in {cfg.support} are empty: no pixel has a foreground class, so there is "
+            "nothing to learn; check the mask values (binary masks need 255 or 1 for the object) and the names file."
+        )
     return index, num_classes, device, support
 
 
@@ -248,6 +257,11 @@ def evaluate(
         matrix.update(index.load_mask(i, size=(prediction.shape[1], prediction.shape[0])), prediction)
         if on_progress:
             on_progress(1)
+    if not matrix.matrix[1:].any():
+        raise DataError(
+            f"All {len(index)} masks in {data_dir} are empty: no pixel has a foreground class, so IoU is undefined; "
+            "check the mask values (binary masks need 255 or 1 for the object) and the names file."
+        )
     ious = matrix.iou()
     return EvalResult(
         model=str(loaded.path),
@@ -256,6 +270,9 @@ def evaluate(
         miou=matrix.miou(),
         seconds=time.perf_counter() - start,
     )
+
+
+PREDICT_BACKENDS = ("torch", "onnx")
 
 
 def predict(
@@ -268,11 +285,151 @@ def predict(
     overwrite: bool = False,
     workers: int = 2,
     on_progress: Callable[[int], None] | None = None,
+    backend: str | None = None,
 ) -> PredictResult:
-    """Support-free batch inference with a student: masks at each image's original size (see predict_files)."""
-    loaded = load_model(model, kind=None)
-    predictor = Predictor(loaded, resolve_device(device))
-    return predict_files(predictor, inputs, out_dir, batch_size, overlay, overwrite, workers, on_progress)
+    """Support-free batch inference with a student: masks at each image's original size (see predict_files).
+
+    ``backend``: ``torch`` runs the artifact with PyTorch; ``onnx`` runs an exported ``.onnx`` file with
+    onnxruntime only (``model`` is the file, or a run/artifact folder whose ``student.onnx`` sits beside the
+    artifact). None: ``onnx`` when ``model`` is an ``.onnx`` file, else ``torch``. Both write the same files.
+
+    Raises:
+        ConfigError: an unknown backend, or an ``.onnx`` model with the torch backend.
+        DependencyError: the onnx backend without onnxruntime installed.
+    """
+    runner = _runner(model, device, backend)
+    return predict_files(runner, inputs, out_dir, batch_size, overlay, overwrite, workers, on_progress)
+
+
+def _runner(model: Path | None, device: str, backend: str | None):
+    is_onnx_file = model is not None and Path(model).suffix.lower() == ".onnx"
+    backend = (backend or ("onnx" if is_onnx_file else "torch")).lower()
+    if backend not in PREDICT_BACKENDS:
+        raise ConfigError(f"Unknown backend '{backend}'; use one of {', '.join(PREDICT_BACKENDS)}.")
+    if backend == "torch":
+        if is_onnx_file:
+            raise ConfigError(f"{model} is an ONNX file; predict it with --backend onnx (or pass the run folder).")
+        return Predictor(load_model(model, kind=None), resolve_device(device))
+    from fsdistill.infer.onnx import OnnxRunner, require_export_packages
+
+    require_export_packages("onnxruntime")
+    return OnnxRunner(resolve_onnx_file(model), device)
+
+
+def resolve_onnx_file(model: Path | None) -> Path:
+    """The ``.onnx`` file for ``model``: the file itself, ``DIR/student.onnx``, or the one beside a student artifact.
+
+    None means the newest run under ./runs (as for the torch backend).
+
+    Raises:
+        CheckpointError: no exported file there (the message says how to make one).
+    """
+    from fsdistill.infer.onnx import default_onnx_path
+
+    if model is not None and Path(model).suffix.lower() == ".onnx":
+        return Path(model)
+    if model is not None and (Path(model) / "student.onnx").is_file():
+        return Path(model) / "student.onnx"
+    artifact = resolve_model_dir(model, "student")
+    candidate = default_onnx_path(artifact)
+    if not candidate.is_file():
+        raise CheckpointError(
+            f"No exported model at {candidate}; run fsdistill export --model {artifact.parent} first, or pass the "
+            ".onnx file to --model."
+        )
+    return candidate
+
+
+def export(
+    model: Path | None = None,
+    out: Path | None = None,
+    format: str = "onnx",
+    images: list[Path] | None = None,
+    device: str = "cpu",
+    tolerance: float = 1e-2,
+    min_agreement: float = 0.999,
+    seed: int = 0,
+    random_samples: int = 4,
+    real_samples: int = 4,
+    threads: int | None = None,
+) -> "ExportResult":
+    """Export a run's student to ONNX (``fsdistill export``) and check it against PyTorch.
+
+    Args:
+        model: run or student artifact folder (None: newest run under ./runs).
+        out: the file to write (None: ``RUN/student.onnx`` beside the artifact; a folder: ``FOLDER/student.onnx``).
+        images: image files/folders for the parity check, the first ``real_samples`` used (None: the first
+            ``real_samples`` of the run's own support images, when its support folder is still there). Random
+            images are always added (``random_samples``).
+        device: where the PyTorch reference of the check runs. tolerance, min_agreement: see
+            :func:`fsdistill.export.export_onnx`.
+
+    Returns:
+        :class:`fsdistill.export.ExportResult` (``passed`` False when onnxruntime and PyTorch differ too much).
+
+    Raises:
+        DependencyError: onnx/onnxruntime missing. ConfigError: an unknown format or bad tolerance.
+        CheckpointError: no student artifact. DataError: an unwritable output or unreadable sample image.
+    """
+    from fsdistill.export import export_onnx
+    from fsdistill.infer.onnx import default_onnx_path, require_export_packages
+
+    if format.lower() != "onnx":
+        raise ConfigError(f"Unknown export format '{format}'; the only format is onnx.")
+    if tolerance < 0 or not 0.0 <= min_agreement <= 1.0:
+        raise ConfigError("--tolerance must be >= 0 and --min-agreement within 0..1.")
+    require_export_packages("onnx", "onnxruntime")
+    torch_device = resolve_device(device)
+    loaded = load_model(model, kind="student")
+    target = Path(out) if out is not None else default_onnx_path(loaded.path)
+    if target.is_dir():
+        target = target / "student.onnx"
+    ensure_writable_dir(target.parent, "-o")
+    real = _sample_images(loaded, images, real_samples)
+    spec = loaded.config["backbone"]
+    return export_onnx(
+        loaded.model,
+        target,
+        input_size=loaded.size,
+        mean=loaded.mean,
+        std=loaded.std,
+        class_names=loaded.class_names,
+        palette=loaded.palette,
+        dynamic_hw=spec.get("fixed_size") is None,
+        size_multiple=int(spec.get("size_multiple", 32)),
+        real_images=real,
+        random_samples=random_samples,
+        tolerance=tolerance,
+        min_agreement=min_agreement,
+        device=torch_device,
+        seed=seed,
+        threads=threads,
+        metadata={
+            "kind": "student",
+            "artifact": str(loaded.path.resolve()),
+            "config_sha256": config_sha256(loaded.config),
+            "backbone": str(spec.get("name")),
+        },
+    )
+
+
+def _sample_images(loaded, images: list[Path] | None, limit: int):
+    """R×3×size×size uint8 real images for the parity check, or None (given paths, else the run's supports)."""
+    import torch
+
+    from fsdistill.data.images import read_image
+    from fsdistill.data.transforms import resize_image
+
+    if images:
+        paths = [source for source, _ in list_images(images)][: max(1, limit)]
+    else:
+        root = loaded.config.get("support", {}).get("root")
+        try:
+            paths = [s.image_path for s in discover(Path(root)).samples][:limit] if root and limit > 0 else []
+        except FsdistillError:  # the support folder moved or changed since training: random inputs only
+            paths = []
+    arrays = [resize_image(read_image(p), loaded.size) for p in paths]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous() if arrays else None
 
 
 def count_images(inputs: list[Path]) -> int:

@@ -46,12 +46,16 @@ def save_artifact(directory: Path, tensors: dict[str, torch.Tensor], config: dic
 
     Both files are written into a hidden sibling folder that is renamed into place only when complete, so an
     interrupted save never leaves a directory that loads. An existing artifact at ``directory`` is replaced.
+    Staging folders that a killed save of the same artifact left behind (``.NAME.partial-*``, never loadable) are
+    removed first.
     """
     directory = Path(directory)
     config = {"format": ARTIFACT_FORMAT, "format_version": FORMAT_VERSION, "fsdistill_version": __version__, **config}
     if "kind" not in config:
         raise ValueError("artifact config needs a 'kind'")
     directory.parent.mkdir(parents=True, exist_ok=True)
+    for stale in directory.parent.glob(f".{directory.name}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     staging = directory.parent / f".{directory.name}.partial-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
+import threading
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
@@ -47,6 +49,10 @@ OutRunOpt = Annotated[Optional[Path], typer.Option("--out", help="Run folder (de
 TrainOpt = Annotated[
     Optional[str], typer.Option("--train", help="Teacher groups to fine-tune: mapper,merge,attention,mixer.")
 ]
+DecoderOpt = Annotated[
+    Optional[str],
+    typer.Option("--decoder", help="light (default: fast, flat in the number of classes) or dcama (the paper's)."),
+]
 AugmentOpt = Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Flip views of the supports.")]
 ModelOpt = Annotated[
     Optional[Path], typer.Option("--model", help="Run folder or artifact folder (default: newest run under ./runs).")
@@ -69,6 +75,15 @@ def _guarded(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from fsdistill.runtime import clear_interrupt, request_interrupt
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            request_interrupt()
+            raise KeyboardInterrupt
+
+        clear_interrupt()
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, on_sigint) if in_main_thread else None
         try:
             return fn(*args, **kwargs)
         except FsdistillError as exc:
@@ -81,6 +96,9 @@ def _guarded(fn: Callable) -> Callable:
                 err=True,
             )
             raise typer.Exit(130) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
 
     return wrapper
 
@@ -122,19 +140,26 @@ def check(
 
 
 def _write_json(path: Path, data: dict) -> None:
+    from fsdistill.errors import DataError
+    from fsdistill.runtime import ensure_writable_dir
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(path.parent, "--json")
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise DataError(f"Cannot write {path} ({exc.strerror or type(exc).__name__}); choose another --json file.")
 
 
-def _model_overrides(backbone, backbone_weights, teacher_weights, size, student_width=None) -> dict[str, Any]:
+def _model_overrides(backbone, backbone_weights, teacher_weights, size, decoder, student_width=None) -> dict[str, Any]:
     return {
         "backbone": backbone,
         "backbone_weights": backbone_weights,
         "teacher_weights": teacher_weights,
         "size": size,
+        "decoder": decoder,
         "student_width": student_width,
     }
 
@@ -145,6 +170,7 @@ def adapt(
     backbone: BackboneOpt = None,
     backbone_weights: BackboneWeightsOpt = None,
     teacher_weights: TeacherWeightsOpt = None,
+    decoder: DecoderOpt = None,
     steps: StepsOpt = None,
     lr: LrOpt = None,
     size: SizeOpt = None,
@@ -170,7 +196,7 @@ def adapt(
             "support": support,
             "out": out,
             "device": device,
-            "model": _model_overrides(backbone, backbone_weights, teacher_weights, size),
+            "model": _model_overrides(backbone, backbone_weights, teacher_weights, size, decoder),
             "train": _train_overrides(steps, lr, seed, train, augment),
         },
     )
@@ -192,8 +218,10 @@ def distill(
     backbone: BackboneOpt = None,
     backbone_weights: BackboneWeightsOpt = None,
     teacher_weights: TeacherWeightsOpt = None,
+    decoder: DecoderOpt = None,
     student_width: Annotated[
-        Optional[int], typer.Option("--student-width", help="ConvDist channels per class (default: paper, = C).")
+        Optional[int],
+        typer.Option("--student-width", help="ConvDist channels per class (default 8; 0 = the paper's, = C)."),
     ] = None,
     steps: StepsOpt = None,
     lr: LrOpt = None,
@@ -222,7 +250,7 @@ def distill(
             "teacher": teacher,
             "freeze_teacher": freeze_teacher or None,
             "device": device,
-            "model": _model_overrides(backbone, backbone_weights, teacher_weights, size, student_width),
+            "model": _model_overrides(backbone, backbone_weights, teacher_weights, size, decoder, student_width),
             "train": _train_overrides(steps, lr, seed, train, augment),
         },
     )
@@ -247,18 +275,29 @@ def predict(
     overlay: Annotated[bool, typer.Option("--overlay", help="Also write colour overlays.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo images already predicted.")] = False,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Image-decoding worker processes.")] = 2,
+    backend: Annotated[
+        Optional[str],
+        typer.Option(
+            "--backend",
+            help="torch | onnx: onnx runs an exported .onnx (--model FILE, or RUN with RUN/student.onnx) with "
+            "onnxruntime only. Default: onnx for an .onnx --model, else torch.",
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
     """Segment images with a support-free student; masks at each image's original size.
 
     Example: fsdistill predict images/ -o out/ --model runs/polyps --overlay
+    (ONNX: fsdistill predict images/ -o out/ --backend onnx --model runs/polyps/student.onnx)
     """
     from fsdistill import api
 
     total = api.count_images(inputs)
     with _bar(total, "predict", quiet) as bar:
-        result = api.predict(inputs, out, model, device, batch_size, overlay, overwrite, workers, bar.update)
+        result = api.predict(
+            inputs, out, model, device, batch_size, overlay, overwrite, workers, bar.update, backend=backend
+        )
     console = _Console(quiet)
     console.say(
         f"{result.written} written, {result.skipped} already done, {len(result.failed)} failed -> {out}/masks"
@@ -287,6 +326,10 @@ def evaluate(
     from fsdistill import api
     from fsdistill.data.discover import discover
 
+    if json_out is not None:  # refuse an unwritable --json before the evaluation, not after it
+        from fsdistill.runtime import ensure_writable_dir
+
+        ensure_writable_dir(Path(json_out).parent, "--json")
     total = len(discover(data_dir))
     with _bar(total, "evaluate", quiet) as bar:
         result = api.evaluate(data_dir, model, teacher, device, batch_size, workers, bar.update)
@@ -322,6 +365,7 @@ def profile(
     student_width: Annotated[
         Optional[int], typer.Option("--student-width", help="ConvDist channels per class of the random student.")
     ] = None,
+    decoder: DecoderOpt = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = None,
     quiet: QuietOpt = False,
@@ -347,6 +391,7 @@ def profile(
         out=out,
         cache=not no_cache,
         student_width=student_width,
+        decoder=decoder,
         device=device,
         seed=0 if seed is None else seed,
     )
@@ -362,6 +407,61 @@ def profile(
     if failed:
         console.say(f"out of memory: {', '.join(failed)}")
     console.say(f"profile: {result.out_dir}/profile.{{json,csv,md,png}}  ({result.data['seconds']:.0f} s)")
+
+@command
+def export(
+    model: ModelOpt = None,
+    format: Annotated[str, typer.Option("--format", help="Export format: onnx (the only one).")] = "onnx",
+    out: Annotated[
+        Optional[Path], typer.Option("-o", "--out", help="Output file (default: RUN/student.onnx beside the artifact).")
+    ] = None,
+    images: Annotated[
+        Optional[list[Path]],
+        typer.Option(
+            "--images", help="Images or folders for the parity check, the first 4 used (default: the run's supports)."
+        ),
+    ] = None,
+    tolerance: Annotated[
+        float, typer.Option("--tolerance", help="Largest accepted |logit difference| (outside near-tied classes).")
+    ] = 1e-2,
+    min_agreement: Annotated[
+        float, typer.Option("--min-agreement", help="Smallest accepted fraction of pixels with the same class.")
+    ] = 0.999,
+    device: Annotated[
+        str,
+        typer.Option("--device", help="Where the PyTorch reference of the check runs: cpu (default), cuda, mps, auto."),
+    ] = "cpu",
+    seed: SeedOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Export the student to ONNX and check onnxruntime against PyTorch (largest difference, argmax agreement).
+
+    Exit 1 when the check fails (the file is still written). Needs onnx and onnxruntime (the export extra).
+
+    Example: fsdistill export --model runs/polyps -o polyps.onnx
+    """
+    from fsdistill import api
+
+    result = api.export(
+        model, out, format, images, device, tolerance, min_agreement, seed=0 if seed is None else seed
+    )
+    console = _Console(quiet)
+    shape = "dynamic batch and height/width" if result.dynamic_hw else f"dynamic batch, fixed {result.input_size}px"
+    console.say(f"exported: {result.path}  ({result.size_bytes / 2**20:.1f} MB, {shape}, {result.seconds:.0f} s)")
+    if result.note:
+        console.say(f"note: {result.note}")
+    summary = (
+        f"parity vs PyTorch on {result.samples} images ({result.real_samples} real): "
+        f"max |logit diff| {result.max_abs_diff:.2e} ({result.max_abs_diff_stable:.2e} outside near-tied classes, "
+        f"tolerance {result.tolerance:.0e}), argmax agreement {result.agreement:.4%} "
+        f"(minimum {result.min_agreement:.2%})"
+    )
+    if not result.passed:
+        typer.echo(summary, err=True)
+        typer.echo("error: onnxruntime does not reproduce PyTorch within the tolerance (see above).", err=True)
+        raise typer.Exit(1)
+    console.say(summary)
+
 
 def _version_callback(value: bool) -> None:
     if value:

@@ -6,7 +6,7 @@ turns any :class:`FsdistillError` into one line on stderr and exit code 2. Anyth
 
 from __future__ import annotations
 
-__all__ = ["FsdistillError", "DataError", "CheckpointError", "ConfigError", "DeviceError"]
+__all__ = ["FsdistillError", "DataError", "CheckpointError", "ConfigError", "DeviceError", "DependencyError"]
 
 
 class FsdistillError(Exception):
@@ -27,3 +27,7 @@ class ConfigError(FsdistillError):
 
 class DeviceError(FsdistillError):
     """The requested device is not available on this machine."""
+
+
+class DependencyError(FsdistillError):
+    """An optional package that this command needs is not installed (the message names the pip extra)."""

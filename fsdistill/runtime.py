@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import random
+import threading
+from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fsdistill.errors import DeviceError
+from fsdistill.errors import DataError, DeviceError
 
-__all__ = ["resolve_device", "seed_everything", "progress", "library_versions", "device_name"]
+__all__ = ["resolve_device", "seed_everything", "progress", "library_versions", "device_name", "ensure_writable_dir"]
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
@@ -68,3 +71,47 @@ def library_versions() -> dict[str, str]:
         "numpy": np.__version__,
         "python": platform.python_version(),
     }
+
+
+def ensure_writable_dir(path: Path, flag: str) -> Path:
+    """Create folder ``path`` if needed and check that a file can be written in it.
+
+    Args:
+        flag: the option that named it (``-o``, ``--out``, ``--json``), quoted in the error.
+
+    Raises:
+        DataError: it cannot be created or written (a file in the way, no permission, read-only disk).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DataError(f"{path} is a file, not a folder; choose a writable {flag} location.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".fsdistill-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise DataError(f"Cannot write to {path} ({reason}); choose a writable {flag} location.") from None
+    return path
+
+
+# Set by the CLI's SIGINT handler. The handler also raises KeyboardInterrupt, but Python drops an exception raised
+# while a finaliser (``__del__``, a weakref callback) runs, and a long loop would then carry on; the loops of the
+# library check this flag once per step so Ctrl-C always stops them.
+_INTERRUPTED = threading.Event()
+
+
+def request_interrupt() -> None:
+    """Mark the running command as interrupted (see :func:`raise_if_interrupted`)."""
+    _INTERRUPTED.set()
+
+
+def clear_interrupt() -> None:
+    _INTERRUPTED.clear()
+
+
+def raise_if_interrupted() -> None:
+    """Raise KeyboardInterrupt if an interrupt was requested and swallowed somewhere."""
+    if _INTERRUPTED.is_set():
+        raise KeyboardInterrupt

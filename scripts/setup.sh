@@ -7,5 +7,6 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-# The [dev] extra brings pytest and the readers of the real example data (tifffile, nibabel, scikit-image).
-.venv/bin/python -m pip install --quiet -e ".[dev]"
+# The [dev] extra brings pytest and the readers of the real example data (tifffile, nibabel, scikit-image);
+# [export] brings onnx, onnxscript and onnxruntime for fsdistill export / predict --backend onnx and their tests.
+.venv/bin/python -m pip install --quiet -e ".[dev,export]"

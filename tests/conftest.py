@@ -184,6 +184,36 @@ def tiny_multi_run(tiny_data: TinyData, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def shaken_multi_student(tiny_multi_run, tmp_path_factory) -> Path:
+    """``tiny_multi_run``'s student with its decoder and ConvDist weights shaken (seeded), saved as an artifact.
+
+    Two training steps leave the tiny student predicting background everywhere, which makes any comparison of
+    two prediction runs trivially equal; shaken, it predicts all four classes on small synthetic images.
+    """
+    import torch
+
+    from fsdistill.models.build import load_model, save_model
+
+    loaded = load_model(tiny_multi_run.run_dir, kind="student")
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in loaded.model.named_parameters():
+            if not name.startswith("backbone."):
+                param.add_(torch.randn(param.shape, generator=generator) * 0.1)
+    config = loaded.config
+    return save_model(
+        tmp_path_factory.mktemp("shaken") / "student",
+        loaded.model,
+        class_names=config["class_names"],
+        palette=[tuple(c) for c in config["palette"]],
+        input_size=config["input_size"],
+        train_config=config["train_config"],
+        support_info=config["support"],
+        training=config["training"],
+    )
+
+
+@pytest.fixture(scope="session")
 def examples_root() -> Path:
     """The real example data (``examples/make_examples.py``): ``$FSDISTILL_EXAMPLES``, else ``examples/data``.
 

@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+from abc import ABC, abstractmethod
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +27,9 @@ from fsdistill.data.masks import read_index_mask, write_index_png
 from fsdistill.data.transforms import logits_to_mask, normalize, resize_image
 from fsdistill.errors import DataError, FsdistillError
 from fsdistill.models.build import LoadedModel
+from fsdistill.runtime import ensure_writable_dir, raise_if_interrupted
 
-__all__ = ["list_images", "Predictor", "PredictResult", "predict_files", "MANIFEST_NAME"]
+__all__ = ["list_images", "Runner", "Predictor", "PredictResult", "predict_files", "MANIFEST_NAME"]
 
 MANIFEST_NAME = ".fsdistill-predict.json"
 
@@ -90,29 +92,29 @@ def _collate(items: list[dict]) -> list[dict]:
     return items
 
 
-class Predictor:
-    """Runs a loaded student (or teacher with its stored supports) on uint8 images.
+class Runner(ABC):
+    """An inference backend for :func:`predict_files`: uint8 batches in, logits out, plus what labels them.
 
-    Args:
-        loaded: from :func:`fsdistill.models.build.load_model`. device: where to run. amp: autocast on CUDA.
+    Subclasses set ``size`` (square input side), ``class_names`` and ``palette`` and implement :meth:`logits` and
+    :meth:`identity`; decoding, resizing, batching and upsampling to each image's own size are shared here, so
+    every backend writes the same masks from the same logits.
     """
 
-    def __init__(self, loaded: LoadedModel, device: torch.device, amp: bool = True) -> None:
-        self.loaded = loaded.to(device)
-        self.device = device
-        self.amp = amp and device.type == "cuda"
+    size: int
+    class_names: list[str]
+    palette: list[tuple[int, int, int]]
 
-    @torch.inference_mode()
+    @abstractmethod
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """B×3×size×size uint8 → B×(N+1)×size×size float logits."""
-        batch = normalize(images.to(self.device, non_blocking=True), self.loaded.mean, self.loaded.std)
-        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
-        with ctx:
-            return self.loaded.logits(batch).float()
+        """B×3×size×size uint8 → B×(N+1)×h×w float logits (h×w: the model's output grid, upsampled later)."""
+
+    @abstractmethod
+    def identity(self) -> dict:
+        """What makes an output folder this model's (stored in the folder's manifest to guard resume)."""
 
     def predict_array(self, image: np.ndarray) -> np.ndarray:
         """H×W×3 uint8 → H×W uint8 class ids at the image's own size."""
-        small = torch.from_numpy(resize_image(image, self.loaded.size)).permute(2, 0, 1)[None]
+        small = torch.from_numpy(resize_image(image, self.size)).permute(2, 0, 1)[None]
         return logits_to_mask(self.logits(small)[0], *image.shape[:2])
 
     def iterate(
@@ -121,13 +123,14 @@ class Predictor:
         """Yield ``(index, mask or None, error or None)`` per path, in batches decoded by ``workers`` processes."""
         workers = workers if len(paths) > batch_size else 0
         loader = DataLoader(
-            _ImageDataset(paths, self.loaded.size),
+            _ImageDataset(paths, self.size),
             batch_size=batch_size,
             num_workers=workers,
             collate_fn=_collate,
             persistent_workers=False,
         )
         for items in loader:
+            raise_if_interrupted()
             good = [it for it in items if "error" not in it]
             for it in items:
                 if "error" in it:
@@ -137,6 +140,33 @@ class Predictor:
             logits = self.logits(torch.stack([it["image"] for it in good]))
             for it, lg in zip(good, logits):
                 yield it["index"], logits_to_mask(lg, it["height"], it["width"]), None
+
+
+class Predictor(Runner):
+    """Runs a loaded student (or teacher with its stored supports) with PyTorch on uint8 images.
+
+    Args:
+        loaded: from :func:`fsdistill.models.build.load_model`. device: where to run. amp: autocast on CUDA.
+    """
+
+    def __init__(self, loaded: LoadedModel, device: torch.device, amp: bool = True) -> None:
+        self.loaded = loaded.to(device)
+        self.device = device
+        self.amp = amp and device.type == "cuda"
+        self.size = loaded.size
+        self.class_names = loaded.class_names
+        self.palette = loaded.palette
+
+    @torch.inference_mode()
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """B×3×size×size uint8 → B×(N+1)×h×w float logits."""
+        batch = normalize(images.to(self.device, non_blocking=True), self.loaded.mean, self.loaded.std)
+        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
+        with ctx:
+            return self.loaded.logits(batch).float()
+
+    def identity(self) -> dict:
+        return _model_identity(self.loaded)
 
 
 @dataclass
@@ -149,7 +179,8 @@ class PredictResult:
 
 
 def _model_identity(loaded: LoadedModel) -> dict:
-    return {"model": str(loaded.path.resolve()), "config_sha256": config_sha256(loaded.config)}
+    path = str(loaded.path.resolve())
+    return {"model": path, "config_sha256": config_sha256(loaded.config), "backend": "torch"}
 
 
 def _overlay(image: np.ndarray, mask: np.ndarray, palette: list[tuple[int, int, int]], alpha: float = 0.5) -> np.ndarray:
@@ -189,7 +220,7 @@ def _write_csv(out_dir: Path, entries: list[tuple[Path, Path]], class_names: lis
 
 
 def predict_files(
-    predictor: Predictor,
+    predictor: Runner,
     inputs: list[Path],
     out_dir: Path,
     batch_size: int = 8,
@@ -200,28 +231,34 @@ def predict_files(
 ) -> PredictResult:
     """Predict every image of ``inputs`` into ``out_dir`` (masks/, overlays/, predictions.csv), resuming.
 
-    Images whose mask already exists are skipped, unless the folder was written by another model (then a
-    DataError asks for ``overwrite`` or another folder) or ``overwrite`` is set.
+    ``predictor`` is any :class:`Runner` (PyTorch :class:`Predictor`, or the onnxruntime runner of
+    :mod:`fsdistill.infer.onnx`). Images whose mask already exists are skipped, unless the folder was written by
+    another model or backend (then a DataError asks for ``overwrite`` or another folder) or ``overwrite`` is set.
     """
     entries = list_images(inputs)
     out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise DataError(f"Cannot write to output folder {out_dir} ({exc.strerror}); choose a writable -o folder.")
-    loaded = predictor.loaded
+    ensure_writable_dir(out_dir, "-o")
     manifest = out_dir / MANIFEST_NAME
-    identity = _model_identity(loaded)
+    identity = predictor.identity()
     if manifest.is_file() and not overwrite:
-        previous = json.loads(manifest.read_text())
+        try:
+            previous = json.loads(manifest.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            previous = {}
         if previous.get("config_sha256") != identity["config_sha256"]:
             raise DataError(
-                f"{out_dir} holds masks from another model ({previous.get('model')}); pass --overwrite or a new -o folder."
+                f"{out_dir} holds masks from another model ({previous.get('model', 'unknown')}); pass --overwrite or "
+                "a new -o folder."
             )
-    manifest.write_text(json.dumps(identity, indent=2) + "\n")
+        # Manifests written before there was an ONNX backend have no "backend" key: those masks came from torch.
+        if previous.get("backend", "torch") != identity["backend"]:
+            raise DataError(
+                f"{out_dir} holds masks predicted with the {previous.get('backend', 'torch')} backend; pass "
+                f"--overwrite or a new -o folder to predict with the {identity['backend']} backend."
+            )
+    tmp_manifest = out_dir / f"{MANIFEST_NAME}.tmp"
+    tmp_manifest.write_text(json.dumps(identity, indent=2) + "\n")
+    os.replace(tmp_manifest, manifest)
     result = PredictResult(out_dir)
     todo: list[tuple[Path, Path]] = []
     for source, rel in entries:
@@ -234,7 +271,7 @@ def predict_files(
                 on_progress(1)
         else:
             todo.append((source, rel))
-    palette = loaded.palette
+    palette = predictor.palette
     for index, mask, error in predictor.iterate([s for s, _ in todo], batch_size, workers):
         source, rel = todo[index]
         if error is not None:
@@ -247,5 +284,5 @@ def predict_files(
             result.written += 1
         if on_progress:
             on_progress(1)
-    result.csv_path = _write_csv(out_dir, entries, loaded.class_names)
+    result.csv_path = _write_csv(out_dir, entries, predictor.class_names)
     return result

@@ -1,0 +1,145 @@
+"""Student latency on the CPU: onnxruntime (the exported ``.onnx``) against PyTorch, same weights, same threads.
+
+Exports the student with ``fsdistill.api.export`` (which also checks parity), then times the model forward alone
+on pre-normalised inputs (no decoding, resizing or upsampling: those are shared by both ``predict`` backends) at
+each batch size, alternating the two runtimes run by run so background load hits both alike. Reports median and
+p95 milliseconds per batch and per image, and the PyTorch / onnxruntime speed-up.
+
+    python benchmarks/onnx_latency.py [--model RUN_DIR] [--batch-sizes 1,4] [--runs 20] [--threads N]
+
+Without ``--model`` a student is built with the default configuration (efficientnet-lite0 with its embedded
+ImageNet weights, 384 px, one class) and random decoder weights: latency does not depend on the weights.
+Writes ``benchmarks/results/onnx_latency/results.json`` and ``results.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fsdistill import api
+from fsdistill.config import ModelCfg
+from fsdistill.data.transforms import normalize
+from fsdistill.infer.onnx import OnnxRunner
+from fsdistill.models.build import build_student, build_teacher, load_model, save_model
+from fsdistill.runtime import library_versions
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def random_student(directory: Path, cfg: ModelCfg) -> Path:
+    """A default-config student artifact with random decoder weights (1 class)."""
+    student = build_student(build_teacher(cfg, 1), cfg.student_width)
+    return save_model(
+        directory, student, class_names=["background", "foreground"], palette=[(0, 0, 0), (255, 0, 0)],
+        input_size=cfg.size, train_config={}, support_info={}, training={},
+    )  # fmt: skip
+
+
+def _stats(ms: list[float], batch: int) -> dict[str, float]:
+    ordered = sorted(ms)
+    p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+    median = statistics.median(ordered)
+    return {"p50_ms": median, "p95_ms": p95, "p50_ms_per_image": median / batch, "runs": len(ms)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=None, help="run or student artifact (default: random student)")
+    parser.add_argument("--batch-sizes", default="1,4", help="comma-separated batch sizes")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=None, help="threads for both runtimes (default: torch's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "onnx_latency")
+    args = parser.parse_args()
+    threads = args.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    work = Path(tempfile.mkdtemp(prefix="fsd-onnx-latency-"))
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    try:
+        model_dir = args.model or random_student(work / "student", ModelCfg())
+        export = api.export(model_dir, work / "student.onnx", threads=threads, seed=args.seed)
+        loaded = load_model(model_dir, kind="student")
+        model = loaded.model.to("cpu").eval()
+        runner = OnnxRunner(export.path, device="cpu", threads=threads)
+        rng = np.random.default_rng(args.seed)
+        rows = []
+        for batch in batch_sizes:
+            images = torch.from_numpy(rng.integers(0, 256, (batch, 3, loaded.size, loaded.size), dtype=np.uint8))
+            x = normalize(images, loaded.mean, loaded.std)
+            x_np = np.ascontiguousarray(x.numpy())
+            timings: dict[str, list[float]] = {"pytorch": [], "onnxruntime": []}
+            with torch.inference_mode():
+                for i in range(args.warmup + args.runs):
+                    for name in ("pytorch", "onnxruntime") if i % 2 == 0 else ("onnxruntime", "pytorch"):
+                        start = time.perf_counter()
+                        if name == "pytorch":
+                            model(x)
+                        else:
+                            runner.run(x_np)
+                        if i >= args.warmup:
+                            timings[name].append(1000 * (time.perf_counter() - start))
+            row = {"batch_size": batch}
+            for name, ms in timings.items():
+                row[name] = _stats(ms, batch)
+            row["speedup"] = row["pytorch"]["p50_ms"] / row["onnxruntime"]["p50_ms"]
+            rows.append(row)
+        report = {
+            "device": f"cpu ({os.cpu_count()} cores visible, {threads} threads for both runtimes)",
+            "model": str(args.model) if args.model else "random-init student (default config, 1 class)",
+            "backbone": loaded.config["backbone"]["name"],
+            "size": loaded.size,
+            "model_args": loaded.config["model_args"],
+            "onnx": {
+                "file_mb": round(export.size_bytes / 2**20, 2),
+                "dynamic_hw": export.dynamic_hw,
+                "max_abs_diff": export.max_abs_diff,
+                "argmax_agreement": export.agreement,
+                "export_seconds": round(export.seconds, 2),
+            },
+            "rows": rows,
+            "load_average": {"before": load_before, "after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
+            "versions": {**library_versions(), "onnxruntime": __import__("onnxruntime").__version__},
+        }
+        lines = [
+            f"Student forward on the CPU, {report['backbone']} at {report['size']} px, {threads} thread(s); "
+            f"median (p95) of {args.runs} runs, load average before: "
+            f"{'n/a' if load_before is None else f'{load_before:.2f}'}.",
+            "",
+            "| batch | PyTorch ms/batch | onnxruntime ms/batch | PyTorch ms/img | onnxruntime ms/img | speed-up |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in rows:
+            pt, ox = row["pytorch"], row["onnxruntime"]
+            lines.append(
+                f"| {row['batch_size']} | {pt['p50_ms']:.1f} ({pt['p95_ms']:.1f}) "
+                f"| {ox['p50_ms']:.1f} ({ox['p95_ms']:.1f}) "
+                f"| {pt['p50_ms_per_image']:.1f} | {ox['p50_ms_per_image']:.1f} | {row['speedup']:.2f}x |"
+            )
+        onnx_info = report["onnx"]
+        lines += [
+            "",
+            f"Export: {onnx_info['file_mb']} MB, dynamic height/width: {onnx_info['dynamic_hw']}, max |logit diff| "
+            f"{onnx_info['max_abs_diff']:.2e}, argmax agreement {onnx_info['argmax_agreement']:.4%}.",
+        ]
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+        (args.out / "results.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

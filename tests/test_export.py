@@ -1,0 +1,380 @@
+"""ONNX export: parity on the default backbone, metadata, dynamic axes, and the onnx predict backend vs torch."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import SynData
+from test_cli import assert_user_error
+
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+
+from fsdistill import api  # noqa: E402
+from fsdistill.checkpoint import config_sha256  # noqa: E402
+from fsdistill.cli import app  # noqa: E402
+from fsdistill.export import export_onnx  # noqa: E402
+from fsdistill.infer import predictor as predictor_module  # noqa: E402
+from fsdistill.models.build import load_model  # noqa: E402
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def _props(path) -> dict[str, str]:
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+
+def _input_dims(path) -> list:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.get_inputs()[0].shape
+
+
+@pytest.fixture(scope="module")
+def exported(shaken_multi_student, tmp_path_factory):
+    """``shaken_multi_student`` exported once through the library (the ONNX file in a folder of its own)."""
+    out = tmp_path_factory.mktemp("onnx") / "multi.onnx"
+    result = api.export(shaken_multi_student, out, threads=1)
+    assert result.passed, result
+    return out
+
+
+@pytest.fixture(scope="module")
+def odd_folder(tmp_path_factory):
+    """Images of awkward sizes and modes (grey, RGBA, 16-bit, JPEG) and a nested one."""
+    root = tmp_path_factory.mktemp("odd_inputs")
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate([(37, 53), (211, 97), (64, 64), (45, 61)]):
+        img = SynData.image(h, w, i)
+        img[h // 4 : h // 2, w // 3 : 2 * w // 3] = rng.integers(0, 255, 3)
+        SynData.save(root / f"rgb{i}.png", img)
+    SynData.save(root / "grey.png", SynData.image(50, 70, 7)[..., 0])
+    rgba = np.concatenate([SynData.image(40, 33, 8), np.full((40, 33, 1), 200, np.uint8)], axis=-1)
+    SynData.save(root / "rgba.png", rgba)
+    SynData.save(root / "deep16.png", np.linspace(0, 65535, 29 * 71).reshape(29, 71).astype(np.uint16))
+    SynData.save(root / "photo.jpg", SynData.image(64, 80, 9), quality=90)
+    SynData.save(root / "nested" / "inner.png", SynData.image(33, 65, 10))
+    return root
+
+
+# --- parity ----------------------------------------------------------------------------------------------------
+
+
+def test_default_backbone_parity(tmp_path) -> None:
+    """efficientnet-lite0 (embedded weights) at its default 384 px, 2 classes, random decoder: ≥ 99.9% agreement."""
+    from fsdistill.config import ModelCfg
+    from fsdistill.data.transforms import normalize
+    from fsdistill.models.build import build_student, build_teacher
+
+    cfg = ModelCfg()
+    assert cfg.backbone == "efficientnet-lite0"
+    torch.manual_seed(0)
+    student = build_student(build_teacher(cfg, 2), None).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a random decoder whose output varies over the image (the fresh one starts near-constant)
+        for name, param in student.named_parameters():
+            if not name.startswith("backbone."):
+                param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+    spec = student.backbone.spec
+    probe = torch.randint(0, 256, (1, 3, cfg.size, cfg.size), dtype=torch.uint8, generator=generator)
+    with torch.no_grad():
+        classes = student(normalize(probe, spec.mean, spec.std)).argmax(1).unique()
+    assert len(classes) >= 2, "the check would be trivial: the model predicts one class everywhere"
+
+    result = export_onnx(
+        student,
+        tmp_path / "lite0.onnx",
+        input_size=cfg.size,
+        mean=spec.mean,
+        std=spec.std,
+        class_names=["background", "a", "b"],
+        palette=[(0, 0, 0), (255, 0, 0), (0, 255, 0)],
+        threads=1,
+    )
+    assert result.passed, result
+    assert result.agreement >= 0.999
+    assert result.max_abs_diff_stable <= 1e-3
+    assert result.dynamic_hw and result.note == ""
+    assert result.samples == 5  # 4 at 384 px (two batches of two) + 1 at another size
+    assert _input_dims(result.path) == ["batch", 3, "height", "width"]
+    assert [p.name for p in tmp_path.iterdir()] == ["lite0.onnx"]  # no temporary file left
+
+
+def test_fixed_grid_backbone_falls_back_to_a_fixed_size(tmp_path) -> None:
+    """Swin's window grid only takes its own size: the other-size check fails and the export is redone fixed."""
+    from fsdistill.config import ModelCfg
+    from fsdistill.models.build import build_student, build_teacher
+
+    cfg = ModelCfg(backbone="test-swin", size=128)
+    student = build_student(build_teacher(cfg, 1), None).eval()
+    spec = student.backbone.spec
+    result = export_onnx(
+        student, tmp_path / "swin.onnx", input_size=128, mean=spec.mean, std=spec.std,
+        class_names=["background", "fg"], palette=[(0, 0, 0), (255, 0, 0)], dynamic_hw=True, threads=1,
+    )  # fmt: skip
+    assert result.passed and not result.dynamic_hw
+    assert "fixed 128x128" in result.note and "192x160" in result.note
+    assert _input_dims(result.path) == ["batch", 3, 128, 128]
+    assert _props(result.path)["fsdistill.dynamic_hw"] == "false"
+
+
+class _BakedShape(torch.nn.Module):
+    """Reads H and W as Python ints: the trace bakes them in, so onnxruntime rejects any other size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = int(x.shape[2]), int(x.shape[3])
+        return self.conv(x).reshape(-1, 2, h * w).reshape(-1, 2, h, w)
+
+
+def test_shape_baked_into_the_trace_falls_back_to_a_fixed_size(tmp_path) -> None:
+    result = export_onnx(
+        _BakedShape(), tmp_path / "baked.onnx", input_size=64, mean=(0.5,) * 3, std=(0.5,) * 3,
+        class_names=["background", "fg"], palette=[(0, 0, 0), (255, 0, 0)], threads=1,
+    )  # fmt: skip
+    assert result.passed and not result.dynamic_hw
+    assert "did not reproduce PyTorch at 128x96" in result.note
+    assert _input_dims(result.path) == ["batch", 3, 64, 64]
+
+
+def test_cli_export_prints_parity_and_writes_metadata(runner, tiny_multi_run, tmp_path) -> None:
+    out = tmp_path / "models" / "multi.onnx"
+    result = runner.invoke(app, ["export", "--model", str(tiny_multi_run.run_dir), "-o", str(out)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "max |logit diff|" in result.stdout and "argmax agreement 100.0000%" in result.stdout
+    assert "(4 real)" in result.stdout  # the run's own support images joined the random ones
+    assert sorted(p.name for p in out.parent.iterdir()) == ["multi.onnx"]
+
+    loaded = load_model(tiny_multi_run.run_dir, kind="student")
+    props = _props(out)
+    assert props["fsdistill.format"] == "fsdistill-onnx"
+    assert props["fsdistill.kind"] == "student"
+    assert props["fsdistill.input_size"] == "64"
+    assert props["fsdistill.dynamic_hw"] == "true"
+    assert props["fsdistill.config_sha256"] == config_sha256(loaded.config)
+    assert json.loads(props["fsdistill.class_names"]) == ["background", "red", "green", "blue"]
+    assert [tuple(c) for c in json.loads(props["fsdistill.palette"])] == loaded.palette
+    assert json.loads(props["fsdistill.mean"]) == pytest.approx(loaded.mean)
+    assert json.loads(props["fsdistill.std"]) == pytest.approx(loaded.std)
+    assert "(x - mean) / std" in props["fsdistill.input"]
+    onnx.checker.check_model(onnx.load(str(out)))
+
+
+def test_export_with_given_images_into_a_folder(runner, tiny_binary_run, tmp_path) -> None:
+    for i in range(2):
+        SynData.save(tmp_path / "samples" / f"x{i}.png", SynData.image(50 + i, 70, i))
+    (tmp_path / "models").mkdir()
+    args = ["export", "--model", str(tiny_binary_run.run_dir), "-o", str(tmp_path / "models")]
+    result = runner.invoke(app, [*args, "--images", str(tmp_path / "samples")])
+    assert result.exit_code == 0, result.output
+    assert "(2 real)" in result.stdout and "on 7 images" in result.stdout  # 4 random + 2 given + 1 at another size
+    assert (tmp_path / "models" / "student.onnx").is_file()
+
+
+def _manifest(out) -> dict:
+    return json.loads((out / predictor_module.MANIFEST_NAME).read_text())
+
+
+def test_default_output_sits_beside_the_artifact_and_predict_finds_it(runner, tiny_binary_run, tmp_path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_binary_run.run_dir, run)
+    result = api.export(run, threads=1)
+    assert result.path == run / "student.onnx" and result.path.is_file() and result.passed
+    image = SynData.save(tmp_path / "in" / "a.png", SynData.image(30, 41, 0))
+    out = tmp_path / "out"
+    args = ["predict", str(image), "-o", str(out), "--model", str(run), "--backend", "onnx", "--workers", "0"]
+    assert runner.invoke(app, args).exit_code == 0
+    assert _manifest(out)["model"] == str((run / "student.onnx").resolve())
+
+
+
+def test_parity_failure_exits_1_and_keeps_the_file(runner, tiny_binary_run, tmp_path, monkeypatch) -> None:
+    from fsdistill import export as export_module
+
+    real = export_module._torch_logits
+    monkeypatch.setattr(export_module, "_torch_logits", lambda *a: real(*a) + 0.5)  # a reference 0.5 away
+    out = tmp_path / "x.onnx"
+    result = runner.invoke(app, ["export", "--model", str(tiny_binary_run.run_dir), "-o", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "error: onnxruntime does not reproduce PyTorch" in result.stderr
+    assert "5.00e-01" in result.stderr and "Traceback" not in result.output
+    assert out.is_file()
+
+
+# --- the onnx predict backend ----------------------------------------------------------------------------------
+
+
+def _read_masks(root) -> dict[str, np.ndarray]:
+    return {p.relative_to(root).as_posix(): np.asarray(Image.open(p)) for p in sorted(root.rglob("*.png"))}
+
+
+def _csv(path) -> list[list[str]]:
+    with path.open(newline="") as handle:
+        return list(csv.reader(handle))
+
+
+def test_onnx_predict_equals_torch_predict_without_torch_model_code(
+    runner, exported, shaken_multi_student, odd_folder, tmp_path, monkeypatch
+) -> None:
+    torch_out, onnx_out = tmp_path / "torch", tmp_path / "onnx"
+    common = ["--batch-size", "3", "--workers", "0", "--overlay", "--quiet"]
+    model = str(shaken_multi_student)
+    torch_args = ["predict", str(odd_folder), "-o", str(torch_out), "--model", model, "--device", "cpu"]
+    result = runner.invoke(app, [*torch_args, *common])
+    assert result.exit_code == 0, result.output
+
+    # The .onnx alone, away from its artifact, and no PyTorch model may be built on the way.
+    lone = tmp_path / "elsewhere" / "model.onnx"
+    lone.parent.mkdir()
+    shutil.copy(exported, lone)
+
+    def no_torch_model(*args, **kwargs):
+        raise AssertionError("the onnx backend loaded a PyTorch model")
+
+    import fsdistill.models.build as build_module
+
+    monkeypatch.setattr(api, "load_model", no_torch_model)
+    monkeypatch.setattr(build_module, "load_model", no_torch_model)
+    result = runner.invoke(app, ["predict", str(odd_folder), "-o", str(onnx_out), "--model", str(lone), *common])
+    assert result.exit_code == 0, (result.output, result.exception)
+
+    torch_masks, onnx_masks = _read_masks(torch_out / "masks"), _read_masks(onnx_out / "masks")
+    assert set(torch_masks) == set(onnx_masks) and len(torch_masks) == 9
+    assert len(np.unique(np.concatenate([m.ravel() for m in torch_masks.values()]))) == 4  # not all background
+    total = sum(m.size for m in torch_masks.values())
+    differing = sum(int((torch_masks[k] != onnx_masks[k]).sum()) for k in torch_masks)
+    assert differing <= total // 1000, f"{differing} of {total} pixels differ"
+    for name in torch_masks:
+        with Image.open(torch_out / "masks" / name) as a, Image.open(onnx_out / "masks" / name) as b:
+            assert b.mode == "P" and a.getpalette() == b.getpalette() and a.size == b.size
+    assert sorted(_read_masks(onnx_out / "overlays")) == sorted(torch_masks)
+    torch_rows, onnx_rows = _csv(torch_out / "predictions.csv"), _csv(onnx_out / "predictions.csv")
+    assert [r[:4] for r in torch_rows] == [r[:4] for r in onnx_rows]  # image, width, height, class
+    if differing == 0:
+        assert torch_rows == onnx_rows
+
+
+def test_onnx_predict_resumes_after_an_interruption(exported, odd_folder, tmp_path, monkeypatch) -> None:
+    kw = dict(device="cpu", batch_size=2, workers=0)
+    reference = api.predict([odd_folder], tmp_path / "ref", exported, **kw)
+    real_write = predictor_module.write_index_png
+    written = []
+
+    def dies_after_four(path, mask, palette):
+        if len(written) == 4:
+            raise KeyboardInterrupt
+        real_write(path, mask, palette)
+        written.append(path)
+
+    monkeypatch.setattr(predictor_module, "write_index_png", dies_after_four)
+    with pytest.raises(KeyboardInterrupt):
+        api.predict([odd_folder], tmp_path / "out", exported, **kw)
+    monkeypatch.undo()
+    resumed = api.predict([odd_folder], tmp_path / "out", exported, **kw)
+    assert (resumed.skipped, resumed.written) == (4, reference.written - 4)
+    ref_files = {p.relative_to(tmp_path / "ref"): p.read_bytes() for p in (tmp_path / "ref" / "masks").rglob("*.png")}
+    out_files = {p.relative_to(tmp_path / "out"): p.read_bytes() for p in (tmp_path / "out" / "masks").rglob("*.png")}
+    assert ref_files == out_files
+    assert _csv(tmp_path / "ref" / "predictions.csv") == _csv(tmp_path / "out" / "predictions.csv")
+
+
+def test_backends_do_not_mix_in_one_output_folder(runner, exported, shaken_multi_student, tmp_path) -> None:
+    image = SynData.save(tmp_path / "in" / "a.png", SynData.image(30, 41, 0))
+    out = str(tmp_path / "out")
+    torch_run = ["predict", str(image), "-o", out, "--model", str(shaken_multi_student), "--device", "cpu", "-q"]
+    assert runner.invoke(app, torch_run).exit_code == 0
+    onnx_run = ["predict", str(image), "-o", out, "--model", str(exported), "-q"]
+    assert_user_error(runner.invoke(app, onnx_run), "torch backend", "--overwrite")
+    assert runner.invoke(app, [*onnx_run, "--overwrite"]).exit_code == 0
+
+
+# --- user errors (exit 2) ---------------------------------------------------------------------------------------
+
+
+def _foreign_onnx(path):
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["b", 3, 8, 8])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", 3, 8, 8])
+    graph = helper.make_graph([helper.make_node("Identity", ["images"], ["logits"])], "g", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def _with_props(source, path, **changes):
+    proto = onnx.load(str(source))
+    for entry in proto.metadata_props:
+        if entry.key in changes:
+            entry.value = changes[entry.key]
+    onnx.save(proto, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "case, fragments",
+    [
+        ("garbage-file", ["not an ONNX model", "export it again"]),
+        ("foreign-onnx", ["not exported by fsdistill"]),
+        ("newer-format", ["upgrade fsdistill"]),
+        ("damaged-metadata", ["damaged fsdistill metadata"]),
+        ("missing-file", ["does not exist"]),
+        ("run-without-export", ["fsdistill export --model"]),
+        ("onnx-with-torch-backend", ["--backend onnx"]),
+        ("unknown-backend", ["tensorrt", "torch, onnx"]),
+        ("mps-device", ["mps", "--device cpu"]),
+    ],
+)
+def test_onnx_predict_user_errors(runner, exported, tiny_multi_run, tmp_path, case, fragments) -> None:
+    image = SynData.save(tmp_path / "in" / "a.png", SynData.image(30, 41, 0))
+    extra: list[str] = []
+    if case == "garbage-file":
+        model = tmp_path / "bad.onnx"
+        model.write_bytes(b"\x08\x07 definitely not protobuf" * 10)
+    elif case == "foreign-onnx":
+        model = _foreign_onnx(tmp_path / "foreign.onnx")
+    elif case == "newer-format":
+        model = _with_props(exported, tmp_path / "newer.onnx", **{"fsdistill.format_version": "99"})
+    elif case == "damaged-metadata":
+        model = _with_props(exported, tmp_path / "damaged.onnx", **{"fsdistill.palette": "[[0, 0"})
+    elif case == "missing-file":
+        model = tmp_path / "gone.onnx"
+    elif case == "run-without-export":
+        model, extra = tiny_multi_run.run_dir, ["--backend", "onnx"]
+    elif case == "onnx-with-torch-backend":
+        model, extra = exported, ["--backend", "torch"]
+    elif case == "unknown-backend":
+        model, extra = exported, ["--backend", "tensorrt"]
+    else:
+        model, extra = exported, ["--device", "mps"]
+    result = runner.invoke(app, ["predict", str(image), "-o", str(tmp_path / "out"), "--model", str(model), *extra])
+    assert_user_error(result, *fragments)
+    assert not (tmp_path / "out" / "masks").exists()
+
+
+@pytest.mark.parametrize(
+    "case, fragments",
+    [("teacher", ["teacher", "student is needed"]), ("format", ["tflite", "onnx"]), ("tolerance", ["tolerance"])],
+)
+def test_export_user_errors(runner, tiny_binary_run, tmp_path, case, fragments) -> None:
+    args = ["export", "--model", str(tiny_binary_run.run_dir), "-o", str(tmp_path / "x.onnx")]
+    if case == "teacher":
+        args[2] = str(tiny_binary_run.teacher_dir)
+    elif case == "format":
+        args += ["--format", "tflite"]
+    else:
+        args += ["--tolerance", "-1"]
+    assert_user_error(runner.invoke(app, args), *fragments)
+    assert not (tmp_path / "x.onnx").exists()

@@ -1,0 +1,519 @@
+"""Bad inputs and interruptions, command by command, through the real CLI (see docs/reliability.md).
+
+Every refused input must give exit 2 and exactly one ``error:`` line on stderr that names the problem (and no
+traceback); every accepted odd input must succeed with sane output. Cases that other files already run through
+the CLI are not repeated here: test_cli.py (missing and empty support folders, folders without pairs, unknown
+backbone and bad --device for adapt/distill/predict, missing or non-artifact --model, a corrupt image in
+predict), test_export.py (ONNX files and the onnx backend). Interruptions run ``fsdistill`` in a subprocess and
+signal it for real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from conftest import SynData, write_binary_folder
+from test_cli import assert_user_error
+from fsdistill.checkpoint import is_artifact
+from fsdistill.cli import app
+from fsdistill.errors import CheckpointError
+from fsdistill.models.build import load_model
+
+TINY = ["--backbone", "test-resnet", "--size", "64", "--device", "cpu", "--quiet"]
+HUGE = (4200, 4000)  # H×W: 16.8 M pixels, above logits_to_mask's 2**24-pixel band, so predict upsamples in bands
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def _held_out(root: Path, n: int = 3, seed: int = 5) -> Path:
+    """A binary folder whose names (h0, h1, ...) are not the tiny runs' support names (s0..s3)."""
+    return write_binary_folder(root, [f"h{i}" for i in range(n)], seed=seed)
+
+
+def _truncate_to_jpeg(folder: Path) -> None:
+    png = folder / "images" / "h1.png"
+    pixels = np.asarray(Image.open(png))
+    png.unlink()
+    jpeg = SynData.save(folder / "images" / "h1.jpg", pixels, quality=90)
+    data = jpeg.read_bytes()
+    jpeg.write_bytes(data[: len(data) // 2])
+
+
+def _bad_class_ids(folder: Path) -> None:
+    for i in range(3):
+        mask = np.asarray(Image.open(folder / "masks" / f"h{i}.png"))
+        SynData.save(folder / "masks" / f"h{i}.png", (mask > 0).astype(np.uint8) * (7 if i == 2 else 1))
+    (folder / "classes.txt").write_text("background\nforeground\n")
+
+
+def _empty_masks(folder: Path) -> None:
+    for mask in (folder / "masks").glob("*.png"):
+        SynData.save(mask, np.zeros((48, 56), np.uint8))
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory) -> dict[str, Path]:
+    """Support/data folders with one defect each (names h*, so evaluate does not trip over leakage first)."""
+    root = tmp_path_factory.mktemp("bad_inputs")
+    folders: dict[str, Path] = {}
+    (root / "empty").mkdir()
+    folders["empty"] = root / "empty"
+    (root / "non-image" / "docs").mkdir(parents=True)
+    (root / "non-image" / "notes.txt").write_text("not an image")
+    (root / "non-image" / "docs" / "table.csv").write_text("a,b\n1,2\n")
+    folders["non-image"] = root / "non-image"
+    for name, damage in [
+        ("truncated-jpeg", _truncate_to_jpeg),
+        ("size-mismatch", lambda f: SynData.save(f / "masks" / "h1.png", np.zeros((20, 20), np.uint8))),
+        ("class-id-not-in-names", _bad_class_ids),
+        ("all-empty-masks", _empty_masks),
+    ]:
+        folders[name] = _held_out(root / name)
+        damage(folders[name])
+    return folders
+
+
+SUPPORT_ERRORS = {
+    "non-image": ["No image/mask pairs found", "non-image"],
+    "truncated-jpeg": ["Cannot read image", "h1.jpg"],
+    "size-mismatch": ["h1.png is 20×20", "resize the mask"],
+    "class-id-not-in-names": ["class id 7", "classes.txt"],
+    "all-empty-masks": ["are empty", "mask values"],
+}
+
+
+# --- support folders: check, adapt, distill, evaluate ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", sorted(SUPPORT_ERRORS))
+@pytest.mark.parametrize("command", ["check", "adapt", "distill", "evaluate"])
+def test_bad_folder_is_refused_by_every_command(runner, bad, tiny_binary_run, tmp_path, command, case) -> None:
+    folder = str(bad[case])
+    run = tmp_path / "run"
+    if command == "check":
+        args = ["check", folder]
+    elif command == "evaluate":
+        args = ["evaluate", folder, "--model", str(tiny_binary_run.run_dir), "--device", "cpu"]
+    else:
+        args = [command, "--support", folder, "--out", str(run), "--steps", "1", *TINY]
+    assert_user_error(runner.invoke(app, args), *SUPPORT_ERRORS[case])
+    assert not run.exists()  # refused before a run folder is made
+
+
+def test_evaluate_empty_folder(runner, bad, tiny_binary_run) -> None:
+    result = runner.invoke(app, ["evaluate", str(bad["empty"]), "--model", str(tiny_binary_run.run_dir)])
+    assert_user_error(result, "is empty")
+
+
+@pytest.mark.parametrize(
+    "case, fragments",
+    [
+        ("empty", ["No images found", "supported:"]),
+        ("non-image", ["No images found"]),
+        ("text-file", ["notes.txt is not an image file"]),
+        ("truncated-jpeg", ["Cannot read image", "h1.jpg"]),
+    ],
+)
+def test_predict_bad_inputs(runner, bad, tiny_binary_run, tmp_path, case, fragments) -> None:
+    given = {
+        "empty": bad["empty"],
+        "non-image": bad["non-image"],
+        "text-file": bad["non-image"] / "notes.txt",
+        "truncated-jpeg": bad["truncated-jpeg"] / "images",
+    }[case]
+    out = tmp_path / "out"
+    args = ["predict", str(given), "-o", str(out), "--model", str(tiny_binary_run.run_dir), "--device", "cpu", "-q"]
+    assert_user_error(runner.invoke(app, args), *fragments)
+    if case == "truncated-jpeg":  # the readable images are still written
+        assert sorted(p.name for p in (out / "masks").iterdir()) == ["h0.png", "h2.png"]
+
+
+# --- odd but valid inputs ------------------------------------------------------------------------------------------
+
+
+def _mixed_modes(root: Path) -> Path:
+    """h0 grey, h1 RGBA, h2 16-bit grey, h3 RGB: the masks stay 0/255."""
+    _held_out(root, 4, seed=8)
+    images = root / "images"
+    rgb = {i: np.asarray(Image.open(images / f"h{i}.png")) for i in range(3)}
+    Image.fromarray(rgb[0][..., 0]).save(images / "h0.png")
+    alpha = np.full(rgb[1].shape[:2] + (1,), 200, np.uint8)
+    Image.fromarray(np.concatenate([rgb[1], alpha], -1)).save(images / "h1.png")
+    Image.fromarray(rgb[2][..., 0].astype(np.uint16) * 257).save(images / "h2.png")
+    return root
+
+
+def _huge(root: Path) -> Path:
+    """Two normal pairs and one HUGE pair."""
+    _held_out(root, 2, seed=9)
+    h, w = HUGE
+    image = np.full((h, w, 3), 90, np.uint8)
+    image[1000:3000, 1200:2800] = (230, 60, 60)
+    mask = np.zeros((h, w), np.uint8)
+    mask[1000:3000, 1200:2800] = 255
+    SynData.save(root / "images" / "big.png", image)
+    SynData.save(root / "masks" / "big.png", mask)
+    return root
+
+
+@pytest.mark.parametrize("case", ["one-image", "mixed-grey-rgb-rgba-16bit", "huge-image"])
+def test_odd_but_valid_support_folders_work_everywhere(runner, tiny_binary_run, tmp_path, case) -> None:
+    if case == "one-image":
+        folder = _held_out(tmp_path / "one", 1, seed=6)
+    elif case == "huge-image":
+        folder = _huge(tmp_path / "huge")
+    else:
+        folder = _mixed_modes(tmp_path / "mixed")
+    count = len(list((folder / "images").iterdir()))
+
+    check = runner.invoke(app, ["check", str(folder)])
+    assert check.exit_code == 0, check.output
+    assert f"pairs: {count}" in check.stdout, check.stdout
+    if case == "one-image":
+        assert "appears in only 1 image" in check.stdout
+    if case == "huge-image":
+        assert str(HUGE[1]) in check.stdout  # the size range shows the huge width
+
+    run = tmp_path / "run"
+    distill = runner.invoke(app, ["distill", "--support", str(folder), "--out", str(run), "--steps", "1", *TINY])
+    assert distill.exit_code == 0, (distill.output, distill.exception)
+    assert load_model(run, kind="student").size == 64
+
+    evaluate = runner.invoke(app, ["evaluate", str(folder), "--model", str(tiny_binary_run.run_dir), "--device", "cpu"])
+    assert evaluate.exit_code == 0, (evaluate.output, evaluate.exception)
+    assert f"({count} images" in evaluate.stdout
+
+    out = tmp_path / "pred"
+    predict_args = ["predict", str(folder / "images"), "-o", str(out), "--model", str(run), "--workers", "0"]
+    predict = runner.invoke(app, [*predict_args, "--device", "cpu"])
+    assert predict.exit_code == 0, (predict.output, predict.exception)
+    assert f"{count} written" in predict.stdout
+    for image in (folder / "images").iterdir():
+        with Image.open(image) as src, Image.open(out / "masks" / f"{image.stem}.png") as mask:
+            assert mask.size == src.size and mask.mode == "P"  # at the original size, huge included
+
+
+def test_predict_one_image_file(runner, tiny_binary_run, tmp_path) -> None:
+    image = SynData.save(tmp_path / "only.jpg", SynData.image(31, 45, 1), quality=90)
+    model = ["--model", str(tiny_binary_run.run_dir), "--device", "cpu"]
+    result = runner.invoke(app, ["predict", str(image), "-o", str(tmp_path / "out"), *model])
+    assert result.exit_code == 0 and "1 written" in result.stdout
+    with Image.open(tmp_path / "out" / "masks" / "only.png") as mask:
+        assert mask.size == (45, 31)
+
+
+# --- damaged models: every command that loads one ----------------------------------------------------------------
+
+
+def _damaged(source: Path, target: Path, damage: str) -> Path:
+    shutil.copytree(source, target)
+    weights, config = target / "model.safetensors", target / "config.json"
+    if damage == "corrupt":
+        weights.write_bytes(weights.read_bytes()[:100])
+    elif damage == "foreign":
+        import torch
+
+        save_file({"weight": torch.zeros(3)}, str(weights), metadata={"format": "pt"})
+    else:  # newer
+        data = json.loads(config.read_text())
+        data.update(fsdistill_version="9.0.0", format_version=99)
+        config.write_text(json.dumps(data))
+    return target
+
+
+DAMAGE = {
+    "corrupt": ["corrupt or not a safetensors file"],
+    "foreign": ["not written by fsdistill"],
+    "newer": ["9.0.0", "upgrade fsdistill"],
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+@pytest.mark.parametrize("command", ["predict", "evaluate", "export", "profile", "distill --teacher"])
+def test_damaged_model_is_refused_by_every_command(
+    runner, tiny_binary_run, tiny_data, tmp_path, command, damage
+) -> None:
+    kind = "teacher" if command == "distill --teacher" else "student"
+    model = str(_damaged(getattr(tiny_binary_run, f"{kind}_dir"), tmp_path / kind, damage))
+    if command == "predict":
+        image = SynData.save(tmp_path / "a.png", SynData.image(30, 41, 0))
+        args = ["predict", str(image), "-o", str(tmp_path / "out"), "--model", model]
+    elif command == "evaluate":
+        args = ["evaluate", str(tiny_data.binary_heldout), "--model", model]
+    elif command == "export":
+        pytest.importorskip("onnxruntime")
+        args = ["export", "--model", model, "-o", str(tmp_path / "x.onnx")]
+    elif command == "profile":
+        args = ["profile", "--model", model, "--out", str(tmp_path / "prof"), "--runs", "1", "--shots", "1"]
+    else:
+        args = ["distill", "--support", str(tiny_data.binary), "--teacher", model, "--out", str(tmp_path / "run"), "-q"]
+    assert_user_error(runner.invoke(app, [*args, "--device", "cpu"]), *DAMAGE[damage])
+    assert not (tmp_path / "out" / "masks").exists() and not (tmp_path / "x.onnx").exists()
+    assert not (tmp_path / "prof").exists() and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["export", "profile"])
+def test_missing_model_folder(runner, tmp_path, command) -> None:
+    if command == "export":
+        pytest.importorskip("onnxruntime")
+    assert_user_error(runner.invoke(app, [command, "--model", str(tmp_path / "gone")]), "gone", "does not exist")
+
+
+# --- options -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["evaluate", "export", "profile"])
+def test_bad_device(runner, tiny_binary_run, tiny_data, tmp_path, command) -> None:
+    model = ["--model", str(tiny_binary_run.run_dir)]
+    args = {
+        "evaluate": ["evaluate", str(tiny_data.binary_heldout), *model],
+        "export": ["export", *model, "-o", str(tmp_path / "x.onnx")],
+        "profile": ["profile", "--backbone", "test-resnet", "--size", "64", "--out", str(tmp_path / "p")],
+    }[command]
+    if command == "export":
+        pytest.importorskip("onnxruntime")
+    assert_user_error(runner.invoke(app, [*args, "--device", "tpu"]), "tpu", "auto, cpu, cuda, mps")
+
+
+def test_profile_unknown_backbone(runner, tmp_path) -> None:
+    result = runner.invoke(app, ["profile", "--backbone", "nope", "--out", str(tmp_path / "p"), "--device", "cpu"])
+    assert_user_error(result, "nope", "efficientnet-lite0")
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("command", ["export", "predict --backend onnx"])
+def test_missing_onnx_packages(runner, tiny_binary_run, tmp_path, monkeypatch, command) -> None:
+    for name in ("onnx", "onnxruntime", "onnxscript"):
+        monkeypatch.setitem(sys.modules, name, None)  # import raises ImportError, as when not installed
+    if command == "export":
+        args = ["export", "--model", str(tiny_binary_run.run_dir), "-o", str(tmp_path / "x.onnx")]
+    else:
+        image = SynData.save(tmp_path / "a.png", SynData.image(30, 41, 0))
+        model = str(tmp_path / "m.onnx")
+        args = ["predict", str(image), "-o", str(tmp_path / "out"), "--backend", "onnx", "--model", model]
+    assert_user_error(runner.invoke(app, args), 'pip install "fsdistill[export]"', "onnxruntime")
+
+
+# --- outputs that cannot be written --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command", ["predict", "adapt", "distill", "check --json", "evaluate --json", "export", "profile"]
+)
+def test_output_that_cannot_be_written(runner, tiny_binary_run, tiny_data, tmp_path, command) -> None:
+    """A path under a regular file: unwritable even for root (a chmod-ed folder is not, and CI runs as root)."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+    target = str(blocker / "out")
+    model = ["--model", str(tiny_binary_run.run_dir), "--device", "cpu"]
+    image = str(SynData.save(tmp_path / "a.png", SynData.image(30, 41, 0)))
+    args = {
+        "predict": ["predict", image, "-o", target, *model],
+        "adapt": ["adapt", "--support", str(tiny_data.binary), "--out", target, "--steps", "0", *TINY],
+        "distill": ["distill", "--support", str(tiny_data.binary), "--out", target, "--steps", "0", *TINY],
+        "check --json": ["check", str(tiny_data.binary), "--json", str(blocker / "report.json")],
+        "evaluate --json": ["evaluate", str(tiny_data.binary_heldout), *model, "--json", str(blocker / "r.json")],
+        "export": ["export", *model, "-o", str(blocker / "x.onnx")],
+        "profile": ["profile", "--backbone", "test-resnet", "--size", "64", "--out", target, "--device", "cpu"],
+    }[command]
+    if command == "export":
+        pytest.importorskip("onnxruntime")
+    assert_user_error(runner.invoke(app, args), "blocker")
+    assert blocker.read_text() == "a file, not a folder"
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_output_folder(runner, tiny_binary_run, tmp_path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        image = str(SynData.save(tmp_path / "a.png", SynData.image(30, 41, 0)))
+        model = str(tiny_binary_run.run_dir)
+        result = runner.invoke(app, ["predict", image, "-o", str(locked / "out"), "--model", model])
+        assert_user_error(result, "locked", "writable")
+    finally:
+        locked.chmod(0o700)
+
+
+# --- interruptions (real signals to a real process) ----------------------------------------------------------------
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _spawn(args: list[str], cwd: Path, driver: str | None = None, **env: str) -> subprocess.Popen:
+    """``fsdistill ARGS`` in a new process (``driver``: Python run first, e.g. to slow a step down)."""
+    code = (driver or "") + "\nimport sys\nfrom fsdistill.cli import main\n"
+    code += "sys.argv = ['fsdistill', *sys.argv[1:]]\nmain()\n"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        cwd=cwd,
+        env={**_env(), **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for(condition, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended early (rc {proc.returncode}): {proc.stderr.read()[-2000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("timed out waiting for the process to get going")
+        time.sleep(0.05)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 60.0) -> tuple[int, str]:
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    return proc.returncode, err
+
+
+def _distill_args(tiny_data, run: str, steps: int) -> list[str]:
+    return ["distill", "--support", str(tiny_data.binary), "--out", run, "--steps", str(steps), *TINY]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_distill_killed_mid_training_leaves_nothing_loadable(runner, tiny_data, tmp_path, monkeypatch, sig) -> None:
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "runs" / "killed"
+    proc = _spawn(_distill_args(tiny_data, "runs/killed", 1_000_000), tmp_path)
+    _wait_for(lambda: (run / "config.resolved.yaml").is_file(), proc)  # written just before training starts
+    time.sleep(0.5)
+    proc.send_signal(sig)
+    rc, err = _finish(proc)
+    if sig == signal.SIGINT:
+        assert rc == 130, err
+        assert err.strip().splitlines()[-1].startswith("interrupted:") and "Traceback" not in err
+    else:
+        assert rc == -signal.SIGKILL
+    assert not is_artifact(run / "student") and not is_artifact(run / "teacher")
+    with pytest.raises(CheckpointError):
+        load_model(run)
+    # The default model (newest run under ./runs) does not pick the half run either.
+    image = str(SynData.save(tmp_path / "a.png", SynData.image(30, 41, 0)))
+    assert_user_error(runner.invoke(app, ["predict", image, "-o", str(tmp_path / "out")]), "no run found")
+
+    rerun = runner.invoke(app, _distill_args(tiny_data, "runs/killed", 1))
+    assert rerun.exit_code == 0, (rerun.output, rerun.exception)
+    assert load_model(run).kind == "student" and load_model(run, kind="teacher").kind == "teacher"
+
+
+def test_distill_killed_while_saving_the_student(runner, tiny_data, tmp_path) -> None:
+    """SIGKILL right after the student's weights hit the disk, before its config.json and the rename."""
+    driver = (
+        "import os, signal\n"
+        "from fsdistill import checkpoint\n"
+        "real, calls = checkpoint.save_file, []\n"
+        "def save_then_die(tensors, path, metadata=None):\n"
+        "    real(tensors, path, metadata=metadata)\n"
+        "    calls.append(path)\n"
+        "    if len(calls) == 2:  # the teacher is saved first, then the student\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "checkpoint.save_file = save_then_die\n"
+    )
+    run = tmp_path / "run"
+    proc = _spawn(_distill_args(tiny_data, str(run), 1), tmp_path, driver)
+    rc, err = _finish(proc, timeout=120)
+    assert rc == -signal.SIGKILL, err
+    staging = list(run.glob(".student.partial-*"))
+    assert len(staging) == 1 and (staging[0] / "model.safetensors").is_file()  # killed mid-save indeed
+    assert not (run / "student").exists()
+    for half in (staging[0], run):
+        with pytest.raises(CheckpointError):
+            load_model(half, kind="student")
+    assert load_model(run, kind="teacher").kind == "teacher"  # the complete teacher is intact
+
+    rerun = runner.invoke(app, _distill_args(tiny_data, str(run), 1))
+    assert rerun.exit_code == 0, (rerun.output, rerun.exception)
+    assert load_model(run, kind="student").kind == "student"
+    assert not list(run.glob(".*.partial-*"))  # the next save cleared the dead staging folder
+
+
+SLOW_MASKS = (
+    "import time\n"
+    "from fsdistill.infer import predictor\n"
+    "real = predictor.write_index_png\n"
+    "def slow(path, mask, palette):\n"
+    "    time.sleep(0.1)\n"
+    "    real(path, mask, palette)\n"
+    "predictor.write_index_png = slow\n"
+)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_predict_killed_mid_run_resumes_to_the_same_outputs(runner, shaken_multi_student, tmp_path, sig) -> None:
+    images = tmp_path / "images"
+    for i in range(12):
+        SynData.save(images / f"im{i:02d}.png", SynData.image(40 + i, 48, i))
+    out, reference = tmp_path / "out", tmp_path / "reference"
+    args = ["predict", str(images), "--model", str(shaken_multi_student), "--device", "cpu", "--batch-size", "2",
+            "--workers", "0", "--overlay", "-q"]  # fmt: skip
+    proc = _spawn([*args, "-o", str(out)], tmp_path, SLOW_MASKS)
+    masks = out / "masks"
+    _wait_for(lambda: masks.is_dir() and len(list(masks.glob("*.png"))) >= 3, proc)
+    proc.send_signal(sig)
+    rc, err = _finish(proc)
+    assert rc == (130 if sig == signal.SIGINT else -signal.SIGKILL), err
+    done = sorted(p.name for p in masks.glob("*.png"))
+    assert 3 <= len(done) < 12, done  # it was stopped mid-run
+    for name in done:  # every mask on disk is complete
+        with Image.open(masks / name) as mask:
+            mask.load()
+
+    resumed = runner.invoke(app, [*args, "-o", str(out)])
+    assert resumed.exit_code == 0, resumed.output
+    assert runner.invoke(app, [*args, "-o", str(reference)]).exit_code == 0
+
+    def tree(root: Path) -> dict[str, bytes]:
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    got, want = tree(out), tree(reference)
+    assert sorted(got) == sorted(want)
+    assert got == want  # masks, overlays, predictions.csv and the manifest, byte for byte
+    assert len(np.unique(np.asarray(Image.open(out / "masks" / "im00.png")))) > 1  # not a trivial all-background run
+
+
+def test_an_interrupt_swallowed_by_a_finaliser_still_stops_training(tiny_data, tmp_path) -> None:
+    """Python drops a KeyboardInterrupt raised inside ``__del__``; the training loop checks the CLI's flag."""
+    from fsdistill import api
+    from fsdistill.config import DistillCfg, load_config
+    from fsdistill.runtime import clear_interrupt, request_interrupt
+
+    cfg = load_config(
+        DistillCfg,
+        None,
+        {"support": tiny_data.binary, "out": tmp_path / "run", "device": "cpu",
+         "model": {"backbone": "test-resnet", "size": 64}, "train": {"steps": 1_000_000, "episodes_per_step": 1}},
+    )
+    request_interrupt()  # as the SIGINT handler does when its exception is lost
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            api.distill(cfg, quiet=True)
+    finally:
+        clear_interrupt()
+    assert not is_artifact(tmp_path / "run" / "student")
