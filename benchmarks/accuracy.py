@@ -1,0 +1,554 @@
+"""Accuracy vs number of supports: untuned teacher, adapted teacher, DistillFSS student, plain fine-tuning.
+
+For each real example case and nested support sets of K images (K = 1, 2, 5, 10, 20 by default; a larger set
+contains every smaller one, drawn deterministically from the case's support pool with ``--seed``), measures on
+the same held-out images, in one run:
+
+  untuned    the training-free teacher (``adapt`` with 0 steps);
+  adapted    the adapted teacher (TransferFSS, ``api.adapt``);
+  student    the DistillFSS student (``api.distill``), evaluated support-free;
+  distill_teacher  the teacher trained jointly with that student;
+  finetuned  plain fine-tuning: an FPN head on the same frozen backbone trained on the K supports with flips,
+             cross-entropy and AdamW for the same step budget (``fsdistill.baselines.FineTunedBaseline``).
+
+mIoU is dataset-level IoU per foreground class at each image's original resolution (``api.evaluate``). Training
+time is the optimisation loop (``train_s``) and the whole call including feature caching and saving
+(``wall_s``); latency is evaluation wall time per held-out image (batch 8, decoding and metric included).
+
+Cases (``--cases``): ``nuclei`` and ``brain`` from ``examples/make_examples.py`` (built if missing). The built
+nuclei case has only 8 support tiles of 128 px, so here every nuclei tile, support and held-out alike, is cut
+into four 64 px sub-tiles: a pool of 32 supports, no two sharing a pixel, from the top half of the image, and
+32 held-out sub-tiles covering exactly the held-out half. Cutting both splits keeps nuclei at the same scale in
+supports and queries (every image is resized to the model's input size). Any folder with ``support/`` and
+``heldout/`` in the paired layout can be added with ``--folder NAME=DIR``. A K larger than a case's pool is
+skipped and reported.
+
+Writes ``results.json``, ``results.md`` and ``accuracy.png`` (mIoU vs K per method, one panel per case) into
+``--out``; ``--write-docs`` also replaces the section between ``<!-- accuracy:begin -->`` and
+``<!-- accuracy:end -->`` of docs/benchmarks.md (appended if absent) and copies the plot next to it.
+
+    python benchmarks/accuracy.py                       # the full run (see docs/benchmarks.md for its cost)
+    python benchmarks/accuracy.py --quick               # K 1 and 5, 5 steps, 4 held-out images per case
+    python benchmarks/accuracy.py --cases brain --shots 1 5 20 --steps 60 --seed 1 --write-docs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+
+from fsdistill import api  # noqa: E402
+from fsdistill.baselines import FineTunedBaseline  # noqa: E402
+from fsdistill.config import AdaptCfg, DistillCfg, load_config  # noqa: E402
+from fsdistill.data.discover import discover  # noqa: E402
+from fsdistill.data.transforms import logits_to_mask, normalize, resize_image  # noqa: E402
+from fsdistill.metrics import ConfusionMatrix  # noqa: E402
+from fsdistill.models.build import build_teacher  # noqa: E402
+from fsdistill.runtime import device_name, library_versions, resolve_device, seed_everything  # noqa: E402
+from fsdistill.train.episodes import load_support_tensors  # noqa: E402
+
+BUILTIN_CASES = ("nuclei", "brain")
+DEFAULT_SHOTS = (1, 2, 5, 10, 20)
+QUICK_SHOTS = (1, 5)
+QUICK_STEPS = 5
+QUICK_HELDOUT = 4
+NUCLEI_SUBTILE = 64
+TRAININGS = ("untuned", "adapt", "distill", "finetuned")  # what --methods selects
+METHODS = ("untuned", "adapted", "student", "distill_teacher", "finetuned")  # what is reported
+LABELS = {
+    "untuned": "untuned teacher",
+    "adapted": "adapted teacher",
+    "student": "DistillFSS student",
+    "distill_teacher": "distill: teacher",
+    "finetuned": "fine-tuned FPN",
+}
+NAMES_FILES = ("labelmap.txt", "classes.txt", "class_names.txt", "names.txt")
+BEGIN, END = "<!-- accuracy:begin -->", "<!-- accuracy:end -->"
+DOCS_PNG = "accuracy_vs_shots.png"
+
+
+@dataclass
+class Case:
+    """A benchmark case: an ordered support pool (prefixes are the nested sets) and a held-out folder.
+
+    Attributes:
+        pool: (key, image path, mask path) in draw order; the first K are the K-shot support set.
+        names_file: the pool's class-names file, copied into every support set (None: names from the masks).
+        class_names: the full pool's classes; a subset that discovers other classes is skipped.
+        heldout: held-out folder (paired layout). note: how the case was made, for the tables.
+    """
+
+    name: str
+    pool: list[tuple[str, Path, Path]]
+    names_file: Path | None
+    class_names: list[str]
+    heldout: Path
+    heldout_count: int
+    note: str
+
+
+# ------------------------------------------------------------------------------------------------- case data
+
+
+def _names_file(folder: Path) -> Path | None:
+    return next((folder / n for n in NAMES_FILES if (folder / n).is_file()), None)
+
+
+def _copy_pairs(pairs: Sequence[tuple[str, Path, Path]], names_file: Path | None, dest: Path) -> Path:
+    """Write ``dest/{images,masks}/<key><suffix>`` (+ the names file): a paired folder of exactly these pairs."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    (dest / "images").mkdir(parents=True)
+    (dest / "masks").mkdir()
+    for key, image, mask in pairs:
+        stem = key.replace("/", "__")
+        shutil.copyfile(image, dest / "images" / f"{stem}{image.suffix}")
+        shutil.copyfile(mask, dest / "masks" / f"{stem}{mask.suffix}")
+    if names_file is not None:
+        shutil.copyfile(names_file, dest / names_file.name)
+    return dest
+
+
+def _pairs(folder: Path) -> list[tuple[str, Path, Path]]:
+    """(key, image, mask) of a paired folder, sorted by key; other layouts are refused (they cannot be subset)."""
+    index = discover(folder)
+    if index.layout != "paired" or any(len(s.mask_paths) != 1 for s in index.samples):
+        raise SystemExit(f"{folder}: the benchmark needs the paired layout (images/ + masks/), found {index.layout}")
+    return sorted((s.key, s.image_path, s.mask_paths[0]) for s in index.samples)
+
+
+def _subtile(src: Path, dest: Path, tile: int, keep_empty: bool) -> int:
+    """Cut every tile of paired folder ``src`` into non-overlapping tile×tile crops in ``dest``; returns the count.
+
+    Crops are named ``<key>_<i><j>``; crops without foreground are dropped unless ``keep_empty``.
+    """
+    if dest.exists():
+        shutil.rmtree(dest)
+    count = 0
+    for key, image_path, mask_path in _pairs(src):
+        image, mask = np.asarray(Image.open(image_path)), np.asarray(Image.open(mask_path))
+        h, w = mask.shape[:2]
+        for i in range(h // tile):
+            for j in range(w // tile):
+                window = (slice(i * tile, (i + 1) * tile), slice(j * tile, (j + 1) * tile))
+                if not keep_empty and not (mask[window] > 0).any():
+                    continue
+                for arr, sub in ((image, "images"), (mask, "masks")):
+                    (dest / sub).mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(np.ascontiguousarray(arr[window])).save(dest / sub / f"{key}_{i}{j}.png")
+                count += 1
+    names = _names_file(src)
+    if names is not None:
+        shutil.copyfile(names, dest / names.name)
+    return count
+
+
+def _heldout_subset(pairs: list[tuple[str, Path, Path]], limit: int | None) -> list[tuple[str, Path, Path]]:
+    """``limit`` images spread evenly over the sorted held-out pairs (all when ``limit`` is None)."""
+    if limit is None or limit >= len(pairs):
+        return pairs
+    picks = sorted({int(round(x)) for x in np.linspace(0, len(pairs) - 1, limit)})
+    return [pairs[i] for i in picks]
+
+
+def make_case(name: str, support: Path, heldout: Path, work: Path, seed: int, heldout_limit: int | None, note: str) -> Case:
+    """A case from paired ``support`` and ``heldout`` folders; the pool order is a permutation drawn with ``seed``."""
+    pairs = _pairs(support)
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    held = _heldout_subset(_pairs(heldout), heldout_limit)
+    held_dir = _copy_pairs(held, _names_file(heldout), work / name / "heldout")
+    return Case(
+        name=name,
+        pool=[pairs[i] for i in order],
+        names_file=_names_file(support),
+        class_names=discover(support).class_names,
+        heldout=held_dir,
+        heldout_count=len(held),
+        note=note,
+    )
+
+
+def builtin_case(name: str, data: Path, work: Path, seed: int, heldout_limit: int | None) -> Case:
+    """``nuclei`` (64 px sub-tiles of the built case) or ``brain`` (the built case as is)."""
+    from make_examples import build_examples
+
+    case_dir = build_examples(data, cases=[name])[name]
+    if name == "nuclei":
+        t = NUCLEI_SUBTILE
+        pool = _subtile(case_dir / "support", work / name / "pool", t, keep_empty=False)
+        held = _subtile(case_dir / "heldout", work / name / "heldout_all", t, keep_empty=True)
+        note = (
+            f"DSB2018; every 128 px tile cut into {t} px sub-tiles: {pool} supports from the top half of the image, "
+            f"{held} held-out sub-tiles covering the bottom half"
+        )
+        return make_case(name, work / name / "pool", work / name / "heldout_all", work, seed, heldout_limit, note)
+    if name == "brain":
+        note = "MNI152 axial slices, grey / white matter; supports z 40-97, held out z 110-143"
+        return make_case(name, case_dir / "support", case_dir / "heldout", work, seed, heldout_limit, note)
+    raise SystemExit(f"unknown case {name}; choose from {BUILTIN_CASES} or add --folder NAME=DIR")
+
+
+# ---------------------------------------------------------------------------------------------------- methods
+
+
+def _evaluate(heldout: Path, model: Path, teacher: bool, device: str) -> dict[str, Any]:
+    ev = api.evaluate(heldout, model=model, teacher=teacher, device=device, workers=0)
+    return {"miou": ev.miou, "iou": ev.iou, "infer_ms_per_image": 1000 * ev.seconds / ev.images}
+
+
+def finetuned_baseline(support: Path, heldout: Path, cfg: AdaptCfg) -> dict[str, Any]:
+    """Train :class:`FineTunedBaseline` on ``support`` with ``cfg``'s model and budget; evaluate like api.evaluate."""
+    start = time.perf_counter()
+    index, held = discover(support), discover(heldout)
+    if held.class_names != index.class_names:
+        raise SystemExit(f"{heldout} has classes {held.class_names} but {support} has {index.class_names}")
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.train.seed)
+    backbone = build_teacher(cfg.model, len(index.class_names) - 1).backbone.to(device)
+    baseline = FineTunedBaseline(backbone, len(index.class_names) - 1)
+    baseline.fit(load_support_tensors(index, cfg.model.size), device, cfg.train)
+    wall = time.perf_counter() - start
+    matrix = ConfusionMatrix(len(index.class_names))
+    spec, size, batch_size = backbone.spec, cfg.model.size, 8
+    start = time.perf_counter()
+    for first in range(0, len(held), batch_size):
+        ids = range(first, min(first + batch_size, len(held)))
+        images = [held.load_image(i) for i in ids]
+        batch = torch.from_numpy(np.stack([resize_image(im, size) for im in images])).to(device)
+        logits = baseline.logits(normalize(batch, spec.mean, spec.std))
+        for i, image, out in zip(ids, images, logits):
+            matrix.update(held.load_mask(i), logits_to_mask(out, *image.shape[:2]))
+    seconds = time.perf_counter() - start
+    ious = matrix.iou()
+    return {
+        "miou": matrix.miou(),
+        "iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(index.class_names, ious)},
+        "infer_ms_per_image": 1000 * seconds / len(held),
+        "train_s": baseline.stats["train_s"],
+        "wall_s": wall,
+        "steps": baseline.stats["steps"],
+    }
+
+
+def run_shots(case: Case, k: int, support: Path, runs: Path, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Every selected method on one K-shot support folder: {method: {miou, iou, infer_ms_per_image, train_s, …}}."""
+    common = {"model": args.model_args, "device": args.device}
+    train = {**args.train_args, "seed": args.seed, **({"steps": args.steps} if args.steps is not None else {})}
+    out: dict[str, dict[str, Any]] = {}
+
+    def timed(fn, cfg):
+        start = time.perf_counter()
+        result = fn(cfg, quiet=True)
+        return result, time.perf_counter() - start
+
+    if "untuned" in args.methods:
+        cfg = load_config(AdaptCfg, overrides={"support": support, "out": runs / "untuned", "train": {**train, "steps": 0}, **common})
+        result, wall = timed(api.adapt, cfg)
+        out["untuned"] = {**_evaluate(case.heldout, result.teacher_dir, True, args.device), "train_s": 0.0, "wall_s": wall, "steps": 0}
+    if "adapt" in args.methods:
+        cfg = load_config(AdaptCfg, overrides={"support": support, "out": runs / "adapt", "train": train, **common})
+        result, wall = timed(api.adapt, cfg)
+        stats = {"train_s": result.stats["seconds"], "wall_s": wall, "steps": result.stats["steps"]}
+        out["adapted"] = {**_evaluate(case.heldout, result.teacher_dir, True, args.device), **stats}
+    if "distill" in args.methods:
+        cfg = load_config(DistillCfg, overrides={"support": support, "out": runs / "distill", "train": train, **common})
+        result, wall = timed(api.distill, cfg)
+        stats = {"train_s": result.stats["seconds"], "wall_s": wall, "steps": result.stats["steps"]}
+        out["student"] = {**_evaluate(case.heldout, result.student_dir, False, args.device), **stats}
+        out["distill_teacher"] = {**_evaluate(case.heldout, result.teacher_dir, True, args.device), **stats}
+    if "finetuned" in args.methods:
+        cfg = load_config(AdaptCfg, overrides={"support": support, "train": train, **common})
+        out["finetuned"] = finetuned_baseline(support, case.heldout, cfg)
+    return out
+
+
+def run_case(case: Case, args: argparse.Namespace, work: Path, on_result) -> None:
+    """All K of one case; ``on_result(row)`` gets each method's result row or a skip row as soon as it exists."""
+    for k in args.shots:
+        base = {"case": case.name, "k": k}
+        if k > len(case.pool):
+            on_result({**base, "skipped": f"the pool has {len(case.pool)} images"})
+            continue
+        support = _copy_pairs(case.pool[:k], case.names_file, work / case.name / f"support_k{k}")
+        found = discover(support).class_names
+        if found != case.class_names:
+            on_result({**base, "skipped": f"{k} supports show classes {found}, the pool {case.class_names}"})
+            continue
+        runs = work / case.name / f"runs_k{k}"
+        start = time.perf_counter()
+        for method, result in run_shots(case, k, support, runs, args).items():
+            on_result({**base, "method": method, **result, "supports": [key for key, _, _ in case.pool[:k]]})
+        if not args.keep_runs:
+            shutil.rmtree(runs, ignore_errors=True)
+        print(f"{case.name} K={k}: {time.perf_counter() - start:.0f} s", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------- reports
+
+
+def _result(rows: list[dict], case: str, k: int, method: str) -> dict | None:
+    return next((r for r in rows if r["case"] == case and r["k"] == k and r.get("method") == method), None)
+
+
+def _skip(rows: list[dict], case: str, k: int) -> str | None:
+    return next((r["skipped"] for r in rows if r["case"] == case and r["k"] == k and "skipped" in r), None)
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def markdown(report: dict, image: str) -> str:
+    """The tables of a report (``results.json``'s content) with the plot linked as ``image``."""
+    meta, rows = report["meta"], report["results"]
+    methods = [m for m in METHODS if any(r.get("method") == m for r in rows)]
+    lines = [
+        f"Device: {meta['device']}; input {meta['size']} px; backbone {meta['backbone']}; {meta['steps']} steps of "
+        f"{meta['episodes_per_step']} images; seed {meta['seed']}{'; **quick run**' if meta['quick'] else ''}; "
+        f"total {_duration(meta['total_s'])}; fsdistill {meta['versions']['fsdistill']}, torch {meta['versions']['torch']}.",
+        "",
+        f"Command: `{meta['command']}`",
+        "",
+        f"![mIoU vs number of supports]({image})",
+        "",
+    ]
+    for case in report["cases"]:
+        name = case["name"]
+        lines += [f"### {name}: {case['heldout']} held-out images, pool of {case['pool']} supports", "", case["note"] + ".", ""]
+        header = ["K", *[LABELS[m] for m in methods], "student / adapted teacher", "≥ fine-tuned FPN"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for k in meta["shots"]:
+            skip = _skip(rows, name, k)
+            if skip is not None:
+                lines.append(f"| {k} | skipped: {skip} |" + " |" * (len(header) - 2))
+                continue
+            res = {m: _result(rows, name, k, m) for m in methods}
+            miou = {m: (r["miou"] if r else None) for m, r in res.items()}
+            cells = [str(k), *[_fmt(miou[m]) for m in methods]]
+            s, t, f = miou.get("student"), miou.get("adapted"), miou.get("finetuned")
+            cells.append(_fmt(s / t, 2) if s is not None and t else "–")
+            if f is None:
+                cells.append("–")
+            else:
+                beat = [LABELS[m].split()[-1] for m in ("adapted", "student") if miou.get(m) is not None and miou[m] >= f]
+                cells.append(" and ".join(beat) if beat else "neither")
+            lines.append("| " + " | ".join(cells) + " |")
+        timed = [m for m in ("adapted", "student", "finetuned") if m in methods]
+        header = ["K", *[f"{LABELS[m]} train s" for m in timed], *[f"{LABELS[m]} ms/img" for m in methods]]
+        lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for k in meta["shots"]:
+            if _skip(rows, name, k) is not None:
+                continue
+            res = {m: _result(rows, name, k, m) for m in methods}
+            cells = [str(k)]
+            cells += [f"{_fmt(res[m]['train_s'], 1)} ({_fmt(res[m]['wall_s'], 1)})" if res[m] else "–" for m in timed]
+            cells += [_fmt(res[m]["infer_ms_per_image"], 0) if res[m] else "–" for m in methods]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [
+        "mIoU: dataset-level IoU per foreground class over all held-out images at original resolution, averaged over "
+        "classes. Support sets are nested (each K adds images to the smaller set). *train s*: the optimisation loop "
+        "(in brackets the whole call: model build, feature caching, saving); the student and the distill teacher "
+        "train together. *ms/img*: evaluation wall time per held-out image (batch 8, decoding included). "
+        "*fine-tuned FPN*: `fsdistill.baselines.FineTunedBaseline`, an FPN head on the same frozen backbone, "
+        "flips, cross-entropy, AdamW, the same steps × images per step and learning rate.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    """mIoU vs K, one line per method, one panel per case (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = [c["name"] for c in report["cases"]]
+    rows, shots = report["results"], report["meta"]["shots"]
+    fig, axes = plt.subplots(1, max(1, len(cases)), figsize=(max(8.0, 4.2 * len(cases)), 4.0), squeeze=False)
+    for ax, name in zip(axes[0], cases):
+        for method in METHODS:
+            points = [(r["k"], r["miou"]) for r in rows if r["case"] == name and r.get("method") == method]
+            if points:
+                ks, mious = zip(*sorted(points))
+                ax.plot(ks, mious, marker="o", label=LABELS[method], linestyle="--" if method == "distill_teacher" else "-")
+        ax.set_xscale("log")
+        ax.set_xticks(shots)
+        ax.set_xticklabels([str(k) for k in shots])
+        ax.minorticks_off()
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("supports K")
+        ax.set_ylabel("held-out mIoU")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_docs_section(docs: Path, section: str) -> None:
+    """Replace the text between the accuracy markers of ``docs`` by ``section`` (append the markers if absent).
+
+    Everything outside the markers is left byte for byte; the file is replaced atomically.
+    """
+    text = docs.read_text() if docs.exists() else "# Benchmarks\n"
+    block = f"{BEGIN}\n{section.rstrip()}\n{END}"
+    if BEGIN in text and END in text and text.index(BEGIN) < text.index(END):
+        head, rest = text.split(BEGIN, 1)
+        text = head + block + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    tmp = docs.with_name(f".{docs.name}.tmp")
+    docs.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(text)
+    tmp.replace(docs)
+
+
+# ------------------------------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", nargs="*", default=list(BUILTIN_CASES), choices=BUILTIN_CASES)
+    parser.add_argument("--folder", action="append", default=[], metavar="NAME=DIR",
+                        help="another case: DIR/support (the pool) and DIR/heldout, paired layout (repeatable)")
+    parser.add_argument("--shots", nargs="+", type=int, default=None, help=f"K values (default {list(DEFAULT_SHOTS)})")
+    parser.add_argument("--steps", type=int, default=None, help="training steps of every method (default: TrainCfg's)")
+    parser.add_argument("--seed", type=int, default=0, help="draws the support pools and seeds every training")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--size", type=int, default=None, help="input size (default: ModelCfg's)")
+    parser.add_argument("--heldout", type=int, default=None, help="at most this many held-out images per case")
+    parser.add_argument("--methods", nargs="+", default=list(TRAININGS), choices=TRAININGS)
+    parser.add_argument("--model-args", type=json.loads, default={}, help='ModelCfg overrides as JSON, e.g. \'{"backbone": "resnet50"}\'')
+    parser.add_argument("--train-args", type=json.loads, default={}, help='TrainCfg overrides as JSON, e.g. \'{"lr": 3e-4}\'')
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"K {list(QUICK_SHOTS)}, {QUICK_STEPS} steps, {QUICK_HELDOUT} held-out images (unless given)")
+    parser.add_argument("--data", type=Path, default=ROOT / "examples" / "data", help="where the example cases are built")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "accuracy")
+    parser.add_argument("--keep-runs", action="store_true",
+                        help="keep the support sets and every run's artifacts under OUT/work (default: a temporary folder)")
+    parser.add_argument("--write-docs", action="store_true", help="update the accuracy section of --docs")
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.shots = args.shots or list(QUICK_SHOTS)
+        args.steps = args.steps if args.steps is not None else QUICK_STEPS
+        args.heldout = args.heldout or QUICK_HELDOUT
+    args.shots = sorted(set(args.shots or DEFAULT_SHOTS))
+    if args.shots[0] < 1:
+        parser.error("--shots must be positive")
+    if args.size is not None:
+        args.model_args = {**args.model_args, "size": args.size}
+    for spec in args.folder:
+        if "=" not in spec:
+            parser.error(f"--folder takes NAME=DIR, got {spec}")
+    if not args.cases and not args.folder:
+        parser.error("no case: give --cases and/or --folder")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Run the benchmark; returns the report written to ``OUT/results.json``."""
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    # Support sets, held-out copies and run artifacts (hundreds of MB for a full run): a temporary folder that is
+    # removed at the end, even after an error, or OUT/work with --keep-runs.
+    work = args.out / "work" if args.keep_runs else Path(tempfile.mkdtemp(prefix="fsdistill-accuracy-"))
+    try:
+        return _run(args, work, sys.argv[1:] if argv is None else list(argv))
+    finally:
+        if not args.keep_runs:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, work: Path, argv: list[str]) -> dict:
+    start = time.perf_counter()
+    cases = [builtin_case(name, args.data, work, args.seed, args.heldout) for name in args.cases]
+    for spec in args.folder:
+        name, folder = spec.split("=", 1)
+        folder = Path(folder)
+        note = f"{folder}: pool = support/, held out = heldout/"
+        cases.append(make_case(name, folder / "support", folder / "heldout", work, args.seed, args.heldout, note))
+    resolved = load_config(AdaptCfg, overrides={"support": Path("."), "model": args.model_args,
+                                                 "train": {**args.train_args, **({"steps": args.steps} if args.steps is not None else {})}})
+    meta = {
+        "command": shlex.join(["python", "benchmarks/accuracy.py", *argv]),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": device_name(resolve_device(args.device)),
+        "quick": args.quick,
+        "shots": args.shots,
+        "seed": args.seed,
+        "steps": resolved.train.steps,
+        "episodes_per_step": resolved.train.episodes_per_step,
+        "size": resolved.model.size,
+        "backbone": resolved.model.backbone,
+        "methods": args.methods,
+        "model_args": args.model_args,
+        "train_args": args.train_args,
+        "versions": library_versions(),
+        "total_s": 0.0,
+    }
+    report: dict[str, Any] = {
+        "meta": meta,
+        "cases": [{"name": c.name, "pool": len(c.pool), "heldout": c.heldout_count, "classes": c.class_names, "note": c.note}
+                  for c in cases],
+        "results": [],
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        meta["total_s"] = time.perf_counter() - start
+        (args.out / "results.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+
+    def on_result(row: dict) -> None:
+        report["results"].append(row)
+        if "skipped" in row:
+            print(f"{row['case']} K={row['k']}: skipped, {row['skipped']}", flush=True)
+        else:
+            print(f"{row['case']} K={row['k']} {row['method']}: mIoU {row['miou']:.3f}, train {row['train_s']:.1f} s, "
+                  f"{row['infer_ms_per_image']:.0f} ms/img", flush=True)
+        save()
+
+    for case in cases:
+        run_case(case, args, work, on_result)
+    save()
+    plot(report, args.out / "accuracy.png")
+    (args.out / "results.md").write_text(markdown(report, "accuracy.png"))
+    if args.write_docs:
+        args.docs.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(args.out / "accuracy.png", args.docs.parent / DOCS_PNG)
+        section = "## Accuracy vs number of supports\n\n" + \
+            "Written by `python benchmarks/accuracy.py --write-docs`: do not edit this section by hand.\n\n" + \
+            markdown(report, DOCS_PNG)
+        write_docs_section(args.docs, section)
+    print(f"wrote {args.out / 'results.json'}, results.md, accuracy.png in {meta['total_s']:.0f} s", flush=True)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Smoke run of benchmarks/accuracy.py on the tiny synthetic data: JSON schema, markdown, plot, docs section."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_MODEL
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def accuracy():
+    spec = importlib.util.spec_from_file_location("accuracy_benchmark", ROOT / "benchmarks" / "accuracy.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+ROW_KEYS = {"case", "k", "method", "miou", "iou", "train_s", "wall_s", "infer_ms_per_image", "steps", "supports"}
+
+
+def test_accuracy_benchmark_smoke(accuracy, tiny_data, tmp_path: Path) -> None:
+    case = tmp_path / "tiny"
+    shutil.copytree(tiny_data.binary, case / "support")  # a pool of 4
+    shutil.copytree(tiny_data.binary_heldout, case / "heldout")
+    docs = tmp_path / "docs" / "benchmarks.md"
+    docs.parent.mkdir()
+    docs.write_text("# Benchmarks\n\nHand-written text.\n")
+    out = tmp_path / "out"
+    report = accuracy.main([
+        "--cases", "--folder", f"tiny={case}", "--shots", "1", "2", "5", "--steps", "2",
+        "--model-args", json.dumps(TINY_MODEL), "--train-args", '{"episodes_per_step": 1}',
+        "--device", "cpu", "--out", str(out), "--write-docs", "--docs", str(docs),
+    ])
+
+    saved = json.loads((out / "results.json").read_text())
+    assert saved == json.loads(json.dumps(report, default=float))
+    meta = saved["meta"]
+    assert meta["shots"] == [1, 2, 5] and meta["steps"] == 2 and meta["size"] == 64 and meta["seed"] == 0
+    assert saved["cases"] == [{"name": "tiny", "pool": 4, "heldout": 3, "classes": ["background", "foreground"],
+                               "note": saved["cases"][0]["note"]}]
+    rows = [r for r in saved["results"] if "skipped" not in r]
+    assert sorted((r["k"], r["method"]) for r in rows) == sorted(
+        (k, m) for k in (1, 2) for m in accuracy.METHODS
+    )
+    for row in rows:
+        assert set(row) == ROW_KEYS, row
+        assert 0.0 <= row["miou"] <= 1.0 and row["infer_ms_per_image"] > 0 and len(row["supports"]) == row["k"]
+        assert row["steps"] == (0 if row["method"] == "untuned" else 2)
+    one, two = (next(r["supports"] for r in rows if r["k"] == k) for k in (1, 2))
+    assert two[:1] == one  # nested support sets
+    assert [r for r in saved["results"] if "skipped" in r] == [
+        {"case": "tiny", "k": 5, "skipped": "the pool has 4 images"}
+    ]
+
+    assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (out / "results.md").read_text()
+    assert "| 5 | skipped: the pool has 4 images |" in table and "fine-tuned FPN" in table
+    assert not (out / "work").exists()  # runs and copied folders are cleaned up
+    text = docs.read_text()
+    assert text.startswith("# Benchmarks\n\nHand-written text.\n")
+    assert text.count(accuracy.BEGIN) == 1 and text.count(accuracy.END) == 1 and "](accuracy_vs_shots.png)" in text
+    assert (docs.parent / "accuracy_vs_shots.png").is_file()
+
+
+def test_docs_section_is_replaced_in_place(accuracy, tmp_path: Path) -> None:
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text(f"# B\n\nbefore\n\n{accuracy.BEGIN}\nold\n{accuracy.END}\n\nafter\n")
+    accuracy.write_docs_section(docs, "new table\n")
+    assert docs.read_text() == f"# B\n\nbefore\n\n{accuracy.BEGIN}\nnew table\n{accuracy.END}\n\nafter\n"
+    accuracy.write_docs_section(docs, "newer\n")
+    assert docs.read_text() == f"# B\n\nbefore\n\n{accuracy.BEGIN}\nnewer\n{accuracy.END}\n\nafter\n"
