@@ -193,7 +193,8 @@ class LightDecoder(_CoarseMapDecoder):
 
     Args:
         num_layers, skip_channels: as :class:`DCAMADecoder`. width: mapper/merge channels (32).
-        mixer: mixer1 output, mixer1 second conv / mixer2 input, mixer2 output widths (16, 8, 8).
+        mixer: mixer1 output, mixer1 second conv / mixer2 input, mixer2 output widths (16, 16, 16; on the CPU
+            16-channel convs ran faster than 8-channel ones: the head took 10.3 vs 13.2 ms for 5 classes).
     """
 
     def __init__(
@@ -201,7 +202,7 @@ class LightDecoder(_CoarseMapDecoder):
         num_layers: tuple[int, int, int],
         skip_channels: tuple[int, int],
         width: int = 32,
-        mixer: tuple[int, int, int] = (16, 8, 8),
+        mixer: tuple[int, int, int] = (16, 16, 16),
     ) -> None:
         super().__init__()
         n2, n3, n4 = num_layers

@@ -51,7 +51,7 @@ class DenseCrossAttention(nn.Module):
     """
 
     def __init__(
-        self, channels: int, heads: int = 8, dropout: float = 0.5, use_pe: bool = True, qk_norm: float | None = 10.0
+        self, channels: int, heads: int = 8, dropout: float = 0.5, use_pe: bool = True, qk_norm: float | None = 2.0
     ) -> None:
         super().__init__()
         if channels % heads:
@@ -162,7 +162,7 @@ class DCAMATeacher(nn.Module):
         use_pe: bool = True,
         attn_dropout: float = 0.5,
         voting: int = 50,
-        qk_norm: float | None = 10.0,
+        qk_norm: float | None = 2.0,
         decoder: str = "dcama",
         decoder_width: int | None = None,
         mixer_widths: tuple[int, int, int] | None = None,
