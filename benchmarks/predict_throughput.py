@@ -7,7 +7,7 @@ decoding and resizing cost what they cost on user data), then measures, on the s
   * backbone images/s: the bare frozen backbone forward on pre-resized tensors at the same batch size.
 The issue's goal is predict ≥ 0.8× backbone.
 
-    python benchmarks/predict_throughput.py [--model RUN_DIR] [--images 64] [--batch-size 8]
+    python benchmarks/predict_throughput.py [--model RUN_DIR] [--images 256] [--batch-size N] [--workers N]
 
 Without ``--model`` a student is built with random weights (throughput does not depend on the weights).
 """
@@ -67,15 +67,17 @@ def random_student(directory: Path, cfg: ModelCfg) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None)
-    parser.add_argument("--images", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: predict's (8 on GPU, 2 on CPU)")
+    parser.add_argument("--workers", type=int, default=None, help="default: predict's")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data", type=Path, default=ROOT / "examples" / "data")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "predict_throughput")
     args = parser.parse_args()
     device = resolve_device(args.device)
+    if args.batch_size is None:  # predict's own default, and the backbone is timed at the same batch size
+        args.batch_size = 8 if device.type == "cuda" else 2
     work = Path(tempfile.mkdtemp(prefix="fsd-throughput-"))
     try:
         images = work / "images"

@@ -271,10 +271,15 @@ def predict(
     inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder (masks/, overlays/, predictions.csv).")],
     model: ModelOpt = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 8,
+    batch_size: Annotated[
+        Optional[int], typer.Option("--batch-size", min=1, help="Images per forward pass (default: 8 on GPU, 2 on CPU).")
+    ] = None,
     overlay: Annotated[bool, typer.Option("--overlay", help="Also write colour overlays.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo images already predicted.")] = False,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="Image-decoding worker processes.")] = 2,
+    workers: Annotated[
+        Optional[int],
+        typer.Option("--workers", min=0, help="Image-decoding worker processes (default: 2 on GPU, cores/2 on CPU)."),
+    ] = None,
     backend: Annotated[
         Optional[str],
         typer.Option(
@@ -357,7 +362,10 @@ def profile(
     runs: Annotated[
         int, typer.Option("--runs", help="Timed runs per cell (cells slower than 2 s: as many as fit in 10 s).")
     ] = 5,
-    model: ModelOpt = None,
+    model: Annotated[
+        Optional[Path],
+        typer.Option("--model", help="Run or artifact folder to time (default: random-weight models, no run needed)."),
+    ] = None,
     out: Annotated[Path, typer.Option("--out", help="Output folder for profile.json/.csv/.md/.png.")] = Path("profile"),
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Recompute support features for every query (the reference's cost).")

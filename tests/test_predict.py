@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import SynData
@@ -283,3 +284,13 @@ def test_inputs_that_would_write_the_same_mask_are_refused(tmp_path) -> None:
         list_images([tmp_path / "a" / "x.png", tmp_path / "b" / "x.png"])
     # Folders keep their own prefix, so equal names inside different folders are fine.
     assert len(list_images([tmp_path / "a", tmp_path / "b"])) == 2
+
+
+def test_channel_argmax_equals_argmax_including_ties() -> None:
+    from fsdistill.data.transforms import channel_argmax
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 3, (5, 40, 30), generator=g).float()  # many ties: the first channel must win
+    assert torch.equal(channel_argmax(scores), scores.argmax(dim=0).to(torch.uint8))
+    scores = torch.randn(2, 17, 9, generator=g)
+    assert torch.equal(channel_argmax(scores), scores.argmax(dim=0).to(torch.uint8))

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["resize_image", "resize_mask", "normalize", "logits_to_mask", "FLIP_VIEWS", "flip"]
+__all__ = ["resize_image", "resize_mask", "normalize", "channel_argmax", "logits_to_mask", "FLIP_VIEWS", "flip"]
 
 # Cached augmentation views for training: identity, horizontal, vertical, both (dims of a …×H×W tensor to flip).
 FLIP_VIEWS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
@@ -42,6 +42,20 @@ def flip(x: Tensor, view: int) -> Tensor:
     return torch.flip(x, dims) if dims else x
 
 
+def channel_argmax(scores: Tensor) -> Tensor:
+    """K×H×W scores → H×W uint8 index of the largest channel (the first on ties, like ``argmax``).
+
+    A running maximum over the K channels: ``Tensor.argmax(dim=0)`` over a channel axis took ~20 ms for a 512×512
+    image on the CPU, this ~0.5 ms, and it decided predict's throughput.
+    """
+    best = scores[0].clone()
+    index = torch.zeros(scores.shape[1:], dtype=torch.uint8, device=scores.device)
+    for k in range(1, scores.shape[0]):
+        index.masked_fill_(scores[k] > best, k)
+        torch.maximum(best, scores[k], out=best)
+    return index
+
+
 def logits_to_mask(logits: Tensor, height: int, width: int, band_pixels: int = 1 << 24) -> np.ndarray:
     """1×K×h×w (or K×h×w) logits → height×width uint8 class ids, upsampled bilinearly before the argmax.
 
@@ -53,7 +67,7 @@ def logits_to_mask(logits: Tensor, height: int, width: int, band_pixels: int = 1
     logits = logits.float()
     if height * width <= band_pixels:
         up = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
-        return up.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+        return channel_argmax(up[0]).cpu().numpy()
     out = np.empty((height, width), dtype=np.uint8)
     rows = max(1, band_pixels // width)
     # Pixel centres in normalised coordinates (align_corners=False convention).
@@ -63,5 +77,5 @@ def logits_to_mask(logits: Tensor, height: int, width: int, band_pixels: int = 1
         ys = (torch.arange(top, bottom, device=logits.device, dtype=torch.float32) + 0.5) / height * 2 - 1
         grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1)[None]
         band = F.grid_sample(logits, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        out[top:bottom] = band.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+        out[top:bottom] = channel_argmax(band[0]).cpu().numpy()
     return out

@@ -92,6 +92,13 @@ def _collate(items: list[dict]) -> list[dict]:
     return items
 
 
+def _single_threaded_worker(_: int) -> None:
+    """Decode workers resize with one OpenCV thread: their thread pools would fight the model's for the cores."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
 class Runner(ABC):
     """An inference backend for :func:`predict_files`: uint8 batches in, logits out, plus what labels them.
 
@@ -128,6 +135,7 @@ class Runner(ABC):
             num_workers=workers,
             collate_fn=_collate,
             persistent_workers=False,
+            worker_init_fn=_single_threaded_worker,
         )
         for items in loader:
             raise_if_interrupted()
