@@ -302,7 +302,7 @@ def predict(
         DependencyError: the onnx backend without onnxruntime installed.
     """
     runner = _runner(model, device, backend)
-    on_gpu = getattr(getattr(runner, "device", None), "type", "cpu") != "cpu"
+    on_gpu = runner.on_gpu
     if batch_size is None:
         # On the CPU small batches ran faster per image (Lite0 at 384 px, 2 cores: 48 ms at batch 1-2, 73-110 ms
         # at batch 8: the depthwise convs of a large batch leave the caches); GPUs want larger batches.

@@ -416,6 +416,7 @@ def profile(
         console.say(f"out of memory: {', '.join(failed)}")
     console.say(f"profile: {result.out_dir}/profile.{{json,csv,md,png}}  ({result.data['seconds']:.0f} s)")
 
+
 @command
 def export(
     model: ModelOpt = None,

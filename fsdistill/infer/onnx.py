@@ -228,6 +228,7 @@ class OnnxRunner(Runner):
     def __init__(self, path: Path, device: str = "auto", threads: int | None = None) -> None:
         self.path = Path(path)
         self.session = ort_session(self.path, device, threads)
+        self.on_gpu = self.session.get_providers()[0] != "CPUExecutionProvider"
         self.meta = OnnxMetadata.from_props(self.session.get_modelmeta().custom_metadata_map, self.path)
         self.size = self.meta.input_size
         self.class_names = self.meta.class_names

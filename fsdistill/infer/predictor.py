@@ -102,7 +102,8 @@ def _single_threaded_worker(_: int) -> None:
 class Runner(ABC):
     """An inference backend for :func:`predict_files`: uint8 batches in, logits out, plus what labels them.
 
-    Subclasses set ``size`` (square input side), ``class_names`` and ``palette`` and implement :meth:`logits` and
+    Subclasses set ``size`` (square input side), ``class_names``, ``palette`` and ``on_gpu`` (whether the model
+    runs on an accelerator: it picks predict's default batch size) and implement :meth:`logits` and
     :meth:`identity`; decoding, resizing, batching and upsampling to each image's own size are shared here, so
     every backend writes the same masks from the same logits.
     """
@@ -110,6 +111,7 @@ class Runner(ABC):
     size: int
     class_names: list[str]
     palette: list[tuple[int, int, int]]
+    on_gpu: bool = False
 
     @abstractmethod
     def logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -161,6 +163,7 @@ class Predictor(Runner):
         self.loaded = loaded.to(device)
         self.device = device
         self.amp = amp and device.type == "cuda"
+        self.on_gpu = device.type != "cpu"
         self.size = loaded.size
         self.class_names = loaded.class_names
         self.palette = loaded.palette
@@ -207,20 +210,37 @@ def _atomic_png(path: Path, rgb: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _write_csv(out_dir: Path, entries: list[tuple[Path, Path]], class_names: list[str]) -> Path:
-    """predictions.csv from the masks on disk (so a resumed run's table covers every image)."""
+def _mask_counts(mask: np.ndarray, num_classes: int) -> tuple[int, int, np.ndarray]:
+    """H×W class ids → (height, width, pixels per class)."""
+    return mask.shape[0], mask.shape[1], np.bincount(mask.ravel(), minlength=num_classes)
+
+
+def _write_csv(
+    out_dir: Path,
+    entries: list[tuple[Path, Path]],
+    class_names: list[str],
+    known: dict[Path, tuple[int, int, np.ndarray]] | None = None,
+) -> Path:
+    """predictions.csv for every mask in the folder (so a resumed run's table covers every image).
+
+    ``known``: the counts of the masks this run just wrote (by relative mask path); only the others, written by
+    an earlier run, are read back from disk.
+    """
+    known = known or {}
     path = out_dir / "predictions.csv"
     tmp = out_dir / ".predictions.csv.tmp"
     with tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["image", "width", "height", "class", "pixels", "fraction"])
         for source, rel in entries:
-            mask_path = out_dir / "masks" / rel.with_suffix(".png")
-            if not mask_path.is_file():
+            target = rel.with_suffix(".png")
+            mask_path = out_dir / "masks" / target
+            if target in known:
+                h, w, counts = known[target]
+            elif mask_path.is_file():
+                h, w, counts = _mask_counts(read_index_mask(mask_path), len(class_names))
+            else:
                 continue
-            mask = read_index_mask(mask_path)
-            h, w = mask.shape
-            counts = np.bincount(mask.ravel(), minlength=len(class_names))
             for cls, name in enumerate(class_names):
                 writer.writerow([str(source), w, h, name, int(counts[cls]), f"{counts[cls] / (h * w):.6f}"])
     os.replace(tmp, path)
@@ -280,6 +300,7 @@ def predict_files(
         else:
             todo.append((source, rel))
     palette = predictor.palette
+    written: dict[Path, tuple[int, int, np.ndarray]] = {}
     for index, mask, error in predictor.iterate([s for s, _ in todo], batch_size, workers):
         source, rel = todo[index]
         if error is not None:
@@ -289,8 +310,9 @@ def predict_files(
                 _atomic_png(out_dir / "overlays" / rel.with_suffix(".png"), _overlay(read_image(source), mask, palette))
             # The mask goes last: its presence is what marks an image as done.
             write_index_png(out_dir / "masks" / rel.with_suffix(".png"), mask, palette)
+            written[rel.with_suffix(".png")] = _mask_counts(mask, len(predictor.class_names))
             result.written += 1
         if on_progress:
             on_progress(1)
-    result.csv_path = _write_csv(out_dir, entries, predictor.class_names)
+    result.csv_path = _write_csv(out_dir, entries, predictor.class_names, written)
     return result
