@@ -294,3 +294,49 @@ def test_channel_argmax_equals_argmax_including_ties() -> None:
     assert torch.equal(channel_argmax(scores), scores.argmax(dim=0).to(torch.uint8))
     scores = torch.randn(2, 17, 9, generator=g)
     assert torch.equal(channel_argmax(scores), scores.argmax(dim=0).to(torch.uint8))
+
+
+_FORK_AFTER_RESIZE = """
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fsdistill.data.transforms import resize_image
+from fsdistill.infer.predictor import Runner
+
+
+class Zeros(Runner):
+    size, class_names, palette = 32, ["background", "object"], [(0, 0, 0), (255, 0, 0)]
+
+    def logits(self, images):
+        return torch.zeros(images.shape[0], 2, 8, 8)
+
+    def identity(self):
+        return {}
+
+
+paths = sorted(Path(sys.argv[1]).glob("*.png"))
+big = np.zeros((1024, 1024, 3), np.uint8)
+for _ in range(6):
+    resize_image(big, 384)  # OpenCV's thread pool now runs in this process
+    assert len(list(Zeros().iterate(paths, batch_size=1, workers=1))) == len(paths)
+print("ok")
+"""
+
+
+def test_decode_workers_do_not_deadlock_after_opencv_ran_in_this_process(tmp_path) -> None:
+    """Regression: a worker setting its own OpenCV thread count hung ~half the forks once the parent had resized."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(_rgb(40, 48, i)).save(folder / f"{i}.png")
+    script = tmp_path / "fork_after_resize.py"
+    script.write_text(_FORK_AFTER_RESIZE)
+    done = subprocess.run([sys.executable, str(script), str(folder)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

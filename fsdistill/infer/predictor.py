@@ -11,11 +11,12 @@ import io
 import json
 import os
 from abc import ABC, abstractmethod
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -92,11 +93,21 @@ def _collate(items: list[dict]) -> list[dict]:
     return items
 
 
-def _single_threaded_worker(_: int) -> None:
-    """Decode workers resize with one OpenCV thread: their thread pools would fight the model's for the cores."""
-    import cv2
+@contextmanager
+def _single_threaded_opencv() -> Iterator[None]:
+    """Make the DataLoader workers forked inside this block resize with one OpenCV thread, without a deadlock.
 
+    One OpenCV thread per worker keeps their thread pools from fighting the model's for the cores. Setting it in
+    the worker (``cv2.setNumThreads(1)`` in ``worker_init_fn``) deadlocked about half the time once this process
+    had resized an image itself: the child inherits the pool's lock state but not its threads. So the parent
+    drops to one thread (joining its pool) while the workers are forked, and they inherit that setting.
+    """
+    previous = cv2.getNumThreads()
     cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(previous)
 
 
 class Runner(ABC):
@@ -137,9 +148,10 @@ class Runner(ABC):
             num_workers=workers,
             collate_fn=_collate,
             persistent_workers=False,
-            worker_init_fn=_single_threaded_worker,
         )
-        for items in loader:
+        with _single_threaded_opencv():
+            batches = iter(loader)  # forks the workers
+        for items in batches:
             raise_if_interrupted()
             good = [it for it in items if "error" not in it]
             for it in items:
