@@ -278,7 +278,7 @@ def predict(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo images already predicted.")] = False,
     workers: Annotated[
         Optional[int],
-        typer.Option("--workers", min=0, help="Image-decoding worker processes (default: 2 on GPU, cores/2 on CPU)."),
+        typer.Option("--workers", min=0, help="Image-decoding worker processes (default: 2 on GPU; on CPU 0 up to 2 cores, else cores/4, at most 2)."),
     ] = None,
     backend: Annotated[
         Optional[str],

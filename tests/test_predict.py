@@ -340,3 +340,8 @@ def test_decode_workers_do_not_deadlock_after_opencv_ran_in_this_process(tmp_pat
     done = subprocess.run([sys.executable, str(script), str(folder)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("cores, expected", [(1, 0), (2, 0), (4, 1), (8, 2), (64, 2)])
+def test_cpu_decode_workers_leave_small_machines_to_the_model(cores, expected) -> None:
+    assert api._cpu_decode_workers(cores) == expected
