@@ -9,7 +9,8 @@ the same held-out images, in one run:
   student    the DistillFSS student (``api.distill``), evaluated support-free;
   distill_teacher  the teacher trained jointly with that student;
   finetuned  plain fine-tuning: an FPN head on the same frozen backbone trained on the K supports with flips,
-             cross-entropy and AdamW for the same step budget (``fsdistill.baselines.FineTunedBaseline``).
+             cross-entropy and AdamW for the same step budget (``fsdistill.baselines.FineTunedBaseline``), at
+             each of two learning rates; the better on the held-out images is reported (favours the baseline).
 
 mIoU is dataset-level IoU per foreground class at each image's original resolution (``api.evaluate``). Training
 time is the optimisation loop (``train_s``) and the whole call including feature caching and saving
@@ -212,20 +213,36 @@ def _evaluate(heldout: Path, model: Path, teacher: bool, device: str) -> dict[st
     return {"miou": ev.miou, "iou": ev.iou, "infer_ms_per_image": 1000 * ev.seconds / ev.images}
 
 
+# The baseline's learning rates: each is trained and the best on the held-out images is reported. Choosing on the
+# test images favours the baseline; our methods get no such choice.
+FINETUNED_LRS = (1e-3, 3e-3)
+
+
 def finetuned_baseline(support: Path, heldout: Path, cfg: AdaptCfg) -> dict[str, Any]:
-    """Train :class:`FineTunedBaseline` on ``support`` with ``cfg``'s model and budget; evaluate like api.evaluate."""
-    start = time.perf_counter()
+    """Train :class:`FineTunedBaseline` on ``support`` with ``cfg``'s model and step budget at each of
+    :data:`FINETUNED_LRS`; evaluate like api.evaluate; return the best, with every learning rate's mIoU."""
     index, held = discover(support), discover(heldout)
     if held.class_names != index.class_names:
         raise SystemExit(f"{heldout} has classes {held.class_names} but {support} has {index.class_names}")
     device = resolve_device(cfg.device)
-    seed_everything(cfg.train.seed)
-    backbone = build_teacher(cfg.model, len(index.class_names) - 1).backbone.to(device)
-    baseline = FineTunedBaseline(backbone, len(index.class_names) - 1)
-    baseline.fit(load_support_tensors(index, cfg.model.size), device, cfg.train)
-    wall = time.perf_counter() - start
-    matrix = ConfusionMatrix(len(index.class_names))
-    spec, size, batch_size = backbone.spec, cfg.model.size, 8
+    support_tensors = load_support_tensors(index, cfg.model.size)
+    tried: dict[float, dict[str, Any]] = {}
+    for lr in FINETUNED_LRS:
+        start = time.perf_counter()
+        seed_everything(cfg.train.seed)
+        backbone = build_teacher(cfg.model, len(index.class_names) - 1).backbone.to(device)
+        baseline = FineTunedBaseline(backbone, len(index.class_names) - 1)
+        baseline.fit(support_tensors, device, cfg.train.model_copy(update={"lr": lr}))
+        wall = time.perf_counter() - start
+        tried[lr] = {**_evaluate_baseline(baseline, held, cfg.model.size, device), "train_s": baseline.stats["train_s"],
+                     "wall_s": wall, "steps": baseline.stats["steps"], "lr": lr}
+    best = max(tried.values(), key=lambda r: r["miou"])
+    return {**best, "miou_by_lr": {str(lr): r["miou"] for lr, r in tried.items()}}
+
+
+def _evaluate_baseline(baseline: FineTunedBaseline, held, size: int, device: torch.device) -> dict[str, Any]:
+    matrix = ConfusionMatrix(len(held.class_names))
+    spec, batch_size = baseline.backbone.spec, 8
     start = time.perf_counter()
     for first in range(0, len(held), batch_size):
         ids = range(first, min(first + batch_size, len(held)))
@@ -238,11 +255,8 @@ def finetuned_baseline(support: Path, heldout: Path, cfg: AdaptCfg) -> dict[str,
     ious = matrix.iou()
     return {
         "miou": matrix.miou(),
-        "iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(index.class_names, ious)},
+        "iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(held.class_names, ious)},
         "infer_ms_per_image": 1000 * seconds / len(held),
-        "train_s": baseline.stats["train_s"],
-        "wall_s": wall,
-        "steps": baseline.stats["steps"],
     }
 
 
@@ -371,7 +385,9 @@ def markdown(report: dict, image: str) -> str:
         "(in brackets the whole call: model build, feature caching, saving); the student and the distill teacher "
         "train together. *ms/img*: evaluation wall time per held-out image (batch 8, decoding included). "
         "*fine-tuned FPN*: `fsdistill.baselines.FineTunedBaseline`, an FPN head on the same frozen backbone, "
-        "flips, cross-entropy, AdamW, the same steps × images per step and learning rate.",
+        "flips, cross-entropy, AdamW, the same steps × images per step; trained at each learning rate of "
+        f"{', '.join(f'{lr:g}' for lr in FINETUNED_LRS)} and the best on the held-out images reported (a choice on the "
+        "test images that favours the baseline). *train s* of the FPN: the reported run.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -52,7 +52,11 @@ def test_accuracy_benchmark_smoke(accuracy, tiny_data, tmp_path: Path) -> None:
         (k, m) for k in (1, 2) for m in accuracy.METHODS
     )
     for row in rows:
-        assert set(row) == ROW_KEYS, row
+        extra = {"lr", "miou_by_lr"} if row["method"] == "finetuned" else set()
+        assert set(row) == ROW_KEYS | extra, row
+        if extra:  # the baseline is reported at its best learning rate on the held-out images
+            assert row["miou"] == max(row["miou_by_lr"].values())
+            assert sorted(map(float, row["miou_by_lr"])) == sorted(accuracy.FINETUNED_LRS) and row["lr"] in accuracy.FINETUNED_LRS
         assert 0.0 <= row["miou"] <= 1.0 and row["infer_ms_per_image"] > 0 and len(row["supports"]) == row["k"]
         assert row["steps"] == (0 if row["method"] == "untuned" else 2)
     one, two = (next(r["supports"] for r in rows if r["k"] == k) for k in (1, 2))
