@@ -224,10 +224,12 @@ def evaluate(
     teacher: bool = False,
     device: str = "auto",
     batch_size: int = 8,
-    workers: int = 2,
+    workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> EvalResult:
     """Evaluate a run's student (or ``teacher=True``: its teacher with the stored supports) on a labelled folder.
+
+    ``workers`` None: decode processes as in :func:`predict` (2 on a GPU; on the CPU none up to 2 cores).
 
     Raises:
         DataError: images whose keys match the model's support images (evaluation leakage), or a folder whose
@@ -249,6 +251,8 @@ def evaluate(
             f"({shown}); evaluate on held-out images only."
         )
     predictor = Predictor(loaded, resolve_device(device))
+    if workers is None:
+        workers = 2 if predictor.on_gpu else _cpu_decode_workers(os.cpu_count() or 1)
     matrix = ConfusionMatrix(len(loaded.class_names))
     start = time.perf_counter()
     # Ground-truth masks are read in the main process while workers decode the images for the model.

@@ -32,6 +32,9 @@ app = typer.Typer(
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | mps (auto: cuda, then mps, then cpu).")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed (default 0).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries, errors only.")]
+InferSeedOpt = Annotated[
+    Optional[int], typer.Option("--seed", help="Accepted like every command's (inference is deterministic).")
+]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML file of options (flags override it).")]
 BackboneOpt = Annotated[
     Optional[str], typer.Option("--backbone", help="efficientnet-lite0 (default, offline), resnet50, swin-b.")
@@ -125,6 +128,10 @@ def _bar(total: int, desc: str, quiet: bool):
 def check(
     support_dir: Annotated[Path, typer.Argument(help="Support folder to validate.")],
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
+    device: Annotated[
+        str, typer.Option("--device", help="Accepted like every command's (check reads files only, no model).")
+    ] = "auto",
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Accepted like every command's (nothing random).")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Validate a support folder: layout, pairs, orphans, classes, sizes and warnings.
@@ -132,6 +139,9 @@ def check(
     Example: fsdistill check ./support --json report.json
     """
     from fsdistill.data.check import check_support
+    from fsdistill.runtime import check_device_name
+
+    check_device_name(device)  # a typo is still an error, as in the commands that run a model
 
     report = check_support(support_dir)
     _Console(quiet).say(report.to_text())
@@ -289,6 +299,7 @@ def predict(
         ),
     ] = None,
     device: DeviceOpt = "auto",
+    seed: InferSeedOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Segment images with a support-free student; masks at each image's original size.
@@ -319,9 +330,13 @@ def evaluate(
     model: ModelOpt = None,
     teacher: Annotated[bool, typer.Option("--teacher", help="Evaluate the run's teacher with its supports.")] = False,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the result as JSON here.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
-    workers: Annotated[int, typer.Option("--workers", min=0)] = 2,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 8,
+    workers: Annotated[
+        Optional[int],
+        typer.Option("--workers", min=0, help="Image-decoding worker processes (default: as predict's)."),
+    ] = None,
     device: DeviceOpt = "auto",
+    seed: InferSeedOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Per-class IoU and mIoU (foreground classes) on held-out images, at original resolution.

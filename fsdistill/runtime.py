@@ -20,11 +20,17 @@ __all__ = ["resolve_device", "seed_everything", "progress", "library_versions", 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then the CPU; an explicit choice must be available."""
+def check_device_name(name: str | None) -> str:
+    """The lower-cased device name, or DeviceError for one that is not auto/cpu/cuda/cuda:N/mps."""
     name = (name or "auto").lower()
     if name not in DEVICE_CHOICES and not name.startswith("cuda:"):
         raise DeviceError(f"Unknown device '{name}'; use one of {', '.join(DEVICE_CHOICES)}.")
+    return name
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then the CPU; an explicit choice must be available."""
+    name = check_device_name(name)
     mps_ok = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name == "auto":
         if torch.cuda.is_available():

@@ -54,6 +54,23 @@ def test_help_of_every_command_shows_an_example(runner, name) -> None:
     assert f"fsdistill {name}" in result.output
 
 
+@pytest.mark.parametrize("name", _commands())
+def test_every_command_takes_the_common_options(name) -> None:
+    """cli.md: every command has --device, --seed and --quiet (scripts pass them to all commands alike)."""
+    import typer.main
+
+    params = typer.main.get_command(app).commands[name].params
+    flags = {flag for param in params for flag in getattr(param, "opts", [])}
+    assert {"--device", "--seed", "--quiet"} <= flags
+
+
+def test_check_accepts_the_common_options_and_refuses_an_unknown_device(runner, tiny_data) -> None:
+    ok = runner.invoke(app, ["check", str(tiny_data.binary), "--device", "cpu", "--seed", "3", "--quiet"])
+    assert ok.exit_code == 0, ok.output
+    bad = runner.invoke(app, ["check", str(tiny_data.binary), "--device", "gpu"])
+    assert bad.exit_code == 2 and "Unknown device 'gpu'" in bad.output
+
+
 def test_root_help_and_version(runner) -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
