@@ -15,7 +15,15 @@ from tqdm.auto import tqdm
 
 from fsdistill.errors import DataError, DeviceError
 
-__all__ = ["resolve_device", "seed_everything", "progress", "library_versions", "device_name", "ensure_writable_dir"]
+__all__ = [
+    "check_device_name",
+    "resolve_device",
+    "seed_everything",
+    "progress",
+    "library_versions",
+    "device_name",
+    "ensure_writable_dir",
+]
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
