@@ -29,7 +29,7 @@ from fsdistill.infer.predictor import PredictResult, Predictor, list_images, pre
 from fsdistill.metrics import ConfusionMatrix
 from fsdistill.models.build import build_student, build_teacher, load_model, resolve_model_dir, save_model
 from fsdistill.models.teacher import DCAMATeacher
-from fsdistill.runtime import ensure_writable_dir, resolve_device, seed_everything
+from fsdistill.runtime import ensure_writable_dir, resolve_device, seed_everything, write_atomic
 from fsdistill.train.episodes import FeatureCache, load_support_tensors
 from fsdistill.train.fit import TrainStats, train
 
@@ -77,9 +77,7 @@ def new_run_dir(out: Path | None) -> Path:
 
 def _write_run_config(run_dir: Path, cfg: AdaptCfg | DistillCfg, command: str) -> None:
     data = {"command": command, **json.loads(cfg.model_dump_json())}
-    tmp = run_dir / ".config.resolved.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    tmp.replace(run_dir / "config.resolved.yaml")
+    write_atomic(run_dir / "config.resolved.yaml", yaml.safe_dump(data, sort_keys=False))
 
 
 def _support_info(index: SupportIndex) -> dict[str, Any]:
@@ -252,7 +250,7 @@ def evaluate(
         )
     predictor = Predictor(loaded, resolve_device(device))
     if workers is None:
-        workers = 2 if predictor.on_gpu else _cpu_decode_workers(os.cpu_count() or 1)
+        workers = _decode_workers(predictor.on_gpu)
     matrix = ConfusionMatrix(len(loaded.class_names))
     start = time.perf_counter()
     # Ground-truth masks are read in the main process while workers decode the images for the model.
@@ -312,16 +310,20 @@ def predict(
         # at batch 8: the depthwise convs of a large batch leave the caches); GPUs want larger batches.
         batch_size = 8 if on_gpu else 2
     if workers is None:
-        workers = 2 if on_gpu else _cpu_decode_workers(os.cpu_count() or 1)
+        workers = _decode_workers(on_gpu)
     return predict_files(runner, inputs, out_dir, batch_size, overlay, overwrite, workers, on_progress)
 
 
-def _cpu_decode_workers(cores: int) -> int:
-    """Decode processes for CPU inference: they compete with the model's threads for the same cores.
+def _decode_workers(on_gpu: bool, cores: int | None = None) -> int:
+    """Default decode processes of predict and evaluate: 2 beside a GPU; on the CPU they compete with the model's
+    threads for the same ``cores`` (default: this machine's), so none up to 2 cores, else one per four, at most 2.
 
     On 2 cores a decode worker made predict slower (18.2-18.9 vs 18.7-21.2 images/s without one, interleaved
     runs): the model's two threads lose a core to it whenever it decodes. Larger machines have cores to spare.
     """
+    if on_gpu:
+        return 2
+    cores = cores if cores is not None else os.cpu_count() or 1
     return 0 if cores <= 2 else min(2, cores // 4)
 
 

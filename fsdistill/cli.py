@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import signal
 import threading
 from pathlib import Path
@@ -151,14 +150,12 @@ def check(
 
 def _write_json(path: Path, data: dict) -> None:
     from fsdistill.errors import DataError
-    from fsdistill.runtime import ensure_writable_dir
+    from fsdistill.runtime import ensure_writable_dir, write_atomic
 
     path = Path(path)
     ensure_writable_dir(path.parent, "--json")
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
     except OSError as exc:
         raise DataError(f"Cannot write {path} ({exc.strerror or type(exc).__name__}); choose another --json file.")
 

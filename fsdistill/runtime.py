@@ -23,6 +23,7 @@ __all__ = [
     "library_versions",
     "device_name",
     "ensure_writable_dir",
+    "write_atomic",
 ]
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
@@ -107,6 +108,16 @@ def ensure_writable_dir(path: Path, flag: str) -> Path:
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise DataError(f"Cannot write to {path} ({reason}); choose a writable {flag} location.") from None
+    return path
+
+
+def write_atomic(path: Path, payload: bytes | str) -> Path:
+    """Write ``payload`` (str as UTF-8) to ``path`` through a hidden ``.NAME.tmp`` beside it and a rename, so a
+    crash leaves the old file or the new one, never half of one. Returns ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(payload.encode("utf-8") if isinstance(payload, str) else payload)
+    os.replace(tmp, path)
     return path
 
 

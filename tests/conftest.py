@@ -227,3 +227,23 @@ def examples_root() -> Path:
     if not ((nuclei / "support").is_dir() and (nuclei / "heldout").is_dir()):
         pytest.skip(f"example data not built under {root} (run python examples/make_examples.py)")
     return root
+
+
+def interrupt_mask_writes_after(monkeypatch, count: int) -> list[Path]:
+    """Make predict's mask writer raise KeyboardInterrupt (Ctrl-C) once ``count`` masks are written.
+
+    Returns the list of written mask paths; call ``monkeypatch.undo()`` to restore the real writer.
+    """
+    from fsdistill.infer import predictor as predictor_module
+
+    real_write = predictor_module.write_index_png
+    written: list[Path] = []
+
+    def dies_after_count(path, mask, palette):
+        if len(written) == count:
+            raise KeyboardInterrupt
+        real_write(path, mask, palette)
+        written.append(path)
+
+    monkeypatch.setattr(predictor_module, "write_index_png", dies_after_count)
+    return written

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import SynData
+from conftest import SynData, interrupt_mask_writes_after
 from test_cli import assert_user_error
 
 ort = pytest.importorskip("onnxruntime")
@@ -270,16 +270,7 @@ def test_onnx_predict_equals_torch_predict_without_torch_model_code(
 def test_onnx_predict_resumes_after_an_interruption(exported, odd_folder, tmp_path, monkeypatch) -> None:
     kw = dict(device="cpu", batch_size=2, workers=0)
     reference = api.predict([odd_folder], tmp_path / "ref", exported, **kw)
-    real_write = predictor_module.write_index_png
-    written = []
-
-    def dies_after_four(path, mask, palette):
-        if len(written) == 4:
-            raise KeyboardInterrupt
-        real_write(path, mask, palette)
-        written.append(path)
-
-    monkeypatch.setattr(predictor_module, "write_index_png", dies_after_four)
+    interrupt_mask_writes_after(monkeypatch, 4)
     with pytest.raises(KeyboardInterrupt):
         api.predict([odd_folder], tmp_path / "out", exported, **kw)
     monkeypatch.undo()

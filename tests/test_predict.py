@@ -10,10 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SynData
+from conftest import SynData, interrupt_mask_writes_after
 from fsdistill import api
 from fsdistill.errors import CheckpointError, DataError
-from fsdistill.infer import predictor as predictor_module
 
 CSV_COLUMNS = ["image", "width", "height", "class", "pixels", "fraction"]
 
@@ -131,16 +130,7 @@ def test_resume_skips_done_images_and_matches_an_uninterrupted_run(
     reference = _predict(root, tmp_path / "ref", model, batch_size=4)
     assert reference.written == len(sizes)
 
-    real_write = predictor_module.write_index_png
-    written = []
-
-    def dies_after_three(path, mask, palette):
-        if len(written) == 3:
-            raise KeyboardInterrupt
-        real_write(path, mask, palette)
-        written.append(path)
-
-    monkeypatch.setattr(predictor_module, "write_index_png", dies_after_three)
+    interrupt_mask_writes_after(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         _predict(root, tmp_path / "out", model, batch_size=4)
     monkeypatch.undo()
@@ -344,4 +334,5 @@ def test_decode_workers_do_not_deadlock_after_opencv_ran_in_this_process(tmp_pat
 
 @pytest.mark.parametrize("cores, expected", [(1, 0), (2, 0), (4, 1), (8, 2), (64, 2)])
 def test_cpu_decode_workers_leave_small_machines_to_the_model(cores, expected) -> None:
-    assert api._cpu_decode_workers(cores) == expected
+    assert api._decode_workers(False, cores) == expected
+    assert api._decode_workers(True, cores) == 2

@@ -28,7 +28,7 @@ from fsdistill.data.masks import read_index_mask, write_index_png
 from fsdistill.data.transforms import logits_to_mask, normalize, resize_image
 from fsdistill.errors import DataError, FsdistillError
 from fsdistill.models.build import LoadedModel
-from fsdistill.runtime import ensure_writable_dir, raise_if_interrupted
+from fsdistill.runtime import ensure_writable_dir, raise_if_interrupted, write_atomic
 
 __all__ = ["list_images", "Runner", "Predictor", "PredictResult", "predict_files", "MANIFEST_NAME"]
 
@@ -217,9 +217,7 @@ def _atomic_png(path: Path, rgb: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, format="PNG")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, path)
+    write_atomic(path, buffer.getvalue())
 
 
 def _mask_counts(mask: np.ndarray, num_classes: int) -> tuple[int, int, np.ndarray]:
@@ -296,9 +294,7 @@ def predict_files(
                 f"{out_dir} holds masks predicted with the {previous.get('backend', 'torch')} backend; pass "
                 f"--overwrite or a new -o folder to predict with the {identity['backend']} backend."
             )
-    tmp_manifest = out_dir / f"{MANIFEST_NAME}.tmp"
-    tmp_manifest.write_text(json.dumps(identity, indent=2) + "\n")
-    os.replace(tmp_manifest, manifest)
+    write_atomic(manifest, json.dumps(identity, indent=2) + "\n")
     result = PredictResult(out_dir)
     todo: list[tuple[Path, Path]] = []
     for source, rel in entries:

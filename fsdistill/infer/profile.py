@@ -56,7 +56,7 @@ from fsdistill.config import ModelCfg, load_config
 from fsdistill.errors import ConfigError
 from fsdistill.models.backbone import DEFAULT_BACKBONE, backbone_spec
 from fsdistill.models.decoder import DECODERS
-from fsdistill.runtime import device_name, library_versions, progress, resolve_device, seed_everything
+from fsdistill.runtime import device_name, library_versions, progress, resolve_device, seed_everything, write_atomic
 
 __all__ = [
     "SHOT_STEPS",
@@ -802,7 +802,7 @@ def run_profile(cfg: ProfileCfg, quiet: bool = False) -> ProfileResult:
     data["seconds"] = round(time.perf_counter() - wall0, 1)
     data["ratios"] = headline_ratios(data["rows"], max_ways, max_shots)
     files = _write_tables(out, data)
-    files["md"] = _write_text(out / "profile.md", render_markdown(data))
+    files["md"] = write_atomic(out / "profile.md", render_markdown(data))
     files["png"] = _write_plot(out / "profile.png", data)
     return ProfileResult(out, data, files)
 
@@ -944,27 +944,16 @@ def headline_ratios(rows: list[dict[str, Any]], ways: int, shots: int) -> dict[s
     }
 
 
-def _atomic_bytes(path: Path, payload: bytes) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(payload)
-    os.replace(tmp, path)
-    return path
-
-
-def _write_text(path: Path, text: str) -> Path:
-    return _atomic_bytes(path, text.encode("utf-8"))
-
-
 def _write_tables(out: Path, data: dict[str, Any]) -> dict[str, Path]:
     """profile.json and profile.csv (written after every cell, so an interrupted profile keeps its rows)."""
-    files = {"json": _write_text(out / "profile.json", json.dumps(data, indent=2, allow_nan=False) + "\n")}
+    files = {"json": write_atomic(out / "profile.json", json.dumps(data, indent=2, allow_nan=False) + "\n")}
     buf = io.StringIO()
     extra = sorted({k for r in data["rows"] for k in r} - set(CSV_COLUMNS))
     writer = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS) + extra, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for r in data["rows"]:
         writer.writerow({k: ("" if v is None else v) for k, v in r.items()})
-    files["csv"] = _write_text(out / "profile.csv", buf.getvalue())
+    files["csv"] = write_atomic(out / "profile.csv", buf.getvalue())
     return files
 
 
@@ -1074,4 +1063,4 @@ def _write_plot(path: Path, data: dict[str, Any]) -> Path:
     ax.legend(fontsize=6, ncol=3)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    return _atomic_bytes(path, buf.getvalue())
+    return write_atomic(path, buf.getvalue())
