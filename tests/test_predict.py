@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from conftest import SynData, interrupt_mask_writes_after
@@ -284,6 +285,35 @@ def test_channel_argmax_equals_argmax_including_ties() -> None:
     assert torch.equal(channel_argmax(scores), scores.argmax(dim=0).to(torch.uint8))
     scores = torch.randn(2, 17, 9, generator=g)
     assert torch.equal(channel_argmax(scores), scores.argmax(dim=0).to(torch.uint8))
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+@pytest.mark.parametrize("band_pixels", [1 << 24, 300])  # 300: the banded grid_sample path, a few rows per band
+def test_logits_to_mask_is_the_argmax_of_the_upsampled_logits(classes: int, band_pixels: int) -> None:
+    """Binary models upsample fg − bg once; the mask must still be the argmax of both upsampled channels."""
+    from fsdistill.data.transforms import logits_to_mask
+
+    g = torch.Generator().manual_seed(classes)
+    logits = torch.randn(classes, 12, 16, generator=g) * 3
+    height, width = 37, 53
+    expected = F.interpolate(logits[None], size=(height, width), mode="bilinear", align_corners=False)[0].argmax(0)
+    got = torch.from_numpy(logits_to_mask(logits, height, width, band_pixels=band_pixels)).long()
+    # Float rounding may flip a pixel whose two logits are equal to ~1e-6; none of these random maps has one.
+    assert got.shape == (height, width)
+    assert (got != expected).float().mean() < 1e-3
+    if classes == 2:  # a tie goes to the background, as argmax's first-index rule
+        assert logits_to_mask(torch.zeros(2, 4, 4), 8, 8).max() == 0
+
+
+def test_normalize_matches_the_formula() -> None:
+    from fsdistill.data.transforms import normalize
+
+    images = torch.randint(0, 256, (2, 3, 5, 7), dtype=torch.uint8)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    formula = (images.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert torch.allclose(normalize(images, mean, std), formula, atol=1e-5)
+    channels_last = images.permute(0, 2, 3, 1)
+    assert torch.allclose(normalize(channels_last, mean, std), formula, atol=1e-5)
 
 
 _FORK_AFTER_RESIZE = """

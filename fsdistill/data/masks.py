@@ -346,7 +346,8 @@ def write_index_png(path: Path | str, mask: np.ndarray, palette: Sequence[Rgb]) 
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            img.save(f, format="PNG", optimize=False)
+            # zlib level 3: half the time of the default 6 on masks (0.76 vs 1.63 ms at 640×480), files ~1.6× as big.
+            img.save(f, format="PNG", optimize=False, compress_level=3)
         os.replace(tmp, path)
     except BaseException:
         try:
