@@ -66,6 +66,11 @@ class ModelCfg(_Strict):
     mixer_widths: tuple[int, int, int] | None = Field(
         None, description="mixer channels; None = the decoder's default (dcama 128, 64, 16; light 16, 16, 16)"
     )
+    skip_kernel: Literal[1, 3] | None = Field(
+        None,
+        description="light only: kernel of the shared stride-4 skip projection; None = the decoder's default (light "
+        "1: commutes with upsampling, ~17x cheaper than 3, same held-out mIoU in docs/benchmarks.md; dcama 3)",
+    )
     full_resolution: bool = Field(True, description="dcama only: the paper's mixer schedule up to the input size; False = stride 4")
     student_width: int | None = Field(
         8,
@@ -84,6 +89,8 @@ class ModelCfg(_Strict):
         multiple = 32 if self.decoder == "dcama" else 4
         if self.decoder_width is not None and self.decoder_width % multiple:
             raise ValueError(f"decoder_width must be a multiple of {multiple} for the {self.decoder} decoder, got {self.decoder_width}")
+        if self.decoder == "dcama" and self.skip_kernel not in (None, 3):
+            raise ValueError("skip_kernel 1 needs the light decoder; the paper's dcama decoder has a 3x3 skip conv")
         return self
 
     @field_validator("size")

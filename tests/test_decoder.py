@@ -39,6 +39,7 @@ DECODER_CASES = {
     "dcama": lambda: DCAMADecoder((2, 3, 4), (8, 16), width=32, mixer=(16, 8, 8)),
     "dcama-stride4": lambda: DCAMADecoder((2, 3, 4), (8, 16), width=32, mixer=(16, 8, 8), full_resolution=False),
     "light": lambda: LightDecoder((2, 3, 4), (8, 16)),
+    "light-skip3": lambda: LightDecoder((2, 3, 4), (8, 16), skip_kernel=3),
 }
 
 
@@ -150,6 +151,8 @@ def test_light_student_artifact_round_trip(tmp_path) -> None:
         ({"decoder": "dcama", "decoder_width": 48}, "multiple of 32"),
         ({"decoder": "light", "decoder_width": 18}, "multiple of 4"),
         ({"decoder": "unet"}, "decoder"),
+        ({"decoder": "dcama", "skip_kernel": 1}, "skip_kernel 1 needs the light decoder"),
+        ({"decoder": "light", "skip_kernel": 5}, "skip_kernel"),
     ],
 )
 def test_decoder_config_errors(model, message, tmp_path) -> None:
@@ -161,3 +164,44 @@ def test_light_decoder_width_need_not_be_a_multiple_of_32() -> None:
     cfg = ModelCfg(decoder="light", decoder_width=24)
     teacher = build_teacher(cfg.model_copy(update={"backbone": "test-resnet", "size": SIZE}), 1, pretrained=False)
     assert teacher.decoder.width == 24
+
+
+def test_light_skip_projection_is_a_1x1_conv_over_the_upsampled_skip_maps() -> None:
+    """The 1×1 projection runs on the stride-8 map before upsampling it; that must equal the plain definition
+    (upsample, concatenate, 1×1 conv), which is what makes it ~17× cheaper at no change of function."""
+    decoder = _randomised(LightDecoder((2, 3, 4), (8, 16)))
+    _, skip4, skip8 = _decoder_inputs(groups=1, batch=2, seed=7)
+    up8 = F.interpolate(skip8, size=skip4.shape[-2:], mode="bilinear", align_corners=True)
+    plain = decoder.skip_proj(torch.cat([up8, skip4], dim=1))
+    with torch.no_grad():
+        torch.testing.assert_close(decoder.skip_features(skip4, skip8), plain, rtol=1e-5, atol=1e-5)
+    assert decoder.mixer1[0].bias is None and decoder.mixer1[0].in_channels == decoder.width
+
+
+@pytest.mark.parametrize("skip_kernel", [1, 3])
+def test_every_decoder_parameter_is_in_a_trainable_group(skip_kernel) -> None:
+    teacher = build_teacher(
+        ModelCfg(backbone="test-resnet", size=SIZE, decoder="light", skip_kernel=skip_kernel), 1, pretrained=False
+    )
+    grouped = {id(p) for params in teacher_groups(teacher).values() for p in params}
+    missing = [name for name, p in teacher.decoder.named_parameters() if id(p) not in grouped]
+    assert not missing
+
+
+def test_light_artifacts_of_version_0_1_load_with_their_3x3_skip(tmp_path, monkeypatch) -> None:
+    """fsdistill 0.1 stored no skip_kernel (its light decoder had the 3×3 skip): such artifacts must still load."""
+    torch.manual_seed(0)
+    cfg = ModelCfg(backbone="test-resnet", size=SIZE, decoder="light", skip_kernel=3)
+    student = _randomised(build_student(build_teacher(cfg, 1, pretrained=False), 4))
+    legacy_arguments = lambda self: {"decoder": "light", "decoder_width": self.width, "mixer_widths": list(self.mixer_widths)}
+    with monkeypatch.context() as patch:
+        patch.setattr(LightDecoder, "arguments", legacy_arguments)
+        path = save_model(
+            tmp_path / "student", student, class_names=["background", "a"], palette=[(0, 0, 0), (1, 1, 1)],
+            input_size=SIZE, train_config={}, support_info={}, training={},
+        )
+    loaded = load_model(path)
+    assert "skip_kernel" not in loaded.config["model_args"] and loaded.model.decoder.skip_kernel == 3
+    images = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        assert torch.equal(loaded.logits(images), student(images))

@@ -54,6 +54,7 @@ def build_teacher(cfg: ModelCfg, num_classes: int, pretrained: bool = True) -> D
         decoder_width=cfg.decoder_width,
         mixer_widths=cfg.mixer_widths,
         full_resolution=cfg.full_resolution,
+        skip_kernel=cfg.skip_kernel,
     )
 
 
@@ -182,7 +183,11 @@ def load_model(path: Path, kind: str | None = None) -> LoadedModel:
     spec = BackboneSpec.from_dict(config["backbone"])
     args = config["model_args"]
     backbone = create_backbone(spec.name, pretrained=False, **spec.model_args)
-    decoder_args = {k: args[k] for k in ("decoder", "decoder_width", "mixer_widths", "full_resolution") if k in args}
+    decoder_args = {
+        k: args[k] for k in ("decoder", "decoder_width", "mixer_widths", "full_resolution", "skip_kernel") if k in args
+    }
+    if decoder_args.get("decoder") == "light":
+        decoder_args.setdefault("skip_kernel", 3)  # light artifacts written by fsdistill 0.1 store no kernel: they had 3x3
     if config["kind"] == "teacher":
         model: nn.Module = DCAMATeacher(
             backbone,

@@ -150,7 +150,7 @@ class DCAMATeacher(nn.Module):
         backbone: frozen feature extractor with ``spec.channels`` / ``spec.num_blocks`` per level.
         num_classes: foreground classes N.
         decoder: "dcama" (the paper's) or "light" (see :mod:`fsdistill.models.decoder`); decoder_width /
-            mixer_widths None = that decoder's defaults.
+            mixer_widths / skip_kernel None = that decoder's defaults.
     Logits come at the decoder's ``output_stride`` (1 = the input size, 4 = a quarter of it).
     """
 
@@ -167,6 +167,7 @@ class DCAMATeacher(nn.Module):
         decoder_width: int | None = None,
         mixer_widths: tuple[int, int, int] | None = None,
         full_resolution: bool = True,
+        skip_kernel: int | None = None,
     ) -> None:
         super().__init__()
         spec = backbone.spec
@@ -184,9 +185,11 @@ class DCAMATeacher(nn.Module):
         if "mixer" in sizes:
             sizes["mixer"] = tuple(sizes["mixer"])
         if decoder == "dcama":
+            if skip_kernel not in (None, 3):
+                raise ValueError("the dcama decoder's skip conv is 3x3 (the paper's); skip_kernel 1 needs decoder 'light'")
             self.decoder = DCAMADecoder(**shape, **sizes, full_resolution=full_resolution)
         elif decoder == "light":
-            self.decoder = LightDecoder(**shape, **sizes)
+            self.decoder = LightDecoder(**shape, **sizes, **({} if skip_kernel is None else {"skip_kernel": skip_kernel}))
         else:
             raise ValueError(f"unknown decoder {decoder!r}; choose one of {sorted(DECODERS)}")
 
