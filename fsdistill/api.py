@@ -100,6 +100,7 @@ def _stats_dict(stats: TrainStats) -> dict[str, Any]:
 
 
 def _prepare(cfg: AdaptCfg | DistillCfg, quiet: bool):
+    """Discover and load the support folder; returns the config with its step budget fixed for that folder."""
     index = discover(cfg.support)
     num_classes = len(index.class_names) - 1
     if num_classes < 1:
@@ -112,7 +113,8 @@ def _prepare(cfg: AdaptCfg | DistillCfg, quiet: bool):
             f"All {len(index)} masks in {cfg.support} are empty: no pixel has a foreground class, so there is "
             "nothing to learn; check the mask values (binary masks need 255 or 1 for the object) and the names file."
         )
-    return index, num_classes, device, support
+    cfg = cfg.model_copy(update={"train": cfg.train.for_supports(len(index))})
+    return cfg, index, num_classes, device, support
 
 
 def _augment(cfg: AdaptCfg | DistillCfg, count: int) -> bool:
@@ -137,7 +139,7 @@ def adapt(cfg: AdaptCfg, quiet: bool = False) -> RunResult:
 
     ``cfg.train.steps == 0`` writes the untuned teacher (the training-free baseline) as a normal artifact.
     """
-    index, num_classes, device, support = _prepare(cfg, quiet)
+    cfg, index, num_classes, device, support = _prepare(cfg, quiet)
     teacher = _new_teacher(cfg, num_classes).to(device)
     if cfg.train.augment is False and len(index) == 1 and cfg.train.steps > 0:
         raise ConfigError("One support image needs augmentation to build episodes; drop --no-augment or add images.")
@@ -169,7 +171,7 @@ def distill(cfg: DistillCfg, quiet: bool = False) -> RunResult:
 
     Writes ``RUN/student/`` and, when the teacher was adapted here, ``RUN/teacher/``.
     """
-    index, num_classes, device, support = _prepare(cfg, quiet)
+    cfg, index, num_classes, device, support = _prepare(cfg, quiet)
     if cfg.train.augment is False and len(index) == 1 and cfg.train.steps > 0:  # as in adapt: no query besides it
         raise ConfigError("One support image needs augmentation to build episodes; drop --no-augment or add images.")
     if cfg.teacher is not None:

@@ -130,7 +130,7 @@ class FineTunedBaseline:
         Sets ``self.stats``: ``steps``, ``images`` (seen in training), ``encode_s`` (feature caching),
         ``train_s`` (the optimisation loop) and ``final_loss`` (mean of the last 10 steps).
         """
-        cfg = cfg or TrainCfg()
+        cfg = (cfg or TrainCfg()).for_supports(len(support.images))  # the adapt/distill step budget for S images
         torch.manual_seed(cfg.seed)
         generator = torch.Generator().manual_seed(cfg.seed)
         self.head = self.head.to(device)

@@ -44,7 +44,7 @@ BackboneWeightsOpt = Annotated[
 TeacherWeightsOpt = Annotated[
     Optional[Path], typer.Option("--teacher-weights", help="Official DCAMA/DistillFSS checkpoint to start from.")
 ]
-StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="Optimiser steps (0 = untrained teacher).")]
+StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="Optimiser steps [default: max(120, 12 x support images)]; 0 = untrained teacher.")]
 LrOpt = Annotated[Optional[float], typer.Option("--lr", help="AdamW learning rate (default 3e-3).")]
 SizeOpt = Annotated[Optional[int], typer.Option("--size", help="Square input size in pixels (multiple of 32).")]
 OutRunOpt = Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/<date>-<time>).")]

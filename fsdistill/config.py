@@ -18,6 +18,7 @@ __all__ = [
     "TRAINABLE_GROUPS",
     "ModelCfg",
     "TrainCfg",
+    "default_steps",
     "AdaptCfg",
     "DistillCfg",
     "load_config",
@@ -101,13 +102,30 @@ class ModelCfg(_Strict):
         return value
 
 
+MIN_STEPS = 120
+STEPS_PER_SUPPORT = 12
+
+
+def default_steps(support_images: int) -> int:
+    """Optimiser steps when none are given: max(120, 12 per support image)."""
+    return max(MIN_STEPS, STEPS_PER_SUPPORT * support_images)
+
+
 class TrainCfg(_Strict):
     """Optimisation shared by adapt and distill."""
 
     # 120 steps of 2 episodes at lr 3e-3 cost what 60 steps of 4 at 1e-3 did and train better, most at small K
     # (accuracy benchmark, adapted teacher / student: brain K1 0.582 / 0.556 → 0.697 / 0.705, brain K5 0.748 /
     # 0.776 → 0.780 / 0.829, nuclei K20 0.786 / 0.847 → 0.835 / 0.863): the old budget was too few updates.
-    steps: int = Field(120, ge=0, description="optimiser steps of `episodes_per_step` episodes each (see docs/benchmarks.md)")
+    # With many supports 120 steps show each image as a query only ~12 times: brain K20 0.710 / 0.761 at 120
+    # steps, 0.841 / 0.857 at 240; nuclei K20 0.835 / 0.863 → 0.846 / 0.858. So the budget grows with the folder.
+    steps: int | None = Field(
+        None,
+        ge=0,
+        description=f"optimiser steps of `episodes_per_step` episodes each; None = max({MIN_STEPS}, "
+        f"{STEPS_PER_SUPPORT} x support images): with 2 episodes per step every image is the query ~24 times or more "
+        "(docs/benchmarks.md)",
+    )
     lr: float = Field(3e-3, gt=0)
     student_lr: float = Field(
         1e-2,
@@ -125,6 +143,12 @@ class TrainCfg(_Strict):
         None, description="cached flip views; None = only for a single support image (no measured gain otherwise)"
     )
     seed: int = 0
+
+    def for_supports(self, support_images: int) -> "TrainCfg":
+        """This config with ``steps`` fixed for ``support_images`` images: the rule when steps is None."""
+        if self.steps is not None:
+            return self
+        return self.model_copy(update={"steps": default_steps(support_images)})
 
     @field_validator("train")
     @classmethod

@@ -310,3 +310,32 @@ def test_episode_sampler_covers_classes_then_fills_up_to_k_shots() -> None:
     # two images: the only other one is the whole episode
     small = EpisodeSampler(present[:2], max_shots=4, views=1, seed=0)
     assert all(len(small.sample().supports) == 1 for _ in range(10))
+
+
+def test_default_step_budget_grows_with_the_support_folder() -> None:
+    from fsdistill.config import TrainCfg, default_steps
+
+    assert [default_steps(k) for k in (1, 5, 10, 11, 20, 40)] == [120, 120, 120, 132, 240, 480]
+    assert TrainCfg().steps is None and TrainCfg().for_supports(20).steps == 240
+    assert TrainCfg(steps=7).for_supports(20).steps == 7  # a given budget is kept, 0 included
+    assert TrainCfg(steps=0).for_supports(20).steps == 0
+
+
+def test_adapt_without_steps_trains_and_records_the_folder_budget(tiny_data, tmp_path, monkeypatch) -> None:
+    """With no --steps the run trains max(120, 12 × images) steps, and its saved config says the number used."""
+    from fsdistill.data.discover import discover
+    from fsdistill.train.fit import TrainStats
+
+    seen = []
+
+    def fake_train(teacher, cache, cfg, **kwargs):  # the budget is what is checked here, not the training itself
+        seen.append(cfg.steps)
+        return TrainStats()
+
+    monkeypatch.setattr(api, "train", fake_train)
+    cfg = _adapt_cfg(tiny_data.binary, tmp_path / "run", steps=None)
+    result = api.adapt(cfg, quiet=True)
+    expected = max(120, 12 * len(discover(tiny_data.binary)))
+    assert seen == [expected]
+    assert yaml.safe_load((result.run_dir / "config.resolved.yaml").read_text())["train"]["steps"] == expected
+    assert load_model(result.teacher_dir).config["train_config"]["train"]["steps"] == expected

@@ -85,6 +85,8 @@ def train(
     Losses: adapt = focal(teacher); distill = ⅓ focal(teacher) + ⅓ focal(student) + ⅓ MSE(coarse maps), or with
     ``freeze_teacher`` ½ focal(student) + ½ MSE against the fixed teacher.
     """
+    if cfg.steps is None:
+        raise ValueError("cfg.steps is None: fix the budget for the support folder first (TrainCfg.for_supports)")
     stats = TrainStats()
     if cfg.steps == 0:
         return stats
