@@ -49,7 +49,7 @@ def test_accuracy_benchmark_smoke(accuracy, tiny_data, tmp_path: Path) -> None:
                                "note": saved["cases"][0]["note"]}]
     rows = [r for r in saved["results"] if "skipped" not in r]
     assert sorted((r["k"], r["method"]) for r in rows) == sorted(
-        (k, m) for k in (1, 2) for m in accuracy.METHODS
+        (k, m) for k in (1, 2) for m in accuracy.METHODS if m != "distill_teacher"  # only with --methods
     )
     for row in rows:
         extra = {"lr", "miou_by_lr"} if row["method"] == "finetuned" else set()
@@ -73,6 +73,14 @@ def test_accuracy_benchmark_smoke(accuracy, tiny_data, tmp_path: Path) -> None:
     assert text.startswith("# Benchmarks\n\nHand-written text.\n")
     assert text.count(accuracy.BEGIN) == 1 and text.count(accuracy.END) == 1 and "](accuracy_vs_shots.png)" in text
     assert (docs.parent / "accuracy_vs_shots.png").is_file()
+
+
+def test_distill_teacher_is_opt_in_and_needs_distill(accuracy, capsys) -> None:
+    assert "distill_teacher" not in accuracy.parse_args([]).methods
+    assert "distill_teacher" in accuracy.parse_args(["--methods", "distill", "distill_teacher"]).methods
+    with pytest.raises(SystemExit):
+        accuracy.parse_args(["--methods", "adapt", "distill_teacher"])
+    assert "needs distill" in capsys.readouterr().err
 
 
 def test_docs_section_is_replaced_in_place(accuracy, tmp_path: Path) -> None:
