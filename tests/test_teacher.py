@@ -237,6 +237,18 @@ def test_merge_classes_hand_example() -> None:
     assert merged.argmax(1)[0, 0].tolist() == [1, 2, 0]
 
 
+def test_merge_classes_equals_the_argmax_gather_definition_including_ties() -> None:
+    """The running maximum must pick the same winner as argmax (the first on ties) and pass gradients."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randint(-2, 3, (2, 4, 2, 5, 6), generator=g).float().requires_grad_()  # many fg ties
+    bg, fg = logits[:, :, 0], logits[:, :, 1]
+    expected = torch.cat([bg.gather(1, fg.argmax(dim=1, keepdim=True)), fg], dim=1)
+    merged = merge_classes(logits)
+    assert torch.equal(merged, expected)
+    merged.sum().backward()
+    assert logits.grad is not None and logits.grad[:, :, 0].sum() == 2 * 5 * 6  # one bg per pixel gets the gradient
+
+
 def test_merge_classes_absent_class_never_wins() -> None:
     logits = torch.tensor([[[[0.0, 0.0], [1.0, -3.0]], [[0.0, 0.0], [50.0, 60.0]]]])[:, :, :, None, :]  # 1×2×2×1×2
     merged = merge_classes(logits, torch.tensor([[True, False]]))

@@ -291,6 +291,11 @@ def merge_classes(logits: Tensor, present: Tensor | None = None) -> Tensor:
         mask = present[:, :, None, None]
         fg = torch.where(mask, fg, torch.full_like(fg, ABSENT_LOGIT))
         bg = torch.where(mask, bg, torch.zeros_like(bg))
-    winner = fg.argmax(dim=1, keepdim=True)
-    merged_bg = bg.gather(1, winner)
-    return torch.cat([merged_bg, fg], dim=1)
+    # Running maximum over the N classes (the first wins ties, as argmax): an argmax over the class axis plus a
+    # gather cost ~0.7 ms per image at 5 classes on the CPU, this a few elementwise ops per class.
+    best_fg, merged_bg = fg[:, 0], bg[:, 0]
+    for c in range(1, fg.shape[1]):
+        better = fg[:, c] > best_fg
+        merged_bg = torch.where(better, bg[:, c], merged_bg)
+        best_fg = torch.maximum(best_fg, fg[:, c])
+    return torch.cat([merged_bg[:, None], fg], dim=1)
