@@ -305,6 +305,26 @@ def test_logits_to_mask_is_the_argmax_of_the_upsampled_logits(classes: int, band
         assert logits_to_mask(torch.zeros(2, 4, 4), 8, 8).max() == 0
 
 
+@pytest.mark.parametrize("classes", [2, 5, 40])  # 40: above the per-class comparison path, np.bincount
+def test_mask_counts_are_pixels_per_class(classes: int) -> None:
+    from fsdistill.infer.predictor import _mask_counts
+
+    mask = np.random.default_rng(classes).integers(0, classes, (37, 53)).astype(np.uint8)
+    mask[0, :3] = 255  # an id outside the classes (ignore) is not counted as any class
+    h, w, counts = _mask_counts(mask, classes)
+    assert (h, w) == (37, 53) and counts.shape == (classes,)
+    assert counts.tolist() == [int((mask == c).sum()) for c in range(classes)]
+
+
+def test_to_chw_tensor_is_the_channel_first_copy() -> None:
+    from fsdistill.data.transforms import to_chw_tensor
+
+    image = np.random.default_rng(0).integers(0, 256, (7, 5, 3)).astype(np.uint8)
+    chw = to_chw_tensor(image)
+    assert chw.dtype == torch.uint8 and chw.is_contiguous()
+    assert torch.equal(chw, torch.from_numpy(image).permute(2, 0, 1))
+
+
 def test_normalize_matches_the_formula() -> None:
     from fsdistill.data.transforms import normalize
 

@@ -21,6 +21,15 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(image, (size, size), interpolation=interpolation)
 
 
+def to_chw_tensor(image: np.ndarray) -> Tensor:
+    """H×W×3 uint8 → contiguous 3×H×W uint8 tensor (the model's channel order).
+
+    cv2.split de-interleaves the channels in one pass; torch's permute + contiguous took ~1 ms per image inside
+    predict (py-spy: 1.4 % of its time), against 0.15 ms for the same copy measured alone.
+    """
+    return torch.from_numpy(np.stack(cv2.split(image)))
+
+
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     """H×W uint8 class ids → size×size, nearest neighbour (class ids are not interpolated)."""
     return cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
