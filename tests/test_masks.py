@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -82,6 +83,32 @@ def test_exif_rotated_jpeg(tmp_path: Path, syn_data) -> None:
     assert image_size(p) == (20, 30)  # (width, height) after rotation, from the header
     # Rotating 90° clockwise moves the stored top-left corner to the top-right.
     assert out[:4, -4:, 0].mean() > 200 and out[:4, -4:, 1].mean() < 60
+
+
+@pytest.mark.parametrize("orientation", [1, 6])  # 6: stored 400×200 (w×h), displayed 200×400
+def test_read_image_reduced_decodes_jpegs_smaller_but_reports_the_full_size(tmp_path: Path, orientation) -> None:
+    from fsdistill.data.images import read_image_reduced
+
+    yy, xx = np.mgrid[0:200, 0:400]
+    arr = np.stack([xx * 255 // 399, yy * 255 // 199, np.full_like(xx, 90)], axis=-1).astype(np.uint8)  # smooth ramps
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "big.jpg"
+    Image.fromarray(arr).save(path, exif=exif, quality=95)
+    full = read_image(path)
+    small, (height, width) = read_image_reduced(path, 48)
+    assert (height, width) == full.shape[:2] == ((400, 200) if orientation == 6 else (200, 400))
+    # libjpeg's 1/4 scale: the largest reduction keeping both sides >= 48, in display orientation.
+    assert small.shape == (full.shape[0] // 4, full.shape[1] // 4, 3)
+    # The same picture: the full decode shrunk by area averaging differs from the DCT-scaled one by a few levels.
+    shrunk = cv2.resize(full, small.shape[1::-1], interpolation=cv2.INTER_AREA)
+    assert np.abs(shrunk.astype(int) - small.astype(int)).mean() < 3
+    # Without a size, or for other formats, the full image.
+    assert read_image_reduced(path, None)[0].shape == full.shape
+    png = tmp_path / "big.png"
+    Image.fromarray(arr).save(png)
+    png_image, png_size = read_image_reduced(png, 48)
+    assert png_image.shape == (200, 400, 3) and png_size == (200, 400)
 
 
 def test_grey_rgba_palette_to_rgb(tmp_path: Path, syn_data) -> None:

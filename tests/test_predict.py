@@ -45,6 +45,11 @@ def odd_images(tmp_path_factory):
     put("deep16.png", (np.linspace(0, 65535, 29 * 71).reshape(29, 71)).astype(np.uint16))
     put("photo.jpg", _rgb(64, 80, 5), quality=90)
     put("nested/inner.png", _rgb(33, 65, 6))
+    # A JPEG large enough to be decoded at a reduced scale, stored 450×320 (w×h) and displayed turned 90°.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    put("big_turned.jpg", _rgb(320, 450, 7), quality=90, exif=exif)
+    sizes["big_turned.jpg"] = (320, 450)  # (width, height) as displayed: the mask must have this size
     return root, sizes
 
 
@@ -386,3 +391,23 @@ def test_decode_workers_do_not_deadlock_after_opencv_ran_in_this_process(tmp_pat
 def test_cpu_decode_workers_leave_small_machines_to_the_model(cores, expected) -> None:
     assert api._decode_workers(False, cores) == expected
     assert api._decode_workers(True, cores) == 2
+
+
+def test_predict_decodes_at_reduced_scale_and_keeps_the_original_size(odd_images, monkeypatch) -> None:
+    """The decode for the model asks for the model's input size (JPEGs then decode at 1/2-1/8 scale)."""
+    from fsdistill.infer import predictor as predictor_module
+
+    root, sizes = odd_images
+    asked = []
+    real = predictor_module.read_image_reduced
+
+    def spy(path, min_side):
+        asked.append(min_side)
+        image, size = real(path, min_side)
+        asked.append(image.shape[:2])
+        return image, size
+
+    monkeypatch.setattr(predictor_module, "read_image_reduced", spy)
+    item = predictor_module._ImageDataset([root / "big_turned.jpg"], 64)[0]
+    assert asked == [64, (113, 80)]  # 1/4 scale (rounded up) of the displayed 450×320 (h×w), both sides >= 64
+    assert (item["height"], item["width"]) == (450, 320) and item["image"].shape == (3, 64, 64)

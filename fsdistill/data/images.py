@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 
 from fsdistill.errors import DataError
 
-__all__ = ["IMAGE_SUFFIXES", "read_image", "image_size", "to_uint8_rgb"]
+__all__ = ["IMAGE_SUFFIXES", "read_image", "read_image_reduced", "image_size", "to_uint8_rgb"]
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 TIFF_SUFFIXES: frozenset[str] = frozenset({".tif", ".tiff"})
@@ -135,23 +135,44 @@ def read_image(path: Path | str) -> np.ndarray:
     Raises:
         DataError: the file is missing, truncated or not an image.
     """
+    return read_image_reduced(path, None)[0]
+
+
+def read_image_reduced(path: Path | str, min_side: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`read_image`, decoded at a reduced scale where the format allows it, for an input that is resized
+    to ``min_side`` × ``min_side`` anyway.
+
+    JPEGs are decoded by libjpeg at 1/2, 1/4 or 1/8 scale (its DCT scaling) as long as both sides stay
+    ≥ ``min_side``: a 12 MP photo decodes and resizes to 384 px in ~39 instead of ~140 ms. Other formats decode
+    in full. ``min_side`` None = always in full.
+
+    Returns:
+        (H'×W'×3 uint8 RGB in display orientation, (height, width) of the full image in display orientation).
+    """
     path = Path(path)
     if not path.is_file():
         raise _cannot_read(path, "no such file")
     try:
         with Image.open(path) as img:
+            full_w, full_h = img.size
+            if min_side is not None and img.format == "JPEG":
+                img.draft(img.mode, (min_side, min_side))  # never below the requested size on either side
             img.load()  # Pillow decodes lazily; force it here so truncation surfaces as an error now
+            stored = img.size
             try:
                 # In place: without it Pillow copies the whole image when there is nothing to turn (~1 ms/MPixel).
                 ImageOps.exif_transpose(img, in_place=True)
             except _EXIF_ERRORS:
                 pass
-            return _pil_to_rgb(img)
+            turned = img.size != stored  # a 90° EXIF rotation swaps the sides
+            return _pil_to_rgb(img), ((full_w, full_h) if turned else (full_h, full_w))
     except DataError:
         raise
     except _PIL_ERRORS as e:
         if path.suffix.lower() in TIFF_SUFFIXES and _tiff_header(path):
-            return _read_tiff(path)  # many-channel, float or 16-bit RGB TIFF: Pillow gives up, tifffile does not
+            # many-channel, float or 16-bit RGB TIFF: Pillow gives up, tifffile does not
+            image = _read_tiff(path)
+            return image, image.shape[:2]
         raise _cannot_read(path, str(e) or type(e).__name__) from e
 
 

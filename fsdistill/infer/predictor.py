@@ -23,7 +23,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from fsdistill.checkpoint import config_sha256
-from fsdistill.data.images import IMAGE_SUFFIXES, read_image
+from fsdistill.data.images import IMAGE_SUFFIXES, read_image, read_image_reduced
 from fsdistill.data.masks import read_index_mask, write_index_png
 from fsdistill.data.transforms import logits_to_mask, normalize, resize_image, to_chw_tensor
 from fsdistill.errors import DataError, FsdistillError
@@ -71,7 +71,8 @@ def list_images(inputs: list[Path]) -> list[tuple[Path, Path]]:
 
 
 class _ImageDataset(Dataset):
-    """Decodes and resizes images in DataLoader workers; a bad file becomes an error record, not a crash."""
+    """Decodes (JPEGs at a reduced scale, see read_image_reduced) and resizes images; a bad file becomes an error
+    record, not a crash."""
 
     def __init__(self, paths: list[Path], size: int) -> None:
         self.paths, self.size = paths, size
@@ -81,10 +82,9 @@ class _ImageDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         try:
-            image = read_image(self.paths[i])
+            image, (h, w) = read_image_reduced(self.paths[i], self.size)
         except FsdistillError as exc:
             return {"index": i, "error": str(exc)}
-        h, w = image.shape[:2]
         small = to_chw_tensor(resize_image(image, self.size))
         return {"index": i, "image": small, "height": h, "width": w}
 
