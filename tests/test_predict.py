@@ -411,3 +411,21 @@ def test_predict_decodes_at_reduced_scale_and_keeps_the_original_size(odd_images
     item = predictor_module._ImageDataset([root / "big_turned.jpg"], 64)[0]
     assert asked == [64, (113, 80)]  # 1/4 scale (rounded up) of the displayed 450×320 (h×w), both sides >= 64
     assert (item["height"], item["width"]) == (450, 320) and item["image"].shape == (3, 64, 64)
+
+
+def test_cpu_student_runs_channels_last_with_the_same_logits(tiny_binary_run) -> None:
+    """On the CPU the student runs channels-last (oneDNN's fast layout); its logits must not change."""
+    from fsdistill.data.transforms import normalize
+    from fsdistill.infer.predictor import Predictor
+    from fsdistill.models.build import load_model
+
+    reference = load_model(tiny_binary_run.run_dir)
+    images = torch.randint(0, 256, (3, 3, reference.size, reference.size), dtype=torch.uint8)
+    with torch.inference_mode():
+        expected = reference.logits(normalize(images, reference.mean, reference.std))
+    runner = Predictor(load_model(tiny_binary_run.run_dir), torch.device("cpu"))
+    assert runner.channels_last
+    assert runner.loaded.model.decoder.mixer2[0].weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(runner.logits(images), expected, rtol=1e-4, atol=1e-4)
+    teacher = Predictor(load_model(tiny_binary_run.run_dir, kind="teacher"), torch.device("cpu"))
+    assert not teacher.channels_last

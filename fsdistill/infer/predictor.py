@@ -179,11 +179,19 @@ class Predictor(Runner):
         self.size = loaded.size
         self.class_names = loaded.class_names
         self.palette = loaded.palette
+        # On the CPU, oneDNN convolutions take channels-last tensors without reordering every layer's input and
+        # output: the Lite0 student at 384 px took 40.5 instead of 54.1 ms per image at one class, 44.6 instead of
+        # 61.9 at five (same logits within 1e-5). The teacher keeps the default layout.
+        self.channels_last = device.type == "cpu" and loaded.kind == "student"
+        if self.channels_last:
+            self.loaded.model.to(memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """B×3×size×size uint8 → B×(N+1)×h×w float logits."""
         batch = normalize(images.to(self.device, non_blocking=True), self.loaded.mean, self.loaded.std)
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
         ctx = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
         with ctx:
             return self.loaded.logits(batch).float()
