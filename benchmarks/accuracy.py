@@ -58,8 +58,8 @@ from fsdistill import api  # noqa: E402
 from fsdistill.baselines import FineTunedBaseline  # noqa: E402
 from fsdistill.config import MIN_STEPS, STEPS_PER_SUPPORT, AdaptCfg, DistillCfg, load_config  # noqa: E402
 from fsdistill.data.discover import discover  # noqa: E402
-from fsdistill.data.transforms import logits_to_mask, normalize, resize_image  # noqa: E402
-from fsdistill.metrics import ConfusionMatrix  # noqa: E402
+from fsdistill.data.transforms import normalize  # noqa: E402
+from fsdistill.infer.predictor import Runner  # noqa: E402
 from fsdistill.models.build import build_teacher  # noqa: E402
 from fsdistill.runtime import device_name, library_versions, resolve_device, seed_everything  # noqa: E402
 from fsdistill.train.episodes import load_support_tensors  # noqa: E402
@@ -243,18 +243,25 @@ def finetuned_baseline(support: Path, heldout: Path, cfg: AdaptCfg) -> dict[str,
     return {**best, "miou_by_lr": {str(lr): r["miou"] for lr, r in tried.items()}}
 
 
+class _BaselineRunner(Runner):
+    """A fitted :class:`FineTunedBaseline` as a predict/evaluate backend, so it is decoded, batched and scored
+    exactly as our models are (``api.confusion_on_folder``)."""
+
+    def __init__(self, baseline: FineTunedBaseline, held, size: int, device: torch.device) -> None:
+        self.baseline, self.device, self.size = baseline, device, size
+        self.class_names, self.palette = held.class_names, held.palette
+
+    @torch.inference_mode()
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        spec = self.baseline.backbone.spec
+        return self.baseline.logits(normalize(images.to(self.device), spec.mean, spec.std))
+
+    def identity(self) -> dict:
+        return {"model": "fine-tuned FPN baseline"}
+
+
 def _evaluate_baseline(baseline: FineTunedBaseline, held, size: int, device: torch.device) -> dict[str, Any]:
-    matrix = ConfusionMatrix(len(held.class_names))
-    spec, batch_size = baseline.backbone.spec, 8
-    start = time.perf_counter()
-    for first in range(0, len(held), batch_size):
-        ids = range(first, min(first + batch_size, len(held)))
-        images = [held.load_image(i) for i in ids]
-        batch = torch.from_numpy(np.stack([resize_image(im, size) for im in images])).to(device)
-        logits = baseline.logits(normalize(batch, spec.mean, spec.std))
-        for i, image, out in zip(ids, images, logits):
-            matrix.update(held.load_mask(i), logits_to_mask(out, *image.shape[:2]))
-    seconds = time.perf_counter() - start
+    matrix, seconds = api.confusion_on_folder(_BaselineRunner(baseline, held, size, device), held, batch_size=8)
     ious = matrix.iou()
     return {
         "miou": matrix.miou(),

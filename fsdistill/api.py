@@ -25,7 +25,7 @@ from fsdistill.config import AdaptCfg, DistillCfg
 from fsdistill.data.discover import SupportIndex, discover
 from fsdistill.data.masks import IGNORE_INDEX
 from fsdistill.errors import CheckpointError, ConfigError, DataError, FsdistillError
-from fsdistill.infer.predictor import PredictResult, Predictor, list_images, predict_files
+from fsdistill.infer.predictor import PredictResult, Predictor, Runner, list_images, predict_files
 from fsdistill.metrics import ConfusionMatrix
 from fsdistill.models.build import build_student, build_teacher, load_model, resolve_model_dir, save_model
 from fsdistill.models.teacher import DCAMATeacher
@@ -43,6 +43,7 @@ __all__ = [
     "adapt",
     "distill",
     "evaluate",
+    "confusion_on_folder",
     "predict",
     "count_images",
     "profile",
@@ -253,15 +254,7 @@ def evaluate(
     predictor = Predictor(loaded, resolve_device(device))
     if workers is None:
         workers = _decode_workers(predictor.on_gpu)
-    matrix = ConfusionMatrix(len(loaded.class_names))
-    start = time.perf_counter()
-    # Ground-truth masks are read in the main process while workers decode the images for the model.
-    for i, prediction, error in predictor.iterate([s.image_path for s in index.samples], batch_size, workers):
-        if error is not None:
-            raise DataError(error)
-        matrix.update(index.load_mask(i, size=(prediction.shape[1], prediction.shape[0])), prediction)
-        if on_progress:
-            on_progress(1)
+    matrix, seconds = confusion_on_folder(predictor, index, batch_size, workers, on_progress)
     if not matrix.matrix[1:].any():
         raise DataError(
             f"All {len(index)} masks in {data_dir} are empty: no pixel has a foreground class, so IoU is undefined; "
@@ -273,8 +266,30 @@ def evaluate(
         images=len(index),
         iou={name: (None if np.isnan(v) else float(v)) for name, v in zip(loaded.class_names, ious)},
         miou=matrix.miou(),
-        seconds=time.perf_counter() - start,
+        seconds=seconds,
     )
+
+
+def confusion_on_folder(
+    runner: Runner,
+    index: SupportIndex,
+    batch_size: int = 8,
+    workers: int = 0,
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[ConfusionMatrix, float]:
+    """``runner``'s masks against a labelled folder's, at each image's original resolution: (confusion matrix,
+    seconds taken). Any :class:`Runner` (a model, a baseline) is scored the same way; an unreadable image raises
+    DataError."""
+    matrix = ConfusionMatrix(len(index.class_names))
+    start = time.perf_counter()
+    # Ground-truth masks are read in the main process while workers decode the images for the model.
+    for i, prediction, error in runner.iterate([s.image_path for s in index.samples], batch_size, workers):
+        if error is not None:
+            raise DataError(error)
+        matrix.update(index.load_mask(i, size=(prediction.shape[1], prediction.shape[0])), prediction)
+        if on_progress:
+            on_progress(1)
+    return matrix, time.perf_counter() - start
 
 
 PREDICT_BACKENDS = ("torch", "onnx")
