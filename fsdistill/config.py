@@ -72,6 +72,16 @@ class ModelCfg(_Strict):
         description="light only: kernel of the shared stride-4 skip projection; None = the decoder's default (light "
         "1: commutes with upsampling, ~17x cheaper than 3, same held-out mIoU in docs/benchmarks.md; dcama 3)",
     )
+    mixer_stride: Literal[4, 8] | None = Field(
+        None,
+        description="light only: where the per-class 3x3 mixer convs run; None = the decoder's default (8: at stride "
+        "8, only a 1x1 conv per class at stride 4, half the head's cost at 5 classes; 4: the fsdistill 0.1 layout)",
+    )
+    conv5_kernel: Literal[1, 3] | None = Field(
+        None,
+        description="light only: kernel of conv5, the ConvMerge conv at stride 8 (the largest per-class conv); None = "
+        "the decoder's default (1; 3 = the fsdistill 0.1 light layout)",
+    )
     full_resolution: bool = Field(True, description="dcama only: the paper's mixer schedule up to the input size; False = stride 4")
     student_width: int | None = Field(
         8,
@@ -92,6 +102,11 @@ class ModelCfg(_Strict):
             raise ValueError(f"decoder_width must be a multiple of {multiple} for the {self.decoder} decoder, got {self.decoder_width}")
         if self.decoder == "dcama" and self.skip_kernel not in (None, 3):
             raise ValueError("skip_kernel 1 needs the light decoder; the paper's dcama decoder has a 3x3 skip conv")
+        if self.decoder == "dcama" and (self.mixer_stride is not None or self.conv5_kernel is not None):
+            raise ValueError("mixer_stride and conv5_kernel are light-decoder options; the paper's dcama decoder has "
+                             "its own layout")
+        if self.decoder == "light" and self.skip_kernel == 3 and self.mixer_stride != 4:
+            raise ValueError("skip_kernel 3 exists only with mixer_stride 4 (the fsdistill 0.1 light layout)")
         return self
 
     @field_validator("size")

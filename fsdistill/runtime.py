@@ -24,6 +24,7 @@ __all__ = [
     "device_name",
     "ensure_writable_dir",
     "write_atomic",
+    "inference_memory_format",
 ]
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
@@ -50,6 +51,17 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "mps" and not mps_ok:
         raise DeviceError("MPS was requested but is not available here; use --device cpu or auto.")
     return torch.device(name)
+
+
+def inference_memory_format(device: torch.device, kind: str) -> torch.memory_format:
+    """The tensor layout a ``kind`` ("student" / "teacher") model runs in on ``device`` at inference.
+
+    On the CPU, oneDNN convolutions take channels-last tensors without reordering every layer's input and output:
+    the Lite0 student at 384 px took 40.5 instead of 54.1 ms per image at one class, 44.6 instead of 61.9 at five
+    (same logits within 1e-5). The teacher (attention over flattened tokens) and GPU paths keep the default.
+    Predict, evaluate and profile all follow this rule, so profile times what predict runs.
+    """
+    return torch.channels_last if device.type == "cpu" and kind == "student" else torch.contiguous_format
 
 
 def device_name(device: torch.device) -> str:

@@ -188,14 +188,16 @@ def shaken_multi_student(tiny_multi_run, tmp_path_factory) -> Path:
     """``tiny_multi_run``'s student with its decoder and ConvDist weights shaken (seeded), saved as an artifact.
 
     Two training steps leave the tiny student predicting background everywhere, which makes any comparison of
-    two prediction runs trivially equal; shaken, it predicts all four classes on small synthetic images.
+    two prediction runs trivially equal; shaken, it predicts all four classes on small synthetic images (the
+    seed is one that does for the default decoder; the tests that use it assert so, so a seed that stops doing it
+    fails loudly rather than making them vacuous).
     """
     import torch
 
     from fsdistill.models.build import load_model, save_model
 
     loaded = load_model(tiny_multi_run.run_dir, kind="student")
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, param in loaded.model.named_parameters():
             if not name.startswith("backbone."):

@@ -112,6 +112,20 @@ def test_api_tiny_grid(tmp_path):
     assert ratios["student_max_over_min"] >= 1.0
 
 
+def test_student_and_backbone_are_timed_in_predicts_layout(tmp_path):
+    """On the CPU predict runs the student channels-last: profile times student and backbone the same way, on
+    copies, so the teacher (sharing the backbone in random mode) keeps the default layout."""
+    from fsdistill.runtime import inference_memory_format
+
+    cpu = torch.device("cpu")
+    assert inference_memory_format(cpu, "student") == torch.channels_last
+    assert inference_memory_format(cpu, "teacher") == torch.contiguous_format
+    result = api.profile(ProfileCfg(**{**TINY, "ways": 1, "shots": 1}, warmup=0, out=tmp_path / "p"), quiet=True)
+    rows = result.data["rows"]
+    assert {r["memory_format"] for r in rows if r["model"] in ("student", "backbone")} == {"channels_last"}
+    assert all("memory_format" not in r for r in rows if r["model"] == "teacher")
+
+
 def test_cli_tiny_grid_no_cache(tmp_path):
     out = tmp_path / "cli"
     args = ["profile", "--backbone", "test-resnet", "--size", "64", "--ways", "2", "--shots", "5", "--warmup", "1",

@@ -28,7 +28,7 @@ from fsdistill.data.masks import read_index_mask, write_index_png
 from fsdistill.data.transforms import logits_to_mask, normalize, resize_image, to_chw_tensor
 from fsdistill.errors import DataError, FsdistillError
 from fsdistill.models.build import LoadedModel
-from fsdistill.runtime import ensure_writable_dir, raise_if_interrupted, write_atomic
+from fsdistill.runtime import ensure_writable_dir, inference_memory_format, raise_if_interrupted, write_atomic
 
 __all__ = ["list_images", "Runner", "Predictor", "PredictResult", "predict_files", "MANIFEST_NAME"]
 
@@ -179,10 +179,7 @@ class Predictor(Runner):
         self.size = loaded.size
         self.class_names = loaded.class_names
         self.palette = loaded.palette
-        # On the CPU, oneDNN convolutions take channels-last tensors without reordering every layer's input and
-        # output: the Lite0 student at 384 px took 40.5 instead of 54.1 ms per image at one class, 44.6 instead of
-        # 61.9 at five (same logits within 1e-5). The teacher keeps the default layout.
-        self.channels_last = device.type == "cpu" and loaded.kind == "student"
+        self.channels_last = inference_memory_format(device, loaded.kind) == torch.channels_last
         if self.channels_last:
             self.loaded.model.to(memory_format=torch.channels_last)
 

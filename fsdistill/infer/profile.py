@@ -35,6 +35,7 @@ shows the cell running, its estimated time and the estimated time left.
 
 from __future__ import annotations
 
+import copy
 import csv
 import gc
 import io
@@ -56,7 +57,15 @@ from fsdistill.config import ModelCfg, load_config
 from fsdistill.errors import ConfigError
 from fsdistill.models.backbone import DEFAULT_BACKBONE, backbone_spec
 from fsdistill.models.decoder import DECODERS
-from fsdistill.runtime import device_name, library_versions, progress, resolve_device, seed_everything, write_atomic
+from fsdistill.runtime import (
+    device_name,
+    inference_memory_format,
+    library_versions,
+    progress,
+    resolve_device,
+    seed_everything,
+    write_atomic,
+)
 
 __all__ = [
     "SHOT_STEPS",
@@ -388,6 +397,20 @@ class _Models:
     backbone: nn.Module
     teacher: nn.Module | None
     student: nn.Module | None
+    _pair: tuple[nn.Module | None, nn.Module] | None = None
+
+    def inference_pair(self, layout: torch.memory_format) -> tuple[nn.Module | None, nn.Module]:
+        """(student, backbone) in ``layout``: the models themselves in the default layout, else one copy made on
+        first use (the teacher shares the backbone in random mode and keeps its own layout)."""
+        if layout == torch.contiguous_format:
+            return self.student, self.backbone
+        if self._pair is None:
+            if self.student is not None:
+                student = copy.deepcopy(self.student).to(memory_format=layout)
+                self._pair = (student, student.backbone)
+            else:
+                self._pair = (None, copy.deepcopy(self.backbone).to(memory_format=layout))
+        return self._pair
 
 
 def _params(module: nn.Module | None) -> int:
@@ -830,8 +853,11 @@ def _row(model: str, ways: int, shots: int, m: _Measure, params: int, batch: int
 
 def _measure_pair(models: _Models, ways: int, shots: int, query: Tensor, runner: _Runner, est: _Estimator,
                   data: dict) -> None:
-    """Student and bare backbone of one cell, run alternately (the backbone alone without a student)."""
-    student, backbone = models.student, models.backbone
+    """Student and bare backbone of one cell, run alternately (the backbone alone without a student), both in
+    the layout predict runs the student in (:meth:`_Models.inference_pair`)."""
+    layout = inference_memory_format(query.device, "student")
+    student, backbone = models.inference_pair(layout)
+    query = query.contiguous(memory_format=layout)
     fns: dict[str, Callable[[], Any]] = {}
     if student is not None:
         fns["student"] = lambda: student(query)
@@ -844,13 +870,19 @@ def _measure_pair(models: _Models, ways: int, shots: int, query: Tensor, runner:
             est.add(name, ways, shots, m.stats()["p50_ms"])
     if student is not None:
         m = measured["student"]
-        extra = {"weights_mb": round(_weights_mb(student), 1), "student_width": getattr(student, "width_arg", None)}
+        extra = {"weights_mb": round(_weights_mb(student), 1), "student_width": getattr(student, "width_arg", None),
+                 "memory_format": _layout_name(layout)}
         data["rows"].append(_row("student", ways, shots, m, _params(student), query.shape[0], **extra))
     m = measured["backbone"]
     data["rows"].append(
         _row("backbone", ways, shots, m, _params(backbone), query.shape[0], weights_mb=round(_weights_mb(backbone), 1),
-             note=m.note or "the student's backbone alone, run alternately with the student in this cell")
+             note=m.note or "the student's backbone alone, run alternately with the student in this cell",
+             memory_format=_layout_name(layout))
     )
+
+
+def _layout_name(layout: torch.memory_format) -> str:
+    return "channels_last" if layout == torch.channels_last else "contiguous"
 
 
 def _measure_teacher(models: _Models, ways: int, shots: int, query: Tensor, supports: _Supports, cfg: ProfileCfg,

@@ -55,6 +55,8 @@ def build_teacher(cfg: ModelCfg, num_classes: int, pretrained: bool = True) -> D
         mixer_widths=cfg.mixer_widths,
         full_resolution=cfg.full_resolution,
         skip_kernel=cfg.skip_kernel,
+        mixer_stride=cfg.mixer_stride,
+        conv5_kernel=cfg.conv5_kernel,
     )
 
 
@@ -184,10 +186,16 @@ def load_model(path: Path, kind: str | None = None) -> LoadedModel:
     args = config["model_args"]
     backbone = create_backbone(spec.name, pretrained=False, **spec.model_args)
     decoder_args = {
-        k: args[k] for k in ("decoder", "decoder_width", "mixer_widths", "full_resolution", "skip_kernel") if k in args
+        k: args[k]
+        for k in ("decoder", "decoder_width", "mixer_widths", "full_resolution", "skip_kernel", "mixer_stride", "conv5_kernel")
+        if k in args
     }
     if decoder_args.get("decoder") == "light":
-        decoder_args.setdefault("skip_kernel", 3)  # light artifacts written by fsdistill 0.1 store no kernel: they had 3x3
+        # Light artifacts written before these keys existed: the first ones had a 3×3 skip, all a stride-4 mixer
+        # and a 3×3 conv5.
+        decoder_args.setdefault("skip_kernel", 3)
+        decoder_args.setdefault("mixer_stride", 4)
+        decoder_args.setdefault("conv5_kernel", 3)
     if config["kind"] == "teacher":
         model: nn.Module = DCAMATeacher(
             backbone,

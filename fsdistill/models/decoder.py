@@ -5,10 +5,11 @@ the reference checkpoints, reference.md §1.3, §4, so official weights import b
 mean the same in both):
 
 * :class:`DCAMADecoder`, the paper's (3 convs per mapper/merge block, 128 channels, mixer up to the input size);
-* :class:`LightDecoder`, one conv per block, 32 channels, all per-class work at stride ≥ 4. The paper's decoder
-  costs ~11 GFLOP *per class* at 384 px, 5× the whole EfficientNet-Lite0 backbone, so the student's latency grew
-  with the number of classes; the light one costs ~170 MFLOP per class (with the student's ConvDist blocks
-  ~185 MFLOP, 9% of the backbone's operations, ~1 ms on 2 CPU cores).
+* :class:`LightDecoder`, one conv per block, 32 channels, per-class 3×3 convs at stride ≥ 8 and only pointwise
+  layers per class at stride 4. The paper's decoder costs ~11 GFLOP *per class* at 384 px, 5× the whole
+  EfficientNet-Lite0 backbone, so the student's latency grew with the number of classes; the light layout of
+  fsdistill 0.1 (three 3×3 convs per class at stride 4, 3×3 conv5) ~184 MFLOP per student class; this one
+  (``mixer_stride`` 8, ``conv5_kernel`` 1) ~68 MFLOP (3.4% of the backbone), its ConvDist blocks included.
 
 Coarse maps arrive per *group* (one group per class, or per class and voting chunk): the class-independent skip
 features are computed once per image and shared by every group.
@@ -54,6 +55,12 @@ class _CoarseMapDecoder(nn.Module):
     width: int
     output_stride: int
     mixer1: nn.Sequential
+
+    def mixer_parameters(self) -> list[nn.Parameter]:
+        """The "mixer" trainable group: mixer1–3, any skip projection, and the coarse-map prior's scale."""
+        skips = [m for name, m in self.named_children() if name.startswith("skip_proj")]
+        modules = [self.mixer1, *skips, self.mixer2, self.mixer3]
+        return [p for m in modules for p in m.parameters()] + [self.prior_scale]
 
     def _init_prior(self) -> None:
         # Our addition: a coarse-map prior added to the foreground logit, scale * (mean coarse map - class prior).
@@ -185,22 +192,33 @@ class DCAMADecoder(_CoarseMapDecoder):
 
 
 class LightDecoder(_CoarseMapDecoder):
-    """The DCAMA decoder's data flow with one conv per block and every per-class layer at stride ≥ 4.
+    """The DCAMA decoder's data flow with one conv per block and only pointwise per-class work at stride 4.
 
     Same stages as :class:`DCAMADecoder`: mapper (conv1–3, one Conv3×3 → GroupNorm → ReLU per stage) → merge
-    (conv4 at stride 16, conv5 at stride 8) → mixer1 (its coarse half at stride 8, then upsampled and added to the
-    shared skip half at stride 4) → mixer2 → mixer3, giving stride-4 logits. Per class at 384 px this is ~170 MFLOP
-    against ~11 GFLOP for the paper's decoder; the shared skip half is computed once per image.
+    (conv4 at stride 16, conv5 at stride 8) → mixer1 → mixer2 → mixer3, giving stride-4 logits. The shared skip
+    features (the last stride-8 and stride-4 query maps, 1×1-projected) are computed once per image.
+
+    Two mixer layouts (``mixer_stride``):
+
+    * 8 (default): mixer1 (Conv3×3 width→M1, plus the projected stride-8 skip, ReLU) and mixer2 (Conv3×3 M1→M2,
+      ReLU) run at stride 8; the result is upsampled, the projected stride-4 skip added, ReLU, and mixer3 is a
+      Conv1×1 M2→2 at stride 4. Every per-class 3×3 conv runs on a quarter of the pixels; the stride-4 query map
+      still decides each output pixel through the pointwise layer.
+    * 4 (fsdistill 0.1): mixer1's coarse half at stride 8, upsampled and added to the shared skip half at stride
+      4, then three Conv3×3 at stride 4 (mixer1's second conv, mixer2, mixer3). ``skip_kernel`` 3 is the 3×3 slice
+      of ``mixer1.0`` that the first 0.1 artifacts hold, 1 the 1×1 ``skip_proj`` (commutes with upsampling).
+
+    ``conv5_kernel`` 1 (default) makes conv5, the largest per-class conv (width² at stride 8), pointwise: its
+    neighbourhood comes from conv3 and conv4 before it and mixer1/mixer2 after it. 3 = the 0.1 layout.
+    Measured on both example cases before it became the default (docs/benchmarks.md): a width of 16 instead of
+    32 cost the brain teacher 0.27 mIoU at K = 10 with the stride-8 mixer, so the width stays 32.
 
     Args:
         num_layers, skip_channels: as :class:`DCAMADecoder`. width: mapper/merge channels (32).
-        mixer: mixer1 output, mixer1 second conv / mixer2 input, mixer2 output widths (16, 16, 16; on the CPU
-            16-channel convs ran faster than 8-channel ones: the head took 10.3 vs 13.2 ms for 5 classes).
-        skip_kernel: kernel of the shared skip projection. 1 (default): a 1×1 conv ``skip_proj``, which commutes
-            with bilinear upsampling, so the stride-8 map is projected before it is upsampled: ~10 MFLOP per image
-            at 384 px instead of the 3×3's ~170 (15% of the whole EfficientNet-Lite0 backbone); the per-class 3×3
-            mixers after it still see each pixel's neighbours. 3: the 3×3 slice of ``mixer1.0`` that artifacts
-            written by fsdistill 0.1 hold.
+        mixer: mixer widths M1, M2 (and, in the stride-4 layout, M3): (16, 16, 16). On the CPU 16-channel convs ran
+            faster than 8-channel ones (head 10.3 vs 13.2 ms for 5 classes).
+        skip_kernel: stride-4 layout only: 1 (1×1 ``skip_proj``) or 3 (the slice of ``mixer1.0``).
+        mixer_stride: 8 or 4, see above. conv5_kernel: 1 or 3, see above.
     """
 
     def __init__(
@@ -210,35 +228,62 @@ class LightDecoder(_CoarseMapDecoder):
         width: int = 32,
         mixer: tuple[int, int, int] = (16, 16, 16),
         skip_kernel: int = 1,
+        mixer_stride: int = 8,
+        conv5_kernel: int = 1,
     ) -> None:
         super().__init__()
+        if conv5_kernel not in (1, 3):
+            raise ValueError(f"conv5_kernel must be 1 or 3, got {conv5_kernel}")
         if skip_kernel not in (1, 3):
             raise ValueError(f"skip_kernel must be 1 or 3, got {skip_kernel}")
+        if mixer_stride not in (4, 8):
+            raise ValueError(f"mixer_stride must be 4 or 8, got {mixer_stride}")
+        if mixer_stride == 8 and skip_kernel != 1:
+            raise ValueError("skip_kernel 3 exists only in the stride-4 mixer layout (mixer_stride 4)")
         n2, n3, n4 = num_layers
         self.width = width
         self.mixer_widths = tuple(mixer)
         self.skip_kernel = skip_kernel
+        self.mixer_stride = mixer_stride
+        self.conv5_kernel = conv5_kernel
         self.output_stride = 4
         self.conv1 = _conv_gn_relu([n4, width], [3])
         self.conv2 = _conv_gn_relu([n3, width], [3])
         self.conv3 = _conv_gn_relu([n2, width], [3])
         self.conv4 = _conv_gn_relu([width, width], [3])
-        self.conv5 = _conv_gn_relu([width, width], [3])
+        self.conv5 = _conv_gn_relu([width, width], [conv5_kernel])
         c4, c8 = skip_channels
         m1, m2, m3 = mixer
-        if skip_kernel == 3:
-            self.mixer1 = _conv_relu([width + c8 + c4, m1, m2], final_relu=True)
-        else:
-            # mixer1.0 keeps only the coarse half (its bias lives in skip_proj, added once per image).
-            self.mixer1 = _conv_relu([width, m1, m2], final_relu=True)
+        if mixer_stride == 8:
+            # The biases of mixer1.0 and of the stride-4 layer live in the skip projections (added once per image).
+            self.mixer1 = _conv_relu([width, m1], final_relu=True)
             self.mixer1[0].register_parameter("bias", None)
-            self.skip_proj = nn.Conv2d(c8 + c4, m1, 1)
-        self.mixer2 = _conv_relu([m2, m3], final_relu=True)
-        self.mixer3 = _conv_relu([m3, 2], final_relu=False)
+            self.mixer2 = _conv_relu([m1, m2], final_relu=True)
+            self.skip_proj8 = nn.Conv2d(c8, m1, 1)
+            self.skip_proj4 = nn.Conv2d(c4, m2, 1)
+            self.mixer3 = nn.Sequential(nn.Conv2d(m2, 2, 1))
+        else:
+            if skip_kernel == 3:
+                self.mixer1 = _conv_relu([width + c8 + c4, m1, m2], final_relu=True)
+            else:
+                # mixer1.0 keeps only the coarse half (its bias lives in skip_proj, added once per image).
+                self.mixer1 = _conv_relu([width, m1, m2], final_relu=True)
+                self.mixer1[0].register_parameter("bias", None)
+                self.skip_proj = nn.Conv2d(c8 + c4, m1, 1)
+            self.mixer2 = _conv_relu([m2, m3], final_relu=True)
+            self.mixer3 = _conv_relu([m3, 2], final_relu=False)
         self._init_prior()
 
-    def skip_features(self, skip4: Tensor, skip8: Tensor) -> Tensor:
-        """Class-independent part of mixer1's input, once per image: B×C4×H/4×W/4, B×C8×H/8×W/8 → B×M1×H/4×W/4."""
+    def skip_features(self, skip4: Tensor, skip8: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        """Class-independent part of the mixer's input, once per image.
+
+        Args:
+            skip4: B×C4×H/4×W/4, skip8: B×C8×H/8×W/8 (the last query maps of levels 0 and 1).
+        Returns:
+            stride-8 layout: (B×M2×H/4×W/4, B×M1×H/8×W/8); stride-4 layout: B×M1×H/4×W/4.
+        """
+        if self.mixer_stride == 8:
+            return self.skip_proj4(skip4), self.skip_proj8(skip8)
         if self.skip_kernel == 3:
             return super().skip_features(skip4, skip8)
         c8 = skip8.shape[1]
@@ -246,18 +291,26 @@ class LightDecoder(_CoarseMapDecoder):
         up8 = F.interpolate(F.conv2d(skip8, weight[:, :c8]), size=skip4.shape[-2:], mode="bilinear", align_corners=True)
         return F.conv2d(skip4, weight[:, c8:], bias) + up8
 
-    def forward(self, coarse: list[Tensor], skip: Tensor, prior: Tensor | None = None) -> Tensor:
-        """Same contract as :meth:`DCAMADecoder.forward`; returns (B·G)×2×H/4×W/4 logits."""
+    def forward(self, coarse: list[Tensor], skip: Tensor | tuple[Tensor, Tensor], prior: Tensor | None = None) -> Tensor:
+        """Same contract as :meth:`DCAMADecoder.forward` (``skip`` from :meth:`skip_features`); returns
+        (B·G)×2×H/4×W/4 logits."""
         cm2, cm3, cm4 = coarse
         x3 = self.conv2(cm3) + F.interpolate(self.conv1(cm4), size=cm3.shape[-2:], mode="bilinear", align_corners=True)
         x = self.conv4(x3)
         x = self.conv3(cm2) + F.interpolate(x, size=cm2.shape[-2:], mode="bilinear", align_corners=True)
         x = self.conv5(x)
-        # mixer1's first conv is linear: its coarse half runs at stride 8 on `width` channels and only its
-        # M1-channel result is upsampled, instead of upsampling `width` channels and convolving at stride 4.
-        x = F.conv2d(x, self.mixer1[0].weight[:, : self.width], None, padding=1)
-        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=True)
-        x = self.mixer2(self.mixer1[1:](self._add_skip(x, skip)))
+        if self.mixer_stride == 8:
+            skip4, skip8 = skip
+            x = self.mixer1[1](self._add_skip(self.mixer1[0](x), skip8))
+            x = self.mixer2(x)
+            x = F.interpolate(x, size=skip4.shape[-2:], mode="bilinear", align_corners=True)
+            x = torch.relu(self._add_skip(x, skip4))
+        else:
+            # mixer1's first conv is linear: its coarse half runs at stride 8 on `width` channels and only its
+            # M1-channel result is upsampled, instead of upsampling `width` channels and convolving at stride 4.
+            x = F.conv2d(x, self.mixer1[0].weight[:, : self.width], None, padding=1)
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=True)
+            x = self.mixer2(self.mixer1[1:](self._add_skip(x, skip)))
         return self._with_prior(self.mixer3(x), coarse, prior)
 
     def arguments(self) -> dict:
@@ -267,6 +320,8 @@ class LightDecoder(_CoarseMapDecoder):
             "decoder_width": self.width,
             "mixer_widths": list(self.mixer_widths),
             "skip_kernel": self.skip_kernel,
+            "mixer_stride": self.mixer_stride,
+            "conv5_kernel": self.conv5_kernel,
         }
 
 

@@ -150,7 +150,7 @@ class DCAMATeacher(nn.Module):
         backbone: frozen feature extractor with ``spec.channels`` / ``spec.num_blocks`` per level.
         num_classes: foreground classes N.
         decoder: "dcama" (the paper's) or "light" (see :mod:`fsdistill.models.decoder`); decoder_width /
-            mixer_widths / skip_kernel None = that decoder's defaults.
+            mixer_widths / skip_kernel / mixer_stride / conv5_kernel None = that decoder's defaults.
     Logits come at the decoder's ``output_stride`` (1 = the input size, 4 = a quarter of it).
     """
 
@@ -168,6 +168,8 @@ class DCAMATeacher(nn.Module):
         mixer_widths: tuple[int, int, int] | None = None,
         full_resolution: bool = True,
         skip_kernel: int | None = None,
+        mixer_stride: int | None = None,
+        conv5_kernel: int | None = None,
     ) -> None:
         super().__init__()
         spec = backbone.spec
@@ -187,9 +189,16 @@ class DCAMATeacher(nn.Module):
         if decoder == "dcama":
             if skip_kernel not in (None, 3):
                 raise ValueError("the dcama decoder's skip conv is 3x3 (the paper's); skip_kernel 1 needs decoder 'light'")
+            if mixer_stride is not None or conv5_kernel is not None:
+                raise ValueError("mixer_stride and conv5_kernel are light-decoder options; the dcama decoder has the paper's layout")
             self.decoder = DCAMADecoder(**shape, **sizes, full_resolution=full_resolution)
         elif decoder == "light":
-            self.decoder = LightDecoder(**shape, **sizes, **({} if skip_kernel is None else {"skip_kernel": skip_kernel}))
+            layout = {
+                k: v
+                for k, v in (("skip_kernel", skip_kernel), ("mixer_stride", mixer_stride), ("conv5_kernel", conv5_kernel))
+                if v is not None
+            }
+            self.decoder = LightDecoder(**shape, **sizes, **layout)
         else:
             raise ValueError(f"unknown decoder {decoder!r}; choose one of {sorted(DECODERS)}")
 
@@ -244,10 +253,11 @@ class DCAMATeacher(nn.Module):
             1×N×2×h×w (background, foreground) per class at the decoder's output stride; absent classes hold zeros
             (merge_classes masks them).
         """
-        skip = self.decoder.skip_features(query[0][-1], query[1][-1])
-        scale = 4 // self.decoder.output_stride  # skip features are at stride 4
-        out_size = (skip.shape[-2] * scale, skip.shape[-1] * scale)
-        logits = skip.new_zeros(1, self.num_classes, 2, *out_size)
+        skip4 = query[0][-1]  # the stride-4 query map
+        skip = self.decoder.skip_features(skip4, query[1][-1])
+        scale = 4 // self.decoder.output_stride
+        out_size = (skip4.shape[-2] * scale, skip4.shape[-1] * scale)
+        logits = skip4.new_zeros(1, self.num_classes, 2, *out_size)
         classes = present.nonzero().flatten()
         if classes.numel():
             decoded = self.decoder([c[classes] for c in coarse], skip, self.class_prior(support, classes))

@@ -47,13 +47,7 @@ def teacher_groups(teacher: DCAMATeacher) -> dict[str, list[nn.Parameter]]:
         "mapper": [*d.conv1.parameters(), *d.conv2.parameters(), *d.conv3.parameters()],
         "merge": [*d.conv4.parameters(), *d.conv5.parameters()],
         "attention": list(teacher.blocks.parameters()),
-        "mixer": [
-            *d.mixer1.parameters(),
-            *(d.skip_proj.parameters() if hasattr(d, "skip_proj") else ()),
-            *d.mixer2.parameters(),
-            *d.mixer3.parameters(),
-            d.prior_scale,
-        ],
+        "mixer": d.mixer_parameters(),
     }
     assert set(groups) == set(TRAINABLE_GROUPS)
     return groups
