@@ -124,6 +124,7 @@ def test_student_and_backbone_are_timed_in_predicts_layout(tmp_path):
     rows = result.data["rows"]
     assert {r["memory_format"] for r in rows if r["model"] in ("student", "backbone")} == {"channels_last"}
     assert all("memory_format" not in r for r in rows if r["model"] == "teacher")
+    assert "memory layout: student and backbone channels_last" in (tmp_path / "p" / "profile.md").read_text()
 
 
 def test_cli_tiny_grid_no_cache(tmp_path):

@@ -881,6 +881,11 @@ def _measure_pair(models: _Models, ways: int, shots: int, query: Tensor, runner:
     )
 
 
+def _pair_layout(data: dict[str, Any]) -> str:
+    names = {r.get("memory_format") for r in data["rows"] if r["model"] in ("student", "backbone")}
+    return ", ".join(sorted(n for n in names if n)) or "contiguous"
+
+
 def _layout_name(layout: torch.memory_format) -> str:
     return "channels_last" if layout == torch.channels_last else "contiguous"
 
@@ -1015,6 +1020,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         f"{data.get('load_average_end')} (above the thread count, other work shared the cores: timings are inflated)",
         f"- latency = median (p50) ms per run of one batch; memory = peak MB; "
         "student and backbone runs alternate within a cell",
+        f"- memory layout: student and backbone {_pair_layout(data)} (as predict runs the student), teacher default",
         "",
         "| ways | shots | teacher ms | teacher MB | student ms | student MB | backbone ms | backbone MB | teacher / student |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
