@@ -35,12 +35,14 @@ def _randomised(decoder):
     return decoder.eval()
 
 
+FAST = {"mixer_stride": 8, "conv5_kernel": 1}  # the light decoder's fast layout
+
 DECODER_CASES = {
     "dcama": lambda: DCAMADecoder((2, 3, 4), (8, 16), width=32, mixer=(16, 8, 8)),
     "dcama-stride4": lambda: DCAMADecoder((2, 3, 4), (8, 16), width=32, mixer=(16, 8, 8), full_resolution=False),
     "light": lambda: LightDecoder((2, 3, 4), (8, 16)),
-    "light-stride4": lambda: LightDecoder((2, 3, 4), (8, 16), mixer_stride=4, conv5_kernel=3),
-    "light-skip3": lambda: LightDecoder((2, 3, 4), (8, 16), skip_kernel=3, mixer_stride=4, conv5_kernel=3),
+    "light-fast": lambda: LightDecoder((2, 3, 4), (8, 16), **FAST),
+    "light-skip3": lambda: LightDecoder((2, 3, 4), (8, 16), skip_kernel=3),
 }
 
 
@@ -93,26 +95,25 @@ def _per_class_flops(decoder_name: str, **model_args) -> tuple[int, int]:
 
 
 def test_light_decoder_cost_per_class_is_small_next_to_the_backbone() -> None:
-    """The reason for the light decoder, as an operation count (deterministic, unlike a timing): with the default
-    stride-8 mixer each extra class adds < 4% of the backbone's FLOPs (ConvDist at width 8 included), under half
-    of what the 0.1 layout (stride-4 mixer, width 32) adds, against several backbones' worth for the paper's
-    decoder."""
+    """The reason for the light decoder, as an operation count (deterministic, unlike a timing): each extra class
+    adds < 10% of the backbone's FLOPs (ConvDist at width 8 included; measured 9.4%), < 4% in the fast layout
+    (measured 3.4%), against several backbones' worth for the paper's decoder."""
     backbone = build_teacher(ModelCfg(size=384), 1, pretrained=False).backbone
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         backbone(torch.randn(1, 3, 384, 384))
     backbone_flops = counter.get_total_flops()
     one, five = _per_class_flops("light")
-    assert (five - one) / 4 < 0.04 * backbone_flops
-    one_old, five_old = _per_class_flops("light", mixer_stride=4, conv5_kernel=3)
-    assert (five - one) < 0.5 * (five_old - one_old)
+    assert (five - one) / 4 < 0.10 * backbone_flops
+    one_fast, five_fast = _per_class_flops("light", **FAST)
+    assert (five_fast - one_fast) / 4 < 0.04 * backbone_flops
     one_paper, five_paper = _per_class_flops("dcama")
     assert (five_paper - one_paper) / 4 > 2 * backbone_flops
 
 
 def test_stride8_mixer_is_pointwise_in_the_stride4_skip() -> None:
-    """In the default layout all per-class 3×3 convs run at stride 8: a change of the stride-4 query map at one
-    pixel changes the logits at that pixel only (the stride-4 layout spreads it to a 7×7 neighbourhood)."""
-    decoder = _randomised(LightDecoder((2, 3, 4), (8, 16)))
+    """In the fast layout all per-class 3×3 convs run at stride 8: a change of the stride-4 query map at one
+    pixel changes the logits at that pixel only (the default stride-4 layout spreads it to a 7×7 neighbourhood)."""
+    decoder = _randomised(LightDecoder((2, 3, 4), (8, 16), **FAST))
     coarse, skip4, skip8 = _decoder_inputs(groups=2, batch=1, seed=3)
     bumped = skip4.clone()
     bumped[..., 7, 9] += 3.0
@@ -148,9 +149,10 @@ def test_focal_loss_upsamples_coarse_logits_like_prediction() -> None:
     torch.testing.assert_close(focal_loss(logits, target), focal_loss(up, target))
 
 
-def test_light_student_artifact_round_trip(tmp_path) -> None:
+@pytest.mark.parametrize("layout", [{}, FAST])
+def test_light_student_artifact_round_trip(tmp_path, layout) -> None:
     torch.manual_seed(0)
-    teacher = build_teacher(ModelCfg(backbone="test-resnet", size=SIZE, decoder="light"), 2, pretrained=False)
+    teacher = build_teacher(ModelCfg(backbone="test-resnet", size=SIZE, decoder="light", **layout), 2, pretrained=False)
     student = _randomised(build_student(teacher, 4))
     path = save_model(
         tmp_path / "student",
@@ -165,6 +167,7 @@ def test_light_student_artifact_round_trip(tmp_path) -> None:
     loaded = load_model(path)
     assert isinstance(loaded.model.decoder, LightDecoder)
     assert loaded.config["model_args"]["decoder"] == "light"
+    assert loaded.model.decoder.arguments() == student.decoder.arguments()
     images = torch.randn(2, 3, SIZE, SIZE)
     with torch.no_grad():
         assert torch.equal(loaded.logits(images), student(images))
@@ -183,7 +186,6 @@ def test_light_student_artifact_round_trip(tmp_path) -> None:
         ({"decoder": "dcama", "conv5_kernel": 1}, "light-decoder options"),
         ({"decoder": "light", "conv5_kernel": 5}, "conv5_kernel"),
         ({"decoder": "light", "skip_kernel": 3, "mixer_stride": 8}, "skip_kernel 3 exists only with mixer_stride 4"),
-        ({"decoder": "light", "skip_kernel": 3}, "skip_kernel 3 exists only with mixer_stride 4"),
     ],
 )
 def test_decoder_config_errors(model, message, tmp_path) -> None:
@@ -200,7 +202,7 @@ def test_light_decoder_width_need_not_be_a_multiple_of_32() -> None:
 def test_light_skip_projection_is_a_1x1_conv_over_the_upsampled_skip_maps() -> None:
     """The 1×1 projection runs on the stride-8 map before upsampling it; that must equal the plain definition
     (upsample, concatenate, 1×1 conv), which is what makes it ~17× cheaper at no change of function."""
-    decoder = _randomised(LightDecoder((2, 3, 4), (8, 16), mixer_stride=4))
+    decoder = _randomised(LightDecoder((2, 3, 4), (8, 16)))
     _, skip4, skip8 = _decoder_inputs(groups=1, batch=2, seed=7)
     up8 = F.interpolate(skip8, size=skip4.shape[-2:], mode="bilinear", align_corners=True)
     plain = decoder.skip_proj(torch.cat([up8, skip4], dim=1))
@@ -210,7 +212,7 @@ def test_light_skip_projection_is_a_1x1_conv_over_the_upsampled_skip_maps() -> N
 
 
 @pytest.mark.parametrize(
-    "layout", [{}, {"mixer_stride": 4, "conv5_kernel": 3}, {"mixer_stride": 4, "skip_kernel": 3}, {"decoder": "dcama"}]
+    "layout", [{}, FAST, {"skip_kernel": 3}, {"decoder": "dcama"}]
 )
 def test_every_decoder_parameter_is_in_a_trainable_group(layout) -> None:
     cfg = ModelCfg(backbone="test-resnet", size=SIZE, **{"decoder": "light", **layout})
@@ -223,7 +225,7 @@ def test_every_decoder_parameter_is_in_a_trainable_group(layout) -> None:
 def test_light_artifacts_of_version_0_1_load_with_their_3x3_skip(tmp_path, monkeypatch) -> None:
     """fsdistill 0.1 stored no skip_kernel (its light decoder had the 3×3 skip): such artifacts must still load."""
     torch.manual_seed(0)
-    cfg = ModelCfg(backbone="test-resnet", size=SIZE, decoder="light", skip_kernel=3, mixer_stride=4, conv5_kernel=3)
+    cfg = ModelCfg(backbone="test-resnet", size=SIZE, decoder="light", skip_kernel=3)
     student = _randomised(build_student(build_teacher(cfg, 1, pretrained=False), 4))
     legacy_arguments = lambda self: {"decoder": "light", "decoder_width": self.width, "mixer_widths": list(self.mixer_widths)}
     with monkeypatch.context() as patch:
@@ -243,7 +245,7 @@ def test_light_artifacts_of_version_0_1_load_with_their_3x3_skip(tmp_path, monke
 def test_light_artifacts_without_mixer_stride_load_with_the_stride4_mixer(tmp_path, monkeypatch) -> None:
     """Artifacts written before mixer_stride existed (1×1 skip, stride-4 mixer, 3×3 conv5) load bit-exactly."""
     torch.manual_seed(0)
-    cfg = ModelCfg(backbone="test-resnet", size=SIZE, decoder="light", mixer_stride=4, conv5_kernel=3)
+    cfg = ModelCfg(backbone="test-resnet", size=SIZE, decoder="light")
     student = _randomised(build_student(build_teacher(cfg, 2, pretrained=False), 4))
     without_stride = lambda self: {"decoder": "light", "decoder_width": self.width,
                                    "mixer_widths": list(self.mixer_widths), "skip_kernel": self.skip_kernel}

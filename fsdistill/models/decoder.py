@@ -5,11 +5,11 @@ the reference checkpoints, reference.md §1.3, §4, so official weights import b
 mean the same in both):
 
 * :class:`DCAMADecoder`, the paper's (3 convs per mapper/merge block, 128 channels, mixer up to the input size);
-* :class:`LightDecoder`, one conv per block, 32 channels, per-class 3×3 convs at stride ≥ 8 and only pointwise
-  layers per class at stride 4. The paper's decoder costs ~11 GFLOP *per class* at 384 px, 5× the whole
-  EfficientNet-Lite0 backbone, so the student's latency grew with the number of classes; the light layout of
-  fsdistill 0.1 (three 3×3 convs per class at stride 4, 3×3 conv5) ~184 MFLOP per student class; this one
-  (``mixer_stride`` 8, ``conv5_kernel`` 1) ~68 MFLOP (3.4% of the backbone), its ConvDist blocks included.
+* :class:`LightDecoder`, one conv per block, 32 channels, every per-class layer at stride ≥ 4. The paper's
+  decoder costs ~11 GFLOP *per class* at 384 px, 5× the whole EfficientNet-Lite0 backbone, so the student's
+  latency grew with the number of classes; the light one costs ~184 MFLOP per student class (its ConvDist blocks
+  included: 9.4% of the backbone). Its fast layout (``mixer_stride`` 8, ``conv5_kernel`` 1: per-class 3×3 convs
+  only at stride ≥ 8) costs ~68 MFLOP (3.4%) but lost held-out mIoU on the brain case, so it is an option.
 
 Coarse maps arrive per *group* (one group per class, or per class and voting chunk): the class-independent skip
 features are computed once per image and shared by every group.
@@ -192,7 +192,7 @@ class DCAMADecoder(_CoarseMapDecoder):
 
 
 class LightDecoder(_CoarseMapDecoder):
-    """The DCAMA decoder's data flow with one conv per block and only pointwise per-class work at stride 4.
+    """The DCAMA decoder's data flow with one conv per block and every per-class layer at stride ≥ 4.
 
     Same stages as :class:`DCAMADecoder`: mapper (conv1–3, one Conv3×3 → GroupNorm → ReLU per stage) → merge
     (conv4 at stride 16, conv5 at stride 8) → mixer1 → mixer2 → mixer3, giving stride-4 logits. The shared skip
@@ -200,25 +200,25 @@ class LightDecoder(_CoarseMapDecoder):
 
     Two mixer layouts (``mixer_stride``):
 
-    * 8 (default): mixer1 (Conv3×3 width→M1, plus the projected stride-8 skip, ReLU) and mixer2 (Conv3×3 M1→M2,
-      ReLU) run at stride 8; the result is upsampled, the projected stride-4 skip added, ReLU, and mixer3 is a
-      Conv1×1 M2→2 at stride 4. Every per-class 3×3 conv runs on a quarter of the pixels; the stride-4 query map
-      still decides each output pixel through the pointwise layer.
-    * 4 (fsdistill 0.1): mixer1's coarse half at stride 8, upsampled and added to the shared skip half at stride
-      4, then three Conv3×3 at stride 4 (mixer1's second conv, mixer2, mixer3). ``skip_kernel`` 3 is the 3×3 slice
-      of ``mixer1.0`` that the first 0.1 artifacts hold, 1 the 1×1 ``skip_proj`` (commutes with upsampling).
-
-    ``conv5_kernel`` 1 (default) makes conv5, the largest per-class conv (width² at stride 8), pointwise: its
-    neighbourhood comes from conv3 and conv4 before it and mixer1/mixer2 after it. 3 = the 0.1 layout.
-    Measured on both example cases before it became the default (docs/benchmarks.md): a width of 16 instead of
-    32 cost the brain teacher 0.27 mIoU at K = 10 with the stride-8 mixer, so the width stays 32.
+    * 4 (default): mixer1's coarse half at stride 8, upsampled and added to the shared skip half at stride 4, then
+      three Conv3×3 at stride 4 (mixer1's second conv, mixer2, mixer3). ``skip_kernel`` 1 is the 1×1 ``skip_proj``
+      (commutes with upsampling, so the stride-8 map is projected before it is upsampled), 3 the 3×3 slice of
+      ``mixer1.0`` that the first 0.1 artifacts hold.
+    * 8 (the fast layout, with ``conv5_kernel`` 1): mixer1 (Conv3×3 width→M1, plus the projected stride-8 skip,
+      ReLU) and mixer2 (Conv3×3 M1→M2, ReLU) run at stride 8; the result is upsampled, the projected stride-4 skip
+      added, ReLU, and mixer3 is a Conv1×1 M2→2 at stride 4, so the stride-4 query map still decides each output
+      pixel. ``conv5_kernel`` 1 makes conv5, the largest per-class conv (width² at stride 8), pointwise.
+      ~68 instead of ~184 MFLOP per student class and about a third less head time at 5 classes, but held-out
+      mIoU (docs/benchmarks.md, one run each) stayed level on nuclei and fell on brain (K = 5 adapted teacher /
+      student 0.786 / 0.820 → 0.622 / 0.767), whose thin grey-matter ribbon needs 3×3 context at stride 4.
+      Width 16 with it cost the brain K = 10 teacher a further 0.27.
 
     Args:
         num_layers, skip_channels: as :class:`DCAMADecoder`. width: mapper/merge channels (32).
         mixer: mixer widths M1, M2 (and, in the stride-4 layout, M3): (16, 16, 16). On the CPU 16-channel convs ran
             faster than 8-channel ones (head 10.3 vs 13.2 ms for 5 classes).
         skip_kernel: stride-4 layout only: 1 (1×1 ``skip_proj``) or 3 (the slice of ``mixer1.0``).
-        mixer_stride: 8 or 4, see above. conv5_kernel: 1 or 3, see above.
+        mixer_stride: 4 or 8, conv5_kernel: 3 or 1, see above.
     """
 
     def __init__(
@@ -228,8 +228,8 @@ class LightDecoder(_CoarseMapDecoder):
         width: int = 32,
         mixer: tuple[int, int, int] = (16, 16, 16),
         skip_kernel: int = 1,
-        mixer_stride: int = 8,
-        conv5_kernel: int = 1,
+        mixer_stride: int = 4,
+        conv5_kernel: int = 3,
     ) -> None:
         super().__init__()
         if conv5_kernel not in (1, 3):
