@@ -48,6 +48,7 @@ def line(name, value, goal, ok):
 r = lite["ratios"]
 print(f"\n{lite['backbone']} {lite['size']} px on {lite['device']}: {lite_s} s wall (goal <= 900 s)")
 line("student latency max/min over the grid", r["student_max_over_min"], "<= 1.10", lambda v: v <= 1.10)
+line("  same, per-cell student/backbone (drift out)", r.get("student_paired_max_over_min"), "<= 1.10", lambda v: v <= 1.10)
 line("teacher/student at 5-way 50-shot", r["teacher_over_student"], ">= 50", lambda v: v >= 50)
 line("student/backbone at 5-way (largest cell)", r["student_over_backbone"], "<= 1.15", lambda v: v <= 1.15)
 line("student/backbone, worst cell", r["student_over_backbone_max"], "<= 1.15", lambda v: v <= 1.15)

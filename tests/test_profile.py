@@ -201,6 +201,19 @@ def test_ratios_from_rows():
     assert r["student_max_over_min"] == pytest.approx(12 / 11, abs=1e-3)
     assert r["teacher_over_student"] == 50.0
     assert r["student_over_backbone"] == 1.2
+    assert r["student_paired_max_over_min"] == pytest.approx(1.2 / 1.1, abs=1e-3)
+
+
+def test_paired_flatness_divides_out_machine_drift():
+    """A machine twice as slow in one cell doubles both student and backbone there: raw max/min sees 2×, the
+    paired ratio sees the student's own flatness."""
+    def row(model, w, s, ms):
+        return {"model": model, "ways": w, "shots": s, "p50_ms": ms, "status": "ok"}
+
+    rows = [row("backbone", 1, 1, 10.0), row("student", 1, 1, 11.0), row("backbone", 2, 1, 20.0), row("student", 2, 1, 23.0)]
+    r = headline_ratios(rows, 2, 1)
+    assert r["student_max_over_min"] == pytest.approx(23 / 11, abs=1e-3)
+    assert r["student_paired_max_over_min"] == pytest.approx(1.15 / 1.1, abs=1e-3)
 
 
 @pytest.mark.parametrize(

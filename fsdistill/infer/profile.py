@@ -959,6 +959,9 @@ def headline_ratios(rows: list[dict[str, Any]], ways: int, shots: int) -> dict[s
     - ``teacher_over_student``: teacher / student at the largest cell (ways, shots).
     - ``student_over_backbone``: student / bare backbone at the largest cell (measured alternately there); also
       the worst cell (``student_over_backbone_max``).
+    - ``student_paired_max_over_min``: max / min over the grid of each cell's student / backbone ratio. The
+      backbone does the same work in every cell, so this is the student's flatness with the machine's speed drift
+      between cells divided out (on a shared VM the bare backbone alone moved 1.6× between cells).
     """
 
     def p50(model: str, w: int, s: int | None = None) -> float | None:
@@ -978,6 +981,7 @@ def headline_ratios(rows: list[dict[str, Any]], ways: int, shots: int) -> dict[s
         "teacher_over_student": ratio(teacher, student),
         "student_over_backbone": ratio(student, backbone),
         "student_over_backbone_max": round(max(per_cell), 3) if per_cell else None,
+        "student_paired_max_over_min": round(max(per_cell) / min(per_cell), 3) if per_cell else None,
     }
 
 
@@ -1051,7 +1055,8 @@ def render_markdown(data: dict[str, Any]) -> str:
     cell = r.get("largest_cell", {})
     fmt = lambda x: "n/a" if x is None else f"{x:,.2f}×"  # noqa: E731
     lines += [
-        f"- student latency max / min over the grid: {fmt(r.get('student_max_over_min'))}",
+        f"- student latency max / min over the grid: {fmt(r.get('student_max_over_min'))} (per-cell student / "
+        f"backbone, max / min: {fmt(r.get('student_paired_max_over_min'))}, the machine's drift divided out)",
         f"- teacher / student at {cell.get('ways')}-way {cell.get('shots')}-shot: {fmt(r.get('teacher_over_student'))}",
         f"- student / bare backbone at {cell.get('ways')}-way: {fmt(r.get('student_over_backbone'))}"
         f" (worst cell {fmt(r.get('student_over_backbone_max'))})",
