@@ -15,6 +15,9 @@ The paper's speed/memory table, reproducible on any machine. For every cell of t
   with the student's (one call each per round) so both see the same machine load and the student/backbone
   ratio of a cell stays meaningful on a busy machine. It depends on neither ways nor shots.
 
+Student and backbone run in the memory layout predict runs the student in (channels-last on the CPU, see
+:func:`fsdistill.runtime.inference_memory_format`), on copies, so the teacher keeps the default layout.
+
 Timing: warm-up runs, then timed runs; CUDA events + synchronize on GPU, ``time.perf_counter`` elsewhere (with
 ``torch.mps.synchronize`` on MPS). Reported: median (p50), p95, mean and min in ms per run of one batch,
 throughput = batch_size / p50 in images/s. Slow cells follow a time policy so that a 5-way 50-shot grid stays
