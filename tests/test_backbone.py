@@ -125,7 +125,8 @@ def test_spec_round_trip_rebuilds_same_module() -> None:
 
 def _check_taps(backbone: Backbone, height: int, width: int) -> None:
     spec = backbone.spec
-    feats = backbone(torch.randn(2, 3, height, width))
+    images = torch.randn(2, 3, height, width)
+    feats = backbone(images)
     assert len(feats) == 4
     for level, maps in enumerate(feats):
         assert len(maps) == spec.num_blocks[level]
@@ -133,6 +134,12 @@ def _check_taps(backbone: Backbone, height: int, width: int) -> None:
         for m in maps:
             assert m.shape == (2, spec.channels[level], height // stride, width // stride)
             assert m.is_contiguous() and not m.requires_grad
+    # A channels-last batch (predict on the CPU) gets the same maps, dense in its own layout (no NCHW copies).
+    last = backbone(images.contiguous(memory_format=torch.channels_last))
+    for maps, maps_last in zip(feats, last):
+        for m, m_last in zip(maps, maps_last):
+            assert m_last.is_contiguous(memory_format=torch.channels_last) and not m_last.is_contiguous()
+            torch.testing.assert_close(m_last, m, rtol=1e-4, atol=1e-4)
 
 
 def test_lite0_taps(lite0: Backbone) -> None:

@@ -341,12 +341,17 @@ class Backbone(nn.Module):
 
         Returns:
             4 lists (levels at strides 4, 8, 16, 32); level ``l`` holds ``spec.num_blocks[l]`` maps, each
-            B×``spec.channels[l]``×H/s×W/s, NCHW contiguous.
+            B×``spec.channels[l]``×H/s×W/s, dense in the memory layout of ``x``: channels-last for a channels-last
+            batch (how predict runs the student on the CPU), NCHW contiguous otherwise.
         """
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a B×3×H×W batch, got shape {tuple(x.shape)}")
         self.check_size(x.shape[-2], x.shape[-1])
-        return [[m.contiguous() for m in level] for level in self._taps(x)]
+        # A channels-last batch keeps its layout: converting the 11 (Lite0) taps to NCHW only for the channels-last
+        # head to convert them back cost two copies per tap (Swin's permuted NHWC taps are channels-last already).
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        return [[m.contiguous(memory_format=layout) for m in level] for level in self._taps(x)]
 
     # Family hooks -------------------------------------------------------------------------------------------
     def _taps(self, x: Tensor) -> list[list[Tensor]]:
