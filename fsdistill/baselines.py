@@ -20,6 +20,7 @@ from fsdistill.data.masks import IGNORE_INDEX
 from fsdistill.data.transforms import FLIP_VIEWS, flip
 from fsdistill.models.teacher import one_hot_masks
 from fsdistill.train.episodes import SupportTensors, encode_batched
+from fsdistill.train.fit import lr_scheduler
 
 __all__ = ["PrototypeBaseline", "FPNHead", "FineTunedBaseline"]
 
@@ -142,6 +143,7 @@ class FineTunedBaseline:
         del cached
         encode_s = time.perf_counter() - start
         optimizer = torch.optim.AdamW(self.head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        scheduler = lr_scheduler(optimizer, cfg)  # the same schedule as adapt/distill
         order: list[int] = []
         losses: list[float] = []
         self.head.train()
@@ -157,12 +159,12 @@ class FineTunedBaseline:
             target = masks[index]
             logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
             loss = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
-            if not torch.isfinite(loss):  # every pixel of the batch ignored: nothing to learn from it
-                continue
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
+            if torch.isfinite(loss):  # else every pixel of the batch is ignored: nothing to learn from it
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+            scheduler.step()
         self.head.eval()
         self.stats = {
             "steps": cfg.steps,

@@ -43,6 +43,7 @@ DECODER_CASES = {
     "light": lambda: LightDecoder((2, 3, 4), (8, 16)),
     "light-fast": lambda: LightDecoder((2, 3, 4), (8, 16), **FAST),
     "light-skip3": lambda: LightDecoder((2, 3, 4), (8, 16), skip_kernel=3),
+    "light-separable": lambda: LightDecoder((2, 3, 4), (8, 16), mixer_conv="separable"),
 }
 
 
@@ -186,6 +187,9 @@ def test_light_student_artifact_round_trip(tmp_path, layout) -> None:
         ({"decoder": "dcama", "conv5_kernel": 1}, "light-decoder options"),
         ({"decoder": "light", "conv5_kernel": 5}, "conv5_kernel"),
         ({"decoder": "light", "skip_kernel": 3, "mixer_stride": 8}, "skip_kernel 3 exists only with mixer_stride 4"),
+        ({"decoder": "light", "mixer_conv": "grouped"}, "mixer_conv"),
+        ({"decoder": "dcama", "mixer_conv": "separable"}, "light-decoder options"),
+        ({"decoder": "light", "mixer_conv": "separable", "mixer_stride": 8}, "mixer_conv separable"),
     ],
 )
 def test_decoder_config_errors(model, message, tmp_path) -> None:
@@ -212,7 +216,7 @@ def test_light_skip_projection_is_a_1x1_conv_over_the_upsampled_skip_maps() -> N
 
 
 @pytest.mark.parametrize(
-    "layout", [{}, FAST, {"skip_kernel": 3}, {"decoder": "dcama"}]
+    "layout", [{}, FAST, {"skip_kernel": 3}, {"mixer_conv": "separable"}, {"decoder": "dcama"}]
 )
 def test_every_decoder_parameter_is_in_a_trainable_group(layout) -> None:
     cfg = ModelCfg(backbone="test-resnet", size=SIZE, **{"decoder": "light", **layout})

@@ -339,3 +339,45 @@ def test_adapt_without_steps_trains_and_records_the_folder_budget(tiny_data, tmp
     assert seen == [expected]
     assert yaml.safe_load((result.run_dir / "config.resolved.yaml").read_text())["train"]["steps"] == expected
     assert load_model(result.teacher_dir).config["train_config"]["train"]["steps"] == expected
+
+
+def test_cosine_schedule_decays_every_group_from_the_base_rate_towards_zero() -> None:
+    from fsdistill.config import TrainCfg
+    from fsdistill.train.fit import lr_scheduler
+
+    params = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
+    optimizer = torch.optim.AdamW([{"params": params[:1], "lr": 1.0}, {"params": params[1:], "lr": 0.1}])
+    scheduler = lr_scheduler(optimizer, TrainCfg(steps=4, lr_schedule="cosine"))
+    seen = []
+    for _ in range(4):
+        seen.append([g["lr"] for g in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    factors = [0.5 * (1 + math.cos(math.pi * t / 4)) for t in range(4)]
+    assert [lr for pair in seen for lr in pair] == pytest.approx([lr for f in factors for lr in (f, 0.1 * f)])
+    constant = torch.optim.AdamW(params, lr=0.5)
+    flat = lr_scheduler(constant, TrainCfg(steps=4))
+    for _ in range(4):
+        constant.step()
+        flat.step()
+    assert constant.param_groups[0]["lr"] == 0.5
+
+
+def test_focal_loss_with_gamma_zero_is_cross_entropy() -> None:
+    from fsdistill.train.losses import focal_loss
+
+    logits = torch.randn(2, 3, 8, 8)
+    target = torch.randint(0, 3, (2, 8, 8))
+    target[0, 0, :4] = 255
+    ce = torch.nn.functional.cross_entropy(logits, target, ignore_index=255)
+    torch.testing.assert_close(focal_loss(logits, target, gamma=0.0), ce)
+    assert focal_loss(logits, target, gamma=2.0) < ce  # the paper's γ down-weights confident pixels
+
+
+def test_training_options_reach_the_loop(tiny_data, tmp_path) -> None:
+    """lr_schedule and focal_gamma are recorded with the run; the cosine run ends with a rate of ~0."""
+    cfg = _adapt_cfg(tiny_data.binary, tmp_path / "run", steps=3, lr_schedule="cosine", focal_gamma=0.0)
+    result = api.adapt(cfg, quiet=True)
+    _finite_losses(result.stats)
+    saved = yaml.safe_load((result.run_dir / "config.resolved.yaml").read_text())["train"]
+    assert saved["lr_schedule"] == "cosine" and saved["focal_gamma"] == 0.0

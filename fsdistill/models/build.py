@@ -21,6 +21,7 @@ from fsdistill.checkpoint import is_artifact, load_artifact, save_artifact
 from fsdistill.config import ModelCfg
 from fsdistill.errors import CheckpointError
 from fsdistill.models.backbone import BackboneSpec, create_backbone
+from fsdistill.models.decoder import LEGACY_LIGHT_LAYOUT, LIGHT_LAYOUT
 from fsdistill.models.student import DistilledStudent
 from fsdistill.models.teacher import DCAMATeacher, SupportFeatures
 from fsdistill.runtime import library_versions
@@ -54,9 +55,7 @@ def build_teacher(cfg: ModelCfg, num_classes: int, pretrained: bool = True) -> D
         decoder_width=cfg.decoder_width,
         mixer_widths=cfg.mixer_widths,
         full_resolution=cfg.full_resolution,
-        skip_kernel=cfg.skip_kernel,
-        mixer_stride=cfg.mixer_stride,
-        conv5_kernel=cfg.conv5_kernel,
+        layout=cfg.decoder_layout(),
     )
 
 
@@ -185,17 +184,11 @@ def load_model(path: Path, kind: str | None = None) -> LoadedModel:
     spec = BackboneSpec.from_dict(config["backbone"])
     args = config["model_args"]
     backbone = create_backbone(spec.name, pretrained=False, **spec.model_args)
-    decoder_args = {
-        k: args[k]
-        for k in ("decoder", "decoder_width", "mixer_widths", "full_resolution", "skip_kernel", "mixer_stride", "conv5_kernel")
-        if k in args
-    }
+    decoder_args = {k: args[k] for k in ("decoder", "decoder_width", "mixer_widths", "full_resolution") if k in args}
+    layout = {k: args[k] for k in LIGHT_LAYOUT if k in args}
     if decoder_args.get("decoder") == "light":
-        # Light artifacts written before these keys existed: the first ones had a 3×3 skip, all a stride-4 mixer
-        # and a 3×3 conv5.
-        decoder_args.setdefault("skip_kernel", 3)
-        decoder_args.setdefault("mixer_stride", 4)
-        decoder_args.setdefault("conv5_kernel", 3)
+        layout = {**LEGACY_LIGHT_LAYOUT, **layout}  # options an older artifact did not record yet
+    decoder_args["layout"] = layout
     if config["kind"] == "teacher":
         model: nn.Module = DCAMATeacher(
             backbone,

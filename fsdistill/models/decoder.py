@@ -21,11 +21,52 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["DCAMADecoder", "LightDecoder", "DECODERS", "merge_classes", "ABSENT_LOGIT"]
+__all__ = [
+    "DCAMADecoder",
+    "LightDecoder",
+    "DECODERS",
+    "LIGHT_LAYOUT",
+    "LEGACY_LIGHT_LAYOUT",
+    "check_decoder_layout",
+    "merge_classes",
+    "ABSENT_LOGIT",
+]
 
 # A class with no support gets this finite fg logit: the reference uses -inf, which turns the loss into NaN when
 # no sampled support holds any class (reference.md §7.7).
 ABSENT_LOGIT = -1.0e4
+
+
+# The light decoder's layout options and their defaults; artifacts record them in their model arguments.
+LIGHT_LAYOUT = {"skip_kernel": 1, "mixer_stride": 4, "conv5_kernel": 3, "mixer_conv": "full"}
+# What a light artifact written before an option existed had: the first ones a 3×3 skip, all a stride-4 mixer of
+# full 3×3 convs and a 3×3 conv5.
+LEGACY_LIGHT_LAYOUT = {"skip_kernel": 3, "mixer_stride": 4, "conv5_kernel": 3, "mixer_conv": "full"}
+
+
+def check_decoder_layout(decoder: str, layout: dict) -> None:
+    """Raise ValueError (one sentence) unless ``layout`` (light-decoder options, unset ones omitted) fits ``decoder``.
+
+    The one rule behind ModelCfg's config error and the decoder's own check for library callers.
+    """
+    unknown = sorted(set(layout) - set(LIGHT_LAYOUT))
+    if unknown:
+        raise ValueError(f"unknown decoder layout option(s) {unknown}; choose from {list(LIGHT_LAYOUT)}")
+    if decoder == "dcama":
+        if layout.get("skip_kernel", 3) != 3:
+            raise ValueError("skip_kernel 1 needs the light decoder; the paper's dcama decoder has a 3x3 skip conv")
+        others = sorted(k for k in layout if k != "skip_kernel")
+        if others:
+            raise ValueError(f"{' and '.join(others)} are light-decoder options; the paper's dcama decoder has its own layout")
+        return
+    full = {**LIGHT_LAYOUT, **layout}
+    for key, allowed in (("skip_kernel", (1, 3)), ("mixer_stride", (4, 8)), ("conv5_kernel", (1, 3)), ("mixer_conv", ("full", "separable"))):
+        if full[key] not in allowed:
+            raise ValueError(f"{key} must be one of {', '.join(map(str, allowed))}, got {full[key]!r}")
+    if full["skip_kernel"] == 3 and full["mixer_stride"] == 8:
+        raise ValueError("skip_kernel 3 exists only with mixer_stride 4 (the fsdistill 0.1 light layout)")
+    if full["mixer_conv"] == "separable" and (full["mixer_stride"] != 4 or full["skip_kernel"] != 1):
+        raise ValueError("mixer_conv separable is a stride-4 mixer layout with the 1x1 skip (mixer_stride 4, skip_kernel 1)")
 
 
 def _conv_gn_relu(channels: list[int], kernels: list[int]) -> nn.Sequential:
@@ -36,10 +77,14 @@ def _conv_gn_relu(channels: list[int], kernels: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _conv_relu(channels: list[int], final_relu: bool) -> nn.Sequential:
+def _conv_relu(channels: list[int], final_relu: bool, separable: bool = False) -> nn.Sequential:
+    """Conv3×3 → ReLU per step; ``separable`` makes each a depthwise Conv3×3 (no bias) + pointwise Conv1×1."""
     layers: list[nn.Module] = []
     for i, (c_in, c_out) in enumerate(zip(channels[:-1], channels[1:])):
-        layers.append(nn.Conv2d(c_in, c_out, 3, padding=1))
+        if separable:
+            layers += [nn.Conv2d(c_in, c_in, 3, padding=1, groups=c_in, bias=False), nn.Conv2d(c_in, c_out, 1)]
+        else:
+            layers.append(nn.Conv2d(c_in, c_out, 3, padding=1))
         if final_relu or i < len(channels) - 2:
             layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
@@ -230,22 +275,19 @@ class LightDecoder(_CoarseMapDecoder):
         skip_kernel: int = 1,
         mixer_stride: int = 4,
         conv5_kernel: int = 3,
+        mixer_conv: str = "full",
     ) -> None:
         super().__init__()
-        if conv5_kernel not in (1, 3):
-            raise ValueError(f"conv5_kernel must be 1 or 3, got {conv5_kernel}")
-        if skip_kernel not in (1, 3):
-            raise ValueError(f"skip_kernel must be 1 or 3, got {skip_kernel}")
-        if mixer_stride not in (4, 8):
-            raise ValueError(f"mixer_stride must be 4 or 8, got {mixer_stride}")
-        if mixer_stride == 8 and skip_kernel != 1:
-            raise ValueError("skip_kernel 3 exists only in the stride-4 mixer layout (mixer_stride 4)")
+        check_decoder_layout(
+            "light", {"skip_kernel": skip_kernel, "mixer_stride": mixer_stride, "conv5_kernel": conv5_kernel, "mixer_conv": mixer_conv}
+        )
         n2, n3, n4 = num_layers
         self.width = width
         self.mixer_widths = tuple(mixer)
         self.skip_kernel = skip_kernel
         self.mixer_stride = mixer_stride
         self.conv5_kernel = conv5_kernel
+        self.mixer_conv = mixer_conv
         self.output_stride = 4
         self.conv1 = _conv_gn_relu([n4, width], [3])
         self.conv2 = _conv_gn_relu([n3, width], [3])
@@ -267,11 +309,13 @@ class LightDecoder(_CoarseMapDecoder):
                 self.mixer1 = _conv_relu([width + c8 + c4, m1, m2], final_relu=True)
             else:
                 # mixer1.0 keeps only the coarse half (its bias lives in skip_proj, added once per image).
-                self.mixer1 = _conv_relu([width, m1, m2], final_relu=True)
+                sep = mixer_conv == "separable"
+                self.mixer1 = nn.Sequential(*_conv_relu([width, m1], True), *_conv_relu([m1, m2], True, sep))
                 self.mixer1[0].register_parameter("bias", None)
                 self.skip_proj = nn.Conv2d(c8 + c4, m1, 1)
-            self.mixer2 = _conv_relu([m2, m3], final_relu=True)
-            self.mixer3 = _conv_relu([m3, 2], final_relu=False)
+            sep = mixer_conv == "separable"
+            self.mixer2 = _conv_relu([m2, m3], final_relu=True, separable=sep)
+            self.mixer3 = _conv_relu([m3, 2], final_relu=False, separable=sep)
         self._init_prior()
 
     def skip_features(self, skip4: Tensor, skip8: Tensor) -> Tensor | tuple[Tensor, Tensor]:
@@ -322,6 +366,7 @@ class LightDecoder(_CoarseMapDecoder):
             "skip_kernel": self.skip_kernel,
             "mixer_stride": self.mixer_stride,
             "conv5_kernel": self.conv5_kernel,
+            "mixer_conv": self.mixer_conv,
         }
 
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fsdistill.models.decoder import DECODERS, DCAMADecoder, LightDecoder, merge_classes
+from fsdistill.models.decoder import DECODERS, DCAMADecoder, LightDecoder, check_decoder_layout, merge_classes
 
 __all__ = ["DenseCrossAttention", "DCAMATeacher", "SupportFeatures", "sinusoidal_pe", "one_hot_masks"]
 
@@ -150,7 +150,8 @@ class DCAMATeacher(nn.Module):
         backbone: frozen feature extractor with ``spec.channels`` / ``spec.num_blocks`` per level.
         num_classes: foreground classes N.
         decoder: "dcama" (the paper's) or "light" (see :mod:`fsdistill.models.decoder`); decoder_width /
-            mixer_widths / skip_kernel / mixer_stride / conv5_kernel None = that decoder's defaults.
+            mixer_widths None = that decoder's defaults; layout: light-decoder layout options
+            (:data:`~fsdistill.models.decoder.LIGHT_LAYOUT`, unset ones omitted = their defaults).
     Logits come at the decoder's ``output_stride`` (1 = the input size, 4 = a quarter of it).
     """
 
@@ -167,9 +168,7 @@ class DCAMATeacher(nn.Module):
         decoder_width: int | None = None,
         mixer_widths: tuple[int, int, int] | None = None,
         full_resolution: bool = True,
-        skip_kernel: int | None = None,
-        mixer_stride: int | None = None,
-        conv5_kernel: int | None = None,
+        layout: dict | None = None,
     ) -> None:
         super().__init__()
         spec = backbone.spec
@@ -186,21 +185,14 @@ class DCAMATeacher(nn.Module):
         sizes = {k: v for k, v in (("width", decoder_width), ("mixer", mixer_widths)) if v is not None}
         if "mixer" in sizes:
             sizes["mixer"] = tuple(sizes["mixer"])
-        if decoder == "dcama":
-            if skip_kernel not in (None, 3):
-                raise ValueError("the dcama decoder's skip conv is 3x3 (the paper's); skip_kernel 1 needs decoder 'light'")
-            if mixer_stride is not None or conv5_kernel is not None:
-                raise ValueError("mixer_stride and conv5_kernel are light-decoder options; the dcama decoder has the paper's layout")
-            self.decoder = DCAMADecoder(**shape, **sizes, full_resolution=full_resolution)
-        elif decoder == "light":
-            layout = {
-                k: v
-                for k, v in (("skip_kernel", skip_kernel), ("mixer_stride", mixer_stride), ("conv5_kernel", conv5_kernel))
-                if v is not None
-            }
-            self.decoder = LightDecoder(**shape, **sizes, **layout)
-        else:
+        if decoder not in DECODERS:
             raise ValueError(f"unknown decoder {decoder!r}; choose one of {sorted(DECODERS)}")
+        layout = dict(layout or {})
+        check_decoder_layout(decoder, layout)
+        if decoder == "dcama":
+            self.decoder = DCAMADecoder(**shape, **sizes, full_resolution=full_resolution)
+        else:
+            self.decoder = LightDecoder(**shape, **sizes, **layout)
 
     # -- support side -------------------------------------------------------------------------------------------
     def prepare_support(self, feats: Features, masks: Tensor) -> SupportFeatures:

@@ -23,7 +23,7 @@ from fsdistill.runtime import progress, raise_if_interrupted
 from fsdistill.train.episodes import EpisodeSampler, FeatureCache
 from fsdistill.train.losses import coarse_mse, focal_loss
 
-__all__ = ["TrainStats", "teacher_groups", "set_trainable", "train"]
+__all__ = ["TrainStats", "teacher_groups", "set_trainable", "lr_scheduler", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,17 @@ def set_trainable(teacher: DCAMATeacher, names: list[str]) -> list[nn.Parameter]
     return params
 
 
+def lr_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainCfg) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step learning-rate factor of ``cfg.lr_schedule`` over ``cfg.steps`` steps (every parameter group).
+
+    cosine: factor ½(1 + cos(π·t/steps)) before step t, from 1 at the first step towards 0 at the last.
+    """
+    steps = max(int(cfg.steps or 1), 1)
+    if cfg.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t, steps) / steps)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 1.0)
+
+
 def train(
     teacher: DCAMATeacher,
     cache: FeatureCache,
@@ -95,6 +106,7 @@ def train(
     if not groups:
         raise ValueError("nothing to train: choose at least one trainable group")
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = lr_scheduler(optimizer, cfg)
     sampler = EpisodeSampler(cache.present, cfg.max_shots, cache.views, cfg.seed)
     attention_trains = any(p.requires_grad for p in teacher.blocks.parameters())
     teacher.train()
@@ -121,18 +133,18 @@ def train(
             t_target = torch.where(torch.isin(q_mask, absent_ids), torch.zeros_like(q_mask), q_mask)
             losses = {}
             if student is None:
-                losses["teacher"] = focal_loss(t_logits, t_target)
+                losses["teacher"] = focal_loss(t_logits, t_target, cfg.focal_gamma)
                 loss = losses["teacher"]
             else:
                 s_logits, coarse_s = student.forward_features(q_feats)
                 # The student always predicts every class, so its target is the full query mask (the reference
                 # reuses the teacher's episode-reduced target, teaching the student to miss absent classes).
-                losses["student"] = focal_loss(s_logits, q_mask)
+                losses["student"] = focal_loss(s_logits, q_mask, cfg.focal_gamma)
                 losses["mse"] = coarse_mse([c[0] for c in coarse_s], coarse_t, present)
                 if freeze_teacher:
                     loss = (losses["student"] + losses["mse"]) / 2
                 else:
-                    losses["teacher"] = focal_loss(t_logits, t_target)
+                    losses["teacher"] = focal_loss(t_logits, t_target, cfg.focal_gamma)
                     loss = (losses["teacher"] + losses["student"] + losses["mse"]) / 3
             if not math.isfinite(float(loss.detach())):
                 raise FloatingPointError(f"non-finite loss {float(loss.detach())} at step {stats.steps}")
@@ -142,6 +154,7 @@ def train(
                 totals[k] = totals.get(k, 0.0) + float(v.detach()) / cfg.episodes_per_step
             stats.episodes += 1
         optimizer.step()
+        scheduler.step()
         stats.steps += 1
         stats.history.append(totals)
         bar.set_postfix({k: f"{v:.3f}" for k, v in totals.items()})
