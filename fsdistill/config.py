@@ -86,7 +86,9 @@ class ModelCfg(_Strict):
     )
     mixer_conv: Literal["full", "separable"] | None = Field(
         None,
-        description="light only: the stride-4 mixer convs; full = Conv3x3, separable = depthwise Conv3x3 + Conv1x1",
+        description="light only: the stride-4 mixer convs; None = the decoder's default (full = Conv3x3); separable = "
+        "depthwise Conv3x3 + Conv1x1: ~112 instead of ~184 MFLOP per student class, same student mIoU, but a teacher "
+        "adapted on 2 brain images lost 0.2 (docs/benchmarks.md)",
     )
     full_resolution: bool = Field(True, description="dcama only: the paper's mixer schedule up to the input size; False = stride 4")
     student_width: int | None = Field(
