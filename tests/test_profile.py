@@ -252,3 +252,30 @@ def test_student_oom_keeps_backbone(tmp_path, monkeypatch):
                       ("backbone", 2): "ok", ("student", 2): "oom", ("teacher", 2): "ok"}
     backbone = next(r for r in data["rows"] if r["model"] == "backbone" and r["ways"] == 2)
     assert backbone["runs"] == 2 and backbone["warmup"] == 1
+
+
+def test_timed_runs_are_not_metered_for_memory():
+    """Metering trims the heap first, which would make each timed run fault its memory in again: only warm-up
+    calls are metered, or the first timed call of a cell without warm-up."""
+    import torch
+
+    from fsdistill.infer.profile import ProfileCfg, _Runner
+
+    class CountingMeter:
+        starts = 0
+
+        def start(self):
+            CountingMeter.starts += 1
+
+        def stop(self):
+            return 1.0
+
+    calls = []
+    runner = _Runner(ProfileCfg(warmup=1, runs=4), torch.device("cpu"), CountingMeter())
+    out = runner.measure({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, estimate_ms=1.0)
+    assert len(calls) == 10 and CountingMeter.starts == 2  # one metered warm-up call per model
+    assert all(len(m.times) == 4 and m.peak_mb == 1.0 for m in out.values())
+    CountingMeter.starts = 0
+    slow = _Runner(ProfileCfg(warmup=1, runs=4, slow_s=0.001, cell_budget_s=10.0), torch.device("cpu"), CountingMeter())
+    out = slow.measure({"a": lambda: calls.append("a")}, estimate_ms=5000.0)  # a slow cell: no warm-up
+    assert out["a"].warmup == 0 and CountingMeter.starts == 1 and out["a"].peak_mb == 1.0

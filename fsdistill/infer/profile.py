@@ -30,7 +30,10 @@ weights and cached support features. CPU: the growth of peak RSS over the RSS ju
 (activations and workspace only; teacher rows add ``support_cache_mb``, all rows ``weights_mb``). On Linux the
 peak is VmHWM from /proc/self/status after resetting it by writing "5" to /proc/self/clear_refs; where that is
 not permitted a background thread samples /proc/self/statm every 2 ms; elsewhere ``ru_maxrss`` growth (a lower
-bound: it cannot be reset). The method used is recorded as ``memory_method``.
+bound: it cannot be reset). The method used is recorded as ``memory_method``. Memory is metered on a cell's
+warm-up calls (in a cell without warm-up: its first timed call), never on the other timed calls: metering hands
+freed heap memory back to the OS first (malloc_trim), which would make every timed call fault its activations in
+again, while predict runs warm (:func:`fsdistill.runtime.retain_freed_memory`).
 
 The library never prints: progress goes to a tqdm bar (off a terminal or with ``quiet``: none) whose postfix
 shows the cell running, its estimated time and the estimated time left.
@@ -556,6 +559,7 @@ class _Measure:
     peak_mb: float
     warmup: int
     note: str = ""
+    metered: bool = False  # a call of this cell has been metered for memory
 
     def stats(self) -> dict[str, float | None]:
         if not self.times:
@@ -581,7 +585,7 @@ class _Runner:
 
     Several models given together (the student and the bare backbone) are run alternately, one call each per
     round, so that both see the same machine load and their ratio stays meaningful on a busy machine. Memory is
-    metered around every call separately (outside the timed region) and the cell reports the largest peak.
+    metered around each warm-up call separately (outside any timed region) and the cell reports the largest peak.
     """
 
     def __init__(self, cfg: ProfileCfg, device: torch.device, meter: MemoryMeter) -> None:
@@ -596,18 +600,26 @@ class _Runner:
         return 0, max(min(cfg.min_slow_runs, cfg.runs), min(cfg.runs, fit))
 
     def _call(self, name: str, fn: Callable[[], Any], m: _Measure, timed: bool) -> float:
-        self.meter.start()
+        # Memory is metered on warm-up calls (or, in a cell without warm-up, on its first timed call) only: the
+        # meter hands freed heap memory back to the OS first, so a metered call faults its memory in again, and
+        # the timed runs should be warm, as predict's are.
+        metered = not timed or not m.metered
+        if metered:
+            self.meter.start()
         try:
             t = _time_once(fn, self.device)
         except BaseException as exc:
-            m.peak_mb = max(m.peak_mb, self.meter.stop())
+            if metered:
+                m.peak_mb = max(m.peak_mb, self.meter.stop())
             if not is_oom(exc):
                 raise
             m.status, m.times = "oom", []
             m.note = f"out of memory: {str(exc).splitlines()[0][:160]}"
             _free(self.device)
             return 0.0
-        m.peak_mb = max(m.peak_mb, self.meter.stop())
+        if metered:
+            m.peak_mb = max(m.peak_mb, self.meter.stop())
+            m.metered = True
         if timed:
             m.times.append(t)
         else:
