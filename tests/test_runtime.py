@@ -13,42 +13,46 @@ from fsdistill import runtime
 
 GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
-# Repeated "forward passes" that allocate and free ~8 MB, counting the minor page faults of the second round.
+# Rounds of "forward passes" that allocate and free ~8 MB each; prints the minor page faults of two rounds.
 _PASSES = textwrap.dedent(
     """
-    import resource, sys, torch
+    import resource, torch
     torch.set_num_threads(1)
     from fsdistill import runtime
-    if sys.argv[1] == "on":
-        assert runtime.retain_freed_memory()
+    assert runtime.retain_freed_memory()
     x = torch.randn(1, 3, 256, 256)
     weight = torch.ones(8, 3, 3, 3)
-    def passes():
+    def faults_of_a_round():
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         for _ in range(3):
             maps = [torch.nn.functional.conv2d(x, weight, padding=1) * 2 for _ in range(4)]
             del maps
-    passes()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    passes()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    first, second = faults_of_a_round(), faults_of_a_round()
+    import ctypes
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # give the freed memory back: the next round must fault it in again
+    print(first, second, faults_of_a_round())
     """
 )
 
 
-def _second_round_faults(mode: str) -> int:
-    done = subprocess.run([sys.executable, "-c", _PASSES, mode], capture_output=True, text=True, timeout=120, check=True)
-    return int(done.stdout.strip().splitlines()[-1])
-
-
-@pytest.mark.skipif(not GLIBC, reason="M_TOP_PAD is a glibc setting")
+@pytest.mark.skipif(not GLIBC, reason="mallopt is a glibc function")
 def test_retained_memory_is_reused_without_page_faults() -> None:
-    """Without the setting every pass faults its activations in again (~2 k pages here); with it, almost none."""
-    default, retained = _second_round_faults("off"), _second_round_faults("on")
-    assert default > 1000
-    assert retained < default / 10
+    """The first round faults its memory in (thousands of pages); the next reuses it and faults almost none; after
+    malloc_trim hands the memory back, a round faults it all in again.
+
+    (Without the setting, whether a later round faults again depends on glibc's adaptive thresholds and on what
+    else sits on the heap: 6.5 k faults in a lone run, none inside the test suite, so only this side is tested;
+    the speed it buys is measured by benchmarks/predict_throughput.py.)
+    """
+    done = subprocess.run([sys.executable, "-c", _PASSES], capture_output=True, text=True, timeout=120, check=True)
+    first, second, after_trim = map(int, done.stdout.split()[-3:])
+    assert first > 1000
+    assert second < first / 10
+    assert after_trim > first / 2  # the count does see memory that was handed back (the check is not vacuous)
 
 
-@pytest.mark.skipif(not GLIBC, reason="M_TOP_PAD is a glibc setting")
+@pytest.mark.skipif(not GLIBC, reason="mallopt is a glibc function")
 def test_retain_freed_memory_is_idempotent_and_resolve_device_applies_it(monkeypatch) -> None:
     monkeypatch.setattr(runtime, "_retaining", False)
     runtime.resolve_device("cpu")
