@@ -1,8 +1,9 @@
 """Student latency on the CPU: onnxruntime (the exported ``.onnx``) against PyTorch, same weights, same threads.
 
 Exports the student with ``fsdistill.api.export`` (which also checks parity), then times the model forward alone
+(PyTorch in the memory layout and process set-up predict uses)
 on pre-normalised inputs (no decoding, resizing or upsampling: those are shared by both ``predict`` backends) at
-each batch size, alternating the two runtimes run by run so background load hits both alike. Reports median and
+each batch size, alternating the two runtimes in blocks of runs so background load hits both alike. Reports median and
 p95 milliseconds per batch and per image, and the PyTorch / onnxruntime speed-up.
 
     python benchmarks/onnx_latency.py [--model RUN_DIR] [--batch-sizes 1,4] [--runs 20] [--threads N]
@@ -31,9 +32,10 @@ from fsdistill.config import ModelCfg
 from fsdistill.data.transforms import normalize
 from fsdistill.infer.onnx import OnnxRunner
 from fsdistill.models.build import build_student, build_teacher, load_model, save_model
-from fsdistill.runtime import library_versions
+from fsdistill.runtime import inference_memory_format, library_versions
 
 ROOT = Path(__file__).resolve().parents[1]
+BLOCK = 5  # timed runs of one runtime in a row
 
 
 def random_student(directory: Path, cfg: ModelCfg) -> Path:
@@ -71,7 +73,10 @@ def main() -> None:
         model_dir = args.model or random_student(work / "student", ModelCfg())
         export = api.export(model_dir, work / "student.onnx", threads=threads, seed=args.seed)
         loaded = load_model(model_dir, kind="student")
-        model = loaded.model.to("cpu").eval()
+        # PyTorch as predict runs it: channels-last on the CPU (inference_memory_format), in a process that keeps
+        # freed memory (resolve_device, called by export above, applied runtime.retain_freed_memory).
+        layout = inference_memory_format(torch.device("cpu"), "student")
+        model = loaded.model.to("cpu").eval().to(memory_format=layout)
         runner = OnnxRunner(export.path, device="cpu", threads=threads)
         rng = np.random.default_rng(args.seed)
         rows = []
@@ -79,17 +84,23 @@ def main() -> None:
             images = torch.from_numpy(rng.integers(0, 256, (batch, 3, loaded.size, loaded.size), dtype=np.uint8))
             x = normalize(images, loaded.mean, loaded.std)
             x_np = np.ascontiguousarray(x.numpy())
+            x = x.contiguous(memory_format=layout)
             timings: dict[str, list[float]] = {"pytorch": [], "onnxruntime": []}
+            calls = {"pytorch": lambda: model(x), "onnxruntime": lambda: runner.run(x_np)}
             with torch.inference_mode():
-                for i in range(args.warmup + args.runs):
-                    for name in ("pytorch", "onnxruntime") if i % 2 == 0 else ("onnxruntime", "pytorch"):
-                        start = time.perf_counter()
-                        if name == "pytorch":
-                            model(x)
-                        else:
-                            runner.run(x_np)
-                        if i >= args.warmup:
-                            timings[name].append(1000 * (time.perf_counter() - start))
+                for name, call in calls.items():
+                    for _ in range(args.warmup):
+                        call()
+                # Blocks of BLOCK runs, the runtimes alternating block by block so background load hits both
+                # alike; the first run of a block is not recorded: both runtimes' thread pools spin for a while
+                # after a call and would slow the other runtime's next call.
+                while min(len(t) for t in timings.values()) < args.runs:
+                    for name, call in calls.items():
+                        for i in range(BLOCK + 1):
+                            start = time.perf_counter()
+                            call()
+                            if i:
+                                timings[name].append(1000 * (time.perf_counter() - start))
             row = {"batch_size": batch}
             for name, ms in timings.items():
                 row[name] = _stats(ms, batch)
