@@ -28,28 +28,28 @@ _PASSES = textwrap.dedent(
             maps = [torch.nn.functional.conv2d(x, weight, padding=1) * 2 for _ in range(4)]
             del maps
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-    first, second = faults_of_a_round(), faults_of_a_round()
+    faults_of_a_round(), faults_of_a_round()  # warm-up: one-time allocations (oneDNN kernels, thread pools)
+    steady = faults_of_a_round()
     import ctypes
     ctypes.CDLL("libc.so.6").malloc_trim(0)  # give the freed memory back: the next round must fault it in again
-    print(first, second, faults_of_a_round())
+    print(steady, faults_of_a_round())
     """
 )
 
 
 @pytest.mark.skipif(not GLIBC, reason="mallopt is a glibc function")
 def test_retained_memory_is_reused_without_page_faults() -> None:
-    """The first round faults its memory in (thousands of pages); the next reuses it and faults almost none; after
-    malloc_trim hands the memory back, a round faults it all in again.
+    """Once warm, a round reuses the memory it freed and faults almost no page in; after malloc_trim hands that
+    memory back, a round faults thousands of pages in again.
 
     (Without the setting, whether a later round faults again depends on glibc's adaptive thresholds and on what
     else sits on the heap: 6.5 k faults in a lone run, none inside the test suite, so only this side is tested;
     the speed it buys is measured by benchmarks/predict_throughput.py.)
     """
     done = subprocess.run([sys.executable, "-c", _PASSES], capture_output=True, text=True, timeout=120, check=True)
-    first, second, after_trim = map(int, done.stdout.split()[-3:])
-    assert first > 1000
-    assert second < first / 10
-    assert after_trim > first / 2  # the count does see memory that was handed back (the check is not vacuous)
+    steady, after_trim = map(int, done.stdout.split()[-2:])
+    assert after_trim > 1000  # the count sees memory that was handed back (the check is not vacuous)
+    assert steady < after_trim / 10
 
 
 @pytest.mark.skipif(not GLIBC, reason="mallopt is a glibc function")
