@@ -31,7 +31,7 @@ from fsdistill import api
 from fsdistill.config import ModelCfg
 from fsdistill.data.transforms import normalize
 from fsdistill.infer.onnx import OnnxRunner
-from fsdistill.models.build import build_student, build_teacher, load_model, save_model
+from fsdistill.models.build import build_student, build_teacher, for_inference, load_model, save_model
 from fsdistill.runtime import inference_memory_format, library_versions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,10 +73,10 @@ def main() -> None:
         model_dir = args.model or random_student(work / "student", ModelCfg())
         export = api.export(model_dir, work / "student.onnx", threads=threads, seed=args.seed)
         loaded = load_model(model_dir, kind="student")
-        # PyTorch as predict runs it: channels-last on the CPU (inference_memory_format), in a process that keeps
-        # freed memory (resolve_device, called by export above, applied runtime.retain_freed_memory).
+        # PyTorch as predict runs it (for_inference: batch norms folded, channels-last on the CPU), in a process
+        # that keeps freed memory (resolve_device, called by export above, applied runtime.retain_freed_memory).
         layout = inference_memory_format(torch.device("cpu"), "student")
-        model = loaded.model.to("cpu").eval().to(memory_format=layout)
+        model = for_inference(loaded.model.to("cpu").eval(), torch.device("cpu"), "student")
         runner = OnnxRunner(export.path, device="cpu", threads=threads)
         rng = np.random.default_rng(args.seed)
         rows = []

@@ -400,3 +400,50 @@ def test_test_names_never_download(monkeypatch) -> None:
 
     monkeypatch.setattr(timm, "create_model", no_download)
     assert create_backbone("test-swin").spec.source == "random init"
+
+
+# --- inference preparation -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, size, expected", [("efficientnet-lite0", 128, 45), ("test-resnet", 64, None), ("test-swin", 128, 0)])
+def test_folding_batchnorm_keeps_the_taps(name, size, expected) -> None:
+    """Every BN after a conv is folded into it (Lite0: all 45; Swin has none); the taps stay the same, activations
+    of timm's BatchNormAct2d included, and a second fold finds nothing left."""
+    backbone = _randomize_norms(create_backbone(name, pretrained=False))
+    gen = torch.Generator().manual_seed(1)
+    for m in backbone.modules():
+        if isinstance(m, nn.BatchNorm2d):  # running statistics away from the 0 / 1 of a fresh model
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+    bns = sum(isinstance(m, nn.BatchNorm2d) for m in backbone.modules())
+    images = torch.randn(2, 3, size, size)
+    before = backbone(images)
+    folded = copy.deepcopy(backbone)
+    count = folded.fold_batchnorm()
+    assert count == (bns if expected is None else expected) and count == bns
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    for maps, maps_folded in zip(before, folded(images)):
+        for m, m_folded in zip(maps, maps_folded):
+            torch.testing.assert_close(m_folded, m, rtol=1e-4, atol=1e-4 * float(m.abs().max()))
+    assert folded.fold_batchnorm() == 0
+
+
+def test_predictor_runs_the_student_folded_with_the_same_logits(tmp_path) -> None:
+    """predict/evaluate prepare their model with for_inference (folded BNs, predict's layout): same logits."""
+    from fsdistill.config import ModelCfg
+    from fsdistill.data.transforms import normalize
+    from fsdistill.infer.predictor import Predictor
+    from fsdistill.models.build import build_student, build_teacher, load_model, save_model
+
+    torch.manual_seed(0)
+    student = build_student(build_teacher(ModelCfg(backbone="test-resnet", size=64), 2, pretrained=False), 4).eval()
+    _randomize_norms(student.backbone)
+    path = save_model(tmp_path / "student", student, class_names=["background", "a", "b"],
+                      palette=[(0, 0, 0), (1, 1, 1), (2, 2, 2)], input_size=64, train_config={}, support_info={}, training={})
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    reference = load_model(path)
+    with torch.no_grad():
+        expected = reference.model(normalize(images, reference.mean, reference.std))
+    predictor = Predictor(load_model(path), torch.device("cpu"))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in predictor.loaded.model.modules())
+    torch.testing.assert_close(predictor.logits(images), expected, rtol=1e-4, atol=1e-4)

@@ -27,7 +27,7 @@ from fsdistill.data.images import IMAGE_SUFFIXES, read_image, read_image_reduced
 from fsdistill.data.masks import read_index_mask, write_index_png
 from fsdistill.data.transforms import logits_to_mask, normalize, resize_image, to_chw_tensor
 from fsdistill.errors import DataError, FsdistillError
-from fsdistill.models.build import LoadedModel
+from fsdistill.models.build import LoadedModel, for_inference
 from fsdistill.runtime import ensure_writable_dir, inference_memory_format, raise_if_interrupted, write_atomic
 
 __all__ = ["list_images", "Runner", "Predictor", "PredictResult", "predict_files", "MANIFEST_NAME"]
@@ -180,8 +180,7 @@ class Predictor(Runner):
         self.class_names = loaded.class_names
         self.palette = loaded.palette
         self.channels_last = inference_memory_format(device, loaded.kind) == torch.channels_last
-        if self.channels_last:
-            self.loaded.model.to(memory_format=torch.channels_last)
+        for_inference(self.loaded.model, device, loaded.kind)
 
     @torch.inference_mode()
     def logits(self, images: torch.Tensor) -> torch.Tensor:

@@ -15,8 +15,9 @@ The paper's speed/memory table, reproducible on any machine. For every cell of t
   with the student's (one call each per round) so both see the same machine load and the student/backbone
   ratio of a cell stays meaningful on a busy machine. It depends on neither ways nor shots.
 
-Student and backbone run in the memory layout predict runs the student in (channels-last on the CPU, see
-:func:`fsdistill.runtime.inference_memory_format`), on copies, so the teacher keeps the default layout.
+Student and backbone run as predict runs them (:func:`fsdistill.models.build.for_inference`: batch norms folded
+into their convs, channels-last on the CPU), on copies, so the teacher runs its model as it is; parameter counts
+and weight sizes are those of the artifact's (unfolded) modules.
 
 Timing: warm-up runs, then timed runs; CUDA events + synchronize on GPU, ``time.perf_counter`` elsewhere (with
 ``torch.mps.synchronize`` on MPS). Reported: median (p50), p95, mean and min in ms per run of one batch,
@@ -405,17 +406,18 @@ class _Models:
     student: nn.Module | None
     _pair: tuple[nn.Module | None, nn.Module] | None = None
 
-    def inference_pair(self, layout: torch.memory_format) -> tuple[nn.Module | None, nn.Module]:
-        """(student, backbone) in ``layout``: the models themselves in the default layout, else one copy made on
-        first use (the teacher shares the backbone in random mode and keeps its own layout)."""
-        if layout == torch.contiguous_format:
-            return self.student, self.backbone
+    def inference_pair(self, device: torch.device) -> tuple[nn.Module | None, nn.Module]:
+        """(student, backbone) as predict runs them on ``device`` (:func:`fsdistill.models.build.for_inference`:
+        batch norms folded, predict's memory layout): one copy made on first use, since the teacher shares the
+        backbone in random mode and runs it as it is."""
+        from fsdistill.models.build import for_inference
+
         if self._pair is None:
             if self.student is not None:
-                student = copy.deepcopy(self.student).to(memory_format=layout)
+                student = for_inference(copy.deepcopy(self.student), device, "student")
                 self._pair = (student, student.backbone)
             else:
-                self._pair = (None, copy.deepcopy(self.backbone).to(memory_format=layout))
+                self._pair = (None, for_inference(copy.deepcopy(self.backbone), device, "student"))
         return self._pair
 
 
@@ -868,10 +870,10 @@ def _row(model: str, ways: int, shots: int, m: _Measure, params: int, batch: int
 
 def _measure_pair(models: _Models, ways: int, shots: int, query: Tensor, runner: _Runner, est: _Estimator,
                   data: dict) -> None:
-    """Student and bare backbone of one cell, run alternately (the backbone alone without a student), both in
-    the layout predict runs the student in (:meth:`_Models.inference_pair`)."""
+    """Student and bare backbone of one cell, run alternately (the backbone alone without a student), both as
+    predict runs them (:meth:`_Models.inference_pair`)."""
     layout = inference_memory_format(query.device, "student")
-    student, backbone = models.inference_pair(layout)
+    student, backbone = models.inference_pair(query.device)
     query = query.contiguous(memory_format=layout)
     fns: dict[str, Callable[[], Any]] = {}
     if student is not None:
@@ -885,12 +887,13 @@ def _measure_pair(models: _Models, ways: int, shots: int, query: Tensor, runner:
             est.add(name, ways, shots, m.stats()["p50_ms"])
     if student is not None:
         m = measured["student"]
-        extra = {"weights_mb": round(_weights_mb(student), 1), "student_width": getattr(student, "width_arg", None),
+        extra = {"weights_mb": round(_weights_mb(models.student), 1), "student_width": getattr(student, "width_arg", None),
                  "memory_format": _layout_name(layout)}
-        data["rows"].append(_row("student", ways, shots, m, _params(student), query.shape[0], **extra))
+        data["rows"].append(_row("student", ways, shots, m, _params(models.student), query.shape[0], **extra))
     m = measured["backbone"]
     data["rows"].append(
-        _row("backbone", ways, shots, m, _params(backbone), query.shape[0], weights_mb=round(_weights_mb(backbone), 1),
+        _row("backbone", ways, shots, m, _params(models.backbone), query.shape[0],
+             weights_mb=round(_weights_mb(models.backbone), 1),
              note=m.note or "the student's backbone alone, run alternately with the student in this cell",
              memory_format=_layout_name(layout))
     )

@@ -353,6 +353,33 @@ class Backbone(nn.Module):
         layout = torch.channels_last if channels_last else torch.contiguous_format
         return [[m.contiguous(memory_format=layout) for m in level] for level in self._taps(x)]
 
+    @torch.no_grad()
+    def fold_batchnorm(self) -> int:
+        """Fold every BatchNorm that directly follows a conv into that conv's weight and bias, for inference.
+
+        A frozen backbone's batch norms are fixed per-channel affine maps, so ``conv → BN`` equals one conv with
+        rescaled weights and a bias (same taps up to float rounding); on the Lite0 backbone this drops ~45
+        operator calls per forward (its batch norms took ~3.4 of ~17.6 ms per image in predict on a 2-core CPU).
+        A BN with a fused activation (timm's ``BatchNormAct2d``) keeps its activation. Pairs are a conv child
+        immediately followed by a BN child in a module's definition order, which is their forward order in the
+        supported timm blocks (EfficientNet, ResNet; Swin has none). The module's state-dict keys change, so
+        this is for inference copies only, never for a model that is saved. Returns the number of BNs folded.
+        """
+        folded = 0
+        for module in list(self.model.modules()):
+            children = list(module.named_children())
+            for (_, conv), (bn_name, bn) in zip(children, children[1:]):
+                if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats):
+                    continue
+                scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # C_out
+                bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+                conv.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+                conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias, requires_grad=False)
+                after = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if m is not None]
+                setattr(module, bn_name, nn.Sequential(*after) if after else nn.Identity())
+                folded += 1
+        return folded
+
     # Family hooks -------------------------------------------------------------------------------------------
     def _taps(self, x: Tensor) -> list[list[Tensor]]:
         raise NotImplementedError

@@ -20,15 +20,16 @@ from torch import nn
 from fsdistill.checkpoint import is_artifact, load_artifact, save_artifact
 from fsdistill.config import ModelCfg
 from fsdistill.errors import CheckpointError
-from fsdistill.models.backbone import BackboneSpec, create_backbone
+from fsdistill.models.backbone import Backbone, BackboneSpec, create_backbone
 from fsdistill.models.decoder import LEGACY_LIGHT_LAYOUT, LIGHT_LAYOUT
 from fsdistill.models.student import DistilledStudent
 from fsdistill.models.teacher import DCAMATeacher, SupportFeatures
-from fsdistill.runtime import library_versions
+from fsdistill.runtime import inference_memory_format, library_versions
 
 __all__ = [
     "build_teacher",
     "build_student",
+    "for_inference",
     "LoadedModel",
     "save_model",
     "load_model",
@@ -57,6 +58,17 @@ def build_teacher(cfg: ModelCfg, num_classes: int, pretrained: bool = True) -> D
         full_resolution=cfg.full_resolution,
         layout=cfg.decoder_layout(),
     )
+
+
+def for_inference(model: nn.Module, device: torch.device, kind: str) -> nn.Module:
+    """Prepare, in place, a model that will only run inference on ``device``: its backbone's batch norms folded
+    into their convs (:meth:`~fsdistill.models.backbone.Backbone.fold_batchnorm`) and the memory layout predict
+    runs a ``kind`` model in (:func:`fsdistill.runtime.inference_memory_format`). Predict, evaluate and profile
+    all prepare their models here, so profile times what predict runs. Never save a model prepared this way:
+    its state-dict keys change. Returns ``model``."""
+    backbone = model if isinstance(model, Backbone) else model.backbone
+    backbone.fold_batchnorm()
+    return model.to(memory_format=inference_memory_format(device, kind))
 
 
 def build_student(teacher: DCAMATeacher, width: int | None) -> DistilledStudent:
