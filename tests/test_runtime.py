@@ -30,8 +30,7 @@ _PASSES = textwrap.dedent(
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     faults_of_a_round(), faults_of_a_round()  # warm-up: one-time allocations (oneDNN kernels, thread pools)
     steady = faults_of_a_round()
-    import ctypes
-    ctypes.CDLL("libc.so.6").malloc_trim(0)  # give the freed memory back: the next round must fault it in again
+    runtime.release_freed_memory()  # give the freed memory back: the next round must fault it in again
     print(steady, faults_of_a_round())
     """
 )

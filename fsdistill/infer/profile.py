@@ -66,6 +66,7 @@ from fsdistill.models.backbone import DEFAULT_BACKBONE, backbone_spec
 from fsdistill.models.decoder import DECODERS
 from fsdistill.runtime import (
     device_name,
+    release_freed_memory,
     inference_memory_format,
     library_versions,
     progress,
@@ -270,26 +271,6 @@ def _clear_refs_ok() -> bool:
         return False
 
 
-def _malloc_trim() -> None:
-    """Hand freed heap memory back to the OS (glibc) so that RSS growth is not hidden by memory freed earlier.
-
-    Without it glibc keeps the arenas of earlier cells mapped (its mmap threshold rises after large frees), a
-    later cell reuses them, and its RSS grows by nothing. No-op where glibc is absent.
-    """
-    global _LIBC
-    if _LIBC is None:
-        try:
-            import ctypes
-
-            _LIBC = ctypes.CDLL("libc.so.6")
-            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
-        except (OSError, AttributeError):
-            _LIBC = False
-    if _LIBC:
-        _LIBC.malloc_trim(0)
-
-
-_LIBC: Any = None
 
 
 class MemoryMeter:
@@ -337,7 +318,7 @@ class MemoryMeter:
 
     def start(self) -> None:
         if self._kind != "cuda":
-            _malloc_trim()
+            release_freed_memory()
         if self._kind == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
