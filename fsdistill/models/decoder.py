@@ -275,10 +275,10 @@ class LightDecoder(_CoarseMapDecoder):
         skip_channels: tuple[int, int],
         width: int = 32,
         mixer: tuple[int, int, int] = (16, 16, 16),
-        skip_kernel: int = 1,
-        mixer_stride: int = 4,
-        conv5_kernel: int = 3,
-        mixer_conv: str = "full",
+        skip_kernel: int = LIGHT_LAYOUT["skip_kernel"],
+        mixer_stride: int = LIGHT_LAYOUT["mixer_stride"],
+        conv5_kernel: int = LIGHT_LAYOUT["conv5_kernel"],
+        mixer_conv: str = LIGHT_LAYOUT["mixer_conv"],
     ) -> None:
         super().__init__()
         check_decoder_layout(
