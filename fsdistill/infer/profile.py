@@ -66,10 +66,10 @@ from fsdistill.models.backbone import DEFAULT_BACKBONE, backbone_spec
 from fsdistill.models.decoder import DECODERS
 from fsdistill.runtime import (
     device_name,
-    release_freed_memory,
     inference_memory_format,
     library_versions,
     progress,
+    release_freed_memory,
     resolve_device,
     seed_everything,
     write_atomic,
@@ -271,8 +271,6 @@ def _clear_refs_ok() -> bool:
         return False
 
 
-
-
 class MemoryMeter:
     """Peak memory around a block of work, in MB (see the module docstring for the methods)."""
 
@@ -317,12 +315,12 @@ class MemoryMeter:
             self._peak = max(self._peak, self._rss_mb())
 
     def start(self) -> None:
-        if self._kind != "cuda":
-            release_freed_memory()
         if self._kind == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-        elif self._kind == "vmhwm":
+            return
+        release_freed_memory()  # RSS growth would hide in memory freed by earlier cells
+        if self._kind == "vmhwm":
             with open("/proc/self/clear_refs", "w") as fh:
                 fh.write("5")
             self._base = (_proc_kb("VmRSS") or 0) / 2**10
