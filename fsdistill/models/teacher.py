@@ -249,12 +249,13 @@ class DCAMATeacher(nn.Module):
         skip = self.decoder.skip_features(skip4, query[1][-1])
         scale = 4 // self.decoder.output_stride
         out_size = (skip4.shape[-2] * scale, skip4.shape[-1] * scale)
-        logits = skip4.new_zeros(1, self.num_classes, 2, *out_size)
         classes = present.nonzero().flatten()
-        if classes.numel():
-            decoded = self.decoder([c[classes] for c in coarse], skip, self.class_prior(support, classes))
-            logits = logits.index_copy(1, classes, decoded[None])
-        return logits
+        if not classes.numel():
+            return skip4.new_zeros(1, self.num_classes, 2, *out_size)
+        decoded = self.decoder([c[classes] for c in coarse], skip, self.class_prior(support, classes))
+        # Zeros of the decoder's dtype: under CUDA autocast the features are bf16 but the decoder's output float.
+        logits = decoded.new_zeros(1, self.num_classes, 2, *out_size)
+        return logits.index_copy(1, classes, decoded[None])
 
     def decode_episode(self, query: Features, support: SupportFeatures, coarse: list[Tensor], present: Tensor) -> Tensor:
         """Merged 1×(N+1)×H×W logits of one query from its coarse maps (see :meth:`class_logits`)."""
