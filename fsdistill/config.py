@@ -7,7 +7,7 @@ not a silently ignored setting. The resolved configuration is saved with every r
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -15,11 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from fsdistill.errors import ConfigError
 from fsdistill.models.decoder import LIGHT_LAYOUT, check_decoder_layout
 
+if TYPE_CHECKING:
+    from fsdistill.train.budget import PlateauStop
+
 __all__ = [
     "TRAINABLE_GROUPS",
     "ModelCfg",
     "TrainCfg",
-    "default_steps",
     "AdaptCfg",
     "DistillCfg",
     "load_config",
@@ -123,29 +125,21 @@ class ModelCfg(_Strict):
         return value
 
 
-MIN_STEPS = 120
-STEPS_PER_SUPPORT = 12
-
-
-def default_steps(support_images: int) -> int:
-    """Optimiser steps when none are given: max(120, 12 per support image)."""
-    return max(MIN_STEPS, STEPS_PER_SUPPORT * support_images)
-
-
 class TrainCfg(_Strict):
     """Optimisation shared by adapt and distill."""
 
-    # 120 steps of 2 episodes at lr 3e-3 cost what 60 steps of 4 at 1e-3 did and train better, most at small K
-    # (accuracy benchmark, adapted teacher / student: brain K1 0.582 / 0.556 → 0.697 / 0.705, brain K5 0.748 /
-    # 0.776 → 0.780 / 0.829, nuclei K20 0.786 / 0.847 → 0.835 / 0.863): the old budget was too few updates.
-    # With many supports 120 steps show each image as a query only ~12 times: brain K20 0.710 / 0.761 at 120
-    # steps, 0.841 / 0.857 at 240; nuclei K20 0.835 / 0.863 → 0.846 / 0.858. So the budget grows with the folder.
     steps: int | None = Field(
         None,
         ge=0,
-        description=f"optimiser steps of `episodes_per_step` episodes each; None = max({MIN_STEPS}, "
-        f"{STEPS_PER_SUPPORT} x support images): with 2 episodes per step every image is the query ~24 times or more "
-        "(docs/benchmarks.md)",
+        description="optimiser steps of `episodes_per_step` episodes each; None = automatic: train until every "
+        "class has been in `queries_per_class` queries and the training loss stops falling (fsdistill.train.budget), "
+        "within `min_steps`..`max_steps` and `max_minutes`",
+    )
+    min_steps: int = Field(100, ge=1, description="automatic budget: never fewer steps")
+    max_steps: int = Field(2000, ge=1, description="automatic budget: never more steps")
+    max_minutes: float | None = Field(30.0, gt=0, description="automatic budget: wall-time cap of the training loop")
+    queries_per_class: int = Field(
+        60, ge=0, description="automatic budget: training queries that must show each class before it may stop"
     )
     lr: float = Field(3e-3, gt=0)
     student_lr: float = Field(
@@ -153,14 +147,21 @@ class TrainCfg(_Strict):
         gt=0,
         description="learning rate of the student's ConvDist blocks: their zero-initialised output layer moves the "
         "coarse maps at a speed proportional to the block width, so a narrow (W = 8) student needs a larger step "
-        "than the teacher's decoder (20 short steps on nuclei: student mIoU 0.00 at 1e-3, 0.72 at 1e-2)",
+        "than the teacher's decoder",
     )
     weight_decay: float = Field(0.01, ge=0)
     lr_schedule: Literal["constant", "cosine"] = Field(
-        "constant", description="learning-rate schedule over the steps: constant, or cosine decay to zero"
+        "constant", description="learning-rate schedule over the steps: constant, or cosine decay to zero (needs steps)"
     )
     focal_gamma: float = Field(2.0, ge=0, description="focusing exponent of the focal loss (the paper's 2; 0 = cross-entropy)")
+    dice_weight: float = Field(
+        1.0, ge=0, description="weight of the soft Dice term added to the focal loss of teacher and student (0 = focal only)"
+    )
     episodes_per_step: int = Field(2, ge=1, description="query images per optimiser step")
+    student_batch: int = Field(
+        0, ge=0, description="distill: support images per step on which the student also trains with their masks "
+        "alone (no teacher, no episode; class-balanced like the queries)"
+    )
     max_shots: int = Field(3, ge=1, description="support images per training episode (at most)")
     # The paper's default is mapper + mixer; adding merge measured +0.03 mIoU on brain, +0.003 on nuclei.
     train: list[str] = Field(default_factory=lambda: ["mapper", "merge", "mixer"])
@@ -169,11 +170,16 @@ class TrainCfg(_Strict):
     )
     seed: int = 0
 
-    def for_supports(self, support_images: int) -> "TrainCfg":
-        """This config with ``steps`` fixed for ``support_images`` images: the rule when steps is None."""
-        if self.steps is not None:
-            return self
-        return self.model_copy(update={"steps": default_steps(support_images)})
+    def budget(self) -> "PlateauStop":
+        """The automatic stop rule of these settings (used when ``steps`` is None)."""
+        from fsdistill.train.budget import PlateauStop
+
+        return PlateauStop(
+            min_steps=self.min_steps,
+            max_steps=self.max_steps,
+            max_seconds=None if self.max_minutes is None else 60.0 * self.max_minutes,
+            queries_per_class=self.queries_per_class,
+        )
 
     @field_validator("train")
     @classmethod
@@ -182,6 +188,14 @@ class TrainCfg(_Strict):
         if unknown:
             raise ValueError(f"unknown trainable group(s) {unknown}; choose from {list(TRAINABLE_GROUPS)}")
         return value
+
+    @model_validator(mode="after")
+    def _schedule_needs_steps(self) -> "TrainCfg":
+        if self.lr_schedule == "cosine" and self.steps is None:
+            raise ValueError("the cosine schedule decays over a known number of steps: give steps with it")
+        if self.min_steps > self.max_steps:
+            raise ValueError(f"min_steps ({self.min_steps}) is above max_steps ({self.max_steps})")
+        return self
 
 
 class AdaptCfg(_Strict):

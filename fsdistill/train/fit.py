@@ -2,7 +2,8 @@
 
 A step = ``episodes_per_step`` leave-one-out episodes whose gradients are accumulated, then one AdamW step
 (the reference accumulates over one pass of all supports; a fixed number of episodes per step makes the cost
-of a step independent of the support-set size, so ``--steps`` means the same for 5 or 50 images).
+of a step independent of the support-set size, so ``--steps`` means the same for 5 or 50 images). Without
+``--steps`` the data decides how many (:mod:`fsdistill.train.budget`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from fsdistill.models.student import DistilledStudent
 from fsdistill.models.teacher import DCAMATeacher
 from fsdistill.runtime import progress, raise_if_interrupted
 from fsdistill.train.episodes import EpisodeSampler, FeatureCache
-from fsdistill.train.losses import coarse_mse, focal_loss
+from fsdistill.train.losses import coarse_mse, segmentation_loss
 
 __all__ = ["TrainStats", "teacher_groups", "set_trainable", "lr_scheduler", "train"]
 
@@ -34,6 +35,8 @@ class TrainStats:
     episodes: int = 0
     seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)  # per step: losses
+    stop_reason: str = ""  # why training ended: the step count given, or the automatic budget's reason
+    class_queries: list[int] = field(default_factory=list)  # per class: training queries that showed it
 
     def final(self, key: str) -> float | None:
         values = [h[key] for h in self.history[-10:] if key in h]
@@ -71,7 +74,7 @@ def lr_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainCfg) -> torch.optim
 
     cosine: factor ½(1 + cos(π·t/steps)) before step t, from 1 at the first step towards 0 at the last.
     """
-    steps = max(int(cfg.steps or 1), 1)
+    steps = max(int(cfg.steps or cfg.max_steps), 1)
     if cfg.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t, steps) / steps)))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 1.0)
@@ -90,10 +93,9 @@ def train(
     Losses: adapt = focal(teacher); distill = ⅓ focal(teacher) + ⅓ focal(student) + ⅓ MSE(coarse maps), or with
     ``freeze_teacher`` ½ focal(student) + ½ MSE against the fixed teacher.
     """
-    if cfg.steps is None:
-        raise ValueError("cfg.steps is None: fix the budget for the support folder first (TrainCfg.for_supports)")
     stats = TrainStats()
     if cfg.steps == 0:
+        stats.stop_reason = "no training asked for (steps 0)"
         return stats
     teacher_params = [] if freeze_teacher else set_trainable(teacher, cfg.train)
     if freeze_teacher:
@@ -113,8 +115,9 @@ def train(
     if student is not None:
         student.train()
     start = time.perf_counter()
-    bar = progress(range(cfg.steps), quiet=quiet, desc="distill" if student is not None else "adapt", unit="step")
-    for _ in bar:
+    budget = cfg.budget() if cfg.steps is None else None
+    bar = progress(total=cfg.steps, quiet=quiet, desc="distill" if student is not None else "adapt", unit="step")
+    while True:
         raise_if_interrupted()
         optimizer.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
@@ -133,18 +136,18 @@ def train(
             t_target = torch.where(torch.isin(q_mask, absent_ids), torch.zeros_like(q_mask), q_mask)
             losses = {}
             if student is None:
-                losses["teacher"] = focal_loss(t_logits, t_target, cfg.focal_gamma)
+                losses["teacher"] = segmentation_loss(t_logits, t_target, cfg.focal_gamma, cfg.dice_weight)
                 loss = losses["teacher"]
             else:
                 s_logits, coarse_s = student.forward_features(q_feats)
                 # The student always predicts every class, so its target is the full query mask (the reference
                 # reuses the teacher's episode-reduced target, teaching the student to miss absent classes).
-                losses["student"] = focal_loss(s_logits, q_mask, cfg.focal_gamma)
+                losses["student"] = segmentation_loss(s_logits, q_mask, cfg.focal_gamma, cfg.dice_weight)
                 losses["mse"] = coarse_mse([c[0] for c in coarse_s], coarse_t, present)
                 if freeze_teacher:
                     loss = (losses["student"] + losses["mse"]) / 2
                 else:
-                    losses["teacher"] = focal_loss(t_logits, t_target, cfg.focal_gamma)
+                    losses["teacher"] = segmentation_loss(t_logits, t_target, cfg.focal_gamma, cfg.dice_weight)
                     loss = (losses["teacher"] + losses["student"] + losses["mse"]) / 3
             if not math.isfinite(float(loss.detach())):
                 raise FloatingPointError(f"non-finite loss {float(loss.detach())} at step {stats.steps}")
@@ -152,12 +155,33 @@ def train(
                 (loss / cfg.episodes_per_step).backward()
             for k, v in losses.items():
                 totals[k] = totals.get(k, 0.0) + float(v.detach()) / cfg.episodes_per_step
+            totals["loss"] = totals.get("loss", 0.0) + float(loss.detach()) / cfg.episodes_per_step
             stats.episodes += 1
+        if student is not None and cfg.student_batch:
+            # The student needs no supports, so it also learns from a plain supervised batch of class-balanced
+            # support images each step: cheap (no attention), and what a fine-tuned head gets from every image.
+            feats, masks = cache.batch(sampler.sample_images(cfg.student_batch))
+            s_logits, _ = student.forward_features(feats)
+            batch_loss = segmentation_loss(s_logits, masks, cfg.focal_gamma, cfg.dice_weight)
+            if batch_loss.requires_grad:
+                batch_loss.backward()
+            totals["student_batch"] = float(batch_loss.detach())
+            totals["loss"] += totals["student_batch"]
         optimizer.step()
         scheduler.step()
         stats.steps += 1
         stats.history.append(totals)
+        bar.update(1)
         bar.set_postfix({k: f"{v:.3f}" for k, v in totals.items()})
+        if budget is None:
+            if stats.steps >= cfg.steps:
+                stats.stop_reason = f"the {cfg.steps} steps asked for"
+                break
+        elif budget.update(totals["loss"], [sampler.class_queries[c] for c in sampler.trained_classes]):
+            stats.stop_reason = budget.reason
+            break
+    bar.close()
+    stats.class_queries = list(sampler.class_queries)
     stats.seconds = time.perf_counter() - start
     teacher.eval()
     if student is not None:

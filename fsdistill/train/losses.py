@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["focal_loss", "coarse_mse", "IGNORE_INDEX"]
+__all__ = ["focal_loss", "dice_loss", "segmentation_loss", "coarse_mse", "IGNORE_INDEX"]
 
 IGNORE_INDEX = 255
 
@@ -26,6 +26,41 @@ def focal_loss(logits: Tensor, target: Tensor, gamma: float = 2.0) -> Tensor:
         return logits.sum() * 0.0
     p_t = torch.exp(-ce)
     return ((1.0 - p_t) ** gamma * ce)[valid].mean()
+
+
+def dice_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """1 − soft Dice of each foreground class that the target shows, averaged over those classes.
+
+    Pixel losses (focal, cross-entropy) weigh a class by its area, so a structure of 0.4 % of the pixels adds
+    almost nothing to them and may be dropped; Dice scores each class by its overlap alone, whatever its size.
+    Classes the target does not show are left to the pixel loss (a Dice of an empty class only pushes its
+    probability to 0, which the pixel loss already does).
+
+    Args:
+        logits: B×K×h×w (background first), upsampled bilinearly to the target's size when coarser.
+        target: B×H×W class ids, 255 = ignore (left out of both the overlap and the sums).
+    """
+    if logits.shape[-2:] != target.shape[-2:]:
+        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+    valid = (target != IGNORE_INDEX)[:, None].float()  # B×1×H×W
+    probs = logits.softmax(dim=1)[:, 1:] * valid  # B×N×H×W
+    classes = torch.arange(1, logits.shape[1], device=target.device)[None, :, None, None]
+    truth = (target[:, None].long() == classes).float()  # B×N×H×W (255 matches no class)
+    area = truth.sum(dim=(0, 2, 3))  # N: the batch's pixels of each class
+    shown = area > 0
+    if not shown.any():
+        return logits.sum() * 0.0
+    overlap = (probs * truth).sum(dim=(0, 2, 3))
+    dice = (2 * overlap + 1.0) / (probs.sum(dim=(0, 2, 3)) + area + 1.0)
+    return (1.0 - dice[shown]).mean()
+
+
+def segmentation_loss(logits: Tensor, target: Tensor, gamma: float = 2.0, dice_weight: float = 1.0) -> Tensor:
+    """focal(γ) + ``dice_weight`` · Dice: the loss of the teacher's and the student's merged logits."""
+    loss = focal_loss(logits, target, gamma)
+    if dice_weight:
+        loss = loss + dice_weight * dice_loss(logits, target)
+    return loss
 
 
 def coarse_mse(student: list[Tensor], teacher: list[Tensor], present: Tensor) -> Tensor:
