@@ -32,6 +32,7 @@ from fsdistill.models.teacher import DCAMATeacher
 from fsdistill.runtime import ensure_writable_dir, resolve_device, seed_everything, write_atomic
 from fsdistill.train.episodes import FeatureCache, load_support_tensors
 from fsdistill.train.fit import TrainStats, train
+from fsdistill.train.support_check import SupportCheck, check_supports
 
 if TYPE_CHECKING:
     from fsdistill.export import ExportResult
@@ -62,6 +63,7 @@ class RunResult:
     teacher_dir: Path | None = None
     student_dir: Path | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    check: SupportCheck | None = None  # distill: the per-class check on the support folder
 
 
 def new_run_dir(out: Path | None) -> Path:
@@ -96,12 +98,14 @@ def _stats_dict(stats: TrainStats) -> dict[str, Any]:
         "steps": stats.steps,
         "episodes": stats.episodes,
         "seconds": round(stats.seconds, 2),
+        "stop_reason": stats.stop_reason,
+        "class_queries": stats.class_queries,
         "final_losses": {k: stats.final(k) for k in (stats.history[-1] if stats.history else {})},
     }
 
 
 def _prepare(cfg: AdaptCfg | DistillCfg, quiet: bool):
-    """Discover and load the support folder; returns the config with its step budget fixed for that folder."""
+    """Discover and load the support folder, pick the device and seed everything."""
     index = discover(cfg.support)
     num_classes = len(index.class_names) - 1
     if num_classes < 1:
@@ -114,7 +118,6 @@ def _prepare(cfg: AdaptCfg | DistillCfg, quiet: bool):
             f"All {len(index)} masks in {cfg.support} are empty: no pixel has a foreground class, so there is "
             "nothing to learn; check the mask values (binary masks need 255 or 1 for the object) and the names file."
         )
-    cfg = cfg.model_copy(update={"train": cfg.train.for_supports(len(index))})
     return cfg, index, num_classes, device, support
 
 
@@ -142,7 +145,7 @@ def adapt(cfg: AdaptCfg, quiet: bool = False) -> RunResult:
     """
     cfg, index, num_classes, device, support = _prepare(cfg, quiet)
     teacher = _new_teacher(cfg, num_classes).to(device)
-    if cfg.train.augment is False and len(index) == 1 and cfg.train.steps > 0:
+    if cfg.train.augment is False and len(index) == 1 and cfg.train.steps != 0:
         raise ConfigError("One support image needs augmentation to build episodes; drop --no-augment or add images.")
     run_dir = new_run_dir(cfg.out)
     _write_run_config(run_dir, cfg, "adapt")
@@ -173,7 +176,7 @@ def distill(cfg: DistillCfg, quiet: bool = False) -> RunResult:
     Writes ``RUN/student/`` and, when the teacher was adapted here, ``RUN/teacher/``.
     """
     cfg, index, num_classes, device, support = _prepare(cfg, quiet)
-    if cfg.train.augment is False and len(index) == 1 and cfg.train.steps > 0:  # as in adapt: no query besides it
+    if cfg.train.augment is False and len(index) == 1 and cfg.train.steps != 0:  # as in adapt: no query besides it
         raise ConfigError("One support image needs augmentation to build episodes; drop --no-augment or add images.")
     if cfg.teacher is not None:
         loaded = load_model(cfg.teacher, kind="teacher")
@@ -195,14 +198,17 @@ def distill(cfg: DistillCfg, quiet: bool = False) -> RunResult:
     student = build_student(teacher, cfg.model.student_width).to(device)
     student.set_class_prior(teacher.class_prior(cache.support[0], list(range(num_classes))))
     stats = train(teacher, cache, cfg.train, student=student, freeze_teacher=cfg.freeze_teacher, quiet=quiet)
+    check = check_supports(teacher, student, cache, index.class_names) if cfg.train.steps != 0 else None
     common = _artifact_fields(cfg, index, stats)
+    if check is not None:
+        common["training"]["support_check"] = check.to_dict()
     teacher_dir = None
     if cfg.teacher is None:
         teacher_dir = save_model(
             run_dir / "teacher", teacher, support_images=support.images, support_masks=support.masks, **common
         )
     student_dir = save_model(run_dir / "student", student, **common)
-    return RunResult(run_dir, teacher_dir=teacher_dir, student_dir=student_dir, stats=_stats_dict(stats))
+    return RunResult(run_dir, teacher_dir=teacher_dir, student_dir=student_dir, stats=common["training"], check=check)
 
 
 @dataclass

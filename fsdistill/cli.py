@@ -270,7 +270,25 @@ def distill(
     console.say(f"student: {result.student_dir}  ({student_cfg['parameters']:,} parameters, {mb:.1f} MB)")
     if result.teacher_dir is not None:
         console.say(f"teacher: {result.teacher_dir}")
-    console.say(f"trained {result.stats['steps']} steps in {result.stats['seconds']:.0f} s")
+    console.say(f"trained {result.stats['steps']} steps in {result.stats['seconds']:.0f} s ({result.stats['stop_reason']})")
+    if result.check is not None:
+        _print_support_check(result.check, console)
+
+
+def _print_support_check(check, console: _Console) -> None:
+    """The per-class table of distill's support check, then one warning line per dead-looking class (stderr)."""
+    def fmt(value: float | None) -> str:
+        return "  -  " if value is None else f"{value:.2f}"
+
+    console.say("per-class check on the support folder (leave-one-out: teacher on each support with the others; "
+                "fit: student on its training images):")
+    width = max(len(c.name) for c in check.classes)
+    for c in check.classes:
+        console.say(f"  {c.name:<{width}}  in {c.supports:>3} supports  leave-one-out {fmt(c.leave_one_out)}  fit {fmt(c.fit)}")
+    if check.note:
+        console.say(f"  ({check.note})")
+    for warning in check.warnings():
+        typer.echo(f"warning: {warning}", err=True)
 
 
 @command

@@ -1,0 +1,132 @@
+"""The per-class check that ends ``distill``: is any class dead before the student is deployed?
+
+Two numbers per class, both from the support folder alone (never from images the user keeps for testing):
+
+* **leave-one-out** (the teacher): each support image is segmented by the teacher with every *other* support as
+  its support set, the way it segments a new image. This is a held-out estimate: the image was not among the
+  supports it was compared with. A class whose leave-one-out IoU is near 0 is not carried over from the other
+  supports: it needs more (or more varied) support images.
+* **fit** (the student): the student's IoU on the support images it trained on. A class the student cannot even
+  fit on its own training images needs more steps (or more supports showing it).
+
+The check needs two support images that show a class; with a single support image there is no leave-one-out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fsdistill.metrics import ConfusionMatrix
+from fsdistill.models.student import DistilledStudent
+from fsdistill.models.teacher import DCAMATeacher
+from fsdistill.train.episodes import FeatureCache
+
+__all__ = ["ClassCheck", "SupportCheck", "check_supports", "LOW_LEAVE_ONE_OUT", "LOW_FIT"]
+
+LOW_LEAVE_ONE_OUT = 0.1  # leave-one-out IoU below this: the class does not carry over between supports
+LOW_FIT = 0.5  # student IoU on its own training images below this: the class was not learned
+
+
+@dataclass
+class ClassCheck:
+    """One foreground class: its name, supports showing it, and the two IoUs (None where undefined)."""
+
+    name: str
+    supports: int
+    leave_one_out: float | None
+    fit: float | None
+
+    @property
+    def advice(self) -> str | None:
+        """One sentence on what to do when the class looks dead, else None."""
+        if self.fit is not None and self.fit < LOW_FIT:
+            return (f"class '{self.name}' is not learned even on the supports (IoU {self.fit:.2f}): train longer "
+                    "(--steps) or add support images that show it")
+        if self.leave_one_out is not None and self.leave_one_out < LOW_LEAVE_ONE_OUT:
+            return (f"class '{self.name}' does not carry over from one support to another (leave-one-out IoU "
+                    f"{self.leave_one_out:.2f}, in {self.supports} supports): add support images that show it")
+        return None
+
+
+@dataclass
+class SupportCheck:
+    """The per-class check of a distill run (``note`` says why a part is missing)."""
+
+    classes: list[ClassCheck] = field(default_factory=list)
+    queries: int = 0  # support images used as leave-one-out queries
+    note: str = ""
+
+    def warnings(self) -> list[str]:
+        return [c.advice for c in self.classes if c.advice]
+
+    def to_dict(self) -> dict:
+        return {
+            "queries": self.queries,
+            "note": self.note,
+            "classes": [
+                {"name": c.name, "supports": c.supports, "leave_one_out_iou": c.leave_one_out, "fit_iou": c.fit}
+                for c in self.classes
+            ],
+        }
+
+
+def _mask(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """1×K×h×w logits → H×W class ids at ``size`` (bilinear upsampling of the logits, then argmax)."""
+    if logits.shape[-2:] != size:
+        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    return logits[0].argmax(0).to(torch.uint8).cpu().numpy()
+
+
+def _ious(matrix: ConfusionMatrix) -> list[float | None]:
+    return [None if np.isnan(v) else float(v) for v in matrix.iou()]
+
+
+@torch.no_grad()
+def check_supports(
+    teacher: DCAMATeacher,
+    student: DistilledStudent,
+    cache: FeatureCache,
+    class_names: list[str],
+    max_queries: int = 20,
+) -> SupportCheck:
+    """Leave-one-out IoU of the teacher and fit IoU of the student per class, on the cached support features.
+
+    Args:
+        cache: the training cache (view 0 is the unflipped support set). class_names: background first.
+        max_queries: at most this many supports are leave-one-out queries (a teacher pass each, with all the other
+            supports); taken evenly over the folder, so the check costs seconds on large folders too.
+    """
+    teacher.eval()
+    student.eval()
+    present = cache.present  # S×N
+    count = present.shape[0]
+    masks = cache.masks[0]  # S×H×W
+    size = tuple(masks.shape[-2:])
+    fit = ConfusionMatrix(len(class_names))
+    for i in range(count):
+        query, target = cache.query(i, 0)
+        fit.update(target[0].cpu().numpy(), _mask(student.forward_features(query)[0], size))
+    loo = ConfusionMatrix(len(class_names))
+    queries = []
+    note = ""
+    if count < 2:
+        note = "one support image: no leave-one-out check (add supports to get one)"
+    else:
+        queries = sorted({int(round(x)) for x in np.linspace(0, count - 1, min(max_queries, count))})
+        for i in queries:
+            others = [(j, 0) for j in range(count) if j != i]
+            query, target = cache.query(i, 0)
+            logits = teacher.predict_features(query, cache.supports(others))
+            loo.update(target[0].cpu().numpy(), _mask(logits, size))
+    fit_iou, loo_iou = _ious(fit), _ious(loo)
+    result = SupportCheck(queries=len(queries), note=note)
+    for c, name in enumerate(class_names[1:]):
+        shown = int(present[:, c].sum())
+        # A class in one support only has no other support to be found from: its leave-one-out is undefined.
+        leave_one_out = loo_iou[c + 1] if queries and shown >= 2 else None
+        result.classes.append(ClassCheck(name, shown, leave_one_out, fit_iou[c + 1]))
+    return result
