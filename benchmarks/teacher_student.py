@@ -1,14 +1,14 @@
 """Teacher vs student vs training-free baselines on the real example data, in one run.
 
-For each example case (nuclei: DSB2018 fluorescence, binary; brain: MNI152 grey/white matter, 3 classes) and the
-same support set, measures held-out mIoU (dataset-level IoU at original resolution) of:
+For each example case (nuclei: DSB2018 fluorescence, binary; brain: MNI152 grey/white matter, 3 classes; macaque:
+five structures of the INIA19 macaque brain, four of them small) and the same support set, measures held-out mIoU (dataset-level IoU at original resolution) of:
   1. a training-free prototype baseline (masked average pooling, cosine similarity),
   2. the untuned teacher (``adapt --steps 0``),
   3. the adapted teacher (TransferFSS, ``adapt``),
   4. the DistillFSS student and its jointly trained teacher (``distill``),
 with training wall time and per-image inference time. Writes JSON and a markdown table.
 
-    python benchmarks/teacher_student.py [--cases nuclei brain] [--steps N] [--out benchmarks/results/teacher_student]
+    python benchmarks/teacher_student.py [--cases nuclei brain macaque] [--steps N] [--out benchmarks/results/teacher_student]
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def markdown(results: list[dict], meta: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", nargs="+", default=["nuclei", "brain"])
+    parser.add_argument("--cases", nargs="+", default=["nuclei", "brain", "macaque"], choices=["nuclei", "brain", "macaque"])
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: fsdistill's default)")
     parser.add_argument("--size", type=int, default=384)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
@@ -133,7 +133,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "teacher_student")
     args = parser.parse_args()
     torch.manual_seed(0)
-    cases = build_examples(args.data)
+    cases = build_examples(args.data, cases=args.cases)
     results = []
     for name in args.cases:
         start = time.perf_counter()

@@ -4,7 +4,8 @@
 similarity per class), the classic few-shot segmentation baseline.
 
 ``FineTunedBaseline``: plain fine-tuning of a small FPN head on the frozen backbone's features with
-cross-entropy and flips, for the same step budget as adapt/distill: what a user would do instead.
+cross-entropy and flips, full batch, until its training loss stops falling: what a user would do instead,
+trained with its own budget (a baseline held to the method's budget starves and hides a failing method).
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fsdistill.config import TrainCfg
 from fsdistill.data.masks import IGNORE_INDEX
 from fsdistill.data.transforms import FLIP_VIEWS, flip
 from fsdistill.models.teacher import one_hot_masks
 from fsdistill.train.episodes import SupportTensors, encode_batched
-from fsdistill.train.fit import lr_scheduler
+from fsdistill.train.budget import PlateauStop
 
 __all__ = ["PrototypeBaseline", "FPNHead", "FineTunedBaseline"]
 
@@ -95,12 +95,11 @@ class FPNHead(nn.Module):
 class FineTunedBaseline:
     """Plain fine-tuning, what users do instead of few-shot segmentation: an FPN head on the frozen backbone.
 
-    The head sees the last block map of each of the four backbone levels and is trained on the support images
-    (all four flip views) with pixel-wise cross-entropy and AdamW, for the same budget as adapt/distill:
-    ``cfg.steps`` optimiser steps of ``cfg.episodes_per_step`` images each, learning rate ``cfg.lr``, weight
-    decay ``cfg.weight_decay``, seed ``cfg.seed``. Backbone features of every support view are computed once
-    before training (as the teacher's :class:`~fsdistill.train.episodes.FeatureCache`), so a step costs only the
-    head, and training times compare fairly with the teacher's.
+    The head sees the last block map of each of the four backbone levels and is trained full batch (every support
+    image in each step, each in a random one of its four flip views) with pixel-wise cross-entropy and AdamW until
+    its training loss stops falling (:class:`~fsdistill.train.budget.PlateauStop`: windows of 20 steps, at least
+    100 and at most ``max_steps``). Backbone features of every support view are computed once before training,
+    so a step costs only the head.
 
     Args:
         backbone: a frozen :class:`~fsdistill.models.backbone.Backbone`. num_classes: foreground classes N.
@@ -120,58 +119,64 @@ class FineTunedBaseline:
         return [level[-1] for level in feats]
 
     def fit(
-        self, support: SupportTensors, device: torch.device, cfg: TrainCfg | None = None
+        self,
+        support: SupportTensors,
+        device: torch.device,
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        seed: int = 0,
+        steps: int | None = None,
+        max_steps: int = 1000,
     ) -> "FineTunedBaseline":
         """Train the head on the supports.
 
         Args:
             support: S×3×H×W uint8 images and S×H×W uint8 class-id masks (255 = ignore), at the model's input size.
-            device: where to run. cfg: steps, episodes_per_step (images per step), lr, weight_decay and seed
-                (default: :class:`~fsdistill.config.TrainCfg`'s defaults; ``train`` and ``augment`` are not used).
+            device: where to run. lr, weight_decay: AdamW's. seed: initialisation and flip draws.
+            steps: a fixed number of full-batch steps (None: until the loss plateaus, at most ``max_steps``).
         Sets ``self.stats``: ``steps``, ``images`` (seen in training), ``encode_s`` (feature caching),
-        ``train_s`` (the optimisation loop) and ``final_loss`` (mean of the last 10 steps).
+        ``train_s`` (the optimisation loop), ``final_loss`` (mean of the last 10 steps) and ``stop_reason``.
         """
-        cfg = (cfg or TrainCfg()).for_supports(len(support.images))  # the adapt/distill step budget for S images
-        torch.manual_seed(cfg.seed)
-        generator = torch.Generator().manual_seed(cfg.seed)
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
         self.head = self.head.to(device)
         start = time.perf_counter()
-        views = range(len(FLIP_VIEWS) if self.augment else 1)
-        cached = [self._maps(encode_batched(self.backbone, flip(support.images, v), device)) for v in views]
-        maps = [torch.cat([c[lvl] for c in cached]) for lvl in range(len(cached[0]))]  # (V·S)×C×h×w per level
-        masks = torch.cat([flip(support.masks, v) for v in views]).to(device).long()  # (V·S)×H×W
+        views = len(FLIP_VIEWS) if self.augment else 1
+        cached = [self._maps(encode_batched(self.backbone, flip(support.images, v), device)) for v in range(views)]
+        maps = [torch.stack([c[lvl] for c in cached], dim=1) for lvl in range(len(cached[0]))]  # S×V×C×h×w
+        masks = torch.stack([flip(support.masks, v) for v in range(views)], dim=1).to(device).long()  # S×V×H×W
         del cached
         encode_s = time.perf_counter() - start
-        optimizer = torch.optim.AdamW(self.head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        scheduler = lr_scheduler(optimizer, cfg)  # the same schedule as adapt/distill
-        order: list[int] = []
+        optimizer = torch.optim.AdamW(self.head.parameters(), lr=lr, weight_decay=weight_decay)
+        stop = PlateauStop(min_steps=100, max_steps=max_steps, window=20) if steps is None else None
         losses: list[float] = []
+        count = masks.shape[0]
+        rows = torch.arange(count, device=device)
         self.head.train()
         start = time.perf_counter()
-        for _ in range(cfg.steps):
-            picks = []
-            for _ in range(cfg.episodes_per_step):
-                if not order:  # every (image, view) once per pass, in a fresh random order
-                    order = torch.randperm(masks.shape[0], generator=generator).tolist()
-                picks.append(order.pop())
-            index = torch.tensor(picks, device=device)
-            logits = self.head([m[index] for m in maps])
-            target = masks[index]
+        while True:
+            view = torch.randint(views, (count,), generator=generator).to(device)  # one flip view per image
+            logits = self.head([m[rows, view] for m in maps])
+            target = masks[rows, view]
             logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
             loss = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
-            if torch.isfinite(loss):  # else every pixel of the batch is ignored: nothing to learn from it
+            if torch.isfinite(loss):  # else every pixel is ignored: nothing to learn from it
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                losses.append(float(loss.detach()))
-            scheduler.step()
+            losses.append(float(loss.detach()))
+            if stop is not None and stop.update(losses[-1]):
+                break
+            if stop is None and len(losses) >= steps:
+                break
         self.head.eval()
         self.stats = {
-            "steps": cfg.steps,
-            "images": cfg.steps * cfg.episodes_per_step,
+            "steps": len(losses),
+            "images": len(losses) * count,
             "encode_s": encode_s,
             "train_s": time.perf_counter() - start,
             "final_loss": sum(losses[-10:]) / len(losses[-10:]) if losses else float("nan"),
+            "stop_reason": stop.reason if stop is not None else f"the {steps} steps asked for",
         }
         return self
 

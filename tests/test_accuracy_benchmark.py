@@ -24,7 +24,7 @@ def accuracy():
     return module
 
 
-ROW_KEYS = {"case", "k", "method", "miou", "iou", "train_s", "wall_s", "infer_ms_per_image", "steps", "supports"}
+ROW_KEYS = {"case", "k", "seed", "method", "miou", "iou", "train_s", "wall_s", "infer_ms_per_image", "steps", "supports"}
 
 
 def test_accuracy_benchmark_smoke(accuracy, tiny_data, tmp_path: Path) -> None:
@@ -36,7 +36,7 @@ def test_accuracy_benchmark_smoke(accuracy, tiny_data, tmp_path: Path) -> None:
     docs.write_text("# Benchmarks\n\nHand-written text.\n")
     out = tmp_path / "out"
     report = accuracy.main([
-        "--cases", "--folder", f"tiny={case}", "--shots", "1", "2", "5", "--steps", "2",
+        "--cases", "--folder", f"tiny={case}", "--shots", "1", "2", "5", "--steps", "2", "--seeds", "0", "1", "--quick",
         "--model-args", json.dumps(TINY_MODEL), "--train-args", '{"episodes_per_step": 1}',
         "--device", "cpu", "--out", str(out), "--write-docs", "--docs", str(docs),
     ])
@@ -44,30 +44,37 @@ def test_accuracy_benchmark_smoke(accuracy, tiny_data, tmp_path: Path) -> None:
     saved = json.loads((out / "results.json").read_text())
     assert saved == json.loads(json.dumps(report, default=float))
     meta = saved["meta"]
-    assert meta["shots"] == [1, 2, 5] and meta["steps"] == 2 and meta["size"] == 64 and meta["seed"] == 0
+    assert meta["shots"] == [1, 2, 5] and meta["steps"] == 2 and meta["size"] == 64 and meta["seeds"] == [0, 1]
     assert saved["cases"] == [{"name": "tiny", "pool": 4, "heldout": 3, "classes": ["background", "foreground"],
                                "note": saved["cases"][0]["note"]}]
     rows = [r for r in saved["results"] if "skipped" not in r]
-    assert sorted((r["k"], r["method"]) for r in rows) == sorted(
-        (k, m) for k in (1, 2) for m in accuracy.METHODS if m != "distill_teacher"  # only with --methods
+    assert sorted((r["seed"], r["k"], r["method"]) for r in rows) == sorted(
+        (s, k, m) for s in (0, 1) for k in (1, 2) for m in accuracy.METHODS if m != "distill_teacher"  # only with --methods
     )
     for row in rows:
-        extra = {"lr", "miou_by_lr"} if row["method"] == "finetuned" else set()
+        extra = {"lr", "miou_by_lr", "stop_reason"} if row["method"] == "finetuned" else set()
+        extra |= {"stop_reason"} if row["method"] in ("adapted", "student") else set()
         assert set(row) == ROW_KEYS | extra, row
-        if extra:  # the baseline is reported at its best learning rate on the held-out images
+        if row["method"] == "finetuned":  # the baseline is reported at its best learning rate on the held-out images
             assert row["miou"] == max(row["miou_by_lr"].values())
             assert sorted(map(float, row["miou_by_lr"])) == sorted(accuracy.FINETUNED_LRS) and row["lr"] in accuracy.FINETUNED_LRS
         assert 0.0 <= row["miou"] <= 1.0 and row["infer_ms_per_image"] > 0 and len(row["supports"]) == row["k"]
-        assert row["steps"] == (0 if row["method"] == "untuned" else 2)
-    one, two = (next(r["supports"] for r in rows if r["k"] == k) for k in (1, 2))
-    assert two[:1] == one  # nested support sets
+        # --steps binds our methods; the FPN baseline has its own budget, which --quick cuts to a few steps
+        assert row["steps"] == {"untuned": 0, "finetuned": accuracy.QUICK_STEPS}.get(row["method"], 2)
+    for seed in (0, 1):
+        one, two = (next(r["supports"] for r in rows if r["k"] == k and r["seed"] == seed) for k in (1, 2))
+        assert two[:1] == one  # nested support sets
     assert [r for r in saved["results"] if "skipped" in r] == [
-        {"case": "tiny", "k": 5, "skipped": "the pool has 4 images"}
+        {"case": "tiny", "k": 5, "seed": s, "skipped": "the pool has 4 images"} for s in (0, 1)
     ]
 
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (out / "results.md").read_text()
     assert "| 5 | skipped: the pool has 4 images |" in table and "fine-tuned FPN" in table
+    assert "seeds 0, 1 (every cell is their mean)" in table and "classes < 0.1" in table
+    # a report merged from runs made side by side is the same tables
+    merged = accuracy.merge_reports([saved])
+    assert accuracy.markdown(merged, "x.png") == accuracy.markdown(saved, "x.png")
     assert not (out / "work").exists()  # runs and copied folders are cleaned up
     text = docs.read_text()
     assert text.startswith("# Benchmarks\n\nHand-written text.\n")
@@ -81,6 +88,22 @@ def test_distill_teacher_is_opt_in_and_needs_distill(accuracy, capsys) -> None:
     with pytest.raises(SystemExit):
         accuracy.parse_args(["--methods", "adapt", "distill_teacher"])
     assert "needs distill" in capsys.readouterr().err
+
+
+def test_merge_unites_cases_and_seeds_and_refuses_other_settings(accuracy) -> None:
+    def report(case, seed, steps=5):
+        meta = {"size": 64, "backbone": "b", "steps": steps, "model_args": {}, "train_args": {}, "methods": ["distill"],
+                "shots": [2], "seeds": [seed], "total_s": 10.0 + seed, "command": f"run {case} {seed}"}
+        row = {"case": case, "k": 2, "seed": seed, "method": "student", "miou": 0.5,
+               "iou": {"background": 0.9, "a": 0.05, "b": 0.95}}
+        return {"meta": meta, "cases": [{"name": case}], "results": [row]}
+
+    merged = accuracy.merge_reports([report("x", 0), report("x", 1), report("y", 0)])
+    assert [c["name"] for c in merged["cases"]] == ["x", "y"] and merged["meta"]["seeds"] == [0, 1]
+    assert len(merged["results"]) == 3 and merged["meta"]["total_s"] == 11.0
+    assert accuracy.low_classes(merged["results"][0]) == 1  # class a below 0.1, background not counted
+    with pytest.raises(SystemExit, match="different steps"):
+        accuracy.merge_reports([report("x", 0), report("x", 1, steps=7)])
 
 
 def test_docs_section_is_replaced_in_place(accuracy, tmp_path: Path) -> None:

@@ -276,6 +276,10 @@ def test_distill_predict_evaluate_end_to_end(runner, tiny_data, tmp_path) -> Non
     assert (run / "student" / "model.safetensors").is_file() and (run / "teacher" / "config.json").is_file()
     resolved = (run / "config.resolved.yaml").read_text()
     assert "episodes_per_step: 1" in resolved and "steps: 2" in resolved
+    # distill ends with the per-class check on the support folder, and says why it stopped
+    assert "(the 2 steps asked for)" in result.stdout
+    assert "per-class check on the support folder" in result.stdout and "foreground" in result.stdout
+    assert "leave-one-out" in result.stdout and " fit " in result.stdout
 
     out = tmp_path / "pred"
     result = runner.invoke(

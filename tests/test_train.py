@@ -312,33 +312,82 @@ def test_episode_sampler_covers_classes_then_fills_up_to_k_shots() -> None:
     assert all(len(small.sample().supports) == 1 for _ in range(10))
 
 
-def test_default_step_budget_grows_with_the_support_folder() -> None:
-    from fsdistill.config import TrainCfg, default_steps
+def test_plateau_stop_waits_for_min_steps_coverage_and_a_flat_loss() -> None:
+    from fsdistill.train.budget import PlateauStop
 
-    assert [default_steps(k) for k in (1, 5, 10, 11, 20, 40)] == [120, 120, 120, 132, 240, 480]
-    assert TrainCfg().steps is None and TrainCfg().for_supports(20).steps == 240
-    assert TrainCfg(steps=7).for_supports(20).steps == 7  # a given budget is kept, 0 included
-    assert TrainCfg(steps=0).for_supports(20).steps == 0
+    # a loss that falls for 60 steps, then stays flat: stops two windows after the fall ends, not before min_steps
+    stop = PlateauStop(min_steps=50, max_steps=1000, window=10, patience=2, tolerance=0.02)
+    losses = [1.0 - 0.01 * t for t in range(60)] + [0.4] * 200
+    steps = next(t + 1 for t, loss in enumerate(losses) if stop.update(loss))
+    assert 60 < steps <= 90 and "stopped falling" in stop.reason
+    # flat from the start: min_steps still holds
+    stop = PlateauStop(min_steps=50, max_steps=1000, window=10, patience=2)
+    assert next(t + 1 for t in range(1000) if stop.update(1.0)) == 50
+    # a class seen in too few queries keeps training until it is, however flat the loss
+    stop = PlateauStop(min_steps=10, max_steps=1000, window=10, patience=2, queries_per_class=30)
+    steps = next(t + 1 for t in range(1000) if stop.update(1.0, [5 * t, t // 2]))
+    assert steps == 61  # the first update whose counts reach 30 (t = 60)
+    # the caps
+    stop = PlateauStop(min_steps=10, max_steps=35, window=10)
+    assert next(t + 1 for t in range(1000) if stop.update(1.0 / (t + 1))) == 35 and "step cap" in stop.reason
+    stop = PlateauStop(min_steps=10, max_steps=1000, max_seconds=0.0)
+    assert stop.update(1.0) and "time cap" in stop.reason
 
 
-def test_adapt_without_steps_trains_and_records_the_folder_budget(tiny_data, tmp_path, monkeypatch) -> None:
-    """With no --steps the run trains max(120, 12 × images) steps, and its saved config says the number used."""
-    from fsdistill.data.discover import discover
-    from fsdistill.train.fit import TrainStats
+def test_episode_queries_are_class_balanced() -> None:
+    """A class in 2 of 10 images is a query target as often as one in all ten (the rule for small structures)."""
+    from fsdistill.train.episodes import EpisodeSampler
 
-    seen = []
+    present = torch.zeros(10, 3, dtype=torch.bool)
+    present[:, 0] = True  # large class: every image
+    present[:5, 1] = True
+    present[8:, 2] = True  # rare class: 2 images
+    sampler = EpisodeSampler(present, max_shots=3, views=1, seed=0)
+    queries = [sampler.sample().query for _ in range(300)]
+    assert sampler.trained_classes == [0, 1, 2]
+    rare = sum(q >= 8 for q in queries)
+    assert rare >= 100  # a third of the queries target it (one query per image and pass gave 60)
+    assert sampler.class_queries[2] == rare and sampler.class_queries[0] == 300
+    # a class no image shows is never a target
+    present[:, 2] = False
+    assert EpisodeSampler(present, 3, 1, 0).trained_classes == [0, 1]
 
-    def fake_train(teacher, cache, cfg, **kwargs):  # the budget is what is checked here, not the training itself
-        seen.append(cfg.steps)
-        return TrainStats()
 
-    monkeypatch.setattr(api, "train", fake_train)
-    cfg = _adapt_cfg(tiny_data.binary, tmp_path / "run", steps=None)
+def test_dice_counts_a_small_class_like_a_large_one() -> None:
+    from fsdistill.train.losses import dice_loss, focal_loss, segmentation_loss
+
+    target = torch.zeros(1, 32, 32, dtype=torch.long)
+    target[0, :16] = 1  # large class: half the image
+    target[0, 30:, 30:] = 2  # small class: 4 pixels
+    perfect = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float() * 20
+    assert dice_loss(perfect, target) < 1e-3
+    missed = perfect.clone()
+    missed[0, :, 30:, 30:] = torch.tensor([20.0, 0.0, 0.0])[:, None, None]  # the 4 pixels called background
+    # focal hardly notices 4 wrong pixels out of 1024; Dice loses a whole class out of two
+    assert focal_loss(missed, target) < 0.1 and dice_loss(missed, target) > 0.35
+    assert segmentation_loss(missed, target, dice_weight=0.0) == focal_loss(missed, target)
+    ignored = torch.full_like(target, 255)
+    assert dice_loss(perfect, ignored) == 0.0
+
+
+def test_adapt_without_steps_uses_the_automatic_budget(tiny_data, tmp_path) -> None:
+    """With no --steps the run trains until the budget says stop, records why, and keeps steps null in its config
+    (so rerunning the config decides again)."""
+    cfg = _adapt_cfg(tiny_data.binary, tmp_path / "run", steps=None, min_steps=12, max_steps=30, queries_per_class=4)
     result = api.adapt(cfg, quiet=True)
-    expected = max(120, 12 * len(discover(tiny_data.binary)))
-    assert seen == [expected]
-    assert yaml.safe_load((result.run_dir / "config.resolved.yaml").read_text())["train"]["steps"] == expected
-    assert load_model(result.teacher_dir).config["train_config"]["train"]["steps"] == expected
+    assert 12 <= result.stats["steps"] <= 30 and result.stats["stop_reason"]
+    assert result.stats["class_queries"][0] >= 4
+    assert yaml.safe_load((result.run_dir / "config.resolved.yaml").read_text())["train"]["steps"] is None
+    assert load_model(result.teacher_dir).config["training"]["steps"] == result.stats["steps"]
+
+
+def test_cosine_schedule_needs_a_step_count() -> None:
+    from fsdistill.config import TrainCfg
+
+    with pytest.raises(ValueError, match="cosine"):
+        TrainCfg(lr_schedule="cosine")
+    with pytest.raises(ValueError, match="min_steps"):
+        TrainCfg(min_steps=50, max_steps=10)
 
 
 def test_cosine_schedule_decays_every_group_from_the_base_rate_towards_zero() -> None:
@@ -381,3 +430,52 @@ def test_training_options_reach_the_loop(tiny_data, tmp_path) -> None:
     _finite_losses(result.stats)
     saved = yaml.safe_load((result.run_dir / "config.resolved.yaml").read_text())["train"]
     assert saved["lr_schedule"] == "cosine" and saved["focal_gamma"] == 0.0
+
+
+def test_distill_ends_with_a_per_class_check_on_the_supports(tiny_multi_run) -> None:
+    """Each class gets a leave-one-out IoU (teacher, other supports) and a fit IoU (student, its training images);
+    both are stored in the artifact, and a class the student has not learned gets one line of advice."""
+    check = tiny_multi_run.check
+    assert [c.name for c in check.classes] == ["red", "green", "blue"] and check.queries == 6
+    for c in check.classes:
+        assert c.supports >= 1
+        for value in (c.leave_one_out, c.fit):
+            assert value is None or 0.0 <= value <= 1.0
+    saved = load_model(tiny_multi_run.student_dir).config["training"]["support_check"]
+    assert [c["name"] for c in saved["classes"]] == ["red", "green", "blue"]
+    assert saved == check.to_dict()
+
+
+def test_support_check_advice_names_the_class_and_what_to_do() -> None:
+    from fsdistill.train.support_check import ClassCheck, SupportCheck
+
+    unlearned = ClassCheck("vessel", supports=3, leave_one_out=0.4, fit=0.2)
+    assert "vessel" in unlearned.advice and "--steps" in unlearned.advice
+    isolated = ClassCheck("lesion", supports=2, leave_one_out=0.02, fit=0.9)
+    assert "lesion" in isolated.advice and "add support images" in isolated.advice and "in 2 supports" in isolated.advice
+    healthy = ClassCheck("organ", supports=8, leave_one_out=0.6, fit=0.9)
+    alone = ClassCheck("rare", supports=1, leave_one_out=None, fit=0.8)  # no other support to find it from
+    assert healthy.advice is None and alone.advice is None
+    assert SupportCheck([unlearned, healthy, isolated]).warnings() == [unlearned.advice, isolated.advice]
+
+
+def test_teacher_logits_keep_the_decoder_dtype_under_autocast(tiny_multi_run) -> None:
+    """On CUDA the predictor runs the teacher under bf16 autocast: its features are bf16, its decoder's output
+    float. The per-class logits must take the decoder's dtype (they were allocated from the features and failed)."""
+    loaded = load_model(tiny_multi_run.teacher_dir)
+    teacher, support = loaded.model, loaded.support_features()
+    with torch.no_grad():
+        query = teacher.backbone(torch.zeros(1, 3, 64, 64))
+        coarse = teacher.coarse_maps(query, support, list(range(3)))
+    bf16_query = [[m.to(torch.bfloat16) for m in level] for level in query]  # what CUDA autocast's backbone gives
+    decoder = teacher.decoder
+    skip_features, forward = decoder.skip_features, decoder.forward
+    # the decoder as CUDA autocast runs it: bf16 inputs taken, float out of its normalisation layers
+    decoder.skip_features = lambda a, b: skip_features(a.float(), b.float())
+    decoder.forward = lambda maps, skip, prior: forward(maps, skip, prior).float()
+    try:
+        with torch.no_grad():
+            logits = teacher.class_logits(bf16_query, support, coarse, torch.tensor([True, False, True]))
+    finally:
+        del decoder.skip_features, decoder.forward
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all() and logits.shape[:2] == (1, 3)
