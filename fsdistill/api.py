@@ -306,6 +306,7 @@ def predict(
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
     backend: str | None = None,
+    on_model: Callable[[str], None] | None = None,
 ) -> PredictResult:
     """Support-free batch inference with a student: masks at each image's original size (see predict_files).
 
@@ -316,11 +317,16 @@ def predict(
     onnxruntime only (``model`` is the file, or a run/artifact folder whose ``student.onnx`` sits beside the
     artifact). None: ``onnx`` when ``model`` is an ``.onnx`` file, else ``torch``. Both write the same files.
 
+    ``on_model``: called once with the model's path as soon as it is loaded, before any image is predicted (so a
+    caller can say which run ``model`` None picked).
+
     Raises:
         ConfigError: an unknown backend, or an ``.onnx`` model with the torch backend.
         DependencyError: the onnx backend without onnxruntime installed.
     """
     runner = _runner(model, device, backend)
+    if on_model is not None:
+        on_model(runner.identity()["model"])
     on_gpu = runner.on_gpu
     if batch_size is None:
         # On the CPU small batches ran faster per image (Lite0 at 384 px, 2 cores: 48 ms at batch 1-2, 73-110 ms
@@ -475,9 +481,9 @@ def _sample_images(loaded, images: list[Path] | None, limit: int):
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous() if arrays else None
 
 
-def count_images(inputs: list[Path]) -> int:
-    """How many images ``predict`` would process (for a progress bar total)."""
-    return len(list_images(inputs))
+def count_images(inputs: list[Path], out_dir: Path | None = None) -> int:
+    """How many images ``predict`` into ``out_dir`` would process (for a progress bar total)."""
+    return len(list_images(inputs, out_dir))
 
 
 def profile(cfg: "ProfileCfg | None" = None, quiet: bool = False, **options: Any) -> "ProfileResult":

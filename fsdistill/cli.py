@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
@@ -306,10 +307,16 @@ def predict(
     """
     from fsdistill import api
 
-    total = api.count_images(inputs)
+    total = api.count_images(inputs, out)
     with _bar(total, "predict", quiet) as bar:
+        # Without --model the newest run is used: say which, or the masks cannot be traced to a model.
+        def say_model(path: str) -> None:
+            if model is None and not quiet:
+                bar.write(f"model: {path} (newest run under ./runs; pass --model to choose)", file=sys.stderr)
+
         result = api.predict(
-            inputs, out, model, device, batch_size, overlay, overwrite, workers, bar.update, backend=backend
+            inputs, out, model, device, batch_size, overlay, overwrite, workers, bar.update, backend=backend,
+            on_model=say_model,
         )
     console = _Console(quiet)
     console.say(

@@ -1,0 +1,96 @@
+"""Issue 19, "first-hour failures found by a new user": each case reproduced through the real CLI (typer's
+CliRunner) or the library function that misbehaved, with the tiny session runs of conftest.py (no new training).
+The rows of docs/reliability.md that cite ``first`` name the tests here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import SynData
+from test_cli import assert_user_error
+from fsdistill.cli import app
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def _images(folder: Path, names: list[str]) -> Path:
+    for k, name in enumerate(names):
+        SynData.save(folder / name, SynData.image(30, 41, k))
+    return folder
+
+
+def _pngs_under(folder: Path) -> int:
+    return sum(1 for _ in folder.rglob("*.png"))
+
+
+# --- predict: inputs ---------------------------------------------------------------------------------------------
+
+
+def test_output_folder_inside_the_input_folder_is_not_read_back(runner, tiny_binary_run, tmp_path) -> None:
+    """``predict q -o q/pred --overlay`` three times wrote 2, then 4, then 8 new masks (its own outputs as input)."""
+    q = _images(tmp_path / "q", ["a.png", "b.png"])
+    args = ["predict", str(q), "-o", str(q / "pred"), "--model", str(tiny_binary_run.run_dir), "--overlay"]
+    args += ["--device", "cpu"]
+    outputs = []
+    for _ in range(3):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        outputs.append(result.stdout.strip().splitlines()[-1])
+    assert outputs[0].startswith("2 written, 0 already done")
+    assert outputs[1].startswith("0 written, 2 already done") and outputs[2].startswith("0 written, 2 already done")
+    assert _pngs_under(q / "pred" / "masks") == 2 and _pngs_under(q / "pred" / "overlays") == 2
+    assert len((q / "pred" / "predictions.csv").read_text().splitlines()) == 1 + 2 * 2  # header + 2 images × 2 classes
+
+
+def test_output_folder_equal_to_the_input_folder_and_old_output_folders_are_skipped(
+    runner, tiny_binary_run, tmp_path
+) -> None:
+    q = _images(tmp_path / "q", ["a.png", "b.png"])
+    base = ["--model", str(tiny_binary_run.run_dir), "--overlay", "--device", "cpu"]
+    for _ in range(2):
+        result = runner.invoke(app, ["predict", str(q), "-o", str(q), *base])
+        assert result.exit_code == 0, result.output
+    assert "0 written, 2 already done" in result.stdout
+    assert _pngs_under(q / "masks") == 2
+    # An earlier run's -o folder inside the input (it holds a manifest) is not input either, whatever -o is now.
+    result = runner.invoke(app, ["predict", str(q), "-o", str(tmp_path / "elsewhere"), *base])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().splitlines()[-1].startswith("2 written")
+
+
+def test_overlapping_inputs_predict_each_image_once(runner, tiny_binary_run, tmp_path) -> None:
+    """``predict r r/sub`` predicted r/sub's images twice (once under r/, once under sub/)."""
+    r = _images(tmp_path / "r", ["a.png", "sub/b.png"])
+    out = tmp_path / "out"
+    args = ["predict", str(r), str(r / "sub"), str(r / "sub" / "b.png"), "-o", str(out)]
+    result = runner.invoke(app, [*args, "--model", str(tiny_binary_run.run_dir), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().splitlines()[-1].startswith("2 written")
+    assert sorted(p.relative_to(out / "masks").as_posix() for p in (out / "masks").rglob("*.png")) == [
+        "r/a.png",
+        "r/sub/b.png",
+    ]
+
+
+def test_predict_without_model_says_which_run_it_used(runner, tiny_binary_run, tmp_path, monkeypatch) -> None:
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "newest").symlink_to(tiny_binary_run.run_dir, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    _images(tmp_path / "in", ["a.png"])
+    result = runner.invoke(app, ["predict", "in", "-o", "out", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert f"model: {(tiny_binary_run.run_dir / 'student').resolve()}" in result.stderr
+    quiet = runner.invoke(app, ["predict", "in", "-o", "out2", "--device", "cpu", "--quiet"])
+    assert quiet.exit_code == 0 and quiet.stderr == ""
+    # With --model the user already knows which model it is: nothing extra.
+    given = runner.invoke(app, ["predict", "in", "-o", "out3", "--device", "cpu", "--model", "runs/newest"])
+    assert given.exit_code == 0 and "model:" not in given.stderr
