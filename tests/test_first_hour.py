@@ -94,3 +94,42 @@ def test_predict_without_model_says_which_run_it_used(runner, tiny_binary_run, t
     # With --model the user already knows which model it is: nothing extra.
     given = runner.invoke(app, ["predict", "in", "-o", "out3", "--device", "cpu", "--model", "runs/newest"])
     assert given.exit_code == 0 and "model:" not in given.stderr
+
+
+# --- scripts/setup.sh ---------------------------------------------------------------------------------------------
+
+
+def _fake_setup_tree(tmp_path: Path, pip_rc: int) -> Path:
+    """A copy of scripts/setup.sh beside a fake .venv whose python prints a setuptools-like notice box."""
+    import shutil
+
+    root = tmp_path / "repo"
+    (root / "scripts").mkdir(parents=True)
+    shutil.copy(Path(__file__).resolve().parents[1] / "scripts" / "setup.sh", root / "scripts" / "setup.sh")
+    fake = root / ".venv" / "bin" / "python"
+    fake.parent.mkdir(parents=True)
+    fake.write_text(
+        "#!/bin/sh\n"
+        'echo "pip $*"\n'
+        'echo "!! ********** Editable installation **********" >&2\n'
+        f'case "$*" in *-e*) exit {pip_rc};; esac\n'
+    )
+    fake.chmod(0o755)
+    return root
+
+
+def test_setup_is_quiet_when_it_works_and_shows_the_log_when_it_fails(tmp_path) -> None:
+    """The demo printed setuptools' "Editable installation" warning box during set-up."""
+    import subprocess
+
+    ok = _fake_setup_tree(tmp_path / "ok", 0)
+    done = subprocess.run(["bash", str(ok / "scripts" / "setup.sh")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "" and done.stderr == ""
+    assert "Editable installation" in (ok / ".cache" / "setup.log").read_text()
+
+    bad = _fake_setup_tree(tmp_path / "bad", 1)
+    failed = subprocess.run(["bash", str(bad / "scripts" / "setup.sh")], capture_output=True, text=True, timeout=60)
+    assert failed.returncode != 0
+    assert "set-up failed" in failed.stderr and "Editable installation" in failed.stderr
+    assert "pip -m pip install -e" in failed.stderr  # the failing step's own output, from the log
