@@ -133,3 +133,109 @@ def test_setup_is_quiet_when_it_works_and_shows_the_log_when_it_fails(tmp_path) 
     assert failed.returncode != 0
     assert "set-up failed" in failed.stderr and "Editable installation" in failed.stderr
     assert "pip -m pip install -e" in failed.stderr  # the failing step's own output, from the log
+
+
+# --- hub backbones offline -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_network(monkeypatch, tmp_path) -> list:
+    """No route to anywhere (every TCP connect fails at once), an empty Hugging Face cache, and timm's hub loader
+    made to fail loudly, so a test notices any download attempt. Returns the list of attempted connections."""
+    import socket
+
+    import timm
+    from huggingface_hub import constants
+
+    attempts: list = []
+
+    def unreachable(address, *args, **kwargs):
+        attempts.append(address)
+        raise OSError(101, "Network is unreachable")
+
+    real_create = timm.create_model
+
+    def no_hub(name, pretrained=False, **kwargs):
+        overlay = kwargs.get("pretrained_cfg_overlay") or {}
+        assert not pretrained or "file" in overlay, f"{name}: a hub download was attempted"
+        return real_create(name, pretrained=pretrained, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(timm, "create_model", no_hub)
+    return attempts
+
+
+def test_hub_backbone_offline_fails_fast_with_one_sentence(runner, tiny_data, tmp_path, no_network) -> None:
+    """``--backbone swin-b`` offline waited 54 s and printed 22 lines of hub retries before its error."""
+    import time
+
+    start = time.perf_counter()
+    result = runner.invoke(
+        app, ["distill", "--support", str(tiny_data.binary), "--backbone", "swin-b", "--out", str(tmp_path / "run"),
+              "--device", "cpu"],
+    )  # fmt: skip
+    elapsed = time.perf_counter() - start
+    assert_user_error(result, "swin_base_patch4_window12_384", "cannot be reached", "--backbone-weights FILE")
+    assert elapsed < 10, elapsed  # one refused connect, not the hub client's retries
+    assert len(no_network) == 1 and not (tmp_path / "run").exists()
+
+
+def test_hub_backbone_loads_from_the_local_cache_without_the_network(tmp_path, no_network) -> None:
+    """Weights downloaded once load from the hub cache offline (no connection tried, nothing waited for)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from fsdistill.models.backbone import create_backbone, load_classifier
+
+    reference = load_classifier("resnet50", pretrained=False).state_dict()
+    torch.manual_seed(0)
+    reference = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in reference.items()}
+    repo = tmp_path / "hf-cache" / "models--timm--resnet50.a1h_in1k"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    save_file(reference, str(repo / "snapshots" / ("0" * 40) / "model.safetensors"))
+
+    backbone = create_backbone("resnet50")
+    assert no_network == []
+    loaded = backbone.model.state_dict()
+    assert torch.equal(loaded["conv1.weight"], reference["conv1.weight"])
+
+
+def test_hub_retry_messages_are_silenced(runner, tiny_data, tmp_path, monkeypatch) -> None:
+    """When the hub answers but the download fails, its retry warnings no longer bury the one error line."""
+    import logging
+
+    import timm
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from fsdistill.models import backbone as bb
+
+    def retrying_create_model(name, pretrained=False, **kwargs):
+        if pretrained:
+            for k in range(1, 6):
+                logging.getLogger("huggingface_hub.utils._http").warning(f"Retrying in 1s [Retry {k}/5].")
+            raise LocalEntryNotFoundError("cannot find the requested files in the local cache")
+        return real(name, pretrained=pretrained, **kwargs)
+
+    real = timm.create_model
+    monkeypatch.setattr(timm, "create_model", retrying_create_model)
+    monkeypatch.setattr(bb, "_hub_unreachable", lambda: None)
+    monkeypatch.setattr(bb, "_hub_file_in_cache", lambda spec: None)
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    emitted: list[logging.LogRecord] = []
+    collector = logging.Handler()
+    collector.emit = emitted.append  # the hub client logs through its own handler, not necessarily to our stderr
+    hub_logger.addHandler(collector)
+    try:
+        result = runner.invoke(
+            app, ["distill", "--support", str(tiny_data.binary), "--backbone", "resnet50", "--out",
+                  str(tmp_path / "run"), "--device", "cpu"],
+        )  # fmt: skip
+    finally:
+        hub_logger.removeHandler(collector)
+    assert_user_error(result, "Could not download", "--backbone-weights")
+    assert emitted == []
+    assert hub_logger.level == level  # restored after the call
