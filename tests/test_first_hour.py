@@ -239,3 +239,112 @@ def test_hub_retry_messages_are_silenced(runner, tiny_data, tmp_path, monkeypatc
     assert_user_error(result, "Could not download", "--backbone-weights")
     assert emitted == []
     assert hub_logger.level == level  # restored after the call
+
+
+# --- help texts and option messages ----------------------------------------------------------------------------------
+
+
+def _help(runner: CliRunner, command: str) -> str:
+    """The rendered ``--help`` of ``command``."""
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def _option_help(command: str, flag: str) -> str:
+    """The help text of ``command``'s option ``flag``, as the help screen shows it (before line wrapping)."""
+    import typer
+
+    params = typer.main.get_command(app).commands[command].params
+    option = next(p for p in params if flag in getattr(p, "opts", ()))
+    return " ".join(option.help.split())
+
+
+def test_steps_help_says_what_0_does_for_each_command(runner) -> None:
+    """The shared help said "0 = untrained teacher" for distill too, where 0 writes an untrained student."""
+    adapt, distill = _option_help("adapt", "--steps"), _option_help("distill", "--steps")
+    assert "0 = the untrained teacher" in adapt
+    assert "untrained teacher" not in distill and "the student is written untrained" in distill
+    for text in (adapt, distill):
+        assert "default: automatic from the support folder, see README" in text
+
+
+def test_distill_with_0_steps_says_the_student_is_untrained(runner, tiny_data, tmp_path) -> None:
+    args = ["distill", "--support", str(tiny_data.binary), "--out", str(tmp_path / "run"), "--steps", "0"]
+    result = runner.invoke(app, [*args, "--backbone", "test-resnet", "--size", "64", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "note: 0 steps: the student is untrained" in result.stdout
+
+
+def test_help_shows_the_defaults_of_size_and_steps(runner) -> None:
+    from fsdistill.config import ModelCfg
+
+    size = ModelCfg.model_fields["size"].default
+    for command in ("adapt", "distill"):
+        assert f"(default {size})" in _option_help(command, "--size")
+        assert "default:" in _option_help(command, "--steps")
+        # typer's rich markup reads [...] as a tag and dropped the old "[default: ...]" from the screen
+        assert "[" not in _option_help(command, "--steps") + _option_help(command, "--size")
+
+
+@pytest.mark.parametrize("command", ["check", "adapt", "distill", "predict", "evaluate", "profile", "export"])
+def test_on_off_flags_show_no_value_type(runner, command) -> None:
+    """Flags showed ``<bool>``, so ``--overlay true`` looked valid (and then failed: Input true does not exist)."""
+    text = _help(runner, command)
+    assert "--quiet" in text and "<bool>" not in text
+
+
+def test_root_help_shows_no_value_type_for_flags(runner) -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0 and "<bool>" not in result.stdout and "--version" in result.stdout
+
+
+def test_empty_train_is_refused(runner, tiny_data, tmp_path) -> None:
+    """``--train ""`` (an empty shell variable) silently meant the default groups."""
+    args = ["distill", "--support", str(tiny_data.binary), "--out", str(tmp_path / "run"), "--train", ""]
+    result = runner.invoke(app, [*args, "--backbone", "test-resnet", "--size", "64", "--device", "cpu"])
+    assert_user_error(result, "--train got no group names", "mapper,merge,mixer")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--steps", "-1"], "Invalid --steps -1: Input should be greater than or equal to 0"),
+        (["--size", "100"], "Invalid --size 100: size must be a multiple of 32"),
+        (["--train", "mapper,bogus"], "Invalid --train mapper,bogus: unknown trainable group"),
+        (["--lr", "0"], "Invalid --lr 0.0:"),
+        (["--student-width", "-2"], "Invalid --student-width -2:"),
+    ],
+)
+def test_option_errors_name_the_flag(runner, tiny_data, tmp_path, flags, fragment) -> None:
+    """Errors said ``train.steps`` (the config key) for a value typed as ``--steps``."""
+    args = ["distill", "--support", str(tiny_data.binary), "--out", str(tmp_path / "run"), *flags]
+    line = assert_user_error(runner.invoke(app, [*args, "--backbone", "test-resnet", "--device", "cpu"]), fragment)
+    assert "train." not in line and "model." not in line
+
+
+def test_yaml_errors_still_name_the_yaml_key(runner, tiny_data, tmp_path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("train:\n  steps: -1\n")
+    args = ["distill", "--support", str(tiny_data.binary), "--out", str(tmp_path / "run"), "--config", str(config)]
+    assert_user_error(runner.invoke(app, args), "train.steps")
+
+
+def test_decoder_help_no_longer_claims_flat_cost(runner) -> None:
+    """Measured: the light-decoder student is 1.18x the backbone at 1 class and 2.2x at 20, not flat."""
+    from fsdistill.config import ModelCfg
+
+    for command in ("adapt", "distill", "profile"):
+        text = _option_help(command, "--decoder")
+        assert "flat" not in text and "1.18x" in text and "2.2x" in text
+    description = ModelCfg.model_fields["decoder"].description
+    assert "not flat in the number of classes" in description and "2.2x at 20" in description
+
+
+def test_jargon_options_are_explained_in_plain_words(runner) -> None:
+    assert "ConvDist" not in _option_help("distill", "--student-width")
+    assert "per class" in _option_help("distill", "--student-width")
+    assert "Which parts of the teacher learn from your images" in _option_help("distill", "--train")
+    no_cache = _option_help("profile", "--no-cache")
+    assert "backbone again for every query image" in no_cache
