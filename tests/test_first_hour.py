@@ -348,3 +348,74 @@ def test_jargon_options_are_explained_in_plain_words(runner) -> None:
     assert "Which parts of the teacher learn from your images" in _option_help("distill", "--train")
     no_cache = _option_help("profile", "--no-cache")
     assert "backbone again for every query image" in no_cache
+
+
+# --- check: every broken pair, and masks turned by an EXIF orientation ---------------------------------------------
+
+
+def _break_pairs(root: Path, names: list[str]) -> None:
+    """Shrink the masks of ``names`` so each pair has a size mismatch."""
+    for name in names:
+        SynData.save(root / "masks" / f"{name}.png", np.zeros((20, 20), np.uint8))
+
+
+def test_check_reports_every_bad_file(runner, tmp_path) -> None:
+    """check reported only the first of several bad files, so fixing a folder took one run per file."""
+    from conftest import write_binary_folder
+
+    root = write_binary_folder(tmp_path / "support", [f"s{i}" for i in range(5)])
+    _break_pairs(root, ["s1"])
+    data = (root / "images" / "s2.png").read_bytes()
+    (root / "images" / "s2.png").write_bytes(data[: len(data) // 3])  # truncated image
+    (root / "masks" / "s4.png").write_bytes(b"not a png")  # unreadable mask
+    result = runner.invoke(app, ["check", str(root)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"error: 3 of 5 pairs in {root} cannot be used; fix or remove each file below, then run check again:"
+    assert len(lines) == 4 and all(line.startswith("  - ") for line in lines[1:])
+    assert "s1.png is 20×20" in lines[1] and "images/s2.png" in lines[2] and "masks/s4.png" in lines[3]
+    assert "Traceback" not in result.output
+
+
+def test_check_caps_the_list_of_bad_files(runner, tmp_path) -> None:
+    from conftest import write_binary_folder
+
+    from fsdistill.data.check import MAX_REPORTED_PROBLEMS
+
+    names = [f"s{i:02d}" for i in range(MAX_REPORTED_PROBLEMS + 6)]
+    root = write_binary_folder(tmp_path / "support", names, size=(24, 28))
+    _break_pairs(root, names[1:])  # all but one pair broken
+    result = runner.invoke(app, ["check", str(root)])
+    assert result.exit_code == 2
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith(f"error: {len(names) - 1} of {len(names)} pairs")
+    assert len(lines) == 1 + MAX_REPORTED_PROBLEMS + 1 and lines[-1] == "  - and 5 more"
+
+
+def test_one_bad_file_is_still_one_sentence(runner, tmp_path) -> None:
+    from conftest import write_binary_folder
+
+    root = write_binary_folder(tmp_path / "support", ["s0", "s1"])
+    _break_pairs(root, ["s1"])
+    assert_user_error(runner.invoke(app, ["check", str(root)]), "s1.png is 20×20", "resize the mask")
+
+
+@pytest.mark.parametrize("tagged", ["image", "mask"])
+def test_mask_in_the_other_exif_orientation_is_told_so(runner, tmp_path, tagged) -> None:
+    """A mask stored in the other orientation than its EXIF-rotated image was told to "resize the mask"."""
+    root = tmp_path / "support"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° for display: stored 30×20 (w×h) shows as 20×30
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir(parents=True)
+    mask = np.zeros((20, 30), np.uint8)
+    mask[5:15, 5:20] = 255
+    if tagged == "image":  # a phone photo; the mask was drawn on its stored (unrotated) pixels
+        Image.fromarray(SynData.image(20, 30)).save(root / "images" / "a.jpg", exif=exif)
+        Image.fromarray(mask).save(root / "masks" / "a.png")
+    else:  # the image has no tag; the mask carries one and turns on reading
+        Image.fromarray(SynData.image(20, 30)).save(root / "images" / "a.jpg")
+        Image.fromarray(mask).save(root / "masks" / "a.png", exif=exif)
+    line = assert_user_error(runner.invoke(app, ["check", str(root)]), "the same size turned by 90°", "EXIF orientation")
+    assert "resize the mask" not in line and "rotate it by 90°" in line
+    assert f"{tagged}'s EXIF orientation tag" in line

@@ -33,7 +33,7 @@ import yaml
 from PIL import Image
 
 from fsdistill.data.coco import CocoData, load_coco, read_coco_json
-from fsdistill.data.images import _PIL_ERRORS, IMAGE_SUFFIXES, image_size, read_image
+from fsdistill.data.images import _PIL_ERRORS, IMAGE_SUFFIXES, exif_quarter_turn, image_size, read_image
 from fsdistill.data.masks import (
     BACKGROUND_NAMES,
     IGNORE_INDEX,
@@ -155,6 +155,16 @@ class SupportIndex:
                 f"COCO file {where} gives {s.image_path.name} the size {m.shape[1]}×{m.shape[0]} but the image is "
                 f"{w}×{h}; fix width/height in its images entry (or the image's EXIF rotation)."
             )
+        if m.shape != (h, w) and m.shape == (w, h):
+            # Same size turned by 90°: usually one of the two files carries an EXIF rotation the other lacks (a
+            # phone photo whose mask was drawn on the stored pixels); resizing would only distort the mask.
+            turned = self._quarter_turn_note(s.image_path, where)
+            if turned:
+                raise DataError(
+                    f"Mask {where} is {m.shape[1]}×{m.shape[0]} but its image {s.image_path} is {w}×{h}, the same "
+                    f"size turned by 90°: {turned}; save the mask in the image's displayed orientation (rotate it "
+                    "by 90°) or re-export the pair with the same orientation, do not resize it."
+                )
         if m.shape != (h, w):
             raise DataError(
                 f"Mask {where} is {m.shape[1]}×{m.shape[0]} but its image {s.image_path} is {w}×{h}; resize the "
@@ -169,6 +179,16 @@ class SupportIndex:
                     f"({', '.join(self.class_names[:8])}); add the name or fix the mask."
                 )
         return m
+
+    @staticmethod
+    def _quarter_turn_note(image_path: Path, mask_path: Path) -> str:
+        """Why a mask and its image are the same size turned by 90°, if an EXIF orientation tag explains it."""
+        image_turned, mask_turned = exif_quarter_turn(image_path), exif_quarter_turn(mask_path)
+        if image_turned and not mask_turned:
+            return "the image's EXIF orientation tag turns it by 90° for display and the mask has no such tag"
+        if mask_turned and not image_turned:
+            return "the mask's EXIF orientation tag turns it by 90° and the image has no such tag"
+        return ""
 
     def load_pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(H×W×3 uint8 RGB image, H×W uint8 class-id mask) of sample ``i``, sizes checked."""
@@ -596,8 +616,13 @@ def _scan_masks(paths: Sequence[Path]) -> _MaskStats:
             with Image.open(p) as im:
                 st.palette_mode |= im.mode in ("P", "PA")
         except _PIL_ERRORS:
-            pass  # read_mask_array below reports it with the file name
-        a = read_mask_array(p)
+            pass  # decoding the pair reports it with the file name
+        try:
+            a = read_mask_array(p)
+        except DataError:
+            # Left out of the kind decision only: decoding the pair raises the same error, and check collects
+            # every such error instead of stopping at the first unreadable mask here.
+            continue
         if a.ndim == 3:
             if st.too_many_colours is None:
                 st.colours.update(np.unique(pack_rgb(a)).tolist())
