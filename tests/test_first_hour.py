@@ -419,3 +419,95 @@ def test_mask_in_the_other_exif_orientation_is_told_so(runner, tmp_path, tagged)
     line = assert_user_error(runner.invoke(app, ["check", str(root)]), "the same size turned by 90°", "EXIF orientation")
     assert "resize the mask" not in line and "rotate it by 90°" in line
     assert f"{tagged}'s EXIF orientation tag" in line
+
+
+# --- colour masks with smoothed edges ------------------------------------------------------------------------------
+
+
+def _smoothed_colour_folder(root: Path, colours: dict[str, tuple[int, int, int]], n: int = 3, mask_dir="masks",
+                            image_dir="images") -> Path:  # fmt: skip
+    """Colour masks drawn at 64×64 (a disc of the first colour, a square of the second if any) and resized
+    bilinearly to 97×89, as an image editor or a resize script does: the edges hold mixtures of the colours."""
+    values = list(colours.values())
+    for k in range(n):
+        m = np.zeros((64, 64, 3), np.uint8)
+        m[SynData.disc(64, 64, 20 + 5 * k, 30, 12)] = values[0]
+        if len(values) > 1:
+            m[40:56, 8 + 4 * k : 30 + 4 * k] = values[1]
+        SynData.save(root / mask_dir / f"a{k}.png", np.asarray(Image.fromarray(m).resize((97, 89), Image.BILINEAR)))
+        SynData.save(root / image_dir / f"a{k}.jpg", SynData.image(89, 97, k))
+    return root
+
+
+def _nearest_class(rgb: np.ndarray, palette: list[tuple[int, int, int]]) -> np.ndarray:
+    distances = ((rgb[..., None, :].astype(int) - np.asarray(palette)[None, None]) ** 2).sum(-1)
+    return distances.argmin(-1)
+
+
+def test_smoothed_colour_masks_keep_their_real_classes(runner, tmp_path) -> None:
+    """Two real colours resized bilinearly became 24 classes (exit 0, only "tiny class" warnings)."""
+    from fsdistill.data.discover import discover
+
+    root = _smoothed_colour_folder(tmp_path / "support", {"polyp": (200, 30, 30)})
+    raw = np.asarray(Image.open(root / "masks" / "a0.png"))
+    assert len(np.unique(raw.reshape(-1, 3), axis=0)) > 10  # the case of the issue: many edge colours
+    index = discover(root)
+    assert index.class_names == ["background", "foreground"] and index.palette == [(0, 0, 0), (200, 30, 30)]
+    mask = index.load_mask(0)
+    assert (mask == _nearest_class(raw, index.palette)).all()  # every edge pixel went to the nearer real colour
+    result = runner.invoke(app, ["check", str(root)])
+    assert result.exit_code == 0, result.output
+    assert "Classes (1 + background" in result.stdout
+    assert "lie between the real colours on object edges" in result.stdout
+    assert "mapped to the nearest of the 2 real colours, not made a class" in result.stdout
+
+
+def test_smoothed_colour_masks_with_three_colours(tmp_path) -> None:
+    from fsdistill.data.discover import discover
+
+    root = _smoothed_colour_folder(tmp_path / "support", {"red": (255, 0, 0), "green": (0, 255, 0)})
+    index = discover(root)
+    assert index.class_names == ["background", "class_1", "class_2"]
+    assert index.palette == [(0, 0, 0), (0, 255, 0), (255, 0, 0)]
+    raw = np.asarray(Image.open(root / "masks" / "a1.png"))
+    assert (index.load_mask(1) == _nearest_class(raw, index.palette)).all()
+
+
+def test_a_real_class_between_two_colours_is_not_taken_for_a_blend(tmp_path) -> None:
+    """Dark blue between black and blue is a class of its own when it fills areas, not only edges."""
+    from fsdistill.data.discover import discover
+
+    root = tmp_path / "support"
+    for k in range(2):
+        m = np.zeros((40, 40, 3), np.uint8)
+        m[:, 20:] = (0, 0, 255)
+        m[5:15, 5 + k : 30 + k] = (0, 0, 128)
+        SynData.save(root / "masks" / f"a{k}.png", m)
+        SynData.save(root / "images" / f"a{k}.png", SynData.image(40, 40, k))
+    index = discover(root)
+    assert index.class_names == ["background", "class_1", "class_2"]
+    assert not any("edges" in w for w in index.warnings)
+
+
+def test_cvat_masks_with_smoothed_edges_map_blends_to_labelmap_colours(runner, tmp_path) -> None:
+    from fsdistill.data.discover import discover
+
+    root = tmp_path / "cvat"
+    colours = {"car": (250, 50, 83), "road": (51, 221, 255)}
+    _smoothed_colour_folder(root, colours, mask_dir="SegmentationClass", image_dir="JPEGImages")
+    (root / "labelmap.txt").write_text(
+        "# label:color_rgb:parts:actions\nbackground:0,0,0::\ncar:250,50,83::\nroad:51,221,255::\n"
+    )
+    index = discover(root)
+    assert (index.layout, index.class_names) == ("cvat", ["background", "car", "road"])
+    assert any("lie between the colours of labelmap.txt on object edges" in w for w in index.warnings)
+    raw = np.asarray(Image.open(root / "SegmentationClass" / "a2.png"))
+    assert (index.load_mask(2) == _nearest_class(raw, index.palette)).all()
+    result = runner.invoke(app, ["check", str(root)])
+    assert result.exit_code == 0 and "mapped to the nearest of the 3 real colours" in result.stdout
+
+    # A colour that is no mixture of label-map colours is still refused, naming it.
+    raw = raw.copy()
+    raw[0, 0] = (10, 200, 10)
+    SynData.save(root / "SegmentationClass" / "a2.png", raw)
+    assert_user_error(runner.invoke(app, ["check", str(root)]), "colour (10, 200, 10)", "labelmap.txt")

@@ -41,12 +41,14 @@ from fsdistill.data.masks import (
     colours_to_index,
     decode_binary,
     default_palette,
+    edge_pixels,
     pack_rgb,
     parse_labelmap,
     read_binary_source,
     read_index_mask,
     read_mask_array,
     read_rgb_mask,
+    resolve_blends,
     union_instances,
 )
 from fsdistill.errors import DataError
@@ -68,7 +70,10 @@ MASK_DIR_NAMES = (
 )  # fmt: skip
 # VOC paints "difficult/boundary" pixels in this colour; in colour masks without a label map it means ignore.
 VOC_IGNORE_COLOUR = (224, 224, 192)
-MAX_AUTO_COLOURS = 64  # more distinct colours than this without a label map means JPEG noise or anti-aliasing
+MAX_AUTO_COLOURS = 64  # more real colours than this without a label map means noise or lossy saving
+# Distinct colours read from the masks before giving up on them (smoothed edges of a few classes stay far below:
+# at most 256 mixtures per pair of colours).
+MAX_SCANNED_COLOURS = 4096
 LOOKED_FOR = (
     "images/+masks/ (also img/+gt/, JPEGImages/+SegmentationClass/, Kvasir-SEG, ISIC *_Input/+*_GroundTruth/), "
     "a COCO *.json, DSB2018 <id>/images/+<id>/masks/, class folders with x.jpg+x.png, and x.jpg+x_mask.png side "
@@ -600,6 +605,8 @@ def _find_names_file(dirs: Iterable[Path]) -> Path | None:
 class _MaskStats:
     hist: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
     colours: set[int] = field(default_factory=set)
+    pixels: dict[int, int] = field(default_factory=dict)  # packed colour -> pixels over all masks
+    edges: dict[int, int] = field(default_factory=dict)  # packed colour -> those of its pixels on a boundary
     colour_example: Path | None = None
     too_many_colours: Path | None = None
     wide_max: int = 0
@@ -611,6 +618,7 @@ def _scan_masks(paths: Sequence[Path]) -> _MaskStats:
     """Read every mask once: value histogram of grey/palette masks, colours of colour masks, 16-bit maxima."""
     st = _MaskStats()
     grey_colours: set[int] = set()
+    grey_pixels = np.zeros(256, np.int64)
     for p in paths:
         try:
             with Image.open(p) as im:
@@ -625,9 +633,15 @@ def _scan_masks(paths: Sequence[Path]) -> _MaskStats:
             continue
         if a.ndim == 3:
             if st.too_many_colours is None:
-                st.colours.update(np.unique(pack_rgb(a)).tolist())
+                packed = pack_rgb(a)
+                colours, counts = np.unique(packed, return_counts=True)
+                on_edge, edge_counts = np.unique(packed[edge_pixels(packed)], return_counts=True)
+                for table, keys, values in ((st.pixels, colours, counts), (st.edges, on_edge, edge_counts)):
+                    for c, n in zip(keys.tolist(), values.tolist()):
+                        table[c] = table.get(c, 0) + n
+                st.colours.update(colours.tolist())
                 st.colour_example = st.colour_example or p
-                if len(st.colours) > MAX_AUTO_COLOURS + 2:
+                if len(st.colours) > MAX_SCANNED_COLOURS:
                     st.too_many_colours = p
             continue
         if a.dtype != np.uint8:
@@ -640,10 +654,27 @@ def _scan_masks(paths: Sequence[Path]) -> _MaskStats:
             a = a.astype(np.uint8)
         h = np.bincount(a.ravel(), minlength=256)
         st.hist += h
+        grey_pixels += h
         grey_colours.update(int(v) * 0x010101 for v in np.flatnonzero(h))
     if st.colours:
         st.colours |= grey_colours  # grey masks in a colour-mask set: their greys are colours too
+        for v in np.flatnonzero(grey_pixels).tolist():  # (no edge counts: never taken for blends)
+            st.pixels[v * 0x010101] = st.pixels.get(v * 0x010101, 0) + int(grey_pixels[v])
     return st
+
+
+def _unpack(c: int) -> Rgb:
+    return ((c >> 16) & 255, (c >> 8) & 255, c & 255)
+
+
+def _blend_warning(blends: dict[Rgb, Rgb], pixels: dict[Rgb, int], real_count: int, what: str) -> str:
+    example = max(blends, key=lambda c: pixels[c])
+    return (
+        f"{len(blends)} colours in the masks lie between {what} on object edges, as smoothing or resizing a colour "
+        f"mask leaves them (e.g. {example} on {pixels[example]} pixels, read as {blends[example]}); each was mapped "
+        f"to the nearest of the {real_count} real colours, not made a class: resize masks with nearest-neighbour "
+        "to keep exact colours."
+    )
 
 
 def _looks_antialiased(hist: np.ndarray, palette_mode: bool) -> bool:
@@ -696,6 +727,14 @@ def _decide_kind(found: _Found, names_file: Path | None, warnings: list[str]) ->
                 "JPEG changes colours, so export the colour masks as PNG."
             )
         table = {c: k for k, c in enumerate(colours)}
+        if st is not None and any(_unpack(c) not in table for c in st.pixels):
+            # Blends of label-map colours (smoothed edges) go to the nearest one; other unknown colours stay
+            # unknown, and decoding reports them with the file and a pixel.
+            pixels = {_unpack(c): n for c, n in st.pixels.items()}
+            _, blends = resolve_blends(pixels, {_unpack(c): n for c, n in st.edges.items()}, real=colours)
+            if blends:
+                table.update({c: table[target] for c, target in blends.items()})
+                warnings.append(_blend_warning(blends, pixels, len(colours), f"the colours of {names_file.name}"))
         return dict(kind="rgb", names=names, palette=colours, threshold=128, table=table, source=names_file.name)
 
     def binary_names() -> list[str]:
@@ -716,16 +755,29 @@ def _decide_kind(found: _Found, names_file: Path | None, warnings: list[str]) ->
     if st.colours:
         if st.too_many_colours is not None:
             raise DataError(
-                f"Mask {st.too_many_colours} has more than {MAX_AUTO_COLOURS} colours, too many for class colours "
-                "(anti-aliasing or lossy saving?); add a labelmap.txt (name:r,g,b::) or save index PNG masks."
+                f"Mask {st.too_many_colours} has more than {MAX_SCANNED_COLOURS} colours, too many for class colours "
+                "(lossy saving or noise?); add a labelmap.txt (name:r,g,b::) or save index PNG masks."
             )
-        cols = sorted({((c >> 16) & 255, (c >> 8) & 255, c & 255) for c in st.colours} - {(0, 0, 0)})
+        pixels = {_unpack(c): n for c, n in st.pixels.items()}
+        # Smoothed edges hold dozens of mixtures of the real colours; each became a "class" before (24 classes
+        # from a 2-colour mask resized bilinearly, with only tiny-class warnings).
+        real, blends = resolve_blends(pixels, {_unpack(c): n for c, n in st.edges.items()})
+        if len(set(real) - {(0, 0, 0), VOC_IGNORE_COLOUR}) > MAX_AUTO_COLOURS:
+            raise DataError(
+                f"Masks such as {st.colour_example} have {len(real)} distinct colours besides edge blends, too many "
+                f"for class colours (more than {MAX_AUTO_COLOURS}; lossy saving or noise?); add a labelmap.txt "
+                "(name:r,g,b::) or save index PNG masks."
+            )
+        if blends:
+            warnings.append(_blend_warning(blends, pixels, len(real), "the real colours"))
+        cols = sorted(set(real) - {(0, 0, 0)})
         table: dict[Rgb, int] = {(0, 0, 0): 0}
         if VOC_IGNORE_COLOUR in cols:
             cols.remove(VOC_IGNORE_COLOUR)
             table[VOC_IGNORE_COLOUR] = IGNORE_INDEX
             warnings.append(f"Colour {VOC_IGNORE_COLOUR} in the masks is read as ignore (255), as in Pascal VOC.")
         table.update({c: k for k, c in enumerate(cols, 1)})
+        table.update({c: table[target] for c, target in blends.items()})
         if len(cols) == 1:
             names = binary_names() or ["background", "foreground"]
         elif file_names is not None:
