@@ -106,6 +106,14 @@ def _prepare(cfg: AdaptCfg | DistillCfg, quiet: bool):
     num_classes = len(index.class_names) - 1
     if num_classes < 1:
         raise DataError(f"{cfg.support} declares no foreground class; masks need at least one labelled class.")
+    unused = index.unused_classes()
+    if unused:
+        # A class without a pixel is only ever taught "absent": the model would carry it and never predict it.
+        raise DataError(
+            f"Class {unused[0]!r} ({index.names_source}) has no pixel in any mask of {cfg.support}"
+            f"{f' (nor do {len(unused) - 1} more)' if len(unused) > 1 else ''}, so it cannot be learned; add "
+            f"images that show it or {index.drop_class_hint()}."
+        )
     device = resolve_device(cfg.device)
     seed_everything(cfg.train.seed)
     support = load_support_tensors(index, cfg.model.size)

@@ -511,3 +511,68 @@ def test_cvat_masks_with_smoothed_edges_map_blends_to_labelmap_colours(runner, t
     raw[0, 0] = (10, 200, 10)
     SynData.save(root / "SegmentationClass" / "a2.png", raw)
     assert_user_error(runner.invoke(app, ["check", str(root)]), "colour (10, 200, 10)", "labelmap.txt")
+
+
+# --- class ids with gaps, and listed classes without pixels ----------------------------------------------------------
+
+
+def _gapped_folder(root: Path, values=(1, 2, 7), names: list[str] | None = None) -> Path:
+    """Grey index masks whose values skip ids (default {0, 1, 2, 7}), each value in every mask."""
+    for k in range(3):
+        mask = np.zeros((48, 56), np.uint8)
+        for j, v in enumerate(values):
+            mask[4 + 14 * j : 14 + 14 * j, 5 + 3 * k : 30 + 3 * k] = v
+        SynData.save(root / "masks" / f"g{k}.png", mask)
+        SynData.save(root / "images" / f"g{k}.png", SynData.image(48, 56, k))
+    if names is not None:
+        (root / "classes.txt").write_text("\n".join(names) + "\n")
+    return root
+
+
+def test_class_ids_with_gaps_become_the_classes_that_occur(runner, tmp_path) -> None:
+    """{0, 1, 2, 7} without a names file gave 8 classes, 4 of them empty, trained silently, and check told the
+    user to "remove it from the names" in a folder that has no names file."""
+    from fsdistill.data.discover import discover
+    from fsdistill.models.build import load_model
+
+    root = _gapped_folder(tmp_path / "support")
+    index = discover(root)
+    assert index.class_names == ["background", "class_1", "class_2", "class_7"]
+    raw = np.asarray(Image.open(root / "masks" / "g0.png"))
+    mask = index.load_mask(0)
+    assert (mask[raw == 7] == 3).all() and (mask[raw == 2] == 2).all() and (mask[raw == 0] == 0).all()
+    assert index.unused_classes() == []
+
+    result = runner.invoke(app, ["check", str(root)])
+    assert result.exit_code == 0, result.output
+    assert "Classes (3 + background" in result.stdout and "remove it from the names" not in result.stdout
+    assert "appears in no mask" not in result.stdout  # no empty class_3..class_6 any more
+    assert "gaps (3-6 unused): the classes are class_1, class_2, class_7, numbered 1..3" in result.stdout
+
+    out = tmp_path / "run"
+    args = ["distill", "--support", str(root), "--out", str(out), "--steps", "0", "--backbone", "test-resnet"]
+    result = runner.invoke(app, [*args, "--size", "64", "--device", "cpu", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert load_model(out, kind="student").class_names == ["background", "class_1", "class_2", "class_7"]
+
+
+def test_listed_class_without_pixels_is_refused_for_training(runner, tmp_path) -> None:
+    """A names file listing classes that no mask shows: check warns in terms of that file, training refuses."""
+    names = ["background", "a", "b", "unused_3", "unused_4", "c"]
+    root = _gapped_folder(tmp_path / "support", values=(1, 2, 5), names=names)
+    result = runner.invoke(app, ["check", str(root)])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    assert "Class 'unused_3' (classes.txt) appears in no mask, so adapt and distill refuse the folder" in text
+    assert "or remove it from classes.txt (and renumber the masks)" in text
+
+    for command in ("adapt", "distill"):
+        out = tmp_path / f"run-{command}"
+        args = [command, "--support", str(root), "--out", str(out), "--steps", "0", "--backbone", "test-resnet"]
+        line = assert_user_error(
+            runner.invoke(app, [*args, "--size", "64", "--device", "cpu"]),
+            "Class 'unused_3' (classes.txt) has no pixel in any mask",
+            "(nor do 1 more)",
+            "remove it from classes.txt",
+        )
+        assert "cannot be learned" in line and not out.exists()

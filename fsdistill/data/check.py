@@ -190,8 +190,10 @@ def check_index(index: SupportIndex, progress: Callable[[int, int], None] | None
     for cid in range(1, k):
         name = names[cid]
         if images_with[cid] == 0:
+            # The fix depends on where the name came from: a names file, a class folder, COCO categories.
             warnings.append(
-                f"Class {name!r} is listed but no mask contains it; add examples or remove it from the names."
+                f"Class {name!r} ({index.names_source}) appears in no mask, so adapt and distill refuse the folder; "
+                f"add images that show it or {index.drop_class_hint()}."
             )
         elif images_with[cid] < MIN_IMAGES_PER_CLASS:
             warnings.append(

@@ -119,6 +119,10 @@ class SupportIndex:
     names_source: str = "defaults"  # where class_names came from, for messages and reports
     binary_threshold: int = 128  # binary kinds: foreground = value >= this (1 for 0/1 masks)
     colour_table: dict[Rgb, int] | None = field(default=None, repr=False)  # rgb kind: colour -> class id
+    value_map: np.ndarray | None = field(default=None, repr=False)  # index kind: 256 mask values -> class ids
+    # Pixels of each class over all masks at full resolution, where the folder scan counts them (index and colour
+    # masks); None elsewhere (binary, COCO, DSB2018, class folders).
+    class_pixels: list[int] | None = field(default=None, repr=False)
     coco: CocoData | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -150,6 +154,8 @@ class SupportIndex:
             m = decode_binary(read_binary_source(where), self.binary_threshold, s.class_id)
         elif self.mask_kind == "index":
             m = read_index_mask(where)
+            if self.value_map is not None:
+                m = self.value_map[m]
         elif self.mask_kind == "rgb":
             assert self.colour_table is not None
             m = colours_to_index(read_rgb_mask(where), self.colour_table, where)
@@ -194,6 +200,23 @@ class SupportIndex:
         if mask_turned and not image_turned:
             return "the mask's EXIF orientation tag turns it by 90° and the image has no such tag"
         return ""
+
+    def unused_classes(self) -> list[str]:
+        """Foreground classes without a single pixel in any mask (where the folder scan counts pixels, else [])."""
+        if self.class_pixels is None:
+            return []
+        return [self.class_names[k] for k, n in enumerate(self.class_pixels) if k and not n]
+
+    def drop_class_hint(self) -> str:
+        """How to drop a listed class, in the terms of where the class names came from (for messages)."""
+        source = self.names_source
+        if source == "class folder names":
+            return "remove its folder"
+        if source.startswith("COCO categories"):
+            return f"remove it from the {source}"
+        if source in ("defaults", "mask values"):
+            return "check the mask values"
+        return f"remove it from {source} (and renumber the masks)"
 
     def load_pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(H×W×3 uint8 RGB image, H×W uint8 class-id mask) of sample ``i``, sizes checked."""
@@ -677,6 +700,32 @@ def _blend_warning(blends: dict[Rgb, Rgb], pixels: dict[Rgb, int], real_count: i
     )
 
 
+def _index_pixels(hist: np.ndarray, n: int) -> list[int]:
+    """Pixels of class ids 0..n-1 from a value histogram of index masks."""
+    return [int(hist[k]) for k in range(min(n, IGNORE_INDEX))] + [0] * max(0, n - IGNORE_INDEX)
+
+
+def _table_pixels(st: _MaskStats, table: dict[Rgb, int], n: int) -> list[int]:
+    """Pixels of class ids 0..n-1 of colour masks through their colour table (unknown colours not counted)."""
+    out = [0] * n
+    for c, count in st.pixels.items():
+        k = table.get(_unpack(c))
+        if k is not None and k < n:
+            out[k] += count
+    return out
+
+
+def _spans(values: list[int]) -> str:
+    """[3, 4, 5, 6, 9] → "3-6, 9"."""
+    parts: list[str] = []
+    for v in values:
+        if parts and int(parts[-1].split("-")[-1]) == v - 1:
+            parts[-1] = f"{parts[-1].split('-')[0]}-{v}"
+        else:
+            parts.append(str(v))
+    return ", ".join(parts)
+
+
 def _looks_antialiased(hist: np.ndarray, palette_mode: bool) -> bool:
     """0/255 masks with a fringe of intermediate greys (resized or blurred binary masks).
 
@@ -720,7 +769,8 @@ def _decide_kind(found: _Found, names_file: Path | None, warnings: list[str]) ->
         st = None if jpeg else _scan_masks(masks)
         if st is not None and not st.colours and not st.palette_mode and not st.wide_max:
             # Grey index masks beside a label map: the values are the class ids and the label map names them.
-            return dict(kind="index", names=names, palette=colours, threshold=128, table=None, source=names_file.name)
+            return dict(kind="index", names=names, palette=colours, threshold=128, table=None, source=names_file.name,
+                        class_pixels=_index_pixels(st.hist, len(names)))  # fmt: skip
         if jpeg:
             raise DataError(
                 f"Masks in {found.mask_dir or found.data_root} are JPEG but {names_file} maps colours to classes; "
@@ -735,7 +785,8 @@ def _decide_kind(found: _Found, names_file: Path | None, warnings: list[str]) ->
             if blends:
                 table.update({c: table[target] for c, target in blends.items()})
                 warnings.append(_blend_warning(blends, pixels, len(colours), f"the colours of {names_file.name}"))
-        return dict(kind="rgb", names=names, palette=colours, threshold=128, table=table, source=names_file.name)
+        return dict(kind="rgb", names=names, palette=colours, threshold=128, table=table, source=names_file.name,
+                    class_pixels=None if st is None else _table_pixels(st, table, len(names)))  # fmt: skip
 
     def binary_names() -> list[str]:
         if file_names is not None and len(file_names) != 2:
@@ -791,7 +842,8 @@ def _decide_kind(found: _Found, names_file: Path | None, warnings: list[str]) ->
                 f"Colour masks without a labelmap.txt: {len(cols)} colours became classes class_1..class_{len(cols)} "
                 "in RGB order; add labelmap.txt (name:r,g,b::) to name them."
             )
-        return dict(kind="rgb", names=names, palette=[(0, 0, 0), *cols], threshold=128, table=table, source=src)
+        return dict(kind="rgb", names=names, palette=[(0, 0, 0), *cols], threshold=128, table=table, source=src,
+                    class_pixels=_table_pixels(st, table, len(names)))  # fmt: skip
 
     if st.wide_max:
         names = binary_names() or ["background", "foreground"]
@@ -811,7 +863,7 @@ def _decide_kind(found: _Found, names_file: Path | None, warnings: list[str]) ->
         )
     if file_names is not None and len(file_names) > 2:
         return dict(kind="index", names=file_names, palette=default_palette(len(file_names)), threshold=128,
-                    table=None, source=src)  # fmt: skip
+                    table=None, source=src, class_pixels=_index_pixels(hist, len(file_names)))  # fmt: skip
     if values <= {0, 1}:
         return dict(kind="binary", names=binary_names(), palette=default_palette(2), threshold=1, table=None,
                     source=src)  # fmt: skip
@@ -820,8 +872,26 @@ def _decide_kind(found: _Found, names_file: Path | None, warnings: list[str]) ->
                     source=src)  # fmt: skip
     if file_names is not None:
         return dict(kind="index", names=file_names, palette=default_palette(len(file_names)), threshold=128,
-                    table=None, source=src)  # fmt: skip
-    top = max(values - {IGNORE_INDEX})
+                    table=None, source=src, class_pixels=_index_pixels(hist, len(file_names)))  # fmt: skip
+    ids = sorted(values - {IGNORE_INDEX, 0})
+    if ids != list(range(1, len(ids) + 1)):
+        # Values with gaps ({0, 1, 2, 7}): every value up to the largest used to be a class, so 3..6 became empty
+        # classes that were trained as "never present". The values that occur become the classes, in order, and
+        # keep their value in their name.
+        value_map = np.arange(256, dtype=np.uint8)
+        value_map[ids] = np.arange(1, len(ids) + 1)
+        names = ["background", *(f"class_{v}" for v in ids)]
+        missing = sorted(set(range(1, ids[-1])) - set(ids))
+        warnings.append(
+            f"No names file and mask values {', '.join(map(str, ids))} with gaps ({_spans(missing)} unused): the "
+            f"classes are {', '.join(names[1:])}, numbered 1..{len(ids)} in the model and its predicted masks; add "
+            "classes.txt (one name per line, background first) to name them, or renumber the masks to 1.."
+            f"{len(ids)}."
+        )
+        return dict(kind="index", names=names, palette=default_palette(len(names)), threshold=128, table=None,
+                    source="mask values", value_map=value_map,
+                    class_pixels=[int(hist[0]), *(int(hist[v]) for v in ids)])  # fmt: skip
+    top = ids[-1] if ids else 0
     n = top + 1
     names = ["background", "foreground"] if n == 2 else ["background", *(f"class_{k}" for k in range(1, n))]
     if n > 2:
@@ -830,7 +900,7 @@ def _decide_kind(found: _Found, names_file: Path | None, warnings: list[str]) ->
             "line, background first) to name them."
         )
     return dict(kind="index", names=names, palette=default_palette(n), threshold=128, table=None,
-                source="mask values")  # fmt: skip
+                source="mask values", class_pixels=_index_pixels(hist, n))  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------- discover
@@ -921,6 +991,7 @@ def discover(root: Path | str) -> SupportIndex:
         d = _decide_kind(found, names_file, warnings)
         idx.mask_kind, idx.class_names, idx.palette = d["kind"], d["names"], [tuple(c) for c in d["palette"]]
         idx.binary_threshold, idx.colour_table, idx.names_source = d["threshold"], d["table"], d["source"]
+        idx.value_map, idx.class_pixels = d.get("value_map"), d.get("class_pixels")
         from_labelmap = names_file is not None and names_file.name.lower() == "labelmap.txt"
         if from_labelmap and found.mask_dir is not None and found.mask_dir.name.lower().startswith("segmentationclass"):
             idx.layout = "cvat"  # CVAT/Datumaro "Segmentation mask 1.1" export
