@@ -19,6 +19,7 @@ import typer
 from fsdistill import __version__
 from fsdistill.errors import FsdistillError
 
+
 class _PlainFlags:
     """On/off flags show no value type in help: typer labels them ``<bool>``, which made ``--overlay true`` look
     valid (``true`` is then read as an input path)."""
