@@ -110,6 +110,14 @@ def _prepare(cfg: AdaptCfg | DistillCfg, quiet: bool):
     num_classes = len(index.class_names) - 1
     if num_classes < 1:
         raise DataError(f"{cfg.support} declares no foreground class; masks need at least one labelled class.")
+    unused = index.unused_classes()
+    if unused:
+        # A class without a pixel is only ever taught "absent": the model would carry it and never predict it.
+        raise DataError(
+            f"Class {unused[0]!r} ({index.names_source}) has no pixel in any mask of {cfg.support}"
+            f"{f' (nor do {len(unused) - 1} more)' if len(unused) > 1 else ''}, so it cannot be learned; add "
+            f"images that show it or {index.drop_class_hint()}."
+        )
     device = resolve_device(cfg.device)
     seed_everything(cfg.train.seed)
     support = load_support_tensors(index, cfg.model.size)
@@ -312,6 +320,7 @@ def predict(
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
     backend: str | None = None,
+    on_model: Callable[[str], None] | None = None,
 ) -> PredictResult:
     """Support-free batch inference with a student: masks at each image's original size (see predict_files).
 
@@ -322,11 +331,16 @@ def predict(
     onnxruntime only (``model`` is the file, or a run/artifact folder whose ``student.onnx`` sits beside the
     artifact). None: ``onnx`` when ``model`` is an ``.onnx`` file, else ``torch``. Both write the same files.
 
+    ``on_model``: called once with the model's path as soon as it is loaded, before any image is predicted (so a
+    caller can say which run ``model`` None picked).
+
     Raises:
         ConfigError: an unknown backend, or an ``.onnx`` model with the torch backend.
         DependencyError: the onnx backend without onnxruntime installed.
     """
     runner = _runner(model, device, backend)
+    if on_model is not None:
+        on_model(runner.identity()["model"])
     on_gpu = runner.on_gpu
     if batch_size is None:
         # On the CPU small batches ran faster per image (Lite0 at 384 px, 2 cores: 48 ms at batch 1-2, 73-110 ms
@@ -481,9 +495,9 @@ def _sample_images(loaded, images: list[Path] | None, limit: int):
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous() if arrays else None
 
 
-def count_images(inputs: list[Path]) -> int:
-    """How many images ``predict`` would process (for a progress bar total)."""
-    return len(list_images(inputs))
+def count_images(inputs: list[Path], out_dir: Path | None = None) -> int:
+    """How many images ``predict`` into ``out_dir`` would process (for a progress bar total)."""
+    return len(list_images(inputs, out_dir))
 
 
 def profile(cfg: "ProfileCfg | None" = None, quiet: bool = False, **options: Any) -> "ProfileResult":

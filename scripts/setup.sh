@@ -1,12 +1,26 @@
 #!/usr/bin/env bash
 # Create .venv (if missing) and install fsdistill with its pinned torch/torchvision pair. Idempotent.
+# Quiet unless it fails: pip's output (and setuptools' "Editable installation" notice box, which pip --quiet still
+# let through) goes to .cache/setup.log and is printed only when a step fails, so a good set-up prints nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+mkdir -p .cache
+LOG=.cache/setup.log
+: >"$LOG"
+
+quietly() {
+  if ! "$@" >>"$LOG" 2>&1; then
+    echo "set-up failed: $* exited with an error; its output (kept in $LOG):" >&2
+    cat "$LOG" >&2
+    exit 1
+  fi
+}
+
 if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
+  quietly "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip
+quietly .venv/bin/python -m pip install --upgrade pip
 # The [dev] extra brings pytest and the readers of the real example data (tifffile, nibabel, scikit-image);
 # [export] brings onnx, onnxscript and onnxruntime for fsdistill export / predict --backend onnx and their tests.
-.venv/bin/python -m pip install --quiet -e ".[dev,export]"
+quietly .venv/bin/python -m pip install -e ".[dev,export]"

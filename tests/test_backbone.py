@@ -385,6 +385,9 @@ def test_offline_hub_is_checkpoint_error(monkeypatch, name) -> None:
         raise LocalEntryNotFoundError("cannot find the requested files in the local cache")
 
     monkeypatch.setattr(timm, "create_model", offline_create_model)
+    # The hub answers a TCP connect but the download still fails (the fast unreachable path: test_first_hour.py).
+    monkeypatch.setattr(bb, "_hub_unreachable", lambda: None)
+    monkeypatch.setattr(bb, "_hub_file_in_cache", lambda spec: None)
     with pytest.raises(CheckpointError, match=r"Could not download .* \(offline\?\); pass --backbone-weights") as info:
         create_backbone(name)
     _one_sentence(str(info.value))

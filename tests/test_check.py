@@ -56,7 +56,8 @@ def test_warnings(tmp_path: Path, syn_data) -> None:
         "1 masks have no class pixels but some ignore (255) pixels, e.g. s2",
         "'spot' covers less than 0.1%",
         "'polyp' appears in only 1 image",
-        "'never' is listed but no mask contains it",
+        "'never' (classes.txt) appears in no mask",
+        "or remove it from classes.txt",
         "1 images have no mask",
     ):
         assert needle in text, needle

@@ -17,7 +17,9 @@ from fsdistill.data.discover import SupportIndex, discover
 from fsdistill.data.masks import IGNORE_INDEX
 from fsdistill.errors import DataError
 
-__all__ = ["CheckReport", "check_support", "check_index", "TINY_FRACTION", "MIN_IMAGES_PER_CLASS"]
+__all__ = [
+    "CheckReport", "check_support", "check_index", "TINY_FRACTION", "MIN_IMAGES_PER_CLASS", "MAX_REPORTED_PROBLEMS"
+]
 
 # A class covering under 0.1% of an image is about 12×12 px once the image is resized to 384×384, less than one
 # cell of a stride-32 feature map: such objects are easily lost at the model's input size.
@@ -25,6 +27,8 @@ TINY_FRACTION = 0.001
 # Few-shot adaptation needs one example to learn from and another to check against.
 MIN_IMAGES_PER_CLASS = 2
 _EXAMPLES = 3  # file names quoted in a warning
+# Broken pairs listed by one check run: enough to fix a batch at once, few enough to read on one screen.
+MAX_REPORTED_PROBLEMS = 20
 
 
 @dataclass
@@ -95,6 +99,18 @@ def _examples(keys: list[str]) -> str:
     return ", ".join(keys[:_EXAMPLES]) + (", ..." if len(keys) > _EXAMPLES else "")
 
 
+def _problems_message(problems: list[str], pairs: int, root: Path) -> str:
+    """One problem: its own sentence. Several: a sentence that counts them, then one line each, up to a cap."""
+    if len(problems) == 1:
+        return problems[0]
+    lines = [f"{len(problems)} of {pairs} pairs in {root} cannot be used; fix or remove each file below, then run "
+             "check again:"]  # fmt: skip
+    lines += [f"  - {p}" for p in problems[:MAX_REPORTED_PROBLEMS]]
+    if len(problems) > MAX_REPORTED_PROBLEMS:
+        lines.append(f"  - and {len(problems) - MAX_REPORTED_PROBLEMS} more")
+    return "\n".join(lines)
+
+
 def check_index(index: SupportIndex, progress: Callable[[int, int], None] | None = None) -> CheckReport:
     """Decode every pair of an already discovered support set and build the report.
 
@@ -102,7 +118,8 @@ def check_index(index: SupportIndex, progress: Callable[[int, int], None] | None
         progress: called as ``progress(done, total)`` after each pair (for a progress bar; the library never prints).
 
     Raises:
-        DataError: an unreadable image or mask, a size mismatch, an unknown colour or class id, or all masks empty.
+        DataError: an unreadable image or mask, a size mismatch, an unknown colour or class id (all broken pairs
+            are checked: the message lists each, up to ``MAX_REPORTED_PROBLEMS``), or all masks empty.
     """
     names = index.class_names
     k = len(names)
@@ -118,8 +135,15 @@ def check_index(index: SupportIndex, progress: Callable[[int, int], None] | None
     empty: list[str] = []
     only_ignore: list[str] = []  # no class pixel but some 255: often a 0/255 binary mask in an index set
     n = len(index)
+    problems: list[str] = []  # every broken pair, so one check run lists them all, not the first one only
     for i, s in enumerate(index.samples):
-        img, mask = index.load_pair(i)
+        try:
+            img, mask = index.load_pair(i)
+        except DataError as exc:
+            problems.append(str(exc))
+            if progress is not None:
+                progress(i + 1, n)
+            continue
         h, w = mask.shape
         widths.append(w)
         heights.append(h)
@@ -143,6 +167,8 @@ def check_index(index: SupportIndex, progress: Callable[[int, int], None] | None
         if progress is not None:
             progress(i + 1, n)
 
+    if problems:
+        raise DataError(_problems_message(problems, n, index.root))
     if n and len(empty) == n:
         raise DataError(
             f"All {n} masks in {index.root} are empty: no pixel has a foreground class (e.g. {_examples(empty)}); "
@@ -164,8 +190,10 @@ def check_index(index: SupportIndex, progress: Callable[[int, int], None] | None
     for cid in range(1, k):
         name = names[cid]
         if images_with[cid] == 0:
+            # The fix depends on where the name came from: a names file, a class folder, COCO categories.
             warnings.append(
-                f"Class {name!r} is listed but no mask contains it; add examples or remove it from the names."
+                f"Class {name!r} ({index.names_source}) appears in no mask, so adapt and distill refuse the folder; "
+                f"add images that show it or {index.drop_class_hint()}."
             )
         elif images_with[cid] < MIN_IMAGES_PER_CLASS:
             warnings.append(

@@ -33,7 +33,7 @@ import yaml
 from PIL import Image
 
 from fsdistill.data.coco import CocoData, load_coco, read_coco_json
-from fsdistill.data.images import _PIL_ERRORS, IMAGE_SUFFIXES, image_size, read_image
+from fsdistill.data.images import _PIL_ERRORS, IMAGE_SUFFIXES, exif_quarter_turn, image_size, read_image
 from fsdistill.data.masks import (
     BACKGROUND_NAMES,
     IGNORE_INDEX,
@@ -41,12 +41,14 @@ from fsdistill.data.masks import (
     colours_to_index,
     decode_binary,
     default_palette,
+    edge_pixels,
     pack_rgb,
     parse_labelmap,
     read_binary_source,
     read_index_mask,
     read_mask_array,
     read_rgb_mask,
+    resolve_blends,
     union_instances,
 )
 from fsdistill.errors import DataError
@@ -68,7 +70,10 @@ MASK_DIR_NAMES = (
 )  # fmt: skip
 # VOC paints "difficult/boundary" pixels in this colour; in colour masks without a label map it means ignore.
 VOC_IGNORE_COLOUR = (224, 224, 192)
-MAX_AUTO_COLOURS = 64  # more distinct colours than this without a label map means JPEG noise or anti-aliasing
+MAX_AUTO_COLOURS = 64  # more real colours than this without a label map means noise or lossy saving
+# Distinct colours read from the masks before giving up on them (smoothed edges of a few classes stay far below:
+# at most 256 mixtures per pair of colours).
+MAX_SCANNED_COLOURS = 4096
 LOOKED_FOR = (
     "images/+masks/ (also img/+gt/, JPEGImages/+SegmentationClass/, Kvasir-SEG, ISIC *_Input/+*_GroundTruth/), "
     "a COCO *.json, DSB2018 <id>/images/+<id>/masks/, class folders with x.jpg+x.png, and x.jpg+x_mask.png side "
@@ -114,6 +119,10 @@ class SupportIndex:
     names_source: str = "defaults"  # where class_names came from, for messages and reports
     binary_threshold: int = 128  # binary kinds: foreground = value >= this (1 for 0/1 masks)
     colour_table: dict[Rgb, int] | None = field(default=None, repr=False)  # rgb kind: colour -> class id
+    value_map: np.ndarray | None = field(default=None, repr=False)  # index kind: 256 mask values -> class ids
+    # Pixels of each class over all masks at full resolution, where the folder scan counts them (index and colour
+    # masks); None elsewhere (binary, COCO, DSB2018, class folders).
+    class_pixels: list[int] | None = field(default=None, repr=False)
     coco: CocoData | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -145,6 +154,8 @@ class SupportIndex:
             m = decode_binary(read_binary_source(where), self.binary_threshold, s.class_id)
         elif self.mask_kind == "index":
             m = read_index_mask(where)
+            if self.value_map is not None:
+                m = self.value_map[m]
         elif self.mask_kind == "rgb":
             assert self.colour_table is not None
             m = colours_to_index(read_rgb_mask(where), self.colour_table, where)
@@ -155,6 +166,16 @@ class SupportIndex:
                 f"COCO file {where} gives {s.image_path.name} the size {m.shape[1]}×{m.shape[0]} but the image is "
                 f"{w}×{h}; fix width/height in its images entry (or the image's EXIF rotation)."
             )
+        if m.shape != (h, w) and m.shape == (w, h):
+            # Same size turned by 90°: usually one of the two files carries an EXIF rotation the other lacks (a
+            # phone photo whose mask was drawn on the stored pixels); resizing would only distort the mask.
+            turned = self._quarter_turn_note(s.image_path, where)
+            if turned:
+                raise DataError(
+                    f"Mask {where} is {m.shape[1]}×{m.shape[0]} but its image {s.image_path} is {w}×{h}, the same "
+                    f"size turned by 90°: {turned}; save the mask in the image's displayed orientation (rotate it "
+                    "by 90°) or re-export the pair with the same orientation, do not resize it."
+                )
         if m.shape != (h, w):
             raise DataError(
                 f"Mask {where} is {m.shape[1]}×{m.shape[0]} but its image {s.image_path} is {w}×{h}; resize the "
@@ -169,6 +190,33 @@ class SupportIndex:
                     f"({', '.join(self.class_names[:8])}); add the name or fix the mask."
                 )
         return m
+
+    @staticmethod
+    def _quarter_turn_note(image_path: Path, mask_path: Path) -> str:
+        """Why a mask and its image are the same size turned by 90°, if an EXIF orientation tag explains it."""
+        image_turned, mask_turned = exif_quarter_turn(image_path), exif_quarter_turn(mask_path)
+        if image_turned and not mask_turned:
+            return "the image's EXIF orientation tag turns it by 90° for display and the mask has no such tag"
+        if mask_turned and not image_turned:
+            return "the mask's EXIF orientation tag turns it by 90° and the image has no such tag"
+        return ""
+
+    def unused_classes(self) -> list[str]:
+        """Foreground classes without a single pixel in any mask (where the folder scan counts pixels, else [])."""
+        if self.class_pixels is None:
+            return []
+        return [self.class_names[k] for k, n in enumerate(self.class_pixels) if k and not n]
+
+    def drop_class_hint(self) -> str:
+        """How to drop a listed class, in the terms of where the class names came from (for messages)."""
+        source = self.names_source
+        if source == "class folder names":
+            return "remove its folder"
+        if source.startswith("COCO categories"):
+            return f"remove it from the {source}"
+        if source in ("defaults", "mask values"):
+            return "check the mask values"
+        return f"remove it from {source} (and renumber the masks)"
 
     def load_pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(H×W×3 uint8 RGB image, H×W uint8 class-id mask) of sample ``i``, sizes checked."""
@@ -580,6 +628,8 @@ def _find_names_file(dirs: Iterable[Path]) -> Path | None:
 class _MaskStats:
     hist: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
     colours: set[int] = field(default_factory=set)
+    pixels: dict[int, int] = field(default_factory=dict)  # packed colour -> pixels over all masks
+    edges: dict[int, int] = field(default_factory=dict)  # packed colour -> those of its pixels on a boundary
     colour_example: Path | None = None
     too_many_colours: Path | None = None
     wide_max: int = 0
@@ -591,18 +641,30 @@ def _scan_masks(paths: Sequence[Path]) -> _MaskStats:
     """Read every mask once: value histogram of grey/palette masks, colours of colour masks, 16-bit maxima."""
     st = _MaskStats()
     grey_colours: set[int] = set()
+    grey_pixels = np.zeros(256, np.int64)
     for p in paths:
         try:
             with Image.open(p) as im:
                 st.palette_mode |= im.mode in ("P", "PA")
         except _PIL_ERRORS:
-            pass  # read_mask_array below reports it with the file name
-        a = read_mask_array(p)
+            pass  # decoding the pair reports it with the file name
+        try:
+            a = read_mask_array(p)
+        except DataError:
+            # Left out of the kind decision only: decoding the pair raises the same error, and check collects
+            # every such error instead of stopping at the first unreadable mask here.
+            continue
         if a.ndim == 3:
             if st.too_many_colours is None:
-                st.colours.update(np.unique(pack_rgb(a)).tolist())
+                packed = pack_rgb(a)
+                colours, counts = np.unique(packed, return_counts=True)
+                on_edge, edge_counts = np.unique(packed[edge_pixels(packed)], return_counts=True)
+                for table, keys, values in ((st.pixels, colours, counts), (st.edges, on_edge, edge_counts)):
+                    for c, n in zip(keys.tolist(), values.tolist()):
+                        table[c] = table.get(c, 0) + n
+                st.colours.update(colours.tolist())
                 st.colour_example = st.colour_example or p
-                if len(st.colours) > MAX_AUTO_COLOURS + 2:
+                if len(st.colours) > MAX_SCANNED_COLOURS:
                     st.too_many_colours = p
             continue
         if a.dtype != np.uint8:
@@ -615,10 +677,53 @@ def _scan_masks(paths: Sequence[Path]) -> _MaskStats:
             a = a.astype(np.uint8)
         h = np.bincount(a.ravel(), minlength=256)
         st.hist += h
+        grey_pixels += h
         grey_colours.update(int(v) * 0x010101 for v in np.flatnonzero(h))
     if st.colours:
         st.colours |= grey_colours  # grey masks in a colour-mask set: their greys are colours too
+        for v in np.flatnonzero(grey_pixels).tolist():  # (no edge counts: never taken for blends)
+            st.pixels[v * 0x010101] = st.pixels.get(v * 0x010101, 0) + int(grey_pixels[v])
     return st
+
+
+def _unpack(c: int) -> Rgb:
+    return ((c >> 16) & 255, (c >> 8) & 255, c & 255)
+
+
+def _blend_warning(blends: dict[Rgb, Rgb], pixels: dict[Rgb, int], real_count: int, what: str) -> str:
+    example = max(blends, key=lambda c: pixels[c])
+    return (
+        f"{len(blends)} colours in the masks lie between {what} on object edges, as smoothing or resizing a colour "
+        f"mask leaves them (e.g. {example} on {pixels[example]} pixels, read as {blends[example]}); each was mapped "
+        f"to the nearest of the {real_count} real colours, not made a class: resize masks with nearest-neighbour "
+        "to keep exact colours."
+    )
+
+
+def _index_pixels(hist: np.ndarray, n: int) -> list[int]:
+    """Pixels of class ids 0..n-1 from a value histogram of index masks."""
+    return [int(hist[k]) for k in range(min(n, IGNORE_INDEX))] + [0] * max(0, n - IGNORE_INDEX)
+
+
+def _table_pixels(st: _MaskStats, table: dict[Rgb, int], n: int) -> list[int]:
+    """Pixels of class ids 0..n-1 of colour masks through their colour table (unknown colours not counted)."""
+    out = [0] * n
+    for c, count in st.pixels.items():
+        k = table.get(_unpack(c))
+        if k is not None and k < n:
+            out[k] += count
+    return out
+
+
+def _spans(values: list[int]) -> str:
+    """[3, 4, 5, 6, 9] → "3-6, 9"."""
+    parts: list[str] = []
+    for v in values:
+        if parts and int(parts[-1].split("-")[-1]) == v - 1:
+            parts[-1] = f"{parts[-1].split('-')[0]}-{v}"
+        else:
+            parts.append(str(v))
+    return ", ".join(parts)
 
 
 def _looks_antialiased(hist: np.ndarray, palette_mode: bool) -> bool:
@@ -664,14 +769,24 @@ def _decide_kind(found: _Found, names_file: Path | None, warnings: list[str]) ->
         st = None if jpeg else _scan_masks(masks)
         if st is not None and not st.colours and not st.palette_mode and not st.wide_max:
             # Grey index masks beside a label map: the values are the class ids and the label map names them.
-            return dict(kind="index", names=names, palette=colours, threshold=128, table=None, source=names_file.name)
+            return dict(kind="index", names=names, palette=colours, threshold=128, table=None, source=names_file.name,
+                        class_pixels=_index_pixels(st.hist, len(names)))  # fmt: skip
         if jpeg:
             raise DataError(
                 f"Masks in {found.mask_dir or found.data_root} are JPEG but {names_file} maps colours to classes; "
                 "JPEG changes colours, so export the colour masks as PNG."
             )
         table = {c: k for k, c in enumerate(colours)}
-        return dict(kind="rgb", names=names, palette=colours, threshold=128, table=table, source=names_file.name)
+        if st is not None and any(_unpack(c) not in table for c in st.pixels):
+            # Blends of label-map colours (smoothed edges) go to the nearest one; other unknown colours stay
+            # unknown, and decoding reports them with the file and a pixel.
+            pixels = {_unpack(c): n for c, n in st.pixels.items()}
+            _, blends = resolve_blends(pixels, {_unpack(c): n for c, n in st.edges.items()}, real=colours)
+            if blends:
+                table.update({c: table[target] for c, target in blends.items()})
+                warnings.append(_blend_warning(blends, pixels, len(colours), f"the colours of {names_file.name}"))
+        return dict(kind="rgb", names=names, palette=colours, threshold=128, table=table, source=names_file.name,
+                    class_pixels=None if st is None else _table_pixels(st, table, len(names)))  # fmt: skip
 
     def binary_names() -> list[str]:
         if file_names is not None and len(file_names) != 2:
@@ -691,16 +806,29 @@ def _decide_kind(found: _Found, names_file: Path | None, warnings: list[str]) ->
     if st.colours:
         if st.too_many_colours is not None:
             raise DataError(
-                f"Mask {st.too_many_colours} has more than {MAX_AUTO_COLOURS} colours, too many for class colours "
-                "(anti-aliasing or lossy saving?); add a labelmap.txt (name:r,g,b::) or save index PNG masks."
+                f"Mask {st.too_many_colours} has more than {MAX_SCANNED_COLOURS} colours, too many for class colours "
+                "(lossy saving or noise?); add a labelmap.txt (name:r,g,b::) or save index PNG masks."
             )
-        cols = sorted({((c >> 16) & 255, (c >> 8) & 255, c & 255) for c in st.colours} - {(0, 0, 0)})
+        pixels = {_unpack(c): n for c, n in st.pixels.items()}
+        # Smoothed edges hold dozens of mixtures of the real colours; each became a "class" before (24 classes
+        # from a 2-colour mask resized bilinearly, with only tiny-class warnings).
+        real, blends = resolve_blends(pixels, {_unpack(c): n for c, n in st.edges.items()})
+        if len(set(real) - {(0, 0, 0), VOC_IGNORE_COLOUR}) > MAX_AUTO_COLOURS:
+            raise DataError(
+                f"Masks such as {st.colour_example} have {len(real)} distinct colours besides edge blends, too many "
+                f"for class colours (more than {MAX_AUTO_COLOURS}; lossy saving or noise?); add a labelmap.txt "
+                "(name:r,g,b::) or save index PNG masks."
+            )
+        if blends:
+            warnings.append(_blend_warning(blends, pixels, len(real), "the real colours"))
+        cols = sorted(set(real) - {(0, 0, 0)})
         table: dict[Rgb, int] = {(0, 0, 0): 0}
         if VOC_IGNORE_COLOUR in cols:
             cols.remove(VOC_IGNORE_COLOUR)
             table[VOC_IGNORE_COLOUR] = IGNORE_INDEX
             warnings.append(f"Colour {VOC_IGNORE_COLOUR} in the masks is read as ignore (255), as in Pascal VOC.")
         table.update({c: k for k, c in enumerate(cols, 1)})
+        table.update({c: table[target] for c, target in blends.items()})
         if len(cols) == 1:
             names = binary_names() or ["background", "foreground"]
         elif file_names is not None:
@@ -714,7 +842,8 @@ def _decide_kind(found: _Found, names_file: Path | None, warnings: list[str]) ->
                 f"Colour masks without a labelmap.txt: {len(cols)} colours became classes class_1..class_{len(cols)} "
                 "in RGB order; add labelmap.txt (name:r,g,b::) to name them."
             )
-        return dict(kind="rgb", names=names, palette=[(0, 0, 0), *cols], threshold=128, table=table, source=src)
+        return dict(kind="rgb", names=names, palette=[(0, 0, 0), *cols], threshold=128, table=table, source=src,
+                    class_pixels=_table_pixels(st, table, len(names)))  # fmt: skip
 
     if st.wide_max:
         names = binary_names() or ["background", "foreground"]
@@ -734,7 +863,7 @@ def _decide_kind(found: _Found, names_file: Path | None, warnings: list[str]) ->
         )
     if file_names is not None and len(file_names) > 2:
         return dict(kind="index", names=file_names, palette=default_palette(len(file_names)), threshold=128,
-                    table=None, source=src)  # fmt: skip
+                    table=None, source=src, class_pixels=_index_pixels(hist, len(file_names)))  # fmt: skip
     if values <= {0, 1}:
         return dict(kind="binary", names=binary_names(), palette=default_palette(2), threshold=1, table=None,
                     source=src)  # fmt: skip
@@ -743,8 +872,26 @@ def _decide_kind(found: _Found, names_file: Path | None, warnings: list[str]) ->
                     source=src)  # fmt: skip
     if file_names is not None:
         return dict(kind="index", names=file_names, palette=default_palette(len(file_names)), threshold=128,
-                    table=None, source=src)  # fmt: skip
-    top = max(values - {IGNORE_INDEX})
+                    table=None, source=src, class_pixels=_index_pixels(hist, len(file_names)))  # fmt: skip
+    ids = sorted(values - {IGNORE_INDEX, 0})
+    if ids != list(range(1, len(ids) + 1)):
+        # Values with gaps ({0, 1, 2, 7}): every value up to the largest used to be a class, so 3..6 became empty
+        # classes that were trained as "never present". The values that occur become the classes, in order, and
+        # keep their value in their name.
+        value_map = np.arange(256, dtype=np.uint8)
+        value_map[ids] = np.arange(1, len(ids) + 1)
+        names = ["background", *(f"class_{v}" for v in ids)]
+        missing = sorted(set(range(1, ids[-1])) - set(ids))
+        warnings.append(
+            f"No names file and mask values {', '.join(map(str, ids))} with gaps ({_spans(missing)} unused): the "
+            f"classes are {', '.join(names[1:])}, numbered 1..{len(ids)} in the model and its predicted masks; add "
+            "classes.txt (one name per line, background first) to name them, or renumber the masks to 1.."
+            f"{len(ids)}."
+        )
+        return dict(kind="index", names=names, palette=default_palette(len(names)), threshold=128, table=None,
+                    source="mask values", value_map=value_map,
+                    class_pixels=[int(hist[0]), *(int(hist[v]) for v in ids)])  # fmt: skip
+    top = ids[-1] if ids else 0
     n = top + 1
     names = ["background", "foreground"] if n == 2 else ["background", *(f"class_{k}" for k in range(1, n))]
     if n > 2:
@@ -753,7 +900,7 @@ def _decide_kind(found: _Found, names_file: Path | None, warnings: list[str]) ->
             "line, background first) to name them."
         )
     return dict(kind="index", names=names, palette=default_palette(n), threshold=128, table=None,
-                source="mask values")  # fmt: skip
+                source="mask values", class_pixels=_index_pixels(hist, n))  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------- discover
@@ -844,6 +991,7 @@ def discover(root: Path | str) -> SupportIndex:
         d = _decide_kind(found, names_file, warnings)
         idx.mask_kind, idx.class_names, idx.palette = d["kind"], d["names"], [tuple(c) for c in d["palette"]]
         idx.binary_threshold, idx.colour_table, idx.names_source = d["threshold"], d["table"], d["source"]
+        idx.value_map, idx.class_pixels = d.get("value_map"), d.get("class_pixels")
         from_labelmap = names_file is not None and names_file.name.lower() == "labelmap.txt"
         if from_labelmap and found.mask_dir is not None and found.mask_dir.name.lower().startswith("segmentationclass"):
             idx.layout = "cvat"  # CVAT/Datumaro "Segmentation mask 1.1" export

@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 
 from fsdistill.errors import DataError
 
-__all__ = ["IMAGE_SUFFIXES", "read_image", "read_image_reduced", "image_size", "to_uint8_rgb"]
+__all__ = ["IMAGE_SUFFIXES", "read_image", "read_image_reduced", "image_size", "to_uint8_rgb", "exif_quarter_turn"]
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 TIFF_SUFFIXES: frozenset[str] = frozenset({".tif", ".tiff"})
@@ -210,3 +210,16 @@ def image_size(path: Path | str) -> tuple[int, int]:
     if orientation in _SWAPS_AXES:
         w, h = h, w
     return int(w), int(h)
+
+
+def exif_quarter_turn(path: Path | str) -> bool:
+    """Whether the file's EXIF orientation turns it by 90° or 270° for display (tag values 5..8).
+
+    Such a file's displayed width and height are its stored height and width. Unreadable files and broken EXIF
+    blocks count as not turned (reading them reports those problems elsewhere).
+    """
+    try:
+        with Image.open(path) as img:
+            return img.getexif().get(_EXIF_ORIENTATION) in _SWAPS_AXES
+    except (*_PIL_ERRORS, *_EXIF_ERRORS):
+        return False

@@ -31,6 +31,8 @@ __all__ = [
     "decode_binary",
     "colours_to_index",
     "pack_rgb",
+    "edge_pixels",
+    "resolve_blends",
     "union_instances",
     "parse_labelmap",
     "write_index_png",
@@ -207,6 +209,118 @@ def pack_rgb(rgb: np.ndarray) -> np.ndarray:
     """H×W×3 uint8 → H×W uint32 ``r<<16 | g<<8 | b`` (one integer per colour, for fast unique/lookup)."""
     c = rgb.astype(np.uint32)
     return (c[..., 0] << 16) | (c[..., 1] << 8) | c[..., 2]
+
+
+def edge_pixels(labels: np.ndarray) -> np.ndarray:
+    """H×W bool: pixels with a 4-neighbour of another value (``labels``: H×W, e.g. packed colours)."""
+    edge = np.zeros(labels.shape, bool)
+    horizontal = labels[:, 1:] != labels[:, :-1]
+    vertical = labels[1:, :] != labels[:-1, :]
+    edge[:, 1:] |= horizontal
+    edge[:, :-1] |= horizontal
+    edge[1:, :] |= vertical
+    edge[:-1, :] |= vertical
+    return edge
+
+
+# Smoothed or bilinearly resized colour masks hold, along each boundary, mixtures of the colours that meet there.
+# A colour counts as such a blend when it lies within BLEND_TOLERANCE (RGB distance) of the segment between two
+# real colours (or of the triangle of three, where three regions meet), at least BLEND_EDGE_FRACTION of its pixels
+# are on a boundary, and it has at most BLEND_MAX_SHARE of the pixels of each colour it mixes. 6 allows the
+# rounding of 8-bit blends (< 1) and blends computed in linear light, which curve slightly off the segment.
+BLEND_TOLERANCE = 6.0
+BLEND_EDGE_FRACTION = 0.5
+BLEND_MAX_SHARE = 0.5
+_MAX_TRIPLE_COLOURS = 12  # above this many real colours only pairs are tried (triples grow cubically)
+
+
+def _blend_sources(
+    colour: Rgb, real: Sequence[Rgb], pixels: Mapping[Rgb, int], tol: float
+) -> tuple[Rgb, ...] | None:
+    """The real colours that ``colour`` is a mixture of (2 or 3), or None; see BLEND_TOLERANCE."""
+    c = np.asarray(colour, np.float64)
+    present = [r for r in real if pixels.get(r, 0) > 0 and r != colour]
+    few = lambda *src: pixels[colour] <= BLEND_MAX_SHARE * min(pixels[r] for r in src)  # noqa: E731
+    best: tuple[float, tuple[Rgb, ...]] | None = None
+    for i, a in enumerate(present):
+        pa = np.asarray(a, np.float64)
+        for b in present[i + 1 :]:
+            d = np.asarray(b, np.float64) - pa
+            t = float(np.dot(c - pa, d) / max(np.dot(d, d), 1e-9))
+            if 0.0 <= t <= 1.0:
+                dist = float(np.linalg.norm(pa + t * d - c))
+                if dist <= tol and few(a, b) and (best is None or dist < best[0]):
+                    best = (dist, (a, b))
+    if best is not None or len(present) > _MAX_TRIPLE_COLOURS:
+        return None if best is None else best[1]
+    for i, a in enumerate(present):
+        pa = np.asarray(a, np.float64)
+        for j, b in enumerate(present[i + 1 :], i + 1):
+            for d3 in present[j + 1 :]:
+                basis = np.stack([np.asarray(b, np.float64) - pa, np.asarray(d3, np.float64) - pa], axis=1)
+                (u, v), *_ = np.linalg.lstsq(basis, c - pa, rcond=None)
+                if u < -0.02 or v < -0.02 or u + v > 1.02:
+                    continue
+                dist = float(np.linalg.norm(pa + basis @ np.array([u, v]) - c))
+                if dist <= tol and few(a, b, d3) and (best is None or dist < best[0]):
+                    best = (dist, (a, b, d3))
+    return None if best is None else best[1]
+
+
+def resolve_blends(
+    pixels: Mapping[Rgb, int],
+    edges: Mapping[Rgb, int],
+    real: Sequence[Rgb] | None = None,
+    tol: float = BLEND_TOLERANCE,
+) -> tuple[list[Rgb], dict[Rgb, Rgb]]:
+    """Tell the real colours of colour masks from the blended edge colours that smoothing or resizing left.
+
+    Args:
+        pixels: pixels of each colour over all masks. edges: how many of them lie on a boundary (see edge_pixels).
+        real: the real colours when a label map gives them; None = found here: colours by decreasing pixel count,
+            each one real unless it is a blend of the real colours found before it (then re-checked against the
+            final set, since a tiny class can have fewer pixels than the blends along its own edge).
+        tol: see BLEND_TOLERANCE.
+
+    Returns:
+        (real colours, most pixels first when found here; {blend colour: the nearest real colour it mixes}).
+        With ``real`` given, colours that are neither real nor blends are in neither (the caller reports them).
+    """
+
+    def is_blendlike(colour: Rgb) -> bool:
+        return edges.get(colour, 0) >= BLEND_EDGE_FRACTION * pixels[colour] > 0
+
+    def nearest(colour: Rgb, sources: tuple[Rgb, ...]) -> Rgb:
+        return min(sources, key=lambda r: sum((x - y) ** 2 for x, y in zip(colour, r)))
+
+    by_count = sorted(pixels, key=lambda c: (-pixels[c], c))
+    if real is None:
+        found: list[Rgb] = []
+        for colour in by_count:
+            if not (len(found) >= 2 and is_blendlike(colour) and _blend_sources(colour, found, pixels, tol)):
+                found.append(colour)
+        changed = True
+        while changed:  # drop late "real" colours that are blends of the final set, rarest first
+            changed = False
+            for colour in sorted(found[2:], key=lambda c: pixels[c]):
+                others = [r for r in found if r != colour]
+                if is_blendlike(colour) and _blend_sources(colour, others, pixels, tol):
+                    found.remove(colour)
+                    changed = True
+                    break
+        real_list = found
+    else:
+        real_list = list(real)
+    blends: dict[Rgb, Rgb] = {}
+    for colour in by_count:
+        if colour in real_list or not is_blendlike(colour):
+            continue
+        sources = _blend_sources(colour, real_list, pixels, tol)
+        if sources:
+            blends[colour] = nearest(colour, sources)
+    if real is None:  # a colour skipped as a blend of a colour that was dropped later is real after all
+        real_list += [c for c in by_count if c not in blends and c not in real_list]
+    return real_list, blends
 
 
 def colours_to_index(rgb: np.ndarray, table: Mapping[Rgb, int], path: Path | str = "<array>") -> np.ndarray:

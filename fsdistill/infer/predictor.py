@@ -35,31 +35,76 @@ __all__ = ["list_images", "Runner", "Predictor", "PredictResult", "predict_files
 MANIFEST_NAME = ".fsdistill-predict.json"
 
 
-def list_images(inputs: list[Path]) -> list[tuple[Path, Path]]:
+def _is_output_folder(folder: Path, out_dir: Path | None) -> bool:
+    """Whether ``folder`` holds predict outputs rather than input images.
+
+    An output folder inside an input folder (``predict q -o q/pred``) would otherwise be read back as input on
+    the next run, doubling the images each time: it is the ``-o`` folder (or its masks/ and overlays/, when ``-o``
+    is the input folder itself), or any folder that holds a predict manifest (an earlier run's ``-o``), or the
+    masks/ and overlays/ of one.
+    """
+    if (folder / MANIFEST_NAME).is_file():
+        return True
+    if folder.name in ("masks", "overlays") and (folder.parent / MANIFEST_NAME).is_file():
+        return True
+    if out_dir is None:
+        return False
+    resolved = folder.resolve()
+    return resolved in (out_dir, out_dir / "masks", out_dir / "overlays")
+
+
+def _walk_images(root: Path, out_dir: Path | None) -> Iterator[Path]:
+    """Image files under ``root``, skipping hidden entries and predict output folders below ``root``."""
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        # Pruning ``dirs`` in place keeps os.walk out of them (and out of their often large masks/ trees).
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not _is_output_folder(here / d, out_dir))
+        for name in sorted(files):
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                yield here / name
+
+
+def list_images(inputs: list[Path], out_dir: Path | None = None) -> list[tuple[Path, Path]]:
     """Image files of ``inputs`` (files, or folders searched recursively) as (path, output-relative path).
 
-    With several inputs, each one's outputs go under its own name so equal file names cannot collide.
+    With several inputs, each one's outputs go under its own name so equal file names cannot collide. Files
+    reached twice (the same input given twice, or ``predict r r/sub``) are listed once, under the first input
+    that reaches them. Folders below an input that hold predict outputs (``out_dir``, or any folder with a
+    predict manifest) are skipped, so ``predict q -o q/pred`` run again does not read its own masks and
+    overlays as new images.
     """
-    found: list[tuple[Path, Path]] = []
+    out_resolved = Path(out_dir).resolve() if out_dir is not None else None
+    unique_inputs: list[Path] = []
+    seen_inputs: set[Path] = set()
     for given in inputs:
         path = Path(given)
         if not path.exists():
             raise DataError(f"Input {path} does not exist; pass image files or folders.")
-        prefix = Path(path.name) if len(inputs) > 1 else Path()
+        if path.resolve() not in seen_inputs:
+            seen_inputs.add(path.resolve())
+            unique_inputs.append(path)
+    found: list[tuple[Path, Path]] = []
+    for path in unique_inputs:
+        prefix = Path(path.name) if len(unique_inputs) > 1 else Path()
         if path.is_file():
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 raise DataError(f"{path} is not an image file ({', '.join(sorted(IMAGE_SUFFIXES))}).")
             found.append((path, Path(path.name)))  # a file's mask goes beside the others, not in a folder of its name
             continue
-        for file in sorted(path.rglob("*")):
-            if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES and not any(
-                part.startswith(".") for part in file.relative_to(path).parts
-            ):
-                found.append((file, prefix / file.relative_to(path)))
+        for file in sorted(_walk_images(path, out_resolved)):  # sorted as paths, as rglob's listing was
+            found.append((file, prefix / file.relative_to(path)))
     if not found:
         raise DataError(f"No images found in {', '.join(map(str, inputs))}; supported: {', '.join(sorted(IMAGE_SUFFIXES))}.")
-    seen: dict[Path, Path] = {}
+    # Overlapping inputs reach one file twice; predicting it twice would cost time and write two masks of it.
+    first_of: dict[Path, Path] = {}
+    unique: list[tuple[Path, Path]] = []
     for source, rel in found:
+        key = source.resolve()
+        if key not in first_of:
+            first_of[key] = source
+            unique.append((source, rel))
+    seen: dict[Path, Path] = {}
+    for source, rel in unique:
         target = rel.with_suffix(".png")
         if target in seen:
             raise DataError(
@@ -67,7 +112,7 @@ def list_images(inputs: list[Path]) -> list[tuple[Path, Path]]:
                 "separate -o folders."
             )
         seen[target] = source
-    return found
+    return unique
 
 
 class _ImageDataset(Dataset):
@@ -283,8 +328,8 @@ def predict_files(
     :mod:`fsdistill.infer.onnx`). Images whose mask already exists are skipped, unless the folder was written by
     another model or backend (then a DataError asks for ``overwrite`` or another folder) or ``overwrite`` is set.
     """
-    entries = list_images(inputs)
     out_dir = Path(out_dir)
+    entries = list_images(inputs, out_dir)
     ensure_writable_dir(out_dir, "-o")
     manifest = out_dir / MANIFEST_NAME
     identity = predictor.identity()

@@ -29,10 +29,13 @@ Typical use::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -606,8 +609,31 @@ def _create_timm_model(spec: BackboneSpec, weights: Path | str | None, pretraine
             ) from e
         return model, f"file {path}"
     if pretrained and spec.name not in _TEST_NAMES:
+        cached = _hub_file_in_cache(spec)
+        if cached is not None:
+            # Downloaded before: load the cached file directly, so nothing is asked of the network (offline works
+            # and nothing waits on a timeout). A damaged cache file falls through to the hub, which re-fetches it.
+            try:
+                with _quiet_hub():
+                    return _timm_create(spec, pretrained=True, pretrained_cfg_overlay=dict(file=str(cached))), (
+                        f"hub {spec.timm_name}"
+                    )
+            except ConfigError:
+                raise
+            except Exception:  # noqa: BLE001 - any load failure of a cache file means "not usable", see above
+                pass
+        host = _hub_unreachable()
+        if host is not None:
+            # Without this check an offline machine waited ~54 s through the hub client's retries and printed 22
+            # lines of retry warnings before the same sentence.
+            raise CheckpointError(
+                f"Could not download {spec.timm_name} weights (offline?): {host} cannot be reached and they are not "
+                f"in the local Hugging Face cache; pass --backbone-weights FILE with a local .pth/.safetensors of "
+                f"{_ARCH_TEXT[spec.family]}."
+            )
         try:
-            model = _timm_create(spec, pretrained=True)
+            with _quiet_hub():
+                model = _timm_create(spec, pretrained=True)
         except _network_errors() as e:
             raise CheckpointError(
                 f"Could not download {spec.timm_name} weights (offline?); pass --backbone-weights FILE with a "
@@ -615,6 +641,87 @@ def _create_timm_model(spec: BackboneSpec, weights: Path | str | None, pretraine
             ) from e
         return model, f"hub {spec.timm_name}"
     return _timm_create(spec, pretrained=False), "random init"
+
+
+# Seconds a TCP connection to the hub (or the HTTPS proxy) may take before the hub counts as unreachable. A
+# reachable host answers in well under a second; an offline one fails at once (no route, no DNS) or, when
+# packets are dropped, after this timeout.
+HUB_CONNECT_TIMEOUT_S = 3.0
+
+
+def _hub_file_in_cache(spec: BackboneSpec) -> Path | None:
+    """The weights file of ``spec`` in the local Hugging Face hub cache (an earlier download), or None."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        from timm.models import get_pretrained_cfg
+    except ImportError:
+        return None
+    cfg = get_pretrained_cfg(spec.timm_name)
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not hub_id:
+        return None
+    repo, _, revision = hub_id.partition("@")
+    # timm asks the hub for model.safetensors first and falls back to the pickle (timm.models._hub).
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        try:
+            found = try_to_load_from_cache(repo, filename, revision=revision or None)
+        except Exception:  # noqa: BLE001 - an unreadable or odd cache is simply "not cached"
+            return None
+        if isinstance(found, str) and Path(found).is_file():
+            return Path(found)
+    return None
+
+
+def _hub_unreachable(timeout: float = HUB_CONNECT_TIMEOUT_S) -> str | None:
+    """None if the hub (or the HTTPS proxy in front of it) accepts a TCP connection, else the host's name.
+
+    Also reports the hub unreachable, without trying, when ``HF_HUB_OFFLINE`` is set.
+    """
+    import os
+    import socket
+    import urllib.parse
+    import urllib.request
+
+    try:
+        from huggingface_hub import constants
+
+        endpoint, offline = constants.ENDPOINT, bool(constants.HF_HUB_OFFLINE)
+    except ImportError:
+        endpoint, offline = "https://huggingface.co", False
+    offline = offline or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    url = urllib.parse.urlsplit(endpoint)
+    host = url.hostname or "huggingface.co"
+    if offline:
+        return f"{host} (HF_HUB_OFFLINE is set)"
+    target, port = host, url.port or (443 if url.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(url.scheme or "https")
+    if proxy and not urllib.request.proxy_bypass(host):
+        parsed = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        target, port = parsed.hostname or target, parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((target, port), timeout=timeout).close()
+    except OSError:
+        return target if target == host else f"{host} (through the proxy {target})"
+    return None
+
+
+@contextlib.contextmanager
+def _quiet_hub() -> Iterator[None]:
+    """Silence the hub client's and timm's log lines (retry warnings, "loading from hub") and warnings inside.
+
+    The one-sentence error (or the success) says what happened; retry chatter hid it behind 20-odd lines.
+    """
+    loggers = [logging.getLogger(name) for name in ("huggingface_hub", "timm")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:
