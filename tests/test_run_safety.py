@@ -44,6 +44,44 @@ def _image(tmp_path: Path) -> str:
     return str(SynData.save(tmp_path / "in" / "a.png", SynData.image(30, 41, 0)))
 
 
+# --- 1. a run without a usable student never falls back to its teacher ----------------------------------------------
+
+
+@pytest.mark.parametrize("missing", ["student", "student/config.json", "student/model.safetensors"])
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_missing_student_is_an_error_not_the_teacher(runner, tiny_binary_run, tiny_data, tmp_path, command, missing):
+    bad = _copy_run(tiny_binary_run, tmp_path / "runs" / "bad")
+    target = bad / missing
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    if command == "evaluate":
+        args = ["evaluate", str(tiny_data.binary_heldout), "--model", str(bad), *CPU]
+    else:
+        args = ["predict", _image(tmp_path), "-o", str(tmp_path / "out"), "--model", str(bad), *CPU]
+    assert_user_error(runner.invoke(app, args), str(bad / missing), "no usable student", "--teacher")
+    assert not (tmp_path / "out" / "masks").exists()
+
+
+def test_the_teacher_of_a_run_without_student_is_used_only_with_teacher(runner, tiny_binary_run, tiny_data, tmp_path):
+    bad = _copy_run(tiny_binary_run, tmp_path / "bad")
+    shutil.rmtree(bad / "student")
+    result = runner.invoke(app, ["evaluate", str(tiny_data.binary_heldout), "--model", str(bad), "--teacher", *CPU])
+    assert result.exit_code == 0, result.output
+    assert str(bad / "teacher") in result.stdout
+
+
+def test_default_model_is_the_newest_run_with_a_student(runner, tiny_binary_run, tmp_path, monkeypatch):
+    """A newer run with only a teacher (an adapt run, or a damaged one) is not the default model of predict."""
+    monkeypatch.chdir(tmp_path)
+    good = _copy_run(tiny_binary_run, tmp_path / "runs" / "a-good")
+    teacher_only = _copy_run(tiny_binary_run, tmp_path / "runs" / "b-teacher-only")
+    shutil.rmtree(teacher_only / "student")
+    os.utime(teacher_only, (os.path.getmtime(good) + 60,) * 2)
+    result = runner.invoke(app, ["predict", _image(tmp_path), "-o", "out", *CPU])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "out" / ".fsdistill-predict.json").read_text())
+    assert manifest["model"] == str((good / "student").resolve())
+
+
 # --- 6. weight bytes are checked against config.json ----------------------------------------------------------------
 
 
@@ -105,3 +143,44 @@ def test_outputs_follow_the_umask(runner, tiny_binary_run, tmp_path, umask):
     assert {p.name for p in files} >= {"a.png", "predictions.csv", "model.safetensors", "config.json"}
     modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in files}
     assert set(modes.values()) == {oct(0o666 & ~umask)}, modes
+
+
+# --- 15. what killed saves and exports leave; onnx threads; unwritable output as root -------------------------------
+
+
+KILL_BETWEEN_RENAMES = (
+    "import os, signal\n"
+    "real = os.replace\n"
+    "def replace(src, dst):\n"
+    "    real(src, dst)\n"
+    "    if '.student.old-' in str(dst):  # the old artifact moved aside, the new one not yet in place\n"
+    "        os.kill(os.getpid(), signal.SIGKILL)\n"
+    "os.replace = replace\n"
+)
+
+
+def test_artifact_killed_between_the_two_renames_is_recovered(runner, tiny_binary_run, tmp_path):
+    run = _copy_run(tiny_binary_run, tmp_path / "run")
+    code = KILL_BETWEEN_RENAMES + (
+        "import sys\nfrom fsdistill.models.build import load_model, save_model\n"
+        "m = load_model(sys.argv[1]); c = m.config\n"
+        "save_model(m.path, m.model, class_names=c['class_names'], palette=c['palette'],\n"
+        "           input_size=c['input_size'], train_config=c['train_config'], support_info=c['support'])\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", code, str(run)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert not (run / "student").exists() and len(list(run.glob(".student.old-*"))) == 1  # the state the kill left
+
+    result = runner.invoke(app, ["predict", _image(tmp_path), "-o", str(tmp_path / "out"), "--model", str(run), *CPU])
+    assert result.exit_code == 0, result.output  # the old copy went back into place
+    assert is_artifact(run / "student") and not list(run.glob(".student.old-*"))
+    assert (run / "student" / "config.json").read_bytes() == (tiny_binary_run.student_dir / "config.json").read_bytes()
+    assert list(run.glob(".student.partial-*"))  # the unfinished new copy: removed by the next save
+    loaded = load_model(run)
+    c = loaded.config
+    from fsdistill.models.build import save_model
+
+    save_model(run / "student", loaded.model, class_names=c["class_names"], palette=c["palette"],
+               input_size=c["input_size"], train_config=c["train_config"], support_info=c["support"])  # fmt: skip
+    assert not list(run.glob(".student.*"))
