@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,7 +21,7 @@ import numpy as np
 
 import yaml
 
-from fsdistill.checkpoint import config_sha256
+from fsdistill.checkpoint import config_sha256, is_artifact, recover_artifact
 from fsdistill.config import AdaptCfg, DistillCfg
 from fsdistill.data.discover import SupportIndex, discover
 from fsdistill.data.masks import IGNORE_INDEX
@@ -40,6 +41,7 @@ __all__ = [
     "RunResult",
     "EvalResult",
     "new_run_dir",
+    "check_run_dir",
     "adapt",
     "distill",
     "evaluate",
@@ -74,6 +76,66 @@ def new_run_dir(out: Path | None) -> Path:
         n += 1
         candidate = base.with_name(f"{base.name}-{n}")
     return ensure_writable_dir(candidate, "--out")
+
+
+def _recorded_command(run_dir: Path) -> str | None:
+    """The ``command:`` of a run folder's config.resolved.yaml, or None when it has none that can be read."""
+    try:
+        data = yaml.safe_load((run_dir / "config.resolved.yaml").read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return data.get("command") if isinstance(data, dict) else None
+
+
+def _is_artifact_at(model: Path, directory: Path) -> bool:
+    """Whether the teacher ``model`` names (artifact or run folder) is ``directory``."""
+    try:
+        return resolve_model_dir(model, "teacher").resolve() == directory.resolve()
+    except FsdistillError:
+        return False
+
+
+def check_run_dir(out: Path | None, command: str, teacher: Path | None = None, overwrite: bool = False) -> None:
+    """Refuse to train into a folder that holds a finished run, unless ``overwrite``; called before any training.
+
+    A finished run is one with a complete ``teacher/`` or ``student/`` artifact that this run would replace or
+    leave beside a model it does not belong to (``distill --out`` on a 3-class run silently made it a binary one).
+    Allowed without ``overwrite``: a missing or empty folder, a killed run (no complete artifact, or a ``distill``
+    killed after saving its teacher: the same command finishes it), and ``distill --teacher OUT/teacher --out OUT``
+    (distilling an adapt run's teacher into that run replaces nothing).
+
+    Raises:
+        DataError: the folder holds a finished run (the message asks for --overwrite or another --out).
+    """
+    if out is None or overwrite or not Path(out).is_dir():
+        return
+    out = Path(out)
+    finished = [name for name in ("teacher", "student") if is_artifact(recover_artifact(out / name))]
+    if not finished:
+        return
+    if command == "distill" and "student" not in finished:
+        if teacher is not None and _is_artifact_at(teacher, out / "teacher"):
+            return
+        if teacher is None and _recorded_command(out) == "distill":
+            return
+    raise DataError(
+        f"{out} already holds a run ({', '.join(name + '/' for name in finished)}); pass --overwrite to replace it, or "
+        "choose a new --out (a run's config.resolved.yaml names that run as its out:)."
+    )
+
+
+def _drop_stale(run_dir: Path, keep: set[str]) -> None:
+    """Remove what a replaced run left in ``run_dir`` and this run did not write: its ``teacher/`` or ``student/``
+    (which would be paired with the new model) and ``student.onnx`` (exported from the old student). Other files
+    are the user's and stay."""
+    for name in ("teacher", "student", "student.onnx"):
+        path = run_dir / name
+        if name in keep or not path.exists():
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def _write_run_config(run_dir: Path, cfg: AdaptCfg | DistillCfg, command: str) -> None:
@@ -135,11 +197,13 @@ def _artifact_fields(cfg: AdaptCfg | DistillCfg, index: SupportIndex, stats: Tra
     }
 
 
-def adapt(cfg: AdaptCfg, quiet: bool = False) -> RunResult:
+def adapt(cfg: AdaptCfg, quiet: bool = False, overwrite: bool = False) -> RunResult:
     """TransferFSS: fine-tune the DCAMA teacher on the support folder; writes ``RUN/teacher/``.
 
     ``cfg.train.steps == 0`` writes the untuned teacher (the training-free baseline) as a normal artifact.
+    ``overwrite``: replace a finished run at ``cfg.out`` (see :func:`check_run_dir`); its student goes with it.
     """
+    check_run_dir(cfg.out, "adapt", overwrite=overwrite)
     cfg, index, num_classes, device, support = _prepare(cfg, quiet)
     teacher = _new_teacher(cfg, num_classes).to(device)
     if cfg.train.augment is False and len(index) == 1 and cfg.train.steps > 0:
@@ -155,6 +219,7 @@ def adapt(cfg: AdaptCfg, quiet: bool = False) -> RunResult:
         support_masks=support.masks,
         **_artifact_fields(cfg, index, stats),
     )
+    _drop_stale(run_dir, keep={"teacher"})
     return RunResult(run_dir, teacher_dir=teacher_dir, stats=_stats_dict(stats))
 
 
@@ -167,11 +232,13 @@ def _new_teacher(cfg: AdaptCfg | DistillCfg, num_classes: int) -> DCAMATeacher:
     return teacher
 
 
-def distill(cfg: DistillCfg, quiet: bool = False) -> RunResult:
+def distill(cfg: DistillCfg, quiet: bool = False, overwrite: bool = False) -> RunResult:
     """DistillFSS: train the support-free ConvDist student (jointly with the teacher unless ``cfg.teacher``).
 
-    Writes ``RUN/student/`` and, when the teacher was adapted here, ``RUN/teacher/``.
+    Writes ``RUN/student/`` and, when the teacher was adapted here, ``RUN/teacher/``. ``overwrite``: replace a
+    finished run at ``cfg.out`` (see :func:`check_run_dir`).
     """
+    check_run_dir(cfg.out, "distill", cfg.teacher, overwrite)
     cfg, index, num_classes, device, support = _prepare(cfg, quiet)
     if cfg.train.augment is False and len(index) == 1 and cfg.train.steps > 0:  # as in adapt: no query besides it
         raise ConfigError("One support image needs augmentation to build episodes; drop --no-augment or add images.")
@@ -202,6 +269,8 @@ def distill(cfg: DistillCfg, quiet: bool = False) -> RunResult:
             run_dir / "teacher", teacher, support_images=support.images, support_masks=support.masks, **common
         )
     student_dir = save_model(run_dir / "student", student, **common)
+    own_teacher = cfg.teacher is None or _is_artifact_at(cfg.teacher, run_dir / "teacher")
+    _drop_stale(run_dir, keep={"student", "teacher"} if own_teacher else {"student"})
     return RunResult(run_dir, teacher_dir=teacher_dir, student_dir=student_dir, stats=_stats_dict(stats))
 
 

@@ -48,6 +48,13 @@ StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="Optimiser step
 LrOpt = Annotated[Optional[float], typer.Option("--lr", help="AdamW learning rate (default 3e-3).")]
 SizeOpt = Annotated[Optional[int], typer.Option("--size", help="Square input size in pixels (multiple of 32).")]
 OutRunOpt = Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/<date>-<time>).")]
+SupportOpt = Annotated[
+    Optional[Path],
+    typer.Option("--support", help="Support folder (images + masks); required unless the --config YAML sets support:."),
+]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Replace the run already in --out (refused without it).")
+]
 TrainOpt = Annotated[
     Optional[str], typer.Option("--train", help="Teacher groups to fine-tune: mapper,merge,attention,mixer.")
 ]
@@ -173,7 +180,7 @@ def _model_overrides(backbone, backbone_weights, teacher_weights, size, decoder,
 
 @command
 def adapt(
-    support: Annotated[Path, typer.Option("--support", help="Support folder (images + masks).")],
+    support: SupportOpt = None,
     backbone: BackboneOpt = None,
     backbone_weights: BackboneWeightsOpt = None,
     teacher_weights: TeacherWeightsOpt = None,
@@ -184,6 +191,7 @@ def adapt(
     train: TrainOpt = None,
     augment: AugmentOpt = None,
     out: OutRunOpt = None,
+    overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = None,
@@ -206,8 +214,9 @@ def adapt(
             "model": _model_overrides(backbone, backbone_weights, teacher_weights, size, decoder),
             "train": _train_overrides(steps, lr, seed, train, augment),
         },
+        command="adapt",
     )
-    result = api.adapt(cfg, quiet=quiet)
+    result = api.adapt(cfg, quiet=quiet, overwrite=overwrite)
     _Console(quiet).say(
         f"teacher: {result.teacher_dir}  ({result.stats['steps']} steps, {result.stats['seconds']:.0f} s)"
     )
@@ -215,7 +224,7 @@ def adapt(
 
 @command
 def distill(
-    support: Annotated[Path, typer.Option("--support", help="Support folder (images + masks).")],
+    support: SupportOpt = None,
     teacher: Annotated[
         Optional[Path], typer.Option("--teacher", help="Adapted teacher (RUN/teacher) to distill from.")
     ] = None,
@@ -236,6 +245,7 @@ def distill(
     train: TrainOpt = None,
     augment: AugmentOpt = None,
     out: OutRunOpt = None,
+    overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = None,
@@ -260,8 +270,9 @@ def distill(
             "model": _model_overrides(backbone, backbone_weights, teacher_weights, size, decoder, student_width),
             "train": _train_overrides(steps, lr, seed, train, augment),
         },
+        command="distill",
     )
-    result = api.distill(cfg, quiet=quiet)
+    result = api.distill(cfg, quiet=quiet, overwrite=overwrite)
     from fsdistill.checkpoint import load_artifact
 
     _, student_cfg = load_artifact(result.student_dir)

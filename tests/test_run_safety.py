@@ -82,6 +82,103 @@ def test_default_model_is_the_newest_run_with_a_student(runner, tiny_binary_run,
     assert manifest["model"] == str((good / "student").resolve())
 
 
+# --- 4. adapt / distill into a finished run need --overwrite --------------------------------------------------------
+
+
+def _no_training(monkeypatch) -> None:
+    """Make any training step fail loudly: a refusal must come before training starts."""
+    from fsdistill import api
+
+    def train(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(api, "train", train)
+
+
+@pytest.mark.parametrize("command", ["adapt", "distill"])
+def test_training_into_a_finished_run_needs_overwrite(runner, tiny_multi_run, tiny_data, tmp_path, monkeypatch, command):
+    run = _copy_run(tiny_multi_run, tmp_path / "run")
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    _no_training(monkeypatch)
+    result = runner.invoke(app, [command, "--support", str(tiny_data.binary), "--out", str(run), *TINY])
+    assert_user_error(result, str(run), "already holds a run", "--overwrite", "new --out")
+    assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("command", ["adapt", "distill"])
+def test_overwrite_replaces_the_run_and_drops_what_belonged_to_it(runner, tiny_multi_run, tiny_data, tmp_path, command):
+    run = _copy_run(tiny_multi_run, tmp_path / "run")
+    (run / "student.onnx").write_bytes(b"exported from the old 3-class student")
+    (run / "notes.txt").write_text("the user's")
+    args = [command, "--support", str(tiny_data.binary), "--out", str(run), "--steps", "0", "--overwrite", *TINY]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, (result.output, result.exception)
+    kind = "teacher" if command == "adapt" else "student"
+    assert load_model(run, kind=kind).class_names == ["background", "foreground"]  # was 3 classes
+    assert not (run / "student.onnx").exists()
+    if command == "adapt":  # the old 3-class student must not be paired with the new binary teacher
+        assert not (run / "student").exists()
+    assert (run / "notes.txt").read_text() == "the user's"
+
+
+def test_empty_folder_and_adapt_run_take_a_distill_without_overwrite(runner, tiny_data, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = ["--support", str(tiny_data.binary), "--steps", "0", *TINY]
+    assert runner.invoke(app, ["distill", *args, "--out", str(empty)]).exit_code == 0
+    assert is_artifact(empty / "student")
+    adapted = tmp_path / "adapted"
+    assert runner.invoke(app, ["adapt", *args, "--out", str(adapted)]).exit_code == 0
+    # Distilling an adapt run's own teacher into it replaces nothing.
+    result = runner.invoke(app, ["distill", *args, "--teacher", str(adapted / "teacher"), "--out", str(adapted)])
+    assert result.exit_code == 0, result.output
+    assert is_artifact(adapted / "student") and is_artifact(adapted / "teacher")
+
+
+# --- 5. a run's config.resolved.yaml reruns the run -----------------------------------------------------------------
+
+
+def test_resolved_config_reruns_its_run(runner, tiny_binary_run, tmp_path):
+    resolved = tiny_binary_run.run_dir / "config.resolved.yaml"
+    data = yaml.safe_load(resolved.read_text())
+    assert data["command"] == "distill" and data["support"]  # the file as a run writes it
+    rerun = tmp_path / "rerun"
+    result = runner.invoke(app, ["distill", "--config", str(resolved), "--out", str(rerun), "--device", "cpu", "-q"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    again = yaml.safe_load((rerun / "config.resolved.yaml").read_text())
+    assert again == {**data, "out": str(rerun), "device": "cpu"}
+    old, new = load_model(tiny_binary_run.run_dir), load_model(rerun)
+    assert new.config["train_config"]["train"] == old.config["train_config"]["train"]
+
+
+def test_resolved_config_without_out_flag_points_at_its_own_run(runner, tiny_binary_run, tmp_path):
+    config = tmp_path / "config.resolved.yaml"
+    shutil.copy(tiny_binary_run.run_dir / "config.resolved.yaml", config)
+    result = runner.invoke(app, ["distill", "--config", str(config), "--device", "cpu", "-q"])
+    assert_user_error(result, str(tiny_binary_run.run_dir), "--overwrite", "new --out", "out:")
+
+
+def test_resolved_config_of_another_command_is_refused(runner, tiny_binary_run, tmp_path):
+    resolved = str(tiny_binary_run.run_dir / "config.resolved.yaml")
+    result = runner.invoke(app, ["adapt", "--config", resolved, "--out", str(tmp_path / "r"), *CPU])
+    assert_user_error(result, "command: distill", "fsdistill distill")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("command", ["adapt", "distill"])
+def test_support_from_the_config_or_a_clear_error(runner, tiny_data, tmp_path, command):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"support: {tiny_data.binary}\nmodel:\n  backbone: test-resnet\n  size: 64\n")
+    ok = runner.invoke(app, [command, "--config", str(config), "--out", str(tmp_path / "r"), "--steps", "0", *CPU])
+    assert ok.exit_code == 0, (ok.output, ok.exception)
+    assert load_model(tmp_path / "r", kind="teacher").config["support"]["root"] == str(tiny_data.binary)
+    config.write_text("model:\n  backbone: test-resnet\n")
+    for extra in (["--config", str(config)], []):
+        result = runner.invoke(app, [command, *extra, "--out", str(tmp_path / "r2"), *TINY])
+        assert_user_error(result, "No support", "--support")
+    assert not (tmp_path / "r2").exists()
+
+
 # --- 6. weight bytes are checked against config.json ----------------------------------------------------------------
 
 
