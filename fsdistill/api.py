@@ -7,6 +7,7 @@ these.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -42,6 +43,7 @@ __all__ = [
     "EvalResult",
     "new_run_dir",
     "check_run_dir",
+    "pixel_sha256",
     "adapt",
     "distill",
     "evaluate",
@@ -143,14 +145,56 @@ def _write_run_config(run_dir: Path, cfg: AdaptCfg | DistillCfg, command: str) -
     write_atomic(run_dir / "config.resolved.yaml", yaml.safe_dump(data, sort_keys=False))
 
 
+def pixel_sha256(image: np.ndarray) -> str:
+    """sha256 of an H×W×3 uint8 image's decoded pixels (its shape included): the same for a renamed or
+    losslessly re-encoded copy of the file, different for any other image whatever its name."""
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    return hashlib.sha256(repr(image.shape).encode() + image.tobytes()).hexdigest()
+
+
 def _support_info(index: SupportIndex) -> dict[str, Any]:
+    """What an artifact records of its support folder; ``images``: each support's size and :func:`pixel_sha256`,
+    by which ``evaluate`` recognises support images (leakage) by content, not by file name."""
+    images = []
+    for i, sample in enumerate(index.samples):
+        pixels = index.load_image(i)
+        images.append({"key": sample.key, "size": [pixels.shape[1], pixels.shape[0]], "sha256": pixel_sha256(pixels)})
     return {
         "root": str(index.root),
         "layout": index.layout,
         "count": len(index),
         "keys": [s.key for s in index.samples],
         "fingerprint": index.fingerprint(),
+        "images": images,
     }
+
+
+def _leaked_supports(support: dict[str, Any], index: SupportIndex) -> list[str]:
+    """Images of ``index`` that are support images of the model, as ``KEY (support KEY)``.
+
+    Decided by the hash of the decoded RGB pixels at original size that training recorded (``support.images``):
+    hashing the image as the model sees it (resized to the input size) would also work but ties the check to the
+    resize code and needs the teacher's stored tensors, which a student artifact does not have; the original
+    pixels are what a copied file keeps. Only images of a support image's size are decoded for it (the size comes
+    from the header). Artifacts from before the hashes fall back to the old rule, matching file names.
+    """
+    recorded = support.get("images")
+    if recorded is None:
+        keys = set(support.get("keys", []))
+        return [f"{s.key} (support {s.key})" for s in index.samples if s.key in keys]
+    from fsdistill.data.images import image_size
+
+    by_size: dict[tuple[int, int], dict[str, str]] = {}
+    for entry in recorded:
+        by_size.setdefault(tuple(entry["size"]), {})[entry["sha256"]] = entry["key"]
+    leaked = []
+    for i, sample in enumerate(index.samples):
+        candidates = by_size.get(image_size(sample.image_path))
+        if candidates:
+            match = candidates.get(pixel_sha256(index.load_image(i)))
+            if match is not None:
+                leaked.append(f"{sample.key} (support {match})")
+    return leaked
 
 
 def _stats_dict(stats: TrainStats) -> dict[str, Any]:
@@ -302,8 +346,8 @@ def evaluate(
     ``workers`` None: decode processes as in :func:`predict` (2 on a GPU; on the CPU none up to 2 cores).
 
     Raises:
-        DataError: images whose keys match the model's support images (evaluation leakage), or a folder whose
-            class names differ from the model's.
+        DataError: images with the pixels of the model's support images (evaluation leakage, see
+            :func:`_leaked_supports`), or a folder whose class names differ from the model's.
     """
     loaded = load_model(model, kind="teacher" if teacher else None) if model is not None or teacher else load_model(None)
     index = discover(data_dir)
@@ -312,13 +356,12 @@ def evaluate(
             f"{data_dir} has classes {index.class_names} but the model {loaded.path} predicts {loaded.class_names}; "
             "evaluate on a folder labelled with the same classes (same names file)."
         )
-    support_keys = set(loaded.config.get("support", {}).get("keys", []))
-    leaked = sorted(s.key for s in index.samples if s.key in support_keys)
+    leaked = sorted(_leaked_supports(loaded.config.get("support", {}), index))
     if leaked:
         shown = ", ".join(leaked[:3]) + (", …" if len(leaked) > 3 else "")
         raise DataError(
-            f"{len(leaked)} image(s) of {data_dir} have the names of support images the model was trained on "
-            f"({shown}); evaluate on held-out images only."
+            f"{len(leaked)} image(s) of {data_dir} are support images the model was trained on ({shown}); evaluate "
+            "on held-out images only."
         )
     predictor = Predictor(loaded, resolve_device(device))
     if workers is None:

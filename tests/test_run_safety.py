@@ -242,6 +242,34 @@ def test_outputs_follow_the_umask(runner, tiny_binary_run, tmp_path, umask):
     assert set(modes.values()) == {oct(0o666 & ~umask)}, modes
 
 
+# --- 11. leakage is decided by content, not by name -----------------------------------------------------------------
+
+
+def test_renamed_support_image_is_leakage(runner, tiny_binary_run, tiny_data, tmp_path):
+    data = write_binary_folder(tmp_path / "held", ["h0", "h1"], seed=7)
+    shutil.copy(tiny_data.binary / "images" / "s2.png", data / "images" / "renamed.png")
+    shutil.copy(tiny_data.binary / "masks" / "s2.png", data / "masks" / "renamed.png")
+    result = runner.invoke(app, ["evaluate", str(data), "--model", str(tiny_binary_run.run_dir), *CPU])
+    assert_user_error(result, "1 image(s)", str(data), "renamed (support s2)", "held-out")
+
+
+def test_new_images_named_like_supports_are_not_leakage(runner, tiny_binary_run, tmp_path):
+    data = write_binary_folder(tmp_path / "held", ["s0", "s1", "s2"], seed=8)  # the supports' names, new pixels
+    result = runner.invoke(app, ["evaluate", str(data), "--model", str(tiny_binary_run.run_dir), *CPU])
+    assert result.exit_code == 0, result.output
+    assert "mIoU" in result.stdout
+
+
+def test_artifacts_record_support_pixel_hashes(tiny_binary_run, tiny_data):
+    from fsdistill.api import pixel_sha256
+    from fsdistill.data.images import read_image
+
+    images = load_model(tiny_binary_run.run_dir).config["support"]["images"]
+    assert [e["key"] for e in images] == ["s0", "s1", "s2", "s3"]
+    pixels = read_image(tiny_data.binary / "images" / "s1.png")
+    assert images[1] == {"key": "s1", "size": [pixels.shape[1], pixels.shape[0]], "sha256": pixel_sha256(pixels)}
+
+
 # --- 15. what killed saves and exports leave; onnx threads; unwritable output as root -------------------------------
 
 
