@@ -467,8 +467,13 @@ def _runner(model: Path | None, device: str, backend: str | None):
         return Predictor(load_model(model, kind=None), resolve_device(device))
     from fsdistill.infer.onnx import OnnxRunner, require_export_packages
 
+    import torch
+
     require_export_packages("onnxruntime")
-    return OnnxRunner(resolve_onnx_file(model), device)
+    # The same intra-op thread count as the torch backend (torch.get_num_threads: OMP_NUM_THREADS or
+    # torch.set_num_threads, else one per core). onnxruntime's own default ignores both, so a run limited to
+    # N threads used every core with --backend onnx and fought whatever the threads were limited for.
+    return OnnxRunner(resolve_onnx_file(model), device, threads=torch.get_num_threads())
 
 
 def resolve_onnx_file(model: Path | None) -> Path:

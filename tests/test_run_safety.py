@@ -309,3 +309,41 @@ def test_artifact_killed_between_the_two_renames_is_recovered(runner, tiny_binar
     save_model(run / "student", loaded.model, class_names=c["class_names"], palette=c["palette"],
                input_size=c["input_size"], train_config=c["train_config"], support_info=c["support"])  # fmt: skip
     assert not list(run.glob(".student.*"))
+
+
+def test_export_removes_temp_files_of_killed_exports(runner, tiny_binary_run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        stale = [tmp_path / ".m.onnx.tmp-0123abcd", tmp_path / f".m.onnx.tmp-{dead.stdout.strip()}-0123abcd"]
+        live = tmp_path / f".m.onnx.tmp-{sleeper.pid}-0123abcd"  # an export running right now
+        for path in [*stale, live]:
+            path.write_bytes(b"half an onnx file")
+        result = runner.invoke(app, ["export", "--model", str(tiny_binary_run.run_dir), "-o", str(tmp_path / "m.onnx"),
+                                     "-q", *CPU])  # fmt: skip
+        assert result.exit_code == 0, result.output
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert not any(p.exists() for p in stale) and live.exists()
+    assert (tmp_path / "m.onnx").stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_onnx_backend_uses_the_torch_thread_count(tiny_binary_run, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    import torch
+
+    from fsdistill import api
+
+    onnx_file = tmp_path / "m.onnx"
+    api.export(tiny_binary_run.run_dir, onnx_file, random_samples=1, real_samples=0)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # as OMP_NUM_THREADS=3 or torch.set_num_threads(3)
+    runner_ = api._runner(onnx_file, "cpu", "onnx")
+    assert runner_.session.get_session_options().intra_op_num_threads == 3
