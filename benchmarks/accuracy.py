@@ -294,7 +294,7 @@ def run_shots(case: Case, k: int, support: Path, runs: Path, args: argparse.Name
 
     def timed(fn, cfg):
         start = time.perf_counter()
-        result = fn(cfg, quiet=True)
+        result = fn(cfg, quiet=True, overwrite=True)  # --keep-runs reruns replace the previous runs
         return result, time.perf_counter() - start
 
     if "untuned" in args.methods:

@@ -77,16 +77,17 @@ def run_case(
 
     train = {**train_args, **({"steps": steps} if steps is not None else {})}
     common = {"model": {"size": size, **model_args}, "device": device_arg}
+    # overwrite: a rerun of the benchmark replaces the runs of the previous one under the same --out.
     if "untuned" in methods:
         cfg = load_config(AdaptCfg, overrides={"support": support, "out": out / name / "untuned", "train": {"steps": 0}, **common})
-        result["untuned_teacher"] = evaluate(api.adapt(cfg, quiet=True).teacher_dir, True)
+        result["untuned_teacher"] = evaluate(api.adapt(cfg, quiet=True, overwrite=True).teacher_dir, True)
     if "adapt" in methods:
         cfg = load_config(AdaptCfg, overrides={"support": support, "out": out / name / "adapt", "train": train, **common})
-        adapted = api.adapt(cfg, quiet=True)
+        adapted = api.adapt(cfg, quiet=True, overwrite=True)
         result["adapted_teacher"] = {**evaluate(adapted.teacher_dir, True), "train_s": adapted.stats["seconds"], "steps": adapted.stats["steps"]}
     if "distill" in methods:
         cfg = load_config(DistillCfg, overrides={"support": support, "out": out / name / "distill", "train": train, **common})
-        distilled = api.distill(cfg, quiet=True)
+        distilled = api.distill(cfg, quiet=True, overwrite=True)
         result["distill_teacher"] = {**evaluate(distilled.teacher_dir, True), "train_s": distilled.stats["seconds"]}
         result["student"] = {**evaluate(distilled.student_dir, False), "train_s": distilled.stats["seconds"], "steps": distilled.stats["steps"]}
         result["student_over_teacher"] = result["student"]["miou"] / max(result["distill_teacher"]["miou"], 1e-9)

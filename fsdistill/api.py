@@ -7,9 +7,11 @@ these.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,7 +22,7 @@ import numpy as np
 
 import yaml
 
-from fsdistill.checkpoint import config_sha256
+from fsdistill.checkpoint import config_sha256, is_artifact, recover_artifact
 from fsdistill.config import AdaptCfg, DistillCfg
 from fsdistill.data.discover import SupportIndex, discover
 from fsdistill.data.masks import IGNORE_INDEX
@@ -41,6 +43,8 @@ __all__ = [
     "RunResult",
     "EvalResult",
     "new_run_dir",
+    "check_run_dir",
+    "pixel_sha256",
     "adapt",
     "distill",
     "evaluate",
@@ -78,19 +82,121 @@ def new_run_dir(out: Path | None) -> Path:
     return ensure_writable_dir(candidate, "--out")
 
 
+def _recorded_command(run_dir: Path) -> str | None:
+    """The ``command:`` of a run folder's config.resolved.yaml, or None when it has none that can be read."""
+    try:
+        data = yaml.safe_load((run_dir / "config.resolved.yaml").read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return data.get("command") if isinstance(data, dict) else None
+
+
+def _is_artifact_at(model: Path, directory: Path) -> bool:
+    """Whether the teacher ``model`` names (artifact or run folder) is ``directory``."""
+    try:
+        return resolve_model_dir(model, "teacher").resolve() == directory.resolve()
+    except FsdistillError:
+        return False
+
+
+def check_run_dir(out: Path | None, command: str, teacher: Path | None = None, overwrite: bool = False) -> None:
+    """Refuse to train into a folder that holds a finished run, unless ``overwrite``; called before any training.
+
+    A finished run is one with a complete ``teacher/`` or ``student/`` artifact that this run would replace or
+    leave beside a model it does not belong to (``distill --out`` on a 3-class run silently made it a binary one).
+    Allowed without ``overwrite``: a missing or empty folder, a killed run (no complete artifact, or a ``distill``
+    killed after saving its teacher: the same command finishes it), and ``distill --teacher OUT/teacher --out OUT``
+    (distilling an adapt run's teacher into that run replaces nothing).
+
+    Raises:
+        DataError: the folder holds a finished run (the message asks for --overwrite or another --out).
+    """
+    if out is None or overwrite or not Path(out).is_dir():
+        return
+    out = Path(out)
+    finished = [name for name in ("teacher", "student") if is_artifact(recover_artifact(out / name))]
+    if not finished:
+        return
+    if command == "distill" and "student" not in finished:
+        if teacher is not None and _is_artifact_at(teacher, out / "teacher"):
+            return
+        if teacher is None and _recorded_command(out) == "distill":
+            return
+    raise DataError(
+        f"{out} already holds a run ({', '.join(name + '/' for name in finished)}); pass --overwrite to replace it, or "
+        "choose a new --out (a run's config.resolved.yaml names that run as its out:)."
+    )
+
+
+def _drop_stale(run_dir: Path, keep: set[str]) -> None:
+    """Remove what a replaced run left in ``run_dir`` and this run did not write: its ``teacher/`` or ``student/``
+    (which would be paired with the new model) and ``student.onnx`` (exported from the old student). Other files
+    are the user's and stay."""
+    for name in ("teacher", "student", "student.onnx"):
+        path = run_dir / name
+        if name in keep or not path.exists():
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 def _write_run_config(run_dir: Path, cfg: AdaptCfg | DistillCfg, command: str) -> None:
     data = {"command": command, **json.loads(cfg.model_dump_json())}
     write_atomic(run_dir / "config.resolved.yaml", yaml.safe_dump(data, sort_keys=False))
 
 
+def pixel_sha256(image: np.ndarray) -> str:
+    """sha256 of an H×W×3 uint8 image's decoded pixels (its shape included): the same for a renamed or
+    losslessly re-encoded copy of the file, different for any other image whatever its name."""
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    return hashlib.sha256(repr(image.shape).encode() + image.tobytes()).hexdigest()
+
+
 def _support_info(index: SupportIndex) -> dict[str, Any]:
+    """What an artifact records of its support folder; ``images``: each support's size and :func:`pixel_sha256`,
+    by which ``evaluate`` recognises support images (leakage) by content, not by file name."""
+    images = []
+    for i, sample in enumerate(index.samples):
+        pixels = index.load_image(i)
+        images.append({"key": sample.key, "size": [pixels.shape[1], pixels.shape[0]], "sha256": pixel_sha256(pixels)})
     return {
         "root": str(index.root),
         "layout": index.layout,
         "count": len(index),
         "keys": [s.key for s in index.samples],
         "fingerprint": index.fingerprint(),
+        "images": images,
     }
+
+
+def _leaked_supports(support: dict[str, Any], index: SupportIndex) -> list[str]:
+    """Images of ``index`` that are support images of the model, as ``KEY (support KEY)``.
+
+    Decided by the hash of the decoded RGB pixels at original size that training recorded (``support.images``):
+    hashing the image as the model sees it (resized to the input size) would also work but ties the check to the
+    resize code and needs the teacher's stored tensors, which a student artifact does not have; the original
+    pixels are what a copied file keeps. Only images of a support image's size are decoded for it (the size comes
+    from the header). Artifacts from before the hashes fall back to the old rule, matching file names.
+    """
+    recorded = support.get("images")
+    if recorded is None:
+        keys = set(support.get("keys", []))
+        return [f"{s.key} (support {s.key})" for s in index.samples if s.key in keys]
+    from fsdistill.data.images import image_size
+
+    by_size: dict[tuple[int, int], dict[str, str]] = {}
+    for entry in recorded:
+        by_size.setdefault(tuple(entry["size"]), {})[entry["sha256"]] = entry["key"]
+    leaked = []
+    for i, sample in enumerate(index.samples):
+        candidates = by_size.get(image_size(sample.image_path))
+        if candidates:
+            match = candidates.get(pixel_sha256(index.load_image(i)))
+            if match is not None:
+                leaked.append(f"{sample.key} (support {match})")
+    return leaked
 
 
 def _stats_dict(stats: TrainStats) -> dict[str, Any]:
@@ -146,11 +252,13 @@ def _artifact_fields(cfg: AdaptCfg | DistillCfg, index: SupportIndex, stats: Tra
     }
 
 
-def adapt(cfg: AdaptCfg, quiet: bool = False) -> RunResult:
+def adapt(cfg: AdaptCfg, quiet: bool = False, overwrite: bool = False) -> RunResult:
     """TransferFSS: fine-tune the DCAMA teacher on the support folder; writes ``RUN/teacher/``.
 
     ``cfg.train.steps == 0`` writes the untuned teacher (the training-free baseline) as a normal artifact.
+    ``overwrite``: replace a finished run at ``cfg.out`` (see :func:`check_run_dir`); its student goes with it.
     """
+    check_run_dir(cfg.out, "adapt", overwrite=overwrite)
     cfg, index, num_classes, device, support = _prepare(cfg, quiet)
     teacher = _new_teacher(cfg, num_classes).to(device)
     if cfg.train.augment is False and len(index) == 1 and cfg.train.steps != 0:
@@ -166,6 +274,7 @@ def adapt(cfg: AdaptCfg, quiet: bool = False) -> RunResult:
         support_masks=support.masks,
         **_artifact_fields(cfg, index, stats),
     )
+    _drop_stale(run_dir, keep={"teacher"})
     return RunResult(run_dir, teacher_dir=teacher_dir, stats=_stats_dict(stats))
 
 
@@ -178,11 +287,13 @@ def _new_teacher(cfg: AdaptCfg | DistillCfg, num_classes: int) -> DCAMATeacher:
     return teacher
 
 
-def distill(cfg: DistillCfg, quiet: bool = False) -> RunResult:
+def distill(cfg: DistillCfg, quiet: bool = False, overwrite: bool = False) -> RunResult:
     """DistillFSS: train the support-free ConvDist student (jointly with the teacher unless ``cfg.teacher``).
 
-    Writes ``RUN/student/`` and, when the teacher was adapted here, ``RUN/teacher/``.
+    Writes ``RUN/student/`` and, when the teacher was adapted here, ``RUN/teacher/``. ``overwrite``: replace a
+    finished run at ``cfg.out`` (see :func:`check_run_dir`).
     """
+    check_run_dir(cfg.out, "distill", cfg.teacher, overwrite)
     cfg, index, num_classes, device, support = _prepare(cfg, quiet)
     if cfg.train.augment is False and len(index) == 1 and cfg.train.steps != 0:  # as in adapt: no query besides it
         raise ConfigError("One support image needs augmentation to build episodes; drop --no-augment or add images.")
@@ -216,6 +327,8 @@ def distill(cfg: DistillCfg, quiet: bool = False) -> RunResult:
             run_dir / "teacher", teacher, support_images=support.images, support_masks=support.masks, **common
         )
     student_dir = save_model(run_dir / "student", student, **common)
+    own_teacher = cfg.teacher is None or _is_artifact_at(cfg.teacher, run_dir / "teacher")
+    _drop_stale(run_dir, keep={"student", "teacher"} if own_teacher else {"student"})
     return RunResult(run_dir, teacher_dir=teacher_dir, student_dir=student_dir, stats=common["training"], check=check)
 
 
@@ -247,8 +360,8 @@ def evaluate(
     ``workers`` None: decode processes as in :func:`predict` (2 on a GPU; on the CPU none up to 2 cores).
 
     Raises:
-        DataError: images whose keys match the model's support images (evaluation leakage), or a folder whose
-            class names differ from the model's.
+        DataError: images with the pixels of the model's support images (evaluation leakage, see
+            :func:`_leaked_supports`), or a folder whose class names differ from the model's.
     """
     loaded = load_model(model, kind="teacher" if teacher else None) if model is not None or teacher else load_model(None)
     index = discover(data_dir)
@@ -257,13 +370,12 @@ def evaluate(
             f"{data_dir} has classes {index.class_names} but the model {loaded.path} predicts {loaded.class_names}; "
             "evaluate on a folder labelled with the same classes (same names file)."
         )
-    support_keys = set(loaded.config.get("support", {}).get("keys", []))
-    leaked = sorted(s.key for s in index.samples if s.key in support_keys)
+    leaked = sorted(_leaked_supports(loaded.config.get("support", {}), index))
     if leaked:
         shown = ", ".join(leaked[:3]) + (", …" if len(leaked) > 3 else "")
         raise DataError(
-            f"{len(leaked)} image(s) of {data_dir} have the names of support images the model was trained on "
-            f"({shown}); evaluate on held-out images only."
+            f"{len(leaked)} image(s) of {data_dir} are support images the model was trained on ({shown}); evaluate "
+            "on held-out images only."
         )
     predictor = Predictor(loaded, resolve_device(device))
     if workers is None:
@@ -375,8 +487,13 @@ def _runner(model: Path | None, device: str, backend: str | None):
         return Predictor(load_model(model, kind=None), resolve_device(device))
     from fsdistill.infer.onnx import OnnxRunner, require_export_packages
 
+    import torch
+
     require_export_packages("onnxruntime")
-    return OnnxRunner(resolve_onnx_file(model), device)
+    # The same intra-op thread count as the torch backend (torch.get_num_threads: OMP_NUM_THREADS or
+    # torch.set_num_threads, else one per core). onnxruntime's own default ignores both, so a run limited to
+    # N threads used every core with --backend onnx and fought whatever the threads were limited for.
+    return OnnxRunner(resolve_onnx_file(model), device, threads=torch.get_num_threads())
 
 
 def resolve_onnx_file(model: Path | None) -> Path:

@@ -3,7 +3,9 @@
 An artifact is everything needed to rebuild and run a model with no flags repeated: the config names the kind
 (teacher or student), the backbone, the input size and normalisation, the class names and palette, the model
 arguments, the resolved training configuration and the support-set fingerprint. The safetensors header carries
-``config_sha256`` so a config.json that does not belong to the weights is caught.
+``config_sha256`` so a config.json that does not belong to the weights is caught, and ``config.json`` records the
+``weights_sha256`` of ``model.safetensors`` so changed weight bytes are caught too (a safetensors file with random
+bytes in its tensor data parses fine and loads as a silently different model).
 """
 
 from __future__ import annotations
@@ -22,23 +24,75 @@ from safetensors.torch import load_file, save_file
 
 from fsdistill import __version__
 from fsdistill.errors import CheckpointError
+from fsdistill.runtime import new_file_mode
 
-__all__ = ["ARTIFACT_FORMAT", "FORMAT_VERSION", "save_artifact", "load_artifact", "config_sha256", "is_artifact"]
+__all__ = [
+    "ARTIFACT_FORMAT",
+    "FORMAT_VERSION",
+    "save_artifact",
+    "load_artifact",
+    "recover_artifact",
+    "config_sha256",
+    "file_sha256",
+    "is_artifact",
+]
 
 ARTIFACT_FORMAT = "fsdistill-artifact"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+WEIGHTS_SHA_KEY = "weights_sha256"
 
 
 def config_sha256(config: dict[str, Any]) -> str:
-    """Hash of the canonical JSON form (sorted keys, no whitespace), independent of pretty-printing."""
+    """Hash of the canonical JSON form (sorted keys, no whitespace), independent of pretty-printing.
+
+    ``weights_sha256`` is left out: it is the hash of the file whose header holds this hash, so it can only be
+    added to config.json after the weights are written. (Artifacts from before that key hash the same as ever.)
+    """
+    config = {k: v for k, v in config.items() if k != WEIGHTS_SHA_KEY}
     canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 hex digest of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def is_artifact(path: Path) -> bool:
     return (Path(path) / CONFIG_FILE).is_file() and (Path(path) / WEIGHTS_FILE).is_file()
+
+
+def _retired(directory: Path) -> list[Path]:
+    """Complete artifacts a save moved aside (``.NAME.old-*``), newest first."""
+    old = [p for p in directory.parent.glob(f".{directory.name}.old-*") if is_artifact(p)]
+    return sorted(old, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def recover_artifact(directory: Path) -> Path:
+    """Put back an artifact that a killed save left only under its hidden ``.NAME.old-*`` name; returns ``directory``.
+
+    :func:`save_artifact` replaces an artifact with two renames (the old one aside, the new one in); a SIGKILL
+    between them leaves no ``NAME/``. The old copy is complete, so it goes back into place (the new one was never
+    in place, as if the save had not happened; its staging folder is removed by the next save). Does nothing when
+    ``NAME`` exists or no complete old copy is there. If the rename fails (a read-only folder, another process
+    restored it first), ``directory`` is returned as it is and loading reports what is missing.
+    """
+    directory = Path(directory)
+    if directory.exists() or not directory.parent.is_dir():
+        return directory
+    for old in _retired(directory):
+        try:
+            os.replace(old, directory)
+        except OSError:
+            continue
+        break
+    return directory
 
 
 def save_artifact(directory: Path, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> Path:
@@ -46,15 +100,18 @@ def save_artifact(directory: Path, tensors: dict[str, torch.Tensor], config: dic
 
     Both files are written into a hidden sibling folder that is renamed into place only when complete, so an
     interrupted save never leaves a directory that loads. An existing artifact at ``directory`` is replaced.
-    Staging folders that a killed save of the same artifact left behind (``.NAME.partial-*``, never loadable) are
-    removed first.
+    Leftovers of a killed save of the same artifact are dealt with first: an old copy moved aside but not
+    replaced goes back into place (:func:`recover_artifact`), staging folders (``.NAME.partial-*``, never
+    loadable) and other old copies are removed. ``config.json`` records the sha256 of the weights file, and both
+    files get the umask's permissions.
     """
     directory = Path(directory)
     config = {"format": ARTIFACT_FORMAT, "format_version": FORMAT_VERSION, "fsdistill_version": __version__, **config}
     if "kind" not in config:
         raise ValueError("artifact config needs a 'kind'")
     directory.parent.mkdir(parents=True, exist_ok=True)
-    for stale in directory.parent.glob(f".{directory.name}.partial-*"):
+    recover_artifact(directory)
+    for stale in [*directory.parent.glob(f".{directory.name}.partial-*"), *directory.parent.glob(f".{directory.name}.old-*")]:
         shutil.rmtree(stale, ignore_errors=True)
     staging = directory.parent / f".{directory.name}.partial-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
@@ -66,7 +123,10 @@ def save_artifact(directory: Path, tensors: dict[str, torch.Tensor], config: dic
             "config_sha256": config_sha256(config),
         }
         contiguous = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
-        save_file(contiguous, str(staging / WEIGHTS_FILE), metadata=metadata)
+        weights = staging / WEIGHTS_FILE
+        save_file(contiguous, str(weights), metadata=metadata)
+        os.chmod(weights, new_file_mode())  # safetensors creates its file 0o600, whatever the umask
+        config[WEIGHTS_SHA_KEY] = file_sha256(weights)
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
         if directory.exists():
             retired = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
@@ -96,7 +156,7 @@ def load_artifact(directory: Path, expected_kind: str | None = None) -> tuple[di
         CheckpointError: missing files, unparsable or foreign config, newer format, corrupt weights, hash mismatch,
             or a kind other than ``expected_kind``.
     """
-    directory = Path(directory)
+    directory = recover_artifact(Path(directory))
     if not directory.is_dir():
         raise CheckpointError(f"Model folder {directory} does not exist; pass a run or artifact folder to --model.")
     config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
@@ -131,5 +191,13 @@ def load_artifact(directory: Path, expected_kind: str | None = None) -> tuple[di
     if metadata.get("config_sha256") != config_sha256(config):
         raise CheckpointError(
             f"{config_path} does not belong to {weights_path.name} (config hash mismatch); restore the original config.json."
+        )
+    # Checked after the parse so a truncated or foreign file keeps its more telling message. Artifacts written
+    # before the key existed have none and load as before.
+    recorded = config.get(WEIGHTS_SHA_KEY)
+    if recorded is not None and recorded != file_sha256(weights_path):
+        raise CheckpointError(
+            f"{weights_path} does not match the sha256 recorded in its config.json (the file was changed or damaged "
+            "after it was written); re-run the command that made it."
         )
     return tensors, config

@@ -88,6 +88,13 @@ SizeOpt = Annotated[
     Optional[int], typer.Option("--size", help="Square input size in pixels, a multiple of 32 (default 384).")
 ]
 OutRunOpt = Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/<date>-<time>).")]
+SupportOpt = Annotated[
+    Optional[Path],
+    typer.Option("--support", help="Support folder (images + masks); required unless the --config YAML sets support:."),
+]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Replace the run already in --out (refused without it).")
+]
 TrainOpt = Annotated[
     Optional[str],
     typer.Option(
@@ -230,7 +237,7 @@ def _model_overrides(backbone, backbone_weights, teacher_weights, size, decoder,
 
 @command
 def adapt(
-    support: Annotated[Path, typer.Option("--support", help="Support folder (images + masks).")],
+    support: SupportOpt = None,
     backbone: BackboneOpt = None,
     backbone_weights: BackboneWeightsOpt = None,
     teacher_weights: TeacherWeightsOpt = None,
@@ -241,6 +248,7 @@ def adapt(
     train: TrainOpt = None,
     augment: AugmentOpt = None,
     out: OutRunOpt = None,
+    overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = None,
@@ -264,8 +272,9 @@ def adapt(
             "train": _train_overrides(steps, lr, seed, train, augment),
         },
         flag_names=True,
+        command="adapt",
     )
-    result = api.adapt(cfg, quiet=quiet)
+    result = api.adapt(cfg, quiet=quiet, overwrite=overwrite)
     _Console(quiet).say(
         f"teacher: {result.teacher_dir}  ({result.stats['steps']} steps, {result.stats['seconds']:.0f} s)"
     )
@@ -273,7 +282,7 @@ def adapt(
 
 @command
 def distill(
-    support: Annotated[Path, typer.Option("--support", help="Support folder (images + masks).")],
+    support: SupportOpt = None,
     teacher: Annotated[
         Optional[Path], typer.Option("--teacher", help="Adapted teacher (RUN/teacher) to distill from.")
     ] = None,
@@ -299,6 +308,7 @@ def distill(
     train: TrainOpt = None,
     augment: AugmentOpt = None,
     out: OutRunOpt = None,
+    overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = None,
@@ -324,8 +334,9 @@ def distill(
             "train": _train_overrides(steps, lr, seed, train, augment),
         },
         flag_names=True,
+        command="distill",
     )
-    result = api.distill(cfg, quiet=quiet)
+    result = api.distill(cfg, quiet=quiet, overwrite=overwrite)
     from fsdistill.checkpoint import load_artifact
 
     _, student_cfg = load_artifact(result.student_dir)

@@ -259,15 +259,21 @@ def load_config(
     yaml_path: Path | None = None,
     overrides: dict[str, Any] | None = None,
     flag_names: bool = False,
+    command: str | None = None,
 ) -> Any:
     """Build ``cls`` from its defaults, then ``yaml_path``, then the non-None ``overrides`` (nested dicts).
 
     Args:
         flag_names: the overrides came from command-line flags: a bad value given there is named by its flag
             (``--steps``), as the user typed it, not by its config key (``train.steps``).
+        command: the command being run (``adapt``, ``distill``). A run's own ``config.resolved.yaml`` starts with
+            ``command: NAME`` so that it can be passed back to rerun the run: the key is accepted when it names
+            ``command`` and refused when it names another one.
 
     Raises:
-        ConfigError: unreadable YAML, an unknown key, or a value out of range (one sentence naming the key).
+        ConfigError: unreadable YAML, an unknown key, a value out of range (one sentence naming the key), a
+            ``command:`` of another command, or a required option (``support``) given neither as a flag nor in
+            the YAML.
     """
     data: dict[str, Any] = {}
     if yaml_path is not None:
@@ -280,11 +286,25 @@ def load_config(
             raise ConfigError(f"Config file {path} is not valid YAML ({exc.__class__.__name__}); fix its syntax.")
         if not isinstance(loaded, dict):
             raise ConfigError(f"Config file {path} must hold a mapping of option names to values.")
-        data = loaded
+        data = dict(loaded)
+        if "command" in data and command is not None:
+            recorded = data.pop("command")
+            if recorded != command:
+                raise ConfigError(
+                    f"Config file {path} is for fsdistill {recorded} (command: {recorded}); run it with fsdistill "
+                    f"{recorded}, or delete its command: line to use its options with {command}."
+                )
     data = _deep_merge(data, overrides or {})
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
+        missing = [e["loc"][0] for e in exc.errors() if e["type"] == "missing" and len(e["loc"]) == 1]
+        if missing:
+            name = missing[0]
+            raise ConfigError(
+                f"No {name} given; pass --{name}{' DIR' if name == 'support' else ''}, or set {name}: in the "
+                "--config YAML file."
+            ) from None
         err = exc.errors()[0]
         loc = tuple(p for p in err["loc"] if isinstance(p, str))  # list indices (train.train.0) name no flag
         if flag_names and loc and _given(overrides or {}, loc):

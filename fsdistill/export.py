@@ -159,6 +159,35 @@ def _random_images(rng: np.random.Generator, count: int, height: int, width: int
     return noisy.clamp(0, 255).round().to(torch.uint8)
 
 
+def _remove_dead_temps(out: Path) -> None:
+    """Delete the hidden temporary files that killed exports to ``out`` left (``.NAME.tmp-PID-HEX``).
+
+    A SIGKILL skips the cleanup of :func:`export_onnx`, and the temporary file sits in the target's folder for
+    good. Only files whose process is gone are removed, so an export running at the same time keeps its own;
+    names without a process id (``.NAME.tmp-HEX``, written before ids were added) are always stale.
+    """
+    for tmp in out.parent.glob(f".{out.name}.tmp-*"):
+        parts = tmp.name[len(f".{out.name}.tmp-") :].split("-")
+        if len(parts) == 2 and parts[0].isdigit() and _process_alive(int(parts[0])):
+            continue
+        try:
+            tmp.unlink()
+        except OSError:  # gone already, or not ours to remove: the export goes on without it
+            pass
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 def export_onnx(
     model: nn.Module,
     out: Path,
@@ -221,7 +250,8 @@ def export_onnx(
     other = normalize(_random_images(rng, 1, *other_size), mean, std).numpy()
     real = 0 if real_images is None else len(real_images)
 
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    _remove_dead_temps(out)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     note = ""
     try:
         reference: list[np.ndarray] | None = None

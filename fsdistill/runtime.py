@@ -27,6 +27,7 @@ __all__ = [
     "device_name",
     "ensure_writable_dir",
     "write_atomic",
+    "new_file_mode",
     "inference_memory_format",
     "retain_freed_memory",
     "release_freed_memory",
@@ -196,12 +197,34 @@ def ensure_writable_dir(path: Path, flag: str) -> Path:
     return path
 
 
+def new_file_mode() -> int:
+    """The permission bits ``open()`` gives a new file: 0o666 less the process umask (0o644 under umask 022).
+
+    For files created by means that ignore the umask (``tempfile.mkstemp`` and safetensors both create 0o600),
+    so every output of a command has the same mode whatever wrote it. The umask is read from /proc where it is
+    there: ``os.umask`` can only be read by setting it, which briefly gives other threads a wrong one.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_atomic(path: Path, payload: bytes | str) -> Path:
     """Write ``payload`` (str as UTF-8) to ``path`` through a hidden ``.NAME.tmp`` beside it and a rename, so a
-    crash leaves the old file or the new one, never half of one. Returns ``path``."""
+    crash leaves the old file or the new one, never half of one. The file gets the umask's mode
+    (:func:`new_file_mode`). Returns ``path``."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(payload.encode("utf-8") if isinstance(payload, str) else payload)
+    # A temp file left by a killed run keeps its old mode when reopened; set it as a new file would have it.
+    os.chmod(tmp, new_file_mode())
     os.replace(tmp, path)
     return path
 

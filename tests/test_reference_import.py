@@ -467,6 +467,7 @@ def test_cli_adapt_with_teacher_weights(tmp_path, syn_binary):
     # A bad file is one line on stderr and exit code 2.
     (tmp_path / "bad.pt").write_bytes(b"junk")
     args[args.index(str(weights))] = str(tmp_path / "bad.pt")
+    args[args.index(str(run))] = str(tmp_path / "run2")  # the first run is finished: reusing it needs --overwrite
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and "Cannot read teacher weights file" in result.output
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fsdistill.checkpoint import is_artifact, load_artifact, save_artifact
+from fsdistill.checkpoint import CONFIG_FILE, WEIGHTS_FILE, is_artifact, load_artifact, recover_artifact, save_artifact
 from fsdistill.config import ModelCfg
 from fsdistill.errors import CheckpointError
 from fsdistill.models.backbone import Backbone, BackboneSpec, create_backbone
@@ -230,31 +230,57 @@ def load_model(path: Path, kind: str | None = None) -> LoadedModel:
     return LoadedModel(config["kind"], directory, model, config, support_images, support_masks)
 
 
-def _newest_run(root: Path) -> Path | None:
+def _newest_run(root: Path, kind: str) -> Path | None:
+    """The newest run folder under ``root`` that holds a complete ``kind`` artifact, or None."""
     runs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")] if root.is_dir() else []
-    runs = [p for p in runs if is_artifact(p / "student") or is_artifact(p / "teacher")]
+    runs = [p for p in runs if is_artifact(recover_artifact(p / kind))]
     return max(runs, key=lambda p: (p.stat().st_mtime, p.name)) if runs else None
 
 
+def _missing_part(directory: Path) -> str:
+    """What keeps ``directory`` from being an artifact, for messages: the folder or the first missing file."""
+    if not directory.is_dir():
+        return f"{directory} is missing"
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (directory / name).is_file():
+            return f"{directory / name} is missing"
+    return f"{directory} is incomplete"
+
+
 def resolve_model_dir(path: Path | None, kind: str | None = None) -> Path:
-    """Artifact dir as given; a run dir → its ``student/`` (or ``teacher/``); None → newest run under ./runs."""
+    """Artifact dir as given; a run dir → its ``kind`` artifact (None: ``student/``); None → the newest run under
+    ./runs that has one.
+
+    A run folder never falls back to its teacher when the student is asked for (or ``kind`` is None): the teacher
+    is a different, support-based model, so using it silently would report its results as the student's (a run
+    whose ``student/`` was deleted evaluated its teacher with exit 0). Callers ask for ``kind="teacher"`` only
+    when the user did (``evaluate --teacher``). An artifact folder given directly is used as it is.
+
+    Raises:
+        CheckpointError: no such folder, or a run without a complete ``kind`` artifact (the message names the
+            missing folder or file).
+    """
+    wanted = kind or "student"
     if path is None:
-        newest = _newest_run(Path("runs"))
+        newest = _newest_run(Path("runs"), wanted)
         if newest is None:
             raise CheckpointError("No model given and no run found under ./runs; run fsdistill distill first or pass --model.")
         path = newest
     path = Path(path)
+    recover_artifact(path)
     if is_artifact(path):
         if kind is not None:
             found = json.loads((path / "config.json").read_text()).get("kind")
             if found != kind:
                 raise CheckpointError(f"{path} holds a {found} model, but a {kind} is needed here.")
         return path
-    order = [kind] if kind else ["student", "teacher"]
-    for name in order:
-        if is_artifact(path / name):
-            return path / name
+    if is_artifact(recover_artifact(path / wanted)):
+        return path / wanted
     if not path.exists():
         raise CheckpointError(f"Model folder {path} does not exist; pass a run or artifact folder to --model.")
-    wanted = kind or "student or teacher"
+    if wanted == "student" and (path / "teacher").exists():
+        raise CheckpointError(
+            f"{path} has no usable student ({_missing_part(path / 'student')}); re-run fsdistill distill, or evaluate "
+            "the run's teacher with evaluate --teacher (it is never used in the student's place)."
+        )
     raise CheckpointError(f"{path} holds no {wanted} artifact (model.safetensors + config.json); pass a run folder.")

@@ -1,0 +1,349 @@
+"""Runs, artifacts and outputs that a new user broke in the first hour (issue 19), through the real CLI.
+
+Missing students, training into a finished run, rerunning a run's own resolved config, changed weight bytes, file
+modes under the umask, leakage by content, and what killed saves and exports leave behind. Trained models come
+from the session's tiny runs (conftest), copied before anything is damaged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from conftest import SynData, write_binary_folder
+from test_cli import assert_user_error
+from fsdistill.checkpoint import is_artifact
+from fsdistill.cli import app
+from fsdistill.models.build import load_model
+
+CPU = ["--device", "cpu"]
+TINY = ["--backbone", "test-resnet", "--size", "64", "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def _copy_run(run, target: Path) -> Path:
+    shutil.copytree(run.run_dir, target)
+    return target
+
+
+def _image(tmp_path: Path) -> str:
+    return str(SynData.save(tmp_path / "in" / "a.png", SynData.image(30, 41, 0)))
+
+
+# --- 1. a run without a usable student never falls back to its teacher ----------------------------------------------
+
+
+@pytest.mark.parametrize("missing", ["student", "student/config.json", "student/model.safetensors"])
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_missing_student_is_an_error_not_the_teacher(runner, tiny_binary_run, tiny_data, tmp_path, command, missing):
+    bad = _copy_run(tiny_binary_run, tmp_path / "runs" / "bad")
+    target = bad / missing
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    if command == "evaluate":
+        args = ["evaluate", str(tiny_data.binary_heldout), "--model", str(bad), *CPU]
+    else:
+        args = ["predict", _image(tmp_path), "-o", str(tmp_path / "out"), "--model", str(bad), *CPU]
+    assert_user_error(runner.invoke(app, args), str(bad / missing), "no usable student", "--teacher")
+    assert not (tmp_path / "out" / "masks").exists()
+
+
+def test_the_teacher_of_a_run_without_student_is_used_only_with_teacher(runner, tiny_binary_run, tiny_data, tmp_path):
+    bad = _copy_run(tiny_binary_run, tmp_path / "bad")
+    shutil.rmtree(bad / "student")
+    result = runner.invoke(app, ["evaluate", str(tiny_data.binary_heldout), "--model", str(bad), "--teacher", *CPU])
+    assert result.exit_code == 0, result.output
+    assert str(bad / "teacher") in result.stdout
+
+
+def test_default_model_is_the_newest_run_with_a_student(runner, tiny_binary_run, tmp_path, monkeypatch):
+    """A newer run with only a teacher (an adapt run, or a damaged one) is not the default model of predict."""
+    monkeypatch.chdir(tmp_path)
+    good = _copy_run(tiny_binary_run, tmp_path / "runs" / "a-good")
+    teacher_only = _copy_run(tiny_binary_run, tmp_path / "runs" / "b-teacher-only")
+    shutil.rmtree(teacher_only / "student")
+    os.utime(teacher_only, (os.path.getmtime(good) + 60,) * 2)
+    result = runner.invoke(app, ["predict", _image(tmp_path), "-o", "out", *CPU])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "out" / ".fsdistill-predict.json").read_text())
+    assert manifest["model"] == str((good / "student").resolve())
+
+
+# --- 4. adapt / distill into a finished run need --overwrite --------------------------------------------------------
+
+
+def _no_training(monkeypatch) -> None:
+    """Make any training step fail loudly: a refusal must come before training starts."""
+    from fsdistill import api
+
+    def train(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(api, "train", train)
+
+
+@pytest.mark.parametrize("command", ["adapt", "distill"])
+def test_training_into_a_finished_run_needs_overwrite(runner, tiny_multi_run, tiny_data, tmp_path, monkeypatch, command):
+    run = _copy_run(tiny_multi_run, tmp_path / "run")
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    _no_training(monkeypatch)
+    result = runner.invoke(app, [command, "--support", str(tiny_data.binary), "--out", str(run), *TINY])
+    assert_user_error(result, str(run), "already holds a run", "--overwrite", "new --out")
+    assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("command", ["adapt", "distill"])
+def test_overwrite_replaces_the_run_and_drops_what_belonged_to_it(runner, tiny_multi_run, tiny_data, tmp_path, command):
+    run = _copy_run(tiny_multi_run, tmp_path / "run")
+    (run / "student.onnx").write_bytes(b"exported from the old 3-class student")
+    (run / "notes.txt").write_text("the user's")
+    args = [command, "--support", str(tiny_data.binary), "--out", str(run), "--steps", "0", "--overwrite", *TINY]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, (result.output, result.exception)
+    kind = "teacher" if command == "adapt" else "student"
+    assert load_model(run, kind=kind).class_names == ["background", "foreground"]  # was 3 classes
+    assert not (run / "student.onnx").exists()
+    if command == "adapt":  # the old 3-class student must not be paired with the new binary teacher
+        assert not (run / "student").exists()
+    assert (run / "notes.txt").read_text() == "the user's"
+
+
+def test_empty_folder_and_adapt_run_take_a_distill_without_overwrite(runner, tiny_data, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = ["--support", str(tiny_data.binary), "--steps", "0", *TINY]
+    assert runner.invoke(app, ["distill", *args, "--out", str(empty)]).exit_code == 0
+    assert is_artifact(empty / "student")
+    adapted = tmp_path / "adapted"
+    assert runner.invoke(app, ["adapt", *args, "--out", str(adapted)]).exit_code == 0
+    # Distilling an adapt run's own teacher into it replaces nothing.
+    result = runner.invoke(app, ["distill", *args, "--teacher", str(adapted / "teacher"), "--out", str(adapted)])
+    assert result.exit_code == 0, result.output
+    assert is_artifact(adapted / "student") and is_artifact(adapted / "teacher")
+
+
+# --- 5. a run's config.resolved.yaml reruns the run -----------------------------------------------------------------
+
+
+def test_resolved_config_reruns_its_run(runner, tiny_binary_run, tmp_path):
+    resolved = tiny_binary_run.run_dir / "config.resolved.yaml"
+    data = yaml.safe_load(resolved.read_text())
+    assert data["command"] == "distill" and data["support"]  # the file as a run writes it
+    rerun = tmp_path / "rerun"
+    result = runner.invoke(app, ["distill", "--config", str(resolved), "--out", str(rerun), "--device", "cpu", "-q"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    again = yaml.safe_load((rerun / "config.resolved.yaml").read_text())
+    assert again == {**data, "out": str(rerun), "device": "cpu"}
+    old, new = load_model(tiny_binary_run.run_dir), load_model(rerun)
+    assert new.config["train_config"]["train"] == old.config["train_config"]["train"]
+
+
+def test_resolved_config_without_out_flag_points_at_its_own_run(runner, tiny_binary_run, tmp_path):
+    config = tmp_path / "config.resolved.yaml"
+    shutil.copy(tiny_binary_run.run_dir / "config.resolved.yaml", config)
+    result = runner.invoke(app, ["distill", "--config", str(config), "--device", "cpu", "-q"])
+    assert_user_error(result, str(tiny_binary_run.run_dir), "--overwrite", "new --out", "out:")
+
+
+def test_resolved_config_of_another_command_is_refused(runner, tiny_binary_run, tmp_path):
+    resolved = str(tiny_binary_run.run_dir / "config.resolved.yaml")
+    result = runner.invoke(app, ["adapt", "--config", resolved, "--out", str(tmp_path / "r"), *CPU])
+    assert_user_error(result, "command: distill", "fsdistill distill")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("command", ["adapt", "distill"])
+def test_support_from_the_config_or_a_clear_error(runner, tiny_data, tmp_path, command):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"support: {tiny_data.binary}\nmodel:\n  backbone: test-resnet\n  size: 64\n")
+    ok = runner.invoke(app, [command, "--config", str(config), "--out", str(tmp_path / "r"), "--steps", "0", *CPU])
+    assert ok.exit_code == 0, (ok.output, ok.exception)
+    assert load_model(tmp_path / "r", kind="teacher").config["support"]["root"] == str(tiny_data.binary)
+    config.write_text("model:\n  backbone: test-resnet\n")
+    for extra in (["--config", str(config)], []):
+        result = runner.invoke(app, [command, *extra, "--out", str(tmp_path / "r2"), *TINY])
+        assert_user_error(result, "No support", "--support")
+    assert not (tmp_path / "r2").exists()
+
+
+# --- 6. weight bytes are checked against config.json ----------------------------------------------------------------
+
+
+def _scribble(weights: Path) -> None:
+    """Random bytes over the middle of the tensor data: the file still parses as safetensors."""
+    data = bytearray(weights.read_bytes())
+    start = len(data) // 2
+    data[start : start + 256] = np.random.default_rng(0).integers(0, 256, 256, dtype=np.uint8).tobytes()
+    weights.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_changed_weight_bytes_are_refused(runner, tiny_binary_run, tiny_data, tmp_path, command):
+    run = _copy_run(tiny_binary_run, tmp_path / "run")
+    _scribble(run / "student" / "model.safetensors")
+    from safetensors.torch import load_file
+
+    load_file(str(run / "student" / "model.safetensors"))  # parses: only the hash can tell
+    if command == "evaluate":
+        args = ["evaluate", str(tiny_data.binary_heldout), "--model", str(run), *CPU]
+    else:
+        args = ["predict", _image(tmp_path), "-o", str(tmp_path / "out"), "--model", str(run), *CPU]
+    assert_user_error(runner.invoke(app, args), str(run / "student" / "model.safetensors"), "sha256")
+
+
+def test_artifact_without_weights_hash_still_loads(tiny_binary_run, tmp_path):
+    student = shutil.copytree(tiny_binary_run.student_dir, tmp_path / "student")
+    config = json.loads((student / "config.json").read_text())
+    assert len(config.pop("weights_sha256")) == 64
+    (student / "config.json").write_text(json.dumps(config))  # as an artifact written before the field
+    assert load_model(student).kind == "student"
+
+
+# --- 7. outputs follow the umask ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027], ids=["022", "027"])
+def test_outputs_follow_the_umask(runner, tiny_binary_run, tmp_path, umask):
+    from fsdistill import api
+
+    previous = os.umask(umask)
+    try:
+        image = _image(tmp_path)
+        out = tmp_path / "out"
+        result = runner.invoke(app, ["predict", image, "-o", str(out), "--model", str(tiny_binary_run.run_dir),
+                                     "--overlay", "-q", *CPU])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        loaded = load_model(tiny_binary_run.run_dir)
+        from fsdistill.models.build import save_model
+
+        config = loaded.config
+        saved = save_model(tmp_path / "artifact", loaded.model, class_names=config["class_names"],
+                           palette=config["palette"], input_size=config["input_size"],
+                           train_config=config["train_config"], support_info=config["support"])  # fmt: skip
+        api._write_run_config(tmp_path, api.DistillCfg(support=tmp_path), "distill")
+    finally:
+        os.umask(previous)
+    files = [p for p in [*out.rglob("*"), *saved.iterdir(), tmp_path / "config.resolved.yaml"] if p.is_file()]
+    assert {p.name for p in files} >= {"a.png", "predictions.csv", "model.safetensors", "config.json"}
+    modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in files}
+    assert set(modes.values()) == {oct(0o666 & ~umask)}, modes
+
+
+# --- 11. leakage is decided by content, not by name -----------------------------------------------------------------
+
+
+def test_renamed_support_image_is_leakage(runner, tiny_binary_run, tiny_data, tmp_path):
+    data = write_binary_folder(tmp_path / "held", ["h0", "h1"], seed=7)
+    shutil.copy(tiny_data.binary / "images" / "s2.png", data / "images" / "renamed.png")
+    shutil.copy(tiny_data.binary / "masks" / "s2.png", data / "masks" / "renamed.png")
+    result = runner.invoke(app, ["evaluate", str(data), "--model", str(tiny_binary_run.run_dir), *CPU])
+    assert_user_error(result, "1 image(s)", str(data), "renamed (support s2)", "held-out")
+
+
+def test_new_images_named_like_supports_are_not_leakage(runner, tiny_binary_run, tmp_path):
+    data = write_binary_folder(tmp_path / "held", ["s0", "s1", "s2"], seed=8)  # the supports' names, new pixels
+    result = runner.invoke(app, ["evaluate", str(data), "--model", str(tiny_binary_run.run_dir), *CPU])
+    assert result.exit_code == 0, result.output
+    assert "mIoU" in result.stdout
+
+
+def test_artifacts_record_support_pixel_hashes(tiny_binary_run, tiny_data):
+    from fsdistill.api import pixel_sha256
+    from fsdistill.data.images import read_image
+
+    images = load_model(tiny_binary_run.run_dir).config["support"]["images"]
+    assert [e["key"] for e in images] == ["s0", "s1", "s2", "s3"]
+    pixels = read_image(tiny_data.binary / "images" / "s1.png")
+    assert images[1] == {"key": "s1", "size": [pixels.shape[1], pixels.shape[0]], "sha256": pixel_sha256(pixels)}
+
+
+# --- 15. what killed saves and exports leave; onnx threads; unwritable output as root -------------------------------
+
+
+KILL_BETWEEN_RENAMES = (
+    "import os, signal\n"
+    "real = os.replace\n"
+    "def replace(src, dst):\n"
+    "    real(src, dst)\n"
+    "    if '.student.old-' in str(dst):  # the old artifact moved aside, the new one not yet in place\n"
+    "        os.kill(os.getpid(), signal.SIGKILL)\n"
+    "os.replace = replace\n"
+)
+
+
+def test_artifact_killed_between_the_two_renames_is_recovered(runner, tiny_binary_run, tmp_path):
+    run = _copy_run(tiny_binary_run, tmp_path / "run")
+    code = KILL_BETWEEN_RENAMES + (
+        "import sys\nfrom fsdistill.models.build import load_model, save_model\n"
+        "m = load_model(sys.argv[1]); c = m.config\n"
+        "save_model(m.path, m.model, class_names=c['class_names'], palette=c['palette'],\n"
+        "           input_size=c['input_size'], train_config=c['train_config'], support_info=c['support'])\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", code, str(run)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert not (run / "student").exists() and len(list(run.glob(".student.old-*"))) == 1  # the state the kill left
+
+    result = runner.invoke(app, ["predict", _image(tmp_path), "-o", str(tmp_path / "out"), "--model", str(run), *CPU])
+    assert result.exit_code == 0, result.output  # the old copy went back into place
+    assert is_artifact(run / "student") and not list(run.glob(".student.old-*"))
+    assert (run / "student" / "config.json").read_bytes() == (tiny_binary_run.student_dir / "config.json").read_bytes()
+    assert list(run.glob(".student.partial-*"))  # the unfinished new copy: removed by the next save
+    loaded = load_model(run)
+    c = loaded.config
+    from fsdistill.models.build import save_model
+
+    save_model(run / "student", loaded.model, class_names=c["class_names"], palette=c["palette"],
+               input_size=c["input_size"], train_config=c["train_config"], support_info=c["support"])  # fmt: skip
+    assert not list(run.glob(".student.*"))
+
+
+def test_export_removes_temp_files_of_killed_exports(runner, tiny_binary_run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        stale = [tmp_path / ".m.onnx.tmp-0123abcd", tmp_path / f".m.onnx.tmp-{dead.stdout.strip()}-0123abcd"]
+        live = tmp_path / f".m.onnx.tmp-{sleeper.pid}-0123abcd"  # an export running right now
+        for path in [*stale, live]:
+            path.write_bytes(b"half an onnx file")
+        result = runner.invoke(app, ["export", "--model", str(tiny_binary_run.run_dir), "-o", str(tmp_path / "m.onnx"),
+                                     "-q", *CPU])  # fmt: skip
+        assert result.exit_code == 0, result.output
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert not any(p.exists() for p in stale) and live.exists()
+    assert (tmp_path / "m.onnx").stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_onnx_backend_uses_the_torch_thread_count(tiny_binary_run, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    import torch
+
+    from fsdistill import api
+
+    onnx_file = tmp_path / "m.onnx"
+    api.export(tiny_binary_run.run_dir, onnx_file, random_samples=1, real_samples=0)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # as OMP_NUM_THREADS=3 or torch.set_num_threads(3)
+    runner_ = api._runner(onnx_file, "cpu", "onnx")
+    assert runner_.session.get_session_options().intra_op_num_threads == 3
