@@ -147,16 +147,16 @@ class EpisodeSampler:
         if not order:  # the images of that class in a fresh random order (all images if no class has any)
             order.extend(self._images_of[cls] if cls is not None else range(self.count))
             self.rng.shuffle(order)
-        return order.pop()
+        query = order.pop()
+        for shown in self.present[query].nonzero().flatten().tolist():
+            self.class_queries[shown] += 1
+        return query
 
     def sample_images(self, count: int) -> list[tuple[int, int]]:
         """``count`` class-balanced (image, view) picks, for a supervised batch (counted in ``class_queries``)."""
         picks = []
         for _ in range(count):
-            image = self._next_query()
-            for cls in self.present[image].nonzero().flatten().tolist():
-                self.class_queries[cls] += 1
-            picks.append((image, self.rng.randrange(self.views)))
+            picks.append((self._next_query(), self.rng.randrange(self.views)))
         return picks
 
     def sample(self) -> Episode:
@@ -166,8 +166,6 @@ class EpisodeSampler:
         if self.count == 1 and self.views > 1:
             query_view = self.rng.randrange(1, self.views)  # never the identical view
         classes = self.present[query].nonzero().flatten().tolist()
-        for cls in classes:
-            self.class_queries[cls] += 1
         self.rng.shuffle(classes)
         chosen: list[int] = []
         for cls in classes:

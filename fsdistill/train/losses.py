@@ -57,6 +57,8 @@ def dice_loss(logits: Tensor, target: Tensor) -> Tensor:
 
 def segmentation_loss(logits: Tensor, target: Tensor, gamma: float = 2.0, dice_weight: float = 1.0) -> Tensor:
     """focal(γ) + ``dice_weight`` · Dice: the loss of the teacher's and the student's merged logits."""
+    if logits.shape[-2:] != target.shape[-2:]:  # upsampled once here, not once in each term
+        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
     loss = focal_loss(logits, target, gamma)
     if dice_weight:
         loss = loss + dice_weight * dice_loss(logits, target)

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from fsdistill.data.transforms import logits_to_mask
 from fsdistill.metrics import ConfusionMatrix
 from fsdistill.models.student import DistilledStudent
 from fsdistill.models.teacher import DCAMATeacher
@@ -74,13 +74,6 @@ class SupportCheck:
         }
 
 
-def _mask(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """1×K×h×w logits → H×W class ids at ``size`` (bilinear upsampling of the logits, then argmax)."""
-    if logits.shape[-2:] != size:
-        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-    return logits[0].argmax(0).to(torch.uint8).cpu().numpy()
-
-
 def _ious(matrix: ConfusionMatrix) -> list[float | None]:
     return [None if np.isnan(v) else float(v) for v in matrix.iou()]
 
@@ -105,11 +98,11 @@ def check_supports(
     present = cache.present  # S×N
     count = present.shape[0]
     masks = cache.masks[0]  # S×H×W
-    size = tuple(masks.shape[-2:])
+    height, width = masks.shape[-2:]
     fit = ConfusionMatrix(len(class_names))
     for i in range(count):
         query, target = cache.query(i, 0)
-        fit.update(target[0].cpu().numpy(), _mask(student.forward_features(query)[0], size))
+        fit.update(target[0].cpu().numpy(), logits_to_mask(student.forward_features(query)[0], height, width))
     loo = ConfusionMatrix(len(class_names))
     queries = []
     note = ""
@@ -121,7 +114,7 @@ def check_supports(
             others = [(j, 0) for j in range(count) if j != i]
             query, target = cache.query(i, 0)
             logits = teacher.predict_features(query, cache.supports(others))
-            loo.update(target[0].cpu().numpy(), _mask(logits, size))
+            loo.update(target[0].cpu().numpy(), logits_to_mask(logits, height, width))
     fit_iou, loo_iou = _ious(fit), _ious(loo)
     result = SupportCheck(queries=len(queries), note=note)
     for c, name in enumerate(class_names[1:]):
