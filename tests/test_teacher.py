@@ -157,7 +157,7 @@ def test_coarse_maps_concatenate_shots_on_the_key_axis(teacher) -> None:
         assert cm.shape == (3, n, h, w)
     heads = block.heads
     for j, (q_map, s_map) in enumerate(zip(query[lvl], support.feats[lvl])):
-        q = block._tokens(q_map, block.linears[0])[0]
+        q = block._tokens(q_map, block.linears[0], noise=False)[0]
         keys = block.keys(s_map)  # S×heads×hw×d
         s, _, hw, d = keys.shape
         kk = keys.transpose(0, 1).reshape(heads, s * hw, d)
@@ -168,6 +168,38 @@ def test_coarse_maps_concatenate_shots_on_the_key_axis(teacher) -> None:
             vals = support.masks[lvl][:, cls].reshape(-1)[flag]
             expected = (attn @ vals).mean(0).view(q_map.shape[-2:])
             torch.testing.assert_close(coarse[0][cls, j], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_coarse_maps_from_per_support_sums_equal_the_one_pass_attention(teacher) -> None:
+    """attention_sums once per support, then coarse_from_sums for any subset = coarse_maps of that subset."""
+    masks = _masks((1, 2), (2,), (1, 3), (3,))
+    support = _support(teacher, masks)
+    query = _features(teacher, 1, seed=7)
+    sums = teacher.attention_sums(query, support)
+    for lv, stage in zip(ATTENTION_LEVELS, sums):
+        h, w = query[lv][0].shape[-2:]
+        assert stage.shape == (4, teacher.backbone.spec.num_blocks[lv], teacher.blocks[0].heads, h * w, 4)
+    for subset in ([0, 1, 2, 3], [1], [3, 0], [1, 3]):  # [1] and [1, 3] lack class 1: its maps stay 0
+        part = support.select(subset)
+        expected = teacher.coarse_maps(query, part, [0, 1, 2])
+        got = teacher.coarse_from_sums([s[subset] for s in sums], part.present, query)
+        for e, g in zip(expected, got):
+            torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
+    assert float(got[0][0].abs().max()) == 0.0
+
+
+def test_partial_sums_recover_the_unnormalised_softmax_mass() -> None:
+    """Column N = Σ exp(score), columns < N = Σ exp(score)·mask: checked against explicit scores."""
+    block = _random_block(channels=16, heads=4, qk_norm=3.0)
+    g = torch.Generator().manual_seed(3)
+    query, support = torch.randn(1, 16, 3, 4, generator=g), torch.randn(2, 16, 2, 5, generator=g)
+    masks = torch.rand(2, 10, 2, generator=g)
+    keys = block.keys(support, noise=False)
+    sums = block.partial_sums(query, keys, masks)
+    q = block._tokens(query, block.linears[0], noise=False)  # 1×heads×Q×d
+    weights = torch.exp(q @ keys.transpose(-1, -2) * 3.0)  # S×heads×Q×K
+    torch.testing.assert_close(sums[..., -1], weights.sum(-1), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(sums[..., :2], weights @ masks[:, None], rtol=1e-4, atol=1e-4)
 
 
 # --- voting ----------------------------------------------------------------------------------------------------

@@ -479,3 +479,36 @@ def test_teacher_logits_keep_the_decoder_dtype_under_autocast(tiny_multi_run) ->
     finally:
         del decoder.skip_features, decoder.forward
     assert logits.dtype == torch.float32 and torch.isfinite(logits).all() and logits.shape[:2] == (1, 3)
+
+
+def test_pair_attention_reuses_each_pair_and_matches_the_live_attention() -> None:
+    """Episodes from cached (query, support) sums = the teacher's own attention without dropout; a pair seen
+    again is not recomputed; past the memory cap pairs are computed each time, still correct."""
+    from fsdistill.config import ModelCfg
+    from fsdistill.models.build import build_teacher
+    from fsdistill.train.episodes import EpisodeSampler, FeatureCache, PairAttention, SupportTensors
+
+    torch.manual_seed(0)
+    teacher = build_teacher(ModelCfg(backbone="test-resnet", size=64), num_classes=2, pretrained=False).eval()
+    masks = torch.zeros(5, 64, 64, dtype=torch.uint8)
+    for i in range(5):
+        masks[i, 4 * i : 4 * i + 20, :30] = 1 + i % 2
+    masks[4, 40:, 40:] = 1
+    images = torch.randint(0, 256, (5, 3, 64, 64), dtype=torch.uint8)
+    cache = FeatureCache(teacher, SupportTensors(images, masks, [str(i) for i in range(5)]), torch.device("cpu"), False)
+    pairs = PairAttention(teacher, cache)
+    capped = PairAttention(teacher, cache, max_bytes=0)
+    sampler = EpisodeSampler(cache.present, max_shots=3, views=1, seed=0)
+    drawn, seen = 0, set()
+    for _ in range(40):
+        episode = sampler.sample()
+        drawn += len(episode.supports)
+        seen |= {(episode.query, index) for index, _ in episode.supports}
+        query, _ = cache.query(episode.query, episode.query_view)
+        with torch.no_grad():
+            expected = teacher.coarse_maps(query, cache.supports(list(episode.supports)), [0, 1])
+        for got in (pairs.coarse_maps(episode), capped.coarse_maps(episode)):
+            for e, g in zip(expected, got):
+                torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
+    assert pairs.computed == len(seen) < drawn and pairs.bytes > 0
+    assert capped.computed == drawn and capped.bytes == 0

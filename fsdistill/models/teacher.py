@@ -66,19 +66,60 @@ class DenseCrossAttention(nn.Module):
             nn.init.eye_(linear.weight)
             nn.init.zeros_(linear.bias)
 
-    def _tokens(self, x: Tensor, proj: nn.Linear) -> Tensor:
-        """B×C×h×w → B×heads×(h·w)×d, position-encoded and projected."""
+    def _tokens(self, x: Tensor, proj: nn.Linear, noise: bool) -> Tensor:
+        """B×C×h×w → B×heads×(h·w)×d, position-encoded and projected (token dropout when ``noise``)."""
         b, c, h, w = x.shape
         tokens = x.flatten(2).transpose(1, 2)
         if self.use_pe:
             tokens = tokens + sinusoidal_pe(h * w, c, x.device, x.dtype)
-        tokens = F.dropout(tokens, p=self.dropout, training=self.training) if self.use_pe else tokens
+        tokens = F.dropout(tokens, p=self.dropout, training=noise) if self.use_pe else tokens
         tokens = proj(tokens).view(b, h * w, self.heads, c // self.heads).transpose(1, 2)
         return F.normalize(tokens, dim=-1) if self.qk_norm else tokens
 
-    def keys(self, support: Tensor) -> Tensor:
-        """S×C×h×w support maps → S×heads×(h·w)×d keys."""
-        return self._tokens(support, self.linears[1])
+    def keys(self, support: Tensor, noise: bool | None = None) -> Tensor:
+        """S×C×h×w support maps → S×heads×(h·w)×d keys (``noise`` None = dropout in training mode)."""
+        return self._tokens(support, self.linears[1], self.training if noise is None else noise)
+
+    def _scale(self, dim: int) -> float:
+        return self.qk_norm or 1.0 / math.sqrt(dim)
+
+    @staticmethod
+    def _fused(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+        """softmax(q·kᵀ·scale)·v with the fused kernel: ...×Q×d, ...×K×d, ...×K×e → ...×Q×e."""
+        # The fused (flash) kernel needs one head size for q, k and v. Zero-padding q and k leaves every dot
+        # product unchanged, zero-padding v adds unused columns: 4× faster than the unfused path on CPU.
+        width = max(q.shape[-1], v.shape[-1])
+        columns = v.shape[-1]
+        q, k, v = (F.pad(t, (0, width - t.shape[-1])) if t.shape[-1] < width else t for t in (q, k, v))
+        # Fused attention never materialises the Q×K score matrix (the reference keeps three of them).
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)[..., :columns]
+
+    @torch.no_grad()
+    def partial_sums(self, query: Tensor, keys: Tensor, masks: Tensor) -> Tensor:
+        """Unnormalised attention sums of one query map against each support separately (no dropout).
+
+        Args:
+            query: 1×C×h×w query map. keys: S×heads×K×d keys of S supports (K = h'·w' positions each).
+            masks: S×K×N support masks of N classes at the key positions.
+        Returns:
+            S×heads×Q×(N+1), float32: columns [0, N) hold Σₖ exp(sₖ)·maskₖ, column N holds Σₖ exp(sₖ), per query
+            position, where sₖ is the scaled query-key score. A softmax over any subset of supports is a ratio of
+            these sums (:meth:`DCAMATeacher.coarse_from_sums`), so with frozen projections each (query, support)
+            pair is computed once however many training episodes draw it.
+        """
+        s, heads, _, d = keys.shape
+        classes = masks.shape[-1]
+        q = self._tokens(query, self.linears[0], noise=False).float().expand(s, -1, -1, -1)
+        # An extra all-zero key scores exactly 0 for every query (weight e⁰ = 1) and carries value 1 in an extra
+        # column: that column of the softmax output is 1/(Z + 1), Z = Σₖ exp(sₖ), which the fused kernel never
+        # returns otherwise. Z ≤ K·e^scale stays far from float32 limits for cosine scores.
+        k = torch.cat([keys.float(), keys.new_zeros(s, heads, 1, d, dtype=torch.float32)], dim=2)
+        v = masks.float()[:, None].expand(s, heads, -1, -1)
+        v = torch.cat([F.pad(v, (0, 1)), v.new_zeros(s, heads, 1, classes + 1)], dim=2)
+        v[:, :, -1, -1] = 1.0
+        out = self._fused(q, k, v, self._scale(d))  # S×heads×Q×(N+1)
+        total = 1.0 / out[..., -1:]  # Z + 1
+        return torch.cat([out[..., :classes] * total, total - 1.0], dim=-1)
 
     def forward(self, query: Tensor, keys: Tensor, values: Tensor) -> Tensor:
         """Coarse masks: per group, attention-weighted support-mask mass at every query pixel.
@@ -95,7 +136,7 @@ class DenseCrossAttention(nn.Module):
         """
         _, _, h, w = query.shape
         groups = values.shape[1] // 2
-        q = self._tokens(query, self.linears[0])  # 1×heads×Q×d
+        q = self._tokens(query, self.linears[0], self.training)  # 1×heads×Q×d
         masked, flags = values[:, :groups], values[:, groups:]
         masked = masked.expand(self.heads, -1, -1)
         if self.training and self.dropout > 0:
@@ -104,14 +145,7 @@ class DenseCrossAttention(nn.Module):
             keep = torch.rand(self.heads, masked.shape[1], 1, device=query.device) >= self.dropout
             masked = masked * keep / (1.0 - self.dropout)
         v = torch.cat([masked, flags.expand(self.heads, -1, -1)], dim=-1)[None]
-        k = keys[None]
-        scale = self.qk_norm or 1.0 / math.sqrt(q.shape[-1])
-        # The fused (flash) kernel needs one head size for q, k and v. Zero-padding q and k leaves every dot
-        # product unchanged, zero-padding v adds unused columns: 4× faster than the unfused path on CPU.
-        width = max(q.shape[-1], v.shape[-1])
-        q, k, v = (F.pad(t, (0, width - t.shape[-1])) if t.shape[-1] < width else t for t in (q, k, v))
-        # Fused attention never materialises the Q×K score matrix (the reference keeps three of them).
-        out = F.scaled_dot_product_attention(q, k, v, scale=scale)[0, ..., : 2 * groups]  # heads×Q×2G
+        out = self._fused(q, keys[None], v, self._scale(q.shape[-1]))[0]  # heads×Q×2G
         # A class whose supports all score far below the others underflows: the clamp keeps it finite (0).
         coarse = (out[..., :groups] / out[..., groups:].clamp_min(1e-12)).mean(dim=0)
         return coarse.transpose(0, 1).reshape(groups, h, w)
@@ -227,6 +261,43 @@ class DCAMATeacher(nn.Module):
                 keys = keys.transpose(0, 1).reshape(block.heads, -1, keys.shape[-1])  # shots on the key axis
                 maps.append(block(q_map, keys, values))
             coarse.append(torch.stack(maps, dim=1))
+        return coarse
+
+    def attention_sums(self, query: Features, support: SupportFeatures) -> list[Tensor]:
+        """Per-support attention sums of one query against every support, all classes, without dropout.
+
+        Returns:
+            per stage 2, 3, 4: S×n×heads×(h·w)×(N+1) (see :meth:`DenseCrossAttention.partial_sums`).
+        """
+        sums = []
+        for block, lvl in zip(self.blocks, ATTENTION_LEVELS):
+            masks = support.masks[lvl].flatten(2).transpose(1, 2)  # S×hw×N
+            per_map = [
+                block.partial_sums(q_map, block.keys(s_map, noise=False), masks)
+                for q_map, s_map in zip(query[lvl], support.feats[lvl])
+            ]
+            sums.append(torch.stack(per_map, dim=1))
+        return sums
+
+    def coarse_from_sums(self, sums: list[Tensor], present: Tensor, query: Features) -> list[Tensor]:
+        """Coarse maps of all classes for an episode, from the attention sums of its S supports.
+
+        Args:
+            sums: per stage, S×n×heads×(h·w)×(N+1) (:meth:`attention_sums`, supports in any order).
+            present: S×N bool, which classes each support shows. query: the query features (for the grid sizes).
+        Returns:
+            per stage, N×n×h×w: equal to :meth:`coarse_maps` of the same supports with dropout off.
+        """
+        flags = present.to(sums[0].dtype)
+        coarse = []
+        for stage, lvl in zip(sums, ATTENTION_LEVELS):
+            h, w = query[lvl][0].shape[-2:]
+            weighted = torch.einsum("snhq,sg->nhqg", stage[..., -1], flags)  # n×heads×Q×N
+            mass = torch.einsum("snhqg,sg->nhqg", stage[..., :-1], flags)
+            # Per class, a softmax over the keys of the supports that show it; the clamp keeps a class no
+            # support shows at 0, as in the one-pass attention.
+            maps = (mass / weighted.clamp_min(1e-12)).mean(dim=1)  # n×Q×N
+            coarse.append(maps.permute(2, 0, 1).reshape(-1, maps.shape[0], h, w))
         return coarse
 
     def class_prior(self, support: SupportFeatures, classes: Tensor | list[int]) -> Tensor:

@@ -16,7 +16,19 @@ from torch import Tensor
 from fsdistill.data.transforms import FLIP_VIEWS, flip, normalize, resize_image, resize_mask
 from fsdistill.models.teacher import DCAMATeacher, Features, SupportFeatures
 
-__all__ = ["SupportTensors", "load_support_tensors", "FeatureCache", "Episode", "EpisodeSampler", "encode_batched"]
+__all__ = [
+    "SupportTensors",
+    "load_support_tensors",
+    "FeatureCache",
+    "PairAttention",
+    "Episode",
+    "EpisodeSampler",
+    "encode_batched",
+]
+
+# Memory for the attention sums of (query, support) pairs kept during one training run. Lite0 at 384 px with 5
+# classes needs ~1.3 MB a pair: 10 supports (90 pairs) fit many times over, 50 supports (2450 pairs) mostly.
+PAIR_ATTENTION_BYTES = 2 * 2**30
 
 
 @dataclass
@@ -97,6 +109,47 @@ class FeatureCache:
             masks={lvl: torch.cat([p.masks[lvl] for p in parts]) for lvl in parts[0].masks},
             present=torch.cat([p.present for p in parts]),
         )
+
+
+class PairAttention:
+    """The teacher's coarse maps of training episodes, from attention sums kept per (query, support) pair.
+
+    With the attention projections frozen (the default trainable groups), the attention of a query image against
+    a support image never changes during training, and an episode's coarse maps are ratios of per-support sums
+    (:meth:`~fsdistill.models.teacher.DCAMATeacher.coarse_from_sums`). Each pair is computed the first time an
+    episode draws it and kept (up to ``max_bytes``); later episodes only add the sums up. With 10 supports a run
+    of a few hundred episodes meets the same 90 pairs again and again: the attention, ~60 % of a step, is then
+    paid about once per pair. Token and attention dropout are off (the maps equal inference's): one draw per
+    pair could not be resampled anyway.
+    """
+
+    def __init__(self, teacher: DCAMATeacher, cache: FeatureCache, max_bytes: int = PAIR_ATTENTION_BYTES) -> None:
+        self.teacher, self.cache, self.max_bytes = teacher, cache, max_bytes
+        self._sums: dict[tuple[int, int, int, int], list[Tensor]] = {}
+        self.bytes = 0
+        self.computed = 0  # pairs computed (cached or not), for tests and logs
+
+    @torch.no_grad()
+    def coarse_maps(self, episode: "Episode") -> list[Tensor]:
+        """Per stage N×n×h×w coarse maps of the episode's query against its supports (all classes)."""
+        query, _ = self.cache.query(episode.query, episode.query_view)
+        keys = [(episode.query, episode.query_view, index, view) for index, view in episode.supports]
+        missing = [i for i, key in enumerate(keys) if key not in self._sums]
+        fresh: dict[int, list[Tensor]] = {}
+        if missing:
+            support = self.cache.supports([episode.supports[i] for i in missing])
+            sums = self.teacher.attention_sums(query, support)
+            self.computed += len(missing)
+            for row, i in enumerate(missing):
+                fresh[i] = [stage[row] for stage in sums]
+                size = sum(t.numel() * t.element_size() for t in fresh[i])
+                if self.bytes + size <= self.max_bytes:
+                    self._sums[keys[i]] = [t.clone() for t in fresh[i]]  # a copy, not a view of the whole batch
+                    self.bytes += size
+        per_support = [fresh[i] if i in fresh else self._sums[key] for i, key in enumerate(keys)]
+        stacked = [torch.stack(parts) for parts in zip(*per_support)]
+        present = self.cache.present[[index for index, _ in episode.supports]].to(stacked[0].device)
+        return self.teacher.coarse_from_sums(stacked, present, query)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -21,7 +20,7 @@ from fsdistill.config import TRAINABLE_GROUPS, TrainCfg
 from fsdistill.models.student import DistilledStudent
 from fsdistill.models.teacher import DCAMATeacher
 from fsdistill.runtime import progress, raise_if_interrupted
-from fsdistill.train.episodes import EpisodeSampler, FeatureCache
+from fsdistill.train.episodes import EpisodeSampler, FeatureCache, PairAttention
 from fsdistill.train.losses import coarse_mse, segmentation_loss
 
 __all__ = ["TrainStats", "teacher_groups", "set_trainable", "lr_scheduler", "train"]
@@ -111,6 +110,8 @@ def train(
     scheduler = lr_scheduler(optimizer, cfg)
     sampler = EpisodeSampler(cache.present, cfg.max_shots, cache.views, cfg.seed)
     attention_trains = any(p.requires_grad for p in teacher.blocks.parameters())
+    # Frozen attention (the default): each (query, support) pair's attention is computed once and reused.
+    pair_attention = None if attention_trains else PairAttention(teacher, cache)
     teacher.train()
     if student is not None:
         student.train()
@@ -125,9 +126,9 @@ def train(
             episode = sampler.sample()
             q_feats, q_mask = cache.query(episode.query, episode.query_view)
             support = cache.supports(list(episode.supports))
-            # The attention holds no trainable parameter unless its group is selected: skip its backward graph.
-            attention_ctx = nullcontext() if attention_trains and not freeze_teacher else torch.no_grad()
-            with attention_ctx:
+            if pair_attention is not None:
+                coarse_t = pair_attention.coarse_maps(episode)
+            else:
                 coarse_t = teacher.coarse_maps(q_feats, support, list(range(teacher.num_classes)))
             present = support.present.any(dim=0)
             t_logits = teacher.decode_episode(q_feats, support, coarse_t, present)
