@@ -57,9 +57,11 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # baselines.py, also when this file is loaded by path
+
+from baselines import FineTunedBaseline  # noqa: E402
 
 from fsdistill import api  # noqa: E402
-from fsdistill.baselines import FineTunedBaseline  # noqa: E402
 from fsdistill.config import AdaptCfg, DistillCfg, load_config  # noqa: E402
 from fsdistill.data.discover import discover  # noqa: E402
 from fsdistill.data.transforms import normalize  # noqa: E402

@@ -23,11 +23,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # baselines.py, also when this file is loaded by path
 
+from baselines import PrototypeBaseline  # noqa: E402
 from make_examples import build_examples  # noqa: E402
 
 from fsdistill import api  # noqa: E402
-from fsdistill.baselines import PrototypeBaseline  # noqa: E402
 from fsdistill.config import AdaptCfg, DistillCfg, load_config  # noqa: E402
 from fsdistill.data.discover import discover  # noqa: E402
 from fsdistill.data.transforms import logits_to_mask, normalize, resize_image  # noqa: E402

@@ -620,20 +620,20 @@ def count_images(inputs: list[Path], out_dir: Path | None = None) -> int:
 def profile(cfg: "ProfileCfg | None" = None, quiet: bool = False, **options: Any) -> "ProfileResult":
     """Latency and memory of teacher, student and bare backbone over ways × shots (``fsdistill profile``).
 
-    Pass a :class:`fsdistill.infer.profile.ProfileCfg`, or its fields as keywords (``profile(ways=5, shots=50)``).
+    Pass a :class:`fsdistill.profile.ProfileCfg`, or its fields as keywords (``profile(ways=5, shots=50)``).
     Writes ``profile.json``, ``profile.csv``, ``profile.md`` and ``profile.png`` into ``cfg.out``; random weights
     and inputs unless ``cfg.model`` names a run. Shows a progress bar with an ETA unless ``quiet``.
 
     Raises:
         ConfigError: a bad option (ways, shots or runs below 1, an unknown backbone, …).
     """
-    from fsdistill.infer.profile import ProfileCfg, run_profile
+    from fsdistill.profile import ProfileCfg, run_profile
 
     if cfg is None:
         try:
             cfg = ProfileCfg(**options)
         except TypeError as exc:
-            raise ConfigError(f"Unknown profile option ({exc}); see fsdistill.infer.profile.ProfileCfg.") from None
+            raise ConfigError(f"Unknown profile option ({exc}); see fsdistill.profile.ProfileCfg.") from None
     elif options:
         raise ConfigError("Pass either a ProfileCfg or keyword options to profile, not both.")
     return run_profile(cfg, quiet=quiet)

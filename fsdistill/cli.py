@@ -508,7 +508,7 @@ def profile(
     Example: fsdistill profile --ways 5 --shots 50 --out profile/
     """
     from fsdistill import api
-    from fsdistill.infer.profile import ProfileCfg
+    from fsdistill.profile import ProfileCfg
 
     cfg = ProfileCfg(
         ways=ways,

@@ -104,7 +104,7 @@ def test_teacher_round_trip_is_bit_exact(models, saved) -> None:
     assert torch.equal(loaded.support_images, images_u8)
     assert torch.equal(loaded.support_masks, masks_u8)
     assert loaded.support_images.dtype == torch.uint8
-    from fsdistill.train.episodes import encode_batched
+    from fsdistill.models.backbone import encode_batched
 
     feats = encode_batched(teacher.backbone, images_u8, torch.device("cpu"))
     support = teacher.prepare_support(feats, masks_u8.long())

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from conftest import TINY_MODEL
-from fsdistill.baselines import FineTunedBaseline, FPNHead, PrototypeBaseline
 from fsdistill.config import ModelCfg, TrainCfg
 from fsdistill.data.discover import discover
 from fsdistill.data.transforms import normalize
 from fsdistill.metrics import ConfusionMatrix
 from fsdistill.models.build import build_teacher
 from fsdistill.train.episodes import load_support_tensors
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("baselines_benchmark", ROOT / "benchmarks" / "baselines.py")
+baselines = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = baselines
+_spec.loader.exec_module(baselines)
+FineTunedBaseline, FPNHead, PrototypeBaseline = baselines.FineTunedBaseline, baselines.FPNHead, baselines.PrototypeBaseline
 
 SIZE = TINY_MODEL["size"]
 CPU = torch.device("cpu")

@@ -15,7 +15,7 @@ from fsdistill import api
 from fsdistill.cli import app
 from fsdistill.config import DistillCfg
 from fsdistill.errors import ConfigError
-from fsdistill.infer.profile import CSV_COLUMNS, ProfileCfg, headline_ratios, is_oom, shot_grid
+from fsdistill.profile import CSV_COLUMNS, ProfileCfg, headline_ratios, is_oom, shot_grid
 from fsdistill.models.build import load_model
 from fsdistill.models.teacher import DCAMATeacher
 
@@ -259,7 +259,8 @@ def test_timed_runs_are_not_metered_for_memory():
     calls are metered, or the first timed call of a cell without warm-up."""
     import torch
 
-    from fsdistill.infer.profile import ProfileCfg, _Runner
+    from fsdistill.profile import ProfileCfg
+    from fsdistill.profile.measure import _Runner
 
     class CountingMeter:
         starts = 0

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 import timm
 
+from fsdistill.data.transforms import normalize
 from fsdistill.errors import CheckpointError, ConfigError
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "backbone_spec",
     "create_backbone",
     "load_classifier",
+    "encode_batched",
 ]
 
 LEVEL_STRIDES: tuple[int, int, int, int] = (4, 8, 16, 32)
@@ -528,6 +530,17 @@ _FAMILY_CLASSES: dict[str, type[Backbone]] = {
     "resnet": ResNetBackbone,
     "swin": SwinBackbone,
 }
+
+
+@torch.no_grad()
+def encode_batched(backbone, images: Tensor, device: torch.device, batch_size: int = 8) -> list[list[Tensor]]:
+    """S×3×H×W uint8 → backbone features of all images (levels × block maps, each S×C×h×w), in batches."""
+    spec = backbone.spec
+    parts: list[list[list[Tensor]]] = []
+    for start in range(0, images.shape[0], batch_size):
+        batch = normalize(images[start : start + batch_size].to(device), spec.mean, spec.std)
+        parts.append(backbone(batch))
+    return [[torch.cat([p[lvl][b] for p in parts]) for b in range(len(parts[0][lvl]))] for lvl in range(len(parts[0]))]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from torch import nn
 from fsdistill.checkpoint import CONFIG_FILE, WEIGHTS_FILE, is_artifact, load_artifact, recover_artifact, save_artifact
 from fsdistill.config import ModelCfg
 from fsdistill.errors import CheckpointError
-from fsdistill.models.backbone import Backbone, BackboneSpec, create_backbone
+from fsdistill.models.backbone import Backbone, BackboneSpec, create_backbone, encode_batched
 from fsdistill.models.decoder import LEGACY_LIGHT_LAYOUT, LIGHT_LAYOUT
 from fsdistill.models.student import DistilledStudent
 from fsdistill.models.teacher import DCAMATeacher, SupportFeatures
@@ -118,8 +118,6 @@ class LoadedModel:
         if self.kind != "teacher":
             raise CheckpointError(f"{self.path} is a {self.kind}; only a teacher has a support set.")
         if self._support_cache is None:
-            from fsdistill.train.episodes import encode_batched
-
             device = next(self.model.parameters()).device
             feats = encode_batched(self.model.backbone, self.support_images, device)
             self._support_cache = self.model.prepare_support(feats, self.support_masks.to(device))

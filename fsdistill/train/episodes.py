@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fsdistill.data.transforms import FLIP_VIEWS, flip, normalize, resize_image, resize_mask
+from fsdistill.data.transforms import FLIP_VIEWS, flip, resize_image, resize_mask
+from fsdistill.models.backbone import encode_batched
 from fsdistill.models.teacher import DCAMATeacher, Features, SupportFeatures
 
 __all__ = [
@@ -59,17 +60,6 @@ def load_support_tensors(index, size: int) -> SupportTensors:
         masks=torch.from_numpy(np.stack(masks)),
         keys=[s.key for s in index.samples],
     )
-
-
-@torch.no_grad()
-def encode_batched(backbone, images: Tensor, device: torch.device, batch_size: int = 8) -> Features:
-    """S×3×H×W uint8 → backbone features of all images (levels × block maps, each S×C×h×w), in batches."""
-    spec = backbone.spec
-    parts: list[Features] = []
-    for start in range(0, images.shape[0], batch_size):
-        batch = normalize(images[start : start + batch_size].to(device), spec.mean, spec.std)
-        parts.append(backbone(batch))
-    return [[torch.cat([p[lvl][b] for p in parts]) for b in range(len(parts[0][lvl]))] for lvl in range(len(parts[0]))]
 
 
 def _select(feats: Features, index: int) -> Features:

@@ -18,8 +18,9 @@ from torch import Tensor, nn
 
 from fsdistill.data.masks import IGNORE_INDEX
 from fsdistill.data.transforms import FLIP_VIEWS, flip
+from fsdistill.models.backbone import encode_batched
 from fsdistill.models.teacher import one_hot_masks
-from fsdistill.train.episodes import SupportTensors, encode_batched
+from fsdistill.train.episodes import SupportTensors
 from fsdistill.train.budget import PlateauStop
 
 __all__ = ["PrototypeBaseline", "FPNHead", "FineTunedBaseline"]

@@ -1,0 +1,304 @@
+"""Measuring one call: out-of-memory detection, timing, memory meters, and the warm-up/timed runs of a cell.
+
+How time and memory are measured (and the slow-cell time policy) is described in :mod:`fsdistill.profile`.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import platform
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from fsdistill.profile.config import ProfileCfg
+from fsdistill.runtime import release_freed_memory
+
+__all__ = ["is_oom", "MemoryMeter"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Out-of-memory detection, timing and memory meters
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for CUDA/MPS/CPU allocation failures (torch.OutOfMemoryError, MemoryError, allocator RuntimeErrors)."""
+    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if isinstance(exc, MemoryError) or (oom_type is not None and isinstance(exc, oom_type)):
+        return True
+    if isinstance(exc, RuntimeError):
+        text = str(exc).lower()
+        return "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text
+    return False
+
+
+def _free(device: torch.device, collect: bool = True) -> None:
+    """Release memory between cells (a full gc pass costs ~0.3 s with torch and timm loaded: only when asked)."""
+    if collect:
+        gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def _time_once(fn: Callable[[], Any], device: torch.device) -> float:
+    """Milliseconds of one call: CUDA events around it on a GPU, perf_counter (after a sync) elsewhere."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize(device)
+        return float(start.elapsed_time(end))
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return (time.perf_counter() - t0) * 1000.0
+
+
+def _proc_kb(field_name: str) -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _clear_refs_ok() -> bool:
+    if _proc_kb("VmHWM") is None:
+        return False
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class MemoryMeter:
+    """Peak memory around a block of work, in MB (see :mod:`fsdistill.profile` for the methods)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        if device.type == "cuda":
+            self.method = "cuda: torch.cuda.max_memory_allocated after reset_peak_memory_stats (absolute)"
+            self._kind = "cuda"
+        elif _clear_refs_ok():
+            self.method = "cpu: peak RSS growth, VmHWM after malloc_trim and resetting it via /proc/self/clear_refs"
+            self._kind = "vmhwm"
+        elif os.path.exists("/proc/self/statm"):
+            self.method = "cpu: peak RSS growth, /proc/self/statm sampled every 2 ms by a thread"
+            self._kind = "sampler"
+        else:
+            self.method = "cpu: ru_maxrss growth (lower bound: the peak cannot be reset here)"
+            self._kind = "rusage"
+        self._base = 0.0
+        self._peak = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def _rss_mb() -> float:
+        try:
+            with open("/proc/self/statm") as fh:
+                return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        except (OSError, ValueError, AttributeError):
+            return 0.0
+
+    @staticmethod
+    def _maxrss_mb() -> float:
+        try:
+            import resource
+        except ImportError:  # Windows
+            return 0.0
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if platform.system() == "Darwin" else peak / 2**10  # bytes on macOS, KiB elsewhere
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):
+            self._peak = max(self._peak, self._rss_mb())
+
+    def start(self) -> None:
+        if self._kind == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        release_freed_memory()  # RSS growth would hide in memory freed by earlier cells
+        if self._kind == "vmhwm":
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+            self._base = (_proc_kb("VmRSS") or 0) / 2**10
+        elif self._kind == "sampler":
+            self._base = self._peak = self._rss_mb()
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        else:
+            self._base = self._maxrss_mb()
+
+    def stop(self) -> float:
+        """Peak MB since :meth:`start` (CUDA: absolute; CPU: growth over the RSS at start)."""
+        if self._kind == "cuda":
+            torch.cuda.synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        if self._kind == "vmhwm":
+            return max(0.0, (_proc_kb("VmHWM") or 0) / 2**10 - self._base)
+        if self._kind == "sampler":
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join()
+            return max(0.0, max(self._peak, self._rss_mb()) - self._base)
+        return max(0.0, self._maxrss_mb() - self._base)
+
+# ---------------------------------------------------------------------------------------------------------------
+# Measurement
+
+
+@dataclass
+class _Measure:
+    status: str
+    times: list[float]
+    peak_mb: float
+    warmup: int
+    note: str = ""
+    metered: bool = False  # a call of this cell has been metered for memory
+
+    def stats(self) -> dict[str, float | None]:
+        if not self.times:
+            return {"p50_ms": None, "p95_ms": None, "mean_ms": None, "min_ms": None}
+        ordered = sorted(self.times)
+        return {
+            "p50_ms": round(_quantile(ordered, 0.5), 3),
+            "p95_ms": round(_quantile(ordered, 0.95), 3),
+            "mean_ms": round(sum(ordered) / len(ordered), 3),
+            "min_ms": round(ordered[0], 3),
+        }
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    """Linear-interpolated quantile of sorted values (numpy's default)."""
+    pos = (len(ordered) - 1) * q
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+class _Runner:
+    """Warm-up + timed runs of the models of one cell, with the slow-cell time policy.
+
+    Several models given together (the student and the bare backbone) are run alternately, one call each per
+    round, so that both see the same machine load and their ratio stays meaningful on a busy machine. Memory is
+    metered around each warm-up call separately (outside any timed region) and the cell reports the largest peak.
+    """
+
+    def __init__(self, cfg: ProfileCfg, device: torch.device, meter: MemoryMeter) -> None:
+        self.cfg, self.device, self.meter = cfg, device, meter
+
+    def plan(self, estimate_ms: float | None) -> tuple[int, int]:
+        """(warm-up runs, timed runs) for a cell whose single run (round) is estimated at ``estimate_ms``."""
+        cfg = self.cfg
+        if estimate_ms is None or estimate_ms <= cfg.slow_s * 1000:
+            return cfg.warmup, cfg.runs
+        fit = int(cfg.cell_budget_s * 1000 // estimate_ms)
+        return 0, max(min(cfg.min_slow_runs, cfg.runs), min(cfg.runs, fit))
+
+    def _call(self, name: str, fn: Callable[[], Any], m: _Measure, timed: bool) -> float:
+        # Memory is metered on warm-up calls (or, in a cell without warm-up, on its first timed call) only: the
+        # meter hands freed heap memory back to the OS first, so a metered call faults its memory in again, and
+        # the timed runs should be warm, as predict's are.
+        metered = not timed or not m.metered
+        if metered:
+            self.meter.start()
+        try:
+            t = _time_once(fn, self.device)
+        except BaseException as exc:
+            if metered:
+                m.peak_mb = max(m.peak_mb, self.meter.stop())
+            if not is_oom(exc):
+                raise
+            m.status, m.times = "oom", []
+            m.note = f"out of memory: {str(exc).splitlines()[0][:160]}"
+            _free(self.device)
+            return 0.0
+        if metered:
+            m.peak_mb = max(m.peak_mb, self.meter.stop())
+            m.metered = True
+        if timed:
+            m.times.append(t)
+        else:
+            m.warmup += 1
+        return t
+
+    def measure(self, fns: dict[str, Callable[[], Any]], estimate_ms: float | None) -> dict[str, _Measure]:
+        """Warm-up and timed runs of every function (alternating); an out-of-memory one stops, the rest go on."""
+        warmup, runs = self.plan(estimate_ms)
+        out = {name: _Measure("ok", [], 0.0, 0) for name in fns}
+        slow = self.cfg.slow_s * 1000
+
+        def live() -> list[str]:
+            return [n for n in fns if out[n].status == "ok"]
+
+        with torch.no_grad():
+            for _ in range(warmup):
+                round_ms = sum(self._call(n, fns[n], out[n], timed=False) for n in live())
+                if round_ms > slow:  # slower than expected: this warm-up was enough
+                    runs = self.plan(round_ms)[1]
+                    break
+            done = 0
+            while done < runs and live():
+                round_ms = sum(self._call(n, fns[n], out[n], timed=True) for n in live())
+                done += 1
+                if done == 1 and round_ms > slow:
+                    runs = min(runs, self.plan(round_ms)[1])
+        return out
+
+
+class _Estimator:
+    """Single-run time of a cell from the cells measured before it (teacher: linear in the support count)."""
+
+    def __init__(self) -> None:
+        self.points: dict[str, list[tuple[int, int, float]]] = {"teacher": [], "student": [], "backbone": []}
+
+    def add(self, model: str, ways: int, shots: int, ms: float) -> None:
+        self.points[model].append((ways, shots, ms))
+
+    def single_ms(self, model: str, ways: int, shots: int) -> float | None:
+        pts = self.points[model]
+        if not pts:
+            return None
+        if model != "teacher":
+            same = [p for p in pts if p[0] == ways]
+            return (same or pts)[-1][2]
+        xs = [w * s for w, s, _ in pts]
+        ys = [ms for _, _, ms in pts]
+        n = ways * shots
+        if len(set(xs)) < 2:
+            return ys[-1] * n / xs[-1]
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+        slope = max(slope, 0.0)
+        return max(my + slope * (n - mx), min(ys))
+
+
+def _load_average() -> list[float] | None:
+    """1/5/15-minute load averages where the OS has them: other work on the cores distorts CPU timings."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None

@@ -1,0 +1,196 @@
+"""What ``profile`` measures: the models of each ways value (random or a run's) and their random inputs and supports."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fsdistill.config import ModelCfg
+from fsdistill.models.backbone import encode_batched
+from fsdistill.profile.measure import _sync
+
+# ---------------------------------------------------------------------------------------------------------------
+# Random inputs
+
+
+def _random_images(n: int, size: int, gen: torch.Generator) -> Tensor:
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=gen)
+
+
+def _random_masks(ways: int, shots: int, size: int, gen: torch.Generator) -> Tensor:
+    """ways·shots × size × size class ids, way-major: support i shows class i // shots + 1 as random blobs."""
+    cells = max(2, size // 32)
+    coarse = torch.rand(ways * shots, 1, cells, cells, generator=gen) > 0.6
+    coarse[:, :, cells // 2, cells // 2] = True  # never an empty mask
+    blobs = torch.nn.functional.interpolate(coarse.float(), size=(size, size), mode="nearest")[:, 0].bool()
+    ids = torch.arange(ways).repeat_interleave(shots) + 1
+    return (blobs.long() * ids[:, None, None]).to(torch.uint8)
+
+
+def _normalise(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    from fsdistill.data.transforms import normalize
+
+    return normalize(images, mean, std)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models
+
+
+@dataclass
+class _Models:
+    """The models of one ways value (teacher and/or student share the backbone in random mode)."""
+
+    ways: int
+    backbone: nn.Module
+    teacher: nn.Module | None
+    student: nn.Module | None
+    _pair: tuple[nn.Module | None, nn.Module] | None = None
+
+    def inference_pair(self, device: torch.device) -> tuple[nn.Module | None, nn.Module]:
+        """(student, backbone) as predict runs them on ``device`` (:func:`fsdistill.models.build.for_inference`:
+        batch norms folded, predict's memory layout): one copy made on first use, since the teacher shares the
+        backbone in random mode and runs it as it is."""
+        from fsdistill.models.build import for_inference
+
+        if self._pair is None:
+            if self.student is not None:
+                student = for_inference(copy.deepcopy(self.student), device, "student")
+                self._pair = (student, student.backbone)
+            else:
+                self._pair = (None, for_inference(copy.deepcopy(self.backbone), device, "student"))
+        return self._pair
+
+
+def _params(module: nn.Module | None) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+def _weights_mb(module: nn.Module | None) -> float:
+    if module is None:
+        return 0.0
+    tensors = {id(t): t for t in list(module.parameters()) + list(module.buffers())}
+    return sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20
+
+
+def _support_mb(support: Any) -> float:
+    tensors = [m for maps in support.feats.values() for m in maps] + list(support.masks.values()) + [support.present]
+    seen: dict[int, Tensor] = {}
+    for t in tensors:
+        seen[id(t)] = t
+    return sum(t.numel() * t.element_size() for t in seen.values()) / 2**20
+
+
+class _RandomFactory:
+    """Random-weight teacher + student per ways value; the teacher weights are shared across ways values."""
+
+    def __init__(self, cfg: ModelCfg, max_ways: int, student_width: int | None, device: torch.device) -> None:
+        from fsdistill.models.build import build_teacher
+
+        self.cfg, self.student_width, self.device = cfg, student_width, device
+        self.base = build_teacher(cfg, max_ways, pretrained=False).to(device).eval()
+
+    def models(self, ways: int) -> _Models:
+        from fsdistill.models.build import build_student, build_teacher
+
+        if ways == self.base.num_classes:
+            teacher = self.base
+        else:
+            teacher = build_teacher(self.cfg, ways, pretrained=False)
+            teacher.backbone = self.base.backbone  # one backbone for every ways value (and for the support cache)
+            try:
+                teacher.load_state_dict(self.base.state_dict())
+            except RuntimeError:  # per-class parameters would not fit; random weights time the same
+                pass
+            teacher = teacher.to(self.device).eval()
+        student = build_student(teacher, self.student_width).to(self.device).eval()
+        return _Models(ways, teacher.backbone, teacher, student)
+
+
+def _load_run(path: Path, device: torch.device) -> tuple[_Models, dict[str, Any]]:
+    """Teacher and/or student of a run (or one artifact) → models, plus size/classes/backbone info."""
+    from fsdistill.errors import CheckpointError
+    from fsdistill.models.build import load_model, resolve_model_dir
+
+    loaded = {}
+    path = Path(path)
+    for kind in ("teacher", "student"):
+        try:
+            directory = resolve_model_dir(path, kind)
+        except CheckpointError:
+            continue
+        loaded[kind] = load_model(directory, kind)
+    if not loaded:
+        resolve_model_dir(path)  # raises the usual "no artifact" message
+        raise CheckpointError(f"{path} holds no teacher or student artifact; pass a run folder to --model.")
+    first = next(iter(loaded.values()))
+    sizes = {m.size for m in loaded.values()}
+    classes = {len(m.class_names) - 1 for m in loaded.values()}
+    if len(sizes) > 1 or len(classes) > 1:
+        raise CheckpointError(f"The teacher and student of {path} disagree on size or classes; profile one artifact.")
+    teacher = loaded["teacher"].model.to(device).eval() if "teacher" in loaded else None
+    student = loaded["student"].model.to(device).eval() if "student" in loaded else None
+    backbone = (student or teacher).backbone
+    info = {
+        "size": first.size,
+        "ways": classes.pop(),
+        "backbone": first.config["backbone"]["name"],
+        "class_names": first.class_names,
+        "artifacts": {k: str(m.path) for k, m in loaded.items()},
+    }
+    return _Models(info["ways"], backbone, teacher, student), info
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Support cache
+
+
+class _Supports:
+    """W×S random supports; their features are encoded once (cache mode) and sliced per cell."""
+
+    def __init__(self, ways: int, shots: int, size: int, gen: torch.Generator, device: torch.device) -> None:
+        self.ways, self.shots, self.device = ways, shots, device
+        self.images = _random_images(ways * shots, size, gen).to(device)
+        self.masks = _random_masks(ways, shots, size, gen).to(device)
+        self.full = None  # SupportFeatures of all W×S supports (num_classes = W)
+        self.encode_ms: float | None = None
+
+    def index(self, ways: int, shots: int) -> list[int]:
+        return [c * self.shots + j for c in range(ways) for j in range(shots)]
+
+    def encode(self, teacher: nn.Module) -> None:
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            feats = encode_batched(teacher.backbone, self.images, self.device)
+            self.full = teacher.prepare_support(feats, self.masks)
+            _sync(self.device)
+            self.encode_ms = (time.perf_counter() - t0) * 1000.0
+        del feats
+
+    def cell(self, ways: int, shots: int) -> Any:
+        """SupportFeatures of a cell for a ``ways``-class teacher (a view when it is a prefix: no copy)."""
+        from fsdistill.models.teacher import SupportFeatures
+
+        full = self.full
+        n = ways * shots
+        if shots == self.shots:  # way-major order: the first ways·S supports
+            pick = lambda t: t[:n]  # noqa: E731
+        else:
+            index = torch.tensor(self.index(ways, shots), device=self.device)
+            pick = lambda t: t.index_select(0, index)  # noqa: E731
+        return SupportFeatures(
+            feats={lvl: [pick(m) for m in maps] for lvl, maps in full.feats.items()},
+            masks={lvl: pick(m)[:, :ways] for lvl, m in full.masks.items()},
+            present=pick(full.present)[:, :ways],
+        )
+
+    def raw(self, ways: int, shots: int) -> tuple[Tensor, Tensor]:
+        index = torch.tensor(self.index(ways, shots), device=self.device)
+        return self.images.index_select(0, index), self.masks.index_select(0, index)
+
