@@ -10,7 +10,7 @@ measures on the same held-out images, in one run:
   distill_teacher  the teacher trained jointly with that student (only when asked: ``--methods ... distill_teacher``);
   finetuned  plain fine-tuning: an FPN head on the same frozen backbone trained on the K supports with flips,
              cross-entropy and AdamW, full batch, until its training loss stops falling (its own budget, not the
-             method's: ``fsdistill.baselines.FineTunedBaseline``), at each of two learning rates; the better on the
+             method's: ``benchmarks/baselines.py: FineTunedBaseline``), at each of two learning rates; the better on the
              held-out images is reported (a choice on the test images that favours the baseline).
 
 mIoU is dataset-level IoU per foreground class at each image's original resolution (``api.evaluate``); the
@@ -444,7 +444,7 @@ def markdown(report: dict, image: str) -> str:
         "optimisation loop (in brackets the whole call: model build, feature caching, saving); the student and the "
         "distill teacher train together. *steps*: per seed (automatic budget unless a step count was given). "
         "*ms/img*: evaluation wall time per held-out image (batch 8, decoding included). *fine-tuned FPN*: "
-        "`fsdistill.baselines.FineTunedBaseline`, an FPN head on the same frozen backbone, flips, cross-entropy, "
+        "`benchmarks/baselines.py` (`FineTunedBaseline`), an FPN head on the same frozen backbone, flips, cross-entropy, "
         "AdamW, full batch until its training loss stops falling (its own budget); trained at each learning rate of "
         f"{', '.join(f'{lr:g}' for lr in FINETUNED_LRS)} and the best on the held-out images reported (a choice on "
         "the test images that favours the baseline). *train s* of the FPN: the reported run.",
