@@ -1,0 +1,88 @@
+"""``fsdistill.load(run).predict(image)``: the Python entry point gives the masks ``fsdistill predict`` writes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import fsdistill
+from fsdistill import api
+from fsdistill.data.masks import read_index_mask
+from fsdistill.errors import DataError
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _images(folder: Path) -> list[Path]:
+    """Three RGB images of different sizes with some structure, written as PNG."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (h, w) in enumerate([(50, 70), (64, 64), (33, 90)]):
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        image[h // 4 : h // 2, w // 3 :] = (200, 40 * i, 10)
+        paths.append(folder / f"img{i}.png")
+        Image.fromarray(image).save(paths[-1])
+    return paths
+
+
+def test_load_predict_equals_the_cli_masks(shaken_multi_student, tmp_path) -> None:
+    """Arrays, PIL images and paths all give the mask predict writes for that file, at the image's own size."""
+    paths = _images(tmp_path / "images")
+    api.predict([tmp_path / "images"], tmp_path / "out", model=shaken_multi_student, device="cpu", workers=0)
+    model = fsdistill.load(shaken_multi_student, device="cpu")
+    assert model.kind == "student" and model.classes[0] == "background" and len(model.classes) == 4
+    written = [read_index_mask(tmp_path / "out" / "masks" / f"{p.stem}.png") for p in paths]
+    assert len({int(v) for m in written for v in np.unique(m)}) > 1, "the fixture must predict more than one class"
+    array = np.asarray(Image.open(paths[0]).convert("RGB"))
+    for given in (array, Image.open(paths[0]), paths[0], str(paths[0])):
+        mask = model.predict(given)
+        assert mask.dtype == np.uint8 and mask.shape == array.shape[:2]
+        np.testing.assert_array_equal(mask, written[0])
+    batch = model.predict_batch(paths, batch_size=2)
+    for mask, expected in zip(batch, written):
+        np.testing.assert_array_equal(mask, expected)
+
+
+def test_load_teacher_and_grey_images(tiny_multi_run, tmp_path) -> None:
+    """teacher=True loads the run's teacher; a grey H×W array is segmented like its RGB copy."""
+    teacher = fsdistill.load(tiny_multi_run.run_dir, teacher=True, device="cpu")
+    assert teacher.kind == "teacher"
+    grey = np.random.default_rng(1).integers(0, 256, (40, 52), dtype=np.uint8)
+    np.testing.assert_array_equal(teacher.predict(grey), teacher.predict(np.repeat(grey[..., None], 3, axis=2)))
+    assert teacher.predict(grey).shape == (40, 52)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (42, "Cannot segment a int; pass a numpy array"),
+        (np.zeros((0, 5, 3), dtype=np.uint8), "Cannot segment this array"),
+    ],
+)
+def test_bad_images_are_refused_in_one_sentence(shaken_multi_student, bad, message) -> None:
+    model = fsdistill.load(shaken_multi_student, device="cpu")
+    with pytest.raises(DataError, match=re.escape(message)):
+        model.predict(bad)
+
+
+def test_readme_python_example_runs(shaken_multi_student, tmp_path, monkeypatch) -> None:
+    """The README's first Python block, run as written in a folder holding its files (the run is the fixture)."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+    example = next(b for b in blocks if "fsdistill.load(" in b)
+    paths = _images(tmp_path / "images")
+    monkeypatch.chdir(tmp_path)
+    for name, source in (("image.png", paths[0]), ("a.png", paths[1])):
+        (tmp_path / name).write_bytes(source.read_bytes())
+    Image.open(paths[2]).save(tmp_path / "b.tif")
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "x").symlink_to(shaken_multi_student, target_is_directory=True)
+    namespace: dict = {}
+    exec(compile(example, str(README), "exec"), namespace)
+    assert namespace["mask"].shape == Image.open("image.png").size[::-1]
+    assert [m.shape for m in namespace["masks"]] == [(64, 64), (33, 90)]
