@@ -1,16 +1,6 @@
 """Find the image/mask pairs and the classes in a support folder, whatever layout the user already has.
 
-Layouts (``SupportIndex.layout``), tried in this order in the folder, then in each of its subfolders:
-
-- ``coco``: one COCO ``*.json`` (images, annotations, categories) beside the images or an ``images/`` folder
-  (also ``annotations/*.json``).
-- ``paired`` / ``cvat``: an image folder and a mask folder side by side, matched by relative path and stem:
-  ``images/``+``masks/``, ``img/``+``gt/``, ``JPEGImages/``+``SegmentationClass[PNG]/``, Kvasir-SEG, ISIC 2018
-  ``*_Input/``+``*_GroundTruth/``. Mask stems may end in ``_mask``, ``_segmentation``, ``_gt``, ``_label(s)``,
-  ``-mask`` (stripped). With a ``labelmap.txt`` and a ``SegmentationClass/`` folder the layout is ``cvat``.
-- ``dsb2018``: ``<id>/images/<one image>`` + ``<id>/masks/*.png`` (one file per object, unioned).
-- ``class-folders`` (FSS-1000): ``<class>/x.jpg`` + ``<class>/x.png``; class ids follow the sorted folder names.
-- ``paired`` (flat): ``x.jpg`` + ``x.png`` (or ``x_mask.png``) in the folder itself.
+The folder layouts are found in :mod:`fsdistill.data.layouts`.
 
 Mask kinds (``SupportIndex.mask_kind``) for paired folders are read off the mask values of all masks: 0/1 or
 0/255 → ``binary``; other values → ``index`` (value = class id, 255 = ignore); colours → ``rgb``; JPEG files →
@@ -21,7 +11,6 @@ thresholded at 128 with a warning rather than read as dozens of classes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,507 +21,34 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from fsdistill.data.coco import CocoData, load_coco, read_coco_json
-from fsdistill.data.images import _PIL_ERRORS, IMAGE_SUFFIXES, exif_quarter_turn, image_size, read_image
+from fsdistill.data.images import _PIL_ERRORS
+from fsdistill.data.layouts import LAYOUTS, MASK_STEM_SUFFIXES, FoundPairs, find_pairs, is_hidden
 from fsdistill.data.masks import (
     BACKGROUND_NAMES,
     IGNORE_INDEX,
     Rgb,
-    colours_to_index,
-    decode_binary,
     default_palette,
     edge_pixels,
     pack_rgb,
     parse_labelmap,
     read_binary_source,
-    read_index_mask,
     read_mask_array,
-    read_rgb_mask,
     resolve_blends,
-    union_instances,
 )
+from fsdistill.data.support_index import Sample, SupportIndex
 from fsdistill.errors import DataError
 
 __all__ = ["Sample", "SupportIndex", "discover", "read_class_names", "LAYOUTS", "MASK_KINDS", "MASK_STEM_SUFFIXES"]
 
-LAYOUTS = ("paired", "dsb2018", "class-folders", "coco", "cvat")
 MASK_KINDS = ("binary", "index", "rgb", "coco", "instances", "jpeg-binary")
 
-# Suffixes annotation tools append to a mask's stem; stripped (case-insensitively) to find its image.
-MASK_STEM_SUFFIXES = ("_segmentation", "_masks", "_mask", "-masks", "-mask", "_labels", "_label", "_gt", "_seg")
 JPEG_SUFFIXES = frozenset({".jpg", ".jpeg"})
-# Folder names, best first. A candidate only counts if it holds image files (a YOLO "labels/" of .txt does not).
-IMAGE_DIR_NAMES = ("images", "image", "imgs", "img", "jpegimages", "inputs", "input", "originals", "raw")
-MASK_DIR_NAMES = (
-    "masks", "mask", "gt", "gts", "groundtruth", "ground_truth", "ground-truth", "segmentationclass",
-    "segmentationclasspng", "segmentationclassaug", "segmentationclassraw", "segmentations", "segmentation",
-    "labels", "label", "annotations", "targets",
-)  # fmt: skip
 # VOC paints "difficult/boundary" pixels in this colour; in colour masks without a label map it means ignore.
 VOC_IGNORE_COLOUR = (224, 224, 192)
 MAX_AUTO_COLOURS = 64  # more real colours than this without a label map means noise or lossy saving
 # Distinct colours read from the masks before giving up on them (smoothed edges of a few classes stay far below:
 # at most 256 mixtures per pair of colours).
 MAX_SCANNED_COLOURS = 4096
-LOOKED_FOR = (
-    "images/+masks/ (also img/+gt/, JPEGImages/+SegmentationClass/, Kvasir-SEG, ISIC *_Input/+*_GroundTruth/), "
-    "a COCO *.json, DSB2018 <id>/images/+<id>/masks/, class folders with x.jpg+x.png, and x.jpg+x_mask.png side "
-    "by side, in the folder and one level down"
-)
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One image with its annotation.
-
-    ``key`` is unique and stable: the image's path relative to its image folder without suffix ("x", "cat/x",
-    a DSB2018 id), used for leakage checks and output names. The other fields are for decoding the mask:
-    ``mask_paths`` (one file; several for DSB2018 instances; the JSON for COCO), ``coco_id`` and ``class_id``
-    (the class a binary mask's foreground becomes: the folder's class for class folders, else 1).
-    """
-
-    key: str
-    image_path: Path
-    mask_paths: tuple[Path, ...] = ()
-    coco_id: int | None = None
-    class_id: int = 1
-
-
-@dataclass
-class SupportIndex:
-    """All usable pairs of a support folder and how to decode their masks.
-
-    Masks decode to H×W uint8 class ids (0 = background, 1..N-1 the classes, 255 = ignore).
-    The fields after ``warnings`` are decoding details set by :func:`discover`.
-    """
-
-    root: Path
-    layout: str
-    mask_kind: str
-    class_names: list[str]
-    palette: list[Rgb]
-    samples: list[Sample]
-    orphan_images: list[Path] = field(default_factory=list)
-    orphan_masks: list[Path] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    data_root: Path | None = None  # the folder the layout was found in (root or one of its subfolders)
-    names_source: str = "defaults"  # where class_names came from, for messages and reports
-    binary_threshold: int = 128  # binary kinds: foreground = value >= this (1 for 0/1 masks)
-    colour_table: dict[Rgb, int] | None = field(default=None, repr=False)  # rgb kind: colour -> class id
-    value_map: np.ndarray | None = field(default=None, repr=False)  # index kind: 256 mask values -> class ids
-    # Pixels of each class over all masks at full resolution, where the folder scan counts them (index and colour
-    # masks); None elsewhere (binary, COCO, DSB2018, class folders).
-    class_pixels: list[int] | None = field(default=None, repr=False)
-    coco: CocoData | None = field(default=None, repr=False)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def load_image(self, i: int) -> np.ndarray:
-        """H×W×3 uint8 RGB of sample ``i`` (EXIF orientation applied)."""
-        return read_image(self.samples[i].image_path)
-
-    def load_mask(self, i: int, size: tuple[int, int] | None = None) -> np.ndarray:
-        """H×W uint8 class ids of sample ``i``; 255 = ignore.
-
-        Args:
-            size: the image's (width, height) when already known; read from the image header otherwise.
-
-        Raises:
-            DataError: unreadable mask, a size that differs from the image's, an unknown colour, or a class id
-                ≥ len(class_names) other than 255.
-        """
-        s = self.samples[i]
-        where = s.mask_paths[0] if s.mask_paths else s.image_path
-        w, h = size if size is not None else image_size(s.image_path)
-        if self.layout == "coco":
-            assert self.coco is not None and s.coco_id is not None
-            m = self.coco.mask(s.coco_id, h, w)
-        elif self.layout == "dsb2018":
-            m = union_instances(s.mask_paths, s.class_id)
-        elif self.mask_kind in ("binary", "jpeg-binary", "instances"):
-            m = decode_binary(read_binary_source(where), self.binary_threshold, s.class_id)
-        elif self.mask_kind == "index":
-            m = read_index_mask(where)
-            if self.value_map is not None:
-                m = self.value_map[m]
-        elif self.mask_kind == "rgb":
-            assert self.colour_table is not None
-            m = colours_to_index(read_rgb_mask(where), self.colour_table, where)
-        else:  # pragma: no cover - discover never produces another kind
-            raise ValueError(f"unknown mask kind {self.mask_kind!r}")
-        if m.shape != (h, w) and self.layout == "coco":
-            raise DataError(
-                f"COCO file {where} gives {s.image_path.name} the size {m.shape[1]}×{m.shape[0]} but the image is "
-                f"{w}×{h}; fix width/height in its images entry (or the image's EXIF rotation)."
-            )
-        if m.shape != (h, w) and m.shape == (w, h):
-            # Same size turned by 90°: usually one of the two files carries an EXIF rotation the other lacks (a
-            # phone photo whose mask was drawn on the stored pixels); resizing would only distort the mask.
-            turned = self._quarter_turn_note(s.image_path, where)
-            if turned:
-                raise DataError(
-                    f"Mask {where} is {m.shape[1]}×{m.shape[0]} but its image {s.image_path} is {w}×{h}, the same "
-                    f"size turned by 90°: {turned}; save the mask in the image's displayed orientation (rotate it "
-                    "by 90°) or re-export the pair with the same orientation, do not resize it."
-                )
-        if m.shape != (h, w):
-            raise DataError(
-                f"Mask {where} is {m.shape[1]}×{m.shape[0]} but its image {s.image_path} is {w}×{h}; resize the "
-                "mask to the image (nearest neighbour) or re-export the pair."
-            )
-        n = len(self.class_names)
-        if n <= int(m.max(initial=0)):
-            bad = m[(m >= n) & (m != IGNORE_INDEX)]
-            if bad.size:
-                raise DataError(
-                    f"Mask {where} has class id {int(bad.min())} but {self.names_source} lists {n} classes "
-                    f"({', '.join(self.class_names[:8])}); add the name or fix the mask."
-                )
-        return m
-
-    @staticmethod
-    def _quarter_turn_note(image_path: Path, mask_path: Path) -> str:
-        """Why a mask and its image are the same size turned by 90°, if an EXIF orientation tag explains it."""
-        image_turned, mask_turned = exif_quarter_turn(image_path), exif_quarter_turn(mask_path)
-        if image_turned and not mask_turned:
-            return "the image's EXIF orientation tag turns it by 90° for display and the mask has no such tag"
-        if mask_turned and not image_turned:
-            return "the mask's EXIF orientation tag turns it by 90° and the image has no such tag"
-        return ""
-
-    def unused_classes(self) -> list[str]:
-        """Foreground classes without a single pixel in any mask (where the folder scan counts pixels, else [])."""
-        if self.class_pixels is None:
-            return []
-        return [self.class_names[k] for k, n in enumerate(self.class_pixels) if k and not n]
-
-    def drop_class_hint(self) -> str:
-        """How to drop a listed class, in the terms of where the class names came from (for messages)."""
-        source = self.names_source
-        if source == "class folder names":
-            return "remove its folder"
-        if source.startswith("COCO categories"):
-            return f"remove it from the {source}"
-        if source in ("defaults", "mask values"):
-            return "check the mask values"
-        return f"remove it from {source} (and renumber the masks)"
-
-    def load_pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """(H×W×3 uint8 RGB image, H×W uint8 class-id mask) of sample ``i``, sizes checked."""
-        img = self.load_image(i)
-        return img, self.load_mask(i, size=(img.shape[1], img.shape[0]))
-
-    def fingerprint(self) -> str:
-        """sha256 hex over the class names and, sorted by key, each (key, image bytes sha256, mask sha256).
-
-        Mask sha256 is over the mask file's bytes (DSB2018: over its instance files' hashes in name order; COCO:
-        over the image's annotations as canonical JSON), so renaming a folder keeps it and editing a pixel
-        changes it.
-        """
-        h = hashlib.sha256()
-        h.update(("\n".join(self.class_names) + "\n\n").encode())
-        for s in sorted(self.samples, key=lambda s: s.key):
-            if self.layout == "coco":
-                assert self.coco is not None and s.coco_id is not None
-                entry = {
-                    "image": self.coco.images[s.coco_id].__dict__,
-                    "anns": self.coco.annotations.get(s.coco_id, []),
-                }
-                mask_sha = hashlib.sha256(json.dumps(entry, sort_keys=True, default=str).encode()).hexdigest()
-            elif len(s.mask_paths) == 1:
-                mask_sha = _file_sha256(s.mask_paths[0])
-            else:
-                mask_sha = hashlib.sha256("".join(_file_sha256(p) for p in s.mask_paths).encode()).hexdigest()
-            h.update(f"{s.key}\t{_file_sha256(s.image_path)}\t{mask_sha}\t{s.class_id}\n".encode())
-        return h.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    except OSError as e:
-        raise DataError(f"Cannot read {path}: {e.strerror or e}; check that the file exists and is readable.") from e
-    return h.hexdigest()
-
-
-# --------------------------------------------------------------------------------------------- file listing
-
-
-def _hidden(p: Path) -> bool:
-    # macOS resource forks (._x.png), .DS_Store, __MACOSX/ and editor backups are never data.
-    return p.name.startswith((".", "~")) or p.name == "__MACOSX"
-
-
-def _subdirs(d: Path) -> list[Path]:
-    return sorted(p for p in d.iterdir() if p.is_dir() and not _hidden(p))
-
-
-def _image_files(d: Path, recursive: bool = False) -> list[Path]:
-    it = d.rglob("*") if recursive else d.iterdir()
-    out = [
-        p
-        for p in it
-        if p.suffix.lower() in IMAGE_SUFFIXES
-        and not any(_hidden(Path(part)) for part in p.relative_to(d).parts)
-        and p.is_file()
-    ]
-    return sorted(out)
-
-
-def _strip_mask_suffix(stem: str) -> str:
-    low = stem.lower()
-    for suf in MASK_STEM_SUFFIXES:
-        if low.endswith(suf) and len(stem) > len(suf):
-            return stem[: -len(suf)]
-    return stem
-
-
-def _key(path: Path, base: Path) -> str:
-    return path.relative_to(base).with_suffix("").as_posix()
-
-
-# ------------------------------------------------------------------------------------------ layout detectors
-
-
-@dataclass
-class _Found:
-    """What a detector found, before mask kinds and class names are decided."""
-
-    layout: str
-    data_root: Path
-    samples: list[Sample]
-    orphan_images: list[Path] = field(default_factory=list)
-    orphan_masks: list[Path] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    class_folders: list[str] | None = None
-    coco: CocoData | None = None
-    image_dir: Path | None = None
-    mask_dir: Path | None = None
-    unmatched_hint: str = ""  # set when folders were found but no names matched
-
-
-def _dir_rank(name: str, names: Sequence[str], pattern: str) -> int | None:
-    low = name.lower()
-    if low in names:
-        return names.index(low)
-    if pattern in low.replace("_", "").replace("-", ""):
-        return len(names)  # ISIC-style "ISIC2018_Task1-2_Training_Input" / "..._GroundTruth"
-    return None
-
-
-def _match_paired(img_dir: Path, mask_dir: Path, images: list[Path], masks: list[Path]) -> _Found:
-    """Pair images and masks by relative path and stem (mask suffixes stripped)."""
-    by_key: dict[str, Path] = {}
-    for p in images:
-        k = _key(p, img_dir)
-        if k in by_key:
-            raise DataError(
-                f"Images {by_key[k]} and {p} have the same name apart from the extension; remove or rename one."
-            )
-        by_key[k] = p
-    mask_of: dict[str, Path] = {}
-    orphan_masks: list[Path] = []
-    for m in masks:
-        rel = m.relative_to(mask_dir).with_suffix("")
-        full = rel.as_posix()
-        stripped = (rel.parent / _strip_mask_suffix(rel.name)).as_posix()
-        k = full if full in by_key else stripped if stripped in by_key else None
-        if k is None:
-            orphan_masks.append(m)
-            continue
-        if k in mask_of:
-            raise DataError(f"Masks {mask_of[k]} and {m} both belong to image {by_key[k]}; keep one mask per image.")
-        mask_of[k] = m
-    samples = [Sample(k, by_key[k], (mask_of[k],)) for k in sorted(mask_of)]
-    orphan_images = [p for k, p in sorted(by_key.items()) if k not in mask_of]
-    return _Found("paired", img_dir.parent, samples, orphan_images, orphan_masks, image_dir=img_dir, mask_dir=mask_dir)
-
-
-def _find_paired(d: Path) -> _Found | None:
-    subs = _subdirs(d)
-    img_c = [(r, s) for s in subs if (r := _dir_rank(s.name, IMAGE_DIR_NAMES, "input")) is not None]
-    mask_c = [(r, s) for s in subs if (r := _dir_rank(s.name, MASK_DIR_NAMES, "groundtruth")) is not None]
-    img_c = [(r, s, f) for r, s in img_c if (f := _image_files(s, recursive=True))]
-    mask_c = [(r, s, f) for r, s in mask_c if s not in [x[1] for x in img_c] and (f := _image_files(s, True))]
-    if not img_c or not mask_c:
-        return None
-    # Score every (image folder, mask folder) pair by matched names; the best wins, folder-name rank breaks ties.
-    # This picks ISIC's Task1 ground truth over Task2's attribute masks, and SegmentationClass over
-    # SegmentationClassAug, without hard-coding either.
-    tried = []
-    for ri, si, fi in img_c:
-        for rm, sm, fm in mask_c:
-            found = _match_paired(si, sm, fi, fm)
-            tried.append((-len(found.samples), ri + rm, si.name, sm.name, found))
-    tried.sort(key=lambda t: t[:4])
-    best = tried[0][4]
-    if not best.samples:
-        ri, si, fi = img_c[0]
-        rm, sm, fm = mask_c[0]
-        best.unmatched_hint = (
-            f"found {si.name}/ and {sm.name}/ in {d} but no file names match (e.g. image {fi[0].name}, mask "
-            f"{fm[0].name}); name each mask like its image (suffixes {', '.join(MASK_STEM_SUFFIXES[:5])} are ignored)"
-        )
-        return best
-    for n_neg, _, a, b, other in tried[1:]:
-        if other.samples and {s.image_path for s in other.samples}.isdisjoint({s.image_path for s in best.samples}):
-            best.warnings.append(
-                f"Also found {a}/ + {b}/ with {-n_neg} pairs in {d}; only {best.image_dir.name}/ + "  # type: ignore[union-attr]
-                f"{best.mask_dir.name}/ is used, so move the other pair to its own folder."  # type: ignore[union-attr]
-            )
-    return best
-
-
-def _pairs_in_folder(d: Path) -> tuple[list[tuple[str, Path, Path]], list[Path], list[Path]]:
-    """Pairs of image + mask side by side in one folder: (stem, image, mask), orphan images, orphan masks.
-
-    ``x.jpg`` + ``x.png`` (the PNG is the mask, FSS-1000) or ``x.<ext>`` + ``x_mask.<ext>`` (the suffixed one is).
-    """
-    groups: dict[str, list[Path]] = {}
-    for p in _image_files(d):
-        groups.setdefault(_strip_mask_suffix(p.stem), []).append(p)
-    pairs, lone = [], []
-    for base, files in sorted(groups.items()):
-        named = [f for f in files if f.stem != base]  # carries a mask suffix
-        plain = [f for f in files if f.stem == base]
-        if named and len(named) == 1 and len(plain) == 1:
-            pairs.append((base, plain[0], named[0]))
-        elif not named and len(plain) == 2 and sum(f.suffix.lower() == ".png" for f in plain) == 1:
-            img, msk = sorted(plain, key=lambda f: f.suffix.lower() == ".png")
-            pairs.append((base, img, msk))
-        elif len(files) == 1:
-            lone.append(files[0])
-        else:
-            raise DataError(
-                f"Cannot tell image from mask among {', '.join(f.name for f in files)} in {d}; keep one image and "
-                "one mask per name (x.jpg + x.png, or x.png + x_mask.png)."
-            )
-    # A lone file is a mask without image if it looks like the folder's masks (suffix or extension), else an image.
-    mask_ext = {m.suffix.lower() for _, _, m in pairs}
-    img_ext = {i.suffix.lower() for _, i, _ in pairs}
-    orphan_masks = [f for f in lone if f.stem != _strip_mask_suffix(f.stem) or (f.suffix.lower() in mask_ext - img_ext)]
-    orphan_images = [f for f in lone if f not in orphan_masks]
-    return pairs, orphan_images, orphan_masks
-
-
-def _find_class_folders(d: Path) -> _Found | None:
-    samples: list[Sample] = []
-    classes: list[str] = []
-    oi: list[Path] = []
-    om: list[Path] = []
-    per_class: list[tuple[str, list[tuple[str, Path, Path]]]] = []
-    for s in _subdirs(d):
-        pairs, a, b = _pairs_in_folder(s)
-        oi += a
-        om += b
-        if pairs:
-            per_class.append((s.name, pairs))
-    if not per_class:
-        return None
-    for cid, (name, pairs) in enumerate(per_class, 1):
-        classes.append(name)
-        samples += [Sample(f"{name}/{base}", img, (msk,), class_id=cid) for base, img, msk in pairs]
-    return _Found("class-folders", d, samples, oi, om, class_folders=classes)
-
-
-def _find_flat(d: Path) -> _Found | None:
-    pairs, oi, om = _pairs_in_folder(d)
-    if not pairs:
-        return None
-    return _Found("paired", d, [Sample(base, img, (msk,)) for base, img, msk in pairs], oi, om)
-
-
-def _find_dsb(d: Path) -> _Found | None:
-    samples, oi, om = [], [], []
-    seen = False
-    for s in _subdirs(d):
-        idir, mdir = s / "images", s / "masks"
-        if not idir.is_dir():
-            continue
-        imgs = _image_files(idir)
-        if len(imgs) > 1:
-            return None  # many images per folder: a paired layout one level down, not DSB2018
-        masks = _image_files(mdir) if mdir.is_dir() else []
-        if imgs and any(_strip_mask_suffix(m.stem) == imgs[0].stem for m in masks):
-            return None  # masks named like the image: a paired folder (e.g. train/, val/), not per-object files
-        seen = seen or bool(masks)
-        if imgs and masks:
-            samples.append(Sample(s.name, imgs[0], tuple(masks)))
-        elif imgs:
-            oi.append(imgs[0])
-        else:
-            om += masks
-    if not seen:
-        return None
-    return _Found("dsb2018", d, samples, oi, om)
-
-
-def _find_coco(d: Path) -> _Found | None:
-    cands = [p for p in sorted(d.glob("*.json")) if not _hidden(p)]
-    if (d / "annotations").is_dir():
-        cands += [p for p in sorted((d / "annotations").glob("*.json")) if not _hidden(p)]
-    found = [(p, data) for p in cands if (data := read_coco_json(p)) is not None]
-    if not found:
-        return None
-    if len(found) > 1:
-        raise DataError(
-            f"Found several COCO files in {d} ({', '.join(p.name for p, _ in found)}); keep the one for this "
-            "support set, or move each to its own folder with its images."
-        )
-    jpath, data = found[0]
-    coco = load_coco(jpath, data)
-    # file_name is relative to some image root the JSON does not name: try the usual ones, then every subfolder.
-    bases = list(dict.fromkeys([jpath.parent, d, d / "images", *_subdirs(d)]))
-    samples: list[Sample] = []
-    warnings: list[str] = []
-    missing: list[str] = []
-    used: set[Path] = set()
-    keys: dict[str, str] = {}
-    for iid, im in sorted(coco.images.items(), key=lambda kv: kv[1].file_name):
-        rel = Path(im.file_name)
-        path = next(
-            (p for b in bases for p in (b / rel, b / rel.name) if not rel.is_absolute() and p.is_file()),
-            rel if rel.is_absolute() and rel.is_file() else None,
-        )
-        if path is None:
-            missing.append(im.file_name)
-            continue
-        key = rel.with_suffix("").as_posix() if not rel.is_absolute() and ".." not in rel.parts else rel.stem
-        if key in keys:
-            raise DataError(f"COCO file {jpath} lists {im.file_name!r} twice; keep one entry per image.")
-        keys[key] = im.file_name
-        used.add(path.resolve())
-        samples.append(Sample(key, path, (jpath,), coco_id=iid))
-    if missing:
-        warnings.append(
-            f"{len(missing)} images listed in {jpath.name} were not found (e.g. {missing[0]}); put them beside the "
-            "JSON or in images/."
-        )
-    pool = _image_files(d) + (_image_files(d / "images", recursive=True) if (d / "images").is_dir() else [])
-    orphans = sorted({p for p in pool if p.resolve() not in used})
-    found_ = _Found("coco", d, samples, orphans, [], warnings, coco=coco)
-    if not samples and missing:
-        found_.unmatched_hint = (
-            f"COCO file {jpath.name} lists {len(missing)} images but none was found (e.g. {missing[0]}); put the "
-            "images beside the JSON or in images/"
-        )
-    return found_
-
-
-def _detect(d: Path, top: bool) -> _Found | None:
-    detectors = [_find_coco, _find_paired, _find_dsb, _find_class_folders] + ([_find_flat] if top else [])
-    hint: _Found | None = None
-    for det in detectors:
-        f = det(d)
-        if f is not None and f.samples:
-            return f
-        if f is not None and hint is None:
-            hint = f
-    return hint
 
 
 # ------------------------------------------------------------------------------------------------ class names
@@ -608,7 +124,7 @@ def _find_names_file(dirs: Iterable[Path]) -> Path | None:
             if p.is_file():
                 return p
         for p in sorted(d.iterdir()):
-            if p.is_file() and not _hidden(p) and p.suffix.lower() in (".yaml", ".yml", ".json"):
+            if p.is_file() and not is_hidden(p) and p.suffix.lower() in (".yaml", ".yml", ".json"):
                 if p.suffix.lower() == ".json" and p.stat().st_size > 1 << 20:
                     continue  # COCO files and other big JSON: not a names file, and slow to parse
                 try:
@@ -738,7 +254,7 @@ def _looks_antialiased(hist: np.ndarray, palette_mode: bool) -> bool:
     return int(np.count_nonzero(mid)) >= 4 and int(mid.sum()) < int(hist[255])
 
 
-def _decide_kind(found: _Found, names_file: Path | None, warnings: list[str]) -> dict[str, Any]:
+def _decide_kind(found: FoundPairs, names_file: Path | None, warnings: list[str]) -> dict[str, Any]:
     """Mask kind, class names, palette, threshold and colour table of a paired/flat/class-folder set."""
     masks = [s.mask_paths[0] for s in found.samples]
     file_names = read_class_names(names_file) if names_file and names_file.name.lower() != "labelmap.txt" else None
@@ -921,33 +437,13 @@ def discover(root: Path | str) -> SupportIndex:
     if not root.is_dir():
         raise DataError(f"{root} is a file, not a folder; pass the folder that holds the images and masks.")
     try:
-        entries = [p for p in root.iterdir() if not _hidden(p)]
+        entries = [p for p in root.iterdir() if not is_hidden(p)]
     except OSError as e:
         raise DataError(f"Cannot list support folder {root}: {e.strerror or e}; check its permissions.") from e
     if not entries:
         raise DataError(f"Support folder {root} is empty; put images and masks in it (for example images/ + masks/).")
 
-    found = _detect(root, top=True)
-    if found is None or not found.samples:
-        hits = []
-        for s in _subdirs(root):
-            f = _detect(s, top=False)
-            if f is not None and f.samples:
-                hits.append(f)
-            elif f is not None and found is None:
-                found = f  # keep the "names do not match" hint
-        if len(hits) > 1:
-            raise DataError(
-                f"Found support data in several subfolders of {root} ({', '.join(h.data_root.name for h in hits)}); "
-                "pass one of them as the support folder."
-            )
-        if hits:
-            found = hits[0]
-            found.warnings.insert(0, f"Using subfolder {found.data_root.name}/ of {root}.")
-    if found is None or not found.samples:
-        if found is not None and found.unmatched_hint:
-            raise DataError(f"No image/mask pairs in {root}: {found.unmatched_hint}.")
-        raise DataError(f"No image/mask pairs found in {root}; looked for {LOOKED_FOR}.")
+    found = find_pairs(root)
 
     warnings = list(found.warnings)
     samples = sorted(found.samples, key=lambda s: s.key)
