@@ -11,20 +11,24 @@ thresholded at 128 with a warning rather than read as dozens of classes.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from PIL import Image
 
+from fsdistill.data.classes import (
+    coco_class_names,
+    find_names_file,
+    instance_class_names,
+    names_source,
+    read_class_names,
+)
 from fsdistill.data.images import _PIL_ERRORS
 from fsdistill.data.layouts import LAYOUTS, MASK_STEM_SUFFIXES, FoundPairs, find_pairs, is_hidden
 from fsdistill.data.masks import (
-    BACKGROUND_NAMES,
     IGNORE_INDEX,
     Rgb,
     default_palette,
@@ -49,92 +53,6 @@ MAX_AUTO_COLOURS = 64  # more real colours than this without a label map means n
 # Distinct colours read from the masks before giving up on them (smoothed edges of a few classes stay far below:
 # at most 256 mixtures per pair of colours).
 MAX_SCANNED_COLOURS = 4096
-
-
-# ------------------------------------------------------------------------------------------------ class names
-
-
-def _background_first(names: list[str], path: Path) -> list[str]:
-    names = [n.strip() for n in names]
-    if any(not n for n in names):
-        raise DataError(f"Names file {path} has an empty class name; give every class a name.")
-    bg = [k for k, n in enumerate(names) if n.lower() in BACKGROUND_NAMES]
-    if bg and bg != [0]:
-        raise DataError(f"Names file {path} lists background at position {bg[0]}; move it to the first line (id 0).")
-    if not bg:
-        names = ["background", *names]
-    if len(set(names)) != len(names):
-        dup = next(n for n in names if names.count(n) > 1)
-        raise DataError(f"Names file {path} lists {dup!r} twice; each class needs its own name.")
-    return names
-
-
-def read_class_names(path: Path | str) -> list[str]:
-    """Class names from ``classes.txt`` (one per line, line = id), ``labelmap.txt`` or a YAML/JSON with
-    ``names:`` (a list, or {id: name}). "background" is put first at id 0 when the file does not start with it;
-    ids missing from a {id: name} mapping are named ``class_<id>``.
-
-    Raises:
-        DataError: unreadable file, no names, duplicates, or background not first.
-    """
-    path = Path(path)
-    if path.name.lower() == "labelmap.txt":
-        return parse_labelmap(path)[0]
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"Cannot read names file {path}: {e}; save it as UTF-8 text.") from e
-    if path.suffix.lower() == ".txt":
-        lines = [ln.strip() for ln in text.splitlines()]
-        while lines and not lines[-1]:
-            lines.pop()
-        names = [ln for ln in lines if not ln.startswith("#")]
-    else:
-        try:
-            data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-        except (ValueError, yaml.YAMLError) as e:
-            raise DataError(f"Cannot parse names file {path}: {str(e).splitlines()[0]}; fix its syntax.") from e
-        raw = data.get("names") if isinstance(data, dict) else None
-        if isinstance(raw, dict):
-            try:
-                by_id = {int(k): str(v) for k, v in raw.items()}
-            except (TypeError, ValueError) as e:
-                raise DataError(
-                    f"Names file {path} has a non-integer id in names:; use {{0: background, 1: ...}}."
-                ) from e
-            if not by_id or min(by_id) < 0:
-                raise DataError(f"Names file {path} has no names or a negative id; use ids 0, 1, 2, ...")
-            start = 0 if 0 in by_id else 1  # {1: polyp} leaves 0 to background
-            names = ([] if start == 0 else ["background"]) + [
-                by_id.get(i, f"class_{i}") for i in range(start, max(by_id) + 1)
-            ]
-        elif isinstance(raw, list):
-            names = [str(n) for n in raw]
-        else:
-            raise DataError(f"Names file {path} has no names: list or mapping; add names: [background, ...].")
-    if not names:
-        raise DataError(f"Names file {path} lists no class names; add one name per line.")
-    return _background_first(names, path)
-
-
-def _find_names_file(dirs: Iterable[Path]) -> Path | None:
-    for d in dict.fromkeys(dirs):
-        for name in ("labelmap.txt", "classes.txt", "class_names.txt", "names.txt"):
-            p = d / name
-            if p.is_file():
-                return p
-        for p in sorted(d.iterdir()):
-            if p.is_file() and not is_hidden(p) and p.suffix.lower() in (".yaml", ".yml", ".json"):
-                if p.suffix.lower() == ".json" and p.stat().st_size > 1 << 20:
-                    continue  # COCO files and other big JSON: not a names file, and slow to parse
-                try:
-                    txt = p.read_text(encoding="utf-8-sig")
-                    data = json.loads(txt) if p.suffix.lower() == ".json" else yaml.safe_load(txt)
-                except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError):
-                    continue
-                if isinstance(data, dict) and "names" in data:
-                    return p
-    return None
 
 
 # --------------------------------------------------------------------------------------------- mask kinds
@@ -467,23 +385,15 @@ def discover(root: Path | str) -> SupportIndex:
     if found.layout == "coco":
         assert found.coco is not None
         idx.mask_kind, idx.coco, idx.names_source = "coco", found.coco, f"COCO categories of {found.coco.path.name}"
-        idx.class_names = _background_first(list(found.coco.names), found.coco.path)
-        if len(idx.class_names) != len(found.coco.names) + 1:
-            raise DataError(
-                f"COCO file {found.coco.path} has a category named background; rename it (background is id 0)."
-            )
+        idx.class_names = coco_class_names(found.coco)
         idx.palette = default_palette(len(idx.class_names))
     elif found.layout == "dsb2018":
-        names_file = _find_names_file([found.data_root, root])
-        names = read_class_names(names_file) if names_file else ["background", "foreground"]
-        if len(names) != 2:
-            raise DataError(
-                f"DSB2018 instance masks are binary but {names_file} lists {len(names)} classes; list one class."
-            )
+        names_file = find_names_file([found.data_root, root])
+        names = instance_class_names(names_file)
         idx.mask_kind, idx.class_names, idx.palette = "instances", names, default_palette(2)
-        idx.names_source = names_file.name if names_file else "defaults"
+        idx.names_source = names_source(names_file)
     else:
-        names_file = None if found.layout == "class-folders" else _find_names_file([found.data_root, root])
+        names_file = None if found.layout == "class-folders" else find_names_file([found.data_root, root])
         d = _decide_kind(found, names_file, warnings)
         idx.mask_kind, idx.class_names, idx.palette = d["kind"], d["names"], [tuple(c) for c in d["palette"]]
         idx.binary_threshold, idx.colour_table, idx.names_source = d["threshold"], d["table"], d["source"]
