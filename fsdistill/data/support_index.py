@@ -47,12 +47,12 @@ class Sample:
     class_id: int = 1
 
 
-@dataclass
+@dataclass(frozen=True)
 class SupportIndex:
     """All usable pairs of a support folder and how to decode their masks.
 
     Masks decode to H×W uint8 class ids (0 = background, 1..N-1 the classes, 255 = ignore).
-    The fields after ``warnings`` are decoding details set by :func:`discover`.
+    The fields after ``warnings`` are decoding details that :func:`~fsdistill.data.discover.discover` decides.
     """
 
     root: Path
