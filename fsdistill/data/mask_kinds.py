@@ -219,8 +219,8 @@ def _colour_decoding(st: MaskStats, file_names: list[str] | None, names_file: Pa
             "(lossy saving or noise?); add a labelmap.txt (name:r,g,b::) or save index PNG masks."
         )
     pixels = st.rgb_pixels()
-    # Smoothed edges hold dozens of mixtures of the real colours; each became a "class" before (24 classes
-    # from a 2-colour mask resized bilinearly, with only tiny-class warnings).
+    # Smoothed edges hold dozens of mixtures of the real colours; each would otherwise become a class (a 2-colour
+    # mask resized bilinearly gives dozens), with only tiny-class warnings to show for it.
     real, blends = resolve_blends(pixels, st.rgb_edges())
     if len(set(real) - {(0, 0, 0), VOC_IGNORE_COLOUR}) > MAX_AUTO_COLOURS:
         raise DataError(
@@ -276,11 +276,7 @@ def _grey_decoding(st: MaskStats, file_names: list[str] | None, source: str) -> 
         )
     binary_palette = tuple(default_palette(2))
     if file_names is not None and len(file_names) > 2:
-        n = len(file_names)
-        return MaskDecoding(
-            "index", tuple(file_names), tuple(default_palette(n)), source, class_pixels=st.index_pixels(n),
-            warnings=warnings,
-        )  # fmt: skip
+        return _named_index(st, file_names, source, warnings)
     if values <= {0, 1}:
         names = tuple(binary_class_names(file_names))
         return MaskDecoding("binary", names, binary_palette, source, binary_threshold=1, warnings=warnings)
@@ -288,11 +284,7 @@ def _grey_decoding(st: MaskStats, file_names: list[str] | None, source: str) -> 
         names = tuple(binary_class_names(file_names))
         return MaskDecoding("binary", names, binary_palette, source, binary_threshold=128, warnings=warnings)
     if file_names is not None:
-        n = len(file_names)
-        return MaskDecoding(
-            "index", tuple(file_names), tuple(default_palette(n)), source, class_pixels=st.index_pixels(n),
-            warnings=warnings,
-        )  # fmt: skip
+        return _named_index(st, file_names, source, warnings)
     ids = sorted(values - {IGNORE_INDEX, 0})
     if ids != list(range(1, len(ids) + 1)):
         # Values with gaps ({0, 1, 2, 7}): every value up to the largest used to be a class, so 3..6 became empty
@@ -325,3 +317,16 @@ def _grey_decoding(st: MaskStats, file_names: list[str] | None, source: str) -> 
         "index", names, tuple(default_palette(n)), "mask values", class_pixels=st.index_pixels(n),
         warnings=warnings,
     )  # fmt: skip
+
+
+def _named_index(st: MaskStats, file_names: list[str], source: str, warnings: tuple[str, ...]) -> MaskDecoding:
+    """Index masks whose values are the class ids of a names file."""
+    n = len(file_names)
+    return MaskDecoding(
+        "index",
+        tuple(file_names),
+        tuple(default_palette(n)),
+        source,
+        class_pixels=st.index_pixels(n),
+        warnings=warnings,
+    )
