@@ -1,0 +1,163 @@
+"""Class names of a support folder: names files, and the defaults used without one.
+
+Names are background first (id 0) and unique. They come from a ``labelmap.txt`` (names and colours), a
+``classes.txt`` / ``class_names.txt`` / ``names.txt`` (one per line), a YAML/JSON with ``names:``, COCO
+``categories``, class folder names, or else the defaults (``background``, ``foreground`` for binary masks;
+``class_<value>`` for mask values, chosen in :mod:`fsdistill.data.mask_kinds`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import yaml
+
+from fsdistill.data.coco import CocoData
+from fsdistill.data.layouts import is_hidden
+from fsdistill.data.masks import BACKGROUND_NAMES, parse_labelmap
+from fsdistill.errors import DataError
+
+__all__ = [
+    "BINARY_NAMES",
+    "binary_class_names",
+    "coco_class_names",
+    "find_names_file",
+    "instance_class_names",
+    "is_labelmap",
+    "names_source",
+    "read_class_names",
+]
+
+BINARY_NAMES = ("background", "foreground")  # names of binary masks without a names file
+
+
+def is_labelmap(path: Path | None) -> bool:
+    """Whether a names file is a CVAT/Datumaro ``labelmap.txt`` (names with colours, not just names)."""
+    return path is not None and path.name.lower() == "labelmap.txt"
+
+
+def names_source(names_file: Path | None) -> str:
+    """Where class names came from, for messages and reports: the names file's name, else "defaults"."""
+    return names_file.name if names_file else "defaults"
+
+
+def _background_first(names: list[str], path: Path) -> list[str]:
+    """``names`` stripped, with "background" put first at id 0 when no background name is listed."""
+    names = [n.strip() for n in names]
+    if any(not n for n in names):
+        raise DataError(f"Names file {path} has an empty class name; give every class a name.")
+    bg = [k for k, n in enumerate(names) if n.lower() in BACKGROUND_NAMES]
+    if bg and bg != [0]:
+        raise DataError(f"Names file {path} lists background at position {bg[0]}; move it to the first line (id 0).")
+    if not bg:
+        names = ["background", *names]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise DataError(f"Names file {path} lists {dup!r} twice; each class needs its own name.")
+    return names
+
+
+def read_class_names(path: Path | str) -> list[str]:
+    """Class names from ``classes.txt`` (one per line, line = id), ``labelmap.txt`` or a YAML/JSON with
+    ``names:`` (a list, or {id: name}). "background" is put first at id 0 when the file does not start with it;
+    ids missing from a {id: name} mapping are named ``class_<id>``.
+
+    Raises:
+        DataError: unreadable file, no names, duplicates, or background not first.
+    """
+    path = Path(path)
+    if is_labelmap(path):
+        return parse_labelmap(path)[0]
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"Cannot read names file {path}: {e}; save it as UTF-8 text.") from e
+    if path.suffix.lower() == ".txt":
+        lines = [ln.strip() for ln in text.splitlines()]
+        while lines and not lines[-1]:
+            lines.pop()
+        names = [ln for ln in lines if not ln.startswith("#")]
+    else:
+        try:
+            data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        except (ValueError, yaml.YAMLError) as e:
+            raise DataError(f"Cannot parse names file {path}: {str(e).splitlines()[0]}; fix its syntax.") from e
+        raw = data.get("names") if isinstance(data, dict) else None
+        if isinstance(raw, dict):
+            try:
+                by_id = {int(k): str(v) for k, v in raw.items()}
+            except (TypeError, ValueError) as e:
+                raise DataError(
+                    f"Names file {path} has a non-integer id in names:; use {{0: background, 1: ...}}."
+                ) from e
+            if not by_id or min(by_id) < 0:
+                raise DataError(f"Names file {path} has no names or a negative id; use ids 0, 1, 2, ...")
+            start = 0 if 0 in by_id else 1  # {1: polyp} leaves 0 to background
+            names = ([] if start == 0 else ["background"]) + [
+                by_id.get(i, f"class_{i}") for i in range(start, max(by_id) + 1)
+            ]
+        elif isinstance(raw, list):
+            names = [str(n) for n in raw]
+        else:
+            raise DataError(f"Names file {path} has no names: list or mapping; add names: [background, ...].")
+    if not names:
+        raise DataError(f"Names file {path} lists no class names; add one name per line.")
+    return _background_first(names, path)
+
+
+def find_names_file(dirs: Iterable[Path]) -> Path | None:
+    """The first names file in ``dirs``: labelmap.txt, classes.txt, class_names.txt, names.txt, or a YAML/JSON
+    with ``names:`` (JSON above 1 MiB skipped)."""
+    for d in dict.fromkeys(dirs):
+        for name in ("labelmap.txt", "classes.txt", "class_names.txt", "names.txt"):
+            p = d / name
+            if p.is_file():
+                return p
+        for p in sorted(d.iterdir()):
+            if p.is_file() and not is_hidden(p) and p.suffix.lower() in (".yaml", ".yml", ".json"):
+                if p.suffix.lower() == ".json" and p.stat().st_size > 1 << 20:
+                    continue  # COCO files and other big JSON: not a names file, and slow to parse
+                try:
+                    txt = p.read_text(encoding="utf-8-sig")
+                    data = json.loads(txt) if p.suffix.lower() == ".json" else yaml.safe_load(txt)
+                except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError):
+                    continue
+                if isinstance(data, dict) and "names" in data:
+                    return p
+    return None
+
+
+def binary_class_names(file_names: list[str] | None) -> list[str]:
+    """Names of binary masks: the names file's two, the defaults without one, [] when the file lists another
+    number of classes (the caller decides whether that is an error)."""
+    if file_names is not None and len(file_names) != 2:
+        return []
+    return file_names or list(BINARY_NAMES)
+
+
+def coco_class_names(coco: CocoData) -> list[str]:
+    """COCO categories in id order with background put first.
+
+    Raises:
+        DataError: an empty or duplicate name, or a category named background (id 0 is background).
+    """
+    names = _background_first(list(coco.names), coco.path)
+    if len(names) != len(coco.names) + 1:
+        raise DataError(f"COCO file {coco.path} has a category named background; rename it (background is id 0).")
+    return names
+
+
+def instance_class_names(names_file: Path | None) -> list[str]:
+    """Names of a DSB2018 folder (per-object masks, one class): the names file's, else the defaults.
+
+    Raises:
+        DataError: the names file lists more or fewer than one class.
+    """
+    names = read_class_names(names_file) if names_file else list(BINARY_NAMES)
+    if len(names) != 2:
+        raise DataError(
+            f"DSB2018 instance masks are binary but {names_file} lists {len(names)} classes; list one class."
+        )
+    return names

@@ -1,0 +1,380 @@
+"""Find the image/mask pairs of a support folder in the folder layouts users already have.
+
+Layouts (``SupportIndex.layout``), tried in this order in the folder, then in each of its subfolders:
+
+- ``coco``: one COCO ``*.json`` (images, annotations, categories) beside the images or an ``images/`` folder
+  (also ``annotations/*.json``).
+- ``paired`` / ``cvat``: an image folder and a mask folder side by side, matched by relative path and stem:
+  ``images/``+``masks/``, ``img/``+``gt/``, ``JPEGImages/``+``SegmentationClass[PNG]/``, Kvasir-SEG, ISIC 2018
+  ``*_Input/``+``*_GroundTruth/``. Mask stems may end in ``_mask``, ``_segmentation``, ``_gt``, ``_label(s)``,
+  ``-mask`` (stripped). With a ``labelmap.txt`` and a ``SegmentationClass/`` folder the layout is ``cvat``
+  (decided in :mod:`fsdistill.data.discover`, which knows the names file).
+- ``dsb2018``: ``<id>/images/<one image>`` + ``<id>/masks/*.png`` (one file per object, unioned).
+- ``class-folders`` (FSS-1000): ``<class>/x.jpg`` + ``<class>/x.png``; class ids follow the sorted folder names.
+- ``paired`` (flat): ``x.jpg`` + ``x.png`` (or ``x_mask.png``) in the folder itself.
+
+Only file names are looked at here (and COCO JSON); masks are read in :mod:`fsdistill.data.mask_kinds`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import NamedTuple
+
+from fsdistill.data.coco import CocoData, load_coco, read_coco_json
+from fsdistill.data.images import IMAGE_SUFFIXES
+from fsdistill.data.support_index import Sample
+from fsdistill.errors import DataError
+
+__all__ = ["LAYOUTS", "LOOKED_FOR", "MASK_STEM_SUFFIXES", "FoundPairs", "find_pairs", "is_hidden", "subdirs"]
+
+LAYOUTS = ("paired", "dsb2018", "class-folders", "coco", "cvat")
+# Suffixes annotation tools append to a mask's stem; stripped (case-insensitively) to find its image.
+MASK_STEM_SUFFIXES = ("_segmentation", "_masks", "_mask", "-masks", "-mask", "_labels", "_label", "_gt", "_seg")
+# Folder names, best first. A candidate only counts if it holds image files (a YOLO "labels/" of .txt does not).
+IMAGE_DIR_NAMES = ("images", "image", "imgs", "img", "jpegimages", "inputs", "input", "originals", "raw")
+MASK_DIR_NAMES = (
+    "masks", "mask", "gt", "gts", "groundtruth", "ground_truth", "ground-truth", "segmentationclass",
+    "segmentationclasspng", "segmentationclassaug", "segmentationclassraw", "segmentations", "segmentation",
+    "labels", "label", "annotations", "targets",
+)  # fmt: skip
+LOOKED_FOR = (
+    "images/+masks/ (also img/+gt/, JPEGImages/+SegmentationClass/, Kvasir-SEG, ISIC *_Input/+*_GroundTruth/), "
+    "a COCO *.json, DSB2018 <id>/images/+<id>/masks/, class folders with x.jpg+x.png, and x.jpg+x_mask.png side "
+    "by side, in the folder and one level down"
+)
+
+
+@dataclass(frozen=True)
+class FoundPairs:
+    """The pairs one layout detector found in one folder, before mask kinds and class names are decided.
+
+    ``class_folders`` holds the class folder names (class ids 1.. in this order) of a ``class-folders`` layout;
+    ``coco`` the parsed JSON of a ``coco`` layout; ``image_dir``/``mask_dir`` the two folders of an
+    images/+masks/ layout. ``unmatched_hint`` says why a layout that was recognised yielded no pairs.
+    """
+
+    layout: str
+    data_root: Path
+    samples: tuple[Sample, ...]
+    orphan_images: tuple[Path, ...] = ()
+    orphan_masks: tuple[Path, ...] = ()
+    warnings: tuple[str, ...] = ()
+    class_folders: tuple[str, ...] | None = None
+    coco: CocoData | None = None
+    image_dir: Path | None = None
+    mask_dir: Path | None = None
+    unmatched_hint: str = ""
+
+
+class _SideBySide(NamedTuple):
+    """Image + mask pairs that share a folder, and the files of that folder that have no partner."""
+
+    pairs: list[tuple[str, Path, Path]]  # (stem, image, mask)
+    orphan_images: list[Path]
+    orphan_masks: list[Path]
+
+
+# --------------------------------------------------------------------------------------------- file listing
+
+
+def is_hidden(p: Path) -> bool:
+    """macOS resource forks (._x.png), .DS_Store, __MACOSX/ and editor backups are never data."""
+    return p.name.startswith((".", "~")) or p.name == "__MACOSX"
+
+
+def subdirs(d: Path) -> list[Path]:
+    """The visible subfolders of ``d``, sorted."""
+    return sorted(p for p in d.iterdir() if p.is_dir() and not is_hidden(p))
+
+
+def _image_files(d: Path, recursive: bool = False) -> list[Path]:
+    it = d.rglob("*") if recursive else d.iterdir()
+    out = [
+        p
+        for p in it
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(is_hidden(Path(part)) for part in p.relative_to(d).parts)
+        and p.is_file()
+    ]
+    return sorted(out)
+
+
+def _strip_mask_suffix(stem: str) -> str:
+    low = stem.lower()
+    for suf in MASK_STEM_SUFFIXES:
+        if low.endswith(suf) and len(stem) > len(suf):
+            return stem[: -len(suf)]
+    return stem
+
+
+def _key(path: Path, base: Path) -> str:
+    return path.relative_to(base).with_suffix("").as_posix()
+
+
+# ------------------------------------------------------------------------------------------ layout detectors
+
+
+def _dir_rank(name: str, names: Sequence[str], pattern: str) -> int | None:
+    low = name.lower()
+    if low in names:
+        return names.index(low)
+    if pattern in low.replace("_", "").replace("-", ""):
+        return len(names)  # ISIC-style "ISIC2018_Task1-2_Training_Input" / "..._GroundTruth"
+    return None
+
+
+def _match_paired(img_dir: Path, mask_dir: Path, images: list[Path], masks: list[Path]) -> FoundPairs:
+    """Pair images and masks by relative path and stem (mask suffixes stripped)."""
+    by_key: dict[str, Path] = {}
+    for p in images:
+        k = _key(p, img_dir)
+        if k in by_key:
+            raise DataError(
+                f"Images {by_key[k]} and {p} have the same name apart from the extension; remove or rename one."
+            )
+        by_key[k] = p
+    mask_of: dict[str, Path] = {}
+    orphan_masks: list[Path] = []
+    for m in masks:
+        rel = m.relative_to(mask_dir).with_suffix("")
+        full = rel.as_posix()
+        stripped = (rel.parent / _strip_mask_suffix(rel.name)).as_posix()
+        k = full if full in by_key else stripped if stripped in by_key else None
+        if k is None:
+            orphan_masks.append(m)
+            continue
+        if k in mask_of:
+            raise DataError(f"Masks {mask_of[k]} and {m} both belong to image {by_key[k]}; keep one mask per image.")
+        mask_of[k] = m
+    samples = tuple(Sample(k, by_key[k], (mask_of[k],)) for k in sorted(mask_of))
+    orphan_images = tuple(p for k, p in sorted(by_key.items()) if k not in mask_of)
+    return FoundPairs(
+        "paired", img_dir.parent, samples, orphan_images, tuple(orphan_masks), image_dir=img_dir, mask_dir=mask_dir
+    )
+
+
+def _find_paired(d: Path) -> FoundPairs | None:
+    subs = subdirs(d)
+    img_c = [(r, s) for s in subs if (r := _dir_rank(s.name, IMAGE_DIR_NAMES, "input")) is not None]
+    mask_c = [(r, s) for s in subs if (r := _dir_rank(s.name, MASK_DIR_NAMES, "groundtruth")) is not None]
+    img_c = [(r, s, f) for r, s in img_c if (f := _image_files(s, recursive=True))]
+    mask_c = [(r, s, f) for r, s in mask_c if s not in [x[1] for x in img_c] and (f := _image_files(s, True))]
+    if not img_c or not mask_c:
+        return None
+    # Score every (image folder, mask folder) pair by matched names; the best wins, folder-name rank breaks ties.
+    # This picks ISIC's Task1 ground truth over Task2's attribute masks, and SegmentationClass over
+    # SegmentationClassAug, without hard-coding either.
+    tried = []
+    for ri, si, fi in img_c:
+        for rm, sm, fm in mask_c:
+            found = _match_paired(si, sm, fi, fm)
+            tried.append((-len(found.samples), ri + rm, si.name, sm.name, found))
+    tried.sort(key=lambda t: t[:4])
+    best = tried[0][4]
+    if not best.samples:
+        ri, si, fi = img_c[0]
+        rm, sm, fm = mask_c[0]
+        return replace(
+            best,
+            unmatched_hint=(
+                f"found {si.name}/ and {sm.name}/ in {d} but no file names match (e.g. image {fi[0].name}, mask "
+                f"{fm[0].name}); name each mask like its image (suffixes {', '.join(MASK_STEM_SUFFIXES[:5])} are "
+                "ignored)"
+            ),
+        )
+    assert best.image_dir is not None and best.mask_dir is not None
+    used = {s.image_path for s in best.samples}
+    also = [
+        f"Also found {a}/ + {b}/ with {-n_neg} pairs in {d}; only {best.image_dir.name}/ + {best.mask_dir.name}/ is "
+        "used, so move the other pair to its own folder."
+        for n_neg, _, a, b, other in tried[1:]
+        if other.samples and {s.image_path for s in other.samples}.isdisjoint(used)
+    ]
+    return replace(best, warnings=(*best.warnings, *also))
+
+
+def _pairs_in_folder(d: Path) -> _SideBySide:
+    """Pairs of image + mask side by side in one folder, and the files without a partner.
+
+    ``x.jpg`` + ``x.png`` (the PNG is the mask, FSS-1000) or ``x.<ext>`` + ``x_mask.<ext>`` (the suffixed one is).
+    """
+    groups: dict[str, list[Path]] = {}
+    for p in _image_files(d):
+        groups.setdefault(_strip_mask_suffix(p.stem), []).append(p)
+    pairs, lone = [], []
+    for base, files in sorted(groups.items()):
+        named = [f for f in files if f.stem != base]  # carries a mask suffix
+        plain = [f for f in files if f.stem == base]
+        if named and len(named) == 1 and len(plain) == 1:
+            pairs.append((base, plain[0], named[0]))
+        elif not named and len(plain) == 2 and sum(f.suffix.lower() == ".png" for f in plain) == 1:
+            img, msk = sorted(plain, key=lambda f: f.suffix.lower() == ".png")
+            pairs.append((base, img, msk))
+        elif len(files) == 1:
+            lone.append(files[0])
+        else:
+            raise DataError(
+                f"Cannot tell image from mask among {', '.join(f.name for f in files)} in {d}; keep one image and "
+                "one mask per name (x.jpg + x.png, or x.png + x_mask.png)."
+            )
+    # A lone file is a mask without image if it looks like the folder's masks (suffix or extension), else an image.
+    mask_ext = {m.suffix.lower() for _, _, m in pairs}
+    img_ext = {i.suffix.lower() for _, i, _ in pairs}
+    orphan_masks = [f for f in lone if f.stem != _strip_mask_suffix(f.stem) or (f.suffix.lower() in mask_ext - img_ext)]
+    orphan_images = [f for f in lone if f not in orphan_masks]
+    return _SideBySide(pairs, orphan_images, orphan_masks)
+
+
+def _find_class_folders(d: Path) -> FoundPairs | None:
+    oi: list[Path] = []
+    om: list[Path] = []
+    per_class: list[tuple[str, list[tuple[str, Path, Path]]]] = []
+    for s in subdirs(d):
+        side = _pairs_in_folder(s)
+        oi += side.orphan_images
+        om += side.orphan_masks
+        if side.pairs:
+            per_class.append((s.name, side.pairs))
+    if not per_class:
+        return None
+    samples = tuple(
+        Sample(f"{name}/{base}", img, (msk,), class_id=cid)
+        for cid, (name, pairs) in enumerate(per_class, 1)
+        for base, img, msk in pairs
+    )
+    classes = tuple(name for name, _ in per_class)
+    return FoundPairs("class-folders", d, samples, tuple(oi), tuple(om), class_folders=classes)
+
+
+def _find_flat(d: Path) -> FoundPairs | None:
+    side = _pairs_in_folder(d)
+    if not side.pairs:
+        return None
+    samples = tuple(Sample(base, img, (msk,)) for base, img, msk in side.pairs)
+    return FoundPairs("paired", d, samples, tuple(side.orphan_images), tuple(side.orphan_masks))
+
+
+def _find_dsb(d: Path) -> FoundPairs | None:
+    samples: list[Sample] = []
+    oi: list[Path] = []
+    om: list[Path] = []
+    seen = False
+    for s in subdirs(d):
+        idir, mdir = s / "images", s / "masks"
+        if not idir.is_dir():
+            continue
+        imgs = _image_files(idir)
+        if len(imgs) > 1:
+            return None  # many images per folder: a paired layout one level down, not DSB2018
+        masks = _image_files(mdir) if mdir.is_dir() else []
+        if imgs and any(_strip_mask_suffix(m.stem) == imgs[0].stem for m in masks):
+            return None  # masks named like the image: a paired folder (e.g. train/, val/), not per-object files
+        seen = seen or bool(masks)
+        if imgs and masks:
+            samples.append(Sample(s.name, imgs[0], tuple(masks)))
+        elif imgs:
+            oi.append(imgs[0])
+        else:
+            om += masks
+    if not seen:
+        return None
+    return FoundPairs("dsb2018", d, tuple(samples), tuple(oi), tuple(om))
+
+
+def _find_coco(d: Path) -> FoundPairs | None:
+    cands = [p for p in sorted(d.glob("*.json")) if not is_hidden(p)]
+    if (d / "annotations").is_dir():
+        cands += [p for p in sorted((d / "annotations").glob("*.json")) if not is_hidden(p)]
+    found = [(p, data) for p in cands if (data := read_coco_json(p)) is not None]
+    if not found:
+        return None
+    if len(found) > 1:
+        raise DataError(
+            f"Found several COCO files in {d} ({', '.join(p.name for p, _ in found)}); keep the one for this "
+            "support set, or move each to its own folder with its images."
+        )
+    jpath, data = found[0]
+    coco = load_coco(jpath, data)
+    # file_name is relative to some image root the JSON does not name: try the usual ones, then every subfolder.
+    bases = list(dict.fromkeys([jpath.parent, d, d / "images", *subdirs(d)]))
+    samples: list[Sample] = []
+    warnings: list[str] = []
+    missing: list[str] = []
+    used: set[Path] = set()
+    keys: dict[str, str] = {}
+    for iid, im in sorted(coco.images.items(), key=lambda kv: kv[1].file_name):
+        rel = Path(im.file_name)
+        path = next(
+            (p for b in bases for p in (b / rel, b / rel.name) if not rel.is_absolute() and p.is_file()),
+            rel if rel.is_absolute() and rel.is_file() else None,
+        )
+        if path is None:
+            missing.append(im.file_name)
+            continue
+        key = rel.with_suffix("").as_posix() if not rel.is_absolute() and ".." not in rel.parts else rel.stem
+        if key in keys:
+            raise DataError(f"COCO file {jpath} lists {im.file_name!r} twice; keep one entry per image.")
+        keys[key] = im.file_name
+        used.add(path.resolve())
+        samples.append(Sample(key, path, (jpath,), coco_id=iid))
+    if missing:
+        warnings.append(
+            f"{len(missing)} images listed in {jpath.name} were not found (e.g. {missing[0]}); put them beside the "
+            "JSON or in images/."
+        )
+    pool = _image_files(d) + (_image_files(d / "images", recursive=True) if (d / "images").is_dir() else [])
+    orphans = tuple(sorted({p for p in pool if p.resolve() not in used}))
+    hint = ""
+    if not samples and missing:
+        hint = (
+            f"COCO file {jpath.name} lists {len(missing)} images but none was found (e.g. {missing[0]}); put the "
+            "images beside the JSON or in images/"
+        )
+    return FoundPairs("coco", d, tuple(samples), orphans, (), tuple(warnings), coco=coco, unmatched_hint=hint)
+
+
+def _detect(d: Path, top: bool) -> FoundPairs | None:
+    """The first detector's pairs in ``d``; else the first layout recognised without pairs (for its hint)."""
+    detectors = [_find_coco, _find_paired, _find_dsb, _find_class_folders] + ([_find_flat] if top else [])
+    hint: FoundPairs | None = None
+    for det in detectors:
+        f = det(d)
+        if f is not None and f.samples:
+            return f
+        if f is not None and hint is None:
+            hint = f
+    return hint
+
+
+def find_pairs(root: Path) -> FoundPairs:
+    """The image/mask pairs of ``root``, in the first layout that has any, in ``root`` or one of its subfolders.
+
+    Raises:
+        DataError: pairs in several subfolders, none anywhere, or a layout whose files cannot be told apart.
+    """
+    found = _detect(root, top=True)
+    if found is None or not found.samples:
+        hits = []
+        for s in subdirs(root):
+            f = _detect(s, top=False)
+            if f is not None and f.samples:
+                hits.append(f)
+            elif f is not None and found is None:
+                found = f  # keep the "names do not match" hint
+        if len(hits) > 1:
+            raise DataError(
+                f"Found support data in several subfolders of {root} ({', '.join(h.data_root.name for h in hits)}); "
+                "pass one of them as the support folder."
+            )
+        if hits:
+            found = replace(
+                hits[0], warnings=(f"Using subfolder {hits[0].data_root.name}/ of {root}.", *hits[0].warnings)
+            )
+    if found is None or not found.samples:
+        if found is not None and found.unmatched_hint:
+            raise DataError(f"No image/mask pairs in {root}: {found.unmatched_hint}.")
+        raise DataError(f"No image/mask pairs found in {root}; looked for {LOOKED_FOR}.")
+    return found

@@ -1,0 +1,332 @@
+"""Decide how the mask files of a support folder encode classes, and which classes they encode.
+
+Mask kinds (``SupportIndex.mask_kind``) for paired folders are read off the mask values of all masks: 0/1 or
+0/255 → ``binary``; other values → ``index`` (value = class id, 255 = ignore); colours → ``rgb``; JPEG files →
+``jpeg-binary`` (threshold 128); 16-bit label images with values > 255 → ``instances`` (every label > 0 is
+foreground). Anti-aliased binary masks (mostly 0/255 with a fringe of greys, common after resizing) are
+thresholded at 128 with a warning rather than read as dozens of classes. COCO files are ``coco`` and DSB2018
+per-object files ``instances``, without reading them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from fsdistill.data.classes import (
+    BINARY_NAMES,
+    binary_class_names,
+    coco_class_names,
+    instance_class_names,
+    is_labelmap,
+    names_source,
+    read_class_names,
+)
+from fsdistill.data.coco import CocoData
+from fsdistill.data.mask_scan import MAX_SCANNED_COLOURS, MaskStats, scan_masks
+from fsdistill.data.masks import (
+    IGNORE_INDEX,
+    Rgb,
+    default_palette,
+    parse_labelmap,
+    read_binary_source,
+    resolve_blends,
+)
+from fsdistill.errors import DataError
+
+__all__ = ["MASK_KINDS", "MaskDecoding", "coco_decoding", "decide_mask_kind", "instance_files_decoding"]
+
+MASK_KINDS = ("binary", "index", "rgb", "coco", "instances", "jpeg-binary")
+JPEG_SUFFIXES = frozenset({".jpg", ".jpeg"})
+# VOC paints "difficult/boundary" pixels in this colour; in colour masks without a label map it means ignore.
+VOC_IGNORE_COLOUR = (224, 224, 192)
+MAX_AUTO_COLOURS = 64  # more real colours than this without a label map means noise or lossy saving
+
+
+@dataclass(frozen=True)
+class MaskDecoding:
+    """How a folder's masks decode to class ids, the classes they hold, and the warnings deciding it gave.
+
+    ``binary_threshold``: binary kinds' foreground is value >= it (1 for 0/1 masks). ``colour_table``: rgb kind,
+    colour → class id. ``value_map``: index masks whose values have gaps, (256,) uint8 mask value → class id.
+    ``class_pixels``: pixels of each class over all masks where the scan counts them (index and colour masks),
+    else None. ``names_source``: where ``class_names`` came from, for messages.
+    """
+
+    kind: str
+    class_names: tuple[str, ...]
+    palette: tuple[Rgb, ...]
+    names_source: str
+    binary_threshold: int = 128
+    colour_table: dict[Rgb, int] | None = None
+    value_map: np.ndarray | None = None
+    class_pixels: tuple[int, ...] | None = None
+    warnings: tuple[str, ...] = ()
+
+
+def _blend_warning(blends: dict[Rgb, Rgb], pixels: dict[Rgb, int], real_count: int, what: str) -> str:
+    example = max(blends, key=lambda c: pixels[c])
+    return (
+        f"{len(blends)} colours in the masks lie between {what} on object edges, as smoothing or resizing a colour "
+        f"mask leaves them (e.g. {example} on {pixels[example]} pixels, read as {blends[example]}); each was mapped "
+        f"to the nearest of the {real_count} real colours, not made a class: resize masks with nearest-neighbour "
+        "to keep exact colours."
+    )
+
+
+def _spans(values: list[int]) -> str:
+    """[3, 4, 5, 6, 9] → "3-6, 9"."""
+    parts: list[str] = []
+    for v in values:
+        if parts and int(parts[-1].split("-")[-1]) == v - 1:
+            parts[-1] = f"{parts[-1].split('-')[0]}-{v}"
+        else:
+            parts.append(str(v))
+    return ", ".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------- decisions
+
+
+def coco_decoding(coco: CocoData) -> MaskDecoding:
+    """COCO polygons and RLE: the categories are the classes."""
+    names = coco_class_names(coco)
+    return MaskDecoding(
+        "coco", tuple(names), tuple(default_palette(len(names))), f"COCO categories of {coco.path.name}"
+    )
+
+
+def instance_files_decoding(names_file: Path | None) -> MaskDecoding:
+    """DSB2018 per-object mask files, unioned into one foreground class."""
+    names = instance_class_names(names_file)
+    return MaskDecoding("instances", tuple(names), tuple(default_palette(2)), names_source(names_file))
+
+
+def decide_mask_kind(
+    masks: Sequence[Path], where: Path, names_file: Path | None, class_folders: Sequence[str] | None = None
+) -> MaskDecoding:
+    """Mask kind, class names, palette, threshold and colour table of a paired, flat or class-folder set.
+
+    Args:
+        masks: the mask file of each pair, in the order the layout found them (examples in warnings are the
+            first such file).
+        where: the mask folder (or the folder of the pairs), named in messages.
+        names_file: the folder's names file, if any.
+        class_folders: the class folder names of a class-folders layout (class ids 1.. in this order), else None.
+
+    Raises:
+        DataError: a names file or label map that does not fit the masks, or masks that cannot be classes
+            (JPEG colour masks, too many colours, negative values).
+    """
+    file_names = read_class_names(names_file) if names_file and not is_labelmap(names_file) else None
+    jpeg = [m for m in masks if m.suffix.lower() in JPEG_SUFFIXES]
+    first: tuple[str, ...] = ()
+    if jpeg:
+        first = (
+            f"{len(jpeg)} of {len(masks)} masks are JPEG (e.g. {jpeg[0].name}); JPEG blurs mask edges, so they are "
+            "thresholded at 128 as binary masks. Save masks as PNG to keep exact edges.",
+        )
+    if class_folders is not None:
+        decoding = _class_folder_decoding(masks, class_folders, bool(jpeg))
+    elif names_file is not None and is_labelmap(names_file):
+        decoding = _labelmap_decoding(masks, names_file, where, bool(jpeg))
+    elif jpeg:
+        names = binary_class_names(file_names)
+        if not names:
+            raise DataError(
+                f"Masks in {where} are JPEG, which can only hold binary masks, but {names_file} lists "
+                f"{len(file_names or [])} classes; save the masks as index PNGs."
+            )
+        decoding = MaskDecoding("jpeg-binary", tuple(names), tuple(default_palette(2)), names_source(names_file))
+    else:
+        st = scan_masks(masks)
+        if st.colours:
+            decoding = _colour_decoding(st, file_names, names_file, where)
+        elif st.wide_max:
+            decoding = MaskDecoding(
+                "instances",
+                tuple(binary_class_names(file_names) or BINARY_NAMES),
+                tuple(default_palette(2)),
+                names_source(names_file),
+                binary_threshold=1,
+                warnings=(
+                    f"Masks such as {st.wide_example.name if st.wide_example else '?'} hold 16-bit labels up to "
+                    f"{st.wide_max}; they are read as instance labels and every label > 0 becomes foreground.",
+                ),
+            )
+        else:
+            decoding = _grey_decoding(st, file_names, names_source(names_file))
+    return replace(decoding, warnings=(*first, *decoding.warnings))
+
+
+def _class_folder_decoding(masks: Sequence[Path], class_folders: Sequence[str], jpeg: bool) -> MaskDecoding:
+    """Binary masks whose foreground is their folder's class; 0/1 masks get threshold 1."""
+    if jpeg:
+        thr = 128
+    else:
+        hist = np.zeros(256, np.int64)
+        for m in masks:
+            hist += np.bincount(read_binary_source(m).ravel(), minlength=256)
+        thr = 1 if hist[2:].sum() == 0 else 128
+    names = ("background", *class_folders)
+    kind = "jpeg-binary" if jpeg else "binary"
+    return MaskDecoding(kind, names, tuple(default_palette(len(names))), "class folder names", binary_threshold=thr)
+
+
+def _labelmap_decoding(masks: Sequence[Path], labelmap: Path, where: Path, jpeg: bool) -> MaskDecoding:
+    """Masks beside a CVAT ``labelmap.txt``: colour masks through its colours, or grey index masks it names."""
+    names, colours = parse_labelmap(labelmap)
+    st = None if jpeg else scan_masks(masks)
+    if st is not None and not st.colours and not st.palette_mode and not st.wide_max:
+        # Grey index masks beside a label map: the values are the class ids and the label map names them.
+        return MaskDecoding(
+            "index", tuple(names), tuple(colours), labelmap.name, class_pixels=st.index_pixels(len(names))
+        )
+    if st is None:
+        raise DataError(
+            f"Masks in {where} are JPEG but {labelmap} maps colours to classes; JPEG changes colours, so export the "
+            "colour masks as PNG."
+        )
+    table = {c: k for k, c in enumerate(colours)}
+    warnings: tuple[str, ...] = ()
+    pixels = st.rgb_pixels()
+    if any(c not in table for c in pixels):
+        # Blends of label-map colours (smoothed edges) go to the nearest one; other unknown colours stay
+        # unknown, and decoding reports them with the file and a pixel.
+        _, blends = resolve_blends(pixels, st.rgb_edges(), real=colours)
+        if blends:
+            table.update({c: table[target] for c, target in blends.items()})
+            warnings = (_blend_warning(blends, pixels, len(colours), f"the colours of {labelmap.name}"),)
+    return MaskDecoding(
+        "rgb",
+        tuple(names),
+        tuple(colours),
+        labelmap.name,
+        colour_table=table,
+        class_pixels=st.table_pixels(table, len(names)),
+        warnings=warnings,
+    )
+
+
+def _colour_decoding(st: MaskStats, file_names: list[str] | None, names_file: Path | None, where: Path) -> MaskDecoding:
+    """Colour masks without a label map: each real colour is a class, in RGB order; edge blends join the nearest."""
+    if st.too_many_colours is not None:
+        raise DataError(
+            f"Mask {st.too_many_colours} has more than {MAX_SCANNED_COLOURS} colours, too many for class colours "
+            "(lossy saving or noise?); add a labelmap.txt (name:r,g,b::) or save index PNG masks."
+        )
+    pixels = st.rgb_pixels()
+    # Smoothed edges hold dozens of mixtures of the real colours; each would otherwise become a class (a 2-colour
+    # mask resized bilinearly gives dozens), with only tiny-class warnings to show for it.
+    real, blends = resolve_blends(pixels, st.rgb_edges())
+    if len(set(real) - {(0, 0, 0), VOC_IGNORE_COLOUR}) > MAX_AUTO_COLOURS:
+        raise DataError(
+            f"Masks such as {st.colour_example} have {len(real)} distinct colours besides edge blends, too many "
+            f"for class colours (more than {MAX_AUTO_COLOURS}; lossy saving or noise?); add a labelmap.txt "
+            "(name:r,g,b::) or save index PNG masks."
+        )
+    warnings: list[str] = []
+    if blends:
+        warnings.append(_blend_warning(blends, pixels, len(real), "the real colours"))
+    cols = sorted(set(real) - {(0, 0, 0)})
+    table: dict[Rgb, int] = {(0, 0, 0): 0}
+    if VOC_IGNORE_COLOUR in cols:
+        cols.remove(VOC_IGNORE_COLOUR)
+        table[VOC_IGNORE_COLOUR] = IGNORE_INDEX
+        warnings.append(f"Colour {VOC_IGNORE_COLOUR} in the masks is read as ignore (255), as in Pascal VOC.")
+    table.update({c: k for k, c in enumerate(cols, 1)})
+    table.update({c: table[target] for c, target in blends.items()})
+    if len(cols) == 1:
+        names = binary_class_names(file_names) or list(BINARY_NAMES)
+    elif file_names is not None:
+        raise DataError(
+            f"Masks in {where} use {len(cols)} colours but {names_file} does not say which colour is which class; "
+            "replace it with a labelmap.txt (name:r,g,b:: per line)."
+        )
+    else:
+        names = ["background", *(f"class_{k}" for k in range(1, len(cols) + 1))]
+        warnings.append(
+            f"Colour masks without a labelmap.txt: {len(cols)} colours became classes class_1..class_{len(cols)} "
+            "in RGB order; add labelmap.txt (name:r,g,b::) to name them."
+        )
+    return MaskDecoding(
+        "rgb",
+        tuple(names),
+        ((0, 0, 0), *cols),
+        names_source(names_file),
+        colour_table=table,
+        class_pixels=st.table_pixels(table, len(names)),
+        warnings=tuple(warnings),
+    )
+
+
+def _grey_decoding(st: MaskStats, file_names: list[str] | None, source: str) -> MaskDecoding:
+    """Grey or palette masks: binary (0/1, 0/255, anti-aliased 0/255) or index masks (value = class id)."""
+    hist = st.hist
+    values = set(np.flatnonzero(hist).tolist())
+    anti = st.looks_antialiased()
+    warnings: tuple[str, ...] = ()
+    if anti:
+        warnings = (
+            "Masks are mostly 0/255 with some grey edge pixels (resized or blurred?); they are read as binary "
+            "masks thresholded at 128.",
+        )
+    binary_palette = tuple(default_palette(2))
+    if file_names is not None and len(file_names) > 2:
+        return _named_index(st, file_names, source, warnings)
+    if values <= {0, 1}:
+        names = tuple(binary_class_names(file_names))
+        return MaskDecoding("binary", names, binary_palette, source, binary_threshold=1, warnings=warnings)
+    if values <= {0, 255} or anti:
+        names = tuple(binary_class_names(file_names))
+        return MaskDecoding("binary", names, binary_palette, source, binary_threshold=128, warnings=warnings)
+    if file_names is not None:
+        return _named_index(st, file_names, source, warnings)
+    ids = sorted(values - {IGNORE_INDEX, 0})
+    if ids != list(range(1, len(ids) + 1)):
+        # Values with gaps ({0, 1, 2, 7}): every value up to the largest used to be a class, so 3..6 became empty
+        # classes that were trained as "never present". The values that occur become the classes, in order, and
+        # keep their value in their name.
+        value_map = np.arange(256, dtype=np.uint8)
+        value_map[ids] = np.arange(1, len(ids) + 1)
+        names = ("background", *(f"class_{v}" for v in ids))
+        missing = sorted(set(range(1, ids[-1])) - set(ids))
+        gaps = (
+            f"No names file and mask values {', '.join(map(str, ids))} with gaps ({_spans(missing)} unused): the "
+            f"classes are {', '.join(names[1:])}, numbered 1..{len(ids)} in the model and its predicted masks; add "
+            "classes.txt (one name per line, background first) to name them, or renumber the masks to 1.."
+            f"{len(ids)}."
+        )
+        return MaskDecoding(
+            "index", names, tuple(default_palette(len(names))), "mask values", value_map=value_map,
+            class_pixels=(int(hist[0]), *(int(hist[v]) for v in ids)), warnings=(*warnings, gaps),
+        )  # fmt: skip
+    top = ids[-1] if ids else 0
+    n = top + 1
+    names = BINARY_NAMES if n == 2 else ("background", *(f"class_{k}" for k in range(1, n)))
+    if n > 2:
+        warnings = (
+            *warnings,
+            f"No names file: mask values 1..{top} became classes class_1..class_{top}; add classes.txt (one name "
+            "per line, background first) to name them.",
+        )
+    return MaskDecoding(
+        "index", names, tuple(default_palette(n)), "mask values", class_pixels=st.index_pixels(n),
+        warnings=warnings,
+    )  # fmt: skip
+
+
+def _named_index(st: MaskStats, file_names: list[str], source: str, warnings: tuple[str, ...]) -> MaskDecoding:
+    """Index masks whose values are the class ids of a names file."""
+    n = len(file_names)
+    return MaskDecoding(
+        "index",
+        tuple(file_names),
+        tuple(default_palette(n)),
+        source,
+        class_pixels=st.index_pixels(n),
+        warnings=warnings,
+    )

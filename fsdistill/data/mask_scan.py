@@ -1,0 +1,143 @@
+"""Read every mask of a support folder once and keep what deciding their kind needs.
+
+Grey and palette masks give a histogram of values, colour masks their colours (with the pixels of each on object
+boundaries, where resized masks hold blends), 16-bit masks their largest label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from fsdistill.data.images import _PIL_ERRORS
+from fsdistill.data.masks import IGNORE_INDEX, Rgb, edge_pixels, pack_rgb, read_mask_array
+from fsdistill.errors import DataError
+
+__all__ = ["MAX_SCANNED_COLOURS", "MaskStats", "scan_masks"]
+
+# Distinct colours read from the masks before giving up on them (smoothed edges of a few classes stay far below:
+# at most 256 mixtures per pair of colours).
+MAX_SCANNED_COLOURS = 4096
+
+
+@dataclass(frozen=True)
+class MaskStats:
+    """What one read of every mask saw.
+
+    ``hist``: (256,) int64 pixels per value of grey/palette masks. ``colours``: packed 0xRRGGBB colours of
+    colour masks (with the greys of grey masks beside them); ``pixels``/``edges``: packed colour → its pixels
+    over all masks / those on an object boundary. ``too_many_colours``: the mask at which the colours passed
+    MAX_SCANNED_COLOURS. ``wide_max``: the largest label of 16-bit masks above 255 (0 if none).
+    """
+
+    hist: np.ndarray
+    colours: frozenset[int]
+    pixels: Mapping[int, int]
+    edges: Mapping[int, int]
+    colour_example: Path | None
+    too_many_colours: Path | None
+    wide_max: int
+    wide_example: Path | None
+    palette_mode: bool
+
+    def rgb_pixels(self) -> dict[Rgb, int]:
+        """Colour → its pixels over all colour masks."""
+        return {_unpack(c): n for c, n in self.pixels.items()}
+
+    def rgb_edges(self) -> dict[Rgb, int]:
+        """Colour → its pixels on an object boundary."""
+        return {_unpack(c): n for c, n in self.edges.items()}
+
+    def index_pixels(self, n: int) -> tuple[int, ...]:
+        """Pixels of class ids 0..n-1, reading the grey values as class ids."""
+        hist = self.hist
+        return tuple([int(hist[k]) for k in range(min(n, IGNORE_INDEX))] + [0] * max(0, n - IGNORE_INDEX))
+
+    def table_pixels(self, table: Mapping[Rgb, int], n: int) -> tuple[int, ...]:
+        """Pixels of class ids 0..n-1 of colour masks through their colour table (unknown colours not counted)."""
+        out = [0] * n
+        for c, count in self.pixels.items():
+            k = table.get(_unpack(c))
+            if k is not None and k < n:
+                out[k] += count
+        return tuple(out)
+
+    def looks_antialiased(self) -> bool:
+        """0/255 masks with a fringe of intermediate greys (resized or blurred binary masks).
+
+        Index masks use a few small ids and, when 255 appears, it is a thin ignore border; anti-aliased binary
+        masks have many distinct greys and far more 255 (object) pixels than grey ones.
+        """
+        hist = self.hist
+        if self.palette_mode or hist[255] == 0:
+            return False
+        mid = hist[2:255]
+        return int(np.count_nonzero(mid)) >= 4 and int(mid.sum()) < int(hist[255])
+
+
+def scan_masks(paths: Sequence[Path]) -> MaskStats:
+    """Read every mask once: value histogram of grey/palette masks, colours of colour masks, 16-bit maxima.
+
+    Raises:
+        DataError: a mask with negative values (unreadable masks are skipped: decoding reports them).
+    """
+    hist = np.zeros(256, np.int64)
+    colours: set[int] = set()
+    pixels: dict[int, int] = {}
+    edges: dict[int, int] = {}
+    colour_example: Path | None = None
+    too_many_colours: Path | None = None
+    wide_example: Path | None = None
+    wide_max, palette_mode = 0, False
+    grey_colours: set[int] = set()
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                palette_mode |= im.mode in ("P", "PA")
+        except _PIL_ERRORS:
+            pass  # decoding the pair reports it with the file name
+        try:
+            a = read_mask_array(p)
+        except DataError:
+            # Left out of the kind decision only: decoding the pair raises the same error, and check collects
+            # every such error instead of stopping at the first unreadable mask here.
+            continue
+        if a.ndim == 3:
+            if too_many_colours is None:
+                packed = pack_rgb(a)
+                found, counts = np.unique(packed, return_counts=True)
+                on_edge, edge_counts = np.unique(packed[edge_pixels(packed)], return_counts=True)
+                for table, keys, values in ((pixels, found, counts), (edges, on_edge, edge_counts)):
+                    for c, n in zip(keys.tolist(), values.tolist()):
+                        table[c] = table.get(c, 0) + n
+                colours.update(found.tolist())
+                colour_example = colour_example or p
+                if len(colours) > MAX_SCANNED_COLOURS:
+                    too_many_colours = p
+            continue
+        if a.dtype != np.uint8:
+            mx = int(a.max(initial=0))
+            if a.size and int(a.min()) < 0:
+                raise DataError(f"Mask {p} has negative values; class ids and instance labels must be ≥ 0.")
+            if mx > 255:
+                wide_max, wide_example = max(wide_max, mx), wide_example or p
+                continue
+            a = a.astype(np.uint8)
+        h = np.bincount(a.ravel(), minlength=256)
+        hist += h
+        grey_colours.update(int(v) * 0x010101 for v in np.flatnonzero(h))
+    if colours:
+        colours |= grey_colours  # grey masks in a colour-mask set: their greys are colours too
+        for v in np.flatnonzero(hist).tolist():  # (no edge counts: never taken for blends)
+            pixels[v * 0x010101] = pixels.get(v * 0x010101, 0) + int(hist[v])
+    return MaskStats(
+        hist, frozenset(colours), pixels, edges, colour_example, too_many_colours, wide_max, wide_example, palette_mode
+    )
+
+
+def _unpack(c: int) -> Rgb:
+    return ((c >> 16) & 255, (c >> 8) & 255, c & 255)

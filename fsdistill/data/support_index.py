@@ -1,0 +1,208 @@
+"""The result of discovering a support folder: its image/mask pairs and how to decode each mask.
+
+:class:`SupportIndex` is built once by :func:`fsdistill.data.discover.discover` with its final values; it reads
+images as H×W×3 uint8 RGB and decodes masks to H×W uint8 class ids (0 = background, 255 = ignore).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fsdistill.data.coco import CocoData
+from fsdistill.data.images import exif_quarter_turn, image_size, read_image
+from fsdistill.data.masks import (
+    IGNORE_INDEX,
+    Rgb,
+    colours_to_index,
+    decode_binary,
+    read_binary_source,
+    read_index_mask,
+    read_rgb_mask,
+    union_instances,
+)
+from fsdistill.errors import DataError
+
+__all__ = ["Sample", "SupportIndex"]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image with its annotation.
+
+    ``key`` is unique and stable: the image's path relative to its image folder without suffix ("x", "cat/x",
+    a DSB2018 id), used for leakage checks and output names. The other fields are for decoding the mask:
+    ``mask_paths`` (one file; several for DSB2018 instances; the JSON for COCO), ``coco_id`` and ``class_id``
+    (the class a binary mask's foreground becomes: the folder's class for class folders, else 1).
+    """
+
+    key: str
+    image_path: Path
+    mask_paths: tuple[Path, ...] = ()
+    coco_id: int | None = None
+    class_id: int = 1
+
+
+@dataclass(frozen=True)
+class SupportIndex:
+    """All usable pairs of a support folder and how to decode their masks.
+
+    Masks decode to H×W uint8 class ids (0 = background, 1..N-1 the classes, 255 = ignore).
+    The fields after ``warnings`` are decoding details that :func:`~fsdistill.data.discover.discover` decides.
+    """
+
+    root: Path
+    layout: str
+    mask_kind: str
+    class_names: list[str]
+    palette: list[Rgb]
+    samples: list[Sample]
+    orphan_images: list[Path] = field(default_factory=list)
+    orphan_masks: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    data_root: Path | None = None  # the folder the layout was found in (root or one of its subfolders)
+    names_source: str = "defaults"  # where class_names came from, for messages and reports
+    binary_threshold: int = 128  # binary kinds: foreground = value >= this (1 for 0/1 masks)
+    colour_table: dict[Rgb, int] | None = field(default=None, repr=False)  # rgb kind: colour -> class id
+    value_map: np.ndarray | None = field(default=None, repr=False)  # index kind: 256 mask values -> class ids
+    # Pixels of each class over all masks at full resolution, where the folder scan counts them (index and colour
+    # masks); None elsewhere (binary, COCO, DSB2018, class folders).
+    class_pixels: list[int] | None = field(default=None, repr=False)
+    coco: CocoData | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load_image(self, i: int) -> np.ndarray:
+        """H×W×3 uint8 RGB of sample ``i`` (EXIF orientation applied)."""
+        return read_image(self.samples[i].image_path)
+
+    def load_mask(self, i: int, size: tuple[int, int] | None = None) -> np.ndarray:
+        """H×W uint8 class ids of sample ``i``; 255 = ignore.
+
+        Args:
+            size: the image's (width, height) when already known; read from the image header otherwise.
+
+        Raises:
+            DataError: unreadable mask, a size that differs from the image's, an unknown colour, or a class id
+                ≥ len(class_names) other than 255.
+        """
+        s = self.samples[i]
+        where = s.mask_paths[0] if s.mask_paths else s.image_path
+        w, h = size if size is not None else image_size(s.image_path)
+        if self.layout == "coco":
+            assert self.coco is not None and s.coco_id is not None
+            m = self.coco.mask(s.coco_id, h, w)
+        elif self.layout == "dsb2018":
+            m = union_instances(s.mask_paths, s.class_id)
+        elif self.mask_kind in ("binary", "jpeg-binary", "instances"):
+            m = decode_binary(read_binary_source(where), self.binary_threshold, s.class_id)
+        elif self.mask_kind == "index":
+            m = read_index_mask(where)
+            if self.value_map is not None:
+                m = self.value_map[m]
+        elif self.mask_kind == "rgb":
+            assert self.colour_table is not None
+            m = colours_to_index(read_rgb_mask(where), self.colour_table, where)
+        else:  # pragma: no cover - discover never produces another kind
+            raise ValueError(f"unknown mask kind {self.mask_kind!r}")
+        if m.shape != (h, w) and self.layout == "coco":
+            raise DataError(
+                f"COCO file {where} gives {s.image_path.name} the size {m.shape[1]}×{m.shape[0]} but the image is "
+                f"{w}×{h}; fix width/height in its images entry (or the image's EXIF rotation)."
+            )
+        if m.shape != (h, w) and m.shape == (w, h):
+            # Same size turned by 90°: usually one of the two files carries an EXIF rotation the other lacks (a
+            # phone photo whose mask was drawn on the stored pixels); resizing would only distort the mask.
+            turned = self._quarter_turn_note(s.image_path, where)
+            if turned:
+                raise DataError(
+                    f"Mask {where} is {m.shape[1]}×{m.shape[0]} but its image {s.image_path} is {w}×{h}, the same "
+                    f"size turned by 90°: {turned}; save the mask in the image's displayed orientation (rotate it "
+                    "by 90°) or re-export the pair with the same orientation, do not resize it."
+                )
+        if m.shape != (h, w):
+            raise DataError(
+                f"Mask {where} is {m.shape[1]}×{m.shape[0]} but its image {s.image_path} is {w}×{h}; resize the "
+                "mask to the image (nearest neighbour) or re-export the pair."
+            )
+        n = len(self.class_names)
+        if n <= int(m.max(initial=0)):
+            bad = m[(m >= n) & (m != IGNORE_INDEX)]
+            if bad.size:
+                raise DataError(
+                    f"Mask {where} has class id {int(bad.min())} but {self.names_source} lists {n} classes "
+                    f"({', '.join(self.class_names[:8])}); add the name or fix the mask."
+                )
+        return m
+
+    @staticmethod
+    def _quarter_turn_note(image_path: Path, mask_path: Path) -> str:
+        """Why a mask and its image are the same size turned by 90°, if an EXIF orientation tag explains it."""
+        image_turned, mask_turned = exif_quarter_turn(image_path), exif_quarter_turn(mask_path)
+        if image_turned and not mask_turned:
+            return "the image's EXIF orientation tag turns it by 90° for display and the mask has no such tag"
+        if mask_turned and not image_turned:
+            return "the mask's EXIF orientation tag turns it by 90° and the image has no such tag"
+        return ""
+
+    def unused_classes(self) -> list[str]:
+        """Foreground classes without a single pixel in any mask (where the folder scan counts pixels, else [])."""
+        if self.class_pixels is None:
+            return []
+        return [self.class_names[k] for k, n in enumerate(self.class_pixels) if k and not n]
+
+    def drop_class_hint(self) -> str:
+        """How to drop a listed class, in the terms of where the class names came from (for messages)."""
+        source = self.names_source
+        if source == "class folder names":
+            return "remove its folder"
+        if source.startswith("COCO categories"):
+            return f"remove it from the {source}"
+        if source in ("defaults", "mask values"):
+            return "check the mask values"
+        return f"remove it from {source} (and renumber the masks)"
+
+    def load_pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(H×W×3 uint8 RGB image, H×W uint8 class-id mask) of sample ``i``, sizes checked."""
+        img = self.load_image(i)
+        return img, self.load_mask(i, size=(img.shape[1], img.shape[0]))
+
+    def fingerprint(self) -> str:
+        """sha256 hex over the class names and, sorted by key, each (key, image bytes sha256, mask sha256).
+
+        Mask sha256 is over the mask file's bytes (DSB2018: over its instance files' hashes in name order; COCO:
+        over the image's annotations as canonical JSON), so renaming a folder keeps it and editing a pixel
+        changes it.
+        """
+        h = hashlib.sha256()
+        h.update(("\n".join(self.class_names) + "\n\n").encode())
+        for s in sorted(self.samples, key=lambda s: s.key):
+            if self.layout == "coco":
+                assert self.coco is not None and s.coco_id is not None
+                entry = {
+                    "image": self.coco.images[s.coco_id].__dict__,
+                    "anns": self.coco.annotations.get(s.coco_id, []),
+                }
+                mask_sha = hashlib.sha256(json.dumps(entry, sort_keys=True, default=str).encode()).hexdigest()
+            elif len(s.mask_paths) == 1:
+                mask_sha = _file_sha256(s.mask_paths[0])
+            else:
+                mask_sha = hashlib.sha256("".join(_file_sha256(p) for p in s.mask_paths).encode()).hexdigest()
+            h.update(f"{s.key}\t{_file_sha256(s.image_path)}\t{mask_sha}\t{s.class_id}\n".encode())
+        return h.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as e:
+        raise DataError(f"Cannot read {path}: {e.strerror or e}; check that the file exists and is readable.") from e
+    return h.hexdigest()
