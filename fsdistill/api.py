@@ -22,14 +22,21 @@ import numpy as np
 
 import yaml
 
-from fsdistill.checkpoint import config_sha256, is_artifact, recover_artifact
+from fsdistill.checkpoint import WEIGHTS_FILE, config_sha256, is_artifact, recover_artifact
 from fsdistill.config import AdaptCfg, DistillCfg
 from fsdistill.data.discover import SupportIndex, discover
 from fsdistill.data.masks import IGNORE_INDEX
 from fsdistill.errors import CheckpointError, ConfigError, DataError, FsdistillError
 from fsdistill.infer.predictor import PredictResult, Predictor, Runner, list_images, predict_files
 from fsdistill.metrics import ConfusionMatrix
-from fsdistill.models.build import build_student, build_teacher, load_model, resolve_model_dir, save_model
+from fsdistill.models.build import (
+    build_student,
+    build_teacher,
+    load_model,
+    resolve_model_dir,
+    save_model,
+    stored_parameters,
+)
 from fsdistill.models.teacher import DCAMATeacher
 from fsdistill.runtime import ensure_writable_dir, resolve_device, seed_everything, write_atomic
 from fsdistill.train.episodes import FeatureCache, load_support_tensors
@@ -50,7 +57,6 @@ __all__ = [
     "evaluate",
     "confusion_on_folder",
     "predict",
-    "count_images",
     "profile",
     "export",
     "resolve_onnx_file",
@@ -68,6 +74,8 @@ class RunResult:
     student_dir: Path | None = None
     stats: dict[str, Any] = field(default_factory=dict)
     check: SupportCheck | None = None  # distill: the per-class check on the support folder
+    student_parameters: int | None = None  # distill: numbers in the student artifact (weights and buffers)
+    student_mb: float | None = None  # distill: size of its model.safetensors in MiB
 
 
 def new_run_dir(out: Path | None) -> Path:
@@ -329,7 +337,15 @@ def distill(cfg: DistillCfg, quiet: bool = False, overwrite: bool = False) -> Ru
     student_dir = save_model(run_dir / "student", student, **common)
     own_teacher = cfg.teacher is None or _is_artifact_at(cfg.teacher, run_dir / "teacher")
     _drop_stale(run_dir, keep={"student", "teacher"} if own_teacher else {"student"})
-    return RunResult(run_dir, teacher_dir=teacher_dir, student_dir=student_dir, stats=common["training"], check=check)
+    return RunResult(
+        run_dir,
+        teacher_dir=teacher_dir,
+        student_dir=student_dir,
+        stats=common["training"],
+        check=check,
+        student_parameters=stored_parameters(student.state_dict()),
+        student_mb=(student_dir / WEIGHTS_FILE).stat().st_size / 2**20,
+    )
 
 
 @dataclass
@@ -354,8 +370,11 @@ def evaluate(
     batch_size: int = 8,
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
 ) -> EvalResult:
     """Evaluate a run's student (or ``teacher=True``: its teacher with the stored supports) on a labelled folder.
+
+    ``on_total``: called once with the number of labelled images found; ``on_progress``: with 1 per image done.
 
     ``workers`` None: decode processes as in :func:`predict` (2 on a GPU; on the CPU none up to 2 cores).
 
@@ -365,6 +384,8 @@ def evaluate(
     """
     loaded = load_model(model, kind="teacher" if teacher else None) if model is not None or teacher else load_model(None)
     index = discover(data_dir)
+    if on_total is not None:
+        on_total(len(index))
     if index.class_names != loaded.class_names:
         raise DataError(
             f"{data_dir} has classes {index.class_names} but the model {loaded.path} predicts {loaded.class_names}; "
@@ -433,6 +454,7 @@ def predict(
     on_progress: Callable[[int], None] | None = None,
     backend: str | None = None,
     on_model: Callable[[str], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
 ) -> PredictResult:
     """Support-free batch inference with a student: masks at each image's original size (see predict_files).
 
@@ -444,7 +466,8 @@ def predict(
     artifact). None: ``onnx`` when ``model`` is an ``.onnx`` file, else ``torch``. Both write the same files.
 
     ``on_model``: called once with the model's path as soon as it is loaded, before any image is predicted (so a
-    caller can say which run ``model`` None picked).
+    caller can say which run ``model`` None picked); ``on_total``: once with the number of images found;
+    ``on_progress``: with 1 per image done or skipped.
 
     Raises:
         ConfigError: an unknown backend, or an ``.onnx`` model with the torch backend.
@@ -460,7 +483,7 @@ def predict(
         batch_size = 8 if on_gpu else 2
     if workers is None:
         workers = _decode_workers(on_gpu)
-    return predict_files(runner, inputs, out_dir, batch_size, overlay, overwrite, workers, on_progress)
+    return predict_files(runner, inputs, out_dir, batch_size, overlay, overwrite, workers, on_progress, on_total)
 
 
 def _decode_workers(on_gpu: bool, cores: int | None = None) -> int:
@@ -610,11 +633,6 @@ def _sample_images(loaded, images: list[Path] | None, limit: int):
             paths = []
     arrays = [resize_image(read_image(p), loaded.size) for p in paths]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous() if arrays else None
-
-
-def count_images(inputs: list[Path], out_dir: Path | None = None) -> int:
-    """How many images ``predict`` into ``out_dir`` would process (for a progress bar total)."""
-    return len(list_images(inputs, out_dir))
 
 
 def profile(cfg: "ProfileCfg | None" = None, quiet: bool = False, **options: Any) -> "ProfileResult":

@@ -181,10 +181,18 @@ def _train_overrides(
     return {"steps": steps, "lr": lr, "seed": seed, "train": groups, "augment": augment}
 
 
-def _bar(total: int, desc: str, quiet: bool):
+def _bar(desc: str, quiet: bool):
+    """An image progress bar whose total the API reports once it has found the images (``set_total``)."""
     from fsdistill.runtime import progress
 
-    return progress(total=total, desc=desc, unit="img", quiet=quiet)
+    bar = progress(total=None, desc=desc, unit="img", quiet=quiet)
+
+    def set_total(total: int) -> None:
+        bar.total = total
+        bar.refresh()
+
+    bar.set_total = set_total
+    return bar
 
 
 @command
@@ -337,12 +345,10 @@ def distill(
         command="distill",
     )
     result = api.distill(cfg, quiet=quiet, overwrite=overwrite)
-    from fsdistill.checkpoint import load_artifact
-
-    _, student_cfg = load_artifact(result.student_dir)
-    mb = (result.student_dir / "model.safetensors").stat().st_size / 2**20
     console = _Console(quiet)
-    console.say(f"student: {result.student_dir}  ({student_cfg['parameters']:,} parameters, {mb:.1f} MB)")
+    console.say(
+        f"student: {result.student_dir}  ({result.student_parameters:,} parameters, {result.student_mb:.1f} MB)"
+    )
     if result.teacher_dir is not None:
         console.say(f"teacher: {result.teacher_dir}")
     console.say(f"trained {result.stats['steps']} steps in {result.stats['seconds']:.0f} s ({result.stats['stop_reason']})")
@@ -402,8 +408,7 @@ def predict(
     """
     from fsdistill import api
 
-    total = api.count_images(inputs, out)
-    with _bar(total, "predict", quiet) as bar:
+    with _bar("predict", quiet) as bar:
         # Without --model the newest run is used: say which, or the masks cannot be traced to a model.
         def say_model(path: str) -> None:
             if model is None and not quiet:
@@ -411,7 +416,7 @@ def predict(
 
         result = api.predict(
             inputs, out, model, device, batch_size, overlay, overwrite, workers, bar.update, backend=backend,
-            on_model=say_model,
+            on_model=say_model, on_total=bar.set_total,
         )
     console = _Console(quiet)
     console.say(
@@ -443,15 +448,13 @@ def evaluate(
     Example: fsdistill evaluate heldout/ --model runs/polyps --json eval.json
     """
     from fsdistill import api
-    from fsdistill.data.discover import discover
 
     if json_out is not None:  # refuse an unwritable --json before the evaluation, not after it
         from fsdistill.runtime import ensure_writable_dir
 
         ensure_writable_dir(Path(json_out).parent, "--json")
-    total = len(discover(data_dir))
-    with _bar(total, "evaluate", quiet) as bar:
-        result = api.evaluate(data_dir, model, teacher, device, batch_size, workers, bar.update)
+    with _bar("evaluate", quiet) as bar:
+        result = api.evaluate(data_dir, model, teacher, device, batch_size, workers, bar.update, bar.set_total)
     console = _Console(quiet)
     for name, value in result.iou.items():
         console.say(f"{name:>20}  IoU {'n/a' if value is None else f'{value:.4f}'}")

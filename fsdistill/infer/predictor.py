@@ -321,8 +321,12 @@ def predict_files(
     overwrite: bool = False,
     workers: int = 2,
     on_progress: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
 ) -> PredictResult:
     """Predict every image of ``inputs`` into ``out_dir`` (masks/, overlays/, predictions.csv), resuming.
+
+    ``on_total`` is called once with the number of images found (a progress bar's total), ``on_progress`` with 1
+    per image done or skipped.
 
     ``predictor`` is any :class:`Runner` (PyTorch :class:`Predictor`, or the onnxruntime runner of
     :mod:`fsdistill.infer.onnx`). Images whose mask already exists are skipped, unless the folder was written by
@@ -330,6 +334,8 @@ def predict_files(
     """
     out_dir = Path(out_dir)
     entries = list_images(inputs, out_dir)
+    if on_total is not None:
+        on_total(len(entries))
     ensure_writable_dir(out_dir, "-o")
     manifest = out_dir / MANIFEST_NAME
     identity = predictor.identity()

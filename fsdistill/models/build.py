@@ -147,6 +147,11 @@ def _model_args(model: nn.Module) -> dict[str, Any]:
     return {"num_classes": model.num_classes, "student_width": model.width_arg, **model.decoder.arguments()}
 
 
+def stored_parameters(tensors: dict[str, torch.Tensor]) -> int:
+    """Numbers an artifact stores for its model (weights and buffers; a teacher's support images not counted)."""
+    return sum(t.numel() for k, t in tensors.items() if not k.startswith("support."))
+
+
 def save_model(
     directory: Path,
     model: DCAMATeacher | DistilledStudent,
@@ -182,7 +187,7 @@ def save_model(
         "support": support_info,
         "training": training or {},
         "versions": library_versions(),
-        "parameters": sum(t.numel() for k, t in tensors.items() if not k.startswith("support.")),
+        "parameters": stored_parameters(tensors),
     }
     return save_artifact(Path(directory), tensors, config)
 
