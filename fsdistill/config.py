@@ -120,9 +120,6 @@ class TrainCfg(_Strict):
         "than the teacher's decoder",
     )
     weight_decay: float = Field(0.01, ge=0)
-    lr_schedule: Literal["constant", "cosine"] = Field(
-        "constant", description="learning-rate schedule over the steps: constant, or cosine decay to zero (needs steps)"
-    )
     focal_gamma: float = Field(2.0, ge=0, description="focusing exponent of the focal loss (the paper's 2; 0 = cross-entropy)")
     dice_weight: float = Field(
         1.0, ge=0, description="weight of the soft Dice term added to the focal loss of teacher and student (0 = focal only)"
@@ -163,9 +160,7 @@ class TrainCfg(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _schedule_needs_steps(self) -> "TrainCfg":
-        if self.lr_schedule == "cosine" and self.steps is None:
-            raise ValueError("the cosine schedule decays over a known number of steps: give steps with it")
+    def _step_bounds(self) -> "TrainCfg":
         if self.min_steps > self.max_steps:
             raise ValueError(f"min_steps ({self.min_steps}) is above max_steps ({self.max_steps})")
         return self
