@@ -133,7 +133,7 @@ class TrainCfg(_Strict):
         "alone (no teacher, no episode; class-balanced like the queries); 0 = episodes only"
     )
     max_shots: int = Field(3, ge=1, description="support images per training episode (at most)")
-    # The paper's default is mapper + mixer; adding merge measured +0.03 mIoU on brain, +0.003 on nuclei.
+    # The paper's default is mapper + mixer; adding merge measured better on the benchmarks (docs/benchmarks.md).
     train: list[str] = Field(default_factory=lambda: ["mapper", "merge", "mixer"])
     augment: bool | None = Field(
         None, description="cached flip views; None = only for a single support image (no measured gain otherwise)"
