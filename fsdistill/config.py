@@ -59,8 +59,9 @@ class ModelCfg(_Strict):
     )
     decoder: Literal["dcama", "light"] = Field(
         "light",
-        description="light = one conv per block, per-class work at stride >= 4 (fast); dcama = the paper's decoder "
-        "(several backbones' worth of operations per class; the default with --teacher-weights)",
+        description="light = one conv per block, per-class work at stride >= 4 (fast, though its cost still grows "
+        "with the number of classes); dcama = the paper's decoder (several backbones' worth of operations per "
+        "class; the default with --teacher-weights)",
     )
     decoder_width: int | None = Field(
         None, ge=8, description="ConvMapper/ConvMerge channels; None = the decoder's default (dcama 128, light 32)"
