@@ -13,7 +13,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fsdistill.errors import ConfigError
-from fsdistill.models.decoder import LIGHT_LAYOUT, check_decoder_layout
 
 if TYPE_CHECKING:
     from fsdistill.train.budget import PlateauStop
@@ -49,21 +48,20 @@ class ModelCfg(_Strict):
     attn_dropout: float = Field(0.5, ge=0.0, lt=1.0)
     voting: int = Field(
         50, ge=1, description="support images per attention chunk at inference; one softmax over more supports "
-        "measured better (brain 0.52 → 0.62 from 10 to 20) and the fused kernel needs no chunking for memory"
+        "matched better, and the fused kernel needs no chunking for memory"
     )
     qk_norm: float | None = Field(
         2.0,
         gt=0,
         description="cosine-attention temperature (scale of the cosine similarities before the softmax); None = the "
-        "reference's raw scaled dot product. Adapted-teacher mIoU brain / nuclei: 20 → 0.53 / –, 10 → 0.51 / 0.81, "
-        "5 → 0.58 / 0.83, 3 → 0.69 / 0.82, 2 → 0.74 / 0.84, 1 → 0.75 / 0.84 (a softer match over all support "
-        "pixels carries across the brain case's slab shift; 2 is the middle of the plateau)",
+        "reference's raw scaled dot product. A soft match over all support pixels carries across domain shifts "
+        "(docs/benchmarks.md)",
     )
     decoder: Literal["dcama", "light"] = Field(
         "light",
-        description="light = one conv per block, per-class work at stride >= 4 (fast, but not flat in the number "
-        "of classes: the student measured 1.18x the backbone at 1 class, 2.2x at 20); dcama = the paper's decoder "
-        "(~11 GFLOP per class at 384 px; the default with --teacher-weights)",
+        description="light = one conv per block, per-class work at stride >= 4 (fast, though its cost still grows "
+        "with the number of classes); dcama = the paper's decoder (several backbones' worth of operations per "
+        "class; the default with --teacher-weights)",
     )
     decoder_width: int | None = Field(
         None, ge=8, description="ConvMapper/ConvMerge channels; None = the decoder's default (dcama 128, light 32)"
@@ -71,29 +69,6 @@ class ModelCfg(_Strict):
     mixer_widths: tuple[int, int, int] | None = Field(
         None, description="mixer channels; None = the decoder's default (dcama 128, 64, 16; light 16, 16, 16)"
     )
-    skip_kernel: Literal[1, 3] | None = Field(
-        None,
-        description="light only: kernel of the shared stride-4 skip projection; None = the decoder's default (light "
-        "1: commutes with upsampling, ~17x cheaper than 3, same held-out mIoU in docs/benchmarks.md; dcama 3)",
-    )
-    mixer_stride: Literal[4, 8] | None = Field(
-        None,
-        description="light only: where the per-class 3x3 mixer convs run; None = the decoder's default (4; 8 with "
-        "conv5_kernel 1 = the fast layout: ~68 instead of ~184 MFLOP per student class, same nuclei mIoU, lower on "
-        "brain, docs/benchmarks.md)",
-    )
-    conv5_kernel: Literal[1, 3] | None = Field(
-        None,
-        description="light only: kernel of conv5, the ConvMerge conv at stride 8 (the largest per-class conv); None = "
-        "the decoder's default (3; 1 in the fast layout)",
-    )
-    mixer_conv: Literal["full", "separable"] | None = Field(
-        None,
-        description="light only: the stride-4 mixer convs; None = the decoder's default (full = Conv3x3); separable = "
-        "depthwise Conv3x3 + Conv1x1: ~112 instead of ~184 MFLOP per student class, same student mIoU, but a teacher "
-        "adapted on 2 brain images lost 0.2 (docs/benchmarks.md)",
-    )
-    full_resolution: bool = Field(True, description="dcama only: the paper's mixer schedule up to the input size; False = stride 4")
     student_width: int | None = Field(
         8,
         ge=0,
@@ -101,10 +76,6 @@ class ModelCfg(_Strict):
         "0 or null = the paper's Conv3x3(C->C) on the backbone's C channels (12-50 M parameters per class on wide "
         "backbones)",
     )
-
-    def decoder_layout(self) -> dict[str, Any]:
-        """The light-decoder layout options that are set (None = the decoder's default, omitted)."""
-        return {k: getattr(self, k) for k in LIGHT_LAYOUT if getattr(self, k) is not None}
 
     @model_validator(mode="after")
     def _groupnorm_divisible(self) -> "ModelCfg":
@@ -115,7 +86,6 @@ class ModelCfg(_Strict):
         multiple = 32 if self.decoder == "dcama" else 4
         if self.decoder_width is not None and self.decoder_width % multiple:
             raise ValueError(f"decoder_width must be a multiple of {multiple} for the {self.decoder} decoder, got {self.decoder_width}")
-        check_decoder_layout(self.decoder, self.decoder_layout())
         return self
 
     @field_validator("size")
@@ -151,9 +121,6 @@ class TrainCfg(_Strict):
         "than the teacher's decoder",
     )
     weight_decay: float = Field(0.01, ge=0)
-    lr_schedule: Literal["constant", "cosine"] = Field(
-        "constant", description="learning-rate schedule over the steps: constant, or cosine decay to zero (needs steps)"
-    )
     focal_gamma: float = Field(2.0, ge=0, description="focusing exponent of the focal loss (the paper's 2; 0 = cross-entropy)")
     dice_weight: float = Field(
         1.0, ge=0, description="weight of the soft Dice term added to the focal loss of teacher and student (0 = focal only)"
@@ -167,7 +134,7 @@ class TrainCfg(_Strict):
         "alone (no teacher, no episode; class-balanced like the queries); 0 = episodes only"
     )
     max_shots: int = Field(3, ge=1, description="support images per training episode (at most)")
-    # The paper's default is mapper + mixer; adding merge measured +0.03 mIoU on brain, +0.003 on nuclei.
+    # The paper's default is mapper + mixer; adding merge measured better on the benchmarks (docs/benchmarks.md).
     train: list[str] = Field(default_factory=lambda: ["mapper", "merge", "mixer"])
     augment: bool | None = Field(
         None, description="cached flip views; None = only for a single support image (no measured gain otherwise)"
@@ -194,9 +161,7 @@ class TrainCfg(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _schedule_needs_steps(self) -> "TrainCfg":
-        if self.lr_schedule == "cosine" and self.steps is None:
-            raise ValueError("the cosine schedule decays over a known number of steps: give steps with it")
+    def _step_bounds(self) -> "TrainCfg":
         if self.min_steps > self.max_steps:
             raise ValueError(f"min_steps ({self.min_steps}) is above max_steps ({self.max_steps})")
         return self

@@ -332,14 +332,15 @@ def test_yaml_errors_still_name_the_yaml_key(runner, tiny_data, tmp_path) -> Non
 
 
 def test_decoder_help_no_longer_claims_flat_cost(runner) -> None:
-    """Measured: the light-decoder student is 1.18x the backbone at 1 class and 2.2x at 20, not flat."""
+    """Measured: the light-decoder student is 1.18x the backbone at 1 class and 2.2x at 20, not flat (the CLI help
+    says so with the numbers, the config field in words; the numbers live in docs/benchmarks.md)."""
     from fsdistill.config import ModelCfg
 
     for command in ("adapt", "distill", "profile"):
         text = _option_help(command, "--decoder")
         assert "flat" not in text and "1.18x" in text and "2.2x" in text
     description = ModelCfg.model_fields["decoder"].description
-    assert "not flat in the number of classes" in description and "2.2x at 20" in description
+    assert "flat" not in description and "grows with the number of classes" in description
 
 
 def test_jargon_options_are_explained_in_plain_words(runner) -> None:

@@ -21,7 +21,6 @@ from fsdistill.checkpoint import CONFIG_FILE, WEIGHTS_FILE, is_artifact, load_ar
 from fsdistill.config import ModelCfg
 from fsdistill.errors import CheckpointError
 from fsdistill.models.backbone import Backbone, BackboneSpec, create_backbone, encode_batched
-from fsdistill.models.decoder import LEGACY_LIGHT_LAYOUT, LIGHT_LAYOUT
 from fsdistill.models.student import DistilledStudent
 from fsdistill.models.teacher import DCAMATeacher, SupportFeatures
 from fsdistill.runtime import inference_memory_format, library_versions
@@ -55,8 +54,6 @@ def build_teacher(cfg: ModelCfg, num_classes: int, pretrained: bool = True) -> D
         decoder=cfg.decoder,
         decoder_width=cfg.decoder_width,
         mixer_widths=cfg.mixer_widths,
-        full_resolution=cfg.full_resolution,
-        layout=cfg.decoder_layout(),
     )
 
 
@@ -199,11 +196,7 @@ def load_model(path: Path, kind: str | None = None) -> LoadedModel:
     spec = BackboneSpec.from_dict(config["backbone"])
     args = config["model_args"]
     backbone = create_backbone(spec.name, pretrained=False, **spec.model_args)
-    decoder_args = {k: args[k] for k in ("decoder", "decoder_width", "mixer_widths", "full_resolution") if k in args}
-    layout = {k: args[k] for k in LIGHT_LAYOUT if k in args}
-    if decoder_args.get("decoder") == "light":
-        layout = {**LEGACY_LIGHT_LAYOUT, **layout}  # options an older artifact did not record yet
-    decoder_args["layout"] = layout
+    decoder_args = {k: args[k] for k in ("decoder", "decoder_width", "mixer_widths") if k in args}
     if config["kind"] == "teacher":
         model: nn.Module = DCAMATeacher(
             backbone,

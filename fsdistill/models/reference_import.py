@@ -551,9 +551,6 @@ def import_reference_weights(teacher: DCAMATeacher, path: Path | str) -> ImportR
     if teacher.blocks[0].heads != _REFERENCE_HEADS:
         log.warning("Teacher checkpoint %s was trained with %d attention heads but this teacher uses %d; "
                     "results will differ from the published model.", path, _REFERENCE_HEADS, teacher.blocks[0].heads)
-    if not getattr(decoder, "full_resolution", True):
-        log.warning("Teacher checkpoint %s was trained with the full-resolution mixer; full_resolution=False "
-                    "changes its output.", path)
     report = ImportReport(
         path=path,
         head_method=method,

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fsdistill.models.decoder import DECODERS, DCAMADecoder, LightDecoder, check_decoder_layout, merge_classes
+from fsdistill.models.decoder import DECODERS, DCAMADecoder, LightDecoder, merge_classes
 
 __all__ = ["DenseCrossAttention", "DCAMATeacher", "SupportFeatures", "sinusoidal_pe", "one_hot_masks"]
 
@@ -184,8 +184,7 @@ class DCAMATeacher(nn.Module):
         backbone: frozen feature extractor with ``spec.channels`` / ``spec.num_blocks`` per level.
         num_classes: foreground classes N.
         decoder: "dcama" (the paper's) or "light" (see :mod:`fsdistill.models.decoder`); decoder_width /
-            mixer_widths None = that decoder's defaults; layout: light-decoder layout options
-            (:data:`~fsdistill.models.decoder.LIGHT_LAYOUT`, unset ones omitted = their defaults).
+            mixer_widths None = that decoder's defaults.
     Logits come at the decoder's ``output_stride`` (1 = the input size, 4 = a quarter of it).
     """
 
@@ -201,8 +200,6 @@ class DCAMATeacher(nn.Module):
         decoder: str = "dcama",
         decoder_width: int | None = None,
         mixer_widths: tuple[int, int, int] | None = None,
-        full_resolution: bool = True,
-        layout: dict | None = None,
     ) -> None:
         super().__init__()
         spec = backbone.spec
@@ -221,12 +218,7 @@ class DCAMATeacher(nn.Module):
             sizes["mixer"] = tuple(sizes["mixer"])
         if decoder not in DECODERS:
             raise ValueError(f"unknown decoder {decoder!r}; choose one of {sorted(DECODERS)}")
-        layout = dict(layout or {})
-        check_decoder_layout(decoder, layout)
-        if decoder == "dcama":
-            self.decoder = DCAMADecoder(**shape, **sizes, full_resolution=full_resolution)
-        else:
-            self.decoder = LightDecoder(**shape, **sizes, **layout)
+        self.decoder: DCAMADecoder | LightDecoder = DECODERS[decoder](**shape, **sizes)
 
     # -- support side -------------------------------------------------------------------------------------------
     def prepare_support(self, feats: Features, masks: Tensor) -> SupportFeatures:

@@ -23,7 +23,7 @@ from fsdistill.runtime import progress, raise_if_interrupted
 from fsdistill.train.episodes import EpisodeSampler, FeatureCache, PairAttention
 from fsdistill.train.losses import coarse_mse, segmentation_loss
 
-__all__ = ["TrainStats", "teacher_groups", "set_trainable", "lr_scheduler", "train"]
+__all__ = ["TrainStats", "teacher_groups", "set_trainable", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -68,17 +68,6 @@ def set_trainable(teacher: DCAMATeacher, names: list[str]) -> list[nn.Parameter]
     return params
 
 
-def lr_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainCfg) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step learning-rate factor of ``cfg.lr_schedule`` over ``cfg.steps`` steps (every parameter group).
-
-    cosine: factor ½(1 + cos(π·t/steps)) before step t, from 1 at the first step towards 0 at the last.
-    """
-    steps = max(int(cfg.steps or cfg.max_steps), 1)
-    if cfg.lr_schedule == "cosine":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t, steps) / steps)))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 1.0)
-
-
 def train(
     teacher: DCAMATeacher,
     cache: FeatureCache,
@@ -107,7 +96,6 @@ def train(
     if not groups:
         raise ValueError("nothing to train: choose at least one trainable group")
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = lr_scheduler(optimizer, cfg)
     sampler = EpisodeSampler(cache.present, cfg.max_shots, cache.views, cfg.seed)
     attention_trains = any(p.requires_grad for p in teacher.blocks.parameters())
     # Frozen attention (the default): each (query, support) pair's attention is computed once and reused.
@@ -169,7 +157,6 @@ def train(
             totals["student_batch"] = float(batch_loss.detach())
             totals["loss"] += totals["student_batch"]
         optimizer.step()
-        scheduler.step()
         stats.steps += 1
         stats.history.append(totals)
         bar.update(1)
