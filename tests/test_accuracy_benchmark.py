@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_MODEL
+from helpers import TINY_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 

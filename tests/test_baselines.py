@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from conftest import TINY_MODEL
+from helpers import TINY_MODEL
 from fsdistill.config import ModelCfg, TrainCfg
 from fsdistill.data.discover import discover
 from fsdistill.data.transforms import normalize

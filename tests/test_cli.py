@@ -9,7 +9,7 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import SynData
+from helpers import SynData, assert_user_error
 from fsdistill.cli import app
 
 REQUIRED_COMMANDS = ("check", "adapt", "distill", "predict", "evaluate")
@@ -24,19 +24,6 @@ def runner() -> CliRunner:
 def _commands() -> list[str]:
     group = typer.main.get_command(app)
     return sorted(group.commands)
-
-
-def assert_user_error(result, *fragments: str) -> str:
-    """Exit 2, exactly one stderr line starting 'error:', no traceback anywhere; returns the line."""
-    assert result.exit_code == 2, (result.exit_code, result.output, repr(result.exception))
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error:"), lines[0]
-    assert "Traceback" not in result.output and "Traceback" not in result.stderr
-    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
-    for fragment in fragments:
-        assert fragment.lower() in lines[0].lower(), (fragment, lines[0])
-    return lines[0]
 
 
 # --- help ------------------------------------------------------------------------------------------------------

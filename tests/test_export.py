@@ -12,8 +12,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import SynData, interrupt_mask_writes_after
-from test_cli import assert_user_error
+from helpers import assert_user_error, interrupt_mask_writes_after, SynData
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")

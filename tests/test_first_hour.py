@@ -12,8 +12,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import SynData
-from test_cli import assert_user_error
+from helpers import assert_user_error, SynData
 from fsdistill.cli import app
 
 
@@ -362,7 +361,7 @@ def _break_pairs(root: Path, names: list[str]) -> None:
 
 def test_check_reports_every_bad_file(runner, tmp_path) -> None:
     """check reported only the first of several bad files, so fixing a folder took one run per file."""
-    from conftest import write_binary_folder
+    from helpers import write_binary_folder
 
     root = write_binary_folder(tmp_path / "support", [f"s{i}" for i in range(5)])
     _break_pairs(root, ["s1"])
@@ -379,7 +378,7 @@ def test_check_reports_every_bad_file(runner, tmp_path) -> None:
 
 
 def test_check_caps_the_list_of_bad_files(runner, tmp_path) -> None:
-    from conftest import write_binary_folder
+    from helpers import write_binary_folder
 
     from fsdistill.data.check import MAX_REPORTED_PROBLEMS
 
@@ -394,7 +393,7 @@ def test_check_caps_the_list_of_bad_files(runner, tmp_path) -> None:
 
 
 def test_one_bad_file_is_still_one_sentence(runner, tmp_path) -> None:
-    from conftest import write_binary_folder
+    from helpers import write_binary_folder
 
     root = write_binary_folder(tmp_path / "support", ["s0", "s1"])
     _break_pairs(root, ["s1"])

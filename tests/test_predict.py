@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import SynData, interrupt_mask_writes_after
+from helpers import interrupt_mask_writes_after, SynData
 from fsdistill import api
 from fsdistill.errors import CheckpointError, DataError
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import SynData
+from helpers import SynData
 from fsdistill import api
 from fsdistill.cli import app
 from fsdistill.config import DistillCfg

@@ -25,8 +25,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from conftest import SynData, write_binary_folder
-from test_cli import assert_user_error
+from helpers import assert_user_error, SynData, write_binary_folder
 from fsdistill.checkpoint import is_artifact
 from fsdistill.cli import app
 from fsdistill.errors import CheckpointError

@@ -20,8 +20,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import SynData, write_binary_folder
-from test_cli import assert_user_error
+from helpers import assert_user_error, SynData, write_binary_folder
 from fsdistill.checkpoint import is_artifact
 from fsdistill.cli import app
 from fsdistill.models.build import load_model

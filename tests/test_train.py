@@ -11,7 +11,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import TINY_MODEL, TINY_TRAIN, write_binary_folder
+from helpers import TINY_MODEL, TINY_TRAIN, write_binary_folder
 from fsdistill import api
 from fsdistill.checkpoint import is_artifact, load_artifact
 from fsdistill.config import AdaptCfg, DistillCfg, load_config
