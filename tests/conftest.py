@@ -1,4 +1,4 @@
-"""Shared pytest fixtures; the helpers they use live in helpers.py.
+"""Shared pytest fixtures and the ``examples`` marker's skip rule; the helpers they use live in helpers.py.
 
 ``syn_*`` fixtures (data tests): build small synthetic support folders on disk with numpy + Pillow, no downloads.
 """
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import SynData, TinyData, tiny_distill
+from helpers import SynData, TinyData, examples_dir, examples_missing, tiny_distill
 
 
 @pytest.fixture
@@ -89,17 +89,33 @@ def shaken_multi_student(tiny_multi_run, tmp_path_factory) -> Path:
     )
 
 
+# --- the real example data: tests marked ``examples`` (pytest -m "not examples" leaves them out) -----------------
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that asks for ``examples_root`` must carry the marker, or ``-m "not examples"`` would still run it."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if "examples_root" in getattr(item, "fixturenames", ()) and item.get_closest_marker("examples") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError("these tests use examples_root without @pytest.mark.examples: " + ", ".join(unmarked))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked ``examples`` skip (never build or download) when the example data is not built."""
+    if item.get_closest_marker("examples") is not None:
+        reason = examples_missing(examples_dir())
+        if reason:
+            pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def examples_root() -> Path:
     """The real example data (``examples/make_examples.py``): ``$FSDISTILL_EXAMPLES``, else ``examples/data``.
 
-    Skips (never builds or downloads) when the nuclei case is not there.
+    Only for tests marked ``examples``, which are skipped before they run when it is not built.
     """
-    import os
-
-    env = os.environ.get("FSDISTILL_EXAMPLES")
-    root = Path(env) if env else Path(__file__).resolve().parents[1] / "examples" / "data"
-    nuclei = root / "nuclei"
-    if not ((nuclei / "support").is_dir() and (nuclei / "heldout").is_dir()):
-        pytest.skip(f"example data not built under {root} (run python examples/make_examples.py)")
-    return root
+    return examples_dir()

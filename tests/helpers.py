@@ -5,6 +5,7 @@ A plain module (test files and conftest.py import from it; no test file imports 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +155,28 @@ def tiny_distill(support: Path, out: Path):
         DistillCfg, None, {"support": support, "out": out, "device": "cpu", "model": TINY_MODEL, "train": TINY_TRAIN}
     )
     return api.distill(cfg, quiet=True)
+
+
+# --- the real example data (examples/make_examples.py) ---------------------------------------------------------
+
+# The cases make_examples.py always builds (macaque is optional: its source may be unavailable) and the file it
+# writes last into a finished case.
+REQUIRED_EXAMPLE_CASES = ("nuclei", "brain")
+EXAMPLE_COMPLETE_MARKER = ".complete"
+
+
+def examples_dir() -> Path:
+    """Where the real example data lives: ``$FSDISTILL_EXAMPLES``, else ``examples/data`` (scripts/test.sh builds it)."""
+    env = os.environ.get("FSDISTILL_EXAMPLES")
+    return Path(env) if env else REPO / "examples" / "data"
+
+
+def examples_missing(root: Path) -> str | None:
+    """Why the example data under ``root`` cannot be used (a skip reason), or None when every required case is built."""
+    missing = [case for case in REQUIRED_EXAMPLE_CASES if not (root / case / EXAMPLE_COMPLETE_MARKER).is_file()]
+    if missing:
+        return f"example data not built under {root} ({', '.join(missing)}): run python examples/make_examples.py"
+    return None
 
 
 # --- checks shared by the CLI tests -----------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -127,14 +126,10 @@ def test_bad_folders(tmp_path: Path) -> None:
         check_support(tmp_path / "e")
 
 
+@pytest.mark.examples
 @pytest.mark.parametrize("name", ["nuclei", "brain"])
-def test_examples_check(name: str) -> None:
-    base = os.environ.get("FSDISTILL_EXAMPLES")
-    if not base:
-        pytest.skip("set FSDISTILL_EXAMPLES to a folder built by examples/make_examples.py")
-    root = Path(base) / name / "support"
-    if not root.is_dir():
-        pytest.skip(f"{root} not built")
+def test_examples_check(examples_root: Path, name: str) -> None:
+    root = examples_root / name / "support"
     rep = check_support(root)
     assert rep.layout == "paired" and rep.num_pairs >= 2
     assert all(rep.images_per_class[c] >= 1 for c in rep.class_names[1:])

@@ -435,14 +435,10 @@ def test_unreadable_image_in_support(tmp_path: Path, syn_data) -> None:
 # ----------------------------------------------------------------------------------------- real examples
 
 
+@pytest.mark.examples
 @pytest.mark.parametrize("name", ["nuclei", "brain"])
-def test_examples_support_folders(name: str) -> None:
-    base = os.environ.get("FSDISTILL_EXAMPLES")
-    if not base:
-        pytest.skip("set FSDISTILL_EXAMPLES to a folder built by examples/make_examples.py")
-    root = Path(base) / name / "support"
-    if not root.is_dir():
-        pytest.skip(f"{root} not built")
+def test_examples_support_folders(examples_root: Path, name: str) -> None:
+    root = examples_root / name / "support"
     idx = discover(root)
     assert idx.layout == "paired" and len(idx) >= 2
     assert idx.class_names[0] == "background" and len(idx.class_names) == (2 if name == "nuclei" else 3)

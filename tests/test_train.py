@@ -245,10 +245,10 @@ def test_explicit_out_is_used_as_given(tmp_path) -> None:
     assert (tmp_path / "mine").is_dir()
 
 
-# --- real example data (slow) ----------------------------------------------------------------------------------
+# --- real example data -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.examples
 def test_real_nuclei_untuned_teacher(examples_root, tmp_path) -> None:
     nuclei = examples_root / "nuclei"
     cfg = load_config(
@@ -265,7 +265,7 @@ def test_real_nuclei_untuned_teacher(examples_root, tmp_path) -> None:
     assert set(evaluation.iou) == {"background", "nucleus"}
 
 
-@pytest.mark.slow
+@pytest.mark.examples
 def test_real_nuclei_short_distill(examples_root, tmp_path) -> None:
     nuclei = examples_root / "nuclei"
     cfg = load_config(
