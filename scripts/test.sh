@@ -7,7 +7,8 @@ bash scripts/setup.sh
 export FSDISTILL_EXAMPLES="${FSDISTILL_EXAMPLES:-$PWD/examples/data}"
 .venv/bin/python examples/make_examples.py --out "$FSDISTILL_EXAMPLES" || echo "example data unavailable: those tests will skip"
 set +e
-.venv/bin/python -m pytest -q "$@"
+# --durations=15: the log lists the slowest tests, so a test that grows slow shows in CI.
+.venv/bin/python -m pytest -q --durations=15 "$@"
 rc=$?
 set -e
 # pytest exit 5 = no tests collected: a broken suite, not a pass.
