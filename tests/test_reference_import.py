@@ -235,8 +235,12 @@ def test_swin_b_by_name_from_pt(swin, tmp_path):
     sd, expected = official_checkpoint(swin, SWIN_B, pe_len=2304)  # 48² = stage-2 grid at 384 px
     path = tmp_path / "swin_fold0_pascal_modcross_soft.pt"
     torch.save({"state_dict": sd, "epoch": 50}, path)
-    swin.blocks[0].use_pe = True
-    report = import_reference_weights(swin, path)
+    swin.blocks[0].use_pe = False  # not the default: the import must keep it as configured, not switch it on
+    try:
+        report = import_reference_weights(swin, path)
+        use_pe = swin.blocks[0].use_pe
+    finally:
+        swin.blocks[0].use_pe = True  # the module's shared teacher
 
     assert isinstance(report, ImportReport)
     assert (report.head_method, report.head_tensors) == ("name", HEAD_TENSORS)
@@ -247,7 +251,7 @@ def test_swin_b_by_name_from_pt(swin, tmp_path):
     # DCAMA_blocks.1 landed in blocks.1 (stage 3).
     assert torch.equal(swin.blocks[1].linears[1].weight, sd["model.DCAMA_blocks.1.linears.1.weight"])
     assert_published_behaviour(swin)
-    assert swin.blocks[0].use_pe is True
+    assert use_pe is False
     ignored = set(report.ignored_keys)
     assert {f"model.pe.{i}.pe" for i in range(3)} <= ignored
     assert {"feature_extractor.head.weight", "feature_extractor.norm.weight"} <= ignored
