@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from helpers import SynData, TinyData, examples_dir, examples_missing, tiny_distill
 
 

@@ -24,7 +24,19 @@ def accuracy():
     return module
 
 
-ROW_KEYS = {"case", "k", "seed", "method", "miou", "iou", "train_s", "wall_s", "infer_ms_per_image", "steps", "supports"}
+ROW_KEYS = {
+    "case",
+    "k",
+    "seed",
+    "method",
+    "miou",
+    "iou",
+    "train_s",
+    "wall_s",
+    "infer_ms_per_image",
+    "steps",
+    "supports",
+}
 
 
 def test_accuracy_benchmark_smoke(accuracy, tiny_data, tmp_path: Path) -> None:
@@ -39,17 +51,28 @@ def test_accuracy_benchmark_smoke(accuracy, tiny_data, tmp_path: Path) -> None:
         "--cases", "--folder", f"tiny={case}", "--shots", "1", "2", "5", "--steps", "2", "--seeds", "0", "1", "--quick",
         "--model-args", json.dumps(TINY_MODEL), "--train-args", '{"episodes_per_step": 1}',
         "--device", "cpu", "--out", str(out), "--write-docs", "--docs", str(docs),
-    ])
+    ])  # fmt: skip
 
     saved = json.loads((out / "results.json").read_text())
     assert saved == json.loads(json.dumps(report, default=float))
     meta = saved["meta"]
     assert meta["shots"] == [1, 2, 5] and meta["steps"] == 2 and meta["size"] == 64 and meta["seeds"] == [0, 1]
-    assert saved["cases"] == [{"name": "tiny", "pool": 4, "heldout": 3, "classes": ["background", "foreground"],
-                               "note": saved["cases"][0]["note"]}]
+    assert saved["cases"] == [
+        {
+            "name": "tiny",
+            "pool": 4,
+            "heldout": 3,
+            "classes": ["background", "foreground"],
+            "note": saved["cases"][0]["note"],
+        }
+    ]
     rows = [r for r in saved["results"] if "skipped" not in r]
     assert sorted((r["seed"], r["k"], r["method"]) for r in rows) == sorted(
-        (s, k, m) for s in (0, 1) for k in (1, 2) for m in accuracy.METHODS if m != "distill_teacher"  # only with --methods
+        (s, k, m)
+        for s in (0, 1)
+        for k in (1, 2)
+        for m in accuracy.METHODS
+        if m != "distill_teacher"  # only with --methods
     )
     for row in rows:
         extra = {"lr", "miou_by_lr", "stop_reason"} if row["method"] == "finetuned" else set()
@@ -57,7 +80,10 @@ def test_accuracy_benchmark_smoke(accuracy, tiny_data, tmp_path: Path) -> None:
         assert set(row) == ROW_KEYS | extra, row
         if row["method"] == "finetuned":  # the baseline is reported at its best learning rate on the held-out images
             assert row["miou"] == max(row["miou_by_lr"].values())
-            assert sorted(map(float, row["miou_by_lr"])) == sorted(accuracy.FINETUNED_LRS) and row["lr"] in accuracy.FINETUNED_LRS
+            assert (
+                sorted(map(float, row["miou_by_lr"])) == sorted(accuracy.FINETUNED_LRS)
+                and row["lr"] in accuracy.FINETUNED_LRS
+            )
         assert 0.0 <= row["miou"] <= 1.0 and row["infer_ms_per_image"] > 0 and len(row["supports"]) == row["k"]
         # --steps binds our methods; the FPN baseline has its own budget, which --quick cuts to a few steps
         assert row["steps"] == {"untuned": 0, "finetuned": accuracy.QUICK_STEPS}.get(row["method"], 2)
@@ -92,10 +118,26 @@ def test_distill_teacher_is_opt_in_and_needs_distill(accuracy, capsys) -> None:
 
 def test_merge_unites_cases_and_seeds_and_refuses_other_settings(accuracy) -> None:
     def report(case, seed, steps=5):
-        meta = {"size": 64, "backbone": "b", "steps": steps, "model_args": {}, "train_args": {}, "methods": ["distill"],
-                "shots": [2], "seeds": [seed], "total_s": 10.0 + seed, "command": f"run {case} {seed}"}
-        row = {"case": case, "k": 2, "seed": seed, "method": "student", "miou": 0.5,
-               "iou": {"background": 0.9, "a": 0.05, "b": 0.95}}
+        meta = {
+            "size": 64,
+            "backbone": "b",
+            "steps": steps,
+            "model_args": {},
+            "train_args": {},
+            "methods": ["distill"],
+            "shots": [2],
+            "seeds": [seed],
+            "total_s": 10.0 + seed,
+            "command": f"run {case} {seed}",
+        }
+        row = {
+            "case": case,
+            "k": 2,
+            "seed": seed,
+            "method": "student",
+            "miou": 0.5,
+            "iou": {"background": 0.9, "a": 0.05, "b": 0.95},
+        }
         return {"meta": meta, "cases": [{"name": case}], "results": [row]}
 
     merged = accuracy.merge_reports([report("x", 0), report("x", 1), report("y", 0)])

@@ -11,11 +11,11 @@ import json
 
 import numpy as np
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import timm
 from fsdistill.errors import CheckpointError, ConfigError
 from fsdistill.models import backbone as bb
 from fsdistill.models.backbone import (
@@ -408,7 +408,9 @@ def test_test_names_never_download(monkeypatch) -> None:
 # --- inference preparation -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, size, expected", [("efficientnet-lite0", 128, 45), ("test-resnet", 64, None), ("test-swin", 128, 0)])
+@pytest.mark.parametrize(
+    "name, size, expected", [("efficientnet-lite0", 128, 45), ("test-resnet", 64, None), ("test-swin", 128, 0)]
+)
 def test_folding_batchnorm_keeps_the_taps(name, size, expected) -> None:
     """Every BN after a conv is folded into it (Lite0: all 45; Swin has none); the taps stay the same, activations
     of timm's BatchNormAct2d included, and a second fold finds nothing left."""
@@ -441,8 +443,16 @@ def test_predictor_runs_the_student_folded_with_the_same_logits(tmp_path) -> Non
     torch.manual_seed(0)
     student = build_student(build_teacher(ModelCfg(backbone="test-resnet", size=64), 2, pretrained=False), 4).eval()
     _randomize_norms(student.backbone)
-    path = save_model(tmp_path / "student", student, class_names=["background", "a", "b"],
-                      palette=[(0, 0, 0), (1, 1, 1), (2, 2, 2)], input_size=64, train_config={}, support_info={}, training={})
+    path = save_model(
+        tmp_path / "student",
+        student,
+        class_names=["background", "a", "b"],
+        palette=[(0, 0, 0), (1, 1, 1), (2, 2, 2)],
+        input_size=64,
+        train_config={},
+        support_info={},
+        training={},
+    )
     images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
     reference = load_model(path)
     with torch.no_grad():

@@ -9,20 +9,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from helpers import TINY_MODEL
-from fsdistill.config import ModelCfg, TrainCfg
+from fsdistill.config import ModelCfg
 from fsdistill.data.discover import discover
 from fsdistill.data.transforms import normalize
 from fsdistill.metrics import ConfusionMatrix
 from fsdistill.models.build import build_teacher
 from fsdistill.train.episodes import load_support_tensors
 
+from helpers import TINY_MODEL
+
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("baselines_benchmark", ROOT / "benchmarks" / "baselines.py")
 baselines = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = baselines
 _spec.loader.exec_module(baselines)
-FineTunedBaseline, FPNHead, PrototypeBaseline = baselines.FineTunedBaseline, baselines.FPNHead, baselines.PrototypeBaseline
+FineTunedBaseline, FPNHead, PrototypeBaseline = (
+    baselines.FineTunedBaseline,
+    baselines.FPNHead,
+    baselines.PrototypeBaseline,
+)
 
 SIZE = TINY_MODEL["size"]
 CPU = torch.device("cpu")

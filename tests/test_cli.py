@@ -9,8 +9,9 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from helpers import SynData, assert_user_error
 from fsdistill.cli import app
+
+from helpers import SynData, assert_user_error
 
 REQUIRED_COMMANDS = ("check", "adapt", "distill", "predict", "evaluate")
 TINY = ["--backbone", "test-resnet", "--size", "64", "--device", "cpu", "--quiet"]

@@ -7,9 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from fsdistill.config import ModelCfg
+from fsdistill.config import AdaptCfg, ModelCfg, load_config
 from fsdistill.errors import ConfigError
-from fsdistill.config import AdaptCfg, load_config
 from fsdistill.models.build import build_student, build_teacher, load_model, save_model
 from fsdistill.models.decoder import DCAMADecoder, LightDecoder
 from fsdistill.train.fit import teacher_groups

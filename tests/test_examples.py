@@ -80,8 +80,7 @@ def test_layout_and_classes(example_data: dict[str, Path]) -> None:
     expected = {
         "nuclei": "background\nnucleus\n",
         "brain": "background\ngrey_matter\nwhite_matter\n",
-        "macaque": "background\nstructure_55\nstructure_58\nstructure_10\nstructure_5\n"
-        "structure_162\n",
+        "macaque": "background\nstructure_55\nstructure_58\nstructure_10\nstructure_5\nstructure_162\n",
     }
     for name, case in example_data.items():
         assert case.name == name

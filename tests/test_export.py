@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from helpers import assert_user_error, interrupt_mask_writes_after, SynData
+from helpers import SynData, assert_user_error, interrupt_mask_writes_after
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -197,7 +197,6 @@ def test_default_output_sits_beside_the_artifact_and_predict_finds_it(runner, ti
     args = ["predict", str(image), "-o", str(out), "--model", str(run), "--backend", "onnx", "--workers", "0"]
     assert runner.invoke(app, args).exit_code == 0
     assert _manifest(out)["model"] == str((run / "student.onnx").resolve())
-
 
 
 def test_parity_failure_exits_1_and_keeps_the_file(runner, tiny_binary_run, tmp_path, monkeypatch) -> None:

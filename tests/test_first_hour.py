@@ -12,8 +12,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from helpers import assert_user_error, SynData
 from fsdistill.cli import app
+
+from helpers import SynData, assert_user_error
 
 
 @pytest.fixture
@@ -371,16 +372,19 @@ def test_check_reports_every_bad_file(runner, tmp_path) -> None:
     result = runner.invoke(app, ["check", str(root)])
     assert result.exit_code == 2, result.output
     lines = result.stderr.splitlines()
-    assert lines[0] == f"error: 3 of 5 pairs in {root} cannot be used; fix or remove each file below, then run check again:"
+    assert (
+        lines[0]
+        == f"error: 3 of 5 pairs in {root} cannot be used; fix or remove each file below, then run check again:"
+    )
     assert len(lines) == 4 and all(line.startswith("  - ") for line in lines[1:])
     assert "s1.png is 20×20" in lines[1] and "images/s2.png" in lines[2] and "masks/s4.png" in lines[3]
     assert "Traceback" not in result.output
 
 
 def test_check_caps_the_list_of_bad_files(runner, tmp_path) -> None:
-    from helpers import write_binary_folder
-
     from fsdistill.data.check import MAX_REPORTED_PROBLEMS
+
+    from helpers import write_binary_folder
 
     names = [f"s{i:02d}" for i in range(MAX_REPORTED_PROBLEMS + 6)]
     root = write_binary_folder(tmp_path / "support", names, size=(24, 28))
@@ -416,7 +420,9 @@ def test_mask_in_the_other_exif_orientation_is_told_so(runner, tmp_path, tagged)
     else:  # the image has no tag; the mask carries one and turns on reading
         Image.fromarray(SynData.image(20, 30)).save(root / "images" / "a.jpg")
         Image.fromarray(mask).save(root / "masks" / "a.png", exif=exif)
-    line = assert_user_error(runner.invoke(app, ["check", str(root)]), "the same size turned by 90°", "EXIF orientation")
+    line = assert_user_error(
+        runner.invoke(app, ["check", str(root)]), "the same size turned by 90°", "EXIF orientation"
+    )
     assert "resize the mask" not in line and "rotate it by 90°" in line
     assert f"{tagged}'s EXIF orientation tag" in line
 

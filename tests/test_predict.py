@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from helpers import interrupt_mask_writes_after, SynData
 from fsdistill import api
 from fsdistill.errors import CheckpointError, DataError
+
+from helpers import SynData, interrupt_mask_writes_after
 
 CSV_COLUMNS = ["image", "width", "height", "class", "pixels", "fraction"]
 
@@ -135,7 +136,9 @@ def test_resume_skips_done_images_and_matches_an_uninterrupted_run(
     model = shaken_multi_student  # the tiny runs predict background everywhere: any two runs' masks would match
     reference = _predict(root, tmp_path / "ref", model, batch_size=4)
     assert reference.written == len(sizes)
-    classes = {int(v) for p in (tmp_path / "ref" / "masks").rglob("*.png") for v in np.unique(np.asarray(Image.open(p)))}
+    classes = {
+        int(v) for p in (tmp_path / "ref" / "masks").rglob("*.png") for v in np.unique(np.asarray(Image.open(p)))
+    }
     assert classes == {0, 1, 2, 3}  # the byte comparison below can tell masks apart
 
     interrupt_mask_writes_after(monkeypatch, 3)

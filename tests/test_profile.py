@@ -10,14 +10,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from helpers import SynData
 from fsdistill import api
 from fsdistill.cli import app
 from fsdistill.config import DistillCfg
 from fsdistill.errors import ConfigError
-from fsdistill.profile import CSV_COLUMNS, ProfileCfg, headline_ratios, is_oom, shot_grid
 from fsdistill.models.build import load_model
 from fsdistill.models.teacher import DCAMATeacher
+from fsdistill.profile import CSV_COLUMNS, ProfileCfg, headline_ratios, is_oom, shot_grid
+
+from helpers import SynData
 
 TINY = dict(backbone="test-resnet", size=64, ways=2, shots=5, runs=2, device="cpu")
 FILES = ("profile.json", "profile.csv", "profile.md", "profile.png")
@@ -130,7 +131,7 @@ def test_student_and_backbone_are_timed_in_predicts_layout(tmp_path):
 def test_cli_tiny_grid_no_cache(tmp_path):
     out = tmp_path / "cli"
     args = ["profile", "--backbone", "test-resnet", "--size", "64", "--ways", "2", "--shots", "5", "--warmup", "1",
-            "--runs", "2", "--device", "cpu", "--no-cache", "--batch-size", "2", "--out", str(out)]
+            "--runs", "2", "--device", "cpu", "--no-cache", "--batch-size", "2", "--out", str(out)]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "teacher/student at 2-way 5-shot" in result.output
@@ -145,14 +146,16 @@ def test_profile_with_model(tiny_run, tmp_path):
     result = CliRunner().invoke(
         app, ["profile", "--model", str(tiny_run), "--shots", "2", "--warmup", "0", "--runs", "2", "--device", "cpu",
               "--out", str(out), "--quiet"]
-    )
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     data = check_files(out)
     check_schema(data, [1], [1, 2])
     assert data["backbone"] == "test-resnet" and data["size"] == 64
     assert data["weights"] == "run artifacts" and set(data["artifacts"]) == {"teacher", "student"}
     student = load_model(tiny_run / "student").model
-    assert all(r["params"] == sum(p.numel() for p in student.parameters()) for r in data["rows"] if r["model"] == "student")
+    assert all(
+        r["params"] == sum(p.numel() for p in student.parameters()) for r in data["rows"] if r["model"] == "student"
+    )
 
 
 def test_profile_model_conflicts(tiny_run, tmp_path):
@@ -195,8 +198,14 @@ def test_ratios_from_rows():
     def row(model, w, s, ms):
         return {"model": model, "ways": w, "shots": s, "p50_ms": ms, "status": "ok"}
 
-    rows = [row("backbone", 1, 1, 10.0), row("backbone", 1, 5, 10.0), row("student", 1, 1, 11.0), row("student", 1, 5, 12.0),
-            row("teacher", 1, 1, 100.0), row("teacher", 1, 5, 600.0)]
+    rows = [
+        row("backbone", 1, 1, 10.0),
+        row("backbone", 1, 5, 10.0),
+        row("student", 1, 1, 11.0),
+        row("student", 1, 5, 12.0),
+        row("teacher", 1, 1, 100.0),
+        row("teacher", 1, 5, 600.0),
+    ]
     r = headline_ratios(rows, 1, 5)
     assert r["student_max_over_min"] == pytest.approx(12 / 11, abs=1e-3)
     assert r["teacher_over_student"] == 50.0
@@ -207,10 +216,16 @@ def test_ratios_from_rows():
 def test_paired_flatness_divides_out_machine_drift():
     """A machine twice as slow in one cell doubles both student and backbone there: raw max/min sees 2×, the
     paired ratio sees the student's own flatness."""
+
     def row(model, w, s, ms):
         return {"model": model, "ways": w, "shots": s, "p50_ms": ms, "status": "ok"}
 
-    rows = [row("backbone", 1, 1, 10.0), row("student", 1, 1, 11.0), row("backbone", 2, 1, 20.0), row("student", 2, 1, 23.0)]
+    rows = [
+        row("backbone", 1, 1, 10.0),
+        row("student", 1, 1, 11.0),
+        row("backbone", 2, 1, 20.0),
+        row("student", 2, 1, 23.0),
+    ]
     r = headline_ratios(rows, 2, 1)
     assert r["student_max_over_min"] == pytest.approx(23 / 11, abs=1e-3)
     assert r["student_paired_max_over_min"] == pytest.approx(1.15 / 1.1, abs=1e-3)
@@ -248,8 +263,14 @@ def test_student_oom_keeps_backbone(tmp_path, monkeypatch):
     api.profile(ProfileCfg(**{**TINY, "shots": 1}, warmup=1, out=tmp_path / "s"), quiet=True)
     data = check_files(tmp_path / "s")
     status = {(r["model"], r["ways"]): r["status"] for r in data["rows"]}
-    assert status == {("backbone", 1): "ok", ("student", 1): "ok", ("teacher", 1): "ok",
-                      ("backbone", 2): "ok", ("student", 2): "oom", ("teacher", 2): "ok"}
+    assert status == {
+        ("backbone", 1): "ok",
+        ("student", 1): "ok",
+        ("teacher", 1): "ok",
+        ("backbone", 2): "ok",
+        ("student", 2): "oom",
+        ("teacher", 2): "ok",
+    }
     backbone = next(r for r in data["rows"] if r["model"] == "backbone" and r["ways"] == 2)
     assert backbone["runs"] == 2 and backbone["warmup"] == 1
 

@@ -38,12 +38,21 @@ def official_head_shapes(widths, maps, skips, concat_support=False) -> list[tupl
         for j in range(2):
             out += [(f"DCAMA_blocks.{i}.linears.{j}.weight", (c, c)), (f"DCAMA_blocks.{i}.linears.{j}.bias", (c,))]
     n2, n3, n4 = maps
-    convs = [("conv1", [n4, 16, 64, 128], (3, 3, 3)), ("conv2", [n3, 16, 64, 128], (5, 3, 3)),
-             ("conv3", [n2, 16, 64, 128], (5, 5, 3)), ("conv4", [128] * 4, (3, 3, 3)), ("conv5", [128] * 4, (3, 3, 3))]
+    convs = [
+        ("conv1", [n4, 16, 64, 128], (3, 3, 3)),
+        ("conv2", [n3, 16, 64, 128], (5, 3, 3)),
+        ("conv3", [n2, 16, 64, 128], (5, 5, 3)),
+        ("conv4", [128] * 4, (3, 3, 3)),
+        ("conv5", [128] * 4, (3, 3, 3)),
+    ]
     for name, chans, kernels in convs:
         for s, (ci, co, k) in enumerate(zip(chans[:-1], chans[1:], kernels)):
-            out += [(f"{name}.{3 * s}.weight", (co, ci, k, k)), (f"{name}.{3 * s}.bias", (co,)),
-                    (f"{name}.{3 * s + 1}.weight", (co,)), (f"{name}.{3 * s + 1}.bias", (co,))]
+            out += [
+                (f"{name}.{3 * s}.weight", (co, ci, k, k)),
+                (f"{name}.{3 * s}.bias", (co,)),
+                (f"{name}.{3 * s + 1}.weight", (co,)),
+                (f"{name}.{3 * s + 1}.bias", (co,)),
+            ]
     c4, c8 = skips
     mixer_in = 128 + (2 if concat_support else 1) * (c8 + c4)
     for name, chans in (("mixer1", [mixer_in, 128, 64]), ("mixer2", [64, 64, 16]), ("mixer3", [16, 16, 2])):
@@ -122,8 +131,14 @@ def official_backbone(teacher: DCAMATeacher, gen: torch.Generator) -> tuple[dict
             expected[k] = ref
             if k.endswith("relative_position_bias_table"):
                 sd[k.replace("bias_table", "index")] = torch.zeros(144, 144, dtype=torch.long)
-        sd.update({"norm.weight": torch.ones(1024), "norm.bias": torch.zeros(1024),
-                   "head.weight": torch.randn(1000, 1024, generator=gen), "head.bias": torch.zeros(1000)})
+        sd.update(
+            {
+                "norm.weight": torch.ones(1024),
+                "norm.bias": torch.zeros(1024),
+                "head.weight": torch.randn(1000, 1024, generator=gen),
+                "head.bias": torch.zeros(1000),
+            }
+        )
     else:
         for k in keys:
             sd[k] = rand(ours[k])
@@ -262,8 +277,13 @@ def test_swin_b_by_name_from_pt(swin, tmp_path):
 
 @pytest.mark.parametrize(
     "variant,with_backbone",
-    [("module.pt", True), ("la-repo.safetensors", True), ("plain.pth", False), ("wrapped-model.pt", False),
-     ("module.safetensors", False)],
+    [
+        ("module.pt", True),
+        ("la-repo.safetensors", True),
+        ("plain.pth", False),
+        ("wrapped-model.pt", False),
+        ("module.safetensors", False),
+    ],
 )
 def test_resnet50_prefixes_and_formats(r50, r50_checkpoint, tmp_path, variant, with_backbone):
     sd, expected = r50_checkpoint
@@ -453,7 +473,7 @@ def test_cli_adapt_with_teacher_weights(tmp_path, syn_binary):
     sd = _tiny_reference_checkpoint(weights)
     run = tmp_path / "run"
     args = ["adapt", "--support", str(support), "--backbone", "test-resnet", "--size", "64", "--steps", "0",
-            "--teacher-weights", str(weights), "--out", str(run), "--device", "cpu", "--quiet"]
+            "--teacher-weights", str(weights), "--out", str(run), "--device", "cpu", "--quiet"]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     loaded = load_model(run / "teacher", kind="teacher").model

@@ -25,11 +25,12 @@ from PIL import Image
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from helpers import assert_user_error, SynData, write_binary_folder
 from fsdistill.checkpoint import is_artifact
 from fsdistill.cli import app
 from fsdistill.errors import CheckpointError
 from fsdistill.models.build import load_model
+
+from helpers import SynData, assert_user_error, write_binary_folder
 
 TINY = ["--backbone", "test-resnet", "--size", "64", "--device", "cpu", "--quiet"]
 HUGE = (4200, 4000)  # H×W: 16.8 M pixels, above logits_to_mask's 2**24-pixel band, so predict upsamples in bands
@@ -519,8 +520,13 @@ def test_an_interrupt_swallowed_by_a_finaliser_still_stops_training(tiny_data, t
     cfg = load_config(
         DistillCfg,
         None,
-        {"support": tiny_data.binary, "out": tmp_path / "run", "device": "cpu",
-         "model": {"backbone": "test-resnet", "size": 64}, "train": {"steps": 1_000_000, "episodes_per_step": 1}},
+        {
+            "support": tiny_data.binary,
+            "out": tmp_path / "run",
+            "device": "cpu",
+            "model": {"backbone": "test-resnet", "size": 64},
+            "train": {"steps": 1_000_000, "episodes_per_step": 1},
+        },
     )
     request_interrupt()  # as the SIGINT handler does when its exception is lost
     try:

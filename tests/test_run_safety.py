@@ -20,10 +20,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from helpers import assert_user_error, SynData, write_binary_folder
 from fsdistill.checkpoint import is_artifact
 from fsdistill.cli import app
 from fsdistill.models.build import load_model
+
+from helpers import SynData, assert_user_error, write_binary_folder
 
 CPU = ["--device", "cpu"]
 TINY = ["--backbone", "test-resnet", "--size", "64", "--device", "cpu", "--quiet"]
@@ -95,7 +96,9 @@ def _no_training(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("command", ["adapt", "distill"])
-def test_training_into_a_finished_run_needs_overwrite(runner, tiny_multi_run, tiny_data, tmp_path, monkeypatch, command):
+def test_training_into_a_finished_run_needs_overwrite(
+    runner, tiny_multi_run, tiny_data, tmp_path, monkeypatch, command
+):
     run = _copy_run(tiny_multi_run, tmp_path / "run")
     before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
     _no_training(monkeypatch)

@@ -14,7 +14,12 @@ from fsdistill.models.teacher import ATTENTION_LEVELS, DCAMATeacher
 
 
 def _student(
-    backbone: str, size: int, num_classes: int, width: int | None = None, pretrained: bool = False, decoder: str = "light"
+    backbone: str,
+    size: int,
+    num_classes: int,
+    width: int | None = None,
+    pretrained: bool = False,
+    decoder: str = "light",
 ):
     torch.manual_seed(0)
     teacher = build_teacher(ModelCfg(backbone=backbone, size=size, decoder=decoder), num_classes, pretrained=pretrained)

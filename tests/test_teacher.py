@@ -151,7 +151,7 @@ def test_coarse_maps_concatenate_shots_on_the_key_axis(teacher) -> None:
     lvl = ATTENTION_LEVELS[0]
     block = teacher.blocks[0]
     assert len(coarse) == 3
-    for stage, (lv, cm) in enumerate(zip(ATTENTION_LEVELS, coarse)):
+    for lv, cm in zip(ATTENTION_LEVELS, coarse):
         n = teacher.backbone.spec.num_blocks[lv]
         h, w = query[lv][0].shape[-2:]
         assert cm.shape == (3, n, h, w)

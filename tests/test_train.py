@@ -11,12 +11,13 @@ import torch
 import yaml
 from PIL import Image
 
-from helpers import TINY_MODEL, TINY_TRAIN, write_binary_folder
 from fsdistill import api
 from fsdistill.checkpoint import is_artifact, load_artifact
 from fsdistill.config import AdaptCfg, DistillCfg, load_config
 from fsdistill.errors import ConfigError
 from fsdistill.models.build import load_model
+
+from helpers import TINY_MODEL, TINY_TRAIN, write_binary_folder
 
 
 def _adapt_cfg(support, out, steps=2, **train):
@@ -254,8 +255,13 @@ def test_real_nuclei_untuned_teacher(examples_root, tmp_path) -> None:
     cfg = load_config(
         AdaptCfg,
         None,
-        {"support": nuclei / "support", "out": tmp_path / "run", "device": "cpu", "model": {"size": 128},
-         "train": {"steps": 0}},
+        {
+            "support": nuclei / "support",
+            "out": tmp_path / "run",
+            "device": "cpu",
+            "model": {"size": 128},
+            "train": {"steps": 0},
+        },
     )
     result = api.adapt(cfg, quiet=True)
     assert load_model(result.teacher_dir).config["backbone"]["name"] == "efficientnet-lite0"
@@ -271,8 +277,13 @@ def test_real_nuclei_short_distill(examples_root, tmp_path) -> None:
     cfg = load_config(
         DistillCfg,
         None,
-        {"support": nuclei / "support", "out": tmp_path / "run", "device": "cpu", "model": {"size": 128},
-         "train": {"steps": 20, "episodes_per_step": 2}},
+        {
+            "support": nuclei / "support",
+            "out": tmp_path / "run",
+            "device": "cpu",
+            "model": {"size": 128},
+            "train": {"steps": 20, "episodes_per_step": 2},
+        },
     )
     result = api.distill(cfg, quiet=True)
     _finite_losses(result.stats)
@@ -428,7 +439,9 @@ def test_support_check_advice_names_the_class_and_what_to_do() -> None:
     unlearned = ClassCheck("vessel", supports=3, leave_one_out=0.4, fit=0.2)
     assert "vessel" in unlearned.advice and "--steps" in unlearned.advice
     isolated = ClassCheck("lesion", supports=2, leave_one_out=0.02, fit=0.9)
-    assert "lesion" in isolated.advice and "add support images" in isolated.advice and "in 2 supports" in isolated.advice
+    assert (
+        "lesion" in isolated.advice and "add support images" in isolated.advice and "in 2 supports" in isolated.advice
+    )
     healthy = ClassCheck("organ", supports=8, leave_one_out=0.6, fit=0.9)
     alone = ClassCheck("rare", supports=1, leave_one_out=None, fit=0.8)  # no other support to find it from
     assert healthy.advice is None and alone.advice is None
