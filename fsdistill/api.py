@@ -45,6 +45,7 @@ from fsdistill.train.support_check import SupportCheck, check_supports
 
 if TYPE_CHECKING:
     from fsdistill.export import ExportResult
+    from fsdistill.profile import ProfileCfg, ProfileResult
 
 __all__ = [
     "RunResult",
