@@ -1,4 +1,4 @@
-"""Backbone taps, weights loading and freezing (fsdistill.models.backbone).
+"""Backbone taps, weights loading and freezing (fsdistill.models.backbone, backbone_specs, backbone_weights).
 
 Lite0 runs with its real embedded ImageNet weights; ResNet-50 and Swin-B run as tiny random-init instances of
 the same classes (the ``test-*`` names or overrides), since their weights cannot be downloaded here.
@@ -18,14 +18,14 @@ from torch import nn
 import timm
 from fsdistill.errors import CheckpointError, ConfigError
 from fsdistill.models import backbone as bb
-from fsdistill.models.backbone import (
+from fsdistill.models import backbone_weights as bw
+from fsdistill.models.backbone import Backbone, create_backbone, load_classifier
+from fsdistill.models.backbone_specs import (
     BACKBONE_NAMES,
+    DEFAULT_BACKBONE,
     USER_BACKBONE_NAMES,
-    Backbone,
     BackboneSpec,
     backbone_spec,
-    create_backbone,
-    load_classifier,
 )
 
 SHRUNK_RESNET50 = dict(layers=(1, 2, 1, 1), channels=(4, 8, 16, 32))
@@ -44,7 +44,7 @@ def lite0_classifier() -> nn.Module:
 
 @pytest.fixture(scope="module")
 def lukemelas_state() -> dict[str, torch.Tensor]:
-    return bb._read_state_dict(bb._embedded_lite0_path())
+    return bw._read_state_dict(bw._embedded_lite0_path())
 
 
 def _randomize_norms(model: nn.Module) -> nn.Module:
@@ -70,7 +70,7 @@ def _one_sentence(message: str) -> None:
 def test_registry_names() -> None:
     assert USER_BACKBONE_NAMES == ("efficientnet-lite0", "resnet50", "swin-b")
     assert set(BACKBONE_NAMES) == set(USER_BACKBONE_NAMES) | {"test-resnet", "test-swin"}
-    assert bb.DEFAULT_BACKBONE == "efficientnet-lite0"
+    assert DEFAULT_BACKBONE == "efficientnet-lite0"
 
 
 @pytest.mark.parametrize(
@@ -386,8 +386,8 @@ def test_offline_hub_is_checkpoint_error(monkeypatch, name) -> None:
 
     monkeypatch.setattr(timm, "create_model", offline_create_model)
     # The hub answers a TCP connect but the download still fails (the fast unreachable path: test_first_hour.py).
-    monkeypatch.setattr(bb, "_hub_unreachable", lambda: None)
-    monkeypatch.setattr(bb, "_hub_file_in_cache", lambda spec: None)
+    monkeypatch.setattr(bw, "_hub_unreachable", lambda: None)
+    monkeypatch.setattr(bw, "_hub_file_in_cache", lambda spec: None)
     with pytest.raises(CheckpointError, match=r"Could not download .* \(offline\?\); pass --backbone-weights") as info:
         create_backbone(name)
     _one_sentence(str(info.value))

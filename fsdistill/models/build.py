@@ -20,7 +20,8 @@ from torch import nn
 from fsdistill.checkpoint import CONFIG_FILE, WEIGHTS_FILE, is_artifact, load_artifact, recover_artifact, save_artifact
 from fsdistill.config import ModelCfg
 from fsdistill.errors import CheckpointError
-from fsdistill.models.backbone import Backbone, BackboneSpec, create_backbone, encode_batched
+from fsdistill.models.backbone import Backbone, create_backbone, encode_batched
+from fsdistill.models.backbone_specs import BackboneSpec
 from fsdistill.models.student import DistilledStudent
 from fsdistill.models.teacher import DCAMATeacher, SupportFeatures
 from fsdistill.runtime import inference_memory_format, library_versions

@@ -38,14 +38,15 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import Tensor
 
 from fsdistill.errors import CheckpointError, ConfigError
-from fsdistill.models.backbone import BACKBONE_NAMES, backbone_spec
+from fsdistill.models.backbone_specs import BACKBONE_NAMES, backbone_spec
 from fsdistill.models.decoder import DCAMADecoder
+from fsdistill.models.state_dict import COUNTER, PARAM_ORDER, read_state_dict
 from fsdistill.models.teacher import ATTENTION_LEVELS, DCAMATeacher, sinusoidal_pe
 
 __all__ = ["ImportReport", "import_reference_weights", "BLOCK_STAGES"]
@@ -62,8 +63,7 @@ _BACKBONE_ROOT = "feature_extractor"
 _DECODER_MODULES = ("conv1", "conv2", "conv3", "conv4", "conv5", "mixer1", "mixer2", "mixer3")
 _HEAD_MODULES = frozenset({"DCAMA_blocks", "pe", *_DECODER_MODULES})
 # Backbone tensors that are never paired: buffers rebuilt by timm, and batch counters (kept from the model).
-_SKIPPED_BUFFERS = ("relative_position_index", "attn_mask", "num_batches_tracked")
-_COUNTER = "num_batches_tracked"
+_SKIPPED_BUFFERS = ("relative_position_index", "attn_mask", COUNTER)
 # The reference decoder (reference.md §1.3): ConvMapper/ConvMerge width and mixer widths.
 _REFERENCE_WIDTH = 128
 _REFERENCE_MIXER = (128, 64, 16)
@@ -75,7 +75,6 @@ _UNSUPPORTED_BACKBONES: tuple[tuple[str, tuple[int, int, int], tuple[int, int, i
     ("dinov3-base (not supported by fsdistill)", (768, 768, 768), None),
     ("dinov3-large (not supported by fsdistill)", (1024, 1024, 1024), None),
 )
-_PARAM_RANK = {"weight": 0, "bias": 1, "running_mean": 2, "running_var": 3, _COUNTER: 4}
 
 
 @dataclass
@@ -129,61 +128,13 @@ class ImportReport:
 
 
 def _read(path: Path) -> dict[str, Tensor]:
-    """Tensors of the file in stored order, unwrapped from ``state_dict``/``model`` dicts."""
-    if not path.is_file():
-        raise CheckpointError(f"Teacher weights file {path} does not exist; check the --teacher-weights path.")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj: Any = load_file(str(path), device="cpu")
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle, zip, weights_only and safetensors errors share no base class
-        unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
-        if unsafe:
-            raise CheckpointError(
-                f"Teacher weights file {path} pickles the Python object {unsafe.group(1)}, which a safe "
-                "(weights_only) load refuses; if you trust the file, re-save only its state dict with "
-                "torch.save(ckpt['state_dict'], 'plain.pt') and pass that."
-            ) from e
-        raise CheckpointError(
-            f"Cannot read teacher weights file {path} ({_load_cause(e, path)}); pass an official DCAMA/DistillFSS "
-            ".pt/.pth/.safetensors checkpoint saved as a plain state dict."
-        ) from e
-    # {"model": sd}, {"state_dict": sd}, or nested; a plain state dict has dotted names, never these keys.
-    while isinstance(obj, dict):
-        inner = next((obj[k] for k in ("state_dict", "model") if isinstance(obj.get(k), dict)), None)
-        if inner is None:
-            break
-        obj = inner
-    items = obj.items() if isinstance(obj, dict) else []
-    tensors = {k: v for k, v in items if isinstance(k, str) and isinstance(v, Tensor)}
-    if not tensors:
-        raise CheckpointError(
-            f"Teacher weights file {path} holds no state dict of tensors; pass an official DCAMA/DistillFSS checkpoint."
-        )
-    return tensors
-
-
-def _load_cause(e: BaseException, path: Path) -> str:
-    """A short phrase (no full stop) for why torch or safetensors could not read the file."""
-    text = str(e)
-    if isinstance(e, EOFError) or path.stat().st_size == 0:
-        return "the file is empty or cut short"
-    if "central directory" in text or "zip archive" in text:
-        return "damaged zip archive, probably truncated or corrupted"
-    if "Weights only load failed" in text:
-        return "not a PyTorch checkpoint"
-    first = _first_line(e).split(". ")[0].rstrip(".")
-    if path.suffix == ".safetensors":
-        return f"not a valid safetensors file: {first}"
-    return f"not a PyTorch checkpoint: {first}"
-
-
-def _first_line(e: BaseException) -> str:
-    text = " ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
-    return text if len(text) <= 200 else text[:199] + "…"
+    """Tensors of the file in stored order (see :func:`fsdistill.models.state_dict.read_state_dict`)."""
+    return read_state_dict(
+        path,
+        "Teacher weights",
+        "--teacher-weights",
+        "pass an official DCAMA/DistillFSS .pt/.pth/.safetensors checkpoint saved as a plain state dict",
+    )
 
 
 def _split(key: str) -> tuple[str, str] | None:
@@ -215,8 +166,8 @@ def _natural_key(key: str) -> list[tuple[int, int, str]]:
     for n, part in enumerate(parts):
         if part.isdigit():
             out.append((0, int(part), ""))
-        elif n == len(parts) - 1 and part in _PARAM_RANK:
-            out.append((1, _PARAM_RANK[part], ""))
+        elif n == len(parts) - 1 and part in PARAM_ORDER:
+            out.append((1, PARAM_ORDER[part], ""))
         else:
             out.append((2, 0, part))
     return out
@@ -422,7 +373,7 @@ def _resolve_backbone(
     model = teacher.backbone.model
     spec = teacher.backbone.spec
     target = model.state_dict()
-    wanted = [k for k in target if not k.endswith(_COUNTER)]
+    wanted = [k for k in target if not k.endswith(COUNTER)]
     if not source:
         return "kept", None, "the checkpoint holds no backbone weights", []
     reason = ""

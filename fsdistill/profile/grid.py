@@ -13,7 +13,8 @@ from torch import Tensor, nn
 
 from fsdistill.config import ModelCfg, load_config
 from fsdistill.errors import ConfigError
-from fsdistill.models.backbone import DEFAULT_BACKBONE, backbone_spec, encode_batched
+from fsdistill.models.backbone import encode_batched
+from fsdistill.models.backbone_specs import DEFAULT_BACKBONE, backbone_spec
 from fsdistill.profile.config import DEFAULT_WAYS, ProfileCfg, ProfileResult, shot_grid
 from fsdistill.profile.measure import MemoryMeter, _Estimator, _free, _load_average, _Measure, _Runner, is_oom
 from fsdistill.profile.report import _write_plot, _write_tables, headline_ratios, render_markdown
