@@ -246,9 +246,26 @@ def test_frozen_and_eval_even_after_train() -> None:
     torch.testing.assert_close(backbone.model.bn1.running_mean, before)
 
 
-def test_normalize_uses_spec(lite0: Backbone) -> None:
-    x = torch.full((1, 3, 4, 4), 0.75)
-    torch.testing.assert_close(lite0.normalize(x), torch.full((1, 3, 4, 4), 0.5))
+def test_preprocess_normalises_uint8_with_the_spec_as_transforms_normalize(lite0: Backbone) -> None:
+    """The backbone normalises its uint8 input itself, bit for bit as the ONNX path's normalize (one formula)."""
+    from fsdistill.data.transforms import normalize
+
+    x = torch.full((1, 3, 4, 4), 191, dtype=torch.uint8)  # 0.749 on the 0–1 scale, mean = std = 0.5
+    torch.testing.assert_close(lite0.preprocess(x), torch.full((1, 3, 4, 4), 191 / 127.5 - 1))
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(lite0.preprocess(images), normalize(images, lite0.spec.mean, lite0.spec.std))
+    last = images.contiguous(memory_format=torch.channels_last)
+    assert lite0.preprocess(last).is_contiguous(memory_format=torch.channels_last)  # predict's CPU layout is kept
+    with pytest.raises(TypeError, match="uint8"):
+        lite0.encode(images.float())  # normalised twice would be silently wrong
+
+
+def test_encode_batched_equals_one_encode(lite0: Backbone) -> None:
+    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    whole, batched = lite0.encode(images), lite0.encode_batched(images, batch_size=2)
+    for level, level_batched in zip(whole, batched):
+        for m, m_batched in zip(level, level_batched):
+            torch.testing.assert_close(m_batched, m, rtol=1e-4, atol=1e-4)  # conv kernels differ per batch size
 
 
 # --- weights ----------------------------------------------------------------------------------------------------
@@ -434,7 +451,6 @@ def test_folding_batchnorm_keeps_the_taps(name, size, expected) -> None:
 def test_predictor_runs_the_student_folded_with_the_same_logits(tmp_path) -> None:
     """predict/evaluate prepare their model with for_inference (folded BNs, predict's layout): same logits."""
     from fsdistill.config import ModelCfg
-    from fsdistill.data.transforms import normalize
     from fsdistill.infer.predictor import Predictor
     from fsdistill.models.build import build_student, build_teacher, load_model, save_model
 
@@ -446,7 +462,7 @@ def test_predictor_runs_the_student_folded_with_the_same_logits(tmp_path) -> Non
     images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
     reference = load_model(path)
     with torch.no_grad():
-        expected = reference.model(normalize(images, reference.mean, reference.std))
+        expected = reference.model.predict(images)
     predictor = Predictor(load_model(path), torch.device("cpu"))
     assert not any(isinstance(m, nn.BatchNorm2d) for m in predictor.loaded.model.modules())
     torch.testing.assert_close(predictor.logits(images), expected, rtol=1e-4, atol=1e-4)

@@ -64,7 +64,7 @@ def test_adapt_zero_steps_writes_the_untuned_teacher(tiny_data, tmp_path) -> Non
     assert not teacher.decoder.mixer3[-1].weight.any()
     assert float(teacher.decoder.prior_scale.detach()) == 8.0
     assert loaded.support_images.shape == (4, 3, 64, 64)
-    logits = loaded.logits(torch.zeros(1, 3, 64, 64))
+    logits = loaded.logits(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
     assert logits.shape == (1, 2, 16, 16) and torch.isfinite(logits).all()  # the light decoder: stride 4
 
 
@@ -97,7 +97,7 @@ def test_distill_writes_teacher_and_student(request, data) -> None:
     n = 1 if data == "binary" else 3
     assert student.config["model_args"]["num_classes"] == n
     assert student.config["training"]["steps"] == 2
-    logits = student.logits(torch.zeros(2, 3, 64, 64))
+    logits = student.logits(torch.zeros(2, 3, 64, 64, dtype=torch.uint8))
     assert logits.shape == (2, n + 1, 16, 16) and torch.isfinite(logits).all()  # light decoder: stride 4
     # the student keeps the support set's class prior, not the 0.5 placeholder
     assert not torch.allclose(student.model.class_prior, torch.full((n,), 0.5))

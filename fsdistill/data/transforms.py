@@ -8,7 +8,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["resize_image", "resize_mask", "normalize", "channel_argmax", "logits_to_mask", "FLIP_VIEWS", "flip"]
+__all__ = [
+    "resize_image",
+    "resize_mask",
+    "normalize",
+    "normalize_coefficients",
+    "channel_argmax",
+    "logits_to_mask",
+    "FLIP_VIEWS",
+    "flip",
+]
 
 # Cached augmentation views for training: identity, horizontal, vertical, both (dims of a …×H×W tensor to flip).
 FLIP_VIEWS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
@@ -35,14 +44,28 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
 
 
+def normalize_coefficients(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[list[float], list[float]]:
+    """Per-channel (scale, shift) with ``x * scale + shift = (x / 255 - mean) / std`` for uint8 ``x``.
+
+    One multiply-add in place makes three passes over the batch fewer than the formula. The backbone
+    (:meth:`~fsdistill.models.backbone.Backbone.preprocess`) and :func:`normalize` share these numbers, so the
+    two give bit-identical inputs.
+    """
+    return [1.0 / (255.0 * s) for s in std], [-m / s for m, s in zip(mean, std)]
+
+
 def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
-    """B×H×W×3 or B×3×H×W uint8 → B×3×H×W float32 normalised with the backbone's mean/std (0–1 scale)."""
+    """B×H×W×3 or B×3×H×W uint8 → B×3×H×W float32 normalised with the backbone's mean/std (0–1 scale).
+
+    For code that feeds normalised floats to a model from outside it (the ONNX export and its check); a
+    :class:`~fsdistill.models.backbone.Backbone` normalises uint8 images itself (``encode``).
+    """
     if images.shape[-1] == 3 and images.shape[1] != 3:
         images = images.permute(0, 3, 1, 2)
-    # (x / 255 - mean) / std as one multiply-add in place: three passes over the batch fewer than the formula.
-    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=images.device).view(1, 3, 1, 1)
-    shift = torch.tensor([-m / s for m, s in zip(mean, std)], device=images.device).view(1, 3, 1, 1)
-    return images.float().mul_(scale).add_(shift)
+    scale, shift = normalize_coefficients(mean, std)
+    scale_t = torch.tensor(scale, device=images.device).view(1, 3, 1, 1)
+    shift_t = torch.tensor(shift, device=images.device).view(1, 3, 1, 1)
+    return images.float().mul_(scale_t).add_(shift_t)
 
 
 def flip(x: Tensor, view: int) -> Tensor:

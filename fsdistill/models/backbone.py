@@ -5,10 +5,11 @@ DCAMA correlates query and support features at every block of stages 2–4, not 
 each family taps, and the registry of names, is in :mod:`fsdistill.models.backbone_specs`; where the weights come
 from is in :mod:`fsdistill.models.backbone_weights`.
 
-Typical use::
+The backbone takes uint8 images and normalises them itself (as segment-anything's ``preprocess``), so no caller
+repeats the mean/std arithmetic. Typical use::
 
     backbone = create_backbone("efficientnet-lite0")          # embedded ImageNet weights
-    feats = backbone(backbone.normalize(images_01))            # 4 lists of B×C×h×w maps
+    feats = backbone.encode(images_uint8)                      # 4 lists of B×C×h×w maps
     config["backbone"] = backbone.spec.to_dict()               # what rebuilds it:
     again = create_backbone(spec.name, pretrained=False, **spec.model_args)
 """
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fsdistill.data.transforms import normalize
+from fsdistill.data.transforms import normalize_coefficients
 from fsdistill.errors import ConfigError
 from fsdistill.models.backbone_specs import DEFAULT_BACKBONE, BackboneSpec, backbone_spec
 from fsdistill.models.backbone_weights import create_timm_model
@@ -35,7 +36,6 @@ __all__ = [
     "SwinBackbone",
     "create_backbone",
     "load_classifier",
-    "encode_batched",
 ]
 
 # Lite0: blocks[i] of timm's model is stage i. Stage 3 (stride 16, 80 ch) is skipped so that every level has a
@@ -54,8 +54,8 @@ class Backbone(nn.Module):
     """
 
     spec: BackboneSpec
-    mean: Tensor
-    std: Tensor
+    input_scale: Tensor
+    input_shift: Tensor
 
     def __init__(self, spec: BackboneSpec, model: nn.Module) -> None:
         super().__init__()
@@ -69,9 +69,11 @@ class Backbone(nn.Module):
                 f"but its tap code expects {spec.channels} × {spec.num_blocks}; override only sizes the tap code "
                 "supports (see backbone_spec)."
             )
-        # Not persistent: normalisation lives in the spec (config.json), not in the weights.
-        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
+        # 1×3×1×1 each, x·scale + shift = (x/255 - mean)/std. Not persistent: normalisation lives in the spec
+        # (config.json), not in the weights.
+        scale, shift = normalize_coefficients(spec.mean, spec.std)
+        self.register_buffer("input_scale", torch.tensor(scale).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("input_shift", torch.tensor(shift).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
         super().train(False)
 
@@ -79,9 +81,26 @@ class Backbone(nn.Module):
         """Ignore ``mode``: a frozen backbone is always in eval mode."""
         return super().train(False)
 
-    def normalize(self, images: Tensor) -> Tensor:
-        """B×3×H×W RGB in [0, 1] → B×3×H×W normalised with ``spec.mean``/``spec.std``."""
-        return (images - self.mean) / self.std
+    def preprocess(self, images: Tensor) -> Tensor:
+        """B×3×H×W uint8 RGB → B×3×H×W float32 normalised with ``spec.mean``/``spec.std``, in the memory layout
+        of ``images`` (a channels-last batch stays channels-last, see :meth:`forward`)."""
+        if images.dtype != torch.uint8:
+            raise TypeError(
+                f"expected uint8 images, got {images.dtype}; call the backbone itself on normalised float images"
+            )
+        return images.float().mul_(self.input_scale).add_(self.input_shift)
+
+    def encode(self, images: Tensor) -> list[list[Tensor]]:
+        """B×3×H×W uint8 RGB → block-level features (see :meth:`forward`): normalised here, then tapped."""
+        return self(self.preprocess(images))
+
+    @torch.no_grad()
+    def encode_batched(self, images: Tensor, batch_size: int = 8) -> list[list[Tensor]]:
+        """S×3×H×W uint8 on any device → :meth:`encode` of all S images, ``batch_size`` at a time on the backbone's
+        device: 4 levels of block maps, each S×C×h×w (support sets larger than one batch fit in memory)."""
+        device = self.input_scale.device
+        parts = [self.encode(images[i : i + batch_size].to(device)) for i in range(0, images.shape[0], batch_size)]
+        return [[torch.cat([p[lvl][b] for p in parts]) for b in range(len(parts[0][lvl]))] for lvl in range(len(parts[0]))]
 
     def check_size(self, height: int, width: int) -> None:
         """Raise ConfigError unless an H×W input is accepted (multiple of 32; Swin only its fixed size)."""
@@ -103,7 +122,7 @@ class Backbone(nn.Module):
         """Block-level features.
 
         Args:
-            x: B×3×H×W, normalised with ``spec.mean``/``spec.std`` (see :meth:`normalize`).
+            x: B×3×H×W float, normalised with ``spec.mean``/``spec.std`` (uint8 images: :meth:`encode`).
 
         Returns:
             4 lists (levels at strides 4, 8, 16, 32); level ``l`` holds ``spec.num_blocks[l]`` maps, each
@@ -291,17 +310,6 @@ _FAMILY_CLASSES: dict[str, type[Backbone]] = {
     "resnet": ResNetBackbone,
     "swin": SwinBackbone,
 }
-
-
-@torch.no_grad()
-def encode_batched(backbone, images: Tensor, device: torch.device, batch_size: int = 8) -> list[list[Tensor]]:
-    """S×3×H×W uint8 → backbone features of all images (levels × block maps, each S×C×h×w), in batches."""
-    spec = backbone.spec
-    parts: list[list[list[Tensor]]] = []
-    for start in range(0, images.shape[0], batch_size):
-        batch = normalize(images[start : start + batch_size].to(device), spec.mean, spec.std)
-        parts.append(backbone(batch))
-    return [[torch.cat([p[lvl][b] for p in parts]) for b in range(len(parts[0][lvl]))] for lvl in range(len(parts[0]))]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from torch import nn
 from fsdistill.checkpoint import CONFIG_FILE, WEIGHTS_FILE, is_artifact, load_artifact, recover_artifact, save_artifact
 from fsdistill.config import ModelCfg
 from fsdistill.errors import CheckpointError
-from fsdistill.models.backbone import Backbone, create_backbone, encode_batched
+from fsdistill.models.backbone import Backbone, create_backbone
 from fsdistill.models.backbone_specs import BackboneSpec
 from fsdistill.models.student import DistilledStudent
 from fsdistill.models.teacher import DCAMATeacher, SupportFeatures
@@ -117,16 +117,17 @@ class LoadedModel:
             raise CheckpointError(f"{self.path} is a {self.kind}; only a teacher has a support set.")
         if self._support_cache is None:
             device = next(self.model.parameters()).device
-            feats = encode_batched(self.model.backbone, self.support_images, device)
+            feats = self.model.backbone.encode_batched(self.support_images)
             self._support_cache = self.model.prepare_support(feats, self.support_masks.to(device))
         return self._support_cache
 
     @torch.no_grad()
-    def logits(self, batch: torch.Tensor) -> torch.Tensor:
-        """B×3×size×size normalised images → B×(N+1)×h×w logits at the model's output stride (teacher: with its stored supports)."""
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """B×3×size×size uint8 images → B×(N+1)×h×w logits at the model's output stride (teacher: with its stored
+        supports); the model's backbone normalises them."""
         if self.kind == "teacher":
-            return self.model.predict(batch, self.support_features())
-        return self.model(batch)
+            return self.model.predict(images, self.support_features())
+        return self.model.predict(images)
 
 
 def _model_args(model: nn.Module) -> dict[str, Any]:

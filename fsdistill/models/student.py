@@ -120,6 +120,14 @@ class DistilledStudent(nn.Module):
         return merge_classes(logits.view(b, n, 2, *logits.shape[-2:])), coarse
 
     def forward(self, images: Tensor) -> Tensor:
-        """B×3×H×W normalised images → B×(N+1)×h×w logits (background, class 1..N) at the decoder's output stride
-        (h = H, or H/4 for the light decoder: the mask is upsampled once, straight to each image's own size)."""
+        """B×3×H×W normalised float images → B×(N+1)×h×w logits (background, class 1..N) at the decoder's output
+        stride (h = H, or H/4 for the light decoder: the mask is upsampled once, straight to each image's own size).
+
+        The function ONNX export traces (its file takes normalised floats); uint8 images go to :meth:`predict`.
+        """
         return self.forward_features(self.backbone(images))[0]
+
+    @torch.no_grad()
+    def predict(self, images: Tensor) -> Tensor:
+        """B×3×H×W uint8 RGB images → the logits of :meth:`forward`, normalised by the backbone (its ``preprocess``)."""
+        return self(self.backbone.preprocess(images))

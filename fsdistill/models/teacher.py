@@ -360,5 +360,6 @@ class DCAMATeacher(nn.Module):
 
     @torch.no_grad()
     def predict(self, images: Tensor, support: SupportFeatures, voting: int | None = None) -> Tensor:
-        """B×3×H×W normalised images → B×(N+1)×h×w logits at the output stride (queries run one at a time: the attention is per query)."""
-        return torch.cat([self.predict_features(self.backbone(img[None]), support, voting) for img in images])
+        """B×3×H×W uint8 RGB images → B×(N+1)×h×w logits at the output stride (queries run one at a time: the
+        attention is per query; the backbone normalises each, see ``Backbone.encode``)."""
+        return torch.cat([self.predict_features(self.backbone.encode(img[None]), support, voting) for img in images])

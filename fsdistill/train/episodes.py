@@ -14,7 +14,6 @@ import torch
 from torch import Tensor
 
 from fsdistill.data.transforms import FLIP_VIEWS, flip, resize_image, resize_mask
-from fsdistill.models.backbone import encode_batched
 from fsdistill.models.teacher import DCAMATeacher, Features, SupportFeatures
 
 __all__ = [
@@ -24,7 +23,6 @@ __all__ = [
     "PairAttention",
     "Episode",
     "EpisodeSampler",
-    "encode_batched",
 ]
 
 # Memory for the attention sums of (query, support) pairs kept during one training run. Lite0 at 384 px with 5
@@ -75,7 +73,7 @@ class FeatureCache:
         self.feats: list[Features] = []
         self.support: list[SupportFeatures] = []
         for v in range(self.views):
-            feats = encode_batched(teacher.backbone, flip(support.images, v), device)
+            feats = teacher.backbone.encode_batched(flip(support.images, v))
             self.feats.append(feats)
             self.support.append(teacher.prepare_support(feats, self.masks[v]))
         self.present = self.support[0].present.cpu()  # S×N, the same in every view
