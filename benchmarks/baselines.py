@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fsdistill.data.masks import IGNORE_INDEX
+from fsdistill.data.support_tensors import SupportTensors
 from fsdistill.data.transforms import FLIP_VIEWS, flip
 from fsdistill.models.teacher import one_hot_masks
-from fsdistill.train.episodes import SupportTensors
 from fsdistill.train.budget import PlateauStop
 
 __all__ = ["PrototypeBaseline", "FPNHead", "FineTunedBaseline"]

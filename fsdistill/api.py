@@ -26,6 +26,7 @@ from fsdistill.checkpoint import WEIGHTS_FILE, config_sha256, is_artifact, recov
 from fsdistill.config import AdaptCfg, DistillCfg
 from fsdistill.data.discover import SupportIndex, discover
 from fsdistill.data.masks import IGNORE_INDEX
+from fsdistill.data.support_tensors import load_support_tensors
 from fsdistill.errors import CheckpointError, ConfigError, DataError, FsdistillError
 from fsdistill.infer.predictor import PredictResult, Predictor, Runner, list_images, predict_files
 from fsdistill.metrics import ConfusionMatrix
@@ -39,7 +40,7 @@ from fsdistill.models.build import (
 )
 from fsdistill.models.teacher import DCAMATeacher
 from fsdistill.runtime import ensure_writable_dir, resolve_device, seed_everything, write_atomic
-from fsdistill.train.episodes import FeatureCache, load_support_tensors
+from fsdistill.train.episodes import FeatureCache
 from fsdistill.train.fit import TrainStats, train
 from fsdistill.train.support_check import SupportCheck, check_supports
 

@@ -12,10 +12,10 @@ import torch
 from conftest import TINY_MODEL
 from fsdistill.config import ModelCfg, TrainCfg
 from fsdistill.data.discover import discover
+from fsdistill.data.support_tensors import load_support_tensors
 from fsdistill.data.transforms import normalize
 from fsdistill.metrics import ConfusionMatrix
 from fsdistill.models.build import build_teacher
-from fsdistill.train.episodes import load_support_tensors
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("baselines_benchmark", ROOT / "benchmarks" / "baselines.py")

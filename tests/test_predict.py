@@ -283,7 +283,7 @@ def test_inputs_that_would_write_the_same_mask_are_refused(tmp_path) -> None:
 
 
 def test_channel_argmax_equals_argmax_including_ties() -> None:
-    from fsdistill.data.transforms import channel_argmax
+    from fsdistill.infer.postprocess import channel_argmax
 
     g = torch.Generator().manual_seed(0)
     scores = torch.randint(0, 3, (5, 40, 30), generator=g).float()  # many ties: the first channel must win
@@ -296,7 +296,7 @@ def test_channel_argmax_equals_argmax_including_ties() -> None:
 @pytest.mark.parametrize("band_pixels", [1 << 24, 300])  # 300: the banded grid_sample path, a few rows per band
 def test_logits_to_mask_is_the_argmax_of_the_upsampled_logits(classes: int, band_pixels: int) -> None:
     """Binary models upsample fg − bg once; the mask must still be the argmax of both upsampled channels."""
-    from fsdistill.data.transforms import logits_to_mask
+    from fsdistill.infer.postprocess import logits_to_mask
 
     g = torch.Generator().manual_seed(classes)
     logits = torch.randn(classes, 12, 16, generator=g) * 3

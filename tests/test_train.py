@@ -462,7 +462,8 @@ def test_pair_attention_reuses_each_pair_and_matches_the_live_attention() -> Non
     again is not recomputed; past the memory cap pairs are computed each time, still correct."""
     from fsdistill.config import ModelCfg
     from fsdistill.models.build import build_teacher
-    from fsdistill.train.episodes import EpisodeSampler, FeatureCache, PairAttention, SupportTensors
+    from fsdistill.data.support_tensors import SupportTensors
+    from fsdistill.train.episodes import EpisodeSampler, FeatureCache, PairAttention
 
     torch.manual_seed(0)
     teacher = build_teacher(ModelCfg(backbone="test-resnet", size=64), num_classes=2, pretrained=False).eval()

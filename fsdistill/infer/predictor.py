@@ -25,8 +25,9 @@ from torch.utils.data import DataLoader, Dataset
 from fsdistill.checkpoint import config_sha256
 from fsdistill.data.images import IMAGE_SUFFIXES, read_image, read_image_reduced
 from fsdistill.data.masks import read_index_mask, write_index_png
-from fsdistill.data.transforms import logits_to_mask, resize_image, to_chw_tensor
+from fsdistill.data.transforms import resize_image, to_chw_tensor
 from fsdistill.errors import DataError, FsdistillError
+from fsdistill.infer.postprocess import logits_to_mask
 from fsdistill.models.build import LoadedModel, for_inference
 from fsdistill.runtime import ensure_writable_dir, inference_memory_format, raise_if_interrupted, write_atomic
 
