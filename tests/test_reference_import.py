@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from fsdistill.errors import CheckpointError
 from fsdistill.models.backbone import create_backbone
+from fsdistill.models.build import build_decoder
 from fsdistill.models.reference_import import BLOCK_STAGES, ImportReport, import_reference_weights
 from fsdistill.models.teacher import DCAMATeacher
 
@@ -146,7 +147,8 @@ def official_checkpoint(teacher, geometry, seed=0, backbone=True, **head_kw):
 def materialised_teacher(name: str) -> DCAMATeacher:
     """A teacher on the real backbone spec, built without initialising the backbone (meta → uninitialised)."""
     with torch.device("meta"):
-        teacher = DCAMATeacher(create_backbone(name, pretrained=False), num_classes=2)
+        backbone = create_backbone(name, pretrained=False)
+        teacher = DCAMATeacher(backbone, build_decoder(backbone.spec, "dcama"), num_classes=2)
     teacher.to_empty(device="cpu")
     return reset(teacher)
 

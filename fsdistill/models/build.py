@@ -22,11 +22,13 @@ from fsdistill.config import ModelCfg
 from fsdistill.errors import CheckpointError
 from fsdistill.models.backbone import Backbone, create_backbone
 from fsdistill.models.backbone_specs import BackboneSpec
+from fsdistill.models.decoder import DECODERS, DCAMADecoder, LightDecoder
 from fsdistill.models.student import DistilledStudent
-from fsdistill.models.teacher import DCAMATeacher, SupportFeatures
+from fsdistill.models.teacher import ATTENTION_LEVELS, DCAMATeacher, SupportFeatures
 from fsdistill.runtime import inference_memory_format, library_versions
 
 __all__ = [
+    "build_decoder",
     "build_teacher",
     "build_student",
     "for_inference",
@@ -40,21 +42,43 @@ SUPPORT_IMAGES_KEY = "support.images"
 SUPPORT_MASKS_KEY = "support.masks"
 
 
+def build_decoder(
+    spec: BackboneSpec, kind: str, width: int | None = None, mixer_widths: tuple[int, int, int] | None = None
+) -> DCAMADecoder | LightDecoder:
+    """A fresh decoder for a backbone of ``spec``: built once, given to the teacher and shared with its student.
+
+    Args:
+        kind: "dcama" (the paper's) or "light" (see :mod:`fsdistill.models.decoder`).
+        width, mixer_widths: ``ModelCfg.decoder_width`` / ``mixer_widths``; None = that decoder's defaults.
+    The decoder reads the block maps of the attention levels (stages 2–4) and the last maps of levels 0 and 1.
+    """
+    if kind not in DECODERS:
+        raise ValueError(f"unknown decoder {kind!r}; choose one of {sorted(DECODERS)}")
+    sizes: dict = {}
+    if width is not None:
+        sizes["width"] = width
+    if mixer_widths is not None:
+        sizes["mixer"] = tuple(mixer_widths)
+    return DECODERS[kind](
+        num_layers=tuple(spec.num_blocks[lvl] for lvl in ATTENTION_LEVELS),
+        skip_channels=(spec.channels[0], spec.channels[1]),
+        **sizes,
+    )
+
+
 def build_teacher(cfg: ModelCfg, num_classes: int, pretrained: bool = True) -> DCAMATeacher:
     """A teacher with a frozen backbone (pretrained weights unless ``pretrained=False``) and a fresh head."""
     backbone = create_backbone(cfg.backbone, weights=cfg.backbone_weights, pretrained=pretrained)
     backbone.check_size(cfg.size, cfg.size)
     return DCAMATeacher(
         backbone,
+        build_decoder(backbone.spec, cfg.decoder, cfg.decoder_width, cfg.mixer_widths),
         num_classes,
         heads=cfg.heads,
         use_pe=cfg.use_pe,
         attn_dropout=cfg.attn_dropout,
         voting=cfg.voting,
         qk_norm=cfg.qk_norm,
-        decoder=cfg.decoder,
-        decoder_width=cfg.decoder_width,
-        mixer_widths=cfg.mixer_widths,
     )
 
 
@@ -198,21 +222,20 @@ def load_model(path: Path, kind: str | None = None) -> LoadedModel:
     spec = BackboneSpec.from_dict(config["backbone"])
     args = config["model_args"]
     backbone = create_backbone(spec.name, pretrained=False, **spec.model_args)
-    decoder_args = {k: args[k] for k in ("decoder", "decoder_width", "mixer_widths") if k in args}
+    decoder = build_decoder(spec, args.get("decoder", "dcama"), args.get("decoder_width"), args.get("mixer_widths"))
     if config["kind"] == "teacher":
         model: nn.Module = DCAMATeacher(
             backbone,
+            decoder,
             args["num_classes"],
             heads=args["heads"],
             use_pe=args["use_pe"],
             attn_dropout=args["attn_dropout"],
             voting=args["voting"],
             qk_norm=args.get("qk_norm"),
-            **decoder_args,
         )
     elif config["kind"] == "student":
-        teacher_shell = DCAMATeacher(backbone, args["num_classes"], **decoder_args)
-        model = DistilledStudent(backbone, teacher_shell.decoder, args["num_classes"], args.get("student_width"))
+        model = DistilledStudent(backbone, decoder, args["num_classes"], args.get("student_width"))
     else:
         raise CheckpointError(f"{directory} holds an unknown model kind '{config['kind']}'.")
     support_images = tensors.pop(SUPPORT_IMAGES_KEY, None)

@@ -81,7 +81,8 @@ class DistilledStudent(nn.Module):
 
     Args:
         backbone: frozen feature extractor (shared with the teacher during joint training).
-        decoder: the teacher's decoder (shared during training; its own copy in the artifact).
+        decoder: the teacher's decoder (the same module during joint training; built on its own,
+            :func:`fsdistill.models.build.build_decoder`, when an artifact is loaded).
         num_classes: foreground classes N.
         width: ConvDist hidden width per class (None or 0 = the stage's channels, the paper's block; W > 0 = the
             1×1-bottleneck block of width W, see :class:`ConvDist`).
