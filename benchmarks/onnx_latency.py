@@ -42,8 +42,8 @@ def random_student(directory: Path, cfg: ModelCfg) -> Path:
     """A default-config student artifact with random decoder weights (1 class)."""
     student = build_student(build_teacher(cfg, 1), cfg.student_width)
     return save_model(
-        directory, student, class_names=["background", "foreground"], palette=[(0, 0, 0), (255, 0, 0)],
-        input_size=cfg.size, train_config={}, support_info={}, training={},
+        directory, student, cfg, class_names=["background", "foreground"], palette=[(0, 0, 0), (255, 0, 0)],
+        train_config={}, support_info={}, training={},
     )  # fmt: skip
 
 
@@ -111,7 +111,7 @@ def main() -> None:
             "model": str(args.model) if args.model else "random-init student (default config, 1 class)",
             "backbone": loaded.config["backbone"]["name"],
             "size": loaded.size,
-            "model_args": loaded.config["model_args"],
+            "model_cfg": loaded.model_cfg.model_dump(mode="json"),
             "onnx": {
                 "file_mb": round(export.size_bytes / 2**20, 2),
                 "dynamic_hw": export.dynamic_hw,

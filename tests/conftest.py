@@ -218,9 +218,9 @@ def shaken_multi_student(tiny_multi_run, tmp_path_factory) -> Path:
     return save_model(
         tmp_path_factory.mktemp("shaken") / "student",
         loaded.model,
+        loaded.model_cfg,
         class_names=config["class_names"],
         palette=[tuple(c) for c in config["palette"]],
-        input_size=config["input_size"],
         train_config=config["train_config"],
         support_info=config["support"],
         training=config["training"],

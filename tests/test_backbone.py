@@ -455,10 +455,11 @@ def test_predictor_runs_the_student_folded_with_the_same_logits(tmp_path) -> Non
     from fsdistill.models.build import build_student, build_teacher, load_model, save_model
 
     torch.manual_seed(0)
-    student = build_student(build_teacher(ModelCfg(backbone="test-resnet", size=64), 2, pretrained=False), 4).eval()
+    cfg = ModelCfg(backbone="test-resnet", size=64, student_width=4)
+    student = build_student(build_teacher(cfg, 2, pretrained=False), cfg.student_width).eval()
     _randomize_norms(student.backbone)
-    path = save_model(tmp_path / "student", student, class_names=["background", "a", "b"],
-                      palette=[(0, 0, 0), (1, 1, 1), (2, 2, 2)], input_size=64, train_config={}, support_info={}, training={})
+    path = save_model(tmp_path / "student", student, cfg, class_names=["background", "a", "b"],
+                      palette=[(0, 0, 0), (1, 1, 1), (2, 2, 2)], train_config={}, support_info={}, training={})
     images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
     reference = load_model(path)
     with torch.no_grad():

@@ -464,7 +464,8 @@ def test_cli_adapt_with_teacher_weights(tmp_path, syn_binary):
     for key, value in sd.items():
         if ".feature_extractor." in key:
             assert torch.equal(state[key.removeprefix("module.feature_extractor.")], value), key
-    assert_published_behaviour(loaded)  # survives save and reload (qk_norm is stored in model_args)
+    assert_published_behaviour(loaded)  # survives save and reload (the stored model_cfg says qk_norm None)
+    assert load_model(run / "teacher", kind="teacher").model_cfg.qk_norm is None
 
     # A bad file is one line on stderr and exit code 2.
     (tmp_path / "bad.pt").write_bytes(b"junk")
@@ -482,8 +483,9 @@ def test_api_new_teacher_imports(tmp_path):
     sd = _tiny_reference_checkpoint(tmp_path / "tiny.pt")
     save_file({k.removeprefix("module."): v.contiguous() for k, v in sd.items()}, str(weights))
     cfg = AdaptCfg(support=tmp_path, model=ModelCfg(backbone="test-resnet", size=64, teacher_weights=weights))
-    teacher = _new_teacher(cfg, 2)
+    teacher, model_cfg = _new_teacher(cfg, 2)
     assert_published_behaviour(teacher)
+    assert model_cfg.qk_norm is None and model_cfg.teacher_weights == weights  # what the artifact stores
     assert torch.equal(teacher.decoder.conv3[6].weight, sd["module.model.conv3.6.weight"])
     assert torch.equal(teacher.blocks[2].linears[0].bias, sd["module.model.DCAMA_blocks.2.linears.0.bias"])
 

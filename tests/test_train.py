@@ -95,7 +95,7 @@ def test_distill_writes_teacher_and_student(request, data) -> None:
     student = load_model(run.run_dir)
     assert student.kind == "student"
     n = 1 if data == "binary" else 3
-    assert student.config["model_args"]["num_classes"] == n
+    assert student.model.num_classes == n and len(student.class_names) == n + 1
     assert student.config["training"]["steps"] == 2
     logits = student.logits(torch.zeros(2, 3, 64, 64, dtype=torch.uint8))
     assert logits.shape == (2, n + 1, 16, 16) and torch.isfinite(logits).all()  # light decoder: stride 4

@@ -30,6 +30,7 @@ backbone that fits neither way is kept as it was (``--backbone-weights`` or the 
 
 After import the teacher behaves as published: ``decoder.prior_scale`` = 0 (our coarse-map prior is off) and
 every attention block uses the raw scaled dot product (``qk_norm = None``). ``use_pe`` stays as configured.
+Build the teacher from :func:`published_model_cfg` of the run's config, so that its artifact stores what runs.
 """
 
 from __future__ import annotations
@@ -43,13 +44,14 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from fsdistill.config import ModelCfg
 from fsdistill.errors import CheckpointError, ConfigError
 from fsdistill.models.backbone_specs import BACKBONE_NAMES, backbone_spec
 from fsdistill.models.decoder import DCAMADecoder
 from fsdistill.models.state_dict import COUNTER, PARAM_ORDER, read_state_dict
 from fsdistill.models.teacher import ATTENTION_LEVELS, DCAMATeacher, sinusoidal_pe
 
-__all__ = ["ImportReport", "import_reference_weights", "BLOCK_STAGES"]
+__all__ = ["ImportReport", "import_reference_weights", "published_model_cfg", "BLOCK_STAGES"]
 
 log = logging.getLogger(__name__)
 
@@ -409,6 +411,11 @@ def _resolve_backbone(
 
 # ---------------------------------------------------------------------------------------------------------------
 # Entry point
+
+
+def published_model_cfg(cfg: ModelCfg) -> ModelCfg:
+    """``cfg`` as an imported teacher runs: raw scaled dot-product attention (``qk_norm`` None), as published."""
+    return cfg.model_copy(update={"qk_norm": None})
 
 
 def import_reference_weights(teacher: DCAMATeacher, path: Path | str) -> ImportReport:

@@ -108,8 +108,9 @@ class _RandomFactory:
 
 def _load_run(path: Path, device: torch.device) -> tuple[_Models, dict[str, Any]]:
     """Teacher and/or student of a run (or one artifact) → models, plus size/classes/backbone info."""
+    from fsdistill.checkpoint import resolve_model_dir
     from fsdistill.errors import CheckpointError
-    from fsdistill.models.build import load_model, resolve_model_dir
+    from fsdistill.models.build import load_model
 
     loaded = {}
     path = Path(path)
