@@ -32,7 +32,7 @@ from fsdistill.config import ModelCfg
 from fsdistill.data.transforms import normalize
 from fsdistill.infer.onnx import OnnxRunner
 from fsdistill.models.build import build_student, build_teacher, for_inference, load_model, save_model
-from fsdistill.runtime import inference_memory_format, library_versions
+from fsdistill.runtime import inference_memory_format, library_versions, retain_freed_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = 5  # timed runs of one runtime in a row
@@ -67,6 +67,7 @@ def main() -> None:
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    retain_freed_memory()  # as the fsdistill commands do before they run a model
     work = Path(tempfile.mkdtemp(prefix="fsd-onnx-latency-"))
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     try:
@@ -74,7 +75,7 @@ def main() -> None:
         export = api.export(model_dir, work / "student.onnx", threads=threads, seed=args.seed)
         loaded = load_model(model_dir, kind="student")
         # PyTorch as predict runs it (for_inference: batch norms folded, channels-last on the CPU), in a process
-        # that keeps freed memory (resolve_device, called by export above, applied runtime.retain_freed_memory).
+        # that keeps freed memory as predict's does (retain_freed_memory above; both runtimes gain from it).
         layout = inference_memory_format(torch.device("cpu"), "student")
         model = for_inference(loaded.model.to("cpu").eval(), torch.device("cpu"), "student")
         runner = OnnxRunner(export.path, device="cpu", threads=threads)

@@ -29,7 +29,13 @@ from fsdistill.data.transforms import resize_image, to_chw_tensor
 from fsdistill.errors import DataError, FsdistillError
 from fsdistill.infer.postprocess import logits_to_mask
 from fsdistill.models.build import LoadedModel, for_inference
-from fsdistill.runtime import ensure_writable_dir, inference_memory_format, raise_if_interrupted, write_atomic
+from fsdistill.runtime import (
+    ensure_writable_dir,
+    inference_memory_format,
+    raise_if_interrupted,
+    retain_freed_memory,
+    write_atomic,
+)
 
 __all__ = ["list_images", "Runner", "Predictor", "PredictResult", "predict_files", "MANIFEST_NAME"]
 
@@ -213,11 +219,15 @@ class Runner(ABC):
 class Predictor(Runner):
     """Runs a loaded student (or teacher with its stored supports) with PyTorch on uint8 images.
 
+    Creating one sets the process up for running models (:func:`fsdistill.runtime.retain_freed_memory`): the
+    memory a batch frees is kept for the next one instead of being faulted in again.
+
     Args:
         loaded: from :func:`fsdistill.models.build.load_model`. device: where to run. amp: autocast on CUDA.
     """
 
     def __init__(self, loaded: LoadedModel, device: torch.device, amp: bool = True) -> None:
+        retain_freed_memory()
         self.loaded = loaded.to(device)
         self.device = device
         self.amp = amp and device.type == "cuda"

@@ -85,6 +85,9 @@ class Segmenter:
 def load(path: str | Path, teacher: bool = False, device: str = "auto") -> Segmenter:
     """Load a trained model for Python use.
 
+    Like ``fsdistill predict`` it keeps the memory each batch frees for the next (through its
+    :class:`~fsdistill.infer.predictor.Predictor`: :func:`fsdistill.runtime.retain_freed_memory`).
+
     Args:
         path: a run folder (``RUN``, its student or teacher inside) or an artifact folder.
         teacher: load the run's teacher (slower; segments with its stored supports) instead of the student.

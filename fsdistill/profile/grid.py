@@ -33,6 +33,7 @@ from fsdistill.runtime import (
     library_versions,
     progress,
     resolve_device,
+    retain_freed_memory,
     seed_everything,
     write_atomic,
 )
@@ -51,6 +52,7 @@ def run_profile(cfg: ProfileCfg, quiet: bool = False) -> ProfileResult:
     """
     cfg.check()
     device = resolve_device(cfg.device)
+    retain_freed_memory()  # predict runs warm (see Predictor), so the times here are taken warm too
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; pass a folder for profile.json/.csv/.md/.png.")
