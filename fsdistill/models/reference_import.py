@@ -48,7 +48,7 @@ from fsdistill.config import ModelCfg
 from fsdistill.errors import CheckpointError, ConfigError
 from fsdistill.models.backbone_specs import BACKBONE_NAMES, backbone_spec
 from fsdistill.models.decoder import DCAMADecoder
-from fsdistill.models.state_dict import COUNTER, PARAM_ORDER, read_state_dict
+from fsdistill.models.state_dict import COUNTER, positional_orders, read_state_dict
 from fsdistill.models.teacher import ATTENTION_LEVELS, DCAMATeacher, sinusoidal_pe
 
 __all__ = ["ImportReport", "import_reference_weights", "published_model_cfg", "BLOCK_STAGES"]
@@ -159,30 +159,6 @@ def _strip_wrappers(key: str) -> str:
     while i < len(parts) - 1 and parts[i] in _WRAPPERS:
         i += 1
     return ".".join(parts[i:])
-
-
-def _natural_key(key: str) -> list[tuple[int, int, str]]:
-    """Guess of module order from a name: numbers numerically, ``weight`` before ``bias`` before BN statistics."""
-    parts = key.split(".")
-    out = []
-    for n, part in enumerate(parts):
-        if part.isdigit():
-            out.append((0, int(part), ""))
-        elif n == len(parts) - 1 and part in PARAM_ORDER:
-            out.append((1, PARAM_ORDER[part], ""))
-        else:
-            out.append((2, 0, part))
-    return out
-
-
-def _orders(keys: list[str], path: Path) -> list[list[str]]:
-    """Orders to try for positional pairing: the stored one, and for safetensors (stored by name) a natural one."""
-    orders = [keys]
-    if path.suffix == ".safetensors":
-        natural = sorted(keys, key=_natural_key)
-        if natural != keys:
-            orders.append(natural)
-    return orders
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -305,7 +281,7 @@ def _resolve_head(
             return "name", {ours: key for ours, (key, _) in got.items()}, []
         raise _diagnose(teacher, path, got)
     first_failure: dict[str, tuple[str, torch.Size]] | None = None
-    for order in _orders(candidates, path):
+    for order in positional_orders(candidates, path):
         if len(order) < n:
             break
         got = {ours: (key, state[key].shape) for (_, ours), key in zip(targets, order[-n:])}
@@ -395,7 +371,7 @@ def _resolve_backbone(
         reason = f"{len(missing)} of {len(wanted)} tensors not found by name, e.g. {missing[0]}"
     # 2. By position, strict shapes; extra tensors may only trail (classifier, final norm).
     paired = [n for n in source if not n.endswith(_SKIPPED_BUFFERS) and source[n].is_floating_point()]
-    for order in _orders(paired, path):
+    for order in positional_orders(paired, path):
         if len(order) < len(wanted):
             reason += f"; by position {len(order)} tensors where {len(wanted)} are needed"
             break

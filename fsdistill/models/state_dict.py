@@ -3,7 +3,8 @@
 One reader serves both (:mod:`fsdistill.models.backbone_weights`, :mod:`fsdistill.models.reference_import`): a
 ``.safetensors`` file, or a torch file read with ``weights_only=True`` (no code runs from it), becomes its tensors
 in stored order, unwrapped from ``state_dict``/``model`` dicts; a file that cannot be used raises one
-:class:`~fsdistill.errors.CheckpointError` sentence saying why and what to pass instead.
+:class:`~fsdistill.errors.CheckpointError` sentence saying why and what to pass instead. Files whose names are
+not ours are paired with a model's tensors by position; :func:`positional_orders` gives the orders to try.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch import Tensor
 
 from fsdistill.errors import CheckpointError
 
-__all__ = ["PARAM_ORDER", "COUNTER", "read_state_dict", "first_line"]
+__all__ = ["PARAM_ORDER", "COUNTER", "read_state_dict", "positional_orders", "first_line"]
 
 # Order of a module's own tensors in its state dict (nn.Linear/Conv: weight, bias; BatchNorm adds its statistics).
 PARAM_ORDER = {"weight": 0, "bias": 1, "running_mean": 2, "running_var": 3, "num_batches_tracked": 4}
@@ -88,3 +89,28 @@ def read_state_dict(path: Path, what: str, option: str, remedy: str) -> dict[str
     if not tensors:
         raise CheckpointError(f"{what} file {path} holds no state dict of tensors; {remedy}.")
     return tensors
+
+
+def _natural_key(key: str) -> list[tuple[int, int, str]]:
+    """Guess of module order from a name: numbers numerically, ``weight`` before ``bias`` before BN statistics."""
+    parts = key.split(".")
+    out = []
+    for n, part in enumerate(parts):
+        if part.isdigit():
+            out.append((0, int(part), ""))
+        elif n == len(parts) - 1 and part in PARAM_ORDER:
+            out.append((1, PARAM_ORDER[part], ""))
+        else:
+            out.append((2, 0, part))
+    return out
+
+
+def positional_orders(keys: list[str], path: Path) -> list[list[str]]:
+    """Orders to try when pairing a file's tensors with a model's by position: the stored one, and for safetensors
+    (which stores keys sorted by name, not in module order) the natural order of the names."""
+    orders = [keys]
+    if path.suffix == ".safetensors":
+        natural = sorted(keys, key=_natural_key)
+        if natural != keys:
+            orders.append(natural)
+    return orders
