@@ -73,7 +73,8 @@ def test_the_set_up_is_explicit_where_models_start_running(monkeypatch, tmp_path
     runtime.resolve_device("cpu")
     CliRunner().invoke(app, ["check", str(tmp_path)])
     assert calls == []  # no hidden side effect in resolve_device; check runs no model
-    result = CliRunner().invoke(app, ["evaluate", str(tmp_path), "--model", str(tmp_path / "no-run"), "--device", "cpu"])
+    args = ["evaluate", str(tmp_path), "--model", str(tmp_path / "no-run"), "--device", "cpu"]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and calls == ["cli"]  # set up before the command's own work (and its errors)
     predictor.Predictor(load_model(tiny_binary_run.run_dir), torch.device("cpu"))
     assert calls == ["cli", "predictor"]

@@ -100,7 +100,7 @@ class Backbone(nn.Module):
         device: 4 levels of block maps, each S×C×h×w (support sets larger than one batch fit in memory)."""
         device = self.input_scale.device
         parts = [self.encode(images[i : i + batch_size].to(device)) for i in range(0, images.shape[0], batch_size)]
-        return [[torch.cat([p[lvl][b] for p in parts]) for b in range(len(parts[0][lvl]))] for lvl in range(len(parts[0]))]
+        return [[torch.cat([p[lvl][b] for p in parts]) for b in range(len(maps))] for lvl, maps in enumerate(parts[0])]
 
     def check_size(self, height: int, width: int) -> None:
         """Raise ConfigError unless an H×W input is accepted (multiple of 32; Swin only its fixed size)."""

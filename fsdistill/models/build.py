@@ -151,8 +151,8 @@ class LoadedModel:
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """B×3×size×size uint8 images → B×(N+1)×h×w logits at the model's output stride (teacher: with its stored
-        supports); the model's backbone normalises them."""
+        """B×3×size×size uint8 images → B×(N+1)×h×w logits at the model's output stride (teacher: with its
+        stored supports); the model's backbone normalises them."""
         if self.kind == "teacher":
             return self.model.predict(images, self.support_features())
         return self.model.predict(images)

@@ -130,5 +130,5 @@ class DistilledStudent(nn.Module):
 
     @torch.no_grad()
     def predict(self, images: Tensor) -> Tensor:
-        """B×3×H×W uint8 RGB images → the logits of :meth:`forward`, normalised by the backbone (its ``preprocess``)."""
+        """B×3×H×W uint8 RGB images → the logits of :meth:`forward` (the backbone's ``preprocess`` normalises)."""
         return self(self.backbone.preprocess(images))
