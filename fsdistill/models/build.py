@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-
 from pydantic import ValidationError
+from torch import nn
 
 from fsdistill.checkpoint import load_artifact, resolve_model_dir, save_artifact
 from fsdistill.config import ModelCfg
