@@ -64,11 +64,11 @@ from baselines import FineTunedBaseline  # noqa: E402
 from fsdistill import api  # noqa: E402
 from fsdistill.config import AdaptCfg, DistillCfg, load_config  # noqa: E402
 from fsdistill.data.discover import discover  # noqa: E402
+from fsdistill.data.support_tensors import load_support_tensors  # noqa: E402
 from fsdistill.data.transforms import normalize  # noqa: E402
 from fsdistill.infer.predictor import Runner  # noqa: E402
 from fsdistill.models.build import build_teacher  # noqa: E402
 from fsdistill.runtime import device_name, library_versions, resolve_device, seed_everything  # noqa: E402
-from fsdistill.train.episodes import load_support_tensors  # noqa: E402
 
 BUILTIN_CASES = ("nuclei", "brain", "macaque")
 DEFAULT_SHOTS = (1, 2, 5, 10)

@@ -17,10 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fsdistill.data.masks import IGNORE_INDEX
+from fsdistill.data.support_tensors import SupportTensors
 from fsdistill.data.transforms import FLIP_VIEWS, flip
-from fsdistill.models.backbone import encode_batched
 from fsdistill.models.teacher import one_hot_masks
-from fsdistill.train.episodes import SupportTensors
 from fsdistill.train.budget import PlateauStop
 
 __all__ = ["PrototypeBaseline", "FPNHead", "FineTunedBaseline"]
@@ -46,7 +45,7 @@ class PrototypeBaseline:
 
     @torch.no_grad()
     def fit(self, support: SupportTensors, device: torch.device) -> "PrototypeBaseline":
-        feats = self._features(encode_batched(self.backbone, support.images, device))  # S×D×h×w
+        feats = self._features(self.backbone.encode_batched(support.images))  # S×D×h×w
         onehot = one_hot_masks(support.masks.to(device), self.num_classes)
         background = ((support.masks.to(device) == 0).float())[:, None]
         masks = torch.cat([background, onehot], dim=1)  # S×(N+1)×H×W
@@ -143,7 +142,7 @@ class FineTunedBaseline:
         self.head = self.head.to(device)
         start = time.perf_counter()
         views = len(FLIP_VIEWS) if self.augment else 1
-        cached = [self._maps(encode_batched(self.backbone, flip(support.images, v), device)) for v in range(views)]
+        cached = [self._maps(self.backbone.encode_batched(flip(support.images, v))) for v in range(views)]
         maps = [torch.stack([c[lvl] for c in cached], dim=1) for lvl in range(len(cached[0]))]  # S×V×C×h×w
         masks = torch.stack([flip(support.masks, v) for v in range(views)], dim=1).to(device).long()  # S×V×H×W
         del cached

@@ -32,7 +32,7 @@ from fsdistill.config import ModelCfg
 from fsdistill.data.transforms import normalize
 from fsdistill.infer.onnx import OnnxRunner
 from fsdistill.models.build import build_student, build_teacher, for_inference, load_model, save_model
-from fsdistill.runtime import inference_memory_format, library_versions
+from fsdistill.runtime import inference_memory_format, library_versions, retain_freed_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = 5  # timed runs of one runtime in a row
@@ -42,8 +42,8 @@ def random_student(directory: Path, cfg: ModelCfg) -> Path:
     """A default-config student artifact with random decoder weights (1 class)."""
     student = build_student(build_teacher(cfg, 1), cfg.student_width)
     return save_model(
-        directory, student, class_names=["background", "foreground"], palette=[(0, 0, 0), (255, 0, 0)],
-        input_size=cfg.size, train_config={}, support_info={}, training={},
+        directory, student, cfg, class_names=["background", "foreground"], palette=[(0, 0, 0), (255, 0, 0)],
+        train_config={}, support_info={}, training={},
     )  # fmt: skip
 
 
@@ -67,6 +67,7 @@ def main() -> None:
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    retain_freed_memory()  # as the fsdistill commands do before they run a model
     work = Path(tempfile.mkdtemp(prefix="fsd-onnx-latency-"))
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     try:
@@ -74,7 +75,7 @@ def main() -> None:
         export = api.export(model_dir, work / "student.onnx", threads=threads, seed=args.seed)
         loaded = load_model(model_dir, kind="student")
         # PyTorch as predict runs it (for_inference: batch norms folded, channels-last on the CPU), in a process
-        # that keeps freed memory (resolve_device, called by export above, applied runtime.retain_freed_memory).
+        # that keeps freed memory as predict's does (retain_freed_memory above; both runtimes gain from it).
         layout = inference_memory_format(torch.device("cpu"), "student")
         model = for_inference(loaded.model.to("cpu").eval(), torch.device("cpu"), "student")
         runner = OnnxRunner(export.path, device="cpu", threads=threads)
@@ -111,7 +112,7 @@ def main() -> None:
             "model": str(args.model) if args.model else "random-init student (default config, 1 class)",
             "backbone": loaded.config["backbone"]["name"],
             "size": loaded.size,
-            "model_args": loaded.config["model_args"],
+            "model_cfg": loaded.model_cfg.model_dump(mode="json"),
             "onnx": {
                 "file_mb": round(export.size_bytes / 2**20, 2),
                 "dynamic_hw": export.dynamic_hw,

@@ -63,8 +63,8 @@ def random_student(directory: Path, cfg: ModelCfg) -> Path:
     teacher = build_teacher(cfg, 1)
     student = build_student(teacher, cfg.student_width)
     return save_model(
-        directory, student, class_names=["background", "foreground"], palette=[(0, 0, 0), (255, 0, 0)],
-        input_size=cfg.size, train_config={}, support_info={}, training={},
+        directory, student, cfg, class_names=["background", "foreground"], palette=[(0, 0, 0), (255, 0, 0)],
+        train_config={}, support_info={}, training={},
     )
 
 
@@ -119,7 +119,7 @@ def main() -> None:
         report = {
             "device": device_name(device),
             "model": str(model_dir) if args.model else "random-init student (default config)",
-            "model_args": loaded.config["model_args"],
+            "model_cfg": loaded.model_cfg.model_dump(mode="json"),
             "images": args.images,
             "batch_size": args.batch_size,
             "channels_last": runner.channels_last,

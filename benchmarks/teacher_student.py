@@ -31,11 +31,12 @@ from make_examples import build_examples  # noqa: E402
 from fsdistill import api  # noqa: E402
 from fsdistill.config import AdaptCfg, DistillCfg, load_config  # noqa: E402
 from fsdistill.data.discover import discover  # noqa: E402
-from fsdistill.data.transforms import logits_to_mask, normalize, resize_image  # noqa: E402
+from fsdistill.data.support_tensors import load_support_tensors  # noqa: E402
+from fsdistill.data.transforms import normalize, resize_image  # noqa: E402
+from fsdistill.infer.postprocess import logits_to_mask  # noqa: E402
 from fsdistill.metrics import ConfusionMatrix  # noqa: E402
 from fsdistill.models.build import build_teacher  # noqa: E402
 from fsdistill.runtime import device_name, library_versions, resolve_device  # noqa: E402
-from fsdistill.train.episodes import load_support_tensors  # noqa: E402
 
 
 METHODS = ("prototype", "untuned", "adapt", "distill")

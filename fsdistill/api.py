@@ -22,10 +22,11 @@ import numpy as np
 
 import yaml
 
-from fsdistill.checkpoint import WEIGHTS_FILE, config_sha256, is_artifact, recover_artifact
-from fsdistill.config import AdaptCfg, DistillCfg
+from fsdistill.checkpoint import WEIGHTS_FILE, config_sha256, is_artifact, recover_artifact, resolve_model_dir
+from fsdistill.config import AdaptCfg, DistillCfg, ModelCfg
 from fsdistill.data.discover import SupportIndex, discover
 from fsdistill.data.masks import IGNORE_INDEX
+from fsdistill.data.support_tensors import load_support_tensors
 from fsdistill.errors import CheckpointError, ConfigError, DataError, FsdistillError
 from fsdistill.infer.predictor import PredictResult, Predictor, Runner, list_images, predict_files
 from fsdistill.metrics import ConfusionMatrix
@@ -33,13 +34,12 @@ from fsdistill.models.build import (
     build_student,
     build_teacher,
     load_model,
-    resolve_model_dir,
     save_model,
     stored_parameters,
 )
 from fsdistill.models.teacher import DCAMATeacher
 from fsdistill.runtime import ensure_writable_dir, resolve_device, seed_everything, write_atomic
-from fsdistill.train.episodes import FeatureCache, load_support_tensors
+from fsdistill.train.episodes import FeatureCache
 from fsdistill.train.fit import TrainStats, train
 from fsdistill.train.support_check import SupportCheck, check_supports
 
@@ -254,7 +254,6 @@ def _artifact_fields(cfg: AdaptCfg | DistillCfg, index: SupportIndex, stats: Tra
     return {
         "class_names": index.class_names,
         "palette": index.palette,
-        "input_size": cfg.model.size,
         "train_config": json.loads(cfg.model_dump_json()),
         "support_info": _support_info(index),
         "training": _stats_dict(stats),
@@ -269,7 +268,8 @@ def adapt(cfg: AdaptCfg, quiet: bool = False, overwrite: bool = False) -> RunRes
     """
     check_run_dir(cfg.out, "adapt", overwrite=overwrite)
     cfg, index, num_classes, device, support = _prepare(cfg, quiet)
-    teacher = _new_teacher(cfg, num_classes).to(device)
+    teacher, teacher_cfg = _new_teacher(cfg, num_classes)
+    teacher = teacher.to(device)
     if cfg.train.augment is False and len(index) == 1 and cfg.train.steps != 0:
         raise ConfigError("One support image needs augmentation to build episodes; drop --no-augment or add images.")
     run_dir = new_run_dir(cfg.out)
@@ -279,6 +279,7 @@ def adapt(cfg: AdaptCfg, quiet: bool = False, overwrite: bool = False) -> RunRes
     teacher_dir = save_model(
         run_dir / "teacher",
         teacher,
+        teacher_cfg,
         support_images=support.images,
         support_masks=support.masks,
         **_artifact_fields(cfg, index, stats),
@@ -287,13 +288,17 @@ def adapt(cfg: AdaptCfg, quiet: bool = False, overwrite: bool = False) -> RunRes
     return RunResult(run_dir, teacher_dir=teacher_dir, stats=_stats_dict(stats))
 
 
-def _new_teacher(cfg: AdaptCfg | DistillCfg, num_classes: int) -> DCAMATeacher:
-    teacher = build_teacher(cfg.model, num_classes)
-    if cfg.model.teacher_weights is not None:
-        from fsdistill.models.reference_import import import_reference_weights
+def _new_teacher(cfg: AdaptCfg | DistillCfg, num_classes: int) -> tuple[DCAMATeacher, ModelCfg]:
+    """A fresh teacher (official weights imported when ``cfg.model.teacher_weights`` is set) and the ModelCfg it
+    was built from, which its artifact stores."""
+    if cfg.model.teacher_weights is None:
+        return build_teacher(cfg.model, num_classes), cfg.model
+    from fsdistill.models.reference_import import import_reference_weights, published_model_cfg
 
-        import_reference_weights(teacher, cfg.model.teacher_weights)
-    return teacher
+    model_cfg = published_model_cfg(cfg.model)
+    teacher = build_teacher(model_cfg, num_classes)
+    import_reference_weights(teacher, cfg.model.teacher_weights)
+    return teacher, model_cfg
 
 
 def distill(cfg: DistillCfg, quiet: bool = False, overwrite: bool = False) -> RunResult:
@@ -316,14 +321,19 @@ def distill(cfg: DistillCfg, quiet: bool = False, overwrite: bool = False) -> Ru
         if loaded.size != cfg.model.size:
             raise ConfigError(f"The teacher {loaded.path} runs at --size {loaded.size}; pass --size {loaded.size}.")
         teacher: DCAMATeacher = loaded.model.to(device)
+        teacher_cfg = loaded.model_cfg
     else:
         if cfg.freeze_teacher:
             raise ConfigError("--freeze-teacher needs an adapted teacher: pass --teacher RUN/teacher.")
-        teacher = _new_teacher(cfg, num_classes).to(device)
+        teacher, teacher_cfg = _new_teacher(cfg, num_classes)
+        teacher = teacher.to(device)
     run_dir = new_run_dir(cfg.out)
     _write_run_config(run_dir, cfg, "distill")
     cache = FeatureCache(teacher, support, device, _augment(cfg, len(index)))
     student = build_student(teacher, cfg.model.student_width).to(device)
+    # The student is the teacher's architecture (an adapted teacher's, whatever this run's --decoder says) with
+    # this run's ConvDist width.
+    student_cfg = teacher_cfg.model_copy(update={"student_width": cfg.model.student_width})
     student.set_class_prior(teacher.class_prior(cache.support[0], list(range(num_classes))))
     stats = train(teacher, cache, cfg.train, student=student, freeze_teacher=cfg.freeze_teacher, quiet=quiet)
     check = check_supports(teacher, student, cache, index.class_names) if cfg.train.steps != 0 else None
@@ -333,9 +343,14 @@ def distill(cfg: DistillCfg, quiet: bool = False, overwrite: bool = False) -> Ru
     teacher_dir = None
     if cfg.teacher is None:
         teacher_dir = save_model(
-            run_dir / "teacher", teacher, support_images=support.images, support_masks=support.masks, **common
+            run_dir / "teacher",
+            teacher,
+            teacher_cfg,
+            support_images=support.images,
+            support_masks=support.masks,
+            **common,
         )
-    student_dir = save_model(run_dir / "student", student, **common)
+    student_dir = save_model(run_dir / "student", student, student_cfg, **common)
     own_teacher = cfg.teacher is None or _is_artifact_at(cfg.teacher, run_dir / "teacher")
     _drop_stale(run_dir, keep={"student", "teacher"} if own_teacher else {"student"})
     return RunResult(

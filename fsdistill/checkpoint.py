@@ -6,6 +6,9 @@ arguments, the resolved training configuration and the support-set fingerprint. 
 ``config_sha256`` so a config.json that does not belong to the weights is caught, and ``config.json`` records the
 ``weights_sha256`` of ``model.safetensors`` so changed weight bytes are caught too (a safetensors file with random
 bytes in its tensor data parses fine and loads as a silently different model).
+
+A run folder holds a ``teacher/`` and/or ``student/`` artifact; :func:`resolve_model_dir` finds the one a
+command means. Building models from an artifact is :mod:`fsdistill.models.build`'s job.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ __all__ = [
     "config_sha256",
     "file_sha256",
     "is_artifact",
+    "resolve_model_dir",
 ]
 
 ARTIFACT_FORMAT = "fsdistill-artifact"
@@ -201,3 +205,59 @@ def load_artifact(directory: Path, expected_kind: str | None = None) -> tuple[di
             "after it was written); re-run the command that made it."
         )
     return tensors, config
+
+
+def _newest_run(root: Path, kind: str) -> Path | None:
+    """The newest run folder under ``root`` that holds a complete ``kind`` artifact, or None."""
+    runs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")] if root.is_dir() else []
+    runs = [p for p in runs if is_artifact(recover_artifact(p / kind))]
+    return max(runs, key=lambda p: (p.stat().st_mtime, p.name)) if runs else None
+
+
+def _missing_part(directory: Path) -> str:
+    """What keeps ``directory`` from being an artifact, for messages: the folder or the first missing file."""
+    if not directory.is_dir():
+        return f"{directory} is missing"
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (directory / name).is_file():
+            return f"{directory / name} is missing"
+    return f"{directory} is incomplete"
+
+
+def resolve_model_dir(path: Path | None, kind: str | None = None) -> Path:
+    """Artifact dir as given; a run dir → its ``kind`` artifact (None: ``student/``); None → the newest run under
+    ./runs that has one.
+
+    A run folder never falls back to its teacher when the student is asked for (or ``kind`` is None): the teacher
+    is a different, support-based model, so using it silently would report its results as the student's (a run
+    whose ``student/`` was deleted evaluated its teacher with exit 0). Callers ask for ``kind="teacher"`` only
+    when the user did (``evaluate --teacher``). An artifact folder given directly is used as it is.
+
+    Raises:
+        CheckpointError: no such folder, or a run without a complete ``kind`` artifact (the message names the
+            missing folder or file).
+    """
+    wanted = kind or "student"
+    if path is None:
+        newest = _newest_run(Path("runs"), wanted)
+        if newest is None:
+            raise CheckpointError("No model given and no run found under ./runs; run fsdistill distill first or pass --model.")
+        path = newest
+    path = Path(path)
+    recover_artifact(path)
+    if is_artifact(path):
+        if kind is not None:
+            found = json.loads((path / CONFIG_FILE).read_text()).get("kind")
+            if found != kind:
+                raise CheckpointError(f"{path} holds a {found} model, but a {kind} is needed here.")
+        return path
+    if is_artifact(recover_artifact(path / wanted)):
+        return path / wanted
+    if not path.exists():
+        raise CheckpointError(f"Model folder {path} does not exist; pass a run or artifact folder to --model.")
+    if wanted == "student" and (path / "teacher").exists():
+        raise CheckpointError(
+            f"{path} has no usable student ({_missing_part(path / 'student')}); re-run fsdistill distill, or evaluate "
+            "the run's teacher with evaluate --teacher (it is never used in the student's place)."
+        )
+    raise CheckpointError(f"{path} holds no {wanted} artifact (model.safetensors + config.json); pass a run folder.")

@@ -167,6 +167,20 @@ def command(fn: Callable) -> Callable:
     return app.command(cls=_Command)(_guarded(fn))
 
 
+def model_command(fn: Callable) -> Callable:
+    """Register a guarded command that runs models, setting the process up for them first: glibc keeps the memory
+    a forward pass frees for the next one (:func:`fsdistill.runtime.retain_freed_memory`)."""
+
+    @functools.wraps(fn)
+    def set_up_then_run(*args: Any, **kwargs: Any) -> Any:
+        from fsdistill.runtime import retain_freed_memory
+
+        retain_freed_memory()
+        return fn(*args, **kwargs)
+
+    return command(set_up_then_run)
+
+
 def _train_overrides(
     steps: int | None, lr: float | None, seed: int | None, train: str | None, augment: bool | None
 ) -> dict[str, Any]:
@@ -243,7 +257,7 @@ def _model_overrides(backbone, backbone_weights, teacher_weights, size, decoder,
     }
 
 
-@command
+@model_command
 def adapt(
     support: SupportOpt = None,
     backbone: BackboneOpt = None,
@@ -288,7 +302,7 @@ def adapt(
     )
 
 
-@command
+@model_command
 def distill(
     support: SupportOpt = None,
     teacher: Annotated[
@@ -375,7 +389,7 @@ def _print_support_check(check, console: _Console) -> None:
         typer.echo(f"warning: {warning}", err=True)
 
 
-@command
+@model_command
 def predict(
     inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder (masks/, overlays/, predictions.csv).")],
@@ -428,7 +442,7 @@ def predict(
         raise typer.Exit(2)
 
 
-@command
+@model_command
 def evaluate(
     data_dir: Annotated[Path, typer.Argument(help="Labelled folder (any support layout) with the model's classes.")],
     model: ModelOpt = None,
@@ -464,7 +478,7 @@ def evaluate(
 
 
 
-@command
+@model_command
 def profile(
     ways: Annotated[
         Optional[int], typer.Option("--ways", help="Largest ways W: grid 1..W (default 3; with --model its classes).")
@@ -543,7 +557,7 @@ def profile(
     console.say(f"profile: {result.out_dir}/profile.{{json,csv,md,png}}  ({result.data['seconds']:.0f} s)")
 
 
-@command
+@model_command
 def export(
     model: ModelOpt = None,
     format: Annotated[str, typer.Option("--format", help="Export format: onnx (the only one).")] = "onnx",

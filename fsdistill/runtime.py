@@ -62,8 +62,11 @@ def retain_freed_memory() -> bool:
     are needed: a pad or trim threshold smaller than one batch's working set made predict slower than the defaults
     (glibc stops adapting its mmap threshold once any is set).
 
-    Process-wide and lasting; the library applies it where it starts running models (:func:`resolve_device`).
-    Linux with glibc only, elsewhere it does nothing; ``FSDISTILL_RETAIN_MEMORY=0`` switches it off.
+    Process-wide and lasting, so it is called explicitly where a process starts running models: by the CLI's
+    commands that run one (``fsdistill.cli.model_command``), by every
+    :class:`~fsdistill.infer.predictor.Predictor` (so ``fsdistill.load`` and the API's predict and evaluate), and
+    by ``profile`` (it times what predict runs). A Python program that trains through the API calls it itself if it
+    wants it. Linux with glibc only, elsewhere it does nothing; ``FSDISTILL_RETAIN_MEMORY=0`` switches it off.
 
     Returns:
         Whether the settings are in force.
@@ -110,11 +113,9 @@ def _glibc() -> Any:
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA, then Apple MPS, then the CPU; an explicit choice must be available.
 
-    Every command that runs a model resolves its device here first, so this is also where the process is set up
-    for it (:func:`retain_freed_memory`).
+    Changes nothing in the process (the memory set-up for running models is :func:`retain_freed_memory`).
     """
     name = check_device_name(name)
-    retain_freed_memory()
     mps_ok = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name == "auto":
         if torch.cuda.is_available():

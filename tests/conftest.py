@@ -55,7 +55,6 @@ def shaken_multi_student(tiny_multi_run, tmp_path_factory) -> Path:
     """
     import torch
 
-    from fsdistill.data.transforms import normalize
     from fsdistill.models.build import load_model, save_model
 
     loaded = load_model(tiny_multi_run.run_dir, kind="student")
@@ -63,7 +62,6 @@ def shaken_multi_student(tiny_multi_run, tmp_path_factory) -> Path:
     probe = torch.from_numpy(np.stack([SynData.image(size, size, i) for i in range(8)])).permute(0, 3, 1, 2)
     colours = torch.randint(0, 255, (8, 3, 1, 1), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     probe[:, :, size // 4 : size // 2, size // 3 : 2 * size // 3] = colours  # a square, as in the tests' images
-    probe = normalize(probe, loaded.mean, loaded.std)
     trained = {k: v.clone() for k, v in loaded.model.state_dict().items()}
     num_labels = len(loaded.config["class_names"])
     for seed in range(64):
@@ -73,7 +71,7 @@ def shaken_multi_student(tiny_multi_run, tmp_path_factory) -> Path:
             for name, param in loaded.model.named_parameters():
                 if not name.startswith("backbone."):
                     param.add_(torch.randn(param.shape, generator=generator) * 0.1)
-            if loaded.model(probe).argmax(1).unique().numel() == num_labels:
+            if loaded.model.predict(probe).argmax(1).unique().numel() == num_labels:
                 break
     else:
         raise AssertionError("no shake seed in 0..63 makes the tiny student predict every class")
@@ -81,9 +79,9 @@ def shaken_multi_student(tiny_multi_run, tmp_path_factory) -> Path:
     return save_model(
         tmp_path_factory.mktemp("shaken") / "student",
         loaded.model,
+        loaded.model_cfg,
         class_names=config["class_names"],
         palette=[tuple(c) for c in config["palette"]],
-        input_size=config["input_size"],
         train_config=config["train_config"],
         support_info=config["support"],
         training=config["training"],

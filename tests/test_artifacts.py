@@ -10,12 +10,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from fsdistill import __version__
-from fsdistill.checkpoint import config_sha256, is_artifact, load_artifact, save_artifact
+from fsdistill.checkpoint import config_sha256, is_artifact, load_artifact, resolve_model_dir, save_artifact
 from fsdistill.config import ModelCfg
 from fsdistill.errors import CheckpointError
-from fsdistill.models.build import build_student, build_teacher, load_model, resolve_model_dir, save_model
+from fsdistill.models.build import build_student, build_teacher, load_model, save_model
 
 SIZE = 64
+MODEL_CFG = ModelCfg(backbone="test-resnet", size=SIZE, student_width=6)
 CLASSES = ["background", "cell", "nucleus"]
 PALETTE = [(0, 0, 0), (128, 0, 0), (0, 128, 0)]
 
@@ -31,8 +32,8 @@ def _perturb(module, seed: int) -> None:
 @pytest.fixture(scope="module")
 def models():
     torch.manual_seed(0)
-    teacher = build_teacher(ModelCfg(backbone="test-resnet", size=SIZE), 2, pretrained=False).eval()
-    student = build_student(teacher, 6).eval()
+    teacher = build_teacher(MODEL_CFG, 2, pretrained=False).eval()
+    student = build_student(teacher, MODEL_CFG.student_width).eval()
     _perturb(teacher, 1)
     _perturb(student, 2)  # ConvDist too
     student.class_prior.copy_(torch.tensor([0.2, 0.35]))
@@ -52,14 +53,13 @@ def _save(models, root, kind: str):
     common = dict(
         class_names=CLASSES,
         palette=PALETTE,
-        input_size=SIZE,
         train_config={"model": {"backbone": "test-resnet", "size": SIZE}, "train": {"steps": 3}},
         support_info={"root": "/data/support", "count": 3, "keys": ["a", "b", "c"], "fingerprint": "f" * 64},
         training={"steps": 3},
     )
     if kind == "teacher":
-        return save_model(root / "teacher", teacher, support_images=images, support_masks=masks, **common)
-    return save_model(root / "student", student, **common)
+        return save_model(root / "teacher", teacher, MODEL_CFG, support_images=images, support_masks=masks, **common)
+    return save_model(root / "student", student, MODEL_CFG, **common)
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +86,9 @@ def test_student_round_trip_is_bit_exact(models, saved) -> None:
     assert set(original) == set(again)
     for key in original:
         assert torch.equal(original[key], again[key]), key
-    images = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
+    images = torch.randint(0, 256, (2, 3, SIZE, SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
-        assert torch.equal(loaded.logits(images), student(images))
+        assert torch.equal(loaded.logits(images), student.predict(images))
     assert loaded.class_names == CLASSES and loaded.palette == PALETTE and loaded.size == SIZE
     assert loaded.model.convdist[0].width == 6
 
@@ -104,11 +104,9 @@ def test_teacher_round_trip_is_bit_exact(models, saved) -> None:
     assert torch.equal(loaded.support_images, images_u8)
     assert torch.equal(loaded.support_masks, masks_u8)
     assert loaded.support_images.dtype == torch.uint8
-    from fsdistill.models.backbone import encode_batched
-
-    feats = encode_batched(teacher.backbone, images_u8, torch.device("cpu"))
+    feats = teacher.backbone.encode_batched(images_u8)
     support = teacher.prepare_support(feats, masks_u8.long())
-    images = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(6))
+    images = torch.randint(0, 256, (1, 3, SIZE, SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(6))
     assert torch.equal(loaded.logits(images), teacher.predict(images, support))
 
 
@@ -119,6 +117,52 @@ def test_run_dir_resolves_to_student_then_teacher(saved) -> None:
     assert load_model(root, kind="teacher").kind == "teacher"
     with pytest.raises(CheckpointError):
         load_model(saved["student"], kind="teacher")
+
+
+# Written by fsdistill before artifacts stored their ModelCfg (what _model_args read back from the modules).
+_OLD_MODEL_ARGS = {
+    "teacher": {"num_classes": 2, "heads": 8, "use_pe": True, "attn_dropout": 0.5, "voting": 50, "qk_norm": 2.0,
+                "decoder": "light", "decoder_width": 32, "mixer_widths": [16, 16, 16]},
+    "student": {"num_classes": 2, "student_width": 6, "decoder": "light", "decoder_width": 32,
+                "mixer_widths": [16, 16, 16]},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["teacher", "student"])
+def test_artifact_with_model_args_only_still_loads(models, saved, tmp_path, kind) -> None:
+    """Runs made before ``model_cfg`` was stored rebuild the same model from their ``model_args``."""
+    tensors, config = load_artifact(saved[kind])
+    config = {k: v for k, v in config.items() if k not in ("model_cfg", "weights_sha256")}
+    old = save_artifact(tmp_path / kind, tensors, {**config, "model_args": _OLD_MODEL_ARGS[kind]})
+    loaded = load_model(old)
+    cfg = loaded.model_cfg  # the decoder's widths spelt out where MODEL_CFG leaves them at their defaults
+    assert (cfg.backbone, cfg.size, cfg.decoder, cfg.decoder_width) == ("test-resnet", SIZE, "light", 32)
+    assert cfg.qk_norm == 2.0
+    assert cfg.student_width == (6 if kind == "student" else 8)
+    original = models[0] if kind == "teacher" else models[1]
+    again = loaded.model.state_dict()
+    assert all(torch.equal(v, again[k]) for k, v in original.state_dict().items())
+
+
+def test_save_refuses_a_config_the_model_was_not_built_from(models, tmp_path) -> None:
+    teacher, student, images, masks = models
+    common = dict(class_names=CLASSES, palette=PALETTE, train_config={}, support_info={})
+    with pytest.raises(ValueError, match="student_width 6"):
+        save_model(tmp_path / "s", student, MODEL_CFG.model_copy(update={"student_width": 4}), **common)
+    with pytest.raises(ValueError, match="qk_norm 2.0"):  # no parameter shows it: it would load as another model
+        save_model(tmp_path / "t", teacher, MODEL_CFG.model_copy(update={"qk_norm": None}),
+                   support_images=images, support_masks=masks, **common)  # fmt: skip
+    with pytest.raises(ValueError, match="classes 2"):
+        save_model(tmp_path / "s", student, MODEL_CFG, **{**common, "class_names": CLASSES[:2]})
+    assert not list(tmp_path.iterdir())
+
+
+def test_model_cfg_this_version_cannot_build_raises(saved, tmp_path) -> None:
+    tensors, config = load_artifact(saved["student"])
+    config = {k: v for k, v in config.items() if k != "weights_sha256"}
+    bad = save_artifact(tmp_path / "bad", tensors, {**config, "model_cfg": {**config["model_cfg"], "mixer_stride": 8}})
+    with pytest.raises(CheckpointError, match="does not describe a model this fsdistill can build"):
+        load_model(bad)
 
 
 # --- contents --------------------------------------------------------------------------------------------------
@@ -154,11 +198,8 @@ def test_config_json_contents(saved, kind) -> None:
     assert config["input_size"] == SIZE
     assert config["class_names"] == CLASSES
     assert config["palette"] == [list(c) for c in PALETTE]
-    assert config["model_args"]["num_classes"] == 2
-    if kind == "student":
-        assert config["model_args"]["student_width"] == 6
-    else:
-        assert {"heads", "use_pe", "attn_dropout", "voting"} <= set(config["model_args"])
+    assert config["model_cfg"] == MODEL_CFG.model_dump(mode="json")  # the config the model was built from
+    assert "model_args" not in config
     assert config["train_config"]["train"]["steps"] == 3
     assert config["support"]["fingerprint"] == "f" * 64
     assert config["versions"]["fsdistill"] == __version__ and "torch" in config["versions"]

@@ -1,4 +1,4 @@
-"""Backbone taps, weights loading and freezing (fsdistill.models.backbone).
+"""Backbone taps, weights loading and freezing (fsdistill.models.backbone, backbone_specs, backbone_weights).
 
 Lite0 runs with its real embedded ImageNet weights; ResNet-50 and Swin-B run as tiny random-init instances of
 the same classes (the ``test-*`` names or overrides), since their weights cannot be downloaded here.
@@ -18,14 +18,14 @@ from torch import nn
 
 from fsdistill.errors import CheckpointError, ConfigError
 from fsdistill.models import backbone as bb
-from fsdistill.models.backbone import (
+from fsdistill.models import backbone_weights as bw
+from fsdistill.models.backbone import Backbone, create_backbone, load_classifier
+from fsdistill.models.backbone_specs import (
     BACKBONE_NAMES,
+    DEFAULT_BACKBONE,
     USER_BACKBONE_NAMES,
-    Backbone,
     BackboneSpec,
     backbone_spec,
-    create_backbone,
-    load_classifier,
 )
 
 SHRUNK_RESNET50 = dict(layers=(1, 2, 1, 1), channels=(4, 8, 16, 32))
@@ -44,7 +44,7 @@ def lite0_classifier() -> nn.Module:
 
 @pytest.fixture(scope="module")
 def lukemelas_state() -> dict[str, torch.Tensor]:
-    return bb._read_state_dict(bb._embedded_lite0_path())
+    return bw._read_state_dict(bw._embedded_lite0_path())
 
 
 def _randomize_norms(model: nn.Module) -> nn.Module:
@@ -70,7 +70,7 @@ def _one_sentence(message: str) -> None:
 def test_registry_names() -> None:
     assert USER_BACKBONE_NAMES == ("efficientnet-lite0", "resnet50", "swin-b")
     assert set(BACKBONE_NAMES) == set(USER_BACKBONE_NAMES) | {"test-resnet", "test-swin"}
-    assert bb.DEFAULT_BACKBONE == "efficientnet-lite0"
+    assert DEFAULT_BACKBONE == "efficientnet-lite0"
 
 
 @pytest.mark.parametrize(
@@ -246,9 +246,26 @@ def test_frozen_and_eval_even_after_train() -> None:
     torch.testing.assert_close(backbone.model.bn1.running_mean, before)
 
 
-def test_normalize_uses_spec(lite0: Backbone) -> None:
-    x = torch.full((1, 3, 4, 4), 0.75)
-    torch.testing.assert_close(lite0.normalize(x), torch.full((1, 3, 4, 4), 0.5))
+def test_preprocess_normalises_uint8_with_the_spec_as_transforms_normalize(lite0: Backbone) -> None:
+    """The backbone normalises its uint8 input itself, bit for bit as the ONNX path's normalize (one formula)."""
+    from fsdistill.data.transforms import normalize
+
+    x = torch.full((1, 3, 4, 4), 191, dtype=torch.uint8)  # 0.749 on the 0–1 scale, mean = std = 0.5
+    torch.testing.assert_close(lite0.preprocess(x), torch.full((1, 3, 4, 4), 191 / 127.5 - 1))
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(lite0.preprocess(images), normalize(images, lite0.spec.mean, lite0.spec.std))
+    last = images.contiguous(memory_format=torch.channels_last)
+    assert lite0.preprocess(last).is_contiguous(memory_format=torch.channels_last)  # predict's CPU layout is kept
+    with pytest.raises(TypeError, match="uint8"):
+        lite0.encode(images.float())  # normalised twice would be silently wrong
+
+
+def test_encode_batched_equals_one_encode(lite0: Backbone) -> None:
+    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    whole, batched = lite0.encode(images), lite0.encode_batched(images, batch_size=2)
+    for level, level_batched in zip(whole, batched):
+        for m, m_batched in zip(level, level_batched):
+            torch.testing.assert_close(m_batched, m, rtol=1e-4, atol=1e-4)  # conv kernels differ per batch size
 
 
 # --- weights ----------------------------------------------------------------------------------------------------
@@ -386,8 +403,8 @@ def test_offline_hub_is_checkpoint_error(monkeypatch, name) -> None:
 
     monkeypatch.setattr(timm, "create_model", offline_create_model)
     # The hub answers a TCP connect but the download still fails (the fast unreachable path: test_first_hour.py).
-    monkeypatch.setattr(bb, "_hub_unreachable", lambda: None)
-    monkeypatch.setattr(bb, "_hub_file_in_cache", lambda spec: None)
+    monkeypatch.setattr(bw, "_hub_unreachable", lambda: None)
+    monkeypatch.setattr(bw, "_hub_file_in_cache", lambda spec: None)
     with pytest.raises(CheckpointError, match=r"Could not download .* \(offline\?\); pass --backbone-weights") as info:
         create_backbone(name)
     _one_sentence(str(info.value))
@@ -436,19 +453,19 @@ def test_folding_batchnorm_keeps_the_taps(name, size, expected) -> None:
 def test_predictor_runs_the_student_folded_with_the_same_logits(tmp_path) -> None:
     """predict/evaluate prepare their model with for_inference (folded BNs, predict's layout): same logits."""
     from fsdistill.config import ModelCfg
-    from fsdistill.data.transforms import normalize
     from fsdistill.infer.predictor import Predictor
     from fsdistill.models.build import build_student, build_teacher, load_model, save_model
 
     torch.manual_seed(0)
-    student = build_student(build_teacher(ModelCfg(backbone="test-resnet", size=64), 2, pretrained=False), 4).eval()
+    cfg = ModelCfg(backbone="test-resnet", size=64, student_width=4)
+    student = build_student(build_teacher(cfg, 2, pretrained=False), cfg.student_width).eval()
     _randomize_norms(student.backbone)
     path = save_model(
         tmp_path / "student",
         student,
+        cfg,
         class_names=["background", "a", "b"],
         palette=[(0, 0, 0), (1, 1, 1), (2, 2, 2)],
-        input_size=64,
         train_config={},
         support_info={},
         training={},
@@ -456,7 +473,7 @@ def test_predictor_runs_the_student_folded_with_the_same_logits(tmp_path) -> Non
     images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
     reference = load_model(path)
     with torch.no_grad():
-        expected = reference.model(normalize(images, reference.mean, reference.std))
+        expected = reference.model.predict(images)
     predictor = Predictor(load_model(path), torch.device("cpu"))
     assert not any(isinstance(m, nn.BatchNorm2d) for m in predictor.loaded.model.modules())
     torch.testing.assert_close(predictor.logits(images), expected, rtol=1e-4, atol=1e-4)

@@ -11,10 +11,10 @@ import torch
 
 from fsdistill.config import ModelCfg
 from fsdistill.data.discover import discover
+from fsdistill.data.support_tensors import load_support_tensors
 from fsdistill.data.transforms import normalize
 from fsdistill.metrics import ConfusionMatrix
 from fsdistill.models.build import build_teacher
-from fsdistill.train.episodes import load_support_tensors
 
 from helpers import TINY_MODEL
 

@@ -122,25 +122,26 @@ def test_focal_loss_upsamples_coarse_logits_like_prediction() -> None:
 
 def test_light_student_artifact_round_trip(tmp_path) -> None:
     torch.manual_seed(0)
-    teacher = build_teacher(ModelCfg(backbone="test-resnet", size=SIZE, decoder="light"), 2, pretrained=False)
-    student = _randomised(build_student(teacher, 4))
+    cfg = ModelCfg(backbone="test-resnet", size=SIZE, decoder="light", student_width=4)
+    teacher = build_teacher(cfg, 2, pretrained=False)
+    student = _randomised(build_student(teacher, cfg.student_width))
     path = save_model(
         tmp_path / "student",
         student,
+        cfg,
         class_names=["background", "a", "b"],
         palette=[(0, 0, 0), (1, 1, 1), (2, 2, 2)],
-        input_size=SIZE,
         train_config={},
         support_info={},
         training={},
     )
     loaded = load_model(path)
     assert isinstance(loaded.model.decoder, LightDecoder)
-    assert loaded.config["model_args"]["decoder"] == "light"
-    assert loaded.model.decoder.arguments() == student.decoder.arguments()
-    images = torch.randn(2, 3, SIZE, SIZE)
+    assert loaded.config["model_cfg"]["decoder"] == "light" and loaded.model_cfg == cfg
+    assert (loaded.model.decoder.width, loaded.model.decoder.mixer_widths) == (32, (16, 16, 16))
+    images = torch.randint(0, 256, (2, 3, SIZE, SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert torch.equal(loaded.logits(images), student(images))
+        assert torch.equal(loaded.logits(images), student.predict(images))
 
 
 @pytest.mark.parametrize(

@@ -210,7 +210,7 @@ def test_hub_retry_messages_are_silenced(runner, tiny_data, tmp_path, monkeypatc
     import timm
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    from fsdistill.models import backbone as bb
+    from fsdistill.models import backbone_weights as bw
 
     def retrying_create_model(name, pretrained=False, **kwargs):
         if pretrained:
@@ -221,8 +221,8 @@ def test_hub_retry_messages_are_silenced(runner, tiny_data, tmp_path, monkeypatc
 
     real = timm.create_model
     monkeypatch.setattr(timm, "create_model", retrying_create_model)
-    monkeypatch.setattr(bb, "_hub_unreachable", lambda: None)
-    monkeypatch.setattr(bb, "_hub_file_in_cache", lambda spec: None)
+    monkeypatch.setattr(bw, "_hub_unreachable", lambda: None)
+    monkeypatch.setattr(bw, "_hub_file_in_cache", lambda spec: None)
     hub_logger = logging.getLogger("huggingface_hub")
     level = hub_logger.level
     emitted: list[logging.LogRecord] = []

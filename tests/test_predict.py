@@ -288,7 +288,7 @@ def test_inputs_that_would_write_the_same_mask_are_refused(tmp_path) -> None:
 
 
 def test_channel_argmax_equals_argmax_including_ties() -> None:
-    from fsdistill.data.transforms import channel_argmax
+    from fsdistill.infer.postprocess import channel_argmax
 
     g = torch.Generator().manual_seed(0)
     scores = torch.randint(0, 3, (5, 40, 30), generator=g).float()  # many ties: the first channel must win
@@ -301,7 +301,7 @@ def test_channel_argmax_equals_argmax_including_ties() -> None:
 @pytest.mark.parametrize("band_pixels", [1 << 24, 300])  # 300: the banded grid_sample path, a few rows per band
 def test_logits_to_mask_is_the_argmax_of_the_upsampled_logits(classes: int, band_pixels: int) -> None:
     """Binary models upsample fg − bg once; the mask must still be the argmax of both upsampled channels."""
-    from fsdistill.data.transforms import logits_to_mask
+    from fsdistill.infer.postprocess import logits_to_mask
 
     g = torch.Generator().manual_seed(classes)
     logits = torch.randn(classes, 12, 16, generator=g) * 3
@@ -420,14 +420,13 @@ def test_predict_decodes_at_reduced_scale_and_keeps_the_original_size(odd_images
 
 def test_cpu_student_runs_channels_last_with_the_same_logits(tiny_binary_run) -> None:
     """On the CPU the student runs channels-last (oneDNN's fast layout); its logits must not change."""
-    from fsdistill.data.transforms import normalize
     from fsdistill.infer.predictor import Predictor
     from fsdistill.models.build import load_model
 
     reference = load_model(tiny_binary_run.run_dir)
     images = torch.randint(0, 256, (3, 3, reference.size, reference.size), dtype=torch.uint8)
     with torch.inference_mode():
-        expected = reference.logits(normalize(images, reference.mean, reference.std))
+        expected = reference.logits(images)
     runner = Predictor(load_model(tiny_binary_run.run_dir), torch.device("cpu"))
     assert runner.channels_last
     assert runner.loaded.model.decoder.mixer2[0].weight.is_contiguous(memory_format=torch.channels_last)

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from fsdistill.errors import CheckpointError
 from fsdistill.models.backbone import create_backbone
+from fsdistill.models.build import build_decoder
 from fsdistill.models.reference_import import BLOCK_STAGES, ImportReport, import_reference_weights
 from fsdistill.models.teacher import DCAMATeacher
 
@@ -161,7 +162,8 @@ def official_checkpoint(teacher, geometry, seed=0, backbone=True, **head_kw):
 def materialised_teacher(name: str) -> DCAMATeacher:
     """A teacher on the real backbone spec, built without initialising the backbone (meta → uninitialised)."""
     with torch.device("meta"):
-        teacher = DCAMATeacher(create_backbone(name, pretrained=False), num_classes=2)
+        backbone = create_backbone(name, pretrained=False)
+        teacher = DCAMATeacher(backbone, build_decoder(backbone.spec, "dcama"), num_classes=2)
     teacher.to_empty(device="cpu")
     return reset(teacher)
 
@@ -486,7 +488,8 @@ def test_cli_adapt_with_teacher_weights(tmp_path, syn_binary):
     for key, value in sd.items():
         if ".feature_extractor." in key:
             assert torch.equal(state[key.removeprefix("module.feature_extractor.")], value), key
-    assert_published_behaviour(loaded)  # survives save and reload (qk_norm is stored in model_args)
+    assert_published_behaviour(loaded)  # survives save and reload (the stored model_cfg says qk_norm None)
+    assert load_model(run / "teacher", kind="teacher").model_cfg.qk_norm is None
 
     # A bad file is one line on stderr and exit code 2.
     (tmp_path / "bad.pt").write_bytes(b"junk")
@@ -504,8 +507,9 @@ def test_api_new_teacher_imports(tmp_path):
     sd = _tiny_reference_checkpoint(tmp_path / "tiny.pt")
     save_file({k.removeprefix("module."): v.contiguous() for k, v in sd.items()}, str(weights))
     cfg = AdaptCfg(support=tmp_path, model=ModelCfg(backbone="test-resnet", size=64, teacher_weights=weights))
-    teacher = _new_teacher(cfg, 2)
+    teacher, model_cfg = _new_teacher(cfg, 2)
     assert_published_behaviour(teacher)
+    assert model_cfg.qk_norm is None and model_cfg.teacher_weights == weights  # what the artifact stores
     assert torch.equal(teacher.decoder.conv3[6].weight, sd["module.model.conv3.6.weight"])
     assert torch.equal(teacher.blocks[2].linears[0].bias, sd["module.model.DCAMA_blocks.2.linears.0.bias"])
 

@@ -232,9 +232,9 @@ def test_outputs_follow_the_umask(runner, tiny_binary_run, tmp_path, umask):
         from fsdistill.models.build import save_model
 
         config = loaded.config
-        saved = save_model(tmp_path / "artifact", loaded.model, class_names=config["class_names"],
-                           palette=config["palette"], input_size=config["input_size"],
-                           train_config=config["train_config"], support_info=config["support"])  # fmt: skip
+        saved = save_model(tmp_path / "artifact", loaded.model, loaded.model_cfg, class_names=config["class_names"],
+                           palette=config["palette"], train_config=config["train_config"],
+                           support_info=config["support"])  # fmt: skip
         api._write_run_config(tmp_path, api.DistillCfg(support=tmp_path), "distill")
     finally:
         os.umask(previous)
@@ -291,8 +291,8 @@ def test_artifact_killed_between_the_two_renames_is_recovered(runner, tiny_binar
     code = KILL_BETWEEN_RENAMES + (
         "import sys\nfrom fsdistill.models.build import load_model, save_model\n"
         "m = load_model(sys.argv[1]); c = m.config\n"
-        "save_model(m.path, m.model, class_names=c['class_names'], palette=c['palette'],\n"
-        "           input_size=c['input_size'], train_config=c['train_config'], support_info=c['support'])\n"
+        "save_model(m.path, m.model, m.model_cfg, class_names=c['class_names'], palette=c['palette'],\n"
+        "           train_config=c['train_config'], support_info=c['support'])\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", code, str(run)], env=env, capture_output=True, text=True, timeout=300)
@@ -308,8 +308,8 @@ def test_artifact_killed_between_the_two_renames_is_recovered(runner, tiny_binar
     c = loaded.config
     from fsdistill.models.build import save_model
 
-    save_model(run / "student", loaded.model, class_names=c["class_names"], palette=c["palette"],
-               input_size=c["input_size"], train_config=c["train_config"], support_info=c["support"])  # fmt: skip
+    save_model(run / "student", loaded.model, loaded.model_cfg, class_names=c["class_names"], palette=c["palette"],
+               train_config=c["train_config"], support_info=c["support"])  # fmt: skip
     assert not list(run.glob(".student.*"))
 
 

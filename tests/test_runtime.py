@@ -52,11 +52,32 @@ def test_retained_memory_is_reused_without_page_faults() -> None:
 
 
 @pytest.mark.skipif(not GLIBC, reason="mallopt is a glibc function")
-def test_retain_freed_memory_is_idempotent_and_resolve_device_applies_it(monkeypatch) -> None:
+def test_retain_freed_memory_is_idempotent(monkeypatch) -> None:
     monkeypatch.setattr(runtime, "_retaining", False)
+    assert runtime.retain_freed_memory() and runtime._retaining
+    assert runtime.retain_freed_memory()
+
+
+def test_the_set_up_is_explicit_where_models_start_running(monkeypatch, tmp_path, tiny_binary_run) -> None:
+    """The CLI's model commands and a Predictor set the process up; resolving a device and check do not."""
+    import torch
+    from typer.testing import CliRunner
+
+    from fsdistill.cli import app
+    from fsdistill.infer import predictor
+    from fsdistill.models.build import load_model
+
+    calls: list[str] = []
+    monkeypatch.setattr(runtime, "retain_freed_memory", lambda: calls.append("cli") or True)
+    monkeypatch.setattr(predictor, "retain_freed_memory", lambda: calls.append("predictor") or True)
     runtime.resolve_device("cpu")
-    assert runtime._retaining
-    assert runtime.retain_freed_memory() and runtime.retain_freed_memory()
+    CliRunner().invoke(app, ["check", str(tmp_path)])
+    assert calls == []  # no hidden side effect in resolve_device; check runs no model
+    args = ["evaluate", str(tmp_path), "--model", str(tmp_path / "no-run"), "--device", "cpu"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and calls == ["cli"]  # set up before the command's own work (and its errors)
+    predictor.Predictor(load_model(tiny_binary_run.run_dir), torch.device("cpu"))
+    assert calls == ["cli", "predictor"]
 
 
 def test_retain_freed_memory_can_be_switched_off(monkeypatch) -> None:

@@ -8,7 +8,7 @@ from torch import nn
 
 from fsdistill.config import ModelCfg
 from fsdistill.models.backbone import create_backbone
-from fsdistill.models.build import build_student, build_teacher
+from fsdistill.models.build import build_decoder, build_student, build_teacher
 from fsdistill.models.student import ConvDist, DistilledStudent
 from fsdistill.models.teacher import ATTENTION_LEVELS, DCAMATeacher
 
@@ -136,7 +136,10 @@ def test_student_width_reduces_parameter_count() -> None:
 
 
 def test_student_shares_backbone_and_decoder_with_its_teacher() -> None:
-    teacher = DCAMATeacher(create_backbone("test-resnet", pretrained=False), 2)
+    backbone = create_backbone("test-resnet", pretrained=False)
+    decoder = build_decoder(backbone.spec, "light")
+    teacher = DCAMATeacher(backbone, decoder, 2)
     student = build_student(teacher, 8)
+    assert teacher.decoder is decoder  # the decoder built once: given to the teacher, shared with the student
     assert student.backbone is teacher.backbone and student.decoder is teacher.decoder
     assert torch.equal(student.class_prior, torch.full((2,), 0.5))

@@ -246,7 +246,7 @@ def test_chunked_voting_with_a_class_only_in_a_later_chunk(teacher) -> None:
 
 def test_predict_batches_queries(teacher) -> None:
     support = _support(teacher, _masks((1,), (2, 3)))
-    images = torch.randn(2, 3, SIZE, SIZE)
+    images = torch.randint(0, 256, (2, 3, SIZE, SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
     out = teacher.predict(images, support)
     assert out.shape == (2, 4, SIZE // teacher.decoder.output_stride, SIZE // teacher.decoder.output_stride)
     torch.testing.assert_close(out[1:], teacher.predict(images[1:], support), rtol=0, atol=1e-5)

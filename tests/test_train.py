@@ -65,7 +65,7 @@ def test_adapt_zero_steps_writes_the_untuned_teacher(tiny_data, tmp_path) -> Non
     assert not teacher.decoder.mixer3[-1].weight.any()
     assert float(teacher.decoder.prior_scale.detach()) == 8.0
     assert loaded.support_images.shape == (4, 3, 64, 64)
-    logits = loaded.logits(torch.zeros(1, 3, 64, 64))
+    logits = loaded.logits(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
     assert logits.shape == (1, 2, 16, 16) and torch.isfinite(logits).all()  # the light decoder: stride 4
 
 
@@ -96,9 +96,9 @@ def test_distill_writes_teacher_and_student(request, data) -> None:
     student = load_model(run.run_dir)
     assert student.kind == "student"
     n = 1 if data == "binary" else 3
-    assert student.config["model_args"]["num_classes"] == n
+    assert student.model.num_classes == n and len(student.class_names) == n + 1
     assert student.config["training"]["steps"] == 2
-    logits = student.logits(torch.zeros(2, 3, 64, 64))
+    logits = student.logits(torch.zeros(2, 3, 64, 64, dtype=torch.uint8))
     assert logits.shape == (2, n + 1, 16, 16) and torch.isfinite(logits).all()  # light decoder: stride 4
     # the student keeps the support set's class prior, not the 0.5 placeholder
     assert not torch.allclose(student.model.class_prior, torch.full((n,), 0.5))
@@ -475,7 +475,8 @@ def test_pair_attention_reuses_each_pair_and_matches_the_live_attention() -> Non
     again is not recomputed; past the memory cap pairs are computed each time, still correct."""
     from fsdistill.config import ModelCfg
     from fsdistill.models.build import build_teacher
-    from fsdistill.train.episodes import EpisodeSampler, FeatureCache, PairAttention, SupportTensors
+    from fsdistill.data.support_tensors import SupportTensors
+    from fsdistill.train.episodes import EpisodeSampler, FeatureCache, PairAttention
 
     torch.manual_seed(0)
     teacher = build_teacher(ModelCfg(backbone="test-resnet", size=64), num_classes=2, pretrained=False).eval()

@@ -25,10 +25,17 @@ from torch.utils.data import DataLoader, Dataset
 from fsdistill.checkpoint import config_sha256
 from fsdistill.data.images import IMAGE_SUFFIXES, read_image, read_image_reduced
 from fsdistill.data.masks import read_index_mask, write_index_png
-from fsdistill.data.transforms import logits_to_mask, normalize, resize_image, to_chw_tensor
+from fsdistill.data.transforms import resize_image, to_chw_tensor
 from fsdistill.errors import DataError, FsdistillError
+from fsdistill.infer.postprocess import logits_to_mask
 from fsdistill.models.build import LoadedModel, for_inference
-from fsdistill.runtime import ensure_writable_dir, inference_memory_format, raise_if_interrupted, write_atomic
+from fsdistill.runtime import (
+    ensure_writable_dir,
+    inference_memory_format,
+    raise_if_interrupted,
+    retain_freed_memory,
+    write_atomic,
+)
 
 __all__ = ["list_images", "Runner", "Predictor", "PredictResult", "predict_files", "MANIFEST_NAME"]
 
@@ -212,11 +219,15 @@ class Runner(ABC):
 class Predictor(Runner):
     """Runs a loaded student (or teacher with its stored supports) with PyTorch on uint8 images.
 
+    Creating one sets the process up for running models (:func:`fsdistill.runtime.retain_freed_memory`): the
+    memory a batch frees is kept for the next one instead of being faulted in again.
+
     Args:
         loaded: from :func:`fsdistill.models.build.load_model`. device: where to run. amp: autocast on CUDA.
     """
 
     def __init__(self, loaded: LoadedModel, device: torch.device, amp: bool = True) -> None:
+        retain_freed_memory()
         self.loaded = loaded.to(device)
         self.device = device
         self.amp = amp and device.type == "cuda"
@@ -229,13 +240,14 @@ class Predictor(Runner):
 
     @torch.inference_mode()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """B×3×size×size uint8 → B×(N+1)×h×w float logits."""
-        batch = normalize(images.to(self.device, non_blocking=True), self.loaded.mean, self.loaded.std)
+        """B×3×size×size uint8 → B×(N+1)×h×w float logits (the model normalises the images itself)."""
+        images = images.to(self.device, non_blocking=True)
         if self.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
+            # The uint8 batch is reordered (a quarter of the bytes of the float one); normalising keeps the layout.
+            images = images.contiguous(memory_format=torch.channels_last)
         ctx = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
         with ctx:
-            return self.loaded.logits(batch).float()
+            return self.loaded.logits(images).float()
 
     def identity(self) -> dict:
         return _model_identity(self.loaded)

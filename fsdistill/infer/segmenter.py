@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from fsdistill.data.images import read_image, to_uint8_rgb
-from fsdistill.data.transforms import logits_to_mask, resize_image, to_chw_tensor
+from fsdistill.data.transforms import resize_image, to_chw_tensor
 from fsdistill.errors import DataError
+from fsdistill.infer.postprocess import logits_to_mask
 from fsdistill.infer.predictor import Predictor
 from fsdistill.models.build import load_model
 from fsdistill.runtime import resolve_device
@@ -83,6 +84,9 @@ class Segmenter:
 
 def load(path: str | Path, teacher: bool = False, device: str = "auto") -> Segmenter:
     """Load a trained model for Python use.
+
+    Like ``fsdistill predict`` it keeps the memory each batch frees for the next (through its
+    :class:`~fsdistill.infer.predictor.Predictor`: :func:`fsdistill.runtime.retain_freed_memory`).
 
     Args:
         path: a run folder (``RUN``, its student or teacher inside) or an artifact folder.

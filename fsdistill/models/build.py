@@ -1,6 +1,8 @@
-"""Build teachers and students from configs, save them as artifacts, and load artifacts back.
+"""Build teachers and students from a :class:`~fsdistill.config.ModelCfg`, save them as artifacts, load them back.
 
-The artifact's ``config.json`` is enough to rebuild the module; the weights come from ``model.safetensors``.
+An artifact stores the ``ModelCfg`` its model was built from (``config.json``: ``model_cfg``) and the backbone's
+spec; loading builds the same modules from them and fills in ``model.safetensors``. The file format itself
+(atomic writes, hashes, recovery) is :mod:`fsdistill.checkpoint`'s; this module maps models to and from it.
 A teacher artifact also stores its support set (resized images and masks, uint8) because the teacher needs
 supports at inference: images are smaller than cached features for every backbone (Swin-B stage-3 features of
 one support are ~20 MB, its resized image 0.4 MB) and do not tie the artifact to one feature layout.
@@ -8,35 +10,62 @@ one support are ~20 MB, its resized image 0.4 MB) and do not tie the artifact to
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
-from fsdistill.checkpoint import CONFIG_FILE, WEIGHTS_FILE, is_artifact, load_artifact, recover_artifact, save_artifact
+from fsdistill.checkpoint import load_artifact, resolve_model_dir, save_artifact
 from fsdistill.config import ModelCfg
 from fsdistill.errors import CheckpointError
-from fsdistill.models.backbone import Backbone, BackboneSpec, create_backbone, encode_batched
+from fsdistill.models.backbone import Backbone, create_backbone
+from fsdistill.models.backbone_specs import BackboneSpec
+from fsdistill.models.decoder import DECODERS, DCAMADecoder, LightDecoder
 from fsdistill.models.student import DistilledStudent
-from fsdistill.models.teacher import DCAMATeacher, SupportFeatures
+from fsdistill.models.teacher import ATTENTION_LEVELS, DCAMATeacher, SupportFeatures
 from fsdistill.runtime import inference_memory_format, library_versions
 
 __all__ = [
+    "build_decoder",
     "build_teacher",
     "build_student",
     "for_inference",
     "LoadedModel",
     "save_model",
     "load_model",
-    "resolve_model_dir",
+    "stored_parameters",
 ]
 
 SUPPORT_IMAGES_KEY = "support.images"
 SUPPORT_MASKS_KEY = "support.masks"
+
+
+def build_decoder(
+    spec: BackboneSpec, kind: str, width: int | None = None, mixer_widths: tuple[int, int, int] | None = None
+) -> DCAMADecoder | LightDecoder:
+    """A fresh decoder for a backbone of ``spec``: built once, given to the teacher and shared with its student.
+
+    Args:
+        kind: "dcama" (the paper's) or "light" (see :mod:`fsdistill.models.decoder`).
+        width, mixer_widths: ``ModelCfg.decoder_width`` / ``mixer_widths``; None = that decoder's defaults.
+    The decoder reads the block maps of the attention levels (stages 2–4) and the last maps of levels 0 and 1.
+    """
+    if kind not in DECODERS:
+        raise ValueError(f"unknown decoder {kind!r}; choose one of {sorted(DECODERS)}")
+    sizes: dict = {}
+    if width is not None:
+        sizes["width"] = width
+    if mixer_widths is not None:
+        sizes["mixer"] = tuple(mixer_widths)
+    return DECODERS[kind](
+        num_layers=tuple(spec.num_blocks[lvl] for lvl in ATTENTION_LEVELS),
+        skip_channels=(spec.channels[0], spec.channels[1]),
+        **sizes,
+    )
 
 
 def build_teacher(cfg: ModelCfg, num_classes: int, pretrained: bool = True) -> DCAMATeacher:
@@ -45,15 +74,13 @@ def build_teacher(cfg: ModelCfg, num_classes: int, pretrained: bool = True) -> D
     backbone.check_size(cfg.size, cfg.size)
     return DCAMATeacher(
         backbone,
+        build_decoder(backbone.spec, cfg.decoder, cfg.decoder_width, cfg.mixer_widths),
         num_classes,
         heads=cfg.heads,
         use_pe=cfg.use_pe,
         attn_dropout=cfg.attn_dropout,
         voting=cfg.voting,
         qk_norm=cfg.qk_norm,
-        decoder=cfg.decoder,
-        decoder_width=cfg.decoder_width,
-        mixer_widths=cfg.mixer_widths,
     )
 
 
@@ -81,6 +108,7 @@ class LoadedModel:
     path: Path
     model: nn.Module
     config: dict[str, Any]
+    model_cfg: ModelCfg  # what the model was built from (an adapted teacher's, with a student's width)
     support_images: torch.Tensor | None = None  # teacher: S×3×H×W uint8
     support_masks: torch.Tensor | None = None  # teacher: S×H×W uint8
     _support_cache: SupportFeatures | None = None
@@ -116,32 +144,17 @@ class LoadedModel:
             raise CheckpointError(f"{self.path} is a {self.kind}; only a teacher has a support set.")
         if self._support_cache is None:
             device = next(self.model.parameters()).device
-            feats = encode_batched(self.model.backbone, self.support_images, device)
+            feats = self.model.backbone.encode_batched(self.support_images)
             self._support_cache = self.model.prepare_support(feats, self.support_masks.to(device))
         return self._support_cache
 
     @torch.no_grad()
-    def logits(self, batch: torch.Tensor) -> torch.Tensor:
-        """B×3×size×size normalised images → B×(N+1)×h×w logits at the model's output stride (teacher: with its stored supports)."""
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """B×3×size×size uint8 images → B×(N+1)×h×w logits at the model's output stride (teacher: with its
+        stored supports); the model's backbone normalises them."""
         if self.kind == "teacher":
-            return self.model.predict(batch, self.support_features())
-        return self.model(batch)
-
-
-def _model_args(model: nn.Module) -> dict[str, Any]:
-    if isinstance(model, DCAMATeacher):
-        block = model.blocks[0]
-        return {
-            "num_classes": model.num_classes,
-            "heads": block.heads,
-            "use_pe": block.use_pe,
-            "attn_dropout": block.dropout,
-            "voting": model.voting,
-            "qk_norm": block.qk_norm,
-            **model.decoder.arguments(),
-        }
-    assert isinstance(model, DistilledStudent)
-    return {"num_classes": model.num_classes, "student_width": model.width_arg, **model.decoder.arguments()}
+            return self.model.predict(images, self.support_features())
+        return self.model.predict(images)
 
 
 def stored_parameters(tensors: dict[str, torch.Tensor]) -> int:
@@ -152,18 +165,26 @@ def stored_parameters(tensors: dict[str, torch.Tensor]) -> int:
 def save_model(
     directory: Path,
     model: DCAMATeacher | DistilledStudent,
+    model_cfg: ModelCfg,
     *,
     class_names: list[str],
     palette: list[tuple[int, int, int]],
-    input_size: int,
     train_config: dict[str, Any],
     support_info: dict[str, Any],
     training: dict[str, Any] | None = None,
     support_images: torch.Tensor | None = None,
     support_masks: torch.Tensor | None = None,
 ) -> Path:
-    """Write a teacher or student artifact (atomic). The student's holds no attention weights and no supports."""
+    """Write a teacher or student artifact (atomic). The student's holds no attention weights and no supports.
+
+    Args:
+        model_cfg: the config ``model`` was built from (:func:`build_teacher`; a student's width included), stored
+            so that :func:`load_model` builds the same modules. Its ``size`` is the artifact's input size.
+        class_names: background first, one per output channel of ``model``.
+        support_images, support_masks: a teacher's S×3×size×size and S×size×size uint8 support set.
+    """
     kind = "teacher" if isinstance(model, DCAMATeacher) else "student"
+    _check_built_from(model, model_cfg, class_names)
     tensors = dict(model.state_dict())
     if kind == "teacher":
         if support_images is None or support_masks is None:
@@ -175,11 +196,11 @@ def save_model(
         "kind": kind,
         "created": datetime.now().isoformat(timespec="seconds"),
         "backbone": spec.to_dict(),
-        "input_size": input_size,
+        "input_size": model_cfg.size,
         "class_names": list(class_names),
         "palette": [list(c) for c in palette],
         "ignore_index": 255,
-        "model_args": _model_args(model),
+        "model_cfg": model_cfg.model_dump(mode="json"),
         "train_config": train_config,
         "support": support_info,
         "training": training or {},
@@ -189,30 +210,52 @@ def save_model(
     return save_artifact(Path(directory), tensors, config)
 
 
-def load_model(path: Path, kind: str | None = None) -> LoadedModel:
-    """Load an artifact directory, or the ``kind`` (default: student, else teacher) artifact of a run directory."""
+def _check_built_from(model: DCAMATeacher | DistilledStudent, cfg: ModelCfg, class_names: list[str]) -> None:
+    """Raise ValueError when ``cfg`` cannot be the config ``model`` was built from: loading would build another
+    module (caught only then) or, for the settings without parameters, silently run another model."""
+    found = {
+        "backbone": model.backbone.spec.name,
+        "decoder": next(name for name, cls in DECODERS.items() if isinstance(model.decoder, cls)),
+        "classes": model.num_classes,
+    }
+    wanted = {"backbone": cfg.backbone, "decoder": cfg.decoder, "classes": len(class_names) - 1}
+    if isinstance(model, DCAMATeacher):
+        block = model.blocks[0]
+        found.update(heads=block.heads, use_pe=block.use_pe, qk_norm=block.qk_norm, voting=model.voting)
+        wanted.update(heads=cfg.heads, use_pe=cfg.use_pe, qk_norm=cfg.qk_norm, voting=cfg.voting)
+    else:
+        found["student_width"], wanted["student_width"] = model.width_arg, cfg.student_width or None
+    wrong = [f"{k} {found[k]!r} (config: {wanted[k]!r})" for k in found if found[k] != wanted[k]]
+    if wrong:
+        raise ValueError(f"the model was not built from this ModelCfg: {', '.join(wrong)}")
+
+
+def load_model(path: Path | None, kind: str | None = None) -> LoadedModel:
+    """Load an artifact directory, or the ``kind`` (default: student) artifact of a run directory (None: the
+    newest run under ./runs; see :func:`fsdistill.checkpoint.resolve_model_dir`)."""
     directory = resolve_model_dir(path, kind)
     tensors, config = load_artifact(directory)
+    if config["kind"] not in ("teacher", "student"):
+        raise CheckpointError(f"{directory} holds an unknown model kind '{config['kind']}'.")
     spec = BackboneSpec.from_dict(config["backbone"])
-    args = config["model_args"]
+    cfg = _stored_model_cfg(config, directory)
+    num_classes = len(config["class_names"]) - 1
+    # The backbone from its spec (it may carry timm overrides a ModelCfg cannot name), the rest from the config.
     backbone = create_backbone(spec.name, pretrained=False, **spec.model_args)
-    decoder_args = {k: args[k] for k in ("decoder", "decoder_width", "mixer_widths") if k in args}
+    decoder = build_decoder(spec, cfg.decoder, cfg.decoder_width, cfg.mixer_widths)
     if config["kind"] == "teacher":
         model: nn.Module = DCAMATeacher(
             backbone,
-            args["num_classes"],
-            heads=args["heads"],
-            use_pe=args["use_pe"],
-            attn_dropout=args["attn_dropout"],
-            voting=args["voting"],
-            qk_norm=args.get("qk_norm"),
-            **decoder_args,
+            decoder,
+            num_classes,
+            heads=cfg.heads,
+            use_pe=cfg.use_pe,
+            attn_dropout=cfg.attn_dropout,
+            voting=cfg.voting,
+            qk_norm=cfg.qk_norm,
         )
-    elif config["kind"] == "student":
-        teacher_shell = DCAMATeacher(backbone, args["num_classes"], **decoder_args)
-        model = DistilledStudent(backbone, teacher_shell.decoder, args["num_classes"], args.get("student_width"))
     else:
-        raise CheckpointError(f"{directory} holds an unknown model kind '{config['kind']}'.")
+        model = DistilledStudent(backbone, decoder, num_classes, cfg.student_width)
     support_images = tensors.pop(SUPPORT_IMAGES_KEY, None)
     support_masks = tensors.pop(SUPPORT_MASKS_KEY, None)
     try:
@@ -223,60 +266,21 @@ def load_model(path: Path, kind: str | None = None) -> LoadedModel:
     model.eval()
     if config["kind"] == "teacher" and (support_images is None or support_masks is None):
         raise CheckpointError(f"{directory} is a teacher artifact without its support set; re-run fsdistill adapt.")
-    return LoadedModel(config["kind"], directory, model, config, support_images, support_masks)
+    return LoadedModel(config["kind"], directory, model, config, cfg, support_images, support_masks)
 
 
-def _newest_run(root: Path, kind: str) -> Path | None:
-    """The newest run folder under ``root`` that holds a complete ``kind`` artifact, or None."""
-    runs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")] if root.is_dir() else []
-    runs = [p for p in runs if is_artifact(recover_artifact(p / kind))]
-    return max(runs, key=lambda p: (p.stat().st_mtime, p.name)) if runs else None
-
-
-def _missing_part(directory: Path) -> str:
-    """What keeps ``directory`` from being an artifact, for messages: the folder or the first missing file."""
-    if not directory.is_dir():
-        return f"{directory} is missing"
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        if not (directory / name).is_file():
-            return f"{directory / name} is missing"
-    return f"{directory} is incomplete"
-
-
-def resolve_model_dir(path: Path | None, kind: str | None = None) -> Path:
-    """Artifact dir as given; a run dir → its ``kind`` artifact (None: ``student/``); None → the newest run under
-    ./runs that has one.
-
-    A run folder never falls back to its teacher when the student is asked for (or ``kind`` is None): the teacher
-    is a different, support-based model, so using it silently would report its results as the student's (a run
-    whose ``student/`` was deleted evaluated its teacher with exit 0). Callers ask for ``kind="teacher"`` only
-    when the user did (``evaluate --teacher``). An artifact folder given directly is used as it is.
-
-    Raises:
-        CheckpointError: no such folder, or a run without a complete ``kind`` artifact (the message names the
-            missing folder or file).
-    """
-    wanted = kind or "student"
-    if path is None:
-        newest = _newest_run(Path("runs"), wanted)
-        if newest is None:
-            raise CheckpointError("No model given and no run found under ./runs; run fsdistill distill first or pass --model.")
-        path = newest
-    path = Path(path)
-    recover_artifact(path)
-    if is_artifact(path):
-        if kind is not None:
-            found = json.loads((path / "config.json").read_text()).get("kind")
-            if found != kind:
-                raise CheckpointError(f"{path} holds a {found} model, but a {kind} is needed here.")
-        return path
-    if is_artifact(recover_artifact(path / wanted)):
-        return path / wanted
-    if not path.exists():
-        raise CheckpointError(f"Model folder {path} does not exist; pass a run or artifact folder to --model.")
-    if wanted == "student" and (path / "teacher").exists():
+def _stored_model_cfg(config: dict[str, Any], directory: Path) -> ModelCfg:
+    """The ModelCfg an artifact was built from: its ``model_cfg``, or for an artifact written before that was
+    stored (fsdistill 0.1.0 development builds), the same settings rebuilt from its ``model_args``."""
+    try:
+        if "model_cfg" in config:
+            return ModelCfg.model_validate(config["model_cfg"])
+        args = config["model_args"]
+        settings = {k: v for k, v in args.items() if k in ModelCfg.model_fields}
+        return ModelCfg(**{**settings, "backbone": config["backbone"]["name"], "size": config["input_size"]})
+    except (KeyError, ValidationError) as exc:
+        reason = f"no {exc}" if isinstance(exc, KeyError) else f"{exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"
         raise CheckpointError(
-            f"{path} has no usable student ({_missing_part(path / 'student')}); re-run fsdistill distill, or evaluate "
-            "the run's teacher with evaluate --teacher (it is never used in the student's place)."
-        )
-    raise CheckpointError(f"{path} holds no {wanted} artifact (model.safetensors + config.json); pass a run folder.")
+            f"{directory}/config.json does not describe a model this fsdistill can build ({reason}); re-run the "
+            "command that made it."
+        ) from None

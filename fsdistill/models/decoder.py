@@ -177,14 +177,6 @@ class DCAMADecoder(_CoarseMapDecoder):
         x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
         return self._with_prior(self.mixer3(x), coarse, prior)
 
-    def arguments(self) -> dict:
-        """Constructor arguments beyond the backbone-derived ones (stored in artifacts to rebuild the decoder)."""
-        return {
-            "decoder": "dcama",
-            "decoder_width": self.width,
-            "mixer_widths": list(self.mixer_widths),
-        }
-
 
 class LightDecoder(_CoarseMapDecoder):
     """The DCAMA decoder's data flow with one conv per block and every per-class layer at stride ≥ 4.
@@ -255,10 +247,6 @@ class LightDecoder(_CoarseMapDecoder):
         x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=True)
         x = self.mixer2(self.mixer1[1:](self._add_skip(x, skip)))
         return self._with_prior(self.mixer3(x), coarse, prior)
-
-    def arguments(self) -> dict:
-        """Constructor arguments beyond the backbone-derived ones (stored in artifacts to rebuild the decoder)."""
-        return {"decoder": "light", "decoder_width": self.width, "mixer_widths": list(self.mixer_widths)}
 
 
 DECODERS = {"dcama": DCAMADecoder, "light": LightDecoder}

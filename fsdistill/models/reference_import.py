@@ -30,6 +30,7 @@ backbone that fits neither way is kept as it was (``--backbone-weights`` or the 
 
 After import the teacher behaves as published: ``decoder.prior_scale`` = 0 (our coarse-map prior is off) and
 every attention block uses the raw scaled dot product (``qk_norm = None``). ``use_pe`` stays as configured.
+Build the teacher from :func:`published_model_cfg` of the run's config, so that its artifact stores what runs.
 """
 
 from __future__ import annotations
@@ -38,17 +39,19 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import Tensor
 
+from fsdistill.config import ModelCfg
 from fsdistill.errors import CheckpointError, ConfigError
-from fsdistill.models.backbone import BACKBONE_NAMES, backbone_spec
+from fsdistill.models.backbone_specs import BACKBONE_NAMES, backbone_spec
 from fsdistill.models.decoder import DCAMADecoder
+from fsdistill.models.state_dict import COUNTER, positional_orders, read_state_dict
 from fsdistill.models.teacher import ATTENTION_LEVELS, DCAMATeacher, sinusoidal_pe
 
-__all__ = ["ImportReport", "import_reference_weights", "BLOCK_STAGES"]
+__all__ = ["ImportReport", "import_reference_weights", "published_model_cfg", "BLOCK_STAGES"]
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +65,7 @@ _BACKBONE_ROOT = "feature_extractor"
 _DECODER_MODULES = ("conv1", "conv2", "conv3", "conv4", "conv5", "mixer1", "mixer2", "mixer3")
 _HEAD_MODULES = frozenset({"DCAMA_blocks", "pe", *_DECODER_MODULES})
 # Backbone tensors that are never paired: buffers rebuilt by timm, and batch counters (kept from the model).
-_SKIPPED_BUFFERS = ("relative_position_index", "attn_mask", "num_batches_tracked")
-_COUNTER = "num_batches_tracked"
+_SKIPPED_BUFFERS = ("relative_position_index", "attn_mask", COUNTER)
 # The reference decoder (reference.md §1.3): ConvMapper/ConvMerge width and mixer widths.
 _REFERENCE_WIDTH = 128
 _REFERENCE_MIXER = (128, 64, 16)
@@ -75,7 +77,6 @@ _UNSUPPORTED_BACKBONES: tuple[tuple[str, tuple[int, int, int], tuple[int, int, i
     ("dinov3-base (not supported by fsdistill)", (768, 768, 768), None),
     ("dinov3-large (not supported by fsdistill)", (1024, 1024, 1024), None),
 )
-_PARAM_RANK = {"weight": 0, "bias": 1, "running_mean": 2, "running_var": 3, _COUNTER: 4}
 
 
 @dataclass
@@ -129,61 +130,13 @@ class ImportReport:
 
 
 def _read(path: Path) -> dict[str, Tensor]:
-    """Tensors of the file in stored order, unwrapped from ``state_dict``/``model`` dicts."""
-    if not path.is_file():
-        raise CheckpointError(f"Teacher weights file {path} does not exist; check the --teacher-weights path.")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj: Any = load_file(str(path), device="cpu")
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle, zip, weights_only and safetensors errors share no base class
-        unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
-        if unsafe:
-            raise CheckpointError(
-                f"Teacher weights file {path} pickles the Python object {unsafe.group(1)}, which a safe "
-                "(weights_only) load refuses; if you trust the file, re-save only its state dict with "
-                "torch.save(ckpt['state_dict'], 'plain.pt') and pass that."
-            ) from e
-        raise CheckpointError(
-            f"Cannot read teacher weights file {path} ({_load_cause(e, path)}); pass an official DCAMA/DistillFSS "
-            ".pt/.pth/.safetensors checkpoint saved as a plain state dict."
-        ) from e
-    # {"model": sd}, {"state_dict": sd}, or nested; a plain state dict has dotted names, never these keys.
-    while isinstance(obj, dict):
-        inner = next((obj[k] for k in ("state_dict", "model") if isinstance(obj.get(k), dict)), None)
-        if inner is None:
-            break
-        obj = inner
-    items = obj.items() if isinstance(obj, dict) else []
-    tensors = {k: v for k, v in items if isinstance(k, str) and isinstance(v, Tensor)}
-    if not tensors:
-        raise CheckpointError(
-            f"Teacher weights file {path} holds no state dict of tensors; pass an official DCAMA/DistillFSS checkpoint."
-        )
-    return tensors
-
-
-def _load_cause(e: BaseException, path: Path) -> str:
-    """A short phrase (no full stop) for why torch or safetensors could not read the file."""
-    text = str(e)
-    if isinstance(e, EOFError) or path.stat().st_size == 0:
-        return "the file is empty or cut short"
-    if "central directory" in text or "zip archive" in text:
-        return "damaged zip archive, probably truncated or corrupted"
-    if "Weights only load failed" in text:
-        return "not a PyTorch checkpoint"
-    first = _first_line(e).split(". ")[0].rstrip(".")
-    if path.suffix == ".safetensors":
-        return f"not a valid safetensors file: {first}"
-    return f"not a PyTorch checkpoint: {first}"
-
-
-def _first_line(e: BaseException) -> str:
-    text = " ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
-    return text if len(text) <= 200 else text[:199] + "…"
+    """Tensors of the file in stored order (see :func:`fsdistill.models.state_dict.read_state_dict`)."""
+    return read_state_dict(
+        path,
+        "Teacher weights",
+        "--teacher-weights",
+        "pass an official DCAMA/DistillFSS .pt/.pth/.safetensors checkpoint saved as a plain state dict",
+    )
 
 
 def _split(key: str) -> tuple[str, str] | None:
@@ -206,30 +159,6 @@ def _strip_wrappers(key: str) -> str:
     while i < len(parts) - 1 and parts[i] in _WRAPPERS:
         i += 1
     return ".".join(parts[i:])
-
-
-def _natural_key(key: str) -> list[tuple[int, int, str]]:
-    """Guess of module order from a name: numbers numerically, ``weight`` before ``bias`` before BN statistics."""
-    parts = key.split(".")
-    out = []
-    for n, part in enumerate(parts):
-        if part.isdigit():
-            out.append((0, int(part), ""))
-        elif n == len(parts) - 1 and part in _PARAM_RANK:
-            out.append((1, _PARAM_RANK[part], ""))
-        else:
-            out.append((2, 0, part))
-    return out
-
-
-def _orders(keys: list[str], path: Path) -> list[list[str]]:
-    """Orders to try for positional pairing: the stored one, and for safetensors (stored by name) a natural one."""
-    orders = [keys]
-    if path.suffix == ".safetensors":
-        natural = sorted(keys, key=_natural_key)
-        if natural != keys:
-            orders.append(natural)
-    return orders
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -352,7 +281,7 @@ def _resolve_head(
             return "name", {ours: key for ours, (key, _) in got.items()}, []
         raise _diagnose(teacher, path, got)
     first_failure: dict[str, tuple[str, torch.Size]] | None = None
-    for order in _orders(candidates, path):
+    for order in positional_orders(candidates, path):
         if len(order) < n:
             break
         got = {ours: (key, state[key].shape) for (_, ours), key in zip(targets, order[-n:])}
@@ -422,7 +351,7 @@ def _resolve_backbone(
     model = teacher.backbone.model
     spec = teacher.backbone.spec
     target = model.state_dict()
-    wanted = [k for k in target if not k.endswith(_COUNTER)]
+    wanted = [k for k in target if not k.endswith(COUNTER)]
     if not source:
         return "kept", None, "the checkpoint holds no backbone weights", []
     reason = ""
@@ -442,7 +371,7 @@ def _resolve_backbone(
         reason = f"{len(missing)} of {len(wanted)} tensors not found by name, e.g. {missing[0]}"
     # 2. By position, strict shapes; extra tensors may only trail (classifier, final norm).
     paired = [n for n in source if not n.endswith(_SKIPPED_BUFFERS) and source[n].is_floating_point()]
-    for order in _orders(paired, path):
+    for order in positional_orders(paired, path):
         if len(order) < len(wanted):
             reason += f"; by position {len(order)} tensors where {len(wanted)} are needed"
             break
@@ -458,6 +387,11 @@ def _resolve_backbone(
 
 # ---------------------------------------------------------------------------------------------------------------
 # Entry point
+
+
+def published_model_cfg(cfg: ModelCfg) -> ModelCfg:
+    """``cfg`` as an imported teacher runs: raw scaled dot-product attention (``qk_norm`` None), as published."""
+    return cfg.model_copy(update={"qk_norm": None})
 
 
 def import_reference_weights(teacher: DCAMATeacher, path: Path | str) -> ImportReport:

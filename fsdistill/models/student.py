@@ -81,7 +81,8 @@ class DistilledStudent(nn.Module):
 
     Args:
         backbone: frozen feature extractor (shared with the teacher during joint training).
-        decoder: the teacher's decoder (shared during training; its own copy in the artifact).
+        decoder: the teacher's decoder (the same module during joint training; built on its own,
+            :func:`fsdistill.models.build.build_decoder`, when an artifact is loaded).
         num_classes: foreground classes N.
         width: ConvDist hidden width per class (None or 0 = the stage's channels, the paper's block; W > 0 = the
             1×1-bottleneck block of width W, see :class:`ConvDist`).
@@ -120,6 +121,14 @@ class DistilledStudent(nn.Module):
         return merge_classes(logits.view(b, n, 2, *logits.shape[-2:])), coarse
 
     def forward(self, images: Tensor) -> Tensor:
-        """B×3×H×W normalised images → B×(N+1)×h×w logits (background, class 1..N) at the decoder's output stride
-        (h = H, or H/4 for the light decoder: the mask is upsampled once, straight to each image's own size)."""
+        """B×3×H×W normalised float images → B×(N+1)×h×w logits (background, class 1..N) at the decoder's output
+        stride (h = H, or H/4 for the light decoder: the mask is upsampled once, straight to each image's own size).
+
+        The function ONNX export traces (its file takes normalised floats); uint8 images go to :meth:`predict`.
+        """
         return self.forward_features(self.backbone(images))[0]
+
+    @torch.no_grad()
+    def predict(self, images: Tensor) -> Tensor:
+        """B×3×H×W uint8 RGB images → the logits of :meth:`forward` (the backbone's ``preprocess`` normalises)."""
+        return self(self.backbone.preprocess(images))

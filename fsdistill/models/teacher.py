@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fsdistill.models.decoder import DECODERS, DCAMADecoder, LightDecoder, merge_classes
+from fsdistill.models.decoder import DCAMADecoder, LightDecoder, merge_classes
 
 __all__ = ["DenseCrossAttention", "DCAMATeacher", "SupportFeatures", "sinusoidal_pe", "one_hot_masks"]
 
@@ -182,24 +182,25 @@ class DCAMATeacher(nn.Module):
 
     Args:
         backbone: frozen feature extractor with ``spec.channels`` / ``spec.num_blocks`` per level.
+        decoder: a :class:`~fsdistill.models.decoder.DCAMADecoder` or :class:`~fsdistill.models.decoder.LightDecoder`
+            for that backbone (:func:`fsdistill.models.build.build_decoder`), built once by the caller: the
+            student trained with this teacher shares the same module.
         num_classes: foreground classes N.
-        decoder: "dcama" (the paper's) or "light" (see :mod:`fsdistill.models.decoder`); decoder_width /
-            mixer_widths None = that decoder's defaults.
+        heads, use_pe, attn_dropout, qk_norm: of the attention blocks (:class:`DenseCrossAttention`).
+        voting: support images per attention chunk at inference (:meth:`predict_features`).
     Logits come at the decoder's ``output_stride`` (1 = the input size, 4 = a quarter of it).
     """
 
     def __init__(
         self,
         backbone: nn.Module,
+        decoder: DCAMADecoder | LightDecoder,
         num_classes: int,
         heads: int = 8,
         use_pe: bool = True,
         attn_dropout: float = 0.5,
         voting: int = 50,
         qk_norm: float | None = 2.0,
-        decoder: str = "dcama",
-        decoder_width: int | None = None,
-        mixer_widths: tuple[int, int, int] | None = None,
     ) -> None:
         super().__init__()
         spec = backbone.spec
@@ -209,16 +210,7 @@ class DCAMATeacher(nn.Module):
         self.blocks = nn.ModuleList(
             [DenseCrossAttention(spec.channels[lvl], heads, attn_dropout, use_pe, qk_norm) for lvl in ATTENTION_LEVELS]
         )
-        shape = {
-            "num_layers": tuple(spec.num_blocks[lvl] for lvl in ATTENTION_LEVELS),
-            "skip_channels": (spec.channels[0], spec.channels[1]),
-        }
-        sizes = {k: v for k, v in (("width", decoder_width), ("mixer", mixer_widths)) if v is not None}
-        if "mixer" in sizes:
-            sizes["mixer"] = tuple(sizes["mixer"])
-        if decoder not in DECODERS:
-            raise ValueError(f"unknown decoder {decoder!r}; choose one of {sorted(DECODERS)}")
-        self.decoder: DCAMADecoder | LightDecoder = DECODERS[decoder](**shape, **sizes)
+        self.decoder = decoder
 
     # -- support side -------------------------------------------------------------------------------------------
     def prepare_support(self, feats: Features, masks: Tensor) -> SupportFeatures:
@@ -360,5 +352,6 @@ class DCAMATeacher(nn.Module):
 
     @torch.no_grad()
     def predict(self, images: Tensor, support: SupportFeatures, voting: int | None = None) -> Tensor:
-        """B×3×H×W normalised images → B×(N+1)×h×w logits at the output stride (queries run one at a time: the attention is per query)."""
-        return torch.cat([self.predict_features(self.backbone(img[None]), support, voting) for img in images])
+        """B×3×H×W uint8 RGB images → B×(N+1)×h×w logits at the output stride (queries run one at a time: the
+        attention is per query; the backbone normalises each, see ``Backbone.encode``)."""
+        return torch.cat([self.predict_features(self.backbone.encode(img[None]), support, voting) for img in images])

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fsdistill.errors import ConfigError
-from fsdistill.models.backbone import backbone_spec
+from fsdistill.models.backbone_specs import backbone_spec
 from fsdistill.models.decoder import DECODERS
 
 __all__ = ["SHOT_STEPS", "DEFAULT_WAYS", "DEFAULT_SHOTS", "ProfileCfg", "ProfileResult", "shot_grid"]

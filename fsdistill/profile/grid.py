@@ -13,14 +13,13 @@ from torch import Tensor, nn
 
 from fsdistill.config import ModelCfg, load_config
 from fsdistill.errors import ConfigError
-from fsdistill.models.backbone import DEFAULT_BACKBONE, backbone_spec, encode_batched
+from fsdistill.models.backbone_specs import DEFAULT_BACKBONE, backbone_spec
 from fsdistill.profile.config import DEFAULT_WAYS, ProfileCfg, ProfileResult, shot_grid
 from fsdistill.profile.measure import MemoryMeter, _Estimator, _free, _load_average, _Measure, _Runner, is_oom
 from fsdistill.profile.report import _write_plot, _write_tables, headline_ratios, render_markdown
 from fsdistill.profile.subjects import (
     _load_run,
     _Models,
-    _normalise,
     _params,
     _random_images,
     _RandomFactory,
@@ -34,6 +33,7 @@ from fsdistill.runtime import (
     library_versions,
     progress,
     resolve_device,
+    retain_freed_memory,
     seed_everything,
     write_atomic,
 )
@@ -52,6 +52,7 @@ def run_profile(cfg: ProfileCfg, quiet: bool = False) -> ProfileResult:
     """
     cfg.check()
     device = resolve_device(cfg.device)
+    retain_freed_memory()  # predict runs warm (see Predictor), so the times here are taken warm too
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; pass a folder for profile.json/.csv/.md/.png.")
@@ -88,8 +89,7 @@ def run_profile(cfg: ProfileCfg, quiet: bool = False) -> ProfileResult:
     meter = MemoryMeter(device)
     runner = _Runner(cfg, device, meter)
     estimator = _Estimator()
-    spec = (factory.base if factory else (fixed.student or fixed.teacher)).backbone.spec
-    query = _normalise(_random_images(cfg.batch_size, size, gen), spec.mean, spec.std).to(device)
+    query = _random_images(cfg.batch_size, size, gen).to(device)  # uint8: the models normalise it, as in predict
 
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -223,8 +223,8 @@ def _measure_pair(models: _Models, ways: int, shots: int, query: Tensor, runner:
     query = query.contiguous(memory_format=layout)
     fns: dict[str, Callable[[], Any]] = {}
     if student is not None:
-        fns["student"] = lambda: student(query)
-    fns["backbone"] = lambda: backbone(query)
+        fns["student"] = lambda: student.predict(query)
+    fns["backbone"] = lambda: backbone.encode(query)
     guesses = [est.single_ms(name, ways, shots) for name in fns]
     estimate = None if None in guesses else sum(guesses)
     measured = runner.measure(fns, estimate)
@@ -297,10 +297,10 @@ def _uncached_fn(teacher: nn.Module, query: Tensor, images: Tensor, masks: Tenso
     def fn() -> list[Tensor]:
         outs = []
         for img in query:
-            feats = encode_batched(teacher.backbone, images, images.device)
+            feats = teacher.backbone.encode_batched(images)
             support = teacher.prepare_support(feats, masks)
             del feats
-            outs.append(teacher.predict_features(teacher.backbone(img[None]), support, voting))
+            outs.append(teacher.predict_features(teacher.backbone.encode(img[None]), support, voting))
         return outs
 
     return fn

@@ -12,7 +12,6 @@ import torch
 from torch import Tensor, nn
 
 from fsdistill.config import ModelCfg
-from fsdistill.models.backbone import encode_batched
 from fsdistill.profile.measure import _sync
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -31,12 +30,6 @@ def _random_masks(ways: int, shots: int, size: int, gen: torch.Generator) -> Ten
     blobs = torch.nn.functional.interpolate(coarse.float(), size=(size, size), mode="nearest")[:, 0].bool()
     ids = torch.arange(ways).repeat_interleave(shots) + 1
     return (blobs.long() * ids[:, None, None]).to(torch.uint8)
-
-
-def _normalise(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
-    from fsdistill.data.transforms import normalize
-
-    return normalize(images, mean, std)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -115,8 +108,9 @@ class _RandomFactory:
 
 def _load_run(path: Path, device: torch.device) -> tuple[_Models, dict[str, Any]]:
     """Teacher and/or student of a run (or one artifact) → models, plus size/classes/backbone info."""
+    from fsdistill.checkpoint import resolve_model_dir
     from fsdistill.errors import CheckpointError
-    from fsdistill.models.build import load_model, resolve_model_dir
+    from fsdistill.models.build import load_model
 
     loaded = {}
     path = Path(path)
@@ -167,7 +161,7 @@ class _Supports:
     def encode(self, teacher: nn.Module) -> None:
         with torch.no_grad():
             t0 = time.perf_counter()
-            feats = encode_batched(teacher.backbone, self.images, self.device)
+            feats = teacher.backbone.encode_batched(self.images)
             self.full = teacher.prepare_support(feats, self.masks)
             _sync(self.device)
             self.encode_ms = (time.perf_counter() - t0) * 1000.0

@@ -1,4 +1,4 @@
-"""Support tensors, cached backbone features and leave-one-out training episodes (TransferFSS, reference.md §2.2).
+"""Cached backbone features and leave-one-out training episodes (TransferFSS, reference.md §2.2).
 
 The backbone is frozen, so the features of every support image (and of its flipped views, our augmentation) are
 computed once before training: a step then costs only the attention and the decoder, not a backbone pass.
@@ -9,57 +9,23 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from fsdistill.data.transforms import FLIP_VIEWS, flip, resize_image, resize_mask
-from fsdistill.models.backbone import encode_batched
+from fsdistill.data.support_tensors import SupportTensors
+from fsdistill.data.transforms import FLIP_VIEWS, flip
 from fsdistill.models.teacher import DCAMATeacher, Features, SupportFeatures
 
 __all__ = [
-    "SupportTensors",
-    "load_support_tensors",
     "FeatureCache",
     "PairAttention",
     "Episode",
     "EpisodeSampler",
-    "encode_batched",
 ]
 
 # Memory for the attention sums of (query, support) pairs kept during one training run. Lite0 at 384 px with 5
 # classes needs ~1.3 MB a pair: 10 supports (90 pairs) fit many times over, 50 supports (2450 pairs) mostly.
 PAIR_ATTENTION_BYTES = 2 * 2**30
-
-
-@dataclass
-class SupportTensors:
-    """A support set resized to the model's input size.
-
-    Attributes:
-        images: S×3×size×size uint8. masks: S×size×size uint8 class ids (255 = ignore). keys: sample keys.
-    """
-
-    images: Tensor
-    masks: Tensor
-    keys: list[str]
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-
-def load_support_tensors(index, size: int) -> SupportTensors:
-    """Read every pair of a :class:`~fsdistill.data.discover.SupportIndex` and resize it to size×size."""
-    images, masks = [], []
-    for i in range(len(index)):
-        image, mask = index.load_pair(i)
-        images.append(resize_image(image, size))
-        masks.append(resize_mask(mask, size))
-    return SupportTensors(
-        images=torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
-        masks=torch.from_numpy(np.stack(masks)),
-        keys=[s.key for s in index.samples],
-    )
 
 
 def _select(feats: Features, index: int) -> Features:
@@ -75,7 +41,7 @@ class FeatureCache:
         self.feats: list[Features] = []
         self.support: list[SupportFeatures] = []
         for v in range(self.views):
-            feats = encode_batched(teacher.backbone, flip(support.images, v), device)
+            feats = teacher.backbone.encode_batched(flip(support.images, v))
             self.feats.append(feats)
             self.support.append(teacher.prepare_support(feats, self.masks[v]))
         self.present = self.support[0].present.cpu()  # S×N, the same in every view

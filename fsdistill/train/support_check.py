@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fsdistill.data.transforms import logits_to_mask
+from fsdistill.infer.postprocess import logits_to_mask
 from fsdistill.metrics import ConfusionMatrix
 from fsdistill.models.student import DistilledStudent
 from fsdistill.models.teacher import DCAMATeacher
