@@ -31,20 +31,12 @@ from fsdistill import api
 from fsdistill.config import ModelCfg
 from fsdistill.data.transforms import normalize
 from fsdistill.infer.onnx import OnnxRunner
-from fsdistill.models.build import build_student, build_teacher, for_inference, load_model, save_model
+from common import random_student
+from fsdistill.models.build import for_inference, load_model
 from fsdistill.runtime import inference_memory_format, library_versions, retain_freed_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = 5  # timed runs of one runtime in a row
-
-
-def random_student(directory: Path, cfg: ModelCfg) -> Path:
-    """A default-config student artifact with random decoder weights (1 class)."""
-    student = build_student(build_teacher(cfg, 1), cfg.student_width)
-    return save_model(
-        directory, student, cfg, class_names=["background", "foreground"], palette=[(0, 0, 0), (255, 0, 0)],
-        train_config={}, support_info={}, training={},
-    )  # fmt: skip
 
 
 def _stats(ms: list[float], batch: int) -> dict[str, float]:

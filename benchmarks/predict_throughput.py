@@ -40,7 +40,8 @@ from fsdistill.config import ModelCfg  # noqa: E402
 from fsdistill.data.discover import discover  # noqa: E402
 from fsdistill.data.transforms import normalize  # noqa: E402
 from fsdistill.infer.predictor import Predictor  # noqa: E402
-from fsdistill.models.build import build_student, build_teacher, load_model, save_model  # noqa: E402
+from common import random_student  # noqa: E402
+from fsdistill.models.build import load_model  # noqa: E402
 from fsdistill.runtime import device_name, library_versions, resolve_device  # noqa: E402
 
 
@@ -57,15 +58,6 @@ def make_image_folder(folder: Path, count: int, data: Path) -> None:
         w, h = sizes[i % len(sizes)]
         big = np.tile(tile, (h // tile.shape[0] + 1, w // tile.shape[1] + 1, 1))[:h, :w]
         Image.fromarray(big).save(folder / f"img_{i:04d}.png")
-
-
-def random_student(directory: Path, cfg: ModelCfg) -> Path:
-    teacher = build_teacher(cfg, 1)
-    student = build_student(teacher, cfg.student_width)
-    return save_model(
-        directory, student, cfg, class_names=["background", "foreground"], palette=[(0, 0, 0), (255, 0, 0)],
-        train_config={}, support_info={}, training={},
-    )
 
 
 def main() -> None:
