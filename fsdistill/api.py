@@ -31,12 +31,14 @@ from fsdistill.errors import CheckpointError, ConfigError, DataError, FsdistillE
 from fsdistill.infer.predictor import PredictResult, Predictor, Runner, list_images, predict_files
 from fsdistill.metrics import ConfusionMatrix
 from fsdistill.models.build import (
+    LoadedModel,
     build_student,
     build_teacher,
     load_model,
     save_model,
     stored_parameters,
 )
+from fsdistill.models.grow import copy_student_classes, match_classes
 from fsdistill.models.teacher import DCAMATeacher
 from fsdistill.runtime import ensure_writable_dir, resolve_device, seed_everything, write_atomic
 from fsdistill.train.episodes import FeatureCache
@@ -301,6 +303,31 @@ def _new_teacher(cfg: AdaptCfg | DistillCfg, num_classes: int) -> tuple[DCAMATea
     return teacher, model_cfg
 
 
+def _load_init(cfg: DistillCfg) -> tuple[LoadedModel, LoadedModel]:
+    """The teacher and student of the run ``cfg.init`` continues from (``distill --init``)."""
+    if cfg.teacher is not None:
+        raise ConfigError("--init continues a run's own teacher; pass --init or --teacher, not both.")
+    try:
+        teacher = load_model(cfg.init, kind="teacher")
+    except CheckpointError as err:
+        raise ConfigError(
+            f"--init needs a run with its teacher (RUN/teacher, written by distill without --teacher): {err}"
+        ) from None
+    student = load_model(cfg.init, kind="student")
+    if student.class_names != teacher.class_names:
+        raise ConfigError(f"The teacher and student of {cfg.init} know different classes; pass one run folder.")
+    defaults = ModelCfg().model_dump()
+    given = {k: v for k, v in cfg.model.model_dump().items() if v != defaults[k]}
+    differs = {k: v for k, v in given.items() if getattr(student.model_cfg, k) != v}
+    if differs:
+        key = sorted(differs)[0]
+        raise ConfigError(
+            f"--init continues {cfg.init} with its own model settings ({key} = {getattr(student.model_cfg, key)!r}); "
+            f"drop the model option that sets {key}."
+        )
+    return teacher, student
+
+
 def distill(cfg: DistillCfg, quiet: bool = False, overwrite: bool = False) -> RunResult:
     """DistillFSS: train the support-free ConvDist student (jointly with the teacher unless ``cfg.teacher``).
 
@@ -308,10 +335,23 @@ def distill(cfg: DistillCfg, quiet: bool = False, overwrite: bool = False) -> Ru
     finished run at ``cfg.out`` (see :func:`check_run_dir`).
     """
     check_run_dir(cfg.out, "distill", cfg.teacher, overwrite)
+    if cfg.drop_class and cfg.init is None:
+        raise ConfigError("--drop-class only applies with --init RUN.")
+    init = _load_init(cfg) if cfg.init is not None else None
+    if init is not None:
+        cfg = cfg.model_copy(update={"model": init[0].model_cfg})
     cfg, index, num_classes, device, support = _prepare(cfg, quiet)
     if cfg.train.augment is False and len(index) == 1 and cfg.train.steps != 0:  # as in adapt: no query besides it
         raise ConfigError("One support image needs augmentation to build episodes; drop --no-augment or add images.")
-    if cfg.teacher is not None:
+    match = None
+    if init is not None:
+        init_teacher, init_student = init
+        match = match_classes(init_teacher.class_names, index.class_names, cfg.drop_class, str(cfg.init))
+        teacher, teacher_cfg = _new_teacher(cfg, num_classes)
+        # The teacher has no per-class weight: the run's, whole (the new one only differs in its class count).
+        teacher.load_state_dict(init_teacher.model.state_dict())
+        teacher = teacher.to(device)
+    elif cfg.teacher is not None:
         loaded = load_model(cfg.teacher, kind="teacher")
         if loaded.class_names != index.class_names:
             raise DataError(
@@ -334,12 +374,18 @@ def distill(cfg: DistillCfg, quiet: bool = False, overwrite: bool = False) -> Ru
     # The student is the teacher's architecture (an adapted teacher's, whatever this run's --decoder says) with
     # this run's ConvDist width.
     student_cfg = teacher_cfg.model_copy(update={"student_width": cfg.model.student_width})
-    student.set_class_prior(teacher.class_prior(cache.support[0], list(range(num_classes))))
+    prior = teacher.class_prior(cache.support[0], list(range(num_classes)))
+    if init is not None and match is not None:
+        copy_student_classes(student, init[1].model.to(device), match, prior)
+    else:
+        student.set_class_prior(prior)
     stats = train(teacher, cache, cfg.train, student=student, freeze_teacher=cfg.freeze_teacher, quiet=quiet)
     check = check_supports(teacher, student, cache, index.class_names) if cfg.train.steps != 0 else None
     common = _artifact_fields(cfg, index, stats)
     if check is not None:
         common["training"]["support_check"] = check.to_dict()
+    if match is not None:
+        common["training"]["init"] = {"run": str(cfg.init), **match.to_dict()}
     teacher_dir = None
     if cfg.teacher is None:
         teacher_dir = save_model(

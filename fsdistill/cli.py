@@ -311,6 +311,18 @@ def distill(
     freeze_teacher: Annotated[
         bool, typer.Option("--freeze-teacher", help="With --teacher: train only the student against it.")
     ] = False,
+    init: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--init",
+            help="Continue from this run (its teacher and student) after the support folder grew: classes are "
+            "matched by name, a new class starts fresh, the run's model settings are kept.",
+        ),
+    ] = None,
+    drop_class: Annotated[
+        Optional[list[str]],
+        typer.Option("--drop-class", help="With --init: a class of the run the folder no longer has (repeatable)."),
+    ] = None,
     backbone: BackboneOpt = None,
     backbone_weights: BackboneWeightsOpt = None,
     teacher_weights: TeacherWeightsOpt = None,
@@ -351,6 +363,8 @@ def distill(
             "out": out,
             "teacher": teacher,
             "freeze_teacher": freeze_teacher or None,
+            "init": init,
+            "drop_class": drop_class or None,
             "device": device,
             "model": _model_overrides(backbone, backbone_weights, teacher_weights, size, decoder, student_width),
             "train": _train_overrides(steps, lr, seed, train, augment),
@@ -365,6 +379,12 @@ def distill(
     )
     if result.teacher_dir is not None:
         console.say(f"teacher: {result.teacher_dir}")
+    init = result.stats.get("init")
+    if init:
+        console.say(
+            f"continued from {init['run']}: kept {', '.join(init['kept']) or 'no class'}; new "
+            f"{', '.join(init['new']) or 'none'}; dropped {', '.join(init['dropped']) or 'none'}"
+        )
     console.say(f"trained {result.stats['steps']} steps in {result.stats['seconds']:.0f} s ({result.stats['stop_reason']})")
     if result.stats["steps"] == 0:
         console.say("note: 0 steps: the student is untrained and predicts nothing useful; adapt --steps 0 gives the "

@@ -184,6 +184,14 @@ class DistillCfg(_Strict):
     out: Path | None = None
     teacher: Path | None = None
     freeze_teacher: bool = False
+    init: Path | None = Field(
+        None,
+        description="continue from this run (its teacher and student) on a grown support folder: classes matched "
+        "by name, new classes get fresh ConvDist blocks; the run's model settings are kept",
+    )
+    drop_class: list[str] = Field(
+        default_factory=list, description="with init: classes of the run that the support folder no longer has"
+    )
     model: ModelCfg = Field(default_factory=ModelCfg)
     train: TrainCfg = Field(default_factory=TrainCfg)
     device: str = "auto"

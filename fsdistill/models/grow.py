@@ -1,0 +1,108 @@
+"""Continue a run on a grown support folder (``distill --init RUN``): its weights, classes matched by name.
+
+The teacher (backbone, attention, decoder) holds no per-class weight, so it is taken whole. The student's ConvDist
+blocks are per class: a class the new folder still has keeps its blocks (copied to its new position), a new class
+gets fresh blocks started at its prior, a class the folder no longer has is dropped only when the user says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from fsdistill.errors import ConfigError
+from fsdistill.models.student import ConvDist, DistilledStudent
+
+__all__ = ["ClassMatch", "match_classes", "copy_student_classes"]
+
+
+@dataclass(frozen=True)
+class ClassMatch:
+    """How the classes of a run map onto a new folder's (names without background).
+
+    Attributes:
+        source: per foreground class of the new folder, the index of the same-named class in the run, or None
+            for a new class.
+        kept, new, dropped: class names in each group.
+    """
+
+    source: tuple[int | None, ...]
+    kept: tuple[str, ...]
+    new: tuple[str, ...]
+    dropped: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return {"kept": list(self.kept), "new": list(self.new), "dropped": list(self.dropped)}
+
+
+def match_classes(run_classes: list[str], folder_classes: list[str], drop: list[str], run: str) -> ClassMatch:
+    """Match foreground class names (background first in both lists) by name.
+
+    Raises:
+        ConfigError: a class of the run is missing from the folder and not in ``drop``; ``drop`` names a class
+            the run does not have or one the folder still has.
+    """
+    old, new = run_classes[1:], folder_classes[1:]
+    unknown = [name for name in drop if name not in old]
+    if unknown:
+        raise ConfigError(f"--drop-class {unknown[0]!r} is not a class of {run} (its classes: {', '.join(old)}).")
+    still_there = [name for name in drop if name in new]
+    if still_there:
+        raise ConfigError(
+            f"--drop-class {still_there[0]!r} is still a class of the support folder; remove it from the names file "
+            "first or do not drop it."
+        )
+    missing = [name for name in old if name not in new and name not in drop]
+    if missing:
+        raise ConfigError(
+            f"Class {missing[0]!r} of {run} is not in the support folder; add images that show it, or pass "
+            f"--drop-class {missing[0]} to continue without it."
+        )
+    source = tuple(old.index(name) if name in old else None for name in new)
+    return ClassMatch(
+        source=source,
+        kept=tuple(name for name in new if name in old),
+        new=tuple(name for name in new if name not in old),
+        dropped=tuple(drop),
+    )
+
+
+def _copy_rows(target: Tensor, source: Tensor, rows_per_class: int, to_class: int, from_class: int) -> None:
+    target[to_class * rows_per_class : (to_class + 1) * rows_per_class] = source[
+        from_class * rows_per_class : (from_class + 1) * rows_per_class
+    ]
+
+
+@torch.no_grad()
+def _copy_convdist(target: ConvDist, source: ConvDist, to_class: int, from_class: int) -> None:
+    """Copy one class's block: the rows of each fused conv that belong to it (groups are per class)."""
+    if target.width != source.width:
+        raise ValueError(f"ConvDist widths differ ({source.width} vs {target.width})")
+    width = target.width
+    # Rows per class: the hidden 3×3 (grouped per class, or the paper's ungrouped C→N·C whose output rows are still
+    # one block per class), the grouped 1×1 output (one row) and the bottleneck (W rows) when there is one.
+    layers = [(target.hidden, source.hidden, width), (target.out, source.out, 1)]
+    if (target.bottleneck is None) != (source.bottleneck is None):
+        raise ValueError("one ConvDist has a bottleneck and the other not")
+    if target.bottleneck is not None:
+        layers.append((target.bottleneck, source.bottleneck, width))
+    for new_layer, old_layer, rows in layers:
+        _copy_rows(new_layer.weight, old_layer.weight, rows, to_class, from_class)
+        _copy_rows(new_layer.bias, old_layer.bias, rows, to_class, from_class)
+
+
+@torch.no_grad()
+def copy_student_classes(target: DistilledStudent, source: DistilledStudent, match: ClassMatch, prior: Tensor) -> None:
+    """Start ``target`` (the new folder's N classes) from ``source`` (the run's student).
+
+    Every class starts at the new folder's prior (``prior``: N foreground fractions); kept classes then take
+    their trained ConvDist blocks from ``source``, new ones keep a fresh block whose output starts at the prior.
+    The decoder is shared with the teacher, which is loaded whole.
+    """
+    target.set_class_prior(prior)
+    for new_dist, old_dist in zip(target.convdist, source.convdist):
+        for to_class, from_class in enumerate(match.source):
+            if from_class is not None:
+                _copy_convdist(new_dist, old_dist, to_class, from_class)

@@ -1,0 +1,111 @@
+"""``distill --init RUN``: continue a run on a grown support folder, classes matched by name."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fsdistill import api
+from fsdistill.cli import app
+from fsdistill.config import DistillCfg, ModelCfg, load_config
+from fsdistill.errors import ConfigError
+from fsdistill.models.build import build_student, build_teacher, load_model
+from fsdistill.models.grow import copy_student_classes, match_classes
+from helpers import TINY_MODEL, TINY_TRAIN, assert_user_error, write_multiclass_folder
+
+
+def test_match_classes_by_name() -> None:
+    match = match_classes(["background", "a", "b", "c"], ["background", "c", "d", "a"], ["b"], "RUN")
+    assert match.source == (2, None, 0)
+    assert (match.kept, match.new, match.dropped) == (("c", "a"), ("d",), ("b",))
+
+
+@pytest.mark.parametrize(
+    "drop, message",
+    [
+        ([], "Class 'b' of RUN is not in the support folder; add images that show it, or pass --drop-class b"),
+        (["x"], "--drop-class 'x' is not a class of RUN"),
+        (["b", "a"], "--drop-class 'a' is still a class of the support folder"),
+    ],
+)
+def test_match_classes_refuses_in_one_sentence(drop, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        match_classes(["background", "a", "b"], ["background", "a", "c"], drop, "RUN")
+
+
+@pytest.mark.parametrize("width", [4, 0])
+def test_kept_classes_keep_their_coarse_maps_at_their_new_position(width) -> None:
+    """Copied ConvDist blocks give the same coarse maps as in the run's student; a new class starts at its prior."""
+    torch.manual_seed(0)
+    cfg = ModelCfg(backbone="test-resnet", size=64, student_width=width)
+    old = build_student(build_teacher(cfg, 3, pretrained=False), width).eval()
+    for p in old.convdist.parameters():
+        p.data.normal_(0, 0.2)
+    new = build_student(build_teacher(cfg, 4, pretrained=False), width).eval()
+    match = match_classes(["background", "a", "b", "c"], ["background", "c", "new", "a", "b"], [], "RUN")
+    prior = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    copy_student_classes(new, old, match, prior)
+    with torch.no_grad():
+        feats = old.backbone(torch.randn(2, 3, 64, 64))
+        before, after = old.coarse_maps(feats), new.coarse_maps(feats)
+    for stage_old, stage_new in zip(before, after):
+        for to_class, from_class in enumerate(match.source):
+            if from_class is None:
+                torch.testing.assert_close(stage_new[:, to_class], torch.full_like(stage_new[:, to_class], 0.2))
+            else:
+                torch.testing.assert_close(stage_new[:, to_class], stage_old[:, from_class])
+    torch.testing.assert_close(new.class_prior, prior)
+
+
+def _cfg(support, out, **extra):
+    return load_config(
+        DistillCfg,
+        None,
+        {"support": support, "out": out, "device": "cpu", "model": TINY_MODEL, "train": TINY_TRAIN, **extra},
+    )
+
+
+def test_distill_init_adds_a_class_and_records_it(tiny_multi_run, tiny_data, tmp_path) -> None:
+    """A fourth class: the run's teacher is taken whole, the kept classes start from the run's student."""
+    grown = write_multiclass_folder(
+        tmp_path / "grown", [f"g{i}" for i in range(8)], [*tiny_data.multi_classes, "yellow"], seed=5
+    )
+    run = api.distill(_cfg(grown, tmp_path / "run", init=tiny_multi_run.run_dir, train={**TINY_TRAIN, "steps": 0}))
+    assert run.stats["init"] == {"run": str(tiny_multi_run.run_dir), "kept": ["red", "green", "blue"],
+                                 "new": ["yellow"], "dropped": []}  # fmt: skip
+    old_t, new_t = load_model(tiny_multi_run.run_dir, "teacher"), load_model(run.run_dir, "teacher")
+    old_state, new_state = old_t.model.state_dict(), new_t.model.state_dict()
+    assert old_state.keys() == new_state.keys()
+    assert all(torch.equal(old_state[k], new_state[k]) for k in old_state)
+    student = load_model(run.run_dir, "student")
+    assert student.class_names == ["background", "red", "green", "blue", "yellow"]
+    old_s = load_model(tiny_multi_run.run_dir, "student").model.convdist[0]
+    width = old_s.width
+    torch.testing.assert_close(student.model.convdist[0].hidden.weight[: 3 * width], old_s.hidden.weight)
+    # with training steps the run trains on (the automatic budget is skipped in tests: 2 steps)
+    trained = api.distill(_cfg(grown, tmp_path / "run2", init=tiny_multi_run.run_dir))
+    assert trained.stats["steps"] == TINY_TRAIN["steps"]
+
+
+def test_distill_init_bad_input_is_one_sentence(tiny_multi_run, tiny_data, tmp_path) -> None:
+    smaller = write_multiclass_folder(tmp_path / "smaller", [f"s{i}" for i in range(4)], ["red", "green"], seed=6)
+    runner = CliRunner()
+    base = ["distill", "--support", str(smaller), "--backbone", "test-resnet", "--size", "64", "--steps", "1",
+            "--device", "cpu", "--init", str(tiny_multi_run.run_dir)]  # fmt: skip
+    result = runner.invoke(app, [*base, "--out", str(tmp_path / "a")])
+    assert_user_error(result, "Class 'blue'", "--drop-class blue")
+    result = runner.invoke(app, [*base, "--out", str(tmp_path / "b"), "--drop-class", "blue"])
+    assert result.exit_code == 0, result.output
+    assert "dropped blue" in result.output
+    result = runner.invoke(app, [*base, "--out", str(tmp_path / "c"), "--drop-class", "blue", "--size", "96"])
+    assert_user_error(result, "--init continues", "size")
+    result = runner.invoke(
+        app, ["distill", "--support", str(smaller), "--drop-class", "blue", "--out", str(tmp_path / "d")]
+    )
+    assert_user_error(result, "--drop-class only applies with --init")
+    only_student = tmp_path / "only_student"
+    only_student.mkdir()
+    (only_student / "student").symlink_to(tiny_multi_run.run_dir / "student", target_is_directory=True)
+    result = runner.invoke(app, [*base[:-1], str(only_student), "--out", str(tmp_path / "e")])
+    assert_user_error(result, "--init needs a run with its teacher")
