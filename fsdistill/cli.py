@@ -411,6 +411,27 @@ def predict(
             "onnxruntime only. Default: onnx for an .onnx --model, else torch.",
         ),
     ] = None,
+    format: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--format",
+            help="png (default: the index masks, always written) and any of coco, cvat, labelstudio: pre-labels "
+            "for annotation tools (OUT/coco.json, OUT/cvat.zip, OUT/labelstudio_tasks.json + "
+            "labelstudio_config.xml). Repeat it or give a comma list.",
+        ),
+    ] = None,
+    coco_rle: Annotated[
+        bool, typer.Option("--coco-rle", help="With --format coco: compressed RLE masks instead of polygons.")
+    ] = False,
+    image_root_url: Annotated[
+        Optional[str],
+        typer.Option(
+            "--image-root-url",
+            help="With --format labelstudio: prefix of each task's image URL, followed by the image's path "
+            "relative to the input folder (default /data/local-files/?d= : Label Studio's local files, with "
+            "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT set to the input folder).",
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     seed: InferSeedOpt = None,
     quiet: QuietOpt = False,
@@ -419,6 +440,7 @@ def predict(
 
     Example: fsdistill predict images/ -o out/ --model runs/polyps --overlay
     (ONNX: fsdistill predict images/ -o out/ --backend onnx --model runs/polyps/student.onnx)
+    (pre-labels: fsdistill predict images/ -o out/ --format labelstudio,cvat)
     """
     from fsdistill import api
 
@@ -430,12 +452,15 @@ def predict(
 
         result = api.predict(
             inputs, out, model, device, batch_size, overlay, overwrite, workers, bar.update, backend=backend,
-            on_model=say_model, on_total=bar.set_total,
+            on_model=say_model, on_total=bar.set_total, formats=format, coco_rle=coco_rle,
+            image_root_url=image_root_url,
         )
     console = _Console(quiet)
     console.say(
         f"{result.written} written, {result.skipped} already done, {len(result.failed)} failed -> {out}/masks"
     )
+    for name, paths in result.format_paths.items():
+        console.say(f"{name}: {', '.join(str(p) for p in paths)}")
     if result.failed:
         for path, reason in result.failed:
             typer.echo(f"error: {reason}", err=True)
