@@ -90,7 +90,11 @@ SizeOpt = Annotated[
 OutRunOpt = Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/<date>-<time>).")]
 SupportOpt = Annotated[
     Optional[Path],
-    typer.Option("--support", help="Support folder (images + masks); required unless the --config YAML sets support:."),
+    typer.Option(
+        "--support",
+        help="Support folder (images + masks, or an annotation tool's export: COCO, CVAT, Label Studio; a .zip is "
+        "unpacked to a cache); required unless the --config YAML sets support:.",
+    ),
 ]
 OverwriteOpt = Annotated[
     bool, typer.Option("--overwrite", help="Replace the run already in --out (refused without it).")
@@ -211,7 +215,7 @@ def _bar(desc: str, quiet: bool):
 
 @command
 def check(
-    support_dir: Annotated[Path, typer.Argument(help="Support folder to validate.")],
+    support_dir: Annotated[Path, typer.Argument(help="Support folder (or .zip export) to validate.")],
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
     device: Annotated[
         str, typer.Option("--device", help="Accepted like every command's (check reads files only, no model).")
