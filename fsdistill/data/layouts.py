@@ -401,8 +401,9 @@ def _find_labelstudio(d: Path) -> FoundPairs | None:
         cands_rel = image_candidates(task.image_ref)
         hit = next(((rel, b / rel) for rel in cands_rel for b in bases if (b / rel).is_file()), None)
         if hit is None:
-            shown = cands_rel[0].as_posix() if cands_rel else task.image_ref
-            missing.append(f"{shown!r} of {task.name} (from {task.image_ref})")
+            # An upload's name is shown without Label Studio's prefix: the user's copy has the original name.
+            shown = (cands_rel[-1] if task.image_ref.startswith("/data/upload/") else cands_rel[0]).as_posix()
+            missing.append(f"{shown!r} of {task.name}, from {task.image_ref}")
             continue
         rel, path = hit
         key = rel.with_suffix("").as_posix()
