@@ -35,6 +35,7 @@ __all__ = [
     "LabelStudioTask",
     "LabelStudioData",
     "read_labelstudio_json",
+    "parse_labelstudio_json",
     "load_labelstudio",
     "image_candidates",
     "read_labeling_config",
@@ -141,18 +142,35 @@ class LabelStudioData:
 def read_labelstudio_json(path: Path | str) -> list[dict[str, Any]] | None:
     """The parsed JSON if ``path`` is a Label Studio export (a list of tasks, dicts with a ``data`` dict and an
     ``annotations`` or ``predictions`` list), else None; unparseable JSON is None too."""
+    return parse_labelstudio_json(path)[0]
+
+
+def parse_labelstudio_json(path: Path | str) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """(the export, None) as :func:`read_labelstudio_json`, or (None, why it is not valid JSON) for a file that
+    starts like a JSON list (an export cut short) but does not parse; (None, None) for anything else.
+
+    Files that do not start with ``[`` (COCO files, names files: JSON objects) are not parsed at all.
+    """
     try:
-        with open(path, encoding="utf-8-sig") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
+        with open(path, "rb") as f:
+            head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+            if head and not head.startswith(b"["):
+                return None, None
+            f.seek(0)
+            raw = f.read()
+    except OSError:
+        return None, None
+    try:
+        data = json.loads(raw.decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        return None, (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     if not isinstance(data, list) or not data or not all(isinstance(t, dict) for t in data):
-        return None
+        return None, None
     if not all(isinstance(t.get("data"), dict) for t in data):
-        return None
+        return None, None
     if not any(isinstance(t.get("annotations"), list) or isinstance(t.get("predictions"), list) for t in data):
-        return None
-    return data
+        return None, None
+    return data, None
 
 
 def _bad(path: Path, what: str) -> DataError:

@@ -21,7 +21,6 @@ Only file names are looked at here (and COCO JSON); masks are read in :mod:`fsdi
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,8 +33,8 @@ from fsdistill.data.labelstudio import (
     LabelStudioData,
     image_candidates,
     load_labelstudio,
+    parse_labelstudio_json,
     read_labeling_config,
-    read_labelstudio_json,
 )
 from fsdistill.data.support_index import Sample
 from fsdistill.errors import DataError
@@ -349,17 +348,6 @@ def _find_coco(d: Path) -> FoundPairs | None:
     return FoundPairs("coco", d, tuple(samples), orphans, (), tuple(warnings), coco=coco, unmatched_hint=hint)
 
 
-def _json_error(path: Path) -> str | None:
-    """Why ``path`` is not valid JSON (first line of the parser's message), or None when it parses."""
-    try:
-        json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError) as exc:
-        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    except ValueError as exc:
-        return str(exc).splitlines()[0]
-    return None
-
-
 def _labeling_config(d: Path) -> LabelingConfig | None:
     """The Label Studio labelling config in ``d``: ``labelstudio_config.xml`` first, else the one ``*.xml`` that is
     one (a ``<View>`` with brush or polygon labels)."""
@@ -376,9 +364,10 @@ def _labeling_config(d: Path) -> LabelingConfig | None:
 
 def _find_labelstudio(d: Path) -> FoundPairs | None:
     cands = [p for p in sorted(d.glob("*.json")) if not is_hidden(p)]
-    found = [(p, data) for p in cands if (data := read_labelstudio_json(p)) is not None]
+    parsed = [(p, *parse_labelstudio_json(p)) for p in cands]
+    found = [(p, data) for p, data, _ in parsed if data is not None]
     if not found:
-        broken = [(p, err) for p in cands if (err := _json_error(p)) is not None]
+        broken = [(p, err) for p, _, err in parsed if err is not None]
         if broken:
             p, err = broken[0]
             hint = f"{p.name} is not valid JSON ({err}); export it again from the annotation tool"
