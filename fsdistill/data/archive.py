@@ -63,7 +63,9 @@ def unpack_zip(path: Path) -> Path:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
     except zipfile.BadZipFile as exc:
-        raise DataError(f"{path} is not a readable zip archive ({exc}); download it again or unpack it by hand.") from None
+        raise DataError(
+            f"{path} is not a readable zip archive ({exc}); download it again or unpack it by hand."
+        ) from None
     except OSError as exc:
         if target.is_dir():  # another process unpacked the same archive first
             return target

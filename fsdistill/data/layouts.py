@@ -419,7 +419,9 @@ def _find_labelstudio(d: Path) -> FoundPairs | None:
         warnings.append(f"{export.several} tasks in {jpath.name} have several annotations; the latest of each is used.")
     if export.ignored_types:
         kinds = ", ".join(f"{n} {t}" for t, n in sorted(export.ignored_types.items()))
-        warnings.append(f"Results that are not masks were ignored in {jpath.name} ({kinds}); draw brush or polygon regions.")
+        warnings.append(
+            f"Results that are not masks were ignored in {jpath.name} ({kinds}); draw brush or polygon regions."
+        )
     pool = _image_files(d) + (_image_files(d / "images", recursive=True) if (d / "images").is_dir() else [])
     orphans = tuple(sorted({p for p in pool if p.resolve() not in used}))
     return FoundPairs("labelstudio", d, tuple(samples), orphans, (), tuple(warnings), labelstudio=export)

@@ -40,7 +40,12 @@ from fsdistill.data.masks import (
 from fsdistill.errors import DataError
 
 __all__ = [
-    "MASK_KINDS", "MaskDecoding", "coco_decoding", "decide_mask_kind", "instance_files_decoding", "labelstudio_decoding"
+    "MASK_KINDS",
+    "MaskDecoding",
+    "coco_decoding",
+    "decide_mask_kind",
+    "instance_files_decoding",
+    "labelstudio_decoding",
 ]
 
 MASK_KINDS = ("binary", "index", "rgb", "coco", "instances", "jpeg-binary", "labelstudio")

@@ -91,7 +91,7 @@ class FormatOptions:
     @classmethod
     def parse(
         cls, formats: str | Iterable[str] | None = None, coco_rle: bool = False, image_root_url: str | None = None
-    ) -> "FormatOptions":
+    ) -> FormatOptions:
         """Validate ``--format`` values (each may be a comma list), ``--coco-rle`` and ``--image-root-url``.
 
         ``png`` (the index masks) is always written: the other formats and resuming are derived from it.
@@ -412,7 +412,11 @@ class _LabelStudio:
                 "original_width": width,
                 "original_height": height,
                 "image_rotation": 0,
-                "value": {"format": "rle", "rle": encode_brush_rle(im.mask == cls), "brushlabels": [self.class_names[cls]]},
+                "value": {
+                    "format": "rle",
+                    "rle": encode_brush_rle(im.mask == cls),
+                    "brushlabels": [self.class_names[cls]],
+                },
             }
             scores = [im.score(cls, k) for k in range(1, count)]
             if all(s is not None for s in scores):
@@ -427,7 +431,7 @@ class _LabelStudio:
 
     def finish(self, out_dir: Path) -> list[Path]:
         labels = "\n".join(
-            f"    <Label value={quoteattr(name)} background=\"#{r:02x}{g:02x}{b:02x}\"/>"
+            f'    <Label value={quoteattr(name)} background="#{r:02x}{g:02x}{b:02x}"/>'
             for k, (name, (r, g, b)) in enumerate(zip(self.class_names, self.palette))
             if k
         )
