@@ -413,3 +413,19 @@ def test_png_text_chunk_keeps_pixels(tmp_path) -> None:
     assert read_scores(tmp_path / "m.png") == {}
     with Image.open(io.BytesIO((tmp_path / "m.png").read_bytes())) as img:
         assert img.mode == "P"
+
+
+def test_more_components_than_voc_instance_colours() -> None:
+    """Past 254 components the largest keep their own instance; the rest share one id per class."""
+    from fsdistill.infer.formats import MAX_INSTANCES, _components, _Image, _instances
+
+    mask = np.zeros((60, 60), np.uint8)
+    mask[::2, ::2] = 1  # 900 one-pixel components of class 1
+    mask[1:5, 1:5] = 2  # a larger component of class 2 (overwrites a few class-1 pixels)
+    components = {c: _components(mask, c) for c in (1, 2)}
+    instances = _instances(_Image(1, Path("x.png"), mask, None, components))
+    assert instances.max() <= MAX_INSTANCES
+    assert np.array_equal(instances == 0, mask == 0)
+    for value in np.unique(instances[instances > 0]).tolist():
+        assert len(np.unique(mask[instances == value])) == 1  # every id stays inside one class
+    assert len(np.unique(instances[mask == 2])) == 1 and (instances[mask == 2] < MAX_INSTANCES - 1).all()

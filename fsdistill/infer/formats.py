@@ -390,7 +390,9 @@ def _instances(im: _Image) -> np.ndarray:
             value, next_id = next_id, next_id + 1
         else:
             value = shared.setdefault(cls, MAX_INSTANCES - len(shared))
-        out[im.components[cls][1] == k] = value
+        _, labels, stats = im.components[cls]
+        x, y, w, h = (int(v) for v in stats[k][:4])
+        out[y : y + h, x : x + w][labels[y : y + h, x : x + w] == k] = value
     return out
 
 
