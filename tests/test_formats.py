@@ -429,3 +429,13 @@ def test_more_components_than_voc_instance_colours() -> None:
     for value in np.unique(instances[instances > 0]).tolist():
         assert len(np.unique(mask[instances == value])) == 1  # every id stays inside one class
     assert len(np.unique(instances[mask == 2])) == 1 and (instances[mask == 2] < MAX_INSTANCES - 1).all()
+
+
+def test_overwrite_drops_format_files_of_the_replaced_masks(shaken_multi_student, tiny_multi_run, pictures, tmp_path):
+    """--overwrite with another model and no --format: the old coco.json would describe masks that are gone."""
+    api.predict([pictures / "a.png"], tmp_path, shaken_multi_student, device="cpu", workers=0, formats="coco,cvat")
+    assert (tmp_path / COCO_FILE).is_file() and (tmp_path / CVAT_FILE).is_file()
+    api.predict([pictures / "a.png"], tmp_path, tiny_multi_run.run_dir, device="cpu", workers=0, overwrite=True)
+    assert not (tmp_path / COCO_FILE).exists() and not (tmp_path / CVAT_FILE).exists()
+    again = api.predict([pictures / "a.png"], tmp_path, tiny_multi_run.run_dir, device="cpu", workers=0, formats="cvat")
+    assert again.skipped == 1 and (tmp_path / CVAT_FILE).is_file()

@@ -58,6 +58,7 @@ __all__ = [
     "read_scores",
     "scores_text",
     "add_missing_scores",
+    "remove_format_files",
     "write_formats",
     "COCO_FILE",
     "CVAT_FILE",
@@ -447,6 +448,22 @@ class _LabelStudio:
             write_atomic(out_dir / LABELSTUDIO_TASKS_FILE, json.dumps(self.tasks, separators=(",", ":")) + "\n"),
             write_atomic(out_dir / LABELSTUDIO_CONFIG_FILE, config),
         ]
+
+
+FORMAT_FILES = {
+    "coco": (COCO_FILE,),
+    "cvat": (CVAT_FILE,),
+    "labelstudio": (LABELSTUDIO_TASKS_FILE, LABELSTUDIO_CONFIG_FILE),
+}
+
+
+def remove_format_files(out_dir: Path, keep: Iterable[str] = ()) -> None:
+    """Delete the format files in ``out_dir`` of the formats not in ``keep`` (``predict --overwrite`` deletes
+    them all first: files derived from the masks it replaces must not stay beside the new ones)."""
+    for name, files in FORMAT_FILES.items():
+        if name not in set(keep):
+            for file in files:
+                (Path(out_dir) / file).unlink(missing_ok=True)
 
 
 def write_formats(

@@ -31,6 +31,7 @@ from fsdistill.infer.formats import (
     FormatOptions,
     add_missing_scores,
     component_scores,
+    remove_format_files,
     scores_text,
     write_formats,
 )
@@ -394,6 +395,9 @@ def predict_files(
                 f"--overwrite or a new -o folder to predict with the {identity['backend']} backend."
             )
     write_atomic(manifest, json.dumps(identity, indent=2) + "\n")
+    formats = formats or FormatOptions()
+    if overwrite:
+        remove_format_files(out_dir)  # derived from the masks being replaced; written again at the end if asked
     result = PredictResult(out_dir)
     todo: list[tuple[Path, Path]] = []
     for source, rel in entries:
@@ -407,7 +411,6 @@ def predict_files(
         else:
             todo.append((source, rel))
     palette = predictor.palette
-    formats = formats or FormatOptions()
     written: dict[Path, tuple[int, int, np.ndarray]] = {}
     paths = [s for s, _ in todo]
     if formats.scored:
