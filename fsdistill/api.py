@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from fsdistill.data.discover import SupportIndex, discover
 from fsdistill.data.masks import IGNORE_INDEX
 from fsdistill.data.support_tensors import load_support_tensors
 from fsdistill.errors import CheckpointError, ConfigError, DataError, FsdistillError
+from fsdistill.infer.formats import FormatOptions
 from fsdistill.infer.predictor import PredictResult, Predictor, Runner, list_images, predict_files
 from fsdistill.metrics import ConfusionMatrix
 from fsdistill.models.build import (
@@ -517,8 +518,16 @@ def predict(
     backend: str | None = None,
     on_model: Callable[[str], None] | None = None,
     on_total: Callable[[int], None] | None = None,
+    formats: str | Sequence[str] | None = None,
+    coco_rle: bool = False,
+    image_root_url: str | None = None,
 ) -> PredictResult:
     """Support-free batch inference with a student: masks at each image's original size (see predict_files).
+
+    ``formats``: ``png`` (the masks, always written) and any of ``coco``, ``cvat``, ``labelstudio`` (a list, or
+    comma-separated), pre-labels for annotation tools written after the masks (:mod:`fsdistill.infer.formats`);
+    ``coco_rle``: COCO masks as compressed RLE instead of polygons; ``image_root_url``: the prefix of the Label
+    Studio tasks' image URLs (default ``/data/local-files/?d=``). Their paths: ``result.format_paths``.
 
     ``batch_size`` None: 8 on a GPU, 2 on the CPU; ``workers`` None: decode processes, 2 on a GPU; on the CPU none
     up to 2 cores (images are decoded between batches), else one per four cores, at most 2.
@@ -532,9 +541,11 @@ def predict(
     ``on_progress``: with 1 per image done or skipped.
 
     Raises:
-        ConfigError: an unknown backend, or an ``.onnx`` model with the torch backend.
+        ConfigError: an unknown backend or format, a format option without its format, or an ``.onnx`` model
+            with the torch backend.
         DependencyError: the onnx backend without onnxruntime installed.
     """
+    format_options = FormatOptions.parse(formats, coco_rle, image_root_url)
     runner = _runner(model, device, backend)
     if on_model is not None:
         on_model(runner.identity()["model"])
@@ -545,7 +556,9 @@ def predict(
         batch_size = 8 if on_gpu else 2
     if workers is None:
         workers = _decode_workers(on_gpu)
-    return predict_files(runner, inputs, out_dir, batch_size, overlay, overwrite, workers, on_progress, on_total)
+    return predict_files(
+        runner, inputs, out_dir, batch_size, overlay, overwrite, workers, on_progress, on_total, format_options
+    )
 
 
 def _decode_workers(on_gpu: bool, cores: int | None = None) -> int:

@@ -90,7 +90,11 @@ SizeOpt = Annotated[
 OutRunOpt = Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/<date>-<time>).")]
 SupportOpt = Annotated[
     Optional[Path],
-    typer.Option("--support", help="Support folder (images + masks); required unless the --config YAML sets support:."),
+    typer.Option(
+        "--support",
+        help="Support folder (images + masks, or an annotation tool's export: COCO, CVAT, Label Studio; a .zip is "
+        "unpacked to a cache); required unless the --config YAML sets support:.",
+    ),
 ]
 OverwriteOpt = Annotated[
     bool, typer.Option("--overwrite", help="Replace the run already in --out (refused without it).")
@@ -211,7 +215,7 @@ def _bar(desc: str, quiet: bool):
 
 @command
 def check(
-    support_dir: Annotated[Path, typer.Argument(help="Support folder to validate.")],
+    support_dir: Annotated[Path, typer.Argument(help="Support folder (or .zip export) to validate.")],
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
     device: Annotated[
         str, typer.Option("--device", help="Accepted like every command's (check reads files only, no model).")
@@ -431,6 +435,27 @@ def predict(
             "onnxruntime only. Default: onnx for an .onnx --model, else torch.",
         ),
     ] = None,
+    format: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--format",
+            help="png (default: the index masks, always written) and any of coco, cvat, labelstudio: pre-labels "
+            "for annotation tools (OUT/coco.json, OUT/cvat.zip, OUT/labelstudio_tasks.json + "
+            "labelstudio_config.xml). Repeat it or give a comma list.",
+        ),
+    ] = None,
+    coco_rle: Annotated[
+        bool, typer.Option("--coco-rle", help="With --format coco: compressed RLE masks instead of polygons.")
+    ] = False,
+    image_root_url: Annotated[
+        Optional[str],
+        typer.Option(
+            "--image-root-url",
+            help="With --format labelstudio: prefix of each task's image URL, followed by the image's path "
+            "relative to the input folder (default /data/local-files/?d= : Label Studio's local files, with "
+            "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT set to the input folder).",
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     seed: InferSeedOpt = None,
     quiet: QuietOpt = False,
@@ -439,6 +464,7 @@ def predict(
 
     Example: fsdistill predict images/ -o out/ --model runs/polyps --overlay
     (ONNX: fsdistill predict images/ -o out/ --backend onnx --model runs/polyps/student.onnx)
+    (pre-labels: fsdistill predict images/ -o out/ --format labelstudio,cvat)
     """
     from fsdistill import api
 
@@ -450,12 +476,15 @@ def predict(
 
         result = api.predict(
             inputs, out, model, device, batch_size, overlay, overwrite, workers, bar.update, backend=backend,
-            on_model=say_model, on_total=bar.set_total,
+            on_model=say_model, on_total=bar.set_total, formats=format, coco_rle=coco_rle,
+            image_root_url=image_root_url,
         )
     console = _Console(quiet)
     console.say(
         f"{result.written} written, {result.skipped} already done, {len(result.failed)} failed -> {out}/masks"
     )
+    for name, paths in result.format_paths.items():
+        console.say(f"{name}: {', '.join(str(p) for p in paths)}")
     if result.failed:
         for path, reason in result.failed:
             typer.echo(f"error: {reason}", err=True)

@@ -21,6 +21,7 @@ if [ ! -x .venv/bin/python ]; then
   quietly "$PYTHON" -m venv .venv
 fi
 quietly .venv/bin/python -m pip install --upgrade pip
-# The [dev] extra brings pytest and the readers of the real example data (tifffile, nibabel, scikit-image);
+# The [dev] extra brings pytest, the readers of the real example data (tifffile, nibabel, scikit-image) and the
+# tools' readers the predict --format tests check against (pycocotools, label-studio-sdk);
 # [export] brings onnx, onnxscript and onnxruntime for fsdistill export / predict --backend onnx and their tests.
 quietly .venv/bin/python -m pip install -e ".[dev,export]"

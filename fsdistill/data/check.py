@@ -206,6 +206,7 @@ def check_index(index: SupportIndex, progress: Callable[[int, int], None] | None
                 f"{images_with[cid]} images (e.g. {_examples(tiny_keys[cid])}); such small objects may vanish at the "
                 "model's input size, so crop closer or use a larger --size."
             )
+    base = index.root if index.root.is_dir() else index.data_root or index.root  # a zip: its unpacked folder
     return CheckReport(
         root=str(index.root),
         layout=index.layout,
@@ -213,8 +214,8 @@ def check_index(index: SupportIndex, progress: Callable[[int, int], None] | None
         num_pairs=n,
         class_names=list(names),
         names_source=index.names_source,
-        orphan_images=[_rel(p, index.root) for p in index.orphan_images],
-        orphan_masks=[_rel(p, index.root) for p in index.orphan_masks],
+        orphan_images=[_rel(p, base) for p in index.orphan_images],
+        orphan_masks=[_rel(p, base) for p in index.orphan_masks],
         images_per_class={names[c]: int(images_with[c]) for c in range(k)},
         pixels_per_class={names[c]: float(pixels[c]) / labelled for c in range(k)},
         tiny_per_class={names[c]: int(tiny_in[c]) for c in range(1, k) if tiny_in[c]},

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fsdistill.data.archive import is_zip, unpack_zip
 from fsdistill.data.classes import find_names_file, is_labelmap, read_class_names
 from fsdistill.data.layouts import LAYOUTS, MASK_STEM_SUFFIXES, FoundPairs, find_pairs, is_hidden
 from fsdistill.data.mask_kinds import (
@@ -17,6 +18,7 @@ from fsdistill.data.mask_kinds import (
     coco_decoding,
     decide_mask_kind,
     instance_files_decoding,
+    labelstudio_decoding,
 )
 from fsdistill.data.masks import IGNORE_INDEX
 from fsdistill.data.support_index import Sample, SupportIndex
@@ -28,22 +30,25 @@ __all__ = ["Sample", "SupportIndex", "discover", "read_class_names", "LAYOUTS", 
 def discover(root: Path | str) -> SupportIndex:
     """Detect the layout of a support folder and index its image/mask pairs.
 
-    Reads every mask once (PNG masks only; COCO and DSB2018 are not scanned) to tell binary from index and
-    colour masks and to count classes; images are not decoded.
+    Reads every mask once (PNG masks only; COCO, Label Studio and DSB2018 are not scanned) to tell binary from
+    index and colour masks and to count classes; images are not decoded. A ``.zip`` (a CVAT export as
+    downloaded) is unpacked once into a cache folder (:mod:`fsdistill.data.archive`) and read from there; the
+    index's ``root`` stays the zip.
 
     Raises:
         DataError: the folder is missing, a file, empty, or holds no image/mask pairs in any known layout.
     """
     root = Path(root).expanduser()
-    _check_folder(root)
-    found = find_pairs(root)
+    folder = unpack_zip(root) if is_zip(root) else root
+    _check_folder(folder)
+    found = find_pairs(folder)
     samples = sorted(found.samples, key=lambda s: s.key)
     keys = [s.key for s in samples]
     if len(set(keys)) != len(keys):  # pragma: no cover - detectors key by unique relative paths
         dup = next(k for k in keys if keys.count(k) > 1)
         raise DataError(f"Two images in {found.data_root} have the key {dup!r}; rename one.")
 
-    layout, decoding = _decide_decoding(found, root)
+    layout, decoding = _decide_decoding(found, folder)
     if len(decoding.class_names) > IGNORE_INDEX:
         raise DataError(
             f"{root} defines {len(decoding.class_names) - 1} classes but masks hold at most {IGNORE_INDEX - 1} (255 "
@@ -72,6 +77,7 @@ def discover(root: Path | str) -> SupportIndex:
         value_map=decoding.value_map,
         class_pixels=None if decoding.class_pixels is None else list(decoding.class_pixels),
         coco=found.coco,
+        labelstudio=found.labelstudio,
     )
 
 
@@ -80,7 +86,9 @@ def _check_folder(root: Path) -> None:
     if not root.exists():
         raise DataError(f"Support folder {root} does not exist; check the path.")
     if not root.is_dir():
-        raise DataError(f"{root} is a file, not a folder; pass the folder that holds the images and masks.")
+        raise DataError(
+            f"{root} is a file, not a folder; pass the folder that holds the images and masks (or a .zip of it)."
+        )
     try:
         entries = [p for p in root.iterdir() if not is_hidden(p)]
     except OSError as e:
@@ -98,6 +106,9 @@ def _decide_decoding(found: FoundPairs, root: Path) -> tuple[str, MaskDecoding]:
     if found.layout == "coco":
         assert found.coco is not None
         return "coco", coco_decoding(found.coco)
+    if found.layout == "labelstudio":
+        assert found.labelstudio is not None
+        return "labelstudio", labelstudio_decoding(found.labelstudio, find_names_file([found.data_root, root]))
     if found.layout == "dsb2018":
         return "dsb2018", instance_files_decoding(find_names_file([found.data_root, root]))
     names_file = None if found.layout == "class-folders" else find_names_file([found.data_root, root])

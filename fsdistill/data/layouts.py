@@ -4,11 +4,14 @@ Layouts (``SupportIndex.layout``), tried in this order in the folder, then in ea
 
 - ``coco``: one COCO ``*.json`` (images, annotations, categories) beside the images or an ``images/`` folder
   (also ``annotations/*.json``).
+- ``labelstudio``: one Label Studio JSON export (a list of tasks with brush or polygon annotations) beside the
+  images or an ``images/`` folder, optionally with its labelling config (``*.xml``), which orders the classes.
 - ``paired`` / ``cvat``: an image folder and a mask folder side by side, matched by relative path and stem:
   ``images/``+``masks/``, ``img/``+``gt/``, ``JPEGImages/``+``SegmentationClass[PNG]/``, Kvasir-SEG, ISIC 2018
   ``*_Input/``+``*_GroundTruth/``. Mask stems may end in ``_mask``, ``_segmentation``, ``_gt``, ``_label(s)``,
   ``-mask`` (stripped). With a ``labelmap.txt`` and a ``SegmentationClass/`` folder the layout is ``cvat``
-  (decided in :mod:`fsdistill.data.discover`, which knows the names file).
+  (decided in :mod:`fsdistill.data.discover`, which knows the names file). A CVAT export without its images
+  (``SegmentationClass/`` + ``labelmap.txt`` only) is recognised to say so.
 - ``dsb2018``: ``<id>/images/<one image>`` + ``<id>/masks/*.png`` (one file per object, unioned).
 - ``class-folders`` (FSS-1000): ``<class>/x.jpg`` + ``<class>/x.png``; class ids follow the sorted folder names.
 - ``paired`` (flat): ``x.jpg`` + ``x.png`` (or ``x_mask.png``) in the folder itself.
@@ -25,12 +28,20 @@ from typing import NamedTuple
 
 from fsdistill.data.coco import CocoData, load_coco, read_coco_json
 from fsdistill.data.images import IMAGE_SUFFIXES
+from fsdistill.data.labelstudio import (
+    LabelingConfig,
+    LabelStudioData,
+    image_candidates,
+    load_labelstudio,
+    parse_labelstudio_json,
+    read_labeling_config,
+)
 from fsdistill.data.support_index import Sample
 from fsdistill.errors import DataError
 
 __all__ = ["LAYOUTS", "LOOKED_FOR", "MASK_STEM_SUFFIXES", "FoundPairs", "find_pairs", "is_hidden", "subdirs"]
 
-LAYOUTS = ("paired", "dsb2018", "class-folders", "coco", "cvat")
+LAYOUTS = ("paired", "dsb2018", "class-folders", "coco", "cvat", "labelstudio")
 # Suffixes annotation tools append to a mask's stem; stripped (case-insensitively) to find its image.
 MASK_STEM_SUFFIXES = ("_segmentation", "_masks", "_mask", "-masks", "-mask", "_labels", "_label", "_gt", "_seg")
 # Folder names, best first. A candidate only counts if it holds image files (a YOLO "labels/" of .txt does not).
@@ -42,7 +53,7 @@ MASK_DIR_NAMES = (
 )  # fmt: skip
 LOOKED_FOR = (
     "images/+masks/ (also img/+gt/, JPEGImages/+SegmentationClass/, Kvasir-SEG, ISIC *_Input/+*_GroundTruth/), "
-    "a COCO *.json, DSB2018 <id>/images/+<id>/masks/, class folders with x.jpg+x.png, and x.jpg+x_mask.png side "
+    "a COCO *.json, a Label Studio JSON export, DSB2018 <id>/images/+<id>/masks/, class folders with x.jpg+x.png, and x.jpg+x_mask.png side "
     "by side, in the folder and one level down"
 )
 
@@ -52,8 +63,8 @@ class FoundPairs:
     """The pairs one layout detector found in one folder, before mask kinds and class names are decided.
 
     ``class_folders`` holds the class folder names (class ids 1.. in this order) of a ``class-folders`` layout;
-    ``coco`` the parsed JSON of a ``coco`` layout; ``image_dir``/``mask_dir`` the two folders of an
-    images/+masks/ layout. ``unmatched_hint`` says why a layout that was recognised yielded no pairs.
+    ``coco`` the parsed JSON of a ``coco`` layout; ``labelstudio`` the parsed export of a ``labelstudio`` one;
+    ``image_dir``/``mask_dir`` the two folders of an images/+masks/ layout. ``unmatched_hint`` says why a layout that was recognised yielded no pairs.
     """
 
     layout: str
@@ -64,6 +75,7 @@ class FoundPairs:
     warnings: tuple[str, ...] = ()
     class_folders: tuple[str, ...] | None = None
     coco: CocoData | None = None
+    labelstudio: LabelStudioData | None = None
     image_dir: Path | None = None
     mask_dir: Path | None = None
     unmatched_hint: str = ""
@@ -336,9 +348,101 @@ def _find_coco(d: Path) -> FoundPairs | None:
     return FoundPairs("coco", d, tuple(samples), orphans, (), tuple(warnings), coco=coco, unmatched_hint=hint)
 
 
+def _labeling_config(d: Path) -> LabelingConfig | None:
+    """The Label Studio labelling config in ``d``: ``labelstudio_config.xml`` first, else the one ``*.xml`` that is
+    one (a ``<View>`` with brush or polygon labels)."""
+    named = d / "labelstudio_config.xml"
+    cands = [named] if named.is_file() else [p for p in sorted(d.glob("*.xml")) if not is_hidden(p)]
+    configs = [c for p in cands if (c := read_labeling_config(p)) is not None]
+    if len(configs) > 1:
+        raise DataError(
+            f"Found several Label Studio labelling configs in {d} ({', '.join(c.path.name for c in configs)}); keep the "
+            "project's one (or name it labelstudio_config.xml)."
+        )
+    return configs[0] if configs else None
+
+
+def _find_labelstudio(d: Path) -> FoundPairs | None:
+    cands = [p for p in sorted(d.glob("*.json")) if not is_hidden(p)]
+    parsed = [(p, *parse_labelstudio_json(p)) for p in cands]
+    found = [(p, data) for p, data, _ in parsed if data is not None]
+    if not found:
+        broken = [(p, err) for p, _, err in parsed if err is not None]
+        if broken:
+            p, err = broken[0]
+            hint = f"{p.name} is not valid JSON ({err}); export it again from the annotation tool"
+            return FoundPairs("labelstudio", d, (), unmatched_hint=hint)
+        return None
+    if len(found) > 1:
+        raise DataError(
+            f"Found several Label Studio exports in {d} ({', '.join(p.name for p, _ in found)}); keep the one for "
+            "this support set, or move each to its own folder with its images."
+        )
+    jpath, data = found[0]
+    config = _labeling_config(d)
+    export = load_labelstudio(jpath, data, config)
+    bases = list(dict.fromkeys([jpath.parent, d, d / "images", *subdirs(d)]))
+    samples: list[Sample] = []
+    missing: list[str] = []
+    used: set[Path] = set()
+    keys: dict[str, str] = {}
+    for k, task in enumerate(export.tasks):
+        cands_rel = image_candidates(task.image_ref)
+        hit = next(((rel, b / rel) for rel in cands_rel for b in bases if (b / rel).is_file()), None)
+        if hit is None:
+            # An upload's name is shown without Label Studio's prefix: the user's copy has the original name.
+            shown = (cands_rel[-1] if task.image_ref.startswith("/data/upload/") else cands_rel[0]).as_posix()
+            missing.append(f"{shown!r} of {task.name}, from {task.image_ref}")
+            continue
+        rel, path = hit
+        key = rel.with_suffix("").as_posix()
+        if key in keys:
+            raise DataError(
+                f"Label Studio export {jpath} has two annotated tasks for the image {rel.as_posix()!r} ({keys[key]} "
+                f"and {task.name}); delete one of them in the project and export again."
+            )
+        keys[key] = task.name
+        used.add(path.resolve())
+        samples.append(Sample(key, path, (jpath,), task_index=k))
+    if missing:
+        raise DataError(
+            f"Label Studio export {jpath} names {len(missing)} image(s) not found beside it or in images/ (e.g. "
+            f"{missing[0]}); copy the project's images there, as the export holds only annotations."
+        )
+    warnings: list[str] = []
+    if export.unannotated:
+        warnings.append(
+            f"{export.unannotated} tasks in {jpath.name} have no submitted annotation (predictions alone are not "
+            "used); they are left out."
+        )
+    if export.several:
+        warnings.append(f"{export.several} tasks in {jpath.name} have several annotations; the latest of each is used.")
+    if export.ignored_types:
+        kinds = ", ".join(f"{n} {t}" for t, n in sorted(export.ignored_types.items()))
+        warnings.append(
+            f"Results that are not masks were ignored in {jpath.name} ({kinds}); draw brush or polygon regions."
+        )
+    pool = _image_files(d) + (_image_files(d / "images", recursive=True) if (d / "images").is_dir() else [])
+    orphans = tuple(sorted({p for p in pool if p.resolve() not in used}))
+    return FoundPairs("labelstudio", d, tuple(samples), orphans, (), tuple(warnings), labelstudio=export)
+
+
+def _find_cvat_without_images(d: Path) -> FoundPairs | None:
+    """A CVAT "Segmentation mask" export downloaded without its images: recognised only to say so."""
+    masks = [s for s in subdirs(d) if s.name.lower() == "segmentationclass"]
+    if not masks or not (d / "labelmap.txt").is_file() or not _image_files(masks[0], recursive=True):
+        return None
+    hint = (
+        f"{d} holds a CVAT Segmentation mask export ({masks[0].name}/ + labelmap.txt) without its images; export it "
+        "again with Save images on, or copy the images into a JPEGImages/ folder beside SegmentationClass/"
+    )
+    return FoundPairs("cvat", d, (), unmatched_hint=hint)
+
+
 def _detect(d: Path, top: bool) -> FoundPairs | None:
     """The first detector's pairs in ``d``; else the first layout recognised without pairs (for its hint)."""
-    detectors = [_find_coco, _find_paired, _find_dsb, _find_class_folders] + ([_find_flat] if top else [])
+    detectors = [_find_coco, _find_labelstudio, _find_paired, _find_cvat_without_images, _find_dsb,
+                 _find_class_folders] + ([_find_flat] if top else [])  # fmt: skip
     hint: FoundPairs | None = None
     for det in detectors:
         f = det(d)

@@ -4,8 +4,8 @@ Mask kinds (``SupportIndex.mask_kind``) for paired folders are read off the mask
 0/255 → ``binary``; other values → ``index`` (value = class id, 255 = ignore); colours → ``rgb``; JPEG files →
 ``jpeg-binary`` (threshold 128); 16-bit label images with values > 255 → ``instances`` (every label > 0 is
 foreground). Anti-aliased binary masks (mostly 0/255 with a fringe of greys, common after resizing) are
-thresholded at 128 with a warning rather than read as dozens of classes. COCO files are ``coco`` and DSB2018
-per-object files ``instances``, without reading them.
+thresholded at 128 with a warning rather than read as dozens of classes. COCO files are ``coco``, Label Studio exports
+``labelstudio`` and DSB2018 per-object files ``instances``, without reading them.
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ from fsdistill.data.classes import (
     read_class_names,
 )
 from fsdistill.data.coco import CocoData
+from fsdistill.data.labelstudio import LabelStudioData
 from fsdistill.data.mask_scan import MAX_SCANNED_COLOURS, MaskStats, scan_masks
 from fsdistill.data.masks import (
+    BACKGROUND_NAMES,
     IGNORE_INDEX,
     Rgb,
     default_palette,
@@ -37,9 +39,16 @@ from fsdistill.data.masks import (
 )
 from fsdistill.errors import DataError
 
-__all__ = ["MASK_KINDS", "MaskDecoding", "coco_decoding", "decide_mask_kind", "instance_files_decoding"]
+__all__ = [
+    "MASK_KINDS",
+    "MaskDecoding",
+    "coco_decoding",
+    "decide_mask_kind",
+    "instance_files_decoding",
+    "labelstudio_decoding",
+]
 
-MASK_KINDS = ("binary", "index", "rgb", "coco", "instances", "jpeg-binary")
+MASK_KINDS = ("binary", "index", "rgb", "coco", "instances", "jpeg-binary", "labelstudio")
 JPEG_SUFFIXES = frozenset({".jpg", ".jpeg"})
 # VOC paints "difficult/boundary" pixels in this colour; in colour masks without a label map it means ignore.
 VOC_IGNORE_COLOUR = (224, 224, 192)
@@ -97,6 +106,44 @@ def coco_decoding(coco: CocoData) -> MaskDecoding:
     return MaskDecoding(
         "coco", tuple(names), tuple(default_palette(len(names))), f"COCO categories of {coco.path.name}"
     )
+
+
+def labelstudio_decoding(export: LabelStudioData, names_file: Path | None) -> MaskDecoding:
+    """Label Studio regions: the classes of the labelling config beside the export, else of a names file, else the
+    labels its regions use in name order (with a warning: the project's order is not in the export).
+
+    Raises:
+        DataError: a region label that the config or names file does not list.
+    """
+    warnings: tuple[str, ...] = ()
+    palette: list[Rgb] | None = None
+    if export.config is not None:
+        names = ["background", *(n for n in export.config.labels if n.lower() not in BACKGROUND_NAMES)]
+        source = export.config.path.name
+        if export.config.colours is not None and len(export.config.colours) == len(names) - 1:
+            palette = [(0, 0, 0), *export.config.colours]
+    elif names_file is not None:
+        names = read_class_names(names_file)
+        source = names_source(names_file)
+        if is_labelmap(names_file):
+            palette = parse_labelmap(names_file)[1]
+    else:
+        names = ["background", *sorted(n for n in export.labels if n.lower() not in BACKGROUND_NAMES)]
+        source = f"the labels of {export.path.name}"
+        if len(names) > 2:
+            warnings = (
+                f"The classes are the labels of {export.path.name} in name order ({', '.join(names[1:])}); put the "
+                "project's labelling config (labelstudio_config.xml) or a classes.txt beside it to keep its order.",
+            )
+    unknown = [n for n in export.labels if n not in names and n.lower() not in BACKGROUND_NAMES]
+    if unknown:
+        raise DataError(
+            f"Label Studio export {export.path.name} uses the label {unknown[0]!r} ({export.first_task_with(unknown[0])}) "
+            f"that {source} does not list; add it there or relabel those regions."
+        )
+    if palette is None or len(set(palette)) != len(palette):
+        palette = default_palette(len(names))
+    return MaskDecoding("labelstudio", tuple(names), tuple(palette), source, warnings=warnings)
 
 
 def instance_files_decoding(names_file: Path | None) -> MaskDecoding:

@@ -431,12 +431,15 @@ def _check_unique(items: Iterable, path: Path, what: str) -> None:
         seen.add(it)
 
 
-def write_index_png(path: Path | str, mask: np.ndarray, palette: Sequence[Rgb]) -> None:
+def write_index_png(
+    path: Path | str, mask: np.ndarray, palette: Sequence[Rgb], text: Mapping[str, str] | None = None
+) -> None:
     """Write an H×W uint8 class-id mask as a mode-"P" PNG with ``palette`` embedded, atomically.
 
     Viewers show colours while the stored values stay class ids. Entries past ``palette`` are black except
     255 (ignore), which gets VOC's cream (224, 224, 192) unless the palette defines it. The file is written to a
-    temporary name in the same folder and renamed, so a crash never leaves a half-written mask.
+    temporary name in the same folder and renamed, so a crash never leaves a half-written mask. ``text``: PNG
+    text chunks to store with it (predict keeps each mask's confidence scores there).
     """
     path = Path(path)
     m = np.asarray(mask)
@@ -464,7 +467,15 @@ def write_index_png(path: Path | str, mask: np.ndarray, palette: Sequence[Rgb]) 
         os.fchmod(fd, new_file_mode())  # mkstemp creates 0o600; masks get the umask's mode like other outputs
         with os.fdopen(fd, "wb") as f:
             # zlib level 3: half the time of the default 6 on masks (0.76 vs 1.63 ms at 640×480), files ~1.6× as big.
-            img.save(f, format="PNG", optimize=False, compress_level=3)
+            extra = {}
+            if text:
+                from PIL.PngImagePlugin import PngInfo
+
+                info = PngInfo()
+                for key, value in text.items():
+                    info.add_text(key, value)
+                extra["pnginfo"] = info
+            img.save(f, format="PNG", optimize=False, compress_level=3, **extra)
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -15,6 +15,7 @@ import numpy as np
 
 from fsdistill.data.coco import CocoData
 from fsdistill.data.images import exif_quarter_turn, image_size, read_image
+from fsdistill.data.labelstudio import LabelStudioData
 from fsdistill.data.masks import (
     IGNORE_INDEX,
     Rgb,
@@ -36,8 +37,9 @@ class Sample:
 
     ``key`` is unique and stable: the image's path relative to its image folder without suffix ("x", "cat/x",
     a DSB2018 id), used for leakage checks and output names. The other fields are for decoding the mask:
-    ``mask_paths`` (one file; several for DSB2018 instances; the JSON for COCO), ``coco_id`` and ``class_id``
-    (the class a binary mask's foreground becomes: the folder's class for class folders, else 1).
+    ``mask_paths`` (one file; several for DSB2018 instances; the JSON for COCO and Label Studio), ``coco_id``,
+    ``task_index`` (the task's position among a Label Studio export's annotated tasks) and ``class_id`` (the class
+    a binary mask's foreground becomes: the folder's class for class folders, else 1).
     """
 
     key: str
@@ -45,6 +47,7 @@ class Sample:
     mask_paths: tuple[Path, ...] = ()
     coco_id: int | None = None
     class_id: int = 1
+    task_index: int | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ class SupportIndex:
     # masks); None elsewhere (binary, COCO, DSB2018, class folders).
     class_pixels: list[int] | None = field(default=None, repr=False)
     coco: CocoData | None = field(default=None, repr=False)
+    labelstudio: LabelStudioData | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -97,6 +101,9 @@ class SupportIndex:
         if self.layout == "coco":
             assert self.coco is not None and s.coco_id is not None
             m = self.coco.mask(s.coco_id, h, w)
+        elif self.layout == "labelstudio":
+            assert self.labelstudio is not None and s.task_index is not None
+            m = self.labelstudio.mask(s.task_index, h, w, self.class_names)
         elif self.layout == "dsb2018":
             m = union_instances(s.mask_paths, s.class_id)
         elif self.mask_kind in ("binary", "jpeg-binary", "instances"):
@@ -175,9 +182,9 @@ class SupportIndex:
     def fingerprint(self) -> str:
         """sha256 hex over the class names and, sorted by key, each (key, image bytes sha256, mask sha256).
 
-        Mask sha256 is over the mask file's bytes (DSB2018: over its instance files' hashes in name order; COCO:
-        over the image's annotations as canonical JSON), so renaming a folder keeps it and editing a pixel
-        changes it.
+        Mask sha256 is over the mask file's bytes (DSB2018: over its instance files' hashes in name order; COCO
+        and Label Studio: over the image's annotations as canonical JSON), so renaming a folder keeps it and
+        editing a pixel changes it.
         """
         h = hashlib.sha256()
         h.update(("\n".join(self.class_names) + "\n\n").encode())
@@ -188,6 +195,10 @@ class SupportIndex:
                     "image": self.coco.images[s.coco_id].__dict__,
                     "anns": self.coco.annotations.get(s.coco_id, []),
                 }
+                mask_sha = hashlib.sha256(json.dumps(entry, sort_keys=True, default=str).encode()).hexdigest()
+            elif self.layout == "labelstudio":
+                assert self.labelstudio is not None and s.task_index is not None
+                entry = self.labelstudio.fingerprint_entry(s.task_index)
                 mask_sha = hashlib.sha256(json.dumps(entry, sort_keys=True, default=str).encode()).hexdigest()
             elif len(s.mask_paths) == 1:
                 mask_sha = _file_sha256(s.mask_paths[0])

@@ -27,6 +27,14 @@ from fsdistill.data.images import IMAGE_SUFFIXES, read_image, read_image_reduced
 from fsdistill.data.masks import read_index_mask, write_index_png
 from fsdistill.data.transforms import resize_image, to_chw_tensor
 from fsdistill.errors import DataError, FsdistillError
+from fsdistill.infer.formats import (
+    FormatOptions,
+    add_missing_scores,
+    component_scores,
+    remove_format_files,
+    scores_text,
+    write_formats,
+)
 from fsdistill.infer.postprocess import logits_to_mask
 from fsdistill.models.build import LoadedModel, for_inference
 from fsdistill.runtime import (
@@ -193,6 +201,19 @@ class Runner(ABC):
         self, paths: list[Path], batch_size: int = 8, workers: int = 2
     ) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
         """Yield ``(index, mask or None, error or None)`` per path, in batches decoded by ``workers`` processes."""
+        for index, mask, _, error in self._run(paths, batch_size, workers, probabilities=False):
+            yield index, mask, error
+
+    def iterate_scored(
+        self, paths: list[Path], batch_size: int = 8, workers: int = 2
+    ) -> Iterator[tuple[int, np.ndarray | None, np.ndarray | None, str | None]]:
+        """As :meth:`iterate`, plus each image's class probabilities on the model's output grid:
+        ``(index, mask, K×h×w float32 softmax, error)`` (the scores of :mod:`fsdistill.infer.formats`)."""
+        yield from self._run(paths, batch_size, workers, probabilities=True)
+
+    def _run(
+        self, paths: list[Path], batch_size: int, workers: int, probabilities: bool
+    ) -> Iterator[tuple[int, np.ndarray | None, np.ndarray | None, str | None]]:
         workers = workers if len(paths) > batch_size else 0
         loader = DataLoader(
             _ImageDataset(paths, self.size),
@@ -208,12 +229,13 @@ class Runner(ABC):
             good = [it for it in items if "error" not in it]
             for it in items:
                 if "error" in it:
-                    yield it["index"], None, it["error"]
+                    yield it["index"], None, None, it["error"]
             if not good:
                 continue
             logits = self.logits(torch.stack([it["image"] for it in good]))
-            for it, lg in zip(good, logits):
-                yield it["index"], logits_to_mask(lg, it["height"], it["width"]), None
+            probs = torch.softmax(logits.float(), dim=1).cpu().numpy() if probabilities else [None] * len(good)
+            for it, lg, pr in zip(good, logits, probs):
+                yield it["index"], logits_to_mask(lg, it["height"], it["width"]), pr, None
 
 
 class Predictor(Runner):
@@ -260,6 +282,7 @@ class PredictResult:
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     csv_path: Path | None = None
+    format_paths: dict[str, list[Path]] = field(default_factory=dict)  # --format: files written per format
 
 
 def _model_identity(loaded: LoadedModel) -> dict:
@@ -334,8 +357,12 @@ def predict_files(
     workers: int = 2,
     on_progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
+    formats: FormatOptions | None = None,
 ) -> PredictResult:
     """Predict every image of ``inputs`` into ``out_dir`` (masks/, overlays/, predictions.csv), resuming.
+
+    ``formats``: pre-labels for annotation tools written after all masks, from the masks on disk (see
+    :mod:`fsdistill.infer.formats`); with a scored one, masks keep their scores and earlier masks get theirs.
 
     ``on_total`` is called once with the number of images found (a progress bar's total), ``on_progress`` with 1
     per image done or skipped.
@@ -368,6 +395,9 @@ def predict_files(
                 f"--overwrite or a new -o folder to predict with the {identity['backend']} backend."
             )
     write_atomic(manifest, json.dumps(identity, indent=2) + "\n")
+    formats = formats or FormatOptions()
+    if overwrite:
+        remove_format_files(out_dir)  # derived from the masks being replaced; written again at the end if asked
     result = PredictResult(out_dir)
     todo: list[tuple[Path, Path]] = []
     for source, rel in entries:
@@ -382,7 +412,12 @@ def predict_files(
             todo.append((source, rel))
     palette = predictor.palette
     written: dict[Path, tuple[int, int, np.ndarray]] = {}
-    for index, mask, error in predictor.iterate([s for s, _ in todo], batch_size, workers):
+    paths = [s for s, _ in todo]
+    if formats.scored:
+        outputs = predictor.iterate_scored(paths, batch_size, workers)
+    else:
+        outputs = ((i, m, None, e) for i, m, e in predictor.iterate(paths, batch_size, workers))
+    for index, mask, probs, error in outputs:
         source, rel = todo[index]
         if error is not None:
             result.failed.append((str(source), error))
@@ -390,10 +425,19 @@ def predict_files(
             if overlay:
                 _atomic_png(out_dir / "overlays" / rel.with_suffix(".png"), _overlay(read_image(source), mask, palette))
             # The mask goes last: its presence is what marks an image as done.
-            write_index_png(out_dir / "masks" / rel.with_suffix(".png"), mask, palette)
+            target = out_dir / "masks" / rel.with_suffix(".png")
+            if probs is None:
+                write_index_png(target, mask, palette)
+            else:
+                write_index_png(target, mask, palette, text=scores_text(component_scores(mask, probs)))
             written[rel.with_suffix(".png")] = _mask_counts(mask, len(predictor.class_names))
             result.written += 1
         if on_progress:
             on_progress(1)
     result.csv_path = _write_csv(out_dir, entries, predictor.class_names, written)
+    if formats.scored:
+        add_missing_scores(predictor, entries, out_dir, batch_size, workers)
+    result.format_paths = write_formats(
+        out_dir, entries, predictor.class_names, palette, identity["config_sha256"], formats
+    )
     return result
