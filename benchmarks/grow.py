@@ -1,0 +1,116 @@
+"""``distill --init``: add classes to a trained run vs training the grown folder from scratch.
+
+On an example case, for each seed: distill a run on the first ``--base`` classes (the others mapped to background),
+then continue it with ``--init`` on the first ``--base + --add`` classes, and distill that same grown folder from
+scratch. Reports held-out IoU per class of both grown students (old classes and new ones) and their wall times.
+
+    python benchmarks/grow.py [--case macaque] [--base 3] [--add 1] [--seeds 0 1] [--out benchmarks/results/grow]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+
+from make_examples import build_examples  # noqa: E402
+
+from fsdistill import api  # noqa: E402
+from fsdistill.config import DistillCfg, load_config  # noqa: E402
+from fsdistill.data.discover import discover  # noqa: E402
+from fsdistill.runtime import library_versions  # noqa: E402
+
+
+def subset_folder(src: Path, dest: Path, classes: int) -> Path:
+    """Copy paired folder ``src`` keeping its first ``classes`` foreground classes (the others → background)."""
+    index = discover(src)
+    if dest.exists():
+        shutil.rmtree(dest)
+    (dest / "images").mkdir(parents=True)
+    (dest / "masks").mkdir()
+    for sample in index.samples:
+        mask = index.load_pair(index.samples.index(sample))[1].copy()
+        mask[(mask > classes) & (mask != 255)] = 0
+        shutil.copyfile(sample.image_path, dest / "images" / sample.image_path.name)
+        Image.fromarray(mask).save(dest / "masks" / f"{sample.image_path.stem}.png")
+    (dest / "classes.txt").write_text("\n".join(index.class_names[: classes + 1]) + "\n")
+    return dest
+
+
+def distill(support: Path, out: Path, seed: int, init: Path | None = None) -> tuple[Path, float, int]:
+    overrides = {"support": support, "out": out, "device": "cpu", "train": {"seed": seed}, "init": init}
+    cfg = load_config(DistillCfg, None, overrides)
+    start = time.perf_counter()
+    result = api.distill(cfg, quiet=True, overwrite=True)
+    return result.run_dir, time.perf_counter() - start, int(result.stats["steps"])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--case", default="macaque")
+    parser.add_argument("--base", type=int, default=3, help="classes of the first run")
+    parser.add_argument("--add", type=int, default=1, help="classes added for the continued run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--data", type=Path, default=ROOT / "examples" / "data")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "grow")
+    args = parser.parse_args(argv)
+    case = build_examples(args.data, cases=[args.case])[args.case]
+    work = args.out / "work"
+    grown_classes = args.base + args.add
+    base = subset_folder(case / "support", work / "base_support", args.base)
+    grown = subset_folder(case / "support", work / "grown_support", grown_classes)
+    heldout = subset_folder(case / "heldout", work / "grown_heldout", grown_classes)
+    rows = []
+    for seed in args.seeds:
+        base_run, base_s, base_steps = distill(base, work / f"base_{seed}", seed)
+        row = {"seed": seed, "base_s": base_s, "base_steps": base_steps}
+        for name, init in (("init", base_run), ("scratch", None)):
+            run, seconds, steps = distill(grown, work / f"{name}_{seed}", seed, init)
+            result = api.evaluate(heldout, model=run, device="cpu", workers=0)
+            row[name] = {"seconds": seconds, "steps": steps, "miou": result.miou, "iou": result.iou}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    names = discover(grown).class_names[1:]
+    old, new = names[: args.base], names[args.base :]
+    summary = {
+        "case": args.case,
+        "old_classes": old,
+        "new_classes": new,
+        "rows": rows,
+        "mean": {
+            name: {
+                "miou": float(np.mean([r[name]["miou"] for r in rows])),
+                "seconds": float(np.mean([r[name]["seconds"] for r in rows])),
+                "old_iou": float(np.mean([r[name]["iou"][c] for r in rows for c in old])),
+                "new_iou": float(np.mean([r[name]["iou"][c] for r in rows for c in new])),
+            }
+            for name in ("init", "scratch")
+        },
+        "versions": library_versions(),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "grow.json").write_text(json.dumps(summary, indent=2))
+    m = summary["mean"]
+    (args.out / "grow.md").write_text(
+        f"| {args.case}: {args.base} → {grown_classes} classes, seeds {args.seeds} | --init | from scratch |\n"
+        "|---|---|---|\n"
+        f"| old classes ({', '.join(old)}), mean IoU | {m['init']['old_iou']:.3f} | {m['scratch']['old_iou']:.3f} |\n"
+        f"| new classes ({', '.join(new)}), mean IoU | {m['init']['new_iou']:.3f} | {m['scratch']['new_iou']:.3f} |\n"
+        f"| mIoU | {m['init']['miou']:.3f} | {m['scratch']['miou']:.3f} |\n"
+        f"| distill wall time | {m['init']['seconds']:.0f} s | {m['scratch']['seconds']:.0f} s |\n"
+    )
+    print((args.out / "grow.md").read_text())
+    return summary
+
+
+if __name__ == "__main__":
+    main()
