@@ -18,6 +18,7 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 from fsdistill import api  # noqa: E402
+from fsdistill.api import inference as inference_api  # noqa: E402
 from fsdistill.checkpoint import config_sha256  # noqa: E402
 from fsdistill.cli import app  # noqa: E402
 from fsdistill.export import export_onnx  # noqa: E402
@@ -244,7 +245,7 @@ def test_onnx_predict_equals_torch_predict_without_torch_model_code(
 
     import fsdistill.models.build as build_module
 
-    monkeypatch.setattr(api, "load_model", no_torch_model)
+    monkeypatch.setattr(inference_api, "load_model", no_torch_model)
     monkeypatch.setattr(build_module, "load_model", no_torch_model)
     result = runner.invoke(app, ["predict", str(odd_folder), "-o", str(onnx_out), "--model", str(lone), *common])
     assert result.exit_code == 0, (result.output, result.exception)

@@ -12,6 +12,7 @@ from fsdistill.config import DistillCfg, ModelCfg, load_config
 from fsdistill.errors import ConfigError
 from fsdistill.models.build import build_student, build_teacher, load_model
 from fsdistill.models.grow import copy_student_classes, match_classes
+
 from helpers import TINY_MODEL, TINY_TRAIN, assert_user_error, write_multiclass_folder
 
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from fsdistill import api
+from fsdistill.api import inference as inference_api
 from fsdistill.errors import CheckpointError, DataError
 
 from helpers import SynData, interrupt_mask_writes_after
@@ -394,8 +395,8 @@ def test_decode_workers_do_not_deadlock_after_opencv_ran_in_this_process(tmp_pat
 
 @pytest.mark.parametrize("cores, expected", [(1, 0), (2, 0), (4, 1), (8, 2), (64, 2)])
 def test_cpu_decode_workers_leave_small_machines_to_the_model(cores, expected) -> None:
-    assert api._decode_workers(False, cores) == expected
-    assert api._decode_workers(True, cores) == 2
+    assert inference_api._decode_workers(False, cores) == expected
+    assert inference_api._decode_workers(True, cores) == 2
 
 
 def test_predict_decodes_at_reduced_scale_and_keeps_the_original_size(odd_images, monkeypatch) -> None:

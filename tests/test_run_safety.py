@@ -20,6 +20,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from fsdistill import api
+from fsdistill.api import inference as inference_api
+from fsdistill.api import runs as runs_api
 from fsdistill.checkpoint import is_artifact
 from fsdistill.cli import app
 from fsdistill.models.build import load_model
@@ -87,12 +90,12 @@ def test_default_model_is_the_newest_run_with_a_student(runner, tiny_binary_run,
 
 def _no_training(monkeypatch) -> None:
     """Make any training step fail loudly: a refusal must come before training starts."""
-    from fsdistill import api
+    from fsdistill.api import training as training_api
 
     def train(*args, **kwargs):
         raise AssertionError("training started")
 
-    monkeypatch.setattr(api, "train", train)
+    monkeypatch.setattr(training_api, "train", train)
 
 
 @pytest.mark.parametrize("command", ["adapt", "distill"])
@@ -219,7 +222,6 @@ def test_artifact_without_weights_hash_still_loads(tiny_binary_run, tmp_path):
 
 @pytest.mark.parametrize("umask", [0o022, 0o027], ids=["022", "027"])
 def test_outputs_follow_the_umask(runner, tiny_binary_run, tmp_path, umask):
-    from fsdistill import api
 
     previous = os.umask(umask)
     try:
@@ -235,7 +237,7 @@ def test_outputs_follow_the_umask(runner, tiny_binary_run, tmp_path, umask):
         saved = save_model(tmp_path / "artifact", loaded.model, loaded.model_cfg, class_names=config["class_names"],
                            palette=config["palette"], train_config=config["train_config"],
                            support_info=config["support"])  # fmt: skip
-        api._write_run_config(tmp_path, api.DistillCfg(support=tmp_path), "distill")
+        runs_api._write_run_config(tmp_path, api.DistillCfg(support=tmp_path), "distill")
     finally:
         os.umask(previous)
     files = [p for p in [*out.rglob("*"), *saved.iterdir(), tmp_path / "config.resolved.yaml"] if p.is_file()]
@@ -342,10 +344,8 @@ def test_onnx_backend_uses_the_torch_thread_count(tiny_binary_run, tmp_path, mon
     pytest.importorskip("onnxruntime")
     import torch
 
-    from fsdistill import api
-
     onnx_file = tmp_path / "m.onnx"
     api.export(tiny_binary_run.run_dir, onnx_file, random_samples=1, real_samples=0)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # as OMP_NUM_THREADS=3 or torch.set_num_threads(3)
-    runner_ = api._runner(onnx_file, "cpu", "onnx")
+    runner_ = inference_api._runner(onnx_file, "cpu", "onnx")
     assert runner_.session.get_session_options().intra_op_num_threads == 3

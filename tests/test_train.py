@@ -135,7 +135,9 @@ def test_distill_from_a_frozen_adapted_teacher_leaves_it_unchanged(
     before_files = {n: (teacher_dir / n).read_bytes() for n in ("model.safetensors", "config.json")}
     reference, _ = load_artifact(teacher_dir)
     seen = {}
-    real_train = api.train
+    from fsdistill.api import training as training_api
+
+    real_train = training_api.train
 
     def spy(teacher, cache, cfg, student=None, freeze_teacher=False, quiet=False):
         seen["freeze"] = freeze_teacher
@@ -145,7 +147,7 @@ def test_distill_from_a_frozen_adapted_teacher_leaves_it_unchanged(
         seen["convdist_after"] = student.convdist.state_dict()
         return stats
 
-    monkeypatch.setattr(api, "train", spy)
+    monkeypatch.setattr(training_api, "train", spy)
     cfg = _distill_cfg(tiny_data.binary, tmp_path / "run", teacher=teacher_dir, freeze_teacher=True)
     result = api.distill(cfg, quiet=True)
     assert seen["freeze"] is True
@@ -220,7 +222,9 @@ def test_default_run_dir_is_unique_and_never_overwrites(tmp_path, monkeypatch) -
 
             return _dt.datetime(2030, 1, 2, 3, 4, 5)
 
-    monkeypatch.setattr(api, "datetime", FrozenClock)  # every run starts "at the same second"
+    from fsdistill.api import runs as runs_api
+
+    monkeypatch.setattr(runs_api, "datetime", FrozenClock)  # every run starts "at the same second"
     first = api.adapt(_adapt_cfg(support, None, steps=0), quiet=True)
     stamp = (first.teacher_dir / "model.safetensors").read_bytes()
     second = api.adapt(_adapt_cfg(support, None, steps=0), quiet=True)
@@ -474,8 +478,8 @@ def test_pair_attention_reuses_each_pair_and_matches_the_live_attention() -> Non
     """Episodes from cached (query, support) sums = the teacher's own attention without dropout; a pair seen
     again is not recomputed; past the memory cap pairs are computed each time, still correct."""
     from fsdistill.config import ModelCfg
-    from fsdistill.models.build import build_teacher
     from fsdistill.data.support_tensors import SupportTensors
+    from fsdistill.models.build import build_teacher
     from fsdistill.train.episodes import EpisodeSampler, FeatureCache, PairAttention
 
     torch.manual_seed(0)

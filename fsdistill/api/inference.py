@@ -1,0 +1,354 @@
+"""``evaluate``, ``predict``, ``export`` and ``profile``: verbs that load trained artifacts."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fsdistill.api.runs import _leaked_supports
+from fsdistill.checkpoint import config_sha256, resolve_model_dir
+from fsdistill.data.discover import SupportIndex, discover
+from fsdistill.errors import CheckpointError, ConfigError, DataError, FsdistillError
+from fsdistill.infer.formats import FormatOptions
+from fsdistill.infer.predictor import Predictor, PredictResult, Runner, list_images, predict_files
+from fsdistill.metrics import ConfusionMatrix
+from fsdistill.models.build import (
+    load_model,
+)
+from fsdistill.runtime import ensure_writable_dir, resolve_device
+
+if TYPE_CHECKING:
+    from fsdistill.export import ExportResult
+    from fsdistill.profile import ProfileCfg, ProfileResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalResult:
+    """Dataset-level IoU per class (accumulated over all images, at original resolution) and fg mIoU."""
+
+    model: str
+    images: int
+    iou: dict[str, float]
+    miou: float
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "images": self.images, "iou": self.iou, "miou": self.miou}
+
+
+def evaluate(
+    data_dir: Path,
+    model: Path | None = None,
+    teacher: bool = False,
+    device: str = "auto",
+    batch_size: int = 8,
+    workers: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> EvalResult:
+    """Evaluate a run's student (or ``teacher=True``: its teacher with the stored supports) on a labelled folder.
+
+    ``on_total``: called once with the number of labelled images found; ``on_progress``: with 1 per image done.
+
+    ``workers`` None: decode processes as in :func:`predict` (2 on a GPU; on the CPU none up to 2 cores).
+
+    Raises:
+        DataError: images with the pixels of the model's support images (evaluation leakage, see
+            :func:`_leaked_supports`), or a folder whose class names differ from the model's.
+    """
+    loaded = (
+        load_model(model, kind="teacher" if teacher else None) if model is not None or teacher else load_model(None)
+    )
+    index = discover(data_dir)
+    if on_total is not None:
+        on_total(len(index))
+    if index.class_names != loaded.class_names:
+        raise DataError(
+            f"{data_dir} has classes {index.class_names} but the model {loaded.path} predicts {loaded.class_names}; "
+            "evaluate on a folder labelled with the same classes (same names file)."
+        )
+    leaked = sorted(_leaked_supports(loaded.config.get("support", {}), index))
+    if leaked:
+        shown = ", ".join(leaked[:3]) + (", …" if len(leaked) > 3 else "")
+        raise DataError(
+            f"{len(leaked)} image(s) of {data_dir} are support images the model was trained on ({shown}); evaluate "
+            "on held-out images only."
+        )
+    predictor = Predictor(loaded, resolve_device(device))
+    if workers is None:
+        workers = _decode_workers(predictor.on_gpu)
+    matrix, seconds = confusion_on_folder(predictor, index, batch_size, workers, on_progress)
+    if not matrix.matrix[1:].any():
+        raise DataError(
+            f"All {len(index)} masks in {data_dir} are empty: no pixel has a foreground class, so IoU is undefined; "
+            "check the mask values (binary masks need 255 or 1 for the object) and the names file."
+        )
+    ious = matrix.iou()
+    return EvalResult(
+        model=str(loaded.path),
+        images=len(index),
+        iou={name: (None if np.isnan(v) else float(v)) for name, v in zip(loaded.class_names, ious)},
+        miou=matrix.miou(),
+        seconds=seconds,
+    )
+
+
+def confusion_on_folder(
+    runner: Runner,
+    index: SupportIndex,
+    batch_size: int = 8,
+    workers: int = 0,
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[ConfusionMatrix, float]:
+    """``runner``'s masks against a labelled folder's, at each image's original resolution: (confusion matrix,
+    seconds taken). Any :class:`Runner` (a model, a baseline) is scored the same way; an unreadable image raises
+    DataError."""
+    matrix = ConfusionMatrix(len(index.class_names))
+    start = time.perf_counter()
+    # Ground-truth masks are read in the main process while workers decode the images for the model.
+    for i, prediction, error in runner.iterate([s.image_path for s in index.samples], batch_size, workers):
+        if error is not None:
+            raise DataError(error)
+        matrix.update(index.load_mask(i, size=(prediction.shape[1], prediction.shape[0])), prediction)
+        if on_progress:
+            on_progress(1)
+    return matrix, time.perf_counter() - start
+
+
+PREDICT_BACKENDS = ("torch", "onnx")
+
+
+def predict(
+    inputs: list[Path],
+    out_dir: Path,
+    model: Path | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+    overlay: bool = False,
+    overwrite: bool = False,
+    workers: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    backend: str | None = None,
+    on_model: Callable[[str], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+    formats: str | Sequence[str] | None = None,
+    coco_rle: bool = False,
+    image_root_url: str | None = None,
+) -> PredictResult:
+    """Support-free batch inference with a student: masks at each image's original size (see predict_files).
+
+    ``formats``: ``png`` (the masks, always written) and any of ``coco``, ``cvat``, ``labelstudio`` (a list, or
+    comma-separated), pre-labels for annotation tools written after the masks (:mod:`fsdistill.infer.formats`);
+    ``coco_rle``: COCO masks as compressed RLE instead of polygons; ``image_root_url``: the prefix of the Label
+    Studio tasks' image URLs (default ``/data/local-files/?d=``). Their paths: ``result.format_paths``.
+
+    ``batch_size`` None: 8 on a GPU, 2 on the CPU; ``workers`` None: decode processes, 2 on a GPU; on the CPU none
+    up to 2 cores (images are decoded between batches), else one per four cores, at most 2.
+
+    ``backend``: ``torch`` runs the artifact with PyTorch; ``onnx`` runs an exported ``.onnx`` file with
+    onnxruntime only (``model`` is the file, or a run/artifact folder whose ``student.onnx`` sits beside the
+    artifact). None: ``onnx`` when ``model`` is an ``.onnx`` file, else ``torch``. Both write the same files.
+
+    ``on_model``: called once with the model's path as soon as it is loaded, before any image is predicted (so a
+    caller can say which run ``model`` None picked); ``on_total``: once with the number of images found;
+    ``on_progress``: with 1 per image done or skipped.
+
+    Raises:
+        ConfigError: an unknown backend or format, a format option without its format, or an ``.onnx`` model
+            with the torch backend.
+        DependencyError: the onnx backend without onnxruntime installed.
+    """
+    format_options = FormatOptions.parse(formats, coco_rle, image_root_url)
+    runner = _runner(model, device, backend)
+    if on_model is not None:
+        on_model(runner.identity()["model"])
+    on_gpu = runner.on_gpu
+    if batch_size is None:
+        # On the CPU small batches ran faster per image (Lite0 at 384 px, 2 cores: 48 ms at batch 1-2, 73-110 ms
+        # at batch 8: the depthwise convs of a large batch leave the caches); GPUs want larger batches.
+        batch_size = 8 if on_gpu else 2
+    if workers is None:
+        workers = _decode_workers(on_gpu)
+    return predict_files(
+        runner, inputs, out_dir, batch_size, overlay, overwrite, workers, on_progress, on_total, format_options
+    )
+
+
+def _decode_workers(on_gpu: bool, cores: int | None = None) -> int:
+    """Default decode processes of predict and evaluate: 2 beside a GPU; on the CPU they compete with the model's
+    threads for the same ``cores`` (default: this machine's), so none up to 2 cores, else one per four, at most 2.
+
+    On 2 cores a decode worker made predict slower (18.2-18.9 vs 18.7-21.2 images/s without one, interleaved
+    runs): the model's two threads lose a core to it whenever it decodes. Larger machines have cores to spare.
+    """
+    if on_gpu:
+        return 2
+    cores = cores if cores is not None else os.cpu_count() or 1
+    return 0 if cores <= 2 else min(2, cores // 4)
+
+
+def _runner(model: Path | None, device: str, backend: str | None):
+    is_onnx_file = model is not None and Path(model).suffix.lower() == ".onnx"
+    backend = (backend or ("onnx" if is_onnx_file else "torch")).lower()
+    if backend not in PREDICT_BACKENDS:
+        raise ConfigError(f"Unknown backend '{backend}'; use one of {', '.join(PREDICT_BACKENDS)}.")
+    if backend == "torch":
+        if is_onnx_file:
+            raise ConfigError(f"{model} is an ONNX file; predict it with --backend onnx (or pass the run folder).")
+        return Predictor(load_model(model, kind=None), resolve_device(device))
+    import torch
+
+    from fsdistill.infer.onnx import OnnxRunner, require_export_packages
+
+    require_export_packages("onnxruntime")
+    # The same intra-op thread count as the torch backend (torch.get_num_threads: OMP_NUM_THREADS or
+    # torch.set_num_threads, else one per core). onnxruntime's own default ignores both, so a run limited to
+    # N threads used every core with --backend onnx and fought whatever the threads were limited for.
+    return OnnxRunner(resolve_onnx_file(model), device, threads=torch.get_num_threads())
+
+
+def resolve_onnx_file(model: Path | None) -> Path:
+    """The ``.onnx`` file for ``model``: the file itself, ``DIR/student.onnx``, or the one beside a student artifact.
+
+    None means the newest run under ./runs (as for the torch backend).
+
+    Raises:
+        CheckpointError: no exported file there (the message says how to make one).
+    """
+    from fsdistill.infer.onnx import default_onnx_path
+
+    if model is not None and Path(model).suffix.lower() == ".onnx":
+        return Path(model)
+    if model is not None and (Path(model) / "student.onnx").is_file():
+        return Path(model) / "student.onnx"
+    artifact = resolve_model_dir(model, "student")
+    candidate = default_onnx_path(artifact)
+    if not candidate.is_file():
+        raise CheckpointError(
+            f"No exported model at {candidate}; run fsdistill export --model {artifact.parent} first, or pass the "
+            ".onnx file to --model."
+        )
+    return candidate
+
+
+def export(
+    model: Path | None = None,
+    out: Path | None = None,
+    format: str = "onnx",
+    images: list[Path] | None = None,
+    device: str = "cpu",
+    tolerance: float = 1e-2,
+    min_agreement: float = 0.999,
+    seed: int = 0,
+    random_samples: int = 4,
+    real_samples: int = 4,
+    threads: int | None = None,
+) -> ExportResult:
+    """Export a run's student to ONNX (``fsdistill export``) and check it against PyTorch.
+
+    Args:
+        model: run or student artifact folder (None: newest run under ./runs).
+        out: the file to write (None: ``RUN/student.onnx`` beside the artifact; a folder: ``FOLDER/student.onnx``).
+        images: image files/folders for the parity check, the first ``real_samples`` used (None: the first
+            ``real_samples`` of the run's own support images, when its support folder is still there). Random
+            images are always added (``random_samples``).
+        device: where the PyTorch reference of the check runs. tolerance, min_agreement: see
+            :func:`fsdistill.export.export_onnx`.
+
+    Returns:
+        :class:`fsdistill.export.ExportResult` (``passed`` False when onnxruntime and PyTorch differ too much).
+
+    Raises:
+        DependencyError: onnx/onnxruntime missing. ConfigError: an unknown format or bad tolerance.
+        CheckpointError: no student artifact. DataError: an unwritable output or unreadable sample image.
+    """
+    from fsdistill.export import export_onnx
+    from fsdistill.infer.onnx import default_onnx_path, require_export_packages
+
+    if format.lower() != "onnx":
+        raise ConfigError(f"Unknown export format '{format}'; the only format is onnx.")
+    if tolerance < 0 or not 0.0 <= min_agreement <= 1.0:
+        raise ConfigError("--tolerance must be >= 0 and --min-agreement within 0..1.")
+    require_export_packages("onnx", "onnxruntime")
+    torch_device = resolve_device(device)
+    loaded = load_model(model, kind="student")
+    target = Path(out) if out is not None else default_onnx_path(loaded.path)
+    if target.is_dir():
+        target = target / "student.onnx"
+    ensure_writable_dir(target.parent, "-o")
+    real = _sample_images(loaded, images, real_samples)
+    spec = loaded.config["backbone"]
+    return export_onnx(
+        loaded.model,
+        target,
+        input_size=loaded.size,
+        mean=loaded.mean,
+        std=loaded.std,
+        class_names=loaded.class_names,
+        palette=loaded.palette,
+        dynamic_hw=spec.get("fixed_size") is None,
+        size_multiple=int(spec.get("size_multiple", 32)),
+        real_images=real,
+        random_samples=random_samples,
+        tolerance=tolerance,
+        min_agreement=min_agreement,
+        device=torch_device,
+        seed=seed,
+        threads=threads,
+        metadata={
+            "kind": "student",
+            "artifact": str(loaded.path.resolve()),
+            "config_sha256": config_sha256(loaded.config),
+            "backbone": str(spec.get("name")),
+        },
+    )
+
+
+def _sample_images(loaded, images: list[Path] | None, limit: int):
+    """R×3×size×size uint8 real images for the parity check, or None (given paths, else the run's supports)."""
+    import torch
+
+    from fsdistill.data.images import read_image
+    from fsdistill.data.transforms import resize_image
+
+    if images:
+        paths = [source for source, _ in list_images(images)][: max(1, limit)]
+    else:
+        root = loaded.config.get("support", {}).get("root")
+        try:
+            paths = [s.image_path for s in discover(Path(root)).samples][:limit] if root and limit > 0 else []
+        except FsdistillError:  # the support folder moved or changed since training: random inputs only
+            paths = []
+    arrays = [resize_image(read_image(p), loaded.size) for p in paths]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous() if arrays else None
+
+
+def profile(cfg: ProfileCfg | None = None, quiet: bool = False, **options: Any) -> ProfileResult:
+    """Latency and memory of teacher, student and bare backbone over ways × shots (``fsdistill profile``).
+
+    Pass a :class:`fsdistill.profile.ProfileCfg`, or its fields as keywords (``profile(ways=5, shots=50)``).
+    Writes ``profile.json``, ``profile.csv``, ``profile.md`` and ``profile.png`` into ``cfg.out``; random weights
+    and inputs unless ``cfg.model`` names a run. Shows a progress bar with an ETA unless ``quiet``.
+
+    Raises:
+        ConfigError: a bad option (ways, shots or runs below 1, an unknown backbone, …).
+    """
+    from fsdistill.profile import ProfileCfg, run_profile
+
+    if cfg is None:
+        try:
+            cfg = ProfileCfg(**options)
+        except TypeError as exc:
+            raise ConfigError(f"Unknown profile option ({exc}); see fsdistill.profile.ProfileCfg.") from None
+    elif options:
+        raise ConfigError("Pass either a ProfileCfg or keyword options to profile, not both.")
+    return run_profile(cfg, quiet=quiet)

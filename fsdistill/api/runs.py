@@ -1,0 +1,167 @@
+"""Run folders: where a training command writes, what it refuses to overwrite, and what its artifacts record
+about the supports (fingerprints that let ``evaluate`` refuse support images)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from fsdistill.checkpoint import is_artifact, recover_artifact, resolve_model_dir
+from fsdistill.config import AdaptCfg, DistillCfg
+from fsdistill.data.discover import SupportIndex
+from fsdistill.errors import DataError, FsdistillError
+from fsdistill.runtime import ensure_writable_dir, write_atomic
+from fsdistill.train.support_check import SupportCheck
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """What a training command produced."""
+
+    run_dir: Path
+    teacher_dir: Path | None = None
+    student_dir: Path | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+    check: SupportCheck | None = None  # distill: the per-class check on the support folder
+    student_parameters: int | None = None  # distill: numbers in the student artifact (weights and buffers)
+    student_mb: float | None = None  # distill: size of its model.safetensors in MiB
+
+
+def new_run_dir(out: Path | None) -> Path:
+    """``out`` if given (created), else ``runs/<date>-<time>`` made unique: a run never overwrites another."""
+    if out is not None:
+        return ensure_writable_dir(Path(out), "--out")
+    base = Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return ensure_writable_dir(candidate, "--out")
+
+
+def _recorded_command(run_dir: Path) -> str | None:
+    """The ``command:`` of a run folder's config.resolved.yaml, or None when it has none that can be read."""
+    try:
+        data = yaml.safe_load((run_dir / "config.resolved.yaml").read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return data.get("command") if isinstance(data, dict) else None
+
+
+def _is_artifact_at(model: Path, directory: Path) -> bool:
+    """Whether the teacher ``model`` names (artifact or run folder) is ``directory``."""
+    try:
+        return resolve_model_dir(model, "teacher").resolve() == directory.resolve()
+    except FsdistillError:
+        return False
+
+
+def check_run_dir(out: Path | None, command: str, teacher: Path | None = None, overwrite: bool = False) -> None:
+    """Refuse to train into a folder that holds a finished run, unless ``overwrite``; called before any training.
+
+    A finished run is one with a complete ``teacher/`` or ``student/`` artifact that this run would replace or
+    leave beside a model it does not belong to (``distill --out`` on a 3-class run silently made it a binary one).
+    Allowed without ``overwrite``: a missing or empty folder, a killed run (no complete artifact, or a ``distill``
+    killed after saving its teacher: the same command finishes it), and ``distill --teacher OUT/teacher --out OUT``
+    (distilling an adapt run's teacher into that run replaces nothing).
+
+    Raises:
+        DataError: the folder holds a finished run (the message asks for --overwrite or another --out).
+    """
+    if out is None or overwrite or not Path(out).is_dir():
+        return
+    out = Path(out)
+    finished = [name for name in ("teacher", "student") if is_artifact(recover_artifact(out / name))]
+    if not finished:
+        return
+    if command == "distill" and "student" not in finished:
+        if teacher is not None and _is_artifact_at(teacher, out / "teacher"):
+            return
+        if teacher is None and _recorded_command(out) == "distill":
+            return
+    raise DataError(
+        f"{out} already holds a run ({', '.join(name + '/' for name in finished)}); pass --overwrite to replace it, or "
+        "choose a new --out (a run's config.resolved.yaml names that run as its out:)."
+    )
+
+
+def _drop_stale(run_dir: Path, keep: set[str]) -> None:
+    """Remove what a replaced run left in ``run_dir`` and this run did not write: its ``teacher/`` or ``student/``
+    (which would be paired with the new model) and ``student.onnx`` (exported from the old student). Other files
+    are the user's and stay."""
+    for name in ("teacher", "student", "student.onnx"):
+        path = run_dir / name
+        if name in keep or not path.exists():
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def _write_run_config(run_dir: Path, cfg: AdaptCfg | DistillCfg, command: str) -> None:
+    data = {"command": command, **json.loads(cfg.model_dump_json())}
+    write_atomic(run_dir / "config.resolved.yaml", yaml.safe_dump(data, sort_keys=False))
+
+
+def pixel_sha256(image: np.ndarray) -> str:
+    """sha256 of an H×W×3 uint8 image's decoded pixels (its shape included): the same for a renamed or
+    losslessly re-encoded copy of the file, different for any other image whatever its name."""
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    return hashlib.sha256(repr(image.shape).encode() + image.tobytes()).hexdigest()
+
+
+def _support_info(index: SupportIndex) -> dict[str, Any]:
+    """What an artifact records of its support folder; ``images``: each support's size and :func:`pixel_sha256`,
+    by which ``evaluate`` recognises support images (leakage) by content, not by file name."""
+    images = []
+    for i, sample in enumerate(index.samples):
+        pixels = index.load_image(i)
+        images.append({"key": sample.key, "size": [pixels.shape[1], pixels.shape[0]], "sha256": pixel_sha256(pixels)})
+    return {
+        "root": str(index.root),
+        "layout": index.layout,
+        "count": len(index),
+        "keys": [s.key for s in index.samples],
+        "fingerprint": index.fingerprint(),
+        "images": images,
+    }
+
+
+def _leaked_supports(support: dict[str, Any], index: SupportIndex) -> list[str]:
+    """Images of ``index`` that are support images of the model, as ``KEY (support KEY)``.
+
+    Decided by the hash of the decoded RGB pixels at original size that training recorded (``support.images``):
+    hashing the image as the model sees it (resized to the input size) would also work but ties the check to the
+    resize code and needs the teacher's stored tensors, which a student artifact does not have; the original
+    pixels are what a copied file keeps. Only images of a support image's size are decoded for it (the size comes
+    from the header). Artifacts from before the hashes fall back to the old rule, matching file names.
+    """
+    recorded = support.get("images")
+    if recorded is None:
+        keys = set(support.get("keys", []))
+        return [f"{s.key} (support {s.key})" for s in index.samples if s.key in keys]
+    from fsdistill.data.images import image_size
+
+    by_size: dict[tuple[int, int], dict[str, str]] = {}
+    for entry in recorded:
+        by_size.setdefault(tuple(entry["size"]), {})[entry["sha256"]] = entry["key"]
+    leaked = []
+    for i, sample in enumerate(index.samples):
+        candidates = by_size.get(image_size(sample.image_path))
+        if candidates:
+            match = candidates.get(pixel_sha256(index.load_image(i)))
+            if match is not None:
+                leaked.append(f"{sample.key} (support {match})")
+    return leaked

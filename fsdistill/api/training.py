@@ -1,0 +1,239 @@
+"""``adapt`` (TransferFSS) and ``distill`` (DistillFSS): a support folder in, teacher / student artifacts out."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fsdistill.api.runs import (
+    RunResult,
+    _drop_stale,
+    _is_artifact_at,
+    _support_info,
+    _write_run_config,
+    check_run_dir,
+    new_run_dir,
+)
+from fsdistill.checkpoint import WEIGHTS_FILE
+from fsdistill.config import AdaptCfg, DistillCfg, ModelCfg
+from fsdistill.data.discover import SupportIndex, discover
+from fsdistill.data.masks import IGNORE_INDEX
+from fsdistill.data.support_tensors import load_support_tensors
+from fsdistill.errors import CheckpointError, ConfigError, DataError
+from fsdistill.models.build import (
+    LoadedModel,
+    build_student,
+    build_teacher,
+    load_model,
+    save_model,
+    stored_parameters,
+)
+from fsdistill.models.grow import copy_student_classes, match_classes
+from fsdistill.models.teacher import DCAMATeacher
+from fsdistill.runtime import resolve_device, seed_everything
+from fsdistill.train.episodes import FeatureCache
+from fsdistill.train.fit import TrainStats, train
+from fsdistill.train.support_check import check_supports
+
+log = logging.getLogger(__name__)
+
+
+def _stats_dict(stats: TrainStats) -> dict[str, Any]:
+    return {
+        "steps": stats.steps,
+        "episodes": stats.episodes,
+        "seconds": round(stats.seconds, 2),
+        "stop_reason": stats.stop_reason,
+        "class_queries": stats.class_queries,
+        "final_losses": {k: stats.final(k) for k in (stats.history[-1] if stats.history else {})},
+    }
+
+
+def _prepare(cfg: AdaptCfg | DistillCfg, quiet: bool):
+    """Discover and load the support folder, pick the device and seed everything."""
+    index = discover(cfg.support)
+    num_classes = len(index.class_names) - 1
+    if num_classes < 1:
+        raise DataError(f"{cfg.support} declares no foreground class; masks need at least one labelled class.")
+    unused = index.unused_classes()
+    if unused:
+        # A class without a pixel is only ever taught "absent": the model would carry it and never predict it.
+        raise DataError(
+            f"Class {unused[0]!r} ({index.names_source}) has no pixel in any mask of {cfg.support}"
+            f"{f' (nor do {len(unused) - 1} more)' if len(unused) > 1 else ''}, so it cannot be learned; add "
+            f"images that show it or {index.drop_class_hint()}."
+        )
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.train.seed)
+    support = load_support_tensors(index, cfg.model.size)
+    if not bool(((support.masks > 0) & (support.masks != IGNORE_INDEX)).any()):
+        raise DataError(
+            f"All {len(index)} masks in {cfg.support} are empty: no pixel has a foreground class, so there is "
+            "nothing to learn; check the mask values (binary masks need 255 or 1 for the object) and the names file."
+        )
+    return cfg, index, num_classes, device, support
+
+
+def _augment(cfg: AdaptCfg | DistillCfg, count: int) -> bool:
+    """Flip views when asked, or by default only for a single support image (episodes need a second view)."""
+    return cfg.train.augment if cfg.train.augment is not None else count == 1
+
+
+def _artifact_fields(cfg: AdaptCfg | DistillCfg, index: SupportIndex, stats: TrainStats) -> dict[str, Any]:
+    """What every artifact of a run records besides its weights: classes, input size, config, supports, training."""
+    return {
+        "class_names": index.class_names,
+        "palette": index.palette,
+        "train_config": json.loads(cfg.model_dump_json()),
+        "support_info": _support_info(index),
+        "training": _stats_dict(stats),
+    }
+
+
+def adapt(cfg: AdaptCfg, quiet: bool = False, overwrite: bool = False) -> RunResult:
+    """TransferFSS: fine-tune the DCAMA teacher on the support folder; writes ``RUN/teacher/``.
+
+    ``cfg.train.steps == 0`` writes the untuned teacher (the training-free baseline) as a normal artifact.
+    ``overwrite``: replace a finished run at ``cfg.out`` (see :func:`check_run_dir`); its student goes with it.
+    """
+    check_run_dir(cfg.out, "adapt", overwrite=overwrite)
+    cfg, index, num_classes, device, support = _prepare(cfg, quiet)
+    teacher, teacher_cfg = _new_teacher(cfg, num_classes)
+    teacher = teacher.to(device)
+    if cfg.train.augment is False and len(index) == 1 and cfg.train.steps != 0:
+        raise ConfigError("One support image needs augmentation to build episodes; drop --no-augment or add images.")
+    run_dir = new_run_dir(cfg.out)
+    _write_run_config(run_dir, cfg, "adapt")
+    cache = FeatureCache(teacher, support, device, _augment(cfg, len(index)))
+    stats = train(teacher, cache, cfg.train, quiet=quiet)
+    teacher_dir = save_model(
+        run_dir / "teacher",
+        teacher,
+        teacher_cfg,
+        support_images=support.images,
+        support_masks=support.masks,
+        **_artifact_fields(cfg, index, stats),
+    )
+    _drop_stale(run_dir, keep={"teacher"})
+    return RunResult(run_dir, teacher_dir=teacher_dir, stats=_stats_dict(stats))
+
+
+def _new_teacher(cfg: AdaptCfg | DistillCfg, num_classes: int) -> tuple[DCAMATeacher, ModelCfg]:
+    """A fresh teacher (official weights imported when ``cfg.model.teacher_weights`` is set) and the ModelCfg it
+    was built from, which its artifact stores."""
+    if cfg.model.teacher_weights is None:
+        return build_teacher(cfg.model, num_classes), cfg.model
+    from fsdistill.models.reference_import import import_reference_weights, published_model_cfg
+
+    model_cfg = published_model_cfg(cfg.model)
+    teacher = build_teacher(model_cfg, num_classes)
+    import_reference_weights(teacher, cfg.model.teacher_weights)
+    return teacher, model_cfg
+
+
+def _load_init(cfg: DistillCfg) -> tuple[LoadedModel, LoadedModel]:
+    """The teacher and student of the run ``cfg.init`` continues from (``distill --init``)."""
+    if cfg.teacher is not None:
+        raise ConfigError("--init continues a run's own teacher; pass --init or --teacher, not both.")
+    try:
+        teacher = load_model(cfg.init, kind="teacher")
+    except CheckpointError as err:
+        raise ConfigError(
+            f"--init needs a run with its teacher (RUN/teacher, written by distill without --teacher): {err}"
+        ) from None
+    student = load_model(cfg.init, kind="student")
+    if student.class_names != teacher.class_names:
+        raise ConfigError(f"The teacher and student of {cfg.init} know different classes; pass one run folder.")
+    defaults = ModelCfg().model_dump()
+    given = {k: v for k, v in cfg.model.model_dump().items() if v != defaults[k]}
+    differs = {k: v for k, v in given.items() if getattr(student.model_cfg, k) != v}
+    if differs:
+        key = sorted(differs)[0]
+        raise ConfigError(
+            f"--init continues {cfg.init} with its own model settings ({key} = {getattr(student.model_cfg, key)!r}); "
+            f"drop the model option that sets {key}."
+        )
+    return teacher, student
+
+
+def distill(cfg: DistillCfg, quiet: bool = False, overwrite: bool = False) -> RunResult:
+    """DistillFSS: train the support-free ConvDist student (jointly with the teacher unless ``cfg.teacher``).
+
+    Writes ``RUN/student/`` and, when the teacher was adapted here, ``RUN/teacher/``. ``overwrite``: replace a
+    finished run at ``cfg.out`` (see :func:`check_run_dir`).
+    """
+    check_run_dir(cfg.out, "distill", cfg.teacher, overwrite)
+    if cfg.drop_class and cfg.init is None:
+        raise ConfigError("--drop-class only applies with --init RUN.")
+    init = _load_init(cfg) if cfg.init is not None else None
+    if init is not None:
+        cfg = cfg.model_copy(update={"model": init[0].model_cfg})
+    cfg, index, num_classes, device, support = _prepare(cfg, quiet)
+    if cfg.train.augment is False and len(index) == 1 and cfg.train.steps != 0:  # as in adapt: no query besides it
+        raise ConfigError("One support image needs augmentation to build episodes; drop --no-augment or add images.")
+    match = None
+    if init is not None:
+        init_teacher, init_student = init
+        match = match_classes(init_teacher.class_names, index.class_names, cfg.drop_class, str(cfg.init))
+        teacher, teacher_cfg = _new_teacher(cfg, num_classes)
+        # The teacher has no per-class weight: the run's, whole (the new one only differs in its class count).
+        teacher.load_state_dict(init_teacher.model.state_dict())
+        teacher = teacher.to(device)
+    elif cfg.teacher is not None:
+        loaded = load_model(cfg.teacher, kind="teacher")
+        if loaded.class_names != index.class_names:
+            raise DataError(
+                f"The teacher {loaded.path} knows classes {loaded.class_names} but {cfg.support} has "
+                f"{index.class_names}; distill with the support folder the teacher was adapted on."
+            )
+        if loaded.size != cfg.model.size:
+            raise ConfigError(f"The teacher {loaded.path} runs at --size {loaded.size}; pass --size {loaded.size}.")
+        teacher: DCAMATeacher = loaded.model.to(device)
+        teacher_cfg = loaded.model_cfg
+    else:
+        if cfg.freeze_teacher:
+            raise ConfigError("--freeze-teacher needs an adapted teacher: pass --teacher RUN/teacher.")
+        teacher, teacher_cfg = _new_teacher(cfg, num_classes)
+        teacher = teacher.to(device)
+    run_dir = new_run_dir(cfg.out)
+    _write_run_config(run_dir, cfg, "distill")
+    cache = FeatureCache(teacher, support, device, _augment(cfg, len(index)))
+    student = build_student(teacher, cfg.model.student_width).to(device)
+    # The student is the teacher's architecture (an adapted teacher's, whatever this run's --decoder says) with
+    # this run's ConvDist width.
+    student_cfg = teacher_cfg.model_copy(update={"student_width": cfg.model.student_width})
+    prior = teacher.class_prior(cache.support[0], list(range(num_classes)))
+    if init is not None and match is not None:
+        copy_student_classes(student, init[1].model.to(device), match, prior)
+    else:
+        student.set_class_prior(prior)
+    stats = train(teacher, cache, cfg.train, student=student, freeze_teacher=cfg.freeze_teacher, quiet=quiet)
+    check = check_supports(teacher, student, cache, index.class_names) if cfg.train.steps != 0 else None
+    common = _artifact_fields(cfg, index, stats)
+    if check is not None:
+        common["training"]["support_check"] = check.to_dict()
+    if match is not None:
+        common["training"]["init"] = {"run": str(cfg.init), **match.to_dict()}
+    teacher_dir = None
+    if cfg.teacher is None:
+        teacher_dir = save_model(
+            run_dir / "teacher",
+            teacher,
+            teacher_cfg,
+            support_images=support.images,
+            support_masks=support.masks,
+            **common,
+        )
+    student_dir = save_model(run_dir / "student", student, student_cfg, **common)
+    own_teacher = cfg.teacher is None or _is_artifact_at(cfg.teacher, run_dir / "teacher")
+    _drop_stale(run_dir, keep={"student", "teacher"} if own_teacher else {"student"})
+    return RunResult(
+        run_dir,
+        teacher_dir=teacher_dir,
+        student_dir=student_dir,
+        stats=common["training"],
+        check=check,
+        student_parameters=stored_parameters(student.state_dict()),
+        student_mb=(student_dir / WEIGHTS_FILE).stat().st_size / 2**20,
+    )
