@@ -1,0 +1,42 @@
+"""The ``fsdistill`` command line: parse options, call ``fsdistill.api``, print results.
+
+The only module that imports typer or prints. Exit codes: 0 success, 2 a user error (one sentence on stderr, no
+traceback), 1 an internal error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from fsdistill import __version__
+from fsdistill.cli.common import app
+
+# Importing the command modules registers their commands; help lists them in this order.
+# isort: off
+from fsdistill.cli import training  # noqa: E402, F401  check, adapt, distill
+from fsdistill.cli import inference  # noqa: E402, F401  predict, evaluate, profile, export
+# isort: on
+
+__all__ = ["app", "main"]
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"fsdistill {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """Few-shot segmentation distilled into a fast, support-free segmenter (DistillFSS)."""
+
+
+def main() -> None:
+    """Console entry point (``fsdistill`` and ``python -m fsdistill``)."""
+    app()

@@ -1,0 +1,235 @@
+"""What every command shares: the typer app, option types, error handling, console output."""
+
+from __future__ import annotations
+
+import functools
+import json
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from fsdistill.errors import FsdistillError
+
+
+class _PlainFlags:
+    """On/off flags show no value type in help: typer labels them ``<bool>``, which made ``--overlay true`` look
+    valid (``true`` is then read as an input path)."""
+
+    def get_params(self, ctx: Any) -> list:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_bool_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class _Command(_PlainFlags, typer.core.TyperCommand):
+    pass
+
+
+class _Group(_PlainFlags, typer.core.TyperGroup):
+    pass
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="fsdistill",
+    help="Few-shot segmentation distilled into a fast, support-free segmenter (DistillFSS).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# Reusable option types (one definition each, like the hf CLI's aliases).
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | mps (auto: cuda, then mps, then cpu).")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (default 0).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries, errors only.")]
+InferSeedOpt = Annotated[
+    int | None, typer.Option("--seed", help="Accepted like every command's (inference is deterministic).")
+]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file of options (flags override it).")]
+BackboneOpt = Annotated[
+    str | None, typer.Option("--backbone", help="efficientnet-lite0 (default, offline), resnet50, swin-b.")
+]
+BackboneWeightsOpt = Annotated[
+    Path | None, typer.Option("--backbone-weights", help="Local .pth/.safetensors backbone weights (no download).")
+]
+TeacherWeightsOpt = Annotated[
+    Path | None, typer.Option("--teacher-weights", help="Official DCAMA/DistillFSS checkpoint to start from.")
+]
+# Typer cannot show defaults of options whose default is None (None lets --config YAML values through), so the
+# help texts say them; tests/test_first_hour.py checks them against config.py. No square brackets: typer's rich
+# markup reads them as tags and dropped "[default: ...]" from the help.
+_AUTO_STEPS = "default: automatic from the support folder, see README"
+AdaptStepsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--steps", help=f"Optimiser steps ({_AUTO_STEPS}). 0 = the untrained teacher (training-free baseline)."
+    ),
+]
+DistillStepsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--steps",
+        help=f"Optimiser steps ({_AUTO_STEPS}). 0 = no training: the student is written untrained and predicts "
+        "nothing useful (a quick check of the pipeline); for the training-free baseline use adapt --steps 0.",
+    ),
+]
+LrOpt = Annotated[float | None, typer.Option("--lr", help="AdamW learning rate (default 3e-3).")]
+SizeOpt = Annotated[
+    int | None, typer.Option("--size", help="Square input size in pixels, a multiple of 32 (default 384).")
+]
+OutRunOpt = Annotated[Path | None, typer.Option("--out", help="Run folder (default runs/<date>-<time>).")]
+SupportOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--support",
+        help="Support folder (images + masks, or an annotation tool's export: COCO, CVAT, Label Studio; a .zip is "
+        "unpacked to a cache); required unless the --config YAML sets support:.",
+    ),
+]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Replace the run already in --out (refused without it).")
+]
+TrainOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--train",
+        help="Which parts of the teacher learn from your images, comma-separated (default mapper,merge,mixer): "
+        "mapper and merge turn the raw image-to-support matches into masks, attention is the matching itself, "
+        "mixer draws the final mask. The backbone never changes.",
+    ),
+]
+DecoderOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--decoder",
+        help="light (default: fast; its per-class part still grows with the classes: the student measured 1.18x the "
+        "bare backbone's time at 1 class, 2.2x at 20) or dcama (the paper's, ~11 GFLOP per class at 384 px).",
+    ),
+]
+AugmentOpt = Annotated[bool | None, typer.Option("--augment/--no-augment", help="Flip views of the supports.")]
+ModelOpt = Annotated[
+    Path | None, typer.Option("--model", help="Run folder or artifact folder (default: newest run under ./runs).")
+]
+
+
+class _Console:
+    """stdout for results, stderr for messages; silenced by --quiet."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            typer.echo(text)
+
+
+def _guarded(fn: Callable) -> Callable:
+    """User errors → one line on stderr and exit 2; Ctrl-C → a note on what was kept and exit 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from fsdistill.runtime import clear_interrupt, request_interrupt
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            request_interrupt()
+            raise KeyboardInterrupt
+
+        clear_interrupt()
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, on_sigint) if in_main_thread else None
+        try:
+            return fn(*args, **kwargs)
+        except FsdistillError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo(
+                "interrupted: nothing half-written was left (artifacts are written only when complete); "
+                "re-run the same command to start again (predict resumes where it stopped).",
+                err=True,
+            )
+            raise typer.Exit(130) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+    return wrapper
+
+
+def command(fn: Callable) -> Callable:
+    """Register a guarded command under its function name."""
+    return app.command(cls=_Command)(_guarded(fn))
+
+
+def model_command(fn: Callable) -> Callable:
+    """Register a guarded command that runs models, setting the process up for them first: glibc keeps the memory
+    a forward pass frees for the next one (:func:`fsdistill.runtime.retain_freed_memory`)."""
+
+    @functools.wraps(fn)
+    def set_up_then_run(*args: Any, **kwargs: Any) -> Any:
+        from fsdistill.runtime import retain_freed_memory
+
+        retain_freed_memory()
+        return fn(*args, **kwargs)
+
+    return command(set_up_then_run)
+
+
+def _train_overrides(
+    steps: int | None, lr: float | None, seed: int | None, train: str | None, augment: bool | None
+) -> dict[str, Any]:
+    groups = [g.strip() for g in train.split(",") if g.strip()] if train is not None else None
+    if groups == []:  # --train "" (an unset shell variable, say) silently meant the default groups
+        from fsdistill.errors import ConfigError
+
+        raise ConfigError(
+            "--train got no group names; list some of mapper,merge,attention,mixer, or leave --train out for the "
+            "default mapper,merge,mixer."
+        )
+    return {"steps": steps, "lr": lr, "seed": seed, "train": groups, "augment": augment}
+
+
+def _bar(desc: str, quiet: bool):
+    """An image progress bar whose total the API reports once it has found the images (``set_total``)."""
+    from fsdistill.runtime import progress
+
+    bar = progress(total=None, desc=desc, unit="img", quiet=quiet)
+
+    def set_total(total: int) -> None:
+        bar.total = total
+        bar.refresh()
+
+    bar.set_total = set_total
+    return bar
+
+
+def _write_json(path: Path, data: dict) -> None:
+    from fsdistill.errors import DataError
+    from fsdistill.runtime import ensure_writable_dir, write_atomic
+
+    path = Path(path)
+    ensure_writable_dir(path.parent, "--json")
+    try:
+        write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+    except OSError as exc:
+        raise DataError(
+            f"Cannot write {path} ({exc.strerror or type(exc).__name__}); choose another --json file."
+        ) from None
+
+
+def _model_overrides(backbone, backbone_weights, teacher_weights, size, decoder, student_width=None) -> dict[str, Any]:
+    return {
+        "backbone": backbone,
+        "backbone_weights": backbone_weights,
+        "teacher_weights": teacher_weights,
+        "size": size,
+        "decoder": decoder,
+        "student_width": student_width,
+    }

@@ -1,0 +1,283 @@
+"""Commands on trained runs: ``predict``, ``evaluate``, ``profile`` and ``export``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fsdistill.cli.common import (
+    BackboneOpt,
+    DecoderOpt,
+    DeviceOpt,
+    InferSeedOpt,
+    ModelOpt,
+    QuietOpt,
+    SeedOpt,
+    SizeOpt,
+    _bar,
+    _Console,
+    _write_json,
+    model_command,
+)
+
+
+@model_command
+def predict(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder (masks/, overlays/, predictions.csv).")],
+    model: ModelOpt = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="Images per forward pass (default: 8 on GPU, 2 on CPU).")
+    ] = None,
+    overlay: Annotated[bool, typer.Option("--overlay", help="Also write colour overlays.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo images already predicted.")] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=0,
+            help="Image-decoding worker processes (default: 2 on GPU; on CPU 0 up to 2 cores, else cores/4, at most 2).",
+        ),
+    ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            "--backend",
+            help="torch | onnx: onnx runs an exported .onnx (--model FILE, or RUN with RUN/student.onnx) with "
+            "onnxruntime only. Default: onnx for an .onnx --model, else torch.",
+        ),
+    ] = None,
+    format: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--format",
+            help="png (default: the index masks, always written) and any of coco, cvat, labelstudio: pre-labels "
+            "for annotation tools (OUT/coco.json, OUT/cvat.zip, OUT/labelstudio_tasks.json + "
+            "labelstudio_config.xml). Repeat it or give a comma list.",
+        ),
+    ] = None,
+    coco_rle: Annotated[
+        bool, typer.Option("--coco-rle", help="With --format coco: compressed RLE masks instead of polygons.")
+    ] = False,
+    image_root_url: Annotated[
+        str | None,
+        typer.Option(
+            "--image-root-url",
+            help="With --format labelstudio: prefix of each task's image URL, followed by the image's path "
+            "relative to the input folder (default /data/local-files/?d= : Label Studio's local files, with "
+            "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT set to the input folder).",
+        ),
+    ] = None,
+    device: DeviceOpt = "auto",
+    seed: InferSeedOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Segment images with a support-free student; masks at each image's original size.
+
+    Example: fsdistill predict images/ -o out/ --model runs/polyps --overlay
+    (ONNX: fsdistill predict images/ -o out/ --backend onnx --model runs/polyps/student.onnx)
+    (pre-labels: fsdistill predict images/ -o out/ --format labelstudio,cvat)
+    """
+    from fsdistill import api
+
+    with _bar("predict", quiet) as bar:
+        # Without --model the newest run is used: say which, or the masks cannot be traced to a model.
+        def say_model(path: str) -> None:
+            if model is None and not quiet:
+                bar.write(f"model: {path} (newest run under ./runs; pass --model to choose)", file=sys.stderr)
+
+        result = api.predict(
+            inputs,
+            out,
+            model,
+            device,
+            batch_size,
+            overlay,
+            overwrite,
+            workers,
+            bar.update,
+            backend=backend,
+            on_model=say_model,
+            on_total=bar.set_total,
+            formats=format,
+            coco_rle=coco_rle,
+            image_root_url=image_root_url,
+        )
+    console = _Console(quiet)
+    console.say(f"{result.written} written, {result.skipped} already done, {len(result.failed)} failed -> {out}/masks")
+    for name, paths in result.format_paths.items():
+        console.say(f"{name}: {', '.join(str(p) for p in paths)}")
+    if result.failed:
+        for _, reason in result.failed:
+            typer.echo(f"error: {reason}", err=True)
+        raise typer.Exit(2)
+
+
+@model_command
+def evaluate(
+    data_dir: Annotated[Path, typer.Argument(help="Labelled folder (any support layout) with the model's classes.")],
+    model: ModelOpt = None,
+    teacher: Annotated[bool, typer.Option("--teacher", help="Evaluate the run's teacher with its supports.")] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the result as JSON here.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 8,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", min=0, help="Image-decoding worker processes (default: as predict's)."),
+    ] = None,
+    device: DeviceOpt = "auto",
+    seed: InferSeedOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Per-class IoU and mIoU (foreground classes) on held-out images, at original resolution.
+
+    Example: fsdistill evaluate heldout/ --model runs/polyps --json eval.json
+    """
+    from fsdistill import api
+
+    if json_out is not None:  # refuse an unwritable --json before the evaluation, not after it
+        from fsdistill.runtime import ensure_writable_dir
+
+        ensure_writable_dir(Path(json_out).parent, "--json")
+    with _bar("evaluate", quiet) as bar:
+        result = api.evaluate(data_dir, model, teacher, device, batch_size, workers, bar.update, bar.set_total)
+    console = _Console(quiet)
+    for name, value in result.iou.items():
+        console.say(f"{name:>20}  IoU {'n/a' if value is None else f'{value:.4f}'}")
+    console.say(f"{'mIoU':>20}  {result.miou:.4f}  ({result.images} images, {result.model})")
+    if json_out is not None:
+        _write_json(json_out, result.to_dict())
+
+
+@model_command
+def profile(
+    ways: Annotated[
+        int | None, typer.Option("--ways", help="Largest ways W: grid 1..W (default 3; with --model its classes).")
+    ] = None,
+    shots: Annotated[int, typer.Option("--shots", help="Largest shots S: grid {1,5,10,25,50,S} up to S.")] = 10,
+    backbone: BackboneOpt = None,
+    size: SizeOpt = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Query images per timed run (the teacher runs them one at a time).")
+    ] = 1,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed runs before each cell (slow cells skip them).")] = 1,
+    runs: Annotated[
+        int, typer.Option("--runs", help="Timed runs per cell (cells slower than 2 s: as many as fit in 10 s).")
+    ] = 5,
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", help="Run or artifact folder to time (default: random-weight models, no run needed)."),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Output folder for profile.json/.csv/.md/.png.")] = Path("profile"),
+    no_cache: Annotated[
+        bool,
+        typer.Option(
+            "--no-cache",
+            help="Time the teacher as the original DCAMA code runs it: the support images go through the backbone "
+            "again for every query image, instead of once per support set.",
+        ),
+    ] = False,
+    student_width: Annotated[
+        int | None,
+        typer.Option(
+            "--student-width",
+            help="Size of the per-class layer of the random student (as distill --student-width; default 8).",
+        ),
+    ] = None,
+    decoder: DecoderOpt = None,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Latency and memory of teacher vs student vs bare backbone over ways x shots (the paper's speed table).
+
+    Random weights and inputs unless --model RUN_DIR (then its teacher/student, classes and size).
+
+    Example: fsdistill profile --ways 5 --shots 50 --out profile/
+    """
+    from fsdistill import api
+    from fsdistill.profile import ProfileCfg
+
+    cfg = ProfileCfg(
+        ways=ways,
+        shots=shots,
+        backbone=backbone,
+        size=size,
+        batch_size=batch_size,
+        warmup=warmup,
+        runs=runs,
+        model=model,
+        out=out,
+        cache=not no_cache,
+        student_width=student_width,
+        decoder=decoder,
+        device=device,
+        seed=0 if seed is None else seed,
+    )
+    result = api.profile(cfg, quiet=quiet)
+    console = _Console(quiet)
+    ratios = result.ratios
+    fmt = lambda x: "n/a" if x is None else f"{x:.2f}x"  # noqa: E731
+    cell = ratios["largest_cell"]
+    console.say(f"student latency max/min over the grid: {fmt(ratios['student_max_over_min'])}")
+    console.say(f"teacher/student at {cell['ways']}-way {cell['shots']}-shot: {fmt(ratios['teacher_over_student'])}")
+    console.say(f"student/backbone at {cell['ways']}-way: {fmt(ratios['student_over_backbone'])}")
+    failed = [f"{r['model']} {r['ways']}w{r['shots']}s" for r in result.rows if r["status"] != "ok"]
+    if failed:
+        console.say(f"out of memory: {', '.join(failed)}")
+    console.say(f"profile: {result.out_dir}/profile.{{json,csv,md,png}}  ({result.data['seconds']:.0f} s)")
+
+
+@model_command
+def export(
+    model: ModelOpt = None,
+    format: Annotated[str, typer.Option("--format", help="Export format: onnx (the only one).")] = "onnx",
+    out: Annotated[
+        Path | None, typer.Option("-o", "--out", help="Output file (default: RUN/student.onnx beside the artifact).")
+    ] = None,
+    images: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--images", help="Images or folders for the parity check, the first 4 used (default: the run's supports)."
+        ),
+    ] = None,
+    tolerance: Annotated[
+        float, typer.Option("--tolerance", help="Largest accepted |logit difference| (outside near-tied classes).")
+    ] = 1e-2,
+    min_agreement: Annotated[
+        float, typer.Option("--min-agreement", help="Smallest accepted fraction of pixels with the same class.")
+    ] = 0.999,
+    device: Annotated[
+        str,
+        typer.Option("--device", help="Where the PyTorch reference of the check runs: cpu (default), cuda, mps, auto."),
+    ] = "cpu",
+    seed: SeedOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Export the student to ONNX and check onnxruntime against PyTorch (largest difference, argmax agreement).
+
+    Exit 1 when the check fails (the file is still written). Needs onnx and onnxruntime (the export extra).
+
+    Example: fsdistill export --model runs/polyps -o polyps.onnx
+    """
+    from fsdistill import api
+
+    result = api.export(model, out, format, images, device, tolerance, min_agreement, seed=0 if seed is None else seed)
+    console = _Console(quiet)
+    shape = "dynamic batch and height/width" if result.dynamic_hw else f"dynamic batch, fixed {result.input_size}px"
+    console.say(f"exported: {result.path}  ({result.size_bytes / 2**20:.1f} MB, {shape}, {result.seconds:.0f} s)")
+    if result.note:
+        console.say(f"note: {result.note}")
+    summary = (
+        f"parity vs PyTorch on {result.samples} images ({result.real_samples} real): "
+        f"max |logit diff| {result.max_abs_diff:.2e} ({result.max_abs_diff_stable:.2e} outside near-tied classes, "
+        f"tolerance {result.tolerance:.0e}), argmax agreement {result.agreement:.4%} "
+        f"(minimum {result.min_agreement:.2%})"
+    )
+    if not result.passed:
+        typer.echo(summary, err=True)
+        typer.echo("error: onnxruntime does not reproduce PyTorch within the tolerance (see above).", err=True)
+        raise typer.Exit(1)
+    console.say(summary)

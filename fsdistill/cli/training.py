@@ -1,0 +1,220 @@
+"""Commands on a support folder: ``check``, ``adapt`` (TransferFSS) and ``distill`` (DistillFSS)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fsdistill.cli.common import (
+    AdaptStepsOpt,
+    AugmentOpt,
+    BackboneOpt,
+    BackboneWeightsOpt,
+    ConfigOpt,
+    DecoderOpt,
+    DeviceOpt,
+    DistillStepsOpt,
+    LrOpt,
+    OutRunOpt,
+    OverwriteOpt,
+    QuietOpt,
+    SeedOpt,
+    SizeOpt,
+    SupportOpt,
+    TeacherWeightsOpt,
+    TrainOpt,
+    _Console,
+    _model_overrides,
+    _train_overrides,
+    _write_json,
+    command,
+    model_command,
+)
+
+
+@command
+def check(
+    support_dir: Annotated[Path, typer.Argument(help="Support folder (or .zip export) to validate.")],
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON here.")] = None,
+    device: Annotated[
+        str, typer.Option("--device", help="Accepted like every command's (check reads files only, no model).")
+    ] = "auto",
+    seed: Annotated[int | None, typer.Option("--seed", help="Accepted like every command's (nothing random).")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Validate a support folder: layout, pairs, orphans, classes, sizes and warnings.
+
+    Example: fsdistill check ./support --json report.json
+    """
+    from fsdistill.data.check import check_support
+    from fsdistill.runtime import check_device_name
+
+    check_device_name(device)  # a typo is still an error, as in the commands that run a model
+
+    report = check_support(support_dir)
+    _Console(quiet).say(report.to_text())
+    if json_out is not None:
+        _write_json(json_out, report.to_dict())
+
+
+@model_command
+def adapt(
+    support: SupportOpt = None,
+    backbone: BackboneOpt = None,
+    backbone_weights: BackboneWeightsOpt = None,
+    teacher_weights: TeacherWeightsOpt = None,
+    decoder: DecoderOpt = None,
+    steps: AdaptStepsOpt = None,
+    lr: LrOpt = None,
+    size: SizeOpt = None,
+    train: TrainOpt = None,
+    augment: AugmentOpt = None,
+    out: OutRunOpt = None,
+    overwrite: OverwriteOpt = False,
+    config: ConfigOpt = None,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """TransferFSS: fine-tune the DCAMA teacher on a support folder; writes RUN/teacher/.
+
+    Example: fsdistill adapt --support ./support --steps 150 --out runs/polyps
+    """
+    from fsdistill import api
+    from fsdistill.config import AdaptCfg, load_config
+
+    cfg = load_config(
+        AdaptCfg,
+        config,
+        {
+            "support": support,
+            "out": out,
+            "device": device,
+            "model": _model_overrides(backbone, backbone_weights, teacher_weights, size, decoder),
+            "train": _train_overrides(steps, lr, seed, train, augment),
+        },
+        flag_names=True,
+        command="adapt",
+    )
+    result = api.adapt(cfg, quiet=quiet, overwrite=overwrite)
+    _Console(quiet).say(
+        f"teacher: {result.teacher_dir}  ({result.stats['steps']} steps, {result.stats['seconds']:.0f} s)"
+    )
+
+
+@model_command
+def distill(
+    support: SupportOpt = None,
+    teacher: Annotated[
+        Path | None, typer.Option("--teacher", help="Adapted teacher (RUN/teacher) to distill from.")
+    ] = None,
+    freeze_teacher: Annotated[
+        bool, typer.Option("--freeze-teacher", help="With --teacher: train only the student against it.")
+    ] = False,
+    init: Annotated[
+        Path | None,
+        typer.Option(
+            "--init",
+            help="Continue from this run (its teacher and student) after the support folder grew: classes are "
+            "matched by name, a new class starts fresh, the run's model settings are kept.",
+        ),
+    ] = None,
+    drop_class: Annotated[
+        list[str] | None,
+        typer.Option("--drop-class", help="With --init: a class of the run the folder no longer has (repeatable)."),
+    ] = None,
+    backbone: BackboneOpt = None,
+    backbone_weights: BackboneWeightsOpt = None,
+    teacher_weights: TeacherWeightsOpt = None,
+    decoder: DecoderOpt = None,
+    student_width: Annotated[
+        int | None,
+        typer.Option(
+            "--student-width",
+            help="Size of the small layer the student learns per class and scale instead of the teacher's support "
+            "matching (default 8): larger can learn more but is slower and bigger; 0 = the paper's full size "
+            "(as wide as the backbone's features: 12-50 M parameters per class on wide backbones).",
+        ),
+    ] = None,
+    steps: DistillStepsOpt = None,
+    lr: LrOpt = None,
+    size: SizeOpt = None,
+    train: TrainOpt = None,
+    augment: AugmentOpt = None,
+    out: OutRunOpt = None,
+    overwrite: OverwriteOpt = False,
+    config: ConfigOpt = None,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """DistillFSS: train the support-free student (jointly with the teacher); writes RUN/student/.
+
+    Example: fsdistill distill --support ./support --backbone efficientnet-lite0
+    """
+    from fsdistill import api
+    from fsdistill.config import DistillCfg, load_config
+
+    cfg = load_config(
+        DistillCfg,
+        config,
+        {
+            "support": support,
+            "out": out,
+            "teacher": teacher,
+            "freeze_teacher": freeze_teacher or None,
+            "init": init,
+            "drop_class": drop_class or None,
+            "device": device,
+            "model": _model_overrides(backbone, backbone_weights, teacher_weights, size, decoder, student_width),
+            "train": _train_overrides(steps, lr, seed, train, augment),
+        },
+        flag_names=True,
+        command="distill",
+    )
+    result = api.distill(cfg, quiet=quiet, overwrite=overwrite)
+    console = _Console(quiet)
+    console.say(
+        f"student: {result.student_dir}  ({result.student_parameters:,} parameters, {result.student_mb:.1f} MB)"
+    )
+    if result.teacher_dir is not None:
+        console.say(f"teacher: {result.teacher_dir}")
+    init = result.stats.get("init")
+    if init:
+        console.say(
+            f"continued from {init['run']}: kept {', '.join(init['kept']) or 'no class'}; new "
+            f"{', '.join(init['new']) or 'none'}; dropped {', '.join(init['dropped']) or 'none'}"
+        )
+    console.say(
+        f"trained {result.stats['steps']} steps in {result.stats['seconds']:.0f} s ({result.stats['stop_reason']})"
+    )
+    if result.stats["steps"] == 0:
+        console.say(
+            "note: 0 steps: the student is untrained and predicts nothing useful; adapt --steps 0 gives the "
+            "training-free teacher baseline."
+        )
+    if result.check is not None:
+        _print_support_check(result.check, console)
+
+
+def _print_support_check(check, console: _Console) -> None:
+    """The per-class table of distill's support check, then one warning line per dead-looking class (stderr)."""
+
+    def fmt(value: float | None) -> str:
+        return "  -  " if value is None else f"{value:.2f}"
+
+    console.say(
+        "per-class check on the support folder (leave-one-out: teacher on each support with the others; "
+        "fit: student on its training images):"
+    )
+    width = max(len(c.name) for c in check.classes)
+    for c in check.classes:
+        console.say(
+            f"  {c.name:<{width}}  in {c.supports:>3} supports  leave-one-out {fmt(c.leave_one_out)}  fit {fmt(c.fit)}"
+        )
+    if check.note:
+        console.say(f"  ({check.note})")
+    for warning in check.warnings():
+        typer.echo(f"warning: {warning}", err=True)
