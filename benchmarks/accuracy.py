@@ -46,10 +46,11 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -179,7 +180,9 @@ def _heldout_subset(pairs: list[tuple[str, Path, Path]], limit: int | None) -> l
     return [pairs[i] for i in picks]
 
 
-def make_case(name: str, support: Path, heldout: Path, work: Path, seed: int, heldout_limit: int | None, note: str) -> Case:
+def make_case(
+    name: str, support: Path, heldout: Path, work: Path, seed: int, heldout_limit: int | None, note: str
+) -> Case:
     """A case from paired ``support`` and ``heldout`` folders; the pool order is a permutation drawn with ``seed``."""
     pairs = _pairs(support)
     order = np.random.default_rng(seed).permutation(len(pairs))
@@ -255,8 +258,14 @@ def finetuned_baseline(support: Path, heldout: Path, cfg: AdaptCfg, steps: int |
         baseline = FineTunedBaseline(backbone, len(index.class_names) - 1)
         baseline.fit(support_tensors, device, lr=lr, seed=cfg.train.seed, steps=steps)
         wall = time.perf_counter() - start
-        tried[lr] = {**_evaluate_baseline(baseline, held, cfg.model.size, device), "train_s": baseline.stats["train_s"],
-                     "wall_s": wall, "steps": baseline.stats["steps"], "stop_reason": baseline.stats["stop_reason"], "lr": lr}
+        tried[lr] = {
+            **_evaluate_baseline(baseline, held, cfg.model.size, device),
+            "train_s": baseline.stats["train_s"],
+            "wall_s": wall,
+            "steps": baseline.stats["steps"],
+            "stop_reason": baseline.stats["stop_reason"],
+            "lr": lr,
+        }
     best = max(tried.values(), key=lambda r: r["miou"])
     return {**best, "miou_by_lr": {str(lr): r["miou"] for lr, r in tried.items()}}
 
@@ -288,7 +297,9 @@ def _evaluate_baseline(baseline: FineTunedBaseline, held, size: int, device: tor
     }
 
 
-def run_shots(case: Case, k: int, support: Path, runs: Path, args: argparse.Namespace, seed: int) -> dict[str, dict[str, Any]]:
+def run_shots(
+    case: Case, k: int, support: Path, runs: Path, args: argparse.Namespace, seed: int
+) -> dict[str, dict[str, Any]]:
     """Every selected method on one K-shot support folder: {method: {miou, iou, infer_ms_per_image, train_s, …}}."""
     common = {"model": args.model_args, "device": args.device}
     train = {**args.train_args, "seed": seed, **({"steps": args.steps} if args.steps is not None else {})}
@@ -300,20 +311,35 @@ def run_shots(case: Case, k: int, support: Path, runs: Path, args: argparse.Name
         return result, time.perf_counter() - start
 
     if "untuned" in args.methods:
-        cfg = load_config(AdaptCfg, overrides={"support": support, "out": runs / "untuned", "train": {**train, "steps": 0}, **common})
+        cfg = load_config(
+            AdaptCfg, overrides={"support": support, "out": runs / "untuned", "train": {**train, "steps": 0}, **common}
+        )
         result, wall = timed(api.adapt, cfg)
-        out["untuned"] = {**_evaluate(case.heldout, result.teacher_dir, True, args.device), "train_s": 0.0, "wall_s": wall, "steps": 0}
+        out["untuned"] = {
+            **_evaluate(case.heldout, result.teacher_dir, True, args.device),
+            "train_s": 0.0,
+            "wall_s": wall,
+            "steps": 0,
+        }
     if "adapt" in args.methods:
         cfg = load_config(AdaptCfg, overrides={"support": support, "out": runs / "adapt", "train": train, **common})
         result, wall = timed(api.adapt, cfg)
-        stats = {"train_s": result.stats["seconds"], "wall_s": wall, "steps": result.stats["steps"],
-                 "stop_reason": result.stats["stop_reason"]}
+        stats = {
+            "train_s": result.stats["seconds"],
+            "wall_s": wall,
+            "steps": result.stats["steps"],
+            "stop_reason": result.stats["stop_reason"],
+        }
         out["adapted"] = {**_evaluate(case.heldout, result.teacher_dir, True, args.device), **stats}
     if "distill" in args.methods:
         cfg = load_config(DistillCfg, overrides={"support": support, "out": runs / "distill", "train": train, **common})
         result, wall = timed(api.distill, cfg)
-        stats = {"train_s": result.stats["seconds"], "wall_s": wall, "steps": result.stats["steps"],
-                 "stop_reason": result.stats["stop_reason"]}
+        stats = {
+            "train_s": result.stats["seconds"],
+            "wall_s": wall,
+            "steps": result.stats["steps"],
+            "stop_reason": result.stats["stop_reason"],
+        }
         out["student"] = {**_evaluate(case.heldout, result.student_dir, False, args.device), **stats}
         if "distill_teacher" in args.methods:
             out["distill_teacher"] = {**_evaluate(case.heldout, result.teacher_dir, True, args.device), **stats}
@@ -400,10 +426,20 @@ def markdown(report: dict, image: str) -> str:
     ]
     for case in report["cases"]:
         name = case["name"]
-        lines += [f"### {name}: {case['heldout']} held-out images, pool of {case['pool']} supports", "", case["note"] + ".", ""]
+        lines += [
+            f"### {name}: {case['heldout']} held-out images, pool of {case['pool']} supports",
+            "",
+            case["note"] + ".",
+            "",
+        ]
         low = [m for m in ("student", "finetuned") if m in methods]
-        header = ["K", *[LABELS[m] for m in methods], "student / adapted teacher", "≥ fine-tuned FPN",
-                  *[f"{LABELS[m]}: classes < {LOW_IOU}" for m in low]]
+        header = [
+            "K",
+            *[LABELS[m] for m in methods],
+            "student / adapted teacher",
+            "≥ fine-tuned FPN",
+            *[f"{LABELS[m]}: classes < {LOW_IOU}" for m in low],
+        ]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for k in meta["shots"]:
             skip = _skip(rows, name, k)
@@ -418,21 +454,30 @@ def markdown(report: dict, image: str) -> str:
             if f is None:
                 cells.append("–")
             else:
-                beat = [LABELS[m].split()[-1] for m in ("adapted", "student") if miou.get(m) is not None and miou[m] >= f]
+                beat = [
+                    LABELS[m].split()[-1] for m in ("adapted", "student") if miou.get(m) is not None and miou[m] >= f
+                ]
                 cells.append(" and ".join(beat) if beat else "neither")
             # per seed, so a class dead in one seed only is not averaged away
             cells += [" / ".join(str(low_classes(r)) for r in res[m]) or "–" for m in low]
             lines.append("| " + " | ".join(cells) + " |")
         timed = [m for m in ("adapted", "student", "finetuned") if m in methods]
-        header = ["K", *[f"{LABELS[m]} train s" for m in timed], *[f"{LABELS[m]} steps" for m in timed],
-                  *[f"{LABELS[m]} ms/img" for m in methods]]
+        header = [
+            "K",
+            *[f"{LABELS[m]} train s" for m in timed],
+            *[f"{LABELS[m]} steps" for m in timed],
+            *[f"{LABELS[m]} ms/img" for m in methods],
+        ]
         lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for k in meta["shots"]:
             if _skip(rows, name, k) is not None:
                 continue
             res = {m: _runs(rows, name, k, m) for m in methods}
             cells = [str(k)]
-            cells += [f"{_fmt(_mean(res[m], 'train_s'), 1)} ({_fmt(_mean(res[m], 'wall_s'), 1)})" if res[m] else "–" for m in timed]
+            cells += [
+                f"{_fmt(_mean(res[m], 'train_s'), 1)} ({_fmt(_mean(res[m], 'wall_s'), 1)})" if res[m] else "–"
+                for m in timed
+            ]
             cells += [" / ".join(str(r["steps"]) for r in res[m]) or "–" for m in timed]
             cells += [_fmt(_mean(res[m], "infer_ms_per_image"), 0) if res[m] else "–" for m in methods]
             lines.append("| " + " | ".join(cells) + " |")
@@ -467,7 +512,9 @@ def plot(report: dict, path: Path) -> None:
             ks = sorted({r["k"] for r in rows if r["case"] == name and r.get("method") == method})
             mious = [_mean(_runs(rows, name, k, method), "miou") for k in ks]
             if ks:
-                ax.plot(ks, mious, marker="o", label=LABELS[method], linestyle="--" if method == "distill_teacher" else "-")
+                ax.plot(
+                    ks, mious, marker="o", label=LABELS[method], linestyle="--" if method == "distill_teacher" else "-"
+                )
         ax.set_xscale("log")
         ax.set_xticks(shots)
         ax.set_xticklabels([str(k) for k in shots])
@@ -510,32 +557,68 @@ def write_docs_section(docs: Path, section: str) -> None:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="*", default=list(BUILTIN_CASES), choices=BUILTIN_CASES)
-    parser.add_argument("--folder", action="append", default=[], metavar="NAME=DIR",
-                        help="another case: DIR/support (the pool) and DIR/heldout, paired layout (repeatable)")
+    parser.add_argument(
+        "--folder",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="another case: DIR/support (the pool) and DIR/heldout, paired layout (repeatable)",
+    )
     parser.add_argument("--shots", nargs="+", type=int, default=None, help=f"K values (default {list(DEFAULT_SHOTS)})")
     parser.add_argument("--steps", type=int, default=None, help="training steps of every method (default: TrainCfg's)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=None,
-                        help=f"each seed draws its support pools and seeds every training (default {list(DEFAULT_SEEDS)}; --quick: 0)")
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=None,
+        help=f"each seed draws its support pools and seeds every training (default {list(DEFAULT_SEEDS)}; --quick: 0)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--size", type=int, default=None, help="input size (default: ModelCfg's)")
     parser.add_argument("--heldout", type=int, default=None, help="at most this many held-out images per case")
-    parser.add_argument("--methods", nargs="+", default=list(TRAININGS), choices=TRAININGS + EXTRA_METHODS,
-                        help="what to train and evaluate (default: %(default)s); distill_teacher also evaluates the "
-                        "teacher trained jointly with the student (needs distill)")
-    parser.add_argument("--model-args", type=json.loads, default={}, help='ModelCfg overrides as JSON, e.g. \'{"backbone": "resnet50"}\'')
-    parser.add_argument("--train-args", type=json.loads, default={}, help='TrainCfg overrides as JSON, e.g. \'{"lr": 3e-4}\'')
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(TRAININGS),
+        choices=TRAININGS + EXTRA_METHODS,
+        help="what to train and evaluate (default: %(default)s); distill_teacher also evaluates the "
+        "teacher trained jointly with the student (needs distill)",
+    )
+    parser.add_argument(
+        "--model-args",
+        type=json.loads,
+        default={},
+        help='ModelCfg overrides as JSON, e.g. \'{"backbone": "resnet50"}\'',
+    )
+    parser.add_argument(
+        "--train-args", type=json.loads, default={}, help="TrainCfg overrides as JSON, e.g. '{\"lr\": 3e-4}'"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"K {list(QUICK_SHOTS)}, {QUICK_STEPS} steps, {QUICK_HELDOUT} held-out images (unless given)")
-    parser.add_argument("--data", type=Path, default=ROOT / "examples" / "data", help="where the example cases are built")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"K {list(QUICK_SHOTS)}, {QUICK_STEPS} steps, {QUICK_HELDOUT} held-out images (unless given)",
+    )
+    parser.add_argument(
+        "--data", type=Path, default=ROOT / "examples" / "data", help="where the example cases are built"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "accuracy")
-    parser.add_argument("--keep-runs", action="store_true",
-                        help="keep the support sets and every run's artifacts under OUT/work (default: a temporary folder)")
+    parser.add_argument(
+        "--keep-runs",
+        action="store_true",
+        help="keep the support sets and every run's artifacts under OUT/work (default: a temporary folder)",
+    )
     parser.add_argument("--write-docs", action="store_true", help="update the accuracy section of --docs")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="RESULTS_JSON",
-                        help="train nothing: merge the results.json of runs made in parallel (one per case or seed, "
-                        "same settings otherwise) into one report in --out (and the docs with --write-docs)")
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="RESULTS_JSON",
+        help="train nothing: merge the results.json of runs made in parallel (one per case or seed, "
+        "same settings otherwise) into one report in --out (and the docs with --write-docs)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.shots = args.shots or list(QUICK_SHOTS)
@@ -591,9 +674,11 @@ def write_reports(report: dict, args: argparse.Namespace) -> None:
     if args.write_docs:
         args.docs.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(args.out / "accuracy.png", args.docs.parent / DOCS_PNG)
-        section = "## Accuracy vs number of supports\n\n" + \
-            "Written by `python benchmarks/accuracy.py --write-docs`: do not edit this section by hand.\n\n" + \
-            markdown(report, DOCS_PNG)
+        section = (
+            "## Accuracy vs number of supports\n\n"
+            + "Written by `python benchmarks/accuracy.py --write-docs`: do not edit this section by hand.\n\n"
+            + markdown(report, DOCS_PNG)
+        )
         write_docs_section(args.docs, section)
 
 
@@ -624,7 +709,9 @@ def _cases(args: argparse.Namespace, work: Path, seed: int) -> list[Case]:
         name, folder = spec.split("=", 1)
         folder = Path(folder)
         note = f"{folder}: pool = support/, held out = heldout/"
-        cases.append(make_case(name, folder / "support", folder / "heldout", work / f"seed{seed}", seed, args.heldout, note))
+        cases.append(
+            make_case(name, folder / "support", folder / "heldout", work / f"seed{seed}", seed, args.heldout, note)
+        )
     return [c for c in cases if c is not None]
 
 
@@ -632,11 +719,17 @@ def _run(args: argparse.Namespace, work: Path, argv: list[str]) -> dict:
     start = time.perf_counter()
     cases_by_seed = {seed: _cases(args, work, seed) for seed in args.seeds}
     cases = cases_by_seed[args.seeds[0]]
-    resolved = load_config(AdaptCfg, overrides={"support": Path("."), "model": args.model_args,
-                                                 "train": {**args.train_args, **({"steps": args.steps} if args.steps is not None else {})}})
+    resolved = load_config(
+        AdaptCfg,
+        overrides={
+            "support": Path("."),
+            "model": args.model_args,
+            "train": {**args.train_args, **({"steps": args.steps} if args.steps is not None else {})},
+        },
+    )
     meta = {
         "command": shlex.join(["python", "benchmarks/accuracy.py", *argv]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "device": device_name(resolve_device(args.device)),
         "quick": args.quick,
         "shots": args.shots,
@@ -653,8 +746,10 @@ def _run(args: argparse.Namespace, work: Path, argv: list[str]) -> dict:
     }
     report: dict[str, Any] = {
         "meta": meta,
-        "cases": [{"name": c.name, "pool": len(c.pool), "heldout": c.heldout_count, "classes": c.class_names, "note": c.note}
-                  for c in cases],
+        "cases": [
+            {"name": c.name, "pool": len(c.pool), "heldout": c.heldout_count, "classes": c.class_names, "note": c.note}
+            for c in cases
+        ],
         "results": [],
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -668,9 +763,12 @@ def _run(args: argparse.Namespace, work: Path, argv: list[str]) -> dict:
         if "skipped" in row:
             print(f"{row['case']} K={row['k']} seed {row['seed']}: skipped, {row['skipped']}", flush=True)
         else:
-            print(f"{row['case']} K={row['k']} seed {row['seed']} {row['method']}: mIoU {row['miou']:.3f}, "
-                  f"{low_classes(row)} classes < {LOW_IOU}, {row['steps']} steps, train {row['train_s']:.1f} s, "
-                  f"{row['infer_ms_per_image']:.0f} ms/img", flush=True)
+            print(
+                f"{row['case']} K={row['k']} seed {row['seed']} {row['method']}: mIoU {row['miou']:.3f}, "
+                f"{low_classes(row)} classes < {LOW_IOU}, {row['steps']} steps, train {row['train_s']:.1f} s, "
+                f"{row['infer_ms_per_image']:.0f} ms/img",
+                flush=True,
+            )
         save()
 
     for seed, seed_cases in cases_by_seed.items():

@@ -44,7 +44,7 @@ class PrototypeBaseline:
         return torch.cat([F.normalize(level1, dim=1), F.normalize(level2, dim=1)], dim=1)
 
     @torch.no_grad()
-    def fit(self, support: SupportTensors, device: torch.device) -> "PrototypeBaseline":
+    def fit(self, support: SupportTensors, device: torch.device) -> PrototypeBaseline:
         feats = self._features(self.backbone.encode_batched(support.images))  # S×D×h×w
         onehot = one_hot_masks(support.masks.to(device), self.num_classes)
         background = ((support.masks.to(device) == 0).float())[:, None]
@@ -127,7 +127,7 @@ class FineTunedBaseline:
         seed: int = 0,
         steps: int | None = None,
         max_steps: int = 1000,
-    ) -> "FineTunedBaseline":
+    ) -> FineTunedBaseline:
         """Train the head on the supports.
 
         Args:

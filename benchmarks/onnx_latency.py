@@ -26,12 +26,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import random_student
 
 from fsdistill import api
 from fsdistill.config import ModelCfg
 from fsdistill.data.transforms import normalize
 from fsdistill.infer.onnx import OnnxRunner
-from common import random_student
 from fsdistill.models.build import for_inference, load_model
 from fsdistill.runtime import inference_memory_format, library_versions, retain_freed_memory
 
@@ -79,9 +79,12 @@ def main() -> None:
             x_np = np.ascontiguousarray(x.numpy())
             x = x.contiguous(memory_format=layout)
             timings: dict[str, list[float]] = {"pytorch": [], "onnxruntime": []}
-            calls = {"pytorch": lambda: model(x), "onnxruntime": lambda: runner.run(x_np)}
+            calls = {
+                "pytorch": lambda x=x: model(x),
+                "onnxruntime": lambda x_np=x_np: runner.run(x_np),
+            }
             with torch.inference_mode():
-                for name, call in calls.items():
+                for call in calls.values():
                     for _ in range(args.warmup):
                         call()
                 # Blocks of BLOCK runs, the runtimes alternating block by block so background load hits both

@@ -33,6 +33,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
+from common import random_student  # noqa: E402
 from make_examples import build_examples  # noqa: E402
 
 from fsdistill import api  # noqa: E402
@@ -40,7 +41,6 @@ from fsdistill.config import ModelCfg  # noqa: E402
 from fsdistill.data.discover import discover  # noqa: E402
 from fsdistill.data.transforms import normalize  # noqa: E402
 from fsdistill.infer.predictor import Predictor  # noqa: E402
-from common import random_student  # noqa: E402
 from fsdistill.models.build import load_model  # noqa: E402
 from fsdistill.runtime import device_name, library_versions, resolve_device  # noqa: E402
 
@@ -82,14 +82,25 @@ def main() -> None:
         # The backbone as predict runs it (on the CPU a student runs channels-last: faster, so the fair reference).
         runner = Predictor(load_model(model_dir), device)
         loaded, backbone = runner.loaded, runner.loaded.model.backbone
-        batch = normalize(torch.randint(0, 255, (args.batch_size, 3, loaded.size, loaded.size), dtype=torch.uint8).to(device), loaded.mean, loaded.std)
+        batch = normalize(
+            torch.randint(0, 255, (args.batch_size, 3, loaded.size, loaded.size), dtype=torch.uint8).to(device),
+            loaded.mean,
+            loaded.std,
+        )
         if runner.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         steps = max(1, args.images // args.batch_size)
 
         def predict_rate(r: int) -> float:
             start = time.perf_counter()
-            result = api.predict([images], work / f"out{r}", model=model_dir, device=args.device, batch_size=args.batch_size, workers=args.workers)
+            result = api.predict(
+                [images],
+                work / f"out{r}",
+                model=model_dir,
+                device=args.device,
+                batch_size=args.batch_size,
+                workers=args.workers,
+            )
             return result.written / (time.perf_counter() - start)
 
         @torch.inference_mode()

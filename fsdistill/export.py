@@ -255,7 +255,7 @@ def export_onnx(
     note = ""
     try:
         reference: list[np.ndarray] | None = None
-        for attempt_dynamic in ([True, False] if dynamic_hw else [False]):
+        for attempt_dynamic in [True, False] if dynamic_hw else [False]:
             model.to("cpu")
             _trace(model, tmp, torch.from_numpy(samples[0]), attempt_dynamic, opset)
             props = OnnxMetadata.to_props(
@@ -284,8 +284,10 @@ def export_onnx(
                 other_ref = _torch_logits(model, other, device)
                 other_out = session.run([OUTPUT_NAME], {INPUT_NAME: other})[0]
                 check = compare_logits(other_ref, other_out)
-                reason = "" if check.ok(tolerance, min_agreement) else (
-                    f"max |diff| {check.max_abs_diff_stable:.2e}, agreement {check.agreement:.4%}"
+                reason = (
+                    ""
+                    if check.ok(tolerance, min_agreement)
+                    else (f"max |diff| {check.max_abs_diff_stable:.2e}, agreement {check.agreement:.4%}")
                 )
             except Exception as exc:  # a size the trace baked in: onnxruntime rejects the input or a reshape
                 text = str(exc).strip()

@@ -6,11 +6,12 @@ import ctypes
 import ctypes.util
 import os
 import platform
-import sys
 import random
+import sys
 import threading
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch

@@ -18,7 +18,12 @@ from fsdistill.data.masks import IGNORE_INDEX
 from fsdistill.errors import DataError
 
 __all__ = [
-    "CheckReport", "check_support", "check_index", "TINY_FRACTION", "MIN_IMAGES_PER_CLASS", "MAX_REPORTED_PROBLEMS"
+    "CheckReport",
+    "check_support",
+    "check_index",
+    "TINY_FRACTION",
+    "MIN_IMAGES_PER_CLASS",
+    "MAX_REPORTED_PROBLEMS",
 ]
 
 # A class covering under 0.1% of an image is about 12×12 px once the image is resized to 384×384, less than one

@@ -234,9 +234,7 @@ BLEND_MAX_SHARE = 0.5
 _MAX_TRIPLE_COLOURS = 12  # above this many real colours only pairs are tried (triples grow cubically)
 
 
-def _blend_sources(
-    colour: Rgb, real: Sequence[Rgb], pixels: Mapping[Rgb, int], tol: float
-) -> tuple[Rgb, ...] | None:
+def _blend_sources(colour: Rgb, real: Sequence[Rgb], pixels: Mapping[Rgb, int], tol: float) -> tuple[Rgb, ...] | None:
     """The real colours that ``colour`` is a mixture of (2 or 3), or None; see BLEND_TOLERANCE."""
     c = np.asarray(colour, np.float64)
     present = [r for r in real if pixels.get(r, 0) > 0 and r != colour]

@@ -11,10 +11,10 @@ import io
 import json
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -109,7 +109,9 @@ def list_images(inputs: list[Path], out_dir: Path | None = None) -> list[tuple[P
         for file in sorted(_walk_images(path, out_resolved)):  # sorted as paths, as rglob's listing was
             found.append((file, prefix / file.relative_to(path)))
     if not found:
-        raise DataError(f"No images found in {', '.join(map(str, inputs))}; supported: {', '.join(sorted(IMAGE_SUFFIXES))}.")
+        raise DataError(
+            f"No images found in {', '.join(map(str, inputs))}; supported: {', '.join(sorted(IMAGE_SUFFIXES))}."
+        )
     # Overlapping inputs reach one file twice; predicting it twice would cost time and write two masks of it.
     first_of: dict[Path, Path] = {}
     unique: list[tuple[Path, Path]] = []
@@ -290,7 +292,9 @@ def _model_identity(loaded: LoadedModel) -> dict:
     return {"model": path, "config_sha256": config_sha256(loaded.config), "backend": "torch"}
 
 
-def _overlay(image: np.ndarray, mask: np.ndarray, palette: list[tuple[int, int, int]], alpha: float = 0.5) -> np.ndarray:
+def _overlay(
+    image: np.ndarray, mask: np.ndarray, palette: list[tuple[int, int, int]], alpha: float = 0.5
+) -> np.ndarray:
     colours = np.array(palette, dtype=np.float32)[np.minimum(mask, len(palette) - 1)]
     blended = image.astype(np.float32) * (1 - alpha) + colours * alpha
     out = np.where(mask[..., None] > 0, blended, image.astype(np.float32))

@@ -7,8 +7,9 @@ types a Python user has at hand: numpy arrays, PIL images and file paths.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +35,9 @@ def _as_rgb(image: ImageLike) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
     if isinstance(image, np.ndarray):
         if image.ndim < 2 or image.size == 0:
-            raise DataError(f"Cannot segment this array: shape {image.shape} holds no image; pass an H×W×3 or H×W image.")
+            raise DataError(
+                f"Cannot segment this array: shape {image.shape} holds no image; pass an H×W×3 or H×W image."
+            )
         try:
             return to_uint8_rgb(image)
         except ValueError as err:

@@ -222,8 +222,7 @@ class ResNetBackbone(Backbone):
             for block in getattr(model, name):
                 if not isinstance(block, Bottleneck) or not isinstance(block.act3, nn.ReLU):
                     raise ConfigError(
-                        f"{spec.name} taps need Bottleneck blocks with a ReLU; drop the 'block'/'act_layer' "
-                        "overrides."
+                        f"{spec.name} taps need Bottleneck blocks with a ReLU; drop the 'block'/'act_layer' overrides."
                     )
         super().__init__(spec, model)
 
@@ -348,5 +347,3 @@ def load_classifier(
     spec = backbone_spec(name, **overrides)
     model, _ = create_timm_model(spec, weights, pretrained)
     return model.requires_grad_(False).eval()
-
-

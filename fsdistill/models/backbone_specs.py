@@ -21,8 +21,9 @@ artifact's ``config.json`` stores under ``backbone`` (:meth:`BackboneSpec.to_dic
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from fsdistill.errors import CheckpointError, ConfigError
 
@@ -94,8 +95,11 @@ class BackboneSpec:
                 f"The backbone description has unknown keys {unknown}; the artifact comes from a newer "
                 "fsdistill, so upgrade fsdistill to read it."
             )
-        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
-                    and f.default_factory is dataclasses.MISSING}
+        required = {
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        }
         missing = sorted(required - set(data))
         if missing:
             raise CheckpointError(
@@ -243,7 +247,5 @@ def backbone_spec(name: str, **overrides: Any) -> BackboneSpec:
     try:
         spec_fn = _REGISTRY[name]
     except KeyError:
-        raise ConfigError(
-            f"Unknown backbone '{name}'; choose one of {', '.join(USER_BACKBONE_NAMES)}."
-        ) from None
+        raise ConfigError(f"Unknown backbone '{name}'; choose one of {', '.join(USER_BACKBONE_NAMES)}.") from None
     return spec_fn(**overrides)

@@ -12,12 +12,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
-
-from torch import Tensor, nn
+from typing import Any
 
 import timm
+from torch import Tensor, nn
 
 from fsdistill.errors import CheckpointError, ConfigError
 from fsdistill.models.backbone_specs import ARCH_TEXT, TEST_NAMES, BackboneSpec
@@ -32,8 +32,10 @@ def _timm_create(spec: BackboneSpec, **kwargs: Any) -> nn.Module:
     except TypeError as e:
         if not spec.model_args:
             raise  # not the user's overrides: a bug
-        raise ConfigError(f"Backbone {spec.name} does not accept the overrides {spec.model_args} ({e}); "
-                          "remove them or check their names.") from e
+        raise ConfigError(
+            f"Backbone {spec.name} does not accept the overrides {spec.model_args} ({e}); "
+            "remove them or check their names."
+        ) from e
 
 
 def create_timm_model(spec: BackboneSpec, weights: Path | str | None, pretrained: bool) -> tuple[nn.Module, str]:
@@ -214,8 +216,14 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
 # Module order of lukemelas-style EfficientNet(-Lite) state dicts (``_blocks.N._expand_conv.weight``…).
 _LUKE_TOP = {"_conv_stem": 0, "_bn0": 1, "_blocks": 2, "_conv_head": 3, "_bn1": 4, "_fc": 5}
 _LUKE_BLOCK = {
-    "_expand_conv": 0, "_bn0": 1, "_depthwise_conv": 2, "_bn1": 3,
-    "_se_reduce": 4, "_se_expand": 5, "_project_conv": 6, "_bn2": 7,
+    "_expand_conv": 0,
+    "_bn0": 1,
+    "_depthwise_conv": 2,
+    "_bn1": 3,
+    "_se_reduce": 4,
+    "_se_expand": 5,
+    "_project_conv": 6,
+    "_bn2": 7,
 }
 
 

@@ -133,7 +133,7 @@ class LoadedModel:
     def std(self) -> tuple[float, ...]:
         return tuple(self.config["backbone"]["std"])
 
-    def to(self, device: torch.device) -> "LoadedModel":
+    def to(self, device: torch.device) -> LoadedModel:
         self.model.to(device)
         self._support_cache = None
         return self

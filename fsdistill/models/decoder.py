@@ -105,7 +105,9 @@ class _CoarseMapDecoder(nn.Module):
     @staticmethod
     def coarse_evidence(coarse: list[Tensor], size: tuple[int, int] | torch.Size) -> Tensor:
         """Mean of all coarse maps of all stages, upsampled: (B·G)×H×W attention mass on the foreground."""
-        maps = [F.interpolate(c.mean(dim=1, keepdim=True), size=size, mode="bilinear", align_corners=True) for c in coarse]
+        maps = [
+            F.interpolate(c.mean(dim=1, keepdim=True), size=size, mode="bilinear", align_corners=True) for c in coarse
+        ]
         return torch.cat(maps, dim=1).mean(dim=1)
 
 

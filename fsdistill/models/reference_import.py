@@ -37,9 +37,9 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -247,11 +247,11 @@ def _diagnose(
                 return CheckpointError(
                     f"Teacher checkpoint {path} has {key} of shape {tuple(shape)} where fsdistill needs {want}: it "
                     "was trained with support concatenation (concat_support=True, the original DCAMA), which "
-                    "fsdistill does not support; use a \"modcross\" checkpoint trained with --remove_support_skip."
+                    'fsdistill does not support; use a "modcross" checkpoint trained with --remove_support_skip.'
                 )
         return CheckpointError(
             f"Teacher checkpoint {path} does not fit this teacher: {key} has shape {tuple(shape)} where "
-            f"{ours} needs {want}; pass an official DCAMA/DistillFSS \"modcross\" checkpoint for {spec.name}."
+            f'{ours} needs {want}; pass an official DCAMA/DistillFSS "modcross" checkpoint for {spec.name}.'
         )
     return CheckpointError(
         f"Teacher checkpoint {path} does not fit this teacher; pass an official DCAMA/DistillFSS checkpoint."
@@ -286,8 +286,9 @@ def _resolve_head(
             break
         got = {ours: (key, state[key].shape) for (_, ours), key in zip(targets, order[-n:])}
         if all(tuple(shape) == tuple(params[ours].shape) for ours, (_, shape) in got.items()):
-            log.info("Teacher checkpoint %s: head names differ from the reference; paired %d tensors by position.",
-                     path, n)
+            log.info(
+                "Teacher checkpoint %s: head names differ from the reference; paired %d tensors by position.", path, n
+            )
             return "positional", {ours: key for ours, (key, _) in got.items()}, order[:-n]
         first_failure = first_failure or got
     if head_keys:
@@ -321,7 +322,9 @@ def _check_pe(teacher: DCAMATeacher, path: Path, pe: dict[int, Tensor]) -> int:
             log.warning(
                 "Teacher checkpoint %s: the stored positional encoding of DCAMA block %d differs from fsdistill's "
                 "regenerated one (max difference %.3g); the imported teacher may not reproduce published results.",
-                path, i, diff,
+                path,
+                i,
+                diff,
             )
     return matched
 
@@ -483,8 +486,13 @@ def import_reference_weights(teacher: DCAMATeacher, path: Path | str) -> ImportR
 
     pe_checked = _check_pe(teacher, path, pe)
     if teacher.blocks[0].heads != _REFERENCE_HEADS:
-        log.warning("Teacher checkpoint %s was trained with %d attention heads but this teacher uses %d; "
-                    "results will differ from the published model.", path, _REFERENCE_HEADS, teacher.blocks[0].heads)
+        log.warning(
+            "Teacher checkpoint %s was trained with %d attention heads but this teacher uses %d; "
+            "results will differ from the published model.",
+            path,
+            _REFERENCE_HEADS,
+            teacher.blocks[0].heads,
+        )
     report = ImportReport(
         path=path,
         head_method=method,

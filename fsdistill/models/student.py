@@ -88,7 +88,9 @@ class DistilledStudent(nn.Module):
             1×1-bottleneck block of width W, see :class:`ConvDist`).
     """
 
-    def __init__(self, backbone: nn.Module, decoder: DCAMADecoder | LightDecoder, num_classes: int, width: int | None = None) -> None:
+    def __init__(
+        self, backbone: nn.Module, decoder: DCAMADecoder | LightDecoder, num_classes: int, width: int | None = None
+    ) -> None:
         super().__init__()
         spec = backbone.spec
         self.backbone = backbone

@@ -165,7 +165,7 @@ class SupportFeatures:
     masks: dict[int, Tensor]
     present: Tensor
 
-    def select(self, index: Tensor | list[int]) -> "SupportFeatures":
+    def select(self, index: Tensor | list[int]) -> SupportFeatures:
         index = torch.as_tensor(index, dtype=torch.long, device=self.present.device)
         return SupportFeatures(
             feats={lvl: [m[index] for m in maps] for lvl, maps in self.feats.items()},
@@ -312,7 +312,9 @@ class DCAMATeacher(nn.Module):
         logits = decoded.new_zeros(1, self.num_classes, 2, *out_size)
         return logits.index_copy(1, classes, decoded[None])
 
-    def decode_episode(self, query: Features, support: SupportFeatures, coarse: list[Tensor], present: Tensor) -> Tensor:
+    def decode_episode(
+        self, query: Features, support: SupportFeatures, coarse: list[Tensor], present: Tensor
+    ) -> Tensor:
         """Merged 1×(N+1)×H×W logits of one query from its coarse maps (see :meth:`class_logits`)."""
         return merge_classes(self.class_logits(query, support, coarse, present), present[None])
 

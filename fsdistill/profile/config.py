@@ -75,7 +75,12 @@ class ProfileCfg:
         if self.slow_s <= 0 or self.cell_budget_s <= 0 or self.min_slow_runs < 1:
             raise ConfigError("slow_s and cell_budget_s must be positive and min_slow_runs at least 1.")
         if self.model is not None:
-            fixed = (("--backbone", self.backbone), ("--size", self.size), ("--student-width", self.student_width), ("--decoder", self.decoder))
+            fixed = (
+                ("--backbone", self.backbone),
+                ("--size", self.size),
+                ("--student-width", self.student_width),
+                ("--decoder", self.decoder),
+            )
             for flag, value in fixed:
                 if value is not None:
                     raise ConfigError(

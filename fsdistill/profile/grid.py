@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -76,7 +77,9 @@ def run_profile(cfg: ProfileCfg, quiet: bool = False) -> ProfileResult:
         size = cfg.size or backbone_spec(backbone_name).default_size
         chosen = {"student_width": cfg.student_width, "decoder": cfg.decoder}
         model_cfg = load_config(
-            ModelCfg, None, {"backbone": backbone_name, "size": size, **{k: v for k, v in chosen.items() if v is not None}}
+            ModelCfg,
+            None,
+            {"backbone": backbone_name, "size": size, **{k: v for k, v in chosen.items() if v is not None}},
         )
         max_ways = cfg.ways or DEFAULT_WAYS
         ways_grid = list(range(1, max_ways + 1))
@@ -214,8 +217,9 @@ def _row(model: str, ways: int, shots: int, m: _Measure, params: int, batch: int
     return row
 
 
-def _measure_pair(models: _Models, ways: int, shots: int, query: Tensor, runner: _Runner, est: _Estimator,
-                  data: dict) -> None:
+def _measure_pair(
+    models: _Models, ways: int, shots: int, query: Tensor, runner: _Runner, est: _Estimator, data: dict
+) -> None:
     """Student and bare backbone of one cell, run alternately (the backbone alone without a student), both as
     predict runs them (:meth:`_Models.inference_pair`)."""
     layout = inference_memory_format(query.device, "student")
@@ -233,15 +237,25 @@ def _measure_pair(models: _Models, ways: int, shots: int, query: Tensor, runner:
             est.add(name, ways, shots, m.stats()["p50_ms"])
     if student is not None:
         m = measured["student"]
-        extra = {"weights_mb": round(_weights_mb(models.student), 1), "student_width": getattr(student, "width_arg", None),
-                 "memory_format": _layout_name(layout)}
+        extra = {
+            "weights_mb": round(_weights_mb(models.student), 1),
+            "student_width": getattr(student, "width_arg", None),
+            "memory_format": _layout_name(layout),
+        }
         data["rows"].append(_row("student", ways, shots, m, _params(models.student), query.shape[0], **extra))
     m = measured["backbone"]
     data["rows"].append(
-        _row("backbone", ways, shots, m, _params(models.backbone), query.shape[0],
-             weights_mb=round(_weights_mb(models.backbone), 1),
-             note=m.note or "the student's backbone alone, run alternately with the student in this cell",
-             memory_format=_layout_name(layout))
+        _row(
+            "backbone",
+            ways,
+            shots,
+            m,
+            _params(models.backbone),
+            query.shape[0],
+            weights_mb=round(_weights_mb(models.backbone), 1),
+            note=m.note or "the student's backbone alone, run alternately with the student in this cell",
+            memory_format=_layout_name(layout),
+        )
     )
 
 
@@ -249,8 +263,17 @@ def _layout_name(layout: torch.memory_format) -> str:
     return "channels_last" if layout == torch.channels_last else "contiguous"
 
 
-def _measure_teacher(models: _Models, ways: int, shots: int, query: Tensor, supports: _Supports, cfg: ProfileCfg,
-                     runner: _Runner, est: _Estimator, data: dict) -> None:
+def _measure_teacher(
+    models: _Models,
+    ways: int,
+    shots: int,
+    query: Tensor,
+    supports: _Supports,
+    cfg: ProfileCfg,
+    runner: _Runner,
+    est: _Estimator,
+    data: dict,
+) -> None:
     teacher = models.teacher
     voting = int(teacher.voting)
     extra: dict[str, Any] = {"supports": ways * shots, "weights_mb": round(_weights_mb(teacher), 1)}
@@ -273,7 +296,9 @@ def _measure_teacher(models: _Models, ways: int, shots: int, query: Tensor, supp
         except BaseException as exc:
             if not is_oom(exc):
                 raise
-            measure = _Measure("oom", [], 0.0, 0, f"out of memory preparing the supports: {str(exc).splitlines()[0][:160]}")
+            measure = _Measure(
+                "oom", [], 0.0, 0, f"out of memory preparing the supports: {str(exc).splitlines()[0][:160]}"
+            )
             break
         estimate = est.single_ms("teacher", ways, shots)
         measure = runner.measure({"teacher": fn}, estimate)["teacher"]

@@ -11,8 +11,9 @@ import os
 import platform
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -166,6 +167,7 @@ class MemoryMeter:
                 self._thread.join()
             return max(0.0, max(self._peak, self._rss_mb()) - self._base)
         return max(0.0, self._maxrss_mb() - self._base)
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Measurement

@@ -105,7 +105,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         f"- memory: {data['memory_method']}",
         f"- load average (1/5/15 min) at start: {data.get('load_average_start')}, at end: "
         f"{data.get('load_average_end')} (above the thread count, other work shared the cores: timings are inflated)",
-        f"- latency = median (p50) ms per run of one batch; memory = peak MB; "
+        "- latency = median (p50) ms per run of one batch; memory = peak MB; "
         "student and backbone runs alternate within a cell",
         f"- memory layout: student and backbone {_pair_layout(data)} (as predict runs the student), teacher default",
         "",

@@ -187,4 +187,3 @@ class _Supports:
     def raw(self, ways: int, shots: int) -> tuple[Tensor, Tensor]:
         index = torch.tensor(self.index(ways, shots), device=self.device)
         return self.images.index_select(0, index), self.masks.index_select(0, index)
-

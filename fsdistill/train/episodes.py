@@ -52,16 +52,20 @@ class FeatureCache:
 
     def batch(self, picks: list[tuple[int, int]]) -> tuple[Features, Tensor]:
         """Features (batch B) and B×H×W masks of the (index, view) picks: the student's supervised batch."""
-        feats = [[torch.cat([self.feats[v][lvl][b][i : i + 1] for i, v in picks]) for b in range(len(level))]
-                 for lvl, level in enumerate(self.feats[0])]
+        feats = [
+            [torch.cat([self.feats[v][lvl][b][i : i + 1] for i, v in picks]) for b in range(len(level))]
+            for lvl, level in enumerate(self.feats[0])
+        ]
         return feats, torch.cat([self.masks[v][i : i + 1] for i, v in picks])
 
     def supports(self, picks: list[tuple[int, int]]) -> SupportFeatures:
         """SupportFeatures of the (index, view) picks, shots concatenated in that order."""
         parts = [self.support[view].select([index]) for index, view in picks]
         return SupportFeatures(
-            feats={lvl: [torch.cat([p.feats[lvl][b] for p in parts]) for b in range(len(parts[0].feats[lvl]))]
-                   for lvl in parts[0].feats},
+            feats={
+                lvl: [torch.cat([p.feats[lvl][b] for p in parts]) for b in range(len(parts[0].feats[lvl]))]
+                for lvl in parts[0].feats
+            },
             masks={lvl: torch.cat([p.masks[lvl] for p in parts]) for lvl in parts[0].masks},
             present=torch.cat([p.present for p in parts]),
         )
@@ -86,7 +90,7 @@ class PairAttention:
         self.computed = 0  # pairs computed (cached or not), for tests and logs
 
     @torch.no_grad()
-    def coarse_maps(self, episode: "Episode") -> list[Tensor]:
+    def coarse_maps(self, episode: Episode) -> list[Tensor]:
         """Per stage N×n×h×w coarse maps of the episode's query against its supports (all classes)."""
         query, _ = self.cache.query(episode.query, episode.query_view)
         keys = [(episode.query, episode.query_view, index, view) for index, view in episode.supports]

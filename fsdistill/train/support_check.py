@@ -44,11 +44,15 @@ class ClassCheck:
     def advice(self) -> str | None:
         """One sentence on what to do when the class looks dead, else None."""
         if self.fit is not None and self.fit < LOW_FIT:
-            return (f"class '{self.name}' is not learned even on the supports (IoU {self.fit:.2f}): train longer "
-                    "(--steps) or add support images that show it")
+            return (
+                f"class '{self.name}' is not learned even on the supports (IoU {self.fit:.2f}): train longer "
+                "(--steps) or add support images that show it"
+            )
         if self.leave_one_out is not None and self.leave_one_out < LOW_LEAVE_ONE_OUT:
-            return (f"class '{self.name}' does not carry over from one support to another (leave-one-out IoU "
-                    f"{self.leave_one_out:.2f}, in {self.supports} supports): add support images that show it")
+            return (
+                f"class '{self.name}' does not carry over from one support to another (leave-one-out IoU "
+                f"{self.leave_one_out:.2f}, in {self.supports} supports): add support images that show it"
+            )
         return None
 
 
