@@ -753,6 +753,7 @@ def suggest(
     device: str = "auto",
     batch_size: int | None = None,
     workers: int | None = None,
+    student_only: bool = False,
     on_model: Callable[[str], None] | None = None,
     on_total: Callable[[int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
@@ -769,6 +770,8 @@ def suggest(
         model: run or student artifact folder (None: the newest run under ./runs).
         teacher: teacher artifact or run folder (None: the run's ``teacher/``, else the one the student was
             distilled from; neither: uncertainty only, with ``note`` saying so).
+        student_only: rank by the student's uncertainty alone, without running the teacher (its attention over
+            the supports costs seconds per image on a CPU, the student milliseconds).
         copy_to: a folder to copy the top images into (names kept; see :func:`fsdistill.infer.suggest.copy_images`).
         batch_size: None: 8 on a GPU, 2 on the CPU. workers: decode processes, None as in :func:`predict`.
         on_model: called once with the student's path when loaded; on_total: once with the number of images;
@@ -791,6 +794,8 @@ def suggest(
 
     if top < 1:
         raise ConfigError(f"--top must be at least 1 (got {top}): it is how many images to suggest.")
+    if student_only and teacher is not None:
+        raise ConfigError("--student-only ranks without a teacher; drop --teacher or --student-only.")
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1 (got {batch_size}).")
     pools = [Path(p) for p in ([pool] if isinstance(pool, (str, Path)) else pool)]
@@ -809,7 +814,7 @@ def suggest(
     student = load_model(model, kind="student")
     if on_model is not None:
         on_model(str(student.path))
-    teacher_model, note = _suggest_teacher(student, teacher)
+    teacher_model, note = (None, None) if student_only else _suggest_teacher(student, teacher)
     torch_device = resolve_device(device)
     scorer = SuggestScorer(student, teacher_model, torch_device)
     on_gpu = torch_device.type != "cpu"

@@ -634,6 +634,14 @@ def suggest(
             help="Teacher to compare the student with (default: the run's teacher/, else the one it was distilled from).",
         ),
     ] = None,
+    student_only: Annotated[
+        bool,
+        typer.Option(
+            "--student-only",
+            help="Rank by the student's uncertainty alone, without the teacher (much faster on a CPU: the teacher "
+            "takes seconds per image).",
+        ),
+    ] = False,
     batch_size: Annotated[
         Optional[int], typer.Option("--batch-size", help="Images per forward pass (default: 8 on GPU, 2 on CPU).")
     ] = None,
@@ -659,7 +667,7 @@ def suggest(
                 bar.write(f"model: {path} (newest run under ./runs; pass --model to choose)", file=sys.stderr)
 
         result = api.suggest(
-            pool, model, top, out, json_out, copy_to, teacher, device, batch_size, workers,
+            pool, model, top, out, json_out, copy_to, teacher, device, batch_size, workers, student_only,
             on_model=say_model, on_total=bar.set_total, on_progress=bar.update,
         )
     console = _Console(quiet)

@@ -31,6 +31,7 @@ from fsdistill.infer.suggest import (
     score_batch,
     spread_ranking,
 )
+from fsdistill.models.teacher import DCAMATeacher
 
 from helpers import SynData, assert_user_error
 
@@ -273,6 +274,20 @@ def test_without_a_teacher_the_ranking_is_by_uncertainty_with_a_note(shaken_mult
     assert all(r.scores.disagreement is None and r.scores.score == r.scores.uncertainty for r in result.ranking)
     rows = _rows(tmp_path / "r.csv")
     assert [row["disagreement"] for row in rows] == ["", "", ""] and rows[0]["disagreement_red"] == ""
+
+
+def test_student_only_skips_the_teacher_of_a_run_that_has_one(monkeypatch, tiny_multi_run, tmp_path) -> None:
+    pool = _pool(tmp_path / "pool", range(2))
+
+    def no_teacher_pass(*args, **kwargs):
+        raise AssertionError("the teacher ran")
+
+    monkeypatch.setattr(DCAMATeacher, "predict_features", no_teacher_pass)
+    result = api.suggest(pool, tiny_multi_run.run_dir, student_only=True, device="cpu")
+    assert result.teacher is None and result.note is None
+    assert all(r.scores.disagreement is None for r in result.ranking)
+    with pytest.raises(ConfigError, match="--student-only"):
+        api.suggest(pool, tiny_multi_run.run_dir, teacher=tiny_multi_run.run_dir, student_only=True)
 
 
 def test_api_refuses_bad_options_and_mismatched_teachers(
