@@ -673,12 +673,11 @@ def suggest(
     console = _Console(quiet)
     if result.note and not quiet:
         typer.echo(f"note: {result.note}", err=True)
-    width = max(len("image"), *(len(row.image) for row in result.shown))
     console.say(f"{'rank':>4}  {'score':>6}  {'disagree':>8}  {'uncert':>6}  image")
     for row in result.shown:
         s = row.scores
         disagree = "-" if s.disagreement is None else f"{s.disagreement:.3f}"
-        console.say(f"{row.rank:>4}  {s.score:>6.3f}  {disagree:>8}  {s.uncertainty:>6.3f}  {row.image:<{width}}".rstrip())
+        console.say(f"{row.rank:>4}  {s.score:>6.3f}  {disagree:>8}  {s.uncertainty:>6.3f}  {row.image}")
     done = [f"{len(result.ranking)} images scored in {result.seconds:.0f} s"]
     if result.csv_path is not None:
         done.append(f"ranking -> {result.csv_path}")
