@@ -19,6 +19,7 @@ from fsdistill.api.inference import (
     resolve_onnx_file,
 )
 from fsdistill.api.runs import RunResult, check_run_dir, new_run_dir, pixel_sha256
+from fsdistill.api.suggest import SuggestResult, suggest
 from fsdistill.api.training import adapt, distill
 from fsdistill.config import AdaptCfg, DistillCfg
 
@@ -39,4 +40,6 @@ __all__ = [
     "profile",
     "export",
     "resolve_onnx_file",
+    "SuggestResult",
+    "suggest",
 ]

@@ -281,3 +281,95 @@ def export(
         typer.echo("error: onnxruntime does not reproduce PyTorch within the tolerance (see above).", err=True)
         raise typer.Exit(1)
     console.say(summary)
+
+
+@model_command
+def suggest(
+    pool: Annotated[list[Path], typer.Argument(help="Unlabelled images: folders (searched recursively) or files.")],
+    model: ModelOpt = None,
+    top: Annotated[
+        int, typer.Option("--top", help="How many images to suggest (CSV, JSON, --copy-to); all are scored.")
+    ] = 20,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the top images' scores to this CSV file.")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the same as JSON here.")] = None,
+    copy_to: Annotated[
+        Path | None,
+        typer.Option("--copy-to", help="Copy the top image files into this folder to label them (names kept)."),
+    ] = None,
+    teacher: Annotated[
+        Path | None,
+        typer.Option(
+            "--teacher",
+            help="Teacher to compare the student with (default: the run's teacher/, else the one it was distilled from).",
+        ),
+    ] = None,
+    student_only: Annotated[
+        bool,
+        typer.Option(
+            "--student-only",
+            help="Rank by the student's uncertainty alone, without the teacher (much faster on a CPU: the teacher "
+            "takes seconds per image).",
+        ),
+    ] = False,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Images per forward pass (default: 8 on GPU, 2 on CPU).")
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", min=0, help="Image-decoding worker processes (default: as predict's)."),
+    ] = None,
+    device: DeviceOpt = "auto",
+    seed: InferSeedOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Rank unlabelled images by how much labelling each would teach: teacher-student disagreement and student
+    uncertainty per class, near-duplicates skipped.
+
+    Example: fsdistill suggest unlabelled/ --model runs/polyps --top 20 --out ranking.csv --copy-to to_label/
+    """
+    from fsdistill import api
+
+    with _bar("suggest", quiet) as bar:
+
+        def say_model(path: str) -> None:
+            if model is None and not quiet:
+                bar.write(f"model: {path} (newest run under ./runs; pass --model to choose)", file=sys.stderr)
+
+        result = api.suggest(
+            pool,
+            model,
+            top,
+            out,
+            json_out,
+            copy_to,
+            teacher,
+            device,
+            batch_size,
+            workers,
+            student_only,
+            on_model=say_model,
+            on_total=bar.set_total,
+            on_progress=bar.update,
+        )
+    console = _Console(quiet)
+    if result.note and not quiet:
+        typer.echo(f"note: {result.note}", err=True)
+    console.say(f"{'rank':>4}  {'score':>6}  {'disagree':>8}  {'uncert':>6}  image")
+    for row in result.shown:
+        s = row.scores
+        disagree = "-" if s.disagreement is None else f"{s.disagreement:.3f}"
+        console.say(f"{row.rank:>4}  {s.score:>6.3f}  {disagree:>8}  {s.uncertainty:>6.3f}  {row.image}")
+    done = [f"{len(result.ranking)} images scored in {result.seconds:.0f} s"]
+    if result.csv_path is not None:
+        done.append(f"ranking -> {result.csv_path}")
+    if result.json_path is not None:
+        done.append(f"JSON -> {result.json_path}")
+    if result.copy_to is not None:
+        done.append(f"{result.copied} copied ({result.already_copied} already there) -> {result.copy_to}")
+    console.say(", ".join(done))
+    if result.failed:
+        for _, reason in result.failed:
+            typer.echo(f"error: {reason}", err=True)
+        raise typer.Exit(2)

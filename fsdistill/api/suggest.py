@@ -1,0 +1,207 @@
+"""``suggest``: rank unlabelled pool images by how much labelling each would teach the run."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fsdistill.api.inference import _decode_workers
+from fsdistill.checkpoint import recover_artifact
+from fsdistill.errors import ConfigError, DataError
+from fsdistill.infer.predictor import list_images
+from fsdistill.models.build import load_model
+from fsdistill.runtime import ensure_writable_dir, resolve_device
+
+__all__ = ["SUGGEST_TOP", "SuggestResult", "suggest"]
+
+SUGGEST_TOP = 20  # default --top: a labelling session's worth of images
+
+
+@dataclass
+class SuggestResult:
+    """What ``suggest`` found: every readable pool image ranked (rank 1 = label first); the outputs hold the
+    first ``top``.
+
+    ``teacher`` None: the run has no teacher, the ranking is by the student's uncertainty alone (``note`` says
+    so). ``failed``: (path, reason) of each image that could not be read (skipped).
+    """
+
+    model: str
+    teacher: str | None
+    class_names: list[str]
+    top: int
+    ranking: list[Any]  # fsdistill.infer.suggest.Suggestion, all scored images in rank order
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    note: str | None = None
+    csv_path: Path | None = None
+    json_path: Path | None = None
+    copy_to: Path | None = None
+    copied: int = 0  # files copied into copy_to now
+    already_copied: int = 0  # top images whose copy was already there (a rerun)
+    seconds: float = 0.0
+
+    @property
+    def shown(self) -> list[Any]:
+        """The first ``top`` of the ranking (what the CSV, JSON and copy hold)."""
+        return self.ranking[: self.top]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``--json`` document: model, teacher, counts, classes, the scoring rule and the top rows."""
+        return {
+            "model": self.model,
+            "teacher": self.teacher,
+            "images": len(self.ranking),
+            "failed": [{"image": path, "error": reason} for path, reason in self.failed],
+            "top": self.top,
+            "score": "(disagreement + uncertainty) / 2" if self.teacher is not None else "uncertainty",
+            "note": self.note,
+            "classes": self.class_names,
+            "ranking": [row.to_dict(self.class_names) for row in self.shown],
+        }
+
+
+def _suggest_teacher(student: Any, teacher: Path | None) -> tuple[Any, str | None]:
+    """The teacher ``suggest`` compares the student with: ``teacher`` if given, else the student's run's
+    ``teacher/``, else the teacher the student was distilled from (``distill --teacher``, as recorded), else None
+    with the note that says so. A teacher folder that is there but does not load is an error, not a fallback."""
+    if teacher is not None:
+        return load_model(teacher, kind="teacher"), None
+    candidates = [student.path.parent / "teacher"]
+    recorded = (student.config.get("train_config") or {}).get("teacher")
+    if recorded:
+        candidates.append(Path(recorded))
+    for candidate in candidates:
+        if recover_artifact(candidate).exists():
+            return load_model(candidate, kind="teacher"), None
+    return None, (
+        f"no teacher next to {student.path} (no {candidates[0]}), so images are ranked by the student's uncertainty "
+        "alone; pass --teacher RUN/teacher to add teacher-student disagreement."
+    )
+
+
+def suggest(
+    pool: Path | list[Path],
+    model: Path | None = None,
+    top: int = SUGGEST_TOP,
+    out: Path | None = None,
+    json_out: Path | None = None,
+    copy_to: Path | None = None,
+    teacher: Path | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+    workers: int | None = None,
+    student_only: bool = False,
+    on_model: Callable[[str], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> SuggestResult:
+    """Rank unlabelled images by how much labelling each would teach the run (``fsdistill suggest``).
+
+    Every image of ``pool`` (files or folders, searched recursively) is scored by teacher-student disagreement
+    and the student's uncertainty, both per class, and ranked with near-duplicates skipped (see
+    :mod:`fsdistill.infer.suggest` for the rule). Images are streamed ``batch_size`` at a time; an unreadable
+    one is reported in ``failed`` and skipped. All images are scored; ``out`` (CSV), ``json_out`` and ``copy_to``
+    get the first ``top``.
+
+    Args:
+        model: run or student artifact folder (None: the newest run under ./runs).
+        teacher: teacher artifact or run folder (None: the run's ``teacher/``, else the one the student was
+            distilled from; neither: uncertainty only, with ``note`` saying so).
+        student_only: rank by the student's uncertainty alone, without running the teacher (its attention over
+            the supports costs seconds per image on a CPU, the student milliseconds).
+        copy_to: a folder to copy the top images into (names kept; see :func:`fsdistill.infer.suggest.copy_images`).
+        batch_size: None: 8 on a GPU, 2 on the CPU. workers: decode processes, None as in :func:`predict`.
+        on_model: called once with the student's path when loaded; on_total: once with the number of images;
+            on_progress: with the number of images done (read or skipped).
+
+    Raises:
+        ConfigError: ``top`` or ``batch_size`` below 1. DataError: a missing pool, a pool without images, none
+            readable, an unwritable output. CheckpointError: no student, or a teacher that does not load or
+            does not match it.
+    """
+    from fsdistill.infer.suggest import (
+        Suggestion,
+        SuggestScorer,
+        copy_images,
+        score_images,
+        spread_ranking,
+        write_ranking_csv,
+        write_ranking_json,
+    )
+
+    if top < 1:
+        raise ConfigError(f"--top must be at least 1 (got {top}): it is how many images to suggest.")
+    if student_only and teacher is not None:
+        raise ConfigError("--student-only ranks without a teacher; drop --teacher or --student-only.")
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1 (got {batch_size}).")
+    pools = [Path(p) for p in ([pool] if isinstance(pool, (str, Path)) else pool)]
+    for path in pools:
+        if not path.exists():
+            raise DataError(f"Pool {path} does not exist; pass a folder (or files) of unlabelled images.")
+    # The copy folder may sit inside the pool: its copies are not pool images on a rerun.
+    entries = list_images(pools, Path(copy_to) if copy_to is not None else None)
+    for path, flag, example in ((out, "--out", "ranking.csv"), (json_out, "--json", "ranking.json")):
+        if path is not None:
+            if Path(path).is_dir():
+                raise DataError(f"{path} is a folder; give {flag} a file name (for example {example}).")
+            ensure_writable_dir(Path(path).parent, flag)
+    if copy_to is not None:
+        ensure_writable_dir(Path(copy_to), "--copy-to")
+    student = load_model(model, kind="student")
+    if on_model is not None:
+        on_model(str(student.path))
+    teacher_model, note = (None, None) if student_only else _suggest_teacher(student, teacher)
+    torch_device = resolve_device(device)
+    scorer = SuggestScorer(student, teacher_model, torch_device)
+    on_gpu = torch_device.type != "cpu"
+    batch_size = batch_size or (8 if on_gpu else 2)
+    workers = _decode_workers(on_gpu) if workers is None else workers
+    if on_total is not None:
+        on_total(len(entries))
+    start = time.perf_counter()
+    paths = [source for source, _ in entries]
+    scored: list[tuple[int, Any, np.ndarray]] = []
+    failed: list[tuple[str, str]] = []
+    for index, scores, embedding, error in score_images(scorer, paths, batch_size, workers, on_progress):
+        if error is not None:
+            failed.append((str(paths[index]), error))
+        else:
+            scored.append((index, scores, embedding))
+    if not scored:
+        raise DataError(
+            f"None of the {len(paths)} images of the pool could be read (first: {failed[0][1]}); re-export them "
+            "as PNG or JPEG."
+        )
+    scored.sort(key=lambda item: item[0])
+    keys = [str(paths[i]) for i, _, _ in scored]
+    order, duplicates = spread_ranking(
+        np.array([s.score for _, s, _ in scored]), np.stack([e for _, _, e in scored]), keys, top
+    )
+    ranking = [
+        Suggestion(rank, keys[j], scored[j][1], keys[duplicates[j]] if j in duplicates else None)
+        for rank, j in enumerate(order, start=1)
+    ]
+    result = SuggestResult(
+        model=str(student.path),
+        teacher=None if teacher_model is None else str(teacher_model.path),
+        class_names=student.class_names,
+        top=top,
+        ranking=ranking,
+        failed=sorted(failed),
+        note=note,
+        seconds=time.perf_counter() - start,
+    )
+    if out is not None:
+        result.csv_path = write_ranking_csv(Path(out), result.shown, result.class_names)
+    if json_out is not None:
+        result.json_path = write_ranking_json(Path(json_out), result.to_dict())
+    if copy_to is not None:
+        report = copy_images([Path(row.image) for row in result.shown], Path(copy_to))
+        result.copy_to, result.copied, result.already_copied = Path(copy_to), len(report.copied), len(report.present)
+    return result

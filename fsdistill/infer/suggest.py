@@ -1,0 +1,489 @@
+"""Which unlabelled images to label next (``fsdistill suggest``): score every pool image, then rank with
+near-duplicates pushed down.
+
+Everything is measured on the models' output grid (the image resized to the model's square input, as predict
+feeds it; the light decoder's grid is a quarter of the input side), per foreground class, so that a small
+object counts as much as a large one and background never dilutes a score. K = N + 1 labels, classes 1..N.
+
+**Disagreement** (needs the run's teacher): per foreground class c, 1 − IoU of the pixels the student labels c
+and the pixels the teacher (with its stored supports) labels c; 0 for a class neither labels. The image's
+disagreement is the mean over the classes either model labels somewhere (0 when neither labels any).
+
+**Uncertainty** (the student's): per pixel, the least confidence ``(1 − max_k p_k) · K / (K − 1)`` of the
+student's softmax over its K logits, scaled to 0..1 (1 = all labels equally likely). Per foreground class c,
+its mean over the pixels the student or the teacher labels c; the image's uncertainty is the mean over the
+classes either labels. An image where neither model labels any foreground scores the mean over its whole
+(background) grid instead, so an image the student is unsure is empty still ranks.
+
+**Score** = (disagreement + uncertainty) / 2: both lie in 0..1, and values (not ranks among the pool) keep a
+score comparable between pools and runs. Without a teacher the score is the uncertainty alone (the union in
+its definition is then the student's own mask).
+
+**Ranking** (:func:`spread_ranking`): images by score, with near-duplicates skipped and close neighbours
+pushed down, using backbone embeddings (the last backbone level, global-average-pooled and L2-normalised;
+distances between them lie in 0..2). See :func:`spread_ranking` for the rule.
+"""
+
+from __future__ import annotations
+
+import csv
+import filecmp
+import io
+import json
+import os
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from fsdistill.errors import CheckpointError
+from fsdistill.models.build import LoadedModel
+from fsdistill.runtime import new_file_mode, raise_if_interrupted, retain_freed_memory, write_atomic
+
+__all__ = [
+    "DUPLICATE_DISTANCE",
+    "CANDIDATES_PER_PICK",
+    "ImageScore",
+    "Suggestion",
+    "class_disagreement",
+    "class_uncertainty",
+    "least_confidence",
+    "score_batch",
+    "spread_ranking",
+    "SuggestScorer",
+    "score_images",
+    "csv_header",
+    "write_ranking_csv",
+    "write_ranking_json",
+    "CopyReport",
+    "copy_images",
+]
+
+# Embedding distance (0..2, L2-normalised embeddings) up to which an image is a near-duplicate of one ranked
+# above it and is skipped. Measured with the default Lite0 backbone on the example cases: a horizontally
+# flipped copy 0 to 0.07, a 2.5 % crop 0.08 to 0.11, a JPEG (q85) re-save 0.14, but distinct neighbouring
+# slices of one scan from 0.09 (median between images 0.34 to 0.37). Only near-exact copies can be told apart
+# by distance alone; closer-than-usual images are pushed down by the spread rule instead of skipped.
+DUPLICATE_DISTANCE = 0.02
+# The spread rule orders the CANDIDATES_PER_PICK × top highest-scoring images (near-duplicates skipped).
+CANDIDATES_PER_PICK = 4
+
+
+@dataclass
+class ImageScore:
+    """One image's scores (see the module docstring). ``disagreement`` and ``class_disagreement`` are None
+    without a teacher; ``class_disagreement`` has one value per foreground class, ``fractions`` one per label
+    (background first: the share of the student's mask)."""
+
+    score: float
+    uncertainty: float
+    disagreement: float | None
+    class_disagreement: list[float] | None
+    fractions: list[float]
+
+
+@dataclass
+class Suggestion:
+    """A ranked pool image: rank 1 is the one to label first. ``duplicate_of``: the image ranked above whose
+    near-duplicate this one is (it was skipped by the spread rule), else None."""
+
+    rank: int
+    image: str
+    scores: ImageScore
+    duplicate_of: str | None = None
+
+    def to_dict(self, class_names: list[str]) -> dict[str, Any]:
+        s = self.scores
+        per_class = (
+            None
+            if s.class_disagreement is None
+            else dict(zip(class_names[1:], (round(v, 6) for v in s.class_disagreement)))
+        )
+        return {
+            "rank": self.rank,
+            "image": self.image,
+            "score": round(s.score, 6),
+            "disagreement": None if s.disagreement is None else round(s.disagreement, 6),
+            "uncertainty": round(s.uncertainty, 6),
+            "disagreement_per_class": per_class,
+            "fractions": dict(zip(class_names, (round(v, 6) for v in s.fractions))),
+            "duplicate_of": self.duplicate_of,
+        }
+
+
+# --- scoring: pure functions of masks and probabilities -------------------------------------------------------
+
+
+def least_confidence(probs: Tensor) -> Tensor:
+    """B×K×H×W probabilities (softmax over K labels) → B×H×W ``(1 − max_k p_k) · K / (K − 1)`` in 0..1."""
+    k = probs.shape[1]
+    return (1.0 - probs.amax(dim=1)) * (k / (k - 1))
+
+
+def class_disagreement(student: Tensor, teacher: Tensor, num_labels: int) -> tuple[Tensor, Tensor]:
+    """Per foreground class, 1 − IoU of two label masks.
+
+    Args:
+        student, teacher: B×H×W label ids (0 = background). num_labels: K (classes 1..K−1 are scored).
+    Returns:
+        (B×N float 1 − IoU, 0 where neither mask has the class; B×N bool, whether either mask has it).
+    """
+    values, present = [], []
+    for c in range(1, num_labels):
+        s, t = student == c, teacher == c
+        union = (s | t).sum(dim=(1, 2))
+        inter = (s & t).sum(dim=(1, 2))
+        values.append(
+            torch.where(union > 0, 1.0 - inter / union.clamp_min(1), torch.zeros_like(union, dtype=torch.float))
+        )
+        present.append(union > 0)
+    return torch.stack(values, dim=1).float(), torch.stack(present, dim=1)
+
+
+def class_uncertainty(probs: Tensor, student: Tensor, teacher: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Per label (background included), the mean least confidence over the pixels either mask gives that label.
+
+    Args:
+        probs: B×K×H×W student probabilities. student, teacher: B×H×W label ids (teacher None: student only).
+    Returns:
+        (B×K float mean of :func:`least_confidence` over each label's region, 0 for an empty region;
+        B×K bool, whether the region is non-empty).
+    """
+    lc = least_confidence(probs)
+    values, present = [], []
+    for c in range(probs.shape[1]):
+        region = student == c if teacher is None else (student == c) | (teacher == c)
+        count = region.sum(dim=(1, 2))
+        total = (lc * region).sum(dim=(1, 2))
+        values.append(torch.where(count > 0, total / count.clamp_min(1), torch.zeros_like(total)))
+        present.append(count > 0)
+    return torch.stack(values, dim=1), torch.stack(present, dim=1)
+
+
+def _masked_mean(values: Tensor, present: Tensor) -> Tensor:
+    """B×N values, B×N bool → B means over the present entries (0 where none is)."""
+    count = present.sum(dim=1)
+    return torch.where(count > 0, (values * present).sum(dim=1) / count.clamp_min(1), torch.zeros_like(values[:, 0]))
+
+
+def score_batch(probs: Tensor, student: Tensor, teacher: Tensor | None = None) -> list[ImageScore]:
+    """Scores of B images from the student's B×K×H×W probabilities and the two B×H×W label masks (teacher None:
+    uncertainty only). See the module docstring for the definitions."""
+    probs, student = probs.float().cpu(), student.cpu()
+    teacher = teacher.cpu() if teacher is not None else None
+    k = probs.shape[1]
+    unc, unc_present = class_uncertainty(probs, student, teacher)
+    fg_present = unc_present[:, 1:]
+    uncertainty = torch.where(fg_present.any(dim=1), _masked_mean(unc[:, 1:], fg_present), unc[:, 0])
+    fractions = torch.stack([(student == c).flatten(1).float().mean(dim=1) for c in range(k)], dim=1)
+    if teacher is not None:
+        dis, dis_present = class_disagreement(student, teacher, k)
+        disagreement = _masked_mean(dis, dis_present)
+        score = (disagreement + uncertainty) / 2
+    else:
+        dis, disagreement, score = None, None, uncertainty
+    return [
+        ImageScore(
+            score=float(score[b]),
+            uncertainty=float(uncertainty[b]),
+            disagreement=None if disagreement is None else float(disagreement[b]),
+            class_disagreement=None if dis is None else [float(v) for v in dis[b]],
+            fractions=[float(v) for v in fractions[b]],
+        )
+        for b in range(probs.shape[0])
+    ]
+
+
+# --- ranking: scores plus diversity ----------------------------------------------------------------------------
+
+
+def spread_ranking(
+    scores: np.ndarray,
+    embeddings: np.ndarray,
+    keys: list[str],
+    top: int,
+    duplicate_distance: float = DUPLICATE_DISTANCE,
+    candidates_per_pick: int = CANDIDATES_PER_PICK,
+) -> tuple[list[int], dict[int, int]]:
+    """Rank images by score while skipping near-duplicates and spreading the top over the pool.
+
+    1. Candidates: walk the images by score (highest first; ties by ``keys``), skipping each whose embedding
+       lies within ``duplicate_distance`` of a candidate already taken (a near-duplicate of a higher-scoring
+       image), until ``candidates_per_pick × top`` are taken.
+    2. Greedy k-centre weighted by score, over the candidates: the highest score is picked first; then, again
+       and again, the candidate with the largest ``score × min(1, d / d_ref)``, where ``d`` is its distance to
+       the nearest image picked so far and ``d_ref`` the median distance between two candidates (the pool's
+       usual spacing). An image at least as far from every pick as two typical candidates are from each other
+       competes on its score alone; a closer one is discounted in proportion (a re-saved or slightly cropped
+       copy of a pick, at a fraction of ``d_ref``, drops far down). Ties go to the higher score, then the key.
+    3. The ranking is the picks in that order, then every other image (skipped near-duplicates, images below the
+       candidates) by score.
+
+    Args:
+        scores: (n,) image scores. embeddings: (n, D) L2-normalised. keys: n names (image paths) for ties.
+        top: how many images the caller will show (sets the number of candidates).
+    Returns:
+        (the n indices in rank order, {index of a skipped near-duplicate: index of the candidate it copies}).
+    """
+    n = len(scores)
+    order = sorted(range(n), key=lambda i: (-float(scores[i]), keys[i]))
+    limit = min(n, max(1, candidates_per_pick * top))
+    emb = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
+    kept: list[int] = []
+    duplicate_of: dict[int, int] = {}
+    for i in order:
+        if len(kept) == limit:
+            break
+        if kept:
+            d = torch.cdist(emb[i : i + 1], emb[kept])[0]
+            nearest = int(d.argmin())
+            if float(d[nearest]) <= duplicate_distance:
+                duplicate_of[i] = kept[nearest]
+                continue
+        kept.append(i)
+    picked = _weighted_k_centre(np.asarray(scores, dtype=np.float64)[kept], emb[kept])
+    ranked = [kept[j] for j in picked]
+    taken = set(ranked)
+    return ranked + [i for i in order if i not in taken], duplicate_of
+
+
+def _weighted_k_centre(scores: np.ndarray, emb: Tensor) -> list[int]:
+    """Order of the m candidates (given in score order) under the rule of :func:`spread_ranking`, step 2."""
+    m = len(scores)
+    if m <= 1:
+        return list(range(m))
+    dist = torch.cdist(emb, emb).double().numpy()
+    d_ref = float(np.median(dist[np.triu_indices(m, k=1)]))
+    picked = [0]
+    nearest = dist[0].copy()  # each candidate's distance to the nearest pick
+    free = np.ones(m, dtype=bool)
+    free[0] = False
+    while free.any():
+        spread = np.minimum(1.0, nearest / d_ref) if d_ref > 0 else (nearest > 0).astype(np.float64)
+        value = np.where(free, scores * spread, -np.inf)
+        best = value.max()
+        # Ties: the first free candidate with the best value, i.e. the higher score, then the key.
+        j = int(np.flatnonzero(value == best)[0])
+        picked.append(j)
+        free[j] = False
+        nearest = np.minimum(nearest, dist[j])
+    return picked
+
+
+# --- running the models ----------------------------------------------------------------------------------------
+
+
+def _same_backbone(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """Whether two models' backbones compute the same features (same spec and weights)."""
+    if a.backbone.spec.to_dict() != b.backbone.spec.to_dict():
+        return False
+    sa, sb = a.backbone.state_dict(), b.backbone.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+class SuggestScorer:
+    """Runs a student and (optionally) its teacher on uint8 batches: logits of both and pooled embeddings.
+
+    When the two backbones are the same (always within one distill run: the backbone is frozen and shared),
+    each batch goes through it once and both heads read the features. The teacher uses its stored supports.
+
+    Args:
+        student: a loaded student, prepared for inference in place (its backbone's batch norms folded, as
+            predict runs it: never save it afterwards). teacher: its teacher, or None (uncertainty only).
+        device: where to run.
+    Raises:
+        CheckpointError: the teacher has other classes or another input size than the student.
+    """
+
+    def __init__(self, student: LoadedModel, teacher: LoadedModel | None, device: torch.device) -> None:
+        retain_freed_memory()
+        if teacher is not None:
+            if teacher.class_names != student.class_names:
+                raise CheckpointError(
+                    f"The teacher {teacher.path} knows classes {teacher.class_names} but the student {student.path} "
+                    f"{student.class_names}; pass the teacher the student was distilled from."
+                )
+            if teacher.size != student.size:
+                raise CheckpointError(
+                    f"The teacher {teacher.path} runs at {teacher.size} px and the student {student.path} at "
+                    f"{student.size} px; pass the teacher the student was distilled from."
+                )
+        self.student = student.to(device)
+        self.teacher = teacher.to(device) if teacher is not None else None
+        self.device = device
+        self.size = student.size
+        self.class_names = student.class_names
+        self.amp = device.type == "cuda"
+        self.shared = self.teacher is not None and _same_backbone(self.student.model, self.teacher.model)
+        # Inference only: the backbone's batch norms folded into its convs, as predict runs it (the folded
+        # backbone computes the same features, so the teacher may read them too).
+        self.student.model.backbone.fold_batchnorm()
+
+    @torch.inference_mode()
+    def infer(self, images: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
+        """B×3×size×size uint8 → (student B×K×h×w logits, teacher logits on the same grid or None, B×D
+        L2-normalised embeddings), float32 on the CPU."""
+        images = images.to(self.device)
+        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
+        with ctx:
+            feats = self.student.model.backbone.encode(images)
+            student = self.student.model.forward_features(feats)[0].float()
+            teacher = None
+            if self.teacher is not None:
+                support = self.teacher.support_features()
+                if self.shared:
+                    one = lambda b: [[m[b : b + 1] for m in level] for level in feats]  # noqa: E731
+                    teacher = torch.cat(
+                        [self.teacher.model.predict_features(one(b), support) for b in range(len(images))]
+                    )
+                else:
+                    teacher = self.teacher.model.predict(images, support)
+                teacher = teacher.float()
+                if teacher.shape[-2:] != student.shape[-2:]:
+                    teacher = F.interpolate(teacher, size=student.shape[-2:], mode="bilinear", align_corners=False)
+            pooled = feats[-1][-1].float().mean(dim=(2, 3))
+        embeddings = F.normalize(pooled, dim=1)
+        return student.cpu(), None if teacher is None else teacher.cpu(), embeddings.cpu()
+
+    def score(self, images: Tensor) -> tuple[list[ImageScore], np.ndarray]:
+        """B×3×size×size uint8 → (B scores, B×D embeddings)."""
+        student, teacher, embeddings = self.infer(images)
+        probs = torch.softmax(student, dim=1)
+        scores = score_batch(probs, student.argmax(dim=1), None if teacher is None else teacher.argmax(dim=1))
+        return scores, embeddings.numpy()
+
+
+def score_images(
+    scorer: SuggestScorer,
+    paths: list[Path],
+    batch_size: int = 2,
+    workers: int = 0,
+    on_progress: Callable[[int], None] | None = None,
+) -> Iterator[tuple[int, ImageScore | None, np.ndarray | None, str | None]]:
+    """Yield ``(index, scores, embedding, None)`` per readable path and ``(index, None, None, error)`` per
+    unreadable one, decoding ``batch_size`` images at a time (``workers`` processes): only one batch of images is
+    ever in memory."""
+    from fsdistill.infer.predictor import _collate, _ImageDataset, _single_threaded_opencv
+
+    workers = workers if len(paths) > batch_size else 0
+    loader = DataLoader(
+        _ImageDataset(paths, scorer.size), batch_size=batch_size, num_workers=workers, collate_fn=_collate
+    )
+    with _single_threaded_opencv():
+        batches = iter(loader)  # forks the workers
+    for items in batches:
+        raise_if_interrupted()
+        good = [it for it in items if "error" not in it]
+        for it in items:
+            if "error" in it:
+                yield it["index"], None, None, it["error"]
+        if good:
+            scores, embeddings = scorer.score(torch.stack([it["image"] for it in good]))
+            for it, s, e in zip(good, scores, embeddings):
+                yield it["index"], s, e, None
+        if on_progress:
+            on_progress(len(items))
+
+
+# --- outputs ----------------------------------------------------------------------------------------------------
+
+
+def csv_header(class_names: list[str]) -> list[str]:
+    """The ranking CSV's columns: rank, image, score, disagreement, uncertainty, ``disagreement_<class>`` per
+    foreground class, ``fraction_<class>`` per label (background first), duplicate_of."""
+    return [
+        "rank",
+        "image",
+        "score",
+        "disagreement",
+        "uncertainty",
+        *(f"disagreement_{name}" for name in class_names[1:]),
+        *(f"fraction_{name}" for name in class_names),
+        "duplicate_of",
+    ]
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.6f}"
+
+
+def write_ranking_csv(path: Path, rows: list[Suggestion], class_names: list[str]) -> Path:
+    """Write ``rows`` as the ranking CSV (:func:`csv_header`) atomically; empty cells for missing values."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(csv_header(class_names))
+    for row in rows:
+        s = row.scores
+        per_class = s.class_disagreement if s.class_disagreement is not None else [None] * (len(class_names) - 1)
+        writer.writerow(
+            [
+                row.rank,
+                row.image,
+                _fmt(s.score),
+                _fmt(s.disagreement),
+                _fmt(s.uncertainty),
+                *(_fmt(v) for v in per_class),
+                *(_fmt(v) for v in s.fractions),
+                row.duplicate_of or "",
+            ]
+        )
+    return write_atomic(Path(path), buffer.getvalue())
+
+
+def write_ranking_json(path: Path, data: dict[str, Any]) -> Path:
+    return write_atomic(Path(path), json.dumps(data, indent=2) + "\n")
+
+
+@dataclass
+class CopyReport:
+    """What :func:`copy_images` did: (source, destination) of each file copied now, and of each already there."""
+
+    copied: list[tuple[str, str]] = field(default_factory=list)
+    present: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _same_file_content(a: Path, b: Path) -> bool:
+    return a.is_file() and b.is_file() and a.stat().st_size == b.stat().st_size and filecmp.cmp(a, b, shallow=False)
+
+
+def copy_images(sources: list[Path], folder: Path) -> CopyReport:
+    """Copy ``sources`` into ``folder``, keeping their file names, never overwriting a different file.
+
+    A name taken by another source of this call or by a different file already in ``folder`` gets ``-2``, ``-3``,
+    … before its suffix; a file already there with the same bytes counts as copied (so a rerun after an
+    interruption copies only what is missing). Each file is written under a hidden temporary name and renamed
+    into place, so an interrupted copy never leaves a partial image under a real name.
+    """
+    folder = Path(folder)
+    report = CopyReport()
+    reserved: set[str] = set()
+    for source in sources:
+        source = Path(source)
+        stem, suffix = source.stem, source.suffix
+        n = 1
+        while True:
+            name = source.name if n == 1 else f"{stem}-{n}{suffix}"
+            target = folder / name
+            if name not in reserved and (not target.exists() or _same_file_content(source, target)):
+                break
+            n += 1
+        reserved.add(name)
+        if target.exists():
+            report.present.append((str(source), str(target)))
+            continue
+        raise_if_interrupted()
+        tmp = folder / f".{name}.tmp"
+        with open(source, "rb") as src, open(tmp, "wb") as dst:
+            for chunk in iter(lambda: src.read(1 << 20), b""):
+                dst.write(chunk)
+        os.chmod(tmp, new_file_mode())
+        os.replace(tmp, target)
+        report.copied.append((str(source), str(target)))
+    return report
