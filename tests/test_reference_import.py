@@ -500,7 +500,7 @@ def test_cli_adapt_with_teacher_weights(tmp_path, syn_binary):
 
 
 def test_api_new_teacher_imports(tmp_path):
-    from fsdistill.api import _new_teacher
+    from fsdistill.api.training import _new_teacher
     from fsdistill.config import AdaptCfg, ModelCfg
 
     weights = tmp_path / "tiny.safetensors"
