@@ -133,6 +133,12 @@ class TrainCfg(_Strict):
         ge=0,
         description="weight of the soft Dice term added to the focal loss of teacher and student (0 = focal only)",
     )
+    mse_weight: float = Field(
+        1.0,
+        ge=0,
+        description="weight of the distillation term, the MSE between the student's and the teacher's coarse maps "
+        "(the paper's 1: the three losses weigh alike)",
+    )
     # One episode and a supervised student batch of 4 per step (docs/benchmarks.md, "Defaults that generalise"):
     # an episode costs a teacher attention pass, a batch image only the student's head, and the batch lifted the
     # student on the small structures of the macaque case.

@@ -506,3 +506,27 @@ def test_pair_attention_reuses_each_pair_and_matches_the_live_attention() -> Non
                 torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
     assert pairs.computed == len(seen) < drawn and pairs.bytes > 0
     assert capped.computed == drawn and capped.bytes == 0
+
+
+@pytest.mark.parametrize("weight", [0.0, 5.0])
+def test_mse_weight_scales_the_distillation_term(weight) -> None:
+    """Each step's loss = (teacher + student + w·MSE) / 3 (+ the student batch), as recorded per step."""
+    from fsdistill.config import ModelCfg, TrainCfg
+    from fsdistill.data.support_tensors import SupportTensors
+    from fsdistill.models.build import build_student, build_teacher
+    from fsdistill.train.episodes import FeatureCache
+    from fsdistill.train.fit import train
+
+    torch.manual_seed(0)
+    teacher = build_teacher(ModelCfg(backbone="test-resnet", size=64), num_classes=1, pretrained=False)
+    masks = torch.zeros(3, 64, 64, dtype=torch.uint8)
+    for i in range(3):
+        masks[i, 8 * i : 8 * i + 24, 10:40] = 1
+    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    cache = FeatureCache(teacher, SupportTensors(images, masks, ["a", "b", "c"]), torch.device("cpu"), False)
+    student = build_student(teacher, 4)
+    stats = train(teacher, cache, TrainCfg(steps=3, student_batch=0, mse_weight=weight), student=student, quiet=True)
+    for step in stats.history:
+        assert step["mse"] > 0
+        expected = (step["teacher"] + step["student"] + weight * step["mse"]) / 3
+        assert step["loss"] == pytest.approx(expected, rel=1e-5)

@@ -78,8 +78,9 @@ def train(
 ) -> TrainStats:
     """Fine-tune the teacher (``student is None``) or train the student jointly with it.
 
-    Losses: adapt = focal(teacher); distill = ⅓ focal(teacher) + ⅓ focal(student) + ⅓ MSE(coarse maps), or with
-    ``freeze_teacher`` ½ focal(student) + ½ MSE against the fixed teacher.
+    Losses: adapt = focal(teacher); distill = ⅓ focal(teacher) + ⅓ focal(student) + ⅓ w·MSE(coarse maps), or with
+    ``freeze_teacher`` ½ focal(student) + ½ w·MSE against the fixed teacher (w = ``cfg.mse_weight``; "focal" is
+    focal + Dice, :func:`~fsdistill.train.losses.segmentation_loss`).
     """
     stats = TrainStats()
     if cfg.steps == 0:
@@ -133,11 +134,12 @@ def train(
                 # reuses the teacher's episode-reduced target, teaching the student to miss absent classes).
                 losses["student"] = segmentation_loss(s_logits, q_mask, cfg.focal_gamma, cfg.dice_weight)
                 losses["mse"] = coarse_mse([c[0] for c in coarse_s], coarse_t, present)
+                distill_term = cfg.mse_weight * losses["mse"]
                 if freeze_teacher:
-                    loss = (losses["student"] + losses["mse"]) / 2
+                    loss = (losses["student"] + distill_term) / 2
                 else:
                     losses["teacher"] = segmentation_loss(t_logits, t_target, cfg.focal_gamma, cfg.dice_weight)
-                    loss = (losses["teacher"] + losses["student"] + losses["mse"]) / 3
+                    loss = (losses["teacher"] + losses["student"] + distill_term) / 3
             if not math.isfinite(float(loss.detach())):
                 raise FloatingPointError(f"non-finite loss {float(loss.detach())} at step {stats.steps}")
             if loss.requires_grad:  # no class of the query in any sampled support (empty masks): nothing to learn
