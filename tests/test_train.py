@@ -368,6 +368,19 @@ def test_episode_queries_are_class_balanced() -> None:
     assert EpisodeSampler(present, 3, 1, 0).trained_classes == [0, 1]
 
 
+def test_class_repeats_make_a_new_class_a_target_more_often() -> None:
+    """distill --init repeats the classes the run did not know: 3 repeats = 3 of every 5 class targets."""
+    from fsdistill.train.episodes import EpisodeSampler
+
+    present = torch.zeros(9, 3, dtype=torch.bool)
+    for c in range(3):
+        present[3 * c : 3 * c + 3, c] = True  # each image shows one class
+    sampler = EpisodeSampler(present, max_shots=2, views=1, seed=0, class_repeats=[1, 1, 3])
+    queries = [sampler.sample().query for _ in range(500)]
+    assert sum(q >= 6 for q in queries) == 300
+    assert sampler.class_queries == [100, 100, 300]
+
+
 def test_dice_counts_a_small_class_like_a_large_one() -> None:
     from fsdistill.train.losses import dice_loss, focal_loss, segmentation_loss
 

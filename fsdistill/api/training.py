@@ -208,7 +208,20 @@ def distill(cfg: DistillCfg, quiet: bool = False, overwrite: bool = False) -> Ru
         copy_student_classes(student, init[1].model.to(device), match, prior)
     else:
         student.set_class_prior(prior)
-    stats = train(teacher, cache, cfg.train, student=student, freeze_teacher=cfg.freeze_teacher, quiet=quiet)
+    # A continued run has trained classes and new ones: the new ones are query targets as often as all the
+    # trained ones together, or the loss (mostly the trained classes') flattens before they are learned.
+    repeats = None
+    if match is not None and match.new:
+        repeats = [1 if source is not None else max(1, len(match.kept)) for source in match.source]
+    stats = train(
+        teacher,
+        cache,
+        cfg.train,
+        student=student,
+        freeze_teacher=cfg.freeze_teacher,
+        quiet=quiet,
+        class_repeats=repeats,
+    )
     check = check_supports(teacher, student, cache, index.class_names) if cfg.train.steps != 0 else None
     common = _artifact_fields(cfg, index, stats)
     if check is not None:

@@ -126,7 +126,8 @@ class EpisodeSampler:
     pass) and takes, for each class, the next image that shows it (each class's images also cycle). A class
     present in 2 of 10 supports is then a query target as often as one present in all ten: with one query per
     image per pass (the earlier rule) the small structures of a multi-class folder were seen 3-5x less often than
-    the large ones and ended at IoU 0. Images without any foreground class are never queries.
+    the large ones and ended at IoU 0. Images without any foreground class are never queries. ``class_repeats``
+    (per class, default 1) makes a class a target that many times per pass.
     ``class_queries`` counts, per class, the queries that showed it (the automatic budget reads it).
 
     An episode draws K uniformly from 1..``max_shots`` (capped by the other images available); its supports
@@ -136,7 +137,9 @@ class EpisodeSampler:
     with. With a single support image the query is a flipped view of it (needs augmentation views).
     """
 
-    def __init__(self, present: Tensor, max_shots: int, views: int, seed: int) -> None:
+    def __init__(
+        self, present: Tensor, max_shots: int, views: int, seed: int, class_repeats: list[int] | None = None
+    ) -> None:
         self.present = present.bool()
         self.count = present.shape[0]
         self.max_shots = max_shots
@@ -147,7 +150,10 @@ class EpisodeSampler:
         # Images of each class, and the classes that have any: a class no support shows is never a query target.
         self._images_of = [self.present[:, c].nonzero().flatten().tolist() for c in range(num_classes)]
         self.trained_classes = [c for c in range(num_classes) if self._images_of[c]]
-        self._classes: list[int | None] = list(self.trained_classes) or [None]
+        # A pass over the classes holds each class ``class_repeats[c]`` times (default once): ``distill --init``
+        # repeats the classes a run did not know yet, so they catch up with the ones that start trained.
+        repeats = class_repeats or [1] * num_classes
+        self._classes: list[int | None] = [c for c in self.trained_classes for _ in range(max(1, repeats[c]))] or [None]
         self._class_order: list[int | None] = []
         self._image_order: dict[int | None, list[int]] = {}
 

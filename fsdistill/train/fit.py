@@ -75,12 +75,14 @@ def train(
     student: DistilledStudent | None = None,
     freeze_teacher: bool = False,
     quiet: bool = False,
+    class_repeats: list[int] | None = None,
 ) -> TrainStats:
     """Fine-tune the teacher (``student is None``) or train the student jointly with it.
 
     Losses: adapt = focal(teacher); distill = ⅓ focal(teacher) + ⅓ focal(student) + ⅓ w·MSE(coarse maps), or with
     ``freeze_teacher`` ½ focal(student) + ½ w·MSE against the fixed teacher (w = ``cfg.mse_weight``; "focal" is
-    focal + Dice, :func:`~fsdistill.train.losses.segmentation_loss`).
+    focal + Dice, :func:`~fsdistill.train.losses.segmentation_loss`). ``class_repeats``: per class, how often it
+    is a query target per pass of the class-balanced sampler (default once each).
     """
     stats = TrainStats()
     if cfg.steps == 0:
@@ -97,7 +99,7 @@ def train(
     if not groups:
         raise ValueError("nothing to train: choose at least one trainable group")
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sampler = EpisodeSampler(cache.present, cfg.max_shots, cache.views, cfg.seed)
+    sampler = EpisodeSampler(cache.present, cfg.max_shots, cache.views, cfg.seed, class_repeats)
     attention_trains = any(p.requires_grad for p in teacher.blocks.parameters())
     # Frozen attention (the default): each (query, support) pair's attention is computed once and reused.
     pair_attention = None if attention_trains else PairAttention(teacher, cache)
