@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 from make_examples import build_examples  # noqa: E402
 
 from fsdistill import api  # noqa: E402
+from fsdistill.checkpoint import is_artifact  # noqa: E402
 from fsdistill.config import DistillCfg, load_config  # noqa: E402
 from fsdistill.data.discover import discover  # noqa: E402
 from fsdistill.runtime import library_versions  # noqa: E402
@@ -62,6 +63,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--data", type=Path, default=ROOT / "examples" / "data")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "grow")
+    parser.add_argument(
+        "--reuse-base", action="store_true", help="keep a finished base run of an earlier call (same --out, seed)"
+    )
     args = parser.parse_args(argv)
     case = build_examples(args.data, cases=[args.case])[args.case]
     work = args.out / "work"
@@ -71,8 +75,12 @@ def main(argv: list[str] | None = None) -> dict:
     heldout = subset_folder(case / "heldout", work / "grown_heldout", grown_classes)
     rows = []
     for seed in args.seeds:
-        base_run, base_s, base_steps = distill(base, work / f"base_{seed}", seed)
-        row = {"seed": seed, "base_s": base_s, "base_steps": base_steps}
+        base_run = work / f"base_{seed}"
+        if args.reuse_base and is_artifact(base_run / "teacher") and is_artifact(base_run / "student"):
+            row = {"seed": seed, "base_reused": True}
+        else:
+            base_run, base_s, base_steps = distill(base, base_run, seed)
+            row = {"seed": seed, "base_s": base_s, "base_steps": base_steps}
         for name, init in (("init", base_run), ("scratch", None)):
             run, seconds, steps = distill(grown, work / f"{name}_{seed}", seed, init)
             result = api.evaluate(heldout, model=run, device="cpu", workers=0)
