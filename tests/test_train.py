@@ -139,10 +139,10 @@ def test_distill_from_a_frozen_adapted_teacher_leaves_it_unchanged(
 
     real_train = training_api.train
 
-    def spy(teacher, cache, cfg, student=None, freeze_teacher=False, quiet=False):
+    def spy(teacher, cache, cfg, student=None, freeze_teacher=False, quiet=False, **options):
         seen["freeze"] = freeze_teacher
         seen["convdist"] = {k: v.clone() for k, v in student.convdist.state_dict().items()}
-        stats = real_train(teacher, cache, cfg, student=student, freeze_teacher=freeze_teacher, quiet=quiet)
+        stats = real_train(teacher, cache, cfg, student=student, freeze_teacher=freeze_teacher, quiet=quiet, **options)
         seen["teacher"] = {k: v.clone() for k, v in teacher.state_dict().items()}
         seen["convdist_after"] = student.convdist.state_dict()
         return stats

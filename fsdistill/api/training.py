@@ -174,7 +174,7 @@ def distill(cfg: DistillCfg, quiet: bool = False, overwrite: bool = False) -> Ru
         raise ConfigError("One support image needs augmentation to build episodes; drop --no-augment or add images.")
     match = None
     if init is not None:
-        init_teacher, init_student = init
+        init_teacher = init[0]
         match = match_classes(init_teacher.class_names, index.class_names, cfg.drop_class, str(cfg.init))
         teacher, teacher_cfg = _new_teacher(cfg, num_classes)
         # The teacher has no per-class weight: the run's, whole (the new one only differs in its class count).

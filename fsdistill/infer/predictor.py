@@ -194,11 +194,6 @@ class Runner(ABC):
     def identity(self) -> dict:
         """What makes an output folder this model's (stored in the folder's manifest to guard resume)."""
 
-    def predict_array(self, image: np.ndarray) -> np.ndarray:
-        """H×W×3 uint8 → H×W uint8 class ids at the image's own size."""
-        small = to_chw_tensor(resize_image(image, self.size))[None]
-        return logits_to_mask(self.logits(small)[0], *image.shape[:2])
-
     def iterate(
         self, paths: list[Path], batch_size: int = 8, workers: int = 2
     ) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
