@@ -218,12 +218,13 @@ def new_file_mode() -> int:
     return 0o666 & ~mask
 
 
-def write_atomic(path: Path, payload: bytes | str) -> Path:
+def write_atomic(path: Path, payload: bytes | str, unique: bool = False) -> Path:
     """Write ``payload`` (str as UTF-8) to ``path`` through a hidden ``.NAME.tmp`` beside it and a rename, so a
     crash leaves the old file or the new one, never half of one. The file gets the umask's mode
-    (:func:`new_file_mode`). Returns ``path``."""
+    (:func:`new_file_mode`). ``unique``: a temporary name of this process's own (``.NAME.PID.tmp``), for a file
+    that several processes may write at once (the manifest of ``predict --shard``). Returns ``path``."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp" if unique else f".{path.name}.tmp")
     tmp.write_bytes(payload.encode("utf-8") if isinstance(payload, str) else payload)
     # A temp file left by a killed run keeps its old mode when reopened; set it as a new file would have it.
     os.chmod(tmp, new_file_mode())

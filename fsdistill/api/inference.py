@@ -18,6 +18,7 @@ from fsdistill.data.discover import SupportIndex, discover
 from fsdistill.errors import CheckpointError, ConfigError, DataError, FsdistillError
 from fsdistill.infer.formats import FormatOptions
 from fsdistill.infer.predictor import Predictor, PredictResult, Runner, list_images, predict_files
+from fsdistill.infer.shard import Shard, parse_shard
 from fsdistill.metrics import ConfusionMatrix
 from fsdistill.models.build import (
     load_model,
@@ -143,6 +144,7 @@ def predict(
     formats: str | Sequence[str] | None = None,
     coco_rle: bool = False,
     image_root_url: str | None = None,
+    shard: str | Shard | None = None,
 ) -> PredictResult:
     """Support-free batch inference with a student: masks at each image's original size (see predict_files).
 
@@ -162,12 +164,16 @@ def predict(
     caller can say which run ``model`` None picked); ``on_total``: once with the number of images found;
     ``on_progress``: with 1 per image done or skipped.
 
+    ``shard``: ``"I/N"``, predict only shard I of N of the sorted image list, into the same ``out_dir`` as the
+    other shards (see :mod:`fsdistill.infer.shard`: round-robin, ``predictions.csv`` merged by the last shard).
+
     Raises:
-        ConfigError: an unknown backend or format, a format option without its format, or an ``.onnx`` model
-            with the torch backend.
+        ConfigError: an unknown backend or format, a format option without its format, an ``.onnx`` model
+            with the torch backend, a bad ``shard`` or one combined with a pre-label format.
         DependencyError: the onnx backend without onnxruntime installed.
     """
     format_options = FormatOptions.parse(formats, coco_rle, image_root_url)
+    shard = parse_shard(shard)
     runner = _runner(model, device, backend)
     if on_model is not None:
         on_model(runner.identity()["model"])
@@ -179,7 +185,7 @@ def predict(
     if workers is None:
         workers = _decode_workers(on_gpu)
     return predict_files(
-        runner, inputs, out_dir, batch_size, overlay, overwrite, workers, on_progress, on_total, format_options
+        runner, inputs, out_dir, batch_size, overlay, overwrite, workers, on_progress, on_total, format_options, shard
     )
 
 

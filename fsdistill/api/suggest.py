@@ -14,6 +14,7 @@ from fsdistill.api.inference import _decode_workers
 from fsdistill.checkpoint import recover_artifact
 from fsdistill.errors import ConfigError, DataError
 from fsdistill.infer.predictor import list_images
+from fsdistill.infer.shard import Shard, parse_shard
 from fsdistill.models.build import load_model
 from fsdistill.runtime import ensure_writable_dir, resolve_device
 
@@ -99,6 +100,7 @@ def suggest(
     on_model: Callable[[str], None] | None = None,
     on_total: Callable[[int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    shard: str | Shard | None = None,
 ) -> SuggestResult:
     """Rank unlabelled images by how much labelling each would teach the run (``fsdistill suggest``).
 
@@ -116,11 +118,14 @@ def suggest(
             the supports costs seconds per image on a CPU, the student milliseconds).
         copy_to: a folder to copy the top images into (names kept; see :func:`fsdistill.infer.suggest.copy_images`).
         batch_size: None: 8 on a GPU, 2 on the CPU. workers: decode processes, None as in :func:`predict`.
+        shard: ``"I/N"``, score only shard I of N of the sorted pool (image k goes to shard k mod N, see
+            :mod:`fsdistill.infer.shard`); the ranking and outputs are then that shard's alone (give each shard
+            its own ``out``/``json_out``).
         on_model: called once with the student's path when loaded; on_total: once with the number of images;
             on_progress: with the number of images done (read or skipped).
 
     Raises:
-        ConfigError: ``top`` or ``batch_size`` below 1. DataError: a missing pool, a pool without images, none
+        ConfigError: ``top`` or ``batch_size`` below 1, a bad ``shard``. DataError: a missing pool, a pool without images, none
             readable, an unwritable output. CheckpointError: no student, or a teacher that does not load or
             does not match it.
     """
@@ -140,12 +145,17 @@ def suggest(
         raise ConfigError("--student-only ranks without a teacher; drop --teacher or --student-only.")
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1 (got {batch_size}).")
+    shard = parse_shard(shard)
     pools = [Path(p) for p in ([pool] if isinstance(pool, (str, Path)) else pool)]
     for path in pools:
         if not path.exists():
             raise DataError(f"Pool {path} does not exist; pass a folder (or files) of unlabelled images.")
     # The copy folder may sit inside the pool: its copies are not pool images on a rerun.
     entries = list_images(pools, Path(copy_to) if copy_to is not None else None)
+    if shard is not None:
+        entries = shard.select(entries)
+        if not entries:
+            raise DataError(f"Shard {shard} of the pool holds no image (the pool has fewer than {shard.count}).")
     for path, flag, example in ((out, "--out", "ranking.csv"), (json_out, "--json", "ranking.json")):
         if path is not None:
             if Path(path).is_dir():

@@ -23,6 +23,16 @@ from fsdistill.cli.common import (
     model_command,
 )
 
+ShardOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        metavar="I/N",
+        help="Do only shard I of N (0 <= I < N) of the sorted image list: image k goes to shard k mod N. For job "
+        "arrays: run I = 0..N-1 into the same -o folder; the last shard to finish merges predictions.csv.",
+    ),
+]
+
 
 @model_command
 def predict(
@@ -71,6 +81,7 @@ def predict(
             "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT set to the input folder).",
         ),
     ] = None,
+    shard: ShardOpt = None,
     device: DeviceOpt = "auto",
     seed: InferSeedOpt = None,
     quiet: QuietOpt = False,
@@ -80,6 +91,7 @@ def predict(
     Example: fsdistill predict images/ -o out/ --model runs/polyps --overlay
     (ONNX: fsdistill predict images/ -o out/ --backend onnx --model runs/polyps/student.onnx)
     (pre-labels: fsdistill predict images/ -o out/ --format labelstudio,cvat)
+    (job array: fsdistill predict images/ -o out/ --shard $SLURM_ARRAY_TASK_ID/8)
     """
     from fsdistill import api
 
@@ -105,6 +117,7 @@ def predict(
             formats=format,
             coco_rle=coco_rle,
             image_root_url=image_root_url,
+            shard=shard,
         )
     console = _Console(quiet)
     console.say(f"{result.written} written, {result.skipped} already done, {len(result.failed)} failed -> {out}/masks")
@@ -320,6 +333,15 @@ def suggest(
         int | None,
         typer.Option("--workers", min=0, help="Image-decoding worker processes (default: as predict's)."),
     ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard",
+            metavar="I/N",
+            help="Score only shard I of N of the sorted pool (image k goes to shard k mod N); the ranking is that "
+            "shard's alone.",
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     seed: InferSeedOpt = None,
     quiet: QuietOpt = False,
@@ -352,6 +374,7 @@ def suggest(
             on_model=say_model,
             on_total=bar.set_total,
             on_progress=bar.update,
+            shard=shard,
         )
     console = _Console(quiet)
     if result.note and not quiet:

@@ -26,7 +26,7 @@ from fsdistill.checkpoint import config_sha256
 from fsdistill.data.images import IMAGE_SUFFIXES, read_image, read_image_reduced
 from fsdistill.data.masks import read_index_mask, write_index_png
 from fsdistill.data.transforms import resize_image, to_chw_tensor
-from fsdistill.errors import DataError, FsdistillError
+from fsdistill.errors import ConfigError, DataError, FsdistillError
 from fsdistill.infer.formats import (
     FormatOptions,
     add_missing_scores,
@@ -36,6 +36,7 @@ from fsdistill.infer.formats import (
     write_formats,
 )
 from fsdistill.infer.postprocess import logits_to_mask
+from fsdistill.infer.shard import Shard, merge_shard_tables
 from fsdistill.models.build import LoadedModel, for_inference
 from fsdistill.runtime import (
     ensure_writable_dir,
@@ -319,15 +320,17 @@ def _write_csv(
     entries: list[tuple[Path, Path]],
     class_names: list[str],
     known: dict[Path, tuple[int, int, np.ndarray]] | None = None,
+    name: str = "predictions.csv",
 ) -> Path:
-    """predictions.csv for every mask in the folder (so a resumed run's table covers every image).
+    """predictions.csv (or ``name``: a shard's table) for every mask of ``entries`` in the folder (so a resumed
+    run's table covers every image).
 
     ``known``: the counts of the masks this run just wrote (by relative mask path); only the others, written by
     an earlier run, are read back from disk.
     """
     known = known or {}
-    path = out_dir / "predictions.csv"
-    tmp = out_dir / ".predictions.csv.tmp"
+    path = out_dir / name
+    tmp = out_dir / f".{name}.tmp"
     with tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["image", "width", "height", "class", "pixels", "fraction"])
@@ -357,8 +360,13 @@ def predict_files(
     on_progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
     formats: FormatOptions | None = None,
+    shard: Shard | None = None,
 ) -> PredictResult:
     """Predict every image of ``inputs`` into ``out_dir`` (masks/, overlays/, predictions.csv), resuming.
+
+    ``shard``: predict only that shard's part of the sorted image list (see :mod:`fsdistill.infer.shard`); its
+    rows go to ``predictions.shard-I-of-N.csv``, and ``predictions.csv`` is written once all N shards' are there.
+    Pre-label formats need every image, so they cannot be combined with a shard.
 
     ``formats``: pre-labels for annotation tools written after all masks, from the masks on disk (see
     :mod:`fsdistill.infer.formats`); with a scored one, masks keep their scores and earlier masks get theirs.
@@ -371,7 +379,14 @@ def predict_files(
     another model or backend (then a DataError asks for ``overwrite`` or another folder) or ``overwrite`` is set.
     """
     out_dir = Path(out_dir)
-    entries = list_images(inputs, out_dir)
+    formats = formats or FormatOptions()
+    if shard is not None and formats.formats != ("png",):
+        raise ConfigError(
+            "--format writes one file for all images, so it cannot be combined with --shard; run predict once more "
+            "without --shard after the shards are done (it predicts nothing again) to write the formats."
+        )
+    all_entries = list_images(inputs, out_dir)
+    entries = shard.select(all_entries) if shard is not None else all_entries
     if on_total is not None:
         on_total(len(entries))
     ensure_writable_dir(out_dir, "-o")
@@ -393,8 +408,7 @@ def predict_files(
                 f"{out_dir} holds masks predicted with the {previous.get('backend', 'torch')} backend; pass "
                 f"--overwrite or a new -o folder to predict with the {identity['backend']} backend."
             )
-    write_atomic(manifest, json.dumps(identity, indent=2) + "\n")
-    formats = formats or FormatOptions()
+    write_atomic(manifest, json.dumps(identity, indent=2) + "\n", unique=shard is not None)
     if overwrite:
         remove_format_files(out_dir)  # derived from the masks being replaced; written again at the end if asked
     result = PredictResult(out_dir)
@@ -433,7 +447,12 @@ def predict_files(
             result.written += 1
         if on_progress:
             on_progress(1)
-    result.csv_path = _write_csv(out_dir, entries, predictor.class_names, written)
+    if shard is None:
+        result.csv_path = _write_csv(out_dir, entries, predictor.class_names, written)
+    else:
+        result.csv_path = _write_csv(out_dir, entries, predictor.class_names, written, shard.csv_name())
+        merged = merge_shard_tables(out_dir, shard, [str(source) for source, _ in all_entries])
+        result.csv_path = merged or result.csv_path
     if formats.scored:
         add_missing_scores(predictor, entries, out_dir, batch_size, workers)
     result.format_paths = write_formats(

@@ -1,0 +1,101 @@
+"""``--shard I/N``: split one predict (or suggest) job over N independent processes, e.g. a SLURM job array.
+
+The partition is of the sorted input list (:func:`fsdistill.infer.predictor.list_images`'s order): image k goes
+to shard ``k mod N`` (round-robin, so every shard gets a share of each folder and of each image size). It depends
+only on the inputs and N, so every shard computes its part alone, with no coordination.
+
+Shards write into one output folder: masks and overlays are per image; the manifest is the same for every shard
+of one model; each shard writes its rows to ``predictions.shard-I-of-N.csv``, and the shard that finishes last
+(the one that finds all N shard tables there) merges them into ``predictions.csv``, the same bytes an unsharded
+run writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from pathlib import Path
+from typing import TypeVar
+
+from fsdistill.errors import ConfigError
+
+__all__ = ["Shard", "parse_shard", "shard_csv_name"]
+
+T = TypeVar("T")
+
+_SHARD = re.compile(r"^\s*(-?\d+)\s*/\s*(-?\d+)\s*$")
+
+
+class Shard:
+    """Shard ``index`` of ``count`` (0 ≤ index < count)."""
+
+    def __init__(self, index: int, count: int) -> None:
+        if count < 1 or not 0 <= index < count:
+            raise ConfigError(
+                f"--shard {index}/{count} is out of range; use I/N with N >= 1 and 0 <= I < N (for example 0/4)."
+            )
+        self.index, self.count = index, count
+
+    def __repr__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Shard) and (self.index, self.count) == (other.index, other.count)
+
+    def select(self, items: list[T]) -> list[T]:
+        """This shard's items of the full sorted list: those at positions ``k`` with ``k mod count == index``."""
+        return items[self.index :: self.count]
+
+    def csv_name(self, index: int | None = None) -> str:
+        return shard_csv_name(self.index if index is None else index, self.count)
+
+
+def shard_csv_name(index: int, count: int) -> str:
+    return f"predictions.shard-{index}-of-{count}.csv"
+
+
+def parse_shard(value: str | Shard | tuple[int, int] | None) -> Shard | None:
+    """``"I/N"`` (or a Shard, or ``(I, N)``) → :class:`Shard`; None → None.
+
+    Raises:
+        ConfigError: not of the form I/N, or I outside 0..N-1.
+    """
+    if value is None or isinstance(value, Shard):
+        return value
+    if isinstance(value, tuple):
+        return Shard(int(value[0]), int(value[1]))
+    match = _SHARD.match(str(value))
+    if match is None:
+        raise ConfigError(f"--shard '{value}' is not of the form I/N; for example 0/4 (the first of 4 shards).")
+    return Shard(int(match.group(1)), int(match.group(2)))
+
+
+def merge_shard_tables(out_dir: Path, shard: Shard, sources: list[str]) -> Path | None:
+    """Write ``predictions.csv`` from the N shard tables when all are there (else None).
+
+    ``sources``: the image column of the full, unsharded list in order; the rows of each image are taken from the
+    shard that holds it, so the result is the unsharded run's table. Safe when two shards finish at once: both
+    write the same bytes through their own temporary file and a rename.
+    """
+    tables = [out_dir / shard.csv_name(i) for i in range(shard.count)]
+    if not all(t.is_file() for t in tables):
+        return None
+    header: list[str] | None = None
+    rows: dict[str, list[list[str]]] = {}
+    for table in tables:
+        with table.open(newline="") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None) or header
+            for row in reader:
+                rows.setdefault(row[0], []).append(row)
+    path = out_dir / "predictions.csv"
+    tmp = out_dir / f".predictions.csv.{os.getpid()}.tmp"
+    with tmp.open("w", newline="") as handle:
+        # csv.writer writes back the same bytes the shards' writers wrote from the same strings.
+        writer = csv.writer(handle)
+        writer.writerow(header or ["image", "width", "height", "class", "pixels", "fraction"])
+        for source in sources:
+            writer.writerows(rows.get(source, ()))
+    os.replace(tmp, path)
+    return path

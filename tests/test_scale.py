@@ -1,0 +1,135 @@
+"""Scaling predict out: ``--shard I/N`` (job arrays) and the Ray engine (``--engine ray``, skipped without ray)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from fsdistill import api
+from fsdistill.cli import app
+from fsdistill.errors import ConfigError
+from fsdistill.infer.shard import Shard, parse_shard
+
+from helpers import SynData, assert_user_error
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """Seven small images of varied sizes (two in a subfolder), and one corrupt file."""
+    root = tmp_path_factory.mktemp("scale_in")
+    for i, (h, w) in enumerate([(40, 52), (64, 64), (37, 81), (50, 33), (72, 60), (45, 45), (66, 39)]):
+        image = SynData.image(h, w, i)
+        image[h // 4 : h // 2, w // 3 : 2 * w // 3] = (40 * i % 255, 200, 90)
+        path = root / ("sub" if i >= 5 else "") / f"img{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(path)
+    (root / "broken.png").write_bytes(b"not a png at all")
+    return root
+
+
+def _predict(root, out, model, **kw):
+    kw.setdefault("device", "cpu")
+    kw.setdefault("workers", 0)
+    kw.setdefault("batch_size", 2)
+    return api.predict([root], out, model, **kw)
+
+
+def _tree(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _outputs(root):
+    """What must be identical between two ways of predicting one folder: masks, overlays and predictions.csv."""
+    return {k: v for k, v in _tree(root).items() if k.split("/")[0] in ("masks", "overlays") or k == "predictions.csv"}
+
+
+@pytest.fixture(scope="module")
+def reference(shaken_multi_student, folder, tmp_path_factory):
+    """An unsharded local predict of ``folder`` (with overlays): the outputs every other way must reproduce."""
+    out = tmp_path_factory.mktemp("scale_ref") / "out"
+    result = _predict(folder, out, shaken_multi_student, overlay=True)
+    assert result.written == 7 and len(result.failed) == 1
+    classes = {int(v) for p in (out / "masks").rglob("*.png") for v in np.unique(np.asarray(Image.open(p)))}
+    assert classes == {0, 1, 2, 3}  # the byte comparisons can tell masks apart
+    return out
+
+
+# --- --shard ---------------------------------------------------------------------------------------------------
+
+
+def test_parse_shard() -> None:
+    assert parse_shard("1/4") == Shard(1, 4) and parse_shard(" 0 / 1 ") == Shard(0, 1) and parse_shard(None) is None
+    for bad in ("4/4", "-1/2", "1/0", "1", "a/b", "1/2/3"):
+        with pytest.raises(ConfigError, match="--shard"):
+            parse_shard(bad)
+    assert Shard(1, 3).select(list(range(8))) == [1, 4, 7]
+
+
+def test_shards_partition_the_images_and_merge_to_the_unsharded_outputs(
+    shaken_multi_student, folder, reference, tmp_path
+) -> None:
+    out = tmp_path / "out"
+    first = _predict(folder, out, shaken_multi_student, overlay=True, shard="0/2")
+    assert first.csv_path == out / "predictions.shard-0-of-2.csv"
+    assert not (out / "predictions.csv").exists()  # not before every shard is done
+    second = _predict(folder, out, shaken_multi_student, overlay=True, shard="1/2")
+    assert second.csv_path == out / "predictions.csv"
+    # Round-robin over the sorted list (broken.png is image 0, so shard 0 has it): no image twice, none missing.
+    assert (first.written, len(first.failed)) == (3, 1) and (second.written, len(second.failed)) == (4, 0)
+    masks0 = {r["image"] for r in _csv_rows(out / "predictions.shard-0-of-2.csv")}
+    masks1 = {r["image"] for r in _csv_rows(out / "predictions.shard-1-of-2.csv")}
+    assert not masks0 & masks1 and len(masks0 | masks1) == 7
+    assert _outputs(out) == _outputs(reference)
+    # A shard run again resumes (nothing to do) and merges again to the same table.
+    again = _predict(folder, out, shaken_multi_student, overlay=True, shard="0/2")
+    assert again.written == 0 and again.skipped == 3 and _outputs(out) == _outputs(reference)
+    # An unsharded run over the sharded folder predicts nothing and writes the same table too.
+    whole = _predict(folder, out, shaken_multi_student, overlay=True)
+    assert whole.written == 0 and whole.skipped == 7 and _outputs(out) == _outputs(reference)
+    assert not list(out.rglob("*.tmp"))
+
+
+def _csv_rows(path):
+    import csv
+
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_shard_with_a_format_is_refused(shaken_multi_student, folder, tmp_path) -> None:
+    with pytest.raises(ConfigError, match="--shard"):
+        _predict(folder, tmp_path / "out", shaken_multi_student, shard="0/2", formats="coco")
+
+
+def test_cli_bad_shard_is_one_sentence_and_exit_2(shaken_multi_student, folder, tmp_path) -> None:
+    runner = CliRunner()
+    for bad in ("2/2", "x"):
+        result = runner.invoke(
+            app,
+            ["predict", str(folder), "-o", str(tmp_path / "out"), "--model", str(shaken_multi_student)]
+            + ["--shard", bad, "--device", "cpu", "--quiet"],
+        )
+        assert_user_error(result, "--shard")
+    result = runner.invoke(
+        app,
+        ["suggest", str(folder), "--model", str(shaken_multi_student), "--shard", "3/3", "--device", "cpu", "--quiet"],
+    )
+    assert_user_error(result, "--shard")
+
+
+def test_suggest_shard_scores_only_its_images(shaken_multi_student, folder) -> None:
+    whole = api.suggest(folder, shaken_multi_student, top=20, device="cpu", workers=0, student_only=True)
+    parts = [
+        api.suggest(folder, shaken_multi_student, top=20, device="cpu", workers=0, student_only=True, shard=f"{i}/3")
+        for i in range(3)
+    ]
+    images = [{row.image for row in part.ranking} | {path for path, _ in part.failed} for part in parts]
+    assert sum(len(s) for s in images) == 8 and set().union(*images) == (
+        {row.image for row in whole.ranking} | {path for path, _ in whole.failed}
+    )
+    scores = {row.image: row.scores.score for row in whole.ranking}
+    for part in parts:
+        for row in part.ranking:
+            assert row.scores.score == pytest.approx(scores[row.image], abs=1e-6)
