@@ -133,3 +133,62 @@ def test_suggest_shard_scores_only_its_images(shaken_multi_student, folder) -> N
     for part in parts:
         for row in part.ranking:
             assert row.scores.score == pytest.approx(scores[row.image], abs=1e-6)
+
+
+# --- --engine ray ----------------------------------------------------------------------------------------------
+
+
+def test_missing_ray_extra_is_one_sentence_and_exit_2(shaken_multi_student, folder, tmp_path, monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError, as without the extra
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+    result = CliRunner().invoke(
+        app,
+        ["predict", str(folder), "-o", str(tmp_path / "out"), "--model", str(shaken_multi_student)]
+        + ["--engine", "ray", "--device", "cpu", "--quiet"],
+    )
+    assert_user_error(result, "pip install 'fsdistill[ray]'")
+    assert not (tmp_path / "out").exists()
+
+
+def test_ray_options_need_the_ray_engine(shaken_multi_student, folder, tmp_path) -> None:
+    with pytest.raises(ConfigError, match="--engine ray"):
+        _predict(folder, tmp_path / "out", shaken_multi_student, address="auto")
+    with pytest.raises(ConfigError, match="engine"):
+        _predict(folder, tmp_path / "out", shaken_multi_student, engine="spark")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray cluster of 2 CPUs for this module's Ray tests (started once, shut down after them)."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.ray
+def test_ray_engine_writes_the_local_outputs_and_resumes(
+    ray_cluster, shaken_multi_student, folder, reference, tmp_path
+) -> None:
+    out = tmp_path / "out"
+    result = _predict(folder, out, shaken_multi_student, overlay=True, engine="ray", workers=2)
+    assert result.written == 7 and result.skipped == 0
+    assert [path for path, _ in result.failed] == [str(folder / "broken.png")]  # an image's error, not the job's
+    assert str(folder / "broken.png") in result.failed[0][1]
+    assert _outputs(out) == _outputs(reference)
+    assert (out / ".fsdistill-predict.json").read_bytes() == (reference / ".fsdistill-predict.json").read_bytes()
+    # Resume: only the images without a mask go to the cluster.
+    (out / "masks" / "img3.png").unlink()
+    again = _predict(folder, out, shaken_multi_student, overlay=True, engine="ray", workers=1)
+    assert again.written == 1 and again.skipped == 6 and _outputs(out) == _outputs(reference)
+
+
+@pytest.mark.ray
+def test_ray_engine_with_a_shard(ray_cluster, shaken_multi_student, folder, reference, tmp_path) -> None:
+    out = tmp_path / "out"
+    _predict(folder, out, shaken_multi_student, overlay=True, shard="0/2")
+    _predict(folder, out, shaken_multi_student, overlay=True, shard="1/2", engine="ray", workers=1)
+    assert _outputs(out) == _outputs(reference)

@@ -18,6 +18,7 @@ from fsdistill.data.discover import SupportIndex, discover
 from fsdistill.errors import CheckpointError, ConfigError, DataError, FsdistillError
 from fsdistill.infer.formats import FormatOptions
 from fsdistill.infer.predictor import Predictor, PredictResult, Runner, list_images, predict_files
+from fsdistill.infer.ray_engine import ENGINES, RayRunner, require_ray
 from fsdistill.infer.shard import Shard, parse_shard
 from fsdistill.metrics import ConfusionMatrix
 from fsdistill.models.build import (
@@ -145,6 +146,9 @@ def predict(
     coco_rle: bool = False,
     image_root_url: str | None = None,
     shard: str | Shard | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    gpus_per_worker: float | None = None,
 ) -> PredictResult:
     """Support-free batch inference with a student: masks at each image's original size (see predict_files).
 
@@ -167,14 +171,33 @@ def predict(
     ``shard``: ``"I/N"``, predict only shard I of N of the sorted image list, into the same ``out_dir`` as the
     other shards (see :mod:`fsdistill.infer.shard`: round-robin, ``predictions.csv`` merged by the last shard).
 
+    ``engine``: ``local`` runs the model in this process; ``ray`` runs it in a pool of Ray actors (see
+    :mod:`fsdistill.infer.ray_engine`; same outputs, byte for byte), joining the cluster at ``address`` (None:
+    the one this process is connected to, else a new local one; ``auto``; ``ray://host:10001``), with ``workers``
+    actors (None: the cluster's CPUs up to 8, or its GPUs / ``gpus_per_worker``) and ``gpus_per_worker`` GPUs
+    each (default 0). The driver still writes every file.
+
     Raises:
-        ConfigError: an unknown backend or format, a format option without its format, an ``.onnx`` model
-            with the torch backend, a bad ``shard`` or one combined with a pre-label format.
-        DependencyError: the onnx backend without onnxruntime installed.
+        ConfigError: an unknown backend, engine or format, a format option without its format, an ``.onnx``
+            model with the torch backend, a bad ``shard`` or one combined with a pre-label format, Ray options
+            without ``engine="ray"``.
+        DependencyError: the onnx backend without onnxruntime, the ray engine without Ray Data installed.
     """
     format_options = FormatOptions.parse(formats, coco_rle, image_root_url)
     shard = parse_shard(shard)
+    engine = (engine or "local").lower()
+    if engine not in ENGINES:
+        raise ConfigError(f"Unknown engine '{engine}'; use one of {', '.join(ENGINES)}.")
+    if engine == "local" and (address is not None or gpus_per_worker is not None):
+        raise ConfigError("--address and --gpus-per-worker apply to --engine ray; add --engine ray or drop them.")
+    if engine == "ray":
+        require_ray()  # before the model loads: a missing extra is the first thing to say
+        if (backend or "torch").lower() != "torch" or (model is not None and Path(model).suffix.lower() == ".onnx"):
+            raise ConfigError("--engine ray runs the torch backend; drop --backend onnx or use --engine local.")
     runner = _runner(model, device, backend)
+    if engine == "ray":
+        runner = RayRunner(runner, runner.loaded.path, device, address, workers, gpus_per_worker or 0.0)
+        workers = 0  # the actors are the parallelism; the driver decodes only what a scored format adds
     if on_model is not None:
         on_model(runner.identity()["model"])
     on_gpu = runner.on_gpu

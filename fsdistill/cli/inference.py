@@ -49,7 +49,9 @@ def predict(
         typer.Option(
             "--workers",
             min=0,
-            help="Image-decoding worker processes (default: 2 on GPU; on CPU 0 up to 2 cores, else cores/4, at most 2).",
+            help="Image-decoding worker processes (default: 2 on GPU; on CPU 0 up to 2 cores, else cores/4, at most 2). "
+            "With --engine ray: the Ray actors, each with its own copy of the model (default: the cluster's CPUs up "
+            "to 8, or its GPUs / --gpus-per-worker).",
         ),
     ] = None,
     backend: Annotated[
@@ -81,6 +83,25 @@ def predict(
             "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT set to the input folder).",
         ),
     ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            help="local | ray: ray runs the model in a pool of Ray actors (pip install 'fsdistill[ray]'); same "
+            "outputs, written by this process.",
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address",
+            help="With --engine ray: the cluster to join (auto, or ray://HOST:10001; default: a new local one).",
+        ),
+    ] = None,
+    gpus_per_worker: Annotated[
+        float | None,
+        typer.Option("--gpus-per-worker", min=0, help="With --engine ray: GPUs per actor (default 0; 0.5 shares one)."),
+    ] = None,
     shard: ShardOpt = None,
     device: DeviceOpt = "auto",
     seed: InferSeedOpt = None,
@@ -92,6 +113,7 @@ def predict(
     (ONNX: fsdistill predict images/ -o out/ --backend onnx --model runs/polyps/student.onnx)
     (pre-labels: fsdistill predict images/ -o out/ --format labelstudio,cvat)
     (job array: fsdistill predict images/ -o out/ --shard $SLURM_ARRAY_TASK_ID/8)
+    (Ray cluster: fsdistill predict /shared/images -o /shared/out --engine ray --address auto --gpus-per-worker 1)
     """
     from fsdistill import api
 
@@ -118,6 +140,9 @@ def predict(
             coco_rle=coco_rle,
             image_root_url=image_root_url,
             shard=shard,
+            engine=engine,
+            address=address,
+            gpus_per_worker=gpus_per_worker,
         )
     console = _Console(quiet)
     console.say(f"{result.written} written, {result.skipped} already done, {len(result.failed)} failed -> {out}/masks")
