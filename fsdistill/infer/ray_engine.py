@@ -14,6 +14,8 @@ Ray is optional (``pip install 'fsdistill[ray]'``) and imported only here, only 
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -130,7 +132,18 @@ class RayRunner(Runner):
         ray = self.ray
         started = not ray.is_initialized()
         if started:
-            ray.init(address=self.address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+            # Ray's own log lines (the C++ core's warning about actor restarts, Ray Data's execution summary) would
+            # interleave with predict's progress bar; its errors still reach the caller as exceptions.
+            given = os.environ.get("RAY_BACKEND_LOG_LEVEL")
+            os.environ["RAY_BACKEND_LOG_LEVEL"] = given or "fatal"
+            try:
+                ray.init(address=self.address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+            finally:
+                if given is None:
+                    del os.environ["RAY_BACKEND_LOG_LEVEL"]
+        quieted = logging.getLogger("ray.data")
+        level = quieted.level
+        quieted.setLevel(logging.ERROR)
         try:
             from ray.data import ActorPoolStrategy, DataContext
 
@@ -162,5 +175,6 @@ class RayRunner(Runner):
                     else:
                         yield index, np.frombuffer(bytes(mask), dtype=np.uint8).reshape(int(h), int(w)).copy(), None
         finally:
+            quieted.setLevel(level)
             if started:
                 ray.shutdown()
