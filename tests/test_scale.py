@@ -192,3 +192,12 @@ def test_ray_engine_with_a_shard(ray_cluster, shaken_multi_student, folder, refe
     _predict(folder, out, shaken_multi_student, overlay=True, shard="0/2")
     _predict(folder, out, shaken_multi_student, overlay=True, shard="1/2", engine="ray", workers=1)
     assert _outputs(out) == _outputs(reference)
+
+
+@pytest.mark.ray
+def test_ray_engine_scored_format_equals_local(ray_cluster, shaken_multi_student, folder, tmp_path) -> None:
+    """coco carries per-component scores: the actors return the class probabilities as well as the masks."""
+    local = _predict(folder / "sub", tmp_path / "local", shaken_multi_student, formats="coco")
+    remote = _predict(folder / "sub", tmp_path / "ray", shaken_multi_student, formats="coco", engine="ray", workers=1)
+    assert local.written == remote.written == 2
+    assert _tree(tmp_path / "ray") == _tree(tmp_path / "local")  # masks (scores inside), CSV, coco.json, manifest

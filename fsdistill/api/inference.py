@@ -197,7 +197,6 @@ def predict(
     runner = _runner(model, device, backend)
     if engine == "ray":
         runner = RayRunner(runner, runner.loaded.path, device, address, workers, gpus_per_worker or 0.0)
-        workers = 0  # the actors are the parallelism; the driver decodes only what a scored format adds
     if on_model is not None:
         on_model(runner.identity()["model"])
     on_gpu = runner.on_gpu

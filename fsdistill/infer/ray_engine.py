@@ -53,28 +53,27 @@ class _PredictActor:
 
         self.predictor = Predictor(load_model(Path(model), kind=None), resolve_device(device))
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, np.ndarray], scored: bool = False) -> dict[str, np.ndarray]:
         paths = [Path(str(p)) for p in batch["path"]]
-        indices, masks, heights, widths, errors = [], [], [], [], []
+        rows: dict[str, list] = {k: [] for k in ("index", "mask", "height", "width", "probs", "probs_shape", "error")}
         # One forward pass per Ray batch: no decode processes inside an actor (Ray's workers are the parallelism).
-        for i, mask, error in self.predictor.iterate(paths, batch_size=max(1, len(paths)), workers=0):
-            indices.append(int(batch["index"][i]))
-            if error is not None:
-                masks.append(b"")
-                heights.append(0)
-                widths.append(0)
-                errors.append(error)
-            else:
-                masks.append(np.ascontiguousarray(mask, dtype=np.uint8).tobytes())
-                heights.append(mask.shape[0])
-                widths.append(mask.shape[1])
-                errors.append("")
+        size = max(1, len(paths))
+        if scored:
+            outputs = self.predictor.iterate_scored(paths, size, workers=0)
+        else:
+            outputs = ((i, m, None, e) for i, m, e in self.predictor.iterate(paths, size, workers=0))
+        for i, mask, probs, error in outputs:
+            rows["index"].append(int(batch["index"][i]))
+            rows["error"].append(error or "")
+            rows["mask"].append(b"" if mask is None else np.ascontiguousarray(mask, dtype=np.uint8).tobytes())
+            rows["height"].append(0 if mask is None else mask.shape[0])
+            rows["width"].append(0 if mask is None else mask.shape[1])
+            # The scored formats' class probabilities (K×h×w float32 on the model's grid), as local predict has them.
+            rows["probs"].append(b"" if probs is None else np.ascontiguousarray(probs, dtype=np.float32).tobytes())
+            rows["probs_shape"].append(",".join(map(str, probs.shape)) if probs is not None else "")
         return {
-            "index": np.array(indices, dtype=np.int64),
-            "mask": np.array(masks, dtype=object),
-            "height": np.array(heights, dtype=np.int64),
-            "width": np.array(widths, dtype=np.int64),
-            "error": np.array(errors, dtype=object),
+            key: np.array(values, dtype=np.int64 if key in ("index", "height", "width") else object)
+            for key, values in rows.items()
         }
 
 
@@ -82,8 +81,7 @@ class RayRunner(Runner):
     """A :class:`Runner` whose forward passes run in Ray actors (see the module docstring).
 
     Args:
-        local: the driver's own runner of the same model (labels the outputs: classes, palette, identity; also
-            computes the scores of a scored ``--format`` locally).
+        local: the driver's own runner of the same model (labels the outputs: classes, palette, identity).
         model: the artifact folder the actors load. device: each actor's device (``auto``: its GPU when
             ``gpus_per_worker`` gives it one). address: the cluster to join (None: the one this process is
             connected to, else a new local one; ``auto``; ``ray://host:10001``). workers: actors (None: as many
@@ -127,6 +125,18 @@ class RayRunner(Runner):
         self, paths: list[Path], batch_size: int = 8, workers: int = 2
     ) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
         """Yield ``(index, mask or None, error or None)`` per path, in the order the actors finish them."""
+        for index, mask, _, error in self._remote(paths, batch_size, scored=False):
+            yield index, mask, error
+
+    def iterate_scored(
+        self, paths: list[Path], batch_size: int = 8, workers: int = 2
+    ) -> Iterator[tuple[int, np.ndarray | None, np.ndarray | None, str | None]]:
+        """As :meth:`iterate`, plus each image's class probabilities (see :meth:`Runner.iterate_scored`)."""
+        yield from self._remote(paths, batch_size, scored=True)
+
+    def _remote(
+        self, paths: list[Path], batch_size: int, scored: bool
+    ) -> Iterator[tuple[int, np.ndarray | None, np.ndarray | None, str | None]]:
         if not paths:
             return
         ray = self.ray
@@ -158,22 +168,27 @@ class RayRunner(Runner):
                 compute=ActorPoolStrategy(size=self._pool_size()),
                 batch_size=batch_size,
                 batch_format="numpy",
+                fn_kwargs={"scored": scored},
                 num_cpus=1,
                 num_gpus=self.gpus_per_worker or None,
                 # Ray Data's actor pools restart an actor that dies and retry its batch by default
                 # (max_restarts=-1, max_task_retries=-1): nothing to set here.
             )
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-                for index, mask, h, w, error in zip(
-                    batch["index"], batch["mask"], batch["height"], batch["width"], batch["error"]
-                ):
+                for j, index in enumerate(batch["index"]):
                     raise_if_interrupted()
-                    index = int(index)
+                    index, error = int(index), str(batch["error"][j])
                     if error:
                         # The actors read absolute paths; report the path as the user gave it.
-                        yield index, None, str(error).replace(absolute[index], str(paths[index]))
-                    else:
-                        yield index, np.frombuffer(bytes(mask), dtype=np.uint8).reshape(int(h), int(w)).copy(), None
+                        yield index, None, None, error.replace(absolute[index], str(paths[index]))
+                        continue
+                    shape = (int(batch["height"][j]), int(batch["width"][j]))
+                    mask = np.frombuffer(bytes(batch["mask"][j]), dtype=np.uint8).reshape(shape).copy()
+                    probs = None
+                    if scored:
+                        probs_shape = tuple(int(n) for n in str(batch["probs_shape"][j]).split(","))
+                        probs = np.frombuffer(bytes(batch["probs"][j]), dtype=np.float32).reshape(probs_shape).copy()
+                    yield index, mask, probs, None
         finally:
             quieted.setLevel(level)
             if started:
