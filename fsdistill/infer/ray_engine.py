@@ -30,6 +30,7 @@ from fsdistill.runtime import raise_if_interrupted
 __all__ = ["ENGINES", "RayRunner", "require_ray"]
 
 ENGINES = ("local", "ray")
+RAY_BATCH_IMAGES = 32  # images per Ray task, at least (see RayRunner._remote)
 
 
 def require_ray() -> Any:
@@ -47,17 +48,19 @@ def require_ray() -> Any:
 class _PredictActor:
     """One Ray actor: loads the student once, then predicts the batches Ray Data hands it."""
 
-    def __init__(self, model: str, device: str) -> None:
+    def __init__(self, model: str, device: str, batch_size: int) -> None:
         from fsdistill.models.build import load_model
         from fsdistill.runtime import resolve_device
 
         self.predictor = Predictor(load_model(Path(model), kind=None), resolve_device(device))
+        self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, np.ndarray], scored: bool = False) -> dict[str, np.ndarray]:
         paths = [Path(str(p)) for p in batch["path"]]
         rows: dict[str, list] = {k: [] for k in ("index", "mask", "height", "width", "probs", "probs_shape", "error")}
-        # One forward pass per Ray batch: no decode processes inside an actor (Ray's workers are the parallelism).
-        size = max(1, len(paths))
+        # Forward passes of predict's batch size; no decode processes inside an actor (the actors are the
+        # parallelism).
+        size = self.batch_size
         if scored:
             outputs = self.predictor.iterate_scored(paths, size, workers=0)
         else:
@@ -164,9 +167,15 @@ class RayRunner(Runner):
             dataset = ray.data.from_items([{"index": i, "path": p} for i, p in enumerate(absolute)])
             dataset = dataset.map_batches(
                 _PredictActor,
-                fn_constructor_kwargs={"model": str(self.model.resolve()), "device": self.device},
+                fn_constructor_kwargs={
+                    "model": str(self.model.resolve()),
+                    "device": self.device,
+                    "batch_size": batch_size,
+                },
                 compute=ActorPoolStrategy(size=self._pool_size()),
-                batch_size=batch_size,
+                # A Ray task per model batch of 2 (predict's CPU default) cost more in scheduling than the model's
+                # work: each Ray batch holds several model batches (a multiple of batch_size, at least 32 images).
+                batch_size=batch_size * max(1, -(-RAY_BATCH_IMAGES // batch_size)),
                 batch_format="numpy",
                 fn_kwargs={"scored": scored},
                 num_cpus=1,
