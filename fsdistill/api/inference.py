@@ -194,9 +194,12 @@ def predict(
         require_ray()  # before the model loads: a missing extra is the first thing to say
         if (backend or "torch").lower() != "torch" or (model is not None and Path(model).suffix.lower() == ".onnx"):
             raise ConfigError("--engine ray runs the torch backend; drop --backend onnx or use --engine local.")
-    runner = _runner(model, device, backend)
-    if engine == "ray":
-        runner = RayRunner(runner, runner.loaded.path, device, address, workers, gpus_per_worker or 0.0)
+        # The driver's copy only labels the outputs (classes, palette, manifest): on the CPU, leaving the GPUs to
+        # the actors (which run on ``device``).
+        local = _runner(model, "cpu", backend)
+        runner = RayRunner(local, local.loaded.path, device, address, workers, gpus_per_worker or 0.0)
+    else:
+        runner = _runner(model, device, backend)
     if on_model is not None:
         on_model(runner.identity()["model"])
     on_gpu = runner.on_gpu

@@ -154,15 +154,16 @@ class RayRunner(Runner):
             finally:
                 if given is None:
                     del os.environ["RAY_BACKEND_LOG_LEVEL"]
+        from ray.data import ActorPoolStrategy, DataContext
+
         quieted = logging.getLogger("ray.data")
         level = quieted.level
         quieted.setLevel(logging.ERROR)
+        context = DataContext.get_current()
+        settings = context.enable_progress_bars, context.print_on_execution_start
+        context.enable_progress_bars = False  # predict shows its own bar
+        context.print_on_execution_start = False
         try:
-            from ray.data import ActorPoolStrategy, DataContext
-
-            context = DataContext.get_current()
-            context.enable_progress_bars = False  # predict shows its own bar
-            context.print_on_execution_start = False
             absolute = [str(Path(p).resolve()) for p in paths]
             dataset = ray.data.from_items([{"index": i, "path": p} for i, p in enumerate(absolute)])
             dataset = dataset.map_batches(
@@ -173,8 +174,8 @@ class RayRunner(Runner):
                     "batch_size": batch_size,
                 },
                 compute=ActorPoolStrategy(size=self._pool_size()),
-                # A Ray task per model batch of 2 (predict's CPU default) cost more in scheduling than the model's
-                # work: each Ray batch holds several model batches (a multiple of batch_size, at least 32 images).
+                # Each Ray task holds several model batches (a multiple of batch_size, at least 32 images): fewer
+                # tasks to schedule and ship than one per batch of 2 (predict's CPU default).
                 batch_size=batch_size * max(1, -(-RAY_BATCH_IMAGES // batch_size)),
                 batch_format="numpy",
                 fn_kwargs={"scored": scored},
@@ -199,6 +200,7 @@ class RayRunner(Runner):
                         probs = np.frombuffer(bytes(batch["probs"][j]), dtype=np.float32).reshape(probs_shape).copy()
                     yield index, mask, probs, None
         finally:
+            context.enable_progress_bars, context.print_on_execution_start = settings
             quieted.setLevel(level)
             if started:
                 ray.shutdown()
