@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -233,3 +234,14 @@ def _model_overrides(backbone, backbone_weights, teacher_weights, size, decoder,
         "decoder": decoder,
         "student_width": student_width,
     }
+
+
+def _model_announcer(bar, model: Path | None, quiet: bool) -> Callable[[str], None]:
+    """The ``on_model`` callback of predict and suggest: without --model the newest run is used, so say which
+    (above the progress bar), or the outputs cannot be traced to a model."""
+
+    def say_model(path: str) -> None:
+        if model is None and not quiet:
+            bar.write(f"model: {path} (newest run under ./runs; pass --model to choose)", file=sys.stderr)
+
+    return say_model

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +18,7 @@ from fsdistill.cli.common import (
     SizeOpt,
     _bar,
     _Console,
+    _model_announcer,
     _write_json,
     model_command,
 )
@@ -118,10 +118,7 @@ def predict(
     from fsdistill import api
 
     with _bar("predict", quiet) as bar:
-        # Without --model the newest run is used: say which, or the masks cannot be traced to a model.
-        def say_model(path: str) -> None:
-            if model is None and not quiet:
-                bar.write(f"model: {path} (newest run under ./runs; pass --model to choose)", file=sys.stderr)
+        say_model = _model_announcer(bar, model, quiet)
 
         result = api.predict(
             inputs,
@@ -379,10 +376,7 @@ def suggest(
     from fsdistill import api
 
     with _bar("suggest", quiet) as bar:
-
-        def say_model(path: str) -> None:
-            if model is None and not quiet:
-                bar.write(f"model: {path} (newest run under ./runs; pass --model to choose)", file=sys.stderr)
+        say_model = _model_announcer(bar, model, quiet)
 
         result = api.suggest(
             pool,

@@ -173,6 +173,27 @@ def _single_threaded_opencv() -> Iterator[None]:
         cv2.setNumThreads(previous)
 
 
+def image_batches(
+    paths: list[Path], size: int, batch_size: int, workers: int
+) -> Iterator[tuple[list[dict], list[tuple[int, str]]]]:
+    """Decode ``paths`` ``batch_size`` at a time (``workers`` processes; none for a single batch), resized to
+    size×size: per batch, the readable items (``index``, ``image`` 3×size×size uint8, ``height``, ``width``) and
+    the ``(index, error)`` of each unreadable one. Only one batch of images is in memory at a time."""
+    workers = workers if len(paths) > batch_size else 0
+    loader = DataLoader(
+        _ImageDataset(paths, size),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_collate,
+        persistent_workers=False,
+    )
+    with _single_threaded_opencv():
+        batches = iter(loader)  # forks the workers
+    for items in batches:
+        raise_if_interrupted()
+        yield [it for it in items if "error" not in it], [(it["index"], it["error"]) for it in items if "error" in it]
+
+
 class Runner(ABC):
     """An inference backend for :func:`predict_files`: uint8 batches in, logits out, plus what labels them.
 
@@ -212,22 +233,9 @@ class Runner(ABC):
     def _run(
         self, paths: list[Path], batch_size: int, workers: int, probabilities: bool
     ) -> Iterator[tuple[int, np.ndarray | None, np.ndarray | None, str | None]]:
-        workers = workers if len(paths) > batch_size else 0
-        loader = DataLoader(
-            _ImageDataset(paths, self.size),
-            batch_size=batch_size,
-            num_workers=workers,
-            collate_fn=_collate,
-            persistent_workers=False,
-        )
-        with _single_threaded_opencv():
-            batches = iter(loader)  # forks the workers
-        for items in batches:
-            raise_if_interrupted()
-            good = [it for it in items if "error" not in it]
-            for it in items:
-                if "error" in it:
-                    yield it["index"], None, None, it["error"]
+        for good, failed in image_batches(paths, self.size, batch_size, workers):
+            for index, error in failed:
+                yield index, None, None, error
             if not good:
                 continue
             logits = self.logits(torch.stack([it["image"] for it in good]))

@@ -41,7 +41,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from fsdistill.errors import CheckpointError
 from fsdistill.models.build import LoadedModel
@@ -370,26 +369,17 @@ def score_images(
     """Yield ``(index, scores, embedding, None)`` per readable path and ``(index, None, None, error)`` per
     unreadable one, decoding ``batch_size`` images at a time (``workers`` processes): only one batch of images is
     ever in memory."""
-    from fsdistill.infer.predictor import _collate, _ImageDataset, _single_threaded_opencv
+    from fsdistill.infer.predictor import image_batches
 
-    workers = workers if len(paths) > batch_size else 0
-    loader = DataLoader(
-        _ImageDataset(paths, scorer.size), batch_size=batch_size, num_workers=workers, collate_fn=_collate
-    )
-    with _single_threaded_opencv():
-        batches = iter(loader)  # forks the workers
-    for items in batches:
-        raise_if_interrupted()
-        good = [it for it in items if "error" not in it]
-        for it in items:
-            if "error" in it:
-                yield it["index"], None, None, it["error"]
+    for good, failed in image_batches(paths, scorer.size, batch_size, workers):
+        for index, error in failed:
+            yield index, None, None, error
         if good:
             scores, embeddings = scorer.score(torch.stack([it["image"] for it in good]))
             for it, s, e in zip(good, scores, embeddings):
                 yield it["index"], s, e, None
         if on_progress:
-            on_progress(len(items))
+            on_progress(len(good) + len(failed))
 
 
 # --- outputs ----------------------------------------------------------------------------------------------------
