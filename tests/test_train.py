@@ -503,8 +503,8 @@ def test_pair_attention_reuses_each_pair_and_matches_the_live_attention() -> Non
     masks[4, 40:, 40:] = 1
     images = torch.randint(0, 256, (5, 3, 64, 64), dtype=torch.uint8)
     cache = FeatureCache(teacher, SupportTensors(images, masks, [str(i) for i in range(5)]), torch.device("cpu"), False)
-    pairs = PairAttention(teacher, cache)
-    capped = PairAttention(teacher, cache, max_bytes=0)
+    pairs = PairAttention(teacher)
+    capped = PairAttention(teacher, max_bytes=0)
     sampler = EpisodeSampler(cache.present, max_shots=3, views=1, seed=0)
     drawn, seen = 0, set()
     for _ in range(40):
@@ -512,9 +512,10 @@ def test_pair_attention_reuses_each_pair_and_matches_the_live_attention() -> Non
         drawn += len(episode.supports)
         seen |= {(episode.query, index) for index, _ in episode.supports}
         query, _ = cache.query(episode.query, episode.query_view)
+        support = cache.supports(list(episode.supports))
         with torch.no_grad():
-            expected = teacher.coarse_maps(query, cache.supports(list(episode.supports)), [0, 1])
-        for got in (pairs.coarse_maps(episode), capped.coarse_maps(episode)):
+            expected = teacher.coarse_maps(query, support, [0, 1])
+        for got in (pairs.coarse_maps(episode, query, support), capped.coarse_maps(episode, query, support)):
             for e, g in zip(expected, got):
                 torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
     assert pairs.computed == len(seen) < drawn and pairs.bytes > 0

@@ -83,22 +83,24 @@ class PairAttention:
     pair could not be resampled anyway.
     """
 
-    def __init__(self, teacher: DCAMATeacher, cache: FeatureCache, max_bytes: int = PAIR_ATTENTION_BYTES) -> None:
-        self.teacher, self.cache, self.max_bytes = teacher, cache, max_bytes
+    def __init__(self, teacher: DCAMATeacher, max_bytes: int = PAIR_ATTENTION_BYTES) -> None:
+        self.teacher, self.max_bytes = teacher, max_bytes
         self._sums: dict[tuple[int, int, int, int], list[Tensor]] = {}
         self.bytes = 0
         self.computed = 0  # pairs computed (cached or not), for tests and logs
 
     @torch.no_grad()
-    def coarse_maps(self, episode: Episode) -> list[Tensor]:
-        """Per stage N×n×h×w coarse maps of the episode's query against its supports (all classes)."""
-        query, _ = self.cache.query(episode.query, episode.query_view)
+    def coarse_maps(self, episode: Episode, query: Features, support: SupportFeatures) -> list[Tensor]:
+        """Per stage N×n×h×w coarse maps of the episode's query against its supports (all classes).
+
+        Args:
+            query: the episode query's features; support: its supports' (as the training loop already holds them).
+        """
         keys = [(episode.query, episode.query_view, index, view) for index, view in episode.supports]
         missing = [i for i, key in enumerate(keys) if key not in self._sums]
         fresh: dict[int, list[Tensor]] = {}
         if missing:
-            support = self.cache.supports([episode.supports[i] for i in missing])
-            sums = self.teacher.attention_sums(query, support)
+            sums = self.teacher.attention_sums(query, support.select(missing))
             self.computed += len(missing)
             for row, i in enumerate(missing):
                 fresh[i] = [stage[row] for stage in sums]
@@ -108,8 +110,7 @@ class PairAttention:
                     self.bytes += size
         per_support = [fresh[i] if i in fresh else self._sums[key] for i, key in enumerate(keys)]
         stacked = [torch.stack(parts) for parts in zip(*per_support)]
-        present = self.cache.present[[index for index, _ in episode.supports]].to(stacked[0].device)
-        return self.teacher.coarse_from_sums(stacked, present, query)
+        return self.teacher.coarse_from_sums(stacked, support.present, query)
 
 
 @dataclass(frozen=True)

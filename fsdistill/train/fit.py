@@ -102,7 +102,7 @@ def train(
     sampler = EpisodeSampler(cache.present, cfg.max_shots, cache.views, cfg.seed, class_repeats)
     attention_trains = any(p.requires_grad for p in teacher.blocks.parameters())
     # Frozen attention (the default): each (query, support) pair's attention is computed once and reused.
-    pair_attention = None if attention_trains else PairAttention(teacher, cache)
+    pair_attention = None if attention_trains else PairAttention(teacher)
     teacher.train()
     if student is not None:
         student.train()
@@ -118,7 +118,7 @@ def train(
             q_feats, q_mask = cache.query(episode.query, episode.query_view)
             support = cache.supports(list(episode.supports))
             if pair_attention is not None:
-                coarse_t = pair_attention.coarse_maps(episode)
+                coarse_t = pair_attention.coarse_maps(episode, q_feats, support)
             else:
                 coarse_t = teacher.coarse_maps(q_feats, support, list(range(teacher.num_classes)))
             present = support.present.any(dim=0)
