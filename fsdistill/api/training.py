@@ -176,8 +176,10 @@ def distill(cfg: DistillCfg, quiet: bool = False, overwrite: bool = False) -> Ru
     if init is not None:
         init_teacher = init[0]
         match = match_classes(init_teacher.class_names, index.class_names, cfg.drop_class, str(cfg.init))
-        teacher, teacher_cfg = _new_teacher(cfg, num_classes)
-        # The teacher has no per-class weight: the run's, whole (the new one only differs in its class count).
+        # The teacher has no per-class weight: the run's, whole (the new one only differs in its class count),
+        # so it is built from the run's own config without loading backbone or official weights a second time.
+        teacher_cfg = init_teacher.model_cfg
+        teacher = build_teacher(teacher_cfg, num_classes, pretrained=False)
         teacher.load_state_dict(init_teacher.model.state_dict())
         teacher = teacher.to(device)
     elif cfg.teacher is not None:
