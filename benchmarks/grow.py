@@ -38,8 +38,8 @@ def subset_folder(src: Path, dest: Path, classes: int) -> Path:
         shutil.rmtree(dest)
     (dest / "images").mkdir(parents=True)
     (dest / "masks").mkdir()
-    for sample in index.samples:
-        mask = index.load_pair(index.samples.index(sample))[1].copy()
+    for i, sample in enumerate(index.samples):
+        mask = index.load_pair(i)[1].copy()
         mask[(mask > classes) & (mask != 255)] = 0
         shutil.copyfile(sample.image_path, dest / "images" / sample.image_path.name)
         Image.fromarray(mask).save(dest / "masks" / f"{sample.image_path.stem}.png")
