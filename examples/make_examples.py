@@ -32,6 +32,10 @@ files straight out of the archives (nothing is installed) and writes:
     Ubuntu machine): where the package cannot be had, a default build skips this case with one
     line and builds the others; asking for it by name (``--case macaque``) fails instead.
 
+Brain and macaque also have a ``pool/`` split: slices that are neither support nor held out (brain: the other
+slices of the support slab; macaque: the other slices of the range at least 2 slices from every held-out one),
+the unlabeled images of ``distill --unlabeled`` (their masks are kept for benchmarks that simulate labelling).
+
 Each case has ``{support,heldout}/{images,masks}/<name>.png`` plus ``classes.txt`` in each split
 folder, a ``source.json`` (provenance, split, checksums of the source files) and a ``.complete``
 marker written last. A case is built in a temporary folder and renamed into place, so an
@@ -94,6 +98,9 @@ CASES: tuple[str, ...] = ("nuclei", "brain", "macaque")
 OPTIONAL_CASES: tuple[str, ...] = ("macaque",)
 DEFAULT_OUT = Path(__file__).resolve().parent / "data"
 COMPLETE_MARKER = ".complete"
+# Written into the marker: a case built by an older version of this script (one without a split this one
+# writes) is rebuilt instead of skipped.
+BUILD_VERSION = "complete v2 (pool split)\n"
 
 
 class ExampleDataUnavailable(RuntimeError):
@@ -296,8 +303,9 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def _write_classes(case_dir: Path, names: Sequence[str]) -> None:
-    for split in ("support", "heldout"):
-        _write_text(case_dir / split / "classes.txt", "\n".join(names) + "\n")
+    for split in ("support", "heldout", "pool"):
+        if split != "pool" or (case_dir / split).is_dir():  # nuclei has no pool split
+            _write_text(case_dir / split / "classes.txt", "\n".join(names) + "\n")
 
 
 def _palette(colours: Sequence[tuple[int, int, int]]) -> list[int]:
@@ -392,6 +400,8 @@ MNI_FILES = {k: f"nilearn/datasets/data/mni_icbm152_{k}_tal_nlin_sym_09a_convert
 # Held out: 12 slices, 110..143, the upper slab. The 12 slices 98..109 are used by neither.
 BRAIN_SUPPORT_Z = tuple(range(40, 98, 3))
 BRAIN_HELDOUT_Z = tuple(range(110, 144, 3))
+# The unlabeled pool: every slice of the support slab that is not a support (masks kept for benchmarks only).
+BRAIN_POOL_Z = tuple(z for z in range(BRAIN_SUPPORT_Z[0], BRAIN_SUPPORT_Z[-1] + 1) if z not in BRAIN_SUPPORT_Z)
 BRAIN_MIN_PIXELS = 500  # each class must cover at least this many pixels in every chosen slice
 BRAIN_THRESHOLD = 128
 BRAIN_CLASSES = ("background", "grey_matter", "white_matter")
@@ -444,7 +454,7 @@ def _build_brain(case_dir: Path, cache: Path) -> dict[str, Any]:
     palette = _palette(BRAIN_COLOURS)
 
     counts: dict[str, dict[str, int]] = {}
-    for split, zs in (("support", BRAIN_SUPPORT_Z), ("heldout", BRAIN_HELDOUT_Z)):
+    for split, zs in (("support", BRAIN_SUPPORT_Z), ("heldout", BRAIN_HELDOUT_Z), ("pool", BRAIN_POOL_Z)):
         for z in zs:
             lab = _axial(label, z)
             for cls in (1, 2):
@@ -474,6 +484,7 @@ def _build_brain(case_dir: Path, cache: Path) -> dict[str, Any]:
         "split": {
             "support": f"z = {list(BRAIN_SUPPORT_Z)}",
             "heldout": f"z = {list(BRAIN_HELDOUT_Z)}",
+            "pool": f"the other slices of the support slab, z = {list(BRAIN_POOL_Z)}",
             "gap_slices": min(BRAIN_HELDOUT_Z) - max(BRAIN_SUPPORT_Z) - 1,
         },
         "classes": list(BRAIN_CLASSES),
@@ -508,6 +519,7 @@ MACAQUE_OTHER_HEMISPHERE = 1000
 MACAQUE_STEP = 10  # support = every 10th coronal slice (5 mm) of the structures' range
 MACAQUE_MIN_GAP = 3  # held-out slices are at least 3 slices (1.5 mm) from every support slice
 MACAQUE_HELDOUT = 40  # evenly spread over the eligible held-out slices
+MACAQUE_POOL_GAP = 2  # unlabeled pool slices: neither support nor held out, at least 2 slices from every held-out one
 MACAQUE_MARGIN = 4  # voxels around the brain's bounding box
 MACAQUE_PERCENTILE = 99.9  # of the brain voxels: top of the intensity range (the max is an outlier)
 MACAQUE_MIN_SUPPORTS = 2
@@ -529,15 +541,20 @@ def _coronal(vol: np.ndarray, y: int, x: slice, z: slice) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(vol[x, y, z]))
 
 
-def _macaque_split(y0: int, y1: int) -> tuple[list[int], list[int]]:
-    """Support and held-out coronal slice indices for the slice range ``y0..y1`` (inclusive)."""
+def _macaque_split(y0: int, y1: int) -> tuple[list[int], list[int], list[int]]:
+    """Support, held-out and unlabeled-pool coronal slice indices for the slice range ``y0..y1`` (inclusive)."""
     offset = ((y1 - y0) % MACAQUE_STEP) // 2  # centre the supports in the range
     support = list(range(y0 + offset, y1 + 1, MACAQUE_STEP))
     eligible = [y for y in range(y0, y1 + 1) if min(abs(y - s) for s in support) >= MACAQUE_MIN_GAP]
     n = min(MACAQUE_HELDOUT, len(eligible))
     picks = np.round(np.linspace(0, len(eligible) - 1, n)).astype(int) if n else []
     heldout = sorted({eligible[i] for i in picks})
-    return support, heldout
+    pool = [
+        y
+        for y in range(y0, y1 + 1)
+        if y not in support and min(abs(y - h) for h in heldout) >= MACAQUE_POOL_GAP
+    ]
+    return support, heldout, pool
 
 
 def _build_macaque(case_dir: Path, cache: Path) -> dict[str, Any]:
@@ -566,7 +583,7 @@ def _build_macaque(case_dir: Path, cache: Path) -> dict[str, Any]:
         cls[one | other] = k
     ys = np.nonzero(cls.any(axis=(0, 2)))[0]
     y0, y1 = int(ys.min()), int(ys.max())
-    support_y, heldout_y = _macaque_split(y0, y1)
+    support_y, heldout_y, pool_y = _macaque_split(y0, y1)
 
     brain = t1 > 0
     inside = brain | (cls > 0)  # the crop must hold every labelled voxel too
@@ -582,17 +599,19 @@ def _build_macaque(case_dir: Path, cache: Path) -> dict[str, Any]:
     pixels = {s: np.zeros(nc, np.int64) for s in ("support", "heldout")}
     present = {s: np.zeros(nc, np.int64) for s in ("support", "heldout")}
     total = {s: 0 for s in ("support", "heldout")}
-    for split, ys_split in (("support", support_y), ("heldout", heldout_y)):
+    for split, ys_split in (("support", support_y), ("heldout", heldout_y), ("pool", pool_y)):
         for y in ys_split:
             lab = _coronal(cls, y, xc, zc)
-            hist = np.bincount(lab.ravel(), minlength=nc)
-            pixels[split] += hist
-            present[split] += hist > 0
-            total[split] += lab.size
             name = f"inia19_y{y:03d}.png"
             image = _to_uint8(_coronal(t1, y, xc, zc), lo, hi)
             _save_png(image, case_dir / split / "images" / name)
             _save_png(lab, case_dir / split / "masks" / name, palette)
+            if split == "pool":  # the statistics describe the labelled splits
+                continue
+            hist = np.bincount(lab.ravel(), minlength=nc)
+            pixels[split] += hist
+            present[split] += hist > 0
+            total[split] += lab.size
     for k, cname in enumerate(MACAQUE_CLASSES[1:], 1):
         ns, nh = int(present["support"][k]), int(present["heldout"][k])
         if ns < MACAQUE_MIN_SUPPORTS or nh < MACAQUE_MIN_HELDOUT:
@@ -646,12 +665,15 @@ def _build_macaque(case_dir: Path, cache: Path) -> dict[str, Any]:
             "heldout": f"{len(heldout_y)} of the slices at least {MACAQUE_MIN_GAP} slices from "
             f"every support slice, evenly spread: y = {heldout_y}",
             "min_gap_slices": min(gaps),
+            "pool": f"the {len(pool_y)} other slices of the range at least {MACAQUE_POOL_GAP} slices from every "
+            f"held-out slice: y = {pool_y}",
         },
         "classes": list(MACAQUE_CLASSES),
         "class_stats": stats,
         "counts": {
             "support": {"images": len(support_y), "y_min": min(support_y), "y_max": max(support_y)},
             "heldout": {"images": len(heldout_y), "y_min": min(heldout_y), "y_max": max(heldout_y)},
+            "pool": {"images": len(pool_y)},
         },
         "image_size": [width, height],
     }
@@ -682,7 +704,8 @@ _BUILDERS: dict[str, tuple[Builder, Callable[[dict[str, Any]], str]]] = {
 
 def _build_case(name: str, out: Path, cache: Path, force: bool, verbose: bool) -> Path:
     final = out / name
-    if (final / COMPLETE_MARKER).is_file() and not force:
+    marker = final / COMPLETE_MARKER
+    if marker.is_file() and marker.read_text() == BUILD_VERSION and not force:
         if verbose:
             print(f"{name}: complete, skipped (use --force to rebuild) -> {final}")
         return final
@@ -694,7 +717,7 @@ def _build_case(name: str, out: Path, cache: Path, force: bool, verbose: bool) -
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the case folder should not be
         info = builder(tmp, cache)
         _write_text(tmp / "source.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
-        _write_text(tmp / COMPLETE_MARKER, "complete\n")  # last: marks the case as whole
+        _write_text(tmp / COMPLETE_MARKER, BUILD_VERSION)  # last: marks the case as whole
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=out))
             os.replace(final, old / name)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -141,6 +142,10 @@ def test_brain(example_data: dict[str, Path]) -> None:
     gaps = [abs(a - b) for a in z["support"] for b in z["heldout"]]
     assert min(gaps) > 10
     assert max(z["support"]) < min(z["heldout"])
+    # The unlabeled pool: the support slab's other slices, none of them a support or near a held-out slice.
+    pool = [int(re.fullmatch(r"mni152_z(\d{3})", s).group(1)) for s in _check_pairs(case, "pool")]
+    assert len(pool) == 38 and not set(pool) & set(z["support"])
+    assert min(abs(a - b) for a in pool for b in z["heldout"]) > 10
 
 
 @pytest.mark.examples
@@ -169,6 +174,11 @@ def test_macaque(macaque_case: Path) -> None:
     # Sparse supports: every 10th slice; held-out slices at least 3 slices from every support.
     assert np.all(np.diff(y["support"]) == 10)
     assert min(abs(h - s) for h in y["heldout"] for s in y["support"]) >= 3
+    # The unlabeled pool: other slices of the range, at least 2 slices from every held-out one.
+    pool = [int(re.fullmatch(r"inia19_y(\d{3})", s).group(1)) for s in _check_pairs(case, "pool")]
+    assert len(pool) >= 20 and not set(pool) & (set(y["support"]) | set(y["heldout"]))
+    assert min(abs(p - h) for p in pool for h in y["heldout"]) >= 2
+    assert (case / "pool" / "classes.txt").read_text() == (case / "support" / "classes.txt").read_text()
     # Sizes span ~4 % down to < 0.5 %; the rarest (smallest) class is in only 2-3 supports.
     total = pixels["support"] + pixels["heldout"]
     fraction = total[1:] / total.sum()
@@ -254,6 +264,17 @@ def test_incomplete_case_is_rebuilt(example_data: dict[str, Path], tmp_path: Pat
     (stale / "support" / "images" / "junk.png").write_bytes(b"not a png")  # no .complete marker
     built = _build(tmp_path, cases=["nuclei"])
     assert not (built["nuclei"] / "support" / "images" / "junk.png").exists()
+    assert _tree_hashes(built["nuclei"]) == _tree_hashes(example_data["nuclei"])
+
+
+@pytest.mark.examples
+def test_case_of_an_older_build_is_rebuilt(example_data: dict[str, Path], tmp_path: Path) -> None:
+    old = tmp_path / "nuclei"
+    shutil.copytree(example_data["nuclei"], old)
+    (old / "stale.txt").write_text("from an older build")
+    (old / make_examples.COMPLETE_MARKER).write_text("complete\n")  # the marker before the pool split
+    built = _build(tmp_path, cases=["nuclei"])
+    assert not (built["nuclei"] / "stale.txt").exists()
     assert _tree_hashes(built["nuclei"]) == _tree_hashes(example_data["nuclei"])
 
 
