@@ -150,6 +150,16 @@ class TrainCfg(_Strict):
         "alone (no teacher, no episode; class-balanced like the queries); 0 = episodes only",
     )
     max_shots: int = Field(3, ge=1, description="support images per training episode (at most)")
+    pool_labeller: Literal["teacher", "student", "agree"] = Field(
+        "teacher",
+        description="distill --unlabeled: who labels the pool after the support phase: the adapted teacher (against "
+        "all supports), the student (self-training), or both where they agree",
+    )
+    pool_threshold: float = Field(
+        0.7, ge=0, le=1, description="distill --unlabeled: pool pixels whose label probability is lower are ignored"
+    )
+    pool_batch: int = Field(4, ge=1, description="distill --unlabeled: pool images per step the student trains on")
+    pool_weight: float = Field(1.0, ge=0, description="distill --unlabeled: weight of the pool images' loss")
     # The paper's default is mapper + mixer; adding merge measured better on the benchmarks (docs/benchmarks.md).
     train: list[str] = Field(default_factory=lambda: ["mapper", "merge", "mixer"])
     augment: bool | None = Field(
@@ -207,6 +217,14 @@ class DistillCfg(_Strict):
     )
     drop_class: list[str] = Field(
         default_factory=list, description="with init: classes of the run that the support folder no longer has"
+    )
+    unlabeled: Path | None = Field(
+        None,
+        description="a folder of unlabeled images of the same kind: after the support phase the teacher labels "
+        "them and the student also trains on them (see train.pool_*)",
+    )
+    unlabeled_max: int = Field(
+        200, ge=1, description="at most this many pool images are used (a random sample of a larger pool)"
     )
     model: ModelCfg = Field(default_factory=ModelCfg)
     train: TrainCfg = Field(default_factory=TrainCfg)

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import random
+import time
+from pathlib import Path
 from typing import Any
+
+import torch
 
 from fsdistill.api.runs import (
     RunResult,
@@ -21,6 +27,7 @@ from fsdistill.data.discover import SupportIndex, discover
 from fsdistill.data.masks import IGNORE_INDEX
 from fsdistill.data.support_tensors import load_support_tensors
 from fsdistill.errors import CheckpointError, ConfigError, DataError
+from fsdistill.infer.predictor import image_batches, list_images
 from fsdistill.models.build import (
     LoadedModel,
     build_student,
@@ -30,13 +37,17 @@ from fsdistill.models.build import (
     stored_parameters,
 )
 from fsdistill.models.grow import copy_student_classes, match_classes
+from fsdistill.models.student import DistilledStudent
 from fsdistill.models.teacher import DCAMATeacher
-from fsdistill.runtime import resolve_device, seed_everything
+from fsdistill.runtime import progress, resolve_device, seed_everything
 from fsdistill.train.episodes import FeatureCache
 from fsdistill.train.fit import TrainStats, train
+from fsdistill.train.pool import label_pool
 from fsdistill.train.support_check import check_supports
 
 log = logging.getLogger(__name__)
+
+POOL_BATCH = 8  # pool images decoded, encoded and labelled at a time
 
 
 def _stats_dict(stats: TrainStats) -> dict[str, Any]:
@@ -157,6 +168,94 @@ def _load_init(cfg: DistillCfg) -> tuple[LoadedModel, LoadedModel]:
     return teacher, student
 
 
+def _pool_images(cfg: DistillCfg, index: SupportIndex) -> tuple[list[Path], int]:
+    """The pool images a run uses (support images left out; a seeded sample of ``unlabeled_max`` from a larger
+    pool, in sorted order) and how many the pool holds."""
+    assert cfg.unlabeled is not None
+    if not cfg.unlabeled.is_dir():
+        raise DataError(f"--unlabeled {cfg.unlabeled} is not a folder; pass a folder of unlabeled images.")
+    # The support folder itself may be (or hold) the pool: its images and mask files are not pool images.
+    supports = {p.resolve() for s in index.samples for p in (s.image_path, *s.mask_paths)}
+    paths = [p for p, _ in list_images([cfg.unlabeled]) if p.resolve() not in supports]
+    if not paths:
+        raise DataError(f"--unlabeled {cfg.unlabeled} holds no image besides the support images and masks.")
+    total = len(paths)
+    if total > cfg.unlabeled_max:
+        paths = sorted(random.Random(cfg.train.seed).sample(paths, cfg.unlabeled_max))
+    return paths, total
+
+
+def _pool_fingerprint(root: Path, paths: list[Path]) -> str:
+    """sha256 over each used pool file's path below ``root`` and the sha256 of its bytes."""
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(f"{path.relative_to(root).as_posix()}\0{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
+    return h.hexdigest()
+
+
+def _train_on_pool(
+    cfg: DistillCfg,
+    paths: list[Path],
+    total: int,
+    teacher: DCAMATeacher,
+    student: DistilledStudent,
+    cache: FeatureCache,
+    support_stats: TrainStats,
+    quiet: bool,
+) -> tuple[TrainStats, dict[str, Any]]:
+    """The pool phase of ``distill --unlabeled``: label the pool, then train on supports and pool together.
+
+    Returns the two phases' combined statistics and what the artifact records of the pool.
+    """
+    skipped: list[str] = []
+    labelled: list[Path] = []
+
+    def batches():
+        bar = progress(total=len(paths), quiet=quiet, desc="label pool", unit="img")
+        for items, errors in image_batches(paths, cfg.model.size, POOL_BATCH, workers=0):
+            for _, message in errors:  # the message names the file
+                log.warning("skipped an unreadable pool image: %s", message)
+                skipped.append(message)
+            bar.update(len(items) + len(errors))
+            if items:
+                labelled.extend(paths[it["index"]] for it in items)
+                yield torch.stack([it["image"] for it in items])
+        bar.close()
+
+    start = time.perf_counter()
+    pool = label_pool(teacher, student, cache.support[0], batches(), cfg.train.pool_labeller, cfg.train.pool_threshold)
+    label_seconds = time.perf_counter() - start
+    if pool is None:
+        raise DataError(
+            f"None of the {len(paths)} images of --unlabeled {cfg.unlabeled} could be read ({skipped[0]}); "
+            "check the files or leave --unlabeled out."
+        )
+    pool_stats = train(
+        teacher, cache, cfg.train, student=student, freeze_teacher=cfg.freeze_teacher, quiet=quiet, pool=pool
+    )
+    combined = TrainStats(
+        steps=support_stats.steps + pool_stats.steps,
+        episodes=support_stats.episodes + pool_stats.episodes,
+        seconds=support_stats.seconds + label_seconds + pool_stats.seconds,
+        history=support_stats.history + pool_stats.history,
+        stop_reason=f"supports: {support_stats.stop_reason}; with the pool: {pool_stats.stop_reason}",
+        class_queries=[a + b for a, b in zip(support_stats.class_queries, pool_stats.class_queries)],
+    )
+    info = {
+        "root": str(cfg.unlabeled),
+        "images": len(labelled),
+        "pool_size": total,
+        "skipped": skipped,
+        "fingerprint": _pool_fingerprint(cfg.unlabeled, labelled),
+        "labeller": cfg.train.pool_labeller,
+        "labelled_fraction": round(pool.labelled_fraction(), 4),
+        "label_seconds": round(label_seconds, 2),
+        "support_steps": support_stats.steps,
+        "pool_steps": pool_stats.steps,
+    }
+    return combined, info
+
+
 def distill(cfg: DistillCfg, quiet: bool = False, overwrite: bool = False) -> RunResult:
     """DistillFSS: train the support-free ConvDist student (jointly with the teacher unless ``cfg.teacher``).
 
@@ -172,6 +271,8 @@ def distill(cfg: DistillCfg, quiet: bool = False, overwrite: bool = False) -> Ru
     cfg, index, num_classes, device, support = _prepare(cfg, quiet)
     if cfg.train.augment is False and len(index) == 1 and cfg.train.steps != 0:  # as in adapt: no query besides it
         raise ConfigError("One support image needs augmentation to build episodes; drop --no-augment or add images.")
+    # Checked before any training: a bad pool must not cost the support phase first.
+    pool_paths = _pool_images(cfg, index) if cfg.unlabeled is not None else None
     match = None
     if init is not None:
         init_teacher = init[0]
@@ -224,8 +325,13 @@ def distill(cfg: DistillCfg, quiet: bool = False, overwrite: bool = False) -> Ru
         quiet=quiet,
         class_repeats=repeats,
     )
+    pool_info = None
+    if pool_paths is not None and cfg.train.steps != 0:
+        stats, pool_info = _train_on_pool(cfg, *pool_paths, teacher, student, cache, stats, quiet)
     check = check_supports(teacher, student, cache, index.class_names) if cfg.train.steps != 0 else None
     common = _artifact_fields(cfg, index, stats)
+    if pool_info is not None:
+        common["training"]["pool"] = pool_info
     if check is not None:
         common["training"]["support_check"] = check.to_dict()
     if match is not None:

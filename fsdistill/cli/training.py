@@ -125,6 +125,20 @@ def distill(
         list[str] | None,
         typer.Option("--drop-class", help="With --init: a class of the run the folder no longer has (repeatable)."),
     ] = None,
+    unlabeled: Annotated[
+        Path | None,
+        typer.Option(
+            "--unlabeled",
+            help="A folder of unlabeled images like the supports: after training on the supports the teacher labels "
+            "them and the student also learns from them.",
+        ),
+    ] = None,
+    unlabeled_max: Annotated[
+        int | None,
+        typer.Option(
+            "--unlabeled-max", help="Use at most N pool images (a random sample of a larger pool; default 200)."
+        ),
+    ] = None,
     backbone: BackboneOpt = None,
     backbone_weights: BackboneWeightsOpt = None,
     teacher_weights: TeacherWeightsOpt = None,
@@ -167,6 +181,8 @@ def distill(
             "freeze_teacher": freeze_teacher or None,
             "init": init,
             "drop_class": drop_class or None,
+            "unlabeled": unlabeled,
+            "unlabeled_max": unlabeled_max,
             "device": device,
             "model": _model_overrides(backbone, backbone_weights, teacher_weights, size, decoder, student_width),
             "train": _train_overrides(steps, lr, seed, train, augment),
@@ -186,6 +202,14 @@ def distill(
         console.say(
             f"continued from {init['run']}: kept {', '.join(init['kept']) or 'no class'}; new "
             f"{', '.join(init['new']) or 'none'}; dropped {', '.join(init['dropped']) or 'none'}"
+        )
+    pool = result.stats.get("pool")
+    if pool:
+        skipped = f", {len(pool['skipped'])} unreadable skipped" if pool["skipped"] else ""
+        console.say(
+            f"unlabeled pool: {pool['images']} of {pool['pool_size']} images labelled by the {pool['labeller']} in "
+            f"{pool['label_seconds']:.0f} s ({100 * pool['labelled_fraction']:.0f} % of the pixels confident"
+            f"{skipped}); {pool['support_steps']} steps on the supports, then {pool['pool_steps']} with the pool"
         )
     console.say(
         f"trained {result.stats['steps']} steps in {result.stats['seconds']:.0f} s ({result.stats['stop_reason']})"

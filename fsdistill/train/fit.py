@@ -22,6 +22,7 @@ from fsdistill.models.teacher import DCAMATeacher
 from fsdistill.runtime import progress, raise_if_interrupted
 from fsdistill.train.episodes import EpisodeSampler, FeatureCache, PairAttention
 from fsdistill.train.losses import coarse_mse, segmentation_loss
+from fsdistill.train.pool import PoolTargets
 
 __all__ = ["TrainStats", "teacher_groups", "set_trainable", "train"]
 
@@ -76,13 +77,16 @@ def train(
     freeze_teacher: bool = False,
     quiet: bool = False,
     class_repeats: list[int] | None = None,
+    pool: PoolTargets | None = None,
 ) -> TrainStats:
     """Fine-tune the teacher (``student is None``) or train the student jointly with it.
 
     Losses: adapt = focal(teacher); distill = ⅓ focal(teacher) + ⅓ focal(student) + ⅓ w·MSE(coarse maps), or with
     ``freeze_teacher`` ½ focal(student) + ½ w·MSE against the fixed teacher (w = ``cfg.mse_weight``; "focal" is
     focal + Dice, :func:`~fsdistill.train.losses.segmentation_loss`). ``class_repeats``: per class, how often it
-    is a query target per pass of the class-balanced sampler (default once each).
+    is a query target per pass of the class-balanced sampler (default once each). ``pool`` (distill only): labelled
+    unlabeled images; each step the student also trains on ``cfg.pool_batch`` of them, weighted ``cfg.pool_weight``:
+    focal + Dice on their pseudo-labels and w·MSE against the teacher's coarse maps of them.
     """
     stats = TrainStats()
     if cfg.steps == 0:
@@ -100,6 +104,8 @@ def train(
         raise ValueError("nothing to train: choose at least one trainable group")
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sampler = EpisodeSampler(cache.present, cfg.max_shots, cache.views, cfg.seed, class_repeats)
+    pool_sampler = pool.sampler(cfg.seed) if pool is not None and student is not None and cfg.pool_batch else None
+    all_classes = cache.present.any(dim=0).to(cache.masks[0].device)
     attention_trains = any(p.requires_grad for p in teacher.blocks.parameters())
     # Frozen attention (the default): each (query, support) pair's attention is computed once and reused.
     pair_attention = None if attention_trains else PairAttention(teacher)
@@ -160,6 +166,22 @@ def train(
                 batch_loss.backward()
             totals["student_batch"] = float(batch_loss.detach())
             totals["loss"] += totals["student_batch"]
+        if pool_sampler is not None:
+            assert pool is not None and student is not None
+            feats, labels, coarse_t = pool.batch(pool_sampler.sample(cfg.pool_batch))
+            s_logits, coarse_s = student.forward_features(feats)
+            pool_seg = segmentation_loss(s_logits, labels, cfg.focal_gamma, cfg.dice_weight)
+            # The teacher's maps of every class its supports show (one MSE per image, as in the episodes).
+            pool_mse = coarse_mse(
+                [c.flatten(0, 1) for c in coarse_s],
+                [c.flatten(0, 1) for c in coarse_t],
+                all_classes.repeat(len(labels)),
+            )
+            pool_loss = cfg.pool_weight * (pool_seg + cfg.mse_weight * pool_mse)
+            pool_loss.backward()
+            totals["pool"] = float(pool_seg.detach())
+            totals["pool_mse"] = float(pool_mse.detach())
+            totals["loss"] += float(pool_loss.detach())
         optimizer.step()
         stats.steps += 1
         stats.history.append(totals)

@@ -1,0 +1,158 @@
+"""Unlabeled images as training data for the student (``distill --unlabeled``).
+
+The teacher is support-based: it segments any image by comparing it with the labelled supports. After the support
+phase of a distill run it labels a pool of the user's unlabeled images, and the student (which needs no supports)
+then also trains on them: their pseudo-label masks (pixels the labeller is unsure of are ignored) and the
+teacher's coarse maps of them (the distillation term, on images the supports never showed). The backbone is
+frozen, so each pool image costs one backbone pass and one teacher pass, once; a training step then only runs the
+student's head on a batch of cached pool features.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fsdistill.models.student import DistilledStudent
+from fsdistill.models.teacher import DCAMATeacher, Features, SupportFeatures
+from fsdistill.train.losses import IGNORE_INDEX
+
+__all__ = ["POOL_LABELLERS", "PoolTargets", "label_pool", "pseudo_labels"]
+
+# Who labels the pool: the adapted teacher (compares each image with the supports), the support-trained student
+# (self-training), or both, keeping only the pixels where their classes agree.
+POOL_LABELLERS = ("teacher", "student", "agree")
+
+
+@dataclass
+class PoolTargets:
+    """Cached features and targets of P unlabeled images.
+
+    Attributes:
+        feats: backbone features, 4 levels of block maps, each P×C×h×w (level 0: its last map only, all the
+            student reads there); ~2.7 MB an image for Lite0 at 384 px.
+        coarse: the teacher's coarse maps against all supports, per stage 2, 3, 4: P×N×n×h×w.
+        labels: P×H×W pseudo-label class ids (H = W = the model's input size), IGNORE_INDEX where unsure.
+    """
+
+    feats: Features
+    coarse: list[Tensor]
+    labels: Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def batch(self, indices: list[int]) -> tuple[Features, Tensor, list[Tensor]]:
+        """Features (batch B), B×H×W pseudo-labels and per-stage B×N×n×h×w teacher coarse maps of ``indices``."""
+        index = torch.tensor(indices, device=self.labels.device)
+        feats = [[m.index_select(0, index) for m in level] for level in self.feats]
+        return feats, self.labels.index_select(0, index), [c.index_select(0, index) for c in self.coarse]
+
+    def sampler(self, seed: int) -> _PoolSampler:
+        return _PoolSampler(len(self), seed)
+
+    def labelled_fraction(self) -> float:
+        """Share of pool pixels that carry a pseudo-label (the rest the labeller was unsure of)."""
+        return float((self.labels != IGNORE_INDEX).float().mean()) if len(self) else 0.0
+
+
+class _PoolSampler:
+    """Pool images in a fresh random order each pass (every image once per pass)."""
+
+    def __init__(self, count: int, seed: int) -> None:
+        self.count, self.rng, self._order = count, random.Random(seed), []
+
+    def sample(self, size: int) -> list[int]:
+        picks = []
+        for _ in range(min(size, self.count)):
+            if not self._order:
+                self._order = list(range(self.count))
+                self.rng.shuffle(self._order)
+            picks.append(self._order.pop())
+        return picks
+
+
+def pseudo_labels(teacher_probs: Tensor, student_probs: Tensor, labeller: str, threshold: float) -> Tensor:
+    """B×K×H×W class probabilities of teacher and student → B×H×W labels, IGNORE_INDEX where unsure.
+
+    ``teacher`` / ``student``: that model's most likely class where its probability is at least ``threshold``;
+    ``agree``: the class both models pick, where they pick the same one and their mean probability of it is at
+    least ``threshold``.
+    """
+    if labeller not in POOL_LABELLERS:
+        raise ValueError(f"unknown pool labeller {labeller!r}; choose from {list(POOL_LABELLERS)}")
+    if labeller == "agree":
+        probs = (teacher_probs + student_probs) / 2
+        confident, labels = probs.max(dim=1)
+        confident = confident.masked_fill(labels != student_probs.argmax(dim=1), 0.0)
+        confident = confident.masked_fill(labels != teacher_probs.argmax(dim=1), 0.0)
+    else:
+        confident, labels = (teacher_probs if labeller == "teacher" else student_probs).max(dim=1)
+    return labels.masked_fill(confident < threshold, IGNORE_INDEX)
+
+
+def _probs(logits: Tensor, size: tuple[int, int]) -> Tensor:
+    if logits.shape[-2:] != size:  # the light decoder's stride-4 logits, upsampled as the losses do
+        logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+    return logits.float().softmax(dim=1)
+
+
+@torch.no_grad()
+def label_pool(
+    teacher: DCAMATeacher,
+    student: DistilledStudent,
+    support: SupportFeatures,
+    batches: Iterable[Tensor],
+    labeller: str,
+    threshold: float,
+) -> PoolTargets | None:
+    """Encode and label unlabeled images.
+
+    Args:
+        support: the teacher's features of the whole support set (one attention over all of them, as in training
+            episodes; the teacher's coarse maps are the student's distillation targets).
+        batches: B×3×H×W uint8 RGB images at the model's input size.
+        labeller, threshold: see :func:`pseudo_labels`.
+    Returns:
+        the pool's :class:`PoolTargets` on the teacher's device; None when ``batches`` held no image.
+    """
+    teacher.eval()
+    student.eval()
+    classes = list(range(teacher.num_classes))
+    present = support.present.any(dim=0)
+    feats_parts: list[Features] = []
+    coarse_parts: list[list[Tensor]] = []
+    label_parts: list[Tensor] = []
+    device = support.present.device
+    for images in batches:
+        images = images.to(device)
+        feats = teacher.backbone.encode(images)
+        size = (images.shape[-2], images.shape[-1])
+        s_logits, _ = student.forward_features(feats)
+        per_image_coarse, t_logits = [], []
+        for i in range(images.shape[0]):
+            query = [[m[i : i + 1] for m in level] for level in feats]
+            coarse = teacher.coarse_maps(query, support, classes)  # per stage N×n×h×w
+            t_logits.append(teacher.decode_episode(query, support, coarse, present))
+            per_image_coarse.append(coarse)
+        labels = pseudo_labels(_probs(torch.cat(t_logits), size), _probs(s_logits, size), labeller, threshold)
+        # The student reads only the last stride-4 map (its skip features): the other stride-4 maps, a quarter of
+        # an image's features, are not kept.
+        feats_parts.append([feats[0][-1:], *feats[1:]])
+        coarse_parts.append([torch.stack(stage) for stage in zip(*per_image_coarse)])
+        label_parts.append(labels.to(torch.uint8))
+    if not label_parts:
+        return None
+    return PoolTargets(
+        feats=[
+            [torch.cat([p[lvl][b] for p in feats_parts]) for b in range(len(maps))]
+            for lvl, maps in enumerate(feats_parts[0])
+        ],
+        coarse=[torch.cat([p[s] for p in coarse_parts]) for s in range(len(coarse_parts[0]))],
+        labels=torch.cat(label_parts),
+    )

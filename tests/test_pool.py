@@ -1,0 +1,170 @@
+"""``distill --unlabeled POOL``: the teacher labels unlabeled images and the student also trains on them."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fsdistill import api
+from fsdistill.cli import app
+from fsdistill.config import DistillCfg, ModelCfg, TrainCfg, load_config
+from fsdistill.data.discover import discover
+from fsdistill.data.support_tensors import load_support_tensors
+from fsdistill.models.build import build_student, build_teacher, load_model
+from fsdistill.train.episodes import FeatureCache
+from fsdistill.train.fit import train
+from fsdistill.train.losses import IGNORE_INDEX
+from fsdistill.train.pool import label_pool, pseudo_labels
+
+from helpers import TINY_MODEL, TINY_TRAIN, assert_user_error
+
+
+def _probs(*rows: list[float]) -> torch.Tensor:
+    """1×K×1×P class probabilities from P pixel rows of K values."""
+    return torch.tensor(rows).T[None, :, None, :]
+
+
+def test_pseudo_labels_keep_confident_pixels_of_the_chosen_labeller() -> None:
+    teacher = _probs([0.9, 0.1], [0.4, 0.6], [0.2, 0.8], [0.5, 0.5])
+    student = _probs([0.8, 0.2], [0.1, 0.9], [0.9, 0.1], [0.3, 0.7])
+    ignore = IGNORE_INDEX
+    assert pseudo_labels(teacher, student, "teacher", 0.7).flatten().tolist() == [0, ignore, 1, ignore]
+    assert pseudo_labels(teacher, student, "student", 0.7).flatten().tolist() == [0, 1, 0, 1]
+    # agree: the same class from both, and their mean probability of it high enough
+    assert pseudo_labels(teacher, student, "agree", 0.7).flatten().tolist() == [0, 1, ignore, ignore]
+    assert pseudo_labels(teacher, student, "agree", 0.8).flatten().tolist() == [0, ignore, ignore, ignore]
+    assert pseudo_labels(teacher, student, "teacher", 0.0).flatten().tolist() == [0, 1, 1, 0]
+    with pytest.raises(ValueError, match="unknown pool labeller"):
+        pseudo_labels(teacher, student, "oracle", 0.5)
+
+
+@pytest.fixture(scope="module")
+def tiny_pool_models(tiny_data):
+    """A random tiny teacher + student on the 3-class tiny folder, with its feature cache."""
+    torch.manual_seed(0)
+    cfg = ModelCfg(**TINY_MODEL)
+    index = discover(tiny_data.multi)
+    teacher = build_teacher(cfg, len(index.class_names) - 1, pretrained=False)
+    student = build_student(teacher, cfg.student_width)
+    support = load_support_tensors(index, cfg.size)
+    cache = FeatureCache(teacher, support, torch.device("cpu"), augment=False)
+    return teacher, student, cache, support
+
+
+def test_label_pool_caches_features_targets_and_labels(tiny_pool_models) -> None:
+    teacher, student, cache, support = tiny_pool_models
+    images = support.images[:3]
+    pool = label_pool(teacher, student, cache.support[0], [images[:2], images[2:]], "teacher", 0.0)
+    assert pool is not None and len(pool) == 3
+    size = images.shape[-1]
+    assert pool.labels.shape == (3, size, size)
+    n = teacher.num_classes
+    for stage, reference in zip(
+        pool.coarse, teacher.coarse_maps(cache.query(0, 0)[0], cache.support[0], list(range(n)))
+    ):
+        assert stage.shape[:2] == (3, n) and stage.shape[2:] == reference.shape[1:]
+    # the stored coarse maps are the teacher's maps of that image against all supports
+    torch.testing.assert_close(pool.coarse[0][0], reference_maps(teacher, cache, 0)[0])
+    feats, labels, coarse = pool.batch([2, 0])
+    assert labels.shape == (2, size, size) and coarse[0].shape[0] == 2
+    assert feats[-1][-1].shape[0] == 2
+    assert 0.0 < pool.labelled_fraction() <= 1.0
+    assert label_pool(teacher, student, cache.support[0], [], "teacher", 0.5) is None
+
+
+def reference_maps(teacher, cache, index):
+    with torch.no_grad():
+        return teacher.coarse_maps(cache.query(index, 0)[0], cache.support[0], list(range(teacher.num_classes)))
+
+
+def test_training_with_a_pool_adds_its_losses_and_moves_the_student(tiny_pool_models) -> None:
+    teacher, student, cache, support = tiny_pool_models
+    pool = label_pool(teacher, student, cache.support[0], [support.images], "student", 0.0)
+    cfg = TrainCfg(steps=2, pool_batch=2)
+    before = [p.detach().clone() for p in student.convdist.parameters()]
+    stats = train(teacher, cache, cfg, student=student, quiet=True, pool=pool)
+    assert stats.steps == 2
+    assert all({"pool", "pool_mse"} <= set(h) for h in stats.history)
+    assert any(not torch.equal(a, b) for a, b in zip(before, student.convdist.parameters()))
+    # no pool: no pool losses
+    stats = train(teacher, cache, TrainCfg(steps=1), student=student, quiet=True)
+    assert "pool" not in stats.history[0]
+
+
+def _distill_cfg(support, out, pool, **extra):
+    return load_config(
+        DistillCfg,
+        None,
+        {
+            "support": support,
+            "out": out,
+            "unlabeled": pool,
+            "device": "cpu",
+            "model": TINY_MODEL,
+            "train": TINY_TRAIN,
+            **extra,
+        },  # fmt: skip
+    )
+
+
+def test_distill_with_a_pool_records_it_in_the_artifact(tiny_data, tmp_path) -> None:
+    pool = tmp_path / "pool"
+    shutil.copytree(tiny_data.multi_heldout / "images", pool)
+    (pool / "broken.png").write_bytes(b"not a png")
+    (pool / "sub").mkdir()
+    shutil.copy(next((tiny_data.multi_heldout / "images").iterdir()), pool / "sub" / "deep.png")
+    run = api.distill(_distill_cfg(tiny_data.multi, tmp_path / "run", pool))
+    info = run.stats["pool"]
+    images = len(list((tiny_data.multi_heldout / "images").iterdir())) + 1
+    assert info["images"] == images and info["pool_size"] == images + 1
+    assert len(info["skipped"]) == 1 and "broken.png" in info["skipped"][0]
+    assert info["labeller"] == "teacher" and len(info["fingerprint"]) == 64
+    assert info["support_steps"] == info["pool_steps"] == TINY_TRAIN["steps"]
+    assert run.stats["steps"] == 2 * TINY_TRAIN["steps"]
+    stored = load_model(run.run_dir, "student").config["training"]["pool"]
+    assert stored["fingerprint"] == info["fingerprint"]
+    # a pool larger than --unlabeled-max: a sample of it
+    again = api.distill(_distill_cfg(tiny_data.multi, tmp_path / "run2", pool, unlabeled_max=2))
+    assert again.stats["pool"]["images"] == 2 and again.stats["pool"]["pool_size"] == images + 1
+
+
+def test_the_support_folder_as_pool_leaves_its_images_and_masks_out(tiny_data, tmp_path) -> None:
+    support = tmp_path / "support"
+    shutil.copytree(tiny_data.multi, support)
+    extra = next((tiny_data.multi_heldout / "images").iterdir())
+    shutil.copy(extra, support / "unlabeled_extra.png")
+    run = api.distill(_distill_cfg(support, tmp_path / "run", support))
+    assert run.stats["pool"]["images"] == run.stats["pool"]["pool_size"] == 1
+
+
+def test_bad_pools_are_one_sentence_before_any_training(tiny_data, tmp_path) -> None:
+    runner = CliRunner()
+    base = ["distill", "--support", str(tiny_data.multi), "--backbone", "test-resnet", "--size", "64", "--steps",
+            "1", "--device", "cpu"]  # fmt: skip
+    result = runner.invoke(app, [*base, "--out", str(tmp_path / "a"), "--unlabeled", str(tmp_path / "missing")])
+    assert_user_error(result, "--unlabeled", "is not a folder")
+    assert not (tmp_path / "a").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = runner.invoke(app, [*base, "--out", str(tmp_path / "b"), "--unlabeled", str(empty)])
+    assert_user_error(result, "No images found")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "x.png").write_bytes(b"junk")
+    result = runner.invoke(app, [*base, "--out", str(tmp_path / "c"), "--unlabeled", str(broken)])
+    assert_user_error(result, "None of the 1 images of --unlabeled", "could be read")
+    result = runner.invoke(app, [*base, "--out", str(tmp_path / "d"), "--unlabeled-max", "0"])
+    assert_user_error(result, "--unlabeled-max")
+
+
+def test_distill_cli_reports_the_pool(tiny_data, tmp_path) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["distill", "--support", str(tiny_data.multi), "--backbone", "test-resnet", "--size", "64", "--steps", "1",
+         "--device", "cpu", "--out", str(tmp_path / "run"), "--unlabeled", str(tiny_data.multi_heldout / "images")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "unlabeled pool: 3 of 3 images labelled by the teacher" in result.output
