@@ -8,6 +8,9 @@ measures on the same held-out images, in one run:
   adapted    the adapted teacher (TransferFSS, ``api.adapt``);
   student    the DistillFSS student (``api.distill``), evaluated support-free;
   distill_teacher  the teacher trained jointly with that student (only when asked: ``--methods ... distill_teacher``);
+  pool_student  the student of ``distill --unlabeled POOL`` (only when asked: ``--methods ... pool``): the pool is the
+             case's support-pool images not among the K supports (their masks unused) plus its ``pool/`` split
+             (unlabeled slices of brain and macaque), never a held-out image;
   finetuned  plain fine-tuning: an FPN head on the same frozen backbone trained on the K supports with flips,
              cross-entropy and AdamW, full batch, until its training loss stops falling (its own budget, not the
              method's: ``benchmarks/baselines.py: FineTunedBaseline``), at each of two learning rates; the better on the
@@ -47,7 +50,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -82,12 +85,13 @@ NUCLEI_SUBTILE = 64
 TRAININGS = ("untuned", "adapt", "distill", "finetuned")  # what --methods selects by default
 # Also selectable: evaluate the teacher that distill trained jointly with the student. Off by default: a teacher
 # evaluation costs ~1.8 s per image at K = 20 (~2.6 min of the full run) and the issue's table does not need it.
-EXTRA_METHODS = ("distill_teacher",)
-METHODS = ("untuned", "adapted", "student", "distill_teacher", "finetuned")  # what is reported
+EXTRA_METHODS = ("distill_teacher", "pool")
+METHODS = ("untuned", "adapted", "student", "pool_student", "distill_teacher", "finetuned")  # what is reported
 LABELS = {
     "untuned": "untuned teacher",
     "adapted": "adapted teacher",
     "student": "DistillFSS student",
+    "pool_student": "student + unlabeled pool",
     "distill_teacher": "distill: teacher",
     "finetuned": "fine-tuned FPN",
 }
@@ -105,6 +109,7 @@ class Case:
         names_file: the pool's class-names file, copied into every support set (None: names from the masks).
         class_names: the full pool's classes; a subset that discovers other classes is skipped.
         heldout: held-out folder (paired layout). note: how the case was made, for the tables.
+        unlabeled: images of the case's unlabeled pool split (besides the support-pool images a K-shot set leaves).
     """
 
     name: str
@@ -114,6 +119,7 @@ class Case:
     heldout: Path
     heldout_count: int
     note: str
+    unlabeled: list[Path] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------------- case data
@@ -181,9 +187,17 @@ def _heldout_subset(pairs: list[tuple[str, Path, Path]], limit: int | None) -> l
 
 
 def make_case(
-    name: str, support: Path, heldout: Path, work: Path, seed: int, heldout_limit: int | None, note: str
+    name: str,
+    support: Path,
+    heldout: Path,
+    work: Path,
+    seed: int,
+    heldout_limit: int | None,
+    note: str,
+    unlabeled: Path | None = None,
 ) -> Case:
-    """A case from paired ``support`` and ``heldout`` folders; the pool order is a permutation drawn with ``seed``."""
+    """A case from paired ``support`` and ``heldout`` folders; the pool order is a permutation drawn with ``seed``.
+    ``unlabeled``: the case's folder of unlabeled images, if it has one (``DIR/pool/images``)."""
     pairs = _pairs(support)
     order = np.random.default_rng(seed).permutation(len(pairs))
     held = _heldout_subset(_pairs(heldout), heldout_limit)
@@ -196,6 +210,7 @@ def make_case(
         heldout=held_dir,
         heldout_count=len(held),
         note=note,
+        unlabeled=sorted(unlabeled.glob("*.png")) if unlabeled is not None and unlabeled.is_dir() else [],
     )
 
 
@@ -220,11 +235,21 @@ def builtin_case(name: str, data: Path, work: Path, seed: int, heldout_limit: in
         return make_case(name, work / name / "pool", work / name / "heldout_all", work, seed, heldout_limit, note)
     if name == "brain":
         note = "MNI152 axial slices, grey / white matter; supports z 40-97, held out z 110-143"
-        return make_case(name, case_dir / "support", case_dir / "heldout", work, seed, heldout_limit, note)
+        pool = case_dir / "pool" / "images"
+        return make_case(name, case_dir / "support", case_dir / "heldout", work, seed, heldout_limit, note, pool)
     if name == "macaque":
         source = json.loads((case_dir / "source.json").read_text())
         note = source.get("summary") or "INIA19 macaque coronal slices, NeuroMaps structures"
-        return make_case(name, case_dir / "support", case_dir / "heldout", work, seed, heldout_limit, note)
+        return make_case(
+            name,
+            case_dir / "support",
+            case_dir / "heldout",
+            work,
+            seed,
+            heldout_limit,
+            note,
+            case_dir / "pool" / "images",
+        )
     raise SystemExit(f"unknown case {name}; choose from {BUILTIN_CASES} or add --folder NAME=DIR")
 
 
@@ -343,11 +368,39 @@ def run_shots(
         out["student"] = {**_evaluate(case.heldout, result.student_dir, False, args.device), **stats}
         if "distill_teacher" in args.methods:
             out["distill_teacher"] = {**_evaluate(case.heldout, result.teacher_dir, True, args.device), **stats}
+    if "pool" in args.methods:
+        pool = _unlabeled_pool(case, k, runs / "pool_images")
+        cfg = load_config(
+            DistillCfg,
+            overrides={"support": support, "out": runs / "pool", "unlabeled": pool, "train": train, **common},
+        )
+        result, wall = timed(api.distill, cfg)
+        stats = {
+            "train_s": result.stats["seconds"],
+            "wall_s": wall,
+            "steps": result.stats["steps"],
+            "stop_reason": result.stats["stop_reason"],
+            "pool": {key: result.stats["pool"][key] for key in ("images", "labelled_fraction", "pool_steps")},
+        }
+        out["pool_student"] = {**_evaluate(case.heldout, result.student_dir, False, args.device), **stats}
     if "finetuned" in args.methods:
         cfg = load_config(AdaptCfg, overrides={"support": support, "train": train, **common})
         # Its own budget (a baseline held to ours starves); --quick only checks the plumbing: a few steps.
         out["finetuned"] = finetuned_baseline(support, case.heldout, cfg, QUICK_STEPS if args.quick else None)
     return out
+
+
+def _unlabeled_pool(case: Case, k: int, dest: Path) -> Path:
+    """A folder of the unlabeled images a K-shot run may use: the pool images after the first K, and the case's
+    unlabeled split (copied, so the run's pool fingerprint names only them)."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for key, image, _ in case.pool[k:]:
+        shutil.copyfile(image, dest / f"{key.replace('/', '__')}{image.suffix}")
+    for image in case.unlabeled:
+        shutil.copyfile(image, dest / f"pool__{image.name}")
+    return dest
 
 
 def run_case(case: Case, args: argparse.Namespace, work: Path, seed: int, on_result) -> None:
@@ -708,9 +761,12 @@ def _cases(args: argparse.Namespace, work: Path, seed: int) -> list[Case]:
     for spec in args.folder:
         name, folder = spec.split("=", 1)
         folder = Path(folder)
-        note = f"{folder}: pool = support/, held out = heldout/"
+        note = f"{folder}: pool = support/, held out = heldout/, unlabeled = pool/images/ if there"
+        unlabeled = folder / "pool" / "images"
         cases.append(
-            make_case(name, folder / "support", folder / "heldout", work / f"seed{seed}", seed, args.heldout, note)
+            make_case(
+                name, folder / "support", folder / "heldout", work / f"seed{seed}", seed, args.heldout, note, unlabeled
+            )
         )
     return [c for c in cases if c is not None]
 

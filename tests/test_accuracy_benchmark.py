@@ -72,7 +72,7 @@ def test_accuracy_benchmark_smoke(accuracy, tiny_data, tmp_path: Path) -> None:
         for s in (0, 1)
         for k in (1, 2)
         for m in accuracy.METHODS
-        if m != "distill_teacher"  # only with --methods
+        if m not in ("distill_teacher", "pool_student")  # only with --methods
     )
     for row in rows:
         extra = {"lr", "miou_by_lr", "stop_reason"} if row["method"] == "finetuned" else set()
@@ -106,6 +106,23 @@ def test_accuracy_benchmark_smoke(accuracy, tiny_data, tmp_path: Path) -> None:
     assert text.startswith("# Benchmarks\n\nHand-written text.\n")
     assert text.count(accuracy.BEGIN) == 1 and text.count(accuracy.END) == 1 and "](accuracy_vs_shots.png)" in text
     assert (docs.parent / "accuracy_vs_shots.png").is_file()
+
+
+def test_pool_student_trains_on_the_unused_supports_and_the_pool_split(accuracy, tiny_data, tmp_path: Path) -> None:
+    case = tmp_path / "tiny"
+    shutil.copytree(tiny_data.binary, case / "support")  # a pool of 4
+    shutil.copytree(tiny_data.binary_heldout, case / "heldout")
+    shutil.copytree(tiny_data.multi_heldout / "images", case / "pool" / "images")  # 3 unlabeled images
+    report = accuracy.main([
+        "--cases", "--folder", f"tiny={case}", "--shots", "1", "--steps", "1", "--seeds", "0", "--quick",
+        "--methods", "distill", "pool", "--model-args", json.dumps(TINY_MODEL), "--device", "cpu",
+        "--out", str(tmp_path / "out"),
+    ])  # fmt: skip
+    rows = {r["method"]: r for r in report["results"]}
+    assert set(rows) == {"student", "pool_student"}
+    assert rows["pool_student"]["pool"]["images"] == 3 + 3  # the 3 supports K = 1 leaves, the 3 pool images
+    assert rows["pool_student"]["steps"] == 2 * rows["student"]["steps"]
+    assert "student + unlabeled pool" in (tmp_path / "out" / "results.md").read_text()
 
 
 def test_distill_teacher_is_opt_in_and_needs_distill(accuracy, capsys) -> None:
