@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import TINY_MODEL
+from helpers import TINY_MODEL, write_binary_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -172,3 +172,27 @@ def test_docs_section_is_replaced_in_place(accuracy, tmp_path: Path) -> None:
     assert docs.read_text() == f"# B\n\nbefore\n\n{accuracy.BEGIN}\nnew table\n{accuracy.END}\n\nafter\n"
     accuracy.write_docs_section(docs, "newer\n")
     assert docs.read_text() == f"# B\n\nbefore\n\n{accuracy.BEGIN}\nnewer\n{accuracy.END}\n\nafter\n"
+
+
+def test_suggest_loop_benchmark_smoke(tiny_data, tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("suggest_loop_benchmark", ROOT / "benchmarks" / "suggest_loop.py")
+    loop = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = loop
+    spec.loader.exec_module(loop)
+    case = tmp_path / "tiny"
+    shutil.copytree(tiny_data.binary, case / "support")  # a pool of 4
+    shutil.copytree(tiny_data.binary_heldout, case / "heldout")
+    write_binary_folder(case / "pool", ["p0", "p1"], seed=7)  # the unlabeled split, with its true masks
+    out = tmp_path / "out"
+    report = loop.main([
+        "--cases", "--folder", f"tiny={case}", "--shots", "1", "--seeds", "0", "--add", "2", "--steps", "1",
+        "--model-args", json.dumps(TINY_MODEL), "--device", "cpu", "--out", str(out),
+    ])  # fmt: skip
+    (row,) = report["results"]
+    assert row["candidates"] == 3 + 2  # the 3 supports K = 1 leaves, the 2 pool images
+    assert {"base", "suggested", "random"} <= set(row)
+    assert len(row["suggested"]["added"]) == len(row["random"]["added"]) == 2
+    assert all(0.0 <= row[v]["miou"] <= 1.0 for v in ("base", "suggested", "random"))
+    table = (out / "results.md").read_text()
+    assert "+ 2 suggested" in table and "| tiny | 1 |" in table
+    assert json.loads((out / "results.json").read_text())["meta"]["add"] == 2
