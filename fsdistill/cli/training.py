@@ -171,6 +171,7 @@ def distill(
     """DistillFSS: train the support-free student (jointly with the teacher); writes RUN/student/.
 
     Example: fsdistill distill --support ./support --backbone efficientnet-lite0
+    (several GPUs, data-parallel: torchrun --standalone --nproc-per-node 4 -m fsdistill distill --support ./support)
     """
     from fsdistill import api
     from fsdistill.config import DistillCfg, load_config
