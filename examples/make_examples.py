@@ -549,11 +549,7 @@ def _macaque_split(y0: int, y1: int) -> tuple[list[int], list[int], list[int]]:
     n = min(MACAQUE_HELDOUT, len(eligible))
     picks = np.round(np.linspace(0, len(eligible) - 1, n)).astype(int) if n else []
     heldout = sorted({eligible[i] for i in picks})
-    pool = [
-        y
-        for y in range(y0, y1 + 1)
-        if y not in support and min(abs(y - h) for h in heldout) >= MACAQUE_POOL_GAP
-    ]
+    pool = [y for y in range(y0, y1 + 1) if y not in support and min(abs(y - h) for h in heldout) >= MACAQUE_POOL_GAP]
     return support, heldout, pool
 
 

@@ -24,4 +24,5 @@ quietly .venv/bin/python -m pip install --upgrade pip
 # The [dev] extra brings pytest, the readers of the real example data (tifffile, nibabel, scikit-image) and the
 # tools' readers the predict --format tests check against (pycocotools, label-studio-sdk);
 # [export] brings onnx, onnxscript and onnxruntime for fsdistill export / predict --backend onnx and their tests.
-quietly .venv/bin/python -m pip install -e ".[dev,export]"
+# FSDISTILL_EXTRAS replaces that list: CI (.ci/run) adds ray, so the Ray engine's tests run there too.
+quietly .venv/bin/python -m pip install -e ".[${FSDISTILL_EXTRAS:-dev,export}]"

@@ -201,3 +201,23 @@ def test_ray_engine_scored_format_equals_local(ray_cluster, shaken_multi_student
     remote = _predict(folder / "sub", tmp_path / "ray", shaken_multi_student, formats="coco", engine="ray", workers=1)
     assert local.written == remote.written == 2
     assert _tree(tmp_path / "ray") == _tree(tmp_path / "local")  # masks (scores inside), CSV, coco.json, manifest
+
+
+@pytest.mark.ray
+def test_ray_suggest_equals_local(ray_cluster, tiny_multi_run, shaken_multi_student, folder) -> None:
+    """suggest --engine ray: the actors load student and teacher, score, and the driver ranks as a local run."""
+    kw = {"top": 20, "device": "cpu", "teacher": tiny_multi_run.run_dir / "teacher"}
+    local = api.suggest(folder, shaken_multi_student, workers=0, **kw)
+    remote = api.suggest(folder, shaken_multi_student, engine="ray", workers=2, **kw)
+    assert remote.failed == local.failed and [path for path, _ in remote.failed] == [str(folder / "broken.png")]
+    assert [row.image for row in remote.ranking] == [row.image for row in local.ranking]
+    for ours, theirs in zip(remote.ranking, local.ranking):
+        assert ours.scores == theirs.scores and ours.duplicate_of == theirs.duplicate_of
+    assert remote.teacher == local.teacher and remote.teacher is not None
+
+
+def test_suggest_ray_options_need_the_ray_engine(shaken_multi_student, folder) -> None:
+    with pytest.raises(ConfigError, match="--engine ray"):
+        api.suggest(folder, shaken_multi_student, device="cpu", student_only=True, gpus_per_worker=1)
+    with pytest.raises(ConfigError, match="engine"):
+        api.suggest(folder, shaken_multi_student, device="cpu", student_only=True, engine="spark")

@@ -101,6 +101,9 @@ def suggest(
     on_total: Callable[[int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
     shard: str | Shard | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    gpus_per_worker: float | None = None,
 ) -> SuggestResult:
     """Rank unlabelled images by how much labelling each would teach the run (``fsdistill suggest``).
 
@@ -117,7 +120,11 @@ def suggest(
         student_only: rank by the student's uncertainty alone, without running the teacher (its attention over
             the supports costs seconds per image on a CPU, the student milliseconds).
         copy_to: a folder to copy the top images into (names kept; see :func:`fsdistill.infer.suggest.copy_images`).
-        batch_size: None: 8 on a GPU, 2 on the CPU. workers: decode processes, None as in :func:`predict`.
+        batch_size: None: 8 on a GPU, 2 on the CPU. workers: decode processes, None as in :func:`predict`
+            (with ``engine="ray"``: the Ray actors, as in :func:`predict`).
+        engine: ``local`` scores in this process; ``ray`` in a pool of Ray actors that each load the student and
+            teacher once (:class:`~fsdistill.infer.ray_engine.RayScorer`; the same scores and ranking), joining
+            the cluster at ``address`` with ``gpus_per_worker`` GPUs per actor, as :func:`predict` does.
         shard: ``"I/N"``, score only shard I of N of the sorted pool (image k goes to shard k mod N, see
             :mod:`fsdistill.infer.shard`); the ranking and outputs are then that shard's alone (give each shard
             its own ``out``/``json_out``).
@@ -125,13 +132,16 @@ def suggest(
             on_progress: with the number of images done (read or skipped).
 
     Raises:
-        ConfigError: ``top`` or ``batch_size`` below 1, a bad ``shard``. DataError: a missing pool, a pool without images, none
+        ConfigError: ``top`` or ``batch_size`` below 1, a bad ``shard``, an unknown ``engine`` or a Ray option
+            without it. DependencyError: ``engine="ray"`` without Ray Data installed. DataError: a missing pool, a pool without images, none
             readable, an unwritable output. CheckpointError: no student, or a teacher that does not load or
             does not match it.
     """
+    from fsdistill.infer.ray_engine import ENGINES, RayScorer, require_ray
     from fsdistill.infer.suggest import (
         Suggestion,
         SuggestScorer,
+        check_teacher,
         copy_images,
         score_images,
         spread_ranking,
@@ -146,6 +156,13 @@ def suggest(
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1 (got {batch_size}).")
     shard = parse_shard(shard)
+    engine = (engine or "local").lower()
+    if engine not in ENGINES:
+        raise ConfigError(f"Unknown engine '{engine}'; use one of {', '.join(ENGINES)}.")
+    if engine == "local" and (address is not None or gpus_per_worker is not None):
+        raise ConfigError("--address and --gpus-per-worker apply to --engine ray; add --engine ray or drop them.")
+    if engine == "ray":
+        require_ray()  # before anything loads: a missing extra is the first thing to say
     pools = [Path(p) for p in ([pool] if isinstance(pool, (str, Path)) else pool)]
     for path in pools:
         if not path.exists():
@@ -167,18 +184,28 @@ def suggest(
     if on_model is not None:
         on_model(str(student.path))
     teacher_model, note = (None, None) if student_only else _suggest_teacher(student, teacher)
-    torch_device = resolve_device(device)
-    scorer = SuggestScorer(student, teacher_model, torch_device)
-    on_gpu = torch_device.type != "cpu"
-    batch_size = batch_size or (8 if on_gpu else 2)
-    workers = _decode_workers(on_gpu) if workers is None else workers
+    paths = [source for source, _ in entries]
+    if engine == "ray":
+        # ``device`` is the actors' (the driver runs no model): their GPU when they get one.
+        on_gpu = bool(gpus_per_worker) or device.startswith("cuda")
+        batch_size = batch_size or (8 if on_gpu else 2)
+        check_teacher(student, teacher_model)  # here, not as every actor's failure
+        teacher_path = None if teacher_model is None else teacher_model.path
+        ray_scorer = RayScorer(student.path, teacher_path, device, address, workers, gpus_per_worker or 0.0)
+        outputs = ray_scorer.score_images(paths, batch_size, on_progress)
+    else:
+        torch_device = resolve_device(device)
+        on_gpu = torch_device.type != "cpu"
+        batch_size = batch_size or (8 if on_gpu else 2)
+        scorer = SuggestScorer(student, teacher_model, torch_device)
+        workers = _decode_workers(on_gpu) if workers is None else workers
+        outputs = score_images(scorer, paths, batch_size, workers, on_progress)
     if on_total is not None:
         on_total(len(entries))
     start = time.perf_counter()
-    paths = [source for source, _ in entries]
     scored: list[tuple[int, Any, np.ndarray]] = []
     failed: list[tuple[str, str]] = []
-    for index, scores, embedding, error in score_images(scorer, paths, batch_size, workers, on_progress):
+    for index, scores, embedding, error in outputs:
         if error is not None:
             failed.append((str(paths[index]), error))
         else:

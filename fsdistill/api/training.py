@@ -1,4 +1,9 @@
-"""``adapt`` (TransferFSS) and ``distill`` (DistillFSS): a support folder in, teacher / student artifacts out."""
+"""``adapt`` (TransferFSS) and ``distill`` (DistillFSS): a support folder in, teacher / student artifacts out.
+
+In an initialised process group (``torchrun``, :mod:`fsdistill.distributed`) both train data-parallel: every
+process prepares the same data and models and trains on its own episodes, and rank 0 alone creates the run folder
+and writes the artifacts; every process returns the same :class:`RunResult`.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from typing import Any
 
 import torch
 
+from fsdistill import distributed
 from fsdistill.api.runs import (
     RunResult,
     _drop_stale,
@@ -51,7 +57,7 @@ POOL_BATCH = 8  # pool images decoded, encoded and labelled at a time
 
 
 def _stats_dict(stats: TrainStats) -> dict[str, Any]:
-    return {
+    out = {
         "steps": stats.steps,
         "episodes": stats.episodes,
         "seconds": round(stats.seconds, 2),
@@ -59,6 +65,20 @@ def _stats_dict(stats: TrainStats) -> dict[str, Any]:
         "class_queries": stats.class_queries,
         "final_losses": {k: stats.final(k) for k in (stats.history[-1] if stats.history else {})},
     }
+    if distributed.world_size() > 1:  # recorded only then: a one-process run's artifact is as before
+        out["processes"] = distributed.world_size()
+    return out
+
+
+def _start_run(cfg: AdaptCfg | DistillCfg, command: str) -> Path:
+    """Create the run folder and write its config (rank 0 only); the folder's path on every process."""
+
+    def create() -> Path:
+        run_dir = new_run_dir(cfg.out)
+        _write_run_config(run_dir, cfg, command)
+        return run_dir
+
+    return distributed.on_main(create)
 
 
 def _prepare(cfg: AdaptCfg | DistillCfg, quiet: bool):
@@ -114,20 +134,23 @@ def adapt(cfg: AdaptCfg, quiet: bool = False, overwrite: bool = False) -> RunRes
     teacher = teacher.to(device)
     if cfg.train.augment is False and len(index) == 1 and cfg.train.steps != 0:
         raise ConfigError("One support image needs augmentation to build episodes; drop --no-augment or add images.")
-    run_dir = new_run_dir(cfg.out)
-    _write_run_config(run_dir, cfg, "adapt")
+    run_dir = _start_run(cfg, "adapt")
     cache = FeatureCache(teacher, support, device, _augment(cfg, len(index)))
     stats = train(teacher, cache, cfg.train, quiet=quiet)
-    teacher_dir = save_model(
-        run_dir / "teacher",
-        teacher,
-        teacher_cfg,
-        support_images=support.images,
-        support_masks=support.masks,
-        **_artifact_fields(cfg, index, stats),
-    )
-    _drop_stale(run_dir, keep={"teacher"})
-    return RunResult(run_dir, teacher_dir=teacher_dir, stats=_stats_dict(stats))
+
+    def write() -> Path:
+        teacher_dir = save_model(
+            run_dir / "teacher",
+            teacher,
+            teacher_cfg,
+            support_images=support.images,
+            support_masks=support.masks,
+            **_artifact_fields(cfg, index, stats),
+        )
+        _drop_stale(run_dir, keep={"teacher"})
+        return teacher_dir
+
+    return RunResult(run_dir, teacher_dir=distributed.on_main(write), stats=_stats_dict(stats))
 
 
 def _new_teacher(cfg: AdaptCfg | DistillCfg, num_classes: int) -> tuple[DCAMATeacher, ModelCfg]:
@@ -299,8 +322,7 @@ def distill(cfg: DistillCfg, quiet: bool = False, overwrite: bool = False) -> Ru
             raise ConfigError("--freeze-teacher needs an adapted teacher: pass --teacher RUN/teacher.")
         teacher, teacher_cfg = _new_teacher(cfg, num_classes)
         teacher = teacher.to(device)
-    run_dir = new_run_dir(cfg.out)
-    _write_run_config(run_dir, cfg, "distill")
+    run_dir = _start_run(cfg, "distill")
     cache = FeatureCache(teacher, support, device, _augment(cfg, len(index)))
     student = build_student(teacher, cfg.model.student_width).to(device)
     # The student is the teacher's architecture (an adapted teacher's, whatever this run's --decoder says) with
@@ -328,33 +350,38 @@ def distill(cfg: DistillCfg, quiet: bool = False, overwrite: bool = False) -> Ru
     pool_info = None
     if pool_paths is not None and cfg.train.steps != 0:
         stats, pool_info = _train_on_pool(cfg, *pool_paths, teacher, student, cache, stats, quiet)
-    check = check_supports(teacher, student, cache, index.class_names) if cfg.train.steps != 0 else None
-    common = _artifact_fields(cfg, index, stats)
-    if pool_info is not None:
-        common["training"]["pool"] = pool_info
-    if check is not None:
-        common["training"]["support_check"] = check.to_dict()
-    if match is not None:
-        common["training"]["init"] = {"run": str(cfg.init), **match.to_dict()}
-    teacher_dir = None
-    if cfg.teacher is None:
-        teacher_dir = save_model(
-            run_dir / "teacher",
-            teacher,
-            teacher_cfg,
-            support_images=support.images,
-            support_masks=support.masks,
-            **common,
+
+    def check_and_write() -> RunResult:
+        # Rank 0 only under torchrun: every process holds the same weights, so one check and one artifact.
+        check = check_supports(teacher, student, cache, index.class_names) if cfg.train.steps != 0 else None
+        common = _artifact_fields(cfg, index, stats)
+        if pool_info is not None:
+            common["training"]["pool"] = pool_info
+        if check is not None:
+            common["training"]["support_check"] = check.to_dict()
+        if match is not None:
+            common["training"]["init"] = {"run": str(cfg.init), **match.to_dict()}
+        teacher_dir = None
+        if cfg.teacher is None:
+            teacher_dir = save_model(
+                run_dir / "teacher",
+                teacher,
+                teacher_cfg,
+                support_images=support.images,
+                support_masks=support.masks,
+                **common,
+            )
+        student_dir = save_model(run_dir / "student", student, student_cfg, **common)
+        own_teacher = cfg.teacher is None or _is_artifact_at(cfg.teacher, run_dir / "teacher")
+        _drop_stale(run_dir, keep={"student", "teacher"} if own_teacher else {"student"})
+        return RunResult(
+            run_dir,
+            teacher_dir=teacher_dir,
+            student_dir=student_dir,
+            stats=common["training"],
+            check=check,
+            student_parameters=stored_parameters(student.state_dict()),
+            student_mb=(student_dir / WEIGHTS_FILE).stat().st_size / 2**20,
         )
-    student_dir = save_model(run_dir / "student", student, student_cfg, **common)
-    own_teacher = cfg.teacher is None or _is_artifact_at(cfg.teacher, run_dir / "teacher")
-    _drop_stale(run_dir, keep={"student", "teacher"} if own_teacher else {"student"})
-    return RunResult(
-        run_dir,
-        teacher_dir=teacher_dir,
-        student_dir=student_dir,
-        stats=common["training"],
-        check=check,
-        student_parameters=stored_parameters(student.state_dict()),
-        student_mb=(student_dir / WEIGHTS_FILE).stat().st_size / 2**20,
-    )
+
+    return distributed.on_main(check_and_write)

@@ -7,7 +7,8 @@ import json
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -148,7 +149,7 @@ def _guarded(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except FsdistillError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {_rank_note()}{exc}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             typer.echo(
@@ -164,23 +165,62 @@ def _guarded(fn: Callable) -> Callable:
     return wrapper
 
 
+def _rank_note() -> str:
+    """``rank R: `` in a process that torchrun started as rank R > 0, else nothing: each process reports its own
+    errors (one may fail alone, on a node without the data, say), and the rank tells the copies apart."""
+    import os
+
+    rank = os.environ.get("RANK", "0")
+    return f"rank {rank}: " if os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1") and rank != "0" else ""
+
+
 def command(fn: Callable) -> Callable:
     """Register a guarded command under its function name."""
     return app.command(cls=_Command)(_guarded(fn))
 
 
-def model_command(fn: Callable) -> Callable:
+def model_command(fn: Callable | None = None, *, torchrun: bool = False) -> Callable:
     """Register a guarded command that runs models, setting the process up for them first: glibc keeps the memory
-    a forward pass frees for the next one (:func:`fsdistill.runtime.retain_freed_memory`)."""
+    a forward pass frees for the next one (:func:`fsdistill.runtime.retain_freed_memory`).
 
-    @functools.wraps(fn)
-    def set_up_then_run(*args: Any, **kwargs: Any) -> Any:
-        from fsdistill.runtime import retain_freed_memory
+    ``torchrun``: the command trains data-parallel when torchrun starts it (``@model_command(torchrun=True)``);
+    the others refuse to run as several torchrun processes, which would each do the whole job into one folder.
+    """
 
-        retain_freed_memory()
-        return fn(*args, **kwargs)
+    def register(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def set_up_then_run(*args: Any, **kwargs: Any) -> Any:
+            from fsdistill.distributed import launch_from_env
+            from fsdistill.runtime import retain_freed_memory
 
-    return command(set_up_then_run)
+            if not torchrun and launch_from_env() is not None:
+                from fsdistill.errors import ConfigError
+
+                raise ConfigError(
+                    f"{fn.__name__} does not run under torchrun (only adapt and distill train data-parallel); run it "
+                    "as one process, or split predict and suggest with --shard I/N or --engine ray."
+                )
+            retain_freed_memory()
+            return fn(*args, **kwargs)
+
+        return command(set_up_then_run)
+
+    return register(fn) if fn is not None else register
+
+
+@contextmanager
+def torchrun_group(device: str) -> Iterator[bool]:
+    """The process group of a torchrun launch for the block (nothing in a plain run); yields whether this process
+    reports (rank 0, or the only process). The other ranks' library warnings are silenced: rank 0 says them."""
+    import logging
+
+    from fsdistill.distributed import launch_from_env, process_group
+
+    with process_group(launch_from_env(), device) as launch:
+        main = launch is None or launch.rank == 0
+        if not main:
+            logging.getLogger("fsdistill").setLevel(logging.ERROR)
+        yield main
 
 
 def _train_overrides(

@@ -353,7 +353,31 @@ def suggest(
     ] = None,
     workers: Annotated[
         int | None,
-        typer.Option("--workers", min=0, help="Image-decoding worker processes (default: as predict's)."),
+        typer.Option(
+            "--workers",
+            min=0,
+            help="Image-decoding worker processes (default: as predict's). With --engine ray: the Ray actors "
+            "(default as predict's).",
+        ),
+    ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            help="local | ray: ray scores the pool in a pool of Ray actors (pip install 'fsdistill[ray]'); same "
+            "ranking.",
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address",
+            help="With --engine ray: the cluster to join (auto, or ray://HOST:10001; default: a new local one).",
+        ),
+    ] = None,
+    gpus_per_worker: Annotated[
+        float | None,
+        typer.Option("--gpus-per-worker", min=0, help="With --engine ray: GPUs per actor (default 0; 0.5 shares one)."),
     ] = None,
     shard: Annotated[
         str | None,
@@ -372,6 +396,7 @@ def suggest(
     uncertainty per class, near-duplicates skipped.
 
     Example: fsdistill suggest unlabelled/ --model runs/polyps --top 20 --out ranking.csv --copy-to to_label/
+    (Ray cluster: fsdistill suggest /shared/pool --model /shared/runs/polyps --engine ray --address auto)
     """
     from fsdistill import api
 
@@ -394,6 +419,9 @@ def suggest(
             on_total=bar.set_total,
             on_progress=bar.update,
             shard=shard,
+            engine=engine,
+            address=address,
+            gpus_per_worker=gpus_per_worker,
         )
     console = _Console(quiet)
     if result.note and not quiet:

@@ -31,6 +31,7 @@ from fsdistill.cli.common import (
     _write_json,
     command,
     model_command,
+    torchrun_group,
 )
 
 
@@ -59,7 +60,7 @@ def check(
         _write_json(json_out, report.to_dict())
 
 
-@model_command
+@model_command(torchrun=True)
 def adapt(
     support: SupportOpt = None,
     backbone: BackboneOpt = None,
@@ -98,13 +99,16 @@ def adapt(
         flag_names=True,
         command="adapt",
     )
-    result = api.adapt(cfg, quiet=quiet, overwrite=overwrite)
+    with torchrun_group(cfg.device) as main:
+        result = api.adapt(cfg, quiet=quiet or not main, overwrite=overwrite)
+    if not main:
+        return
     _Console(quiet).say(
         f"teacher: {result.teacher_dir}  ({result.stats['steps']} steps, {result.stats['seconds']:.0f} s)"
     )
 
 
-@model_command
+@model_command(torchrun=True)
 def distill(
     support: SupportOpt = None,
     teacher: Annotated[
@@ -167,6 +171,7 @@ def distill(
     """DistillFSS: train the support-free student (jointly with the teacher); writes RUN/student/.
 
     Example: fsdistill distill --support ./support --backbone efficientnet-lite0
+    (several GPUs, data-parallel: torchrun --standalone --nproc-per-node 4 -m fsdistill distill --support ./support)
     """
     from fsdistill import api
     from fsdistill.config import DistillCfg, load_config
@@ -190,7 +195,10 @@ def distill(
         flag_names=True,
         command="distill",
     )
-    result = api.distill(cfg, quiet=quiet, overwrite=overwrite)
+    with torchrun_group(cfg.device) as main:
+        result = api.distill(cfg, quiet=quiet or not main, overwrite=overwrite)
+    if not main:
+        return
     console = _Console(quiet)
     console.say(
         f"student: {result.student_dir}  ({result.student_parameters:,} parameters, {result.student_mb:.1f} MB)"

@@ -9,6 +9,10 @@ for a local run (the same code), so the outputs are the same bytes and resume sk
 dataset is built. An unreadable image comes back as that image's error, not a failed job. Input paths must be
 readable by the workers (one machine, or a filesystem shared by the cluster's nodes).
 
+``suggest --engine ray`` uses the same actor pool for its scoring pass: :class:`RayScorer` streams the pool
+through actors that each load the student (and teacher) once and score their batches with
+:class:`~fsdistill.infer.suggest.SuggestScorer`; the driver ranks the scores as a local run does.
+
 Ray is optional (``pip install 'fsdistill[ray]'``) and imported only here, only when the engine is asked for.
 """
 
@@ -16,7 +20,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+import pickle
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +33,7 @@ from fsdistill.errors import ConfigError, DependencyError
 from fsdistill.infer.predictor import Predictor, Runner
 from fsdistill.runtime import raise_if_interrupted
 
-__all__ = ["ENGINES", "RayRunner", "require_ray"]
+__all__ = ["ENGINES", "RayRunner", "RayScorer", "require_ray"]
 
 ENGINES = ("local", "ray")
 RAY_BATCH_IMAGES = 32  # images per Ray task, at least (see RayRunner._remote)
@@ -100,10 +106,7 @@ class RayRunner(Runner):
         workers: int | None = None,
         gpus_per_worker: float = 0.0,
     ) -> None:
-        if workers is not None and workers < 1:
-            raise ConfigError(f"--workers must be at least 1 with --engine ray (got {workers}).")
-        if gpus_per_worker < 0:
-            raise ConfigError(f"--gpus-per-worker must be >= 0 (got {gpus_per_worker}).")
+        _check_pool_options(workers, gpus_per_worker)
         self.ray = require_ray()
         self.local, self.model, self.device = local, Path(model), device
         self.address, self.workers, self.gpus_per_worker = address, workers, gpus_per_worker
@@ -115,14 +118,6 @@ class RayRunner(Runner):
 
     def identity(self) -> dict:
         return self.local.identity()  # the same model: a folder may be resumed with either engine
-
-    def _pool_size(self) -> int:
-        if self.workers is not None:
-            return self.workers
-        resources = self.ray.cluster_resources()
-        if self.gpus_per_worker > 0:
-            return max(1, int(resources.get("GPU", 0) // self.gpus_per_worker))
-        return max(1, min(8, int(resources.get("CPU", 1))))
 
     def iterate(
         self, paths: list[Path], batch_size: int = 8, workers: int = 2
@@ -142,65 +137,199 @@ class RayRunner(Runner):
     ) -> Iterator[tuple[int, np.ndarray | None, np.ndarray | None, str | None]]:
         if not paths:
             return
-        ray = self.ray
-        started = not ray.is_initialized()
-        if started:
-            # Ray's own log lines (the C++ core's warning about actor restarts, Ray Data's execution summary) would
-            # interleave with predict's progress bar; its errors still reach the caller as exceptions.
-            given = os.environ.get("RAY_BACKEND_LOG_LEVEL")
-            os.environ["RAY_BACKEND_LOG_LEVEL"] = given or "fatal"
-            try:
-                ray.init(address=self.address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-            finally:
-                if given is None:
-                    del os.environ["RAY_BACKEND_LOG_LEVEL"]
-        from ray.data import ActorPoolStrategy, DataContext
+        absolute = [str(Path(p).resolve()) for p in paths]
+        batches = _map_paths(
+            self.ray,
+            self.address,
+            absolute,
+            _PredictActor,
+            {"model": str(self.model.resolve()), "device": self.device, "batch_size": batch_size},
+            {"scored": scored},
+            batch_size,
+            self.workers,
+            self.gpus_per_worker,
+        )
+        for batch in batches:
+            for j, index in enumerate(batch["index"]):
+                raise_if_interrupted()
+                index, error = int(index), str(batch["error"][j])
+                if error:
+                    # The actors read absolute paths; report the path as the user gave it.
+                    yield index, None, None, error.replace(absolute[index], str(paths[index]))
+                    continue
+                shape = (int(batch["height"][j]), int(batch["width"][j]))
+                mask = np.frombuffer(bytes(batch["mask"][j]), dtype=np.uint8).reshape(shape).copy()
+                probs = None
+                if scored:
+                    probs_shape = tuple(int(n) for n in str(batch["probs_shape"][j]).split(","))
+                    probs = np.frombuffer(bytes(batch["probs"][j]), dtype=np.float32).reshape(probs_shape).copy()
+                yield index, mask, probs, None
 
-        quieted = logging.getLogger("ray.data")
-        level = quieted.level
-        quieted.setLevel(logging.ERROR)
-        context = DataContext.get_current()
-        settings = context.enable_progress_bars, context.print_on_execution_start
-        context.enable_progress_bars = False  # predict shows its own bar
-        context.print_on_execution_start = False
-        try:
-            absolute = [str(Path(p).resolve()) for p in paths]
-            dataset = ray.data.from_items([{"index": i, "path": p} for i, p in enumerate(absolute)])
-            dataset = dataset.map_batches(
-                _PredictActor,
-                fn_constructor_kwargs={
-                    "model": str(self.model.resolve()),
-                    "device": self.device,
-                    "batch_size": batch_size,
-                },
-                compute=ActorPoolStrategy(size=self._pool_size()),
-                # Each Ray task holds several model batches (a multiple of batch_size, at least 32 images): fewer
-                # tasks to schedule and ship than one per batch of 2 (predict's CPU default).
-                batch_size=batch_size * max(1, -(-RAY_BATCH_IMAGES // batch_size)),
-                batch_format="numpy",
-                fn_kwargs={"scored": scored},
-                num_cpus=1,
-                num_gpus=self.gpus_per_worker or None,
-                # Ray Data's actor pools restart an actor that dies and retry its batch by default
-                # (max_restarts=-1, max_task_retries=-1): nothing to set here.
+
+class _ScoreActor:
+    """One Ray actor of ``suggest``: loads the student (and teacher) once, then scores the batches it is handed."""
+
+    def __init__(self, student: str, teacher: str | None, device: str, batch_size: int) -> None:
+        from fsdistill.infer.suggest import SuggestScorer
+        from fsdistill.models.build import load_model
+        from fsdistill.runtime import resolve_device
+
+        self.scorer = SuggestScorer(
+            load_model(Path(student), kind="student"),
+            None if teacher is None else load_model(Path(teacher), kind="teacher"),
+            resolve_device(device),
+        )
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from fsdistill.infer.suggest import score_images
+
+        paths = [Path(str(p)) for p in batch["path"]]
+        rows: dict[str, list] = {k: [] for k in ("index", "score", "embedding", "error")}
+        # No decode processes inside an actor (the actors are the parallelism).
+        for i, score, embedding, error in score_images(self.scorer, paths, self.batch_size, workers=0):
+            rows["index"].append(int(batch["index"][i]))
+            rows["error"].append(error or "")
+            # An ImageScore is a small dataclass of floats and lists: pickled, it comes back exactly.
+            rows["score"].append(b"" if score is None else pickle.dumps(score))
+            rows["embedding"].append(
+                b"" if embedding is None else np.ascontiguousarray(embedding, np.float32).tobytes()
             )
-            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-                for j, index in enumerate(batch["index"]):
-                    raise_if_interrupted()
-                    index, error = int(index), str(batch["error"][j])
-                    if error:
-                        # The actors read absolute paths; report the path as the user gave it.
-                        yield index, None, None, error.replace(absolute[index], str(paths[index]))
-                        continue
-                    shape = (int(batch["height"][j]), int(batch["width"][j]))
-                    mask = np.frombuffer(bytes(batch["mask"][j]), dtype=np.uint8).reshape(shape).copy()
-                    probs = None
-                    if scored:
-                        probs_shape = tuple(int(n) for n in str(batch["probs_shape"][j]).split(","))
-                        probs = np.frombuffer(bytes(batch["probs"][j]), dtype=np.float32).reshape(probs_shape).copy()
-                    yield index, mask, probs, None
+        return {key: np.array(values, dtype=np.int64 if key == "index" else object) for key, values in rows.items()}
+
+
+class RayScorer:
+    """``suggest``'s scoring pass on Ray actors (see the module docstring).
+
+    Args:
+        student, teacher: the artifact folders the actors load (teacher None: uncertainty only).
+        device, address, workers, gpus_per_worker: as for :class:`RayRunner`.
+    """
+
+    def __init__(
+        self,
+        student: Path,
+        teacher: Path | None,
+        device: str = "auto",
+        address: str | None = None,
+        workers: int | None = None,
+        gpus_per_worker: float = 0.0,
+    ) -> None:
+        _check_pool_options(workers, gpus_per_worker)
+        self.ray = require_ray()
+        self.student, self.teacher, self.device = Path(student), None if teacher is None else Path(teacher), device
+        self.address, self.workers, self.gpus_per_worker = address, workers, gpus_per_worker
+
+    def score_images(
+        self, paths: list[Path], batch_size: int = 2, on_progress: Callable[[int], None] | None = None
+    ) -> Iterator[tuple[int, Any, np.ndarray | None, str | None]]:
+        """As :func:`fsdistill.infer.suggest.score_images`: ``(index, ImageScore, embedding, None)`` per readable
+        path and ``(index, None, None, error)`` per unreadable one, in the order the actors finish them."""
+        if not paths:
+            return
+        absolute = [str(Path(p).resolve()) for p in paths]
+        kwargs = {
+            "student": str(self.student.resolve()),
+            "teacher": None if self.teacher is None else str(self.teacher.resolve()),
+            "device": self.device,
+            "batch_size": batch_size,
+        }
+        batches = _map_paths(
+            self.ray, self.address, absolute, _ScoreActor, kwargs, {}, batch_size, self.workers, self.gpus_per_worker
+        )
+        for batch in batches:
+            for j, index in enumerate(batch["index"]):
+                raise_if_interrupted()
+                index, error = int(index), str(batch["error"][j])
+                if error:
+                    yield index, None, None, error.replace(absolute[index], str(paths[index]))
+                else:
+                    embedding = np.frombuffer(bytes(batch["embedding"][j]), dtype=np.float32).copy()
+                    yield index, pickle.loads(bytes(batch["score"][j])), embedding, None
+            if on_progress is not None:
+                on_progress(len(batch["index"]))
+
+
+def _check_pool_options(workers: int | None, gpus_per_worker: float) -> None:
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers must be at least 1 with --engine ray (got {workers}).")
+    if gpus_per_worker < 0:
+        raise ConfigError(f"--gpus-per-worker must be >= 0 (got {gpus_per_worker}).")
+
+
+def _pool_size(ray: Any, workers: int | None, gpus_per_worker: float) -> int:
+    """Actors in the pool: ``workers`` if given, else the cluster's GPUs / ``gpus_per_worker``, else its CPUs
+    (at most 8)."""
+    if workers is not None:
+        return workers
+    resources = ray.cluster_resources()
+    if gpus_per_worker > 0:
+        return max(1, int(resources.get("GPU", 0) // gpus_per_worker))
+    return max(1, min(8, int(resources.get("CPU", 1))))
+
+
+@contextmanager
+def _ray_session(ray: Any, address: str | None) -> Iterator[None]:
+    """Ray connected for the block (a new local instance, stopped after it, when none is running), with Ray
+    Data's own progress bars and log lines off: the command shows its own bar."""
+    started = not ray.is_initialized()
+    if started:
+        # Ray's own log lines (the C++ core's warning about actor restarts, Ray Data's execution summary) would
+        # interleave with the command's progress bar; its errors still reach the caller as exceptions.
+        given = os.environ.get("RAY_BACKEND_LOG_LEVEL")
+        os.environ["RAY_BACKEND_LOG_LEVEL"] = given or "fatal"
+        try:
+            ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
         finally:
-            context.enable_progress_bars, context.print_on_execution_start = settings
-            quieted.setLevel(level)
-            if started:
-                ray.shutdown()
+            if given is None:
+                del os.environ["RAY_BACKEND_LOG_LEVEL"]
+    from ray.data import DataContext
+
+    quieted = logging.getLogger("ray.data")
+    level = quieted.level
+    quieted.setLevel(logging.ERROR)
+    context = DataContext.get_current()
+    settings = context.enable_progress_bars, context.print_on_execution_start
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    try:
+        yield
+    finally:
+        context.enable_progress_bars, context.print_on_execution_start = settings
+        quieted.setLevel(level)
+        if started:
+            ray.shutdown()
+
+
+def _map_paths(
+    ray: Any,
+    address: str | None,
+    paths: list[str],
+    actor: type,
+    constructor_kwargs: dict[str, Any],
+    call_kwargs: dict[str, Any],
+    batch_size: int,
+    workers: int | None,
+    gpus_per_worker: float,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Stream ``{"index", "path"}`` rows of ``paths`` through a pool of ``actor`` (Ray Data ``map_batches`` with
+    ``ActorPoolStrategy``) and yield the result batches (numpy columns) as they finish."""
+    with _ray_session(ray, address):
+        from ray.data import ActorPoolStrategy
+
+        dataset = ray.data.from_items([{"index": i, "path": p} for i, p in enumerate(paths)])
+        dataset = dataset.map_batches(
+            actor,
+            fn_constructor_kwargs=constructor_kwargs,
+            compute=ActorPoolStrategy(size=_pool_size(ray, workers, gpus_per_worker)),
+            # Each Ray task holds several model batches (a multiple of batch_size, at least 32 images): fewer
+            # tasks to schedule and ship than one per batch of 2 (predict's CPU default).
+            batch_size=batch_size * max(1, -(-RAY_BATCH_IMAGES // batch_size)),
+            batch_format="numpy",
+            fn_kwargs=call_kwargs,
+            num_cpus=1,
+            num_gpus=gpus_per_worker or None,
+            # Ray Data's actor pools restart an actor that dies and retry its batch by default
+            # (max_restarts=-1, max_task_retries=-1): nothing to set here.
+        )
+        yield from dataset.iter_batches(batch_size=None, batch_format="numpy")

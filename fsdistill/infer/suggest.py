@@ -287,6 +287,22 @@ def _same_backbone(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def check_teacher(student: LoadedModel, teacher: LoadedModel | None) -> None:
+    """Raise CheckpointError when ``teacher`` cannot be compared with ``student`` (other classes or input size)."""
+    if teacher is None:
+        return
+    if teacher.class_names != student.class_names:
+        raise CheckpointError(
+            f"The teacher {teacher.path} knows classes {teacher.class_names} but the student {student.path} "
+            f"{student.class_names}; pass the teacher the student was distilled from."
+        )
+    if teacher.size != student.size:
+        raise CheckpointError(
+            f"The teacher {teacher.path} runs at {teacher.size} px and the student {student.path} at "
+            f"{student.size} px; pass the teacher the student was distilled from."
+        )
+
+
 class SuggestScorer:
     """Runs a student and (optionally) its teacher on uint8 batches: logits of both and pooled embeddings.
 
@@ -303,17 +319,7 @@ class SuggestScorer:
 
     def __init__(self, student: LoadedModel, teacher: LoadedModel | None, device: torch.device) -> None:
         retain_freed_memory()
-        if teacher is not None:
-            if teacher.class_names != student.class_names:
-                raise CheckpointError(
-                    f"The teacher {teacher.path} knows classes {teacher.class_names} but the student {student.path} "
-                    f"{student.class_names}; pass the teacher the student was distilled from."
-                )
-            if teacher.size != student.size:
-                raise CheckpointError(
-                    f"The teacher {teacher.path} runs at {teacher.size} px and the student {student.path} at "
-                    f"{student.size} px; pass the teacher the student was distilled from."
-                )
+        check_teacher(student, teacher)
         self.student = student.to(device)
         self.teacher = teacher.to(device) if teacher is not None else None
         self.device = device

@@ -4,6 +4,10 @@ A step = ``episodes_per_step`` leave-one-out episodes whose gradients are accumu
 (the reference accumulates over one pass of all supports; a fixed number of episodes per step makes the cost
 of a step independent of the support-set size, so ``--steps`` means the same for 5 or 50 images). Without
 ``--steps`` the data decides how many (:mod:`fsdistill.train.budget`).
+
+Under ``torchrun`` (a process group initialised, :mod:`fsdistill.distributed`) every process runs this loop on
+its own episodes, student batches and pool images (samplers seeded with seed + rank) and the gradients are
+averaged before each step: a step then holds N × ``episodes_per_step`` episodes, as data-parallel training does.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from fsdistill import distributed
 from fsdistill.config import TRAINABLE_GROUPS, TrainCfg
 from fsdistill.models.student import DistilledStudent
 from fsdistill.models.teacher import DCAMATeacher
@@ -103,9 +108,21 @@ def train(
     if not groups:
         raise ValueError("nothing to train: choose at least one trainable group")
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sampler = EpisodeSampler(cache.present, cfg.max_shots, cache.views, cfg.seed, class_repeats)
-    pool_sampler = pool.sampler(cfg.seed) if pool is not None and student is not None and cfg.pool_batch else None
-    all_classes = cache.present.any(dim=0).to(cache.masks[0].device)
+    params = [p for group in groups for p in group["params"]]
+    device = cache.masks[0].device
+    world, rank = distributed.world_size(), distributed.rank()
+    if world > 1:
+        # Same starting weights everywhere (the seeded builds already agree; this also covers loaded ones), and
+        # each process its own random stream (attention dropout), as its own episodes.
+        distributed.broadcast_parameters(params)
+        torch.manual_seed(cfg.seed + rank)
+    # seed + rank: each process draws other episodes (rank 0, and a plain run, the seed's own).
+    sampler = EpisodeSampler(cache.present, cfg.max_shots, cache.views, cfg.seed + rank, class_repeats)
+    pool_sampler = (
+        pool.sampler(cfg.seed + rank) if pool is not None and student is not None and cfg.pool_batch else None
+    )
+    class_queries = sampler.class_queries  # in a process group: the sum over the processes
+    all_classes = cache.present.any(dim=0).to(device)
     attention_trains = any(p.requires_grad for p in teacher.blocks.parameters())
     # Frozen attention (the default): each (query, support) pair's attention is computed once and reused.
     pair_attention = None if attention_trains else PairAttention(teacher)
@@ -182,6 +199,9 @@ def train(
             totals["pool"] = float(pool_seg.detach())
             totals["pool_mse"] = float(pool_mse.detach())
             totals["loss"] += float(pool_loss.detach())
+        if world > 1:
+            distributed.average_gradients(params)
+            totals, class_queries = distributed.reduce_step(totals, sampler.class_queries, device)
         optimizer.step()
         stats.steps += 1
         stats.history.append(totals)
@@ -191,11 +211,17 @@ def train(
             if stats.steps >= cfg.steps:
                 stats.stop_reason = f"the {cfg.steps} steps asked for"
                 break
-        elif budget.update(totals["loss"], [sampler.class_queries[c] for c in sampler.trained_classes]):
-            stats.stop_reason = budget.reason
-            break
+        else:
+            stop = budget.update(totals["loss"], [class_queries[c] for c in sampler.trained_classes])
+            reason = budget.reason
+            if world > 1:
+                stop, reason = distributed.same_decision(stop, reason, device)
+            if stop:
+                stats.stop_reason = reason
+                break
     bar.close()
-    stats.class_queries = list(sampler.class_queries)
+    stats.episodes *= world  # every process ran as many
+    stats.class_queries = list(class_queries)
     stats.seconds = time.perf_counter() - start
     teacher.eval()
     if student is not None:

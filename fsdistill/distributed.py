@@ -1,0 +1,263 @@
+"""Data-parallel training under ``torchrun``: one process per device, gradients averaged every step.
+
+``torchrun --nproc-per-node N -m fsdistill distill ...`` starts N copies of the command with ``WORLD_SIZE``,
+``RANK`` and ``LOCAL_RANK`` in their environment. The CLI then opens a process group (:func:`process_group`:
+gloo on the CPU, nccl on CUDA, one GPU per local rank) and the library, seeing it initialised, trains
+data-parallel: every process draws its own episodes (its samplers are seeded with seed + rank), gradients are
+averaged before each optimiser step (:func:`average_gradients`), the step's losses and class-query counts are
+reduced so the automatic stop rule sees the same numbers everywhere (:func:`reduce_step`), and rank 0's stop
+decision is the one all follow (:func:`same_decision`). Rank 0 alone writes the run folder (:func:`on_main`).
+
+Without ``WORLD_SIZE > 1`` nothing here is used and a run is exactly a one-process run. The models share modules
+between teacher and student and some parameters get no gradient in a step, so gradients are averaged by hand over
+every trainable parameter instead of wrapping the models in ``DistributedDataParallel``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from fsdistill.errors import ConfigError, DeviceError, FsdistillError
+
+__all__ = [
+    "Launch",
+    "launch_from_env",
+    "process_group",
+    "rank",
+    "world_size",
+    "is_main",
+    "broadcast_parameters",
+    "average_gradients",
+    "reduce_step",
+    "same_decision",
+    "on_main",
+]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Where this process sits in a ``torchrun`` launch (from its environment)."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+
+
+def launch_from_env(environ: Mapping[str, str] | None = None) -> Launch | None:
+    """The launch ``torchrun`` describes in the environment; None for a plain run (no ``WORLD_SIZE`` above 1).
+
+    Raises:
+        ConfigError: ``WORLD_SIZE`` is above 1 but the other variables are missing or inconsistent (the process
+            was not started by torchrun).
+    """
+    env = os.environ if environ is None else environ
+    try:
+        world = int(env.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise ConfigError(
+            f"WORLD_SIZE={env['WORLD_SIZE']!r} is not a number; start the command with torchrun."
+        ) from None
+    if world <= 1:
+        return None
+    try:
+        rank, local_rank = int(env["RANK"]), int(env["LOCAL_RANK"])
+    except (KeyError, ValueError):
+        raise ConfigError(
+            f"WORLD_SIZE is {world} but RANK or LOCAL_RANK is missing or not a number; start the command with "
+            "torchrun (torchrun --nproc-per-node N -m fsdistill ...), or unset WORLD_SIZE for one process."
+        ) from None
+    if not 0 <= rank < world or local_rank < 0:
+        raise ConfigError(f"RANK {rank} does not fit WORLD_SIZE {world}; start the command with torchrun.")
+    return Launch(rank=rank, local_rank=local_rank, world_size=world)
+
+
+def _device_for(launch: Launch, device: str) -> str:
+    """The backend for ``device`` (gloo on the CPU, nccl on CUDA); selects this process's GPU by local rank."""
+    from fsdistill.runtime import resolve_device
+
+    chosen = resolve_device(device)
+    if chosen.type == "cuda":
+        if chosen.index is not None:
+            raise ConfigError(
+                f"--device {device} names one GPU, but under torchrun each process uses the GPU of its LOCAL_RANK; "
+                "pass --device cuda (or auto), and CUDA_VISIBLE_DEVICES to choose the GPUs."
+            )
+        count = torch.cuda.device_count()
+        if launch.local_rank >= count:
+            raise DeviceError(
+                f"torchrun started process {launch.local_rank} of this machine but it has {count} GPU(s); pass "
+                f"--nproc-per-node {count} (one process per GPU), or --device cpu."
+            )
+        torch.cuda.set_device(launch.local_rank)  # "cuda" tensors of this process go to its own GPU
+        return "nccl"
+    if chosen.type != "cpu":
+        raise DeviceError(
+            f"Training under torchrun runs on CUDA (nccl) or the CPU (gloo), not {chosen.type}; pass --device cpu."
+        )
+    return "gloo"
+
+
+@contextmanager
+def process_group(launch: Launch | None, device: str) -> Iterator[Launch | None]:
+    """Open the process group of ``launch`` for the block (nothing when None) and close it after.
+
+    Every rank waits for the others at the end (a barrier), so rank 0's files are complete when any process exits;
+    the group is destroyed either way. ``device`` is the command's ``--device``.
+    """
+    if launch is None:
+        yield None
+        return
+    backend = _device_for(launch, device)
+    dist.init_process_group(backend=backend, rank=launch.rank, world_size=launch.world_size)
+    try:
+        yield launch
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def rank() -> int:
+    """This process's rank in the initialised process group (0 without one)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    """Processes in the initialised process group (1 without one)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    """True on rank 0 (and in a plain run): the process that writes files and reports."""
+    return rank() == 0
+
+
+def _unique(params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
+    """Parameters without repeats (the student shares the teacher's decoder modules), in first-seen order."""
+    seen: set[int] = set()
+    out = []
+    for p in params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
+@torch.no_grad()
+def broadcast_parameters(params: Iterable[nn.Parameter]) -> None:
+    """Overwrite ``params`` with rank 0's values, so every process starts from the same weights."""
+    for p in _unique(params):
+        dist.broadcast(p.data, src=0)
+
+
+@torch.no_grad()
+def average_gradients(params: Iterable[nn.Parameter]) -> None:
+    """Replace each parameter's ``.grad`` by its mean over the processes (one flat all-reduce per dtype).
+
+    A process on which a parameter got no gradient this step (``grad`` None: its episode did not reach it)
+    contributes zeros, as its loss did not depend on it; a parameter no process reached keeps ``grad`` None, so
+    the optimiser skips it as it would in one process. Every process must pass the same parameters in the same
+    order.
+    """
+    params = _unique(params)
+    if not params:
+        return
+    device = params[0].device
+    reached = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)
+    dist.all_reduce(reached)  # how many processes have a gradient for each parameter
+    live = [p for p, n in zip(params, reached.tolist()) if n > 0]
+    for p in live:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    world = dist.get_world_size()
+    by_dtype: dict[torch.dtype, list[nn.Parameter]] = {}
+    for p in live:
+        by_dtype.setdefault(p.grad.dtype, []).append(p)
+    for group in by_dtype.values():
+        flat = torch.cat([p.grad.reshape(-1) for p in group])  # one collective instead of one per tensor
+        dist.all_reduce(flat)
+        flat /= world
+        offset = 0
+        for p in group:
+            n = p.grad.numel()
+            p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+            offset += n
+
+
+def reduce_step(
+    totals: dict[str, float], class_queries: list[int], device: torch.device
+) -> tuple[dict[str, float], list[int]]:
+    """A step's losses averaged over the processes and the per-class query counts summed (one all-reduce).
+
+    Args:
+        totals: this process's step losses, the same keys on every process.
+        class_queries: this process's running count of queries per class (length N on every process).
+        device: where the collective's tensor lives (the CPU for gloo, the process's GPU for nccl).
+    Returns:
+        the mean losses (same keys, same order) and the summed counts: the whole step as every process sees it.
+    """
+    keys = list(totals)  # filled in the same order on every process (the same loop runs everywhere)
+    values = torch.tensor(
+        [totals[k] for k in keys] + [float(c) for c in class_queries], dtype=torch.float64, device=device
+    )
+    dist.all_reduce(values)
+    world = dist.get_world_size()
+    out = values.tolist()
+    losses = {k: out[i] / world for i, k in enumerate(keys)}
+    return losses, [round(c) for c in out[len(keys) :]]
+
+
+def same_decision(stop: bool, reason: str, device: torch.device) -> tuple[bool, str]:
+    """Rank 0's stop decision (and its reason when it stops), the same on every process.
+
+    The automatic budget sees the same reduced losses and counts everywhere, but its wall-time cap reads each
+    process's clock: one process stopping a step before the others would leave them waiting in a collective.
+    """
+    flag = torch.tensor([1 if stop else 0], dtype=torch.int32, device=device)
+    dist.broadcast(flag, src=0)
+    stop = bool(flag.item())
+    if stop:
+        message = [reason]
+        dist.broadcast_object_list(message, src=0)
+        reason = message[0]
+    return stop, reason
+
+
+class _Failed:
+    """What :func:`on_main` broadcasts when rank 0's work raised a user error: its type and message."""
+
+    def __init__(self, error: FsdistillError) -> None:
+        self.kind, self.message = type(error), str(error)
+
+
+def on_main(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on rank 0 only and return its result on every process (``fn`` runs as is without a group).
+
+    A user error (:class:`~fsdistill.errors.FsdistillError`) raised by ``fn`` on rank 0 is raised on every
+    process, so none is left waiting for a result that never comes (an unwritable ``--out``, say).
+    """
+    if world_size() == 1:
+        return fn()
+    result: list[Any] = [None]
+    error: FsdistillError | None = None
+    if is_main():
+        try:
+            result[0] = fn()
+        except FsdistillError as exc:
+            error = exc
+            result[0] = _Failed(exc)
+    dist.broadcast_object_list(result, src=0)
+    if error is not None:
+        raise error
+    if isinstance(result[0], _Failed):
+        raise result[0].kind(result[0].message)
+    return result[0]
