@@ -380,7 +380,10 @@ def run_shots(
             "wall_s": wall,
             "steps": result.stats["steps"],
             "stop_reason": result.stats["stop_reason"],
-            "pool": {key: result.stats["pool"][key] for key in ("images", "labelled_fraction", "pool_steps")},
+            "pool": {
+                key: result.stats["pool"].get(key)
+                for key in ("used", "trusted", "images", "labelled_fraction", "pool_steps", "reason")
+            },
         }
         out["pool_student"] = {**_evaluate(case.heldout, result.student_dir, False, args.device), **stats}
     if "finetuned" in args.methods:

@@ -158,6 +158,14 @@ class TrainCfg(_Strict):
     pool_threshold: float = Field(
         0.7, ge=0, le=1, description="distill --unlabeled: pool pixels whose label probability is lower are ignored"
     )
+    pool_min_iou: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="distill --unlabeled: the pool teaches a class only when the teacher's leave-one-out IoU of it "
+        "on the supports reaches this (its labels and coarse maps of a class it cannot find would teach its "
+        "mistakes); no class there: the pool is not used",
+    )
     pool_batch: int = Field(4, ge=1, description="distill --unlabeled: pool images per step the student trains on")
     pool_weight: float = Field(1.0, ge=0, description="distill --unlabeled: weight of the pool images' loss")
     # The paper's default is mapper + mixer; adding merge measured better on the benchmarks (docs/benchmarks.md).

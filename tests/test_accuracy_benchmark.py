@@ -114,13 +114,14 @@ def test_pool_student_trains_on_the_unused_supports_and_the_pool_split(accuracy,
     shutil.copytree(tiny_data.binary_heldout, case / "heldout")
     shutil.copytree(tiny_data.multi_heldout / "images", case / "pool" / "images")  # 3 unlabeled images
     report = accuracy.main([
-        "--cases", "--folder", f"tiny={case}", "--shots", "1", "--steps", "1", "--seeds", "0", "--quick",
+        "--cases", "--folder", f"tiny={case}", "--shots", "2", "--steps", "1", "--seeds", "0", "--quick",
         "--methods", "distill", "pool", "--model-args", json.dumps(TINY_MODEL), "--device", "cpu",
+        "--train-args", '{"pool_min_iou": 0}',  # the 1-step teacher is trusted with the pool
         "--out", str(tmp_path / "out"),
     ])  # fmt: skip
     rows = {r["method"]: r for r in report["results"]}
     assert set(rows) == {"student", "pool_student"}
-    assert rows["pool_student"]["pool"]["images"] == 3 + 3  # the 3 supports K = 1 leaves, the 3 pool images
+    assert rows["pool_student"]["pool"]["images"] == 2 + 3  # the 2 supports K = 2 leaves, the 3 pool images
     assert rows["pool_student"]["steps"] == 2 * rows["student"]["steps"]
     assert "student + unlabeled pool" in (tmp_path / "out" / "results.md").read_text()
 

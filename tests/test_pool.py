@@ -37,6 +37,14 @@ def test_pseudo_labels_keep_confident_pixels_of_the_chosen_labeller() -> None:
     assert pseudo_labels(teacher, student, "agree", 0.7).flatten().tolist() == [0, 1, ignore, ignore]
     assert pseudo_labels(teacher, student, "agree", 0.8).flatten().tolist() == [0, ignore, ignore, ignore]
     assert pseudo_labels(teacher, student, "teacher", 0.0).flatten().tolist() == [0, 1, 1, 0]
+    # trusted: a class the teacher cannot find teaches nothing, and the background where it may hide neither
+    three_t = _probs([0.9, 0.05, 0.05], [0.6, 0.1, 0.3], [0.1, 0.1, 0.8], [0.1, 0.85, 0.05])
+    three_s = _probs([0.9, 0.05, 0.05], [0.9, 0.05, 0.05], [0.1, 0.1, 0.8], [0.1, 0.8, 0.1])
+    trusted = torch.tensor([True, False])  # class 1 trusted, class 2 not
+    for labeller in ("teacher", "agree"):
+        got = pseudo_labels(three_t, three_s, labeller, 0.5, trusted).flatten().tolist()
+        assert got == [0, ignore, ignore, 1], labeller
+    assert pseudo_labels(three_t, three_s, "student", 0.5, trusted).flatten().tolist() == [0, 0, 2, 1]
     with pytest.raises(ValueError, match="unknown pool labeller"):
         pseudo_labels(teacher, student, "oracle", 0.5)
 
@@ -72,6 +80,7 @@ def test_label_pool_caches_features_targets_and_labels(tiny_pool_models) -> None
     assert labels.shape == (2, size, size) and coarse[0].shape[0] == 2
     assert feats[-1][-1].shape[0] == 2
     assert 0.0 < pool.labelled_fraction() <= 1.0
+    assert pool.trusted.tolist() == [True] * n
     assert label_pool(teacher, student, cache.support[0], [], "teacher", 0.5) is None
 
 
@@ -83,6 +92,7 @@ def reference_maps(teacher, cache, index):
 def test_training_with_a_pool_adds_its_losses_and_moves_the_student(tiny_pool_models) -> None:
     teacher, student, cache, support = tiny_pool_models
     pool = label_pool(teacher, student, cache.support[0], [support.images], "student", 0.0)
+    assert pool is not None
     cfg = TrainCfg(steps=2, pool_batch=2)
     before = [p.detach().clone() for p in student.convdist.parameters()]
     stats = train(teacher, cache, cfg, student=student, quiet=True, pool=pool)
@@ -94,20 +104,11 @@ def test_training_with_a_pool_adds_its_losses_and_moves_the_student(tiny_pool_mo
     assert "pool" not in stats.history[0]
 
 
-def _distill_cfg(support, out, pool, **extra):
-    return load_config(
-        DistillCfg,
-        None,
-        {
-            "support": support,
-            "out": out,
-            "unlabeled": pool,
-            "device": "cpu",
-            "model": TINY_MODEL,
-            "train": TINY_TRAIN,
-            **extra,
-        },  # fmt: skip
-    )
+def _distill_cfg(support, out, pool, min_iou=0.0, **extra):
+    """A tiny run with a pool; ``min_iou`` 0 lets the 2-step teacher (no better than chance) label it."""
+    train = {**TINY_TRAIN, "pool_min_iou": min_iou}
+    overrides = {"support": support, "out": out, "unlabeled": pool, "device": "cpu", "model": TINY_MODEL}
+    return load_config(DistillCfg, None, {**overrides, "train": train, **extra})
 
 
 def test_distill_with_a_pool_records_it_in_the_artifact(tiny_data, tmp_path) -> None:
@@ -121,7 +122,8 @@ def test_distill_with_a_pool_records_it_in_the_artifact(tiny_data, tmp_path) -> 
     images = len(list((tiny_data.multi_heldout / "images").iterdir())) + 1
     assert info["images"] == images and info["pool_size"] == images + 1
     assert len(info["skipped"]) == 1 and "broken.png" in info["skipped"][0]
-    assert info["labeller"] == "teacher" and len(info["fingerprint"]) == 64
+    assert info["used"] and info["labeller"] == "teacher" and len(info["fingerprint"]) == 64
+    assert info["trusted"] == tiny_data.multi_classes and set(info["teacher_leave_one_out"]) == set(info["trusted"])
     assert info["support_steps"] == info["pool_steps"] == TINY_TRAIN["steps"]
     assert run.stats["steps"] == 2 * TINY_TRAIN["steps"]
     stored = load_model(run.run_dir, "student").config["training"]["pool"]
@@ -140,6 +142,22 @@ def test_the_support_folder_as_pool_leaves_its_images_and_masks_out(tiny_data, t
     assert run.stats["pool"]["images"] == run.stats["pool"]["pool_size"] == 1
 
 
+def test_a_pool_the_teacher_cannot_be_trusted_with_is_left_unused(tiny_data, tmp_path) -> None:
+    """No class reaches the leave-one-out IoU asked for: the student trains on the supports alone, and says so."""
+    pool = tiny_data.multi_heldout / "images"
+    run = api.distill(_distill_cfg(tiny_data.multi, tmp_path / "run", pool, min_iou=1.0))
+    info = run.stats["pool"]
+    assert not info["used"] and info["trusted"] == [] and "no class reaches" in info["reason"]
+    assert run.stats["steps"] == TINY_TRAIN["steps"] and "images" not in info
+    result = CliRunner().invoke(
+        app,
+        ["distill", "--support", str(tiny_data.multi), "--backbone", "test-resnet", "--size", "64", "--steps", "1",
+         "--device", "cpu", "--out", str(tmp_path / "cli"), "--unlabeled", str(pool)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "unlabeled pool: the pool was not used: no class reaches" in result.output
+
+
 def test_bad_pools_are_one_sentence_before_any_training(tiny_data, tmp_path) -> None:
     runner = CliRunner()
     base = ["distill", "--support", str(tiny_data.multi), "--backbone", "test-resnet", "--size", "64", "--steps",
@@ -154,17 +172,24 @@ def test_bad_pools_are_one_sentence_before_any_training(tiny_data, tmp_path) -> 
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "x.png").write_bytes(b"junk")
-    result = runner.invoke(app, [*base, "--out", str(tmp_path / "c"), "--unlabeled", str(broken)])
+    config = tmp_path / "pool.yaml"  # the pool is read only when the teacher may label it
+    config.write_text("train:\n  pool_min_iou: 0.0\n")
+    result = runner.invoke(
+        app, [*base, "--out", str(tmp_path / "c"), "--unlabeled", str(broken), "--config", str(config)]
+    )
     assert_user_error(result, "None of the 1 images of --unlabeled", "could be read")
     result = runner.invoke(app, [*base, "--out", str(tmp_path / "d"), "--unlabeled-max", "0"])
     assert_user_error(result, "--unlabeled-max")
 
 
 def test_distill_cli_reports_the_pool(tiny_data, tmp_path) -> None:
+    config = tmp_path / "pool.yaml"
+    config.write_text("train:\n  pool_min_iou: 0.0\n")
     result = CliRunner().invoke(
         app,
         ["distill", "--support", str(tiny_data.multi), "--backbone", "test-resnet", "--size", "64", "--steps", "1",
-         "--device", "cpu", "--out", str(tmp_path / "run"), "--unlabeled", str(tiny_data.multi_heldout / "images")],
+         "--device", "cpu", "--out", str(tmp_path / "run"), "--unlabeled", str(tiny_data.multi_heldout / "images"),
+         "--config", str(config)],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "unlabeled pool: 3 of 3 images labelled by the teacher" in result.output

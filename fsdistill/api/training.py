@@ -223,12 +223,15 @@ def _train_on_pool(
     teacher: DCAMATeacher,
     student: DistilledStudent,
     cache: FeatureCache,
+    class_names: list[str],
     support_stats: TrainStats,
     quiet: bool,
 ) -> tuple[TrainStats, dict[str, Any]]:
     """The pool phase of ``distill --unlabeled``: label the pool, then train on supports and pool together.
 
-    Returns the two phases' combined statistics and what the artifact records of the pool.
+    The pool teaches only the classes the teacher finds in held-out supports (leave-one-out IoU at least
+    ``cfg.train.pool_min_iou``); with none, the pool is left unused and the record says why. Returns the
+    statistics of both phases together and what the artifact records of the pool.
     """
     skipped: list[str] = []
     labelled: list[Path] = []
@@ -245,8 +248,37 @@ def _train_on_pool(
                 yield torch.stack([it["image"] for it in items])
         bar.close()
 
+    base_info: dict[str, Any] = {
+        "root": str(cfg.unlabeled),
+        "pool_size": total,
+        "labeller": cfg.train.pool_labeller,
+        "support_steps": support_stats.steps,
+    }
+    # What the teacher can be trusted with: the classes it finds in each support from the other supports.
+    check = check_supports(teacher, student, cache, class_names)
+    trusted = [c.leave_one_out is not None and c.leave_one_out >= cfg.train.pool_min_iou for c in check.classes]
+    base_info["min_iou"] = cfg.train.pool_min_iou
+    base_info["trusted"] = [c.name for c, ok in zip(check.classes, trusted) if ok]
+    base_info["teacher_leave_one_out"] = {c.name: c.leave_one_out for c in check.classes}
+    if not any(trusted):
+        if not check.queries:
+            reason = "one support image: the teacher cannot be checked on the others (add supports)"
+        else:
+            reason = (
+                f"no class reaches a leave-one-out IoU of {cfg.train.pool_min_iou} with the teacher on the supports "
+                "(a class in one support has none): its labels would teach the student its mistakes"
+            )
+        return support_stats, {**base_info, "used": False, "reason": f"the pool was not used: {reason}"}
     start = time.perf_counter()
-    pool = label_pool(teacher, student, cache.support[0], batches(), cfg.train.pool_labeller, cfg.train.pool_threshold)
+    pool = label_pool(
+        teacher,
+        student,
+        cache.support[0],
+        batches(),
+        cfg.train.pool_labeller,
+        cfg.train.pool_threshold,
+        torch.tensor(trusted),
+    )
     label_seconds = time.perf_counter() - start
     if pool is None:
         raise DataError(
@@ -265,15 +297,13 @@ def _train_on_pool(
         class_queries=[a + b for a, b in zip(support_stats.class_queries, pool_stats.class_queries)],
     )
     info = {
-        "root": str(cfg.unlabeled),
+        **base_info,
+        "used": True,
         "images": len(labelled),
-        "pool_size": total,
         "skipped": skipped,
         "fingerprint": _pool_fingerprint(cfg.unlabeled, labelled),
-        "labeller": cfg.train.pool_labeller,
         "labelled_fraction": round(pool.labelled_fraction(), 4),
         "label_seconds": round(label_seconds, 2),
-        "support_steps": support_stats.steps,
         "pool_steps": pool_stats.steps,
     }
     return combined, info
@@ -349,7 +379,7 @@ def distill(cfg: DistillCfg, quiet: bool = False, overwrite: bool = False) -> Ru
     )
     pool_info = None
     if pool_paths is not None and cfg.train.steps != 0:
-        stats, pool_info = _train_on_pool(cfg, *pool_paths, teacher, student, cache, stats, quiet)
+        stats, pool_info = _train_on_pool(cfg, *pool_paths, teacher, student, cache, index.class_names, stats, quiet)
 
     def check_and_write() -> RunResult:
         # Rank 0 only under torchrun: every process holds the same weights, so one check and one artifact.

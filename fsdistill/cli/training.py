@@ -212,7 +212,15 @@ def distill(
             f"{', '.join(init['new']) or 'none'}; dropped {', '.join(init['dropped']) or 'none'}"
         )
     pool = result.stats.get("pool")
-    if pool:
+    if pool and not pool["used"]:
+        console.say(f"unlabeled pool: {pool['reason']}.")
+    elif pool:
+        untrusted = [c for c in pool["teacher_leave_one_out"] if c not in pool["trusted"]]
+        if untrusted:
+            console.say(
+                f"unlabeled pool: not used for {', '.join(untrusted)} (the teacher's leave-one-out IoU is below "
+                f"{pool['min_iou']})"
+            )
         skipped = f", {len(pool['skipped'])} unreadable skipped" if pool["skipped"] else ""
         console.say(
             f"unlabeled pool: {pool['images']} of {pool['pool_size']} images labelled by the {pool['labeller']} in "

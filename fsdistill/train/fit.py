@@ -122,7 +122,8 @@ def train(
         pool.sampler(cfg.seed + rank) if pool is not None and student is not None and cfg.pool_batch else None
     )
     class_queries = sampler.class_queries  # in a process group: the sum over the processes
-    all_classes = cache.present.any(dim=0).to(device)
+    # The pool's coarse maps teach the classes the supports show and the pool is trusted with.
+    pool_classes = None if pool is None else cache.present.any(dim=0).to(device) & pool.trusted.to(device)
     attention_trains = any(p.requires_grad for p in teacher.blocks.parameters())
     # Frozen attention (the default): each (query, support) pair's attention is computed once and reused.
     pair_attention = None if attention_trains else PairAttention(teacher)
@@ -184,15 +185,15 @@ def train(
             totals["student_batch"] = float(batch_loss.detach())
             totals["loss"] += totals["student_batch"]
         if pool_sampler is not None:
-            assert pool is not None and student is not None
+            assert pool is not None and student is not None and pool_classes is not None
             feats, labels, coarse_t = pool.batch(pool_sampler.sample(cfg.pool_batch))
             s_logits, coarse_s = student.forward_features(feats)
             pool_seg = segmentation_loss(s_logits, labels, cfg.focal_gamma, cfg.dice_weight)
-            # The teacher's maps of every class its supports show (one MSE per image, as in the episodes).
+            # The teacher's maps of the trusted classes its supports show (one MSE per image, as in the episodes).
             pool_mse = coarse_mse(
                 [c.flatten(0, 1) for c in coarse_s],
                 [c.flatten(0, 1) for c in coarse_t],
-                all_classes.repeat(len(labels)),
+                pool_classes.repeat(len(labels)),
             )
             pool_loss = cfg.pool_weight * (pool_seg + cfg.mse_weight * pool_mse)
             pool_loss.backward()

@@ -38,11 +38,14 @@ class PoolTargets:
             student reads there); ~2.7 MB an image for Lite0 at 384 px.
         coarse: the teacher's coarse maps against all supports, per stage 2, 3, 4: P×N×n×h×w.
         labels: P×H×W pseudo-label class ids (H = W = the model's input size), IGNORE_INDEX where unsure.
+        trusted: N bool, the foreground classes the pool teaches (its coarse maps and labels of the others are
+            not used).
     """
 
     feats: Features
     coarse: list[Tensor]
     labels: Tensor
+    trusted: Tensor
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -77,12 +80,16 @@ class _PoolSampler:
         return picks
 
 
-def pseudo_labels(teacher_probs: Tensor, student_probs: Tensor, labeller: str, threshold: float) -> Tensor:
+def pseudo_labels(
+    teacher_probs: Tensor, student_probs: Tensor, labeller: str, threshold: float, trusted: Tensor | None = None
+) -> Tensor:
     """B×K×H×W class probabilities of teacher and student → B×H×W labels, IGNORE_INDEX where unsure.
 
     ``teacher`` / ``student``: that model's most likely class where its probability is at least ``threshold``;
     ``agree``: the class both models pick, where they pick the same one and their mean probability of it is at
-    least ``threshold``.
+    least ``threshold``. ``trusted`` (K − 1 bool, teacher and agree only): pixels given a foreground class that is
+    not trusted are ignored, and so are the background pixels where the teacher's runner-up is such a class with
+    at least half the top probability (where a class it cannot find may hide).
     """
     if labeller not in POOL_LABELLERS:
         raise ValueError(f"unknown pool labeller {labeller!r}; choose from {list(POOL_LABELLERS)}")
@@ -93,7 +100,15 @@ def pseudo_labels(teacher_probs: Tensor, student_probs: Tensor, labeller: str, t
         confident = confident.masked_fill(labels != teacher_probs.argmax(dim=1), 0.0)
     else:
         confident, labels = (teacher_probs if labeller == "teacher" else student_probs).max(dim=1)
-    return labels.masked_fill(confident < threshold, IGNORE_INDEX)
+    labels = labels.masked_fill(confident < threshold, IGNORE_INDEX)
+    if trusted is not None and labeller != "student" and not bool(trusted.all()):
+        untrusted = torch.cat([trusted.new_zeros(1), ~trusted]).to(labels.device)  # K, background first
+        labels = labels.masked_fill(untrusted[labels.clamp_max(len(untrusted) - 1)] & (labels != IGNORE_INDEX),
+                                    IGNORE_INDEX)  # fmt: skip
+        top2 = teacher_probs.topk(2, dim=1)
+        hiding = (labels == 0) & untrusted[top2.indices[:, 1]] & (top2.values[:, 1] >= top2.values[:, 0] / 2)
+        labels = labels.masked_fill(hiding, IGNORE_INDEX)
+    return labels
 
 
 def _probs(logits: Tensor, size: tuple[int, int]) -> Tensor:
@@ -110,6 +125,7 @@ def label_pool(
     batches: Iterable[Tensor],
     labeller: str,
     threshold: float,
+    trusted: Tensor | None = None,
 ) -> PoolTargets | None:
     """Encode and label unlabeled images.
 
@@ -117,7 +133,7 @@ def label_pool(
         support: the teacher's features of the whole support set (one attention over all of them, as in training
             episodes; the teacher's coarse maps are the student's distillation targets).
         batches: B×3×H×W uint8 RGB images at the model's input size.
-        labeller, threshold: see :func:`pseudo_labels`.
+        labeller, threshold, trusted: see :func:`pseudo_labels` (``trusted`` None: every class).
     Returns:
         the pool's :class:`PoolTargets` on the teacher's device; None when ``batches`` held no image.
     """
@@ -129,6 +145,7 @@ def label_pool(
     coarse_parts: list[list[Tensor]] = []
     label_parts: list[Tensor] = []
     device = support.present.device
+    trusted = torch.ones(teacher.num_classes, dtype=torch.bool) if trusted is None else trusted.bool()
     for images in batches:
         images = images.to(device)
         feats = teacher.backbone.encode(images)
@@ -140,7 +157,7 @@ def label_pool(
             coarse = teacher.coarse_maps(query, support, classes)  # per stage N×n×h×w
             t_logits.append(teacher.decode_episode(query, support, coarse, present))
             per_image_coarse.append(coarse)
-        labels = pseudo_labels(_probs(torch.cat(t_logits), size), _probs(s_logits, size), labeller, threshold)
+        labels = pseudo_labels(_probs(torch.cat(t_logits), size), _probs(s_logits, size), labeller, threshold, trusted)
         # The student reads only the last stride-4 map (its skip features): the other stride-4 maps, a quarter of
         # an image's features, are not kept.
         feats_parts.append([feats[0][-1:], *feats[1:]])
@@ -155,4 +172,5 @@ def label_pool(
         ],
         coarse=[torch.cat([p[s] for p in coarse_parts]) for s in range(len(coarse_parts[0]))],
         labels=torch.cat(label_parts),
+        trusted=trusted.to(device),
     )
