@@ -322,6 +322,16 @@ def _evaluate_baseline(baseline: FineTunedBaseline, held, size: int, device: tor
     }
 
 
+def _run_stats(result: api.RunResult, wall: float) -> dict[str, Any]:
+    """What a result row records of a training run: loop and wall time, steps, why it stopped."""
+    return {
+        "train_s": result.stats["seconds"],
+        "wall_s": wall,
+        "steps": result.stats["steps"],
+        "stop_reason": result.stats["stop_reason"],
+    }
+
+
 def run_shots(
     case: Case, k: int, support: Path, runs: Path, args: argparse.Namespace, seed: int
 ) -> dict[str, dict[str, Any]]:
@@ -349,22 +359,12 @@ def run_shots(
     if "adapt" in args.methods:
         cfg = load_config(AdaptCfg, overrides={"support": support, "out": runs / "adapt", "train": train, **common})
         result, wall = timed(api.adapt, cfg)
-        stats = {
-            "train_s": result.stats["seconds"],
-            "wall_s": wall,
-            "steps": result.stats["steps"],
-            "stop_reason": result.stats["stop_reason"],
-        }
+        stats = _run_stats(result, wall)
         out["adapted"] = {**_evaluate(case.heldout, result.teacher_dir, True, args.device), **stats}
     if "distill" in args.methods:
         cfg = load_config(DistillCfg, overrides={"support": support, "out": runs / "distill", "train": train, **common})
         result, wall = timed(api.distill, cfg)
-        stats = {
-            "train_s": result.stats["seconds"],
-            "wall_s": wall,
-            "steps": result.stats["steps"],
-            "stop_reason": result.stats["stop_reason"],
-        }
+        stats = _run_stats(result, wall)
         out["student"] = {**_evaluate(case.heldout, result.student_dir, False, args.device), **stats}
         if "distill_teacher" in args.methods:
             out["distill_teacher"] = {**_evaluate(case.heldout, result.teacher_dir, True, args.device), **stats}
@@ -376,10 +376,7 @@ def run_shots(
         )
         result, wall = timed(api.distill, cfg)
         stats = {
-            "train_s": result.stats["seconds"],
-            "wall_s": wall,
-            "steps": result.stats["steps"],
-            "stop_reason": result.stats["stop_reason"],
+            **_run_stats(result, wall),
             "pool": {
                 key: result.stats["pool"].get(key)
                 for key in ("used", "trusted", "images", "labelled_fraction", "pool_steps", "reason")
