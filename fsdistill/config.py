@@ -150,10 +150,10 @@ class TrainCfg(_Strict):
         "alone (no teacher, no episode; class-balanced like the queries); 0 = episodes only",
     )
     max_shots: int = Field(3, ge=1, description="support images per training episode (at most)")
-    pool_labeller: Literal["teacher", "student", "agree"] = Field(
+    pool_labeller: Literal["teacher", "student", "mean", "agree"] = Field(
         "teacher",
         description="distill --unlabeled: who labels the pool after the support phase: the adapted teacher (against "
-        "all supports), the student (self-training), or both where they agree",
+        "all supports), the student (self-training), their mean, or both where they agree",
     )
     pool_threshold: float = Field(
         0.7, ge=0, le=1, description="distill --unlabeled: pool pixels whose label probability is lower are ignored"

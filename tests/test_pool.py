@@ -36,6 +36,9 @@ def test_pseudo_labels_keep_confident_pixels_of_the_chosen_labeller() -> None:
     # agree: the same class from both, and their mean probability of it high enough
     assert pseudo_labels(teacher, student, "agree", 0.7).flatten().tolist() == [0, 1, ignore, ignore]
     assert pseudo_labels(teacher, student, "agree", 0.8).flatten().tolist() == [0, ignore, ignore, ignore]
+    # mean: the class of the mean probabilities, where that mean is high enough
+    assert pseudo_labels(teacher, student, "mean", 0.7).flatten().tolist() == [0, 1, ignore, ignore]
+    assert pseudo_labels(teacher, student, "mean", 0.5).flatten().tolist() == [0, 1, 0, 1]
     assert pseudo_labels(teacher, student, "teacher", 0.0).flatten().tolist() == [0, 1, 1, 0]
     # trusted: a class the teacher cannot find teaches nothing, and the background where it may hide neither
     three_t = _probs([0.9, 0.05, 0.05], [0.6, 0.1, 0.3], [0.1, 0.1, 0.8], [0.1, 0.85, 0.05])
@@ -149,6 +152,12 @@ def test_a_pool_the_teacher_cannot_be_trusted_with_is_left_unused(tiny_data, tmp
     info = run.stats["pool"]
     assert not info["used"] and info["trusted"] == [] and "no class reaches" in info["reason"]
     assert run.stats["steps"] == TINY_TRAIN["steps"] and "images" not in info
+    # the mean labeller falls back to the student's own labels; those need no trust in the teacher
+    for labeller in ("mean", "student"):
+        cfg = _distill_cfg(tiny_data.multi, tmp_path / labeller, pool, min_iou=1.0)
+        cfg.train.pool_labeller = labeller
+        info = api.distill(cfg).stats["pool"]
+        assert info["used"] and info["labeller"] == "student" and info["trusted"] == []
     result = CliRunner().invoke(
         app,
         ["distill", "--support", str(tiny_data.multi), "--backbone", "test-resnet", "--size", "64", "--steps", "1",

@@ -229,8 +229,9 @@ def _train_on_pool(
 ) -> tuple[TrainStats, dict[str, Any]]:
     """The pool phase of ``distill --unlabeled``: label the pool, then train on supports and pool together.
 
-    The pool teaches only the classes the teacher finds in held-out supports (leave-one-out IoU at least
-    ``cfg.train.pool_min_iou``); with none, the pool is left unused and the record says why. Returns the
+    The teacher's labels and coarse maps of the pool teach only the classes it finds in held-out supports
+    (leave-one-out IoU at least ``cfg.train.pool_min_iou``); with none, a pool the teacher would label is left
+    unused and the record says why (the student labeller still trains on its own labels). Returns the
     statistics of both phases together and what the artifact records of the pool.
     """
     skipped: list[str] = []
@@ -260,7 +261,12 @@ def _train_on_pool(
     base_info["min_iou"] = cfg.train.pool_min_iou
     base_info["trusted"] = [c.name for c, ok in zip(check.classes, trusted) if ok]
     base_info["teacher_leave_one_out"] = {c.name: c.leave_one_out for c in check.classes}
-    if not any(trusted):
+    # The student's own labels (self-training) need no trust in the teacher; its coarse maps still do.
+    labeller = cfg.train.pool_labeller
+    if labeller == "mean" and not any(trusted):  # the teacher's half would teach nothing: the student labels alone
+        labeller = "student"
+    base_info["labeller"] = labeller
+    if not any(trusted) and labeller != "student":
         if not check.queries:
             reason = "one support image: the teacher cannot be checked on the others (add supports)"
         else:
@@ -275,7 +281,7 @@ def _train_on_pool(
         student,
         cache.support[0],
         batches(),
-        cfg.train.pool_labeller,
+        labeller,
         cfg.train.pool_threshold,
         torch.tensor(trusted),
     )

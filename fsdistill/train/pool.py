@@ -25,8 +25,9 @@ from fsdistill.train.losses import IGNORE_INDEX
 __all__ = ["POOL_LABELLERS", "PoolTargets", "label_pool", "pseudo_labels"]
 
 # Who labels the pool: the adapted teacher (compares each image with the supports), the support-trained student
-# (self-training), or both, keeping only the pixels where their classes agree.
-POOL_LABELLERS = ("teacher", "student", "agree")
+# (self-training), both averaged (mean of their class probabilities), or both, keeping only the pixels where their
+# classes agree.
+POOL_LABELLERS = ("teacher", "student", "mean", "agree")
 
 
 @dataclass
@@ -86,8 +87,9 @@ def pseudo_labels(
     """B×K×H×W class probabilities of teacher and student → B×H×W labels, IGNORE_INDEX where unsure.
 
     ``teacher`` / ``student``: that model's most likely class where its probability is at least ``threshold``;
+    ``mean``: the most likely class of their mean probabilities, where that mean is at least ``threshold``;
     ``agree``: the class both models pick, where they pick the same one and their mean probability of it is at
-    least ``threshold``. ``trusted`` (K − 1 bool, teacher and agree only): pixels given a foreground class that is
+    least ``threshold``. ``trusted`` (K − 1 bool, all but the student labeller): pixels given a foreground class that is
     not trusted are ignored, and so are the background pixels where the teacher's runner-up is such a class with
     at least half the top probability (where a class it cannot find may hide).
     """
@@ -98,6 +100,8 @@ def pseudo_labels(
         confident, labels = probs.max(dim=1)
         confident = confident.masked_fill(labels != student_probs.argmax(dim=1), 0.0)
         confident = confident.masked_fill(labels != teacher_probs.argmax(dim=1), 0.0)
+    elif labeller == "mean":
+        confident, labels = ((teacher_probs + student_probs) / 2).max(dim=1)
     else:
         confident, labels = (teacher_probs if labeller == "teacher" else student_probs).max(dim=1)
     labels = labels.masked_fill(confident < threshold, IGNORE_INDEX)
