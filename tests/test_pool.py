@@ -125,7 +125,7 @@ def test_distill_with_a_pool_records_it_in_the_artifact(tiny_data, tmp_path) -> 
     images = len(list((tiny_data.multi_heldout / "images").iterdir())) + 1
     assert info["images"] == images and info["pool_size"] == images + 1
     assert len(info["skipped"]) == 1 and "broken.png" in info["skipped"][0]
-    assert info["used"] and info["labeller"] == "teacher" and len(info["fingerprint"]) == 64
+    assert info["used"] and info["labeller"] == "mean" and len(info["fingerprint"]) == 64
     assert info["trusted"] == tiny_data.multi_classes and set(info["teacher_leave_one_out"]) == set(info["trusted"])
     assert info["support_steps"] == info["pool_steps"] == TINY_TRAIN["steps"]
     assert run.stats["steps"] == 2 * TINY_TRAIN["steps"]
@@ -146,22 +146,26 @@ def test_the_support_folder_as_pool_leaves_its_images_and_masks_out(tiny_data, t
 
 
 def test_a_pool_the_teacher_cannot_be_trusted_with_is_left_unused(tiny_data, tmp_path) -> None:
-    """No class reaches the leave-one-out IoU asked for: the student trains on the supports alone, and says so."""
+    """No class reaches the leave-one-out IoU asked for: the teacher labels nothing, the run says so."""
     pool = tiny_data.multi_heldout / "images"
-    run = api.distill(_distill_cfg(tiny_data.multi, tmp_path / "run", pool, min_iou=1.0))
+    cfg = _distill_cfg(tiny_data.multi, tmp_path / "run", pool, min_iou=1.0)
+    cfg.train.pool_labeller = "teacher"
+    run = api.distill(cfg)
     info = run.stats["pool"]
     assert not info["used"] and info["trusted"] == [] and "no class reaches" in info["reason"]
     assert run.stats["steps"] == TINY_TRAIN["steps"] and "images" not in info
-    # the mean labeller falls back to the student's own labels; those need no trust in the teacher
+    # the mean labeller (the default) falls back to the student's own labels, which need no trust in the teacher
     for labeller in ("mean", "student"):
         cfg = _distill_cfg(tiny_data.multi, tmp_path / labeller, pool, min_iou=1.0)
         cfg.train.pool_labeller = labeller
         info = api.distill(cfg).stats["pool"]
         assert info["used"] and info["labeller"] == "student" and info["trusted"] == []
+    config = tmp_path / "teacher.yaml"
+    config.write_text("train:\n  pool_labeller: teacher\n")
     result = CliRunner().invoke(
         app,
         ["distill", "--support", str(tiny_data.multi), "--backbone", "test-resnet", "--size", "64", "--steps", "1",
-         "--device", "cpu", "--out", str(tmp_path / "cli"), "--unlabeled", str(pool)],
+         "--device", "cpu", "--out", str(tmp_path / "cli"), "--unlabeled", str(pool), "--config", str(config)],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "unlabeled pool: the pool was not used: no class reaches" in result.output
@@ -201,4 +205,4 @@ def test_distill_cli_reports_the_pool(tiny_data, tmp_path) -> None:
          "--config", str(config)],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "unlabeled pool: 3 of 3 images labelled by the teacher" in result.output
+    assert "unlabeled pool: 3 of 3 images labelled by teacher and student (mean)" in result.output

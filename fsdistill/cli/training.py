@@ -223,7 +223,8 @@ def distill(
             )
         skipped = f", {len(pool['skipped'])} unreadable skipped" if pool["skipped"] else ""
         console.say(
-            f"unlabeled pool: {pool['images']} of {pool['pool_size']} images labelled by the {pool['labeller']} in "
+            f"unlabeled pool: {pool['images']} of {pool['pool_size']} images labelled by "
+            f"{LABELLER_WORDS[pool['labeller']]} in "
             f"{pool['label_seconds']:.0f} s ({100 * pool['labelled_fraction']:.0f} % of the pixels confident"
             f"{skipped}); {pool['support_steps']} steps on the supports, then {pool['pool_steps']} with the pool"
         )
@@ -237,6 +238,15 @@ def distill(
         )
     if result.check is not None:
         _print_support_check(result.check, console)
+
+
+# How the run's summary line names each pool labeller (train.pool_labeller).
+LABELLER_WORDS = {
+    "teacher": "the teacher",
+    "student": "the student",
+    "mean": "teacher and student (mean)",
+    "agree": "teacher and student (where they agree)",
+}
 
 
 def _print_support_check(check, console: _Console) -> None:
