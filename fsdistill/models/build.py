@@ -24,7 +24,7 @@ from fsdistill.config import ModelCfg
 from fsdistill.errors import CheckpointError
 from fsdistill.models.backbone import Backbone, create_backbone
 from fsdistill.models.backbone_specs import BackboneSpec
-from fsdistill.models.decoder import DECODERS, DCAMADecoder, LightDecoder
+from fsdistill.models.decoder import DECODERS, DCAMADecoder, LightDecoder, SharedDecoder
 from fsdistill.models.student import DistilledStudent
 from fsdistill.models.teacher import ATTENTION_LEVELS, DCAMATeacher, SupportFeatures
 from fsdistill.runtime import inference_memory_format, library_versions
@@ -46,11 +46,11 @@ SUPPORT_MASKS_KEY = "support.masks"
 
 def build_decoder(
     spec: BackboneSpec, kind: str, width: int | None = None, mixer_widths: tuple[int, int, int] | None = None
-) -> DCAMADecoder | LightDecoder:
+) -> DCAMADecoder | LightDecoder | SharedDecoder:
     """A fresh decoder for a backbone of ``spec``: built once, given to the teacher and shared with its student.
 
     Args:
-        kind: "dcama" (the paper's) or "light" (see :mod:`fsdistill.models.decoder`).
+        kind: "dcama" (the paper's), "light" or "shared" (see :mod:`fsdistill.models.decoder`).
         width, mixer_widths: ``ModelCfg.decoder_width`` / ``mixer_widths``; None = that decoder's defaults.
     The decoder reads the block maps of the attention levels (stages 2–4) and the last maps of levels 0 and 1.
     """

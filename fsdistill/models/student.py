@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from fsdistill.models.decoder import DCAMADecoder, LightDecoder, merge_classes
+from fsdistill.models.decoder import DCAMADecoder, LightDecoder, SharedDecoder, merge_classes
 from fsdistill.models.teacher import ATTENTION_LEVELS, Features
 
 __all__ = ["ConvDist", "DistilledStudent"]
@@ -89,7 +89,11 @@ class DistilledStudent(nn.Module):
     """
 
     def __init__(
-        self, backbone: nn.Module, decoder: DCAMADecoder | LightDecoder, num_classes: int, width: int | None = None
+        self,
+        backbone: nn.Module,
+        decoder: DCAMADecoder | LightDecoder | SharedDecoder,
+        num_classes: int,
+        width: int | None = None,
     ) -> None:
         super().__init__()
         spec = backbone.spec
@@ -119,8 +123,9 @@ class DistilledStudent(nn.Module):
         skip = self.decoder.skip_features(feats[0][-1], feats[1][-1])
         flat = [c.flatten(0, 1) for c in coarse]  # (B·N)×n×h×w, image-major
         prior = self.class_prior.repeat(b)
-        logits = self.decoder(flat, skip, prior)  # (B·N)×2×H×W
-        return merge_classes(logits.view(b, n, 2, *logits.shape[-2:])), coarse
+        logits = self.decoder(flat, skip, prior)  # (B·N)×2×h×w at the decoder's class stride
+        merged = merge_classes(logits.view(b, n, 2, *logits.shape[-2:]))
+        return self.decoder.refine(merged, skip), coarse
 
     def forward(self, images: Tensor) -> Tensor:
         """B×3×H×W normalised float images → B×(N+1)×h×w logits (background, class 1..N) at the decoder's output
