@@ -40,6 +40,8 @@ __all__ = [
     "stored_parameters",
 ]
 
+# The decoder of artifacts whose stored config names none (see _stored_model_cfg).
+LEGACY_DECODER = "light"
 SUPPORT_IMAGES_KEY = "support.images"
 SUPPORT_MASKS_KEY = "support.masks"
 
@@ -274,10 +276,14 @@ def _stored_model_cfg(config: dict[str, Any], directory: Path) -> ModelCfg:
     stored (fsdistill 0.1.0 development builds), the same settings rebuilt from its ``model_args``."""
     try:
         if "model_cfg" in config:
-            return ModelCfg.model_validate(config["model_cfg"])
-        args = config["model_args"]
-        settings = {k: v for k, v in args.items() if k in ModelCfg.model_fields}
-        return ModelCfg(**{**settings, "backbone": config["backbone"]["name"], "size": config["input_size"]})
+            settings = dict(config["model_cfg"])
+        else:
+            settings = {k: v for k, v in config["model_args"].items() if k in ModelCfg.model_fields}
+            settings.update(backbone=config["backbone"]["name"], size=config["input_size"])
+        # A config that names no decoder was written when the light decoder was the only default: build that one,
+        # never whatever the default is today (its weights would not fit another decoder).
+        settings.setdefault("decoder", LEGACY_DECODER)
+        return ModelCfg.model_validate(settings)
     except (KeyError, ValidationError) as exc:
         reason = f"no {exc}" if isinstance(exc, KeyError) else f"{exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"
         raise CheckpointError(

@@ -338,9 +338,7 @@ class SharedDecoder(_CoarseMapDecoder):
         self.conv3 = nn.Sequential(nn.Conv2d(n2, m1, 3, padding=1), nn.ReLU(inplace=True))
         self.conv4 = _conv_gn_relu([width, width], [3])
         self.conv5 = _conv_gn_relu([width, m1], [3])
-        self.mixer1 = nn.Sequential(
-            nn.Conv2d(m1, m1, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(m1, 2, 1)
-        )
+        self.mixer1 = nn.Sequential(nn.Conv2d(m1, m1, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(m1, 2, 1))
         self.skip_proj8 = nn.Conv2d(c8, m1, 1)
         self.skip_proj = nn.Conv2d(c4 + c8, m2, 1)
         self.mixer2 = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(m2, m3, 3, padding=1), nn.ReLU(inplace=True))

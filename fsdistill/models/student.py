@@ -71,7 +71,14 @@ class ConvDist(nn.Module):
         x = torch.cat(maps, dim=0)  # (L·B)×C×h×w: all layer maps of the stage in one pass
         if self.bottleneck is not None:
             x = self.bottleneck(x)
-        coarse = torch.sigmoid(self.out(self.act(self.hidden(x))))  # (L·B)×N×h×w
+        hidden = self.act(self.hidden(x))  # (L·B)×(N·W)×h×w
+        n, lb, h, w = self.num_classes, *hidden.shape[:1], *hidden.shape[-2:]
+        # The grouped 1×1 output conv as a product and a sum over each class's W channels: the same function, but
+        # PyTorch runs a grouped 1×1 conv on the CPU as one small matrix product per class (50 classes: 2.9 vs
+        # 1.7 ms at stride 8), and this stays two operators whatever N is.
+        weight = self.out.weight.view(1, n, self.width, 1, 1)
+        logits = (hidden.view(lb, n, self.width, h, w) * weight).sum(dim=2) + self.out.bias.view(1, n, 1, 1)
+        coarse = torch.sigmoid(logits)  # (L·B)×N×h×w
         b = maps[0].shape[0]
         return coarse.view(len(maps), b, self.num_classes, *coarse.shape[-2:]).permute(1, 2, 0, 3, 4)
 
