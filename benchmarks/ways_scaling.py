@@ -1,12 +1,13 @@
-"""Student / bare backbone latency against the number of classes, for several decoders, paired in one run.
+"""Student / bare backbone latency against the number of classes, for several heads, paired in one run.
 
-For each ways value N and each decoder a random-weight N-class student is built (efficientnet-lite0 with its
-embedded weights, 384 px, ``--student-width``) and prepared as predict runs it (batch norms folded, channels-last
-on the CPU). Then, round by round, the bare backbone and every decoder's student each run once on the same
-query batch, so background load hits them alike; the ratio student / backbone is taken per round and its median
-reported, with median milliseconds. Latency does not depend on the weights.
+For each ways value N and each variant (a decoder and a ConvDist width, ``decoder:width``) a random-weight
+N-class student is built (efficientnet-lite0 with its embedded weights, 384 px) and prepared as predict runs it
+(batch norms folded, channels-last on the CPU). Then, round by round, the bare backbone and every variant's
+student each run once on the same query batch, so background load hits them alike; the ratio student /
+backbone is taken per round and its median reported, with median milliseconds. Latency does not depend on the
+weights.
 
-    python benchmarks/ways_scaling.py [--ways 1,5,10,20,50] [--decoders light,shared] [--rounds 15] [--threads N]
+    python benchmarks/ways_scaling.py [--ways 1,5,10,20,50] [--variants light:8,shared:8] [--rounds 15] [--threads N]
 
 Writes ``benchmarks/results/ways_scaling/results.json`` and ``results.md`` (``--out``).
 """
@@ -42,8 +43,9 @@ def _student(decoder: str, ways: int, width: int, size: int, backbone: torch.nn.
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ways", default="1,5,10,20,50", help="comma-separated numbers of classes")
-    parser.add_argument("--decoders", default="light,shared", help="comma-separated decoders (ModelCfg.decoder)")
-    parser.add_argument("--student-width", type=int, default=8)
+    parser.add_argument(
+        "--variants", default="light:8,shared:8", help="comma-separated decoder:student_width (ModelCfg fields)"
+    )
     parser.add_argument("--size", type=int, default=384)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=3)
@@ -57,21 +59,20 @@ def main() -> None:
     device = torch.device("cpu")
     layout = inference_memory_format(device, "student")
     ways = [int(w) for w in args.ways.split(",")]
-    decoders = args.decoders.split(",")
+    variants = [(v.split(":")[0], int(v.split(":")[1])) for v in args.variants.split(",")]
+    names = [f"{d}:{w}" for d, w in variants]
     torch.manual_seed(0)
     query = torch.randint(0, 256, (args.batch_size, 3, args.size, args.size), dtype=torch.uint8)
     query = query.contiguous(memory_format=layout)
-    base = _student(decoders[0], 1, args.student_width, args.size, None)
+    base = _student(variants[0][0], 1, variants[0][1], args.size, None)
     backbone = for_inference(copy.deepcopy(base.backbone), device, "student")
     results: list[dict] = []
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     wall0 = time.perf_counter()
     for n in ways:
         students = {
-            d: for_inference(
-                copy.deepcopy(_student(d, n, args.student_width, args.size, base.backbone)), device, "student"
-            )
-            for d in decoders
+            f"{d}:{w}": for_inference(copy.deepcopy(_student(d, n, w, args.size, base.backbone)), device, "student")
+            for d, w in variants
         }
         fns = {"backbone": lambda: backbone.encode(query)}
         fns.update({d: (lambda s=s: s.predict(query)) for d, s in students.items()})
@@ -85,16 +86,18 @@ def main() -> None:
                     t0 = time.perf_counter()
                     fn()
                     times[name].append((time.perf_counter() - t0) * 1000.0)
-        for d in decoders:
-            ratios = [s / b for s, b in zip(times[d], times["backbone"])]
+        for name, (d, w) in zip(names, variants):
+            ratios = [s / b for s, b in zip(times[name], times["backbone"])]
             results.append(
                 {
+                    "variant": name,
                     "decoder": d,
+                    "student_width": w,
                     "ways": n,
-                    "student_ms": round(statistics.median(times[d]), 2),
+                    "student_ms": round(statistics.median(times[name]), 2),
                     "backbone_ms": round(statistics.median(times["backbone"]), 2),
                     "student_over_backbone": round(statistics.median(ratios), 3),
-                    "params": sum(p.numel() for p in students[d].parameters()),
+                    "params": sum(p.numel() for p in students[name].parameters()),
                 }
             )
         del students
@@ -102,7 +105,6 @@ def main() -> None:
         "backbone": base.backbone.spec.name,
         "size": args.size,
         "batch_size": args.batch_size,
-        "student_width": args.student_width,
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "rounds": args.rounds,
@@ -118,13 +120,13 @@ def main() -> None:
     (args.out / "results.json").write_text(json.dumps(data, indent=2) + "\n")
     lines = [
         f"# Student / bare backbone by number of classes: {data['backbone']} at {args.size} px, batch "
-        f"{args.batch_size}, {data['threads']} threads, student width {args.student_width}",
+        f"{args.batch_size}, {data['threads']} threads",
         "",
-        f"Median over {args.rounds} rounds of paired runs (backbone, then each decoder's student); load average "
+        f"Median over {args.rounds} rounds of paired runs (backbone, then each variant's student); load average "
         f"{data['load_average_start']} → {data['load_average_end']}.",
         "",
-        "| ways | " + " | ".join(f"{d}: student / backbone (ms)" for d in decoders) + " | backbone ms |",
-        "|---:|" + "---:|" * (len(decoders) + 1),
+        "| ways | " + " | ".join(f"{v} student / backbone (ms)" for v in names) + " | backbone ms |",
+        "|---:|" + "---:|" * (len(names) + 1),
     ]
     for n in ways:
         cells = [r for r in results if r["ways"] == n]

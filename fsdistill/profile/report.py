@@ -180,7 +180,9 @@ def render_markdown(data: dict[str, Any]) -> str:
         f"- student latency max / min over the grid: {fmt(r.get('student_max_over_min'))} (per-cell student / "
         f"backbone, max / min: {fmt(r.get('student_paired_max_over_min'))}, the machine's drift divided out)",
         f"- teacher / student at {t_cell.get('ways')}-way {t_cell.get('shots')}-shot: "
-        f"{fmt(r.get('teacher_over_student'))}",
+        f"{fmt(r.get('teacher_over_student'))}"
+        if t_cell
+        else "- teacher: not timed (`--teacher-max-ways 0`, or no teacher in the run)",
         f"- student / bare backbone at {cell.get('ways')}-way: {fmt(r.get('student_over_backbone'))}"
         f" (worst cell {fmt(r.get('student_over_backbone_max'))})",
     ]
