@@ -95,6 +95,11 @@ class ModelCfg(_Strict):
             raise ValueError(
                 f"decoder_width must be a multiple of {multiple} for the {self.decoder} decoder, got {self.decoder_width}"
             )
+        # The shared decoder's conv5 ends in GroupNorm(4) over the first mixer width.
+        if self.decoder == "shared" and self.mixer_widths is not None and self.mixer_widths[0] % 4:
+            raise ValueError(
+                f"the first of mixer_widths must be a multiple of 4 for the shared decoder, got {self.mixer_widths[0]}"
+            )
         return self
 
     @field_validator("size")

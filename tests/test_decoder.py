@@ -162,6 +162,8 @@ def test_light_student_artifact_round_trip(tmp_path) -> None:
     [
         ({"decoder": "dcama", "decoder_width": 48}, "multiple of 32"),
         ({"decoder": "light", "decoder_width": 18}, "multiple of 4"),
+        ({"decoder": "shared", "decoder_width": 18}, "multiple of 4"),
+        ({"decoder": "shared", "mixer_widths": [6, 16, 16]}, "mixer_widths"),
         ({"decoder": "unet"}, "decoder"),
     ],
 )
