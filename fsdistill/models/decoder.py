@@ -397,15 +397,16 @@ class SharedDecoder(_CoarseMapDecoder):
         b, k, h, w = merged.shape
         # Replicate padding: a border cell's missing neighbours repeat it, as bilinear upsampling clamps.
         padded = F.pad(merged, (1, 1, 1, 1), mode="replicate")
-        weights = skip.weights
+        weights = skip.weights[:, :, None]  # B×9×1×4×h×w
         out: Tensor | None = None
         for j in range(9):
             dy, dx = divmod(j, 3)
-            term = padded[:, None, :, dy : dy + h, dx : dx + w] * weights[:, j, :, None]  # B×4×K×h×w
+            # B×K×1×h×w shifted logits × B×1×4×h×w weights → B×K×4×h×w (sub-pixel sy·2+sx), already in the
+            # channel order depth-to-space reads: no transpose copy.
+            term = padded[:, :, None, dy : dy + h, dx : dx + w] * weights[:, j]
             out = term if out is None else out + term
         assert out is not None
-        # B×4×K×h×w (sub-pixel sy·2+sx) → B×K×2h×2w: depth-to-space with the sub-pixels as the channel blocks.
-        return F.pixel_shuffle(out.permute(0, 2, 1, 3, 4).reshape(b, k * 4, h, w), 2)
+        return F.pixel_shuffle(out.reshape(b, k * 4, h, w), 2)
 
 
 DECODERS = {"dcama": DCAMADecoder, "light": LightDecoder, "shared": SharedDecoder}
