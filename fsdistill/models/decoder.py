@@ -298,7 +298,7 @@ def _bilinear_logits() -> Tensor:
 
 
 class SharedDecoder(_CoarseMapDecoder):
-    """Per-class work at stride ≥ 8 only, and narrow; then one class-shared stride-4 stage: cost nearly flat in N.
+    """Per-class work at stride ≥ 8 only, and narrow; then one class-shared stride-4 stage.
 
     Per class (G groups per image): mapper conv1 (stride 32), conv2 (16) and merge conv4 (16) as in
     :class:`LightDecoder` (Conv3×3 → GroupNorm → ReLU, ``width`` channels); merge conv5 also runs at stride 16 and
