@@ -63,8 +63,8 @@ class ModelCfg(_Strict):
         "light",
         description="light = one conv per block, per-class work at stride >= 4 (fast, though its cost still grows "
         "with the number of classes); shared = narrow per-class work at stride >= 8 and one class-shared stride-4 "
-        "stage (a class costs ~3.5x less than with light, still not nothing); dcama = the paper's decoder (several backbones' worth of "
-        "operations per class; the default with --teacher-weights)",
+        "stage (a class costs ~3.5x less than with light, though still grows); dcama = the paper's decoder "
+        "(several backbones' worth of operations per class; the default with --teacher-weights)",
     )
     decoder_width: int | None = Field(
         None,
