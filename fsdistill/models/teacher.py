@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fsdistill.models.decoder import DCAMADecoder, LightDecoder, SharedDecoder, merge_classes
+from fsdistill.models.decoder import DCAMADecoder, LightDecoder, SharedDecoder, SharedSkip, merge_classes
 
 __all__ = ["DenseCrossAttention", "DCAMATeacher", "SupportFeatures", "sinusoidal_pe", "one_hot_masks"]
 
@@ -184,8 +183,9 @@ class DCAMATeacher(nn.Module):
     Args:
         backbone: frozen feature extractor with ``spec.channels`` / ``spec.num_blocks`` per level.
         decoder: a :class:`~fsdistill.models.decoder.DCAMADecoder`, :class:`~fsdistill.models.decoder.LightDecoder`
-            or :class:`~fsdistill.models.decoder.SharedDecoder` for that backbone (:func:`fsdistill.models.build.build_decoder`), built once by the caller: the
-            student trained with this teacher shares the same module.
+            or :class:`~fsdistill.models.decoder.SharedDecoder` for that backbone
+            (:func:`fsdistill.models.build.build_decoder`), built once by the caller: the student trained with this
+            teacher shares the same module.
         num_classes: foreground classes N.
         heads, use_pe, attn_dropout, qk_norm: of the attention blocks (:class:`DenseCrossAttention`).
         voting: support images per attention chunk at inference (:meth:`predict_features`).
@@ -294,7 +294,12 @@ class DCAMATeacher(nn.Module):
         return masks.sum(dim=(0, 2, 3)) / area.clamp_min(1.0)
 
     def class_logits(
-        self, query: Features, support: SupportFeatures, coarse: list[Tensor], present: Tensor, skip: Any = None
+        self,
+        query: Features,
+        support: SupportFeatures,
+        coarse: list[Tensor],
+        present: Tensor,
+        skip: Tensor | SharedSkip | None = None,
     ) -> Tensor:
         """Decode the coarse maps of the present classes.
 
@@ -327,7 +332,7 @@ class DCAMATeacher(nn.Module):
         return self.decoder.refine(merged, skip)
 
     def forward_episode(
-        self, query: Features, support: SupportFeatures, skip: Any = None
+        self, query: Features, support: SupportFeatures, skip: Tensor | SharedSkip | None = None
     ) -> tuple[Tensor, list[Tensor], Tensor]:
         """One query image (batch 1) against one support chunk, all classes.
 

@@ -89,7 +89,7 @@ def run_profile(cfg: ProfileCfg, quiet: bool = False) -> ProfileResult:
     shots_grid = shot_grid(cfg.shots)
     max_ways, max_shots = ways_grid[-1], shots_grid[-1]
     teacher_ways = min(max_ways, cfg.teacher_max_ways)  # the teacher is timed up to this many ways
-    if teacher_ways < 1:
+    if not any(w <= teacher_ways for w in ways_grid):  # no teacher cell at all: no supports to encode either
         base_teacher = None
 
     meter = MemoryMeter(device)
