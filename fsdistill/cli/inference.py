@@ -274,7 +274,9 @@ def profile(
     console.say(f"student/backbone at {cell['ways']}-way: {fmt(ratios['student_over_backbone'])}")
     by_ways = ratios.get("student_over_backbone_by_ways") or {}
     if len(by_ways) > 1:
-        console.say("student/backbone by ways: " + ", ".join(f"{w}: {fmt(v)}" for w, v in by_ways.items()))
+        # A line, not a table: the round numbers of ways and the largest (profile.md has every cell).
+        shown = {w: v for w, v in by_ways.items() if int(w) in (1, 2, 5, 10, 20, 50, 100) or w == max(by_ways, key=int)}
+        console.say("student/backbone by ways: " + ", ".join(f"{w}: {fmt(v)}" for w, v in shown.items()))
     peaks = {k: v for k, v in (ratios.get("peak_mem_mb_largest_cell") or {}).items() if v is not None}
     if peaks:
         console.say("peak memory (MB, per cell in profile.md): " + ", ".join(f"{k} {v:,.0f}" for k, v in peaks.items()))
