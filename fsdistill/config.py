@@ -59,17 +59,22 @@ class ModelCfg(_Strict):
         "reference's raw scaled dot product. A soft match over all support pixels carries across domain shifts "
         "(docs/benchmarks.md)",
     )
-    decoder: Literal["dcama", "light"] = Field(
+    decoder: Literal["dcama", "light", "shared"] = Field(
         "light",
         description="light = one conv per block, per-class work at stride >= 4 (fast, though its cost still grows "
-        "with the number of classes); dcama = the paper's decoder (several backbones' worth of operations per "
-        "class; the default with --teacher-weights)",
+        "with the number of classes); shared = narrow per-class work at stride >= 8 and one class-shared stride-4 "
+        "stage (a class costs ~3.5x less than with light, though still grows); dcama = the paper's decoder "
+        "(several backbones' worth of operations per class; the default with --teacher-weights)",
     )
     decoder_width: int | None = Field(
-        None, ge=8, description="ConvMapper/ConvMerge channels; None = the decoder's default (dcama 128, light 32)"
+        None,
+        ge=8,
+        description="ConvMapper/ConvMerge channels; None = the decoder's default (dcama 128, light 32, shared 16)",
     )
     mixer_widths: tuple[int, int, int] | None = Field(
-        None, description="mixer channels; None = the decoder's default (dcama 128, 64, 16; light 16, 16, 16)"
+        None,
+        description="mixer channels; None = the decoder's default (dcama 128, 64, 16; light 16, 16, 16; shared 8, "
+        "16, 16: per-class stride-8 mixer, shared skip projection, shared stride-4 conv)",
     )
     student_width: int | None = Field(
         8,
@@ -84,11 +89,16 @@ class ModelCfg(_Strict):
         if self.teacher_weights is not None and "decoder" not in self.model_fields_set:
             # Official checkpoints hold the paper's decoder: follow them unless a decoder was asked for.
             self.__dict__["decoder"] = "dcama"
-        # GroupNorm(4) runs on width/8 channels in the paper's mapper and on the width itself in the light one.
+        # GroupNorm(4) runs on width/8 channels in the paper's mapper and on the width itself in the others.
         multiple = 32 if self.decoder == "dcama" else 4
         if self.decoder_width is not None and self.decoder_width % multiple:
             raise ValueError(
                 f"decoder_width must be a multiple of {multiple} for the {self.decoder} decoder, got {self.decoder_width}"
+            )
+        # The shared decoder's conv5 ends in GroupNorm(4) over the first mixer width.
+        if self.decoder == "shared" and self.mixer_widths is not None and self.mixer_widths[0] % 4:
+            raise ValueError(
+                f"the first of mixer_widths must be a multiple of 4 for the shared decoder, got {self.mixer_widths[0]}"
             )
         return self
 

@@ -1,4 +1,5 @@
-"""The two decoders: output strides, group independence, per-class cost, config validation, artifact round trip."""
+"""The three decoders: output strides, group independence, per-class cost, config validation, artifact round trip;
+the shared decoder's class-shared stage (bilinear at init, absent classes, flat cost, distill and export)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from fsdistill.config import AdaptCfg, ModelCfg, load_config
 from fsdistill.errors import ConfigError
 from fsdistill.models.build import build_student, build_teacher, load_model, save_model
-from fsdistill.models.decoder import DCAMADecoder, LightDecoder
+from fsdistill.models.decoder import ABSENT_LOGIT, DCAMADecoder, LightDecoder, SharedDecoder, SharedSkip, merge_classes
 from fsdistill.train.fit import teacher_groups
 from fsdistill.train.losses import focal_loss
 
@@ -37,7 +38,15 @@ def _randomised(decoder):
 DECODER_CASES = {
     "dcama": lambda: DCAMADecoder((2, 3, 4), (8, 16), width=32, mixer=(16, 8, 8)),
     "light": lambda: LightDecoder((2, 3, 4), (8, 16)),
+    "shared": lambda: SharedDecoder((2, 3, 4), (8, 16)),
 }
+
+
+def _image_skip(skip, image: int):
+    """The skip features of one image of a batch (a tensor, or the shared decoder's SharedSkip of tensors)."""
+    if isinstance(skip, SharedSkip):
+        return SharedSkip(*(t[image : image + 1] for t in skip))
+    return skip[image : image + 1]
 
 
 @pytest.mark.parametrize("name", list(DECODER_CASES))
@@ -46,10 +55,14 @@ def test_output_stride_and_shape(name) -> None:
     coarse, skip4, skip8 = _decoder_inputs(groups=3, batch=2)
     with torch.no_grad():
         logits = decoder(coarse, decoder.skip_features(skip4, skip8), torch.full((6,), 0.3))
-    side = SIZE // decoder.output_stride
+    side = SIZE // decoder.class_stride  # per-class logits; the shared decoder's come at stride 8
     assert logits.shape == (6, 2, side, side)
     assert decoder.output_stride == (1 if name == "dcama" else 4)
+    assert decoder.class_stride == {"dcama": 1, "light": 4, "shared": 8}[name]
     assert torch.isfinite(logits).all()
+    with torch.no_grad():
+        merged = decoder.refine(merge_classes(logits.view(2, 3, 2, side, side)), decoder.skip_features(skip4, skip8))
+    assert merged.shape == (2, 4, SIZE // decoder.output_stride, SIZE // decoder.output_stride)
 
 
 @pytest.mark.parametrize("name", list(DECODER_CASES))
@@ -64,7 +77,7 @@ def test_groups_and_images_are_decoded_independently(name) -> None:
         together = decoder(coarse, skip, prior)
         for i in range(6):
             image = i // 3
-            alone = decoder([c[i : i + 1] for c in coarse], skip[image : image + 1], prior[i : i + 1])
+            alone = decoder([c[i : i + 1] for c in coarse], _image_skip(skip, image), prior[i : i + 1])
             torch.testing.assert_close(together[i : i + 1], alone, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(together[0], together[3], atol=1e-3)  # images differ: the check is not vacuous
 
@@ -149,6 +162,8 @@ def test_light_student_artifact_round_trip(tmp_path) -> None:
     [
         ({"decoder": "dcama", "decoder_width": 48}, "multiple of 32"),
         ({"decoder": "light", "decoder_width": 18}, "multiple of 4"),
+        ({"decoder": "shared", "decoder_width": 18}, "multiple of 4"),
+        ({"decoder": "shared", "mixer_widths": [6, 16, 16]}, "mixer_widths"),
         ({"decoder": "unet"}, "decoder"),
     ],
 )
@@ -175,10 +190,146 @@ def test_light_skip_projection_is_a_1x1_conv_over_the_upsampled_skip_maps() -> N
     assert decoder.mixer1[0].bias is None and decoder.mixer1[0].in_channels == decoder.width
 
 
-@pytest.mark.parametrize("decoder", ["light", "dcama"])
+@pytest.mark.parametrize("decoder", ["light", "dcama", "shared"])
 def test_every_decoder_parameter_is_in_a_trainable_group(decoder) -> None:
     cfg = ModelCfg(backbone="test-resnet", size=SIZE, decoder=decoder)
     teacher = build_teacher(cfg, 1, pretrained=False)
     grouped = {id(p) for params in teacher_groups(teacher).values() for p in params}
     missing = [name for name, p in teacher.decoder.named_parameters() if id(p) not in grouped]
     assert not missing
+
+
+# --- the shared decoder -----------------------------------------------------------------------------------------
+
+
+def test_shared_stage_starts_as_bilinear_upsampling_and_is_convex() -> None:
+    """Untrained (zero last conv), the class-shared stage is bilinear ×2 upsampling (align_corners=False, as the
+    mask's upsampling); trained, its weights stay convex: every output lies within its 3×3 neighbourhood."""
+    decoder = SharedDecoder((2, 3, 4), (8, 16))
+    _, skip4, skip8 = _decoder_inputs(groups=1, batch=2, seed=3)
+    merged = torch.randn(2, 5, SIZE // 8, SIZE // 8)
+    with torch.no_grad():
+        out = decoder.refine(merged, decoder.skip_features(skip4, skip8))
+    bilinear = F.interpolate(merged, scale_factor=2, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out, bilinear, atol=0.02, rtol=0)  # e⁻⁸ leaks from the zero weights
+    decoder = _randomised(decoder)
+    with torch.no_grad():
+        skip = decoder.skip_features(skip4, skip8)
+        out = decoder.refine(merged, skip)
+    assert torch.allclose(skip.weights.sum(dim=1), torch.ones(()))
+    low = -F.max_pool2d(-merged, 3, stride=1, padding=1).repeat_interleave(2, -1).repeat_interleave(2, -2)
+    high = F.max_pool2d(merged, 3, stride=1, padding=1).repeat_interleave(2, -1).repeat_interleave(2, -2)
+    assert (out >= low - 1e-5).all() and (out <= high + 1e-5).all()
+    assert not torch.allclose(out, bilinear, atol=0.05)  # the trained weights moved away from bilinear
+
+
+def test_shared_decoder_keeps_absent_classes_absent_and_losses_finite() -> None:
+    """The teacher decodes only the classes its supports show; through the class-shared stage an absent class stays
+    at ABSENT_LOGIT, never wins a pixel, and the loss and its gradients stay finite."""
+    torch.manual_seed(0)
+    teacher = build_teacher(ModelCfg(backbone="test-resnet", size=SIZE, decoder="shared"), 3, pretrained=False)
+    _randomised(teacher.decoder).train()
+    images = torch.randn(4, 3, SIZE, SIZE)
+    feats = teacher.backbone(images)
+    masks = torch.randint(0, 4, (3, SIZE, SIZE), generator=torch.Generator().manual_seed(1)).to(torch.uint8)
+    support = teacher.prepare_support([[m[:3] for m in level] for level in feats], masks)
+    query = [[m[3:] for m in level] for level in feats]
+    present = torch.tensor([True, False, True])
+    logits = teacher.decode_episode(query, support, teacher.coarse_maps(query, support, [0, 1, 2]), present)
+    assert logits.shape == (1, 4, SIZE // 4, SIZE // 4)
+    assert torch.allclose(logits[:, 2], torch.full_like(logits[:, 2], ABSENT_LOGIT))
+    assert (logits.argmax(1) != 2).all()
+    target = torch.randint(0, 4, (1, SIZE, SIZE))
+    target[target == 2] = 0  # as fit.py's teacher target: a class no support shows is background
+    loss = focal_loss(logits, target)
+    loss.backward()
+    assert torch.isfinite(loss)
+    grads = [p.grad for p in teacher.decoder.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert teacher.decoder.mixer3[-1].weight.grad.abs().sum() > 0  # the shared stage learns from the teacher too
+
+
+def test_shared_decoder_cost_per_class_is_a_fraction_of_the_light_one() -> None:
+    """The point of the shared decoder, as an operation count: no per-class work at stride 4, so a class costs
+    far less than with the light decoder (ConvDist at width 8 included in both)."""
+    one, five = _per_class_flops("shared")
+    one_light, five_light = _per_class_flops("light")
+    assert (five - one) / 4 < 0.35 * (five_light - one_light) / 4
+    assert one < one_light
+
+
+def test_shared_teacher_voting_equals_one_chunk_when_every_chunk_shows_every_class() -> None:
+    """predict_features votes per class at the class stride and refines once: with one chunk it is decode_episode."""
+    torch.manual_seed(0)
+    teacher = build_teacher(ModelCfg(backbone="test-resnet", size=SIZE, decoder="shared"), 2, pretrained=False).eval()
+    _randomised(teacher.decoder)
+    images = torch.randint(0, 256, (3, 3, SIZE, SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    masks = torch.zeros(2, SIZE, SIZE, dtype=torch.uint8)
+    masks[:, :20, :20], masks[:, 40:, 40:] = 1, 2
+    with torch.no_grad():
+        support = teacher.prepare_support(teacher.backbone.encode(images[:2]), masks)
+        query = teacher.backbone.encode(images[2:])
+        whole = teacher.predict_features(query, support, voting=2)
+        coarse = teacher.coarse_maps(query, support, [0, 1])
+        direct = teacher.decode_episode(query, support, coarse, torch.tensor([True, True]))
+    torch.testing.assert_close(whole, direct)
+    assert whole.shape == (1, 3, SIZE // 4, SIZE // 4)
+
+
+def test_shared_distill_end_to_end_and_artifact_round_trip(tiny_data, tmp_path) -> None:
+    """adapt + distill with the shared decoder on the tiny multi-class folder: finite losses, a student artifact
+    that loads the shared decoder and predicts the same logits."""
+    from fsdistill import api
+    from fsdistill.config import DistillCfg
+
+    from helpers import TINY_MODEL, TINY_TRAIN
+
+    cfg = load_config(
+        DistillCfg,
+        None,
+        {
+            "support": tiny_data.multi,
+            "out": tmp_path / "run",
+            "device": "cpu",
+            "model": {**TINY_MODEL, "decoder": "shared"},
+            "train": TINY_TRAIN,
+        },
+    )
+    run = api.distill(cfg, quiet=True)
+    assert all(torch.isfinite(torch.tensor(v)) for v in run.stats["final_losses"].values())
+    student = load_model(run.student_dir)
+    assert isinstance(student.model.decoder, SharedDecoder) and student.model_cfg.decoder == "shared"
+    images = torch.randint(0, 256, (2, 3, SIZE, SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    logits = student.logits(images)
+    assert logits.shape == (2, 4, SIZE // 4, SIZE // 4) and torch.isfinite(logits).all()
+    teacher = load_model(run.teacher_dir)
+    assert isinstance(teacher.model.decoder, SharedDecoder)
+    assert teacher.logits(images).shape == (2, 4, SIZE // 4, SIZE // 4)
+
+
+def test_artifact_whose_config_names_no_decoder_loads_the_light_one(tmp_path) -> None:
+    """Artifacts store their ModelCfg; one written before the decoder could be anything but the light one (no
+    ``decoder`` key) must load the light decoder whatever today's default is."""
+    from fsdistill.checkpoint import load_artifact, save_artifact
+
+    torch.manual_seed(0)
+    cfg = ModelCfg(backbone="test-resnet", size=SIZE, decoder="light", student_width=4)
+    student = _randomised(build_student(build_teacher(cfg, 1, pretrained=False), 4))
+    path = save_model(
+        tmp_path / "student",
+        student,
+        cfg,
+        class_names=["background", "a"],
+        palette=[(0, 0, 0), (1, 1, 1)],
+        train_config={},
+        support_info={},
+    )
+    tensors, config = load_artifact(path)
+    stored = {k: v for k, v in config["model_cfg"].items() if k != "decoder"}
+    config = {k: v for k, v in config.items() if k != "weights_sha256"}
+    old = save_artifact(tmp_path / "old", tensors, {**config, "model_cfg": stored})
+    loaded = load_model(old)
+    assert isinstance(loaded.model.decoder, LightDecoder) and loaded.model_cfg.decoder == "light"
+    images = torch.randint(0, 256, (1, 3, SIZE, SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded.logits(images), student.predict(images))

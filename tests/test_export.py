@@ -110,6 +110,40 @@ def test_default_backbone_parity(tmp_path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["lite0.onnx"]  # no temporary file left
 
 
+def test_shared_decoder_parity(tmp_path) -> None:
+    """The shared decoder's class-shared stage (space-to-depth, softmax, shifted sums, depth-to-space) exports with
+    dynamic height and width and agrees with PyTorch: Lite0, 384 px, 3 classes, random decoder."""
+    from fsdistill.config import ModelCfg
+    from fsdistill.data.transforms import normalize
+    from fsdistill.models.build import build_student, build_teacher
+
+    cfg = ModelCfg(decoder="shared")
+    torch.manual_seed(0)
+    student = build_student(build_teacher(cfg, 3), cfg.student_width).eval()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in student.named_parameters():
+            if not name.startswith("backbone."):
+                param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+    spec = student.backbone.spec
+    probe = torch.randint(0, 256, (1, 3, cfg.size, cfg.size), dtype=torch.uint8, generator=generator)
+    with torch.no_grad():
+        assert len(student(normalize(probe, spec.mean, spec.std)).argmax(1).unique()) >= 2
+    result = export_onnx(
+        student,
+        tmp_path / "shared.onnx",
+        input_size=cfg.size,
+        mean=spec.mean,
+        std=spec.std,
+        class_names=["background", "a", "b", "c"],
+        palette=[(0, 0, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255)],
+        threads=1,
+    )
+    assert result.passed, result
+    assert result.agreement >= 0.999 and result.max_abs_diff_stable <= 1e-3
+    assert result.dynamic_hw and result.note == ""
+
+
 def test_fixed_grid_backbone_falls_back_to_a_fixed_size(tmp_path) -> None:
     """Swin's window grid only takes its own size: the other-size check fails and the export is redone fixed."""
     from fsdistill.config import ModelCfg

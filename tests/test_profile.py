@@ -141,6 +141,37 @@ def test_cli_tiny_grid_no_cache(tmp_path):
     assert all("support_cache_mb" not in r for r in data["rows"])
 
 
+def test_cli_teacher_max_ways_times_student_and_backbone_beyond_it(tmp_path):
+    """--ways beyond --teacher-max-ways: the teacher only in the cells up to it, the student and the backbone in
+    every cell, each row with its peak memory; the per-ways ratios and the largest cell's memory are reported."""
+    out = tmp_path / "many"
+    args = ["profile", "--backbone", "test-resnet", "--size", "64", "--ways", "4", "--shots", "1", "--warmup", "0",
+            "--runs", "1", "--device", "cpu", "--teacher-max-ways", "2", "--decoder", "shared", "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = check_files(out)
+    cells = {(r["model"], r["ways"]) for r in data["rows"]}
+    assert cells == {("teacher", 1), ("teacher", 2)} | {(m, w) for m in ("student", "backbone") for w in range(1, 5)}
+    assert data["teacher_max_ways"] == 2 and data["teacher_ways"] == [1, 2] and data["decoder"] == "shared"
+    assert all(isinstance(r["peak_mem_mb"], float) and r["peak_mem_mb"] >= 0 for r in data["rows"])
+    ratios = data["ratios"]
+    assert ratios["teacher_cell"] == {"ways": 2, "shots": 1} and ratios["largest_cell"] == {"ways": 4, "shots": 1}
+    assert set(ratios["student_over_backbone_by_ways"]) == {"1", "2", "3", "4"}
+    assert set(ratios["peak_mem_mb_largest_cell"]) == {"teacher", "student", "backbone"}
+    assert "teacher/student at 2-way 1-shot" in result.output and "peak memory (MB" in result.output
+    assert "student/backbone by ways: 1: " in result.output
+    md = (out / "profile.md").read_text()
+    assert "teacher timed up to 2 ways" in md and "| student / backbone |" in md
+
+
+def test_teacher_max_ways_zero_times_no_teacher(tmp_path):
+    result = api.profile(
+        ProfileCfg(**{**TINY, "shots": 1}, teacher_max_ways=0, warmup=0, out=tmp_path / "p"), quiet=True
+    )
+    assert {r["model"] for r in result.rows} == {"student", "backbone"}
+    assert result.ratios["teacher_cell"] is None and result.ratios["teacher_over_student"] is None
+
+
 def test_profile_with_model(tiny_run, tmp_path):
     out = tmp_path / "m"
     result = CliRunner().invoke(
@@ -239,6 +270,7 @@ def test_paired_flatness_divides_out_machine_drift():
         (["--runs", "0"], "--runs"),
         (["--backbone", "no-such-net"], "no-such-net"),
         (["--size", "100"], "--size"),
+        (["--teacher-max-ways", "-1"], "--teacher-max-ways"),
     ],
 )
 def test_bad_options_exit_2(tmp_path, args, word):

@@ -112,7 +112,9 @@ DecoderOpt = Annotated[
     typer.Option(
         "--decoder",
         help="light (default: fast; its per-class part still grows with the classes: the student measured 1.18x the "
-        "bare backbone's time at 1 class, 2.2x at 20) or dcama (the paper's, ~11 GFLOP per class at 384 px).",
+        "bare backbone's time at 1 class, 2.2x at 20), shared (per-class work at stride 8 only and one class-shared "
+        "stride-4 stage: for many classes, see docs/benchmarks.md) or dcama (the paper's, ~11 GFLOP per class at "
+        "384 px).",
     ),
 ]
 AugmentOpt = Annotated[bool | None, typer.Option("--augment/--no-augment", help="Flip views of the supports.")]

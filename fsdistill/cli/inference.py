@@ -192,6 +192,14 @@ def profile(
         int | None, typer.Option("--ways", help="Largest ways W: grid 1..W (default 3; with --model its classes).")
     ] = None,
     shots: Annotated[int, typer.Option("--shots", help="Largest shots S: grid {1,5,10,25,50,S} up to S.")] = 10,
+    teacher_max_ways: Annotated[
+        int,
+        typer.Option(
+            "--teacher-max-ways",
+            help="Time the teacher only up to this many ways (0: never); the student and the bare backbone are "
+            "timed at every ways value, e.g. --ways 50 for a student's cost per class.",
+        ),
+    ] = 10,
     backbone: BackboneOpt = None,
     size: SizeOpt = None,
     batch_size: Annotated[
@@ -231,12 +239,14 @@ def profile(
     Random weights and inputs unless --model RUN_DIR (then its teacher/student, classes and size).
 
     Example: fsdistill profile --ways 5 --shots 50 --out profile/
+    Many classes: fsdistill profile --ways 50 --shots 1 (teacher up to 10 ways, see --teacher-max-ways)
     """
     from fsdistill import api
     from fsdistill.profile import ProfileCfg
 
     cfg = ProfileCfg(
         ways=ways,
+        teacher_max_ways=teacher_max_ways,
         shots=shots,
         backbone=backbone,
         size=size,
@@ -257,8 +267,19 @@ def profile(
     fmt = lambda x: "n/a" if x is None else f"{x:.2f}x"  # noqa: E731
     cell = ratios["largest_cell"]
     console.say(f"student latency max/min over the grid: {fmt(ratios['student_max_over_min'])}")
-    console.say(f"teacher/student at {cell['ways']}-way {cell['shots']}-shot: {fmt(ratios['teacher_over_student'])}")
+    t_cell = ratios.get("teacher_cell")
+    if t_cell is not None:
+        teacher_vs = fmt(ratios["teacher_over_student"])
+        console.say(f"teacher/student at {t_cell['ways']}-way {t_cell['shots']}-shot: {teacher_vs}")
     console.say(f"student/backbone at {cell['ways']}-way: {fmt(ratios['student_over_backbone'])}")
+    by_ways = ratios.get("student_over_backbone_by_ways") or {}
+    if len(by_ways) > 1:
+        # A line, not a table: the round numbers of ways and the largest (profile.md has every cell).
+        shown = {w: v for w, v in by_ways.items() if int(w) in (1, 2, 5, 10, 20, 50, 100) or w == max(by_ways, key=int)}
+        console.say("student/backbone by ways: " + ", ".join(f"{w}: {fmt(v)}" for w, v in shown.items()))
+    peaks = {k: v for k, v in (ratios.get("peak_mem_mb_largest_cell") or {}).items() if v is not None}
+    if peaks:
+        console.say("peak memory (MB, per cell in profile.md): " + ", ".join(f"{k} {v:,.0f}" for k, v in peaks.items()))
     failed = [f"{r['model']} {r['ways']}w{r['shots']}s" for r in result.rows if r["status"] != "ok"]
     if failed:
         console.say(f"out of memory: {', '.join(failed)}")

@@ -24,7 +24,7 @@ from fsdistill.config import ModelCfg
 from fsdistill.errors import CheckpointError
 from fsdistill.models.backbone import Backbone, create_backbone
 from fsdistill.models.backbone_specs import BackboneSpec
-from fsdistill.models.decoder import DECODERS, DCAMADecoder, LightDecoder
+from fsdistill.models.decoder import DECODERS, DCAMADecoder, LightDecoder, SharedDecoder
 from fsdistill.models.student import DistilledStudent
 from fsdistill.models.teacher import ATTENTION_LEVELS, DCAMATeacher, SupportFeatures
 from fsdistill.runtime import inference_memory_format, library_versions
@@ -40,17 +40,19 @@ __all__ = [
     "stored_parameters",
 ]
 
+# The decoder of artifacts whose stored config names none (see _stored_model_cfg).
+LEGACY_DECODER = "light"
 SUPPORT_IMAGES_KEY = "support.images"
 SUPPORT_MASKS_KEY = "support.masks"
 
 
 def build_decoder(
     spec: BackboneSpec, kind: str, width: int | None = None, mixer_widths: tuple[int, int, int] | None = None
-) -> DCAMADecoder | LightDecoder:
+) -> DCAMADecoder | LightDecoder | SharedDecoder:
     """A fresh decoder for a backbone of ``spec``: built once, given to the teacher and shared with its student.
 
     Args:
-        kind: "dcama" (the paper's) or "light" (see :mod:`fsdistill.models.decoder`).
+        kind: "dcama" (the paper's), "light" or "shared" (see :mod:`fsdistill.models.decoder`).
         width, mixer_widths: ``ModelCfg.decoder_width`` / ``mixer_widths``; None = that decoder's defaults.
     The decoder reads the block maps of the attention levels (stages 2–4) and the last maps of levels 0 and 1.
     """
@@ -274,10 +276,14 @@ def _stored_model_cfg(config: dict[str, Any], directory: Path) -> ModelCfg:
     stored (fsdistill 0.1.0 development builds), the same settings rebuilt from its ``model_args``."""
     try:
         if "model_cfg" in config:
-            return ModelCfg.model_validate(config["model_cfg"])
-        args = config["model_args"]
-        settings = {k: v for k, v in args.items() if k in ModelCfg.model_fields}
-        return ModelCfg(**{**settings, "backbone": config["backbone"]["name"], "size": config["input_size"]})
+            settings = dict(config["model_cfg"])
+        else:
+            settings = {k: v for k, v in config["model_args"].items() if k in ModelCfg.model_fields}
+            settings.update(backbone=config["backbone"]["name"], size=config["input_size"])
+        # A config that names no decoder was written when the light decoder was the only default: build that one,
+        # never whatever the default is today (its weights would not fit another decoder).
+        settings.setdefault("decoder", LEGACY_DECODER)
+        return ModelCfg.model_validate(settings)
     except (KeyError, ValidationError) as exc:
         reason = f"no {exc}" if isinstance(exc, KeyError) else f"{exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"
         raise CheckpointError(

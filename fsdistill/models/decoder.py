@@ -1,19 +1,28 @@
 """Decoders shared by teacher and student: ConvMapper → ConvMerge → query skips → Mixer, plus the N-way merge.
 
-Two decoders with the same interface and the same module names (``conv1``–``conv5``, ``mixer1``–``mixer3``, as in
+Three decoders with the same interface and the same module names (``conv1``–``conv5``, ``mixer1``–``mixer3``, as in
 the reference checkpoints, reference.md §1.3, §4, so official weights import by name and the trainable groups
 mean the same in both):
 
 * :class:`DCAMADecoder`, the paper's (3 convs per mapper/merge block, 128 channels, mixer up to the input size);
 * :class:`LightDecoder`, one conv per block, 32 channels, every per-class layer at stride ≥ 4: the paper's
   decoder costs several backbones' worth of operations *per class*, so the student's latency grew with the
-  number of classes (docs/benchmarks.md).
+  number of classes (docs/benchmarks.md);
+* :class:`SharedDecoder`, every per-class layer at stride ≥ 8 and narrow, then one class-shared stride-4 stage
+  (content-aware upsampling of the merged N+1 logits, guided by the stride-4 query features): the light
+  decoder's three per-class 3×3 convs at stride 4 were most of a class's cost (~1.4 ms per class on 2 cores).
+
+Decoding is two calls: ``forward`` gives per-class (background, foreground) logits at the decoder's
+``class_stride``; :func:`merge_classes` merges them; ``refine`` takes the merged logits to ``output_stride``
+(the identity for the per-class decoders, whose classes are already at their output stride).
 
 Coarse maps arrive per *group* (one group per class, or per class and voting chunk): the class-independent skip
 features are computed once per image and shared by every group.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +31,8 @@ from torch import Tensor, nn
 __all__ = [
     "DCAMADecoder",
     "LightDecoder",
+    "SharedDecoder",
+    "SharedSkip",
     "DECODERS",
     "merge_classes",
     "ABSENT_LOGIT",
@@ -55,11 +66,20 @@ class _CoarseMapDecoder(nn.Module):
 
     Subclasses define ``conv1``–``conv5``, ``mixer1``–``mixer3``, ``width`` and ``output_stride`` (the logits'
     stride relative to the input: 1 = input size, 4 = a quarter of it, upsampled once when the mask is made).
+    ``class_stride`` is the stride of the per-class logits of ``forward``; here equal to ``output_stride``.
     """
 
     width: int
     output_stride: int
     mixer1: nn.Sequential
+
+    @property
+    def class_stride(self) -> int:
+        return self.output_stride
+
+    def refine(self, merged: Tensor, skip: Tensor) -> Tensor:
+        """Merged B×(N+1)×h×w logits → the same: the per-class decoders' classes are already at output stride."""
+        return merged
 
     def mixer_parameters(self) -> list[nn.Parameter]:
         """The "mixer" trainable group: mixer1–3, any skip projection, and the coarse-map prior's scale."""
@@ -251,7 +271,145 @@ class LightDecoder(_CoarseMapDecoder):
         return self._with_prior(self.mixer3(x), coarse, prior)
 
 
-DECODERS = {"dcama": DCAMADecoder, "light": LightDecoder}
+class SharedSkip(NamedTuple):
+    """What :meth:`SharedDecoder.skip_features` computes once per image.
+
+    Attributes:
+        s8: B×M1×H/8×W/8 stride-8 query features added to every class's stride-8 mixer (bias included).
+        weights: B×9×4×H/8×W/8 upsampling weights: for each stride-8 cell, each of its 2×2 stride-4 sub-pixels
+            takes a convex combination (softmax over the 9) of the cell's 3×3 neighbourhood of merged logits.
+    """
+
+    s8: Tensor
+    weights: Tensor
+
+
+# Bilinear ×2 upsampling (align_corners=False) as convex weights over the 3×3 neighbourhood: sub-pixel 0 of a cell
+# sits a quarter cell before its centre (weights ¼, ¾, 0 over the neighbours −1, 0, +1), sub-pixel 1 a quarter
+# after (0, ¾, ¼). As softmax logits with a large negative for the 0 weights; an untrained shared stage starts
+# as bilinear upsampling of the merged logits.
+_BILINEAR_1D = torch.tensor([[0.25, 0.75, 0.0], [0.0, 0.75, 0.25]])
+
+
+def _bilinear_logits() -> Tensor:
+    """9×4 log-weights (neighbour dy·3+dx, sub-pixel sy·2+sx) of bilinear ×2 upsampling, zeros as −8 (e⁻⁸ ≈ 3e-4)."""
+    w = torch.einsum("ay,bx->yxab", _BILINEAR_1D, _BILINEAR_1D).reshape(9, 4)
+    return torch.where(w > 0, w.clamp_min(1e-6).log(), torch.full_like(w, -8.0))
+
+
+class SharedDecoder(_CoarseMapDecoder):
+    """Per-class work at stride ≥ 8 only, and narrow; then one class-shared stride-4 stage.
+
+    Per class (G groups per image): mapper conv1 (stride 32), conv2 (16) and merge conv4 (16) as in
+    :class:`LightDecoder` (Conv3×3 → GroupNorm → ReLU, ``width`` channels); merge conv5 also runs at stride 16 and
+    narrows to M1 channels before the only per-class upsampling; mapper conv3 maps the stage-2 coarse maps to M1
+    channels at stride 8 (Conv3×3 → ReLU: a GroupNorm there cost as much as a conv). Their sum plus the shared
+    stride-8 query features (``skip_proj8``, once per image) → ReLU → ``mixer1`` = Conv3×3(M1→M1) → ReLU →
+    Conv1×1(M1→2): (background, foreground) logits at stride 8, with the coarse-map prior on the foreground.
+    After :func:`merge_classes` (at stride 8, N+1 channels), the class-shared stage (:meth:`refine`) turns them
+    into stride-4 logits: from the last stride-4 and stride-8 query maps (``skip_proj`` 1×1, ``mixer2`` Conv3×3
+    at stride 4, space-to-depth, ``mixer3`` Conv1×1 to 9×4) it predicts, once per image, convex weights that
+    upsample every merged channel alike (as RAFT's learned upsampling). So the stride-4 cost grows by nine
+    multiply-adds per output value, not by three 3×3 convs per class, and an absent class (all ``ABSENT_LOGIT``)
+    keeps that value.
+
+    Args:
+        num_layers, skip_channels: as :class:`DCAMADecoder`. width: mapper/merge channels at strides 16 and 32 (16).
+        mixer: M1 (per-class stride-8 channels), M2 (shared stride-4 skip projection), M3 (shared stride-4 conv):
+            (8, 16, 16).
+    """
+
+    def __init__(
+        self,
+        num_layers: tuple[int, int, int],
+        skip_channels: tuple[int, int],
+        width: int = 16,
+        mixer: tuple[int, int, int] = (8, 16, 16),
+    ) -> None:
+        super().__init__()
+        n2, n3, n4 = num_layers
+        self.width = width
+        self.mixer_widths = tuple(mixer)
+        self.output_stride = 4
+        c4, c8 = skip_channels
+        m1, m2, m3 = mixer
+        self.conv1 = _conv_gn_relu([n4, width], [3])
+        self.conv2 = _conv_gn_relu([n3, width], [3])
+        self.conv3 = nn.Sequential(nn.Conv2d(n2, m1, 3, padding=1), nn.ReLU(inplace=True))
+        self.conv4 = _conv_gn_relu([width, width], [3])
+        self.conv5 = _conv_gn_relu([width, m1], [3])
+        self.mixer1 = nn.Sequential(nn.Conv2d(m1, m1, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(m1, 2, 1))
+        self.skip_proj8 = nn.Conv2d(c8, m1, 1)
+        self.skip_proj = nn.Conv2d(c4 + c8, m2, 1)
+        self.mixer2 = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(m2, m3, 3, padding=1), nn.ReLU(inplace=True))
+        self.mixer3 = nn.Sequential(nn.Conv2d(4 * m3, 36, 1))
+        # 1×36×1×1 (4-D, so that a model moved to channels-last can hold it); not stored: it is a constant.
+        self.register_buffer("upsample_prior", _bilinear_logits().reshape(1, 36, 1, 1), persistent=False)
+        self._init_prior()
+
+    @property
+    def class_stride(self) -> int:
+        return 8
+
+    def _init_prior(self) -> None:
+        # As the other decoders: the per-class output conv starts at zero, so the coarse-map prior alone decides
+        # at step 0; the shared stage's last conv starts at zero too, i.e. as bilinear upsampling.
+        self.prior_scale = nn.Parameter(torch.tensor(8.0))
+        for last in (self.mixer1[-1], self.mixer3[-1]):
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+
+    def skip_features(self, skip4: Tensor, skip8: Tensor) -> SharedSkip:
+        """Class-independent parts, once per image.
+
+        Args:
+            skip4: B×C4×H/4×W/4, skip8: B×C8×H/8×W/8 (the last query maps of levels 0 and 1).
+        Returns:
+            :class:`SharedSkip`: the stride-8 mixer features and the stride-4 upsampling weights.
+        """
+        c8 = skip8.shape[1]
+        weight, bias = self.skip_proj.weight, self.skip_proj.bias
+        # As LightDecoder's: the 1×1 projection commutes with upsampling, so the stride-8 half runs at stride 8.
+        up8 = F.interpolate(F.conv2d(skip8, weight[:, :c8]), size=skip4.shape[-2:], mode="bilinear", align_corners=True)
+        x = self.mixer2(F.conv2d(skip4, weight[:, c8:], bias) + up8)
+        b, _, h, w = skip8.shape
+        logits = (self.mixer3(F.pixel_unshuffle(x, 2)) + self.upsample_prior).reshape(b, 9, 4, h, w)
+        return SharedSkip(self.skip_proj8(skip8), logits.softmax(dim=1))
+
+    def forward(self, coarse: list[Tensor], skip: SharedSkip, prior: Tensor | None = None) -> Tensor:
+        """Per-class logits at stride 8.
+
+        Args:
+            coarse: as :meth:`DCAMADecoder.forward`. skip: from :meth:`skip_features`. prior: (B·G) class priors.
+        Returns:
+            (B·G)×2×H/8×W/8 (background, foreground) logits; :func:`merge_classes`, then :meth:`refine`.
+        """
+        cm2, cm3, cm4 = coarse
+        x3 = self.conv2(cm3) + F.interpolate(self.conv1(cm4), size=cm3.shape[-2:], mode="bilinear", align_corners=True)
+        # conv5 narrows to M1 channels at stride 16, so only M1 (not `width`) channels per class are upsampled.
+        x = F.interpolate(self.conv5(self.conv4(x3)), size=cm2.shape[-2:], mode="bilinear", align_corners=True)
+        x = torch.relu(self._add_skip(self.conv3(cm2) + x, skip.s8))
+        return self._with_prior(self.mixer1(x), coarse, prior)
+
+    def refine(self, merged: Tensor, skip: SharedSkip) -> Tensor:
+        """The class-shared stride-4 stage: B×K×h×w merged stride-8 logits → B×K×2h×2w, every channel upsampled
+        with the same per-image convex weights (K = N+1; nine multiply-adds per stride-4 value)."""
+        b, k, h, w = merged.shape
+        # Replicate padding: a border cell's missing neighbours repeat it, as bilinear upsampling clamps.
+        padded = F.pad(merged, (1, 1, 1, 1), mode="replicate")
+        weights = skip.weights[:, :, None]  # B×9×1×4×h×w
+        out: Tensor | None = None
+        for j in range(9):
+            dy, dx = divmod(j, 3)
+            # B×K×1×h×w shifted logits × B×1×4×h×w weights → B×K×4×h×w (sub-pixel sy·2+sx), already in the
+            # channel order depth-to-space reads: no transpose copy.
+            term = padded[:, :, None, dy : dy + h, dx : dx + w] * weights[:, j]
+            out = term if out is None else out + term
+        assert out is not None
+        return F.pixel_shuffle(out.reshape(b, k * 4, h, w), 2)
+
+
+DECODERS = {"dcama": DCAMADecoder, "light": LightDecoder, "shared": SharedDecoder}
 
 
 def merge_classes(logits: Tensor, present: Tensor | None = None) -> Tensor:

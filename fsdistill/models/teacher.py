@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fsdistill.models.decoder import DCAMADecoder, LightDecoder, merge_classes
+from fsdistill.models.decoder import DCAMADecoder, LightDecoder, SharedDecoder, SharedSkip, merge_classes
 
 __all__ = ["DenseCrossAttention", "DCAMATeacher", "SupportFeatures", "sinusoidal_pe", "one_hot_masks"]
 
@@ -182,19 +182,21 @@ class DCAMATeacher(nn.Module):
 
     Args:
         backbone: frozen feature extractor with ``spec.channels`` / ``spec.num_blocks`` per level.
-        decoder: a :class:`~fsdistill.models.decoder.DCAMADecoder` or :class:`~fsdistill.models.decoder.LightDecoder`
-            for that backbone (:func:`fsdistill.models.build.build_decoder`), built once by the caller: the
-            student trained with this teacher shares the same module.
+        decoder: a :class:`~fsdistill.models.decoder.DCAMADecoder`, :class:`~fsdistill.models.decoder.LightDecoder`
+            or :class:`~fsdistill.models.decoder.SharedDecoder` for that backbone
+            (:func:`fsdistill.models.build.build_decoder`), built once by the caller: the student trained with this
+            teacher shares the same module.
         num_classes: foreground classes N.
         heads, use_pe, attn_dropout, qk_norm: of the attention blocks (:class:`DenseCrossAttention`).
         voting: support images per attention chunk at inference (:meth:`predict_features`).
-    Logits come at the decoder's ``output_stride`` (1 = the input size, 4 = a quarter of it).
+    Merged logits come at the decoder's ``output_stride`` (1 = the input size, 4 = a quarter of it); per-class
+    logits (:meth:`class_logits`) at its ``class_stride``.
     """
 
     def __init__(
         self,
         backbone: nn.Module,
-        decoder: DCAMADecoder | LightDecoder,
+        decoder: DCAMADecoder | LightDecoder | SharedDecoder,
         num_classes: int,
         heads: int = 8,
         use_pe: bool = True,
@@ -291,19 +293,27 @@ class DCAMATeacher(nn.Module):
         area = flags.sum(0) * masks.shape[-1] * masks.shape[-2]
         return masks.sum(dim=(0, 2, 3)) / area.clamp_min(1.0)
 
-    def class_logits(self, query: Features, support: SupportFeatures, coarse: list[Tensor], present: Tensor) -> Tensor:
+    def class_logits(
+        self,
+        query: Features,
+        support: SupportFeatures,
+        coarse: list[Tensor],
+        present: Tensor,
+        skip: Tensor | SharedSkip | None = None,
+    ) -> Tensor:
         """Decode the coarse maps of the present classes.
 
         Args:
             coarse: per stage, N×n×h×w (all classes). present: N bool.
+            skip: the decoder's ``skip_features`` of this query, or None to compute them.
         Returns:
-            1×N×2×h×w (background, foreground) per class at the decoder's output stride; absent classes hold zeros
-            (merge_classes masks them).
+            1×N×2×h×w (background, foreground) per class at the decoder's ``class_stride``; absent classes hold
+            zeros (merge_classes masks them).
         """
         skip4 = query[0][-1]  # the stride-4 query map
-        skip = self.decoder.skip_features(skip4, query[1][-1])
-        scale = 4 // self.decoder.output_stride
-        out_size = (skip4.shape[-2] * scale, skip4.shape[-1] * scale)
+        if skip is None:
+            skip = self.decoder.skip_features(skip4, query[1][-1])
+        out_size = (skip4.shape[-2] * 4 // self.decoder.class_stride, skip4.shape[-1] * 4 // self.decoder.class_stride)
         classes = present.nonzero().flatten()
         if not classes.numel():
             return skip4.new_zeros(1, self.num_classes, 2, *out_size)
@@ -315,32 +325,40 @@ class DCAMATeacher(nn.Module):
     def decode_episode(
         self, query: Features, support: SupportFeatures, coarse: list[Tensor], present: Tensor
     ) -> Tensor:
-        """Merged 1×(N+1)×H×W logits of one query from its coarse maps (see :meth:`class_logits`)."""
-        return merge_classes(self.class_logits(query, support, coarse, present), present[None])
+        """Merged 1×(N+1)×h×w logits of one query at the decoder's output stride from its coarse maps (see
+        :meth:`class_logits`); absent classes get ``ABSENT_LOGIT``, also through a class-shared stage."""
+        skip = self.decoder.skip_features(query[0][-1], query[1][-1])
+        merged = merge_classes(self.class_logits(query, support, coarse, present, skip), present[None])
+        return self.decoder.refine(merged, skip)
 
-    def forward_episode(self, query: Features, support: SupportFeatures) -> tuple[Tensor, list[Tensor], Tensor]:
+    def forward_episode(
+        self, query: Features, support: SupportFeatures, skip: Tensor | SharedSkip | None = None
+    ) -> tuple[Tensor, list[Tensor], Tensor]:
         """One query image (batch 1) against one support chunk, all classes.
 
         Returns:
-            class_logits: 1×N×2×H×W; coarse: per stage N×n×h×w; present: N bool (classes the chunk shows).
+            class_logits: 1×N×2×h×w at the class stride; coarse: per stage N×n×h×w; present: N bool (classes the
+            chunk shows).
         """
         present = support.present.any(dim=0)
         coarse = self.coarse_maps(query, support, list(range(self.num_classes)))
-        return self.class_logits(query, support, coarse, present), coarse, present
+        return self.class_logits(query, support, coarse, present, skip), coarse, present
 
     @torch.no_grad()
     def predict_features(self, query: Features, support: SupportFeatures, voting: int | None = None) -> Tensor:
         """Inference for one query with the whole support set, voting over chunks of ``voting`` supports.
 
         Per class, each pixel takes the chunk with the largest foreground logit together with that chunk's
-        background logit (reference.md §1.4); then classes are merged. Returns 1×(N+1)×H×W logits.
+        background logit (reference.md §1.4); then classes are merged (and the decoder's class-shared stage, if it
+        has one, refines the merged logits). Returns 1×(N+1)×h×w logits at the output stride.
         """
         chunk = voting or self.voting
+        skip = self.decoder.skip_features(query[0][-1], query[1][-1])  # the same for every chunk
         best: Tensor | None = None
         seen = torch.zeros(self.num_classes, dtype=torch.bool, device=support.present.device)
         for start in range(0, len(support), chunk):
             part = support.select(list(range(start, min(start + chunk, len(support)))))
-            logits, _, present = self.forward_episode(query, part)
+            logits, _, present = self.forward_episode(query, part, skip)
             if best is None:
                 best = logits.clone()
             else:
@@ -350,7 +368,7 @@ class DCAMATeacher(nn.Module):
                 best = torch.where(better.expand_as(best), logits, best)
             seen |= present
         assert best is not None, "empty support set"
-        return merge_classes(best, seen[None])
+        return self.decoder.refine(merge_classes(best, seen[None]), skip)
 
     @torch.no_grad()
     def predict(self, images: Tensor, support: SupportFeatures, voting: int | None = None) -> Tensor:

@@ -10,11 +10,22 @@ from fsdistill.errors import ConfigError
 from fsdistill.models.backbone_specs import backbone_spec
 from fsdistill.models.decoder import DECODERS
 
-__all__ = ["SHOT_STEPS", "DEFAULT_WAYS", "DEFAULT_SHOTS", "ProfileCfg", "ProfileResult", "shot_grid"]
+__all__ = [
+    "SHOT_STEPS",
+    "DEFAULT_WAYS",
+    "DEFAULT_SHOTS",
+    "DEFAULT_TEACHER_MAX_WAYS",
+    "ProfileCfg",
+    "ProfileResult",
+    "shot_grid",
+]
 
 SHOT_STEPS = (1, 5, 10, 25, 50)
 DEFAULT_WAYS = 3
 DEFAULT_SHOTS = 10
+# The teacher's cost grows with ways × shots (minutes per query at 50 ways × 50 shots on a CPU) while the question
+# at many ways is the student's flatness: beyond this many ways only the student and the backbone are timed.
+DEFAULT_TEACHER_MAX_WAYS = 10
 
 
 @dataclass
@@ -23,6 +34,8 @@ class ProfileCfg:
 
     Attributes:
         ways: largest ways W (grid 1..W); None = 3, or the model's classes with ``model``.
+        teacher_max_ways: the teacher is timed only in cells of at most this many ways (0 = never); the student
+            and the backbone in every cell.
         shots: largest shots per class S (grid {1, 5, 10, 25, 50, S} up to S).
         backbone / size: random-weight models to build (None = efficientnet-lite0 / the backbone's default
             size); with ``model`` they come from the artifact and must be None or equal.
@@ -37,6 +50,7 @@ class ProfileCfg:
     """
 
     ways: int | None = None
+    teacher_max_ways: int = DEFAULT_TEACHER_MAX_WAYS
     shots: int = DEFAULT_SHOTS
     backbone: str | None = None
     size: int | None = None
@@ -61,6 +75,7 @@ class ProfileCfg:
             ("--batch-size", self.batch_size, 1),
             ("--warmup", self.warmup, 0),
             ("--runs", self.runs, 1),
+            ("--teacher-max-ways", self.teacher_max_ways, 0),
         ):
             if not isinstance(value, int) or value < low:
                 raise ConfigError(f"{flag} must be an integer of at least {low}, got {value}.")

@@ -88,6 +88,9 @@ def run_profile(cfg: ProfileCfg, quiet: bool = False) -> ProfileResult:
         info = {}
     shots_grid = shot_grid(cfg.shots)
     max_ways, max_shots = ways_grid[-1], shots_grid[-1]
+    teacher_ways = min(max_ways, cfg.teacher_max_ways)  # the teacher is timed up to this many ways
+    if not any(w <= teacher_ways for w in ways_grid):  # no teacher cell at all: no supports to encode either
+        base_teacher = None
 
     meter = MemoryMeter(device)
     runner = _Runner(cfg, device, meter)
@@ -103,9 +106,9 @@ def run_profile(cfg: ProfileCfg, quiet: bool = False) -> ProfileResult:
 
     supports = None
     if base_teacher is not None:
-        supports = _Supports(max_ways, max_shots, size, gen, device)
+        supports = _Supports(teacher_ways, max_shots, size, gen, device)
         if cfg.cache:
-            bar.set_postfix({"step": f"encoding {max_ways * max_shots} support images"}, refresh=True)
+            bar.set_postfix({"step": f"encoding {teacher_ways * max_shots} support images"}, refresh=True)
             try:
                 supports.encode(base_teacher)
             except BaseException as exc:
@@ -135,6 +138,8 @@ def run_profile(cfg: ProfileCfg, quiet: bool = False) -> ProfileResult:
         "cache": cfg.cache,
         "seed": cfg.seed,
         "grid": {"ways": ways_grid, "shots": shots_grid},
+        "teacher_max_ways": cfg.teacher_max_ways,
+        "teacher_ways": [w for w in ways_grid if w <= teacher_ways] if base_teacher is not None else [],
         "model": str(cfg.model) if cfg.model is not None else None,
         "weights": "run artifacts" if cfg.model is not None else "random init",
         "student_width": model_cfg.student_width if model_cfg is not None else None,
@@ -156,7 +161,7 @@ def run_profile(cfg: ProfileCfg, quiet: bool = False) -> ProfileResult:
 
     def cell_seconds(w: int, s: int) -> float | None:
         total = 0.0
-        groups = [["teacher"]] if plans["teacher"] else []
+        groups = [["teacher"]] if plans["teacher"] and w <= teacher_ways else []
         groups.append(["student", "backbone"] if plans["student"] else ["backbone"])
         for group in groups:
             guesses = [estimator.single_ms(model, w, s) for model in group]
@@ -180,7 +185,7 @@ def run_profile(cfg: ProfileCfg, quiet: bool = False) -> ProfileResult:
                 _free(device)
                 current = fixed if factory is None else factory.models(w)
             _measure_pair(current, w, s, query, runner, estimator, data)
-            if current.teacher is not None:
+            if current.teacher is not None and base_teacher is not None and w <= teacher_ways:
                 _measure_teacher(current, w, s, query, supports, cfg, runner, estimator, data)
             _write_tables(out, data)
             bar.update(1)
@@ -189,7 +194,7 @@ def run_profile(cfg: ProfileCfg, quiet: bool = False) -> ProfileResult:
     data["complete"] = True
     data["load_average_end"] = _load_average()
     data["seconds"] = round(time.perf_counter() - wall0, 1)
-    data["ratios"] = headline_ratios(data["rows"], max_ways, max_shots)
+    data["ratios"] = headline_ratios(data["rows"], max_ways, max_shots, teacher_ways)
     files = _write_tables(out, data)
     files["md"] = write_atomic(out / "profile.md", render_markdown(data))
     files["png"] = _write_plot(out / "profile.png", data)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +36,23 @@ CSV_COLUMNS = (
 )
 
 
-def headline_ratios(rows: list[dict[str, Any]], ways: int, shots: int) -> dict[str, Any]:
-    """The paper's three headline ratios (p50 latencies; None where a value is missing).
+def headline_ratios(
+    rows: list[dict[str, Any]], ways: int, shots: int, teacher_ways: int | None = None
+) -> dict[str, Any]:
+    """The paper's three headline ratios (p50 latencies; None where a value is missing), and per-ways figures.
 
     - ``student_max_over_min``: slowest / fastest student cell over the whole grid (flat in ways and shots = 1).
-    - ``teacher_over_student``: teacher / student at the largest cell (ways, shots).
+    - ``teacher_over_student``: teacher / student at the largest cell the teacher was timed in
+      (``teacher_cell``: ``teacher_ways`` ways, default all of them, and the largest shots).
     - ``student_over_backbone``: student / bare backbone at the largest cell (measured alternately there); also
       the worst cell (``student_over_backbone_max``).
     - ``student_paired_max_over_min``: max / min over the grid of each cell's student / backbone ratio. The
       backbone does the same work in every cell, so this is the student's flatness with the machine's speed drift
       between cells divided out (on a shared VM the bare backbone alone moved 1.6× between cells).
+    - ``student_over_backbone_by_ways``: per ways value (a string key, as JSON has), the median over its shots
+      cells of the paired student / backbone ratio: the student's cost per number of classes.
+    - ``peak_mem_mb_largest_cell``: peak memory (MB) of each model in the largest cell (the teacher's in
+      ``teacher_cell``).
     """
 
     def p50(model: str, w: int, s: int | None = None) -> float | None:
@@ -53,18 +61,38 @@ def headline_ratios(rows: list[dict[str, Any]], ways: int, shots: int) -> dict[s
                 return r["p50_ms"]
         return None
 
+    def peak(model: str, w: int, s: int) -> float | None:
+        return next((r.get("peak_mem_mb") for r in rows if (r["model"], r["ways"], r["shots"]) == (model, w, s)), None)
+
+    t_ways = ways if teacher_ways is None else min(ways, teacher_ways)
     students = [r for r in rows if r["model"] == "student" and r["status"] == "ok"]
     lat = [r["p50_ms"] for r in students]
-    teacher, student, backbone = p50("teacher", ways, shots), p50("student", ways, shots), p50("backbone", ways, shots)
+    teacher, student, backbone = (
+        p50("teacher", t_ways, shots),
+        p50("student", ways, shots),
+        p50("backbone", ways, shots),
+    )
     per_cell = [r["p50_ms"] / b for r in students if (b := p50("backbone", r["ways"], r["shots"]))]
+    by_ways: dict[str, float] = {}
+    for w in sorted({r["ways"] for r in students}):
+        cells = sorted(r["p50_ms"] / b for r in students if r["ways"] == w and (b := p50("backbone", w, r["shots"])))
+        if cells:
+            by_ways[str(w)] = round(statistics.median(cells), 3)
     ratio = lambda a, b: round(a / b, 3) if a is not None and b else None  # noqa: E731
     return {
         "largest_cell": {"ways": ways, "shots": shots},
+        "teacher_cell": {"ways": t_ways, "shots": shots} if t_ways >= 1 else None,
         "student_max_over_min": ratio(max(lat), min(lat)) if lat else None,
-        "teacher_over_student": ratio(teacher, student),
+        "teacher_over_student": ratio(teacher, p50("student", t_ways, shots)),
         "student_over_backbone": ratio(student, backbone),
         "student_over_backbone_max": round(max(per_cell), 3) if per_cell else None,
         "student_paired_max_over_min": round(max(per_cell) / min(per_cell), 3) if per_cell else None,
+        "student_over_backbone_by_ways": by_ways,
+        "peak_mem_mb_largest_cell": {
+            "teacher": peak("teacher", t_ways, shots),
+            "student": peak("student", ways, shots),
+            "backbone": peak("backbone", ways, shots),
+        },
     }
 
 
@@ -109,8 +137,12 @@ def render_markdown(data: dict[str, Any]) -> str:
         "student and backbone runs alternate within a cell",
         f"- memory layout: student and backbone {_pair_layout(data)} (as predict runs the student), teacher default",
         "",
-        "| ways | shots | teacher ms | teacher MB | student ms | student MB | backbone ms | backbone MB | teacher / student |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"- teacher timed up to {data.get('teacher_max_ways', 'all')} ways (`--teacher-max-ways`); "
+        "student and backbone in every cell",
+        "",
+        "| ways | shots | teacher ms | teacher MB | student ms | student MB | backbone ms | backbone MB "
+        "| teacher / student | student / backbone |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for w in data["grid"]["ways"]:
         for s in data["grid"]["shots"]:
@@ -123,7 +155,13 @@ def render_markdown(data: dict[str, Any]) -> str:
                 if t and st and t["status"] == "ok" and st["status"] == "ok" and st["p50_ms"]
                 else "–"
             )
-            lines.append(f"| {w} | {s} | {t_ms} | {t_mb} | {s_ms} | {s_mb} | {b_ms} | {b_mb} | {speedup} |")
+            bb = rows.get(("backbone", w, s))
+            paired = (
+                f"{st['p50_ms'] / bb['p50_ms']:,.2f}×"
+                if st and bb and st["status"] == "ok" and bb["status"] == "ok" and bb["p50_ms"]
+                else "–"
+            )
+            lines.append(f"| {w} | {s} | {t_ms} | {t_mb} | {s_ms} | {s_mb} | {b_ms} | {b_mb} | {speedup} | {paired} |")
     params = {}
     for x in data["rows"]:
         params[x["model"]] = max(params.get(x["model"], 0), x["params"])
@@ -136,15 +174,25 @@ def render_markdown(data: dict[str, Any]) -> str:
     ]
     r = data.get("ratios") or {}
     cell = r.get("largest_cell", {})
+    t_cell = r.get("teacher_cell") or {}
     fmt = lambda x: "n/a" if x is None else f"{x:,.2f}×"  # noqa: E731
     lines += [
         f"- student latency max / min over the grid: {fmt(r.get('student_max_over_min'))} (per-cell student / "
         f"backbone, max / min: {fmt(r.get('student_paired_max_over_min'))}, the machine's drift divided out)",
-        f"- teacher / student at {cell.get('ways')}-way {cell.get('shots')}-shot: {fmt(r.get('teacher_over_student'))}",
+        f"- teacher / student at {t_cell.get('ways')}-way {t_cell.get('shots')}-shot: "
+        f"{fmt(r.get('teacher_over_student'))}"
+        if t_cell
+        else "- teacher: not timed (`--teacher-max-ways 0`, or no teacher in the run)",
         f"- student / bare backbone at {cell.get('ways')}-way: {fmt(r.get('student_over_backbone'))}"
         f" (worst cell {fmt(r.get('student_over_backbone_max'))})",
-        "",
     ]
+    by_ways = r.get("student_over_backbone_by_ways") or {}
+    if by_ways:
+        lines.append(
+            "- student / bare backbone by ways (median over shots): "
+            + ", ".join(f"{w}: {v:,.2f}×" for w, v in by_ways.items())
+        )
+    lines.append("")
     oom = [f"{x['model']} {x['ways']}w{x['shots']}s" for x in data["rows"] if x["status"] != "ok"]
     if oom:
         lines += [f"Out of memory: {', '.join(oom)} (MB column: the peak reached before it failed).", ""]
