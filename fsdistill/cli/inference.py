@@ -32,6 +32,18 @@ ShardOpt = Annotated[
         "arrays: run I = 0..N-1 into the same -o folder; the last shard to finish merges predictions.csv.",
     ),
 ]
+# The Ray engine's options, shared by predict and suggest.
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        help="With --engine ray: the cluster to join (auto, or ray://HOST:10001; default: a new local one).",
+    ),
+]
+GpusPerWorkerOpt = Annotated[
+    float | None,
+    typer.Option("--gpus-per-worker", min=0, help="With --engine ray: GPUs per actor (default 0; 0.5 shares one)."),
+]
 
 
 @model_command
@@ -91,17 +103,8 @@ def predict(
             "outputs, written by this process.",
         ),
     ] = "local",
-    address: Annotated[
-        str | None,
-        typer.Option(
-            "--address",
-            help="With --engine ray: the cluster to join (auto, or ray://HOST:10001; default: a new local one).",
-        ),
-    ] = None,
-    gpus_per_worker: Annotated[
-        float | None,
-        typer.Option("--gpus-per-worker", min=0, help="With --engine ray: GPUs per actor (default 0; 0.5 shares one)."),
-    ] = None,
+    address: RayAddressOpt = None,
+    gpus_per_worker: GpusPerWorkerOpt = None,
     shard: ShardOpt = None,
     device: DeviceOpt = "auto",
     seed: InferSeedOpt = None,
@@ -389,17 +392,8 @@ def suggest(
             "ranking.",
         ),
     ] = "local",
-    address: Annotated[
-        str | None,
-        typer.Option(
-            "--address",
-            help="With --engine ray: the cluster to join (auto, or ray://HOST:10001; default: a new local one).",
-        ),
-    ] = None,
-    gpus_per_worker: Annotated[
-        float | None,
-        typer.Option("--gpus-per-worker", min=0, help="With --engine ray: GPUs per actor (default 0; 0.5 shares one)."),
-    ] = None,
+    address: RayAddressOpt = None,
+    gpus_per_worker: GpusPerWorkerOpt = None,
     shard: Annotated[
         str | None,
         typer.Option(
