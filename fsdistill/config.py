@@ -160,8 +160,9 @@ class TrainCfg(_Strict):
         "alone (no teacher, no episode; class-balanced like the queries); 0 = episodes only",
     )
     max_shots: int = Field(3, ge=1, description="support images per training episode (at most)")
-    # mean: on nuclei K = 2 +0.033 over no pool where the teacher's labels gave +0.040 and the student's +0.012;
-    # on brain K = 2 +0.003 where the teacher's gave -0.013 (docs/benchmarks.md, "Unlabeled pool").
+    # mean: on nuclei K = 2 +0.033 over no pool (seed 0) where the teacher's labels gave +0.040 and the student's
+    # +0.012; on brain K = 2 +0.003 where the teacher's gave -0.013; over 2 seeds +0.015 and +0.004
+    # (docs/benchmarks.md, "Unlabeled pool").
     pool_labeller: Literal["teacher", "student", "mean", "agree"] = Field(
         "mean",
         description="distill --unlabeled: who labels the pool after the support phase: the adapted teacher (against "
