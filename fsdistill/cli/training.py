@@ -133,7 +133,7 @@ def distill(
         Path | None,
         typer.Option(
             "--unlabeled",
-            help="A folder of unlabeled images like the supports: after training on the supports the teacher labels "
+            help="A folder of unlabeled images like the supports: after training on the supports teacher and student label "
             "them and the student also learns from them.",
         ),
     ] = None,
