@@ -18,7 +18,7 @@ from fsdistill.data.discover import SupportIndex, discover
 from fsdistill.errors import CheckpointError, ConfigError, DataError, FsdistillError
 from fsdistill.infer.formats import FormatOptions
 from fsdistill.infer.predictor import Predictor, PredictResult, Runner, list_images, predict_files
-from fsdistill.infer.ray_engine import ENGINES, RayRunner, require_ray
+from fsdistill.infer.ray_engine import RayRunner, resolve_engine
 from fsdistill.infer.shard import Shard, parse_shard
 from fsdistill.metrics import ConfusionMatrix
 from fsdistill.models.build import (
@@ -185,13 +185,8 @@ def predict(
     """
     format_options = FormatOptions.parse(formats, coco_rle, image_root_url)
     shard = parse_shard(shard)
-    engine = (engine or "local").lower()
-    if engine not in ENGINES:
-        raise ConfigError(f"Unknown engine '{engine}'; use one of {', '.join(ENGINES)}.")
-    if engine == "local" and (address is not None or gpus_per_worker is not None):
-        raise ConfigError("--address and --gpus-per-worker apply to --engine ray; add --engine ray or drop them.")
+    engine = resolve_engine(engine, address, gpus_per_worker)
     if engine == "ray":
-        require_ray()  # before the model loads: a missing extra is the first thing to say
         if (backend or "torch").lower() != "torch" or (model is not None and Path(model).suffix.lower() == ".onnx"):
             raise ConfigError("--engine ray runs the torch backend; drop --backend onnx or use --engine local.")
         # The driver's copy only labels the outputs (classes, palette, manifest): on the CPU, leaving the GPUs to

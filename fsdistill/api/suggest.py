@@ -137,7 +137,7 @@ def suggest(
             readable, an unwritable output. CheckpointError: no student, or a teacher that does not load or
             does not match it.
     """
-    from fsdistill.infer.ray_engine import ENGINES, RayScorer, require_ray
+    from fsdistill.infer.ray_engine import RayScorer, resolve_engine
     from fsdistill.infer.suggest import (
         Suggestion,
         SuggestScorer,
@@ -156,13 +156,7 @@ def suggest(
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1 (got {batch_size}).")
     shard = parse_shard(shard)
-    engine = (engine or "local").lower()
-    if engine not in ENGINES:
-        raise ConfigError(f"Unknown engine '{engine}'; use one of {', '.join(ENGINES)}.")
-    if engine == "local" and (address is not None or gpus_per_worker is not None):
-        raise ConfigError("--address and --gpus-per-worker apply to --engine ray; add --engine ray or drop them.")
-    if engine == "ray":
-        require_ray()  # before anything loads: a missing extra is the first thing to say
+    engine = resolve_engine(engine, address, gpus_per_worker)
     pools = [Path(p) for p in ([pool] if isinstance(pool, (str, Path)) else pool)]
     for path in pools:
         if not path.exists():

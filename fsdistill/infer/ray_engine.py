@@ -33,7 +33,7 @@ from fsdistill.errors import ConfigError, DependencyError
 from fsdistill.infer.predictor import Predictor, Runner
 from fsdistill.runtime import raise_if_interrupted
 
-__all__ = ["ENGINES", "RayRunner", "RayScorer", "require_ray"]
+__all__ = ["ENGINES", "RayRunner", "RayScorer", "require_ray", "resolve_engine"]
 
 ENGINES = ("local", "ray")
 RAY_BATCH_IMAGES = 32  # images per Ray task, at least (see RayRunner._remote)
@@ -49,6 +49,23 @@ def require_ray() -> Any:
             "--engine ray needs Ray Data, which is not installed; install it with pip install 'fsdistill[ray]'."
         ) from None
     return ray
+
+
+def resolve_engine(engine: str | None, address: str | None, gpus_per_worker: float | None) -> str:
+    """The engine asked for, lower-cased (None: local), checked against the options given with it; for ray, Ray is
+    imported first (a missing extra is the first thing to say, before any model loads).
+
+    Raises:
+        ConfigError: an unknown engine, or ray's options without ``engine="ray"``. DependencyError: no Ray Data.
+    """
+    engine = (engine or "local").lower()
+    if engine not in ENGINES:
+        raise ConfigError(f"Unknown engine '{engine}'; use one of {', '.join(ENGINES)}.")
+    if engine == "local" and (address is not None or gpus_per_worker is not None):
+        raise ConfigError("--address and --gpus-per-worker apply to --engine ray; add --engine ray or drop them.")
+    if engine == "ray":
+        require_ray()
+    return engine
 
 
 class _PredictActor:
