@@ -252,7 +252,6 @@ def _train_on_pool(
     base_info: dict[str, Any] = {
         "root": str(cfg.unlabeled),
         "pool_size": total,
-        "labeller": cfg.train.pool_labeller,
         "support_steps": support_stats.steps,
     }
     # What the teacher can be trusted with: the classes it finds in each support from the other supports.
