@@ -18,12 +18,12 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from fsdistill import distributed
 from fsdistill.config import TRAINABLE_GROUPS, TrainCfg
 from fsdistill.models.student import DistilledStudent
-from fsdistill.models.teacher import DCAMATeacher
+from fsdistill.models.teacher import DCAMATeacher, Features, SupportFeatures
 from fsdistill.runtime import progress, raise_if_interrupted
 from fsdistill.train.episodes import EpisodeSampler, FeatureCache, PairAttention
 from fsdistill.train.losses import coarse_mse, segmentation_loss
@@ -72,6 +72,23 @@ def set_trainable(teacher: DCAMATeacher, names: list[str]) -> list[nn.Parameter]
                 p.requires_grad_(True)
             params += group
     return params
+
+
+def teacher_loss(
+    teacher: DCAMATeacher,
+    q_feats: Features,
+    q_mask: Tensor,
+    support: SupportFeatures,
+    coarse: list[Tensor],
+    present: Tensor,
+    cfg: TrainCfg,
+) -> Tensor:
+    """The teacher's episode loss: its logits decoded from ``coarse`` against the query mask (1×H×W) of the classes
+    the sampled supports show (``present``, N booleans); a class no support shows cannot be found: background."""
+    logits = teacher.decode_episode(q_feats, support, coarse, present)
+    absent_ids = (~present).nonzero().flatten() + 1
+    target = torch.where(torch.isin(q_mask, absent_ids), torch.zeros_like(q_mask), q_mask)
+    return segmentation_loss(logits, target, cfg.focal_gamma, cfg.dice_weight)
 
 
 def train(
@@ -146,13 +163,9 @@ def train(
             else:
                 coarse_t = teacher.coarse_maps(q_feats, support, list(range(teacher.num_classes)))
             present = support.present.any(dim=0)
-            t_logits = teacher.decode_episode(q_feats, support, coarse_t, present)
-            # Classes that no sampled support shows cannot be found by the teacher: background in its target.
-            absent_ids = (~present).nonzero().flatten() + 1
-            t_target = torch.where(torch.isin(q_mask, absent_ids), torch.zeros_like(q_mask), q_mask)
             losses = {}
             if student is None:
-                losses["teacher"] = segmentation_loss(t_logits, t_target, cfg.focal_gamma, cfg.dice_weight)
+                losses["teacher"] = teacher_loss(teacher, q_feats, q_mask, support, coarse_t, present, cfg)
                 loss = losses["teacher"]
             else:
                 s_logits, coarse_s = student.forward_features(q_feats)
@@ -164,7 +177,7 @@ def train(
                 if freeze_teacher:
                     loss = (losses["student"] + distill_term) / 2
                 else:
-                    losses["teacher"] = segmentation_loss(t_logits, t_target, cfg.focal_gamma, cfg.dice_weight)
+                    losses["teacher"] = teacher_loss(teacher, q_feats, q_mask, support, coarse_t, present, cfg)
                     loss = (losses["teacher"] + losses["student"] + distill_term) / 3
             if not math.isfinite(float(loss.detach())):
                 raise FloatingPointError(f"non-finite loss {float(loss.detach())} at step {stats.steps}")
