@@ -7,7 +7,10 @@ Only the model work moves: :class:`RayRunner` is a :class:`~fsdistill.infer.pred
 and :func:`~fsdistill.infer.predictor.predict_files` writes masks, overlays, CSV and manifest exactly as it does
 for a local run (the same code), so the outputs are the same bytes and resume skips done images before the
 dataset is built. An unreadable image comes back as that image's error, not a failed job. Input paths must be
-readable by the workers (one machine, or a filesystem shared by the cluster's nodes).
+readable by the workers (one machine, or a filesystem shared by the cluster's nodes), or be in an object store
+(``s3://``, ``gs://``, :mod:`fsdistill.storage`): each actor then reads its images from the store itself, through
+the driver's pyarrow filesystem (pickled with its endpoint and credential options), and the driver writes the
+outputs to ``-o`` wherever that is.
 
 ``suggest --engine ray`` uses the same actor pool for its scoring pass: :class:`RayScorer` streams the pool
 through actors that each load the student (and teacher) once and score their batches with
@@ -30,8 +33,9 @@ import numpy as np
 import torch
 
 from fsdistill.errors import ConfigError, DependencyError
-from fsdistill.infer.predictor import Predictor, Runner
+from fsdistill.infer.predictor import Predictor, Runner, Source
 from fsdistill.runtime import raise_if_interrupted
+from fsdistill.storage import StoredFile
 
 __all__ = ["ENGINES", "RayRunner", "RayScorer", "require_ray", "resolve_engine"]
 
@@ -68,18 +72,48 @@ def resolve_engine(engine: str | None, address: str | None, gpus_per_worker: flo
     return engine
 
 
+def _rows(paths: list[Source]) -> tuple[list[str], list[int], list[Any]]:
+    """The dataset's columns of ``paths``: each one as a string (an absolute local path, or a URI) and the index
+    of its object store's filesystem in the returned list (-1: a local file), which goes to the actors once."""
+    names, stores, filesystems = [], [], []
+    for path in paths:
+        if isinstance(path, StoredFile):
+            if not any(path.fs is fs for fs in filesystems):
+                filesystems.append(path.fs)
+            stores.append(next(i for i, fs in enumerate(filesystems) if path.fs is fs))
+            names.append(str(path))
+        else:
+            stores.append(-1)
+            names.append(str(Path(path).resolve()))
+    return names, stores, filesystems
+
+
+def _sources(batch: dict[str, np.ndarray], filesystems: list[Any]) -> list[Source]:
+    """The image sources of a batch of :func:`_rows`' columns, in an actor."""
+    sources: list[Source] = []
+    for name, store in zip(batch["path"], batch["store"]):
+        name, store = str(name), int(store)
+        if store < 0:
+            sources.append(Path(name))
+        else:
+            scheme, path = name.split("://", 1)
+            sources.append(StoredFile(filesystems[store], path, scheme))
+    return sources
+
+
 class _PredictActor:
     """One Ray actor: loads the student once, then predicts the batches Ray Data hands it."""
 
-    def __init__(self, model: str, device: str, batch_size: int) -> None:
+    def __init__(self, model: str, device: str, batch_size: int, filesystems: list[Any] | None = None) -> None:
         from fsdistill.models.build import load_model
         from fsdistill.runtime import resolve_device
 
         self.predictor = Predictor(load_model(Path(model), kind=None), resolve_device(device))
         self.batch_size = batch_size
+        self.filesystems = filesystems or []
 
     def __call__(self, batch: dict[str, np.ndarray], scored: bool = False) -> dict[str, np.ndarray]:
-        paths = [Path(str(p)) for p in batch["path"]]
+        paths = _sources(batch, self.filesystems)
         rows: dict[str, list] = {k: [] for k in ("index", "mask", "height", "width", "probs", "probs_shape", "error")}
         # Forward passes of predict's batch size; no decode processes inside an actor (the actors are the
         # parallelism).
@@ -137,34 +171,36 @@ class RayRunner(Runner):
         return self.local.identity()  # the same model: a folder may be resumed with either engine
 
     def iterate(
-        self, paths: list[Path], batch_size: int = 8, workers: int = 2
+        self, paths: list[Source], batch_size: int = 8, workers: int = 2
     ) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
         """Yield ``(index, mask or None, error or None)`` per path, in the order the actors finish them."""
         for index, mask, _, error in self._remote(paths, batch_size, scored=False):
             yield index, mask, error
 
     def iterate_scored(
-        self, paths: list[Path], batch_size: int = 8, workers: int = 2
+        self, paths: list[Source], batch_size: int = 8, workers: int = 2
     ) -> Iterator[tuple[int, np.ndarray | None, np.ndarray | None, str | None]]:
         """As :meth:`iterate`, plus each image's class probabilities (see :meth:`Runner.iterate_scored`)."""
         yield from self._remote(paths, batch_size, scored=True)
 
     def _remote(
-        self, paths: list[Path], batch_size: int, scored: bool
+        self, paths: list[Source], batch_size: int, scored: bool
     ) -> Iterator[tuple[int, np.ndarray | None, np.ndarray | None, str | None]]:
         if not paths:
             return
-        absolute = [str(Path(p).resolve()) for p in paths]
+        absolute, stores, filesystems = _rows(paths)
+        kwargs = {"model": str(self.model.resolve()), "device": self.device, "batch_size": batch_size}
         batches = _map_paths(
             self.ray,
             self.address,
             absolute,
             _PredictActor,
-            {"model": str(self.model.resolve()), "device": self.device, "batch_size": batch_size},
+            {**kwargs, "filesystems": filesystems},
             {"scored": scored},
             batch_size,
             self.workers,
             self.gpus_per_worker,
+            stores,
         )
         for batch in batches:
             for j, index in enumerate(batch["index"]):
@@ -328,13 +364,17 @@ def _map_paths(
     batch_size: int,
     workers: int | None,
     gpus_per_worker: float,
+    stores: list[int] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Stream ``{"index", "path"}`` rows of ``paths`` through a pool of ``actor`` (Ray Data ``map_batches`` with
-    ``ActorPoolStrategy``) and yield the result batches (numpy columns) as they finish."""
+    """Stream ``{"index", "path", "store"}`` rows of ``paths`` through a pool of ``actor`` (Ray Data
+    ``map_batches`` with ``ActorPoolStrategy``) and yield the result batches (numpy columns) as they finish.
+    ``stores``: per path, its filesystem's index among the actor's (see :func:`_rows`; None: all local)."""
+    stores = stores if stores is not None else [-1] * len(paths)
     with _ray_session(ray, address):
         from ray.data import ActorPoolStrategy
 
-        dataset = ray.data.from_items([{"index": i, "path": p} for i, p in enumerate(paths)])
+        rows = [{"index": i, "path": p, "store": k} for i, (p, k) in enumerate(zip(paths, stores))]
+        dataset = ray.data.from_items(rows)
         dataset = dataset.map_batches(
             actor,
             fn_constructor_kwargs=constructor_kwargs,
