@@ -11,9 +11,11 @@ from fsdistill.cli.common import (
     BackboneOpt,
     DecoderOpt,
     DeviceOpt,
+    GpusPerWorkerOpt,
     InferSeedOpt,
     ModelOpt,
     QuietOpt,
+    RayAddressOpt,
     SeedOpt,
     SizeOpt,
     _bar,
@@ -31,18 +33,6 @@ ShardOpt = Annotated[
         help="Do only shard I of N (0 <= I < N) of the sorted image list: image k goes to shard k mod N. For job "
         "arrays: run I = 0..N-1 into the same -o folder; the last shard to finish merges predictions.csv.",
     ),
-]
-# The Ray engine's options, shared by predict and suggest.
-RayAddressOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--address",
-        help="With --engine ray: the cluster to join (auto, or ray://HOST:10001; default: a new local one).",
-    ),
-]
-GpusPerWorkerOpt = Annotated[
-    float | None,
-    typer.Option("--gpus-per-worker", min=0, help="With --engine ray: GPUs per actor (default 0; 0.5 shares one)."),
 ]
 
 
