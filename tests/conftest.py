@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import SynData, TinyData, examples_dir, examples_missing, tiny_distill
+from helpers import TINY_MODEL, SynData, TinyData, examples_dir, examples_missing, tiny_distill
 
 
 @pytest.fixture
@@ -86,6 +86,27 @@ def shaken_multi_student(tiny_multi_run, tmp_path_factory) -> Path:
         support_info=config["support"],
         training=config["training"],
     )
+
+
+@pytest.fixture(scope="module")
+def tiny_pool_models(tiny_data):
+    """A random tiny teacher + student on the 3-class tiny folder, with its feature cache (pool labelling tests)."""
+    import torch
+
+    from fsdistill.config import ModelCfg
+    from fsdistill.data.discover import discover
+    from fsdistill.data.support_tensors import load_support_tensors
+    from fsdistill.models.build import build_student, build_teacher
+    from fsdistill.train.episodes import FeatureCache
+
+    torch.manual_seed(0)
+    cfg = ModelCfg(**TINY_MODEL)
+    index = discover(tiny_data.multi)
+    teacher = build_teacher(cfg, len(index.class_names) - 1, pretrained=False)
+    student = build_student(teacher, cfg.student_width)
+    support = load_support_tensors(index, cfg.size)
+    cache = FeatureCache(teacher, support, torch.device("cpu"), augment=False)
+    return teacher, student, cache, support
 
 
 # --- the real example data: tests marked ``examples`` (pytest -m "not examples" leaves them out) -----------------

@@ -202,14 +202,14 @@ def interrupt_mask_writes_after(monkeypatch, count: int) -> list[Path]:
     """
     from fsdistill.infer import predictor as predictor_module
 
-    real_write = predictor_module.write_index_png
+    real_write = predictor_module.write_mask
     written: list[Path] = []
 
-    def dies_after_count(path, mask, palette):
+    def dies_after_count(out, key, mask, palette, text=None):
         if len(written) == count:
             raise KeyboardInterrupt
-        real_write(path, mask, palette)
-        written.append(path)
+        real_write(out, key, mask, palette, text)
+        written.append(Path(out.display(key)))
 
-    monkeypatch.setattr(predictor_module, "write_index_png", dies_after_count)
+    monkeypatch.setattr(predictor_module, "write_mask", dies_after_count)
     return written

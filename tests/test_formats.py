@@ -293,18 +293,18 @@ def test_resumed_run_writes_the_same_format_files(
 ) -> None:
     from fsdistill.infer import predictor as predictor_module
 
-    real_write = predictor_module.write_index_png
+    real_write = predictor_module.write_mask
     count = []
 
-    def dies_after_two(path, mask, palette, **kw):
+    def dies_after_two(out, key, mask, palette, text=None):
         if len(count) == 2:
             raise KeyboardInterrupt
-        real_write(path, mask, palette, **kw)
-        count.append(path)
+        real_write(out, key, mask, palette, text)
+        count.append(key)
 
     options = dict(device="cpu", workers=0, batch_size=4, formats="coco,cvat,labelstudio",
                    image_root_url="http://files.example/data/")  # fmt: skip
-    monkeypatch.setattr(predictor_module, "write_index_png", dies_after_two)
+    monkeypatch.setattr(predictor_module, "write_mask", dies_after_two)
     with pytest.raises(KeyboardInterrupt):
         api.predict([pictures], tmp_path, shaken_multi_student, **options)
     monkeypatch.undo()

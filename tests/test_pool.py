@@ -10,11 +10,8 @@ from typer.testing import CliRunner
 
 from fsdistill import api
 from fsdistill.cli import app
-from fsdistill.config import DistillCfg, ModelCfg, TrainCfg, load_config
-from fsdistill.data.discover import discover
-from fsdistill.data.support_tensors import load_support_tensors
-from fsdistill.models.build import build_student, build_teacher, load_model
-from fsdistill.train.episodes import FeatureCache
+from fsdistill.config import DistillCfg, TrainCfg, load_config
+from fsdistill.models.build import load_model
 from fsdistill.train.fit import train
 from fsdistill.train.losses import IGNORE_INDEX
 from fsdistill.train.pool import label_pool, pseudo_labels
@@ -50,19 +47,6 @@ def test_pseudo_labels_keep_confident_pixels_of_the_chosen_labeller() -> None:
     assert pseudo_labels(three_t, three_s, "student", 0.5, trusted).flatten().tolist() == [0, 0, 2, 1]
     with pytest.raises(ValueError, match="unknown pool labeller"):
         pseudo_labels(teacher, student, "oracle", 0.5)
-
-
-@pytest.fixture(scope="module")
-def tiny_pool_models(tiny_data):
-    """A random tiny teacher + student on the 3-class tiny folder, with its feature cache."""
-    torch.manual_seed(0)
-    cfg = ModelCfg(**TINY_MODEL)
-    index = discover(tiny_data.multi)
-    teacher = build_teacher(cfg, len(index.class_names) - 1, pretrained=False)
-    student = build_student(teacher, cfg.student_width)
-    support = load_support_tensors(index, cfg.size)
-    cache = FeatureCache(teacher, support, torch.device("cpu"), augment=False)
-    return teacher, student, cache, support
 
 
 def test_label_pool_caches_features_targets_and_labels(tiny_pool_models) -> None:

@@ -470,11 +470,11 @@ def test_distill_killed_while_saving_the_student(runner, tiny_data, tmp_path) ->
 SLOW_MASKS = (
     "import time\n"
     "from fsdistill.infer import predictor\n"
-    "real = predictor.write_index_png\n"
-    "def slow(path, mask, palette):\n"
+    "real = predictor.write_mask\n"
+    "def slow(out, key, mask, palette, text=None):\n"
     "    time.sleep(0.1)\n"
-    "    real(path, mask, palette)\n"
-    "predictor.write_index_png = slow\n"
+    "    real(out, key, mask, palette, text)\n"
+    "predictor.write_mask = slow\n"
 )
 
 

@@ -130,8 +130,8 @@ PREDICT_BACKENDS = ("torch", "onnx")
 
 
 def predict(
-    inputs: list[Path],
-    out_dir: Path,
+    inputs: Sequence[Path | str],
+    out_dir: Path | str,
     model: Path | None = None,
     device: str = "auto",
     batch_size: int | None = None,
@@ -151,6 +151,10 @@ def predict(
     gpus_per_worker: float | None = None,
 ) -> PredictResult:
     """Support-free batch inference with a student: masks at each image's original size (see predict_files).
+
+    ``inputs`` and ``out_dir``: local paths, or object-store prefixes given as str (``s3://bucket/prefix``,
+    ``gs://bucket/prefix``, through pyarrow's filesystems: the ray extra; see :mod:`fsdistill.storage` for
+    credentials and endpoints), with either engine. The files written are the same.
 
     ``formats``: ``png`` (the masks, always written) and any of ``coco``, ``cvat``, ``labelstudio`` (a list, or
     comma-separated), pre-labels for annotation tools written after the masks (:mod:`fsdistill.infer.formats`);
@@ -181,7 +185,9 @@ def predict(
         ConfigError: an unknown backend, engine or format, a format option without its format, an ``.onnx``
             model with the torch backend, a bad ``shard`` or one combined with a pre-label format, Ray options
             without ``engine="ray"``.
-        DependencyError: the onnx backend without onnxruntime, the ray engine without Ray Data installed.
+        DependencyError: the onnx backend without onnxruntime, the ray engine or an object-store URI without
+            the ray extra installed.
+        DataError: an object store that cannot be reached (unknown bucket, refused credentials, no endpoint).
     """
     format_options = FormatOptions.parse(formats, coco_rle, image_root_url)
     shard = parse_shard(shard)

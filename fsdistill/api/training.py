@@ -33,7 +33,8 @@ from fsdistill.data.discover import SupportIndex, discover
 from fsdistill.data.masks import IGNORE_INDEX
 from fsdistill.data.support_tensors import load_support_tensors
 from fsdistill.errors import CheckpointError, ConfigError, DataError
-from fsdistill.infer.predictor import image_batches, list_images
+from fsdistill.infer.predictor import list_images
+from fsdistill.infer.ray_engine import RayPoolLabeller, resolve_engine
 from fsdistill.models.build import (
     LoadedModel,
     build_student,
@@ -48,7 +49,7 @@ from fsdistill.models.teacher import DCAMATeacher
 from fsdistill.runtime import progress, resolve_device, seed_everything
 from fsdistill.train.episodes import FeatureCache
 from fsdistill.train.fit import TrainStats, train
-from fsdistill.train.pool import label_pool
+from fsdistill.train.pool import join_pool, label_files
 from fsdistill.train.support_check import check_supports
 
 log = logging.getLogger(__name__)
@@ -216,16 +217,40 @@ def _pool_fingerprint(root: Path, paths: list[Path]) -> str:
     return h.hexdigest()
 
 
+def _pool_engine(
+    cfg: DistillCfg, engine: str | None, address: str | None, workers: int | None, gpus_per_worker: float | None
+) -> RayPoolLabeller | None:
+    """The Ray labeller of the pool for ``engine="ray"`` (None: label it in this process), its options checked
+    before anything is trained (a missing ray extra first).
+
+    Raises:
+        ConfigError: an unknown engine, Ray's options without it, ``ray`` without a pool or under torchrun.
+        DependencyError: ``ray`` without the ray extra.
+    """
+    engine = resolve_engine(engine, address, gpus_per_worker)
+    if engine == "local":
+        if workers is not None:
+            raise ConfigError("--workers sets the Ray actors that label the pool; add --engine ray or drop it.")
+        return None
+    if cfg.unlabeled is None:
+        raise ConfigError("--engine ray labels the --unlabeled pool; add --unlabeled POOL or drop --engine ray.")
+    if distributed.world_size() > 1:
+        raise ConfigError("--engine ray labels the pool from one process; run distill without torchrun for it.")
+    return RayPoolLabeller(cfg.device, address, workers, gpus_per_worker or 0.0)
+
+
 def _train_on_pool(
     cfg: DistillCfg,
     paths: list[Path],
     total: int,
     teacher: DCAMATeacher,
+    teacher_cfg: ModelCfg,
     student: DistilledStudent,
     cache: FeatureCache,
     class_names: list[str],
     support_stats: TrainStats,
     quiet: bool,
+    ray_labeller: RayPoolLabeller | None = None,
 ) -> tuple[TrainStats, dict[str, Any]]:
     """The pool phase of ``distill --unlabeled``: label the pool, then train on supports and pool together.
 
@@ -233,21 +258,12 @@ def _train_on_pool(
     (leave-one-out IoU at least ``cfg.train.pool_min_iou``); with none, a pool the teacher would label is left
     unused and the record says why (the student labeller still trains on its own labels). Returns the
     statistics of both phases together and what the artifact records of the pool.
+
+    ``ray_labeller``: label the pool on Ray actors instead of in this process (the same tensors; ``teacher_cfg``
+    rebuilds the teacher there).
     """
     skipped: list[str] = []
     labelled: list[Path] = []
-
-    def batches():
-        bar = progress(total=len(paths), quiet=quiet, desc="label pool", unit="img")
-        for items, errors in image_batches(paths, cfg.model.size, POOL_BATCH, workers=0):
-            for _, message in errors:  # the message names the file
-                log.warning("skipped an unreadable pool image: %s", message)
-                skipped.append(message)
-            bar.update(len(items) + len(errors))
-            if items:
-                labelled.extend(paths[it["index"]] for it in items)
-                yield torch.stack([it["image"] for it in items])
-        bar.close()
 
     base_info: dict[str, Any] = {
         "root": str(cfg.unlabeled),
@@ -275,15 +291,24 @@ def _train_on_pool(
             )
         return support_stats, {**base_info, "used": False, "reason": f"the pool was not used: {reason}"}
     start = time.perf_counter()
-    pool = label_pool(
-        teacher,
-        student,
-        cache.support[0],
-        batches(),
-        labeller,
-        cfg.train.pool_threshold,
-        torch.tensor(trusted),
-    )
+    support, trust = cache.support[0], torch.tensor(trusted, dtype=torch.bool)
+    args = (paths, cfg.model.size, labeller, cfg.train.pool_threshold, trust, POOL_BATCH)
+    if ray_labeller is not None:
+        results = ray_labeller.label_files(teacher, teacher_cfg, student, cfg.model.student_width, support, *args)
+    else:
+        results = label_files(teacher, student, support, *args)
+    bar = progress(total=len(paths), quiet=quiet, desc="label pool", unit="img")
+    parts = []
+    for indices, errors, batch in results:
+        for _, message in errors:  # the message names the file
+            log.warning("skipped an unreadable pool image: %s", message)
+            skipped.append(message)
+        bar.update(len(indices) + len(errors))
+        labelled.extend(paths[i] for i in indices)
+        if batch is not None:
+            parts.append(batch)
+    bar.close()
+    pool = join_pool(parts, trust, support.present.device)
     label_seconds = time.perf_counter() - start
     if pool is None:
         raise DataError(
@@ -311,16 +336,36 @@ def _train_on_pool(
         "label_seconds": round(label_seconds, 2),
         "pool_steps": pool_stats.steps,
     }
+    if ray_labeller is not None:  # recorded only then: a local run's artifact is as before
+        info["engine"] = "ray"
     return combined, info
 
 
-def distill(cfg: DistillCfg, quiet: bool = False, overwrite: bool = False) -> RunResult:
+def distill(
+    cfg: DistillCfg,
+    quiet: bool = False,
+    overwrite: bool = False,
+    engine: str | None = None,
+    address: str | None = None,
+    workers: int | None = None,
+    gpus_per_worker: float | None = None,
+) -> RunResult:
     """DistillFSS: train the support-free ConvDist student (jointly with the teacher unless ``cfg.teacher``).
 
     Writes ``RUN/student/`` and, when the teacher was adapted here, ``RUN/teacher/``. ``overwrite``: replace a
     finished run at ``cfg.out`` (see :func:`check_run_dir`).
+
+    ``engine``: where the ``cfg.unlabeled`` pool is labelled: ``local`` (None) in this process, ``ray`` on a pool
+    of Ray actors (:class:`fsdistill.infer.ray_engine.RayPoolLabeller`; the same pseudo-labels and teacher maps),
+    joining the cluster at ``address``, with ``workers`` actors of ``gpus_per_worker`` GPUs each (as
+    :func:`fsdistill.api.predict`'s).
+
+    Raises:
+        ConfigError: bad options (see :func:`_pool_engine` for the engine's). DependencyError: ``engine="ray"``
+            without the ray extra.
     """
     check_run_dir(cfg.out, "distill", cfg.teacher, overwrite)
+    ray_labeller = _pool_engine(cfg, engine, address, workers, gpus_per_worker)
     if cfg.drop_class and cfg.init is None:
         raise ConfigError("--drop-class only applies with --init RUN.")
     init = _load_init(cfg) if cfg.init is not None else None
@@ -384,7 +429,18 @@ def distill(cfg: DistillCfg, quiet: bool = False, overwrite: bool = False) -> Ru
     )
     pool_info = None
     if pool_paths is not None and cfg.train.steps != 0:
-        stats, pool_info = _train_on_pool(cfg, *pool_paths, teacher, student, cache, index.class_names, stats, quiet)
+        stats, pool_info = _train_on_pool(
+            cfg,
+            *pool_paths,
+            teacher,
+            teacher_cfg,
+            student,
+            cache,
+            index.class_names,
+            stats,
+            quiet,
+            ray_labeller,
+        )
 
     def check_and_write() -> RunResult:
         # Rank 0 only under torchrun: every process holds the same weights, so one check and one artifact.

@@ -118,6 +118,18 @@ DecoderOpt = Annotated[
     ),
 ]
 AugmentOpt = Annotated[bool | None, typer.Option("--augment/--no-augment", help="Flip views of the supports.")]
+# The Ray engine's options, shared by predict, suggest and distill.
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        help="With --engine ray: the cluster to join (auto, or ray://HOST:10001; default: a new local one).",
+    ),
+]
+GpusPerWorkerOpt = Annotated[
+    float | None,
+    typer.Option("--gpus-per-worker", min=0, help="With --engine ray: GPUs per actor (default 0; 0.5 shares one)."),
+]
 ModelOpt = Annotated[
     Path | None, typer.Option("--model", help="Run folder or artifact folder (default: newest run under ./runs).")
 ]

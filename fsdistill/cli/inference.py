@@ -11,9 +11,11 @@ from fsdistill.cli.common import (
     BackboneOpt,
     DecoderOpt,
     DeviceOpt,
+    GpusPerWorkerOpt,
     InferSeedOpt,
     ModelOpt,
     QuietOpt,
+    RayAddressOpt,
     SeedOpt,
     SizeOpt,
     _bar,
@@ -32,24 +34,24 @@ ShardOpt = Annotated[
         "arrays: run I = 0..N-1 into the same -o folder; the last shard to finish merges predictions.csv.",
     ),
 ]
-# The Ray engine's options, shared by predict and suggest.
-RayAddressOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--address",
-        help="With --engine ray: the cluster to join (auto, or ray://HOST:10001; default: a new local one).",
-    ),
-]
-GpusPerWorkerOpt = Annotated[
-    float | None,
-    typer.Option("--gpus-per-worker", min=0, help="With --engine ray: GPUs per actor (default 0; 0.5 shares one)."),
-]
 
 
 @model_command
 def predict(
-    inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
-    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder (masks/, overlays/, predictions.csv).")],
+    # str, not Path: a Path would fold s3://bucket into s3:/bucket.
+    inputs: Annotated[
+        list[str],
+        typer.Argument(
+            help="Image files or folders (searched recursively), or object-store prefixes s3://BUCKET/PREFIX, "
+            "gs://BUCKET/PREFIX (pip install 'fsdistill[ray]')."
+        ),
+    ],
+    out: Annotated[
+        str,
+        typer.Option(
+            "-o", "--out", help="Output folder (masks/, overlays/, predictions.csv), or s3://BUCKET/PREFIX, gs://..."
+        ),
+    ],
     model: ModelOpt = None,
     batch_size: Annotated[
         int | None, typer.Option("--batch-size", min=1, help="Images per forward pass (default: 8 on GPU, 2 on CPU).")
@@ -117,6 +119,7 @@ def predict(
     (pre-labels: fsdistill predict images/ -o out/ --format labelstudio,cvat)
     (job array: fsdistill predict images/ -o out/ --shard $SLURM_ARRAY_TASK_ID/8)
     (Ray cluster: fsdistill predict /shared/images -o /shared/out --engine ray --address auto --gpus-per-worker 1)
+    (object store: fsdistill predict s3://bucket/images -o s3://bucket/masks --engine ray --address auto)
     """
     from fsdistill import api
 

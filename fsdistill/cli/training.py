@@ -16,10 +16,12 @@ from fsdistill.cli.common import (
     DecoderOpt,
     DeviceOpt,
     DistillStepsOpt,
+    GpusPerWorkerOpt,
     LrOpt,
     OutRunOpt,
     OverwriteOpt,
     QuietOpt,
+    RayAddressOpt,
     SeedOpt,
     SizeOpt,
     SupportOpt,
@@ -143,6 +145,23 @@ def distill(
             "--unlabeled-max", help="Use at most N pool images (a random sample of a larger pool; default 200)."
         ),
     ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            help="local | ray: ray labels the --unlabeled pool in a pool of Ray actors, each with its own copy of "
+            "the support-phase teacher and student (pip install 'fsdistill[ray]'); the same labels. Training stays "
+            "in this process.",
+        ),
+    ] = "local",
+    address: RayAddressOpt = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers", min=1, help="With --engine ray: the Ray actors (default: the cluster's CPUs up to 8)."
+        ),
+    ] = None,
+    gpus_per_worker: GpusPerWorkerOpt = None,
     backbone: BackboneOpt = None,
     backbone_weights: BackboneWeightsOpt = None,
     teacher_weights: TeacherWeightsOpt = None,
@@ -172,6 +191,7 @@ def distill(
 
     Example: fsdistill distill --support ./support --backbone efficientnet-lite0
     (several GPUs, data-parallel: torchrun --standalone --nproc-per-node 4 -m fsdistill distill --support ./support)
+    (pool labelled on a Ray cluster: fsdistill distill --support ./support --unlabeled ./pool --engine ray --address auto)
     """
     from fsdistill import api
     from fsdistill.config import DistillCfg, load_config
@@ -196,7 +216,15 @@ def distill(
         command="distill",
     )
     with torchrun_group(cfg.device) as main:
-        result = api.distill(cfg, quiet=quiet or not main, overwrite=overwrite)
+        result = api.distill(
+            cfg,
+            quiet=quiet or not main,
+            overwrite=overwrite,
+            engine=engine,
+            address=address,
+            workers=workers,
+            gpus_per_worker=gpus_per_worker,
+        )
     if not main:
         return
     console = _Console(quiet)

@@ -8,8 +8,11 @@ H×W×3 uint8 RGB in display orientation.
 
 from __future__ import annotations
 
+import io
+import os
 import struct
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -32,7 +35,19 @@ _PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError, s
 _EXIF_ERRORS = (OSError, SyntaxError, ValueError, KeyError, TypeError, struct.error)
 
 
-def _cannot_read(path: Path, reason: str) -> DataError:
+class _StoredImage(Protocol):
+    """A file that is not on this machine's filesystem (:class:`fsdistill.storage.StoredFile`)."""
+
+    suffix: str
+
+    def read_bytes(self) -> bytes: ...
+
+
+# What the readers accept: a local path, or a file in an object store.
+ImageSource = Path | str | _StoredImage
+
+
+def _cannot_read(path: ImageSource, reason: str) -> DataError:
     reason = reason.strip().rstrip(".") or "unknown format"
     return DataError(f"Cannot read image {path}: {reason}. Re-export it as PNG or JPEG or remove it.")
 
@@ -109,14 +124,17 @@ def _pil_to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+def _read_tiff(path: ImageSource, opened: Path | io.BytesIO | None = None) -> np.ndarray:
+    """``path`` decoded with tifffile (from ``opened``, its bytes in memory, when given)."""
     try:
         import tifffile  # optional: only many-channel or float TIFFs that Pillow cannot decode need it
     except ImportError as e:
         reason = "Pillow cannot decode this TIFF and tifffile is not installed (pip install tifffile)"
         raise _cannot_read(path, reason) from e
     try:
-        arr = tifffile.imread(path, key=0)
+        if isinstance(opened, io.BytesIO):
+            opened.seek(0)
+        arr = tifffile.imread(opened if opened is not None else path, key=0)
     except Exception as e:  # tifffile raises many unrelated types for corrupt files; all mean "unreadable"
         raise _cannot_read(path, f"{type(e).__name__}: {e}") from e
     try:
@@ -125,7 +143,7 @@ def _read_tiff(path: Path) -> np.ndarray:
         raise _cannot_read(path, str(e)) from e
 
 
-def read_image(path: Path | str) -> np.ndarray:
+def read_image(path: ImageSource) -> np.ndarray:
     """Read an image file as H×W×3 uint8 RGB in display orientation.
 
     EXIF orientation is applied; grey, palette, RGBA/LA (alpha dropped), CMYK and 16-bit/float images
@@ -138,7 +156,7 @@ def read_image(path: Path | str) -> np.ndarray:
     return read_image_reduced(path, None)[0]
 
 
-def read_image_reduced(path: Path | str, min_side: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+def read_image_reduced(path: ImageSource, min_side: int | None) -> tuple[np.ndarray, tuple[int, int]]:
     """:func:`read_image`, decoded at a reduced scale where the format allows it, for an input that is resized
     to ``min_side`` × ``min_side`` anyway.
 
@@ -146,14 +164,24 @@ def read_image_reduced(path: Path | str, min_side: int | None) -> tuple[np.ndarr
     ≥ ``min_side``: a 12 MP photo decodes and resizes to 384 px in ~39 instead of ~140 ms. Other formats decode
     in full. ``min_side`` None = always in full.
 
+    ``path``: a local file, or a file in an object store (:class:`fsdistill.storage.StoredFile`: anything else
+    with ``read_bytes()``, whose bytes are read once and decoded from memory).
+
     Returns:
         (H'×W'×3 uint8 RGB in display orientation, (height, width) of the full image in display orientation).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise _cannot_read(path, "no such file")
+    if isinstance(path, (str, os.PathLike)):
+        path = Path(path)
+        if not path.is_file():
+            raise _cannot_read(path, "no such file")
+        opened: Path | io.BytesIO = path
+    else:
+        try:
+            opened = io.BytesIO(path.read_bytes())
+        except OSError as e:  # missing object, refused read: that image's error, as a missing local file
+            raise _cannot_read(path, str(e).split("\n")[0] or type(e).__name__) from None
     try:
-        with Image.open(path) as img:
+        with Image.open(opened) as img:
             full_w, full_h = img.size
             if min_side is not None and img.format == "JPEG":
                 img.draft(img.mode, (min_side, min_side))  # never below the requested size on either side
@@ -169,15 +197,17 @@ def read_image_reduced(path: Path | str, min_side: int | None) -> tuple[np.ndarr
     except DataError:
         raise
     except _PIL_ERRORS as e:
-        if path.suffix.lower() in TIFF_SUFFIXES and _tiff_header(path):
+        if path.suffix.lower() in TIFF_SUFFIXES and _tiff_header(opened):
             # many-channel, float or 16-bit RGB TIFF: Pillow gives up, tifffile does not
-            image = _read_tiff(path)
+            image = _read_tiff(path, opened)
             return image, image.shape[:2]
         raise _cannot_read(path, str(e) or type(e).__name__) from e
 
 
-def _tiff_header(path: Path) -> bool:
+def _tiff_header(path: Path | io.BytesIO) -> bool:
     """True when the file starts with a TIFF/BigTIFF byte-order mark (worth a second try with tifffile)."""
+    if isinstance(path, io.BytesIO):
+        return path.getvalue()[:2] in (b"II", b"MM")
     try:
         with open(path, "rb") as f:
             head = f.read(4)

@@ -9,12 +9,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
@@ -24,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fsdistill.checkpoint import config_sha256
 from fsdistill.data.images import IMAGE_SUFFIXES, read_image, read_image_reduced
-from fsdistill.data.masks import read_index_mask, write_index_png
+from fsdistill.data.masks import encode_index_png
 from fsdistill.data.transforms import resize_image, to_chw_tensor
 from fsdistill.errors import ConfigError, DataError, FsdistillError
 from fsdistill.infer.formats import (
@@ -39,49 +38,53 @@ from fsdistill.infer.postprocess import logits_to_mask
 from fsdistill.infer.shard import Shard, merge_shard_tables
 from fsdistill.models.build import LoadedModel, for_inference
 from fsdistill.runtime import (
-    ensure_writable_dir,
     inference_memory_format,
     raise_if_interrupted,
     retain_freed_memory,
-    write_atomic,
 )
+from fsdistill.storage import Storage, StoredFile, open_storage
 
-__all__ = ["list_images", "Runner", "Predictor", "PredictResult", "predict_files", "MANIFEST_NAME"]
+__all__ = ["list_images", "Runner", "Predictor", "PredictResult", "predict_files", "MANIFEST_NAME", "Source"]
 
 MANIFEST_NAME = ".fsdistill-predict.json"
 
+# An image to predict: a local file, or a file in an object store (see fsdistill.storage).
+Source = Path | StoredFile
 
-def _is_output_folder(folder: Path, out_dir: Path | None) -> bool:
-    """Whether ``folder`` holds predict outputs rather than input images.
+
+def _is_output_folder(storage: Storage, folder: str, out: Storage | None) -> bool:
+    """Whether ``folder`` (a key of ``storage``) holds predict outputs rather than input images.
 
     An output folder inside an input folder (``predict q -o q/pred``) would otherwise be read back as input on
     the next run, doubling the images each time: it is the ``-o`` folder (or its masks/ and overlays/, when ``-o``
     is the input folder itself), or any folder that holds a predict manifest (an earlier run's ``-o``), or the
     masks/ and overlays/ of one.
     """
-    if (folder / MANIFEST_NAME).is_file():
+    if storage.is_file(f"{folder}/{MANIFEST_NAME}"):
         return True
-    if folder.name in ("masks", "overlays") and (folder.parent / MANIFEST_NAME).is_file():
+    parent, _, name = folder.rpartition("/")
+    if name in ("masks", "overlays") and storage.is_file(f"{parent}/{MANIFEST_NAME}" if parent else MANIFEST_NAME):
         return True
-    if out_dir is None:
+    if out is None:
         return False
-    resolved = folder.resolve()
-    return resolved in (out_dir, out_dir / "masks", out_dir / "overlays")
+    return storage.identity(folder) in {out.identity(), out.identity("masks"), out.identity("overlays")}
 
 
-def _walk_images(root: Path, out_dir: Path | None) -> Iterator[Path]:
-    """Image files under ``root``, skipping hidden entries and predict output folders below ``root``."""
-    for folder, dirs, files in os.walk(root):
-        here = Path(folder)
-        # Pruning ``dirs`` in place keeps os.walk out of them (and out of their often large masks/ trees).
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not _is_output_folder(here / d, out_dir))
+def _walk_images(storage: Storage, out: Storage | None) -> Iterator[str]:
+    """Keys of the image files below ``storage``'s root, skipping hidden entries and predict output folders."""
+    for folder, dirs, files in storage.walk():
+        here = f"{folder}/" if folder else ""
+        # Pruning ``dirs`` in place keeps the walk out of them (and out of their often large masks/ trees).
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not _is_output_folder(storage, here + d, out))
         for name in sorted(files):
             if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                yield here / name
+                yield here + name
 
 
-def list_images(inputs: list[Path], out_dir: Path | None = None) -> list[tuple[Path, Path]]:
-    """Image files of ``inputs`` (files, or folders searched recursively) as (path, output-relative path).
+def list_images(inputs: Sequence[Path | str], out_dir: Path | str | Storage | None = None) -> list[tuple[Source, Path]]:
+    """Image files of ``inputs`` (files, or folders searched recursively; local paths or ``s3://``/``gs://``
+    URIs, see :mod:`fsdistill.storage`) as (source, output-relative path); a source is a Path, or a
+    :class:`~fsdistill.storage.StoredFile` in an object store.
 
     With several inputs, each one's outputs go under its own name so equal file names cannot collide. Files
     reached twice (the same input given twice, or ``predict r r/sub``) are listed once, under the first input
@@ -89,39 +92,42 @@ def list_images(inputs: list[Path], out_dir: Path | None = None) -> list[tuple[P
     predict manifest) are skipped, so ``predict q -o q/pred`` run again does not read its own masks and
     overlays as new images.
     """
-    out_resolved = Path(out_dir).resolve() if out_dir is not None else None
-    unique_inputs: list[Path] = []
-    seen_inputs: set[Path] = set()
+    out = out_dir if isinstance(out_dir, Storage) or out_dir is None else open_storage(out_dir)
+    unique_inputs: list[tuple[Storage, str]] = []
+    seen_inputs: set[str] = set()
     for given in inputs:
-        path = Path(given)
-        if not path.exists():
-            raise DataError(f"Input {path} does not exist; pass image files or folders.")
-        if path.resolve() not in seen_inputs:
-            seen_inputs.add(path.resolve())
-            unique_inputs.append(path)
-    found: list[tuple[Path, Path]] = []
-    for path in unique_inputs:
-        prefix = Path(path.name) if len(unique_inputs) > 1 else Path()
-        if path.is_file():
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                raise DataError(f"{path} is not an image file ({', '.join(sorted(IMAGE_SUFFIXES))}).")
-            found.append((path, Path(path.name)))  # a file's mask goes beside the others, not in a folder of its name
+        storage = open_storage(given)
+        kind = storage.kind()
+        if kind == "missing":
+            raise DataError(f"Input {storage} does not exist; pass image files or folders.")
+        if storage.identity() not in seen_inputs:
+            seen_inputs.add(storage.identity())
+            unique_inputs.append((storage, kind))
+    found: list[tuple[Storage, str, Path]] = []
+    for storage, kind in unique_inputs:
+        name = PurePosixPath(storage.display().rstrip("/")).name
+        prefix = Path(name) if len(unique_inputs) > 1 else Path()
+        if kind == "file":
+            if Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+                raise DataError(f"{storage} is not an image file ({', '.join(sorted(IMAGE_SUFFIXES))}).")
+            found.append((storage, "", Path(name)))  # a file's mask goes beside the others, not in a folder of its name
             continue
-        for file in sorted(_walk_images(path, out_resolved)):  # sorted as paths, as rglob's listing was
-            found.append((file, prefix / file.relative_to(path)))
+        # sorted as paths, as rglob's listing was
+        for key in sorted(_walk_images(storage, out), key=PurePosixPath):
+            found.append((storage, key, prefix / key))
     if not found:
         raise DataError(
             f"No images found in {', '.join(map(str, inputs))}; supported: {', '.join(sorted(IMAGE_SUFFIXES))}."
         )
     # Overlapping inputs reach one file twice; predicting it twice would cost time and write two masks of it.
-    first_of: dict[Path, Path] = {}
-    unique: list[tuple[Path, Path]] = []
-    for source, rel in found:
-        key = source.resolve()
-        if key not in first_of:
-            first_of[key] = source
-            unique.append((source, rel))
-    seen: dict[Path, Path] = {}
+    first_of: set[str] = set()
+    unique: list[tuple[Source, Path]] = []
+    for storage, key, rel in found:
+        identity = storage.identity(key)
+        if identity not in first_of:
+            first_of.add(identity)
+            unique.append((storage.source(key), rel))
+    seen: dict[Path, Source] = {}
     for source, rel in unique:
         target = rel.with_suffix(".png")
         if target in seen:
@@ -137,7 +143,7 @@ class _ImageDataset(Dataset):
     """Decodes (JPEGs at a reduced scale, see read_image_reduced) and resizes images; a bad file becomes an error
     record, not a crash."""
 
-    def __init__(self, paths: list[Path], size: int) -> None:
+    def __init__(self, paths: list[Source], size: int) -> None:
         self.paths, self.size = paths, size
 
     def __len__(self) -> int:
@@ -174,7 +180,7 @@ def _single_threaded_opencv() -> Iterator[None]:
 
 
 def image_batches(
-    paths: list[Path], size: int, batch_size: int, workers: int
+    paths: list[Source], size: int, batch_size: int, workers: int
 ) -> Iterator[tuple[list[dict], list[tuple[int, str]]]]:
     """Decode ``paths`` ``batch_size`` at a time (``workers`` processes; none for a single batch), resized to
     size×size: per batch, the readable items (``index``, ``image`` 3×size×size uint8, ``height``, ``width``) and
@@ -217,21 +223,21 @@ class Runner(ABC):
         """What makes an output folder this model's (stored in the folder's manifest to guard resume)."""
 
     def iterate(
-        self, paths: list[Path], batch_size: int = 8, workers: int = 2
+        self, paths: list[Source], batch_size: int = 8, workers: int = 2
     ) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
         """Yield ``(index, mask or None, error or None)`` per path, in batches decoded by ``workers`` processes."""
         for index, mask, _, error in self._run(paths, batch_size, workers, probabilities=False):
             yield index, mask, error
 
     def iterate_scored(
-        self, paths: list[Path], batch_size: int = 8, workers: int = 2
+        self, paths: list[Source], batch_size: int = 8, workers: int = 2
     ) -> Iterator[tuple[int, np.ndarray | None, np.ndarray | None, str | None]]:
         """As :meth:`iterate`, plus each image's class probabilities on the model's output grid:
         ``(index, mask, K×h×w float32 softmax, error)`` (the scores of :mod:`fsdistill.infer.formats`)."""
         yield from self._run(paths, batch_size, workers, probabilities=True)
 
     def _run(
-        self, paths: list[Path], batch_size: int, workers: int, probabilities: bool
+        self, paths: list[Source], batch_size: int, workers: int, probabilities: bool
     ) -> Iterator[tuple[int, np.ndarray | None, np.ndarray | None, str | None]]:
         for good, failed in image_batches(paths, self.size, batch_size, workers):
             for index, error in failed:
@@ -283,11 +289,13 @@ class Predictor(Runner):
 
 @dataclass
 class PredictResult:
-    out_dir: Path
+    """What a predict run did. ``out_dir`` and ``csv_path`` are Paths, or URIs (str) for an object-store -o."""
+
+    out_dir: Path | str
     written: int = 0
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
-    csv_path: Path | None = None
+    csv_path: Path | str | None = None
     format_paths: dict[str, list[Path]] = field(default_factory=dict)  # --format: files written per format
 
 
@@ -305,11 +313,28 @@ def _overlay(
     return out.round().astype(np.uint8)
 
 
-def _atomic_png(path: Path, rgb: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _png_bytes(rgb: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, format="PNG")
-    write_atomic(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def write_mask(
+    out: Storage, key: str, mask: np.ndarray, palette: list[tuple[int, int, int]], text: dict | None = None
+) -> None:
+    """Write an H×W uint8 class-id mask as the index PNG ``key`` of ``out``, whole or not at all."""
+    out.write_bytes(key, encode_index_png(mask, palette, text))
+
+
+def _stored_mask(out: Storage, key: str) -> np.ndarray:
+    """The H×W class ids of a mask an earlier run wrote to ``out`` (an index PNG of :func:`write_mask`)."""
+    try:
+        with Image.open(io.BytesIO(out.read_bytes(key))) as image:
+            return np.asarray(image, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DataError(
+            f"Cannot read the mask {out.display(key)} of an earlier run ({exc}); delete it and run predict again."
+        ) from None
 
 
 def _mask_counts(mask: np.ndarray, num_classes: int) -> tuple[int, int, np.ndarray]:
@@ -324,43 +349,48 @@ def _mask_counts(mask: np.ndarray, num_classes: int) -> tuple[int, int, np.ndarr
 
 
 def _write_csv(
-    out_dir: Path,
-    entries: list[tuple[Path, Path]],
+    out: Storage,
+    entries: list[tuple[Source, Path]],
     class_names: list[str],
-    known: dict[Path, tuple[int, int, np.ndarray]] | None = None,
+    known: dict[str, tuple[int, int, np.ndarray]],
+    earlier: set[str],
     name: str = "predictions.csv",
-) -> Path:
-    """predictions.csv (or ``name``: a shard's table) for every mask of ``entries`` in the folder (so a resumed
-    run's table covers every image).
+) -> Path | str:
+    """predictions.csv (or ``name``: a shard's table) for every mask of ``entries`` in ``out`` (so a resumed
+    run's table covers every image); returns its path (a URI in an object store).
 
-    ``known``: the counts of the masks this run just wrote (by relative mask path); only the others, written by
-    an earlier run, are read back from disk.
+    ``known``: the counts of the masks this run just wrote (by mask key); ``earlier``: the keys of the masks an
+    earlier run left, read back from ``out``.
     """
-    known = known or {}
-    path = out_dir / name
-    tmp = out_dir / f".{name}.tmp"
-    with tmp.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["image", "width", "height", "class", "pixels", "fraction"])
-        for source, rel in entries:
-            target = rel.with_suffix(".png")
-            mask_path = out_dir / "masks" / target
-            if target in known:
-                h, w, counts = known[target]
-            elif mask_path.is_file():
-                h, w, counts = _mask_counts(read_index_mask(mask_path), len(class_names))
-            else:
-                continue
-            for cls, name in enumerate(class_names):
-                writer.writerow([str(source), w, h, name, int(counts[cls]), f"{counts[cls] / (h * w):.6f}"])
-    os.replace(tmp, path)
-    return path
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["image", "width", "height", "class", "pixels", "fraction"])
+    for source, rel in entries:
+        key = _mask_key(rel)
+        if key in known:
+            h, w, counts = known[key]
+        elif key in earlier:
+            h, w, counts = _mask_counts(_stored_mask(out, key), len(class_names))
+        else:
+            continue
+        for cls, class_name in enumerate(class_names):
+            writer.writerow([str(source), w, h, class_name, int(counts[cls]), f"{counts[cls] / (h * w):.6f}"])
+    out.write_bytes(name, text.getvalue().encode("utf-8"))
+    return out.local / name if out.local is not None else out.display(name)
+
+
+def _mask_key(rel: Path) -> str:
+    return f"masks/{rel.with_suffix('.png').as_posix()}"
+
+
+def _overlay_key(rel: Path) -> str:
+    return f"overlays/{rel.with_suffix('.png').as_posix()}"
 
 
 def predict_files(
     predictor: Runner,
-    inputs: list[Path],
-    out_dir: Path,
+    inputs: Sequence[Path | str],
+    out_dir: Path | str,
     batch_size: int = 8,
     overlay: bool = False,
     overwrite: bool = False,
@@ -371,6 +401,10 @@ def predict_files(
     shard: Shard | None = None,
 ) -> PredictResult:
     """Predict every image of ``inputs`` into ``out_dir`` (masks/, overlays/, predictions.csv), resuming.
+
+    ``inputs`` and ``out_dir`` are local paths or object-store URIs (``s3://bucket/prefix``,
+    ``gs://bucket/prefix``; see :mod:`fsdistill.storage`): the same files are written either way, through the
+    same code. Pre-label formats and shards need a local ``out_dir``.
 
     ``shard``: predict only that shard's part of the sorted image list (see :mod:`fsdistill.infer.shard`); its
     rows go to ``predictions.shard-I-of-N.csv``, and ``predictions.csv`` is written once all N shards' are there.
@@ -386,45 +420,53 @@ def predict_files(
     :mod:`fsdistill.infer.onnx`). Images whose mask already exists are skipped, unless the folder was written by
     another model or backend (then a DataError asks for ``overwrite`` or another folder) or ``overwrite`` is set.
     """
-    out_dir = Path(out_dir)
+    out = open_storage(out_dir)
     formats = formats or FormatOptions()
     if shard is not None and formats.formats != ("png",):
         raise ConfigError(
             "--format writes one file for all images, so it cannot be combined with --shard; run predict once more "
             "without --shard after the shards are done (it predicts nothing again) to write the formats."
         )
-    all_entries = list_images(inputs, out_dir)
+    if out.local is None and (shard is not None or formats.formats != ("png",)):
+        # Both read and merge their files in a folder on this machine (shard tables, pre-label files).
+        raise ConfigError(
+            f"--shard and --format {','.join(f for f in formats.formats if f != 'png') or 'png'} write to a local "
+            f"-o folder only; predict into a local folder, or drop them for {out}."
+        )
+    all_entries = list_images(inputs, out)
     entries = shard.select(all_entries) if shard is not None else all_entries
     if on_total is not None:
         on_total(len(entries))
-    ensure_writable_dir(out_dir, "-o")
-    manifest = out_dir / MANIFEST_NAME
+    out.ensure_writable("-o")
     identity = predictor.identity()
-    if manifest.is_file() and not overwrite:
+    if out.is_file(MANIFEST_NAME) and not overwrite:
         try:
-            previous = json.loads(manifest.read_text())
+            previous = json.loads(out.read_bytes(MANIFEST_NAME))
         except (json.JSONDecodeError, UnicodeDecodeError):
             previous = {}
         if previous.get("config_sha256") != identity["config_sha256"]:
             raise DataError(
-                f"{out_dir} holds masks from another model ({previous.get('model', 'unknown')}); pass --overwrite or "
+                f"{out} holds masks from another model ({previous.get('model', 'unknown')}); pass --overwrite or "
                 "a new -o folder."
             )
         # Manifests written before there was an ONNX backend have no "backend" key: those masks came from torch.
         if previous.get("backend", "torch") != identity["backend"]:
             raise DataError(
-                f"{out_dir} holds masks predicted with the {previous.get('backend', 'torch')} backend; pass "
+                f"{out} holds masks predicted with the {previous.get('backend', 'torch')} backend; pass "
                 f"--overwrite or a new -o folder to predict with the {identity['backend']} backend."
             )
-    write_atomic(manifest, json.dumps(identity, indent=2) + "\n", unique=shard is not None)
-    if overwrite:
-        remove_format_files(out_dir)  # derived from the masks being replaced; written again at the end if asked
-    result = PredictResult(out_dir)
-    todo: list[tuple[Path, Path]] = []
+    out.write_bytes(MANIFEST_NAME, (json.dumps(identity, indent=2) + "\n").encode("utf-8"), unique=shard is not None)
+    if overwrite and out.local is not None:
+        remove_format_files(out.local)  # derived from the masks being replaced; written again at the end if asked
+    result = PredictResult(out.local if out.local is not None else out.display())
+    # One listing of what earlier runs wrote (not one existence check per image: a request each in a bucket).
+    earlier = out.files("masks")
+    earlier_overlays = out.files("overlays") if overlay else set()
+    todo: list[tuple[Source, Path]] = []
     for source, rel in entries:
-        done = (out_dir / "masks" / rel.with_suffix(".png")).is_file()
+        done = _mask_key(rel) in earlier
         if overlay:
-            done = done and (out_dir / "overlays" / rel.with_suffix(".png")).is_file()
+            done = done and _overlay_key(rel) in earlier_overlays
         if done and not overwrite:
             result.skipped += 1
             if on_progress:
@@ -432,7 +474,7 @@ def predict_files(
         else:
             todo.append((source, rel))
     palette = predictor.palette
-    written: dict[Path, tuple[int, int, np.ndarray]] = {}
+    written: dict[str, tuple[int, int, np.ndarray]] = {}
     paths = [s for s, _ in todo]
     if formats.scored:
         outputs = predictor.iterate_scored(paths, batch_size, workers)
@@ -444,26 +486,26 @@ def predict_files(
             result.failed.append((str(source), error))
         else:
             if overlay:
-                _atomic_png(out_dir / "overlays" / rel.with_suffix(".png"), _overlay(read_image(source), mask, palette))
+                out.write_bytes(_overlay_key(rel), _png_bytes(_overlay(read_image(source), mask, palette)))
             # The mask goes last: its presence is what marks an image as done.
-            target = out_dir / "masks" / rel.with_suffix(".png")
-            if probs is None:
-                write_index_png(target, mask, palette)
-            else:
-                write_index_png(target, mask, palette, text=scores_text(component_scores(mask, probs)))
-            written[rel.with_suffix(".png")] = _mask_counts(mask, len(predictor.class_names))
+            text = None if probs is None else scores_text(component_scores(mask, probs))
+            write_mask(out, _mask_key(rel), mask, palette, text)
+            written[_mask_key(rel)] = _mask_counts(mask, len(predictor.class_names))
             result.written += 1
         if on_progress:
             on_progress(1)
     if shard is None:
-        result.csv_path = _write_csv(out_dir, entries, predictor.class_names, written)
+        result.csv_path = _write_csv(out, entries, predictor.class_names, written, earlier)
     else:
-        result.csv_path = _write_csv(out_dir, entries, predictor.class_names, written, shard.csv_name())
-        merged = merge_shard_tables(out_dir, shard, [str(source) for source, _ in all_entries])
+        assert out.local is not None
+        result.csv_path = _write_csv(out, entries, predictor.class_names, written, earlier, shard.csv_name())
+        merged = merge_shard_tables(out.local, shard, [str(source) for source, _ in all_entries])
         result.csv_path = merged or result.csv_path
     if formats.scored:
-        add_missing_scores(predictor, entries, out_dir, batch_size, workers)
-    result.format_paths = write_formats(
-        out_dir, entries, predictor.class_names, palette, identity["config_sha256"], formats
-    )
+        assert out.local is not None
+        add_missing_scores(predictor, entries, out.local, batch_size, workers)
+    if out.local is not None:
+        result.format_paths = write_formats(
+            out.local, entries, predictor.class_names, palette, identity["config_sha256"], formats
+        )
     return result

@@ -7,7 +7,15 @@ Only the model work moves: :class:`RayRunner` is a :class:`~fsdistill.infer.pred
 and :func:`~fsdistill.infer.predictor.predict_files` writes masks, overlays, CSV and manifest exactly as it does
 for a local run (the same code), so the outputs are the same bytes and resume skips done images before the
 dataset is built. An unreadable image comes back as that image's error, not a failed job. Input paths must be
-readable by the workers (one machine, or a filesystem shared by the cluster's nodes).
+readable by the workers (one machine, or a filesystem shared by the cluster's nodes), or be in an object store
+(``s3://``, ``gs://``, :mod:`fsdistill.storage`): each actor then reads its images from the store itself, through
+the driver's pyarrow filesystem (pickled with its endpoint and credential options), and the driver writes the
+outputs to ``-o`` wherever that is.
+
+``distill --unlabeled --engine ray`` labels the unlabeled pool on Ray actors (:class:`RayPoolLabeller`): each
+rebuilds the support-phase teacher and student once from state dicts put in Ray's object store, and returns the
+pseudo-labels, teacher coarse maps and features of its batches, which the driver joins into the PoolTargets a
+local run has.
 
 ``suggest --engine ray`` uses the same actor pool for its scoring pass: :class:`RayScorer` streams the pool
 through actors that each load the student (and teacher) once and score their batches with
@@ -30,10 +38,11 @@ import numpy as np
 import torch
 
 from fsdistill.errors import ConfigError, DependencyError
-from fsdistill.infer.predictor import Predictor, Runner
+from fsdistill.infer.predictor import Predictor, Runner, Source
 from fsdistill.runtime import raise_if_interrupted
+from fsdistill.storage import StoredFile
 
-__all__ = ["ENGINES", "RayRunner", "RayScorer", "require_ray", "resolve_engine"]
+__all__ = ["ENGINES", "RayPoolLabeller", "RayRunner", "RayScorer", "require_ray", "resolve_engine"]
 
 ENGINES = ("local", "ray")
 RAY_BATCH_IMAGES = 32  # images per Ray task, at least (see RayRunner._remote)
@@ -68,18 +77,48 @@ def resolve_engine(engine: str | None, address: str | None, gpus_per_worker: flo
     return engine
 
 
+def _rows(paths: list[Source]) -> tuple[list[str], list[int], list[Any]]:
+    """The dataset's columns of ``paths``: each one as a string (an absolute local path, or a URI) and the index
+    of its object store's filesystem in the returned list (-1: a local file), which goes to the actors once."""
+    names, stores, filesystems = [], [], []
+    for path in paths:
+        if isinstance(path, StoredFile):
+            if not any(path.fs is fs for fs in filesystems):
+                filesystems.append(path.fs)
+            stores.append(next(i for i, fs in enumerate(filesystems) if path.fs is fs))
+            names.append(str(path))
+        else:
+            stores.append(-1)
+            names.append(str(Path(path).resolve()))
+    return names, stores, filesystems
+
+
+def _sources(batch: dict[str, np.ndarray], filesystems: list[Any]) -> list[Source]:
+    """The image sources of a batch of :func:`_rows`' columns, in an actor."""
+    sources: list[Source] = []
+    for name, store in zip(batch["path"], batch["store"]):
+        name, store = str(name), int(store)
+        if store < 0:
+            sources.append(Path(name))
+        else:
+            scheme, path = name.split("://", 1)
+            sources.append(StoredFile(filesystems[store], path, scheme))
+    return sources
+
+
 class _PredictActor:
     """One Ray actor: loads the student once, then predicts the batches Ray Data hands it."""
 
-    def __init__(self, model: str, device: str, batch_size: int) -> None:
+    def __init__(self, model: str, device: str, batch_size: int, filesystems: list[Any] | None = None) -> None:
         from fsdistill.models.build import load_model
         from fsdistill.runtime import resolve_device
 
         self.predictor = Predictor(load_model(Path(model), kind=None), resolve_device(device))
         self.batch_size = batch_size
+        self.filesystems = filesystems or []
 
     def __call__(self, batch: dict[str, np.ndarray], scored: bool = False) -> dict[str, np.ndarray]:
-        paths = [Path(str(p)) for p in batch["path"]]
+        paths = _sources(batch, self.filesystems)
         rows: dict[str, list] = {k: [] for k in ("index", "mask", "height", "width", "probs", "probs_shape", "error")}
         # Forward passes of predict's batch size; no decode processes inside an actor (the actors are the
         # parallelism).
@@ -137,34 +176,36 @@ class RayRunner(Runner):
         return self.local.identity()  # the same model: a folder may be resumed with either engine
 
     def iterate(
-        self, paths: list[Path], batch_size: int = 8, workers: int = 2
+        self, paths: list[Source], batch_size: int = 8, workers: int = 2
     ) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
         """Yield ``(index, mask or None, error or None)`` per path, in the order the actors finish them."""
         for index, mask, _, error in self._remote(paths, batch_size, scored=False):
             yield index, mask, error
 
     def iterate_scored(
-        self, paths: list[Path], batch_size: int = 8, workers: int = 2
+        self, paths: list[Source], batch_size: int = 8, workers: int = 2
     ) -> Iterator[tuple[int, np.ndarray | None, np.ndarray | None, str | None]]:
         """As :meth:`iterate`, plus each image's class probabilities (see :meth:`Runner.iterate_scored`)."""
         yield from self._remote(paths, batch_size, scored=True)
 
     def _remote(
-        self, paths: list[Path], batch_size: int, scored: bool
+        self, paths: list[Source], batch_size: int, scored: bool
     ) -> Iterator[tuple[int, np.ndarray | None, np.ndarray | None, str | None]]:
         if not paths:
             return
-        absolute = [str(Path(p).resolve()) for p in paths]
+        absolute, stores, filesystems = _rows(paths)
+        kwargs = {"model": str(self.model.resolve()), "device": self.device, "batch_size": batch_size}
         batches = _map_paths(
             self.ray,
             self.address,
             absolute,
             _PredictActor,
-            {"model": str(self.model.resolve()), "device": self.device, "batch_size": batch_size},
+            {**kwargs, "filesystems": filesystems},
             {"scored": scored},
             batch_size,
             self.workers,
             self.gpus_per_worker,
+            stores,
         )
         for batch in batches:
             for j, index in enumerate(batch["index"]):
@@ -267,6 +308,130 @@ class RayScorer:
                 on_progress(len(batch["index"]))
 
 
+class _PoolActor:
+    """One Ray actor of ``distill --unlabeled --engine ray``: rebuilds the support-phase teacher and student once
+    (from their configs and state dicts), then labels the batches of pool files it is handed."""
+
+    def __init__(self, payload: dict[str, Any], device: str) -> None:
+        from fsdistill.models.build import build_student, build_teacher
+        from fsdistill.runtime import resolve_device
+
+        self.device = resolve_device(device)
+        # No backbone weights to fetch: the state dicts hold every weight the driver's models have.
+        teacher = build_teacher(payload["teacher_cfg"], payload["num_classes"], pretrained=False)
+        teacher.load_state_dict(payload["teacher_state"])
+        student = build_student(teacher, payload["student_width"])
+        student.load_state_dict(payload["student_state"])  # its backbone and decoder are the teacher's
+        self.teacher, self.student = teacher.to(self.device).eval(), student.to(self.device).eval()
+        support = payload["support"]
+        self.support = type(support)(
+            feats={lvl: [m.to(self.device) for m in maps] for lvl, maps in support.feats.items()},
+            masks={lvl: m.to(self.device) for lvl, m in support.masks.items()},
+            present=support.present.to(self.device),
+        )
+        self.size, self.labeller, self.threshold = payload["size"], payload["labeller"], payload["threshold"]
+        self.trusted = payload["trusted"]
+
+    def label(self, paths: list[str]) -> tuple[list[int], list[tuple[int, str]], Any]:
+        """One batch of pool files → (readable indices in ``paths``, (index, error) per unreadable one, the
+        labelled batch on the CPU or None): a :data:`fsdistill.train.pool.FileBatch`."""
+        from fsdistill.train.pool import label_files
+
+        # One batch exactly (batch size = its length): the driver cut the batches a local run cuts.
+        for indices, errors, batch in label_files(
+            self.teacher,
+            self.student,
+            self.support,
+            [Path(p) for p in paths],
+            self.size,
+            self.labeller,
+            self.threshold,
+            self.trusted,
+            len(paths),
+        ):
+            if batch is not None:
+                feats, coarse, labels = batch
+                batch = ([[m.cpu() for m in level] for level in feats], [c.cpu() for c in coarse], labels.cpu())
+            return indices, errors, batch
+        return [], [], None
+
+
+class RayPoolLabeller:
+    """``distill --unlabeled``'s pool labelling on Ray actors: each actor rebuilds the support-phase teacher and
+    student once, from the state dicts and configs the driver puts in Ray's object store, and labels the pool in
+    batches of ``batch_size`` consecutive files, the batches :func:`fsdistill.train.pool.label_files` cuts
+    locally (so the pseudo-labels and teacher coarse maps are the local run's).
+
+    Args:
+        device, address, workers, gpus_per_worker: as for :class:`RayRunner`.
+    """
+
+    def __init__(
+        self,
+        device: str = "auto",
+        address: str | None = None,
+        workers: int | None = None,
+        gpus_per_worker: float = 0.0,
+    ) -> None:
+        _check_pool_options(workers, gpus_per_worker)
+        self.ray = require_ray()
+        self.device, self.address, self.workers, self.gpus_per_worker = device, address, workers, gpus_per_worker
+
+    def label_files(
+        self,
+        teacher: torch.nn.Module,
+        teacher_cfg: Any,
+        student: torch.nn.Module,
+        student_width: int | None,
+        support: Any,
+        paths: list[Path],
+        size: int,
+        labeller: str,
+        threshold: float,
+        trusted: torch.Tensor,
+        batch_size: int,
+    ) -> Iterator[tuple[list[int], list[tuple[int, str]], Any]]:
+        """As :func:`fsdistill.train.pool.label_files` (same arguments, plus the teacher's ModelCfg and the
+        student's width to rebuild them): per batch, in order, ``(readable indices, (index, error) per unreadable
+        file, labelled batch on the CPU or None)``."""
+        ray = self.ray
+        if not paths:
+            return
+        absolute = [str(Path(p).resolve()) for p in paths]
+        chunks = [absolute[i : i + batch_size] for i in range(0, len(absolute), batch_size)]
+        payload = {
+            "teacher_cfg": teacher_cfg,
+            "num_classes": teacher.num_classes,
+            "teacher_state": {k: v.detach().cpu() for k, v in teacher.state_dict().items()},
+            "student_width": student_width,
+            "student_state": {k: v.detach().cpu() for k, v in student.state_dict().items()},
+            "support": type(support)(
+                feats={lvl: [m.cpu() for m in maps] for lvl, maps in support.feats.items()},
+                masks={lvl: m.cpu() for lvl, m in support.masks.items()},
+                present=support.present.cpu(),
+            ),
+            "size": size,
+            "labeller": labeller,
+            "threshold": threshold,
+            "trusted": trusted.cpu(),
+        }
+        with _ray_session(ray, self.address):
+            from ray.util import ActorPool
+
+            shared = ray.put(payload)  # once in the object store, not once per actor
+            actor = ray.remote(num_cpus=1, num_gpus=self.gpus_per_worker or 0)(_PoolActor)
+            size_of_pool = min(len(chunks), _pool_size(ray, self.workers, self.gpus_per_worker))
+            actors = ActorPool([actor.remote(shared, self.device) for _ in range(size_of_pool)])
+            # map keeps the order of the batches: the pool's tensors are concatenated as a local run's.
+            for start, (indices, errors, batch) in zip(
+                range(0, len(paths), batch_size), actors.map(lambda a, chunk: a.label.remote(chunk), chunks)
+            ):
+                raise_if_interrupted()
+                # The actors read absolute paths; report each path as the pool listing gave it.
+                errors = [(start + i, msg.replace(absolute[start + i], str(paths[start + i]))) for i, msg in errors]
+                yield [start + i for i in indices], errors, batch
+
+
 def _check_pool_options(workers: int | None, gpus_per_worker: float) -> None:
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be at least 1 with --engine ray (got {workers}).")
@@ -328,13 +493,17 @@ def _map_paths(
     batch_size: int,
     workers: int | None,
     gpus_per_worker: float,
+    stores: list[int] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Stream ``{"index", "path"}`` rows of ``paths`` through a pool of ``actor`` (Ray Data ``map_batches`` with
-    ``ActorPoolStrategy``) and yield the result batches (numpy columns) as they finish."""
+    """Stream ``{"index", "path", "store"}`` rows of ``paths`` through a pool of ``actor`` (Ray Data
+    ``map_batches`` with ``ActorPoolStrategy``) and yield the result batches (numpy columns) as they finish.
+    ``stores``: per path, its filesystem's index among the actor's (see :func:`_rows`; None: all local)."""
+    stores = stores if stores is not None else [-1] * len(paths)
     with _ray_session(ray, address):
         from ray.data import ActorPoolStrategy
 
-        dataset = ray.data.from_items([{"index": i, "path": p} for i, p in enumerate(paths)])
+        rows = [{"index": i, "path": p, "store": k} for i, (p, k) in enumerate(zip(paths, stores))]
+        dataset = ray.data.from_items(rows)
         dataset = dataset.map_batches(
             actor,
             fn_constructor_kwargs=constructor_kwargs,

@@ -11,8 +11,9 @@ student's head on a batch of cached pool features.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,16 @@ from fsdistill.models.student import DistilledStudent
 from fsdistill.models.teacher import DCAMATeacher, Features, SupportFeatures
 from fsdistill.train.losses import IGNORE_INDEX
 
-__all__ = ["POOL_LABELLERS", "PoolTargets", "label_pool", "pseudo_labels"]
+__all__ = [
+    "POOL_LABELLERS",
+    "PoolTargets",
+    "join_pool",
+    "label_batch",
+    "label_files",
+    "label_pool",
+    "pool_trust",
+    "pseudo_labels",
+]
 
 # Who labels the pool: the adapted teacher (compares each image with the supports), the support-trained student
 # (self-training), both averaged (mean of their class probabilities), or both, keeping only the pixels where their
@@ -121,6 +131,66 @@ def _probs(logits: Tensor, size: tuple[int, int]) -> Tensor:
     return logits.float().softmax(dim=1)
 
 
+# One labelled batch: its features (per level, the kept block maps, each B×C×h×w), the teacher's coarse maps per
+# stage (B×N×n×h×w) and the B×H×W uint8 pseudo-labels.
+LabelledBatch = tuple[Features, list[Tensor], Tensor]
+
+
+@torch.no_grad()
+def label_batch(
+    teacher: DCAMATeacher,
+    student: DistilledStudent,
+    support: SupportFeatures,
+    images: Tensor,
+    labeller: str,
+    threshold: float,
+    trusted: Tensor,
+) -> LabelledBatch:
+    """Encode and label one batch of B×3×H×W uint8 images (on the support's device): see :func:`label_pool`.
+
+    The models must be in eval mode. A batch's results depend only on its own images, so batches may be labelled
+    anywhere (``distill --engine ray``: in Ray actors) and joined with :func:`join_pool`.
+    """
+    classes = list(range(teacher.num_classes))
+    present = support.present.any(dim=0)
+    images = images.to(support.present.device)
+    feats = teacher.backbone.encode(images)
+    size = (images.shape[-2], images.shape[-1])
+    s_logits, _ = student.forward_features(feats)
+    per_image_coarse, t_logits = [], []
+    for i in range(images.shape[0]):
+        query = [[m[i : i + 1] for m in level] for level in feats]
+        coarse = teacher.coarse_maps(query, support, classes)  # per stage N×n×h×w
+        t_logits.append(teacher.decode_episode(query, support, coarse, present))
+        per_image_coarse.append(coarse)
+    labels = pseudo_labels(_probs(torch.cat(t_logits), size), _probs(s_logits, size), labeller, threshold, trusted)
+    # The student reads only the last stride-4 map (its skip features): the other stride-4 maps, a quarter of
+    # an image's features, are not kept.
+    kept = [feats[0][-1:], *feats[1:]]
+    return kept, [torch.stack(stage) for stage in zip(*per_image_coarse)], labels.to(torch.uint8)
+
+
+def join_pool(parts: list[LabelledBatch], trusted: Tensor, device: torch.device) -> PoolTargets | None:
+    """The :class:`PoolTargets` of labelled batches, in their order, on ``device``; None without a batch."""
+    if not parts:
+        return None
+    feats_parts = [p[0] for p in parts]
+    return PoolTargets(
+        feats=[
+            [torch.cat([p[lvl][b].to(device) for p in feats_parts]) for b in range(len(maps))]
+            for lvl, maps in enumerate(feats_parts[0])
+        ],
+        coarse=[torch.cat([p[1][s].to(device) for p in parts]) for s in range(len(parts[0][1]))],
+        labels=torch.cat([p[2].to(device) for p in parts]),
+        trusted=trusted.to(device),
+    )
+
+
+def pool_trust(teacher: DCAMATeacher, trusted: Tensor | None) -> Tensor:
+    """N bool: the classes the pool teaches (``trusted`` None: every class)."""
+    return torch.ones(teacher.num_classes, dtype=torch.bool) if trusted is None else trusted.bool()
+
+
 @torch.no_grad()
 def label_pool(
     teacher: DCAMATeacher,
@@ -143,38 +213,37 @@ def label_pool(
     """
     teacher.eval()
     student.eval()
-    classes = list(range(teacher.num_classes))
-    present = support.present.any(dim=0)
-    feats_parts: list[Features] = []
-    coarse_parts: list[list[Tensor]] = []
-    label_parts: list[Tensor] = []
-    device = support.present.device
-    trusted = torch.ones(teacher.num_classes, dtype=torch.bool) if trusted is None else trusted.bool()
-    for images in batches:
-        images = images.to(device)
-        feats = teacher.backbone.encode(images)
-        size = (images.shape[-2], images.shape[-1])
-        s_logits, _ = student.forward_features(feats)
-        per_image_coarse, t_logits = [], []
-        for i in range(images.shape[0]):
-            query = [[m[i : i + 1] for m in level] for level in feats]
-            coarse = teacher.coarse_maps(query, support, classes)  # per stage N×n×h×w
-            t_logits.append(teacher.decode_episode(query, support, coarse, present))
-            per_image_coarse.append(coarse)
-        labels = pseudo_labels(_probs(torch.cat(t_logits), size), _probs(s_logits, size), labeller, threshold, trusted)
-        # The student reads only the last stride-4 map (its skip features): the other stride-4 maps, a quarter of
-        # an image's features, are not kept.
-        feats_parts.append([feats[0][-1:], *feats[1:]])
-        coarse_parts.append([torch.stack(stage) for stage in zip(*per_image_coarse)])
-        label_parts.append(labels.to(torch.uint8))
-    if not label_parts:
-        return None
-    return PoolTargets(
-        feats=[
-            [torch.cat([p[lvl][b] for p in feats_parts]) for b in range(len(maps))]
-            for lvl, maps in enumerate(feats_parts[0])
-        ],
-        coarse=[torch.cat([p[s] for p in coarse_parts]) for s in range(len(coarse_parts[0]))],
-        labels=torch.cat(label_parts),
-        trusted=trusted.to(device),
-    )
+    trusted = pool_trust(teacher, trusted)
+    parts = [label_batch(teacher, student, support, images, labeller, threshold, trusted) for images in batches]
+    return join_pool(parts, trusted, support.present.device)
+
+
+# One batch of pool files labelled: the indices (into the path list) of its readable images, in order, the
+# ``(index, message)`` of each unreadable one, and the labelled batch (None when none was readable).
+FileBatch = tuple[list[int], list[tuple[int, str]], LabelledBatch | None]
+
+
+def label_files(
+    teacher: DCAMATeacher,
+    student: DistilledStudent,
+    support: SupportFeatures,
+    paths: list[Path],
+    size: int,
+    labeller: str,
+    threshold: float,
+    trusted: Tensor,
+    batch_size: int,
+) -> Iterator[FileBatch]:
+    """Decode ``paths`` ``batch_size`` at a time (resized to size×size) and label each batch in this process:
+    the local engine of ``distill --unlabeled`` (:class:`fsdistill.infer.ray_engine.RayPoolLabeller` is the Ray
+    one; both cut the same batches, so their results are the same tensors)."""
+    from fsdistill.infer.predictor import image_batches
+
+    teacher.eval()
+    student.eval()
+    for items, errors in image_batches(paths, size, batch_size, workers=0):
+        batch = None
+        if items:
+            images = torch.stack([it["image"] for it in items])
+            batch = label_batch(teacher, student, support, images, labeller, threshold, trusted)
+        yield [it["index"] for it in items], errors, batch

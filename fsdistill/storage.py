@@ -1,0 +1,315 @@
+"""Where predict reads its images and writes its outputs: a local folder or an object-store prefix.
+
+:class:`Storage` is the seam: the files below one root, addressed by relative POSIX keys (``masks/a/b.png``),
+with only what predict needs (walk, list, exists, read bytes, write bytes). :class:`LocalStorage` is a folder
+on this machine; :class:`ObjectStorage` is an ``s3://bucket/prefix`` or ``gs://bucket/prefix`` through pyarrow's
+filesystems (``pyarrow.fs.FileSystem.from_uri``; pyarrow comes with the ray extra, ``pip install
+'fsdistill[ray]'``, and is imported only when a URI is given). Predict's listing, resume checks and writer run
+the same code on both.
+
+Credentials and endpoints are pyarrow's own: for S3 the AWS SDK's environment (``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``; an S3-compatible server through ``AWS_ENDPOINT_URL_S3``), for GCS
+Google's application default credentials; either may also be given in the URI's query
+(``s3://bucket/prefix?endpoint_override=host:9000&scheme=http``, ``gs://bucket/prefix?anonymous=true``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from fsdistill.errors import ConfigError, DataError, DependencyError
+from fsdistill.runtime import ensure_writable_dir, write_atomic
+
+__all__ = ["Storage", "LocalStorage", "ObjectStorage", "StoredFile", "is_uri", "open_storage", "OBJECT_SCHEMES"]
+
+OBJECT_SCHEMES = ("s3", "gs")
+_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
+_REASON_CHARS = 200  # pyarrow's messages carry request ids and nested retry records: the start says what failed
+
+
+def is_uri(location: object) -> bool:
+    """Whether ``location`` is a ``scheme://…`` string (an object-store URI, supported or not)."""
+    return isinstance(location, str) and _URI.match(location) is not None
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = re.split(r" \(Request ID:| error_info=", text)[0].rstrip(" .;")
+    return text if len(text) <= _REASON_CHARS else text[: _REASON_CHARS - 1] + "…"
+
+
+def _pyarrow_fs() -> Any:
+    try:
+        import pyarrow.fs
+    except ImportError:
+        raise DependencyError(
+            "s3:// and gs:// locations need pyarrow, which is not installed; install it with pip install "
+            "'fsdistill[ray]'."
+        ) from None
+    return pyarrow.fs
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """One file in an object store, as predict's image sources hold it (a local image is a plain Path).
+
+    Picklable (pyarrow's filesystems are, with their endpoint and credentials options), so DataLoader workers
+    and Ray actors read it themselves. ``str()`` is its URI, as reported in errors and predictions.csv.
+    """
+
+    fs: Any  # a pyarrow.fs.FileSystem
+    path: str  # bucket/key
+    scheme: str
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.path}"
+
+    @property
+    def name(self) -> str:
+        return PurePosixPath(self.path).name
+
+    @property
+    def suffix(self) -> str:
+        return PurePosixPath(self.path).suffix
+
+    def read_bytes(self) -> bytes:
+        """The object's bytes (OSError when it cannot be read)."""
+        with self.fs.open_input_file(self.path) as handle:
+            return handle.read()
+
+
+class Storage(ABC):
+    """The files below one root (a local folder or an object-store prefix), addressed by relative POSIX keys;
+    the key ``""`` is the root itself (which may be a single file)."""
+
+    @property
+    def local(self) -> Path | None:
+        """The root as a local folder, or None for an object store."""
+        return None
+
+    @abstractmethod
+    def display(self, key: str = "") -> str:
+        """The path or URI of ``key`` as the user writes it."""
+
+    @abstractmethod
+    def identity(self, key: str = "") -> str:
+        """A name that is equal for equal files (a resolved path, a URI): finds files reached twice."""
+
+    @abstractmethod
+    def kind(self, key: str = "") -> str:
+        """``file``, ``dir`` or ``missing``."""
+
+    def is_file(self, key: str) -> bool:
+        return self.kind(key) == "file"
+
+    @abstractmethod
+    def walk(self) -> Iterator[tuple[str, list[str], list[str]]]:
+        """Top-down ``(folder key, sub-folder names, file names)`` below the root, as :func:`os.walk` (removing
+        names from the sub-folder list in place keeps the walk out of them)."""
+
+    @abstractmethod
+    def files(self, key: str) -> set[str]:
+        """Keys of every file below folder ``key`` (relative to the root; empty when it does not exist)."""
+
+    @abstractmethod
+    def read_bytes(self, key: str) -> bytes:
+        """The bytes of file ``key``."""
+
+    @abstractmethod
+    def write_bytes(self, key: str, payload: bytes, unique: bool = False) -> None:
+        """Write file ``key`` whole or not at all; ``unique``: another process may write it at the same time."""
+
+    @abstractmethod
+    def ensure_writable(self, flag: str) -> None:
+        """Raise DataError (naming the option ``flag``) when outputs cannot be written here."""
+
+    @abstractmethod
+    def source(self, key: str = "") -> Path | StoredFile:
+        """File ``key`` as an image source for the runners (a Path, or a :class:`StoredFile`)."""
+
+    def __str__(self) -> str:
+        return self.display()
+
+
+class LocalStorage(Storage):
+    """A folder (or file) on this machine; writes go through a temporary name and a rename."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def local(self) -> Path:
+        return self.root
+
+    def _path(self, key: str) -> Path:
+        return self.root / key if key else self.root
+
+    def display(self, key: str = "") -> str:
+        return str(self._path(key))
+
+    def identity(self, key: str = "") -> str:
+        return str(self._path(key).resolve())
+
+    def kind(self, key: str = "") -> str:
+        path = self._path(key)
+        return "file" if path.is_file() else "dir" if path.is_dir() else "missing"
+
+    def walk(self) -> Iterator[tuple[str, list[str], list[str]]]:
+        for folder, dirs, names in os.walk(self.root):
+            rel = Path(folder).relative_to(self.root).as_posix()
+            yield ("" if rel == "." else rel), dirs, names
+
+    def files(self, key: str) -> set[str]:
+        return {
+            (Path(folder) / name).relative_to(self.root).as_posix()
+            for folder, _, names in os.walk(self._path(key))
+            for name in names
+        }
+
+    def read_bytes(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def write_bytes(self, key: str, payload: bytes, unique: bool = False) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, payload, unique=unique)
+
+    def ensure_writable(self, flag: str) -> None:
+        ensure_writable_dir(self.root, flag)
+
+    def source(self, key: str = "") -> Path:
+        return self._path(key)
+
+
+class ObjectStorage(Storage):
+    """A prefix in an object store, through a pyarrow filesystem (see the module docstring).
+
+    Every write is one object put, which the store makes visible all at once or not at all (a reader never sees
+    half an object, and a killed run leaves none): the local writer's temporary name and rename are not needed
+    here. An error of the store (unreachable endpoint, missing bucket, refused credentials) becomes a DataError
+    that names the URI.
+    """
+
+    def __init__(self, fs: Any, root: str, scheme: str) -> None:
+        self.fs, self.root, self.scheme = fs, root.strip("/"), scheme
+
+    def _path(self, key: str) -> str:
+        return f"{self.root}/{key}" if key else self.root
+
+    def display(self, key: str = "") -> str:
+        return f"{self.scheme}://{self._path(key)}"
+
+    def identity(self, key: str = "") -> str:
+        return self.display(key)
+
+    def _fail(self, what: str, key: str, exc: OSError) -> DataError:
+        return DataError(
+            f"Cannot {what} {self.display(key)} ({_reason(exc)}); check the bucket name, the credentials and the "
+            "endpoint."
+        )
+
+    def kind(self, key: str = "") -> str:
+        fs = _pyarrow_fs()
+        try:
+            found = self.fs.get_file_info(self._path(key)).type
+        except OSError as exc:
+            raise self._fail("reach", key, exc) from None
+        return {fs.FileType.File: "file", fs.FileType.Directory: "dir"}.get(found, "missing")
+
+    def _listing(self, key: str) -> list[str]:
+        """Keys (relative to the root) of every file below folder ``key``: one recursive listing."""
+        fs = _pyarrow_fs()
+        base = self._path(key)
+        try:
+            infos = self.fs.get_file_info(fs.FileSelector(base, recursive=True, allow_not_found=True))
+        except OSError as exc:
+            raise self._fail("list", key, exc) from None
+        start = len(self.root) + 1
+        return sorted(info.path[start:] for info in infos if info.type == fs.FileType.File)
+
+    def walk(self) -> Iterator[tuple[str, list[str], list[str]]]:
+        # One listing of the whole prefix (an object store has no folders to descend into), laid out as folders.
+        folders: dict[str, tuple[set[str], list[str]]] = {"": (set(), [])}
+        for key in self._listing(""):
+            parts = key.split("/")
+            for depth in range(len(parts) - 1):
+                parent, child = "/".join(parts[:depth]), "/".join(parts[: depth + 1])
+                folders.setdefault(parent, (set(), []))[0].add(parts[depth])
+                folders.setdefault(child, (set(), []))
+            folders["/".join(parts[:-1])][1].append(parts[-1])
+        pending = [""]
+        while pending:
+            folder = pending.pop()
+            subs, names = folders[folder]
+            dirs = sorted(subs)
+            yield folder, dirs, names
+            pending.extend(f"{folder}/{d}" if folder else d for d in reversed(dirs))
+
+    def files(self, key: str) -> set[str]:
+        return set(self._listing(key))
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self.source(key).read_bytes()
+        except OSError as exc:
+            raise self._fail("read", key, exc) from None
+
+    def write_bytes(self, key: str, payload: bytes, unique: bool = False) -> None:
+        # Atomic by nature: the object appears when its upload completes (see the class docstring).
+        try:
+            with self.fs.open_output_stream(self._path(key)) as handle:
+                handle.write(payload)
+        except OSError as exc:
+            raise self._fail("write", key, exc) from None
+
+    def ensure_writable(self, flag: str) -> None:
+        bucket = self.root.split("/")[0]
+        try:
+            found = self.fs.get_file_info(bucket).type
+        except OSError as exc:
+            raise self._fail("reach", "", exc) from None
+        if found == _pyarrow_fs().FileType.NotFound:
+            raise DataError(
+                f"The bucket of {flag} {self.display()} does not exist (or these credentials cannot see it); create "
+                f"it or choose another {flag} location."
+            )
+
+    def source(self, key: str = "") -> StoredFile:
+        return StoredFile(self.fs, self._path(key), self.scheme)
+
+
+def open_storage(location: str | os.PathLike) -> Storage:
+    """The :class:`Storage` of a local path (a Path, or a str without ``scheme://``) or an object-store URI.
+
+    Raises:
+        ConfigError: a scheme other than s3:// and gs://, or a URI pyarrow cannot parse or without a bucket.
+        DependencyError: a URI without pyarrow installed. DataError: the store cannot be reached.
+    """
+    if not is_uri(location):
+        return LocalStorage(Path(location))
+    assert isinstance(location, str)
+    scheme = location.split("://", 1)[0].lower()
+    if scheme not in OBJECT_SCHEMES:
+        raise ConfigError(
+            f"{location} has the scheme {scheme}://, which predict cannot read or write; use a local path, "
+            "s3://bucket/prefix or gs://bucket/prefix."
+        )
+    fs_module = _pyarrow_fs()
+    try:
+        fs, path = fs_module.FileSystem.from_uri(location)
+    except ValueError as exc:  # pyarrow.ArrowInvalid: an option of the query it does not know, a malformed URI
+        raise ConfigError(f"Cannot use {location} ({_reason(exc)}); write it as {scheme}://bucket/prefix.") from None
+    except OSError as exc:  # resolving an S3 bucket's region needs the endpoint
+        shown = location.split("?", 1)[0]
+        raise DataError(
+            f"Cannot reach {shown} ({_reason(exc)}); check the bucket name, the credentials and the endpoint."
+        ) from None
+    if not path.strip("/"):
+        raise ConfigError(f"{location} names no bucket; write it as {scheme}://bucket/prefix.")
+    return ObjectStorage(fs, path, scheme)
