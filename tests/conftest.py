@@ -139,3 +139,14 @@ def examples_root() -> Path:
     Only for tests marked ``examples``, which are skipped before they run when it is not built.
     """
     return examples_dir()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray cluster of 2 CPUs for one module's Ray tests (started once, shut down after them, so a module
+    that simulates nodes with ``ray.cluster_utils.Cluster`` finds none running); skipped without the ray extra."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield ray
+    ray.shutdown()

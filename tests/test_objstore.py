@@ -136,15 +136,6 @@ def test_s3_input_to_a_local_folder_and_back(s3, heldout, local_reference, shake
     assert _download(s3, "mixed/out") == _local_tree(local_reference)
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    pytest.importorskip("ray.data")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 @pytest.mark.ray
 @pytest.mark.examples
 def test_ray_engine_s3_to_s3_equals_local_predict_and_resumes(

@@ -23,16 +23,6 @@ from helpers import TINY_MODEL, TINY_TRAIN, assert_user_error
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    """A local Ray cluster of 2 CPUs for this module's tests."""
-    ray = pytest.importorskip("ray")
-    pytest.importorskip("ray.data")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def pool_dir(tiny_data, tmp_path_factory):
     """Nine unlabeled images (the held-out and support images of the 3-class folder) and a corrupt one."""
     pool = tmp_path_factory.mktemp("ray_pool") / "pool"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -159,16 +162,6 @@ def test_ray_options_need_the_ray_engine(shaken_multi_student, folder, tmp_path)
         _predict(folder, tmp_path / "out", shaken_multi_student, engine="spark")
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """A local Ray cluster of 2 CPUs for this module's Ray tests (started once, shut down after them)."""
-    ray = pytest.importorskip("ray")
-    pytest.importorskip("ray.data")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 @pytest.mark.ray
 def test_ray_engine_writes_the_local_outputs_and_resumes(
     ray_cluster, shaken_multi_student, folder, reference, tmp_path
@@ -221,3 +214,35 @@ def test_suggest_ray_options_need_the_ray_engine(shaken_multi_student, folder) -
         api.suggest(folder, shaken_multi_student, device="cpu", student_only=True, gpus_per_worker=1)
     with pytest.raises(ConfigError, match="engine"):
         api.suggest(folder, shaken_multi_student, device="cpu", student_only=True, engine="spark")
+
+
+class _DiesOnce:
+    """A Ray Data actor whose first batch kills its process (as an out-of-memory kill would) unless ``marker``
+    exists; it creates the marker first, so the restarted actor and every later batch go through."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __call__(self, batch: dict) -> dict:
+        if not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os._exit(1)
+        return {"index": batch["index"], "path": batch["path"], "pid": np.full(len(batch["index"]), os.getpid())}
+
+
+@pytest.mark.ray
+def test_an_actor_that_dies_is_restarted_and_its_batch_retried(ray_cluster, tmp_path) -> None:
+    """The engine's actor pool (fsdistill.infer.ray_engine._map_paths, which predict, suggest and pool labelling
+    use) gets every row back exactly once though an actor's process died in the middle of a batch."""
+    from ray import cloudpickle
+
+    from fsdistill.infer.ray_engine import _map_paths
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
+    marker = tmp_path / "died"
+    paths = [f"image{i}.png" for i in range(40)]
+    batches = list(_map_paths(ray_cluster, None, paths, _DiesOnce, {"marker": str(marker)}, {}, 8, 1, 0))
+    assert marker.exists()  # an actor did die
+    indices = sorted(int(i) for batch in batches for i in batch["index"])
+    assert indices == list(range(len(paths)))
+    assert sorted(str(p) for batch in batches for p in batch["path"]) == sorted(paths)
