@@ -108,6 +108,10 @@ class Storage(ABC):
     def is_file(self, key: str) -> bool:
         return self.kind(key) == "file"
 
+    def location(self, key: str) -> Path | str:
+        """Where ``key`` is, as results report it: a Path on this machine, else its URI."""
+        return self.local / key if self.local is not None else self.display(key)
+
     @abstractmethod
     def walk(self) -> Iterator[tuple[str, list[str], list[str]]]:
         """Top-down ``(folder key, sub-folder names, file names)`` below the root, as :func:`os.walk` (removing

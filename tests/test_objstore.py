@@ -218,8 +218,27 @@ def test_uri_without_pyarrow_names_the_ray_extra(shaken_multi_student, tmp_path,
     assert_user_error(result, "pip install 'fsdistill[ray]'")
 
 
-def test_shard_and_formats_need_a_local_output(s3, shaken_multi_student, tmp_path) -> None:
-    with pytest.raises(ConfigError, match="local -o folder"):
-        _predict([tmp_path], "s3://bucket/out", shaken_multi_student, shard="0/2")
+def test_formats_need_a_local_output(s3, shaken_multi_student, tmp_path) -> None:
     with pytest.raises(ConfigError, match="local -o folder"):
         _predict([tmp_path], "s3://bucket/out", shaken_multi_student, formats="coco")
+
+
+@pytest.mark.examples
+def test_shards_into_a_bucket_merge_to_the_unsharded_outputs(
+    s3, heldout, local_reference, shaken_multi_student
+) -> None:
+    """A job array writing to one bucket prefix: the last shard merges the shard tables into predictions.csv."""
+    source = _upload(s3, heldout, "shards/in")
+    out = f"s3://{BUCKET}/shards/out"
+    first = _predict([source], out, shaken_multi_student, shard="0/2")
+    assert first.csv_path == f"{out}/predictions.shard-0-of-2.csv"  # the other shard's table is not there yet
+    second = _predict([source], out, shaken_multi_student, shard="1/2")
+    assert second.csv_path == f"{out}/predictions.csv"
+    assert first.written + second.written == 8
+    tree = _download(s3, "shards/out")
+    assert {name for name in tree if name.startswith("predictions.shard-")} == {
+        "predictions.shard-0-of-2.csv",
+        "predictions.shard-1-of-2.csv",
+    }
+    expected = _expected(local_reference, heldout, source)
+    assert {k: v for k, v in tree.items() if not k.startswith("predictions.shard-")} == expected

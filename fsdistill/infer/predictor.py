@@ -376,7 +376,7 @@ def _write_csv(
         for cls, class_name in enumerate(class_names):
             writer.writerow([str(source), w, h, class_name, int(counts[cls]), f"{counts[cls] / (h * w):.6f}"])
     out.write_bytes(name, text.getvalue().encode("utf-8"))
-    return out.local / name if out.local is not None else out.display(name)
+    return out.location(name)
 
 
 def _mask_key(rel: Path) -> str:
@@ -404,7 +404,7 @@ def predict_files(
 
     ``inputs`` and ``out_dir`` are local paths or object-store URIs (``s3://bucket/prefix``,
     ``gs://bucket/prefix``; see :mod:`fsdistill.storage`): the same files are written either way, through the
-    same code. Pre-label formats and shards need a local ``out_dir``.
+    same code. Pre-label formats need a local ``out_dir``.
 
     ``shard``: predict only that shard's part of the sorted image list (see :mod:`fsdistill.infer.shard`); its
     rows go to ``predictions.shard-I-of-N.csv``, and ``predictions.csv`` is written once all N shards' are there.
@@ -427,11 +427,11 @@ def predict_files(
             "--format writes one file for all images, so it cannot be combined with --shard; run predict once more "
             "without --shard after the shards are done (it predicts nothing again) to write the formats."
         )
-    if out.local is None and (shard is not None or formats.formats != ("png",)):
-        # Both read and merge their files in a folder on this machine (shard tables, pre-label files).
+    if out.local is None and formats.formats != ("png",):
+        # The pre-label writers read the masks back and write their files in a folder on this machine.
         raise ConfigError(
-            f"--shard and --format {','.join(f for f in formats.formats if f != 'png') or 'png'} write to a local "
-            f"-o folder only; predict into a local folder, or drop them for {out}."
+            f"--format {','.join(f for f in formats.formats if f != 'png')} writes to a local -o folder only; "
+            f"predict into a local folder, or drop it for {out}."
         )
     all_entries = list_images(inputs, out)
     entries = shard.select(all_entries) if shard is not None else all_entries
@@ -497,9 +497,8 @@ def predict_files(
     if shard is None:
         result.csv_path = _write_csv(out, entries, predictor.class_names, written, earlier)
     else:
-        assert out.local is not None
         result.csv_path = _write_csv(out, entries, predictor.class_names, written, earlier, shard.csv_name())
-        merged = merge_shard_tables(out.local, shard, [str(source) for source, _ in all_entries])
+        merged = merge_shard_tables(out, shard, [str(source) for source, _ in all_entries])
         result.csv_path = merged or result.csv_path
     if formats.scored:
         assert out.local is not None

@@ -13,12 +13,13 @@ run writes.
 from __future__ import annotations
 
 import csv
-import os
+import io
 import re
 from pathlib import Path
 from typing import TypeVar
 
 from fsdistill.errors import ConfigError
+from fsdistill.storage import Storage
 
 __all__ = ["Shard", "parse_shard", "shard_csv_name"]
 
@@ -71,31 +72,29 @@ def parse_shard(value: str | Shard | tuple[int, int] | None) -> Shard | None:
     return Shard(int(match.group(1)), int(match.group(2)))
 
 
-def merge_shard_tables(out_dir: Path, shard: Shard, sources: list[str]) -> Path | None:
-    """Write ``predictions.csv`` from the N shard tables when all are there (else None).
+def merge_shard_tables(out: Storage, shard: Shard, sources: list[str]) -> Path | str | None:
+    """Write ``predictions.csv`` into ``out`` from the N shard tables when all are there (else None); returns
+    where it is (a URI in an object store).
 
     ``sources``: the image column of the full, unsharded list in order; the rows of each image are taken from the
     shard that holds it, so the result is the unsharded run's table. Safe when two shards finish at once: both
-    write the same bytes through their own temporary file and a rename.
+    write the same bytes, each whole (a temporary file and a rename each, or one object upload).
     """
-    tables = [out_dir / shard.csv_name(i) for i in range(shard.count)]
-    if not all(t.is_file() for t in tables):
+    tables = [shard.csv_name(i) for i in range(shard.count)]
+    if not all(out.is_file(t) for t in tables):
         return None
     header: list[str] | None = None
     rows: dict[str, list[list[str]]] = {}
     for table in tables:
-        with table.open(newline="") as handle:
-            reader = csv.reader(handle)
-            header = next(reader, None) or header
-            for row in reader:
-                rows.setdefault(row[0], []).append(row)
-    path = out_dir / "predictions.csv"
-    tmp = out_dir / f".predictions.csv.{os.getpid()}.tmp"
-    with tmp.open("w", newline="") as handle:
-        # csv.writer writes back the same bytes the shards' writers wrote from the same strings.
-        writer = csv.writer(handle)
-        writer.writerow(header or ["image", "width", "height", "class", "pixels", "fraction"])
-        for source in sources:
-            writer.writerows(rows.get(source, ()))
-    os.replace(tmp, path)
-    return path
+        reader = csv.reader(io.StringIO(out.read_bytes(table).decode("utf-8"), newline=""))
+        header = next(reader, None) or header
+        for row in reader:
+            rows.setdefault(row[0], []).append(row)
+    text = io.StringIO(newline="")
+    # csv.writer writes back the same bytes the shards' writers wrote from the same strings.
+    writer = csv.writer(text)
+    writer.writerow(header or ["image", "width", "height", "class", "pixels", "fraction"])
+    for source in sources:
+        writer.writerows(rows.get(source, ()))
+    out.write_bytes("predictions.csv", text.getvalue().encode("utf-8"), unique=True)
+    return out.location("predictions.csv")
