@@ -46,7 +46,7 @@ def _assert_same_pool(ours, theirs) -> None:
 @pytest.mark.ray
 def test_ray_labelling_gives_the_local_tensors(ray_cluster, tiny_pool_models, pool_dir) -> None:
     from fsdistill.config import ModelCfg
-    from fsdistill.infer.ray_engine import RayPoolLabeller
+    from fsdistill.train.pool_ray import RayPoolLabeller
 
     teacher, student, cache, _ = tiny_pool_models
     paths = sorted(pool_dir.iterdir())

@@ -34,7 +34,7 @@ from fsdistill.data.masks import IGNORE_INDEX
 from fsdistill.data.support_tensors import load_support_tensors
 from fsdistill.errors import CheckpointError, ConfigError, DataError
 from fsdistill.infer.predictor import list_images
-from fsdistill.infer.ray_engine import RayPoolLabeller, resolve_engine
+from fsdistill.infer.ray_engine import resolve_engine
 from fsdistill.models.build import (
     LoadedModel,
     build_student,
@@ -50,6 +50,7 @@ from fsdistill.runtime import progress, resolve_device, seed_everything
 from fsdistill.train.episodes import FeatureCache
 from fsdistill.train.fit import TrainStats, train
 from fsdistill.train.pool import join_pool, label_files
+from fsdistill.train.pool_ray import RayPoolLabeller
 from fsdistill.train.support_check import check_supports
 
 log = logging.getLogger(__name__)
@@ -356,7 +357,7 @@ def distill(
     finished run at ``cfg.out`` (see :func:`check_run_dir`).
 
     ``engine``: where the ``cfg.unlabeled`` pool is labelled: ``local`` (None) in this process, ``ray`` on a pool
-    of Ray actors (:class:`fsdistill.infer.ray_engine.RayPoolLabeller`; the same pseudo-labels and teacher maps),
+    of Ray actors (:class:`fsdistill.train.pool_ray.RayPoolLabeller`; the same pseudo-labels and teacher maps),
     joining the cluster at ``address``, with ``workers`` actors of ``gpus_per_worker`` GPUs each (as
     :func:`fsdistill.api.predict`'s).
 

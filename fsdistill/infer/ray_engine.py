@@ -12,10 +12,8 @@ readable by the workers (one machine, or a filesystem shared by the cluster's no
 the driver's pyarrow filesystem (pickled with its endpoint and credential options), and the driver writes the
 outputs to ``-o`` wherever that is.
 
-``distill --unlabeled --engine ray`` labels the unlabeled pool on Ray actors (:class:`RayPoolLabeller`): each
-rebuilds the support-phase teacher and student once from state dicts put in Ray's object store, and returns the
-pseudo-labels, teacher coarse maps and features of its batches, which the driver joins into the PoolTargets a
-local run has.
+``distill --unlabeled --engine ray`` labels the unlabeled pool on Ray actors with this module's session and pool
+sizing (:class:`fsdistill.train.pool_ray.RayPoolLabeller`: labelling is training code).
 
 ``suggest --engine ray`` uses the same actor pool for its scoring pass: :class:`RayScorer` streams the pool
 through actors that each load the student (and teacher) once and score their batches with
@@ -42,7 +40,16 @@ from fsdistill.infer.predictor import Predictor, Runner, Source
 from fsdistill.runtime import raise_if_interrupted
 from fsdistill.storage import StoredFile
 
-__all__ = ["ENGINES", "RayPoolLabeller", "RayRunner", "RayScorer", "require_ray", "resolve_engine"]
+__all__ = [
+    "ENGINES",
+    "RayRunner",
+    "RayScorer",
+    "check_pool_options",
+    "pool_size",
+    "ray_session",
+    "require_ray",
+    "resolve_engine",
+]
 
 ENGINES = ("local", "ray")
 RAY_BATCH_IMAGES = 32  # images per Ray task, at least (see RayRunner._remote)
@@ -162,7 +169,7 @@ class RayRunner(Runner):
         workers: int | None = None,
         gpus_per_worker: float = 0.0,
     ) -> None:
-        _check_pool_options(workers, gpus_per_worker)
+        check_pool_options(workers, gpus_per_worker)
         self.ray = require_ray()
         self.local, self.model, self.device = local, Path(model), device
         self.address, self.workers, self.gpus_per_worker = address, workers, gpus_per_worker
@@ -273,7 +280,7 @@ class RayScorer:
         workers: int | None = None,
         gpus_per_worker: float = 0.0,
     ) -> None:
-        _check_pool_options(workers, gpus_per_worker)
+        check_pool_options(workers, gpus_per_worker)
         self.ray = require_ray()
         self.student, self.teacher, self.device = Path(student), None if teacher is None else Path(teacher), device
         self.address, self.workers, self.gpus_per_worker = address, workers, gpus_per_worker
@@ -308,138 +315,14 @@ class RayScorer:
                 on_progress(len(batch["index"]))
 
 
-class _PoolActor:
-    """One Ray actor of ``distill --unlabeled --engine ray``: rebuilds the support-phase teacher and student once
-    (from their configs and state dicts), then labels the batches of pool files it is handed."""
-
-    def __init__(self, payload: dict[str, Any], device: str) -> None:
-        from fsdistill.models.build import build_student, build_teacher
-        from fsdistill.runtime import resolve_device
-
-        self.device = resolve_device(device)
-        # No backbone weights to fetch: the state dicts hold every weight the driver's models have.
-        teacher = build_teacher(payload["teacher_cfg"], payload["num_classes"], pretrained=False)
-        teacher.load_state_dict(payload["teacher_state"])
-        student = build_student(teacher, payload["student_width"])
-        student.load_state_dict(payload["student_state"])  # its backbone and decoder are the teacher's
-        self.teacher, self.student = teacher.to(self.device).eval(), student.to(self.device).eval()
-        support = payload["support"]
-        self.support = type(support)(
-            feats={lvl: [m.to(self.device) for m in maps] for lvl, maps in support.feats.items()},
-            masks={lvl: m.to(self.device) for lvl, m in support.masks.items()},
-            present=support.present.to(self.device),
-        )
-        self.size, self.labeller, self.threshold = payload["size"], payload["labeller"], payload["threshold"]
-        self.trusted = payload["trusted"]
-
-    def label(self, paths: list[str]) -> tuple[list[int], list[tuple[int, str]], Any]:
-        """One batch of pool files → (readable indices in ``paths``, (index, error) per unreadable one, the
-        labelled batch on the CPU or None): a :data:`fsdistill.train.pool.FileBatch`."""
-        from fsdistill.train.pool import label_files
-
-        # One batch exactly (batch size = its length): the driver cut the batches a local run cuts.
-        for indices, errors, batch in label_files(
-            self.teacher,
-            self.student,
-            self.support,
-            [Path(p) for p in paths],
-            self.size,
-            self.labeller,
-            self.threshold,
-            self.trusted,
-            len(paths),
-        ):
-            if batch is not None:
-                feats, coarse, labels = batch
-                batch = ([[m.cpu() for m in level] for level in feats], [c.cpu() for c in coarse], labels.cpu())
-            return indices, errors, batch
-        return [], [], None
-
-
-class RayPoolLabeller:
-    """``distill --unlabeled``'s pool labelling on Ray actors: each actor rebuilds the support-phase teacher and
-    student once, from the state dicts and configs the driver puts in Ray's object store, and labels the pool in
-    batches of ``batch_size`` consecutive files, the batches :func:`fsdistill.train.pool.label_files` cuts
-    locally (so the pseudo-labels and teacher coarse maps are the local run's).
-
-    Args:
-        device, address, workers, gpus_per_worker: as for :class:`RayRunner`.
-    """
-
-    def __init__(
-        self,
-        device: str = "auto",
-        address: str | None = None,
-        workers: int | None = None,
-        gpus_per_worker: float = 0.0,
-    ) -> None:
-        _check_pool_options(workers, gpus_per_worker)
-        self.ray = require_ray()
-        self.device, self.address, self.workers, self.gpus_per_worker = device, address, workers, gpus_per_worker
-
-    def label_files(
-        self,
-        teacher: torch.nn.Module,
-        teacher_cfg: Any,
-        student: torch.nn.Module,
-        student_width: int | None,
-        support: Any,
-        paths: list[Path],
-        size: int,
-        labeller: str,
-        threshold: float,
-        trusted: torch.Tensor,
-        batch_size: int,
-    ) -> Iterator[tuple[list[int], list[tuple[int, str]], Any]]:
-        """As :func:`fsdistill.train.pool.label_files` (same arguments, plus the teacher's ModelCfg and the
-        student's width to rebuild them): per batch, in order, ``(readable indices, (index, error) per unreadable
-        file, labelled batch on the CPU or None)``."""
-        ray = self.ray
-        if not paths:
-            return
-        absolute = [str(Path(p).resolve()) for p in paths]
-        chunks = [absolute[i : i + batch_size] for i in range(0, len(absolute), batch_size)]
-        payload = {
-            "teacher_cfg": teacher_cfg,
-            "num_classes": teacher.num_classes,
-            "teacher_state": {k: v.detach().cpu() for k, v in teacher.state_dict().items()},
-            "student_width": student_width,
-            "student_state": {k: v.detach().cpu() for k, v in student.state_dict().items()},
-            "support": type(support)(
-                feats={lvl: [m.cpu() for m in maps] for lvl, maps in support.feats.items()},
-                masks={lvl: m.cpu() for lvl, m in support.masks.items()},
-                present=support.present.cpu(),
-            ),
-            "size": size,
-            "labeller": labeller,
-            "threshold": threshold,
-            "trusted": trusted.cpu(),
-        }
-        with _ray_session(ray, self.address):
-            from ray.util import ActorPool
-
-            shared = ray.put(payload)  # once in the object store, not once per actor
-            actor = ray.remote(num_cpus=1, num_gpus=self.gpus_per_worker or 0)(_PoolActor)
-            size_of_pool = min(len(chunks), _pool_size(ray, self.workers, self.gpus_per_worker))
-            actors = ActorPool([actor.remote(shared, self.device) for _ in range(size_of_pool)])
-            # map keeps the order of the batches: the pool's tensors are concatenated as a local run's.
-            for start, (indices, errors, batch) in zip(
-                range(0, len(paths), batch_size), actors.map(lambda a, chunk: a.label.remote(chunk), chunks)
-            ):
-                raise_if_interrupted()
-                # The actors read absolute paths; report each path as the pool listing gave it.
-                errors = [(start + i, msg.replace(absolute[start + i], str(paths[start + i]))) for i, msg in errors]
-                yield [start + i for i in indices], errors, batch
-
-
-def _check_pool_options(workers: int | None, gpus_per_worker: float) -> None:
+def check_pool_options(workers: int | None, gpus_per_worker: float) -> None:
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be at least 1 with --engine ray (got {workers}).")
     if gpus_per_worker < 0:
         raise ConfigError(f"--gpus-per-worker must be >= 0 (got {gpus_per_worker}).")
 
 
-def _pool_size(ray: Any, workers: int | None, gpus_per_worker: float) -> int:
+def pool_size(ray: Any, workers: int | None, gpus_per_worker: float) -> int:
     """Actors in the pool: ``workers`` if given, else the cluster's GPUs / ``gpus_per_worker``, else its CPUs
     (at most 8)."""
     if workers is not None:
@@ -451,7 +334,7 @@ def _pool_size(ray: Any, workers: int | None, gpus_per_worker: float) -> int:
 
 
 @contextmanager
-def _ray_session(ray: Any, address: str | None) -> Iterator[None]:
+def ray_session(ray: Any, address: str | None) -> Iterator[None]:
     """Ray connected for the block (a new local instance, stopped after it, when none is running), with Ray
     Data's own progress bars and log lines off: the command shows its own bar."""
     started = not ray.is_initialized()
@@ -499,7 +382,7 @@ def _map_paths(
     ``map_batches`` with ``ActorPoolStrategy``) and yield the result batches (numpy columns) as they finish.
     ``stores``: per path, its filesystem's index among the actor's (see :func:`_rows`; None: all local)."""
     stores = stores if stores is not None else [-1] * len(paths)
-    with _ray_session(ray, address):
+    with ray_session(ray, address):
         from ray.data import ActorPoolStrategy
 
         rows = [{"index": i, "path": p, "store": k} for i, (p, k) in enumerate(zip(paths, stores))]
@@ -507,7 +390,7 @@ def _map_paths(
         dataset = dataset.map_batches(
             actor,
             fn_constructor_kwargs=constructor_kwargs,
-            compute=ActorPoolStrategy(size=_pool_size(ray, workers, gpus_per_worker)),
+            compute=ActorPoolStrategy(size=pool_size(ray, workers, gpus_per_worker)),
             # Each Ray task holds several model batches (a multiple of batch_size, at least 32 images): fewer
             # tasks to schedule and ship than one per batch of 2 (predict's CPU default).
             batch_size=batch_size * max(1, -(-RAY_BATCH_IMAGES // batch_size)),

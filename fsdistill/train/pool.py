@@ -235,7 +235,7 @@ def label_files(
     batch_size: int,
 ) -> Iterator[FileBatch]:
     """Decode ``paths`` ``batch_size`` at a time (resized to size×size) and label each batch in this process:
-    the local engine of ``distill --unlabeled`` (:class:`fsdistill.infer.ray_engine.RayPoolLabeller` is the Ray
+    the local engine of ``distill --unlabeled`` (:class:`fsdistill.train.pool_ray.RayPoolLabeller` is the Ray
     one; both cut the same batches, so their results are the same tensors)."""
     from fsdistill.infer.predictor import image_batches
 

@@ -1,0 +1,148 @@
+"""``distill --unlabeled --engine ray``: label the unlabeled pool on Ray actors.
+
+Each actor rebuilds the support-phase teacher and student once from state dicts put in Ray's object store, and
+returns the pseudo-labels, teacher coarse maps and features of its batches, which the driver joins into the
+PoolTargets a local run has (:func:`fsdistill.train.pool.label_files` does the same work in this process). The
+session, pool sizing and option checks are the predict engine's (:mod:`fsdistill.infer.ray_engine`). Ray is
+optional (``pip install 'fsdistill[ray]'``) and imported only when the engine is asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fsdistill.infer.ray_engine import check_pool_options, pool_size, ray_session, require_ray
+from fsdistill.runtime import raise_if_interrupted
+from fsdistill.train.pool import label_files
+
+__all__ = ["RayPoolLabeller"]
+
+
+class _PoolActor:
+    """One Ray actor of ``distill --unlabeled --engine ray``: rebuilds the support-phase teacher and student once
+    (from their configs and state dicts), then labels the batches of pool files it is handed."""
+
+    def __init__(self, payload: dict[str, Any], device: str) -> None:
+        from fsdistill.models.build import build_student, build_teacher
+        from fsdistill.runtime import resolve_device
+
+        self.device = resolve_device(device)
+        # No backbone weights to fetch: the state dicts hold every weight the driver's models have.
+        teacher = build_teacher(payload["teacher_cfg"], payload["num_classes"], pretrained=False)
+        teacher.load_state_dict(payload["teacher_state"])
+        student = build_student(teacher, payload["student_width"])
+        student.load_state_dict(payload["student_state"])  # its backbone and decoder are the teacher's
+        self.teacher, self.student = teacher.to(self.device).eval(), student.to(self.device).eval()
+        support = payload["support"]
+        self.support = type(support)(
+            feats={lvl: [m.to(self.device) for m in maps] for lvl, maps in support.feats.items()},
+            masks={lvl: m.to(self.device) for lvl, m in support.masks.items()},
+            present=support.present.to(self.device),
+        )
+        self.size, self.labeller, self.threshold = payload["size"], payload["labeller"], payload["threshold"]
+        self.trusted = payload["trusted"]
+
+    def label(self, paths: list[str]) -> tuple[list[int], list[tuple[int, str]], Any]:
+        """One batch of pool files → (readable indices in ``paths``, (index, error) per unreadable one, the
+        labelled batch on the CPU or None): a :data:`fsdistill.train.pool.FileBatch`."""
+        # One batch exactly (batch size = its length): the driver cut the batches a local run cuts.
+        for indices, errors, batch in label_files(
+            self.teacher,
+            self.student,
+            self.support,
+            [Path(p) for p in paths],
+            self.size,
+            self.labeller,
+            self.threshold,
+            self.trusted,
+            len(paths),
+        ):
+            if batch is not None:
+                feats, coarse, labels = batch
+                batch = ([[m.cpu() for m in level] for level in feats], [c.cpu() for c in coarse], labels.cpu())
+            return indices, errors, batch
+        return [], [], None
+
+
+class RayPoolLabeller:
+    """``distill --unlabeled``'s pool labelling on Ray actors: each actor rebuilds the support-phase teacher and
+    student once, from the state dicts and configs the driver puts in Ray's object store, and labels the pool in
+    batches of ``batch_size`` consecutive files, the batches :func:`~fsdistill.train.pool.label_files` cuts
+    locally (so the pseudo-labels and teacher coarse maps are the local run's).
+
+    Args:
+        device, address, workers, gpus_per_worker: as for :class:`RayRunner`.
+    """
+
+    def __init__(
+        self,
+        device: str = "auto",
+        address: str | None = None,
+        workers: int | None = None,
+        gpus_per_worker: float = 0.0,
+    ) -> None:
+        check_pool_options(workers, gpus_per_worker)
+        self.ray = require_ray()
+        self.device, self.address, self.workers, self.gpus_per_worker = device, address, workers, gpus_per_worker
+
+    def label_files(
+        self,
+        teacher: torch.nn.Module,
+        teacher_cfg: Any,
+        student: torch.nn.Module,
+        student_width: int | None,
+        support: Any,
+        paths: list[Path],
+        size: int,
+        labeller: str,
+        threshold: float,
+        trusted: torch.Tensor,
+        batch_size: int,
+    ) -> Iterator[tuple[list[int], list[tuple[int, str]], Any]]:
+        """As :func:`~fsdistill.train.pool.label_files` (same arguments, plus the teacher's ModelCfg and the
+        student's width to rebuild them): per batch, in order, ``(readable indices, (index, error) per unreadable
+        file, labelled batch on the CPU or None)``."""
+        ray = self.ray
+        if not paths:
+            return
+        absolute = [str(Path(p).resolve()) for p in paths]
+        chunks = [absolute[i : i + batch_size] for i in range(0, len(absolute), batch_size)]
+        payload = {
+            "teacher_cfg": teacher_cfg,
+            "num_classes": teacher.num_classes,
+            "teacher_state": {k: v.detach().cpu() for k, v in teacher.state_dict().items()},
+            "student_width": student_width,
+            "student_state": {k: v.detach().cpu() for k, v in student.state_dict().items()},
+            "support": type(support)(
+                feats={lvl: [m.cpu() for m in maps] for lvl, maps in support.feats.items()},
+                masks={lvl: m.cpu() for lvl, m in support.masks.items()},
+                present=support.present.cpu(),
+            ),
+            "size": size,
+            "labeller": labeller,
+            "threshold": threshold,
+            "trusted": trusted.cpu(),
+        }
+        with ray_session(ray, self.address):
+            from ray.util import ActorPool
+
+            shared = ray.put(payload)  # once in the object store, not once per actor
+            # An actor that dies (a node lost, a process killed for memory) is restarted and its batch retried,
+            # as Ray Data's actor pools do for predict; plain actors default to neither.
+            actor = ray.remote(num_cpus=1, num_gpus=self.gpus_per_worker or 0, max_restarts=-1, max_task_retries=-1)(
+                _PoolActor
+            )
+            size_of_pool = min(len(chunks), pool_size(ray, self.workers, self.gpus_per_worker))
+            actors = ActorPool([actor.remote(shared, self.device) for _ in range(size_of_pool)])
+            # map keeps the order of the batches: the pool's tensors are concatenated as a local run's.
+            for start, (indices, errors, batch) in zip(
+                range(0, len(paths), batch_size), actors.map(lambda a, chunk: a.label.remote(chunk), chunks)
+            ):
+                raise_if_interrupted()
+                # The actors read absolute paths; report each path as the pool listing gave it.
+                errors = [(start + i, msg.replace(absolute[start + i], str(paths[start + i]))) for i, msg in errors]
+                yield [start + i for i in indices], errors, batch
