@@ -1,10 +1,12 @@
-"""``distill --init``: add classes to a trained run vs training the grown folder from scratch.
+"""``distill --init``: grow a trained run's folder (more classes, more images) vs training it from scratch.
 
-On an example case, for each seed: distill a run on the first ``--base`` classes (the others mapped to background),
-then continue it with ``--init`` on the first ``--base + --add`` classes, and distill that same grown folder from
-scratch. Reports held-out IoU per class of both grown students (old classes and new ones) and their wall times.
+On an example case, for each seed: distill a run on the first ``--base`` classes (the others mapped to background)
+of the first ``--base-images`` support images, then continue it with ``--init`` on the first ``--base + --add``
+classes of all support images, and distill that same grown folder from scratch. Reports held-out IoU per class of
+both grown students (old classes and new ones), their steps and wall times.
 
     python benchmarks/grow.py [--case macaque] [--base 3] [--add 1] [--seeds 0 1] [--out benchmarks/results/grow]
+    python benchmarks/grow.py --case nuclei --base 1 --add 0 --base-images 4   # more images, no new class
 """
 
 from __future__ import annotations
@@ -31,14 +33,15 @@ from fsdistill.data.discover import discover  # noqa: E402
 from fsdistill.runtime import library_versions  # noqa: E402
 
 
-def subset_folder(src: Path, dest: Path, classes: int) -> Path:
-    """Copy paired folder ``src`` keeping its first ``classes`` foreground classes (the others → background)."""
+def subset_folder(src: Path, dest: Path, classes: int, images: int | None = None) -> Path:
+    """Copy paired folder ``src`` keeping its first ``classes`` foreground classes (the others → background) and
+    its first ``images`` images (None = all)."""
     index = discover(src)
     if dest.exists():
         shutil.rmtree(dest)
     (dest / "images").mkdir(parents=True)
     (dest / "masks").mkdir()
-    for i, sample in enumerate(index.samples):
+    for i, sample in enumerate(index.samples[:images]):
         mask = index.load_pair(i)[1].copy()
         mask[(mask > classes) & (mask != 255)] = 0
         shutil.copyfile(sample.image_path, dest / "images" / sample.image_path.name)
@@ -60,6 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--case", default="macaque")
     parser.add_argument("--base", type=int, default=3, help="classes of the first run")
     parser.add_argument("--add", type=int, default=1, help="classes added for the continued run")
+    parser.add_argument("--base-images", type=int, default=None, help="support images of the first run (all)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--data", type=Path, default=ROOT / "examples" / "data")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "grow")
@@ -70,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     case = build_examples(args.data, cases=[args.case])[args.case]
     work = args.out / "work"
     grown_classes = args.base + args.add
-    base = subset_folder(case / "support", work / "base_support", args.base)
+    base = subset_folder(case / "support", work / "base_support", args.base, args.base_images)
     grown = subset_folder(case / "support", work / "grown_support", grown_classes)
     heldout = subset_folder(case / "heldout", work / "grown_heldout", grown_classes)
     rows = []
@@ -98,8 +102,9 @@ def main(argv: list[str] | None = None) -> dict:
             name: {
                 "miou": float(np.mean([r[name]["miou"] for r in rows])),
                 "seconds": float(np.mean([r[name]["seconds"] for r in rows])),
+                "steps": float(np.mean([r[name]["steps"] for r in rows])),
                 "old_iou": float(np.mean([r[name]["iou"][c] for r in rows for c in old])),
-                "new_iou": float(np.mean([r[name]["iou"][c] for r in rows for c in new])),
+                "new_iou": float(np.mean([r[name]["iou"][c] for r in rows for c in new])) if new else None,
             }
             for name in ("init", "scratch")
         },
@@ -108,14 +113,24 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "grow.json").write_text(json.dumps(summary, indent=2))
     m = summary["mean"]
-    (args.out / "grow.md").write_text(
-        f"| {args.case}: {args.base} → {grown_classes} classes, seeds {args.seeds} | --init | from scratch |\n"
-        "|---|---|---|\n"
-        f"| old classes ({', '.join(old)}), mean IoU | {m['init']['old_iou']:.3f} | {m['scratch']['old_iou']:.3f} |\n"
-        f"| new classes ({', '.join(new)}), mean IoU | {m['init']['new_iou']:.3f} | {m['scratch']['new_iou']:.3f} |\n"
-        f"| mIoU | {m['init']['miou']:.3f} | {m['scratch']['miou']:.3f} |\n"
-        f"| distill wall time | {m['init']['seconds']:.0f} s | {m['scratch']['seconds']:.0f} s |\n"
-    )
+    images = "all" if args.base_images is None else args.base_images
+    lines = [
+        f"| {args.case}: {args.base} classes ({images} support images) → {grown_classes} (all images), seeds "
+        f"{args.seeds} | --init | from scratch |",
+        "|---|---|---|",
+        f"| old classes ({', '.join(old)}), mean IoU | {m['init']['old_iou']:.3f} | {m['scratch']['old_iou']:.3f} |",
+    ]
+    if new:
+        lines.append(
+            f"| new classes ({', '.join(new)}), mean IoU | {m['init']['new_iou']:.3f} | {m['scratch']['new_iou']:.3f} |"
+        )
+    lines += [
+        f"| mIoU | {m['init']['miou']:.3f} | {m['scratch']['miou']:.3f} |",
+        f"| steps | {m['init']['steps']:.0f} | {m['scratch']['steps']:.0f} |",
+        f"| distill wall time | {m['init']['seconds']:.0f} s | {m['scratch']['seconds']:.0f} s "
+        f"(--init: {m['init']['seconds'] / m['scratch']['seconds']:.0%}) |",
+    ]
+    (args.out / "grow.md").write_text("\n".join(lines) + "\n")
     print((args.out / "grow.md").read_text())
     return summary
 

@@ -189,8 +189,9 @@ class TrainCfg(_Strict):
     )
     seed: int = 0
 
-    def budget(self) -> PlateauStop:
-        """The automatic stop rule of these settings (used when ``steps`` is None)."""
+    def budget(self, continued: bool = False) -> PlateauStop:
+        """The automatic stop rule of these settings (used when ``steps`` is None); ``continued``: the run starts
+        from a trained one and stops at the floors, not at the loss plateau (see fsdistill.train.budget)."""
         from fsdistill.train.budget import PlateauStop
 
         return PlateauStop(
@@ -198,6 +199,7 @@ class TrainCfg(_Strict):
             max_steps=self.max_steps,
             max_seconds=None if self.max_minutes is None else 60.0 * self.max_minutes,
             queries_per_class=self.queries_per_class,
+            plateau=not continued,
         )
 
     @field_validator("train")

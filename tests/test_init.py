@@ -89,6 +89,22 @@ def test_distill_init_adds_a_class_and_records_it(tiny_multi_run, tiny_data, tmp
     assert trained.stats["steps"] == TINY_TRAIN["steps"]
 
 
+def test_distill_init_automatic_budget_stops_when_the_new_class_is_covered(tiny_multi_run, tiny_data, tmp_path) -> None:
+    """Without --steps a continued run stops at the floors (min_steps, the new class's queries), not the plateau."""
+    grown = write_multiclass_folder(
+        tmp_path / "grown", [f"g{i}" for i in range(8)], [*tiny_data.multi_classes, "yellow"], seed=5
+    )
+    train = {**TINY_TRAIN, "steps": None, "min_steps": 3, "max_steps": 500, "queries_per_class": 12}
+    run = api.distill(_cfg(grown, tmp_path / "run", init=tiny_multi_run.run_dir, train=train))
+    queries = run.stats["class_queries"]
+    assert "continued run" in run.stats["stop_reason"]
+    assert run.stats["steps"] >= 3 and queries[3] >= 12
+    # it stopped at the first step that covered the new class (one query + a student batch of 4 per step at most)
+    assert queries[3] < 12 + 5 or run.stats["steps"] == 3
+    # the new class is a query target as often as the three kept ones together
+    assert queries[3] >= max(queries[:3])
+
+
 def test_distill_init_bad_input_is_one_sentence(tiny_multi_run, tiny_data, tmp_path) -> None:
     smaller = write_multiclass_folder(tmp_path / "smaller", [f"s{i}" for i in range(4)], ["red", "green"], seed=6)
     runner = CliRunner()

@@ -349,6 +349,21 @@ def test_plateau_stop_waits_for_min_steps_coverage_and_a_flat_loss() -> None:
     assert stop.update(1.0) and "time cap" in stop.reason
 
 
+def test_a_continued_run_stops_at_its_floors_while_the_loss_still_falls() -> None:
+    from fsdistill.train.budget import PlateauStop
+
+    falling = [1.0 / (t + 1) for t in range(1000)]
+    stop = PlateauStop(min_steps=20, max_steps=1000, window=10, queries_per_class=30, plateau=False)
+    # the class to learn reaches 30 queries at t = 60 (its counts grow by one every other step)
+    steps = next(t + 1 for t, loss in enumerate(falling) if stop.update(loss, [t // 2]))
+    assert steps == 61 and "continued run" in stop.reason
+    stop = PlateauStop(min_steps=20, max_steps=1000, window=10, queries_per_class=30, plateau=False)
+    assert next(t + 1 for t, loss in enumerate(falling) if stop.update(loss, [])) == 20  # no class to learn
+    # the same falling loss keeps a fresh run training
+    stop = PlateauStop(min_steps=20, max_steps=1000, window=10, queries_per_class=30)
+    assert not any(stop.update(loss, [t // 2]) for t, loss in enumerate(falling[:200]))
+
+
 def test_episode_queries_are_class_balanced() -> None:
     """A class in 2 of 10 images is a query target as often as one in all ten (the rule for small structures)."""
     from fsdistill.train.episodes import EpisodeSampler

@@ -414,11 +414,7 @@ def distill(
         copy_student_classes(student, init[1].model.to(device), match, prior)
     else:
         student.set_class_prior(prior)
-    # A continued run has trained classes and new ones: the new ones are query targets as often as all the
-    # trained ones together, or the loss (mostly the trained classes') flattens before they are learned.
-    repeats = None
-    if match is not None and match.new:
-        repeats = [1 if source is not None else max(1, len(match.kept)) for source in match.source]
+    new_classes = None if match is None else [source is None for source in match.source]
     stats = train(
         teacher,
         cache,
@@ -426,7 +422,7 @@ def distill(
         student=student,
         freeze_teacher=cfg.freeze_teacher,
         quiet=quiet,
-        class_repeats=repeats,
+        new_classes=new_classes,
     )
     pool_info = None
     if pool_paths is not None and cfg.train.steps != 0:

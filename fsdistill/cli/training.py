@@ -124,7 +124,8 @@ def distill(
         typer.Option(
             "--init",
             help="Continue from this run (its teacher and student) after the support folder grew: classes are "
-            "matched by name, a new class starts fresh, the run's model settings are kept.",
+            "matched by name, a new class starts fresh, the run's model settings are kept; without --steps it stops once "
+            "the new classes are covered (min_steps, queries_per_class), not at the loss plateau.",
         ),
     ] = None,
     drop_class: Annotated[

@@ -11,6 +11,11 @@ trains until
 
 or until ``max_steps`` or ``max_seconds``, whichever comes first. The same rule stops the plain fine-tuning
 baseline of the benchmarks (its own loss, its own windows), so both are trained to convergence.
+
+A run that continues a trained one (``distill --init``) does not wait for the plateau (``plateau=False``): its
+kept classes and the shared decoder start converged and training them on over-fits the supports (held-out IoU
+fell the longer it trained, docs/benchmarks.md), so it stops as soon as the floors are met: ``min_steps``, and
+``queries_per_class`` for the classes it has to learn (the caller passes only the new classes' counts).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ class PlateauStop:
         window: steps per loss window. patience: windows without improvement before a plateau is declared.
         tolerance: relative improvement of a window mean over the best earlier one that counts as progress.
         queries_per_class: training queries that must show each class before stopping (0 = no such floor).
+        plateau: wait for the training loss to stop falling (False: stop once the step and query floors are met).
         reason: why the loop stopped (set by :meth:`update` when it returns True).
     """
 
@@ -41,6 +47,7 @@ class PlateauStop:
     patience: int = 2
     tolerance: float = 0.02
     queries_per_class: int = 0
+    plateau: bool = True
     reason: str = ""
     steps: int = 0
     _start: float = field(default_factory=time.perf_counter)
@@ -67,6 +74,11 @@ class PlateauStop:
             self.reason = f"reached the time cap ({self.max_seconds / 60:.0f} min)"
             return True
         covered = not class_queries or min(class_queries) >= self.queries_per_class
+        if self.steps >= self.min_steps and covered and not self.plateau:
+            self.reason = (
+                f"a continued run: {self.min_steps} steps, each class to learn in {self.queries_per_class}+ queries"
+            )
+            return True
         if self.steps >= self.min_steps and covered and self._stale >= self.patience:
             self.reason = f"the training loss stopped falling (window of {self.window} steps)"
             return True

@@ -98,15 +98,17 @@ def train(
     student: DistilledStudent | None = None,
     freeze_teacher: bool = False,
     quiet: bool = False,
-    class_repeats: list[int] | None = None,
+    new_classes: list[bool] | None = None,
     pool: PoolTargets | None = None,
 ) -> TrainStats:
     """Fine-tune the teacher (``student is None``) or train the student jointly with it.
 
     Losses: adapt = focal(teacher); distill = ⅓ focal(teacher) + ⅓ focal(student) + ⅓ w·MSE(coarse maps), or with
     ``freeze_teacher`` ½ focal(student) + ½ w·MSE against the fixed teacher (w = ``cfg.mse_weight``; "focal" is
-    focal + Dice, :func:`~fsdistill.train.losses.segmentation_loss`). ``class_repeats``: per class, how often it
-    is a query target per pass of the class-balanced sampler (default once each). ``pool`` (distill only): labelled
+    focal + Dice, :func:`~fsdistill.train.losses.segmentation_loss`). ``new_classes`` (``distill --init``): the run
+    continues a trained one, and per class whether it is new; new classes are query targets as often as all the
+    trained ones together (or the loss, mostly the trained classes', flattens before they are learned), and the
+    automatic budget stops at its floors with the new classes covered (:mod:`fsdistill.train.budget`). ``pool`` (distill only): labelled
     unlabeled images; each step the student also trains on ``cfg.pool_batch`` of them, weighted ``cfg.pool_weight``:
     focal + Dice on their pseudo-labels and w·MSE against the teacher's coarse maps of them.
     """
@@ -134,7 +136,10 @@ def train(
         distributed.broadcast_parameters(params)
         torch.manual_seed(cfg.seed + rank)
     # seed + rank: each process draws other episodes (rank 0, and a plain run, the seed's own).
-    sampler = EpisodeSampler(cache.present, cfg.max_shots, cache.views, cfg.seed + rank, class_repeats)
+    repeats = None
+    if new_classes is not None and any(new_classes):
+        repeats = [max(1, new_classes.count(False)) if new else 1 for new in new_classes]
+    sampler = EpisodeSampler(cache.present, cfg.max_shots, cache.views, cfg.seed + rank, repeats)
     pool_sampler = (
         pool.sampler(cfg.seed + rank) if pool is not None and student is not None and cfg.pool_batch else None
     )
@@ -148,7 +153,9 @@ def train(
     if student is not None:
         student.train()
     start = time.perf_counter()
-    budget = cfg.budget() if cfg.steps is None else None
+    budget = cfg.budget(continued=new_classes is not None) if cfg.steps is None else None
+    # The query floor of a continued run is its new classes' (the trained ones had theirs in the run it continues).
+    covered = [c for c in sampler.trained_classes if new_classes is None or new_classes[c]]
     bar = progress(total=cfg.steps, quiet=quiet, desc="distill" if student is not None else "adapt", unit="step")
     while True:
         raise_if_interrupted()
@@ -226,7 +233,7 @@ def train(
                 stats.stop_reason = f"the {cfg.steps} steps asked for"
                 break
         else:
-            stop = budget.update(totals["loss"], [class_queries[c] for c in sampler.trained_classes])
+            stop = budget.update(totals["loss"], [class_queries[c] for c in covered])
             reason = budget.reason
             if world > 1:
                 stop, reason = distributed.same_decision(stop, reason, device)
