@@ -537,6 +537,47 @@ def test_pair_attention_reuses_each_pair_and_matches_the_live_attention() -> Non
     assert capped.computed == drawn and capped.bytes == 0
 
 
+def test_support_check_reuses_the_training_pairs_with_the_same_result() -> None:
+    """With the training's pair attention kept on the cache, the leave-one-out check computes only the pairs
+    training did not (here: none after a first check) and gives the numbers of the inference pass."""
+    from fsdistill.config import ModelCfg
+    from fsdistill.data.support_tensors import SupportTensors
+    from fsdistill.models.build import build_student, build_teacher
+    from fsdistill.train.episodes import FeatureCache
+    from fsdistill.train.support_check import check_supports
+
+    torch.manual_seed(0)
+    teacher = build_teacher(ModelCfg(backbone="test-resnet", size=64), num_classes=2, pretrained=False).eval()
+    student = build_student(teacher, 8).eval()
+    masks = torch.zeros(5, 64, 64, dtype=torch.uint8)
+    for i in range(5):
+        masks[i, 4 * i : 4 * i + 20, :30] = 1 + i % 2
+        masks[i, 40:50, 10 * i : 10 * i + 12] = 2 - i % 2
+    images = torch.randint(0, 256, (5, 3, 64, 64), dtype=torch.uint8)
+    cache = FeatureCache(teacher, SupportTensors(images, masks, [str(i) for i in range(5)]), torch.device("cpu"), False)
+    names = ["background", "a", "b"]
+    live = check_supports(teacher, student, cache, names)  # no pairs kept: the inference pass
+    pairs = cache.pair_attention(teacher)
+    reused = check_supports(teacher, student, cache, names)
+    assert pairs.computed == 5 * 4  # every (query, other support) pair once
+    again = check_supports(teacher, student, cache, names)
+    assert pairs.computed == 5 * 4  # all reused
+    for a, b, c in zip(live.classes, reused.classes, again.classes):
+        assert a.leave_one_out is not None
+        assert a.leave_one_out == pytest.approx(b.leave_one_out, abs=1e-3) and b.leave_one_out == c.leave_one_out
+    teacher.voting = 2  # more other supports than one voting chunk: the inference pass again, pairs untouched
+    check_supports(teacher, student, cache, names)
+    assert pairs.computed == 5 * 4
+    # A phase that trains the attention drops the kept sums (they would be stale for a later check).
+    from fsdistill.config import TrainCfg
+    from fsdistill.train.fit import train
+
+    train(teacher, cache, TrainCfg(steps=1, train=["attention"]), student=student, quiet=True)
+    assert cache.pairs is None
+    train(teacher, cache, TrainCfg(steps=1), student=student, quiet=True)
+    assert cache.pairs is not None and cache.pairs.teacher is teacher
+
+
 @pytest.mark.parametrize("weight", [0.0, 5.0])
 def test_mse_weight_scales_the_distillation_term(weight) -> None:
     """Each step's loss = (teacher + student + w·MSE) / 3 (+ the student batch), as recorded per step."""

@@ -45,6 +45,16 @@ class FeatureCache:
             self.feats.append(feats)
             self.support.append(teacher.prepare_support(feats, self.masks[v]))
         self.present = self.support[0].present.cpu()  # S×N, the same in every view
+        # The teacher's attention sums per (query, support) pair, kept across training phases and for the
+        # per-class check; only valid while the attention weights do not change (see pair_attention).
+        self.pairs: PairAttention | None = None
+
+    def pair_attention(self, teacher: DCAMATeacher) -> PairAttention:
+        """The pair attention of these supports (created once). Callers use it only while ``teacher``'s attention
+        is frozen, and drop it (``pairs = None``) when a phase trains the attention: its sums would be stale."""
+        if self.pairs is None or self.pairs.teacher is not teacher:
+            self.pairs = PairAttention(teacher)
+        return self.pairs
 
     def query(self, index: int, view: int) -> tuple[Features, Tensor]:
         """Features (batch 1) and 1×H×W mask of one support image used as the query."""

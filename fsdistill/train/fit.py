@@ -25,7 +25,7 @@ from fsdistill.config import TRAINABLE_GROUPS, TrainCfg
 from fsdistill.models.student import DistilledStudent
 from fsdistill.models.teacher import DCAMATeacher, Features, SupportFeatures
 from fsdistill.runtime import progress, raise_if_interrupted
-from fsdistill.train.episodes import EpisodeSampler, FeatureCache, PairAttention
+from fsdistill.train.episodes import EpisodeSampler, FeatureCache
 from fsdistill.train.losses import coarse_mse, segmentation_loss
 from fsdistill.train.pool import PoolTargets
 
@@ -148,7 +148,9 @@ def train(
     pool_classes = None if pool is None else cache.present.any(dim=0).to(device) & pool.trusted.to(device)
     attention_trains = any(p.requires_grad for p in teacher.blocks.parameters())
     # Frozen attention (the default): each (query, support) pair's attention is computed once and reused.
-    pair_attention = None if attention_trains else PairAttention(teacher)
+    if attention_trains:
+        cache.pairs = None  # sums from earlier attention weights would be stale (for the per-class check too)
+    pair_attention = None if attention_trains else cache.pair_attention(teacher)
     teacher.train()
     if student is not None:
         student.train()

@@ -23,7 +23,7 @@ from fsdistill.infer.postprocess import logits_to_mask
 from fsdistill.metrics import ConfusionMatrix
 from fsdistill.models.student import DistilledStudent
 from fsdistill.models.teacher import DCAMATeacher
-from fsdistill.train.episodes import FeatureCache
+from fsdistill.train.episodes import Episode, FeatureCache
 
 __all__ = ["ClassCheck", "SupportCheck", "check_supports", "LOW_LEAVE_ONE_OUT", "LOW_FIT"]
 
@@ -114,10 +114,19 @@ def check_supports(
         note = "one support image: no leave-one-out check (add supports to get one)"
     else:
         queries = sorted({int(round(x)) for x in np.linspace(0, count - 1, min(max_queries, count))})
+        # The training's attention sums (kept when its attention was frozen): with all other supports in one
+        # voting chunk, the inference pass is the episode of those supports, whose pairs training mostly computed
+        # already (the attention was half of a continued brain run's wall time, most of it here).
+        pairs = cache.pairs if cache.pairs is not None and count - 1 <= teacher.voting else None
         for i in queries:
             others = [(j, 0) for j in range(count) if j != i]
             query, target = cache.query(i, 0)
-            logits = teacher.predict_features(query, cache.supports(others))
+            support = cache.supports(others)
+            if pairs is not None:
+                coarse = pairs.coarse_maps(Episode(i, 0, tuple(others)), query, support)
+                logits = teacher.decode_episode(query, support, coarse, support.present.any(dim=0))
+            else:
+                logits = teacher.predict_features(query, support)
             loo.update(target[0].cpu().numpy(), logits_to_mask(logits, height, width))
     fit_iou, loo_iou = _ious(fit), _ious(loo)
     result = SupportCheck(queries=len(queries), note=note)
