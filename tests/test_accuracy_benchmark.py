@@ -197,3 +197,30 @@ def test_suggest_loop_benchmark_smoke(tiny_data, tmp_path: Path) -> None:
     table = (out / "results.md").read_text()
     assert "+ 2 suggested" in table and "| tiny | 1 |" in table
     assert json.loads((out / "results.json").read_text())["meta"]["add"] == 2
+
+
+def test_grow_subset_folder_keeps_the_first_classes_and_images(tmp_path) -> None:
+    """benchmarks/grow.py's base folders: the first C classes (the others become background), the first K images."""
+    import numpy as np
+    from PIL import Image
+
+    from fsdistill.data.discover import discover
+
+    from helpers import write_multiclass_folder
+
+    spec = importlib.util.spec_from_file_location("grow_benchmark", ROOT / "benchmarks" / "grow.py")
+    grow = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(grow)
+    src = write_multiclass_folder(tmp_path / "src", [f"i{k}" for k in range(5)], ["red", "green", "blue"])
+    base = grow.subset_folder(src, tmp_path / "base", classes=2, images=3)
+    index = discover(base)
+    assert index.class_names == ["background", "red", "green"] and len(index) == 3
+    source = discover(src)
+    for i, sample in enumerate(index.samples):
+        assert sample.image_path.name == source.samples[i].image_path.name
+        mask, original = (
+            np.asarray(Image.open(base / "masks" / f"{sample.image_path.stem}.png")),
+            source.load_pair(i)[1],
+        )
+        assert set(np.unique(mask)) <= {0, 1, 2}
+        assert np.array_equal(mask, np.where(original > 2, 0, original))
