@@ -108,9 +108,10 @@ def train(
     focal + Dice, :func:`~fsdistill.train.losses.segmentation_loss`). ``new_classes`` (``distill --init``): the run
     continues a trained one, and per class whether it is new; new classes are query targets as often as all the
     trained ones together (or the loss, mostly the trained classes', flattens before they are learned), and the
-    automatic budget stops at its floors with the new classes covered (:mod:`fsdistill.train.budget`). ``pool`` (distill only): labelled
-    unlabeled images; each step the student also trains on ``cfg.pool_batch`` of them, weighted ``cfg.pool_weight``:
-    focal + Dice on their pseudo-labels and w·MSE against the teacher's coarse maps of them.
+    automatic budget stops at its floors with the new classes covered (:mod:`fsdistill.train.budget`). ``pool``
+    (distill only): labelled unlabeled images; each step the student also trains on ``cfg.pool_batch`` of them,
+    weighted ``cfg.pool_weight``: focal + Dice on their pseudo-labels and w·MSE against the teacher's coarse maps of
+    them.
     """
     stats = TrainStats()
     if cfg.steps == 0:
