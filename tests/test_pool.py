@@ -14,7 +14,7 @@ from fsdistill.config import DistillCfg, TrainCfg, load_config
 from fsdistill.models.build import load_model
 from fsdistill.train.fit import train
 from fsdistill.train.losses import IGNORE_INDEX
-from fsdistill.train.pool import label_pool, pseudo_labels
+from fsdistill.train.pool import join_pool, label_batch, pseudo_labels
 
 from helpers import TINY_MODEL, TINY_TRAIN, assert_user_error
 
@@ -49,10 +49,19 @@ def test_pseudo_labels_keep_confident_pixels_of_the_chosen_labeller() -> None:
         pseudo_labels(teacher, student, "oracle", 0.5)
 
 
+def _label(teacher, student, support, batches, labeller, threshold):
+    """The pool targets of image batches, every class trusted (as ``distill`` joins its labelled batches)."""
+    teacher.eval()
+    student.eval()
+    trusted = torch.ones(teacher.num_classes, dtype=torch.bool)
+    parts = [label_batch(teacher, student, support, images, labeller, threshold, trusted) for images in batches]
+    return join_pool(parts, trusted, support.present.device)
+
+
 def test_label_pool_caches_features_targets_and_labels(tiny_pool_models) -> None:
     teacher, student, cache, support = tiny_pool_models
     images = support.images[:3]
-    pool = label_pool(teacher, student, cache.support[0], [images[:2], images[2:]], "teacher", 0.0)
+    pool = _label(teacher, student, cache.support[0], [images[:2], images[2:]], "teacher", 0.0)
     assert pool is not None and len(pool) == 3
     size = images.shape[-1]
     assert pool.labels.shape == (3, size, size)
@@ -68,7 +77,7 @@ def test_label_pool_caches_features_targets_and_labels(tiny_pool_models) -> None
     assert feats[-1][-1].shape[0] == 2
     assert 0.0 < pool.labelled_fraction() <= 1.0
     assert pool.trusted.tolist() == [True] * n
-    assert label_pool(teacher, student, cache.support[0], [], "teacher", 0.5) is None
+    assert _label(teacher, student, cache.support[0], [], "teacher", 0.5) is None
 
 
 def reference_maps(teacher, cache, index):
@@ -78,7 +87,7 @@ def reference_maps(teacher, cache, index):
 
 def test_training_with_a_pool_adds_its_losses_and_moves_the_student(tiny_pool_models) -> None:
     teacher, student, cache, support = tiny_pool_models
-    pool = label_pool(teacher, student, cache.support[0], [support.images], "student", 0.0)
+    pool = _label(teacher, student, cache.support[0], [support.images], "student", 0.0)
     assert pool is not None
     cfg = TrainCfg(steps=2, pool_batch=2)
     before = [p.detach().clone() for p in student.convdist.parameters()]

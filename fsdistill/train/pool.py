@@ -11,7 +11,7 @@ student's head on a batch of cached pool features.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +29,6 @@ __all__ = [
     "join_pool",
     "label_batch",
     "label_files",
-    "label_pool",
-    "pool_trust",
     "pseudo_labels",
 ]
 
@@ -146,9 +144,11 @@ def label_batch(
     threshold: float,
     trusted: Tensor,
 ) -> LabelledBatch:
-    """Encode and label one batch of B×3×H×W uint8 images (on the support's device): see :func:`label_pool`.
+    """Encode and label one batch of B×3×H×W uint8 images at the model's input size.
 
-    The models must be in eval mode. A batch's results depend only on its own images, so batches may be labelled
+    ``support``: the teacher's features of the whole support set (one attention over all of them, as in training
+    episodes; the teacher's coarse maps are the student's distillation targets). ``labeller``, ``threshold``,
+    ``trusted`` (N bool): see :func:`pseudo_labels`. The models must be in eval mode. A batch's results depend only on its own images, so batches may be labelled
     anywhere (``distill --engine ray``: in Ray actors) and joined with :func:`join_pool`.
     """
     classes = list(range(teacher.num_classes))
@@ -184,38 +184,6 @@ def join_pool(parts: list[LabelledBatch], trusted: Tensor, device: torch.device)
         labels=torch.cat([p[2].to(device) for p in parts]),
         trusted=trusted.to(device),
     )
-
-
-def pool_trust(teacher: DCAMATeacher, trusted: Tensor | None) -> Tensor:
-    """N bool: the classes the pool teaches (``trusted`` None: every class)."""
-    return torch.ones(teacher.num_classes, dtype=torch.bool) if trusted is None else trusted.bool()
-
-
-@torch.no_grad()
-def label_pool(
-    teacher: DCAMATeacher,
-    student: DistilledStudent,
-    support: SupportFeatures,
-    batches: Iterable[Tensor],
-    labeller: str,
-    threshold: float,
-    trusted: Tensor | None = None,
-) -> PoolTargets | None:
-    """Encode and label unlabeled images.
-
-    Args:
-        support: the teacher's features of the whole support set (one attention over all of them, as in training
-            episodes; the teacher's coarse maps are the student's distillation targets).
-        batches: B×3×H×W uint8 RGB images at the model's input size.
-        labeller, threshold, trusted: see :func:`pseudo_labels` (``trusted`` None: every class).
-    Returns:
-        the pool's :class:`PoolTargets` on the teacher's device; None when ``batches`` held no image.
-    """
-    teacher.eval()
-    student.eval()
-    trusted = pool_trust(teacher, trusted)
-    parts = [label_batch(teacher, student, support, images, labeller, threshold, trusted) for images in batches]
-    return join_pool(parts, trusted, support.present.device)
 
 
 # One batch of pool files labelled: the indices (into the path list) of its readable images, in order, the
