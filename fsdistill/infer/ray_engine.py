@@ -42,9 +42,9 @@ from fsdistill.storage import StoredFile
 
 __all__ = [
     "ENGINES",
+    "RayEngine",
     "RayRunner",
     "RayScorer",
-    "check_pool_options",
     "pool_size",
     "ray_session",
     "require_ray",
@@ -149,7 +149,24 @@ class _PredictActor:
         }
 
 
-class RayRunner(Runner):
+class RayEngine:
+    """What every job on Ray actors holds: each actor's ``device``, the cluster ``address`` to join, the pool's
+    ``workers`` and ``gpus_per_worker`` (meanings as for :class:`RayRunner`); the options are checked and ray is
+    imported when it is built, before any work starts."""
+
+    def __init__(
+        self,
+        device: str = "auto",
+        address: str | None = None,
+        workers: int | None = None,
+        gpus_per_worker: float = 0.0,
+    ) -> None:
+        _check_pool_options(workers, gpus_per_worker)
+        self.ray = require_ray()
+        self.device, self.address, self.workers, self.gpus_per_worker = device, address, workers, gpus_per_worker
+
+
+class RayRunner(Runner, RayEngine):
     """A :class:`Runner` whose forward passes run in Ray actors (see the module docstring).
 
     Args:
@@ -169,10 +186,8 @@ class RayRunner(Runner):
         workers: int | None = None,
         gpus_per_worker: float = 0.0,
     ) -> None:
-        check_pool_options(workers, gpus_per_worker)
-        self.ray = require_ray()
-        self.local, self.model, self.device = local, Path(model), device
-        self.address, self.workers, self.gpus_per_worker = address, workers, gpus_per_worker
+        RayEngine.__init__(self, device, address, workers, gpus_per_worker)
+        self.local, self.model = local, Path(model)
         self.size, self.class_names, self.palette = local.size, local.class_names, local.palette
         self.on_gpu = local.on_gpu or gpus_per_worker > 0
 
@@ -263,7 +278,7 @@ class _ScoreActor:
         return {key: np.array(values, dtype=np.int64 if key == "index" else object) for key, values in rows.items()}
 
 
-class RayScorer:
+class RayScorer(RayEngine):
     """``suggest``'s scoring pass on Ray actors (see the module docstring).
 
     Args:
@@ -280,10 +295,8 @@ class RayScorer:
         workers: int | None = None,
         gpus_per_worker: float = 0.0,
     ) -> None:
-        check_pool_options(workers, gpus_per_worker)
-        self.ray = require_ray()
-        self.student, self.teacher, self.device = Path(student), None if teacher is None else Path(teacher), device
-        self.address, self.workers, self.gpus_per_worker = address, workers, gpus_per_worker
+        super().__init__(device, address, workers, gpus_per_worker)
+        self.student, self.teacher = Path(student), None if teacher is None else Path(teacher)
 
     def score_images(
         self, paths: list[Path], batch_size: int = 2, on_progress: Callable[[int], None] | None = None
@@ -315,7 +328,7 @@ class RayScorer:
                 on_progress(len(batch["index"]))
 
 
-def check_pool_options(workers: int | None, gpus_per_worker: float) -> None:
+def _check_pool_options(workers: int | None, gpus_per_worker: float) -> None:
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be at least 1 with --engine ray (got {workers}).")
     if gpus_per_worker < 0:

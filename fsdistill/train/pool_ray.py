@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from fsdistill.infer.ray_engine import check_pool_options, pool_size, ray_session, require_ray
+from fsdistill.infer.ray_engine import RayEngine, pool_size, ray_session
 from fsdistill.runtime import raise_if_interrupted
 from fsdistill.train.pool import label_files
 
@@ -68,7 +68,7 @@ class _PoolActor:
         return [], [], None
 
 
-class RayPoolLabeller:
+class RayPoolLabeller(RayEngine):
     """``distill --unlabeled``'s pool labelling on Ray actors: each actor rebuilds the support-phase teacher and
     student once, from the state dicts and configs the driver puts in Ray's object store, and labels the pool in
     batches of ``batch_size`` consecutive files, the batches :func:`~fsdistill.train.pool.label_files` cuts
@@ -77,17 +77,6 @@ class RayPoolLabeller:
     Args:
         device, address, workers, gpus_per_worker: as for :class:`RayRunner`.
     """
-
-    def __init__(
-        self,
-        device: str = "auto",
-        address: str | None = None,
-        workers: int | None = None,
-        gpus_per_worker: float = 0.0,
-    ) -> None:
-        check_pool_options(workers, gpus_per_worker)
-        self.ray = require_ray()
-        self.device, self.address, self.workers, self.gpus_per_worker = device, address, workers, gpus_per_worker
 
     def label_files(
         self,
