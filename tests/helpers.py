@@ -213,3 +213,14 @@ def interrupt_mask_writes_after(monkeypatch, count: int) -> list[Path]:
 
     monkeypatch.setattr(predictor_module, "write_mask", dies_after_count)
     return written
+
+
+def perturb_head(model, generator) -> None:
+    """Add 0.05·N(0, 1) noise (drawn from ``generator``) to every non-backbone parameter of ``model``, so a fresh
+    model's outputs depend on all of its head (a fresh decoder starts near-constant)."""
+    import torch
+
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if not name.startswith("backbone."):
+                param.add_(torch.randn(param.shape, generator=generator) * 0.05)

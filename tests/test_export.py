@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from helpers import SynData, assert_user_error, interrupt_mask_writes_after
+from helpers import SynData, assert_user_error, interrupt_mask_writes_after, perturb_head
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -81,10 +81,7 @@ def test_default_backbone_parity(tmp_path) -> None:
     torch.manual_seed(0)
     student = build_student(build_teacher(cfg, 2), None).eval()
     generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # a random decoder whose output varies over the image (the fresh one starts near-constant)
-        for name, param in student.named_parameters():
-            if not name.startswith("backbone."):
-                param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+    perturb_head(student, generator)  # a random decoder whose output varies over the image
     spec = student.backbone.spec
     probe = torch.randint(0, 256, (1, 3, cfg.size, cfg.size), dtype=torch.uint8, generator=generator)
     with torch.no_grad():
@@ -121,10 +118,7 @@ def test_shared_decoder_parity(tmp_path) -> None:
     torch.manual_seed(0)
     student = build_student(build_teacher(cfg, 3), cfg.student_width).eval()
     generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, param in student.named_parameters():
-            if not name.startswith("backbone."):
-                param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+    perturb_head(student, generator)
     spec = student.backbone.spec
     probe = torch.randint(0, 256, (1, 3, cfg.size, cfg.size), dtype=torch.uint8, generator=generator)
     with torch.no_grad():

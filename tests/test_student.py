@@ -12,6 +12,8 @@ from fsdistill.models.build import build_decoder, build_student, build_teacher
 from fsdistill.models.student import ConvDist, DistilledStudent
 from fsdistill.models.teacher import ATTENTION_LEVELS, DCAMATeacher
 
+from helpers import perturb_head
+
 
 def _student(
     backbone: str,
@@ -24,15 +26,6 @@ def _student(
     torch.manual_seed(0)
     teacher = build_teacher(ModelCfg(backbone=backbone, size=size, decoder=decoder), num_classes, pretrained=pretrained)
     return build_student(teacher, width).eval()
-
-
-def _randomise(module: nn.Module, seed: int = 0) -> None:
-    """Perturb every trainable (non-backbone) parameter so outputs depend on all of them."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if not name.startswith("backbone."):
-                p.add_(0.05 * torch.randn(p.shape, generator=g))
 
 
 @pytest.mark.parametrize("decoder", ["light", "dcama"])
@@ -66,7 +59,7 @@ def test_output_shapes_for_every_backbone_family(backbone, size, pretrained, dec
 
 def test_batch_1_equals_batch_8_in_eval_mode() -> None:
     student = _student("test-resnet", 64, 2)
-    _randomise(student)
+    perturb_head(student, torch.Generator().manual_seed(0))
     images = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         batched = student(images)
