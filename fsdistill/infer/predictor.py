@@ -458,7 +458,7 @@ def predict_files(
     out.write_bytes(MANIFEST_NAME, (json.dumps(identity, indent=2) + "\n").encode("utf-8"), unique=shard is not None)
     if overwrite and out.local is not None:
         remove_format_files(out.local)  # derived from the masks being replaced; written again at the end if asked
-    result = PredictResult(out.local if out.local is not None else out.display())
+    result = PredictResult(out.location(""))
     # One listing of what earlier runs wrote (not one existence check per image: a request each in a bucket).
     earlier = out.files("masks")
     earlier_overlays = out.files("overlays") if overlay else set()
@@ -494,10 +494,9 @@ def predict_files(
             result.written += 1
         if on_progress:
             on_progress(1)
-    if shard is None:
-        result.csv_path = _write_csv(out, entries, predictor.class_names, written, earlier)
-    else:
-        result.csv_path = _write_csv(out, entries, predictor.class_names, written, earlier, shard.csv_name())
+    table = "predictions.csv" if shard is None else shard.csv_name()
+    result.csv_path = _write_csv(out, entries, predictor.class_names, written, earlier, table)
+    if shard is not None:
         merged = merge_shard_tables(out, shard, [str(source) for source, _ in all_entries])
         result.csv_path = merged or result.csv_path
     if formats.scored:
