@@ -207,10 +207,9 @@ def _tiff_header(path: Path | io.BytesIO) -> bool:
         return path.getvalue()[:2] in (b"II", b"MM")
     try:
         with open(path, "rb") as f:
-            head = f.read(4)
+            return f.read(2) in (b"II", b"MM")
     except OSError:
         return False
-    return head[:2] in (b"II", b"MM")
 
 
 def image_size(path: Path | str) -> tuple[int, int]:

@@ -110,8 +110,7 @@ class LabelStudioData:
                     f"Label Studio export {self.path.name} gives {task.name} the label {label!r}, which is not one of "
                     f"the classes {', '.join(class_names[1:])}; add it to the labelling config or relabel the region."
                 )
-            region = self._region(task, result, height, width)
-            out[region] = class_of[label]
+            out[self._region(task, result, height, width)] = class_of[label]
         return out
 
     def _region(self, task: LabelStudioTask, result: dict[str, Any], height: int, width: int) -> np.ndarray:

@@ -55,8 +55,7 @@ class MaskStats:
 
     def index_pixels(self, n: int) -> tuple[int, ...]:
         """Pixels of class ids 0..n-1, reading the grey values as class ids."""
-        hist = self.hist
-        return tuple([int(hist[k]) for k in range(min(n, IGNORE_INDEX))] + [0] * max(0, n - IGNORE_INDEX))
+        return tuple([int(self.hist[k]) for k in range(min(n, IGNORE_INDEX))] + [0] * max(0, n - IGNORE_INDEX))
 
     def table_pixels(self, table: Mapping[Rgb, int], n: int) -> tuple[int, ...]:
         """Pixels of class ids 0..n-1 of colour masks through their colour table (unknown colours not counted)."""

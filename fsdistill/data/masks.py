@@ -281,9 +281,6 @@ def resolve_blends(
     def is_blendlike(colour: Rgb) -> bool:
         return edges.get(colour, 0) >= BLEND_EDGE_FRACTION * pixels[colour] > 0
 
-    def nearest(colour: Rgb, sources: tuple[Rgb, ...]) -> Rgb:
-        return min(sources, key=lambda r: sum((x - y) ** 2 for x, y in zip(colour, r)))
-
     by_count = sorted(pixels, key=lambda c: (-pixels[c], c))
     if real is None:
         found: list[Rgb] = []
@@ -305,8 +302,8 @@ def resolve_blends(
         if colour in real_list or not is_blendlike(colour):
             continue
         sources = _blend_sources(colour, real_list, pixels, tol)
-        if sources:
-            blends[colour] = nearest(colour, sources)
+        if sources:  # the nearest of the colours it mixes
+            blends[colour] = min(sources, key=lambda r: sum((x - y) ** 2 for x, y in zip(colour, r)))
     if real is None:  # a colour skipped as a blend of a colour that was dropped later is real after all
         real_list += [c for c in by_count if c not in blends and c not in real_list]
     return real_list, blends
@@ -346,7 +343,6 @@ def union_instances(paths: Sequence[Path | str], class_id: int = 1) -> np.ndarra
     if not paths:
         raise DataError("No instance masks given; put one PNG per object in the masks/ folder.")
     out: np.ndarray | None = None
-    first = Path(paths[0])
     for p in paths:
         raw = read_binary_source(p)
         fg = raw >= (1 if raw.size and raw.max() <= 1 else 128)
@@ -354,11 +350,10 @@ def union_instances(paths: Sequence[Path | str], class_id: int = 1) -> np.ndarra
             out = np.zeros(fg.shape, np.uint8)
         elif fg.shape != out.shape:
             raise DataError(
-                f"Instance mask {p} is {fg.shape[1]}×{fg.shape[0]} but {first.name} is {out.shape[1]}×"
+                f"Instance mask {p} is {fg.shape[1]}×{fg.shape[0]} but {Path(paths[0]).name} is {out.shape[1]}×"
                 f"{out.shape[0]}; all masks of one image must have the image's size."
             )
         out[fg] = class_id
-    assert out is not None
     return out
 
 
