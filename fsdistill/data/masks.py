@@ -9,11 +9,11 @@ palette PNGs to colour and the class ids are lost.
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
-from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -49,15 +49,10 @@ def default_palette(n: int) -> list[Rgb]:
     """VOC-style palette of ``n`` colours: index 0 black, then the bit-interleaved colours VOC viewers expect."""
     palette: list[Rgb] = []
     for i in range(n):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            # Spread the three lowest bits of the index over the top bits of r, g and b, 3 bits per round.
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette.append((r, g, b))
+        rgb = [0, 0, 0]
+        for j, ch in itertools.product(range(8), range(3)):  # bit 3j + ch of the index → bit 7 - j of channel ch
+            rgb[ch] |= ((i >> (3 * j + ch)) & 1) << (7 - j)
+        palette.append((rgb[0], rgb[1], rgb[2]))
     return palette
 
 
@@ -237,7 +232,7 @@ def _blend_sources(colour: Rgb, real: Sequence[Rgb], pixels: Mapping[Rgb, int], 
     present = [r for r in real if pixels.get(r, 0) > 0 and r != colour]
     few = lambda *src: pixels[colour] <= BLEND_MAX_SHARE * min(pixels[r] for r in src)  # noqa: E731
     best: tuple[float, tuple[Rgb, ...]] | None = None
-    for a, b in combinations(present, 2):
+    for a, b in itertools.combinations(present, 2):
         pa = np.asarray(a, np.float64)
         d = np.asarray(b, np.float64) - pa
         t = float(np.dot(c - pa, d) / max(np.dot(d, d), 1e-9))
@@ -246,7 +241,7 @@ def _blend_sources(colour: Rgb, real: Sequence[Rgb], pixels: Mapping[Rgb, int], 
             if dist <= tol and few(a, b) and (best is None or dist < best[0]):
                 best = (dist, (a, b))
     if best is None and len(present) <= _MAX_TRIPLE_COLOURS:
-        for a, b, d3 in combinations(present, 3):
+        for a, b, d3 in itertools.combinations(present, 3):
             pa = np.asarray(a, np.float64)
             basis = np.stack([np.asarray(b, np.float64) - pa, np.asarray(d3, np.float64) - pa], axis=1)
             (u, v), *_ = np.linalg.lstsq(basis, c - pa, rcond=None)
