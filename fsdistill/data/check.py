@@ -129,12 +129,9 @@ def check_index(index: SupportIndex, progress: Callable[[int, int], None] | None
     names = index.class_names
     k = len(names)
     pixels = np.zeros(k, np.int64)
-    images_with = np.zeros(k, np.int64)
-    tiny_in = np.zeros(k, np.int64)
-    tiny_keys: list[list[str]] = [[] for _ in range(k)]
-    keys_with: list[list[str]] = [[] for _ in range(k)]
-    ignored = 0
-    total = 0
+    keys_with: list[list[str]] = [[] for _ in range(k)]  # per class: the images it is present in
+    tiny_keys: list[list[str]] = [[] for _ in range(k)]  # per class: the images it is present but tiny in
+    ignored = total = 0
     widths: list[int] = []
     heights: list[int] = []
     empty: list[str] = []
@@ -143,32 +140,26 @@ def check_index(index: SupportIndex, progress: Callable[[int, int], None] | None
     problems: list[str] = []  # every broken pair, so one check run lists them all, not the first one only
     for i, s in enumerate(index.samples):
         try:
-            img, mask = index.load_pair(i)
+            mask = index.load_pair(i)[1]  # the image is not kept: one in memory at a time
         except DataError as exc:
             problems.append(str(exc))
-            if progress is not None:
-                progress(i + 1, n)
-            continue
-        h, w = mask.shape
-        widths.append(w)
-        heights.append(h)
-        counts = np.bincount(mask.ravel(), minlength=256)
-        ignored += int(counts[IGNORE_INDEX])
-        total += h * w
-        c = counts[:k]
-        pixels += c
-        present = c > 0
-        images_with += present
-        for cid in np.flatnonzero(present):
-            keys_with[cid].append(s.key)
-            if cid and c[cid] < TINY_FRACTION * h * w:
-                tiny_in[cid] += 1
-                tiny_keys[cid].append(s.key)
-        if not present[1:].any():
-            empty.append(s.key)
-            if counts[IGNORE_INDEX]:
-                only_ignore.append(s.key)
-        del img
+        else:
+            h, w = mask.shape
+            widths.append(w)
+            heights.append(h)
+            counts = np.bincount(mask.ravel(), minlength=256)
+            ignored += int(counts[IGNORE_INDEX])
+            total += h * w
+            c = counts[:k]
+            pixels += c
+            for cid in np.flatnonzero(c):
+                keys_with[cid].append(s.key)
+                if cid and c[cid] < TINY_FRACTION * h * w:
+                    tiny_keys[cid].append(s.key)
+            if not c[1:].any():
+                empty.append(s.key)
+                if counts[IGNORE_INDEX]:
+                    only_ignore.append(s.key)
         if progress is not None:
             progress(i + 1, n)
 
@@ -193,22 +184,22 @@ def check_index(index: SupportIndex, progress: Callable[[int, int], None] | None
         )
     labelled = max(total - ignored, 1)
     for cid in range(1, k):
-        name = names[cid]
-        if images_with[cid] == 0:
+        name, seen, tiny = names[cid], len(keys_with[cid]), len(tiny_keys[cid])
+        if not seen:
             # The fix depends on where the name came from: a names file, a class folder, COCO categories.
             warnings.append(
                 f"Class {name!r} ({index.names_source}) appears in no mask, so adapt and distill refuse the folder; "
                 f"add images that show it or {index.drop_class_hint()}."
             )
-        elif images_with[cid] < MIN_IMAGES_PER_CLASS:
+        elif seen < MIN_IMAGES_PER_CLASS:
             warnings.append(
-                f"Class {name!r} appears in only {images_with[cid]} image ({keys_with[cid][0]}); few-shot adaptation "
+                f"Class {name!r} appears in only {seen} image ({keys_with[cid][0]}); few-shot adaptation "
                 f"needs at least {MIN_IMAGES_PER_CLASS} images per class."
             )
-        if tiny_in[cid]:
+        if tiny:
             warnings.append(
-                f"Class {name!r} covers less than {100 * TINY_FRACTION:g}% of the image in {tiny_in[cid]} of its "
-                f"{images_with[cid]} images (e.g. {_examples(tiny_keys[cid])}); such small objects may vanish at the "
+                f"Class {name!r} covers less than {100 * TINY_FRACTION:g}% of the image in {tiny} of its "
+                f"{seen} images (e.g. {_examples(tiny_keys[cid])}); such small objects may vanish at the "
                 "model's input size, so crop closer or use a larger --size."
             )
     base = index.root if index.root.is_dir() else index.data_root or index.root  # a zip: its unpacked folder
@@ -221,9 +212,9 @@ def check_index(index: SupportIndex, progress: Callable[[int, int], None] | None
         names_source=index.names_source,
         orphan_images=[_rel(p, base) for p in index.orphan_images],
         orphan_masks=[_rel(p, base) for p in index.orphan_masks],
-        images_per_class={names[c]: int(images_with[c]) for c in range(k)},
+        images_per_class={names[c]: len(keys_with[c]) for c in range(k)},
         pixels_per_class={names[c]: float(pixels[c]) / labelled for c in range(k)},
-        tiny_per_class={names[c]: int(tiny_in[c]) for c in range(1, k) if tiny_in[c]},
+        tiny_per_class={names[c]: len(tiny_keys[c]) for c in range(1, k) if tiny_keys[c]},
         ignore_fraction=float(ignored) / max(total, 1),
         empty_masks=empty,
         min_width=min(widths, default=0),

@@ -22,6 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from fsdistill.data.masks import IGNORE_INDEX
 from fsdistill.errors import DataError
 
 __all__ = [
@@ -36,8 +37,6 @@ __all__ = [
     "rasterize_polygons",
     "annotation_mask",
 ]
-
-IGNORE_INDEX = 255
 
 
 @dataclass(frozen=True)
@@ -88,7 +87,7 @@ class CocoData:
             value = IGNORE_INDEX if crowd else class_of[int(ann["category_id"])]
             layers.append((0 if crowd else 1, -int(m.sum()), m, value))
         out = np.zeros((h, w), np.uint8)
-        for _, _, m, value in sorted(layers, key=lambda t: (t[0], t[1])):
+        for _, _, m, value in sorted(layers, key=lambda t: t[:2]):
             out[m] = value
         return out
 
@@ -225,13 +224,11 @@ def encode_rle(mask: np.ndarray, compressed: bool = True) -> dict[str, Any]:
     m = np.asarray(mask).astype(bool)
     h, w = m.shape
     flat = m.reshape(-1, order="F").astype(np.int8)
-    change = np.flatnonzero(np.diff(flat)) + 1
-    bounds = np.concatenate([[0], change, [flat.size]])
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(flat)) + 1, [flat.size]])
     runs = np.diff(bounds).tolist()
     if flat.size and flat[0]:
         runs = [0, *runs]  # RLE always starts with a (possibly empty) run of zeros
-    counts: str | list[int] = counts_to_rle_string(runs) if compressed else [int(r) for r in runs]
-    return {"size": [int(h), int(w)], "counts": counts}
+    return {"size": [int(h), int(w)], "counts": counts_to_rle_string(runs) if compressed else runs}
 
 
 def decode_rle(counts: Sequence[int], height: int, width: int) -> np.ndarray:
@@ -271,10 +268,10 @@ def annotation_mask(ann: dict[str, Any], height: int, width: int, path: Path | s
         DataError: malformed segmentation or an RLE whose size differs from the image's.
     """
     seg = ann.get("segmentation")
-    aid = ann.get("id", "?")
-    path = Path(path)
     if not seg:
         return None
+    aid = ann.get("id", "?")
+    path = Path(path)
     try:
         if isinstance(seg, list):
             if seg and not isinstance(seg[0], list | tuple):

@@ -42,12 +42,7 @@ def discover(root: Path | str) -> SupportIndex:
     folder = unpack_zip(root) if is_zip(root) else root
     _check_folder(folder)
     found = find_pairs(folder)
-    samples = sorted(found.samples, key=lambda s: s.key)
-    keys = [s.key for s in samples]
-    if len(set(keys)) != len(keys):  # pragma: no cover - detectors key by unique relative paths
-        dup = next(k for k in keys if keys.count(k) > 1)
-        raise DataError(f"Two images in {found.data_root} have the key {dup!r}; rename one.")
-
+    samples = sorted(found.samples, key=lambda s: s.key)  # keys are unique: each detector keys by relative path
     layout, decoding = _decide_decoding(found, folder)
     if len(decoding.class_names) > IGNORE_INDEX:
         raise DataError(
@@ -106,12 +101,12 @@ def _decide_decoding(found: FoundPairs, root: Path) -> tuple[str, MaskDecoding]:
     if found.layout == "coco":
         assert found.coco is not None
         return "coco", coco_decoding(found.coco)
+    names_file = None if found.layout == "class-folders" else find_names_file([found.data_root, root])
     if found.layout == "labelstudio":
         assert found.labelstudio is not None
-        return "labelstudio", labelstudio_decoding(found.labelstudio, find_names_file([found.data_root, root]))
+        return "labelstudio", labelstudio_decoding(found.labelstudio, names_file)
     if found.layout == "dsb2018":
-        return "dsb2018", instance_files_decoding(find_names_file([found.data_root, root]))
-    names_file = None if found.layout == "class-folders" else find_names_file([found.data_root, root])
+        return "dsb2018", instance_files_decoding(names_file)
     masks = [s.mask_paths[0] for s in found.samples]  # layout order: warnings name the first example
     decoding = decide_mask_kind(masks, found.mask_dir or found.data_root, names_file, found.class_folders)
     in_class_dir = found.mask_dir is not None and found.mask_dir.name.lower().startswith("segmentationclass")

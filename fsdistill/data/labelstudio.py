@@ -110,8 +110,7 @@ class LabelStudioData:
                     f"Label Studio export {self.path.name} gives {task.name} the label {label!r}, which is not one of "
                     f"the classes {', '.join(class_names[1:])}; add it to the labelling config or relabel the region."
                 )
-            region = self._region(task, result, height, width)
-            out[region] = class_of[label]
+            out[self._region(task, result, height, width)] = class_of[label]
         return out
 
     def _region(self, task: LabelStudioTask, result: dict[str, Any], height: int, width: int) -> np.ndarray:
@@ -164,13 +163,13 @@ def parse_labelstudio_json(path: Path | str) -> tuple[list[dict[str, Any]] | Non
         data = json.loads(raw.decode("utf-8-sig"))
     except (UnicodeDecodeError, ValueError) as exc:
         return None, (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-    if not isinstance(data, list) or not data or not all(isinstance(t, dict) for t in data):
-        return None, None
-    if not all(isinstance(t.get("data"), dict) for t in data):
-        return None, None
-    if not any(isinstance(t.get("annotations"), list) or isinstance(t.get("predictions"), list) for t in data):
-        return None, None
-    return data, None
+    is_export = (
+        isinstance(data, list)
+        and data
+        and all(isinstance(t, dict) and isinstance(t.get("data"), dict) for t in data)
+        and any(isinstance(t.get("annotations"), list) or isinstance(t.get("predictions"), list) for t in data)
+    )
+    return (data, None) if is_export else (None, None)
 
 
 def _bad(path: Path, what: str) -> DataError:
@@ -212,12 +211,12 @@ def _pick_annotation(annotations: list[Any]) -> tuple[dict[str, Any] | None, int
     usable = [a for a in annotations if isinstance(a, dict) and not a.get("was_cancelled")]
     if not usable:
         return None, 0
-
-    def order(item: tuple[int, dict[str, Any]]) -> tuple:
-        k, a = item
-        return (bool(a.get("ground_truth")), str(a.get("updated_at") or a.get("created_at") or ""), k)
-
-    return max(enumerate(usable), key=order)[1], len(usable)
+    # Equal flags and dates: the later in the list wins.
+    order = [
+        (bool(a.get("ground_truth")), str(a.get("updated_at") or a.get("created_at") or ""), k)
+        for k, a in enumerate(usable)
+    ]
+    return usable[max(order)[2]], len(usable)
 
 
 def load_labelstudio(
@@ -274,12 +273,10 @@ def _image_ref(data: dict[str, Any], key: str | None) -> str | None:
         return value if isinstance(value, str) and value else None
     if isinstance(data.get("image"), str) and data["image"]:
         return data["image"]
-    named = [v for v in data.values() if isinstance(v, str) and _suffix(v) in IMAGE_SUFFIXES]
+    named = [
+        v for v in data.values() if isinstance(v, str) and PurePosixPath(_path_part(v)).suffix.lower() in IMAGE_SUFFIXES
+    ]
     return named[0] if len(named) == 1 else None
-
-
-def _suffix(ref: str) -> str:
-    return PurePosixPath(_path_part(ref)).suffix.lower()
 
 
 def _path_part(ref: str) -> str:

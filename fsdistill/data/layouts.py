@@ -103,15 +103,13 @@ def subdirs(d: Path) -> list[Path]:
 
 
 def _image_files(d: Path, recursive: bool = False) -> list[Path]:
-    it = d.rglob("*") if recursive else d.iterdir()
-    out = [
+    return sorted(
         p
-        for p in it
+        for p in (d.rglob("*") if recursive else d.iterdir())
         if p.suffix.lower() in IMAGE_SUFFIXES
         and not any(is_hidden(Path(part)) for part in p.relative_to(d).parts)
         and p.is_file()
-    ]
-    return sorted(out)
+    )
 
 
 def _strip_mask_suffix(stem: str) -> str:
@@ -120,10 +118,6 @@ def _strip_mask_suffix(stem: str) -> str:
         if low.endswith(suf) and len(stem) > len(suf):
             return stem[: -len(suf)]
     return stem
-
-
-def _key(path: Path, base: Path) -> str:
-    return path.relative_to(base).with_suffix("").as_posix()
 
 
 # ------------------------------------------------------------------------------------------ layout detectors
@@ -142,7 +136,7 @@ def _match_paired(img_dir: Path, mask_dir: Path, images: list[Path], masks: list
     """Pair images and masks by relative path and stem (mask suffixes stripped)."""
     by_key: dict[str, Path] = {}
     for p in images:
-        k = _key(p, img_dir)
+        k = p.relative_to(img_dir).with_suffix("").as_posix()
         if k in by_key:
             raise DataError(
                 f"Images {by_key[k]} and {p} have the same name apart from the extension; remove or rename one."
@@ -296,10 +290,23 @@ def _find_dsb(d: Path) -> FoundPairs | None:
     return FoundPairs("dsb2018", d, tuple(samples), tuple(oi), tuple(om))
 
 
+def _visible(d: Path, pattern: str) -> list[Path]:
+    return [p for p in sorted(d.glob(pattern)) if not is_hidden(p)]
+
+
+def _image_bases(jpath: Path, d: Path) -> list[Path]:
+    """Where an annotation file's image names may be relative to: the usual folders, then every subfolder."""
+    return list(dict.fromkeys([jpath.parent, d, d / "images", *subdirs(d)]))
+
+
+def _unused_images(d: Path, used: set[Path]) -> tuple[Path, ...]:
+    """Images in ``d`` or under ``d/images`` that no annotation names (resolved paths in ``used``)."""
+    pool = _image_files(d) + (_image_files(d / "images", recursive=True) if (d / "images").is_dir() else [])
+    return tuple(sorted({p for p in pool if p.resolve() not in used}))
+
+
 def _find_coco(d: Path) -> FoundPairs | None:
-    cands = [p for p in sorted(d.glob("*.json")) if not is_hidden(p)]
-    if (d / "annotations").is_dir():
-        cands += [p for p in sorted((d / "annotations").glob("*.json")) if not is_hidden(p)]
+    cands = _visible(d, "*.json") + _visible(d / "annotations", "*.json")
     found = [(p, data) for p in cands if (data := read_coco_json(p)) is not None]
     if not found:
         return None
@@ -310,13 +317,12 @@ def _find_coco(d: Path) -> FoundPairs | None:
         )
     jpath, data = found[0]
     coco = load_coco(jpath, data)
-    # file_name is relative to some image root the JSON does not name: try the usual ones, then every subfolder.
-    bases = list(dict.fromkeys([jpath.parent, d, d / "images", *subdirs(d)]))
+    bases = _image_bases(jpath, d)  # file_name is relative to an image root the JSON does not name
     samples: list[Sample] = []
     warnings: list[str] = []
     missing: list[str] = []
     used: set[Path] = set()
-    keys: dict[str, str] = {}
+    keys: set[str] = set()
     for iid, im in sorted(coco.images.items(), key=lambda kv: kv[1].file_name):
         rel = Path(im.file_name)
         path = next(
@@ -329,7 +335,7 @@ def _find_coco(d: Path) -> FoundPairs | None:
         key = rel.with_suffix("").as_posix() if not rel.is_absolute() and ".." not in rel.parts else rel.stem
         if key in keys:
             raise DataError(f"COCO file {jpath} lists {im.file_name!r} twice; keep one entry per image.")
-        keys[key] = im.file_name
+        keys.add(key)
         used.add(path.resolve())
         samples.append(Sample(key, path, (jpath,), coco_id=iid))
     if missing:
@@ -337,14 +343,13 @@ def _find_coco(d: Path) -> FoundPairs | None:
             f"{len(missing)} images listed in {jpath.name} were not found (e.g. {missing[0]}); put them beside the "
             "JSON or in images/."
         )
-    pool = _image_files(d) + (_image_files(d / "images", recursive=True) if (d / "images").is_dir() else [])
-    orphans = tuple(sorted({p for p in pool if p.resolve() not in used}))
     hint = ""
     if not samples and missing:
         hint = (
             f"COCO file {jpath.name} lists {len(missing)} images but none was found (e.g. {missing[0]}); put the "
             "images beside the JSON or in images/"
         )
+    orphans = _unused_images(d, used)
     return FoundPairs("coco", d, tuple(samples), orphans, (), tuple(warnings), coco=coco, unmatched_hint=hint)
 
 
@@ -352,7 +357,7 @@ def _labeling_config(d: Path) -> LabelingConfig | None:
     """The Label Studio labelling config in ``d``: ``labelstudio_config.xml`` first, else the one ``*.xml`` that is
     one (a ``<View>`` with brush or polygon labels)."""
     named = d / "labelstudio_config.xml"
-    cands = [named] if named.is_file() else [p for p in sorted(d.glob("*.xml")) if not is_hidden(p)]
+    cands = [named] if named.is_file() else _visible(d, "*.xml")
     configs = [c for p in cands if (c := read_labeling_config(p)) is not None]
     if len(configs) > 1:
         raise DataError(
@@ -363,8 +368,7 @@ def _labeling_config(d: Path) -> LabelingConfig | None:
 
 
 def _find_labelstudio(d: Path) -> FoundPairs | None:
-    cands = [p for p in sorted(d.glob("*.json")) if not is_hidden(p)]
-    parsed = [(p, *parse_labelstudio_json(p)) for p in cands]
+    parsed = [(p, *parse_labelstudio_json(p)) for p in _visible(d, "*.json")]
     found = [(p, data) for p, data, _ in parsed if data is not None]
     if not found:
         broken = [(p, err) for p, _, err in parsed if err is not None]
@@ -381,7 +385,7 @@ def _find_labelstudio(d: Path) -> FoundPairs | None:
     jpath, data = found[0]
     config = _labeling_config(d)
     export = load_labelstudio(jpath, data, config)
-    bases = list(dict.fromkeys([jpath.parent, d, d / "images", *subdirs(d)]))
+    bases = _image_bases(jpath, d)
     samples: list[Sample] = []
     missing: list[str] = []
     used: set[Path] = set()
@@ -422,8 +426,7 @@ def _find_labelstudio(d: Path) -> FoundPairs | None:
         warnings.append(
             f"Results that are not masks were ignored in {jpath.name} ({kinds}); draw brush or polygon regions."
         )
-    pool = _image_files(d) + (_image_files(d / "images", recursive=True) if (d / "images").is_dir() else [])
-    orphans = tuple(sorted({p for p in pool if p.resolve() not in used}))
+    orphans = _unused_images(d, used)
     return FoundPairs("labelstudio", d, tuple(samples), orphans, (), tuple(warnings), labelstudio=export)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from itertools import groupby
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,11 @@ class MaskDecoding:
     warnings: tuple[str, ...] = ()
 
 
+def _decoding(kind: str, names: Sequence[str], source: str, **details) -> MaskDecoding:
+    """A MaskDecoding whose palette is the default one for its classes."""
+    return MaskDecoding(kind, tuple(names), tuple(default_palette(len(names))), source, **details)
+
+
 def _blend_warning(blends: dict[Rgb, Rgb], pixels: dict[Rgb, int], real_count: int, what: str) -> str:
     example = max(blends, key=lambda c: pixels[c])
     return (
@@ -88,13 +94,8 @@ def _blend_warning(blends: dict[Rgb, Rgb], pixels: dict[Rgb, int], real_count: i
 
 def _spans(values: list[int]) -> str:
     """[3, 4, 5, 6, 9] → "3-6, 9"."""
-    parts: list[str] = []
-    for v in values:
-        if parts and int(parts[-1].split("-")[-1]) == v - 1:
-            parts[-1] = f"{parts[-1].split('-')[0]}-{v}"
-        else:
-            parts.append(str(v))
-    return ", ".join(parts)
+    runs = [[v for _, v in run] for _, run in groupby(enumerate(values), lambda kv: kv[1] - kv[0])]
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
 
 
 # ----------------------------------------------------------------------------------------------- decisions
@@ -102,10 +103,7 @@ def _spans(values: list[int]) -> str:
 
 def coco_decoding(coco: CocoData) -> MaskDecoding:
     """COCO polygons and RLE: the categories are the classes."""
-    names = coco_class_names(coco)
-    return MaskDecoding(
-        "coco", tuple(names), tuple(default_palette(len(names))), f"COCO categories of {coco.path.name}"
-    )
+    return _decoding("coco", coco_class_names(coco), f"COCO categories of {coco.path.name}")
 
 
 def labelstudio_decoding(export: LabelStudioData, names_file: Path | None) -> MaskDecoding:
@@ -148,8 +146,7 @@ def labelstudio_decoding(export: LabelStudioData, names_file: Path | None) -> Ma
 
 def instance_files_decoding(names_file: Path | None) -> MaskDecoding:
     """DSB2018 per-object mask files, unioned into one foreground class."""
-    names = instance_class_names(names_file)
-    return MaskDecoding("instances", tuple(names), tuple(default_palette(2)), names_source(names_file))
+    return _decoding("instances", instance_class_names(names_file), names_source(names_file))
 
 
 def decide_mask_kind(
@@ -187,16 +184,15 @@ def decide_mask_kind(
                 f"Masks in {where} are JPEG, which can only hold binary masks, but {names_file} lists "
                 f"{len(file_names or [])} classes; save the masks as index PNGs."
             )
-        decoding = MaskDecoding("jpeg-binary", tuple(names), tuple(default_palette(2)), names_source(names_file))
+        decoding = _decoding("jpeg-binary", names, names_source(names_file))
     else:
         st = scan_masks(masks)
         if st.colours:
             decoding = _colour_decoding(st, file_names, names_file, where)
         elif st.wide_max:
-            decoding = MaskDecoding(
+            decoding = _decoding(
                 "instances",
-                tuple(binary_class_names(file_names) or BINARY_NAMES),
-                tuple(default_palette(2)),
+                binary_class_names(file_names) or BINARY_NAMES,
                 names_source(names_file),
                 binary_threshold=1,
                 warnings=(
@@ -219,8 +215,7 @@ def _class_folder_decoding(masks: Sequence[Path], class_folders: Sequence[str], 
             hist += np.bincount(read_binary_source(m).ravel(), minlength=256)
         thr = 1 if hist[2:].sum() == 0 else 128
     names = ("background", *class_folders)
-    kind = "jpeg-binary" if jpeg else "binary"
-    return MaskDecoding(kind, names, tuple(default_palette(len(names))), "class folder names", binary_threshold=thr)
+    return _decoding("jpeg-binary" if jpeg else "binary", names, "class folder names", binary_threshold=thr)
 
 
 def _labelmap_decoding(masks: Sequence[Path], labelmap: Path, where: Path, jpeg: bool) -> MaskDecoding:
@@ -321,17 +316,13 @@ def _grey_decoding(st: MaskStats, file_names: list[str] | None, source: str) -> 
             "Masks are mostly 0/255 with some grey edge pixels (resized or blurred?); they are read as binary "
             "masks thresholded at 128.",
         )
-    binary_palette = tuple(default_palette(2))
-    if file_names is not None and len(file_names) > 2:
-        return _named_index(st, file_names, source, warnings)
-    if values <= {0, 1}:
-        names = tuple(binary_class_names(file_names))
-        return MaskDecoding("binary", names, binary_palette, source, binary_threshold=1, warnings=warnings)
-    if values <= {0, 255} or anti:
-        names = tuple(binary_class_names(file_names))
-        return MaskDecoding("binary", names, binary_palette, source, binary_threshold=128, warnings=warnings)
-    if file_names is not None:
-        return _named_index(st, file_names, source, warnings)
+    if (file_names is None or len(file_names) <= 2) and (values <= {0, 1} or values <= {0, 255} or anti):
+        names = binary_class_names(file_names)
+        thr = 1 if values <= {0, 1} else 128
+        return _decoding("binary", names, source, binary_threshold=thr, warnings=warnings)
+    if file_names is not None:  # index masks whose values are the class ids of a names file
+        n = len(file_names)
+        return _decoding("index", file_names, source, class_pixels=st.index_pixels(n), warnings=warnings)
     ids = sorted(values - {IGNORE_INDEX, 0})
     if ids != list(range(1, len(ids) + 1)):
         # Values with gaps ({0, 1, 2, 7}): every value up to the largest used to be a class, so 3..6 became empty
@@ -347,8 +338,8 @@ def _grey_decoding(st: MaskStats, file_names: list[str] | None, source: str) -> 
             "classes.txt (one name per line, background first) to name them, or renumber the masks to 1.."
             f"{len(ids)}."
         )
-        return MaskDecoding(
-            "index", names, tuple(default_palette(len(names))), "mask values", value_map=value_map,
+        return _decoding(
+            "index", names, "mask values", value_map=value_map,
             class_pixels=(int(hist[0]), *(int(hist[v]) for v in ids)), warnings=(*warnings, gaps),
         )  # fmt: skip
     top = ids[-1] if ids else 0
@@ -360,20 +351,4 @@ def _grey_decoding(st: MaskStats, file_names: list[str] | None, source: str) -> 
             f"No names file: mask values 1..{top} became classes class_1..class_{top}; add classes.txt (one name "
             "per line, background first) to name them.",
         )
-    return MaskDecoding(
-        "index", names, tuple(default_palette(n)), "mask values", class_pixels=st.index_pixels(n),
-        warnings=warnings,
-    )  # fmt: skip
-
-
-def _named_index(st: MaskStats, file_names: list[str], source: str, warnings: tuple[str, ...]) -> MaskDecoding:
-    """Index masks whose values are the class ids of a names file."""
-    n = len(file_names)
-    return MaskDecoding(
-        "index",
-        tuple(file_names),
-        tuple(default_palette(n)),
-        source,
-        class_pixels=st.index_pixels(n),
-        warnings=warnings,
-    )
+    return _decoding("index", names, "mask values", class_pixels=st.index_pixels(n), warnings=warnings)

@@ -6,6 +6,7 @@ boundaries, where resized masks hold blends), 16-bit masks their largest label.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from fsdistill.data.images import _PIL_ERRORS
-from fsdistill.data.masks import IGNORE_INDEX, Rgb, edge_pixels, pack_rgb, read_mask_array
+from fsdistill.data.masks import IGNORE_INDEX, Rgb, edge_pixels, pack_rgb, read_mask_array, unpack_rgb
 from fsdistill.errors import DataError
 
 __all__ = ["MAX_SCANNED_COLOURS", "MaskStats", "scan_masks"]
@@ -46,22 +47,21 @@ class MaskStats:
 
     def rgb_pixels(self) -> dict[Rgb, int]:
         """Colour → its pixels over all colour masks."""
-        return {_unpack(c): n for c, n in self.pixels.items()}
+        return {unpack_rgb(c): n for c, n in self.pixels.items()}
 
     def rgb_edges(self) -> dict[Rgb, int]:
         """Colour → its pixels on an object boundary."""
-        return {_unpack(c): n for c, n in self.edges.items()}
+        return {unpack_rgb(c): n for c, n in self.edges.items()}
 
     def index_pixels(self, n: int) -> tuple[int, ...]:
         """Pixels of class ids 0..n-1, reading the grey values as class ids."""
-        hist = self.hist
-        return tuple([int(hist[k]) for k in range(min(n, IGNORE_INDEX))] + [0] * max(0, n - IGNORE_INDEX))
+        return tuple([int(self.hist[k]) for k in range(min(n, IGNORE_INDEX))] + [0] * max(0, n - IGNORE_INDEX))
 
     def table_pixels(self, table: Mapping[Rgb, int], n: int) -> tuple[int, ...]:
         """Pixels of class ids 0..n-1 of colour masks through their colour table (unknown colours not counted)."""
         out = [0] * n
         for c, count in self.pixels.items():
-            k = table.get(_unpack(c))
+            k = table.get(unpack_rgb(c))
             if k is not None and k < n:
                 out[k] += count
         return tuple(out)
@@ -86,14 +86,12 @@ def scan_masks(paths: Sequence[Path]) -> MaskStats:
         DataError: a mask with negative values (unreadable masks are skipped: decoding reports them).
     """
     hist = np.zeros(256, np.int64)
-    colours: set[int] = set()
-    pixels: dict[int, int] = {}
-    edges: dict[int, int] = {}
+    pixels: Counter[int] = Counter()  # packed colour → pixels (keys: every colour seen)
+    edges: Counter[int] = Counter()
     colour_example: Path | None = None
     too_many_colours: Path | None = None
     wide_example: Path | None = None
     wide_max, palette_mode = 0, False
-    grey_colours: set[int] = set()
     for p in paths:
         try:
             with Image.open(p) as im:
@@ -110,13 +108,11 @@ def scan_masks(paths: Sequence[Path]) -> MaskStats:
             if too_many_colours is None:
                 packed = pack_rgb(a)
                 found, counts = np.unique(packed, return_counts=True)
+                pixels.update(dict(zip(found.tolist(), counts.tolist())))
                 on_edge, edge_counts = np.unique(packed[edge_pixels(packed)], return_counts=True)
-                for table, keys, values in ((pixels, found, counts), (edges, on_edge, edge_counts)):
-                    for c, n in zip(keys.tolist(), values.tolist()):
-                        table[c] = table.get(c, 0) + n
-                colours.update(found.tolist())
+                edges.update(dict(zip(on_edge.tolist(), edge_counts.tolist())))
                 colour_example = colour_example or p
-                if len(colours) > MAX_SCANNED_COLOURS:
+                if len(pixels) > MAX_SCANNED_COLOURS:
                     too_many_colours = p
             continue
         if a.dtype != np.uint8:
@@ -127,17 +123,9 @@ def scan_masks(paths: Sequence[Path]) -> MaskStats:
                 wide_max, wide_example = max(wide_max, mx), wide_example or p
                 continue
             a = a.astype(np.uint8)
-        h = np.bincount(a.ravel(), minlength=256)
-        hist += h
-        grey_colours.update(int(v) * 0x010101 for v in np.flatnonzero(h))
-    if colours:
-        colours |= grey_colours  # grey masks in a colour-mask set: their greys are colours too
-        for v in np.flatnonzero(hist).tolist():  # (no edge counts: never taken for blends)
-            pixels[v * 0x010101] = pixels.get(v * 0x010101, 0) + int(hist[v])
+        hist += np.bincount(a.ravel(), minlength=256)
+    if pixels:  # grey masks in a colour-mask set: their greys are colours too (no edge counts: never blends)
+        pixels.update({v * 0x010101: int(hist[v]) for v in np.flatnonzero(hist).tolist()})
     return MaskStats(
-        hist, frozenset(colours), pixels, edges, colour_example, too_many_colours, wide_max, wide_example, palette_mode
+        hist, frozenset(pixels), pixels, edges, colour_example, too_many_colours, wide_max, wide_example, palette_mode
     )
-
-
-def _unpack(c: int) -> Rgb:
-    return ((c >> 16) & 255, (c >> 8) & 255, c & 255)

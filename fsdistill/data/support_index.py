@@ -117,22 +117,21 @@ class SupportIndex:
             m = colours_to_index(read_rgb_mask(where), self.colour_table, where)
         else:  # pragma: no cover - discover never produces another kind
             raise ValueError(f"unknown mask kind {self.mask_kind!r}")
-        if m.shape != (h, w) and self.layout == "coco":
-            raise DataError(
-                f"COCO file {where} gives {s.image_path.name} the size {m.shape[1]}×{m.shape[0]} but the image is "
-                f"{w}×{h}; fix width/height in its images entry (or the image's EXIF rotation)."
-            )
-        if m.shape != (h, w) and m.shape == (w, h):
+        if m.shape != (h, w):
+            if self.layout == "coco":
+                raise DataError(
+                    f"COCO file {where} gives {s.image_path.name} the size {m.shape[1]}×{m.shape[0]} but the image "
+                    f"is {w}×{h}; fix width/height in its images entry (or the image's EXIF rotation)."
+                )
             # Same size turned by 90°: usually one of the two files carries an EXIF rotation the other lacks (a
             # phone photo whose mask was drawn on the stored pixels); resizing would only distort the mask.
-            turned = self._quarter_turn_note(s.image_path, where)
+            turned = self._quarter_turn_note(s.image_path, where) if m.shape == (w, h) else ""
             if turned:
                 raise DataError(
                     f"Mask {where} is {m.shape[1]}×{m.shape[0]} but its image {s.image_path} is {w}×{h}, the same "
                     f"size turned by 90°: {turned}; save the mask in the image's displayed orientation (rotate it "
                     "by 90°) or re-export the pair with the same orientation, do not resize it."
                 )
-        if m.shape != (h, w):
             raise DataError(
                 f"Mask {where} is {m.shape[1]}×{m.shape[0]} but its image {s.image_path} is {w}×{h}; resize the "
                 "mask to the image (nearest neighbour) or re-export the pair."
