@@ -143,13 +143,7 @@ def is_main() -> bool:
 
 def _unique(params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
     """Parameters without repeats (the student shares the teacher's decoder modules), in first-seen order."""
-    seen: set[int] = set()
-    out = []
-    for p in params:
-        if id(p) not in seen:
-            seen.add(id(p))
-            out.append(p)
-    return out
+    return list({id(p): p for p in params}.values())
 
 
 @torch.no_grad()
