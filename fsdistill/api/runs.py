@@ -100,13 +100,11 @@ def _drop_stale(run_dir: Path, keep: set[str]) -> None:
     """Remove what a replaced run left in ``run_dir`` and this run did not write: its ``teacher/`` or ``student/``
     (which would be paired with the new model) and ``student.onnx`` (exported from the old student). Other files
     are the user's and stay."""
-    for name in ("teacher", "student", "student.onnx"):
+    for name in {"teacher", "student", "student.onnx"} - keep:
         path = run_dir / name
-        if name in keep or not path.exists():
-            continue
         if path.is_dir():
             shutil.rmtree(path)
-        else:
+        elif path.exists():
             path.unlink()
 
 
