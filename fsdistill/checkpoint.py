@@ -60,12 +60,9 @@ def config_sha256(config: dict[str, Any]) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 hex digest of a file's bytes, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
+    """sha256 hex digest of a file's bytes (read in chunks)."""
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def is_artifact(path: Path) -> bool:
@@ -230,9 +227,8 @@ def resolve_model_dir(path: Path | None, kind: str | None = None) -> Path:
     ./runs that has one.
 
     A run folder never falls back to its teacher when the student is asked for (or ``kind`` is None): the teacher
-    is a different, support-based model, so using it silently would report its results as the student's (a run
-    whose ``student/`` was deleted evaluated its teacher with exit 0). Callers ask for ``kind="teacher"`` only
-    when the user did (``evaluate --teacher``). An artifact folder given directly is used as it is.
+    is a different, support-based model whose results would pass for the student's. Callers ask for
+    ``kind="teacher"`` only when the user did (``evaluate --teacher``). An artifact folder is used as it is.
 
     Raises:
         CheckpointError: no such folder, or a run without a complete ``kind`` artifact (the message names the

@@ -308,14 +308,13 @@ def load_config(
         if not path.is_file():
             raise ConfigError(f"Config file {path} does not exist; pass an existing YAML file to --config.")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(
                 f"Config file {path} is not valid YAML ({exc.__class__.__name__}); fix its syntax."
             ) from None
-        if not isinstance(loaded, dict):
+        if not isinstance(data, dict):
             raise ConfigError(f"Config file {path} must hold a mapping of option names to values.")
-        data = dict(loaded)
         if "command" in data and command is not None:
             recorded = data.pop("command")
             if recorded != command:
