@@ -375,8 +375,7 @@ def suggest(
         typer.Option(
             "--workers",
             min=0,
-            help="Image-decoding worker processes (default: as predict's). With --engine ray: the Ray actors "
-            "(default as predict's).",
+            help="Image-decoding worker processes, or with --engine ray the Ray actors (defaults: as predict's).",
         ),
     ] = None,
     engine: Annotated[str, engine_option("scores the pool in a pool of Ray actors; same ranking")] = "local",
