@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from fsdistill import __version__
@@ -60,12 +60,9 @@ def config_sha256(config: dict[str, Any]) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 hex digest of a file's bytes, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
+    """sha256 hex digest of a file's bytes (read in chunks)."""
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def is_artifact(path: Path) -> bool:
@@ -93,9 +90,9 @@ def recover_artifact(directory: Path) -> Path:
     for old in _retired(directory):
         try:
             os.replace(old, directory)
+            break
         except OSError:
-            continue
-        break
+            pass
     return directory
 
 
@@ -143,17 +140,13 @@ def save_artifact(directory: Path, tensors: dict[str, torch.Tensor], config: dic
         else:
             os.replace(staging, directory)
     finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful save
     return directory
 
 
 def _major_minor(version: str) -> tuple[int, ...]:
-    parts = []
-    for piece in version.split(".")[:3]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
+    """The first two numbers of a version (``1.2.0`` → (1, 2)); a piece without digits counts as 0."""
+    return tuple(int("".join(filter(str.isdigit, piece)) or 0) for piece in version.split(".")[:2])
 
 
 def load_artifact(directory: Path, expected_kind: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -178,10 +171,9 @@ def load_artifact(directory: Path, expected_kind: str | None = None) -> tuple[di
         ) from None
     if not isinstance(config, dict) or config.get("format") != ARTIFACT_FORMAT:
         raise CheckpointError(f"{config_path} is not an fsdistill artifact config (format key missing or foreign).")
-    if (
-        int(config.get("format_version", 0)) > FORMAT_VERSION
-        or _major_minor(str(config.get("fsdistill_version", "0")))[:2] > _major_minor(__version__)[:2]
-    ):
+    if int(config.get("format_version", 0)) > FORMAT_VERSION or _major_minor(
+        str(config.get("fsdistill_version", "0"))
+    ) > _major_minor(__version__):
         raise CheckpointError(
             f"{directory} was written by fsdistill {config.get('fsdistill_version')} (artifact format "
             f"{config.get('format_version')}); upgrade fsdistill (this is {__version__}) to load it."
@@ -190,8 +182,6 @@ def load_artifact(directory: Path, expected_kind: str | None = None) -> tuple[di
         raise CheckpointError(f"{directory} holds a {config.get('kind')} model, but a {expected_kind} is needed here.")
     try:
         tensors = load_file(str(weights_path))
-        from safetensors import safe_open
-
         with safe_open(str(weights_path), framework="pt") as handle:
             metadata = handle.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
@@ -237,9 +227,8 @@ def resolve_model_dir(path: Path | None, kind: str | None = None) -> Path:
     ./runs that has one.
 
     A run folder never falls back to its teacher when the student is asked for (or ``kind`` is None): the teacher
-    is a different, support-based model, so using it silently would report its results as the student's (a run
-    whose ``student/`` was deleted evaluated its teacher with exit 0). Callers ask for ``kind="teacher"`` only
-    when the user did (``evaluate --teacher``). An artifact folder given directly is used as it is.
+    is a different, support-based model whose results would pass for the student's. Callers ask for
+    ``kind="teacher"`` only when the user did (``evaluate --teacher``). An artifact folder is used as it is.
 
     Raises:
         CheckpointError: no such folder, or a run without a complete ``kind`` artifact (the message names the

@@ -160,9 +160,8 @@ class TrainCfg(_Strict):
         "alone (no teacher, no episode; class-balanced like the queries); 0 = episodes only",
     )
     max_shots: int = Field(3, ge=1, description="support images per training episode (at most)")
-    # mean: on nuclei K = 2 +0.033 over no pool (seed 0) where the teacher's labels gave +0.040 and the student's
-    # +0.012; on brain K = 2 +0.003 where the teacher's gave -0.013; over 2 seeds +0.015 and +0.004
-    # (docs/benchmarks.md, "Unlabeled pool").
+    # mean: it gained on every case measured, where the teacher's labels alone lost on one (docs/benchmarks.md,
+    # "Unlabeled pool").
     pool_labeller: Literal["teacher", "student", "mean", "agree"] = Field(
         "mean",
         description="distill --unlabeled: who labels the pool after the support phase: the adapted teacher (against "
@@ -266,12 +265,6 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
     return merged
 
 
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "config"
-    return f"{where}: {err['msg']}"
-
-
 def _given(overrides: dict[str, Any], loc: tuple) -> bool:
     """Whether ``overrides`` sets the field at ``loc`` (a pydantic error location) to a value (None = not given)."""
     node: Any = overrides
@@ -315,14 +308,13 @@ def load_config(
         if not path.is_file():
             raise ConfigError(f"Config file {path} does not exist; pass an existing YAML file to --config.")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(
                 f"Config file {path} is not valid YAML ({exc.__class__.__name__}); fix its syntax."
             ) from None
-        if not isinstance(loaded, dict):
+        if not isinstance(data, dict):
             raise ConfigError(f"Config file {path} must hold a mapping of option names to values.")
-        data = dict(loaded)
         if "command" in data and command is not None:
             recorded = data.pop("command")
             if recorded != command:
@@ -349,4 +341,5 @@ def load_config(
             msg = str(err["msg"]).removeprefix("Value error, ")
             raise ConfigError(f"Invalid {flag_name(loc)} {shown}: {msg}.") from None
         source = f" (from {yaml_path} and flags)" if yaml_path else ""
-        raise ConfigError(f"Invalid configuration{source}: {_first_error(exc)}.") from None
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        raise ConfigError(f"Invalid configuration{source}: {where}: {err['msg']}.") from None

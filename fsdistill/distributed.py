@@ -143,13 +143,7 @@ def is_main() -> bool:
 
 def _unique(params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
     """Parameters without repeats (the student shares the teacher's decoder modules), in first-seen order."""
-    seen: set[int] = set()
-    out = []
-    for p in params:
-        if id(p) not in seen:
-            seen.add(id(p))
-            out.append(p)
-    return out
+    return list({id(p): p for p in params}.values())
 
 
 @torch.no_grad()
@@ -186,11 +180,8 @@ def average_gradients(params: Iterable[nn.Parameter]) -> None:
         flat = torch.cat([p.grad.reshape(-1) for p in group])  # one collective instead of one per tensor
         dist.all_reduce(flat)
         flat /= world
-        offset = 0
-        for p in group:
-            n = p.grad.numel()
-            p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
-            offset += n
+        for p, part in zip(group, flat.split([p.grad.numel() for p in group])):
+            p.grad.copy_(part.view_as(p.grad))
 
 
 def reduce_step(
@@ -205,15 +196,11 @@ def reduce_step(
     Returns:
         the mean losses (same keys, same order) and the summed counts: the whole step as every process sees it.
     """
-    keys = list(totals)  # filled in the same order on every process (the same loop runs everywhere)
-    values = torch.tensor(
-        [totals[k] for k in keys] + [float(c) for c in class_queries], dtype=torch.float64, device=device
-    )
+    # ``totals`` is filled in the same order on every process (the same loop runs everywhere).
+    values = torch.tensor([*totals.values(), *map(float, class_queries)], dtype=torch.float64, device=device)
     dist.all_reduce(values)
-    world = dist.get_world_size()
-    out = values.tolist()
-    losses = {k: out[i] / world for i, k in enumerate(keys)}
-    return losses, [round(c) for c in out[len(keys) :]]
+    out, world = values.tolist(), dist.get_world_size()
+    return {k: v / world for k, v in zip(totals, out)}, [round(c) for c in out[len(totals) :]]
 
 
 def same_decision(stop: bool, reason: str, device: torch.device) -> tuple[bool, str]:
@@ -232,13 +219,6 @@ def same_decision(stop: bool, reason: str, device: torch.device) -> tuple[bool, 
     return stop, reason
 
 
-class _Failed:
-    """What :func:`on_main` broadcasts when rank 0's work raised a user error: its type and message."""
-
-    def __init__(self, error: FsdistillError) -> None:
-        self.kind, self.message = type(error), str(error)
-
-
 def on_main(fn: Callable[[], T]) -> T:
     """Run ``fn`` on rank 0 only and return its result on every process (``fn`` runs as is without a group).
 
@@ -248,16 +228,12 @@ def on_main(fn: Callable[[], T]) -> T:
     if world_size() == 1:
         return fn()
     result: list[Any] = [None]
-    error: FsdistillError | None = None
     if is_main():
         try:
             result[0] = fn()
         except FsdistillError as exc:
-            error = exc
-            result[0] = _Failed(exc)
+            result[0] = exc  # broadcast like a result (the other processes get a copy), raised everywhere below
     dist.broadcast_object_list(result, src=0)
-    if error is not None:
-        raise error
-    if isinstance(result[0], _Failed):
-        raise result[0].kind(result[0].message)
+    if isinstance(result[0], FsdistillError):
+        raise result[0]
     return result[0]

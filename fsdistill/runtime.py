@@ -56,18 +56,15 @@ def retain_freed_memory() -> bool:
 
     A forward pass allocates and frees tens of MB of activations. With glibc's defaults, large tensors are
     mmap-ed and unmapped one by one and the top of the heap is handed back after the frees, so every pass
-    page-faults its activations in anew and the kernel zeroes them. Measured on a 2-core x86_64 VM
-    (``benchmarks/predict_throughput.py``, 96 images, batch 2): the bare Lite0 backbone 26 → 64 images/s and
-    ``fsdistill predict`` 19–23 → 36 images/s; the process's system time fell from half its run time to ~2 %.
-    The cost: the process keeps the memory of its peak (up to 1 GB of it free) until it exits. All three settings
-    are needed: a pad or trim threshold smaller than one batch's working set made predict slower than the defaults
-    (glibc stops adapting its mmap threshold once any is set).
+    page-faults its activations in anew and the kernel zeroes them (``benchmarks/predict_throughput.py`` measures
+    the gain). The cost: the process keeps the memory of its peak (up to 1 GB of it free) until it exits. All
+    three settings are needed: glibc stops adapting its mmap threshold once any is set, and a pad or trim
+    threshold smaller than one batch's working set made predict slower than the defaults.
 
-    Process-wide and lasting, so it is called explicitly where a process starts running models: by the CLI's
-    commands that run one (``fsdistill.cli.model_command``), by every
-    :class:`~fsdistill.infer.predictor.Predictor` (so ``fsdistill.load`` and the API's predict and evaluate), and
-    by ``profile`` (it times what predict runs). A Python program that trains through the API calls it itself if it
-    wants it. Linux with glibc only, elsewhere it does nothing; ``FSDISTILL_RETAIN_MEMORY=0`` switches it off.
+    Process-wide and lasting, so it is called where a process starts running models: by the CLI's commands that
+    run one (``fsdistill.cli.model_command``), by every :class:`~fsdistill.infer.predictor.Predictor` and by
+    ``profile`` (it times what predict runs); a program that trains through the API calls it itself if it wants
+    it. Linux with glibc only, elsewhere it does nothing; ``FSDISTILL_RETAIN_MEMORY=0`` switches it off.
 
     Returns:
         Whether the settings are in force.
@@ -132,10 +129,10 @@ def resolve_device(name: str = "auto") -> torch.device:
 def inference_memory_format(device: torch.device, kind: str) -> torch.memory_format:
     """The tensor layout a ``kind`` ("student" / "teacher") model runs in on ``device`` at inference.
 
-    On the CPU, oneDNN convolutions take channels-last tensors without reordering every layer's input and output:
-    the Lite0 student at 384 px took 40.5 instead of 54.1 ms per image at one class, 44.6 instead of 61.9 at five
-    (same logits within 1e-5). The teacher (attention over flattened tokens) and GPU paths keep the default.
-    Predict, evaluate and profile all follow this rule, so profile times what predict runs.
+    On the CPU, oneDNN convolutions take channels-last tensors without reordering every layer's input and output
+    (the student runs about a quarter faster, same logits within 1e-5). The teacher (attention over flattened
+    tokens) and GPU paths keep the default. Predict, evaluate and profile all follow this rule, so profile times
+    what predict runs.
     """
     return torch.channels_last if device.type == "cpu" and kind == "student" else torch.contiguous_format
 
@@ -152,9 +149,7 @@ def seed_everything(seed: int) -> torch.Generator:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    return generator
+    return torch.Generator().manual_seed(seed)
 
 
 def progress(iterable: Iterable | None = None, *, quiet: bool = False, **kwargs: Any) -> tqdm:

@@ -21,9 +21,7 @@ from fsdistill.infer.predictor import Predictor, PredictResult, Runner, list_ima
 from fsdistill.infer.ray_engine import RayRunner, resolve_engine
 from fsdistill.infer.shard import Shard, parse_shard
 from fsdistill.metrics import ConfusionMatrix
-from fsdistill.models.build import (
-    load_model,
-)
+from fsdistill.models.build import load_model
 from fsdistill.runtime import ensure_writable_dir, resolve_device
 
 if TYPE_CHECKING:
@@ -67,9 +65,7 @@ def evaluate(
         DataError: images with the pixels of the model's support images (evaluation leakage, see
             :func:`_leaked_supports`), or a folder whose class names differ from the model's.
     """
-    loaded = (
-        load_model(model, kind="teacher" if teacher else None) if model is not None or teacher else load_model(None)
-    )
+    loaded = load_model(model, kind="teacher" if teacher else None)
     index = discover(data_dir)
     if on_total is not None:
         on_total(len(index))
@@ -193,7 +189,7 @@ def predict(
     shard = parse_shard(shard)
     engine = resolve_engine(engine, address, gpus_per_worker)
     if engine == "ray":
-        if (backend or "torch").lower() != "torch" or (model is not None and Path(model).suffix.lower() == ".onnx"):
+        if (backend or "torch").lower() != "torch" or _is_onnx_file(model):
             raise ConfigError("--engine ray runs the torch backend; drop --backend onnx or use --engine local.")
         # The driver's copy only labels the outputs (classes, palette, manifest): on the CPU, leaving the GPUs to
         # the actors (which run on ``device``).
@@ -203,24 +199,24 @@ def predict(
         runner = _runner(model, device, backend)
     if on_model is not None:
         on_model(runner.identity()["model"])
-    on_gpu = runner.on_gpu
-    if batch_size is None:
-        # On the CPU small batches ran faster per image (Lite0 at 384 px, 2 cores: 48 ms at batch 1-2, 73-110 ms
-        # at batch 8: the depthwise convs of a large batch leave the caches); GPUs want larger batches.
-        batch_size = 8 if on_gpu else 2
+    batch_size = _batch_size(batch_size, runner.on_gpu)
     if workers is None:
-        workers = _decode_workers(on_gpu)
+        workers = _decode_workers(runner.on_gpu)
     return predict_files(
         runner, inputs, out_dir, batch_size, overlay, overwrite, workers, on_progress, on_total, format_options, shard
     )
 
 
+def _batch_size(given: int | None, on_gpu: bool) -> int:
+    """``given``, else the default of predict and suggest: 8 on a GPU, 2 on the CPU, where small batches run faster
+    per image (the depthwise convolutions of a large batch leave the caches)."""
+    return given if given is not None else (8 if on_gpu else 2)
+
+
 def _decode_workers(on_gpu: bool, cores: int | None = None) -> int:
     """Default decode processes of predict and evaluate: 2 beside a GPU; on the CPU they compete with the model's
-    threads for the same ``cores`` (default: this machine's), so none up to 2 cores, else one per four, at most 2.
-
-    On 2 cores a decode worker made predict slower (18.2-18.9 vs 18.7-21.2 images/s without one, interleaved
-    runs): the model's two threads lose a core to it whenever it decodes. Larger machines have cores to spare.
+    threads for the same ``cores`` (default: this machine's), so none up to 2 cores (a decode worker made predict
+    slower there), else one per four, at most 2.
     """
     if on_gpu:
         return 2
@@ -228,13 +224,16 @@ def _decode_workers(on_gpu: bool, cores: int | None = None) -> int:
     return 0 if cores <= 2 else min(2, cores // 4)
 
 
+def _is_onnx_file(model: Path | None) -> bool:
+    return model is not None and Path(model).suffix.lower() == ".onnx"
+
+
 def _runner(model: Path | None, device: str, backend: str | None):
-    is_onnx_file = model is not None and Path(model).suffix.lower() == ".onnx"
-    backend = (backend or ("onnx" if is_onnx_file else "torch")).lower()
+    backend = (backend or ("onnx" if _is_onnx_file(model) else "torch")).lower()
     if backend not in PREDICT_BACKENDS:
         raise ConfigError(f"Unknown backend '{backend}'; use one of {', '.join(PREDICT_BACKENDS)}.")
     if backend == "torch":
-        if is_onnx_file:
+        if _is_onnx_file(model):
             raise ConfigError(f"{model} is an ONNX file; predict it with --backend onnx (or pass the run folder).")
         return Predictor(load_model(model, kind=None), resolve_device(device))
     import torch
@@ -242,9 +241,8 @@ def _runner(model: Path | None, device: str, backend: str | None):
     from fsdistill.infer.onnx import OnnxRunner, require_export_packages
 
     require_export_packages("onnxruntime")
-    # The same intra-op thread count as the torch backend (torch.get_num_threads: OMP_NUM_THREADS or
-    # torch.set_num_threads, else one per core). onnxruntime's own default ignores both, so a run limited to
-    # N threads used every core with --backend onnx and fought whatever the threads were limited for.
+    # The torch backend's intra-op thread count (OMP_NUM_THREADS or torch.set_num_threads, else one per core):
+    # onnxruntime's own default ignores both and would use every core of a run limited to fewer.
     return OnnxRunner(resolve_onnx_file(model), device, threads=torch.get_num_threads())
 
 
@@ -258,7 +256,7 @@ def resolve_onnx_file(model: Path | None) -> Path:
     """
     from fsdistill.infer.onnx import default_onnx_path
 
-    if model is not None and Path(model).suffix.lower() == ".onnx":
+    if _is_onnx_file(model):
         return Path(model)
     if model is not None and (Path(model) / "student.onnx").is_file():
         return Path(model) / "student.onnx"

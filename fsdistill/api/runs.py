@@ -71,10 +71,9 @@ def check_run_dir(out: Path | None, command: str, teacher: Path | None = None, o
     """Refuse to train into a folder that holds a finished run, unless ``overwrite``; called before any training.
 
     A finished run is one with a complete ``teacher/`` or ``student/`` artifact that this run would replace or
-    leave beside a model it does not belong to (``distill --out`` on a 3-class run silently made it a binary one).
-    Allowed without ``overwrite``: a missing or empty folder, a killed run (no complete artifact, or a ``distill``
-    killed after saving its teacher: the same command finishes it), and ``distill --teacher OUT/teacher --out OUT``
-    (distilling an adapt run's teacher into that run replaces nothing).
+    leave beside a model it does not belong to. Allowed without ``overwrite``: a missing or empty folder, a killed
+    run (no complete artifact, or a ``distill`` killed after saving its teacher: the same command finishes it), and
+    ``distill --teacher OUT/teacher --out OUT`` (distilling an adapt run's teacher into that run replaces nothing).
 
     Raises:
         DataError: the folder holds a finished run (the message asks for --overwrite or another --out).
@@ -100,13 +99,11 @@ def _drop_stale(run_dir: Path, keep: set[str]) -> None:
     """Remove what a replaced run left in ``run_dir`` and this run did not write: its ``teacher/`` or ``student/``
     (which would be paired with the new model) and ``student.onnx`` (exported from the old student). Other files
     are the user's and stay."""
-    for name in ("teacher", "student", "student.onnx"):
+    for name in {"teacher", "student", "student.onnx"} - keep:
         path = run_dir / name
-        if name in keep or not path.exists():
-            continue
         if path.is_dir():
             shutil.rmtree(path)
-        else:
+        elif path.exists():
             path.unlink()
 
 
@@ -143,10 +140,9 @@ def _leaked_supports(support: dict[str, Any], index: SupportIndex) -> list[str]:
     """Images of ``index`` that are support images of the model, as ``KEY (support KEY)``.
 
     Decided by the hash of the decoded RGB pixels at original size that training recorded (``support.images``):
-    hashing the image as the model sees it (resized to the input size) would also work but ties the check to the
-    resize code and needs the teacher's stored tensors, which a student artifact does not have; the original
-    pixels are what a copied file keeps. Only images of a support image's size are decoded for it (the size comes
-    from the header). Artifacts from before the hashes fall back to the old rule, matching file names.
+    what a copied file keeps, and unlike the resized input it needs neither the resize code nor the teacher's
+    stored tensors (a student artifact has none). Only images of a support image's size (read from the header)
+    are decoded. Artifacts from before the hashes fall back to matching file names.
     """
     recorded = support.get("images")
     if recorded is None:

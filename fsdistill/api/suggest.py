@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from fsdistill.api.inference import _decode_workers
+from fsdistill.api.inference import _batch_size, _decode_workers
 from fsdistill.checkpoint import recover_artifact
 from fsdistill.errors import ConfigError, DataError
 from fsdistill.infer.predictor import list_images
@@ -181,8 +181,7 @@ def suggest(
     paths = [source for source, _ in entries]
     if engine == "ray":
         # ``device`` is the actors' (the driver runs no model): their GPU when they get one.
-        on_gpu = bool(gpus_per_worker) or device.startswith("cuda")
-        batch_size = batch_size or (8 if on_gpu else 2)
+        batch_size = _batch_size(batch_size, bool(gpus_per_worker) or device.startswith("cuda"))
         check_teacher(student, teacher_model)  # here, not as every actor's failure
         teacher_path = None if teacher_model is None else teacher_model.path
         ray_scorer = RayScorer(student.path, teacher_path, device, address, workers, gpus_per_worker or 0.0)
@@ -190,10 +189,9 @@ def suggest(
     else:
         torch_device = resolve_device(device)
         on_gpu = torch_device.type != "cpu"
-        batch_size = batch_size or (8 if on_gpu else 2)
         scorer = SuggestScorer(student, teacher_model, torch_device)
         workers = _decode_workers(on_gpu) if workers is None else workers
-        outputs = score_images(scorer, paths, batch_size, workers, on_progress)
+        outputs = score_images(scorer, paths, _batch_size(batch_size, on_gpu), workers, on_progress)
     if on_total is not None:
         on_total(len(entries))
     start = time.perf_counter()

@@ -31,7 +31,7 @@ from fsdistill.checkpoint import WEIGHTS_FILE
 from fsdistill.config import AdaptCfg, DistillCfg, ModelCfg
 from fsdistill.data.discover import SupportIndex, discover
 from fsdistill.data.masks import IGNORE_INDEX
-from fsdistill.data.support_tensors import load_support_tensors
+from fsdistill.data.support_tensors import SupportTensors, load_support_tensors
 from fsdistill.errors import CheckpointError, ConfigError, DataError
 from fsdistill.infer.predictor import list_images
 from fsdistill.infer.ray_engine import resolve_engine
@@ -83,8 +83,9 @@ def _start_run(cfg: AdaptCfg | DistillCfg, command: str) -> Path:
     return distributed.on_main(create)
 
 
-def _prepare(cfg: AdaptCfg | DistillCfg, quiet: bool):
-    """Discover and load the support folder, pick the device and seed everything."""
+def _prepare(cfg: AdaptCfg | DistillCfg) -> tuple[SupportIndex, int, torch.device, SupportTensors]:
+    """Discover and load the support folder, pick the device and seed everything: (index, foreground classes,
+    device, support tensors)."""
     index = discover(cfg.support)
     num_classes = len(index.class_names) - 1
     if num_classes < 1:
@@ -105,7 +106,9 @@ def _prepare(cfg: AdaptCfg | DistillCfg, quiet: bool):
             f"All {len(index)} masks in {cfg.support} are empty: no pixel has a foreground class, so there is "
             "nothing to learn; check the mask values (binary masks need 255 or 1 for the object) and the names file."
         )
-    return cfg, index, num_classes, device, support
+    if cfg.train.augment is False and len(index) == 1 and cfg.train.steps != 0:  # no query besides the one support
+        raise ConfigError("One support image needs augmentation to build episodes; drop --no-augment or add images.")
+    return index, num_classes, device, support
 
 
 def _augment(cfg: AdaptCfg | DistillCfg, count: int) -> bool:
@@ -131,28 +134,28 @@ def adapt(cfg: AdaptCfg, quiet: bool = False, overwrite: bool = False) -> RunRes
     ``overwrite``: replace a finished run at ``cfg.out`` (see :func:`check_run_dir`); its student goes with it.
     """
     check_run_dir(cfg.out, "adapt", overwrite=overwrite)
-    cfg, index, num_classes, device, support = _prepare(cfg, quiet)
+    index, num_classes, device, support = _prepare(cfg)
     teacher, teacher_cfg = _new_teacher(cfg, num_classes)
     teacher = teacher.to(device)
-    if cfg.train.augment is False and len(index) == 1 and cfg.train.steps != 0:
-        raise ConfigError("One support image needs augmentation to build episodes; drop --no-augment or add images.")
     run_dir = _start_run(cfg, "adapt")
     cache = FeatureCache(teacher, support, device, _augment(cfg, len(index)))
     stats = train(teacher, cache, cfg.train, quiet=quiet)
 
     def write() -> Path:
-        teacher_dir = save_model(
-            run_dir / "teacher",
-            teacher,
-            teacher_cfg,
-            support_images=support.images,
-            support_masks=support.masks,
-            **_artifact_fields(cfg, index, stats),
-        )
+        teacher_dir = _save_teacher(run_dir, teacher, teacher_cfg, support, _artifact_fields(cfg, index, stats))
         _drop_stale(run_dir, keep={"teacher"})
         return teacher_dir
 
     return RunResult(run_dir, teacher_dir=distributed.on_main(write), stats=_stats_dict(stats))
+
+
+def _save_teacher(
+    run_dir: Path, teacher: DCAMATeacher, teacher_cfg: ModelCfg, support: SupportTensors, fields: dict[str, Any]
+) -> Path:
+    """Write ``RUN/teacher/``: the teacher keeps its support tensors (it needs them to predict)."""
+    return save_model(
+        run_dir / "teacher", teacher, teacher_cfg, support_images=support.images, support_masks=support.masks, **fields
+    )
 
 
 def _new_teacher(cfg: AdaptCfg | DistillCfg, num_classes: int) -> tuple[DCAMATeacher, ModelCfg]:
@@ -263,25 +266,22 @@ def _train_on_pool(
     ``ray_labeller``: label the pool on Ray actors instead of in this process (the same tensors; ``teacher_cfg``
     rebuilds the teacher there).
     """
-    skipped: list[str] = []
-    labelled: list[Path] = []
-
-    base_info: dict[str, Any] = {
-        "root": str(cfg.unlabeled),
-        "pool_size": total,
-        "support_steps": support_stats.steps,
-    }
     # What the teacher can be trusted with: the classes it finds in each support from the other supports.
     check = check_supports(teacher, student, cache, class_names)
     trusted = [c.leave_one_out is not None and c.leave_one_out >= cfg.train.pool_min_iou for c in check.classes]
-    base_info["min_iou"] = cfg.train.pool_min_iou
-    base_info["trusted"] = [c.name for c, ok in zip(check.classes, trusted) if ok]
-    base_info["teacher_leave_one_out"] = {c.name: c.leave_one_out for c in check.classes}
     # The student's own labels (self-training) need no trust in the teacher; its coarse maps still do.
     labeller = cfg.train.pool_labeller
     if labeller == "mean" and not any(trusted):  # the teacher's half would teach nothing: the student labels alone
         labeller = "student"
-    base_info["labeller"] = labeller
+    base_info: dict[str, Any] = {
+        "root": str(cfg.unlabeled),
+        "pool_size": total,
+        "support_steps": support_stats.steps,
+        "min_iou": cfg.train.pool_min_iou,
+        "trusted": [c.name for c, ok in zip(check.classes, trusted) if ok],
+        "teacher_leave_one_out": {c.name: c.leave_one_out for c in check.classes},
+        "labeller": labeller,
+    }
     if not any(trusted) and labeller != "student":
         if not check.queries:
             reason = "one support image: the teacher cannot be checked on the others (add supports)"
@@ -299,7 +299,7 @@ def _train_on_pool(
     else:
         results = label_files(teacher, student, support, *args)
     bar = progress(total=len(paths), quiet=quiet, desc="label pool", unit="img")
-    parts = []
+    parts, labelled, skipped = [], [], []
     for indices, errors, batch in results:
         for _, message in errors:  # the message names the file
             log.warning("skipped an unreadable pool image: %s", message)
@@ -372,9 +372,7 @@ def distill(
     init = _load_init(cfg) if cfg.init is not None else None
     if init is not None:
         cfg = cfg.model_copy(update={"model": init[0].model_cfg})
-    cfg, index, num_classes, device, support = _prepare(cfg, quiet)
-    if cfg.train.augment is False and len(index) == 1 and cfg.train.steps != 0:  # as in adapt: no query besides it
-        raise ConfigError("One support image needs augmentation to build episodes; drop --no-augment or add images.")
+    index, num_classes, device, support = _prepare(cfg)
     # Checked before any training: a bad pool must not cost the support phase first.
     pool_paths = _pool_images(cfg, index) if cfg.unlabeled is not None else None
     match = None
@@ -386,7 +384,6 @@ def distill(
         teacher_cfg = init_teacher.model_cfg
         teacher = build_teacher(teacher_cfg, num_classes, pretrained=False)
         teacher.load_state_dict(init_teacher.model.state_dict())
-        teacher = teacher.to(device)
     elif cfg.teacher is not None:
         loaded = load_model(cfg.teacher, kind="teacher")
         if loaded.class_names != index.class_names:
@@ -396,13 +393,12 @@ def distill(
             )
         if loaded.size != cfg.model.size:
             raise ConfigError(f"The teacher {loaded.path} runs at --size {loaded.size}; pass --size {loaded.size}.")
-        teacher: DCAMATeacher = loaded.model.to(device)
-        teacher_cfg = loaded.model_cfg
+        teacher, teacher_cfg = loaded.model, loaded.model_cfg
     else:
         if cfg.freeze_teacher:
             raise ConfigError("--freeze-teacher needs an adapted teacher: pass --teacher RUN/teacher.")
         teacher, teacher_cfg = _new_teacher(cfg, num_classes)
-        teacher = teacher.to(device)
+    teacher = teacher.to(device)
     run_dir = _start_run(cfg, "distill")
     cache = FeatureCache(teacher, support, device, _augment(cfg, len(index)))
     student = build_student(teacher, cfg.model.student_width).to(device)
@@ -410,7 +406,7 @@ def distill(
     # this run's ConvDist width.
     student_cfg = teacher_cfg.model_copy(update={"student_width": cfg.model.student_width})
     prior = teacher.class_prior(cache.support[0], list(range(num_classes)))
-    if init is not None and match is not None:
+    if match is not None:
         copy_student_classes(student, init[1].model.to(device), match, prior)
     else:
         student.set_class_prior(prior)
@@ -449,16 +445,7 @@ def distill(
             common["training"]["support_check"] = check.to_dict()
         if match is not None:
             common["training"]["init"] = {"run": str(cfg.init), **match.to_dict()}
-        teacher_dir = None
-        if cfg.teacher is None:
-            teacher_dir = save_model(
-                run_dir / "teacher",
-                teacher,
-                teacher_cfg,
-                support_images=support.images,
-                support_masks=support.masks,
-                **common,
-            )
+        teacher_dir = _save_teacher(run_dir, teacher, teacher_cfg, support, common) if cfg.teacher is None else None
         student_dir = save_model(run_dir / "student", student, student_cfg, **common)
         own_teacher = cfg.teacher is None or _is_artifact_at(cfg.teacher, run_dir / "teacher")
         _drop_stale(run_dir, keep={"student", "teacher"} if own_teacher else {"student"})

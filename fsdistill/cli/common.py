@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import signal
 import sys
 import threading
@@ -14,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from fsdistill.errors import FsdistillError
+from fsdistill.errors import ConfigError, DataError, FsdistillError
 
 
 class _PlainFlags:
@@ -47,7 +48,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-# Reusable option types (one definition each, like the hf CLI's aliases).
+# Option types that several commands share.
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | mps (auto: cuda, then mps, then cpu).")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (default 0).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries, errors only.")]
@@ -118,7 +119,14 @@ DecoderOpt = Annotated[
     ),
 ]
 AugmentOpt = Annotated[bool | None, typer.Option("--augment/--no-augment", help="Flip views of the supports.")]
+
+
 # The Ray engine's options, shared by predict, suggest and distill.
+def engine_option(ray_does: str) -> Any:
+    """The ``--engine`` option of a command; ``ray_does``: what ``--engine ray`` does there."""
+    return typer.Option("--engine", help=f"local | ray: ray {ray_does} (pip install 'fsdistill[ray]').")
+
+
 RayAddressOpt = Annotated[
     str | None,
     typer.Option(
@@ -182,8 +190,6 @@ def _guarded(fn: Callable) -> Callable:
 def _rank_note() -> str:
     """``rank R: `` in a process that torchrun started as rank R > 0, else nothing: each process reports its own
     errors (one may fail alone, on a node without the data, say), and the rank tells the copies apart."""
-    import os
-
     rank = os.environ.get("RANK", "0")
     return f"rank {rank}: " if os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1") and rank != "0" else ""
 
@@ -208,8 +214,6 @@ def model_command(fn: Callable | None = None, *, torchrun: bool = False) -> Call
             from fsdistill.runtime import retain_freed_memory
 
             if not torchrun and launch_from_env() is not None:
-                from fsdistill.errors import ConfigError
-
                 raise ConfigError(
                     f"{fn.__name__} does not run under torchrun (only adapt and distill train data-parallel); run it "
                     "as one process, or split predict and suggest with --shard I/N or --engine ray."
@@ -242,8 +246,6 @@ def _train_overrides(
 ) -> dict[str, Any]:
     groups = [g.strip() for g in train.split(",") if g.strip()] if train is not None else None
     if groups == []:  # --train "" (an unset shell variable, say) silently meant the default groups
-        from fsdistill.errors import ConfigError
-
         raise ConfigError(
             "--train got no group names; list some of mapper,merge,attention,mixer, or leave --train out for the "
             "default mapper,merge,mixer."
@@ -266,10 +268,8 @@ def _bar(desc: str, quiet: bool):
 
 
 def _write_json(path: Path, data: dict) -> None:
-    from fsdistill.errors import DataError
     from fsdistill.runtime import ensure_writable_dir, write_atomic
 
-    path = Path(path)
     ensure_writable_dir(path.parent, "--json")
     try:
         write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
@@ -299,3 +299,11 @@ def _model_announcer(bar, model: Path | None, quiet: bool) -> Callable[[str], No
             bar.write(f"model: {path} (newest run under ./runs; pass --model to choose)", file=sys.stderr)
 
     return say_model
+
+
+def _exit_on_failures(failed: list[tuple[str, str]]) -> None:
+    """One ``error:`` line per image that could not be read, then exit 2 (predict and suggest)."""
+    for _, reason in failed:
+        typer.echo(f"error: {reason}", err=True)
+    if failed:
+        raise typer.Exit(2)

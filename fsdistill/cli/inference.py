@@ -20,8 +20,10 @@ from fsdistill.cli.common import (
     SizeOpt,
     _bar,
     _Console,
+    _exit_on_failures,
     _model_announcer,
     _write_json,
+    engine_option,
     model_command,
 )
 
@@ -98,12 +100,7 @@ def predict(
         ),
     ] = None,
     engine: Annotated[
-        str,
-        typer.Option(
-            "--engine",
-            help="local | ray: ray runs the model in a pool of Ray actors (pip install 'fsdistill[ray]'); same "
-            "outputs, written by this process.",
-        ),
+        str, engine_option("runs the model in a pool of Ray actors; same outputs, written by this process")
     ] = "local",
     address: RayAddressOpt = None,
     gpus_per_worker: GpusPerWorkerOpt = None,
@@ -124,8 +121,6 @@ def predict(
     from fsdistill import api
 
     with _bar("predict", quiet) as bar:
-        say_model = _model_announcer(bar, model, quiet)
-
         result = api.predict(
             inputs,
             out,
@@ -137,7 +132,7 @@ def predict(
             workers,
             bar.update,
             backend=backend,
-            on_model=say_model,
+            on_model=_model_announcer(bar, model, quiet),
             on_total=bar.set_total,
             formats=format,
             coco_rle=coco_rle,
@@ -151,10 +146,7 @@ def predict(
     console.say(f"{result.written} written, {result.skipped} already done, {len(result.failed)} failed -> {out}/masks")
     for name, paths in result.format_paths.items():
         console.say(f"{name}: {', '.join(str(p) for p in paths)}")
-    if result.failed:
-        for _, reason in result.failed:
-            typer.echo(f"error: {reason}", err=True)
-        raise typer.Exit(2)
+    _exit_on_failures(result.failed)
 
 
 @model_command
@@ -271,13 +263,13 @@ def profile(
     console = _Console(quiet)
     ratios = result.ratios
     fmt = lambda x: "n/a" if x is None else f"{x:.2f}x"  # noqa: E731
-    cell = ratios["largest_cell"]
     console.say(f"student latency max/min over the grid: {fmt(ratios['student_max_over_min'])}")
     t_cell = ratios.get("teacher_cell")
     if t_cell is not None:
-        teacher_vs = fmt(ratios["teacher_over_student"])
-        console.say(f"teacher/student at {t_cell['ways']}-way {t_cell['shots']}-shot: {teacher_vs}")
-    console.say(f"student/backbone at {cell['ways']}-way: {fmt(ratios['student_over_backbone'])}")
+        console.say(
+            f"teacher/student at {t_cell['ways']}-way {t_cell['shots']}-shot: {fmt(ratios['teacher_over_student'])}"
+        )
+    console.say(f"student/backbone at {ratios['largest_cell']['ways']}-way: {fmt(ratios['student_over_backbone'])}")
     by_ways = ratios.get("student_over_backbone_by_ways") or {}
     if len(by_ways) > 1:
         # A line, not a table: the round numbers of ways and the largest (profile.md has every cell).
@@ -383,18 +375,10 @@ def suggest(
         typer.Option(
             "--workers",
             min=0,
-            help="Image-decoding worker processes (default: as predict's). With --engine ray: the Ray actors "
-            "(default as predict's).",
+            help="Image-decoding worker processes, or with --engine ray the Ray actors (defaults: as predict's).",
         ),
     ] = None,
-    engine: Annotated[
-        str,
-        typer.Option(
-            "--engine",
-            help="local | ray: ray scores the pool in a pool of Ray actors (pip install 'fsdistill[ray]'); same "
-            "ranking.",
-        ),
-    ] = "local",
+    engine: Annotated[str, engine_option("scores the pool in a pool of Ray actors; same ranking")] = "local",
     address: RayAddressOpt = None,
     gpus_per_worker: GpusPerWorkerOpt = None,
     shard: Annotated[
@@ -419,8 +403,6 @@ def suggest(
     from fsdistill import api
 
     with _bar("suggest", quiet) as bar:
-        say_model = _model_announcer(bar, model, quiet)
-
         result = api.suggest(
             pool,
             model,
@@ -433,7 +415,7 @@ def suggest(
             batch_size,
             workers,
             student_only,
-            on_model=say_model,
+            on_model=_model_announcer(bar, model, quiet),
             on_total=bar.set_total,
             on_progress=bar.update,
             shard=shard,
@@ -457,7 +439,4 @@ def suggest(
     if result.copy_to is not None:
         done.append(f"{result.copied} copied ({result.already_copied} already there) -> {result.copy_to}")
     console.say(", ".join(done))
-    if result.failed:
-        for _, reason in result.failed:
-            typer.echo(f"error: {reason}", err=True)
-        raise typer.Exit(2)
+    _exit_on_failures(result.failed)

@@ -32,6 +32,7 @@ from fsdistill.cli.common import (
     _train_overrides,
     _write_json,
     command,
+    engine_option,
     model_command,
     torchrun_group,
 )
@@ -148,11 +149,9 @@ def distill(
     ] = None,
     engine: Annotated[
         str,
-        typer.Option(
-            "--engine",
-            help="local | ray: ray labels the --unlabeled pool in a pool of Ray actors, each with its own copy of "
-            "the support-phase teacher and student (pip install 'fsdistill[ray]'); the same labels. Training stays "
-            "in this process.",
+        engine_option(
+            "labels the --unlabeled pool in a pool of Ray actors, each with its own copy of the support-phase "
+            "teacher and student; the same labels, and training stays in this process"
         ),
     ] = "local",
     address: RayAddressOpt = None,
