@@ -198,7 +198,7 @@ def add_missing_scores(
     if not todo:
         return 0
     done = 0
-    for index, _, probs, error in runner.iterate_scored([s for s, _ in todo], batch_size, workers):
+    for index, _, probs, error in runner.outputs([s for s, _ in todo], batch_size, workers, scored=True):
         if error is not None or probs is None:
             continue
         path = out_dir / "masks" / todo[index][1].with_suffix(".png")

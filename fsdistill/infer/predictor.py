@@ -226,26 +226,21 @@ class Runner(ABC):
         self, paths: list[Source], batch_size: int = 8, workers: int = 2
     ) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
         """Yield ``(index, mask or None, error or None)`` per path, in batches decoded by ``workers`` processes."""
-        for index, mask, _, error in self._run(paths, batch_size, workers, probabilities=False):
+        for index, mask, _, error in self.outputs(paths, batch_size, workers):
             yield index, mask, error
 
-    def iterate_scored(
-        self, paths: list[Source], batch_size: int = 8, workers: int = 2
+    def outputs(
+        self, paths: list[Source], batch_size: int = 8, workers: int = 2, scored: bool = False
     ) -> Iterator[tuple[int, np.ndarray | None, np.ndarray | None, str | None]]:
-        """As :meth:`iterate`, plus each image's class probabilities on the model's output grid:
-        ``(index, mask, K×h×w float32 softmax, error)`` (the scores of :mod:`fsdistill.infer.formats`)."""
-        yield from self._run(paths, batch_size, workers, probabilities=True)
-
-    def _run(
-        self, paths: list[Source], batch_size: int, workers: int, probabilities: bool
-    ) -> Iterator[tuple[int, np.ndarray | None, np.ndarray | None, str | None]]:
+        """As :meth:`iterate`, plus (when ``scored``, else None) each image's class probabilities on the model's
+        output grid: ``(index, mask, K×h×w float32 softmax, error)`` (the scores of :mod:`fsdistill.infer.formats`)."""
         for good, failed in image_batches(paths, self.size, batch_size, workers):
             for index, error in failed:
                 yield index, None, None, error
             if not good:
                 continue
             logits = self.logits(torch.stack([it["image"] for it in good]))
-            probs = torch.softmax(logits.float(), dim=1).cpu().numpy() if probabilities else [None] * len(good)
+            probs = torch.softmax(logits.float(), dim=1).cpu().numpy() if scored else [None] * len(good)
             for it, lg, pr in zip(good, logits, probs):
                 yield it["index"], logits_to_mask(lg, it["height"], it["width"]), pr, None
 
@@ -475,12 +470,7 @@ def predict_files(
             todo.append((source, rel))
     palette = predictor.palette
     written: dict[str, tuple[int, int, np.ndarray]] = {}
-    paths = [s for s, _ in todo]
-    if formats.scored:
-        outputs = predictor.iterate_scored(paths, batch_size, workers)
-    else:
-        outputs = ((i, m, None, e) for i, m, e in predictor.iterate(paths, batch_size, workers))
-    for index, mask, probs, error in outputs:
+    for index, mask, probs, error in predictor.outputs([s for s, _ in todo], batch_size, workers, formats.scored):
         source, rel = todo[index]
         if error is not None:
             result.failed.append((str(source), error))
