@@ -30,6 +30,7 @@ from fsdistill.infer.formats import (
     FormatOptions,
     add_missing_scores,
     component_scores,
+    png_bytes,
     remove_format_files,
     scores_text,
     write_formats,
@@ -308,12 +309,6 @@ def _overlay(
     return out.round().astype(np.uint8)
 
 
-def _png_bytes(rgb: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def write_mask(
     out: Storage, key: str, mask: np.ndarray, palette: list[tuple[int, int, int]], text: dict | None = None
 ) -> None:
@@ -476,7 +471,7 @@ def predict_files(
             result.failed.append((str(source), error))
         else:
             if overlay:
-                out.write_bytes(_overlay_key(rel), _png_bytes(_overlay(read_image(source), mask, palette)))
+                out.write_bytes(_overlay_key(rel), png_bytes(_overlay(read_image(source), mask, palette)))
             # The mask goes last: its presence is what marks an image as done.
             text = None if probs is None else scores_text(component_scores(mask, probs))
             write_mask(out, _mask_key(rel), mask, palette, text)
