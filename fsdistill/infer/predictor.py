@@ -94,18 +94,15 @@ def list_images(inputs: Sequence[Path | str], out_dir: Path | str | Storage | No
     overlays as new images.
     """
     out = out_dir if isinstance(out_dir, Storage) or out_dir is None else open_storage(out_dir)
-    unique_inputs: list[tuple[Storage, str]] = []
-    seen_inputs: set[str] = set()
+    unique_inputs: dict[str, tuple[Storage, str]] = {}  # by identity: an input given twice is read once
     for given in inputs:
         storage = open_storage(given)
         kind = storage.kind()
         if kind == "missing":
             raise DataError(f"Input {storage} does not exist; pass image files or folders.")
-        if storage.identity() not in seen_inputs:
-            seen_inputs.add(storage.identity())
-            unique_inputs.append((storage, kind))
+        unique_inputs.setdefault(storage.identity(), (storage, kind))
     found: list[tuple[Storage, str, Path]] = []
-    for storage, kind in unique_inputs:
+    for storage, kind in unique_inputs.values():
         name = PurePosixPath(storage.display().rstrip("/")).name
         prefix = Path(name) if len(unique_inputs) > 1 else Path()
         if kind == "file":
@@ -121,15 +118,11 @@ def list_images(inputs: Sequence[Path | str], out_dir: Path | str | Storage | No
             f"No images found in {', '.join(map(str, inputs))}; supported: {', '.join(sorted(IMAGE_SUFFIXES))}."
         )
     # Overlapping inputs reach one file twice; predicting it twice would cost time and write two masks of it.
-    first_of: set[str] = set()
-    unique: list[tuple[Source, Path]] = []
+    unique: dict[str, tuple[Source, Path]] = {}
     for storage, key, rel in found:
-        identity = storage.identity(key)
-        if identity not in first_of:
-            first_of.add(identity)
-            unique.append((storage.source(key), rel))
+        unique.setdefault(storage.identity(key), (storage.source(key), rel))
     seen: dict[Path, Source] = {}
-    for source, rel in unique:
+    for source, rel in unique.values():
         target = rel.with_suffix(".png")
         if target in seen:
             raise DataError(
@@ -137,7 +130,7 @@ def list_images(inputs: Sequence[Path | str], out_dir: Path | str | Storage | No
                 "separate -o folders."
             )
         seen[target] = source
-    return unique
+    return list(unique.values())
 
 
 class _ImageDataset(Dataset):
