@@ -169,17 +169,14 @@ def _providers(ort: ModuleType, device: str) -> list[str]:
     name = (device or "auto").lower()
     if name not in DEVICE_CHOICES and not name.startswith("cuda:"):
         raise DeviceError(f"Unknown device '{name}'; use one of {', '.join(DEVICE_CHOICES)}.")
-    available = ort.get_available_providers()
-    has_cuda = "CUDAExecutionProvider" in available
-    if name == "auto":
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"] if has_cuda else ["CPUExecutionProvider"]
-    if name == "cpu":
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if name == "cpu" or (name == "auto" and not has_cuda):
         return ["CPUExecutionProvider"]
-    if name.startswith("cuda"):
-        if not has_cuda:
-            raise DeviceError(
-                "This onnxruntime has no CUDA provider; use --device cpu, or install onnxruntime-gpu for --device cuda."
-            )
+    if name.startswith("cuda") and not has_cuda:
+        raise DeviceError(
+            "This onnxruntime has no CUDA provider; use --device cpu, or install onnxruntime-gpu for --device cuda."
+        )
+    if name == "auto" or name.startswith("cuda"):
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     raise DeviceError(f"onnxruntime has no '{name}' provider here; use --device cpu (or cuda with onnxruntime-gpu).")
 
