@@ -1,23 +1,16 @@
 """``predict --engine ray``: the student's forward passes on a Ray cluster, through Ray Data.
 
-Only the model work moves: :class:`RayRunner` is a :class:`~fsdistill.infer.predictor.Runner` whose
-:meth:`~RayRunner.iterate` streams the image list through ``Dataset.map_batches`` over a pool of actors
-(``ActorPoolStrategy``), each of which loads the student once (in ``__init__``) and runs the same
-:class:`~fsdistill.infer.predictor.Predictor` as local predict on its batches. The masks come back to the driver,
-and :func:`~fsdistill.infer.predictor.predict_files` writes masks, overlays, CSV and manifest exactly as it does
-for a local run (the same code), so the outputs are the same bytes and resume skips done images before the
-dataset is built. An unreadable image comes back as that image's error, not a failed job. Input paths must be
-readable by the workers (one machine, or a filesystem shared by the cluster's nodes), or be in an object store
-(``s3://``, ``gs://``, :mod:`fsdistill.storage`): each actor then reads its images from the store itself, through
-the driver's pyarrow filesystem (pickled with its endpoint and credential options), and the driver writes the
-outputs to ``-o`` wherever that is.
+Only the model work moves: :class:`RayRunner` streams the image list through ``Dataset.map_batches`` over a pool of
+actors (``ActorPoolStrategy``), each of which loads the student once and runs the same
+:class:`~fsdistill.infer.predictor.Predictor` as local predict. The masks come back to the driver, where
+:func:`~fsdistill.infer.predictor.predict_files` writes every output as for a local run (the same bytes; resume
+skips done images before the dataset is built). An unreadable image comes back as that image's error, not a failed
+job. Inputs must be readable by the workers (one machine, a filesystem shared by the nodes) or be in an object
+store (:mod:`fsdistill.storage`), which each actor reads through the driver's pickled pyarrow filesystem.
 
-``distill --unlabeled --engine ray`` labels the unlabeled pool on Ray actors with this module's session and pool
-sizing (:class:`fsdistill.train.pool_ray.RayPoolLabeller`: labelling is training code).
-
-``suggest --engine ray`` uses the same actor pool for its scoring pass: :class:`RayScorer` streams the pool
-through actors that each load the student (and teacher) once and score their batches with
-:class:`~fsdistill.infer.suggest.SuggestScorer`; the driver ranks the scores as a local run does.
+``suggest --engine ray`` scores the pool on the same kind of actor pool (:class:`RayScorer`, with
+:class:`~fsdistill.infer.suggest.SuggestScorer`; the driver ranks as a local run does), and ``distill --unlabeled
+--engine ray`` labels it with this module's session and pool sizing (:class:`fsdistill.train.pool_ray.RayPoolLabeller`).
 
 Ray is optional (``pip install 'fsdistill[ray]'``) and imported only here, only when the engine is asked for.
 """
