@@ -227,7 +227,7 @@ class Runner(ABC):
         self, paths: list[Source], batch_size: int = 8, workers: int = 2, scored: bool = False
     ) -> Iterator[tuple[int, np.ndarray | None, np.ndarray | None, str | None]]:
         """As :meth:`iterate`, plus each image's class probabilities on the model's output grid when ``scored``
-        (else None): ``(index, mask, K×h×w float32 softmax, error)`` (the scores of :mod:`fsdistill.infer.formats`)."""
+        (else None): ``(index, mask, K×h×w float32 softmax, error)``, the scores of :mod:`fsdistill.infer.formats`."""
         for good, failed in image_batches(paths, self.size, batch_size, workers):
             for index, error in failed:
                 yield index, None, None, error
