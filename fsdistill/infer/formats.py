@@ -193,15 +193,13 @@ def add_missing_scores(
     """Score the written masks of ``items`` ((image, relative path)) that carry no scores, by running ``runner``
     (a :class:`~fsdistill.infer.predictor.Runner`) on their images; the scores are stored in the masks, whose
     pixels stay as written. Returns how many were scored (an image that no longer reads stays unscored)."""
-    masks = [(s, rel, out_dir / "masks" / rel.with_suffix(".png")) for s, rel in items]
-    todo = [(s, rel) for s, rel, path in masks if path.is_file() and read_scores(path) is None]
-    if not todo:
-        return 0
+    masks = [(s, out_dir / "masks" / rel.with_suffix(".png")) for s, rel in items]
+    todo = [(s, path) for s, path in masks if path.is_file() and read_scores(path) is None]
     done = 0
     for index, _, probs, error in runner.outputs([s for s, _ in todo], batch_size, workers, scored=True):
-        if error is not None or probs is None:
+        if error is not None:
             continue
-        path = out_dir / "masks" / todo[index][1].with_suffix(".png")
+        path = todo[index][1]
         mask = read_index_mask(path)
         write_index_png(path, mask, runner.palette, text=scores_text(component_scores(mask, probs)))
         done += 1
