@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 from abc import ABC, abstractmethod
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -241,13 +242,11 @@ class ObjectStorage(Storage):
 
     def walk(self) -> Iterator[tuple[str, list[str], list[str]]]:
         # One listing of the whole prefix (an object store has no folders to descend into), laid out as folders.
-        folders: dict[str, tuple[set[str], list[str]]] = {"": (set(), [])}
+        folders: defaultdict[str, tuple[set[str], list[str]]] = defaultdict(lambda: (set(), []))
         for key in self._listing(""):
             parts = key.split("/")
             for depth in range(len(parts) - 1):
-                parent, child = "/".join(parts[:depth]), "/".join(parts[: depth + 1])
-                folders.setdefault(parent, (set(), []))[0].add(parts[depth])
-                folders.setdefault(child, (set(), []))
+                folders["/".join(parts[:depth])][0].add(parts[depth])
             folders["/".join(parts[:-1])][1].append(parts[-1])
         pending = [""]
         while pending:
