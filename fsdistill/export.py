@@ -16,6 +16,7 @@ never leaves a half-written ``.onnx``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
@@ -170,10 +171,8 @@ def _remove_dead_temps(out: Path) -> None:
         parts = tmp.name[len(f".{out.name}.tmp-") :].split("-")
         if len(parts) == 2 and parts[0].isdigit() and _process_alive(int(parts[0])):
             continue
-        try:
+        with contextlib.suppress(OSError):  # gone already, or not ours to remove: the export goes on without it
             tmp.unlink()
-        except OSError:  # gone already, or not ours to remove: the export goes on without it
-            pass
 
 
 def _process_alive(pid: int) -> bool:
@@ -249,12 +248,13 @@ def export_onnx(
     other_size = (input_size + 2 * size_multiple, input_size + size_multiple)
     other = normalize(_random_images(rng, 1, *other_size), mean, std).numpy()
     real = 0 if real_images is None else len(real_images)
+    doc = f"fsdistill student: {len(class_names) - 1} classes ({', '.join(class_names[1:])}), input {input_size}px"
 
     _remove_dead_temps(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     note = ""
+    reference = [_torch_logits(model.to(device), x, device) for x in samples]
     try:
-        reference: list[np.ndarray] | None = None
         for attempt_dynamic in [True, False] if dynamic_hw else [False]:
             model.to("cpu")
             _trace(model, tmp, torch.from_numpy(samples[0]), attempt_dynamic, opset)
@@ -268,13 +268,9 @@ def export_onnx(
                 palette=palette,
                 extra=metadata,
             )
-            names = ", ".join(class_names[1:])
-            doc = f"fsdistill student: {len(class_names) - 1} classes ({names}), input {input_size}px"
             _add_metadata(onnx, tmp, props, doc)
             session = ort_session(tmp, "cpu", threads)
             model.to(device)
-            if reference is None:
-                reference = [_torch_logits(model, x, device) for x in samples]
             parity = Parity()
             for x, ref in zip(samples, reference):
                 parity.add(ref, session.run([OUTPUT_NAME], {INPUT_NAME: x})[0])

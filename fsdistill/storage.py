@@ -18,7 +18,9 @@ from __future__ import annotations
 import os
 import re
 from abc import ABC, abstractmethod
+from collections import defaultdict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -212,40 +214,39 @@ class ObjectStorage(Storage):
     def identity(self, key: str = "") -> str:
         return self.display(key)
 
-    def _fail(self, what: str, key: str, exc: OSError) -> DataError:
-        return DataError(
-            f"Cannot {what} {self.display(key)} ({_reason(exc)}); check the bucket name, the credentials and the "
-            "endpoint."
-        )
+    @contextmanager
+    def _errors(self, what: str, key: str = "") -> Iterator[None]:
+        """The store's OSErrors inside the block as the DataError that names what failed on ``key``."""
+        try:
+            yield
+        except OSError as exc:
+            raise DataError(
+                f"Cannot {what} {self.display(key)} ({_reason(exc)}); check the bucket name, the credentials and "
+                "the endpoint."
+            ) from None
 
     def kind(self, key: str = "") -> str:
         fs = _pyarrow_fs()
-        try:
+        with self._errors("reach", key):
             found = self.fs.get_file_info(self._path(key)).type
-        except OSError as exc:
-            raise self._fail("reach", key, exc) from None
         return {fs.FileType.File: "file", fs.FileType.Directory: "dir"}.get(found, "missing")
 
     def _listing(self, key: str) -> list[str]:
         """Keys (relative to the root) of every file below folder ``key``: one recursive listing."""
         fs = _pyarrow_fs()
         base = self._path(key)
-        try:
+        with self._errors("list", key):
             infos = self.fs.get_file_info(fs.FileSelector(base, recursive=True, allow_not_found=True))
-        except OSError as exc:
-            raise self._fail("list", key, exc) from None
         start = len(self.root) + 1
         return sorted(info.path[start:] for info in infos if info.type == fs.FileType.File)
 
     def walk(self) -> Iterator[tuple[str, list[str], list[str]]]:
         # One listing of the whole prefix (an object store has no folders to descend into), laid out as folders.
-        folders: dict[str, tuple[set[str], list[str]]] = {"": (set(), [])}
+        folders: defaultdict[str, tuple[set[str], list[str]]] = defaultdict(lambda: (set(), []))
         for key in self._listing(""):
             parts = key.split("/")
             for depth in range(len(parts) - 1):
-                parent, child = "/".join(parts[:depth]), "/".join(parts[: depth + 1])
-                folders.setdefault(parent, (set(), []))[0].add(parts[depth])
-                folders.setdefault(child, (set(), []))
+                folders["/".join(parts[:depth])][0].add(parts[depth])
             folders["/".join(parts[:-1])][1].append(parts[-1])
         pending = [""]
         while pending:
@@ -259,25 +260,18 @@ class ObjectStorage(Storage):
         return set(self._listing(key))
 
     def read_bytes(self, key: str) -> bytes:
-        try:
+        with self._errors("read", key):
             return self.source(key).read_bytes()
-        except OSError as exc:
-            raise self._fail("read", key, exc) from None
 
     def write_bytes(self, key: str, payload: bytes, unique: bool = False) -> None:
         # Atomic by nature: the object appears when its upload completes (see the class docstring).
-        try:
-            with self.fs.open_output_stream(self._path(key)) as handle:
-                handle.write(payload)
-        except OSError as exc:
-            raise self._fail("write", key, exc) from None
+        with self._errors("write", key), self.fs.open_output_stream(self._path(key)) as handle:
+            handle.write(payload)
 
     def ensure_writable(self, flag: str) -> None:
         bucket = self.root.split("/")[0]
-        try:
+        with self._errors("reach"):
             found = self.fs.get_file_info(bucket).type
-        except OSError as exc:
-            raise self._fail("reach", "", exc) from None
         if found == _pyarrow_fs().FileType.NotFound:
             raise DataError(
                 f"The bucket of {flag} {self.display()} does not exist (or these credentials cannot see it); create "

@@ -193,15 +193,13 @@ def add_missing_scores(
     """Score the written masks of ``items`` ((image, relative path)) that carry no scores, by running ``runner``
     (a :class:`~fsdistill.infer.predictor.Runner`) on their images; the scores are stored in the masks, whose
     pixels stay as written. Returns how many were scored (an image that no longer reads stays unscored)."""
-    masks = [(s, rel, out_dir / "masks" / rel.with_suffix(".png")) for s, rel in items]
-    todo = [(s, rel) for s, rel, path in masks if path.is_file() and read_scores(path) is None]
-    if not todo:
-        return 0
+    masks = [(s, out_dir / "masks" / rel.with_suffix(".png")) for s, rel in items]
+    todo = [(s, path) for s, path in masks if path.is_file() and read_scores(path) is None]
     done = 0
-    for index, _, probs, error in runner.iterate_scored([s for s, _ in todo], batch_size, workers):
-        if error is not None or probs is None:
+    for index, _, probs, error in runner.outputs([s for s, _ in todo], batch_size, workers, scored=True):
+        if error is not None:
             continue
-        path = out_dir / "masks" / todo[index][1].with_suffix(".png")
+        path = todo[index][1]
         mask = read_index_mask(path)
         write_index_png(path, mask, runner.palette, text=scores_text(component_scores(mask, probs)))
         done += 1
@@ -243,12 +241,9 @@ def _component_rle(labels: np.ndarray, k: int, box: tuple[int, int, int, int]) -
     breaks = np.flatnonzero(np.diff(flat) != 1) + 1
     starts = flat[np.concatenate([[0], breaks])]
     ends = flat[np.concatenate([breaks - 1, [flat.size - 1]])] + 1
-    counts: list[int] = []
-    previous = 0
-    for start, end in zip(starts.tolist(), ends.tolist()):
-        counts += [start - previous, end - start]
-        previous = end
-    counts.append(height * width - previous)
+    # Alternating runs: zeros up to each start (from the previous end), then ones up to its end; zeros to the end.
+    counts = np.stack([starts - np.concatenate([[0], ends[:-1]]), ends - starts], axis=1).ravel().tolist()
+    counts.append(height * width - int(ends[-1]))
     return {"size": [height, width], "counts": counts_to_rle_string(counts)}
 
 
@@ -317,8 +312,8 @@ class _Coco:
                     ann["score"] = score
                 annotations.append(ann)
 
-    def finish(self, out_dir: Path) -> Path:
-        return write_atomic(out_dir / COCO_FILE, json.dumps(self.data, separators=(",", ":")) + "\n")
+    def finish(self, out_dir: Path) -> list[Path]:
+        return [write_atomic(out_dir / COCO_FILE, json.dumps(self.data, separators=(",", ":")) + "\n")]
 
 
 class _Cvat:
@@ -345,19 +340,14 @@ class _Cvat:
         info.external_attr = 0o644 << 16
         self.zip.writestr(info, payload)
 
-    @staticmethod
-    def _png(rgb: np.ndarray) -> bytes:
-        buffer = io.BytesIO()
-        Image.fromarray(rgb).save(buffer, format="PNG", compress_level=3)
-        return buffer.getvalue()
-
     def add(self, im: _Image) -> None:
         item = im.rel.with_suffix("").as_posix()
         self.ids.append(item)
-        self._put(f"SegmentationClass/{item}.png", self._png(self.colours[im.mask]), compress=False)
-        self._put(f"SegmentationObject/{item}.png", self._png(self.instance_colours[_instances(im)]), compress=False)
+        self._put(f"SegmentationClass/{item}.png", png_bytes(self.colours[im.mask], compress_level=3), compress=False)
+        instances = png_bytes(self.instance_colours[_instances(im)], compress_level=3)
+        self._put(f"SegmentationObject/{item}.png", instances, compress=False)
 
-    def finish(self) -> Path:
+    def finish(self, out_dir: Path) -> list[Path]:
         try:
             lines = ["# label:color_rgb:parts:actions"]
             lines += [f"{n}:{r},{g},{b}::" for n, (r, g, b) in zip(self.class_names, self.colours.tolist())]
@@ -368,11 +358,18 @@ class _Cvat:
             os.replace(self.tmp, self.target)
         finally:
             self.discard()
-        return self.target
+        return [self.target]
 
     def discard(self) -> None:
         self.zip.close()
         self.tmp.unlink(missing_ok=True)
+
+
+def png_bytes(rgb: np.ndarray, **options: Any) -> bytes:
+    """An H×W×3 uint8 image (or H×W) as PNG bytes; ``options`` go to Pillow's PNG writer."""
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG", **options)
+    return buffer.getvalue()
 
 
 def _instances(im: _Image) -> np.ndarray:
@@ -483,11 +480,12 @@ def write_formats(
     wanted = [f for f in options.formats if f != "png"]
     if not wanted:
         return {}
-    coco = _Coco(class_names, options.coco_rle, model_version) if "coco" in wanted else None
-    labelstudio = (
-        _LabelStudio(class_names, palette, model_version, options.image_root_url) if "labelstudio" in wanted else None
-    )
-    cvat = _Cvat(out_dir, class_names, palette) if "cvat" in wanted else None
+    makers = {
+        "coco": lambda: _Coco(class_names, options.coco_rle, model_version),
+        "cvat": lambda: _Cvat(out_dir, class_names, palette),
+        "labelstudio": lambda: _LabelStudio(class_names, palette, model_version, options.image_root_url),
+    }
+    writers = {name: makers[name]() for name in wanted}
     try:
         number = 0
         for _, rel in entries:
@@ -499,20 +497,11 @@ def write_formats(
             scores = read_scores(path) if options.scored else None
             components = {c: _components(mask, c) for c in _present(mask, len(class_names))}
             im = _Image(number, rel, mask, scores, components)
-            for writer in (coco, cvat, labelstudio):
-                if writer is not None:
-                    writer.add(im)
+            for writer in writers.values():
+                writer.add(im)
             if on_image is not None:
                 on_image()
-        written: dict[str, list[Path]] = {}
-        if coco is not None:
-            written["coco"] = [coco.finish(out_dir)]
-        if cvat is not None:
-            written["cvat"] = [cvat.finish()]
-            cvat = None
-        if labelstudio is not None:
-            written["labelstudio"] = labelstudio.finish(out_dir)
-        return written
+        return {name: writer.finish(out_dir) for name, writer in writers.items()}
     finally:
-        if cvat is not None:
-            cvat.discard()
+        if "cvat" in writers:
+            writers["cvat"].discard()  # the archive's temporary file, when it was not finished

@@ -169,17 +169,14 @@ def _providers(ort: ModuleType, device: str) -> list[str]:
     name = (device or "auto").lower()
     if name not in DEVICE_CHOICES and not name.startswith("cuda:"):
         raise DeviceError(f"Unknown device '{name}'; use one of {', '.join(DEVICE_CHOICES)}.")
-    available = ort.get_available_providers()
-    has_cuda = "CUDAExecutionProvider" in available
-    if name == "auto":
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"] if has_cuda else ["CPUExecutionProvider"]
-    if name == "cpu":
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if name == "cpu" or (name == "auto" and not has_cuda):
         return ["CPUExecutionProvider"]
-    if name.startswith("cuda"):
-        if not has_cuda:
-            raise DeviceError(
-                "This onnxruntime has no CUDA provider; use --device cpu, or install onnxruntime-gpu for --device cuda."
-            )
+    if name.startswith("cuda") and not has_cuda:
+        raise DeviceError(
+            "This onnxruntime has no CUDA provider; use --device cpu, or install onnxruntime-gpu for --device cuda."
+        )
+    if name == "auto" or name.startswith("cuda"):
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     raise DeviceError(f"onnxruntime has no '{name}' provider here; use --device cpu (or cuda with onnxruntime-gpu).")
 
@@ -236,18 +233,15 @@ class OnnxRunner(Runner):
         self._mean = np.asarray(self.meta.mean, dtype=np.float32).reshape(1, 3, 1, 1)
         self._std = np.asarray(self.meta.std, dtype=np.float32).reshape(1, 3, 1, 1)
 
-    def normalize(self, images: np.ndarray) -> np.ndarray:
-        """B×3×H×W uint8 → B×3×H×W float32 (the arithmetic of :func:`fsdistill.data.transforms.normalize`)."""
-        x = images.astype(np.float32) / np.float32(255.0)
-        return (x - self._mean) / self._std
-
     def run(self, batch: np.ndarray) -> np.ndarray:
         """B×3×H×W normalised float32 → B×(N+1)×h×w float32 logits."""
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})[0]
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """B×3×size×size uint8 (CPU tensor, as the shared decoder yields) → B×(N+1)×h×w float32 logits."""
-        return torch.from_numpy(self.run(self.normalize(images.numpy())))
+        """B×3×size×size uint8 (CPU tensor, as the shared decoder yields) → B×(N+1)×h×w float32 logits, normalised
+        with the arithmetic of :func:`fsdistill.data.transforms.normalize`."""
+        x = images.numpy().astype(np.float32) / np.float32(255.0)
+        return torch.from_numpy(self.run((x - self._mean) / self._std))
 
     def identity(self) -> dict:
         return {"model": str(self.path.resolve()), "config_sha256": self.meta.config_sha256, "backend": "onnx"}

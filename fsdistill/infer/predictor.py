@@ -30,6 +30,7 @@ from fsdistill.infer.formats import (
     FormatOptions,
     add_missing_scores,
     component_scores,
+    png_bytes,
     remove_format_files,
     scores_text,
     write_formats,
@@ -93,18 +94,15 @@ def list_images(inputs: Sequence[Path | str], out_dir: Path | str | Storage | No
     overlays as new images.
     """
     out = out_dir if isinstance(out_dir, Storage) or out_dir is None else open_storage(out_dir)
-    unique_inputs: list[tuple[Storage, str]] = []
-    seen_inputs: set[str] = set()
+    unique_inputs: dict[str, tuple[Storage, str]] = {}  # by identity: an input given twice is read once
     for given in inputs:
         storage = open_storage(given)
         kind = storage.kind()
         if kind == "missing":
             raise DataError(f"Input {storage} does not exist; pass image files or folders.")
-        if storage.identity() not in seen_inputs:
-            seen_inputs.add(storage.identity())
-            unique_inputs.append((storage, kind))
+        unique_inputs.setdefault(storage.identity(), (storage, kind))
     found: list[tuple[Storage, str, Path]] = []
-    for storage, kind in unique_inputs:
+    for storage, kind in unique_inputs.values():
         name = PurePosixPath(storage.display().rstrip("/")).name
         prefix = Path(name) if len(unique_inputs) > 1 else Path()
         if kind == "file":
@@ -120,15 +118,11 @@ def list_images(inputs: Sequence[Path | str], out_dir: Path | str | Storage | No
             f"No images found in {', '.join(map(str, inputs))}; supported: {', '.join(sorted(IMAGE_SUFFIXES))}."
         )
     # Overlapping inputs reach one file twice; predicting it twice would cost time and write two masks of it.
-    first_of: set[str] = set()
-    unique: list[tuple[Source, Path]] = []
+    unique: dict[str, tuple[Source, Path]] = {}
     for storage, key, rel in found:
-        identity = storage.identity(key)
-        if identity not in first_of:
-            first_of.add(identity)
-            unique.append((storage.source(key), rel))
+        unique.setdefault(storage.identity(key), (storage.source(key), rel))
     seen: dict[Path, Source] = {}
-    for source, rel in unique:
+    for source, rel in unique.values():
         target = rel.with_suffix(".png")
         if target in seen:
             raise DataError(
@@ -136,7 +130,7 @@ def list_images(inputs: Sequence[Path | str], out_dir: Path | str | Storage | No
                 "separate -o folders."
             )
         seen[target] = source
-    return unique
+    return list(unique.values())
 
 
 class _ImageDataset(Dataset):
@@ -156,10 +150,6 @@ class _ImageDataset(Dataset):
             return {"index": i, "error": str(exc)}
         small = to_chw_tensor(resize_image(image, self.size))
         return {"index": i, "image": small, "height": h, "width": w}
-
-
-def _collate(items: list[dict]) -> list[dict]:
-    return items
 
 
 @contextmanager
@@ -190,7 +180,7 @@ def image_batches(
         _ImageDataset(paths, size),
         batch_size=batch_size,
         num_workers=workers,
-        collate_fn=_collate,
+        collate_fn=list,  # a batch stays a list of item dicts (an unreadable image is an error item)
         persistent_workers=False,
     )
     with _single_threaded_opencv():
@@ -226,26 +216,21 @@ class Runner(ABC):
         self, paths: list[Source], batch_size: int = 8, workers: int = 2
     ) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
         """Yield ``(index, mask or None, error or None)`` per path, in batches decoded by ``workers`` processes."""
-        for index, mask, _, error in self._run(paths, batch_size, workers, probabilities=False):
+        for index, mask, _, error in self.outputs(paths, batch_size, workers):
             yield index, mask, error
 
-    def iterate_scored(
-        self, paths: list[Source], batch_size: int = 8, workers: int = 2
+    def outputs(
+        self, paths: list[Source], batch_size: int = 8, workers: int = 2, scored: bool = False
     ) -> Iterator[tuple[int, np.ndarray | None, np.ndarray | None, str | None]]:
-        """As :meth:`iterate`, plus each image's class probabilities on the model's output grid:
-        ``(index, mask, K×h×w float32 softmax, error)`` (the scores of :mod:`fsdistill.infer.formats`)."""
-        yield from self._run(paths, batch_size, workers, probabilities=True)
-
-    def _run(
-        self, paths: list[Source], batch_size: int, workers: int, probabilities: bool
-    ) -> Iterator[tuple[int, np.ndarray | None, np.ndarray | None, str | None]]:
+        """As :meth:`iterate`, plus each image's class probabilities on the model's output grid when ``scored``
+        (else None): ``(index, mask, K×h×w float32 softmax, error)``, the scores of :mod:`fsdistill.infer.formats`."""
         for good, failed in image_batches(paths, self.size, batch_size, workers):
             for index, error in failed:
                 yield index, None, None, error
             if not good:
                 continue
             logits = self.logits(torch.stack([it["image"] for it in good]))
-            probs = torch.softmax(logits.float(), dim=1).cpu().numpy() if probabilities else [None] * len(good)
+            probs = torch.softmax(logits.float(), dim=1).cpu().numpy() if scored else [None] * len(good)
             for it, lg, pr in zip(good, logits, probs):
                 yield it["index"], logits_to_mask(lg, it["height"], it["width"]), pr, None
 
@@ -313,12 +298,6 @@ def _overlay(
     return out.round().astype(np.uint8)
 
 
-def _png_bytes(rgb: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def write_mask(
     out: Storage, key: str, mask: np.ndarray, palette: list[tuple[int, int, int]], text: dict | None = None
 ) -> None:
@@ -340,8 +319,7 @@ def _stored_mask(out: Storage, key: str) -> np.ndarray:
 def _mask_counts(mask: np.ndarray, num_classes: int) -> tuple[int, int, np.ndarray]:
     """H×W class ids → (height, width, pixels of each class 0..num_classes-1)."""
     if num_classes <= 32:
-        # One comparison per class: np.bincount widens every pixel to int64 first, ~1 ms for a 640×480 mask
-        # (1.5 % of predict's time) against ~0.05 ms for two classes this way.
+        # One comparison per class: np.bincount widens every pixel to int64 first (20× slower for two classes).
         counts = np.array([np.count_nonzero(mask == c) for c in range(num_classes)], dtype=np.int64)
     else:
         counts = np.bincount(mask.ravel(), minlength=num_classes)[:num_classes]
@@ -475,18 +453,13 @@ def predict_files(
             todo.append((source, rel))
     palette = predictor.palette
     written: dict[str, tuple[int, int, np.ndarray]] = {}
-    paths = [s for s, _ in todo]
-    if formats.scored:
-        outputs = predictor.iterate_scored(paths, batch_size, workers)
-    else:
-        outputs = ((i, m, None, e) for i, m, e in predictor.iterate(paths, batch_size, workers))
-    for index, mask, probs, error in outputs:
+    for index, mask, probs, error in predictor.outputs([s for s, _ in todo], batch_size, workers, formats.scored):
         source, rel = todo[index]
         if error is not None:
             result.failed.append((str(source), error))
         else:
             if overlay:
-                out.write_bytes(_overlay_key(rel), _png_bytes(_overlay(read_image(source), mask, palette)))
+                out.write_bytes(_overlay_key(rel), png_bytes(_overlay(read_image(source), mask, palette)))
             # The mask goes last: its presence is what marks an image as done.
             text = None if probs is None else scores_text(component_scores(mask, probs))
             write_mask(out, _mask_key(rel), mask, palette, text)

@@ -1,23 +1,16 @@
 """``predict --engine ray``: the student's forward passes on a Ray cluster, through Ray Data.
 
-Only the model work moves: :class:`RayRunner` is a :class:`~fsdistill.infer.predictor.Runner` whose
-:meth:`~RayRunner.iterate` streams the image list through ``Dataset.map_batches`` over a pool of actors
-(``ActorPoolStrategy``), each of which loads the student once (in ``__init__``) and runs the same
-:class:`~fsdistill.infer.predictor.Predictor` as local predict on its batches. The masks come back to the driver,
-and :func:`~fsdistill.infer.predictor.predict_files` writes masks, overlays, CSV and manifest exactly as it does
-for a local run (the same code), so the outputs are the same bytes and resume skips done images before the
-dataset is built. An unreadable image comes back as that image's error, not a failed job. Input paths must be
-readable by the workers (one machine, or a filesystem shared by the cluster's nodes), or be in an object store
-(``s3://``, ``gs://``, :mod:`fsdistill.storage`): each actor then reads its images from the store itself, through
-the driver's pyarrow filesystem (pickled with its endpoint and credential options), and the driver writes the
-outputs to ``-o`` wherever that is.
+Only the model work moves: :class:`RayRunner` streams the image list through ``Dataset.map_batches`` over a pool of
+actors (``ActorPoolStrategy``), each of which loads the student once and runs the same
+:class:`~fsdistill.infer.predictor.Predictor` as local predict. The masks come back to the driver, where
+:func:`~fsdistill.infer.predictor.predict_files` writes every output as for a local run (the same bytes; resume
+skips done images before the dataset is built). An unreadable image comes back as that image's error, not a failed
+job. Inputs must be readable by the workers (one machine, a filesystem shared by the nodes) or be in an object
+store (:mod:`fsdistill.storage`), which each actor reads through the driver's pickled pyarrow filesystem.
 
-``distill --unlabeled --engine ray`` labels the unlabeled pool on Ray actors with this module's session and pool
-sizing (:class:`fsdistill.train.pool_ray.RayPoolLabeller`: labelling is training code).
-
-``suggest --engine ray`` uses the same actor pool for its scoring pass: :class:`RayScorer` streams the pool
-through actors that each load the student (and teacher) once and score their batches with
-:class:`~fsdistill.infer.suggest.SuggestScorer`; the driver ranks the scores as a local run does.
+``suggest --engine ray`` scores the pool on the same kind of actor pool (:class:`RayScorer`, with
+:class:`~fsdistill.infer.suggest.SuggestScorer`; the driver ranks as a local run does), and ``distill --unlabeled
+--engine ray`` labels it with this module's session and pool sizing (:class:`fsdistill.train.pool_ray.RayPoolLabeller`).
 
 Ray is optional (``pip install 'fsdistill[ray]'``) and imported only here, only when the engine is asked for.
 """
@@ -52,7 +45,7 @@ __all__ = [
 ]
 
 ENGINES = ("local", "ray")
-RAY_BATCH_IMAGES = 32  # images per Ray task, at least (see RayRunner._remote)
+RAY_BATCH_IMAGES = 32  # images per Ray task, at least (see _map_paths)
 
 
 def require_ray() -> Any:
@@ -113,6 +106,24 @@ def _sources(batch: dict[str, np.ndarray], filesystems: list[Any]) -> list[Sourc
     return sources
 
 
+def _returned(
+    batches: Iterator[dict[str, np.ndarray]],
+    absolute: list[str],
+    paths: list,
+    on_progress: Callable[[int], None] | None = None,
+) -> Iterator[tuple[dict[str, np.ndarray], int, int, str | None]]:
+    """``(batch, row, index, error or None)`` per row of the actors' result ``batches``; ``on_progress`` gets each
+    batch's row count after its rows."""
+    for batch in batches:
+        for j, index in enumerate(batch["index"]):
+            raise_if_interrupted()
+            index, error = int(index), str(batch["error"][j])
+            # The actors read absolute paths; report the path as the user gave it.
+            yield batch, j, index, error.replace(absolute[index], str(paths[index])) if error else None
+        if on_progress is not None:
+            on_progress(len(batch["index"]))
+
+
 class _PredictActor:
     """One Ray actor: loads the student once, then predicts the batches Ray Data hands it."""
 
@@ -129,12 +140,7 @@ class _PredictActor:
         rows: dict[str, list] = {k: [] for k in ("index", "mask", "height", "width", "probs", "probs_shape", "error")}
         # Forward passes of predict's batch size; no decode processes inside an actor (the actors are the
         # parallelism).
-        size = self.batch_size
-        if scored:
-            outputs = self.predictor.iterate_scored(paths, size, workers=0)
-        else:
-            outputs = ((i, m, None, e) for i, m, e in self.predictor.iterate(paths, size, workers=0))
-        for i, mask, probs, error in outputs:
+        for i, mask, probs, error in self.predictor.outputs(paths, self.batch_size, workers=0, scored=scored):
             rows["index"].append(int(batch["index"][i]))
             rows["error"].append(error or "")
             rows["mask"].append(b"" if mask is None else np.ascontiguousarray(mask, dtype=np.uint8).tobytes())
@@ -161,7 +167,10 @@ class RayEngine:
         workers: int | None = None,
         gpus_per_worker: float = 0.0,
     ) -> None:
-        _check_pool_options(workers, gpus_per_worker)
+        if workers is not None and workers < 1:
+            raise ConfigError(f"--workers must be at least 1 with --engine ray (got {workers}).")
+        if gpus_per_worker < 0:
+            raise ConfigError(f"--gpus-per-worker must be >= 0 (got {gpus_per_worker}).")
         self.ray = require_ray()
         self.device, self.address, self.workers, self.gpus_per_worker = device, address, workers, gpus_per_worker
 
@@ -197,22 +206,10 @@ class RayRunner(Runner, RayEngine):
     def identity(self) -> dict:
         return self.local.identity()  # the same model: a folder may be resumed with either engine
 
-    def iterate(
-        self, paths: list[Source], batch_size: int = 8, workers: int = 2
-    ) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
-        """Yield ``(index, mask or None, error or None)`` per path, in the order the actors finish them."""
-        for index, mask, _, error in self._remote(paths, batch_size, scored=False):
-            yield index, mask, error
-
-    def iterate_scored(
-        self, paths: list[Source], batch_size: int = 8, workers: int = 2
+    def outputs(
+        self, paths: list[Source], batch_size: int = 8, workers: int = 2, scored: bool = False
     ) -> Iterator[tuple[int, np.ndarray | None, np.ndarray | None, str | None]]:
-        """As :meth:`iterate`, plus each image's class probabilities (see :meth:`Runner.iterate_scored`)."""
-        yield from self._remote(paths, batch_size, scored=True)
-
-    def _remote(
-        self, paths: list[Source], batch_size: int, scored: bool
-    ) -> Iterator[tuple[int, np.ndarray | None, np.ndarray | None, str | None]]:
+        """As :meth:`Runner.outputs`, in the order the actors finish the images."""
         if not paths:
             return
         absolute, stores, filesystems = _rows(paths)
@@ -229,21 +226,17 @@ class RayRunner(Runner, RayEngine):
             self.gpus_per_worker,
             stores,
         )
-        for batch in batches:
-            for j, index in enumerate(batch["index"]):
-                raise_if_interrupted()
-                index, error = int(index), str(batch["error"][j])
-                if error:
-                    # The actors read absolute paths; report the path as the user gave it.
-                    yield index, None, None, error.replace(absolute[index], str(paths[index]))
-                    continue
-                shape = (int(batch["height"][j]), int(batch["width"][j]))
-                mask = np.frombuffer(bytes(batch["mask"][j]), dtype=np.uint8).reshape(shape).copy()
-                probs = None
-                if scored:
-                    probs_shape = tuple(int(n) for n in str(batch["probs_shape"][j]).split(","))
-                    probs = np.frombuffer(bytes(batch["probs"][j]), dtype=np.float32).reshape(probs_shape).copy()
-                yield index, mask, probs, None
+        for batch, j, index, error in _returned(batches, absolute, paths):
+            if error:
+                yield index, None, None, error
+                continue
+            shape = (int(batch["height"][j]), int(batch["width"][j]))
+            mask = np.frombuffer(bytes(batch["mask"][j]), dtype=np.uint8).reshape(shape).copy()
+            probs = None
+            if scored:
+                probs_shape = tuple(int(n) for n in str(batch["probs_shape"][j]).split(","))
+                probs = np.frombuffer(bytes(batch["probs"][j]), dtype=np.float32).reshape(probs_shape).copy()
+            yield index, mask, probs, None
 
 
 class _ScoreActor:
@@ -315,24 +308,12 @@ class RayScorer(RayEngine):
         batches = _map_paths(
             self.ray, self.address, absolute, _ScoreActor, kwargs, {}, batch_size, self.workers, self.gpus_per_worker
         )
-        for batch in batches:
-            for j, index in enumerate(batch["index"]):
-                raise_if_interrupted()
-                index, error = int(index), str(batch["error"][j])
-                if error:
-                    yield index, None, None, error.replace(absolute[index], str(paths[index]))
-                else:
-                    embedding = np.frombuffer(bytes(batch["embedding"][j]), dtype=np.float32).copy()
-                    yield index, pickle.loads(bytes(batch["score"][j])), embedding, None
-            if on_progress is not None:
-                on_progress(len(batch["index"]))
-
-
-def _check_pool_options(workers: int | None, gpus_per_worker: float) -> None:
-    if workers is not None and workers < 1:
-        raise ConfigError(f"--workers must be at least 1 with --engine ray (got {workers}).")
-    if gpus_per_worker < 0:
-        raise ConfigError(f"--gpus-per-worker must be >= 0 (got {gpus_per_worker}).")
+        for batch, j, index, error in _returned(batches, absolute, paths, on_progress):
+            if error:
+                yield index, None, None, error
+            else:
+                embedding = np.frombuffer(bytes(batch["embedding"][j]), dtype=np.float32).copy()
+                yield index, pickle.loads(bytes(batch["score"][j])), embedding, None
 
 
 def pool_size(ray: Any, workers: int | None, gpus_per_worker: float) -> int:

@@ -15,45 +15,44 @@ from __future__ import annotations
 import csv
 import io
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from fsdistill.errors import ConfigError
 from fsdistill.storage import Storage
 
-__all__ = ["Shard", "parse_shard", "shard_csv_name"]
+__all__ = ["Shard", "parse_shard"]
 
 T = TypeVar("T")
 
 _SHARD = re.compile(r"^\s*(-?\d+)\s*/\s*(-?\d+)\s*$")
 
 
+@dataclass(frozen=True)
 class Shard:
     """Shard ``index`` of ``count`` (0 ≤ index < count)."""
 
-    def __init__(self, index: int, count: int) -> None:
-        if count < 1 or not 0 <= index < count:
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
             raise ConfigError(
-                f"--shard {index}/{count} is out of range; use I/N with N >= 1 and 0 <= I < N (for example 0/4)."
+                f"--shard {self.index}/{self.count} is out of range; use I/N with N >= 1 and 0 <= I < N (for example "
+                "0/4)."
             )
-        self.index, self.count = index, count
 
     def __repr__(self) -> str:
         return f"{self.index}/{self.count}"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Shard) and (self.index, self.count) == (other.index, other.count)
 
     def select(self, items: list[T]) -> list[T]:
         """This shard's items of the full sorted list: those at positions ``k`` with ``k mod count == index``."""
         return items[self.index :: self.count]
 
     def csv_name(self, index: int | None = None) -> str:
-        return shard_csv_name(self.index if index is None else index, self.count)
-
-
-def shard_csv_name(index: int, count: int) -> str:
-    return f"predictions.shard-{index}-of-{count}.csv"
+        """This shard's table (or shard ``index``'s of the same count)."""
+        return f"predictions.shard-{self.index if index is None else index}-of-{self.count}.csv"
 
 
 def parse_shard(value: str | Shard | tuple[int, int] | None) -> Shard | None:

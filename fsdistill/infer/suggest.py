@@ -29,8 +29,10 @@ from __future__ import annotations
 import csv
 import filecmp
 import io
+import itertools
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -66,10 +68,9 @@ __all__ = [
 ]
 
 # Embedding distance (0..2, L2-normalised embeddings) up to which an image is a near-duplicate of one ranked
-# above it and is skipped. Measured with the default Lite0 backbone on the example cases: a horizontally
-# flipped copy 0 to 0.07, a 2.5 % crop 0.08 to 0.11, a JPEG (q85) re-save 0.14, but distinct neighbouring
-# slices of one scan from 0.09 (median between images 0.34 to 0.37). Only near-exact copies can be told apart
-# by distance alone; closer-than-usual images are pushed down by the spread rule instead of skipped.
+# above it and is skipped. Flipped, cropped or re-saved copies lie up to 0.14 but distinct neighbouring slices of
+# one scan from 0.09 (default backbone, example cases), so only near-exact copies are skipped; closer-than-usual
+# images are pushed down by the spread rule instead.
 DUPLICATE_DISTANCE = 0.02
 # The spread rule orders the CANDIDATES_PER_PICK × top highest-scoring images (near-duplicates skipped).
 CANDIDATES_PER_PICK = 4
@@ -462,23 +463,18 @@ def copy_images(sources: list[Path], folder: Path) -> CopyReport:
     reserved: set[str] = set()
     for source in sources:
         source = Path(source)
-        stem, suffix = source.stem, source.suffix
-        n = 1
-        while True:
-            name = source.name if n == 1 else f"{stem}-{n}{suffix}"
+        for n in itertools.count(1):
+            name = source.name if n == 1 else f"{source.stem}-{n}{source.suffix}"
             target = folder / name
             if name not in reserved and (not target.exists() or _same_file_content(source, target)):
                 break
-            n += 1
         reserved.add(name)
         if target.exists():
             report.present.append((str(source), str(target)))
             continue
         raise_if_interrupted()
         tmp = folder / f".{name}.tmp"
-        with open(source, "rb") as src, open(tmp, "wb") as dst:
-            for chunk in iter(lambda: src.read(1 << 20), b""):
-                dst.write(chunk)
+        shutil.copyfile(source, tmp)
         os.chmod(tmp, new_file_mode())
         os.replace(tmp, target)
         report.copied.append((str(source), str(target)))

@@ -41,9 +41,6 @@ from fsdistill.runtime import (
 
 __all__ = ["run_profile"]
 
-# ---------------------------------------------------------------------------------------------------------------
-# Main entry
-
 
 def run_profile(cfg: ProfileCfg, quiet: bool = False) -> ProfileResult:
     """Measure the grid and write profile.json/.csv/.md/.png into ``cfg.out`` (see :mod:`fsdistill.profile`).
@@ -83,7 +80,7 @@ def run_profile(cfg: ProfileCfg, quiet: bool = False) -> ProfileResult:
         )
         max_ways = cfg.ways or DEFAULT_WAYS
         ways_grid = list(range(1, max_ways + 1))
-        factory = _RandomFactory(model_cfg, max_ways, model_cfg.student_width, device)
+        factory = _RandomFactory(model_cfg, max_ways, device)
         base_teacher = factory.base
         info = {}
     shots_grid = shot_grid(cfg.shots)
@@ -249,19 +246,12 @@ def _measure_pair(
         }
         data["rows"].append(_row("student", ways, shots, m, _params(models.student), query.shape[0], **extra))
     m = measured["backbone"]
-    data["rows"].append(
-        _row(
-            "backbone",
-            ways,
-            shots,
-            m,
-            _params(models.backbone),
-            query.shape[0],
-            weights_mb=round(_weights_mb(models.backbone), 1),
-            note=m.note or "the student's backbone alone, run alternately with the student in this cell",
-            memory_format=_layout_name(layout),
-        )
-    )
+    extra = {
+        "weights_mb": round(_weights_mb(models.backbone), 1),
+        "note": m.note or "the student's backbone alone, run alternately with the student in this cell",
+        "memory_format": _layout_name(layout),
+    }
+    data["rows"].append(_row("backbone", ways, shots, m, _params(models.backbone), query.shape[0], **extra))
 
 
 def _layout_name(layout: torch.memory_format) -> str:

@@ -9,6 +9,7 @@ import gc
 import math
 import os
 import platform
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -82,9 +83,8 @@ def _proc_kb(field_name: str) -> int | None:
     return None
 
 
-def _clear_refs_ok() -> bool:
-    if _proc_kb("VmHWM") is None:
-        return False
+def _reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux); False where that is not permitted."""
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
@@ -101,7 +101,7 @@ class MemoryMeter:
         if device.type == "cuda":
             self.method = "cuda: torch.cuda.max_memory_allocated after reset_peak_memory_stats (absolute)"
             self._kind = "cuda"
-        elif _clear_refs_ok():
+        elif _proc_kb("VmHWM") is not None and _reset_peak_rss():
             self.method = "cpu: peak RSS growth, VmHWM after malloc_trim and resetting it via /proc/self/clear_refs"
             self._kind = "vmhwm"
         elif os.path.exists("/proc/self/statm"):
@@ -143,8 +143,7 @@ class MemoryMeter:
             return
         release_freed_memory()  # RSS growth would hide in memory freed by earlier cells
         if self._kind == "vmhwm":
-            with open("/proc/self/clear_refs", "w") as fh:
-                fh.write("5")
+            _reset_peak_rss()
             self._base = (_proc_kb("VmRSS") or 0) / 2**10
         elif self._kind == "sampler":
             self._base = self._peak = self._rss_mb()
@@ -292,10 +291,8 @@ class _Estimator:
         n = ways * shots
         if len(set(xs)) < 2:
             return ys[-1] * n / xs[-1]
-        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
-        slope = max(slope, 0.0)
-        return max(my + slope * (n - mx), min(ys))
+        slope = max(statistics.linear_regression(xs, ys).slope, 0.0)
+        return max(statistics.fmean(ys) + slope * (n - statistics.fmean(xs)), min(ys))
 
 
 def _load_average() -> list[float] | None:

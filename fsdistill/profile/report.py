@@ -118,6 +118,13 @@ def _cell(rows: dict, model: str, w: int, s: int) -> tuple[str, str]:
     return f"{r['p50_ms']:,.1f}", f"{r['peak_mem_mb']:,.0f}"
 
 
+def _ratio_text(a: dict | None, b: dict | None, digits: int) -> str:
+    """The p50 ratio of two rows of one cell as ``1.5×``, or ``–`` when either is missing or failed."""
+    if a and b and a["status"] == "ok" and b["status"] == "ok" and b["p50_ms"]:
+        return f"{a['p50_ms'] / b['p50_ms']:,.{digits}f}×"
+    return "–"
+
+
 def render_markdown(data: dict[str, Any]) -> str:
     """The paper-style table: rows ways × shots, teacher/student/backbone ms and MB, then the headline ratios."""
     rows = {(r["model"], r["ways"], r["shots"]): r for r in data["rows"]}
@@ -149,18 +156,8 @@ def render_markdown(data: dict[str, Any]) -> str:
             t_ms, t_mb = _cell(rows, "teacher", w, s)
             s_ms, s_mb = _cell(rows, "student", w, s)
             b_ms, b_mb = _cell(rows, "backbone", w, s)
-            t, st = rows.get(("teacher", w, s)), rows.get(("student", w, s))
-            speedup = (
-                f"{t['p50_ms'] / st['p50_ms']:,.1f}×"
-                if t and st and t["status"] == "ok" and st["status"] == "ok" and st["p50_ms"]
-                else "–"
-            )
-            bb = rows.get(("backbone", w, s))
-            paired = (
-                f"{st['p50_ms'] / bb['p50_ms']:,.2f}×"
-                if st and bb and st["status"] == "ok" and bb["status"] == "ok" and bb["p50_ms"]
-                else "–"
-            )
+            speedup = _ratio_text(rows.get(("teacher", w, s)), rows.get(("student", w, s)), 1)
+            paired = _ratio_text(rows.get(("student", w, s)), rows.get(("backbone", w, s)), 2)
             lines.append(f"| {w} | {s} | {t_ms} | {t_mb} | {s_ms} | {s_mb} | {b_ms} | {b_mb} | {speedup} | {paired} |")
     params = {}
     for x in data["rows"]:

@@ -61,32 +61,32 @@ class _Models:
         return self._pair
 
 
-def _params(module: nn.Module | None) -> int:
-    return 0 if module is None else sum(p.numel() for p in module.parameters())
+def _params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
 
 
-def _weights_mb(module: nn.Module | None) -> float:
-    if module is None:
-        return 0.0
-    tensors = {id(t): t for t in list(module.parameters()) + list(module.buffers())}
-    return sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20
+def _tensors_mb(tensors: list[Tensor]) -> float:
+    """MB of the distinct ``tensors`` (one listed twice counts once)."""
+    return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values()) / 2**20
+
+
+def _weights_mb(module: nn.Module) -> float:
+    return _tensors_mb([*module.parameters(), *module.buffers()])
 
 
 def _support_mb(support: Any) -> float:
-    tensors = [m for maps in support.feats.values() for m in maps] + list(support.masks.values()) + [support.present]
-    seen: dict[int, Tensor] = {}
-    for t in tensors:
-        seen[id(t)] = t
-    return sum(t.numel() * t.element_size() for t in seen.values()) / 2**20
+    return _tensors_mb(
+        [m for maps in support.feats.values() for m in maps] + [*support.masks.values(), support.present]
+    )
 
 
 class _RandomFactory:
     """Random-weight teacher + student per ways value; the teacher weights are shared across ways values."""
 
-    def __init__(self, cfg: ModelCfg, max_ways: int, student_width: int | None, device: torch.device) -> None:
+    def __init__(self, cfg: ModelCfg, max_ways: int, device: torch.device) -> None:
         from fsdistill.models.build import build_teacher
 
-        self.cfg, self.student_width, self.device = cfg, student_width, device
+        self.cfg, self.device = cfg, device
         self.base = build_teacher(cfg, max_ways, pretrained=False).to(device).eval()
 
     def models(self, ways: int) -> _Models:
@@ -102,7 +102,7 @@ class _RandomFactory:
             except RuntimeError:  # per-class parameters would not fit; random weights time the same
                 pass
             teacher = teacher.to(self.device).eval()
-        student = build_student(teacher, self.student_width).to(self.device).eval()
+        student = build_student(teacher, self.cfg.student_width).to(self.device).eval()
         return _Models(ways, teacher.backbone, teacher, student)
 
 
