@@ -186,6 +186,11 @@ class TrainCfg(_Strict):
     augment: bool | None = Field(
         None, description="cached flip views; None = only for a single support image (no measured gain otherwise)"
     )
+    flip_features: bool = Field(
+        True,
+        description="distill: the student's batches of support and pool images in random flip views, made by "
+        "flipping their cached features with their targets (nothing recomputed, no extra memory)",
+    )
     seed: int = 0
 
     def budget(self, continued: bool = False) -> PlateauStop:

@@ -600,3 +600,51 @@ def test_mse_weight_scales_the_distillation_term(weight) -> None:
         assert step["mse"] > 0
         expected = (step["teacher"] + step["student"] + weight * step["mse"]) / 3
         assert step["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_flip_batch_flips_features_and_targets_of_each_image_alike() -> None:
+    """Each image gets one flip view for its features of every level and for its maps; the draws are seeded."""
+    from fsdistill.data.transforms import FLIP_VIEWS, flip
+    from fsdistill.train.episodes import flip_batch
+
+    batch = 32
+    masks = torch.randint(0, 3, (batch, 16, 16), dtype=torch.uint8)
+    coarse = torch.rand(batch, 2, 3, 4, 4)
+    # Features that are the masks themselves (at two levels), so a flip of one and not the other shows.
+    feats = [[masks[:, None].float()], [masks[:, None, ::4, ::4].float(), masks[:, None, ::4, ::4].float() * 2]]
+    flipped, (out_masks, out_coarse) = flip_batch(torch.Generator().manual_seed(3), feats, masks, coarse)
+    again, _ = flip_batch(torch.Generator().manual_seed(3), feats, masks, coarse)
+    assert all(torch.equal(a, b) for la, lb in zip(flipped, again) for a, b in zip(la, lb))
+    assert torch.equal(flipped[0][0][:, 0], out_masks.float())
+    views = []
+    for i in range(batch):
+        view = next(v for v in range(len(FLIP_VIEWS)) if torch.equal(flip(masks[i], v), out_masks[i]))
+        views.append(view)
+        assert torch.equal(out_coarse[i], flip(coarse[i], view))
+        assert torch.equal(flipped[1][1][i], flip(feats[1][1][i], view))
+    assert set(views) == set(range(len(FLIP_VIEWS)))  # every view drawn (32 images, 4 views)
+
+
+def test_flip_features_changes_only_the_student_batches() -> None:
+    """With flip_features the student's supervised batch is flipped (different losses from the same seed); the
+    episodes, and so the teacher's loss of the first step, are the same."""
+    from fsdistill.config import ModelCfg, TrainCfg
+    from fsdistill.data.support_tensors import SupportTensors
+    from fsdistill.models.build import build_student, build_teacher
+    from fsdistill.train.episodes import FeatureCache
+    from fsdistill.train.fit import train
+
+    masks = torch.zeros(3, 64, 64, dtype=torch.uint8)
+    for i in range(3):
+        masks[i, 4 + 8 * i : 20 + 8 * i, 6:50] = 1  # not symmetric: a flip moves the class
+    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    histories = {}
+    for flips in (False, True):
+        torch.manual_seed(0)
+        teacher = build_teacher(ModelCfg(backbone="test-resnet", size=64), num_classes=1, pretrained=False)
+        cache = FeatureCache(teacher, SupportTensors(images, masks, ["a", "b", "c"]), torch.device("cpu"), False)
+        student = build_student(teacher, 4)
+        cfg = TrainCfg(steps=3, student_batch=3, flip_features=flips)
+        histories[flips] = train(teacher, cache, cfg, student=student, quiet=True).history
+    assert histories[False][0]["teacher"] == histories[True][0]["teacher"]
+    assert [h["student_batch"] for h in histories[False]] != [h["student_batch"] for h in histories[True]]

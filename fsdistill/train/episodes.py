@@ -18,6 +18,7 @@ from fsdistill.models.teacher import DCAMATeacher, Features, SupportFeatures
 
 __all__ = [
     "FeatureCache",
+    "flip_batch",
     "PairAttention",
     "Episode",
     "EpisodeSampler",
@@ -30,6 +31,28 @@ PAIR_ATTENTION_BYTES = 2 * 2**30
 
 def _select(feats: Features, index: int) -> Features:
     return [[m[index : index + 1] for m in level] for level in feats]
+
+
+def flip_batch(generator: torch.Generator, feats: Features, *maps: Tensor) -> tuple[Features, list[Tensor]]:
+    """Flip each image of a batch, its features and its spatial targets together, in a random flip view of its own.
+
+    A free augmentation for the student's batches: the cached features are flipped instead of recomputed from a
+    flipped image (not the same features, but the head learns each structure in every orientation), and the
+    teacher's coarse maps flip exactly with the query positions they belong to.
+
+    Args:
+        generator: draws one of the ``FLIP_VIEWS`` per image. feats: backbone features of B images.
+        maps: tensors whose first dim is B and last two are spatial (B×H×W masks, B×N×n×h×w coarse maps).
+    Returns:
+        the flipped features and the flipped ``maps``, in order.
+    """
+    batch = len(maps[0]) if maps else len(feats[0][0])
+    views = torch.randint(len(FLIP_VIEWS), (batch,), generator=generator).tolist()
+
+    def each(t: Tensor) -> Tensor:
+        return torch.stack([flip(t[i], v) for i, v in enumerate(views)])
+
+    return [[each(m) for m in level] for level in feats], [each(t) for t in maps]
 
 
 class FeatureCache:

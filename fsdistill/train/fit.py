@@ -25,7 +25,7 @@ from fsdistill.config import TRAINABLE_GROUPS, TrainCfg
 from fsdistill.models.student import DistilledStudent
 from fsdistill.models.teacher import DCAMATeacher, Features, SupportFeatures
 from fsdistill.runtime import progress, raise_if_interrupted
-from fsdistill.train.episodes import EpisodeSampler, FeatureCache
+from fsdistill.train.episodes import EpisodeSampler, FeatureCache, flip_batch
 from fsdistill.train.losses import coarse_mse, segmentation_loss
 from fsdistill.train.pool import PoolTargets
 
@@ -144,6 +144,8 @@ def train(
     pool_sampler = (
         pool.sampler(cfg.seed + rank) if pool is not None and student is not None and cfg.pool_batch else None
     )
+    # Each image of the student's batches in a random flip view (its cached features flipped, see flip_batch).
+    flips = torch.Generator().manual_seed(cfg.seed + rank) if cfg.flip_features and student is not None else None
     class_queries = sampler.class_queries  # in a process group: the sum over the processes
     # The pool's coarse maps teach the classes the supports show and the pool is trusted with.
     pool_classes = None if pool is None else cache.present.any(dim=0).to(device) & pool.trusted.to(device)
@@ -201,6 +203,8 @@ def train(
             # The student needs no supports, so it also learns from a plain supervised batch of class-balanced
             # support images each step: cheap (no attention), and what a fine-tuned head gets from every image.
             feats, masks = cache.batch(sampler.sample_images(cfg.student_batch))
+            if flips is not None:
+                feats, (masks,) = flip_batch(flips, feats, masks)
             s_logits, _ = student.forward_features(feats)
             batch_loss = segmentation_loss(s_logits, masks, cfg.focal_gamma, cfg.dice_weight)
             if batch_loss.requires_grad:
@@ -210,6 +214,8 @@ def train(
         if pool_sampler is not None:
             assert pool is not None and student is not None and pool_classes is not None
             feats, labels, coarse_t = pool.batch(pool_sampler.sample(cfg.pool_batch))
+            if flips is not None:
+                feats, (labels, *coarse_t) = flip_batch(flips, feats, labels, *coarse_t)
             s_logits, coarse_s = student.forward_features(feats)
             pool_seg = segmentation_loss(s_logits, labels, cfg.focal_gamma, cfg.dice_weight)
             # The teacher's maps of the trusted classes its supports show (one MSE per image, as in the episodes).
