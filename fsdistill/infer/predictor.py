@@ -36,7 +36,7 @@ from fsdistill.infer.formats import (
     write_formats,
 )
 from fsdistill.infer.postprocess import logits_to_mask
-from fsdistill.infer.shard import Shard, merge_shard_tables
+from fsdistill.infer.shard import CSV_HEADER, PREDICTIONS_CSV, Shard, merge_shard_tables
 from fsdistill.models.build import LoadedModel, for_inference
 from fsdistill.runtime import (
     inference_memory_format,
@@ -332,9 +332,9 @@ def _write_csv(
     class_names: list[str],
     known: dict[str, tuple[int, int, np.ndarray]],
     earlier: set[str],
-    name: str = "predictions.csv",
+    name: str,
 ) -> Path | str:
-    """predictions.csv (or ``name``: a shard's table) for every mask of ``entries`` in ``out`` (so a resumed
+    """The table ``name`` (predictions.csv, or a shard's) for every mask of ``entries`` in ``out`` (so a resumed
     run's table covers every image); returns its path (a URI in an object store).
 
     ``known``: the counts of the masks this run just wrote (by mask key); ``earlier``: the keys of the masks an
@@ -342,7 +342,7 @@ def _write_csv(
     """
     text = io.StringIO()
     writer = csv.writer(text)
-    writer.writerow(["image", "width", "height", "class", "pixels", "fraction"])
+    writer.writerow(CSV_HEADER)
     for source, rel in entries:
         key = _mask_key(rel)
         if key in known:
@@ -467,7 +467,7 @@ def predict_files(
             result.written += 1
         if on_progress:
             on_progress(1)
-    table = "predictions.csv" if shard is None else shard.csv_name()
+    table = PREDICTIONS_CSV if shard is None else shard.csv_name()
     result.csv_path = _write_csv(out, entries, predictor.class_names, written, earlier, table)
     if shard is not None:
         merged = merge_shard_tables(out, shard, [str(source) for source, _ in all_entries])

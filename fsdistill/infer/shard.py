@@ -22,9 +22,13 @@ from typing import TypeVar
 from fsdistill.errors import ConfigError
 from fsdistill.storage import Storage
 
-__all__ = ["Shard", "parse_shard"]
+__all__ = ["CSV_HEADER", "PREDICTIONS_CSV", "Shard", "parse_shard"]
 
 T = TypeVar("T")
+
+# predict's table of class pixels per image, and its columns (a shard's table has the same columns).
+PREDICTIONS_CSV = "predictions.csv"
+CSV_HEADER = ["image", "width", "height", "class", "pixels", "fraction"]
 
 _SHARD = re.compile(r"^\s*(-?\d+)\s*/\s*(-?\d+)\s*$")
 
@@ -92,8 +96,8 @@ def merge_shard_tables(out: Storage, shard: Shard, sources: list[str]) -> Path |
     text = io.StringIO(newline="")
     # csv.writer writes back the same bytes the shards' writers wrote from the same strings.
     writer = csv.writer(text)
-    writer.writerow(header or ["image", "width", "height", "class", "pixels", "fraction"])
+    writer.writerow(header or CSV_HEADER)
     for source in sources:
         writer.writerows(rows.get(source, ()))
-    out.write_bytes("predictions.csv", text.getvalue().encode("utf-8"), unique=True)
-    return out.location("predictions.csv")
+    out.write_bytes(PREDICTIONS_CSV, text.getvalue().encode("utf-8"), unique=True)
+    return out.location(PREDICTIONS_CSV)
