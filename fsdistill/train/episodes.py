@@ -46,8 +46,7 @@ def flip_batch(generator: torch.Generator, feats: Features, *maps: Tensor) -> tu
     Returns:
         the flipped features and the flipped ``maps``, in order.
     """
-    batch = len(maps[0]) if maps else len(feats[0][0])
-    views = torch.randint(len(FLIP_VIEWS), (batch,), generator=generator).tolist()
+    views = torch.randint(len(FLIP_VIEWS), (len(feats[0][0]),), generator=generator).tolist()
 
     def each(t: Tensor) -> Tensor:
         return torch.stack([flip(t[i], v) for i, v in enumerate(views)])

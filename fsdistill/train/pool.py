@@ -148,8 +148,9 @@ def label_batch(
 
     ``support``: the teacher's features of the whole support set (one attention over all of them, as in training
     episodes; the teacher's coarse maps are the student's distillation targets). ``labeller``, ``threshold``,
-    ``trusted`` (N bool): see :func:`pseudo_labels`. The models must be in eval mode. A batch's results depend only on its own images, so batches may be labelled
-    anywhere (``distill --engine ray``: in Ray actors) and joined with :func:`join_pool`.
+    ``trusted`` (N bool): see :func:`pseudo_labels`. The models must be in eval mode. A batch's results depend
+    only on its own images, so batches may be labelled anywhere (``distill --engine ray``: in Ray actors) and
+    joined with :func:`join_pool`.
     """
     classes = list(range(teacher.num_classes))
     present = support.present.any(dim=0)
