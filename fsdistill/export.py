@@ -253,7 +253,8 @@ def export_onnx(
     _remove_dead_temps(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     note = ""
-    reference = [_torch_logits(model.to(device), x, device) for x in samples]
+    model.to(device)
+    reference = [_torch_logits(model, x, device) for x in samples]
     try:
         for attempt_dynamic in [True, False] if dynamic_hw else [False]:
             model.to("cpu")
