@@ -127,7 +127,7 @@ def write_multiclass_folder(
 
 
 TINY_MODEL = {"backbone": "test-resnet", "size": 64}
-TINY_TRAIN = {"steps": 2, "episodes_per_step": 1}
+TINY_TRAIN = {"steps": 2, "episodes_per_step": 1, "polish_steps": 2}
 
 
 class TinyData:

@@ -253,7 +253,7 @@ def test_predict_corrupt_image_exits_2_after_writing_the_rest(runner, tiny_binar
 
 def test_distill_predict_evaluate_end_to_end(runner, tiny_data, tmp_path) -> None:
     config = tmp_path / "fast.yaml"
-    config.write_text("train:\n  episodes_per_step: 1\n  steps: 50\n")  # --steps below overrides the file
+    config.write_text("train:\n  episodes_per_step: 1\n  steps: 50\n  polish_steps: 3\n")  # --steps overrides 50
     run = tmp_path / "run"
     result = runner.invoke(
         app,
@@ -265,7 +265,7 @@ def test_distill_predict_evaluate_end_to_end(runner, tiny_data, tmp_path) -> Non
     resolved = (run / "config.resolved.yaml").read_text()
     assert "episodes_per_step: 1" in resolved and "steps: 2" in resolved
     # distill ends with the per-class check on the support folder, and says why it stopped
-    assert "(the 2 steps asked for)" in result.stdout
+    assert "(the 2 steps asked for), then the student alone 3 steps in" in result.stdout
     assert "per-class check on the support folder" in result.stdout and "foreground" in result.stdout
     assert "leave-one-out" in result.stdout and " fit " in result.stdout
 

@@ -87,6 +87,7 @@ def test_distill_init_adds_a_class_and_records_it(tiny_multi_run, tiny_data, tmp
     # with training steps the run trains on (the automatic budget is skipped in tests: 2 steps)
     trained = api.distill(_cfg(grown, tmp_path / "run2", init=tiny_multi_run.run_dir))
     assert trained.stats["steps"] == TINY_TRAIN["steps"]
+    assert "polish_steps" not in trained.stats  # a continued run ends at its floors: no polish phase
 
 
 def test_distill_init_automatic_budget_stops_when_the_new_class_is_covered(tiny_multi_run, tiny_data, tmp_path) -> None:

@@ -648,3 +648,52 @@ def test_flip_features_changes_only_the_student_batches() -> None:
         histories[flips] = train(teacher, cache, cfg, student=student, quiet=True).history
     assert histories[False][0]["teacher"] == histories[True][0]["teacher"]
     assert [h["student_batch"] for h in histories[False]] != [h["student_batch"] for h in histories[True]]
+
+
+def test_polish_trains_the_student_alone_on_its_own_decoder() -> None:
+    """After joint training the student gets its own copy of the decoder and trains alone: the teacher (its
+    decoder included) is unchanged, the student's weights move, each step's loss is recorded; 0 steps: no phase."""
+    from fsdistill.config import ModelCfg, TrainCfg
+    from fsdistill.data.support_tensors import SupportTensors
+    from fsdistill.models.build import build_student, build_teacher
+    from fsdistill.train.episodes import FeatureCache
+    from fsdistill.train.fit import polish, train
+
+    masks = torch.zeros(3, 64, 64, dtype=torch.uint8)
+    for i in range(3):
+        masks[i, 4 + 8 * i : 20 + 8 * i, 6:50] = 1 + i % 2
+    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    teacher = build_teacher(ModelCfg(backbone="test-resnet", size=64), num_classes=2, pretrained=False)
+    cache = FeatureCache(teacher, SupportTensors(images, masks, ["a", "b", "c"]), torch.device("cpu"), False)
+    student = build_student(teacher, 4)
+    train(teacher, cache, TrainCfg(steps=2, student_batch=2), student=student, quiet=True)
+
+    assert polish(student, cache, TrainCfg(polish_steps=0), quiet=True).steps == 0
+    assert student.decoder is teacher.decoder  # no phase: still the shared decoder
+
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student_before = {k: v.clone() for k, v in student.state_dict().items()}
+    stats = polish(student, cache, TrainCfg(polish_steps=4, student_batch=2), quiet=True)
+    assert stats.steps == 4 and len(stats.history) == 4 and all(h["polish"] > 0 for h in stats.history)
+    assert student.decoder is not teacher.decoder
+    assert all(torch.equal(v, teacher_before[k]) for k, v in teacher.state_dict().items())
+    moved = [k for k, v in student.state_dict().items() if not torch.equal(v, student_before[k])]
+    assert any(k.startswith("convdist.") for k in moved) and any(k.startswith("decoder.") for k in moved)
+    assert not any(p.requires_grad for p in student.parameters())  # left frozen, as train() leaves it
+
+
+def test_distill_records_the_polish_steps(tiny_data, tmp_path) -> None:
+    """distill ends with the student's polish phase and its artifact says how many steps it took."""
+    cfg = load_config(
+        DistillCfg,
+        overrides={
+            "support": tiny_data.binary,
+            "out": tmp_path / "run",
+            "model": TINY_MODEL,
+            "train": {**TINY_TRAIN, "polish_steps": 3},
+        },
+    )
+    result = api.distill(cfg, quiet=True)
+    assert result.stats["polish_steps"] == 3 and result.stats["final_losses"]["polish"] > 0
+    assert load_artifact(result.student_dir)[1]["training"]["polish_steps"] == 3

@@ -48,7 +48,7 @@ from fsdistill.models.student import DistilledStudent
 from fsdistill.models.teacher import DCAMATeacher
 from fsdistill.runtime import progress, resolve_device, seed_everything
 from fsdistill.train.episodes import FeatureCache
-from fsdistill.train.fit import TrainStats, train
+from fsdistill.train.fit import TrainStats, polish, train
 from fsdistill.train.pool import join_pool, label_files
 from fsdistill.train.pool_ray import RayPoolLabeller
 from fsdistill.train.support_check import check_supports
@@ -65,8 +65,10 @@ def _stats_dict(stats: TrainStats) -> dict[str, Any]:
         "seconds": round(stats.seconds, 2),
         "stop_reason": stats.stop_reason,
         "class_queries": stats.class_queries,
-        "final_losses": {k: stats.final(k) for k in (stats.history[-1] if stats.history else {})},
+        "final_losses": {k: stats.final(k) for k in dict.fromkeys(k for h in stats.history for k in h)},
     }
+    if stats.polish_steps:
+        out["polish_steps"] = stats.polish_steps
     if distributed.world_size() > 1:  # recorded only then: a one-process run's artifact is as before
         out["processes"] = distributed.world_size()
     return out
@@ -434,6 +436,10 @@ def distill(
             quiet,
             ray_labeller,
         )
+    if new_classes is None and cfg.train.steps != 0:
+        # Not for a continued run: it stops at its floors, as more training on the supports over-fits the classes
+        # it kept (see fsdistill.train.budget).
+        stats.add_polish(polish(student, cache, cfg.train, quiet))
 
     def check_and_write() -> RunResult:
         # Rank 0 only under torchrun: every process holds the same weights, so one check and one artifact.

@@ -256,8 +256,10 @@ def distill(
             f"{pool['label_seconds']:.0f} s ({100 * pool['labelled_fraction']:.0f} % of the pixels confident"
             f"{skipped}); {pool['support_steps']} steps on the supports, then {pool['pool_steps']} with the pool"
         )
+    polish = result.stats.get("polish_steps")
     console.say(
-        f"trained {result.stats['steps']} steps in {result.stats['seconds']:.0f} s ({result.stats['stop_reason']})"
+        f"trained {result.stats['steps']} steps ({result.stats['stop_reason']})"
+        f"{f', then the student alone {polish} steps' if polish else ''} in {result.stats['seconds']:.0f} s"
     )
     if result.stats["steps"] == 0:
         console.say(

@@ -12,6 +12,7 @@ averaged before each step: a step then holds N × ``episodes_per_step`` episodes
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -29,9 +30,12 @@ from fsdistill.train.episodes import EpisodeSampler, FeatureCache, flip_batch
 from fsdistill.train.losses import coarse_mse, segmentation_loss
 from fsdistill.train.pool import PoolTargets
 
-__all__ = ["TrainStats", "teacher_groups", "set_trainable", "train"]
+__all__ = ["TrainStats", "teacher_groups", "set_trainable", "train", "polish"]
 
 log = logging.getLogger(__name__)
+
+# Added to the seed of the polish phase's sampler and flips: other draws than the joint phase's.
+POLISH_SEED = 7919
 
 
 @dataclass
@@ -42,21 +46,32 @@ class TrainStats:
     history: list[dict[str, float]] = field(default_factory=list)  # per step: losses
     stop_reason: str = ""  # why training ended: the step count given, or the automatic budget's reason
     class_queries: list[int] = field(default_factory=list)  # per class: training queries that showed it
+    polish_steps: int = 0  # distill: the student's steps alone at the end (fit.polish), in ``history`` too
 
     def final(self, key: str) -> float | None:
-        values = [h[key] for h in self.history[-10:] if key in h]
+        """The mean of the last 10 recorded values of a loss (None: never recorded)."""
+        values = [h[key] for h in self.history if key in h][-10:]
         return sum(values) / len(values) if values else None
+
+    def add_polish(self, finish: TrainStats) -> None:
+        """Record :func:`polish`'s phase after this (joint) training."""
+        self.polish_steps = finish.steps
+        self.seconds += finish.seconds
+        self.history += finish.history
+
+
+def decoder_groups(decoder: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Decoder parameters by paper name: mapper (conv1–3), merge (conv4/5), mixer (mixer1–3)."""
+    return {
+        "mapper": [*decoder.conv1.parameters(), *decoder.conv2.parameters(), *decoder.conv3.parameters()],
+        "merge": [*decoder.conv4.parameters(), *decoder.conv5.parameters()],
+        "mixer": decoder.mixer_parameters(),
+    }
 
 
 def teacher_groups(teacher: DCAMATeacher) -> dict[str, list[nn.Parameter]]:
-    """Teacher parameters by paper name: mapper (conv1–3), merge (conv4/5), attention (q/k), mixer (mixer1–3)."""
-    d = teacher.decoder
-    groups = {
-        "mapper": [*d.conv1.parameters(), *d.conv2.parameters(), *d.conv3.parameters()],
-        "merge": [*d.conv4.parameters(), *d.conv5.parameters()],
-        "attention": list(teacher.blocks.parameters()),
-        "mixer": d.mixer_parameters(),
-    }
+    """Teacher parameters by paper name: the decoder's groups and attention (q/k)."""
+    groups = {**decoder_groups(teacher.decoder), "attention": list(teacher.blocks.parameters())}
     assert set(groups) == set(TRAINABLE_GROUPS)
     return groups
 
@@ -261,4 +276,60 @@ def train(
     if student is not None:
         for p in student.parameters():
             p.requires_grad_(False)
+    return stats
+
+
+def polish(student: DistilledStudent, cache: FeatureCache, cfg: TrainCfg, quiet: bool = False) -> TrainStats:
+    """The student's last phase: ``cfg.polish_steps`` steps alone on the supports, on its own copy of the decoder.
+
+    During joint training the decoder is shared, so it settles where it serves the teacher's episodes as well as
+    the student; here the student's ConvDist blocks and its decoder's trainable groups (``cfg.train``) finish on
+    the student's supervised loss alone (focal + Dice of ``cfg.student_batch`` class-balanced support images a
+    step, in random flip views with ``cfg.flip_features``). The teacher is left as it is. Under ``torchrun`` the
+    gradients are averaged over the processes, each drawing its own batches.
+    """
+    stats = TrainStats()
+    if not cfg.polish_steps or not cfg.student_batch:
+        return stats
+    student.decoder = copy.deepcopy(student.decoder)  # the teacher keeps the decoder it was trained with
+    decoder_params = [p for name, group in decoder_groups(student.decoder).items() if name in cfg.train for p in group]
+    groups = [{"params": list(student.convdist.parameters()), "lr": cfg.student_lr}]
+    if decoder_params:
+        groups.append({"params": decoder_params, "lr": cfg.lr})
+    params = [p for group in groups for p in group["params"]]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    world, rank = distributed.world_size(), distributed.rank()
+    # Other draws than the joint phase's (its sampler and flips were seeded with seed + rank).
+    sampler = EpisodeSampler(cache.present, cfg.max_shots, cache.views, cfg.seed + rank + POLISH_SEED)
+    flips = torch.Generator().manual_seed(cfg.seed + rank + POLISH_SEED) if cfg.flip_features else None
+    student.train()
+    start = time.perf_counter()
+    bar = progress(total=cfg.polish_steps, quiet=quiet, desc="polish", unit="step")
+    for _ in range(cfg.polish_steps):
+        raise_if_interrupted()
+        feats, masks = cache.batch(sampler.sample_images(cfg.student_batch))
+        if flips is not None:
+            feats, (masks,) = flip_batch(flips, feats, masks)
+        logits, _ = student.forward_features(feats)
+        loss = segmentation_loss(logits, masks, cfg.focal_gamma, cfg.dice_weight)
+        optimizer.zero_grad(set_to_none=True)
+        if loss.requires_grad:
+            loss.backward()
+        totals = {"polish": float(loss.detach())}
+        if world > 1:
+            distributed.average_gradients(params)
+            totals, _ = distributed.reduce_step(totals, sampler.class_queries, masks.device)
+        optimizer.step()
+        stats.steps += 1
+        stats.history.append(totals)
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.3f}" for k, v in totals.items()})
+    bar.close()
+    stats.seconds = time.perf_counter() - start
+    stats.stop_reason = f"the {cfg.polish_steps} polish steps"
+    student.eval()
+    for p in student.parameters():
+        p.requires_grad_(False)
     return stats
