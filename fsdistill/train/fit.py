@@ -106,6 +106,25 @@ def teacher_loss(
     return segmentation_loss(logits, target, cfg.focal_gamma, cfg.dice_weight)
 
 
+def _student_batch_step(
+    student: DistilledStudent,
+    cache: FeatureCache,
+    sampler: EpisodeSampler,
+    flips: torch.Generator | None,
+    cfg: TrainCfg,
+) -> float:
+    """Backpropagate the student's supervised loss (focal + Dice) on ``cfg.student_batch`` class-balanced support
+    images, each in a random flip view when ``flips`` is given; returns the loss."""
+    feats, masks = cache.batch(sampler.sample_images(cfg.student_batch))
+    if flips is not None:
+        feats, (masks,) = flip_batch(flips, feats, masks)
+    logits, _ = student.forward_features(feats)
+    loss = segmentation_loss(logits, masks, cfg.focal_gamma, cfg.dice_weight)
+    if loss.requires_grad:  # else no pixel is labelled: nothing to learn from the batch
+        loss.backward()
+    return float(loss.detach())
+
+
 def train(
     teacher: DCAMATeacher,
     cache: FeatureCache,
@@ -217,14 +236,7 @@ def train(
         if student is not None and cfg.student_batch:
             # The student needs no supports, so it also learns from a plain supervised batch of class-balanced
             # support images each step: cheap (no attention), and what a fine-tuned head gets from every image.
-            feats, masks = cache.batch(sampler.sample_images(cfg.student_batch))
-            if flips is not None:
-                feats, (masks,) = flip_batch(flips, feats, masks)
-            s_logits, _ = student.forward_features(feats)
-            batch_loss = segmentation_loss(s_logits, masks, cfg.focal_gamma, cfg.dice_weight)
-            if batch_loss.requires_grad:
-                batch_loss.backward()
-            totals["student_batch"] = float(batch_loss.detach())
+            totals["student_batch"] = _student_batch_step(student, cache, sampler, flips, cfg)
             totals["loss"] += totals["student_batch"]
         if pool_sampler is not None:
             assert pool is not None and student is not None and pool_classes is not None
@@ -309,18 +321,11 @@ def polish(student: DistilledStudent, cache: FeatureCache, cfg: TrainCfg, quiet:
     bar = progress(total=cfg.polish_steps, quiet=quiet, desc="polish", unit="step")
     for _ in range(cfg.polish_steps):
         raise_if_interrupted()
-        feats, masks = cache.batch(sampler.sample_images(cfg.student_batch))
-        if flips is not None:
-            feats, (masks,) = flip_batch(flips, feats, masks)
-        logits, _ = student.forward_features(feats)
-        loss = segmentation_loss(logits, masks, cfg.focal_gamma, cfg.dice_weight)
         optimizer.zero_grad(set_to_none=True)
-        if loss.requires_grad:
-            loss.backward()
-        totals = {"polish": float(loss.detach())}
+        totals = {"polish": _student_batch_step(student, cache, sampler, flips, cfg)}
         if world > 1:
             distributed.average_gradients(params)
-            totals, _ = distributed.reduce_step(totals, sampler.class_queries, masks.device)
+            totals, _ = distributed.reduce_step(totals, sampler.class_queries, cache.masks[0].device)
         optimizer.step()
         stats.steps += 1
         stats.history.append(totals)
@@ -328,7 +333,6 @@ def polish(student: DistilledStudent, cache: FeatureCache, cfg: TrainCfg, quiet:
         bar.set_postfix({k: f"{v:.3f}" for k, v in totals.items()})
     bar.close()
     stats.seconds = time.perf_counter() - start
-    stats.stop_reason = f"the {cfg.polish_steps} polish steps"
     student.eval()
     for p in student.parameters():
         p.requires_grad_(False)
