@@ -372,7 +372,7 @@ paths = sorted(Path(sys.argv[1]).glob("*.png"))
 big = np.zeros((1024, 1024, 3), np.uint8)
 for _ in range(6):
     resize_image(big, 384)  # OpenCV's thread pool now runs in this process
-    assert len(list(Zeros().iterate(paths, batch_size=1, workers=1))) == len(paths)
+    assert len(list(Zeros().outputs(paths, batch_size=1, workers=1))) == len(paths)
 print("ok")
 """
 

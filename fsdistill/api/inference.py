@@ -59,7 +59,7 @@ def evaluate(
 
     ``on_total``: called once with the number of labelled images found; ``on_progress``: with 1 per image done.
 
-    ``workers`` None: decode processes as in :func:`predict` (2 on a GPU; on the CPU none up to 2 cores).
+    ``workers`` None: decode processes as in :func:`predict`.
 
     Raises:
         DataError: images with the pixels of the model's support images (evaluation leakage, see
@@ -113,7 +113,7 @@ def confusion_on_folder(
     matrix = ConfusionMatrix(len(index.class_names))
     start = time.perf_counter()
     # Ground-truth masks are read in the main process while workers decode the images for the model.
-    for i, prediction, error in runner.iterate([s.image_path for s in index.samples], batch_size, workers):
+    for i, prediction, _, error in runner.outputs([s.image_path for s in index.samples], batch_size, workers):
         if error is not None:
             raise DataError(error)
         matrix.update(index.load_mask(i, size=(prediction.shape[1], prediction.shape[0])), prediction)
@@ -146,36 +146,32 @@ def predict(
     address: str | None = None,
     gpus_per_worker: float | None = None,
 ) -> PredictResult:
-    """Support-free batch inference with a student: masks at each image's original size (see predict_files).
+    """Support-free batch inference with a student: masks at each image's original size, resuming.
 
     ``inputs`` and ``out_dir``: local paths, or object-store prefixes given as str (``s3://bucket/prefix``,
-    ``gs://bucket/prefix``, through pyarrow's filesystems: the ray extra; see :mod:`fsdistill.storage` for
-    credentials and endpoints), with either engine. The files written are the same.
+    ``gs://bucket/prefix``: the ray extra; see :mod:`fsdistill.storage`); the files written are the same.
 
     ``formats``: ``png`` (the masks, always written) and any of ``coco``, ``cvat``, ``labelstudio`` (a list, or
-    comma-separated), pre-labels for annotation tools written after the masks (:mod:`fsdistill.infer.formats`);
-    ``coco_rle``: COCO masks as compressed RLE instead of polygons; ``image_root_url``: the prefix of the Label
-    Studio tasks' image URLs (default ``/data/local-files/?d=``). Their paths: ``result.format_paths``.
+    comma-separated): pre-labels written after the masks (:mod:`fsdistill.infer.formats`), their paths in
+    ``result.format_paths``; ``coco_rle``: COCO masks as compressed RLE instead of polygons; ``image_root_url``: the
+    prefix of the Label Studio tasks' image URLs (default ``/data/local-files/?d=``).
 
-    ``batch_size`` None: 8 on a GPU, 2 on the CPU; ``workers`` None: decode processes, 2 on a GPU; on the CPU none
-    up to 2 cores (images are decoded between batches), else one per four cores, at most 2.
+    ``batch_size`` None: 8 on a GPU, 2 on the CPU; ``workers`` None: decode processes (see :func:`_decode_workers`).
 
-    ``backend``: ``torch`` runs the artifact with PyTorch; ``onnx`` runs an exported ``.onnx`` file with
-    onnxruntime only (``model`` is the file, or a run/artifact folder whose ``student.onnx`` sits beside the
-    artifact). None: ``onnx`` when ``model`` is an ``.onnx`` file, else ``torch``. Both write the same files.
+    ``backend``: ``torch``, or ``onnx`` to run an exported ``.onnx`` file with onnxruntime only (``model`` is the
+    file, or a run/artifact folder with ``student.onnx`` beside the artifact). None: ``onnx`` for an ``.onnx``
+    ``model``, else ``torch``. Both write the same files.
 
-    ``on_model``: called once with the model's path as soon as it is loaded, before any image is predicted (so a
-    caller can say which run ``model`` None picked); ``on_total``: once with the number of images found;
-    ``on_progress``: with 1 per image done or skipped.
+    ``on_model``: called once with the model's path once loaded (which run ``model`` None picked); ``on_total``:
+    once with the number of images; ``on_progress``: with 1 per image done or skipped.
 
-    ``shard``: ``"I/N"``, predict only shard I of N of the sorted image list, into the same ``out_dir`` as the
-    other shards (see :mod:`fsdistill.infer.shard`: round-robin, ``predictions.csv`` merged by the last shard).
+    ``shard``: ``"I/N"``, only shard I of N of the sorted image list, into the same ``out_dir`` as the other
+    shards (:mod:`fsdistill.infer.shard`).
 
-    ``engine``: ``local`` runs the model in this process; ``ray`` runs it in a pool of Ray actors (see
-    :mod:`fsdistill.infer.ray_engine`; same outputs, byte for byte), joining the cluster at ``address`` (None:
-    the one this process is connected to, else a new local one; ``auto``; ``ray://host:10001``), with ``workers``
-    actors (None: the cluster's CPUs up to 8, or its GPUs / ``gpus_per_worker``) and ``gpus_per_worker`` GPUs
-    each (default 0). The driver still writes every file.
+    ``engine``: ``local``, or ``ray`` to run the model in a pool of Ray actors (:mod:`fsdistill.infer.ray_engine`;
+    the same bytes written, all by this process), joining the cluster at ``address`` (None: the one this process
+    is connected to, else a new local one; ``auto``; ``ray://host:10001``), with ``workers`` actors (None: the
+    cluster's CPUs up to 8, or its GPUs / ``gpus_per_worker``) of ``gpus_per_worker`` GPUs each (default 0).
 
     Raises:
         ConfigError: an unknown backend, engine or format, a format option without its format, an ``.onnx``
@@ -208,16 +204,13 @@ def predict(
 
 
 def _batch_size(given: int | None, on_gpu: bool) -> int:
-    """``given``, else the default of predict and suggest: 8 on a GPU, 2 on the CPU, where small batches run faster
-    per image (the depthwise convolutions of a large batch leave the caches)."""
+    """``given``, else 8 on a GPU and 2 on the CPU (a large batch's depthwise convolutions leave the caches)."""
     return given if given is not None else (8 if on_gpu else 2)
 
 
 def _decode_workers(on_gpu: bool, cores: int | None = None) -> int:
-    """Default decode processes of predict and evaluate: 2 beside a GPU; on the CPU they compete with the model's
-    threads for the same ``cores`` (default: this machine's), so none up to 2 cores (a decode worker made predict
-    slower there), else one per four, at most 2.
-    """
+    """Default decode processes: 2 beside a GPU; on the CPU, where they compete with the model's threads for the
+    same ``cores`` (default: this machine's), none up to 2 cores, else one per four, at most 2."""
     if on_gpu:
         return 2
     cores = cores if cores is not None else os.cpu_count() or 1

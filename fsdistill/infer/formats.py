@@ -1,27 +1,8 @@
-"""Pre-labels for annotation tools, derived from predict's index masks: COCO, CVAT and Label Studio.
+"""Pre-labels for annotation tools (``predict --format``): COCO, CVAT and Label Studio files, derived from the
+index masks on disk after all masks are written, so a resumed run writes the same files as an uninterrupted one.
 
-``predict --format`` writes these after all masks, from the masks on disk (this run's and any earlier run's), so
-a resumed run writes the same files as an uninterrupted one. Each file is written atomically.
-
-- ``coco``: ``OUT/coco.json``: images (``file_name`` relative to the input, as under ``masks/``), categories
-  (the classes but background, ids 1..N), and one annotation per connected component (8-connected) of each
-  class: a polygon along the component's pixel edges, or compressed RLE with ``coco_rle`` (and always for a
-  component with holes, which a COCO polygon cannot hold), with ``area``, ``bbox`` and ``score``.
-- ``cvat``: ``OUT/cvat.zip`` in CVAT's "Segmentation mask 1.1" layout: ``labelmap.txt`` (the model's class
-  names and palette colours, background first), ``ImageSets/Segmentation/default.txt``,
-  ``SegmentationClass/<image>.png`` (RGB, labelmap colours) and ``SegmentationObject/<image>.png`` (one VOC
-  instance colour per connected component: without instances CVAT imports background as a region and needs a
-  ``background`` label).
-- ``labelstudio``: ``OUT/labelstudio_tasks.json`` (one task per image, ``data.image`` = ``image_root_url`` +
-  the image's path relative to the input, its ``predictions`` with one ``brushlabels`` result per class in
-  Label Studio's brush RLE) and ``OUT/labelstudio_config.xml``, the labelling config those results fit.
-
-Scores: a component's score is the mean, over its pixels, of the model's probability for its class (softmax on
-the model's output grid, upsampled bilinearly to the image). A Label Studio result's score is the
-pixel-weighted mean over the class's components; a prediction's score is the mean over the output grid of the
-probability of the predicted class. They are stored in each mask PNG (text chunk ``fsdistill:scores``) when the
-mask is written with a scored format requested; masks written without one are scored when a later run asks for
-``coco`` or ``labelstudio`` (the model runs again on those images; the masks' pixels stay as they are).
+File layouts and the scores they carry: README, "The labelling loop". Scores are stored in each mask PNG (text
+chunk ``fsdistill:scores``) when a scored format is asked for; earlier masks without them are scored again.
 """
 
 from __future__ import annotations
@@ -31,7 +12,7 @@ import json
 import os
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,14 +84,13 @@ class FormatOptions:
         given = [formats] if isinstance(formats, str) else list(formats or [])
         names: list[str] = []
         for value in given:
-            parts = [p.strip().lower() for p in str(value).split(",")]
-            if not any(parts):
+            parts = [p for p in (p.strip().lower() for p in str(value).split(",")) if p]
+            if not parts:
                 raise ConfigError(f"--format got no format name; use {_choices()} (several: --format coco,cvat).")
             for part in parts:
-                if part and part not in FORMATS:
+                if part not in FORMATS:
                     raise ConfigError(f"Unknown --format '{part}'; use {_choices()} (several: --format coco,cvat).")
-                if part:
-                    names.append(part)
+            names += parts
         chosen = tuple(f for f in FORMATS if f == "png" or f in names)
         if coco_rle and "coco" not in chosen:
             raise ConfigError("--coco-rle applies to --format coco; add --format coco or drop --coco-rle.")
@@ -125,7 +105,7 @@ class FormatOptions:
 
     @property
     def scored(self) -> bool:
-        """Whether a requested format carries scores (masks then keep theirs, see the module docstring)."""
+        """Whether a requested format carries scores (masks then keep theirs)."""
         return bool(SCORED_FORMATS & set(self.formats))
 
 
@@ -168,9 +148,9 @@ def component_scores(mask: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
     return {"image": round(float(probs.max(axis=0).mean()), 4), "classes": classes}
 
 
-def scores_text(scores: dict[str, Any]) -> dict[str, str]:
-    """The PNG text chunk that stores ``scores`` in a mask."""
-    return {SCORES_KEY: json.dumps(scores, separators=(",", ":"), sort_keys=True)}
+def scores_text(mask: np.ndarray, probs: np.ndarray) -> dict[str, str]:
+    """The PNG text chunk that stores a mask's :func:`component_scores`."""
+    return {SCORES_KEY: json.dumps(component_scores(mask, probs), separators=(",", ":"), sort_keys=True)}
 
 
 def read_scores(path: Path) -> dict[str, Any] | None:
@@ -183,27 +163,16 @@ def read_scores(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def add_missing_scores(
-    runner: Any,
-    items: Sequence[tuple[Path, Path]],
-    out_dir: Path,
-    batch_size: int,
-    workers: int,
-) -> int:
+def add_missing_scores(runner: Any, items: Sequence[tuple[Path, Path]], out_dir: Path, batch_size: int, workers: int):
     """Score the written masks of ``items`` ((image, relative path)) that carry no scores, by running ``runner``
-    (a :class:`~fsdistill.infer.predictor.Runner`) on their images; the scores are stored in the masks, whose
-    pixels stay as written. Returns how many were scored (an image that no longer reads stays unscored)."""
+    (a :class:`~fsdistill.infer.predictor.Runner`) on their images; the masks' pixels stay as written, and an
+    image that no longer reads stays unscored."""
     masks = [(s, out_dir / "masks" / rel.with_suffix(".png")) for s, rel in items]
     todo = [(s, path) for s, path in masks if path.is_file() and read_scores(path) is None]
-    done = 0
     for index, _, probs, error in runner.outputs([s for s, _ in todo], batch_size, workers, scored=True):
-        if error is not None:
-            continue
-        path = todo[index][1]
-        mask = read_index_mask(path)
-        write_index_png(path, mask, runner.palette, text=scores_text(component_scores(mask, probs)))
-        done += 1
-    return done
+        if error is None:
+            mask = read_index_mask(todo[index][1])
+            write_index_png(todo[index][1], mask, runner.palette, text=scores_text(mask, probs))
 
 
 # ------------------------------------------------------------------------------------------------ geometry
@@ -447,20 +416,14 @@ class _LabelStudio:
         ]
 
 
-FORMAT_FILES = {
-    "coco": (COCO_FILE,),
-    "cvat": (CVAT_FILE,),
-    "labelstudio": (LABELSTUDIO_TASKS_FILE, LABELSTUDIO_CONFIG_FILE),
-}
+FORMAT_FILES = (COCO_FILE, CVAT_FILE, LABELSTUDIO_TASKS_FILE, LABELSTUDIO_CONFIG_FILE)
 
 
-def remove_format_files(out_dir: Path, keep: Iterable[str] = ()) -> None:
-    """Delete the format files in ``out_dir`` of the formats not in ``keep`` (``predict --overwrite`` deletes
-    them all first: files derived from the masks it replaces must not stay beside the new ones)."""
-    for name, files in FORMAT_FILES.items():
-        if name not in set(keep):
-            for file in files:
-                (Path(out_dir) / file).unlink(missing_ok=True)
+def remove_format_files(out_dir: Path) -> None:
+    """Delete every format file in ``out_dir`` (``predict --overwrite``: files derived from the masks it replaces
+    must not stay beside the new ones)."""
+    for name in FORMAT_FILES:
+        (Path(out_dir) / name).unlink(missing_ok=True)
 
 
 def write_formats(
@@ -470,7 +433,6 @@ def write_formats(
     palette: Sequence[Rgb],
     model_version: str,
     options: FormatOptions,
-    on_image: Callable[[], None] | None = None,
 ) -> dict[str, list[Path]]:
     """Write the requested formats for every image of ``entries`` ((image, relative path)) whose mask exists.
 
@@ -499,8 +461,6 @@ def write_formats(
             im = _Image(number, rel, mask, scores, components)
             for writer in writers.values():
                 writer.add(im)
-            if on_image is not None:
-                on_image()
         return {name: writer.finish(out_dir) for name, writer in writers.items()}
     finally:
         if "cvat" in writers:

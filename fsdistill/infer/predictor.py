@@ -11,7 +11,7 @@ import io
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -29,7 +29,6 @@ from fsdistill.errors import ConfigError, DataError, FsdistillError
 from fsdistill.infer.formats import (
     FormatOptions,
     add_missing_scores,
-    component_scores,
     png_bytes,
     remove_format_files,
     scores_text,
@@ -54,13 +53,9 @@ Source = Path | StoredFile
 
 
 def _is_output_folder(storage: Storage, folder: str, out: Storage | None) -> bool:
-    """Whether ``folder`` (a key of ``storage``) holds predict outputs rather than input images.
-
-    An output folder inside an input folder (``predict q -o q/pred``) would otherwise be read back as input on
-    the next run, doubling the images each time: it is the ``-o`` folder (or its masks/ and overlays/, when ``-o``
-    is the input folder itself), or any folder that holds a predict manifest (an earlier run's ``-o``), or the
-    masks/ and overlays/ of one.
-    """
+    """Whether ``folder`` (a key of ``storage``) holds predict outputs rather than input images: the ``-o``
+    folder or its masks/ and overlays/, or a folder with a predict manifest (an earlier run's ``-o``) or those of
+    one. Read back as input, ``predict q -o q/pred`` would double its images on every run."""
     if storage.is_file(f"{folder}/{MANIFEST_NAME}"):
         return True
     parent, _, name = folder.rpartition("/")
@@ -152,23 +147,6 @@ class _ImageDataset(Dataset):
         return {"index": i, "image": small, "height": h, "width": w}
 
 
-@contextmanager
-def _single_threaded_opencv() -> Iterator[None]:
-    """Make the DataLoader workers forked inside this block resize with one OpenCV thread, without a deadlock.
-
-    One OpenCV thread per worker keeps their thread pools from fighting the model's for the cores. Setting it in
-    the worker (``cv2.setNumThreads(1)`` in ``worker_init_fn``) deadlocked about half the time once this process
-    had resized an image itself: the child inherits the pool's lock state but not its threads. So the parent
-    drops to one thread (joining its pool) while the workers are forked, and they inherit that setting.
-    """
-    previous = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
-        yield
-    finally:
-        cv2.setNumThreads(previous)
-
-
 def image_batches(
     paths: list[Source], size: int, batch_size: int, workers: int
 ) -> Iterator[tuple[list[dict], list[tuple[int, str]]]]:
@@ -181,10 +159,16 @@ def image_batches(
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=list,  # a batch stays a list of item dicts (an unreadable image is an error item)
-        persistent_workers=False,
     )
-    with _single_threaded_opencv():
+    # The workers resize with one OpenCV thread each (not fighting the model for the cores), inherited from this
+    # process while they are forked: set in a worker, it deadlocked once this process had resized an image itself
+    # (the child inherits the thread pool's lock state but not its threads).
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
         batches = iter(loader)  # forks the workers
+    finally:
+        cv2.setNumThreads(previous)
     for items in batches:
         raise_if_interrupted()
         yield [it for it in items if "error" not in it], [(it["index"], it["error"]) for it in items if "error" in it]
@@ -212,18 +196,12 @@ class Runner(ABC):
     def identity(self) -> dict:
         """What makes an output folder this model's (stored in the folder's manifest to guard resume)."""
 
-    def iterate(
-        self, paths: list[Source], batch_size: int = 8, workers: int = 2
-    ) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
-        """Yield ``(index, mask or None, error or None)`` per path, in batches decoded by ``workers`` processes."""
-        for index, mask, _, error in self.outputs(paths, batch_size, workers):
-            yield index, mask, error
-
     def outputs(
         self, paths: list[Source], batch_size: int = 8, workers: int = 2, scored: bool = False
     ) -> Iterator[tuple[int, np.ndarray | None, np.ndarray | None, str | None]]:
-        """As :meth:`iterate`, plus each image's class probabilities on the model's output grid when ``scored``
-        (else None): ``(index, mask, K×h×w float32 softmax, error)``, the scores of :mod:`fsdistill.infer.formats`."""
+        """``(index, mask, probs, error)`` per path, decoded ``batch_size`` at a time by ``workers`` processes: the
+        H×W uint8 mask, or None with the error of an unreadable image; ``probs`` the K×h×w float32 softmax on the
+        model's output grid when ``scored`` (for :mod:`fsdistill.infer.formats`), else None."""
         for good, failed in image_batches(paths, self.size, batch_size, workers):
             for index, error in failed:
                 yield index, None, None, error
@@ -269,7 +247,11 @@ class Predictor(Runner):
             return self.loaded.logits(images).float()
 
     def identity(self) -> dict:
-        return _model_identity(self.loaded)
+        return {
+            "model": str(self.loaded.path.resolve()),
+            "config_sha256": config_sha256(self.loaded.config),
+            "backend": "torch",
+        }
 
 
 @dataclass
@@ -282,11 +264,6 @@ class PredictResult:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     csv_path: Path | str | None = None
     format_paths: dict[str, list[Path]] = field(default_factory=dict)  # --format: files written per format
-
-
-def _model_identity(loaded: LoadedModel) -> dict:
-    path = str(loaded.path.resolve())
-    return {"model": path, "config_sha256": config_sha256(loaded.config), "backend": "torch"}
 
 
 def _overlay(
@@ -344,7 +321,7 @@ def _write_csv(
     writer = csv.writer(text)
     writer.writerow(CSV_HEADER)
     for source, rel in entries:
-        key = _mask_key(rel)
+        key = _output_key("masks", rel)
         if key in known:
             h, w, counts = known[key]
         elif key in earlier:
@@ -357,12 +334,8 @@ def _write_csv(
     return out.location(name)
 
 
-def _mask_key(rel: Path) -> str:
-    return f"masks/{rel.with_suffix('.png').as_posix()}"
-
-
-def _overlay_key(rel: Path) -> str:
-    return f"overlays/{rel.with_suffix('.png').as_posix()}"
+def _output_key(folder: str, rel: Path) -> str:
+    return f"{folder}/{rel.with_suffix('.png').as_posix()}"
 
 
 def predict_files(
@@ -378,26 +351,9 @@ def predict_files(
     formats: FormatOptions | None = None,
     shard: Shard | None = None,
 ) -> PredictResult:
-    """Predict every image of ``inputs`` into ``out_dir`` (masks/, overlays/, predictions.csv), resuming.
-
-    ``inputs`` and ``out_dir`` are local paths or object-store URIs (``s3://bucket/prefix``,
-    ``gs://bucket/prefix``; see :mod:`fsdistill.storage`): the same files are written either way, through the
-    same code. Pre-label formats need a local ``out_dir``.
-
-    ``shard``: predict only that shard's part of the sorted image list (see :mod:`fsdistill.infer.shard`); its
-    rows go to ``predictions.shard-I-of-N.csv``, and ``predictions.csv`` is written once all N shards' are there.
-    Pre-label formats need every image, so they cannot be combined with a shard.
-
-    ``formats``: pre-labels for annotation tools written after all masks, from the masks on disk (see
-    :mod:`fsdistill.infer.formats`); with a scored one, masks keep their scores and earlier masks get theirs.
-
-    ``on_total`` is called once with the number of images found (a progress bar's total), ``on_progress`` with 1
-    per image done or skipped.
-
-    ``predictor`` is any :class:`Runner` (PyTorch :class:`Predictor`, or the onnxruntime runner of
-    :mod:`fsdistill.infer.onnx`). Images whose mask already exists are skipped, unless the folder was written by
-    another model or backend (then a DataError asks for ``overwrite`` or another folder) or ``overwrite`` is set.
-    """
+    """Predict every image of ``inputs`` into ``out_dir`` (masks/, overlays/, predictions.csv) with any
+    :class:`Runner`; the arguments are :func:`fsdistill.api.predict`'s. Images whose mask already exists are
+    skipped unless ``overwrite``; a folder written by another model or backend is refused (DataError)."""
     out = open_storage(out_dir)
     formats = formats or FormatOptions()
     if shard is not None and formats.formats != ("png",):
@@ -442,9 +398,9 @@ def predict_files(
     earlier_overlays = out.files("overlays") if overlay else set()
     todo: list[tuple[Source, Path]] = []
     for source, rel in entries:
-        done = _mask_key(rel) in earlier
+        done = _output_key("masks", rel) in earlier
         if overlay:
-            done = done and _overlay_key(rel) in earlier_overlays
+            done = done and _output_key("overlays", rel) in earlier_overlays
         if done and not overwrite:
             result.skipped += 1
             if on_progress:
@@ -459,11 +415,11 @@ def predict_files(
             result.failed.append((str(source), error))
         else:
             if overlay:
-                out.write_bytes(_overlay_key(rel), png_bytes(_overlay(read_image(source), mask, palette)))
+                out.write_bytes(_output_key("overlays", rel), png_bytes(_overlay(read_image(source), mask, palette)))
             # The mask goes last: its presence is what marks an image as done.
-            text = None if probs is None else scores_text(component_scores(mask, probs))
-            write_mask(out, _mask_key(rel), mask, palette, text)
-            written[_mask_key(rel)] = _mask_counts(mask, len(predictor.class_names))
+            text = None if probs is None else scores_text(mask, probs)
+            write_mask(out, _output_key("masks", rel), mask, palette, text)
+            written[_output_key("masks", rel)] = _mask_counts(mask, len(predictor.class_names))
             result.written += 1
         if on_progress:
             on_progress(1)
