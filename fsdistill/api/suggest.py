@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from fsdistill.errors import ConfigError, DataError
 from fsdistill.infer.predictor import list_images
 from fsdistill.infer.shard import Shard, parse_shard
 from fsdistill.models.build import load_model
-from fsdistill.runtime import ensure_writable_dir, resolve_device
+from fsdistill.runtime import ensure_writable_dir, resolve_device, write_atomic
 
 __all__ = ["SUGGEST_TOP", "SuggestResult", "suggest"]
 
@@ -146,7 +147,6 @@ def suggest(
         score_images,
         spread_ranking,
         write_ranking_csv,
-        write_ranking_json,
     )
 
     if top < 1:
@@ -229,7 +229,7 @@ def suggest(
     if out is not None:
         result.csv_path = write_ranking_csv(Path(out), result.shown, result.class_names)
     if json_out is not None:
-        result.json_path = write_ranking_json(Path(json_out), result.to_dict())
+        result.json_path = write_atomic(Path(json_out), json.dumps(result.to_dict(), indent=2) + "\n")
     if copy_to is not None:
         report = copy_images([Path(row.image) for row in result.shown], Path(copy_to))
         result.copy_to, result.copied, result.already_copied = Path(copy_to), len(report.copied), len(report.present)

@@ -1,14 +1,6 @@
-"""Run an exported student with onnxruntime: no PyTorch model code, only the ``.onnx`` file and its metadata.
-
-``fsdistill export`` writes the student as one ONNX file whose ``metadata_props`` carry everything prediction
-needs (keys below, all strings): the square input side, the normalisation, the class names and the palette.
-:class:`OnnxRunner` reads them back and plugs into :func:`fsdistill.infer.predictor.predict_files`, so the ONNX
-backend decodes, resizes, batches, upsamples and writes exactly as the PyTorch backend does.
-
-The graph: input ``images`` float32 B×3×H×W (RGB scaled to [0, 1], then ``(x - mean) / std``; H = W = the input
-size unless ``fsdistill.dynamic_hw`` is ``true``, then any multiple of ``fsdistill.size_multiple``), output
-``logits`` float32 B×(N+1)×h×w (background, then class 1..N) on the model's output grid; masks are the argmax
-after a bilinear upsampling (``align_corners=False``) to each image's own size.
+"""Run an exported student with onnxruntime: only the ``.onnx`` file and its ``fsdistill.*`` metadata_props
+(input size, normalisation, class names, palette; see :meth:`OnnxMetadata.to_props`). :class:`OnnxRunner` plugs
+into :func:`fsdistill.infer.predictor.predict_files`, which decodes, upsamples and writes as for PyTorch.
 """
 
 from __future__ import annotations

@@ -1,18 +1,8 @@
-"""``predict --engine ray``: the student's forward passes on a Ray cluster, through Ray Data.
+"""``--engine ray``: the model work of ``predict`` (:class:`RayRunner`) and ``suggest`` (:class:`RayScorer`) on a
+pool of Ray actors through Ray Data; the driver writes every output as a local run does (the same bytes).
 
-Only the model work moves: :class:`RayRunner` streams the image list through ``Dataset.map_batches`` over a pool of
-actors (``ActorPoolStrategy``), each of which loads the student once and runs the same
-:class:`~fsdistill.infer.predictor.Predictor` as local predict. The masks come back to the driver, where
-:func:`~fsdistill.infer.predictor.predict_files` writes every output as for a local run (the same bytes; resume
-skips done images before the dataset is built). An unreadable image comes back as that image's error, not a failed
-job. Inputs must be readable by the workers (one machine, a filesystem shared by the nodes) or be in an object
-store (:mod:`fsdistill.storage`), which each actor reads through the driver's pickled pyarrow filesystem.
-
-``suggest --engine ray`` scores the pool on the same kind of actor pool (:class:`RayScorer`, with
-:class:`~fsdistill.infer.suggest.SuggestScorer`; the driver ranks as a local run does), and ``distill --unlabeled
---engine ray`` labels it with this module's session and pool sizing (:class:`fsdistill.train.pool_ray.RayPoolLabeller`).
-
-Ray is optional (``pip install 'fsdistill[ray]'``) and imported only here, only when the engine is asked for.
+Inputs must be readable by the workers (a shared filesystem, or an object store whose pyarrow filesystem is
+pickled to the actors). Ray is optional (``pip install 'fsdistill[ray]'``) and imported only when asked for.
 """
 
 from __future__ import annotations
@@ -176,7 +166,8 @@ class RayEngine:
 
 
 class RayRunner(Runner, RayEngine):
-    """A :class:`Runner` whose forward passes run in Ray actors (see the module docstring).
+    """A :class:`Runner` whose forward passes run in Ray actors, each loading the student once and running a
+    :class:`Predictor`; the masks come back to the driver in the order the actors finish them.
 
     Args:
         local: the driver's own runner of the same model (labels the outputs: classes, palette, identity).
@@ -272,7 +263,7 @@ class _ScoreActor:
 
 
 class RayScorer(RayEngine):
-    """``suggest``'s scoring pass on Ray actors (see the module docstring).
+    """``suggest``'s scoring pass on Ray actors, each loading the student and teacher once.
 
     Args:
         student, teacher: the artifact folders the actors load (teacher None: uncertainty only).

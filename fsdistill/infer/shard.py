@@ -1,13 +1,7 @@
 """``--shard I/N``: split one predict (or suggest) job over N independent processes, e.g. a SLURM job array.
 
-The partition is of the sorted input list (:func:`fsdistill.infer.predictor.list_images`'s order): image k goes
-to shard ``k mod N`` (round-robin, so every shard gets a share of each folder and of each image size). It depends
-only on the inputs and N, so every shard computes its part alone, with no coordination.
-
-Shards write into one output folder: masks and overlays are per image; the manifest is the same for every shard
-of one model; each shard writes its rows to ``predictions.shard-I-of-N.csv``, and the shard that finishes last
-(the one that finds all N shard tables there) merges them into ``predictions.csv``, the same bytes an unsharded
-run writes.
+Image k of the sorted input list goes to shard ``k mod N``. Shards write into one folder, each its own
+``predictions.shard-I-of-N.csv``; the one that finishes last merges them into ``predictions.csv``.
 """
 
 from __future__ import annotations

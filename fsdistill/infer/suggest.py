@@ -1,27 +1,6 @@
-"""Which unlabelled images to label next (``fsdistill suggest``): score every pool image, then rank with
-near-duplicates pushed down.
-
-Everything is measured on the models' output grid (the image resized to the model's square input, as predict
-feeds it; the light decoder's grid is a quarter of the input side), per foreground class, so that a small
-object counts as much as a large one and background never dilutes a score. K = N + 1 labels, classes 1..N.
-
-**Disagreement** (needs the run's teacher): per foreground class c, 1 − IoU of the pixels the student labels c
-and the pixels the teacher (with its stored supports) labels c; 0 for a class neither labels. The image's
-disagreement is the mean over the classes either model labels somewhere (0 when neither labels any).
-
-**Uncertainty** (the student's): per pixel, the least confidence ``(1 − max_k p_k) · K / (K − 1)`` of the
-student's softmax over its K logits, scaled to 0..1 (1 = all labels equally likely). Per foreground class c,
-its mean over the pixels the student or the teacher labels c; the image's uncertainty is the mean over the
-classes either labels. An image where neither model labels any foreground scores the mean over its whole
-(background) grid instead, so an image the student is unsure is empty still ranks.
-
-**Score** = (disagreement + uncertainty) / 2: both lie in 0..1, and values (not ranks among the pool) keep a
-score comparable between pools and runs. Without a teacher the score is the uncertainty alone (the union in
-its definition is then the student's own mask).
-
-**Ranking** (:func:`spread_ranking`): images by score, with near-duplicates skipped and close neighbours
-pushed down, using backbone embeddings (the last backbone level, global-average-pooled and L2-normalised;
-distances between them lie in 0..2). See :func:`spread_ranking` for the rule.
+"""Which unlabelled images to label next (``fsdistill suggest``): score every pool image by teacher-student
+disagreement and the student's uncertainty, per foreground class on the models' output grid, then rank with
+near-duplicates pushed down (:func:`spread_ranking`). The definitions: README, ``suggest``.
 """
 
 from __future__ import annotations
@@ -30,7 +9,6 @@ import csv
 import filecmp
 import io
 import itertools
-import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -62,15 +40,13 @@ __all__ = [
     "score_images",
     "csv_header",
     "write_ranking_csv",
-    "write_ranking_json",
     "CopyReport",
     "copy_images",
 ]
 
-# Embedding distance (0..2, L2-normalised embeddings) up to which an image is a near-duplicate of one ranked
-# above it and is skipped. Flipped, cropped or re-saved copies lie up to 0.14 but distinct neighbouring slices of
-# one scan from 0.09 (default backbone, example cases), so only near-exact copies are skipped; closer-than-usual
-# images are pushed down by the spread rule instead.
+# Embedding distance (0..2) up to which an image is a near-duplicate of one ranked above it and is skipped: only
+# near-exact copies, since distinct neighbouring slices of one scan can lie closer than a flipped or cropped copy
+# (closer-than-usual images are pushed down by the spread rule instead).
 DUPLICATE_DISTANCE = 0.02
 # The spread rule orders the CANDIDATES_PER_PICK × top highest-scoring images (near-duplicates skipped).
 CANDIDATES_PER_PICK = 4
@@ -78,7 +54,7 @@ CANDIDATES_PER_PICK = 4
 
 @dataclass
 class ImageScore:
-    """One image's scores (see the module docstring). ``disagreement`` and ``class_disagreement`` are None
+    """One image's scores (see :func:`score_batch`). ``disagreement`` and ``class_disagreement`` are None
     without a teacher; ``class_disagreement`` has one value per foreground class, ``fractions`` one per label
     (background first: the share of the student's mask)."""
 
@@ -175,7 +151,9 @@ def _masked_mean(values: Tensor, present: Tensor) -> Tensor:
 
 def score_batch(probs: Tensor, student: Tensor, teacher: Tensor | None = None) -> list[ImageScore]:
     """Scores of B images from the student's B×K×H×W probabilities and the two B×H×W label masks (teacher None:
-    uncertainty only). See the module docstring for the definitions."""
+    uncertainty only). Disagreement: the mean :func:`class_disagreement` over the classes either mask has;
+    uncertainty: the mean :func:`class_uncertainty` over the foreground classes either mask has (an image with
+    none: its background's); score: their mean (without a teacher: the uncertainty)."""
     probs, student = probs.float().cpu(), student.cpu()
     teacher = teacher.cpu() if teacher is not None else None
     k = probs.shape[1]
@@ -205,26 +183,16 @@ def score_batch(probs: Tensor, student: Tensor, teacher: Tensor | None = None) -
 
 
 def spread_ranking(
-    scores: np.ndarray,
-    embeddings: np.ndarray,
-    keys: list[str],
-    top: int,
-    duplicate_distance: float = DUPLICATE_DISTANCE,
-    candidates_per_pick: int = CANDIDATES_PER_PICK,
+    scores: np.ndarray, embeddings: np.ndarray, keys: list[str], top: int
 ) -> tuple[list[int], dict[int, int]]:
     """Rank images by score while skipping near-duplicates and spreading the top over the pool.
 
-    1. Candidates: walk the images by score (highest first; ties by ``keys``), skipping each whose embedding
-       lies within ``duplicate_distance`` of a candidate already taken (a near-duplicate of a higher-scoring
-       image), until ``candidates_per_pick × top`` are taken.
-    2. Greedy k-centre weighted by score, over the candidates: the highest score is picked first; then, again
-       and again, the candidate with the largest ``score × min(1, d / d_ref)``, where ``d`` is its distance to
-       the nearest image picked so far and ``d_ref`` the median distance between two candidates (the pool's
-       usual spacing). An image at least as far from every pick as two typical candidates are from each other
-       competes on its score alone; a closer one is discounted in proportion (a re-saved or slightly cropped
-       copy of a pick, at a fraction of ``d_ref``, drops far down). Ties go to the higher score, then the key.
-    3. The ranking is the picks in that order, then every other image (skipped near-duplicates, images below the
-       candidates) by score.
+    1. Candidates: the images by score (ties by ``keys``), each within ``DUPLICATE_DISTANCE`` of a candidate
+       already taken skipped, until ``CANDIDATES_PER_PICK × top`` are taken.
+    2. Greedy k-centre weighted by score over the candidates: the highest score first, then each time the one
+       with the largest ``score × min(1, d / d_ref)``, ``d`` its distance to the nearest pick and ``d_ref`` the
+       median distance between two candidates (the pool's usual spacing). Ties: the higher score, then the key.
+    3. The ranking: the picks in that order, then every other image by score.
 
     Args:
         scores: (n,) image scores. embeddings: (n, D) L2-normalised. keys: n names (image paths) for ties.
@@ -234,7 +202,7 @@ def spread_ranking(
     """
     n = len(scores)
     order = sorted(range(n), key=lambda i: (-float(scores[i]), keys[i]))
-    limit = min(n, max(1, candidates_per_pick * top))
+    limit = min(n, max(1, CANDIDATES_PER_PICK * top))
     emb = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
     kept: list[int] = []
     duplicate_of: dict[int, int] = {}
@@ -244,7 +212,7 @@ def spread_ranking(
         if kept:
             d = torch.cdist(emb[i : i + 1], emb[kept])[0]
             nearest = int(d.argmin())
-            if float(d[nearest]) <= duplicate_distance:
+            if float(d[nearest]) <= DUPLICATE_DISTANCE:
                 duplicate_of[i] = kept[nearest]
                 continue
         kept.append(i)
@@ -432,10 +400,6 @@ def write_ranking_csv(path: Path, rows: list[Suggestion], class_names: list[str]
             ]
         )
     return write_atomic(Path(path), buffer.getvalue())
-
-
-def write_ranking_json(path: Path, data: dict[str, Any]) -> Path:
-    return write_atomic(Path(path), json.dumps(data, indent=2) + "\n")
 
 
 @dataclass
