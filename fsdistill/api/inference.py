@@ -190,7 +190,7 @@ def predict(
         # The driver's copy only labels the outputs (classes, palette, manifest): on the CPU, leaving the GPUs to
         # the actors (which run on ``device``).
         local = _runner(model, "cpu", backend)
-        runner = RayRunner(local, local.loaded.path, device, address, workers, gpus_per_worker or 0.0)
+        runner = RayRunner(local, device, address, workers, gpus_per_worker or 0.0)
     else:
         runner = _runner(model, device, backend)
     if on_model is not None:

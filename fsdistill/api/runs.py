@@ -1,5 +1,5 @@
 """Run folders: where a training command writes, what it refuses to overwrite, and what its artifacts record
-about the supports (fingerprints that let ``evaluate`` refuse support images)."""
+about the supports (so that ``evaluate`` can refuse support images)."""
 
 from __future__ import annotations
 
@@ -68,12 +68,9 @@ def _is_artifact_at(model: Path, directory: Path) -> bool:
 
 
 def check_run_dir(out: Path | None, command: str, teacher: Path | None = None, overwrite: bool = False) -> None:
-    """Refuse to train into a folder that holds a finished run, unless ``overwrite``; called before any training.
-
-    A finished run is one with a complete ``teacher/`` or ``student/`` artifact that this run would replace or
-    leave beside a model it does not belong to. Allowed without ``overwrite``: a missing or empty folder, a killed
-    run (no complete artifact, or a ``distill`` killed after saving its teacher: the same command finishes it), and
-    ``distill --teacher OUT/teacher --out OUT`` (distilling an adapt run's teacher into that run replaces nothing).
+    """Refuse to train into a folder that holds a finished run (a complete ``teacher/`` or ``student/``), unless
+    ``overwrite``. Allowed: a missing or empty folder, a killed run (no complete artifact, or a ``distill`` killed
+    after saving its teacher), and ``distill --teacher OUT/teacher --out OUT`` (replaces nothing).
 
     Raises:
         DataError: the folder holds a finished run (the message asks for --overwrite or another --out).
@@ -96,9 +93,8 @@ def check_run_dir(out: Path | None, command: str, teacher: Path | None = None, o
 
 
 def _drop_stale(run_dir: Path, keep: set[str]) -> None:
-    """Remove what a replaced run left in ``run_dir`` and this run did not write: its ``teacher/`` or ``student/``
-    (which would be paired with the new model) and ``student.onnx`` (exported from the old student). Other files
-    are the user's and stay."""
+    """Remove the ``teacher/``, ``student/`` and ``student.onnx`` a replaced run left in ``run_dir`` that this run
+    did not write (they would be paired with the new model); other files are the user's."""
     for name in {"teacher", "student", "student.onnx"} - keep:
         path = run_dir / name
         if path.is_dir():
@@ -120,8 +116,7 @@ def pixel_sha256(image: np.ndarray) -> str:
 
 
 def _support_info(index: SupportIndex) -> dict[str, Any]:
-    """What an artifact records of its support folder; ``images``: each support's size and :func:`pixel_sha256`,
-    by which ``evaluate`` recognises support images (leakage) by content, not by file name."""
+    """What an artifact records of its support folder, with each support's size and :func:`pixel_sha256`."""
     images = []
     for i, sample in enumerate(index.samples):
         pixels = index.load_image(i)
@@ -137,13 +132,9 @@ def _support_info(index: SupportIndex) -> dict[str, Any]:
 
 
 def _leaked_supports(support: dict[str, Any], index: SupportIndex) -> list[str]:
-    """Images of ``index`` that are support images of the model, as ``KEY (support KEY)``.
-
-    Decided by the hash of the decoded RGB pixels at original size that training recorded (``support.images``):
-    what a copied file keeps, and unlike the resized input it needs neither the resize code nor the teacher's
-    stored tensors (a student artifact has none). Only images of a support image's size (read from the header)
-    are decoded. Artifacts from before the hashes fall back to matching file names.
-    """
+    """Images of ``index`` that are support images of the model, as ``KEY (support KEY)``: by the recorded
+    :func:`pixel_sha256` of each support (only images of a support's size are decoded), or by file name for an
+    artifact that recorded no hashes."""
     recorded = support.get("images")
     if recorded is None:
         keys = set(support.get("keys", []))

@@ -26,12 +26,9 @@ SUGGEST_TOP = 20  # default --top: a labelling session's worth of images
 
 @dataclass
 class SuggestResult:
-    """What ``suggest`` found: every readable pool image ranked (rank 1 = label first); the outputs hold the
-    first ``top``.
-
-    ``teacher`` None: the run has no teacher, the ranking is by the student's uncertainty alone (``note`` says
-    so). ``failed``: (path, reason) of each image that could not be read (skipped).
-    """
+    """What ``suggest`` found: every readable pool image ranked (rank 1 = label first), the outputs holding the
+    first ``top``. ``teacher`` None: ranked by the student's uncertainty alone. ``failed``: (path, reason) of each
+    image that could not be read."""
 
     model: str
     teacher: str | None
@@ -68,9 +65,8 @@ class SuggestResult:
 
 
 def _suggest_teacher(student: Any, teacher: Path | None) -> tuple[Any, str | None]:
-    """The teacher ``suggest`` compares the student with: ``teacher`` if given, else the student's run's
-    ``teacher/``, else the teacher the student was distilled from (``distill --teacher``, as recorded), else None
-    with the note that says so. A teacher folder that is there but does not load is an error, not a fallback."""
+    """(teacher, note): ``teacher`` if given, else the student's run's ``teacher/``, else the one it was distilled
+    from (as recorded), else None with a note saying so. A teacher that is there but does not load is an error."""
     if teacher is not None:
         return load_model(teacher, kind="teacher"), None
     candidates = [student.path.parent / "teacher"]
@@ -108,35 +104,28 @@ def suggest(
 ) -> SuggestResult:
     """Rank unlabelled images by how much labelling each would teach the run (``fsdistill suggest``).
 
-    Every image of ``pool`` (files or folders, searched recursively) is scored by teacher-student disagreement
-    and the student's uncertainty, both per class, and ranked with near-duplicates skipped (see
-    :mod:`fsdistill.infer.suggest` for the rule). Images are streamed ``batch_size`` at a time; an unreadable
-    one is reported in ``failed`` and skipped. All images are scored; ``out`` (CSV), ``json_out`` and ``copy_to``
-    get the first ``top``.
+    Every image of ``pool`` (files or folders, searched recursively) is scored and ranked as
+    :mod:`fsdistill.infer.suggest` says; an unreadable one is reported in ``failed`` and skipped. ``out`` (CSV),
+    ``json_out`` and ``copy_to`` get the first ``top``.
 
     Args:
         model: run or student artifact folder (None: the newest run under ./runs).
         teacher: teacher artifact or run folder (None: the run's ``teacher/``, else the one the student was
             distilled from; neither: uncertainty only, with ``note`` saying so).
-        student_only: rank by the student's uncertainty alone, without running the teacher (its attention over
-            the supports costs seconds per image on a CPU, the student milliseconds).
-        copy_to: a folder to copy the top images into (names kept; see :func:`fsdistill.infer.suggest.copy_images`).
-        batch_size: None: 8 on a GPU, 2 on the CPU. workers: decode processes, None as in :func:`predict`
-            (with ``engine="ray"``: the Ray actors, as in :func:`predict`).
-        engine: ``local`` scores in this process; ``ray`` in a pool of Ray actors that each load the student and
-            teacher once (:class:`~fsdistill.infer.ray_engine.RayScorer`; the same scores and ranking), joining
-            the cluster at ``address`` with ``gpus_per_worker`` GPUs per actor, as :func:`predict` does.
-        shard: ``"I/N"``, score only shard I of N of the sorted pool (image k goes to shard k mod N, see
-            :mod:`fsdistill.infer.shard`); the ranking and outputs are then that shard's alone (give each shard
-            its own ``out``/``json_out``).
+        student_only: rank by the student's uncertainty alone, without running the (slow) teacher.
+        copy_to: a folder to copy the top images into (see :func:`fsdistill.infer.suggest.copy_images`).
+        batch_size, workers, engine, address, gpus_per_worker: as for :func:`fsdistill.api.predict` (the ray
+            engine: :class:`~fsdistill.infer.ray_engine.RayScorer`, the same scores and ranking).
+        shard: ``"I/N"``, score only shard I of N of the sorted pool; the ranking and outputs are then that
+            shard's alone (give each shard its own ``out``/``json_out``).
         on_model: called once with the student's path when loaded; on_total: once with the number of images;
             on_progress: with the number of images done (read or skipped).
 
     Raises:
         ConfigError: ``top`` or ``batch_size`` below 1, a bad ``shard``, an unknown ``engine`` or a Ray option
-            without it. DependencyError: ``engine="ray"`` without Ray Data installed. DataError: a missing pool, a pool without images, none
-            readable, an unwritable output. CheckpointError: no student, or a teacher that does not load or
-            does not match it.
+            without it. DependencyError: ``engine="ray"`` without Ray Data installed. DataError: a missing pool,
+            a pool without images, none readable, an unwritable output. CheckpointError: no student, or a
+            teacher that does not load or does not match it.
     """
     from fsdistill.infer.ray_engine import RayScorer, resolve_engine
     from fsdistill.infer.suggest import (

@@ -1,8 +1,6 @@
 """``adapt`` (TransferFSS) and ``distill`` (DistillFSS): a support folder in, teacher / student artifacts out.
 
-In an initialised process group (``torchrun``, :mod:`fsdistill.distributed`) both train data-parallel: every
-process prepares the same data and models and trains on its own episodes, and rank 0 alone creates the run folder
-and writes the artifacts; every process returns the same :class:`RunResult`.
+Under ``torchrun`` both train data-parallel, each process on its own episodes; rank 0 alone writes the run folder.
 """
 
 from __future__ import annotations
@@ -227,7 +225,7 @@ def _pool_engine(
     cfg: DistillCfg, engine: str | None, address: str | None, workers: int | None, gpus_per_worker: float | None
 ) -> RayPoolLabeller | None:
     """The Ray labeller of the pool for ``engine="ray"`` (None: label it in this process), its options checked
-    before anything is trained (a missing ray extra first).
+    before anything is trained.
 
     Raises:
         ConfigError: an unknown engine, Ray's options without it, ``ray`` without a pool or under torchrun.
@@ -258,15 +256,11 @@ def _train_on_pool(
     quiet: bool,
     ray_labeller: RayPoolLabeller | None = None,
 ) -> tuple[TrainStats, dict[str, Any]]:
-    """The pool phase of ``distill --unlabeled``: label the pool, then train on supports and pool together.
+    """The pool phase of ``distill --unlabeled``: label the pool (on ``ray_labeller``'s actors if given), then
+    train on supports and pool together: (the statistics of both phases, what the artifact records of the pool).
 
-    The teacher's labels and coarse maps of the pool teach only the classes it finds in held-out supports
-    (leave-one-out IoU at least ``cfg.train.pool_min_iou``); with none, a pool the teacher would label is left
-    unused and the record says why (the student labeller still trains on its own labels). Returns the
-    statistics of both phases together and what the artifact records of the pool.
-
-    ``ray_labeller``: label the pool on Ray actors instead of in this process (the same tensors; ``teacher_cfg``
-    rebuilds the teacher there).
+    The teacher's labels and coarse maps teach only the classes it finds in held-out supports (leave-one-out IoU
+    at least ``cfg.train.pool_min_iou``); with none, a pool the teacher would label is left unused.
     """
     # What the teacher can be trusted with: the classes it finds in each support from the other supports.
     check = check_supports(teacher, student, cache, class_names)
@@ -356,12 +350,9 @@ def distill(
     """DistillFSS: train the support-free ConvDist student (jointly with the teacher unless ``cfg.teacher``).
 
     Writes ``RUN/student/`` and, when the teacher was adapted here, ``RUN/teacher/``. ``overwrite``: replace a
-    finished run at ``cfg.out`` (see :func:`check_run_dir`).
-
-    ``engine``: where the ``cfg.unlabeled`` pool is labelled: ``local`` (None) in this process, ``ray`` on a pool
-    of Ray actors (:class:`fsdistill.train.pool_ray.RayPoolLabeller`; the same pseudo-labels and teacher maps),
-    joining the cluster at ``address``, with ``workers`` actors of ``gpus_per_worker`` GPUs each (as
-    :func:`fsdistill.api.predict`'s).
+    finished run at ``cfg.out`` (see :func:`check_run_dir`). ``engine``: where the ``cfg.unlabeled`` pool is
+    labelled, ``local`` (None) or ``ray`` (:class:`~fsdistill.train.pool_ray.RayPoolLabeller`, the same labels),
+    with ``address``, ``workers`` and ``gpus_per_worker`` as for :func:`fsdistill.api.predict`.
 
     Raises:
         ConfigError: bad options (see :func:`_pool_engine` for the engine's). DependencyError: ``engine="ray"``

@@ -35,15 +35,11 @@ ONNX_FORMAT_VERSION = 1
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 _PREFIX = "fsdistill."
-_INSTALL = 'pip install "fsdistill[export]"'
 
 
 def require_export_packages(*names: str) -> list[ModuleType]:
-    """Import the optional export packages (``onnx``, ``onnxruntime``, ...) or raise one clear DependencyError.
-
-    Raises:
-        DependencyError: naming every missing package and the ``[export]`` extra that installs them.
-    """
+    """Import the optional export packages (``onnx``, ``onnxruntime``, ...), or raise one DependencyError that
+    names every missing one and the ``[export]`` extra."""
     import importlib
 
     modules, missing = [], []
@@ -55,7 +51,8 @@ def require_export_packages(*names: str) -> list[ModuleType]:
     if missing:
         verb = "is" if len(missing) == 1 else "are"
         raise DependencyError(
-            f"ONNX export and the onnx backend need {', '.join(missing)}, which {verb} not installed; run: {_INSTALL}"
+            f"ONNX export and the onnx backend need {', '.join(missing)}, which {verb} not installed; run: "
+            'pip install "fsdistill[export]"'
         )
     return modules
 

@@ -78,15 +78,11 @@ def _walk_images(storage: Storage, out: Storage | None) -> Iterator[str]:
 
 
 def list_images(inputs: Sequence[Path | str], out_dir: Path | str | Storage | None = None) -> list[tuple[Source, Path]]:
-    """Image files of ``inputs`` (files, or folders searched recursively; local paths or ``s3://``/``gs://``
-    URIs, see :mod:`fsdistill.storage`) as (source, output-relative path); a source is a Path, or a
-    :class:`~fsdistill.storage.StoredFile` in an object store.
+    """Image files of ``inputs`` (files, or folders searched recursively; local paths or object-store URIs) as
+    (source, output-relative path), skipping folders of predict outputs (``out_dir``, or one with a manifest).
 
-    With several inputs, each one's outputs go under its own name so equal file names cannot collide. Files
-    reached twice (the same input given twice, or ``predict r r/sub``) are listed once, under the first input
-    that reaches them. Folders below an input that hold predict outputs (``out_dir``, or any folder with a
-    predict manifest) are skipped, so ``predict q -o q/pred`` run again does not read its own masks and
-    overlays as new images.
+    With several inputs, each one's outputs go under its own name. A file reached twice (``predict r r/sub``) is
+    listed once, under the first input that reaches it.
     """
     out = out_dir if isinstance(out_dir, Storage) or out_dir is None else open_storage(out_dir)
     unique_inputs: dict[str, tuple[Storage, str]] = {}  # by identity: an input given twice is read once
@@ -96,26 +92,23 @@ def list_images(inputs: Sequence[Path | str], out_dir: Path | str | Storage | No
         if kind == "missing":
             raise DataError(f"Input {storage} does not exist; pass image files or folders.")
         unique_inputs.setdefault(storage.identity(), (storage, kind))
-    found: list[tuple[Storage, str, Path]] = []
+    # By identity: overlapping inputs reach one file twice, and predicting it twice would write two masks of it.
+    unique: dict[str, tuple[Source, Path]] = {}
     for storage, kind in unique_inputs.values():
         name = PurePosixPath(storage.display().rstrip("/")).name
         prefix = Path(name) if len(unique_inputs) > 1 else Path()
         if kind == "file":
             if Path(name).suffix.lower() not in IMAGE_SUFFIXES:
                 raise DataError(f"{storage} is not an image file ({', '.join(sorted(IMAGE_SUFFIXES))}).")
-            found.append((storage, "", Path(name)))  # a file's mask goes beside the others, not in a folder of its name
+            # A file's mask goes beside the others, not in a folder of its name.
+            unique.setdefault(storage.identity(""), (storage.source(""), Path(name)))
             continue
-        # sorted as paths, as rglob's listing was
         for key in sorted(_walk_images(storage, out), key=PurePosixPath):
-            found.append((storage, key, prefix / key))
-    if not found:
+            unique.setdefault(storage.identity(key), (storage.source(key), prefix / key))
+    if not unique:
         raise DataError(
             f"No images found in {', '.join(map(str, inputs))}; supported: {', '.join(sorted(IMAGE_SUFFIXES))}."
         )
-    # Overlapping inputs reach one file twice; predicting it twice would cost time and write two masks of it.
-    unique: dict[str, tuple[Source, Path]] = {}
-    for storage, key, rel in found:
-        unique.setdefault(storage.identity(key), (storage.source(key), rel))
     seen: dict[Path, Source] = {}
     for source, rel in unique.values():
         target = rel.with_suffix(".png")
@@ -175,13 +168,9 @@ def image_batches(
 
 
 class Runner(ABC):
-    """An inference backend for :func:`predict_files`: uint8 batches in, logits out, plus what labels them.
-
-    Subclasses set ``size`` (square input side), ``class_names``, ``palette`` and ``on_gpu`` (whether the model
-    runs on an accelerator: it picks predict's default batch size) and implement :meth:`logits` and
-    :meth:`identity`; decoding, resizing, batching and upsampling to each image's own size are shared here, so
-    every backend writes the same masks from the same logits.
-    """
+    """An inference backend for :func:`predict_files`: subclasses set ``size`` (square input side),
+    ``class_names``, ``palette`` and ``on_gpu`` and implement :meth:`logits` and :meth:`identity`; decoding,
+    batching and upsampling are shared here, so every backend writes the same masks from the same logits."""
 
     size: int
     class_names: list[str]
@@ -214,20 +203,15 @@ class Runner(ABC):
 
 
 class Predictor(Runner):
-    """Runs a loaded student (or teacher with its stored supports) with PyTorch on uint8 images.
+    """Runs a loaded student (or teacher with its stored supports) with PyTorch on uint8 images, in bfloat16
+    autocast on CUDA. Creating one makes the process keep the memory a batch frees for the next one
+    (:func:`fsdistill.runtime.retain_freed_memory`)."""
 
-    Creating one sets the process up for running models (:func:`fsdistill.runtime.retain_freed_memory`): the
-    memory a batch frees is kept for the next one instead of being faulted in again.
-
-    Args:
-        loaded: from :func:`fsdistill.models.build.load_model`. device: where to run. amp: autocast on CUDA.
-    """
-
-    def __init__(self, loaded: LoadedModel, device: torch.device, amp: bool = True) -> None:
+    def __init__(self, loaded: LoadedModel, device: torch.device) -> None:
         retain_freed_memory()
         self.loaded = loaded.to(device)
         self.device = device
-        self.amp = amp and device.type == "cuda"
+        self.amp = device.type == "cuda"
         self.on_gpu = device.type != "cpu"
         self.size = loaded.size
         self.class_names = loaded.class_names
@@ -266,11 +250,10 @@ class PredictResult:
     format_paths: dict[str, list[Path]] = field(default_factory=dict)  # --format: files written per format
 
 
-def _overlay(
-    image: np.ndarray, mask: np.ndarray, palette: list[tuple[int, int, int]], alpha: float = 0.5
-) -> np.ndarray:
+def _overlay(image: np.ndarray, mask: np.ndarray, palette: list[tuple[int, int, int]]) -> np.ndarray:
+    """The image with its foreground pixels half their class colour."""
     colours = np.array(palette, dtype=np.float32)[np.minimum(mask, len(palette) - 1)]
-    blended = image.astype(np.float32) * (1 - alpha) + colours * alpha
+    blended = image.astype(np.float32) * 0.5 + colours * 0.5
     out = np.where(mask[..., None] > 0, blended, image.astype(np.float32))
     return out.round().astype(np.uint8)
 

@@ -146,9 +146,8 @@ class _PredictActor:
 
 
 class RayEngine:
-    """What every job on Ray actors holds: each actor's ``device``, the cluster ``address`` to join, the pool's
-    ``workers`` and ``gpus_per_worker`` (meanings as for :class:`RayRunner`); the options are checked and ray is
-    imported when it is built, before any work starts."""
+    """What every job on Ray actors holds: each actor's ``device``, the cluster ``address``, the pool's ``workers``
+    and ``gpus_per_worker`` (as for :func:`fsdistill.api.predict`), checked, and ray imported, before any work."""
 
     def __init__(
         self,
@@ -166,28 +165,21 @@ class RayEngine:
 
 
 class RayRunner(Runner, RayEngine):
-    """A :class:`Runner` whose forward passes run in Ray actors, each loading the student once and running a
-    :class:`Predictor`; the masks come back to the driver in the order the actors finish them.
-
-    Args:
-        local: the driver's own runner of the same model (labels the outputs: classes, palette, identity).
-        model: the artifact folder the actors load. device: each actor's device (``auto``: its GPU when
-            ``gpus_per_worker`` gives it one). address: the cluster to join (None: the one this process is
-            connected to, else a new local one; ``auto``; ``ray://host:10001``). workers: actors (None: as many
-            as the cluster has CPUs, at most 8, or its GPUs divided by ``gpus_per_worker``).
-    """
+    """A :class:`Runner` whose forward passes run in Ray actors, each loading ``local``'s artifact once and
+    running a :class:`Predictor` on ``device``; the masks come back in the order the actors finish them.
+    ``local``, the driver's own copy, labels the outputs (classes, palette, identity); the other arguments are
+    :func:`fsdistill.api.predict`'s."""
 
     def __init__(
         self,
         local: Predictor,
-        model: Path,
         device: str = "auto",
         address: str | None = None,
         workers: int | None = None,
         gpus_per_worker: float = 0.0,
     ) -> None:
         RayEngine.__init__(self, device, address, workers, gpus_per_worker)
-        self.local, self.model = local, Path(model)
+        self.local, self.model = local, local.loaded.path
         self.size, self.class_names, self.palette = local.size, local.class_names, local.palette
         self.on_gpu = local.on_gpu or gpus_per_worker > 0
 
@@ -263,12 +255,8 @@ class _ScoreActor:
 
 
 class RayScorer(RayEngine):
-    """``suggest``'s scoring pass on Ray actors, each loading the student and teacher once.
-
-    Args:
-        student, teacher: the artifact folders the actors load (teacher None: uncertainty only).
-        device, address, workers, gpus_per_worker: as for :class:`RayRunner`.
-    """
+    """``suggest``'s scoring pass on Ray actors, each loading the ``student`` and ``teacher`` artifacts once
+    (teacher None: uncertainty only); the other arguments are :func:`fsdistill.api.predict`'s."""
 
     def __init__(
         self,

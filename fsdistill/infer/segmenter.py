@@ -1,9 +1,6 @@
-"""The Python entry point: ``fsdistill.load(run).predict(image)``, a mask at the image's own size.
-
-A thin layer over :class:`~fsdistill.infer.predictor.Predictor` (the same preprocessing, model call and
-upsampling as ``fsdistill predict``, so a mask from Python equals the PNG the CLI writes) that accepts the image
-types a Python user has at hand: numpy arrays, PIL images and file paths.
-"""
+"""The Python entry point: ``fsdistill.load(run).predict(image)``, a mask at the image's own size, equal to the
+PNG ``fsdistill predict`` writes (the same :class:`~fsdistill.infer.predictor.Predictor`), from numpy arrays,
+PIL images or file paths."""
 
 from __future__ import annotations
 
@@ -87,9 +84,6 @@ class Segmenter:
 
 def load(path: str | Path, teacher: bool = False, device: str = "auto") -> Segmenter:
     """Load a trained model for Python use.
-
-    Like ``fsdistill predict`` it keeps the memory each batch frees for the next (through its
-    :class:`~fsdistill.infer.predictor.Predictor`: :func:`fsdistill.runtime.retain_freed_memory`).
 
     Args:
         path: a run folder (``RUN``, its student or teacher inside) or an artifact folder.
