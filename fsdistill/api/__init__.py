@@ -1,10 +1,5 @@
-"""The library's verbs as plain functions: typed config in, results out. No printing, no ``sys.exit``.
-
-``adapt`` (TransferFSS) and ``distill`` (DistillFSS) train from a support folder and write artifacts into a run
-directory (:mod:`fsdistill.api.training`, run folders in :mod:`fsdistill.api.runs`); ``predict``, ``evaluate``,
-``export`` and ``profile`` load artifacts (:mod:`fsdistill.api.inference`). The CLI (``fsdistill.cli``) only
-parses options and calls these.
-"""
+"""The library's verbs as plain functions: typed config in, results out, no printing and no ``sys.exit``; the CLI
+only parses options and calls these. ``adapt`` and ``distill`` write run folders; the others load artifacts."""
 
 from __future__ import annotations
 

@@ -56,14 +56,10 @@ def evaluate(
     on_total: Callable[[int], None] | None = None,
 ) -> EvalResult:
     """Evaluate a run's student (or ``teacher=True``: its teacher with the stored supports) on a labelled folder.
-
-    ``on_total``: called once with the number of labelled images found; ``on_progress``: with 1 per image done.
-
-    ``workers`` None: decode processes as in :func:`predict`.
+    ``workers``, ``on_total`` and ``on_progress``: as for :func:`predict`.
 
     Raises:
-        DataError: images with the pixels of the model's support images (evaluation leakage, see
-            :func:`_leaked_supports`), or a folder whose class names differ from the model's.
+        DataError: support images of the model among the images (leakage), or other class names than the model's.
     """
     loaded = load_model(model, kind="teacher" if teacher else None)
     index = discover(data_dir)
@@ -240,9 +236,8 @@ def _runner(model: Path | None, device: str, backend: str | None):
 
 
 def resolve_onnx_file(model: Path | None) -> Path:
-    """The ``.onnx`` file for ``model``: the file itself, ``DIR/student.onnx``, or the one beside a student artifact.
-
-    None means the newest run under ./runs (as for the torch backend).
+    """The ``.onnx`` file for ``model``: the file itself, ``DIR/student.onnx``, or the one beside a student artifact
+    (None: of the newest run under ./runs).
 
     Raises:
         CheckpointError: no exported file there (the message says how to make one).
@@ -276,19 +271,15 @@ def export(
     real_samples: int = 4,
     threads: int | None = None,
 ) -> ExportResult:
-    """Export a run's student to ONNX (``fsdistill export``) and check it against PyTorch.
+    """Export a run's student to ONNX (``fsdistill export``) and check it against PyTorch: ``passed`` is False in
+    the :class:`~fsdistill.export.ExportResult` when they differ too much (see :func:`fsdistill.export.export_onnx`).
 
     Args:
         model: run or student artifact folder (None: newest run under ./runs).
         out: the file to write (None: ``RUN/student.onnx`` beside the artifact; a folder: ``FOLDER/student.onnx``).
-        images: image files/folders for the parity check, the first ``real_samples`` used (None: the first
-            ``real_samples`` of the run's own support images, when its support folder is still there). Random
-            images are always added (``random_samples``).
-        device: where the PyTorch reference of the check runs. tolerance, min_agreement: see
-            :func:`fsdistill.export.export_onnx`.
-
-    Returns:
-        :class:`fsdistill.export.ExportResult` (``passed`` False when onnxruntime and PyTorch differ too much).
+        images: image files/folders for the check, the first ``real_samples`` used (None: the run's own support
+            images, if still there), besides ``random_samples`` random ones.
+        device: where the PyTorch reference of the check runs.
 
     Raises:
         DependencyError: onnx/onnxruntime missing. ConfigError: an unknown format or bad tolerance.

@@ -74,9 +74,8 @@ class FormatOptions:
     def parse(
         cls, formats: str | Iterable[str] | None = None, coco_rle: bool = False, image_root_url: str | None = None
     ) -> FormatOptions:
-        """Validate ``--format`` values (each may be a comma list), ``--coco-rle`` and ``--image-root-url``.
-
-        ``png`` (the index masks) is always written: the other formats and resuming are derived from it.
+        """Validate ``--format`` values (each may be a comma list), ``--coco-rle`` and ``--image-root-url``; ``png``
+        (the index masks) is always written: the other formats and resuming are derived from it.
 
         Raises:
             ConfigError: an unknown or empty format, or an option for a format that was not asked for.

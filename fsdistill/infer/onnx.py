@@ -171,10 +171,7 @@ def _providers(ort: ModuleType, device: str) -> list[str]:
 
 
 def ort_session(path: Path, device: str = "cpu", threads: int | None = None) -> Any:
-    """An onnxruntime InferenceSession of ``path``.
-
-    Args:
-        threads: intra-op threads (None: onnxruntime's default, one per core).
+    """An onnxruntime InferenceSession of ``path`` with ``threads`` intra-op threads (None: one per core).
 
     Raises:
         DependencyError: onnxruntime is not installed. DeviceError: a device it cannot use.
@@ -200,16 +197,8 @@ def ort_session(path: Path, device: str = "cpu", threads: int | None = None) -> 
 
 
 class OnnxRunner(Runner):
-    """A :class:`~fsdistill.infer.predictor.Runner` over an exported ``.onnx`` student (onnxruntime only).
-
-    Args:
-        path: the ``.onnx`` file written by ``fsdistill export``.
-        device: auto | cpu | cuda (cuda needs onnxruntime-gpu).
-        threads: onnxruntime intra-op threads (None: its default).
-
-    Raises:
-        DependencyError, DeviceError, CheckpointError: see :func:`ort_session` and :meth:`OnnxMetadata.from_props`.
-    """
+    """A :class:`~fsdistill.infer.predictor.Runner` over the ``.onnx`` file of ``fsdistill export`` (onnxruntime
+    only; ``device`` cuda needs onnxruntime-gpu). Raises as :func:`ort_session` and :meth:`OnnxMetadata.from_props`."""
 
     def __init__(self, path: Path, device: str = "auto", threads: int | None = None) -> None:
         self.path = Path(path)

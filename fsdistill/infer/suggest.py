@@ -104,13 +104,8 @@ def least_confidence(probs: Tensor) -> Tensor:
 
 
 def class_disagreement(student: Tensor, teacher: Tensor, num_labels: int) -> tuple[Tensor, Tensor]:
-    """Per foreground class, 1 − IoU of two label masks.
-
-    Args:
-        student, teacher: B×H×W label ids (0 = background). num_labels: K (classes 1..K−1 are scored).
-    Returns:
-        (B×N float 1 − IoU, 0 where neither mask has the class; B×N bool, whether either mask has it).
-    """
+    """Per foreground class 1..K−1 (K = ``num_labels``), 1 − IoU of two B×H×W label masks: (B×N float, 0 where
+    neither mask has the class; B×N bool, whether either has it)."""
     values, present = [], []
     for c in range(1, num_labels):
         s, t = student == c, teacher == c
@@ -124,14 +119,9 @@ def class_disagreement(student: Tensor, teacher: Tensor, num_labels: int) -> tup
 
 
 def class_uncertainty(probs: Tensor, student: Tensor, teacher: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Per label (background included), the mean least confidence over the pixels either mask gives that label.
-
-    Args:
-        probs: B×K×H×W student probabilities. student, teacher: B×H×W label ids (teacher None: student only).
-    Returns:
-        (B×K float mean of :func:`least_confidence` over each label's region, 0 for an empty region;
-        B×K bool, whether the region is non-empty).
-    """
+    """Per label (background included), the mean :func:`least_confidence` of the B×K×H×W ``probs`` over the
+    pixels either B×H×W label mask gives it (teacher None: the student's alone): (B×K float, 0 for an empty
+    region; B×K bool, whether the region is non-empty)."""
     lc = least_confidence(probs)
     values, present = [], []
     for c in range(probs.shape[1]):
@@ -273,15 +263,10 @@ def check_teacher(student: LoadedModel, teacher: LoadedModel | None) -> None:
 
 
 class SuggestScorer:
-    """Runs a student and (optionally) its teacher on uint8 batches: logits of both and pooled embeddings.
+    """Runs a student and (optionally) its teacher, with its stored supports, on uint8 batches: logits of both
+    and pooled embeddings. Equal backbones (always within one distill run) encode each batch once for both.
+    The student is prepared for inference in place (batch norms folded): never save it afterwards.
 
-    When the two backbones are the same (always within one distill run: the backbone is frozen and shared),
-    each batch goes through it once and both heads read the features. The teacher uses its stored supports.
-
-    Args:
-        student: a loaded student, prepared for inference in place (its backbone's batch norms folded, as
-            predict runs it: never save it afterwards). teacher: its teacher, or None (uncertainty only).
-        device: where to run.
     Raises:
         CheckpointError: the teacher has other classes or another input size than the student.
     """
@@ -342,8 +327,7 @@ def score_images(
     on_progress: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[int, ImageScore | None, np.ndarray | None, str | None]]:
     """Yield ``(index, scores, embedding, None)`` per readable path and ``(index, None, None, error)`` per
-    unreadable one, decoding ``batch_size`` images at a time (``workers`` processes): only one batch of images is
-    ever in memory."""
+    unreadable one, decoding ``batch_size`` images at a time (``workers`` processes)."""
     from fsdistill.infer.predictor import image_batches
 
     for good, failed in image_batches(paths, scorer.size, batch_size, workers):
@@ -415,13 +399,9 @@ def _same_file_content(a: Path, b: Path) -> bool:
 
 
 def copy_images(sources: list[Path], folder: Path) -> CopyReport:
-    """Copy ``sources`` into ``folder``, keeping their file names, never overwriting a different file.
-
-    A name taken by another source of this call or by a different file already in ``folder`` gets ``-2``, ``-3``,
-    … before its suffix; a file already there with the same bytes counts as copied (so a rerun after an
-    interruption copies only what is missing). Each file is written under a hidden temporary name and renamed
-    into place, so an interrupted copy never leaves a partial image under a real name.
-    """
+    """Copy ``sources`` into ``folder`` under their file names, never overwriting a different file: a name taken
+    by another source or a different file gets ``-2``, ``-3``, … before its suffix; a file already there with the
+    same bytes counts as present (a rerun copies only what is missing). Each copy is renamed into place whole."""
     folder = Path(folder)
     report = CopyReport()
     reserved: set[str] = set()
