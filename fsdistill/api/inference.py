@@ -144,30 +144,22 @@ def predict(
 ) -> PredictResult:
     """Support-free batch inference with a student: masks at each image's original size, resuming.
 
-    ``inputs`` and ``out_dir``: local paths, or object-store prefixes given as str (``s3://bucket/prefix``,
-    ``gs://bucket/prefix``: the ray extra; see :mod:`fsdistill.storage`); the files written are the same.
-
-    ``formats``: ``png`` (the masks, always written) and any of ``coco``, ``cvat``, ``labelstudio`` (a list, or
-    comma-separated): pre-labels written after the masks (:mod:`fsdistill.infer.formats`), their paths in
-    ``result.format_paths``; ``coco_rle``: COCO masks as compressed RLE instead of polygons; ``image_root_url``: the
-    prefix of the Label Studio tasks' image URLs (default ``/data/local-files/?d=``).
-
-    ``batch_size`` None: 8 on a GPU, 2 on the CPU; ``workers`` None: decode processes (see :func:`_decode_workers`).
-
-    ``backend``: ``torch``, or ``onnx`` to run an exported ``.onnx`` file with onnxruntime only (``model`` is the
-    file, or a run/artifact folder with ``student.onnx`` beside the artifact). None: ``onnx`` for an ``.onnx``
-    ``model``, else ``torch``. Both write the same files.
-
-    ``on_model``: called once with the model's path once loaded (which run ``model`` None picked); ``on_total``:
-    once with the number of images; ``on_progress``: with 1 per image done or skipped.
-
-    ``shard``: ``"I/N"``, only shard I of N of the sorted image list, into the same ``out_dir`` as the other
-    shards (:mod:`fsdistill.infer.shard`).
-
-    ``engine``: ``local``, or ``ray`` to run the model in a pool of Ray actors (:mod:`fsdistill.infer.ray_engine`;
-    the same bytes written, all by this process), joining the cluster at ``address`` (None: the one this process
-    is connected to, else a new local one; ``auto``; ``ray://host:10001``), with ``workers`` actors (None: the
-    cluster's CPUs up to 8, or its GPUs / ``gpus_per_worker``) of ``gpus_per_worker`` GPUs each (default 0).
+    Args:
+        inputs, out_dir: local paths, or object-store prefixes as str (``s3://bucket/prefix``, ``gs://…``: the ray
+            extra, see :mod:`fsdistill.storage`); the files written are the same.
+        formats: ``png`` (always written) and any of ``coco``, ``cvat``, ``labelstudio`` (a list, or comma-separated):
+            pre-labels written after the masks, their paths in ``result.format_paths``. coco_rle: COCO masks as
+            compressed RLE. image_root_url: the prefix of the Label Studio tasks' image URLs.
+        batch_size: None: 8 on a GPU, 2 on the CPU. workers: decode processes (None: see :func:`_decode_workers`).
+        backend: ``torch``, or ``onnx`` to run an exported file with onnxruntime only (``model``: the ``.onnx``
+            file, or a folder with ``student.onnx`` beside the artifact); None: ``onnx`` for an ``.onnx`` model.
+        on_model: called once with the loaded model's path (which run ``model`` None picked); on_total: once with
+            the number of images; on_progress: with 1 per image done or skipped.
+        shard: ``"I/N"``, only shard I of N of the sorted images (:mod:`fsdistill.infer.shard`).
+        engine: ``local``, or ``ray`` to run the model in a pool of Ray actors (:mod:`fsdistill.infer.ray_engine`;
+            the same bytes written): ``workers`` actors (None: the cluster's CPUs up to 8, or its GPUs /
+            ``gpus_per_worker``) of ``gpus_per_worker`` GPUs each (default 0), on the cluster at ``address``
+            (None: the one this process is connected to, else a new local one; ``auto``; ``ray://host:10001``).
 
     Raises:
         ConfigError: an unknown backend, engine or format, a format option without its format, an ``.onnx``
@@ -347,11 +339,8 @@ def _sample_images(loaded, images: list[Path] | None, limit: int):
 
 
 def profile(cfg: ProfileCfg | None = None, quiet: bool = False, **options: Any) -> ProfileResult:
-    """Latency and memory of teacher, student and bare backbone over ways × shots (``fsdistill profile``).
-
-    Pass a :class:`fsdistill.profile.ProfileCfg`, or its fields as keywords (``profile(ways=5, shots=50)``).
-    Writes ``profile.json``, ``profile.csv``, ``profile.md`` and ``profile.png`` into ``cfg.out``; random weights
-    and inputs unless ``cfg.model`` names a run. Shows a progress bar with an ETA unless ``quiet``.
+    """Latency and memory of teacher, student and bare backbone over ways × shots (``fsdistill profile``), written
+    into ``cfg.out``: a :class:`fsdistill.profile.ProfileCfg`, or its fields as keywords (``profile(ways=5)``).
 
     Raises:
         ConfigError: a bad option (ways, shots or runs below 1, an unknown backbone, …).

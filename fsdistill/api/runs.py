@@ -103,9 +103,11 @@ def _drop_stale(run_dir: Path, keep: set[str]) -> None:
             path.unlink()
 
 
-def _write_run_config(run_dir: Path, cfg: AdaptCfg | DistillCfg, command: str) -> None:
+def _write_run_config(run_dir: Path, cfg: AdaptCfg | DistillCfg, command: str) -> Path:
+    """Write ``run_dir``'s config.resolved.yaml; returns ``run_dir``."""
     data = {"command": command, **json.loads(cfg.model_dump_json())}
     write_atomic(run_dir / "config.resolved.yaml", yaml.safe_dump(data, sort_keys=False))
+    return run_dir
 
 
 def pixel_sha256(image: np.ndarray) -> str:

@@ -102,11 +102,9 @@ def suggest(
     address: str | None = None,
     gpus_per_worker: float | None = None,
 ) -> SuggestResult:
-    """Rank unlabelled images by how much labelling each would teach the run (``fsdistill suggest``).
-
-    Every image of ``pool`` (files or folders, searched recursively) is scored and ranked as
-    :mod:`fsdistill.infer.suggest` says; an unreadable one is reported in ``failed`` and skipped. ``out`` (CSV),
-    ``json_out`` and ``copy_to`` get the first ``top``.
+    """Rank the images of ``pool`` (files or folders, searched recursively) by how much labelling each would
+    teach the run (``fsdistill suggest``, see :mod:`fsdistill.infer.suggest`); ``out`` (CSV), ``json_out`` and
+    ``copy_to`` get the first ``top``, and an unreadable image is reported in ``failed``.
 
     Args:
         model: run or student artifact folder (None: the newest run under ./runs).
@@ -184,19 +182,14 @@ def suggest(
     if on_total is not None:
         on_total(len(entries))
     start = time.perf_counter()
-    scored: list[tuple[int, Any, np.ndarray]] = []
-    failed: list[tuple[str, str]] = []
-    for index, scores, embedding, error in outputs:
-        if error is not None:
-            failed.append((str(paths[index]), error))
-        else:
-            scored.append((index, scores, embedding))
+    results = sorted(outputs, key=lambda item: item[0])  # the ray engine yields in the order the actors finish
+    scored = [(index, scores, embedding) for index, scores, embedding, error in results if error is None]
+    failed = [(str(paths[index]), error) for index, _, _, error in results if error is not None]
     if not scored:
         raise DataError(
             f"None of the {len(paths)} images of the pool could be read (first: {failed[0][1]}); re-export them "
             "as PNG or JPEG."
         )
-    scored.sort(key=lambda item: item[0])
     keys = [str(paths[i]) for i, _, _ in scored]
     order, duplicates = spread_ranking(
         np.array([s.score for _, s, _ in scored]), np.stack([e for _, _, e in scored]), keys, top

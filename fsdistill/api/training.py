@@ -74,13 +74,7 @@ def _stats_dict(stats: TrainStats) -> dict[str, Any]:
 
 def _start_run(cfg: AdaptCfg | DistillCfg, command: str) -> Path:
     """Create the run folder and write its config (rank 0 only); the folder's path on every process."""
-
-    def create() -> Path:
-        run_dir = new_run_dir(cfg.out)
-        _write_run_config(run_dir, cfg, command)
-        return run_dir
-
-    return distributed.on_main(create)
+    return distributed.on_main(lambda: _write_run_config(new_run_dir(cfg.out), cfg, command))
 
 
 def _prepare(cfg: AdaptCfg | DistillCfg) -> tuple[SupportIndex, int, torch.device, SupportTensors]:

@@ -100,7 +100,7 @@ class FormatOptions:
                 )
             if not image_root_url.strip():
                 raise ConfigError(f"--image-root-url is empty; pass a URL prefix such as {DEFAULT_IMAGE_ROOT_URL}.")
-        return cls(chosen, bool(coco_rle), image_root_url if image_root_url is not None else DEFAULT_IMAGE_ROOT_URL)
+        return cls(chosen, bool(coco_rle), image_root_url or DEFAULT_IMAGE_ROOT_URL)
 
     @property
     def scored(self) -> bool:

@@ -294,12 +294,9 @@ def _write_csv(
     earlier: set[str],
     name: str,
 ) -> Path | str:
-    """The table ``name`` (predictions.csv, or a shard's) for every mask of ``entries`` in ``out`` (so a resumed
-    run's table covers every image); returns its path (a URI in an object store).
-
-    ``known``: the counts of the masks this run just wrote (by mask key); ``earlier``: the keys of the masks an
-    earlier run left, read back from ``out``.
-    """
+    """Write the table ``name`` (predictions.csv, or a shard's) for every mask of ``entries`` in ``out``: those
+    this run wrote (``known``: their counts by key) and those an earlier run left (``earlier``: their keys, read
+    back); returns where it is."""
     text = io.StringIO()
     writer = csv.writer(text)
     writer.writerow(CSV_HEADER)

@@ -52,7 +52,7 @@ def require_ray() -> Any:
 
 def resolve_engine(engine: str | None, address: str | None, gpus_per_worker: float | None) -> str:
     """The engine asked for, lower-cased (None: local), checked against the options given with it; for ray, Ray is
-    imported first (a missing extra is the first thing to say, before any model loads).
+    imported now, before any model loads.
 
     Raises:
         ConfigError: an unknown engine, or ray's options without ``engine="ray"``. DependencyError: no Ray Data.
@@ -128,15 +128,13 @@ class _PredictActor:
     def __call__(self, batch: dict[str, np.ndarray], scored: bool = False) -> dict[str, np.ndarray]:
         paths = _sources(batch, self.filesystems)
         rows: dict[str, list] = {k: [] for k in ("index", "mask", "height", "width", "probs", "probs_shape", "error")}
-        # Forward passes of predict's batch size; no decode processes inside an actor (the actors are the
-        # parallelism).
+        # No decode processes inside an actor: the actors are the parallelism.
         for i, mask, probs, error in self.predictor.outputs(paths, self.batch_size, workers=0, scored=scored):
             rows["index"].append(int(batch["index"][i]))
             rows["error"].append(error or "")
             rows["mask"].append(b"" if mask is None else np.ascontiguousarray(mask, dtype=np.uint8).tobytes())
             rows["height"].append(0 if mask is None else mask.shape[0])
             rows["width"].append(0 if mask is None else mask.shape[1])
-            # The scored formats' class probabilities (K×h×w float32 on the model's grid), as local predict has them.
             rows["probs"].append(b"" if probs is None else np.ascontiguousarray(probs, dtype=np.float32).tobytes())
             rows["probs_shape"].append(",".join(map(str, probs.shape)) if probs is not None else "")
         return {

@@ -53,16 +53,14 @@ class Shard:
         return f"predictions.shard-{self.index if index is None else index}-of-{self.count}.csv"
 
 
-def parse_shard(value: str | Shard | tuple[int, int] | None) -> Shard | None:
-    """``"I/N"`` (or a Shard, or ``(I, N)``) → :class:`Shard`; None → None.
+def parse_shard(value: str | Shard | None) -> Shard | None:
+    """``"I/N"`` (or a Shard) → :class:`Shard`; None → None.
 
     Raises:
         ConfigError: not of the form I/N, or I outside 0..N-1.
     """
     if value is None or isinstance(value, Shard):
         return value
-    if isinstance(value, tuple):
-        return Shard(int(value[0]), int(value[1]))
     match = _SHARD.match(str(value))
     if match is None:
         raise ConfigError(f"--shard '{value}' is not of the form I/N; for example 0/4 (the first of 4 shards).")
@@ -70,13 +68,9 @@ def parse_shard(value: str | Shard | tuple[int, int] | None) -> Shard | None:
 
 
 def merge_shard_tables(out: Storage, shard: Shard, sources: list[str]) -> Path | str | None:
-    """Write ``predictions.csv`` into ``out`` from the N shard tables when all are there (else None); returns
-    where it is (a URI in an object store).
-
-    ``sources``: the image column of the full, unsharded list in order; the rows of each image are taken from the
-    shard that holds it, so the result is the unsharded run's table. Safe when two shards finish at once: both
-    write the same bytes, each whole (a temporary file and a rename each, or one object upload).
-    """
+    """Merge the N shard tables into ``predictions.csv`` in ``out`` when all are there, ordering the rows by
+    ``sources`` (the unsharded image list), and return where it is (else None). Two shards finishing at once
+    write the same bytes, each whole."""
     tables = [shard.csv_name(i) for i in range(shard.count)]
     if not all(out.is_file(t) for t in tables):
         return None
