@@ -96,7 +96,6 @@ class OnnxMetadata:
                     f"{path} was exported by fsdistill {get.get('version')} (ONNX format {get['format_version']}); "
                     "upgrade fsdistill to run it."
                 )
-            palette = [tuple(int(v) for v in c) for c in json.loads(get["palette"])]
             return cls(
                 input_size=int(get["input_size"]),
                 dynamic_hw=get.get("dynamic_hw") == "true",
@@ -104,7 +103,7 @@ class OnnxMetadata:
                 mean=tuple(float(v) for v in json.loads(get["mean"])),
                 std=tuple(float(v) for v in json.loads(get["std"])),
                 class_names=[str(n) for n in json.loads(get["class_names"])],
-                palette=palette,
+                palette=[tuple(int(v) for v in c) for c in json.loads(get["palette"])],
                 config_sha256=get.get("config_sha256", ""),
                 version=get.get("version", ""),
             )
