@@ -54,8 +54,7 @@ def run_profile(cfg: ProfileCfg, quiet: bool = False) -> ProfileResult:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; pass a folder for profile.json/.csv/.md/.png.")
-    seed_everything(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = seed_everything(cfg.seed)
     wall0 = time.perf_counter()
     load_start = _load_average()
 
@@ -225,6 +224,7 @@ def _measure_pair(
     """Student and bare backbone of one cell, run alternately (the backbone alone without a student), both as
     predict runs them (:meth:`_Models.inference_pair`)."""
     layout = inference_memory_format(query.device, "student")
+    layout_name = "channels_last" if layout == torch.channels_last else "contiguous"
     student, backbone = models.inference_pair(query.device)
     query = query.contiguous(memory_format=layout)
     fns: dict[str, Callable[[], Any]] = {}
@@ -242,20 +242,16 @@ def _measure_pair(
         extra = {
             "weights_mb": round(_weights_mb(models.student), 1),
             "student_width": getattr(student, "width_arg", None),
-            "memory_format": _layout_name(layout),
+            "memory_format": layout_name,
         }
         data["rows"].append(_row("student", ways, shots, m, _params(models.student), query.shape[0], **extra))
     m = measured["backbone"]
     extra = {
         "weights_mb": round(_weights_mb(models.backbone), 1),
         "note": m.note or "the student's backbone alone, run alternately with the student in this cell",
-        "memory_format": _layout_name(layout),
+        "memory_format": layout_name,
     }
     data["rows"].append(_row("backbone", ways, shots, m, _params(models.backbone), query.shape[0], **extra))
-
-
-def _layout_name(layout: torch.memory_format) -> str:
-    return "channels_last" if layout == torch.channels_last else "contiguous"
 
 
 def _measure_teacher(
@@ -291,9 +287,7 @@ def _measure_teacher(
         except BaseException as exc:
             if not is_oom(exc):
                 raise
-            measure = _Measure(
-                "oom", [], 0.0, 0, f"out of memory preparing the supports: {str(exc).splitlines()[0][:160]}"
-            )
+            measure = _Measure("oom", note=f"out of memory preparing the supports: {str(exc).splitlines()[0][:160]}")
             break
         estimate = est.single_ms("teacher", ways, shots)
         measure = runner.measure({"teacher": fn}, estimate)["teacher"]

@@ -14,9 +14,6 @@ from torch import Tensor, nn
 from fsdistill.config import ModelCfg
 from fsdistill.profile.measure import _sync
 
-# ---------------------------------------------------------------------------------------------------------------
-# Random inputs
-
 
 def _random_images(n: int, size: int, gen: torch.Generator) -> Tensor:
     return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=gen)
@@ -32,10 +29,6 @@ def _random_masks(ways: int, shots: int, size: int, gen: torch.Generator) -> Ten
     return (blobs.long() * ids[:, None, None]).to(torch.uint8)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Models
-
-
 @dataclass
 class _Models:
     """The models of one ways value (teacher and/or student share the backbone in random mode)."""
@@ -47,9 +40,8 @@ class _Models:
     _pair: tuple[nn.Module | None, nn.Module] | None = None
 
     def inference_pair(self, device: torch.device) -> tuple[nn.Module | None, nn.Module]:
-        """(student, backbone) as predict runs them on ``device`` (:func:`fsdistill.models.build.for_inference`:
-        batch norms folded, predict's memory layout): one copy made on first use, since the teacher shares the
-        backbone in random mode and runs it as it is."""
+        """(student, backbone) as predict runs them on ``device`` (:func:`fsdistill.models.build.for_inference`),
+        copied on first use: the teacher shares the backbone and runs it as it is."""
         from fsdistill.models.build import for_inference
 
         if self._pair is None:
@@ -128,8 +120,8 @@ def _load_run(path: Path, device: torch.device) -> tuple[_Models, dict[str, Any]
     classes = {len(m.class_names) - 1 for m in loaded.values()}
     if len(sizes) > 1 or len(classes) > 1:
         raise CheckpointError(f"The teacher and student of {path} disagree on size or classes; profile one artifact.")
-    teacher = loaded["teacher"].model.to(device).eval() if "teacher" in loaded else None
-    student = loaded["student"].model.to(device).eval() if "student" in loaded else None
+    models = {kind: m.model.to(device).eval() for kind, m in loaded.items()}
+    teacher, student = models.get("teacher"), models.get("student")
     backbone = (student or teacher).backbone
     info = {
         "size": first.size,
@@ -139,10 +131,6 @@ def _load_run(path: Path, device: torch.device) -> tuple[_Models, dict[str, Any]
         "artifacts": {k: str(m.path) for k, m in loaded.items()},
     }
     return _Models(info["ways"], backbone, teacher, student), info
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Support cache
 
 
 class _Supports:
