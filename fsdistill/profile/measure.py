@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from fsdistill.profile.config import ProfileCfg
-from fsdistill.runtime import release_freed_memory
+from fsdistill.runtime import proc_status, release_freed_memory
 
 __all__ = ["is_oom", "MemoryMeter"]
 
@@ -65,15 +65,9 @@ def _time_once(fn: Callable[[], Any], device: torch.device) -> float:
     return (time.perf_counter() - t0) * 1000.0
 
 
-def _proc_kb(field_name: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field_name + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+def _proc_mb(field: str) -> float | None:
+    value = proc_status(field)  # kB
+    return None if value is None else int(value) / 2**10
 
 
 def _reset_peak_rss() -> bool:
@@ -100,7 +94,7 @@ class MemoryMeter:
         if device.type == "cuda":
             self.method = "cuda: torch.cuda.max_memory_allocated after reset_peak_memory_stats (absolute)"
             self._kind = "cuda"
-        elif _proc_kb("VmHWM") is not None and _reset_peak_rss():
+        elif _proc_mb("VmHWM") is not None and _reset_peak_rss():
             self.method = "cpu: peak RSS growth, VmHWM after malloc_trim and resetting it via /proc/self/clear_refs"
             self._kind = "vmhwm"
         elif os.path.exists("/proc/self/statm"):
@@ -143,7 +137,7 @@ class MemoryMeter:
         release_freed_memory()  # RSS growth would hide in memory freed by earlier cells
         if self._kind == "vmhwm":
             _reset_peak_rss()
-            self._base = (_proc_kb("VmRSS") or 0) / 2**10
+            self._base = _proc_mb("VmRSS") or 0.0
         elif self._kind == "sampler":
             self._base = self._peak = self._rss_mb()
             self._stop.clear()
@@ -158,7 +152,7 @@ class MemoryMeter:
             torch.cuda.synchronize(self.device)
             return torch.cuda.max_memory_allocated(self.device) / 2**20
         if self._kind == "vmhwm":
-            return max(0.0, (_proc_kb("VmHWM") or 0) / 2**10 - self._base)
+            return max(0.0, (_proc_mb("VmHWM") or 0.0) - self._base)
         if self._kind == "sampler":
             self._stop.set()
             if self._thread is not None:
