@@ -158,13 +158,12 @@ def average_gradients(params: Iterable[nn.Parameter]) -> None:
     reached = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)
     dist.all_reduce(reached)  # how many processes have a gradient for each parameter
     live = [p for p, n in zip(params, reached.tolist()) if n > 0]
+    by_dtype: dict[torch.dtype, list[nn.Parameter]] = {}
     for p in live:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    world = dist.get_world_size()
-    by_dtype: dict[torch.dtype, list[nn.Parameter]] = {}
-    for p in live:
         by_dtype.setdefault(p.grad.dtype, []).append(p)
+    world = dist.get_world_size()
     for group in by_dtype.values():
         flat = torch.cat([p.grad.reshape(-1) for p in group])  # one collective instead of one per tensor
         dist.all_reduce(flat)

@@ -191,16 +191,13 @@ def export_onnx(
     Args:
         model: B×3×H×W normalised float32 → B×(N+1)×h×w logits; moved to the CPU and set to eval to trace.
         out: the ``.onnx`` file to write (replaced atomically; its folder must exist and be writable).
-        input_size: square side the model is run at (H = W = input_size for the fixed-size samples).
         mean, std: per-channel normalisation of RGB in [0, 1]. class_names: N+1 names. palette: N+1 RGB colours.
         dynamic_hw: try a dynamic height and width (checked at another size; fixed if that fails).
         size_multiple: input sides a dynamic model accepts are multiples of this (recorded in the metadata).
         real_images: optional R×3×size×size uint8 real images added to the parity samples.
         random_samples: random images at the input size (batched by two, so the batch axis is exercised).
-        tolerance: largest accepted |logit difference| outside near-ties (:class:`Parity`).
-        min_agreement: smallest accepted fraction of pixels with the same argmax.
-        device: where the PyTorch reference runs (CPU by default; CUDA convolutions may use TF32).
-        threads: onnxruntime intra-op threads for the check (None: its default).
+        tolerance, min_agreement: what passes (:class:`Parity`'s stable difference, argmax agreement).
+        device: where the PyTorch reference runs (CUDA convolutions may use TF32).
         metadata: extra ``fsdistill.*`` metadata (keys without the prefix), e.g. the artifact's config hash.
 
     Returns:

@@ -155,11 +155,8 @@ def library_versions() -> dict[str, str]:
 def ensure_writable_dir(path: Path, flag: str) -> Path:
     """Create folder ``path`` if needed and check that a file can be written in it.
 
-    Args:
-        flag: the option that named it (``-o``, ``--out``, ``--json``), quoted in the error.
-
     Raises:
-        DataError: it cannot be created or written (a file in the way, no permission, read-only disk).
+        DataError: it cannot be created or written; the message quotes ``flag``, the option that named it.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():

@@ -86,9 +86,9 @@ class Storage(ABC):
     def display(self, key: str = "") -> str:
         """The path or URI of ``key`` as the user writes it."""
 
-    @abstractmethod
     def identity(self, key: str = "") -> str:
         """A name that is equal for equal files (a resolved path, a URI): finds files reached twice."""
+        return self.display(key)
 
     @abstractmethod
     def kind(self, key: str = "") -> str:
@@ -195,9 +195,6 @@ class ObjectStorage(Storage):
 
     def display(self, key: str = "") -> str:
         return f"{self.scheme}://{self._path(key)}"
-
-    def identity(self, key: str = "") -> str:
-        return self.display(key)
 
     @contextmanager
     def _errors(self, what: str, key: str = "") -> Iterator[None]:

@@ -71,12 +71,8 @@ def run_profile(cfg: ProfileCfg, quiet: bool = False) -> ProfileResult:
     else:
         backbone_name = cfg.backbone or DEFAULT_BACKBONE
         size = cfg.size or backbone_spec(backbone_name).default_size
-        chosen = {"student_width": cfg.student_width, "decoder": cfg.decoder}
-        model_cfg = load_config(
-            ModelCfg,
-            None,
-            {"backbone": backbone_name, "size": size, **{k: v for k, v in chosen.items() if v is not None}},
-        )
+        given = {"backbone": backbone_name, "size": size, "student_width": cfg.student_width, "decoder": cfg.decoder}
+        model_cfg = load_config(ModelCfg, None, given)  # None: not given, the default stands
         max_ways = cfg.ways or DEFAULT_WAYS
         ways_grid = list(range(1, max_ways + 1))
         factory = _RandomFactory(model_cfg, max_ways, device)
@@ -153,12 +149,12 @@ def run_profile(cfg: ProfileCfg, quiet: bool = False) -> ProfileResult:
     if info:
         data["artifacts"] = info["artifacts"]
         data["class_names"] = info["class_names"]
-    plans = {"teacher": base_teacher is not None, "student": factory is not None or fixed.student is not None}
+    has_student = factory is not None or fixed.student is not None
 
     def cell_seconds(w: int, s: int) -> float | None:
         total = 0.0
-        groups = [["teacher"]] if plans["teacher"] and w <= teacher_ways else []
-        groups.append(["student", "backbone"] if plans["student"] else ["backbone"])
+        groups = [["teacher"]] if base_teacher is not None and w <= teacher_ways else []
+        groups.append(["student", "backbone"] if has_student else ["backbone"])
         for group in groups:
             guesses = [estimator.single_ms(model, w, s) for model in group]
             if None in guesses:

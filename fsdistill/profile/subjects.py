@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import dataclass
@@ -89,10 +90,8 @@ class _RandomFactory:
         else:
             teacher = build_teacher(self.cfg, ways, pretrained=False)
             teacher.backbone = self.base.backbone  # one backbone for every ways value (and for the support cache)
-            try:
+            with contextlib.suppress(RuntimeError):  # per-class parameters would not fit; random weights time alike
                 teacher.load_state_dict(self.base.state_dict())
-            except RuntimeError:  # per-class parameters would not fit; random weights time the same
-                pass
             teacher = teacher.to(self.device).eval()
         student = build_student(teacher, self.cfg.student_width).to(self.device).eval()
         return _Models(ways, teacher.backbone, teacher, student)
@@ -153,7 +152,6 @@ class _Supports:
             self.full = teacher.prepare_support(feats, self.masks)
             _sync(self.device)
             self.encode_ms = (time.perf_counter() - t0) * 1000.0
-        del feats
 
     def cell(self, ways: int, shots: int) -> Any:
         """SupportFeatures of a cell for a ``ways``-class teacher (a view when it is a prefix: no copy)."""
