@@ -66,12 +66,6 @@ def is_artifact(path: Path) -> bool:
     return _missing_file(Path(path)) is None
 
 
-def _retired(directory: Path) -> list[Path]:
-    """Complete artifacts a save moved aside (``.NAME.old-*``), newest first."""
-    old = [p for p in directory.parent.glob(f".{directory.name}.old-*") if is_artifact(p)]
-    return sorted(old, key=lambda p: p.stat().st_mtime, reverse=True)
-
-
 def recover_artifact(directory: Path) -> Path:
     """Put back an artifact that a killed save left only under its hidden ``.NAME.old-*`` name; returns ``directory``.
 
@@ -82,7 +76,8 @@ def recover_artifact(directory: Path) -> Path:
     directory = Path(directory)
     if directory.exists() or not directory.parent.is_dir():
         return directory
-    for old in _retired(directory):
+    retired = [p for p in directory.parent.glob(f".{directory.name}.old-*") if is_artifact(p)]
+    for old in sorted(retired, key=lambda p: p.stat().st_mtime, reverse=True):  # the newest complete copy first
         try:
             os.replace(old, directory)
             break

@@ -153,11 +153,8 @@ def library_versions() -> dict[str, str]:
 
 
 def ensure_writable_dir(path: Path, flag: str) -> Path:
-    """Create folder ``path`` if needed and check that a file can be written in it.
-
-    Raises:
-        DataError: it cannot be created or written; the message quotes ``flag``, the option that named it.
-    """
+    """Create folder ``path`` if needed and check that a file can be written in it, else raise DataError quoting
+    ``flag``, the option that named it."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise DataError(f"{path} is a file, not a folder; choose a writable {flag} location.")

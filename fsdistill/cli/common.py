@@ -143,15 +143,9 @@ ModelOpt = Annotated[
 ]
 
 
-class _Console:
-    """stdout for results, stderr for messages; silenced by --quiet."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-
-    def say(self, text: str) -> None:
-        if not self.quiet:
-            typer.echo(text)
+def _say(quiet: bool) -> Callable[[str], None]:
+    """A command's printer of results on stdout, silent under --quiet."""
+    return (lambda text: None) if quiet else typer.echo
 
 
 def _guarded(fn: Callable) -> Callable:
