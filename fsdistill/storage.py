@@ -213,19 +213,17 @@ class ObjectStorage(Storage):
             found = self.fs.get_file_info(self._path(key)).type
         return {fs.FileType.File: "file", fs.FileType.Directory: "dir"}.get(found, "missing")
 
-    def _listing(self, key: str) -> list[str]:
-        """Keys (relative to the root) of every file below folder ``key``: one recursive listing."""
+    def files(self, key: str) -> set[str]:
         fs = _pyarrow_fs()
-        base = self._path(key)
         with self._errors("list", key):
-            infos = self.fs.get_file_info(fs.FileSelector(base, recursive=True, allow_not_found=True))
+            infos = self.fs.get_file_info(fs.FileSelector(self._path(key), recursive=True, allow_not_found=True))
         start = len(self.root) + 1
-        return sorted(info.path[start:] for info in infos if info.type == fs.FileType.File)
+        return {info.path[start:] for info in infos if info.type == fs.FileType.File}
 
     def walk(self) -> Iterator[tuple[str, list[str], list[str]]]:
         # One listing of the whole prefix (an object store has no folders to descend into), laid out as folders.
         folders: defaultdict[str, tuple[set[str], list[str]]] = defaultdict(lambda: (set(), []))
-        for key in self._listing(""):
+        for key in sorted(self.files("")):
             parts = key.split("/")
             for depth in range(len(parts) - 1):
                 folders["/".join(parts[:depth])][0].add(parts[depth])
@@ -237,9 +235,6 @@ class ObjectStorage(Storage):
             dirs = sorted(subs)
             yield folder, dirs, names
             pending.extend(f"{folder}/{d}" if folder else d for d in reversed(dirs))
-
-    def files(self, key: str) -> set[str]:
-        return set(self._listing(key))
 
     def read_bytes(self, key: str) -> bytes:
         with self._errors("read", key):
