@@ -100,7 +100,7 @@ def _glibc() -> Any:
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA, then Apple MPS, then the CPU; an explicit choice must be available."""
     name = check_device_name(name)
-    mps_ok = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    mps_ok = torch.backends.mps.is_available()
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

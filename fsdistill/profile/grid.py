@@ -230,7 +230,7 @@ def _measure_pair(
         m = measured["student"]
         extra = {
             "weights_mb": round(_weights_mb(models.student), 1),
-            "student_width": getattr(student, "width_arg", None),
+            "student_width": student.width_arg,
             "memory_format": layout_name,
         }
         data["rows"].append(_row("student", ways, shots, m, _params(models.student), query.shape[0], **extra))

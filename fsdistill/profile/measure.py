@@ -23,8 +23,7 @@ __all__ = ["is_oom", "MemoryMeter"]
 
 def is_oom(exc: BaseException) -> bool:
     """True for CUDA/MPS/CPU allocation failures (torch.OutOfMemoryError, MemoryError, allocator RuntimeErrors)."""
-    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
-    if isinstance(exc, MemoryError) or (oom_type is not None and isinstance(exc, oom_type)):
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
         return True
     if isinstance(exc, RuntimeError):
         text = str(exc).lower()
