@@ -194,12 +194,9 @@ def command(fn: Callable) -> Callable:
 
 
 def model_command(fn: Callable | None = None, *, torchrun: bool = False) -> Callable:
-    """Register a guarded command that runs models, setting the process up for them first: glibc keeps the memory
-    a forward pass frees for the next one (:func:`fsdistill.runtime.retain_freed_memory`).
-
-    ``torchrun``: the command trains data-parallel when torchrun starts it (``@model_command(torchrun=True)``);
-    the others refuse to run as several torchrun processes, which would each do the whole job into one folder.
-    """
+    """Register a guarded command that runs models, after :func:`fsdistill.runtime.retain_freed_memory`.
+    ``torchrun``: it trains data-parallel under torchrun; the others refuse to run as several torchrun processes,
+    which would each do the whole job into one folder."""
 
     def register(fn: Callable) -> Callable:
         @functools.wraps(fn)

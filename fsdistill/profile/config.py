@@ -22,8 +22,7 @@ class ProfileCfg:
 
     Attributes:
         ways: largest ways W (grid 1..W); None = 3, or the model's classes with ``model``.
-        teacher_max_ways: the teacher is timed only in cells of at most this many ways (0 = never); the student
-            and the backbone in every cell.
+        teacher_max_ways: the teacher is timed only in cells of at most this many ways (0 = never).
         shots: largest shots per class S (grid {1, 5, 10, 25, 50, S} up to S).
         backbone / size / student_width / decoder: of the random-weight models (None = fsdistill's defaults);
             with ``model`` the artifact fixes them and they must be None.

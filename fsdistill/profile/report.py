@@ -41,9 +41,8 @@ def headline_ratios(
 ) -> dict[str, Any]:
     """The paper's three headline ratios (p50 latencies; None where a value is missing), and per-ways figures.
 
-    - ``student_max_over_min``: slowest / fastest student cell over the whole grid (flat in ways and shots = 1).
-    - ``teacher_over_student``: teacher / student at the largest cell the teacher was timed in
-      (``teacher_cell``: ``teacher_ways`` ways, default all of them, and the largest shots).
+    - ``student_max_over_min``: slowest / fastest student cell over the whole grid.
+    - ``teacher_over_student``: teacher / student at ``teacher_cell``, the largest cell the teacher was timed in.
     - ``student_over_backbone``: student / bare backbone at the largest cell (measured alternately there); also
       the worst cell (``student_over_backbone_max``).
     - ``student_paired_max_over_min``: max / min over the grid of each cell's student / backbone ratio: the
