@@ -245,17 +245,10 @@ def _train_overrides(
 
 
 def _bar(desc: str, quiet: bool):
-    """An image progress bar whose total the API reports once it has found the images (``set_total``)."""
+    """An image progress bar whose total the API reports, once it has found the images, to ``bar.reset``."""
     from fsdistill.runtime import progress
 
-    bar = progress(total=None, desc=desc, unit="img", quiet=quiet)
-
-    def set_total(total: int) -> None:
-        bar.total = total
-        bar.refresh()
-
-    bar.set_total = set_total
-    return bar
+    return progress(desc=desc, unit="img", quiet=quiet)
 
 
 def _write_json(path: Path, data: dict) -> None:

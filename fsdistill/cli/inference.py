@@ -27,16 +27,6 @@ from fsdistill.cli.common import (
     model_command,
 )
 
-ShardOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--shard",
-        metavar="I/N",
-        help="Do only shard I of N (0 <= I < N) of the sorted image list: image k goes to shard k mod N. For job "
-        "arrays: run I = 0..N-1 into the same -o folder; the last shard to finish merges predictions.csv.",
-    ),
-]
-
 
 @model_command
 def predict(
@@ -104,7 +94,15 @@ def predict(
     ] = "local",
     address: RayAddressOpt = None,
     gpus_per_worker: GpusPerWorkerOpt = None,
-    shard: ShardOpt = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard",
+            metavar="I/N",
+            help="Do only shard I of N (0 <= I < N) of the sorted image list: image k goes to shard k mod N. For job "
+            "arrays: run I = 0..N-1 into the same -o folder; the last shard to finish merges predictions.csv.",
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     seed: InferSeedOpt = None,
     quiet: QuietOpt = False,
@@ -133,7 +131,7 @@ def predict(
             bar.update,
             backend=backend,
             on_model=_model_announcer(bar, model, quiet),
-            on_total=bar.set_total,
+            on_total=bar.reset,
             formats=format,
             coco_rle=coco_rle,
             image_root_url=image_root_url,
@@ -175,7 +173,7 @@ def evaluate(
 
         ensure_writable_dir(Path(json_out).parent, "--json")
     with _bar("evaluate", quiet) as bar:
-        result = api.evaluate(data_dir, model, teacher, device, batch_size, workers, bar.update, bar.set_total)
+        result = api.evaluate(data_dir, model, teacher, device, batch_size, workers, bar.update, bar.reset)
     say = _say(quiet)
     for name, value in result.iou.items():
         say(f"{name:>20}  IoU {'n/a' if value is None else f'{value:.4f}'}")
@@ -414,7 +412,7 @@ def suggest(
             workers,
             student_only,
             on_model=_model_announcer(bar, model, quiet),
-            on_total=bar.set_total,
+            on_total=bar.reset,
             on_progress=bar.update,
             shard=shard,
             engine=engine,
