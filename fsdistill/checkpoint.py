@@ -157,9 +157,8 @@ def load_artifact(directory: Path, expected_kind: str | None = None) -> tuple[di
         ) from None
     if not isinstance(config, dict) or config.get("format") != ARTIFACT_FORMAT:
         raise CheckpointError(f"{config_path} is not an fsdistill artifact config (format key missing or foreign).")
-    if int(config.get("format_version", 0)) > FORMAT_VERSION or _major_minor(
-        str(config.get("fsdistill_version", "0"))
-    ) > _major_minor(__version__):
+    newer_version = _major_minor(str(config.get("fsdistill_version", "0"))) > _major_minor(__version__)
+    if int(config.get("format_version", 0)) > FORMAT_VERSION or newer_version:
         raise CheckpointError(
             f"{directory} was written by fsdistill {config.get('fsdistill_version')} (artifact format "
             f"{config.get('format_version')}); upgrade fsdistill (this is {__version__}) to load it."

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import platform
 import random
@@ -80,21 +81,17 @@ def release_freed_memory() -> None:
         libc.malloc_trim(0)
 
 
-_libc: Any = None
-
-
+@functools.cache
 def _glibc() -> Any:
-    """The C library through ctypes on Linux with glibc (loaded once), else None."""
-    global _libc
-    if _libc is None:
-        _libc = False
-        if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
-            try:
-                _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-                _libc.malloc_trim.argtypes = [ctypes.c_size_t]
-            except (OSError, AttributeError):
-                _libc = False
-    return _libc or None
+    """The C library through ctypes on Linux with glibc, else None."""
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def resolve_device(name: str = "auto") -> torch.device:
