@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fsdistill import __version__
 from fsdistill.data.transforms import normalize
 from fsdistill.errors import ConfigError
 from fsdistill.infer.onnx import INPUT_NAME, OUTPUT_NAME, OnnxMetadata, ort_session, require_export_packages
@@ -128,8 +129,6 @@ def _add_metadata(onnx: Any, path: Path, props: dict[str, str], doc: str) -> Non
     for key, value in props.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    from fsdistill import __version__
-
     proto.producer_name = "fsdistill"
     proto.producer_version = __version__
     proto.doc_string = doc

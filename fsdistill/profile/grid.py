@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from fsdistill.config import ModelCfg, load_config
-from fsdistill.errors import ConfigError
+from fsdistill.errors import CheckpointError, ConfigError
 from fsdistill.models.backbone_specs import DEFAULT_BACKBONE, backbone_spec
 from fsdistill.profile.config import DEFAULT_WAYS, ProfileCfg, ProfileResult, shot_grid
 from fsdistill.profile.measure import MemoryMeter, _Estimator, _free, _load_average, _Measure, _Runner, _sync, is_oom
@@ -400,7 +400,6 @@ class _RandomFactory:
 def _load_run(path: Path, device: torch.device) -> tuple[_Models, dict[str, Any]]:
     """Teacher and/or student of a run (or one artifact) → models, plus size/classes/backbone info."""
     from fsdistill.checkpoint import resolve_model_dir
-    from fsdistill.errors import CheckpointError
     from fsdistill.models.build import load_model
 
     loaded = {}
