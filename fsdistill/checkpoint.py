@@ -1,14 +1,9 @@
 """Artifact directories: ``model.safetensors`` + ``config.json``, written atomically, checked on load.
 
-An artifact is everything needed to rebuild and run a model with no flags repeated: the config names the kind
-(teacher or student), the backbone, the input size and normalisation, the class names and palette, the model
-arguments, the resolved training configuration and the support-set fingerprint. The safetensors header carries
-``config_sha256`` so a config.json that does not belong to the weights is caught, and ``config.json`` records the
-``weights_sha256`` of ``model.safetensors`` so changed weight bytes are caught too (a safetensors file with random
-bytes in its tensor data parses fine and loads as a silently different model).
-
-A run folder holds a ``teacher/`` and/or ``student/`` artifact; :func:`resolve_model_dir` finds the one a
-command means. Building models from an artifact is :mod:`fsdistill.models.build`'s job.
+The config holds everything that rebuilds and runs the model with no flags repeated (kind, backbone, size,
+normalisation, classes, palette, model arguments, training config, support fingerprint). The weights' header
+carries ``config_sha256`` and the config records ``weights_sha256``, so either file changed alone is caught.
+A run folder holds a ``teacher/`` and/or ``student/`` artifact (:func:`resolve_model_dir`).
 """
 
 from __future__ import annotations
@@ -49,11 +44,8 @@ WEIGHTS_SHA_KEY = "weights_sha256"
 
 
 def config_sha256(config: dict[str, Any]) -> str:
-    """Hash of the canonical JSON form (sorted keys, no whitespace), independent of pretty-printing.
-
-    ``weights_sha256`` is left out: it is the hash of the file whose header holds this hash, so it can only be
-    added to config.json after the weights are written. (Artifacts from before that key hash the same as ever.)
-    """
+    """Hash of the canonical JSON form (sorted keys, no whitespace), leaving out ``weights_sha256``: that is
+    added after the weights, whose header holds this hash, are written."""
     config = {k: v for k, v in config.items() if k != WEIGHTS_SHA_KEY}
     canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -65,29 +57,27 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def _missing_file(directory: Path) -> Path | None:
+    """The first of config.json and model.safetensors that ``directory`` lacks (None: both are there)."""
+    return next((directory / name for name in (CONFIG_FILE, WEIGHTS_FILE) if not (directory / name).is_file()), None)
+
+
 def is_artifact(path: Path) -> bool:
-    return (Path(path) / CONFIG_FILE).is_file() and (Path(path) / WEIGHTS_FILE).is_file()
-
-
-def _retired(directory: Path) -> list[Path]:
-    """Complete artifacts a save moved aside (``.NAME.old-*``), newest first."""
-    old = [p for p in directory.parent.glob(f".{directory.name}.old-*") if is_artifact(p)]
-    return sorted(old, key=lambda p: p.stat().st_mtime, reverse=True)
+    return _missing_file(Path(path)) is None
 
 
 def recover_artifact(directory: Path) -> Path:
     """Put back an artifact that a killed save left only under its hidden ``.NAME.old-*`` name; returns ``directory``.
 
     :func:`save_artifact` replaces an artifact with two renames (the old one aside, the new one in); a SIGKILL
-    between them leaves no ``NAME/``. The old copy is complete, so it goes back into place (the new one was never
-    in place, as if the save had not happened; its staging folder is removed by the next save). Does nothing when
-    ``NAME`` exists or no complete old copy is there. If the rename fails (a read-only folder, another process
-    restored it first), ``directory`` is returned as it is and loading reports what is missing.
+    between them leaves no ``NAME/``, as if the save had not happened. Does nothing when ``NAME`` exists, no
+    complete old copy is there or the rename fails (loading then reports what is missing).
     """
     directory = Path(directory)
     if directory.exists() or not directory.parent.is_dir():
         return directory
-    for old in _retired(directory):
+    retired = [p for p in directory.parent.glob(f".{directory.name}.old-*") if is_artifact(p)]
+    for old in sorted(retired, key=lambda p: p.stat().st_mtime, reverse=True):  # the newest complete copy first
         try:
             os.replace(old, directory)
             break
@@ -97,14 +87,11 @@ def recover_artifact(directory: Path) -> Path:
 
 
 def save_artifact(directory: Path, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> Path:
-    """Write ``directory/{model.safetensors,config.json}`` atomically and return ``directory``.
+    """Write ``directory/{model.safetensors,config.json}`` atomically (replacing an artifact there); returns it.
 
-    Both files are written into a hidden sibling folder that is renamed into place only when complete, so an
-    interrupted save never leaves a directory that loads. An existing artifact at ``directory`` is replaced.
-    Leftovers of a killed save of the same artifact are dealt with first: an old copy moved aside but not
-    replaced goes back into place (:func:`recover_artifact`), staging folders (``.NAME.partial-*``, never
-    loadable) and other old copies are removed. ``config.json`` records the sha256 of the weights file, and both
-    files get the umask's permissions.
+    Both files are written into a hidden sibling folder renamed into place when complete. Leftovers of a killed
+    save are dealt with first: a moved-aside old copy goes back (:func:`recover_artifact`), staging folders and
+    other old copies are removed. Both files get the umask's permissions.
     """
     directory = Path(directory)
     config = {"format": ARTIFACT_FORMAT, "format_version": FORMAT_VERSION, "fsdistill_version": __version__, **config}
@@ -126,9 +113,8 @@ def save_artifact(directory: Path, tensors: dict[str, torch.Tensor], config: dic
             "kind": str(config["kind"]),
             "config_sha256": config_sha256(config),
         }
-        contiguous = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
         weights = staging / WEIGHTS_FILE
-        save_file(contiguous, str(weights), metadata=metadata)
+        save_file({name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}, str(weights), metadata)
         os.chmod(weights, new_file_mode())  # safetensors creates its file 0o600, whatever the umask
         config[WEIGHTS_SHA_KEY] = file_sha256(weights)
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
@@ -160,9 +146,9 @@ def load_artifact(directory: Path, expected_kind: str | None = None) -> tuple[di
     if not directory.is_dir():
         raise CheckpointError(f"Model folder {directory} does not exist; pass a run or artifact folder to --model.")
     config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise CheckpointError(f"{directory} is not an fsdistill artifact: {path.name} is missing.")
+    missing = _missing_file(directory)
+    if missing is not None:
+        raise CheckpointError(f"{directory} is not an fsdistill artifact: {missing.name} is missing.")
     try:
         config = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -171,9 +157,8 @@ def load_artifact(directory: Path, expected_kind: str | None = None) -> tuple[di
         ) from None
     if not isinstance(config, dict) or config.get("format") != ARTIFACT_FORMAT:
         raise CheckpointError(f"{config_path} is not an fsdistill artifact config (format key missing or foreign).")
-    if int(config.get("format_version", 0)) > FORMAT_VERSION or _major_minor(
-        str(config.get("fsdistill_version", "0"))
-    ) > _major_minor(__version__):
+    newer_version = _major_minor(str(config.get("fsdistill_version", "0"))) > _major_minor(__version__)
+    if int(config.get("format_version", 0)) > FORMAT_VERSION or newer_version:
         raise CheckpointError(
             f"{directory} was written by fsdistill {config.get('fsdistill_version')} (artifact format "
             f"{config.get('format_version')}); upgrade fsdistill (this is {__version__}) to load it."
@@ -194,8 +179,8 @@ def load_artifact(directory: Path, expected_kind: str | None = None) -> tuple[di
         raise CheckpointError(
             f"{config_path} does not belong to {weights_path.name} (config hash mismatch); restore the original config.json."
         )
-    # Checked after the parse so a truncated or foreign file keeps its more telling message. Artifacts written
-    # before the key existed have none and load as before.
+    # Checked after the parse so a truncated or foreign file keeps its more telling message; older artifacts have
+    # no recorded hash.
     recorded = config.get(WEIGHTS_SHA_KEY)
     if recorded is not None and recorded != file_sha256(weights_path):
         raise CheckpointError(
@@ -212,23 +197,10 @@ def _newest_run(root: Path, kind: str) -> Path | None:
     return max(runs, key=lambda p: (p.stat().st_mtime, p.name)) if runs else None
 
 
-def _missing_part(directory: Path) -> str:
-    """What keeps ``directory`` from being an artifact, for messages: the folder or the first missing file."""
-    if not directory.is_dir():
-        return f"{directory} is missing"
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        if not (directory / name).is_file():
-            return f"{directory / name} is missing"
-    return f"{directory} is incomplete"
-
-
 def resolve_model_dir(path: Path | None, kind: str | None = None) -> Path:
     """Artifact dir as given; a run dir → its ``kind`` artifact (None: ``student/``); None → the newest run under
-    ./runs that has one.
-
-    A run folder never falls back to its teacher when the student is asked for (or ``kind`` is None): the teacher
-    is a different, support-based model whose results would pass for the student's. Callers ask for
-    ``kind="teacher"`` only when the user did (``evaluate --teacher``). An artifact folder is used as it is.
+    ./runs that has one. A run never falls back to its teacher for the student: their results would pass for the
+    student's.
 
     Raises:
         CheckpointError: no such folder, or a run without a complete ``kind`` artifact (the message names the
@@ -255,8 +227,10 @@ def resolve_model_dir(path: Path | None, kind: str | None = None) -> Path:
     if not path.exists():
         raise CheckpointError(f"Model folder {path} does not exist; pass a run or artifact folder to --model.")
     if wanted == "student" and (path / "teacher").exists():
+        student = path / "student"
+        missing = (_missing_file(student) if student.is_dir() else None) or student
         raise CheckpointError(
-            f"{path} has no usable student ({_missing_part(path / 'student')}); re-run fsdistill distill, or evaluate "
+            f"{path} has no usable student ({missing} is missing); re-run fsdistill distill, or evaluate "
             "the run's teacher with evaluate --teacher (it is never used in the student's place)."
         )
     raise CheckpointError(f"{path} holds no {wanted} artifact (model.safetensors + config.json); pass a run folder.")

@@ -1,7 +1,6 @@
 """Typed run configurations: defaults, then a YAML file, then command-line flags.
 
-Every model is pydantic with ``extra="forbid"`` so a misspelt key in a YAML file or an unknown option is an error,
-not a silently ignored setting. The resolved configuration is saved with every run and inside every artifact.
+``extra="forbid"`` everywhere, so a misspelt key is an error rather than an ignored setting.
 """
 
 from __future__ import annotations
@@ -46,25 +45,18 @@ class ModelCfg(_Strict):
     heads: int = Field(8, ge=1)
     use_pe: bool = True
     attn_dropout: float = Field(0.5, ge=0.0, lt=1.0)
-    voting: int = Field(
-        50,
-        ge=1,
-        description="support images per attention chunk at inference; one softmax over more supports "
-        "matched better, and the fused kernel needs no chunking for memory",
-    )
+    voting: int = Field(50, ge=1, description="support images per attention chunk (one softmax) at inference")
     qk_norm: float | None = Field(
         2.0,
         gt=0,
         description="cosine-attention temperature (scale of the cosine similarities before the softmax); None = the "
-        "reference's raw scaled dot product. A soft match over all support pixels carries across domain shifts "
-        "(docs/benchmarks.md)",
+        "reference's raw scaled dot product",
     )
     decoder: Literal["dcama", "light", "shared"] = Field(
         "light",
         description="light = one conv per block, per-class work at stride >= 4 (fast, though its cost still grows "
         "with the number of classes); shared = narrow per-class work at stride >= 8 and one class-shared stride-4 "
-        "stage (a class costs ~3.5x less than with light, though still grows); dcama = the paper's decoder "
-        "(several backbones' worth of operations per class; the default with --teacher-weights)",
+        "stage (for many classes); dcama = the paper's decoder (the default with --teacher-weights)",
     )
     decoder_width: int | None = Field(
         None,
@@ -73,15 +65,14 @@ class ModelCfg(_Strict):
     )
     mixer_widths: tuple[int, int, int] | None = Field(
         None,
-        description="mixer channels; None = the decoder's default (dcama 128, 64, 16; light 16, 16, 16; shared 8, "
-        "16, 16: per-class stride-8 mixer, shared skip projection, shared stride-4 conv)",
+        description="mixer channels; None = the decoder's default (dcama 128, 64, 16; light 16, 16, 16; "
+        "shared 8, 16, 16)",
     )
     student_width: int | None = Field(
         8,
         ge=0,
         description="ConvDist width per class: W > 0 = a 1x1 bottleneck to W channels before the 3x3 conv; "
-        "0 or null = the paper's Conv3x3(C->C) on the backbone's C channels (12-50 M parameters per class on wide "
-        "backbones)",
+        "0 or null = the paper's Conv3x3(C->C) on the backbone's C channels",
     )
 
     @model_validator(mode="after")
@@ -130,9 +121,8 @@ class TrainCfg(_Strict):
     student_lr: float = Field(
         1e-2,
         gt=0,
-        description="learning rate of the student's ConvDist blocks: their zero-initialised output layer moves the "
-        "coarse maps at a speed proportional to the block width, so a narrow (W = 8) student needs a larger step "
-        "than the teacher's decoder",
+        description="learning rate of the student's ConvDist blocks: their zero-initialised output layer moves at a "
+        "speed proportional to the block width, so a narrow student needs a larger step than the teacher's decoder",
     )
     weight_decay: float = Field(0.01, ge=0)
     focal_gamma: float = Field(
@@ -144,14 +134,10 @@ class TrainCfg(_Strict):
         description="weight of the soft Dice term added to the focal loss of teacher and student (0 = focal only)",
     )
     mse_weight: float = Field(
-        1.0,
-        ge=0,
-        description="weight of the distillation term, the MSE between the student's and the teacher's coarse maps "
-        "(the paper's 1: the three losses weigh alike)",
+        1.0, ge=0, description="weight of the distillation MSE between the student's and the teacher's coarse maps"
     )
-    # One episode and a supervised student batch of 4 per step (docs/benchmarks.md, "Defaults that generalise"):
-    # an episode costs a teacher attention pass, a batch image only the student's head, and the batch lifted the
-    # student on the small structures of the macaque case.
+    # One episode and a student batch of 4 per step (docs/benchmarks.md, "Defaults that generalise"): an episode
+    # costs a teacher attention pass, a batch image only the student's head.
     episodes_per_step: int = Field(1, ge=1, description="leave-one-out episodes (query images) per optimiser step")
     student_batch: int = Field(
         4,
@@ -160,16 +146,14 @@ class TrainCfg(_Strict):
         "alone (no teacher, no episode; class-balanced like the queries); 0 = episodes only",
     )
     max_shots: int = Field(3, ge=1, description="support images per training episode (at most)")
-    # The student alone at the end gained on both seeds of every case (docs/benchmarks.md, "Defaults that
-    # generalise"): the shared decoder had settled where it also serves the teacher.
+    # A student phase of its own: the shared decoder had settled where it also serves the teacher (docs/benchmarks.md).
     polish_steps: int = Field(
         150,
         ge=0,
         description="distill: steps the student then trains alone on the supports (batches of `student_batch`, its "
         "own copy of the decoder; the teacher is left as it is); 0 = none",
     )
-    # mean: it gained on every case measured, where the teacher's labels alone lost on one (docs/benchmarks.md,
-    # "Unlabeled pool").
+    # mean: docs/benchmarks.md, "Unlabeled pool".
     pool_labeller: Literal["teacher", "student", "mean", "agree"] = Field(
         "mean",
         description="distill --unlabeled: who labels the pool after the support phase: the adapted teacher (against "
@@ -184,8 +168,7 @@ class TrainCfg(_Strict):
         ge=0,
         le=1,
         description="distill --unlabeled: the pool teaches a class only when the teacher's leave-one-out IoU of it "
-        "on the supports reaches this (its labels and coarse maps of a class it cannot find would teach its "
-        "mistakes); no class there: the pool is not used",
+        "on the supports reaches this (else it would teach its mistakes); no class there: the pool is not used",
     )
     pool_batch: int = Field(4, ge=1, description="distill --unlabeled: pool images per step the student trains on")
     pool_weight: float = Field(1.0, ge=0, description="distill --unlabeled: weight of the pool images' loss")
@@ -196,14 +179,14 @@ class TrainCfg(_Strict):
     )
     flip_features: bool = Field(
         True,
-        description="distill: the student's batches of support and pool images in random flip views, made by "
-        "flipping their cached features with their targets (nothing recomputed, no extra memory)",
+        description="distill: the student's support and pool batches in random flip views, made by flipping their "
+        "cached features with their targets",
     )
     seed: int = 0
 
     def budget(self, continued: bool = False) -> PlateauStop:
-        """The automatic stop rule of these settings (used when ``steps`` is None); ``continued``: the run starts
-        from a trained one and stops at the floors, not at the loss plateau (see fsdistill.train.budget)."""
+        """The automatic stop rule (``steps`` None); ``continued``: from a trained run, stop at the floors, not at
+        the loss plateau."""
         from fsdistill.train.budget import PlateauStop
 
         return PlateauStop(
@@ -288,12 +271,6 @@ def _given(overrides: dict[str, Any], loc: tuple) -> bool:
     return True
 
 
-def flag_name(loc: tuple) -> str:
-    """The command-line flag of a config field: ``("train", "steps")`` → ``--steps``, ``model.student_width`` →
-    ``--student-width`` (the CLI names each flag after its field's last key)."""
-    return "--" + str(loc[-1]).replace("_", "-")
-
-
 def load_config(
     cls: type[_Strict],
     yaml_path: Path | None = None,
@@ -304,16 +281,14 @@ def load_config(
     """Build ``cls`` from its defaults, then ``yaml_path``, then the non-None ``overrides`` (nested dicts).
 
     Args:
-        flag_names: the overrides came from command-line flags: a bad value given there is named by its flag
-            (``--steps``), as the user typed it, not by its config key (``train.steps``).
-        command: the command being run (``adapt``, ``distill``). A run's own ``config.resolved.yaml`` starts with
-            ``command: NAME`` so that it can be passed back to rerun the run: the key is accepted when it names
-            ``command`` and refused when it names another one.
+        flag_names: the overrides came from command-line flags: a bad value there is named by its flag (``--steps``),
+            not by its config key (``train.steps``).
+        command: the command being run; a YAML's ``command:`` key (a run's own ``config.resolved.yaml`` has one)
+            must name it.
 
     Raises:
-        ConfigError: unreadable YAML, an unknown key, a value out of range (one sentence naming the key), a
-            ``command:`` of another command, or a required option (``support``) given neither as a flag nor in
-            the YAML.
+        ConfigError: unreadable YAML, an unknown key, a value out of range, a ``command:`` of another command, or
+            a required option given neither as a flag nor in the YAML.
     """
     data: dict[str, Any] = {}
     if yaml_path is not None:
@@ -352,7 +327,8 @@ def load_config(
             value = err.get("input")
             shown = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
             msg = str(err["msg"]).removeprefix("Value error, ")
-            raise ConfigError(f"Invalid {flag_name(loc)} {shown}: {msg}.") from None
+            flag = "--" + loc[-1].replace("_", "-")  # the CLI names each flag after its field's last key
+            raise ConfigError(f"Invalid {flag} {shown}: {msg}.") from None
         source = f" (from {yaml_path} and flags)" if yaml_path else ""
         where = ".".join(str(p) for p in err["loc"]) or "config"
         raise ConfigError(f"Invalid configuration{source}: {where}: {err['msg']}.") from None

@@ -1,16 +1,10 @@
 """Data-parallel training under ``torchrun``: one process per device, gradients averaged every step.
 
-``torchrun --nproc-per-node N -m fsdistill distill ...`` starts N copies of the command with ``WORLD_SIZE``,
-``RANK`` and ``LOCAL_RANK`` in their environment. The CLI then opens a process group (:func:`process_group`:
-gloo on the CPU, nccl on CUDA, one GPU per local rank) and the library, seeing it initialised, trains
-data-parallel: every process draws its own episodes (its samplers are seeded with seed + rank), gradients are
-averaged before each optimiser step (:func:`average_gradients`), the step's losses and class-query counts are
-reduced so the automatic stop rule sees the same numbers everywhere (:func:`reduce_step`), and rank 0's stop
-decision is the one all follow (:func:`same_decision`). Rank 0 alone writes the run folder (:func:`on_main`).
-
-Without ``WORLD_SIZE > 1`` nothing here is used and a run is exactly a one-process run. The models share modules
-between teacher and student and some parameters get no gradient in a step, so gradients are averaged by hand over
-every trainable parameter instead of wrapping the models in ``DistributedDataParallel``.
+The CLI opens the process group (:func:`process_group`); the library, seeing it initialised, lets every process
+draw its own episodes, averages gradients (:func:`average_gradients`), reduces the step's numbers for the stop
+rule (:func:`reduce_step`, :func:`same_decision`) and writes files on rank 0 (:func:`on_main`). Gradients are
+averaged by hand, not by ``DistributedDataParallel``: teacher and student share modules, and some parameters get
+no gradient in a step. Without ``WORLD_SIZE > 1`` nothing here is used.
 """
 
 from __future__ import annotations
@@ -109,11 +103,8 @@ def _device_for(launch: Launch, device: str) -> str:
 
 @contextmanager
 def process_group(launch: Launch | None, device: str) -> Iterator[Launch | None]:
-    """Open the process group of ``launch`` for the block (nothing when None) and close it after.
-
-    Every rank waits for the others at the end (a barrier), so rank 0's files are complete when any process exits;
-    the group is destroyed either way. ``device`` is the command's ``--device``.
-    """
+    """Open the process group of ``launch`` for the block (nothing when None); ``device``: the command's
+    ``--device``. A barrier at the end makes rank 0's files complete when any process exits."""
     if launch is None:
         yield None
         return
@@ -157,10 +148,8 @@ def broadcast_parameters(params: Iterable[nn.Parameter]) -> None:
 def average_gradients(params: Iterable[nn.Parameter]) -> None:
     """Replace each parameter's ``.grad`` by its mean over the processes (one flat all-reduce per dtype).
 
-    A process on which a parameter got no gradient this step (``grad`` None: its episode did not reach it)
-    contributes zeros, as its loss did not depend on it; a parameter no process reached keeps ``grad`` None, so
-    the optimiser skips it as it would in one process. Every process must pass the same parameters in the same
-    order.
+    A process whose step did not reach a parameter contributes zeros; one no process reached keeps ``grad`` None,
+    so the optimiser skips it. Every process must pass the same parameters in the same order.
     """
     params = _unique(params)
     if not params:
@@ -169,13 +158,12 @@ def average_gradients(params: Iterable[nn.Parameter]) -> None:
     reached = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)
     dist.all_reduce(reached)  # how many processes have a gradient for each parameter
     live = [p for p, n in zip(params, reached.tolist()) if n > 0]
+    by_dtype: dict[torch.dtype, list[nn.Parameter]] = {}
     for p in live:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    world = dist.get_world_size()
-    by_dtype: dict[torch.dtype, list[nn.Parameter]] = {}
-    for p in live:
         by_dtype.setdefault(p.grad.dtype, []).append(p)
+    world = dist.get_world_size()
     for group in by_dtype.values():
         flat = torch.cat([p.grad.reshape(-1) for p in group])  # one collective instead of one per tensor
         dist.all_reduce(flat)
@@ -187,16 +175,8 @@ def average_gradients(params: Iterable[nn.Parameter]) -> None:
 def reduce_step(
     totals: dict[str, float], class_queries: list[int], device: torch.device
 ) -> tuple[dict[str, float], list[int]]:
-    """A step's losses averaged over the processes and the per-class query counts summed (one all-reduce).
-
-    Args:
-        totals: this process's step losses, the same keys on every process.
-        class_queries: this process's running count of queries per class (length N on every process).
-        device: where the collective's tensor lives (the CPU for gloo, the process's GPU for nccl).
-    Returns:
-        the mean losses (same keys, same order) and the summed counts: the whole step as every process sees it.
-    """
-    # ``totals`` is filled in the same order on every process (the same loop runs everywhere).
+    """A step's losses (``totals``, the same keys in the same order on every process) averaged over the processes
+    and the per-class query counts summed, in one all-reduce on ``device``."""
     values = torch.tensor([*totals.values(), *map(float, class_queries)], dtype=torch.float64, device=device)
     dist.all_reduce(values)
     out, world = values.tolist(), dist.get_world_size()
@@ -204,11 +184,8 @@ def reduce_step(
 
 
 def same_decision(stop: bool, reason: str, device: torch.device) -> tuple[bool, str]:
-    """Rank 0's stop decision (and its reason when it stops), the same on every process.
-
-    The automatic budget sees the same reduced losses and counts everywhere, but its wall-time cap reads each
-    process's clock: one process stopping a step before the others would leave them waiting in a collective.
-    """
+    """Rank 0's stop decision (and its reason when it stops) on every process: the wall-time cap reads each
+    process's own clock, and one process stopping early would leave the others waiting in a collective."""
     flag = torch.tensor([1 if stop else 0], dtype=torch.int32, device=device)
     dist.broadcast(flag, src=0)
     stop = bool(flag.item())
@@ -220,11 +197,8 @@ def same_decision(stop: bool, reason: str, device: torch.device) -> tuple[bool, 
 
 
 def on_main(fn: Callable[[], T]) -> T:
-    """Run ``fn`` on rank 0 only and return its result on every process (``fn`` runs as is without a group).
-
-    A user error (:class:`~fsdistill.errors.FsdistillError`) raised by ``fn`` on rank 0 is raised on every
-    process, so none is left waiting for a result that never comes (an unwritable ``--out``, say).
-    """
+    """Run ``fn`` on rank 0 only and return its result on every process; a user error (``FsdistillError``) it
+    raises is raised on every process, so none is left waiting for a result."""
     if world_size() == 1:
         return fn()
     result: list[Any] = [None]

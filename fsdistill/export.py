@@ -1,17 +1,9 @@
 """Export a student to ONNX and check it against PyTorch (``fsdistill export``).
 
-The student is a black box here: B×3×H×W normalised float images in, B×(N+1)×h×w logits out. It is traced with
-PyTorch's TorchScript-based ONNX exporter (one pass, about a second for the default backbone; the
-``torch.export`` path needs minutes for Lite0 with a symbolic height and width), with a dynamic batch and, unless
-the backbone has a fixed input grid (Swin), a dynamic height and width. Everything a consumer needs to
-preprocess the input and label the output goes into the file's ``metadata_props``
-(:meth:`fsdistill.infer.onnx.OnnxMetadata.to_props`).
-
-After tracing, onnxruntime (CPU) and PyTorch run the same inputs: random images, plus real ones when given, at
-the input size, and one random image at another size when the height and width are dynamic. If the other size
-does not match, the dynamic axes were not traced faithfully and the model is exported again with a fixed
-height and width. The file is written to a temporary name and renamed into place, so an interrupted export
-never leaves a half-written ``.onnx``.
+The student (B×3×H×W normalised images → B×(N+1)×h×w logits) is traced with the TorchScript-based exporter
+(``torch.export`` takes minutes with a symbolic height and width), with a dynamic batch and, where it reproduces
+PyTorch at a second size, a dynamic height and width. What a consumer needs to preprocess and label goes into the
+file's ``metadata_props`` (:meth:`fsdistill.infer.onnx.OnnxMetadata.to_props`).
 """
 
 from __future__ import annotations
@@ -29,11 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from fsdistill import __version__
 from fsdistill.data.transforms import normalize
 from fsdistill.errors import ConfigError
 from fsdistill.infer.onnx import INPUT_NAME, OUTPUT_NAME, OnnxMetadata, ort_session, require_export_packages
 
-__all__ = ["ExportResult", "Parity", "export_onnx", "compare_logits", "OPSET"]
+__all__ = ["ExportResult", "Parity", "export_onnx", "OPSET"]
 
 OPSET = 17
 
@@ -42,11 +35,9 @@ OPSET = 17
 class Parity:
     """How close two B×(N+1)×h×w logit tensors are (accumulated over batches with :meth:`add`).
 
-    ``max_abs_diff`` is over every logit. ``max_abs_diff_stable`` leaves out the pixels where the two disagree on
-    the strongest *foreground* class: the student's merged background logit is the background logit of its
-    strongest class (``merge_classes``), so it jumps where two classes' foreground logits nearly tie, and a
-    1e-5 numerical difference there moves it by the gap between two background logits. Those pixels still
-    count in ``agreement`` (the argmax over all N+1 channels, i.e. the mask).
+    ``max_abs_diff_stable`` leaves out the pixels where the two disagree on the strongest foreground class: the
+    merged background logit is that class's (``merge_classes``), so it jumps where two classes nearly tie. Those
+    pixels still count in ``agreement`` (the argmax over all N+1 channels, i.e. the mask).
     """
 
     max_abs_diff: float = 0.0
@@ -77,11 +68,6 @@ class Parity:
 
     def ok(self, tolerance: float, min_agreement: float) -> bool:
         return self.max_abs_diff_stable <= tolerance and self.agreement >= min_agreement
-
-
-def compare_logits(reference: np.ndarray, other: np.ndarray) -> Parity:
-    """:class:`Parity` of one pair of B×(N+1)×h×w logit arrays."""
-    return Parity().add(reference, other)
 
 
 @dataclass
@@ -117,7 +103,7 @@ def _torch_logits(model: nn.Module, batch: np.ndarray, device: torch.device) -> 
         return model(torch.from_numpy(batch).to(device)).float().cpu().numpy()
 
 
-def _trace(model: nn.Module, path: Path, example: torch.Tensor, dynamic_hw: bool, opset: int) -> None:
+def _trace(model: nn.Module, path: Path, example: torch.Tensor, dynamic_hw: bool) -> None:
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
     out_axes = {0: "batch", 2: "out_height", 3: "out_width"} if dynamic_hw else {0: "batch"}
     with warnings.catch_warnings():
@@ -132,7 +118,7 @@ def _trace(model: nn.Module, path: Path, example: torch.Tensor, dynamic_hw: bool
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: out_axes},
-            opset_version=opset,
+            opset_version=OPSET,
             do_constant_folding=True,
         )
 
@@ -143,8 +129,6 @@ def _add_metadata(onnx: Any, path: Path, props: dict[str, str], doc: str) -> Non
     for key, value in props.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    from fsdistill import __version__
-
     proto.producer_name = "fsdistill"
     proto.producer_version = __version__
     proto.doc_string = doc
@@ -161,12 +145,8 @@ def _random_images(rng: np.random.Generator, count: int, height: int, width: int
 
 
 def _remove_dead_temps(out: Path) -> None:
-    """Delete the hidden temporary files that killed exports to ``out`` left (``.NAME.tmp-PID-HEX``).
-
-    A SIGKILL skips the cleanup of :func:`export_onnx`, and the temporary file sits in the target's folder for
-    good. Only files whose process is gone are removed, so an export running at the same time keeps its own;
-    names without a process id (``.NAME.tmp-HEX``, written before ids were added) are always stale.
-    """
+    """Delete the temporary files (``.NAME.tmp-PID-HEX``) of killed exports to ``out``: those whose process is
+    gone, so an export running at the same time keeps its own (a name without a process id is always stale)."""
     for tmp in out.parent.glob(f".{out.name}.tmp-*"):
         parts = tmp.name[len(f".{out.name}.tmp-") :].split("-")
         if len(parts) == 2 and parts[0].isdigit() and _process_alive(int(parts[0])):
@@ -176,14 +156,12 @@ def _remove_dead_temps(out: Path) -> None:
 
 
 def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's live process
-        return True
+        pass
     return True
 
 
@@ -204,7 +182,6 @@ def export_onnx(
     min_agreement: float = 0.999,
     device: torch.device | str = "cpu",
     seed: int = 0,
-    opset: int = OPSET,
     threads: int | None = None,
     metadata: dict[str, str] | None = None,
 ) -> ExportResult:
@@ -213,16 +190,13 @@ def export_onnx(
     Args:
         model: B×3×H×W normalised float32 → B×(N+1)×h×w logits; moved to the CPU and set to eval to trace.
         out: the ``.onnx`` file to write (replaced atomically; its folder must exist and be writable).
-        input_size: square side the model is run at (H = W = input_size for the fixed-size samples).
         mean, std: per-channel normalisation of RGB in [0, 1]. class_names: N+1 names. palette: N+1 RGB colours.
         dynamic_hw: try a dynamic height and width (checked at another size; fixed if that fails).
         size_multiple: input sides a dynamic model accepts are multiples of this (recorded in the metadata).
         real_images: optional R×3×size×size uint8 real images added to the parity samples.
         random_samples: random images at the input size (batched by two, so the batch axis is exercised).
-        tolerance: largest accepted |logit difference| outside near-ties (:class:`Parity`).
-        min_agreement: smallest accepted fraction of pixels with the same argmax.
-        device: where the PyTorch reference runs (CPU by default; CUDA convolutions may use TF32).
-        threads: onnxruntime intra-op threads for the check (None: its default).
+        tolerance, min_agreement: what passes (:class:`Parity`'s stable difference, argmax agreement).
+        device: where the PyTorch reference runs (CUDA convolutions may use TF32).
         metadata: extra ``fsdistill.*`` metadata (keys without the prefix), e.g. the artifact's config hash.
 
     Returns:
@@ -258,7 +232,7 @@ def export_onnx(
     try:
         for attempt_dynamic in [True, False] if dynamic_hw else [False]:
             model.to("cpu")
-            _trace(model, tmp, torch.from_numpy(samples[0]), attempt_dynamic, opset)
+            _trace(model, tmp, torch.from_numpy(samples[0]), attempt_dynamic)
             props = OnnxMetadata.to_props(
                 input_size=input_size,
                 dynamic_hw=attempt_dynamic,
@@ -280,7 +254,7 @@ def export_onnx(
             try:
                 other_ref = _torch_logits(model, other, device)
                 other_out = session.run([OUTPUT_NAME], {INPUT_NAME: other})[0]
-                check = compare_logits(other_ref, other_out)
+                check = Parity().add(other_ref, other_out)
                 reason = (
                     ""
                     if check.ok(tolerance, min_agreement)

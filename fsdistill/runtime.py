@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import platform
 import random
@@ -29,6 +30,7 @@ __all__ = [
     "ensure_writable_dir",
     "write_atomic",
     "new_file_mode",
+    "proc_status",
     "inference_memory_format",
     "retain_freed_memory",
     "release_freed_memory",
@@ -52,22 +54,13 @@ _retaining = False
 
 
 def retain_freed_memory() -> bool:
-    """Make glibc keep freed memory for reuse instead of returning it to the kernel and faulting it in again.
+    """Make glibc keep freed memory for reuse instead of returning it to the kernel; returns whether it does.
 
-    A forward pass allocates and frees tens of MB of activations. With glibc's defaults, large tensors are
-    mmap-ed and unmapped one by one and the top of the heap is handed back after the frees, so every pass
-    page-faults its activations in anew and the kernel zeroes them (``benchmarks/predict_throughput.py`` measures
-    the gain). The cost: the process keeps the memory of its peak (up to 1 GB of it free) until it exits. All
-    three settings are needed: glibc stops adapting its mmap threshold once any is set, and a pad or trim
-    threshold smaller than one batch's working set made predict slower than the defaults.
-
-    Process-wide and lasting, so it is called where a process starts running models: by the CLI's commands that
-    run one (``fsdistill.cli.model_command``), by every :class:`~fsdistill.infer.predictor.Predictor` and by
-    ``profile`` (it times what predict runs); a program that trains through the API calls it itself if it wants
-    it. Linux with glibc only, elsewhere it does nothing; ``FSDISTILL_RETAIN_MEMORY=0`` switches it off.
-
-    Returns:
-        Whether the settings are in force.
+    With glibc's defaults every forward pass page-faults its tens of MB of activations in anew (large tensors are
+    mmap-ed one by one, the heap top is handed back). The cost: the process keeps its peak memory until it exits.
+    All three settings are needed: glibc stops adapting its mmap threshold once any is set. Process-wide, so it is
+    called where a process starts running models (CLI model commands, Predictor, profile). Linux with glibc only;
+    ``FSDISTILL_RETAIN_MEMORY=0`` switches it off.
     """
     global _retaining
     if os.environ.get("FSDISTILL_RETAIN_MEMORY", "1").strip() == "0":
@@ -82,39 +75,29 @@ def retain_freed_memory() -> bool:
 
 
 def release_freed_memory() -> None:
-    """Hand the heap's free memory back to the OS now (glibc ``malloc_trim``; elsewhere nothing).
-
-    For measuring memory (profile's RSS-growth meter), not for speed: the next pass faults that memory in again.
-    """
+    """Hand the heap's free memory back to the OS now (glibc ``malloc_trim``), for measuring RSS growth."""
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
 
 
-_libc: Any = None
-
-
+@functools.cache
 def _glibc() -> Any:
-    """The C library through ctypes on Linux with glibc (loaded once), else None."""
-    global _libc
-    if _libc is None:
-        _libc = False
-        if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
-            try:
-                _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-                _libc.malloc_trim.argtypes = [ctypes.c_size_t]
-            except (OSError, AttributeError):
-                _libc = False
-    return _libc or None
+    """The C library through ctypes on Linux with glibc, else None."""
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then the CPU; an explicit choice must be available.
-
-    Changes nothing in the process (the memory set-up for running models is :func:`retain_freed_memory`).
-    """
+    """``auto`` picks CUDA, then Apple MPS, then the CPU; an explicit choice must be available."""
     name = check_device_name(name)
-    mps_ok = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    mps_ok = torch.backends.mps.is_available()
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -127,13 +110,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def inference_memory_format(device: torch.device, kind: str) -> torch.memory_format:
-    """The tensor layout a ``kind`` ("student" / "teacher") model runs in on ``device`` at inference.
-
-    On the CPU, oneDNN convolutions take channels-last tensors without reordering every layer's input and output
-    (the student runs about a quarter faster, same logits within 1e-5). The teacher (attention over flattened
-    tokens) and GPU paths keep the default. Predict, evaluate and profile all follow this rule, so profile times
-    what predict runs.
-    """
+    """The tensor layout a ``kind`` ("student" / "teacher") model runs in on ``device`` at inference: channels-last
+    for the student on the CPU, where oneDNN convolutions then skip reordering every layer's input and output."""
     return torch.channels_last if device.type == "cpu" and kind == "student" else torch.contiguous_format
 
 
@@ -172,14 +150,8 @@ def library_versions() -> dict[str, str]:
 
 
 def ensure_writable_dir(path: Path, flag: str) -> Path:
-    """Create folder ``path`` if needed and check that a file can be written in it.
-
-    Args:
-        flag: the option that named it (``-o``, ``--out``, ``--json``), quoted in the error.
-
-    Raises:
-        DataError: it cannot be created or written (a file in the way, no permission, read-only disk).
-    """
+    """Create folder ``path`` if needed and check that a file can be written in it, else raise DataError quoting
+    ``flag``, the option that named it."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise DataError(f"{path} is a file, not a folder; choose a writable {flag} location.")
@@ -194,30 +166,30 @@ def ensure_writable_dir(path: Path, flag: str) -> Path:
     return path
 
 
-def new_file_mode() -> int:
-    """The permission bits ``open()`` gives a new file: 0o666 less the process umask (0o644 under umask 022).
-
-    For files created by means that ignore the umask (``tempfile.mkstemp`` and safetensors both create 0o600),
-    so every output of a command has the same mode whatever wrote it. The umask is read from /proc where it is
-    there: ``os.umask`` can only be read by setting it, which briefly gives other threads a wrong one.
-    """
+def proc_status(field: str) -> str | None:
+    """The value of ``field`` in /proc/self/status (``Umask``, ``VmRSS`` in kB...); None off Linux."""
     try:
         with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
+            return next((line.split()[1] for line in status if line.startswith(field + ":")), None)
+    except OSError:
+        return None
+
+
+def new_file_mode() -> int:
+    """The permission bits ``open()`` gives a new file (0o666 less the umask), for files created 0o600 (mkstemp,
+    safetensors). Read from /proc where possible: ``os.umask`` is read by setting it, racing other threads."""
+    umask = proc_status("Umask")
+    if umask is not None:
+        return 0o666 & ~int(umask, 8)
     mask = os.umask(0o022)
     os.umask(mask)
     return 0o666 & ~mask
 
 
 def write_atomic(path: Path, payload: bytes | str, unique: bool = False) -> Path:
-    """Write ``payload`` (str as UTF-8) to ``path`` through a hidden ``.NAME.tmp`` beside it and a rename, so a
-    crash leaves the old file or the new one, never half of one. The file gets the umask's mode
-    (:func:`new_file_mode`). ``unique``: a temporary name of this process's own (``.NAME.PID.tmp``), for a file
-    that several processes may write at once (the manifest of ``predict --shard``). Returns ``path``."""
+    """Write ``payload`` (str as UTF-8) to ``path`` through a hidden ``.NAME.tmp`` and a rename, so a crash leaves
+    the old file or the new one; returns ``path``. ``unique``: a temporary name of this process's own, for a file
+    that several processes may write at once (the manifest of ``predict --shard``)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp" if unique else f".{path.name}.tmp")
     tmp.write_bytes(payload.encode("utf-8") if isinstance(payload, str) else payload)
@@ -227,9 +199,8 @@ def write_atomic(path: Path, payload: bytes | str, unique: bool = False) -> Path
     return path
 
 
-# Set by the CLI's SIGINT handler. The handler also raises KeyboardInterrupt, but Python drops an exception raised
-# while a finaliser (``__del__``, a weakref callback) runs, and a long loop would then carry on; the loops of the
-# library check this flag once per step so Ctrl-C always stops them.
+# Set by the CLI's SIGINT handler, which also raises KeyboardInterrupt; Python drops that exception inside a
+# finaliser, so the library's loops check this flag once per step.
 _INTERRUPTED = threading.Event()
 
 

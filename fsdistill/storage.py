@@ -1,16 +1,9 @@
 """Where predict reads its images and writes its outputs: a local folder or an object-store prefix.
 
-:class:`Storage` is the seam: the files below one root, addressed by relative POSIX keys (``masks/a/b.png``),
-with only what predict needs (walk, list, exists, read bytes, write bytes). :class:`LocalStorage` is a folder
-on this machine; :class:`ObjectStorage` is an ``s3://bucket/prefix`` or ``gs://bucket/prefix`` through pyarrow's
-filesystems (``pyarrow.fs.FileSystem.from_uri``; pyarrow comes with the ray extra, ``pip install
-'fsdistill[ray]'``, and is imported only when a URI is given). Predict's listing, resume checks and writer run
-the same code on both.
-
-Credentials and endpoints are pyarrow's own: for S3 the AWS SDK's environment (``AWS_ACCESS_KEY_ID``,
-``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``; an S3-compatible server through ``AWS_ENDPOINT_URL_S3``), for GCS
-Google's application default credentials; either may also be given in the URI's query
-(``s3://bucket/prefix?endpoint_override=host:9000&scheme=http``, ``gs://bucket/prefix?anonymous=true``).
+:class:`Storage` is the files below one root, addressed by relative POSIX keys (``masks/a/b.png``), with only
+what predict needs. :class:`ObjectStorage` reaches ``s3://`` and ``gs://`` prefixes through pyarrow's
+filesystems (the ray extra, imported only when a URI is given), whose credentials and endpoint options apply
+(README, "Object stores").
 """
 
 from __future__ import annotations
@@ -28,16 +21,11 @@ from typing import Any
 from fsdistill.errors import ConfigError, DataError, DependencyError
 from fsdistill.runtime import ensure_writable_dir, write_atomic
 
-__all__ = ["Storage", "LocalStorage", "ObjectStorage", "StoredFile", "is_uri", "open_storage", "OBJECT_SCHEMES"]
+__all__ = ["Storage", "LocalStorage", "ObjectStorage", "StoredFile", "open_storage", "OBJECT_SCHEMES"]
 
 OBJECT_SCHEMES = ("s3", "gs")
 _URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
 _REASON_CHARS = 200  # pyarrow's messages carry request ids and nested retry records: the start says what failed
-
-
-def is_uri(location: object) -> bool:
-    """Whether ``location`` is a ``scheme://…`` string (an object-store URI, supported or not)."""
-    return isinstance(location, str) and _URI.match(location) is not None
 
 
 def _reason(exc: BaseException) -> str:
@@ -61,8 +49,7 @@ def _pyarrow_fs() -> Any:
 class StoredFile:
     """One file in an object store, as predict's image sources hold it (a local image is a plain Path).
 
-    Picklable (pyarrow's filesystems are, with their endpoint and credentials options), so DataLoader workers
-    and Ray actors read it themselves. ``str()`` is its URI, as reported in errors and predictions.csv.
+    Picklable with its filesystem, so DataLoader workers and Ray actors read it themselves; ``str()`` is its URI.
     """
 
     fs: Any  # a pyarrow.fs.FileSystem
@@ -99,9 +86,9 @@ class Storage(ABC):
     def display(self, key: str = "") -> str:
         """The path or URI of ``key`` as the user writes it."""
 
-    @abstractmethod
     def identity(self, key: str = "") -> str:
         """A name that is equal for equal files (a resolved path, a URI): finds files reached twice."""
+        return self.display(key)
 
     @abstractmethod
     def kind(self, key: str = "") -> str:
@@ -194,12 +181,10 @@ class LocalStorage(Storage):
 
 
 class ObjectStorage(Storage):
-    """A prefix in an object store, through a pyarrow filesystem (see the module docstring).
+    """A prefix in an object store, through a pyarrow filesystem.
 
-    Every write is one object put, which the store makes visible all at once or not at all (a reader never sees
-    half an object, and a killed run leaves none): the local writer's temporary name and rename are not needed
-    here. An error of the store (unreachable endpoint, missing bucket, refused credentials) becomes a DataError
-    that names the URI.
+    Every write is one object put, which the store makes visible whole or not at all, so no temporary name is
+    needed. The store's errors become a DataError naming the URI.
     """
 
     def __init__(self, fs: Any, root: str, scheme: str) -> None:
@@ -210,9 +195,6 @@ class ObjectStorage(Storage):
 
     def display(self, key: str = "") -> str:
         return f"{self.scheme}://{self._path(key)}"
-
-    def identity(self, key: str = "") -> str:
-        return self.display(key)
 
     @contextmanager
     def _errors(self, what: str, key: str = "") -> Iterator[None]:
@@ -231,19 +213,17 @@ class ObjectStorage(Storage):
             found = self.fs.get_file_info(self._path(key)).type
         return {fs.FileType.File: "file", fs.FileType.Directory: "dir"}.get(found, "missing")
 
-    def _listing(self, key: str) -> list[str]:
-        """Keys (relative to the root) of every file below folder ``key``: one recursive listing."""
+    def files(self, key: str) -> set[str]:
         fs = _pyarrow_fs()
-        base = self._path(key)
         with self._errors("list", key):
-            infos = self.fs.get_file_info(fs.FileSelector(base, recursive=True, allow_not_found=True))
+            infos = self.fs.get_file_info(fs.FileSelector(self._path(key), recursive=True, allow_not_found=True))
         start = len(self.root) + 1
-        return sorted(info.path[start:] for info in infos if info.type == fs.FileType.File)
+        return {info.path[start:] for info in infos if info.type == fs.FileType.File}
 
     def walk(self) -> Iterator[tuple[str, list[str], list[str]]]:
         # One listing of the whole prefix (an object store has no folders to descend into), laid out as folders.
         folders: defaultdict[str, tuple[set[str], list[str]]] = defaultdict(lambda: (set(), []))
-        for key in self._listing(""):
+        for key in sorted(self.files("")):
             parts = key.split("/")
             for depth in range(len(parts) - 1):
                 folders["/".join(parts[:depth])][0].add(parts[depth])
@@ -256,15 +236,11 @@ class ObjectStorage(Storage):
             yield folder, dirs, names
             pending.extend(f"{folder}/{d}" if folder else d for d in reversed(dirs))
 
-    def files(self, key: str) -> set[str]:
-        return set(self._listing(key))
-
     def read_bytes(self, key: str) -> bytes:
         with self._errors("read", key):
             return self.source(key).read_bytes()
 
     def write_bytes(self, key: str, payload: bytes, unique: bool = False) -> None:
-        # Atomic by nature: the object appears when its upload completes (see the class docstring).
         with self._errors("write", key), self.fs.open_output_stream(self._path(key)) as handle:
             handle.write(payload)
 
@@ -289,9 +265,8 @@ def open_storage(location: str | os.PathLike) -> Storage:
         ConfigError: a scheme other than s3:// and gs://, or a URI pyarrow cannot parse or without a bucket.
         DependencyError: a URI without pyarrow installed. DataError: the store cannot be reached.
     """
-    if not is_uri(location):
+    if not (isinstance(location, str) and _URI.match(location)):
         return LocalStorage(Path(location))
-    assert isinstance(location, str)
     scheme = location.split("://", 1)[0].lower()
     if scheme not in OBJECT_SCHEMES:
         raise ConfigError(

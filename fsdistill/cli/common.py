@@ -143,15 +143,9 @@ ModelOpt = Annotated[
 ]
 
 
-class _Console:
-    """stdout for results, stderr for messages; silenced by --quiet."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-
-    def say(self, text: str) -> None:
-        if not self.quiet:
-            typer.echo(text)
+def _say(quiet: bool) -> Callable[[str], None]:
+    """A command's printer of results on stdout, silent under --quiet."""
+    return (lambda text: None) if quiet else typer.echo
 
 
 def _guarded(fn: Callable) -> Callable:
@@ -200,12 +194,9 @@ def command(fn: Callable) -> Callable:
 
 
 def model_command(fn: Callable | None = None, *, torchrun: bool = False) -> Callable:
-    """Register a guarded command that runs models, setting the process up for them first: glibc keeps the memory
-    a forward pass frees for the next one (:func:`fsdistill.runtime.retain_freed_memory`).
-
-    ``torchrun``: the command trains data-parallel when torchrun starts it (``@model_command(torchrun=True)``);
-    the others refuse to run as several torchrun processes, which would each do the whole job into one folder.
-    """
+    """Register a guarded command that runs models, after :func:`fsdistill.runtime.retain_freed_memory`.
+    ``torchrun``: it trains data-parallel under torchrun; the others refuse to run as several torchrun processes,
+    which would each do the whole job into one folder."""
 
     def register(fn: Callable) -> Callable:
         @functools.wraps(fn)
@@ -254,17 +245,10 @@ def _train_overrides(
 
 
 def _bar(desc: str, quiet: bool):
-    """An image progress bar whose total the API reports once it has found the images (``set_total``)."""
+    """An image progress bar whose total the API reports, once it has found the images, to ``bar.reset``."""
     from fsdistill.runtime import progress
 
-    bar = progress(total=None, desc=desc, unit="img", quiet=quiet)
-
-    def set_total(total: int) -> None:
-        bar.total = total
-        bar.refresh()
-
-    bar.set_total = set_total
-    return bar
+    return progress(desc=desc, unit="img", quiet=quiet)
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -19,23 +19,13 @@ from fsdistill.cli.common import (
     SeedOpt,
     SizeOpt,
     _bar,
-    _Console,
     _exit_on_failures,
     _model_announcer,
+    _say,
     _write_json,
     engine_option,
     model_command,
 )
-
-ShardOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--shard",
-        metavar="I/N",
-        help="Do only shard I of N (0 <= I < N) of the sorted image list: image k goes to shard k mod N. For job "
-        "arrays: run I = 0..N-1 into the same -o folder; the last shard to finish merges predictions.csv.",
-    ),
-]
 
 
 @model_command
@@ -104,7 +94,15 @@ def predict(
     ] = "local",
     address: RayAddressOpt = None,
     gpus_per_worker: GpusPerWorkerOpt = None,
-    shard: ShardOpt = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard",
+            metavar="I/N",
+            help="Do only shard I of N (0 <= I < N) of the sorted image list: image k goes to shard k mod N. For job "
+            "arrays: run I = 0..N-1 into the same -o folder; the last shard to finish merges predictions.csv.",
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     seed: InferSeedOpt = None,
     quiet: QuietOpt = False,
@@ -133,7 +131,7 @@ def predict(
             bar.update,
             backend=backend,
             on_model=_model_announcer(bar, model, quiet),
-            on_total=bar.set_total,
+            on_total=bar.reset,
             formats=format,
             coco_rle=coco_rle,
             image_root_url=image_root_url,
@@ -142,10 +140,10 @@ def predict(
             address=address,
             gpus_per_worker=gpus_per_worker,
         )
-    console = _Console(quiet)
-    console.say(f"{result.written} written, {result.skipped} already done, {len(result.failed)} failed -> {out}/masks")
+    say = _say(quiet)
+    say(f"{result.written} written, {result.skipped} already done, {len(result.failed)} failed -> {out}/masks")
     for name, paths in result.format_paths.items():
-        console.say(f"{name}: {', '.join(str(p) for p in paths)}")
+        say(f"{name}: {', '.join(str(p) for p in paths)}")
     _exit_on_failures(result.failed)
 
 
@@ -175,11 +173,11 @@ def evaluate(
 
         ensure_writable_dir(Path(json_out).parent, "--json")
     with _bar("evaluate", quiet) as bar:
-        result = api.evaluate(data_dir, model, teacher, device, batch_size, workers, bar.update, bar.set_total)
-    console = _Console(quiet)
+        result = api.evaluate(data_dir, model, teacher, device, batch_size, workers, bar.update, bar.reset)
+    say = _say(quiet)
     for name, value in result.iou.items():
-        console.say(f"{name:>20}  IoU {'n/a' if value is None else f'{value:.4f}'}")
-    console.say(f"{'mIoU':>20}  {result.miou:.4f}  ({result.images} images, {result.model})")
+        say(f"{name:>20}  IoU {'n/a' if value is None else f'{value:.4f}'}")
+    say(f"{'mIoU':>20}  {result.miou:.4f}  ({result.images} images, {result.model})")
     if json_out is not None:
         _write_json(json_out, result.to_dict())
 
@@ -260,28 +258,26 @@ def profile(
         seed=0 if seed is None else seed,
     )
     result = api.profile(cfg, quiet=quiet)
-    console = _Console(quiet)
+    say = _say(quiet)
     ratios = result.ratios
     fmt = lambda x: "n/a" if x is None else f"{x:.2f}x"  # noqa: E731
-    console.say(f"student latency max/min over the grid: {fmt(ratios['student_max_over_min'])}")
+    say(f"student latency max/min over the grid: {fmt(ratios['student_max_over_min'])}")
     t_cell = ratios.get("teacher_cell")
     if t_cell is not None:
-        console.say(
-            f"teacher/student at {t_cell['ways']}-way {t_cell['shots']}-shot: {fmt(ratios['teacher_over_student'])}"
-        )
-    console.say(f"student/backbone at {ratios['largest_cell']['ways']}-way: {fmt(ratios['student_over_backbone'])}")
+        say(f"teacher/student at {t_cell['ways']}-way {t_cell['shots']}-shot: {fmt(ratios['teacher_over_student'])}")
+    say(f"student/backbone at {ratios['largest_cell']['ways']}-way: {fmt(ratios['student_over_backbone'])}")
     by_ways = ratios.get("student_over_backbone_by_ways") or {}
     if len(by_ways) > 1:
         # A line, not a table: the round numbers of ways and the largest (profile.md has every cell).
         shown = {w: v for w, v in by_ways.items() if int(w) in (1, 2, 5, 10, 20, 50, 100) or w == max(by_ways, key=int)}
-        console.say("student/backbone by ways: " + ", ".join(f"{w}: {fmt(v)}" for w, v in shown.items()))
+        say("student/backbone by ways: " + ", ".join(f"{w}: {fmt(v)}" for w, v in shown.items()))
     peaks = {k: v for k, v in (ratios.get("peak_mem_mb_largest_cell") or {}).items() if v is not None}
     if peaks:
-        console.say("peak memory (MB, per cell in profile.md): " + ", ".join(f"{k} {v:,.0f}" for k, v in peaks.items()))
+        say("peak memory (MB, per cell in profile.md): " + ", ".join(f"{k} {v:,.0f}" for k, v in peaks.items()))
     failed = [f"{r['model']} {r['ways']}w{r['shots']}s" for r in result.rows if r["status"] != "ok"]
     if failed:
-        console.say(f"out of memory: {', '.join(failed)}")
-    console.say(f"profile: {result.out_dir}/profile.{{json,csv,md,png}}  ({result.data['seconds']:.0f} s)")
+        say(f"out of memory: {', '.join(failed)}")
+    say(f"profile: {result.out_dir}/profile.{{json,csv,md,png}}  ({result.data['seconds']:.0f} s)")
 
 
 @model_command
@@ -319,11 +315,11 @@ def export(
     from fsdistill import api
 
     result = api.export(model, out, format, images, device, tolerance, min_agreement, seed=0 if seed is None else seed)
-    console = _Console(quiet)
+    say = _say(quiet)
     shape = "dynamic batch and height/width" if result.dynamic_hw else f"dynamic batch, fixed {result.input_size}px"
-    console.say(f"exported: {result.path}  ({result.size_bytes / 2**20:.1f} MB, {shape}, {result.seconds:.0f} s)")
+    say(f"exported: {result.path}  ({result.size_bytes / 2**20:.1f} MB, {shape}, {result.seconds:.0f} s)")
     if result.note:
-        console.say(f"note: {result.note}")
+        say(f"note: {result.note}")
     summary = (
         f"parity vs PyTorch on {result.samples} images ({result.real_samples} real): "
         f"max |logit diff| {result.max_abs_diff:.2e} ({result.max_abs_diff_stable:.2e} outside near-tied classes, "
@@ -334,7 +330,7 @@ def export(
         typer.echo(summary, err=True)
         typer.echo("error: onnxruntime does not reproduce PyTorch within the tolerance (see above).", err=True)
         raise typer.Exit(1)
-    console.say(summary)
+    say(summary)
 
 
 @model_command
@@ -416,21 +412,21 @@ def suggest(
             workers,
             student_only,
             on_model=_model_announcer(bar, model, quiet),
-            on_total=bar.set_total,
+            on_total=bar.reset,
             on_progress=bar.update,
             shard=shard,
             engine=engine,
             address=address,
             gpus_per_worker=gpus_per_worker,
         )
-    console = _Console(quiet)
+    say = _say(quiet)
     if result.note and not quiet:
         typer.echo(f"note: {result.note}", err=True)
-    console.say(f"{'rank':>4}  {'score':>6}  {'disagree':>8}  {'uncert':>6}  image")
+    say(f"{'rank':>4}  {'score':>6}  {'disagree':>8}  {'uncert':>6}  image")
     for row in result.shown:
         s = row.scores
         disagree = "-" if s.disagreement is None else f"{s.disagreement:.3f}"
-        console.say(f"{row.rank:>4}  {s.score:>6.3f}  {disagree:>8}  {s.uncertainty:>6.3f}  {row.image}")
+        say(f"{row.rank:>4}  {s.score:>6.3f}  {disagree:>8}  {s.uncertainty:>6.3f}  {row.image}")
     done = [f"{len(result.ranking)} images scored in {result.seconds:.0f} s"]
     if result.csv_path is not None:
         done.append(f"ranking -> {result.csv_path}")
@@ -438,5 +434,5 @@ def suggest(
         done.append(f"JSON -> {result.json_path}")
     if result.copy_to is not None:
         done.append(f"{result.copied} copied ({result.already_copied} already there) -> {result.copy_to}")
-    console.say(", ".join(done))
+    say(", ".join(done))
     _exit_on_failures(result.failed)

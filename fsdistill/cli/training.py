@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -27,8 +28,8 @@ from fsdistill.cli.common import (
     SupportOpt,
     TeacherWeightsOpt,
     TrainOpt,
-    _Console,
     _model_overrides,
+    _say,
     _train_overrides,
     _write_json,
     command,
@@ -58,7 +59,7 @@ def check(
     check_device_name(device)  # a typo is still an error, as in the commands that run a model
 
     report = check_support(support_dir)
-    _Console(quiet).say(report.to_text())
+    _say(quiet)(report.to_text())
     if json_out is not None:
         _write_json(json_out, report.to_dict())
 
@@ -106,9 +107,7 @@ def adapt(
         result = api.adapt(cfg, quiet=quiet or not main, overwrite=overwrite)
     if not main:
         return
-    _Console(quiet).say(
-        f"teacher: {result.teacher_dir}  ({result.stats['steps']} steps, {result.stats['seconds']:.0f} s)"
-    )
+    _say(quiet)(f"teacher: {result.teacher_dir}  ({result.stats['steps']} steps, {result.stats['seconds']:.0f} s)")
 
 
 @model_command(torchrun=True)
@@ -227,47 +226,45 @@ def distill(
         )
     if not main:
         return
-    console = _Console(quiet)
-    console.say(
-        f"student: {result.student_dir}  ({result.student_parameters:,} parameters, {result.student_mb:.1f} MB)"
-    )
+    say = _say(quiet)
+    say(f"student: {result.student_dir}  ({result.student_parameters:,} parameters, {result.student_mb:.1f} MB)")
     if result.teacher_dir is not None:
-        console.say(f"teacher: {result.teacher_dir}")
+        say(f"teacher: {result.teacher_dir}")
     init = result.stats.get("init")
     if init:
-        console.say(
+        say(
             f"continued from {init['run']}: kept {', '.join(init['kept']) or 'no class'}; new "
             f"{', '.join(init['new']) or 'none'}; dropped {', '.join(init['dropped']) or 'none'}"
         )
     pool = result.stats.get("pool")
     if pool and not pool["used"]:
-        console.say(f"unlabeled pool: {pool['reason']}.")
+        say(f"unlabeled pool: {pool['reason']}.")
     elif pool:
         untrusted = [c for c in pool["teacher_leave_one_out"] if c not in pool["trusted"]]
         if untrusted:
-            console.say(
+            say(
                 f"unlabeled pool: not used for {', '.join(untrusted)} (the teacher's leave-one-out IoU is below "
                 f"{pool['min_iou']})"
             )
         skipped = f", {len(pool['skipped'])} unreadable skipped" if pool["skipped"] else ""
-        console.say(
+        say(
             f"unlabeled pool: {pool['images']} of {pool['pool_size']} images labelled by "
             f"{LABELLER_WORDS[pool['labeller']]} in "
             f"{pool['label_seconds']:.0f} s ({100 * pool['labelled_fraction']:.0f} % of the pixels confident"
             f"{skipped}); {pool['support_steps']} steps on the supports, then {pool['pool_steps']} with the pool"
         )
     polish = result.stats.get("polish_steps")
-    console.say(
+    say(
         f"trained {result.stats['steps']} steps ({result.stats['stop_reason']})"
         f"{f', then the student alone {polish} steps' if polish else ''} in {result.stats['seconds']:.0f} s"
     )
     if result.stats["steps"] == 0:
-        console.say(
+        say(
             "note: 0 steps: the student is untrained and predicts nothing useful; adapt --steps 0 gives the "
             "training-free teacher baseline."
         )
     if result.check is not None:
-        _print_support_check(result.check, console)
+        _print_support_check(result.check, say)
 
 
 # How the run's summary line names each pool labeller (train.pool_labeller).
@@ -279,22 +276,20 @@ LABELLER_WORDS = {
 }
 
 
-def _print_support_check(check, console: _Console) -> None:
+def _print_support_check(check, say: Callable[[str], None]) -> None:
     """The per-class table of distill's support check, then one warning line per dead-looking class (stderr)."""
 
     def fmt(value: float | None) -> str:
         return "  -  " if value is None else f"{value:.2f}"
 
-    console.say(
+    say(
         "per-class check on the support folder (leave-one-out: teacher on each support with the others; "
         "fit: student on its training images):"
     )
     width = max(len(c.name) for c in check.classes)
     for c in check.classes:
-        console.say(
-            f"  {c.name:<{width}}  in {c.supports:>3} supports  leave-one-out {fmt(c.leave_one_out)}  fit {fmt(c.fit)}"
-        )
+        say(f"  {c.name:<{width}}  in {c.supports:>3} supports  leave-one-out {fmt(c.leave_one_out)}  fit {fmt(c.fit)}")
     if check.note:
-        console.say(f"  ({check.note})")
+        say(f"  ({check.note})")
     for warning in check.warnings():
         typer.echo(f"warning: {warning}", err=True)

@@ -10,22 +10,10 @@ from fsdistill.errors import ConfigError
 from fsdistill.models.backbone_specs import backbone_spec
 from fsdistill.models.decoder import DECODERS
 
-__all__ = [
-    "SHOT_STEPS",
-    "DEFAULT_WAYS",
-    "DEFAULT_SHOTS",
-    "DEFAULT_TEACHER_MAX_WAYS",
-    "ProfileCfg",
-    "ProfileResult",
-    "shot_grid",
-]
+__all__ = ["SHOT_STEPS", "DEFAULT_WAYS", "ProfileCfg", "ProfileResult", "shot_grid"]
 
 SHOT_STEPS = (1, 5, 10, 25, 50)
 DEFAULT_WAYS = 3
-DEFAULT_SHOTS = 10
-# The teacher's cost grows with ways × shots (minutes per query at 50 ways × 50 shots on a CPU) while the question
-# at many ways is the student's flatness: beyond this many ways only the student and the backbone are timed.
-DEFAULT_TEACHER_MAX_WAYS = 10
 
 
 @dataclass
@@ -34,24 +22,22 @@ class ProfileCfg:
 
     Attributes:
         ways: largest ways W (grid 1..W); None = 3, or the model's classes with ``model``.
-        teacher_max_ways: the teacher is timed only in cells of at most this many ways (0 = never); the student
-            and the backbone in every cell.
+        teacher_max_ways: the teacher is timed only in cells of at most this many ways (0 = never).
         shots: largest shots per class S (grid {1, 5, 10, 25, 50, S} up to S).
-        backbone / size: random-weight models to build (None = efficientnet-lite0 / the backbone's default
-            size); with ``model`` they come from the artifact and must be None or equal.
+        backbone / size / student_width / decoder: of the random-weight models (None = fsdistill's defaults);
+            with ``model`` the artifact fixes them and they must be None.
         batch_size: query images per timed run. warmup / runs: per cell (slow cells: see ``slow_s``).
         model: a run or artifact folder: its teacher and/or student weights, classes and size.
-        out: output folder (profile.json, profile.csv, profile.md, profile.png).
         cache: support features computed once (real use); False recomputes them for every query.
-        student_width: ConvDist width of the random student (None = fsdistill's default, ``ModelCfg``).
-        decoder: decoder of the random models, "light" or "dcama" (None = fsdistill's default, ``ModelCfg``).
         slow_s: single-run time above which a cell gets no warm-up and fewer runs.
         cell_budget_s: timed seconds a slow cell may spend; min_slow_runs: its fewest timed runs.
     """
 
     ways: int | None = None
-    teacher_max_ways: int = DEFAULT_TEACHER_MAX_WAYS
-    shots: int = DEFAULT_SHOTS
+    # The teacher's cost grows with ways × shots (minutes per query at 50 × 50 on a CPU), while the question at
+    # many ways is the student's flatness.
+    teacher_max_ways: int = 10
+    shots: int = 10
     backbone: str | None = None
     size: int | None = None
     batch_size: int = 1

@@ -1,10 +1,14 @@
-"""``run_profile``: the ways × shots grid of ``fsdistill profile``, cell by cell, driven by a :class:`ProfileCfg`."""
+"""``run_profile``: the ways × shots grid of ``fsdistill profile`` and what each cell measures (the models of each
+ways value, random or a run's, on random queries and supports)."""
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -13,21 +17,11 @@ import torch
 from torch import Tensor, nn
 
 from fsdistill.config import ModelCfg, load_config
-from fsdistill.errors import ConfigError
+from fsdistill.errors import CheckpointError, ConfigError
 from fsdistill.models.backbone_specs import DEFAULT_BACKBONE, backbone_spec
 from fsdistill.profile.config import DEFAULT_WAYS, ProfileCfg, ProfileResult, shot_grid
-from fsdistill.profile.measure import MemoryMeter, _Estimator, _free, _load_average, _Measure, _Runner, is_oom
+from fsdistill.profile.measure import MemoryMeter, _Estimator, _free, _load_average, _Measure, _Runner, _sync, is_oom
 from fsdistill.profile.report import _write_plot, _write_tables, headline_ratios, render_markdown
-from fsdistill.profile.subjects import (
-    _load_run,
-    _Models,
-    _params,
-    _random_images,
-    _RandomFactory,
-    _support_mb,
-    _Supports,
-    _weights_mb,
-)
 from fsdistill.runtime import (
     device_name,
     inference_memory_format,
@@ -54,8 +48,7 @@ def run_profile(cfg: ProfileCfg, quiet: bool = False) -> ProfileResult:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; pass a folder for profile.json/.csv/.md/.png.")
-    seed_everything(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = seed_everything(cfg.seed)
     wall0 = time.perf_counter()
     load_start = _load_average()
 
@@ -72,12 +65,8 @@ def run_profile(cfg: ProfileCfg, quiet: bool = False) -> ProfileResult:
     else:
         backbone_name = cfg.backbone or DEFAULT_BACKBONE
         size = cfg.size or backbone_spec(backbone_name).default_size
-        chosen = {"student_width": cfg.student_width, "decoder": cfg.decoder}
-        model_cfg = load_config(
-            ModelCfg,
-            None,
-            {"backbone": backbone_name, "size": size, **{k: v for k, v in chosen.items() if v is not None}},
-        )
+        given = {"backbone": backbone_name, "size": size, "student_width": cfg.student_width, "decoder": cfg.decoder}
+        model_cfg = load_config(ModelCfg, None, given)  # None: not given, the default stands
         max_ways = cfg.ways or DEFAULT_WAYS
         ways_grid = list(range(1, max_ways + 1))
         factory = _RandomFactory(model_cfg, max_ways, device)
@@ -154,12 +143,12 @@ def run_profile(cfg: ProfileCfg, quiet: bool = False) -> ProfileResult:
     if info:
         data["artifacts"] = info["artifacts"]
         data["class_names"] = info["class_names"]
-    plans = {"teacher": base_teacher is not None, "student": factory is not None or fixed.student is not None}
+    has_student = factory is not None or fixed.student is not None
 
     def cell_seconds(w: int, s: int) -> float | None:
         total = 0.0
-        groups = [["teacher"]] if plans["teacher"] and w <= teacher_ways else []
-        groups.append(["student", "backbone"] if plans["student"] else ["backbone"])
+        groups = [["teacher"]] if base_teacher is not None and w <= teacher_ways else []
+        groups.append(["student", "backbone"] if has_student else ["backbone"])
         for group in groups:
             guesses = [estimator.single_ms(model, w, s) for model in group]
             if None in guesses:
@@ -170,11 +159,10 @@ def run_profile(cfg: ProfileCfg, quiet: bool = False) -> ProfileResult:
 
     try:
         current: _Models | None = None
-        for w, s in cells:
-            this = cell_seconds(w, s)
-            left = [cell_seconds(*c) for c in cells[cells.index((w, s)) :]]
+        for i, (w, s) in enumerate(cells):
+            left = [cell_seconds(*c) for c in cells[i:]]
             bar.set_postfix(
-                {"cell": f"{w}w{s}s", "cell_eta": _fmt_s(this), "eta": _fmt_s(None if None in left else sum(left))},
+                {"cell": f"{w}w{s}s", "cell_eta": _fmt_s(left[0]), "eta": _fmt_s(None if None in left else sum(left))},
                 refresh=True,
             )
             if current is None or current.ways != w:
@@ -225,6 +213,7 @@ def _measure_pair(
     """Student and bare backbone of one cell, run alternately (the backbone alone without a student), both as
     predict runs them (:meth:`_Models.inference_pair`)."""
     layout = inference_memory_format(query.device, "student")
+    layout_name = "channels_last" if layout == torch.channels_last else "contiguous"
     student, backbone = models.inference_pair(query.device)
     query = query.contiguous(memory_format=layout)
     fns: dict[str, Callable[[], Any]] = {}
@@ -241,21 +230,17 @@ def _measure_pair(
         m = measured["student"]
         extra = {
             "weights_mb": round(_weights_mb(models.student), 1),
-            "student_width": getattr(student, "width_arg", None),
-            "memory_format": _layout_name(layout),
+            "student_width": student.width_arg,
+            "memory_format": layout_name,
         }
         data["rows"].append(_row("student", ways, shots, m, _params(models.student), query.shape[0], **extra))
     m = measured["backbone"]
     extra = {
         "weights_mb": round(_weights_mb(models.backbone), 1),
         "note": m.note or "the student's backbone alone, run alternately with the student in this cell",
-        "memory_format": _layout_name(layout),
+        "memory_format": layout_name,
     }
     data["rows"].append(_row("backbone", ways, shots, m, _params(models.backbone), query.shape[0], **extra))
-
-
-def _layout_name(layout: torch.memory_format) -> str:
-    return "channels_last" if layout == torch.channels_last else "contiguous"
 
 
 def _measure_teacher(
@@ -291,9 +276,7 @@ def _measure_teacher(
         except BaseException as exc:
             if not is_oom(exc):
                 raise
-            measure = _Measure(
-                "oom", [], 0.0, 0, f"out of memory preparing the supports: {str(exc).splitlines()[0][:160]}"
-            )
+            measure = _Measure("oom", note=f"out of memory preparing the supports: {str(exc).splitlines()[0][:160]}")
             break
         estimate = est.single_ms("teacher", ways, shots)
         measure = runner.measure({"teacher": fn}, estimate)["teacher"]
@@ -331,3 +314,161 @@ def _fmt_s(seconds: float | None) -> str:
         return "?"
     seconds = int(round(seconds))
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _random_images(n: int, size: int, gen: torch.Generator) -> Tensor:
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=gen)
+
+
+def _random_masks(ways: int, shots: int, size: int, gen: torch.Generator) -> Tensor:
+    """ways·shots × size × size class ids, way-major: support i shows class i // shots + 1 as random blobs."""
+    cells = max(2, size // 32)
+    coarse = torch.rand(ways * shots, 1, cells, cells, generator=gen) > 0.6
+    coarse[:, :, cells // 2, cells // 2] = True  # never an empty mask
+    blobs = torch.nn.functional.interpolate(coarse.float(), size=(size, size), mode="nearest")[:, 0].bool()
+    ids = torch.arange(ways).repeat_interleave(shots) + 1
+    return (blobs.long() * ids[:, None, None]).to(torch.uint8)
+
+
+@dataclass
+class _Models:
+    """The models of one ways value (teacher and/or student share the backbone in random mode)."""
+
+    ways: int
+    backbone: nn.Module
+    teacher: nn.Module | None
+    student: nn.Module | None
+    _pair: tuple[nn.Module | None, nn.Module] | None = None
+
+    def inference_pair(self, device: torch.device) -> tuple[nn.Module | None, nn.Module]:
+        """(student, backbone) as predict runs them on ``device`` (:func:`fsdistill.models.build.for_inference`),
+        copied on first use: the teacher shares the backbone and runs it as it is."""
+        from fsdistill.models.build import for_inference
+
+        if self._pair is None:
+            if self.student is not None:
+                student = for_inference(copy.deepcopy(self.student), device, "student")
+                self._pair = (student, student.backbone)
+            else:
+                self._pair = (None, for_inference(copy.deepcopy(self.backbone), device, "student"))
+        return self._pair
+
+
+def _params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _tensors_mb(tensors: list[Tensor]) -> float:
+    """MB of the distinct ``tensors`` (one listed twice counts once)."""
+    return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values()) / 2**20
+
+
+def _weights_mb(module: nn.Module) -> float:
+    return _tensors_mb([*module.parameters(), *module.buffers()])
+
+
+def _support_mb(support: Any) -> float:
+    return _tensors_mb(
+        [m for maps in support.feats.values() for m in maps] + [*support.masks.values(), support.present]
+    )
+
+
+class _RandomFactory:
+    """Random-weight teacher + student per ways value; the teacher weights are shared across ways values."""
+
+    def __init__(self, cfg: ModelCfg, max_ways: int, device: torch.device) -> None:
+        from fsdistill.models.build import build_teacher
+
+        self.cfg, self.device = cfg, device
+        self.base = build_teacher(cfg, max_ways, pretrained=False).to(device).eval()
+
+    def models(self, ways: int) -> _Models:
+        from fsdistill.models.build import build_student, build_teacher
+
+        if ways == self.base.num_classes:
+            teacher = self.base
+        else:
+            teacher = build_teacher(self.cfg, ways, pretrained=False)
+            teacher.backbone = self.base.backbone  # one backbone for every ways value (and for the support cache)
+            with contextlib.suppress(RuntimeError):  # per-class parameters would not fit; random weights time alike
+                teacher.load_state_dict(self.base.state_dict())
+            teacher = teacher.to(self.device).eval()
+        student = build_student(teacher, self.cfg.student_width).to(self.device).eval()
+        return _Models(ways, teacher.backbone, teacher, student)
+
+
+def _load_run(path: Path, device: torch.device) -> tuple[_Models, dict[str, Any]]:
+    """Teacher and/or student of a run (or one artifact) → models, plus size/classes/backbone info."""
+    from fsdistill.checkpoint import resolve_model_dir
+    from fsdistill.models.build import load_model
+
+    loaded = {}
+    path = Path(path)
+    for kind in ("teacher", "student"):
+        try:
+            directory = resolve_model_dir(path, kind)
+        except CheckpointError:
+            continue
+        loaded[kind] = load_model(directory, kind)
+    if not loaded:
+        resolve_model_dir(path)  # raises the usual "no artifact" message
+        raise CheckpointError(f"{path} holds no teacher or student artifact; pass a run folder to --model.")
+    first = next(iter(loaded.values()))
+    sizes = {m.size for m in loaded.values()}
+    classes = {len(m.class_names) - 1 for m in loaded.values()}
+    if len(sizes) > 1 or len(classes) > 1:
+        raise CheckpointError(f"The teacher and student of {path} disagree on size or classes; profile one artifact.")
+    models = {kind: m.model.to(device).eval() for kind, m in loaded.items()}
+    teacher, student = models.get("teacher"), models.get("student")
+    backbone = (student or teacher).backbone
+    info = {
+        "size": first.size,
+        "ways": classes.pop(),
+        "backbone": first.config["backbone"]["name"],
+        "class_names": first.class_names,
+        "artifacts": {k: str(m.path) for k, m in loaded.items()},
+    }
+    return _Models(info["ways"], backbone, teacher, student), info
+
+
+class _Supports:
+    """W×S random supports; their features are encoded once (cache mode) and sliced per cell."""
+
+    def __init__(self, ways: int, shots: int, size: int, gen: torch.Generator, device: torch.device) -> None:
+        self.ways, self.shots, self.device = ways, shots, device
+        self.images = _random_images(ways * shots, size, gen).to(device)
+        self.masks = _random_masks(ways, shots, size, gen).to(device)
+        self.full = None  # SupportFeatures of all W×S supports (num_classes = W)
+        self.encode_ms: float | None = None
+
+    def index(self, ways: int, shots: int) -> list[int]:
+        return [c * self.shots + j for c in range(ways) for j in range(shots)]
+
+    def encode(self, teacher: nn.Module) -> None:
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            feats = teacher.backbone.encode_batched(self.images)
+            self.full = teacher.prepare_support(feats, self.masks)
+            _sync(self.device)
+            self.encode_ms = (time.perf_counter() - t0) * 1000.0
+
+    def cell(self, ways: int, shots: int) -> Any:
+        """SupportFeatures of a cell for a ``ways``-class teacher (a view when it is a prefix: no copy)."""
+        from fsdistill.models.teacher import SupportFeatures
+
+        full = self.full
+        n = ways * shots
+        if shots == self.shots:  # way-major order: the first ways·S supports
+            pick = lambda t: t[:n]  # noqa: E731
+        else:
+            index = torch.tensor(self.index(ways, shots), device=self.device)
+            pick = lambda t: t.index_select(0, index)  # noqa: E731
+        return SupportFeatures(
+            feats={lvl: [pick(m) for m in maps] for lvl, maps in full.feats.items()},
+            masks={lvl: pick(m)[:, :ways] for lvl, m in full.masks.items()},
+            present=pick(full.present)[:, :ways],
+        )
+
+    def raw(self, ways: int, shots: int) -> tuple[Tensor, Tensor]:
+        index = torch.tensor(self.index(ways, shots), device=self.device)
+        return self.images.index_select(0, index), self.masks.index_select(0, index)

@@ -1,7 +1,4 @@
-"""Measuring one call: out-of-memory detection, timing, memory meters, and the warm-up/timed runs of a cell.
-
-How time and memory are measured (and the slow-cell time policy) is described in :mod:`fsdistill.profile`.
-"""
+"""Measuring one call (time, peak memory, out of memory) and the warm-up and timed runs of a cell."""
 
 from __future__ import annotations
 
@@ -13,25 +10,20 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from fsdistill.profile.config import ProfileCfg
-from fsdistill.runtime import release_freed_memory
+from fsdistill.runtime import proc_status, release_freed_memory
 
 __all__ = ["is_oom", "MemoryMeter"]
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Out-of-memory detection, timing and memory meters
-
-
 def is_oom(exc: BaseException) -> bool:
     """True for CUDA/MPS/CPU allocation failures (torch.OutOfMemoryError, MemoryError, allocator RuntimeErrors)."""
-    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
-    if isinstance(exc, MemoryError) or (oom_type is not None and isinstance(exc, oom_type)):
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
         return True
     if isinstance(exc, RuntimeError):
         text = str(exc).lower()
@@ -72,15 +64,9 @@ def _time_once(fn: Callable[[], Any], device: torch.device) -> float:
     return (time.perf_counter() - t0) * 1000.0
 
 
-def _proc_kb(field_name: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field_name + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+def _proc_mb(field: str) -> float | None:
+    value = proc_status(field)  # kB
+    return None if value is None else int(value) / 2**10
 
 
 def _reset_peak_rss() -> bool:
@@ -94,14 +80,20 @@ def _reset_peak_rss() -> bool:
 
 
 class MemoryMeter:
-    """Peak memory around a block of work, in MB (see :mod:`fsdistill.profile` for the methods)."""
+    """Peak memory around a block of work, in MB.
+
+    CUDA: ``max_memory_allocated`` after a reset (absolute: weights and cached supports included). CPU: growth of
+    the peak RSS over the RSS at start (activations and workspace only), after handing freed heap memory back to
+    the OS; the peak is VmHWM reset through /proc/self/clear_refs, else /proc/self/statm sampled by a thread,
+    else ``ru_maxrss`` (a lower bound: it cannot be reset). ``method`` says which.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         if device.type == "cuda":
             self.method = "cuda: torch.cuda.max_memory_allocated after reset_peak_memory_stats (absolute)"
             self._kind = "cuda"
-        elif _proc_kb("VmHWM") is not None and _reset_peak_rss():
+        elif _proc_mb("VmHWM") is not None and _reset_peak_rss():
             self.method = "cpu: peak RSS growth, VmHWM after malloc_trim and resetting it via /proc/self/clear_refs"
             self._kind = "vmhwm"
         elif os.path.exists("/proc/self/statm"):
@@ -144,7 +136,7 @@ class MemoryMeter:
         release_freed_memory()  # RSS growth would hide in memory freed by earlier cells
         if self._kind == "vmhwm":
             _reset_peak_rss()
-            self._base = (_proc_kb("VmRSS") or 0) / 2**10
+            self._base = _proc_mb("VmRSS") or 0.0
         elif self._kind == "sampler":
             self._base = self._peak = self._rss_mb()
             self._stop.clear()
@@ -159,7 +151,7 @@ class MemoryMeter:
             torch.cuda.synchronize(self.device)
             return torch.cuda.max_memory_allocated(self.device) / 2**20
         if self._kind == "vmhwm":
-            return max(0.0, (_proc_kb("VmHWM") or 0) / 2**10 - self._base)
+            return max(0.0, (_proc_mb("VmHWM") or 0.0) - self._base)
         if self._kind == "sampler":
             self._stop.set()
             if self._thread is not None:
@@ -168,16 +160,12 @@ class MemoryMeter:
         return max(0.0, self._maxrss_mb() - self._base)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Measurement
-
-
 @dataclass
 class _Measure:
-    status: str
-    times: list[float]
-    peak_mb: float
-    warmup: int
+    status: str = "ok"
+    times: list[float] = field(default_factory=list)
+    peak_mb: float = 0.0
+    warmup: int = 0
     note: str = ""
     metered: bool = False  # a call of this cell has been metered for memory
 
@@ -201,11 +189,10 @@ def _quantile(ordered: list[float], q: float) -> float:
 
 
 class _Runner:
-    """Warm-up + timed runs of the models of one cell, with the slow-cell time policy.
+    """Warm-up + timed runs of the models of one cell, several models alternately (one call each per round).
 
-    Several models given together (the student and the bare backbone) are run alternately, one call each per
-    round, so that both see the same machine load and their ratio stays meaningful on a busy machine. Memory is
-    metered around each warm-up call separately (outside any timed region) and the cell reports the largest peak.
+    A cell whose single round is estimated above ``slow_s`` gets no warm-up and only the timed runs that fit in
+    ``cell_budget_s`` (at least ``min_slow_runs``). Memory is metered around single calls, outside timed regions.
     """
 
     def __init__(self, cfg: ProfileCfg, device: torch.device, meter: MemoryMeter) -> None:
@@ -219,10 +206,9 @@ class _Runner:
         fit = int(cfg.cell_budget_s * 1000 // estimate_ms)
         return 0, max(min(cfg.min_slow_runs, cfg.runs), min(cfg.runs, fit))
 
-    def _call(self, name: str, fn: Callable[[], Any], m: _Measure, timed: bool) -> float:
-        # Memory is metered on warm-up calls (or, in a cell without warm-up, on its first timed call) only: the
-        # meter hands freed heap memory back to the OS first, so a metered call faults its memory in again, and
-        # the timed runs should be warm, as predict's are.
+    def _call(self, fn: Callable[[], Any], m: _Measure, timed: bool) -> float:
+        # A metered call faults in memory the meter handed back, so only warm-up calls (or, without warm-up, the
+        # first timed call) are metered: the timed runs stay warm, as predict's are.
         metered = not timed or not m.metered
         if metered:
             self.meter.start()
@@ -249,7 +235,7 @@ class _Runner:
     def measure(self, fns: dict[str, Callable[[], Any]], estimate_ms: float | None) -> dict[str, _Measure]:
         """Warm-up and timed runs of every function (alternating); an out-of-memory one stops, the rest go on."""
         warmup, runs = self.plan(estimate_ms)
-        out = {name: _Measure("ok", [], 0.0, 0) for name in fns}
+        out = {name: _Measure() for name in fns}
         slow = self.cfg.slow_s * 1000
 
         def live() -> list[str]:
@@ -257,13 +243,13 @@ class _Runner:
 
         with torch.no_grad():
             for _ in range(warmup):
-                round_ms = sum(self._call(n, fns[n], out[n], timed=False) for n in live())
+                round_ms = sum(self._call(fns[n], out[n], timed=False) for n in live())
                 if round_ms > slow:  # slower than expected: this warm-up was enough
                     runs = self.plan(round_ms)[1]
                     break
             done = 0
             while done < runs and live():
-                round_ms = sum(self._call(n, fns[n], out[n], timed=True) for n in live())
+                round_ms = sum(self._call(fns[n], out[n], timed=True) for n in live())
                 done += 1
                 if done == 1 and round_ms > slow:
                     runs = min(runs, self.plan(round_ms)[1])

@@ -41,16 +41,14 @@ def headline_ratios(
 ) -> dict[str, Any]:
     """The paper's three headline ratios (p50 latencies; None where a value is missing), and per-ways figures.
 
-    - ``student_max_over_min``: slowest / fastest student cell over the whole grid (flat in ways and shots = 1).
-    - ``teacher_over_student``: teacher / student at the largest cell the teacher was timed in
-      (``teacher_cell``: ``teacher_ways`` ways, default all of them, and the largest shots).
+    - ``student_max_over_min``: slowest / fastest student cell over the whole grid.
+    - ``teacher_over_student``: teacher / student at ``teacher_cell``, the largest cell the teacher was timed in.
     - ``student_over_backbone``: student / bare backbone at the largest cell (measured alternately there); also
       the worst cell (``student_over_backbone_max``).
-    - ``student_paired_max_over_min``: max / min over the grid of each cell's student / backbone ratio. The
-      backbone does the same work in every cell, so this is the student's flatness with the machine's speed drift
-      between cells divided out (on a shared VM the bare backbone alone moved 1.6× between cells).
-    - ``student_over_backbone_by_ways``: per ways value (a string key, as JSON has), the median over its shots
-      cells of the paired student / backbone ratio: the student's cost per number of classes.
+    - ``student_paired_max_over_min``: max / min over the grid of each cell's student / backbone ratio: the
+      student's flatness with the machine's speed drift between cells divided out.
+    - ``student_over_backbone_by_ways``: per ways value (a string key, as in JSON), the median over its shots
+      cells of the paired student / backbone ratio.
     - ``peak_mem_mb_largest_cell``: peak memory (MB) of each model in the largest cell (the teacher's in
       ``teacher_cell``).
     """
