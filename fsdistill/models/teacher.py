@@ -1,9 +1,7 @@
 """DCAMA teacher: dense cross-attention between query and support features, value = the support mask.
 
-Reimplemented from the paper and the facts in reference.md §1 (the reference repo has no licence for this code),
-with its bugs fixed: support features are computed once per support set and cached, the backbone stays in eval
-mode, unused score tensors are not kept, an absent class gets a finite logit, and one attention pass per support
-chunk serves every class (so the query backbone pass is never repeated per class or per voting chunk).
+Reimplemented from the paper and reference.md §1 (the reference code has no licence); support features are cached
+per support set and one attention pass per support chunk serves every class.
 """
 
 from __future__ import annotations
@@ -24,10 +22,7 @@ ATTENTION_LEVELS = (1, 2, 3)  # backbone levels with attention = paper stages 2,
 
 
 def sinusoidal_pe(length: int, channels: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """1-D sinusoidal encoding of the flattened raster index: length×channels.
-
-    Generated on the fly for any length (the reference stores a 10000-position buffer, which caps the input size).
-    """
+    """1-D sinusoidal encoding of the flattened raster index: length×channels, for any length."""
     position = torch.arange(length, device=device, dtype=torch.float32)[:, None]
     div = torch.exp(torch.arange(0, channels, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / channels))
     pe = torch.zeros(length, channels, device=device)
@@ -57,9 +52,8 @@ class DenseCrossAttention(nn.Module):
         if channels % heads:
             raise ValueError(f"{channels} channels cannot be split into {heads} heads")
         self.channels, self.heads, self.dropout, self.use_pe = channels, heads, dropout, use_pe
-        # qk_norm = temperature of a cosine-similarity attention (q and k L2-normalised per head). Raw dot
-        # products (the reference, qk_norm=None) let high-norm support pixels win for every query, so an
-        # untrained teacher labels everything alike; cosine matching makes the training-free teacher useful.
+        # qk_norm = temperature of a cosine-similarity attention (q, k L2-normalised per head); None = raw dot
+        # products (the reference), where high-norm support pixels win for every query.
         self.qk_norm = qk_norm
         self.linears = nn.ModuleList([nn.Linear(channels, channels), nn.Linear(channels, channels)])
         for linear in self.linears:
@@ -86,12 +80,11 @@ class DenseCrossAttention(nn.Module):
     @staticmethod
     def _fused(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
         """softmax(q·kᵀ·scale)·v with the fused kernel: ...×Q×d, ...×K×d, ...×K×e → ...×Q×e."""
-        # The fused (flash) kernel needs one head size for q, k and v. Zero-padding q and k leaves every dot
-        # product unchanged, zero-padding v adds unused columns: 4× faster than the unfused path on CPU.
+        # The fused kernel (no Q×K score matrix) needs one head size for q, k and v: zero-padding q and k leaves
+        # every dot product unchanged, zero-padding v adds unused columns.
         width = max(q.shape[-1], v.shape[-1])
         columns = v.shape[-1]
         q, k, v = (F.pad(t, (0, width - t.shape[-1])) if t.shape[-1] < width else t for t in (q, k, v))
-        # Fused attention never materialises the Q×K score matrix (the reference keeps three of them).
         return F.scaled_dot_product_attention(q, k, v, scale=scale)[..., :columns]
 
     @torch.no_grad()
@@ -103,9 +96,8 @@ class DenseCrossAttention(nn.Module):
             masks: S×K×N support masks of N classes at the key positions.
         Returns:
             S×heads×Q×(N+1), float32: columns [0, N) hold Σₖ exp(sₖ)·maskₖ, column N holds Σₖ exp(sₖ), per query
-            position, where sₖ is the scaled query-key score. A softmax over any subset of supports is a ratio of
-            these sums (:meth:`DCAMATeacher.coarse_from_sums`), so with frozen projections each (query, support)
-            pair is computed once however many training episodes draw it.
+            position (sₖ the scaled query-key score). A softmax over any subset of supports is a ratio of these
+            sums (:meth:`DCAMATeacher.coarse_from_sums`).
         """
         s, heads, _, d = keys.shape
         classes = masks.shape[-1]
@@ -129,8 +121,7 @@ class DenseCrossAttention(nn.Module):
             keys: heads×K×d keys of the K = S·h'·w' support positions of this chunk (shots concatenated).
             values: K×2G: columns [0, G) hold mask_g·flag_g, columns [G, 2G) hold flag_g, where flag_g marks the
                 keys of supports that show group g. Dividing the first half of softmax(QKᵀ/√d)·values by the
-                second is exactly a softmax over only the supports of that class (as the reference's per-class
-                runs), computed in one pass for all classes.
+                second is a softmax over only the supports of that class, for all classes in one pass.
         Returns:
             G×h×w coarse maps in [0, 1], averaged over heads.
         """
@@ -140,8 +131,8 @@ class DenseCrossAttention(nn.Module):
         masked, flags = values[:, :groups], values[:, groups:]
         masked = masked.expand(self.heads, -1, -1)
         if self.training and self.dropout > 0:
-            # Attention dropout per support position and head rather than per query-key pair (reference): the
-            # same expectation, O(K) random numbers instead of O(Q·K), and it keeps the fused attention kernel.
+            # Attention dropout per support position and head, not per query-key pair (the reference): the same
+            # expectation, and it keeps the fused kernel.
             keep = torch.rand(self.heads, masked.shape[1], 1, device=query.device) >= self.dropout
             masked = masked * keep / (1.0 - self.dropout)
         v = torch.cat([masked, flags.expand(self.heads, -1, -1)], dim=-1)[None]
@@ -173,6 +164,13 @@ class SupportFeatures:
             present=self.present[index],
         )
 
+    def to(self, device: torch.device | str) -> SupportFeatures:
+        return SupportFeatures(
+            feats={lvl: [m.to(device) for m in maps] for lvl, maps in self.feats.items()},
+            masks={lvl: m.to(device) for lvl, m in self.masks.items()},
+            present=self.present.to(device),
+        )
+
     def __len__(self) -> int:
         return int(self.present.shape[0])
 
@@ -182,15 +180,12 @@ class DCAMATeacher(nn.Module):
 
     Args:
         backbone: frozen feature extractor with ``spec.channels`` / ``spec.num_blocks`` per level.
-        decoder: a :class:`~fsdistill.models.decoder.DCAMADecoder`, :class:`~fsdistill.models.decoder.LightDecoder`
-            or :class:`~fsdistill.models.decoder.SharedDecoder` for that backbone
-            (:func:`fsdistill.models.build.build_decoder`), built once by the caller: the student trained with this
-            teacher shares the same module.
+        decoder: from :func:`fsdistill.models.build.build_decoder`; the student trained with this teacher shares it.
         num_classes: foreground classes N.
         heads, use_pe, attn_dropout, qk_norm: of the attention blocks (:class:`DenseCrossAttention`).
         voting: support images per attention chunk at inference (:meth:`predict_features`).
-    Merged logits come at the decoder's ``output_stride`` (1 = the input size, 4 = a quarter of it); per-class
-    logits (:meth:`class_logits`) at its ``class_stride``.
+    Merged logits come at the decoder's ``output_stride``, per-class logits (:meth:`class_logits`) at its
+    ``class_stride``.
     """
 
     def __init__(
@@ -227,16 +222,13 @@ class DCAMATeacher(nn.Module):
         return SupportFeatures(level_feats, level_masks, present)
 
     # -- query side ---------------------------------------------------------------------------------------------
-    def coarse_maps(self, query: Features, support: SupportFeatures, classes: list[int]) -> list[Tensor]:
-        """Coarse maps of one query image against the supports, for the given class indices (0-based).
-
-        Returns:
-            per stage 2, 3, 4: G×n×h×w with G = len(classes), n = block maps of that stage.
-        """
-        flags = support.present[:, classes].float()  # S×G
+    def coarse_maps(self, query: Features, support: SupportFeatures) -> list[Tensor]:
+        """Coarse maps of one query image against the supports, all classes: per stage 2, 3, 4, N×n×h×w (n =
+        block maps of that stage)."""
+        flags = support.present.float()  # S×N
         coarse = []
         for block, lvl in zip(self.blocks, ATTENTION_LEVELS):
-            masks = support.masks[lvl][:, classes]  # S×G×h×w
+            masks = support.masks[lvl]  # S×N×h×w
             s, g, h, w = masks.shape
             mask_tokens = (masks * flags[:, :, None, None]).permute(0, 2, 3, 1).reshape(s * h * w, g)
             flag_tokens = flags[:, None, :].expand(s, h * w, g).reshape(s * h * w, g)
@@ -331,19 +323,6 @@ class DCAMATeacher(nn.Module):
         merged = merge_classes(self.class_logits(query, support, coarse, present, skip), present[None])
         return self.decoder.refine(merged, skip)
 
-    def forward_episode(
-        self, query: Features, support: SupportFeatures, skip: Tensor | SharedSkip | None = None
-    ) -> tuple[Tensor, list[Tensor], Tensor]:
-        """One query image (batch 1) against one support chunk, all classes.
-
-        Returns:
-            class_logits: 1×N×2×h×w at the class stride; coarse: per stage N×n×h×w; present: N bool (classes the
-            chunk shows).
-        """
-        present = support.present.any(dim=0)
-        coarse = self.coarse_maps(query, support, list(range(self.num_classes)))
-        return self.class_logits(query, support, coarse, present, skip), coarse, present
-
     @torch.no_grad()
     def predict_features(self, query: Features, support: SupportFeatures, voting: int | None = None) -> Tensor:
         """Inference for one query with the whole support set, voting over chunks of ``voting`` supports.
@@ -358,7 +337,8 @@ class DCAMATeacher(nn.Module):
         seen = torch.zeros(self.num_classes, dtype=torch.bool, device=support.present.device)
         for start in range(0, len(support), chunk):
             part = support.select(list(range(start, min(start + chunk, len(support)))))
-            logits, _, present = self.forward_episode(query, part, skip)
+            present = part.present.any(dim=0)
+            logits = self.class_logits(query, part, self.coarse_maps(query, part), present, skip)
             if best is None:
                 best = logits.clone()
             else:

@@ -207,7 +207,7 @@ def train(
             if pair_attention is not None:
                 coarse_t = pair_attention.coarse_maps(episode, q_feats, support)
             else:
-                coarse_t = teacher.coarse_maps(q_feats, support, list(range(teacher.num_classes)))
+                coarse_t = teacher.coarse_maps(q_feats, support)
             present = support.present.any(dim=0)
             losses = {}
             if student is None:

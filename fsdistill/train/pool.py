@@ -152,7 +152,6 @@ def label_batch(
     only on its own images, so batches may be labelled anywhere (``distill --engine ray``: in Ray actors) and
     joined with :func:`join_pool`.
     """
-    classes = list(range(teacher.num_classes))
     present = support.present.any(dim=0)
     images = images.to(support.present.device)
     feats = teacher.backbone.encode(images)
@@ -161,7 +160,7 @@ def label_batch(
     per_image_coarse, t_logits = [], []
     for i in range(images.shape[0]):
         query = [[m[i : i + 1] for m in level] for level in feats]
-        coarse = teacher.coarse_maps(query, support, classes)  # per stage N×n×h×w
+        coarse = teacher.coarse_maps(query, support)  # per stage N×n×h×w
         t_logits.append(teacher.decode_episode(query, support, coarse, present))
         per_image_coarse.append(coarse)
     labels = pseudo_labels(_probs(torch.cat(t_logits), size), _probs(s_logits, size), labeller, threshold, trusted)

@@ -37,12 +37,7 @@ class _PoolActor:
         student = build_student(teacher, payload["student_width"])
         student.load_state_dict(payload["student_state"])  # its backbone and decoder are the teacher's
         self.teacher, self.student = teacher.to(self.device).eval(), student.to(self.device).eval()
-        support = payload["support"]
-        self.support = type(support)(
-            feats={lvl: [m.to(self.device) for m in maps] for lvl, maps in support.feats.items()},
-            masks={lvl: m.to(self.device) for lvl, m in support.masks.items()},
-            present=support.present.to(self.device),
-        )
+        self.support = payload["support"].to(self.device)
         self.size, self.labeller, self.threshold = payload["size"], payload["labeller"], payload["threshold"]
         self.trusted = payload["trusted"]
 
@@ -106,11 +101,7 @@ class RayPoolLabeller(RayEngine):
             "teacher_state": {k: v.detach().cpu() for k, v in teacher.state_dict().items()},
             "student_width": student_width,
             "student_state": {k: v.detach().cpu() for k, v in student.state_dict().items()},
-            "support": type(support)(
-                feats={lvl: [m.cpu() for m in maps] for lvl, maps in support.feats.items()},
-                masks={lvl: m.cpu() for lvl, m in support.masks.items()},
-                present=support.present.cpu(),
-            ),
+            "support": support.to("cpu"),
             "size": size,
             "labeller": labeller,
             "threshold": threshold,
