@@ -24,21 +24,15 @@ __all__ = [
     "EpisodeSampler",
 ]
 
-# Memory for the attention sums of (query, support) pairs kept during one training run. Lite0 at 384 px with 5
-# classes needs ~1.3 MB a pair: 10 supports (90 pairs) fit many times over, 50 supports (2450 pairs) mostly.
+# Memory for the attention sums of (query, support) pairs kept during one training run.
 PAIR_ATTENTION_BYTES = 2 * 2**30
-
-
-def _select(feats: Features, index: int) -> Features:
-    return [[m[index : index + 1] for m in level] for level in feats]
 
 
 def flip_batch(generator: torch.Generator, feats: Features, *maps: Tensor) -> tuple[Features, list[Tensor]]:
     """Flip each image of a batch, its features and its spatial targets together, in a random flip view of its own.
 
     A free augmentation for the student's batches: the cached features are flipped instead of recomputed from a
-    flipped image (not the same features, but the head learns each structure in every orientation), and the
-    teacher's coarse maps flip exactly with the query positions they belong to.
+    flipped image (not the same features, but the head learns each structure in every orientation).
 
     Args:
         generator: draws one of the ``FLIP_VIEWS`` per image. feats: backbone features of B images.
@@ -80,7 +74,8 @@ class FeatureCache:
 
     def query(self, index: int, view: int) -> tuple[Features, Tensor]:
         """Features (batch 1) and 1×H×W mask of one support image used as the query."""
-        return _select(self.feats[view], index), self.masks[view][index : index + 1]
+        feats = [[m[index : index + 1] for m in level] for level in self.feats[view]]
+        return feats, self.masks[view][index : index + 1]
 
     def batch(self, picks: list[tuple[int, int]]) -> tuple[Features, Tensor]:
         """Features (batch B) and B×H×W masks of the (index, view) picks: the student's supervised batch."""
@@ -109,10 +104,7 @@ class PairAttention:
     With the attention projections frozen (the default trainable groups), the attention of a query image against
     a support image never changes during training, and an episode's coarse maps are ratios of per-support sums
     (:meth:`~fsdistill.models.teacher.DCAMATeacher.coarse_from_sums`). Each pair is computed the first time an
-    episode draws it and kept (up to ``max_bytes``); later episodes only add the sums up. With 10 supports a run
-    of a few hundred episodes meets the same 90 pairs again and again: the attention, ~60 % of a step, is then
-    paid about once per pair. Token and attention dropout are off (the maps equal inference's): one draw per
-    pair could not be resampled anyway.
+    episode draws it and kept (up to ``max_bytes``). Dropout is off (the maps equal inference's).
     """
 
     def __init__(self, teacher: DCAMATeacher, max_bytes: int = PAIR_ATTENTION_BYTES) -> None:
@@ -156,18 +148,14 @@ class EpisodeSampler:
     """Leave-one-out episodes: a support image is the query against 1–``max_shots`` others.
 
     Queries are class-balanced: the sampler cycles over the foreground classes (in a fresh random order each
-    pass) and takes, for each class, the next image that shows it (each class's images also cycle). A class
-    present in 2 of 10 supports is then a query target as often as one present in all ten: with one query per
-    image per pass (the earlier rule) the small structures of a multi-class folder were seen 3-5x less often than
-    the large ones and ended at IoU 0. Images without any foreground class are never queries. ``class_repeats``
-    (per class, default 1) makes a class a target that many times per pass.
-    ``class_queries`` counts, per class, the queries that showed it (the automatic budget reads it).
+    pass) and takes, for each class, the next image that shows it, so a class shown by few supports is a query
+    target as often as one shown by all. Images without any foreground class are never queries. ``class_repeats``
+    (per class, default 1) makes a class a target that many times per pass. ``class_queries`` counts, per class,
+    the queries that showed it (the automatic budget reads it).
 
-    An episode draws K uniformly from 1..``max_shots`` (capped by the other images available); its supports
-    first cover the query's classes (one image per class it shows, like the reference's ``paired`` episodes),
-    then random other images fill it up to K. Before this fill-up every episode was one image per class, while
-    inference attends to all supports at once: the teacher never trained for the multi-shot softmax it is used
-    with. With a single support image the query is a flipped view of it (needs augmentation views).
+    An episode draws K uniformly from 1..``max_shots`` (capped by the other images available); its supports first
+    cover the query's classes (one image per class it shows), then random other images fill it up to K, as
+    inference attends to many supports at once. With a single support image the query is a flipped view of it.
     """
 
     def __init__(
@@ -206,10 +194,7 @@ class EpisodeSampler:
 
     def sample_images(self, count: int) -> list[tuple[int, int]]:
         """``count`` class-balanced (image, view) picks, for a supervised batch (counted in ``class_queries``)."""
-        picks = []
-        for _ in range(count):
-            picks.append((self._next_query(), self.rng.randrange(self.views)))
-        return picks
+        return [(self._next_query(), self.rng.randrange(self.views)) for _ in range(count)]
 
     def sample(self) -> Episode:
         query = self._next_query()

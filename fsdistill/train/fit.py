@@ -1,13 +1,8 @@
-"""The one training loop behind ``adapt`` (TransferFSS) and ``distill`` (DistillFSS).
+"""The one training loop behind ``adapt`` (TransferFSS) and ``distill`` (DistillFSS), and distill's polish phase.
 
-A step = ``episodes_per_step`` leave-one-out episodes whose gradients are accumulated, then one AdamW step
-(the reference accumulates over one pass of all supports; a fixed number of episodes per step makes the cost
-of a step independent of the support-set size, so ``--steps`` means the same for 5 or 50 images). Without
-``--steps`` the data decides how many (:mod:`fsdistill.train.budget`).
-
-Under ``torchrun`` (a process group initialised, :mod:`fsdistill.distributed`) every process runs this loop on
-its own episodes, student batches and pool images (samplers seeded with seed + rank) and the gradients are
-averaged before each step: a step then holds N × ``episodes_per_step`` episodes, as data-parallel training does.
+A step = ``episodes_per_step`` leave-one-out episodes whose gradients are accumulated, then one AdamW step, so
+its cost does not depend on the support-set size. Under ``torchrun`` every process runs the loop on its own draws
+(samplers seeded with seed + rank) and the gradients are averaged before each step.
 """
 
 from __future__ import annotations
@@ -22,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from fsdistill import distributed
-from fsdistill.config import TRAINABLE_GROUPS, TrainCfg
+from fsdistill.config import TrainCfg
 from fsdistill.models.student import DistilledStudent
 from fsdistill.models.teacher import DCAMATeacher, Features, SupportFeatures
 from fsdistill.runtime import progress, raise_if_interrupted
@@ -70,10 +65,8 @@ def decoder_groups(decoder: nn.Module) -> dict[str, list[nn.Parameter]]:
 
 
 def teacher_groups(teacher: DCAMATeacher) -> dict[str, list[nn.Parameter]]:
-    """Teacher parameters by paper name: the decoder's groups and attention (q/k)."""
-    groups = {**decoder_groups(teacher.decoder), "attention": list(teacher.blocks.parameters())}
-    assert set(groups) == set(TRAINABLE_GROUPS)
-    return groups
+    """Teacher parameters by paper name (:data:`~fsdistill.config.TRAINABLE_GROUPS`): the decoder's and attention."""
+    return {**decoder_groups(teacher.decoder), "attention": list(teacher.blocks.parameters())}
 
 
 def set_trainable(teacher: DCAMATeacher, names: list[str]) -> list[nn.Parameter]:
@@ -139,21 +132,17 @@ def train(
 
     Losses: adapt = focal(teacher); distill = ⅓ focal(teacher) + ⅓ focal(student) + ⅓ w·MSE(coarse maps), or with
     ``freeze_teacher`` ½ focal(student) + ½ w·MSE against the fixed teacher (w = ``cfg.mse_weight``; "focal" is
-    focal + Dice, :func:`~fsdistill.train.losses.segmentation_loss`). ``new_classes`` (``distill --init``): the run
-    continues a trained one, and per class whether it is new; new classes are query targets as often as all the
-    trained ones together (or the loss, mostly the trained classes', flattens before they are learned), and the
-    automatic budget stops at its floors with the new classes covered (:mod:`fsdistill.train.budget`). ``pool``
-    (distill only): labelled unlabeled images; each step the student also trains on ``cfg.pool_batch`` of them,
-    weighted ``cfg.pool_weight``: focal + Dice on their pseudo-labels and w·MSE against the teacher's coarse maps of
-    them.
+    focal + Dice, :func:`~fsdistill.train.losses.segmentation_loss`). ``new_classes`` (``distill --init``): per
+    class whether it is new; new classes are query targets as often as all the trained ones together, and the
+    automatic budget stops at its floors with them covered. ``pool`` (distill only): each step the student also
+    trains on ``cfg.pool_batch`` pool images, weighted ``cfg.pool_weight``: focal + Dice on their pseudo-labels and
+    w·MSE against the teacher's coarse maps of them.
     """
     stats = TrainStats()
     if cfg.steps == 0:
         stats.stop_reason = "no training asked for (steps 0)"
         return stats
-    teacher_params = [] if freeze_teacher else set_trainable(teacher, cfg.train)
-    if freeze_teacher:
-        set_trainable(teacher, [])
+    teacher_params = set_trainable(teacher, [] if freeze_teacher else cfg.train)
     groups = [{"params": teacher_params, "lr": cfg.lr}] if teacher_params else []
     if student is not None:
         for p in student.convdist.parameters():
@@ -166,8 +155,7 @@ def train(
     device = cache.masks[0].device
     world, rank = distributed.world_size(), distributed.rank()
     if world > 1:
-        # Same starting weights everywhere (the seeded builds already agree; this also covers loaded ones), and
-        # each process its own random stream (attention dropout), as its own episodes.
+        # Same starting weights everywhere, and each process its own random stream (attention dropout).
         distributed.broadcast_parameters(params)
         torch.manual_seed(cfg.seed + rank)
     # seed + rank: each process draws other episodes (rank 0, and a plain run, the seed's own).
@@ -280,25 +268,16 @@ def train(
     stats.episodes *= world  # every process ran as many
     stats.class_queries = list(class_queries)
     stats.seconds = time.perf_counter() - start
-    teacher.eval()
-    if student is not None:
-        student.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    if student is not None:
-        for p in student.parameters():
-            p.requires_grad_(False)
+    for model in (teacher, student) if student is not None else (teacher,):
+        model.eval().requires_grad_(False)
     return stats
 
 
 def polish(student: DistilledStudent, cache: FeatureCache, cfg: TrainCfg, quiet: bool = False) -> TrainStats:
     """The student's last phase: ``cfg.polish_steps`` steps alone on the supports, on its own copy of the decoder.
 
-    During joint training the decoder is shared, so it settles where it serves the teacher's episodes as well as
-    the student; here the student's ConvDist blocks and its decoder's trainable groups (``cfg.train``) finish on
-    the student's supervised loss alone (focal + Dice of ``cfg.student_batch`` class-balanced support images a
-    step, in random flip views with ``cfg.flip_features``). The teacher is left as it is. Under ``torchrun`` the
-    gradients are averaged over the processes, each drawing its own batches.
+    During joint training the decoder also serves the teacher; here the student's ConvDist blocks and its decoder's
+    trainable groups (``cfg.train``) finish on the student's supervised batches alone. The teacher is left as it is.
     """
     stats = TrainStats()
     if not cfg.polish_steps or not cfg.student_batch:
@@ -333,7 +312,5 @@ def polish(student: DistilledStudent, cache: FeatureCache, cfg: TrainCfg, quiet:
         bar.set_postfix({k: f"{v:.3f}" for k, v in totals.items()})
     bar.close()
     stats.seconds = time.perf_counter() - start
-    student.eval()
-    for p in student.parameters():
-        p.requires_grad_(False)
+    student.eval().requires_grad_(False)
     return stats
