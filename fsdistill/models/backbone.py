@@ -25,6 +25,7 @@ __all__ = [
     "EfficientNetBackbone",
     "ResNetBackbone",
     "SwinBackbone",
+    "cat_features",
     "create_backbone",
     "load_classifier",
 ]
@@ -32,6 +33,11 @@ __all__ = [
 # Lite0: blocks[i] of timm's model is stage i. Stage 3 (stride 16, 80 ch) is skipped so that every level has a
 # single channel count; stage 6 (320 ch, one block) and conv_head are never run.
 _LITE0_TAP_STAGES = (1, 2, 4, 5)
+
+
+def cat_features(parts: list[list[list[Tensor]]]) -> list[list[Tensor]]:
+    """Block-level features of several batches (see :meth:`Backbone.forward`) → those of one batch."""
+    return [[torch.cat(maps) for maps in zip(*levels)] for levels in zip(*parts)]
 
 
 class Backbone(nn.Module):
@@ -88,8 +94,9 @@ class Backbone(nn.Module):
         """S×3×H×W uint8 on any device → :meth:`encode` of all S images, ``batch_size`` at a time on the backbone's
         device: 4 levels of block maps, each S×C×h×w (support sets larger than one batch fit in memory)."""
         device = self.input_scale.device
-        parts = [self.encode(images[i : i + batch_size].to(device)) for i in range(0, images.shape[0], batch_size)]
-        return [[torch.cat([p[lvl][b] for p in parts]) for b in range(len(maps))] for lvl, maps in enumerate(parts[0])]
+        return cat_features(
+            [self.encode(images[i : i + batch_size].to(device)) for i in range(0, images.shape[0], batch_size)]
+        )
 
     def check_size(self, height: int, width: int) -> None:
         """Raise ConfigError unless an H×W input is accepted (multiple of 32; Swin only its fixed size)."""

@@ -7,6 +7,7 @@ per support set and one attention pass per support chunk serves every class.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -156,20 +157,19 @@ class SupportFeatures:
     masks: dict[int, Tensor]
     present: Tensor
 
-    def select(self, index: Tensor | list[int]) -> SupportFeatures:
-        index = torch.as_tensor(index, dtype=torch.long, device=self.present.device)
+    def _apply(self, fn: Callable[[Tensor], Tensor]) -> SupportFeatures:
         return SupportFeatures(
-            feats={lvl: [m[index] for m in maps] for lvl, maps in self.feats.items()},
-            masks={lvl: m[index] for lvl, m in self.masks.items()},
-            present=self.present[index],
+            feats={lvl: [fn(m) for m in maps] for lvl, maps in self.feats.items()},
+            masks={lvl: fn(m) for lvl, m in self.masks.items()},
+            present=fn(self.present),
         )
 
+    def select(self, index: Tensor | list[int]) -> SupportFeatures:
+        index = torch.as_tensor(index, dtype=torch.long, device=self.present.device)
+        return self._apply(lambda t: t[index])
+
     def to(self, device: torch.device | str) -> SupportFeatures:
-        return SupportFeatures(
-            feats={lvl: [m.to(device) for m in maps] for lvl, maps in self.feats.items()},
-            masks={lvl: m.to(device) for lvl, m in self.masks.items()},
-            present=self.present.to(device),
-        )
+        return self._apply(lambda t: t.to(device))
 
     def __len__(self) -> int:
         return int(self.present.shape[0])

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from fsdistill.data.support_tensors import SupportTensors
 from fsdistill.data.transforms import FLIP_VIEWS, flip
+from fsdistill.models.backbone import cat_features
 from fsdistill.models.teacher import DCAMATeacher, Features, SupportFeatures
 
 __all__ = [
@@ -26,6 +27,10 @@ __all__ = [
 
 # Memory for the attention sums of (query, support) pairs kept during one training run.
 PAIR_ATTENTION_BYTES = 2 * 2**30
+
+
+def _select(feats: Features, index: int) -> Features:
+    return [[m[index : index + 1] for m in level] for level in feats]
 
 
 def flip_batch(generator: torch.Generator, feats: Features, *maps: Tensor) -> tuple[Features, list[Tensor]]:
@@ -74,25 +79,18 @@ class FeatureCache:
 
     def query(self, index: int, view: int) -> tuple[Features, Tensor]:
         """Features (batch 1) and 1×H×W mask of one support image used as the query."""
-        feats = [[m[index : index + 1] for m in level] for level in self.feats[view]]
-        return feats, self.masks[view][index : index + 1]
+        return _select(self.feats[view], index), self.masks[view][index : index + 1]
 
     def batch(self, picks: list[tuple[int, int]]) -> tuple[Features, Tensor]:
         """Features (batch B) and B×H×W masks of the (index, view) picks: the student's supervised batch."""
-        feats = [
-            [torch.cat([self.feats[v][lvl][b][i : i + 1] for i, v in picks]) for b in range(len(level))]
-            for lvl, level in enumerate(self.feats[0])
-        ]
+        feats = cat_features([_select(self.feats[v], i) for i, v in picks])
         return feats, torch.cat([self.masks[v][i : i + 1] for i, v in picks])
 
     def supports(self, picks: list[tuple[int, int]]) -> SupportFeatures:
         """SupportFeatures of the (index, view) picks, shots concatenated in that order."""
         parts = [self.support[view].select([index]) for index, view in picks]
         return SupportFeatures(
-            feats={
-                lvl: [torch.cat([p.feats[lvl][b] for p in parts]) for b in range(len(parts[0].feats[lvl]))]
-                for lvl in parts[0].feats
-            },
+            feats={lvl: [torch.cat(maps) for maps in zip(*(p.feats[lvl] for p in parts))] for lvl in parts[0].feats},
             masks={lvl: torch.cat([p.masks[lvl] for p in parts]) for lvl in parts[0].masks},
             present=torch.cat([p.present for p in parts]),
         )

@@ -1,10 +1,8 @@
 """``distill --unlabeled --engine ray``: label the unlabeled pool on Ray actors.
 
-Each actor rebuilds the support-phase teacher and student once from state dicts put in Ray's object store, and
-returns the pseudo-labels, teacher coarse maps and features of its batches, which the driver joins into the
-PoolTargets a local run has (:func:`fsdistill.train.pool.label_files` does the same work in this process). The
-session, pool sizing and option checks are the predict engine's (:mod:`fsdistill.infer.ray_engine`). Ray is
-optional (``pip install 'fsdistill[ray]'``) and imported only when the engine is asked for.
+Each actor rebuilds the support-phase teacher and student once from state dicts in Ray's object store and returns
+what :func:`fsdistill.train.pool.label_files` returns locally. The session, pool sizing and option checks are the
+predict engine's (:mod:`fsdistill.infer.ray_engine`); Ray is imported only when the engine is asked for.
 """
 
 from __future__ import annotations
@@ -23,8 +21,7 @@ __all__ = ["RayPoolLabeller"]
 
 
 class _PoolActor:
-    """One Ray actor of ``distill --unlabeled --engine ray``: rebuilds the support-phase teacher and student once
-    (from their configs and state dicts), then labels the batches of pool files it is handed."""
+    """One Ray actor: rebuilds the support-phase teacher and student once, then labels the batches it is handed."""
 
     def __init__(self, payload: dict[str, Any], device: str) -> None:
         from fsdistill.models.build import build_student, build_teacher
@@ -42,8 +39,7 @@ class _PoolActor:
         self.trusted = payload["trusted"]
 
     def label(self, paths: list[str]) -> tuple[list[int], list[tuple[int, str]], Any]:
-        """One batch of pool files → (readable indices in ``paths``, (index, error) per unreadable one, the
-        labelled batch on the CPU or None): a :data:`fsdistill.train.pool.FileBatch`."""
+        """One batch of pool files → its :data:`fsdistill.train.pool.FileBatch`, on the CPU."""
         # One batch exactly (batch size = its length): the driver cut the batches a local run cuts.
         for indices, errors, batch in label_files(
             self.teacher,
@@ -64,10 +60,8 @@ class _PoolActor:
 
 
 class RayPoolLabeller(RayEngine):
-    """``distill --unlabeled``'s pool labelling on Ray actors: each actor rebuilds the support-phase teacher and
-    student once, from the state dicts and configs the driver puts in Ray's object store, and labels the pool in
-    batches of ``batch_size`` consecutive files, the batches :func:`~fsdistill.train.pool.label_files` cuts
-    locally (so the pseudo-labels and teacher coarse maps are the local run's).
+    """``distill --unlabeled``'s pool labelling on Ray actors, in the batches
+    :func:`~fsdistill.train.pool.label_files` cuts locally (so the results are the local run's).
 
     Args:
         device, address, workers, gpus_per_worker: as for :class:`RayRunner`.
@@ -87,9 +81,8 @@ class RayPoolLabeller(RayEngine):
         trusted: torch.Tensor,
         batch_size: int,
     ) -> Iterator[tuple[list[int], list[tuple[int, str]], Any]]:
-        """As :func:`~fsdistill.train.pool.label_files` (same arguments, plus the teacher's ModelCfg and the
-        student's width to rebuild them): per batch, in order, ``(readable indices, (index, error) per unreadable
-        file, labelled batch on the CPU or None)``."""
+        """As :func:`~fsdistill.train.pool.label_files`, plus the teacher's ModelCfg and the student's width to
+        rebuild them; the batches come back in order, on the CPU."""
         ray = self.ray
         if not paths:
             return
