@@ -112,15 +112,10 @@ def _split(key: str) -> tuple[str, str] | None:
 
 def _head_targets(teacher: DCAMATeacher) -> list[tuple[str, str]]:
     """(reference name without wrappers, our parameter name) of every head tensor, in the reference's order."""
-    pairs = []
-    for i, block in enumerate(teacher.blocks):
-        for j, linear in enumerate(block.linears):
-            for p, _ in linear.named_parameters(recurse=False):
-                pairs.append((f"DCAMA_blocks.{i}.linears.{j}.{p}", f"blocks.{i}.linears.{j}.{p}"))
-    for name in _DECODER_MODULES:
-        for idx, module in enumerate(getattr(teacher.decoder, name)):
-            for p, _ in module.named_parameters(recurse=False):
-                pairs.append((f"{name}.{idx}.{p}", f"decoder.{name}.{idx}.{p}"))
+    pairs = [(f"DCAMA_{name}", name) for name, _ in teacher.blocks.named_parameters(prefix="blocks")]
+    for module in _DECODER_MODULES:
+        params = getattr(teacher.decoder, module).named_parameters(prefix=module)
+        pairs += [(name, f"decoder.{name}") for name, _ in params]
     return pairs
 
 

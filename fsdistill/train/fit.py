@@ -8,7 +8,6 @@ its cost does not depend on the support-set size. Under ``torchrun`` every proce
 from __future__ import annotations
 
 import copy
-import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -26,8 +25,6 @@ from fsdistill.train.losses import coarse_mse, segmentation_loss
 from fsdistill.train.pool import PoolTargets
 
 __all__ = ["TrainStats", "teacher_groups", "set_trainable", "train", "polish"]
-
-log = logging.getLogger(__name__)
 
 # Added to the seed of the polish phase's sampler and flips: other draws than the joint phase's.
 POLISH_SEED = 7919
@@ -71,8 +68,7 @@ def teacher_groups(teacher: DCAMATeacher) -> dict[str, list[nn.Parameter]]:
 
 def set_trainable(teacher: DCAMATeacher, names: list[str]) -> list[nn.Parameter]:
     """Freeze the whole teacher, then unfreeze the named groups; returns the trainable parameters."""
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    teacher.requires_grad_(False)
     params: list[nn.Parameter] = []
     for name, group in teacher_groups(teacher).items():
         if name in names:
