@@ -115,16 +115,9 @@ class Backbone(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: Tensor) -> list[list[Tensor]]:
-        """Block-level features.
-
-        Args:
-            x: B×3×H×W float, normalised with ``spec.mean``/``spec.std`` (uint8 images: :meth:`encode`).
-
-        Returns:
-            4 lists (levels at strides 4, 8, 16, 32); level ``l`` holds ``spec.num_blocks[l]`` maps, each
-            B×``spec.channels[l]``×H/s×W/s, dense in the memory layout of ``x``: channels-last for a channels-last
-            batch (how predict runs the student on the CPU), NCHW contiguous otherwise.
-        """
+        """B×3×H×W float, normalised with ``spec.mean``/``spec.std`` (uint8 images: :meth:`encode`) → block-level
+        features: 4 lists (levels at strides 4, 8, 16, 32); level ``l`` holds ``spec.num_blocks[l]`` maps, each
+        B×``spec.channels[l]``×H/s×W/s, in the memory layout of ``x`` (channels-last or NCHW contiguous)."""
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a B×3×H×W batch, got shape {tuple(x.shape)}")
         self.check_size(x.shape[-2], x.shape[-1])

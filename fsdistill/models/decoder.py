@@ -50,15 +50,14 @@ def _conv_relu(channels: list[int], final_relu: bool) -> nn.Sequential:
 
 
 class _CoarseMapDecoder(nn.Module):
-    """What the decoders share: the skip features, the coarse-map prior, the group broadcast.
+    """What the decoders share: the skip features, the coarse-map prior, the group broadcast. Subclasses define
+    ``conv1``–``conv5`` and ``mixer1``–``mixer3``; ``output_stride`` is the logits' stride relative to the input."""
 
-    Subclasses define ``conv1``–``conv5``, ``mixer1``–``mixer3``, ``width`` and ``output_stride`` (the logits'
-    stride relative to the input).
-    """
-
-    width: int
-    output_stride: int
     mixer1: nn.Sequential
+
+    def __init__(self, width: int, mixer: tuple[int, int, int], output_stride: int) -> None:
+        super().__init__()
+        self.width, self.mixer_widths, self.output_stride = width, tuple(mixer), output_stride
 
     @property
     def class_stride(self) -> int:
@@ -141,16 +140,13 @@ class DCAMADecoder(_CoarseMapDecoder):
         width: int = 128,
         mixer: tuple[int, int, int] = (128, 64, 16),
     ) -> None:
-        super().__init__()
+        super().__init__(width, mixer, output_stride=1)
         n2, n3, n4 = num_layers
-        self.width = width
-        self.mixer_widths = tuple(mixer)
         inner = [width // 8, width // 2, width]
         # ConvMapper: conv1 for stage 4 (stride 32), conv2 for stage 3 (16), conv3 for stage 2 (8).
         self.conv1 = _conv_gn_relu([n4, *inner], [3, 3, 3])
         self.conv2 = _conv_gn_relu([n3, *inner], [5, 3, 3])
         self.conv3 = _conv_gn_relu([n2, *inner], [5, 5, 3])
-        # ConvMerge.
         self.conv4 = _conv_gn_relu([width] * 4, [3, 3, 3])
         self.conv5 = _conv_gn_relu([width] * 4, [3, 3, 3])
         c4, c8 = skip_channels
@@ -159,7 +155,6 @@ class DCAMADecoder(_CoarseMapDecoder):
         self.mixer1 = _conv_relu([width + c8 + c4, m1, m2], final_relu=True)
         self.mixer2 = _conv_relu([m2, m2, m3], final_relu=True)
         self.mixer3 = _conv_relu([m3, m3, 2], final_relu=False)
-        self.output_stride = 1
         self._init_prior()
 
     def forward(self, coarse: list[Tensor], skip: Tensor, prior: Tensor | None = None) -> Tensor:
@@ -210,11 +205,8 @@ class LightDecoder(_CoarseMapDecoder):
         width: int = 32,
         mixer: tuple[int, int, int] = (16, 16, 16),
     ) -> None:
-        super().__init__()
+        super().__init__(width, mixer, output_stride=4)
         n2, n3, n4 = num_layers
-        self.width = width
-        self.mixer_widths = tuple(mixer)
-        self.output_stride = 4
         self.conv1 = _conv_gn_relu([n4, width], [3])
         self.conv2 = _conv_gn_relu([n3, width], [3])
         self.conv3 = _conv_gn_relu([n2, width], [3])
@@ -223,7 +215,7 @@ class LightDecoder(_CoarseMapDecoder):
         c4, c8 = skip_channels
         m1, m2, m3 = mixer
         # mixer1.0 keeps only the coarse half (its bias lives in skip_proj, added once per image).
-        self.mixer1 = nn.Sequential(*_conv_relu([width, m1], True), *_conv_relu([m1, m2], True))
+        self.mixer1 = _conv_relu([width, m1, m2], final_relu=True)
         self.mixer1[0].register_parameter("bias", None)
         self.skip_proj = nn.Conv2d(c8 + c4, m1, 1)
         self.mixer2 = _conv_relu([m2, m3], final_relu=True)
@@ -299,11 +291,8 @@ class SharedDecoder(_CoarseMapDecoder):
         width: int = 16,
         mixer: tuple[int, int, int] = (8, 16, 16),
     ) -> None:
-        super().__init__()
+        super().__init__(width, mixer, output_stride=4)
         n2, n3, n4 = num_layers
-        self.width = width
-        self.mixer_widths = tuple(mixer)
-        self.output_stride = 4
         c4, c8 = skip_channels
         m1, m2, m3 = mixer
         self.conv1 = _conv_gn_relu([n4, width], [3])
@@ -371,14 +360,11 @@ def merge_classes(logits: Tensor, present: Tensor | None = None) -> Tensor:
     """N one-vs-all binary logit pairs → (N+1)-way logits (reference.md §1.4).
 
     Each pixel's background logit is that of the class with the largest foreground logit; class c keeps its own
-    foreground logit. Classes marked absent get a very low finite foreground logit (and background 0), so a pixel
-    with no class present is background and the loss stays finite.
+    foreground logit. Classes absent in ``present`` (B×N bool; None = all present) get ``ABSENT_LOGIT`` and
+    background 0, so a pixel with no class present is background and the loss stays finite.
 
     Args:
-        logits: B×N×2×H×W (background, foreground) per class.
-        present: B×N bool, which classes had support; None = all.
-    Returns:
-        B×(N+1)×H×W.
+        logits: B×N×2×H×W (background, foreground) per class. Returns B×(N+1)×H×W.
     """
     bg, fg = logits[:, :, 0], logits[:, :, 1]
     if present is not None:

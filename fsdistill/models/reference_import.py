@@ -293,7 +293,6 @@ def _resolve_backbone(
     wanted = [k for k in target if not k.endswith(COUNTER)]
     if not source:
         return "kept", None, "the checkpoint holds no backbone weights", []
-    reason = ""
     # 1. By name, after the family's renames.
     renamed = _rename_backbone(spec.family, list(source))
     by_name = {new: old for old, new in renamed.items()}

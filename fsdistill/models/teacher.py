@@ -41,9 +41,8 @@ def one_hot_masks(masks: Tensor, num_classes: int) -> Tensor:
 class DenseCrossAttention(nn.Module):
     """One attention block per stage, shared by all block-level maps of that stage (reference.md §1.2).
 
-    Only query and key projections (``linears.0``, ``linears.1``); there is no value projection because the value
-    is the support mask. Projections start as the identity so an untrained teacher already matches query pixels
-    to similar support pixels (the offline case, where no meta-trained DCAMA weights exist).
+    Only query and key projections (``linears.0``, ``linears.1``): the value is the support mask. They start as the
+    identity, so an untrained teacher already matches query pixels to similar support pixels.
     """
 
     def __init__(
@@ -209,19 +208,18 @@ class DCAMATeacher(nn.Module):
         )
         self.decoder = decoder
 
-    # -- support side -------------------------------------------------------------------------------------------
     def prepare_support(self, feats: Features, masks: Tensor) -> SupportFeatures:
         """Backbone features of S support images + their S×H×W class-id masks → cached :class:`SupportFeatures`."""
         onehot = one_hot_masks(masks, self.num_classes)
-        level_feats, level_masks = {}, {}
-        for lvl in ATTENTION_LEVELS:
-            level_feats[lvl] = list(feats[lvl])
-            size = feats[lvl][0].shape[-2:]
-            level_masks[lvl] = F.interpolate(onehot, size=size, mode="bilinear", align_corners=True)
-        present = onehot.flatten(2).amax(dim=2) > 0
-        return SupportFeatures(level_feats, level_masks, present)
+        return SupportFeatures(
+            feats={lvl: list(feats[lvl]) for lvl in ATTENTION_LEVELS},
+            masks={
+                lvl: F.interpolate(onehot, size=feats[lvl][0].shape[-2:], mode="bilinear", align_corners=True)
+                for lvl in ATTENTION_LEVELS
+            },
+            present=onehot.flatten(2).amax(dim=2) > 0,
+        )
 
-    # -- query side ---------------------------------------------------------------------------------------------
     def coarse_maps(self, query: Features, support: SupportFeatures) -> list[Tensor]:
         """Coarse maps of one query image against the supports, all classes: per stage 2, 3, 4, N×n×h×w (n =
         block maps of that stage)."""
@@ -325,12 +323,9 @@ class DCAMATeacher(nn.Module):
 
     @torch.no_grad()
     def predict_features(self, query: Features, support: SupportFeatures, voting: int | None = None) -> Tensor:
-        """Inference for one query with the whole support set, voting over chunks of ``voting`` supports.
-
-        Per class, each pixel takes the chunk with the largest foreground logit together with that chunk's
-        background logit (reference.md §1.4); then classes are merged (and the decoder's class-shared stage, if it
-        has one, refines the merged logits). Returns 1×(N+1)×h×w logits at the output stride.
-        """
+        """Inference for one query with the whole support set, voting over chunks of ``voting`` supports: per class,
+        each pixel takes the foreground and background logits of the chunk with the largest foreground logit
+        (reference.md §1.4), then classes are merged. Returns 1×(N+1)×h×w logits at the output stride."""
         chunk = voting or self.voting
         skip = self.decoder.skip_features(query[0][-1], query[1][-1])  # the same for every chunk
         best: Tensor | None = None

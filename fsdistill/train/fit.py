@@ -69,12 +69,9 @@ def teacher_groups(teacher: DCAMATeacher) -> dict[str, list[nn.Parameter]]:
 def set_trainable(teacher: DCAMATeacher, names: list[str]) -> list[nn.Parameter]:
     """Freeze the whole teacher, then unfreeze the named groups; returns the trainable parameters."""
     teacher.requires_grad_(False)
-    params: list[nn.Parameter] = []
-    for name, group in teacher_groups(teacher).items():
-        if name in names:
-            for p in group:
-                p.requires_grad_(True)
-            params += group
+    params = [p for name, group in teacher_groups(teacher).items() if name in names for p in group]
+    for p in params:
+        p.requires_grad_(True)
     return params
 
 
@@ -141,8 +138,7 @@ def train(
     teacher_params = set_trainable(teacher, [] if freeze_teacher else cfg.train)
     groups = [{"params": teacher_params, "lr": cfg.lr}] if teacher_params else []
     if student is not None:
-        for p in student.convdist.parameters():
-            p.requires_grad_(True)
+        student.convdist.requires_grad_(True)
         groups.append({"params": list(student.convdist.parameters()), "lr": cfg.student_lr})
     if not groups:
         raise ValueError("nothing to train: choose at least one trainable group")

@@ -35,11 +35,8 @@ def dice_loss(logits: Tensor, target: Tensor) -> Tensor:
     the target does not show are left to the pixel loss.
 
     Args:
-        logits: B×K×h×w (background first), upsampled bilinearly to the target's size when coarser.
-        target: B×H×W class ids, 255 = ignore (left out of both the overlap and the sums).
+        logits: B×K×H×W (background first). target: B×H×W class ids, 255 = ignore (left out of overlap and sums).
     """
-    if logits.shape[-2:] != target.shape[-2:]:
-        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
     valid = (target != IGNORE_INDEX)[:, None].float()  # B×1×H×W
     probs = logits.softmax(dim=1)[:, 1:] * valid  # B×N×H×W
     classes = torch.arange(1, logits.shape[1], device=target.device)[None, :, None, None]
