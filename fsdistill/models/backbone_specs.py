@@ -44,13 +44,9 @@ class BackboneSpec:
     """Everything that describes a backbone: stored in ``config.json``, it rebuilds the same module.
 
     Attributes:
-        name: registry name (``efficientnet-lite0``, ``resnet50``, ``swin-b``, ``test-*``).
         timm_name: the timm model (with pretrained tag) that is instantiated.
-        channels: channels of the maps of each level (strides 4, 8, 16, 32).
-        num_blocks: number of block-level maps of each level.
+        channels, num_blocks: channels and number of block-level maps of each level (strides 4, 8, 16, 32).
         mean, std: input normalisation (RGB in [0, 1]) the weights were trained with.
-        default_size: input side used when the user gives none.
-        size_multiple: input sides must be multiples of this.
         fixed_size: the only accepted input side (Swin's window grid), None if any multiple works.
         source: where the weights came from (human text, for provenance).
         family: tap implementation: ``efficientnet``, ``resnet`` or ``swin``.

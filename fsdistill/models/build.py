@@ -175,9 +175,9 @@ def save_model(
     """Write a teacher or student artifact (atomic). The student's holds no attention weights and no supports.
 
     Args:
-        model_cfg: the config ``model`` was built from (:func:`build_teacher`; a student's width included), stored
-            so that :func:`load_model` builds the same modules. Its ``size`` is the artifact's input size.
-        class_names: background first, one per output channel of ``model``.
+        model_cfg: the config ``model`` was built from (a student's width included), stored so that
+            :func:`load_model` builds the same modules; its ``size`` is the artifact's input size.
+        class_names: background first.
         support_images, support_masks: a teacher's S×3×size×size and S×size×size uint8 support set.
     """
     kind = "teacher" if isinstance(model, DCAMATeacher) else "student"

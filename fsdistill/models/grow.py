@@ -85,12 +85,8 @@ def _copy_convdist(target: ConvDist, source: ConvDist, to_class: int, from_class
 
 @torch.no_grad()
 def copy_student_classes(target: DistilledStudent, source: DistilledStudent, match: ClassMatch, prior: Tensor) -> None:
-    """Start ``target`` (the new folder's N classes) from ``source`` (the run's student).
-
-    Every class starts at the new folder's prior (``prior``: N foreground fractions); kept classes then take
-    their trained ConvDist blocks from ``source``, new ones keep a fresh block whose output starts at the prior.
-    The decoder is shared with the teacher, which is loaded whole.
-    """
+    """Start ``target`` (the new folder's N classes) from ``source`` (the run's student): kept classes take their
+    trained ConvDist blocks, new ones a fresh block whose output starts at ``prior`` (N foreground fractions)."""
     target.set_class_prior(prior)
     for new_dist, old_dist in zip(target.convdist, source.convdist):
         for to_class, from_class in enumerate(match.source):

@@ -48,12 +48,9 @@ def read_state_dict(path: Path, what: str, option: str, remedy: str) -> dict[str
     """The tensors of a weights file, by name in stored order.
 
     Args:
-        path: a ``.safetensors`` file, or a ``.pt``/``.pth``/``.bin`` torch file read with ``weights_only=True``
-            (possibly wrapping the state dict, at any depth, under ``state_dict`` or ``model``; non-tensor entries
-            are dropped).
-        what: what the file is, capitalised, for messages ("Backbone weights", "Teacher weights").
-        option: the command-line option that names the file ("--backbone-weights").
-        remedy: the end of the error sentence: what to pass instead.
+        path: a ``.safetensors`` file, or a torch file read with ``weights_only=True`` (the state dict possibly
+            wrapped, at any depth, under ``state_dict`` or ``model``; non-tensor entries are dropped).
+        what, option, remedy: for messages: "Backbone weights", "--backbone-weights", what to pass instead.
 
     Raises:
         CheckpointError: the file is missing, unreadable, pickles Python objects, or holds no tensors.

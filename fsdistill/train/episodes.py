@@ -36,14 +36,12 @@ def _select(feats: Features, index: int) -> Features:
 def flip_batch(generator: torch.Generator, feats: Features, *maps: Tensor) -> tuple[Features, list[Tensor]]:
     """Flip each image of a batch, its features and its spatial targets together, in a random flip view of its own.
 
-    A free augmentation for the student's batches: the cached features are flipped instead of recomputed from a
-    flipped image (not the same features, but the head learns each structure in every orientation).
+    The cached features are flipped instead of recomputed from a flipped image: not the same features, but the
+    head learns each structure in every orientation.
 
     Args:
         generator: draws one of the ``FLIP_VIEWS`` per image. feats: backbone features of B images.
         maps: tensors whose first dim is B and last two are spatial (B×H×W masks, B×N×n×h×w coarse maps).
-    Returns:
-        the flipped features and the flipped ``maps``, in order.
     """
     views = torch.randint(len(FLIP_VIEWS), (len(feats[0][0]),), generator=generator).tolist()
 
@@ -66,8 +64,7 @@ class FeatureCache:
             self.feats.append(feats)
             self.support.append(teacher.prepare_support(feats, self.masks[v]))
         self.present = self.support[0].present.cpu()  # S×N, the same in every view
-        # The teacher's attention sums per (query, support) pair, kept across training phases and for the
-        # per-class check; only valid while the attention weights do not change (see pair_attention).
+        # Kept across training phases and for the per-class check while the attention is frozen.
         self.pairs: PairAttention | None = None
 
     def pair_attention(self, teacher: DCAMATeacher) -> PairAttention:
@@ -113,11 +110,7 @@ class PairAttention:
 
     @torch.no_grad()
     def coarse_maps(self, episode: Episode, query: Features, support: SupportFeatures) -> list[Tensor]:
-        """Per stage N×n×h×w coarse maps of the episode's query against its supports (all classes).
-
-        Args:
-            query: the episode query's features; support: its supports' (as the training loop already holds them).
-        """
+        """Per stage N×n×h×w coarse maps of the episode's query (features ``query``) against its ``support``."""
         keys = [(episode.query, episode.query_view, index, view) for index, view in episode.supports]
         missing = [i for i, key in enumerate(keys) if key not in self._sums]
         fresh: dict[int, list[Tensor]] = {}

@@ -13,12 +13,12 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from fsdistill import distributed
 from fsdistill.config import TrainCfg
 from fsdistill.models.student import DistilledStudent
-from fsdistill.models.teacher import DCAMATeacher, Features, SupportFeatures
+from fsdistill.models.teacher import DCAMATeacher
 from fsdistill.runtime import progress, raise_if_interrupted
 from fsdistill.train.episodes import EpisodeSampler, FeatureCache, flip_batch
 from fsdistill.train.losses import coarse_mse, segmentation_loss
@@ -73,23 +73,6 @@ def set_trainable(teacher: DCAMATeacher, names: list[str]) -> list[nn.Parameter]
     for p in params:
         p.requires_grad_(True)
     return params
-
-
-def teacher_loss(
-    teacher: DCAMATeacher,
-    q_feats: Features,
-    q_mask: Tensor,
-    support: SupportFeatures,
-    coarse: list[Tensor],
-    present: Tensor,
-    cfg: TrainCfg,
-) -> Tensor:
-    """The teacher's episode loss: its logits decoded from ``coarse`` against the query mask (1×H×W) of the classes
-    the sampled supports show (``present``, N booleans); a class no support shows cannot be found: background."""
-    logits = teacher.decode_episode(q_feats, support, coarse, present)
-    absent_ids = (~present).nonzero().flatten() + 1
-    target = torch.where(torch.isin(q_mask, absent_ids), torch.zeros_like(q_mask), q_mask)
-    return segmentation_loss(logits, target, cfg.focal_gamma, cfg.dice_weight)
 
 
 def _student_batch_step(
@@ -190,21 +173,25 @@ def train(
                 coarse_t = teacher.coarse_maps(q_feats, support)
             present = support.present.any(dim=0)
             losses = {}
-            if student is None:
-                losses["teacher"] = teacher_loss(teacher, q_feats, q_mask, support, coarse_t, present, cfg)
-                loss = losses["teacher"]
-            else:
+            if student is not None:
                 s_logits, coarse_s = student.forward_features(q_feats)
                 # The student always predicts every class, so its target is the full query mask (the reference
                 # reuses the teacher's episode-reduced target, teaching the student to miss absent classes).
                 losses["student"] = segmentation_loss(s_logits, q_mask, cfg.focal_gamma, cfg.dice_weight)
                 losses["mse"] = coarse_mse([c[0] for c in coarse_s], coarse_t, present)
                 distill_term = cfg.mse_weight * losses["mse"]
-                if freeze_teacher:
-                    loss = (losses["student"] + distill_term) / 2
-                else:
-                    losses["teacher"] = teacher_loss(teacher, q_feats, q_mask, support, coarse_t, present, cfg)
-                    loss = (losses["teacher"] + losses["student"] + distill_term) / 3
+            if not freeze_teacher:
+                # A class no sampled support shows cannot be found: background in the teacher's target.
+                t_logits = teacher.decode_episode(q_feats, support, coarse_t, present)
+                absent_ids = (~present).nonzero().flatten() + 1
+                target = torch.where(torch.isin(q_mask, absent_ids), torch.zeros_like(q_mask), q_mask)
+                losses["teacher"] = segmentation_loss(t_logits, target, cfg.focal_gamma, cfg.dice_weight)
+            if student is None:
+                loss = losses["teacher"]
+            elif freeze_teacher:
+                loss = (losses["student"] + distill_term) / 2
+            else:
+                loss = (losses["teacher"] + losses["student"] + distill_term) / 3
             if not math.isfinite(float(loss.detach())):
                 raise FloatingPointError(f"non-finite loss {float(loss.detach())} at step {stats.steps}")
             if loss.requires_grad:  # no class of the query in any sampled support (empty masks): nothing to learn

@@ -39,12 +39,10 @@ class PoolTargets:
     """Cached features and targets of P unlabeled images.
 
     Attributes:
-        feats: backbone features, 4 levels of block maps, each P×C×h×w (level 0: its last map only, all the
-            student reads there).
+        feats: backbone features, each P×C×h×w (level 0: its last map only, all the student reads there).
         coarse: the teacher's coarse maps against all supports, per stage 2, 3, 4: P×N×n×h×w.
         labels: P×H×W pseudo-label class ids (H = W = the model's input size), IGNORE_INDEX where unsure.
-        trusted: N bool, the foreground classes the pool teaches (its coarse maps and labels of the others are
-            not used).
+        trusted: N bool, the foreground classes the pool teaches.
     """
 
     feats: Features
