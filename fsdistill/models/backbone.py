@@ -130,11 +130,10 @@ class Backbone(nn.Module):
     def fold_batchnorm(self) -> int:
         """Fold every BatchNorm that directly follows a conv into that conv's weight and bias, for inference.
 
-        A frozen BN is a fixed per-channel affine map, so ``conv → BN`` equals one conv (same taps up to float
-        rounding). A BN with a fused activation (timm's ``BatchNormAct2d``) keeps its activation. Pairs are a conv
-        child immediately followed by a BN child in definition order, their forward order in the supported timm
-        blocks. The state-dict keys change: for inference copies only, never for a model that is saved. Returns
-        the number of BNs folded.
+        A frozen BN is a fixed per-channel affine map (same taps up to float rounding); a fused activation (timm's
+        ``BatchNormAct2d``) stays. Pairs are a conv child followed by a BN child in definition order, their forward
+        order in the supported timm blocks. The state-dict keys change: never save a folded model. Returns the
+        number of BNs folded.
         """
         folded = 0
         for module in list(self.model.modules()):

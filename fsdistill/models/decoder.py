@@ -51,17 +51,15 @@ def _conv_relu(channels: list[int], final_relu: bool) -> nn.Sequential:
 
 class _CoarseMapDecoder(nn.Module):
     """What the decoders share: the skip features, the coarse-map prior, the group broadcast. Subclasses define
-    ``conv1``–``conv5`` and ``mixer1``–``mixer3``; ``output_stride`` is the logits' stride relative to the input."""
+    ``conv1``–``conv5`` and ``mixer1``–``mixer3``. ``output_stride`` is the merged logits' stride relative to the
+    input, ``class_stride`` the per-class logits' (of ``forward``)."""
 
     mixer1: nn.Sequential
 
-    def __init__(self, width: int, mixer: tuple[int, int, int], output_stride: int) -> None:
+    def __init__(self, width: int, mixer: tuple[int, int, int], output_stride: int, class_stride: int = 0) -> None:
         super().__init__()
-        self.width, self.mixer_widths, self.output_stride = width, tuple(mixer), output_stride
-
-    @property
-    def class_stride(self) -> int:
-        return self.output_stride
+        self.width, self.mixer_widths = width, tuple(mixer)
+        self.output_stride, self.class_stride = output_stride, class_stride or output_stride
 
     def refine(self, merged: Tensor, skip: Tensor) -> Tensor:
         """Merged B×(N+1)×h×w logits → the same: the per-class decoders' classes are already at output stride."""
@@ -83,13 +81,8 @@ class _CoarseMapDecoder(nn.Module):
             nn.init.zeros_(last.bias)
 
     def skip_features(self, skip4: Tensor, skip8: Tensor) -> Tensor:
-        """Class-independent part of mixer1's first conv, computed once per image.
-
-        Args:
-            skip4: B×C4×H/4×W/4 last stride-4 query map. skip8: B×C8×H/8×W/8 last stride-8 query map.
-        Returns:
-            B×M1×H/4×W/4 (bias included).
-        """
+        """Class-independent part of mixer1's first conv, once per image: the last stride-4 and stride-8 query maps
+        (B×C4×H/4×W/4, B×C8×H/8×W/8) → B×M1×H/4×W/4, bias included."""
         first = self.mixer1[0]
         w = first.weight[:, self.width :]
         up8 = F.interpolate(skip8, size=skip4.shape[-2:], mode="bilinear", align_corners=True)
@@ -291,7 +284,7 @@ class SharedDecoder(_CoarseMapDecoder):
         width: int = 16,
         mixer: tuple[int, int, int] = (8, 16, 16),
     ) -> None:
-        super().__init__(width, mixer, output_stride=4)
+        super().__init__(width, mixer, output_stride=4, class_stride=8)
         n2, n3, n4 = num_layers
         c4, c8 = skip_channels
         m1, m2, m3 = mixer
@@ -309,10 +302,6 @@ class SharedDecoder(_CoarseMapDecoder):
         self.register_buffer("upsample_prior", _bilinear_logits().reshape(1, 36, 1, 1), persistent=False)
         self._init_prior(self.mixer1[-1], self.mixer3[-1])  # the shared stage starts as bilinear upsampling
 
-    @property
-    def class_stride(self) -> int:
-        return 8
-
     def skip_features(self, skip4: Tensor, skip8: Tensor) -> SharedSkip:
         """Class-independent parts, once per image (arguments as :meth:`DCAMADecoder.skip_features`)."""
         x = self.mixer2(self._project_skips(skip4, skip8))
@@ -321,13 +310,7 @@ class SharedDecoder(_CoarseMapDecoder):
         return SharedSkip(self.skip_proj8(skip8), logits.softmax(dim=1))
 
     def forward(self, coarse: list[Tensor], skip: SharedSkip, prior: Tensor | None = None) -> Tensor:
-        """Per-class logits at stride 8.
-
-        Args:
-            coarse: as :meth:`DCAMADecoder.forward`. skip: from :meth:`skip_features`. prior: (B·G) class priors.
-        Returns:
-            (B·G)×2×H/8×W/8 (background, foreground) logits; :func:`merge_classes`, then :meth:`refine`.
-        """
+        """As :meth:`DCAMADecoder.forward`, but (B·G)×2×H/8×W/8 logits: :func:`merge_classes`, then :meth:`refine`."""
         cm2, cm3, cm4 = coarse
         x3 = self.conv2(cm3) + F.interpolate(self.conv1(cm4), size=cm3.shape[-2:], mode="bilinear", align_corners=True)
         # conv5 narrows to M1 channels at stride 16, so only M1 (not `width`) channels per class are upsampled.

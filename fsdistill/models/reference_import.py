@@ -201,16 +201,13 @@ def _diagnose(
 def _resolve_head(
     teacher: DCAMATeacher, path: Path, state: dict[str, Tensor], head_keys: dict[str, str], candidates: list[str]
 ) -> tuple[str, dict[str, str], list[str]]:
-    """Pair our head parameters with file keys.
+    """Pair our head parameters with file keys, by name or else by position (raises CheckpointError otherwise).
 
     Args:
         head_keys: reference name (wrappers stripped) → file key, for keys that parse as head keys (no PE).
         candidates: file keys that may be head tensors for positional pairing (stored order, no backbone/PE).
     Returns:
-        (method, our name → file key, candidate keys left in front of the positional head: a backbone if the
-        file has no ``feature_extractor`` names).
-    Raises:
-        CheckpointError: neither way fits.
+        (method, our name → file key, candidate keys in front of a positional head: the file's backbone, if unnamed).
     """
     targets = _head_targets(teacher)
     params = dict(teacher.named_parameters())

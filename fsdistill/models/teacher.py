@@ -240,11 +240,8 @@ class DCAMATeacher(nn.Module):
         return coarse
 
     def attention_sums(self, query: Features, support: SupportFeatures) -> list[Tensor]:
-        """Per-support attention sums of one query against every support, all classes, without dropout.
-
-        Returns:
-            per stage 2, 3, 4: S×n×heads×(h·w)×(N+1) (see :meth:`DenseCrossAttention.partial_sums`).
-        """
+        """Per-support attention sums of one query against every support, all classes, without dropout: per stage
+        2, 3, 4, S×n×heads×(h·w)×(N+1) (see :meth:`DenseCrossAttention.partial_sums`)."""
         sums = []
         for block, lvl in zip(self.blocks, ATTENTION_LEVELS):
             masks = support.masks[lvl].flatten(2).transpose(1, 2)  # S×hw×N
@@ -291,15 +288,9 @@ class DCAMATeacher(nn.Module):
         present: Tensor,
         skip: Tensor | SharedSkip | None = None,
     ) -> Tensor:
-        """Decode the coarse maps of the present classes.
-
-        Args:
-            coarse: per stage, N×n×h×w (all classes). present: N bool.
-            skip: the decoder's ``skip_features`` of this query, or None to compute them.
-        Returns:
-            1×N×2×h×w (background, foreground) per class at the decoder's ``class_stride``; absent classes hold
-            zeros (merge_classes masks them).
-        """
+        """Decode the coarse maps (per stage, N×n×h×w) of the ``present`` classes (N bool) → 1×N×2×h×w (background,
+        foreground) per class at the decoder's ``class_stride``, zeros for absent classes. ``skip``: the decoder's
+        ``skip_features`` of this query, or None to compute them."""
         skip4 = query[0][-1]  # the stride-4 query map
         if skip is None:
             skip = self.decoder.skip_features(skip4, query[1][-1])

@@ -41,22 +41,23 @@ class _PoolActor:
     def label(self, paths: list[str]) -> tuple[list[int], list[tuple[int, str]], Any]:
         """One batch of pool files → its :data:`fsdistill.train.pool.FileBatch`, on the CPU."""
         # One batch exactly (batch size = its length): the driver cut the batches a local run cuts.
-        for indices, errors, batch in label_files(
-            self.teacher,
-            self.student,
-            self.support,
-            [Path(p) for p in paths],
-            self.size,
-            self.labeller,
-            self.threshold,
-            self.trusted,
-            len(paths),
-        ):
-            if batch is not None:
-                feats, coarse, labels = batch
-                batch = ([[m.cpu() for m in level] for level in feats], [c.cpu() for c in coarse], labels.cpu())
-            return indices, errors, batch
-        return [], [], None
+        indices, errors, batch = next(
+            label_files(
+                self.teacher,
+                self.student,
+                self.support,
+                [Path(p) for p in paths],
+                self.size,
+                self.labeller,
+                self.threshold,
+                self.trusted,
+                len(paths),
+            )
+        )
+        if batch is not None:
+            feats, coarse, labels = batch
+            batch = ([[m.cpu() for m in level] for level in feats], [c.cpu() for c in coarse], labels.cpu())
+        return indices, errors, batch
 
 
 class RayPoolLabeller(RayEngine):

@@ -88,8 +88,7 @@ def check_supports(
 
     Args:
         cache: the training cache (view 0 is the unflipped support set). class_names: background first.
-        max_queries: at most this many supports are leave-one-out queries (a teacher pass each, with all the other
-            supports); taken evenly over the folder, so the check costs seconds on large folders too.
+        max_queries: at most this many supports, taken evenly over the folder, are leave-one-out queries.
     """
     teacher.eval()
     student.eval()
