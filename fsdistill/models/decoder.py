@@ -121,9 +121,8 @@ class DCAMADecoder(_CoarseMapDecoder):
     Args:
         num_layers: coarse maps per stage (stage 2, 3, 4) = block-level taps of backbone levels 1, 2, 3.
         skip_channels: channels of the stride-4 and stride-8 query maps (levels 0 and 1).
-        width: ConvMapper/ConvMerge output channels (128 in the paper); the mapper's inner widths scale with it
-            (width/8, width/2: 16, 64 in the paper).
-        mixer: mixer channel widths (128, 64, 16 in the paper); mixer2 runs at stride 2, mixer3 at stride 1.
+        width: ConvMapper/ConvMerge output channels; the mapper's inner widths are width/8 and width/2.
+        mixer: mixer channel widths; mixer2 runs at stride 2, mixer3 at stride 1.
     """
 
     def __init__(
@@ -186,9 +185,7 @@ class LightDecoder(_CoarseMapDecoder):
     mixer1's coarse half runs at stride 8 and is added, upsampled, to the shared skip features (the last stride-8
     and stride-4 query maps through a 1×1 ``skip_proj``, once per image); three Conv3×3 then run at stride 4.
 
-    Args:
-        num_layers, skip_channels: as :class:`DCAMADecoder`. width: mapper/merge channels (32).
-        mixer: mixer widths M1, M2, M3: (16, 16, 16).
+    Args: as :class:`DCAMADecoder`.
     """
 
     def __init__(
@@ -271,10 +268,8 @@ class SharedDecoder(_CoarseMapDecoder):
     the N+1 merged channels alike with convex weights predicted once per image from the query maps (``skip_proj``,
     ``mixer2``, ``mixer3``; as RAFT's learned upsampling), so an absent class keeps ``ABSENT_LOGIT``.
 
-    Args:
-        num_layers, skip_channels: as :class:`DCAMADecoder`. width: mapper/merge channels at strides 16 and 32 (16).
-        mixer: M1 (per-class stride-8 channels), M2 (shared stride-4 skip projection), M3 (shared stride-4 conv):
-            (8, 16, 16).
+    Args: as :class:`DCAMADecoder`; ``mixer`` is M1 (per-class stride-8 channels), M2 (shared stride-4 skip
+    projection), M3 (shared stride-4 conv).
     """
 
     def __init__(

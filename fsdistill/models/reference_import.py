@@ -126,11 +126,8 @@ def _is_pe(key: str, tensor: Tensor) -> bool:
 
 def _backbone_guess(widths: tuple[int, ...], maps: tuple[int, ...] | None) -> str | None:
     """Name of the backbone whose stage 2–4 attention widths (and maps per stage) these are, if known."""
-    candidates: list[tuple[str, tuple[int, ...], tuple[int, ...] | None]] = []
-    for name in BACKBONE_NAMES:
-        spec = backbone_spec(name)
-        candidates.append((name, tuple(spec.channels[1:]), tuple(spec.num_blocks[1:])))
-    candidates += list(_UNSUPPORTED_BACKBONES)
+    specs = [backbone_spec(name) for name in BACKBONE_NAMES]
+    candidates = [(s.name, tuple(s.channels[1:]), tuple(s.num_blocks[1:])) for s in specs] + [*_UNSUPPORTED_BACKBONES]
     by_width = [c for c in candidates if c[1] == widths]
     exact = [c for c in by_width if maps is None or c[2] is None or c[2] == maps]
     chosen = exact or by_width

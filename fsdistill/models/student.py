@@ -73,14 +73,8 @@ class ConvDist(nn.Module):
 
 
 class DistilledStudent(nn.Module):
-    """Backbone → ConvDist (stages 2–4) → shared DCAMA decoder → N-way merge.
-
-    Args:
-        backbone: frozen feature extractor (shared with the teacher during joint training).
-        decoder: the teacher's decoder (the same module during joint training).
-        num_classes: foreground classes N.
-        width: ConvDist width per class (see :class:`ConvDist`).
-    """
+    """Backbone → ConvDist (stages 2–4) → decoder → N-way merge; backbone and decoder are the teacher's during
+    joint training. ``width``: the ConvDist width per class (see :class:`ConvDist`)."""
 
     def __init__(
         self,

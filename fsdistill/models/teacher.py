@@ -180,11 +180,8 @@ class DCAMATeacher(nn.Module):
     Args:
         backbone: frozen feature extractor with ``spec.channels`` / ``spec.num_blocks`` per level.
         decoder: from :func:`fsdistill.models.build.build_decoder`; the student trained with this teacher shares it.
-        num_classes: foreground classes N.
         heads, use_pe, attn_dropout, qk_norm: of the attention blocks (:class:`DenseCrossAttention`).
         voting: support images per attention chunk at inference (:meth:`predict_features`).
-    Merged logits come at the decoder's ``output_stride``, per-class logits (:meth:`class_logits`) at its
-    ``class_stride``.
     """
 
     def __init__(

@@ -57,12 +57,8 @@ class FeatureCache:
     def __init__(self, teacher: DCAMATeacher, support: SupportTensors, device: torch.device, augment: bool) -> None:
         self.views = len(FLIP_VIEWS) if augment else 1
         self.masks = [flip(support.masks, v).to(device) for v in range(self.views)]
-        self.feats: list[Features] = []
-        self.support: list[SupportFeatures] = []
-        for v in range(self.views):
-            feats = teacher.backbone.encode_batched(flip(support.images, v))
-            self.feats.append(feats)
-            self.support.append(teacher.prepare_support(feats, self.masks[v]))
+        self.feats = [teacher.backbone.encode_batched(flip(support.images, v)) for v in range(self.views)]
+        self.support = [teacher.prepare_support(feats, masks) for feats, masks in zip(self.feats, self.masks)]
         self.present = self.support[0].present.cpu()  # S×N, the same in every view
         # Kept across training phases and for the per-class check while the attention is frozen.
         self.pairs: PairAttention | None = None
@@ -96,9 +92,8 @@ class FeatureCache:
 class PairAttention:
     """The teacher's coarse maps of training episodes, from attention sums kept per (query, support) pair.
 
-    With the attention projections frozen (the default trainable groups), the attention of a query image against
-    a support image never changes during training, and an episode's coarse maps are ratios of per-support sums
-    (:meth:`~fsdistill.models.teacher.DCAMATeacher.coarse_from_sums`). Each pair is computed the first time an
+    With frozen attention projections an episode's coarse maps are ratios of per-support sums that never change
+    (:meth:`~fsdistill.models.teacher.DCAMATeacher.coarse_from_sums`): each pair is computed the first time an
     episode draws it and kept (up to ``max_bytes``). Dropout is off (the maps equal inference's).
     """
 
@@ -138,15 +133,11 @@ class Episode:
 class EpisodeSampler:
     """Leave-one-out episodes: a support image is the query against 1–``max_shots`` others.
 
-    Queries are class-balanced: the sampler cycles over the foreground classes (in a fresh random order each
-    pass) and takes, for each class, the next image that shows it, so a class shown by few supports is a query
-    target as often as one shown by all. Images without any foreground class are never queries. ``class_repeats``
-    (per class, default 1) makes a class a target that many times per pass. ``class_queries`` counts, per class,
-    the queries that showed it (the automatic budget reads it).
-
-    An episode draws K uniformly from 1..``max_shots`` (capped by the other images available); its supports first
-    cover the query's classes (one image per class it shows), then random other images fill it up to K, as
-    inference attends to many supports at once. With a single support image the query is a flipped view of it.
+    Queries are class-balanced: each pass over the foreground classes (in a fresh random order; a class
+    ``class_repeats[c]`` times) takes the next image that shows the class, so a class shown by few supports is a
+    target as often as one shown by all. ``class_queries`` counts, per class, the queries that showed it. An
+    episode's supports first cover the query's classes, then random other images fill it up to K, drawn from
+    1..``max_shots``. With a single support image the query is a flipped view of it.
     """
 
     def __init__(

@@ -141,7 +141,6 @@ def train(
     pool_sampler = (
         pool.sampler(cfg.seed + rank) if pool is not None and student is not None and cfg.pool_batch else None
     )
-    # Each image of the student's batches in a random flip view (its cached features flipped, see flip_batch).
     flips = torch.Generator().manual_seed(cfg.seed + rank) if cfg.flip_features and student is not None else None
     class_queries = sampler.class_queries  # in a process group: the sum over the processes
     # The pool's coarse maps teach the classes the supports show and the pool is trusted with.
@@ -201,8 +200,7 @@ def train(
             totals["loss"] = totals.get("loss", 0.0) + float(loss.detach()) / cfg.episodes_per_step
             stats.episodes += 1
         if student is not None and cfg.student_batch:
-            # The student needs no supports, so it also learns from a plain supervised batch of class-balanced
-            # support images each step: cheap (no attention), and what a fine-tuned head gets from every image.
+            # The student needs no supports, so it also learns from a plain supervised batch (cheap: no attention).
             totals["student_batch"] = _student_batch_step(student, cache, sampler, flips, cfg)
             totals["loss"] += totals["student_batch"]
         if pool_sampler is not None:

@@ -30,7 +30,6 @@ __all__ = [
     "pseudo_labels",
 ]
 
-# Who labels the pool (see pseudo_labels).
 POOL_LABELLERS = ("teacher", "student", "mean", "agree")
 
 
