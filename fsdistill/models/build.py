@@ -172,12 +172,11 @@ def save_model(
     support_images: torch.Tensor | None = None,
     support_masks: torch.Tensor | None = None,
 ) -> Path:
-    """Write a teacher or student artifact (atomic). The student's holds no attention weights and no supports.
+    """Write a teacher or student artifact (atomic); only a teacher's stores attention weights and supports.
 
     Args:
         model_cfg: the config ``model`` was built from (a student's width included), stored so that
             :func:`load_model` builds the same modules; its ``size`` is the artifact's input size.
-        class_names: background first.
         support_images, support_masks: a teacher's S×3×size×size and S×size×size uint8 support set.
     """
     kind = "teacher" if isinstance(model, DCAMATeacher) else "student"

@@ -91,8 +91,7 @@ class _CoarseMapDecoder(nn.Module):
     @staticmethod
     def _add_skip(x: Tensor, skip: Tensor) -> Tensor:
         """(B·G)×M×h×w per-group maps + B×M×h×w shared skip features, broadcast over the G groups (no copies)."""
-        b = skip.shape[0]
-        return (x.view(b, -1, *x.shape[1:]) + skip[:, None]).flatten(0, 1)
+        return (x.view(skip.shape[0], -1, *x.shape[1:]) + skip[:, None]).flatten(0, 1)
 
     def _with_prior(self, logits: Tensor, coarse: list[Tensor], prior: Tensor | None) -> Tensor:
         if prior is None:

@@ -141,12 +141,9 @@ def _fmt(values: tuple[int, ...]) -> str:
 def _diagnose(
     teacher: DCAMATeacher, path: Path, got: dict[str, tuple[str, torch.Size]], positional: bool = False
 ) -> CheckpointError:
-    """The most useful error for a head that does not fit: other backbone, support concatenation, or the first key.
-
-    Args:
-        got: our parameter name → (file key, file shape), paired by name or by position.
-        positional: the file has no head names, ``got`` pairs its last tensors by position.
-    """
+    """The most useful error for a head that does not fit (``got``: our parameter name → (file key, file shape),
+    paired by name, or by ``positional`` pairing of the file's last tensors): other backbone, support
+    concatenation, or the first key."""
     spec = teacher.backbone.spec
     params = dict(teacher.named_parameters())
     ours_w = tuple(spec.channels[lvl] for lvl in ATTENTION_LEVELS)
@@ -275,12 +272,8 @@ def _rename_backbone(family: str, names: list[str]) -> dict[str, str]:
 def _resolve_backbone(
     teacher: DCAMATeacher, path: Path, source: dict[str, Tensor]
 ) -> tuple[str, dict[str, Tensor] | None, str, list[str]]:
-    """Map the file's backbone tensors (names relative to the backbone, stored order) onto ``backbone.model``.
-
-    Returns:
-        (method, full state dict to load or None when kept, note, source names not used). Tensors of the state
-        dict not taken from the file (batch counters the file lacks) are the model's own.
-    """
+    """Map the file's backbone tensors (names relative to the backbone, stored order) onto ``backbone.model``:
+    (method, full state dict to load or None when kept, note, source names not used)."""
     model = teacher.backbone.model
     spec = teacher.backbone.spec
     target = model.state_dict()

@@ -20,10 +20,7 @@ class ConvDist(nn.Module):
 
     Paper width (``width`` None): per class Conv3×3(C→C) → ReLU → Conv1×1(C→1), fused into one Conv3×3(C→N·C)
     and one grouped Conv1×1. Reduced width W: per class Conv1×1(C→W) → Conv3×3(W→W) → ReLU → Conv1×1(W→1), a
-    rank-W factorisation costing C·W + 9·W² multiply-adds per position instead of 9·C².
-
-    Args:
-        channels: C of the stage's feature maps. num_classes: N. width: W (None or 0 = the paper's block).
+    rank-W factorisation costing C·W + 9·W² multiply-adds per position instead of 9·C². ``width`` 0 = None.
     """
 
     def __init__(self, channels: int, num_classes: int, width: int | None = None) -> None:

@@ -117,8 +117,7 @@ class DenseCrossAttention(nn.Module):
         """Coarse masks: per group, attention-weighted support-mask mass at every query pixel.
 
         Args:
-            query: 1×C×h×w query map.
-            keys: heads×K×d keys of the K = S·h'·w' support positions of this chunk (shots concatenated).
+            query: 1×C×h×w. keys: heads×K×d keys of the K = S·h'·w' support positions (shots concatenated).
             values: K×2G: columns [0, G) hold mask_g·flag_g, columns [G, 2G) hold flag_g, where flag_g marks the
                 keys of supports that show group g. Dividing the first half of softmax(QKᵀ/√d)·values by the
                 second is a softmax over only the supports of that class, for all classes in one pass.
@@ -250,14 +249,9 @@ class DCAMATeacher(nn.Module):
         return sums
 
     def coarse_from_sums(self, sums: list[Tensor], present: Tensor, query: Features) -> list[Tensor]:
-        """Coarse maps of all classes for an episode, from the attention sums of its S supports.
-
-        Args:
-            sums: per stage, S×n×heads×(h·w)×(N+1) (:meth:`attention_sums`, supports in any order).
-            present: S×N bool, which classes each support shows. query: the query features (for the grid sizes).
-        Returns:
-            per stage, N×n×h×w: equal to :meth:`coarse_maps` of the same supports with dropout off.
-        """
+        """Coarse maps of all classes for an episode, from the :meth:`attention_sums` of its S supports (``present``:
+        S×N bool; ``query`` gives the grid sizes): per stage, N×n×h×w, equal to :meth:`coarse_maps` of the same
+        supports with dropout off."""
         flags = present.to(sums[0].dtype)
         coarse = []
         for stage, lvl in zip(sums, ATTENTION_LEVELS):

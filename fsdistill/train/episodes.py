@@ -37,11 +37,8 @@ def flip_batch(generator: torch.Generator, feats: Features, *maps: Tensor) -> tu
     """Flip each image of a batch, its features and its spatial targets together, in a random flip view of its own.
 
     The cached features are flipped instead of recomputed from a flipped image: not the same features, but the
-    head learns each structure in every orientation.
-
-    Args:
-        generator: draws one of the ``FLIP_VIEWS`` per image. feats: backbone features of B images.
-        maps: tensors whose first dim is B and last two are spatial (B×H×W masks, B×N×n×h×w coarse maps).
+    head learns each structure in every orientation. ``maps``: tensors whose first dim is B and last two are
+    spatial (B×H×W masks, B×N×n×h×w coarse maps); ``generator`` draws one of the ``FLIP_VIEWS`` per image.
     """
     views = torch.randint(len(FLIP_VIEWS), (len(feats[0][0]),), generator=generator).tolist()
 

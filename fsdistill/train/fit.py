@@ -108,11 +108,10 @@ def train(
 
     Losses: adapt = focal(teacher); distill = ⅓ focal(teacher) + ⅓ focal(student) + ⅓ w·MSE(coarse maps), or with
     ``freeze_teacher`` ½ focal(student) + ½ w·MSE against the fixed teacher (w = ``cfg.mse_weight``; "focal" is
-    focal + Dice, :func:`~fsdistill.train.losses.segmentation_loss`). ``new_classes`` (``distill --init``): per
-    class whether it is new; new classes are query targets as often as all the trained ones together, and the
-    automatic budget stops at its floors with them covered. ``pool`` (distill only): each step the student also
-    trains on ``cfg.pool_batch`` pool images, weighted ``cfg.pool_weight``: focal + Dice on their pseudo-labels and
-    w·MSE against the teacher's coarse maps of them.
+    focal + Dice). ``new_classes`` (``distill --init``): per class whether it is new; new classes are query targets
+    as often as all the trained ones together, and the automatic budget stops at its floors with them covered.
+    ``pool``: each step the student also trains on ``cfg.pool_batch`` pool images, weighted ``cfg.pool_weight``
+    (focal + Dice on their pseudo-labels, w·MSE against the teacher's coarse maps of them).
     """
     stats = TrainStats()
     if cfg.steps == 0:

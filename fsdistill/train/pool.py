@@ -137,12 +137,10 @@ def label_batch(
     threshold: float,
     trusted: Tensor,
 ) -> LabelledBatch:
-    """Encode and label one batch of B×3×H×W uint8 images at the model's input size.
-
-    ``support``: the teacher's features of the whole support set (one attention over all of them). ``labeller``,
-    ``threshold``, ``trusted`` (N bool): see :func:`pseudo_labels`. The models must be in eval mode. A batch's
-    results depend only on its own images, so batches may be labelled anywhere and joined with :func:`join_pool`.
-    """
+    """Encode and label one batch of B×3×H×W uint8 images at the model's input size, against the whole support
+    set (``labeller``, ``threshold``, ``trusted``: see :func:`pseudo_labels`); the models must be in eval mode. A
+    batch's results depend only on its own images, so batches may be labelled anywhere and joined with
+    :func:`join_pool`."""
     present = support.present.any(dim=0)
     images = images.to(support.present.device)
     feats = teacher.backbone.encode(images)

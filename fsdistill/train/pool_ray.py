@@ -62,11 +62,8 @@ class _PoolActor:
 
 class RayPoolLabeller(RayEngine):
     """``distill --unlabeled``'s pool labelling on Ray actors, in the batches
-    :func:`~fsdistill.train.pool.label_files` cuts locally (so the results are the local run's).
-
-    Args:
-        device, address, workers, gpus_per_worker: as for :class:`RayRunner`.
-    """
+    :func:`~fsdistill.train.pool.label_files` cuts locally (so the results are the local run's). Arguments as for
+    :class:`RayRunner`."""
 
     def label_files(
         self,

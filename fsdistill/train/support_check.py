@@ -94,8 +94,7 @@ def check_supports(
     student.eval()
     present = cache.present  # S×N
     count = present.shape[0]
-    masks = cache.masks[0]  # S×H×W
-    height, width = masks.shape[-2:]
+    height, width = cache.masks[0].shape[-2:]
     fit = ConfusionMatrix(len(class_names))
     for i in range(count):
         query, target = cache.query(i, 0)
