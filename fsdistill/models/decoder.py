@@ -183,8 +183,7 @@ class LightDecoder(_CoarseMapDecoder):
 
     mixer1's coarse half runs at stride 8 and is added, upsampled, to the shared skip features (the last stride-8
     and stride-4 query maps through a 1×1 ``skip_proj``, once per image); three Conv3×3 then run at stride 4.
-
-    Args: as :class:`DCAMADecoder`.
+    Arguments as :class:`DCAMADecoder`'s.
     """
 
     def __init__(
