@@ -235,7 +235,7 @@ def test_shared_decoder_keeps_absent_classes_absent_and_losses_finite() -> None:
     support = teacher.prepare_support([[m[:3] for m in level] for level in feats], masks)
     query = [[m[3:] for m in level] for level in feats]
     present = torch.tensor([True, False, True])
-    logits = teacher.decode_episode(query, support, teacher.coarse_maps(query, support, [0, 1, 2]), present)
+    logits = teacher.decode_episode(query, support, teacher.coarse_maps(query, support), present)
     assert logits.shape == (1, 4, SIZE // 4, SIZE // 4)
     assert torch.allclose(logits[:, 2], torch.full_like(logits[:, 2], ABSENT_LOGIT))
     assert (logits.argmax(1) != 2).all()
@@ -270,7 +270,7 @@ def test_shared_teacher_voting_equals_one_chunk_when_every_chunk_shows_every_cla
         support = teacher.prepare_support(teacher.backbone.encode(images[:2]), masks)
         query = teacher.backbone.encode(images[2:])
         whole = teacher.predict_features(query, support, voting=2)
-        coarse = teacher.coarse_maps(query, support, [0, 1])
+        coarse = teacher.coarse_maps(query, support)
         direct = teacher.decode_episode(query, support, coarse, torch.tensor([True, True]))
     torch.testing.assert_close(whole, direct)
     assert whole.shape == (1, 3, SIZE // 4, SIZE // 4)

@@ -66,9 +66,7 @@ def test_label_pool_caches_features_targets_and_labels(tiny_pool_models) -> None
     size = images.shape[-1]
     assert pool.labels.shape == (3, size, size)
     n = teacher.num_classes
-    for stage, reference in zip(
-        pool.coarse, teacher.coarse_maps(cache.query(0, 0)[0], cache.support[0], list(range(n)))
-    ):
+    for stage, reference in zip(pool.coarse, teacher.coarse_maps(cache.query(0, 0)[0], cache.support[0])):
         assert stage.shape[:2] == (3, n) and stage.shape[2:] == reference.shape[1:]
     # the stored coarse maps are the teacher's maps of that image against all supports
     torch.testing.assert_close(pool.coarse[0][0], reference_maps(teacher, cache, 0)[0])
@@ -82,7 +80,7 @@ def test_label_pool_caches_features_targets_and_labels(tiny_pool_models) -> None
 
 def reference_maps(teacher, cache, index):
     with torch.no_grad():
-        return teacher.coarse_maps(cache.query(index, 0)[0], cache.support[0], list(range(teacher.num_classes)))
+        return teacher.coarse_maps(cache.query(index, 0)[0], cache.support[0])
 
 
 def test_training_with_a_pool_adds_its_losses_and_moves_the_student(tiny_pool_models) -> None:

@@ -147,7 +147,7 @@ def test_coarse_maps_concatenate_shots_on_the_key_axis(teacher) -> None:
     masks = _masks((1, 2), (2,), (1, 3))
     support = _support(teacher, masks)
     query = _features(teacher, 1, seed=7)
-    coarse = teacher.coarse_maps(query, support, [0, 1, 2])
+    coarse = teacher.coarse_maps(query, support)
     lvl = ATTENTION_LEVELS[0]
     block = teacher.blocks[0]
     assert len(coarse) == 3
@@ -181,7 +181,7 @@ def test_coarse_maps_from_per_support_sums_equal_the_one_pass_attention(teacher)
         assert stage.shape == (4, teacher.backbone.spec.num_blocks[lv], teacher.blocks[0].heads, h * w, 4)
     for subset in ([0, 1, 2, 3], [1], [3, 0], [1, 3]):  # [1] and [1, 3] lack class 1: its maps stay 0
         part = support.select(subset)
-        expected = teacher.coarse_maps(query, part, [0, 1, 2])
+        expected = teacher.coarse_maps(query, part)
         got = teacher.coarse_from_sums([s[subset] for s in sums], part.present, query)
         for e, g in zip(expected, got):
             torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
@@ -226,7 +226,9 @@ def test_chunked_voting_takes_the_best_chunk_per_class(teacher) -> None:
     # Per class the foreground logit is the larger of the two chunks' (reference.md §1.4).
     chunk_fg = []
     for part in ([0, 1], [2, 3]):
-        logits, _, present = teacher.forward_episode(query, support.select(part))
+        chunk = support.select(part)
+        present = chunk.present.any(dim=0)
+        logits = teacher.class_logits(query, chunk, teacher.coarse_maps(query, chunk), present)
         assert present.all()
         chunk_fg.append(logits[0, :, 1])
     torch.testing.assert_close(voted[0, 1:], torch.maximum(*chunk_fg), rtol=0, atol=1e-5)
@@ -315,7 +317,7 @@ def test_no_nan_when_a_class_is_missing_from_the_supports(teacher, support_class
         for p in params:
             p.requires_grad_(True)
         with torch.enable_grad():
-            coarse = teacher.coarse_maps(query, support, [0, 1, 2])
+            coarse = teacher.coarse_maps(query, support)
             present = support.present.any(dim=0)
             logits = teacher.decode_episode(query, support, coarse, present)
             assert torch.isfinite(logits).all()

@@ -487,7 +487,7 @@ def test_teacher_logits_keep_the_decoder_dtype_under_autocast(tiny_multi_run) ->
     teacher, support = loaded.model, loaded.support_features()
     with torch.no_grad():
         query = teacher.backbone(torch.zeros(1, 3, 64, 64))
-        coarse = teacher.coarse_maps(query, support, list(range(3)))
+        coarse = teacher.coarse_maps(query, support)
     bf16_query = [[m.to(torch.bfloat16) for m in level] for level in query]  # what CUDA autocast's backbone gives
     decoder = teacher.decoder
     skip_features, forward = decoder.skip_features, decoder.forward
@@ -529,7 +529,7 @@ def test_pair_attention_reuses_each_pair_and_matches_the_live_attention() -> Non
         query, _ = cache.query(episode.query, episode.query_view)
         support = cache.supports(list(episode.supports))
         with torch.no_grad():
-            expected = teacher.coarse_maps(query, support, [0, 1])
+            expected = teacher.coarse_maps(query, support)
         for got in (pairs.coarse_maps(episode, query, support), capped.coarse_maps(episode, query, support)):
             for e, g in zip(expected, got):
                 torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)

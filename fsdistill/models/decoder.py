@@ -1,23 +1,11 @@
 """Decoders shared by teacher and student: ConvMapper → ConvMerge → query skips → Mixer, plus the N-way merge.
 
-Three decoders with the same interface and the same module names (``conv1``–``conv5``, ``mixer1``–``mixer3``, as in
-the reference checkpoints, reference.md §1.3, §4, so official weights import by name and the trainable groups
-mean the same in both):
-
-* :class:`DCAMADecoder`, the paper's (3 convs per mapper/merge block, 128 channels, mixer up to the input size);
-* :class:`LightDecoder`, one conv per block, 32 channels, every per-class layer at stride ≥ 4: the paper's
-  decoder costs several backbones' worth of operations *per class*, so the student's latency grew with the
-  number of classes (docs/benchmarks.md);
-* :class:`SharedDecoder`, every per-class layer at stride ≥ 8 and narrow, then one class-shared stride-4 stage
-  (content-aware upsampling of the merged N+1 logits, guided by the stride-4 query features): the light
-  decoder's three per-class 3×3 convs at stride 4 were most of a class's cost (~1.4 ms per class on 2 cores).
-
-Decoding is two calls: ``forward`` gives per-class (background, foreground) logits at the decoder's
-``class_stride``; :func:`merge_classes` merges them; ``refine`` takes the merged logits to ``output_stride``
-(the identity for the per-class decoders, whose classes are already at their output stride).
-
-Coarse maps arrive per *group* (one group per class, or per class and voting chunk): the class-independent skip
-features are computed once per image and shared by every group.
+Three decoders with one interface and the module names of the reference checkpoints (``conv1``–``conv5``,
+``mixer1``–``mixer3``, reference.md §1.3, §4): :class:`DCAMADecoder` (the paper's), :class:`LightDecoder` and
+:class:`SharedDecoder` (cheaper per class). ``forward`` gives per-class (background, foreground) logits at
+``class_stride`` for groups of coarse maps (one group per class, or per class and voting chunk);
+:func:`merge_classes` merges them; ``refine`` takes the merged logits to ``output_stride``. The class-independent
+skip features are computed once per image.
 """
 
 from __future__ import annotations
@@ -62,20 +50,16 @@ def _conv_relu(channels: list[int], final_relu: bool) -> nn.Sequential:
 
 
 class _CoarseMapDecoder(nn.Module):
-    """What both decoders share: the class-independent skip features, the coarse-map prior, the group broadcast.
+    """What the decoders share: the skip features, the coarse-map prior, the group broadcast. Subclasses define
+    ``conv1``–``conv5`` and ``mixer1``–``mixer3``. ``output_stride`` is the merged logits' stride relative to the
+    input, ``class_stride`` the per-class logits' (of ``forward``)."""
 
-    Subclasses define ``conv1``–``conv5``, ``mixer1``–``mixer3``, ``width`` and ``output_stride`` (the logits'
-    stride relative to the input: 1 = input size, 4 = a quarter of it, upsampled once when the mask is made).
-    ``class_stride`` is the stride of the per-class logits of ``forward``; here equal to ``output_stride``.
-    """
-
-    width: int
-    output_stride: int
     mixer1: nn.Sequential
 
-    @property
-    def class_stride(self) -> int:
-        return self.output_stride
+    def __init__(self, width: int, mixer: tuple[int, int, int], output_stride: int, class_stride: int = 0) -> None:
+        super().__init__()
+        self.width, self.mixer_widths = width, tuple(mixer)
+        self.output_stride, self.class_stride = output_stride, class_stride or output_stride
 
     def refine(self, merged: Tensor, skip: Tensor) -> Tensor:
         """Merged B×(N+1)×h×w logits → the same: the per-class decoders' classes are already at output stride."""
@@ -87,23 +71,18 @@ class _CoarseMapDecoder(nn.Module):
         modules = [self.mixer1, *skips, self.mixer2, self.mixer3]
         return [p for m in modules for p in m.parameters()] + [self.prior_scale]
 
-    def _init_prior(self) -> None:
+    def _init_prior(self, *zeroed: nn.Conv2d) -> None:
         # Our addition: a coarse-map prior added to the foreground logit, scale * (mean coarse map - class prior).
-        # It makes an untrained decoder a meaningful training-free baseline (the last conv starts at zero, so the
-        # prior alone decides at step 0); imported reference weights set the scale to 0 and behave as published.
+        # The output convs (``zeroed``, default mixer3's last) start at zero, so an untrained decoder is a
+        # training-free baseline; imported reference weights set the scale to 0 and behave as published.
         self.prior_scale = nn.Parameter(torch.tensor(8.0))
-        last = self.mixer3[-1]
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
+        for last in zeroed or (self.mixer3[-1],):
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
 
     def skip_features(self, skip4: Tensor, skip8: Tensor) -> Tensor:
-        """Class-independent part of mixer1's first conv, computed once per image.
-
-        Args:
-            skip4: B×C4×H/4×W/4 last stride-4 query map. skip8: B×C8×H/8×W/8 last stride-8 query map.
-        Returns:
-            B×M1×H/4×W/4 (bias included).
-        """
+        """Class-independent part of mixer1's first conv, once per image: the last stride-4 and stride-8 query maps
+        (B×C4×H/4×W/4, B×C8×H/8×W/8) → B×M1×H/4×W/4, bias included."""
         first = self.mixer1[0]
         w = first.weight[:, self.width :]
         up8 = F.interpolate(skip8, size=skip4.shape[-2:], mode="bilinear", align_corners=True)
@@ -112,23 +91,27 @@ class _CoarseMapDecoder(nn.Module):
     @staticmethod
     def _add_skip(x: Tensor, skip: Tensor) -> Tensor:
         """(B·G)×M×h×w per-group maps + B×M×h×w shared skip features, broadcast over the G groups (no copies)."""
-        b = skip.shape[0]
-        return (x.view(b, -1, *x.shape[1:]) + skip[:, None]).flatten(0, 1)
+        return (x.view(skip.shape[0], -1, *x.shape[1:]) + skip[:, None]).flatten(0, 1)
 
     def _with_prior(self, logits: Tensor, coarse: list[Tensor], prior: Tensor | None) -> Tensor:
         if prior is None:
             return logits
-        evidence = self.coarse_evidence(coarse, logits.shape[-2:])
-        fg = logits[:, 1] + self.prior_scale * (evidence - prior.view(-1, 1, 1))
-        return torch.stack([logits[:, 0], fg], dim=1)
-
-    @staticmethod
-    def coarse_evidence(coarse: list[Tensor], size: tuple[int, int] | torch.Size) -> Tensor:
-        """Mean of all coarse maps of all stages, upsampled: (B·G)×H×W attention mass on the foreground."""
+        # The mean of all coarse maps of all stages, upsampled: (B·G)×H×W attention mass on the foreground.
+        size = logits.shape[-2:]
         maps = [
             F.interpolate(c.mean(dim=1, keepdim=True), size=size, mode="bilinear", align_corners=True) for c in coarse
         ]
-        return torch.cat(maps, dim=1).mean(dim=1)
+        evidence = torch.cat(maps, dim=1).mean(dim=1)
+        fg = logits[:, 1] + self.prior_scale * (evidence - prior.view(-1, 1, 1))
+        return torch.stack([logits[:, 0], fg], dim=1)
+
+    def _project_skips(self, skip4: Tensor, skip8: Tensor) -> Tensor:
+        """``skip_proj`` (1×1) of the upsampled stride-8 map and the stride-4 map: B×M×H/4×W/4. The projection
+        commutes with upsampling, so the stride-8 half runs at stride 8."""
+        c8 = skip8.shape[1]
+        weight, bias = self.skip_proj.weight, self.skip_proj.bias
+        up8 = F.interpolate(F.conv2d(skip8, weight[:, :c8]), size=skip4.shape[-2:], mode="bilinear", align_corners=True)
+        return F.conv2d(skip4, weight[:, c8:], bias) + up8
 
 
 class DCAMADecoder(_CoarseMapDecoder):
@@ -137,9 +120,8 @@ class DCAMADecoder(_CoarseMapDecoder):
     Args:
         num_layers: coarse maps per stage (stage 2, 3, 4) = block-level taps of backbone levels 1, 2, 3.
         skip_channels: channels of the stride-4 and stride-8 query maps (levels 0 and 1).
-        width: ConvMapper/ConvMerge output channels (128 in the paper); the mapper's inner widths scale with it
-            (width/8, width/2: 16, 64 in the paper).
-        mixer: mixer channel widths (128, 64, 16 in the paper); mixer2 runs at stride 2, mixer3 at stride 1.
+        width: ConvMapper/ConvMerge output channels; the mapper's inner widths are width/8 and width/2.
+        mixer: mixer channel widths; mixer2 runs at stride 2, mixer3 at stride 1.
     """
 
     def __init__(
@@ -149,16 +131,13 @@ class DCAMADecoder(_CoarseMapDecoder):
         width: int = 128,
         mixer: tuple[int, int, int] = (128, 64, 16),
     ) -> None:
-        super().__init__()
+        super().__init__(width, mixer, output_stride=1)
         n2, n3, n4 = num_layers
-        self.width = width
-        self.mixer_widths = tuple(mixer)
         inner = [width // 8, width // 2, width]
         # ConvMapper: conv1 for stage 4 (stride 32), conv2 for stage 3 (16), conv3 for stage 2 (8).
         self.conv1 = _conv_gn_relu([n4, *inner], [3, 3, 3])
         self.conv2 = _conv_gn_relu([n3, *inner], [5, 3, 3])
         self.conv3 = _conv_gn_relu([n2, *inner], [5, 5, 3])
-        # ConvMerge.
         self.conv4 = _conv_gn_relu([width] * 4, [3, 3, 3])
         self.conv5 = _conv_gn_relu([width] * 4, [3, 3, 3])
         c4, c8 = skip_channels
@@ -167,7 +146,6 @@ class DCAMADecoder(_CoarseMapDecoder):
         self.mixer1 = _conv_relu([width + c8 + c4, m1, m2], final_relu=True)
         self.mixer2 = _conv_relu([m2, m2, m3], final_relu=True)
         self.mixer3 = _conv_relu([m3, m3, 2], final_relu=False)
-        self.output_stride = 1
         self._init_prior()
 
     def forward(self, coarse: list[Tensor], skip: Tensor, prior: Tensor | None = None) -> Tensor:
@@ -203,16 +181,9 @@ class DCAMADecoder(_CoarseMapDecoder):
 class LightDecoder(_CoarseMapDecoder):
     """The DCAMA decoder's data flow with one conv per block and every per-class layer at stride ≥ 4.
 
-    Same stages as :class:`DCAMADecoder`: mapper (conv1–3, one Conv3×3 → GroupNorm → ReLU per stage) → merge
-    (conv4 at stride 16, conv5 at stride 8) → mixer1 → mixer2 → mixer3, giving stride-4 logits. mixer1's coarse
-    half runs at stride 8 and is upsampled and added to the shared skip features at stride 4, then three Conv3×3
-    run at stride 4 (mixer1's second conv, mixer2, mixer3). The shared skip features are the last stride-8 and
-    stride-4 query maps through a 1×1 ``skip_proj``, computed once per image (a 1×1 conv commutes with
-    upsampling, so the stride-8 map is projected before it is upsampled).
-
-    Args:
-        num_layers, skip_channels: as :class:`DCAMADecoder`. width: mapper/merge channels (32).
-        mixer: mixer widths M1, M2, M3: (16, 16, 16).
+    mixer1's coarse half runs at stride 8 and is added, upsampled, to the shared skip features (the last stride-8
+    and stride-4 query maps through a 1×1 ``skip_proj``, once per image); three Conv3×3 then run at stride 4.
+    Arguments as :class:`DCAMADecoder`'s.
     """
 
     def __init__(
@@ -222,11 +193,8 @@ class LightDecoder(_CoarseMapDecoder):
         width: int = 32,
         mixer: tuple[int, int, int] = (16, 16, 16),
     ) -> None:
-        super().__init__()
+        super().__init__(width, mixer, output_stride=4)
         n2, n3, n4 = num_layers
-        self.width = width
-        self.mixer_widths = tuple(mixer)
-        self.output_stride = 4
         self.conv1 = _conv_gn_relu([n4, width], [3])
         self.conv2 = _conv_gn_relu([n3, width], [3])
         self.conv3 = _conv_gn_relu([n2, width], [3])
@@ -235,7 +203,7 @@ class LightDecoder(_CoarseMapDecoder):
         c4, c8 = skip_channels
         m1, m2, m3 = mixer
         # mixer1.0 keeps only the coarse half (its bias lives in skip_proj, added once per image).
-        self.mixer1 = nn.Sequential(*_conv_relu([width, m1], True), *_conv_relu([m1, m2], True))
+        self.mixer1 = _conv_relu([width, m1, m2], final_relu=True)
         self.mixer1[0].register_parameter("bias", None)
         self.skip_proj = nn.Conv2d(c8 + c4, m1, 1)
         self.mixer2 = _conv_relu([m2, m3], final_relu=True)
@@ -243,17 +211,9 @@ class LightDecoder(_CoarseMapDecoder):
         self._init_prior()
 
     def skip_features(self, skip4: Tensor, skip8: Tensor) -> Tensor:
-        """Class-independent part of the mixer's input, once per image.
-
-        Args:
-            skip4: B×C4×H/4×W/4, skip8: B×C8×H/8×W/8 (the last query maps of levels 0 and 1).
-        Returns:
-            B×M1×H/4×W/4 (skip_proj's bias included).
-        """
-        c8 = skip8.shape[1]
-        weight, bias = self.skip_proj.weight, self.skip_proj.bias
-        up8 = F.interpolate(F.conv2d(skip8, weight[:, :c8]), size=skip4.shape[-2:], mode="bilinear", align_corners=True)
-        return F.conv2d(skip4, weight[:, c8:], bias) + up8
+        """Class-independent part of the mixer's input, once per image: B×M1×H/4×W/4 (see
+        :meth:`DCAMADecoder.skip_features`)."""
+        return self._project_skips(skip4, skip8)
 
     def forward(self, coarse: list[Tensor], skip: Tensor, prior: Tensor | None = None) -> Tensor:
         """Same contract as :meth:`DCAMADecoder.forward` (``skip`` from :meth:`skip_features`); returns
@@ -300,23 +260,14 @@ def _bilinear_logits() -> Tensor:
 class SharedDecoder(_CoarseMapDecoder):
     """Per-class work at stride ≥ 8 only, and narrow; then one class-shared stride-4 stage.
 
-    Per class (G groups per image): mapper conv1 (stride 32), conv2 (16) and merge conv4 (16) as in
-    :class:`LightDecoder` (Conv3×3 → GroupNorm → ReLU, ``width`` channels); merge conv5 also runs at stride 16 and
-    narrows to M1 channels before the only per-class upsampling; mapper conv3 maps the stage-2 coarse maps to M1
-    channels at stride 8 (Conv3×3 → ReLU: a GroupNorm there cost as much as a conv). Their sum plus the shared
-    stride-8 query features (``skip_proj8``, once per image) → ReLU → ``mixer1`` = Conv3×3(M1→M1) → ReLU →
-    Conv1×1(M1→2): (background, foreground) logits at stride 8, with the coarse-map prior on the foreground.
-    After :func:`merge_classes` (at stride 8, N+1 channels), the class-shared stage (:meth:`refine`) turns them
-    into stride-4 logits: from the last stride-4 and stride-8 query maps (``skip_proj`` 1×1, ``mixer2`` Conv3×3
-    at stride 4, space-to-depth, ``mixer3`` Conv1×1 to 9×4) it predicts, once per image, convex weights that
-    upsample every merged channel alike (as RAFT's learned upsampling). So the stride-4 cost grows by nine
-    multiply-adds per output value, not by three 3×3 convs per class, and an absent class (all ``ABSENT_LOGIT``)
-    keeps that value.
+    Per class: conv1, conv2, conv4 and conv5 at strides 32 and 16 (conv5 narrows to M1 channels before the only
+    per-class upsampling), conv3 at stride 8, plus the shared stride-8 query features (``skip_proj8``) →
+    ``mixer1`` → stride-8 (background, foreground) logits. After :func:`merge_classes`, :meth:`refine` upsamples
+    the N+1 merged channels alike with convex weights predicted once per image from the query maps (``skip_proj``,
+    ``mixer2``, ``mixer3``; as RAFT's learned upsampling), so an absent class keeps ``ABSENT_LOGIT``.
 
-    Args:
-        num_layers, skip_channels: as :class:`DCAMADecoder`. width: mapper/merge channels at strides 16 and 32 (16).
-        mixer: M1 (per-class stride-8 channels), M2 (shared stride-4 skip projection), M3 (shared stride-4 conv):
-            (8, 16, 16).
+    Args: as :class:`DCAMADecoder`; ``mixer`` is M1 (per-class stride-8 channels), M2 (shared stride-4 skip
+    projection), M3 (shared stride-4 conv).
     """
 
     def __init__(
@@ -326,11 +277,8 @@ class SharedDecoder(_CoarseMapDecoder):
         width: int = 16,
         mixer: tuple[int, int, int] = (8, 16, 16),
     ) -> None:
-        super().__init__()
+        super().__init__(width, mixer, output_stride=4, class_stride=8)
         n2, n3, n4 = num_layers
-        self.width = width
-        self.mixer_widths = tuple(mixer)
-        self.output_stride = 4
         c4, c8 = skip_channels
         m1, m2, m3 = mixer
         self.conv1 = _conv_gn_relu([n4, width], [3])
@@ -345,45 +293,17 @@ class SharedDecoder(_CoarseMapDecoder):
         self.mixer3 = nn.Sequential(nn.Conv2d(4 * m3, 36, 1))
         # 1×36×1×1 (4-D, so that a model moved to channels-last can hold it); not stored: it is a constant.
         self.register_buffer("upsample_prior", _bilinear_logits().reshape(1, 36, 1, 1), persistent=False)
-        self._init_prior()
-
-    @property
-    def class_stride(self) -> int:
-        return 8
-
-    def _init_prior(self) -> None:
-        # As the other decoders: the per-class output conv starts at zero, so the coarse-map prior alone decides
-        # at step 0; the shared stage's last conv starts at zero too, i.e. as bilinear upsampling.
-        self.prior_scale = nn.Parameter(torch.tensor(8.0))
-        for last in (self.mixer1[-1], self.mixer3[-1]):
-            nn.init.zeros_(last.weight)
-            nn.init.zeros_(last.bias)
+        self._init_prior(self.mixer1[-1], self.mixer3[-1])  # the shared stage starts as bilinear upsampling
 
     def skip_features(self, skip4: Tensor, skip8: Tensor) -> SharedSkip:
-        """Class-independent parts, once per image.
-
-        Args:
-            skip4: B×C4×H/4×W/4, skip8: B×C8×H/8×W/8 (the last query maps of levels 0 and 1).
-        Returns:
-            :class:`SharedSkip`: the stride-8 mixer features and the stride-4 upsampling weights.
-        """
-        c8 = skip8.shape[1]
-        weight, bias = self.skip_proj.weight, self.skip_proj.bias
-        # As LightDecoder's: the 1×1 projection commutes with upsampling, so the stride-8 half runs at stride 8.
-        up8 = F.interpolate(F.conv2d(skip8, weight[:, :c8]), size=skip4.shape[-2:], mode="bilinear", align_corners=True)
-        x = self.mixer2(F.conv2d(skip4, weight[:, c8:], bias) + up8)
+        """Class-independent parts, once per image (arguments as :meth:`DCAMADecoder.skip_features`)."""
+        x = self.mixer2(self._project_skips(skip4, skip8))
         b, _, h, w = skip8.shape
         logits = (self.mixer3(F.pixel_unshuffle(x, 2)) + self.upsample_prior).reshape(b, 9, 4, h, w)
         return SharedSkip(self.skip_proj8(skip8), logits.softmax(dim=1))
 
     def forward(self, coarse: list[Tensor], skip: SharedSkip, prior: Tensor | None = None) -> Tensor:
-        """Per-class logits at stride 8.
-
-        Args:
-            coarse: as :meth:`DCAMADecoder.forward`. skip: from :meth:`skip_features`. prior: (B·G) class priors.
-        Returns:
-            (B·G)×2×H/8×W/8 (background, foreground) logits; :func:`merge_classes`, then :meth:`refine`.
-        """
+        """As :meth:`DCAMADecoder.forward`, but (B·G)×2×H/8×W/8 logits: :func:`merge_classes`, then :meth:`refine`."""
         cm2, cm3, cm4 = coarse
         x3 = self.conv2(cm3) + F.interpolate(self.conv1(cm4), size=cm3.shape[-2:], mode="bilinear", align_corners=True)
         # conv5 narrows to M1 channels at stride 16, so only M1 (not `width`) channels per class are upsampled.
@@ -416,14 +336,11 @@ def merge_classes(logits: Tensor, present: Tensor | None = None) -> Tensor:
     """N one-vs-all binary logit pairs → (N+1)-way logits (reference.md §1.4).
 
     Each pixel's background logit is that of the class with the largest foreground logit; class c keeps its own
-    foreground logit. Classes marked absent get a very low finite foreground logit (and background 0), so a pixel
-    with no class present is background and the loss stays finite.
+    foreground logit. Classes absent in ``present`` (B×N bool; None = all present) get ``ABSENT_LOGIT`` and
+    background 0, so a pixel with no class present is background and the loss stays finite.
 
     Args:
-        logits: B×N×2×H×W (background, foreground) per class.
-        present: B×N bool, which classes had support; None = all.
-    Returns:
-        B×(N+1)×H×W.
+        logits: B×N×2×H×W (background, foreground) per class. Returns B×(N+1)×H×W.
     """
     bg, fg = logits[:, :, 0], logits[:, :, 1]
     if present is not None:

@@ -1,8 +1,7 @@
 """Continue a run on a grown support folder (``distill --init RUN``): its weights, classes matched by name.
 
-The teacher (backbone, attention, decoder) holds no per-class weight, so it is taken whole. The student's ConvDist
-blocks are per class: a class the new folder still has keeps its blocks (copied to its new position), a new class
-gets fresh blocks started at its prior, a class the folder no longer has is dropped only when the user says so.
+The teacher holds no per-class weight and is taken whole; the student's per-class ConvDist blocks move with their
+class, a new class gets fresh blocks, a class the folder no longer has is dropped only when the user says so.
 """
 
 from __future__ import annotations
@@ -69,38 +68,25 @@ def match_classes(run_classes: list[str], folder_classes: list[str], drop: list[
     )
 
 
-def _copy_rows(target: Tensor, source: Tensor, rows_per_class: int, to_class: int, from_class: int) -> None:
-    target[to_class * rows_per_class : (to_class + 1) * rows_per_class] = source[
-        from_class * rows_per_class : (from_class + 1) * rows_per_class
-    ]
-
-
 @torch.no_grad()
 def _copy_convdist(target: ConvDist, source: ConvDist, to_class: int, from_class: int) -> None:
     """Copy one class's block: the rows of each fused conv that belong to it (groups are per class)."""
-    if target.width != source.width:
-        raise ValueError(f"ConvDist widths differ ({source.width} vs {target.width})")
-    width = target.width
+    if target.width != source.width or (target.bottleneck is None) != (source.bottleneck is None):
+        raise ValueError(f"ConvDist blocks differ (width {source.width} vs {target.width}, or one has a bottleneck)")
     # Rows per class: the hidden 3×3 (grouped per class, or the paper's ungrouped C→N·C whose output rows are still
     # one block per class), the grouped 1×1 output (one row) and the bottleneck (W rows) when there is one.
-    layers = [(target.hidden, source.hidden, width), (target.out, source.out, 1)]
-    if (target.bottleneck is None) != (source.bottleneck is None):
-        raise ValueError("one ConvDist has a bottleneck and the other not")
+    layers = [(target.hidden, source.hidden, target.width), (target.out, source.out, 1)]
     if target.bottleneck is not None:
-        layers.append((target.bottleneck, source.bottleneck, width))
+        layers.append((target.bottleneck, source.bottleneck, target.width))
     for new_layer, old_layer, rows in layers:
-        _copy_rows(new_layer.weight, old_layer.weight, rows, to_class, from_class)
-        _copy_rows(new_layer.bias, old_layer.bias, rows, to_class, from_class)
+        for new, old in ((new_layer.weight, old_layer.weight), (new_layer.bias, old_layer.bias)):
+            new[to_class * rows : (to_class + 1) * rows] = old[from_class * rows : (from_class + 1) * rows]
 
 
 @torch.no_grad()
 def copy_student_classes(target: DistilledStudent, source: DistilledStudent, match: ClassMatch, prior: Tensor) -> None:
-    """Start ``target`` (the new folder's N classes) from ``source`` (the run's student).
-
-    Every class starts at the new folder's prior (``prior``: N foreground fractions); kept classes then take
-    their trained ConvDist blocks from ``source``, new ones keep a fresh block whose output starts at the prior.
-    The decoder is shared with the teacher, which is loaded whole.
-    """
+    """Start ``target`` (the new folder's N classes) from ``source`` (the run's student): kept classes take their
+    trained ConvDist blocks, new ones a fresh block whose output starts at ``prior`` (N foreground fractions)."""
     target.set_class_prior(prior)
     for new_dist, old_dist in zip(target.convdist, source.convdist):
         for to_class, from_class in enumerate(match.source):

@@ -1,36 +1,12 @@
 """Import an official DCAMA / DistillFSS teacher checkpoint ("modcross") into a :class:`DCAMATeacher`.
 
-Written from the key layout in reference.md §4 (no code of the reference repositories is used). The files hold
-
-- ``feature_extractor.*``: the whole backbone (torchvision ResNet-50 or the original Swin-B), classifier, final
-  norm and the Swin buffers (``attn_mask``, ``relative_position_index``) included;
-- ``model.DCAMA_blocks.{0,1,2}.linears.{0,1}.{weight,bias}``: query/key projections of the attention blocks;
-- ``model.pe.{0,1,2}.pe``: stored 1×10000×C sinusoidal encodings;
-- ``model.conv{1..5}.{0,1,3,4,6,7}.*`` and ``model.mixer{1,2,3}.{0,2}.*``: ConvMapper, ConvMerge and Mixer;
-
-possibly under ``module.`` (DDP) and one more ``model.`` (the "LA repo" safetensors), or ``teacher.`` (the
-teacher inside a DistillFSS model). Keys are parsed by anchoring on ``feature_extractor`` or on a head module
-name followed by an index, after any leading run of these wrapper tokens, so the reference's own ``model.`` never
-gets stripped from inside a name.
-
-Mapping (name-based):
-
-- ``DCAMA_blocks.i`` → ``blocks.i``: i = 0 is paper stage 2 (stride 8, backbone level 1), i = 1 stage 3 (stride
-  16, level 2), i = 2 stage 4 (stride 32, level 3); see :data:`BLOCK_STAGES`.
-- ``convK.n.*`` → ``decoder.convK.n.*`` and ``mixerK.n.*`` → ``decoder.mixerK.n.*`` (same Sequential indices).
-- ``pe.*`` is dropped: fsdistill regenerates the encoding (it is checked against ours and a mismatch is logged).
-- ``feature_extractor.*`` → ``backbone.model.*`` (timm names; original-Swin ``layers.i.downsample`` moves to
-  timm's ``layers.{i+1}.downsample``); tensors our pruned backbone lacks (classifier, final norm, buffers) are
-  ignored.
-
-When names do not match, both parts fall back to pairing tensors by position with a strict shape check (the
-file's stored order; for safetensors, whose order is by name, also a natural module order). A head that fits
-neither way raises :class:`CheckpointError` with the reason (other backbone, support concatenation, …); a
-backbone that fits neither way is kept as it was (``--backbone-weights`` or the hub) with a warning.
-
-After import the teacher behaves as published: ``decoder.prior_scale`` = 0 (our coarse-map prior is off) and
-every attention block uses the raw scaled dot product (``qk_norm = None``). ``use_pe`` stays as configured.
-Build the teacher from :func:`published_model_cfg` of the run's config, so that its artifact stores what runs.
+Written from the key layout in reference.md §4 (no reference code is used). Head tensors (``DCAMA_blocks``,
+``conv1``–``conv5``, ``mixer1``–``mixer3``) map by name onto ``blocks`` and ``decoder``, ``feature_extractor.*``
+onto ``backbone.model`` (timm names); the stored ``pe`` is only checked against ours. Names may be wrapped in
+``module.``/``model.``/``teacher.``. When names do not match, tensors are paired by position with a strict shape
+check. A head that fits neither way raises :class:`CheckpointError`; such a backbone is kept, with a warning.
+After import the teacher behaves as published (``prior_scale`` 0, ``qk_norm`` None): build it from
+:func:`published_model_cfg`.
 """
 
 from __future__ import annotations
@@ -55,7 +31,7 @@ __all__ = ["ImportReport", "import_reference_weights", "published_model_cfg", "B
 
 log = logging.getLogger(__name__)
 
-# Reference DCAMA_blocks index → (paper stage, our backbone level). Our ``blocks[i]`` serves the same stage.
+# Reference DCAMA_blocks index → (paper stage, our backbone level); our ``blocks[i]`` serves the same stage.
 BLOCK_STAGES: dict[int, tuple[int, int]] = {0: (2, 1), 1: (3, 2), 2: (4, 3)}
 assert tuple(level for _, level in BLOCK_STAGES.values()) == ATTENTION_LEVELS
 
@@ -84,13 +60,8 @@ class ImportReport:
     """What :func:`import_reference_weights` loaded.
 
     Attributes:
-        path: the checkpoint file.
-        head_method: ``"name"`` or ``"positional"`` (attention projections + decoder).
-        head_tensors: head tensors loaded (84 for the reference head).
-        backbone_method: ``"name"``, ``"positional"`` or ``"kept"`` (the file's backbone did not fit or was absent;
-            the teacher keeps the backbone it was built with).
-        backbone_tensors: backbone tensors loaded (0 when kept).
-        backbone_note: why the backbone was kept ("" otherwise).
+        head_method, backbone_method: ``"name"`` or ``"positional"``; the backbone also ``"kept"`` (the file's did
+            not fit or was absent: the teacher keeps its own, and ``backbone_note`` says why).
         ignored_keys: file keys not used (stored PE, classifier, final norm, Swin buffers, unknown tensors).
         pe_checked: stored PE buffers that matched fsdistill's regenerated encoding.
     """
@@ -105,11 +76,6 @@ class ImportReport:
     pe_checked: int = 0
 
     @property
-    def ignored(self) -> int:
-        """Number of file keys not used."""
-        return len(self.ignored_keys)
-
-    @property
     def backbone_kept(self) -> bool:
         return self.backbone_method == "kept"
 
@@ -121,61 +87,35 @@ class ImportReport:
             backbone = f"{self.backbone_tensors} backbone tensors by {self.backbone_method}"
         return (
             f"imported {self.path.name}: {self.head_tensors} head tensors by {self.head_method}, {backbone}, "
-            f"{self.ignored} keys ignored"
+            f"{len(self.ignored_keys)} keys ignored"
         )
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Reading
-
-
-def _read(path: Path) -> dict[str, Tensor]:
-    """Tensors of the file in stored order (see :func:`fsdistill.models.state_dict.read_state_dict`)."""
-    return read_state_dict(
-        path,
-        "Teacher weights",
-        "--teacher-weights",
-        "pass an official DCAMA/DistillFSS .pt/.pth/.safetensors checkpoint saved as a plain state dict",
-    )
+def _unwrapped(key: str) -> list[str]:
+    """The parts of ``key`` after its leading wrapper tokens (the last part always stays)."""
+    parts = key.split(".")
+    i = 0
+    while i < len(parts) - 1 and parts[i] in _WRAPPERS:
+        i += 1
+    return parts[i:]
 
 
 def _split(key: str) -> tuple[str, str] | None:
     """``("backbone", name in the backbone)``, ``("head", "convK.n.weight"…)`` or None for an unknown key."""
-    parts = key.split(".")
-    i = 0
-    while i < len(parts) - 1 and parts[i] in _WRAPPERS:
-        i += 1
-    root = parts[i]
-    if root == _BACKBONE_ROOT and i + 1 < len(parts):
-        return "backbone", ".".join(parts[i + 1 :])
-    if root in _HEAD_MODULES and i + 2 < len(parts) and parts[i + 1].isdigit():
-        return "head", ".".join(parts[i:])
+    parts = _unwrapped(key)
+    if parts[0] == _BACKBONE_ROOT and len(parts) > 1:
+        return "backbone", ".".join(parts[1:])
+    if parts[0] in _HEAD_MODULES and len(parts) > 2 and parts[1].isdigit():
+        return "head", ".".join(parts)
     return None
-
-
-def _strip_wrappers(key: str) -> str:
-    parts = key.split(".")
-    i = 0
-    while i < len(parts) - 1 and parts[i] in _WRAPPERS:
-        i += 1
-    return ".".join(parts[i:])
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Head
 
 
 def _head_targets(teacher: DCAMATeacher) -> list[tuple[str, str]]:
     """(reference name without wrappers, our parameter name) of every head tensor, in the reference's order."""
-    pairs = []
-    for i, block in enumerate(teacher.blocks):
-        for j, linear in enumerate(block.linears):
-            for p, _ in linear.named_parameters(recurse=False):
-                pairs.append((f"DCAMA_blocks.{i}.linears.{j}.{p}", f"blocks.{i}.linears.{j}.{p}"))
-    for name in _DECODER_MODULES:
-        for idx, module in enumerate(getattr(teacher.decoder, name)):
-            for p, _ in module.named_parameters(recurse=False):
-                pairs.append((f"{name}.{idx}.{p}", f"decoder.{name}.{idx}.{p}"))
+    pairs = [(f"DCAMA_{name}", name) for name, _ in teacher.blocks.named_parameters(prefix="blocks")]
+    for module in _DECODER_MODULES:
+        params = getattr(teacher.decoder, module).named_parameters(prefix=module)
+        pairs += [(name, f"decoder.{name}") for name, _ in params]
     return pairs
 
 
@@ -186,11 +126,8 @@ def _is_pe(key: str, tensor: Tensor) -> bool:
 
 def _backbone_guess(widths: tuple[int, ...], maps: tuple[int, ...] | None) -> str | None:
     """Name of the backbone whose stage 2–4 attention widths (and maps per stage) these are, if known."""
-    candidates: list[tuple[str, tuple[int, ...], tuple[int, ...] | None]] = []
-    for name in BACKBONE_NAMES:
-        spec = backbone_spec(name)
-        candidates.append((name, tuple(spec.channels[1:]), tuple(spec.num_blocks[1:])))
-    candidates += list(_UNSUPPORTED_BACKBONES)
+    specs = [backbone_spec(name) for name in BACKBONE_NAMES]
+    candidates = [(s.name, tuple(s.channels[1:]), tuple(s.num_blocks[1:])) for s in specs] + [*_UNSUPPORTED_BACKBONES]
     by_width = [c for c in candidates if c[1] == widths]
     exact = [c for c in by_width if maps is None or c[2] is None or c[2] == maps]
     chosen = exact or by_width
@@ -204,12 +141,9 @@ def _fmt(values: tuple[int, ...]) -> str:
 def _diagnose(
     teacher: DCAMATeacher, path: Path, got: dict[str, tuple[str, torch.Size]], positional: bool = False
 ) -> CheckpointError:
-    """The most useful error for a head that does not fit: other backbone, support concatenation, or the first key.
-
-    Args:
-        got: our parameter name → (file key, file shape), paired by name or by position.
-        positional: the file has no head names, ``got`` pairs its last tensors by position.
-    """
+    """The most useful error for a head that does not fit (``got``: our parameter name → (file key, file shape),
+    paired by name, or by ``positional`` pairing of the file's last tensors): other backbone, support
+    concatenation, or the first key."""
     spec = teacher.backbone.spec
     params = dict(teacher.named_parameters())
     ours_w = tuple(spec.channels[lvl] for lvl in ATTENTION_LEVELS)
@@ -261,16 +195,13 @@ def _diagnose(
 def _resolve_head(
     teacher: DCAMATeacher, path: Path, state: dict[str, Tensor], head_keys: dict[str, str], candidates: list[str]
 ) -> tuple[str, dict[str, str], list[str]]:
-    """Pair our head parameters with file keys.
+    """Pair our head parameters with file keys, by name or else by position (raises CheckpointError otherwise).
 
     Args:
         head_keys: reference name (wrappers stripped) → file key, for keys that parse as head keys (no PE).
         candidates: file keys that may be head tensors for positional pairing (stored order, no backbone/PE).
     Returns:
-        (method, our name → file key, candidate keys left in front of the positional head: a backbone if the
-        file has no ``feature_extractor`` names).
-    Raises:
-        CheckpointError: neither way fits.
+        (method, our name → file key, candidate keys in front of a positional head: the file's backbone, if unnamed).
     """
     targets = _head_targets(teacher)
     params = dict(teacher.named_parameters())
@@ -329,10 +260,6 @@ def _check_pe(teacher: DCAMATeacher, path: Path, pe: dict[int, Tensor]) -> int:
     return matched
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Backbone
-
-
 def _rename_backbone(family: str, names: list[str]) -> dict[str, str]:
     """Reference backbone name → timm name (identity except the original Swin's downsample placement)."""
     if family == "swin" and any(n.startswith("layers.0.downsample.") for n in names):
@@ -345,19 +272,14 @@ def _rename_backbone(family: str, names: list[str]) -> dict[str, str]:
 def _resolve_backbone(
     teacher: DCAMATeacher, path: Path, source: dict[str, Tensor]
 ) -> tuple[str, dict[str, Tensor] | None, str, list[str]]:
-    """Map the file's backbone tensors (names relative to the backbone, stored order) onto ``backbone.model``.
-
-    Returns:
-        (method, full state dict to load or None when kept, note, source names not used). Tensors of the state
-        dict not taken from the file (batch counters the file lacks) are the model's own.
-    """
+    """Map the file's backbone tensors (names relative to the backbone, stored order) onto ``backbone.model``:
+    (method, full state dict to load or None when kept, note, source names not used)."""
     model = teacher.backbone.model
     spec = teacher.backbone.spec
     target = model.state_dict()
     wanted = [k for k in target if not k.endswith(COUNTER)]
     if not source:
         return "kept", None, "the checkpoint holds no backbone weights", []
-    reason = ""
     # 1. By name, after the family's renames.
     renamed = _rename_backbone(spec.family, list(source))
     by_name = {new: old for old, new in renamed.items()}
@@ -388,10 +310,6 @@ def _resolve_backbone(
     return "kept", None, f"its backbone weights do not fit {spec.name}: {reason}", list(source)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Entry point
-
-
 def published_model_cfg(cfg: ModelCfg) -> ModelCfg:
     """``cfg`` as an imported teacher runs: raw scaled dot-product attention (``qk_norm`` None), as published."""
     return cfg.model_copy(update={"qk_norm": None})
@@ -402,11 +320,7 @@ def import_reference_weights(teacher: DCAMATeacher, path: Path | str) -> ImportR
 
     Args:
         teacher: built on the backbone the checkpoint was trained with (swin-b or resnet50), paper decoder widths.
-        path: ``.pt``/``.pth`` (read with ``weights_only=True``; may wrap the state dict under ``state_dict`` or
-            ``model``) or ``.safetensors``.
-
-    Returns:
-        What was loaded and how (see :class:`ImportReport`).
+        path: ``.pt``/``.pth`` (read with ``weights_only=True``) or ``.safetensors``.
 
     Raises:
         CheckpointError: unreadable file, no DCAMA head, a head for another backbone, a head trained with support
@@ -417,25 +331,32 @@ def import_reference_weights(teacher: DCAMATeacher, path: Path | str) -> ImportR
     decoder = teacher.decoder
     if not isinstance(decoder, DCAMADecoder):
         raise ConfigError("--teacher-weights needs the paper's decoder; pass --decoder dcama (or leave --decoder out).")
-    mixer = tuple(getattr(decoder, "mixer_widths", _REFERENCE_MIXER))
+    mixer = decoder.mixer_widths
     if decoder.width != _REFERENCE_WIDTH or mixer != _REFERENCE_MIXER:
         raise ConfigError(
             f"--teacher-weights needs the paper decoder (decoder_width {_REFERENCE_WIDTH}, mixer_widths "
             f"{_REFERENCE_MIXER}) but this teacher has {decoder.width} and {mixer}; drop those options."
         )
-    state = _read(path)
+    state = read_state_dict(
+        path,
+        "Teacher weights",
+        "--teacher-weights",
+        "pass an official DCAMA/DistillFSS .pt/.pth/.safetensors checkpoint saved as a plain state dict",
+    )
 
     head_keys: dict[str, str] = {}
     backbone_src: dict[str, Tensor] = {}
     pe: dict[int, Tensor] = {}
     ignored: list[str] = []
     candidates: list[str] = []
+    key_of: dict[str, str] = {}  # backbone name → file key
     for key, tensor in state.items():
         parsed = _split(key)
         if parsed is not None and parsed[0] == "backbone":
             if parsed[1] in backbone_src:  # the same tensor under two wrappings: the first one wins
                 ignored.append(key)
             backbone_src.setdefault(parsed[1], tensor)
+            key_of.setdefault(parsed[1], key)
             continue
         if _is_pe(key, tensor):
             if parsed is not None and parsed[1].startswith("pe."):
@@ -453,16 +374,12 @@ def import_reference_weights(teacher: DCAMATeacher, path: Path | str) -> ImportR
     used = set(head_map.values())
     if not backbone_src and leading:
         # No feature_extractor names: the tensors before the positional head are the backbone (module order).
-        backbone_src = {_strip_wrappers(k): state[k] for k in leading}
+        for k in leading:
+            name = ".".join(_unwrapped(k))
+            backbone_src[name] = state[k]
+            key_of.setdefault(name, k)
         used |= set(leading)
     ignored += [k for k in candidates if k not in used]
-    key_of = {}
-    for key in state:
-        parsed = _split(key)
-        if parsed is not None and parsed[0] == "backbone":
-            key_of.setdefault(parsed[1], key)
-    for k in leading:
-        key_of.setdefault(_strip_wrappers(k), k)
 
     bb_method, bb_state, bb_note, bb_unused = _resolve_backbone(teacher, path, backbone_src)
     ignored += [key_of.get(n, n) for n in bb_unused]

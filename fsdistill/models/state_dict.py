@@ -1,10 +1,7 @@
-"""Reading weight files that fsdistill did not write: a user's backbone weights and official DCAMA checkpoints.
+"""Reading weight files that fsdistill did not write (a user's backbone weights, official DCAMA checkpoints).
 
-One reader serves both (:mod:`fsdistill.models.backbone_weights`, :mod:`fsdistill.models.reference_import`): a
-``.safetensors`` file, or a torch file read with ``weights_only=True`` (no code runs from it), becomes its tensors
-in stored order, unwrapped from ``state_dict``/``model`` dicts; a file that cannot be used raises one
-:class:`~fsdistill.errors.CheckpointError` sentence saying why and what to pass instead. Files whose names are
-not ours are paired with a model's tensors by position; :func:`positional_orders` gives the orders to try.
+Files whose names are not ours are paired with a model's tensors by position; :func:`positional_orders` gives the
+orders to try.
 """
 
 from __future__ import annotations
@@ -51,11 +48,9 @@ def read_state_dict(path: Path, what: str, option: str, remedy: str) -> dict[str
     """The tensors of a weights file, by name in stored order.
 
     Args:
-        path: a ``.safetensors`` file, or a ``.pt``/``.pth``/``.bin`` torch file (possibly wrapping the state dict,
-            at any depth, under ``state_dict`` or ``model``; non-tensor entries such as an epoch count are dropped).
-        what: what the file is, capitalised, for messages ("Backbone weights", "Teacher weights").
-        option: the command-line option that names the file ("--backbone-weights").
-        remedy: the end of the error sentence: what to pass instead.
+        path: a ``.safetensors`` file, or a torch file read with ``weights_only=True`` (the state dict possibly
+            wrapped, at any depth, under ``state_dict`` or ``model``; non-tensor entries are dropped).
+        what, option, remedy: for messages: "Backbone weights", "--backbone-weights", what to pass instead.
 
     Raises:
         CheckpointError: the file is missing, unreadable, pickles Python objects, or holds no tensors.

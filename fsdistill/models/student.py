@@ -1,11 +1,7 @@
 """DistillFSS student: ConvDist blocks replace the teacher's support attention; no supports at inference.
 
-Per foreground class and per stage 2–4 the paper has one ConvDist block, Conv3×3(C→C) → ReLU → Conv1×1(C→1),
-shared by all block-level maps of that stage (reference.md §2.1). Here the N per-class blocks of a stage are fused
-into one Conv3×3(C→N·C) and one grouped Conv1×1(N·C→N, groups=N): the same function as N separate blocks, but one
-pass over the features for all classes. A reduced width W puts a 1×1 bottleneck C→W before a W→W 3×3 (the
-issue's suggestion for wide backbones): the cost per class drops from 9·C² to C·W + 9·W² per position.
-The decoder then runs once over all classes as a batch.
+The N per-class blocks of a stage (reference.md §2.1) run fused, one pass over the features for all classes, and
+the decoder runs once over all classes as a batch.
 """
 
 from __future__ import annotations
@@ -20,16 +16,11 @@ __all__ = ["ConvDist", "DistilledStudent"]
 
 
 class ConvDist(nn.Module):
-    """All N per-class ConvDist blocks of one stage.
+    """All N per-class ConvDist blocks of one stage, fused.
 
     Paper width (``width`` None): per class Conv3×3(C→C) → ReLU → Conv1×1(C→1), fused into one Conv3×3(C→N·C)
-    and one grouped Conv1×1. Reduced width W: per class a 1×1 bottleneck Conv1×1(C→W) → Conv3×3(W→W) → ReLU →
-    Conv1×1(W→1), i.e. a rank-W factorisation of the paper's 3×3 conv; fused into one Conv1×1(C→N·W) shared pass
-    over the features, a grouped Conv3×3 and a grouped Conv1×1. Per class and position that is C·W + 9·W² multiply-
-    adds instead of 9·C² (ResNet-50 stage 3 at W = 8: 8.8 k instead of 9.4 M).
-
-    Args:
-        channels: C of the stage's feature maps. num_classes: N. width: W (None or 0 = the paper's block).
+    and one grouped Conv1×1. Reduced width W: per class Conv1×1(C→W) → Conv3×3(W→W) → ReLU → Conv1×1(W→1), a
+    rank-W factorisation costing C·W + 9·W² multiply-adds per position instead of 9·C². ``width`` 0 = None.
     """
 
     def __init__(self, channels: int, num_classes: int, width: int | None = None) -> None:
@@ -48,20 +39,16 @@ class ConvDist(nn.Module):
         self.out = nn.Conv2d(num_classes * self.width, num_classes, 1, groups=num_classes)
         if self.bottleneck is not None:
             # Variance-preserving init (He for the ReLU'd 3×3): the zero-initialised output layer learns at a
-            # speed proportional to W·|hidden|, and PyTorch's default init shrinks the variance ~3× per layer,
-            # which left a W = 8 student at background after 20 short steps.
+            # speed proportional to W·|hidden|, which PyTorch's default init shrinks.
             nn.init.kaiming_normal_(self.bottleneck.weight, nonlinearity="linear")
             nn.init.kaiming_normal_(self.hidden.weight, nonlinearity="relu")
             nn.init.zeros_(self.bottleneck.bias)
             nn.init.zeros_(self.hidden.bias)
 
     def init_output(self, prior: Tensor) -> None:
-        """Start every coarse map at its class prior (N values in (0, 1)) with a zero output layer.
-
-        The teacher's coarse maps are attention mass in [0, 1]; the student's pass through a sigmoid. With raw
-        outputs (the reference) one AdamW step on a wide 3×3 conv moved them by whole units and the student
-        collapsed to background for its first dozens of steps.
-        """
+        """Start every coarse map at its class prior (N values in (0, 1)) with a zero output layer: the maps pass
+        through a sigmoid, like the teacher's attention mass in [0, 1] (raw outputs, the reference's, moved by
+        whole units in one step)."""
         nn.init.zeros_(self.out.weight)
         with torch.no_grad():
             self.out.bias.copy_(torch.logit(prior.clamp(1e-3, 1 - 1e-3)))
@@ -73,9 +60,8 @@ class ConvDist(nn.Module):
             x = self.bottleneck(x)
         hidden = self.act(self.hidden(x))  # (L·B)×(N·W)×h×w
         n, lb, h, w = self.num_classes, *hidden.shape[:1], *hidden.shape[-2:]
-        # The grouped 1×1 output conv as a product and a sum over each class's W channels: the same function, but
-        # PyTorch runs a grouped 1×1 conv on the CPU as one small matrix product per class (50 classes: 2.9 vs
-        # 1.7 ms at stride 8), and this stays two operators whatever N is.
+        # The grouped 1×1 output conv as a product and a sum over each class's W channels: the same function in
+        # two operators whatever N is (PyTorch's CPU grouped conv runs one small matrix product per class).
         weight = self.out.weight.view(1, n, self.width, 1, 1)
         logits = (hidden.view(lb, n, self.width, h, w) * weight).sum(dim=2) + self.out.bias.view(1, n, 1, 1)
         coarse = torch.sigmoid(logits)  # (L·B)×N×h×w
@@ -84,16 +70,8 @@ class ConvDist(nn.Module):
 
 
 class DistilledStudent(nn.Module):
-    """Backbone → ConvDist (stages 2–4) → shared DCAMA decoder → N-way merge.
-
-    Args:
-        backbone: frozen feature extractor (shared with the teacher during joint training).
-        decoder: the teacher's decoder (the same module during joint training; built on its own,
-            :func:`fsdistill.models.build.build_decoder`, when an artifact is loaded).
-        num_classes: foreground classes N.
-        width: ConvDist hidden width per class (None or 0 = the stage's channels, the paper's block; W > 0 = the
-            1×1-bottleneck block of width W, see :class:`ConvDist`).
-    """
+    """Backbone → ConvDist (stages 2–4) → decoder → N-way merge; backbone and decoder are the teacher's during
+    joint training. ``width``: the ConvDist width per class (see :class:`ConvDist`)."""
 
     def __init__(
         self,
@@ -109,8 +87,7 @@ class DistilledStudent(nn.Module):
         self.num_classes = num_classes
         self.width_arg = width or None  # None = paper width (the stage's channels); stored in the artifact
         self.convdist = nn.ModuleList([ConvDist(spec.channels[lvl], num_classes, width) for lvl in ATTENTION_LEVELS])
-        # Foreground fraction of each class in the support set: the decoder's coarse-map prior (the teacher
-        # computes it from the supports it is given; the student keeps the support set's value).
+        # Foreground fraction of each class in the support set: the decoder's coarse-map prior.
         self.register_buffer("class_prior", torch.full((num_classes,), 0.5))
 
     def set_class_prior(self, prior: Tensor) -> None:
@@ -136,10 +113,7 @@ class DistilledStudent(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """B×3×H×W normalised float images → B×(N+1)×h×w logits (background, class 1..N) at the decoder's output
-        stride (h = H, or H/4 for the light decoder: the mask is upsampled once, straight to each image's own size).
-
-        The function ONNX export traces (its file takes normalised floats); uint8 images go to :meth:`predict`.
-        """
+        stride. The function ONNX export traces; uint8 images go to :meth:`predict`."""
         return self.forward_features(self.backbone(images))[0]
 
     @torch.no_grad()

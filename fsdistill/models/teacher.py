@@ -1,14 +1,13 @@
 """DCAMA teacher: dense cross-attention between query and support features, value = the support mask.
 
-Reimplemented from the paper and the facts in reference.md §1 (the reference repo has no licence for this code),
-with its bugs fixed: support features are computed once per support set and cached, the backbone stays in eval
-mode, unused score tensors are not kept, an absent class gets a finite logit, and one attention pass per support
-chunk serves every class (so the query backbone pass is never repeated per class or per voting chunk).
+Reimplemented from the paper and reference.md §1 (the reference code has no licence); support features are cached
+per support set and one attention pass per support chunk serves every class.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -24,10 +23,7 @@ ATTENTION_LEVELS = (1, 2, 3)  # backbone levels with attention = paper stages 2,
 
 
 def sinusoidal_pe(length: int, channels: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """1-D sinusoidal encoding of the flattened raster index: length×channels.
-
-    Generated on the fly for any length (the reference stores a 10000-position buffer, which caps the input size).
-    """
+    """1-D sinusoidal encoding of the flattened raster index: length×channels, for any length."""
     position = torch.arange(length, device=device, dtype=torch.float32)[:, None]
     div = torch.exp(torch.arange(0, channels, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / channels))
     pe = torch.zeros(length, channels, device=device)
@@ -45,9 +41,8 @@ def one_hot_masks(masks: Tensor, num_classes: int) -> Tensor:
 class DenseCrossAttention(nn.Module):
     """One attention block per stage, shared by all block-level maps of that stage (reference.md §1.2).
 
-    Only query and key projections (``linears.0``, ``linears.1``); there is no value projection because the value
-    is the support mask. Projections start as the identity so an untrained teacher already matches query pixels
-    to similar support pixels (the offline case, where no meta-trained DCAMA weights exist).
+    Only query and key projections (``linears.0``, ``linears.1``): the value is the support mask. They start as the
+    identity, so an untrained teacher already matches query pixels to similar support pixels.
     """
 
     def __init__(
@@ -57,9 +52,8 @@ class DenseCrossAttention(nn.Module):
         if channels % heads:
             raise ValueError(f"{channels} channels cannot be split into {heads} heads")
         self.channels, self.heads, self.dropout, self.use_pe = channels, heads, dropout, use_pe
-        # qk_norm = temperature of a cosine-similarity attention (q and k L2-normalised per head). Raw dot
-        # products (the reference, qk_norm=None) let high-norm support pixels win for every query, so an
-        # untrained teacher labels everything alike; cosine matching makes the training-free teacher useful.
+        # qk_norm = temperature of a cosine-similarity attention (q, k L2-normalised per head); None = raw dot
+        # products (the reference), where high-norm support pixels win for every query.
         self.qk_norm = qk_norm
         self.linears = nn.ModuleList([nn.Linear(channels, channels), nn.Linear(channels, channels)])
         for linear in self.linears:
@@ -86,12 +80,11 @@ class DenseCrossAttention(nn.Module):
     @staticmethod
     def _fused(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
         """softmax(q·kᵀ·scale)·v with the fused kernel: ...×Q×d, ...×K×d, ...×K×e → ...×Q×e."""
-        # The fused (flash) kernel needs one head size for q, k and v. Zero-padding q and k leaves every dot
-        # product unchanged, zero-padding v adds unused columns: 4× faster than the unfused path on CPU.
+        # The fused kernel (no Q×K score matrix) needs one head size for q, k and v: zero-padding q and k leaves
+        # every dot product unchanged, zero-padding v adds unused columns.
         width = max(q.shape[-1], v.shape[-1])
         columns = v.shape[-1]
         q, k, v = (F.pad(t, (0, width - t.shape[-1])) if t.shape[-1] < width else t for t in (q, k, v))
-        # Fused attention never materialises the Q×K score matrix (the reference keeps three of them).
         return F.scaled_dot_product_attention(q, k, v, scale=scale)[..., :columns]
 
     @torch.no_grad()
@@ -103,9 +96,8 @@ class DenseCrossAttention(nn.Module):
             masks: S×K×N support masks of N classes at the key positions.
         Returns:
             S×heads×Q×(N+1), float32: columns [0, N) hold Σₖ exp(sₖ)·maskₖ, column N holds Σₖ exp(sₖ), per query
-            position, where sₖ is the scaled query-key score. A softmax over any subset of supports is a ratio of
-            these sums (:meth:`DCAMATeacher.coarse_from_sums`), so with frozen projections each (query, support)
-            pair is computed once however many training episodes draw it.
+            position (sₖ the scaled query-key score). A softmax over any subset of supports is a ratio of these
+            sums (:meth:`DCAMATeacher.coarse_from_sums`).
         """
         s, heads, _, d = keys.shape
         classes = masks.shape[-1]
@@ -125,12 +117,10 @@ class DenseCrossAttention(nn.Module):
         """Coarse masks: per group, attention-weighted support-mask mass at every query pixel.
 
         Args:
-            query: 1×C×h×w query map.
-            keys: heads×K×d keys of the K = S·h'·w' support positions of this chunk (shots concatenated).
+            query: 1×C×h×w. keys: heads×K×d keys of the K = S·h'·w' support positions (shots concatenated).
             values: K×2G: columns [0, G) hold mask_g·flag_g, columns [G, 2G) hold flag_g, where flag_g marks the
                 keys of supports that show group g. Dividing the first half of softmax(QKᵀ/√d)·values by the
-                second is exactly a softmax over only the supports of that class (as the reference's per-class
-                runs), computed in one pass for all classes.
+                second is a softmax over only the supports of that class, for all classes in one pass.
         Returns:
             G×h×w coarse maps in [0, 1], averaged over heads.
         """
@@ -140,8 +130,8 @@ class DenseCrossAttention(nn.Module):
         masked, flags = values[:, :groups], values[:, groups:]
         masked = masked.expand(self.heads, -1, -1)
         if self.training and self.dropout > 0:
-            # Attention dropout per support position and head rather than per query-key pair (reference): the
-            # same expectation, O(K) random numbers instead of O(Q·K), and it keeps the fused attention kernel.
+            # Attention dropout per support position and head, not per query-key pair (the reference): the same
+            # expectation, and it keeps the fused kernel.
             keep = torch.rand(self.heads, masked.shape[1], 1, device=query.device) >= self.dropout
             masked = masked * keep / (1.0 - self.dropout)
         v = torch.cat([masked, flags.expand(self.heads, -1, -1)], dim=-1)[None]
@@ -165,13 +155,19 @@ class SupportFeatures:
     masks: dict[int, Tensor]
     present: Tensor
 
+    def _apply(self, fn: Callable[[Tensor], Tensor]) -> SupportFeatures:
+        return SupportFeatures(
+            feats={lvl: [fn(m) for m in maps] for lvl, maps in self.feats.items()},
+            masks={lvl: fn(m) for lvl, m in self.masks.items()},
+            present=fn(self.present),
+        )
+
     def select(self, index: Tensor | list[int]) -> SupportFeatures:
         index = torch.as_tensor(index, dtype=torch.long, device=self.present.device)
-        return SupportFeatures(
-            feats={lvl: [m[index] for m in maps] for lvl, maps in self.feats.items()},
-            masks={lvl: m[index] for lvl, m in self.masks.items()},
-            present=self.present[index],
-        )
+        return self._apply(lambda t: t[index])
+
+    def to(self, device: torch.device | str) -> SupportFeatures:
+        return self._apply(lambda t: t.to(device))
 
     def __len__(self) -> int:
         return int(self.present.shape[0])
@@ -182,15 +178,9 @@ class DCAMATeacher(nn.Module):
 
     Args:
         backbone: frozen feature extractor with ``spec.channels`` / ``spec.num_blocks`` per level.
-        decoder: a :class:`~fsdistill.models.decoder.DCAMADecoder`, :class:`~fsdistill.models.decoder.LightDecoder`
-            or :class:`~fsdistill.models.decoder.SharedDecoder` for that backbone
-            (:func:`fsdistill.models.build.build_decoder`), built once by the caller: the student trained with this
-            teacher shares the same module.
-        num_classes: foreground classes N.
+        decoder: from :func:`fsdistill.models.build.build_decoder`; the student trained with this teacher shares it.
         heads, use_pe, attn_dropout, qk_norm: of the attention blocks (:class:`DenseCrossAttention`).
         voting: support images per attention chunk at inference (:meth:`predict_features`).
-    Merged logits come at the decoder's ``output_stride`` (1 = the input size, 4 = a quarter of it); per-class
-    logits (:meth:`class_logits`) at its ``class_stride``.
     """
 
     def __init__(
@@ -214,29 +204,25 @@ class DCAMATeacher(nn.Module):
         )
         self.decoder = decoder
 
-    # -- support side -------------------------------------------------------------------------------------------
     def prepare_support(self, feats: Features, masks: Tensor) -> SupportFeatures:
         """Backbone features of S support images + their S×H×W class-id masks → cached :class:`SupportFeatures`."""
         onehot = one_hot_masks(masks, self.num_classes)
-        level_feats, level_masks = {}, {}
-        for lvl in ATTENTION_LEVELS:
-            level_feats[lvl] = list(feats[lvl])
-            size = feats[lvl][0].shape[-2:]
-            level_masks[lvl] = F.interpolate(onehot, size=size, mode="bilinear", align_corners=True)
-        present = onehot.flatten(2).amax(dim=2) > 0
-        return SupportFeatures(level_feats, level_masks, present)
+        return SupportFeatures(
+            feats={lvl: list(feats[lvl]) for lvl in ATTENTION_LEVELS},
+            masks={
+                lvl: F.interpolate(onehot, size=feats[lvl][0].shape[-2:], mode="bilinear", align_corners=True)
+                for lvl in ATTENTION_LEVELS
+            },
+            present=onehot.flatten(2).amax(dim=2) > 0,
+        )
 
-    # -- query side ---------------------------------------------------------------------------------------------
-    def coarse_maps(self, query: Features, support: SupportFeatures, classes: list[int]) -> list[Tensor]:
-        """Coarse maps of one query image against the supports, for the given class indices (0-based).
-
-        Returns:
-            per stage 2, 3, 4: G×n×h×w with G = len(classes), n = block maps of that stage.
-        """
-        flags = support.present[:, classes].float()  # S×G
+    def coarse_maps(self, query: Features, support: SupportFeatures) -> list[Tensor]:
+        """Coarse maps of one query image against the supports, all classes: per stage 2, 3, 4, N×n×h×w (n =
+        block maps of that stage)."""
+        flags = support.present.float()  # S×N
         coarse = []
         for block, lvl in zip(self.blocks, ATTENTION_LEVELS):
-            masks = support.masks[lvl][:, classes]  # S×G×h×w
+            masks = support.masks[lvl]  # S×N×h×w
             s, g, h, w = masks.shape
             mask_tokens = (masks * flags[:, :, None, None]).permute(0, 2, 3, 1).reshape(s * h * w, g)
             flag_tokens = flags[:, None, :].expand(s, h * w, g).reshape(s * h * w, g)
@@ -250,11 +236,8 @@ class DCAMATeacher(nn.Module):
         return coarse
 
     def attention_sums(self, query: Features, support: SupportFeatures) -> list[Tensor]:
-        """Per-support attention sums of one query against every support, all classes, without dropout.
-
-        Returns:
-            per stage 2, 3, 4: S×n×heads×(h·w)×(N+1) (see :meth:`DenseCrossAttention.partial_sums`).
-        """
+        """Per-support attention sums of one query against every support, all classes, without dropout: per stage
+        2, 3, 4, S×n×heads×(h·w)×(N+1) (see :meth:`DenseCrossAttention.partial_sums`)."""
         sums = []
         for block, lvl in zip(self.blocks, ATTENTION_LEVELS):
             masks = support.masks[lvl].flatten(2).transpose(1, 2)  # S×hw×N
@@ -266,14 +249,9 @@ class DCAMATeacher(nn.Module):
         return sums
 
     def coarse_from_sums(self, sums: list[Tensor], present: Tensor, query: Features) -> list[Tensor]:
-        """Coarse maps of all classes for an episode, from the attention sums of its S supports.
-
-        Args:
-            sums: per stage, S×n×heads×(h·w)×(N+1) (:meth:`attention_sums`, supports in any order).
-            present: S×N bool, which classes each support shows. query: the query features (for the grid sizes).
-        Returns:
-            per stage, N×n×h×w: equal to :meth:`coarse_maps` of the same supports with dropout off.
-        """
+        """Coarse maps of all classes for an episode, from the :meth:`attention_sums` of its S supports (``present``:
+        S×N bool; ``query`` gives the grid sizes): per stage, N×n×h×w, equal to :meth:`coarse_maps` of the same
+        supports with dropout off."""
         flags = present.to(sums[0].dtype)
         coarse = []
         for stage, lvl in zip(sums, ATTENTION_LEVELS):
@@ -301,15 +279,9 @@ class DCAMATeacher(nn.Module):
         present: Tensor,
         skip: Tensor | SharedSkip | None = None,
     ) -> Tensor:
-        """Decode the coarse maps of the present classes.
-
-        Args:
-            coarse: per stage, N×n×h×w (all classes). present: N bool.
-            skip: the decoder's ``skip_features`` of this query, or None to compute them.
-        Returns:
-            1×N×2×h×w (background, foreground) per class at the decoder's ``class_stride``; absent classes hold
-            zeros (merge_classes masks them).
-        """
+        """Decode the coarse maps (per stage, N×n×h×w) of the ``present`` classes (N bool) → 1×N×2×h×w (background,
+        foreground) per class at the decoder's ``class_stride``, zeros for absent classes. ``skip``: the decoder's
+        ``skip_features`` of this query, or None to compute them."""
         skip4 = query[0][-1]  # the stride-4 query map
         if skip is None:
             skip = self.decoder.skip_features(skip4, query[1][-1])
@@ -331,34 +303,19 @@ class DCAMATeacher(nn.Module):
         merged = merge_classes(self.class_logits(query, support, coarse, present, skip), present[None])
         return self.decoder.refine(merged, skip)
 
-    def forward_episode(
-        self, query: Features, support: SupportFeatures, skip: Tensor | SharedSkip | None = None
-    ) -> tuple[Tensor, list[Tensor], Tensor]:
-        """One query image (batch 1) against one support chunk, all classes.
-
-        Returns:
-            class_logits: 1×N×2×h×w at the class stride; coarse: per stage N×n×h×w; present: N bool (classes the
-            chunk shows).
-        """
-        present = support.present.any(dim=0)
-        coarse = self.coarse_maps(query, support, list(range(self.num_classes)))
-        return self.class_logits(query, support, coarse, present, skip), coarse, present
-
     @torch.no_grad()
     def predict_features(self, query: Features, support: SupportFeatures, voting: int | None = None) -> Tensor:
-        """Inference for one query with the whole support set, voting over chunks of ``voting`` supports.
-
-        Per class, each pixel takes the chunk with the largest foreground logit together with that chunk's
-        background logit (reference.md §1.4); then classes are merged (and the decoder's class-shared stage, if it
-        has one, refines the merged logits). Returns 1×(N+1)×h×w logits at the output stride.
-        """
+        """Inference for one query with the whole support set, voting over chunks of ``voting`` supports: per class,
+        each pixel takes the foreground and background logits of the chunk with the largest foreground logit
+        (reference.md §1.4), then classes are merged. Returns 1×(N+1)×h×w logits at the output stride."""
         chunk = voting or self.voting
         skip = self.decoder.skip_features(query[0][-1], query[1][-1])  # the same for every chunk
         best: Tensor | None = None
         seen = torch.zeros(self.num_classes, dtype=torch.bool, device=support.present.device)
         for start in range(0, len(support), chunk):
             part = support.select(list(range(start, min(start + chunk, len(support)))))
-            logits, _, present = self.forward_episode(query, part, skip)
+            present = part.present.any(dim=0)
+            logits = self.class_logits(query, part, self.coarse_maps(query, part), present, skip)
             if best is None:
                 best = logits.clone()
             else:

@@ -1,21 +1,9 @@
 """When training stops without ``--steps``: a budget decided by the data, not a constant.
 
-A constant number of steps (the earlier ``max(120, 12·K)``) was tuned on two easy folders and starved a folder of
-small structures (student IoU 0 on three of four classes; 5x the steps fixed it). The automatic budget instead
-trains until
-
-* every foreground class has been shown in at least ``queries_per_class`` training queries (rare classes are
-  not cut off early), and at least ``min_steps`` steps are done, and
-* the training loss has stopped falling: the mean loss of the last ``window`` steps has not improved on the best
-  earlier window mean by more than ``tolerance`` (relative) for ``patience`` windows in a row,
-
-or until ``max_steps`` or ``max_seconds``, whichever comes first. The same rule stops the plain fine-tuning
-baseline of the benchmarks (its own loss, its own windows), so both are trained to convergence.
-
-A run that continues a trained one (``distill --init``) does not wait for the plateau (``plateau=False``): its
-kept classes and the shared decoder start converged and training them on over-fits the supports (held-out IoU
-fell the longer it trained, docs/benchmarks.md), so it stops as soon as the floors are met: ``min_steps``, and
-``queries_per_class`` for the classes it has to learn (the caller passes only the new classes' counts).
+Training runs until every class has been shown in ``queries_per_class`` training queries, ``min_steps`` are done
+and the training loss has stopped falling, or until ``max_steps`` or ``max_seconds``. A run that continues a
+trained one (``distill --init``, ``plateau=False``) stops as soon as the floors are met: its kept classes start
+converged, and training them on over-fits the supports.
 """
 
 from __future__ import annotations
@@ -74,12 +62,14 @@ class PlateauStop:
             self.reason = f"reached the time cap ({self.max_seconds / 60:.0f} min)"
             return True
         covered = not class_queries or min(class_queries) >= self.queries_per_class
-        if self.steps >= self.min_steps and covered and not self.plateau:
+        if self.steps < self.min_steps or not covered:
+            return False
+        if not self.plateau:
             self.reason = (
                 f"a continued run: {self.min_steps} steps, each class to learn in {self.queries_per_class}+ queries"
             )
             return True
-        if self.steps >= self.min_steps and covered and self._stale >= self.patience:
+        if self._stale >= self.patience:
             self.reason = f"the training loss stopped falling (window of {self.window} steps)"
             return True
         return False

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from fsdistill.data.support_tensors import SupportTensors
 from fsdistill.data.transforms import FLIP_VIEWS, flip
+from fsdistill.models.backbone import cat_features
 from fsdistill.models.teacher import DCAMATeacher, Features, SupportFeatures
 
 __all__ = [
@@ -24,8 +25,7 @@ __all__ = [
     "EpisodeSampler",
 ]
 
-# Memory for the attention sums of (query, support) pairs kept during one training run. Lite0 at 384 px with 5
-# classes needs ~1.3 MB a pair: 10 supports (90 pairs) fit many times over, 50 supports (2450 pairs) mostly.
+# Memory for the attention sums of (query, support) pairs kept during one training run.
 PAIR_ATTENTION_BYTES = 2 * 2**30
 
 
@@ -36,15 +36,9 @@ def _select(feats: Features, index: int) -> Features:
 def flip_batch(generator: torch.Generator, feats: Features, *maps: Tensor) -> tuple[Features, list[Tensor]]:
     """Flip each image of a batch, its features and its spatial targets together, in a random flip view of its own.
 
-    A free augmentation for the student's batches: the cached features are flipped instead of recomputed from a
-    flipped image (not the same features, but the head learns each structure in every orientation), and the
-    teacher's coarse maps flip exactly with the query positions they belong to.
-
-    Args:
-        generator: draws one of the ``FLIP_VIEWS`` per image. feats: backbone features of B images.
-        maps: tensors whose first dim is B and last two are spatial (B×H×W masks, B×N×n×h×w coarse maps).
-    Returns:
-        the flipped features and the flipped ``maps``, in order.
+    The cached features are flipped instead of recomputed from a flipped image: not the same features, but the
+    head learns each structure in every orientation. ``maps``: tensors whose first dim is B and last two are
+    spatial (B×H×W masks, B×N×n×h×w coarse maps); ``generator`` draws one of the ``FLIP_VIEWS`` per image.
     """
     views = torch.randint(len(FLIP_VIEWS), (len(feats[0][0]),), generator=generator).tolist()
 
@@ -60,15 +54,10 @@ class FeatureCache:
     def __init__(self, teacher: DCAMATeacher, support: SupportTensors, device: torch.device, augment: bool) -> None:
         self.views = len(FLIP_VIEWS) if augment else 1
         self.masks = [flip(support.masks, v).to(device) for v in range(self.views)]
-        self.feats: list[Features] = []
-        self.support: list[SupportFeatures] = []
-        for v in range(self.views):
-            feats = teacher.backbone.encode_batched(flip(support.images, v))
-            self.feats.append(feats)
-            self.support.append(teacher.prepare_support(feats, self.masks[v]))
+        self.feats = [teacher.backbone.encode_batched(flip(support.images, v)) for v in range(self.views)]
+        self.support = [teacher.prepare_support(feats, masks) for feats, masks in zip(self.feats, self.masks)]
         self.present = self.support[0].present.cpu()  # S×N, the same in every view
-        # The teacher's attention sums per (query, support) pair, kept across training phases and for the
-        # per-class check; only valid while the attention weights do not change (see pair_attention).
+        # Kept across training phases and for the per-class check while the attention is frozen.
         self.pairs: PairAttention | None = None
 
     def pair_attention(self, teacher: DCAMATeacher) -> PairAttention:
@@ -84,20 +73,14 @@ class FeatureCache:
 
     def batch(self, picks: list[tuple[int, int]]) -> tuple[Features, Tensor]:
         """Features (batch B) and B×H×W masks of the (index, view) picks: the student's supervised batch."""
-        feats = [
-            [torch.cat([self.feats[v][lvl][b][i : i + 1] for i, v in picks]) for b in range(len(level))]
-            for lvl, level in enumerate(self.feats[0])
-        ]
+        feats = cat_features([_select(self.feats[v], i) for i, v in picks])
         return feats, torch.cat([self.masks[v][i : i + 1] for i, v in picks])
 
     def supports(self, picks: list[tuple[int, int]]) -> SupportFeatures:
         """SupportFeatures of the (index, view) picks, shots concatenated in that order."""
         parts = [self.support[view].select([index]) for index, view in picks]
         return SupportFeatures(
-            feats={
-                lvl: [torch.cat([p.feats[lvl][b] for p in parts]) for b in range(len(parts[0].feats[lvl]))]
-                for lvl in parts[0].feats
-            },
+            feats={lvl: [torch.cat(maps) for maps in zip(*(p.feats[lvl] for p in parts))] for lvl in parts[0].feats},
             masks={lvl: torch.cat([p.masks[lvl] for p in parts]) for lvl in parts[0].masks},
             present=torch.cat([p.present for p in parts]),
         )
@@ -106,13 +89,9 @@ class FeatureCache:
 class PairAttention:
     """The teacher's coarse maps of training episodes, from attention sums kept per (query, support) pair.
 
-    With the attention projections frozen (the default trainable groups), the attention of a query image against
-    a support image never changes during training, and an episode's coarse maps are ratios of per-support sums
-    (:meth:`~fsdistill.models.teacher.DCAMATeacher.coarse_from_sums`). Each pair is computed the first time an
-    episode draws it and kept (up to ``max_bytes``); later episodes only add the sums up. With 10 supports a run
-    of a few hundred episodes meets the same 90 pairs again and again: the attention, ~60 % of a step, is then
-    paid about once per pair. Token and attention dropout are off (the maps equal inference's): one draw per
-    pair could not be resampled anyway.
+    With frozen attention projections an episode's coarse maps are ratios of per-support sums that never change
+    (:meth:`~fsdistill.models.teacher.DCAMATeacher.coarse_from_sums`): each pair is computed the first time an
+    episode draws it and kept (up to ``max_bytes``). Dropout is off (the maps equal inference's).
     """
 
     def __init__(self, teacher: DCAMATeacher, max_bytes: int = PAIR_ATTENTION_BYTES) -> None:
@@ -123,11 +102,7 @@ class PairAttention:
 
     @torch.no_grad()
     def coarse_maps(self, episode: Episode, query: Features, support: SupportFeatures) -> list[Tensor]:
-        """Per stage N×n×h×w coarse maps of the episode's query against its supports (all classes).
-
-        Args:
-            query: the episode query's features; support: its supports' (as the training loop already holds them).
-        """
+        """Per stage N×n×h×w coarse maps of the episode's query (features ``query``) against its ``support``."""
         keys = [(episode.query, episode.query_view, index, view) for index, view in episode.supports]
         missing = [i for i, key in enumerate(keys) if key not in self._sums]
         fresh: dict[int, list[Tensor]] = {}
@@ -155,19 +130,11 @@ class Episode:
 class EpisodeSampler:
     """Leave-one-out episodes: a support image is the query against 1–``max_shots`` others.
 
-    Queries are class-balanced: the sampler cycles over the foreground classes (in a fresh random order each
-    pass) and takes, for each class, the next image that shows it (each class's images also cycle). A class
-    present in 2 of 10 supports is then a query target as often as one present in all ten: with one query per
-    image per pass (the earlier rule) the small structures of a multi-class folder were seen 3-5x less often than
-    the large ones and ended at IoU 0. Images without any foreground class are never queries. ``class_repeats``
-    (per class, default 1) makes a class a target that many times per pass.
-    ``class_queries`` counts, per class, the queries that showed it (the automatic budget reads it).
-
-    An episode draws K uniformly from 1..``max_shots`` (capped by the other images available); its supports
-    first cover the query's classes (one image per class it shows, like the reference's ``paired`` episodes),
-    then random other images fill it up to K. Before this fill-up every episode was one image per class, while
-    inference attends to all supports at once: the teacher never trained for the multi-shot softmax it is used
-    with. With a single support image the query is a flipped view of it (needs augmentation views).
+    Queries are class-balanced: each pass over the foreground classes (in a fresh random order; a class
+    ``class_repeats[c]`` times) takes the next image that shows the class, so a class shown by few supports is a
+    target as often as one shown by all. ``class_queries`` counts, per class, the queries that showed it. An
+    episode's supports first cover the query's classes, then random other images fill it up to K, drawn from
+    1..``max_shots``. With a single support image the query is a flipped view of it.
     """
 
     def __init__(
@@ -206,10 +173,7 @@ class EpisodeSampler:
 
     def sample_images(self, count: int) -> list[tuple[int, int]]:
         """``count`` class-balanced (image, view) picks, for a supervised batch (counted in ``class_queries``)."""
-        picks = []
-        for _ in range(count):
-            picks.append((self._next_query(), self.rng.randrange(self.views)))
-        return picks
+        return [(self._next_query(), self.rng.randrange(self.views)) for _ in range(count)]
 
     def sample(self) -> Episode:
         query = self._next_query()

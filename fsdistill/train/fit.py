@@ -1,38 +1,30 @@
-"""The one training loop behind ``adapt`` (TransferFSS) and ``distill`` (DistillFSS).
+"""The one training loop behind ``adapt`` (TransferFSS) and ``distill`` (DistillFSS), and distill's polish phase.
 
-A step = ``episodes_per_step`` leave-one-out episodes whose gradients are accumulated, then one AdamW step
-(the reference accumulates over one pass of all supports; a fixed number of episodes per step makes the cost
-of a step independent of the support-set size, so ``--steps`` means the same for 5 or 50 images). Without
-``--steps`` the data decides how many (:mod:`fsdistill.train.budget`).
-
-Under ``torchrun`` (a process group initialised, :mod:`fsdistill.distributed`) every process runs this loop on
-its own episodes, student batches and pool images (samplers seeded with seed + rank) and the gradients are
-averaged before each step: a step then holds N × ``episodes_per_step`` episodes, as data-parallel training does.
+A step = ``episodes_per_step`` leave-one-out episodes whose gradients are accumulated, then one AdamW step, so
+its cost does not depend on the support-set size. Under ``torchrun`` every process runs the loop on its own draws
+(samplers seeded with seed + rank) and the gradients are averaged before each step.
 """
 
 from __future__ import annotations
 
 import copy
-import logging
 import math
 import time
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from fsdistill import distributed
-from fsdistill.config import TRAINABLE_GROUPS, TrainCfg
+from fsdistill.config import TrainCfg
 from fsdistill.models.student import DistilledStudent
-from fsdistill.models.teacher import DCAMATeacher, Features, SupportFeatures
+from fsdistill.models.teacher import DCAMATeacher
 from fsdistill.runtime import progress, raise_if_interrupted
 from fsdistill.train.episodes import EpisodeSampler, FeatureCache, flip_batch
 from fsdistill.train.losses import coarse_mse, segmentation_loss
 from fsdistill.train.pool import PoolTargets
 
 __all__ = ["TrainStats", "teacher_groups", "set_trainable", "train", "polish"]
-
-log = logging.getLogger(__name__)
 
 # Added to the seed of the polish phase's sampler and flips: other draws than the joint phase's.
 POLISH_SEED = 7919
@@ -70,40 +62,17 @@ def decoder_groups(decoder: nn.Module) -> dict[str, list[nn.Parameter]]:
 
 
 def teacher_groups(teacher: DCAMATeacher) -> dict[str, list[nn.Parameter]]:
-    """Teacher parameters by paper name: the decoder's groups and attention (q/k)."""
-    groups = {**decoder_groups(teacher.decoder), "attention": list(teacher.blocks.parameters())}
-    assert set(groups) == set(TRAINABLE_GROUPS)
-    return groups
+    """Teacher parameters by paper name (:data:`~fsdistill.config.TRAINABLE_GROUPS`): the decoder's and attention."""
+    return {**decoder_groups(teacher.decoder), "attention": list(teacher.blocks.parameters())}
 
 
 def set_trainable(teacher: DCAMATeacher, names: list[str]) -> list[nn.Parameter]:
     """Freeze the whole teacher, then unfreeze the named groups; returns the trainable parameters."""
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    params: list[nn.Parameter] = []
-    for name, group in teacher_groups(teacher).items():
-        if name in names:
-            for p in group:
-                p.requires_grad_(True)
-            params += group
+    teacher.requires_grad_(False)
+    params = [p for name, group in teacher_groups(teacher).items() if name in names for p in group]
+    for p in params:
+        p.requires_grad_(True)
     return params
-
-
-def teacher_loss(
-    teacher: DCAMATeacher,
-    q_feats: Features,
-    q_mask: Tensor,
-    support: SupportFeatures,
-    coarse: list[Tensor],
-    present: Tensor,
-    cfg: TrainCfg,
-) -> Tensor:
-    """The teacher's episode loss: its logits decoded from ``coarse`` against the query mask (1×H×W) of the classes
-    the sampled supports show (``present``, N booleans); a class no support shows cannot be found: background."""
-    logits = teacher.decode_episode(q_feats, support, coarse, present)
-    absent_ids = (~present).nonzero().flatten() + 1
-    target = torch.where(torch.isin(q_mask, absent_ids), torch.zeros_like(q_mask), q_mask)
-    return segmentation_loss(logits, target, cfg.focal_gamma, cfg.dice_weight)
 
 
 def _student_batch_step(
@@ -139,25 +108,19 @@ def train(
 
     Losses: adapt = focal(teacher); distill = ⅓ focal(teacher) + ⅓ focal(student) + ⅓ w·MSE(coarse maps), or with
     ``freeze_teacher`` ½ focal(student) + ½ w·MSE against the fixed teacher (w = ``cfg.mse_weight``; "focal" is
-    focal + Dice, :func:`~fsdistill.train.losses.segmentation_loss`). ``new_classes`` (``distill --init``): the run
-    continues a trained one, and per class whether it is new; new classes are query targets as often as all the
-    trained ones together (or the loss, mostly the trained classes', flattens before they are learned), and the
-    automatic budget stops at its floors with the new classes covered (:mod:`fsdistill.train.budget`). ``pool``
-    (distill only): labelled unlabeled images; each step the student also trains on ``cfg.pool_batch`` of them,
-    weighted ``cfg.pool_weight``: focal + Dice on their pseudo-labels and w·MSE against the teacher's coarse maps of
-    them.
+    focal + Dice). ``new_classes`` (``distill --init``): per class whether it is new; new classes are query targets
+    as often as all the trained ones together, and the automatic budget stops at its floors with them covered.
+    ``pool``: each step the student also trains on ``cfg.pool_batch`` pool images, weighted ``cfg.pool_weight``
+    (focal + Dice on their pseudo-labels, w·MSE against the teacher's coarse maps of them).
     """
     stats = TrainStats()
     if cfg.steps == 0:
         stats.stop_reason = "no training asked for (steps 0)"
         return stats
-    teacher_params = [] if freeze_teacher else set_trainable(teacher, cfg.train)
-    if freeze_teacher:
-        set_trainable(teacher, [])
+    teacher_params = set_trainable(teacher, [] if freeze_teacher else cfg.train)
     groups = [{"params": teacher_params, "lr": cfg.lr}] if teacher_params else []
     if student is not None:
-        for p in student.convdist.parameters():
-            p.requires_grad_(True)
+        student.convdist.requires_grad_(True)
         groups.append({"params": list(student.convdist.parameters()), "lr": cfg.student_lr})
     if not groups:
         raise ValueError("nothing to train: choose at least one trainable group")
@@ -166,8 +129,7 @@ def train(
     device = cache.masks[0].device
     world, rank = distributed.world_size(), distributed.rank()
     if world > 1:
-        # Same starting weights everywhere (the seeded builds already agree; this also covers loaded ones), and
-        # each process its own random stream (attention dropout), as its own episodes.
+        # Same starting weights everywhere, and each process its own random stream (attention dropout).
         distributed.broadcast_parameters(params)
         torch.manual_seed(cfg.seed + rank)
     # seed + rank: each process draws other episodes (rank 0, and a plain run, the seed's own).
@@ -178,7 +140,6 @@ def train(
     pool_sampler = (
         pool.sampler(cfg.seed + rank) if pool is not None and student is not None and cfg.pool_batch else None
     )
-    # Each image of the student's batches in a random flip view (its cached features flipped, see flip_batch).
     flips = torch.Generator().manual_seed(cfg.seed + rank) if cfg.flip_features and student is not None else None
     class_queries = sampler.class_queries  # in a process group: the sum over the processes
     # The pool's coarse maps teach the classes the supports show and the pool is trusted with.
@@ -207,24 +168,28 @@ def train(
             if pair_attention is not None:
                 coarse_t = pair_attention.coarse_maps(episode, q_feats, support)
             else:
-                coarse_t = teacher.coarse_maps(q_feats, support, list(range(teacher.num_classes)))
+                coarse_t = teacher.coarse_maps(q_feats, support)
             present = support.present.any(dim=0)
             losses = {}
-            if student is None:
-                losses["teacher"] = teacher_loss(teacher, q_feats, q_mask, support, coarse_t, present, cfg)
-                loss = losses["teacher"]
-            else:
+            if student is not None:
                 s_logits, coarse_s = student.forward_features(q_feats)
                 # The student always predicts every class, so its target is the full query mask (the reference
                 # reuses the teacher's episode-reduced target, teaching the student to miss absent classes).
                 losses["student"] = segmentation_loss(s_logits, q_mask, cfg.focal_gamma, cfg.dice_weight)
                 losses["mse"] = coarse_mse([c[0] for c in coarse_s], coarse_t, present)
                 distill_term = cfg.mse_weight * losses["mse"]
-                if freeze_teacher:
-                    loss = (losses["student"] + distill_term) / 2
-                else:
-                    losses["teacher"] = teacher_loss(teacher, q_feats, q_mask, support, coarse_t, present, cfg)
-                    loss = (losses["teacher"] + losses["student"] + distill_term) / 3
+            if not freeze_teacher:
+                # A class no sampled support shows cannot be found: background in the teacher's target.
+                t_logits = teacher.decode_episode(q_feats, support, coarse_t, present)
+                absent_ids = (~present).nonzero().flatten() + 1
+                target = torch.where(torch.isin(q_mask, absent_ids), torch.zeros_like(q_mask), q_mask)
+                losses["teacher"] = segmentation_loss(t_logits, target, cfg.focal_gamma, cfg.dice_weight)
+            if student is None:
+                loss = losses["teacher"]
+            elif freeze_teacher:
+                loss = (losses["student"] + distill_term) / 2
+            else:
+                loss = (losses["teacher"] + losses["student"] + distill_term) / 3
             if not math.isfinite(float(loss.detach())):
                 raise FloatingPointError(f"non-finite loss {float(loss.detach())} at step {stats.steps}")
             if loss.requires_grad:  # no class of the query in any sampled support (empty masks): nothing to learn
@@ -234,8 +199,7 @@ def train(
             totals["loss"] = totals.get("loss", 0.0) + float(loss.detach()) / cfg.episodes_per_step
             stats.episodes += 1
         if student is not None and cfg.student_batch:
-            # The student needs no supports, so it also learns from a plain supervised batch of class-balanced
-            # support images each step: cheap (no attention), and what a fine-tuned head gets from every image.
+            # The student needs no supports, so it also learns from a plain supervised batch (cheap: no attention).
             totals["student_batch"] = _student_batch_step(student, cache, sampler, flips, cfg)
             totals["loss"] += totals["student_batch"]
         if pool_sampler is not None:
@@ -280,25 +244,16 @@ def train(
     stats.episodes *= world  # every process ran as many
     stats.class_queries = list(class_queries)
     stats.seconds = time.perf_counter() - start
-    teacher.eval()
-    if student is not None:
-        student.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    if student is not None:
-        for p in student.parameters():
-            p.requires_grad_(False)
+    for model in (teacher, student) if student is not None else (teacher,):
+        model.eval().requires_grad_(False)
     return stats
 
 
 def polish(student: DistilledStudent, cache: FeatureCache, cfg: TrainCfg, quiet: bool = False) -> TrainStats:
     """The student's last phase: ``cfg.polish_steps`` steps alone on the supports, on its own copy of the decoder.
 
-    During joint training the decoder is shared, so it settles where it serves the teacher's episodes as well as
-    the student; here the student's ConvDist blocks and its decoder's trainable groups (``cfg.train``) finish on
-    the student's supervised loss alone (focal + Dice of ``cfg.student_batch`` class-balanced support images a
-    step, in random flip views with ``cfg.flip_features``). The teacher is left as it is. Under ``torchrun`` the
-    gradients are averaged over the processes, each drawing its own batches.
+    During joint training the decoder also serves the teacher; here the student's ConvDist blocks and its decoder's
+    trainable groups (``cfg.train``) finish on the student's supervised batches alone. The teacher is left as it is.
     """
     stats = TrainStats()
     if not cfg.polish_steps or not cfg.student_batch:
@@ -333,7 +288,5 @@ def polish(student: DistilledStudent, cache: FeatureCache, cfg: TrainCfg, quiet:
         bar.set_postfix({k: f"{v:.3f}" for k, v in totals.items()})
     bar.close()
     stats.seconds = time.perf_counter() - start
-    student.eval()
-    for p in student.parameters():
-        p.requires_grad_(False)
+    student.eval().requires_grad_(False)
     return stats

@@ -31,17 +31,12 @@ def focal_loss(logits: Tensor, target: Tensor, gamma: float = 2.0) -> Tensor:
 def dice_loss(logits: Tensor, target: Tensor) -> Tensor:
     """1 − soft Dice of each foreground class that the target shows, averaged over those classes.
 
-    Pixel losses (focal, cross-entropy) weigh a class by its area, so a structure of 0.4 % of the pixels adds
-    almost nothing to them and may be dropped; Dice scores each class by its overlap alone, whatever its size.
-    Classes the target does not show are left to the pixel loss (a Dice of an empty class only pushes its
-    probability to 0, which the pixel loss already does).
+    Pixel losses weigh a class by its area; Dice scores each class by its overlap alone, whatever its size. Classes
+    the target does not show are left to the pixel loss.
 
     Args:
-        logits: B×K×h×w (background first), upsampled bilinearly to the target's size when coarser.
-        target: B×H×W class ids, 255 = ignore (left out of both the overlap and the sums).
+        logits: B×K×H×W (background first). target: B×H×W class ids, 255 = ignore (left out of overlap and sums).
     """
-    if logits.shape[-2:] != target.shape[-2:]:
-        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
     valid = (target != IGNORE_INDEX)[:, None].float()  # B×1×H×W
     probs = logits.softmax(dim=1)[:, 1:] * valid  # B×N×H×W
     classes = torch.arange(1, logits.shape[1], device=target.device)[None, :, None, None]

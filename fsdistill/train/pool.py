@@ -1,11 +1,8 @@
 """Unlabeled images as training data for the student (``distill --unlabeled``).
 
-The teacher is support-based: it segments any image by comparing it with the labelled supports. After the support
-phase of a distill run it labels a pool of the user's unlabeled images, and the student (which needs no supports)
-then also trains on them: their pseudo-label masks (pixels the labeller is unsure of are ignored) and the
-teacher's coarse maps of them (the distillation term, on images the supports never showed). The backbone is
-frozen, so each pool image costs one backbone pass and one teacher pass, once; a training step then only runs the
-student's head on a batch of cached pool features.
+After the support phase the teacher (with the student, per ``labeller``) labels a pool of unlabeled images; the
+student then also trains on their pseudo-labels (unsure pixels ignored) and on the teacher's coarse maps of them.
+Each pool image costs one backbone and one teacher pass, once: its features are cached.
 """
 
 from __future__ import annotations
@@ -19,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fsdistill.models.backbone import cat_features
 from fsdistill.models.student import DistilledStudent
 from fsdistill.models.teacher import DCAMATeacher, Features, SupportFeatures
 from fsdistill.train.losses import IGNORE_INDEX
@@ -32,9 +30,6 @@ __all__ = [
     "pseudo_labels",
 ]
 
-# Who labels the pool: the adapted teacher (compares each image with the supports), the support-trained student
-# (self-training), both averaged (mean of their class probabilities), or both, keeping only the pixels where their
-# classes agree.
 POOL_LABELLERS = ("teacher", "student", "mean", "agree")
 
 
@@ -43,12 +38,10 @@ class PoolTargets:
     """Cached features and targets of P unlabeled images.
 
     Attributes:
-        feats: backbone features, 4 levels of block maps, each P×C×h×w (level 0: its last map only, all the
-            student reads there); ~2.7 MB an image for Lite0 at 384 px.
+        feats: backbone features, each P×C×h×w (level 0: its last map only, all the student reads there).
         coarse: the teacher's coarse maps against all supports, per stage 2, 3, 4: P×N×n×h×w.
         labels: P×H×W pseudo-label class ids (H = W = the model's input size), IGNORE_INDEX where unsure.
-        trusted: N bool, the foreground classes the pool teaches (its coarse maps and labels of the others are
-            not used).
+        trusted: N bool, the foreground classes the pool teaches.
     """
 
     feats: Features
@@ -144,15 +137,10 @@ def label_batch(
     threshold: float,
     trusted: Tensor,
 ) -> LabelledBatch:
-    """Encode and label one batch of B×3×H×W uint8 images at the model's input size.
-
-    ``support``: the teacher's features of the whole support set (one attention over all of them, as in training
-    episodes; the teacher's coarse maps are the student's distillation targets). ``labeller``, ``threshold``,
-    ``trusted`` (N bool): see :func:`pseudo_labels`. The models must be in eval mode. A batch's results depend
-    only on its own images, so batches may be labelled anywhere (``distill --engine ray``: in Ray actors) and
-    joined with :func:`join_pool`.
-    """
-    classes = list(range(teacher.num_classes))
+    """Encode and label one batch of B×3×H×W uint8 images at the model's input size, against the whole support
+    set (``labeller``, ``threshold``, ``trusted``: see :func:`pseudo_labels`); the models must be in eval mode. A
+    batch's results depend only on its own images, so batches may be labelled anywhere and joined with
+    :func:`join_pool`."""
     present = support.present.any(dim=0)
     images = images.to(support.present.device)
     feats = teacher.backbone.encode(images)
@@ -161,12 +149,11 @@ def label_batch(
     per_image_coarse, t_logits = [], []
     for i in range(images.shape[0]):
         query = [[m[i : i + 1] for m in level] for level in feats]
-        coarse = teacher.coarse_maps(query, support, classes)  # per stage N×n×h×w
+        coarse = teacher.coarse_maps(query, support)  # per stage N×n×h×w
         t_logits.append(teacher.decode_episode(query, support, coarse, present))
         per_image_coarse.append(coarse)
     labels = pseudo_labels(_probs(torch.cat(t_logits), size), _probs(s_logits, size), labeller, threshold, trusted)
-    # The student reads only the last stride-4 map (its skip features): the other stride-4 maps, a quarter of
-    # an image's features, are not kept.
+    # The student reads only the last stride-4 map (its skip features): the other stride-4 maps are not kept.
     kept = [feats[0][-1:], *feats[1:]]
     return kept, [torch.stack(stage) for stage in zip(*per_image_coarse)], labels.to(torch.uint8)
 
@@ -175,13 +162,9 @@ def join_pool(parts: list[LabelledBatch], trusted: Tensor, device: torch.device)
     """The :class:`PoolTargets` of labelled batches, in their order, on ``device``; None without a batch."""
     if not parts:
         return None
-    feats_parts = [p[0] for p in parts]
     return PoolTargets(
-        feats=[
-            [torch.cat([p[lvl][b].to(device) for p in feats_parts]) for b in range(len(maps))]
-            for lvl, maps in enumerate(feats_parts[0])
-        ],
-        coarse=[torch.cat([p[1][s].to(device) for p in parts]) for s in range(len(parts[0][1]))],
+        feats=[[m.to(device) for m in level] for level in cat_features([p[0] for p in parts])],
+        coarse=[torch.cat(stage).to(device) for stage in zip(*(p[1] for p in parts))],
         labels=torch.cat([p[2].to(device) for p in parts]),
         trusted=trusted.to(device),
     )
@@ -203,9 +186,8 @@ def label_files(
     trusted: Tensor,
     batch_size: int,
 ) -> Iterator[FileBatch]:
-    """Decode ``paths`` ``batch_size`` at a time (resized to size×size) and label each batch in this process:
-    the local engine of ``distill --unlabeled`` (:class:`fsdistill.train.pool_ray.RayPoolLabeller` is the Ray
-    one; both cut the same batches, so their results are the same tensors)."""
+    """Decode ``paths`` ``batch_size`` at a time (resized to size×size) and label each batch in this process (the
+    local engine of ``distill --unlabeled``; the Ray one cuts the same batches)."""
     from fsdistill.infer.predictor import image_batches
 
     teacher.eval()

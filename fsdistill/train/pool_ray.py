@@ -1,10 +1,8 @@
 """``distill --unlabeled --engine ray``: label the unlabeled pool on Ray actors.
 
-Each actor rebuilds the support-phase teacher and student once from state dicts put in Ray's object store, and
-returns the pseudo-labels, teacher coarse maps and features of its batches, which the driver joins into the
-PoolTargets a local run has (:func:`fsdistill.train.pool.label_files` does the same work in this process). The
-session, pool sizing and option checks are the predict engine's (:mod:`fsdistill.infer.ray_engine`). Ray is
-optional (``pip install 'fsdistill[ray]'``) and imported only when the engine is asked for.
+Each actor rebuilds the support-phase teacher and student once from state dicts in Ray's object store and returns
+what :func:`fsdistill.train.pool.label_files` returns locally. The session, pool sizing and option checks are the
+predict engine's (:mod:`fsdistill.infer.ray_engine`); Ray is imported only when the engine is asked for.
 """
 
 from __future__ import annotations
@@ -23,8 +21,7 @@ __all__ = ["RayPoolLabeller"]
 
 
 class _PoolActor:
-    """One Ray actor of ``distill --unlabeled --engine ray``: rebuilds the support-phase teacher and student once
-    (from their configs and state dicts), then labels the batches of pool files it is handed."""
+    """One Ray actor: rebuilds the support-phase teacher and student once, then labels the batches it is handed."""
 
     def __init__(self, payload: dict[str, Any], device: str) -> None:
         from fsdistill.models.build import build_student, build_teacher
@@ -37,46 +34,36 @@ class _PoolActor:
         student = build_student(teacher, payload["student_width"])
         student.load_state_dict(payload["student_state"])  # its backbone and decoder are the teacher's
         self.teacher, self.student = teacher.to(self.device).eval(), student.to(self.device).eval()
-        support = payload["support"]
-        self.support = type(support)(
-            feats={lvl: [m.to(self.device) for m in maps] for lvl, maps in support.feats.items()},
-            masks={lvl: m.to(self.device) for lvl, m in support.masks.items()},
-            present=support.present.to(self.device),
-        )
+        self.support = payload["support"].to(self.device)
         self.size, self.labeller, self.threshold = payload["size"], payload["labeller"], payload["threshold"]
         self.trusted = payload["trusted"]
 
     def label(self, paths: list[str]) -> tuple[list[int], list[tuple[int, str]], Any]:
-        """One batch of pool files → (readable indices in ``paths``, (index, error) per unreadable one, the
-        labelled batch on the CPU or None): a :data:`fsdistill.train.pool.FileBatch`."""
+        """One batch of pool files → its :data:`fsdistill.train.pool.FileBatch`, on the CPU."""
         # One batch exactly (batch size = its length): the driver cut the batches a local run cuts.
-        for indices, errors, batch in label_files(
-            self.teacher,
-            self.student,
-            self.support,
-            [Path(p) for p in paths],
-            self.size,
-            self.labeller,
-            self.threshold,
-            self.trusted,
-            len(paths),
-        ):
-            if batch is not None:
-                feats, coarse, labels = batch
-                batch = ([[m.cpu() for m in level] for level in feats], [c.cpu() for c in coarse], labels.cpu())
-            return indices, errors, batch
-        return [], [], None
+        indices, errors, batch = next(
+            label_files(
+                self.teacher,
+                self.student,
+                self.support,
+                [Path(p) for p in paths],
+                self.size,
+                self.labeller,
+                self.threshold,
+                self.trusted,
+                len(paths),
+            )
+        )
+        if batch is not None:
+            feats, coarse, labels = batch
+            batch = ([[m.cpu() for m in level] for level in feats], [c.cpu() for c in coarse], labels.cpu())
+        return indices, errors, batch
 
 
 class RayPoolLabeller(RayEngine):
-    """``distill --unlabeled``'s pool labelling on Ray actors: each actor rebuilds the support-phase teacher and
-    student once, from the state dicts and configs the driver puts in Ray's object store, and labels the pool in
-    batches of ``batch_size`` consecutive files, the batches :func:`~fsdistill.train.pool.label_files` cuts
-    locally (so the pseudo-labels and teacher coarse maps are the local run's).
-
-    Args:
-        device, address, workers, gpus_per_worker: as for :class:`RayRunner`.
-    """
+    """``distill --unlabeled``'s pool labelling on Ray actors, in the batches
+    :func:`~fsdistill.train.pool.label_files` cuts locally (so the results are the local run's). Arguments as for
+    :class:`RayRunner`."""
 
     def label_files(
         self,
@@ -92,9 +79,8 @@ class RayPoolLabeller(RayEngine):
         trusted: torch.Tensor,
         batch_size: int,
     ) -> Iterator[tuple[list[int], list[tuple[int, str]], Any]]:
-        """As :func:`~fsdistill.train.pool.label_files` (same arguments, plus the teacher's ModelCfg and the
-        student's width to rebuild them): per batch, in order, ``(readable indices, (index, error) per unreadable
-        file, labelled batch on the CPU or None)``."""
+        """As :func:`~fsdistill.train.pool.label_files`, plus the teacher's ModelCfg and the student's width to
+        rebuild them; the batches come back in order, on the CPU."""
         ray = self.ray
         if not paths:
             return
@@ -106,11 +92,7 @@ class RayPoolLabeller(RayEngine):
             "teacher_state": {k: v.detach().cpu() for k, v in teacher.state_dict().items()},
             "student_width": student_width,
             "student_state": {k: v.detach().cpu() for k, v in student.state_dict().items()},
-            "support": type(support)(
-                feats={lvl: [m.cpu() for m in maps] for lvl, maps in support.feats.items()},
-                masks={lvl: m.cpu() for lvl, m in support.masks.items()},
-                present=support.present.cpu(),
-            ),
+            "support": support.to("cpu"),
             "size": size,
             "labeller": labeller,
             "threshold": threshold,

@@ -1,15 +1,9 @@
 """The per-class check that ends ``distill``: is any class dead before the student is deployed?
 
-Two numbers per class, both from the support folder alone (never from images the user keeps for testing):
-
-* **leave-one-out** (the teacher): each support image is segmented by the teacher with every *other* support as
-  its support set, the way it segments a new image. This is a held-out estimate: the image was not among the
-  supports it was compared with. A class whose leave-one-out IoU is near 0 is not carried over from the other
-  supports: it needs more (or more varied) support images.
-* **fit** (the student): the student's IoU on the support images it trained on. A class the student cannot even
-  fit on its own training images needs more steps (or more supports showing it).
-
-The check needs two support images that show a class; with a single support image there is no leave-one-out.
+Two IoUs per class, from the support folder alone: **leave-one-out** (the teacher segments each support image with
+every other support as its support set: a held-out estimate; near 0, the class does not carry over between
+supports) and **fit** (the student on the support images it trained on; low, the class was not learned). The
+leave-one-out check needs two support images that show a class.
 """
 
 from __future__ import annotations
@@ -94,15 +88,13 @@ def check_supports(
 
     Args:
         cache: the training cache (view 0 is the unflipped support set). class_names: background first.
-        max_queries: at most this many supports are leave-one-out queries (a teacher pass each, with all the other
-            supports); taken evenly over the folder, so the check costs seconds on large folders too.
+        max_queries: at most this many supports, taken evenly over the folder, are leave-one-out queries.
     """
     teacher.eval()
     student.eval()
     present = cache.present  # S×N
     count = present.shape[0]
-    masks = cache.masks[0]  # S×H×W
-    height, width = masks.shape[-2:]
+    height, width = cache.masks[0].shape[-2:]
     fit = ConfusionMatrix(len(class_names))
     for i in range(count):
         query, target = cache.query(i, 0)
@@ -115,8 +107,7 @@ def check_supports(
     else:
         queries = sorted({int(round(x)) for x in np.linspace(0, count - 1, min(max_queries, count))})
         # The training's attention sums (kept when its attention was frozen): with all other supports in one
-        # voting chunk, the inference pass is the episode of those supports, whose pairs training mostly computed
-        # already (the attention was half of a continued brain run's wall time, most of it here).
+        # voting chunk, the inference pass is the episode of those supports, whose pairs training mostly computed.
         pairs = cache.pairs if cache.pairs is not None and count - 1 <= teacher.voting else None
         for i in queries:
             others = [(j, 0) for j in range(count) if j != i]
