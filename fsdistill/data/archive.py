@@ -1,9 +1,7 @@
-"""Support folders given as a ``.zip`` (a CVAT export as downloaded, or any zipped support folder).
+"""Support folders given as a ``.zip`` (a CVAT export as downloaded), unpacked once into a cache folder.
 
-The archive is unpacked once into a cache folder named after its path, size and modification time, so the same
-zip is not unpacked again by every command and a changed zip gets a fresh folder. The folder appears complete
-or not at all (unpacked under a temporary name, then renamed). Members that would land outside it (absolute
-paths, ``..``) are refused.
+The folder is keyed by the zip's path, size and mtime (a changed zip gets a fresh one) and appears complete or
+not at all (unpacked under a temporary name, then renamed).
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ from pathlib import Path, PurePosixPath
 
 from fsdistill.errors import DataError
 
-__all__ = ["cache_root", "is_zip", "unpack_zip"]
+__all__ = ["cache_root", "unpack_zip"]
 
 
 def cache_root() -> Path:
@@ -28,18 +26,12 @@ def cache_root() -> Path:
     return Path(base).expanduser() / "fsdistill"
 
 
-def is_zip(path: Path) -> bool:
-    """Whether ``path`` is a file named ``*.zip``."""
-    return path.suffix.lower() == ".zip" and path.is_file()
-
-
 def unpack_zip(path: Path) -> Path:
     """The folder holding the contents of the zip archive ``path`` (unpacked on first use).
 
     Raises:
         DataError: not a zip archive, a member outside the archive's folder, or no room to unpack it.
     """
-    path = Path(path)
     stat = path.stat()
     key = hashlib.sha256(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     target = cache_root() / "unpacked" / f"{path.stem}-{key}"

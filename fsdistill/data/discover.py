@@ -1,19 +1,17 @@
-"""Find the image/mask pairs and the classes in a support folder, whatever layout the user already has.
+"""Find the image/mask pairs and the classes of a support folder, whatever layout the user already has.
 
-:func:`discover` composes three steps: :mod:`fsdistill.data.layouts` finds the pairs in the folder layout,
-:mod:`fsdistill.data.classes` reads the names file, and :mod:`fsdistill.data.mask_kinds` decides how the masks
-encode classes. The result is a :class:`~fsdistill.data.support_index.SupportIndex`, built once.
+Composes :mod:`~fsdistill.data.layouts` (the pairs), :mod:`~fsdistill.data.classes` (the names file) and
+:mod:`~fsdistill.data.mask_kinds` (how masks encode classes) into one :class:`SupportIndex`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from fsdistill.data.archive import is_zip, unpack_zip
+from fsdistill.data.archive import unpack_zip
 from fsdistill.data.classes import find_names_file, is_labelmap, read_class_names
-from fsdistill.data.layouts import LAYOUTS, MASK_STEM_SUFFIXES, FoundPairs, find_pairs, is_hidden
+from fsdistill.data.layouts import FoundPairs, find_pairs, is_hidden
 from fsdistill.data.mask_kinds import (
-    MASK_KINDS,
     MaskDecoding,
     coco_decoding,
     decide_mask_kind,
@@ -24,22 +22,20 @@ from fsdistill.data.masks import IGNORE_INDEX
 from fsdistill.data.support_index import Sample, SupportIndex
 from fsdistill.errors import DataError
 
-__all__ = ["Sample", "SupportIndex", "discover", "read_class_names", "LAYOUTS", "MASK_KINDS", "MASK_STEM_SUFFIXES"]
+__all__ = ["Sample", "SupportIndex", "discover", "read_class_names"]
 
 
 def discover(root: Path | str) -> SupportIndex:
     """Detect the layout of a support folder and index its image/mask pairs.
 
-    Reads every mask once (PNG masks only; COCO, Label Studio and DSB2018 are not scanned) to tell binary from
-    index and colour masks and to count classes; images are not decoded. A ``.zip`` (a CVAT export as
-    downloaded) is unpacked once into a cache folder (:mod:`fsdistill.data.archive`) and read from there; the
-    index's ``root`` stays the zip.
+    Reads every PNG mask once to tell binary from index and colour masks; images are not decoded. A ``.zip`` is
+    read from its unpacked copy (:mod:`fsdistill.data.archive`); the index's ``root`` stays the zip.
 
     Raises:
         DataError: the folder is missing, a file, empty, or holds no image/mask pairs in any known layout.
     """
     root = Path(root).expanduser()
-    folder = unpack_zip(root) if is_zip(root) else root
+    folder = unpack_zip(root) if root.suffix.lower() == ".zip" and root.is_file() else root
     _check_folder(folder)
     found = find_pairs(folder)
     samples = sorted(found.samples, key=lambda s: s.key)  # keys are unique: each detector keys by relative path
@@ -93,11 +89,8 @@ def _check_folder(root: Path) -> None:
 
 
 def _decide_decoding(found: FoundPairs, root: Path) -> tuple[str, MaskDecoding]:
-    """The final layout name and how the found masks decode; names files are looked for in the data root, then root.
-
-    The layout is ``cvat`` (CVAT/Datumaro "Segmentation mask 1.1" export) for paired masks in a
-    SegmentationClass*/ folder beside a labelmap.txt.
-    """
+    """The final layout name (``cvat``: paired masks in SegmentationClass*/ beside a labelmap.txt) and how the
+    masks decode; names files are looked for in the data root, then root."""
     if found.layout == "coco":
         assert found.coco is not None
         return "coco", coco_decoding(found.coco)

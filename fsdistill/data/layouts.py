@@ -1,22 +1,7 @@
-"""Find the image/mask pairs of a support folder in the folder layouts users already have.
+"""Find the image/mask pairs of a support folder in the folder layouts users already have (README's table).
 
-Layouts (``SupportIndex.layout``), tried in this order in the folder, then in each of its subfolders:
-
-- ``coco``: one COCO ``*.json`` (images, annotations, categories) beside the images or an ``images/`` folder
-  (also ``annotations/*.json``).
-- ``labelstudio``: one Label Studio JSON export (a list of tasks with brush or polygon annotations) beside the
-  images or an ``images/`` folder, optionally with its labelling config (``*.xml``), which orders the classes.
-- ``paired`` / ``cvat``: an image folder and a mask folder side by side, matched by relative path and stem:
-  ``images/``+``masks/``, ``img/``+``gt/``, ``JPEGImages/``+``SegmentationClass[PNG]/``, Kvasir-SEG, ISIC 2018
-  ``*_Input/``+``*_GroundTruth/``. Mask stems may end in ``_mask``, ``_segmentation``, ``_gt``, ``_label(s)``,
-  ``-mask`` (stripped). With a ``labelmap.txt`` and a ``SegmentationClass/`` folder the layout is ``cvat``
-  (decided in :mod:`fsdistill.data.discover`, which knows the names file). A CVAT export without its images
-  (``SegmentationClass/`` + ``labelmap.txt`` only) is recognised to say so.
-- ``dsb2018``: ``<id>/images/<one image>`` + ``<id>/masks/*.png`` (one file per object, unioned).
-- ``class-folders`` (FSS-1000): ``<class>/x.jpg`` + ``<class>/x.png``; class ids follow the sorted folder names.
-- ``paired`` (flat): ``x.jpg`` + ``x.png`` (or ``x_mask.png``) in the folder itself.
-
-Only file names are looked at here (and COCO JSON); masks are read in :mod:`fsdistill.data.mask_kinds`.
+Detectors are tried in :func:`_detect`'s order in the folder, then in each subfolder. Only file names (and
+annotation JSON) are read here; masks are read in :mod:`fsdistill.data.mask_kinds`.
 """
 
 from __future__ import annotations
@@ -24,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import NamedTuple
 
 from fsdistill.data.coco import CocoData, load_coco, read_coco_json
 from fsdistill.data.images import IMAGE_SUFFIXES
@@ -39,9 +23,8 @@ from fsdistill.data.labelstudio import (
 from fsdistill.data.support_index import Sample
 from fsdistill.errors import DataError
 
-__all__ = ["LAYOUTS", "LOOKED_FOR", "MASK_STEM_SUFFIXES", "FoundPairs", "find_pairs", "is_hidden", "subdirs"]
+__all__ = ["FoundPairs", "find_pairs", "is_hidden", "subdirs"]
 
-LAYOUTS = ("paired", "dsb2018", "class-folders", "coco", "cvat", "labelstudio")
 # Suffixes annotation tools append to a mask's stem; stripped (case-insensitively) to find its image.
 MASK_STEM_SUFFIXES = ("_segmentation", "_masks", "_mask", "-masks", "-mask", "_labels", "_label", "_gt", "_seg")
 # Folder names, best first. A candidate only counts if it holds image files (a YOLO "labels/" of .txt does not).
@@ -62,9 +45,8 @@ LOOKED_FOR = (
 class FoundPairs:
     """The pairs one layout detector found in one folder, before mask kinds and class names are decided.
 
-    ``class_folders`` holds the class folder names (class ids 1.. in this order) of a ``class-folders`` layout;
-    ``coco`` the parsed JSON of a ``coco`` layout; ``labelstudio`` the parsed export of a ``labelstudio`` one;
-    ``image_dir``/``mask_dir`` the two folders of an images/+masks/ layout. ``unmatched_hint`` says why a layout that was recognised yielded no pairs.
+    ``class_folders``: a class-folders layout's folder names (class ids 1.. in this order). ``unmatched_hint``:
+    why a layout that was recognised yielded no pairs.
     """
 
     layout: str
@@ -76,17 +58,8 @@ class FoundPairs:
     class_folders: tuple[str, ...] | None = None
     coco: CocoData | None = None
     labelstudio: LabelStudioData | None = None
-    image_dir: Path | None = None
-    mask_dir: Path | None = None
+    mask_dir: Path | None = None  # the mask folder of an images/+masks/ layout
     unmatched_hint: str = ""
-
-
-class _SideBySide(NamedTuple):
-    """Image + mask pairs that share a folder, and the files of that folder that have no partner."""
-
-    pairs: list[tuple[str, Path, Path]]  # (stem, image, mask)
-    orphan_images: list[Path]
-    orphan_masks: list[Path]
 
 
 # --------------------------------------------------------------------------------------------- file listing
@@ -157,9 +130,7 @@ def _match_paired(img_dir: Path, mask_dir: Path, images: list[Path], masks: list
         mask_of[k] = m
     samples = tuple(Sample(k, by_key[k], (mask_of[k],)) for k in sorted(mask_of))
     orphan_images = tuple(p for k, p in sorted(by_key.items()) if k not in mask_of)
-    return FoundPairs(
-        "paired", img_dir.parent, samples, orphan_images, tuple(orphan_masks), image_dir=img_dir, mask_dir=mask_dir
-    )
+    return FoundPairs("paired", img_dir.parent, samples, orphan_images, tuple(orphan_masks), mask_dir=mask_dir)
 
 
 def _find_paired(d: Path) -> FoundPairs | None:
@@ -179,7 +150,7 @@ def _find_paired(d: Path) -> FoundPairs | None:
             found = _match_paired(si, sm, fi, fm)
             tried.append((-len(found.samples), ri + rm, si.name, sm.name, found))
     tried.sort(key=lambda t: t[:4])
-    best = tried[0][4]
+    _, _, best_images, best_masks, best = tried[0]
     if not best.samples:
         ri, si, fi = img_c[0]
         rm, sm, fm = mask_c[0]
@@ -191,19 +162,18 @@ def _find_paired(d: Path) -> FoundPairs | None:
                 "ignored)"
             ),
         )
-    assert best.image_dir is not None and best.mask_dir is not None
     used = {s.image_path for s in best.samples}
     also = [
-        f"Also found {a}/ + {b}/ with {-n_neg} pairs in {d}; only {best.image_dir.name}/ + {best.mask_dir.name}/ is "
-        "used, so move the other pair to its own folder."
+        f"Also found {a}/ + {b}/ with {-n_neg} pairs in {d}; only {best_images}/ + {best_masks}/ is used, so move "
+        "the other pair to its own folder."
         for n_neg, _, a, b, other in tried[1:]
         if other.samples and {s.image_path for s in other.samples}.isdisjoint(used)
     ]
     return replace(best, warnings=(*best.warnings, *also))
 
 
-def _pairs_in_folder(d: Path) -> _SideBySide:
-    """Pairs of image + mask side by side in one folder, and the files without a partner.
+def _pairs_in_folder(d: Path) -> tuple[list[tuple[str, Path, Path]], list[Path], list[Path]]:
+    """(stem, image, mask) of the pairs side by side in one folder, then its images and masks without a partner.
 
     ``x.jpg`` + ``x.png`` (the PNG is the mask, FSS-1000) or ``x.<ext>`` + ``x_mask.<ext>`` (the suffixed one is).
     """
@@ -214,7 +184,7 @@ def _pairs_in_folder(d: Path) -> _SideBySide:
     for base, files in sorted(groups.items()):
         named = [f for f in files if f.stem != base]  # carries a mask suffix
         plain = [f for f in files if f.stem == base]
-        if named and len(named) == 1 and len(plain) == 1:
+        if len(named) == 1 and len(plain) == 1:
             pairs.append((base, plain[0], named[0]))
         elif not named and len(plain) == 2 and sum(f.suffix.lower() == ".png" for f in plain) == 1:
             img, msk = sorted(plain, key=lambda f: f.suffix.lower() == ".png")
@@ -231,7 +201,7 @@ def _pairs_in_folder(d: Path) -> _SideBySide:
     img_ext = {i.suffix.lower() for _, i, _ in pairs}
     orphan_masks = [f for f in lone if f.stem != _strip_mask_suffix(f.stem) or (f.suffix.lower() in mask_ext - img_ext)]
     orphan_images = [f for f in lone if f not in orphan_masks]
-    return _SideBySide(pairs, orphan_images, orphan_masks)
+    return pairs, orphan_images, orphan_masks
 
 
 def _find_class_folders(d: Path) -> FoundPairs | None:
@@ -239,11 +209,11 @@ def _find_class_folders(d: Path) -> FoundPairs | None:
     om: list[Path] = []
     per_class: list[tuple[str, list[tuple[str, Path, Path]]]] = []
     for s in subdirs(d):
-        side = _pairs_in_folder(s)
-        oi += side.orphan_images
-        om += side.orphan_masks
-        if side.pairs:
-            per_class.append((s.name, side.pairs))
+        pairs, lone_images, lone_masks = _pairs_in_folder(s)
+        oi += lone_images
+        om += lone_masks
+        if pairs:
+            per_class.append((s.name, pairs))
     if not per_class:
         return None
     samples = tuple(
@@ -256,11 +226,11 @@ def _find_class_folders(d: Path) -> FoundPairs | None:
 
 
 def _find_flat(d: Path) -> FoundPairs | None:
-    side = _pairs_in_folder(d)
-    if not side.pairs:
+    pairs, lone_images, lone_masks = _pairs_in_folder(d)
+    if not pairs:
         return None
-    samples = tuple(Sample(base, img, (msk,)) for base, img, msk in side.pairs)
-    return FoundPairs("paired", d, samples, tuple(side.orphan_images), tuple(side.orphan_masks))
+    samples = tuple(Sample(base, img, (msk,)) for base, img, msk in pairs)
+    return FoundPairs("paired", d, samples, tuple(lone_images), tuple(lone_masks))
 
 
 def _find_dsb(d: Path) -> FoundPairs | None:

@@ -41,7 +41,6 @@ from fsdistill.data.masks import (
 from fsdistill.errors import DataError
 
 __all__ = [
-    "MASK_KINDS",
     "MaskDecoding",
     "coco_decoding",
     "decide_mask_kind",
@@ -49,7 +48,6 @@ __all__ = [
     "labelstudio_decoding",
 ]
 
-MASK_KINDS = ("binary", "index", "rgb", "coco", "instances", "jpeg-binary", "labelstudio")
 JPEG_SUFFIXES = frozenset({".jpg", ".jpeg"})
 # VOC paints "difficult/boundary" pixels in this colour; in colour masks without a label map it means ignore.
 VOC_IGNORE_COLOUR = (224, 224, 192)
