@@ -1,10 +1,4 @@
-"""Class names of a support folder: names files, and the defaults used without one.
-
-Names are background first (id 0) and unique. They come from a ``labelmap.txt`` (names and colours), a
-``classes.txt`` / ``class_names.txt`` / ``names.txt`` (one per line), a YAML/JSON with ``names:``, COCO
-``categories``, class folder names, or else the defaults (``background``, ``foreground`` for binary masks;
-``class_<value>`` for mask values, chosen in :mod:`fsdistill.data.mask_kinds`).
-"""
+"""Class names of a support folder (background first at id 0, unique): names files, and the defaults without one."""
 
 from __future__ import annotations
 
@@ -14,17 +8,15 @@ from pathlib import Path
 
 import yaml
 
-from fsdistill.data.coco import CocoData
 from fsdistill.data.layouts import is_hidden
 from fsdistill.data.masks import BACKGROUND_NAMES, parse_labelmap
 from fsdistill.errors import DataError
 
 __all__ = [
     "BINARY_NAMES",
+    "background_first",
     "binary_class_names",
-    "coco_class_names",
     "find_names_file",
-    "instance_class_names",
     "is_labelmap",
     "names_source",
     "read_class_names",
@@ -43,7 +35,7 @@ def names_source(names_file: Path | None) -> str:
     return names_file.name if names_file else "defaults"
 
 
-def _background_first(names: list[str], path: Path) -> list[str]:
+def background_first(names: list[str], path: Path) -> list[str]:
     """``names`` stripped, with "background" put first at id 0 when no background name is listed."""
     names = [n.strip() for n in names]
     if any(not n for n in names):
@@ -104,7 +96,7 @@ def read_class_names(path: Path | str) -> list[str]:
             raise DataError(f"Names file {path} has no names: list or mapping; add names: [background, ...].")
     if not names:
         raise DataError(f"Names file {path} lists no class names; add one name per line.")
-    return _background_first(names, path)
+    return background_first(names, path)
 
 
 def find_names_file(dirs: Iterable[Path]) -> Path | None:
@@ -135,29 +127,3 @@ def binary_class_names(file_names: list[str] | None) -> list[str]:
     if file_names is not None and len(file_names) != 2:
         return []
     return file_names or list(BINARY_NAMES)
-
-
-def coco_class_names(coco: CocoData) -> list[str]:
-    """COCO categories in id order with background put first.
-
-    Raises:
-        DataError: an empty or duplicate name, or a category named background (id 0 is background).
-    """
-    names = _background_first(list(coco.names), coco.path)
-    if len(names) != len(coco.names) + 1:
-        raise DataError(f"COCO file {coco.path} has a category named background; rename it (background is id 0).")
-    return names
-
-
-def instance_class_names(names_file: Path | None) -> list[str]:
-    """Names of a DSB2018 folder (per-object masks, one class): the names file's, else the defaults.
-
-    Raises:
-        DataError: the names file lists more or fewer than one class.
-    """
-    names = read_class_names(names_file) if names_file else list(BINARY_NAMES)
-    if len(names) != 2:
-        raise DataError(
-            f"DSB2018 instance masks are binary but {names_file} lists {len(names)} classes; list one class."
-        )
-    return names

@@ -1,11 +1,7 @@
-"""Decide how the mask files of a support folder encode classes, and which classes they encode.
+"""Decide how the mask files of a support folder encode classes (``SupportIndex.mask_kind``), and which classes.
 
-Mask kinds (``SupportIndex.mask_kind``) for paired folders are read off the mask values of all masks: 0/1 or
-0/255 → ``binary``; other values → ``index`` (value = class id, 255 = ignore); colours → ``rgb``; JPEG files →
-``jpeg-binary`` (threshold 128); 16-bit label images with values > 255 → ``instances`` (every label > 0 is
-foreground). Anti-aliased binary masks (mostly 0/255 with a fringe of greys, common after resizing) are
-thresholded at 128 with a warning rather than read as dozens of classes. COCO files are ``coco``, Label Studio exports
-``labelstudio`` and DSB2018 per-object files ``instances``, without reading them.
+Paired masks are read once (:mod:`~fsdistill.data.mask_scan`) and classified by their values; COCO, Label
+Studio and DSB2018 annotations are not read here.
 """
 
 from __future__ import annotations
@@ -19,9 +15,8 @@ import numpy as np
 
 from fsdistill.data.classes import (
     BINARY_NAMES,
+    background_first,
     binary_class_names,
-    coco_class_names,
-    instance_class_names,
     is_labelmap,
     names_source,
     read_class_names,
@@ -100,8 +95,15 @@ def _spans(values: list[int]) -> str:
 
 
 def coco_decoding(coco: CocoData) -> MaskDecoding:
-    """COCO polygons and RLE: the categories are the classes."""
-    return _decoding("coco", coco_class_names(coco), f"COCO categories of {coco.path.name}")
+    """COCO polygons and RLE: the categories, in file order, are the classes after background.
+
+    Raises:
+        DataError: an empty or duplicate name, or a category named background (id 0 is background).
+    """
+    names = background_first(list(coco.names), coco.path)
+    if len(names) != len(coco.names) + 1:
+        raise DataError(f"COCO file {coco.path} has a category named background; rename it (background is id 0).")
+    return _decoding("coco", names, f"COCO categories of {coco.path.name}")
 
 
 def labelstudio_decoding(export: LabelStudioData, names_file: Path | None) -> MaskDecoding:
@@ -143,8 +145,17 @@ def labelstudio_decoding(export: LabelStudioData, names_file: Path | None) -> Ma
 
 
 def instance_files_decoding(names_file: Path | None) -> MaskDecoding:
-    """DSB2018 per-object mask files, unioned into one foreground class."""
-    return _decoding("instances", instance_class_names(names_file), names_source(names_file))
+    """DSB2018 per-object mask files, unioned into one foreground class.
+
+    Raises:
+        DataError: the names file lists more or fewer than one class.
+    """
+    names = read_class_names(names_file) if names_file else list(BINARY_NAMES)
+    if len(names) != 2:
+        raise DataError(
+            f"DSB2018 instance masks are binary but {names_file} lists {len(names)} classes; list one class."
+        )
+    return _decoding("instances", names, names_source(names_file))
 
 
 def decide_mask_kind(
@@ -185,7 +196,7 @@ def decide_mask_kind(
         decoding = _decoding("jpeg-binary", names, names_source(names_file))
     else:
         st = scan_masks(masks)
-        if st.colours:
+        if st.pixels:
             decoding = _colour_decoding(st, file_names, names_file, where)
         elif st.wide_max:
             decoding = _decoding(
@@ -219,24 +230,24 @@ def _class_folder_decoding(masks: Sequence[Path], class_folders: Sequence[str], 
 def _labelmap_decoding(masks: Sequence[Path], labelmap: Path, where: Path, jpeg: bool) -> MaskDecoding:
     """Masks beside a CVAT ``labelmap.txt``: colour masks through its colours, or grey index masks it names."""
     names, colours = parse_labelmap(labelmap)
-    st = None if jpeg else scan_masks(masks)
-    if st is not None and not st.colours and not st.palette_mode and not st.wide_max:
-        # Grey index masks beside a label map: the values are the class ids and the label map names them.
-        return MaskDecoding(
-            "index", tuple(names), tuple(colours), labelmap.name, class_pixels=st.index_pixels(len(names))
-        )
-    if st is None:
+    if jpeg:
         raise DataError(
             f"Masks in {where} are JPEG but {labelmap} maps colours to classes; JPEG changes colours, so export the "
             "colour masks as PNG."
         )
+    st = scan_masks(masks)
+    if not st.pixels and not st.palette_mode and not st.wide_max:
+        # Grey index masks beside a label map: the values are the class ids and the label map names them.
+        return MaskDecoding(
+            "index", tuple(names), tuple(colours), labelmap.name, class_pixels=st.index_pixels(len(names))
+        )
     table = {c: k for k, c in enumerate(colours)}
     warnings: tuple[str, ...] = ()
-    pixels = st.rgb_pixels()
+    pixels = st.pixels
     if any(c not in table for c in pixels):
         # Blends of label-map colours (smoothed edges) go to the nearest one; other unknown colours stay
         # unknown, and decoding reports them with the file and a pixel.
-        _, blends = resolve_blends(pixels, st.rgb_edges(), real=colours)
+        _, blends = resolve_blends(pixels, st.edges, real=colours)
         if blends:
             table.update({c: table[target] for c, target in blends.items()})
             warnings = (_blend_warning(blends, pixels, len(colours), f"the colours of {labelmap.name}"),)
@@ -258,10 +269,10 @@ def _colour_decoding(st: MaskStats, file_names: list[str] | None, names_file: Pa
             f"Mask {st.too_many_colours} has more than {MAX_SCANNED_COLOURS} colours, too many for class colours "
             "(lossy saving or noise?); add a labelmap.txt (name:r,g,b::) or save index PNG masks."
         )
-    pixels = st.rgb_pixels()
+    pixels = st.pixels
     # Smoothed edges hold dozens of mixtures of the real colours; each would otherwise become a class (a 2-colour
     # mask resized bilinearly gives dozens), with only tiny-class warnings to show for it.
-    real, blends = resolve_blends(pixels, st.rgb_edges())
+    real, blends = resolve_blends(pixels, st.edges)
     if len(set(real) - {(0, 0, 0), VOC_IGNORE_COLOUR}) > MAX_AUTO_COLOURS:
         raise DataError(
             f"Masks such as {st.colour_example} have {len(real)} distinct colours besides edge blends, too many "
@@ -323,9 +334,8 @@ def _grey_decoding(st: MaskStats, file_names: list[str] | None, source: str) -> 
         return _decoding("index", file_names, source, class_pixels=st.index_pixels(n), warnings=warnings)
     ids = sorted(values - {IGNORE_INDEX, 0})
     if ids != list(range(1, len(ids) + 1)):
-        # Values with gaps ({0, 1, 2, 7}): every value up to the largest used to be a class, so 3..6 became empty
-        # classes that were trained as "never present". The values that occur become the classes, in order, and
-        # keep their value in their name.
+        # Values with gaps ({0, 1, 2, 7}): only the values that occur become classes (in order, named by value), so
+        # 3..6 are not empty classes trained as "never present".
         value_map = np.arange(256, dtype=np.uint8)
         value_map[ids] = np.arange(1, len(ids) + 1)
         names = ("background", *(f"class_{v}" for v in ids))

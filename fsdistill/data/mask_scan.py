@@ -1,8 +1,4 @@
-"""Read every mask of a support folder once and keep what deciding their kind needs.
-
-Grey and palette masks give a histogram of values, colour masks their colours (with the pixels of each on object
-boundaries, where resized masks hold blends), 16-bit masks their largest label.
-"""
+"""Read every mask of a support folder once and keep what deciding their kind needs."""
 
 from __future__ import annotations
 
@@ -29,29 +25,20 @@ MAX_SCANNED_COLOURS = 4096
 class MaskStats:
     """What one read of every mask saw.
 
-    ``hist``: (256,) int64 pixels per value of grey/palette masks. ``colours``: packed 0xRRGGBB colours of
-    colour masks (with the greys of grey masks beside them); ``pixels``/``edges``: packed colour → its pixels
-    over all masks / those on an object boundary. ``too_many_colours``: the mask at which the colours passed
-    MAX_SCANNED_COLOURS. ``wide_max``: the largest label of 16-bit masks above 255 (0 if none).
+    ``hist``: (256,) int64 pixels per value of grey/palette masks. ``pixels``/``edges``: colour → its pixels
+    over all colour masks (with the greys of grey masks beside them) / those on an object boundary, where
+    resized masks hold blends; empty without colour masks. ``too_many_colours``: the mask at which the colours
+    passed MAX_SCANNED_COLOURS. ``wide_max``: the largest label of 16-bit masks above 255 (0 if none).
     """
 
     hist: np.ndarray
-    colours: frozenset[int]
-    pixels: Mapping[int, int]
-    edges: Mapping[int, int]
+    pixels: Mapping[Rgb, int]
+    edges: Mapping[Rgb, int]
     colour_example: Path | None
     too_many_colours: Path | None
     wide_max: int
     wide_example: Path | None
     palette_mode: bool
-
-    def rgb_pixels(self) -> dict[Rgb, int]:
-        """Colour → its pixels over all colour masks."""
-        return {unpack_rgb(c): n for c, n in self.pixels.items()}
-
-    def rgb_edges(self) -> dict[Rgb, int]:
-        """Colour → its pixels on an object boundary."""
-        return {unpack_rgb(c): n for c, n in self.edges.items()}
 
     def index_pixels(self, n: int) -> tuple[int, ...]:
         """Pixels of class ids 0..n-1, reading the grey values as class ids."""
@@ -61,7 +48,7 @@ class MaskStats:
         """Pixels of class ids 0..n-1 of colour masks through their colour table (unknown colours not counted)."""
         out = [0] * n
         for c, count in self.pixels.items():
-            k = table.get(unpack_rgb(c))
+            k = table.get(c)
             if k is not None and k < n:
                 out[k] += count
         return tuple(out)
@@ -126,6 +113,6 @@ def scan_masks(paths: Sequence[Path]) -> MaskStats:
         hist += np.bincount(a.ravel(), minlength=256)
     if pixels:  # grey masks in a colour-mask set: their greys are colours too (no edge counts: never blends)
         pixels.update({v * 0x010101: int(hist[v]) for v in np.flatnonzero(hist).tolist()})
-    return MaskStats(
-        hist, frozenset(pixels), pixels, edges, colour_example, too_many_colours, wide_max, wide_example, palette_mode
-    )
+    by_rgb = {unpack_rgb(c): n for c, n in pixels.items()}
+    edges_by_rgb = {unpack_rgb(c): n for c, n in edges.items()}
+    return MaskStats(hist, by_rgb, edges_by_rgb, colour_example, too_many_colours, wide_max, wide_example, palette_mode)
