@@ -1,8 +1,5 @@
-"""The result of discovering a support folder: its image/mask pairs and how to decode each mask.
-
-:class:`SupportIndex` is built once by :func:`fsdistill.data.discover.discover` with its final values; it reads
-images as H×W×3 uint8 RGB and decodes masks to H×W uint8 class ids (0 = background, 255 = ignore).
-"""
+"""The result of discovering a support folder (:func:`fsdistill.data.discover.discover`): its image/mask pairs
+and how to decode each mask."""
 
 from __future__ import annotations
 
@@ -35,11 +32,10 @@ __all__ = ["Sample", "SupportIndex"]
 class Sample:
     """One image with its annotation.
 
-    ``key`` is unique and stable: the image's path relative to its image folder without suffix ("x", "cat/x",
-    a DSB2018 id), used for leakage checks and output names. The other fields are for decoding the mask:
-    ``mask_paths`` (one file; several for DSB2018 instances; the JSON for COCO and Label Studio), ``coco_id``,
-    ``task_index`` (the task's position among a Label Studio export's annotated tasks) and ``class_id`` (the class
-    a binary mask's foreground becomes: the folder's class for class folders, else 1).
+    ``key``: unique and stable (the image's path relative to its image folder without suffix, a DSB2018 id), for
+    leakage checks and output names. ``mask_paths``: one file, one per object for DSB2018, the JSON for COCO and
+    Label Studio. ``task_index``: the task's position among a Label Studio export's annotated tasks.
+    ``class_id``: the class a binary mask's foreground becomes (the folder's class for class folders, else 1).
     """
 
     key: str
@@ -112,11 +108,9 @@ class SupportIndex:
             m = read_index_mask(where)
             if self.value_map is not None:
                 m = self.value_map[m]
-        elif self.mask_kind == "rgb":
-            assert self.colour_table is not None
+        else:
+            assert self.mask_kind == "rgb" and self.colour_table is not None
             m = colours_to_index(read_rgb_mask(where), self.colour_table, where)
-        else:  # pragma: no cover - discover never produces another kind
-            raise ValueError(f"unknown mask kind {self.mask_kind!r}")
         if m.shape != (h, w):
             if self.layout == "coco":
                 raise DataError(
@@ -190,21 +184,22 @@ class SupportIndex:
         for s in sorted(self.samples, key=lambda s: s.key):
             if self.layout == "coco":
                 assert self.coco is not None and s.coco_id is not None
-                entry = {
-                    "image": self.coco.images[s.coco_id].__dict__,
-                    "anns": self.coco.annotations.get(s.coco_id, []),
-                }
-                mask_sha = hashlib.sha256(json.dumps(entry, sort_keys=True, default=str).encode()).hexdigest()
+                image, anns = self.coco.images[s.coco_id], self.coco.annotations.get(s.coco_id, [])
+                mask_sha = _json_sha256({"image": image.__dict__, "anns": anns})
             elif self.layout == "labelstudio":
                 assert self.labelstudio is not None and s.task_index is not None
-                entry = self.labelstudio.fingerprint_entry(s.task_index)
-                mask_sha = hashlib.sha256(json.dumps(entry, sort_keys=True, default=str).encode()).hexdigest()
+                task = self.labelstudio.tasks[s.task_index]
+                mask_sha = _json_sha256({"image": task.image_ref, "results": list(task.results)})
             elif len(s.mask_paths) == 1:
                 mask_sha = _file_sha256(s.mask_paths[0])
             else:
                 mask_sha = hashlib.sha256("".join(_file_sha256(p) for p in s.mask_paths).encode()).hexdigest()
             h.update(f"{s.key}\t{_file_sha256(s.image_path)}\t{mask_sha}\t{s.class_id}\n".encode())
         return h.hexdigest()
+
+
+def _json_sha256(entry: dict) -> str:
+    return hashlib.sha256(json.dumps(entry, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _file_sha256(path: Path) -> str:
