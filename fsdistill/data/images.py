@@ -70,15 +70,10 @@ def _scale_to_uint8(arr: np.ndarray) -> np.ndarray:
 
 
 def to_uint8_rgb(arr: np.ndarray) -> np.ndarray:
-    """Turn a decoded pixel array into H×W×3 uint8 RGB.
+    """A decoded pixel array of any dtype → H×W×3 uint8 RGB, scaled by its own min/max unless uint8.
 
-    Args:
-        arr: H×W (grey), H×W×C or C×H×W (C ≤ 16 channels; the smallest axis is taken as channels), or a stack
-            with more leading axes (the first plane is used). Any integer, bool or float dtype.
-
-    Returns:
-        H×W×3 uint8. Grey is repeated into three channels; 2 channels use the first; 4 or more keep the first
-        three (alpha and extra bands dropped). Non-uint8 data is scaled by its own min/max.
+    ``arr``: H×W, H×W×C or C×H×W (the smallest axis, if ≤ 16, is the channels), or a stack whose first plane is
+    used. Grey is repeated, 2 channels use the first, 4 or more keep the first three.
     """
     a = np.asarray(arr)
     a = np.squeeze(a) if a.ndim > 2 and 1 in a.shape[:-2] else a

@@ -41,17 +41,12 @@ _HEX = re.compile(r"#([0-9a-fA-F]{6})")
 
 @dataclass(frozen=True)
 class LabelStudioTask:
-    """One annotated task: where its image is named, and the mask regions of its chosen annotation."""
+    """One annotated task: how messages name it, where its image is named, and the mask regions of its chosen
+    annotation."""
 
-    index: int  # position in the export's list (task ids may be missing in hand-made files)
-    task_id: Any
+    name: str
     image_ref: str
     results: tuple[dict[str, Any], ...]
-
-    @property
-    def name(self) -> str:
-        """How messages name the task."""
-        return f"task {self.task_id}" if self.task_id is not None else f"task #{self.index + 1}"
 
 
 @dataclass(frozen=True)
@@ -215,6 +210,7 @@ def load_labelstudio(path: Path, data: list[dict[str, Any]], config: LabelingCon
     ignored: dict[str, int] = {}
     unannotated = several = 0
     for index, raw in enumerate(data):
+        # By id; by position where hand-made files have no ids.
         task_name = f"task {raw['id']}" if raw.get("id") is not None else f"task #{index + 1}"
         annotations = raw.get("annotations")
         chosen, usable = _pick_annotation(annotations if isinstance(annotations, list) else [])
@@ -238,7 +234,7 @@ def load_labelstudio(path: Path, data: list[dict[str, Any]], config: LabelingCon
                 path,
                 f"has {task_name} without an image in its data ({', '.join(map(str, raw['data'])) or 'empty'})",
             )
-        tasks.append(LabelStudioTask(index, raw.get("id"), ref, tuple(regions)))
+        tasks.append(LabelStudioTask(task_name, ref, tuple(regions)))
     return LabelStudioData(path, tasks, list(labels), unannotated, several, ignored, config)
 
 

@@ -269,8 +269,9 @@ def _image_bases(jpath: Path, d: Path) -> list[Path]:
     return list(dict.fromkeys([jpath.parent, d, d / "images", *subdirs(d)]))
 
 
-def _unused_images(d: Path, used: set[Path]) -> tuple[Path, ...]:
-    """Images in ``d`` or under ``d/images`` that no annotation names (resolved paths in ``used``)."""
+def _unused_images(d: Path, samples: list[Sample]) -> tuple[Path, ...]:
+    """Images in ``d`` or under ``d/images`` that no sample uses."""
+    used = {s.image_path.resolve() for s in samples}
     pool = _image_files(d) + (_image_files(d / "images", recursive=True) if (d / "images").is_dir() else [])
     return tuple(sorted({p for p in pool if p.resolve() not in used}))
 
@@ -291,7 +292,6 @@ def _find_coco(d: Path) -> FoundPairs | None:
     samples: list[Sample] = []
     warnings: list[str] = []
     missing: list[str] = []
-    used: set[Path] = set()
     keys: set[str] = set()
     for iid, im in sorted(coco.images.items(), key=lambda kv: kv[1].file_name):
         rel = Path(im.file_name)
@@ -306,7 +306,6 @@ def _find_coco(d: Path) -> FoundPairs | None:
         if key in keys:
             raise DataError(f"COCO file {jpath} lists {im.file_name!r} twice; keep one entry per image.")
         keys.add(key)
-        used.add(path.resolve())
         samples.append(Sample(key, path, (jpath,), coco_id=iid))
     if missing:
         warnings.append(
@@ -319,7 +318,7 @@ def _find_coco(d: Path) -> FoundPairs | None:
             f"COCO file {jpath.name} lists {len(missing)} images but none was found (e.g. {missing[0]}); put the "
             "images beside the JSON or in images/"
         )
-    orphans = _unused_images(d, used)
+    orphans = _unused_images(d, samples)
     return FoundPairs("coco", d, tuple(samples), orphans, (), tuple(warnings), coco=coco, unmatched_hint=hint)
 
 
@@ -358,7 +357,6 @@ def _find_labelstudio(d: Path) -> FoundPairs | None:
     bases = _image_bases(jpath, d)
     samples: list[Sample] = []
     missing: list[str] = []
-    used: set[Path] = set()
     keys: dict[str, str] = {}
     for k, task in enumerate(export.tasks):
         cands_rel = image_candidates(task.image_ref)
@@ -376,7 +374,6 @@ def _find_labelstudio(d: Path) -> FoundPairs | None:
                 f"and {task.name}); delete one of them in the project and export again."
             )
         keys[key] = task.name
-        used.add(path.resolve())
         samples.append(Sample(key, path, (jpath,), task_index=k))
     if missing:
         raise DataError(
@@ -396,7 +393,7 @@ def _find_labelstudio(d: Path) -> FoundPairs | None:
         warnings.append(
             f"Results that are not masks were ignored in {jpath.name} ({kinds}); draw brush or polygon regions."
         )
-    orphans = _unused_images(d, used)
+    orphans = _unused_images(d, samples)
     return FoundPairs("labelstudio", d, tuple(samples), orphans, (), tuple(warnings), labelstudio=export)
 
 

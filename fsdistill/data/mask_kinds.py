@@ -161,13 +161,10 @@ def instance_files_decoding(names_file: Path | None) -> MaskDecoding:
 def decide_mask_kind(
     masks: Sequence[Path], where: Path, names_file: Path | None, class_folders: Sequence[str] | None = None
 ) -> MaskDecoding:
-    """Mask kind, class names, palette, threshold and colour table of a paired, flat or class-folder set.
+    """How the masks of a paired, flat or class-folder set decode (``masks``: one per pair, in layout order).
 
     Args:
-        masks: the mask file of each pair, in the order the layout found them (examples in warnings are the
-            first such file).
         where: the mask folder (or the folder of the pairs), named in messages.
-        names_file: the folder's names file, if any.
         class_folders: the class folder names of a class-folders layout (class ids 1.. in this order), else None.
 
     Raises:

@@ -156,11 +156,8 @@ def read_rgb_mask(path: Path | str) -> np.ndarray:
 
 
 def read_binary_source(path: Path | str) -> np.ndarray:
-    """H×W grey values of a mask meant as binary: colour masks use their brightest channel.
-
-    The brightest channel (not luminance) keeps a pure-red or pure-blue foreground above a 128 threshold;
-    wider-than-8-bit masks are clipped to 0..255, so any instance label > 0 stays foreground after ``>= 1``.
-    """
+    """H×W grey values of a mask meant as binary: colour masks use their brightest channel (a pure-red or
+    pure-blue foreground stays above 128); wider masks are clipped to 0..255 (any label > 0 stays ``>= 1``)."""
     arr = read_mask_array(path)
     if arr.ndim == 3:
         arr = arr.max(axis=-1)
@@ -308,10 +305,8 @@ def colours_to_index(rgb: np.ndarray, table: Mapping[Rgb, int], path: Path | str
 
 
 def union_instances(paths: Sequence[Path | str], class_id: int = 1) -> np.ndarray:
-    """H×W uint8: ``class_id`` wherever any per-instance mask file is foreground (DSB2018 style).
-
-    Each file is thresholded on its own (≥1 for 0/1 files, ≥128 otherwise); an instance file holds one object,
-    so it is never empty and its own maximum tells the encoding.
+    """H×W uint8: ``class_id`` wherever any per-instance mask file (DSB2018) is foreground, each thresholded on
+    its own: ≥1 for 0/1 files, ≥128 otherwise (a file holds one object, so its maximum tells the encoding).
 
     Raises:
         DataError: no files, an unreadable file, or files of different sizes.
@@ -387,12 +382,8 @@ def _check_unique(items: list, path: Path, what: str) -> None:
 
 
 def encode_index_png(mask: np.ndarray, palette: Sequence[Rgb], text: Mapping[str, str] | None = None) -> bytes:
-    """An H×W uint8 class-id mask as the bytes of a mode-"P" PNG with ``palette`` embedded.
-
-    Viewers show colours while the stored values stay class ids. Entries past ``palette`` are black except
-    255 (ignore), which gets VOC's cream (224, 224, 192) unless the palette defines it. ``text``: PNG text chunks
-    to store with it (predict keeps each mask's confidence scores there).
-    """
+    """An H×W uint8 class-id mask as the bytes of a mode-"P" PNG with ``palette`` embedded (255 gets VOC's cream
+    unless the palette defines it), and the PNG text chunks ``text``."""
     m = np.asarray(mask)
     if m.ndim != 2:
         raise ValueError(f"mask must be H×W, got shape {m.shape}")

@@ -48,11 +48,8 @@ class Sample:
 
 @dataclass(frozen=True)
 class SupportIndex:
-    """All usable pairs of a support folder and how to decode their masks.
-
-    Masks decode to H×W uint8 class ids (0 = background, 1..N-1 the classes, 255 = ignore).
-    The fields after ``warnings`` are decoding details that :func:`~fsdistill.data.discover.discover` decides.
-    """
+    """All usable pairs of a support folder and how to decode their masks to H×W uint8 class ids (255 = ignore).
+    The fields after ``warnings`` are decoding details."""
 
     root: Path
     layout: str
@@ -173,12 +170,9 @@ class SupportIndex:
         return img, self.load_mask(i, size=(img.shape[1], img.shape[0]))
 
     def fingerprint(self) -> str:
-        """sha256 hex over the class names and, sorted by key, each (key, image bytes sha256, mask sha256).
-
-        Mask sha256 is over the mask file's bytes (DSB2018: over its instance files' hashes in name order; COCO
-        and Label Studio: over the image's annotations as canonical JSON), so renaming a folder keeps it and
-        editing a pixel changes it.
-        """
+        """sha256 hex over the class names and, sorted by key, each sample's key and the sha256 of its image and
+        mask files (COCO, Label Studio: of its annotations), so moving a folder keeps it and editing a pixel
+        changes it."""
         h = hashlib.sha256()
         h.update(("\n".join(self.class_names) + "\n\n").encode())
         for s in sorted(self.samples, key=lambda s: s.key):
