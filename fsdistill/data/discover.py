@@ -6,9 +6,13 @@ Composes :mod:`~fsdistill.data.layouts` (the pairs), :mod:`~fsdistill.data.class
 
 from __future__ import annotations
 
-from pathlib import Path
+import hashlib
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
 
-from fsdistill.data.archive import unpack_zip
 from fsdistill.data.classes import find_names_file, is_labelmap, read_class_names
 from fsdistill.data.layouts import FoundPairs, find_pairs, is_hidden
 from fsdistill.data.mask_kinds import (
@@ -29,7 +33,7 @@ def discover(root: Path | str) -> SupportIndex:
     """Detect the layout of a support folder and index its image/mask pairs.
 
     Reads every PNG mask once to tell binary from index and colour masks; images are not decoded. A ``.zip`` is
-    read from its unpacked copy (:mod:`fsdistill.data.archive`); the index's ``root`` stays the zip.
+    read from its unpacked copy (:func:`unpack_zip`); the index's ``root`` stays the zip.
 
     Raises:
         DataError: the folder is missing, a file, empty, or holds no image/mask pairs in any known layout.
@@ -105,3 +109,54 @@ def _decide_decoding(found: FoundPairs, root: Path) -> tuple[str, MaskDecoding]:
     in_class_dir = found.mask_dir is not None and found.mask_dir.name.lower().startswith("segmentationclass")
     layout = "cvat" if is_labelmap(names_file) and in_class_dir else found.layout
     return layout, decoding
+
+
+def cache_root() -> Path:
+    """``$FSDISTILL_CACHE``, else ``$XDG_CACHE_HOME/fsdistill``, else ``~/.cache/fsdistill``."""
+    if os.environ.get("FSDISTILL_CACHE"):
+        return Path(os.environ["FSDISTILL_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "fsdistill"
+
+
+def unpack_zip(path: Path) -> Path:
+    """The folder holding the contents of the zip archive ``path``, unpacked on first use into a cache folder keyed
+    by the zip's path, size and mtime that appears complete or not at all (unpacked elsewhere, then renamed).
+
+    Raises:
+        DataError: not a zip archive, a member outside the archive's folder, or no room to unpack it.
+    """
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_root() / "unpacked" / f"{path.stem}-{key}"
+    if target.is_dir():
+        return target
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                parts = PurePosixPath(name.replace("\\", "/")).parts
+                if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
+                    raise DataError(
+                        f"Zip archive {path} holds {name!r}, which would unpack outside its folder; unpack it by hand "
+                        "and pass the folder."
+                    )
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+            try:
+                archive.extractall(staging)
+                os.replace(staging, target)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+    except zipfile.BadZipFile as exc:
+        raise DataError(
+            f"{path} is not a readable zip archive ({exc}); download it again or unpack it by hand."
+        ) from None
+    except OSError as exc:
+        if target.is_dir():  # another process unpacked the same archive first
+            return target
+        raise DataError(
+            f"Cannot unpack {path} into {target.parent} ({exc.strerror or exc}); free some space, set FSDISTILL_CACHE "
+            "to another folder, or unpack it by hand and pass the folder."
+        ) from None
+    return target
