@@ -113,15 +113,12 @@ def _problems_message(problems: list[str], pairs: int, root: Path) -> str:
 
 
 def check_support(root: Path | str, progress: Callable[[int, int], None] | None = None) -> CheckReport:
-    """Discover a support folder, decode every pair and report what was found.
-
-    Args:
-        progress: called as ``progress(done, total)`` after each pair (for a progress bar; the library never prints).
+    """Discover a support folder, decode every pair and report what was found; ``progress(done, total)`` is
+    called after each pair (the library never prints).
 
     Raises:
-        DataError: nothing usable (missing/empty folder, no pairs, all masks empty), or broken pairs (unreadable
-            files, size mismatches, unknown colours or class ids: the message lists each, up to
-            ``MAX_REPORTED_PROBLEMS``).
+        DataError: nothing usable (missing/empty folder, no pairs, all masks empty), or broken pairs (listed, up
+            to ``MAX_REPORTED_PROBLEMS``).
     """
     index = discover(root)
     names = index.class_names

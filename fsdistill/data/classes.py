@@ -53,8 +53,7 @@ def background_first(names: list[str], path: Path) -> list[str]:
 
 def read_class_names(path: Path | str) -> list[str]:
     """Class names from ``classes.txt`` (one per line, line = id), ``labelmap.txt`` or a YAML/JSON with
-    ``names:`` (a list, or {id: name}). "background" is put first at id 0 when the file does not start with it;
-    ids missing from a {id: name} mapping are named ``class_<id>``.
+    ``names:`` (a list, or {id: name}; missing ids are named ``class_<id>``), "background" first at id 0.
 
     Raises:
         DataError: unreadable file, no names, duplicates, or background not first.
@@ -86,10 +85,8 @@ def read_class_names(path: Path | str) -> list[str]:
                 ) from e
             if not by_id or min(by_id) < 0:
                 raise DataError(f"Names file {path} has no names or a negative id; use ids 0, 1, 2, ...")
-            start = 0 if 0 in by_id else 1  # {1: polyp} leaves 0 to background
-            names = ([] if start == 0 else ["background"]) + [
-                by_id.get(i, f"class_{i}") for i in range(start, max(by_id) + 1)
-            ]
+            by_id.setdefault(0, "background")  # {1: polyp} leaves 0 to background
+            names = [by_id.get(i, f"class_{i}") for i in range(max(by_id) + 1)]
         elif isinstance(raw, list):
             names = [str(n) for n in raw]
         else:

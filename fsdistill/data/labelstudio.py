@@ -62,10 +62,8 @@ class LabelingConfig:
 
 @dataclass
 class LabelStudioData:
-    """A parsed export: its annotated tasks, the labels its regions use (first-seen order) and what was skipped.
-
-    ``config``: the labelling config found beside the export, if any (it orders and colours the classes).
-    """
+    """A parsed export: its annotated tasks, the labels its regions use (first-seen order), what was skipped, and
+    the labelling config found beside it, if any."""
 
     path: Path
     tasks: list[LabelStudioTask]

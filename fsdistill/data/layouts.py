@@ -43,11 +43,7 @@ LOOKED_FOR = (
 
 @dataclass(frozen=True)
 class FoundPairs:
-    """The pairs one layout detector found in one folder, before mask kinds and class names are decided.
-
-    ``class_folders``: a class-folders layout's folder names (class ids 1.. in this order). ``unmatched_hint``:
-    why a layout that was recognised yielded no pairs.
-    """
+    """The pairs one layout detector found in one folder; ``unmatched_hint``: why a recognised layout has none."""
 
     layout: str
     data_root: Path
@@ -55,14 +51,11 @@ class FoundPairs:
     orphan_images: tuple[Path, ...] = ()
     orphan_masks: tuple[Path, ...] = ()
     warnings: tuple[str, ...] = ()
-    class_folders: tuple[str, ...] | None = None
+    class_folders: tuple[str, ...] | None = None  # class ids 1.. in this order
     coco: CocoData | None = None
     labelstudio: LabelStudioData | None = None
     mask_dir: Path | None = None  # the mask folder of an images/+masks/ layout
     unmatched_hint: str = ""
-
-
-# --------------------------------------------------------------------------------------------- file listing
 
 
 def is_hidden(p: Path) -> bool:
@@ -91,9 +84,6 @@ def _strip_mask_suffix(stem: str) -> str:
         if low.endswith(suf) and len(stem) > len(suf):
             return stem[: -len(suf)]
     return stem
-
-
-# ------------------------------------------------------------------------------------------ layout detectors
 
 
 def _dir_rank(name: str, names: Sequence[str], pattern: str) -> int | None:
@@ -152,8 +142,7 @@ def _find_paired(d: Path) -> FoundPairs | None:
     tried.sort(key=lambda t: t[:4])
     _, _, best_images, best_masks, best = tried[0]
     if not best.samples:
-        ri, si, fi = img_c[0]
-        rm, sm, fm = mask_c[0]
+        (_, si, fi), (_, sm, fm) = img_c[0], mask_c[0]
         return replace(
             best,
             unmatched_hint=(

@@ -60,12 +60,8 @@ MAX_SCANNED_COLOURS = 4096
 
 @dataclass(frozen=True)
 class MaskDecoding:
-    """How a folder's masks decode to class ids, the classes they hold, and the warnings deciding it gave.
-
-    ``binary_threshold``: binary kinds' foreground is value >= it (1 for 0/1 masks). ``colour_table``: rgb kind,
-    colour → class id. ``value_map``: index masks whose values have gaps, (256,) uint8 mask value → class id.
-    ``class_pixels``: pixels of each class over all masks where the scan counts them (index and colour masks),
-    else None. ``names_source``: where ``class_names`` came from, for messages.
+    """How a folder's masks decode to class ids, the classes they hold, and the warnings deciding it gave; the
+    fields are :class:`~fsdistill.data.support_index.SupportIndex`'s of the same names (``kind``: ``mask_kind``).
     """
 
     kind: str
@@ -102,12 +98,9 @@ def _spans(values: list[int]) -> str:
 
 @dataclass(frozen=True)
 class MaskStats:
-    """What one read of every mask saw.
-
-    ``hist``: (256,) int64 pixels per value of grey/palette masks. ``pixels``/``edges``: colour → its pixels
-    over all colour masks (with the greys of grey masks beside them) / those on an object boundary, where
-    resized masks hold blends; empty without colour masks. ``too_many_colours``: the mask at which the colours
-    passed MAX_SCANNED_COLOURS. ``wide_max``: the largest label of 16-bit masks above 255 (0 if none).
+    """What one read of every mask saw. ``hist``: (256,) pixels per value of grey/palette masks. ``pixels``/``edges``:
+    colour → its pixels over all masks / on an object boundary (empty without colour masks). ``too_many_colours``:
+    the mask at which MAX_SCANNED_COLOURS was passed. ``wide_max``: the largest label above 255 (0 if none).
     """
 
     hist: np.ndarray
@@ -133,11 +126,8 @@ class MaskStats:
         return tuple(out)
 
     def looks_antialiased(self) -> bool:
-        """0/255 masks with a fringe of intermediate greys (resized or blurred binary masks).
-
-        Index masks use a few small ids and, when 255 appears, it is a thin ignore border; anti-aliased binary
-        masks have many distinct greys and far more 255 (object) pixels than grey ones.
-        """
+        """0/255 masks with a fringe of greys (resized or blurred binary masks): many distinct greys and far more
+        255 pixels than grey ones, unlike index masks (a few small ids, 255 as a thin ignore border)."""
         hist = self.hist
         if self.palette_mode or hist[255] == 0:
             return False
@@ -211,7 +201,7 @@ def coco_decoding(coco: CocoData) -> MaskDecoding:
 
 def labelstudio_decoding(export: LabelStudioData, names_file: Path | None) -> MaskDecoding:
     """Label Studio regions: the classes of the labelling config beside the export, else of a names file, else the
-    labels its regions use in name order (with a warning: the project's order is not in the export).
+    labels its regions use in name order (with a warning).
 
     Raises:
         DataError: a region label that the config or names file does not list.

@@ -89,13 +89,8 @@ def _read_tiff_mask(path: Path) -> np.ndarray:
 
 
 def read_mask_array(path: Path | str) -> np.ndarray:
-    """Raw mask pixels as stored.
-
-    Returns:
-        H×W for grey, palette (the palette *indices*) and 16/32-bit label masks (dtype uint8, uint16 or int32);
-        H×W×3 uint8 for colour masks. Alpha is dropped and colour images whose three channels are equal
-        collapse to H×W, since many tools save grey masks as RGB.
-    """
+    """Raw mask pixels as stored: H×W for grey, palette (the *indices*) and 16/32-bit label masks, H×W×3 uint8
+    for colour masks (alpha dropped; equal channels collapse to H×W, as many tools save grey masks as RGB)."""
     path = Path(path)
     img = _open_mask(path)
     if isinstance(img, np.ndarray):
@@ -238,17 +233,12 @@ def _blend_sources(colour: Rgb, real: Sequence[Rgb], pixels: Mapping[Rgb, int]) 
 def resolve_blends(
     pixels: Mapping[Rgb, int], edges: Mapping[Rgb, int], real: Sequence[Rgb] | None = None
 ) -> tuple[list[Rgb], dict[Rgb, Rgb]]:
-    """Tell the real colours of colour masks from the blended edge colours that smoothing or resizing left.
+    """(real colours, {blend colour: the nearest real colour it mixes}) of colour masks whose edges smoothing or
+    resizing blended; ``pixels``/``edges``: each colour's pixels over all masks / on a boundary.
 
-    Args:
-        pixels: pixels of each colour over all masks. edges: how many of them lie on a boundary (see edge_pixels).
-        real: the real colours when a label map gives them; None = found here: colours by decreasing pixel count,
-            each one real unless it is a blend of the real colours found before it (then re-checked against the
-            final set, since a tiny class can have fewer pixels than the blends along its own edge).
-
-    Returns:
-        (real colours, most pixels first when found here; {blend colour: the nearest real colour it mixes}).
-        With ``real`` given, colours that are neither real nor blends are in neither (the caller reports them).
+    ``real``: the real colours when a label map gives them (other colours are then in neither result); None =
+    found here, most pixels first: each colour is real unless it blends the real ones found before it, then
+    re-checked against the final set (a tiny class can have fewer pixels than the blends along its own edge).
     """
 
     def is_blendlike(colour: Rgb) -> bool:
@@ -332,11 +322,8 @@ _LABELMAP_LINE = re.compile(r"^\s*([^:#][^:]*?)\s*:\s*(\d+)\s*,\s*(\d+)\s*,\s*(\
 
 
 def parse_labelmap(path: Path | str) -> tuple[list[str], list[Rgb]]:
-    """Read a CVAT/Datumaro ``labelmap.txt`` (``# label:color_rgb:parts:actions`` then ``name:r,g,b::`` lines).
-
-    Returns:
-        (names, colours) with "background" first: the entry named background (or coloured 0,0,0) becomes index 0;
-        if there is none, ("background", (0, 0, 0)) is prepended. Other entries keep their file order.
+    """(names, colours) of a CVAT/Datumaro ``labelmap.txt`` (``name:r,g,b::`` lines), in file order except the
+    entry named background (else coloured 0,0,0; else a new ("background", (0, 0, 0))), which comes first.
 
     Raises:
         DataError: unreadable file, a malformed line, a channel above 255, a duplicate name or colour.

@@ -65,8 +65,7 @@ class SupportIndex:
     binary_threshold: int = 128  # binary kinds: foreground = value >= this (1 for 0/1 masks)
     colour_table: dict[Rgb, int] | None = field(default=None, repr=False)  # rgb kind: colour -> class id
     value_map: np.ndarray | None = field(default=None, repr=False)  # index kind: 256 mask values -> class ids
-    # Pixels of each class over all masks at full resolution, where the folder scan counts them (index and colour
-    # masks); None elsewhere (binary, COCO, DSB2018, class folders).
+    # Pixels of each class over all masks where the folder scan counts them (index and colour masks), else None.
     class_pixels: list[int] | None = field(default=None, repr=False)
     coco: CocoData | None = field(default=None, repr=False)
     labelstudio: LabelStudioData | None = field(default=None, repr=False)
@@ -79,10 +78,7 @@ class SupportIndex:
         return read_image(self.samples[i].image_path)
 
     def load_mask(self, i: int, size: tuple[int, int] | None = None) -> np.ndarray:
-        """H×W uint8 class ids of sample ``i``; 255 = ignore.
-
-        Args:
-            size: the image's (width, height) when already known; read from the image header otherwise.
+        """H×W uint8 class ids of sample ``i``; ``size``: the image's (width, height) if known (else read).
 
         Raises:
             DataError: unreadable mask, a size that differs from the image's, an unknown colour, or a class id
