@@ -1,9 +1,5 @@
 """COCO JSON annotations (polygons, uncompressed and compressed RLE) → H×W uint8 class-id masks, without
-pycocotools.
-
-Categories become class ids 1..N in the order of ``categories``. Crowd regions (``iscrowd: 1``) become 255
-(ignore): nobody drew their exact extent, so they should teach neither foreground nor background.
-"""
+pycocotools."""
 
 from __future__ import annotations
 
@@ -75,6 +71,7 @@ class CocoData:
             m = annotation_mask(ann, h, w, self.path)
             if m is None:
                 continue
+            # Nobody drew a crowd region's exact extent: it should teach neither foreground nor background.
             crowd = bool(ann.get("iscrowd", 0))
             value = IGNORE_INDEX if crowd else class_of[int(ann["category_id"])]
             layers.append((0 if crowd else 1, -int(m.sum()), m, value))

@@ -1,8 +1,5 @@
-"""Find the image/mask pairs and the classes of a support folder, whatever layout the user already has.
-
-Composes :mod:`~fsdistill.data.layouts` (the pairs), :mod:`~fsdistill.data.classes` (the names file) and
-:mod:`~fsdistill.data.mask_kinds` (how masks encode classes) into one :class:`SupportIndex`.
-"""
+"""Find the image/mask pairs (:mod:`.layouts`) and the classes (:mod:`.classes`, :mod:`.mask_kinds`) of a support
+folder, whatever layout the user already has."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """Label Studio JSON exports (brush and polygon regions) → H×W uint8 class-id masks, without its SDK.
 
-Per task the latest annotation that was not cancelled is used (a ``ground_truth`` one first); its regions are
-painted in order, so a later region wins where two overlap. The export holds no images: each task's image is
-looked for beside the JSON (:func:`image_candidates`).
+Per task the latest annotation that was not cancelled is used (a ``ground_truth`` one first); a later region wins
+where two overlap.
 """
 
 from __future__ import annotations

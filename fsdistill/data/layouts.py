@@ -1,8 +1,5 @@
-"""Find the image/mask pairs of a support folder in the folder layouts users already have (README's table).
-
-Detectors are tried in :func:`_detect`'s order in the folder, then in each subfolder. Only file names (and
-annotation JSON) are read here; masks are read in :mod:`fsdistill.data.mask_kinds`.
-"""
+"""Find the image/mask pairs of a support folder in the folder layouts users already have (README's table), from
+file names and annotation JSON only."""
 
 from __future__ import annotations
 

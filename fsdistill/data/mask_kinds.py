@@ -1,8 +1,5 @@
-"""Decide how the mask files of a support folder encode classes (``SupportIndex.mask_kind``), and which classes.
-
-Paired masks are read once (:func:`scan_masks`) and classified by their values; COCO, Label Studio and DSB2018
-annotations are not read here.
-"""
+"""Decide how the mask files of a support folder encode classes (``SupportIndex.mask_kind``), and which classes;
+paired masks are read once (:func:`scan_masks`) and classified by their values."""
 
 from __future__ import annotations
 

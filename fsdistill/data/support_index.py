@@ -30,12 +30,9 @@ __all__ = ["Sample", "SupportIndex"]
 
 @dataclass(frozen=True)
 class Sample:
-    """One image with its annotation.
-
-    ``key``: unique and stable (the image's path relative to its image folder without suffix, a DSB2018 id), for
-    leakage checks and output names. ``mask_paths``: one file, one per object for DSB2018, the JSON for COCO and
-    Label Studio. ``task_index``: the task's position among a Label Studio export's annotated tasks.
-    ``class_id``: the class a binary mask's foreground becomes (the folder's class for class folders, else 1).
+    """One image with its annotation. ``key``: unique and stable (the image's path relative to its image folder
+    without suffix), for leakage checks and output names. ``mask_paths``: one per object for DSB2018, the JSON
+    for COCO and Label Studio. ``class_id``: the class a binary mask's foreground becomes.
     """
 
     key: str
