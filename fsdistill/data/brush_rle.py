@@ -1,10 +1,8 @@
 """Label Studio's brush RLE (the ``rle`` byte list of a ``brushlabels`` result), without its SDK.
 
-The W×H RGBA canvas (0/255 per channel) is packed by its front end's ``rle-pack`` bit stream, MSB first: a
-header (value count 4·W·H in 32 bits, word size minus 1 in 5 bits, four run-length field sizes minus 1 in 4 bits
-each), then chunks of a flag bit (1 = one repeated value, 0 = literals), 2 bits choosing a field size, the chunk
-length minus 1 in that many bits, and the repeated value once or every literal. Only alpha is read back (≥ 128 =
-painted).
+The W×H RGBA canvas (0/255 per channel) is packed by its front end's ``rle-pack`` bit stream: a header (value
+count, word size, four length-field sizes), then chunks of a flag (1 = one repeated value, 0 = literals), a length
+field choice, the length and the value(s). Only alpha is read back (≥ 128 = painted).
 """
 
 from __future__ import annotations

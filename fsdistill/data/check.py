@@ -22,8 +22,7 @@ __all__ = [
     "MAX_REPORTED_PROBLEMS",
 ]
 
-# A class covering under 0.1% of an image is about 12×12 px once the image is resized to 384×384, less than one
-# cell of a stride-32 feature map: such objects are easily lost at the model's input size.
+# Under 0.1% of an image is about 12×12 px at 384×384, less than a stride-32 feature cell: easily lost.
 TINY_FRACTION = 0.001
 # Few-shot adaptation needs one example to learn from and another to check against.
 MIN_IMAGES_PER_CLASS = 2

@@ -139,7 +139,6 @@ def load_coco(path: Path, data: dict[str, Any]) -> CocoData:
         )
     known_cats = set(cat_ids)
     anns: dict[int, list[dict[str, Any]]] = {}
-    with_masks = 0
     for a in data["annotations"]:
         if not isinstance(a, dict) or "image_id" not in a or "category_id" not in a:
             raise _bad(path, f"has an annotation without image_id or category_id ({str(a)[:80]})")
@@ -149,10 +148,8 @@ def load_coco(path: Path, data: dict[str, Any]) -> CocoData:
             raise _bad(path, f"has annotation {a.get('id', '?')} for image id {iid}, which is not in images")
         if cid not in known_cats:
             raise _bad(path, f"has annotation {a.get('id', '?')} with category id {cid}, which is not in categories")
-        if a.get("segmentation"):
-            with_masks += 1
         anns.setdefault(iid, []).append(a)
-    if data["annotations"] and not with_masks:
+    if data["annotations"] and not any(a.get("segmentation") for a in data["annotations"]):
         raise DataError(
             f"COCO file {path} has only boxes, no segmentation polygons or RLE masks; export segmentation masks."
         )
@@ -225,11 +222,8 @@ def decode_rle(counts: Sequence[int], height: int, width: int) -> np.ndarray:
 
 
 def rasterize_polygons(polygons: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
-    """COCO polygons (each a flat ``[x1, y1, x2, y2, ...]`` in pixel-edge coordinates) → H×W bool.
-
-    Vertices move by −0.5 px to pixel-centre coordinates and are drawn with 4 fractional bits; ``cv2.fillPoly``
-    includes boundary pixels, so an object is at most one pixel wider than pycocotools draws it.
-    """
+    """COCO polygons (each a flat ``[x1, y1, x2, y2, ...]`` in pixel-edge coordinates) → H×W bool, at most one
+    pixel wider than pycocotools draws them (``cv2.fillPoly`` includes boundary pixels)."""
     out = np.zeros((height, width), np.uint8)
     pts = []
     for poly in polygons:

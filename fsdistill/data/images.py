@@ -89,8 +89,7 @@ def to_uint8_rgb(arr: np.ndarray) -> np.ndarray:
         a = a[..., None]
     if a.ndim != 3 or a.shape[0] == 0 or a.shape[1] == 0:
         raise ValueError(f"not an image array: shape {np.shape(arr)}")
-    c = a.shape[-1]
-    a = a[..., :1] if c in (1, 2) else a[..., :3]
+    a = a[..., :1] if a.shape[-1] in (1, 2) else a[..., :3]
     a = _scale_to_uint8(a)
     if a.shape[-1] == 1:
         a = np.repeat(a, 3, axis=-1)

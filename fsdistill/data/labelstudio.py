@@ -77,11 +77,10 @@ class LabelStudioData:
         return next((t.name for t in self.tasks if any(_label(r) == label for r in t.results)), "?")
 
     def mask(self, index: int, height: int, width: int, class_names: list[str]) -> np.ndarray:
-        """H×W uint8 class ids of ``tasks[index]`` (0 background), its labels mapped by name to ``class_names``.
+        """H×W uint8 class ids of ``tasks[index]``, its labels mapped by name to ``class_names``.
 
         Raises:
-            DataError: a label not in ``class_names``, a region whose size differs from the image's, or an RLE
-                that does not decode.
+            DataError: an unknown label, a region whose size differs from the image's, or an RLE that does not decode.
         """
         task = self.tasks[index]
         class_of = {name: k for k, name in enumerate(class_names)}
@@ -194,10 +193,8 @@ def _pick_annotation(annotations: list[Any]) -> tuple[dict[str, Any] | None, int
 
 
 def load_labelstudio(path: Path, data: list[dict[str, Any]], config: LabelingConfig | None) -> LabelStudioData:
-    """Validate the parsed export ``data`` (:func:`parse_labelstudio_json`) of ``path``.
-
-    The task data field that holds the image is the one the ``config``'s ``<Image value="$...">`` names; without
-    one, ``image``, else the one data field whose value names an image file.
+    """Validate the parsed export ``data`` (:func:`parse_labelstudio_json`) of ``path``; a task's image is the data
+    field that the ``config``'s ``<Image value="$...">`` names, else ``image``, else the one naming an image file.
 
     Raises:
         DataError: a task without an image field, or a mask region without label, rle or points.
@@ -207,7 +204,6 @@ def load_labelstudio(path: Path, data: list[dict[str, Any]], config: LabelingCon
     ignored: dict[str, int] = {}
     unannotated = several = 0
     for index, raw in enumerate(data):
-        # By id; by position where hand-made files have no ids.
         task_name = f"task {raw['id']}" if raw.get("id") is not None else f"task #{index + 1}"
         annotations = raw.get("annotations")
         chosen, usable = _pick_annotation(annotations if isinstance(annotations, list) else [])

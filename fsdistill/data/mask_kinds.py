@@ -154,8 +154,7 @@ def scan_masks(paths: Sequence[Path]) -> MaskStats:
         try:
             a = read_mask_array(p)
         except DataError:
-            # Left out of the kind decision only: decoding the pair raises the same error, and check collects
-            # every such error instead of stopping at the first unreadable mask here.
+            # Decoding the pair raises the same error, and check collects them all instead of stopping here.
             continue
         if a.ndim == 3:
             if too_many_colours is None:
@@ -303,13 +302,7 @@ def decide_mask_kind(
 
 def _class_folder_decoding(masks: Sequence[Path], class_folders: Sequence[str], jpeg: bool) -> MaskDecoding:
     """Binary masks whose foreground is their folder's class; 0/1 masks get threshold 1."""
-    if jpeg:
-        thr = 128
-    else:
-        hist = np.zeros(256, np.int64)
-        for m in masks:
-            hist += np.bincount(read_binary_source(m).ravel(), minlength=256)
-        thr = 1 if hist[2:].sum() == 0 else 128
+    thr = 128 if jpeg or max(int(read_binary_source(m).max(initial=0)) for m in masks) > 1 else 1
     names = ("background", *class_folders)
     return _decoding("jpeg-binary" if jpeg else "binary", names, "class folder names", binary_threshold=thr)
 

@@ -192,11 +192,10 @@ def edge_pixels(labels: np.ndarray) -> np.ndarray:
     return edge
 
 
-# Smoothed or bilinearly resized colour masks hold, along each boundary, mixtures of the colours that meet there.
-# A colour counts as such a blend when it lies within BLEND_TOLERANCE (RGB distance) of the segment between two
-# real colours (or of the triangle of three, where three regions meet), at least BLEND_EDGE_FRACTION of its pixels
-# are on a boundary, and it has at most BLEND_MAX_SHARE of the pixels of each colour it mixes. 6 allows the
-# rounding of 8-bit blends (< 1) and blends computed in linear light, which curve slightly off the segment.
+# A colour in smoothed or resized colour masks is a blend when it lies within BLEND_TOLERANCE (RGB distance) of the
+# segment between two real colours (or the triangle of three), at least BLEND_EDGE_FRACTION of its pixels are on a
+# boundary, and it has at most BLEND_MAX_SHARE of the pixels of each colour it mixes. 6 allows the rounding of
+# 8-bit blends and blends computed in linear light, which curve slightly off the segment.
 BLEND_TOLERANCE = 6.0
 BLEND_EDGE_FRACTION = 0.5
 BLEND_MAX_SHARE = 0.5

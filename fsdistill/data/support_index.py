@@ -82,7 +82,7 @@ class SupportIndex:
                 ≥ len(class_names) other than 255.
         """
         s = self.samples[i]
-        where = s.mask_paths[0] if s.mask_paths else s.image_path
+        where = s.mask_paths[0]
         w, h = size if size is not None else image_size(s.image_path)
         if self.layout == "coco":
             assert self.coco is not None and s.coco_id is not None
