@@ -130,13 +130,8 @@ def load_coco(path: Path, data: dict[str, Any]) -> CocoData:
         iid = _int(im["id"], path, "image id")
         if iid in images:
             raise _bad(path, f"lists image id {iid} twice")
-        w, h = im.get("width"), im.get("height")
-        images[iid] = CocoImage(
-            iid,
-            str(im["file_name"]),
-            None if w is None else _int(w, path, "image width"),
-            None if h is None else _int(h, path, "image height"),
-        )
+        w, h = (None if im.get(k) is None else _int(im[k], path, f"image {k}") for k in ("width", "height"))
+        images[iid] = CocoImage(iid, str(im["file_name"]), w, h)
     known_cats = set(cat_ids)
     anns: dict[int, list[dict[str, Any]]] = {}
     for a in data["annotations"]:

@@ -48,10 +48,9 @@ def discover(root: Path | str) -> SupportIndex:
         )
     orphan_images, orphan_masks = sorted(found.orphan_images), sorted(found.orphan_masks)
     warnings = [*found.warnings, *decoding.warnings]
-    if orphan_images:
-        warnings.append(f"{len(orphan_images)} images have no mask (e.g. {orphan_images[0].name}); they are not used.")
-    if orphan_masks:
-        warnings.append(f"{len(orphan_masks)} masks have no image (e.g. {orphan_masks[0].name}); they are not used.")
+    for lone, what in ((orphan_images, "images have no mask"), (orphan_masks, "masks have no image")):
+        if lone:
+            warnings.append(f"{len(lone)} {what} (e.g. {lone[0].name}); they are not used.")
     return SupportIndex(
         root=root,
         layout=layout,

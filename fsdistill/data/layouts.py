@@ -61,7 +61,6 @@ def is_hidden(p: Path) -> bool:
 
 
 def subdirs(d: Path) -> list[Path]:
-    """The visible subfolders of ``d``, sorted."""
     return sorted(p for p in d.iterdir() if p.is_dir() and not is_hidden(p))
 
 
@@ -223,7 +222,6 @@ def _find_dsb(d: Path) -> FoundPairs | None:
     samples: list[Sample] = []
     oi: list[Path] = []
     om: list[Path] = []
-    seen = False
     for s in subdirs(d):
         idir, mdir = s / "images", s / "masks"
         if not idir.is_dir():
@@ -234,14 +232,13 @@ def _find_dsb(d: Path) -> FoundPairs | None:
         masks = _image_files(mdir) if mdir.is_dir() else []
         if imgs and any(_strip_mask_suffix(m.stem) == imgs[0].stem for m in masks):
             return None  # masks named like the image: a paired folder (e.g. train/, val/), not per-object files
-        seen = seen or bool(masks)
         if imgs and masks:
             samples.append(Sample(s.name, imgs[0], tuple(masks)))
         elif imgs:
             oi.append(imgs[0])
         else:
             om += masks
-    if not seen:
+    if not samples and not om:  # no folder had per-object masks
         return None
     return FoundPairs("dsb2018", d, tuple(samples), tuple(oi), tuple(om))
 

@@ -285,16 +285,12 @@ def decide_mask_kind(
         if st.pixels:
             decoding = _colour_decoding(st, file_names, names_file, where)
         elif st.wide_max:
-            decoding = _decoding(
-                "instances",
-                binary_class_names(file_names) or BINARY_NAMES,
-                names_source(names_file),
-                binary_threshold=1,
-                warnings=(
-                    f"Masks such as {st.wide_example.name if st.wide_example else '?'} hold 16-bit labels up to "
-                    f"{st.wide_max}; they are read as instance labels and every label > 0 becomes foreground.",
-                ),
+            wide = (
+                f"Masks such as {st.wide_example.name if st.wide_example else '?'} hold 16-bit labels up to "
+                f"{st.wide_max}; they are read as instance labels and every label > 0 becomes foreground."
             )
+            names = binary_class_names(file_names) or BINARY_NAMES
+            decoding = _decoding("instances", names, names_source(names_file), binary_threshold=1, warnings=(wide,))
         else:
             decoding = _grey_decoding(st, file_names, names_source(names_file))
     return replace(decoding, warnings=(*first, *decoding.warnings))
@@ -408,8 +404,7 @@ def _grey_decoding(st: MaskStats, file_names: list[str] | None, source: str) -> 
         thr = 1 if values <= {0, 1} else 128
         return _decoding("binary", names, source, binary_threshold=thr, warnings=warnings)
     if file_names is not None:  # index masks whose values are the class ids of a names file
-        n = len(file_names)
-        return _decoding("index", file_names, source, class_pixels=st.index_pixels(n), warnings=warnings)
+        return _decoding("index", file_names, source, class_pixels=st.index_pixels(len(file_names)), warnings=warnings)
     ids = sorted(values - {IGNORE_INDEX, 0})
     if ids != list(range(1, len(ids) + 1)):
         # Values with gaps ({0, 1, 2, 7}): only the values that occur become classes (in order, named by value), so

@@ -110,7 +110,6 @@ def read_mask_array(path: Path | str) -> np.ndarray:
 
 
 def _collapse_grey_rgb(rgb: np.ndarray) -> np.ndarray:
-    """H×W×3 whose three channels are equal → H×W; anything else unchanged (made contiguous)."""
     if rgb.ndim == 3 and (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all():
         return np.ascontiguousarray(rgb[..., 0])
     return np.ascontiguousarray(rgb)
