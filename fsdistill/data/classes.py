@@ -66,9 +66,7 @@ def read_class_names(path: Path | str) -> list[str]:
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"Cannot read names file {path}: {e}; save it as UTF-8 text.") from e
     if path.suffix.lower() == ".txt":
-        lines = [ln.strip() for ln in text.splitlines()]
-        while lines and not lines[-1]:
-            lines.pop()
+        lines = [ln.strip() for ln in text.rstrip().splitlines()]  # trailing blank lines are not names
         names = [ln for ln in lines if not ln.startswith("#")]
     else:
         try:
