@@ -1,16 +1,8 @@
-"""Label Studio's brush RLE: the ``rle`` list of a ``brushlabels`` result, encoded and decoded without its SDK.
+"""Label Studio's brush RLE (the ``rle`` byte list of a ``brushlabels`` result), without its SDK.
 
-Label Studio stores a brush mask as the RGBA pixels of a W×H canvas (row-major, 4 bytes per pixel, 0/255 in
-every channel for a painted pixel) packed by the ``rle-pack`` scheme of its front end, as a list of byte values.
-The bit stream (most significant bit first, zero-padded to whole bytes) is:
-
-- a header: the number of values (32 bits, 4·W·H), the word size minus 1 (5 bits, 7 for bytes), and the four
-  run-length field sizes minus 1 (4 bits each; Label Studio uses 3, 4, 8 and 16 bits);
-- then chunks until that many values are produced: a flag bit (1 = a run of one repeated value, 0 = literal
-  values), 2 bits choosing one of the four field sizes, the chunk length minus 1 in that many bits, then the
-  repeated value once (flag 1) or every literal value (flag 0), each one word long.
-
-Only the alpha channel is read back as the mask (``≥ 128`` = painted), as Label Studio's own converter does.
+The W×H RGBA canvas (0/255 per channel) is packed by its front end's ``rle-pack`` bit stream: a header (value
+count, word size, four length-field sizes), then chunks of a flag (1 = one repeated value, 0 = literals), a length
+field choice, the length and the value(s). Only alpha is read back (≥ 128 = painted).
 """
 
 from __future__ import annotations
@@ -31,11 +23,8 @@ class BrushRleError(ValueError):
 
 
 def encode_brush_rle(mask: np.ndarray) -> list[int]:
-    """H×W mask (nonzero = painted) → Label Studio brush RLE (a list of byte values, 0..255).
-
-    Every run of equal pixels becomes one repeated-value chunk of 4 × its length values (the pixel's four RGBA
-    bytes), split into chunks of at most 65536 values; the smallest length field that holds it is used.
-    """
+    """H×W mask (nonzero = painted) → Label Studio brush RLE: one repeated-value chunk per run of equal pixels
+    (split at 65536 values), each with the smallest length field that holds it."""
     flat = (np.asarray(mask).reshape(-1) != 0).view(np.uint8)
     header = f"{4 * flat.size:032b}{_WORD - 1:05b}" + "".join(f"{b - 1:04b}" for b in _FIELD_BITS)
     parts = [header]

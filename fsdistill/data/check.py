@@ -1,8 +1,5 @@
-"""Validate a support folder and summarise it (``fsdistill check``).
-
-:func:`check_support` decodes every pair, so any unreadable image, size mismatch, unknown colour or class id
-beyond the names file raises :class:`~fsdistill.errors.DataError` naming the file, before hours of training.
-"""
+"""Validate a support folder and summarise it (``fsdistill check``): every pair is decoded, so a broken file is
+named before hours of training."""
 
 from __future__ import annotations
 
@@ -13,21 +10,19 @@ from typing import Any
 
 import numpy as np
 
-from fsdistill.data.discover import SupportIndex, discover
+from fsdistill.data.discover import discover
 from fsdistill.data.masks import IGNORE_INDEX
 from fsdistill.errors import DataError
 
 __all__ = [
     "CheckReport",
     "check_support",
-    "check_index",
     "TINY_FRACTION",
     "MIN_IMAGES_PER_CLASS",
     "MAX_REPORTED_PROBLEMS",
 ]
 
-# A class covering under 0.1% of an image is about 12×12 px once the image is resized to 384×384, less than one
-# cell of a stride-32 feature map: such objects are easily lost at the model's input size.
+# Under 0.1% of an image is about 12×12 px at 384×384, less than a stride-32 feature cell: easily lost.
 TINY_FRACTION = 0.001
 # Few-shot adaptation needs one example to learn from and another to check against.
 MIN_IMAGES_PER_CLASS = 2
@@ -116,16 +111,15 @@ def _problems_message(problems: list[str], pairs: int, root: Path) -> str:
     return "\n".join(lines)
 
 
-def check_index(index: SupportIndex, progress: Callable[[int, int], None] | None = None) -> CheckReport:
-    """Decode every pair of an already discovered support set and build the report.
-
-    Args:
-        progress: called as ``progress(done, total)`` after each pair (for a progress bar; the library never prints).
+def check_support(root: Path | str, progress: Callable[[int, int], None] | None = None) -> CheckReport:
+    """Discover a support folder, decode every pair and report what was found; ``progress(done, total)`` is
+    called after each pair (the library never prints).
 
     Raises:
-        DataError: an unreadable image or mask, a size mismatch, an unknown colour or class id (all broken pairs
-            are checked: the message lists each, up to ``MAX_REPORTED_PROBLEMS``), or all masks empty.
+        DataError: nothing usable (missing/empty folder, no pairs, all masks empty), or broken pairs (listed, up
+            to ``MAX_REPORTED_PROBLEMS``).
     """
+    index = discover(root)
     names = index.class_names
     k = len(names)
     pixels = np.zeros(k, np.int64)
@@ -223,12 +217,3 @@ def check_index(index: SupportIndex, progress: Callable[[int, int], None] | None
         max_height=max(heights, default=0),
         warnings=warnings,
     )
-
-
-def check_support(root: Path | str, progress: Callable[[int, int], None] | None = None) -> CheckReport:
-    """Discover a support folder, decode every pair and report what was found (see :class:`CheckReport`).
-
-    Raises:
-        DataError: nothing usable (missing/empty folder, no pairs, all masks empty) or a broken file.
-    """
-    return check_index(discover(root), progress=progress)

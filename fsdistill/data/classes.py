@@ -1,10 +1,4 @@
-"""Class names of a support folder: names files, and the defaults used without one.
-
-Names are background first (id 0) and unique. They come from a ``labelmap.txt`` (names and colours), a
-``classes.txt`` / ``class_names.txt`` / ``names.txt`` (one per line), a YAML/JSON with ``names:``, COCO
-``categories``, class folder names, or else the defaults (``background``, ``foreground`` for binary masks;
-``class_<value>`` for mask values, chosen in :mod:`fsdistill.data.mask_kinds`).
-"""
+"""Class names of a support folder (background first at id 0, unique): names files, and the defaults without one."""
 
 from __future__ import annotations
 
@@ -14,17 +8,15 @@ from pathlib import Path
 
 import yaml
 
-from fsdistill.data.coco import CocoData
 from fsdistill.data.layouts import is_hidden
 from fsdistill.data.masks import BACKGROUND_NAMES, parse_labelmap
 from fsdistill.errors import DataError
 
 __all__ = [
     "BINARY_NAMES",
+    "background_first",
     "binary_class_names",
-    "coco_class_names",
     "find_names_file",
-    "instance_class_names",
     "is_labelmap",
     "names_source",
     "read_class_names",
@@ -43,7 +35,7 @@ def names_source(names_file: Path | None) -> str:
     return names_file.name if names_file else "defaults"
 
 
-def _background_first(names: list[str], path: Path) -> list[str]:
+def background_first(names: list[str], path: Path) -> list[str]:
     """``names`` stripped, with "background" put first at id 0 when no background name is listed."""
     names = [n.strip() for n in names]
     if any(not n for n in names):
@@ -61,8 +53,7 @@ def _background_first(names: list[str], path: Path) -> list[str]:
 
 def read_class_names(path: Path | str) -> list[str]:
     """Class names from ``classes.txt`` (one per line, line = id), ``labelmap.txt`` or a YAML/JSON with
-    ``names:`` (a list, or {id: name}). "background" is put first at id 0 when the file does not start with it;
-    ids missing from a {id: name} mapping are named ``class_<id>``.
+    ``names:`` (a list, or {id: name}; missing ids are named ``class_<id>``), "background" first at id 0.
 
     Raises:
         DataError: unreadable file, no names, duplicates, or background not first.
@@ -75,9 +66,7 @@ def read_class_names(path: Path | str) -> list[str]:
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"Cannot read names file {path}: {e}; save it as UTF-8 text.") from e
     if path.suffix.lower() == ".txt":
-        lines = [ln.strip() for ln in text.splitlines()]
-        while lines and not lines[-1]:
-            lines.pop()
+        lines = [ln.strip() for ln in text.rstrip().splitlines()]  # trailing blank lines are not names
         names = [ln for ln in lines if not ln.startswith("#")]
     else:
         try:
@@ -94,17 +83,15 @@ def read_class_names(path: Path | str) -> list[str]:
                 ) from e
             if not by_id or min(by_id) < 0:
                 raise DataError(f"Names file {path} has no names or a negative id; use ids 0, 1, 2, ...")
-            start = 0 if 0 in by_id else 1  # {1: polyp} leaves 0 to background
-            names = ([] if start == 0 else ["background"]) + [
-                by_id.get(i, f"class_{i}") for i in range(start, max(by_id) + 1)
-            ]
+            by_id.setdefault(0, "background")  # {1: polyp} leaves 0 to background
+            names = [by_id.get(i, f"class_{i}") for i in range(max(by_id) + 1)]
         elif isinstance(raw, list):
             names = [str(n) for n in raw]
         else:
             raise DataError(f"Names file {path} has no names: list or mapping; add names: [background, ...].")
     if not names:
         raise DataError(f"Names file {path} lists no class names; add one name per line.")
-    return _background_first(names, path)
+    return background_first(names, path)
 
 
 def find_names_file(dirs: Iterable[Path]) -> Path | None:
@@ -135,29 +122,3 @@ def binary_class_names(file_names: list[str] | None) -> list[str]:
     if file_names is not None and len(file_names) != 2:
         return []
     return file_names or list(BINARY_NAMES)
-
-
-def coco_class_names(coco: CocoData) -> list[str]:
-    """COCO categories in id order with background put first.
-
-    Raises:
-        DataError: an empty or duplicate name, or a category named background (id 0 is background).
-    """
-    names = _background_first(list(coco.names), coco.path)
-    if len(names) != len(coco.names) + 1:
-        raise DataError(f"COCO file {coco.path} has a category named background; rename it (background is id 0).")
-    return names
-
-
-def instance_class_names(names_file: Path | None) -> list[str]:
-    """Names of a DSB2018 folder (per-object masks, one class): the names file's, else the defaults.
-
-    Raises:
-        DataError: the names file lists more or fewer than one class.
-    """
-    names = read_class_names(names_file) if names_file else list(BINARY_NAMES)
-    if len(names) != 2:
-        raise DataError(
-            f"DSB2018 instance masks are binary but {names_file} lists {len(names)} classes; list one class."
-        )
-    return names

@@ -1,15 +1,5 @@
-"""COCO JSON annotations → H×W uint8 class-id masks, without pycocotools.
-
-Handles polygons (rasterised with ``cv2.fillPoly``), uncompressed RLE (``counts`` a list) and compressed RLE
-(``counts`` the COCO string: 6-bit characters offset by 48, 5 payload bits each, 0x20 = "more follows",
-0x10 = sign of the last chunk, and counts after the third stored as differences to the count two before).
-RLE runs are column-major (Fortran order) and start with a run of zeros.
-
-Category ids are remapped to contiguous class ids 1..N in the order of the ``categories`` list; 0 is background.
-Crowd regions (``iscrowd: 1``) become 255 (ignore): they mark a group of objects whose exact extent nobody drew,
-so they should neither teach "foreground" nor "background". Objects are painted largest first, so a small
-object lying on a large one stays visible.
-"""
+"""COCO JSON annotations (polygons, uncompressed and compressed RLE) → H×W uint8 class-id masks, without
+pycocotools."""
 
 from __future__ import annotations
 
@@ -61,14 +51,11 @@ class CocoData:
 
     @property
     def class_of(self) -> dict[int, int]:
-        """COCO category id → contiguous class id 1..N (order of ``categories``)."""
+        """COCO category id → class id 1..N."""
         return {cid: k + 1 for k, cid in enumerate(self.category_ids)}
 
     def mask(self, image_id: int, height: int | None = None, width: int | None = None) -> np.ndarray:
-        """H×W uint8 class ids of one image (0 background, 1..N categories, 255 crowd/ignore).
-
-        ``height``/``width`` default to the image entry's; pass the real image size when the file lacks them.
-        """
+        """H×W uint8 class ids of one image (255 crowd); ``height``/``width`` are used where the entry lacks them."""
         img = self.images[image_id]
         h = img.height if img.height is not None else height
         w = img.width if img.width is not None else width
@@ -77,12 +64,14 @@ class CocoData:
                 f"COCO file {self.path} gives no width/height for image {img.file_name!r}; add them to its entry."
             )
         class_of = self.class_of
-        # (0 for crowd, -area, mask, value): sorting paints crowd first, then objects largest first.
+        # (0 for crowd, -area, mask, value): crowd is painted first, then objects largest first, so a small object
+        # lying on a large one stays visible.
         layers: list[tuple[int, int, np.ndarray, int]] = []
         for ann in self.annotations.get(image_id, []):
             m = annotation_mask(ann, h, w, self.path)
             if m is None:
                 continue
+            # Nobody drew a crowd region's exact extent: it should teach neither foreground nor background.
             crowd = bool(ann.get("iscrowd", 0))
             value = IGNORE_INDEX if crowd else class_of[int(ann["category_id"])]
             layers.append((0 if crowd else 1, -int(m.sum()), m, value))
@@ -115,21 +104,13 @@ def _int(v: Any, path: Path, what: str) -> int:
     return int(v)
 
 
-def load_coco(path: Path | str, data: dict[str, Any] | None = None) -> CocoData:
-    """Parse and validate a COCO file (``data`` = its already parsed JSON, to avoid reading it twice).
+def load_coco(path: Path, data: dict[str, Any]) -> CocoData:
+    """Validate the parsed JSON (:func:`read_coco_json`) of the COCO file ``path``.
 
     Raises:
-        DataError: not a COCO file, missing keys, duplicate ids, an annotation pointing at an unknown image or
-            category, or annotations that are all boxes without masks.
+        DataError: missing keys, duplicate ids, an annotation pointing at an unknown image or category, or
+            annotations that are all boxes without masks.
     """
-    path = Path(path)
-    if data is None:
-        data = read_coco_json(path)
-        if data is None:
-            raise DataError(
-                f"{path} is not a COCO annotation file (a JSON object with images, annotations and categories); "
-                "export COCO JSON from the annotation tool."
-            )
     cat_ids: list[int] = []
     names: list[str] = []
     for c in data["categories"]:
@@ -149,16 +130,10 @@ def load_coco(path: Path | str, data: dict[str, Any] | None = None) -> CocoData:
         iid = _int(im["id"], path, "image id")
         if iid in images:
             raise _bad(path, f"lists image id {iid} twice")
-        w, h = im.get("width"), im.get("height")
-        images[iid] = CocoImage(
-            iid,
-            str(im["file_name"]),
-            None if w is None else _int(w, path, "image width"),
-            None if h is None else _int(h, path, "image height"),
-        )
+        w, h = (None if im.get(k) is None else _int(im[k], path, f"image {k}") for k in ("width", "height"))
+        images[iid] = CocoImage(iid, str(im["file_name"]), w, h)
     known_cats = set(cat_ids)
     anns: dict[int, list[dict[str, Any]]] = {}
-    with_masks = 0
     for a in data["annotations"]:
         if not isinstance(a, dict) or "image_id" not in a or "category_id" not in a:
             raise _bad(path, f"has an annotation without image_id or category_id ({str(a)[:80]})")
@@ -168,10 +143,8 @@ def load_coco(path: Path | str, data: dict[str, Any] | None = None) -> CocoData:
             raise _bad(path, f"has annotation {a.get('id', '?')} for image id {iid}, which is not in images")
         if cid not in known_cats:
             raise _bad(path, f"has annotation {a.get('id', '?')} with category id {cid}, which is not in categories")
-        if a.get("segmentation"):
-            with_masks += 1
         anns.setdefault(iid, []).append(a)
-    if data["annotations"] and not with_masks:
+    if data["annotations"] and not any(a.get("segmentation") for a in data["annotations"]):
         raise DataError(
             f"COCO file {path} has only boxes, no segmentation polygons or RLE masks; export segmentation masks."
         )
@@ -244,11 +217,8 @@ def decode_rle(counts: Sequence[int], height: int, width: int) -> np.ndarray:
 
 
 def rasterize_polygons(polygons: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
-    """COCO polygons (each a flat ``[x1, y1, x2, y2, ...]`` in pixel-edge coordinates) → H×W bool.
-
-    Vertices move by −0.5 px to pixel-centre coordinates and are drawn with 4 fractional bits; ``cv2.fillPoly``
-    includes boundary pixels, so an object is at most one pixel wider than pycocotools draws it.
-    """
+    """COCO polygons (each a flat ``[x1, y1, x2, y2, ...]`` in pixel-edge coordinates) → H×W bool, at most one
+    pixel wider than pycocotools draws them (``cv2.fillPoly`` includes boundary pixels)."""
     out = np.zeros((height, width), np.uint8)
     pts = []
     for poly in polygons:
@@ -271,7 +241,6 @@ def annotation_mask(ann: dict[str, Any], height: int, width: int, path: Path | s
     if not seg:
         return None
     aid = ann.get("id", "?")
-    path = Path(path)
     try:
         if isinstance(seg, list):
             if seg and not isinstance(seg[0], list | tuple):
@@ -284,8 +253,6 @@ def annotation_mask(ann: dict[str, Any], height: int, width: int, path: Path | s
             counts = seg["counts"]
             runs = rle_string_to_counts(counts) if isinstance(counts, str | bytes) else counts
             return decode_rle(runs, h, w)
-    except DataError:
-        raise
     except (ValueError, TypeError) as e:
         raise _bad(path, f"has annotation {aid} with an unreadable segmentation ({e})") from e
     raise _bad(path, f"has annotation {aid} whose segmentation is neither polygons nor RLE")

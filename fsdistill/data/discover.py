@@ -1,19 +1,18 @@
-"""Find the image/mask pairs and the classes in a support folder, whatever layout the user already has.
-
-:func:`discover` composes three steps: :mod:`fsdistill.data.layouts` finds the pairs in the folder layout,
-:mod:`fsdistill.data.classes` reads the names file, and :mod:`fsdistill.data.mask_kinds` decides how the masks
-encode classes. The result is a :class:`~fsdistill.data.support_index.SupportIndex`, built once.
-"""
+"""Find the image/mask pairs (:mod:`.layouts`) and the classes (:mod:`.classes`, :mod:`.mask_kinds`) of a support
+folder, whatever layout the user already has."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import hashlib
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
 
-from fsdistill.data.archive import is_zip, unpack_zip
 from fsdistill.data.classes import find_names_file, is_labelmap, read_class_names
-from fsdistill.data.layouts import LAYOUTS, MASK_STEM_SUFFIXES, FoundPairs, find_pairs, is_hidden
+from fsdistill.data.layouts import FoundPairs, find_pairs, is_hidden
 from fsdistill.data.mask_kinds import (
-    MASK_KINDS,
     MaskDecoding,
     coco_decoding,
     decide_mask_kind,
@@ -24,22 +23,20 @@ from fsdistill.data.masks import IGNORE_INDEX
 from fsdistill.data.support_index import Sample, SupportIndex
 from fsdistill.errors import DataError
 
-__all__ = ["Sample", "SupportIndex", "discover", "read_class_names", "LAYOUTS", "MASK_KINDS", "MASK_STEM_SUFFIXES"]
+__all__ = ["Sample", "SupportIndex", "discover", "read_class_names"]
 
 
 def discover(root: Path | str) -> SupportIndex:
     """Detect the layout of a support folder and index its image/mask pairs.
 
-    Reads every mask once (PNG masks only; COCO, Label Studio and DSB2018 are not scanned) to tell binary from
-    index and colour masks and to count classes; images are not decoded. A ``.zip`` (a CVAT export as
-    downloaded) is unpacked once into a cache folder (:mod:`fsdistill.data.archive`) and read from there; the
-    index's ``root`` stays the zip.
+    Reads every PNG mask once to tell binary from index and colour masks; images are not decoded. A ``.zip`` is
+    read from its unpacked copy (:func:`unpack_zip`); the index's ``root`` stays the zip.
 
     Raises:
         DataError: the folder is missing, a file, empty, or holds no image/mask pairs in any known layout.
     """
     root = Path(root).expanduser()
-    folder = unpack_zip(root) if is_zip(root) else root
+    folder = unpack_zip(root) if root.suffix.lower() == ".zip" and root.is_file() else root
     _check_folder(folder)
     found = find_pairs(folder)
     samples = sorted(found.samples, key=lambda s: s.key)  # keys are unique: each detector keys by relative path
@@ -51,10 +48,9 @@ def discover(root: Path | str) -> SupportIndex:
         )
     orphan_images, orphan_masks = sorted(found.orphan_images), sorted(found.orphan_masks)
     warnings = [*found.warnings, *decoding.warnings]
-    if orphan_images:
-        warnings.append(f"{len(orphan_images)} images have no mask (e.g. {orphan_images[0].name}); they are not used.")
-    if orphan_masks:
-        warnings.append(f"{len(orphan_masks)} masks have no image (e.g. {orphan_masks[0].name}); they are not used.")
+    for lone, what in ((orphan_images, "images have no mask"), (orphan_masks, "masks have no image")):
+        if lone:
+            warnings.append(f"{len(lone)} {what} (e.g. {lone[0].name}); they are not used.")
     return SupportIndex(
         root=root,
         layout=layout,
@@ -93,11 +89,8 @@ def _check_folder(root: Path) -> None:
 
 
 def _decide_decoding(found: FoundPairs, root: Path) -> tuple[str, MaskDecoding]:
-    """The final layout name and how the found masks decode; names files are looked for in the data root, then root.
-
-    The layout is ``cvat`` (CVAT/Datumaro "Segmentation mask 1.1" export) for paired masks in a
-    SegmentationClass*/ folder beside a labelmap.txt.
-    """
+    """The final layout name (``cvat``: paired masks in SegmentationClass*/ beside a labelmap.txt) and how the
+    masks decode; names files are looked for in the data root, then root."""
     if found.layout == "coco":
         assert found.coco is not None
         return "coco", coco_decoding(found.coco)
@@ -112,3 +105,54 @@ def _decide_decoding(found: FoundPairs, root: Path) -> tuple[str, MaskDecoding]:
     in_class_dir = found.mask_dir is not None and found.mask_dir.name.lower().startswith("segmentationclass")
     layout = "cvat" if is_labelmap(names_file) and in_class_dir else found.layout
     return layout, decoding
+
+
+def cache_root() -> Path:
+    """``$FSDISTILL_CACHE``, else ``$XDG_CACHE_HOME/fsdistill``, else ``~/.cache/fsdistill``."""
+    if os.environ.get("FSDISTILL_CACHE"):
+        return Path(os.environ["FSDISTILL_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "fsdistill"
+
+
+def unpack_zip(path: Path) -> Path:
+    """The folder holding the contents of the zip archive ``path``, unpacked on first use into a cache folder keyed
+    by the zip's path, size and mtime that appears complete or not at all (unpacked elsewhere, then renamed).
+
+    Raises:
+        DataError: not a zip archive, a member outside the archive's folder, or no room to unpack it.
+    """
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_root() / "unpacked" / f"{path.stem}-{key}"
+    if target.is_dir():
+        return target
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                parts = PurePosixPath(name.replace("\\", "/")).parts
+                if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
+                    raise DataError(
+                        f"Zip archive {path} holds {name!r}, which would unpack outside its folder; unpack it by hand "
+                        "and pass the folder."
+                    )
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+            try:
+                archive.extractall(staging)
+                os.replace(staging, target)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+    except zipfile.BadZipFile as exc:
+        raise DataError(
+            f"{path} is not a readable zip archive ({exc}); download it again or unpack it by hand."
+        ) from None
+    except OSError as exc:
+        if target.is_dir():  # another process unpacked the same archive first
+            return target
+        raise DataError(
+            f"Cannot unpack {path} into {target.parent} ({exc.strerror or exc}); free some space, set FSDISTILL_CACHE "
+            "to another folder, or unpack it by hand and pass the folder."
+        ) from None
+    return target

@@ -1,9 +1,5 @@
-"""Read user images as H×W×3 uint8 RGB, whatever they were saved as.
-
-Support folders come from microscopes, phones, scanners and annotation tools, so an "image" may be an
-EXIF-rotated JPEG, a 16-bit fluorescence PNG, an RGBA PNG from the 2018 Data Science Bowl, a palette GIF-like
-PNG or a many-channel TIFF. Everything is normalised here, once, so the rest of the library only ever sees
-H×W×3 uint8 RGB in display orientation.
+"""Read user images (EXIF-rotated JPEGs, 16-bit PNGs, RGBA, palette, many-channel TIFFs, ...) as H×W×3 uint8 RGB
+in display orientation, once, so the rest of the library sees nothing else.
 """
 
 from __future__ import annotations
@@ -11,8 +7,9 @@ from __future__ import annotations
 import io
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -36,14 +33,13 @@ _EXIF_ERRORS = (OSError, SyntaxError, ValueError, KeyError, TypeError, struct.er
 
 
 class _StoredImage(Protocol):
-    """A file that is not on this machine's filesystem (:class:`fsdistill.storage.StoredFile`)."""
+    """A file in an object store (:class:`fsdistill.storage.StoredFile`), read whole with ``read_bytes()``."""
 
     suffix: str
 
     def read_bytes(self) -> bytes: ...
 
 
-# What the readers accept: a local path, or a file in an object store.
 ImageSource = Path | str | _StoredImage
 
 
@@ -53,10 +49,8 @@ def _cannot_read(path: ImageSource, reason: str) -> DataError:
 
 
 def _scale_to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Any-dtype array → uint8 by the array's own min/max (constant arrays become 0).
-
-    Per-image scaling keeps a dim 12-bit fluorescence image (values 100..900 of 65535) visible instead of black.
-    """
+    """Any-dtype array → uint8 by the array's own min/max (constant arrays become 0), so a dim 12-bit
+    fluorescence image stays visible instead of black."""
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype == np.bool_:
@@ -76,15 +70,10 @@ def _scale_to_uint8(arr: np.ndarray) -> np.ndarray:
 
 
 def to_uint8_rgb(arr: np.ndarray) -> np.ndarray:
-    """Turn a decoded pixel array into H×W×3 uint8 RGB.
+    """A decoded pixel array of any dtype → H×W×3 uint8 RGB, scaled by its own min/max unless uint8.
 
-    Args:
-        arr: H×W (grey), H×W×C or C×H×W (C ≤ 16 channels; the smallest axis is taken as channels), or a stack
-            with more leading axes (the first plane is used). Any integer, bool or float dtype.
-
-    Returns:
-        H×W×3 uint8. Grey is repeated into three channels; 2 channels use the first; 4 or more keep the first
-        three (alpha and extra bands dropped). Non-uint8 data is scaled by its own min/max.
+    ``arr``: H×W, H×W×C or C×H×W (the smallest axis, if ≤ 16, is the channels), or a stack whose first plane is
+    used. Grey is repeated, 2 channels use the first, 4 or more keep the first three.
     """
     a = np.asarray(arr)
     a = np.squeeze(a) if a.ndim > 2 and 1 in a.shape[:-2] else a
@@ -100,8 +89,7 @@ def to_uint8_rgb(arr: np.ndarray) -> np.ndarray:
         a = a[..., None]
     if a.ndim != 3 or a.shape[0] == 0 or a.shape[1] == 0:
         raise ValueError(f"not an image array: shape {np.shape(arr)}")
-    c = a.shape[-1]
-    a = a[..., :1] if c in (1, 2) else a[..., :3]
+    a = a[..., :1] if a.shape[-1] in (1, 2) else a[..., :3]
     a = _scale_to_uint8(a)
     if a.shape[-1] == 1:
         a = np.repeat(a, 3, axis=-1)
@@ -122,31 +110,35 @@ def _pil_to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
-def _read_tiff(path: ImageSource, opened: Path | io.BytesIO | None = None) -> np.ndarray:
-    """``path`` decoded with tifffile (from ``opened``, its bytes in memory, when given)."""
+def read_tiff_array(
+    path: ImageSource, cannot_read: Callable[[Any, str], DataError], opened: Path | io.BytesIO | None = None
+) -> np.ndarray:
+    """The first page of a TIFF that Pillow cannot decode, read with tifffile (from ``opened``, its bytes in
+    memory, when given); errors are ``cannot_read(path, reason)``."""
     try:
         import tifffile  # optional: only many-channel or float TIFFs that Pillow cannot decode need it
     except ImportError as e:
-        reason = "Pillow cannot decode this TIFF and tifffile is not installed (pip install tifffile)"
-        raise _cannot_read(path, reason) from e
+        raise cannot_read(
+            path, "Pillow cannot decode this TIFF and tifffile is not installed (pip install tifffile)"
+        ) from e
     try:
         if isinstance(opened, io.BytesIO):
             opened.seek(0)
-        arr = tifffile.imread(opened if opened is not None else path, key=0)
+        return np.asarray(tifffile.imread(opened if opened is not None else path, key=0))
     except Exception as e:  # tifffile raises many unrelated types for corrupt files; all mean "unreadable"
-        raise _cannot_read(path, f"{type(e).__name__}: {e}") from e
+        raise cannot_read(path, f"{type(e).__name__}: {e}") from e
+
+
+def _read_tiff(path: ImageSource, opened: Path | io.BytesIO) -> np.ndarray:
     try:
-        return to_uint8_rgb(arr)
+        return to_uint8_rgb(read_tiff_array(path, _cannot_read, opened))
     except ValueError as e:
         raise _cannot_read(path, str(e)) from e
 
 
 def read_image(path: ImageSource) -> np.ndarray:
-    """Read an image file as H×W×3 uint8 RGB in display orientation.
-
-    EXIF orientation is applied; grey, palette, RGBA/LA (alpha dropped), CMYK and 16-bit/float images
-    (scaled by their own min/max) are converted. TIFFs that Pillow cannot decode (many channels, float,
-    16-bit RGB) are read with tifffile.
+    """Read an image file as H×W×3 uint8 RGB in display orientation (alpha dropped; 16-bit and float images
+    scaled by their own min/max; TIFFs that Pillow cannot decode read with tifffile).
 
     Raises:
         DataError: the file is missing, truncated or not an image.
@@ -155,14 +147,8 @@ def read_image(path: ImageSource) -> np.ndarray:
 
 
 def read_image_reduced(path: ImageSource, min_side: int | None) -> tuple[np.ndarray, tuple[int, int]]:
-    """:func:`read_image`, decoded at a reduced scale where the format allows it, for an input that is resized
-    to ``min_side`` × ``min_side`` anyway.
-
-    JPEGs are decoded by libjpeg at 1/2, 1/4 or 1/8 scale (its DCT scaling, several times faster on photos) as
-    long as both sides stay ≥ ``min_side``; other formats decode in full. ``min_side`` None = always in full.
-
-    ``path``: a local file, or a file in an object store (:class:`fsdistill.storage.StoredFile`: anything else
-    with ``read_bytes()``, whose bytes are read once and decoded from memory).
+    """:func:`read_image` for an input that is resized to ``min_side`` × ``min_side`` anyway: JPEGs are decoded
+    at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling) while both sides stay ≥ ``min_side`` (None: in full).
 
     Returns:
         (H'×W'×3 uint8 RGB in display orientation, (height, width) of the full image in display orientation).
@@ -191,8 +177,6 @@ def read_image_reduced(path: ImageSource, min_side: int | None) -> tuple[np.ndar
                 pass
             turned = img.size != stored  # a 90° EXIF rotation swaps the sides
             return _pil_to_rgb(img), ((full_w, full_h) if turned else (full_h, full_w))
-    except DataError:
-        raise
     except _PIL_ERRORS as e:
         if path.suffix.lower() in TIFF_SUFFIXES and _tiff_header(opened):
             # many-channel, float or 16-bit RGB TIFF: Pillow gives up, tifffile does not
@@ -239,11 +223,8 @@ def image_size(path: Path | str) -> tuple[int, int]:
 
 
 def exif_quarter_turn(path: Path | str) -> bool:
-    """Whether the file's EXIF orientation turns it by 90° or 270° for display (tag values 5..8).
-
-    Such a file's displayed width and height are its stored height and width. Unreadable files and broken EXIF
-    blocks count as not turned (reading them reports those problems elsewhere).
-    """
+    """Whether the file's EXIF orientation turns it by 90° or 270° for display; unreadable files and broken EXIF
+    blocks count as not turned (reading them reports those problems)."""
     try:
         with Image.open(path) as img:
             return img.getexif().get(_EXIF_ORIENTATION) in _SWAPS_AXES

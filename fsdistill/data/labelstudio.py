@@ -1,14 +1,7 @@
 """Label Studio JSON exports (brush and polygon regions) → H×W uint8 class-id masks, without its SDK.
 
-An export is a JSON list of tasks: ``{"data": {"image": URL}, "annotations": [{"result": [...]}], ...}``. Each
-``brushlabels`` result is one label's brush mask in Label Studio's RLE (:mod:`fsdistill.data.brush_rle`) at
-``original_width`` × ``original_height``; each ``polygonlabels`` result a polygon in percent of the image size.
-Per task the latest annotation that was not cancelled is used (a ``ground_truth`` one first); results are painted
-in their order, so a later region wins where two overlap. Other result types (rectangles, choices, …) are not
-masks and are counted, not used.
-
-The export holds no images: each task's image is looked for beside the JSON (see :func:`image_candidates` for
-the URL forms understood, Label Studio's upload prefix included).
+Per task the latest annotation that was not cancelled is used (a ``ground_truth`` one first); a later region wins
+where two overlap.
 """
 
 from __future__ import annotations
@@ -30,35 +23,29 @@ from fsdistill.data.masks import BACKGROUND_NAMES
 from fsdistill.errors import DataError
 
 __all__ = [
-    "MASK_TYPES",
     "LabelingConfig",
     "LabelStudioTask",
     "LabelStudioData",
-    "read_labelstudio_json",
     "parse_labelstudio_json",
     "load_labelstudio",
     "image_candidates",
     "read_labeling_config",
 ]
 
-MASK_TYPES = ("brushlabels", "polygonlabels")
+MASK_TYPES = ("brushlabels", "polygonlabels")  # other result types (rectangles, choices, ...) are counted, not used
 # Label Studio prefixes uploaded files with 8 hex digits and a dash: /data/upload/3/1a2b3c4d-photo.jpg.
 _UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-", re.IGNORECASE)
+_HEX = re.compile(r"#([0-9a-fA-F]{6})")
 
 
 @dataclass(frozen=True)
 class LabelStudioTask:
-    """One annotated task: where its image is named, and the mask regions of its chosen annotation."""
+    """One annotated task: how messages name it, where its image is named, and the mask regions of its chosen
+    annotation."""
 
-    index: int  # position in the export's list (task ids may be missing in hand-made files)
-    task_id: Any
+    name: str
     image_ref: str
     results: tuple[dict[str, Any], ...]
-
-    @property
-    def name(self) -> str:
-        """How messages name the task."""
-        return f"task {self.task_id}" if self.task_id is not None else f"task #{self.index + 1}"
 
 
 @dataclass(frozen=True)
@@ -74,10 +61,8 @@ class LabelingConfig:
 
 @dataclass
 class LabelStudioData:
-    """A parsed export: its annotated tasks, the labels its regions use (first-seen order) and what was skipped.
-
-    ``config``: the labelling config found beside the export, if any (it orders and colours the classes).
-    """
+    """A parsed export: its annotated tasks, the labels its regions use (first-seen order), what was skipped, and
+    the labelling config found beside it, if any."""
 
     path: Path
     tasks: list[LabelStudioTask]
@@ -92,11 +77,10 @@ class LabelStudioData:
         return next((t.name for t in self.tasks if any(_label(r) == label for r in t.results)), "?")
 
     def mask(self, index: int, height: int, width: int, class_names: list[str]) -> np.ndarray:
-        """H×W uint8 class ids of ``tasks[index]`` (0 background), its labels mapped by name to ``class_names``.
+        """H×W uint8 class ids of ``tasks[index]``, its labels mapped by name to ``class_names``.
 
         Raises:
-            DataError: a label not in ``class_names``, a region whose size differs from the image's, or an RLE
-                that does not decode.
+            DataError: an unknown label, a region whose size differs from the image's, or an RLE that does not decode.
         """
         task = self.tasks[index]
         class_of = {name: k for k, name in enumerate(class_names)}
@@ -132,23 +116,12 @@ class LabelStudioData:
                 "export the project again as JSON."
             ) from None
 
-    def fingerprint_entry(self, index: int) -> dict[str, Any]:
-        """What identifies a task's annotation (for the support-set fingerprint)."""
-        task = self.tasks[index]
-        return {"image": task.image_ref, "results": list(task.results)}
-
-
-def read_labelstudio_json(path: Path | str) -> list[dict[str, Any]] | None:
-    """The parsed JSON if ``path`` is a Label Studio export (a list of tasks, dicts with a ``data`` dict and an
-    ``annotations`` or ``predictions`` list), else None; unparseable JSON is None too."""
-    return parse_labelstudio_json(path)[0]
-
 
 def parse_labelstudio_json(path: Path | str) -> tuple[list[dict[str, Any]] | None, str | None]:
-    """(the export, None) as :func:`read_labelstudio_json`, or (None, why it is not valid JSON) for a file that
-    starts like a JSON list (an export cut short) but does not parse; (None, None) for anything else.
-
-    Files that do not start with ``[`` (COCO files, names files: JSON objects) are not parsed at all.
+    """(the export, None) if ``path`` is a Label Studio export (a list of tasks, dicts with a ``data`` dict and an
+    ``annotations`` or ``predictions`` list); (None, why it is not valid JSON) for a file that starts like a JSON
+    list (an export cut short) but does not parse; (None, None) for anything else. Files that do not start with
+    ``[`` (COCO files, names files) are not parsed at all.
     """
     try:
         with open(path, "rb") as f:
@@ -219,22 +192,13 @@ def _pick_annotation(annotations: list[Any]) -> tuple[dict[str, Any] | None, int
     return usable[max(order)[2]], len(usable)
 
 
-def load_labelstudio(
-    path: Path | str, data: list[dict[str, Any]] | None = None, config: LabelingConfig | None = None
-) -> LabelStudioData:
-    """Parse and validate an export (``data`` = its already parsed JSON).
-
-    The task data field that holds the image is the one the ``config``'s ``<Image value="$...">`` names; without
-    one, ``image``, else the one data field whose value names an image file.
+def load_labelstudio(path: Path, data: list[dict[str, Any]], config: LabelingConfig | None) -> LabelStudioData:
+    """Validate the parsed export ``data`` (:func:`parse_labelstudio_json`) of ``path``; a task's image is the data
+    field that the ``config``'s ``<Image value="$...">`` names, else ``image``, else the one naming an image file.
 
     Raises:
-        DataError: not an export, a task without an image field, or a mask region without label, rle or points.
+        DataError: a task without an image field, or a mask region without label, rle or points.
     """
-    path = Path(path)
-    if data is None:
-        data = read_labelstudio_json(path)
-        if data is None:
-            raise DataError(f"{path} is not a Label Studio JSON export; export the project as JSON.")
     tasks: list[LabelStudioTask] = []
     labels: dict[str, None] = {}
     ignored: dict[str, int] = {}
@@ -263,7 +227,7 @@ def load_labelstudio(
                 path,
                 f"has {task_name} without an image in its data ({', '.join(map(str, raw['data'])) or 'empty'})",
             )
-        tasks.append(LabelStudioTask(index, raw.get("id"), ref, tuple(regions)))
+        tasks.append(LabelStudioTask(task_name, ref, tuple(regions)))
     return LabelStudioData(path, tasks, list(labels), unannotated, several, ignored, config)
 
 
@@ -334,6 +298,3 @@ def read_labeling_config(path: Path) -> LabelingConfig | None:
     hexes = [_HEX.fullmatch(c) for c in labels.values()]
     colours = tuple(tuple(int(m.group(1)[i : i + 2], 16) for i in (0, 2, 4)) for m in hexes) if all(hexes) else None
     return LabelingConfig(path, tuple(labels), colours, image[1:] if image.startswith("$") else None)  # type: ignore[arg-type]
-
-
-_HEX = re.compile(r"#([0-9a-fA-F]{6})")

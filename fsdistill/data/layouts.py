@@ -1,30 +1,11 @@
-"""Find the image/mask pairs of a support folder in the folder layouts users already have.
-
-Layouts (``SupportIndex.layout``), tried in this order in the folder, then in each of its subfolders:
-
-- ``coco``: one COCO ``*.json`` (images, annotations, categories) beside the images or an ``images/`` folder
-  (also ``annotations/*.json``).
-- ``labelstudio``: one Label Studio JSON export (a list of tasks with brush or polygon annotations) beside the
-  images or an ``images/`` folder, optionally with its labelling config (``*.xml``), which orders the classes.
-- ``paired`` / ``cvat``: an image folder and a mask folder side by side, matched by relative path and stem:
-  ``images/``+``masks/``, ``img/``+``gt/``, ``JPEGImages/``+``SegmentationClass[PNG]/``, Kvasir-SEG, ISIC 2018
-  ``*_Input/``+``*_GroundTruth/``. Mask stems may end in ``_mask``, ``_segmentation``, ``_gt``, ``_label(s)``,
-  ``-mask`` (stripped). With a ``labelmap.txt`` and a ``SegmentationClass/`` folder the layout is ``cvat``
-  (decided in :mod:`fsdistill.data.discover`, which knows the names file). A CVAT export without its images
-  (``SegmentationClass/`` + ``labelmap.txt`` only) is recognised to say so.
-- ``dsb2018``: ``<id>/images/<one image>`` + ``<id>/masks/*.png`` (one file per object, unioned).
-- ``class-folders`` (FSS-1000): ``<class>/x.jpg`` + ``<class>/x.png``; class ids follow the sorted folder names.
-- ``paired`` (flat): ``x.jpg`` + ``x.png`` (or ``x_mask.png``) in the folder itself.
-
-Only file names are looked at here (and COCO JSON); masks are read in :mod:`fsdistill.data.mask_kinds`.
-"""
+"""Find the image/mask pairs of a support folder in the folder layouts users already have (README's table), from
+file names and annotation JSON only."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import NamedTuple
 
 from fsdistill.data.coco import CocoData, load_coco, read_coco_json
 from fsdistill.data.images import IMAGE_SUFFIXES
@@ -39,9 +20,8 @@ from fsdistill.data.labelstudio import (
 from fsdistill.data.support_index import Sample
 from fsdistill.errors import DataError
 
-__all__ = ["LAYOUTS", "LOOKED_FOR", "MASK_STEM_SUFFIXES", "FoundPairs", "find_pairs", "is_hidden", "subdirs"]
+__all__ = ["FoundPairs", "find_pairs", "is_hidden", "subdirs"]
 
-LAYOUTS = ("paired", "dsb2018", "class-folders", "coco", "cvat", "labelstudio")
 # Suffixes annotation tools append to a mask's stem; stripped (case-insensitively) to find its image.
 MASK_STEM_SUFFIXES = ("_segmentation", "_masks", "_mask", "-masks", "-mask", "_labels", "_label", "_gt", "_seg")
 # Folder names, best first. A candidate only counts if it holds image files (a YOLO "labels/" of .txt does not).
@@ -60,12 +40,7 @@ LOOKED_FOR = (
 
 @dataclass(frozen=True)
 class FoundPairs:
-    """The pairs one layout detector found in one folder, before mask kinds and class names are decided.
-
-    ``class_folders`` holds the class folder names (class ids 1.. in this order) of a ``class-folders`` layout;
-    ``coco`` the parsed JSON of a ``coco`` layout; ``labelstudio`` the parsed export of a ``labelstudio`` one;
-    ``image_dir``/``mask_dir`` the two folders of an images/+masks/ layout. ``unmatched_hint`` says why a layout that was recognised yielded no pairs.
-    """
+    """The pairs one layout detector found in one folder; ``unmatched_hint``: why a recognised layout has none."""
 
     layout: str
     data_root: Path
@@ -73,23 +48,11 @@ class FoundPairs:
     orphan_images: tuple[Path, ...] = ()
     orphan_masks: tuple[Path, ...] = ()
     warnings: tuple[str, ...] = ()
-    class_folders: tuple[str, ...] | None = None
+    class_folders: tuple[str, ...] | None = None  # class ids 1.. in this order
     coco: CocoData | None = None
     labelstudio: LabelStudioData | None = None
-    image_dir: Path | None = None
-    mask_dir: Path | None = None
+    mask_dir: Path | None = None  # the mask folder of an images/+masks/ layout
     unmatched_hint: str = ""
-
-
-class _SideBySide(NamedTuple):
-    """Image + mask pairs that share a folder, and the files of that folder that have no partner."""
-
-    pairs: list[tuple[str, Path, Path]]  # (stem, image, mask)
-    orphan_images: list[Path]
-    orphan_masks: list[Path]
-
-
-# --------------------------------------------------------------------------------------------- file listing
 
 
 def is_hidden(p: Path) -> bool:
@@ -98,7 +61,6 @@ def is_hidden(p: Path) -> bool:
 
 
 def subdirs(d: Path) -> list[Path]:
-    """The visible subfolders of ``d``, sorted."""
     return sorted(p for p in d.iterdir() if p.is_dir() and not is_hidden(p))
 
 
@@ -118,9 +80,6 @@ def _strip_mask_suffix(stem: str) -> str:
         if low.endswith(suf) and len(stem) > len(suf):
             return stem[: -len(suf)]
     return stem
-
-
-# ------------------------------------------------------------------------------------------ layout detectors
 
 
 def _dir_rank(name: str, names: Sequence[str], pattern: str) -> int | None:
@@ -157,9 +116,7 @@ def _match_paired(img_dir: Path, mask_dir: Path, images: list[Path], masks: list
         mask_of[k] = m
     samples = tuple(Sample(k, by_key[k], (mask_of[k],)) for k in sorted(mask_of))
     orphan_images = tuple(p for k, p in sorted(by_key.items()) if k not in mask_of)
-    return FoundPairs(
-        "paired", img_dir.parent, samples, orphan_images, tuple(orphan_masks), image_dir=img_dir, mask_dir=mask_dir
-    )
+    return FoundPairs("paired", img_dir.parent, samples, orphan_images, tuple(orphan_masks), mask_dir=mask_dir)
 
 
 def _find_paired(d: Path) -> FoundPairs | None:
@@ -179,10 +136,9 @@ def _find_paired(d: Path) -> FoundPairs | None:
             found = _match_paired(si, sm, fi, fm)
             tried.append((-len(found.samples), ri + rm, si.name, sm.name, found))
     tried.sort(key=lambda t: t[:4])
-    best = tried[0][4]
+    _, _, best_images, best_masks, best = tried[0]
     if not best.samples:
-        ri, si, fi = img_c[0]
-        rm, sm, fm = mask_c[0]
+        (_, si, fi), (_, sm, fm) = img_c[0], mask_c[0]
         return replace(
             best,
             unmatched_hint=(
@@ -191,19 +147,18 @@ def _find_paired(d: Path) -> FoundPairs | None:
                 "ignored)"
             ),
         )
-    assert best.image_dir is not None and best.mask_dir is not None
     used = {s.image_path for s in best.samples}
     also = [
-        f"Also found {a}/ + {b}/ with {-n_neg} pairs in {d}; only {best.image_dir.name}/ + {best.mask_dir.name}/ is "
-        "used, so move the other pair to its own folder."
+        f"Also found {a}/ + {b}/ with {-n_neg} pairs in {d}; only {best_images}/ + {best_masks}/ is used, so move "
+        "the other pair to its own folder."
         for n_neg, _, a, b, other in tried[1:]
         if other.samples and {s.image_path for s in other.samples}.isdisjoint(used)
     ]
     return replace(best, warnings=(*best.warnings, *also))
 
 
-def _pairs_in_folder(d: Path) -> _SideBySide:
-    """Pairs of image + mask side by side in one folder, and the files without a partner.
+def _pairs_in_folder(d: Path) -> tuple[list[tuple[str, Path, Path]], list[Path], list[Path]]:
+    """(stem, image, mask) of the pairs side by side in one folder, then its images and masks without a partner.
 
     ``x.jpg`` + ``x.png`` (the PNG is the mask, FSS-1000) or ``x.<ext>`` + ``x_mask.<ext>`` (the suffixed one is).
     """
@@ -214,7 +169,7 @@ def _pairs_in_folder(d: Path) -> _SideBySide:
     for base, files in sorted(groups.items()):
         named = [f for f in files if f.stem != base]  # carries a mask suffix
         plain = [f for f in files if f.stem == base]
-        if named and len(named) == 1 and len(plain) == 1:
+        if len(named) == 1 and len(plain) == 1:
             pairs.append((base, plain[0], named[0]))
         elif not named and len(plain) == 2 and sum(f.suffix.lower() == ".png" for f in plain) == 1:
             img, msk = sorted(plain, key=lambda f: f.suffix.lower() == ".png")
@@ -231,7 +186,7 @@ def _pairs_in_folder(d: Path) -> _SideBySide:
     img_ext = {i.suffix.lower() for _, i, _ in pairs}
     orphan_masks = [f for f in lone if f.stem != _strip_mask_suffix(f.stem) or (f.suffix.lower() in mask_ext - img_ext)]
     orphan_images = [f for f in lone if f not in orphan_masks]
-    return _SideBySide(pairs, orphan_images, orphan_masks)
+    return pairs, orphan_images, orphan_masks
 
 
 def _find_class_folders(d: Path) -> FoundPairs | None:
@@ -239,11 +194,11 @@ def _find_class_folders(d: Path) -> FoundPairs | None:
     om: list[Path] = []
     per_class: list[tuple[str, list[tuple[str, Path, Path]]]] = []
     for s in subdirs(d):
-        side = _pairs_in_folder(s)
-        oi += side.orphan_images
-        om += side.orphan_masks
-        if side.pairs:
-            per_class.append((s.name, side.pairs))
+        pairs, lone_images, lone_masks = _pairs_in_folder(s)
+        oi += lone_images
+        om += lone_masks
+        if pairs:
+            per_class.append((s.name, pairs))
     if not per_class:
         return None
     samples = tuple(
@@ -256,18 +211,17 @@ def _find_class_folders(d: Path) -> FoundPairs | None:
 
 
 def _find_flat(d: Path) -> FoundPairs | None:
-    side = _pairs_in_folder(d)
-    if not side.pairs:
+    pairs, lone_images, lone_masks = _pairs_in_folder(d)
+    if not pairs:
         return None
-    samples = tuple(Sample(base, img, (msk,)) for base, img, msk in side.pairs)
-    return FoundPairs("paired", d, samples, tuple(side.orphan_images), tuple(side.orphan_masks))
+    samples = tuple(Sample(base, img, (msk,)) for base, img, msk in pairs)
+    return FoundPairs("paired", d, samples, tuple(lone_images), tuple(lone_masks))
 
 
 def _find_dsb(d: Path) -> FoundPairs | None:
     samples: list[Sample] = []
     oi: list[Path] = []
     om: list[Path] = []
-    seen = False
     for s in subdirs(d):
         idir, mdir = s / "images", s / "masks"
         if not idir.is_dir():
@@ -278,14 +232,13 @@ def _find_dsb(d: Path) -> FoundPairs | None:
         masks = _image_files(mdir) if mdir.is_dir() else []
         if imgs and any(_strip_mask_suffix(m.stem) == imgs[0].stem for m in masks):
             return None  # masks named like the image: a paired folder (e.g. train/, val/), not per-object files
-        seen = seen or bool(masks)
         if imgs and masks:
             samples.append(Sample(s.name, imgs[0], tuple(masks)))
         elif imgs:
             oi.append(imgs[0])
         else:
             om += masks
-    if not seen:
+    if not samples and not om:  # no folder had per-object masks
         return None
     return FoundPairs("dsb2018", d, tuple(samples), tuple(oi), tuple(om))
 
@@ -299,8 +252,9 @@ def _image_bases(jpath: Path, d: Path) -> list[Path]:
     return list(dict.fromkeys([jpath.parent, d, d / "images", *subdirs(d)]))
 
 
-def _unused_images(d: Path, used: set[Path]) -> tuple[Path, ...]:
-    """Images in ``d`` or under ``d/images`` that no annotation names (resolved paths in ``used``)."""
+def _unused_images(d: Path, samples: list[Sample]) -> tuple[Path, ...]:
+    """Images in ``d`` or under ``d/images`` that no sample uses."""
+    used = {s.image_path.resolve() for s in samples}
     pool = _image_files(d) + (_image_files(d / "images", recursive=True) if (d / "images").is_dir() else [])
     return tuple(sorted({p for p in pool if p.resolve() not in used}))
 
@@ -321,7 +275,6 @@ def _find_coco(d: Path) -> FoundPairs | None:
     samples: list[Sample] = []
     warnings: list[str] = []
     missing: list[str] = []
-    used: set[Path] = set()
     keys: set[str] = set()
     for iid, im in sorted(coco.images.items(), key=lambda kv: kv[1].file_name):
         rel = Path(im.file_name)
@@ -336,7 +289,6 @@ def _find_coco(d: Path) -> FoundPairs | None:
         if key in keys:
             raise DataError(f"COCO file {jpath} lists {im.file_name!r} twice; keep one entry per image.")
         keys.add(key)
-        used.add(path.resolve())
         samples.append(Sample(key, path, (jpath,), coco_id=iid))
     if missing:
         warnings.append(
@@ -349,7 +301,7 @@ def _find_coco(d: Path) -> FoundPairs | None:
             f"COCO file {jpath.name} lists {len(missing)} images but none was found (e.g. {missing[0]}); put the "
             "images beside the JSON or in images/"
         )
-    orphans = _unused_images(d, used)
+    orphans = _unused_images(d, samples)
     return FoundPairs("coco", d, tuple(samples), orphans, (), tuple(warnings), coco=coco, unmatched_hint=hint)
 
 
@@ -388,7 +340,6 @@ def _find_labelstudio(d: Path) -> FoundPairs | None:
     bases = _image_bases(jpath, d)
     samples: list[Sample] = []
     missing: list[str] = []
-    used: set[Path] = set()
     keys: dict[str, str] = {}
     for k, task in enumerate(export.tasks):
         cands_rel = image_candidates(task.image_ref)
@@ -406,7 +357,6 @@ def _find_labelstudio(d: Path) -> FoundPairs | None:
                 f"and {task.name}); delete one of them in the project and export again."
             )
         keys[key] = task.name
-        used.add(path.resolve())
         samples.append(Sample(key, path, (jpath,), task_index=k))
     if missing:
         raise DataError(
@@ -426,7 +376,7 @@ def _find_labelstudio(d: Path) -> FoundPairs | None:
         warnings.append(
             f"Results that are not masks were ignored in {jpath.name} ({kinds}); draw brush or polygon regions."
         )
-    orphans = _unused_images(d, used)
+    orphans = _unused_images(d, samples)
     return FoundPairs("labelstudio", d, tuple(samples), orphans, (), tuple(warnings), labelstudio=export)
 
 

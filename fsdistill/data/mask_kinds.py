@@ -1,47 +1,44 @@
-"""Decide how the mask files of a support folder encode classes, and which classes they encode.
-
-Mask kinds (``SupportIndex.mask_kind``) for paired folders are read off the mask values of all masks: 0/1 or
-0/255 → ``binary``; other values → ``index`` (value = class id, 255 = ignore); colours → ``rgb``; JPEG files →
-``jpeg-binary`` (threshold 128); 16-bit label images with values > 255 → ``instances`` (every label > 0 is
-foreground). Anti-aliased binary masks (mostly 0/255 with a fringe of greys, common after resizing) are
-thresholded at 128 with a warning rather than read as dozens of classes. COCO files are ``coco``, Label Studio exports
-``labelstudio`` and DSB2018 per-object files ``instances``, without reading them.
-"""
+"""Decide how the mask files of a support folder encode classes (``SupportIndex.mask_kind``), and which classes;
+paired masks are read once (:func:`scan_masks`) and classified by their values."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from itertools import groupby
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from fsdistill.data.classes import (
     BINARY_NAMES,
+    background_first,
     binary_class_names,
-    coco_class_names,
-    instance_class_names,
     is_labelmap,
     names_source,
     read_class_names,
 )
 from fsdistill.data.coco import CocoData
+from fsdistill.data.images import _PIL_ERRORS
 from fsdistill.data.labelstudio import LabelStudioData
-from fsdistill.data.mask_scan import MAX_SCANNED_COLOURS, MaskStats, scan_masks
 from fsdistill.data.masks import (
     BACKGROUND_NAMES,
     IGNORE_INDEX,
     Rgb,
     default_palette,
+    edge_pixels,
+    pack_rgb,
     parse_labelmap,
     read_binary_source,
+    read_mask_array,
     resolve_blends,
+    unpack_rgb,
 )
 from fsdistill.errors import DataError
 
 __all__ = [
-    "MASK_KINDS",
     "MaskDecoding",
     "coco_decoding",
     "decide_mask_kind",
@@ -49,21 +46,19 @@ __all__ = [
     "labelstudio_decoding",
 ]
 
-MASK_KINDS = ("binary", "index", "rgb", "coco", "instances", "jpeg-binary", "labelstudio")
 JPEG_SUFFIXES = frozenset({".jpg", ".jpeg"})
 # VOC paints "difficult/boundary" pixels in this colour; in colour masks without a label map it means ignore.
 VOC_IGNORE_COLOUR = (224, 224, 192)
 MAX_AUTO_COLOURS = 64  # more real colours than this without a label map means noise or lossy saving
+# Distinct colours read from the masks before giving up on them (smoothed edges of a few classes stay far below:
+# at most 256 mixtures per pair of colours).
+MAX_SCANNED_COLOURS = 4096
 
 
 @dataclass(frozen=True)
 class MaskDecoding:
-    """How a folder's masks decode to class ids, the classes they hold, and the warnings deciding it gave.
-
-    ``binary_threshold``: binary kinds' foreground is value >= it (1 for 0/1 masks). ``colour_table``: rgb kind,
-    colour → class id. ``value_map``: index masks whose values have gaps, (256,) uint8 mask value → class id.
-    ``class_pixels``: pixels of each class over all masks where the scan counts them (index and colour masks),
-    else None. ``names_source``: where ``class_names`` came from, for messages.
+    """How a folder's masks decode to class ids, the classes they hold, and the warnings deciding it gave; the
+    fields are :class:`~fsdistill.data.support_index.SupportIndex`'s of the same names (``kind``: ``mask_kind``).
     """
 
     kind: str
@@ -98,17 +93,111 @@ def _spans(values: list[int]) -> str:
     return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
 
 
-# ----------------------------------------------------------------------------------------------- decisions
+@dataclass(frozen=True)
+class MaskStats:
+    """What one read of every mask saw. ``hist``: (256,) pixels per value of grey/palette masks. ``pixels``/``edges``:
+    colour → its pixels over all masks / on an object boundary (empty without colour masks). ``too_many_colours``:
+    the mask at which MAX_SCANNED_COLOURS was passed. ``wide_max``: the largest label above 255 (0 if none).
+    """
+
+    hist: np.ndarray
+    pixels: Mapping[Rgb, int]
+    edges: Mapping[Rgb, int]
+    colour_example: Path | None
+    too_many_colours: Path | None
+    wide_max: int
+    wide_example: Path | None
+    palette_mode: bool
+
+    def index_pixels(self, n: int) -> tuple[int, ...]:
+        """Pixels of class ids 0..n-1, reading the grey values as class ids."""
+        return tuple([int(self.hist[k]) for k in range(min(n, IGNORE_INDEX))] + [0] * max(0, n - IGNORE_INDEX))
+
+    def table_pixels(self, table: Mapping[Rgb, int], n: int) -> tuple[int, ...]:
+        """Pixels of class ids 0..n-1 of colour masks through their colour table (unknown colours not counted)."""
+        out = [0] * n
+        for c, count in self.pixels.items():
+            k = table.get(c)
+            if k is not None and k < n:
+                out[k] += count
+        return tuple(out)
+
+    def looks_antialiased(self) -> bool:
+        """0/255 masks with a fringe of greys (resized or blurred binary masks): many distinct greys and far more
+        255 pixels than grey ones, unlike index masks (a few small ids, 255 as a thin ignore border)."""
+        hist = self.hist
+        if self.palette_mode or hist[255] == 0:
+            return False
+        mid = hist[2:255]
+        return int(np.count_nonzero(mid)) >= 4 and int(mid.sum()) < int(hist[255])
+
+
+def scan_masks(paths: Sequence[Path]) -> MaskStats:
+    """Read every mask once: value histogram of grey/palette masks, colours of colour masks, 16-bit maxima.
+
+    Raises:
+        DataError: a mask with negative values (unreadable masks are skipped: decoding reports them).
+    """
+    hist = np.zeros(256, np.int64)
+    pixels: Counter[int] = Counter()  # packed colour → pixels (keys: every colour seen)
+    edges: Counter[int] = Counter()
+    colour_example: Path | None = None
+    too_many_colours: Path | None = None
+    wide_example: Path | None = None
+    wide_max, palette_mode = 0, False
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                palette_mode |= im.mode in ("P", "PA")
+        except _PIL_ERRORS:
+            pass  # decoding the pair reports it with the file name
+        try:
+            a = read_mask_array(p)
+        except DataError:
+            # Decoding the pair raises the same error, and check collects them all instead of stopping here.
+            continue
+        if a.ndim == 3:
+            if too_many_colours is None:
+                packed = pack_rgb(a)
+                found, counts = np.unique(packed, return_counts=True)
+                pixels.update(dict(zip(found.tolist(), counts.tolist())))
+                on_edge, edge_counts = np.unique(packed[edge_pixels(packed)], return_counts=True)
+                edges.update(dict(zip(on_edge.tolist(), edge_counts.tolist())))
+                colour_example = colour_example or p
+                if len(pixels) > MAX_SCANNED_COLOURS:
+                    too_many_colours = p
+            continue
+        if a.dtype != np.uint8:
+            mx = int(a.max(initial=0))
+            if a.size and int(a.min()) < 0:
+                raise DataError(f"Mask {p} has negative values; class ids and instance labels must be ≥ 0.")
+            if mx > 255:
+                wide_max, wide_example = max(wide_max, mx), wide_example or p
+                continue
+            a = a.astype(np.uint8)
+        hist += np.bincount(a.ravel(), minlength=256)
+    if pixels:  # grey masks in a colour-mask set: their greys are colours too (no edge counts: never blends)
+        pixels.update({v * 0x010101: int(hist[v]) for v in np.flatnonzero(hist).tolist()})
+    by_rgb = {unpack_rgb(c): n for c, n in pixels.items()}
+    edges_by_rgb = {unpack_rgb(c): n for c, n in edges.items()}
+    return MaskStats(hist, by_rgb, edges_by_rgb, colour_example, too_many_colours, wide_max, wide_example, palette_mode)
 
 
 def coco_decoding(coco: CocoData) -> MaskDecoding:
-    """COCO polygons and RLE: the categories are the classes."""
-    return _decoding("coco", coco_class_names(coco), f"COCO categories of {coco.path.name}")
+    """COCO polygons and RLE: the categories, in file order, are the classes after background.
+
+    Raises:
+        DataError: an empty or duplicate name, or a category named background (id 0 is background).
+    """
+    names = background_first(list(coco.names), coco.path)
+    if len(names) != len(coco.names) + 1:
+        raise DataError(f"COCO file {coco.path} has a category named background; rename it (background is id 0).")
+    return _decoding("coco", names, f"COCO categories of {coco.path.name}")
 
 
 def labelstudio_decoding(export: LabelStudioData, names_file: Path | None) -> MaskDecoding:
     """Label Studio regions: the classes of the labelling config beside the export, else of a names file, else the
-    labels its regions use in name order (with a warning: the project's order is not in the export).
+    labels its regions use in name order (with a warning).
 
     Raises:
         DataError: a region label that the config or names file does not list.
@@ -145,20 +234,26 @@ def labelstudio_decoding(export: LabelStudioData, names_file: Path | None) -> Ma
 
 
 def instance_files_decoding(names_file: Path | None) -> MaskDecoding:
-    """DSB2018 per-object mask files, unioned into one foreground class."""
-    return _decoding("instances", instance_class_names(names_file), names_source(names_file))
+    """DSB2018 per-object mask files, unioned into one foreground class.
+
+    Raises:
+        DataError: the names file lists more or fewer than one class.
+    """
+    names = read_class_names(names_file) if names_file else list(BINARY_NAMES)
+    if len(names) != 2:
+        raise DataError(
+            f"DSB2018 instance masks are binary but {names_file} lists {len(names)} classes; list one class."
+        )
+    return _decoding("instances", names, names_source(names_file))
 
 
 def decide_mask_kind(
     masks: Sequence[Path], where: Path, names_file: Path | None, class_folders: Sequence[str] | None = None
 ) -> MaskDecoding:
-    """Mask kind, class names, palette, threshold and colour table of a paired, flat or class-folder set.
+    """How the masks of a paired, flat or class-folder set decode (``masks``: one per pair, in layout order).
 
     Args:
-        masks: the mask file of each pair, in the order the layout found them (examples in warnings are the
-            first such file).
         where: the mask folder (or the folder of the pairs), named in messages.
-        names_file: the folder's names file, if any.
         class_folders: the class folder names of a class-folders layout (class ids 1.. in this order), else None.
 
     Raises:
@@ -187,19 +282,15 @@ def decide_mask_kind(
         decoding = _decoding("jpeg-binary", names, names_source(names_file))
     else:
         st = scan_masks(masks)
-        if st.colours:
+        if st.pixels:
             decoding = _colour_decoding(st, file_names, names_file, where)
         elif st.wide_max:
-            decoding = _decoding(
-                "instances",
-                binary_class_names(file_names) or BINARY_NAMES,
-                names_source(names_file),
-                binary_threshold=1,
-                warnings=(
-                    f"Masks such as {st.wide_example.name if st.wide_example else '?'} hold 16-bit labels up to "
-                    f"{st.wide_max}; they are read as instance labels and every label > 0 becomes foreground.",
-                ),
+            wide = (
+                f"Masks such as {st.wide_example.name if st.wide_example else '?'} hold 16-bit labels up to "
+                f"{st.wide_max}; they are read as instance labels and every label > 0 becomes foreground."
             )
+            names = binary_class_names(file_names) or BINARY_NAMES
+            decoding = _decoding("instances", names, names_source(names_file), binary_threshold=1, warnings=(wide,))
         else:
             decoding = _grey_decoding(st, file_names, names_source(names_file))
     return replace(decoding, warnings=(*first, *decoding.warnings))
@@ -207,13 +298,7 @@ def decide_mask_kind(
 
 def _class_folder_decoding(masks: Sequence[Path], class_folders: Sequence[str], jpeg: bool) -> MaskDecoding:
     """Binary masks whose foreground is their folder's class; 0/1 masks get threshold 1."""
-    if jpeg:
-        thr = 128
-    else:
-        hist = np.zeros(256, np.int64)
-        for m in masks:
-            hist += np.bincount(read_binary_source(m).ravel(), minlength=256)
-        thr = 1 if hist[2:].sum() == 0 else 128
+    thr = 128 if jpeg or max(int(read_binary_source(m).max(initial=0)) for m in masks) > 1 else 1
     names = ("background", *class_folders)
     return _decoding("jpeg-binary" if jpeg else "binary", names, "class folder names", binary_threshold=thr)
 
@@ -221,27 +306,26 @@ def _class_folder_decoding(masks: Sequence[Path], class_folders: Sequence[str], 
 def _labelmap_decoding(masks: Sequence[Path], labelmap: Path, where: Path, jpeg: bool) -> MaskDecoding:
     """Masks beside a CVAT ``labelmap.txt``: colour masks through its colours, or grey index masks it names."""
     names, colours = parse_labelmap(labelmap)
-    st = None if jpeg else scan_masks(masks)
-    if st is not None and not st.colours and not st.palette_mode and not st.wide_max:
-        # Grey index masks beside a label map: the values are the class ids and the label map names them.
-        return MaskDecoding(
-            "index", tuple(names), tuple(colours), labelmap.name, class_pixels=st.index_pixels(len(names))
-        )
-    if st is None:
+    if jpeg:
         raise DataError(
             f"Masks in {where} are JPEG but {labelmap} maps colours to classes; JPEG changes colours, so export the "
             "colour masks as PNG."
         )
+    st = scan_masks(masks)
+    if not st.pixels and not st.palette_mode and not st.wide_max:
+        # Grey index masks beside a label map: the values are the class ids and the label map names them.
+        return MaskDecoding(
+            "index", tuple(names), tuple(colours), labelmap.name, class_pixels=st.index_pixels(len(names))
+        )
     table = {c: k for k, c in enumerate(colours)}
     warnings: tuple[str, ...] = ()
-    pixels = st.rgb_pixels()
-    if any(c not in table for c in pixels):
+    if any(c not in table for c in st.pixels):
         # Blends of label-map colours (smoothed edges) go to the nearest one; other unknown colours stay
         # unknown, and decoding reports them with the file and a pixel.
-        _, blends = resolve_blends(pixels, st.rgb_edges(), real=colours)
+        _, blends = resolve_blends(st.pixels, st.edges, real=colours)
         if blends:
             table.update({c: table[target] for c, target in blends.items()})
-            warnings = (_blend_warning(blends, pixels, len(colours), f"the colours of {labelmap.name}"),)
+            warnings = (_blend_warning(blends, st.pixels, len(colours), f"the colours of {labelmap.name}"),)
     return MaskDecoding(
         "rgb",
         tuple(names),
@@ -260,10 +344,9 @@ def _colour_decoding(st: MaskStats, file_names: list[str] | None, names_file: Pa
             f"Mask {st.too_many_colours} has more than {MAX_SCANNED_COLOURS} colours, too many for class colours "
             "(lossy saving or noise?); add a labelmap.txt (name:r,g,b::) or save index PNG masks."
         )
-    pixels = st.rgb_pixels()
     # Smoothed edges hold dozens of mixtures of the real colours; each would otherwise become a class (a 2-colour
     # mask resized bilinearly gives dozens), with only tiny-class warnings to show for it.
-    real, blends = resolve_blends(pixels, st.rgb_edges())
+    real, blends = resolve_blends(st.pixels, st.edges)
     if len(set(real) - {(0, 0, 0), VOC_IGNORE_COLOUR}) > MAX_AUTO_COLOURS:
         raise DataError(
             f"Masks such as {st.colour_example} have {len(real)} distinct colours besides edge blends, too many "
@@ -272,7 +355,7 @@ def _colour_decoding(st: MaskStats, file_names: list[str] | None, names_file: Pa
         )
     warnings: list[str] = []
     if blends:
-        warnings.append(_blend_warning(blends, pixels, len(real), "the real colours"))
+        warnings.append(_blend_warning(blends, st.pixels, len(real), "the real colours"))
     cols = sorted(set(real) - {(0, 0, 0)})
     table: dict[Rgb, int] = {(0, 0, 0): 0}
     if VOC_IGNORE_COLOUR in cols:
@@ -321,13 +404,11 @@ def _grey_decoding(st: MaskStats, file_names: list[str] | None, source: str) -> 
         thr = 1 if values <= {0, 1} else 128
         return _decoding("binary", names, source, binary_threshold=thr, warnings=warnings)
     if file_names is not None:  # index masks whose values are the class ids of a names file
-        n = len(file_names)
-        return _decoding("index", file_names, source, class_pixels=st.index_pixels(n), warnings=warnings)
+        return _decoding("index", file_names, source, class_pixels=st.index_pixels(len(file_names)), warnings=warnings)
     ids = sorted(values - {IGNORE_INDEX, 0})
     if ids != list(range(1, len(ids) + 1)):
-        # Values with gaps ({0, 1, 2, 7}): every value up to the largest used to be a class, so 3..6 became empty
-        # classes that were trained as "never present". The values that occur become the classes, in order, and
-        # keep their value in their name.
+        # Values with gaps ({0, 1, 2, 7}): only the values that occur become classes (in order, named by value), so
+        # 3..6 are not empty classes trained as "never present".
         value_map = np.arange(256, dtype=np.uint8)
         value_map[ids] = np.arange(1, len(ids) + 1)
         names = ("background", *(f"class_{v}" for v in ids))

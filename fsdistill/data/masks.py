@@ -1,25 +1,21 @@
-"""Decode and encode segmentation masks.
+"""Decode masks to H×W uint8 class ids (255 = ignore, as in VOC) and encode them as palette PNGs.
 
-Every decoder returns an H×W uint8 array of class ids with 255 = ignore (the VOC convention), whatever the file
-held: 0/255 or 0/1 binary, JPEG binary (lossy, thresholded), index/palette PNG, RGB colour masks with a
-colour table, or per-instance files to be unioned. PNG masks are read with Pillow, never OpenCV: OpenCV expands
-palette PNGs to colour and the class ids are lost.
+Masks are read with Pillow, never OpenCV: OpenCV expands palette PNGs to colour and the class ids are lost.
 """
 
 from __future__ import annotations
 
 import io
 import itertools
-import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+from PIL.PngImagePlugin import PngInfo
 
-from fsdistill.data.images import _EXIF_ERRORS, _PIL_ERRORS, TIFF_SUFFIXES, _tiff_header
+from fsdistill.data.images import _EXIF_ERRORS, _PIL_ERRORS, TIFF_SUFFIXES, _tiff_header, read_tiff_array
 from fsdistill.errors import DataError
 
 __all__ = [
@@ -43,6 +39,7 @@ __all__ = [
 
 IGNORE_INDEX = 255
 Rgb = tuple[int, int, int]
+BACKGROUND_NAMES = frozenset({"background", "bg", "_background_", "__background__", "backgroud", "back_ground"})
 
 
 def default_palette(n: int) -> list[Rgb]:
@@ -81,15 +78,7 @@ def _open_mask(path: Path) -> Image.Image | np.ndarray:
 
 
 def _read_tiff_mask(path: Path) -> np.ndarray:
-    try:
-        import tifffile
-    except ImportError as e:
-        raise _cannot_read_mask(path, "Pillow cannot decode this TIFF and tifffile is not installed") from e
-    try:
-        arr = np.asarray(tifffile.imread(path, key=0))
-    except Exception as e:  # tifffile raises many unrelated types for corrupt files; all mean "unreadable"
-        raise _cannot_read_mask(path, f"{type(e).__name__}: {e}") from e
-    arr = np.squeeze(arr)
+    arr = np.squeeze(read_tiff_array(path, _cannot_read_mask))
     if arr.ndim == 3 and arr.shape[0] <= 4 < arr.shape[2]:
         arr = np.moveaxis(arr, 0, -1)
     if arr.ndim == 3 and arr.shape[-1] >= 3:
@@ -100,13 +89,8 @@ def _read_tiff_mask(path: Path) -> np.ndarray:
 
 
 def read_mask_array(path: Path | str) -> np.ndarray:
-    """Raw mask pixels as stored.
-
-    Returns:
-        H×W for grey, palette (the palette *indices*) and 16/32-bit label masks (dtype uint8, uint16 or int32);
-        H×W×3 uint8 for colour masks. Alpha is dropped and colour images whose three channels are equal
-        collapse to H×W, since many tools save grey masks as RGB.
-    """
+    """Raw mask pixels as stored: H×W for grey, palette (the *indices*) and 16/32-bit label masks, H×W×3 uint8
+    for colour masks (alpha dropped; equal channels collapse to H×W, as many tools save grey masks as RGB)."""
     path = Path(path)
     img = _open_mask(path)
     if isinstance(img, np.ndarray):
@@ -122,12 +106,10 @@ def read_mask_array(path: Path | str) -> np.ndarray:
         return np.asarray(img).copy()  # 16/32-bit labels: uint16 or int32, values kept
     if mode == "F":
         raise _cannot_read_mask(path, "it holds floating-point values, not class ids")
-    rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    return _collapse_grey_rgb(rgb)
+    return _collapse_grey_rgb(np.asarray(img.convert("RGB"), dtype=np.uint8))
 
 
 def _collapse_grey_rgb(rgb: np.ndarray) -> np.ndarray:
-    """H×W×3 whose three channels are equal → H×W; anything else unchanged (made contiguous)."""
     if rgb.ndim == 3 and (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all():
         return np.ascontiguousarray(rgb[..., 0])
     return np.ascontiguousarray(rgb)
@@ -168,11 +150,8 @@ def read_rgb_mask(path: Path | str) -> np.ndarray:
 
 
 def read_binary_source(path: Path | str) -> np.ndarray:
-    """H×W grey values of a mask meant as binary: colour masks use their brightest channel.
-
-    The brightest channel (not luminance) keeps a pure-red or pure-blue foreground above a 128 threshold;
-    wider-than-8-bit masks are clipped to 0..255, so any instance label > 0 stays foreground after ``>= 1``.
-    """
+    """H×W grey values of a mask meant as binary: colour masks use their brightest channel (a pure-red or
+    pure-blue foreground stays above 128); wider masks are clipped to 0..255 (any label > 0 stays ``>= 1``)."""
     arr = read_mask_array(path)
     if arr.ndim == 3:
         arr = arr.max(axis=-1)
@@ -182,11 +161,8 @@ def read_binary_source(path: Path | str) -> np.ndarray:
 
 
 def decode_binary(raw: np.ndarray, threshold: int, class_id: int = 1) -> np.ndarray:
-    """H×W uint8 class ids from a grey binary mask: ``class_id`` where ``raw >= threshold``, else 0.
-
-    Use threshold 128 for 0..255 data (and always for JPEG masks, whose edges and flat areas carry compression
-    noise), and 1 for 0/1 data.
-    """
+    """H×W uint8 class ids from a grey binary mask: ``class_id`` where ``raw >= threshold`` (128, or 1 for 0/1
+    data), else 0."""
     out = np.zeros(np.shape(raw), np.uint8)
     out[np.asarray(raw) >= threshold] = class_id
     return out
@@ -215,18 +191,17 @@ def edge_pixels(labels: np.ndarray) -> np.ndarray:
     return edge
 
 
-# Smoothed or bilinearly resized colour masks hold, along each boundary, mixtures of the colours that meet there.
-# A colour counts as such a blend when it lies within BLEND_TOLERANCE (RGB distance) of the segment between two
-# real colours (or of the triangle of three, where three regions meet), at least BLEND_EDGE_FRACTION of its pixels
-# are on a boundary, and it has at most BLEND_MAX_SHARE of the pixels of each colour it mixes. 6 allows the
-# rounding of 8-bit blends (< 1) and blends computed in linear light, which curve slightly off the segment.
+# A colour in smoothed or resized colour masks is a blend when it lies within BLEND_TOLERANCE (RGB distance) of the
+# segment between two real colours (or the triangle of three), at least BLEND_EDGE_FRACTION of its pixels are on a
+# boundary, and it has at most BLEND_MAX_SHARE of the pixels of each colour it mixes. 6 allows the rounding of
+# 8-bit blends and blends computed in linear light, which curve slightly off the segment.
 BLEND_TOLERANCE = 6.0
 BLEND_EDGE_FRACTION = 0.5
 BLEND_MAX_SHARE = 0.5
 _MAX_TRIPLE_COLOURS = 12  # above this many real colours only pairs are tried (triples grow cubically)
 
 
-def _blend_sources(colour: Rgb, real: Sequence[Rgb], pixels: Mapping[Rgb, int], tol: float) -> tuple[Rgb, ...] | None:
+def _blend_sources(colour: Rgb, real: Sequence[Rgb], pixels: Mapping[Rgb, int]) -> tuple[Rgb, ...] | None:
     """The real colours that ``colour`` is a mixture of (2 or 3), or None; see BLEND_TOLERANCE."""
     c = np.asarray(colour, np.float64)
     present = [r for r in real if pixels.get(r, 0) > 0 and r != colour]
@@ -238,7 +213,7 @@ def _blend_sources(colour: Rgb, real: Sequence[Rgb], pixels: Mapping[Rgb, int], 
         t = float(np.dot(c - pa, d) / max(np.dot(d, d), 1e-9))
         if 0.0 <= t <= 1.0:
             dist = float(np.linalg.norm(pa + t * d - c))
-            if dist <= tol and few(a, b) and (best is None or dist < best[0]):
+            if dist <= BLEND_TOLERANCE and few(a, b) and (best is None or dist < best[0]):
                 best = (dist, (a, b))
     if best is None and len(present) <= _MAX_TRIPLE_COLOURS:
         for a, b, d3 in itertools.combinations(present, 3):
@@ -248,29 +223,20 @@ def _blend_sources(colour: Rgb, real: Sequence[Rgb], pixels: Mapping[Rgb, int], 
             if u < -0.02 or v < -0.02 or u + v > 1.02:
                 continue
             dist = float(np.linalg.norm(pa + basis @ np.array([u, v]) - c))
-            if dist <= tol and few(a, b, d3) and (best is None or dist < best[0]):
+            if dist <= BLEND_TOLERANCE and few(a, b, d3) and (best is None or dist < best[0]):
                 best = (dist, (a, b, d3))
     return None if best is None else best[1]
 
 
 def resolve_blends(
-    pixels: Mapping[Rgb, int],
-    edges: Mapping[Rgb, int],
-    real: Sequence[Rgb] | None = None,
-    tol: float = BLEND_TOLERANCE,
+    pixels: Mapping[Rgb, int], edges: Mapping[Rgb, int], real: Sequence[Rgb] | None = None
 ) -> tuple[list[Rgb], dict[Rgb, Rgb]]:
-    """Tell the real colours of colour masks from the blended edge colours that smoothing or resizing left.
+    """(real colours, {blend colour: the nearest real colour it mixes}) of colour masks whose edges smoothing or
+    resizing blended; ``pixels``/``edges``: each colour's pixels over all masks / on a boundary.
 
-    Args:
-        pixels: pixels of each colour over all masks. edges: how many of them lie on a boundary (see edge_pixels).
-        real: the real colours when a label map gives them; None = found here: colours by decreasing pixel count,
-            each one real unless it is a blend of the real colours found before it (then re-checked against the
-            final set, since a tiny class can have fewer pixels than the blends along its own edge).
-        tol: see BLEND_TOLERANCE.
-
-    Returns:
-        (real colours, most pixels first when found here; {blend colour: the nearest real colour it mixes}).
-        With ``real`` given, colours that are neither real nor blends are in neither (the caller reports them).
+    ``real``: the real colours when a label map gives them (other colours are then in neither result); None =
+    found here, most pixels first: each colour is real unless it blends the real ones found before it, then
+    re-checked against the final set (a tiny class can have fewer pixels than the blends along its own edge).
     """
 
     def is_blendlike(colour: Rgb) -> bool:
@@ -280,11 +246,11 @@ def resolve_blends(
     if real is None:
         found: list[Rgb] = []
         for colour in by_count:
-            if not (len(found) >= 2 and is_blendlike(colour) and _blend_sources(colour, found, pixels, tol)):
+            if not (len(found) >= 2 and is_blendlike(colour) and _blend_sources(colour, found, pixels)):
                 found.append(colour)
 
         def blend_of_others(colour: Rgb) -> bool:
-            return is_blendlike(colour) and bool(_blend_sources(colour, [r for r in found if r != colour], pixels, tol))
+            return is_blendlike(colour) and bool(_blend_sources(colour, [r for r in found if r != colour], pixels))
 
         # Drop late "real" colours that are blends of the final set, rarest first, one at a time.
         while drop := next((c for c in sorted(found[2:], key=lambda c: pixels[c]) if blend_of_others(c)), None):
@@ -296,7 +262,7 @@ def resolve_blends(
     for colour in by_count:
         if colour in real_list or not is_blendlike(colour):
             continue
-        sources = _blend_sources(colour, real_list, pixels, tol)
+        sources = _blend_sources(colour, real_list, pixels)
         if sources:  # the nearest of the colours it mixes
             blends[colour] = min(sources, key=lambda r: sum((x - y) ** 2 for x, y in zip(colour, r)))
     if real is None:  # a colour skipped as a blend of a colour that was dropped later is real after all
@@ -327,10 +293,8 @@ def colours_to_index(rgb: np.ndarray, table: Mapping[Rgb, int], path: Path | str
 
 
 def union_instances(paths: Sequence[Path | str], class_id: int = 1) -> np.ndarray:
-    """H×W uint8: ``class_id`` wherever any per-instance mask file is foreground (DSB2018 style).
-
-    Each file is thresholded on its own (≥1 for 0/1 files, ≥128 otherwise); an instance file holds one object,
-    so it is never empty and its own maximum tells the encoding.
+    """H×W uint8: ``class_id`` wherever any per-instance mask file (DSB2018) is foreground, each thresholded on
+    its own: ≥1 for 0/1 files, ≥128 otherwise (a file holds one object, so its maximum tells the encoding).
 
     Raises:
         DataError: no files, an unreadable file, or files of different sizes.
@@ -356,11 +320,8 @@ _LABELMAP_LINE = re.compile(r"^\s*([^:#][^:]*?)\s*:\s*(\d+)\s*,\s*(\d+)\s*,\s*(\
 
 
 def parse_labelmap(path: Path | str) -> tuple[list[str], list[Rgb]]:
-    """Read a CVAT/Datumaro ``labelmap.txt`` (``# label:color_rgb:parts:actions`` then ``name:r,g,b::`` lines).
-
-    Returns:
-        (names, colours) with "background" first: the entry named background (or coloured 0,0,0) becomes index 0;
-        if there is none, ("background", (0, 0, 0)) is prepended. Other entries keep their file order.
+    """(names, colours) of a CVAT/Datumaro ``labelmap.txt`` (``name:r,g,b::`` lines), in file order except the
+    entry named background (else coloured 0,0,0; else a new ("background", (0, 0, 0))), which comes first.
 
     Raises:
         DataError: unreadable file, a malformed line, a channel above 255, a duplicate name or colour.
@@ -399,9 +360,6 @@ def parse_labelmap(path: Path | str) -> tuple[list[str], list[Rgb]]:
     return names, colours
 
 
-BACKGROUND_NAMES = frozenset({"background", "bg", "_background_", "__background__", "backgroud", "back_ground"})
-
-
 def _check_unique(items: list, path: Path, what: str) -> None:
     dup = next((it for k, it in enumerate(items) if it in items[:k]), None)
     if dup is not None:
@@ -409,12 +367,8 @@ def _check_unique(items: list, path: Path, what: str) -> None:
 
 
 def encode_index_png(mask: np.ndarray, palette: Sequence[Rgb], text: Mapping[str, str] | None = None) -> bytes:
-    """An H×W uint8 class-id mask as the bytes of a mode-"P" PNG with ``palette`` embedded.
-
-    Viewers show colours while the stored values stay class ids. Entries past ``palette`` are black except
-    255 (ignore), which gets VOC's cream (224, 224, 192) unless the palette defines it. ``text``: PNG text chunks
-    to store with it (predict keeps each mask's confidence scores there).
-    """
+    """An H×W uint8 class-id mask as the bytes of a mode-"P" PNG with ``palette`` embedded (255 gets VOC's cream
+    unless the palette defines it), and the PNG text chunks ``text``."""
     m = np.asarray(mask)
     if m.ndim != 2:
         raise ValueError(f"mask must be H×W, got shape {m.shape}")
@@ -422,8 +376,6 @@ def encode_index_png(mask: np.ndarray, palette: Sequence[Rgb], text: Mapping[str
         if m.size and (m.min() < 0 or m.max() > 255):
             raise ValueError("mask values must fit in 0..255")
         m = m.astype(np.uint8)
-    if len(palette) > 256:
-        raise ValueError(f"a PNG palette holds at most 256 colours, got {len(palette)}")
     flat = np.zeros((256, 3), np.uint8)
     if len(palette) <= IGNORE_INDEX:
         flat[IGNORE_INDEX] = (224, 224, 192)
@@ -431,36 +383,22 @@ def encode_index_png(mask: np.ndarray, palette: Sequence[Rgb], text: Mapping[str
     h, w = m.shape
     img = Image.frombytes("P", (w, h), np.ascontiguousarray(m).tobytes())
     img.putpalette(flat.reshape(-1).tolist())
-    extra = {}
-    if text:
-        from PIL.PngImagePlugin import PngInfo
-
-        info = PngInfo()
-        for key, value in text.items():
-            info.add_text(key, value)
-        extra["pnginfo"] = info
+    info = PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
     buffer = io.BytesIO()
     # zlib level 3: half the time of the default 6 on masks, for somewhat bigger files.
-    img.save(buffer, format="PNG", optimize=False, compress_level=3, **extra)
+    img.save(buffer, format="PNG", optimize=False, compress_level=3, pnginfo=info)
     return buffer.getvalue()
 
 
 def write_index_png(
     path: Path | str, mask: np.ndarray, palette: Sequence[Rgb], text: Mapping[str, str] | None = None
 ) -> None:
-    """Write :func:`encode_index_png`'s PNG of ``mask`` to ``path``, atomically: the file is written to a
-    temporary name in the same folder and renamed, so a crash never leaves a half-written mask."""
+    """Write :func:`encode_index_png`'s PNG of ``mask`` to ``path`` atomically (a crash never leaves half a mask)."""
+    from fsdistill.runtime import write_atomic  # here: the data modules do not import torch otherwise
+
     path = Path(path)
     payload = encode_index_png(mask, palette, text)
     path.parent.mkdir(parents=True, exist_ok=True)
-    from fsdistill.runtime import new_file_mode  # here: the data modules do not import torch otherwise
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, new_file_mode())  # mkstemp creates 0o600; masks get the umask's mode like other outputs
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, payload, unique=True)

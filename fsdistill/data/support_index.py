@@ -1,8 +1,5 @@
-"""The result of discovering a support folder: its image/mask pairs and how to decode each mask.
-
-:class:`SupportIndex` is built once by :func:`fsdistill.data.discover.discover` with its final values; it reads
-images as H×W×3 uint8 RGB and decodes masks to H×W uint8 class ids (0 = background, 255 = ignore).
-"""
+"""The result of discovering a support folder (:func:`fsdistill.data.discover.discover`): its image/mask pairs
+and how to decode each mask."""
 
 from __future__ import annotations
 
@@ -33,13 +30,9 @@ __all__ = ["Sample", "SupportIndex"]
 
 @dataclass(frozen=True)
 class Sample:
-    """One image with its annotation.
-
-    ``key`` is unique and stable: the image's path relative to its image folder without suffix ("x", "cat/x",
-    a DSB2018 id), used for leakage checks and output names. The other fields are for decoding the mask:
-    ``mask_paths`` (one file; several for DSB2018 instances; the JSON for COCO and Label Studio), ``coco_id``,
-    ``task_index`` (the task's position among a Label Studio export's annotated tasks) and ``class_id`` (the class
-    a binary mask's foreground becomes: the folder's class for class folders, else 1).
+    """One image with its annotation. ``key``: unique and stable (the image's path relative to its image folder
+    without suffix), for leakage checks and output names. ``mask_paths``: one per object for DSB2018, the JSON
+    for COCO and Label Studio. ``class_id``: the class a binary mask's foreground becomes.
     """
 
     key: str
@@ -52,11 +45,8 @@ class Sample:
 
 @dataclass(frozen=True)
 class SupportIndex:
-    """All usable pairs of a support folder and how to decode their masks.
-
-    Masks decode to H×W uint8 class ids (0 = background, 1..N-1 the classes, 255 = ignore).
-    The fields after ``warnings`` are decoding details that :func:`~fsdistill.data.discover.discover` decides.
-    """
+    """All usable pairs of a support folder and how to decode their masks to H×W uint8 class ids (255 = ignore).
+    The fields after ``warnings`` are decoding details."""
 
     root: Path
     layout: str
@@ -72,8 +62,7 @@ class SupportIndex:
     binary_threshold: int = 128  # binary kinds: foreground = value >= this (1 for 0/1 masks)
     colour_table: dict[Rgb, int] | None = field(default=None, repr=False)  # rgb kind: colour -> class id
     value_map: np.ndarray | None = field(default=None, repr=False)  # index kind: 256 mask values -> class ids
-    # Pixels of each class over all masks at full resolution, where the folder scan counts them (index and colour
-    # masks); None elsewhere (binary, COCO, DSB2018, class folders).
+    # Pixels of each class over all masks where the folder scan counts them (index and colour masks), else None.
     class_pixels: list[int] | None = field(default=None, repr=False)
     coco: CocoData | None = field(default=None, repr=False)
     labelstudio: LabelStudioData | None = field(default=None, repr=False)
@@ -86,17 +75,14 @@ class SupportIndex:
         return read_image(self.samples[i].image_path)
 
     def load_mask(self, i: int, size: tuple[int, int] | None = None) -> np.ndarray:
-        """H×W uint8 class ids of sample ``i``; 255 = ignore.
-
-        Args:
-            size: the image's (width, height) when already known; read from the image header otherwise.
+        """H×W uint8 class ids of sample ``i``; ``size``: the image's (width, height) if known (else read).
 
         Raises:
             DataError: unreadable mask, a size that differs from the image's, an unknown colour, or a class id
                 ≥ len(class_names) other than 255.
         """
         s = self.samples[i]
-        where = s.mask_paths[0] if s.mask_paths else s.image_path
+        where = s.mask_paths[0]
         w, h = size if size is not None else image_size(s.image_path)
         if self.layout == "coco":
             assert self.coco is not None and s.coco_id is not None
@@ -112,11 +98,9 @@ class SupportIndex:
             m = read_index_mask(where)
             if self.value_map is not None:
                 m = self.value_map[m]
-        elif self.mask_kind == "rgb":
-            assert self.colour_table is not None
+        else:
+            assert self.mask_kind == "rgb" and self.colour_table is not None
             m = colours_to_index(read_rgb_mask(where), self.colour_table, where)
-        else:  # pragma: no cover - discover never produces another kind
-            raise ValueError(f"unknown mask kind {self.mask_kind!r}")
         if m.shape != (h, w):
             if self.layout == "coco":
                 raise DataError(
@@ -179,32 +163,30 @@ class SupportIndex:
         return img, self.load_mask(i, size=(img.shape[1], img.shape[0]))
 
     def fingerprint(self) -> str:
-        """sha256 hex over the class names and, sorted by key, each (key, image bytes sha256, mask sha256).
-
-        Mask sha256 is over the mask file's bytes (DSB2018: over its instance files' hashes in name order; COCO
-        and Label Studio: over the image's annotations as canonical JSON), so renaming a folder keeps it and
-        editing a pixel changes it.
-        """
+        """sha256 hex over the class names and, sorted by key, each sample's key and the sha256 of its image and
+        mask files (COCO, Label Studio: of its annotations), so moving a folder keeps it and editing a pixel
+        changes it."""
         h = hashlib.sha256()
         h.update(("\n".join(self.class_names) + "\n\n").encode())
         for s in sorted(self.samples, key=lambda s: s.key):
             if self.layout == "coco":
                 assert self.coco is not None and s.coco_id is not None
-                entry = {
-                    "image": self.coco.images[s.coco_id].__dict__,
-                    "anns": self.coco.annotations.get(s.coco_id, []),
-                }
-                mask_sha = hashlib.sha256(json.dumps(entry, sort_keys=True, default=str).encode()).hexdigest()
+                image, anns = self.coco.images[s.coco_id], self.coco.annotations.get(s.coco_id, [])
+                mask_sha = _json_sha256({"image": image.__dict__, "anns": anns})
             elif self.layout == "labelstudio":
                 assert self.labelstudio is not None and s.task_index is not None
-                entry = self.labelstudio.fingerprint_entry(s.task_index)
-                mask_sha = hashlib.sha256(json.dumps(entry, sort_keys=True, default=str).encode()).hexdigest()
+                task = self.labelstudio.tasks[s.task_index]
+                mask_sha = _json_sha256({"image": task.image_ref, "results": list(task.results)})
             elif len(s.mask_paths) == 1:
                 mask_sha = _file_sha256(s.mask_paths[0])
             else:
                 mask_sha = hashlib.sha256("".join(_file_sha256(p) for p in s.mask_paths).encode()).hexdigest()
             h.update(f"{s.key}\t{_file_sha256(s.image_path)}\t{mask_sha}\t{s.class_id}\n".encode())
         return h.hexdigest()
+
+
+def _json_sha256(entry: dict) -> str:
+    return hashlib.sha256(json.dumps(entry, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _file_sha256(path: Path) -> str:

@@ -1,7 +1,4 @@
-"""A support folder as tensors at the model's input size: what training and the teacher artifact hold.
-
-Kept apart from :mod:`fsdistill.data.support_index` (which reads files as numpy arrays and needs no torch).
-"""
+"""A support folder as tensors at the model's input size (apart from support_index, which needs no torch)."""
 
 from __future__ import annotations
 
@@ -19,11 +16,8 @@ __all__ = ["SupportTensors", "load_support_tensors"]
 
 @dataclass
 class SupportTensors:
-    """A support set resized to the model's input size.
-
-    Attributes:
-        images: S×3×size×size uint8. masks: S×size×size uint8 class ids (255 = ignore). keys: sample keys.
-    """
+    """``images``: S×3×size×size uint8; ``masks``: S×size×size uint8 class ids (255 = ignore); ``keys``: sample
+    keys."""
 
     images: Tensor
     masks: Tensor
@@ -34,7 +28,7 @@ class SupportTensors:
 
 
 def load_support_tensors(index: SupportIndex, size: int) -> SupportTensors:
-    """Read every pair of a :class:`~fsdistill.data.support_index.SupportIndex` and resize it to size×size."""
+    """Read every pair of ``index`` and resize it to size×size."""
     images, masks = [], []
     for i in range(len(index)):
         image, mask = index.load_pair(i)

@@ -1,7 +1,4 @@
-"""Resizing, normalisation and flips shared by training, prediction and evaluation (one way to do each).
-
-Turning a model's logits back into a mask is inference's job: :mod:`fsdistill.infer.postprocess`.
-"""
+"""Resizing, normalisation and flips shared by training, prediction and evaluation (one way to do each)."""
 
 from __future__ import annotations
 
@@ -31,10 +28,7 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def to_chw_tensor(image: np.ndarray) -> Tensor:
-    """H×W×3 uint8 → contiguous 3×H×W uint8 tensor (the model's channel order).
-
-    cv2.split de-interleaves the channels in one pass; torch's permute + contiguous was measurably slower in predict.
-    """
+    """H×W×3 uint8 → contiguous 3×H×W uint8 tensor (cv2.split de-interleaves faster than permute + contiguous)."""
     return torch.from_numpy(np.stack(cv2.split(image)))
 
 
@@ -44,21 +38,14 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
 
 
 def normalize_coefficients(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[list[float], list[float]]:
-    """Per-channel (scale, shift) with ``x * scale + shift = (x / 255 - mean) / std`` for uint8 ``x``.
-
-    One multiply-add in place makes three passes over the batch fewer than the formula. The backbone
-    (:meth:`~fsdistill.models.backbone.Backbone.preprocess`) and :func:`normalize` share these numbers, so the
-    two give bit-identical inputs.
-    """
+    """Per-channel (scale, shift) with ``x * scale + shift = (x / 255 - mean) / std`` for uint8 ``x``: one
+    multiply-add, shared by the backbone and :func:`normalize` so both give bit-identical inputs."""
     return [1.0 / (255.0 * s) for s in std], [-m / s for m, s in zip(mean, std)]
 
 
 def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
-    """B×H×W×3 or B×3×H×W uint8 → B×3×H×W float32 normalised with the backbone's mean/std (0–1 scale).
-
-    For code that feeds normalised floats to a model from outside it (the ONNX export and its check); a
-    :class:`~fsdistill.models.backbone.Backbone` normalises uint8 images itself (``encode``).
-    """
+    """B×H×W×3 or B×3×H×W uint8 → B×3×H×W float32 normalised with the backbone's mean/std (0–1 scale), for
+    code that feeds floats to a model from outside it (ONNX export); a Backbone normalises uint8 images itself."""
     if images.shape[-1] == 3 and images.shape[1] != 3:
         images = images.permute(0, 3, 1, 2)
     scale, shift = normalize_coefficients(mean, std)
