@@ -192,10 +192,14 @@ def write_atomic(path: Path, payload: bytes | str, unique: bool = False) -> Path
     that several processes may write at once (the manifest of ``predict --shard``)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp" if unique else f".{path.name}.tmp")
-    tmp.write_bytes(payload.encode("utf-8") if isinstance(payload, str) else payload)
-    # A temp file left by a killed run keeps its old mode when reopened; set it as a new file would have it.
-    os.chmod(tmp, new_file_mode())
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(payload.encode("utf-8") if isinstance(payload, str) else payload)
+        # A temp file left by a killed run keeps its old mode when reopened; set it as a new file would have it.
+        os.chmod(tmp, new_file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write (disk full, interrupted) leaves no hidden file behind
+        raise
     return path
 
 

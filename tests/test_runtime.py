@@ -87,3 +87,21 @@ def test_retain_freed_memory_can_be_switched_off(monkeypatch) -> None:
     monkeypatch.setenv("FSDISTILL_RETAIN_MEMORY", "0")
     assert runtime.retain_freed_memory() is False
     assert not runtime._retaining
+
+
+def test_write_atomic_replaces_whole_and_leaves_nothing_when_it_fails(tmp_path, monkeypatch) -> None:
+    """write_atomic swaps the file in one rename; a write that fails keeps the old file and leaves no hidden
+    temporary file behind."""
+    target = tmp_path / "table.csv"
+    runtime.write_atomic(target, "old\n")
+    assert runtime.write_atomic(target, b"new\n") == target and target.read_text() == "new\n"
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runtime.os, "replace", full_disk)
+    for unique in (False, True):
+        with pytest.raises(OSError, match="No space"):
+            runtime.write_atomic(target, "lost\n", unique=unique)
+    assert target.read_text() == "new\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]
