@@ -204,8 +204,12 @@ def test_ray_suggest_equals_local(ray_cluster, tiny_multi_run, shaken_multi_stud
     remote = api.suggest(folder, shaken_multi_student, engine="ray", workers=2, **kw)
     assert remote.failed == local.failed and [path for path, _ in remote.failed] == [str(folder / "broken.png")]
     assert [row.image for row in remote.ranking] == [row.image for row in local.ranking]
+    # Ray's actors run torch on one thread, this process on torch's default: the same sums in another order can
+    # differ in the last bits of a float32, so scores agree to a tolerance (the ranking above exactly).
     for ours, theirs in zip(remote.ranking, local.ranking):
-        assert ours.scores == theirs.scores and ours.duplicate_of == theirs.duplicate_of
+        assert ours.duplicate_of == theirs.duplicate_of
+        for field in ("score", "uncertainty", "disagreement", "class_disagreement", "fractions"):
+            assert getattr(ours.scores, field) == pytest.approx(getattr(theirs.scores, field), abs=1e-5), field
     assert remote.teacher == local.teacher and remote.teacher is not None
 
 
