@@ -157,8 +157,8 @@ class TrainCfg(_Strict):
     pool_labeller: Literal["teacher", "student", "mean", "agree"] = Field(
         "mean",
         description="distill --unlabeled: who labels the pool after the support phase: the adapted teacher (against "
-        "all supports), the student (self-training), their mean, or both where they agree; all but the student need "
-        "a class the teacher is trusted with (train.pool_min_iou)",
+        "all supports), the student (self-training), their mean (the student alone where the teacher is trusted with no "
+        "class), or both where they agree",
     )
     pool_threshold: float = Field(
         0.7, ge=0, le=1, description="distill --unlabeled: pool pixels whose label probability is lower are ignored"

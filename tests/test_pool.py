@@ -12,7 +12,7 @@ from fsdistill import api
 from fsdistill.cli import app
 from fsdistill.config import DistillCfg, TrainCfg, load_config
 from fsdistill.models.build import load_model
-from fsdistill.train.fit import polish
+from fsdistill.train.fit import train
 from fsdistill.train.losses import IGNORE_INDEX
 from fsdistill.train.pool import join_pool, label_batch, pseudo_labels
 
@@ -83,22 +83,18 @@ def reference_maps(teacher, cache, index):
         return teacher.coarse_maps(cache.query(index, 0)[0], cache.support[0])
 
 
-def test_the_polish_phase_also_trains_the_student_on_the_pool(tiny_pool_models) -> None:
-    """With a pool, each step of the student's last phase adds a pool batch (pseudo-labels and the teacher's coarse
-    maps): its losses are recorded and move the student, with or without a support batch; without one, none."""
+def test_training_with_a_pool_adds_its_losses_and_moves_the_student(tiny_pool_models) -> None:
     teacher, student, cache, support = tiny_pool_models
     pool = _label(teacher, student, cache.support[0], [support.images], "student", 0.0)
     assert pool is not None
-    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    cfg = TrainCfg(steps=2, pool_batch=2)
     before = [p.detach().clone() for p in student.convdist.parameters()]
-    stats = polish(student, cache, TrainCfg(polish_steps=2, pool_batch=2), quiet=True, pool=pool)
+    stats = train(teacher, cache, cfg, student=student, quiet=True, pool=pool)
     assert stats.steps == 2
-    assert all({"polish", "pool", "pool_mse"} <= set(h) for h in stats.history)
+    assert all({"pool", "pool_mse"} <= set(h) for h in stats.history)
     assert any(not torch.equal(a, b) for a, b in zip(before, student.convdist.parameters()))
-    assert all(torch.equal(v, teacher_before[k]) for k, v in teacher.state_dict().items())
-    stats = polish(student, cache, TrainCfg(polish_steps=1, student_batch=0), quiet=True, pool=pool)
-    assert stats.steps == 1 and set(stats.history[0]) == {"pool", "pool_mse"}
-    stats = polish(student, cache, TrainCfg(polish_steps=1), quiet=True)
+    # no pool: no pool losses
+    stats = train(teacher, cache, TrainCfg(steps=1), student=student, quiet=True)
     assert "pool" not in stats.history[0]
 
 
@@ -122,8 +118,8 @@ def test_distill_with_a_pool_records_it_in_the_artifact(tiny_data, tmp_path) -> 
     assert len(info["skipped"]) == 1 and "broken.png" in info["skipped"][0]
     assert info["used"] and info["labeller"] == "mean" and len(info["fingerprint"]) == 64
     assert info["trusted"] == tiny_data.multi_classes and set(info["teacher_leave_one_out"]) == set(info["trusted"])
-    assert info["support_steps"] == run.stats["steps"] == TINY_TRAIN["steps"]
-    assert info["pool_steps"] == run.stats["polish_steps"] == TINY_TRAIN["polish_steps"]
+    assert info["support_steps"] == info["pool_steps"] == TINY_TRAIN["steps"]
+    assert run.stats["steps"] == 2 * TINY_TRAIN["steps"]
     stored = load_model(run.run_dir, "student").config["training"]["pool"]
     assert stored["fingerprint"] == info["fingerprint"]
     # a pool larger than --unlabeled-max: a sample of it
@@ -149,12 +145,12 @@ def test_a_pool_the_teacher_cannot_be_trusted_with_is_left_unused(tiny_data, tmp
     info = run.stats["pool"]
     assert not info["used"] and info["trusted"] == [] and "no class reaches" in info["reason"]
     assert run.stats["steps"] == TINY_TRAIN["steps"] and "images" not in info
-    # the mean labeller (the default) too; only the student labeller, asked for by name, needs no trust
-    for labeller, used in (("mean", False), ("student", True)):
+    # the mean labeller (the default) falls back to the student's own labels, which need no trust in the teacher
+    for labeller in ("mean", "student"):
         cfg = _distill_cfg(tiny_data.multi, tmp_path / labeller, pool, min_iou=1.0)
         cfg.train.pool_labeller = labeller
         info = api.distill(cfg).stats["pool"]
-        assert info["used"] is used and info["labeller"] == labeller and info["trusted"] == []
+        assert info["used"] and info["labeller"] == "student" and info["trusted"] == []
     config = tmp_path / "teacher.yaml"
     config.write_text("train:\n  pool_labeller: teacher\n")
     result = CliRunner().invoke(
@@ -188,13 +184,6 @@ def test_bad_pools_are_one_sentence_before_any_training(tiny_data, tmp_path) -> 
     assert_user_error(result, "None of the 1 images of --unlabeled", "could be read")
     result = runner.invoke(app, [*base, "--out", str(tmp_path / "d"), "--unlabeled-max", "0"])
     assert_user_error(result, "--unlabeled-max")
-    no_last_phase = tmp_path / "no_polish.yaml"  # the pool trains the student in its last phase
-    no_last_phase.write_text("train:\n  polish_steps: 0\n")
-    result = runner.invoke(
-        app, [*base, "--out", str(tmp_path / "e"), "--unlabeled", str(broken), "--config", str(no_last_phase)]
-    )
-    assert_user_error(result, "--unlabeled trains the student in its last phase", "polish_steps")
-    assert not (tmp_path / "e").exists()
 
 
 def test_distill_cli_reports_the_pool(tiny_data, tmp_path) -> None:
@@ -208,4 +197,3 @@ def test_distill_cli_reports_the_pool(tiny_data, tmp_path) -> None:
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "unlabeled pool: 3 of 3 images labelled by teacher and student (mean)" in result.output
-    assert "the student's last 150 steps also train on them" in result.output

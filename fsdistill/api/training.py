@@ -47,7 +47,7 @@ from fsdistill.models.teacher import DCAMATeacher
 from fsdistill.runtime import progress, resolve_device, seed_everything
 from fsdistill.train.episodes import FeatureCache
 from fsdistill.train.fit import TrainStats, polish, train
-from fsdistill.train.pool import PoolTargets, join_pool, label_files
+from fsdistill.train.pool import join_pool, label_files
 from fsdistill.train.pool_ray import RayPoolLabeller
 from fsdistill.train.support_check import check_supports
 
@@ -237,7 +237,7 @@ def _pool_engine(
     return RayPoolLabeller(cfg.device, address, workers, gpus_per_worker or 0.0)
 
 
-def _label_pool(
+def _train_on_pool(
     cfg: DistillCfg,
     paths: list[Path],
     total: int,
@@ -246,13 +246,12 @@ def _label_pool(
     student: DistilledStudent,
     cache: FeatureCache,
     class_names: list[str],
-    support_steps: int,
+    support_stats: TrainStats,
     quiet: bool,
     ray_labeller: RayPoolLabeller | None = None,
-) -> tuple[PoolTargets | None, dict[str, Any]]:
-    """Label the pool of ``distill --unlabeled`` after the support phase (on ``ray_labeller``'s actors if given):
-    (the pool's targets, or None when it is left unused; what the artifact records of it). The student then trains
-    on it in its last phase (:func:`fsdistill.train.fit.polish`).
+) -> tuple[TrainStats, dict[str, Any]]:
+    """The pool phase of ``distill --unlabeled``: label the pool (on ``ray_labeller``'s actors if given), then
+    train on supports and pool together: (the statistics of both phases, what the artifact records of the pool).
 
     The teacher's labels and coarse maps teach only the classes it finds in held-out supports (leave-one-out IoU
     at least ``cfg.train.pool_min_iou``); with none, a pool the teacher would label is left unused.
@@ -260,13 +259,14 @@ def _label_pool(
     # What the teacher can be trusted with: the classes it finds in each support from the other supports.
     check = check_supports(teacher, student, cache, class_names)
     trusted = [c.leave_one_out is not None and c.leave_one_out >= cfg.train.pool_min_iou for c in check.classes]
-    # Only the student labeller (self-training, asked for by name) needs no trust in the teacher: the mean of a
-    # teacher trusted with nothing would be the student's own labels, which lost where measured (docs/benchmarks.md).
+    # The student's own labels (self-training) need no trust in the teacher; its coarse maps still do.
     labeller = cfg.train.pool_labeller
+    if labeller == "mean" and not any(trusted):  # the teacher's half would teach nothing: the student labels alone
+        labeller = "student"
     base_info: dict[str, Any] = {
         "root": str(cfg.unlabeled),
         "pool_size": total,
-        "support_steps": support_steps,
+        "support_steps": support_stats.steps,
         "min_iou": cfg.train.pool_min_iou,
         "trusted": [c.name for c, ok in zip(check.classes, trusted) if ok],
         "teacher_leave_one_out": {c.name: c.leave_one_out for c in check.classes},
@@ -280,7 +280,7 @@ def _label_pool(
                 f"no class reaches a leave-one-out IoU of {cfg.train.pool_min_iou} with the teacher on the supports "
                 "(a class in one support has none): its labels would teach the student its mistakes"
             )
-        return None, {**base_info, "used": False, "reason": f"the pool was not used: {reason}"}
+        return support_stats, {**base_info, "used": False, "reason": f"the pool was not used: {reason}"}
     start = time.perf_counter()
     support, trust = cache.support[0], torch.tensor(trusted, dtype=torch.bool)
     args = (paths, cfg.model.size, labeller, cfg.train.pool_threshold, trust, POOL_BATCH)
@@ -306,6 +306,17 @@ def _label_pool(
             f"None of the {len(paths)} images of --unlabeled {cfg.unlabeled} could be read ({skipped[0]}); "
             "check the files or leave --unlabeled out."
         )
+    pool_stats = train(
+        teacher, cache, cfg.train, student=student, freeze_teacher=cfg.freeze_teacher, quiet=quiet, pool=pool
+    )
+    combined = TrainStats(
+        steps=support_stats.steps + pool_stats.steps,
+        episodes=support_stats.episodes + pool_stats.episodes,
+        seconds=support_stats.seconds + label_seconds + pool_stats.seconds,
+        history=support_stats.history + pool_stats.history,
+        stop_reason=f"supports: {support_stats.stop_reason}; with the pool: {pool_stats.stop_reason}",
+        class_queries=[a + b for a, b in zip(support_stats.class_queries, pool_stats.class_queries)],
+    )
     info = {
         **base_info,
         "used": True,
@@ -314,10 +325,11 @@ def _label_pool(
         "fingerprint": _pool_fingerprint(cfg.unlabeled, labelled),
         "labelled_fraction": round(pool.labelled_fraction(), 4),
         "label_seconds": round(label_seconds, 2),
+        "pool_steps": pool_stats.steps,
     }
     if ray_labeller is not None:  # recorded only then: a local run's artifact is as before
         info["engine"] = "ray"
-    return pool, info
+    return combined, info
 
 
 def distill(
@@ -344,8 +356,6 @@ def distill(
     ray_labeller = _pool_engine(cfg, engine, address, workers, gpus_per_worker)
     if cfg.drop_class and cfg.init is None:
         raise ConfigError("--drop-class only applies with --init RUN.")
-    if cfg.unlabeled is not None and not cfg.train.polish_steps:
-        raise ConfigError("--unlabeled trains the student in its last phase: set train.polish_steps above 0.")
     init = _load_init(cfg) if cfg.init is not None else None
     if init is not None:
         cfg = cfg.model_copy(update={"model": init[0].model_cfg})
@@ -397,9 +407,9 @@ def distill(
         quiet=quiet,
         new_classes=new_classes,
     )
-    pool, pool_info = None, None
+    pool_info = None
     if pool_paths is not None and cfg.train.steps != 0:
-        pool, pool_info = _label_pool(
+        stats, pool_info = _train_on_pool(
             cfg,
             *pool_paths,
             teacher,
@@ -407,18 +417,14 @@ def distill(
             student,
             cache,
             index.class_names,
-            stats.steps,
+            stats,
             quiet,
             ray_labeller,
         )
-        stats.seconds += pool_info.get("label_seconds", 0.0)
-    # Not for a continued run without a pool: it stops at its floors, as more training on the supports over-fits the
-    # classes it kept (see fsdistill.train.budget).
-    if cfg.train.steps != 0 and (new_classes is None or pool is not None):
-        finish = polish(student, cache, cfg.train, quiet, pool=pool)
-        stats.add_polish(finish)
-        if pool is not None:
-            pool_info["pool_steps"] = finish.steps
+    if new_classes is None and cfg.train.steps != 0:
+        # Not for a continued run: it stops at its floors, as more training on the supports over-fits the classes
+        # it kept (see fsdistill.train.budget).
+        stats.add_polish(polish(student, cache, cfg.train, quiet))
 
     def check_and_write() -> RunResult:
         # Rank 0 only under torchrun: every process holds the same weights, so one check and one artifact.

@@ -251,7 +251,7 @@ def distill(
             f"unlabeled pool: {pool['images']} of {pool['pool_size']} images labelled by "
             f"{LABELLER_WORDS[pool['labeller']]} in "
             f"{pool['label_seconds']:.0f} s ({100 * pool['labelled_fraction']:.0f} % of the pixels confident"
-            f"{skipped}); the student's last {pool['pool_steps']} steps also train on them"
+            f"{skipped}); {pool['support_steps']} steps on the supports, then {pool['pool_steps']} with the pool"
         )
     polish = result.stats.get("polish_steps")
     say(

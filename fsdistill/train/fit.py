@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from fsdistill import distributed
 from fsdistill.config import TrainCfg
@@ -22,14 +22,12 @@ from fsdistill.models.teacher import DCAMATeacher
 from fsdistill.runtime import progress, raise_if_interrupted
 from fsdistill.train.episodes import EpisodeSampler, FeatureCache, flip_batch
 from fsdistill.train.losses import coarse_mse, segmentation_loss
-from fsdistill.train.pool import PoolSampler, PoolTargets
+from fsdistill.train.pool import PoolTargets
 
 __all__ = ["TrainStats", "teacher_groups", "set_trainable", "train", "polish"]
 
-# Added to the seed of the polish phase's sampler and flips: other draws than the joint phase's; and of its pool
-# batches' order and flips.
+# Added to the seed of the polish phase's sampler and flips: other draws than the joint phase's.
 POLISH_SEED = 7919
-POOL_SEED, POOL_FLIP_SEED = 13, 17
 
 
 @dataclass
@@ -96,29 +94,6 @@ def _student_batch_step(
     return float(loss.detach())
 
 
-def _pool_batch_step(
-    student: DistilledStudent,
-    pool: PoolTargets,
-    sampler: PoolSampler,
-    flips: torch.Generator | None,
-    classes: Tensor,
-    cfg: TrainCfg,
-) -> tuple[float, float]:
-    """Backpropagate ``cfg.pool_weight`` × (focal + Dice on the pseudo-labels of ``cfg.pool_batch`` pool images
-    + w·MSE against the teacher's coarse maps of ``classes``, N bool); returns the two losses unweighted."""
-    feats, labels, coarse_t = pool.batch(sampler.sample(cfg.pool_batch))
-    if flips is not None:
-        feats, (labels, *coarse_t) = flip_batch(flips, feats, labels, *coarse_t)
-    s_logits, coarse_s = student.forward_features(feats)
-    seg = segmentation_loss(s_logits, labels, cfg.focal_gamma, cfg.dice_weight)
-    # One MSE per image, as in the episodes.
-    mse = coarse_mse(
-        [c.flatten(0, 1) for c in coarse_s], [c.flatten(0, 1) for c in coarse_t], classes.repeat(len(labels))
-    )
-    (cfg.pool_weight * (seg + cfg.mse_weight * mse)).backward()
-    return float(seg.detach()), float(mse.detach())
-
-
 def train(
     teacher: DCAMATeacher,
     cache: FeatureCache,
@@ -127,6 +102,7 @@ def train(
     freeze_teacher: bool = False,
     quiet: bool = False,
     new_classes: list[bool] | None = None,
+    pool: PoolTargets | None = None,
 ) -> TrainStats:
     """Fine-tune the teacher (``student is None``) or train the student jointly with it.
 
@@ -134,6 +110,8 @@ def train(
     ``freeze_teacher`` ½ focal(student) + ½ w·MSE against the fixed teacher (w = ``cfg.mse_weight``; "focal" is
     focal + Dice). ``new_classes`` (``distill --init``): per class whether it is new; new classes are query targets
     as often as all the trained ones together, and the automatic budget stops at its floors with them covered.
+    ``pool``: each step the student also trains on ``cfg.pool_batch`` pool images, weighted ``cfg.pool_weight``
+    (focal + Dice on their pseudo-labels, w·MSE against the teacher's coarse maps of them).
     """
     stats = TrainStats()
     if cfg.steps == 0:
@@ -159,8 +137,13 @@ def train(
     if new_classes is not None and any(new_classes):
         repeats = [max(1, new_classes.count(False)) if new else 1 for new in new_classes]
     sampler = EpisodeSampler(cache.present, cfg.max_shots, cache.views, cfg.seed + rank, repeats)
+    pool_sampler = (
+        pool.sampler(cfg.seed + rank) if pool is not None and student is not None and cfg.pool_batch else None
+    )
     flips = torch.Generator().manual_seed(cfg.seed + rank) if cfg.flip_features and student is not None else None
     class_queries = sampler.class_queries  # in a process group: the sum over the processes
+    # The pool's coarse maps teach the classes the supports show and the pool is trusted with.
+    pool_classes = None if pool is None else cache.present.any(dim=0).to(device) & pool.trusted.to(device)
     attention_trains = any(p.requires_grad for p in teacher.blocks.parameters())
     # Frozen attention (the default): each (query, support) pair's attention is computed once and reused.
     if attention_trains:
@@ -219,6 +202,24 @@ def train(
             # The student needs no supports, so it also learns from a plain supervised batch (cheap: no attention).
             totals["student_batch"] = _student_batch_step(student, cache, sampler, flips, cfg)
             totals["loss"] += totals["student_batch"]
+        if pool_sampler is not None:
+            assert pool is not None and student is not None and pool_classes is not None
+            feats, labels, coarse_t = pool.batch(pool_sampler.sample(cfg.pool_batch))
+            if flips is not None:
+                feats, (labels, *coarse_t) = flip_batch(flips, feats, labels, *coarse_t)
+            s_logits, coarse_s = student.forward_features(feats)
+            pool_seg = segmentation_loss(s_logits, labels, cfg.focal_gamma, cfg.dice_weight)
+            # The teacher's maps of the trusted classes its supports show (one MSE per image, as in the episodes).
+            pool_mse = coarse_mse(
+                [c.flatten(0, 1) for c in coarse_s],
+                [c.flatten(0, 1) for c in coarse_t],
+                pool_classes.repeat(len(labels)),
+            )
+            pool_loss = cfg.pool_weight * (pool_seg + cfg.mse_weight * pool_mse)
+            pool_loss.backward()
+            totals["pool"] = float(pool_seg.detach())
+            totals["pool_mse"] = float(pool_mse.detach())
+            totals["loss"] += float(pool_loss.detach())
         if world > 1:
             distributed.average_gradients(params)
             totals, class_queries = distributed.reduce_step(totals, sampler.class_queries, device)
@@ -248,22 +249,14 @@ def train(
     return stats
 
 
-def polish(
-    student: DistilledStudent,
-    cache: FeatureCache,
-    cfg: TrainCfg,
-    quiet: bool = False,
-    pool: PoolTargets | None = None,
-) -> TrainStats:
+def polish(student: DistilledStudent, cache: FeatureCache, cfg: TrainCfg, quiet: bool = False) -> TrainStats:
     """The student's last phase: ``cfg.polish_steps`` steps alone on the supports, on its own copy of the decoder.
 
     During joint training the decoder also serves the teacher; here the student's ConvDist blocks and its decoder's
     trainable groups (``cfg.train``) finish on the student's supervised batches alone. The teacher is left as it is.
-    ``pool`` (``distill --unlabeled``): each step also trains on a batch of the labelled pool
-    (:func:`_pool_batch_step`; its coarse maps teach the trusted classes the supports show).
     """
     stats = TrainStats()
-    if not cfg.polish_steps or not (cfg.student_batch or pool is not None):
+    if not cfg.polish_steps or not cfg.student_batch:
         return stats
     student.decoder = copy.deepcopy(student.decoder)  # the teacher keeps the decoder it was trained with
     decoder_params = [p for name, group in decoder_groups(student.decoder).items() if name in cfg.train for p in group]
@@ -278,21 +271,13 @@ def polish(
     # Other draws than the joint phase's (its sampler and flips were seeded with seed + rank).
     sampler = EpisodeSampler(cache.present, cfg.max_shots, cache.views, cfg.seed + rank + POLISH_SEED)
     flips = torch.Generator().manual_seed(cfg.seed + rank + POLISH_SEED) if cfg.flip_features else None
-    if pool is not None:
-        pool_sampler = pool.sampler(cfg.seed + rank + POOL_SEED)
-        pool_flips = torch.Generator().manual_seed(cfg.seed + rank + POOL_FLIP_SEED) if cfg.flip_features else None
-        pool_classes = cache.present.any(dim=0) & pool.trusted.to(cache.present.device)
     student.train()
     start = time.perf_counter()
     bar = progress(total=cfg.polish_steps, quiet=quiet, desc="polish", unit="step")
     for _ in range(cfg.polish_steps):
         raise_if_interrupted()
         optimizer.zero_grad(set_to_none=True)
-        totals = {"polish": _student_batch_step(student, cache, sampler, flips, cfg)} if cfg.student_batch else {}
-        if pool is not None:
-            totals["pool"], totals["pool_mse"] = _pool_batch_step(
-                student, pool, pool_sampler, pool_flips, pool_classes, cfg
-            )
+        totals = {"polish": _student_batch_step(student, cache, sampler, flips, cfg)}
         if world > 1:
             distributed.average_gradients(params)
             totals, _ = distributed.reduce_step(totals, sampler.class_queries, cache.masks[0].device)

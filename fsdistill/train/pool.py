@@ -58,15 +58,15 @@ class PoolTargets:
         feats = [[m.index_select(0, index) for m in level] for level in self.feats]
         return feats, self.labels.index_select(0, index), [c.index_select(0, index) for c in self.coarse]
 
-    def sampler(self, seed: int) -> PoolSampler:
-        return PoolSampler(len(self), seed)
+    def sampler(self, seed: int) -> _PoolSampler:
+        return _PoolSampler(len(self), seed)
 
     def labelled_fraction(self) -> float:
         """Share of pool pixels that carry a pseudo-label (the rest the labeller was unsure of)."""
         return float((self.labels != IGNORE_INDEX).float().mean()) if len(self) else 0.0
 
 
-class PoolSampler:
+class _PoolSampler:
     """Pool images in a fresh random order each pass (every image once per pass)."""
 
     def __init__(self, count: int, seed: int) -> None:
