@@ -10,7 +10,7 @@ from fsdistill.models.build import build_student, build_teacher, save_model
 
 def random_student(directory: Path, cfg: ModelCfg) -> Path:
     """A one-class student artifact of ``cfg`` with random head weights: what speed depends on, without training."""
-    student = build_student(build_teacher(cfg, 1), cfg.student_width)
+    student = build_student(build_teacher(cfg, 1), cfg.student_width, cfg.refiner)
     return save_model(
         directory,
         student,

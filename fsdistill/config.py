@@ -74,12 +74,21 @@ class ModelCfg(_Strict):
         description="ConvDist width per class: W > 0 = a 1x1 bottleneck to W channels before the 3x3 conv; "
         "0 or null = the paper's Conv3x3(C->C) on the backbone's C channels",
     )
+    refiner: bool = Field(
+        True,
+        description="student: end in one class-shared stride-4 stage that refines the merged logits from the query "
+        "features (its cost per image does not grow with the classes); light and shared decoders only",
+    )
 
     @model_validator(mode="after")
     def _groupnorm_divisible(self) -> ModelCfg:
         if self.teacher_weights is not None and "decoder" not in self.model_fields_set:
             # Official checkpoints hold the paper's decoder: follow them unless a decoder was asked for.
             self.__dict__["decoder"] = "dcama"
+        if self.decoder == "dcama" and self.refiner:
+            if "refiner" in self.model_fields_set:
+                raise ValueError("the refiner works with the light and shared decoders, not dcama; set refiner: false")
+            self.__dict__["refiner"] = False  # the paper's decoder ends at full resolution
         # GroupNorm(4) runs on width/8 channels in the paper's mapper and on the width itself in the others.
         multiple = 32 if self.decoder == "dcama" else 4
         if self.decoder_width is not None and self.decoder_width % multiple:

@@ -103,7 +103,7 @@ def tiny_pool_models(tiny_data):
     cfg = ModelCfg(**TINY_MODEL)
     index = discover(tiny_data.multi)
     teacher = build_teacher(cfg, len(index.class_names) - 1, pretrained=False)
-    student = build_student(teacher, cfg.student_width)
+    student = build_student(teacher, cfg.student_width, cfg.refiner)
     support = load_support_tensors(index, cfg.size)
     cache = FeatureCache(teacher, support, torch.device("cpu"), augment=False)
     return teacher, student, cache, support

@@ -458,7 +458,7 @@ def test_predictor_runs_the_student_folded_with_the_same_logits(tmp_path) -> Non
 
     torch.manual_seed(0)
     cfg = ModelCfg(backbone="test-resnet", size=64, student_width=4)
-    student = build_student(build_teacher(cfg, 2, pretrained=False), cfg.student_width).eval()
+    student = build_student(build_teacher(cfg, 2, pretrained=False), cfg.student_width, cfg.refiner).eval()
     _randomize_norms(student.backbone)
     path = save_model(
         tmp_path / "student",

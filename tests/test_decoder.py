@@ -87,7 +87,7 @@ def _per_class_flops(decoder_name: str, **model_args) -> tuple[int, int]:
     counts = []
     for classes in (1, 5):
         teacher = build_teacher(ModelCfg(decoder=decoder_name, size=384, **model_args), classes, pretrained=False)
-        student = build_student(teacher, 8).eval()
+        student = build_student(teacher, 8, decoder_name != "dcama").eval()
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             student(torch.randn(1, 3, 384, 384))
         counts.append(counter.get_total_flops())
@@ -111,7 +111,7 @@ def test_light_decoder_cost_per_class_is_small_next_to_the_backbone() -> None:
 def test_light_teacher_and_student_end_to_end_shapes_and_loss() -> None:
     torch.manual_seed(0)
     teacher = build_teacher(ModelCfg(backbone="test-resnet", size=SIZE, decoder="light"), 2, pretrained=False)
-    student = build_student(teacher, 4)
+    student = build_student(teacher, 4, True)
     images = torch.randn(3, 3, SIZE, SIZE)
     feats = teacher.backbone(images)
     logits, coarse = student.forward_features(feats)
@@ -137,7 +137,7 @@ def test_light_student_artifact_round_trip(tmp_path) -> None:
     torch.manual_seed(0)
     cfg = ModelCfg(backbone="test-resnet", size=SIZE, decoder="light", student_width=4)
     teacher = build_teacher(cfg, 2, pretrained=False)
-    student = _randomised(build_student(teacher, cfg.student_width))
+    student = _randomised(build_student(teacher, cfg.student_width, cfg.refiner))
     path = save_model(
         tmp_path / "student",
         student,
@@ -309,12 +309,13 @@ def test_shared_distill_end_to_end_and_artifact_round_trip(tiny_data, tmp_path) 
 
 def test_artifact_whose_config_names_no_decoder_loads_the_light_one(tmp_path) -> None:
     """Artifacts store their ModelCfg; one written before the decoder could be anything but the light one (no
-    ``decoder`` key) must load the light decoder whatever today's default is."""
+    ``decoder`` key) must load the light decoder whatever today's default is, and no refiner (no ``refiner`` key:
+    written before the student had one)."""
     from fsdistill.checkpoint import load_artifact, save_artifact
 
     torch.manual_seed(0)
-    cfg = ModelCfg(backbone="test-resnet", size=SIZE, decoder="light", student_width=4)
-    student = _randomised(build_student(build_teacher(cfg, 1, pretrained=False), 4))
+    cfg = ModelCfg(backbone="test-resnet", size=SIZE, decoder="light", student_width=4, refiner=False)
+    student = _randomised(build_student(build_teacher(cfg, 1, pretrained=False), 4, False))
     path = save_model(
         tmp_path / "student",
         student,
@@ -325,11 +326,12 @@ def test_artifact_whose_config_names_no_decoder_loads_the_light_one(tmp_path) ->
         support_info={},
     )
     tensors, config = load_artifact(path)
-    stored = {k: v for k, v in config["model_cfg"].items() if k != "decoder"}
+    stored = {k: v for k, v in config["model_cfg"].items() if k not in ("decoder", "refiner")}
     config = {k: v for k, v in config.items() if k != "weights_sha256"}
     old = save_artifact(tmp_path / "old", tensors, {**config, "model_cfg": stored})
     loaded = load_model(old)
     assert isinstance(loaded.model.decoder, LightDecoder) and loaded.model_cfg.decoder == "light"
+    assert loaded.model.refiner is None and not loaded.model_cfg.refiner
     images = torch.randint(0, 256, (1, 3, SIZE, SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(loaded.logits(images), student.predict(images))

@@ -79,7 +79,7 @@ def test_default_backbone_parity(tmp_path) -> None:
     cfg = ModelCfg()
     assert cfg.backbone == "efficientnet-lite0"
     torch.manual_seed(0)
-    student = build_student(build_teacher(cfg, 2), None).eval()
+    student = build_student(build_teacher(cfg, 2), None, cfg.refiner).eval()
     generator = torch.Generator().manual_seed(0)
     perturb_head(student, generator)  # a random decoder whose output varies over the image
     spec = student.backbone.spec
@@ -116,7 +116,7 @@ def test_shared_decoder_parity(tmp_path) -> None:
 
     cfg = ModelCfg(decoder="shared")
     torch.manual_seed(0)
-    student = build_student(build_teacher(cfg, 3), cfg.student_width).eval()
+    student = build_student(build_teacher(cfg, 3), cfg.student_width, cfg.refiner).eval()
     generator = torch.Generator().manual_seed(1)
     perturb_head(student, generator)
     spec = student.backbone.spec
@@ -144,7 +144,7 @@ def test_fixed_grid_backbone_falls_back_to_a_fixed_size(tmp_path) -> None:
     from fsdistill.models.build import build_student, build_teacher
 
     cfg = ModelCfg(backbone="test-swin", size=128)
-    student = build_student(build_teacher(cfg, 1), None).eval()
+    student = build_student(build_teacher(cfg, 1), None, cfg.refiner).eval()
     spec = student.backbone.spec
     result = export_onnx(
         student, tmp_path / "swin.onnx", input_size=128, mean=spec.mean, std=spec.std,

@@ -40,10 +40,10 @@ def test_kept_classes_keep_their_coarse_maps_at_their_new_position(width) -> Non
     """Copied ConvDist blocks give the same coarse maps as in the run's student; a new class starts at its prior."""
     torch.manual_seed(0)
     cfg = ModelCfg(backbone="test-resnet", size=64, student_width=width)
-    old = build_student(build_teacher(cfg, 3, pretrained=False), width).eval()
+    old = build_student(build_teacher(cfg, 3, pretrained=False), width, cfg.refiner).eval()
     for p in old.convdist.parameters():
         p.data.normal_(0, 0.2)
-    new = build_student(build_teacher(cfg, 4, pretrained=False), width).eval()
+    new = build_student(build_teacher(cfg, 4, pretrained=False), width, cfg.refiner).eval()
     match = match_classes(["background", "a", "b", "c"], ["background", "c", "new", "a", "b"], [], "RUN")
     prior = torch.tensor([0.1, 0.2, 0.3, 0.4])
     copy_student_classes(new, old, match, prior)
@@ -57,6 +57,26 @@ def test_kept_classes_keep_their_coarse_maps_at_their_new_position(width) -> Non
             else:
                 torch.testing.assert_close(stage_new[:, to_class], stage_old[:, from_class])
     torch.testing.assert_close(new.class_prior, prior)
+
+
+def test_refiner_weights_move_with_their_class() -> None:
+    """The class-shared refiner is copied whole but for its per-output weights, which follow their class; a new
+    class keeps a zero output row (it starts unrefined)."""
+    torch.manual_seed(0)
+    cfg = ModelCfg(backbone="test-resnet", size=64, student_width=4)
+    old = build_student(build_teacher(cfg, 3, pretrained=False), 4, True).eval()
+    for p in old.refiner.parameters():
+        p.data.normal_(0, 0.2)
+    new = build_student(build_teacher(cfg, 4, pretrained=False), 4, True).eval()
+    match = match_classes(["background", "a", "b", "c"], ["background", "c", "new", "a", "b"], [], "RUN")
+    copy_student_classes(new, old, match, torch.full((4,), 0.2))
+    first = old.refiner.proj.in_channels - 4  # the softmax columns of the projection (N + 1 = 4 in the run)
+    assert torch.equal(new.refiner.proj.weight[:, :first], old.refiner.proj.weight[:, :first])
+    assert torch.equal(new.refiner.norm.weight, old.refiner.norm.weight)
+    for to, src in [(0, 0), (1, 3), (3, 1), (4, 2)]:  # background, c, a, b
+        assert torch.equal(new.refiner.out.weight[to], old.refiner.out.weight[src])
+        assert torch.equal(new.refiner.proj.weight[:, first + to], old.refiner.proj.weight[:, first + src])
+    assert not new.refiner.out.weight[2].any() and new.refiner.out.bias[2] == 0  # "new"
 
 
 def _cfg(support, out, **extra):

@@ -25,7 +25,7 @@ def _student(
 ):
     torch.manual_seed(0)
     teacher = build_teacher(ModelCfg(backbone=backbone, size=size, decoder=decoder), num_classes, pretrained=pretrained)
-    return build_student(teacher, width).eval()
+    return build_student(teacher, width, decoder != "dcama").eval()
 
 
 @pytest.mark.parametrize("decoder", ["light", "dcama"])
@@ -111,8 +111,8 @@ def test_fused_convdist_equals_separate_per_class_blocks(width) -> None:
 def test_student_width_reduces_parameter_count() -> None:
     torch.manual_seed(0)
     teacher = build_teacher(ModelCfg(backbone="test-resnet", size=64), 2, pretrained=False)
-    paper = build_student(teacher, None)
-    narrow = build_student(teacher, 4)
+    paper = build_student(teacher, None, True)
+    narrow = build_student(teacher, 4, True)
 
     def count(student: DistilledStudent) -> int:
         return sum(p.numel() for p in student.convdist.parameters())
@@ -128,11 +128,42 @@ def test_student_width_reduces_parameter_count() -> None:
     assert not [k for k in narrow.state_dict() if k.startswith("blocks.")]
 
 
+def test_refiner_starts_as_identity_and_learns() -> None:
+    """An untrained refiner changes no logit (zero output conv); a gradient step on its output moves them."""
+    torch.manual_seed(0)
+    teacher = build_teacher(ModelCfg(backbone="test-resnet", size=64), 2, pretrained=False)
+    plain, refined = build_student(teacher, 4, False).eval(), build_student(teacher, 4, True).eval()
+    refined.convdist.load_state_dict(plain.convdist.state_dict())
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        logits = plain(images)
+        assert logits.shape == (2, 3, 16, 16)
+        torch.testing.assert_close(refined(images), logits)
+    refined(images).logsumexp(1).mean().backward()
+    assert refined.refiner.out.weight.grad.abs().sum() > 0
+    # Its cost is per image: only its N+1 input and output channels grow with the classes.
+    three = build_student(build_teacher(ModelCfg(backbone="test-resnet", size=64), 3, pretrained=False), 4, True)
+    per_class = sum(p.numel() for p in three.refiner.parameters()) - sum(
+        p.numel() for p in refined.refiner.parameters()
+    )
+    assert per_class == refined.refiner.proj.out_channels + refined.refiner.out.in_channels + 1
+
+
+def test_refiner_needs_a_stride_4_decoder() -> None:
+    assert not ModelCfg(decoder="dcama").refiner  # the paper's decoder ends at full resolution: off by default
+    assert ModelCfg().refiner and ModelCfg(decoder="shared").refiner
+    with pytest.raises(ValueError, match="not dcama; set refiner: false"):
+        ModelCfg(decoder="dcama", refiner=True)
+    teacher = build_teacher(ModelCfg(backbone="test-resnet", size=64, decoder="dcama"), 1, pretrained=False)
+    with pytest.raises(ValueError, match="output stride is 1"):
+        build_student(teacher, 4, True)
+
+
 def test_student_shares_backbone_and_decoder_with_its_teacher() -> None:
     backbone = create_backbone("test-resnet", pretrained=False)
     decoder = build_decoder(backbone.spec, "light")
     teacher = DCAMATeacher(backbone, decoder, 2)
-    student = build_student(teacher, 8)
+    student = build_student(teacher, 8, True)
     assert teacher.decoder is decoder  # the decoder built once: given to the teacher, shared with the student
     assert student.backbone is teacher.backbone and student.decoder is teacher.decoder
     assert torch.equal(student.class_prior, torch.full((2,), 0.5))

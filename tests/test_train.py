@@ -548,7 +548,7 @@ def test_support_check_reuses_the_training_pairs_with_the_same_result() -> None:
 
     torch.manual_seed(0)
     teacher = build_teacher(ModelCfg(backbone="test-resnet", size=64), num_classes=2, pretrained=False).eval()
-    student = build_student(teacher, 8).eval()
+    student = build_student(teacher, 8, True).eval()
     masks = torch.zeros(5, 64, 64, dtype=torch.uint8)
     for i in range(5):
         masks[i, 4 * i : 4 * i + 20, :30] = 1 + i % 2
@@ -594,7 +594,7 @@ def test_mse_weight_scales_the_distillation_term(weight) -> None:
         masks[i, 8 * i : 8 * i + 24, 10:40] = 1
     images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
     cache = FeatureCache(teacher, SupportTensors(images, masks, ["a", "b", "c"]), torch.device("cpu"), False)
-    student = build_student(teacher, 4)
+    student = build_student(teacher, 4, True)
     stats = train(teacher, cache, TrainCfg(steps=3, student_batch=0, mse_weight=weight), student=student, quiet=True)
     for step in stats.history:
         assert step["mse"] > 0
@@ -643,7 +643,7 @@ def test_flip_features_changes_only_the_student_batches() -> None:
         torch.manual_seed(0)
         teacher = build_teacher(ModelCfg(backbone="test-resnet", size=64), num_classes=1, pretrained=False)
         cache = FeatureCache(teacher, SupportTensors(images, masks, ["a", "b", "c"]), torch.device("cpu"), False)
-        student = build_student(teacher, 4)
+        student = build_student(teacher, 4, True)
         cfg = TrainCfg(steps=3, student_batch=3, flip_features=flips)
         histories[flips] = train(teacher, cache, cfg, student=student, quiet=True).history
     assert histories[False][0]["teacher"] == histories[True][0]["teacher"]
@@ -666,7 +666,7 @@ def test_polish_trains_the_student_alone_on_its_own_decoder() -> None:
     torch.manual_seed(0)
     teacher = build_teacher(ModelCfg(backbone="test-resnet", size=64), num_classes=2, pretrained=False)
     cache = FeatureCache(teacher, SupportTensors(images, masks, ["a", "b", "c"]), torch.device("cpu"), False)
-    student = build_student(teacher, 4)
+    student = build_student(teacher, 4, True)
     train(teacher, cache, TrainCfg(steps=2, student_batch=2), student=student, quiet=True)
 
     assert polish(student, cache, TrainCfg(polish_steps=0), quiet=True).steps == 0

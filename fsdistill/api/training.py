@@ -285,7 +285,7 @@ def _train_on_pool(
     support, trust = cache.support[0], torch.tensor(trusted, dtype=torch.bool)
     args = (paths, cfg.model.size, labeller, cfg.train.pool_threshold, trust, POOL_BATCH)
     if ray_labeller is not None:
-        results = ray_labeller.label_files(teacher, teacher_cfg, student, cfg.model.student_width, support, *args)
+        results = ray_labeller.label_files(teacher, teacher_cfg, student, support, *args)
     else:
         results = label_files(teacher, student, support, *args)
     bar = progress(total=len(paths), quiet=quiet, desc="label pool", unit="img")
@@ -388,10 +388,11 @@ def distill(
     teacher = teacher.to(device)
     run_dir = _start_run(cfg, "distill")
     cache = FeatureCache(teacher, support, device, _augment(cfg, len(index)))
-    student = build_student(teacher, cfg.model.student_width).to(device)
     # The student is the teacher's architecture (an adapted teacher's, whatever this run's --decoder says) with
-    # this run's ConvDist width.
-    student_cfg = teacher_cfg.model_copy(update={"student_width": cfg.model.student_width})
+    # this run's ConvDist width, and the refiner where that decoder ends at stride 4 (not the paper's).
+    refiner = cfg.model.refiner and teacher.decoder.output_stride == 4
+    student = build_student(teacher, cfg.model.student_width, refiner).to(device)
+    student_cfg = teacher_cfg.model_copy(update={"student_width": cfg.model.student_width, "refiner": refiner})
     prior = teacher.class_prior(cache.support[0], list(range(num_classes)))
     if match is not None:
         copy_student_classes(student, init[1].model.to(device), match, prior)

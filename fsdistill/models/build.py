@@ -92,9 +92,9 @@ def for_inference(model: nn.Module, device: torch.device, kind: str) -> nn.Modul
     return model.to(memory_format=inference_memory_format(device, kind))
 
 
-def build_student(teacher: DCAMATeacher, width: int | None) -> DistilledStudent:
+def build_student(teacher: DCAMATeacher, width: int | None, refiner: bool) -> DistilledStudent:
     """A student sharing the teacher's backbone and decoder (joint training, as the paper)."""
-    return DistilledStudent(teacher.backbone, teacher.decoder, teacher.num_classes, width)
+    return DistilledStudent(teacher.backbone, teacher.decoder, teacher.num_classes, width, refiner)
 
 
 @dataclass
@@ -221,6 +221,7 @@ def _check_built_from(model: DCAMATeacher | DistilledStudent, cfg: ModelCfg, cla
         wanted.update(heads=cfg.heads, use_pe=cfg.use_pe, qk_norm=cfg.qk_norm, voting=cfg.voting)
     else:
         found["student_width"], wanted["student_width"] = model.width_arg, cfg.student_width or None
+        found["refiner"], wanted["refiner"] = model.refiner is not None, cfg.refiner
     wrong = [f"{k} {found[k]!r} (config: {wanted[k]!r})" for k in found if found[k] != wanted[k]]
     if wrong:
         raise ValueError(f"the model was not built from this ModelCfg: {', '.join(wrong)}")
@@ -242,7 +243,7 @@ def load_model(path: Path | None, kind: str | None = None) -> LoadedModel:
         model: nn.Module = _teacher(cfg, backbone, num_classes)
     else:
         decoder = build_decoder(spec, cfg.decoder, cfg.decoder_width, cfg.mixer_widths)
-        model = DistilledStudent(backbone, decoder, num_classes, cfg.student_width)
+        model = DistilledStudent(backbone, decoder, num_classes, cfg.student_width, cfg.refiner)
     support_images = tensors.pop(SUPPORT_IMAGES_KEY, None)
     support_masks = tensors.pop(SUPPORT_MASKS_KEY, None)
     try:
@@ -268,6 +269,7 @@ def _stored_model_cfg(config: dict[str, Any], directory: Path) -> ModelCfg:
         # A config that names no decoder was written when the light decoder was the only default: build that one,
         # never whatever the default is today (its weights would not fit another decoder).
         settings.setdefault("decoder", LEGACY_DECODER)
+        settings.setdefault("refiner", False)  # nor a refiner: written before the student had one
         return ModelCfg.model_validate(settings)
     except (KeyError, ValidationError) as exc:
         reason = f"no {exc}" if isinstance(exc, KeyError) else f"{exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from fsdistill.errors import ConfigError
-from fsdistill.models.student import ConvDist, DistilledStudent
+from fsdistill.models.student import ConvDist, DistilledStudent, SharedRefiner
 
 __all__ = ["ClassMatch", "match_classes", "copy_student_classes"]
 
@@ -84,11 +84,33 @@ def _copy_convdist(target: ConvDist, source: ConvDist, to_class: int, from_class
 
 
 @torch.no_grad()
+def _copy_refiner(target: SharedRefiner, source: SharedRefiner, match: ClassMatch) -> None:
+    """Copy the class-shared refiner; its per-output weights (the projection's input columns of the softmax, the
+    output rows) move with their class. A new class keeps the fresh ones: zero output, so it starts unrefined."""
+    outputs = [(0, 0)] + [(to + 1, src + 1) for to, src in enumerate(match.source) if src is not None]
+    first = target.proj.in_channels - target.out.out_channels  # the softmax columns of the projection
+    for name, new in target.state_dict().items():
+        old = source.state_dict()[name]
+        if name == "proj.weight":
+            new[:, :first] = old[:, :first]
+            for to, src in outputs:
+                new[:, first + to] = old[:, first + src]
+        elif name.startswith("out."):
+            for to, src in outputs:
+                new[to] = old[src]
+        else:
+            new.copy_(old)
+
+
+@torch.no_grad()
 def copy_student_classes(target: DistilledStudent, source: DistilledStudent, match: ClassMatch, prior: Tensor) -> None:
     """Start ``target`` (the new folder's N classes) from ``source`` (the run's student): kept classes take their
-    trained ConvDist blocks, new ones a fresh block whose output starts at ``prior`` (N foreground fractions)."""
+    trained ConvDist blocks, new ones a fresh block whose output starts at ``prior`` (N foreground fractions); the
+    refiner is copied when both have one (a run from before the refiner gives a fresh, unrefining one)."""
     target.set_class_prior(prior)
     for new_dist, old_dist in zip(target.convdist, source.convdist):
         for to_class, from_class in enumerate(match.source):
             if from_class is not None:
                 _copy_convdist(new_dist, old_dist, to_class, from_class)
+    if target.refiner is not None and source.refiner is not None:
+        _copy_refiner(target.refiner, source.refiner, match)

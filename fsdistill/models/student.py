@@ -7,12 +7,13 @@ the decoder runs once over all classes as a batch.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fsdistill.models.decoder import DCAMADecoder, LightDecoder, SharedDecoder, merge_classes
 from fsdistill.models.teacher import ATTENTION_LEVELS, Features
 
-__all__ = ["ConvDist", "DistilledStudent"]
+__all__ = ["ConvDist", "SharedRefiner", "DistilledStudent"]
 
 
 class ConvDist(nn.Module):
@@ -69,9 +70,49 @@ class ConvDist(nn.Module):
         return coarse.view(len(maps), b, self.num_classes, *coarse.shape[-2:]).permute(1, 2, 0, 3, 4)
 
 
+class SharedRefiner(nn.Module):
+    """The student's last stage, shared by all classes: the stride-4 and stride-8 query maps and the softmax of the
+    N+1 merged logits → a residual added to those logits, at stride 4.
+
+    The per-class decoder sees each class through its coarse maps and a narrow projection of the query maps; this
+    stage sees the query maps at full width and every class at once, once per image whatever N is (a 1×1
+    projection, two depthwise-separable 3×3 convs). Its output conv starts at zero: an untrained stage changes
+    nothing.
+
+    Args:
+        skip_channels: channels of the stride-4 and stride-8 query maps. num_outputs: N+1. width: its channels.
+    """
+
+    def __init__(self, skip_channels: tuple[int, int], num_outputs: int, width: int = 32) -> None:
+        super().__init__()
+        c4, c8 = skip_channels
+        self.proj = nn.Conv2d(c4 + c8 + num_outputs, width, 1)
+        self.norm = nn.GroupNorm(8, width)
+        self.convs = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(width, width, 3, padding=1, groups=width), nn.Conv2d(width, width, 1))
+            for _ in range(2)
+        )
+        self.out = nn.Conv2d(width, num_outputs, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, logits: Tensor, skip4: Tensor, skip8: Tensor) -> Tensor:
+        """B×(N+1)×H/4×W/4 logits, B×C4×H/4×W/4 and B×C8×H/8×W/8 query maps → refined B×(N+1)×H/4×W/4 logits."""
+        c4, c8 = skip4.shape[1], skip8.shape[1]
+        weight = self.proj.weight
+        # The stride-8 third of the 1×1 projection commutes with upsampling: it runs at stride 8.
+        up8 = F.interpolate(F.conv2d(skip8, weight[:, c4 : c4 + c8]), size=skip4.shape[-2:], mode="bilinear")
+        x = F.conv2d(skip4, weight[:, :c4], self.proj.bias) + up8 + F.conv2d(logits.softmax(1), weight[:, c4 + c8 :])
+        x = torch.relu(self.norm(x))
+        for conv in self.convs:
+            x = torch.relu(conv(x))
+        return logits + self.out(x)
+
+
 class DistilledStudent(nn.Module):
-    """Backbone → ConvDist (stages 2–4) → decoder → N-way merge; backbone and decoder are the teacher's during
-    joint training. ``width``: the ConvDist width per class (see :class:`ConvDist`)."""
+    """Backbone → ConvDist (stages 2–4) → decoder → N-way merge (→ refiner); backbone and decoder are the teacher's during
+    joint training. ``width``: the ConvDist width per class (see :class:`ConvDist`). ``refiner``: end in a
+    :class:`SharedRefiner` (decoders whose output stride is 4)."""
 
     def __init__(
         self,
@@ -79,6 +120,7 @@ class DistilledStudent(nn.Module):
         decoder: DCAMADecoder | LightDecoder | SharedDecoder,
         num_classes: int,
         width: int | None = None,
+        refiner: bool = False,
     ) -> None:
         super().__init__()
         spec = backbone.spec
@@ -87,6 +129,9 @@ class DistilledStudent(nn.Module):
         self.num_classes = num_classes
         self.width_arg = width or None  # None = paper width (the stage's channels); stored in the artifact
         self.convdist = nn.ModuleList([ConvDist(spec.channels[lvl], num_classes, width) for lvl in ATTENTION_LEVELS])
+        if refiner and decoder.output_stride != 4:
+            raise ValueError(f"the refiner runs at stride 4; this decoder's output stride is {decoder.output_stride}")
+        self.refiner = SharedRefiner((spec.channels[0], spec.channels[1]), num_classes + 1) if refiner else None
         # Foreground fraction of each class in the support set: the decoder's coarse-map prior.
         self.register_buffer("class_prior", torch.full((num_classes,), 0.5))
 
@@ -108,8 +153,10 @@ class DistilledStudent(nn.Module):
         flat = [c.flatten(0, 1) for c in coarse]  # (B·N)×n×h×w, image-major
         prior = self.class_prior.repeat(b)
         logits = self.decoder(flat, skip, prior)  # (B·N)×2×h×w at the decoder's class stride
-        merged = merge_classes(logits.view(b, n, 2, *logits.shape[-2:]))
-        return self.decoder.refine(merged, skip), coarse
+        merged = self.decoder.refine(merge_classes(logits.view(b, n, 2, *logits.shape[-2:])), skip)
+        if self.refiner is not None:
+            merged = self.refiner(merged, feats[0][-1], feats[1][-1])
+        return merged, coarse
 
     def forward(self, images: Tensor) -> Tensor:
         """B×3×H×W normalised float images → B×(N+1)×h×w logits (background, class 1..N) at the decoder's output

@@ -393,7 +393,7 @@ class _RandomFactory:
             with contextlib.suppress(RuntimeError):  # per-class parameters would not fit; random weights time alike
                 teacher.load_state_dict(self.base.state_dict())
             teacher = teacher.to(self.device).eval()
-        student = build_student(teacher, self.cfg.student_width).to(self.device).eval()
+        student = build_student(teacher, self.cfg.student_width, self.cfg.refiner).to(self.device).eval()
         return _Models(ways, teacher.backbone, teacher, student)
 
 

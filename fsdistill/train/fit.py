@@ -75,6 +75,18 @@ def set_trainable(teacher: DCAMATeacher, names: list[str]) -> list[nn.Parameter]
     return params
 
 
+def _student_groups(student: DistilledStudent, cfg: TrainCfg) -> list[dict]:
+    """The student's own optimiser groups, made trainable: ConvDist at ``cfg.student_lr``, the refiner (when it
+    has one) at ``cfg.lr``, the step of the decoder it extends."""
+    groups = [{"params": list(student.convdist.parameters()), "lr": cfg.student_lr}]
+    if student.refiner is not None:
+        groups.append({"params": list(student.refiner.parameters()), "lr": cfg.lr})
+    for group in groups:
+        for p in group["params"]:
+            p.requires_grad_(True)
+    return groups
+
+
 def _student_batch_step(
     student: DistilledStudent,
     cache: FeatureCache,
@@ -120,8 +132,7 @@ def train(
     teacher_params = set_trainable(teacher, [] if freeze_teacher else cfg.train)
     groups = [{"params": teacher_params, "lr": cfg.lr}] if teacher_params else []
     if student is not None:
-        student.convdist.requires_grad_(True)
-        groups.append({"params": list(student.convdist.parameters()), "lr": cfg.student_lr})
+        groups += _student_groups(student, cfg)
     if not groups:
         raise ValueError("nothing to train: choose at least one trainable group")
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -252,15 +263,15 @@ def train(
 def polish(student: DistilledStudent, cache: FeatureCache, cfg: TrainCfg, quiet: bool = False) -> TrainStats:
     """The student's last phase: ``cfg.polish_steps`` steps alone on the supports, on its own copy of the decoder.
 
-    During joint training the decoder also serves the teacher; here the student's ConvDist blocks and its decoder's
-    trainable groups (``cfg.train``) finish on the student's supervised batches alone. The teacher is left as it is.
+    During joint training the decoder also serves the teacher; here the student's ConvDist blocks, its refiner and
+    its decoder's trainable groups (``cfg.train``) finish on the student's supervised batches alone. The teacher is left as it is.
     """
     stats = TrainStats()
     if not cfg.polish_steps or not cfg.student_batch:
         return stats
     student.decoder = copy.deepcopy(student.decoder)  # the teacher keeps the decoder it was trained with
     decoder_params = [p for name, group in decoder_groups(student.decoder).items() if name in cfg.train for p in group]
-    groups = [{"params": list(student.convdist.parameters()), "lr": cfg.student_lr}]
+    groups = _student_groups(student, cfg)
     if decoder_params:
         groups.append({"params": decoder_params, "lr": cfg.lr})
     params = [p for group in groups for p in group["params"]]

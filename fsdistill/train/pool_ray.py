@@ -31,7 +31,7 @@ class _PoolActor:
         # No backbone weights to fetch: the state dicts hold every weight the driver's models have.
         teacher = build_teacher(payload["teacher_cfg"], payload["num_classes"], pretrained=False)
         teacher.load_state_dict(payload["teacher_state"])
-        student = build_student(teacher, payload["student_width"])
+        student = build_student(teacher, payload["student_width"], payload["refiner"])
         student.load_state_dict(payload["student_state"])  # its backbone and decoder are the teacher's
         self.teacher, self.student = teacher.to(self.device).eval(), student.to(self.device).eval()
         self.support = payload["support"].to(self.device)
@@ -70,7 +70,6 @@ class RayPoolLabeller(RayEngine):
         teacher: torch.nn.Module,
         teacher_cfg: Any,
         student: torch.nn.Module,
-        student_width: int | None,
         support: Any,
         paths: list[Path],
         size: int,
@@ -79,8 +78,8 @@ class RayPoolLabeller(RayEngine):
         trusted: torch.Tensor,
         batch_size: int,
     ) -> Iterator[tuple[list[int], list[tuple[int, str]], Any]]:
-        """As :func:`~fsdistill.train.pool.label_files`, plus the teacher's ModelCfg and the student's width to
-        rebuild them; the batches come back in order, on the CPU."""
+        """As :func:`~fsdistill.train.pool.label_files`, plus the teacher's ModelCfg to rebuild it (the student is
+        rebuilt from its own width and refiner); the batches come back in order, on the CPU."""
         ray = self.ray
         if not paths:
             return
@@ -90,7 +89,8 @@ class RayPoolLabeller(RayEngine):
             "teacher_cfg": teacher_cfg,
             "num_classes": teacher.num_classes,
             "teacher_state": {k: v.detach().cpu() for k, v in teacher.state_dict().items()},
-            "student_width": student_width,
+            "student_width": student.width_arg,
+            "refiner": student.refiner is not None,
             "student_state": {k: v.detach().cpu() for k, v in student.state_dict().items()},
             "support": support.to("cpu"),
             "size": size,
