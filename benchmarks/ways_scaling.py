@@ -1,13 +1,15 @@
 """Student / bare backbone latency against the number of classes, for several heads, paired in one run.
 
-For each ways value N and each variant (a decoder and a ConvDist width, ``decoder:width``) a random-weight
+For each ways value N and each variant (a decoder, a ConvDist width and optionally the refiner,
+``decoder:width[:refiner]`` with refiner 1 or 0; default the config's: on for light and shared) a random-weight
 N-class student is built (efficientnet-lite0 with its embedded weights, 384 px) and prepared as predict runs it
 (batch norms folded, channels-last on the CPU). Then, round by round, the bare backbone and every variant's
 student each run once on the same query batch, so background load hits them alike; the ratio student /
 backbone is taken per round and its median reported, with median milliseconds. Latency does not depend on the
 weights.
 
-    python benchmarks/ways_scaling.py [--ways 1,5,10,20,50] [--variants light:8,shared:8] [--rounds 15] [--threads N]
+    python benchmarks/ways_scaling.py [--ways 1,5,10,20,50] [--variants light:8,light:8:0,shared:8] [--rounds 15]
+        [--threads N]
 
 Writes ``benchmarks/results/ways_scaling/results.json`` and ``results.md`` (``--out``).
 """
@@ -31,12 +33,16 @@ from fsdistill.runtime import inference_memory_format, library_versions, retain_
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _student(decoder: str, ways: int, width: int, size: int, backbone: torch.nn.Module | None) -> torch.nn.Module:
-    """A random N-class student as predict runs it (sharing ``backbone`` when given: one backbone for all)."""
-    teacher = build_teacher(ModelCfg(decoder=decoder, size=size), ways, pretrained=backbone is None)
+def _student(
+    decoder: str, ways: int, width: int, refiner: bool | None, size: int, backbone: torch.nn.Module | None
+) -> torch.nn.Module:
+    """A random N-class student as predict runs it (sharing ``backbone`` when given: one backbone for all);
+    ``refiner`` None: the config's default for the decoder."""
+    cfg = ModelCfg(decoder=decoder, size=size, **({} if refiner is None else {"refiner": refiner}))
+    teacher = build_teacher(cfg, ways, pretrained=backbone is None)
     if backbone is not None:
         teacher.backbone = backbone
-    student = build_student(teacher, width).eval()
+    student = build_student(teacher, width, cfg.refiner).eval()
     return student
 
 
@@ -44,7 +50,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ways", default="1,5,10,20,50", help="comma-separated numbers of classes")
     parser.add_argument(
-        "--variants", default="light:8,shared:8", help="comma-separated decoder:student_width (ModelCfg fields)"
+        "--variants",
+        default="light:8,shared:8",
+        help="comma-separated decoder:student_width[:refiner] (ModelCfg fields; refiner 1 or 0)",
     )
     parser.add_argument("--size", type=int, default=384)
     parser.add_argument("--batch-size", type=int, default=1)
@@ -59,20 +67,21 @@ def main() -> None:
     device = torch.device("cpu")
     layout = inference_memory_format(device, "student")
     ways = [int(w) for w in args.ways.split(",")]
-    variants = [(v.split(":")[0], int(v.split(":")[1])) for v in args.variants.split(",")]
-    names = [f"{d}:{w}" for d, w in variants]
+    fields = [v.split(":") for v in args.variants.split(",")]
+    variants = [(f[0], int(f[1]), bool(int(f[2])) if len(f) > 2 else None) for f in fields]
+    names = [":".join(f) for f in fields]
     torch.manual_seed(0)
     query = torch.randint(0, 256, (args.batch_size, 3, args.size, args.size), dtype=torch.uint8)
     query = query.contiguous(memory_format=layout)
-    base = _student(variants[0][0], 1, variants[0][1], args.size, None)
+    base = _student(variants[0][0], 1, variants[0][1], variants[0][2], args.size, None)
     backbone = for_inference(copy.deepcopy(base.backbone), device, "student")
     results: list[dict] = []
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     wall0 = time.perf_counter()
     for n in ways:
         students = {
-            f"{d}:{w}": for_inference(copy.deepcopy(_student(d, n, w, args.size, base.backbone)), device, "student")
-            for d, w in variants
+            name: for_inference(copy.deepcopy(_student(d, n, w, r, args.size, base.backbone)), device, "student")
+            for name, (d, w, r) in zip(names, variants)
         }
         fns = {"backbone": lambda: backbone.encode(query)}
         fns.update({d: (lambda s=s: s.predict(query)) for d, s in students.items()})
@@ -86,13 +95,14 @@ def main() -> None:
                     t0 = time.perf_counter()
                     fn()
                     times[name].append((time.perf_counter() - t0) * 1000.0)
-        for name, (d, w) in zip(names, variants):
+        for name, (d, w, _) in zip(names, variants):
             ratios = [s / b for s, b in zip(times[name], times["backbone"])]
             results.append(
                 {
                     "variant": name,
                     "decoder": d,
                     "student_width": w,
+                    "refiner": students[name].refiner is not None,
                     "ways": n,
                     "student_ms": round(statistics.median(times[name]), 2),
                     "backbone_ms": round(statistics.median(times["backbone"]), 2),

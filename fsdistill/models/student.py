@@ -103,9 +103,9 @@ class SharedRefiner(nn.Module):
         # The stride-8 third of the 1×1 projection commutes with upsampling: it runs at stride 8.
         up8 = F.interpolate(F.conv2d(skip8, weight[:, c4 : c4 + c8]), size=skip4.shape[-2:], mode="bilinear")
         x = F.conv2d(skip4, weight[:, :c4], self.proj.bias) + up8 + F.conv2d(logits.softmax(1), weight[:, c4 + c8 :])
-        x = torch.relu(self.norm(x))
+        x = self.norm(x).relu_()
         for conv in self.convs:
-            x = torch.relu(conv(x))
+            x = conv(x).relu_()
         return logits + self.out(x)
 
 
