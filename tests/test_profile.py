@@ -153,6 +153,7 @@ def test_cli_teacher_max_ways_times_student_and_backbone_beyond_it(tmp_path):
     cells = {(r["model"], r["ways"]) for r in data["rows"]}
     assert cells == {("teacher", 1), ("teacher", 2)} | {(m, w) for m in ("student", "backbone") for w in range(1, 5)}
     assert data["teacher_max_ways"] == 2 and data["teacher_ways"] == [1, 2] and data["decoder"] == "shared"
+    assert data["refiner"] is True and all(r["refiner"] for r in data["rows"] if r["model"] == "student")
     assert all(isinstance(r["peak_mem_mb"], float) and r["peak_mem_mb"] >= 0 for r in data["rows"])
     ratios = data["ratios"]
     assert ratios["teacher_cell"] == {"ways": 2, "shots": 1} and ratios["largest_cell"] == {"ways": 4, "shots": 1}

@@ -130,6 +130,7 @@ def run_profile(cfg: ProfileCfg, quiet: bool = False) -> ProfileResult:
         "weights": "run artifacts" if cfg.model is not None else "random init",
         "student_width": model_cfg.student_width if model_cfg is not None else None,
         "decoder": model_cfg.decoder if model_cfg is not None else None,
+        "refiner": model_cfg.refiner if model_cfg is not None else None,
         "timing": "CUDA events + synchronize" if device.type == "cuda" else "time.perf_counter",
         "timing_policy": timing_policy,
         "memory_method": meter.method,
@@ -231,6 +232,7 @@ def _measure_pair(
         extra = {
             "weights_mb": round(_weights_mb(models.student), 1),
             "student_width": student.width_arg,
+            "refiner": student.refiner is not None,
             "memory_format": layout_name,
         }
         data["rows"].append(_row("student", ways, shots, m, _params(models.student), query.shape[0], **extra))
