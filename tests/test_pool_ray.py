@@ -56,9 +56,7 @@ def test_ray_labelling_gives_the_local_tensors(ray_cluster, tiny_pool_models, po
     args = (paths, TINY_MODEL["size"], "mean", 0.0, trusted, 4)  # batches of 4, 4 and 2 files
     local = list(label_files(teacher, student, cache.support[0], *args))
     remote = list(
-        RayPoolLabeller("cpu", workers=2).label_files(
-            teacher, ModelCfg(**TINY_MODEL), student, ModelCfg(**TINY_MODEL).student_width, cache.support[0], *args
-        )
+        RayPoolLabeller("cpu", workers=2).label_files(teacher, ModelCfg(**TINY_MODEL), student, cache.support[0], *args)
     )
     assert [(i, e) for i, e, _ in remote] == [(i, e) for i, e, _ in local]
     broken = [e for _, errors, _ in remote for e in errors]
