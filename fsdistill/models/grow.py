@@ -89,8 +89,9 @@ def _copy_refiner(target: SharedRefiner, source: SharedRefiner, match: ClassMatc
     output rows) move with their class. A new class keeps the fresh ones: zero output, so it starts unrefined."""
     outputs = [(0, 0)] + [(to + 1, src + 1) for to, src in enumerate(match.source) if src is not None]
     first = target.proj.in_channels - target.out.out_channels  # the softmax columns of the projection
+    old_state = source.state_dict()
     for name, new in target.state_dict().items():
-        old = source.state_dict()[name]
+        old = old_state[name]
         if name == "proj.weight":
             new[:, :first] = old[:, :first]
             for to, src in outputs:
