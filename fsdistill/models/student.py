@@ -110,9 +110,9 @@ class SharedRefiner(nn.Module):
 
 
 class DistilledStudent(nn.Module):
-    """Backbone → ConvDist (stages 2–4) → decoder → N-way merge (→ refiner); backbone and decoder are the teacher's during
-    joint training. ``width``: the ConvDist width per class (see :class:`ConvDist`). ``refiner``: end in a
-    :class:`SharedRefiner` (decoders whose output stride is 4)."""
+    """Backbone → ConvDist (stages 2–4) → decoder → N-way merge (→ refiner); backbone and decoder are the
+    teacher's during joint training. ``width``: the ConvDist width per class (see :class:`ConvDist`). ``refiner``:
+    end in a :class:`SharedRefiner` (decoders whose output stride is 4)."""
 
     def __init__(
         self,

@@ -264,7 +264,8 @@ def polish(student: DistilledStudent, cache: FeatureCache, cfg: TrainCfg, quiet:
     """The student's last phase: ``cfg.polish_steps`` steps alone on the supports, on its own copy of the decoder.
 
     During joint training the decoder also serves the teacher; here the student's ConvDist blocks, its refiner and
-    its decoder's trainable groups (``cfg.train``) finish on the student's supervised batches alone. The teacher is left as it is.
+    its decoder's trainable groups (``cfg.train``) finish on the student's supervised batches alone. The teacher is
+    left as it is.
     """
     stats = TrainStats()
     if not cfg.polish_steps or not cfg.student_batch:
@@ -274,9 +275,9 @@ def polish(student: DistilledStudent, cache: FeatureCache, cfg: TrainCfg, quiet:
     groups = _student_groups(student, cfg)
     if decoder_params:
         groups.append({"params": decoder_params, "lr": cfg.lr})
-    params = [p for group in groups for p in group["params"]]
-    for p in params:
+    for p in decoder_params:  # the student's own groups are trainable already
         p.requires_grad_(True)
+    params = [p for group in groups for p in group["params"]]
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     world, rank = distributed.world_size(), distributed.rank()
     # Other draws than the joint phase's (its sampler and flips were seeded with seed + rank).
