@@ -154,7 +154,12 @@ class TrainCfg(_Strict):
         description="distill: support images per step on which the student also trains with their masks "
         "alone (no teacher, no episode; class-balanced like the queries); 0 = episodes only",
     )
-    max_shots: int = Field(3, ge=1, description="support images per training episode (at most)")
+    max_shots: int = Field(
+        3,
+        ge=1,
+        description="support images per training episode (at most); distill --unlabeled labels each pool image "
+        "against its this many most similar supports (and one for each class they miss)",
+    )
     # A student phase of its own: the shared decoder had settled where it also serves the teacher (docs/benchmarks.md).
     polish_steps: int = Field(
         150,

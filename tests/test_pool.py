@@ -14,7 +14,7 @@ from fsdistill.config import DistillCfg, TrainCfg, load_config
 from fsdistill.models.build import load_model
 from fsdistill.train.fit import train
 from fsdistill.train.losses import IGNORE_INDEX
-from fsdistill.train.pool import join_pool, label_batch, pseudo_labels
+from fsdistill.train.pool import join_pool, label_batch, nearest_supports, pseudo_labels
 
 from helpers import TINY_MODEL, TINY_TRAIN, assert_user_error
 
@@ -47,6 +47,47 @@ def test_pseudo_labels_keep_confident_pixels_of_the_chosen_labeller() -> None:
     assert pseudo_labels(three_t, three_s, "student", 0.5, trusted).flatten().tolist() == [0, 0, 2, 1]
     with pytest.raises(ValueError, match="unknown pool labeller"):
         pseudo_labels(teacher, student, "oracle", 0.5)
+
+
+def test_nearest_supports_takes_the_most_similar_then_one_per_missing_class() -> None:
+    present = torch.tensor([[True, False, False], [True, False, False], [False, True, False], [False, False, True]])
+    similarity = torch.tensor([0.9, 0.8, 0.1, 0.5])
+    # the two most similar show class 0 only: the most similar support of each other class joins them
+    assert nearest_supports(similarity, present, 2) == [0, 1, 2, 3]
+    assert nearest_supports(similarity, present, 1) == [0, 2, 3]
+    # a class no support shows is not looked for
+    assert nearest_supports(similarity, present[:, :1], 1) == [0]
+    assert nearest_supports(torch.tensor([0.1, 0.9, 0.2, 0.3]), present[:, :1], 2) == [1, 3]
+    # shots beyond the set: every support, in order
+    assert nearest_supports(similarity, present, 10) == [0, 1, 2, 3]
+    # one more support showing classes 1 and 2: it covers both
+    wide = torch.cat([present, torch.tensor([[False, True, True]])])
+    assert nearest_supports(torch.tensor([0.9, 0.8, 0.1, 0.5, 0.3]), wide, 1) == [0, 3, 4]
+
+
+def test_labelling_against_the_nearest_supports_is_labelling_against_that_subset(tiny_pool_models) -> None:
+    teacher, student, cache, support = tiny_pool_models
+    teacher.eval()
+    student.eval()
+    trusted = torch.ones(teacher.num_classes, dtype=torch.bool)
+    supports = cache.support[0]
+    image = support.images[:1]
+    everything = label_batch(teacher, student, supports, image, "teacher", 0.0, trusted)
+    assert torch.equal(everything[2], label_batch(teacher, student, supports, image, "teacher", 0.0, trusted, 99)[2])
+    # one shot: the image's own support is the most similar; the rest join only for the classes it misses
+    feats = teacher.backbone.encode(image)
+    embed = torch.nn.functional.normalize(feats[-1][-1].mean(dim=(-2, -1)), dim=1)
+    similarity = (embed @ torch.nn.functional.normalize(supports.feats[3][-1].mean(dim=(-2, -1)), dim=1).T)[0]
+    chosen = nearest_supports(similarity, supports.present, 1)
+    assert 0 in chosen and len(chosen) < len(supports)
+    _, coarse, labels = label_batch(teacher, student, supports, image, "teacher", 0.0, trusted, 1)
+    with torch.no_grad():
+        query = teacher.backbone.encode(image)
+        subset = supports.select(chosen)
+        expected = teacher.coarse_maps(query, subset)
+    for got, want in zip(coarse, expected):
+        torch.testing.assert_close(got[0], want)
+    assert labels.shape == everything[2].shape
 
 
 def _label(teacher, student, support, batches, labeller, threshold):
@@ -111,8 +152,10 @@ def test_distill_with_a_pool_records_it_in_the_artifact(tiny_data, tmp_path) -> 
     (pool / "broken.png").write_bytes(b"not a png")
     (pool / "sub").mkdir()
     shutil.copy(next((tiny_data.multi_heldout / "images").iterdir()), pool / "sub" / "deep.png")
-    run = api.distill(_distill_cfg(tiny_data.multi, tmp_path / "run", pool))
+    cfg = _distill_cfg(tiny_data.multi, tmp_path / "run", pool)
+    run = api.distill(cfg)
     info = run.stats["pool"]
+    assert info["label_shots"] == cfg.train.max_shots  # each image against its nearest supports
     images = len(list((tiny_data.multi_heldout / "images").iterdir())) + 1
     assert info["images"] == images and info["pool_size"] == images + 1
     assert len(info["skipped"]) == 1 and "broken.png" in info["skipped"][0]

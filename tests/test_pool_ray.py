@@ -53,7 +53,8 @@ def test_ray_labelling_gives_the_local_tensors(ray_cluster, tiny_pool_models, po
     assert len(paths) == 10
     # One class the pool does not teach: the trust reaches the actors too.
     trusted = torch.tensor([True] * (teacher.num_classes - 1) + [False])
-    args = (paths, TINY_MODEL["size"], "mean", 0.0, trusted, 4)  # batches of 4, 4 and 2 files
+    # Batches of 4, 4 and 2 files; each image against its nearest support (and one per class it misses).
+    args = (paths, TINY_MODEL["size"], "mean", 0.0, trusted, 4, 1)
     local = list(label_files(teacher, student, cache.support[0], *args))
     remote = list(
         RayPoolLabeller("cpu", workers=2).label_files(teacher, ModelCfg(**TINY_MODEL), student, cache.support[0], *args)

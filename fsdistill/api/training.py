@@ -283,7 +283,8 @@ def _train_on_pool(
         return support_stats, {**base_info, "used": False, "reason": f"the pool was not used: {reason}"}
     start = time.perf_counter()
     support, trust = cache.support[0], torch.tensor(trusted, dtype=torch.bool)
-    args = (paths, cfg.model.size, labeller, cfg.train.pool_threshold, trust, POOL_BATCH)
+    # Each image against its nearest supports, as many as a training episode had (and one per class they miss).
+    args = (paths, cfg.model.size, labeller, cfg.train.pool_threshold, trust, POOL_BATCH, cfg.train.max_shots)
     if ray_labeller is not None:
         results = ray_labeller.label_files(teacher, teacher_cfg, student, support, *args)
     else:
@@ -325,6 +326,7 @@ def _train_on_pool(
         "fingerprint": _pool_fingerprint(cfg.unlabeled, labelled),
         "labelled_fraction": round(pool.labelled_fraction(), 4),
         "label_seconds": round(label_seconds, 2),
+        "label_shots": cfg.train.max_shots,
         "pool_steps": pool_stats.steps,
     }
     if ray_labeller is not None:  # recorded only then: a local run's artifact is as before

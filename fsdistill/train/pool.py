@@ -18,7 +18,7 @@ from torch import Tensor
 
 from fsdistill.models.backbone import cat_features
 from fsdistill.models.student import DistilledStudent
-from fsdistill.models.teacher import DCAMATeacher, Features, SupportFeatures
+from fsdistill.models.teacher import ATTENTION_LEVELS, DCAMATeacher, Features, SupportFeatures
 from fsdistill.train.losses import IGNORE_INDEX
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "join_pool",
     "label_batch",
     "label_files",
+    "nearest_supports",
     "pseudo_labels",
 ]
 
@@ -116,6 +117,32 @@ def pseudo_labels(
     return labels
 
 
+def nearest_supports(similarity: Tensor, present: Tensor, shots: int) -> list[int]:
+    """The supports an image is labelled against: its ``shots`` most similar ones, then, for each class those miss
+    and some support shows, the most similar support that shows it.
+
+    Args:
+        similarity: S similarities of the image to each support. present: S×N bool, the classes each support shows.
+    Returns:
+        Support indices in ascending order (≥ min(shots, S) of them; all S when ``shots`` ≥ S).
+    """
+    order = similarity.argsort(descending=True).tolist()
+    chosen = order[:shots]
+    missing = present.any(dim=0) & ~present[chosen].any(dim=0)
+    for index in order[shots:]:
+        if not missing.any():
+            break
+        if (present[index] & missing).any():
+            chosen.append(index)
+            missing &= ~present[index]
+    return sorted(chosen)
+
+
+def _embedding(last_map: Tensor) -> Tensor:
+    """B×C×h×w last backbone map → B×C unit vectors (global average pooling): what "similar images" compares."""
+    return F.normalize(last_map.mean(dim=(-2, -1)), dim=1)
+
+
 def _probs(logits: Tensor, size: tuple[int, int]) -> Tensor:
     if logits.shape[-2:] != size:  # the light decoder's stride-4 logits, upsampled as the losses do
         logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
@@ -136,21 +163,27 @@ def label_batch(
     labeller: str,
     threshold: float,
     trusted: Tensor,
+    shots: int | None = None,
 ) -> LabelledBatch:
-    """Encode and label one batch of B×3×H×W uint8 images at the model's input size, against the whole support
-    set (``labeller``, ``threshold``, ``trusted``: see :func:`pseudo_labels`); the models must be in eval mode. A
-    batch's results depend only on its own images, so batches may be labelled anywhere and joined with
-    :func:`join_pool`."""
-    present = support.present.any(dim=0)
+    """Encode and label one batch of B×3×H×W uint8 images at the model's input size (``labeller``, ``threshold``,
+    ``trusted``: see :func:`pseudo_labels`); the models must be in eval mode. A batch's results depend only on its
+    own images, so batches may be labelled anywhere and joined with :func:`join_pool`.
+
+    The teacher compares each image with its :func:`nearest_supports` (``shots`` of them, plus one for each class
+    those miss), or with all supports when ``shots`` is None: its cost grows with the supports it reads, and it was
+    trained on episodes of at most ``max_shots``.
+    """
     images = images.to(support.present.device)
     feats = teacher.backbone.encode(images)
     size = (images.shape[-2], images.shape[-1])
     s_logits, _ = student.forward_features(feats)
+    similarity = _embedding(feats[-1][-1]) @ _embedding(support.feats[ATTENTION_LEVELS[-1]][-1]).T  # B×S
     per_image_coarse, t_logits = [], []
     for i in range(images.shape[0]):
         query = [[m[i : i + 1] for m in level] for level in feats]
-        coarse = teacher.coarse_maps(query, support)  # per stage N×n×h×w
-        t_logits.append(teacher.decode_episode(query, support, coarse, present))
+        chosen = support if shots is None else support.select(nearest_supports(similarity[i], support.present, shots))
+        coarse = teacher.coarse_maps(query, chosen)  # per stage N×n×h×w
+        t_logits.append(teacher.decode_episode(query, chosen, coarse, chosen.present.any(dim=0)))
         per_image_coarse.append(coarse)
     labels = pseudo_labels(_probs(torch.cat(t_logits), size), _probs(s_logits, size), labeller, threshold, trusted)
     # The student reads only the last stride-4 map (its skip features): the other stride-4 maps are not kept.
@@ -185,9 +218,11 @@ def label_files(
     threshold: float,
     trusted: Tensor,
     batch_size: int,
+    shots: int | None = None,
 ) -> Iterator[FileBatch]:
     """Decode ``paths`` ``batch_size`` at a time (resized to size×size) and label each batch in this process (the
-    local engine of ``distill --unlabeled``; the Ray one cuts the same batches)."""
+    local engine of ``distill --unlabeled``; the Ray one cuts the same batches); ``shots``: see
+    :func:`label_batch`."""
     from fsdistill.infer.predictor import image_batches
 
     teacher.eval()
@@ -196,5 +231,5 @@ def label_files(
         batch = None
         if items:
             images = torch.stack([it["image"] for it in items])
-            batch = label_batch(teacher, student, support, images, labeller, threshold, trusted)
+            batch = label_batch(teacher, student, support, images, labeller, threshold, trusted, shots)
         yield [it["index"] for it in items], errors, batch

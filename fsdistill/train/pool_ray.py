@@ -36,7 +36,7 @@ class _PoolActor:
         self.teacher, self.student = teacher.to(self.device).eval(), student.to(self.device).eval()
         self.support = payload["support"].to(self.device)
         self.size, self.labeller, self.threshold = payload["size"], payload["labeller"], payload["threshold"]
-        self.trusted = payload["trusted"]
+        self.trusted, self.shots = payload["trusted"], payload["shots"]
 
     def label(self, paths: list[str]) -> tuple[list[int], list[tuple[int, str]], Any]:
         """One batch of pool files → its :data:`fsdistill.train.pool.FileBatch`, on the CPU."""
@@ -52,6 +52,7 @@ class _PoolActor:
                 self.threshold,
                 self.trusted,
                 len(paths),
+                self.shots,
             )
         )
         if batch is not None:
@@ -77,6 +78,7 @@ class RayPoolLabeller(RayEngine):
         threshold: float,
         trusted: torch.Tensor,
         batch_size: int,
+        shots: int | None = None,
     ) -> Iterator[tuple[list[int], list[tuple[int, str]], Any]]:
         """As :func:`~fsdistill.train.pool.label_files`, plus the teacher's ModelCfg to rebuild it (the student is
         rebuilt from its own width and refiner); the batches come back in order, on the CPU."""
@@ -97,6 +99,7 @@ class RayPoolLabeller(RayEngine):
             "labeller": labeller,
             "threshold": threshold,
             "trusted": trusted.cpu(),
+            "shots": shots,
         }
         with ray_session(ray, self.address):
             from ray.util import ActorPool
