@@ -199,6 +199,30 @@ def test_suggest_loop_benchmark_smoke(tiny_data, tmp_path: Path) -> None:
     assert json.loads((out / "results.json").read_text())["meta"]["add"] == 2
 
 
+def test_pool_cost_benchmark_smoke(tiny_data, tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("pool_cost_benchmark", ROOT / "benchmarks" / "pool_cost.py")
+    cost = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = cost
+    spec.loader.exec_module(cost)
+    case = tmp_path / "tiny"
+    shutil.copytree(tiny_data.binary, case / "support")  # a pool of 4 supports
+    shutil.copytree(tiny_data.binary_heldout, case / "heldout")
+    write_binary_folder(case / "pool", ["p0"], seed=7)
+    out = tmp_path / "out"
+    report = cost.main([
+        "--folder", str(case), "--shots", "2", "--pool-size", "5", "--steps", "1",
+        "--model-args", json.dumps(TINY_MODEL), "--device", "cpu", "--out", str(out),
+    ])  # fmt: skip
+    # the 2 supports K = 2 leaves and the pool image, then their horizontal and vertical mirrors, up to 5
+    assert report["pool_images"] == 5 and report["case"] == "tiny"
+    runs = report["runs"]
+    assert runs["without"]["steps"] == 1 and "pool" not in runs["without"]
+    assert runs["with"]["pool"]["label_shots"] == 3 and runs["with"]["pool"]["images"] == 5
+    assert report["wall_ratio"] == round(runs["with"]["wall_s"] / runs["without"]["wall_s"], 2)
+    assert "With / without" in (out / "results.md").read_text()
+    assert json.loads((out / "results.json").read_text())["shots"] == 2
+
+
 def test_grow_subset_folder_keeps_the_first_classes_and_images(tmp_path) -> None:
     """benchmarks/grow.py's base folders: the first C classes (the others become background), the first K images."""
     import numpy as np
