@@ -15,13 +15,18 @@ from helpers import TINY_MODEL, write_binary_folder
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def accuracy():
-    spec = importlib.util.spec_from_file_location("accuracy_benchmark", ROOT / "benchmarks" / "accuracy.py")
+def load_benchmark(name: str):
+    """The script ``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def accuracy():
+    return load_benchmark("accuracy")
 
 
 ROW_KEYS = {
@@ -176,10 +181,7 @@ def test_docs_section_is_replaced_in_place(accuracy, tmp_path: Path) -> None:
 
 
 def test_suggest_loop_benchmark_smoke(tiny_data, tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("suggest_loop_benchmark", ROOT / "benchmarks" / "suggest_loop.py")
-    loop = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = loop
-    spec.loader.exec_module(loop)
+    loop = load_benchmark("suggest_loop")
     case = tmp_path / "tiny"
     shutil.copytree(tiny_data.binary, case / "support")  # a pool of 4
     shutil.copytree(tiny_data.binary_heldout, case / "heldout")
@@ -200,10 +202,7 @@ def test_suggest_loop_benchmark_smoke(tiny_data, tmp_path: Path) -> None:
 
 
 def test_pool_cost_benchmark_smoke(tiny_data, tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("pool_cost_benchmark", ROOT / "benchmarks" / "pool_cost.py")
-    cost = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = cost
-    spec.loader.exec_module(cost)
+    cost = load_benchmark("pool_cost")
     case = tmp_path / "tiny"
     shutil.copytree(tiny_data.binary, case / "support")  # a pool of 4 supports
     shutil.copytree(tiny_data.binary_heldout, case / "heldout")
@@ -232,9 +231,7 @@ def test_grow_subset_folder_keeps_the_first_classes_and_images(tmp_path) -> None
 
     from helpers import write_multiclass_folder
 
-    spec = importlib.util.spec_from_file_location("grow_benchmark", ROOT / "benchmarks" / "grow.py")
-    grow = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(grow)
+    grow = load_benchmark("grow")
     src = write_multiclass_folder(tmp_path / "src", [f"i{k}" for k in range(5)], ["red", "green", "blue"])
     base = grow.subset_folder(src, tmp_path / "base", classes=2, images=3)
     index = discover(base)
