@@ -86,7 +86,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     if case is None:
         raise SystemExit(f"{args.case}: its source data is unavailable")
     if args.shots > len(case.pool):
-        raise SystemExit(f"{args.case} has {len(case.pool)} support-pool images, fewer than --shots {args.shots}")
+        raise SystemExit(f"{case.name} has {len(case.pool)} support-pool images, fewer than --shots {args.shots}")
     support = accuracy._copy_pairs(case.pool[: args.shots], case.names_file, work / "support")
     pool = work / "pool"
     images = build_pool(case, args.shots, args.pool_size, pool)

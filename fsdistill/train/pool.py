@@ -177,7 +177,8 @@ def label_batch(
     feats = teacher.backbone.encode(images)
     size = (images.shape[-2], images.shape[-1])
     s_logits, _ = student.forward_features(feats)
-    similarity = _embedding(feats[-1][-1]) @ _embedding(support.feats[ATTENTION_LEVELS[-1]][-1]).T  # B×S
+    if shots is not None:
+        similarity = _embedding(feats[-1][-1]) @ _embedding(support.feats[ATTENTION_LEVELS[-1]][-1]).T  # B×S
     per_image_coarse, t_logits = [], []
     for i in range(images.shape[0]):
         query = [[m[i : i + 1] for m in level] for level in feats]
