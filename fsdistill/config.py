@@ -145,6 +145,15 @@ class TrainCfg(_Strict):
     mse_weight: float = Field(
         1.0, ge=0, description="weight of the distillation MSE between the student's and the teacher's coarse maps"
     )
+    # The student fits its few supports exactly and carries their texture into held-out images as false positives;
+    # dropping whole channels of its ConvDist inputs measured ahead on all three cases (docs/benchmarks.md).
+    convdist_dropout: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="distill: while training, each channel of the student's ConvDist input maps is dropped with "
+        "this probability (channel dropout, against memorising the supports; never at inference); 0 = off",
+    )
     # One episode and a student batch of 4 per step (docs/benchmarks.md, "Defaults that generalise"): an episode
     # costs a teacher attention pass, a batch image only the student's head.
     episodes_per_step: int = Field(1, ge=1, description="leave-one-out episodes (query images) per optimiser step")

@@ -108,6 +108,29 @@ def test_fused_convdist_equals_separate_per_class_blocks(width) -> None:
             torch.testing.assert_close(out[:, c, layer], torch.sigmoid(block(m)[:, 0]), rtol=1e-5, atol=1e-5)
 
 
+def test_convdist_input_dropout_drops_whole_channels_only_while_training() -> None:
+    """Channel dropout: each (image, channel) input map is zeroed whole or kept scaled by 1 / (1 - p); in eval
+    mode nothing is dropped, whatever ``input_dropout`` says."""
+    torch.manual_seed(0)
+    dist = ConvDist(8, 2, 4)
+    with torch.no_grad():
+        for p in dist.parameters():
+            p.normal_(0, 0.2)
+    maps = [torch.rand(3, 8, 5, 5) + 1 for _ in range(2)]
+    clean = dist(maps)  # training mode, no dropout set
+    seen = []
+    dist.bottleneck.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    dist.input_dropout = 0.5
+    dropped = dist(maps)
+    assert not torch.allclose(dropped, clean)
+    inputs, originals = seen[-1], torch.cat(maps)
+    zeroed = (inputs == 0).all(dim=(2, 3))
+    assert zeroed.any() and (~zeroed).any()
+    torch.testing.assert_close(inputs[~zeroed], 2 * originals[~zeroed])
+    dist.eval()
+    torch.testing.assert_close(dist(maps), clean)
+
+
 def test_student_width_reduces_parameter_count() -> None:
     torch.manual_seed(0)
     teacher = build_teacher(ModelCfg(backbone="test-resnet", size=64), 2, pretrained=False)

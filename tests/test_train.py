@@ -650,6 +650,35 @@ def test_flip_features_changes_only_the_student_batches() -> None:
     assert [h["student_batch"] for h in histories[False]] != [h["student_batch"] for h in histories[True]]
 
 
+def test_convdist_dropout_reaches_the_student_while_it_trains() -> None:
+    """train.convdist_dropout is set on every ConvDist block and changes the student's losses from the same seed;
+    the teacher's first loss (computed before the student's) is the same; 1 is refused."""
+    from pydantic import ValidationError
+
+    from fsdistill.config import ModelCfg, TrainCfg
+    from fsdistill.data.support_tensors import SupportTensors
+    from fsdistill.models.build import build_student, build_teacher
+    from fsdistill.train.episodes import FeatureCache
+    from fsdistill.train.fit import train
+
+    masks = torch.zeros(3, 64, 64, dtype=torch.uint8)
+    for i in range(3):
+        masks[i, 4 + 8 * i : 20 + 8 * i, 6:50] = 1
+    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    histories = {}
+    for p in (0.0, 0.5):
+        torch.manual_seed(0)
+        teacher = build_teacher(ModelCfg(backbone="test-resnet", size=64), num_classes=1, pretrained=False)
+        cache = FeatureCache(teacher, SupportTensors(images, masks, ["a", "b", "c"]), torch.device("cpu"), False)
+        student = build_student(teacher, 4, True)
+        histories[p] = train(teacher, cache, TrainCfg(steps=3, convdist_dropout=p), student=student, quiet=True).history
+        assert [dist.input_dropout for dist in student.convdist] == [p] * len(student.convdist)
+    assert histories[0.0][0]["teacher"] == histories[0.5][0]["teacher"]
+    assert histories[0.0][0]["student"] != histories[0.5][0]["student"]
+    with pytest.raises(ValidationError, match="convdist_dropout"):
+        TrainCfg(convdist_dropout=1.0)
+
+
 def test_polish_trains_the_student_alone_on_its_own_decoder() -> None:
     """After joint training the student gets its own copy of the decoder and trains alone: the teacher (its
     decoder included) is unchanged, the student's weights move, each step's loss is recorded; 0 steps: no phase."""

@@ -22,11 +22,15 @@ class ConvDist(nn.Module):
     Paper width (``width`` None): per class Conv3×3(C→C) → ReLU → Conv1×1(C→1), fused into one Conv3×3(C→N·C)
     and one grouped Conv1×1. Reduced width W: per class Conv1×1(C→W) → Conv3×3(W→W) → ReLU → Conv1×1(W→1), a
     rank-W factorisation costing C·W + 9·W² multiply-adds per position instead of 9·C². ``width`` 0 = None.
+
+    ``input_dropout``: while training, each input map loses whole channels with this probability (channel dropout);
+    set by the training loop (``train.convdist_dropout``), not part of the model: inference never drops.
     """
 
     def __init__(self, channels: int, num_classes: int, width: int | None = None) -> None:
         super().__init__()
         self.num_classes = num_classes
+        self.input_dropout = 0.0
         self.bottleneck: nn.Conv2d | None
         if width:
             self.width = width
@@ -56,6 +60,8 @@ class ConvDist(nn.Module):
 
     def forward(self, maps: list[Tensor]) -> Tensor:
         """L block maps, each B×C×h×w → B×N×L×h×w coarse maps in (0, 1) (class-major, like the teacher's)."""
+        if self.training and self.input_dropout:
+            maps = [F.dropout2d(m, self.input_dropout, training=True) for m in maps]
         x = torch.cat(maps, dim=0)  # (L·B)×C×h×w: all layer maps of the stage in one pass
         if self.bottleneck is not None:
             x = self.bottleneck(x)
@@ -140,6 +146,11 @@ class DistilledStudent(nn.Module):
         self.class_prior.copy_(prior)
         for dist in self.convdist:
             dist.init_output(prior)
+
+    def set_input_dropout(self, probability: float) -> None:
+        """Channel dropout on every ConvDist block's input maps while training (see :class:`ConvDist`)."""
+        for dist in self.convdist:
+            dist.input_dropout = probability
 
     def coarse_maps(self, feats: Features) -> list[Tensor]:
         """Per stage 2, 3, 4: B×N×n×h×w coarse maps mimicking the teacher's."""

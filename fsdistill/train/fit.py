@@ -162,6 +162,7 @@ def train(
     pair_attention = None if attention_trains else cache.pair_attention(teacher)
     teacher.train()
     if student is not None:
+        student.set_input_dropout(cfg.convdist_dropout)
         student.train()
     start = time.perf_counter()
     budget = cfg.budget(continued=new_classes is not None) if cfg.steps is None else None
@@ -283,6 +284,7 @@ def polish(student: DistilledStudent, cache: FeatureCache, cfg: TrainCfg, quiet:
     # Other draws than the joint phase's (its sampler and flips were seeded with seed + rank).
     sampler = EpisodeSampler(cache.present, cfg.max_shots, cache.views, cfg.seed + rank + POLISH_SEED)
     flips = torch.Generator().manual_seed(cfg.seed + rank + POLISH_SEED) if cfg.flip_features else None
+    student.set_input_dropout(cfg.convdist_dropout)
     student.train()
     start = time.perf_counter()
     bar = progress(total=cfg.polish_steps, quiet=quiet, desc="polish", unit="step")
