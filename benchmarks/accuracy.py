@@ -669,7 +669,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         nargs="+",
         default=None,
         metavar="RESULTS_JSON",
-        help="train nothing: merge the results.json of runs made in parallel (one per case or seed, "
+        help="train nothing: merge the results.json of runs made in parallel (one per case, seed or method, "
         "same settings otherwise) into one report in --out (and the docs with --write-docs)",
     )
     args = parser.parse_args(argv)
@@ -695,27 +695,41 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def merge_reports(reports: list[dict]) -> dict:
-    """One report from several made with the same settings on other cases or seeds (run in parallel).
+    """One report from several made with the same settings on other cases, seeds or methods (run in parallel).
 
-    Cases are listed once each (in first-seen order), results concatenated, shots and seeds united; the total
-    time is the longest run's (they ran side by side).
+    Cases are listed once each (in first-seen order), results concatenated, shots, seeds and methods united; the
+    total time is the longest run's (they ran side by side). A cell (case, K, seed, method) measured by two of the
+    runs is refused: its mean would count one draw twice.
     """
     if not reports:
         raise SystemExit("--merge needs at least one results.json")
     meta = dict(reports[0]["meta"])
     for other in reports[1:]:
-        for key in ("size", "backbone", "steps", "model_args", "train_args", "methods"):
+        for key in ("size", "backbone", "steps", "model_args", "train_args"):
             if other["meta"].get(key) != meta.get(key):
                 raise SystemExit(f"cannot merge runs with different {key}: {meta.get(key)} vs {other['meta'].get(key)}")
     meta["shots"] = sorted({k for r in reports for k in r["meta"]["shots"]})
     meta["seeds"] = sorted({s for r in reports for s in r["meta"]["seeds"]})
+    meta["methods"] = list(dict.fromkeys(m for r in reports for m in r["meta"]["methods"]))
     meta["total_s"] = max(r["meta"]["total_s"] for r in reports)
     meta["command"] = " + ".join(dict.fromkeys(r["meta"]["command"] for r in reports))
     cases: dict[str, dict] = {}
     for r in reports:
         for case in r["cases"]:
             cases.setdefault(case["name"], case)
-    return {"meta": meta, "cases": list(cases.values()), "results": [row for r in reports for row in r["results"]]}
+    results, seen = [], set()
+    for row in (row for r in reports for row in r["results"]):
+        cell = (row["case"], row["k"], row["seed"], row.get("method"))
+        if cell in seen:
+            if "skipped" in row:  # every run that reached a cell it cannot train says so
+                continue
+            raise SystemExit(
+                f"two of the runs measured {row['method']} on {row['case']} K={row['k']} seed {row['seed']}: "
+                "merge only one of them"
+            )
+        seen.add(cell)
+        results.append(row)
+    return {"meta": meta, "cases": list(cases.values()), "results": results}
 
 
 def write_reports(report: dict, args: argparse.Namespace) -> None:

@@ -169,6 +169,19 @@ def test_merge_unites_cases_and_seeds_and_refuses_other_settings(accuracy) -> No
     assert accuracy.low_classes(merged["results"][0]) == 1  # class a below 0.1, background not counted
     with pytest.raises(SystemExit, match="different steps"):
         accuracy.merge_reports([report("x", 0), report("x", 1, steps=7)])
+    # other methods of the same cells unite; one cell measured twice is refused; repeated skip rows are kept once
+    other = report("x", 0)
+    other["meta"]["methods"] = ["finetuned"]
+    other["results"][0]["method"] = "finetuned"
+    skipped = {"case": "x", "k": 1, "seed": 0, "skipped": "the pool has 0 images"}
+    other["results"].append(skipped)
+    first = report("x", 0)
+    first["results"].append(dict(skipped))
+    merged = accuracy.merge_reports([first, other])
+    assert merged["meta"]["methods"] == ["distill", "finetuned"]
+    assert [r.get("method") for r in merged["results"]] == ["student", None, "finetuned"]
+    with pytest.raises(SystemExit, match="student on x K=2 seed 0"):
+        accuracy.merge_reports([report("x", 0), report("x", 0)])
 
 
 def test_docs_section_is_replaced_in_place(accuracy, tmp_path: Path) -> None:
