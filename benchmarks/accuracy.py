@@ -694,6 +694,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def reproducing_command(words: Sequence[str] | str) -> str:
+    """The command line that measures the same numbers: without ``--out DIR`` and ``--keep-runs`` (where results
+    and artifacts go changes no figure, and a scratch path in the docs says nothing to a reader)."""
+    words = shlex.split(words) if isinstance(words, str) else list(words)
+    kept, skip_value = [], False
+    for word in words:
+        if skip_value:
+            skip_value = False
+        elif word == "--out":
+            skip_value = True
+        elif word != "--keep-runs" and not word.startswith("--out="):
+            kept.append(word)
+    return shlex.join(kept)
+
+
 def merge_reports(reports: list[dict]) -> dict:
     """One report from several made with the same settings on other cases, seeds or methods (run in parallel).
 
@@ -712,7 +727,7 @@ def merge_reports(reports: list[dict]) -> dict:
     meta["seeds"] = sorted({s for r in reports for s in r["meta"]["seeds"]})
     meta["methods"] = list(dict.fromkeys(m for r in reports for m in r["meta"]["methods"]))
     meta["total_s"] = max(r["meta"]["total_s"] for r in reports)
-    meta["command"] = " + ".join(dict.fromkeys(r["meta"]["command"] for r in reports))
+    meta["command"] = " + ".join(dict.fromkeys(reproducing_command(r["meta"]["command"]) for r in reports))
     cases: dict[str, dict] = {}
     for r in reports:
         for case in r["cases"]:
@@ -798,7 +813,7 @@ def _run(args: argparse.Namespace, work: Path, argv: list[str]) -> dict:
         },
     )
     meta = {
-        "command": shlex.join(["python", "benchmarks/accuracy.py", *argv]),
+        "command": reproducing_command(["python", "benchmarks/accuracy.py", *argv]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "device": device_name(resolve_device(args.device)),
         "quick": args.quick,

@@ -180,6 +180,11 @@ def test_merge_unites_cases_and_seeds_and_refuses_other_settings(accuracy) -> No
     merged = accuracy.merge_reports([first, other])
     assert merged["meta"]["methods"] == ["distill", "finetuned"]
     assert [r.get("method") for r in merged["results"]] == ["student", None, "finetuned"]
+    commands = [report("x", 0), report("x", 1)]
+    commands[0]["meta"]["command"] = "python benchmarks/accuracy.py --cases x --out /tmp/a --keep-runs"
+    commands[1]["meta"]["command"] = "python benchmarks/accuracy.py --out=/tmp/b --cases x"
+    merged = accuracy.merge_reports(commands)  # where a run wrote its files is no part of how to reproduce it
+    assert merged["meta"]["command"] == "python benchmarks/accuracy.py --cases x"
     with pytest.raises(SystemExit, match="student on x K=2 seed 0"):
         accuracy.merge_reports([report("x", 0), report("x", 0)])
 
