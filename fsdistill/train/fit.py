@@ -28,6 +28,8 @@ __all__ = ["TrainStats", "teacher_groups", "set_trainable", "train", "polish"]
 
 # Added to the seed of the polish phase's sampler and flips: other draws than the joint phase's.
 POLISH_SEED = 7919
+# Added to the seed of the pool phase's global random stream (the student's channel dropout).
+POOL_SEED = 104729
 
 
 @dataclass
@@ -143,6 +145,10 @@ def train(
         # Same starting weights everywhere, and each process its own random stream (attention dropout).
         distributed.broadcast_parameters(params)
         torch.manual_seed(cfg.seed + rank)
+    elif pool is not None:
+        # The pool phase's dropout draws from the seed alone, not from what ran before it in this process: labelling
+        # the pool here or on Ray actors must train the same student.
+        torch.manual_seed(cfg.seed + POOL_SEED)
     # seed + rank: each process draws other episodes (rank 0, and a plain run, the seed's own).
     repeats = None
     if new_classes is not None and any(new_classes):
