@@ -625,25 +625,34 @@ def test_flip_batch_flips_features_and_targets_of_each_image_alike() -> None:
     assert set(views) == set(range(len(FLIP_VIEWS)))  # every view drawn (32 images, 4 views)
 
 
-def test_flip_features_changes_only_the_student_batches() -> None:
-    """With flip_features the student's supervised batch is flipped (different losses from the same seed); the
-    episodes, and so the teacher's loss of the first step, are the same."""
-    from fsdistill.config import ModelCfg, TrainCfg
+def _banded_supports(num_classes: int):
+    """Three 64 px random supports, each with one band of class 1 + i % num_classes (not symmetric: a flip moves
+    it), and, from torch seed 0, a random-init test-resnet teacher, its feature cache and a width-4 student with the
+    refiner: (teacher, cache, student)."""
+    from fsdistill.config import ModelCfg
     from fsdistill.data.support_tensors import SupportTensors
     from fsdistill.models.build import build_student, build_teacher
     from fsdistill.train.episodes import FeatureCache
-    from fsdistill.train.fit import train
 
     masks = torch.zeros(3, 64, 64, dtype=torch.uint8)
     for i in range(3):
-        masks[i, 4 + 8 * i : 20 + 8 * i, 6:50] = 1  # not symmetric: a flip moves the class
+        masks[i, 4 + 8 * i : 20 + 8 * i, 6:50] = 1 + i % num_classes
     images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    teacher = build_teacher(ModelCfg(backbone="test-resnet", size=64), num_classes=num_classes, pretrained=False)
+    cache = FeatureCache(teacher, SupportTensors(images, masks, ["a", "b", "c"]), torch.device("cpu"), False)
+    return teacher, cache, build_student(teacher, 4, True)
+
+
+def test_flip_features_changes_only_the_student_batches() -> None:
+    """With flip_features the student's supervised batch is flipped (different losses from the same seed); the
+    episodes, and so the teacher's loss of the first step, are the same."""
+    from fsdistill.config import TrainCfg
+    from fsdistill.train.fit import train
+
     histories = {}
     for flips in (False, True):
-        torch.manual_seed(0)
-        teacher = build_teacher(ModelCfg(backbone="test-resnet", size=64), num_classes=1, pretrained=False)
-        cache = FeatureCache(teacher, SupportTensors(images, masks, ["a", "b", "c"]), torch.device("cpu"), False)
-        student = build_student(teacher, 4, True)
+        teacher, cache, student = _banded_supports(1)
         cfg = TrainCfg(steps=3, student_batch=3, flip_features=flips)
         histories[flips] = train(teacher, cache, cfg, student=student, quiet=True).history
     assert histories[False][0]["teacher"] == histories[True][0]["teacher"]
@@ -655,22 +664,12 @@ def test_convdist_dropout_reaches_the_student_while_it_trains() -> None:
     the teacher's first loss (computed before the student's) is the same; 1 is refused."""
     from pydantic import ValidationError
 
-    from fsdistill.config import ModelCfg, TrainCfg
-    from fsdistill.data.support_tensors import SupportTensors
-    from fsdistill.models.build import build_student, build_teacher
-    from fsdistill.train.episodes import FeatureCache
+    from fsdistill.config import TrainCfg
     from fsdistill.train.fit import train
 
-    masks = torch.zeros(3, 64, 64, dtype=torch.uint8)
-    for i in range(3):
-        masks[i, 4 + 8 * i : 20 + 8 * i, 6:50] = 1
-    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     histories = {}
     for p in (0.0, 0.5):
-        torch.manual_seed(0)
-        teacher = build_teacher(ModelCfg(backbone="test-resnet", size=64), num_classes=1, pretrained=False)
-        cache = FeatureCache(teacher, SupportTensors(images, masks, ["a", "b", "c"]), torch.device("cpu"), False)
-        student = build_student(teacher, 4, True)
+        teacher, cache, student = _banded_supports(1)
         histories[p] = train(teacher, cache, TrainCfg(steps=3, convdist_dropout=p), student=student, quiet=True).history
         assert [dist.input_dropout for dist in student.convdist] == [p] * len(student.convdist)
     assert histories[0.0][0]["teacher"] == histories[0.5][0]["teacher"]
@@ -682,20 +681,10 @@ def test_convdist_dropout_reaches_the_student_while_it_trains() -> None:
 def test_polish_trains_the_student_alone_on_its_own_decoder() -> None:
     """After joint training the student gets its own copy of the decoder and trains alone: the teacher (its
     decoder included) is unchanged, the student's weights move, each step's loss is recorded; 0 steps: no phase."""
-    from fsdistill.config import ModelCfg, TrainCfg
-    from fsdistill.data.support_tensors import SupportTensors
-    from fsdistill.models.build import build_student, build_teacher
-    from fsdistill.train.episodes import FeatureCache
+    from fsdistill.config import TrainCfg
     from fsdistill.train.fit import polish, train
 
-    masks = torch.zeros(3, 64, 64, dtype=torch.uint8)
-    for i in range(3):
-        masks[i, 4 + 8 * i : 20 + 8 * i, 6:50] = 1 + i % 2
-    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    torch.manual_seed(0)
-    teacher = build_teacher(ModelCfg(backbone="test-resnet", size=64), num_classes=2, pretrained=False)
-    cache = FeatureCache(teacher, SupportTensors(images, masks, ["a", "b", "c"]), torch.device("cpu"), False)
-    student = build_student(teacher, 4, True)
+    teacher, cache, student = _banded_supports(2)
     train(teacher, cache, TrainCfg(steps=2, student_batch=2), student=student, quiet=True)
 
     assert polish(student, cache, TrainCfg(polish_steps=0), quiet=True).steps == 0

@@ -142,7 +142,7 @@ def train(
     device = cache.masks[0].device
     world, rank = distributed.world_size(), distributed.rank()
     if world > 1:
-        # Same starting weights everywhere, and each process its own random stream (attention dropout).
+        # Same starting weights everywhere, and each process its own random stream (attention and channel dropout).
         distributed.broadcast_parameters(params)
         torch.manual_seed(cfg.seed + rank)
     elif pool is not None:
