@@ -72,7 +72,13 @@ from fsdistill.data.support_tensors import load_support_tensors  # noqa: E402
 from fsdistill.data.transforms import normalize  # noqa: E402
 from fsdistill.infer.predictor import Runner  # noqa: E402
 from fsdistill.models.build import build_teacher  # noqa: E402
-from fsdistill.runtime import device_name, library_versions, resolve_device, seed_everything  # noqa: E402
+from fsdistill.runtime import (  # noqa: E402
+    device_name,
+    flush_denormals,
+    library_versions,
+    resolve_device,
+    seed_everything,
+)
 
 BUILTIN_CASES = ("nuclei", "brain", "macaque")
 DEFAULT_SHOTS = (1, 2, 5, 10)
@@ -774,6 +780,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return report
     if args.threads:
         torch.set_num_threads(args.threads)
+    flush_denormals()  # as the CLI does, before any torch work: the baselines train under the same setting
     # Support sets, held-out copies and run artifacts (hundreds of MB for a full run): a temporary folder that is
     # removed at the end, even after an error, or OUT/work with --keep-runs.
     work = args.out / "work" if args.keep_runs else Path(tempfile.mkdtemp(prefix="fsdistill-accuracy-"))

@@ -37,7 +37,7 @@ import accuracy  # noqa: E402
 
 from fsdistill import api  # noqa: E402
 from fsdistill.config import DistillCfg, load_config  # noqa: E402
-from fsdistill.runtime import device_name, library_versions, resolve_device  # noqa: E402
+from fsdistill.runtime import device_name, flush_denormals, library_versions, resolve_device  # noqa: E402
 
 
 def build_pool(case: accuracy.Case, k: int, size: int, dest: Path) -> int:
@@ -167,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    flush_denormals()  # as the CLI does, before any torch work (distill's timings are the CLI's)
     with tempfile.TemporaryDirectory(prefix="fsdistill_pool_cost_") as tmp:
         report = run(args, Path(tmp))
     report |= {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "versions": library_versions()}

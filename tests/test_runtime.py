@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 from fsdistill import runtime
 
@@ -71,15 +72,32 @@ def test_the_set_up_is_explicit_where_models_start_running(monkeypatch, tmp_path
 
     calls: list[str] = []
     monkeypatch.setattr(runtime, "retain_freed_memory", lambda: calls.append("cli") or True)
+    monkeypatch.setattr(runtime, "flush_denormals", lambda: calls.append("cli flush") or True)
     monkeypatch.setattr(predictor, "retain_freed_memory", lambda: calls.append("predictor") or True)
     runtime.resolve_device("cpu")
     CliRunner().invoke(app, ["check", str(tmp_path)])
     assert calls == []  # no hidden side effect in resolve_device; check runs no model
     args = ["evaluate", str(tmp_path), "--model", str(tmp_path / "no-run"), "--device", "cpu"]
     result = CliRunner().invoke(app, args)
-    assert result.exit_code == 2 and calls == ["cli"]  # set up before the command's own work (and its errors)
+    # set up before the command's own work (and its errors)
+    assert result.exit_code == 2 and calls == ["cli", "cli flush"]
     predictor.Predictor(load_model(tiny_binary_run.run_dir), torch.device("cpu"))
-    assert calls == ["cli", "predictor"]
+    assert calls == ["cli", "cli flush", "predictor"]
+
+
+def test_training_flushes_denormals_from_its_start(monkeypatch, tiny_data, tmp_path) -> None:
+    """api.adapt and api.distill flush denormals before they load anything (for Python users; the CLI did)."""
+    from fsdistill import api
+    from fsdistill.api import training
+    from fsdistill.config import AdaptCfg, DistillCfg
+
+    calls: list[str] = []
+    monkeypatch.setattr(training, "flush_denormals", lambda: calls.append("flush") or True)
+    monkeypatch.setattr(training, "discover", lambda root: calls.append("discover") or 1 / 0)
+    for cfg in (AdaptCfg(support=tiny_data.binary, out=tmp_path / "a"), DistillCfg(support=tiny_data.binary)):
+        with pytest.raises(ZeroDivisionError):
+            (api.adapt if isinstance(cfg, AdaptCfg) else api.distill)(cfg, quiet=True)
+    assert calls == ["flush", "discover"] * 2
 
 
 def test_retain_freed_memory_can_be_switched_off(monkeypatch) -> None:
@@ -105,3 +123,38 @@ def test_write_atomic_replaces_whole_and_leaves_nothing_when_it_fails(tmp_path, 
             runtime.write_atomic(target, "lost\n", unique=unique)
     assert target.read_text() == "new\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]
+
+
+def _flushed() -> bool:
+    """Whether arithmetic on this thread flushes a denormal float32 (1e-39) to zero now."""
+    return float(torch.tensor([1e-39]) * 1.0) == 0.0
+
+
+def test_flush_denormals_flushes_from_then_on_unless_switched_off(monkeypatch) -> None:
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush denormals")
+    try:
+        monkeypatch.setenv("FSDISTILL_FLUSH_DENORMALS", "0")
+        assert runtime.flush_denormals() is False and not _flushed()
+        monkeypatch.delenv("FSDISTILL_FLUSH_DENORMALS")
+        assert runtime.flush_denormals() is True and _flushed()
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def test_threads_started_after_flush_denormals_flush_too() -> None:
+    """Why the CLI calls it before any model runs: a thread takes the floating-point mode of the thread that
+    starts it."""
+    import threading
+
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush denormals")
+    seen = []
+    try:
+        runtime.flush_denormals()
+        worker = threading.Thread(target=lambda: seen.append(_flushed()))
+        worker.start()
+        worker.join()
+    finally:
+        torch.set_flush_denormal(False)
+    assert seen == [True]

@@ -44,7 +44,7 @@ from fsdistill.models.build import (
 from fsdistill.models.grow import copy_student_classes, match_classes
 from fsdistill.models.student import DistilledStudent
 from fsdistill.models.teacher import DCAMATeacher
-from fsdistill.runtime import progress, resolve_device, seed_everything
+from fsdistill.runtime import flush_denormals, progress, resolve_device, seed_everything
 from fsdistill.train.episodes import FeatureCache
 from fsdistill.train.fit import TrainStats, polish, train
 from fsdistill.train.pool import join_pool, label_files
@@ -78,8 +78,10 @@ def _start_run(cfg: AdaptCfg | DistillCfg, command: str) -> Path:
 
 
 def _prepare(cfg: AdaptCfg | DistillCfg) -> tuple[SupportIndex, int, torch.device, SupportTensors]:
-    """Discover and load the support folder, pick the device and seed everything: (index, foreground classes,
-    device, support tensors)."""
+    """Discover and load the support folder, pick the device, seed everything and flush denormals (training slows
+    down several-fold on them, :func:`~fsdistill.runtime.flush_denormals`): (index, foreground classes, device,
+    support tensors)."""
+    flush_denormals()
     index = discover(cfg.support)
     num_classes = len(index.class_names) - 1
     if num_classes < 1:

@@ -194,7 +194,8 @@ def command(fn: Callable) -> Callable:
 
 
 def model_command(fn: Callable | None = None, *, torchrun: bool = False) -> Callable:
-    """Register a guarded command that runs models, after :func:`fsdistill.runtime.retain_freed_memory`.
+    """Register a guarded command that runs models, after :func:`fsdistill.runtime.retain_freed_memory` and
+    :func:`fsdistill.runtime.flush_denormals`.
     ``torchrun``: it trains data-parallel under torchrun; the others refuse to run as several torchrun processes,
     which would each do the whole job into one folder."""
 
@@ -202,7 +203,7 @@ def model_command(fn: Callable | None = None, *, torchrun: bool = False) -> Call
         @functools.wraps(fn)
         def set_up_then_run(*args: Any, **kwargs: Any) -> Any:
             from fsdistill.distributed import launch_from_env
-            from fsdistill.runtime import retain_freed_memory
+            from fsdistill.runtime import flush_denormals, retain_freed_memory
 
             if not torchrun and launch_from_env() is not None:
                 raise ConfigError(
@@ -210,6 +211,7 @@ def model_command(fn: Callable | None = None, *, torchrun: bool = False) -> Call
                     "as one process, or split predict and suggest with --shard I/N or --engine ray."
                 )
             retain_freed_memory()
+            flush_denormals()
             return fn(*args, **kwargs)
 
         return command(set_up_then_run)
