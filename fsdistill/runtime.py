@@ -145,6 +145,9 @@ def flush_denormals() -> bool:
     """
     if os.environ.get("FSDISTILL_FLUSH_DENORMALS", "1").strip() == "0":
         return False
+    # numpy works out (and caches) its float limits on first use, and warns when denormals flush by then.
+    for dtype in (np.float16, np.float32, np.float64, np.longdouble):
+        np.finfo(dtype)
     return torch.set_flush_denormal(True)
 
 

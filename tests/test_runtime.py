@@ -142,6 +142,13 @@ def test_flush_denormals_flushes_from_then_on_unless_switched_off(monkeypatch) -
         torch.set_flush_denormal(False)
 
 
+def test_numpy_does_not_warn_about_its_float_limits_after_flush_denormals() -> None:
+    """numpy's first look at its float limits warns when denormals flush by then (matplotlib, scipy... ask)."""
+    code = "from fsdistill.runtime import flush_denormals; import numpy; flush_denormals(); numpy.finfo('float32')"
+    done = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
 def test_threads_started_after_flush_denormals_flush_too() -> None:
     """Why the CLI calls it before any model runs: a thread takes the floating-point mode of the thread that
     starts it."""
