@@ -25,8 +25,9 @@ class _PoolActor:
 
     def __init__(self, payload: dict[str, Any], device: str) -> None:
         from fsdistill.models.build import build_student, build_teacher
-        from fsdistill.runtime import resolve_device
+        from fsdistill.runtime import flush_denormals, resolve_device
 
+        flush_denormals()  # as the driver's distill: the same labels as a local run, denormals included
         self.device = resolve_device(device)
         # No backbone weights to fetch: the state dicts hold every weight the driver's models have.
         teacher = build_teacher(payload["teacher_cfg"], payload["num_classes"], pretrained=False)
