@@ -6,6 +6,7 @@ import platform
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 import torch
@@ -63,7 +64,6 @@ def test_retain_freed_memory_is_idempotent(monkeypatch) -> None:
 
 def test_the_set_up_is_explicit_where_models_start_running(monkeypatch, tmp_path, tiny_binary_run) -> None:
     """The CLI's model commands and a Predictor set the process up; resolving a device and check do not."""
-    import torch
     from typer.testing import CliRunner
 
     from fsdistill.cli import app
@@ -94,9 +94,12 @@ def test_training_flushes_denormals_from_its_start(monkeypatch, tiny_data, tmp_p
     calls: list[str] = []
     monkeypatch.setattr(training, "flush_denormals", lambda: calls.append("flush") or True)
     monkeypatch.setattr(training, "discover", lambda root: calls.append("discover") or 1 / 0)
-    for cfg in (AdaptCfg(support=tiny_data.binary, out=tmp_path / "a"), DistillCfg(support=tiny_data.binary)):
+    for run, cfg in (
+        (api.adapt, AdaptCfg(support=tiny_data.binary, out=tmp_path / "a")),
+        (api.distill, DistillCfg(support=tiny_data.binary)),
+    ):
         with pytest.raises(ZeroDivisionError):
-            (api.adapt if isinstance(cfg, AdaptCfg) else api.distill)(cfg, quiet=True)
+            run(cfg, quiet=True)
     assert calls == ["flush", "discover"] * 2
 
 
@@ -152,8 +155,6 @@ def test_numpy_does_not_warn_about_its_float_limits_after_flush_denormals() -> N
 def test_threads_started_after_flush_denormals_flush_too() -> None:
     """Why the CLI calls it before any model runs: a thread takes the floating-point mode of the thread that
     starts it."""
-    import threading
-
     if not torch.set_flush_denormal(False):
         pytest.skip("this CPU cannot flush denormals")
     seen = []
