@@ -205,6 +205,17 @@ class TrainCfg(_Strict):
         description="distill: the student's support and pool batches in random flip views, made by flipping their "
         "cached features with their targets",
     )
+    # Zoomed-in views of the supports: measured ahead on all three example cases (docs/benchmarks.md, "Defaults
+    # that generalise"), most where the supports are fewest.
+    crop_views: int = Field(
+        4,
+        ge=0,
+        description="distill: random crops of each support image (rescaled to the input size and encoded once, when "
+        "training starts); half the images of the student's supervised batches are one of them; 0 = off",
+    )
+    crop_min_area: float = Field(
+        0.35, gt=0, le=1, description="distill: the smallest share of a support image's area a crop view covers"
+    )
     seed: int = 0
 
     def budget(self, continued: bool = False) -> PlateauStop:

@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from PIL import Image
 
@@ -625,23 +626,133 @@ def test_flip_batch_flips_features_and_targets_of_each_image_alike() -> None:
     assert set(views) == set(range(len(FLIP_VIEWS)))  # every view drawn (32 images, 4 views)
 
 
+def test_random_resized_crops_move_masks_with_images_and_keep_the_area_floor() -> None:
+    """Each crop is one region of its image rescaled to the full size: its mask is the same region of the mask
+    (a pixel keeps its class, ignore included); the region covers at least ``min_area`` of the image (≤ 0.75,
+    where a side cut to the image cannot shrink it below); the draws are seeded."""
+    from fsdistill.data.transforms import random_resized_crops
+
+    count, size = 64, 64
+    ramp = torch.linspace(0, 255, size)
+    images = torch.zeros(count, 3, size, size, dtype=torch.uint8)
+    images[:, 0] = ramp.view(1, 1, size).round().to(torch.uint8)  # channel 0: the column, channel 1: the row
+    images[:, 1] = ramp.view(1, size, 1).round().to(torch.uint8)
+    masks = torch.zeros(count, size, size, dtype=torch.uint8)
+    for i in range(count):
+        masks[i, 8 + i % 20 : 30 + i % 20, 10:40] = 1 + i % 2
+        masks[i, 50:60, 50:60] = 255
+    crops, crop_masks = random_resized_crops(images, masks, 0.35, torch.Generator().manual_seed(0))
+    again, _ = random_resized_crops(images, masks, 0.35, torch.Generator().manual_seed(0))
+    assert crops.shape == images.shape and crop_masks.shape == masks.shape and crop_masks.dtype == torch.uint8
+    assert torch.equal(crops, again)
+    # Each crop pixel's source pixel, read from the coordinate channels, carries the crop mask's class there
+    # (checked where the source's 3×3 neighbourhood has one class: sub-pixel rounding cannot pick another).
+    column = (crops[:, 0].float() / 255 * (size - 1)).round().long()
+    row = (crops[:, 1].float() / 255 * (size - 1)).round().long()
+    source = torch.stack([masks[i, row[i], column[i]] for i in range(count)])
+    as_float = masks.float().unsqueeze(1)
+    uniform = (F.max_pool2d(as_float, 3, 1, 1) == -F.max_pool2d(-as_float, 3, 1, 1)).squeeze(1)
+    stable = torch.stack([uniform[i, row[i], column[i]] for i in range(count)])
+    assert torch.equal(crop_masks[stable], source[stable]) and stable.float().mean() > 0.8
+    assert {0, 1, 2, 255} <= set(crop_masks.unique().tolist())
+    width = (crops[:, 0, 0, -1].float() - crops[:, 0, 0, 0].float()) / 255
+    height = (crops[:, 1, -1, 0].float() - crops[:, 1, 0, 0].float()) / 255
+    area = width * height
+    assert bool((area >= 0.35 - 0.05).all()) and bool((area <= 1.0).all()) and float(area.min()) < 0.6
+    assert float(area.std()) > 0.05  # drawn, not fixed
+
+
+def test_feature_cache_crop_views_are_encoded_crops_mixed_into_the_student_batches() -> None:
+    """A cache with crop views holds the student's maps of each crop (the same crops from the same seed); about
+    half the images of a student batch are crop views, each with the mask of its crop; without crop views a batch
+    is the images' own cached maps. A batch's level 0 holds only the map the student reads."""
+    from fsdistill.config import ModelCfg
+    from fsdistill.data.support_tensors import SupportTensors
+    from fsdistill.data.transforms import random_resized_crops
+    from fsdistill.models.build import build_teacher
+    from fsdistill.models.student import student_inputs
+    from fsdistill.train.episodes import CROP_GEOMETRY_SEED, FeatureCache
+
+    torch.manual_seed(0)
+    teacher = build_teacher(ModelCfg(backbone="test-resnet", size=64), num_classes=2, pretrained=False).eval()
+    masks = torch.zeros(3, 64, 64, dtype=torch.uint8)
+    for i in range(3):
+        masks[i, 4 + 8 * i : 20 + 8 * i, 6:50] = 1 + i % 2
+    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    support = SupportTensors(images, masks, ["a", "b", "c"])
+    plain = FeatureCache(teacher, support, torch.device("cpu"), False)
+    cropped = FeatureCache(teacher, support, torch.device("cpu"), False, crop_views=2, crop_min_area=0.4, crop_seed=5)
+    assert not plain.crop_feats and len(cropped.crop_feats) == 2
+    geometry = torch.Generator().manual_seed(5 + CROP_GEOMETRY_SEED)
+    for view in range(2):
+        crop_images, crop_masks = random_resized_crops(images, masks, 0.4, geometry)
+        assert torch.equal(cropped.crop_masks[view], crop_masks)
+        with torch.no_grad():
+            expected = student_inputs(teacher.backbone.encode(crop_images))
+        for got_level, expected_level in zip(cropped.crop_feats[view], expected):
+            assert len(got_level) == len(expected_level)
+            for got, want in zip(got_level, expected_level):
+                torch.testing.assert_close(got, want)
+
+    picks = [(i % 3, 0) for i in range(60)]
+    feats, batch_masks = plain.batch(picks)
+    assert len(feats[0]) == 1 and torch.equal(
+        feats[0][0], torch.cat([plain.feats[0][0][-1][i : i + 1] for i, _ in picks])
+    )
+    assert torch.equal(batch_masks, masks[[i for i, _ in picks]])
+    feats, batch_masks = cropped.batch(picks)
+    kinds = []
+    for row, (index, _) in enumerate(picks):
+        sources = [plain.feats[0][0][-1][index]] + [crop[0][0][index] for crop in cropped.crop_feats]
+        source = next(k for k, m in enumerate(sources) if torch.equal(feats[0][0][row], m))
+        kinds.append(source)
+        wanted = masks[index] if source == 0 else cropped.crop_masks[source - 1][index]
+        assert torch.equal(batch_masks[row], wanted)
+    assert 15 <= sum(k > 0 for k in kinds) <= 45 and {1, 2} <= set(kinds)
+
+
+def test_crop_views_change_only_the_student_batches() -> None:
+    """With crop views the student's supervised batches differ (other losses from the same seed); the episodes,
+    and so the teacher's loss of the first step, are the same."""
+    from fsdistill.config import TrainCfg
+    from fsdistill.train.episodes import FeatureCache
+    from fsdistill.train.fit import train
+
+    histories = {}
+    for views in (0, 2):
+        teacher, cache, student = _banded_supports(1)
+        if views:
+            support = _banded_support_tensors()
+            cache = FeatureCache(teacher, support, torch.device("cpu"), False, crop_views=views, crop_min_area=0.35)
+        cfg = TrainCfg(steps=3, student_batch=3, flip_features=False)
+        histories[views] = train(teacher, cache, cfg, student=student, quiet=True).history
+    assert histories[0][0]["teacher"] == histories[2][0]["teacher"]
+    assert [h["student_batch"] for h in histories[0]] != [h["student_batch"] for h in histories[2]]
+
+
 def _banded_supports(num_classes: int):
     """Three 64 px random supports, each with one band of class 1 + i % num_classes (not symmetric: a flip moves
     it), and, from torch seed 0, a random-init test-resnet teacher, its feature cache and a width-4 student with the
     refiner: (teacher, cache, student)."""
     from fsdistill.config import ModelCfg
-    from fsdistill.data.support_tensors import SupportTensors
     from fsdistill.models.build import build_student, build_teacher
     from fsdistill.train.episodes import FeatureCache
+
+    torch.manual_seed(0)
+    teacher = build_teacher(ModelCfg(backbone="test-resnet", size=64), num_classes=num_classes, pretrained=False)
+    cache = FeatureCache(teacher, _banded_support_tensors(num_classes), torch.device("cpu"), False)
+    return teacher, cache, build_student(teacher, 4, True)
+
+
+def _banded_support_tensors(num_classes: int = 1):
+    """The three supports of :func:`_banded_supports`."""
+    from fsdistill.data.support_tensors import SupportTensors
 
     masks = torch.zeros(3, 64, 64, dtype=torch.uint8)
     for i in range(3):
         masks[i, 4 + 8 * i : 20 + 8 * i, 6:50] = 1 + i % num_classes
     images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    torch.manual_seed(0)
-    teacher = build_teacher(ModelCfg(backbone="test-resnet", size=64), num_classes=num_classes, pretrained=False)
-    cache = FeatureCache(teacher, SupportTensors(images, masks, ["a", "b", "c"]), torch.device("cpu"), False)
-    return teacher, cache, build_student(teacher, 4, True)
+    return SupportTensors(images, masks, ["a", "b", "c"])
 
 
 def test_flip_features_changes_only_the_student_batches() -> None:

@@ -391,7 +391,17 @@ def distill(
         teacher, teacher_cfg = _new_teacher(cfg, num_classes)
     teacher = teacher.to(device)
     run_dir = _start_run(cfg, "distill")
-    cache = FeatureCache(teacher, support, device, _augment(cfg, len(index)))
+    # Only the student's supervised batches read crop views.
+    crops = cfg.train.crop_views if cfg.train.student_batch and cfg.train.steps != 0 else 0
+    cache = FeatureCache(
+        teacher,
+        support,
+        device,
+        _augment(cfg, len(index)),
+        crop_views=crops,
+        crop_min_area=cfg.train.crop_min_area,
+        crop_seed=cfg.train.seed + distributed.rank(),
+    )
     # The student is the teacher's architecture (an adapted teacher's, whatever this run's --decoder says) with
     # this run's ConvDist width, and the refiner where that decoder ends at stride 4 (not the paper's).
     refiner = cfg.model.refiner and teacher.decoder.output_stride == 4

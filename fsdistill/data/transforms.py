@@ -5,6 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
@@ -14,7 +15,11 @@ __all__ = [
     "normalize_coefficients",
     "FLIP_VIEWS",
     "flip",
+    "random_resized_crops",
 ]
+
+# Crop views' aspect ratios (width / height) are drawn log-uniform in [e^-r, e^r] with r ≈ ln(4/3).
+CROP_LOG_ASPECT = 0.2877
 
 # Cached augmentation views for training: identity, horizontal, vertical, both (dims of a …×H×W tensor to flip).
 FLIP_VIEWS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
@@ -58,3 +63,38 @@ def flip(x: Tensor, view: int) -> Tensor:
     """Apply flip view ``view`` (index into FLIP_VIEWS) to the last two dims."""
     dims = FLIP_VIEWS[view]
     return torch.flip(x, dims) if dims else x
+
+
+def random_resized_crops(
+    images: Tensor, masks: Tensor, min_area: float, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """One random crop of each image, rescaled to the full size: a zoomed-in view for training.
+
+    A crop's share of its image's area is drawn uniformly in [``min_area``, 1] and its aspect ratio log-uniformly
+    in 3/4–4/3 (a side longer than the image's is cut to it, which leaves at least 3/4 of the area), at a uniform
+    position inside the image. Images are resampled bilinearly and masks by nearest neighbour through the same
+    sampling grid, so every pixel keeps a class of its source (255 = ignore stays).
+
+    Args:
+        images: S×3×H×W uint8. masks: S×H×W uint8 class ids. generator: draws the crops (CPU).
+    Returns:
+        S×3×H×W uint8 crops and their S×H×W uint8 masks, on the inputs' device.
+    """
+    count = images.shape[0]
+    area = min_area + (1 - min_area) * torch.rand(count, generator=generator)
+    aspect = torch.exp((torch.rand(count, generator=generator) * 2 - 1) * CROP_LOG_ASPECT)
+    width, height = (area * aspect).sqrt().clamp(max=1.0), (area / aspect).sqrt().clamp(max=1.0)
+    left = torch.rand(count, generator=generator) * (1 - width)
+    top = torch.rand(count, generator=generator) * (1 - height)
+    # The affine map from output to input coordinates, both in [-1, 1] (grid_sample's convention).
+    theta = torch.zeros(count, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2] = width, 2 * left + width - 1
+    theta[:, 1, 1], theta[:, 1, 2] = height, 2 * top + height - 1
+    grid = F.affine_grid(theta, [count, 1, *images.shape[-2:]], align_corners=False).to(images.device)
+
+    def sample(x: Tensor, mode: str) -> Tensor:
+        return F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
+
+    crops = sample(images.float(), "bilinear").round().clamp(0, 255).to(torch.uint8)
+    crop_masks = sample(masks.float().unsqueeze(1), "nearest").squeeze(1).round().to(masks.dtype)
+    return crops, crop_masks

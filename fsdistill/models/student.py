@@ -13,7 +13,13 @@ from torch import Tensor, nn
 from fsdistill.models.decoder import DCAMADecoder, LightDecoder, SharedDecoder, merge_classes
 from fsdistill.models.teacher import ATTENTION_LEVELS, Features
 
-__all__ = ["ConvDist", "SharedRefiner", "DistilledStudent"]
+__all__ = ["ConvDist", "SharedRefiner", "DistilledStudent", "student_inputs"]
+
+
+def student_inputs(feats: Features) -> Features:
+    """Block-level backbone features → the maps :meth:`DistilledStudent.forward_features` reads: every level's,
+    but of level 0 (stride 4) only its last map (the skip features). What training caches of its images."""
+    return [feats[0][-1:], *feats[1:]]
 
 
 class ConvDist(nn.Module):

@@ -1,7 +1,8 @@
 """Cached backbone features and leave-one-out training episodes (TransferFSS, reference.md §2.2).
 
-The backbone is frozen, so the features of every support image (and of its flipped views, our augmentation) are
-computed once before training: a step then costs only the attention and the decoder, not a backbone pass.
+The backbone is frozen, so the features of every support image (and of its flipped views and random crops, our
+augmentation) are computed once before training: a step then costs only the attention and the decoder, not a
+backbone pass.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import torch
 from torch import Tensor
 
 from fsdistill.data.support_tensors import SupportTensors
-from fsdistill.data.transforms import FLIP_VIEWS, flip
+from fsdistill.data.transforms import FLIP_VIEWS, flip, random_resized_crops
 from fsdistill.models.backbone import cat_features
+from fsdistill.models.student import student_inputs
 from fsdistill.models.teacher import DCAMATeacher, Features, SupportFeatures
 
 __all__ = [
@@ -27,6 +29,11 @@ __all__ = [
 
 # Memory for the attention sums of (query, support) pairs kept during one training run.
 PAIR_ATTENTION_BYTES = 2 * 2**30
+# Added to the crop seed for the crops' geometry and for the choice of crop views in the student's batches.
+CROP_GEOMETRY_SEED = 12345
+CROP_PICK_SEED = 777
+# Share of the student's supervised batch images drawn as one of their crop views (when there are any).
+CROP_PICK_PROBABILITY = 0.5
 
 
 def _select(feats: Features, index: int) -> Features:
@@ -49,9 +56,24 @@ def flip_batch(generator: torch.Generator, feats: Features, *maps: Tensor) -> tu
 
 
 class FeatureCache:
-    """Backbone features and teacher support features of every support image in every flip view."""
+    """Backbone features and teacher support features of every support image in every flip view, and the
+    features of ``crop_views`` random crops of each (:func:`~fsdistill.data.transforms.random_resized_crops`, area
+    fraction ≥ ``crop_min_area``) for the student's supervised batches.
 
-    def __init__(self, teacher: DCAMATeacher, support: SupportTensors, device: torch.device, augment: bool) -> None:
+    A crop view costs a backbone pass per support image when the cache is built and its feature maps (the ones the
+    student reads) in memory. ``crop_seed`` draws the crops and, in :meth:`batch`, which images are crop views.
+    """
+
+    def __init__(
+        self,
+        teacher: DCAMATeacher,
+        support: SupportTensors,
+        device: torch.device,
+        augment: bool,
+        crop_views: int = 0,
+        crop_min_area: float = 1.0,
+        crop_seed: int = 0,
+    ) -> None:
         self.views = len(FLIP_VIEWS) if augment else 1
         self.masks = [flip(support.masks, v).to(device) for v in range(self.views)]
         self.feats = [teacher.backbone.encode_batched(flip(support.images, v)) for v in range(self.views)]
@@ -59,6 +81,14 @@ class FeatureCache:
         self.present = self.support[0].present.cpu()  # S×N, the same in every view
         # Kept across training phases and for the per-class check while the attention is frozen.
         self.pairs: PairAttention | None = None
+        self.crop_feats: list[Features] = []
+        self.crop_masks: list[Tensor] = []
+        geometry = torch.Generator().manual_seed(crop_seed + CROP_GEOMETRY_SEED)
+        for _ in range(crop_views):
+            images, masks = random_resized_crops(support.images, support.masks, crop_min_area, geometry)
+            self.crop_feats.append(student_inputs(teacher.backbone.encode_batched(images)))
+            self.crop_masks.append(masks.to(device))
+        self._crop_picks = random.Random(crop_seed + CROP_PICK_SEED)
 
     def pair_attention(self, teacher: DCAMATeacher) -> PairAttention:
         """The pair attention of these supports (created once). Callers use it only while ``teacher``'s attention
@@ -72,9 +102,19 @@ class FeatureCache:
         return _select(self.feats[view], index), self.masks[view][index : index + 1]
 
     def batch(self, picks: list[tuple[int, int]]) -> tuple[Features, Tensor]:
-        """Features (batch B) and B×H×W masks of the (index, view) picks: the student's supervised batch."""
-        feats = cat_features([_select(self.feats[v], i) for i, v in picks])
-        return feats, torch.cat([self.masks[v][i : i + 1] for i, v in picks])
+        """Features (batch B; level 0 its last map only) and B×H×W masks of the (index, view) picks: the student's
+        supervised batch. With crop views, each pick is one of its image's crop views with probability
+        ``CROP_PICK_PROBABILITY`` (drawn from the cache's crop seed)."""
+        feats, masks = [], []
+        for index, view in picks:
+            if self.crop_feats and self._crop_picks.random() < CROP_PICK_PROBABILITY:
+                crop = self._crop_picks.randrange(len(self.crop_feats))
+                feats.append(_select(self.crop_feats[crop], index))
+                masks.append(self.crop_masks[crop][index : index + 1])
+            else:
+                feats.append(student_inputs(_select(self.feats[view], index)))
+                masks.append(self.masks[view][index : index + 1])
+        return cat_features(feats), torch.cat(masks)
 
     def supports(self, picks: list[tuple[int, int]]) -> SupportFeatures:
         """SupportFeatures of the (index, view) picks, shots concatenated in that order."""

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fsdistill.models.backbone import cat_features
-from fsdistill.models.student import DistilledStudent
+from fsdistill.models.student import DistilledStudent, student_inputs
 from fsdistill.models.teacher import ATTENTION_LEVELS, DCAMATeacher, Features, SupportFeatures
 from fsdistill.train.losses import IGNORE_INDEX
 
@@ -187,9 +187,7 @@ def label_batch(
         t_logits.append(teacher.decode_episode(query, chosen, coarse, chosen.present.any(dim=0)))
         per_image_coarse.append(coarse)
     labels = pseudo_labels(_probs(torch.cat(t_logits), size), _probs(s_logits, size), labeller, threshold, trusted)
-    # The student reads only the last stride-4 map (its skip features): the other stride-4 maps are not kept.
-    kept = [feats[0][-1:], *feats[1:]]
-    return kept, [torch.stack(stage) for stage in zip(*per_image_coarse)], labels.to(torch.uint8)
+    return student_inputs(feats), [torch.stack(stage) for stage in zip(*per_image_coarse)], labels.to(torch.uint8)
 
 
 def join_pool(parts: list[LabelledBatch], trusted: Tensor, device: torch.device) -> PoolTargets | None:
