@@ -11,10 +11,11 @@ measures on the same held-out images, in one run:
   pool_student  the student of ``distill --unlabeled POOL`` (only when asked: ``--methods ... pool``): the pool is the
              case's support-pool images not among the K supports (their masks unused) plus its ``pool/`` split
              (unlabeled slices of brain and macaque), never a held-out image;
-  finetuned  plain fine-tuning: an FPN head on the same frozen backbone trained on the K supports with flips,
-             cross-entropy and AdamW, full batch, until its training loss stops falling (its own budget, not the
-             method's: ``benchmarks/baselines.py: FineTunedBaseline``), at each of two learning rates; the better on the
-             held-out images is reported (a choice on the test images that favours the baseline).
+  finetuned  plain fine-tuning: an FPN head on the same frozen backbone trained on the K supports with flips and
+             the student's random crop views, cross-entropy and AdamW, full batch, until its training loss stops
+             falling (its own budget, not the method's: ``benchmarks/baselines.py: FineTunedBaseline``), at each of
+             two learning rates; the better on the held-out images is reported (a choice on the test images that
+             favours the baseline).
 
 mIoU is dataset-level IoU per foreground class at each image's original resolution (``api.evaluate``); the
 per-class IoU of every run is kept in ``results.json`` and the tables count the classes below IoU 0.1. Training
@@ -548,8 +549,9 @@ def markdown(report: dict, image: str) -> str:
         "optimisation loop (in brackets the whole call: model build, feature caching, saving); the student and the "
         "distill teacher train together. *steps*: per seed (automatic budget unless a step count was given). "
         "*ms/img*: evaluation wall time per held-out image (batch 8, decoding included). *fine-tuned FPN*: "
-        "`benchmarks/baselines.py` (`FineTunedBaseline`), an FPN head on the same frozen backbone, flips, cross-entropy, "
-        "AdamW, full batch until its training loss stops falling (its own budget); trained at each learning rate of "
+        "`benchmarks/baselines.py` (`FineTunedBaseline`), an FPN head on the same frozen backbone, flips and the "
+        "student's random crop views (`train.crop_views`), cross-entropy, AdamW, full batch until its training loss "
+        "stops falling (its own budget); trained at each learning rate of "
         f"{', '.join(f'{lr:g}' for lr in FINETUNED_LRS)} and the best on the held-out images reported (a choice on "
         "the test images that favours the baseline). *train s* of the FPN: the reported run.",
     ]

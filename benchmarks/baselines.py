@@ -4,8 +4,9 @@
 similarity per class), the classic few-shot segmentation baseline.
 
 ``FineTunedBaseline``: plain fine-tuning of a small FPN head on the frozen backbone's features with
-cross-entropy and flips, full batch, until its training loss stops falling: what a user would do instead,
-trained with its own budget (a baseline held to the method's budget starves and hides a failing method).
+cross-entropy, flips and the student's random crop views, full batch, until its training loss stops falling: what a
+user would do instead, trained with its own budget and the method's augmentation (a baseline held to the method's
+budget, or denied its augmentation, starves and hides a failing method).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from torch import Tensor, nn
 
 from fsdistill.data.masks import IGNORE_INDEX
 from fsdistill.data.support_tensors import SupportTensors
-from fsdistill.data.transforms import FLIP_VIEWS, flip
+from fsdistill.data.transforms import FLIP_VIEWS, flip, random_resized_crops
 from fsdistill.models.teacher import one_hot_masks
 from fsdistill.train.budget import PlateauStop
+from fsdistill.train.episodes import CROP_GEOMETRY_SEED
 
 __all__ = ["PrototypeBaseline", "FPNHead", "FineTunedBaseline"]
 
@@ -96,20 +98,32 @@ class FineTunedBaseline:
     """Plain fine-tuning, what users do instead of few-shot segmentation: an FPN head on the frozen backbone.
 
     The head sees the last block map of each of the four backbone levels and is trained full batch (every support
-    image in each step, each in a random one of its four flip views) with pixel-wise cross-entropy and AdamW until
-    its training loss stops falling (:class:`~fsdistill.train.budget.PlateauStop`: windows of 20 steps, at least
-    100 and at most ``max_steps``). Backbone features of every support view are computed once before training,
-    so a step costs only the head.
+    image in each step, each in a random one of its views: the four flips and ``crop_views`` random crops, the
+    augmentation ``distill``'s student gets by default) with pixel-wise cross-entropy and AdamW until its training
+    loss stops falling (:class:`~fsdistill.train.budget.PlateauStop`: windows of 20 steps, at least 100 and at
+    most ``max_steps``). Backbone features of every support view are computed once before training, so a step
+    costs only the head.
 
     Args:
         backbone: a frozen :class:`~fsdistill.models.backbone.Backbone`. num_classes: foreground classes N.
-        width: FPN channels. augment: train on the four flip views (False: the identity view only).
+        width: FPN channels. augment: train on the flip and crop views (False: the identity view only).
+        crop_views, crop_min_area: the crops (:func:`~fsdistill.data.transforms.random_resized_crops`), drawn from
+            the fit's seed as the student's are from its training seed.
     """
 
-    def __init__(self, backbone, num_classes: int, width: int = 64, augment: bool = True) -> None:
+    def __init__(
+        self,
+        backbone,
+        num_classes: int,
+        width: int = 64,
+        augment: bool = True,
+        crop_views: int = 4,
+        crop_min_area: float = 0.35,
+    ) -> None:
         self.backbone = backbone
         self.num_classes = num_classes
         self.augment = augment
+        self.crop_views, self.crop_min_area = crop_views, crop_min_area
         self.head = FPNHead(tuple(backbone.spec.channels), num_classes + 1, width)
         self.stats: dict[str, float] = {}
 
@@ -132,7 +146,7 @@ class FineTunedBaseline:
 
         Args:
             support: S×3×H×W uint8 images and S×H×W uint8 class-id masks (255 = ignore), at the model's input size.
-            device: where to run. lr, weight_decay: AdamW's. seed: initialisation and flip draws.
+            device: where to run. lr, weight_decay: AdamW's. seed: initialisation, crops and view draws.
             steps: a fixed number of full-batch steps (None: until the loss plateaus, at most ``max_steps``).
         Sets ``self.stats``: ``steps``, ``images`` (seen in training), ``encode_s`` (feature caching),
         ``train_s`` (the optimisation loop), ``final_loss`` (mean of the last 10 steps) and ``stop_reason``.
@@ -141,11 +155,19 @@ class FineTunedBaseline:
         generator = torch.Generator().manual_seed(seed)
         self.head = self.head.to(device)
         start = time.perf_counter()
-        views = len(FLIP_VIEWS) if self.augment else 1
-        cached = [self._maps(self.backbone.encode_batched(flip(support.images, v))) for v in range(views)]
+        flips = len(FLIP_VIEWS) if self.augment else 1
+        images = [flip(support.images, v) for v in range(flips)]
+        view_masks = [flip(support.masks, v) for v in range(flips)]
+        geometry = torch.Generator().manual_seed(seed + CROP_GEOMETRY_SEED)
+        for _ in range(self.crop_views if self.augment else 0):
+            crop_images, crop_masks = random_resized_crops(support.images, support.masks, self.crop_min_area, geometry)
+            images.append(crop_images)
+            view_masks.append(crop_masks)
+        views = len(images)
+        cached = [self._maps(self.backbone.encode_batched(batch)) for batch in images]
         maps = [torch.stack([c[lvl] for c in cached], dim=1) for lvl in range(len(cached[0]))]  # S×V×C×h×w
-        masks = torch.stack([flip(support.masks, v) for v in range(views)], dim=1).to(device).long()  # S×V×H×W
-        del cached
+        masks = torch.stack(view_masks, dim=1).to(device).long()  # S×V×H×W
+        del cached, images
         encode_s = time.perf_counter() - start
         optimizer = torch.optim.AdamW(self.head.parameters(), lr=lr, weight_decay=weight_decay)
         stop = PlateauStop(min_steps=100, max_steps=max_steps, window=20) if steps is None else None
@@ -155,7 +177,7 @@ class FineTunedBaseline:
         self.head.train()
         start = time.perf_counter()
         while True:
-            view = torch.randint(views, (count,), generator=generator).to(device)  # one flip view per image
+            view = torch.randint(views, (count,), generator=generator).to(device)  # one view per image
             logits = self.head([m[rows, view] for m in maps])
             target = masks[rows, view]
             logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)

@@ -84,3 +84,28 @@ def test_fine_tuned_baseline_multiclass_shapes_and_seed(tiny_data) -> None:
     assert not out.requires_grad and torch.isfinite(out).all()
     again = FineTunedBaseline(_backbone(num_classes), num_classes, augment=False).fit(support, CPU, seed=3, steps=2)
     torch.testing.assert_close(again.logits(batch), out)  # the seed fixes initialisation and sampling
+
+
+def test_fine_tuned_baseline_trains_on_the_students_crop_views_too(tiny_data) -> None:
+    """The FPN gets the student's augmentation: its four flip views and ``crop_views`` random crops of each
+    support (one backbone pass per view); the seed fixes the crops; without augmentation, the images alone."""
+    support = load_support_tensors(discover(tiny_data.binary), SIZE)
+    logits = []
+    for crop_views, augment, passes in ((2, True, 6), (2, True, 6), (0, True, 4), (2, False, 1)):
+        baseline = FineTunedBaseline(_backbone(), 1, width=16, augment=augment, crop_views=crop_views)
+        encoded = []
+        original = baseline.backbone.encode_batched
+
+        def counted(images, *args, _original=original, _seen=encoded):
+            _seen.append(images)
+            return _original(images, *args)
+
+        baseline.backbone.encode_batched = counted
+        baseline.fit(support, CPU, seed=1, steps=2)
+        assert len(encoded) == passes
+        if crop_views and augment:
+            assert not any(torch.equal(encoded[4], view) for view in encoded[:4])  # a crop, not a flip
+        images = normalize(support.images[:2], baseline.backbone.spec.mean, baseline.backbone.spec.std)
+        logits.append(baseline.logits(images))
+    torch.testing.assert_close(logits[0], logits[1])
+    assert not torch.allclose(logits[0], logits[2])
