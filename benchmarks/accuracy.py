@@ -287,7 +287,9 @@ def finetuned_baseline(support: Path, heldout: Path, cfg: AdaptCfg, steps: int |
         start = time.perf_counter()
         seed_everything(cfg.train.seed)
         backbone = build_teacher(cfg.model, len(index.class_names) - 1).backbone.to(device)
-        baseline = FineTunedBaseline(backbone, len(index.class_names) - 1)
+        baseline = FineTunedBaseline(  # the student's crop views (--train-args reaches both)
+            backbone, len(index.class_names) - 1, crop_views=cfg.train.crop_views, crop_min_area=cfg.train.crop_min_area
+        )
         baseline.fit(support_tensors, device, lr=lr, seed=cfg.train.seed, steps=steps)
         wall = time.perf_counter() - start
         tried[lr] = {

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fsdistill.config import TrainCfg
 from fsdistill.data.masks import IGNORE_INDEX
 from fsdistill.data.support_tensors import SupportTensors
 from fsdistill.data.transforms import FLIP_VIEWS, flip, random_resized_crops
@@ -25,6 +26,9 @@ from fsdistill.train.budget import PlateauStop
 from fsdistill.train.episodes import CROP_GEOMETRY_SEED
 
 __all__ = ["PrototypeBaseline", "FPNHead", "FineTunedBaseline"]
+
+# The student's augmentation settings, so the baseline's defaults follow distill's.
+_TRAIN_DEFAULTS = TrainCfg.model_fields
 
 
 class PrototypeBaseline:
@@ -108,7 +112,7 @@ class FineTunedBaseline:
         backbone: a frozen :class:`~fsdistill.models.backbone.Backbone`. num_classes: foreground classes N.
         width: FPN channels. augment: train on the flip and crop views (False: the identity view only).
         crop_views, crop_min_area: the crops (:func:`~fsdistill.data.transforms.random_resized_crops`), drawn from
-            the fit's seed as the student's are from its training seed.
+            the fit's seed as the student's are from its training seed; defaults: ``TrainCfg``'s.
     """
 
     def __init__(
@@ -117,8 +121,8 @@ class FineTunedBaseline:
         num_classes: int,
         width: int = 64,
         augment: bool = True,
-        crop_views: int = 4,
-        crop_min_area: float = 0.35,
+        crop_views: int = _TRAIN_DEFAULTS["crop_views"].default,
+        crop_min_area: float = _TRAIN_DEFAULTS["crop_min_area"].default,
     ) -> None:
         self.backbone = backbone
         self.num_classes = num_classes
