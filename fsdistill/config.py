@@ -55,18 +55,19 @@ class ModelCfg(_Strict):
     decoder: Literal["dcama", "light", "shared"] = Field(
         "light",
         description="light = one conv per block, per-class work at stride >= 4 (fast, though its cost still grows "
-        "with the number of classes); shared = narrow per-class work at stride >= 8 and one class-shared stride-4 "
-        "stage (for many classes); dcama = the paper's decoder (the default with --teacher-weights)",
+        "with the number of classes); shared = narrow per-class work at stride >= 8 only, the merged logits "
+        "refined once per image, ConvDist groups shared beyond 4 classes (for many classes: its cost stays near "
+        "the backbone's); dcama = the paper's decoder (the default with --teacher-weights)",
     )
     decoder_width: int | None = Field(
         None,
         ge=8,
-        description="ConvMapper/ConvMerge channels; None = the decoder's default (dcama 128, light 32, shared 16)",
+        description="ConvMapper/ConvMerge channels; None = the decoder's default (dcama 128, light 32, shared 8)",
     )
     mixer_widths: tuple[int, int, int] | None = Field(
         None,
         description="mixer channels; None = the decoder's default (dcama 128, 64, 16; light 16, 16, 16; "
-        "shared 8, 16, 16)",
+        "shared 8, 8, 8)",
     )
     student_width: int | None = Field(
         8,
@@ -89,16 +90,12 @@ class ModelCfg(_Strict):
             if "refiner" in self.model_fields_set:
                 raise ValueError("the refiner works with the light and shared decoders, not dcama; set refiner: false")
             self.__dict__["refiner"] = False  # the paper's decoder ends at full resolution
-        # GroupNorm(4) runs on width/8 channels in the paper's mapper and on the width itself in the others.
-        multiple = 32 if self.decoder == "dcama" else 4
-        if self.decoder_width is not None and self.decoder_width % multiple:
+        # GroupNorm(4) runs on width/8 channels in the paper's mapper and on the width itself in the light one (the
+        # shared decoder has none).
+        multiple = {"dcama": 32, "light": 4}.get(self.decoder)
+        if multiple and self.decoder_width is not None and self.decoder_width % multiple:
             raise ValueError(
                 f"decoder_width must be a multiple of {multiple} for the {self.decoder} decoder, got {self.decoder_width}"
-            )
-        # The shared decoder's conv5 ends in GroupNorm(4) over the first mixer width.
-        if self.decoder == "shared" and self.mixer_widths is not None and self.mixer_widths[0] % 4:
-            raise ValueError(
-                f"the first of mixer_widths must be a multiple of 4 for the shared decoder, got {self.mixer_widths[0]}"
             )
         return self
 

@@ -108,15 +108,16 @@ def test_default_backbone_parity(tmp_path) -> None:
 
 
 def test_shared_decoder_parity(tmp_path) -> None:
-    """The shared decoder's class-shared stage (space-to-depth, softmax, shifted sums, depth-to-space) exports with
-    dynamic height and width and agrees with PyTorch: Lite0, 384 px, 3 classes, random decoder."""
+    """The shared decoder's student (ConvDist groups shared by the classes and read out densely, stride-8 classes
+    upsampled bilinearly, the refiner reading their softmax at stride 8) exports with dynamic height and width and
+    agrees with PyTorch: Lite0, 384 px, 6 classes (more than its 4 ConvDist groups), random head."""
     from fsdistill.config import ModelCfg
     from fsdistill.data.transforms import normalize
     from fsdistill.models.build import build_student, build_teacher
 
     cfg = ModelCfg(decoder="shared")
     torch.manual_seed(0)
-    student = build_student(build_teacher(cfg, 3), cfg.student_width, cfg.refiner).eval()
+    student = build_student(build_teacher(cfg, 6), cfg.student_width, cfg.refiner).eval()
     generator = torch.Generator().manual_seed(1)
     perturb_head(student, generator)
     spec = student.backbone.spec
@@ -129,8 +130,8 @@ def test_shared_decoder_parity(tmp_path) -> None:
         input_size=cfg.size,
         mean=spec.mean,
         std=spec.std,
-        class_names=["background", "a", "b", "c"],
-        palette=[(0, 0, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255)],
+        class_names=["background", *"abcdef"],
+        palette=[(0, 0, 0), *[(40 * i, 255 - 40 * i, 0) for i in range(6)]],
         threads=1,
     )
     assert result.passed, result

@@ -35,11 +35,13 @@ def test_match_classes_refuses_in_one_sentence(drop, message) -> None:
         match_classes(["background", "a", "b"], ["background", "a", "c"], drop, "RUN")
 
 
-@pytest.mark.parametrize("width", [4, 0])
-def test_kept_classes_keep_their_coarse_maps_at_their_new_position(width) -> None:
-    """Copied ConvDist blocks give the same coarse maps as in the run's student; a new class starts at its prior."""
+@pytest.mark.parametrize("width, decoder", [(4, "light"), (0, "light"), (4, "shared")])
+def test_kept_classes_keep_their_coarse_maps_at_their_new_position(width, decoder) -> None:
+    """Copied ConvDist blocks give the same coarse maps as in the run's student; a new class starts at its prior.
+    With the shared decoder's ConvDist (hidden groups shared by the classes: 3 in the run, 4 now) the groups both
+    have carry over and each kept class its readout of them."""
     torch.manual_seed(0)
-    cfg = ModelCfg(backbone="test-resnet", size=64, student_width=width)
+    cfg = ModelCfg(backbone="test-resnet", size=64, student_width=width, decoder=decoder)
     old = build_student(build_teacher(cfg, 3, pretrained=False), width, cfg.refiner).eval()
     for p in old.convdist.parameters():
         p.data.normal_(0, 0.2)

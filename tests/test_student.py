@@ -108,6 +108,50 @@ def test_fused_convdist_equals_separate_per_class_blocks(width) -> None:
             torch.testing.assert_close(out[:, c, layer], torch.sigmoid(block(m)[:, 0]), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("width", [4, None])
+def test_shared_group_convdist_with_a_block_diagonal_readout_is_the_per_class_one(width) -> None:
+    """ConvDist with G shared hidden groups and N ≤ G classes has one group per class; read out block-diagonally
+    (class c only from group c) it is exactly the per-class ConvDist with the same weights. Its readout is dense,
+    so each class may also read the other groups."""
+    torch.manual_seed(0)
+    per_class, shared = ConvDist(6, 3, width), ConvDist(6, 3, width, groups=4)
+    assert shared.groups == 3 and shared.shared and not per_class.shared
+    assert shared.out.weight.shape == (3, 3 * per_class.width, 1, 1)
+    for p in per_class.parameters():
+        p.data.normal_(0, 0.3)
+    state = per_class.state_dict()
+    w = per_class.width
+    readout = torch.zeros(3, 3 * w, 1, 1)
+    for c in range(3):
+        readout[c, c * w : (c + 1) * w] = state["out.weight"][c]
+    shared.load_state_dict({**state, "out.weight": readout})
+    maps = [torch.randn(2, 6, 5, 5) for _ in range(2)]
+    with torch.no_grad():
+        torch.testing.assert_close(shared(maps), per_class(maps), rtol=1e-5, atol=1e-5)
+
+
+def test_shared_group_convdist_cost_stops_growing_at_its_group_count() -> None:
+    """Beyond G classes the hidden layers keep G groups: a class adds only its readout row (G·W weights + bias)."""
+    blocks = {n: ConvDist(40, n, 8, groups=4) for n in (1, 4, 5, 50)}
+    hidden = {n: sum(p.numel() for m in (d.bottleneck, d.hidden) for p in m.parameters()) for n, d in blocks.items()}
+    assert hidden[1] < hidden[4] == hidden[5] == hidden[50]  # min(G, N) groups
+    sizes = {n: sum(p.numel() for p in d.parameters()) for n, d in blocks.items()}
+    assert sizes[50] - sizes[5] == 45 * (4 * 8 + 1)
+    dist = ConvDist(40, 50, 8, groups=4)
+    assert dist.hidden.out_channels == 32 and dist.out(torch.zeros(1, 32, 2, 2)).shape == (1, 50, 2, 2)
+    out = dist([torch.randn(2, 40, 6, 6)])
+    assert out.shape == (2, 50, 1, 6, 6) and ((out > 0) & (out < 1)).all()
+
+
+def test_student_convdist_groups_follow_its_decoder() -> None:
+    """The shared decoder's students share ConvDist hidden groups among their classes; the light decoder's keep one
+    block per class (the paper's)."""
+    shared = _student("test-resnet", 64, 6, 4, decoder="shared")
+    light = _student("test-resnet", 64, 6, 4, decoder="light")
+    assert all(d.shared and d.groups == 4 for d in shared.convdist)
+    assert all(not d.shared and d.groups == 6 for d in light.convdist)
+
+
 def test_convdist_input_dropout_drops_whole_channels_only_while_training() -> None:
     """Channel dropout: each (image, channel) input map is zeroed whole or kept scaled by 1 / (1 - p); in eval
     mode nothing is dropped, whatever ``input_dropout`` says."""
@@ -170,6 +214,31 @@ def test_refiner_starts_as_identity_and_learns() -> None:
         p.numel() for p in refined.refiner.parameters()
     )
     assert per_class == refined.refiner.proj.out_channels + refined.refiner.out.in_channels + 1
+
+
+def test_refiner_reads_stride_8_logits_at_stride_8() -> None:
+    """Given the stride-8 logits the stride-4 ones were upsampled from (the shared decoder's), the refiner projects
+    their softmax at stride 8 and upsamples it with the stride-8 query map's projection (a quarter of the
+    positions, where the cost grows with the classes); without them it reads the stride-4 softmax (light)."""
+    torch.manual_seed(0)
+    student = _student("test-resnet", 64, 3, 4, decoder="shared")
+    refiner = student.refiner
+    for p in refiner.parameters():
+        p.data.normal_(0, 0.2)
+    c4, c8 = student.backbone.spec.channels[:2]
+    skip4, skip8 = torch.randn(2, c4, 16, 16), torch.randn(2, c8, 8, 8)
+    coarse = torch.randn(2, 4, 8, 8)
+    fine = torch.nn.functional.interpolate(coarse, scale_factor=2, mode="bilinear")
+    w = refiner.proj.weight
+    at8 = torch.nn.functional.conv2d(torch.cat([skip8, coarse.softmax(1)], 1), w[:, c4:])
+    x = torch.nn.functional.conv2d(skip4, w[:, :c4], refiner.proj.bias)
+    x = x + torch.nn.functional.interpolate(at8, size=(16, 16), mode="bilinear")
+    x = refiner.norm(x).relu()
+    for conv in refiner.convs:
+        x = conv(x).relu()
+    with torch.no_grad():
+        torch.testing.assert_close(refiner(fine, skip4, skip8, coarse), fine + refiner.out(x), rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(refiner(fine, skip4, skip8, coarse), refiner(fine, skip4, skip8), atol=1e-3)
 
 
 def test_refiner_needs_a_stride_4_decoder() -> None:

@@ -246,6 +246,12 @@ def load_model(path: Path | None, kind: str | None = None) -> LoadedModel:
         model = DistilledStudent(backbone, decoder, num_classes, cfg.student_width, cfg.refiner)
     support_images = tensors.pop(SUPPORT_IMAGES_KEY, None)
     support_masks = tensors.pop(SUPPORT_MASKS_KEY, None)
+    if cfg.decoder == "shared" and "decoder.skip_proj.weight" in tensors:
+        # The shared decoder's first layout (a convex upsampling stage fed by skip_proj) was replaced, not kept.
+        raise CheckpointError(
+            f"{directory} was written with the earlier layout of the shared decoder, which this fsdistill no longer "
+            "builds; re-run fsdistill adapt / distill to make it again."
+        )
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:

@@ -10,8 +10,6 @@ skip features are computed once per image.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -20,7 +18,6 @@ __all__ = [
     "DCAMADecoder",
     "LightDecoder",
     "SharedDecoder",
-    "SharedSkip",
     "DECODERS",
     "merge_classes",
     "ABSENT_LOGIT",
@@ -55,6 +52,8 @@ class _CoarseMapDecoder(nn.Module):
     input, ``class_stride`` the per-class logits' (of ``forward``)."""
 
     mixer1: nn.Sequential
+    # ConvDist hidden groups the decoder's students share among their classes; None = one per class (the paper's).
+    convdist_groups: int | None = None
 
     def __init__(self, width: int, mixer: tuple[int, int, int], output_stride: int, class_stride: int = 0) -> None:
         super().__init__()
@@ -98,10 +97,14 @@ class _CoarseMapDecoder(nn.Module):
             return logits
         # The mean of all coarse maps of all stages, upsampled: (B·G)×H×W attention mass on the foreground.
         size = logits.shape[-2:]
+        # Per stage the mean map of each group, the groups as the channels of one image (one resampling call for
+        # all of them; a map already at the logits' size is its own upsampling, align_corners: the identity).
+        means = [c.mean(dim=1)[None] for c in coarse]  # 1×(B·G)×h×w
         maps = [
-            F.interpolate(c.mean(dim=1, keepdim=True), size=size, mode="bilinear", align_corners=True) for c in coarse
+            m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=True)
+            for m in means
         ]
-        evidence = torch.cat(maps, dim=1).mean(dim=1)
+        evidence = torch.cat(maps).mean(dim=0)
         fg = logits[:, 1] + self.prior_scale * (evidence - prior.view(-1, 1, 1))
         return torch.stack([logits[:, 0], fg], dim=1)
 
@@ -231,102 +234,73 @@ class LightDecoder(_CoarseMapDecoder):
         return self._with_prior(self.mixer3(x), coarse, prior)
 
 
-class SharedSkip(NamedTuple):
-    """What :meth:`SharedDecoder.skip_features` computes once per image.
-
-    Attributes:
-        s8: B×M1×H/8×W/8 stride-8 query features added to every class's stride-8 mixer (bias included).
-        weights: B×9×4×H/8×W/8 upsampling weights: for each stride-8 cell, each of its 2×2 stride-4 sub-pixels
-            takes a convex combination (softmax over the 9) of the cell's 3×3 neighbourhood of merged logits.
-    """
-
-    s8: Tensor
-    weights: Tensor
-
-
-# Bilinear ×2 upsampling (align_corners=False) as convex weights over the 3×3 neighbourhood: sub-pixel 0 of a cell
-# sits a quarter cell before its centre (weights ¼, ¾, 0 over the neighbours −1, 0, +1), sub-pixel 1 a quarter
-# after (0, ¾, ¼). As softmax logits with a large negative for the 0 weights; an untrained shared stage starts
-# as bilinear upsampling of the merged logits.
-_BILINEAR_1D = torch.tensor([[0.25, 0.75, 0.0], [0.0, 0.75, 0.25]])
-
-
-def _bilinear_logits() -> Tensor:
-    """9×4 log-weights (neighbour dy·3+dx, sub-pixel sy·2+sx) of bilinear ×2 upsampling, zeros as −8 (e⁻⁸ ≈ 3e-4)."""
-    w = torch.einsum("ay,bx->yxab", _BILINEAR_1D, _BILINEAR_1D).reshape(9, 4)
-    return torch.where(w > 0, w.clamp_min(1e-6).log(), torch.full_like(w, -8.0))
-
-
 class SharedDecoder(_CoarseMapDecoder):
-    """Per-class work at stride ≥ 8 only, and narrow; then one class-shared stride-4 stage.
+    """For many classes: narrow per-class work at stride ≥ 8 only, then the N+1 merged logits upsampled alike.
 
-    Per class: conv1, conv2, conv4 and conv5 at strides 32 and 16 (conv5 narrows to M1 channels before the only
-    per-class upsampling), conv3 at stride 8, plus the shared stride-8 query features (``skip_proj8``) →
-    ``mixer1`` → stride-8 (background, foreground) logits. After :func:`merge_classes`, :meth:`refine` upsamples
-    the N+1 merged channels alike with convex weights predicted once per image from the query maps (``skip_proj``,
-    ``mixer2``, ``mixer3``; as RAFT's learned upsampling), so an absent class keeps ``ABSENT_LOGIT``.
+    Per class: conv1 (stride 32) and conv2 (stride 16) map the coarse maps to ``width`` channels, conv4 merges them
+    and conv5 narrows to M1 at stride 16 (so the only per-class upsampling carries M1 channels), conv3 maps stage
+    2's maps at stride 8, the shared stride-8 query features (``skip_proj8``, once per image) are added, and a
+    depthwise-separable mixer (mixer1: depthwise 3×3, 1×1 to M2, ReLU; mixer2: 1×1 to M3, ReLU; mixer3: 1×1 to 2)
+    gives stride-8 (background, foreground) logits. After :func:`merge_classes`, :meth:`refine` upsamples the N+1
+    merged channels bilinearly to stride 4, where the student's class-shared refiner corrects them from the query
+    features. No per-class layer at stride 4 and no GroupNorm (on channels-last maps of 8 channels it costs more
+    than its conv): beyond four classes a class adds ~4 MFLOP at 384 px, ConvDist included (the light decoder's
+    ~185 MFLOP).
 
-    Args: as :class:`DCAMADecoder`; ``mixer`` is M1 (per-class stride-8 channels), M2 (shared stride-4 skip
-    projection), M3 (shared stride-4 conv).
+    Its students' ConvDist blocks share ``convdist_groups`` hidden groups among all classes (see
+    :class:`~fsdistill.models.student.ConvDist`), so their cost stops growing with the classes too.
+
+    Args: as :class:`DCAMADecoder`; ``mixer`` is M1 (per-class stride-8 channels), M2, M3 (the mixer's).
     """
+
+    convdist_groups = 4
 
     def __init__(
         self,
         num_layers: tuple[int, int, int],
         skip_channels: tuple[int, int],
-        width: int = 16,
-        mixer: tuple[int, int, int] = (8, 16, 16),
+        width: int = 8,
+        mixer: tuple[int, int, int] = (8, 8, 8),
     ) -> None:
         super().__init__(width, mixer, output_stride=4, class_stride=8)
         n2, n3, n4 = num_layers
-        c4, c8 = skip_channels
+        c8 = skip_channels[1]
         m1, m2, m3 = mixer
-        self.conv1 = _conv_gn_relu([n4, width], [3])
-        self.conv2 = _conv_gn_relu([n3, width], [3])
-        self.conv3 = nn.Sequential(nn.Conv2d(n2, m1, 3, padding=1), nn.ReLU(inplace=True))
-        self.conv4 = _conv_gn_relu([width, width], [3])
-        self.conv5 = _conv_gn_relu([width, m1], [3])
-        self.mixer1 = nn.Sequential(nn.Conv2d(m1, m1, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(m1, 2, 1))
+        # No GroupNorm: the inputs are coarse maps in (0, 1), and on channels-last maps of 8 channels GroupNorm
+        # costs more than the conv it follows.
+        self.conv1 = _conv_relu([n4, width], final_relu=True)
+        self.conv2 = _conv_relu([n3, width], final_relu=True)
+        self.conv4 = _conv_relu([width, width], final_relu=True)
+        self.conv5 = _conv_relu([width, m1], final_relu=True)
+        # Stage 2's maps enter at stride 8 through a 1×1 (the mixer's depthwise 3×3 gives the spatial context).
+        self.conv3 = nn.Sequential(nn.Conv2d(n2, m1, 1))
         self.skip_proj8 = nn.Conv2d(c8, m1, 1)
-        self.skip_proj = nn.Conv2d(c4 + c8, m2, 1)
-        self.mixer2 = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(m2, m3, 3, padding=1), nn.ReLU(inplace=True))
-        self.mixer3 = nn.Sequential(nn.Conv2d(4 * m3, 36, 1))
-        # 1×36×1×1 (4-D, so that a model moved to channels-last can hold it); not stored: it is a constant.
-        self.register_buffer("upsample_prior", _bilinear_logits().reshape(1, 36, 1, 1), persistent=False)
-        self._init_prior(self.mixer1[-1], self.mixer3[-1])  # the shared stage starts as bilinear upsampling
+        self.mixer1 = nn.Sequential(
+            nn.Conv2d(m1, m1, 3, padding=1, groups=m1), nn.Conv2d(m1, m2, 1), nn.ReLU(inplace=True)
+        )
+        self.mixer2 = nn.Sequential(nn.Conv2d(m2, m3, 1), nn.ReLU(inplace=True))
+        self.mixer3 = nn.Sequential(nn.Conv2d(m3, 2, 1))
+        self._init_prior()
 
-    def skip_features(self, skip4: Tensor, skip8: Tensor) -> SharedSkip:
-        """Class-independent parts, once per image (arguments as :meth:`DCAMADecoder.skip_features`)."""
-        x = self.mixer2(self._project_skips(skip4, skip8))
-        b, _, h, w = skip8.shape
-        logits = (self.mixer3(F.pixel_unshuffle(x, 2)) + self.upsample_prior).reshape(b, 9, 4, h, w)
-        return SharedSkip(self.skip_proj8(skip8), logits.softmax(dim=1))
+    def skip_features(self, skip4: Tensor, skip8: Tensor) -> Tensor:
+        """Class-independent part, once per image: the stride-8 query map (B×C8×H/8×W/8) → B×M1×H/8×W/8, bias
+        included (``skip4`` is the refiner's, not read here)."""
+        return self.skip_proj8(skip8)
 
-    def forward(self, coarse: list[Tensor], skip: SharedSkip, prior: Tensor | None = None) -> Tensor:
+    def forward(self, coarse: list[Tensor], skip: Tensor, prior: Tensor | None = None) -> Tensor:
         """As :meth:`DCAMADecoder.forward`, but (B·G)×2×H/8×W/8 logits: :func:`merge_classes`, then :meth:`refine`."""
-        cm2, cm3, cm4 = coarse
+        # Channels-last copies of the (permuted) coarse maps: the narrow convs run several times faster on them.
+        cm2, cm3, cm4 = (c.contiguous(memory_format=torch.channels_last) for c in coarse)
         x3 = self.conv2(cm3) + F.interpolate(self.conv1(cm4), size=cm3.shape[-2:], mode="bilinear", align_corners=True)
         # conv5 narrows to M1 channels at stride 16, so only M1 (not `width`) channels per class are upsampled.
         x = F.interpolate(self.conv5(self.conv4(x3)), size=cm2.shape[-2:], mode="bilinear", align_corners=True)
-        x = torch.relu(self._add_skip(self.conv3(cm2) + x, skip.s8))
-        return self._with_prior(self.mixer1(x), coarse, prior)
+        x = self._add_skip(x.add_(self.conv3(cm2)), skip).relu_()
+        return self._with_prior(self.mixer3(self.mixer2(self.mixer1(x))), [cm2, cm3, cm4], prior)
 
-    def refine(self, merged: Tensor, skip: SharedSkip) -> Tensor:
-        """The class-shared stride-4 stage: B×K×h×w merged stride-8 logits → B×K×2h×2w, every channel upsampled
-        with the same per-image convex weights (K = N+1; nine multiply-adds per stride-4 value)."""
-        b, k, h, w = merged.shape
-        # Replicate padding: a border cell's missing neighbours repeat it, as bilinear upsampling clamps.
-        padded = F.pad(merged, (1, 1, 1, 1), mode="replicate")
-        weights = skip.weights[:, :, None]  # B×9×1×4×h×w
-        out: Tensor | None = None
-        for j in range(9):
-            dy, dx = divmod(j, 3)
-            # B×K×1×h×w shifted logits × B×1×4×h×w weights → B×K×4×h×w (sub-pixel sy·2+sx), already in the
-            # channel order depth-to-space reads: no transpose copy.
-            term = padded[:, :, None, dy : dy + h, dx : dx + w] * weights[:, j]
-            out = term if out is None else out + term
-        assert out is not None
-        return F.pixel_shuffle(out.reshape(b, k * 4, h, w), 2)
+    def refine(self, merged: Tensor, skip: Tensor) -> Tensor:
+        """B×K×h×w merged stride-8 logits → B×K×2h×2w (K = N+1), every channel upsampled bilinearly; an absent
+        class keeps ``ABSENT_LOGIT`` (the weights are convex)."""
+        return F.interpolate(merged, scale_factor=2, mode="bilinear", align_corners=False)
 
 
 DECODERS = {"dcama": DCAMADecoder, "light": LightDecoder, "shared": SharedDecoder}

@@ -70,9 +70,24 @@ def match_classes(run_classes: list[str], folder_classes: list[str], drop: list[
 
 @torch.no_grad()
 def _copy_convdist(target: ConvDist, source: ConvDist, to_class: int, from_class: int) -> None:
-    """Copy one class's block: the rows of each fused conv that belong to it (groups are per class)."""
+    """Copy one class's block: the rows of each fused conv that belong to it (groups are per class); for blocks
+    whose hidden groups all classes share, the shared groups both have and the class's readout of them."""
     if target.width != source.width or (target.bottleneck is None) != (source.bottleneck is None):
         raise ValueError(f"ConvDist blocks differ (width {source.width} vs {target.width}, or one has a bottleneck)")
+    if target.shared != source.shared:
+        raise ValueError("ConvDist blocks differ (one shares its hidden groups among the classes, one does not)")
+    if target.shared:
+        # Hidden groups are anonymous: the first min(G, G') carry over (a group of W bottleneck and hidden rows).
+        rows = min(target.groups, source.groups) * target.width
+        hidden = [target.hidden, *([target.bottleneck] if target.bottleneck is not None else [])]
+        old_hidden = [source.hidden, *([source.bottleneck] if source.bottleneck is not None else [])]
+        for new_layer, old_layer in zip(hidden, old_hidden):
+            new_layer.weight[:rows] = old_layer.weight[:rows]
+            new_layer.bias[:rows] = old_layer.bias[:rows]
+        target.out.weight[to_class] = 0.0
+        target.out.weight[to_class, :rows] = source.out.weight[from_class, :rows]
+        target.out.bias[to_class] = source.out.bias[from_class]
+        return
     # Rows per class: the hidden 3×3 (grouped per class, or the paper's ungrouped C→N·C whose output rows are still
     # one block per class), the grouped 1×1 output (one row) and the bottleneck (W rows) when there is one.
     layers = [(target.hidden, source.hidden, target.width), (target.out, source.out, 1)]

@@ -29,25 +29,34 @@ class ConvDist(nn.Module):
     and one grouped Conv1×1. Reduced width W: per class Conv1×1(C→W) → Conv3×3(W→W) → ReLU → Conv1×1(W→1), a
     rank-W factorisation costing C·W + 9·W² multiply-adds per position instead of 9·C². ``width`` 0 = None.
 
+    ``groups`` G (None: one hidden group per class, the paper's blocks): min(G, N) hidden groups of W channels that
+    all classes share, each class a dense 1×1 readout of all of them, so beyond G classes a class adds only its
+    readout (G·W multiply-adds per position). With N ≤ G and a block-diagonal readout it is the per-class block.
+
     ``input_dropout``: while training, each input map loses whole channels with this probability (channel dropout);
     set by the training loop (``train.convdist_dropout``), not part of the model: inference never drops.
     """
 
-    def __init__(self, channels: int, num_classes: int, width: int | None = None) -> None:
+    def __init__(self, channels: int, num_classes: int, width: int | None = None, groups: int | None = None) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.input_dropout = 0.0
+        # groups None: one hidden group per class, read out by its class only (the paper's per-class blocks).
+        # groups G: min(G, N) hidden groups shared by all classes, each class a dense 1×1 readout of all of them.
+        self.shared = groups is not None
+        self.groups = min(groups, num_classes) if groups is not None else num_classes
+        hidden_groups = self.groups
         self.bottleneck: nn.Conv2d | None
         if width:
             self.width = width
-            self.bottleneck = nn.Conv2d(channels, num_classes * width, 1)
-            self.hidden = nn.Conv2d(num_classes * width, num_classes * width, 3, padding=1, groups=num_classes)
+            self.bottleneck = nn.Conv2d(channels, hidden_groups * width, 1)
+            self.hidden = nn.Conv2d(hidden_groups * width, hidden_groups * width, 3, padding=1, groups=hidden_groups)
         else:
             self.width = channels
             self.bottleneck = None
-            self.hidden = nn.Conv2d(channels, num_classes * channels, 3, padding=1)
+            self.hidden = nn.Conv2d(channels, hidden_groups * channels, 3, padding=1)
         self.act = nn.ReLU(inplace=True)
-        self.out = nn.Conv2d(num_classes * self.width, num_classes, 1, groups=num_classes)
+        self.out = nn.Conv2d(hidden_groups * self.width, num_classes, 1, groups=1 if self.shared else num_classes)
         if self.bottleneck is not None:
             # Variance-preserving init (He for the ReLU'd 3×3): the zero-initialised output layer learns at a
             # speed proportional to W·|hidden|, which PyTorch's default init shrinks.
@@ -71,12 +80,15 @@ class ConvDist(nn.Module):
         x = torch.cat(maps, dim=0)  # (L·B)×C×h×w: all layer maps of the stage in one pass
         if self.bottleneck is not None:
             x = self.bottleneck(x)
-        hidden = self.act(self.hidden(x))  # (L·B)×(N·W)×h×w
-        n, lb, h, w = self.num_classes, *hidden.shape[:1], *hidden.shape[-2:]
-        # The grouped 1×1 output conv as a product and a sum over each class's W channels: the same function in
-        # two operators whatever N is (PyTorch's CPU grouped conv runs one small matrix product per class).
-        weight = self.out.weight.view(1, n, self.width, 1, 1)
-        logits = (hidden.view(lb, n, self.width, h, w) * weight).sum(dim=2) + self.out.bias.view(1, n, 1, 1)
+        hidden = self.act(self.hidden(x))  # (L·B)×(G·W)×h×w
+        if self.shared:
+            logits = self.out(hidden)  # a dense readout: one matrix product for all N classes
+        else:
+            n, lb, h, w = self.num_classes, *hidden.shape[:1], *hidden.shape[-2:]
+            # The grouped 1×1 output conv as a product and a sum over each class's W channels: the same function
+            # in two operators whatever N is (PyTorch's CPU grouped conv runs one small matrix product per class).
+            weight = self.out.weight.view(1, n, self.width, 1, 1)
+            logits = (hidden.view(lb, n, self.width, h, w) * weight).sum(dim=2) + self.out.bias.view(1, n, 1, 1)
         coarse = torch.sigmoid(logits)  # (L·B)×N×h×w
         b = maps[0].shape[0]
         return coarse.view(len(maps), b, self.num_classes, *coarse.shape[-2:]).permute(1, 2, 0, 3, 4)
@@ -108,13 +120,21 @@ class SharedRefiner(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, logits: Tensor, skip4: Tensor, skip8: Tensor) -> Tensor:
-        """B×(N+1)×H/4×W/4 logits, B×C4×H/4×W/4 and B×C8×H/8×W/8 query maps → refined B×(N+1)×H/4×W/4 logits."""
+    def forward(self, logits: Tensor, skip4: Tensor, skip8: Tensor, coarse_logits: Tensor | None = None) -> Tensor:
+        """B×(N+1)×H/4×W/4 logits, B×C4×H/4×W/4 and B×C8×H/8×W/8 query maps → refined B×(N+1)×H/4×W/4 logits.
+
+        ``coarse_logits``: the B×(N+1)×H/8×W/8 logits that ``logits`` were upsampled from (decoders whose classes
+        end at stride 8): their softmax is read at stride 8, where it costs a quarter (it grows with N)."""
         c4, c8 = skip4.shape[1], skip8.shape[1]
         weight = self.proj.weight
         # The stride-8 third of the 1×1 projection commutes with upsampling: it runs at stride 8.
-        up8 = F.interpolate(F.conv2d(skip8, weight[:, c4 : c4 + c8]), size=skip4.shape[-2:], mode="bilinear")
-        x = F.conv2d(skip4, weight[:, :c4], self.proj.bias) + up8 + F.conv2d(logits.softmax(1), weight[:, c4 + c8 :])
+        at8 = F.conv2d(skip8, weight[:, c4 : c4 + c8])
+        if coarse_logits is not None:
+            at8 = at8 + F.conv2d(coarse_logits.softmax(1), weight[:, c4 + c8 :])
+        up8 = F.interpolate(at8, size=skip4.shape[-2:], mode="bilinear")
+        x = F.conv2d(skip4, weight[:, :c4], self.proj.bias) + up8
+        if coarse_logits is None:
+            x = x + F.conv2d(logits.softmax(1), weight[:, c4 + c8 :])
         x = self.norm(x).relu_()
         for conv in self.convs:
             x = conv(x).relu_()
@@ -140,7 +160,10 @@ class DistilledStudent(nn.Module):
         self.decoder = decoder
         self.num_classes = num_classes
         self.width_arg = width or None  # None = paper width (the stage's channels); stored in the artifact
-        self.convdist = nn.ModuleList([ConvDist(spec.channels[lvl], num_classes, width) for lvl in ATTENTION_LEVELS])
+        groups = decoder.convdist_groups
+        self.convdist = nn.ModuleList(
+            [ConvDist(spec.channels[lvl], num_classes, width, groups) for lvl in ATTENTION_LEVELS]
+        )
         if refiner and decoder.output_stride != 4:
             raise ValueError(f"the refiner runs at stride 4; this decoder's output stride is {decoder.output_stride}")
         self.refiner = SharedRefiner((spec.channels[0], spec.channels[1]), num_classes + 1) if refiner else None
@@ -170,10 +193,12 @@ class DistilledStudent(nn.Module):
         flat = [c.flatten(0, 1) for c in coarse]  # (B·N)×n×h×w, image-major
         prior = self.class_prior.repeat(b)
         logits = self.decoder(flat, skip, prior)  # (B·N)×2×h×w at the decoder's class stride
-        merged = self.decoder.refine(merge_classes(logits.view(b, n, 2, *logits.shape[-2:])), skip)
+        merged = merge_classes(logits.view(b, n, 2, *logits.shape[-2:]))
+        refined = self.decoder.refine(merged, skip)
         if self.refiner is not None:
-            merged = self.refiner(merged, feats[0][-1], feats[1][-1])
-        return merged, coarse
+            coarse_logits = merged if refined.shape[-2:] != merged.shape[-2:] else None
+            refined = self.refiner(refined, feats[0][-1], feats[1][-1], coarse_logits)
+        return refined, coarse
 
     def forward(self, images: Tensor) -> Tensor:
         """B×3×H×W normalised float images → B×(N+1)×h×w logits (background, class 1..N) at the decoder's output

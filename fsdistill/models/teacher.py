@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fsdistill.models.decoder import DCAMADecoder, LightDecoder, SharedDecoder, SharedSkip, merge_classes
+from fsdistill.models.decoder import DCAMADecoder, LightDecoder, SharedDecoder, merge_classes
 
 __all__ = ["DenseCrossAttention", "DCAMATeacher", "SupportFeatures", "sinusoidal_pe", "one_hot_masks"]
 
@@ -277,7 +277,7 @@ class DCAMATeacher(nn.Module):
         support: SupportFeatures,
         coarse: list[Tensor],
         present: Tensor,
-        skip: Tensor | SharedSkip | None = None,
+        skip: Tensor | None = None,
     ) -> Tensor:
         """Decode the coarse maps (per stage, N×n×h×w) of the ``present`` classes (N bool) → 1×N×2×h×w (background,
         foreground) per class at the decoder's ``class_stride``, zeros for absent classes. ``skip``: the decoder's
