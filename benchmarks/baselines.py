@@ -20,10 +20,9 @@ from torch import Tensor, nn
 from fsdistill.config import TrainCfg
 from fsdistill.data.masks import IGNORE_INDEX
 from fsdistill.data.support_tensors import SupportTensors
-from fsdistill.data.transforms import FLIP_VIEWS, flip, random_resized_crops
+from fsdistill.data.transforms import FLIP_VIEWS, flip, seeded_crop_views
 from fsdistill.models.teacher import one_hot_masks
 from fsdistill.train.budget import PlateauStop
-from fsdistill.train.episodes import CROP_GEOMETRY_SEED
 
 __all__ = ["PrototypeBaseline", "FPNHead", "FineTunedBaseline"]
 
@@ -162,9 +161,10 @@ class FineTunedBaseline:
         flips = len(FLIP_VIEWS) if self.augment else 1
         images = [flip(support.images, v) for v in range(flips)]
         view_masks = [flip(support.masks, v) for v in range(flips)]
-        geometry = torch.Generator().manual_seed(seed + CROP_GEOMETRY_SEED)
-        for _ in range(self.crop_views if self.augment else 0):
-            crop_images, crop_masks = random_resized_crops(support.images, support.masks, self.crop_min_area, geometry)
+        crops = seeded_crop_views(
+            support.images, support.masks, self.crop_views if self.augment else 0, self.crop_min_area, seed
+        )
+        for crop_images, crop_masks in crops:
             images.append(crop_images)
             view_masks.append(crop_masks)
         views = len(images)

@@ -12,7 +12,7 @@ import torch
 from fsdistill.config import ModelCfg
 from fsdistill.data.discover import discover
 from fsdistill.data.support_tensors import load_support_tensors
-from fsdistill.data.transforms import normalize
+from fsdistill.data.transforms import normalize, seeded_crop_views
 from fsdistill.metrics import ConfusionMatrix
 from fsdistill.models.build import build_teacher
 
@@ -105,6 +105,9 @@ def test_fine_tuned_baseline_trains_on_the_students_crop_views_too(tiny_data) ->
         assert len(encoded) == passes
         if crop_views and augment:
             assert not any(torch.equal(encoded[4], view) for view in encoded[:4])  # a crop, not a flip
+            # The student's crops of the same seed (FeatureCache draws them with seeded_crop_views too).
+            student_crops = seeded_crop_views(support.images, support.masks, crop_views, baseline.crop_min_area, 1)
+            assert all(torch.equal(got, want) for got, (want, _) in zip(encoded[4:], student_crops, strict=True))
         images = normalize(support.images[:2], baseline.backbone.spec.mean, baseline.backbone.spec.std)
         logits.append(baseline.logits(images))
     torch.testing.assert_close(logits[0], logits[1])

@@ -668,10 +668,10 @@ def test_feature_cache_crop_views_are_encoded_crops_mixed_into_the_student_batch
     is the images' own cached maps. A batch's level 0 holds only the map the student reads."""
     from fsdistill.config import ModelCfg
     from fsdistill.data.support_tensors import SupportTensors
-    from fsdistill.data.transforms import random_resized_crops
+    from fsdistill.data.transforms import CROP_GEOMETRY_SEED, random_resized_crops
     from fsdistill.models.build import build_teacher
     from fsdistill.models.student import student_inputs
-    from fsdistill.train.episodes import CROP_GEOMETRY_SEED, FeatureCache
+    from fsdistill.train.episodes import FeatureCache
 
     torch.manual_seed(0)
     teacher = build_teacher(ModelCfg(backbone="test-resnet", size=64), num_classes=2, pretrained=False).eval()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import cv2
 import numpy as np
 import torch
@@ -16,10 +18,13 @@ __all__ = [
     "FLIP_VIEWS",
     "flip",
     "random_resized_crops",
+    "seeded_crop_views",
 ]
 
 # Crop views' aspect ratios (width / height) are drawn log-uniform in [e^-r, e^r] with r ≈ ln(4/3).
 CROP_LOG_ASPECT = 0.2877
+# Added to a run's crop seed for the crops' geometry (seeded_crop_views).
+CROP_GEOMETRY_SEED = 12345
 
 # Cached augmentation views for training: identity, horizontal, vertical, both (dims of a …×H×W tensor to flip).
 FLIP_VIEWS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
@@ -98,3 +103,14 @@ def random_resized_crops(
     crops = sample(images.float(), "bilinear").round().clamp(0, 255).to(torch.uint8)
     crop_masks = sample(masks.float().unsqueeze(1), "nearest").squeeze(1).round().to(masks.dtype)
     return crops, crop_masks
+
+
+def seeded_crop_views(
+    images: Tensor, masks: Tensor, views: int, min_area: float, seed: int
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """``views`` rounds of :func:`random_resized_crops` of every image, one at a time, all drawn from one generator
+    seeded ``seed + CROP_GEOMETRY_SEED``: the same crops wherever the same seed is given (the student's feature
+    cache and the accuracy benchmark's fine-tuned baseline)."""
+    geometry = torch.Generator().manual_seed(seed + CROP_GEOMETRY_SEED)
+    for _ in range(views):
+        yield random_resized_crops(images, masks, min_area, geometry)

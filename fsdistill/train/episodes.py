@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from fsdistill.data.support_tensors import SupportTensors
-from fsdistill.data.transforms import FLIP_VIEWS, flip, random_resized_crops
+from fsdistill.data.transforms import FLIP_VIEWS, flip, seeded_crop_views
 from fsdistill.models.backbone import cat_features
 from fsdistill.models.student import student_inputs
 from fsdistill.models.teacher import DCAMATeacher, Features, SupportFeatures
@@ -29,8 +29,8 @@ __all__ = [
 
 # Memory for the attention sums of (query, support) pairs kept during one training run.
 PAIR_ATTENTION_BYTES = 2 * 2**30
-# Added to the crop seed for the crops' geometry and for the choice of crop views in the student's batches.
-CROP_GEOMETRY_SEED = 12345
+# Added to the crop seed for the choice of crop views in the student's batches (the geometry's: CROP_GEOMETRY_SEED
+# of fsdistill.data.transforms).
 CROP_PICK_SEED = 777
 # Share of the student's supervised batch images drawn as one of their crop views (when there are any).
 CROP_PICK_PROBABILITY = 0.5
@@ -83,9 +83,7 @@ class FeatureCache:
         self.pairs: PairAttention | None = None
         self.crop_feats: list[Features] = []
         self.crop_masks: list[Tensor] = []
-        geometry = torch.Generator().manual_seed(crop_seed + CROP_GEOMETRY_SEED)
-        for _ in range(crop_views):
-            images, masks = random_resized_crops(support.images, support.masks, crop_min_area, geometry)
+        for images, masks in seeded_crop_views(support.images, support.masks, crop_views, crop_min_area, crop_seed):
             self.crop_feats.append(student_inputs(teacher.backbone.encode_batched(images)))
             self.crop_masks.append(masks.to(device))
         self._crop_picks = random.Random(crop_seed + CROP_PICK_SEED)
