@@ -224,3 +224,21 @@ def perturb_head(model, generator) -> None:
         for name, param in model.named_parameters():
             if not name.startswith("backbone."):
                 param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+
+
+def save_plain_artifact(directory: Path, model, cfg) -> Path:
+    """Save ``model`` (built from ModelCfg ``cfg``) as an artifact with classes background, a, b, … (grey palette)
+    and no training record; returns its directory."""
+    from fsdistill.models.build import save_model
+
+    classes = model.num_classes
+    return save_model(
+        directory,
+        model,
+        cfg,
+        class_names=["background", *"abcdefghijklmnopqrstuvwxyz"[:classes]],
+        palette=[(i, i, i) for i in range(classes + 1)],
+        train_config={},
+        support_info={},
+        training={},
+    )

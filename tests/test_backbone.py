@@ -454,22 +454,15 @@ def test_predictor_runs_the_student_folded_with_the_same_logits(tmp_path) -> Non
     """predict/evaluate prepare their model with for_inference (folded BNs, predict's layout): same logits."""
     from fsdistill.config import ModelCfg
     from fsdistill.infer.predictor import Predictor
-    from fsdistill.models.build import build_student, build_teacher, load_model, save_model
+    from fsdistill.models.build import build_student, build_teacher, load_model
+
+    from helpers import save_plain_artifact
 
     torch.manual_seed(0)
     cfg = ModelCfg(backbone="test-resnet", size=64, student_width=4)
     student = build_student(build_teacher(cfg, 2, pretrained=False), cfg.student_width, cfg.refiner).eval()
     _randomize_norms(student.backbone)
-    path = save_model(
-        tmp_path / "student",
-        student,
-        cfg,
-        class_names=["background", "a", "b"],
-        palette=[(0, 0, 0), (1, 1, 1), (2, 2, 2)],
-        train_config={},
-        support_info={},
-        training={},
-    )
+    path = save_plain_artifact(tmp_path / "student", student, cfg)
     images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
     reference = load_model(path)
     with torch.no_grad():

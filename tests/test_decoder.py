@@ -10,10 +10,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fsdistill.config import AdaptCfg, ModelCfg, load_config
 from fsdistill.errors import ConfigError
-from fsdistill.models.build import build_student, build_teacher, load_model, save_model
+from fsdistill.models.build import build_student, build_teacher, load_model
 from fsdistill.models.decoder import ABSENT_LOGIT, DCAMADecoder, LightDecoder, SharedDecoder, merge_classes
 from fsdistill.train.fit import teacher_groups
 from fsdistill.train.losses import focal_loss
+
+from helpers import save_plain_artifact
 
 SIZE = 64
 
@@ -131,16 +133,7 @@ def test_light_student_artifact_round_trip(tmp_path) -> None:
     cfg = ModelCfg(backbone="test-resnet", size=SIZE, decoder="light", student_width=4)
     teacher = build_teacher(cfg, 2, pretrained=False)
     student = _randomised(build_student(teacher, cfg.student_width, cfg.refiner))
-    path = save_model(
-        tmp_path / "student",
-        student,
-        cfg,
-        class_names=["background", "a", "b"],
-        palette=[(0, 0, 0), (1, 1, 1), (2, 2, 2)],
-        train_config={},
-        support_info={},
-        training={},
-    )
+    path = save_plain_artifact(tmp_path / "student", student, cfg)
     loaded = load_model(path)
     assert isinstance(loaded.model.decoder, LightDecoder)
     assert loaded.config["model_cfg"]["decoder"] == "light" and loaded.model_cfg == cfg
@@ -318,16 +311,7 @@ def test_artifact_of_the_earlier_shared_decoder_is_refused_in_one_sentence(tmp_p
 
     cfg = ModelCfg(backbone="test-resnet", size=SIZE, decoder="shared", student_width=4)
     student = build_student(build_teacher(cfg, 2, pretrained=False), 4, True)
-    path = save_model(
-        tmp_path / "student",
-        student,
-        cfg,
-        class_names=["background", "a", "b"],
-        palette=[(0, 0, 0), (1, 1, 1), (2, 2, 2)],
-        train_config={},
-        support_info={},
-        training={},
-    )
+    path = save_plain_artifact(tmp_path / "student", student, cfg)
     assert isinstance(load_model(path).model.decoder, SharedDecoder)
     tensors, config = load_artifact(path)
     tensors["decoder.skip_proj.weight"] = torch.zeros(16, 96, 1, 1)
@@ -345,15 +329,7 @@ def test_artifact_whose_config_names_no_decoder_loads_the_light_one(tmp_path) ->
     torch.manual_seed(0)
     cfg = ModelCfg(backbone="test-resnet", size=SIZE, decoder="light", student_width=4, refiner=False)
     student = _randomised(build_student(build_teacher(cfg, 1, pretrained=False), 4, False))
-    path = save_model(
-        tmp_path / "student",
-        student,
-        cfg,
-        class_names=["background", "a"],
-        palette=[(0, 0, 0), (1, 1, 1)],
-        train_config={},
-        support_info={},
-    )
+    path = save_plain_artifact(tmp_path / "student", student, cfg)
     tensors, config = load_artifact(path)
     stored = {k: v for k, v in config["model_cfg"].items() if k not in ("decoder", "refiner")}
     config = {k: v for k, v in config.items() if k != "weights_sha256"}
