@@ -69,33 +69,35 @@ def match_classes(run_classes: list[str], folder_classes: list[str], drop: list[
 
 
 @torch.no_grad()
-def _copy_convdist(target: ConvDist, source: ConvDist, to_class: int, from_class: int) -> None:
-    """Copy one class's block: the rows of each fused conv that belong to it (groups are per class); for blocks
-    whose hidden groups all classes share, the shared groups both have and the class's readout of them."""
+def _copy_convdist(target: ConvDist, source: ConvDist, kept: list[tuple[int, int]]) -> None:
+    """Copy the kept classes' parts of one stage's blocks (``kept``: (new class, run class) pairs): with per-class
+    groups the rows of each fused conv that belong to the class; with hidden groups all classes share, those groups
+    both have (once) and each kept class's readout of them."""
     if target.width != source.width or (target.bottleneck is None) != (source.bottleneck is None):
         raise ValueError(f"ConvDist blocks differ (width {source.width} vs {target.width}, or one has a bottleneck)")
     if target.shared != source.shared:
         raise ValueError("ConvDist blocks differ (one shares its hidden groups among the classes, one does not)")
+    hidden = [(target.hidden, source.hidden)]
+    if target.bottleneck is not None:
+        hidden.append((target.bottleneck, source.bottleneck))
     if target.shared:
         # Hidden groups are anonymous: the first min(G, G') carry over (a group of W bottleneck and hidden rows).
         rows = min(target.groups, source.groups) * target.width
-        hidden = [target.hidden, *([target.bottleneck] if target.bottleneck is not None else [])]
-        old_hidden = [source.hidden, *([source.bottleneck] if source.bottleneck is not None else [])]
-        for new_layer, old_layer in zip(hidden, old_hidden):
+        for new_layer, old_layer in hidden:
             new_layer.weight[:rows] = old_layer.weight[:rows]
             new_layer.bias[:rows] = old_layer.bias[:rows]
-        target.out.weight[to_class] = 0.0
-        target.out.weight[to_class, :rows] = source.out.weight[from_class, :rows]
-        target.out.bias[to_class] = source.out.bias[from_class]
+        for to_class, from_class in kept:
+            target.out.weight[to_class] = 0.0
+            target.out.weight[to_class, :rows] = source.out.weight[from_class, :rows]
+            target.out.bias[to_class] = source.out.bias[from_class]
         return
     # Rows per class: the hidden 3×3 (grouped per class, or the paper's ungrouped C→N·C whose output rows are still
-    # one block per class), the grouped 1×1 output (one row) and the bottleneck (W rows) when there is one.
-    layers = [(target.hidden, source.hidden, target.width), (target.out, source.out, 1)]
-    if target.bottleneck is not None:
-        layers.append((target.bottleneck, source.bottleneck, target.width))
-    for new_layer, old_layer, rows in layers:
-        for new, old in ((new_layer.weight, old_layer.weight), (new_layer.bias, old_layer.bias)):
-            new[to_class * rows : (to_class + 1) * rows] = old[from_class * rows : (from_class + 1) * rows]
+    # one block per class) and the bottleneck (W rows) when there is one, the grouped 1×1 output (one row).
+    layers = [(new, old, target.width) for new, old in hidden] + [(target.out, source.out, 1)]
+    for to_class, from_class in kept:
+        for new_layer, old_layer, rows in layers:
+            for new, old in ((new_layer.weight, old_layer.weight), (new_layer.bias, old_layer.bias)):
+                new[to_class * rows : (to_class + 1) * rows] = old[from_class * rows : (from_class + 1) * rows]
 
 
 @torch.no_grad()
@@ -124,9 +126,8 @@ def copy_student_classes(target: DistilledStudent, source: DistilledStudent, mat
     trained ConvDist blocks, new ones a fresh block whose output starts at ``prior`` (N foreground fractions); the
     refiner is copied when both have one (a run from before the refiner gives a fresh, unrefining one)."""
     target.set_class_prior(prior)
+    kept = [(to_class, from_class) for to_class, from_class in enumerate(match.source) if from_class is not None]
     for new_dist, old_dist in zip(target.convdist, source.convdist):
-        for to_class, from_class in enumerate(match.source):
-            if from_class is not None:
-                _copy_convdist(new_dist, old_dist, to_class, from_class)
+        _copy_convdist(new_dist, old_dist, kept)
     if target.refiner is not None and source.refiner is not None:
         _copy_refiner(target.refiner, source.refiner, match)

@@ -41,22 +41,19 @@ class ConvDist(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.input_dropout = 0.0
-        # groups None: one hidden group per class, read out by its class only (the paper's per-class blocks).
-        # groups G: min(G, N) hidden groups shared by all classes, each class a dense 1×1 readout of all of them.
-        self.shared = groups is not None
+        self.shared = groups is not None  # hidden groups shared by the classes (see the docstring)
         self.groups = min(groups, num_classes) if groups is not None else num_classes
-        hidden_groups = self.groups
         self.bottleneck: nn.Conv2d | None
         if width:
             self.width = width
-            self.bottleneck = nn.Conv2d(channels, hidden_groups * width, 1)
-            self.hidden = nn.Conv2d(hidden_groups * width, hidden_groups * width, 3, padding=1, groups=hidden_groups)
+            self.bottleneck = nn.Conv2d(channels, self.groups * width, 1)
+            self.hidden = nn.Conv2d(self.groups * width, self.groups * width, 3, padding=1, groups=self.groups)
         else:
             self.width = channels
             self.bottleneck = None
-            self.hidden = nn.Conv2d(channels, hidden_groups * channels, 3, padding=1)
+            self.hidden = nn.Conv2d(channels, self.groups * channels, 3, padding=1)
         self.act = nn.ReLU(inplace=True)
-        self.out = nn.Conv2d(hidden_groups * self.width, num_classes, 1, groups=1 if self.shared else num_classes)
+        self.out = nn.Conv2d(self.groups * self.width, num_classes, 1, groups=1 if self.shared else num_classes)
         if self.bottleneck is not None:
             # Variance-preserving init (He for the ReLU'd 3×3): the zero-initialised output layer learns at a
             # speed proportional to W·|hidden|, which PyTorch's default init shrinks.
