@@ -443,6 +443,25 @@ def test_focal_loss_with_gamma_zero_is_cross_entropy() -> None:
     assert focal_loss(logits, target, gamma=2.0) < ce  # the paper's γ down-weights confident pixels
 
 
+def test_focal_loss_is_the_mean_over_labelled_pixels_and_ignores_the_rest() -> None:
+    """focal(γ) = mean over the pixels not marked 255 of (1 − p_t)^γ · CE; ignored pixels get no gradient, and an
+    image with no labelled pixel gives a zero loss that still backpropagates."""
+    from fsdistill.train.losses import focal_loss
+
+    logits = torch.randn(2, 3, 8, 8, requires_grad=True)
+    target = torch.randint(0, 3, (2, 8, 8))
+    target[1, 2:5] = 255
+    valid = target != 255
+    ce = torch.nn.functional.cross_entropy(logits, target, ignore_index=255, reduction="none")
+    expected = ((1 - torch.exp(-ce)) ** 2 * ce)[valid].mean()
+    loss = focal_loss(logits, target, gamma=2.0)
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert (logits.grad[1, :, 2:5] == 0).all() and logits.grad[0].abs().sum() > 0
+    empty = focal_loss(logits, torch.full_like(target, 255))
+    assert empty.item() == 0.0 and empty.requires_grad
+
+
 def test_focal_gamma_reaches_the_run(tiny_data, tmp_path) -> None:
     """focal_gamma is recorded with the run, and a run with it (0 = cross-entropy) trains to finite losses."""
     cfg = _adapt_cfg(tiny_data.binary, tmp_path / "run", steps=3, focal_gamma=0.0)

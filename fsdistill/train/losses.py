@@ -25,7 +25,9 @@ def focal_loss(logits: Tensor, target: Tensor, gamma: float = 2.0) -> Tensor:
     if not valid.any():
         return logits.sum() * 0.0
     p_t = torch.exp(-ce)
-    return ((1.0 - p_t) ** gamma * ce)[valid].mean()
+    # A masked mean, not boolean indexing: the same value (ignored pixels have ce = 0) without a nonzero() and a
+    # scatter in the backward over B×H×W pixels every step.
+    return ((1.0 - p_t) ** gamma * ce).sum() / valid.sum()
 
 
 def dice_loss(logits: Tensor, target: Tensor) -> Tensor:
