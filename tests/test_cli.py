@@ -9,6 +9,7 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
+from fsdistill.checkpoint import load_artifact
 from fsdistill.cli import app
 
 from helpers import SynData, assert_user_error
@@ -127,6 +128,7 @@ def _train_args(tiny_data, tmp_path, command="distill"):
         (["--backbone", "test-resnet", "--size", "64", "--train", "mapper,bogus"], "bogus"),
         (["--backbone", "test-resnet", "--size", "64", "--steps", "-1"], "steps"),
         (["--backbone", "test-swin", "--size", "64"], "128"),
+        (["--backbone", "test-resnet", "--size", "64", "--precision", "fp16"], "--precision fp16"),
     ],
     ids=[
         "unknown-backbone",
@@ -135,6 +137,7 @@ def _train_args(tiny_data, tmp_path, command="distill"):
         "unknown-train-group",
         "negative-steps",
         "swin-size",
+        "unknown-precision",
     ],
 )
 @pytest.mark.parametrize("command", ["adapt", "distill"])
@@ -258,14 +261,17 @@ def test_distill_predict_evaluate_end_to_end(runner, tiny_data, tmp_path) -> Non
     result = runner.invoke(
         app,
         ["distill", "--support", str(tiny_data.binary), "--steps", "2", "--out", str(run), "--config", str(config)]
+        + ["--precision", "bfloat16"]  # mixed precision on any CPU (emulated where it has no bfloat16 hardware)
         + [arg for arg in TINY if arg != "--quiet"],  # the summary is checked below
     )
     assert result.exit_code == 0, (result.output, result.exception)
     assert (run / "student" / "model.safetensors").is_file() and (run / "teacher" / "config.json").is_file()
     resolved = (run / "config.resolved.yaml").read_text()
-    assert "episodes_per_step: 1" in resolved and "steps: 2" in resolved
-    # distill ends with the per-class check on the support folder, and says why it stopped
+    assert "episodes_per_step: 1" in resolved and "steps: 2" in resolved and "precision: bfloat16" in resolved
+    # distill ends with the per-class check on the support folder, and says why it stopped and in what arithmetic
     assert "(the 2 steps asked for), then the student alone 3 steps in" in result.stdout
+    assert "bfloat16 mixed precision" in result.stdout
+    assert load_artifact(run / "student")[1]["training"]["precision"] == "bfloat16"
     assert "per-class check on the support folder" in result.stdout and "foreground" in result.stdout
     assert "leave-one-out" in result.stdout and " fit " in result.stdout
 

@@ -10,6 +10,7 @@ import threading
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fsdistill import runtime
 
@@ -166,3 +167,73 @@ def test_threads_started_after_flush_denormals_flush_too() -> None:
     finally:
         torch.set_flush_denormal(False)
     assert seen == [True]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("processor\t: 0\nflags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n", True),
+        ("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n", True),
+        ("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512bw\n", False),
+        ("processor\t: 0\nFeatures\t: fp asimd\n", False),
+    ],
+    ids=["amx", "avx512-bf16", "avx512-without-bf16", "no-flags-line"],
+)
+def test_cpu_computes_bfloat16_reads_the_cpu_flags(tmp_path, text, expected) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(text)
+    assert runtime.cpu_computes_bfloat16(cpuinfo) is expected
+    assert runtime.cpu_computes_bfloat16(tmp_path / "missing") is False  # unreadable: float32, the safe choice
+
+
+def test_training_dtype_resolves_auto_from_the_hardware(monkeypatch) -> None:
+    """float32 and bfloat16 are taken as asked (bfloat16 on CUDA and the CPU only); auto is bfloat16 only where
+    the device computes it in hardware."""
+    from fsdistill.errors import DeviceError
+
+    cpu = torch.device("cpu")
+    assert runtime.training_dtype("float32", cpu) == torch.float32
+    assert runtime.training_dtype("bfloat16", cpu) == torch.bfloat16
+    for native, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(runtime, "cpu_computes_bfloat16", lambda native=native: native)
+        assert runtime.training_dtype("auto", cpu) == expected
+    assert runtime.training_dtype("auto", torch.device("mps")) == torch.float32
+    with pytest.raises(DeviceError, match="precision float32"):
+        runtime.training_dtype("bfloat16", torch.device("mps"))
+
+
+def test_mixed_precision_runs_convolutions_in_bfloat16_with_each_steps_weights() -> None:
+    """Inside the context a convolution computes in bfloat16; entered once per step, each step's forward sees the
+    weights the previous step's update left (float32 weights, bfloat16 copies made anew), and float32 is no
+    context at all."""
+    cpu = torch.device("cpu")
+    conv = torch.nn.Conv2d(2, 2, 3)
+    x = torch.randn(1, 2, 8, 8)
+    optimizer = torch.optim.SGD(conv.parameters(), lr=0.5)
+    for _ in range(2):
+        with runtime.mixed_precision(cpu, torch.bfloat16):
+            y = conv(x)
+        assert y.dtype == torch.bfloat16 and conv.weight.dtype == torch.float32
+        expected = F.conv2d(x.bfloat16(), conv.weight.detach().bfloat16(), conv.bias.detach().bfloat16())
+        torch.testing.assert_close(y.detach(), expected)
+        optimizer.zero_grad()
+        y.float().square().mean().backward()
+        optimizer.step()
+    with runtime.mixed_precision(cpu, torch.float32):
+        assert conv(x).dtype == torch.float32
+
+
+def test_training_layout_is_channels_last_on_the_cpu_only_and_restored() -> None:
+    """Weights are channels-last inside the context on the CPU and contiguous again after it, an error included;
+    on another device nothing changes."""
+    conv, other = torch.nn.Conv2d(4, 4, 3), torch.nn.Conv2d(4, 4, 1)
+    with runtime.training_layout(torch.device("cpu"), conv, None, other):
+        assert all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in (conv, other))
+        assert not conv.weight.is_contiguous()
+    assert conv.weight.is_contiguous() and other.weight.is_contiguous()
+    with pytest.raises(RuntimeError, match="boom"):
+        with runtime.training_layout(torch.device("cpu"), conv):
+            raise RuntimeError("boom")
+    assert conv.weight.is_contiguous()
+    with runtime.training_layout(torch.device("cuda"), conv):  # a device object needs no GPU to exist
+        assert conv.weight.is_contiguous()

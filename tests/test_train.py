@@ -845,3 +845,23 @@ def test_distill_records_the_polish_steps(tiny_data, tmp_path) -> None:
     result = api.distill(cfg, quiet=True)
     assert result.stats["polish_steps"] == 3 and result.stats["final_losses"]["polish"] > 0
     assert load_artifact(result.student_dir)[1]["training"]["polish_steps"] == 3
+
+
+def test_bfloat16_training_follows_float32_and_leaves_contiguous_weights() -> None:
+    """precision bfloat16 trains teacher and student with the losses of float32 from the same seed, step by step (a
+    forward pass on stale bfloat16 copies of the weights would drift off by step 2), records its arithmetic, and
+    leaves the weights contiguous for the artifact (channels-last only while training on the CPU)."""
+    from fsdistill.config import TrainCfg
+    from fsdistill.train.fit import polish, train
+
+    histories = {}
+    for precision in ("float32", "bfloat16"):
+        teacher, cache, student = _banded_supports(2)
+        cfg = TrainCfg(steps=8, student_batch=2, polish_steps=3, precision=precision)
+        stats = train(teacher, cache, cfg, student=student, quiet=True)
+        stats.add_polish(polish(student, cache, cfg, quiet=True))
+        assert stats.precision == precision
+        histories[precision] = [h.get("loss", h.get("polish")) for h in stats.history]
+        assert all(p.is_contiguous() for p in (*teacher.parameters(), *student.parameters()))
+    assert len(histories["bfloat16"]) == 11
+    torch.testing.assert_close(histories["bfloat16"], histories["float32"], atol=0.02, rtol=0.0)

@@ -62,6 +62,7 @@ def _stats_dict(stats: TrainStats) -> dict[str, Any]:
         "episodes": stats.episodes,
         "seconds": round(stats.seconds, 2),
         "stop_reason": stats.stop_reason,
+        "precision": stats.precision,
         "class_queries": stats.class_queries,
         "final_losses": {k: stats.final(k) for k in dict.fromkeys(k for h in stats.history for k in h)},
     }

@@ -120,6 +120,14 @@ DecoderOpt = Annotated[
     ),
 ]
 AugmentOpt = Annotated[bool | None, typer.Option("--augment/--no-augment", help="Flip views of the supports.")]
+PrecisionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--precision",
+        help="auto (default: bfloat16 mixed precision where the device computes bfloat16 in hardware, a CUDA GPU "
+        "or a CPU with AMX / AVX-512 BF16; else float32), float32 or bfloat16.",
+    ),
+]
 
 
 # The Ray engine's options, shared by predict, suggest and distill.
@@ -236,7 +244,12 @@ def torchrun_group(device: str) -> Iterator[bool]:
 
 
 def _train_overrides(
-    steps: int | None, lr: float | None, seed: int | None, train: str | None, augment: bool | None
+    steps: int | None,
+    lr: float | None,
+    seed: int | None,
+    train: str | None,
+    augment: bool | None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     groups = [g.strip() for g in train.split(",") if g.strip()] if train is not None else None
     if groups == []:  # --train "" (an unset shell variable, say) silently meant the default groups
@@ -244,7 +257,7 @@ def _train_overrides(
             "--train got no group names; list some of mapper,merge,attention,mixer, or leave --train out for the "
             "default mapper,merge,mixer."
         )
-    return {"steps": steps, "lr": lr, "seed": seed, "train": groups, "augment": augment}
+    return {"steps": steps, "lr": lr, "seed": seed, "train": groups, "augment": augment, "precision": precision}
 
 
 def _bar(desc: str, quiet: bool):

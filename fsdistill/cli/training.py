@@ -21,6 +21,7 @@ from fsdistill.cli.common import (
     LrOpt,
     OutRunOpt,
     OverwriteOpt,
+    PrecisionOpt,
     QuietOpt,
     RayAddressOpt,
     SeedOpt,
@@ -76,6 +77,7 @@ def adapt(
     size: SizeOpt = None,
     train: TrainOpt = None,
     augment: AugmentOpt = None,
+    precision: PrecisionOpt = None,
     out: OutRunOpt = None,
     overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
@@ -98,7 +100,7 @@ def adapt(
             "out": out,
             "device": device,
             "model": _model_overrides(backbone, backbone_weights, teacher_weights, size, decoder),
-            "train": _train_overrides(steps, lr, seed, train, augment),
+            "train": _train_overrides(steps, lr, seed, train, augment, precision),
         },
         flag_names=True,
         command="adapt",
@@ -107,7 +109,10 @@ def adapt(
         result = api.adapt(cfg, quiet=quiet or not main, overwrite=overwrite)
     if not main:
         return
-    _say(quiet)(f"teacher: {result.teacher_dir}  ({result.stats['steps']} steps, {result.stats['seconds']:.0f} s)")
+    _say(quiet)(
+        f"teacher: {result.teacher_dir}  ({result.stats['steps']} steps, {result.stats['seconds']:.0f} s"
+        f"{_precision_words(result.stats)})"
+    )
 
 
 @model_command(torchrun=True)
@@ -179,6 +184,7 @@ def distill(
     size: SizeOpt = None,
     train: TrainOpt = None,
     augment: AugmentOpt = None,
+    precision: PrecisionOpt = None,
     out: OutRunOpt = None,
     overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
@@ -209,7 +215,7 @@ def distill(
             "unlabeled_max": unlabeled_max,
             "device": device,
             "model": _model_overrides(backbone, backbone_weights, teacher_weights, size, decoder, student_width),
-            "train": _train_overrides(steps, lr, seed, train, augment),
+            "train": _train_overrides(steps, lr, seed, train, augment, precision),
         },
         flag_names=True,
         command="distill",
@@ -257,6 +263,7 @@ def distill(
     say(
         f"trained {result.stats['steps']} steps ({result.stats['stop_reason']})"
         f"{f', then the student alone {polish} steps' if polish else ''} in {result.stats['seconds']:.0f} s"
+        f"{_precision_words(result.stats)}"
     )
     if result.stats["steps"] == 0:
         say(
@@ -274,6 +281,11 @@ LABELLER_WORDS = {
     "mean": "teacher and student (mean)",
     "agree": "teacher and student (where they agree)",
 }
+
+
+def _precision_words(stats: dict) -> str:
+    """The summary's words for a run trained in bfloat16 mixed precision (float32 goes unsaid)."""
+    return ", bfloat16 mixed precision" if stats.get("precision") == "bfloat16" else ""
 
 
 def _print_support_check(check, say: Callable[[str], None]) -> None:

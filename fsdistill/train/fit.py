@@ -19,7 +19,7 @@ from fsdistill import distributed
 from fsdistill.config import TrainCfg
 from fsdistill.models.student import DistilledStudent
 from fsdistill.models.teacher import DCAMATeacher
-from fsdistill.runtime import progress, raise_if_interrupted
+from fsdistill.runtime import mixed_precision, progress, raise_if_interrupted, training_dtype, training_layout
 from fsdistill.train.episodes import EpisodeSampler, FeatureCache, flip_batch
 from fsdistill.train.losses import coarse_mse, segmentation_loss
 from fsdistill.train.pool import PoolTargets
@@ -41,6 +41,7 @@ class TrainStats:
     stop_reason: str = ""  # why training ended: the step count given, or the automatic budget's reason
     class_queries: list[int] = field(default_factory=list)  # per class: training queries that showed it
     polish_steps: int = 0  # distill: the student's steps alone at the end (fit.polish), in ``history`` too
+    precision: str = "float32"  # the forward passes' arithmetic (TrainCfg.precision resolved for the device)
 
     def final(self, key: str) -> float | None:
         """The mean of the last 10 recorded values of a loss (None: never recorded)."""
@@ -95,14 +96,16 @@ def _student_batch_step(
     sampler: EpisodeSampler,
     flips: torch.Generator | None,
     cfg: TrainCfg,
+    dtype: torch.dtype,
 ) -> float:
     """Backpropagate the student's supervised loss (focal + Dice) on ``cfg.student_batch`` class-balanced support
-    images, each in a random flip view when ``flips`` is given; returns the loss."""
+    images, each in a random flip view when ``flips`` is given, the forward pass in ``dtype``; returns the loss."""
     feats, masks = cache.batch(sampler.sample_images(cfg.student_batch))
     if flips is not None:
         feats, (masks,) = flip_batch(flips, feats, masks)
-    logits, _ = student.forward_features(feats)
-    loss = segmentation_loss(logits, masks, cfg.focal_gamma, cfg.dice_weight)
+    with mixed_precision(masks.device, dtype):
+        logits, _ = student.forward_features(feats)
+        loss = segmentation_loss(logits, masks, cfg.focal_gamma, cfg.dice_weight)
     if loss.requires_grad:  # else no pixel is labelled: nothing to learn from the batch
         loss.backward()
     return float(loss.detach())
@@ -140,6 +143,8 @@ def train(
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     params = [p for group in groups for p in group["params"]]
     device = cache.masks[0].device
+    dtype = training_dtype(cfg.precision, device)
+    stats.precision = str(dtype).removeprefix("torch.")
     world, rank = distributed.world_size(), distributed.rank()
     if world > 1:
         # Same starting weights everywhere, and each process its own random stream (attention and channel dropout).
@@ -166,99 +171,104 @@ def train(
     if attention_trains:
         cache.pairs = None  # sums from earlier attention weights would be stale (for the per-class check too)
     pair_attention = None if attention_trains else cache.pair_attention(teacher)
-    teacher.train()
-    if student is not None:
-        student.set_input_dropout(cfg.convdist_dropout)
-        student.train()
-    start = time.perf_counter()
-    budget = cfg.budget(continued=new_classes is not None) if cfg.steps is None else None
-    # The query floor of a continued run is its new classes' (the trained ones had theirs in the run it continues).
-    covered = [c for c in sampler.trained_classes if new_classes is None or new_classes[c]]
-    bar = progress(total=cfg.steps, quiet=quiet, desc="distill" if student is not None else "adapt", unit="step")
-    while True:
-        raise_if_interrupted()
-        optimizer.zero_grad(set_to_none=True)
-        totals: dict[str, float] = {}
-        for _ in range(cfg.episodes_per_step):
-            episode = sampler.sample()
-            q_feats, q_mask = cache.query(episode.query, episode.query_view)
-            support = cache.supports(list(episode.supports))
-            if pair_attention is not None:
-                coarse_t = pair_attention.coarse_maps(episode, q_feats, support)
-            else:
-                coarse_t = teacher.coarse_maps(q_feats, support)
-            present = support.present.any(dim=0)
-            losses = {}
-            if student is not None:
-                s_logits, coarse_s = student.forward_features(q_feats)
-                # The student always predicts every class, so its target is the full query mask (the reference
-                # reuses the teacher's episode-reduced target, teaching the student to miss absent classes).
-                losses["student"] = segmentation_loss(s_logits, q_mask, cfg.focal_gamma, cfg.dice_weight)
-                losses["mse"] = coarse_mse([c[0] for c in coarse_s], coarse_t, present)
-                distill_term = cfg.mse_weight * losses["mse"]
-            if not freeze_teacher:
-                # A class no sampled support shows cannot be found: background in the teacher's target.
-                t_logits = teacher.decode_episode(q_feats, support, coarse_t, present)
-                absent_ids = (~present).nonzero().flatten() + 1
-                target = torch.where(torch.isin(q_mask, absent_ids), torch.zeros_like(q_mask), q_mask)
-                losses["teacher"] = segmentation_loss(t_logits, target, cfg.focal_gamma, cfg.dice_weight)
-            if student is None:
-                loss = losses["teacher"]
-            elif freeze_teacher:
-                loss = (losses["student"] + distill_term) / 2
-            else:
-                loss = (losses["teacher"] + losses["student"] + distill_term) / 3
-            if not math.isfinite(float(loss.detach())):
-                raise FloatingPointError(f"non-finite loss {float(loss.detach())} at step {stats.steps}")
-            if loss.requires_grad:  # no class of the query in any sampled support (empty masks): nothing to learn
-                (loss / cfg.episodes_per_step).backward()
-            for k, v in losses.items():
-                totals[k] = totals.get(k, 0.0) + float(v.detach()) / cfg.episodes_per_step
-            totals["loss"] = totals.get("loss", 0.0) + float(loss.detach()) / cfg.episodes_per_step
-            stats.episodes += 1
-        if student is not None and cfg.student_batch:
-            # The student needs no supports, so it also learns from a plain supervised batch (cheap: no attention).
-            totals["student_batch"] = _student_batch_step(student, cache, sampler, flips, cfg)
-            totals["loss"] += totals["student_batch"]
-        if pool_sampler is not None:
-            assert pool is not None and student is not None and pool_classes is not None
-            feats, labels, coarse_t = pool.batch(pool_sampler.sample(cfg.pool_batch))
-            if flips is not None:
-                feats, (labels, *coarse_t) = flip_batch(flips, feats, labels, *coarse_t)
-            s_logits, coarse_s = student.forward_features(feats)
-            pool_seg = segmentation_loss(s_logits, labels, cfg.focal_gamma, cfg.dice_weight)
-            # The teacher's maps of the trusted classes its supports show (one MSE per image, as in the episodes).
-            pool_mse = coarse_mse(
-                [c.flatten(0, 1) for c in coarse_s],
-                [c.flatten(0, 1) for c in coarse_t],
-                pool_classes.repeat(len(labels)),
-            )
-            pool_loss = cfg.pool_weight * (pool_seg + cfg.mse_weight * pool_mse)
-            pool_loss.backward()
-            totals["pool"] = float(pool_seg.detach())
-            totals["pool_mse"] = float(pool_mse.detach())
-            totals["loss"] += float(pool_loss.detach())
-        if world > 1:
-            distributed.average_gradients(params)
-            totals, class_queries = distributed.reduce_step(totals, sampler.class_queries, device)
-        optimizer.step()
-        stats.steps += 1
-        stats.history.append(totals)
-        bar.update(1)
-        bar.set_postfix({k: f"{v:.3f}" for k, v in totals.items()})
-        if budget is None:
-            if stats.steps >= cfg.steps:
-                stats.stop_reason = f"the {cfg.steps} steps asked for"
-                break
-        else:
-            stop = budget.update(totals["loss"], [class_queries[c] for c in covered])
-            reason = budget.reason
+    with training_layout(device, teacher, student):  # channels-last weights on the CPU while training
+        teacher.train()
+        if student is not None:
+            student.set_input_dropout(cfg.convdist_dropout)
+            student.train()
+        start = time.perf_counter()
+        budget = cfg.budget(continued=new_classes is not None) if cfg.steps is None else None
+        # The query floor of a continued run is its new classes' (the trained ones had theirs in the run it continues).
+        covered = [c for c in sampler.trained_classes if new_classes is None or new_classes[c]]
+        bar = progress(total=cfg.steps, quiet=quiet, desc="distill" if student is not None else "adapt", unit="step")
+        while True:
+            raise_if_interrupted()
+            optimizer.zero_grad(set_to_none=True)
+            totals: dict[str, float] = {}
+            for _ in range(cfg.episodes_per_step):
+                episode = sampler.sample()
+                q_feats, q_mask = cache.query(episode.query, episode.query_view)
+                support = cache.supports(list(episode.supports))
+                present = support.present.any(dim=0)
+                losses = {}
+                if pair_attention is not None:
+                    # In float32 whatever the precision: the pairs are kept for later episodes and the per-class
+                    # check, and these maps are the student's distillation targets.
+                    coarse_t = pair_attention.coarse_maps(episode, q_feats, support)
+                with mixed_precision(device, dtype):
+                    if pair_attention is None:
+                        coarse_t = teacher.coarse_maps(q_feats, support)
+                    if student is not None:
+                        s_logits, coarse_s = student.forward_features(q_feats)
+                        # The student always predicts every class, so its target is the full query mask (the reference
+                        # reuses the teacher's episode-reduced target, teaching the student to miss absent classes).
+                        losses["student"] = segmentation_loss(s_logits, q_mask, cfg.focal_gamma, cfg.dice_weight)
+                        losses["mse"] = coarse_mse([c[0] for c in coarse_s], coarse_t, present)
+                        distill_term = cfg.mse_weight * losses["mse"]
+                    if not freeze_teacher:
+                        # A class no sampled support shows cannot be found: background in the teacher's target.
+                        t_logits = teacher.decode_episode(q_feats, support, coarse_t, present)
+                        absent_ids = (~present).nonzero().flatten() + 1
+                        target = torch.where(torch.isin(q_mask, absent_ids), torch.zeros_like(q_mask), q_mask)
+                        losses["teacher"] = segmentation_loss(t_logits, target, cfg.focal_gamma, cfg.dice_weight)
+                if student is None:
+                    loss = losses["teacher"]
+                elif freeze_teacher:
+                    loss = (losses["student"] + distill_term) / 2
+                else:
+                    loss = (losses["teacher"] + losses["student"] + distill_term) / 3
+                if not math.isfinite(float(loss.detach())):
+                    raise FloatingPointError(f"non-finite loss {float(loss.detach())} at step {stats.steps}")
+                if loss.requires_grad:  # no class of the query in any sampled support (empty masks): nothing to learn
+                    (loss / cfg.episodes_per_step).backward()
+                for k, v in losses.items():
+                    totals[k] = totals.get(k, 0.0) + float(v.detach()) / cfg.episodes_per_step
+                totals["loss"] = totals.get("loss", 0.0) + float(loss.detach()) / cfg.episodes_per_step
+                stats.episodes += 1
+            if student is not None and cfg.student_batch:
+                # The student needs no supports, so it also learns from a plain supervised batch (cheap: no attention).
+                totals["student_batch"] = _student_batch_step(student, cache, sampler, flips, cfg, dtype)
+                totals["loss"] += totals["student_batch"]
+            if pool_sampler is not None:
+                assert pool is not None and student is not None and pool_classes is not None
+                feats, labels, coarse_t = pool.batch(pool_sampler.sample(cfg.pool_batch))
+                if flips is not None:
+                    feats, (labels, *coarse_t) = flip_batch(flips, feats, labels, *coarse_t)
+                with mixed_precision(device, dtype):
+                    s_logits, coarse_s = student.forward_features(feats)
+                    pool_seg = segmentation_loss(s_logits, labels, cfg.focal_gamma, cfg.dice_weight)
+                    # The teacher's maps of the trusted classes its supports show (one MSE per image, as in the episodes).
+                    pool_mse = coarse_mse(
+                        [c.flatten(0, 1) for c in coarse_s],
+                        [c.flatten(0, 1) for c in coarse_t],
+                        pool_classes.repeat(len(labels)),
+                    )
+                pool_loss = cfg.pool_weight * (pool_seg + cfg.mse_weight * pool_mse)
+                pool_loss.backward()
+                totals["pool"] = float(pool_seg.detach())
+                totals["pool_mse"] = float(pool_mse.detach())
+                totals["loss"] += float(pool_loss.detach())
             if world > 1:
-                stop, reason = distributed.same_decision(stop, reason, device)
-            if stop:
-                stats.stop_reason = reason
-                break
-    bar.close()
+                distributed.average_gradients(params)
+                totals, class_queries = distributed.reduce_step(totals, sampler.class_queries, device)
+            optimizer.step()
+            stats.steps += 1
+            stats.history.append(totals)
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in totals.items()})
+            if budget is None:
+                if stats.steps >= cfg.steps:
+                    stats.stop_reason = f"the {cfg.steps} steps asked for"
+                    break
+            else:
+                stop = budget.update(totals["loss"], [class_queries[c] for c in covered])
+                reason = budget.reason
+                if world > 1:
+                    stop, reason = distributed.same_decision(stop, reason, device)
+                if stop:
+                    stats.stop_reason = reason
+                    break
+        bar.close()
     stats.episodes *= world  # every process ran as many
     stats.class_queries = list(class_queries)
     stats.seconds = time.perf_counter() - start
@@ -290,23 +300,27 @@ def polish(student: DistilledStudent, cache: FeatureCache, cfg: TrainCfg, quiet:
     # Other draws than the joint phase's (its sampler and flips were seeded with seed + rank).
     sampler = EpisodeSampler(cache.present, cfg.max_shots, cache.views, cfg.seed + rank + POLISH_SEED)
     flips = torch.Generator().manual_seed(cfg.seed + rank + POLISH_SEED) if cfg.flip_features else None
-    student.set_input_dropout(cfg.convdist_dropout)
-    student.train()
-    start = time.perf_counter()
-    bar = progress(total=cfg.polish_steps, quiet=quiet, desc="polish", unit="step")
-    for _ in range(cfg.polish_steps):
-        raise_if_interrupted()
-        optimizer.zero_grad(set_to_none=True)
-        totals = {"polish": _student_batch_step(student, cache, sampler, flips, cfg)}
-        if world > 1:
-            distributed.average_gradients(params)
-            totals, _ = distributed.reduce_step(totals, sampler.class_queries, cache.masks[0].device)
-        optimizer.step()
-        stats.steps += 1
-        stats.history.append(totals)
-        bar.update(1)
-        bar.set_postfix({k: f"{v:.3f}" for k, v in totals.items()})
-    bar.close()
+    device = cache.masks[0].device
+    dtype = training_dtype(cfg.precision, device)
+    stats.precision = str(dtype).removeprefix("torch.")
+    with training_layout(device, student):
+        student.set_input_dropout(cfg.convdist_dropout)
+        student.train()
+        start = time.perf_counter()
+        bar = progress(total=cfg.polish_steps, quiet=quiet, desc="polish", unit="step")
+        for _ in range(cfg.polish_steps):
+            raise_if_interrupted()
+            optimizer.zero_grad(set_to_none=True)
+            totals = {"polish": _student_batch_step(student, cache, sampler, flips, cfg, dtype)}
+            if world > 1:
+                distributed.average_gradients(params)
+                totals, _ = distributed.reduce_step(totals, sampler.class_queries, device)
+            optimizer.step()
+            stats.steps += 1
+            stats.history.append(totals)
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in totals.items()})
+        bar.close()
     stats.seconds = time.perf_counter() - start
     student.eval().requires_grad_(False)
     return stats

@@ -53,7 +53,8 @@ def dice_loss(logits: Tensor, target: Tensor) -> Tensor:
 
 
 def segmentation_loss(logits: Tensor, target: Tensor, gamma: float = 2.0, dice_weight: float = 1.0) -> Tensor:
-    """focal(γ) + ``dice_weight`` · Dice: the loss of the teacher's and the student's merged logits."""
+    """focal(γ) + ``dice_weight`` · Dice: the loss of the teacher's and the student's merged logits, in float32."""
+    logits = logits.float()  # bfloat16 under mixed precision: the loss is computed in float32
     if logits.shape[-2:] != target.shape[-2:]:  # upsampled once here, not once in each term
         logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
     loss = focal_loss(logits, target, gamma)
@@ -71,5 +72,5 @@ def coarse_mse(student: list[Tensor], teacher: list[Tensor], present: Tensor) ->
     """
     if not present.any():
         return student[0].sum() * 0.0
-    losses = [F.mse_loss(s[present], t[present].detach()) for s, t in zip(student, teacher)]
+    losses = [F.mse_loss(s[present].float(), t[present].detach().float()) for s, t in zip(student, teacher)]
     return torch.stack(losses).mean()
