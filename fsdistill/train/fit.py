@@ -11,6 +11,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -109,6 +110,27 @@ def _student_batch_step(
     if loss.requires_grad:  # else no pixel is labelled: nothing to learn from the batch
         loss.backward()
     return float(loss.detach())
+
+
+def _finish_step(
+    optimizer: torch.optim.Optimizer,
+    params: list[nn.Parameter],
+    totals: dict[str, float],
+    class_queries: list[int],
+    stats: TrainStats,
+    bar: Any,
+) -> tuple[dict[str, float], list[int]]:
+    """Average the gradients over the processes (under torchrun), take the optimiser step and record the step's
+    losses; returns the losses and the per-class query counts, summed over the processes."""
+    if distributed.world_size() > 1:
+        distributed.average_gradients(params)
+        totals, class_queries = distributed.reduce_step(totals, class_queries, params[0].device)
+    optimizer.step()
+    stats.steps += 1
+    stats.history.append(totals)
+    bar.update(1)
+    bar.set_postfix({k: f"{v:.3f}" for k, v in totals.items()})
+    return totals, class_queries
 
 
 def train(
@@ -248,14 +270,7 @@ def train(
                 totals["pool"] = float(pool_seg.detach())
                 totals["pool_mse"] = float(pool_mse.detach())
                 totals["loss"] += float(pool_loss.detach())
-            if world > 1:
-                distributed.average_gradients(params)
-                totals, class_queries = distributed.reduce_step(totals, sampler.class_queries, device)
-            optimizer.step()
-            stats.steps += 1
-            stats.history.append(totals)
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.3f}" for k, v in totals.items()})
+            totals, class_queries = _finish_step(optimizer, params, totals, sampler.class_queries, stats, bar)
             if budget is None:
                 if stats.steps >= cfg.steps:
                     stats.stop_reason = f"the {cfg.steps} steps asked for"
@@ -296,7 +311,7 @@ def polish(student: DistilledStudent, cache: FeatureCache, cfg: TrainCfg, quiet:
         p.requires_grad_(True)
     params = [p for group in groups for p in group["params"]]
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    world, rank = distributed.world_size(), distributed.rank()
+    rank = distributed.rank()
     # Other draws than the joint phase's (its sampler and flips were seeded with seed + rank).
     sampler = EpisodeSampler(cache.present, cfg.max_shots, cache.views, cfg.seed + rank + POLISH_SEED)
     flips = torch.Generator().manual_seed(cfg.seed + rank + POLISH_SEED) if cfg.flip_features else None
@@ -312,14 +327,7 @@ def polish(student: DistilledStudent, cache: FeatureCache, cfg: TrainCfg, quiet:
             raise_if_interrupted()
             optimizer.zero_grad(set_to_none=True)
             totals = {"polish": _student_batch_step(student, cache, sampler, flips, cfg, dtype)}
-            if world > 1:
-                distributed.average_gradients(params)
-                totals, _ = distributed.reduce_step(totals, sampler.class_queries, device)
-            optimizer.step()
-            stats.steps += 1
-            stats.history.append(totals)
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.3f}" for k, v in totals.items()})
+            _finish_step(optimizer, params, totals, sampler.class_queries, stats, bar)
         bar.close()
     stats.seconds = time.perf_counter() - start
     student.eval().requires_grad_(False)
