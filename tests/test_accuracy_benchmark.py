@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import TINY_MODEL, write_binary_folder
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_benchmark(name: str):
-    """The script ``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+from helpers import TINY_MODEL, load_benchmark, write_binary_folder
 
 
 @pytest.fixture(scope="module")

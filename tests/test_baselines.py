@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import torch
 
@@ -16,13 +12,9 @@ from fsdistill.data.transforms import normalize, seeded_crop_views
 from fsdistill.metrics import ConfusionMatrix
 from fsdistill.models.build import build_teacher
 
-from helpers import TINY_MODEL
+from helpers import TINY_MODEL, load_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("baselines_benchmark", ROOT / "benchmarks" / "baselines.py")
-baselines = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = baselines
-_spec.loader.exec_module(baselines)
+baselines = load_benchmark("baselines")
 FineTunedBaseline, FPNHead, PrototypeBaseline = (
     baselines.FineTunedBaseline,
     baselines.FPNHead,
