@@ -1,8 +1,10 @@
-"""Helpers shared by the speed benchmarks (run as scripts from this folder, which is then on ``sys.path``)."""
+"""Helpers shared by the benchmarks (run as scripts from this folder, which is then on ``sys.path``)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from fsdistill.config import ModelCfg
 from fsdistill.models.build import build_student, build_teacher, save_model
@@ -21,3 +23,11 @@ def random_student(directory: Path, cfg: ModelCfg) -> Path:
         support_info={},
         training={},
     )
+
+
+def write_results(out: Path, report: dict[str, Any], table: str) -> None:
+    """``out/results.json`` (the report) and ``out/results.md`` (its markdown ``table``), then the table printed."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+    (out / "results.md").write_text(table)
+    print(table)

@@ -34,7 +34,9 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from common import write_results  # noqa: E402
 from make_examples import build_examples  # noqa: E402
 
 from fsdistill.checkpoint import load_artifact  # noqa: E402
@@ -148,10 +150,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         },
         "runs": runs,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "results.md").write_text(markdown(report))
-    print(markdown(report))
+    write_results(args.out, report, markdown(report))
     return report
 
 

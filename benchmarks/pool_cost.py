@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import accuracy  # noqa: E402
+from common import write_results  # noqa: E402
 
 from fsdistill import api  # noqa: E402
 from fsdistill.config import DistillCfg, load_config  # noqa: E402
@@ -171,10 +172,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="fsdistill_pool_cost_") as tmp:
         report = run(args, Path(tmp))
     report |= {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "versions": library_versions()}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "results.md").write_text(markdown(report))
-    print(markdown(report))
+    write_results(args.out, report, markdown(report))
     return report
 
 
