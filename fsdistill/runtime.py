@@ -140,7 +140,8 @@ def training_dtype(precision: str, device: torch.device) -> torch.dtype:
         return torch.float32
     if precision == "auto":
         if device.type == "cuda":
-            native = torch.cuda.is_bf16_supported()
+            # Without the flag torch also says yes where it only emulates bfloat16 (GPUs before Ampere): slower.
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
         else:
             native = device.type == "cpu" and cpu_computes_bfloat16()
         return torch.bfloat16 if native else torch.float32

@@ -198,6 +198,11 @@ def test_training_dtype_resolves_auto_from_the_hardware(monkeypatch) -> None:
         monkeypatch.setattr(runtime, "cpu_computes_bfloat16", lambda native=native: native)
         assert runtime.training_dtype("auto", cpu) == expected
     assert runtime.training_dtype("auto", torch.device("mps")) == torch.float32
+    asked = []  # CUDA: bfloat16 only where the GPU computes it, not where torch emulates it (before Ampere)
+    monkeypatch.setattr(
+        torch.cuda, "is_bf16_supported", lambda including_emulation=True: asked.append(including_emulation)
+    )
+    assert runtime.training_dtype("auto", torch.device("cuda")) == torch.float32 and asked == [False]
     with pytest.raises(DeviceError, match="precision float32"):
         runtime.training_dtype("bfloat16", torch.device("mps"))
 
