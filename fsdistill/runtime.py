@@ -151,11 +151,12 @@ def training_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 
 def mixed_precision(device: torch.device, dtype: torch.dtype) -> Any:
-    """Context of a training step's forward pass: autocast to ``dtype`` (convolutions and matrix products in
-    bfloat16, weights, optimiser and losses in float32), or nothing for float32.
+    """Context of a forward pass (a training step's, or an inference batch's): autocast to ``dtype`` (convolutions
+    and matrix products in bfloat16; weights, and in training the optimiser and losses, in float32), or nothing for
+    float32.
 
-    Enter it once per step: autocast keeps its bfloat16 copies of the weights until the context exits, so a loop
-    inside one context would keep running on the first step's weights.
+    Enter it once per training step: autocast keeps its bfloat16 copies of the weights until the context exits, so a
+    loop inside one context would keep running on the first step's weights.
     """
     if dtype == torch.float32:
         return nullcontext()

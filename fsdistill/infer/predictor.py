@@ -11,7 +11,6 @@ import io
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -39,6 +38,7 @@ from fsdistill.infer.shard import CSV_HEADER, PREDICTIONS_CSV, Shard, merge_shar
 from fsdistill.models.build import LoadedModel, for_inference
 from fsdistill.runtime import (
     inference_memory_format,
+    mixed_precision,
     raise_if_interrupted,
     retain_freed_memory,
 )
@@ -211,7 +211,7 @@ class Predictor(Runner):
         retain_freed_memory()
         self.loaded = loaded.to(device)
         self.device = device
-        self.amp = device.type == "cuda"
+        self.dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # the forward's arithmetic
         self.on_gpu = device.type != "cpu"
         self.size = loaded.size
         self.class_names = loaded.class_names
@@ -226,8 +226,7 @@ class Predictor(Runner):
         if self.channels_last:
             # The uint8 batch is reordered (a quarter of the bytes of the float one); normalising keeps the layout.
             images = images.contiguous(memory_format=torch.channels_last)
-        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
-        with ctx:
+        with mixed_precision(self.device, self.dtype):
             return self.loaded.logits(images).float()
 
     def identity(self) -> dict:

@@ -12,7 +12,6 @@ import itertools
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from torch import Tensor
 
 from fsdistill.errors import CheckpointError
 from fsdistill.models.build import LoadedModel
-from fsdistill.runtime import new_file_mode, raise_if_interrupted, retain_freed_memory, write_atomic
+from fsdistill.runtime import mixed_precision, new_file_mode, raise_if_interrupted, retain_freed_memory, write_atomic
 
 __all__ = [
     "DUPLICATE_DISTANCE",
@@ -279,7 +278,7 @@ class SuggestScorer:
         self.device = device
         self.size = student.size
         self.class_names = student.class_names
-        self.amp = device.type == "cuda"
+        self.dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # the forward's arithmetic
         self.shared = self.teacher is not None and _same_backbone(self.student.model, self.teacher.model)
         # Inference only: the backbone's batch norms folded into its convs, as predict runs it (the folded
         # backbone computes the same features, so the teacher may read them too).
@@ -290,8 +289,7 @@ class SuggestScorer:
         """B×3×size×size uint8 → (student B×K×h×w logits, teacher logits on the same grid or None, B×D
         L2-normalised embeddings), float32 on the CPU."""
         images = images.to(self.device)
-        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
-        with ctx:
+        with mixed_precision(self.device, self.dtype):
             feats = self.student.model.backbone.encode(images)
             student = self.student.model.forward_features(feats)[0].float()
             teacher = None
