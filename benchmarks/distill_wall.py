@@ -6,7 +6,8 @@ that generalise" is ≤ 3 min for 10 supports × 4 classes). Each ``--precision`
 one after the other with the same seed and threads, as a user would: the wall time covers start-up, the feature
 cache, training, the per-class check and writing the artifacts. Also recorded from each student artifact: joint and
 polish steps, the seconds of training, the arithmetic that ran and why training stopped. Compare versions by running
-this script from each checkout on the same idle machine (this VM's speed drifts by ~25 % between days).
+this script from each checkout back to back on the same idle machine (this VM's speed swung by up to ~45 %
+within an hour).
 
 Writes ``results.json`` and ``results.md`` into ``--out``.
 
