@@ -246,6 +246,71 @@ def test_frozen_and_eval_even_after_train() -> None:
     torch.testing.assert_close(backbone.model.bn1.running_mean, before)
 
 
+def _norm_stats(backbone: Backbone) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [
+        (m.running_mean.clone(), m.running_var.clone()) for m in backbone.modules() if isinstance(m, nn.BatchNorm2d)
+    ]
+
+
+def test_adapt_norm_stats_moves_the_statistics_by_weight_only() -> None:
+    """AdaBN: weight 1 gives the images' own statistics (the stem BN's: the mean / unbiased variance of its conv's
+    output over the images), 0.5 the midpoint with the pretrained ones, 0 nothing; weights and eval mode kept."""
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8, generator=gen)
+    fresh = create_backbone("test-resnet", pretrained=False)
+    pretrained, params = _norm_stats(fresh), copy.deepcopy(fresh.state_dict())
+    momenta = [m.momentum for m in fresh.modules() if isinstance(m, nn.BatchNorm2d)]
+
+    full = copy.deepcopy(fresh)
+    layers = full.adapt_norm_stats(images, 1.0, batch_size=8)
+    assert layers == len(pretrained) > 0
+    stem = full.model.conv1(full.preprocess(images))
+    torch.testing.assert_close(full.model.bn1.running_mean, stem.mean(dim=(0, 2, 3)))
+    torch.testing.assert_close(full.model.bn1.running_var, stem.var(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert not any(m.training for m in full.modules())
+    assert [m.momentum for m in full.modules() if isinstance(m, nn.BatchNorm2d)] == momenta
+    kept = {k: v for k, v in full.state_dict().items() if "running" not in k and "num_batches" not in k}
+    assert all(torch.equal(v, params[k]) for k, v in kept.items())  # the weights stay frozen
+
+    half = copy.deepcopy(fresh)
+    half.adapt_norm_stats(images, 0.5)
+    for (m0, v0), (m1, v1), (mh, vh) in zip(pretrained, _norm_stats(full), _norm_stats(half)):
+        if not torch.allclose(m1, m0):  # deeper layers see the half-adapted layers before them: first one only
+            torch.testing.assert_close(mh, (m0 + m1) / 2)
+            torch.testing.assert_close(vh, (v0 + v1) / 2)
+            break
+    assert any(not torch.allclose(a[0], b[0]) for a, b in zip(_norm_stats(half), pretrained))
+
+    none = copy.deepcopy(fresh)
+    assert none.adapt_norm_stats(images, 0.0) == 0
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(_norm_stats(none), pretrained))
+
+
+def test_adapt_norm_stats_batches_average_and_interruption_restores() -> None:
+    """Batches of the images average to the statistics of the whole set (same-size batches); an exception midway
+    leaves the pretrained statistics exactly; a backbone without BatchNorm (Swin) moves nothing."""
+    gen = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8, generator=gen)
+    one, two = create_backbone("test-resnet", pretrained=False), create_backbone("test-resnet", pretrained=False)
+    two.load_state_dict(one.state_dict())
+    one.adapt_norm_stats(images, 1.0, batch_size=4)
+    two.adapt_norm_stats(images, 1.0, batch_size=2)
+    torch.testing.assert_close(one.model.bn1.running_mean, two.model.bn1.running_mean)
+
+    broken = create_backbone("test-resnet", pretrained=False)
+    before = _norm_stats(broken)
+
+    def fail(x: torch.Tensor) -> None:
+        raise RuntimeError("out of memory")
+
+    broken._taps = fail  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        broken.adapt_norm_stats(images, 1.0)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(_norm_stats(broken), before))
+    assert not any(m.training for m in broken.modules())
+    assert create_backbone("test-swin", pretrained=False).adapt_norm_stats(images, 1.0) == 0
+
+
 def test_preprocess_normalises_uint8_with_the_spec_as_transforms_normalize(lite0: Backbone) -> None:
     """The backbone normalises its uint8 input itself, bit for bit as the ONNX path's normalize (one formula)."""
     from fsdistill.data.transforms import normalize

@@ -127,6 +127,42 @@ class Backbone(nn.Module):
         return [[m.contiguous(memory_format=layout) for m in level] for level in self._taps(x)]
 
     @torch.no_grad()
+    def adapt_norm_stats(self, images: Tensor, weight: float, batch_size: int = 8) -> int:
+        """Move every BatchNorm's running statistics ``weight`` of the way from the pretrained (ImageNet) ones to
+        those of ``images`` (S×3×H×W uint8, the user's images at the model's input size): per channel,
+        ``(1 - weight)·pretrained + weight·measured`` for the mean and the variance.
+
+        The weights stay frozen; only the per-channel statistics each BN normalises with move towards the user's
+        domain (AdaBN, Li et al. 2016), so that features of, say, MRI slices are not normalised as photographs.
+        The statistics are measured layer by layer on the images as the adapted layers before them see them (BN in
+        training mode: each layer normalises a batch with its own statistics), ``batch_size`` images at a time,
+        averaged over the batches. ``weight`` 0 changes nothing. Returns the number of BatchNorm layers moved (0
+        for a backbone without BatchNorm, e.g. Swin's LayerNorm).
+        """
+        norms = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        if not norms or weight == 0 or images.shape[0] == 0:
+            return 0
+        pretrained = [(bn.running_mean.clone(), bn.running_var.clone(), bn.momentum) for bn in norms]
+        for bn in norms:
+            bn.reset_running_stats()
+            bn.momentum = None  # a cumulative average over the batches, not an exponential one
+            bn.training = True
+        measured = False
+        try:
+            device = self.input_scale.device
+            for start in range(0, images.shape[0], batch_size):
+                self._taps(self.preprocess(images[start : start + batch_size].to(device)))
+            measured = True
+        finally:
+            kept = weight if measured else 0.0  # interrupted: the pretrained statistics, exactly
+            for bn, (mean, var, momentum) in zip(norms, pretrained):
+                bn.training = False
+                bn.momentum = momentum
+                bn.running_mean.mul_(kept).add_(mean, alpha=1.0 - kept)
+                bn.running_var.mul_(kept).add_(var, alpha=1.0 - kept)
+        return len(norms)
+
+    @torch.no_grad()
     def fold_batchnorm(self) -> int:
         """Fold every BatchNorm that directly follows a conv into that conv's weight and bias, for inference.
 
