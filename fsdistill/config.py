@@ -213,6 +213,16 @@ class TrainCfg(_Strict):
     crop_min_area: float = Field(
         0.35, gt=0, le=1, description="distill: the smallest share of a support image's area a crop view covers"
     )
+    # Half-way, not all the way: all the way lifted brain at one support by 0.09 but cost macaque at five 0.07
+    # (docs/benchmarks.md, "Normalisation statistics").
+    norm_adapt: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="adapt / distill with a new teacher: move the frozen backbone's BatchNorm statistics this share "
+        "of the way from ImageNet's to the support images' (the weights stay frozen); 0 = ImageNet's. A teacher "
+        "given with --teacher or --init keeps the statistics it was adapted with",
+    )
     # bfloat16 autocast where the hardware computes it: a distill step ~12 % faster than float32 on a CPU with AMX
     # (both channels-last), the accuracy of float32 on the three example cases (docs/benchmarks.md, "Training speed").
     precision: Literal["auto", "float32", "bfloat16"] = Field(

@@ -129,6 +129,7 @@ def _train_args(tiny_data, tmp_path, command="distill"):
         (["--backbone", "test-resnet", "--size", "64", "--steps", "-1"], "steps"),
         (["--backbone", "test-swin", "--size", "64"], "128"),
         (["--backbone", "test-resnet", "--size", "64", "--precision", "fp16"], "--precision fp16"),
+        (["--backbone", "test-resnet", "--size", "64", "--norm-adapt", "1.5"], "--norm-adapt 1.5"),
     ],
     ids=[
         "unknown-backbone",
@@ -138,6 +139,7 @@ def _train_args(tiny_data, tmp_path, command="distill"):
         "negative-steps",
         "swin-size",
         "unknown-precision",
+        "norm-adapt-above-1",
     ],
 )
 @pytest.mark.parametrize("command", ["adapt", "distill"])
@@ -262,6 +264,7 @@ def test_distill_predict_evaluate_end_to_end(runner, tiny_data, tmp_path) -> Non
         app,
         ["distill", "--support", str(tiny_data.binary), "--steps", "2", "--out", str(run), "--config", str(config)]
         + ["--precision", "bfloat16"]  # mixed precision on any CPU (emulated where it has no bfloat16 hardware)
+        + ["--norm-adapt", "0.25"]
         + [arg for arg in TINY if arg != "--quiet"],  # the summary is checked below
     )
     assert result.exit_code == 0, (result.output, result.exception)
@@ -272,6 +275,8 @@ def test_distill_predict_evaluate_end_to_end(runner, tiny_data, tmp_path) -> Non
     assert "(the 2 steps asked for), then the student alone 3 steps in" in result.stdout
     assert "bfloat16 mixed precision" in result.stdout
     assert load_artifact(run / "student")[1]["training"]["precision"] == "bfloat16"
+    assert "norm_adapt: 0.25" in resolved
+    assert load_artifact(run / "student")[1]["training"]["norm_stats"]["weight"] == 0.25
     assert "per-class check on the support folder" in result.stdout and "foreground" in result.stdout
     assert "leave-one-out" in result.stdout and " fit " in result.stdout
 

@@ -70,6 +70,28 @@ def test_adapt_zero_steps_writes_the_untuned_teacher(tiny_data, tmp_path) -> Non
     assert logits.shape == (1, 2, 16, 16) and torch.isfinite(logits).all()  # the light decoder: stride 4
 
 
+@pytest.mark.parametrize("weight", [0.0, 0.5])
+def test_adapt_moves_the_backbone_norm_statistics_towards_the_supports(tiny_data, tmp_path, weight) -> None:
+    """train.norm_adapt: the artifact's backbone BatchNorm statistics are ``weight`` of the way from the pretrained
+    ones to the support images' (as Backbone.adapt_norm_stats computes them), and it says so; 0 keeps them."""
+    from fsdistill.data.discover import discover
+    from fsdistill.data.support_tensors import load_support_tensors
+    from fsdistill.models.backbone import create_backbone
+
+    result = api.adapt(_adapt_cfg(tiny_data.binary, tmp_path / "run", steps=0, norm_adapt=weight), quiet=True)
+    loaded = load_model(result.teacher_dir)
+    fresh = create_backbone("test-resnet", pretrained=False)  # random-init weights; initial statistics 0 / 1
+    expected = create_backbone("test-resnet", pretrained=False)
+    state = loaded.model.backbone.state_dict()  # the run's (frozen) weights with the initial statistics
+    expected.load_state_dict({k: fresh.state_dict()[k] if "running" in k else v for k, v in state.items()})
+    images = load_support_tensors(discover(tiny_data.binary), 64).images
+    layers = expected.adapt_norm_stats(images, weight)
+    stored = loaded.model.backbone.model.bn1.running_mean
+    torch.testing.assert_close(stored, expected.model.bn1.running_mean)
+    assert torch.equal(stored, fresh.model.bn1.running_mean) == (weight == 0)
+    assert loaded.config["training"]["norm_stats"] == {"weight": weight, "layers": layers, "images": 4}
+
+
 @pytest.mark.parametrize("data", ["binary", "multi"])
 def test_adapt_trains_and_writes_a_teacher(tiny_data, tmp_path, data) -> None:
     support = getattr(tiny_data, data)
@@ -161,6 +183,7 @@ def test_distill_from_a_frozen_adapted_teacher_leaves_it_unchanged(
     assert {n: (teacher_dir / n).read_bytes() for n in before_files} == before_files
     losses = _finite_losses(result.stats)
     assert "teacher" not in losses and {"student", "mse"} <= set(losses)
+    assert "norm_stats" not in result.stats  # the given teacher's statistics, as adapted (checked above)
 
 
 def test_freeze_teacher_without_a_teacher_is_refused(tiny_data, tmp_path) -> None:

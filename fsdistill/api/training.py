@@ -108,6 +108,13 @@ def _prepare(cfg: AdaptCfg | DistillCfg) -> tuple[SupportIndex, int, torch.devic
     return index, num_classes, device, support
 
 
+def _adapt_norm_stats(teacher: DCAMATeacher, support: SupportTensors, weight: float) -> dict[str, Any]:
+    """Move a new teacher's backbone BatchNorm statistics ``weight`` of the way to the support images' (before any
+    feature is cached; ``TrainCfg.norm_adapt``): what the artifact records of it."""
+    layers = teacher.backbone.adapt_norm_stats(support.images, weight)
+    return {"weight": weight if layers else 0.0, "layers": layers, "images": int(support.images.shape[0])}
+
+
 def _augment(cfg: AdaptCfg | DistillCfg, count: int) -> bool:
     """Flip views when asked, or by default only for a single support image (episodes need a second view)."""
     return cfg.train.augment if cfg.train.augment is not None else count == 1
@@ -134,12 +141,15 @@ def adapt(cfg: AdaptCfg, quiet: bool = False, overwrite: bool = False) -> RunRes
     index, num_classes, device, support = _prepare(cfg)
     teacher, teacher_cfg = _new_teacher(cfg, num_classes)
     teacher = teacher.to(device)
+    norm_stats = _adapt_norm_stats(teacher, support, cfg.train.norm_adapt)
     run_dir = _start_run(cfg, "adapt")
     cache = FeatureCache(teacher, support, device, _augment(cfg, len(index)))
     stats = train(teacher, cache, cfg.train, quiet=quiet)
 
     def write() -> Path:
-        teacher_dir = _save_teacher(run_dir, teacher, teacher_cfg, support, _artifact_fields(cfg, index, stats))
+        fields = _artifact_fields(cfg, index, stats)
+        fields["training"]["norm_stats"] = norm_stats
+        teacher_dir = _save_teacher(run_dir, teacher, teacher_cfg, support, fields)
         _drop_stale(run_dir, keep={"teacher"})
         return teacher_dir
 
@@ -391,6 +401,10 @@ def distill(
             raise ConfigError("--freeze-teacher needs an adapted teacher: pass --teacher RUN/teacher.")
         teacher, teacher_cfg = _new_teacher(cfg, num_classes)
     teacher = teacher.to(device)
+    # A given teacher (--teacher, --init) keeps the statistics it was adapted with: its decoder learned on them.
+    norm_stats = (
+        _adapt_norm_stats(teacher, support, cfg.train.norm_adapt) if init is None and cfg.teacher is None else None
+    )
     run_dir = _start_run(cfg, "distill")
     # Only the student's supervised batches read crop views.
     crops = cfg.train.crop_views if cfg.train.student_batch and cfg.train.steps != 0 else 0
@@ -446,6 +460,8 @@ def distill(
         # Rank 0 only under torchrun: every process holds the same weights, so one check and one artifact.
         check = check_supports(teacher, student, cache, index.class_names) if cfg.train.steps != 0 else None
         common = _artifact_fields(cfg, index, stats)
+        if norm_stats is not None:
+            common["training"]["norm_stats"] = norm_stats
         if pool_info is not None:
             common["training"]["pool"] = pool_info
         if check is not None:

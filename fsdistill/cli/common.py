@@ -105,7 +105,7 @@ TrainOpt = Annotated[
         "--train",
         help="Which parts of the teacher learn from your images, comma-separated (default mapper,merge,mixer): "
         "mapper and merge turn the raw image-to-support matches into masks, attention is the matching itself, "
-        "mixer draws the final mask. The backbone never changes.",
+        "mixer draws the final mask. The backbone's weights never change (see --norm-adapt).",
     ),
 ]
 DecoderOpt = Annotated[
@@ -126,6 +126,14 @@ PrecisionOpt = Annotated[
         "--precision",
         help="auto (default: bfloat16 mixed precision where the device computes bfloat16 in hardware, a CUDA GPU "
         "or a CPU with AMX / AVX-512 BF16; else float32), float32 or bfloat16.",
+    ),
+]
+NormAdaptOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--norm-adapt",
+        help="How far the frozen backbone's normalisation statistics move from ImageNet's towards your images', "
+        "0 to 1 (default 0.5; 0 = ImageNet's). Its weights never change.",
     ),
 ]
 
@@ -250,6 +258,7 @@ def _train_overrides(
     train: str | None,
     augment: bool | None,
     precision: str | None = None,
+    norm_adapt: float | None = None,
 ) -> dict[str, Any]:
     groups = [g.strip() for g in train.split(",") if g.strip()] if train is not None else None
     if groups == []:  # --train "" (an unset shell variable, say) silently meant the default groups
@@ -257,7 +266,15 @@ def _train_overrides(
             "--train got no group names; list some of mapper,merge,attention,mixer, or leave --train out for the "
             "default mapper,merge,mixer."
         )
-    return {"steps": steps, "lr": lr, "seed": seed, "train": groups, "augment": augment, "precision": precision}
+    return {
+        "steps": steps,
+        "lr": lr,
+        "seed": seed,
+        "train": groups,
+        "augment": augment,
+        "precision": precision,
+        "norm_adapt": norm_adapt,
+    }
 
 
 def _bar(desc: str, quiet: bool):
