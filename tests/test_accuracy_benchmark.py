@@ -67,15 +67,15 @@ def test_accuracy_benchmark_smoke(accuracy, tiny_data, tmp_path: Path) -> None:
         if m not in ("distill_teacher", "pool_student")  # only with --methods
     )
     for row in rows:
-        extra = {"lr", "miou_by_lr", "stop_reason"} if row["method"] == "finetuned" else set()
+        extra = {"lr", "norm_adapt", "miou_by_setting", "stop_reason"} if row["method"] == "finetuned" else set()
         extra |= {"stop_reason"} if row["method"] in ("adapted", "student") else set()
         assert set(row) == ROW_KEYS | extra, row
-        if row["method"] == "finetuned":  # the baseline is reported at its best learning rate on the held-out images
-            assert row["miou"] == max(row["miou_by_lr"].values())
-            assert (
-                sorted(map(float, row["miou_by_lr"])) == sorted(accuracy.FINETUNED_LRS)
-                and row["lr"] in accuracy.FINETUNED_LRS
+        if row["method"] == "finetuned":  # the baseline is reported at its best setting on the held-out images
+            assert row["miou"] == max(row["miou_by_setting"].values())
+            assert sorted(row["miou_by_setting"]) == sorted(
+                f"lr={lr:g},norm={norm:g}" for lr in accuracy.FINETUNED_LRS for norm in (0.0, 0.5)
             )
+            assert row["lr"] in accuracy.FINETUNED_LRS and row["norm_adapt"] in (0.0, 0.5)
         assert 0.0 <= row["miou"] <= 1.0 and row["infer_ms_per_image"] > 0 and len(row["supports"]) == row["k"]
         # --steps binds our methods; the FPN baseline has its own budget, which --quick cuts to a few steps
         assert row["steps"] == {"untuned": 0, "finetuned": accuracy.QUICK_STEPS}.get(row["method"], 2)
