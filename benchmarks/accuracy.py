@@ -286,7 +286,7 @@ def finetuned_baseline(support: Path, heldout: Path, cfg: AdaptCfg, steps: int |
     device = resolve_device(cfg.device)
     support_tensors = load_support_tensors(index, cfg.model.size)
     tried: dict[str, dict[str, Any]] = {}
-    for norm in dict.fromkeys((0.0, cfg.train.norm_adapt)):
+    for norm in dict.fromkeys((0.0, cfg.train.norm_adapt_weight(cfg.model.teacher_weights is not None))):
         for lr in FINETUNED_LRS:
             start = time.perf_counter()
             seed_everything(cfg.train.seed)

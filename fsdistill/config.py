@@ -31,6 +31,11 @@ __all__ = [
 TRAINABLE_GROUPS = ("mapper", "merge", "attention", "mixer")
 
 
+# Half-way, not all the way: all the way lifted brain at one support by 0.09 but cost macaque at five 0.07; half-way
+# kept most of the gain without the loss (docs/benchmarks.md, "Normalisation statistics").
+DEFAULT_NORM_ADAPT = 0.5
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -213,14 +218,13 @@ class TrainCfg(_Strict):
     crop_min_area: float = Field(
         0.35, gt=0, le=1, description="distill: the smallest share of a support image's area a crop view covers"
     )
-    # Half-way, not all the way: all the way lifted brain at one support by 0.09 but cost macaque at five 0.07
-    # (docs/benchmarks.md, "Normalisation statistics").
-    norm_adapt: float = Field(
-        0.5,
+    norm_adapt: float | None = Field(
+        None,
         ge=0,
         le=1,
         description="adapt / distill with a new teacher: move the frozen backbone's BatchNorm statistics this share "
-        "of the way from ImageNet's to the support images' (the weights stay frozen); 0 = ImageNet's. A teacher "
+        "of the way from the pretrained (ImageNet) ones to the support images' (the weights stay frozen); 0 = the "
+        "pretrained ones; None = 0.5, or 0 with published teacher weights (they behave as published). A teacher "
         "given with --teacher or --init keeps the statistics it was adapted with",
     )
     # bfloat16 autocast where the hardware computes it: a distill step ~12 % faster than float32 on a CPU with AMX
@@ -232,6 +236,13 @@ class TrainCfg(_Strict):
         "computes it in hardware (a CUDA GPU that supports it, a CPU with AMX or AVX-512 BF16), else float32",
     )
     seed: int = 0
+
+    def norm_adapt_weight(self, published_weights: bool) -> float:
+        """``norm_adapt`` resolved: None is :data:`DEFAULT_NORM_ADAPT`, or 0 for a teacher built from published
+        weights (``--teacher-weights``)."""
+        if self.norm_adapt is not None:
+            return self.norm_adapt
+        return 0.0 if published_weights else DEFAULT_NORM_ADAPT
 
     def budget(self, continued: bool = False) -> PlateauStop:
         """The automatic stop rule (``steps`` None); ``continued``: from a trained run, stop at the floors, not at

@@ -485,9 +485,10 @@ def test_cli_adapt_with_teacher_weights(tmp_path, syn_binary):
             ref = key.removeprefix("module.model.")
             assert torch.equal(params[our_name(ref)], value), key
     state = loaded.backbone.model.state_dict()
-    for key, value in sd.items():
+    for key, value in sd.items():  # the checkpoint's BatchNorm statistics too: published weights keep them
         if ".feature_extractor." in key:
             assert torch.equal(state[key.removeprefix("module.feature_extractor.")], value), key
+    assert load_model(run / "teacher", kind="teacher").config["training"]["norm_stats"]["weight"] == 0.0
     assert_published_behaviour(loaded)  # survives save and reload (the stored model_cfg says qk_norm None)
     assert load_model(run / "teacher", kind="teacher").model_cfg.qk_norm is None
 

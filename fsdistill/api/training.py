@@ -108,9 +108,11 @@ def _prepare(cfg: AdaptCfg | DistillCfg) -> tuple[SupportIndex, int, torch.devic
     return index, num_classes, device, support
 
 
-def _adapt_norm_stats(teacher: DCAMATeacher, support: SupportTensors, weight: float) -> dict[str, Any]:
-    """Move a new teacher's backbone BatchNorm statistics ``weight`` of the way to the support images' (before any
-    feature is cached; ``TrainCfg.norm_adapt``): what the artifact records of it."""
+def _adapt_norm_stats(cfg: AdaptCfg | DistillCfg, teacher: DCAMATeacher, support: SupportTensors) -> dict[str, Any]:
+    """Move a new teacher's backbone BatchNorm statistics towards the support images' (before any feature is
+    cached; ``TrainCfg.norm_adapt_weight``: published weights keep their checkpoint's by default, they behave as
+    published): what the artifact records of it."""
+    weight = cfg.train.norm_adapt_weight(cfg.model.teacher_weights is not None)
     layers = teacher.backbone.adapt_norm_stats(support.images, weight)
     return {"weight": weight if layers else 0.0, "layers": layers, "images": int(support.images.shape[0])}
 
@@ -141,7 +143,7 @@ def adapt(cfg: AdaptCfg, quiet: bool = False, overwrite: bool = False) -> RunRes
     index, num_classes, device, support = _prepare(cfg)
     teacher, teacher_cfg = _new_teacher(cfg, num_classes)
     teacher = teacher.to(device)
-    norm_stats = _adapt_norm_stats(teacher, support, cfg.train.norm_adapt)
+    norm_stats = _adapt_norm_stats(cfg, teacher, support)
     run_dir = _start_run(cfg, "adapt")
     cache = FeatureCache(teacher, support, device, _augment(cfg, len(index)))
     stats = train(teacher, cache, cfg.train, quiet=quiet)
@@ -402,9 +404,7 @@ def distill(
         teacher, teacher_cfg = _new_teacher(cfg, num_classes)
     teacher = teacher.to(device)
     # A given teacher (--teacher, --init) keeps the statistics it was adapted with: its decoder learned on them.
-    norm_stats = (
-        _adapt_norm_stats(teacher, support, cfg.train.norm_adapt) if init is None and cfg.teacher is None else None
-    )
+    norm_stats = _adapt_norm_stats(cfg, teacher, support) if init is None and cfg.teacher is None else None
     run_dir = _start_run(cfg, "distill")
     # Only the student's supervised batches read crop views.
     crops = cfg.train.crop_views if cfg.train.student_batch and cfg.train.steps != 0 else 0

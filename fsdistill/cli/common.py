@@ -133,7 +133,8 @@ NormAdaptOpt = Annotated[
     typer.Option(
         "--norm-adapt",
         help="How far the frozen backbone's normalisation statistics move from ImageNet's towards your images', "
-        "0 to 1 (default 0.5; 0 = ImageNet's). Its weights never change.",
+        "0 to 1 (default 0.5, or 0 with --teacher-weights: published weights behave as published; 0 = ImageNet's). "
+        "Its weights never change.",
     ),
 ]
 
