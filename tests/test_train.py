@@ -70,6 +70,14 @@ def test_adapt_zero_steps_writes_the_untuned_teacher(tiny_data, tmp_path) -> Non
     assert logits.shape == (1, 2, 16, 16) and torch.isfinite(logits).all()  # the light decoder: stride 4
 
 
+def test_norm_adapt_default_is_half_way_except_for_published_weights() -> None:
+    from fsdistill.config import TrainCfg
+
+    assert TrainCfg().norm_adapt_weight(published_weights=False) == 0.5
+    assert TrainCfg().norm_adapt_weight(published_weights=True) == 0.0  # they behave as published
+    assert TrainCfg(norm_adapt=0.3).norm_adapt_weight(published_weights=True) == 0.3  # unless asked
+
+
 @pytest.mark.parametrize("weight", [0.0, 0.5])
 def test_adapt_moves_the_backbone_norm_statistics_towards_the_supports(tiny_data, tmp_path, weight) -> None:
     """train.norm_adapt: the artifact's backbone BatchNorm statistics are ``weight`` of the way from the pretrained
