@@ -34,6 +34,7 @@ __all__ = [
     "proc_status",
     "inference_memory_format",
     "training_dtype",
+    "inference_dtype",
     "mixed_precision",
     "training_layout",
     "retain_freed_memory",
@@ -148,6 +149,11 @@ def training_dtype(precision: str, device: torch.device) -> torch.dtype:
     if device.type not in ("cpu", "cuda"):
         raise DeviceError(f"bfloat16 training runs on CUDA and the CPU, not on {device.type}; use precision float32.")
     return torch.bfloat16
+
+
+def inference_dtype(device: torch.device) -> torch.dtype:
+    """The arithmetic of predict's and suggest's forward passes: bfloat16 autocast on CUDA, float32 elsewhere."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 def mixed_precision(device: torch.device, dtype: torch.dtype) -> Any:

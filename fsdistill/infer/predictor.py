@@ -37,6 +37,7 @@ from fsdistill.infer.postprocess import logits_to_mask
 from fsdistill.infer.shard import CSV_HEADER, PREDICTIONS_CSV, Shard, merge_shard_tables
 from fsdistill.models.build import LoadedModel, for_inference
 from fsdistill.runtime import (
+    inference_dtype,
     inference_memory_format,
     mixed_precision,
     raise_if_interrupted,
@@ -211,7 +212,7 @@ class Predictor(Runner):
         retain_freed_memory()
         self.loaded = loaded.to(device)
         self.device = device
-        self.dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # the forward's arithmetic
+        self.dtype = inference_dtype(device)  # the forward's arithmetic
         self.on_gpu = device.type != "cpu"
         self.size = loaded.size
         self.class_names = loaded.class_names

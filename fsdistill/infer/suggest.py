@@ -23,7 +23,14 @@ from torch import Tensor
 
 from fsdistill.errors import CheckpointError
 from fsdistill.models.build import LoadedModel
-from fsdistill.runtime import mixed_precision, new_file_mode, raise_if_interrupted, retain_freed_memory, write_atomic
+from fsdistill.runtime import (
+    inference_dtype,
+    mixed_precision,
+    new_file_mode,
+    raise_if_interrupted,
+    retain_freed_memory,
+    write_atomic,
+)
 
 __all__ = [
     "DUPLICATE_DISTANCE",
@@ -278,7 +285,7 @@ class SuggestScorer:
         self.device = device
         self.size = student.size
         self.class_names = student.class_names
-        self.dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # the forward's arithmetic
+        self.dtype = inference_dtype(device)  # the forward's arithmetic
         self.shared = self.teacher is not None and _same_backbone(self.student.model, self.teacher.model)
         # Inference only: the backbone's batch norms folded into its convs, as predict runs it (the folded
         # backbone computes the same features, so the teacher may read them too).
