@@ -139,7 +139,7 @@ class Backbone(nn.Module):
         averaged over the batches. ``weight`` 0 changes nothing. Returns the number of BatchNorm layers moved (0
         for a backbone without BatchNorm, e.g. Swin's LayerNorm).
         """
-        norms = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        norms = [m for m in self.modules() if isinstance(m, nn.BatchNorm2d) and m.track_running_stats]
         if not norms or weight == 0 or images.shape[0] == 0:
             return 0
         pretrained = [(bn.running_mean.clone(), bn.running_var.clone(), bn.momentum) for bn in norms]
@@ -154,12 +154,15 @@ class Backbone(nn.Module):
                 self._taps(self.preprocess(images[start : start + batch_size].to(device)))
             measured = True
         finally:
-            kept = weight if measured else 0.0  # interrupted: the pretrained statistics, exactly
             for bn, (mean, var, momentum) in zip(norms, pretrained):
                 bn.training = False
                 bn.momentum = momentum
-                bn.running_mean.mul_(kept).add_(mean, alpha=1.0 - kept)
-                bn.running_var.mul_(kept).add_(var, alpha=1.0 - kept)
+                if measured:  # pretrained + weight · (measured - pretrained)
+                    bn.running_mean.copy_(mean.lerp(bn.running_mean, weight))
+                    bn.running_var.copy_(var.lerp(bn.running_var, weight))
+                else:  # interrupted: the pretrained statistics, exactly
+                    bn.running_mean.copy_(mean)
+                    bn.running_var.copy_(var)
         return len(norms)
 
     @torch.no_grad()
