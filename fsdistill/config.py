@@ -133,7 +133,9 @@ class TrainCfg(_Strict):
         1e-2,
         gt=0,
         description="learning rate of the student's ConvDist blocks: their zero-initialised output layer moves at a "
-        "speed proportional to the block width, so a narrow student needs a larger step than the teacher's decoder",
+        "speed proportional to the block width, so a narrow student needs a larger step than the teacher's decoder; "
+        "blocks whose classes share G hidden groups (the shared decoder's) read G times as many channels per class "
+        "and train at student_lr / G",
     )
     weight_decay: float = Field(0.01, ge=0)
     focal_gamma: float = Field(

@@ -6,11 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from fsdistill.config import ModelCfg
+from fsdistill.config import ModelCfg, TrainCfg
 from fsdistill.models.backbone import create_backbone
 from fsdistill.models.build import build_decoder, build_student, build_teacher
 from fsdistill.models.student import ConvDist, DistilledStudent
 from fsdistill.models.teacher import ATTENTION_LEVELS, DCAMATeacher
+from fsdistill.train.fit import _student_groups
 
 from helpers import perturb_head
 
@@ -150,6 +151,22 @@ def test_student_convdist_groups_follow_its_decoder() -> None:
     light = _student("test-resnet", 64, 6, 4, decoder="light")
     assert all(d.shared and d.groups == 4 for d in shared.convdist)
     assert all(not d.shared and d.groups == 6 for d in light.convdist)
+
+
+@pytest.mark.parametrize(("decoder", "classes", "lr"), [("light", 6, 1e-2), ("shared", 6, 2.5e-3), ("shared", 2, 5e-3)])
+def test_convdist_trains_at_the_student_lr_over_the_groups_each_class_reads(decoder, classes, lr) -> None:
+    """A class of a shared ConvDist reads all G hidden groups (G·W channels instead of its own W), so its output
+    moves G times as far per step: its stage trains at student_lr / G (G = min(4, N)); per-class blocks at
+    student_lr. Every ConvDist parameter is in exactly one group, the refiner at the decoder's lr."""
+    cfg = TrainCfg(student_lr=1e-2, lr=3e-3)
+    student = _student("test-resnet", 64, classes, 4, decoder=decoder)
+    groups = _student_groups(student, cfg)
+    convdist = {id(p) for p in student.convdist.parameters()}
+    stages = [g for g in groups if {id(p) for p in g["params"]} <= convdist]
+    assert [g["lr"] for g in stages] == pytest.approx([lr] * len(ATTENTION_LEVELS))
+    assert sorted(id(p) for g in stages for p in g["params"]) == sorted(convdist)
+    assert [g["lr"] for g in groups[len(stages) :]] == [cfg.lr]  # the refiner
+    assert all(p.requires_grad for g in groups for p in g["params"])
 
 
 def test_convdist_input_dropout_drops_whole_channels_only_while_training() -> None:

@@ -62,6 +62,13 @@ class ConvDist(nn.Module):
             nn.init.zeros_(self.bottleneck.bias)
             nn.init.zeros_(self.hidden.bias)
 
+    @property
+    def readout_groups(self) -> int:
+        """Hidden groups each class's output reads: all G when they are shared, its own one otherwise. Its output
+        layer's step moves the coarse maps about this many times as far (G·W inputs instead of W), so training
+        divides the ConvDist learning rate by it (:attr:`~fsdistill.config.TrainCfg.student_lr`)."""
+        return self.groups if self.shared else 1
+
     def init_output(self, prior: Tensor) -> None:
         """Start every coarse map at its class prior (N values in (0, 1)) with a zero output layer: the maps pass
         through a sigmoid, like the teacher's attention mass in [0, 1] (raw outputs, the reference's, moved by

@@ -80,9 +80,12 @@ def set_trainable(teacher: DCAMATeacher, names: list[str]) -> list[nn.Parameter]
 
 
 def _student_groups(student: DistilledStudent, cfg: TrainCfg) -> list[dict]:
-    """The student's own optimiser groups, made trainable: ConvDist at ``cfg.student_lr``, the refiner (when it
-    has one) at ``cfg.lr``, the step of the decoder it extends."""
-    groups = [{"params": list(student.convdist.parameters()), "lr": cfg.student_lr}]
+    """The student's own optimiser groups, made trainable: each ConvDist stage at ``cfg.student_lr`` divided by the
+    hidden groups each of its classes reads (1 for per-class blocks, G when shared: the same speed per class), the
+    refiner (when it has one) at ``cfg.lr``, the step of the decoder it extends."""
+    groups = [
+        {"params": list(dist.parameters()), "lr": cfg.student_lr / dist.readout_groups} for dist in student.convdist
+    ]
     if student.refiner is not None:
         groups.append({"params": list(student.refiner.parameters()), "lr": cfg.lr})
     for group in groups:
