@@ -212,6 +212,11 @@ def test_coarse_map_prior_resamples_each_stage_once_as_per_map_upsampling() -> N
         out = decoder._with_prior(logits, coarse, prior)
     torch.testing.assert_close(out[:, 0], logits[:, 0])
     torch.testing.assert_close(out[:, 1], logits[:, 1] + decoder.prior_scale * (evidence - prior.view(-1, 1, 1)))
+    # Channels-last logits (the CPU inference layout) keep their layout: no strided pass over the output.
+    with torch.no_grad():
+        out_cl = decoder._with_prior(logits.contiguous(memory_format=torch.channels_last), coarse, prior)
+    assert out_cl.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out_cl, out)
 
 
 def test_shared_decoder_keeps_absent_classes_absent_and_losses_finite() -> None:

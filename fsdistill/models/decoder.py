@@ -36,6 +36,12 @@ def _conv_gn_relu(channels: list[int], kernels: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _resized(maps: Tensor, size: torch.Size) -> Tensor:
+    """B×C×h×w → B×C×size, bilinear with align_corners; maps already of that size are returned as they are (the
+    identity under align_corners, without the call)."""
+    return maps if maps.shape[-2:] == size else F.interpolate(maps, size=size, mode="bilinear", align_corners=True)
+
+
 def _conv_relu(channels: list[int], final_relu: bool) -> nn.Sequential:
     """Conv3×3 → ReLU per step (no ReLU after the last unless ``final_relu``)."""
     layers: list[nn.Module] = []
@@ -93,20 +99,23 @@ class _CoarseMapDecoder(nn.Module):
         return (x.view(skip.shape[0], -1, *x.shape[1:]) + skip[:, None]).flatten(0, 1)
 
     def _with_prior(self, logits: Tensor, coarse: list[Tensor], prior: Tensor | None) -> Tensor:
+        """(B·G)×2×H×W logits + the coarse-map prior on the foreground channel (see :meth:`_init_prior`).
+
+        The evidence is the mean of all coarse maps of all stages, upsampled to the logits' size: per stage the
+        mean map of each group, the groups as the channels of one image (one resampling call for all of them)."""
         if prior is None:
             return logits
-        # The mean of all coarse maps of all stages, upsampled: (B·G)×H×W attention mass on the foreground.
         size = logits.shape[-2:]
-        # Per stage the mean map of each group, the groups as the channels of one image (one resampling call for
-        # all of them; a map already at the logits' size is its own upsampling, align_corners: the identity).
-        means = [c.mean(dim=1)[None] for c in coarse]  # 1×(B·G)×h×w
-        maps = [
-            m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=True)
-            for m in means
-        ]
-        evidence = torch.cat(maps).mean(dim=0)
-        fg = logits[:, 1] + self.prior_scale * (evidence - prior.view(-1, 1, 1))
-        return torch.stack([logits[:, 0], fg], dim=1)
+        means = [_resized(stage.mean(dim=1)[None], size) for stage in coarse]  # per stage 1×(B·G)×H×W
+        evidence = means[0]
+        for mean in means[1:]:
+            evidence = evidence + mean
+        shift = self.prior_scale * (evidence[0] / len(coarse) - prior.view(-1, 1, 1))
+        # A copy in the logits' own memory layout, shifted in place: stacking the two channels anew would give a
+        # contiguous tensor and a strided pass over channels-last logits.
+        shifted = logits.clone()
+        shifted[:, 1] += shift
+        return shifted
 
     def _project_skips(self, skip4: Tensor, skip8: Tensor) -> Tensor:
         """``skip_proj`` (1×1) of the upsampled stride-8 map and the stride-4 map: B×M×H/4×W/4. The projection
@@ -295,7 +304,9 @@ class SharedDecoder(_CoarseMapDecoder):
         # conv5 narrows to M1 channels at stride 16, so only M1 (not `width`) channels per class are upsampled.
         x = F.interpolate(self.conv5(self.conv4(x3)), size=cm2.shape[-2:], mode="bilinear", align_corners=True)
         x = self._add_skip(x.add_(self.conv3(cm2)), skip).relu_()
-        return self._with_prior(self.mixer3(self.mixer2(self.mixer1(x))), [cm2, cm3, cm4], prior)
+        # The prior averages each group's maps: over the maps as they come (one map after another in memory), not
+        # over the channels-last copies, where the few maps of a group lie innermost and the mean is a slow pass.
+        return self._with_prior(self.mixer3(self.mixer2(self.mixer1(x))), coarse, prior)
 
     def refine(self, merged: Tensor, skip: Tensor) -> Tensor:
         """B×K×h×w merged stride-8 logits → B×K×2h×2w (K = N+1), every channel upsampled bilinearly; an absent
@@ -321,11 +332,7 @@ def merge_classes(logits: Tensor, present: Tensor | None = None) -> Tensor:
         mask = present[:, :, None, None]
         fg = torch.where(mask, fg, torch.full_like(fg, ABSENT_LOGIT))
         bg = torch.where(mask, bg, torch.zeros_like(bg))
-    # Running maximum over the N classes (the first wins ties, as argmax): a few elementwise ops per class, cheaper
-    # on the CPU than an argmax over the class axis plus a gather.
-    best_fg, merged_bg = fg[:, 0], bg[:, 0]
-    for c in range(1, fg.shape[1]):
-        better = fg[:, c] > best_fg
-        merged_bg = torch.where(better, bg[:, c], merged_bg)
-        best_fg = torch.maximum(best_fg, fg[:, c])
-    return torch.cat([merged_bg[:, None], fg], dim=1)
+    # The first of equal maxima wins, as in argmax (torch.max's documented tie rule); max-with-indices plus a gather
+    # is a few operators whatever N is (a running maximum costs three per class; argmax itself is the slow path).
+    best = fg.max(dim=1, keepdim=True).indices
+    return torch.cat([bg.gather(1, best), fg], dim=1)
