@@ -325,6 +325,23 @@ def test_artifact_of_the_earlier_shared_decoder_is_refused_in_one_sentence(tmp_p
         load_model(path)
 
 
+def test_refiner_width_follows_the_decoder_and_an_artifact_keeps_its_own(tmp_path) -> None:
+    """The shared decoder's students refine at 16 channels, the light decoder's at 32; a shared student written
+    with a 32-channel refiner (before that default) loads as written and gives the same logits."""
+    cfg = ModelCfg(backbone="test-resnet", size=SIZE, decoder="shared", student_width=4)
+    student = build_student(build_teacher(cfg, 2, pretrained=False), 4, True)
+    assert student.refiner.width == SharedDecoder.refiner_width == 16
+    light = ModelCfg(backbone="test-resnet", size=SIZE, decoder="light", student_width=4)
+    assert build_student(build_teacher(light, 2, pretrained=False), 4, True).refiner.width == 32
+    wide = _randomised(build_student(build_teacher(cfg, 2, pretrained=False), 4, True, refiner_width=32))
+    assert wide.refiner.width == 32
+    loaded = load_model(save_plain_artifact(tmp_path / "student", wide, cfg))
+    assert loaded.model.refiner.width == 32
+    images = torch.randint(0, 256, (1, 3, SIZE, SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model.predict(images), wide.predict(images))
+
+
 def test_artifact_whose_config_names_no_decoder_loads_the_light_one(tmp_path) -> None:
     """Artifacts store their ModelCfg; one written before the decoder could be anything but the light one (no
     ``decoder`` key) must load the light decoder whatever today's default is, and no refiner (no ``refiner`` key:

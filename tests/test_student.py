@@ -244,7 +244,7 @@ def test_refiner_reads_stride_8_logits_at_stride_8() -> None:
         p.data.normal_(0, 0.2)
     c4, c8 = student.backbone.spec.channels[:2]
     skip4, skip8 = torch.randn(2, c4, 16, 16), torch.randn(2, c8, 8, 8)
-    coarse = torch.randn(2, 4, 8, 8)
+    coarse = 4 * torch.randn(2, 4, 8, 8)  # peaked: the softmax of the upsampled logits is another function
     fine = torch.nn.functional.interpolate(coarse, scale_factor=2, mode="bilinear")
     w = refiner.proj.weight
     at8 = torch.nn.functional.conv2d(torch.cat([skip8, coarse.softmax(1)], 1), w[:, c4:])

@@ -420,7 +420,10 @@ def distill(
     # The student is the teacher's architecture (an adapted teacher's, whatever this run's --decoder says) with
     # this run's ConvDist width, and the refiner where that decoder ends at stride 4 (not the paper's).
     refiner = cfg.model.refiner and teacher.decoder.output_stride == 4
-    student = build_student(teacher, cfg.model.student_width, refiner).to(device)
+    # A run continued with --init keeps its refiner's width, whatever the decoder's default is now.
+    init_refiner = init[1].model.refiner if init is not None else None
+    refiner_width = init_refiner.width if init_refiner is not None else None
+    student = build_student(teacher, cfg.model.student_width, refiner, refiner_width).to(device)
     student_cfg = teacher_cfg.model_copy(update={"student_width": cfg.model.student_width, "refiner": refiner})
     prior = teacher.class_prior(cache.support[0], list(range(num_classes)))
     if match is not None:

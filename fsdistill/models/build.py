@@ -92,9 +92,11 @@ def for_inference(model: nn.Module, device: torch.device, kind: str) -> nn.Modul
     return model.to(memory_format=inference_memory_format(device, kind))
 
 
-def build_student(teacher: DCAMATeacher, width: int | None, refiner: bool) -> DistilledStudent:
+def build_student(
+    teacher: DCAMATeacher, width: int | None, refiner: bool, refiner_width: int | None = None
+) -> DistilledStudent:
     """A student sharing the teacher's backbone and decoder (joint training, as the paper)."""
-    return DistilledStudent(teacher.backbone, teacher.decoder, teacher.num_classes, width, refiner)
+    return DistilledStudent(teacher.backbone, teacher.decoder, teacher.num_classes, width, refiner, refiner_width)
 
 
 @dataclass
@@ -243,7 +245,10 @@ def load_model(path: Path | None, kind: str | None = None) -> LoadedModel:
         model: nn.Module = _teacher(cfg, backbone, num_classes)
     else:
         decoder = build_decoder(spec, cfg.decoder, cfg.decoder_width, cfg.mixer_widths)
-        model = DistilledStudent(backbone, decoder, num_classes, cfg.student_width, cfg.refiner)
+        # The refiner's width as written (its projection's rows): a decoder's default may have changed since.
+        refiner = tensors.get("refiner.proj.weight")
+        refiner_width = None if refiner is None else refiner.shape[0]
+        model = DistilledStudent(backbone, decoder, num_classes, cfg.student_width, cfg.refiner, refiner_width)
     support_images = tensors.pop(SUPPORT_IMAGES_KEY, None)
     support_masks = tensors.pop(SUPPORT_MASKS_KEY, None)
     if cfg.decoder == "shared" and "decoder.skip_proj.weight" in tensors:

@@ -114,6 +114,7 @@ class SharedRefiner(nn.Module):
     def __init__(self, skip_channels: tuple[int, int], num_outputs: int, width: int = 32) -> None:
         super().__init__()
         c4, c8 = skip_channels
+        self.width = width
         self.proj = nn.Conv2d(c4 + c8 + num_outputs, width, 1)
         self.norm = nn.GroupNorm(8, width)
         self.convs = nn.ModuleList(
@@ -148,7 +149,8 @@ class SharedRefiner(nn.Module):
 class DistilledStudent(nn.Module):
     """Backbone → ConvDist (stages 2–4) → decoder → N-way merge (→ refiner); backbone and decoder are the
     teacher's during joint training. ``width``: the ConvDist width per class (see :class:`ConvDist`). ``refiner``:
-    end in a :class:`SharedRefiner` (decoders whose output stride is 4)."""
+    end in a :class:`SharedRefiner` (decoders whose output stride is 4) of ``refiner_width`` channels (None: the
+    decoder's ``refiner_width``; an artifact's own is read from its weights)."""
 
     def __init__(
         self,
@@ -157,6 +159,7 @@ class DistilledStudent(nn.Module):
         num_classes: int,
         width: int | None = None,
         refiner: bool = False,
+        refiner_width: int | None = None,
     ) -> None:
         super().__init__()
         spec = backbone.spec
@@ -170,7 +173,9 @@ class DistilledStudent(nn.Module):
         )
         if refiner and decoder.output_stride != 4:
             raise ValueError(f"the refiner runs at stride 4; this decoder's output stride is {decoder.output_stride}")
-        self.refiner = SharedRefiner((spec.channels[0], spec.channels[1]), num_classes + 1) if refiner else None
+        skips = (spec.channels[0], spec.channels[1])
+        refiner_width = refiner_width or decoder.refiner_width
+        self.refiner = SharedRefiner(skips, num_classes + 1, refiner_width) if refiner else None
         # Foreground fraction of each class in the support set: the decoder's coarse-map prior.
         self.register_buffer("class_prior", torch.full((num_classes,), 0.5))
 

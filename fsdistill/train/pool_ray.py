@@ -32,7 +32,7 @@ class _PoolActor:
         # No backbone weights to fetch: the state dicts hold every weight the driver's models have.
         teacher = build_teacher(payload["teacher_cfg"], payload["num_classes"], pretrained=False)
         teacher.load_state_dict(payload["teacher_state"])
-        student = build_student(teacher, payload["student_width"], payload["refiner"])
+        student = build_student(teacher, payload["student_width"], payload["refiner"], payload["refiner_width"])
         student.load_state_dict(payload["student_state"])  # its backbone and decoder are the teacher's
         self.teacher, self.student = teacher.to(self.device).eval(), student.to(self.device).eval()
         self.support = payload["support"].to(self.device)
@@ -82,7 +82,7 @@ class RayPoolLabeller(RayEngine):
         shots: int | None = None,
     ) -> Iterator[tuple[list[int], list[tuple[int, str]], Any]]:
         """As :func:`~fsdistill.train.pool.label_files`, plus the teacher's ModelCfg to rebuild it (the student is
-        rebuilt from its own width and refiner); the batches come back in order, on the CPU."""
+        rebuilt from its own widths and refiner); the batches come back in order, on the CPU."""
         ray = self.ray
         if not paths:
             return
@@ -94,6 +94,7 @@ class RayPoolLabeller(RayEngine):
             "teacher_state": {k: v.detach().cpu() for k, v in teacher.state_dict().items()},
             "student_width": student.width_arg,
             "refiner": student.refiner is not None,
+            "refiner_width": student.refiner.width if student.refiner is not None else None,
             "student_state": {k: v.detach().cpu() for k, v in student.state_dict().items()},
             "support": support.to("cpu"),
             "size": size,
