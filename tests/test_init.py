@@ -112,6 +112,33 @@ def test_distill_init_adds_a_class_and_records_it(tiny_multi_run, tiny_data, tmp
     assert "polish_steps" not in trained.stats  # a continued run ends at its floors: no polish phase
 
 
+def test_distill_init_keeps_the_run_refiner_width(tiny_multi_run, tiny_data, tmp_path) -> None:
+    """A run whose student refines at another width than its decoder's default now (an earlier shared-decoder run:
+    32 channels, the default since 16) is continued at its own width, so its refiner carries over."""
+    import shutil
+
+    from fsdistill.checkpoint import load_artifact, save_artifact
+    from fsdistill.models.student import SharedRefiner
+
+    run_dir = shutil.copytree(tiny_multi_run.run_dir, tmp_path / "earlier")
+    tensors, config = load_artifact(run_dir / "student")
+    wide = tensors["refiner.proj.weight"].shape[0] * 2
+    skips, outputs = tensors["refiner.proj.weight"].shape[1] - 4, 4
+    channels = load_model(run_dir, "student").model.backbone.spec.channels
+    refiner = SharedRefiner((channels[0], channels[1]), outputs, wide)
+    assert sum(channels[:2]) == skips
+    torch.nn.init.normal_(refiner.out.weight, std=0.1)
+    tensors.update({f"refiner.{k}": v for k, v in refiner.state_dict().items()})
+    save_artifact(run_dir / "student", tensors, config)
+    grown = write_multiclass_folder(
+        tmp_path / "grown", [f"g{i}" for i in range(8)], [*tiny_data.multi_classes, "yellow"], seed=5
+    )
+    run = api.distill(_cfg(grown, tmp_path / "run", init=run_dir, train={**TINY_TRAIN, "steps": 0}))
+    student = load_model(run.run_dir, "student").model
+    assert student.refiner.width == wide
+    assert torch.equal(student.refiner.out.weight[1], refiner.out.weight[1])  # "red": kept at its place
+
+
 def test_distill_init_automatic_budget_stops_when_the_new_class_is_covered(tiny_multi_run, tiny_data, tmp_path) -> None:
     """Without --steps a continued run stops at the floors (min_steps, the new class's queries), not the plateau."""
     grown = write_multiclass_folder(
