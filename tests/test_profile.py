@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -106,8 +107,13 @@ def test_api_tiny_grid(tmp_path):
     assert data["complete"] and data["batch_size"] == 1 and data["cache"] is True
     teacher = [r for r in data["rows"] if r["model"] == "teacher"]
     assert all(r["status"] == "ok" and r["supports"] == r["ways"] * r["shots"] for r in teacher)
+    # every student cell pairs its rounds with the backbone's (TINY: 2 timed runs each)
+    students = [r for r in data["rows"] if r["model"] == "student"]
+    assert students and all(r["runs"] == 2 and r["over_backbone"] > 0 for r in students)
     ratios = data["ratios"]
     assert ratios["largest_cell"] == {"ways": 2, "shots": 5}
+    largest = next(r for r in students if (r["ways"], r["shots"]) == (2, 5))
+    assert ratios["student_over_backbone"] == largest["over_backbone"]
     for key in ("student_max_over_min", "teacher_over_student", "student_over_backbone"):
         assert ratios[key] > 0
     assert ratios["student_max_over_min"] >= 1.0
@@ -261,6 +267,28 @@ def test_paired_flatness_divides_out_machine_drift():
     r = headline_ratios(rows, 2, 1)
     assert r["student_max_over_min"] == pytest.approx(23 / 11, abs=1e-3)
     assert r["student_paired_max_over_min"] == pytest.approx(1.15 / 1.1, abs=1e-3)
+
+
+def test_cell_ratio_pairs_each_round_so_a_passing_load_divides_out():
+    """A load that comes and goes slows both runs of a round alike (3× in rounds 2 and 4): the median of the
+    per-round ratios is the student's own cost (1.2), where the two medians fall on different rounds (1.3); the
+    headline ratios and the table take the paired one."""
+    from fsdistill.profile.grid import _paired_ratio
+    from fsdistill.profile.measure import _Measure
+
+    student = _Measure(times=[12.0, 36.0, 12.0, 36.0, 13.0])
+    backbone = _Measure(times=[10.0, 30.0, 10.0, 30.0, 10.0])
+    assert statistics.median(student.times) / statistics.median(backbone.times) == pytest.approx(1.3)
+    assert _paired_ratio(student, backbone) == 1.2
+    assert _paired_ratio(student, _Measure(times=[10.0])) is None  # rounds that do not pair
+    assert _paired_ratio(student, _Measure(status="oom")) is None
+
+    rows = [
+        {"model": "backbone", "ways": 1, "shots": 1, "p50_ms": 30.0, "status": "ok"},
+        {"model": "student", "ways": 1, "shots": 1, "p50_ms": 30.0, "status": "ok", "over_backbone": 1.2},
+    ]
+    r = headline_ratios(rows, 1, 1)
+    assert r["student_over_backbone"] == 1.2 and r["student_over_backbone_by_ways"] == {"1": 1.2}
 
 
 @pytest.mark.parametrize(

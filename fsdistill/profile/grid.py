@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -208,6 +209,15 @@ def _row(model: str, ways: int, shots: int, m: _Measure, params: int, batch: int
     return row
 
 
+def _paired_ratio(student: _Measure, backbone: _Measure) -> float | None:
+    """Median over the cell's rounds of student / backbone, each round's two runs back to back: load that comes
+    and goes between rounds slows both alike and divides out (the ratio of the two medians does not pair them)."""
+    if student.status != "ok" or backbone.status != "ok" or len(student.times) != len(backbone.times):
+        return None
+    ratios = [s / b for s, b in zip(student.times, backbone.times) if b > 0]
+    return round(statistics.median(ratios), 3) if ratios else None
+
+
 def _measure_pair(
     models: _Models, ways: int, shots: int, query: Tensor, runner: _Runner, est: _Estimator, data: dict
 ) -> None:
@@ -234,6 +244,7 @@ def _measure_pair(
             "student_width": student.width_arg,
             "refiner": student.refiner is not None,
             "memory_format": layout_name,
+            "over_backbone": _paired_ratio(m, measured["backbone"]),
         }
         data["rows"].append(_row("student", ways, shots, m, _params(models.student), query.shape[0], **extra))
     m = measured["backbone"]

@@ -25,6 +25,7 @@ CSV_COLUMNS = (
     "min_ms",
     "throughput",
     "peak_mem_mb",
+    "over_backbone",
     "params",
     "weights_mb",
     "support_cache_mb",
@@ -43,8 +44,9 @@ def headline_ratios(
 
     - ``student_max_over_min``: slowest / fastest student cell over the whole grid.
     - ``teacher_over_student``: teacher / student at ``teacher_cell``, the largest cell the teacher was timed in.
-    - ``student_over_backbone``: student / bare backbone at the largest cell (measured alternately there); also
-      the worst cell (``student_over_backbone_max``).
+    - ``student_over_backbone``: student / bare backbone at the largest cell, the median over its rounds of the
+      two back-to-back runs' ratio (a student row's ``over_backbone``; rows without it: the ratio of the two
+      medians); also the worst cell (``student_over_backbone_max``).
     - ``student_paired_max_over_min``: max / min over the grid of each cell's student / backbone ratio: the
       student's flatness with the machine's speed drift between cells divided out.
     - ``student_over_backbone_by_ways``: per ways value (a string key, as in JSON), the median over its shots
@@ -65,24 +67,28 @@ def headline_ratios(
     t_ways = ways if teacher_ways is None else min(ways, teacher_ways)
     students = [r for r in rows if r["model"] == "student" and r["status"] == "ok"]
     lat = [r["p50_ms"] for r in students]
-    teacher, student, backbone = (
-        p50("teacher", t_ways, shots),
-        p50("student", ways, shots),
-        p50("backbone", ways, shots),
-    )
-    per_cell = [r["p50_ms"] / b for r in students if (b := p50("backbone", r["ways"], r["shots"]))]
+    teacher = p50("teacher", t_ways, shots)
+
+    def over_backbone(r: dict[str, Any]) -> float | None:
+        # The cell's paired ratio (median of its rounds' student / backbone) where measured, else the medians'.
+        b = p50("backbone", r["ways"], r["shots"])
+        return r.get("over_backbone") or (r["p50_ms"] / b if b else None)
+
+    paired = {(r["ways"], r["shots"]): x for r in students if (x := over_backbone(r)) is not None}
+    per_cell = list(paired.values())
     by_ways: dict[str, float] = {}
     for w in sorted({r["ways"] for r in students}):
-        cells = sorted(r["p50_ms"] / b for r in students if r["ways"] == w and (b := p50("backbone", w, r["shots"])))
+        cells = sorted(x for (cw, _), x in paired.items() if cw == w)
         if cells:
             by_ways[str(w)] = round(statistics.median(cells), 3)
     ratio = lambda a, b: round(a / b, 3) if a is not None and b else None  # noqa: E731
+    largest = paired.get((ways, shots))
     return {
         "largest_cell": {"ways": ways, "shots": shots},
         "teacher_cell": {"ways": t_ways, "shots": shots} if t_ways >= 1 else None,
         "student_max_over_min": ratio(max(lat), min(lat)) if lat else None,
         "teacher_over_student": ratio(teacher, p50("student", t_ways, shots)),
-        "student_over_backbone": ratio(student, backbone),
+        "student_over_backbone": None if largest is None else round(largest, 3),
         "student_over_backbone_max": round(max(per_cell), 3) if per_cell else None,
         "student_paired_max_over_min": round(max(per_cell) / min(per_cell), 3) if per_cell else None,
         "student_over_backbone_by_ways": by_ways,
@@ -117,9 +123,11 @@ def _cell(rows: dict, model: str, w: int, s: int) -> tuple[str, str]:
 
 
 def _ratio_text(a: dict | None, b: dict | None, digits: int) -> str:
-    """The p50 ratio of two rows of one cell as ``1.5×``, or ``–`` when either is missing or failed."""
+    """The ratio of two rows of one cell as ``1.5×`` (the paired ``over_backbone`` of a student row against the
+    backbone, else the p50 ratio), or ``–`` when either is missing or failed."""
     if a and b and a["status"] == "ok" and b["status"] == "ok" and b["p50_ms"]:
-        return f"{a['p50_ms'] / b['p50_ms']:,.{digits}f}×"
+        paired = a.get("over_backbone") if b["model"] == "backbone" else None
+        return f"{paired or a['p50_ms'] / b['p50_ms']:,.{digits}f}×"
     return "–"
 
 
