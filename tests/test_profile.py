@@ -232,10 +232,13 @@ def test_is_oom():
     assert not is_oom(RuntimeError("shape mismatch"))
 
 
-def test_ratios_from_rows():
-    def row(model, w, s, ms):
-        return {"model": model, "ways": w, "shots": s, "p50_ms": ms, "status": "ok"}
+def _row(model: str, w: int, s: int, ms: float) -> dict:
+    """A profile row of a measured cell (only what the headline ratios read)."""
+    return {"model": model, "ways": w, "shots": s, "p50_ms": ms, "status": "ok"}
 
+
+def test_ratios_from_rows():
+    row = _row
     rows = [
         row("backbone", 1, 1, 10.0),
         row("backbone", 1, 5, 10.0),
@@ -254,10 +257,7 @@ def test_ratios_from_rows():
 def test_paired_flatness_divides_out_machine_drift():
     """A machine twice as slow in one cell doubles both student and backbone there: raw max/min sees 2×, the
     paired ratio sees the student's own flatness."""
-
-    def row(model, w, s, ms):
-        return {"model": model, "ways": w, "shots": s, "p50_ms": ms, "status": "ok"}
-
+    row = _row
     rows = [
         row("backbone", 1, 1, 10.0),
         row("student", 1, 1, 11.0),
@@ -283,10 +283,7 @@ def test_cell_ratio_pairs_each_round_so_a_passing_load_divides_out():
     assert _paired_ratio(student, _Measure(times=[10.0])) is None  # rounds that do not pair
     assert _paired_ratio(student, _Measure(status="oom")) is None
 
-    rows = [
-        {"model": "backbone", "ways": 1, "shots": 1, "p50_ms": 30.0, "status": "ok"},
-        {"model": "student", "ways": 1, "shots": 1, "p50_ms": 30.0, "status": "ok", "over_backbone": 1.2},
-    ]
+    rows = [_row("backbone", 1, 1, 30.0), {**_row("student", 1, 1, 30.0), "over_backbone": 1.2}]
     r = headline_ratios(rows, 1, 1)
     assert r["student_over_backbone"] == 1.2 and r["student_over_backbone_by_ways"] == {"1": 1.2}
 
