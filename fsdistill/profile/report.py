@@ -68,13 +68,12 @@ def headline_ratios(
     students = [r for r in rows if r["model"] == "student" and r["status"] == "ok"]
     lat = [r["p50_ms"] for r in students]
     teacher = p50("teacher", t_ways, shots)
-
-    def over_backbone(r: dict[str, Any]) -> float | None:
-        # The cell's paired ratio (median of its rounds' student / backbone) where measured, else the medians'.
-        b = p50("backbone", r["ways"], r["shots"])
-        return r.get("over_backbone") or (r["p50_ms"] / b if b else None)
-
-    paired = {(r["ways"], r["shots"]): x for r in students if (x := over_backbone(r)) is not None}
+    cells = {(r["model"], r["ways"], r["shots"]): r for r in rows}
+    paired = {
+        (r["ways"], r["shots"]): x
+        for r in students
+        if (x := _student_over_backbone(r, cells.get(("backbone", r["ways"], r["shots"])))) is not None
+    }
     per_cell = list(paired.values())
     by_ways: dict[str, float] = {}
     for w in sorted({r["ways"] for r in students}):
@@ -122,12 +121,19 @@ def _cell(rows: dict, model: str, w: int, s: int) -> tuple[str, str]:
     return f"{r['p50_ms']:,.1f}", f"{r['peak_mem_mb']:,.0f}"
 
 
+def _student_over_backbone(student: dict | None, backbone: dict | None) -> float | None:
+    """A cell's student / bare backbone: the student row's paired ``over_backbone`` (the median over the cell's
+    rounds of its two back-to-back runs), or for rows without it the ratio of the two medians; None when either
+    row is missing or failed."""
+    if not (student and backbone and student["status"] == "ok" and backbone["status"] == "ok" and backbone["p50_ms"]):
+        return None
+    return student.get("over_backbone") or student["p50_ms"] / backbone["p50_ms"]
+
+
 def _ratio_text(a: dict | None, b: dict | None, digits: int) -> str:
-    """The ratio of two rows of one cell as ``1.5×`` (the paired ``over_backbone`` of a student row against the
-    backbone, else the p50 ratio), or ``–`` when either is missing or failed."""
+    """The p50 ratio of two rows of one cell as ``1.5×``, or ``–`` when either is missing or failed."""
     if a and b and a["status"] == "ok" and b["status"] == "ok" and b["p50_ms"]:
-        paired = a.get("over_backbone") if b["model"] == "backbone" else None
-        return f"{paired or a['p50_ms'] / b['p50_ms']:,.{digits}f}×"
+        return f"{a['p50_ms'] / b['p50_ms']:,.{digits}f}×"
     return "–"
 
 
@@ -163,7 +169,8 @@ def render_markdown(data: dict[str, Any]) -> str:
             s_ms, s_mb = _cell(rows, "student", w, s)
             b_ms, b_mb = _cell(rows, "backbone", w, s)
             speedup = _ratio_text(rows.get(("teacher", w, s)), rows.get(("student", w, s)), 1)
-            paired = _ratio_text(rows.get(("student", w, s)), rows.get(("backbone", w, s)), 2)
+            over = _student_over_backbone(rows.get(("student", w, s)), rows.get(("backbone", w, s)))
+            paired = "–" if over is None else f"{over:,.2f}×"
             lines.append(f"| {w} | {s} | {t_ms} | {t_mb} | {s_ms} | {s_mb} | {b_ms} | {b_mb} | {speedup} | {paired} |")
     params = {}
     for x in data["rows"]:
