@@ -122,11 +122,11 @@ def test_distill_init_keeps_the_run_refiner_width(tiny_multi_run, tiny_data, tmp
 
     run_dir = shutil.copytree(tiny_multi_run.run_dir, tmp_path / "earlier")
     tensors, config = load_artifact(run_dir / "student")
-    wide = tensors["refiner.proj.weight"].shape[0] * 2
-    skips, outputs = tensors["refiner.proj.weight"].shape[1] - 4, 4
+    written = tensors["refiner.proj.weight"]
+    wide = written.shape[0] * 2
     channels = load_model(run_dir, "student").model.backbone.spec.channels
-    refiner = SharedRefiner((channels[0], channels[1]), outputs, wide)
-    assert sum(channels[:2]) == skips
+    refiner = SharedRefiner((channels[0], channels[1]), 4, wide)  # background + the run's 3 classes
+    assert refiner.proj.weight.shape[1] == written.shape[1]  # the same inputs, twice the channels
     torch.nn.init.normal_(refiner.out.weight, std=0.1)
     tensors.update({f"refiner.{k}": v for k, v in refiner.state_dict().items()})
     save_artifact(run_dir / "student", tensors, config)
