@@ -68,11 +68,11 @@ def headline_ratios(
     students = [r for r in rows if r["model"] == "student" and r["status"] == "ok"]
     lat = [r["p50_ms"] for r in students]
     teacher = p50("teacher", t_ways, shots)
-    cells = {(r["model"], r["ways"], r["shots"]): r for r in rows}
+    by_cell = {(r["model"], r["ways"], r["shots"]): r for r in rows}
     paired = {
         (r["ways"], r["shots"]): x
         for r in students
-        if (x := _student_over_backbone(r, cells.get(("backbone", r["ways"], r["shots"])))) is not None
+        if (x := _student_over_backbone(r, by_cell.get(("backbone", r["ways"], r["shots"])))) is not None
     }
     per_cell = list(paired.values())
     by_ways: dict[str, float] = {}
@@ -121,20 +121,24 @@ def _cell(rows: dict, model: str, w: int, s: int) -> tuple[str, str]:
     return f"{r['p50_ms']:,.1f}", f"{r['peak_mem_mb']:,.0f}"
 
 
+def _p50_ratio(a: dict | None, b: dict | None) -> float | None:
+    """The p50 ratio a / b of two rows of one cell, or None when either is missing or failed."""
+    if a and b and a["status"] == "ok" and b["status"] == "ok" and b["p50_ms"]:
+        return a["p50_ms"] / b["p50_ms"]
+    return None
+
+
 def _student_over_backbone(student: dict | None, backbone: dict | None) -> float | None:
     """A cell's student / bare backbone: the student row's paired ``over_backbone`` (the median over the cell's
     rounds of its two back-to-back runs), or for rows without it the ratio of the two medians; None when either
     row is missing or failed."""
-    if not (student and backbone and student["status"] == "ok" and backbone["status"] == "ok" and backbone["p50_ms"]):
-        return None
-    return student.get("over_backbone") or student["p50_ms"] / backbone["p50_ms"]
+    of_medians = _p50_ratio(student, backbone)
+    return None if of_medians is None else student.get("over_backbone") or of_medians
 
 
-def _ratio_text(a: dict | None, b: dict | None, digits: int) -> str:
-    """The p50 ratio of two rows of one cell as ``1.5×``, or ``–`` when either is missing or failed."""
-    if a and b and a["status"] == "ok" and b["status"] == "ok" and b["p50_ms"]:
-        return f"{a['p50_ms'] / b['p50_ms']:,.{digits}f}×"
-    return "–"
+def _times_text(ratio: float | None, digits: int) -> str:
+    """A ratio as ``1.5×``, or ``–`` when there is none."""
+    return "–" if ratio is None else f"{ratio:,.{digits}f}×"
 
 
 def render_markdown(data: dict[str, Any]) -> str:
@@ -168,9 +172,8 @@ def render_markdown(data: dict[str, Any]) -> str:
             t_ms, t_mb = _cell(rows, "teacher", w, s)
             s_ms, s_mb = _cell(rows, "student", w, s)
             b_ms, b_mb = _cell(rows, "backbone", w, s)
-            speedup = _ratio_text(rows.get(("teacher", w, s)), rows.get(("student", w, s)), 1)
-            over = _student_over_backbone(rows.get(("student", w, s)), rows.get(("backbone", w, s)))
-            paired = "–" if over is None else f"{over:,.2f}×"
+            speedup = _times_text(_p50_ratio(rows.get(("teacher", w, s)), rows.get(("student", w, s))), 1)
+            paired = _times_text(_student_over_backbone(rows.get(("student", w, s)), rows.get(("backbone", w, s))), 2)
             lines.append(f"| {w} | {s} | {t_ms} | {t_mb} | {s_ms} | {s_mb} | {b_ms} | {b_mb} | {speedup} | {paired} |")
     params = {}
     for x in data["rows"]:
