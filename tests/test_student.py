@@ -258,6 +258,22 @@ def test_refiner_reads_stride_8_logits_at_stride_8() -> None:
         assert not torch.allclose(refiner(fine, skip4, skip8, coarse), refiner(fine, skip4, skip8), atol=1e-3)
 
 
+@pytest.mark.parametrize("decoder", ["light", "shared"])
+@pytest.mark.parametrize("classes", [2, 9])
+def test_channels_last_student_gives_the_contiguous_ones_logits(decoder, classes) -> None:
+    """As predict runs it on the CPU (channels-last weights and maps), a student computes the same function; from 8
+    merged channels it copies the merged logits channels-last before the refiner (9 classes), below it does not."""
+    student = _student("efficientnet-lite0", 64, classes, 4, decoder=decoder)
+    perturb_head(student, torch.Generator().manual_seed(1))
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = student(images)
+        student = student.to(memory_format=torch.channels_last)
+        got = student(images.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert got.is_contiguous(memory_format=torch.channels_last) == (classes + 1 >= 8)
+
+
 def test_refiner_needs_a_stride_4_decoder() -> None:
     assert not ModelCfg(decoder="dcama").refiner  # the paper's decoder ends at full resolution: off by default
     assert ModelCfg().refiner and ModelCfg(decoder="shared").refiner

@@ -53,6 +53,15 @@ def _map_mean(coarse: Tensor) -> Tensor:
     return total / coarse.shape[1]
 
 
+def _as_image(maps: Tensor) -> Tensor:
+    """G×h×w maps → a 1×G×h×w view with a whole image's batch stride.
+
+    ``maps[None]`` gives the new size-1 batch dimension a stride of G, which PyTorch does not read as channels-last
+    even when the groups lie innermost (as ConvDist writes them): upsampling then takes its planar path and writes
+    a contiguous copy, and every sum with the channels-last maps after it is a strided pass."""
+    return maps.permute(1, 2, 0)[None].permute(0, 3, 1, 2)
+
+
 def _conv_relu(channels: list[int], final_relu: bool) -> nn.Sequential:
     """Conv3×3 → ReLU per step (no ReLU after the last unless ``final_relu``)."""
     layers: list[nn.Module] = []
@@ -119,15 +128,16 @@ class _CoarseMapDecoder(nn.Module):
         if prior is None:
             return logits
         size = logits.shape[-2:]
-        means = [_resized(_map_mean(stage)[None], size) for stage in coarse]  # per stage 1×(B·G)×H×W
+        means = [_resized(_as_image(_map_mean(stage)), size) for stage in coarse]  # per stage 1×(B·G)×H×W
         evidence = means[0]
         for mean in means[1:]:
             evidence = evidence + mean
         shift = self.prior_scale * (evidence[0] / len(coarse) - prior.view(-1, 1, 1))
         # A copy in the logits' own memory layout, shifted in place: stacking the two channels anew would give a
-        # contiguous tensor and a strided pass over channels-last logits.
+        # contiguous tensor and a strided pass over channels-last logits. (``shifted[:, 1] += shift`` would also copy
+        # the shifted channel onto itself, Python's item assignment after the in-place add.)
         shifted = logits.clone()
-        shifted[:, 1] += shift
+        shifted[:, 1].add_(shift)
         return shifted
 
     def _project_skips(self, skip4: Tensor, skip8: Tensor) -> Tensor:
