@@ -493,6 +493,32 @@ def test_focal_loss_is_the_mean_over_labelled_pixels_and_ignores_the_rest() -> N
     assert empty.item() == 0.0 and empty.requires_grad
 
 
+def test_segmentation_loss_is_focal_plus_dice_written_out() -> None:
+    """The shared-pass implementation equals the two terms written from their definitions (cross-entropy, one-hot
+    overlaps), in value and in gradient: channels-last logits at stride 4, ignored pixels, a class the target lacks."""
+    from fsdistill.train.losses import segmentation_loss
+
+    torch.manual_seed(0)
+    coarse = (3 * torch.randn(2, 4, 8, 8)).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    target = torch.randint(0, 3, (2, 32, 32))  # class 3 never shown
+    target[1, :5] = 255
+    loss = segmentation_loss(coarse, target, gamma=2.0, dice_weight=0.7)
+    (grad,) = torch.autograd.grad(loss, coarse)
+
+    logits = torch.nn.functional.interpolate(coarse, size=(32, 32), mode="bilinear", align_corners=False)
+    valid = target != 255
+    ce = torch.nn.functional.cross_entropy(logits, target, ignore_index=255, reduction="none")
+    focal = ((1 - torch.exp(-ce)) ** 2 * ce)[valid].mean()
+    probs = logits.softmax(1)[:, 1:] * valid[:, None]
+    truth = torch.stack([(target == c).float() for c in (1, 2, 3)], dim=1)
+    area = truth.sum(dim=(0, 2, 3))
+    dice = (2 * (probs * truth).sum(dim=(0, 2, 3)) + 1) / (probs.sum(dim=(0, 2, 3)) + area + 1)
+    expected = focal + 0.7 * (1 - dice[area > 0]).mean()
+    (expected_grad,) = torch.autograd.grad(expected, coarse)
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-7)
+
+
 def test_focal_gamma_reaches_the_run(tiny_data, tmp_path) -> None:
     """focal_gamma is recorded with the run, and a run with it (0 = cross-entropy) trains to finite losses."""
     cfg = _adapt_cfg(tiny_data.binary, tmp_path / "run", steps=3, focal_gamma=0.0)

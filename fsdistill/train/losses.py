@@ -11,6 +11,50 @@ __all__ = ["focal_loss", "dice_loss", "segmentation_loss", "coarse_mse", "IGNORE
 IGNORE_INDEX = 255
 
 
+class _PixelTerms:
+    """What the focal and Dice terms share, computed once: float32 B×K×H×W log-probabilities at the target's size
+    (coarser logits upsampled bilinearly first, as when a mask is predicted), the labelled pixels, and each pixel's
+    log-probability of its target class.
+
+    A gather at the target class instead of ``F.cross_entropy`` and a one-hot target: each term then needs one
+    pass over the B×K×H×W probabilities (the Dice sums), where the one-hot products took several."""
+
+    def __init__(self, logits: Tensor, target: Tensor) -> None:
+        logits = logits.float()  # bfloat16 under mixed precision: the loss is computed in float32
+        if logits.shape[-2:] != target.shape[-2:]:
+            # Planar, not channels-last: with a few channels the planar kernel is the faster one, forward and back.
+            logits = F.interpolate(logits.contiguous(), size=target.shape[-2:], mode="bilinear", align_corners=False)
+        self.log_probs = logits.log_softmax(dim=1)  # B×K×H×W
+        self.valid = target != IGNORE_INDEX  # B×H×W
+        self.classes = torch.where(self.valid, target, 0).long()  # ignored pixels point at class 0, weighted 0
+        self.log_p_target = self.log_probs.gather(1, self.classes[:, None])[:, 0]  # B×H×W
+        self.p_target = self.log_p_target.exp()
+
+    def focal(self, gamma: float) -> Tensor:
+        valid = self.valid.float()
+        count = valid.sum()
+        if not count:
+            return self.log_probs.sum() * 0.0
+        ce = -self.log_p_target * valid
+        return ((1.0 - self.p_target) ** gamma * ce).sum() / count
+
+    def dice(self) -> Tensor:
+        k = self.log_probs.shape[1]
+        shown_px = (self.valid & (self.classes > 0)).float()  # foreground pixels of the target
+        index = self.classes.flatten()
+        area = torch.zeros(k, device=index.device).scatter_add_(0, index, shown_px.flatten())[1:]  # N
+        shown = area > 0
+        if not shown.any():
+            return self.log_probs.sum() * 0.0
+        # A class's overlap is its probability summed over its own pixels: the target-class probability there.
+        overlap = torch.zeros(k, device=index.device).scatter_add(0, index, (self.p_target * shown_px).flatten())[1:]
+        probs = self.log_probs.exp()
+        if not bool(self.valid.all()):
+            probs = probs * self.valid[:, None]
+        dice = (2 * overlap + 1.0) / (probs.sum(dim=(0, 2, 3))[1:] + area + 1.0)
+        return (1.0 - dice[shown]).mean()
+
+
 def focal_loss(logits: Tensor, target: Tensor, gamma: float = 2.0) -> Tensor:
     """Multi-class focal loss, mean over labelled pixels of (1 − p_t)^γ · CE, no α (the paper's choice).
 
@@ -18,16 +62,7 @@ def focal_loss(logits: Tensor, target: Tensor, gamma: float = 2.0) -> Tensor:
         logits: B×K×h×w merged logits; at a coarser stride than the target (the light decoder's stride 4) they
             are upsampled bilinearly to it, as they are when a mask is predicted. target: B×H×W class ids, 255 = ignore.
     """
-    if logits.shape[-2:] != target.shape[-2:]:
-        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
-    ce = F.cross_entropy(logits, target.long(), ignore_index=IGNORE_INDEX, reduction="none")
-    valid = target != IGNORE_INDEX
-    if not valid.any():
-        return logits.sum() * 0.0
-    p_t = torch.exp(-ce)
-    # A masked mean, not boolean indexing: the same value (ignored pixels have ce = 0) without a nonzero() and a
-    # scatter in the backward over B×H×W pixels every step.
-    return ((1.0 - p_t) ** gamma * ce).sum() / valid.sum()
+    return _PixelTerms(logits, target).focal(gamma)
 
 
 def dice_loss(logits: Tensor, target: Tensor) -> Tensor:
@@ -37,29 +72,19 @@ def dice_loss(logits: Tensor, target: Tensor) -> Tensor:
     the target does not show are left to the pixel loss.
 
     Args:
-        logits: B×K×H×W (background first). target: B×H×W class ids, 255 = ignore (left out of overlap and sums).
+        logits: B×K×h×w (background first; upsampled to the target's size like :func:`focal_loss`'s). target: B×H×W
+            class ids, 255 = ignore (left out of overlap and sums).
     """
-    valid = (target != IGNORE_INDEX)[:, None].float()  # B×1×H×W
-    probs = logits.softmax(dim=1)[:, 1:] * valid  # B×N×H×W
-    classes = torch.arange(1, logits.shape[1], device=target.device)[None, :, None, None]
-    truth = (target[:, None].long() == classes).float()  # B×N×H×W (255 matches no class)
-    area = truth.sum(dim=(0, 2, 3))  # N: the batch's pixels of each class
-    shown = area > 0
-    if not shown.any():
-        return logits.sum() * 0.0
-    overlap = (probs * truth).sum(dim=(0, 2, 3))
-    dice = (2 * overlap + 1.0) / (probs.sum(dim=(0, 2, 3)) + area + 1.0)
-    return (1.0 - dice[shown]).mean()
+    return _PixelTerms(logits, target).dice()
 
 
 def segmentation_loss(logits: Tensor, target: Tensor, gamma: float = 2.0, dice_weight: float = 1.0) -> Tensor:
-    """focal(γ) + ``dice_weight`` · Dice: the loss of the teacher's and the student's merged logits, in float32."""
-    logits = logits.float()  # bfloat16 under mixed precision: the loss is computed in float32
-    if logits.shape[-2:] != target.shape[-2:]:  # upsampled once here, not once in each term
-        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
-    loss = focal_loss(logits, target, gamma)
+    """focal(γ) + ``dice_weight`` · Dice: the loss of the teacher's and the student's merged logits, in float32 (the
+    logits upsampled and normalised once for both terms)."""
+    terms = _PixelTerms(logits, target)
+    loss = terms.focal(gamma)
     if dice_weight:
-        loss = loss + dice_weight * dice_loss(logits, target)
+        loss = loss + dice_weight * terms.dice()
     return loss
 
 
