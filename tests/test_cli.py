@@ -300,3 +300,21 @@ def test_distill_predict_evaluate_end_to_end(runner, tiny_data, tmp_path) -> Non
     assert data["images"] == 3 and set(data["iou"]) == {"background", "foreground"}
     assert 0.0 <= data["miou"] <= 1.0
     assert "mIoU" in result.stdout
+
+
+def test_support_check_warnings_end_with_where_to_find_the_images(tmp_path, capsys) -> None:
+    """A dead-looking class gets its warning line, then one hint naming the run for `fsdistill suggest` and
+    `--init`; a healthy check prints its table and no hint."""
+    from fsdistill.cli.training import _print_support_check
+    from fsdistill.train.support_check import ClassCheck, SupportCheck
+
+    lines: list[str] = []
+    run = tmp_path / "run"
+    dead = SupportCheck([ClassCheck("lesion", 2, 0.02, 0.9), ClassCheck("organ", 8, 0.6, 0.9)], queries=10)
+    _print_support_check(dead, lines.append, run)
+    err = capsys.readouterr().err.splitlines()
+    assert any("lesion" in line for line in lines) and any("organ" in line for line in lines)
+    assert err[0].startswith("warning: class 'lesion'") and len(err) == 2
+    assert err[1].startswith("hint: `fsdistill suggest UNLABELED_DIR --model") and f"--init {run}" in err[1]
+    _print_support_check(SupportCheck([ClassCheck("organ", 8, 0.6, 0.9)], queries=8), lines.append, run)
+    assert capsys.readouterr().err == ""

@@ -274,7 +274,7 @@ def distill(
             "training-free teacher baseline."
         )
     if result.check is not None:
-        _print_support_check(result.check, say)
+        _print_support_check(result.check, say, result.run_dir)
 
 
 # How the run's summary line names each pool labeller (train.pool_labeller).
@@ -291,8 +291,9 @@ def _precision_words(stats: dict) -> str:
     return ", bfloat16 mixed precision" if stats.get("precision") == "bfloat16" else ""
 
 
-def _print_support_check(check, say: Callable[[str], None]) -> None:
-    """The per-class table of distill's support check, then one warning line per dead-looking class (stderr)."""
+def _print_support_check(check, say: Callable[[str], None], run_dir: Path) -> None:
+    """The per-class table of distill's support check, then one warning line per dead-looking class and, after
+    them, where to find the images to add (stderr)."""
 
     def fmt(value: float | None) -> str:
         return "  -  " if value is None else f"{value:.2f}"
@@ -306,5 +307,15 @@ def _print_support_check(check, say: Callable[[str], None]) -> None:
         say(f"  {c.name:<{width}}  in {c.supports:>3} supports  leave-one-out {fmt(c.leave_one_out)}  fit {fmt(c.fit)}")
     if check.note:
         say(f"  ({check.note})")
-    for warning in check.warnings():
+    warnings = check.warnings()
+    for warning in warnings:
         typer.echo(f"warning: {warning}", err=True)
+    if warnings:
+        # On the macaque example suggest's top 5 images lifted its two rarest structures most (docs/benchmarks.md,
+        # "Which images to label").
+        typer.echo(
+            f"hint: `fsdistill suggest UNLABELED_DIR --model {run_dir}` ranks unlabeled images by what labelling "
+            f"them would teach this run; add the top ones with their masks and rerun distill (--init {run_dir} "
+            "continues this run)",
+            err=True,
+        )
