@@ -40,7 +40,7 @@ class _PixelTerms:
 
     def dice(self) -> Tensor:
         k = self.log_probs.shape[1]
-        shown_px = (self.valid & (self.classes > 0)).float()  # foreground pixels of the target
+        shown_px = (self.classes > 0).float()  # foreground pixels of the target (ignored ones point at class 0)
         index = self.classes.flatten()
         area = torch.zeros(k, device=index.device).scatter_add_(0, index, shown_px.flatten())[1:]  # N
         shown = area > 0
