@@ -32,7 +32,7 @@ TRAINABLE_GROUPS = ("mapper", "merge", "attention", "mixer")
 
 
 # Half-way, not all the way: all the way lifted brain at one support by 0.09 but cost macaque at five 0.07; half-way
-# kept most of the gain without the loss (docs/benchmarks.md, "Normalisation statistics").
+# kept most of the gain without the loss (docs/benchmarks.md, "The training recipe and why").
 DEFAULT_NORM_ADAPT = 0.5
 
 
@@ -158,7 +158,7 @@ class TrainCfg(_Strict):
         description="distill: while training, each channel of the student's ConvDist input maps is dropped with "
         "this probability (channel dropout, against memorising the supports; never at inference); 0 = off",
     )
-    # One episode and a student batch of 4 per step (docs/benchmarks.md, "Defaults that generalise"): an episode
+    # One episode and a student batch of 4 per step (docs/benchmarks.md, "The training recipe and why"): an episode
     # costs a teacher attention pass, a batch image only the student's head.
     episodes_per_step: int = Field(1, ge=1, description="leave-one-out episodes (query images) per optimiser step")
     student_batch: int = Field(
@@ -209,8 +209,8 @@ class TrainCfg(_Strict):
         description="distill: the student's support and pool batches in random flip views, made by flipping their "
         "cached features with their targets",
     )
-    # Zoomed-in views of the supports: measured ahead on all three example cases (docs/benchmarks.md, "Defaults
-    # that generalise"), most where the supports are fewest.
+    # Zoomed-in views of the supports: measured ahead on all three example cases (docs/benchmarks.md, "The training
+    # recipe and why"), most where the supports are fewest.
     crop_views: int = Field(
         4,
         ge=0,
