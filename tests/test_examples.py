@@ -196,6 +196,39 @@ def test_macaque(macaque_case: Path) -> None:
         assert stats["pixel_fraction"] == pytest.approx(total[k] / total.sum(), abs=1e-6)
 
 
+def test_sagittal_split_keeps_mirrored_neighbours_out() -> None:
+    # Left range 20..60, right range 110..150, mirror 169 (x <-> 169 - x); supports every 7th left slice.
+    support, heldout, pool = make_examples._sagittal_split((20, 60), (110, 150), 169)
+    assert support == list(range(22, 61, 7))
+    gap = make_examples.MACAQUE_MIN_GAP
+    for x in heldout:
+        seen_as = x if x < 85 else 169 - x
+        assert min(abs(seen_as - s) for s in support) >= gap, x
+    # Both hemispheres hold out; every left slice is support, held out or pool, once.
+    assert any(x < 85 for x in heldout) and any(x >= 85 for x in heldout)
+    left = sorted(support + [x for x in heldout if x < 85] + pool)
+    assert left == list(range(20, 61))
+
+
+@pytest.mark.examples
+def test_macaque_sagittal_check_case(macaque_case: Path, tmp_path: Path) -> None:
+    # Built only by name; the same source as macaque (so it is skipped where macaque is).
+    assert "macaque-sagittal" not in make_examples.CASES
+    case = _build(tmp_path, cases=["macaque-sagittal"])["macaque-sagittal"]
+    support, heldout = _check_pairs(case, "support"), _check_pairs(case, "heldout")
+    assert len(support) == 8 and len(heldout) == 32
+    names = list(make_examples.SAGITTAL_CLASSES)
+    assert (case / "support" / "classes.txt").read_text() == "\n".join(names) + "\n"
+    assert not set(make_examples.SAGITTAL_STRUCTURES) & set(make_examples.MACAQUE_STRUCTURES)
+    info = json.loads((case / "source.json").read_text())
+    stats = info["class_stats"]
+    assert [stats[n]["supports"] for n in names[1:]] == [7, 7, 4, 3, 3]
+    assert min(st["heldout_images"] for st in stats.values()) >= 3
+    assert 0.015 < stats["structure_193"]["pixel_fraction"] and stats["structure_148"]["pixel_fraction"] < 0.002
+    mask = np.asarray(Image.open(case / "heldout" / "masks" / f"{heldout[0]}.png"))
+    assert mask.shape == (119, 163) and mask.max() < len(names)
+
+
 def test_optional_case_unavailable_is_skipped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
