@@ -626,6 +626,22 @@ def _load_inia19(cache: Path) -> _Inia19:
     )
 
 
+def _crop(inside: np.ndarray, axis: int) -> slice:
+    """The index range along ``axis`` of a 3-D mask's voxels, ``MACAQUE_MARGIN`` voxels wider each side (clamped)."""
+    others = tuple(a for a in range(inside.ndim) if a != axis)
+    idx = np.nonzero(inside.any(axis=others))[0]
+    return slice(max(int(idx.min()) - MACAQUE_MARGIN, 0), min(int(idx.max()) + MACAQUE_MARGIN + 1, inside.shape[axis]))
+
+
+def _slice_counts(axis: str, support: list[int], heldout: list[int], pool: list[int]) -> dict[str, dict[str, int]]:
+    """The ``counts`` entry of an INIA19 case's source.json: images per split, slice index range along ``axis``."""
+    return {
+        "support": {"images": len(support), f"{axis}_min": min(support), f"{axis}_max": max(support)},
+        "heldout": {"images": len(heldout), f"{axis}_min": min(heldout), f"{axis}_max": max(heldout)},
+        "pool": {"images": len(pool)},
+    }
+
+
 def _write_inia19_slices(
     case_dir: Path,
     case: str,
@@ -680,11 +696,7 @@ def _build_macaque(case_dir: Path, cache: Path) -> dict[str, Any]:
 
     brain = t1 > 0
     inside = brain | (cls > 0)  # the crop must hold every labelled voxel too
-    xs = np.nonzero(inside.any(axis=(1, 2)))[0]
-    zs = np.nonzero(inside.any(axis=(0, 1)))[0]
-    m = MACAQUE_MARGIN
-    xc = slice(max(int(xs.min()) - m, 0), min(int(xs.max()) + m + 1, t1.shape[0]))
-    zc = slice(max(int(zs.min()) - m, 0), min(int(zs.max()) + m + 1, t1.shape[2]))
+    xc, zc = _crop(inside, 0), _crop(inside, 2)
     lo, hi = 0.0, float(np.percentile(t1[brain], MACAQUE_PERCENTILE))
     slices = {
         split: [
@@ -703,7 +715,7 @@ def _build_macaque(case_dir: Path, cache: Path) -> dict[str, Any]:
             f"percentile {MACAQUE_PERCENTILE} of the brain voxels), superior up, subject's right "
             "at right",
             "crop": f"x {xc.start}..{xc.stop - 1}, z {zc.start}..{zc.stop - 1} (brain bounding box "
-            f"plus {m} voxels), the same for every slice: {width}x{height} px",
+            f"plus {MACAQUE_MARGIN} voxels), the same for every slice: {width}x{height} px",
             "mask": "palette PNG: class k = NeuroMaps label ID or ID + "
             f"{MACAQUE_OTHER_HEMISPHERE} (both hemispheres) for the IDs "
             f"{list(MACAQUE_STRUCTURES)}, else 0",
@@ -720,11 +732,7 @@ def _build_macaque(case_dir: Path, cache: Path) -> dict[str, Any]:
         },
         "classes": list(MACAQUE_CLASSES),
         "class_stats": stats,
-        "counts": {
-            "support": {"images": len(support_y), "y_min": min(support_y), "y_max": max(support_y)},
-            "heldout": {"images": len(heldout_y), "y_min": min(heldout_y), "y_max": max(heldout_y)},
-            "pool": {"images": len(pool_y)},
-        },
+        "counts": _slice_counts("y", support_y, heldout_y, pool_y),
         "image_size": [width, height],
     }
 
@@ -780,11 +788,7 @@ def _build_macaque_sagittal(case_dir: Path, cache: Path) -> dict[str, Any]:
     )
 
     brain = t1 > 0
-    ys = np.nonzero(brain.any(axis=(0, 2)))[0]
-    zs = np.nonzero(brain.any(axis=(0, 1)))[0]
-    m = MACAQUE_MARGIN
-    yc = slice(max(int(ys.min()) - m, 0), min(int(ys.max()) + m + 1, t1.shape[1]))
-    zc = slice(max(int(zs.min()) - m, 0), min(int(zs.max()) + m + 1, t1.shape[2]))
+    yc, zc = _crop(brain, 1), _crop(brain, 2)
     lo, hi = 0.0, float(np.percentile(t1[brain], MACAQUE_PERCENTILE))
     slices = {
         split: [
@@ -800,7 +804,7 @@ def _build_macaque_sagittal(case_dir: Path, cache: Path) -> dict[str, Any]:
             "image": f"T1 sagittal slice, linear [{lo:g}, {hi:g}] -> uint8 grey (upper bound: "
             f"percentile {MACAQUE_PERCENTILE} of the brain voxels), superior up",
             "crop": f"y {yc.start}..{yc.stop - 1}, z {zc.start}..{zc.stop - 1} (brain bounding box "
-            f"plus {m} voxels), the same for every slice: {width}x{height} px",
+            f"plus {MACAQUE_MARGIN} voxels), the same for every slice: {width}x{height} px",
             "mask": "palette PNG: class k = NeuroMaps label ID or ID + "
             f"{MACAQUE_OTHER_HEMISPHERE} (both hemispheres) for the IDs {list(SAGITTAL_STRUCTURES)}, else 0",
             "names": "inia19_x<sagittal voxel index>",
@@ -815,11 +819,7 @@ def _build_macaque_sagittal(case_dir: Path, cache: Path) -> dict[str, Any]:
         },
         "classes": list(SAGITTAL_CLASSES),
         "class_stats": stats,
-        "counts": {
-            "support": {"images": len(support_x), "x_min": min(support_x), "x_max": max(support_x)},
-            "heldout": {"images": len(heldout_x), "x_min": min(heldout_x), "x_max": max(heldout_x)},
-            "pool": {"images": len(pool_x)},
-        },
+        "counts": _slice_counts("x", support_x, heldout_x, pool_x),
         "image_size": [width, height],
     }
 
