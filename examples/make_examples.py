@@ -760,7 +760,7 @@ def _sagittal_split(
     """Support, held-out and pool sagittal slice indices. Supports: every ``SAGITTAL_STEP``-th slice of the left
     range (inclusive). Held out: every slice of either range at least ``MACAQUE_MIN_GAP`` slices from every
     support, a right-hemisphere slice ``x`` measured at its mirror ``mirror - x`` (the template is nearly
-    symmetric: a slice and its mirror correlate at 0.99, closer than two neighbouring slices). Pool: the other
+    symmetric: a slice and its mirror correlate at 0.99, closer than slices two apart). Pool: the other
     slices of the left range."""
     support = list(range(left[0] + SAGITTAL_FIRST, left[1] + 1, SAGITTAL_STEP))
     middle = (mirror + 1) // 2
