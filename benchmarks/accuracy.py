@@ -284,7 +284,8 @@ def finetuned_baseline(support: Path, heldout: Path, cfg: AdaptCfg, steps: int |
     """Train :class:`FineTunedBaseline` on ``support`` with ``cfg``'s model and seed at each of
     :data:`FINETUNED_LRS` on the backbone with ImageNet's and with ``cfg.train.norm_adapt``'s normalisation
     statistics, with its own budget (``steps`` None: until its loss is flat); evaluate like api.evaluate; return the
-    best, with every setting's mIoU (``miou_by_setting``, keyed ``lr=…,norm=…``)."""
+    best, with every setting's mIoU and per-class IoU (``miou_by_setting``, ``iou_by_setting``, keyed
+    ``lr=…,norm=…``)."""
     index, held = discover(support), discover(heldout)
     if held.class_names != index.class_names:
         raise SystemExit(f"{heldout} has classes {held.class_names} but {support} has {index.class_names}")
@@ -315,7 +316,11 @@ def finetuned_baseline(support: Path, heldout: Path, cfg: AdaptCfg, steps: int |
                 "norm_adapt": norm,
             }
     best = max(tried.values(), key=lambda r: r["miou"])
-    return {**best, "miou_by_setting": {name: r["miou"] for name, r in tried.items()}}
+    return {
+        **best,
+        "miou_by_setting": {name: r["miou"] for name, r in tried.items()},
+        "iou_by_setting": {name: r["iou"] for name, r in tried.items()},
+    }
 
 
 class _BaselineRunner(Runner):

@@ -67,7 +67,9 @@ def test_accuracy_benchmark_smoke(accuracy, tiny_data, tmp_path: Path) -> None:
         if m not in ("distill_teacher", "pool_student")  # only with --methods
     )
     for row in rows:
-        extra = {"lr", "norm_adapt", "miou_by_setting", "stop_reason"} if row["method"] == "finetuned" else set()
+        extra = set()
+        if row["method"] == "finetuned":
+            extra = {"lr", "norm_adapt", "miou_by_setting", "iou_by_setting", "stop_reason"}
         extra |= {"stop_reason"} if row["method"] in ("adapted", "student") else set()
         assert set(row) == ROW_KEYS | extra, row
         if row["method"] == "finetuned":  # the baseline is reported at its best setting on the held-out images
@@ -76,6 +78,9 @@ def test_accuracy_benchmark_smoke(accuracy, tiny_data, tmp_path: Path) -> None:
                 f"lr={lr:g},norm={norm:g}" for lr in accuracy.FINETUNED_LRS for norm in (0.0, 0.5)
             )
             assert row["lr"] in accuracy.FINETUNED_LRS and row["norm_adapt"] in (0.0, 0.5)
+            assert sorted(row["iou_by_setting"]) == sorted(row["miou_by_setting"])
+            best = next(name for name, miou in row["miou_by_setting"].items() if miou == row["miou"])
+            assert row["iou_by_setting"][best] == row["iou"]  # the reported row is that setting's
         assert 0.0 <= row["miou"] <= 1.0 and row["infer_ms_per_image"] > 0 and len(row["supports"]) == row["k"]
         # --steps binds our methods; the FPN baseline has its own budget, which --quick cuts to a few steps
         assert row["steps"] == {"untuned": 0, "finetuned": accuracy.QUICK_STEPS}.get(row["method"], 2)
