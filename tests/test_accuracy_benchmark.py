@@ -79,8 +79,8 @@ def test_accuracy_benchmark_smoke(accuracy, tiny_data, tmp_path: Path) -> None:
             )
             assert row["lr"] in accuracy.FINETUNED_LRS and row["norm_adapt"] in (0.0, 0.5)
             assert sorted(row["iou_by_setting"]) == sorted(row["miou_by_setting"])
-            best = next(name for name, miou in row["miou_by_setting"].items() if miou == row["miou"])
-            assert row["iou_by_setting"][best] == row["iou"]  # the reported row is that setting's
+            best = [name for name, miou in row["miou_by_setting"].items() if miou == row["miou"]]
+            assert row["iou"] in [row["iou_by_setting"][name] for name in best]  # the reported row is a best setting's
         assert 0.0 <= row["miou"] <= 1.0 and row["infer_ms_per_image"] > 0 and len(row["supports"]) == row["k"]
         # --steps binds our methods; the FPN baseline has its own budget, which --quick cuts to a few steps
         assert row["steps"] == {"untuned": 0, "finetuned": accuracy.QUICK_STEPS}.get(row["method"], 2)
