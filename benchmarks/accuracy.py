@@ -303,6 +303,7 @@ def finetuned_baseline(support: Path, heldout: Path, cfg: AdaptCfg, steps: int |
                 len(index.class_names) - 1,
                 crop_views=cfg.train.crop_views,
                 crop_min_area=cfg.train.crop_min_area,
+                crop_centre_on_class=cfg.train.crop_centre == "class",
             )
             baseline.fit(support_tensors, device, lr=lr, seed=cfg.train.seed, steps=steps)
             wall = time.perf_counter() - start

@@ -110,8 +110,9 @@ class FineTunedBaseline:
     Args:
         backbone: a frozen :class:`~fsdistill.models.backbone.Backbone`. num_classes: foreground classes N.
         width: FPN channels. augment: train on the flip and crop views (False: the identity view only).
-        crop_views, crop_min_area: the crops (:func:`~fsdistill.data.transforms.random_resized_crops`), drawn from
-            the fit's seed as the student's are from its training seed; defaults: ``TrainCfg``'s.
+        crop_views, crop_min_area, crop_centre_on_class: the crops
+            (:func:`~fsdistill.data.transforms.random_resized_crops`), drawn from the fit's seed as the student's are
+            from its training seed; defaults: ``TrainCfg``'s (``crop_centre`` "class": centred on a class).
     """
 
     def __init__(
@@ -122,11 +123,13 @@ class FineTunedBaseline:
         augment: bool = True,
         crop_views: int = _TRAIN_DEFAULTS["crop_views"].default,
         crop_min_area: float = _TRAIN_DEFAULTS["crop_min_area"].default,
+        crop_centre_on_class: bool = _TRAIN_DEFAULTS["crop_centre"].default == "class",
     ) -> None:
         self.backbone = backbone
         self.num_classes = num_classes
         self.augment = augment
         self.crop_views, self.crop_min_area = crop_views, crop_min_area
+        self.crop_centre_on_class = crop_centre_on_class
         self.head = FPNHead(tuple(backbone.spec.channels), num_classes + 1, width)
         self.stats: dict[str, float] = {}
 
@@ -162,7 +165,12 @@ class FineTunedBaseline:
         images = [flip(support.images, v) for v in range(flips)]
         view_masks = [flip(support.masks, v) for v in range(flips)]
         crops = seeded_crop_views(
-            support.images, support.masks, self.crop_views if self.augment else 0, self.crop_min_area, seed
+            support.images,
+            support.masks,
+            self.crop_views if self.augment else 0,
+            self.crop_min_area,
+            seed,
+            self.crop_centre_on_class,
         )
         for crop_images, crop_masks in crops:
             images.append(crop_images)

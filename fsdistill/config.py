@@ -220,6 +220,14 @@ class TrainCfg(_Strict):
     crop_min_area: float = Field(
         0.35, gt=0, le=1, description="distill: the smallest share of a support image's area a crop view covers"
     )
+    # Class-centred crops: measured ahead on macaque's small structures and level on nuclei and brain
+    # (docs/benchmarks.md, "The training recipe and why").
+    crop_centre: Literal["class", "uniform"] = Field(
+        "class",
+        description="distill: where a crop view lies: class = around a pixel of one of the classes its image shows, "
+        "background included, each as likely as any other (a 0.2 % structure is zoomed in on as often as a large "
+        "one); uniform = anywhere in the image",
+    )
     norm_adapt: float | None = Field(
         None,
         ge=0,

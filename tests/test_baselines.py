@@ -98,7 +98,9 @@ def test_fine_tuned_baseline_trains_on_the_students_crop_views_too(tiny_data) ->
         if crop_views and augment:
             assert not any(torch.equal(encoded[4], view) for view in encoded[:4])  # a crop, not a flip
             # The student's crops of the same seed (FeatureCache draws them with seeded_crop_views too).
-            student_crops = seeded_crop_views(support.images, support.masks, crop_views, baseline.crop_min_area, 1)
+            student_crops = seeded_crop_views(
+                support.images, support.masks, crop_views, baseline.crop_min_area, 1, baseline.crop_centre_on_class
+            )
             assert all(torch.equal(got, want) for got, (want, _) in zip(encoded[4:], student_crops, strict=True))
         images = normalize(support.images[:2], baseline.backbone.spec.mean, baseline.backbone.spec.std)
         logits.append(baseline.logits(images))

@@ -738,6 +738,35 @@ def test_random_resized_crops_move_masks_with_images_and_keep_the_area_floor() -
     assert float(area.std()) > 0.05  # drawn, not fixed
 
 
+def test_class_centred_crops_lie_around_a_class_the_image_shows() -> None:
+    """``centre_on_class``: each crop lies around a pixel of a class its image shows, background included, each
+    class equally likely: a 3×3 px structure in a corner is in every crop where it is the only class not ignored,
+    in about half where background is the other (uniform crops of the same area floor miss it in most); the draws
+    are seeded."""
+    from fsdistill.data.transforms import random_resized_crops
+
+    count, size = 64, 64
+    images = torch.randint(
+        0, 256, (count, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
+    )
+    masks = torch.zeros(count, size, size, dtype=torch.uint8)
+    for i in range(count):
+        corner = (i % 4) // 2 * (size - 5) + 1, (i % 2) * (size - 5) + 1
+        masks[i, corner[0] : corner[0] + 3, corner[1] : corner[1] + 3] = 1 + i % 3
+
+    def showing(crop_masks: torch.Tensor) -> int:
+        return int(((crop_masks > 0) & (crop_masks < 255)).flatten(1).any(1).sum())
+
+    centred, centred_masks = random_resized_crops(images, masks, 0.35, torch.Generator().manual_seed(0), True)
+    again, _ = random_resized_crops(images, masks, 0.35, torch.Generator().manual_seed(0), True)
+    _, uniform_masks = random_resized_crops(images, masks, 0.35, torch.Generator().manual_seed(0), False)
+    assert torch.equal(centred, again) and centred.shape == images.shape
+    assert count // 4 < showing(centred_masks) < count and showing(uniform_masks) < showing(centred_masks)
+    only_structure = torch.where(masks == 0, torch.full_like(masks, 255), masks)  # background ignored
+    _, structure_masks = random_resized_crops(images, only_structure, 0.35, torch.Generator().manual_seed(0), True)
+    assert showing(structure_masks) == count
+
+
 def test_feature_cache_crop_views_are_encoded_crops_mixed_into_the_student_batches() -> None:
     """A cache with crop views holds the student's maps of each crop (the same crops from the same seed); about
     half the images of a student batch are crop views, each with the mask of its crop; without crop views a batch
@@ -769,6 +798,21 @@ def test_feature_cache_crop_views_are_encoded_crops_mixed_into_the_student_batch
             assert len(got_level) == len(expected_level)
             for got, want in zip(got_level, expected_level):
                 torch.testing.assert_close(got, want)
+    centred = FeatureCache(
+        teacher,
+        support,
+        torch.device("cpu"),
+        False,
+        crop_views=2,
+        crop_min_area=0.4,
+        crop_seed=5,
+        crop_centre_on_class=True,
+    )
+    geometry = torch.Generator().manual_seed(5 + CROP_GEOMETRY_SEED)
+    for view in range(2):
+        _, crop_masks = random_resized_crops(images, masks, 0.4, geometry, True)
+        assert torch.equal(centred.crop_masks[view], crop_masks)
+    assert not all(torch.equal(a, b) for a, b in zip(centred.crop_masks, cropped.crop_masks))
 
     picks = [(i % 3, 0) for i in range(60)]
     feats, batch_masks = plain.batch(picks)

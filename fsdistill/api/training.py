@@ -416,6 +416,7 @@ def distill(
         crop_views=crops,
         crop_min_area=cfg.train.crop_min_area,
         crop_seed=cfg.train.seed + distributed.rank(),
+        crop_centre_on_class=cfg.train.crop_centre == "class",
     )
     # The student is the teacher's architecture (an adapted teacher's, whatever this run's --decoder says) with
     # this run's ConvDist width, and the refiner where that decoder ends at stride 4 (not the paper's).

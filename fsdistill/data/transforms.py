@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fsdistill.data.masks import IGNORE_INDEX
+
 __all__ = [
     "resize_image",
     "resize_mask",
@@ -71,17 +73,20 @@ def flip(x: Tensor, view: int) -> Tensor:
 
 
 def random_resized_crops(
-    images: Tensor, masks: Tensor, min_area: float, generator: torch.Generator
+    images: Tensor, masks: Tensor, min_area: float, generator: torch.Generator, centre_on_class: bool = False
 ) -> tuple[Tensor, Tensor]:
     """One random crop of each image, rescaled to the full size: a zoomed-in view for training.
 
     A crop's share of its image's area is drawn uniformly in [``min_area``, 1] and its aspect ratio log-uniformly
     in 3/4–4/3 (a side longer than the image's is cut to it, which leaves at least 3/4 of the area), at a uniform
-    position inside the image. Images are resampled bilinearly and masks by nearest neighbour through the same
-    sampling grid, so every pixel keeps a class of its source (255 = ignore stays).
+    position inside the image, or with ``centre_on_class`` around a random pixel of one of the classes the image
+    shows (each class, background included, equally likely; the pixel lies in the middle half of the crop unless an
+    image edge pushes it off-centre, never outside). Images are resampled bilinearly and masks by nearest neighbour
+    through the same sampling grid, so every pixel keeps a class of its source (255 = ignore stays).
 
     Args:
         images: S×3×H×W uint8. masks: S×H×W uint8 class ids. generator: draws the crops (CPU).
+        centre_on_class: place each crop around a class's pixel (``train.crop_centre`` "class").
     Returns:
         S×3×H×W uint8 crops and their S×H×W uint8 masks, on the inputs' device.
     """
@@ -89,8 +94,17 @@ def random_resized_crops(
     area = min_area + (1 - min_area) * torch.rand(count, generator=generator)
     aspect = torch.exp((torch.rand(count, generator=generator) * 2 - 1) * CROP_LOG_ASPECT)
     width, height = (area * aspect).sqrt().clamp(max=1.0), (area / aspect).sqrt().clamp(max=1.0)
-    left = torch.rand(count, generator=generator) * (1 - width)
-    top = torch.rand(count, generator=generator) * (1 - height)
+    if centre_on_class:
+        # Around a pixel of one class of the image, each class it shows as likely as any other: a 0.2 % structure
+        # is zoomed in on as often as a large one (a uniform position mostly shows background and large classes).
+        centre_x, centre_y = _class_centres(masks.cpu(), generator)
+        jitter_x = (torch.rand(count, generator=generator) - 0.5) * width / 2
+        jitter_y = (torch.rand(count, generator=generator) - 0.5) * height / 2
+        left = torch.minimum((centre_x - width / 2 + jitter_x).clamp(min=0), 1 - width)
+        top = torch.minimum((centre_y - height / 2 + jitter_y).clamp(min=0), 1 - height)
+    else:
+        left = torch.rand(count, generator=generator) * (1 - width)
+        top = torch.rand(count, generator=generator) * (1 - height)
     # The affine map from output to input coordinates, both in [-1, 1] (grid_sample's convention).
     theta = torch.zeros(count, 2, 3)
     theta[:, 0, 0], theta[:, 0, 2] = width, 2 * left + width - 1
@@ -105,12 +119,28 @@ def random_resized_crops(
     return crops, crop_masks
 
 
+def _class_centres(masks: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """S×H×W class ids → per image the (x, y) position in [0, 1] of a random pixel of a class drawn uniformly
+    among those it shows, background included; an image of ignored pixels only gets a uniform position."""
+    count, height, width = masks.shape
+    xs, ys = torch.rand(count, generator=generator), torch.rand(count, generator=generator)
+    for i, mask in enumerate(masks):
+        classes = [c for c in torch.unique(mask).tolist() if c != IGNORE_INDEX]
+        if not classes:
+            continue
+        chosen = classes[int(torch.randint(len(classes), (1,), generator=generator))]
+        pixels = (mask == chosen).flatten().nonzero().squeeze(1)
+        flat = int(pixels[int(torch.randint(len(pixels), (1,), generator=generator))])
+        xs[i], ys[i] = (flat % width + 0.5) / width, (flat // width + 0.5) / height
+    return xs, ys
+
+
 def seeded_crop_views(
-    images: Tensor, masks: Tensor, views: int, min_area: float, seed: int
+    images: Tensor, masks: Tensor, views: int, min_area: float, seed: int, centre_on_class: bool = False
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """``views`` rounds of :func:`random_resized_crops` of every image, one at a time, all drawn from one generator
     seeded ``seed + CROP_GEOMETRY_SEED``: the same crops wherever the same seed is given (the student's feature
     cache and the accuracy benchmark's fine-tuned baseline)."""
     geometry = torch.Generator().manual_seed(seed + CROP_GEOMETRY_SEED)
     for _ in range(views):
-        yield random_resized_crops(images, masks, min_area, geometry)
+        yield random_resized_crops(images, masks, min_area, geometry, centre_on_class)

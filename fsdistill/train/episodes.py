@@ -58,7 +58,8 @@ def flip_batch(generator: torch.Generator, feats: Features, *maps: Tensor) -> tu
 class FeatureCache:
     """Backbone features and teacher support features of every support image in every flip view, and the
     features of ``crop_views`` random crops of each (:func:`~fsdistill.data.transforms.random_resized_crops`, area
-    fraction ≥ ``crop_min_area``) for the student's supervised batches.
+    fraction ≥ ``crop_min_area``, centred on a class's pixel with ``crop_centre_on_class``) for the student's
+    supervised batches.
 
     A crop view costs a backbone pass per support image when the cache is built and its feature maps (the ones the
     student reads) in memory. ``crop_seed`` draws the crops and, in :meth:`batch`, which images are crop views.
@@ -73,6 +74,7 @@ class FeatureCache:
         crop_views: int = 0,
         crop_min_area: float = 1.0,
         crop_seed: int = 0,
+        crop_centre_on_class: bool = False,
     ) -> None:
         self.views = len(FLIP_VIEWS) if augment else 1
         self.masks = [flip(support.masks, v).to(device) for v in range(self.views)]
@@ -83,7 +85,9 @@ class FeatureCache:
         self.pairs: PairAttention | None = None
         self.crop_feats: list[Features] = []
         self.crop_masks: list[Tensor] = []
-        for images, masks in seeded_crop_views(support.images, support.masks, crop_views, crop_min_area, crop_seed):
+        for images, masks in seeded_crop_views(
+            support.images, support.masks, crop_views, crop_min_area, crop_seed, crop_centre_on_class
+        ):
             self.crop_feats.append(student_inputs(teacher.backbone.encode_batched(images)))
             self.crop_masks.append(masks.to(device))
         self._crop_picks = random.Random(crop_seed + CROP_PICK_SEED)
