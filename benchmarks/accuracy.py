@@ -741,6 +741,14 @@ def reproducing_command(words: Sequence[str] | str) -> str:
     return shlex.join(kept)
 
 
+def resolved_args(meta: dict, key: str) -> dict:
+    """A report's ``model_args`` or ``train_args`` (``key``) resolved over this code's defaults: two runs whose
+    arguments differ only by naming a default (``{"crop_centre": "class"}`` against ``{}``) trained alike."""
+    section = {"model_args": "model", "train_args": "train"}[key]
+    cfg = load_config(AdaptCfg, overrides={"support": Path("."), section: meta.get(key) or {}})
+    return getattr(cfg, section).model_dump()
+
+
 def merge_reports(reports: list[dict]) -> dict:
     """One report from several made with the same settings on other cases, seeds or methods (run in parallel).
 
@@ -752,8 +760,11 @@ def merge_reports(reports: list[dict]) -> dict:
         raise SystemExit("--merge needs at least one results.json")
     meta = dict(reports[0]["meta"])
     for other in reports[1:]:
-        for key in ("size", "backbone", "steps", "model_args", "train_args"):
+        for key in ("size", "backbone", "steps"):
             if other["meta"].get(key) != meta.get(key):
+                raise SystemExit(f"cannot merge runs with different {key}: {meta.get(key)} vs {other['meta'].get(key)}")
+        for key in ("model_args", "train_args"):
+            if resolved_args(other["meta"], key) != resolved_args(meta, key):
                 raise SystemExit(f"cannot merge runs with different {key}: {meta.get(key)} vs {other['meta'].get(key)}")
     meta["shots"] = sorted({k for r in reports for k in r["meta"]["shots"]})
     meta["seeds"] = sorted({s for r in reports for s in r["meta"]["seeds"]})

@@ -161,6 +161,13 @@ def test_merge_unites_cases_and_seeds_and_refuses_other_settings(accuracy) -> No
     assert accuracy.low_classes(merged["results"][0]) == 1  # class a below 0.1, background not counted
     with pytest.raises(SystemExit, match="different steps"):
         accuracy.merge_reports([report("x", 0), report("x", 1, steps=7)])
+    # arguments that only name a default train the same recipe; another value does not
+    named = report("x", 1)
+    named["meta"]["train_args"] = {"crop_centre": "class"}
+    assert accuracy.merge_reports([report("x", 0), named])["meta"]["seeds"] == [0, 1]
+    named["meta"]["train_args"] = {"crop_centre": "uniform"}
+    with pytest.raises(SystemExit, match="different train_args"):
+        accuracy.merge_reports([report("x", 0), named])
     # other methods of the same cells unite; one cell measured twice is refused; repeated skip rows are kept once
     other = report("x", 0)
     other["meta"]["methods"] = ["finetuned"]
