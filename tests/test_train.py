@@ -875,6 +875,52 @@ def _banded_support_tensors(num_classes: int = 1):
     return SupportTensors(images, masks, ["a", "b", "c"])
 
 
+def test_the_student_batch_rides_in_the_episode_pass_with_the_gradients_of_two_passes() -> None:
+    """The student's supervised batch shares the episode query's forward pass: in training mode the student is
+    per-image (no batch statistics), so the merged pass has the two separate passes' losses and gradients, and a
+    run's episode losses do not depend on whether a batch rides along (channel dropout off)."""
+    from fsdistill.config import TrainCfg
+    from fsdistill.models.backbone import cat_features
+    from fsdistill.models.student import student_inputs
+    from fsdistill.train.fit import train
+    from fsdistill.train.losses import segmentation_loss
+
+    teacher, cache, student = _banded_supports(2)
+    student.train()
+    params = [p for p in student.parameters() if p.is_floating_point()]
+    for p in params:
+        p.requires_grad_(not any(p is q for q in student.backbone.parameters()))
+    q_feats, q_mask = cache.query(0, 0)
+    b_feats, b_masks = cache.batch([(1, 0), (2, 0)])
+
+    def gradients(loss):
+        student.zero_grad(set_to_none=True)
+        loss.backward()
+        return [p.grad.clone() for p in params if p.grad is not None]
+
+    apart = segmentation_loss(student.forward_features(student_inputs(q_feats))[0], q_mask) + segmentation_loss(
+        student.forward_features(b_feats)[0], b_masks
+    )
+    logits, _ = student.forward_features(cat_features([student_inputs(q_feats), b_feats]))
+    merged = segmentation_loss(logits[:1], q_mask) + segmentation_loss(logits[1:], b_masks)
+    assert float(merged.detach()) == pytest.approx(float(apart.detach()), rel=1e-5)
+    grads_apart, grads_merged = gradients(apart), gradients(merged)
+    assert len(grads_apart) == len(grads_merged) > 0
+    for a, b in zip(grads_apart, grads_merged):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+    histories = {}
+    for batch in (0, 2):
+        teacher, cache, student = _banded_supports(2)
+        cfg = TrainCfg(steps=1, student_batch=batch, convdist_dropout=0.0, flip_features=False)
+        histories[batch] = train(teacher, cache, cfg, student=student, quiet=True).history
+    first, with_batch = histories[0][0], histories[2][0]
+    assert "student_batch" not in first and with_batch["student_batch"] > 0
+    for key in ("teacher", "student", "mse"):
+        assert with_batch[key] == pytest.approx(first[key], rel=1e-5)
+    assert with_batch["loss"] == pytest.approx(first["loss"] + with_batch["student_batch"], rel=1e-5)
+
+
 def test_flip_features_changes_only_the_student_batches() -> None:
     """With flip_features the student's supervised batch is flipped (different losses from the same seed); the
     episodes, and so the teacher's loss of the first step, are the same."""

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from fsdistill import distributed
 from fsdistill.config import TrainCfg
-from fsdistill.models.student import DistilledStudent
-from fsdistill.models.teacher import DCAMATeacher
+from fsdistill.models.backbone import cat_features
+from fsdistill.models.student import DistilledStudent, student_inputs
+from fsdistill.models.teacher import DCAMATeacher, Features
 from fsdistill.runtime import mixed_precision, progress, raise_if_interrupted, training_dtype, training_layout
 from fsdistill.train.episodes import EpisodeSampler, FeatureCache, flip_batch
 from fsdistill.train.losses import coarse_mse, segmentation_loss
@@ -94,6 +95,17 @@ def _student_groups(student: DistilledStudent, cfg: TrainCfg) -> list[dict]:
     return groups
 
 
+def _student_batch(
+    cache: FeatureCache, sampler: EpisodeSampler, flips: torch.Generator | None, cfg: TrainCfg
+) -> tuple[Features, Tensor]:
+    """The student's supervised batch: features and B×H×W masks of ``cfg.student_batch`` class-balanced support
+    images (B = ``cfg.student_batch``), each in a random flip view when ``flips`` is given."""
+    feats, masks = cache.batch(sampler.sample_images(cfg.student_batch))
+    if flips is not None:
+        feats, (masks,) = flip_batch(flips, feats, masks)
+    return feats, masks
+
+
 def _student_batch_step(
     student: DistilledStudent,
     cache: FeatureCache,
@@ -102,11 +114,9 @@ def _student_batch_step(
     cfg: TrainCfg,
     dtype: torch.dtype,
 ) -> float:
-    """Backpropagate the student's supervised loss (focal + Dice) on ``cfg.student_batch`` class-balanced support
-    images, each in a random flip view when ``flips`` is given, the forward pass in ``dtype``; returns the loss."""
-    feats, masks = cache.batch(sampler.sample_images(cfg.student_batch))
-    if flips is not None:
-        feats, (masks,) = flip_batch(flips, feats, masks)
+    """Backpropagate the student's supervised loss (focal + Dice) on its batch (:func:`_student_batch`), the
+    forward pass in ``dtype``; returns the loss."""
+    feats, masks = _student_batch(cache, sampler, flips, cfg)
     with mixed_precision(masks.device, dtype):
         logits, _ = student.forward_features(feats)
         loss = segmentation_loss(logits, masks, cfg.focal_gamma, cfg.dice_weight)
@@ -210,11 +220,16 @@ def train(
             raise_if_interrupted()
             optimizer.zero_grad(set_to_none=True)
             totals: dict[str, float] = {}
-            for _ in range(cfg.episodes_per_step):
+            for episode_index in range(cfg.episodes_per_step):
                 episode = sampler.sample()
                 q_feats, q_mask = cache.query(episode.query, episode.query_view)
                 support = cache.supports(list(episode.supports))
                 present = support.present.any(dim=0)
+                # The student's supervised batch rides in the last episode's student pass: one forward and backward
+                # over 1 + B images instead of two passes (each of the head's ~100 small operators costs per call).
+                batch = None
+                if student is not None and cfg.student_batch and episode_index == cfg.episodes_per_step - 1:
+                    batch = _student_batch(cache, sampler, flips, cfg)
                 losses = {}
                 if pair_attention is not None:
                     # In float32 whatever the precision: the pairs are kept for later episodes and the per-class
@@ -224,12 +239,17 @@ def train(
                     if pair_attention is None:
                         coarse_t = teacher.coarse_maps(q_feats, support)
                     if student is not None:
-                        s_logits, coarse_s = student.forward_features(q_feats)
+                        s_feats = student_inputs(q_feats)
+                        if batch is not None:
+                            s_feats = cat_features([s_feats, batch[0]])
+                        s_logits, coarse_s = student.forward_features(s_feats)
                         # The student always predicts every class, so its target is the full query mask (the reference
                         # reuses the teacher's episode-reduced target, teaching the student to miss absent classes).
-                        losses["student"] = segmentation_loss(s_logits, q_mask, cfg.focal_gamma, cfg.dice_weight)
+                        losses["student"] = segmentation_loss(s_logits[:1], q_mask, cfg.focal_gamma, cfg.dice_weight)
                         losses["mse"] = coarse_mse([c[0] for c in coarse_s], coarse_t, present)
                         distill_term = cfg.mse_weight * losses["mse"]
+                        if batch is not None:
+                            batch_loss = segmentation_loss(s_logits[1:], batch[1], cfg.focal_gamma, cfg.dice_weight)
                     if not freeze_teacher:
                         # A class no sampled support shows cannot be found: background in the teacher's target.
                         t_logits = teacher.decode_episode(q_feats, support, coarse_t, present)
@@ -244,16 +264,20 @@ def train(
                     loss = (losses["teacher"] + losses["student"] + distill_term) / 3
                 if not math.isfinite(float(loss.detach())):
                     raise FloatingPointError(f"non-finite loss {float(loss.detach())} at step {stats.steps}")
-                if loss.requires_grad:  # no class of the query in any sampled support (empty masks): nothing to learn
-                    (loss / cfg.episodes_per_step).backward()
+                # A term without gradient has no labelled pixel to learn from (an empty query mask, no class of the
+                # query in any sampled support, or an unlabelled batch).
+                backward = loss / cfg.episodes_per_step
                 for k, v in losses.items():
                     totals[k] = totals.get(k, 0.0) + float(v.detach()) / cfg.episodes_per_step
                 totals["loss"] = totals.get("loss", 0.0) + float(loss.detach()) / cfg.episodes_per_step
+                if batch is not None:
+                    # The student needs no supports, so it also learns from a plain supervised batch (no attention).
+                    backward = backward + batch_loss if backward.requires_grad else batch_loss
+                    totals["student_batch"] = float(batch_loss.detach())
+                    totals["loss"] += totals["student_batch"]
+                if backward.requires_grad:
+                    backward.backward()
                 stats.episodes += 1
-            if student is not None and cfg.student_batch:
-                # The student needs no supports, so it also learns from a plain supervised batch (cheap: no attention).
-                totals["student_batch"] = _student_batch_step(student, cache, sampler, flips, cfg, dtype)
-                totals["loss"] += totals["student_batch"]
             if pool_sampler is not None:
                 assert pool is not None and student is not None and pool_classes is not None
                 feats, labels, coarse_t = pool.batch(pool_sampler.sample(cfg.pool_batch))
