@@ -74,6 +74,7 @@ from fsdistill.config import AdaptCfg, DistillCfg, load_config  # noqa: E402
 from fsdistill.data.discover import discover  # noqa: E402
 from fsdistill.data.support_tensors import load_support_tensors  # noqa: E402
 from fsdistill.data.transforms import normalize  # noqa: E402
+from fsdistill.errors import ConfigError  # noqa: E402
 from fsdistill.infer.predictor import Runner  # noqa: E402
 from fsdistill.models.build import build_teacher  # noqa: E402
 from fsdistill.runtime import (  # noqa: E402
@@ -745,7 +746,10 @@ def resolved_args(meta: dict, key: str) -> dict:
     """A report's ``model_args`` or ``train_args`` (``key``) resolved over this code's defaults: two runs whose
     arguments differ only by naming a default (``{"crop_centre": "class"}`` against ``{}``) trained alike."""
     section = {"model_args": "model", "train_args": "train"}[key]
-    cfg = load_config(AdaptCfg, overrides={"support": Path("."), section: meta.get(key) or {}})
+    try:
+        cfg = load_config(AdaptCfg, overrides={"support": Path("."), section: meta.get(key) or {}})
+    except ConfigError as exc:  # a field this code no longer has (a run of an older version)
+        raise SystemExit(f"cannot merge a run whose {key} {meta.get(key)} this code does not take: {exc}") from None
     return getattr(cfg, section).model_dump()
 
 

@@ -168,6 +168,9 @@ def test_merge_unites_cases_and_seeds_and_refuses_other_settings(accuracy) -> No
     named["meta"]["train_args"] = {"crop_centre": "uniform"}
     with pytest.raises(SystemExit, match="different train_args"):
         accuracy.merge_reports([report("x", 0), named])
+    named["meta"]["train_args"] = {"no_such_field": 1}  # a run of a version with a field this one dropped
+    with pytest.raises(SystemExit, match="train_args .* this code does not take"):
+        accuracy.merge_reports([report("x", 0), named])
     # other methods of the same cells unite; one cell measured twice is refused; repeated skip rows are kept once
     other = report("x", 0)
     other["meta"]["methods"] = ["finetuned"]
