@@ -287,6 +287,19 @@ def test_a_broken_zip_is_a_user_error(tmp_path) -> None:
         discover(tmp_path / "broken.zip")
 
 
+def test_an_encrypted_zip_is_a_user_error(tmp_path) -> None:
+    """zipfile raises RuntimeError for a password-protected member: one sentence, nothing left half unpacked."""
+    with zipfile.ZipFile(tmp_path / "locked.zip", "w") as archive:
+        archive.writestr("images/0.png", b"not read")
+    data = bytearray((tmp_path / "locked.zip").read_bytes())
+    entry = data.find(b"PK\x01\x02")  # the central directory entry: general-purpose flags at offset 8, bit 0
+    data[entry + 8] |= 0x1
+    (tmp_path / "locked.zip").write_bytes(data)
+    with pytest.raises(DataError, match="encrypted or uses a compression"):
+        discover(tmp_path / "locked.zip")
+    assert not list((tmp_path / "cache" / "unpacked").iterdir())
+
+
 # --- bad input through the CLI: one sentence, exit 2 -----------------------------------------------------------
 
 

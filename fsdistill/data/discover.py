@@ -120,7 +120,8 @@ def unpack_zip(path: Path) -> Path:
     by the zip's path, size and mtime that appears complete or not at all (unpacked elsewhere, then renamed).
 
     Raises:
-        DataError: not a zip archive, a member outside the archive's folder, or no room to unpack it.
+        DataError: not a zip archive, an encrypted one or one in a compression zipfile cannot read, a member outside
+            the archive's folder, or no room to unpack it.
     """
     stat = path.stat()
     key = hashlib.sha256(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:16]
@@ -147,6 +148,11 @@ def unpack_zip(path: Path) -> Path:
     except zipfile.BadZipFile as exc:
         raise DataError(
             f"{path} is not a readable zip archive ({exc}); download it again or unpack it by hand."
+        ) from None
+    except (RuntimeError, NotImplementedError) as exc:  # zipfile's words for a password or an unknown compression
+        raise DataError(
+            f"Cannot unpack {path}: it is encrypted or uses a compression Python cannot read ({exc}); unpack it by "
+            "hand and pass the folder."
         ) from None
     except OSError as exc:
         if target.is_dir():  # another process unpacked the same archive first
