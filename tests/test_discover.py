@@ -282,6 +282,26 @@ def test_coco_folder(tmp_path: Path, syn_data) -> None:
     assert (b[blob & ~np.eye(h, w, dtype=bool)] == 1).all() and (b[np.eye(h, w, dtype=bool)] == 2).all()
 
 
+def test_coco_file_name_is_not_matched_by_its_base_name_in_another_split(tmp_path: Path, syn_data) -> None:
+    """val.json names val/0001.jpg; only train/0001.jpg is here: a missing image, not the train split's."""
+    root = tmp_path / "coco_split"
+    for name in ("0001.jpg", "0002.jpg"):
+        syn_data.save(root / "train" / name, syn_data.image(10, 12))
+    syn_data.save(root / "images" / "0002.jpg", syn_data.image(10, 12))
+    data = {
+        "images": [{"id": k, "file_name": f"val/000{k}.jpg", "width": 12, "height": 10} for k in (1, 2)],
+        "categories": [{"id": 1, "name": "x"}],
+        "annotations": [
+            {"id": k, "image_id": k, "category_id": 1, "segmentation": [[0, 0, 3, 0, 3, 3]]} for k in (1, 2)
+        ],
+    }
+    (root / "val.json").write_text(json.dumps(data))
+    idx = discover(root)
+    # The usual image folder (images/) still matches by base name; a sibling split never does.
+    assert [s.image_path.relative_to(root).as_posix() for s in idx.samples] == ["images/0002.jpg"]
+    assert any("val/0001.jpg" in w for w in idx.warnings)
+
+
 def test_coco_size_disagrees_with_image(tmp_path: Path, syn_data) -> None:
     root = tmp_path / "coco_size"
     syn_data.save(root / "a.png", syn_data.image(10, 12))

@@ -329,6 +329,11 @@ def test_missing_image_names_the_file(tmp_path) -> None:
     _check_error(folder, "gone.png", "task 7", "copy the project's images")
 
 
+def test_an_image_reference_without_a_file_name_is_named(tmp_path) -> None:
+    folder = _one_task(tmp_path / "ls", "https://storage.example.com/", [_brush()])
+    _check_error(folder, "task 7", "names no file")
+
+
 def test_unknown_label_names_the_label(tmp_path) -> None:
     folder = _one_task(tmp_path / "ls", "x.png", [_brush("dog")])
     (folder / LABELSTUDIO_CONFIG_FILE).write_text(

@@ -272,6 +272,9 @@ def _find_coco(d: Path) -> FoundPairs | None:
     jpath, data = found[0]
     coco = load_coco(jpath, data)
     bases = _image_bases(jpath, d)  # file_name is relative to an image root the JSON does not name
+    # A bare file name is looked up only in the usual image folders: found in any subfolder, "val/0001.jpg" would
+    # pair the val split's annotations with train/0001.jpg.
+    name_bases = list(dict.fromkeys([jpath.parent, d, d / "images"]))
     samples: list[Sample] = []
     warnings: list[str] = []
     missing: list[str] = []
@@ -279,7 +282,11 @@ def _find_coco(d: Path) -> FoundPairs | None:
     for iid, im in sorted(coco.images.items(), key=lambda kv: kv[1].file_name):
         rel = Path(im.file_name)
         path = next(
-            (p for b in bases for p in (b / rel, b / rel.name) if not rel.is_absolute() and p.is_file()),
+            (
+                p
+                for p in [*(b / rel for b in bases), *(b / rel.name for b in name_bases)]
+                if not rel.is_absolute() and p.is_file()
+            ),
             rel if rel.is_absolute() and rel.is_file() else None,
         )
         if path is None:
@@ -346,6 +353,9 @@ def _find_labelstudio(d: Path) -> FoundPairs | None:
         hit = next(((rel, b / rel) for rel in cands_rel for b in bases if (b / rel).is_file()), None)
         if hit is None:
             # An upload's name is shown without Label Studio's prefix: the user's copy has the original name.
+            if not cands_rel:  # a reference with no file name in it ("https://host/", "..")
+                missing.append(f"{task.name}, whose image reference {task.image_ref!r} names no file")
+                continue
             shown = (cands_rel[-1] if task.image_ref.startswith("/data/upload/") else cands_rel[0]).as_posix()
             missing.append(f"{shown!r} of {task.name}, from {task.image_ref}")
             continue
