@@ -207,6 +207,34 @@ def test_antialiased_binary_masks(tmp_path: Path, syn_data) -> None:
     assert any("grey edge" in w for w in idx.warnings)
 
 
+def test_binary_masks_halved_by_area_averaging_stay_binary(tmp_path: Path, syn_data) -> None:
+    """A 2× area-averaging resize leaves only the greys 64 / 128 / 191, on the discs' rims: binary, not 3 classes."""
+    root = tmp_path / "area"
+    for i in range(2):
+        big = syn_data.disc(64, 64, 30 + i, 33, 20 + 3 * i).astype(np.float32) * 255
+        small = big.reshape(32, 2, 32, 2).mean(axis=(1, 3))
+        small = np.round(np.where(np.isin(small, (63.75, 127.5, 191.25)), small + 0.01, small)).astype(np.uint8)
+        syn_data.save(root / "images" / f"{i}.png", syn_data.image(32, 32, i))
+        syn_data.save(root / "masks" / f"{i}.png", small)
+    idx = discover(root)
+    assert set(np.unique(idx.load_mask(0))) == {0, 1}
+    assert (idx.mask_kind, idx.class_names, idx.binary_threshold) == ("binary", ["background", "foreground"], 128)
+
+
+def test_index_masks_with_large_ignore_areas_stay_index_masks(tmp_path: Path, syn_data) -> None:
+    """Scribbled classes 1..5 in a mask that is mostly 255 (unlabelled) are class ids, not an anti-aliased fringe."""
+    root = tmp_path / "scribbles"
+    m = np.full((64, 64), 255, np.uint8)
+    m[:8] = 0
+    for c in range(1, 6):
+        m[10 + 8 * c : 14 + 8 * c, 5:13] = c
+    syn_data.save(root / "images" / "a.png", syn_data.image(64, 64))
+    syn_data.save(root / "masks" / "a.png", m)
+    idx = discover(root)
+    assert idx.mask_kind == "index" and len(idx.class_names) == 6
+    assert (idx.load_mask(0) == m).all()
+
+
 def test_16bit_instance_label_mask(tmp_path: Path, syn_data) -> None:
     root = tmp_path / "inst"
     lab = np.zeros((12, 12), np.uint16)
@@ -351,6 +379,19 @@ def test_class_folders(tmp_path: Path, syn_data) -> None:
     assert [p.name for p in idx.orphan_images] == ["3.jpg"]
     assert idx.load_mask(0).max() == 1 and idx.load_mask(3).max() == 2
     assert set(np.unique(idx.load_mask(2))) == {0, 2}
+
+
+def test_class_folders_of_0_1_and_0_255_masks(tmp_path: Path, syn_data) -> None:
+    """One class's masks 0/255, another's 0/1 (gathered from two tools): each file is read by its own encoding."""
+    root = tmp_path / "mixed"
+    disc = syn_data.disc(16, 16, 8, 8, 4).astype(np.uint8)
+    for cls, fg in (("cat", 255), ("dog", 1)):
+        for i in range(2):
+            syn_data.save(root / cls / f"{i}.jpg", syn_data.image(16, 16, i))
+            syn_data.save(root / cls / f"{i}.png", disc * fg)
+    idx = discover(root)
+    assert idx.class_names == ["background", "cat", "dog"]
+    assert [int(idx.load_mask(k).sum()) for k in range(4)] == [disc.sum()] * 2 + [2 * disc.sum()] * 2
 
 
 def test_flat_pairs_with_mask_suffix(tmp_path: Path, syn_data) -> None:

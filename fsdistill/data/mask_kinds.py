@@ -53,6 +53,9 @@ MAX_AUTO_COLOURS = 64  # more real colours than this without a label map means n
 # Distinct colours read from the masks before giving up on them (smoothed edges of a few classes stay far below:
 # at most 256 mixtures per pair of colours).
 MAX_SCANNED_COLOURS = 4096
+# Grey values 1..k with k at most this are read as class ids, never as the fringe of a resized binary mask (a blur
+# leaves most values 1..254; a resize by area averaging 64 / 128 / 191).
+MAX_INDEX_RUN = 32
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,7 @@ class MaskStats:
     """What one read of every mask saw. ``hist``: (256,) pixels per value of grey/palette masks. ``pixels``/``edges``:
     colour → its pixels over all masks / on an object boundary (empty without colour masks). ``too_many_colours``:
     the mask at which MAX_SCANNED_COLOURS was passed. ``wide_max``: the largest label above 255 (0 if none).
+    ``grey_edges``: (256,) pixels per value of grey masks that have a 4-neighbour of another value.
     """
 
     hist: np.ndarray
@@ -108,6 +112,7 @@ class MaskStats:
     wide_max: int
     wide_example: Path | None
     palette_mode: bool
+    grey_edges: np.ndarray
 
     def index_pixels(self, n: int) -> tuple[int, ...]:
         """Pixels of class ids 0..n-1, reading the grey values as class ids."""
@@ -123,13 +128,20 @@ class MaskStats:
         return tuple(out)
 
     def looks_antialiased(self) -> bool:
-        """0/255 masks with a fringe of greys (resized or blurred binary masks): many distinct greys and far more
-        255 pixels than grey ones, unlike index masks (a few small ids, 255 as a thin ignore border)."""
+        """0/255 masks with a fringe of greys (resized or blurred binary masks): more 255 pixels than grey ones, and
+        the greys lie on boundaries (at least half of their pixels have a neighbour of another value), unlike the
+        ids of index masks, which fill regions; nor are the greys ids 1..k, however large the 255 (ignore) areas.
+        A halving with area averaging leaves only 64, 128 and 191; a blur, most values 1..254."""
         hist = self.hist
         if self.palette_mode or hist[255] == 0:
             return False
-        mid = hist[2:255]
-        return int(np.count_nonzero(mid)) >= 4 and int(mid.sum()) < int(hist[255])
+        greys = np.flatnonzero(hist[1:255]) + 1
+        grey_pixels = int(hist[2:255].sum())
+        if grey_pixels == 0 or grey_pixels >= int(hist[255]):
+            return False
+        if greys[-1] == len(greys) and len(greys) <= MAX_INDEX_RUN:  # 1..k: class ids beside ignore areas
+            return False
+        return 2 * int(self.grey_edges[2:255].sum()) >= grey_pixels
 
 
 def scan_masks(paths: Sequence[Path]) -> MaskStats:
@@ -139,6 +151,7 @@ def scan_masks(paths: Sequence[Path]) -> MaskStats:
         DataError: a mask with negative values (unreadable masks are skipped: decoding reports them).
     """
     hist = np.zeros(256, np.int64)
+    grey_edges = np.zeros(256, np.int64)
     pixels: Counter[int] = Counter()  # packed colour → pixels (keys: every colour seen)
     edges: Counter[int] = Counter()
     colour_example: Path | None = None
@@ -176,11 +189,14 @@ def scan_masks(paths: Sequence[Path]) -> MaskStats:
                 continue
             a = a.astype(np.uint8)
         hist += np.bincount(a.ravel(), minlength=256)
+        grey_edges += np.bincount(a[edge_pixels(a)], minlength=256)
     if pixels:  # grey masks in a colour-mask set: their greys are colours too (no edge counts: never blends)
         pixels.update({v * 0x010101: int(hist[v]) for v in np.flatnonzero(hist).tolist()})
     by_rgb = {unpack_rgb(c): n for c, n in pixels.items()}
     edges_by_rgb = {unpack_rgb(c): n for c, n in edges.items()}
-    return MaskStats(hist, by_rgb, edges_by_rgb, colour_example, too_many_colours, wide_max, wide_example, palette_mode)
+    return MaskStats(
+        hist, by_rgb, edges_by_rgb, colour_example, too_many_colours, wide_max, wide_example, palette_mode, grey_edges
+    )
 
 
 def coco_decoding(coco: CocoData) -> MaskDecoding:
@@ -297,7 +313,8 @@ def decide_mask_kind(
 
 
 def _class_folder_decoding(masks: Sequence[Path], class_folders: Sequence[str], jpeg: bool) -> MaskDecoding:
-    """Binary masks whose foreground is their folder's class; 0/1 masks get threshold 1."""
+    """Binary masks whose foreground is their folder's class; 0/1 masks get threshold 1 (each 0/1 file among 0/255
+    ones too: :meth:`~fsdistill.data.support_index.SupportIndex.load_mask`)."""
     thr = 128 if jpeg or max(int(read_binary_source(m).max(initial=0)) for m in masks) > 1 else 1
     names = ("background", *class_folders)
     return _decoding("jpeg-binary" if jpeg else "binary", names, "class folder names", binary_threshold=thr)

@@ -93,7 +93,10 @@ class SupportIndex:
         elif self.layout == "dsb2018":
             m = union_instances(s.mask_paths, s.class_id)
         elif self.mask_kind in ("binary", "jpeg-binary", "instances"):
-            m = decode_binary(read_binary_source(where), self.binary_threshold, s.class_id)
+            raw = read_binary_source(where)
+            # A 0/1 PNG among 0/255 ones (class folders gathered from two tools) is read by its own encoding.
+            one = self.mask_kind == "binary" and raw.size and int(raw.max()) == 1
+            m = decode_binary(raw, 1 if one else self.binary_threshold, s.class_id)
         elif self.mask_kind == "index":
             m = read_index_mask(where)
             if self.value_map is not None:
