@@ -85,6 +85,18 @@ def test_exif_rotated_jpeg(tmp_path: Path, syn_data) -> None:
     assert out[:4, -4:, 0].mean() > 200 and out[:4, -4:, 1].mean() < 60
 
 
+def test_read_image_reduced_of_a_near_square_turned_jpeg_reports_the_turned_size(tmp_path: Path) -> None:
+    """Stored 514×513 (w×h) with orientation 6: its 1/8 decode is 65×65, square, yet the full size is 513 wide."""
+    from fsdistill.data.images import read_image_reduced
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "near_square.jpg"
+    Image.fromarray(np.zeros((513, 514, 3), np.uint8)).save(path, exif=exif)
+    small, size = read_image_reduced(path, 64)
+    assert small.shape[:2] == (65, 65) and size == (514, 513) == read_image(path).shape[:2]
+
+
 @pytest.mark.parametrize("orientation", [1, 6])  # 6: stored 400×200 (w×h), displayed 200×400
 def test_read_image_reduced_decodes_jpegs_smaller_but_reports_the_full_size(tmp_path: Path, orientation) -> None:
     from fsdistill.data.images import read_image_reduced

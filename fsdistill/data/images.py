@@ -169,13 +169,13 @@ def read_image_reduced(path: ImageSource, min_side: int | None) -> tuple[np.ndar
             if min_side is not None and img.format == "JPEG":
                 img.draft(img.mode, (min_side, min_side))  # never below the requested size on either side
             img.load()  # Pillow decodes lazily; force it here so truncation surfaces as an error now
-            stored = img.size
             try:
+                # From the tag, not from the sides: a reduced decode of a near-square JPEG can be square.
+                turned = img.getexif().get(_EXIF_ORIENTATION) in _SWAPS_AXES
                 # In place: without it Pillow copies the whole image even when there is nothing to turn.
                 ImageOps.exif_transpose(img, in_place=True)
             except _EXIF_ERRORS:
-                pass
-            turned = img.size != stored  # a 90° EXIF rotation swaps the sides
+                turned = False
             return _pil_to_rgb(img), ((full_w, full_h) if turned else (full_h, full_w))
     except _PIL_ERRORS as e:
         if path.suffix.lower() in TIFF_SUFFIXES and _tiff_header(opened):
