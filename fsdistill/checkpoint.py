@@ -135,6 +135,23 @@ def _major_minor(version: str) -> tuple[int, ...]:
     return tuple(int("".join(filter(str.isdigit, piece)) or 0) for piece in version.split(".")[:2])
 
 
+def _read_config(config_path: Path) -> dict[str, Any]:
+    """An artifact's config.json as a dict.
+
+    Raises:
+        CheckpointError: not JSON (a damaged artifact), or not an fsdistill artifact config.
+    """
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(
+            f"{config_path} is not valid JSON; the artifact is damaged: re-run the command that made it."
+        ) from None
+    if not isinstance(config, dict) or config.get("format") != ARTIFACT_FORMAT:
+        raise CheckpointError(f"{config_path} is not an fsdistill artifact config (format key missing or foreign).")
+    return config
+
+
 def load_artifact(directory: Path, expected_kind: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Load and verify an artifact directory. Returns ``(tensors, config)``.
 
@@ -149,14 +166,7 @@ def load_artifact(directory: Path, expected_kind: str | None = None) -> tuple[di
     missing = _missing_file(directory)
     if missing is not None:
         raise CheckpointError(f"{directory} is not an fsdistill artifact: {missing.name} is missing.")
-    try:
-        config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError(
-            f"{config_path} is not valid JSON; the artifact is damaged: re-run the command that made it."
-        ) from None
-    if not isinstance(config, dict) or config.get("format") != ARTIFACT_FORMAT:
-        raise CheckpointError(f"{config_path} is not an fsdistill artifact config (format key missing or foreign).")
+    config = _read_config(config_path)
     newer_version = _major_minor(str(config.get("fsdistill_version", "0"))) > _major_minor(__version__)
     if int(config.get("format_version", 0)) > FORMAT_VERSION or newer_version:
         raise CheckpointError(
@@ -203,8 +213,8 @@ def resolve_model_dir(path: Path | None, kind: str | None = None) -> Path:
     student's.
 
     Raises:
-        CheckpointError: no such folder, or a run without a complete ``kind`` artifact (the message names the
-            missing folder or file).
+        CheckpointError: no such folder, a run without a complete ``kind`` artifact (the message names the
+            missing folder or file), or an artifact whose config.json is damaged.
     """
     wanted = kind or "student"
     if path is None:
@@ -218,7 +228,7 @@ def resolve_model_dir(path: Path | None, kind: str | None = None) -> Path:
     recover_artifact(path)
     if is_artifact(path):
         if kind is not None:
-            found = json.loads((path / CONFIG_FILE).read_text()).get("kind")
+            found = _read_config(path / CONFIG_FILE).get("kind")
             if found != kind:
                 raise CheckpointError(f"{path} holds a {found} model, but a {kind} is needed here.")
         return path

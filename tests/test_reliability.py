@@ -230,6 +230,8 @@ def _damaged(source: Path, target: Path, damage: str) -> Path:
         import torch
 
         save_file({"weight": torch.zeros(3)}, str(weights), metadata={"format": "pt"})
+    elif damage == "truncated-config":
+        config.write_text(config.read_text()[:100])
     else:  # newer
         data = json.loads(config.read_text())
         data.update(fsdistill_version="9.0.0", format_version=99)
@@ -241,6 +243,7 @@ DAMAGE = {
     "corrupt": ["corrupt or not a safetensors file"],
     "foreign": ["not written by fsdistill"],
     "newer": ["9.0.0", "upgrade fsdistill"],
+    "truncated-config": ["config.json is not valid JSON", "damaged"],
 }
 
 

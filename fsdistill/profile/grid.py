@@ -412,17 +412,21 @@ class _RandomFactory:
 
 def _load_run(path: Path, device: torch.device) -> tuple[_Models, dict[str, Any]]:
     """Teacher and/or student of a run (or one artifact) → models, plus size/classes/backbone info."""
-    from fsdistill.checkpoint import resolve_model_dir
+    from fsdistill.checkpoint import is_artifact, recover_artifact, resolve_model_dir
     from fsdistill.models.build import load_model
 
     loaded = {}
     path = Path(path)
-    for kind in ("teacher", "student"):
-        try:
-            directory = resolve_model_dir(path, kind)
-        except CheckpointError:
-            continue
-        loaded[kind] = load_model(directory, kind)
+    if is_artifact(recover_artifact(path)):  # one artifact, of its own kind (a damaged one says so)
+        model = load_model(path)
+        loaded[model.kind] = model
+    else:  # a run folder: each artifact it holds
+        for kind in ("teacher", "student"):
+            try:
+                directory = resolve_model_dir(path, kind)
+            except CheckpointError:
+                continue
+            loaded[kind] = load_model(directory, kind)
     if not loaded:
         resolve_model_dir(path)  # raises the usual "no artifact" message
         raise CheckpointError(f"{path} holds no teacher or student artifact; pass a run folder to --model.")
