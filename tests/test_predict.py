@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -286,6 +287,18 @@ def test_inputs_that_would_write_the_same_mask_are_refused(tmp_path) -> None:
         list_images([tmp_path / "a" / "x.png", tmp_path / "b" / "x.png"])
     # Folders keep their own prefix, so equal names inside different folders are fine.
     assert len(list_images([tmp_path / "a", tmp_path / "b"])) == 2
+
+
+def test_an_input_given_as_dot_dot_is_prefixed_by_its_folder_name(tmp_path, monkeypatch) -> None:
+    """``predict .. b`` from inside a/sub: the first input's masks go under masks/a/, never masks/../."""
+    from fsdistill.infer.predictor import list_images
+
+    for rel in ("a/top.png", "a/sub/s.png", "b/x.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / rel)
+    monkeypatch.chdir(tmp_path / "a" / "sub")
+    listed = [rel.as_posix() for _, rel in list_images([Path(".."), tmp_path / "b"])]
+    assert listed == ["a/sub/s.png", "a/top.png", "b/x.png"]
 
 
 def test_channel_argmax_equals_argmax_including_ties() -> None:

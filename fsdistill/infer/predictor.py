@@ -97,6 +97,8 @@ def list_images(inputs: Sequence[Path | str], out_dir: Path | str | Storage | No
     unique: dict[str, tuple[Source, Path]] = {}
     for storage, kind in unique_inputs.values():
         name = PurePosixPath(storage.display().rstrip("/")).name
+        if name in ("", ".", ".."):  # "predict .. b/": the folder's own name, never a step out of masks/
+            name = PurePosixPath(storage.identity().rstrip("/")).name or "root"
         prefix = Path(name) if len(unique_inputs) > 1 else Path()
         if kind == "file":
             if Path(name).suffix.lower() not in IMAGE_SUFFIXES:
