@@ -220,6 +220,14 @@ def test_suggest_ray_options_need_the_ray_engine(shaken_multi_student, folder) -
         api.suggest(folder, shaken_multi_student, device="cpu", student_only=True, engine="spark")
 
 
+def test_cuda_actors_without_gpus_are_refused_before_any_work(shaken_multi_student, folder, tmp_path) -> None:
+    """Ray gives an actor that asks for no GPU none: --device cuda then needs --gpus-per-worker, said up front."""
+    pytest.importorskip("ray.data")
+    with pytest.raises(ConfigError, match="--gpus-per-worker 1"):
+        api.predict([folder], tmp_path / "out", shaken_multi_student, device="cuda", engine="ray")
+    assert not (tmp_path / "out").exists()
+
+
 class _DiesOnce:
     """A Ray Data actor whose first batch kills its process (as an out-of-memory kill would) unless ``marker``
     exists; it creates the marker first, so the restarted actor and every later batch go through."""

@@ -158,6 +158,12 @@ class RayEngine:
             raise ConfigError(f"--workers must be at least 1 with --engine ray (got {workers}).")
         if gpus_per_worker < 0:
             raise ConfigError(f"--gpus-per-worker must be >= 0 (got {gpus_per_worker}).")
+        if device.lower().startswith("cuda") and gpus_per_worker == 0:
+            # Ray hides every GPU from an actor that asks for none (CUDA_VISIBLE_DEVICES=""): it could never start.
+            raise ConfigError(
+                f"--device {device} with --engine ray needs GPUs for the actors; add --gpus-per-worker 1 (or a "
+                "fraction), or use --device cpu."
+            )
         self.ray = require_ray()
         self.device, self.address, self.workers, self.gpus_per_worker = device, address, workers, gpus_per_worker
 
