@@ -48,6 +48,28 @@ def test_load_predict_equals_the_cli_masks(shaken_multi_student, tmp_path) -> No
         np.testing.assert_array_equal(mask, expected)
 
 
+def test_load_predict_decodes_files_as_predict_does(shaken_multi_student, tmp_path) -> None:
+    """A large turned JPEG (decoded at a reduced scale, EXIF applied) and a 16-bit PNG (scaled by its own range):
+    paths, and the PIL image of the PNG, give the masks predict writes."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    photo = rng.integers(0, 256, (260, 330, 3), dtype=np.uint8)
+    photo[60:200, 100:300] = (200, 80, 10)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(photo).save(folder / "photo.jpg", exif=exif, quality=90)
+    deep = (rng.integers(0, 4096, (48, 61)) + np.arange(61) * 40).astype(np.uint16)  # 12 bits of a 16-bit PNG
+    Image.fromarray(deep).save(folder / "deep.png")
+    api.predict([folder], tmp_path / "out", model=shaken_multi_student, device="cpu", workers=0)
+    model = fsdistill.load(shaken_multi_student, device="cpu")
+    for name, shape in (("photo.jpg", (330, 260)), ("deep.png", (48, 61))):
+        written = read_index_mask(tmp_path / "out" / "masks" / f"{Path(name).stem}.png")
+        assert written.shape == shape
+        np.testing.assert_array_equal(model.predict(folder / name), written)
+    np.testing.assert_array_equal(model.predict(Image.open(folder / "deep.png")), written)
+
+
 def test_load_teacher_and_grey_images(tiny_multi_run, shaken_multi_student) -> None:
     """teacher=True loads the run's teacher; a grey H×W array is segmented like its RGB copy."""
     teacher = fsdistill.load(tiny_multi_run.run_dir, teacher=True, device="cpu")

@@ -16,7 +16,15 @@ from PIL import Image, ImageOps
 
 from fsdistill.errors import DataError
 
-__all__ = ["IMAGE_SUFFIXES", "read_image", "read_image_reduced", "image_size", "to_uint8_rgb", "exif_quarter_turn"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "read_image",
+    "read_image_reduced",
+    "pil_image_to_rgb",
+    "image_size",
+    "to_uint8_rgb",
+    "exif_quarter_turn",
+]
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 TIFF_SUFFIXES: frozenset[str] = frozenset({".tif", ".tiff"})
@@ -108,6 +116,16 @@ def _pil_to_rgb(img: Image.Image) -> np.ndarray:
         # 16-bit grey (I;16, I;16B, I) and float images: scaled by the image's own range.
         return to_uint8_rgb(np.asarray(img))
     return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+
+
+def pil_image_to_rgb(img: Image.Image) -> np.ndarray:
+    """An opened PIL image → H×W×3 uint8 RGB as :func:`read_image` reads its file: display orientation (EXIF
+    applied to a copy), alpha dropped, 16-bit and float images scaled by their own min/max."""
+    try:
+        img = ImageOps.exif_transpose(img)
+    except _EXIF_ERRORS:
+        pass
+    return _pil_to_rgb(img)
 
 
 def read_tiff_array(

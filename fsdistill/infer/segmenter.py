@@ -1,6 +1,7 @@
-"""The Python entry point: ``fsdistill.load(run).predict(image)``, a mask at the image's own size, equal to the
-PNG ``fsdistill predict`` writes (the same :class:`~fsdistill.infer.predictor.Predictor`), from numpy arrays,
-PIL images or file paths."""
+"""The Python entry point: ``fsdistill.load(run).predict(image)``, a mask at the image's own size, from numpy
+arrays, PIL images or file paths. A file path gives the PNG ``fsdistill predict`` writes for it (the same
+:class:`~fsdistill.infer.predictor.Predictor` and decoding: a large JPEG at a reduced scale); an array or PIL image
+is used at its full resolution (a PIL image read as its file would be: EXIF orientation, 16-bit range)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
-from fsdistill.data.images import read_image, to_uint8_rgb
+from fsdistill.data.images import pil_image_to_rgb, read_image_reduced, to_uint8_rgb
 from fsdistill.data.transforms import resize_image, to_chw_tensor
 from fsdistill.errors import DataError
 from fsdistill.infer.postprocess import logits_to_mask
@@ -24,24 +26,28 @@ __all__ = ["Segmenter", "load"]
 ImageLike = Any  # H×W×3 / H×W numpy array, PIL.Image.Image, or a path to an image file
 
 
-def _as_rgb(image: ImageLike) -> np.ndarray:
-    """An image in any accepted form → H×W×3 uint8 RGB."""
+def _as_rgb(image: ImageLike, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """An image in any accepted form → (H'×W'×3 uint8 RGB, (H, W) of the image): decoded as ``fsdistill predict``
+    decodes it, a JPEG file at a reduced scale still ≥ ``size`` (the model's input), the mask due at (H, W)."""
     if isinstance(image, (str, Path)):
-        return read_image(image)
-    if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image (Pillow stays an optional import here)
-        return np.asarray(image.convert("RGB"))
-    if isinstance(image, np.ndarray):
+        return read_image_reduced(image, size)
+    if isinstance(image, Image.Image):
+        rgb = pil_image_to_rgb(image)
+    elif isinstance(image, np.ndarray):
         if image.ndim < 2 or image.size == 0:
             raise DataError(
                 f"Cannot segment this array: shape {image.shape} holds no image; pass an H×W×3 or H×W image."
             )
         try:
-            return to_uint8_rgb(image)
+            rgb = to_uint8_rgb(image)
         except ValueError as err:
             raise DataError(f"Cannot segment this array: {err}; pass an H×W×3 or H×W image.") from None
-    raise DataError(
-        f"Cannot segment a {type(image).__name__}; pass a numpy array (H×W×3 or H×W), a PIL image or a file path."
-    )
+    else:
+        raise DataError(
+            f"Cannot segment a {type(image).__name__}; pass a numpy array (H×W×3 or H×W), a PIL image or a file "
+            "path."
+        )
+    return rgb, rgb.shape[:2]
 
 
 class Segmenter:
@@ -71,14 +77,14 @@ class Segmenter:
         """Images of any sizes → one H×W uint8 class-id mask each, in order; the model runs ``batch_size`` at a time."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
-        rgb = [_as_rgb(image) for image in images]
-        masks: list[np.ndarray] = []
         size = self._predictor.size
-        for start in range(0, len(rgb), batch_size):
-            chunk = rgb[start : start + batch_size]
-            batch = torch.stack([to_chw_tensor(resize_image(image, size)) for image in chunk])
+        decoded = [_as_rgb(image, size) for image in images]
+        masks: list[np.ndarray] = []
+        for start in range(0, len(decoded), batch_size):
+            chunk = decoded[start : start + batch_size]
+            batch = torch.stack([to_chw_tensor(resize_image(rgb, size)) for rgb, _ in chunk])
             logits = self._predictor.logits(batch)
-            masks += [logits_to_mask(lg, *image.shape[:2]) for lg, image in zip(logits, chunk)]
+            masks += [logits_to_mask(lg, *full) for lg, (_, full) in zip(logits, chunk)]
         return masks
 
 
