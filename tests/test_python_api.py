@@ -61,7 +61,7 @@ def test_load_predict_decodes_files_as_predict_does(shaken_multi_student, tmp_pa
     Image.fromarray(photo).save(folder / "photo.jpg", exif=exif, quality=90)
     deep = (rng.integers(0, 4096, (48, 61)) + np.arange(61) * 40).astype(np.uint16)  # 12 bits of a 16-bit PNG
     Image.fromarray(deep).save(folder / "deep.png")
-    api.predict([folder], tmp_path / "out", model=shaken_multi_student, device="cpu", workers=0)
+    api.predict(folder, tmp_path / "out", model=shaken_multi_student, device="cpu", workers=0)  # one input
     model = fsdistill.load(shaken_multi_student, device="cpu")
     for name, shape in (("photo.jpg", (330, 260)), ("deep.png", (48, 61))):
         written = read_index_mask(tmp_path / "out" / "masks" / f"{Path(name).stem}.png")

@@ -122,7 +122,7 @@ PREDICT_BACKENDS = ("torch", "onnx")
 
 
 def predict(
-    inputs: Sequence[Path | str],
+    inputs: Path | str | Sequence[Path | str],
     out_dir: Path | str,
     model: Path | None = None,
     device: str = "auto",
@@ -146,7 +146,7 @@ def predict(
 
     Args:
         inputs, out_dir: local paths, or object-store prefixes as str (``s3://bucket/prefix``, ``gs://…``: the ray
-            extra, see :mod:`fsdistill.storage`); the files written are the same.
+            extra, see :mod:`fsdistill.storage`); the files written are the same. ``inputs``: one path, or several.
         formats: ``png`` (always written) and any of ``coco``, ``cvat``, ``labelstudio`` (a list, or comma-separated):
             pre-labels written after the masks, their paths in ``result.format_paths``. coco_rle: COCO masks as
             compressed RLE. image_root_url: the prefix of the Label Studio tasks' image URLs.
@@ -169,6 +169,8 @@ def predict(
             the ray extra installed.
         DataError: an object store that cannot be reached (unknown bucket, refused credentials, no endpoint).
     """
+    if isinstance(inputs, (str, os.PathLike)):  # one input, not a sequence of its characters
+        inputs = [inputs]
     format_options = FormatOptions.parse(formats, coco_rle, image_root_url)
     shard = parse_shard(shard)
     engine = resolve_engine(engine, address, gpus_per_worker)
