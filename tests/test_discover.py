@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from fsdistill.data.coco import encode_rle
 from fsdistill.data.discover import discover, read_class_names
@@ -161,7 +162,6 @@ def test_binary_with_ignore_border(tmp_path: Path, syn_data) -> None:
 
 
 def test_exif_rotated_image_with_mask(tmp_path: Path, syn_data) -> None:
-    from PIL import Image
 
     root = tmp_path / "exif"
     exif = Image.Exif()
@@ -233,6 +233,33 @@ def test_index_masks_with_large_ignore_areas_stay_index_masks(tmp_path: Path, sy
     idx = discover(root)
     assert idx.mask_kind == "index" and len(idx.class_names) == 6
     assert (idx.load_mask(0) == m).all()
+
+
+@pytest.mark.parametrize("palette_files", ["all", "some"])
+def test_palette_masks_whose_palettes_disagree_are_read_by_colour(tmp_path: Path, syn_data, palette_files) -> None:
+    """A PNG optimiser orders each file's palette its own way (red is index 1 here, 2 there), or leaves some files
+    RGB: the index means nothing across files, so the colours are the classes, the same in every mask."""
+    red, green = (255, 0, 0), (0, 255, 0)
+    root = tmp_path / "optimised"
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb[2:7, 2:7], rgb[9:14, 9:14] = red, green
+    for i in range(4):
+        syn_data.save(root / "images" / f"{i}.png", syn_data.image(16, 16, i))
+        if palette_files == "some" and i < 2:
+            syn_data.save(root / "masks" / f"{i}.png", rgb)
+            continue
+        order = [(0, 0, 0), red, green] if i % 2 else [(0, 0, 0), green, red]
+        index = np.zeros((16, 16), np.uint8)
+        for k, colour in enumerate(order):
+            index[(rgb == colour).all(-1)] = k
+        (root / "masks").mkdir(exist_ok=True)
+        mask = Image.fromarray(index, "P")
+        mask.putpalette([v for colour in order for v in colour])
+        mask.save(root / "masks" / f"{i}.png")
+    idx = discover(root)
+    assert idx.mask_kind == "rgb" and len(idx.class_names) == 3
+    masks = [idx.load_mask(i) for i in range(4)]
+    assert all((m == masks[0]).all() for m in masks) and masks[0][4, 4] != masks[0][11, 11] != 0
 
 
 def test_16bit_instance_label_mask(tmp_path: Path, syn_data) -> None:

@@ -33,6 +33,7 @@ from fsdistill.data.masks import (
     parse_labelmap,
     read_binary_source,
     read_mask_array,
+    read_rgb_mask,
     resolve_blends,
     unpack_rgb,
 )
@@ -147,6 +148,10 @@ class MaskStats:
 def scan_masks(paths: Sequence[Path]) -> MaskStats:
     """Read every mask once: value histogram of grey/palette masks, colours of colour masks, 16-bit maxima.
 
+    Palette masks are read by index (VOC: index = class) while every file gives each index it uses the same colour;
+    when their palettes disagree (a PNG optimiser orders each file's palette its own way) or colour masks are among
+    them, they are read by colour, as colour masks (``palette_mode`` False then).
+
     Raises:
         DataError: a mask with negative values (unreadable masks are skipped: decoding reports them).
     """
@@ -158,10 +163,23 @@ def scan_masks(paths: Sequence[Path]) -> MaskStats:
     too_many_colours: Path | None = None
     wide_example: Path | None = None
     wide_max, palette_mode = 0, False
+    palette_files: list[Path] = []
+    palette_hist, palette_edges = np.zeros(256, np.int64), np.zeros(256, np.int64)
+    index_colours: dict[int, set[Rgb]] = {}  # palette index → the colours files give it
+
+    def add_colours(rgb: np.ndarray) -> None:
+        packed = pack_rgb(rgb)
+        found, counts = np.unique(packed, return_counts=True)
+        pixels.update(dict(zip(found.tolist(), counts.tolist())))
+        on_edge, edge_counts = np.unique(packed[edge_pixels(packed)], return_counts=True)
+        edges.update(dict(zip(on_edge.tolist(), edge_counts.tolist())))
+
     for p in paths:
+        palette: list[int] | None = None
         try:
             with Image.open(p) as im:
-                palette_mode |= im.mode in ("P", "PA")
+                if im.mode in ("P", "PA"):
+                    palette_mode, palette = True, im.getpalette() or []
         except _PIL_ERRORS:
             pass  # decoding the pair reports it with the file name
         try:
@@ -169,13 +187,17 @@ def scan_masks(paths: Sequence[Path]) -> MaskStats:
         except DataError:
             # Decoding the pair raises the same error, and check collects them all instead of stopping here.
             continue
+        if palette is not None:
+            counts = np.bincount(a.ravel(), minlength=256)
+            palette_files.append(p)
+            palette_hist += counts
+            palette_edges += np.bincount(a[edge_pixels(a)], minlength=256)
+            for k in np.flatnonzero(counts).tolist():
+                colour = tuple(palette[3 * k : 3 * k + 3])
+                index_colours.setdefault(k, set()).add(colour if len(colour) == 3 else (k, k, k))
         if a.ndim == 3:
             if too_many_colours is None:
-                packed = pack_rgb(a)
-                found, counts = np.unique(packed, return_counts=True)
-                pixels.update(dict(zip(found.tolist(), counts.tolist())))
-                on_edge, edge_counts = np.unique(packed[edge_pixels(packed)], return_counts=True)
-                edges.update(dict(zip(on_edge.tolist(), edge_counts.tolist())))
+                add_colours(a)
                 colour_example = colour_example or p
                 if len(pixels) > MAX_SCANNED_COLOURS:
                     too_many_colours = p
@@ -190,6 +212,14 @@ def scan_masks(paths: Sequence[Path]) -> MaskStats:
             a = a.astype(np.uint8)
         hist += np.bincount(a.ravel(), minlength=256)
         grey_edges += np.bincount(a[edge_pixels(a)], minlength=256)
+    if palette_files and (pixels or any(len(colours) > 1 for colours in index_colours.values())):
+        # Indices that mean other colours in other files (or beside colour masks): the colours are the classes.
+        hist -= palette_hist
+        grey_edges -= palette_edges
+        palette_mode = False
+        for p in palette_files:
+            add_colours(read_rgb_mask(p))
+            colour_example = colour_example or p
     if pixels:  # grey masks in a colour-mask set: their greys are colours too (no edge counts: never blends)
         pixels.update({v * 0x010101: int(hist[v]) for v in np.flatnonzero(hist).tolist()})
     by_rgb = {unpack_rgb(c): n for c, n in pixels.items()}

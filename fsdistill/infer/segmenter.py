@@ -44,8 +44,7 @@ def _as_rgb(image: ImageLike, size: int) -> tuple[np.ndarray, tuple[int, int]]:
             raise DataError(f"Cannot segment this array: {err}; pass an H×W×3 or H×W image.") from None
     else:
         raise DataError(
-            f"Cannot segment a {type(image).__name__}; pass a numpy array (H×W×3 or H×W), a PIL image or a file "
-            "path."
+            f"Cannot segment a {type(image).__name__}; pass a numpy array (H×W×3 or H×W), a PIL image or a file path."
         )
     return rgb, rgb.shape[:2]
 
