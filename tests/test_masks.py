@@ -85,6 +85,14 @@ def test_exif_rotated_jpeg(tmp_path: Path, syn_data) -> None:
     assert out[:4, -4:, 0].mean() > 200 and out[:4, -4:, 1].mean() < 60
 
 
+def test_an_image_over_pillows_pixel_limit_is_named_as_too_large(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "huge.png"
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 2400 pixels: over twice the limit, an error
+    with pytest.raises(DataError, match=r"huge\.png: Image size \(2400 pixels\) exceeds limit .*cut it into tiles"):
+        read_image(path)
+
+
 def test_read_image_reduced_of_a_near_square_turned_jpeg_reports_the_turned_size(tmp_path: Path) -> None:
     """Stored 514×513 (w×h) with orientation 6: its 1/8 decode is 65×65, square, yet the full size is 513 wide."""
     from fsdistill.data.images import read_image_reduced

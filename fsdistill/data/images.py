@@ -195,6 +195,12 @@ def read_image_reduced(path: ImageSource, min_side: int | None) -> tuple[np.ndar
             except _EXIF_ERRORS:
                 turned = False
             return _pil_to_rgb(img), ((full_w, full_h) if turned else (full_h, full_w))
+    except Image.DecompressionBombError as e:
+        # Another format would not help: the size is the problem.
+        raise DataError(
+            f"Cannot read image {path}: {str(e).split(',')[0]}, Pillow's guard against decompression bombs; cut it "
+            "into tiles or downscale it first."
+        ) from e
     except _PIL_ERRORS as e:
         if path.suffix.lower() in TIFF_SUFFIXES and _tiff_header(opened):
             # many-channel, float or 16-bit RGB TIFF: Pillow gives up, tifffile does not
