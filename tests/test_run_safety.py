@@ -140,6 +140,60 @@ def test_empty_folder_and_adapt_run_take_a_distill_without_overwrite(runner, tin
     assert is_artifact(adapted / "student") and is_artifact(adapted / "teacher")
 
 
+def _interrupt_training(monkeypatch) -> None:
+    """Ctrl-C as training starts."""
+    from fsdistill.api import training as training_api
+
+    def train(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training_api, "train", train)
+
+
+def test_an_interrupted_run_into_a_finished_one_leaves_its_config_and_its_protection(
+    runner, tiny_binary_run, tiny_data, tmp_path, monkeypatch
+):
+    """Killed before it saved anything, ``adapt --overwrite`` or ``distill --teacher OUT/teacher --out OUT`` leaves
+    the finished run as it was, config.resolved.yaml included; a later distill without --teacher must not take the
+    adapt teacher's place without --overwrite."""
+    adapted = tmp_path / "adapted"
+    args = ["--support", str(tiny_data.binary), "--steps", "0", *TINY]
+    assert runner.invoke(app, ["adapt", *args, "--out", str(adapted)]).exit_code == 0
+    before = {p.relative_to(adapted): p.read_bytes() for p in adapted.rglob("*") if p.is_file()}
+    _interrupt_training(monkeypatch)
+    distill = ["distill", *args, "--teacher", str(adapted / "teacher"), "--out", str(adapted), "--seed", "7"]
+    for command in (distill, ["adapt", *args, "--out", str(adapted), "--overwrite", "--seed", "7"]):
+        assert runner.invoke(app, command).exit_code == 130
+        assert {p.relative_to(adapted): p.read_bytes() for p in adapted.rglob("*") if p.is_file()} == before
+    result = runner.invoke(app, ["distill", *args, "--out", str(adapted)])
+    assert_user_error(result, "already holds a run", "--overwrite")
+
+
+def test_a_run_killed_between_its_two_saves_never_pairs_the_new_teacher_with_the_old_student(
+    runner, tiny_multi_run, tiny_data, tmp_path, monkeypatch
+):
+    from fsdistill.api import training as training_api
+
+    run = _copy_run(tiny_multi_run, tmp_path / "run")  # 3 classes
+    save_model = training_api.save_model
+
+    def killed_at_the_student(directory, *args, **kwargs):
+        if Path(directory).name == "student":
+            raise KeyboardInterrupt
+        return save_model(directory, *args, **kwargs)
+
+    monkeypatch.setattr(training_api, "save_model", killed_at_the_student)
+    command = ["distill", "--support", str(tiny_data.binary), "--out", str(run), "--steps", "0", *TINY]
+    assert runner.invoke(app, [*command, "--overwrite"]).exit_code == 130
+    assert load_model(run, kind="teacher").class_names == ["background", "foreground"]
+    assert not (run / "student").exists()
+    assert yaml.safe_load((run / "config.resolved.yaml").read_text())["support"] == str(tiny_data.binary)
+    monkeypatch.setattr(training_api, "save_model", save_model)
+    result = runner.invoke(app, command)  # the same command finishes it, no --overwrite needed
+    assert result.exit_code == 0, result.output
+    assert load_model(run, kind="student").class_names == ["background", "foreground"]
+
+
 # --- 5. a run's config.resolved.yaml reruns the run -----------------------------------------------------------------
 
 

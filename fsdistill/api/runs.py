@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from fsdistill.checkpoint import is_artifact, recover_artifact, resolve_model_dir
+from fsdistill.checkpoint import CONFIG_FILE, is_artifact, recover_artifact, resolve_model_dir
 from fsdistill.config import AdaptCfg, DistillCfg
 from fsdistill.data.discover import SupportIndex
 from fsdistill.errors import DataError, FsdistillError
@@ -50,13 +50,15 @@ def new_run_dir(out: Path | None) -> Path:
     return ensure_writable_dir(candidate, "--out")
 
 
-def _recorded_command(run_dir: Path) -> str | None:
-    """The ``command:`` of a run folder's config.resolved.yaml, or None when it has none that can be read."""
+def _written_by_distill(artifact: Path) -> bool:
+    """Whether the artifact at ``artifact`` was written by ``distill`` (its recorded training config has distill's
+    ``teacher`` field), as a distill killed before its student leaves its teacher; not an adapt run's teacher."""
     try:
-        data = yaml.safe_load((run_dir / "config.resolved.yaml").read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return None
-    return data.get("command") if isinstance(data, dict) else None
+        config = json.loads((artifact / CONFIG_FILE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    train_config = config.get("train_config") if isinstance(config, dict) else None
+    return isinstance(train_config, dict) and "teacher" in train_config
 
 
 def _is_artifact_at(model: Path, directory: Path) -> bool:
@@ -70,7 +72,8 @@ def _is_artifact_at(model: Path, directory: Path) -> bool:
 def check_run_dir(out: Path | None, command: str, teacher: Path | None = None, overwrite: bool = False) -> None:
     """Refuse to train into a folder that holds a finished run (a complete ``teacher/`` or ``student/``), unless
     ``overwrite``. Allowed: a missing or empty folder, a killed run (no complete artifact, or a ``distill`` killed
-    after saving its teacher), and ``distill --teacher OUT/teacher --out OUT`` (replaces nothing).
+    after saving its teacher: a teacher that distill wrote, never adapt's), and ``distill --teacher OUT/teacher
+    --out OUT`` (replaces nothing).
 
     Raises:
         DataError: the folder holds a finished run (the message asks for --overwrite or another --out).
@@ -84,7 +87,7 @@ def check_run_dir(out: Path | None, command: str, teacher: Path | None = None, o
     if command == "distill" and "student" not in finished:
         if teacher is not None and _is_artifact_at(teacher, out / "teacher"):
             return
-        if teacher is None and _recorded_command(out) == "distill":
+        if teacher is None and _written_by_distill(out / "teacher"):
             return
     raise DataError(
         f"{out} already holds a run ({', '.join(name + '/' for name in finished)}); pass --overwrite to replace it, or "

@@ -25,7 +25,7 @@ from fsdistill.api.runs import (
     check_run_dir,
     new_run_dir,
 )
-from fsdistill.checkpoint import WEIGHTS_FILE
+from fsdistill.checkpoint import WEIGHTS_FILE, is_artifact
 from fsdistill.config import AdaptCfg, DistillCfg, ModelCfg
 from fsdistill.data.discover import SupportIndex, discover
 from fsdistill.data.masks import IGNORE_INDEX
@@ -74,8 +74,17 @@ def _stats_dict(stats: TrainStats) -> dict[str, Any]:
 
 
 def _start_run(cfg: AdaptCfg | DistillCfg, command: str) -> Path:
-    """Create the run folder and write its config (rank 0 only); the folder's path on every process."""
-    return distributed.on_main(lambda: _write_run_config(new_run_dir(cfg.out), cfg, command))
+    """Create the run folder (rank 0 only) and write its config there, so a killed run's folder says what ran;
+    the folder's path on every process. Not over a finished run this one replaces (``--overwrite``, ``distill
+    --teacher OUT/teacher --out OUT``): its config describes its artifacts until this run writes new ones."""
+
+    def start() -> Path:
+        run_dir = new_run_dir(cfg.out)
+        if not any(is_artifact(run_dir / name) for name in ("teacher", "student")):
+            _write_run_config(run_dir, cfg, command)
+        return run_dir
+
+    return distributed.on_main(start)
 
 
 def _prepare(cfg: AdaptCfg | DistillCfg) -> tuple[SupportIndex, int, torch.device, SupportTensors]:
@@ -151,8 +160,10 @@ def adapt(cfg: AdaptCfg, quiet: bool = False, overwrite: bool = False) -> RunRes
     def write() -> Path:
         fields = _artifact_fields(cfg, index, stats)
         fields["training"]["norm_stats"] = norm_stats
-        teacher_dir = _save_teacher(run_dir, teacher, teacher_cfg, support, fields)
+        # A replaced run's student goes first: killed in between, the run never pairs it with the new teacher.
         _drop_stale(run_dir, keep={"teacher"})
+        teacher_dir = _save_teacher(run_dir, teacher, teacher_cfg, support, fields)
+        _write_run_config(run_dir, cfg, "adapt")
         return teacher_dir
 
     return RunResult(run_dir, teacher_dir=distributed.on_main(write), stats=_stats_dict(stats))
@@ -472,10 +483,17 @@ def distill(
             common["training"]["support_check"] = check.to_dict()
         if match is not None:
             common["training"]["init"] = {"run": str(cfg.init), **match.to_dict()}
-        teacher_dir = _save_teacher(run_dir, teacher, teacher_cfg, support, common) if cfg.teacher is None else None
+        teacher_dir = None
+        if cfg.teacher is None:
+            # A replaced run's student goes first: killed between the two saves, the run holds the new teacher
+            # and no student (a rerun finishes it), never the new teacher beside the old student.
+            _drop_stale(run_dir, keep={"teacher"})
+            teacher_dir = _save_teacher(run_dir, teacher, teacher_cfg, support, common)
+            _write_run_config(run_dir, cfg, "distill")
         student_dir = save_model(run_dir / "student", student, student_cfg, **common)
         own_teacher = cfg.teacher is None or _is_artifact_at(cfg.teacher, run_dir / "teacher")
         _drop_stale(run_dir, keep={"student", "teacher"} if own_teacher else {"student"})
+        _write_run_config(run_dir, cfg, "distill")
         return RunResult(
             run_dir,
             teacher_dir=teacher_dir,
