@@ -332,13 +332,14 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
 
 
 def _given(overrides: dict[str, Any], loc: tuple) -> bool:
-    """Whether ``overrides`` sets the field at ``loc`` (a pydantic error location) to a value (None = not given)."""
+    """Whether ``overrides`` sets the field at ``loc`` (a pydantic error location) to a value (None = not given);
+    a section (``train``: a check across its fields) is never a flag's, though the flags fill it with Nones."""
     node: Any = overrides
     for part in loc:
         if not isinstance(node, dict) or node.get(part) is None:
             return False
         node = node[part]
-    return True
+    return not isinstance(node, dict)
 
 
 def load_config(

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import typer
+import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -165,6 +166,26 @@ def test_bad_config_yaml(runner, tiny_data, tmp_path, yaml_text, fragment) -> No
     result = runner.invoke(app, [*_train_args(tiny_data, tmp_path), "--config", str(config), *TINY])
     assert_user_error(result, fragment)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["adapt", "distill"])
+def test_the_config_files_device_is_used_unless_a_flag_names_one(runner, tiny_data, tmp_path, command) -> None:
+    """defaults < YAML < flags for device: too (the flag's default used to override the YAML's device: cuda)."""
+    config = tmp_path / "cfg.yaml"
+    config.write_text("device: tpu\nmodel:\n  backbone: test-resnet\n  size: 64\n")
+    args = [*_train_args(tiny_data, tmp_path, command), "--config", str(config)]
+    assert_user_error(runner.invoke(app, args), "tpu")
+    result = runner.invoke(app, [*args, "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((tmp_path / "run" / "config.resolved.yaml").read_text())["device"] == "cpu"
+
+
+def test_a_check_across_fields_of_the_config_file_is_not_blamed_on_a_flag(runner, tiny_data, tmp_path) -> None:
+    config = tmp_path / "cfg.yaml"
+    config.write_text("train:\n  min_steps: 3000\n")
+    result = runner.invoke(app, [*_train_args(tiny_data, tmp_path), "--config", str(config), *TINY])
+    message = assert_user_error(result, "Invalid configuration (from", "cfg.yaml", "min_steps")
+    assert "--train" not in message
 
 
 def test_missing_config_file(runner, tiny_data, tmp_path) -> None:

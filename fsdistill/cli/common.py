@@ -50,6 +50,13 @@ app = typer.Typer(
 
 # Option types that several commands share.
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | mps (auto: cuda, then mps, then cpu).")]
+# adapt / distill: None leaves the --config file's device: (default auto) in place.
+TrainDeviceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--device", help="auto | cpu | cuda | mps (auto: cuda, then mps, then cpu). Default: the --config's, or auto."
+    ),
+]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (default 0).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries, errors only.")]
 InferSeedOpt = Annotated[

@@ -15,7 +15,6 @@ from fsdistill.cli.common import (
     BackboneWeightsOpt,
     ConfigOpt,
     DecoderOpt,
-    DeviceOpt,
     DistillStepsOpt,
     GpusPerWorkerOpt,
     LrOpt,
@@ -29,6 +28,7 @@ from fsdistill.cli.common import (
     SizeOpt,
     SupportOpt,
     TeacherWeightsOpt,
+    TrainDeviceOpt,
     TrainOpt,
     _model_overrides,
     _say,
@@ -83,7 +83,7 @@ def adapt(
     out: OutRunOpt = None,
     overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
-    device: DeviceOpt = "auto",
+    device: TrainDeviceOpt = None,
     seed: SeedOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -191,7 +191,7 @@ def distill(
     out: OutRunOpt = None,
     overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
-    device: DeviceOpt = "auto",
+    device: TrainDeviceOpt = None,
     seed: SeedOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
