@@ -176,3 +176,20 @@ def test_distill_init_bad_input_is_one_sentence(tiny_multi_run, tiny_data, tmp_p
     (only_student / "student").symlink_to(tiny_multi_run.run_dir / "student", target_is_directory=True)
     result = runner.invoke(app, [*base[:-1], str(only_student), "--out", str(tmp_path / "e")])
     assert_user_error(result, "--init needs a run with its teacher")
+
+
+def test_init_continues_a_student_wider_than_its_teachers_record(tiny_data, tmp_path) -> None:
+    """distill --teacher RUN/teacher --out RUN --student-width 16 over a teacher that records width 8: --init RUN
+    takes the student's own width (it crashed copying width-16 ConvDist blocks into a width-8 student)."""
+    runner = CliRunner()
+    tiny = ["--backbone", "test-resnet", "--size", "64", "--device", "cpu", "--quiet"]
+    run = tmp_path / "run"
+    adapt = ["adapt", "--support", str(tiny_data.binary), "--steps", "1", "--out", str(run), *tiny]
+    assert runner.invoke(app, adapt).exit_code == 0
+    distill = ["distill", "--support", str(tiny_data.binary), "--steps", "1", "--teacher", str(run / "teacher")]
+    result = runner.invoke(app, [*distill, "--out", str(run), "--student-width", "16", *tiny])
+    assert result.exit_code == 0, result.output
+    more = ["distill", "--support", str(tiny_data.binary), "--init", str(run), "--steps", "1", "--device", "cpu"]
+    result = runner.invoke(app, [*more, "--out", str(tmp_path / "more"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert load_model(tmp_path / "more", kind="student").model_cfg.student_width == 16

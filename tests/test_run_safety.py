@@ -194,6 +194,24 @@ def test_a_run_killed_between_its_two_saves_never_pairs_the_new_teacher_with_the
     assert load_model(run, kind="student").class_names == ["background", "foreground"]
 
 
+def test_distill_with_a_teacher_takes_and_records_its_model_settings(runner, tiny_binary_run, tiny_data, tmp_path):
+    """--teacher: the run is the teacher's backbone and size (none given here), and its config says so; a model
+    option the teacher contradicts is refused, not silently dropped."""
+    teacher = str(tiny_binary_run.teacher_dir)
+    args = ["distill", "--support", str(tiny_data.binary), "--teacher", teacher, "--steps", "0", *CPU, "-q"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "run"), "--student-width", "16"])
+    assert result.exit_code == 0, result.output
+    model = yaml.safe_load((tmp_path / "run" / "config.resolved.yaml").read_text())["model"]
+    assert (model["backbone"], model["size"], model["student_width"]) == ("test-resnet", 64, 16)
+    student = load_model(tmp_path / "run", kind="student")
+    assert student.config["train_config"]["model"]["backbone"] == "test-resnet"
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "other"), "--backbone", "resnet50"])
+    assert_user_error(result, "runs with its own model settings", "backbone = 'test-resnet'")
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "other"), "--size", "96"])
+    assert_user_error(result, "size = 64", "--size 64")
+    assert not (tmp_path / "other").exists()
+
+
 # --- 5. a run's config.resolved.yaml reruns the run -----------------------------------------------------------------
 
 

@@ -204,16 +204,39 @@ def _load_init(cfg: DistillCfg) -> tuple[LoadedModel, LoadedModel]:
     student = load_model(cfg.init, kind="student")
     if student.class_names != teacher.class_names:
         raise ConfigError(f"The teacher and student of {cfg.init} know different classes; pass one run folder.")
-    defaults = ModelCfg().model_dump()
-    given = {k: v for k, v in cfg.model.model_dump().items() if v != defaults[k]}
-    differs = {k: v for k, v in given.items() if getattr(student.model_cfg, k) != v}
-    if differs:
-        key = sorted(differs)[0]
-        raise ConfigError(
-            f"--init continues {cfg.init} with its own model settings ({key} = {getattr(student.model_cfg, key)!r}); "
-            f"drop the model option that sets {key}."
-        )
+    _refuse_other_model_settings(cfg.model, student.model_cfg, f"--init continues {cfg.init}")
     return teacher, student
+
+
+# The fields of ModelCfg a distill run chooses for its student, whatever teacher it is given.
+_STUDENT_FIELDS = ("student_width", "refiner")
+
+
+def _refuse_other_model_settings(asked: ModelCfg, model: ModelCfg, what: str, skip: tuple[str, ...] = ()) -> None:
+    """Refuse model settings given (other than their defaults) that differ from ``model``'s, the settings of the
+    model a run continues or distills; ``skip``: fields the run may set anew.
+
+    Raises:
+        ConfigError: the first such setting, named with ``model``'s value.
+    """
+    defaults = ModelCfg().model_dump()
+    given = {k: v for k, v in asked.model_dump().items() if v != defaults[k] and k not in skip}
+    differs = sorted(k for k, v in given.items() if getattr(model, k) != v)
+    if differs:
+        key = differs[0]
+        flag = f" (--{key.replace('_', '-')} {getattr(model, key)})" if key in ("size", "backbone", "decoder") else ""
+        raise ConfigError(
+            f"{what} with its own model settings ({key} = {getattr(model, key)!r}{flag}); drop the model option "
+            f"that sets {key}."
+        )
+
+
+def _load_teacher(cfg: DistillCfg) -> LoadedModel:
+    """The adapted teacher ``cfg.teacher`` names (``distill --teacher``), its model settings checked against the
+    ones given: the run takes the teacher's (its size included), only the student's own fields are this run's."""
+    loaded = load_model(cfg.teacher, kind="teacher")
+    _refuse_other_model_settings(cfg.model, loaded.model_cfg, f"The teacher {loaded.path} runs", _STUDENT_FIELDS)
+    return loaded
 
 
 def _pool_images(cfg: DistillCfg, index: SupportIndex) -> tuple[list[Path], int]:
@@ -385,8 +408,12 @@ def distill(
     if cfg.drop_class and cfg.init is None:
         raise ConfigError("--drop-class only applies with --init RUN.")
     init = _load_init(cfg) if cfg.init is not None else None
-    if init is not None:
-        cfg = cfg.model_copy(update={"model": init[0].model_cfg})
+    if init is not None:  # the run's own settings, its student's width and refiner included
+        cfg = cfg.model_copy(update={"model": init[1].model_cfg})
+    given_teacher = _load_teacher(cfg) if cfg.teacher is not None else None
+    if given_teacher is not None:  # recorded as what ran: the teacher's settings, this run's student fields
+        student_fields = {k: getattr(cfg.model, k) for k in _STUDENT_FIELDS}
+        cfg = cfg.model_copy(update={"model": given_teacher.model_cfg.model_copy(update=student_fields)})
     index, num_classes, device, support = _prepare(cfg)
     # Checked before any training: a bad pool must not cost the support phase first.
     pool_paths = _pool_images(cfg, index) if cfg.unlabeled is not None else None
@@ -399,16 +426,13 @@ def distill(
         teacher_cfg = init_teacher.model_cfg
         teacher = build_teacher(teacher_cfg, num_classes, pretrained=False)
         teacher.load_state_dict(init_teacher.model.state_dict())
-    elif cfg.teacher is not None:
-        loaded = load_model(cfg.teacher, kind="teacher")
-        if loaded.class_names != index.class_names:
+    elif given_teacher is not None:
+        if given_teacher.class_names != index.class_names:
             raise DataError(
-                f"The teacher {loaded.path} knows classes {loaded.class_names} but {cfg.support} has "
+                f"The teacher {given_teacher.path} knows classes {given_teacher.class_names} but {cfg.support} has "
                 f"{index.class_names}; distill with the support folder the teacher was adapted on."
             )
-        if loaded.size != cfg.model.size:
-            raise ConfigError(f"The teacher {loaded.path} runs at --size {loaded.size}; pass --size {loaded.size}.")
-        teacher, teacher_cfg = loaded.model, loaded.model_cfg
+        teacher, teacher_cfg = given_teacher.model, given_teacher.model_cfg
     else:
         if cfg.freeze_teacher:
             raise ConfigError("--freeze-teacher needs an adapted teacher: pass --teacher RUN/teacher.")
