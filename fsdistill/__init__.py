@@ -6,6 +6,10 @@ Python use::
     model = fsdistill.load("runs/my-run")      # the student; teacher=True for the teacher
     mask = model.predict(image)                # H×W uint8 class ids at the image's own size
     model.classes                              # class names, background first
+
+Each command is also a function: ``fsdistill.distill(cfg)``, ``fsdistill.predict(inputs, out_dir)``,
+``fsdistill.evaluate``, ``fsdistill.profile``, ``fsdistill.adapt``, ``fsdistill.export``, ``fsdistill.suggest``
+(those of :mod:`fsdistill.api`).
 """
 
 from __future__ import annotations
@@ -13,10 +17,23 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
-__all__ = ["load", "__version__"]
+# The commands as library functions (cli.md's Python API), imported from fsdistill.api on first use.
+_COMMANDS = ("adapt", "distill", "predict", "evaluate", "profile", "export", "suggest")
+__all__ = ["load", "__version__", *_COMMANDS]
 
 if TYPE_CHECKING:
+    from fsdistill.api import adapt, distill, evaluate, export, predict, profile, suggest  # noqa: F401
     from fsdistill.infer.segmenter import Segmenter
+
+
+def __getattr__(name: str):
+    """``fsdistill.distill`` and the other commands: :mod:`fsdistill.api`'s, imported only when asked for, so that
+    ``import fsdistill`` (and the CLI's start-up) does not pull in torch."""
+    if name in _COMMANDS:
+        from fsdistill import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'fsdistill' has no attribute {name!r}")
 
 
 def load(path, teacher: bool = False, device: str = "auto") -> Segmenter:

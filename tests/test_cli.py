@@ -259,6 +259,14 @@ def test_evaluate_with_other_classes(runner, tiny_binary_run, tiny_data) -> None
     assert_user_error(result, "classes")
 
 
+def test_evaluate_json_that_is_a_folder_is_refused_before_evaluating(runner, tiny_binary_run, tiny_data, tmp_path):
+    (tmp_path / "results").mkdir()
+    args = ["evaluate", str(tiny_data.binary_heldout), "--model", str(tiny_binary_run.run_dir), "--device", "cpu"]
+    result = runner.invoke(app, [*args, "--json", str(tmp_path / "results")])
+    assert_user_error(result, "is a folder", "--json")
+    assert "mIoU" not in result.stdout  # refused before the evaluation, not after it
+
+
 def test_evaluate_missing_folder(runner, tiny_binary_run, tmp_path) -> None:
     result = runner.invoke(app, ["evaluate", str(tmp_path / "nope"), "--model", str(tiny_binary_run.run_dir)])
     assert_user_error(result, "does not exist")

@@ -21,8 +21,8 @@ from fsdistill import api  # noqa: E402
 from fsdistill.api import inference as inference_api  # noqa: E402
 from fsdistill.checkpoint import config_sha256  # noqa: E402
 from fsdistill.cli import app  # noqa: E402
-from fsdistill.export import export_onnx  # noqa: E402
 from fsdistill.infer import predictor as predictor_module  # noqa: E402
+from fsdistill.infer.export import export_onnx  # noqa: E402
 from fsdistill.models.build import load_model  # noqa: E402
 
 
@@ -230,7 +230,7 @@ def test_default_output_sits_beside_the_artifact_and_predict_finds_it(runner, ti
 
 
 def test_parity_failure_exits_1_and_keeps_the_file(runner, tiny_binary_run, tmp_path, monkeypatch) -> None:
-    from fsdistill import export as export_module
+    from fsdistill.infer import export as export_module
 
     real = export_module._torch_logits
     monkeypatch.setattr(export_module, "_torch_logits", lambda *a: real(*a) + 0.5)  # a reference 0.5 away
@@ -293,6 +293,32 @@ def test_onnx_predict_equals_torch_predict_without_torch_model_code(
     assert [r[:4] for r in torch_rows] == [r[:4] for r in onnx_rows]  # image, width, height, class
     if differing == 0:
         assert torch_rows == onnx_rows
+
+
+def test_export_from_inside_the_artifact_and_into_a_folder_without_suffix(
+    runner, shaken_multi_student, exported, tmp_path, monkeypatch
+) -> None:
+    """``export --model .`` in the artifact writes ../student.onnx (a ValueError traceback before); ``-o DIR``
+    (a trailing "/" never reaches the program) writes DIR/student.onnx; predict --backend onnx takes a file of any
+    name."""
+    artifact = tmp_path / "run" / "student"
+    shutil.copytree(shaken_multi_student, artifact)
+    monkeypatch.chdir(artifact)
+    args = ["export", "--model", ".", "--device", "cpu", "--quiet"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "student.onnx").is_file()
+    result = runner.invoke(app, [*args, "-o", str(tmp_path / "exported")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "exported" / "student.onnx").is_file()
+    unnamed = tmp_path / "model-file"
+    shutil.copy(exported, unnamed)
+    image = SynData.save(tmp_path / "in" / "a.png", SynData.image(30, 41, 0))
+    result = runner.invoke(
+        app, ["predict", str(image), "-o", str(tmp_path / "out"), "--backend", "onnx", "--model", str(unnamed), "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "masks" / "a.png").is_file()
 
 
 def test_onnx_predict_resumes_after_an_interruption(exported, odd_folder, tmp_path, monkeypatch) -> None:

@@ -17,7 +17,7 @@ from fsdistill.config import DistillCfg
 from fsdistill.errors import ConfigError
 from fsdistill.models.build import load_model
 from fsdistill.models.teacher import DCAMATeacher
-from fsdistill.profile import CSV_COLUMNS, ProfileCfg, headline_ratios, is_oom, shot_grid
+from fsdistill.profiling import CSV_COLUMNS, ProfileCfg, headline_ratios, is_oom, shot_grid
 
 from helpers import SynData
 
@@ -273,8 +273,8 @@ def test_cell_ratio_pairs_each_round_so_a_passing_load_divides_out():
     """A load that comes and goes slows both runs of a round alike (3× in rounds 2 and 4): the median of the
     per-round ratios is the student's own cost (1.2), where the two medians fall on different rounds (1.3); the
     headline ratios and the table take the paired one."""
-    from fsdistill.profile.grid import _paired_ratio
-    from fsdistill.profile.measure import _Measure
+    from fsdistill.profiling.grid import _paired_ratio
+    from fsdistill.profiling.measure import _Measure
 
     student = _Measure(times=[12.0, 36.0, 12.0, 36.0, 13.0])
     backbone = _Measure(times=[10.0, 30.0, 10.0, 30.0, 10.0])
@@ -338,8 +338,8 @@ def test_timed_runs_are_not_metered_for_memory():
     calls are metered, or the first timed call of a cell without warm-up."""
     import torch
 
-    from fsdistill.profile import ProfileCfg
-    from fsdistill.profile.measure import _Runner
+    from fsdistill.profiling import ProfileCfg
+    from fsdistill.profiling.measure import _Runner
 
     class CountingMeter:
         starts = 0
@@ -353,9 +353,33 @@ def test_timed_runs_are_not_metered_for_memory():
     calls = []
     runner = _Runner(ProfileCfg(warmup=1, runs=4), torch.device("cpu"), CountingMeter())
     out = runner.measure({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, estimate_ms=1.0)
-    assert len(calls) == 10 and CountingMeter.starts == 2  # one metered warm-up call per model
+    # One priming call per model (first cell only), one metered warm-up call, four timed ones.
+    assert len(calls) == 12 and CountingMeter.starts == 2
     assert all(len(m.times) == 4 and m.peak_mb == 1.0 for m in out.values())
     CountingMeter.starts = 0
     slow = _Runner(ProfileCfg(warmup=1, runs=4, slow_s=0.001, cell_budget_s=10.0), torch.device("cpu"), CountingMeter())
     out = slow.measure({"a": lambda: calls.append("a")}, estimate_ms=5000.0)  # a slow cell: no warm-up
     assert out["a"].warmup == 0 and CountingMeter.starts == 1 and out["a"].peak_mb == 1.0
+
+
+def test_each_model_is_called_once_unmetered_before_its_first_cell():
+    """A process's first call of a model also sets up what the process keeps (thread pools, kernel caches): it is
+    neither metered nor timed, or the first cell's peak memory would be 10-35x every other cell's."""
+    from fsdistill.profiling.measure import _Runner
+
+    log = []
+
+    class LoggingMeter:
+        def start(self):
+            log.append("start")
+
+        def stop(self):
+            return 1.0
+
+    runner = _Runner(ProfileCfg(warmup=1, runs=2), torch.device("cpu"), LoggingMeter())
+    runner.measure({"student": lambda: log.append("student")}, estimate_ms=1.0)
+    assert log[:2] == ["student", "start"]
+    log.clear()
+    out = runner.measure({"student": lambda: log.append("student"), "teacher": lambda: log.append("teacher")}, 1.0)
+    assert log[:2] == ["teacher", "start"]  # the student was primed in the first cell; the teacher now
+    assert log.count("student") == 3 and out["student"].warmup == 1 and len(out["student"].times) == 2

@@ -112,3 +112,12 @@ def test_readme_python_example_runs(shaken_multi_student, tmp_path, monkeypatch)
     exec(compile(example, str(README), "exec"), namespace)
     assert namespace["mask"].shape == Image.open("image.png").size[::-1]
     assert [m.shape for m in namespace["masks"]] == [(64, 64), (33, 90)]
+
+
+def test_the_commands_are_functions_of_the_package() -> None:
+    """cli.md's Python API: fsdistill.adapt, distill, predict, evaluate, profile (and export, suggest) are the
+    library's functions, imported on first use."""
+    for name in ("adapt", "distill", "predict", "evaluate", "profile", "export", "suggest"):
+        assert getattr(fsdistill, name) is getattr(api, name)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        fsdistill.nope  # noqa: B018

@@ -50,7 +50,7 @@ def _imported_modules(path: Path) -> set[str]:
 LAYER_RULES = [
     ("fsdistill/models", "fsdistill.train"),
     ("fsdistill/infer", "fsdistill.train"),
-    ("fsdistill/profile", "fsdistill.train"),
+    ("fsdistill/profiling", "fsdistill.train"),
     ("fsdistill/data", "fsdistill.models"),
     ("fsdistill/config.py", "fsdistill.models"),
 ]
@@ -58,7 +58,7 @@ LAYER_RULES = [
 
 @pytest.mark.parametrize(("where", "forbidden"), LAYER_RULES, ids=[f"{w}-{f}" for w, f in LAYER_RULES])
 def test_layers_import_only_downwards(where, forbidden) -> None:
-    """models/, infer/ and profile/ never import training code; data/ and config.py never import models."""
+    """models/, infer/ and profiling/ never import training code; data/ and config.py never import models."""
     root = REPO / where
     files = [root] if root.is_file() else sorted(root.rglob("*.py"))
     assert files

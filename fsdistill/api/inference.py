@@ -25,8 +25,8 @@ from fsdistill.models.build import load_model
 from fsdistill.runtime import ensure_writable_dir, resolve_device
 
 if TYPE_CHECKING:
-    from fsdistill.export import ExportResult
-    from fsdistill.profile import ProfileCfg, ProfileResult
+    from fsdistill.infer.export import ExportResult
+    from fsdistill.profiling import ProfileCfg, ProfileResult
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ def resolve_onnx_file(model: Path | None) -> Path:
     """
     from fsdistill.infer.onnx import default_onnx_path
 
-    if _is_onnx_file(model):
+    if _is_onnx_file(model) or (model is not None and Path(model).is_file()):  # --backend onnx names the format
         return Path(model)
     if model is not None and (Path(model) / "student.onnx").is_file():
         return Path(model) / "student.onnx"
@@ -266,11 +266,12 @@ def export(
     threads: int | None = None,
 ) -> ExportResult:
     """Export a run's student to ONNX (``fsdistill export``) and check it against PyTorch: ``passed`` is False in
-    the :class:`~fsdistill.export.ExportResult` when they differ too much (see :func:`fsdistill.export.export_onnx`).
+    the :class:`~fsdistill.infer.export.ExportResult` when they differ too much (see :func:`fsdistill.infer.export.export_onnx`).
 
     Args:
         model: run or student artifact folder (None: newest run under ./runs).
-        out: the file to write (None: ``RUN/student.onnx`` beside the artifact; a folder: ``FOLDER/student.onnx``).
+        out: the file to write (None: ``RUN/student.onnx`` beside the artifact; a folder, or a path without a
+            suffix: ``FOLDER/student.onnx``, the folder created).
         images: image files/folders for the check, the first ``real_samples`` used (None: the run's own support
             images, if still there), besides ``random_samples`` random ones.
         device: where the PyTorch reference of the check runs.
@@ -279,7 +280,7 @@ def export(
         DependencyError: onnx/onnxruntime missing. ConfigError: an unknown format or bad tolerance.
         CheckpointError: no student artifact. DataError: an unwritable output or unreadable sample image.
     """
-    from fsdistill.export import export_onnx
+    from fsdistill.infer.export import export_onnx
     from fsdistill.infer.onnx import default_onnx_path, require_export_packages
 
     if format.lower() != "onnx":
@@ -290,7 +291,7 @@ def export(
     torch_device = resolve_device(device)
     loaded = load_model(model, kind="student")
     target = Path(out) if out is not None else default_onnx_path(loaded.path)
-    if target.is_dir():
+    if target.is_dir() or (not target.exists() and not target.suffix):  # "-o exported/" arrives without its "/"
         target = target / "student.onnx"
     ensure_writable_dir(target.parent, "-o")
     real = _sample_images(loaded, images, real_samples)
@@ -342,18 +343,18 @@ def _sample_images(loaded, images: list[Path] | None, limit: int):
 
 def profile(cfg: ProfileCfg | None = None, quiet: bool = False, **options: Any) -> ProfileResult:
     """Latency and memory of teacher, student and bare backbone over ways × shots (``fsdistill profile``), written
-    into ``cfg.out``: a :class:`fsdistill.profile.ProfileCfg`, or its fields as keywords (``profile(ways=5)``).
+    into ``cfg.out``: a :class:`fsdistill.profiling.ProfileCfg`, or its fields as keywords (``profile(ways=5)``).
 
     Raises:
         ConfigError: a bad option (ways, shots or runs below 1, an unknown backbone, …).
     """
-    from fsdistill.profile import ProfileCfg, run_profile
+    from fsdistill.profiling import ProfileCfg, run_profile
 
     if cfg is None:
         try:
             cfg = ProfileCfg(**options)
         except TypeError as exc:
-            raise ConfigError(f"Unknown profile option ({exc}); see fsdistill.profile.ProfileCfg.") from None
+            raise ConfigError(f"Unknown profile option ({exc}); see fsdistill.profiling.ProfileCfg.") from None
     elif options:
         raise ConfigError("Pass either a ProfileCfg or keyword options to profile, not both.")
     return run_profile(cfg, quiet=quiet)

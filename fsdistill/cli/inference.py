@@ -169,8 +169,11 @@ def evaluate(
     from fsdistill import api
 
     if json_out is not None:  # refuse an unwritable --json before the evaluation, not after it
+        from fsdistill.errors import DataError
         from fsdistill.runtime import ensure_writable_dir
 
+        if Path(json_out).is_dir():
+            raise DataError(f"{json_out} is a folder; give --json a file name (for example eval.json).")
         ensure_writable_dir(Path(json_out).parent, "--json")
     with _bar("evaluate", quiet) as bar:
         result = api.evaluate(data_dir, model, teacher, device, batch_size, workers, bar.update, bar.reset)
@@ -238,7 +241,7 @@ def profile(
     Many classes: fsdistill profile --ways 50 --shots 1 (teacher up to 10 ways, see --teacher-max-ways)
     """
     from fsdistill import api
-    from fsdistill.profile import ProfileCfg
+    from fsdistill.profiling import ProfileCfg
 
     cfg = ProfileCfg(
         ways=ways,
@@ -285,7 +288,12 @@ def export(
     model: ModelOpt = None,
     format: Annotated[str, typer.Option("--format", help="Export format: onnx (the only one).")] = "onnx",
     out: Annotated[
-        Path | None, typer.Option("-o", "--out", help="Output file (default: RUN/student.onnx beside the artifact).")
+        Path | None,
+        typer.Option(
+            "-o",
+            "--out",
+            help="Output file, or a folder for student.onnx (default: RUN/student.onnx beside the artifact).",
+        ),
     ] = None,
     images: Annotated[
         list[Path] | None,

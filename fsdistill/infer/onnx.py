@@ -60,6 +60,8 @@ def require_export_packages(*names: str) -> list[ModuleType]:
 def default_onnx_path(artifact_dir: Path) -> Path:
     """Where ``fsdistill export`` writes a student artifact's ONNX file by default: ``RUN/student.onnx``."""
     artifact_dir = Path(artifact_dir)
+    if artifact_dir.name in ("", ".."):  # --model . (or ..): the folder's own name
+        artifact_dir = artifact_dir.resolve()
     return artifact_dir.with_name(f"{artifact_dir.name}.onnx")
 
 

@@ -20,9 +20,9 @@ from torch import Tensor, nn
 from fsdistill.config import ModelCfg, load_config
 from fsdistill.errors import CheckpointError, ConfigError
 from fsdistill.models.backbone_specs import DEFAULT_BACKBONE, backbone_spec
-from fsdistill.profile.config import DEFAULT_WAYS, ProfileCfg, ProfileResult, shot_grid
-from fsdistill.profile.measure import MemoryMeter, _Estimator, _free, _load_average, _Measure, _Runner, _sync, is_oom
-from fsdistill.profile.report import _write_plot, _write_tables, headline_ratios, render_markdown
+from fsdistill.profiling.config import DEFAULT_WAYS, ProfileCfg, ProfileResult, shot_grid
+from fsdistill.profiling.measure import MemoryMeter, _Estimator, _free, _load_average, _Measure, _Runner, _sync, is_oom
+from fsdistill.profiling.report import _write_plot, _write_tables, headline_ratios, render_markdown
 from fsdistill.runtime import (
     device_name,
     inference_memory_format,
@@ -38,7 +38,7 @@ __all__ = ["run_profile"]
 
 
 def run_profile(cfg: ProfileCfg, quiet: bool = False) -> ProfileResult:
-    """Measure the grid and write profile.json/.csv/.md/.png into ``cfg.out`` (see :mod:`fsdistill.profile`).
+    """Measure the grid and write profile.json/.csv/.md/.png into ``cfg.out`` (see :mod:`fsdistill.profiling`).
 
     Raises:
         ConfigError: a bad option. CheckpointError: an unusable ``cfg.model``. DeviceError: an unavailable device.

@@ -18,7 +18,7 @@ DEFAULT_WAYS = 3
 
 @dataclass
 class ProfileCfg:
-    """Options of ``fsdistill profile`` (see :mod:`fsdistill.profile` for what is measured).
+    """Options of ``fsdistill profile`` (see :mod:`fsdistill.profiling` for what is measured).
 
     Attributes:
         ways: largest ways W (grid 1..W); None = 3, or the model's classes with ``model``.

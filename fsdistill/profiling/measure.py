@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from fsdistill.profile.config import ProfileCfg
+from fsdistill.profiling.config import ProfileCfg
 from fsdistill.runtime import proc_status, release_freed_memory
 
 __all__ = ["is_oom", "MemoryMeter"]
@@ -197,6 +197,20 @@ class _Runner:
 
     def __init__(self, cfg: ProfileCfg, device: torch.device, meter: MemoryMeter) -> None:
         self.cfg, self.device, self.meter = cfg, device, meter
+        self._primed: set[str] = set()  # models called once, unmetered and untimed, before their first cell
+
+    def _prime(self, fns: dict[str, Callable[[], Any]]) -> None:
+        """One unmetered, untimed call of each model not yet called in this process: a first call also sets up
+        what the process keeps (thread pools, kernel caches), which is not the model's memory (the first cell's
+        peak was 10–35× the others')."""
+        for name in fns.keys() - self._primed:
+            try:
+                _time_once(fns[name], self.device)
+            except BaseException as exc:
+                if not is_oom(exc):
+                    raise
+                _free(self.device)  # its cell's own calls say so
+            self._primed.add(name)
 
     def plan(self, estimate_ms: float | None) -> tuple[int, int]:
         """(warm-up runs, timed runs) for a cell whose single run (round) is estimated at ``estimate_ms``."""
@@ -242,6 +256,7 @@ class _Runner:
             return [n for n in fns if out[n].status == "ok"]
 
         with torch.no_grad():
+            self._prime(fns)
             for _ in range(warmup):
                 round_ms = sum(self._call(fns[n], out[n], timed=False) for n in live())
                 if round_ms > slow:  # slower than expected: this warm-up was enough
