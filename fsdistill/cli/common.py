@@ -58,7 +58,9 @@ TrainDeviceOpt = Annotated[
     ),
 ]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (default 0).")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries, errors only.")]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress bars or summaries: errors and warnings only.")
+]
 InferSeedOpt = Annotated[
     int | None, typer.Option("--seed", help="Accepted like every command's (inference is deterministic).")
 ]
