@@ -159,6 +159,18 @@ def test_artifacts_record_the_support_fingerprint(tiny_binary_run, tiny_data) ->
         assert config["train_config"]["model"]["backbone"] == "test-resnet"
 
 
+def test_distill_from_an_adapted_teacher_writes_the_teacher_it_trained_on(tiny_binary_run, tiny_data, tmp_path):
+    """--teacher without --freeze-teacher trains the teacher on with the student: the run keeps that teacher (the
+    one the student learned from; it was thrown away), the given one stays as it was."""
+    teacher_dir = tiny_binary_run.teacher_dir
+    before = teacher_dir.joinpath("model.safetensors").read_bytes()
+    result = api.distill(_distill_cfg(tiny_data.binary, tmp_path / "run", teacher=teacher_dir), quiet=True)
+    assert result.teacher_dir == tmp_path / "run" / "teacher" and is_artifact(result.teacher_dir)
+    given, trained = load_artifact(teacher_dir)[0], load_artifact(result.teacher_dir)[0]
+    assert any(not torch.equal(given[k], trained[k]) for k in given), "the teacher did not train on"
+    assert teacher_dir.joinpath("model.safetensors").read_bytes() == before
+
+
 def test_distill_from_a_frozen_adapted_teacher_leaves_it_unchanged(
     tiny_binary_run, tiny_data, tmp_path, monkeypatch
 ) -> None:

@@ -394,7 +394,8 @@ def distill(
 ) -> RunResult:
     """DistillFSS: train the support-free ConvDist student (jointly with the teacher unless ``cfg.teacher``).
 
-    Writes ``RUN/student/`` and, when the teacher was adapted here, ``RUN/teacher/``. ``overwrite``: replace a
+    Writes ``RUN/student/`` and ``RUN/teacher/``, the teacher the student learned from: adapted here, or the given
+    ``cfg.teacher`` trained on jointly (not with ``cfg.freeze_teacher``: then the given one, left where it is). ``overwrite``: replace a
     finished run at ``cfg.out`` (see :func:`check_run_dir`). ``engine``: where the ``cfg.unlabeled`` pool is
     labelled, ``local`` (None) or ``ray`` (:class:`~fsdistill.train.pool_ray.RayPoolLabeller`, the same labels),
     with ``address``, ``workers`` and ``gpus_per_worker`` as for :func:`fsdistill.api.predict`.
@@ -508,15 +509,18 @@ def distill(
         if match is not None:
             common["training"]["init"] = {"run": str(cfg.init), **match.to_dict()}
         teacher_dir = None
-        if cfg.teacher is None:
+        # The teacher the student learned from is the run's: adapted here, or a given one trained on with the
+        # student (only a frozen one is left where it is).
+        trained_teacher = cfg.teacher is None or not cfg.freeze_teacher
+        own_teacher = cfg.teacher is not None and _is_artifact_at(cfg.teacher, run_dir / "teacher")
+        if trained_teacher:
             # A replaced run's student goes first: killed between the two saves, the run holds the new teacher
             # and no student (a rerun finishes it), never the new teacher beside the old student.
             _drop_stale(run_dir, keep={"teacher"})
             teacher_dir = _save_teacher(run_dir, teacher, teacher_cfg, support, common)
             _write_run_config(run_dir, cfg, "distill")
         student_dir = save_model(run_dir / "student", student, student_cfg, **common)
-        own_teacher = cfg.teacher is None or _is_artifact_at(cfg.teacher, run_dir / "teacher")
-        _drop_stale(run_dir, keep={"student", "teacher"} if own_teacher else {"student"})
+        _drop_stale(run_dir, keep={"student", "teacher"} if trained_teacher or own_teacher else {"student"})
         _write_run_config(run_dir, cfg, "distill")
         return RunResult(
             run_dir,
