@@ -266,7 +266,8 @@ def export(
     threads: int | None = None,
 ) -> ExportResult:
     """Export a run's student to ONNX (``fsdistill export``) and check it against PyTorch: ``passed`` is False in
-    the :class:`~fsdistill.infer.export.ExportResult` when they differ too much (see :func:`fsdistill.infer.export.export_onnx`).
+    the :class:`~fsdistill.infer.export.ExportResult` when they differ too much (see
+    :func:`fsdistill.infer.export.export_onnx`).
 
     Args:
         model: run or student artifact folder (None: newest run under ./runs).

@@ -395,10 +395,10 @@ def distill(
     """DistillFSS: train the support-free ConvDist student (jointly with the teacher unless ``cfg.teacher``).
 
     Writes ``RUN/student/`` and ``RUN/teacher/``, the teacher the student learned from: adapted here, or the given
-    ``cfg.teacher`` trained on jointly (not with ``cfg.freeze_teacher``: then the given one, left where it is). ``overwrite``: replace a
-    finished run at ``cfg.out`` (see :func:`check_run_dir`). ``engine``: where the ``cfg.unlabeled`` pool is
-    labelled, ``local`` (None) or ``ray`` (:class:`~fsdistill.train.pool_ray.RayPoolLabeller`, the same labels),
-    with ``address``, ``workers`` and ``gpus_per_worker`` as for :func:`fsdistill.api.predict`.
+    ``cfg.teacher`` trained on jointly (not with ``cfg.freeze_teacher``: then the given one, left where it is).
+    ``overwrite``: replace a finished run at ``cfg.out`` (see :func:`check_run_dir`). ``engine``: where the
+    ``cfg.unlabeled`` pool is labelled, ``local`` (None) or ``ray`` (:class:`~fsdistill.train.pool_ray.RayPoolLabeller`,
+    the same labels), with ``address``, ``workers`` and ``gpus_per_worker`` as for :func:`fsdistill.api.predict`.
 
     Raises:
         ConfigError: bad options (see :func:`_pool_engine` for the engine's). DependencyError: ``engine="ray"``
