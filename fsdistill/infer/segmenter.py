@@ -26,7 +26,7 @@ __all__ = ["Segmenter", "load"]
 ImageLike = Any  # H×W×3 / H×W numpy array, PIL.Image.Image, or a path to an image file
 
 
-def _as_rgb(image: ImageLike, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+def _decode(image: ImageLike, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     """An image in any accepted form → (H'×W'×3 uint8 RGB, (H, W) of the image): decoded as ``fsdistill predict``
     decodes it, a JPEG file at a reduced scale still ≥ ``size`` (the model's input), the mask due at (H, W)."""
     if isinstance(image, (str, Path)):
@@ -77,7 +77,7 @@ class Segmenter:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         size = self._predictor.size
-        decoded = [_as_rgb(image, size) for image in images]
+        decoded = [_decode(image, size) for image in images]
         masks: list[np.ndarray] = []
         for start in range(0, len(decoded), batch_size):
             chunk = decoded[start : start + batch_size]
