@@ -72,6 +72,12 @@ def launch_from_env(environ: Mapping[str, str] | None = None) -> Launch | None:
         ) from None
     if not 0 <= rank < world or local_rank < 0:
         raise ConfigError(f"RANK {rank} does not fit WORLD_SIZE {world}; start the command with torchrun.")
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not env.get(name)]
+    if missing:  # the env:// rendezvous needs both; torchrun always sets them
+        raise ConfigError(
+            f"WORLD_SIZE is {world} but {' and '.join(missing)} is not set; start the command with torchrun "
+            "(torchrun --nproc-per-node N -m fsdistill ...), or unset WORLD_SIZE for one process."
+        )
     return Launch(rank=rank, local_rank=local_rank, world_size=world)
 
 

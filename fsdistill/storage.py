@@ -170,8 +170,14 @@ class LocalStorage(Storage):
 
     def write_bytes(self, key: str, payload: bytes, unique: bool = False) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, payload, unique=unique)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, payload, unique=unique)
+        except OSError as exc:  # a file where a folder must go, a name too long, a full disk
+            raise DataError(
+                f"Cannot write {path} ({exc.strerror or exc}); move what is in the way, or choose another output "
+                "folder."
+            ) from None
 
     def ensure_writable(self, flag: str) -> None:
         ensure_writable_dir(self.root, flag)

@@ -29,9 +29,15 @@ REPO = Path(fsdistill.__file__).resolve().parents[1]
 def test_launch_from_env() -> None:
     assert distributed.launch_from_env({}) is None
     assert distributed.launch_from_env({"WORLD_SIZE": "1", "RANK": "0"}) is None
-    launch = distributed.launch_from_env({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"})
+    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    launch = distributed.launch_from_env({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", **rendezvous})
     assert launch == distributed.Launch(rank=3, local_rank=1, world_size=4)
-    for env in ({"WORLD_SIZE": "2"}, {"WORLD_SIZE": "2", "RANK": "2", "LOCAL_RANK": "0"}, {"WORLD_SIZE": "two"}):
+    for env in (
+        {"WORLD_SIZE": "2", **rendezvous},
+        {"WORLD_SIZE": "2", "RANK": "2", "LOCAL_RANK": "0", **rendezvous},
+        {"WORLD_SIZE": "two"},
+        {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"},  # no rendezvous address: init_process_group's ValueError
+    ):
         with pytest.raises(ConfigError, match="torchrun"):
             distributed.launch_from_env(env)
     # Without a process group the helpers describe one process.
@@ -155,6 +161,8 @@ def test_commands_that_do_not_train_refuse_torchrun(tiny_multi_run, tiny_data, t
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
     runner = CliRunner()
     result = runner.invoke(app, ["predict", str(tiny_data.multi_heldout), "-o", str(tmp_path / "p")])
     message = assert_user_error(result, "torchrun", "--shard")

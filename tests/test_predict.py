@@ -287,6 +287,11 @@ def test_inputs_that_would_write_the_same_mask_are_refused(tmp_path) -> None:
         list_images([tmp_path / "a" / "x.png", tmp_path / "b" / "x.png"])
     # Folders keep their own prefix, so equal names inside different folders are fine.
     assert len(list_images([tmp_path / "a", tmp_path / "b"])) == 2
+    # A pool (suggest, distill --unlabeled) writes no masks: x.jpg beside x.png is two images.
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a" / "x.jpg")
+    with pytest.raises(DataError, match="would both write masks/x.png"):
+        list_images([tmp_path / "a"])
+    assert len(list_images([tmp_path / "a"], writes_masks=False)) == 2
 
 
 def test_an_input_given_as_dot_dot_is_prefixed_by_its_folder_name(tmp_path, monkeypatch) -> None:
@@ -299,6 +304,14 @@ def test_an_input_given_as_dot_dot_is_prefixed_by_its_folder_name(tmp_path, monk
     monkeypatch.chdir(tmp_path / "a" / "sub")
     listed = [rel.as_posix() for _, rel in list_images([Path(".."), tmp_path / "b"])]
     assert listed == ["a/sub/s.png", "a/top.png", "b/x.png"]
+
+
+def test_a_file_in_the_way_of_the_masks_folder_is_one_sentence(shaken_multi_student, tmp_path) -> None:
+    image = SynData.save(tmp_path / "in" / "a.png", SynData.image(30, 41, 0))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "masks").write_text("not a folder")
+    with pytest.raises(DataError, match=r"Cannot write .*masks.*move what is in the way"):
+        api.predict([image], tmp_path / "out", shaken_multi_student, device="cpu", workers=0)
 
 
 def test_channel_argmax_equals_argmax_including_ties() -> None:

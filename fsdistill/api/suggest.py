@@ -149,7 +149,7 @@ def suggest(
         if not path.exists():
             raise DataError(f"Pool {path} does not exist; pass a folder (or files) of unlabelled images.")
     # The copy folder may sit inside the pool: its copies are not pool images on a rerun.
-    entries = list_images(pools, Path(copy_to) if copy_to is not None else None)
+    entries = list_images(pools, Path(copy_to) if copy_to is not None else None, writes_masks=False)
     if shard is not None:
         entries = shard.select(entries)
         if not entries:

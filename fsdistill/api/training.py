@@ -247,7 +247,7 @@ def _pool_images(cfg: DistillCfg, index: SupportIndex) -> tuple[list[Path], int]
         raise DataError(f"--unlabeled {cfg.unlabeled} is not a folder; pass a folder of unlabeled images.")
     # The support folder itself may be (or hold) the pool: its images and mask files are not pool images.
     supports = {p.resolve() for s in index.samples for p in (s.image_path, *s.mask_paths)}
-    paths = [p for p, _ in list_images([cfg.unlabeled]) if p.resolve() not in supports]
+    paths = [p for p, _ in list_images([cfg.unlabeled], writes_masks=False) if p.resolve() not in supports]
     if not paths:
         raise DataError(f"--unlabeled {cfg.unlabeled} holds no image besides the support images and masks.")
     total = len(paths)

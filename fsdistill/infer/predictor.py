@@ -78,12 +78,16 @@ def _walk_images(storage: Storage, out: Storage | None) -> Iterator[str]:
                 yield here + name
 
 
-def list_images(inputs: Sequence[Path | str], out_dir: Path | str | Storage | None = None) -> list[tuple[Source, Path]]:
+def list_images(
+    inputs: Sequence[Path | str], out_dir: Path | str | Storage | None = None, writes_masks: bool = True
+) -> list[tuple[Source, Path]]:
     """Image files of ``inputs`` (files, or folders searched recursively; local paths or object-store URIs) as
     (source, output-relative path), skipping folders of predict outputs (``out_dir``, or one with a manifest).
 
     With several inputs, each one's outputs go under its own name. A file reached twice (``predict r r/sub``) is
-    listed once, under the first input that reaches it.
+    listed once, under the first input that reaches it. ``writes_masks``: refuse two images whose masks would
+    share a path (``x.jpg`` and ``x.png``); off for the pools of ``suggest`` and ``distill --unlabeled``, which
+    write none.
     """
     out = out_dir if isinstance(out_dir, Storage) or out_dir is None else open_storage(out_dir)
     unique_inputs: dict[str, tuple[Storage, str]] = {}  # by identity: an input given twice is read once
@@ -113,7 +117,7 @@ def list_images(inputs: Sequence[Path | str], out_dir: Path | str | Storage | No
             f"No images found in {', '.join(map(str, inputs))}; supported: {', '.join(sorted(IMAGE_SUFFIXES))}."
         )
     seen: dict[Path, Source] = {}
-    for source, rel in unique.values():
+    for source, rel in unique.values() if writes_masks else ():
         target = rel.with_suffix(".png")
         if target in seen:
             raise DataError(
