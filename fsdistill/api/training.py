@@ -512,16 +512,20 @@ def distill(
         # The teacher the student learned from is the run's: adapted here, or a given one trained on with the
         # student (only a frozen one is left where it is).
         trained_teacher = cfg.teacher is None or not cfg.freeze_teacher
-        own_teacher = cfg.teacher is not None and _is_artifact_at(cfg.teacher, run_dir / "teacher")
         if trained_teacher:
             # A replaced run's student goes first: killed between the two saves, the run holds the new teacher
-            # and no student (a rerun finishes it), never the new teacher beside the old student.
+            # (and this run's config) and no student (a rerun finishes it), never the new teacher beside the old
+            # student.
             _drop_stale(run_dir, keep={"teacher"})
             teacher_dir = _save_teacher(run_dir, teacher, teacher_cfg, support, common)
             _write_run_config(run_dir, cfg, "distill")
+            keep = {"student", "teacher"}
+        else:  # a frozen given teacher: a teacher/ here is kept only if it is that one
+            keep = {"student", "teacher"} if _is_artifact_at(cfg.teacher, run_dir / "teacher") else {"student"}
         student_dir = save_model(run_dir / "student", student, student_cfg, **common)
-        _drop_stale(run_dir, keep={"student", "teacher"} if trained_teacher or own_teacher else {"student"})
-        _write_run_config(run_dir, cfg, "distill")
+        _drop_stale(run_dir, keep=keep)
+        if not trained_teacher:
+            _write_run_config(run_dir, cfg, "distill")
         return RunResult(
             run_dir,
             teacher_dir=teacher_dir,

@@ -116,15 +116,16 @@ def list_images(
         raise DataError(
             f"No images found in {', '.join(map(str, inputs))}; supported: {', '.join(sorted(IMAGE_SUFFIXES))}."
         )
-    seen: dict[Path, Source] = {}
-    for source, rel in unique.values() if writes_masks else ():
-        target = rel.with_suffix(".png")
-        if target in seen:
-            raise DataError(
-                f"{seen[target]} and {source} would both write masks/{target}; rename one or predict them into "
-                "separate -o folders."
-            )
-        seen[target] = source
+    if writes_masks:
+        seen: dict[Path, Source] = {}
+        for source, rel in unique.values():
+            target = rel.with_suffix(".png")
+            if target in seen:
+                raise DataError(
+                    f"{seen[target]} and {source} would both write masks/{target}; rename one or predict them into "
+                    "separate -o folders."
+                )
+            seen[target] = source
     return list(unique.values())
 
 
