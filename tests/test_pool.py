@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from fsdistill import api
@@ -151,13 +152,18 @@ def test_distill_with_a_pool_records_it_in_the_artifact(tiny_data, tmp_path) -> 
     shutil.copytree(tiny_data.multi_heldout / "images", pool)
     (pool / "broken.png").write_bytes(b"not a png")
     (pool / "sub").mkdir()
-    shutil.copy(next((tiny_data.multi_heldout / "images").iterdir()), pool / "sub" / "deep.png")
+    first = sorted((tiny_data.multi_heldout / "images").iterdir())[0]
+    Image.open(first).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(pool / "sub" / "deep.png")
+    # `suggest --copy-to` copies inside the pool and a copy of a support image: left out, not trained on twice
+    (pool / "to_label").mkdir()
+    shutil.copy(first, pool / "to_label" / first.name)
+    shutil.copy(next((tiny_data.multi / "images").iterdir()), pool / "support_copy.png")
     cfg = _distill_cfg(tiny_data.multi, tmp_path / "run", pool)
     run = api.distill(cfg)
     info = run.stats["pool"]
     assert info["label_shots"] == cfg.train.max_shots  # each image against its nearest supports
     images = len(list((tiny_data.multi_heldout / "images").iterdir())) + 1
-    assert info["images"] == images and info["pool_size"] == images + 1
+    assert info["images"] == images and info["pool_size"] == images + 1 and info["copies_left_out"] == 2
     assert len(info["skipped"]) == 1 and "broken.png" in info["skipped"][0]
     assert info["used"] and info["labeller"] == "mean" and len(info["fingerprint"]) == 64
     assert info["trusted"] == tiny_data.multi_classes and set(info["teacher_leave_one_out"]) == set(info["trusted"])
@@ -227,6 +233,10 @@ def test_bad_pools_are_one_sentence_before_any_training(tiny_data, tmp_path) -> 
     assert_user_error(result, "None of the 1 images of --unlabeled", "could be read")
     result = runner.invoke(app, [*base, "--out", str(tmp_path / "d"), "--unlabeled-max", "0"])
     assert_user_error(result, "--unlabeled-max")
+    # a pool size without a pool does nothing: said, before anything is trained
+    result = runner.invoke(app, [*base, "--out", str(tmp_path / "e"), "--unlabeled-max", "5"])
+    assert_user_error(result, "--unlabeled-max only applies with --unlabeled")
+    assert not (tmp_path / "e").exists()
 
 
 def test_distill_cli_reports_the_pool(tiny_data, tmp_path) -> None:

@@ -239,21 +239,48 @@ def _load_teacher(cfg: DistillCfg) -> LoadedModel:
     return loaded
 
 
-def _pool_images(cfg: DistillCfg, index: SupportIndex) -> tuple[list[Path], int]:
-    """The pool images a run uses (support images left out; a seeded sample of ``unlabeled_max`` from a larger
-    pool, in sorted order) and how many the pool holds."""
+def _pool_images(cfg: DistillCfg, index: SupportIndex) -> tuple[list[Path], int, int]:
+    """The pool images a run uses (support images and copies left out; a seeded sample of ``unlabeled_max`` from
+    a larger pool, in sorted order), how many distinct images the pool holds and how many copies were left out."""
     assert cfg.unlabeled is not None
     if not cfg.unlabeled.is_dir():
         raise DataError(f"--unlabeled {cfg.unlabeled} is not a folder; pass a folder of unlabeled images.")
     # The support folder itself may be (or hold) the pool: its images and mask files are not pool images.
-    supports = {p.resolve() for s in index.samples for p in (s.image_path, *s.mask_paths)}
-    paths = [p for p, _ in list_images([cfg.unlabeled], writes_masks=False) if p.resolve() not in supports]
+    support_files = [p for s in index.samples for p in (s.image_path, *s.mask_paths)]
+    supports = {p.resolve() for p in support_files}
+    listed = [p for p, _ in list_images([cfg.unlabeled], writes_masks=False) if p.resolve() not in supports]
+    # `suggest --copy-to` copies pool images into a folder that may lie in the pool, and a labelled image may have
+    # been copied into the supports: a copy would be trained on twice, or labelled by the teacher beside its mask.
+    paths = _without_copies(listed, [s.image_path for s in index.samples])
     if not paths:
         raise DataError(f"--unlabeled {cfg.unlabeled} holds no image besides the support images and masks.")
     total = len(paths)
     if total > cfg.unlabeled_max:
         paths = sorted(random.Random(cfg.train.seed).sample(paths, cfg.unlabeled_max))
-    return paths, total
+    return paths, total, len(listed) - total
+
+
+def _without_copies(paths: list[Path], known: list[Path]) -> list[Path]:
+    """``paths`` less byte-for-byte copies of an earlier one or of a ``known`` file (the first of a set in
+    ``paths``' order is kept). Only files whose sizes collide are read."""
+    sizes = {path: path.stat().st_size for path in (*known, *paths)}
+    counts: dict[int, int] = {}
+    for size in sizes.values():
+        counts[size] = counts.get(size, 0) + 1
+
+    def digest(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    seen = {digest(path) for path in known if counts[sizes[path]] > 1}
+    kept = []
+    for path in paths:
+        if counts[sizes[path]] > 1:
+            content = digest(path)
+            if content in seen:
+                continue
+            seen.add(content)
+        kept.append(path)
+    return kept
 
 
 def _pool_fingerprint(root: Path, paths: list[Path]) -> str:
@@ -290,6 +317,7 @@ def _train_on_pool(
     cfg: DistillCfg,
     paths: list[Path],
     total: int,
+    copies: int,
     teacher: DCAMATeacher,
     teacher_cfg: ModelCfg,
     student: DistilledStudent,
@@ -315,6 +343,7 @@ def _train_on_pool(
     base_info: dict[str, Any] = {
         "root": str(cfg.unlabeled),
         "pool_size": total,
+        "copies_left_out": copies,
         "support_steps": support_stats.steps,
         "min_iou": cfg.train.pool_min_iou,
         "trusted": [c.name for c, ok in zip(check.classes, trusted) if ok],

@@ -203,6 +203,7 @@ def distill(
     """
     from fsdistill import api
     from fsdistill.config import DistillCfg, load_config
+    from fsdistill.errors import ConfigError
 
     cfg = load_config(
         DistillCfg,
@@ -223,6 +224,8 @@ def distill(
         flag_names=True,
         command="distill",
     )
+    if unlabeled_max is not None and cfg.unlabeled is None:
+        raise ConfigError("--unlabeled-max only applies with --unlabeled POOL; add the pool or drop it.")
     with torchrun_group(cfg.device) as main:
         result = api.distill(
             cfg,
@@ -256,6 +259,8 @@ def distill(
                 f"{pool['min_iou']})"
             )
         skipped = f", {len(pool['skipped'])} unreadable skipped" if pool["skipped"] else ""
+        if pool.get("copies_left_out"):
+            skipped += f", {pool['copies_left_out']} copies of other pool or support images left out"
         say(
             f"unlabeled pool: {pool['images']} of {pool['pool_size']} images labelled by "
             f"{LABELLER_WORDS[pool['labeller']]} in "
