@@ -243,4 +243,9 @@ def resolve_model_dir(path: Path | None, kind: str | None = None) -> Path:
             f"{path} has no usable student ({missing} is missing); re-run fsdistill distill, or evaluate "
             "the run's teacher with evaluate --teacher (it is never used in the student's place)."
         )
+    if any((path / name).is_file() for name in (CONFIG_FILE, WEIGHTS_FILE)):  # an artifact folder missing a file
+        raise CheckpointError(
+            f"{path} is an incomplete artifact: {_missing_file(path)} is missing; copy the whole artifact folder "
+            "(model.safetensors and config.json) again."
+        )
     raise CheckpointError(f"{path} holds no {wanted} artifact (model.safetensors + config.json); pass a run folder.")

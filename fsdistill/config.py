@@ -325,7 +325,9 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
     merged = dict(base)
     for key, value in override.items():
         if isinstance(value, dict):
-            merged[key] = _deep_merge(merged.get(key) if isinstance(merged.get(key), dict) else {}, value)
+            if merged.get(key) is not None and not isinstance(merged[key], dict):
+                continue  # a section given as a scalar or a list (`train: [mapper]`): kept, so validation names it
+            merged[key] = _deep_merge(merged.get(key) or {}, value)
         elif value is not None:
             merged[key] = value
     return merged
@@ -364,14 +366,22 @@ def load_config(
     data: dict[str, Any] = {}
     if yaml_path is not None:
         path = Path(yaml_path)
+        if path.is_dir():
+            raise ConfigError(f"Config file {path} is a folder; pass a YAML file to --config.")
         if not path.is_file():
             raise ConfigError(f"Config file {path} does not exist; pass an existing YAML file to --config.")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            # Bytes, not text: PyYAML reads the UTF-16 a Windows editor or shell may have written (by its BOM).
+            data = yaml.safe_load(path.read_bytes())
         except yaml.YAMLError as exc:
             raise ConfigError(
                 f"Config file {path} is not valid YAML ({exc.__class__.__name__}); fix its syntax."
             ) from None
+        except OSError as exc:
+            raise ConfigError(
+                f"Cannot read config file {path} ({exc.strerror or exc}); check its permissions."
+            ) from None
+        data = {} if data is None else data  # an empty file (or comments only): no options
         if not isinstance(data, dict):
             raise ConfigError(f"Config file {path} must hold a mapping of option names to values.")
         if "command" in data and command is not None:
@@ -400,6 +410,12 @@ def load_config(
             msg = str(err["msg"]).removeprefix("Value error, ")
             flag = "--" + loc[-1].replace("_", "-")  # the CLI names each flag after its field's last key
             raise ConfigError(f"Invalid {flag} {shown}: {msg}.") from None
-        source = f" (from {yaml_path} and flags)" if yaml_path else ""
+        source = f" (from {yaml_path}{' and flags' if flag_names else ''})" if yaml_path else ""
         where = ".".join(str(p) for p in err["loc"]) or "config"
+        if err["type"] == "model_type":  # `train: [mapper, attention]`, `model: resnet50`
+            hint = " (the groups to train go under it: train: then train: [mapper, merge, mixer])"
+            raise ConfigError(
+                f"Invalid configuration{source}: {where} must be a section of options, one `name: value` per "
+                f"indented line below `{where}:`{hint if where == 'train' else ''}."
+            ) from None
         raise ConfigError(f"Invalid configuration{source}: {where}: {err['msg']}.") from None

@@ -25,6 +25,7 @@ __all__ = [
     "check_device_name",
     "resolve_device",
     "seed_everything",
+    "global_random_state_kept",
     "progress",
     "library_versions",
     "device_name",
@@ -200,6 +201,21 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+@contextmanager
+def global_random_state_kept() -> Iterator[None]:
+    """Python's, numpy's and torch's global random states (CUDA's too once it runs) restored after the block: the
+    library seeds them for a reproducible run (:func:`seed_everything`) without changing what a caller's own
+    draws give afterwards."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
 
 
 def flush_denormals() -> bool:

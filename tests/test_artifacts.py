@@ -286,8 +286,25 @@ def test_damaged_or_missing_config_raises(saved, tmp_path, damage) -> None:
         (art / "config.json").unlink()
     else:
         (art / "model.safetensors").unlink()
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError) as err:
         load_model(art)
+    if damage.startswith("missing"):  # the file is named, not "holds no student artifact; pass a run folder"
+        missing = "config.json" if damage == "missing-config" else "model.safetensors"
+        assert f"incomplete artifact: {art / missing} is missing" in str(err.value)
+
+
+def test_weights_that_do_not_fit_name_the_tensor(saved, monkeypatch) -> None:
+    """torch's first line is only a header; the message gives the line that names the tensor."""
+
+    def refuse(self, state_dict, strict=True):
+        raise RuntimeError(
+            "Error(s) in loading state_dict for DistilledStudent:\n\tsize mismatch for head.weight: copying a "
+            "param with shape torch.Size([3]) from checkpoint, the shape in current model is torch.Size([2])."
+        )
+
+    monkeypatch.setattr(torch.nn.Module, "load_state_dict", refuse)
+    with pytest.raises(CheckpointError, match=r"does not fit its config.json \(size mismatch for head.weight"):
+        load_model(saved["student"])
 
 
 def test_non_artifact_folder_raises(tmp_path) -> None:

@@ -157,8 +157,22 @@ def test_bad_training_options(runner, tiny_data, tmp_path, command, extra, fragm
         ("modle:\n  size: 64\n", "modle"),
         ("train: [1, 2\n", "yaml"),
         ("- just\n- a list\n", "mapping"),
+        ("[]\n", "mapping"),
+        ("false\n", "mapping"),
+        # a section given as a value (the flags' empty sections used to replace it, so it was ignored, exit 0)
+        ("train: [mapper, attention]\n", "train must be a section of options"),
+        ("model: resnet50\n", "model must be a section of options"),
     ],
-    ids=["unknown-nested-key", "unknown-top-key", "invalid-yaml", "not-a-mapping"],
+    ids=[
+        "unknown-nested-key",
+        "unknown-top-key",
+        "invalid-yaml",
+        "not-a-mapping",
+        "empty-list",
+        "false",
+        "train-as-list",
+        "model-as-name",
+    ],  # fmt: skip
 )
 def test_bad_config_yaml(runner, tiny_data, tmp_path, yaml_text, fragment) -> None:
     config = tmp_path / "cfg.yaml"
@@ -191,6 +205,18 @@ def test_a_check_across_fields_of_the_config_file_is_not_blamed_on_a_flag(runner
 def test_missing_config_file(runner, tiny_data, tmp_path) -> None:
     result = runner.invoke(app, [*_train_args(tiny_data, tmp_path), "--config", str(tmp_path / "no.yaml"), *TINY])
     assert_user_error(result, "no.yaml")
+    (tmp_path / "dir.yaml").mkdir()
+    result = runner.invoke(app, [*_train_args(tiny_data, tmp_path), "--config", str(tmp_path / "dir.yaml"), *TINY])
+    assert_user_error(result, "dir.yaml is a folder")
+
+
+def test_a_utf16_config_file_is_read(runner, tiny_data, tmp_path) -> None:
+    """What a Windows shell's ``>`` writes (UTF-16 with a BOM) was a UnicodeDecodeError traceback."""
+    config = tmp_path / "cfg.yaml"
+    config.write_bytes("train:\n  lr: 0.002\n".encode("utf-16"))
+    result = runner.invoke(app, [*_train_args(tiny_data, tmp_path), "--config", str(config), *TINY])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((tmp_path / "run" / "config.resolved.yaml").read_text())["train"]["lr"] == 0.002
 
 
 def test_missing_backbone_weights_file(runner, tiny_data, tmp_path) -> None:

@@ -14,6 +14,8 @@ from fsdistill import api
 from fsdistill.data.masks import read_index_mask
 from fsdistill.errors import DataError
 
+from helpers import TINY_MODEL, TINY_TRAIN
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -121,3 +123,41 @@ def test_the_commands_are_functions_of_the_package() -> None:
         assert getattr(fsdistill, name) is getattr(api, name)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         fsdistill.nope  # noqa: B018
+
+
+def test_training_leaves_the_callers_random_states_as_they_were(tiny_data, tmp_path) -> None:
+    """api.adapt / api.distill seed their run, not the caller's later draws (they reseeded all three to the run's
+    seed)."""
+    import random
+
+    import torch
+
+    from fsdistill.config import AdaptCfg, DistillCfg, load_config
+
+    def draws() -> tuple:
+        return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+    for cls, fn in ((AdaptCfg, fsdistill.adapt), (DistillCfg, fsdistill.distill)):
+        overrides = {"support": tiny_data.binary, "out": tmp_path / cls.__name__, "device": "cpu"}
+        cfg = load_config(cls, None, {**overrides, "model": TINY_MODEL, "train": {**TINY_TRAIN, "seed": 0}})
+        random.seed(7), np.random.seed(7), torch.manual_seed(7)
+        expected = draws()
+        random.seed(7), np.random.seed(7), torch.manual_seed(7)
+        fn(cfg, quiet=True)
+        assert draws() == expected
+
+
+def test_training_functions_take_a_mapping_and_refuse_other_types(tiny_data, tmp_path) -> None:
+    from fsdistill.config import DistillCfg
+    from fsdistill.errors import ConfigError
+
+    options = {"support": str(tiny_data.binary), "out": str(tmp_path / "run"), "device": "cpu",
+               "model": TINY_MODEL, "train": {"steps": 0}}  # fmt: skip
+    run = fsdistill.distill(options, quiet=True)
+    assert run.student_dir is not None and run.student_dir.is_dir()
+    with pytest.raises(ConfigError, match="fsdistill.adapt takes an AdaptCfg or a mapping .* not a DistillCfg"):
+        fsdistill.adapt(DistillCfg(**options))
+    with pytest.raises(ConfigError, match="not a str"):
+        fsdistill.distill("support/")
+    with pytest.raises(ConfigError, match="stepz"):
+        fsdistill.distill({**options, "train": {"stepz": 1}})

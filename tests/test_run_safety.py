@@ -25,6 +25,7 @@ from fsdistill.api import inference as inference_api
 from fsdistill.api import runs as runs_api
 from fsdistill.checkpoint import is_artifact
 from fsdistill.cli import app
+from fsdistill.config import ModelCfg
 from fsdistill.models.build import load_model
 
 from helpers import SynData, assert_user_error, write_binary_folder
@@ -208,6 +209,9 @@ def test_distill_with_a_teacher_takes_and_records_its_model_settings(runner, tin
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "other"), "--backbone", "resnet50"])
     assert_user_error(result, "runs with its own model settings", "backbone = 'test-resnet'")
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "other"), "--size", "96"])
+    assert_user_error(result, "size = 64", "--size 64")
+    # the default's value given is a choice too (it was taken for "not given" and dropped)
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "other"), "--size", str(ModelCfg().size)])
     assert_user_error(result, "size = 64", "--size 64")
     assert not (tmp_path / "other").exists()
 

@@ -10,6 +10,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from fsdistill.api.runs import (
     new_run_dir,
 )
 from fsdistill.checkpoint import WEIGHTS_FILE, is_artifact
-from fsdistill.config import AdaptCfg, DistillCfg, ModelCfg
+from fsdistill.config import AdaptCfg, DistillCfg, ModelCfg, load_config
 from fsdistill.data.discover import SupportIndex, discover
 from fsdistill.data.masks import IGNORE_INDEX
 from fsdistill.data.support_tensors import SupportTensors, load_support_tensors
@@ -44,7 +45,13 @@ from fsdistill.models.build import (
 from fsdistill.models.grow import copy_student_classes, match_classes
 from fsdistill.models.student import DistilledStudent
 from fsdistill.models.teacher import DCAMATeacher
-from fsdistill.runtime import flush_denormals, progress, resolve_device, seed_everything
+from fsdistill.runtime import (
+    flush_denormals,
+    global_random_state_kept,
+    progress,
+    resolve_device,
+    seed_everything,
+)
 from fsdistill.train.episodes import FeatureCache
 from fsdistill.train.fit import TrainStats, polish, train
 from fsdistill.train.pool import join_pool, label_files
@@ -142,12 +149,34 @@ def _artifact_fields(cfg: AdaptCfg | DistillCfg, index: SupportIndex, stats: Tra
     }
 
 
-def adapt(cfg: AdaptCfg, quiet: bool = False, overwrite: bool = False) -> RunResult:
+def _as_config(cfg: Any, cls: type[AdaptCfg] | type[DistillCfg]) -> Any:
+    """``cfg`` as a ``cls``: one already, or a mapping of its options as in the YAML (None = not given).
+
+    Raises:
+        ConfigError: anything else (an AdaptCfg for distill, a path), or a mapping with bad options.
+    """
+    if isinstance(cfg, cls):
+        return cfg
+    if isinstance(cfg, Mapping):
+        return load_config(cls, None, dict(cfg))
+    command = "adapt" if cls is AdaptCfg else "distill"
+    raise ConfigError(
+        f"fsdistill.{command} takes {'an' if cls is AdaptCfg else 'a'} {cls.__name__} or a mapping of its options (as in the YAML), not a "
+        f"{type(cfg).__name__}."
+    )
+
+
+@global_random_state_kept()
+def adapt(cfg: AdaptCfg | Mapping[str, Any], quiet: bool = False, overwrite: bool = False) -> RunResult:
     """TransferFSS: fine-tune the DCAMA teacher on the support folder; writes ``RUN/teacher/``.
 
+    ``cfg``: an AdaptCfg or a mapping of its options (``{"support": "support/", "train": {"steps": 40}}``).
     ``cfg.train.steps == 0`` writes the untuned teacher (the training-free baseline) as a normal artifact.
     ``overwrite``: replace a finished run at ``cfg.out`` (see :func:`check_run_dir`); its student goes with it.
+    The run is seeded by ``cfg.train.seed``; the caller's global random states are left as they were. The CPU
+    flushes denormal floats from the first call on (:func:`~fsdistill.runtime.flush_denormals`).
     """
+    cfg = _as_config(cfg, AdaptCfg)
     check_run_dir(cfg.out, "adapt", overwrite=overwrite)
     index, num_classes, device, support = _prepare(cfg)
     teacher, teacher_cfg = _new_teacher(cfg, num_classes)
@@ -213,14 +242,13 @@ _STUDENT_FIELDS = ("student_width", "refiner")
 
 
 def _refuse_other_model_settings(asked: ModelCfg, model: ModelCfg, what: str, skip: tuple[str, ...] = ()) -> None:
-    """Refuse model settings given (other than their defaults) that differ from ``model``'s, the settings of the
-    model a run continues or distills; ``skip``: fields the run may set anew.
+    """Refuse model settings given (in the YAML, as flags or to ModelCfg, a default's value included) that differ
+    from ``model``'s, the settings of the model a run continues or distills; ``skip``: fields the run may set anew.
 
     Raises:
         ConfigError: the first such setting, named with ``model``'s value.
     """
-    defaults = ModelCfg().model_dump()
-    given = {k: v for k, v in asked.model_dump().items() if v != defaults[k] and k not in skip}
+    given = {k: getattr(asked, k) for k in asked.model_fields_set if k not in skip}
     differs = sorted(k for k, v in given.items() if getattr(model, k) != v)
     if differs:
         key = differs[0]
@@ -412,8 +440,9 @@ def _train_on_pool(
     return combined, info
 
 
+@global_random_state_kept()
 def distill(
-    cfg: DistillCfg,
+    cfg: DistillCfg | Mapping[str, Any],
     quiet: bool = False,
     overwrite: bool = False,
     engine: str | None = None,
@@ -423,16 +452,18 @@ def distill(
 ) -> RunResult:
     """DistillFSS: train the support-free ConvDist student (jointly with the teacher unless ``cfg.teacher``).
 
-    Writes ``RUN/student/`` and ``RUN/teacher/``, the teacher the student learned from: adapted here, or the given
+    ``cfg``: a DistillCfg or a mapping of its options. Writes ``RUN/student/`` and ``RUN/teacher/``, the teacher the student learned from: adapted here, or the given
     ``cfg.teacher`` trained on jointly (not with ``cfg.freeze_teacher``: then the given one, left where it is).
     ``overwrite``: replace a finished run at ``cfg.out`` (see :func:`check_run_dir`). ``engine``: where the
     ``cfg.unlabeled`` pool is labelled, ``local`` (None) or ``ray`` (:class:`~fsdistill.train.pool_ray.RayPoolLabeller`,
     the same labels), with ``address``, ``workers`` and ``gpus_per_worker`` as for :func:`fsdistill.api.predict`.
+    Seeding and denormals as for :func:`adapt`.
 
     Raises:
         ConfigError: bad options (see :func:`_pool_engine` for the engine's). DependencyError: ``engine="ray"``
             without the ray extra.
     """
+    cfg = _as_config(cfg, DistillCfg)
     check_run_dir(cfg.out, "distill", cfg.teacher, overwrite)
     ray_labeller = _pool_engine(cfg, engine, address, workers, gpus_per_worker)
     if cfg.drop_class and cfg.init is None:

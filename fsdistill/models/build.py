@@ -260,8 +260,10 @@ def load_model(path: Path | None, kind: str | None = None) -> LoadedModel:
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise CheckpointError(f"{directory}/model.safetensors does not fit its config.json ({first}).") from None
+        # torch's first line is a header ("Error(s) in loading state_dict for ..."); the next names the tensor.
+        lines = [line.strip().rstrip(".") for line in str(exc).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0]
+        raise CheckpointError(f"{directory}/model.safetensors does not fit its config.json ({detail}).") from None
     model.eval()
     if config["kind"] == "teacher" and (support_images is None or support_masks is None):
         raise CheckpointError(f"{directory} is a teacher artifact without its support set; re-run fsdistill adapt.")
