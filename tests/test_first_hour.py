@@ -5,6 +5,7 @@ The rows of docs/reliability.md that cite ``first`` name the tests here.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -379,6 +380,13 @@ def test_check_reports_every_bad_file(runner, tmp_path) -> None:
     assert len(lines) == 4 and all(line.startswith("  - ") for line in lines[1:])
     assert "s1.png is 20×20" in lines[1] and "images/s2.png" in lines[2] and "masks/s4.png" in lines[3]
     assert "Traceback" not in result.output
+    # the other pairs are reported, and --json is written for a script (it got nothing to parse)
+    assert "Broken pairs: 3" in result.stdout and "pairs: 5" in result.stdout
+    result = runner.invoke(app, ["check", str(root), "--json", str(tmp_path / "report.json"), "--quiet"])
+    assert result.exit_code == 2 and result.stdout == ""
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["num_pairs"] == 5 and len(report["broken_pairs"]) == 3 and "s1.png" in report["broken_pairs"][0]
+    assert report["images_per_class"]["foreground"] == 2  # s0 and s3
 
 
 def test_check_caps_the_list_of_bad_files(runner, tmp_path) -> None:

@@ -55,12 +55,18 @@ def check(
 
     Example: fsdistill check ./support --json report.json
     """
-    from fsdistill.data.check import check_support
+    from fsdistill.data.check import BrokenPairsError, check_support
     from fsdistill.runtime import check_device_name
 
     check_device_name(device)  # a typo is still an error, as in the commands that run a model
 
-    report = check_support(support_dir)
+    try:
+        report = check_support(support_dir)
+    except BrokenPairsError as err:  # the rest of the folder is reported too, and a script gets its JSON
+        _say(quiet)(err.report.to_text())
+        if json_out is not None:
+            _write_json(json_out, err.report.to_dict())
+        raise
     _say(quiet)(report.to_text())
     if json_out is not None:
         _write_json(json_out, report.to_dict())

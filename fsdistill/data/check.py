@@ -15,6 +15,7 @@ from fsdistill.data.masks import IGNORE_INDEX
 from fsdistill.errors import DataError
 
 __all__ = [
+    "BrokenPairsError",
     "CheckReport",
     "check_support",
     "TINY_FRACTION",
@@ -54,6 +55,7 @@ class CheckReport:
     min_height: int = 0
     max_height: int = 0
     warnings: list[str] = field(default_factory=list)
+    broken_pairs: list[str] = field(default_factory=list)  # why each unusable pair cannot be used
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict (plain str/int/float/list/dict)."""
@@ -85,7 +87,18 @@ class CheckReport:
             lines.append(f"Empty masks: {len(self.empty_masks)}")
         lines.append(f"Warnings: {len(self.warnings)}" if self.warnings else "No warnings.")
         lines += [f"  - {w}" for w in self.warnings]
+        if self.broken_pairs:  # each is named by the error that follows the report
+            lines.append(f"Broken pairs: {len(self.broken_pairs)} (the figures above are of the other pairs)")
         return "\n".join(lines)
+
+
+class BrokenPairsError(DataError):
+    """Some pairs of a support folder cannot be used; ``report`` is the check of the others, with
+    ``broken_pairs`` filled (``fsdistill check`` prints and writes it before the error)."""
+
+    def __init__(self, message: str, report: CheckReport) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 def _rel(p: Path, root: Path) -> str:
@@ -116,8 +129,8 @@ def check_support(root: Path | str, progress: Callable[[int, int], None] | None 
     called after each pair (the library never prints).
 
     Raises:
-        DataError: nothing usable (missing/empty folder, no pairs, all masks empty), or broken pairs (listed, up
-            to ``MAX_REPORTED_PROBLEMS``).
+        DataError: nothing usable (missing/empty folder, no pairs, all masks empty). BrokenPairsError: broken
+            pairs (listed, up to ``MAX_REPORTED_PROBLEMS``), with the report of the other pairs.
     """
     index = discover(root)
     names = index.class_names
@@ -157,9 +170,7 @@ def check_support(root: Path | str, progress: Callable[[int, int], None] | None 
         if progress is not None:
             progress(i + 1, n)
 
-    if problems:
-        raise DataError(_problems_message(problems, n, index.root))
-    if n and len(empty) == n:
+    if not problems and n and len(empty) == n:
         raise DataError(
             f"All {n} masks in {index.root} are empty: no pixel has a foreground class (e.g. {_examples(empty)}); "
             "check the mask values (binary masks need 255 or 1 for the object) and the names file."
@@ -197,7 +208,7 @@ def check_support(root: Path | str, progress: Callable[[int, int], None] | None 
                 "model's input size, so crop closer or use a larger --size."
             )
     base = index.root if index.root.is_dir() else index.data_root or index.root  # a zip: its unpacked folder
-    return CheckReport(
+    report = CheckReport(
         root=str(index.root),
         layout=index.layout,
         mask_kind=index.mask_kind,
@@ -216,4 +227,8 @@ def check_support(root: Path | str, progress: Callable[[int, int], None] | None 
         min_height=min(heights, default=0),
         max_height=max(heights, default=0),
         warnings=warnings,
+        broken_pairs=problems,
     )
+    if problems:
+        raise BrokenPairsError(_problems_message(problems, n, index.root), report)
+    return report
