@@ -294,6 +294,20 @@ def test_inputs_that_would_write_the_same_mask_are_refused(tmp_path) -> None:
     assert len(list_images([tmp_path / "a"], writes_masks=False)) == 2
 
 
+def test_the_masks_of_a_labelled_folder_are_not_images_to_segment(tmp_path) -> None:
+    """A held-out or pool folder in the support layout (images/ + masks/, DSB2018's per-id pairs, ISIC's
+    *_Input/ + *_GroundTruth/): predict, suggest and distill --unlabeled read its images only (its masks were
+    predicted, ranked and copied as images). A mask-named folder with no image folder beside it is images."""
+    from fsdistill.infer.predictor import list_images
+
+    for rel in ("images/a.png", "masks/a.png", "dsb/id1/images/b.png", "dsb/id1/masks/b_0.png",
+                "ISIC_Task1_Input/c.png", "ISIC_Task1_GroundTruth/c_segmentation.png", "shots/labels/d.png"):  # fmt: skip
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / rel)
+    listed = sorted(rel.as_posix() for _, rel in list_images([tmp_path], writes_masks=False))
+    assert listed == ["ISIC_Task1_Input/c.png", "dsb/id1/images/b.png", "images/a.png", "shots/labels/d.png"]
+
+
 def test_an_input_given_as_dot_dot_is_prefixed_by_its_folder_name(tmp_path, monkeypatch) -> None:
     """``predict .. b`` from inside a/sub: the first input's masks go under masks/a/, never masks/../."""
     from fsdistill.infer.predictor import list_images

@@ -20,7 +20,7 @@ from fsdistill.data.labelstudio import (
 from fsdistill.data.support_index import Sample
 from fsdistill.errors import DataError
 
-__all__ = ["FoundPairs", "find_pairs", "is_hidden", "subdirs"]
+__all__ = ["FoundPairs", "find_pairs", "is_hidden", "mask_folders", "subdirs"]
 
 # Suffixes annotation tools append to a mask's stem; stripped (case-insensitively) to find its image.
 MASK_STEM_SUFFIXES = ("_segmentation", "_masks", "_mask", "-masks", "-mask", "_labels", "_label", "_gt", "_seg")
@@ -89,6 +89,14 @@ def _dir_rank(name: str, names: Sequence[str], pattern: str) -> int | None:
     if pattern in low.replace("_", "").replace("-", ""):
         return len(names)  # ISIC-style "ISIC2018_Task1-2_Training_Input" / "..._GroundTruth"
     return None
+
+
+def mask_folders(names: Sequence[str]) -> set[str]:
+    """Of sibling folder ``names``, those holding a labelled folder's masks: mask-named ones (masks/, gt/,
+    SegmentationClass/, ISIC *_GroundTruth/) beside an image-named one (images/, img/, JPEGImages/, *_Input/)."""
+    if not any(_dir_rank(name, IMAGE_DIR_NAMES, "input") is not None for name in names):
+        return set()
+    return {name for name in names if _dir_rank(name, MASK_DIR_NAMES, "groundtruth") is not None}
 
 
 def _match_paired(img_dir: Path, mask_dir: Path, images: list[Path], masks: list[Path]) -> FoundPairs:

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fsdistill.checkpoint import config_sha256
 from fsdistill.data.images import IMAGE_SUFFIXES, read_image, read_image_reduced
+from fsdistill.data.layouts import mask_folders
 from fsdistill.data.masks import encode_index_png
 from fsdistill.data.transforms import resize_image, to_chw_tensor
 from fsdistill.errors import ConfigError, DataError, FsdistillError
@@ -68,11 +69,17 @@ def _is_output_folder(storage: Storage, folder: str, out: Storage | None) -> boo
 
 
 def _walk_images(storage: Storage, out: Storage | None) -> Iterator[str]:
-    """Keys of the image files below ``storage``'s root, skipping hidden entries and predict output folders."""
+    """Keys of the image files below ``storage``'s root, skipping hidden entries, predict output folders and the
+    mask folders of labelled folders (masks/ beside images/: their files are masks, not images to segment)."""
     for folder, dirs, files in storage.walk():
         here = f"{folder}/" if folder else ""
+        masks = mask_folders(dirs)
         # Pruning ``dirs`` in place keeps the walk out of them (and out of their often large masks/ trees).
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not _is_output_folder(storage, here + d, out))
+        dirs[:] = sorted(
+            d
+            for d in dirs
+            if not d.startswith(".") and d not in masks and not _is_output_folder(storage, here + d, out)
+        )
         for name in sorted(files):
             if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
                 yield here + name
