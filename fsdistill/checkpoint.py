@@ -201,10 +201,11 @@ def load_artifact(directory: Path, expected_kind: str | None = None) -> tuple[di
 
 
 def _newest_run(root: Path, kind: str) -> Path | None:
-    """The newest run folder under ``root`` that holds a complete ``kind`` artifact, or None."""
+    """The run folder under ``root`` whose complete ``kind`` artifact was written last, or None. By the artifact's
+    time, not the run folder's: exporting an old run (``student.onnx``) touches its folder, not its student."""
     runs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")] if root.is_dir() else []
     runs = [p for p in runs if is_artifact(recover_artifact(p / kind))]
-    return max(runs, key=lambda p: (p.stat().st_mtime, p.name)) if runs else None
+    return max(runs, key=lambda p: ((p / kind / CONFIG_FILE).stat().st_mtime, p.name)) if runs else None
 
 
 def resolve_model_dir(path: Path | None, kind: str | None = None) -> Path:
@@ -219,6 +220,11 @@ def resolve_model_dir(path: Path | None, kind: str | None = None) -> Path:
     wanted = kind or "student"
     if path is None:
         newest = _newest_run(Path("runs"), wanted)
+        if newest is None and wanted == "student" and _newest_run(Path("runs"), "teacher") is not None:
+            raise CheckpointError(
+                "No model given, and the runs under ./runs hold no student (only teachers, from adapt); run "
+                "fsdistill distill, or pass --model RUN (with --teacher for evaluate) to use a teacher."
+            )
         if newest is None:
             raise CheckpointError(
                 "No model given and no run found under ./runs; run fsdistill distill first or pass --model."

@@ -291,6 +291,10 @@ def test_evaluate_json_that_is_a_folder_is_refused_before_evaluating(runner, tin
     result = runner.invoke(app, [*args, "--json", str(tmp_path / "results")])
     assert_user_error(result, "is a folder", "--json")
     assert "mIoU" not in result.stdout  # refused before the evaluation, not after it
+    # check too: refused before its report is printed (it printed the report, then failed to write)
+    result = runner.invoke(app, ["check", str(tiny_data.binary), "--json", str(tmp_path / "results")])
+    assert_user_error(result, "is a folder", "--json")
+    assert "Support folder" not in result.stdout
 
 
 def test_evaluate_missing_folder(runner, tiny_binary_run, tmp_path) -> None:

@@ -590,3 +590,11 @@ def test_listed_class_without_pixels_is_refused_for_training(runner, tmp_path) -
             "remove it from classes.txt",
         )
         assert "cannot be learned" in line and not out.exists()
+
+
+@pytest.mark.parametrize("command", ["predict", "suggest", "distill"])
+def test_the_ray_install_hint_keeps_its_extra_in_the_help(runner, command) -> None:
+    """Rich read ``[ray]`` as markup and showed ``pip install 'fsdistill'``."""
+    text = " ".join(_help(runner, command).replace("│", " ").split())
+    assert "pip install 'fsdistill[ray]'" in text.replace("fsdistill [ray]", "fsdistill[ray]")
+    assert "pip install 'fsdistill')" not in text

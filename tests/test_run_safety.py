@@ -84,6 +84,20 @@ def test_default_model_is_the_newest_run_with_a_student(runner, tiny_binary_run,
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "out" / ".fsdistill-predict.json").read_text())
     assert manifest["model"] == str((good / "student").resolve())
+    # by the student's time, not the run folder's: exporting an older run touches its folder only
+    newer = _copy_run(tiny_binary_run, tmp_path / "runs" / "c-newer")
+    os.utime(newer / "student" / "config.json", (os.path.getmtime(good / "student" / "config.json") + 60,) * 2)
+    os.utime(good, (os.path.getmtime(newer) + 120,) * 2)  # as writing good/student.onnx does
+    result = runner.invoke(app, ["predict", _image(tmp_path), "-o", "out2", *CPU])
+    manifest = json.loads((tmp_path / "out2" / ".fsdistill-predict.json").read_text())
+    assert manifest["model"] == str((newer / "student").resolve())
+
+
+def test_runs_with_teachers_only_are_named_when_no_model_is_given(runner, tiny_binary_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.rmtree(_copy_run(tiny_binary_run, tmp_path / "runs" / "adapted") / "student")
+    result = runner.invoke(app, ["predict", _image(tmp_path), "-o", "out", *CPU])
+    assert_user_error(result, "runs under ./runs hold no student (only teachers", "fsdistill distill")
 
 
 # --- 4. adapt / distill into a finished run need --overwrite --------------------------------------------------------

@@ -151,7 +151,7 @@ NormAdaptOpt = Annotated[
 # The Ray engine's options, shared by predict, suggest and distill.
 def engine_option(ray_does: str) -> Any:
     """The ``--engine`` option of a command; ``ray_does``: what ``--engine ray`` does there."""
-    return typer.Option("--engine", help=f"local | ray: ray {ray_does} (pip install 'fsdistill[ray]').")
+    return typer.Option("--engine", help=f"local | ray: ray {ray_does} (pip install 'fsdistill\\[ray]').")
 
 
 RayAddressOpt = Annotated[
@@ -294,10 +294,21 @@ def _bar(desc: str, quiet: bool):
     return progress(desc=desc, unit="img", quiet=quiet)
 
 
-def _write_json(path: Path, data: dict) -> None:
-    from fsdistill.runtime import ensure_writable_dir, write_atomic
+def check_json_target(path: Path | None) -> None:
+    """Refuse a ``--json`` file that cannot be written (a folder, an unwritable place) before the command's work."""
+    from fsdistill.runtime import ensure_writable_dir
 
-    ensure_writable_dir(path.parent, "--json")
+    if path is None:
+        return
+    if Path(path).is_dir():
+        raise DataError(f"{path} is a folder; give --json a file name (for example report.json).")
+    ensure_writable_dir(Path(path).parent, "--json")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    from fsdistill.runtime import write_atomic
+
+    check_json_target(path)
     try:
         write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
     except OSError as exc:

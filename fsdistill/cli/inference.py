@@ -23,6 +23,7 @@ from fsdistill.cli.common import (
     _model_announcer,
     _say,
     _write_json,
+    check_json_target,
     engine_option,
     model_command,
 )
@@ -35,7 +36,7 @@ def predict(
         list[str],
         typer.Argument(
             help="Image files or folders (searched recursively), or object-store prefixes s3://BUCKET/PREFIX, "
-            "gs://BUCKET/PREFIX (pip install 'fsdistill[ray]')."
+            "gs://BUCKET/PREFIX (pip install 'fsdistill\\[ray]')."
         ),
     ],
     out: Annotated[
@@ -168,13 +169,7 @@ def evaluate(
     """
     from fsdistill import api
 
-    if json_out is not None:  # refuse an unwritable --json before the evaluation, not after it
-        from fsdistill.errors import DataError
-        from fsdistill.runtime import ensure_writable_dir
-
-        if Path(json_out).is_dir():
-            raise DataError(f"{json_out} is a folder; give --json a file name (for example eval.json).")
-        ensure_writable_dir(Path(json_out).parent, "--json")
+    check_json_target(json_out)  # before the evaluation, not after it
     with _bar("evaluate", quiet) as bar:
         result = api.evaluate(data_dir, model, teacher, device, batch_size, workers, bar.update, bar.reset)
     say = _say(quiet)

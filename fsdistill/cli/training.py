@@ -34,6 +34,7 @@ from fsdistill.cli.common import (
     _say,
     _train_overrides,
     _write_json,
+    check_json_target,
     command,
     engine_option,
     model_command,
@@ -59,7 +60,7 @@ def check(
     from fsdistill.runtime import check_device_name
 
     check_device_name(device)  # a typo is still an error, as in the commands that run a model
-
+    check_json_target(json_out)  # before the report is printed, not after it
     try:
         report = check_support(support_dir)
     except BrokenPairsError as err:  # the rest of the folder is reported too, and a script gets its JSON
