@@ -233,6 +233,26 @@ def test_distill_with_a_teacher_takes_and_records_its_model_settings(runner, tin
 # --- 5. a run's config.resolved.yaml reruns the run -----------------------------------------------------------------
 
 
+def test_resolved_config_records_absolute_paths_and_its_own_run(runner, tiny_data, tmp_path, monkeypatch):
+    """Relative paths as typed made the file useless from another folder, and a default run folder was recorded as
+    ``out: null``, so rerunning the file made a new run where the README says it is refused."""
+    project = tmp_path / "my proj"
+    shutil.copytree(tiny_data.binary, project / "support")
+    monkeypatch.chdir(project)
+    result = runner.invoke(app, ["distill", "--support", "support", "--steps", "0", *TINY])
+    assert result.exit_code == 0, result.output
+    (run,) = (project / "runs").iterdir()
+    data = yaml.safe_load((run / "config.resolved.yaml").read_text())
+    assert data["support"] == str(project / "support") and data["out"] == str(run)
+    assert load_model(run).config["train_config"]["out"] == str(run)
+    monkeypatch.chdir(tmp_path)
+    config = str(run / "config.resolved.yaml")
+    assert_user_error(runner.invoke(app, ["distill", "--config", config, "-q"]), "already holds a run")
+    result = runner.invoke(app, ["distill", "--config", config, "--out", "again", "-q"])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((tmp_path / "again" / "config.resolved.yaml").read_text())["out"] == str(tmp_path / "again")
+
+
 def test_resolved_config_reruns_its_run(runner, tiny_binary_run, tmp_path):
     resolved = tiny_binary_run.run_dir / "config.resolved.yaml"
     data = yaml.safe_load(resolved.read_text())

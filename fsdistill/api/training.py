@@ -150,15 +150,19 @@ def _artifact_fields(cfg: AdaptCfg | DistillCfg, index: SupportIndex, stats: Tra
 
 
 def _as_config(cfg: Any, cls: type[AdaptCfg] | type[DistillCfg]) -> Any:
-    """``cfg`` as a ``cls``: one already, or a mapping of its options as in the YAML (None = not given).
+    """``cfg`` as a ``cls`` (one already, or a mapping of its options as in the YAML, None = not given), its paths
+    made absolute.
 
     Raises:
         ConfigError: anything else (an AdaptCfg for distill, a path), or a mapping with bad options.
     """
-    if isinstance(cfg, cls):
-        return cfg
     if isinstance(cfg, Mapping):
-        return load_config(cls, None, dict(cfg))
+        cfg = load_config(cls, None, dict(cfg))
+    if isinstance(cfg, cls):
+        # Recorded (config.resolved.yaml, the artifacts) as absolute paths: the file reruns the run from any folder.
+        paths = ("support", "out", "teacher", "init", "unlabeled")
+        absolute = {name: Path(value).absolute() for name in paths if (value := getattr(cfg, name, None)) is not None}
+        return cfg.model_copy(update=absolute)
     command = "adapt" if cls is AdaptCfg else "distill"
     raise ConfigError(
         f"fsdistill.{command} takes {'an' if cls is AdaptCfg else 'a'} {cls.__name__} or a mapping of its options (as in the YAML), not a "
@@ -183,6 +187,7 @@ def adapt(cfg: AdaptCfg | Mapping[str, Any], quiet: bool = False, overwrite: boo
     teacher = teacher.to(device)
     norm_stats = _adapt_norm_stats(cfg, teacher, support)
     run_dir = _start_run(cfg, "adapt")
+    cfg = cfg.model_copy(update={"out": run_dir.absolute()})  # the artifacts record the run folder, as the YAML
     cache = FeatureCache(teacher, support, device, _augment(cfg, len(index)))
     stats = train(teacher, cache, cfg.train, quiet=quiet)
 
@@ -502,6 +507,7 @@ def distill(
     # A given teacher (--teacher, --init) keeps the statistics it was adapted with: its decoder learned on them.
     norm_stats = _adapt_norm_stats(cfg, teacher, support) if init is None and cfg.teacher is None else None
     run_dir = _start_run(cfg, "distill")
+    cfg = cfg.model_copy(update={"out": run_dir.absolute()})  # the artifacts record the run folder, as the YAML
     # Only the student's supervised batches read crop views.
     crops = cfg.train.crop_views if cfg.train.student_batch and cfg.train.steps != 0 else 0
     cache = FeatureCache(
