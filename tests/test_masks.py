@@ -193,7 +193,9 @@ def test_unreadable_image(tmp_path: Path, syn_data, kind: str) -> None:
         p = tmp_path / "nope.png"
     with pytest.raises(DataError, match=r"Cannot read image .*t?\.(png|jpg)|nope\.png") as e:
         read_image(p)
-    assert str(p) in str(e.value) and "Re-export" in str(e.value)
+    # a missing file is said to be missing ("Re-export it as PNG" was the advice for a file not there)
+    advice = "does not exist; check the path" if kind == "missing" else "Re-export"
+    assert str(p) in str(e.value) and advice in str(e.value)
 
 
 # -------------------------------------------------------------------------------------------------- masks

@@ -232,10 +232,13 @@ def test_predict_with_a_non_artifact_model(tmp_path, odd_images) -> None:
         _predict(odd_images[0], tmp_path / "out", tmp_path / "notamodel")
 
 
-def test_predict_with_the_teacher_artifact(tiny_binary_run, odd_images, tmp_path) -> None:
+def test_predict_with_the_teacher_artifact(tiny_binary_run, odd_images, tmp_path, caplog) -> None:
     root, _ = odd_images
-    result = _predict(root / "odd_211x97.png", tmp_path / "out", tiny_binary_run.teacher_dir)
+    with caplog.at_level("WARNING", logger="fsdistill"):
+        result = _predict(root / "odd_211x97.png", tmp_path / "out", tiny_binary_run.teacher_dir)
     assert result.written == 1
+    # said, as predict is for the support-free student (it was silent)
+    assert "is a teacher: each image is segmented against its" in caplog.text
     with Image.open(tmp_path / "out" / "masks" / "odd_211x97.png") as m:
         assert m.size == (97, 211) and m.mode == "P"
 

@@ -218,7 +218,15 @@ def _runner(model: Path | None, device: str, backend: str | None):
     if backend == "torch":
         if _is_onnx_file(model):
             raise ConfigError(f"{model} is an ONNX file; predict it with --backend onnx (or pass the run folder).")
-        return Predictor(load_model(model, kind=None), resolve_device(device))
+        loaded = load_model(model, kind=None)
+        if loaded.kind == "teacher":  # allowed (to compare), but predict is for the support-free student
+            log.warning(
+                "note: %s is a teacher: each image is segmented against its %d stored supports (slower than the "
+                "student, which reads none); pass the run folder or its student/ for the student.",
+                loaded.path,
+                len(loaded.support_images),
+            )
+        return Predictor(loaded, resolve_device(device))
     import torch
 
     from fsdistill.infer.onnx import OnnxRunner, require_export_packages

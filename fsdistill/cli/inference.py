@@ -142,7 +142,9 @@ def predict(
             gpus_per_worker=gpus_per_worker,
         )
     say = _say(quiet)
-    say(f"{result.written} written, {result.skipped} already done, {len(result.failed)} failed -> {out}/masks")
+    say(
+        f"{result.written} written, {result.skipped} already done, {len(result.failed)} failed -> {str(out).rstrip('/')}/masks"
+    )
     for name, paths in result.format_paths.items():
         say(f"{name}: {', '.join(str(p) for p in paths)}")
     _exit_on_failures(result.failed)

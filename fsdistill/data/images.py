@@ -52,6 +52,8 @@ ImageSource = Path | str | _StoredImage
 
 
 def _cannot_read(path: ImageSource, reason: str) -> DataError:
+    if isinstance(path, (str, Path)) and not Path(path).exists():  # re-exporting a file that is not there: no help
+        return DataError(f"Image {path} does not exist; check the path.")
     reason = reason.strip().rstrip(".") or "unknown format"
     return DataError(f"Cannot read image {path}: {reason}. Re-export it as PNG or JPEG or remove it.")
 
