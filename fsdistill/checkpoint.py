@@ -161,7 +161,9 @@ def load_artifact(directory: Path, expected_kind: str | None = None) -> tuple[di
     """
     directory = recover_artifact(Path(directory))
     if not directory.is_dir():
-        raise CheckpointError(f"Model folder {directory} does not exist; pass a run or artifact folder to --model.")
+        raise CheckpointError(
+            f"Model folder {directory} does not exist; check the path (a run folder or an artifact folder)."
+        )
     config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
     missing = _missing_file(directory)
     if missing is not None:
@@ -241,7 +243,9 @@ def resolve_model_dir(path: Path | None, kind: str | None = None) -> Path:
     if is_artifact(recover_artifact(path / wanted)):
         return path / wanted
     if not path.exists():
-        raise CheckpointError(f"Model folder {path} does not exist; pass a run or artifact folder to --model.")
+        raise CheckpointError(
+            f"Model folder {path} does not exist; check the path (a run folder or an artifact folder)."
+        )
     if wanted == "student" and (path / "teacher").exists():
         student = path / "student"
         missing = (_missing_file(student) if student.is_dir() else None) or student

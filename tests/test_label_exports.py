@@ -281,6 +281,16 @@ def test_zip_member_outside_the_archive_is_refused(tmp_path) -> None:
     assert not (tmp_path / "cache" / "outside.txt").exists()
 
 
+def test_a_zip_without_pairs_is_named_by_its_own_path(tmp_path) -> None:
+    """The message named the cache folder the zip was unpacked into (twice), never the zip the user gave."""
+    with zipfile.ZipFile(tmp_path / "notes.zip", "w") as archive:
+        archive.writestr("readme.txt", "no masks here")
+        archive.writestr("a.png", b"an image without a mask")
+    with pytest.raises(DataError) as err:
+        discover(tmp_path / "notes.zip")
+    assert str(tmp_path / "notes.zip") in str(err.value) and "unpacked" not in str(err.value)
+
+
 def test_a_broken_zip_is_a_user_error(tmp_path) -> None:
     (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04 not really")
     with pytest.raises(DataError, match="not a readable zip"):
@@ -322,6 +332,19 @@ def _brush(label: str = "cat", rle: list | None = None) -> dict:
     m[5:10, 5:10] = True
     return {"type": "brushlabels", "original_width": 30, "original_height": 20,
             "value": {"format": "rle", "rle": encode_brush_rle(m) if rle is None else rle, "brushlabels": [label]}}  # fmt: skip
+
+
+def test_an_export_of_predictions_alone_says_so(tmp_path) -> None:
+    """predict --format labelstudio's tasks exported back before anyone submitted them: the generic "no pairs" list
+    of layouts did not say why."""
+    root = tmp_path / "ls"
+    root.mkdir()
+    tasks = [{"id": i, "data": {"image": f"/data/local-files/?d=x{i}.png"}, "predictions": [{"result": [_brush()]}]}
+             for i in range(3)]  # fmt: skip
+    (root / "export.json").write_text(json.dumps(tasks))
+    for i in range(3):
+        SynData.save(root / f"x{i}.png", SynData.image(20, 30, i))
+    _check_error(root, "export.json has 3 tasks and none with a submitted annotation", "submit the tasks")
 
 
 def test_missing_image_names_the_file(tmp_path) -> None:

@@ -227,6 +227,9 @@ def test_distill_with_a_teacher_takes_and_records_its_model_settings(runner, tin
     # the default's value given is a choice too (it was taken for "not given" and dropped)
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "other"), "--size", str(ModelCfg().size)])
     assert_user_error(result, "size = 64", "--size 64")
+    missing = ["distill", "--support", str(tiny_data.binary), "--teacher", str(tmp_path / "nope"), *CPU]
+    message = assert_user_error(runner.invoke(app, [*missing, "--out", str(tmp_path / "other")]), "does not exist")
+    assert "--model" not in message  # the flag typed was --teacher
     assert not (tmp_path / "other").exists()
 
 

@@ -38,9 +38,15 @@ def discover(root: Path | str) -> SupportIndex:
     root = Path(root).expanduser()
     folder = unpack_zip(root) if root.suffix.lower() == ".zip" and root.is_file() else root
     _check_folder(folder)
-    found = find_pairs(folder)
+    try:
+        found = find_pairs(folder)
+        layout, decoding = _decide_decoding(found, folder)
+    except DataError as exc:
+        if folder == root:
+            raise
+        # A zip's messages name the zip the user gave (its members as ZIP/member), not the cache folder it is in.
+        raise DataError(str(exc).replace(str(folder), str(root))) from None
     samples = sorted(found.samples, key=lambda s: s.key)  # keys are unique: each detector keys by relative path
-    layout, decoding = _decide_decoding(found, folder)
     if len(decoding.class_names) > IGNORE_INDEX:
         raise DataError(
             f"{root} defines {len(decoding.class_names) - 1} classes but masks hold at most {IGNORE_INDEX - 1} (255 "

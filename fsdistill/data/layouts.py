@@ -352,6 +352,12 @@ def _find_labelstudio(d: Path) -> FoundPairs | None:
     jpath, data = found[0]
     config = _labeling_config(d)
     export = load_labelstudio(jpath, data, config)
+    if not export.tasks and export.unannotated:  # the pre-labels exported back before anyone submitted them
+        hint = (
+            f"{jpath.name} has {export.unannotated} tasks and none with a submitted annotation (predictions alone "
+            "are not used); correct and submit the tasks in Label Studio, then export again"
+        )
+        return FoundPairs("labelstudio", d, (), unmatched_hint=hint)
     bases = _image_bases(jpath, d)
     samples: list[Sample] = []
     missing: list[str] = []
