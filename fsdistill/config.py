@@ -195,7 +195,8 @@ class TrainCfg(_Strict):
         ge=0,
         le=1,
         description="distill --unlabeled: the pool teaches a class only when the teacher's leave-one-out IoU of it "
-        "on the supports reaches this (else it would teach its mistakes); no class there: the pool is not used",
+        "on the supports reaches this (else it would teach its mistakes); no class there: the student labels the "
+        "pool alone (labeller mean), or the pool is not used (teacher, agree)",
     )
     pool_batch: int = Field(4, ge=1, description="distill --unlabeled: pool images per step the student trains on")
     pool_weight: float = Field(1.0, ge=0, description="distill --unlabeled: weight of the pool images' loss")

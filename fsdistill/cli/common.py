@@ -121,9 +121,10 @@ DecoderOpt = Annotated[
     str | None,
     typer.Option(
         "--decoder",
-        help="light (default: fast; its per-class part still grows with the classes: the student measured 1.18x the "
-        "bare backbone's time at 1 class, 2.2x at 20), shared (for many classes: narrow per-class work at stride 8 "
-        "only, ConvDist groups shared beyond 4 classes; measured 1.14x at 1 class, 1.29x at 20, 1.5x at 50, but less "
+        help="light (default: fast; its per-class part still grows with the classes: the student measured 1.23x the "
+        "bare backbone's time at 1 class, 2.5x at 20, 2 threads), shared (for many classes: narrow per-class work at "
+        "stride 8 only, ConvDist groups shared beyond 4 classes; measured 1.14-1.19x at 1 class, 1.3x at 20, 1.5x at "
+        "50, but less "
         "accurate on small structures, see docs/benchmarks.md) or dcama (the paper's, ~11 GFLOP per class at "
         "384 px).",
     ),

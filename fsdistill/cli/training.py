@@ -171,7 +171,10 @@ def distill(
     workers: Annotated[
         int | None,
         typer.Option(
-            "--workers", min=1, help="With --engine ray: the Ray actors (default: the cluster's CPUs up to 8)."
+            "--workers",
+            min=1,
+            help="With --engine ray: the Ray actors (default: the cluster's CPUs up to 8, or with --gpus-per-worker "
+            "its GPUs / --gpus-per-worker).",
         ),
     ] = None,
     gpus_per_worker: GpusPerWorkerOpt = None,
