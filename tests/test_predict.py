@@ -303,8 +303,9 @@ def test_the_masks_of_a_labelled_folder_are_not_images_to_segment(tmp_path) -> N
     predicted, ranked and copied as images). A mask-named folder with no image folder beside it is images."""
     from fsdistill.infer.predictor import list_images
 
-    for rel in ("images/a.png", "masks/a.png", "dsb/id1/images/b.png", "dsb/id1/masks/b_0.png",
-                "ISIC_Task1_Input/c.png", "ISIC_Task1_GroundTruth/c_segmentation.png", "shots/labels/d.png"):  # fmt: skip
+    files = ["images/a.png", "masks/a.png", "dsb/id1/images/b.png", "dsb/id1/masks/b_0.png", "ISIC_Task1_Input/c.png",
+             "ISIC_Task1_GroundTruth/c_segmentation.png", "shots/labels/d.png"]  # fmt: skip
+    for rel in files:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / rel)
     listed = sorted(rel.as_posix() for _, rel in list_images([tmp_path], writes_masks=False))

@@ -163,9 +163,9 @@ def _as_config(cfg: Any, cls: type[AdaptCfg] | type[DistillCfg]) -> Any:
         paths = ("support", "out", "teacher", "init", "unlabeled")
         absolute = {name: Path(value).absolute() for name in paths if (value := getattr(cfg, name, None)) is not None}
         return cfg.model_copy(update=absolute)
-    command = "adapt" if cls is AdaptCfg else "distill"
+    command, article = ("adapt", "an") if cls is AdaptCfg else ("distill", "a")
     raise ConfigError(
-        f"fsdistill.{command} takes {'an' if cls is AdaptCfg else 'a'} {cls.__name__} or a mapping of its options (as in the YAML), not a "
+        f"fsdistill.{command} takes {article} {cls.__name__} or a mapping of its options (as in the YAML), not a "
         f"{type(cfg).__name__}."
     )
 
@@ -457,8 +457,9 @@ def distill(
 ) -> RunResult:
     """DistillFSS: train the support-free ConvDist student (jointly with the teacher unless ``cfg.teacher``).
 
-    ``cfg``: a DistillCfg or a mapping of its options. Writes ``RUN/student/`` and ``RUN/teacher/``, the teacher the student learned from: adapted here, or the given
-    ``cfg.teacher`` trained on jointly (not with ``cfg.freeze_teacher``: then the given one, left where it is).
+    ``cfg``: a DistillCfg or a mapping of its options. Writes ``RUN/student/`` and ``RUN/teacher/``, the teacher
+    the student learned from: adapted here, or the given ``cfg.teacher`` trained on jointly (not with
+    ``cfg.freeze_teacher``: then the given one, left where it is).
     ``overwrite``: replace a finished run at ``cfg.out`` (see :func:`check_run_dir`). ``engine``: where the
     ``cfg.unlabeled`` pool is labelled, ``local`` (None) or ``ray`` (:class:`~fsdistill.train.pool_ray.RayPoolLabeller`,
     the same labels), with ``address``, ``workers`` and ``gpus_per_worker`` as for :func:`fsdistill.api.predict`.

@@ -124,9 +124,8 @@ DecoderOpt = Annotated[
         help="light (default: fast; its per-class part still grows with the classes: the student measured 1.23x the "
         "bare backbone's time at 1 class, 2.5x at 20, 2 threads), shared (for many classes: narrow per-class work at "
         "stride 8 only, ConvDist groups shared beyond 4 classes; measured 1.14-1.19x at 1 class, 1.3x at 20, 1.5x at "
-        "50, but less "
-        "accurate on small structures, see docs/benchmarks.md) or dcama (the paper's, ~11 GFLOP per class at "
-        "384 px).",
+        "50, but less accurate on small structures, see docs/benchmarks.md) or dcama (the paper's, ~11 GFLOP per "
+        "class at 384 px).",
     ),
 ]
 AugmentOpt = Annotated[bool | None, typer.Option("--augment/--no-augment", help="Flip views of the supports.")]

@@ -142,9 +142,8 @@ def predict(
             gpus_per_worker=gpus_per_worker,
         )
     say = _say(quiet)
-    say(
-        f"{result.written} written, {result.skipped} already done, {len(result.failed)} failed -> {str(out).rstrip('/')}/masks"
-    )
+    masks = f"{str(out).rstrip('/')}/masks"
+    say(f"{result.written} written, {result.skipped} already done, {len(result.failed)} failed -> {masks}")
     for name, paths in result.format_paths.items():
         say(f"{name}: {', '.join(str(p) for p in paths)}")
     _exit_on_failures(result.failed)
