@@ -332,7 +332,7 @@ def test_coco_folder(tmp_path: Path, syn_data) -> None:
     assert [p.name for p in idx.orphan_images] == ["stray.jpg"]
     assert any("gone.jpg" in w for w in idx.warnings)
     a = idx.load_mask(0)
-    assert (a[1:6, 1:7] == 2).all() and a.sum() == 2 * 5 * 6
+    assert (a[1:5, 1:6] == 2).all() and a.sum() == 2 * 4 * 5  # corners (1, 1)-(6, 5): 5 columns, 4 rows
     b = idx.load_mask(1)
     assert (b[blob & ~np.eye(h, w, dtype=bool)] == 1).all() and (b[np.eye(h, w, dtype=bool)] == 2).all()
 

@@ -337,12 +337,35 @@ def test_rle_known_string_and_big_counts() -> None:
 
 
 def test_polygon_raster() -> None:
-    # A box with pixel-edge corners (3, 2)-(8, 6): cv2 includes boundary pixels, so columns 3..8 and rows 2..6.
+    # A box with pixel-edge corners (3, 2)-(8, 6) covers columns 3..7 and rows 2..5 (cv2.fillPoly drew 3..8 and
+    # 2..6: every object one column and one row too big).
     m = rasterize_polygons([[3, 2, 8, 2, 8, 6, 3, 6]], 10, 12)
     expected = np.zeros((10, 12), bool)
-    expected[2:7, 3:9] = True
+    expected[2:6, 3:8] = True
     assert (m == expected).all()
     assert not rasterize_polygons([[1, 1, 5, 5]], 10, 12).any()  # two points: no area
+    # a polygon partly outside the image, and two polygons of one object: clipped, united
+    two = rasterize_polygons([[-3, -3, 2, -3, 2, 2, -3, 2], [1, 1, 4, 1, 4, 3, 1, 3]], 10, 12)
+    assert two.sum() == 4 + 6 - 1 and two[0, 0] and two[2, 3] and not two[2, 4]
+
+
+def test_polygon_raster_draws_as_pycocotools_does() -> None:
+    """Simple polygons with float and integer corners: the same pixels as pycocotools within its own rounding
+    (it samples edges at a fifth of a pixel); the cv2 raster was 14-19 % of the pixels off."""
+    coco_mask = pytest.importorskip("pycocotools.mask")
+    rng = np.random.default_rng(1)
+    pixels = differ = 0
+    for i in range(200):
+        h, w = (int(v) for v in rng.integers(10, 100, 2))
+        n = int(rng.integers(3, 20))
+        angle, radius = np.sort(rng.uniform(0, 2 * np.pi, n)), rng.uniform(1, min(h, w) / 2, n)
+        centre = rng.uniform(0, [w, h])
+        points = np.stack([centre[0] + radius * np.cos(angle), centre[1] + radius * np.sin(angle)], 1)
+        polygon = (np.round(points) if i % 2 else points).reshape(-1).tolist()
+        theirs = coco_mask.decode(coco_mask.merge(coco_mask.frPyObjects([polygon], h, w))).astype(bool)
+        pixels += theirs.sum()
+        differ += (rasterize_polygons([polygon], h, w) != theirs).sum()
+    assert differ < 0.03 * pixels, (differ, pixels)
 
 
 def test_annotation_masks_all_forms(tmp_path: Path) -> None:
@@ -352,7 +375,7 @@ def test_annotation_masks_all_forms(tmp_path: Path) -> None:
     rle_list = {"id": 2, "segmentation": {"size": [h, w], "counts": _runs_column_major(m)}}
     rle_str = {"id": 3, "segmentation": {"size": [h, w], "counts": _compress(_runs_column_major(m))}}
     box = {"id": 4, "bbox": [0, 0, 2, 2]}
-    assert annotation_mask(poly, h, w)[2:7, 3:9].all()
+    assert annotation_mask(poly, h, w)[2:6, 3:8].all()  # pixel-edge corners: columns 3..7, rows 2..5
     assert (annotation_mask(rle_list, h, w) == m).all()
     assert (annotation_mask(rle_str, h, w) == m).all()
     assert annotation_mask(box, h, w) is None
@@ -382,7 +405,7 @@ def test_coco_mask_remap_crowd_and_order(tmp_path: Path) -> None:
     assert coco.names == ["car", "person"] and coco.class_of == {7: 1, 3: 2}
     out = coco.mask(5)
     assert (out[crowd] == 255).all()
-    assert (out[2:6, 2:6] == 2).all()  # the small person lies on top of the big car
+    assert (out[2:5, 2:5] == 2).all()  # the small person lies on top of the big car
     assert out[0, 0] == 1 and out[0, 9] == 0
     bad = dict(data, annotations=[{"id": 9, "image_id": 99, "category_id": 7, "segmentation": [[0, 0, 1, 0, 1, 1]]}])
     with pytest.raises(DataError, match=r"c\.json has annotation 9 for image id 99"):

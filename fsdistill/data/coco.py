@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from fsdistill.data.masks import IGNORE_INDEX
@@ -217,18 +216,40 @@ def decode_rle(counts: Sequence[int], height: int, width: int) -> np.ndarray:
 
 
 def rasterize_polygons(polygons: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
-    """COCO polygons (each a flat ``[x1, y1, x2, y2, ...]`` in pixel-edge coordinates) → H×W bool, at most one
-    pixel wider than pycocotools draws them (``cv2.fillPoly`` includes boundary pixels)."""
-    out = np.zeros((height, width), np.uint8)
-    pts = []
+    """COCO polygons (each a flat ``[x1, y1, x2, y2, ...]`` in pixel-edge coordinates) → H×W bool: the union of the
+    polygons, a pixel inside when its centre is (even-odd rule, edges half-open), as pycocotools draws them.
+
+    ``cv2.fillPoly`` drew the boundary pixels too, growing every object by one column and one row (a 3×4 block
+    read as 4×5). Scanlines: each edge's crossings with the pixel-centre rows, sorted, filled between pairs.
+    """
+    starts: list[np.ndarray] = []
     for poly in polygons:
         xy = np.asarray(poly, dtype=np.float64).reshape(-1)
         if xy.size < 6 or xy.size % 2:
             continue  # fewer than 3 points has no area
-        pts.append(np.round((xy.reshape(-1, 2) - 0.5) * 16).astype(np.int32))
-    if pts:
-        cv2.fillPoly(out, pts, 1, lineType=cv2.LINE_8, shift=4)
-    return out.astype(bool)
+        p = xy.reshape(-1, 2)
+        (x0, y0), (x1, y1) = p.T, np.roll(p, -1, axis=0).T
+        # Rows r whose centre r + 0.5 lies in [min(y0, y1), max(y0, y1)): each closed polygon crosses a row an
+        # even number of times, and a horizontal edge none.
+        first = np.ceil(np.minimum(y0, y1) - 0.5).astype(np.int64)
+        count = np.ceil(np.maximum(y0, y1) - 0.5).astype(np.int64) - first
+        edge = np.repeat(np.arange(len(p)), count)
+        rows = np.repeat(first, count) + np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+        xs = x0[edge] + (rows + 0.5 - y0[edge]) * (x1 - x0)[edge] / (y1 - y0)[edge]
+        order = np.lexsort((xs, rows))
+        rows, xs = rows[order], xs[order]
+        # Consecutive crossings of a row bound one span: the pixels whose centres lie in [x_a, x_b).
+        span_rows, left, right = rows[0::2], np.ceil(xs[0::2] - 0.5), np.ceil(xs[1::2] - 0.5)
+        keep = (span_rows >= 0) & (span_rows < height)
+        left = np.clip(left[keep], 0, width).astype(np.int64)
+        right = np.clip(right[keep], 0, width).astype(np.int64)
+        starts.append(np.stack([span_rows[keep], left, right]))
+    # Spans as +1 at their start and −1 at their end, summed along the row: the union of all polygons.
+    edges = np.zeros((height, width + 1), np.int32)
+    for span_rows, left, right in starts:
+        np.add.at(edges, (span_rows, left), 1)
+        np.add.at(edges, (span_rows, right), -1)
+    return np.cumsum(edges, axis=1)[:, :width] > 0
 
 
 def annotation_mask(ann: dict[str, Any], height: int, width: int, path: Path | str = "<coco>") -> np.ndarray | None:
