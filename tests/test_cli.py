@@ -377,3 +377,7 @@ def test_support_check_warnings_end_with_where_to_find_the_images(tmp_path, caps
     assert err[1].startswith("hint: `fsdistill suggest UNLABELED_DIR --model") and f"--init {run}" in err[1]
     _print_support_check(SupportCheck([ClassCheck("organ", 8, 0.6, 0.9)], queries=8), lines.append, run)
     assert capsys.readouterr().err == ""
+    # a run on a frozen --teacher has no teacher of its own: --init would be refused, so the hint names --teacher
+    _print_support_check(dead, lines.append, run, frozen_teacher=tmp_path / "t")
+    hint = capsys.readouterr().err.splitlines()[1]
+    assert "--init" not in hint and f"--teacher {tmp_path / 't'} --freeze-teacher" in hint

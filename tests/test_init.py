@@ -103,9 +103,14 @@ def test_distill_init_adds_a_class_and_records_it(tiny_multi_run, tiny_data, tmp
     assert all(torch.equal(old_state[k], new_state[k]) for k in old_state)
     student = load_model(run.run_dir, "student")
     assert student.class_names == ["background", "red", "green", "blue", "yellow"]
-    old_s = load_model(tiny_multi_run.run_dir, "student").model.convdist[0]
+    old_student = load_model(tiny_multi_run.run_dir, "student").model
+    old_s = old_student.convdist[0]
     width = old_s.width
     torch.testing.assert_close(student.model.convdist[0].hidden.weight[: 3 * width], old_s.hidden.weight)
+    # untrained, it keeps the decoder the run's student was polished with (it took the teacher's, and the kept
+    # classes predicted something else than the run did)
+    old_decoder, new_decoder = old_student.decoder.state_dict(), student.model.decoder.state_dict()
+    assert all(torch.equal(old_decoder[k], new_decoder[k]) for k in old_decoder)
     # with training steps the run trains on (the automatic budget is skipped in tests: 2 steps)
     trained = api.distill(_cfg(grown, tmp_path / "run2", init=tiny_multi_run.run_dir))
     assert trained.stats["steps"] == TINY_TRAIN["steps"]
@@ -176,6 +181,14 @@ def test_distill_init_bad_input_is_one_sentence(tiny_multi_run, tiny_data, tmp_p
     (only_student / "student").symlink_to(tiny_multi_run.run_dir / "student", target_is_directory=True)
     result = runner.invoke(app, [*base[:-1], str(only_student), "--out", str(tmp_path / "e")])
     assert_user_error(result, "--init needs a run with its teacher")
+    only_teacher = tmp_path / "only_teacher"  # an adapt run: told to use --teacher (it was told to evaluate it)
+    only_teacher.mkdir()
+    (only_teacher / "teacher").symlink_to(tiny_multi_run.run_dir / "teacher", target_is_directory=True)
+    result = runner.invoke(app, [*base[:-1], str(only_teacher), "--out", str(tmp_path / "f")])
+    assert_user_error(result, "has no student", f"--teacher {only_teacher / 'teacher'}")
+    # the run continued into itself: a stop between its two saves left neither (refused before anything)
+    result = runner.invoke(app, [*base, "--out", str(tiny_multi_run.run_dir), "--overwrite"])
+    assert_user_error(result, "name the same run", "new --out")
 
 
 def test_init_continues_a_student_wider_than_its_teachers_record(tiny_data, tmp_path) -> None:

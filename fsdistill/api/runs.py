@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -138,24 +139,32 @@ def _support_info(index: SupportIndex) -> dict[str, Any]:
     }
 
 
-def _leaked_supports(support: dict[str, Any], index: SupportIndex) -> list[str]:
-    """Images of ``index`` that are support images of the model, as ``KEY (support KEY)``: by the recorded
-    :func:`pixel_sha256` of each support (only images of a support's size are decoded), or by file name for an
-    artifact that recorded no hashes."""
+def support_matcher(support: dict[str, Any]) -> Callable[[Path], str | None] | None:
+    """For an artifact's ``support_info``: a function giving the key of the recorded support an image file is (by
+    :func:`pixel_sha256`; only files of a support's size are decoded), else None. None for an artifact that
+    recorded no hashes."""
     recorded = support.get("images")
     if recorded is None:
-        keys = set(support.get("keys", []))
-        return [f"{s.key} (support {s.key})" for s in index.samples if s.key in keys]
-    from fsdistill.data.images import image_size
+        return None
+    from fsdistill.data.images import image_size, read_image
 
     by_size: dict[tuple[int, int], dict[str, str]] = {}
     for entry in recorded:
         by_size.setdefault(tuple(entry["size"]), {})[entry["sha256"]] = entry["key"]
-    leaked = []
-    for i, sample in enumerate(index.samples):
-        candidates = by_size.get(image_size(sample.image_path))
-        if candidates:
-            match = candidates.get(pixel_sha256(index.load_image(i)))
-            if match is not None:
-                leaked.append(f"{sample.key} (support {match})")
-    return leaked
+
+    def support_of(path: Path) -> str | None:
+        candidates = by_size.get(image_size(path))
+        return candidates.get(pixel_sha256(read_image(path))) if candidates else None
+
+    return support_of
+
+
+def _leaked_supports(support: dict[str, Any], index: SupportIndex) -> list[str]:
+    """Images of ``index`` that are support images of the model, as ``KEY (support KEY)``: by
+    :func:`support_matcher`, or by file name for an artifact that recorded no hashes."""
+    support_of = support_matcher(support)
+    if support_of is None:
+        keys = set(support.get("keys", []))
+        return [f"{s.key} (support {s.key})" for s in index.samples if s.key in keys]
+    matches = ((sample.key, support_of(sample.image_path)) for sample in index.samples)
+    return [f"{key} (support {match})" for key, match in matches if match is not None]

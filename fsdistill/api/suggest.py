@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from fsdistill.api.inference import _batch_size, _decode_workers
+from fsdistill.api.runs import support_matcher
 from fsdistill.checkpoint import recover_artifact
 from fsdistill.errors import ConfigError, DataError
 from fsdistill.infer.predictor import list_images
@@ -36,6 +37,7 @@ class SuggestResult:
     top: int
     ranking: list[Any]  # fsdistill.infer.suggest.Suggestion, all scored images in rank order
     failed: list[tuple[str, str]] = field(default_factory=list)
+    supports_left_out: list[str] = field(default_factory=list)  # pool images that are the run's own supports
     note: str | None = None
     csv_path: Path | None = None
     json_path: Path | None = None
@@ -56,12 +58,34 @@ class SuggestResult:
             "teacher": self.teacher,
             "images": len(self.ranking),
             "failed": [{"image": path, "error": reason} for path, reason in self.failed],
+            "supports_left_out": self.supports_left_out,
             "top": self.top,
             "score": "(disagreement + uncertainty) / 2" if self.teacher is not None else "uncertainty",
             "note": self.note,
             "classes": self.class_names,
             "ranking": [row.to_dict(self.class_names) for row in self.shown],
         }
+
+
+def _without_supports(paths: list[Any], config: dict[str, Any]) -> tuple[list[Any], list[str]]:
+    """``paths`` less the student's own support images (the labelling loop copies them into the support folder,
+    and ranking them again would suggest labelling them twice), and those left out. By their decoded pixels, as
+    ``evaluate`` finds them (:func:`~fsdistill.api.runs.support_matcher`); files in an object store and unreadable
+    ones stay (the scoring reports the latter)."""
+    support_of = support_matcher(config.get("support") or {})
+    if support_of is None:
+        return paths, []
+    kept, left_out = [], []
+    for path in paths:
+        try:
+            is_support = isinstance(path, Path) and support_of(path) is not None
+        except DataError:
+            is_support = False
+        if is_support:
+            left_out.append(str(path))
+        else:
+            kept.append(path)
+    return kept, left_out
 
 
 def _suggest_teacher(student: Any, teacher: Path | None) -> tuple[Any, str | None]:
@@ -165,7 +189,9 @@ def suggest(
     if on_model is not None:
         on_model(str(student.path))
     teacher_model, note = (None, None) if student_only else _suggest_teacher(student, teacher)
-    paths = [source for source, _ in entries]
+    paths, supports_left_out = _without_supports([source for source, _ in entries], student.config)
+    if not paths:
+        raise DataError(f"Every image of the pool is a support of {student.path}; pass images it was not trained on.")
     if engine == "ray":
         # ``device`` is the actors' (the driver runs no model): their GPU when they get one.
         batch_size = _batch_size(batch_size, bool(gpus_per_worker) or device.startswith("cuda"))
@@ -180,7 +206,7 @@ def suggest(
         workers = _decode_workers(on_gpu) if workers is None else workers
         outputs = score_images(scorer, paths, _batch_size(batch_size, on_gpu), workers, on_progress)
     if on_total is not None:
-        on_total(len(entries))
+        on_total(len(paths))
     start = time.perf_counter()
     results = sorted(outputs, key=lambda item: item[0])  # the ray engine yields in the order the actors finish
     scored = [(index, scores, embedding) for index, scores, embedding, error in results if error is None]
@@ -205,6 +231,7 @@ def suggest(
         top=top,
         ranking=ranking,
         failed=sorted(failed),
+        supports_left_out=supports_left_out,
         note=note,
         seconds=time.perf_counter() - start,
     )

@@ -5,6 +5,7 @@ Under ``torchrun`` both train data-parallel, each process on its own episodes; r
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -235,7 +236,13 @@ def _load_init(cfg: DistillCfg) -> tuple[LoadedModel, LoadedModel]:
         raise ConfigError(
             f"--init needs a run with its teacher (RUN/teacher, written by distill without --teacher): {err}"
         ) from None
-    student = load_model(cfg.init, kind="student")
+    try:
+        student = load_model(cfg.init, kind="student")
+    except CheckpointError:  # an adapt run: its teacher is what distill --teacher starts from
+        raise ConfigError(
+            f"--init continues a distill run, and {cfg.init} has no student (an adapt run?); to distill from its "
+            f"teacher, pass --teacher {Path(cfg.init) / 'teacher'} instead."
+        ) from None
     if student.class_names != teacher.class_names:
         raise ConfigError(f"The teacher and student of {cfg.init} know different classes; pass one run folder.")
     _refuse_other_model_settings(cfg.model, student.model_cfg, f"--init continues {cfg.init}")
@@ -470,6 +477,9 @@ def distill(
             without the ray extra.
     """
     cfg = _as_config(cfg, DistillCfg)
+    if cfg.init is not None and cfg.out is not None and cfg.out.resolve() == cfg.init.resolve():
+        # The run would be replaced while it is read: a stop between its two saves would leave neither run.
+        raise ConfigError(f"--init {cfg.init} and --out name the same run; write the continued run to a new --out.")
     check_run_dir(cfg.out, "distill", cfg.teacher, overwrite)
     ray_labeller = _pool_engine(cfg, engine, address, workers, gpus_per_worker)
     if cfg.drop_class and cfg.init is None:
@@ -532,6 +542,10 @@ def distill(
     prior = teacher.class_prior(cache.support[0], list(range(num_classes)))
     if match is not None:
         copy_student_classes(student, init[1].model.to(device), match, prior)
+        if cfg.train.steps == 0:
+            # Untrained, the kept classes must predict what the run did: with the decoder its blocks were polished
+            # on (the student's own copy), not the teacher's. Training pairs the blocks with the teacher's again.
+            student.decoder = copy.deepcopy(init[1].model.decoder)
     else:
         student.set_class_prior(prior)
     new_classes = None if match is None else [source is None for source in match.source]

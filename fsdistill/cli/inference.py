@@ -426,6 +426,12 @@ def suggest(
     say = _say(quiet)
     if result.note and not quiet:
         typer.echo(f"note: {result.note}", err=True)
+    if result.supports_left_out and not quiet:
+        typer.echo(
+            f"note: {len(result.supports_left_out)} images of the pool are supports of the model (e.g. "
+            f"{result.supports_left_out[0]}); left out of the ranking.",
+            err=True,
+        )
     say(f"{'rank':>4}  {'score':>6}  {'disagree':>8}  {'uncert':>6}  image")
     for row in result.shown:
         s = row.scores

@@ -289,7 +289,8 @@ def distill(
             "training-free teacher baseline."
         )
     if result.check is not None:
-        _print_support_check(result.check, say, result.run_dir)
+        frozen = cfg.teacher if result.teacher_dir is None else None
+        _print_support_check(result.check, say, result.run_dir, frozen)
 
 
 # How the run's summary line names each pool labeller (train.pool_labeller).
@@ -306,9 +307,10 @@ def _precision_words(stats: dict) -> str:
     return ", bfloat16 mixed precision" if stats.get("precision") == "bfloat16" else ""
 
 
-def _print_support_check(check, say: Callable[[str], None], run_dir: Path) -> None:
+def _print_support_check(check, say: Callable[[str], None], run_dir: Path, frozen_teacher: Path | None = None) -> None:
     """The per-class table of distill's support check, then one warning line per dead-looking class and, after
-    them, where to find the images to add (stderr)."""
+    them, where to find the images to add and how to rerun with them (stderr). ``frozen_teacher``: the run
+    distilled from that teacher and wrote none of its own, so ``--init`` (which needs one) cannot continue it."""
 
     def fmt(value: float | None) -> str:
         return "  -  " if value is None else f"{value:.2f}"
@@ -326,11 +328,15 @@ def _print_support_check(check, say: Callable[[str], None], run_dir: Path) -> No
     for warning in warnings:
         typer.echo(f"warning: {warning}", err=True)
     if warnings:
+        again = (
+            f"--init {run_dir} continues this run"
+            if frozen_teacher is None
+            else (f"--teacher {frozen_teacher} --freeze-teacher distills from the same teacher")
+        )
         # On the macaque example suggest's top 5 images lifted its two rarest structures most (docs/benchmarks.md,
         # "Which images to label").
         typer.echo(
             f"hint: `fsdistill suggest UNLABELED_DIR --model {run_dir}` ranks unlabeled images by what labelling "
-            f"them would teach this run; add the top ones with their masks and rerun distill (--init {run_dir} "
-            "continues this run)",
+            f"them would teach this run; add the top ones with their masks and rerun distill ({again})",
             err=True,
         )
