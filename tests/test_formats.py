@@ -397,12 +397,19 @@ def test_cli_prints_where_the_format_files_are(shaken_multi_student, pictures, t
     assert f"coco: {tmp_path / COCO_FILE}" in result.output and f"cvat: {tmp_path / CVAT_FILE}" in result.output
 
 
-def test_labelmap_refuses_a_class_name_with_a_colon(tmp_path) -> None:
+def test_labelmap_refuses_a_class_name_with_a_colon(shaken_multi_student, pictures, tmp_path, monkeypatch) -> None:
+    """Before any image is predicted: the refusal came after the whole pool, and coco.json was lost with it."""
     from fsdistill.errors import DataError
+    from fsdistill.models.build import LoadedModel
 
+    options = formats_module.FormatOptions.parse("coco,cvat")
     with pytest.raises(DataError, match="labelmap"):
-        formats_module._Cvat(tmp_path, ["background", "a:b"], [(0, 0, 0), (1, 2, 3)])
-    assert not list(tmp_path.iterdir())
+        formats_module.check_class_names(options, ["background", "a:b"])
+    formats_module.check_class_names(formats_module.FormatOptions.parse("coco"), ["background", "a:b"])
+    monkeypatch.setattr(LoadedModel, "class_names", property(lambda self: ["background", "a:b", "green", "blue"]))
+    with pytest.raises(DataError, match="labelmap"):
+        api.predict([pictures], tmp_path / "out", shaken_multi_student, device="cpu", workers=0, formats="coco,cvat")
+    assert not (tmp_path / "out" / "masks").exists()
 
 
 def test_repeated_palette_colours_get_distinct_labelmap_colours() -> None:

@@ -347,6 +347,24 @@ def test_an_export_of_predictions_alone_says_so(tmp_path) -> None:
     _check_error(root, "export.json has 3 tasks and none with a submitted annotation", "submit the tasks")
 
 
+def test_a_url_prefix_with_folders_pairs_each_task_with_its_own_image(tmp_path) -> None:
+    """``--image-root-url https://host/pool/`` on a pool with a/x.png, b/x.png and x.png: each task's image is found
+    by the longest tail of its URL that exists (b/x.png's task was paired with x.png, or refused as a duplicate)."""
+    root = tmp_path / "ls"
+    tasks = [{"id": i, "data": {"image": f"https://host/pool/{rel}"}, "annotations": [{"result": [_brush()]}]}
+             for i, rel in enumerate(["a/x.png", "b/x.png", "x.png"])]  # fmt: skip
+    root.mkdir()
+    (root / "export.json").write_text(json.dumps(tasks))
+    for i, rel in enumerate(["a/x.png", "b/x.png", "x.png"]):
+        SynData.save(root / rel, SynData.image(20, 30, i))
+    index = discover(root)
+    assert sorted((s.key, s.image_path.relative_to(root).as_posix()) for s in index.samples) == [
+        ("a/x", "a/x.png"),
+        ("b/x", "b/x.png"),
+        ("x", "x.png"),
+    ]
+
+
 def test_missing_image_names_the_file(tmp_path) -> None:
     folder = _one_task(tmp_path / "ls", "/data/upload/2/deadbeef-gone.png", [_brush()])
     _check_error(folder, "gone.png", "task 7", "copy the project's images")

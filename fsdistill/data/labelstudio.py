@@ -257,12 +257,14 @@ def image_candidates(ref: str) -> list[PurePosixPath]:
 
     ``/data/local-files/?d=sub/x.png`` → ``sub/x.png``, then ``x.png``; ``/data/upload/3/1a2b3c4d-x.png`` →
     ``1a2b3c4d-x.png``, then ``x.png`` (the upload prefix stripped); ``https://host/a/x.png``, ``s3://b/a/x.png``
-    → ``a/x.png``, ``x.png``; a plain relative path → itself, then its file name.
+    → ``a/x.png``, ``x.png``; a plain relative path → itself, then its file name. Every shorter tail of the path
+    comes between (``pool/b/x.png`` → ``pool/b/x.png``, ``b/x.png``, ``x.png``): a URL prefix that names the
+    images' folder (``--image-root-url https://host/pool/``) must not pair ``b/x.png``'s task with ``x.png``.
     """
     path = PurePosixPath(_path_part(ref).lstrip("/"))
     out: list[PurePosixPath] = []
     if not ref.startswith("/data/upload/"):
-        out.append(path)
+        out += [PurePosixPath(*path.parts[start:]) for start in range(len(path.parts))]
     out.append(PurePosixPath(path.name))
     stripped = _UPLOAD_PREFIX.sub("", path.name)
     if stripped != path.name:

@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_IMAGE_ROOT_URL",
     "SCORES_KEY",
     "FormatOptions",
+    "check_class_names",
     "component_scores",
     "read_scores",
     "scores_text",
@@ -284,14 +285,24 @@ class _Coco:
         return [write_atomic(out_dir / COCO_FILE, json.dumps(self.data, separators=(",", ":")) + "\n")]
 
 
+def check_class_names(options: FormatOptions, class_names: Sequence[str]) -> None:
+    """Refuse class names a requested format cannot hold, before any image is predicted (not after the last).
+
+    Raises:
+        DataError: a name with ':' or a line break for CVAT (its labelmap.txt is ``name:colour::``).
+    """
+    if "cvat" not in options.formats:
+        return
+    for name in class_names:
+        if ":" in name or "\n" in name:
+            raise DataError(
+                f"Class name {name!r} holds ':' or a line break, which CVAT's labelmap.txt cannot; rename the class "
+                "(names file of the support folder) and distill again, or drop --format cvat."
+            )
+
+
 class _Cvat:
     def __init__(self, out_dir: Path, class_names: Sequence[str], palette: Sequence[Rgb]) -> None:
-        for name in class_names:
-            if ":" in name or "\n" in name:
-                raise DataError(
-                    f"Class name {name!r} holds ':' or a line break, which CVAT's labelmap.txt cannot; rename the class "
-                    "(names file of the support folder) and distill again, or drop --format cvat."
-                )
         self.class_names = list(class_names)
         self.colours = np.array(_unique_palette(palette, len(self.class_names)), np.uint8)
         self.instance_colours = np.array(default_palette(256), np.uint8)
@@ -446,6 +457,7 @@ def write_formats(
         "cvat": lambda: _Cvat(out_dir, class_names, palette),
         "labelstudio": lambda: _LabelStudio(class_names, palette, model_version, options.image_root_url),
     }
+    check_class_names(options, class_names)
     writers = {name: makers[name]() for name in wanted}
     try:
         number = 0

@@ -29,6 +29,7 @@ from fsdistill.errors import ConfigError, DataError, FsdistillError
 from fsdistill.infer.formats import (
     FormatOptions,
     add_missing_scores,
+    check_class_names,
     png_bytes,
     remove_format_files,
     scores_text,
@@ -361,6 +362,7 @@ def predict_files(
             f"--format {','.join(f for f in formats.formats if f != 'png')} writes to a local -o folder only; "
             f"predict into a local folder, or drop it for {out}."
         )
+    check_class_names(formats, predictor.class_names)
     all_entries = list_images(inputs, out)
     entries = shard.select(all_entries) if shard is not None else all_entries
     if on_total is not None:
