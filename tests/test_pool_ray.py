@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from fsdistill import api
@@ -24,11 +25,13 @@ from helpers import TINY_MODEL, TINY_TRAIN, assert_user_error
 
 @pytest.fixture(scope="module")
 def pool_dir(tiny_data, tmp_path_factory):
-    """Nine unlabeled images (the held-out and support images of the 3-class folder) and a corrupt one."""
+    """Nine unlabeled images (the held-out images of the 3-class folder and its support images mirrored: copies of
+    supports would be left out of a pool) and a corrupt one."""
     pool = tmp_path_factory.mktemp("ray_pool") / "pool"
     shutil.copytree(tiny_data.multi_heldout / "images", pool)
     for i, path in enumerate(sorted((tiny_data.multi / "images").iterdir())):
-        shutil.copy(path, pool / f"s{i}{path.suffix}")
+        with Image.open(path) as image:
+            image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(pool / f"s{i}.png")
     (pool / "c_broken.png").write_bytes(b"not a png")
     return pool
 
