@@ -571,7 +571,9 @@ def markdown(report: dict, image: str) -> str:
         f"to the smaller set). *classes < {LOW_IOU}*: foreground classes below that IoU, per seed. *train s*: the "
         "optimisation loop (in brackets the whole call: model build, feature caching, saving); the student and the "
         "distill teacher train together. *steps*: per seed (automatic budget unless a step count was given). "
-        "*ms/img*: evaluation wall time per held-out image (batch 8, decoding included). *fine-tuned FPN*: "
+        "*ms/img*: evaluation wall time per held-out image (batch 8, decoding included; the FPN's backbone runs as "
+        "trained, float32 with its batch norms unfolded, where predict folds them and runs the student "
+        "channels-last, so its figure overstates its cost). *fine-tuned FPN*: "
         "`benchmarks/baselines.py` (`FineTunedBaseline`), an FPN head on the same frozen backbone, flips and the "
         "student's random crop views (`train.crop_views`), cross-entropy, AdamW, full batch until its training loss "
         "stops falling (its own budget); trained at each learning rate of "
@@ -719,9 +721,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--shots must be positive")
     if args.size is not None:
         args.model_args = {**args.model_args, "size": args.size}
+    args.cases = list(dict.fromkeys(args.cases))  # a case named twice would be measured twice into one cell
+    names = list(args.cases)
     for spec in args.folder:
         if "=" not in spec:
             parser.error(f"--folder takes NAME=DIR, got {spec}")
+        name = spec.split("=", 1)[0]
+        if name in names:  # the cases share work/seedS/NAME: one would be evaluated on the other's images
+            parser.error(f"--folder {name}=… names a case already measured; give it another NAME")
+        names.append(name)
     if not args.cases and not args.folder:
         parser.error("no case: give --cases and/or --folder")
     return args
@@ -764,9 +772,15 @@ def merge_reports(reports: list[dict]) -> dict:
         raise SystemExit("--merge needs at least one results.json")
     meta = dict(reports[0]["meta"])
     for other in reports[1:]:
-        for key in ("size", "backbone", "steps"):
+        # The machine (its device words name the CPU's bfloat16 and the threads) and the code measured too: a cell
+        # moves by up to 0.03 with the threads alone.
+        for key in ("size", "backbone", "steps", "quick", "device"):
             if other["meta"].get(key) != meta.get(key):
                 raise SystemExit(f"cannot merge runs with different {key}: {meta.get(key)} vs {other['meta'].get(key)}")
+        for library in ("fsdistill", "torch"):
+            mine, theirs = (r.get("versions", {}).get(library) for r in (meta, other["meta"]))
+            if mine != theirs:
+                raise SystemExit(f"cannot merge runs of different {library} versions: {mine} vs {theirs}")
         for key in ("model_args", "train_args"):
             if resolved_args(other["meta"], key) != resolved_args(meta, key):
                 raise SystemExit(f"cannot merge runs with different {key}: {meta.get(key)} vs {other['meta'].get(key)}")
@@ -778,7 +792,14 @@ def merge_reports(reports: list[dict]) -> dict:
     cases: dict[str, dict] = {}
     for r in reports:
         for case in r["cases"]:
-            cases.setdefault(case["name"], case)
+            first = cases.setdefault(case["name"], case)
+            data = [tuple(c.get(key) for key in ("heldout", "pool", "classes")) for c in (first, case)]
+            if data[0] != data[1]:
+                raise SystemExit(
+                    f"cannot merge runs of {case['name']} on other data: {first.get('heldout')} / "
+                    f"{case.get('heldout')} held-out images, a pool of {first.get('pool')} / {case.get('pool')} "
+                    "(--heldout, or another build)"
+                )
     results, seen = [], set()
     for row in (row for r in reports for row in r["results"]):
         cell = (row["case"], row["k"], row["seed"], row.get("method"))
@@ -791,6 +812,15 @@ def merge_reports(reports: list[dict]) -> dict:
             )
         seen.add(cell)
         results.append(row)
+    # The table compares the methods' means per cell: over the same seeds, or a missing run would unpair them.
+    seeds: dict[tuple, dict[str, set]] = {}
+    for row in results:
+        if "skipped" not in row:
+            seeds.setdefault((row["case"], row["k"]), {}).setdefault(row["method"], set()).add(row["seed"])
+    for (case, k), by_method in seeds.items():
+        if len({frozenset(s) for s in by_method.values()}) > 1:
+            measured = "; ".join(f"{m} {sorted(s)}" for m, s in by_method.items())
+            raise SystemExit(f"{case} K={k} has methods measured on other seeds ({measured}): merge the missing runs")
     return {"meta": meta, "cases": list(cases.values()), "results": results}
 
 

@@ -131,6 +131,15 @@ def test_distill_teacher_is_opt_in_and_needs_distill(accuracy, capsys) -> None:
     assert "needs distill" in capsys.readouterr().err
 
 
+def test_cases_are_measured_once_each(accuracy, capsys) -> None:
+    """A case named twice was measured twice into one cell; a --folder named like a built-in case shared its work
+    folder (one was evaluated on the other's held-out images)."""
+    assert accuracy.parse_args(["--cases", "nuclei", "brain", "nuclei"]).cases == ["nuclei", "brain"]
+    with pytest.raises(SystemExit):
+        accuracy.parse_args(["--cases", "nuclei", "--folder", "nuclei=/tmp/x"])
+    assert "names a case already measured" in capsys.readouterr().err
+
+
 def test_merge_unites_cases_and_seeds_and_refuses_other_settings(accuracy) -> None:
     def report(case, seed, steps=5):
         meta = {
@@ -189,6 +198,23 @@ def test_merge_unites_cases_and_seeds_and_refuses_other_settings(accuracy) -> No
     assert merged["meta"]["command"] == "python benchmarks/accuracy.py --cases x"
     with pytest.raises(SystemExit, match="student on x K=2 seed 0"):
         accuracy.merge_reports([report("x", 0), report("x", 0)])
+    # another machine, code version or held-out set is refused; so are methods measured on other seeds of a cell
+    elsewhere = report("x", 1)
+    elsewhere["meta"]["device"] = "cuda (H100)"
+    with pytest.raises(SystemExit, match="different device"):
+        accuracy.merge_reports([report("x", 0), elsewhere])
+    newer = report("x", 1)
+    newer["meta"]["versions"] = {"fsdistill": "9.9"}
+    with pytest.raises(SystemExit, match="different fsdistill versions"):
+        accuracy.merge_reports([report("x", 0), newer])
+    fewer = report("x", 1)
+    fewer["cases"][0]["heldout"] = 4
+    with pytest.raises(SystemExit, match="x on other data: None / 4 held-out"):
+        accuracy.merge_reports([report("x", 0), fewer])
+    with pytest.raises(
+        SystemExit, match=r"x K=2 has methods measured on other seeds \(student \[0, 1\]; finetuned \[0\]"
+    ):
+        accuracy.merge_reports([report("x", 0), report("x", 1), other])
 
 
 def test_docs_section_is_replaced_in_place(accuracy, tmp_path: Path) -> None:

@@ -486,6 +486,16 @@ def test_focal_loss_with_gamma_zero_is_cross_entropy() -> None:
     assert focal_loss(logits, target, gamma=2.0) < ce  # the paper's γ down-weights confident pixels
 
 
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 2.0])
+def test_focal_loss_gradient_is_finite_on_a_certain_pixel(gamma) -> None:
+    """(1 − p)^γ with 0 < γ < 1 has an infinite slope at p = 1: a pixel classified with a margin of 80 gave NaN."""
+    from fsdistill.train.losses import focal_loss
+
+    logits = torch.tensor([[[[40.0]], [[-40.0]]]], requires_grad=True)  # 1×2×1×1, class 0 certain
+    focal_loss(logits, torch.zeros(1, 1, 1, dtype=torch.long), gamma=gamma).backward()
+    assert torch.isfinite(logits.grad).all()
+
+
 def test_focal_loss_is_the_mean_over_labelled_pixels_and_ignores_the_rest() -> None:
     """focal(γ) = mean over the pixels not marked 255 of (1 − p_t)^γ · CE; ignored pixels get no gradient, and an
     image with no labelled pixel gives a zero loss that still backpropagates."""
@@ -1028,3 +1038,31 @@ def test_bfloat16_training_follows_float32_and_leaves_contiguous_weights() -> No
     # The polish steps train the student alone from weights eight steps of rounding apart: where the CPU computes
     # bfloat16 in hardware (AMX) their losses part by up to ~2 % (0.023 of 1.07 measured), on AVX2 by less.
     torch.testing.assert_close(bf16[8:], fp32[8:], atol=0.0, rtol=0.04)
+
+
+def test_a_teacher_with_raw_dot_product_scores_trains_on_the_live_attention() -> None:
+    """An imported teacher scores by raw dot products (``qk_norm`` None): scaled scores above ~87 overflowed the
+    kept attention sums (1 / e^score flushed to 0), NaN at step 0, while the softmax of the live path is finite."""
+    from fsdistill.config import ModelCfg, TrainCfg
+    from fsdistill.data.support_tensors import SupportTensors
+    from fsdistill.models.build import build_student, build_teacher
+    from fsdistill.train.episodes import FeatureCache
+    from fsdistill.train.fit import train
+
+    torch.manual_seed(0)
+    teacher = build_teacher(ModelCfg(backbone="test-resnet", size=64), num_classes=2, pretrained=False)
+    student = build_student(teacher, 8, True)
+    assert teacher.sums_are_bounded
+    with torch.no_grad():
+        for block in teacher.blocks:
+            block.qk_norm = None
+            block.linears[0].weight.mul_(15)  # scores far beyond exp's float32 range
+    assert not teacher.sums_are_bounded
+    masks = torch.zeros(4, 64, 64, dtype=torch.uint8)
+    for i in range(4):
+        masks[i, 4 * i : 4 * i + 20, :30] = 1 + i % 2
+    images = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
+    cache = FeatureCache(teacher, SupportTensors(images, masks, [str(i) for i in range(4)]), torch.device("cpu"), False)
+    cfg = TrainCfg(steps=3, polish_steps=0, precision="float32")
+    stats = train(teacher, cache, cfg, student=student, quiet=True)
+    assert stats.steps == 3 and cache.pairs is None

@@ -435,6 +435,7 @@ def _train_on_pool(
         history=support_stats.history + pool_stats.history,
         stop_reason=f"supports: {support_stats.stop_reason}; with the pool: {pool_stats.stop_reason}",
         class_queries=[a + b for a, b in zip(support_stats.class_queries, pool_stats.class_queries)],
+        precision=pool_stats.precision,  # both phases train in the run's one precision
     )
     info = {
         **base_info,

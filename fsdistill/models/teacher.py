@@ -204,6 +204,13 @@ class DCAMATeacher(nn.Module):
         )
         self.decoder = decoder
 
+    @property
+    def sums_are_bounded(self) -> bool:
+        """Whether every block scores by cosine similarity (``qk_norm``), so the attention sums of
+        :meth:`DenseCrossAttention.partial_sums` stay finite; raw dot products (an imported checkpoint's) can
+        exceed float32's exp range there, where the softmax of :meth:`coarse_maps` does not."""
+        return all(block.qk_norm for block in self.blocks)
+
     def prepare_support(self, feats: Features, masks: Tensor) -> SupportFeatures:
         """Backbone features of S support images + their S×H×W class-id masks → cached :class:`SupportFeatures`."""
         onehot = one_hot_masks(masks, self.num_classes)

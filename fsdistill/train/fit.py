@@ -202,10 +202,12 @@ def train(
     # The pool's coarse maps teach the classes the supports show and the pool is trusted with.
     pool_classes = None if pool is None else cache.present.any(dim=0).to(device) & pool.trusted.to(device)
     attention_trains = any(p.requires_grad for p in teacher.blocks.parameters())
-    # Frozen attention (the default): each (query, support) pair's attention is computed once and reused.
-    if attention_trains:
+    # Frozen attention (the default): each (query, support) pair's attention is computed once and reused, as sums
+    # that stay finite for cosine scores only (an imported teacher's raw scores overflowed them: NaN at step 0).
+    reuse_pairs = not attention_trains and teacher.sums_are_bounded
+    if not reuse_pairs:
         cache.pairs = None  # sums from earlier attention weights would be stale (for the per-class check too)
-    pair_attention = None if attention_trains else cache.pair_attention(teacher)
+    pair_attention = cache.pair_attention(teacher) if reuse_pairs else None
     with training_layout(device, teacher, student):  # channels-last weights on the CPU while training
         teacher.train()
         if student is not None:

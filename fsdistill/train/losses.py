@@ -36,7 +36,10 @@ class _PixelTerms:
         if not count:
             return self.log_probs.sum() * 0.0
         ce = -self.log_p_target * valid
-        return ((1.0 - self.p_target) ** gamma * ce).sum() / count
+        weight = 1.0 - self.p_target
+        if 0 < gamma < 1:  # x ** gamma has an infinite slope at 0: a certain pixel's gradient was NaN
+            weight = weight.clamp_min(1e-12)
+        return (weight**gamma * ce).sum() / count
 
     def dice(self) -> Tensor:
         k = self.log_probs.shape[1]
