@@ -40,7 +40,8 @@ files straight out of the archives (nothing is installed) and writes:
     chosen on the three cases above hold on a folder they were not chosen on: do not tune on it.
 
 Brain and macaque also have a ``pool/`` split: slices that are neither support nor held out (brain: the other
-slices of the support slab; macaque: the other slices of the range at least 2 slices from every held-out one),
+slices of the support slab; macaque and the check case: the other slices of the range at least 2 slices from
+every held-out one),
 the unlabeled images of ``distill --unlabeled`` (their masks are kept for benchmarks that simulate labelling).
 
 Each case has ``{support,heldout}/{images,masks}/<name>.png`` plus ``classes.txt`` in each split
@@ -112,7 +113,7 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "data"
 COMPLETE_MARKER = ".complete"
 # Written into the marker: a case built by an older version of this script (one without a split this one
 # writes) is rebuilt instead of skipped.
-BUILD_VERSION = "complete v2 (pool split)\n"
+BUILD_VERSION = "complete v3 (pool gap in the check case)\n"
 
 
 class ExampleDataUnavailable(RuntimeError):
@@ -761,7 +762,8 @@ def _sagittal_split(
     range (inclusive). Held out: every slice of either range at least ``MACAQUE_MIN_GAP`` slices from every
     support, a right-hemisphere slice ``x`` measured at its mirror ``mirror - x`` (the template is nearly
     symmetric: a slice and its mirror correlate at 0.99, closer than slices two apart). Pool: the other
-    slices of the left range."""
+    slices of the left range at least ``MACAQUE_POOL_GAP`` slices from every held-out one (seen as above), as in
+    the coronal case (a pool slice one from a held-out one is a near-copy of it)."""
     support = list(range(left[0] + SAGITTAL_FIRST, left[1] + 1, SAGITTAL_STEP))
     middle = (mirror + 1) // 2
 
@@ -771,7 +773,10 @@ def _sagittal_split(
 
     candidates = [*range(left[0], left[1] + 1), *range(right[0], right[1] + 1)]
     heldout = [x for x in candidates if far(x)]
-    pool = [x for x in range(left[0], left[1] + 1) if x not in support and x not in heldout]
+    seen = [h if h < middle else mirror - h for h in heldout]
+    pool = [
+        x for x in range(left[0], left[1] + 1) if x not in support and min(abs(x - h) for h in seen) >= MACAQUE_POOL_GAP
+    ]
     return support, heldout, pool
 
 
@@ -815,7 +820,8 @@ def _build_macaque_sagittal(case_dir: Path, cache: Path) -> dict[str, Any]:
             "support": f"every {SAGITTAL_STEP}th slice of the left range, x = {support_x}",
             "heldout": f"every slice of either range at least {MACAQUE_MIN_GAP} slices from every support slice "
             f"(right-hemisphere slices at their mirror {mirror} - x): x = {heldout_x}",
-            "pool": f"the other {len(pool_x)} slices of the left range: x = {pool_x}",
+            "pool": f"the {len(pool_x)} other slices of the left range at least {MACAQUE_POOL_GAP} slices from every "
+            f"held-out slice (a right one at its mirror): x = {pool_x}",
         },
         "classes": list(SAGITTAL_CLASSES),
         "class_stats": stats,

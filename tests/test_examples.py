@@ -204,10 +204,15 @@ def test_sagittal_split_keeps_mirrored_neighbours_out() -> None:
     for x in heldout:
         seen_as = x if x < 85 else 169 - x
         assert min(abs(seen_as - s) for s in support) >= gap, x
-    # Both hemispheres hold out; every left slice is support, held out or pool, once.
+    # Both hemispheres hold out; a left slice is support, held out or pool, at most once; a pool slice lies at
+    # least MACAQUE_POOL_GAP from every held-out slice (seen at its mirror): one slice apart is a near-copy.
     assert any(x < 85 for x in heldout) and any(x >= 85 for x in heldout)
-    left = sorted(support + [x for x in heldout if x < 85] + pool)
-    assert left == list(range(20, 61))
+    left = support + [x for x in heldout if x < 85] + pool
+    assert len(left) == len(set(left)) and set(left) <= set(range(20, 61)) and pool
+    seen = [x if x < 85 else 169 - x for x in heldout]
+    assert all(min(abs(p - h) for h in seen) >= make_examples.MACAQUE_POOL_GAP for p in pool)
+    near = [x for x in range(20, 61) if min(abs(x - h) for h in seen) < make_examples.MACAQUE_POOL_GAP]
+    assert sorted(set(range(20, 61)) - set(left)) == [x for x in near if x not in support and x not in heldout]
 
 
 @pytest.mark.examples
