@@ -598,3 +598,12 @@ def test_the_ray_install_hint_keeps_its_extra_in_the_help(runner, command) -> No
     text = " ".join(_help(runner, command).replace("│", " ").split())
     assert "pip install 'fsdistill[ray]'" in text.replace("fsdistill [ray]", "fsdistill[ray]")
     assert "pip install 'fsdistill')" not in text
+
+
+@pytest.mark.parametrize(
+    "command, shown", [("check", "SUPPORT_DIR"), ("predict", "INPUTS"), ("evaluate", "DATA_DIR"), ("suggest", "POOL")]
+)
+def test_usage_lines_name_the_arguments_as_the_contract_does(runner, command, shown) -> None:
+    """The usage line showed the parameter's Python name ({support_dir}, {inputs}...) instead of cli.md's."""
+    usage = next(line for line in _help(runner, command).splitlines() if "Usage:" in line)
+    assert shown in usage and shown.lower() not in usage

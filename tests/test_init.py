@@ -95,8 +95,9 @@ def test_distill_init_adds_a_class_and_records_it(tiny_multi_run, tiny_data, tmp
         tmp_path / "grown", [f"g{i}" for i in range(8)], [*tiny_data.multi_classes, "yellow"], seed=5
     )
     run = api.distill(_cfg(grown, tmp_path / "run", init=tiny_multi_run.run_dir, train={**TINY_TRAIN, "steps": 0}))
-    assert run.stats["init"] == {"run": str(tiny_multi_run.run_dir), "kept": ["red", "green", "blue"],
-                                 "new": ["yellow"], "dropped": []}  # fmt: skip
+    continued = load_model(tiny_multi_run.run_dir, "student").config["weights_sha256"]  # what it continued, by hash
+    assert run.stats["init"] == {"run": str(tiny_multi_run.run_dir), "student_sha256": continued,
+                                 "kept": ["red", "green", "blue"], "new": ["yellow"], "dropped": []}  # fmt: skip
     old_t, new_t = load_model(tiny_multi_run.run_dir, "teacher"), load_model(run.run_dir, "teacher")
     old_state, new_state = old_t.model.state_dict(), new_t.model.state_dict()
     assert old_state.keys() == new_state.keys()

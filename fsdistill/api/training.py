@@ -27,7 +27,7 @@ from fsdistill.api.runs import (
     check_run_dir,
     new_run_dir,
 )
-from fsdistill.checkpoint import WEIGHTS_FILE, is_artifact
+from fsdistill.checkpoint import WEIGHTS_FILE, WEIGHTS_SHA_KEY, is_artifact
 from fsdistill.config import AdaptCfg, DistillCfg, ModelCfg, load_config
 from fsdistill.data.discover import SupportIndex, discover
 from fsdistill.data.masks import IGNORE_INDEX
@@ -589,7 +589,9 @@ def distill(
         if check is not None:
             common["training"]["support_check"] = check.to_dict()
         if match is not None:
-            common["training"]["init"] = {"run": str(cfg.init), **match.to_dict()}
+            # The continued student by its weights' hash: the run folder alone may have changed since.
+            weights = init[1].config.get(WEIGHTS_SHA_KEY)
+            common["training"]["init"] = {"run": str(cfg.init), "student_sha256": weights, **match.to_dict()}
         teacher_dir = None
         # The teacher the student learned from is the run's: adapted here, or a given one trained on with the
         # student (only a frozen one is left where it is).

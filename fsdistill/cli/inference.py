@@ -35,8 +35,9 @@ def predict(
     inputs: Annotated[
         list[str],
         typer.Argument(
+            metavar="INPUTS",
             help="Image files or folders (searched recursively), or object-store prefixes s3://BUCKET/PREFIX, "
-            "gs://BUCKET/PREFIX (pip install 'fsdistill\\[ray]')."
+            "gs://BUCKET/PREFIX (pip install 'fsdistill\\[ray]').",
         ),
     ],
     out: Annotated[
@@ -151,7 +152,10 @@ def predict(
 
 @model_command
 def evaluate(
-    data_dir: Annotated[Path, typer.Argument(help="Labelled folder (any support layout) with the model's classes.")],
+    data_dir: Annotated[
+        Path,
+        typer.Argument(metavar="DATA_DIR", help="Labelled folder (any support layout) with the model's classes."),
+    ],
     model: ModelOpt = None,
     teacher: Annotated[bool, typer.Option("--teacher", help="Evaluate the run's teacher with its supports.")] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the result as JSON here.")] = None,
@@ -339,7 +343,10 @@ def export(
 
 @model_command
 def suggest(
-    pool: Annotated[list[Path], typer.Argument(help="Unlabelled images: folders (searched recursively) or files.")],
+    pool: Annotated[
+        list[Path],
+        typer.Argument(metavar="POOL", help="Unlabelled images: folders (searched recursively) or files."),
+    ],
     model: ModelOpt = None,
     top: Annotated[
         int, typer.Option("--top", help="How many images to suggest (CSV, JSON, --copy-to); all are scored.")

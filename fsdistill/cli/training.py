@@ -44,7 +44,9 @@ from fsdistill.cli.common import (
 
 @command
 def check(
-    support_dir: Annotated[Path, typer.Argument(help="Support folder (or .zip export) to validate.")],
+    support_dir: Annotated[
+        Path, typer.Argument(metavar="SUPPORT_DIR", help="Support folder (or .zip export) to validate.")
+    ],
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON here.")] = None,
     device: Annotated[
         str, typer.Option("--device", help="Accepted like every command's (check reads files only, no model).")
