@@ -163,6 +163,41 @@ def test_resume_skips_done_images_and_matches_an_uninterrupted_run(
     assert _read_csv(tmp_path / "ref" / "predictions.csv") == _read_csv(tmp_path / "out" / "predictions.csv")
 
 
+def test_resume_redoes_masks_of_another_model_or_of_a_replaced_image(
+    shaken_multi_student, tiny_multi_run, odd_images, tmp_path
+) -> None:
+    """An --overwrite with model B stopped after rewriting the manifest, then resumed, kept model A's masks as done
+    (each mask now names its model); an image replaced by another of a different size kept its old mask; an
+    image that no longer reads kept its old mask under --overwrite, listed in the CSV."""
+    import shutil
+
+    from fsdistill.infer.predictor import MANIFEST_NAME
+
+    root, sizes = odd_images
+    model_a, model_b = tiny_multi_run.run_dir, shaken_multi_student
+    _predict(root, tmp_path / "a", model_a, overlay=True)
+    _predict(root, tmp_path / "b", model_b)
+    shutil.copytree(tmp_path / "a", tmp_path / "mixed")
+    shutil.copy(tmp_path / "b" / MANIFEST_NAME, tmp_path / "mixed" / MANIFEST_NAME)  # as the stopped overwrite left it
+    resumed = _predict(root, tmp_path / "mixed", model_b)
+    assert resumed.written == len(sizes) and resumed.skipped == 0
+    masks = lambda out: {k: v for k, v in _tree(out).items() if k.startswith("masks/")}  # noqa: E731
+    assert masks(tmp_path / "mixed") == masks(tmp_path / "b")
+    assert not list((tmp_path / "mixed" / "overlays").rglob("*.png"))  # model A's overlays would show other masks
+    # an image replaced in place by one of another size: predicted again, at its new size
+    replaced = next(p for p in sorted(root.rglob("*.png")) if p.name != "grey.png")
+    Image.fromarray(np.zeros((17, 23, 3), np.uint8)).save(replaced)
+    again = _predict(root, tmp_path / "mixed", model_b)
+    assert again.written == 1
+    rel = replaced.relative_to(root).with_suffix(".png")
+    assert Image.open(tmp_path / "mixed" / "masks" / rel).size == (23, 17)
+    # an image that no longer reads: with --overwrite its old mask goes, and the CSV does not list it
+    replaced.write_bytes(b"not an image")
+    broken = _predict(root, tmp_path / "mixed", model_b, overwrite=True)
+    assert len(broken.failed) == 1 and not (tmp_path / "mixed" / "masks" / rel).exists()
+    assert str(replaced) not in {row[0] for row in _read_csv(tmp_path / "mixed" / "predictions.csv")}
+
+
 def test_overwrite_redoes_everything(tiny_binary_run, odd_images, tmp_path) -> None:
     root, sizes = odd_images
     _predict(root / "grey.png", tmp_path / "out", tiny_binary_run.run_dir)

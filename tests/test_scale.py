@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,6 +93,21 @@ def test_shards_partition_the_images_and_merge_to_the_unsharded_outputs(
     whole = _predict(folder, out, shaken_multi_student, overlay=True)
     assert whole.written == 0 and whole.skipped == 7 and _outputs(out) == _outputs(reference)
     assert not list(out.rglob("*.tmp"))
+
+
+def test_a_shard_rerun_with_another_spelling_of_the_inputs_keeps_every_row(
+    shaken_multi_student, folder, tmp_path, monkeypatch
+) -> None:
+    """Shard 0 rerun with the folder as a relative path: the merge matched rows by the string as typed and lost
+    the other shard's half of predictions.csv."""
+    out = tmp_path / "out"
+    for index in (0, 1):
+        _predict(folder, out, shaken_multi_student, shard=f"{index}/2")
+    complete = {r["image"] for r in _csv_rows(out / "predictions.csv")}
+    monkeypatch.chdir(folder.parent)
+    _predict(Path(folder.name), out, shaken_multi_student, shard="0/2")
+    merged = _csv_rows(out / "predictions.csv")
+    assert {Path(r["image"]).resolve() for r in merged} == {Path(p).resolve() for p in complete}
 
 
 def _csv_rows(path):

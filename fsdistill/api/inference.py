@@ -326,6 +326,7 @@ def export(
             "kind": "student",
             "artifact": str(loaded.path.resolve()),
             "config_sha256": config_sha256(loaded.config),
+            "weights_sha256": str(loaded.config.get("weights_sha256", "")),
             "backbone": str(spec.get("name")),
         },
     )

@@ -171,8 +171,11 @@ def add_missing_scores(runner: Any, items: Sequence[tuple[Path, Path]], out_dir:
     todo = [(s, path) for s, path in masks if path.is_file() and read_scores(path) is None]
     for index, _, probs, error in runner.outputs([s for s, _ in todo], batch_size, workers, scored=True):
         if error is None:
-            mask = read_index_mask(todo[index][1])
-            write_index_png(todo[index][1], mask, runner.palette, text=scores_text(mask, probs))
+            path = todo[index][1]
+            mask = read_index_mask(path)
+            with Image.open(path) as image:  # its other text (what it was made from) stays
+                text = dict(getattr(image, "text", {}))
+            write_index_png(path, mask, runner.palette, text=text | scores_text(mask, probs))
 
 
 # ------------------------------------------------------------------------------------------------ geometry

@@ -78,6 +78,7 @@ class OnnxMetadata:
     palette: list[tuple[int, int, int]]
     config_sha256: str
     version: str
+    weights_sha256: str = ""  # exports of earlier versions do not record it
 
     @classmethod
     def from_props(cls, props: dict[str, str], path: Path) -> OnnxMetadata:
@@ -107,6 +108,7 @@ class OnnxMetadata:
                 class_names=[str(n) for n in json.loads(get["class_names"])],
                 palette=[tuple(int(v) for v in c) for c in json.loads(get["palette"])],
                 config_sha256=get.get("config_sha256", ""),
+                weights_sha256=get.get("weights_sha256", ""),
                 version=get.get("version", ""),
             )
         except (KeyError, ValueError, TypeError) as exc:
@@ -223,4 +225,9 @@ class OnnxRunner(Runner):
         return torch.from_numpy(self.run((x - self._mean) / self._std))
 
     def identity(self) -> dict:
-        return {"model": str(self.path.resolve()), "config_sha256": self.meta.config_sha256, "backend": "onnx"}
+        return {
+            "model": str(self.path.resolve()),
+            "config_sha256": self.meta.config_sha256,
+            "weights_sha256": self.meta.weights_sha256,
+            "backend": "onnx",
+        }

@@ -21,7 +21,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from fsdistill.checkpoint import config_sha256
-from fsdistill.data.images import IMAGE_SUFFIXES, read_image, read_image_reduced
+from fsdistill.data.images import IMAGE_SUFFIXES, image_size, read_image, read_image_reduced
 from fsdistill.data.layouts import mask_folders
 from fsdistill.data.masks import encode_index_png
 from fsdistill.data.transforms import resize_image, to_chw_tensor
@@ -249,6 +249,7 @@ class Predictor(Runner):
         return {
             "model": str(self.loaded.path.resolve()),
             "config_sha256": config_sha256(self.loaded.config),
+            "weights_sha256": str(self.loaded.config.get("weights_sha256", "")),
             "backend": "torch",
         }
 
@@ -333,6 +334,37 @@ def _output_key(folder: str, rel: Path) -> str:
     return f"{folder}/{rel.with_suffix('.png').as_posix()}"
 
 
+# The PNG text chunk of a mask naming the model that made it (its weights' hash): resume redoes a mask of another
+# model (an --overwrite stopped half-way, then resumed). Only the model, so the same model writes the same bytes
+# from the same image wherever it reads it from. Masks of earlier versions have none and count as done.
+STAMP_KEY = "fsdistill:model"
+
+
+def _is_stale(mask_path: Path, model_stamp: str, source: Source) -> bool:
+    """Whether a mask an earlier run wrote was made by another model, or is not at the size of its (local)
+    image any more (the image was replaced since)."""
+    try:
+        with Image.open(mask_path) as image:  # the header and text chunks: no pixel is decoded
+            model, size = getattr(image, "text", {}).get(STAMP_KEY), image.size
+    except (OSError, ValueError, SyntaxError):
+        return True  # unreadable: predict it again
+    if model is not None and model != model_stamp:
+        return True
+    if isinstance(source, Path):
+        try:
+            return image_size(source) != size
+        except DataError:
+            return True  # no longer readable: its error is reported when it is tried
+    return False
+
+
+def _remove_local(out: Storage, *keys: str) -> None:
+    """Delete output files of a local -o (a mask or overlay no longer true to its image); object stores keep them."""
+    if out.local is not None:
+        for key in keys:
+            (out.local / key).unlink(missing_ok=True)
+
+
 def predict_files(
     predictor: Runner,
     inputs: Sequence[Path | str],
@@ -374,7 +406,9 @@ def predict_files(
             previous = json.loads(out.read_bytes(MANIFEST_NAME))
         except (json.JSONDecodeError, UnicodeDecodeError):
             previous = {}
-        if previous.get("config_sha256") != identity["config_sha256"]:
+        # The weights too (the config hash leaves them out): where both manifests name them (earlier ones do not).
+        weights = previous.get("weights_sha256"), identity.get("weights_sha256")
+        if previous.get("config_sha256") != identity["config_sha256"] or (all(weights) and weights[0] != weights[1]):
             raise DataError(
                 f"{out} holds masks from another model ({previous.get('model', 'unknown')}); pass --overwrite or "
                 "a new -o folder."
@@ -393,8 +427,12 @@ def predict_files(
     earlier = out.files("masks")
     earlier_overlays = out.files("overlays") if overlay else set()
     todo: list[tuple[Source, Path]] = []
+    model_stamp = identity.get("weights_sha256") or identity["config_sha256"]
     for source, rel in entries:
-        done = _output_key("masks", rel) in earlier
+        key = _output_key("masks", rel)
+        done = key in earlier
+        if done and not overwrite and out.local is not None:
+            done = not _is_stale(out.local / key, model_stamp, source)
         if overlay:
             done = done and _output_key("overlays", rel) in earlier_overlays
         if done and not overwrite:
@@ -409,11 +447,16 @@ def predict_files(
         source, rel = todo[index]
         if error is not None:
             result.failed.append((str(source), error))
+            # An earlier mask of an image that no longer reads is not its prediction: not listed, not done.
+            earlier.discard(_output_key("masks", rel))
+            _remove_local(out, _output_key("masks", rel), _output_key("overlays", rel))
         else:
             if overlay:
                 out.write_bytes(_output_key("overlays", rel), png_bytes(_overlay(read_image(source), mask, palette)))
+            else:  # an earlier run's overlay would show another mask than the one written now
+                _remove_local(out, _output_key("overlays", rel))
             # The mask goes last: its presence is what marks an image as done.
-            text = None if probs is None else scores_text(mask, probs)
+            text = {STAMP_KEY: model_stamp} | ({} if probs is None else scores_text(mask, probs))
             write_mask(out, _output_key("masks", rel), mask, palette, text)
             written[_output_key("masks", rel)] = _mask_counts(mask, len(predictor.class_names))
             result.written += 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,12 @@ def parse_shard(value: str | Shard | None) -> Shard | None:
     return Shard(int(match.group(1)), int(match.group(2)))
 
 
+def _image_key(source: str) -> str:
+    """A table's image column as one spelling: the absolute path of a local file (from this process's folder: job
+    arrays start their shards in one), an object-store URI as it is."""
+    return source if "://" in source else os.path.abspath(source)
+
+
 def merge_shard_tables(out: Storage, shard: Shard, sources: list[str]) -> Path | str | None:
     """Merge the N shard tables into ``predictions.csv`` in ``out`` when all are there, ordering the rows by
     ``sources`` (the unsharded image list), and return where it is (else None). Two shards finishing at once
@@ -76,16 +83,19 @@ def merge_shard_tables(out: Storage, shard: Shard, sources: list[str]) -> Path |
         return None
     header: list[str] | None = None
     rows: dict[str, list[list[str]]] = {}
+    # By the image's absolute path: a shard rerun with another spelling of the inputs (./images, an absolute
+    # path) lists the same images under other strings, and its rows were dropped from the merge without a word.
+    # Rows of images no longer in the inputs (an older run's table) are left out.
     for table in tables:
         reader = csv.reader(io.StringIO(out.read_bytes(table).decode("utf-8"), newline=""))
         header = next(reader, None) or header
         for row in reader:
-            rows.setdefault(row[0], []).append(row)
+            rows.setdefault(_image_key(row[0]), []).append(row)
     text = io.StringIO(newline="")
     # csv.writer writes back the same bytes the shards' writers wrote from the same strings.
     writer = csv.writer(text)
     writer.writerow(header or CSV_HEADER)
     for source in sources:
-        writer.writerows(rows.get(source, ()))
+        writer.writerows(rows.get(_image_key(source), ()))
     out.write_bytes(PREDICTIONS_CSV, text.getvalue().encode("utf-8"), unique=True)
     return out.location(PREDICTIONS_CSV)
