@@ -207,3 +207,15 @@ def test_init_continues_a_student_wider_than_its_teachers_record(tiny_data, tmp_
     result = runner.invoke(app, [*more, "--out", str(tmp_path / "more"), "-q"])
     assert result.exit_code == 0, result.output
     assert load_model(tmp_path / "more", kind="student").model_cfg.student_width == 16
+
+
+def test_a_run_on_imported_teacher_weights_replays_with_its_teacher() -> None:
+    """A --teacher-weights run records its model settings as given (qk_norm 2.0) while its teacher runs the
+    published attention (qk_norm None): its own config passed back with --init / --teacher was refused."""
+    from fsdistill.api.training import _refuse_other_model_settings
+
+    recorded = ModelCfg.model_validate({**TINY_MODEL, "teacher_weights": "w.pth", "qk_norm": 2.0})
+    teacher = ModelCfg(**TINY_MODEL, teacher_weights="w.pth").model_copy(update={"qk_norm": None})
+    _refuse_other_model_settings(recorded, teacher, "The teacher runs")
+    with pytest.raises(ConfigError, match="size"):
+        _refuse_other_model_settings(recorded.model_copy(update={"size": 96}), teacher, "The teacher runs")

@@ -413,3 +413,11 @@ def test_coco_mask_remap_crowd_and_order(tmp_path: Path) -> None:
     boxes = dict(data, annotations=[{"id": 1, "image_id": 5, "category_id": 7, "bbox": [0, 0, 1, 1]}])
     with pytest.raises(DataError, match="only boxes"):
         load_coco(tmp_path / "c.json", boxes)
+
+
+def test_polygon_raster_refuses_non_finite_and_clips_huge_coordinates() -> None:
+    """NaN (which Python's json reads) ended in an IndexError traceback; a coordinate of 1e8 took 36 s and 9 GB."""
+    with pytest.raises(ValueError, match="not a finite number"):
+        rasterize_polygons([[2, 2, 10, 2, 10, 10, float("nan"), 10]], 20, 20)
+    tall = rasterize_polygons([[1, 1, 4, 1, 4, 1e8]], 20, 20)  # clipped to the image's rows before expanding them
+    assert tall.shape == (20, 20) and tall[19, 3] and not tall[0].any()

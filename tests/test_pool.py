@@ -151,6 +151,7 @@ def test_distill_with_a_pool_records_it_in_the_artifact(tiny_data, tmp_path) -> 
     pool = tmp_path / "pool"
     shutil.copytree(tiny_data.multi_heldout / "images", pool)
     (pool / "broken.png").write_bytes(b"not a png")
+    (pool / "gone.png").symlink_to(tmp_path / "nowhere.png")  # unreadable: skipped, not a traceback of the copy check
     (pool / "sub").mkdir()
     first = sorted((tiny_data.multi_heldout / "images").iterdir())[0]
     Image.open(first).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(pool / "sub" / "deep.png")
@@ -163,8 +164,8 @@ def test_distill_with_a_pool_records_it_in_the_artifact(tiny_data, tmp_path) -> 
     info = run.stats["pool"]
     assert info["label_shots"] == cfg.train.max_shots  # each image against its nearest supports
     images = len(list((tiny_data.multi_heldout / "images").iterdir())) + 1
-    assert info["images"] == images and info["pool_size"] == images + 1 and info["copies_left_out"] == 2
-    assert len(info["skipped"]) == 1 and "broken.png" in info["skipped"][0]
+    assert info["images"] == images and info["pool_size"] == images + 2 and info["copies_left_out"] == 2
+    assert len(info["skipped"]) == 2 and "broken.png" in info["skipped"][0] and "gone.png" in info["skipped"][1]
     assert info["used"] and info["labeller"] == "mean" and len(info["fingerprint"]) == 64
     assert info["trusted"] == tiny_data.multi_classes and set(info["teacher_leave_one_out"]) == set(info["trusted"])
     assert info["support_steps"] == info["pool_steps"] == TINY_TRAIN["steps"]
@@ -178,7 +179,7 @@ def test_distill_with_a_pool_records_it_in_the_artifact(tiny_data, tmp_path) -> 
     assert stored["fingerprint"] == info["fingerprint"]
     # a pool larger than --unlabeled-max: a sample of it
     again = api.distill(_distill_cfg(tiny_data.multi, tmp_path / "run2", pool, unlabeled_max=2))
-    assert again.stats["pool"]["images"] == 2 and again.stats["pool"]["pool_size"] == images + 1
+    assert again.stats["pool"]["images"] == 2 and again.stats["pool"]["pool_size"] == images + 2
 
 
 def test_the_support_folder_as_pool_leaves_its_images_and_masks_out(tiny_data, tmp_path) -> None:

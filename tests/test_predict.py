@@ -339,12 +339,17 @@ def test_the_masks_of_a_labelled_folder_are_not_images_to_segment(tmp_path) -> N
     from fsdistill.infer.predictor import list_images
 
     files = ["images/a.png", "masks/a.png", "dsb/id1/images/b.png", "dsb/id1/masks/b_0.png", "ISIC_Task1_Input/c.png",
-             "ISIC_Task1_GroundTruth/c_segmentation.png", "shots/labels/d.png"]  # fmt: skip
+             "ISIC_Task1_GroundTruth/c_segmentation.png", "shots/labels/d.png",
+             "voc/JPEGImages/e.png", "voc/SegmentationClass/e.png", "voc/SegmentationObject/e.png",
+             # folders of photographs whose names a support layout also uses: kept
+             "shop/originals/f.png", "shop/labels/f.png", "exp/user_inputs/g.png", "exp/targets/g.png"]  # fmt: skip
     for rel in files:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / rel)
     listed = sorted(rel.as_posix() for _, rel in list_images([tmp_path], writes_masks=False))
-    assert listed == ["ISIC_Task1_Input/c.png", "dsb/id1/images/b.png", "images/a.png", "shots/labels/d.png"]
+    assert listed == ["ISIC_Task1_Input/c.png", "dsb/id1/images/b.png", "exp/targets/g.png", "exp/user_inputs/g.png",
+                      "images/a.png", "shop/labels/f.png", "shop/originals/f.png", "shots/labels/d.png",
+                      "voc/JPEGImages/e.png"]  # fmt: skip
 
 
 def test_an_input_given_as_dot_dot_is_prefixed_by_its_folder_name(tmp_path, monkeypatch) -> None:

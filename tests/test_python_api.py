@@ -161,3 +161,14 @@ def test_training_functions_take_a_mapping_and_refuse_other_types(tiny_data, tmp
         fsdistill.distill("support/")
     with pytest.raises(ConfigError, match="stepz"):
         fsdistill.distill({**options, "train": {"stepz": 1}})
+
+
+def test_a_home_relative_support_path_is_expanded(tiny_data, tmp_path, monkeypatch) -> None:
+    """``support: ~/…`` (YAML, Python) became <cwd>/~/… once the recorded paths were made absolute."""
+    monkeypatch.setenv("HOME", str(tiny_data.binary.parent))
+    options = {"support": f"~/{tiny_data.binary.name}", "out": str(tmp_path / "run"), "device": "cpu",
+               "model": TINY_MODEL, "train": {"steps": 0}}  # fmt: skip
+    run = fsdistill.distill(options, quiet=True)
+    import yaml
+
+    assert yaml.safe_load((run.run_dir / "config.resolved.yaml").read_text())["support"] == str(tiny_data.binary)

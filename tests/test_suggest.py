@@ -409,21 +409,25 @@ def test_cli_corrupt_image_is_reported_and_skipped(runner, tiny_multi_run, tmp_p
 
 
 def test_the_runs_own_supports_are_left_out_of_the_ranking(runner, tiny_multi_run, tiny_data, tmp_path) -> None:
-    """The labelling loop copies labelled images into the support folder; a pool that still holds them (or their
-    renamed copies) had them suggested again. They are found by their pixels, as evaluate finds them."""
+    """The labelling loop copies labelled images (names kept) into the support folder; a pool that still holds
+    them had them suggested again. Pool files named like a support are compared by their pixels: a new image that
+    only shares a support's name stays, and a renamed copy is not looked for (each pool image would be decoded)."""
     pool = tmp_path / "pool"
     pool.mkdir()
-    supports = sorted((tiny_data.multi / "images").iterdir())[:2]
+    supports = sorted((tiny_data.multi / "images").iterdir())[:3]
     shutil.copy(supports[0], pool / "renamed_copy.png")
     shutil.copy(supports[1], pool / supports[1].name)
+    shutil.copy(supports[2], pool / supports[2].name)
     SynData.save(pool / "new.png", SynData.image(32, 40, 7))
+    SynData.save(pool / "sub" / supports[0].name, SynData.image(32, 40, 9))  # a support's name, other pixels
     args = ["suggest", str(pool), "--model", str(tiny_multi_run.run_dir), "--json", str(tmp_path / "r.json")]
     result = runner.invoke(app, [*args, "--device", "cpu", "--student-only"])
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "r.json").read_text())
-    assert data["images"] == 1 and [r["image"] for r in data["ranking"]] == [str(pool / "new.png")]
-    assert sorted(data["supports_left_out"]) == sorted(str(pool / p) for p in ("renamed_copy.png", supports[1].name))
+    assert data["images"] == 3
+    assert sorted(data["supports_left_out"]) == sorted(str(pool / s.name) for s in supports[1:])
     assert "2 images of the pool are supports of the model" in result.stderr
-    (pool / "new.png").unlink()
+    for extra in (pool / "new.png", pool / "renamed_copy.png", pool / "sub" / supports[0].name):
+        extra.unlink()
     result = runner.invoke(app, [*args, "--device", "cpu", "--student-only"])
     assert_user_error(result, "Every image of the pool is a support of")

@@ -6,7 +6,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -68,17 +68,20 @@ class SuggestResult:
 
 
 def _without_supports(paths: list[Any], config: dict[str, Any]) -> tuple[list[Any], list[str]]:
-    """``paths`` less the student's own support images (the labelling loop copies them into the support folder,
-    and ranking them again would suggest labelling them twice), and those left out. By their decoded pixels, as
-    ``evaluate`` finds them (:func:`~fsdistill.api.runs.support_matcher`); files in an object store and unreadable
-    ones stay (the scoring reports the latter)."""
-    support_of = support_matcher(config.get("support") or {})
+    """``paths`` less the student's own support images (the labelling loop copies suggested images, names kept,
+    into the support folder, and ranking them again would suggest labelling them twice), and those left out.
+    Pool files named like a support are compared by their decoded pixels, as ``evaluate`` finds supports
+    (:func:`~fsdistill.api.runs.support_matcher`): decoding every pool image here would double a large pool's
+    reads. Files in an object store and unreadable ones stay (the scoring reports the latter)."""
+    support = config.get("support") or {}
+    support_of = support_matcher(support)
     if support_of is None:
         return paths, []
+    names = {PurePosixPath(key).name for key in support.get("keys", [])}
     kept, left_out = [], []
     for path in paths:
         try:
-            is_support = isinstance(path, Path) and support_of(path) is not None
+            is_support = isinstance(path, Path) and path.stem in names and support_of(path) is not None
         except DataError:
             is_support = False
         if is_support:

@@ -162,7 +162,11 @@ def _as_config(cfg: Any, cls: type[AdaptCfg] | type[DistillCfg]) -> Any:
     if isinstance(cfg, cls):
         # Recorded (config.resolved.yaml, the artifacts) as absolute paths: the file reruns the run from any folder.
         paths = ("support", "out", "teacher", "init", "unlabeled")
-        absolute = {name: Path(value).absolute() for name in paths if (value := getattr(cfg, name, None)) is not None}
+        absolute = {
+            name: Path(value).expanduser().absolute()
+            for name in paths
+            if (value := getattr(cfg, name, None)) is not None
+        }
         return cfg.model_copy(update=absolute)
     command, article = ("adapt", "an") if cls is AdaptCfg else ("distill", "a")
     raise ConfigError(
@@ -260,6 +264,10 @@ def _refuse_other_model_settings(asked: ModelCfg, model: ModelCfg, what: str, sk
     Raises:
         ConfigError: the first such setting, named with ``model``'s value.
     """
+    if asked.teacher_weights is not None:  # such a teacher runs with the published attention (a run records as given)
+        from fsdistill.models.reference_import import published_model_cfg
+
+        asked = published_model_cfg(asked)
     given = {k: getattr(asked, k) for k in asked.model_fields_set if k not in skip}
     differs = sorted(k for k, v in given.items() if getattr(model, k) != v)
     if differs:
@@ -303,20 +311,29 @@ def _pool_images(cfg: DistillCfg, index: SupportIndex) -> tuple[list[Path], int,
 def _without_copies(paths: list[Path], known: list[Path]) -> list[Path]:
     """``paths`` less byte-for-byte copies of an earlier one or of a ``known`` file (the first of a set in
     ``paths``' order is kept). Only files whose sizes collide are read."""
-    sizes = {path: path.stat().st_size for path in (*known, *paths)}
+
+    def size(path: Path) -> int:  # 0 (never a copy) for a file that cannot be read: the labeller reports it
+        try:
+            return path.stat().st_size
+        except OSError:
+            return 0
+
+    def digest(path: Path) -> str | None:
+        try:
+            return hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            return None
+
+    sizes = {path: size(path) for path in (*known, *paths)}
     counts: dict[int, int] = {}
-    for size in sizes.values():
-        counts[size] = counts.get(size, 0) + 1
-
-    def digest(path: Path) -> str:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-
-    seen = {digest(path) for path in known if counts[sizes[path]] > 1}
+    for value in sizes.values():
+        counts[value] = counts.get(value, 0) + 1
+    seen = {digest(path) for path in known if sizes[path] and counts[sizes[path]] > 1} - {None}
     kept = []
     for path in paths:
-        if counts[sizes[path]] > 1:
+        if sizes[path] and counts[sizes[path]] > 1:  # empty or unreadable files are no copies: reported as such
             content = digest(path)
-            if content in seen:
+            if content is not None and content in seen:
                 continue
             seen.add(content)
         kept.append(path)

@@ -227,23 +227,25 @@ def rasterize_polygons(polygons: Sequence[Sequence[float]], height: int, width: 
         xy = np.asarray(poly, dtype=np.float64).reshape(-1)
         if xy.size < 6 or xy.size % 2:
             continue  # fewer than 3 points has no area
+        if not np.isfinite(xy).all():
+            raise ValueError("a polygon coordinate is not a finite number")
         p = xy.reshape(-1, 2)
         (x0, y0), (x1, y1) = p.T, np.roll(p, -1, axis=0).T
-        # Rows r whose centre r + 0.5 lies in [min(y0, y1), max(y0, y1)): each closed polygon crosses a row an
-        # even number of times, and a horizontal edge none.
-        first = np.ceil(np.minimum(y0, y1) - 0.5).astype(np.int64)
-        count = np.ceil(np.maximum(y0, y1) - 0.5).astype(np.int64) - first
+        # Rows r whose centre r + 0.5 lies in [min(y0, y1), max(y0, y1)), within the image (a row is dropped
+        # whole, so its crossings stay paired): each closed polygon crosses a row an even number of times, and a
+        # horizontal edge none.
+        first = np.clip(np.ceil(np.minimum(y0, y1) - 0.5), 0, height).astype(np.int64)
+        count = np.clip(np.ceil(np.maximum(y0, y1) - 0.5), 0, height).astype(np.int64) - first
         edge = np.repeat(np.arange(len(p)), count)
         rows = np.repeat(first, count) + np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
         xs = x0[edge] + (rows + 0.5 - y0[edge]) * (x1 - x0)[edge] / (y1 - y0)[edge]
         order = np.lexsort((xs, rows))
         rows, xs = rows[order], xs[order]
         # Consecutive crossings of a row bound one span: the pixels whose centres lie in [x_a, x_b).
-        span_rows, left, right = rows[0::2], np.ceil(xs[0::2] - 0.5), np.ceil(xs[1::2] - 0.5)
-        keep = (span_rows >= 0) & (span_rows < height)
-        left = np.clip(left[keep], 0, width).astype(np.int64)
-        right = np.clip(right[keep], 0, width).astype(np.int64)
-        starts.append(np.stack([span_rows[keep], left, right]))
+        span_rows = rows[0::2]
+        left = np.clip(np.ceil(xs[0::2] - 0.5), 0, width).astype(np.int64)
+        right = np.clip(np.ceil(xs[1::2] - 0.5), 0, width).astype(np.int64)
+        starts.append(np.stack([span_rows, left, right]))
     # Spans as +1 at their start and −1 at their end, summed along the row: the union of all polygons.
     edges = np.zeros((height, width + 1), np.int32)
     for span_rows, left, right in starts:

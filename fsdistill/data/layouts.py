@@ -91,12 +91,26 @@ def _dir_rank(name: str, names: Sequence[str], pattern: str) -> int | None:
     return None
 
 
+# Sibling folders that are a labelled folder's images and masks beyond doubt (mask_folders): the support layouts'
+# names less those that also name folders of photographs (originals/, raw/, input/; labels/, annotations/,
+# targets/, segmentation/), so a folder of real images is never left out of predict because of its name.
+_PAIRED_IMAGE_DIRS = ("images", "image", "imgs", "img", "jpegimages")
+_PAIRED_MASK_DIRS = (
+    "masks", "mask", "gt", "gts", "groundtruth", "ground_truth", "ground-truth", "segmentationclass",
+    "segmentationclasspng", "segmentationclassaug", "segmentationclassraw", "segmentationobject",
+)  # fmt: skip
+
+
 def mask_folders(names: Sequence[str]) -> set[str]:
-    """Of sibling folder ``names``, those holding a labelled folder's masks: mask-named ones (masks/, gt/,
-    SegmentationClass/, ISIC *_GroundTruth/) beside an image-named one (images/, img/, JPEGImages/, *_Input/)."""
-    if not any(_dir_rank(name, IMAGE_DIR_NAMES, "input") is not None for name in names):
-        return set()
-    return {name for name in names if _dir_rank(name, MASK_DIR_NAMES, "groundtruth") is not None}
+    """Of sibling folder ``names``, those holding a labelled folder's masks: masks/, gt/, SegmentationClass/ (or
+    SegmentationObject/) beside images/, img/ or JPEGImages/, and ISIC's *_GroundTruth/ beside *_Input/."""
+    lower = {name: name.lower().replace("_", "").replace("-", "") for name in names}
+    masks = set()
+    if any(name.lower() in _PAIRED_IMAGE_DIRS for name in names):
+        masks |= {name for name in names if name.lower() in _PAIRED_MASK_DIRS}
+    if any(low.endswith("input") for low in lower.values()):
+        masks |= {name for name, low in lower.items() if low.endswith("groundtruth")}
+    return masks
 
 
 def _match_paired(img_dir: Path, mask_dir: Path, images: list[Path], masks: list[Path]) -> FoundPairs:
