@@ -198,6 +198,20 @@ def test_resume_redoes_masks_of_another_model_or_of_a_replaced_image(
     assert str(replaced) not in {row[0] for row in _read_csv(tmp_path / "mixed" / "predictions.csv")}
 
 
+def test_resume_skips_a_turned_tiff(tiny_binary_run, tmp_path) -> None:
+    """A TIFF with a 90° orientation tag: recent Pillow turns its size itself, so the header size swapped once
+    more never matched its mask, and the image was predicted again on every resume."""
+    import tifffile
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    tifffile.imwrite(folder / "turned.tif", np.zeros((40, 70, 3), np.uint8), photometric="rgb",
+                     extratags=[(274, 3, 1, 6, True)])  # fmt: skip
+    first = _predict(folder, tmp_path / "out", tiny_binary_run.run_dir)
+    again = _predict(folder, tmp_path / "out", tiny_binary_run.run_dir)
+    assert first.written == 1 and again.written == 0 and again.skipped == 1
+
+
 def test_overwrite_redoes_everything(tiny_binary_run, odd_images, tmp_path) -> None:
     root, sizes = odd_images
     _predict(root / "grey.png", tmp_path / "out", tiny_binary_run.run_dir)

@@ -264,11 +264,12 @@ def _refuse_other_model_settings(asked: ModelCfg, model: ModelCfg, what: str, sk
     Raises:
         ConfigError: the first such setting, named with ``model``'s value.
     """
+    effective = asked
     if asked.teacher_weights is not None:  # such a teacher runs with the published attention (a run records as given)
         from fsdistill.models.reference_import import published_model_cfg
 
-        asked = published_model_cfg(asked)
-    given = {k: getattr(asked, k) for k in asked.model_fields_set if k not in skip}
+        effective = published_model_cfg(asked)
+    given = {k: getattr(effective, k) for k in asked.model_fields_set if k not in skip}
     differs = sorted(k for k, v in given.items() if getattr(model, k) != v)
     if differs:
         key = differs[0]

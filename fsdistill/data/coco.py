@@ -215,6 +215,10 @@ def decode_rle(counts: Sequence[int], height: int, width: int) -> np.ndarray:
     return flat.reshape((width, height)).T.copy()
 
 
+# Far beyond any image (a pixel coordinate of 10¹²), and small enough that an edge's slope stays finite.
+_MAX_COORDINATE = 1e12
+
+
 def rasterize_polygons(polygons: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
     """COCO polygons (each a flat ``[x1, y1, x2, y2, ...]`` in pixel-edge coordinates) → H×W bool: the union of the
     polygons, a pixel inside when its centre is (even-odd rule, edges half-open), as pycocotools draws them.
@@ -227,8 +231,8 @@ def rasterize_polygons(polygons: Sequence[Sequence[float]], height: int, width: 
         xy = np.asarray(poly, dtype=np.float64).reshape(-1)
         if xy.size < 6 or xy.size % 2:
             continue  # fewer than 3 points has no area
-        if not np.isfinite(xy).all():
-            raise ValueError("a polygon coordinate is not a finite number")
+        if not np.isfinite(xy).all() or np.abs(xy).max() > _MAX_COORDINATE:
+            raise ValueError("a polygon coordinate is not a finite number of pixels")
         p = xy.reshape(-1, 2)
         (x0, y0), (x1, y1) = p.T, np.roll(p, -1, axis=0).T
         # Rows r whose centre r + 0.5 lies in [min(y0, y1), max(y0, y1)), within the image (a row is dropped

@@ -238,11 +238,17 @@ def image_size(path: Path | str) -> tuple[int, int]:
                 orientation = img.getexif().get(_EXIF_ORIENTATION)
             except _EXIF_ERRORS:
                 orientation = None
+            tiff = img.format == "TIFF"
     except _PIL_ERRORS as e:
         if path.suffix.lower() in TIFF_SUFFIXES and _tiff_header(path):
             h, w = read_image(path).shape[:2]  # rare exotic TIFF: decoding is the only reliable way
             return w, h
         raise _cannot_read(path, str(e) or type(e).__name__) from e
+    if tiff and orientation in _SWAPS_AXES:
+        # Recent Pillow turns a TIFF's size (and pixels) by its orientation tag itself, older ones do not: the
+        # decoded image is the one size every reader agrees on (a turned TIFF is rare).
+        h, w = read_image(path).shape[:2]
+        return w, h
     if orientation in _SWAPS_AXES:
         w, h = h, w
     return int(w), int(h)

@@ -101,7 +101,10 @@ class LabelStudioData:
         value = result["value"]
         if result["type"] == "polygonlabels":
             points = np.asarray(value["points"], dtype=np.float64).reshape(-1, 2) / 100.0 * (width, height)
-            return rasterize_polygons([points.reshape(-1).tolist()], height, width)
+            try:
+                return rasterize_polygons([points.reshape(-1).tolist()], height, width)
+            except ValueError as exc:  # NaN or Infinity (which JSON readers accept)
+                raise _bad(self.path, f"has a polygon of {task.name} that cannot be drawn ({exc})") from None
         w, h = result.get("original_width"), result.get("original_height")
         if (h, w) != (height, width):
             raise DataError(

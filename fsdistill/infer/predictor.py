@@ -344,8 +344,8 @@ def _is_stale(mask_path: Path, model_stamp: str, source: Source) -> bool:
     """Whether a mask an earlier run wrote was made by another model, or is not at the size of its (local)
     image any more (the image was replaced since)."""
     try:
-        with Image.open(mask_path) as image:  # the header and text chunks: no pixel is decoded
-            model, size = getattr(image, "text", {}).get(STAMP_KEY), image.size
+        with Image.open(mask_path) as image:  # info: the text chunks before the pixels (.text would decode them)
+            model, size = image.info.get(STAMP_KEY), image.size
     except (OSError, ValueError, SyntaxError):
         return True  # unreadable: predict it again
     if model is not None and model != model_stamp:
