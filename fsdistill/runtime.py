@@ -30,6 +30,7 @@ __all__ = [
     "library_versions",
     "device_name",
     "ensure_writable_dir",
+    "ensure_writable_file",
     "write_atomic",
     "new_file_mode",
     "proc_status",
@@ -271,6 +272,16 @@ def ensure_writable_dir(path: Path, flag: str) -> Path:
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise DataError(f"Cannot write to {path} ({reason}); choose a writable {flag} location.") from None
+    return path
+
+
+def ensure_writable_file(path: Path, flag: str, example: str) -> Path:
+    """Check that file ``path`` can be written (its folder created if needed) before a command's work, else raise
+    DataError quoting ``flag``; a folder given where a file is due is told so, with an ``example`` name."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; give {flag} a file name (for example {example}).")
+    ensure_writable_dir(path.parent, flag)
     return path
 
 

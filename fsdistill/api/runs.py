@@ -108,9 +108,7 @@ def _drop_stale(run_dir: Path, keep: set[str]) -> None:
 
 
 def _write_run_config(run_dir: Path, cfg: AdaptCfg | DistillCfg, command: str) -> Path:
-    """Write ``run_dir``'s config.resolved.yaml (``out:`` the run folder itself, a default one too, so the file
-    reruns into it only with ``--overwrite``); returns ``run_dir``."""
-    cfg = cfg.model_copy(update={"out": Path(run_dir).absolute()})
+    """Write ``run_dir``'s config.resolved.yaml; returns ``run_dir``."""
     data = {"command": command, **json.loads(cfg.model_dump_json())}
     write_atomic(run_dir / "config.resolved.yaml", yaml.safe_dump(data, sort_keys=False))
     return run_dir

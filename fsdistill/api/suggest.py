@@ -18,7 +18,7 @@ from fsdistill.errors import ConfigError, DataError
 from fsdistill.infer.predictor import list_images
 from fsdistill.infer.shard import Shard, parse_shard
 from fsdistill.models.build import load_model
-from fsdistill.runtime import ensure_writable_dir, resolve_device, write_atomic
+from fsdistill.runtime import ensure_writable_dir, ensure_writable_file, resolve_device, write_atomic
 
 __all__ = ["SUGGEST_TOP", "SuggestResult", "suggest"]
 
@@ -183,9 +183,7 @@ def suggest(
             raise DataError(f"Shard {shard} of the pool holds no image (the pool has fewer than {shard.count}).")
     for path, flag, example in ((out, "--out", "ranking.csv"), (json_out, "--json", "ranking.json")):
         if path is not None:
-            if Path(path).is_dir():
-                raise DataError(f"{path} is a folder; give {flag} a file name (for example {example}).")
-            ensure_writable_dir(Path(path).parent, flag)
+            ensure_writable_file(path, flag, example)
     if copy_to is not None:
         ensure_writable_dir(Path(copy_to), "--copy-to")
     student = load_model(model, kind="student")

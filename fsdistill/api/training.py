@@ -11,9 +11,10 @@ import json
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -60,6 +61,7 @@ from fsdistill.train.pool_ray import RayPoolLabeller
 from fsdistill.train.support_check import check_supports
 
 log = logging.getLogger(__name__)
+CfgT = TypeVar("CfgT", AdaptCfg, DistillCfg)
 
 POOL_BATCH = 8  # pool images decoded, encoded and labelled at a time
 
@@ -81,18 +83,21 @@ def _stats_dict(stats: TrainStats) -> dict[str, Any]:
     return out
 
 
-def _start_run(cfg: AdaptCfg | DistillCfg, command: str) -> Path:
+def _start_run(cfg: CfgT, command: str) -> tuple[Path, CfgT]:
     """Create the run folder (rank 0 only) and write its config there, so a killed run's folder says what ran;
-    the folder's path on every process. Not over a finished run this one replaces (``--overwrite``, ``distill
-    --teacher OUT/teacher --out OUT``): its config describes its artifacts until this run writes new ones."""
+    the folder's path on every process and ``cfg`` with that folder as ``out`` (a default one too: the config and
+    the artifacts record the run itself, so its config.resolved.yaml reruns into it only with ``--overwrite``).
+    Not over a finished run this one replaces (``--overwrite``, ``distill --teacher OUT/teacher --out OUT``): its
+    config describes its artifacts until this run writes new ones."""
 
     def start() -> Path:
         run_dir = new_run_dir(cfg.out)
         if not any(is_artifact(run_dir / name) for name in ("teacher", "student")):
-            _write_run_config(run_dir, cfg, command)
+            _write_run_config(run_dir, cfg.model_copy(update={"out": run_dir.absolute()}), command)
         return run_dir
 
-    return distributed.on_main(start)
+    run_dir = distributed.on_main(start)
+    return run_dir, cfg.model_copy(update={"out": run_dir.absolute()})
 
 
 def _prepare(cfg: AdaptCfg | DistillCfg) -> tuple[SupportIndex, int, torch.device, SupportTensors]:
@@ -191,8 +196,7 @@ def adapt(cfg: AdaptCfg | Mapping[str, Any], quiet: bool = False, overwrite: boo
     teacher, teacher_cfg = _new_teacher(cfg, num_classes)
     teacher = teacher.to(device)
     norm_stats = _adapt_norm_stats(cfg, teacher, support)
-    run_dir = _start_run(cfg, "adapt")
-    cfg = cfg.model_copy(update={"out": run_dir.absolute()})  # the artifacts record the run folder, as the YAML
+    run_dir, cfg = _start_run(cfg, "adapt")
     cache = FeatureCache(teacher, support, device, _augment(cfg, len(index)))
     stats = train(teacher, cache, cfg.train, quiet=quiet)
 
@@ -295,8 +299,7 @@ def _pool_images(cfg: DistillCfg, index: SupportIndex) -> tuple[list[Path], int,
     if not cfg.unlabeled.is_dir():
         raise DataError(f"--unlabeled {cfg.unlabeled} is not a folder; pass a folder of unlabeled images.")
     # The support folder itself may be (or hold) the pool: its images and mask files are not pool images.
-    support_files = [p for s in index.samples for p in (s.image_path, *s.mask_paths)]
-    supports = {p.resolve() for p in support_files}
+    supports = {p.resolve() for s in index.samples for p in (s.image_path, *s.mask_paths)}
     listed = [p for p, _ in list_images([cfg.unlabeled], writes_masks=False) if p.resolve() not in supports]
     # `suggest --copy-to` copies pool images into a folder that may lie in the pool, and a labelled image may have
     # been copied into the supports: a copy would be trained on twice, or labelled by the teacher beside its mask.
@@ -326,15 +329,17 @@ def _without_copies(paths: list[Path], known: list[Path]) -> list[Path]:
             return None
 
     sizes = {path: size(path) for path in (*known, *paths)}
-    counts: dict[int, int] = {}
-    for value in sizes.values():
-        counts[value] = counts.get(value, 0) + 1
-    seen = {digest(path) for path in known if sizes[path] and counts[sizes[path]] > 1} - {None}
+    counts = Counter(sizes.values())
+
+    def may_be_a_copy(path: Path) -> bool:  # empty or unreadable files are no copies: reported as such
+        return sizes[path] > 0 and counts[sizes[path]] > 1
+
+    seen = {digest(path) for path in known if may_be_a_copy(path)} - {None}
     kept = []
     for path in paths:
-        if sizes[path] and counts[sizes[path]] > 1:  # empty or unreadable files are no copies: reported as such
-            content = digest(path)
-            if content is not None and content in seen:
+        content = digest(path) if may_be_a_copy(path) else None
+        if content is not None:
+            if content in seen:
                 continue
             seen.add(content)
         kept.append(path)
@@ -536,8 +541,7 @@ def distill(
     teacher = teacher.to(device)
     # A given teacher (--teacher, --init) keeps the statistics it was adapted with: its decoder learned on them.
     norm_stats = _adapt_norm_stats(cfg, teacher, support) if init is None and cfg.teacher is None else None
-    run_dir = _start_run(cfg, "distill")
-    cfg = cfg.model_copy(update={"out": run_dir.absolute()})  # the artifacts record the run folder, as the YAML
+    run_dir, cfg = _start_run(cfg, "distill")
     # Only the student's supervised batches read crop views.
     crops = cfg.train.crop_views if cfg.train.student_batch and cfg.train.steps != 0 else 0
     cache = FeatureCache(

@@ -296,13 +296,10 @@ def _bar(desc: str, quiet: bool):
 
 def check_json_target(path: Path | None) -> None:
     """Refuse a ``--json`` file that cannot be written (a folder, an unwritable place) before the command's work."""
-    from fsdistill.runtime import ensure_writable_dir
+    from fsdistill.runtime import ensure_writable_file
 
-    if path is None:
-        return
-    if Path(path).is_dir():
-        raise DataError(f"{path} is a folder; give --json a file name (for example report.json).")
-    ensure_writable_dir(Path(path).parent, "--json")
+    if path is not None:
+        ensure_writable_file(path, "--json", "report.json")
 
 
 def _write_json(path: Path, data: dict) -> None:

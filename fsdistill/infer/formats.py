@@ -156,8 +156,8 @@ def scores_text(mask: np.ndarray, probs: np.ndarray) -> dict[str, str]:
 def read_scores(path: Path) -> dict[str, Any] | None:
     """The scores stored in a mask PNG, or None (written without a scored format, or unreadable)."""
     try:
-        with Image.open(path) as img:
-            raw = getattr(img, "text", {}).get(SCORES_KEY)
+        with Image.open(path) as img:  # the header's text chunks (``.text`` would decode the pixels)
+            raw = img.info.get(SCORES_KEY)
         return json.loads(raw) if raw else None
     except (OSError, ValueError, SyntaxError):
         return None
@@ -172,9 +172,9 @@ def add_missing_scores(runner: Any, items: Sequence[tuple[Path, Path]], out_dir:
     for index, _, probs, error in runner.outputs([s for s, _ in todo], batch_size, workers, scored=True):
         if error is None:
             path = todo[index][1]
-            mask = read_index_mask(path)
-            with Image.open(path) as image:  # its other text (what it was made from) stays
-                text = dict(getattr(image, "text", {}))
+            with Image.open(path) as image:  # one decode: .text after the pixels; the model that made it stays
+                mask = np.asarray(image, dtype=np.uint8)
+                text = dict(image.text)
             write_index_png(path, mask, runner.palette, text=text | scores_text(mask, probs))
 
 
