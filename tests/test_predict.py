@@ -167,7 +167,8 @@ def test_resume_redoes_masks_of_another_model_or_of_a_replaced_image(
     shaken_multi_student, tiny_multi_run, odd_images, tmp_path
 ) -> None:
     """An --overwrite with model B stopped after rewriting the manifest, then resumed, kept model A's masks as done
-    (each mask now names its model); an image replaced by another of a different size kept its old mask; an
+    (each mask now names its model); an image replaced by another (of a different size, or of the same size
+    after its mask was written) kept its old mask; an
     image that no longer reads kept its old mask under --overwrite, listed in the CSV."""
     import shutil
 
@@ -191,6 +192,21 @@ def test_resume_redoes_masks_of_another_model_or_of_a_replaced_image(
     assert again.written == 1
     rel = replaced.relative_to(root).with_suffix(".png")
     assert Image.open(tmp_path / "mixed" / "masks" / rel).size == (23, 17)
+    # replaced by another image of the same size (modified after its mask was written): predicted again
+    import os
+    import time
+
+    before = (tmp_path / "mixed" / "masks" / rel).read_bytes()
+    mask = tmp_path / "mixed" / "masks" / rel
+    os.utime(mask, ns=(mask.stat().st_mtime_ns - 10**10,) * 2)  # written 10 s before the image is replaced
+    Image.fromarray(np.full((17, 23, 3), 200, np.uint8)).save(replaced)
+    assert _predict(root, tmp_path / "mixed", model_b).written == 1
+    assert (tmp_path / "mixed" / "masks" / rel).read_bytes() != before
+    assert _predict(root, tmp_path / "mixed", model_b).written == 0  # and then done
+    # an image dated in the future (a camera's or a share's clock): no mask can be newer, so its time is not read
+    future = time.time_ns() + 10**12
+    os.utime(replaced, ns=(future, future))
+    assert _predict(root, tmp_path / "mixed", model_b).written == 0
     # an image that no longer reads: with --overwrite its old mask goes, and the CSV does not list it
     replaced.write_bytes(b"not an image")
     broken = _predict(root, tmp_path / "mixed", model_b, overwrite=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -341,19 +342,24 @@ STAMP_KEY = "fsdistill:model"
 
 
 def _is_stale(mask_path: Path, model_stamp: str, source: Source) -> bool:
-    """Whether a mask an earlier run wrote was made by another model, or is not at the size of its (local)
-    image any more (the image was replaced since)."""
+    """Whether a mask an earlier run wrote was made by another model, or its (local) image was replaced since:
+    modified after the mask was written (make's rule: a stat, no read; an image replaced by one of the same size
+    would otherwise keep the old image's mask), or no longer at the mask's size."""
     try:
         with Image.open(mask_path) as image:  # info: the text chunks before the pixels (.text would decode them)
             model, size = image.info.get(STAMP_KEY), image.size
+        written = mask_path.stat().st_mtime_ns
     except (OSError, ValueError, SyntaxError):
         return True  # unreadable: predict it again
     if model is not None and model != model_stamp:
         return True
     if isinstance(source, Path):
         try:
-            return image_size(source) != size
-        except DataError:
+            modified = source.stat().st_mtime_ns
+            # An image dated in the future (a camera's or a share's clock) would be newer than every mask written
+            # of it, and predicted again on every run: its date says nothing, so only its size is compared.
+            return written < modified <= time.time_ns() or image_size(source) != size
+        except (OSError, DataError):
             return True  # no longer readable: its error is reported when it is tried
     return False
 
