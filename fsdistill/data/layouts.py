@@ -93,12 +93,13 @@ def _dir_rank(name: str, names: Sequence[str], pattern: str) -> int | None:
 
 # Sibling folders that are a labelled folder's images and masks beyond doubt (mask_folders): the support layouts'
 # names less those that also name folders of photographs (originals/, raw/, input/; labels/, annotations/,
-# targets/, segmentation/), so a folder of real images is never left out of predict because of its name.
-_PAIRED_IMAGE_DIRS = ("images", "image", "imgs", "img", "jpegimages")
-_PAIRED_MASK_DIRS = (
-    "masks", "mask", "gt", "gts", "groundtruth", "ground_truth", "ground-truth", "segmentationclass",
-    "segmentationclasspng", "segmentationclassaug", "segmentationclassraw", "segmentationobject",
-)  # fmt: skip
+# targets/, segmentation/), so a folder of real images is never left out of predict because of its name; plus VOC's
+# instance masks (SegmentationObject/, not a support layout: its ids are instances, not classes).
+_ALSO_PHOTOGRAPHS = frozenset((
+    "inputs", "input", "originals", "raw", "segmentations", "segmentation", "labels", "label", "annotations", "targets",
+))  # fmt: skip
+_PAIRED_IMAGE_DIRS = tuple(name for name in IMAGE_DIR_NAMES if name not in _ALSO_PHOTOGRAPHS)
+_PAIRED_MASK_DIRS = (*(name for name in MASK_DIR_NAMES if name not in _ALSO_PHOTOGRAPHS), "segmentationobject")
 
 
 def mask_folders(names: Sequence[str]) -> set[str]:
