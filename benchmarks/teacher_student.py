@@ -41,9 +41,12 @@ from fsdistill.runtime import device_name, library_versions, resolve_device  # n
 METHODS = ("prototype", "untuned", "adapt", "distill")
 
 
-def prototype_miou(support_dir: Path, heldout_dir: Path, size: int, device: torch.device) -> tuple[float, float]:
+def prototype_miou(support_dir: Path, heldout_dir: Path, model_args: dict, device: torch.device) -> tuple[float, float]:
+    """Held-out mIoU and seconds per image of :class:`PrototypeBaseline` on the backbone of ``model_args`` (the
+    students' own ``ModelCfg`` overrides, so ``--model-args '{"backbone": ...}'`` reaches it too)."""
     index, held = discover(support_dir), discover(heldout_dir)
-    backbone = build_teacher(load_config(AdaptCfg, overrides={"support": support_dir}).model, 1).backbone.to(device)
+    model = load_config(AdaptCfg, overrides={"support": support_dir, "model": model_args}).model
+    backbone, size = build_teacher(model, 1).backbone.to(device), model.size
     baseline = PrototypeBaseline(backbone, len(index.class_names) - 1).fit(load_support_tensors(index, size), device)
     matrix = ConfusionMatrix(len(index.class_names))
     start = time.perf_counter()
@@ -71,7 +74,7 @@ def run_case(
     device = resolve_device(device_arg)
     result: dict = {"case": name, "supports": len(discover(support)), "heldout": len(discover(heldout))}
     if "prototype" in methods:
-        miou, per_image = prototype_miou(support, heldout, size, device)
+        miou, per_image = prototype_miou(support, heldout, {"size": size, **model_args}, device)
         result["prototype"] = {"miou": miou, "infer_s_per_image": per_image}
 
     def evaluate(model: Path, teacher: bool) -> dict:
