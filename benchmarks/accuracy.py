@@ -478,8 +478,16 @@ def low_classes(row: dict) -> int:
     return sum(1 for name, iou in list(row["iou"].items())[1:] if iou is not None and iou < LOW_IOU)
 
 
+def _skipped_seeds(rows: list[dict], case: str, k: int) -> dict[int, str]:
+    """Seed → why it could not train this cell (its K supports miss a class, the pool is too small)."""
+    return {r["seed"]: r["skipped"] for r in rows if r["case"] == case and r["k"] == k and "skipped" in r}
+
+
 def _skip(rows: list[dict], case: str, k: int) -> str | None:
-    return next((r["skipped"] for r in rows if r["case"] == case and r["k"] == k and "skipped" in r), None)
+    """Why a cell has no result, when no seed ran it (a cell some seeds ran is their mean; the others are named)."""
+    skipped = _skipped_seeds(rows, case, k)
+    ran = any(r["case"] == case and r["k"] == k and "skipped" not in r for r in rows)
+    return None if ran or not skipped else next(iter(skipped.values()))
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -544,6 +552,10 @@ def markdown(report: dict, image: str) -> str:
             # per seed, so a class dead in one seed only is not averaged away
             cells += [" / ".join(str(low_classes(r)) for r in res[m]) or "–" for m in low]
             lines.append("| " + " | ".join(cells) + " |")
+        partly = [(k, _skipped_seeds(rows, name, k)) for k in meta["shots"] if _skip(rows, name, k) is None]
+        for k, skipped in partly:
+            for seed, why in skipped.items():
+                lines.append(f"\nK = {k}, seed {seed}: skipped ({why}); the row is the mean of the other seeds.")
         timed = [m for m in ("adapted", "student", "finetuned") if m in methods]
         header = [
             "K",

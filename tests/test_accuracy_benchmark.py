@@ -95,6 +95,15 @@ def test_accuracy_benchmark_smoke(accuracy, tiny_data, tmp_path: Path) -> None:
     table = (out / "results.md").read_text()
     assert "| 5 | skipped: the pool has 4 images |" in table and "fine-tuned FPN" in table
     assert "seeds 0, 1 (every cell is their mean)" in table and "classes < 0.1" in table
+    # a cell one seed could not train is the other seeds' mean, the skipped seed named below the table
+    partly = {**saved, "results": [r for r in saved["results"] if not (r["k"] == 2 and r["seed"] == 1)]}
+    partly["results"].append({"case": "tiny", "k": 2, "seed": 1, "skipped": "the 2 supports show no pixel of b"})
+    one_seed = accuracy.markdown(partly, "x.png")
+    student_k2 = next(r["miou"] for r in rows if (r["k"], r["seed"], r["method"]) == (2, 0, "student"))
+    assert "| 2 | " in one_seed and "| 2 | skipped" not in one_seed and f"{student_k2:.3f}" in one_seed
+    assert "K = 2, seed 1: skipped (the 2 supports show no pixel of b); the row is the mean of the other seeds." in (
+        one_seed
+    )
     # a report merged from runs made side by side is the same tables
     merged = accuracy.merge_reports([saved])
     assert accuracy.markdown(merged, "x.png") == accuracy.markdown(saved, "x.png")
