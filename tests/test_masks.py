@@ -171,6 +171,34 @@ def test_tiff_fallbacks(tmp_path: Path) -> None:
     assert read_image(tmp_path / "rgb16.tif").shape == (5, 7, 3)
 
 
+@pytest.mark.parametrize("compression", [None, "zlib"])
+@pytest.mark.parametrize("orientation", [3, 5, 6, 7, 8])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_turned_tiff_read_in_display_orientation(tmp_path: Path, orientation: int, compression, dtype) -> None:
+    """An uncompressed grey TIFF tagged 5–8 decoded as stripes (Pillow memory-maps a file opened by name at its
+    display size, the strip holds the stored one); the same pixels zlib-compressed, or tagged 3, were right."""
+    tifffile = pytest.importorskip("tifffile")
+    from fsdistill.data.masks import read_mask_array
+
+    stored = (np.arange(11 * 17).reshape(11, 17) % 251).astype(dtype)
+    path = tmp_path / "turned.tif"
+    tifffile.imwrite(path, stored, extratags=[(274, "H", 1, orientation, True)], compression=compression)
+    turn = {
+        3: Image.Transpose.ROTATE_180,
+        5: Image.Transpose.TRANSPOSE,
+        6: Image.Transpose.ROTATE_270,
+        7: Image.Transpose.TRANSVERSE,
+        8: Image.Transpose.ROTATE_90,
+    }[orientation]
+    shown = np.asarray(Image.fromarray(stored).transpose(turn))
+    assert image_size(path) == (shown.shape[1], shown.shape[0])
+    assert np.array_equal(read_mask_array(path), shown)
+    image = read_image(path)[..., 0]
+    assert image.shape == shown.shape
+    # the same pixels: the image is scaled by its own range, so compare the order of the values
+    assert np.array_equal(np.argsort(image, axis=None, kind="stable"), np.argsort(shown, axis=None, kind="stable"))
+
+
 def test_to_uint8_rgb_shapes() -> None:
     assert to_uint8_rgb(np.zeros((4, 5), bool)).shape == (4, 5, 3)
     assert to_uint8_rgb(np.zeros((2, 4, 5), np.uint8)).shape == (4, 5, 3)  # 2 channels: first used

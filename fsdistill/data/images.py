@@ -7,7 +7,8 @@ from __future__ import annotations
 import io
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +25,7 @@ __all__ = [
     "image_size",
     "to_uint8_rgb",
     "exif_quarter_turn",
+    "open_pil",
 ]
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
@@ -130,6 +132,21 @@ def pil_image_to_rgb(img: Image.Image) -> np.ndarray:
     return _pil_to_rgb(img)
 
 
+@contextmanager
+def open_pil(source: Path | io.BytesIO) -> Iterator[Image.Image]:
+    """``Image.open``, but a TIFF file by name is opened through a file object.
+
+    Pillow memory-maps an uncompressed single-strip file it opens by name, at the image's *display* size, while the
+    strip holds the stored size: a TIFF whose orientation tag turns it by 90° (5–8) came out scrambled (Pillow 13;
+    its own decoder, used for file objects, turns it right)."""
+    if isinstance(source, Path) and _tiff_header(source):
+        with open(source, "rb") as handle, Image.open(handle) as img:
+            yield img
+    else:
+        with Image.open(source) as img:
+            yield img
+
+
 def read_tiff_array(
     path: ImageSource, cannot_read: Callable[[Any, str], DataError], opened: Path | io.BytesIO | None = None
 ) -> np.ndarray:
@@ -184,7 +201,7 @@ def read_image_reduced(path: ImageSource, min_side: int | None) -> tuple[np.ndar
         except OSError as e:  # missing object, refused read: that image's error, as a missing local file
             raise _cannot_read(path, str(e).split("\n")[0] or type(e).__name__) from None
     try:
-        with Image.open(opened) as img:
+        with open_pil(opened) as img:
             full_w, full_h = img.size
             if min_side is not None and img.format == "JPEG":
                 img.draft(img.mode, (min_side, min_side))  # never below the requested size on either side

@@ -15,7 +15,14 @@ import numpy as np
 from PIL import Image, ImageOps
 from PIL.PngImagePlugin import PngInfo
 
-from fsdistill.data.images import _EXIF_ERRORS, _PIL_ERRORS, TIFF_SUFFIXES, _tiff_header, read_tiff_array
+from fsdistill.data.images import (
+    _EXIF_ERRORS,
+    _PIL_ERRORS,
+    TIFF_SUFFIXES,
+    _tiff_header,
+    open_pil,
+    read_tiff_array,
+)
 from fsdistill.errors import DataError
 
 __all__ = [
@@ -64,7 +71,7 @@ def _open_mask(path: Path) -> Image.Image | np.ndarray:
     if not path.is_file():
         raise _cannot_read_mask(path, "no such file")
     try:
-        with Image.open(path) as img:
+        with open_pil(path) as img:
             img.load()
             try:
                 out = ImageOps.exif_transpose(img) or img
