@@ -110,6 +110,32 @@ def test_voc_palette_index_masks_with_classes_txt(tmp_path: Path, syn_data) -> N
         idx.load_mask(1)
 
 
+def test_a_names_file_the_masks_cannot_tell_apart_is_refused(tmp_path: Path, syn_data) -> None:
+    """16-bit label masks (read as instances of one class) or one-colour masks beside a classes.txt of 3 classes:
+    the names file was dropped and a binary model trained, with exit 0."""
+    wide, colour = tmp_path / "wide", tmp_path / "colour"
+    for i in range(2):
+        labels = np.zeros((20, 24), np.uint16)
+        labels[2:8, 2:8], labels[10:16, 10:20] = 300, 600
+        syn_data.save(wide / "images" / f"s{i}.png", syn_data.image(20, 24, i))
+        (wide / "masks").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(labels).save(wide / "masks" / f"s{i}.png")
+        syn_data.save(colour / "images" / f"s{i}.png", syn_data.image(20, 24, i))
+        rgb = np.zeros((20, 24, 3), np.uint8)
+        rgb[2:8, 2:8] = (200, 30, 40)
+        (colour / "masks").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rgb).save(colour / "masks" / f"s{i}.png")
+    for root in (wide, colour):
+        (root / "classes.txt").write_text("background\ngrey_matter\nwhite_matter\n")
+    with pytest.raises(DataError, match=r"16-bit values up to 600 .*classes\.txt lists 3 classes; save the masks"):
+        discover(wide)
+    with pytest.raises(DataError, match=r"one colour besides black but .*classes\.txt lists 3 classes"):
+        discover(colour)
+    for root in (wide, colour):  # two names fit: the one class is named
+        (root / "classes.txt").write_text("background\nlesion\n")
+        assert discover(root).class_names == ["background", "lesion"]
+
+
 def test_cvat_colour_masks_with_labelmap(tmp_path: Path, syn_data) -> None:
     root = tmp_path / "cvat"
     (root / "labelmap.txt").parent.mkdir(parents=True)

@@ -335,7 +335,14 @@ def decide_mask_kind(
                 f"Masks such as {st.wide_example.name if st.wide_example else '?'} hold 16-bit labels up to "
                 f"{st.wide_max}; they are read as instance labels and every label > 0 becomes foreground."
             )
-            names = binary_class_names(file_names) or BINARY_NAMES
+            names = binary_class_names(file_names)
+            if not names:  # the names file lists classes that instance labels cannot tell apart
+                raise DataError(
+                    f"Masks in {where} hold 16-bit values up to {st.wide_max} (e.g. "
+                    f"{st.wide_example.name if st.wide_example else '?'}), read as instance labels of one class, but "
+                    f"{names_file} lists {len(file_names or [])} classes; save the masks with class ids 0.."
+                    f"{len(file_names or []) - 1} (8-bit PNG)."
+                )
             decoding = _decoding("instances", names, names_source(names_file), binary_threshold=1, warnings=(wide,))
         else:
             decoding = _grey_decoding(st, file_names, names_source(names_file))
@@ -412,7 +419,12 @@ def _colour_decoding(st: MaskStats, file_names: list[str] | None, names_file: Pa
     table.update({c: k for k, c in enumerate(cols, 1)})
     table.update({c: table[target] for c, target in blends.items()})
     if len(cols) == 1:
-        names = binary_class_names(file_names) or list(BINARY_NAMES)
+        names = binary_class_names(file_names)
+        if not names:
+            raise DataError(
+                f"Masks in {where} use one colour besides black but {names_file} lists {len(file_names or [])} "
+                "classes; give each class its own colour, or list background and the one class."
+            )
     elif file_names is not None:
         raise DataError(
             f"Masks in {where} use {len(cols)} colours but {names_file} does not say which colour is which class; "
