@@ -199,6 +199,37 @@ def test_turned_tiff_read_in_display_orientation(tmp_path: Path, orientation: in
     assert np.array_equal(np.argsort(image, axis=None, kind="stable"), np.argsort(shown, axis=None, kind="stable"))
 
 
+def test_transparent_mask_pixels_are_background(tmp_path: Path, syn_data) -> None:
+    """Masks with an alpha channel: a white-on-transparent LA layer read as foreground everywhere, a red object on a
+    transparent white RGBA canvas gave the background a class of its own, black strokes on a transparent layer
+    were empty; each with exit 0. Fully transparent pixels are background."""
+    from fsdistill.data.discover import discover
+    from fsdistill.data.masks import read_mask_array
+
+    truth = np.zeros((20, 24), np.uint8)
+    truth[3:9, 4:12] = 1
+    truth[12:18, 14:22] = 1
+    opaque = np.where(truth > 0, 255, 0).astype(np.uint8)
+    layers = {
+        "la": Image.fromarray(np.dstack([np.full_like(truth, 255), opaque]), "LA"),
+        "rgba": Image.fromarray(np.dstack([np.where(truth[..., None] > 0, (255, 0, 0), 255), opaque]).astype(np.uint8)),
+        "strokes": Image.fromarray(np.dstack([np.zeros((20, 24, 3), np.uint8), opaque]), "RGBA"),
+    }
+    for name, layer in layers.items():
+        root = tmp_path / name
+        (root / "masks").mkdir(parents=True)
+        for i in range(2):
+            syn_data.save(root / "images" / f"s{i}.png", syn_data.image(20, 24, i))
+            layer.save(root / "masks" / f"s{i}.png")
+        index = discover(root)
+        assert index.class_names == ["background", "foreground"], name
+        assert np.array_equal(index.load_mask(0), truth), name
+    # alpha that is opaque everywhere says nothing: the colours are read as they are
+    full = np.dstack([np.where(truth[..., None] > 0, (0, 0, 255), 0), np.full_like(truth, 255)]).astype(np.uint8)
+    Image.fromarray(full).save(tmp_path / "opaque.png")
+    assert np.array_equal(read_mask_array(tmp_path / "opaque.png"), full[..., :3])
+
+
 def test_to_uint8_rgb_shapes() -> None:
     assert to_uint8_rgb(np.zeros((4, 5), bool)).shape == (4, 5, 3)
     assert to_uint8_rgb(np.zeros((2, 4, 5), np.uint8)).shape == (4, 5, 3)  # 2 channels: first used

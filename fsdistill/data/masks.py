@@ -97,7 +97,8 @@ def _read_tiff_mask(path: Path) -> np.ndarray:
 
 def read_mask_array(path: Path | str) -> np.ndarray:
     """Raw mask pixels as stored: H×W for grey, palette (the *indices*) and 16/32-bit label masks, H×W×3 uint8
-    for colour masks (alpha dropped; equal channels collapse to H×W, as many tools save grey masks as RGB)."""
+    for colour masks (equal channels collapse to H×W, as many tools save grey masks as RGB); with an alpha channel,
+    fully transparent pixels are background (:func:`_transparent_as_background`)."""
     path = Path(path)
     img = _open_mask(path)
     if isinstance(img, np.ndarray):
@@ -105,15 +106,38 @@ def read_mask_array(path: Path | str) -> np.ndarray:
     mode = img.mode
     if mode in ("P", "L"):
         return np.asarray(img, dtype=np.uint8).copy()
-    if mode == "PA":
-        return np.asarray(img.getchannel(0), dtype=np.uint8).copy()  # palette indices; alpha dropped
-    if mode in ("1", "LA", "La"):
+    if mode in _ALPHA_MODES:
+        values = np.asarray(img.getchannel(0), np.uint8) if mode == "PA" else None  # palette indices, kept
+        if values is None:
+            values = _collapse_grey_rgb(np.asarray(img.convert("L" if mode[0] == "L" else "RGB"), np.uint8))
+        return _transparent_as_background(values, np.asarray(img.getchannel("A"), np.uint8))
+    if mode == "1":
         return np.asarray(img.convert("L"), dtype=np.uint8).copy()
     if mode.startswith("I"):
         return np.asarray(img).copy()  # 16/32-bit labels: uint16 or int32, values kept
     if mode == "F":
         raise _cannot_read_mask(path, "it holds floating-point values, not class ids")
     return _collapse_grey_rgb(np.asarray(img.convert("RGB"), dtype=np.uint8))
+
+
+# Pillow modes with an alpha channel (see _transparent_as_background).
+_ALPHA_MODES = ("PA", "LA", "La", "RGBA", "RGBa")
+
+
+def _transparent_as_background(values: np.ndarray, alpha: np.ndarray, collapse: bool = True) -> np.ndarray:
+    """A mask with an alpha channel (H×W or H×W×3 ``values``, H×W ``alpha``): fully transparent pixels are
+    background (0), whatever colour they store (editors keep white or the last brush colour there). Where the
+    opaque pixels then hold nothing but 0 (black strokes on a transparent layer), the mask is the opaque pixels,
+    255 (binary, H×W). A mask with no fully transparent pixel is its values as they are; ``collapse``: colours with
+    equal channels become H×W grey."""
+    transparent = alpha == 0
+    if not transparent.any():
+        return values
+    out = values.copy()
+    out[transparent] = 0
+    if not out.any():
+        return np.where(transparent, 0, 255).astype(np.uint8)
+    return _collapse_grey_rgb(out) if collapse and out.ndim == 3 else out
 
 
 def _collapse_grey_rgb(rgb: np.ndarray) -> np.ndarray:
@@ -153,6 +177,10 @@ def read_rgb_mask(path: Path | str) -> np.ndarray:
         return np.ascontiguousarray(img[..., :3].astype(np.uint8))
     if isinstance(img, np.ndarray) or img.mode.startswith("I") or img.mode == "F":
         return np.repeat(read_index_mask(path)[..., None], 3, axis=-1)
+    if img.mode in _ALPHA_MODES:
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.uint8)
+        rgb = _transparent_as_background(rgba[..., :3], rgba[..., 3], collapse=False)
+        return np.ascontiguousarray(rgb if rgb.ndim == 3 else np.repeat(rgb[..., None], 3, axis=-1))
     return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
