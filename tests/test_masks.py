@@ -317,6 +317,30 @@ def test_jpeg_mask_thresholded(tmp_path: Path, syn_data) -> None:
     assert (got ^ d).sum() <= 4
 
 
+def test_dark_jpeg_masks_keep_their_objects(tmp_path: Path, syn_data) -> None:
+    """JPEG masks in VOC's dark red (128, 0, 0): a fixed threshold of 128 kept ~40 % of the object; each mask is
+    thresholded at half its own brightest value, and an empty mask's ringing stays background."""
+    from fsdistill.data.discover import discover
+
+    root = tmp_path / "voc"
+    (root / "masks").mkdir(parents=True)
+    discs = [syn_data.disc(48, 56, 20 + 6 * i, 24, 12) for i in range(2)]
+    for i, disc in enumerate(discs):
+        syn_data.save(root / "images" / f"s{i}.png", syn_data.image(48, 56, i))
+        rgb = np.zeros((48, 56, 3), np.uint8)
+        rgb[disc] = (128, 0, 0)
+        Image.fromarray(rgb).save(root / "masks" / f"s{i}.jpg", quality=90)
+    index = discover(root)
+    assert index.mask_kind == "jpeg-binary"
+    for i, disc in enumerate(discs):
+        got = index.load_mask(i).astype(bool)
+        assert (got ^ disc).sum() <= 0.05 * disc.sum(), i
+    # a JPEG mask with nothing in it: its ringing is not an object
+    noise = np.random.default_rng(0).integers(0, 12, (48, 56), np.uint8)
+    Image.fromarray(noise).save(root / "masks" / "s1.jpg", quality=90)
+    assert not discover(root).load_mask(1).any()
+
+
 def test_colours_to_index(tmp_path: Path, syn_data) -> None:
     rgb = np.zeros((3, 4, 3), np.uint8)
     rgb[0, 1] = (250, 50, 83)

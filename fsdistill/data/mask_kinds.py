@@ -312,7 +312,8 @@ def decide_mask_kind(
     if jpeg:
         first = (
             f"{len(jpeg)} of {len(masks)} masks are JPEG (e.g. {jpeg[0].name}); JPEG blurs mask edges, so they are "
-            "thresholded at 128 as binary masks. Save masks as PNG to keep exact edges.",
+            "read as binary masks, each thresholded at half its brightest value. Save masks as PNG to keep exact "
+            "edges.",
         )
     if class_folders is not None:
         decoding = _class_folder_decoding(masks, class_folders, bool(jpeg))

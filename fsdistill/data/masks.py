@@ -31,6 +31,7 @@ __all__ = [
     "read_mask_array",
     "read_index_mask",
     "read_rgb_mask",
+    "jpeg_threshold",
     "read_binary_source",
     "decode_binary",
     "colours_to_index",
@@ -201,6 +202,17 @@ def decode_binary(raw: np.ndarray, threshold: int, class_id: int = 1) -> np.ndar
     out = np.zeros(np.shape(raw), np.uint8)
     out[np.asarray(raw) >= threshold] = class_id
     return out
+
+
+# A JPEG mask's object is the pixels at or above half its own brightest value, never below this: a mask saved in a
+# dark colour (VOC's (128, 0, 0)) loses half its object to a fixed 128, and the ringing of an empty mask stays out.
+JPEG_MIN_THRESHOLD = 64
+
+
+def jpeg_threshold(raw: np.ndarray) -> int:
+    """The foreground threshold of one JPEG binary mask (H×W grey, its brightest channel): half its maximum, at least
+    :data:`JPEG_MIN_THRESHOLD`."""
+    return max(JPEG_MIN_THRESHOLD, (int(raw.max(initial=0)) + 1) // 2)
 
 
 def pack_rgb(rgb: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ from fsdistill.data.masks import (
     Rgb,
     colours_to_index,
     decode_binary,
+    jpeg_threshold,
     read_binary_source,
     read_index_mask,
     read_rgb_mask,
@@ -96,7 +97,8 @@ class SupportIndex:
             raw = read_binary_source(where)
             # A 0/1 PNG among 0/255 ones (class folders gathered from two tools) is read by its own encoding.
             one = self.mask_kind == "binary" and raw.size and int(raw.max()) == 1
-            m = decode_binary(raw, 1 if one else self.binary_threshold, s.class_id)
+            threshold = jpeg_threshold(raw) if self.mask_kind == "jpeg-binary" else self.binary_threshold
+            m = decode_binary(raw, 1 if one else threshold, s.class_id)
         elif self.mask_kind == "index":
             m = read_index_mask(where)
             if self.value_map is not None:
