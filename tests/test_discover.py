@@ -136,6 +136,30 @@ def test_a_names_file_the_masks_cannot_tell_apart_is_refused(tmp_path: Path, syn
         assert discover(root).class_names == ["background", "lesion"]
 
 
+def test_grey_levels_with_white_are_classes(tmp_path: Path, syn_data) -> None:
+    """RGB masks coloured (128, 128, 128) and white collapse to grey 128 and 255: white was read as VOC's ignore and
+    its class dropped (exit 0). Grey levels (no value below 64 besides 0) keep 255 as a class; ids 1, 2 with a
+    large 255 region (Cityscapes' void) still read 255 as ignore."""
+    levels, void = tmp_path / "levels", tmp_path / "void"
+    for root in (levels, void):
+        (root / "masks").mkdir(parents=True)
+    for i in range(2):
+        rgb = np.zeros((20, 24, 3), np.uint8)
+        rgb[1:11, 1:13], rgb[13:18, 15:21] = 128, 255
+        syn_data.save(levels / "images" / f"s{i}.png", syn_data.image(20, 24, i))
+        Image.fromarray(rgb).save(levels / "masks" / f"s{i}.png")
+        ids = np.zeros((20, 24), np.uint8)
+        ids[2:8, 2:10], ids[10:18, 12:22], ids[:, :2] = 1, 2, 255
+        syn_data.save(void / "images" / f"s{i}.png", syn_data.image(20, 24, i))
+        Image.fromarray(ids).save(void / "masks" / f"s{i}.png")
+    index = discover(levels)
+    assert index.class_names == ["background", "class_128", "class_255"]
+    assert np.array_equal(np.unique(index.load_mask(0)), [0, 1, 2])
+    assert any("255 is read as a class" in w for w in index.warnings)
+    index = discover(void)
+    assert index.class_names == ["background", "class_1", "class_2"] and index.load_mask(0)[0, 0] == 255
+
+
 def test_cvat_colour_masks_with_labelmap(tmp_path: Path, syn_data) -> None:
     root = tmp_path / "cvat"
     (root / "labelmap.txt").parent.mkdir(parents=True)

@@ -448,6 +448,10 @@ def _colour_decoding(st: MaskStats, file_names: list[str] | None, names_file: Pa
     )
 
 
+# Grey masks whose values other than 0 and 255 are all at least this are grey levels, 255 the brightest of them.
+GREY_LEVEL_MIN = 64
+
+
 def _grey_decoding(st: MaskStats, file_names: list[str] | None, source: str) -> MaskDecoding:
     """Grey or palette masks: binary (0/1, 0/255, anti-aliased 0/255) or index masks (value = class id)."""
     hist = st.hist
@@ -466,6 +470,15 @@ def _grey_decoding(st: MaskStats, file_names: list[str] | None, source: str) -> 
     if file_names is not None:  # index masks whose values are the class ids of a names file
         return _decoding("index", file_names, source, class_pixels=st.index_pixels(len(file_names)), warnings=warnings)
     ids = sorted(values - {IGNORE_INDEX, 0})
+    if IGNORE_INDEX in values and ids and ids[0] >= GREY_LEVEL_MIN:
+        # Grey levels, not class ids ({0, 128, 255}: a colour mask of greys and white collapses to these): 255 is
+        # the brightest class, not VOC's ignore border, which comes with ids 1, 2, ... (as does Cityscapes' void).
+        ids.append(IGNORE_INDEX)
+        warnings = (
+            *warnings,
+            f"Mask values {', '.join(map(str, ids))} are grey levels, not class ids 1, 2, ...; 255 is read as a "
+            "class, not as ignore.",
+        )
     if ids != list(range(1, len(ids) + 1)):
         # Values with gaps ({0, 1, 2, 7}): only the values that occur become classes (in order, named by value), so
         # 3..6 are not empty classes trained as "never present".
