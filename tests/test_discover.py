@@ -48,6 +48,20 @@ def test_paired_binary_0_1_with_suffixes_and_orphans(tmp_path: Path, syn_data) -
     assert (idx.load_mask(1) == discs[1]).all()
 
 
+def test_paired_binary_mixing_0_1_and_0_255_files(tmp_path: Path, syn_data) -> None:
+    """A folder gathered from two tools, one writing 0/1 masks and one 0/255: read as index masks, the 0/255
+    objects became ignore (255) and foreground showed in the 0/1 files only, with exit 0. Each file is binary in
+    its own encoding."""
+    root = tmp_path / "mixed"
+    discs = syn_data.paired(root, n=4, fg=255)
+    for i in (0, 1):  # two of the four from the other tool
+        syn_data.save(root / "masks" / f"s{i}.png", discs[i].astype(np.uint8))
+    index = discover(root)
+    assert (index.mask_kind, index.class_names) == ("binary", ["background", "foreground"])
+    for i, disc in enumerate(discs):
+        assert np.array_equal(index.load_mask(i), disc.astype(np.uint8)), i
+
+
 def test_nested_image_folders_keep_relative_keys(tmp_path: Path, syn_data) -> None:
     root = tmp_path / "sup"
     for sub in ("a", "b"):

@@ -114,6 +114,9 @@ class MaskStats:
     wide_example: Path | None
     palette_mode: bool
     grey_edges: np.ndarray
+    # Grey files whose values are {0, 1} / {0, 255} / anything else (a folder gathered from two tools mixes the
+    # first two: each file is binary in its own encoding).
+    binary_encodings: tuple[int, int, int] = (0, 0, 0)
 
     def index_pixels(self, n: int) -> tuple[int, ...]:
         """Pixels of class ids 0..n-1, reading the grey values as class ids."""
@@ -157,6 +160,7 @@ def scan_masks(paths: Sequence[Path]) -> MaskStats:
     """
     hist = np.zeros(256, np.int64)
     grey_edges = np.zeros(256, np.int64)
+    encodings = [0, 0, 0]  # grey files of values {0, 1}, {0, 255}, other
     pixels: Counter[int] = Counter()  # packed colour → pixels (keys: every colour seen)
     edges: Counter[int] = Counter()
     colour_example: Path | None = None
@@ -210,8 +214,11 @@ def scan_masks(paths: Sequence[Path]) -> MaskStats:
                 wide_max, wide_example = max(wide_max, mx), wide_example or p
                 continue
             a = a.astype(np.uint8)
-        hist += np.bincount(a.ravel(), minlength=256)
+        counts = np.bincount(a.ravel(), minlength=256)
+        hist += counts
         grey_edges += np.bincount(a[edge_pixels(a)], minlength=256)
+        found = set(np.flatnonzero(counts).tolist()) - {0}
+        encodings[0 if found == {1} else 1 if found == {255} else 2] += 1
     if palette_files and (pixels or any(len(colours) > 1 for colours in index_colours.values())):
         # Indices that mean other colours in other files (or beside colour masks): the colours are the classes.
         hist -= palette_hist
@@ -225,8 +232,9 @@ def scan_masks(paths: Sequence[Path]) -> MaskStats:
     by_rgb = {unpack_rgb(c): n for c, n in pixels.items()}
     edges_by_rgb = {unpack_rgb(c): n for c, n in edges.items()}
     return MaskStats(
-        hist, by_rgb, edges_by_rgb, colour_example, too_many_colours, wide_max, wide_example, palette_mode, grey_edges
-    )
+        hist, by_rgb, edges_by_rgb, colour_example, too_many_colours, wide_max, wide_example, palette_mode, grey_edges,
+        tuple(encodings),
+    )  # fmt: skip
 
 
 def coco_decoding(coco: CocoData) -> MaskDecoding:
@@ -463,7 +471,10 @@ def _grey_decoding(st: MaskStats, file_names: list[str] | None, source: str) -> 
             "Masks are mostly 0/255 with some grey edge pixels (resized or blurred?); they are read as binary "
             "masks thresholded at 128.",
         )
-    if (file_names is None or len(file_names) <= 2) and (values <= {0, 1} or values <= {0, 255} or anti):
+    ones, whites, others = st.binary_encodings
+    # 0/1 files beside 0/255 ones, nothing else: binary, each file by its own encoding (SupportIndex.load_mask).
+    mixed = ones and whites and not others and not st.palette_mode
+    if (file_names is None or len(file_names) <= 2) and (values <= {0, 1} or values <= {0, 255} or anti or mixed):
         names = binary_class_names(file_names)
         thr = 1 if values <= {0, 1} else 128
         return _decoding("binary", names, source, binary_threshold=thr, warnings=warnings)
