@@ -203,15 +203,56 @@ def test_resume_redoes_masks_of_another_model_or_of_a_replaced_image(
     assert _predict(root, tmp_path / "mixed", model_b).written == 1
     assert (tmp_path / "mixed" / "masks" / rel).read_bytes() != before
     assert _predict(root, tmp_path / "mixed", model_b).written == 0  # and then done
-    # an image dated in the future (a camera's or a share's clock): no mask can be newer, so its time is not read
+    # an image dated in the future (a camera's or a share's clock): predicted once more, then done
     future = time.time_ns() + 10**12
     os.utime(replaced, ns=(future, future))
+    assert _predict(root, tmp_path / "mixed", model_b).written == 1
     assert _predict(root, tmp_path / "mixed", model_b).written == 0
     # an image that no longer reads: with --overwrite its old mask goes, and the CSV does not list it
     replaced.write_bytes(b"not an image")
     broken = _predict(root, tmp_path / "mixed", model_b, overwrite=True)
     assert len(broken.failed) == 1 and not (tmp_path / "mixed" / "masks" / rel).exists()
     assert str(replaced) not in {row[0] for row in _read_csv(tmp_path / "mixed" / "predictions.csv")}
+
+
+def test_an_image_of_another_folder_with_the_same_name_is_predicted(tiny_binary_run, tmp_path) -> None:
+    """day1/IMG_0001.png, then day2/IMG_0001.png (another image, an older date as cp -p leaves it) into the same
+    -o: the second run kept day1's mask as done and listed it under day2's image, exit 0. A mask names the file it
+    was made from (size and date); a moved folder still resumes."""
+    import os
+
+    for day, seed in (("day1", 1), ("day2", 2)):
+        (tmp_path / day).mkdir()
+        Image.fromarray(np.random.default_rng(seed).integers(0, 255, (40, 52, 3), np.uint8)).save(
+            tmp_path / day / "IMG_0001.png"
+        )
+    os.utime(tmp_path / "day2" / "IMG_0001.png", ns=(10**18, 10**18))  # 2001: older than day1's mask
+    model, out = tiny_binary_run.run_dir, tmp_path / "out"
+    assert _predict(tmp_path / "day1", out, model).written == 1
+    second = _predict(tmp_path / "day2", out, model)
+    assert second.written == 1 and second.skipped == 0
+    fresh = _predict(tmp_path / "day2", tmp_path / "fresh", model)
+    assert fresh.written == 1
+    assert (out / "masks" / "IMG_0001.png").read_bytes() == (tmp_path / "fresh" / "masks" / "IMG_0001.png").read_bytes()
+    # the folder moved (mv keeps the dates): resumed, nothing predicted again
+    (tmp_path / "day2").rename(tmp_path / "moved")
+    assert _predict(tmp_path / "moved", out, model).written == 0
+
+
+def test_an_output_folder_with_masks_predict_did_not_write_is_refused(tiny_binary_run, tmp_path) -> None:
+    """-o a labelled folder (images/ + masks/, ground truth newer than the images): its masks counted as done and
+    predictions.csv was built from them; older ones were overwritten by predictions. Refused, --overwrite too."""
+    labelled = tmp_path / "lab"
+    (labelled / "images").mkdir(parents=True)
+    (labelled / "masks").mkdir()
+    Image.fromarray(np.zeros((40, 52, 3), np.uint8)).save(labelled / "images" / "a.png")
+    Image.fromarray(np.full((40, 52), 255, np.uint8)).save(labelled / "masks" / "a.png")
+    truth = (labelled / "masks" / "a.png").read_bytes()
+    for overwrite in (False, True):
+        with pytest.raises(DataError, match=r"already holds masks/ or overlays/ that fsdistill predict did not write"):
+            _predict(labelled / "images", labelled, tiny_binary_run.run_dir, overwrite=overwrite)
+    assert (labelled / "masks" / "a.png").read_bytes() == truth
+    assert not (labelled / ".fsdistill-predict.json").exists()
 
 
 def test_resume_skips_a_turned_tiff(tiny_binary_run, tmp_path) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -335,31 +334,43 @@ def _output_key(folder: str, rel: Path) -> str:
     return f"{folder}/{rel.with_suffix('.png').as_posix()}"
 
 
-# The PNG text chunk of a mask naming the model that made it (its weights' hash): resume redoes a mask of another
-# model (an --overwrite stopped half-way, then resumed). Only the model, so the same model writes the same bytes
-# from the same image wherever it reads it from. Masks of earlier versions have none and count as done.
+# The PNG text chunks of a mask naming the model that made it (its weights' hash) and the file it was made from (its
+# size and modification time): resume redoes a mask of another model (an --overwrite stopped half-way, then resumed)
+# or of another file (an image replaced or edited since, or another folder's image of the same relative name
+# predicted into this -o). Not the file's path, so a folder moved or copied with its dates resumes, and the same
+# model writes the same bytes from the same file. Masks of earlier versions have neither and count as done.
 STAMP_KEY = "fsdistill:model"
+SOURCE_KEY = "fsdistill:source"
+
+
+def _source_stamp(source: Source) -> str | None:
+    """``size:mtime_ns`` of a local image file (None for an object-store file or one that cannot be stat'ed)."""
+    if not isinstance(source, Path):
+        return None
+    try:
+        status = source.stat()
+    except OSError:
+        return None
+    return f"{status.st_size}:{status.st_mtime_ns}"
 
 
 def _is_stale(mask_path: Path, model_stamp: str, source: Source) -> bool:
-    """Whether a mask an earlier run wrote was made by another model, or its (local) image was replaced since:
-    modified after the mask was written (make's rule: a stat, no read; an image replaced by one of the same size
-    would otherwise keep the old image's mask), or no longer at the mask's size."""
+    """Whether a mask an earlier run wrote was made by another model or from another file than ``source`` is now
+    (see :data:`SOURCE_KEY`); a mask of an earlier version, with no source stamp, when it is no longer at the size
+    of its (local) image."""
     try:
         with Image.open(mask_path) as image:  # info: the text chunks before the pixels (.text would decode them)
-            model, size = image.info.get(STAMP_KEY), image.size
-        written = mask_path.stat().st_mtime_ns
+            model, made_from, size = image.info.get(STAMP_KEY), image.info.get(SOURCE_KEY), image.size
     except (OSError, ValueError, SyntaxError):
         return True  # unreadable: predict it again
     if model is not None and model != model_stamp:
         return True
     if isinstance(source, Path):
+        if made_from is not None:
+            return made_from != _source_stamp(source)
         try:
-            modified = source.stat().st_mtime_ns
-            # An image dated in the future (a camera's or a share's clock) would be newer than every mask written
-            # of it, and predicted again on every run: its date says nothing, so only its size is compared.
-            return written < modified <= time.time_ns() or image_size(source) != size
-        except (OSError, DataError):
+            return image_size(source) != size
+        except DataError:
             return True  # no longer readable: its error is reported when it is tried
     return False
 
@@ -407,6 +418,13 @@ def predict_files(
         on_total(len(entries))
     out.ensure_writable("-o")
     identity = predictor.identity()
+    if not out.is_file(MANIFEST_NAME) and (out.files("masks") or out.files("overlays")):
+        # The manifest is written before the first mask: masks without one are not predict's (a labelled folder's
+        # ground truth, say), and would count as done or be overwritten, whatever --overwrite says.
+        raise DataError(
+            f"{out} already holds masks/ or overlays/ that fsdistill predict did not write (no {MANIFEST_NAME}); "
+            "choose another -o folder."
+        )
     if out.is_file(MANIFEST_NAME) and not overwrite:
         try:
             previous = json.loads(out.read_bytes(MANIFEST_NAME))
@@ -462,7 +480,9 @@ def predict_files(
             else:  # an earlier run's overlay would show another mask than the one written now
                 _remove_local(out, _output_key("overlays", rel))
             # The mask goes last: its presence is what marks an image as done.
-            text = {STAMP_KEY: model_stamp} | ({} if probs is None else scores_text(mask, probs))
+            made_from = _source_stamp(source)
+            text = {STAMP_KEY: model_stamp} | ({SOURCE_KEY: made_from} if made_from else {})
+            text |= {} if probs is None else scores_text(mask, probs)
             write_mask(out, _output_key("masks", rel), mask, palette, text)
             written[_output_key("masks", rel)] = _mask_counts(mask, len(predictor.class_names))
             result.written += 1
