@@ -312,7 +312,7 @@ def write_atomic(path: Path, payload: bytes | str, unique: bool = False) -> Path
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp" if unique else f".{path.name}.tmp")
     try:
-        tmp.write_bytes(payload.encode("utf-8") if isinstance(payload, str) else payload)
+        tmp.write_bytes(payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else payload)
         # A temp file left by a killed run keeps its old mode when reopened; set it as a new file would have it.
         os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -193,7 +194,6 @@ def test_resume_redoes_masks_of_another_model_or_of_a_replaced_image(
     rel = replaced.relative_to(root).with_suffix(".png")
     assert Image.open(tmp_path / "mixed" / "masks" / rel).size == (23, 17)
     # replaced by another image of the same size (modified after its mask was written): predicted again
-    import os
     import time
 
     before = (tmp_path / "mixed" / "masks" / rel).read_bytes()
@@ -219,8 +219,6 @@ def test_an_image_of_another_folder_with_the_same_name_is_predicted(tiny_binary_
     """day1/IMG_0001.png, then day2/IMG_0001.png (another image, an older date as cp -p leaves it) into the same
     -o: the second run kept day1's mask as done and listed it under day2's image, exit 0. A mask names the file it
     was made from (size and date); a moved folder still resumes."""
-    import os
-
     for day, seed in (("day1", 1), ("day2", 2)):
         (tmp_path / day).mkdir()
         Image.fromarray(np.random.default_rng(seed).integers(0, 255, (40, 52, 3), np.uint8)).save(
@@ -253,6 +251,22 @@ def test_an_output_folder_with_masks_predict_did_not_write_is_refused(tiny_binar
             _predict(labelled / "images", labelled, tiny_binary_run.run_dir, overwrite=overwrite)
     assert (labelled / "masks" / "a.png").read_bytes() == truth
     assert not (labelled / ".fsdistill-predict.json").exists()
+
+
+def test_a_file_name_that_is_not_utf8(tiny_binary_run, tmp_path) -> None:
+    """A Latin-1 name (b"caf\xe9.png", from an old zip or share): the masks were written, then predictions.csv
+    crashed with a traceback on every run. The CSV keeps the name's bytes; --format, whose files are UTF-8, is
+    refused before anything is written."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    name = os.fsdecode(b"caf\xe9.png")
+    Image.fromarray(np.zeros((40, 52, 3), np.uint8)).save(folder / name)
+    result = _predict(folder, tmp_path / "out", tiny_binary_run.run_dir)
+    assert result.written == 1 and (tmp_path / "out" / "masks" / name).is_file()
+    assert b"caf\xe9.png" in (tmp_path / "out" / "predictions.csv").read_bytes()
+    with pytest.raises(DataError, match=r"not valid UTF-8, which --format coco cannot hold"):
+        _predict(folder, tmp_path / "formats", tiny_binary_run.run_dir, formats="coco")
+    assert not (tmp_path / "formats").exists()
 
 
 def test_resume_skips_a_turned_tiff(tiny_binary_run, tmp_path) -> None:

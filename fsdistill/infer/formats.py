@@ -304,6 +304,27 @@ def check_class_names(options: FormatOptions, class_names: Sequence[str]) -> Non
             )
 
 
+def check_file_names(options: FormatOptions, names: Sequence[str]) -> None:
+    """Refuse image file names the requested formats cannot hold, before any image is predicted: names that are not
+    valid UTF-8 (a Latin-1 name from an old zip or share; COCO's JSON, CVAT's zip and Label Studio's URLs are
+    UTF-8). ``names``: the images' relative paths as Python reads them (undecodable bytes as surrogates).
+
+    Raises:
+        DataError: the first such name.
+    """
+    if options.formats == ("png",):
+        return
+    for name in names:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            raise DataError(
+                f"Image {shown} has a file name that is not valid UTF-8, which --format "
+                f"{','.join(f for f in options.formats if f != 'png')} cannot hold; rename it, or drop --format."
+            ) from None
+
+
 class _Cvat:
     def __init__(self, out_dir: Path, class_names: Sequence[str], palette: Sequence[Rgb]) -> None:
         self.class_names = list(class_names)
@@ -408,7 +429,7 @@ class _LabelStudio:
         prediction: dict[str, Any] = {"model_version": self.model_version, "result": results}
         if im.scores is not None:
             prediction["score"] = im.scores.get("image")
-        url = self.root_url + quote(im.rel.as_posix())
+        url = self.root_url + quote(im.rel.as_posix(), errors="surrogateescape")
         self.tasks.append({"data": {"image": url}, "predictions": [prediction]})
 
     def finish(self, out_dir: Path) -> list[Path]:

@@ -30,6 +30,7 @@ from fsdistill.infer.formats import (
     FormatOptions,
     add_missing_scores,
     check_class_names,
+    check_file_names,
     png_bytes,
     remove_format_files,
     scores_text,
@@ -326,7 +327,7 @@ def _write_csv(
             continue
         for cls, class_name in enumerate(class_names):
             writer.writerow([str(source), w, h, class_name, int(counts[cls]), f"{counts[cls] / (h * w):.6f}"])
-    out.write_bytes(name, text.getvalue().encode("utf-8"))
+    out.write_bytes(name, text.getvalue().encode("utf-8", "surrogateescape"))
     return out.location(name)
 
 
@@ -413,6 +414,7 @@ def predict_files(
         )
     check_class_names(formats, predictor.class_names)
     all_entries = list_images(inputs, out)
+    check_file_names(formats, [rel.as_posix() for _, rel in all_entries])
     entries = shard.select(all_entries) if shard is not None else all_entries
     if on_total is not None:
         on_total(len(entries))

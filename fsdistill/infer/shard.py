@@ -97,5 +97,5 @@ def merge_shard_tables(out: Storage, shard: Shard, sources: list[str]) -> Path |
     writer.writerow(header or CSV_HEADER)
     for source in sources:
         writer.writerows(rows.get(_image_key(source), ()))
-    out.write_bytes(PREDICTIONS_CSV, text.getvalue().encode("utf-8"), unique=True)
+    out.write_bytes(PREDICTIONS_CSV, text.getvalue().encode("utf-8", "surrogateescape"), unique=True)
     return out.location(PREDICTIONS_CSV)
