@@ -85,11 +85,29 @@ def test_load_teacher_and_grey_images(tiny_multi_run, shaken_multi_student) -> N
     np.testing.assert_array_equal(mask, student.predict(np.repeat(grey[..., None], 3, axis=2)))
 
 
+def test_arrays_are_read_as_their_user_means_them(shaken_multi_student) -> None:
+    """Thin H×W×3 images (3 rows, 2 columns) were read as channels-first: masks transposed or of the wrong size; an
+    array / 255 or an int64 copy of 8-bit pixels was rescaled by its own min/max, changing the mask."""
+    model = fsdistill.load(shaken_multi_student, device="cpu")
+    rgb = np.random.default_rng(3).integers(10, 240, (40, 52, 3), dtype=np.uint8)
+    strip, column, pixel = rgb[10:13], rgb[:, 20:22], rgb[:1, :1]
+    assert model.predict(strip).shape == (3, 52) and model.predict(column).shape == (40, 2)
+    assert model.predict(pixel).shape == (1, 1)
+    np.testing.assert_array_equal(model.predict(strip), model.predict(Image.fromarray(np.ascontiguousarray(strip))))
+    mask = model.predict(rgb)
+    assert len(np.unique(mask)) > 1, "the comparison would be trivial: one class everywhere"
+    for same in (rgb / 255.0, (rgb / 255.0).astype(np.float32), rgb.astype(np.int64), rgb.astype(np.uint16)):
+        np.testing.assert_array_equal(model.predict(same), mask)
+    np.testing.assert_array_equal(model.predict(np.moveaxis(rgb, -1, 0)), mask)  # C×H×W still read
+
+
 @pytest.mark.parametrize(
     "bad, message",
     [
         (42, "Cannot segment a int; pass a numpy array"),
         (np.zeros((0, 5, 3), dtype=np.uint8), "Cannot segment this array"),
+        (np.zeros((20, 20, 3), dtype=np.complex64), "Cannot segment an array of complex64"),
+        (np.array([[None, None]]), "Cannot segment an array of object"),
     ],
 )
 def test_bad_images_are_refused_in_one_sentence(shaken_multi_student, bad, message) -> None:

@@ -84,15 +84,17 @@ def _scale_to_uint8(arr: np.ndarray) -> np.ndarray:
 def to_uint8_rgb(arr: np.ndarray) -> np.ndarray:
     """A decoded pixel array of any dtype → H×W×3 uint8 RGB, scaled by its own min/max unless uint8.
 
-    ``arr``: H×W, H×W×C or C×H×W (the smallest axis, if ≤ 16, is the channels), or a stack whose first plane is
-    used. Grey is repeated, 2 channels use the first, 4 or more keep the first three.
+    ``arr``: H×W, H×W×C (a last axis of 1–4 is the channels, however thin the image), C×H×W (else a first axis of
+    1–4; else the smallest axis, if ≤ 16, as in many-band TIFFs), or a stack whose first plane is used. Grey is
+    repeated, 2 channels use the first, 4 or more keep the first three.
     """
     a = np.asarray(arr)
-    a = np.squeeze(a) if a.ndim > 2 and 1 in a.shape[:-2] else a
     while a.ndim > 3:
         a = a[0]  # Z-stacks and time series: keep the first plane, as image viewers show it
     if a.ndim == 3:
-        ch_axis = int(np.argmin(a.shape))
+        # An image 3 pixels high is H×W×3, not 3 channels of a W×3 image: the smallest axis alone misread thin
+        # images (a mask of the wrong shape, from the wrong pixels).
+        ch_axis = 2 if a.shape[2] <= 4 else 0 if a.shape[0] <= 4 else int(np.argmin(a.shape))
         if a.shape[ch_axis] > 16:
             a = a[0]  # all three axes are large: a stack of planes, not channels
         else:

@@ -23,7 +23,9 @@ from fsdistill.runtime import resolve_device
 
 __all__ = ["Segmenter", "load"]
 
-ImageLike = Any  # H×W×3 / H×W numpy array, PIL.Image.Image, or a path to an image file
+# An H×W×3 / H×W numpy array (uint8; floats in 0..1 and integers in 0..255 read alike, other ranges scaled by their
+# own min/max), a PIL.Image.Image, or a path to an image file.
+ImageLike = Any
 
 
 def _decode(image: ImageLike, size: int) -> tuple[np.ndarray, tuple[int, int]]:
@@ -38,8 +40,12 @@ def _decode(image: ImageLike, size: int) -> tuple[np.ndarray, tuple[int, int]]:
             raise DataError(
                 f"Cannot segment this array: shape {image.shape} holds no image; pass an H×W×3 or H×W image."
             )
+        if image.dtype.kind not in "biuf":
+            raise DataError(
+                f"Cannot segment an array of {image.dtype}; pass uint8 pixels (or floats in 0..1, integers in 0..255)."
+            )
         try:
-            rgb = to_uint8_rgb(image)
+            rgb = to_uint8_rgb(_as_8bit_range(image))
         except ValueError as err:
             raise DataError(f"Cannot segment this array: {err}; pass an H×W×3 or H×W image.") from None
     else:
@@ -47,6 +53,18 @@ def _decode(image: ImageLike, size: int) -> tuple[np.ndarray, tuple[int, int]]:
             f"Cannot segment a {type(image).__name__}; pass a numpy array (H×W×3 or H×W), a PIL image or a file path."
         )
     return rgb, rgb.shape[:2]
+
+
+def _as_8bit_range(image: np.ndarray) -> np.ndarray:
+    """An in-memory image in the usual ranges → uint8 as it means them: floats in 0..1 (``array / 255``) times 255,
+    integers in 0..255 (an ``int64`` copy of 8-bit pixels) as they are. Other ranges stay for :func:`to_uint8_rgb`,
+    which scales them by their own min/max (16-bit or float data, as files of them are read); scaling an 8-bit
+    image that way changed its mask (its darkest pixel became 0, its brightest 255)."""
+    if image.dtype.kind == "f" and np.isfinite(image).all() and image.min() >= 0 and image.max() <= 1:
+        return np.round(image * 255.0).astype(np.uint8)
+    if image.dtype.kind in "iu" and image.dtype != np.uint8 and image.min() >= 0 and image.max() <= 255:
+        return image.astype(np.uint8)
+    return image
 
 
 class Segmenter:
