@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from fsdistill import __version__
-from fsdistill.errors import CheckpointError
+from fsdistill.errors import CheckpointError, DataError
 from fsdistill.runtime import new_file_mode
 
 __all__ = [
@@ -105,29 +105,42 @@ def save_artifact(directory: Path, tensors: dict[str, torch.Tensor], config: dic
     ]:
         shutil.rmtree(stale, ignore_errors=True)
     staging = directory.parent / f".{directory.name}.partial-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
     try:
-        metadata = {
-            "format": ARTIFACT_FORMAT,
-            "fsdistill_version": __version__,
-            "kind": str(config["kind"]),
-            "config_sha256": config_sha256(config),
-        }
-        weights = staging / WEIGHTS_FILE
-        save_file({name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}, str(weights), metadata)
-        os.chmod(weights, new_file_mode())  # safetensors creates its file 0o600, whatever the umask
-        config[WEIGHTS_SHA_KEY] = file_sha256(weights)
-        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
-        if directory.exists():
-            retired = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(directory, retired)
-            os.replace(staging, directory)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, directory)
+        staging.mkdir()
+        _write_staged(directory, staging, tensors, config)
+    except (OSError, SafetensorError) as exc:
+        # A full disk or a size limit while writing: the old artifact, if any, is still in place.
+        reason = getattr(exc, "strerror", None) or str(exc).split(": ")[-1] or type(exc).__name__
+        raise DataError(
+            f"Cannot write the model to {directory} ({reason}); free some space or choose another output folder, "
+            "then run the command again."
+        ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful save
     return directory
+
+
+def _write_staged(directory: Path, staging: Path, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
+    """The two files of an artifact into ``staging``, then ``staging`` renamed to ``directory`` (an artifact there
+    moved aside first and removed after)."""
+    metadata = {
+        "format": ARTIFACT_FORMAT,
+        "fsdistill_version": __version__,
+        "kind": str(config["kind"]),
+        "config_sha256": config_sha256(config),
+    }
+    weights = staging / WEIGHTS_FILE
+    save_file({name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}, str(weights), metadata)
+    os.chmod(weights, new_file_mode())  # safetensors creates its file 0o600, whatever the umask
+    config[WEIGHTS_SHA_KEY] = file_sha256(weights)
+    (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
+    if directory.exists():
+        retired = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(directory, retired)
+        os.replace(staging, directory)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(staging, directory)
 
 
 def _major_minor(version: str) -> tuple[int, ...]:

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from fsdistill import __version__
 from fsdistill.checkpoint import config_sha256, is_artifact, load_artifact, resolve_model_dir, save_artifact
 from fsdistill.config import ModelCfg
-from fsdistill.errors import CheckpointError
+from fsdistill.errors import CheckpointError, DataError
 from fsdistill.models.build import build_student, build_teacher, load_model, save_model
 
 SIZE = 64
@@ -368,3 +368,33 @@ def test_save_artifact_replaces_an_existing_artifact(tmp_path) -> None:
     tensors, config = load_artifact(target)
     assert config["n"] == 2 and torch.equal(tensors["x"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["a"]
+
+
+@pytest.mark.parametrize("failure", ["safetensors", "config"])
+def test_a_full_disk_while_saving_is_one_sentence_and_keeps_the_old_artifact(tmp_path, monkeypatch, failure) -> None:
+    """A full disk (or a file-size limit) while distill or adapt saved the model was a traceback, exit 1; now a
+    DataError naming the folder, with the artifact already there left in place and no staging folder behind."""
+    import errno
+
+    from safetensors import SafetensorError
+
+    import fsdistill.checkpoint as checkpoint
+
+    target = save_artifact(tmp_path / "student", {"w": torch.ones(3)}, {"kind": "student"})
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    if failure == "safetensors":
+
+        def full(*args, **kwargs):
+            raise SafetensorError("Error while serializing: I/O error: File too large (os error 27)")
+
+        monkeypatch.setattr(checkpoint, "save_file", full)
+    else:
+
+        def full_text(self, *args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(checkpoint.Path, "write_text", full_text)
+    with pytest.raises(DataError, match=r"Cannot write the model to .*student \((File too large|No space left)"):
+        save_artifact(target, {"w": torch.zeros(3)}, {"kind": "student"})
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["student"]

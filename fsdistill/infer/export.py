@@ -23,7 +23,7 @@ from torch import nn
 
 from fsdistill import __version__
 from fsdistill.data.transforms import normalize
-from fsdistill.errors import ConfigError
+from fsdistill.errors import ConfigError, DataError
 from fsdistill.infer.onnx import INPUT_NAME, OUTPUT_NAME, OnnxMetadata, ort_session, require_export_packages
 
 __all__ = ["ExportResult", "Parity", "export_onnx", "OPSET"]
@@ -272,6 +272,10 @@ def export_onnx(
             )
         del session  # release the file before it is renamed
         os.replace(tmp, out)
+    except OSError as exc:  # a full disk or a size limit while the model file is written
+        raise DataError(
+            f"Cannot write {out} ({exc.strerror or exc}); free some space or choose another -o, then export again."
+        ) from None
     finally:
         if tmp.exists():
             tmp.unlink()
