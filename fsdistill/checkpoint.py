@@ -215,11 +215,26 @@ def load_artifact(directory: Path, expected_kind: str | None = None) -> tuple[di
     return tensors, config
 
 
-def _newest_run(root: Path, kind: str) -> Path | None:
+def written_by_distill(artifact: Path) -> bool:
+    """Whether the artifact at ``artifact`` was written by ``distill`` (its recorded training config has distill's
+    ``teacher`` field), as a distill killed before its student leaves its teacher; not an adapt run's teacher."""
+    try:
+        config = json.loads((artifact / CONFIG_FILE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    train_config = config.get("train_config") if isinstance(config, dict) else None
+    return isinstance(train_config, dict) and "teacher" in train_config
+
+
+def _newest_run(root: Path, kind: str, finished: bool = True) -> Path | None:
     """The run folder under ``root`` whose complete ``kind`` artifact was written last, or None. By the artifact's
-    time, not the run folder's: exporting an old run (``student.onnx``) touches its folder, not its student."""
+    time, not the run folder's: exporting an old run (``student.onnx``) touches its folder, not its student. A
+    distill stopped before its student is no run to default to (``finished``): its teacher would be compared with
+    another run's student."""
     runs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")] if root.is_dir() else []
     runs = [p for p in runs if is_artifact(recover_artifact(p / kind))]
+    if kind == "teacher" and finished:
+        runs = [p for p in runs if is_artifact(p / "student") or not written_by_distill(p / "teacher")]
     return max(runs, key=lambda p: ((p / kind / CONFIG_FILE).stat().st_mtime, p.name)) if runs else None
 
 
@@ -235,10 +250,11 @@ def resolve_model_dir(path: Path | None, kind: str | None = None) -> Path:
     wanted = kind or "student"
     if path is None:
         newest = _newest_run(Path("runs"), wanted)
-        if newest is None and wanted == "student" and _newest_run(Path("runs"), "teacher") is not None:
+        if newest is None and _newest_run(Path("runs"), "teacher", finished=False) is not None:
             raise CheckpointError(
-                "No model given, and the runs under ./runs hold no student (only teachers, from adapt); run "
-                "fsdistill distill, or pass --model RUN (with --teacher for evaluate) to use a teacher."
+                f"No model given, and the runs under ./runs hold no {wanted} to use (only teachers: from adapt, or a "
+                "distill stopped before its student); run fsdistill distill, or pass --model RUN (with --teacher "
+                "for evaluate) to use a teacher."
             )
         if newest is None:
             raise CheckpointError(

@@ -23,9 +23,10 @@ from typer.testing import CliRunner
 from fsdistill import api
 from fsdistill.api import inference as inference_api
 from fsdistill.api import runs as runs_api
-from fsdistill.checkpoint import is_artifact
+from fsdistill.checkpoint import is_artifact, resolve_model_dir
 from fsdistill.cli import app
 from fsdistill.config import ModelCfg
+from fsdistill.errors import CheckpointError
 from fsdistill.models.build import load_model
 
 from helpers import SynData, assert_user_error, write_binary_folder
@@ -93,11 +94,26 @@ def test_default_model_is_the_newest_run_with_a_student(runner, tiny_binary_run,
     assert manifest["model"] == str((newer / "student").resolve())
 
 
+def test_the_default_teacher_is_never_a_stopped_distill(runner, tiny_binary_run, tmp_path, monkeypatch):
+    """A distill stopped before its student keeps its teacher: evaluate --teacher without --model took that
+    unfinished run's teacher while evaluate took another run's student (a comparison of two runs)."""
+    monkeypatch.chdir(tmp_path)
+    good = _copy_run(tiny_binary_run, tmp_path / "runs" / "a-good")
+    stopped = _copy_run(tiny_binary_run, tmp_path / "runs" / "b-stopped")
+    shutil.rmtree(stopped / "student")
+    os.utime(stopped / "teacher" / "config.json", (os.path.getmtime(good / "teacher" / "config.json") + 60,) * 2)
+    assert resolve_model_dir(None, "teacher") == Path("runs") / "a-good" / "teacher"
+    assert resolve_model_dir(None) == Path("runs") / "a-good" / "student"
+    shutil.rmtree(good)
+    with pytest.raises(CheckpointError, match=r"hold no teacher to use \(only teachers: from adapt, or a distill"):
+        resolve_model_dir(None, "teacher")
+
+
 def test_runs_with_teachers_only_are_named_when_no_model_is_given(runner, tiny_binary_run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     shutil.rmtree(_copy_run(tiny_binary_run, tmp_path / "runs" / "adapted") / "student")
     result = runner.invoke(app, ["predict", _image(tmp_path), "-o", "out", *CPU])
-    assert_user_error(result, "runs under ./runs hold no student (only teachers", "fsdistill distill")
+    assert_user_error(result, "runs under ./runs hold no student to use (only teachers", "fsdistill distill")
 
 
 # --- 4. adapt / distill into a finished run need --overwrite --------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from fsdistill.checkpoint import CONFIG_FILE, is_artifact, recover_artifact, resolve_model_dir
+from fsdistill.checkpoint import is_artifact, recover_artifact, resolve_model_dir, written_by_distill
 from fsdistill.config import AdaptCfg, DistillCfg
 from fsdistill.data.discover import SupportIndex
 from fsdistill.errors import DataError, FsdistillError
@@ -51,17 +51,6 @@ def new_run_dir(out: Path | None) -> Path:
     return ensure_writable_dir(candidate, "--out")
 
 
-def _written_by_distill(artifact: Path) -> bool:
-    """Whether the artifact at ``artifact`` was written by ``distill`` (its recorded training config has distill's
-    ``teacher`` field), as a distill killed before its student leaves its teacher; not an adapt run's teacher."""
-    try:
-        config = json.loads((artifact / CONFIG_FILE).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    train_config = config.get("train_config") if isinstance(config, dict) else None
-    return isinstance(train_config, dict) and "teacher" in train_config
-
-
 def _is_artifact_at(model: Path, directory: Path) -> bool:
     """Whether the teacher ``model`` names (artifact or run folder) is ``directory``."""
     try:
@@ -88,7 +77,7 @@ def check_run_dir(out: Path | None, command: str, teacher: Path | None = None, o
     if command == "distill" and "student" not in finished:
         if teacher is not None and _is_artifact_at(teacher, out / "teacher"):
             return
-        if teacher is None and _written_by_distill(out / "teacher"):
+        if teacher is None and written_by_distill(out / "teacher"):
             return
     raise DataError(
         f"{out} already holds a run ({', '.join(name + '/' for name in finished)}); pass --overwrite to replace it, or "
