@@ -215,6 +215,26 @@ def test_resume_redoes_masks_of_another_model_or_of_a_replaced_image(
     assert str(replaced) not in {row[0] for row in _read_csv(tmp_path / "mixed" / "predictions.csv")}
 
 
+def test_a_stopped_overwrite_leaves_no_table_of_the_old_model(
+    shaken_multi_student, tiny_multi_run, odd_images, tmp_path, monkeypatch
+) -> None:
+    """predict --overwrite with model B stopped half-way kept model A's whole predictions.csv beside B's manifest: a
+    script reading the table got the other model's numbers."""
+    root, sizes = odd_images
+    out = tmp_path / "out"
+    _predict(root, out, tiny_multi_run.run_dir)
+    assert (out / "predictions.csv").is_file()
+    interrupt_mask_writes_after(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        _predict(root, out, shaken_multi_student, overwrite=True)
+    monkeypatch.undo()
+    assert not (out / "predictions.csv").exists()
+    finished = _predict(root, out, shaken_multi_student)
+    assert finished.written == len(sizes) - 2
+    _predict(root, tmp_path / "fresh", shaken_multi_student)
+    assert _read_csv(out / "predictions.csv") == _read_csv(tmp_path / "fresh" / "predictions.csv")
+
+
 def test_an_image_of_another_folder_with_the_same_name_is_predicted(tiny_binary_run, tmp_path) -> None:
     """day1/IMG_0001.png, then day2/IMG_0001.png (another image, an older date as cp -p leaves it) into the same
     -o: the second run kept day1's mask as done and listed it under day2's image, exit 0. A mask names the file it

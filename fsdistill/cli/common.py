@@ -197,7 +197,8 @@ def _guarded(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             typer.echo(
                 "interrupted: nothing half-written was left (artifacts are written only when complete); "
-                "re-run the same command to start again (predict resumes where it stopped).",
+                "re-run the same command to start again (predict resumes where it stopped: without --overwrite, "
+                "which would redo every image).",
                 err=True,
             )
             raise typer.Exit(130) from None

@@ -447,7 +447,10 @@ def predict_files(
             )
     out.write_bytes(MANIFEST_NAME, (json.dumps(identity, indent=2) + "\n").encode("utf-8"), unique=shard is not None)
     if overwrite and out.local is not None:
-        remove_format_files(out.local)  # derived from the masks being replaced; written again at the end if asked
+        # Derived from the masks being replaced (written again at the end): a stopped --overwrite must not leave the
+        # old model's tables beside the new model's manifest.
+        remove_format_files(out.local)
+        _remove_local(out, PREDICTIONS_CSV, *([shard.csv_name()] if shard is not None else []))
     result = PredictResult(out.location(""))
     # One listing of what earlier runs wrote (not one existence check per image: a request each in a bucket).
     earlier = out.files("masks")
