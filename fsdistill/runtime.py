@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -10,6 +11,7 @@ import platform
 import random
 import sys
 import threading
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -303,6 +305,34 @@ def new_file_mode() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return 0o666 & ~mask
+
+
+def process_temp_path(target: Path) -> Path:
+    """A temporary name beside ``target`` of this process's own, ``.NAME.tmp-PID-HEX``, for a file written in
+    several steps and renamed to ``target`` when complete; a killed process's is removed by
+    :func:`remove_dead_temps`."""
+    return target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def remove_dead_temps(target: Path) -> None:
+    """Delete the :func:`process_temp_path` files of ``target`` whose process is gone (a killed export or predict),
+    so a process writing it at the same time keeps its own (a name without a process id is always stale)."""
+    for tmp in target.parent.glob(f".{target.name}.tmp-*"):
+        parts = tmp.name[len(f".{target.name}.tmp-") :].split("-")
+        if len(parts) == 2 and parts[0].isdigit() and _process_alive(int(parts[0])):
+            continue
+        with contextlib.suppress(OSError):  # gone already, or not ours to remove: the caller goes on without it
+            tmp.unlink()
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        pass
+    return True
 
 
 def write_atomic(path: Path, payload: bytes | str, unique: bool = False) -> Path:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 from typer.testing import CliRunner
 
 from fsdistill import api
@@ -442,6 +443,21 @@ def test_artifact_killed_between_the_two_renames_is_recovered(runner, tiny_binar
     save_model(run / "student", loaded.model, loaded.model_cfg, class_names=c["class_names"], palette=c["palette"],
                train_config=c["train_config"], support_info=c["support"])  # fmt: skip
     assert not list(run.glob(".student.*"))
+
+
+def test_predict_removes_the_cvat_temp_file_of_a_killed_run(tiny_binary_run, tmp_path):
+    """A predict --format cvat killed while writing cvat.zip left a hidden temp file (a random mkstemp name, as
+    large as the zip) that no later run removed."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(folder / "a.png")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / f".cvat.zip.tmp-{dead.stdout.strip()}-0123abcd"
+    stale.write_bytes(b"half a zip")
+    api.predict([folder], out, tiny_binary_run.run_dir, device="cpu", workers=0, formats="cvat")
+    assert (out / "cvat.zip").is_file() and not list(out.glob(".cvat.zip.*"))
 
 
 def test_export_removes_temp_files_of_killed_exports(runner, tiny_binary_run, tmp_path):

@@ -8,10 +8,8 @@ file's ``metadata_props`` (:meth:`fsdistill.infer.onnx.OnnxMetadata.to_props`).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
-import uuid
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from fsdistill import __version__
 from fsdistill.data.transforms import normalize
 from fsdistill.errors import ConfigError, DataError
 from fsdistill.infer.onnx import INPUT_NAME, OUTPUT_NAME, OnnxMetadata, ort_session, require_export_packages
+from fsdistill.runtime import process_temp_path, remove_dead_temps
 
 __all__ = ["ExportResult", "Parity", "export_onnx", "OPSET"]
 
@@ -144,27 +143,6 @@ def _random_images(rng: np.random.Generator, count: int, height: int, width: int
     return noisy.clamp(0, 255).round().to(torch.uint8)
 
 
-def _remove_dead_temps(out: Path) -> None:
-    """Delete the temporary files (``.NAME.tmp-PID-HEX``) of killed exports to ``out``: those whose process is
-    gone, so an export running at the same time keeps its own (a name without a process id is always stale)."""
-    for tmp in out.parent.glob(f".{out.name}.tmp-*"):
-        parts = tmp.name[len(f".{out.name}.tmp-") :].split("-")
-        if len(parts) == 2 and parts[0].isdigit() and _process_alive(int(parts[0])):
-            continue
-        with contextlib.suppress(OSError):  # gone already, or not ours to remove: the export goes on without it
-            tmp.unlink()
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only checks that the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        pass
-    return True
-
-
 def export_onnx(
     model: nn.Module,
     out: Path,
@@ -224,8 +202,8 @@ def export_onnx(
     real = 0 if real_images is None else len(real_images)
     doc = f"fsdistill student: {len(class_names) - 1} classes ({', '.join(class_names[1:])}), input {input_size}px"
 
-    _remove_dead_temps(out)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    remove_dead_temps(out)
+    tmp = process_temp_path(out)
     note = ""
     model.to(device)
     reference = [_torch_logits(model, x, device) for x in samples]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from fsdistill.data.brush_rle import encode_brush_rle
 from fsdistill.data.coco import counts_to_rle_string
 from fsdistill.data.masks import Rgb, default_palette, read_index_mask, write_index_png
 from fsdistill.errors import ConfigError, DataError
-from fsdistill.runtime import new_file_mode, write_atomic
+from fsdistill.runtime import new_file_mode, process_temp_path, remove_dead_temps, write_atomic
 
 __all__ = [
     "FORMATS",
@@ -331,9 +330,9 @@ class _Cvat:
         self.colours = np.array(_unique_palette(palette, len(self.class_names)), np.uint8)
         self.instance_colours = np.array(default_palette(256), np.uint8)
         self.target = out_dir / CVAT_FILE
-        fd, tmp = tempfile.mkstemp(prefix=f".{CVAT_FILE}.", suffix=".tmp", dir=out_dir)
-        os.close(fd)
-        self.tmp = Path(tmp)
+        # A name of this process's own, so a killed run's (a large file) is removed by the next one.
+        remove_dead_temps(self.target)
+        self.tmp = process_temp_path(self.target)
         self.zip = zipfile.ZipFile(self.tmp, "w")
         self.ids: list[str] = []
 
