@@ -295,6 +295,36 @@ def test_onnx_predict_equals_torch_predict_without_torch_model_code(
         assert torch_rows == onnx_rows
 
 
+def test_the_readme_recipe_for_onnxruntime_gives_predicts_masks(exported, shaken_multi_student, odd_folder, tmp_path):
+    """A user's own onnxruntime code, as README's "Export to ONNX" and the file's metadata describe the input and
+    output, gives the masks `predict` writes (feeding the images at their own size changed 1–9 % of the pixels)."""
+    import cv2
+
+    from fsdistill.data.images import read_image
+
+    api.predict([odd_folder], tmp_path / "torch", shaken_multi_student, device="cpu", workers=0)
+    session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    props = session.get_modelmeta().custom_metadata_map
+    size = int(props["fsdistill.input_size"])
+    mean, std = (np.array(json.loads(props[f"fsdistill.{key}"]), np.float32) for key in ("mean", "std"))
+    assert "INTER_AREA if" in props["fsdistill.input"] and "align_corners=False" in props["fsdistill.output"]
+    differing = total = 0
+    for path in sorted(odd_folder.rglob("*.*")):
+        rgb = read_image(path)
+        h, w = rgb.shape[:2]
+        resized = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA if size < min(h, w) else cv2.INTER_LINEAR)
+        x = ((resized.astype(np.float32) / 255.0 - mean) / std).transpose(2, 0, 1)[None]
+        logits = session.run(None, {session.get_inputs()[0].name: x})[0]
+        up = torch.nn.functional.interpolate(
+            torch.from_numpy(logits), size=(h, w), mode="bilinear", align_corners=False
+        )
+        mask = up[0].argmax(0).numpy()
+        rel = path.relative_to(odd_folder).with_suffix(".png")
+        expected = np.array(Image.open(tmp_path / "torch" / "masks" / rel))
+        differing, total = differing + int((mask != expected).sum()), total + mask.size
+    assert differing <= total // 1000, f"{differing} of {total} pixels differ"
+
+
 def test_export_from_inside_the_artifact_and_into_a_folder_without_suffix(
     runner, shaken_multi_student, exported, tmp_path, monkeypatch
 ) -> None:

@@ -33,7 +33,8 @@ FLIP_VIEWS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """H×W×3 uint8 → size×size×3 uint8 (no aspect preservation, as the reference; area filter when shrinking)."""
+    """H×W×3 uint8 → size×size×3 uint8 (no aspect preservation, as the reference): area filter when ``size`` is
+    below both sides, bilinear otherwise (the rule the ONNX metadata states for users' own code)."""
     h, w = image.shape[:2]
     interpolation = cv2.INTER_AREA if size < min(h, w) else cv2.INTER_LINEAR
     return cv2.resize(image, (size, size), interpolation=interpolation)

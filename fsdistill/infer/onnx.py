@@ -144,8 +144,8 @@ class OnnxMetadata:
             "palette": json.dumps([[int(v) for v in c] for c in palette]),
             "input": (
                 f"{INPUT_NAME}: float32 Bx3xHxW RGB; resize each image to {input_size}x{input_size} (no aspect "
-                "preservation; area filter when shrinking, bilinear when enlarging), scale to [0, 1], then "
-                "(x - mean) / std per channel"
+                f"preservation; cv2.resize with INTER_AREA if {input_size} < min(H, W), else INTER_LINEAR), scale "
+                "to [0, 1], then (x - mean) / std per channel"
             ),
             "output": (
                 f"{OUTPUT_NAME}: float32 Bx(N+1)xhxw logits (background, then class_names[1:]); upsample "
