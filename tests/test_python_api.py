@@ -190,3 +190,46 @@ def test_a_home_relative_support_path_is_expanded(tiny_data, tmp_path, monkeypat
     import yaml
 
     assert yaml.safe_load((run.run_dir / "config.resolved.yaml").read_text())["support"] == str(tiny_data.binary)
+
+
+def test_bad_counts_are_refused_before_anything_is_written(shaken_multi_student, tmp_path) -> None:
+    """fsdistill.predict(batch_size=0) raised torch's DataLoader ValueError after writing the output manifest."""
+    from fsdistill.errors import ConfigError
+
+    image = tmp_path / "in" / "a.png"
+    image.parent.mkdir()
+    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(image)
+    for kwargs, message in (({"batch_size": 0}, "batch_size must be at least 1, got 0"), ({"workers": -1}, "workers")):
+        with pytest.raises(ConfigError, match=message):
+            fsdistill.predict(image.parent, tmp_path / "out", model=shaken_multi_student, device="cpu", **kwargs)
+        with pytest.raises(ConfigError, match=message):
+            fsdistill.evaluate(image.parent, model=shaken_multi_student, device="cpu", **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_matches_the_same_classes_listed_in_another_order(shaken_multi_student, tmp_path) -> None:
+    """A held-out folder whose names file lists the model's classes in another order (its masks numbered that way)
+    was refused ("evaluate on a folder labelled with the same classes"); the classes are matched by name."""
+    model = fsdistill.load(shaken_multi_student, device="cpu")
+    names = model.classes  # background, red, green, blue
+    rng = np.random.default_rng(0)
+    ordered, swapped = tmp_path / "ordered", tmp_path / "swapped"
+    order = [0, 3, 1, 2]  # swapped's class k is the model's class order[k]
+    for root, names_listed in ((ordered, names), (swapped, [names[k] for k in order])):
+        (root / "images").mkdir(parents=True)
+        (root / "masks").mkdir()
+        (root / "classes.txt").write_text("\n".join(names_listed) + "\n")
+    for i in range(3):
+        image = rng.integers(0, 255, (40, 52, 3), dtype=np.uint8)
+        truth = model.predict(image)
+        truth[:5] = (truth[:5] + 1) % 4  # not the prediction everywhere: IoUs below 1
+        inverse = np.argsort(order).astype(np.uint8)
+        for root, mask in ((ordered, truth), (swapped, inverse[truth])):
+            Image.fromarray(image).save(root / "images" / f"q{i}.png")
+            Image.fromarray(mask.astype(np.uint8)).save(root / "masks" / f"q{i}.png")
+    a = fsdistill.evaluate(ordered, model=shaken_multi_student, device="cpu", workers=0)
+    b = fsdistill.evaluate(swapped, model=shaken_multi_student, device="cpu", workers=0)
+    assert a.iou == b.iou and a.miou == b.miou and 0 < a.miou < 1
+    (swapped / "classes.txt").write_text("background\nred\ngreen\nyellow\n")
+    with pytest.raises(DataError, match=r"not the model's: \['yellow'\]; not here: \['blue'\]"):
+        fsdistill.evaluate(swapped, model=shaken_multi_student, device="cpu", workers=0)

@@ -61,15 +61,29 @@ def evaluate(
     Raises:
         DataError: support images of the model among the images (leakage), or other class names than the model's.
     """
+    check_counts(batch_size, workers)
     loaded = load_model(model, kind="teacher" if teacher else None)
     index = discover(data_dir)
     if on_total is not None:
         on_total(len(index))
+    class_ids = None
     if index.class_names != loaded.class_names:
-        raise DataError(
-            f"{data_dir} has classes {index.class_names} but the model {loaded.path} predicts {loaded.class_names}; "
-            "evaluate on a folder labelled with the same classes (same names file)."
-        )
+        if sorted(index.class_names) != sorted(loaded.class_names) or index.class_names[0] != loaded.class_names[0]:
+            extra = [name for name in index.class_names if name not in loaded.class_names]
+            missing = [name for name in loaded.class_names if name not in index.class_names]
+            differ = "; ".join(
+                part
+                for part in (f"not the model's: {extra}" if extra else "", f"not here: {missing}" if missing else "")
+                if part
+            )
+            raise DataError(
+                f"{data_dir} has classes {index.class_names} but the model {loaded.path} predicts "
+                f"{loaded.class_names} ({differ or 'another background'}); evaluate on a folder labelled with the "
+                "model's classes."
+            )
+        # The same classes in another order (another names file, COCO categories listed otherwise): matched by name.
+        class_ids = np.arange(256, dtype=np.uint8)
+        class_ids[: len(index.class_names)] = [loaded.class_names.index(name) for name in index.class_names]
     leaked = sorted(_leaked_supports(loaded.config.get("support", {}), index))
     if leaked:
         shown = ", ".join(leaked[:3]) + (", …" if len(leaked) > 3 else "")
@@ -80,7 +94,7 @@ def evaluate(
     predictor = Predictor(loaded, resolve_device(device))
     if workers is None:
         workers = _decode_workers(predictor.on_gpu)
-    matrix, seconds = confusion_on_folder(predictor, index, batch_size, workers, on_progress)
+    matrix, seconds = confusion_on_folder(predictor, index, batch_size, workers, on_progress, class_ids)
     if not matrix.matrix[1:].any():
         raise DataError(
             f"All {len(index)} masks in {data_dir} are empty: no pixel has a foreground class, so IoU is undefined; "
@@ -102,17 +116,20 @@ def confusion_on_folder(
     batch_size: int = 8,
     workers: int = 0,
     on_progress: Callable[[int], None] | None = None,
+    class_ids: np.ndarray | None = None,
 ) -> tuple[ConfusionMatrix, float]:
     """``runner``'s masks against a labelled folder's, at each image's original resolution: (confusion matrix,
     seconds taken). Any :class:`Runner` (a model, a baseline) is scored the same way; an unreadable image raises
-    DataError."""
+    DataError. ``class_ids``: a (256,) table from the folder's class ids to the runner's (the same classes in
+    another order), else the ids are the same."""
     matrix = ConfusionMatrix(len(index.class_names))
     start = time.perf_counter()
     # Ground-truth masks are read in the main process while workers decode the images for the model.
     for i, prediction, _, error in runner.outputs([s.image_path for s in index.samples], batch_size, workers):
         if error is not None:
             raise DataError(error)
-        matrix.update(index.load_mask(i, size=(prediction.shape[1], prediction.shape[0])), prediction)
+        truth = index.load_mask(i, size=(prediction.shape[1], prediction.shape[0]))
+        matrix.update(truth if class_ids is None else class_ids[truth], prediction)
         if on_progress:
             on_progress(1)
     return matrix, time.perf_counter() - start
@@ -171,6 +188,7 @@ def predict(
     """
     if isinstance(inputs, (str, os.PathLike)):  # one input, not a sequence of its characters
         inputs = [inputs]
+    check_counts(batch_size, workers)
     format_options = FormatOptions.parse(formats, coco_rle, image_root_url)
     shard = parse_shard(shard)
     engine = resolve_engine(engine, address, gpus_per_worker)
@@ -191,6 +209,19 @@ def predict(
     return predict_files(
         runner, inputs, out_dir, batch_size, overlay, overwrite, workers, on_progress, on_total, format_options, shard
     )
+
+
+def check_counts(batch_size: int | None, workers: int | None) -> None:
+    """Refuse a batch size below 1 or a negative number of decode workers (the CLI's option bounds, for callers of
+    the library), before any model is loaded or output written.
+
+    Raises:
+        ConfigError: naming the argument.
+    """
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
+    if workers is not None and workers < 0:
+        raise ConfigError(f"workers must be 0 (decode in this process) or more, got {workers}.")
 
 
 def _batch_size(given: int | None, on_gpu: bool) -> int:

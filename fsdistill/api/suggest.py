@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from fsdistill.api.inference import _batch_size, _decode_workers
+from fsdistill.api.inference import _batch_size, _decode_workers, check_counts
 from fsdistill.api.runs import support_matcher
 from fsdistill.checkpoint import recover_artifact
 from fsdistill.errors import ConfigError, DataError
@@ -147,7 +147,7 @@ def suggest(
             on_progress: with the number of images done (read or skipped).
 
     Raises:
-        ConfigError: ``top`` or ``batch_size`` below 1, a bad ``shard``, an unknown ``engine`` or a Ray option
+        ConfigError: ``top`` or ``batch_size`` below 1, negative ``workers``, a bad ``shard``, an unknown ``engine`` or a Ray option
             without it. DependencyError: ``engine="ray"`` without Ray Data installed. DataError: a missing pool,
             a pool without images, none readable, an unwritable output. CheckpointError: no student, or a
             teacher that does not load or does not match it.
@@ -167,8 +167,7 @@ def suggest(
         raise ConfigError(f"--top must be at least 1 (got {top}): it is how many images to suggest.")
     if student_only and teacher is not None:
         raise ConfigError("--student-only ranks without a teacher; drop --teacher or --student-only.")
-    if batch_size is not None and batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1 (got {batch_size}).")
+    check_counts(batch_size, workers)
     shard = parse_shard(shard)
     engine = resolve_engine(engine, address, gpus_per_worker)
     pools = [Path(p) for p in ([pool] if isinstance(pool, (str, Path)) else pool)]
