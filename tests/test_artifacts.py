@@ -192,7 +192,7 @@ def test_teacher_artifact_holds_its_supports(saved) -> None:
 
 
 @pytest.mark.parametrize("kind", ["teacher", "student"])
-def test_config_json_contents(saved, kind) -> None:
+def test_config_json_contents(models, saved, kind) -> None:
     config = json.loads((saved[kind] / "config.json").read_text())
     assert config["kind"] == kind
     assert config["backbone"]["name"] == "test-resnet"
@@ -206,7 +206,9 @@ def test_config_json_contents(saved, kind) -> None:
     assert config["support"]["fingerprint"] == "f" * 64
     assert config["versions"]["fsdistill"] == __version__ and "torch" in config["versions"]
     assert config["fsdistill_version"] == __version__
-    assert isinstance(config["parameters"], int) and config["parameters"] > 0
+    # the model's parameters, as distill prints them and profile reports them (not its buffers too)
+    model = models[0] if kind == "teacher" else models[1]
+    assert config["parameters"] == sum(p.numel() for p in model.parameters())
 
 
 @pytest.mark.parametrize("kind", ["teacher", "student"])

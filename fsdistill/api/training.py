@@ -41,8 +41,8 @@ from fsdistill.models.build import (
     build_student,
     build_teacher,
     load_model,
+    parameter_count,
     save_model,
-    stored_parameters,
 )
 from fsdistill.models.grow import copy_student_classes, match_classes
 from fsdistill.models.student import DistilledStudent
@@ -638,7 +638,7 @@ def distill(
             student_dir=student_dir,
             stats=common["training"],
             check=check,
-            student_parameters=stored_parameters(student.state_dict()),
+            student_parameters=parameter_count(student),
             student_mb=(student_dir / WEIGHTS_FILE).stat().st_size / 2**20,
         )
 

@@ -34,7 +34,7 @@ __all__ = [
     "LoadedModel",
     "save_model",
     "load_model",
-    "stored_parameters",
+    "parameter_count",
 ]
 
 # The decoder of artifacts whose stored config names none (see _stored_model_cfg).
@@ -156,9 +156,10 @@ class LoadedModel:
         return self.model.predict(images)
 
 
-def stored_parameters(tensors: dict[str, torch.Tensor]) -> int:
-    """Numbers an artifact stores for its model (weights and buffers; a teacher's support images not counted)."""
-    return sum(t.numel() for k, t in tensors.items() if not k.startswith("support."))
+def parameter_count(model: nn.Module) -> int:
+    """The model's parameters (its weights, not the buffers such as BatchNorm statistics): the number ``distill``
+    prints, the artifact records and ``profile`` reports."""
+    return sum(p.numel() for p in model.parameters())
 
 
 def save_model(
@@ -203,7 +204,7 @@ def save_model(
         "support": support_info,
         "training": training or {},
         "versions": library_versions(),
-        "parameters": stored_parameters(tensors),
+        "parameters": parameter_count(model),
     }
     return save_artifact(Path(directory), tensors, config)
 

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from fsdistill.config import ModelCfg, load_config
 from fsdistill.errors import CheckpointError, ConfigError
 from fsdistill.models.backbone_specs import DEFAULT_BACKBONE, backbone_spec
+from fsdistill.models.build import parameter_count
 from fsdistill.profiling.config import DEFAULT_WAYS, ProfileCfg, ProfileResult, shot_grid
 from fsdistill.profiling.measure import MemoryMeter, _Estimator, _free, _load_average, _Measure, _Runner, _sync, is_oom
 from fsdistill.profiling.report import _write_plot, _write_tables, headline_ratios, render_markdown
@@ -246,14 +247,14 @@ def _measure_pair(
             "memory_format": layout_name,
             "over_backbone": _paired_ratio(m, measured["backbone"]),
         }
-        data["rows"].append(_row("student", ways, shots, m, _params(models.student), query.shape[0], **extra))
+        data["rows"].append(_row("student", ways, shots, m, parameter_count(models.student), query.shape[0], **extra))
     m = measured["backbone"]
     extra = {
         "weights_mb": round(_weights_mb(models.backbone), 1),
         "note": m.note or "the student's backbone alone, run alternately with the student in this cell",
         "memory_format": layout_name,
     }
-    data["rows"].append(_row("backbone", ways, shots, m, _params(models.backbone), query.shape[0], **extra))
+    data["rows"].append(_row("backbone", ways, shots, m, parameter_count(models.backbone), query.shape[0], **extra))
 
 
 def _measure_teacher(
@@ -303,7 +304,7 @@ def _measure_teacher(
     if notes:
         measure.note = "; ".join(notes + ([measure.note] if measure.note else []))
     extra["voting"] = voting
-    data["rows"].append(_row("teacher", ways, shots, measure, _params(teacher), query.shape[0], **extra))
+    data["rows"].append(_row("teacher", ways, shots, measure, parameter_count(teacher), query.shape[0], **extra))
     _free(runner.device, collect=False)
 
 
@@ -365,10 +366,6 @@ class _Models:
             else:
                 self._pair = (None, for_inference(copy.deepcopy(self.backbone), device, "student"))
         return self._pair
-
-
-def _params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def _tensors_mb(tensors: list[Tensor]) -> float:
