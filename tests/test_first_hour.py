@@ -387,6 +387,12 @@ def test_check_reports_every_bad_file(runner, tmp_path) -> None:
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["num_pairs"] == 5 and len(report["broken_pairs"]) == 3 and "s1.png" in report["broken_pairs"][0]
     assert report["images_per_class"]["foreground"] == 2  # s0 and s3
+    # every pair broken: no figures of zero pairs that look measured, no "appears in no mask" for every class
+    for key in ("s0", "s3"):
+        (root / "masks" / f"{key}.png").write_bytes(b"not a png")
+    result = runner.invoke(app, ["check", str(root)])
+    assert result.exit_code == 2 and "Broken pairs: all 5, so there is nothing to measure." in result.stdout
+    assert "Image sizes" not in result.stdout and "appears in no mask" not in result.stdout
 
 
 def test_check_caps_the_list_of_bad_files(runner, tmp_path) -> None:

@@ -66,6 +66,15 @@ class CheckReport:
         lines = [
             f"Support folder: {self.root}",
             f"Layout: {self.layout}, masks: {self.mask_kind}, pairs: {self.num_pairs}",
+        ]
+        if self.num_pairs and len(self.broken_pairs) == self.num_pairs:
+            # No pair could be read: sizes and pixel figures of none would be zeros that look measured.
+            lines.append(f"Classes ({len(self.class_names) - 1} + background, names from {self.names_source}): "
+                         f"{', '.join(self.class_names)}")  # fmt: skip
+            lines.append(f"Broken pairs: all {self.num_pairs}, so there is nothing to measure.")
+            lines += [f"  - {w}" for w in self.warnings]
+            return "\n".join(lines)
+        lines += [
             f"Image sizes: width {self.min_width}-{self.max_width} px, height {self.min_height}-{self.max_height} px",
             f"Classes ({len(self.class_names) - 1} + background, names from {self.names_source}):",
         ]
@@ -188,7 +197,8 @@ def check_support(root: Path | str, progress: Callable[[int, int], None] | None 
             f"{_examples(only_ignore)}; if 255 marks the object there, repaint it with its class id."
         )
     labelled = max(total - ignored, 1)
-    for cid in range(1, k):
+    # With no readable pair, "appears in no mask" would be said of every class: the broken pairs say what is wrong.
+    for cid in range(1, k if len(problems) < n else 1):
         name, seen, tiny = names[cid], len(keys_with[cid]), len(tiny_keys[cid])
         if not seen:
             # The fix depends on where the name came from: a names file, a class folder, COCO categories.
