@@ -236,6 +236,17 @@ def test_to_uint8_rgb_shapes() -> None:
     assert to_uint8_rgb(np.zeros((30, 20, 25), np.uint16)).shape == (20, 25, 3)  # a stack: first plane
 
 
+def test_a_broken_link_or_a_folder_given_as_an_image_is_named_so(tmp_path: Path) -> None:
+    """A dangling symlink listed in its folder was said not to exist; a folder given as an image was "no such
+    file"."""
+    link = tmp_path / "dangling.png"
+    link.symlink_to(tmp_path / "gone.png")
+    with pytest.raises(DataError, match=r"dangling\.png is a broken symbolic link \(to .*gone\.png\); fix the link"):
+        read_image(link)
+    with pytest.raises(DataError, match=r"is a folder, not an image file"):
+        read_image(tmp_path)
+
+
 @pytest.mark.parametrize("kind", ["truncated-jpeg", "truncated-png", "not-an-image", "missing"])
 def test_unreadable_image(tmp_path: Path, syn_data, kind: str) -> None:
     arr = syn_data.image(64, 64)

@@ -55,7 +55,15 @@ ImageSource = Path | str | _StoredImage
 
 def _cannot_read(path: ImageSource, reason: str) -> DataError:
     if isinstance(path, (str, Path)) and not Path(path).exists():  # re-exporting a file that is not there: no help
+        if Path(path).is_symlink():  # listed in its folder, so "does not exist" would puzzle
+            return DataError(
+                f"Image {path} is a broken symbolic link (to {os.readlink(path)}); fix the link or remove it."
+            )
         return DataError(f"Image {path} does not exist; check the path.")
+    if isinstance(path, (str, Path)) and Path(path).is_dir():
+        return DataError(
+            f"Image {path} is a folder, not an image file; pass the images in it (fsdistill.predict takes folders)."
+        )
     reason = reason.strip().rstrip(".") or "unknown format"
     return DataError(f"Cannot read image {path}: {reason}. Re-export it as PNG or JPEG or remove it.")
 
