@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -37,7 +39,8 @@ DEFAULT_NORM_ADAPT = 0.5
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No inf or NaN: a learning rate of inf trained into a NaN loss; "no limit" is null where a field allows it.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelCfg(_Strict):
@@ -274,12 +277,20 @@ class TrainCfg(_Strict):
         unknown = sorted(set(value) - set(TRAINABLE_GROUPS))
         if unknown:
             raise ValueError(f"unknown trainable group(s) {unknown}; choose from {list(TRAINABLE_GROUPS)}")
+        if not value:
+            raise ValueError(f"no group to train; choose at least one of {list(TRAINABLE_GROUPS)}")
         return value
 
     @model_validator(mode="after")
     def _step_bounds(self) -> TrainCfg:
         if self.min_steps > self.max_steps:
             raise ValueError(f"min_steps ({self.min_steps}) is above max_steps ({self.max_steps})")
+        if self.polish_steps and not self.student_batch and "polish_steps" in self.model_fields_set:
+            # The polish phase trains on batches of student_batch images: with none it would be skipped silently.
+            raise ValueError(
+                f"polish_steps ({self.polish_steps}) needs student_batch of 1 or more (the polish phase trains on "
+                "batches of that many supports); set student_batch, or polish_steps: 0"
+            )
         return self
 
 
@@ -345,53 +356,86 @@ def _given(overrides: dict[str, Any], loc: tuple) -> bool:
     return not isinstance(node, dict)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently: a second
+    ``train:`` section dropped the first's options)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`, merged by the base class
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(
+                    f"sets {key!r} twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); keep one"
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """A config file's mapping of options ({} for an empty file).
+
+    Raises:
+        ConfigError: a folder or a missing file, unreadable bytes, invalid YAML, a key given twice, or a file that
+            is not a mapping.
+    """
+    if path.is_dir():
+        raise ConfigError(f"Config file {path} is a folder; pass a YAML file to --config.")
+    if not path.is_file():
+        raise ConfigError(f"Config file {path} does not exist; pass an existing YAML file to --config.")
+    try:
+        # Bytes, not text: PyYAML reads the UTF-16 a Windows editor or shell may have written (by its BOM).
+        data = yaml.load(path.read_bytes(), Loader=_UniqueKeyLoader)  # a SafeLoader
+    except ConfigError as exc:
+        raise ConfigError(f"Config file {path} {exc}.") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"Config file {path} is not valid YAML ({exc.__class__.__name__}); fix its syntax.") from None
+    except OSError as exc:
+        raise ConfigError(f"Cannot read config file {path} ({exc.strerror or exc}); check its permissions.") from None
+    data = {} if data is None else data  # an empty file (or comments only): no options
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {path} must hold a mapping of option names to values.")
+    return data
+
+
 def load_config(
     cls: type[_Strict],
     yaml_path: Path | None = None,
     overrides: dict[str, Any] | None = None,
     flag_names: bool = False,
     command: str | None = None,
+    data: Mapping[str, Any] | None = None,
 ) -> Any:
-    """Build ``cls`` from its defaults, then ``yaml_path``, then the non-None ``overrides`` (nested dicts).
+    """Build ``cls`` from its defaults, then ``yaml_path`` (or ``data``), then the non-None ``overrides`` (nested
+    dicts).
 
     Args:
         flag_names: the overrides came from command-line flags: a bad value there is named by its flag (``--steps``),
             not by its config key (``train.steps``).
         command: the command being run; a YAML's ``command:`` key (a run's own ``config.resolved.yaml`` has one)
             must name it.
+        data: the YAML's content given as a mapping (the Python API's ``fsdistill.distill({...})``): read as the file
+            is, an explicit None included (``student_width: None`` is the paper's width, not "not given").
 
     Raises:
         ConfigError: unreadable YAML, an unknown key, a value out of range, a ``command:`` of another command, or
             a required option given neither as a flag nor in the YAML.
     """
-    data: dict[str, Any] = {}
     if yaml_path is not None:
-        path = Path(yaml_path)
-        if path.is_dir():
-            raise ConfigError(f"Config file {path} is a folder; pass a YAML file to --config.")
-        if not path.is_file():
-            raise ConfigError(f"Config file {path} does not exist; pass an existing YAML file to --config.")
-        try:
-            # Bytes, not text: PyYAML reads the UTF-16 a Windows editor or shell may have written (by its BOM).
-            data = yaml.safe_load(path.read_bytes())
-        except yaml.YAMLError as exc:
+        where, data = f"Config file {yaml_path} is", _read_yaml(Path(yaml_path))
+    else:
+        where, data = "The options are", copy.deepcopy(dict(data)) if data is not None else {}
+    # A run's own config.resolved.yaml names its command; the class says which one is being run.
+    command = command or {AdaptCfg: "adapt", DistillCfg: "distill"}.get(cls)
+    if "command" in data and command is not None:
+        recorded = data.pop("command")
+        if recorded != command:
             raise ConfigError(
-                f"Config file {path} is not valid YAML ({exc.__class__.__name__}); fix its syntax."
-            ) from None
-        except OSError as exc:
-            raise ConfigError(
-                f"Cannot read config file {path} ({exc.strerror or exc}); check its permissions."
-            ) from None
-        data = {} if data is None else data  # an empty file (or comments only): no options
-        if not isinstance(data, dict):
-            raise ConfigError(f"Config file {path} must hold a mapping of option names to values.")
-        if "command" in data and command is not None:
-            recorded = data.pop("command")
-            if recorded != command:
-                raise ConfigError(
-                    f"Config file {path} is for fsdistill {recorded} (command: {recorded}); run it with fsdistill "
-                    f"{recorded}, or delete its command: line to use its options with {command}."
-                )
+                f"{where} for fsdistill {recorded} (command: {recorded}); run it with fsdistill "
+                f"{recorded}, or delete its command: line to use its options with {command}."
+            )
     data = _deep_merge(data, overrides or {})
     try:
         return cls.model_validate(data)

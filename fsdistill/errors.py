@@ -6,7 +6,15 @@ turns any :class:`FsdistillError` into one line on stderr and exit code 2. Anyth
 
 from __future__ import annotations
 
-__all__ = ["FsdistillError", "DataError", "CheckpointError", "ConfigError", "DeviceError", "DependencyError"]
+__all__ = [
+    "FsdistillError",
+    "DataError",
+    "CheckpointError",
+    "ConfigError",
+    "DeviceError",
+    "DependencyError",
+    "TrainingError",
+]
 
 
 class FsdistillError(Exception):
@@ -31,3 +39,7 @@ class DeviceError(FsdistillError):
 
 class DependencyError(FsdistillError):
     """An optional package that this command needs is not installed (the message names the pip extra)."""
+
+
+class TrainingError(FsdistillError):
+    """Training cannot go on as configured (its loss diverged to inf or NaN: a learning rate too high)."""

@@ -48,6 +48,7 @@ def test_kept_classes_keep_their_coarse_maps_at_their_new_position(width, decode
     new = build_student(build_teacher(cfg, 4, pretrained=False), width, cfg.refiner).eval()
     match = match_classes(["background", "a", "b", "c"], ["background", "c", "new", "a", "b"], [], "RUN")
     prior = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    old.class_prior.copy_(torch.tensor([0.05, 0.15, 0.25]))
     copy_student_classes(new, old, match, prior)
     with torch.no_grad():
         feats = old.backbone(torch.randn(2, 3, 64, 64))
@@ -58,7 +59,22 @@ def test_kept_classes_keep_their_coarse_maps_at_their_new_position(width, decode
                 torch.testing.assert_close(stage_new[:, to_class], torch.full_like(stage_new[:, to_class], 0.2))
             else:
                 torch.testing.assert_close(stage_new[:, to_class], stage_old[:, from_class])
-    torch.testing.assert_close(new.class_prior, prior)
+    # a kept class keeps its recorded foreground fraction (the decoder's coarse-map prior reads it), a new one
+    # takes the new folder's; with the run's decoder its per-class logits are the run's
+    torch.testing.assert_close(new.class_prior, torch.tensor([0.25, 0.2, 0.05, 0.15]))
+    new.decoder.load_state_dict(old.decoder.state_dict())
+
+    def class_logits(student, feats):
+        coarse = [c.flatten(0, 1) for c in student.coarse_maps(feats)]
+        skip = student.decoder.skip_features(feats[0][-1], feats[1][-1])
+        logits = student.decoder(coarse, skip, student.class_prior.repeat(2))
+        return logits.view(2, student.num_classes, *logits.shape[1:])
+
+    with torch.no_grad():
+        before, after = class_logits(old, feats), class_logits(new, feats)
+    for to_class, from_class in enumerate(match.source):
+        if from_class is not None:
+            torch.testing.assert_close(after[:, to_class], before[:, from_class])
 
 
 def test_refiner_weights_move_with_their_class() -> None:
@@ -112,6 +128,8 @@ def test_distill_init_adds_a_class_and_records_it(tiny_multi_run, tiny_data, tmp
     # classes predicted something else than the run did)
     old_decoder, new_decoder = old_student.decoder.state_dict(), student.model.decoder.state_dict()
     assert all(torch.equal(old_decoder[k], new_decoder[k]) for k in old_decoder)
+    # and the kept classes keep their recorded class fractions (the new folder's moved their predictions)
+    torch.testing.assert_close(student.model.class_prior[:3], old_student.class_prior)
     # with training steps the run trains on (the automatic budget is skipped in tests: 2 steps)
     trained = api.distill(_cfg(grown, tmp_path / "run2", init=tiny_multi_run.run_dir))
     assert trained.stats["steps"] == TINY_TRAIN["steps"]

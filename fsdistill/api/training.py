@@ -156,23 +156,27 @@ def _artifact_fields(cfg: AdaptCfg | DistillCfg, index: SupportIndex, stats: Tra
 
 
 def _as_config(cfg: Any, cls: type[AdaptCfg] | type[DistillCfg]) -> Any:
-    """``cfg`` as a ``cls`` (one already, or a mapping of its options as in the YAML, None = not given), its paths
-    made absolute.
+    """``cfg`` as a ``cls`` (one already, or a mapping of its options read as a YAML file is), its paths made
+    absolute.
 
     Raises:
         ConfigError: anything else (an AdaptCfg for distill, a path), or a mapping with bad options.
     """
     if isinstance(cfg, Mapping):
-        cfg = load_config(cls, None, dict(cfg))
+        cfg = load_config(cls, data=cfg, command="adapt" if cls is AdaptCfg else "distill")
     if isinstance(cfg, cls):
         # Recorded (config.resolved.yaml, the artifacts) as absolute paths: the file reruns the run from any folder.
-        paths = ("support", "out", "teacher", "init", "unlabeled")
         absolute = {
             name: Path(value).expanduser().absolute()
-            for name in paths
+            for name in ("support", "out", "teacher", "init", "unlabeled")
             if (value := getattr(cfg, name, None)) is not None
         }
-        return cfg.model_copy(update=absolute)
+        weights = {
+            name: Path(value).expanduser().absolute()
+            for name in ("backbone_weights", "teacher_weights")
+            if (value := getattr(cfg.model, name, None)) is not None
+        }
+        return cfg.model_copy(update={**absolute, "model": cfg.model.model_copy(update=weights)})
     command, article = ("adapt", "an") if cls is AdaptCfg else ("distill", "a")
     raise ConfigError(
         f"fsdistill.{command} takes {article} {cls.__name__} or a mapping of its options (as in the YAML), not a "

@@ -123,11 +123,17 @@ def _copy_refiner(target: SharedRefiner, source: SharedRefiner, match: ClassMatc
 @torch.no_grad()
 def copy_student_classes(target: DistilledStudent, source: DistilledStudent, match: ClassMatch, prior: Tensor) -> None:
     """Start ``target`` (the new folder's N classes) from ``source`` (the run's student): kept classes take their
-    trained ConvDist blocks, new ones a fresh block whose output starts at ``prior`` (N foreground fractions); the
+    trained ConvDist blocks and recorded foreground fractions, new ones a fresh block whose output starts at their
+    ``prior`` (N foreground fractions of the new folder); the
     refiner is copied when both have one (a run from before the refiner gives a fresh, unrefining one)."""
     target.set_class_prior(prior)
     kept = [(to_class, from_class) for to_class, from_class in enumerate(match.source) if from_class is not None]
     for new_dist, old_dist in zip(target.convdist, source.convdist):
         _copy_convdist(new_dist, old_dist, kept)
+    with torch.no_grad():
+        # A kept class keeps its recorded foreground fraction too: the decoder's coarse-map prior reads it, and the
+        # new folder's fraction moved its predictions (--steps 0 would no longer be RUN's student).
+        for to_class, from_class in kept:
+            target.class_prior[to_class] = source.class_prior[from_class]
     if target.refiner is not None and source.refiner is not None:
         _copy_refiner(target.refiner, source.refiner, match)

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from fsdistill import distributed
 from fsdistill.config import TrainCfg
+from fsdistill.errors import ConfigError, TrainingError
 from fsdistill.models.backbone import cat_features
 from fsdistill.models.student import DistilledStudent, student_inputs
 from fsdistill.models.teacher import DCAMATeacher, Features
@@ -174,7 +175,7 @@ def train(
     if student is not None:
         groups += _student_groups(student, cfg)
     if not groups:
-        raise ValueError("nothing to train: choose at least one trainable group")
+        raise ConfigError("Nothing to train: choose at least one trainable group (train.train).")
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     params = [p for group in groups for p in group["params"]]
     device = cache.masks[0].device
@@ -265,7 +266,10 @@ def train(
                 else:
                     loss = (losses["teacher"] + losses["student"] + distill_term) / 3
                 if not math.isfinite(float(loss.detach())):
-                    raise FloatingPointError(f"non-finite loss {float(loss.detach())} at step {stats.steps}")
+                    raise TrainingError(
+                        f"Training diverged: the loss is {float(loss.detach())} at step {stats.steps + 1}; lower the "
+                        f"learning rate (--lr, now {cfg.lr:g}) and run again."
+                    )
                 # A term without gradient has no labelled pixel to learn from (an empty query mask, no class of the
                 # query in any sampled support, or an unlabelled batch).
                 backward = loss / cfg.episodes_per_step
