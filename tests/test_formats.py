@@ -452,3 +452,24 @@ def test_overwrite_drops_format_files_of_the_replaced_masks(shaken_multi_student
     assert not (tmp_path / COCO_FILE).exists() and not (tmp_path / CVAT_FILE).exists()
     again = api.predict([pictures / "a.png"], tmp_path, tiny_multi_run.run_dir, device="cpu", workers=0, formats="cvat")
     assert again.skipped == 1 and (tmp_path / CVAT_FILE).is_file()
+
+
+def test_a_resume_that_redoes_masks_drops_the_format_files_it_does_not_write(shaken_multi_student, pictures, tmp_path):
+    """All formats, then an image replaced and a resume asking for coco only: labelstudio_tasks.json and cvat.zip
+    stayed from the old image (1201 pixels off its new mask) beside a rewritten mask, exit 0."""
+    import shutil
+
+    folder = tmp_path / "in"
+    shutil.copytree(pictures, folder)
+    out = tmp_path / "out"
+    api.predict([folder], out, shaken_multi_student, device="cpu", workers=0, formats="coco,cvat,labelstudio")
+    assert (out / CVAT_FILE).is_file() and (out / LABELSTUDIO_TASKS_FILE).is_file()
+    shutil.copy(folder / "b.png", folder / "a.png")  # replaced by another image (and so of another date)
+    resumed = api.predict([folder], out, shaken_multi_student, device="cpu", workers=0, formats="coco")
+    assert resumed.written == 1
+    assert (
+        (out / COCO_FILE).is_file() and not (out / CVAT_FILE).exists() and not (out / LABELSTUDIO_TASKS_FILE).exists()
+    )
+    # nothing to redo: the files there stay
+    again = api.predict([folder], out, shaken_multi_student, device="cpu", workers=0, formats="cvat")
+    assert again.written == 0 and (out / COCO_FILE).is_file() and (out / CVAT_FILE).is_file()

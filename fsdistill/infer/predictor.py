@@ -470,6 +470,10 @@ def predict_files(
                 on_progress(1)
         else:
             todo.append((source, rel))
+    if todo and out.local is not None:
+        # Masks are about to change (images redone, replaced or failing): a format file an earlier run wrote would
+        # describe the old ones. Those asked for now are written again at the end; the others go.
+        remove_format_files(out.local)
     palette = predictor.palette
     written: dict[str, tuple[int, int, np.ndarray]] = {}
     for index, mask, probs, error in predictor.outputs([s for s, _ in todo], batch_size, workers, formats.scored):
