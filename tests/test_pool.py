@@ -182,6 +182,25 @@ def test_distill_with_a_pool_records_it_in_the_artifact(tiny_data, tmp_path) -> 
     assert again.stats["pool"]["images"] == 2 and again.stats["pool"]["pool_size"] == images + 2
 
 
+def test_a_pool_image_deleted_while_the_pool_phase_trains_loses_nothing(tiny_data, tmp_path, monkeypatch) -> None:
+    """The fingerprint read every pool file again after the pool phase: one deleted meanwhile was a
+    FileNotFoundError and the finished run was lost (no teacher, no student)."""
+    from fsdistill.api import training as training_api
+
+    pool = tmp_path / "pool"
+    shutil.copytree(tiny_data.multi_heldout / "images", pool)
+    real_train = training_api.train
+
+    def tidied_during_training(*args, **kwargs):
+        if kwargs.get("pool") is not None:
+            sorted(pool.iterdir())[0].unlink()
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(training_api, "train", tidied_during_training)
+    run = api.distill(_distill_cfg(tiny_data.multi, tmp_path / "run", pool))
+    assert run.student_dir.is_dir() and len(run.stats["pool"]["fingerprint"]) == 64
+
+
 def test_the_support_folder_as_pool_leaves_its_images_and_masks_out(tiny_data, tmp_path) -> None:
     support = tmp_path / "support"
     shutil.copytree(tiny_data.multi, support)
@@ -256,3 +275,16 @@ def test_distill_cli_reports_the_pool(tiny_data, tmp_path) -> None:
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "unlabeled pool: 3 of 3 images labelled by teacher and student (mean)" in result.output
+    # no class trusted: the student's own labels teach every class, and the message says so with the figures
+    config.write_text("train:\n  pool_min_iou: 1.0\n")
+    common = ["distill", "--support", str(tiny_data.multi), "--backbone", "test-resnet", "--size", "64", "--device",
+              "cpu", "--unlabeled", str(tiny_data.multi_heldout / "images"), "--config", str(config)]  # fmt: skip
+    result = CliRunner().invoke(app, [*common, "--steps", "1", "--out", str(tmp_path / "run2")])
+    assert result.exit_code == 0, result.output
+    assert "unlabeled pool: the teacher is trusted with no class (leave-one-out IoU red " in result.output
+    assert "the student's own labels teach every class" in result.output
+    # 0 steps: nothing is trained, so the pool is not used, and the run says it (it was dropped silently)
+    result = CliRunner().invoke(app, [*common, "--steps", "0", "--out", str(tmp_path / "run3")])
+    assert result.exit_code == 0 and "unlabeled pool: the pool was not used: 0 steps" in result.output
+    result = CliRunner().invoke(app, [*common[:-4], "--unlabeled", str(tmp_path / "nope"), "--steps", "1"])
+    assert_user_error(result, "does not exist; check the path of the unlabeled images")

@@ -300,6 +300,8 @@ def _pool_images(cfg: DistillCfg, index: SupportIndex) -> tuple[list[Path], int,
     """The pool images a run uses (support images and copies left out; a seeded sample of ``unlabeled_max`` from
     a larger pool, in sorted order), how many distinct images the pool holds and how many copies were left out."""
     assert cfg.unlabeled is not None
+    if not cfg.unlabeled.exists():
+        raise DataError(f"--unlabeled {cfg.unlabeled} does not exist; check the path of the unlabeled images.")
     if not cfg.unlabeled.is_dir():
         raise DataError(f"--unlabeled {cfg.unlabeled} is not a folder; pass a folder of unlabeled images.")
     # The support folder itself may be (or hold) the pool: its images and mask files are not pool images.
@@ -351,10 +353,15 @@ def _without_copies(paths: list[Path], known: list[Path]) -> list[Path]:
 
 
 def _pool_fingerprint(root: Path, paths: list[Path]) -> str:
-    """sha256 over each used pool file's path below ``root`` and the sha256 of its bytes."""
+    """sha256 over each used pool file's path below ``root`` and the sha256 of its bytes ("unreadable" for a file
+    gone since it was labelled: a pool tidied while the run goes on must not lose the run)."""
     h = hashlib.sha256()
     for path in paths:
-        h.update(f"{path.relative_to(root).as_posix()}\0{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
+        try:
+            content = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            content = "unreadable"
+        h.update(f"{path.relative_to(root).as_posix()}\0{content}\n".encode())
     return h.hexdigest()
 
 
@@ -452,6 +459,8 @@ def _train_on_pool(
             f"None of the {len(paths)} images of --unlabeled {cfg.unlabeled} could be read ({skipped[0]}); "
             "check the files or leave --unlabeled out."
         )
+    # The bytes just labelled, read now rather than after the pool phase: a file moved meanwhile has its own entry.
+    fingerprint = _pool_fingerprint(cfg.unlabeled, labelled)
     pool_stats = train(
         teacher, cache, cfg.train, student=student, freeze_teacher=cfg.freeze_teacher, quiet=quiet, pool=pool
     )
@@ -469,7 +478,7 @@ def _train_on_pool(
         "used": True,
         "images": len(labelled),
         "skipped": skipped,
-        "fingerprint": _pool_fingerprint(cfg.unlabeled, labelled),
+        "fingerprint": fingerprint,
         "labelled_fraction": round(pool.labelled_fraction(), 4),
         "label_seconds": round(label_seconds, 2),
         "label_shots": cfg.train.max_shots,
@@ -586,7 +595,13 @@ def distill(
         new_classes=new_classes,
     )
     pool_info = None
-    if pool_paths is not None and cfg.train.steps != 0:
+    if pool_paths is not None and cfg.train.steps == 0:  # said, as any pool left unused is
+        pool_info = {
+            "root": str(cfg.unlabeled),
+            "used": False,
+            "reason": "the pool was not used: 0 steps (nothing is trained)",
+        }
+    elif pool_paths is not None:
         stats, pool_info = _train_on_pool(
             cfg,
             *pool_paths,

@@ -264,12 +264,25 @@ def distill(
     if pool and not pool["used"]:
         say(f"unlabeled pool: {pool['reason']}.")
     elif pool:
-        untrusted = [c for c in pool["teacher_leave_one_out"] if c not in pool["trusted"]]
+        scores = pool["teacher_leave_one_out"]
+        untrusted = [c for c in scores if c not in pool["trusted"]]
         if untrusted:
-            say(
-                f"unlabeled pool: not used for {', '.join(untrusted)} (the teacher's leave-one-out IoU is below "
-                f"{pool['min_iou']})"
+            # The leave-one-out IoU the trust was decided on (the teacher before the pool phase; the per-class check
+            # below measures the final one), or why a class has none.
+            shown = ", ".join(
+                f"{c} {scores[c]:.2f}" if scores[c] is not None else f"{c} none (in one support)" for c in untrusted
             )
+            if pool["labeller"] == "student":
+                say(
+                    f"unlabeled pool: the teacher is trusted with no class (leave-one-out IoU {shown}; "
+                    f"{pool['min_iou']} needed): the student's own labels teach every class, without the teacher's "
+                    "maps"
+                )
+            else:
+                say(
+                    f"unlabeled pool: the teacher's labels and maps not used for {', '.join(untrusted)} (leave-one-out "
+                    f"IoU {shown}; {pool['min_iou']} needed)"
+                )
         skipped = f", {len(pool['skipped'])} unreadable skipped" if pool["skipped"] else ""
         if pool.get("copies_left_out"):
             skipped += f", {pool['copies_left_out']} copies of other pool or support images left out"
