@@ -93,6 +93,25 @@ def test_student_round_trip_is_bit_exact(models, saved) -> None:
     assert loaded.model.convdist[0].width == 6
 
 
+def test_a_loaded_model_keeps_its_backbone_source_when_saved_again(models, tmp_path) -> None:
+    """A loaded model's backbone is built without weights (the artifact's are loaded), so it said "random init":
+    a run continued with --init or --teacher recorded that instead of where the weights came from."""
+    import dataclasses
+
+    _, student, _, _ = models
+    original = student.backbone.spec
+    student.backbone.spec = dataclasses.replace(original, source="ImageNet-1k weights of a test")
+    try:
+        first = _save(models, tmp_path / "a", "student")
+    finally:
+        student.backbone.spec = original
+    loaded = load_model(first)
+    assert loaded.model.backbone.spec.source == "ImageNet-1k weights of a test"
+    again = save_model(tmp_path / "b" / "student", loaded.model, MODEL_CFG, class_names=CLASSES, palette=PALETTE,
+                       train_config={}, support_info={})  # fmt: skip
+    assert json.loads((again / "config.json").read_text())["backbone"]["source"] == "ImageNet-1k weights of a test"
+
+
 def test_teacher_round_trip_is_bit_exact(models, saved) -> None:
     teacher, _, images_u8, masks_u8 = models
     loaded = load_model(saved["teacher"])

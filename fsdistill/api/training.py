@@ -540,6 +540,7 @@ def distill(
         teacher_cfg = init_teacher.model_cfg
         teacher = build_teacher(teacher_cfg, num_classes, pretrained=False)
         teacher.load_state_dict(init_teacher.model.state_dict())
+        teacher.backbone.spec = init_teacher.model.backbone.spec  # where its weights came from, not "random init"
     elif given_teacher is not None:
         if given_teacher.class_names != index.class_names:
             raise DataError(

@@ -7,7 +7,7 @@ cached features, and not tied to one feature layout.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -242,6 +242,9 @@ def load_model(path: Path | None, kind: str | None = None) -> LoadedModel:
     num_classes = len(config["class_names"]) - 1
     # The backbone from its spec (it may carry timm overrides a ModelCfg cannot name), the rest from the config.
     backbone = create_backbone(spec.name, pretrained=False, **spec.model_args)
+    # Its weights are the artifact's: the artifact's record of where they came from stands (a continued run or an
+    # artifact saved again recorded "random init").
+    backbone.spec = replace(backbone.spec, source=spec.source)
     if config["kind"] == "teacher":
         model: nn.Module = _teacher(cfg, backbone, num_classes)
     else:
