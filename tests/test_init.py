@@ -113,7 +113,7 @@ def test_distill_init_adds_a_class_and_records_it(tiny_multi_run, tiny_data, tmp
     run = api.distill(_cfg(grown, tmp_path / "run", init=tiny_multi_run.run_dir, train={**TINY_TRAIN, "steps": 0}))
     continued = load_model(tiny_multi_run.run_dir, "student").config["weights_sha256"]  # what it continued, by hash
     assert run.stats["init"] == {"run": str(tiny_multi_run.run_dir), "student_sha256": continued,
-                                 "kept": ["red", "green", "blue"], "new": ["yellow"], "dropped": []}  # fmt: skip
+                                 "kept": ["red", "green", "blue"], "new": ["yellow"], "dropped": [], "moved": {}}  # fmt: skip
     old_t, new_t = load_model(tiny_multi_run.run_dir, "teacher"), load_model(run.run_dir, "teacher")
     old_state, new_state = old_t.model.state_dict(), new_t.model.state_dict()
     assert old_state.keys() == new_state.keys()
@@ -205,6 +205,11 @@ def test_distill_init_bad_input_is_one_sentence(tiny_multi_run, tiny_data, tmp_p
     (only_teacher / "teacher").symlink_to(tiny_multi_run.run_dir / "teacher", target_is_directory=True)
     result = runner.invoke(app, [*base[:-1], str(only_teacher), "--out", str(tmp_path / "f")])
     assert_user_error(result, "has no student", f"--teacher {only_teacher / 'teacher'}")
+    # an artifact of the run instead of the run, and a path that is not there
+    result = runner.invoke(app, [*base[:-1], str(tiny_multi_run.run_dir / "student"), "--out", str(tmp_path / "g")])
+    assert_user_error(result, f"--init takes a run folder: pass {tiny_multi_run.run_dir}, not its student/.")
+    result = runner.invoke(app, [*base[:-1], str(tmp_path / "nope"), "--out", str(tmp_path / "h")])
+    assert_user_error(result, "does not exist; pass the folder of the run to continue")
     # the run continued into itself: a stop between its two saves left neither (refused before anything)
     result = runner.invoke(app, [*base, "--out", str(tiny_multi_run.run_dir), "--overwrite"])
     assert_user_error(result, "name the same run", "new --out")
@@ -241,3 +246,18 @@ def test_a_run_on_imported_teacher_weights_replays_with_its_teacher() -> None:
     only_weights = ModelCfg.model_validate({**TINY_MODEL, "teacher_weights": "w.pth"})
     with pytest.raises(ConfigError, match="teacher_weights = None"):
         _refuse_other_model_settings(only_weights, ModelCfg(**TINY_MODEL), "The teacher runs")
+
+
+def test_init_says_when_the_folder_reorders_the_classes(tiny_multi_run, tmp_path) -> None:
+    """A names file listing the run's classes in another order moved them to other ids and colours in the new
+    model's masks, silently; and --steps 0 said the continued student was untrained."""
+    reordered = write_multiclass_folder(tmp_path / "reordered", [f"r{i}" for i in range(6)], ["blue", "red", "green"])
+    result = CliRunner().invoke(app, ["distill", "--support", str(reordered), "--backbone", "test-resnet", "--size",
+                                      "64", "--steps", "0", "--device", "cpu", "--init", str(tiny_multi_run.run_dir),
+                                      "--out", str(tmp_path / "run")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "note: class ids (mask values and colours) differ from" in result.output
+    assert "blue 3→1, red 1→2, green 2→3" in result.output
+    assert "untrained" not in result.output
+    recorded = load_model(tmp_path / "run", "student").config["training"]["init"]["moved"]
+    assert recorded == {"blue": [3, 1], "red": [1, 2], "green": [2, 3]}

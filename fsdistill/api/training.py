@@ -242,6 +242,11 @@ def _load_init(cfg: DistillCfg) -> tuple[LoadedModel, LoadedModel]:
     """The teacher and student of the run ``cfg.init`` continues from (``distill --init``)."""
     if cfg.teacher is not None:
         raise ConfigError("--init continues a run's own teacher; pass --init or --teacher, not both.")
+    assert cfg.init is not None
+    if is_artifact(Path(cfg.init)) and is_artifact(Path(cfg.init).parent / "teacher"):
+        raise ConfigError(f"--init takes a run folder: pass {Path(cfg.init).parent}, not its {Path(cfg.init).name}/.")
+    if not Path(cfg.init).exists():
+        raise ConfigError(f"--init {cfg.init} does not exist; pass the folder of the run to continue.")
     try:
         teacher = load_model(cfg.init, kind="teacher")
     except CheckpointError as err:
@@ -633,7 +638,12 @@ def distill(
         if match is not None:
             # The continued student by its weights' hash: the run folder alone may have changed since.
             weights = init[1].config.get(WEIGHTS_SHA_KEY)
-            common["training"]["init"] = {"run": str(cfg.init), "student_sha256": weights, **match.to_dict()}
+            common["training"]["init"] = {
+                "run": str(cfg.init),
+                "student_sha256": weights,
+                **match.to_dict(),
+                "moved": match.moved(index.class_names),
+            }
         teacher_dir = None
         # The teacher the student learned from is the run's: adapted here, or a given one trained on with the
         # student (only a frozen one is left where it is).

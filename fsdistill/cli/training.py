@@ -260,6 +260,13 @@ def distill(
             f"continued from {init['run']}: kept {', '.join(init['kept']) or 'no class'}; new "
             f"{', '.join(init['new']) or 'none'}; dropped {', '.join(init['dropped']) or 'none'}"
         )
+        if init.get("moved"):
+            # The folder lists its classes in another order than the run did: masks predicted by the two differ.
+            moved = ", ".join(f"{name} {ids[0]}→{ids[1]}" for name, ids in init["moved"].items())
+            say(
+                f"note: class ids (mask values and colours) differ from {init['run']}'s: {moved}; the new model's "
+                "masks follow this folder's class order."
+            )
     pool = result.stats.get("pool")
     if pool and not pool["used"]:
         say(f"unlabeled pool: {pool['reason']}.")
@@ -298,7 +305,7 @@ def distill(
         f"{f', then the student alone {polish} steps' if polish else ''} in {result.stats['seconds']:.0f} s"
         f"{_precision_words(result.stats)}"
     )
-    if result.stats["steps"] == 0:
+    if result.stats["steps"] == 0 and not init:  # a continued run's student at 0 steps is the run's
         say(
             "note: 0 steps: the student is untrained and predicts nothing useful; adapt --steps 0 gives the "
             "training-free teacher baseline."

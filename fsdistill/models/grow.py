@@ -32,6 +32,14 @@ class ClassMatch:
     new: tuple[str, ...]
     dropped: tuple[str, ...]
 
+    def moved(self, folder_classes: list[str]) -> dict[str, list[int]]:
+        """Kept classes whose class id (mask value, colour) differs from the run's: name → [run id, new id]."""
+        return {
+            folder_classes[to + 1]: [source + 1, to + 1]
+            for to, source in enumerate(self.source)
+            if source is not None and source != to
+        }
+
     def to_dict(self) -> dict[str, list[str]]:
         return {"kept": list(self.kept), "new": list(self.new), "dropped": list(self.dropped)}
 
