@@ -367,7 +367,9 @@ def test_cli_without_model_uses_the_newest_run_and_says_so(runner, monkeypatch, 
     assert "newest run under ./runs" in result.stderr
 
 
-@pytest.mark.parametrize("case", ["missing-pool", "empty-pool", "no-student", "top-0", "teacher-only-model"])
+@pytest.mark.parametrize(
+    "case", ["missing-pool", "empty-pool", "no-student", "top-0", "teacher-only-model", "out-is-json"]
+)
 def test_cli_bad_inputs_are_one_sentence_exit_2(runner, case, tiny_multi_run, tmp_path) -> None:
     pool = _pool(tmp_path / "pool", range(2))
     model = tiny_multi_run.run_dir
@@ -385,6 +387,9 @@ def test_cli_bad_inputs_are_one_sentence_exit_2(runner, case, tiny_multi_run, tm
         fragment = "no usable student"
     elif case == "teacher-only-model":
         model, fragment = tiny_multi_run.run_dir / "teacher", "a student is needed"
+    elif case == "out-is-json":  # the JSON replaced the CSV, exit 0
+        same = str(tmp_path / "ranking.out")
+        extra, fragment = ["--out", same, "--json", same], "--out and --json both name"
     else:
         extra, fragment = ["--top", "0"], "--top must be at least 1"
     result = runner.invoke(app, ["suggest", str(pool), "--model", str(model), "--device", "cpu", *extra])

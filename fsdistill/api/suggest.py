@@ -183,6 +183,8 @@ def suggest(
     for path, flag, example in ((out, "--out", "ranking.csv"), (json_out, "--json", "ranking.json")):
         if path is not None:
             ensure_writable_file(path, flag, example)
+    if out is not None and json_out is not None and Path(out).absolute() == Path(json_out).absolute():
+        raise ConfigError(f"--out and --json both name {out}; give each its own file (the JSON would replace the CSV).")
     if copy_to is not None:
         ensure_writable_dir(Path(copy_to), "--copy-to")
     student = load_model(model, kind="student")
