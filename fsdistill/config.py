@@ -8,10 +8,18 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from fsdistill.errors import ConfigError
 
@@ -41,6 +49,19 @@ DEFAULT_NORM_ADAPT = 0.5
 class _Strict(BaseModel):
     # No inf or NaN: a learning rate of inf trained into a NaN loss; "no limit" is null where a field allows it.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _plain_values(cls, value: Any, info: ValidationInfo) -> Any:
+        """Refuse what pydantic would quietly convert: a boolean where a number goes (``steps: yes`` was 1 step)
+        and an empty path (``support: ""`` was the current folder)."""
+        annotation = cls.model_fields[info.field_name].annotation if info.field_name else None
+        kinds = set(get_args(annotation)) or {annotation}
+        if isinstance(value, bool) and bool not in kinds and kinds & {int, float}:
+            raise ValueError(f"expected a number, got {value}")
+        if isinstance(value, str) and not value.strip() and Path in kinds:
+            raise ValueError("is empty; give a path")
+        return value
 
 
 class ModelCfg(_Strict):
@@ -437,6 +458,9 @@ def load_config(
                 f"{recorded}, or delete its command: line to use its options with {command}."
             )
     data = _deep_merge(data, overrides or {})
+    # `support: null` (or `~`) is not given: said as such, not as a path that is not a valid path.
+    required = {name for name, field in cls.model_fields.items() if field.is_required()}
+    data = {k: v for k, v in data.items() if v is not None or k not in required}
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
@@ -463,4 +487,12 @@ def load_config(
                 f"Invalid configuration{source}: {where} must be a section of options, one `name: value` per "
                 f"indented line below `{where}:`{hint if where == 'train' else ''}."
             ) from None
-        raise ConfigError(f"Invalid configuration{source}: {where}: {err['msg']}.") from None
+        if err["type"] == "extra_forbidden" and len(err["loc"]) == 1 and "." in str(err["loc"][0]):
+            section, _, key = str(err["loc"][0]).partition(".")
+            raise ConfigError(
+                f"Invalid configuration{source}: {where} is not an option; options in a section are nested: "
+                f"{{'{section}': {{'{key}': ...}}}} (in YAML, {key}: indented under {section}:)."
+            ) from None
+        raise ConfigError(
+            f"Invalid configuration{source}: {where}: {str(err['msg']).removeprefix('Value error, ')}."
+        ) from None

@@ -162,6 +162,13 @@ def test_bad_training_options(runner, tiny_data, tmp_path, command, extra, fragm
         # a section given as a value (the flags' empty sections used to replace it, so it was ignored, exit 0)
         ("train: [mapper, attention]\n", "train must be a section of options"),
         ("model: resnet50\n", "model must be a section of options"),
+        # silently read otherwise: the last of two sections, `yes` as 1 step, inf as a rate, "" as the current folder
+        ("train:\n  steps: 0\ntrain:\n  seed: 3\n", "sets 'train' twice (lines 1 and 3); keep one"),
+        ("train:\n  seed: yes\n", "train.seed: expected a number, got True"),
+        ("train:\n  lr: .inf\n", "train.lr: Input should be a finite number"),
+        ("train:\n  train: []\n", "no group to train"),
+        ("train:\n  student_batch: 0\n  polish_steps: 5\n", "polish_steps (5) needs student_batch of 1"),
+        ("model:\n  decoder: dcama\n  refiner: true\n", "model: the refiner works with the light"),
     ],
     ids=[
         "unknown-nested-key",
@@ -172,6 +179,12 @@ def test_bad_training_options(runner, tiny_data, tmp_path, command, extra, fragm
         "false",
         "train-as-list",
         "model-as-name",
+        "duplicate-section",
+        "bool-as-steps",
+        "inf-lr",
+        "no-group",
+        "polish-without-batch",
+        "dcama-refiner",
     ],  # fmt: skip
 )
 def test_bad_config_yaml(runner, tiny_data, tmp_path, yaml_text, fragment) -> None:

@@ -233,3 +233,30 @@ def test_evaluate_matches_the_same_classes_listed_in_another_order(shaken_multi_
     (swapped / "classes.txt").write_text("background\nred\ngreen\nyellow\n")
     with pytest.raises(DataError, match=r"not the model's: \['yellow'\]; not here: \['blue'\]"):
         fsdistill.evaluate(swapped, model=shaken_multi_student, device="cpu", workers=0)
+
+
+def test_a_mapping_is_read_as_a_yaml_file_is(tmp_path) -> None:
+    """fsdistill.distill({...}) dropped explicit None values (student_width: None is the paper's width, not the
+    default 8; max_minutes: None is no cap), kept relative weight paths in the recorded config, and refused a run's
+    own `command:` key; dotted keys got "Extra inputs are not permitted"."""
+    from fsdistill.api.training import _as_config
+    from fsdistill.config import AdaptCfg, DistillCfg, load_config
+    from fsdistill.errors import ConfigError
+
+    mapping = {"command": "distill", "support": "s", "out": "r", "model": {"student_width": None,
+               "backbone_weights": "w.pth"}, "train": {"max_minutes": None}}  # fmt: skip
+    cfg = _as_config(mapping, DistillCfg)
+    assert cfg.model.student_width is None and cfg.train.max_minutes is None
+    assert cfg.model.backbone_weights == (Path.cwd() / "w.pth") and cfg.support.is_absolute()
+    with pytest.raises(ConfigError, match="The options are for fsdistill distill"):
+        _as_config(mapping, AdaptCfg)
+    with pytest.raises(ConfigError, match=r"train.steps is not an option; .*\{'train': \{'steps': ...\}\}"):
+        load_config(DistillCfg, overrides={"support": "s", "train.steps": 5})
+    with pytest.raises(ConfigError, match="No support given"):
+        load_config(DistillCfg, data={"support": None})
+    with pytest.raises(ConfigError, match="support: is empty; give a path"):
+        load_config(DistillCfg, data={"support": " "})
+    # a run's own config.resolved.yaml, without naming the command: the class says it
+    resolved = tmp_path / "config.resolved.yaml"
+    resolved.write_text("command: adapt\nsupport: s\n")
+    assert load_config(AdaptCfg, resolved).support == Path("s")

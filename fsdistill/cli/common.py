@@ -48,6 +48,24 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+
+def non_empty_text(value: str) -> str:
+    """A path given as text (an object-store URI may be one): an empty one (an unset shell variable, ``--out
+    "$RUN"``) is refused, not read as the current folder (a run written into it, a folder scanned from it)."""
+    if not str(value).strip():
+        raise typer.BadParameter("is empty; give a path (an unset shell variable?)")
+    return str(value)
+
+
+def non_empty_path(value: str) -> Path:
+    """A path option's value, refused when empty (see :func:`non_empty_text`)."""
+    return Path(non_empty_text(value))
+
+
+# Path options and arguments: empty values refused, and the help names them <path> (as typer shows a Path).
+path_option = functools.partial(typer.Option, parser=non_empty_path, metavar="<path>")
+path_argument = functools.partial(typer.Argument, parser=non_empty_path)
+
 # Option types that several commands share.
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | mps (auto: cuda, then mps, then cpu).")]
 # adapt / distill: None leaves the --config file's device: (default auto) in place.
@@ -64,15 +82,15 @@ QuietOpt = Annotated[
 InferSeedOpt = Annotated[
     int | None, typer.Option("--seed", help="Accepted like every command's (inference is deterministic).")
 ]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file of options (flags override it).")]
+ConfigOpt = Annotated[Path | None, path_option("--config", help="YAML file of options (flags override it).")]
 BackboneOpt = Annotated[
     str | None, typer.Option("--backbone", help="efficientnet-lite0 (default, offline), resnet50, swin-b.")
 ]
 BackboneWeightsOpt = Annotated[
-    Path | None, typer.Option("--backbone-weights", help="Local .pth/.safetensors backbone weights (no download).")
+    Path | None, path_option("--backbone-weights", help="Local .pth/.safetensors backbone weights (no download).")
 ]
 TeacherWeightsOpt = Annotated[
-    Path | None, typer.Option("--teacher-weights", help="Official DCAMA/DistillFSS checkpoint to start from.")
+    Path | None, path_option("--teacher-weights", help="Official DCAMA/DistillFSS checkpoint to start from.")
 ]
 # Typer cannot show defaults of options whose default is None (None lets --config YAML values through), so the
 # help texts say them; tests/test_first_hour.py checks them against config.py. No square brackets: typer's rich
@@ -96,10 +114,10 @@ LrOpt = Annotated[float | None, typer.Option("--lr", help="AdamW learning rate (
 SizeOpt = Annotated[
     int | None, typer.Option("--size", help="Square input size in pixels, a multiple of 32 (default 384).")
 ]
-OutRunOpt = Annotated[Path | None, typer.Option("--out", help="Run folder (default runs/<date>-<time>).")]
+OutRunOpt = Annotated[Path | None, path_option("--out", help="Run folder (default runs/<date>-<time>).")]
 SupportOpt = Annotated[
     Path | None,
-    typer.Option(
+    path_option(
         "--support",
         help="Support folder (images + masks, or an annotation tool's export: COCO, CVAT, Label Studio; a .zip is "
         "unpacked to a cache); required unless the --config YAML sets support:.",
@@ -166,7 +184,7 @@ GpusPerWorkerOpt = Annotated[
     typer.Option("--gpus-per-worker", min=0, help="With --engine ray: GPUs per actor (default 0; 0.5 shares one)."),
 ]
 ModelOpt = Annotated[
-    Path | None, typer.Option("--model", help="Run folder or artifact folder (default: newest run under ./runs).")
+    Path | None, path_option("--model", help="Run folder or artifact folder (default: newest run under ./runs).")
 ]
 
 

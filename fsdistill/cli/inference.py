@@ -26,6 +26,9 @@ from fsdistill.cli.common import (
     check_json_target,
     engine_option,
     model_command,
+    non_empty_text,
+    path_argument,
+    path_option,
 )
 
 
@@ -36,6 +39,7 @@ def predict(
         list[str],
         typer.Argument(
             metavar="INPUTS",
+            parser=non_empty_text,
             help="Image files or folders (searched recursively), or object-store prefixes s3://BUCKET/PREFIX, "
             "gs://BUCKET/PREFIX (pip install 'fsdistill\\[ray]').",
         ),
@@ -43,7 +47,10 @@ def predict(
     out: Annotated[
         str,
         typer.Option(
-            "-o", "--out", help="Output folder (masks/, overlays/, predictions.csv), or s3://BUCKET/PREFIX, gs://..."
+            "-o",
+            "--out",
+            parser=non_empty_text,
+            help="Output folder (masks/, overlays/, predictions.csv), or s3://BUCKET/PREFIX, gs://...",
         ),
     ],
     model: ModelOpt = None,
@@ -154,11 +161,11 @@ def predict(
 def evaluate(
     data_dir: Annotated[
         Path,
-        typer.Argument(metavar="DATA_DIR", help="Labelled folder (any support layout) with the model's classes."),
+        path_argument(metavar="DATA_DIR", help="Labelled folder (any support layout) with the model's classes."),
     ],
     model: ModelOpt = None,
     teacher: Annotated[bool, typer.Option("--teacher", help="Evaluate the run's teacher with its supports.")] = False,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the result as JSON here.")] = None,
+    json_out: Annotated[Path | None, path_option("--json", help="Write the result as JSON here.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 8,
     workers: Annotated[
         int | None,
@@ -210,9 +217,9 @@ def profile(
     ] = 5,
     model: Annotated[
         Path | None,
-        typer.Option("--model", help="Run or artifact folder to time (default: random-weight models, no run needed)."),
+        path_option("--model", help="Run or artifact folder to time (default: random-weight models, no run needed)."),
     ] = None,
-    out: Annotated[Path, typer.Option("--out", help="Output folder for profile.json/.csv/.md/.png.")] = Path("profile"),
+    out: Annotated[Path, path_option("--out", help="Output folder for profile.json/.csv/.md/.png.")] = Path("profile"),
     no_cache: Annotated[
         bool,
         typer.Option(
@@ -289,7 +296,7 @@ def export(
     format: Annotated[str, typer.Option("--format", help="Export format: onnx (the only one).")] = "onnx",
     out: Annotated[
         Path | None,
-        typer.Option(
+        path_option(
             "-o",
             "--out",
             help="Output file, or a folder for student.onnx (default: RUN/student.onnx beside the artifact).",
@@ -297,7 +304,7 @@ def export(
     ] = None,
     images: Annotated[
         list[Path] | None,
-        typer.Option(
+        path_option(
             "--images", help="Images or folders for the parity check, the first 4 used (default: the run's supports)."
         ),
     ] = None,
@@ -345,23 +352,23 @@ def export(
 def suggest(
     pool: Annotated[
         list[Path],
-        typer.Argument(metavar="POOL", help="Unlabelled images: folders (searched recursively) or files."),
+        path_argument(metavar="POOL", help="Unlabelled images: folders (searched recursively) or files."),
     ],
     model: ModelOpt = None,
     top: Annotated[
         int, typer.Option("--top", help="How many images to suggest (CSV, JSON, --copy-to); all are scored.")
     ] = 20,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Write the top images' scores to this CSV file.")
+        Path | None, path_option("--out", "-o", help="Write the top images' scores to this CSV file.")
     ] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the same as JSON here.")] = None,
+    json_out: Annotated[Path | None, path_option("--json", help="Write the same as JSON here.")] = None,
     copy_to: Annotated[
         Path | None,
-        typer.Option("--copy-to", help="Copy the top image files into this folder to label them (names kept)."),
+        path_option("--copy-to", help="Copy the top image files into this folder to label them (names kept)."),
     ] = None,
     teacher: Annotated[
         Path | None,
-        typer.Option(
+        path_option(
             "--teacher",
             help="Teacher to compare the student with (default: the run's teacher/, else the one it was distilled from).",
         ),

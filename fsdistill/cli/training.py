@@ -38,6 +38,8 @@ from fsdistill.cli.common import (
     command,
     engine_option,
     model_command,
+    path_argument,
+    path_option,
     torchrun_group,
 )
 
@@ -45,9 +47,9 @@ from fsdistill.cli.common import (
 @command
 def check(
     support_dir: Annotated[
-        Path, typer.Argument(metavar="SUPPORT_DIR", help="Support folder (or .zip export) to validate.")
+        Path, path_argument(metavar="SUPPORT_DIR", help="Support folder (or .zip export) to validate.")
     ],
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON here.")] = None,
+    json_out: Annotated[Path | None, path_option("--json", help="Also write the report as JSON here.")] = None,
     device: Annotated[
         str, typer.Option("--device", help="Accepted like every command's (check reads files only, no model).")
     ] = "auto",
@@ -130,14 +132,14 @@ def adapt(
 def distill(
     support: SupportOpt = None,
     teacher: Annotated[
-        Path | None, typer.Option("--teacher", help="Adapted teacher (RUN/teacher) to distill from.")
+        Path | None, path_option("--teacher", help="Adapted teacher (RUN/teacher) to distill from.")
     ] = None,
     freeze_teacher: Annotated[
         bool, typer.Option("--freeze-teacher", help="With --teacher: train only the student against it.")
     ] = False,
     init: Annotated[
         Path | None,
-        typer.Option(
+        path_option(
             "--init",
             help="Continue from this run (its teacher and student) after the support folder grew: classes are "
             "matched by name, a new class starts fresh, the run's model settings are kept; without --steps it stops once "
@@ -150,7 +152,7 @@ def distill(
     ] = None,
     unlabeled: Annotated[
         Path | None,
-        typer.Option(
+        path_option(
             "--unlabeled",
             help="A folder of unlabeled images like the supports: after training on the supports teacher and student label "
             "them and the student also learns from them.",
