@@ -394,3 +394,32 @@ def test_support_check_warnings_end_with_where_to_find_the_images(tmp_path, caps
     _print_support_check(dead, lines.append, run, frozen_teacher=tmp_path / "t")
     hint = capsys.readouterr().err.splitlines()[1]
     assert "--init" not in hint and f"--teacher {tmp_path / 't'} --freeze-teacher" in hint
+
+
+def test_a_diverging_run_is_one_sentence(runner, tiny_data, tmp_path) -> None:
+    """A learning rate that sends the loss to NaN ended in a FloatingPointError traceback, exit 1."""
+    args = ["adapt", "--support", str(tiny_data.binary), "--out", str(tmp_path / "run"), "--steps", "4", "--lr", "1e30"]
+    result = runner.invoke(app, [*args, *TINY])
+    assert_user_error(result, "Training diverged: the loss is", "lower the learning rate (--lr, now 1e+30)")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["adapt", "--support", "SUPPORT", "--out", ""],
+        ["adapt", "--support", ""],
+        ["check", ""],
+        ["predict", "", "-o", "OUT"],
+        ["predict", "SUPPORT", "-o", ""],
+        ["evaluate", "SUPPORT", "--json", ""],
+    ],
+    ids=["out", "support", "check", "predict-inputs", "predict-out", "evaluate-json"],
+)
+def test_empty_paths_are_refused(runner, tiny_data, tmp_path, monkeypatch, args) -> None:
+    """An empty path (an unset shell variable) was read as the current folder: a run written into it, a folder
+    scanned from it."""
+    monkeypatch.chdir(tmp_path)
+    args = [{"SUPPORT": str(tiny_data.binary), "OUT": str(tmp_path / "out")}.get(a, a) for a in args]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "is empty; give a path" in result.output, result.output
+    assert not list(tmp_path.iterdir())
