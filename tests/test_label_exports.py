@@ -410,3 +410,36 @@ def test_brush_of_another_size_is_refused(tmp_path) -> None:
 
 def test_cvat_export_without_images_says_so(predicted, tmp_path) -> None:
     _check_error(predicted / CVAT_FILE, "without its images", "Save images")
+
+
+def test_a_model_of_a_coco_folder_writes_its_pre_labels_with_the_folders_category_ids(
+    shaken_multi_student, pictures, tmp_path
+) -> None:
+    """A COCO folder whose categories are 7, 3, 12: the pre-labels renumbered them 1, 2, 3, so id 3 meant another
+    class than in the user's dataset (COCOeval, merging, an import by id swapped classes). The artifact records the
+    category ids, and --format coco (torch or onnx backend) writes them."""
+    api.predict([pictures], tmp_path / "p", shaken_multi_student, device="cpu", workers=0, formats="coco")
+    coco = json.loads((tmp_path / "p" / "coco.json").read_text())
+    renumber = {1: 7, 2: 3, 3: 12}
+    for category in coco["categories"]:
+        category["id"] = renumber[category["id"]]
+    for annotation in coco["annotations"]:
+        annotation["category_id"] = renumber[annotation["category_id"]]
+    folder = tmp_path / "coco"
+    shutil.copytree(pictures, folder / "images")
+    (folder / "annotations.json").write_text(json.dumps(coco))
+    run = api.distill(
+        {"support": folder, "out": tmp_path / "run", "device": "cpu", "model": TINY_MODEL, "train": {"steps": 1}},
+        quiet=True,
+    )
+    assert load_model(run.student_dir).config["support"]["category_ids"] == [7, 3, 12]
+    names = {c["name"]: c["id"] for c in coco["categories"]}
+    api.predict([pictures], tmp_path / "again", run.run_dir, device="cpu", workers=0, formats="coco")
+    written = json.loads((tmp_path / "again" / "coco.json").read_text())
+    assert {c["name"]: c["id"] for c in written["categories"]} == names
+    assert {a["category_id"] for a in written["annotations"]} <= {7, 3, 12}
+    pytest.importorskip("onnxruntime")
+    exported = api.export(run.run_dir, tmp_path / "m.onnx", threads=1)
+    api.predict([pictures], tmp_path / "onnx", exported.path, device="cpu", workers=0, formats="coco")
+    by_onnx = json.loads((tmp_path / "onnx" / "coco.json").read_text())
+    assert {c["name"]: c["id"] for c in by_onnx["categories"]} == names

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -336,6 +337,9 @@ def export(
     ensure_writable_dir(target.parent, "-o")
     real = _sample_images(loaded, images, real_samples)
     spec = loaded.config["backbone"]
+    # A model of a COCO folder: its category ids, for predict --backend onnx --format coco.
+    recorded_ids = (loaded.config.get("support") or {}).get("category_ids")
+    category_ids = {"category_ids": json.dumps(recorded_ids)} if recorded_ids else {}
     return export_onnx(
         loaded.model,
         target,
@@ -359,6 +363,7 @@ def export(
             "config_sha256": config_sha256(loaded.config),
             "weights_sha256": str(loaded.config.get("weights_sha256", "")),
             "backbone": str(spec.get("name")),
+            **category_ids,
         },
     )
 

@@ -116,7 +116,7 @@ def _support_info(index: SupportIndex) -> dict[str, Any]:
     for i, sample in enumerate(index.samples):
         pixels = index.load_image(i)
         images.append({"key": sample.key, "size": [pixels.shape[1], pixels.shape[0]], "sha256": pixel_sha256(pixels)})
-    return {
+    info = {
         "root": str(index.root),
         "layout": index.layout,
         "count": len(index),
@@ -124,6 +124,9 @@ def _support_info(index: SupportIndex) -> dict[str, Any]:
         "fingerprint": index.fingerprint(),
         "images": images,
     }
+    if index.coco is not None:  # predict --format coco writes its pre-labels with the folder's own category ids
+        info["category_ids"] = list(index.coco.category_ids)
+    return info
 
 
 def support_matcher(support: dict[str, Any]) -> Callable[[Path], str | None] | None:

@@ -251,13 +251,23 @@ class _Image:
 
 
 class _Coco:
-    def __init__(self, class_names: Sequence[str], rle: bool, model_version: str) -> None:
+    def __init__(
+        self, class_names: Sequence[str], rle: bool, model_version: str, category_ids: Sequence[int] | None = None
+    ) -> None:
         self.class_names, self.rle = list(class_names), rle
+        # A model trained on a COCO folder keeps its category ids (matched by id on import and in COCOeval); else
+        # the class ids 1..N.
+        ids = list(category_ids) if category_ids and len(category_ids) == len(class_names) - 1 else None
+        self.category_id = ids if ids is not None else list(range(1, len(class_names)))
         self.data: dict[str, Any] = {
             "info": {"description": "fsdistill predictions", "version": __version__, "model_version": model_version},
             "images": [],
             "annotations": [],
-            "categories": [{"id": k, "name": n, "supercategory": ""} for k, n in enumerate(self.class_names) if k],
+            "categories": [
+                {"id": self.category_id[k - 1], "name": n, "supercategory": ""}
+                for k, n in enumerate(self.class_names)
+                if k
+            ],
         }
 
     def add(self, im: _Image) -> None:
@@ -272,7 +282,7 @@ class _Coco:
                 ann = {
                     "id": len(annotations) + 1,
                     "image_id": im.number,
-                    "category_id": cls,
+                    "category_id": self.category_id[cls - 1],
                     "segmentation": segmentation,
                     "area": area,
                     "bbox": [x, y, w, h],
@@ -466,17 +476,19 @@ def write_formats(
     palette: Sequence[Rgb],
     model_version: str,
     options: FormatOptions,
+    category_ids: Sequence[int] | None = None,
 ) -> dict[str, list[Path]]:
     """Write the requested formats for every image of ``entries`` ((image, relative path)) whose mask exists.
 
     Reads each mask once (and its stored scores), in ``entries`` order. Returns the files written per format.
+    ``category_ids``: COCO category ids of classes 1..N (a model trained on a COCO folder), else 1..N.
     """
     out_dir = Path(out_dir)
     wanted = [f for f in options.formats if f != "png"]
     if not wanted:
         return {}
     makers = {
-        "coco": lambda: _Coco(class_names, options.coco_rle, model_version),
+        "coco": lambda: _Coco(class_names, options.coco_rle, model_version, category_ids),
         "cvat": lambda: _Cvat(out_dir, class_names, palette),
         "labelstudio": lambda: _LabelStudio(class_names, palette, model_version, options.image_root_url),
     }

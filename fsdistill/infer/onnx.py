@@ -79,6 +79,7 @@ class OnnxMetadata:
     config_sha256: str
     version: str
     weights_sha256: str = ""  # exports of earlier versions do not record it
+    category_ids: list[int] | None = None  # COCO category ids of classes 1..N (a model trained on a COCO folder)
 
     @classmethod
     def from_props(cls, props: dict[str, str], path: Path) -> OnnxMetadata:
@@ -110,6 +111,7 @@ class OnnxMetadata:
                 config_sha256=get.get("config_sha256", ""),
                 weights_sha256=get.get("weights_sha256", ""),
                 version=get.get("version", ""),
+                category_ids=[int(v) for v in json.loads(get["category_ids"])] if "category_ids" in get else None,
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise CheckpointError(
@@ -211,6 +213,7 @@ class OnnxRunner(Runner):
         self.size = self.meta.input_size
         self.class_names = self.meta.class_names
         self.palette = self.meta.palette
+        self.category_ids = self.meta.category_ids
         self._mean = np.asarray(self.meta.mean, dtype=np.float32).reshape(1, 3, 1, 1)
         self._std = np.asarray(self.meta.std, dtype=np.float32).reshape(1, 3, 1, 1)
 

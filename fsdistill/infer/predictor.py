@@ -192,6 +192,8 @@ class Runner(ABC):
     size: int
     class_names: list[str]
     palette: list[tuple[int, int, int]]
+    # COCO category ids of classes 1..N when the model was trained on a COCO folder (its pre-labels keep them).
+    category_ids: list[int] | None = None
     on_gpu: bool = False
 
     @abstractmethod
@@ -233,6 +235,7 @@ class Predictor(Runner):
         self.size = loaded.size
         self.class_names = loaded.class_names
         self.palette = loaded.palette
+        self.category_ids = (loaded.config.get("support") or {}).get("category_ids")
         self.channels_last = inference_memory_format(device, loaded.kind) == torch.channels_last
         for_inference(self.loaded.model, device, loaded.kind)
 
@@ -507,6 +510,7 @@ def predict_files(
         add_missing_scores(predictor, entries, out.local, batch_size, workers)
     if out.local is not None:
         result.format_paths = write_formats(
-            out.local, entries, predictor.class_names, palette, identity["config_sha256"], formats
-        )
+            out.local, entries, predictor.class_names, palette, identity["config_sha256"], formats,
+            predictor.category_ids,
+        )  # fmt: skip
     return result
