@@ -361,6 +361,10 @@ def test_format_options_parse() -> None:
         FormatOptions.parse("coco", image_root_url="http://x/")
     with pytest.raises(ConfigError, match="empty"):
         FormatOptions.parse("labelstudio", image_root_url=" ")
+    # a folder URL without its slash named https://host/poola.png; query forms are kept as given
+    assert FormatOptions.parse("labelstudio", image_root_url="https://host/pool").image_root_url == "https://host/pool/"
+    for kept in ("https://host/pool/", "/data/local-files/?d=", "https://host/get?file="):
+        assert FormatOptions.parse("labelstudio", image_root_url=kept).image_root_url == kept
 
 
 @pytest.mark.parametrize(

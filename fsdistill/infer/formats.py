@@ -100,6 +100,9 @@ class FormatOptions:
                 )
             if not image_root_url.strip():
                 raise ConfigError(f"--image-root-url is empty; pass a URL prefix such as {DEFAULT_IMAGE_ROOT_URL}.")
+            if not image_root_url.endswith(("/", "=")) and "?" not in image_root_url:
+                # A folder URL given without its slash: `https://host/pool` + `a.png` named `https://host/poola.png`.
+                image_root_url += "/"
         return cls(chosen, bool(coco_rle), image_root_url or DEFAULT_IMAGE_ROOT_URL)
 
     @property
