@@ -62,6 +62,15 @@ def test_paired_binary_mixing_0_1_and_0_255_files(tmp_path: Path, syn_data) -> N
         assert np.array_equal(index.load_mask(i), disc.astype(np.uint8)), i
 
 
+def test_an_unused_image_is_named_by_its_path_in_the_folder(tmp_path: Path, syn_data) -> None:
+    """The warning named images/sub/s0.png "s0.png", the name of an image that is used."""
+    root = tmp_path / "sup"
+    syn_data.paired(root, n=2)
+    syn_data.save(root / "images" / "sub" / "s0.png", syn_data.image(32, 40))
+    warning = next(w for w in discover(root).warnings if "have no mask" in w)
+    assert "(e.g. images/sub/s0.png)" in warning
+
+
 def test_nested_image_folders_keep_relative_keys(tmp_path: Path, syn_data) -> None:
     root = tmp_path / "sup"
     for sub in ("a", "b"):

@@ -160,6 +160,8 @@ class SupportIndex:
             return f"remove it from the {source}"
         if source in ("defaults", "mask values"):
             return "check the mask values"
+        if self.layout in ("labelstudio", "cvat") or source.endswith(("labelmap.txt", ".xml")):
+            return f"remove it from {source}"  # regions and colour masks: no class ids to renumber
         return f"remove it from {source} (and renumber the masks)"
 
     def load_pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
