@@ -433,6 +433,20 @@ def _unlabeled_pool(case: Case, k: int, dest: Path) -> Path:
     return dest
 
 
+def unusable_supports(case: Case, support: Path) -> str | None:
+    """Why a K-shot support folder of ``case`` cannot be trained and compared (its classes differ from the pool's,
+    or a listed class has no pixel in it: training refuses that), else None."""
+    index = discover(support)
+    found, k = index.class_names, len(index)
+    if found != case.class_names:
+        return f"{k} supports show classes {found}, the pool {case.class_names}"
+    shown = set().union(*(np.unique(index.load_mask(i)).tolist() for i in range(len(index))))
+    missing = [name for c, name in enumerate(found) if c and c not in shown]
+    if missing:
+        return f"the {k} supports show no pixel of {', '.join(missing)}"
+    return None
+
+
 def run_case(case: Case, args: argparse.Namespace, work: Path, seed: int, on_result) -> None:
     """All K of one case and seed; ``on_result(row)`` gets each method's result row or a skip row when it exists."""
     for k in args.shots:
@@ -441,15 +455,9 @@ def run_case(case: Case, args: argparse.Namespace, work: Path, seed: int, on_res
             on_result({**base, "skipped": f"the pool has {len(case.pool)} images"})
             continue
         support = _copy_pairs(case.pool[:k], case.names_file, work / case.name / f"support_k{k}")
-        index = discover(support)
-        found = index.class_names
-        if found != case.class_names:
-            on_result({**base, "skipped": f"{k} supports show classes {found}, the pool {case.class_names}"})
-            continue
-        shown = set().union(*(np.unique(index.load_mask(i)).tolist() for i in range(len(index))))
-        missing = [name for c, name in enumerate(found) if c and c not in shown]
-        if missing:  # training refuses a listed class without pixels: nothing to compare
-            on_result({**base, "skipped": f"the {k} supports show no pixel of {', '.join(missing)}"})
+        reason = unusable_supports(case, support)
+        if reason is not None:
+            on_result({**base, "skipped": reason})
             continue
         runs = work / case.name / f"runs_k{k}"
         start = time.perf_counter()
@@ -582,7 +590,8 @@ def markdown(report: dict, image: str) -> str:
         "classes, then over the seeds (each seed draws its own nested support sets from the pool: each K adds images "
         f"to the smaller set). *classes < {LOW_IOU}*: foreground classes below that IoU, per seed. *train s*: the "
         "optimisation loop (in brackets the whole call: model build, feature caching, saving); the student and the "
-        "distill teacher train together. *steps*: per seed (automatic budget unless a step count was given). "
+        "distill teacher train together. *steps*: per seed (automatic budget unless a step count was given; the "
+        "student's exclude its polish phase, `train.polish_steps`; the FPN's are its own plateau's). "
         "*ms/img*: evaluation wall time per held-out image (batch 8, decoding included; the FPN's backbone runs as "
         "trained, float32 with its batch norms unfolded, where predict folds them and runs the student "
         "channels-last, so its figure overstates its cost). *fine-tuned FPN*: "
@@ -665,7 +674,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="another case: DIR/support (the pool) and DIR/heldout, paired layout (repeatable)",
     )
     parser.add_argument("--shots", nargs="+", type=int, default=None, help=f"K values (default {list(DEFAULT_SHOTS)})")
-    parser.add_argument("--steps", type=int, default=None, help="training steps of every method (default: TrainCfg's)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="training steps of adapt and distill (default: TrainCfg's automatic budget); the FPN baseline trains to "
+        "its own plateau whatever this says",
+    )
     parser.add_argument(
         "--seeds",
         nargs="+",

@@ -94,7 +94,7 @@ def markdown(report: dict) -> str:
         f"`fsdistill distill` of {meta['supports']} supports × {meta['classes']} classes at {meta['size']} px, "
         f"{meta['threads']} threads, seed {meta['seed']}; torch {meta['versions'].get('torch', '?')}.",
         "",
-        "| precision asked | ran in | joint + polish steps | training | per step | wall |",
+        "| precision asked | ran in | joint + polish steps | training | mean per step (joint and polish mixed) | wall |",
         "|---|---|---|---|---|---|",
     ]
     for row in report["runs"]:

@@ -58,6 +58,20 @@ def distill(support: Path, out: Path, seed: int, init: Path | None = None) -> tu
     return result.run_dir, time.perf_counter() - start, int(result.stats["steps"])
 
 
+def _same_base(run: Path, support: Path) -> bool:
+    """Whether ``run`` is a finished base run of this very support folder (its classes and images, by the folder's
+    fingerprint): a base of other classes, reused, counted its classes as the grown run's old ones."""
+    if not (is_artifact(run / "teacher") and is_artifact(run / "student")):
+        return False
+    recorded = json.loads((run / "student" / "config.json").read_text())
+    if recorded["support"].get("fingerprint") != discover(support).fingerprint():
+        raise SystemExit(
+            f"--reuse-base: {run} was distilled from another support folder (other classes or images than "
+            f"--base/--base-images give now); drop --reuse-base or use another --out."
+        )
+    return True
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", default="macaque")
@@ -80,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for seed in args.seeds:
         base_run = work / f"base_{seed}"
-        if args.reuse_base and is_artifact(base_run / "teacher") and is_artifact(base_run / "student"):
+        if args.reuse_base and _same_base(base_run, base):
             row = {"seed": seed, "base_reused": True}
         else:
             base_run, base_s, base_steps = distill(base, base_run, seed)

@@ -45,15 +45,22 @@ def line(name, value, goal, ok):
     print(f"  {name:<48} {shown:>10}   goal {goal:<8} {verdict}")
 
 
+def cell(ratios, key):
+    """'W-way S-shot' of a cell the ratios name (FSDISTILL_PROFILE_ARGS may choose another grid)."""
+    c = ratios.get(key)
+    return "n/a" if not c else f"{c['ways']}-way {c['shots']}-shot"
+
+
 r = lite["ratios"]
 print(f"\n{lite['backbone']} {lite['size']} px on {lite['device']}: {lite_s} s wall (goal <= 900 s)")
 line("student latency max/min over the grid", r["student_max_over_min"], "<= 1.10", lambda v: v <= 1.10)
 line("  same, per-cell student/backbone (drift out)", r.get("student_paired_max_over_min"), "<= 1.10", lambda v: v <= 1.10)
-line("teacher/student at 5-way 50-shot", r["teacher_over_student"], ">= 50", lambda v: v >= 50)
-line("student/backbone at 5-way (largest cell)", r["student_over_backbone"], "<= 1.15", lambda v: v <= 1.15)
+line(f"teacher/student at {cell(r, 'teacher_cell')}", r["teacher_over_student"], ">= 50", lambda v: v >= 50)
+line(f"student/backbone at {cell(r, 'largest_cell')} (largest cell)", r["student_over_backbone"], "<= 1.15",
+     lambda v: v <= 1.15)
 line("student/backbone, worst cell", r["student_over_backbone_max"], "<= 1.15", lambda v: v <= 1.15)
 r = r50["ratios"]
 print(f"\n{r50['backbone']} {r50['size']} px, --student-width 8, on {r50['device']}: {r50_s} s wall")
-line("student at 5 ways / bare backbone", r["student_over_backbone"], "<= 1.5", lambda v: v <= 1.5)
+line(f"student at {cell(r, 'largest_cell')} / bare backbone", r["student_over_backbone"], "<= 1.5", lambda v: v <= 1.5)
 print(f"\ntables: {out}/lite0/profile.md, {out}/resnet50/profile.md")
 PYEOF

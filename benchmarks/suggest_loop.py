@@ -71,6 +71,10 @@ def run_cell(case: accuracy.Case, k: int, seed: int, work: Path, args: argparse.
         return {"case": case.name, "k": k, "seed": seed, "skipped": f"only {len(pool)} candidates"}
     cell = work / case.name / f"k{k}_seed{seed}"
     support = accuracy._copy_pairs(case.pool[:k], case.names_file, cell / "support")
+    reason = accuracy.unusable_supports(case, support)
+    if reason is not None:  # a draw that misses a class: a skip row, not a traceback losing the other cells
+        shutil.rmtree(cell, ignore_errors=True)
+        return {"case": case.name, "k": k, "seed": seed, "skipped": reason}
     base = _distill(support, cell / "run_base", seed, args)
     shown = cell / "candidates"
     shutil.rmtree(shown, ignore_errors=True)

@@ -8,7 +8,7 @@ student each run once on the same query batch, so background load hits them alik
 backbone is taken per round and its median reported, with median milliseconds. Latency does not depend on the
 weights.
 
-    python benchmarks/ways_scaling.py [--ways 1,5,10,20,50] [--variants light:8,light:8:0,shared:8] [--rounds 15]
+    python benchmarks/ways_scaling.py [--ways 1,5,10,20,50] [--variants light:8,shared:8] [--rounds 15]
         [--threads N]
 
 Writes ``benchmarks/results/ways_scaling/results.json`` and ``results.md`` (``--out``).

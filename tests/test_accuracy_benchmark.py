@@ -300,3 +300,39 @@ def test_grow_subset_folder_keeps_the_first_classes_and_images(tmp_path) -> None
         )
         assert set(np.unique(mask)) <= {0, 1, 2}
         assert np.array_equal(mask, np.where(original > 2, 0, original))
+
+
+def test_grow_reuses_a_base_run_of_the_same_folder_only(tiny_multi_run, tmp_path) -> None:
+    """--reuse-base kept a base run of other classes (a call with another --base): its table counted a class new
+    to the continued run among the old ones, exit 0."""
+    import shutil
+
+    import pytest
+
+    from fsdistill.checkpoint import resolve_model_dir
+    from fsdistill.models.build import load_model
+
+    grow = load_benchmark("grow")
+    run = tmp_path / "base_0"
+    shutil.copytree(tiny_multi_run.run_dir, run)
+    support = Path(load_model(resolve_model_dir(run)).config["support"]["root"])
+    assert grow._same_base(run, support)
+    assert not grow._same_base(tmp_path / "nothing_there", support)
+    other = grow.subset_folder(support, tmp_path / "other", classes=2)
+    with pytest.raises(SystemExit, match="--reuse-base: .* was distilled from another support folder"):
+        grow._same_base(run, other)
+
+
+def test_a_support_draw_that_misses_a_class_is_a_skip_reason(tmp_path) -> None:
+    """suggest_loop trained on a draw whose supports miss a class: distill refused it with a traceback and every
+    cell measured before was lost. accuracy.unusable_supports says why (both benchmarks skip such a cell)."""
+    from types import SimpleNamespace
+
+    from helpers import write_multiclass_folder
+
+    accuracy = load_benchmark("accuracy")
+    case = SimpleNamespace(class_names=["background", "red", "green", "blue"])
+    one = write_multiclass_folder(tmp_path / "one", ["i0"], ["red", "green", "blue"])  # shows red and green
+    assert accuracy.unusable_supports(case, one) == "the 1 supports show no pixel of blue"
+    every = write_multiclass_folder(tmp_path / "every", ["i0", "i1"], ["red", "green", "blue"])
+    assert accuracy.unusable_supports(case, every) is None
