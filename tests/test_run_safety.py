@@ -238,12 +238,12 @@ def test_distill_with_a_teacher_takes_and_records_its_model_settings(runner, tin
     student = load_model(tmp_path / "run", kind="student")
     assert student.config["train_config"]["model"]["backbone"] == "test-resnet"
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "other"), "--backbone", "resnet50"])
-    assert_user_error(result, "runs with its own model settings", "backbone = 'test-resnet'")
+    assert_user_error(result, "runs with its own model settings (backbone 'test-resnet'), but --backbone 'resnet50'")
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "other"), "--size", "96"])
-    assert_user_error(result, "size = 64", "--size 64")
+    assert_user_error(result, "(size 64), but --size 96 was given; drop --size.")
     # the default's value given is a choice too (it was taken for "not given" and dropped)
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "other"), "--size", str(ModelCfg().size)])
-    assert_user_error(result, "size = 64", "--size 64")
+    assert_user_error(result, "(size 64), but --size 384 was given")
     missing = ["distill", "--support", str(tiny_data.binary), "--teacher", str(tmp_path / "nope"), *CPU]
     message = assert_user_error(runner.invoke(app, [*missing, "--out", str(tmp_path / "other")]), "does not exist")
     assert "--model" not in message  # the flag typed was --teacher

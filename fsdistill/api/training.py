@@ -286,10 +286,14 @@ def _refuse_other_model_settings(asked: ModelCfg, model: ModelCfg, what: str, sk
     differs = sorted(k for k, v in given.items() if getattr(model, k) != v)
     if differs:
         key = differs[0]
-        flag = f" (--{key.replace('_', '-')} {getattr(model, key)})" if key in ("size", "backbone", "decoder") else ""
+        option = f"--{key.replace('_', '-')}" if key in ("size", "backbone", "decoder") else key
+
+        def shown(value: Any) -> str:
+            return repr(value) if isinstance(value, str) else str(value)
+
         raise ConfigError(
-            f"{what} with its own model settings ({key} = {getattr(model, key)!r}{flag}); drop the model option "
-            f"that sets {key}."
+            f"{what} with its own model settings ({key} {shown(getattr(model, key))}), but {option} "
+            f"{shown(given[key])} was given; drop {option}."
         )
 
 
