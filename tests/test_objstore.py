@@ -101,10 +101,27 @@ def local_reference(heldout, shaken_multi_student, tmp_path_factory) -> Path:
 
 
 def _expected(reference: Path, local_input: Path, uri: str) -> dict[str, bytes]:
-    """The reference outputs as an object-store run writes them: predictions.csv names each image by its URI."""
+    """The reference outputs as an object-store run writes them: predictions.csv names each image by its URI, and
+    a mask of an object has no ``fsdistill:source`` chunk (a local image's size and date)."""
     tree = _local_tree(reference)
     tree["predictions.csv"] = tree["predictions.csv"].replace(str(local_input).encode(), uri.encode())
-    return tree
+    return {name: _without_source_chunk(data) if name.startswith("masks/") else data for name, data in tree.items()}
+
+
+def _without_source_chunk(png: bytes) -> bytes:
+    """``png`` without its ``fsdistill:source`` tEXt chunk (every other byte as it is)."""
+    import struct
+
+    from fsdistill.infer.predictor import SOURCE_KEY
+
+    out, at = bytearray(png[:8]), 8
+    while at < len(png):
+        (length,) = struct.unpack(">I", png[at : at + 4])
+        kind, end = png[at + 4 : at + 8], at + 12 + length
+        if not (kind == b"tEXt" and png[at + 8 : at + 8 + length].startswith(SOURCE_KEY.encode() + b"\0")):
+            out += png[at:end]
+        at = end
+    return bytes(out)
 
 
 def _predict(inputs, out, model, **kw):

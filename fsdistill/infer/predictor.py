@@ -342,7 +342,8 @@ def _output_key(folder: str, rel: Path) -> str:
 # size and modification time): resume redoes a mask of another model (an --overwrite stopped half-way, then resumed)
 # or of another file (an image replaced or edited since, or another folder's image of the same relative name
 # predicted into this -o). Not the file's path, so a folder moved or copied with its dates resumes, and the same
-# model writes the same bytes from the same file. Masks of earlier versions have neither and count as done.
+# model writes the same bytes from the same file. An object-store image has no source stamp (its resume checks
+# only that the mask is there); masks of earlier versions have neither and count as done.
 STAMP_KEY = "fsdistill:model"
 SOURCE_KEY = "fsdistill:source"
 
