@@ -241,6 +241,10 @@ def test_bad_pools_are_one_sentence_before_any_training(tiny_data, tmp_path) -> 
     base = ["distill", "--support", str(tiny_data.multi), "--backbone", "test-resnet", "--size", "64", "--steps",
             "1", "--device", "cpu"]  # fmt: skip
     result = runner.invoke(app, [*base, "--out", str(tmp_path / "a"), "--unlabeled", str(tmp_path / "missing")])
+    assert_user_error(result, "--unlabeled", "does not exist")
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "a_file.png").write_bytes(b"")
+    result = runner.invoke(app, [*base, "--out", str(tmp_path / "a"), "--unlabeled", str(tmp_path / "a_file.png")])
     assert_user_error(result, "--unlabeled", "is not a folder")
     assert not (tmp_path / "a").exists()
     empty = tmp_path / "empty"
