@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from fsdistill.data.discover import discover
+from fsdistill.data.layouts import relative_name
 from fsdistill.data.masks import IGNORE_INDEX
 from fsdistill.errors import DataError
 
@@ -108,13 +109,6 @@ class BrokenPairsError(DataError):
     def __init__(self, message: str, report: CheckReport) -> None:
         super().__init__(message)
         self.report = report
-
-
-def _rel(p: Path, root: Path) -> str:
-    try:
-        return p.relative_to(root).as_posix()
-    except ValueError:
-        return str(p)
 
 
 def _examples(keys: list[str]) -> str:
@@ -225,8 +219,8 @@ def check_support(root: Path | str, progress: Callable[[int, int], None] | None 
         num_pairs=n,
         class_names=list(names),
         names_source=index.names_source,
-        orphan_images=[_rel(p, base) for p in index.orphan_images],
-        orphan_masks=[_rel(p, base) for p in index.orphan_masks],
+        orphan_images=[relative_name(p, base) for p in index.orphan_images],
+        orphan_masks=[relative_name(p, base) for p in index.orphan_masks],
         images_per_class={names[c]: len(keys_with[c]) for c in range(k)},
         pixels_per_class={names[c]: float(pixels[c]) / labelled for c in range(k)},
         tiny_per_class={names[c]: len(tiny_keys[c]) for c in range(1, k) if tiny_keys[c]},

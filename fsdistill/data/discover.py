@@ -11,7 +11,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from fsdistill.data.classes import find_names_file, is_labelmap, read_class_names
-from fsdistill.data.layouts import FoundPairs, find_pairs, is_hidden
+from fsdistill.data.layouts import FoundPairs, find_pairs, is_hidden, relative_name
 from fsdistill.data.mask_kinds import (
     MaskDecoding,
     coco_decoding,
@@ -56,7 +56,7 @@ def discover(root: Path | str) -> SupportIndex:
     warnings = [*found.warnings, *decoding.warnings]
     for lone, what in ((orphan_images, "images have no mask"), (orphan_masks, "masks have no image")):
         if lone:
-            warnings.append(f"{len(lone)} {what} (e.g. {_shown(lone[0], found.data_root)}); they are not used.")
+            warnings.append(f"{len(lone)} {what} (e.g. {relative_name(lone[0], found.data_root)}); they are not used.")
     return SupportIndex(
         root=root,
         layout=layout,
@@ -168,11 +168,3 @@ def unpack_zip(path: Path) -> Path:
             "to another folder, or unpack it by hand and pass the folder."
         ) from None
     return target
-
-
-def _shown(path: Path, root: Path) -> str:
-    """A file named in a warning by its path below the folder (a bare name is ambiguous: sub/x.jpg beside x.jpg)."""
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.name

@@ -20,7 +20,7 @@ from fsdistill.data.labelstudio import (
 from fsdistill.data.support_index import Sample
 from fsdistill.errors import DataError
 
-__all__ = ["FoundPairs", "find_pairs", "is_hidden", "mask_folders", "subdirs"]
+__all__ = ["FoundPairs", "find_pairs", "is_hidden", "mask_folders", "relative_name", "subdirs"]
 
 # Suffixes annotation tools append to a mask's stem; stripped (case-insensitively) to find its image.
 MASK_STEM_SUFFIXES = ("_segmentation", "_masks", "_mask", "-masks", "-mask", "_labels", "_label", "_gt", "_seg")
@@ -58,6 +58,15 @@ class FoundPairs:
 def is_hidden(p: Path) -> bool:
     """macOS resource forks (._x.png), .DS_Store, __MACOSX/ and editor backups are never data."""
     return p.name.startswith((".", "~")) or p.name == "__MACOSX"
+
+
+def relative_name(path: Path, root: Path) -> str:
+    """``path`` as a report names it: below ``root`` (a bare file name is ambiguous, sub/x.jpg beside x.jpg), else
+    whole."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def subdirs(d: Path) -> list[Path]:
