@@ -409,8 +409,12 @@ def test_corrupt_and_foreign_files(r50, tmp_path):
 
 
 def test_head_only_checkpoint_keeps_backbone(r50, tmp_path, caplog):
+    import dataclasses
+
     with torch.no_grad():
         r50.backbone.model.conv1.weight.fill_(0.5)  # the whole tensor, so "kept" is checkable
+    # as built (an earlier test's import recorded its checkpoint as the shared teacher's backbone source)
+    r50.backbone.spec = dataclasses.replace(r50.backbone.spec, source="random init")
     torch.save(official_head(RESNET50, torch.Generator().manual_seed(0), pe=False), tmp_path / "head.pt")
     with caplog.at_level(logging.WARNING, logger="fsdistill.models.reference_import"):
         report = import_reference_weights(r50, tmp_path / "head.pt")
@@ -515,6 +519,34 @@ def test_api_new_teacher_imports(tmp_path):
     assert torch.equal(teacher.blocks[2].linears[0].bias, sd["module.model.DCAMA_blocks.2.linears.0.bias"])
 
 
+def test_a_checkpoint_with_its_backbone_needs_no_download(tmp_path, monkeypatch) -> None:
+    """--teacher-weights built the teacher with its default (hub) backbone weights first, only to overwrite them:
+    offline that was "Could not download resnet50 weights", online ~100 MB for nothing. They are loaded only for a
+    head-only checkpoint, which keeps the backbone."""
+    from fsdistill.api import training as training_api
+    from fsdistill.config import AdaptCfg, ModelCfg
+
+    calls: list[bool] = []
+    real_build = training_api.build_teacher
+
+    def recording(cfg, num_classes, pretrained=True):
+        calls.append(pretrained)
+        return real_build(cfg, num_classes, pretrained=pretrained)
+
+    monkeypatch.setattr(training_api, "build_teacher", recording)
+    whole = tmp_path / "whole.pt"
+    sd = _tiny_reference_checkpoint(whole)
+    cfg = AdaptCfg(support=tmp_path, model=ModelCfg(backbone="test-resnet", size=64, teacher_weights=whole))
+    teacher, _ = training_api._new_teacher(cfg, 2)
+    assert calls == [False] and teacher.backbone.spec.source == f"backbone of the teacher checkpoint {whole}"
+    calls.clear()
+    head_only = tmp_path / "head.pt"
+    torch.save({k: v for k, v in sd.items() if ".feature_extractor." not in k}, head_only)
+    cfg = AdaptCfg(support=tmp_path, model=ModelCfg(backbone="test-resnet", size=64, teacher_weights=head_only))
+    training_api._new_teacher(cfg, 2)
+    assert calls == [False, True]
+
+
 def test_teacher_weights_select_the_paper_decoder_unless_another_is_asked_for(tmp_path) -> None:
     from fsdistill.config import ModelCfg
     from fsdistill.errors import ConfigError
@@ -527,3 +559,30 @@ def test_teacher_weights_select_the_paper_decoder_unless_another_is_asked_for(tm
     light = build_teacher(ModelCfg(backbone="test-resnet", size=64, decoder="light"), 1, pretrained=False)
     with pytest.raises(ConfigError, match="--decoder dcama"):
         import_reference_weights(light, weights)
+
+
+def test_a_backbone_under_another_prefix_is_refused_not_dropped(r50, r50_checkpoint, tmp_path):
+    """feature_extractor.* renamed backbone.*: 323 tensors were dropped at INFO level and the teacher ran on another
+    backbone, exit 0. Tensors that fit nothing, with no backbone found, are refused; nothing is changed."""
+    sd, _ = r50_checkpoint
+    renamed = {k.replace("feature_extractor.", "backbone.", 1): v for k, v in sd.items()}
+    torch.save(renamed, tmp_path / "renamed.pt")
+    head_before = r50.decoder.mixer3[0].weight.clone()
+    with pytest.raises(CheckpointError, match=r"tensors that fit no part of a DCAMA teacher \(e.g. backbone\."):
+        import_reference_weights(r50, tmp_path / "renamed.pt")
+    assert torch.equal(r50.decoder.mixer3[0].weight, head_before)
+
+
+def test_a_distillfss_student_and_unknown_tensors_are_said(r50, r50_checkpoint, tmp_path, caplog):
+    """A DistillFSS model's student (student.*) and unknown head tensors were dropped at INFO level only; the
+    backbone the teacher then has is recorded as the checkpoint's (it said the --backbone-weights file)."""
+    sd, _ = r50_checkpoint
+    extra = {**{f"teacher.{k}": v for k, v in sd.items()}, "student.0.coarse_extractor.0.0.weight": torch.randn(4, 4),
+             "model.extra_proj.0.weight": torch.randn(3, 3)}  # fmt: skip
+    torch.save(extra, tmp_path / "distillfss.pt")
+    with caplog.at_level(logging.WARNING, logger="fsdistill.models.reference_import"):
+        import_reference_weights(r50, tmp_path / "distillfss.pt")
+    messages = " ".join(r.message for r in caplog.records)
+    assert "also holds a DistillFSS student (1 tensors, e.g. student.0.coarse_extractor.0.0.weight)" in messages
+    assert "1 tensors are not used (e.g. model.extra_proj.0.weight)" in messages
+    assert r50.backbone.spec.source == f"backbone of the teacher checkpoint {tmp_path / 'distillfss.pt'}"

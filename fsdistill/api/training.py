@@ -13,6 +13,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,6 +37,7 @@ from fsdistill.data.support_tensors import SupportTensors, load_support_tensors
 from fsdistill.errors import CheckpointError, ConfigError, DataError
 from fsdistill.infer.predictor import list_images
 from fsdistill.infer.ray_engine import resolve_engine
+from fsdistill.models.backbone_specs import backbone_spec
 from fsdistill.models.build import (
     LoadedModel,
     build_student,
@@ -233,8 +235,23 @@ def _new_teacher(cfg: AdaptCfg | DistillCfg, num_classes: int) -> tuple[DCAMATea
     from fsdistill.models.reference_import import import_reference_weights, published_model_cfg
 
     model_cfg = published_model_cfg(cfg.model)
-    teacher = build_teacher(model_cfg, num_classes)
-    import_reference_weights(teacher, cfg.model.teacher_weights)
+    # Built without its default weights first: a checkpoint with its backbone (the official ones) needs no
+    # download (offline, that failed; online it fetched ~100 MB to overwrite them).
+    teacher = build_teacher(model_cfg, num_classes, pretrained=False)
+    default_source = teacher.backbone.spec.source == "random init" and cfg.model.backbone_weights is None
+    if default_source:  # the backbone a head-only file keeps: its default weights, loaded below (said by the import)
+        teacher.backbone.spec = replace(teacher.backbone.spec, source=backbone_spec(model_cfg.backbone).source)
+    report = import_reference_weights(teacher, cfg.model.teacher_weights)
+    if report.backbone_kept and default_source:  # a head-only file: the backbone's default weights after all
+        pretrained = build_teacher(model_cfg, num_classes).backbone
+        teacher.backbone.load_state_dict(pretrained.state_dict())
+        teacher.backbone.spec = pretrained.spec
+    elif cfg.model.backbone_weights is not None:
+        log.warning(
+            "--backbone-weights %s is not used: the teacher checkpoint %s brings its own backbone.",
+            cfg.model.backbone_weights,
+            cfg.model.teacher_weights,
+        )
     return teacher, model_cfg
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -315,6 +315,25 @@ def published_model_cfg(cfg: ModelCfg) -> ModelCfg:
     return cfg.model_copy(update={"qk_norm": None})
 
 
+def _warn_other_attention(teacher: DCAMATeacher, path: Path, pe: dict[int, Tensor]) -> None:
+    """Say so when the teacher's attention is set up otherwise than the checkpoint was trained: another number of
+    heads (the query/key split changes), or no positional encoding where the file stores one. Its weights still fit,
+    so it is the user's choice; but the teacher is no longer the published one."""
+    heads = teacher.blocks[0].heads
+    if heads != _REFERENCE_HEADS:
+        log.warning(
+            "Teacher checkpoint %s was trained with %d attention heads but this teacher uses %d; results will differ "
+            "from the published model.",
+            path, _REFERENCE_HEADS, heads,
+        )  # fmt: skip
+    if pe and not teacher.blocks[0].use_pe:
+        log.warning(
+            "Teacher checkpoint %s was trained with positional encoding (it stores model.pe) but this teacher has "
+            "use_pe: false; results will differ from the published model.",
+            path,
+        )
+
+
 def import_reference_weights(teacher: DCAMATeacher, path: Path | str) -> ImportReport:
     """Load an official DCAMA / DistillFSS "modcross" checkpoint into ``teacher`` (in place).
 
@@ -383,6 +402,34 @@ def import_reference_weights(teacher: DCAMATeacher, path: Path | str) -> ImportR
 
     bb_method, bb_state, bb_note, bb_unused = _resolve_backbone(teacher, path, backbone_src)
     ignored += [key_of.get(n, n) for n in bb_unused]
+    documented = {key_of.get(n, n) for n in bb_unused}  # the backbone's classifier and final norm
+    unplaced = [
+        k
+        for k in ignored
+        if k not in documented and state[k].is_floating_point() and not _is_pe(k, state[k])
+        and not any(part in k for part in _SKIPPED_BUFFERS)
+    ]  # fmt: skip
+    students = [k for k in unplaced if _unwrapped(k)[:1] == ["student"]]
+    unplaced = [k for k in unplaced if k not in students]
+    if students:
+        log.warning(
+            "Teacher checkpoint %s also holds a DistillFSS student (%d tensors, e.g. %s): only its teacher is imported; "
+            "distill trains a student of its own.",
+            path, len(students), students[0],
+        )  # fmt: skip
+    if unplaced and bb_state is None:
+        # The teacher would run on another backbone than the checkpoint's: its backbone lies under a name this
+        # importer does not know (not feature_extractor), or the file is another model's.
+        raise CheckpointError(
+            f"Teacher checkpoint {path} holds {len(unplaced)} tensors that fit no part of a DCAMA teacher (e.g. "
+            f"{', '.join(unplaced[:2])}) and no backbone this importer finds (it looks under {_BACKBONE_ROOT}.); "
+            "save the backbone under that name, or check that the file is a DCAMA checkpoint."
+        )
+    if unplaced:
+        log.warning(
+            "Teacher checkpoint %s: %d tensors are not used (e.g. %s); the published model may differ.",
+            path, len(unplaced), ", ".join(unplaced[:3]),
+        )  # fmt: skip
 
     # Nothing above changed the teacher; apply everything now.
     params = dict(teacher.named_parameters())
@@ -396,20 +443,15 @@ def import_reference_weights(teacher: DCAMATeacher, path: Path | str) -> ImportR
     if bb_state is not None:
         teacher.backbone.model.load_state_dict(bb_state, strict=True)
         loaded_bb = len(backbone_src) - len(bb_unused)
+        # Recorded in the artifacts: the backbone is the checkpoint's, whatever the teacher was built with.
+        teacher.backbone.spec = replace(teacher.backbone.spec, source=f"backbone of the teacher checkpoint {path}")
     else:
         source = teacher.backbone.spec.source
         level: Callable[..., None] = log.warning if backbone_src or source == "random init" else log.info
         level("Teacher checkpoint %s: %s; keeping the current backbone (%s).", path, bb_note, source)
 
     pe_checked = _check_pe(teacher, path, pe)
-    if teacher.blocks[0].heads != _REFERENCE_HEADS:
-        log.warning(
-            "Teacher checkpoint %s was trained with %d attention heads but this teacher uses %d; "
-            "results will differ from the published model.",
-            path,
-            _REFERENCE_HEADS,
-            teacher.blocks[0].heads,
-        )
+    _warn_other_attention(teacher, path, pe)
     report = ImportReport(
         path=path,
         head_method=method,
