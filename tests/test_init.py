@@ -244,7 +244,7 @@ def test_a_run_on_imported_teacher_weights_replays_with_its_teacher() -> None:
         _refuse_other_model_settings(recorded.model_copy(update={"size": 96}), teacher, "The teacher runs")
     # against an ordinary teacher the setting named is the one given, not the qk_norm it implies
     only_weights = ModelCfg.model_validate({**TINY_MODEL, "teacher_weights": "w.pth"})
-    with pytest.raises(ConfigError, match=r"\(teacher_weights None\), but teacher_weights .*w.pth was given"):
+    with pytest.raises(ConfigError, match=r"\(teacher_weights None\), but --teacher-weights .*w.pth was given"):
         _refuse_other_model_settings(only_weights, ModelCfg(**TINY_MODEL), "The teacher runs")
 
 

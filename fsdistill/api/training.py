@@ -303,7 +303,8 @@ def _refuse_other_model_settings(asked: ModelCfg, model: ModelCfg, what: str, sk
     differs = sorted(k for k, v in given.items() if getattr(model, k) != v)
     if differs:
         key = differs[0]
-        option = f"--{key.replace('_', '-')}" if key in ("size", "backbone", "decoder") else key
+        flagged = ("size", "backbone", "decoder", "teacher_weights", "backbone_weights", "student_width")
+        option = f"--{key.replace('_', '-')}" if key in flagged else key  # the others are YAML keys
 
         def shown(value: Any) -> str:
             return repr(value) if isinstance(value, str) else str(value)
