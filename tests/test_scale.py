@@ -244,6 +244,28 @@ def test_cuda_actors_without_gpus_are_refused_before_any_work(shaken_multi_stude
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.ray
+def test_gpus_asked_of_a_cluster_without_them_are_refused(ray_cluster, shaken_multi_student, folder, tmp_path) -> None:
+    """--gpus-per-worker 1 on a cluster with no GPU: Ray waited forever to place the actors (no error, no exit)."""
+    with pytest.raises(ConfigError, match="has 0 GPUs but --gpus-per-worker 1 was asked"):
+        api.predict([folder], tmp_path / "out", shaken_multi_student, device="cpu", engine="ray", gpus_per_worker=1)
+
+
+@pytest.mark.parametrize(
+    "address, fragment",
+    [("bogus", "expected auto, HOST:PORT or ray://HOST:PORT"), ("127.0.0.1:1", "nothing answers there")],
+)
+def test_a_ray_address_nothing_answers_at_is_one_sentence(address, fragment) -> None:
+    """An unreachable --address made Ray retry for minutes, printing a line each time; a malformed one was a
+    ValueError traceback, exit 1."""
+    from fsdistill.infer.ray_engine import _check_reachable
+
+    with pytest.raises(ConfigError, match=fragment):
+        _check_reachable(address, timeout=1.0)
+    _check_reachable("auto")
+    _check_reachable(None)
+
+
 class _DiesOnce:
     """A Ray Data actor whose first batch kills its process (as an out-of-memory kill would) unless ``marker``
     exists; it creates the marker first, so the restarted actor and every later batch go through."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -302,12 +303,39 @@ class RayScorer(RayEngine):
 def pool_size(ray: Any, workers: int | None, gpus_per_worker: float) -> int:
     """Actors in the pool: ``workers`` if given, else the cluster's GPUs / ``gpus_per_worker``, else its CPUs
     (at most 8)."""
+    resources = ray.cluster_resources()
+    if gpus_per_worker > 0 and resources.get("GPU", 0) < gpus_per_worker:
+        # Ray would wait forever for a GPU to place the actors on.
+        raise ConfigError(
+            f"The Ray cluster has {resources.get('GPU', 0):g} GPUs but --gpus-per-worker {gpus_per_worker:g} was "
+            "asked; use --gpus-per-worker 0 (the default) or a cluster with GPUs."
+        )
     if workers is not None:
         return workers
-    resources = ray.cluster_resources()
     if gpus_per_worker > 0:
         return max(1, int(resources.get("GPU", 0) // gpus_per_worker))
     return max(1, min(8, int(resources.get("CPU", 1))))
+
+
+def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """Refuse a ``host:port`` (or ``ray://host:port``) address nothing answers at, within ``timeout`` seconds:
+    Ray itself retries an unreachable cluster for minutes, printing a line each time.
+
+    Raises:
+        ConfigError: the address's port does not accept a connection.
+    """
+    if not address or address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--address {address}: expected auto, HOST:PORT or ray://HOST:PORT.")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"--address {address}: nothing answers there ({exc.strerror or exc}); start the cluster (ray start "
+            "--head) or check the address."
+        ) from None
 
 
 @contextmanager
@@ -320,8 +348,12 @@ def ray_session(ray: Any, address: str | None) -> Iterator[None]:
         # interleave with the command's progress bar; its errors still reach the caller as exceptions.
         given = os.environ.get("RAY_BACKEND_LOG_LEVEL")
         os.environ["RAY_BACKEND_LOG_LEVEL"] = given or "fatal"
+        _check_reachable(address)
         try:
             ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        except (ValueError, ConnectionError) as exc:  # a malformed address, no cluster at "auto"
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"--address {address}: cannot connect to a Ray cluster ({reason}).") from None
         finally:
             if given is None:
                 del os.environ["RAY_BACKEND_LOG_LEVEL"]
