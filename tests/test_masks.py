@@ -515,3 +515,20 @@ def test_polygon_raster_refuses_non_finite_and_clips_huge_coordinates() -> None:
         rasterize_polygons([[2, 2, 10, 2, 10, 10, float("nan"), 10]], 20, 20)
     tall = rasterize_polygons([[1, 1, 4, 1, 4, 1e8]], 20, 20)  # clipped to the image's rows before expanding them
     assert tall.shape == (20, 20) and tall[19, 3] and not tall[0].any()
+
+
+def test_a_large_image_reads_without_pillows_bomb_warning(tmp_path: Path, monkeypatch) -> None:
+    """Images between Pillow's warning and error sizes printed its raw DecompressionBombWarning (with the source
+    line) in every command; they are read silently, and an image above the error size is still refused."""
+    import warnings
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # warns above 100 pixels, refuses above 200
+    Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(tmp_path / "large.png")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert read_image(tmp_path / "large.png").shape == (12, 12, 3)
+        assert image_size(tmp_path / "large.png") == (12, 12)
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "bomb.png")
+    with pytest.raises(DataError, match="decompression bombs; cut it into tiles"):
+        read_image(tmp_path / "bomb.png")

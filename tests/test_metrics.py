@@ -82,3 +82,16 @@ def test_no_foreground_anywhere_gives_nan_miou() -> None:
 def test_shape_mismatch_is_rejected() -> None:
     with pytest.raises(ValueError):
         ConfusionMatrix(2).update(np.zeros((2, 2)), np.zeros((2, 3)))
+
+
+def test_a_tall_image_is_counted_in_bands_as_a_whole() -> None:
+    """update counts in bands of rows (a whole 12,000 × 9,000 image took 4 GB of int64 codes): the same matrix."""
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 4, (5000, 1000), dtype=np.uint8)
+    target[::7] = 255
+    prediction = rng.integers(0, 4, (5000, 1000), dtype=np.uint8)
+    matrix = ConfusionMatrix(4)
+    matrix.update(target, prediction)
+    valid = target != 255
+    expected = np.bincount(target[valid].astype(np.int64) * 4 + prediction[valid], minlength=16).reshape(4, 4)
+    assert np.array_equal(matrix.matrix, expected)
