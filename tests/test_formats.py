@@ -399,6 +399,12 @@ def test_cli_prints_where_the_format_files_are(shaken_multi_student, pictures, t
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert f"coco: {tmp_path / COCO_FILE}" in result.output and f"cvat: {tmp_path / CVAT_FILE}" in result.output
+    # a png-only run, then --format coco: "0 written, 1 already done" hid that the model ran again to score it
+    common = [str(pictures / "b.png"), "--model", str(shaken_multi_student), "--device", "cpu", "--workers", "0"]
+    assert CliRunner().invoke(app, ["predict", *common, "-o", str(tmp_path / "b")]).exit_code == 0
+    result = CliRunner().invoke(app, ["predict", *common, "-o", str(tmp_path / "b"), "--format", "coco"])
+    assert result.exit_code == 0 and "0 written, 1 already done" in result.output
+    assert "1 masks of an earlier run given the class scores --format needs" in result.output
 
 
 def test_labelmap_refuses_a_class_name_with_a_colon(shaken_multi_student, pictures, tmp_path, monkeypatch) -> None:

@@ -152,6 +152,8 @@ def predict(
     say = _say(quiet)
     masks = f"{str(out).rstrip('/')}/masks"
     say(f"{result.written} written, {result.skipped} already done, {len(result.failed)} failed -> {masks}")
+    if result.scored:  # the model ran again on images already done: said, as it takes as long as predicting them
+        say(f"{result.scored} masks of an earlier run given the class scores --format needs (their images run again)")
     for name, paths in result.format_paths.items():
         say(f"{name}: {', '.join(str(p) for p in paths)}")
     _exit_on_failures(result.failed)

@@ -165,12 +165,15 @@ def read_scores(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def add_missing_scores(runner: Any, items: Sequence[tuple[Path, Path]], out_dir: Path, batch_size: int, workers: int):
+def add_missing_scores(
+    runner: Any, items: Sequence[tuple[Path, Path]], out_dir: Path, batch_size: int, workers: int
+) -> int:
     """Score the written masks of ``items`` ((image, relative path)) that carry no scores, by running ``runner``
     (a :class:`~fsdistill.infer.predictor.Runner`) on their images; the masks' pixels stay as written, and an
-    image that no longer reads stays unscored."""
+    image that no longer reads stays unscored. Returns how many masks were scored (each a model run)."""
     masks = [(s, out_dir / "masks" / rel.with_suffix(".png")) for s, rel in items]
     todo = [(s, path) for s, path in masks if path.is_file() and read_scores(path) is None]
+    scored = 0
     for index, _, probs, error in runner.outputs([s for s, _ in todo], batch_size, workers, scored=True):
         if error is None:
             path = todo[index][1]
@@ -178,6 +181,8 @@ def add_missing_scores(runner: Any, items: Sequence[tuple[Path, Path]], out_dir:
                 mask = np.asarray(image, dtype=np.uint8)
                 text = dict(image.text)
             write_index_png(path, mask, runner.palette, text=text | scores_text(mask, probs))
+            scored += 1
+    return scored
 
 
 # ------------------------------------------------------------------------------------------------ geometry

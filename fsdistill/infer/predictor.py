@@ -268,6 +268,7 @@ class PredictResult:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     csv_path: Path | str | None = None
     format_paths: dict[str, list[Path]] = field(default_factory=dict)  # --format: files written per format
+    scored: int = 0  # masks of earlier runs given the scores --format needs (the model ran on their images again)
 
 
 def _overlay(image: np.ndarray, mask: np.ndarray, palette: list[tuple[int, int, int]], rows: int = 512) -> np.ndarray:
@@ -515,7 +516,7 @@ def predict_files(
         result.csv_path = merged or result.csv_path
     if formats.scored:
         assert out.local is not None
-        add_missing_scores(predictor, entries, out.local, batch_size, workers)
+        result.scored = add_missing_scores(predictor, entries, out.local, batch_size, workers)
     if out.local is not None:
         result.format_paths = write_formats(
             out.local, entries, predictor.class_names, palette, identity["config_sha256"], formats,
