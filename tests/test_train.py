@@ -1066,3 +1066,31 @@ def test_a_teacher_with_raw_dot_product_scores_trains_on_the_live_attention() ->
     cfg = TrainCfg(steps=3, polish_steps=0, precision="float32")
     stats = train(teacher, cache, cfg, student=student, quiet=True)
     assert stats.steps == 3 and cache.pairs is None
+
+
+def test_a_class_that_vanishes_at_the_input_size_is_said(tmp_path, caplog) -> None:
+    """A structure smaller than a cell of the input grid vanished from a support's resized mask without a word:
+    that support taught the class nothing (a class lost in every support is never learned)."""
+    import logging
+
+    from fsdistill.data.discover import discover
+    from fsdistill.data.support_tensors import load_support_tensors
+
+    root = tmp_path / "sup"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((400, 400, 3), 60 * i, np.uint8)).save(root / "images" / f"s{i}.png")
+        mask = np.zeros((400, 400), np.uint8)
+        mask[100:300, 100:300] = 1
+        mask[7, 5 + i] = 2  # one pixel: nearest-neighbour sampling at 64 px misses it
+        Image.fromarray(mask).save(root / "masks" / f"s{i}.png")
+    (root / "classes.txt").write_text("background\nbig\ndot\n")
+    with caplog.at_level(logging.WARNING, logger="fsdistill.data.support_tensors"):
+        tensors = load_support_tensors(discover(root), 64)
+    assert set(np.unique(tensors.masks.numpy())) == {0, 1}
+    messages = [r.message for r in caplog.records]
+    assert (
+        len(messages) == 1
+        and "Class 'dot' vanishes when 2 support image(s) are resized to 64 px (e.g. s0)" in (messages[0])
+    )

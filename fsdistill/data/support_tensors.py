@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +13,8 @@ from fsdistill.data.support_index import SupportIndex
 from fsdistill.data.transforms import resize_image, resize_mask
 
 __all__ = ["SupportTensors", "load_support_tensors"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -28,12 +31,23 @@ class SupportTensors:
 
 
 def load_support_tensors(index: SupportIndex, size: int) -> SupportTensors:
-    """Read every pair of ``index`` and resize it to size×size."""
+    """Read every pair of ``index`` and resize it to size×size. A class that a support shows but that no pixel of
+    its resized mask keeps (a structure smaller than the input grid's cells) is said in a warning: that support
+    cannot teach it, and a class lost in every support is never learned."""
     images, masks = [], []
+    lost: dict[int, list[str]] = {}
     for i in range(len(index)):
         image, mask = index.load_pair(i)
         images.append(resize_image(image, size))
         masks.append(resize_mask(mask, size))
+        for cls in set(np.unique(mask).tolist()) - set(np.unique(masks[-1]).tolist()) - {0, 255}:
+            lost.setdefault(cls, []).append(index.samples[i].key)
+    for cls, keys in sorted(lost.items()):
+        log.warning(
+            "Class %r vanishes when %d support image(s) are resized to %d px (e.g. %s): too small at that size, so "
+            "they cannot teach it; use a larger --size or crop closer to it.",
+            index.class_names[cls], len(keys), size, keys[0],
+        )  # fmt: skip
     return SupportTensors(
         images=torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
         masks=torch.from_numpy(np.stack(masks)),
