@@ -246,7 +246,7 @@ def _new_teacher(cfg: AdaptCfg | DistillCfg, num_classes: int) -> tuple[DCAMATea
         pretrained = build_teacher(model_cfg, num_classes).backbone
         teacher.backbone.load_state_dict(pretrained.state_dict())
         teacher.backbone.spec = pretrained.spec
-    elif cfg.model.backbone_weights is not None:
+    elif not report.backbone_kept and cfg.model.backbone_weights is not None:
         log.warning(
             "--backbone-weights %s is not used: the teacher checkpoint %s brings its own backbone.",
             cfg.model.backbone_weights,
