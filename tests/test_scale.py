@@ -95,6 +95,22 @@ def test_shards_partition_the_images_and_merge_to_the_unsharded_outputs(
     assert not list(out.rglob("*.tmp"))
 
 
+def test_shard_tables_of_a_file_name_that_is_not_utf8_merge(shaken_multi_student, tmp_path) -> None:
+    """The shard tables keep a Latin-1 name's bytes (predictions.csv crashed on it before); merging them decoded
+    the tables strictly and crashed at the last shard."""
+    import os
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in (os.fsdecode(b"caf\xe9.png"), "plain.png"):
+        Image.fromarray(SynData.image(30, 40, 1)).save(folder / name)
+    out = tmp_path / "out"
+    _predict(folder, out, shaken_multi_student, shard="0/2")
+    merged = _predict(folder, out, shaken_multi_student, shard="1/2")
+    assert merged.csv_path == out / "predictions.csv"
+    assert b"caf\xe9.png" in (out / "predictions.csv").read_bytes()
+
+
 def test_a_shard_rerun_with_another_spelling_of_the_inputs_keeps_every_row(
     shaken_multi_student, folder, tmp_path, monkeypatch
 ) -> None:

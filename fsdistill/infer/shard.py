@@ -87,7 +87,7 @@ def merge_shard_tables(out: Storage, shard: Shard, sources: list[str]) -> Path |
     # path) lists the same images under other strings, and its rows were dropped from the merge without a word.
     # Rows of images no longer in the inputs (an older run's table) are left out.
     for table in tables:
-        reader = csv.reader(io.StringIO(out.read_bytes(table).decode("utf-8"), newline=""))
+        reader = csv.reader(io.StringIO(out.read_bytes(table).decode("utf-8", "surrogateescape"), newline=""))
         header = next(reader, None) or header
         for row in reader:
             rows.setdefault(_image_key(row[0]), []).append(row)
