@@ -302,7 +302,11 @@ class RayScorer(RayEngine):
 
 def pool_size(ray: Any, workers: int | None, gpus_per_worker: float) -> int:
     """Actors in the pool: ``workers`` if given, else the cluster's GPUs / ``gpus_per_worker``, else its CPUs
-    (at most 8)."""
+    (at most 8).
+
+    Raises:
+        ConfigError: more GPUs per actor than the cluster has (Ray would wait for them forever).
+    """
     resources = ray.cluster_resources()
     if gpus_per_worker > 0 and resources.get("GPU", 0) < gpus_per_worker:
         # Ray would wait forever for a GPU to place the actors on.
@@ -346,9 +350,9 @@ def ray_session(ray: Any, address: str | None) -> Iterator[None]:
     if started:
         # Ray's own log lines (the C++ core's warning about actor restarts, Ray Data's execution summary) would
         # interleave with the command's progress bar; its errors still reach the caller as exceptions.
+        _check_reachable(address)  # before the environment is touched: a refusal leaves it as it was
         given = os.environ.get("RAY_BACKEND_LOG_LEVEL")
         os.environ["RAY_BACKEND_LOG_LEVEL"] = given or "fatal"
-        _check_reachable(address)
         try:
             ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
         except (ValueError, ConnectionError) as exc:  # a malformed address, no cluster at "auto"
