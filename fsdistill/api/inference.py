@@ -72,15 +72,12 @@ def evaluate(
         if sorted(index.class_names) != sorted(loaded.class_names) or index.class_names[0] != loaded.class_names[0]:
             extra = [name for name in index.class_names if name not in loaded.class_names]
             missing = [name for name in loaded.class_names if name not in index.class_names]
-            differ = "; ".join(
-                part
-                for part in (f"not the model's: {extra}" if extra else "", f"not here: {missing}" if missing else "")
-                if part
-            )
+            differ = [f"not the model's: {extra}"] if extra else []
+            differ += [f"not here: {missing}"] if missing else []
             raise DataError(
                 f"{data_dir} has classes {index.class_names} but the model {loaded.path} predicts "
-                f"{loaded.class_names} ({differ or 'another background'}); evaluate on a folder labelled with the "
-                "model's classes."
+                f"{loaded.class_names} ({'; '.join(differ) or 'another background'}); evaluate on a folder labelled "
+                "with the model's classes."
             )
         # The same classes in another order (another names file, COCO categories listed otherwise): matched by name.
         class_ids = np.arange(256, dtype=np.uint8)

@@ -147,10 +147,10 @@ def suggest(
             on_progress: with the number of images done (read or skipped).
 
     Raises:
-        ConfigError: ``top`` or ``batch_size`` below 1, negative ``workers``, a bad ``shard``, an unknown ``engine`` or a Ray option
-            without it. DependencyError: ``engine="ray"`` without Ray Data installed. DataError: a missing pool,
-            a pool without images, none readable, an unwritable output. CheckpointError: no student, or a
-            teacher that does not load or does not match it.
+        ConfigError: ``top`` or ``batch_size`` below 1, negative ``workers``, a bad ``shard``, an unknown
+            ``engine`` or a Ray option without it. DependencyError: ``engine="ray"`` without Ray Data installed.
+            DataError: a missing pool, a pool without images, none readable, an unwritable output.
+            CheckpointError: no student, or a teacher that does not load or does not match it.
     """
     from fsdistill.infer.ray_engine import RayScorer, resolve_engine
     from fsdistill.infer.suggest import (

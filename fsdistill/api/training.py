@@ -165,7 +165,7 @@ def _as_config(cfg: Any, cls: type[AdaptCfg] | type[DistillCfg]) -> Any:
         ConfigError: anything else (an AdaptCfg for distill, a path), or a mapping with bad options.
     """
     if isinstance(cfg, Mapping):
-        cfg = load_config(cls, data=cfg, command="adapt" if cls is AdaptCfg else "distill")
+        cfg = load_config(cls, data=cfg)  # the class names the command a `command:` key must match
     if isinstance(cfg, cls):
         # Recorded (config.resolved.yaml, the artifacts) as absolute paths: the file reruns the run from any folder.
         absolute = {

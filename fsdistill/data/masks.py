@@ -108,8 +108,9 @@ def read_mask_array(path: Path | str) -> np.ndarray:
     if mode in ("P", "L"):
         return np.asarray(img, dtype=np.uint8).copy()
     if mode in _ALPHA_MODES:
-        values = np.asarray(img.getchannel(0), np.uint8) if mode == "PA" else None  # palette indices, kept
-        if values is None:
+        if mode == "PA":
+            values = np.asarray(img.getchannel(0), np.uint8)  # palette indices, kept
+        else:
             values = _collapse_grey_rgb(np.asarray(img.convert("L" if mode[0] == "L" else "RGB"), np.uint8))
         return _transparent_as_background(values, np.asarray(img.getchannel("A"), np.uint8))
     if mode == "1":

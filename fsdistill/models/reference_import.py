@@ -413,8 +413,8 @@ def import_reference_weights(teacher: DCAMATeacher, path: Path | str) -> ImportR
     unplaced = [k for k in unplaced if k not in students]
     if students:
         log.warning(
-            "Teacher checkpoint %s also holds a DistillFSS student (%d tensors, e.g. %s): only its teacher is imported; "
-            "distill trains a student of its own.",
+            "Teacher checkpoint %s also holds a DistillFSS student (%d tensors, e.g. %s): only its teacher is "
+            "imported; distill trains a student of its own.",
             path, len(students), students[0],
         )  # fmt: skip
     if unplaced and bb_state is None:
