@@ -948,11 +948,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"({', '.join(CHECK_CASES)}) only when named",
     )
     args = parser.parse_args(argv)
+    for option, folder in (("--out", args.out), ("--cache", args.cache)):
+        if folder is not None and folder.exists() and not folder.is_dir():
+            print(f"error: {option} {folder} is a file; give a folder.", file=sys.stderr)
+            return 2
     try:
         build_examples(args.out, args.cache, args.force, args.case, verbose=True)
     except ExampleDataUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Each case is built in a temporary folder and moved into place whole: nothing half-built is left.
+        print("Interrupted; run the same command again to build what is missing.", file=sys.stderr)
+        return 130
     return 0
 
 

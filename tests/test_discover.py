@@ -48,6 +48,22 @@ def test_paired_binary_0_1_with_suffixes_and_orphans(tmp_path: Path, syn_data) -
     assert (idx.load_mask(1) == discs[1]).all()
 
 
+def test_masks_named_in_another_case_or_with_a_doubled_extension_pair(tmp_path: Path, syn_data) -> None:
+    """Windows and macOS ignore case, and some tools write "x.png.png": such masks were orphans."""
+    root = tmp_path / "sup"
+    discs = syn_data.paired(root, n=3)
+    (root / "masks" / "s0.png").rename(root / "masks" / "S0.PNG")
+    (root / "masks" / "s1.png").rename(root / "masks" / "s1.png.png")
+    idx = discover(root)
+    assert [s.key for s in idx.samples] == ["s0", "s1", "s2"] and not idx.orphan_masks
+    assert (idx.load_mask(0) > 0).sum() == discs[0].sum() and (idx.load_mask(1) > 0).sum() == discs[1].sum()
+    # Two images differing in case only: a mask of a third spelling is not guessed.
+    for name in ("Ab.png", "aB.png"):
+        syn_data.save(root / "images" / name, syn_data.image(32, 40))
+    syn_data.save(root / "masks" / "AB.png", discs[2].astype(np.uint8) * 255)
+    assert [p.name for p in discover(root).orphan_masks] == ["AB.png"]
+
+
 def test_paired_binary_mixing_0_1_and_0_255_files(tmp_path: Path, syn_data) -> None:
     """A folder gathered from two tools, one writing 0/1 masks and one 0/255: read as index masks, the 0/255
     objects became ignore (255) and foreground showed in the 0/1 files only, with exit 0. Each file is binary in
@@ -371,6 +387,20 @@ def test_read_class_names_rules(tmp_path: Path) -> None:
     t.write_text("cat\ncat\n")
     with pytest.raises(DataError, match="twice"):
         read_class_names(t)
+    # Comments: whole lines, and a "#" after a space; a "#" inside a name stays.
+    t.write_text("# atlas labels\nputamen  # left + right\nclass#2\n")
+    assert read_class_names(t) == ["background", "putamen", "class#2"]
+    # A background line in another language is the background (it shifted every class name by one).
+    for word in ("fond", "Hintergrund", "背景"):
+        t.write_text(f"{word}\ncaudate\n")
+        assert read_class_names(t) == [word, "caudate"]
+
+
+def test_names_file_in_another_case_is_found(tmp_path: Path, syn_data) -> None:
+    root = tmp_path / "sup"
+    syn_data.paired(root, n=2)
+    (root / "Classes.TXT").write_text("polyp\n")
+    assert discover(root).class_names == ["background", "polyp"]
 
 
 # --------------------------------------------------------------------------------------------- other layouts
@@ -428,6 +458,46 @@ def test_coco_file_name_is_not_matched_by_its_base_name_in_another_split(tmp_pat
     # The usual image folder (images/) still matches by base name; a sibling split never does.
     assert [s.image_path.relative_to(root).as_posix() for s in idx.samples] == ["images/0002.jpg"]
     assert any("val/0001.jpg" in w for w in idx.warnings)
+
+
+def test_coco_file_names_from_windows_or_another_machine_pair_by_name(tmp_path: Path, syn_data) -> None:
+    """Backslash paths, a drive, or an absolute path of the machine that exported the JSON: each image is found by
+    its path or file name in the usual image folders (none was found; a mix trained on part of the labels)."""
+    root = tmp_path / "coco_win"
+    names = ["C:\\Users\\bob\\data\\images\\a.png", "images\\b.png", "/home/alice/proj/c.png", "d.png"]
+    for name in "abcd":
+        syn_data.save(root / "images" / f"{name}.png", syn_data.image(10, 12))
+    data = {
+        "images": [{"id": k, "file_name": n, "width": 12, "height": 10} for k, n in enumerate(names)],
+        "categories": [{"id": 1, "name": "x"}],
+        "annotations": [
+            {"id": k, "image_id": k, "category_id": 1, "segmentation": [[0, 0, 3, 0, 3, 3]]} for k in range(4)
+        ],
+    }
+    (root / "annotations.json").write_text(json.dumps(data))
+    idx = discover(root)
+    assert sorted(s.image_path.name for s in idx.samples) == ["a.png", "b.png", "c.png", "d.png"]
+    assert not idx.orphan_images and not idx.warnings
+
+
+def test_only_crowd_annotations_say_so(tmp_path: Path, syn_data) -> None:
+    """Every region exported as crowd (iscrowd 1) is ignored: the message named mask values and names files."""
+    from fsdistill.data.check import check_support
+
+    root = tmp_path / "crowd"
+    for k in range(2):
+        syn_data.save(root / "images" / f"{k}.png", syn_data.image(10, 12))
+    data = {
+        "images": [{"id": k, "file_name": f"{k}.png", "width": 12, "height": 10} for k in range(2)],
+        "categories": [{"id": 1, "name": "x"}],
+        "annotations": [
+            {"id": k, "image_id": k, "category_id": 1, "iscrowd": 1, "segmentation": [[0, 0, 3, 0, 3, 3]]}
+            for k in range(2)
+        ],
+    }
+    (root / "annotations.json").write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"all 2 annotations of annotations\.json are crowd regions \(iscrowd 1\)"):
+        check_support(root)
 
 
 def test_coco_size_disagrees_with_image(tmp_path: Path, syn_data) -> None:

@@ -329,3 +329,23 @@ def test_script_cli_skips_complete_cases(example_data: dict[str, Path]) -> None:
     lines = proc.stdout.strip().splitlines()
     # One line per case: complete and skipped, or (macaque) skipped as unavailable.
     assert len(lines) == len(make_examples.CASES) and all("skipped" in line for line in lines)
+
+
+def test_script_refuses_a_file_as_cache_or_out_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--cache naming a file was a FileExistsError traceback."""
+    afile = tmp_path / "cachefile"
+    afile.write_text("hi")
+    for option in ("--cache", "--out"):
+        assert make_examples.main([option, str(afile)]) == 2
+        assert capsys.readouterr().err.strip() == f"error: {option} {afile} is a file; give a folder."
+
+
+def test_script_interrupted_says_how_to_finish(tmp_path: Path, monkeypatch, capsys: pytest.CaptureFixture) -> None:
+    """Ctrl-C printed a KeyboardInterrupt traceback; complete cases are kept, so a rerun finishes the rest."""
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(make_examples, "build_examples", interrupted)
+    assert make_examples.main(["--out", str(tmp_path / "ex")]) == 130
+    assert capsys.readouterr().err.strip() == "Interrupted; run the same command again to build what is missing."

@@ -598,6 +598,22 @@ def test_listed_class_without_pixels_is_refused_for_training(runner, tmp_path) -
         assert "cannot be learned" in line and not out.exists()
 
 
+def test_a_background_line_taken_as_class_1_is_named_as_the_likely_cause(runner, tmp_path) -> None:
+    """A first line naming the background in a word not known as background ("Umgebung") is class 1, every name
+    moves up by one and the last has no pixel: the advice to delete that last line made the wrong names permanent."""
+    root = _gapped_folder(tmp_path / "support", values=(1, 2, 3), names=["Umgebung", "a", "b", "c"])
+    result = runner.invoke(app, ["check", str(root)])
+    text = " ".join(result.stdout.split())
+    assert "Class 'c' (classes.txt) appears in no mask" in text
+    assert "if classes.txt's names look shifted by one, its first name 'Umgebung' may be the background" in text
+    args = ["distill", "--support", str(root), "--out", str(tmp_path / "run"), "--steps", "0"]
+    assert_user_error(
+        runner.invoke(app, [*args, "--backbone", "test-resnet", "--size", "64", "--device", "cpu"]),
+        "Class 'c' (classes.txt) has no pixel in any mask",
+        "its first name 'Umgebung' may be the background: call it 'background'",
+    )
+
+
 @pytest.mark.parametrize("command", ["predict", "suggest", "distill"])
 def test_the_ray_install_hint_keeps_its_extra_in_the_help(runner, command) -> None:
     """Rich read ``[ray]`` as markup and showed ``pip install 'fsdistill'``."""

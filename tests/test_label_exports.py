@@ -365,6 +365,17 @@ def test_a_url_prefix_with_folders_pairs_each_task_with_its_own_image(tmp_path) 
     ]
 
 
+@pytest.mark.parametrize(
+    "ref", ["/data/local-files/?d=C:\\Users\\bob\\images\\x.png", "images\\x.png", "D:/labels/x.png"]
+)
+def test_windows_paths_in_a_labelstudio_export_find_their_images(tmp_path, ref) -> None:
+    """An export made on Windows names its images with backslashes or a drive: read as separators and roots, they
+    pair with the image by its path tail (the error said to put the image where it already was)."""
+    folder = _one_task(tmp_path / "ls", ref, [_brush()], save="images/x.png")
+    index = discover(folder)
+    assert [s.image_path.relative_to(folder).as_posix() for s in index.samples] == ["images/x.png"]
+
+
 def test_missing_image_names_the_file(tmp_path) -> None:
     folder = _one_task(tmp_path / "ls", "/data/upload/2/deadbeef-gone.png", [_brush()])
     _check_error(folder, "gone.png", "task 7", "copy the project's images")

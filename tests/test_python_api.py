@@ -230,6 +230,12 @@ def test_evaluate_matches_the_same_classes_listed_in_another_order(shaken_multi_
     a = fsdistill.evaluate(ordered, model=shaken_multi_student, device="cpu", workers=0)
     b = fsdistill.evaluate(swapped, model=shaken_multi_student, device="cpu", workers=0)
     assert a.iou == b.iou and a.miou == b.miou and 0 < a.miou < 1
+    # The background spelled otherwise ("Background", "bg") is id 0 all the same: it was refused as another class.
+    (swapped / "classes.txt").write_text("\n".join(["Background", *[names[k] for k in order[1:]]]) + "\n")
+    assert fsdistill.evaluate(swapped, model=shaken_multi_student, device="cpu", workers=0).iou == a.iou
+    # Without a names file the classes are the model's by id (default names "class_1", ... were refused).
+    (ordered / "classes.txt").unlink()
+    assert fsdistill.evaluate(ordered, model=shaken_multi_student, device="cpu", workers=0).iou == a.iou
     (swapped / "classes.txt").write_text("background\nred\ngreen\nyellow\n")
     with pytest.raises(DataError, match=r"not the model's: \['yellow'\]; not here: \['blue'\]"):
         fsdistill.evaluate(swapped, model=shaken_multi_student, device="cpu", workers=0)

@@ -68,20 +68,25 @@ def evaluate(
     if on_total is not None:
         on_total(len(index))
     class_ids = None
-    if index.class_names != loaded.class_names:
-        if sorted(index.class_names) != sorted(loaded.class_names) or index.class_names[0] != loaded.class_names[0]:
-            extra = [name for name in index.class_names if name not in loaded.class_names]
-            missing = [name for name in loaded.class_names if name not in index.class_names]
+    # Id 0 is the background on both sides however each spells it ("Background", "bg"); a folder without a names
+    # file has default names (binary "foreground", "class_1", ...) and is read by id.
+    folder_names = [loaded.class_names[0], *index.class_names[1:]]
+    if index.names_source in ("defaults", "mask values") and len(folder_names) == len(loaded.class_names):
+        folder_names = loaded.class_names
+    if folder_names != loaded.class_names:
+        if sorted(folder_names) != sorted(loaded.class_names):
+            extra = [name for name in folder_names if name not in loaded.class_names]
+            missing = [name for name in loaded.class_names if name not in folder_names]
             differ = [f"not the model's: {extra}"] if extra else []
             differ += [f"not here: {missing}"] if missing else []
             raise DataError(
                 f"{data_dir} has classes {index.class_names} but the model {loaded.path} predicts "
-                f"{loaded.class_names} ({'; '.join(differ) or 'another background'}); evaluate on a folder labelled "
+                f"{loaded.class_names} ({'; '.join(differ)}); evaluate on a folder labelled "
                 "with the model's classes."
             )
         # The same classes in another order (another names file, COCO categories listed otherwise): matched by name.
         class_ids = np.arange(256, dtype=np.uint8)
-        class_ids[: len(index.class_names)] = [loaded.class_names.index(name) for name in index.class_names]
+        class_ids[: len(folder_names)] = [loaded.class_names.index(name) for name in folder_names]
     leaked = sorted(_leaked_supports(loaded.config.get("support", {}), index))
     if leaked:
         shown = ", ".join(leaked[:3]) + (", …" if len(leaked) > 3 else "")
@@ -96,7 +101,7 @@ def evaluate(
     if not matrix.matrix[1:].any():
         raise DataError(
             f"All {len(index)} masks in {data_dir} are empty: no pixel has a foreground class, so IoU is undefined; "
-            "check the mask values (binary masks need 255 or 1 for the object) and the names file."
+            f"{index.empty_masks_hint()}."
         )
     ious = matrix.iou()
     return EvalResult(

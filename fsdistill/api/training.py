@@ -117,7 +117,7 @@ def _prepare(cfg: AdaptCfg | DistillCfg) -> tuple[SupportIndex, int, torch.devic
         raise DataError(
             f"Class {unused[0]!r} ({index.names_source}) has no pixel in any mask of {cfg.support}"
             f"{f' (nor do {len(unused) - 1} more)' if len(unused) > 1 else ''}, so it cannot be learned; add "
-            f"images that show it or {index.drop_class_hint()}."
+            f"images that show it or {index.drop_class_hint(unused)}."
         )
     device = resolve_device(cfg.device)
     seed_everything(cfg.train.seed)
@@ -125,7 +125,7 @@ def _prepare(cfg: AdaptCfg | DistillCfg) -> tuple[SupportIndex, int, torch.devic
     if not bool(((support.masks > 0) & (support.masks != IGNORE_INDEX)).any()):
         raise DataError(
             f"All {len(index)} masks in {cfg.support} are empty: no pixel has a foreground class, so there is "
-            "nothing to learn; check the mask values (binary masks need 255 or 1 for the object) and the names file."
+            f"nothing to learn; {index.empty_masks_hint()}."
         )
     if cfg.train.augment is False and len(index) == 1 and cfg.train.steps != 0:  # no query besides the one support
         raise ConfigError("One support image needs augmentation to build episodes; drop --no-augment or add images.")

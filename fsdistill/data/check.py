@@ -176,7 +176,7 @@ def check_support(root: Path | str, progress: Callable[[int, int], None] | None 
     if not problems and n and len(empty) == n:
         raise DataError(
             f"All {n} masks in {index.root} are empty: no pixel has a foreground class (e.g. {_examples(empty)}); "
-            "check the mask values (binary masks need 255 or 1 for the object) and the names file."
+            f"{index.empty_masks_hint()}."
         )
 
     warnings = list(index.warnings)
@@ -198,7 +198,7 @@ def check_support(root: Path | str, progress: Callable[[int, int], None] | None 
             # The fix depends on where the name came from: a names file, a class folder, COCO categories.
             warnings.append(
                 f"Class {name!r} ({index.names_source}) appears in no mask, so adapt and distill refuse the folder; "
-                f"add images that show it or {index.drop_class_hint()}."
+                f"add images that show it or {index.drop_class_hint([name])}."
             )
         elif seen < MIN_IMAGES_PER_CLASS:
             warnings.append(

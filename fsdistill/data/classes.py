@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -23,6 +24,7 @@ __all__ = [
 ]
 
 BINARY_NAMES = ("background", "foreground")  # names of binary masks without a names file
+_INLINE_COMMENT = re.compile(r"\s+#.*$")
 
 
 def is_labelmap(path: Path | None) -> bool:
@@ -67,7 +69,8 @@ def read_class_names(path: Path | str) -> list[str]:
         raise DataError(f"Cannot read names file {path}: {e}; save it as UTF-8 text.") from e
     if path.suffix.lower() == ".txt":
         lines = [ln.strip() for ln in text.rstrip().splitlines()]  # trailing blank lines are not names
-        names = [ln for ln in lines if not ln.startswith("#")]
+        # "# ..." lines are comments, and so is the tail of "putamen  # left and right": a "#" after a space.
+        names = [_INLINE_COMMENT.sub("", ln) for ln in lines if not ln.startswith("#")]
     else:
         try:
             data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
@@ -95,14 +98,18 @@ def read_class_names(path: Path | str) -> list[str]:
 
 
 def find_names_file(dirs: Iterable[Path]) -> Path | None:
-    """The first names file in ``dirs``: labelmap.txt, classes.txt, class_names.txt, names.txt, or a YAML/JSON
-    with ``names:`` (JSON above 1 MiB skipped)."""
+    """The first names file in ``dirs``: labelmap.txt, classes.txt, class_names.txt, names.txt (in any case), or a
+    YAML/JSON with ``names:`` (JSON above 1 MiB skipped)."""
     for d in dict.fromkeys(dirs):
+        entries = sorted(d.iterdir())
+        # Any case: "Classes.txt" written on Windows or macOS, whose file systems ignore case, is the names file.
+        by_lower_name = {p.name.lower(): p for p in entries if p.is_file()}
         for name in ("labelmap.txt", "classes.txt", "class_names.txt", "names.txt"):
-            p = d / name
-            if p.is_file():
-                return p
-        for p in sorted(d.iterdir()):
+            if (d / name).is_file():
+                return d / name
+            if name in by_lower_name:
+                return by_lower_name[name]
+        for p in entries:
             if p.is_file() and not is_hidden(p) and p.suffix.lower() in (".yaml", ".yml", ".json"):
                 if p.suffix.lower() == ".json" and p.stat().st_size > 1 << 20:
                     continue  # COCO files and other big JSON: not a names file, and slow to parse

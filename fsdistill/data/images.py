@@ -10,7 +10,7 @@ import struct
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Protocol
 
 import numpy as np
@@ -27,6 +27,7 @@ __all__ = [
     "to_uint8_rgb",
     "exif_quarter_turn",
     "open_pil",
+    "exported_path",
 ]
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
@@ -41,6 +42,18 @@ _SWAPS_AXES = {5, 6, 7, 8}
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError, struct.error, EOFError)
 # A malformed EXIF block must not make an otherwise fine image unreadable; it only loses its rotation.
 _EXIF_ERRORS = (OSError, SyntaxError, ValueError, KeyError, TypeError, struct.error)
+
+
+def exported_path(name: str) -> PurePosixPath:
+    """An image path as an annotation tool wrote it on any system, in POSIX form: Windows separators and roots
+    (``images\\x.png``, ``C:\\data\\x.png``, ``\\\\server\\share\\x.png``) become ``images/x.png`` and the absolute
+    ``/data/x.png``-like path, so a COCO or Label Studio export made on Windows pairs with its images here."""
+    if "\\" not in name and not (len(name) > 1 and name[1] == ":" and name[0].isalpha()):
+        return PurePosixPath(name)
+    windows = PureWindowsPath(name)
+    if windows.anchor:
+        return PurePosixPath("/", *windows.parts[1:])
+    return PurePosixPath(*windows.parts)
 
 
 class _StoredImage(Protocol):

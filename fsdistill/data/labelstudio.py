@@ -18,7 +18,7 @@ import numpy as np
 
 from fsdistill.data.brush_rle import BrushRleError, decode_brush_rle
 from fsdistill.data.coco import rasterize_polygons
-from fsdistill.data.images import IMAGE_SUFFIXES
+from fsdistill.data.images import IMAGE_SUFFIXES, exported_path
 from fsdistill.data.masks import BACKGROUND_NAMES
 from fsdistill.errors import DataError
 
@@ -264,7 +264,8 @@ def image_candidates(ref: str) -> list[PurePosixPath]:
     comes between (``pool/b/x.png`` → ``pool/b/x.png``, ``b/x.png``, ``x.png``): a URL prefix that names the
     images' folder (``--image-root-url https://host/pool/``) must not pair ``b/x.png``'s task with ``x.png``.
     """
-    path = PurePosixPath(_path_part(ref).lstrip("/"))
+    path = exported_path(_path_part(ref))
+    path = PurePosixPath(*path.parts[1:]) if path.is_absolute() else path
     out: list[PurePosixPath] = []
     if not ref.startswith("/data/upload/"):
         out += [PurePosixPath(*path.parts[start:]) for start in range(len(path.parts))]

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fsdistill.data.coco import CocoData, load_coco, read_coco_json
-from fsdistill.data.images import IMAGE_SUFFIXES
+from fsdistill.data.images import IMAGE_SUFFIXES, exported_path
 from fsdistill.data.labelstudio import (
     LabelingConfig,
     LabelStudioData,
@@ -133,13 +133,18 @@ def _match_paired(img_dir: Path, mask_dir: Path, images: list[Path], masks: list
                 f"Images {by_key[k]} and {p} have the same name apart from the extension; remove or rename one."
             )
         by_key[k] = p
+    # Windows and macOS ignore case, and some tools append an extension to a full file name ("x.png.png"): a
+    # mask matches such a name when nothing matches exactly (case-blind only where that is unambiguous).
+    lowered = [k.lower() for k in by_key]
+    by_lower_key = {k.lower(): k for k in by_key if lowered.count(k.lower()) == 1}
     mask_of: dict[str, Path] = {}
     orphan_masks: list[Path] = []
     for m in masks:
         rel = m.relative_to(mask_dir).with_suffix("")
-        full = rel.as_posix()
-        stripped = (rel.parent / _strip_mask_suffix(rel.name)).as_posix()
-        k = full if full in by_key else stripped if stripped in by_key else None
+        stems = [rel, rel.with_suffix("")] if rel.suffix.lower() in IMAGE_SUFFIXES else [rel]
+        names = [n for r in stems for n in (r.as_posix(), (r.parent / _strip_mask_suffix(r.name)).as_posix())]
+        k = next((n for n in names if n in by_key), None)
+        k = k or next((by_lower_key[n.lower()] for n in names if n.lower() in by_lower_key), None)
         if k is None:
             orphan_masks.append(m)
             continue
@@ -312,15 +317,11 @@ def _find_coco(d: Path) -> FoundPairs | None:
     missing: list[str] = []
     keys: set[str] = set()
     for iid, im in sorted(coco.images.items(), key=lambda kv: kv[1].file_name):
-        rel = Path(im.file_name)
-        path = next(
-            (
-                p
-                for p in [*(b / rel for b in bases), *(b / rel.name for b in name_bases)]
-                if not rel.is_absolute() and p.is_file()
-            ),
-            rel if rel.is_absolute() and rel.is_file() else None,
-        )
+        rel = Path(exported_path(im.file_name))
+        # An absolute path is used where it exists; one from another machine (or a Windows drive) falls back to
+        # its file name in the usual image folders, as a bare name does.
+        tried = [rel] if rel.is_absolute() else [b / rel for b in bases]
+        path = next((p for p in [*tried, *(b / rel.name for b in name_bases)] if p.is_file()), None)
         if path is None:
             missing.append(im.file_name)
             continue

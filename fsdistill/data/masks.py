@@ -47,7 +47,13 @@ __all__ = [
 
 IGNORE_INDEX = 255
 Rgb = tuple[int, int, int]
-BACKGROUND_NAMES = frozenset({"background", "bg", "_background_", "__background__", "backgroud", "back_ground"})
+# Names taken as the background class (compared in lower case), with the common translations: a names file in
+# another language must not turn its background line into class 1 and shift every class name by one.
+BACKGROUND_NAMES = frozenset(
+    {"background", "bg", "_background_", "__background__", "backgroud", "back_ground", "unlabeled", "unlabelled"}
+    | {"fond", "arrière-plan", "arriere-plan", "hintergrund", "fondo", "sfondo", "achtergrond", "fundo", "tło"}
+    | {"bakgrund", "baggrund", "bakgrunn", "tausta", "háttér", "pozadí", "arka plan", "фон", "背景", "배경"}
+)
 
 
 def default_palette(n: int) -> list[Rgb]:

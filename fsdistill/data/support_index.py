@@ -151,8 +151,31 @@ class SupportIndex:
             return []
         return [self.class_names[k] for k, n in enumerate(self.class_pixels) if k and not n]
 
-    def drop_class_hint(self) -> str:
-        """How to drop a listed class, in the terms of where the class names came from (for messages)."""
+    def drop_class_hint(self, unused: list[str] | None = None) -> str:
+        """How to drop a listed class, in the terms of where the class names came from (for messages); with the
+        ``unused`` classes, also a hint when they include the last name of a names file, the sign of names shifted
+        by one (a background line in a word not known as background, taken as class 1)."""
+        source = self.names_source
+        if unused and unused[-1] == self.class_names[-1] and len(self.class_names) > 2:
+            if source.lower().endswith((".txt", ".yaml", ".yml", ".json")) and not source.startswith("COCO"):
+                return (
+                    f"{self._drop_class_hint()}; if {source}'s names look shifted by one, its first name "
+                    f"{self.class_names[1]!r} may be the background: call it 'background'"
+                )
+        return self._drop_class_hint()
+
+    def empty_masks_hint(self) -> str:
+        """What to check when no mask has a foreground pixel, in the terms of the layout (for messages)."""
+        if self.coco is not None:
+            anns = [a for per_image in self.coco.annotations.values() for a in per_image]
+            if anns and all(a.get("iscrowd", 0) for a in anns):
+                return (
+                    f"all {len(anns)} annotations of {self.coco.path.name} are crowd regions (iscrowd 1), which are "
+                    "ignored in training and scoring; export the objects with iscrowd 0"
+                )
+        return "check the mask values (binary masks need 255 or 1 for the object) and the names file"
+
+    def _drop_class_hint(self) -> str:
         source = self.names_source
         if source == "class folder names":
             return "remove its folder"
