@@ -12,6 +12,8 @@
 # load average at start and end is recorded in profile.json and profile.md).
 # Usage: bash benchmarks/profile_cpu.sh   (env: PYTHON, THREADS, OUT, FSDISTILL_PROFILE_ARGS for extra flags)
 set -euo pipefail
+# OUT relative to where the script is called from (resolved before moving to the repository root).
+if [ -n "${OUT:-}" ]; then mkdir -p "$OUT" && OUT="$(cd "$OUT" && pwd)"; fi
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
 OUT="${OUT:-benchmarks/results/profile_cpu}"

@@ -28,6 +28,7 @@ import torch
 
 from fsdistill.config import ModelCfg
 from fsdistill.models.build import build_student, build_teacher, for_inference
+from fsdistill.models.decoder import DECODERS
 from fsdistill.runtime import inference_memory_format, library_versions, retain_freed_memory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +47,42 @@ def _student(
     return student
 
 
-def main() -> None:
+def _checked(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> tuple[list[int], list[tuple[str, int, bool | None]], list[str]]:
+    """The ways (each once, in the order given), the variants (decoder, width, refiner) and their names, or exit 2
+    with argparse's one-line error for a value the models or the timing cannot use."""
+    for flag, value, low in (
+        ("--batch-size", args.batch_size, 1),
+        ("--warmup", args.warmup, 0),
+        ("--rounds", args.rounds, 1),
+    ):
+        if value < low:
+            parser.error(f"{flag} must be at least {low}, got {value}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
+    if args.size < 64 or args.size % 32:
+        parser.error(f"--size must be a multiple of 32 of at least 64, got {args.size}")
+    try:
+        ways = list(dict.fromkeys(int(w) for w in args.ways.split(",")))
+    except ValueError:
+        parser.error(f"--ways must be comma-separated whole numbers, got {args.ways!r}")
+    if min(ways) < 1:
+        parser.error(f"--ways must be at least 1, got {args.ways!r}")
+    fields = list(dict.fromkeys(args.variants.split(",")))
+    variants = []
+    for field in fields:
+        parts = field.split(":")
+        if len(parts) not in (2, 3) or parts[0] not in DECODERS or not all(p.isdigit() for p in parts[1:]):
+            parser.error(
+                f"--variants entry {field!r} is not decoder:student_width[:refiner] with a decoder of "
+                f"{', '.join(sorted(DECODERS))} and whole numbers"
+            )
+        variants.append((parts[0], int(parts[1]), bool(int(parts[2])) if len(parts) > 2 else None))
+    return ways, variants, fields
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ways", default="1,5,10,20,50", help="comma-separated numbers of classes")
     parser.add_argument(
@@ -60,16 +96,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ways_scaling")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    ways, variants, names = _checked(parser, args)
     if args.threads:
         torch.set_num_threads(args.threads)
     retain_freed_memory()  # as predict: freed memory kept, so the timed runs are warm
     device = torch.device("cpu")
     layout = inference_memory_format(device, "student")
-    ways = [int(w) for w in args.ways.split(",")]
-    fields = [v.split(":") for v in args.variants.split(",")]
-    variants = [(f[0], int(f[1]), bool(int(f[2])) if len(f) > 2 else None) for f in fields]
-    names = [":".join(f) for f in fields]
     torch.manual_seed(0)
     query = torch.randint(0, 256, (args.batch_size, 3, args.size, args.size), dtype=torch.uint8)
     query = query.contiguous(memory_format=layout)

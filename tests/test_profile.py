@@ -383,3 +383,85 @@ def test_each_model_is_called_once_unmetered_before_its_first_cell():
     out = runner.measure({"student": lambda: log.append("student"), "teacher": lambda: log.append("teacher")}, 1.0)
     assert log[:2] == ["teacher", "start"]  # the student was primed in the first cell; the teacher now
     assert log.count("student") == 3 and out["student"].warmup == 1 and len(out["student"].times) == 2
+
+
+def test_a_model_with_fewer_teacher_ways_says_the_teacher_was_not_timed(tiny_run, tmp_path):
+    """--teacher-max-ways below the model's ways named a teacher cell that was never measured ("teacher/student at
+    1-way 1-shot: n/a") and profile.md claimed the teacher was timed up to 10 ways."""
+    out = tmp_path / "m"
+    args = ["profile", "--model", str(tiny_run), "--shots", "1", "--warmup", "0", "--runs", "1", "--device", "cpu",
+            "--teacher-max-ways", "0", "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "profile.json").read_text())
+    assert data["teacher_ways"] == [] and data["ratios"]["teacher_cell"] is None
+    assert "teacher: not timed" in result.stdout and "teacher/student at" not in result.stdout
+    md = (out / "profile.md").read_text()
+    assert "teacher not timed" in md and "teacher timed up to" not in md and "- teacher: not timed" in md
+
+
+def test_an_interrupted_rerun_leaves_no_report_of_the_earlier_grid(tmp_path, monkeypatch):
+    """Ctrl-C during a second profile into one --out kept the first run's profile.md / .png beside the new partial
+    profile.json, and the message spoke of predict and --overwrite."""
+    from fsdistill.profiling import grid
+
+    out = tmp_path / "p"
+    args = ["profile", "--backbone", "test-resnet", "--size", "64", "--ways", "2", "--shots", "1", "--warmup", "0",
+            "--runs", "1", "--device", "cpu", "--out", str(out)]  # fmt: skip
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert all((out / name).is_file() for name in FILES)
+    measured = grid._measure_pair
+    calls = []
+
+    def interrupted_in_the_second_cell(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return measured(*a, **k)
+
+    monkeypatch.setattr(grid, "_measure_pair", interrupted_in_the_second_cell)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 130
+    assert result.stderr.strip() == (
+        'interrupted: profile.json and profile.csv hold the cells measured so far ("complete": false); re-run the '
+        "same command for the whole grid."
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["profile.csv", "profile.json"]
+    data = json.loads((out / "profile.json").read_text())
+    assert data["complete"] is False and {r["ways"] for r in data["rows"]} == {1}
+
+
+def test_a_folder_where_a_report_goes_is_refused_before_measuring(tmp_path, monkeypatch):
+    """A folder named profile.png in --out was an IsADirectoryError traceback, after the whole grid was measured."""
+    from fsdistill.profiling import grid
+
+    (tmp_path / "p" / "profile.png").mkdir(parents=True)
+    monkeypatch.setattr(grid, "_measure_pair", lambda *a, **k: pytest.fail("measured"))
+    result = CliRunner().invoke(app, ["profile", "--device", "cpu", "--out", str(tmp_path / "p"), "--size", "64"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        f"error: {tmp_path / 'p' / 'profile.png'} is a folder, where profile writes a file; move it or pass another "
+        "--out."
+    )
+
+
+def test_inputs_too_large_for_memory_are_a_user_error(tmp_path, monkeypatch):
+    """A huge --shots or --batch-size failed allocating the random inputs: a traceback, and an empty --out left."""
+    from fsdistill.profiling import grid
+
+    def no_memory(n, size, gen):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(grid, "_random_images", no_memory)
+    args = ["profile", "--backbone", "test-resnet", "--size", "64", "--batch-size", "100000", "--device", "cpu",
+            "--out", str(tmp_path / "p")]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "do not fit in memory" in result.stderr and "lower --batch-size or --shots" in result.stderr
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("field", ["size", "student_width"])
+def test_api_refuses_a_string_where_a_number_goes(tmp_path, field):
+    with pytest.raises(ConfigError, match=f"--{field.replace('_', '-')} must be"):
+        api.profile(ProfileCfg(**{**TINY, field: "128"}, out=tmp_path / "p"), quiet=True)

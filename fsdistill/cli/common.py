@@ -193,6 +193,17 @@ def _say(quiet: bool) -> Callable[[str], None]:
     return (lambda text: None) if quiet else typer.echo
 
 
+# What Ctrl-C leaves behind and how to go on, per command ("": the commands that write only when complete).
+_INTERRUPTED = {
+    "": "nothing half-written was left (outputs are written only when complete); re-run the same command to start "
+    "again.",
+    "predict": "the masks written so far are kept; re-run the same command to go on where it stopped (--overwrite "
+    "would redo every image).",
+    "profile": 'profile.json and profile.csv hold the cells measured so far ("complete": false); re-run the same '
+    "command for the whole grid.",
+}
+
+
 def _guarded(fn: Callable) -> Callable:
     """User errors → one line on stderr and exit 2; Ctrl-C → a note on what was kept and exit 130."""
 
@@ -213,12 +224,7 @@ def _guarded(fn: Callable) -> Callable:
             typer.echo(f"error: {_rank_note()}{exc}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            typer.echo(
-                "interrupted: nothing half-written was left (artifacts are written only when complete); "
-                "re-run the same command to start again (predict resumes where it stopped: without --overwrite, "
-                "which would redo every image).",
-                err=True,
-            )
+            typer.echo(f"interrupted: {_INTERRUPTED.get(fn.__name__, _INTERRUPTED[''])}", err=True)
             raise typer.Exit(130) from None
         finally:
             if previous is not None:

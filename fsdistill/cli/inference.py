@@ -277,6 +277,8 @@ def profile(
     t_cell = ratios.get("teacher_cell")
     if t_cell is not None:
         say(f"teacher/student at {t_cell['ways']}-way {t_cell['shots']}-shot: {fmt(ratios['teacher_over_student'])}")
+    else:
+        say("teacher: not timed (--teacher-max-ways below the ways, or no teacher in the run)")
     say(f"student/backbone at {ratios['largest_cell']['ways']}-way: {fmt(ratios['student_over_backbone'])}")
     by_ways = ratios.get("student_over_backbone_by_ways") or {}
     if len(by_ways) > 1:

@@ -38,6 +38,10 @@ from fsdistill.runtime import (
 __all__ = ["run_profile"]
 
 
+# What profile writes into its --out folder.
+PROFILE_FILES = ("profile.json", "profile.csv", "profile.md", "profile.png")
+
+
 def run_profile(cfg: ProfileCfg, quiet: bool = False) -> ProfileResult:
     """Measure the grid and write profile.json/.csv/.md/.png into ``cfg.out`` (see :mod:`fsdistill.profiling`).
 
@@ -83,18 +87,31 @@ def run_profile(cfg: ProfileCfg, quiet: bool = False) -> ProfileResult:
     meter = MemoryMeter(device)
     runner = _Runner(cfg, device, meter)
     estimator = _Estimator()
-    query = _random_images(cfg.batch_size, size, gen).to(device)  # uint8: the models normalise it, as in predict
+    try:
+        query = _random_images(cfg.batch_size, size, gen).to(device)  # uint8: the models normalise it, as predict
+        supports = None if base_teacher is None else _Supports(teacher_ways, max_shots, size, gen, device)
+    except BaseException as exc:
+        if not is_oom(exc):
+            raise
+        raise ConfigError(
+            f"The {cfg.batch_size} query image(s) and {teacher_ways * max_shots if base_teacher else 0} support "
+            f"image(s) of {size} px do not fit in memory on {device_name(device)}; lower --batch-size or --shots "
+            "(or --teacher-max-ways)."
+        ) from None
 
+    taken = [name for name in PROFILE_FILES if (out / name).exists() and not (out / name).is_file()]
+    if taken:
+        raise ConfigError(f"{out / taken[0]} is a folder, where profile writes a file; move it or pass another --out.")
     try:
         out.mkdir(parents=True, exist_ok=True)
+        for name in PROFILE_FILES:  # a new grid replaces every report of an earlier one, not some of them
+            (out / name).unlink(missing_ok=True)
     except OSError as exc:
-        raise ConfigError(f"Cannot create the output folder {out} ({exc.strerror}); pass another --out.") from None
+        raise ConfigError(f"Cannot write into the output folder {out} ({exc.strerror}); pass another --out.") from None
     cells = [(w, s) for w in ways_grid for s in shots_grid]
     bar = progress(total=len(cells), quiet=quiet, desc="profile", unit="cell")
 
-    supports = None
-    if base_teacher is not None:
-        supports = _Supports(teacher_ways, max_shots, size, gen, device)
+    if supports is not None:
         if cfg.cache:
             bar.set_postfix({"step": f"encoding {teacher_ways * max_shots} support images"}, refresh=True)
             try:
@@ -182,7 +199,7 @@ def run_profile(cfg: ProfileCfg, quiet: bool = False) -> ProfileResult:
     data["complete"] = True
     data["load_average_end"] = _load_average()
     data["seconds"] = round(time.perf_counter() - wall0, 1)
-    data["ratios"] = headline_ratios(data["rows"], max_ways, max_shots, teacher_ways)
+    data["ratios"] = headline_ratios(data["rows"], max_ways, max_shots, max(data["teacher_ways"], default=0))
     files = _write_tables(out, data)
     files["md"] = write_atomic(out / "profile.md", render_markdown(data))
     files["png"] = _write_plot(out / "profile.png", data)

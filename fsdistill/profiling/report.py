@@ -155,13 +155,18 @@ def render_markdown(data: dict[str, Any]) -> str:
         f"- timing: {data['timing']}; {data['timing_policy']}",
         f"- memory: {data['memory_method']}",
         f"- load average (1/5/15 min) at start: {data.get('load_average_start')}, at end: "
-        f"{data.get('load_average_end')} (above the thread count, other work shared the cores: timings are inflated)",
+        f"{data.get('load_average_end')}{_load_note(data)}",
         "- latency = median (p50) ms per run of one batch; memory = peak MB; "
         "student and backbone runs alternate within a cell",
         f"- memory layout: student and backbone {_pair_layout(data)} (as predict runs the student), teacher default",
         "",
-        f"- teacher timed up to {data.get('teacher_max_ways', 'all')} ways (`--teacher-max-ways`); "
-        "student and backbone in every cell",
+        (
+            f"- teacher timed up to {max(data['teacher_ways'])} ways (`--teacher-max-ways` "
+            f"{data.get('teacher_max_ways')}); student and backbone in every cell"
+            if data.get("teacher_ways")
+            else "- teacher not timed (`--teacher-max-ways` below the ways, or no teacher in the run); student and "
+            "backbone in every cell"
+        ),
         "",
         "| ways | shots | teacher ms | teacher MB | student ms | student MB | backbone ms | backbone MB "
         "| teacher / student | student / backbone |",
@@ -195,7 +200,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         f"- teacher / student at {t_cell.get('ways')}-way {t_cell.get('shots')}-shot: "
         f"{fmt(r.get('teacher_over_student'))}"
         if t_cell
-        else "- teacher: not timed (`--teacher-max-ways 0`, or no teacher in the run)",
+        else "- teacher: not timed (`--teacher-max-ways` below the ways, or no teacher in the run)",
         f"- student / bare backbone at {cell.get('ways')}-way: {fmt(r.get('student_over_backbone'))}"
         f" (worst cell {fmt(r.get('student_over_backbone_max'))})",
     ]
@@ -212,6 +217,14 @@ def render_markdown(data: dict[str, Any]) -> str:
     if "seconds" in data:
         lines += [f"Profile wall time: {data['seconds']:,.0f} s.", ""]
     return "\n".join(lines)
+
+
+def _load_note(data: dict[str, Any]) -> str:
+    """A warning when the 1-minute load average exceeded the torch threads: other work shared the cores."""
+    loads = [x[0] for x in (data.get("load_average_start"), data.get("load_average_end")) if x]
+    if loads and max(loads) > data["threads"]:
+        return " (above the thread count: other work shared the cores, so the timings are inflated)"
+    return ""
 
 
 def _pair_layout(data: dict[str, Any]) -> str:
