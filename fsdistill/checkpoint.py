@@ -40,6 +40,7 @@ ARTIFACT_FORMAT = "fsdistill-artifact"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+RUN_CONFIG_FILE = "config.resolved.yaml"  # a run folder's resolved config, written before training starts
 WEIGHTS_SHA_KEY = "weights_sha256"
 
 
@@ -275,12 +276,22 @@ def resolve_model_dir(path: Path | None, kind: str | None = None) -> Path:
         raise CheckpointError(
             f"Model folder {path} does not exist; check the path (a run folder or an artifact folder)."
         )
+    if path.is_file():
+        if path.name in (CONFIG_FILE, WEIGHTS_FILE) and is_artifact(path.parent):
+            raise CheckpointError(f"{path} is a file of the artifact {path.parent}; pass that folder (or its run).")
+        raise CheckpointError(f"{path} is a file; pass a run folder or an artifact folder.")
     if wanted == "student" and (path / "teacher").exists():
         student = path / "student"
         missing = (_missing_file(student) if student.is_dir() else None) or student
         raise CheckpointError(
-            f"{path} has no usable student ({missing} is missing); re-run fsdistill distill, or evaluate "
-            "the run's teacher with evaluate --teacher (it is never used in the student's place)."
+            f"{path} has no usable student ({missing} is missing); re-run fsdistill distill (--teacher "
+            f"{path / 'teacher'} reuses its teacher), or evaluate the teacher with evaluate --teacher (it is never "
+            "used in the student's place)."
+        )
+    if (path / RUN_CONFIG_FILE).is_file() and not (path / "teacher").exists():
+        raise CheckpointError(
+            f"{path} is a run that stopped before its model was saved ({RUN_CONFIG_FILE} only); re-run the command "
+            "that started it."
         )
     if any((path / name).is_file() for name in (CONFIG_FILE, WEIGHTS_FILE)):  # an artifact folder missing a file
         raise CheckpointError(

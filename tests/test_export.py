@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -441,7 +442,13 @@ def test_onnx_predict_user_errors(runner, exported, tiny_multi_run, tmp_path, ca
 
 @pytest.mark.parametrize(
     "case, fragments",
-    [("teacher", ["teacher", "student is needed"]), ("format", ["tflite", "onnx"]), ("tolerance", ["tolerance"])],
+    [
+        ("teacher", ["teacher", "student is needed"]),
+        ("format", ["tflite", "onnx"]),
+        ("tolerance", ["tolerance"]),
+        ("nan-tolerance", ["--tolerance must be >= 0"]),  # accepted, then every check failed with exit 1
+        ("weights-file", ["model.safetensors is a file of the artifact", "pass that folder"]),
+    ],
 )
 def test_export_user_errors(runner, tiny_binary_run, tmp_path, case, fragments) -> None:
     args = ["export", "--model", str(tiny_binary_run.run_dir), "-o", str(tmp_path / "x.onnx")]
@@ -449,7 +456,48 @@ def test_export_user_errors(runner, tiny_binary_run, tmp_path, case, fragments) 
         args[2] = str(tiny_binary_run.teacher_dir)
     elif case == "format":
         args += ["--format", "tflite"]
+    elif case == "nan-tolerance":
+        args += ["--tolerance", "nan"]
+    elif case == "weights-file":
+        args[2] = str(tiny_binary_run.run_dir / "student" / "model.safetensors")
     else:
         args += ["--tolerance", "-1"]
     assert_user_error(runner.invoke(app, args), *fragments)
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_export_never_overwrites_a_file_that_is_not_an_onnx_model(runner, tiny_binary_run, tmp_path) -> None:
+    """-o RUN/student/model.safetensors replaced the trained weights with the ONNX file (exit 0, the run broken);
+    -o v1.2/ (the "/" lost on the way) wrote a file named v1.2."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_binary_run.run_dir, run)
+    weights = run / "student" / "model.safetensors"
+    before = weights.read_bytes()
+    args = ["export", "--model", str(run), "--device", "cpu", "-q"]
+    assert_user_error(runner.invoke(app, [*args, "-o", str(weights)]), "is an existing file that is not an .onnx")
+    assert weights.read_bytes() == before
+    result = runner.invoke(app, [*args, "-o", str(tmp_path / "v1.2")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "v1.2" / "student.onnx").is_file()
+
+
+def test_a_strict_tolerance_keeps_the_dynamic_input(runner, tiny_binary_run, tmp_path) -> None:
+    """--tolerance 0: the other size's tiny float difference (no larger than at the input size) made the export
+    fall back to a fixed input; the tolerance was printed rounded to one digit (1.4e-3 as 1e-03)."""
+    out = tmp_path / "x.onnx"
+    args = ["export", "--model", str(tiny_binary_run.run_dir), "-o", str(out), "--device", "cpu"]
+    result = runner.invoke(app, [*args, "--tolerance", "0"])
+    assert "dynamic batch and height/width" in result.stdout and "note:" not in result.stdout
+    assert _input_dims(out)[2:] != [64, 64]
+    result = runner.invoke(app, [*args, "--tolerance", "1.4e-3"])
+    assert result.exit_code == 0 and "tolerance 0.0014)" in result.stdout
+
+
+def test_export_without_model_names_the_run_it_chose(runner, tiny_binary_run, tmp_path, monkeypatch) -> None:
+    shutil.copytree(tiny_binary_run.run_dir, tmp_path / "runs" / "r1")
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["export", "-o", "x.onnx", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert (
+        f"model: {Path('runs') / 'r1' / 'student'} (newest run under ./runs; pass --model to choose)" in result.stderr
+    )

@@ -494,3 +494,77 @@ def test_onnx_backend_uses_the_torch_thread_count(tiny_binary_run, tmp_path, mon
     monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # as OMP_NUM_THREADS=3 or torch.set_num_threads(3)
     runner_ = inference_api._runner(onnx_file, "cpu", "onnx")
     assert runner_.session.get_session_options().intra_op_num_threads == 3
+
+
+# --- two commands into one run folder --------------------------------------------------------------------------------
+
+
+def _distill_args(tiny_data, out: Path) -> list[str]:
+    return ["distill", "--support", str(tiny_data.binary), "--out", str(out), "--steps", "1", *TINY]
+
+
+def test_a_run_folder_another_process_trains_into_is_refused(runner, tiny_data, tmp_path):
+    """Two distills into one --out at once: the second to finish replaced the first's finished run without
+    --overwrite, both exit 0 (and their saves could interleave: one run's teacher beside the other's student)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        import socket
+
+        (out / runs_api.CLAIM_FILE).write_text(f"{socket.gethostname()} {other.pid}")
+        assert_user_error(
+            runner.invoke(app, _distill_args(tiny_data, out)),
+            f"Another fsdistill run (process {other.pid}) is training into {out}",
+            "wait for it to finish or choose another --out",
+        )
+        assert sorted(p.name for p in out.iterdir()) == [runs_api.CLAIM_FILE]  # its claim kept, nothing written
+    finally:
+        other.kill()
+        other.wait()
+    # Its process gone (killed), the claim is stale: taken over, and released when the run ends.
+    result = runner.invoke(app, _distill_args(tiny_data, out))
+    assert result.exit_code == 0, result.output
+    assert is_artifact(out / "student") and not (out / runs_api.CLAIM_FILE).exists()
+
+
+def test_a_run_finished_into_the_folder_meanwhile_is_not_replaced(
+    runner, tiny_binary_run, tiny_data, tmp_path, monkeypatch
+):
+    """The folder was checked only when the command began: a run that finished into it during this one's
+    preparation was replaced without --overwrite."""
+    from fsdistill.api import training
+
+    out = tmp_path / "run"
+    prepare = training._prepare
+
+    def another_run_finishes_meanwhile(cfg):
+        prepared = prepare(cfg)
+        shutil.copytree(tiny_binary_run.run_dir, out, dirs_exist_ok=True)
+        return prepared
+
+    monkeypatch.setattr(training, "_prepare", another_run_finishes_meanwhile)
+    assert_user_error(runner.invoke(app, _distill_args(tiny_data, out)), f"{out} already holds a run", "--overwrite")
+    assert not (out / runs_api.CLAIM_FILE).exists()
+    assert (out / "student" / "model.safetensors").read_bytes() == (
+        tiny_binary_run.run_dir / "student" / "model.safetensors"
+    ).read_bytes()
+
+
+def test_a_stopped_run_and_an_artifact_file_are_named_as_such(runner, tiny_binary_run, tiny_data, tmp_path):
+    """A run stopped before saving ("holds no student artifact …; pass a run folder", for a run folder) and a file
+    of an artifact given as the model ("pass a run folder") said to do what the user had done."""
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    (stopped / "config.resolved.yaml").write_text("command: distill\n")
+    image = _image(tmp_path)
+    assert_user_error(
+        runner.invoke(app, ["predict", image, "-o", str(tmp_path / "o"), "--model", str(stopped), *CPU]),
+        f"{stopped} is a run that stopped before its model was saved (config.resolved.yaml only)",
+        "re-run the command that started it",
+    )
+    weights = tiny_binary_run.run_dir / "student" / "model.safetensors"
+    assert_user_error(
+        runner.invoke(app, ["predict", image, "-o", str(tmp_path / "o"), "--model", str(weights), *CPU]),
+        f"{weights} is a file of the artifact {weights.parent}; pass that folder (or its run).",
+    )

@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -313,8 +313,8 @@ def export(
 
     Args:
         model: run or student artifact folder (None: newest run under ./runs).
-        out: the file to write (None: ``RUN/student.onnx`` beside the artifact; a folder, or a path without a
-            suffix: ``FOLDER/student.onnx``, the folder created).
+        out: the file to write (None: ``RUN/student.onnx`` beside the artifact; a folder, or a new path not ending
+            in ``.onnx``: ``FOLDER/student.onnx``, the folder created); an existing file must be an ``.onnx``.
         images: image files/folders for the check, the first ``real_samples`` used (None: the run's own support
             images, if still there), besides ``random_samples`` random ones.
         device: where the PyTorch reference of the check runs.
@@ -328,21 +328,26 @@ def export(
 
     if format.lower() != "onnx":
         raise ConfigError(f"Unknown export format '{format}'; the only format is onnx.")
-    if tolerance < 0 or not 0.0 <= min_agreement <= 1.0:
+    if not tolerance >= 0 or not 0.0 <= min_agreement <= 1.0:  # "not >=": NaN is refused too
         raise ConfigError("--tolerance must be >= 0 and --min-agreement within 0..1.")
     require_export_packages("onnx", "onnxruntime")
     torch_device = resolve_device(device)
     loaded = load_model(model, kind="student")
     target = Path(out) if out is not None else default_onnx_path(loaded.path)
-    if target.is_dir() or (not target.exists() and not target.suffix):  # "-o exported/" arrives without its "/"
+    # A folder: one that exists, or a new path not ending in .onnx ("-o exported/" and "-o v1.2/" arrive without
+    # their "/").
+    if target.is_dir() or (not target.exists() and target.suffix.lower() != ".onnx"):
         target = target / "student.onnx"
+    if target.exists() and target.suffix.lower() != ".onnx":
+        # -o RUN/student/model.safetensors replaced the trained weights with the ONNX file, exit 0.
+        raise DataError(f"-o {target} is an existing file that is not an .onnx model; export will not overwrite it.")
     ensure_writable_dir(target.parent, "-o")
     real = _sample_images(loaded, images, real_samples)
     spec = loaded.config["backbone"]
     # A model of a COCO folder: its category ids, for predict --backend onnx --format coco.
     recorded_ids = (loaded.config.get("support") or {}).get("category_ids")
     category_ids = {"category_ids": json.dumps(recorded_ids)} if recorded_ids else {}
-    return export_onnx(
+    result = export_onnx(
         loaded.model,
         target,
         input_size=loaded.size,
@@ -368,6 +373,7 @@ def export(
             **category_ids,
         },
     )
+    return replace(result, model=loaded.path)
 
 
 def _sample_images(loaded, images: list[Path] | None, limit: int):

@@ -3,20 +3,29 @@ about the supports (so that ``evaluate`` can refuse support images)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+import os
 import shutil
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import yaml
 
-from fsdistill.checkpoint import is_artifact, recover_artifact, resolve_model_dir, written_by_distill
+from fsdistill.checkpoint import (
+    RUN_CONFIG_FILE,
+    is_artifact,
+    recover_artifact,
+    resolve_model_dir,
+    written_by_distill,
+)
 from fsdistill.config import AdaptCfg, DistillCfg
 from fsdistill.data.discover import SupportIndex
 from fsdistill.errors import DataError, FsdistillError
@@ -24,6 +33,7 @@ from fsdistill.runtime import ensure_writable_dir, write_atomic
 from fsdistill.train.support_check import SupportCheck
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -85,6 +95,89 @@ def check_run_dir(out: Path | None, command: str, teacher: Path | None = None, o
     )
 
 
+# In a run folder while a training command writes into it: "HOST PID" of that process.
+CLAIM_FILE = ".fsdistill-training"
+_claimed: set[Path] = set()  # run folders this process claimed (released when its command returns)
+
+
+def claim_run_dir(run_dir: Path) -> None:
+    """Mark ``run_dir`` as trained into by this process, so that a second command started into it meanwhile is
+    refused (two runs saving into one folder: the first finished run replaced without ``--overwrite``, or one
+    run's teacher beside the other's student). A claim whose process has ended (killed) is taken over.
+
+    Raises:
+        DataError: another live process holds the claim.
+    """
+    claim = run_dir / CLAIM_FILE
+    me = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(3):
+        try:
+            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _claim_holder(claim)
+            if holder is not None and holder != me and _is_running(holder):
+                host, pid = holder.split(" ", 1)
+                where = "" if host == socket.gethostname() else f" on {host}"
+                raise DataError(
+                    f"Another fsdistill run (process {pid}{where}) is training into {run_dir}; wait for it to finish "
+                    f"or choose another --out (if no run is going on, delete {claim})."
+                ) from None
+            claim.unlink(missing_ok=True)  # ours from an earlier call, or its process has ended
+            continue
+        except OSError as exc:
+            raise DataError(f"Cannot write into {run_dir} ({exc.strerror}); choose a writable --out.") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        _claimed.add(run_dir.absolute())
+        return
+
+
+def releases_run_claims(fn: Callable[..., T]) -> Callable[..., T]:
+    """Decorate a training command so that the run folder it claims is released when it returns or fails."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            release_run_claims()
+
+    return wrapper
+
+
+def release_run_claims() -> None:
+    """Remove the claims this process made (:func:`claim_run_dir`), whatever became of its runs."""
+    me = f"{socket.gethostname()} {os.getpid()}"
+    for run_dir in list(_claimed):
+        claim = run_dir / CLAIM_FILE
+        if _claim_holder(claim) == me:
+            claim.unlink(missing_ok=True)
+        _claimed.discard(run_dir)
+
+
+def _claim_holder(claim: Path) -> str | None:
+    try:
+        text = claim.read_text().strip()
+    except OSError:
+        return None
+    host, _, pid = text.partition(" ")
+    return text if host and pid.isdigit() else None
+
+
+def _is_running(holder: str) -> bool:
+    """Whether the process a claim names runs; a process on another machine is assumed to."""
+    host, pid = holder.split(" ", 1)
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # running, as another user
+        return True
+    return True
+
+
 def _drop_stale(run_dir: Path, keep: set[str]) -> None:
     """Remove the ``teacher/``, ``student/`` and ``student.onnx`` a replaced run left in ``run_dir`` that this run
     did not write (they would be paired with the new model); other files are the user's."""
@@ -99,7 +192,7 @@ def _drop_stale(run_dir: Path, keep: set[str]) -> None:
 def _write_run_config(run_dir: Path, cfg: AdaptCfg | DistillCfg, command: str) -> Path:
     """Write ``run_dir``'s config.resolved.yaml; returns ``run_dir``."""
     data = {"command": command, **json.loads(cfg.model_dump_json())}
-    write_atomic(run_dir / "config.resolved.yaml", yaml.safe_dump(data, sort_keys=False))
+    write_atomic(run_dir / RUN_CONFIG_FILE, yaml.safe_dump(data, sort_keys=False))
     return run_dir
 
 

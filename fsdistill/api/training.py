@@ -27,7 +27,9 @@ from fsdistill.api.runs import (
     _support_info,
     _write_run_config,
     check_run_dir,
+    claim_run_dir,
     new_run_dir,
+    releases_run_claims,
 )
 from fsdistill.checkpoint import WEIGHTS_FILE, WEIGHTS_SHA_KEY, is_artifact
 from fsdistill.config import AdaptCfg, DistillCfg, ModelCfg, load_config
@@ -85,15 +87,19 @@ def _stats_dict(stats: TrainStats) -> dict[str, Any]:
     return out
 
 
-def _start_run(cfg: CfgT, command: str) -> tuple[Path, CfgT]:
-    """Create the run folder (rank 0 only) and write its config there, so a killed run's folder says what ran;
-    the folder's path on every process and ``cfg`` with that folder as ``out`` (a default one too: the config and
-    the artifacts record the run itself, so its config.resolved.yaml reruns into it only with ``--overwrite``).
-    Not over a finished run this one replaces (``--overwrite``, ``distill --teacher OUT/teacher --out OUT``): its
-    config describes its artifacts until this run writes new ones."""
+def _start_run(cfg: CfgT, command: str, overwrite: bool, teacher: Path | None = None) -> tuple[Path, CfgT]:
+    """Create and claim the run folder (rank 0 only; :func:`~fsdistill.api.runs.claim_run_dir`, released when the
+    command returns) and write its config there, so a killed run's folder says what ran; the folder's path on every
+    process and ``cfg`` with that folder as ``out`` (a default one too: the config and the artifacts record the run
+    itself, so its config.resolved.yaml reruns into it only with ``--overwrite``). Not over a finished run this one
+    replaces (``--overwrite``, ``distill --teacher OUT/teacher --out OUT``): its config describes its artifacts
+    until this run writes new ones. The folder is checked again once claimed: a run into it may have finished
+    since the command began (:func:`~fsdistill.api.runs.check_run_dir`)."""
 
     def start() -> Path:
         run_dir = new_run_dir(cfg.out)
+        claim_run_dir(run_dir)
+        check_run_dir(run_dir, command, teacher, overwrite)
         if not any(is_artifact(run_dir / name) for name in ("teacher", "student")):
             _write_run_config(run_dir, cfg.model_copy(update={"out": run_dir.absolute()}), command)
         return run_dir
@@ -186,6 +192,7 @@ def _as_config(cfg: Any, cls: type[AdaptCfg] | type[DistillCfg]) -> Any:
     )
 
 
+@releases_run_claims
 @global_random_state_kept()
 def adapt(cfg: AdaptCfg | Mapping[str, Any], quiet: bool = False, overwrite: bool = False) -> RunResult:
     """TransferFSS: fine-tune the DCAMA teacher on the support folder; writes ``RUN/teacher/``.
@@ -202,7 +209,7 @@ def adapt(cfg: AdaptCfg | Mapping[str, Any], quiet: bool = False, overwrite: boo
     teacher, teacher_cfg = _new_teacher(cfg, num_classes)
     teacher = teacher.to(device)
     norm_stats = _adapt_norm_stats(cfg, teacher, support)
-    run_dir, cfg = _start_run(cfg, "adapt")
+    run_dir, cfg = _start_run(cfg, "adapt", overwrite)
     cache = FeatureCache(teacher, support, device, _augment(cfg, len(index)))
     stats = train(teacher, cache, cfg.train, quiet=quiet)
 
@@ -516,6 +523,7 @@ def _train_on_pool(
     return combined, info
 
 
+@releases_run_claims
 @global_random_state_kept()
 def distill(
     cfg: DistillCfg | Mapping[str, Any],
@@ -582,7 +590,7 @@ def distill(
     teacher = teacher.to(device)
     # A given teacher (--teacher, --init) keeps the statistics it was adapted with: its decoder learned on them.
     norm_stats = _adapt_norm_stats(cfg, teacher, support) if init is None and cfg.teacher is None else None
-    run_dir, cfg = _start_run(cfg, "distill")
+    run_dir, cfg = _start_run(cfg, "distill", overwrite, cfg.teacher)
     # Only the student's supervised batches read crop views.
     crops = cfg.train.crop_views if cfg.train.student_batch and cfg.train.steps != 0 else 0
     cache = FeatureCache(

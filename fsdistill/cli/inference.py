@@ -335,6 +335,8 @@ def export(
 
     result = api.export(model, out, format, images, device, tolerance, min_agreement, seed=0 if seed is None else seed)
     say = _say(quiet)
+    if model is None and not quiet:
+        typer.echo(f"model: {result.model} (newest run under ./runs; pass --model to choose)", err=True)
     shape = "dynamic batch and height/width" if result.dynamic_hw else f"dynamic batch, fixed {result.input_size}px"
     say(f"exported: {result.path}  ({result.size_bytes / 2**20:.1f} MB, {shape}, {result.seconds:.0f} s)")
     if result.note:
@@ -342,7 +344,7 @@ def export(
     summary = (
         f"parity vs PyTorch on {result.samples} images ({result.real_samples} real): "
         f"max |logit diff| {result.max_abs_diff:.2e} ({result.max_abs_diff_stable:.2e} outside near-tied classes, "
-        f"tolerance {result.tolerance:.0e}), argmax agreement {result.agreement:.4%} "
+        f"tolerance {result.tolerance:g}), argmax agreement {result.agreement:.4%} "
         f"(minimum {result.min_agreement:.2%})"
     )
     if not result.passed:
