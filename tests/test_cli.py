@@ -347,6 +347,9 @@ def test_distill_predict_evaluate_end_to_end(runner, tiny_data, tmp_path) -> Non
     assert "(the 2 steps asked for), then the student alone 3 steps in" in result.stdout
     assert "bfloat16 mixed precision" in result.stdout
     assert load_artifact(run / "student")[1]["training"]["precision"] == "bfloat16"
+    # The device it trained on, resolved (config.resolved.yaml keeps the option as given): "auto" said nothing.
+    device = load_artifact(run / "student")[1]["training"]["device"]
+    assert device.startswith("cpu (") and "threads)" in device and f"s on {device}, bfloat16" in result.stdout
     assert "norm_adapt: 0.25" in resolved
     assert load_artifact(run / "student")[1]["training"]["norm_stats"]["weight"] == 0.25
     assert "per-class check on the support folder" in result.stdout and "foreground" in result.stdout

@@ -77,6 +77,7 @@ def _stats_dict(stats: TrainStats) -> dict[str, Any]:
         "seconds": round(stats.seconds, 2),
         "stop_reason": stats.stop_reason,
         "precision": stats.precision,
+        "device": stats.device,
         "class_queries": stats.class_queries,
         "final_losses": {k: stats.final(k) for k in dict.fromkeys(k for h in stats.history for k in h)},
     }

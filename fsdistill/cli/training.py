@@ -327,8 +327,10 @@ LABELLER_WORDS = {
 
 
 def _precision_words(stats: dict) -> str:
-    """The summary's words for a run trained in bfloat16 mixed precision (float32 goes unsaid)."""
-    return ", bfloat16 mixed precision" if stats.get("precision") == "bfloat16" else ""
+    """The summary's words for where the run trained and, in bfloat16 mixed precision, in what arithmetic (float32
+    goes unsaid)."""
+    device = f" on {stats['device']}" if stats.get("device") else ""
+    return device + (", bfloat16 mixed precision" if stats.get("precision") == "bfloat16" else "")
 
 
 def _print_support_check(check, say: Callable[[str], None], run_dir: Path, frozen_teacher: Path | None = None) -> None:

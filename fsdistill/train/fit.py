@@ -22,7 +22,14 @@ from fsdistill.errors import ConfigError, TrainingError
 from fsdistill.models.backbone import cat_features
 from fsdistill.models.student import DistilledStudent, student_inputs
 from fsdistill.models.teacher import DCAMATeacher, Features
-from fsdistill.runtime import mixed_precision, progress, raise_if_interrupted, training_dtype, training_layout
+from fsdistill.runtime import (
+    device_name,
+    mixed_precision,
+    progress,
+    raise_if_interrupted,
+    training_dtype,
+    training_layout,
+)
 from fsdistill.train.episodes import EpisodeSampler, FeatureCache, flip_batch
 from fsdistill.train.losses import coarse_mse, segmentation_loss
 from fsdistill.train.pool import PoolTargets
@@ -45,6 +52,7 @@ class TrainStats:
     class_queries: list[int] = field(default_factory=list)  # per class: training queries that showed it
     polish_steps: int = 0  # distill: the student's steps alone at the end (fit.polish), in ``history`` too
     precision: str = "float32"  # the forward passes' arithmetic (TrainCfg.precision resolved for the device)
+    device: str = ""  # where it trained, resolved (runtime.device_name: "cpu (x86_64, 2 threads)", "cuda (…)")
 
     def final(self, key: str) -> float | None:
         """The mean of the last 10 recorded values of a loss (None: never recorded)."""
@@ -166,7 +174,7 @@ def train(
     ``pool``: each step the student also trains on ``cfg.pool_batch`` pool images, weighted ``cfg.pool_weight``
     (focal + Dice on their pseudo-labels, w·MSE against the teacher's coarse maps of them).
     """
-    stats = TrainStats()
+    stats = TrainStats(device=device_name(cache.masks[0].device))
     if cfg.steps == 0:
         stats.stop_reason = "no training asked for (steps 0)"
         return stats
