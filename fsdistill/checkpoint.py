@@ -262,7 +262,7 @@ def resolve_model_dir(path: Path | None, kind: str | None = None) -> Path:
                 "No model given and no run found under ./runs; run fsdistill distill first or pass --model."
             )
         path = newest
-    path = Path(path)
+    path = Path(path).expanduser()
     recover_artifact(path)
     if is_artifact(path):
         if kind is not None:
@@ -287,6 +287,13 @@ def resolve_model_dir(path: Path | None, kind: str | None = None) -> Path:
             f"{path} has no usable student ({missing} is missing); re-run fsdistill distill (--teacher "
             f"{path / 'teacher'} reuses its teacher), or evaluate the teacher with evaluate --teacher (it is never "
             "used in the student's place)."
+        )
+    if wanted == "teacher" and is_artifact(path / "student"):  # distill --freeze-teacher leaves it where it was
+        source = (_read_config(path / "student" / CONFIG_FILE).get("train_config") or {}).get("teacher")
+        raise CheckpointError(
+            f"{path} has no teacher/ (its student learned from "
+            f"{f'the frozen teacher {source}' if source else 'a teacher kept elsewhere'}); pass --model "
+            f"{source or 'THAT_TEACHER'} for the teacher."
         )
     if (path / RUN_CONFIG_FILE).is_file() and not (path / "teacher").exists():
         raise CheckpointError(

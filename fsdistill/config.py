@@ -270,7 +270,7 @@ class TrainCfg(_Strict):
         "matrix products in bfloat16; weights, optimiser and losses in float32); auto = bfloat16 where the device "
         "computes it in hardware (a CUDA GPU that supports it, a CPU with AMX or AVX-512 BF16), else float32",
     )
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="random seed (0 to 2^32 - 1)")
 
     def norm_adapt_weight(self, published_weights: bool) -> float:
         """``norm_adapt`` resolved: None is :data:`DEFAULT_NORM_ADAPT`, or 0 for a teacher built from published

@@ -9,6 +9,7 @@ import functools
 import os
 import platform
 import random
+import stat
 import sys
 import threading
 import uuid
@@ -52,8 +53,8 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 def check_device_name(name: str | None) -> str:
     """The lower-cased device name, or DeviceError for one that is not auto/cpu/cuda/cuda:N/mps."""
     name = (name or "auto").lower()
-    if name not in DEVICE_CHOICES and not name.startswith("cuda:"):
-        raise DeviceError(f"Unknown device '{name}'; use one of {', '.join(DEVICE_CHOICES)}.")
+    if name not in DEVICE_CHOICES and not (name.startswith("cuda:") and name[5:].isdigit()):
+        raise DeviceError(f"Unknown device '{name}'; use one of {', '.join(DEVICE_CHOICES)} or cuda:N (a GPU's index).")
     return name
 
 
@@ -116,6 +117,11 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise DeviceError("CUDA was requested but no CUDA device is available here; use --device cpu or auto.")
     if name == "mps" and not mps_ok:
         raise DeviceError("MPS was requested but is not available here; use --device cpu or auto.")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise DeviceError(
+            f"--device {name} names GPU {name[5:]}, but this machine has {count} (cuda:0 to cuda:{count - 1})."
+        )
     return torch.device(name)
 
 
@@ -283,7 +289,11 @@ def ensure_writable_file(path: Path, flag: str, example: str) -> Path:
     path = Path(path)
     if path.is_dir():
         raise DataError(f"{path} is a folder; give {flag} a file name (for example {example}).")
-    ensure_writable_dir(path.parent, flag)
+    if is_stream(path):  # /dev/stdout, a pipe: no temporary file beside it
+        if not os.access(path, os.W_OK):
+            raise DataError(f"Cannot write to {path} (permission denied); choose another {flag}.")
+        return path
+    ensure_writable_dir(Path(os.path.realpath(path)).parent if path.is_symlink() else path.parent, flag)
     return path
 
 
@@ -335,17 +345,35 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def is_stream(path: Path) -> bool:
+    """Whether ``path`` (symlinks followed) is there and neither a regular file nor a folder: a terminal, a pipe,
+    /dev/stdout or /dev/null, which are written to in place (a temporary file and a rename would replace them)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
 def write_atomic(path: Path, payload: bytes | str, unique: bool = False) -> Path:
     """Write ``payload`` (str as UTF-8) to ``path`` through a hidden ``.NAME.tmp`` and a rename, so a crash leaves
     the old file or the new one; returns ``path``. ``unique``: a temporary name of this process's own, for a file
-    that several processes may write at once (the manifest of ``predict --shard``)."""
+    that several processes may write at once (the manifest of ``predict --shard``). A symlink is written through
+    (the file it names replaced, the link kept); a stream (:func:`is_stream`) is written to directly."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp" if unique else f".{path.name}.tmp")
+    data = payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else payload
+    if is_stream(path):  # /dev/stdout, a pipe (--json >(jq .)): written to, never renamed over
+        with open(path, "wb") as stream:
+            stream.write(data)
+        return path
+    # Through a symlink to the file it names: the link stays a link (renaming over it replaced it by a file).
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp" if unique else f".{target.name}.tmp")
     try:
-        tmp.write_bytes(payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else payload)
+        tmp.write_bytes(data)
         # A temp file left by a killed run keeps its old mode when reopened; set it as a new file would have it.
         os.chmod(tmp, new_file_mode())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a failed write (disk full, interrupted) leaves no hidden file behind
         raise

@@ -272,7 +272,7 @@ def open_storage(location: str | os.PathLike) -> Storage:
         DependencyError: a URI without pyarrow installed. DataError: the store cannot be reached.
     """
     if not (isinstance(location, str) and _URI.match(location)):
-        return LocalStorage(Path(location))
+        return LocalStorage(Path(location).expanduser())
     scheme = location.split("://", 1)[0].lower()
     if scheme not in OBJECT_SCHEMES:
         raise ConfigError(

@@ -397,6 +397,9 @@ def test_support_check_warnings_end_with_where_to_find_the_images(tmp_path, caps
     _print_support_check(dead, lines.append, run, frozen_teacher=tmp_path / "t")
     hint = capsys.readouterr().err.splitlines()[1]
     assert "--init" not in hint and f"--teacher {tmp_path / 't'} --freeze-teacher" in hint
+    # --quiet: errors and warnings only (the hint was printed too)
+    _print_support_check(dead, lines.append, run, quiet=True)
+    assert [line.split(":")[0] for line in capsys.readouterr().err.splitlines()] == ["warning"]
 
 
 def test_a_diverging_run_is_one_sentence(runner, tiny_data, tmp_path) -> None:
@@ -426,3 +429,24 @@ def test_empty_paths_are_refused(runner, tiny_data, tmp_path, monkeypatch, args)
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and "is empty; give a path" in result.output, result.output
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("seed", ["99999999999999999999", "18446744073709551615", "-1"])
+@pytest.mark.parametrize("command", ["distill", "profile"])
+def test_a_seed_out_of_range_is_a_usage_error(runner, tiny_data, tmp_path, command, seed) -> None:
+    """--seed 99999999999999999999 was an OverflowError traceback (2^64 - 1 failed later, in the crop views, and
+    left a run folder)."""
+    args = [command, "--out", str(tmp_path / "run"), "--seed", seed, *TINY]
+    if command == "distill":
+        args += ["--support", str(tiny_data.binary)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "Traceback" not in result.output and "--seed" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_seed_out_of_range_in_a_config_is_refused(tmp_path) -> None:
+    from fsdistill.config import DistillCfg, load_config
+    from fsdistill.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="seed"):
+        load_config(DistillCfg, data={"support": str(tmp_path), "train": {"seed": 2**64 - 1}})

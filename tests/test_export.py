@@ -493,6 +493,17 @@ def test_a_strict_tolerance_keeps_the_dynamic_input(runner, tiny_binary_run, tmp
     assert result.exit_code == 0 and "tolerance 0.0014)" in result.stdout
 
 
+def test_export_says_when_the_supports_are_gone(runner, tiny_binary_run, tmp_path, monkeypatch) -> None:
+    """With the run's support folder moved away the parity check silently used random images only."""
+    from fsdistill.api import inference
+
+    monkeypatch.setattr(inference, "discover", lambda root: (_ for _ in ()).throw(inference.DataError("gone")))
+    args = ["export", "--model", str(tiny_binary_run.run_dir), "-o", str(tmp_path / "x.onnx"), "--device", "cpu"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0 and "(0 real)" in result.stdout
+    assert "are not there any more, so the check used random images only; pass --images" in result.stdout
+
+
 def test_export_without_model_names_the_run_it_chose(runner, tiny_binary_run, tmp_path, monkeypatch) -> None:
     shutil.copytree(tiny_binary_run.run_dir, tmp_path / "runs" / "r1")
     monkeypatch.chdir(tmp_path)

@@ -291,6 +291,17 @@ def test_a_zip_without_pairs_is_named_by_its_own_path(tmp_path) -> None:
     assert str(tmp_path / "notes.zip") in str(err.value) and "unpacked" not in str(err.value)
 
 
+def test_an_unusable_cache_folder_is_not_called_a_full_disk(tmp_path, monkeypatch) -> None:
+    """With HOME (so the cache) unwritable the message said to "free some space"."""
+    with zipfile.ZipFile(tmp_path / "labels.zip", "w") as archive:
+        archive.writestr("a.png", b"x")
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setenv("FSDISTILL_CACHE", str(tmp_path / "afile" / "cache"))
+    with pytest.raises(DataError, match="set FSDISTILL_CACHE to a writable folder") as err:
+        discover(tmp_path / "labels.zip")
+    assert "free some space" not in str(err.value)
+
+
 def test_a_broken_zip_is_a_user_error(tmp_path) -> None:
     (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04 not really")
     with pytest.raises(DataError, match="not a readable zip"):

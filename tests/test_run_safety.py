@@ -568,3 +568,18 @@ def test_a_stopped_run_and_an_artifact_file_are_named_as_such(runner, tiny_binar
         runner.invoke(app, ["predict", image, "-o", str(tmp_path / "o"), "--model", str(weights), *CPU]),
         f"{weights} is a file of the artifact {weights.parent}; pass that folder (or its run).",
     )
+
+
+def test_a_tilde_the_shell_left_is_the_home_folder(runner, tiny_binary_run, tmp_path, monkeypatch):
+    """--model '~/run' was "does not exist", -o '~/out' (quoted, --out=~/x, YAML, the API) wrote a folder named
+    "~" in the working folder, while --support and --out of distill expanded it."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    work.mkdir()
+    shutil.copytree(tiny_binary_run.run_dir, home / "run")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    result = runner.invoke(app, ["predict", _image(tmp_path), "-o", "~/out", "--model", "~/run", *CPU, "-q"])
+    assert result.exit_code == 0, result.output
+    assert (home / "out" / "masks" / "a.png").is_file() and not (work / "~").exists()
+    assert api.predict(_image(tmp_path), "~/out2", model="~/run", device="cpu").written == 1
+    assert (home / "out2" / "masks" / "a.png").is_file() and not (work / "~").exists()

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -129,6 +130,31 @@ def test_write_atomic_replaces_whole_and_leaves_nothing_when_it_fails(tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]
 
 
+def test_write_atomic_writes_through_a_symlink_and_into_a_stream(tmp_path) -> None:
+    """--json link.json replaced the link by a file (its target untouched); --json /dev/stdout renamed a file over
+    /dev/stdout (as root: the machine's /dev/stdout gone); --json >(jq .) was "Cannot write to /dev/fd"."""
+    import os
+
+    real, link = tmp_path / "real.json", tmp_path / "link.json"
+    real.write_text("{}")
+    link.symlink_to(real.name)
+    runtime.write_atomic(link, "new\n")
+    assert link.is_symlink() and real.read_text() == "new\n"
+    assert runtime.ensure_writable_file(link, "--json", "r.json") == link
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    assert runtime.is_stream(fifo) and runtime.ensure_writable_file(fifo, "--json", "r.json") == fifo
+    runtime.write_atomic(fifo, "through the pipe\n")
+    reader.join(10)
+    assert received == [b"through the pipe\n"] and fifo.is_fifo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json", "pipe", "real.json"]
+    assert runtime.is_stream(Path(os.devnull)) and not runtime.is_stream(real) and not runtime.is_stream(tmp_path)
+
+
 def _flushed() -> bool:
     """Whether arithmetic on this thread flushes a denormal float32 (1e-39) to zero now."""
     return float(torch.tensor([1e-39]) * 1.0) == 0.0
@@ -242,3 +268,18 @@ def test_training_layout_is_channels_last_on_the_cpu_only_and_restored() -> None
     assert conv.weight.is_contiguous()
     with runtime.training_layout(torch.device("cuda"), conv):  # a device object needs no GPU to exist
         assert conv.weight.is_contiguous()
+
+
+def test_cuda_device_names_are_checked_before_torch_sees_them(monkeypatch) -> None:
+    """--device cuda:x (or cuda:-1, 'cuda: 0') was torch's "Invalid device string" traceback on a CUDA machine, and
+    cuda:1 on a one-GPU machine failed later inside torch."""
+    from fsdistill.errors import DeviceError
+
+    for name in ("cuda:x", "cuda:-1", "cuda: 0"):
+        with pytest.raises(DeviceError, match=r"Unknown device .*or cuda:N"):
+            runtime.check_device_name(name)
+    monkeypatch.setattr(runtime.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(runtime.torch.cuda, "device_count", lambda: 1)
+    assert runtime.resolve_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(DeviceError, match=r"--device cuda:1 names GPU 1, but this machine has 1 \(cuda:0 to cuda:0\)"):
+        runtime.resolve_device("cuda:1")

@@ -13,9 +13,9 @@ import yaml
 from PIL import Image
 
 from fsdistill import api
-from fsdistill.checkpoint import is_artifact, load_artifact
+from fsdistill.checkpoint import is_artifact, load_artifact, resolve_model_dir
 from fsdistill.config import AdaptCfg, DistillCfg, load_config
-from fsdistill.errors import ConfigError
+from fsdistill.errors import CheckpointError, ConfigError
 from fsdistill.models.build import load_model
 
 from helpers import TINY_MODEL, TINY_TRAIN, write_binary_folder
@@ -204,6 +204,10 @@ def test_distill_from_a_frozen_adapted_teacher_leaves_it_unchanged(
     losses = _finite_losses(result.stats)
     assert "teacher" not in losses and {"student", "mse"} <= set(losses)
     assert "norm_stats" not in result.stats  # the given teacher's statistics, as adapted (checked above)
+    # evaluate --teacher --model RUN said the finished run "stopped before its model was saved"
+    with pytest.raises(CheckpointError, match=rf"has no teacher/ \(its student learned from the frozen teacher .*"
+                       rf"{teacher_dir.name}\); pass --model .*{teacher_dir.name} for the teacher\."):  # fmt: skip
+        resolve_model_dir(tmp_path / "run", "teacher")
 
 
 def test_freeze_teacher_without_a_teacher_is_refused(tiny_data, tmp_path) -> None:

@@ -333,7 +333,7 @@ def export(
     require_export_packages("onnx", "onnxruntime")
     torch_device = resolve_device(device)
     loaded = load_model(model, kind="student")
-    target = Path(out) if out is not None else default_onnx_path(loaded.path)
+    target = Path(out).expanduser() if out is not None else default_onnx_path(loaded.path)
     # A folder: one that exists, or a new path not ending in .onnx ("-o exported/" and "-o v1.2/" arrive without
     # their "/").
     if target.is_dir() or (not target.exists() and target.suffix.lower() != ".onnx"):
@@ -373,6 +373,12 @@ def export(
             **category_ids,
         },
     )
+    if real is None and real_samples > 0 and not images:
+        # The parity check's real inputs are the run's supports by default: without them it is weaker, so say so.
+        root = (loaded.config.get("support") or {}).get("root")
+        missing = f"the run's support images ({root}) are not there any more, so " if root else ""
+        note = f"{missing}the check used random images only; pass --images to add real ones"
+        result = replace(result, note="; ".join(filter(None, [result.note, note])))
     return replace(result, model=loaded.path)
 
 

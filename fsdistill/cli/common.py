@@ -51,14 +51,15 @@ app = typer.Typer(
 
 def non_empty_text(value: str) -> str:
     """A path given as text (an object-store URI may be one): an empty one (an unset shell variable, ``--out
-    "$RUN"``) is refused, not read as the current folder (a run written into it, a folder scanned from it)."""
+    "$RUN"``) is refused, not read as the current folder (a run written into it, a folder scanned from it); a
+    leading ``~`` the shell left (quoted, ``--out=~/x``) is the home folder, not a folder named "~"."""
     if not str(value).strip():
         raise typer.BadParameter("is empty; give a path (an unset shell variable?)")
-    return str(value)
+    return os.path.expanduser(str(value))
 
 
 def non_empty_path(value: str) -> Path:
-    """A path option's value, refused when empty (see :func:`non_empty_text`)."""
+    """A path option's value, refused when empty, ``~`` expanded (see :func:`non_empty_text`)."""
     return Path(non_empty_text(value))
 
 
@@ -75,12 +76,15 @@ TrainDeviceOpt = Annotated[
         "--device", help="auto | cpu | cuda | mps (auto: cuda, then mps, then cpu). Default: the --config's, or auto."
     ),
 ]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (default 0).")]
+# Seeds from 0 to 2^32 - 1: every generator takes them (numpy's legacy seed stops there; larger ones overflowed).
+SEED_MAX = 2**32 - 1
+SeedOpt = Annotated[int | None, typer.Option("--seed", min=0, max=SEED_MAX, help="Random seed (default 0).")]
 QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress bars or summaries: errors and warnings only.")
 ]
 InferSeedOpt = Annotated[
-    int | None, typer.Option("--seed", help="Accepted like every command's (inference is deterministic).")
+    int | None,
+    typer.Option("--seed", min=0, max=SEED_MAX, help="Accepted like every command's (inference is deterministic)."),
 ]
 ConfigOpt = Annotated[Path | None, path_option("--config", help="YAML file of options (flags override it).")]
 BackboneOpt = Annotated[

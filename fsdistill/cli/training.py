@@ -314,7 +314,7 @@ def distill(
         )
     if result.check is not None:
         frozen = cfg.teacher if result.teacher_dir is None else None
-        _print_support_check(result.check, say, result.run_dir, frozen)
+        _print_support_check(result.check, say, result.run_dir, frozen, quiet)
 
 
 # How the run's summary line names each pool labeller (train.pool_labeller).
@@ -333,10 +333,13 @@ def _precision_words(stats: dict) -> str:
     return device + (", bfloat16 mixed precision" if stats.get("precision") == "bfloat16" else "")
 
 
-def _print_support_check(check, say: Callable[[str], None], run_dir: Path, frozen_teacher: Path | None = None) -> None:
+def _print_support_check(
+    check, say: Callable[[str], None], run_dir: Path, frozen_teacher: Path | None = None, quiet: bool = False
+) -> None:
     """The per-class table of distill's support check, then one warning line per dead-looking class and, after
-    them, where to find the images to add and how to rerun with them (stderr). ``frozen_teacher``: the run
-    distilled from that teacher and wrote none of its own, so ``--init`` (which needs one) cannot continue it."""
+    them (not under ``quiet``: errors and warnings only), where to find the images to add and how to rerun with
+    them (stderr). ``frozen_teacher``: the run distilled from that teacher and wrote none of its own, so ``--init``
+    (which needs one) cannot continue it."""
 
     def fmt(value: float | None) -> str:
         return "  -  " if value is None else f"{value:.2f}"
@@ -353,7 +356,7 @@ def _print_support_check(check, say: Callable[[str], None], run_dir: Path, froze
     warnings = check.warnings()
     for warning in warnings:
         typer.echo(f"warning: {warning}", err=True)
-    if warnings:
+    if warnings and not quiet:
         again = (
             f"--init {run_dir} continues this run"
             if frozen_teacher is None

@@ -3,6 +3,7 @@ folder, whatever layout the user already has."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -163,8 +164,9 @@ def unpack_zip(path: Path) -> Path:
     except OSError as exc:
         if target.is_dir():  # another process unpacked the same archive first
             return target
+        space = "free some space, " if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else ""
         raise DataError(
-            f"Cannot unpack {path} into {target.parent} ({exc.strerror or exc}); free some space, set FSDISTILL_CACHE "
-            "to another folder, or unpack it by hand and pass the folder."
+            f"Cannot unpack {path} into {target.parent} ({exc.strerror or exc}); {space}set FSDISTILL_CACHE to a "
+            "writable folder, or unpack it by hand and pass the folder."
         ) from None
     return target

@@ -65,6 +65,8 @@ class ProfileCfg:
         ):
             if not isinstance(value, int) or value < low:
                 raise ConfigError(f"{flag} must be an integer of at least {low}, got {value}.")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ConfigError(f"--seed must be an integer from 0 to 2^32 - 1, got {self.seed}.")
         if self.ways is not None and (not isinstance(self.ways, int) or self.ways < 1):
             raise ConfigError(f"--ways must be an integer of at least 1, got {self.ways}.")
         if self.student_width is not None and (not isinstance(self.student_width, int) or self.student_width < 0):
