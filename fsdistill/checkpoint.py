@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from fsdistill import __version__
 from fsdistill.errors import CheckpointError, DataError
-from fsdistill.runtime import new_file_mode
+from fsdistill.runtime import new_file_mode, process_alive
 
 __all__ = [
     "ARTIFACT_FORMAT",
@@ -41,6 +43,36 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 RUN_CONFIG_FILE = "config.resolved.yaml"  # a run folder's resolved config, written before training starts
+# In a run folder while a training command writes into it: "HOST PID" of that process (fsdistill.api.runs).
+CLAIM_FILE = ".fsdistill-training"
+_CLAIM_GRACE_S = 60.0  # a claim file without a readable holder (being written) is live this long
+
+
+def claim_text() -> str:
+    """What this process writes into a run folder's :data:`CLAIM_FILE`."""
+    return f"{socket.gethostname()} {os.getpid()}"
+
+
+def live_claim(run_dir: Path, ignore_own: bool = False) -> str | None:
+    """Who trains into ``run_dir`` now ("process 123", "process 123 on node-7"), or None: no claim, or one whose
+    process has ended (a killed run). A process on another machine is taken to run (it cannot be checked from
+    here). ``ignore_own``: a claim of this process counts as ended."""
+    claim = run_dir / CLAIM_FILE
+    try:
+        text = claim.read_text().strip()
+        age = time.time() - claim.stat().st_mtime
+    except OSError:
+        return None
+    host, _, pid = text.partition(" ")
+    if not host or not pid.isdigit():
+        return "another process" if age < _CLAIM_GRACE_S else None
+    if host != socket.gethostname():
+        return f"process {pid} on {host}"
+    if (ignore_own and int(pid) == os.getpid()) or not process_alive(int(pid)):
+        return None
+    return f"process {pid}"
+
+
 WEIGHTS_SHA_KEY = "weights_sha256"
 
 
@@ -295,6 +327,9 @@ def resolve_model_dir(path: Path | None, kind: str | None = None) -> Path:
             f"{f'the frozen teacher {source}' if source else 'a teacher kept elsewhere'}); pass --model "
             f"{source or 'THAT_TEACHER'} for the teacher."
         )
+    training = live_claim(path)
+    if training is not None:
+        raise CheckpointError(f"{path} is still being trained ({training}); wait for it to finish.")
     if (path / RUN_CONFIG_FILE).is_file() and not (path / "teacher").exists():
         raise CheckpointError(
             f"{path} is a run that stopped before its model was saved ({RUN_CONFIG_FILE} only); re-run the command "

@@ -329,13 +329,14 @@ def remove_dead_temps(target: Path) -> None:
     so a process writing it at the same time keeps its own (a name without a process id is always stale)."""
     for tmp in target.parent.glob(f".{target.name}.tmp-*"):
         parts = tmp.name[len(f".{target.name}.tmp-") :].split("-")
-        if len(parts) == 2 and parts[0].isdigit() and _process_alive(int(parts[0])):
+        if len(parts) == 2 and parts[0].isdigit() and process_alive(int(parts[0])):
             continue
         with contextlib.suppress(OSError):  # gone already, or not ours to remove: the caller goes on without it
             tmp.unlink()
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine runs (another user's included)."""
     try:
         os.kill(pid, 0)  # signal 0: only checks that the process exists
     except ProcessLookupError:
@@ -346,13 +347,16 @@ def _process_alive(pid: int) -> bool:
 
 
 def is_stream(path: Path) -> bool:
-    """Whether ``path`` (symlinks followed) is there and neither a regular file nor a folder: a terminal, a pipe,
-    /dev/stdout or /dev/null, which are written to in place (a temporary file and a rename would replace them)."""
+    """Whether ``path`` is written to in place, never through a temporary file and a rename (which would replace
+    it): a terminal, a pipe or another non-regular file (symlinks followed), or a name under /dev or /proc such as
+    /dev/stdout, whatever it leads to (redirected into a log file, it is the shell's open file, not a file to swap)."""
     try:
         mode = os.stat(path).st_mode
     except OSError:
         return False
-    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+    if stat.S_ISDIR(mode):
+        return False
+    return not stat.S_ISREG(mode) or Path(os.path.abspath(path)).parts[1:2] in (("dev",), ("proc",))
 
 
 def write_atomic(path: Path, payload: bytes | str, unique: bool = False) -> Path:
@@ -363,7 +367,9 @@ def write_atomic(path: Path, payload: bytes | str, unique: bool = False) -> Path
     path = Path(path)
     data = payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else payload
     if is_stream(path):  # /dev/stdout, a pipe (--json >(jq .)): written to, never renamed over
-        with open(path, "wb") as stream:
+        sys.stdout.flush()  # what the command printed first stays first
+        # Appending: /dev/stdout redirected into a file (">> run.log") keeps what the file held.
+        with open(path, "ab") as stream:
             stream.write(data)
         return path
     # Through a symlink to the file it names: the link stays a link (renaming over it replaced it by a file).

@@ -63,6 +63,34 @@ def test_warnings(tmp_path: Path, syn_data) -> None:
     assert "Images without masks: 1 (images/orphan.jpg)" in rep.to_text()
 
 
+def test_folders_that_teach_no_background_or_repeat_an_image_are_named(tmp_path: Path, syn_data, caplog) -> None:
+    """Masks labelling every pixel with a class (or ignoring the rest): "No warnings", and the model then labelled
+    every pixel of every new image foreground; copies of one image passed unremarked; a GIF image was reported as
+    its mask having no image."""
+    from fsdistill.data.discover import discover
+    from fsdistill.data.support_tensors import load_support_tensors
+
+    root = tmp_path / "nobg"
+    syn_data.paired(root, n=3, size=(32, 32))
+    (root / "classes.txt").write_text("background\ncell\n")
+    for k in range(3):
+        mask = np.full((32, 32), 255, np.uint8)
+        mask[10:14, 10 + k : 14 + k] = 1
+        syn_data.save(root / "masks" / f"s{k}.png", mask)
+    (root / "images" / "s2.png").write_bytes((root / "images" / "s0.png").read_bytes())
+    (root / "images" / "anim.gif").write_bytes(b"GIF89a")
+    syn_data.save(root / "masks" / "anim.png", np.zeros((32, 32), np.uint8))
+    text = " | ".join(check_support(root).warnings)
+    assert "No mask has a background (0) pixel" in text
+    assert "1 support image(s) are byte-for-byte copies of others (e.g. s2 = s0)" in text
+    assert "1 image(s) in " in text and "are of a format fsdistill does not read (.gif; e.g. images/anim.gif)" in text
+    with caplog.at_level("WARNING"):
+        load_support_tensors(discover(root), 64)
+    assert "No mask has a background (0) pixel" in caplog.text
+    syn_data.paired(tmp_path / "fine", n=2)
+    assert not any("background" in w or "copies" in w for w in check_support(tmp_path / "fine").warnings)
+
+
 def test_jpeg_mask_warning(tmp_path: Path, syn_data) -> None:
     root = tmp_path / "kv"
     syn_data.paired(root, n=2, img_ext=".jpg", mask_ext=".jpg")

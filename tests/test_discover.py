@@ -387,13 +387,12 @@ def test_read_class_names_rules(tmp_path: Path) -> None:
     t.write_text("cat\ncat\n")
     with pytest.raises(DataError, match="twice"):
         read_class_names(t)
-    # Comments: whole lines, and a "#" after a space; a "#" inside a name stays.
-    t.write_text("# atlas labels\nputamen  # left + right\nclass#2\n")
-    assert read_class_names(t) == ["background", "putamen", "class#2"]
-    # A background line in another language is the background (it shifted every class name by one).
-    for word in ("fond", "Hintergrund", "背景"):
-        t.write_text(f"{word}\ncaudate\n")
-        assert read_class_names(t) == [word, "caudate"]
+    # Whole lines starting with "#" are comments; a "#" inside a name is part of it ("cell #1", "cell #2").
+    t.write_text("# atlas labels\ncell #1\ncell #2\n")
+    assert read_class_names(t) == ["background", "cell #1", "cell #2"]
+    # A word that means background in another language may be a class ("fondo": a seabed): it stays one.
+    t.write_text("Fondo\nPez\n")
+    assert read_class_names(t) == ["background", "Fondo", "Pez"]
 
 
 def test_names_file_in_another_case_is_found(tmp_path: Path, syn_data) -> None:
@@ -464,19 +463,30 @@ def test_coco_file_names_from_windows_or_another_machine_pair_by_name(tmp_path: 
     """Backslash paths, a drive, or an absolute path of the machine that exported the JSON: each image is found by
     its path or file name in the usual image folders (none was found; a mix trained on part of the labels)."""
     root = tmp_path / "coco_win"
-    names = ["C:\\Users\\bob\\data\\images\\a.png", "images\\b.png", "/home/alice/proj/c.png", "d.png"]
-    for name in "abcd":
+    decoy = tmp_path / "decoy" / "e.png"  # what C:\<tmp>\decoy\e.png would be without its drive: never read
+    syn_data.save(decoy, syn_data.image(10, 12))
+    names = [
+        "C:\\Users\\bob\\data\\images\\a.png",
+        "images\\b.png",
+        "/home/alice/proj/c.png",
+        "d.png",
+        "C:" + str(decoy).replace("/", "\\"),
+        "D:\\proj\\images\\train\\f.png",  # found by its tail images/train/f.png
+    ]
+    for name in "abcde":
         syn_data.save(root / "images" / f"{name}.png", syn_data.image(10, 12))
+    syn_data.save(root / "images" / "train" / "f.png", syn_data.image(10, 12))
     data = {
         "images": [{"id": k, "file_name": n, "width": 12, "height": 10} for k, n in enumerate(names)],
         "categories": [{"id": 1, "name": "x"}],
         "annotations": [
-            {"id": k, "image_id": k, "category_id": 1, "segmentation": [[0, 0, 3, 0, 3, 3]]} for k in range(4)
+            {"id": k, "image_id": k, "category_id": 1, "segmentation": [[0, 0, 3, 0, 3, 3]]} for k in range(6)
         ],
     }
     (root / "annotations.json").write_text(json.dumps(data))
     idx = discover(root)
-    assert sorted(s.image_path.name for s in idx.samples) == ["a.png", "b.png", "c.png", "d.png"]
+    found = sorted(s.image_path.relative_to(root).as_posix() for s in idx.samples)
+    assert found == [f"images/{n}.png" for n in "abcde"] + ["images/train/f.png"]
     assert not idx.orphan_images and not idx.warnings
 
 

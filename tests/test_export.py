@@ -479,6 +479,12 @@ def test_export_never_overwrites_a_file_that_is_not_an_onnx_model(runner, tiny_b
     result = runner.invoke(app, [*args, "-o", str(tmp_path / "v1.2")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "v1.2" / "student.onnx").is_file()
+    # A link to a model (even one named without .onnx) is written through and stays a link.
+    (tmp_path / "current").symlink_to(tmp_path / "v1.2" / "student.onnx")
+    before = (tmp_path / "v1.2" / "student.onnx").stat().st_mtime_ns
+    result = runner.invoke(app, [*args, "-o", str(tmp_path / "current")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "current").is_symlink() and (tmp_path / "v1.2" / "student.onnx").stat().st_mtime_ns != before
 
 
 def test_a_strict_tolerance_keeps_the_dynamic_input(runner, tiny_binary_run, tmp_path) -> None:

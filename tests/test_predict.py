@@ -639,3 +639,18 @@ def test_overlays_are_blended_in_bands_as_the_float_formula_did() -> None:
     expected = float_formula.round().astype(np.uint8)
     assert np.array_equal(_overlay(image, mask, palette), expected)
     assert np.array_equal(_overlay(image, mask, palette, rows=7), expected)
+
+
+def test_images_it_cannot_use_whole_are_named(tiny_binary_run, tmp_path, caplog) -> None:
+    """A GIF in the folder was passed over without a word ("1 written, 0 failed"), and a 2-page TIFF was predicted
+    from its first page alone, silently."""
+    folder = tmp_path / "in"
+    SynData.save(folder / "a.png", SynData.image(20, 24, 0))
+    (folder / "anim.gif").write_bytes(b"GIF89a")
+    pages = [Image.fromarray(SynData.image(20, 24, k)) for k in range(2)]
+    pages[0].save(folder / "stack.tif", save_all=True, append_images=pages[1:])
+    with caplog.at_level("WARNING"):
+        result = api.predict(folder, tmp_path / "out", model=tiny_binary_run.run_dir, device="cpu", workers=0)
+    assert result.written == 2
+    assert "1 image(s) in " in caplog.text and "(.gif; e.g. anim.gif)" in caplog.text
+    assert "stack.tif has 2 pages or frames; only the first is read" in caplog.text

@@ -422,13 +422,19 @@ def test_an_interrupted_rerun_leaves_no_report_of_the_earlier_grid(tmp_path, mon
     monkeypatch.setattr(grid, "_measure_pair", interrupted_in_the_second_cell)
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 130
-    assert result.stderr.strip() == (
-        'interrupted: profile.json and profile.csv hold the cells measured so far ("complete": false); re-run the '
-        "same command for the whole grid."
-    )
+    assert result.stderr.strip().startswith("interrupted: profile.json and profile.csv hold the cells measured so far")
     assert sorted(p.name for p in out.iterdir()) == ["profile.csv", "profile.json"]
     data = json.loads((out / "profile.json").read_text())
     assert data["complete"] is False and {r["ways"] for r in data["rows"]} == {1}
+    # Stopped in its first cell, a rerun leaves the earlier (complete) profile whole.
+    again = [*args[:-1], str(tmp_path / "q")]
+    monkeypatch.setattr(grid, "_measure_pair", measured)
+    assert CliRunner().invoke(app, again).exit_code == 0
+    before = {name: (tmp_path / "q" / name).read_bytes() for name in FILES}
+    monkeypatch.setattr(grid, "_measure_pair", interrupted_in_the_second_cell)  # calls holds 2: the first raises
+    calls[:] = [1]
+    assert CliRunner().invoke(app, again).exit_code == 130
+    assert {name: (tmp_path / "q" / name).read_bytes() for name in FILES} == before
 
 
 def test_a_folder_where_a_report_goes_is_refused_before_measuring(tmp_path, monkeypatch):

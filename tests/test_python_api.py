@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,9 @@ import fsdistill
 from fsdistill import api
 from fsdistill.data.masks import read_index_mask
 from fsdistill.errors import DataError
+from fsdistill.models.build import load_model
 
-from helpers import TINY_MODEL, TINY_TRAIN
+from helpers import TINY_MODEL, TINY_TRAIN, SynData
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -236,6 +238,17 @@ def test_evaluate_matches_the_same_classes_listed_in_another_order(shaken_multi_
     # Without a names file the classes are the model's by id (default names "class_1", ... were refused).
     (ordered / "classes.txt").unlink()
     assert fsdistill.evaluate(ordered, model=shaken_multi_student, device="cpu", workers=0).iou == a.iou
+    # ... but not against a model of unnamed classes of other values (class_7 is not this folder's class_3)
+    from dataclasses import replace
+
+    from fsdistill.api import inference
+
+    loaded = load_model(shaken_multi_student)
+    gapped = replace(loaded, config={**loaded.config, "class_names": ["background", "class_1", "class_2", "class_7"]})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(inference, "load_model", lambda *args, **kwargs: gapped)
+        with pytest.raises(DataError, match=r"not the model's: \['class_3'\]; not here: \['class_7'\]"):
+            fsdistill.evaluate(ordered, model=shaken_multi_student, device="cpu", workers=0)
     (swapped / "classes.txt").write_text("background\nred\ngreen\nyellow\n")
     with pytest.raises(DataError, match=r"not the model's: \['yellow'\]; not here: \['blue'\]"):
         fsdistill.evaluate(swapped, model=shaken_multi_student, device="cpu", workers=0)
@@ -266,3 +279,23 @@ def test_a_mapping_is_read_as_a_yaml_file_is(tmp_path) -> None:
     resolved = tmp_path / "config.resolved.yaml"
     resolved.write_text("command: adapt\nsupport: s\n")
     assert load_config(AdaptCfg, resolved).support == Path("s")
+
+
+def test_home_paths_and_a_lone_path_in_the_python_api(tiny_binary_run, tmp_path, monkeypatch) -> None:
+    """suggest's outputs and profile's out went into a folder named "~", Segmenter.predict("~/x.png") was "does not
+    exist", and predict_batch("x.png") read each character as an image."""
+    from fsdistill.errors import ConfigError
+
+    home = tmp_path / "home"
+    SynData.save(home / "pool" / "a.png", SynData.image(20, 24, 0))
+    shutil.copytree(tiny_binary_run.run_dir, home / "run")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    fsdistill.suggest("~/pool", model="~/run", out="~/rank.csv", json_out="~/rank.json", student_only=True)
+    assert (home / "rank.csv").is_file() and (home / "rank.json").is_file() and not (tmp_path / "~").exists()
+    segmenter = fsdistill.load("~/run", device="cpu")
+    assert segmenter.predict("~/pool/a.png").shape == (20, 24)
+    with pytest.raises(ConfigError, match="predict_batch takes a list of images"):
+        segmenter.predict_batch("~/pool/a.png")
+    with pytest.raises(ConfigError, match="batch_size must be an integer of at least 1"):
+        segmenter.predict_batch(["~/pool/a.png"], batch_size=0)

@@ -519,6 +519,11 @@ def test_a_run_folder_another_process_trains_into_is_refused(runner, tiny_data, 
             "wait for it to finish or choose another --out",
         )
         assert sorted(p.name for p in out.iterdir()) == [runs_api.CLAIM_FILE]  # its claim kept, nothing written
+        # A run folder being trained into is not called a stopped run by the commands that read models.
+        assert_user_error(
+            runner.invoke(app, ["predict", _image(tmp_path), "-o", str(tmp_path / "o"), "--model", str(out), *CPU]),
+            f"{out} is still being trained (process {other.pid}); wait for it to finish.",
+        )
     finally:
         other.kill()
         other.wait()
@@ -583,3 +588,44 @@ def test_a_tilde_the_shell_left_is_the_home_folder(runner, tiny_binary_run, tmp_
     assert (home / "out" / "masks" / "a.png").is_file() and not (work / "~").exists()
     assert api.predict(_image(tmp_path), "~/out2", model="~/run", device="cpu").written == 1
     assert (home / "out2" / "masks" / "a.png").is_file() and not (work / "~").exists()
+
+
+def test_training_calls_from_two_threads_run_one_after_the_other(tiny_data, tmp_path):
+    """Two distill calls in threads of one process: both trained into one --out (the claim was per process) and
+    runs of one seed differed (the global generators are shared); now they run in turn, so the second into the
+    same folder finds the first's run, and each run is its seed's."""
+    import threading
+
+    import torch
+
+    from fsdistill.config import DistillCfg
+    from fsdistill.errors import DataError
+
+    def cfg(out: Path) -> DistillCfg:
+        return DistillCfg(
+            support=tiny_data.binary,
+            out=out,
+            model={"backbone": "test-resnet", "size": 64},
+            train={"steps": 2, "episodes_per_step": 1},
+            device="cpu",
+        )
+
+    outcomes: dict[str, object] = {}
+
+    def run(name: str, out: Path) -> None:
+        try:
+            outcomes[name] = api.distill(cfg(out), quiet=True)
+        except DataError as exc:
+            outcomes[name] = exc
+
+    threads = [threading.Thread(target=run, args=(n, tmp_path / o)) for n, o in [("a", "same"), ("b", "same"),
+               ("c", "c"), ("d", "d")]]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    refused = [n for n in "ab" if isinstance(outcomes[n], DataError)]
+    assert len(refused) == 1 and "already holds a run" in str(outcomes[refused[0]])
+    assert not (tmp_path / "same" / runs_api.CLAIM_FILE).exists()
+    c, d = (load_model(tmp_path / n / "student").model.state_dict() for n in "cd")
+    assert all(torch.equal(c[k], d[k]) for k in c)

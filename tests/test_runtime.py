@@ -155,6 +155,17 @@ def test_write_atomic_writes_through_a_symlink_and_into_a_stream(tmp_path) -> No
     assert runtime.is_stream(Path(os.devnull)) and not runtime.is_stream(real) and not runtime.is_stream(tmp_path)
 
 
+def test_dev_stdout_redirected_into_a_file_keeps_what_the_file_held(tmp_path) -> None:
+    """--json /dev/stdout >> run.log renamed a file over run.log (the earlier lines and the summary lost)."""
+    log = tmp_path / "run.log"
+    log.write_text("earlier\n")
+    script = "from pathlib import Path; from fsdistill import runtime; print('summary'); "
+    script += "runtime.write_atomic(Path('/dev/stdout'), '{}\\n')"
+    with open(log, "a") as out:
+        subprocess.run([sys.executable, "-c", script], stdout=out, check=True)
+    assert log.read_text() == "earlier\nsummary\n{}\n"
+
+
 def _flushed() -> bool:
     """Whether arithmetic on this thread flushes a denormal float32 (1e-39) to zero now."""
     return float(torch.tensor([1e-39]) * 1.0) == 0.0

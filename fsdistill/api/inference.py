@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -68,10 +69,13 @@ def evaluate(
     if on_total is not None:
         on_total(len(index))
     class_ids = None
-    # Id 0 is the background on both sides however each spells it ("Background", "bg"); a folder without a names
-    # file has default names (binary "foreground", "class_1", ...) and is read by id.
+    # Id 0 is the background on both sides however each spells it ("Background", "bg"). A folder without a names
+    # file whose classes are its ids 1..N ("foreground", "class_1", "class_2", ...) is read by id against a model
+    # with names; against class_<value> names of another folder (class_7) it is matched by name.
     folder_names = [loaded.class_names[0], *index.class_names[1:]]
-    if index.names_source in ("defaults", "mask values") and len(folder_names) == len(loaded.class_names):
+    unnamed = index.class_names[1:] in (["foreground"], [f"class_{k}" for k in range(1, len(index.class_names))])
+    model_unnamed = all(re.fullmatch(r"class_\d+", name) for name in loaded.class_names[1:])
+    if unnamed and not model_unnamed and len(folder_names) == len(loaded.class_names):
         folder_names = loaded.class_names
     if folder_names != loaded.class_names:
         if sorted(folder_names) != sorted(loaded.class_names):
@@ -334,6 +338,8 @@ def export(
     torch_device = resolve_device(device)
     loaded = load_model(model, kind="student")
     target = Path(out).expanduser() if out is not None else default_onnx_path(loaded.path)
+    if target.is_symlink():  # -o latest.onnx -> v3.onnx: the model it names is replaced, the link kept
+        target = Path(os.path.realpath(target))
     # A folder: one that exists, or a new path not ending in .onnx ("-o exported/" and "-o v1.2/" arrive without
     # their "/").
     if target.is_dir() or (not target.exists() and target.suffix.lower() != ".onnx"):

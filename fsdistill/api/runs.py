@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import shutil
-import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,8 +20,11 @@ import numpy as np
 import yaml
 
 from fsdistill.checkpoint import (
+    CLAIM_FILE,
     RUN_CONFIG_FILE,
+    claim_text,
     is_artifact,
+    live_claim,
     recover_artifact,
     resolve_model_dir,
     written_by_distill,
@@ -90,92 +93,77 @@ def check_run_dir(out: Path | None, command: str, teacher: Path | None = None, o
         if teacher is None and written_by_distill(out / "teacher"):
             return
     raise DataError(
-        f"{out} already holds a run ({', '.join(name + '/' for name in finished)}); pass --overwrite to replace it, or "
+        f"{out} already holds a run ({', '.join(name + '/' for name in finished)}); pass --overwrite (overwrite=True "
+        "in Python) to replace it, or "
         "choose a new --out (a run's config.resolved.yaml names that run as its out:)."
     )
 
 
-# In a run folder while a training command writes into it: "HOST PID" of that process.
-CLAIM_FILE = ".fsdistill-training"
-_claimed: set[Path] = set()  # run folders this process claimed (released when its command returns)
+# One training command at a time in a process: they seed and restore the process's random generators (two at once
+# in threads were not reproducible), and a second one into the same --out must find the first one's run.
+_TRAINING = threading.Lock()
+_claimed: list[Path] = []  # run folders the running training command claimed
+
+
+def training_command(fn: Callable[..., T]) -> Callable[..., T]:
+    """Decorate a training command (adapt, distill): calls from several threads run one after the other, and the
+    run folder a call claims (:func:`claim_run_dir`) is released when it returns or fails."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        with _TRAINING:
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                for run_dir in _claimed:
+                    if _own_claim(run_dir):
+                        (run_dir / CLAIM_FILE).unlink(missing_ok=True)
+                _claimed.clear()
+
+    return wrapper
 
 
 def claim_run_dir(run_dir: Path) -> None:
-    """Mark ``run_dir`` as trained into by this process, so that a second command started into it meanwhile is
-    refused (two runs saving into one folder: the first finished run replaced without ``--overwrite``, or one
-    run's teacher beside the other's student). A claim whose process has ended (killed) is taken over.
+    """Mark ``run_dir`` as trained into by this process (:data:`~fsdistill.checkpoint.CLAIM_FILE`), so that a
+    command started into it meanwhile is refused (two runs saving into one folder: the first finished run replaced
+    without ``--overwrite``, or one run's teacher beside the other's student). A claim whose process has ended (a
+    killed run) is taken over. Called within a :func:`training_command`.
 
     Raises:
         DataError: another live process holds the claim.
     """
     claim = run_dir / CLAIM_FILE
-    me = f"{socket.gethostname()} {os.getpid()}"
-    for _ in range(3):
-        try:
-            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = _claim_holder(claim)
-            if holder is not None and holder != me and _is_running(holder):
-                host, pid = holder.split(" ", 1)
-                where = "" if host == socket.gethostname() else f" on {host}"
-                raise DataError(
-                    f"Another fsdistill run (process {pid}{where}) is training into {run_dir}; wait for it to finish "
-                    f"or choose another --out (if no run is going on, delete {claim})."
-                ) from None
-            claim.unlink(missing_ok=True)  # ours from an earlier call, or its process has ended
-            continue
-        except OSError as exc:
-            raise DataError(f"Cannot write into {run_dir} ({exc.strerror}); choose a writable --out.") from None
-        with os.fdopen(fd, "w") as f:
-            f.write(me)
-        _claimed.add(run_dir.absolute())
-        return
-
-
-def releases_run_claims(fn: Callable[..., T]) -> Callable[..., T]:
-    """Decorate a training command so that the run folder it claims is released when it returns or fails."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> T:
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            release_run_claims()
-
-    return wrapper
-
-
-def release_run_claims() -> None:
-    """Remove the claims this process made (:func:`claim_run_dir`), whatever became of its runs."""
-    me = f"{socket.gethostname()} {os.getpid()}"
-    for run_dir in list(_claimed):
-        claim = run_dir / CLAIM_FILE
-        if _claim_holder(claim) == me:
-            claim.unlink(missing_ok=True)
-        _claimed.discard(run_dir)
-
-
-def _claim_holder(claim: Path) -> str | None:
+    tmp = run_dir / f".{CLAIM_FILE}.{os.getpid()}.tmp"
     try:
-        text = claim.read_text().strip()
+        tmp.write_text(claim_text())
+        for _ in range(3):
+            try:
+                os.link(tmp, claim)  # the claim appears with its holder in it, or not at all
+            except FileExistsError:
+                holder = live_claim(run_dir, ignore_own=True)  # this process trains one command at a time
+                if holder is not None:
+                    raise DataError(
+                        f"Another fsdistill run ({holder}) is training into {run_dir}; wait for it to finish or "
+                        f"choose another --out (if no run is going on, delete {claim})."
+                    ) from None
+                claim.unlink(missing_ok=True)  # its process has ended
+                continue
+            except OSError:  # a file system without hard links: created, then written
+                with open(claim, "x") as f:
+                    f.write(claim_text())
+            _claimed.append(run_dir.absolute())
+            return
+    except OSError as exc:
+        raise DataError(f"Cannot write into {run_dir} ({exc.strerror}); choose a writable --out.") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _own_claim(run_dir: Path) -> bool:
+    try:
+        return (run_dir / CLAIM_FILE).read_text().strip() == claim_text()
     except OSError:
-        return None
-    host, _, pid = text.partition(" ")
-    return text if host and pid.isdigit() else None
-
-
-def _is_running(holder: str) -> bool:
-    """Whether the process a claim names runs; a process on another machine is assumed to."""
-    host, pid = holder.split(" ", 1)
-    if host != socket.gethostname():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
         return False
-    except PermissionError:  # running, as another user
-        return True
-    return True
 
 
 def _drop_stale(run_dir: Path, keep: set[str]) -> None:

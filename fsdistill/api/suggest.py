@@ -170,7 +170,8 @@ def suggest(
     check_counts(batch_size, workers)
     shard = parse_shard(shard)
     engine = resolve_engine(engine, address, gpus_per_worker)
-    pools = [Path(p) for p in ([pool] if isinstance(pool, (str, Path)) else pool)]
+    pools = [Path(p).expanduser() for p in ([pool] if isinstance(pool, (str, Path)) else pool)]
+    out, json_out, copy_to = (None if p is None else Path(p).expanduser() for p in (out, json_out, copy_to))
     for path in pools:
         if not path.exists():
             raise DataError(f"Pool {path} does not exist; pass a folder (or files) of unlabelled images.")

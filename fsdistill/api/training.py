@@ -29,7 +29,7 @@ from fsdistill.api.runs import (
     check_run_dir,
     claim_run_dir,
     new_run_dir,
-    releases_run_claims,
+    training_command,
 )
 from fsdistill.checkpoint import WEIGHTS_FILE, WEIGHTS_SHA_KEY, is_artifact
 from fsdistill.config import AdaptCfg, DistillCfg, ModelCfg, load_config
@@ -193,7 +193,7 @@ def _as_config(cfg: Any, cls: type[AdaptCfg] | type[DistillCfg]) -> Any:
     )
 
 
-@releases_run_claims
+@training_command
 @global_random_state_kept()
 def adapt(cfg: AdaptCfg | Mapping[str, Any], quiet: bool = False, overwrite: bool = False) -> RunResult:
     """TransferFSS: fine-tune the DCAMA teacher on the support folder; writes ``RUN/teacher/``.
@@ -524,7 +524,7 @@ def _train_on_pool(
     return combined, info
 
 
-@releases_run_claims
+@training_command
 @global_random_state_kept()
 def distill(
     cfg: DistillCfg | Mapping[str, Any],

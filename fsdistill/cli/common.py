@@ -203,8 +203,8 @@ _INTERRUPTED = {
     "again.",
     "predict": "the masks written so far are kept; re-run the same command to go on where it stopped (--overwrite "
     "would redo every image).",
-    "profile": 'profile.json and profile.csv hold the cells measured so far ("complete": false); re-run the same '
-    "command for the whole grid.",
+    "profile": 'profile.json and profile.csv hold the cells measured so far ("complete": false; stopped before the '
+    "first cell, an earlier profile in --out is left as it was); re-run the same command for the whole grid.",
 }
 
 

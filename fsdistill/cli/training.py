@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from fsdistill.cli.common import (
+    SEED_MAX,
     AdaptStepsOpt,
     AugmentOpt,
     BackboneOpt,
@@ -53,7 +54,10 @@ def check(
     device: Annotated[
         str, typer.Option("--device", help="Accepted like every command's (check reads files only, no model).")
     ] = "auto",
-    seed: Annotated[int | None, typer.Option("--seed", help="Accepted like every command's (nothing random).")] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option("--seed", min=0, max=SEED_MAX, help="Accepted like every command's (nothing random)."),
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Validate a support folder: layout, pairs, orphans, classes, sizes and warnings.

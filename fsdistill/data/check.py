@@ -3,6 +3,7 @@ named before hours of training."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -12,7 +13,8 @@ import numpy as np
 
 from fsdistill.data.discover import discover
 from fsdistill.data.layouts import relative_name
-from fsdistill.data.masks import IGNORE_INDEX
+from fsdistill.data.masks import IGNORE_INDEX, NO_BACKGROUND_WARNING
+from fsdistill.data.support_index import SupportIndex, file_sha256
 from fsdistill.errors import DataError
 
 __all__ = [
@@ -111,6 +113,27 @@ class BrokenPairsError(DataError):
         self.report = report
 
 
+def _copied_images(index: SupportIndex) -> list[tuple[str, str]]:
+    """(key, key of the earlier sample it copies) for each support whose image file has the same bytes as an
+    earlier one's (files of another size are not read)."""
+    first_by_hash: dict[tuple[int, str], str] = {}
+    copies = []
+    sizes = [s.image_path.stat().st_size if s.image_path.is_file() else -1 for s in index.samples]
+    counts = Counter(sizes)
+    for s, size in zip(index.samples, sizes):
+        if size < 0 or counts[size] < 2:
+            continue
+        try:
+            digest = (size, file_sha256(s.image_path))
+        except DataError:
+            continue  # reported as a broken pair
+        if digest in first_by_hash:
+            copies.append((s.key, first_by_hash[digest]))
+        else:
+            first_by_hash[digest] = s.key
+    return copies
+
+
 def _examples(keys: list[str]) -> str:
     return ", ".join(keys[:_EXAMPLES]) + (", ..." if len(keys) > _EXAMPLES else "")
 
@@ -184,6 +207,15 @@ def check_support(root: Path | str, progress: Callable[[int, int], None] | None 
         warnings.append(
             f"{len(empty)} of {n} masks are empty (no foreground class), e.g. {_examples(empty)}; they only teach "
             "background."
+        )
+    if n and len(problems) < n and not keys_with[0] and len(empty) < n:
+        warnings.append(NO_BACKGROUND_WARNING)
+    copies = _copied_images(index)
+    if copies:
+        warnings.append(
+            f"{len(copies)} support image(s) are byte-for-byte copies of others (e.g. {copies[0][0]} = "
+            f"{copies[0][1]}): a copy teaches nothing new, and distill's leave-one-out check scores it against "
+            "itself; keep one of each."
         )
     if only_ignore:
         warnings.append(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -24,7 +23,6 @@ __all__ = [
 ]
 
 BINARY_NAMES = ("background", "foreground")  # names of binary masks without a names file
-_INLINE_COMMENT = re.compile(r"\s+#.*$")
 
 
 def is_labelmap(path: Path | None) -> bool:
@@ -69,8 +67,7 @@ def read_class_names(path: Path | str) -> list[str]:
         raise DataError(f"Cannot read names file {path}: {e}; save it as UTF-8 text.") from e
     if path.suffix.lower() == ".txt":
         lines = [ln.strip() for ln in text.rstrip().splitlines()]  # trailing blank lines are not names
-        # "# ..." lines are comments, and so is the tail of "putamen  # left and right": a "#" after a space.
-        names = [_INLINE_COMMENT.sub("", ln) for ln in lines if not ln.startswith("#")]
+        names = [ln for ln in lines if not ln.startswith("#")]
     else:
         try:
             data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)

@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from fsdistill.data.classes import find_names_file, is_labelmap, read_class_names
+from fsdistill.data.images import OTHER_IMAGE_SUFFIXES, unread_images_note
 from fsdistill.data.layouts import FoundPairs, find_pairs, is_hidden, relative_name
 from fsdistill.data.mask_kinds import (
     MaskDecoding,
@@ -55,6 +56,14 @@ def discover(root: Path | str) -> SupportIndex:
         )
     orphan_images, orphan_masks = sorted(found.orphan_images), sorted(found.orphan_masks)
     warnings = [*found.warnings, *decoding.warnings]
+    if found.data_root is not None:
+        unread = sorted(
+            relative_name(p, found.data_root)
+            for p in found.data_root.rglob("*")
+            if p.suffix.lower() in OTHER_IMAGE_SUFFIXES and not is_hidden(p) and p.is_file()
+        )
+        if unread:
+            warnings.append(unread_images_note(unread, str(root)))
     for lone, what in ((orphan_images, "images have no mask"), (orphan_masks, "masks have no image")):
         if lone:
             warnings.append(f"{len(lone)} {what} (e.g. {relative_name(lone[0], found.data_root)}); they are not used.")

@@ -5,6 +5,7 @@ in display orientation, once, so the rest of the library sees nothing else.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import struct
 import warnings
@@ -18,8 +19,12 @@ from PIL import Image, ImageOps
 
 from fsdistill.errors import DataError
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "IMAGE_SUFFIXES",
+    "OTHER_IMAGE_SUFFIXES",
+    "unread_images_note",
     "read_image",
     "read_image_reduced",
     "pil_image_to_rgb",
@@ -32,6 +37,11 @@ __all__ = [
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 TIFF_SUFFIXES: frozenset[str] = frozenset({".tif", ".tiff"})
+# Image formats users have that fsdistill does not read (animations, camera and design formats): named when met,
+# so a folder of them is not passed over in silence.
+OTHER_IMAGE_SUFFIXES: frozenset[str] = frozenset(
+    {".gif", ".heic", ".heif", ".avif", ".jp2", ".j2k", ".jxl", ".psd", ".svg", ".ico", ".dng", ".cr2", ".nef"}
+)
 
 # EXIF tag 0x0112 (Orientation) values 5..8 include a 90° turn, which swaps width and height.
 _EXIF_ORIENTATION = 0x0112
@@ -234,6 +244,11 @@ def read_image_reduced(path: ImageSource, min_side: int | None) -> tuple[np.ndar
             if min_side is not None and img.format == "JPEG":
                 img.draft(img.mode, (min_side, min_side))  # never below the requested size on either side
             img.load()  # Pillow decodes lazily; force it here so truncation surfaces as an error now
+            if getattr(img, "n_frames", 1) > 1:
+                log.warning(
+                    "%s has %d pages or frames; only the first is read (save each page as an image of its own to use "
+                    "the others).", path, img.n_frames,
+                )  # fmt: skip
             try:
                 # From the tag, not from the sides: a reduced decode of a near-square JPEG can be square.
                 turned = img.getexif().get(_EXIF_ORIENTATION) in _SWAPS_AXES
@@ -254,6 +269,18 @@ def read_image_reduced(path: ImageSource, min_side: int | None) -> tuple[np.ndar
             image = _read_tiff(path, opened)
             return image, image.shape[:2]
         raise _cannot_read(path, str(e) or type(e).__name__) from e
+
+
+def unread_images_note(files: list[str], where: str) -> str:
+    """One sentence naming image files of a format fsdistill does not read (:data:`OTHER_IMAGE_SUFFIXES`) found in
+    ``where``; "" when there are none."""
+    if not files:
+        return ""
+    suffixes = ", ".join(sorted({Path(f).suffix.lower() for f in files}))
+    return (
+        f"{len(files)} image(s) in {where} are of a format fsdistill does not read ({suffixes}; e.g. {files[0]}), "
+        "so they are not used; convert them to PNG to use them."
+    )
 
 
 def _tiff_header(path: Path | io.BytesIO) -> bool:

@@ -318,9 +318,15 @@ def _find_coco(d: Path) -> FoundPairs | None:
     keys: set[str] = set()
     for iid, im in sorted(coco.images.items(), key=lambda kv: kv[1].file_name):
         rel = Path(exported_path(im.file_name))
-        # An absolute path is used where it exists; one from another machine (or a Windows drive) falls back to
-        # its file name in the usual image folders, as a bare name does.
-        tried = [rel] if rel.is_absolute() else [b / rel for b in bases]
+        if rel.is_absolute():
+            # A POSIX path is used where it exists here; a Windows one (a drive or a server) never is. Then, as for
+            # a path of another machine, its tails of two or more parts under the image folders (C:/proj/images/
+            # train/x.png: images/train/x.png); a bare name only in the usual folders, below.
+            here = [rel] if rel.as_posix() == im.file_name else []
+            parts = rel.parts[1:]
+            tried = here + [b / Path(*parts[i:]) for i in range(len(parts) - 1) for b in bases]
+        else:
+            tried = [b / rel for b in bases]
         path = next((p for p in [*tried, *(b / rel.name for b in name_bases)] if p.is_file()), None)
         if path is None:
             missing.append(im.file_name)

@@ -47,12 +47,13 @@ __all__ = [
 
 IGNORE_INDEX = 255
 Rgb = tuple[int, int, int]
-# Names taken as the background class (compared in lower case), with the common translations: a names file in
-# another language must not turn its background line into class 1 and shift every class name by one.
-BACKGROUND_NAMES = frozenset(
-    {"background", "bg", "_background_", "__background__", "backgroud", "back_ground", "unlabeled", "unlabelled"}
-    | {"fond", "arrière-plan", "arriere-plan", "hintergrund", "fondo", "sfondo", "achtergrond", "fundo", "tło"}
-    | {"bakgrund", "baggrund", "bakgrunn", "tausta", "háttér", "pozadí", "arka plan", "фон", "背景", "배경"}
+BACKGROUND_NAMES = frozenset({"background", "bg", "_background_", "__background__", "backgroud", "back_ground"})
+
+# Said by check and by adapt / distill when no support mask has a background (0) pixel.
+NO_BACKGROUND_WARNING = (
+    "No mask has a background (0) pixel: every labelled pixel is a class, so the model never learns background "
+    "and labels every pixel of new images with one of the classes; paint the background 0 where it is (255 marks "
+    "pixels to ignore)."
 )
 
 

@@ -26,7 +26,7 @@ from fsdistill.data.masks import (
 )
 from fsdistill.errors import DataError
 
-__all__ = ["Sample", "SupportIndex"]
+__all__ = ["Sample", "SupportIndex", "file_sha256"]
 
 
 @dataclass(frozen=True)
@@ -208,10 +208,10 @@ class SupportIndex:
                 task = self.labelstudio.tasks[s.task_index]
                 mask_sha = _json_sha256({"image": task.image_ref, "results": list(task.results)})
             elif len(s.mask_paths) == 1:
-                mask_sha = _file_sha256(s.mask_paths[0])
+                mask_sha = file_sha256(s.mask_paths[0])
             else:
-                mask_sha = hashlib.sha256("".join(_file_sha256(p) for p in s.mask_paths).encode()).hexdigest()
-            h.update(f"{s.key}\t{_file_sha256(s.image_path)}\t{mask_sha}\t{s.class_id}\n".encode())
+                mask_sha = hashlib.sha256("".join(file_sha256(p) for p in s.mask_paths).encode()).hexdigest()
+            h.update(f"{s.key}\t{file_sha256(s.image_path)}\t{mask_sha}\t{s.class_id}\n".encode())
         return h.hexdigest()
 
 
@@ -219,7 +219,12 @@ def _json_sha256(entry: dict) -> str:
     return hashlib.sha256(json.dumps(entry, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 hex of a file's bytes, read in 1 MiB chunks.
+
+    Raises:
+        DataError: the file cannot be read.
+    """
     h = hashlib.sha256()
     try:
         with open(path, "rb") as f:

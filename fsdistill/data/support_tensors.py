@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fsdistill.data.masks import NO_BACKGROUND_WARNING
 from fsdistill.data.support_index import SupportIndex
 from fsdistill.data.transforms import resize_image, resize_mask
 
@@ -42,6 +43,8 @@ def load_support_tensors(index: SupportIndex, size: int) -> SupportTensors:
         masks.append(resize_mask(mask, size))
         for cls in set(np.unique(mask).tolist()) - set(np.unique(masks[-1]).tolist()) - {0, 255}:
             lost.setdefault(cls, []).append(index.samples[i].key)
+    if not any((mask == 0).any() for mask in masks):
+        log.warning(NO_BACKGROUND_WARNING)
     for cls, keys in sorted(lost.items()):
         log.warning(
             "Class %r vanishes when %d support image(s) are resized to %d px (e.g. %s): too small at that size, so "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,14 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from fsdistill.checkpoint import config_sha256
-from fsdistill.data.images import IMAGE_SUFFIXES, image_size, read_image, read_image_reduced
+from fsdistill.data.images import (
+    IMAGE_SUFFIXES,
+    OTHER_IMAGE_SUFFIXES,
+    image_size,
+    read_image,
+    read_image_reduced,
+    unread_images_note,
+)
 from fsdistill.data.layouts import mask_folders
 from fsdistill.data.masks import encode_index_png
 from fsdistill.data.transforms import resize_image, to_chw_tensor
@@ -55,6 +63,8 @@ MANIFEST_NAME = ".fsdistill-predict.json"
 # An image to predict: a local file, or a file in an object store (see fsdistill.storage).
 Source = Path | StoredFile
 
+log = logging.getLogger(__name__)
+
 
 def _is_output_folder(storage: Storage, folder: str, out: Storage | None) -> bool:
     """Whether ``folder`` (a key of ``storage``) holds predict outputs rather than input images: the ``-o``
@@ -72,7 +82,15 @@ def _is_output_folder(storage: Storage, folder: str, out: Storage | None) -> boo
 
 def _walk_images(storage: Storage, out: Storage | None) -> Iterator[str]:
     """Keys of the image files below ``storage``'s root, skipping hidden entries, predict output folders and the
-    mask folders of labelled folders (masks/ beside images/: their files are masks, not images to segment)."""
+    mask folders of labelled folders (masks/ beside images/: their files are masks, not images to segment). Images
+    of a format it does not read (GIF, HEIC, ...) are named in one warning at the end."""
+    unread: list[str] = []
+    yield from _walk_readable(storage, out, unread)
+    if unread:
+        log.warning(unread_images_note(unread, storage.display()))
+
+
+def _walk_readable(storage: Storage, out: Storage | None, unread: list[str]) -> Iterator[str]:
     for folder, dirs, files in storage.walk():
         here = f"{folder}/" if folder else ""
         masks = mask_folders(dirs)
@@ -83,8 +101,11 @@ def _walk_images(storage: Storage, out: Storage | None) -> Iterator[str]:
             if not d.startswith(".") and d not in masks and not _is_output_folder(storage, here + d, out)
         )
         for name in sorted(files):
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+            suffix = Path(name).suffix.lower()
+            if not name.startswith(".") and suffix in IMAGE_SUFFIXES:
                 yield here + name
+            elif not name.startswith(".") and suffix in OTHER_IMAGE_SUFFIXES:
+                unread.append(here + name)
 
 
 def list_images(

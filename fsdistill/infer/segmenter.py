@@ -15,7 +15,7 @@ from PIL import Image
 
 from fsdistill.data.images import pil_image_to_rgb, read_image_reduced, to_uint8_rgb
 from fsdistill.data.transforms import resize_image, to_chw_tensor
-from fsdistill.errors import DataError
+from fsdistill.errors import ConfigError, DataError
 from fsdistill.infer.postprocess import logits_to_mask
 from fsdistill.infer.predictor import Predictor
 from fsdistill.models.build import load_model
@@ -32,7 +32,7 @@ def _decode(image: ImageLike, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     """An image in any accepted form → (H'×W'×3 uint8 RGB, (H, W) of the image): decoded as ``fsdistill predict``
     decodes it, a JPEG file at a reduced scale still ≥ ``size`` (the model's input), the mask due at (H, W)."""
     if isinstance(image, (str, Path)):
-        return read_image_reduced(image, size)
+        return read_image_reduced(Path(image).expanduser(), size)
     if isinstance(image, Image.Image):
         rgb = pil_image_to_rgb(image)
     elif isinstance(image, np.ndarray):
@@ -91,9 +91,15 @@ class Segmenter:
         return self.predict_batch([image])[0]
 
     def predict_batch(self, images: Iterable[ImageLike], batch_size: int = 8) -> list[np.ndarray]:
-        """Images of any sizes → one H×W uint8 class-id mask each, in order; the model runs ``batch_size`` at a time."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        """Images of any sizes → one H×W uint8 class-id mask each, in order; the model runs ``batch_size`` at a time.
+
+        Raises:
+            ConfigError: ``batch_size`` below 1, or one path given where a list of images is due.
+        """
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be an integer of at least 1, got {batch_size!r}.")
+        if isinstance(images, (str, Path)):  # iterated, a path was one "image" per character
+            raise ConfigError(f"predict_batch takes a list of images; for the one image {images} use predict().")
         size = self._predictor.size
         decoded = [_decode(image, size) for image in images]
         masks: list[np.ndarray] = []

@@ -51,7 +51,7 @@ def run_profile(cfg: ProfileCfg, quiet: bool = False) -> ProfileResult:
     cfg.check()
     device = resolve_device(cfg.device)
     retain_freed_memory()  # predict runs warm (see Predictor), so the times here are taken warm too
-    out = Path(cfg.out)
+    out = Path(cfg.out).expanduser()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; pass a folder for profile.json/.csv/.md/.png.")
     gen = seed_everything(cfg.seed)
@@ -104,10 +104,8 @@ def run_profile(cfg: ProfileCfg, quiet: bool = False) -> ProfileResult:
         raise ConfigError(f"{out / taken[0]} is a folder, where profile writes a file; move it or pass another --out.")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        for name in PROFILE_FILES:  # a new grid replaces every report of an earlier one, not some of them
-            (out / name).unlink(missing_ok=True)
     except OSError as exc:
-        raise ConfigError(f"Cannot write into the output folder {out} ({exc.strerror}); pass another --out.") from None
+        raise ConfigError(f"Cannot create the output folder {out} ({exc.strerror}); pass another --out.") from None
     cells = [(w, s) for w in ways_grid for s in shots_grid]
     bar = progress(total=len(cells), quiet=quiet, desc="profile", unit="cell")
 
@@ -193,6 +191,9 @@ def run_profile(cfg: ProfileCfg, quiet: bool = False) -> ProfileResult:
             if current.teacher is not None and base_teacher is not None and w <= teacher_ways:
                 _measure_teacher(current, w, s, query, supports, cfg, runner, estimator, data)
             _write_tables(out, data)
+            if i == 0:  # the earlier grid's reports go with its rows: never beside this grid's partial ones
+                for name in ("profile.md", "profile.png"):
+                    (out / name).unlink(missing_ok=True)
             bar.update(1)
     finally:
         bar.close()
@@ -430,7 +431,7 @@ def _load_run(path: Path, device: torch.device) -> tuple[_Models, dict[str, Any]
     from fsdistill.models.build import load_model
 
     loaded = {}
-    path = Path(path)
+    path = Path(path).expanduser()
     if is_artifact(recover_artifact(path)):  # one artifact, of its own kind (a damaged one says so)
         model = load_model(path)
         loaded[model.kind] = model
