@@ -294,6 +294,10 @@ def resolve_model_dir(path: Path | None, kind: str | None = None) -> Path:
                 "No model given and no run found under ./runs; run fsdistill distill first or pass --model."
             )
         path = newest
+    if not isinstance(path, (str, os.PathLike)):
+        raise CheckpointError(
+            f"A model is a run or artifact folder (a str or Path), not {type(path).__name__} {path!r}."
+        )
     path = Path(path).expanduser()
     recover_artifact(path)
     if is_artifact(path):

@@ -52,6 +52,8 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 def check_device_name(name: str | None) -> str:
     """The lower-cased device name, or DeviceError for one that is not auto/cpu/cuda/cuda:N/mps."""
+    if name is not None and not isinstance(name, str):
+        raise DeviceError(f"A device is a name ({', '.join(DEVICE_CHOICES)} or cuda:N), not {name!r}.")
     name = (name or "auto").lower()
     if name not in DEVICE_CHOICES and not (name.startswith("cuda:") and name[5:].isdigit()):
         raise DeviceError(f"Unknown device '{name}'; use one of {', '.join(DEVICE_CHOICES)} or cuda:N (a GPU's index).")

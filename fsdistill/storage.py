@@ -271,6 +271,10 @@ def open_storage(location: str | os.PathLike) -> Storage:
         ConfigError: a scheme other than s3:// and gs://, or a URI pyarrow cannot parse or without a bucket.
         DependencyError: a URI without pyarrow installed. DataError: the store cannot be reached.
     """
+    if not isinstance(location, (str, os.PathLike)):
+        raise ConfigError(
+            f"A path is a str or Path (or an s3:// / gs:// URI), not {type(location).__name__} {location!r}."
+        )
     if not (isinstance(location, str) and _URI.match(location)):
         return LocalStorage(Path(location).expanduser())
     scheme = location.split("://", 1)[0].lower()

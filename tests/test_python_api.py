@@ -201,7 +201,10 @@ def test_bad_counts_are_refused_before_anything_is_written(shaken_multi_student,
     image = tmp_path / "in" / "a.png"
     image.parent.mkdir()
     Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(image)
-    for kwargs, message in (({"batch_size": 0}, "batch_size must be at least 1, got 0"), ({"workers": -1}, "workers")):
+    for kwargs, message in (
+        ({"batch_size": 0}, "batch_size must be an integer of at least 1, got 0"),
+        ({"workers": -1}, "workers"),
+    ):
         with pytest.raises(ConfigError, match=message):
             fsdistill.predict(image.parent, tmp_path / "out", model=shaken_multi_student, device="cpu", **kwargs)
         with pytest.raises(ConfigError, match=message):
@@ -299,3 +302,25 @@ def test_home_paths_and_a_lone_path_in_the_python_api(tiny_binary_run, tmp_path,
         segmenter.predict_batch("~/pool/a.png")
     with pytest.raises(ConfigError, match="batch_size must be an integer of at least 1"):
         segmenter.predict_batch(["~/pool/a.png"], batch_size=0)
+
+
+def test_wrong_types_are_the_librarys_errors(tiny_binary_run, tmp_path) -> None:
+    """load(123), predict(123, ...), evaluate(batch_size="8"), predict(device=1), export(tolerance="x"),
+    suggest(top="3") were TypeErrors and AttributeErrors from deep inside."""
+    from fsdistill.errors import CheckpointError, ConfigError, DeviceError
+
+    run = tiny_binary_run.run_dir
+    with pytest.raises(CheckpointError, match="not int 123"):
+        fsdistill.load(123)
+    with pytest.raises(ConfigError, match="inputs is a path or a list of paths, not int 123"):
+        fsdistill.predict(123, tmp_path / "out", model=run)
+    with pytest.raises(ConfigError, match="batch_size must be an integer of at least 1, got '8'"):
+        fsdistill.evaluate(tmp_path, model=run, batch_size="8")
+    with pytest.raises(DeviceError, match="A device is a name"):
+        fsdistill.load(run, device=1)
+    with pytest.raises(ConfigError, match="--tolerance must be >= 0"):
+        fsdistill.export(run, tmp_path / "x.onnx", tolerance="x")
+    with pytest.raises(ConfigError, match="--top must be an integer of at least 1 \\(got '3'\\)"):
+        fsdistill.suggest(tmp_path, model=run, top="3")
+    with pytest.raises(ConfigError, match="A path is a str or Path"):
+        fsdistill.predict([tmp_path, 5], tmp_path / "out", model=run)

@@ -195,6 +195,8 @@ def predict(
     """
     if isinstance(inputs, (str, os.PathLike)):  # one input, not a sequence of its characters
         inputs = [inputs]
+    if not isinstance(inputs, (list, tuple)):
+        raise ConfigError(f"inputs is a path or a list of paths, not {type(inputs).__name__} {inputs!r}.")
     check_counts(batch_size, workers)
     format_options = FormatOptions.parse(formats, coco_rle, image_root_url)
     shard = parse_shard(shard)
@@ -225,10 +227,14 @@ def check_counts(batch_size: int | None, workers: int | None) -> None:
     Raises:
         ConfigError: naming the argument.
     """
-    if batch_size is not None and batch_size < 1:
-        raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
-    if workers is not None and workers < 0:
-        raise ConfigError(f"workers must be 0 (decode in this process) or more, got {workers}.")
+    if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
+        raise ConfigError(f"batch_size must be an integer of at least 1, got {batch_size!r}.")
+    if workers is not None and (not _is_int(workers) or workers < 0):
+        raise ConfigError(f"workers must be 0 (decode in this process) or more, got {workers!r}.")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _batch_size(given: int | None, on_gpu: bool) -> int:
@@ -332,7 +338,8 @@ def export(
 
     if format.lower() != "onnx":
         raise ConfigError(f"Unknown export format '{format}'; the only format is onnx.")
-    if not tolerance >= 0 or not 0.0 <= min_agreement <= 1.0:  # "not >=": NaN is refused too
+    numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (tolerance, min_agreement))
+    if not numbers or not tolerance >= 0 or not 0.0 <= min_agreement <= 1.0:  # "not >=": NaN is refused too
         raise ConfigError("--tolerance must be >= 0 and --min-agreement within 0..1.")
     require_export_packages("onnx", "onnxruntime")
     torch_device = resolve_device(device)

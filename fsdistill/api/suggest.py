@@ -163,8 +163,8 @@ def suggest(
         write_ranking_csv,
     )
 
-    if top < 1:
-        raise ConfigError(f"--top must be at least 1 (got {top}): it is how many images to suggest.")
+    if not isinstance(top, int) or isinstance(top, bool) or top < 1:
+        raise ConfigError(f"--top must be an integer of at least 1 (got {top!r}): it is how many images to suggest.")
     if student_only and teacher is not None:
         raise ConfigError("--student-only ranks without a teacher; drop --teacher or --student-only.")
     check_counts(batch_size, workers)

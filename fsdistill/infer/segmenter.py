@@ -119,5 +119,5 @@ def load(path: str | Path, teacher: bool = False, device: str = "auto") -> Segme
         teacher: load the run's teacher (slower; segments with its stored supports) instead of the student.
         device: "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "cuda:1", "mps".
     """
-    loaded = load_model(Path(path), kind="teacher" if teacher else "student")
+    loaded = load_model(path, kind="teacher" if teacher else "student")
     return Segmenter(Predictor(loaded, resolve_device(device)))
