@@ -316,6 +316,9 @@ def resolve_model_dir(path: Path | None, kind: str | None = None) -> Path:
         if path.name in (CONFIG_FILE, WEIGHTS_FILE) and is_artifact(path.parent):
             raise CheckpointError(f"{path} is a file of the artifact {path.parent}; pass that folder (or its run).")
         raise CheckpointError(f"{path} is a file; pass a run folder or an artifact folder.")
+    training = live_claim(path)
+    if training is not None:
+        raise CheckpointError(f"{path} is still being trained ({training}); wait for it to finish.")
     if wanted == "student" and (path / "teacher").exists():
         student = path / "student"
         missing = (_missing_file(student) if student.is_dir() else None) or student
@@ -331,9 +334,6 @@ def resolve_model_dir(path: Path | None, kind: str | None = None) -> Path:
             f"{f'the frozen teacher {source}' if source else 'a teacher kept elsewhere'}); pass --model "
             f"{source or 'THAT_TEACHER'} for the teacher."
         )
-    training = live_claim(path)
-    if training is not None:
-        raise CheckpointError(f"{path} is still being trained ({training}); wait for it to finish.")
     if (path / RUN_CONFIG_FILE).is_file() and not (path / "teacher").exists():
         raise CheckpointError(
             f"{path} is a run that stopped before its model was saved ({RUN_CONFIG_FILE} only); re-run the command "

@@ -629,3 +629,33 @@ def test_training_calls_from_two_threads_run_one_after_the_other(tiny_data, tmp_
     assert not (tmp_path / "same" / runs_api.CLAIM_FILE).exists()
     c, d = (load_model(tmp_path / n / "student").model.state_dict() for n in "cd")
     assert all(torch.equal(c[k], d[k]) for k in c)
+
+
+def test_a_claim_is_made_where_hard_links_are_not(tmp_path, monkeypatch):
+    """On a file system without hard links the claim is created exclusively instead; a live one still refuses."""
+    import errno
+
+    def no_links(*args):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(runs_api.os, "link", no_links)
+    run = tmp_path / "run"
+    run.mkdir()
+
+    @runs_api.training_command
+    def train_into(folder):
+        runs_api.claim_run_dir(folder)
+        return (folder / runs_api.CLAIM_FILE).read_text()
+
+    assert train_into(run) == runs_api.claim_text() and not (run / runs_api.CLAIM_FILE).exists()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        import socket
+
+        (run / runs_api.CLAIM_FILE).write_text(f"{socket.gethostname()} {other.pid}")
+        with pytest.raises(runs_api.DataError, match=f"process {other.pid}"):
+            train_into(run)
+    finally:
+        other.kill()
+        other.wait()
+    assert train_into(run) == runs_api.claim_text()  # its process gone: taken over

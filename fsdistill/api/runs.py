@@ -138,7 +138,7 @@ def claim_run_dir(run_dir: Path) -> None:
         tmp.write_text(claim_text())
         for _ in range(3):
             try:
-                os.link(tmp, claim)  # the claim appears with its holder in it, or not at all
+                _create_claim(claim, tmp)
             except FileExistsError:
                 holder = live_claim(run_dir, ignore_own=True)  # this process trains one command at a time
                 if holder is not None:
@@ -148,15 +148,26 @@ def claim_run_dir(run_dir: Path) -> None:
                     ) from None
                 claim.unlink(missing_ok=True)  # its process has ended
                 continue
-            except OSError:  # a file system without hard links: created, then written
-                with open(claim, "x") as f:
-                    f.write(claim_text())
             _claimed.append(run_dir.absolute())
             return
     except OSError as exc:
         raise DataError(f"Cannot write into {run_dir} ({exc.strerror}); choose a writable --out.") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _create_claim(claim: Path, written: Path) -> None:
+    """Create ``claim`` as a link to the ``written`` file, so it appears with its holder in it or not at all; on a
+    file system without hard links, created exclusively and then written. FileExistsError: there is one."""
+    try:
+        os.link(written, claim)
+        return
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (some network and FUSE file systems)
+        pass
+    with open(claim, "x") as f:
+        f.write(claim_text())
 
 
 def _own_claim(run_dir: Path) -> bool:
