@@ -350,15 +350,18 @@ def process_alive(pid: int) -> bool:
 
 def is_stream(path: Path) -> bool:
     """Whether ``path`` is written to in place, never through a temporary file and a rename (which would replace
-    it): a terminal, a pipe or another non-regular file (symlinks followed), or a name under /dev or /proc such as
-    /dev/stdout, whatever it leads to (redirected into a log file, it is the shell's open file, not a file to swap)."""
+    it): a terminal, a pipe or another non-regular file (symlinks followed), or a link under /dev or /proc to an
+    open file (/dev/stdout, /dev/fd/3: redirected into a log file, it is the shell's open file, not a file to
+    swap). A regular file under /dev (/dev/shm, a tmpfs) is an ordinary file."""
     try:
         mode = os.stat(path).st_mode
     except OSError:
         return False
     if stat.S_ISDIR(mode):
         return False
-    return not stat.S_ISREG(mode) or Path(os.path.abspath(path)).parts[1:2] in (("dev",), ("proc",))
+    if not stat.S_ISREG(mode):
+        return True
+    return Path(path).is_symlink() and Path(os.path.abspath(path)).parts[1:2] in (("dev",), ("proc",))
 
 
 def write_atomic(path: Path, payload: bytes | str, unique: bool = False) -> Path:

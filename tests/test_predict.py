@@ -654,3 +654,14 @@ def test_images_it_cannot_use_whole_are_named(tiny_binary_run, tmp_path, caplog)
     assert result.written == 2
     assert "1 image(s) in " in caplog.text and "(.gif; e.g. anim.gif)" in caplog.text
     assert "stack.tif has 2 pages or frames; only the first is read" in caplog.text
+
+
+def test_a_corrupt_exif_block_leaves_no_library_line(tiny_binary_run, tmp_path, recwarn) -> None:
+    """Pillow's "Corrupt EXIF data" UserWarning reached stderr as a raw library line (four per support in
+    distill, once per image in predict, also under --quiet)."""
+    exif = b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x05\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06"
+    (tmp_path / "in").mkdir()
+    Image.fromarray(SynData.image(20, 24, 0)).save(tmp_path / "in" / "x.jpg", exif=exif)
+    result = api.predict(tmp_path / "in", tmp_path / "out", model=tiny_binary_run.run_dir, device="cpu", workers=0)
+    assert result.written == 1
+    assert not [w for w in recwarn if "EXIF" in str(w.message)]

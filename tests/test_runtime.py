@@ -166,6 +166,22 @@ def test_dev_stdout_redirected_into_a_file_keeps_what_the_file_held(tmp_path) ->
     assert log.read_text() == "earlier\nsummary\n{}\n"
 
 
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm here")
+def test_a_regular_file_under_dev_is_replaced_not_appended_to(tmp_path) -> None:
+    """Every path under /dev was taken for a stream: files on /dev/shm (a tmpfs) were appended to, masks and
+    predictions.csv doubled and config.resolved.yaml listed its keys twice."""
+    import os
+
+    target = Path("/dev/shm") / f"fsdistill-test-{os.getpid()}.json"
+    try:
+        target.write_text("old")
+        assert not runtime.is_stream(target)
+        runtime.write_atomic(target, "new")
+        assert target.read_text() == "new"
+    finally:
+        target.unlink(missing_ok=True)
+
+
 def _flushed() -> bool:
     """Whether arithmetic on this thread flushes a denormal float32 (1e-39) to zero now."""
     return float(torch.tensor([1e-39]) * 1.0) == 0.0

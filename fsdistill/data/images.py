@@ -160,10 +160,23 @@ def pil_image_to_rgb(img: Image.Image) -> np.ndarray:
     """An opened PIL image → H×W×3 uint8 RGB as :func:`read_image` reads its file: display orientation (EXIF
     applied to a copy), alpha dropped, 16-bit and float images scaled by their own min/max."""
     try:
-        img = ImageOps.exif_transpose(img)
+        with _pillow_warnings_silenced():
+            img = ImageOps.exif_transpose(img)
     except _EXIF_ERRORS:
         pass
     return _pil_to_rgb(img)
+
+
+@contextmanager
+def _pillow_warnings_silenced() -> Iterator[None]:
+    """A context in which Pillow's warnings about files it reads anyway stay off stderr (raw library lines in every
+    command): a "decompression bomb" between its warning and error sizes (89–179 Mpx; above, the image is refused
+    in a sentence), and "Corrupt EXIF data" and its kind (four lines per support in distill; such an image is
+    read, its broken EXIF block counting as no rotation)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+        yield
 
 
 @contextmanager
@@ -173,10 +186,7 @@ def open_pil(source: Path | io.BytesIO) -> Iterator[Image.Image]:
     Pillow memory-maps an uncompressed single-strip file it opens by name, at the image's *display* size, while the
     strip holds the stored size: a TIFF whose orientation tag turns it by 90° (5–8) came out scrambled (Pillow 13;
     its own decoder, used for file objects, turns it right)."""
-    with warnings.catch_warnings():
-        # Between Pillow's warning and error sizes (89–179 Mpx) it warns of a "decompression bomb" on stderr,
-        # a raw line in every command; the image is read, and one above the error size is refused in a sentence.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    with _pillow_warnings_silenced():
         if isinstance(source, Path) and _tiff_header(source):
             with open(source, "rb") as handle, Image.open(handle) as img:
                 yield img
@@ -330,7 +340,7 @@ def exif_quarter_turn(path: Path | str) -> bool:
     """Whether the file's EXIF orientation turns it by 90° or 270° for display; unreadable files and broken EXIF
     blocks count as not turned (reading them reports those problems)."""
     try:
-        with Image.open(path) as img:
+        with open_pil(Path(path)) as img:
             return img.getexif().get(_EXIF_ORIENTATION) in _SWAPS_AXES
     except (*_PIL_ERRORS, *_EXIF_ERRORS):
         return False
