@@ -404,6 +404,34 @@ def test_artifacts_record_support_pixel_hashes(tiny_binary_run, tiny_data):
     assert images[1] == {"key": "s1", "size": [pixels.shape[1], pixels.shape[0]], "sha256": pixel_sha256(pixels)}
 
 
+def test_supports_changed_while_training_are_recorded_as_read(tiny_data, tmp_path, monkeypatch):
+    """The support folder was read again after training: a support replaced meanwhile was recorded (so evaluate
+    accepted the image actually trained on), and one deleted meanwhile lost the finished training."""
+    from fsdistill.api import pixel_sha256
+    from fsdistill.api import training as training_api
+    from fsdistill.data.discover import discover
+    from fsdistill.data.images import read_image
+
+    support = tmp_path / "support"
+    shutil.copytree(tiny_data.binary, support)
+    trained_on = read_image(support / "images" / "s1.png")
+    fingerprint_before = discover(support).fingerprint()
+    real_train = training_api.train
+
+    def folder_changes_meanwhile(*args, **kwargs):
+        shutil.copy(support / "images" / "s0.png", support / "images" / "s1.png")
+        (support / "images" / "s3.png").unlink()
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(training_api, "train", folder_changes_meanwhile)
+    result = api.distill({"support": str(support), "out": str(tmp_path / "run"), "model": {"backbone": "test-resnet",
+                          "size": 64}, "train": {"steps": 1}, "device": "cpu"}, quiet=True)  # fmt: skip
+    record = load_model(result.run_dir).config["support"]
+    assert record["images"][1]["sha256"] == pixel_sha256(trained_on)
+    assert [e["key"] for e in record["images"]] == ["s0", "s1", "s2", "s3"]
+    assert record["fingerprint"] == fingerprint_before
+
+
 # --- 15. what killed saves and exports leave; onnx threads; unwritable output as root -------------------------------
 
 

@@ -4,7 +4,6 @@ about the supports (so that ``evaluate`` can refuse support images)."""
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -16,7 +15,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
 import yaml
 
 from fsdistill.checkpoint import (
@@ -31,6 +29,8 @@ from fsdistill.checkpoint import (
 )
 from fsdistill.config import AdaptCfg, DistillCfg
 from fsdistill.data.discover import SupportIndex
+from fsdistill.data.images import image_size, pixel_sha256, read_image
+from fsdistill.data.support_tensors import SupportTensors
 from fsdistill.errors import DataError, FsdistillError
 from fsdistill.runtime import ensure_writable_dir, write_atomic
 from fsdistill.train.support_check import SupportCheck
@@ -195,25 +195,20 @@ def _write_run_config(run_dir: Path, cfg: AdaptCfg | DistillCfg, command: str) -
     return run_dir
 
 
-def pixel_sha256(image: np.ndarray) -> str:
-    """sha256 of an H×W×3 uint8 image's decoded pixels (its shape included): the same for a renamed or
-    losslessly re-encoded copy of the file, different for any other image whatever its name."""
-    image = np.ascontiguousarray(image, dtype=np.uint8)
-    return hashlib.sha256(repr(image.shape).encode() + image.tobytes()).hexdigest()
-
-
-def _support_info(index: SupportIndex) -> dict[str, Any]:
-    """What an artifact records of its support folder, with each support's size and :func:`pixel_sha256`."""
-    images = []
-    for i, sample in enumerate(index.samples):
-        pixels = index.load_image(i)
-        images.append({"key": sample.key, "size": [pixels.shape[1], pixels.shape[0]], "sha256": pixel_sha256(pixels)})
+def _support_info(index: SupportIndex, support: SupportTensors, fingerprint: str) -> dict[str, Any]:
+    """What an artifact records of its support folder: each support's size and :func:`pixel_sha256` as the
+    supports were read for training (``support``), and the folder's ``fingerprint`` taken then (a file changed
+    while the run trained must not stand in the record of what it learned from)."""
+    images = [
+        {"key": key, "size": [width, height], "sha256": digest}
+        for key, (height, width), digest in zip(support.keys, support.sizes, support.pixel_sha256)
+    ]
     info = {
         "root": str(index.root),
         "layout": index.layout,
         "count": len(index),
         "keys": [s.key for s in index.samples],
-        "fingerprint": index.fingerprint(),
+        "fingerprint": fingerprint,
         "images": images,
     }
     if index.coco is not None:  # predict --format coco writes its pre-labels with the folder's own category ids
@@ -228,8 +223,6 @@ def support_matcher(support: dict[str, Any]) -> Callable[[Path], str | None] | N
     recorded = support.get("images")
     if recorded is None:
         return None
-    from fsdistill.data.images import image_size, read_image
-
     by_size: dict[tuple[int, int], dict[str, str]] = {}
     for entry in recorded:
         by_size.setdefault(tuple(entry["size"]), {})[entry["sha256"]] = entry["key"]

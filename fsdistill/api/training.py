@@ -153,13 +153,16 @@ def _augment(cfg: AdaptCfg | DistillCfg, count: int) -> bool:
     return cfg.train.augment if cfg.train.augment is not None else count == 1
 
 
-def _artifact_fields(cfg: AdaptCfg | DistillCfg, index: SupportIndex, stats: TrainStats) -> dict[str, Any]:
-    """What every artifact of a run records besides its weights: classes, input size, config, supports, training."""
+def _artifact_fields(
+    cfg: AdaptCfg | DistillCfg, index: SupportIndex, support: SupportTensors, stats: TrainStats
+) -> dict[str, Any]:
+    """What every artifact of a run records besides its weights: classes, input size, config, supports (as read for
+    training), training."""
     return {
         "class_names": index.class_names,
         "palette": index.palette,
         "train_config": json.loads(cfg.model_dump_json()),
-        "support_info": _support_info(index),
+        "support_info": _support_info(index, support, support.fingerprint),
         "training": _stats_dict(stats),
     }
 
@@ -215,7 +218,7 @@ def adapt(cfg: AdaptCfg | Mapping[str, Any], quiet: bool = False, overwrite: boo
     stats = train(teacher, cache, cfg.train, quiet=quiet)
 
     def write() -> Path:
-        fields = _artifact_fields(cfg, index, stats)
+        fields = _artifact_fields(cfg, index, support, stats)
         fields["training"]["norm_stats"] = norm_stats
         # A replaced run's student goes first: killed in between, the run never pairs it with the new teacher.
         _drop_stale(run_dir, keep={"teacher"})
@@ -659,7 +662,7 @@ def distill(
     def check_and_write() -> RunResult:
         # Rank 0 only under torchrun: every process holds the same weights, so one check and one artifact.
         check = check_supports(teacher, student, cache, index.class_names) if cfg.train.steps != 0 else None
-        common = _artifact_fields(cfg, index, stats)
+        common = _artifact_fields(cfg, index, support, stats)
         if norm_stats is not None:
             common["training"]["norm_stats"] = norm_stats
         if pool_info is not None:

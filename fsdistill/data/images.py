@@ -4,6 +4,7 @@ in display orientation, once, so the rest of the library sees nothing else.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -25,6 +26,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "OTHER_IMAGE_SUFFIXES",
     "unread_images_note",
+    "pixel_sha256",
     "read_image",
     "read_image_reduced",
     "pil_image_to_rgb",
@@ -279,6 +281,13 @@ def read_image_reduced(path: ImageSource, min_side: int | None) -> tuple[np.ndar
             image = _read_tiff(path, opened)
             return image, image.shape[:2]
         raise _cannot_read(path, str(e) or type(e).__name__) from e
+
+
+def pixel_sha256(image: np.ndarray) -> str:
+    """sha256 of an H×W×3 uint8 image's decoded pixels (its shape included): the same for a renamed or
+    losslessly re-encoded copy of the file, different for any other image whatever its name."""
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    return hashlib.sha256(repr(image.shape).encode() + image.tobytes()).hexdigest()
 
 
 def unread_images_note(files: list[str], where: str) -> str:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from fsdistill.data.images import pixel_sha256
 from fsdistill.data.masks import NO_BACKGROUND_WARNING
 from fsdistill.data.support_index import SupportIndex
 from fsdistill.data.transforms import resize_image, resize_mask
@@ -26,19 +27,27 @@ class SupportTensors:
     images: Tensor
     masks: Tensor
     keys: list[str]
+    # Of each support as read (full size): (height, width) and images.pixel_sha256, recorded in the artifacts.
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+    pixel_sha256: list[str] = field(default_factory=list)
+    fingerprint: str = ""  # SupportIndex.fingerprint() when the supports were read
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
 
 def load_support_tensors(index: SupportIndex, size: int) -> SupportTensors:
-    """Read every pair of ``index`` and resize it to size×size. A class that a support shows but that no pixel of
+    """Read every pair of ``index`` and resize it to size×size, recording each image's size and pixel hash and the
+    folder's fingerprint as read (what the artifacts record, whatever changes in the folder during training). A class that a support shows but that no pixel of
     its resized mask keeps (a structure smaller than the input grid's cells) is said in a warning: that support
     cannot teach it, and a class lost in every support is never learned."""
     images, masks = [], []
+    sizes, digests = [], []
     lost: dict[int, list[str]] = {}
     for i in range(len(index)):
         image, mask = index.load_pair(i)
+        sizes.append((image.shape[0], image.shape[1]))
+        digests.append(pixel_sha256(image))
         images.append(resize_image(image, size))
         masks.append(resize_mask(mask, size))
         for cls in set(np.unique(mask).tolist()) - set(np.unique(masks[-1]).tolist()) - {0, 255}:
@@ -55,4 +64,7 @@ def load_support_tensors(index: SupportIndex, size: int) -> SupportTensors:
         images=torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
         masks=torch.from_numpy(np.stack(masks)),
         keys=[s.key for s in index.samples],
+        sizes=sizes,
+        pixel_sha256=digests,
+        fingerprint=index.fingerprint(),
     )
