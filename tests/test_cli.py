@@ -450,3 +450,44 @@ def test_a_seed_out_of_range_in_a_config_is_refused(tmp_path) -> None:
 
     with pytest.raises(ConfigError, match="seed"):
         load_config(DistillCfg, data={"support": str(tmp_path), "train": {"seed": 2**64 - 1}})
+
+
+def test_help_and_usage_errors_are_readable_off_a_terminal() -> None:
+    """COLUMNS=0 (some CI runners) left usage errors empty (exit 2, nothing said) and --help a blank line; off a
+    terminal (80 columns) long defaults were cut with "…"."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "COLUMNS": "0"}
+    bad = subprocess.run([sys.executable, "-m", "fsdistill", "check", "x", "--zz"], capture_output=True, text=True,
+                         env=env, timeout=120)  # fmt: skip
+    assert bad.returncode == 2 and "No such option" in bad.stderr and "--zz" in bad.stderr
+    env.pop("COLUMNS")
+    helps = subprocess.run([sys.executable, "-m", "fsdistill", "predict", "--help"], capture_output=True, text=True,
+                           env=env, timeout=120)  # fmt: skip
+    assert (
+        helps.returncode == 0 and "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT" in helps.stdout and "…" not in helps.stdout
+    )
+
+
+def test_quiet_keeps_warnings_and_drops_notes(runner, tiny_data, tmp_path) -> None:
+    """check --quiet dropped the check's warnings; the library's warnings came out bare (no "warning:") and its
+    notes also under --quiet."""
+    import shutil
+
+    support = tmp_path / "support"
+    shutil.copytree(tiny_data.binary, support)
+    SynData.save(support / "images" / "lonely.png", SynData.image(20, 24, 0))
+    result = runner.invoke(app, ["check", str(support), "--quiet"])
+    assert result.exit_code == 0 and result.stdout == ""
+    assert "warning: 1 images have no mask (e.g. images/lonely.png); they are not used." in result.stderr
+    import logging
+
+    from fsdistill.cli.common import _LibraryLogHandler
+
+    records = [logging.LogRecord("fsdistill.x", logging.WARNING, __file__, 1, text, None, None)
+               for text in ("Class 'a' vanishes", "note: a teacher")]  # fmt: skip
+    loud, quiet = _LibraryLogHandler(quiet=False), _LibraryLogHandler(quiet=True)
+    assert [loud.format(r) for r in records] == ["warning: Class 'a' vanishes", "note: a teacher"]
+    assert [bool(quiet.filter(r)) for r in records] == [True, False]

@@ -259,7 +259,11 @@ def test_bad_pools_are_one_sentence_before_any_training(tiny_data, tmp_path) -> 
     result = runner.invoke(
         app, [*base, "--out", str(tmp_path / "c"), "--unlabeled", str(broken), "--config", str(config)]
     )
-    assert_user_error(result, "None of the 1 images of --unlabeled", "could be read")
+    # The unreadable image's reason as a warning, then the one error.
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 2 and "Traceback" not in result.output
+    assert lines[0].startswith("warning: skipped an unreadable pool image: Cannot read image")
+    assert lines[1].startswith("error: None of the 1 images of --unlabeled") and "could be read" in lines[1]
     result = runner.invoke(app, [*base, "--out", str(tmp_path / "d"), "--unlabeled-max", "0"])
     assert_user_error(result, "--unlabeled-max")
     # a pool size without a pool does nothing: said, before anything is trained

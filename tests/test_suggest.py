@@ -294,7 +294,7 @@ def test_api_refuses_bad_options_and_mismatched_teachers(
     tiny_multi_run, tiny_binary_run, shaken_multi_student, tmp_path
 ) -> None:
     pool = _pool(tmp_path / "pool", range(2))
-    with pytest.raises(ConfigError, match="--top must be at least 1"):
+    with pytest.raises(ConfigError, match="--top must be an integer of at least 1"):
         api.suggest(pool, tiny_multi_run.run_dir, top=0)
     with pytest.raises(DataError, match="does not exist"):
         api.suggest(tmp_path / "nowhere", tiny_multi_run.run_dir)
@@ -391,7 +391,7 @@ def test_cli_bad_inputs_are_one_sentence_exit_2(runner, case, tiny_multi_run, tm
         same = str(tmp_path / "ranking.out")
         extra, fragment = ["--out", same, "--json", same], "--out and --json both name"
     else:
-        extra, fragment = ["--top", "0"], "--top must be at least 1"
+        extra, fragment = ["--top", "0"], "--top must be an integer of at least 1"
     result = runner.invoke(app, ["suggest", str(pool), "--model", str(model), "--device", "cpu", *extra])
     assert_user_error(result, fragment)
 

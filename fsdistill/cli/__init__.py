@@ -6,6 +6,8 @@ traceback), 1 an internal error, 130 interrupted.
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Annotated
 
 import typer
@@ -39,4 +41,18 @@ def _root(
 
 def main() -> None:
     """Console entry point (``fsdistill`` and ``python -m fsdistill``)."""
+    _set_help_width()
     app()
+
+
+def _set_help_width() -> None:
+    """Help and usage errors are drawn by rich at the terminal's width: ``COLUMNS=0`` (set by some CI runners) made
+    them empty, and off a terminal (80 columns: a CI log, a file) option defaults were cut with "…". A width below
+    40 counts as unset, and off a terminal they are 120 wide, unless ``TERMINAL_WIDTH`` or ``COLUMNS`` says."""
+    from typer import rich_utils
+
+    columns = os.environ.get("COLUMNS", "")
+    if columns and (not columns.isdigit() or int(columns) < 40):
+        del os.environ["COLUMNS"]
+    if rich_utils.MAX_WIDTH is None and "COLUMNS" not in os.environ and not sys.stdout.isatty():
+        rich_utils.MAX_WIDTH = 120

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import signal
 import sys
@@ -222,6 +223,9 @@ def _guarded(fn: Callable) -> Callable:
         clear_interrupt()
         in_main_thread = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGINT, on_sigint) if in_main_thread else None
+        library_log = logging.getLogger("fsdistill")
+        handler = _LibraryLogHandler(quiet=bool(kwargs.get("quiet")))
+        library_log.addHandler(handler)
         try:
             return fn(*args, **kwargs)
         except FsdistillError as exc:
@@ -231,10 +235,28 @@ def _guarded(fn: Callable) -> Callable:
             typer.echo(f"interrupted: {_INTERRUPTED.get(fn.__name__, _INTERRUPTED[''])}", err=True)
             raise typer.Exit(130) from None
         finally:
+            library_log.removeHandler(handler)
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
 
     return wrapper
+
+
+class _LibraryLogHandler(logging.StreamHandler):
+    """The library's log warnings on stderr as ``warning: …`` lines (a ``note: …`` as it is, and not under
+    ``--quiet``: errors and warnings only); without it they came out bare, by Python's last-resort handler."""
+
+    def __init__(self, quiet: bool) -> None:
+        super().__init__(sys.stderr)
+        self.setLevel(logging.WARNING)
+        self.quiet = quiet
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (self.quiet and record.getMessage().startswith("note: "))
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        return text if text.startswith(("note: ", "warning: ")) else f"warning: {text}"
 
 
 def _rank_note() -> str:

@@ -77,6 +77,9 @@ def check(
             _write_json(json_out, err.report.to_dict())
         raise
     _say(quiet)(report.to_text())
+    if quiet:  # errors and warnings only: the report's warnings, as every command says them
+        for warning in report.warnings:
+            typer.echo(f"warning: {warning}", err=True)
     if json_out is not None:
         _write_json(json_out, report.to_dict())
 
