@@ -56,7 +56,7 @@ Usage::
     python examples/make_examples.py --case macaque
     python examples/make_examples.py --case macaque-sagittal   # the check case
     python examples/make_examples.py --out /tmp/fsd --force
-    FSDISTILL_CACHE=/path/to/wheels python examples/make_examples.py
+    FSDISTILL_CACHE=/path/to/cache python examples/make_examples.py   # wheels in /path/to/cache/wheels
 
 From Python (tests and benchmarks)::
 
@@ -163,11 +163,13 @@ NILEARN = WheelSource("nilearn", "0.14.1", ("--only-binary=:all:",))
 
 
 def default_cache_dir() -> Path:
-    """Wheel and .deb cache folder: ``$FSDISTILL_CACHE``, else ``~/.cache/fsdistill/wheels``."""
-    env = os.environ.get("FSDISTILL_CACHE")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "fsdistill" / "wheels"
+    """Wheel and .deb cache folder: ``wheels/`` in fsdistill's cache folder, as fsdistill finds it
+    (``$FSDISTILL_CACHE``, else ``$XDG_CACHE_HOME/fsdistill``, else ``~/.cache/fsdistill``; fsdistill unpacks zip
+    exports into ``unpacked/`` there)."""
+    if os.environ.get("FSDISTILL_CACHE"):
+        return Path(os.environ["FSDISTILL_CACHE"]).expanduser() / "wheels"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "fsdistill" / "wheels"
 
 
 def _usable_wheel(path: Path, members: Sequence[str]) -> bool:
@@ -936,7 +938,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--cache",
         type=Path,
         default=None,
-        help="wheel and .deb cache folder (default: $FSDISTILL_CACHE, else ~/.cache/fsdistill/wheels)",
+        help="wheel and .deb cache folder (default: $FSDISTILL_CACHE/wheels, else ~/.cache/fsdistill/wheels)",
     )
     parser.add_argument("--force", action="store_true", help="rebuild cases that are complete")
     parser.add_argument(

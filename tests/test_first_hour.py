@@ -629,3 +629,47 @@ def test_usage_lines_name_the_arguments_as_the_contract_does(runner, command, sh
     """The usage line showed the parameter's Python name ({support_dir}, {inputs}...) instead of cli.md's."""
     usage = next(line for line in _help(runner, command).splitlines() if "Usage:" in line)
     assert shown in usage and shown.lower() not in usage
+
+
+def test_a_coco_category_without_annotations_is_refused_for_training(runner, tmp_path) -> None:
+    """check warned that a COCO category shows in no mask and "adapt and distill refuse the folder", yet they
+    trained it (exit 0): the folder scan counts no pixels for COCO or Label Studio, so the refusal never ran."""
+    import json
+
+    root = tmp_path / "coco"
+    for k in range(3):
+        SynData.save(root / "images" / f"{k}.png", SynData.image(48, 56, k))
+    data = {
+        "images": [{"id": k, "file_name": f"{k}.png", "width": 56, "height": 48} for k in range(3)],
+        "categories": [{"id": 1, "name": "cell"}, {"id": 2, "name": "ghost"}],
+        "annotations": [
+            {"id": k, "image_id": k, "category_id": 1, "iscrowd": 0, "segmentation": [[5, 5, 30, 5, 30, 30, 5, 30]]}
+            for k in range(3)
+        ],
+    }
+    (root / "annotations.json").write_text(json.dumps(data))
+    for command in ("adapt", "distill"):
+        out = tmp_path / f"run-{command}"
+        args = [command, "--support", str(root), "--out", str(out), "--steps", "0", "--backbone", "test-resnet"]
+        assert_user_error(
+            runner.invoke(app, [*args, "--size", "64", "--device", "cpu"]),
+            "Class 'ghost' (COCO categories of annotations.json) has no pixel in any mask",
+            "remove it from the COCO categories",
+        )
+        assert not out.exists()
+
+
+def test_names_with_gaps_and_binary_masks_under_many_names_say_the_cause(runner, tmp_path) -> None:
+    """names: {1: a, 7: b} named ids 2-6 class_2..class_6 and told the user to remove them from data.yaml, which
+    does not list them; 0/255 masks beside a 3-class classes.txt were "empty ... binary masks need 255"."""
+    root = _gapped_folder(tmp_path / "gapped", values=(1, 7))
+    (root / "data.yaml").write_text("names: {0: background, 1: grey, 7: white}\n")
+    args = ["distill", "--support", str(root), "--out", str(tmp_path / "r1"), "--steps", "0", "--backbone",
+            "test-resnet", "--size", "64", "--device", "cpu"]  # fmt: skip
+    assert_user_error(runner.invoke(app, args), "Class 'class_2' (data.yaml)", "without gaps (ids 1, 2, 3, ...)")
+    binary = _gapped_folder(tmp_path / "binary", values=(255,))
+    (binary / "classes.txt").write_text("background\na\nb\n")
+    result = runner.invoke(app, ["check", str(binary)])
+    assert_user_error(
+        result, "are empty", "the masks are read as class ids (255 = ignore)", "a binary folder lists one"
+    )

@@ -118,14 +118,7 @@ def _prepare(cfg: AdaptCfg | DistillCfg) -> tuple[SupportIndex, int, torch.devic
     num_classes = len(index.class_names) - 1
     if num_classes < 1:
         raise DataError(f"{cfg.support} declares no foreground class; masks need at least one labelled class.")
-    unused = index.unused_classes()
-    if unused:
-        # A class without a pixel is only ever taught "absent": the model would carry it and never predict it.
-        raise DataError(
-            f"Class {unused[0]!r} ({index.names_source}) has no pixel in any mask of {cfg.support}"
-            f"{f' (nor do {len(unused) - 1} more)' if len(unused) > 1 else ''}, so it cannot be learned; add "
-            f"images that show it or {index.drop_class_hint(unused)}."
-        )
+    _refuse_unused_classes(index, index.unused_classes(), cfg.support)  # where the folder scan counted pixels
     device = resolve_device(cfg.device)
     seed_everything(cfg.train.seed)
     support = load_support_tensors(index, cfg.model.size)
@@ -134,9 +127,26 @@ def _prepare(cfg: AdaptCfg | DistillCfg) -> tuple[SupportIndex, int, torch.devic
             f"All {len(index)} masks in {cfg.support} are empty: no pixel has a foreground class, so there is "
             f"nothing to learn; {index.empty_masks_hint()}."
         )
+    if index.class_pixels is None:  # COCO, Label Studio, ...: the classes are counted as the masks are read
+        shown = support.present_classes
+        _refuse_unused_classes(index, [n for k, n in enumerate(index.class_names) if k and k not in shown], cfg.support)
     if cfg.train.augment is False and len(index) == 1 and cfg.train.steps != 0:  # no query besides the one support
         raise ConfigError("One support image needs augmentation to build episodes; drop --no-augment or add images.")
     return index, num_classes, device, support
+
+
+def _refuse_unused_classes(index: SupportIndex, unused: list[str], support: Path) -> None:
+    """A class without a pixel is only ever taught "absent": the model would carry it and never predict it.
+
+    Raises:
+        DataError: naming the first of ``unused`` and how to drop it.
+    """
+    if unused:
+        raise DataError(
+            f"Class {unused[0]!r} ({index.names_source}) has no pixel in any mask of {support}"
+            f"{f' (nor do {len(unused) - 1} more)' if len(unused) > 1 else ''}, so it cannot be learned; add "
+            f"images that show it or {index.drop_class_hint(unused)}."
+        )
 
 
 def _adapt_norm_stats(cfg: AdaptCfg | DistillCfg, teacher: DCAMATeacher, support: SupportTensors) -> dict[str, Any]:

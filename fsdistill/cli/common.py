@@ -111,8 +111,9 @@ DistillStepsOpt = Annotated[
     int | None,
     typer.Option(
         "--steps",
-        help=f"Optimiser steps ({_AUTO_STEPS}). 0 = no training: the student is written untrained and predicts "
-        "nothing useful (a quick check of the pipeline); for the training-free baseline use adapt --steps 0.",
+        help=f"Optimiser steps ({_AUTO_STEPS}; with --unlabeled, of each phase: supports, then pool). 0 = no "
+        "training: the student is written untrained and predicts nothing useful (a quick check of the pipeline); "
+        "for the training-free baseline use adapt --steps 0.",
     ),
 ]
 LrOpt = Annotated[float | None, typer.Option("--lr", help="AdamW learning rate (default 3e-3).")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -166,6 +167,16 @@ class SupportIndex:
 
     def empty_masks_hint(self) -> str:
         """What to check when no mask has a foreground pixel, in the terms of the layout (for messages)."""
+        if (
+            self.mask_kind == "index"
+            and len(self.class_names) > 2
+            and self.names_source not in ("defaults", "mask values")
+        ):
+            # 0/255 binary masks beside a names file of two or more classes: read as ids, 255 as ignore.
+            return (
+                f"with {len(self.class_names) - 1} classes in {self.names_source} the masks are read as class ids "
+                "(255 = ignore), so 0/255 binary masks show no class; a binary folder lists one class"
+            )
         if self.coco is not None:
             anns = [a for per_image in self.coco.annotations.values() for a in per_image]
             if anns and all(a.get("iscrowd", 0) for a in anns):
@@ -177,6 +188,11 @@ class SupportIndex:
 
     def _drop_class_hint(self) -> str:
         source = self.names_source
+        if source.lower().endswith((".yaml", ".yml", ".json")) and all(
+            re.fullmatch(r"class_\d+", name) for name in self.unused_classes() or ["x"]
+        ):
+            # names: {1: a, 7: b} skips ids 2-6, which are named class_2..class_6 and shown by no mask.
+            return f"number the classes in {source} and the masks without gaps (ids 1, 2, 3, ...)"
         if source == "class folder names":
             return "remove its folder"
         if source.startswith("COCO categories"):

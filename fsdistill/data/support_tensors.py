@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from fsdistill.data.images import pixel_sha256
-from fsdistill.data.masks import NO_BACKGROUND_WARNING
+from fsdistill.data.masks import IGNORE_INDEX, NO_BACKGROUND_WARNING
 from fsdistill.data.support_index import SupportIndex
 from fsdistill.data.transforms import resize_image, resize_mask
 
@@ -31,6 +31,7 @@ class SupportTensors:
     sizes: list[tuple[int, int]] = field(default_factory=list)
     pixel_sha256: list[str] = field(default_factory=list)
     fingerprint: str = ""  # SupportIndex.fingerprint() when the supports were read
+    present_classes: set[int] = field(default_factory=set)  # class ids in the full-size masks (255 left out)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -43,11 +44,13 @@ def load_support_tensors(index: SupportIndex, size: int) -> SupportTensors:
     cannot teach it, and a class lost in every support is never learned."""
     images, masks = [], []
     sizes, digests = [], []
+    present: set[int] = set()
     lost: dict[int, list[str]] = {}
     for i in range(len(index)):
         image, mask = index.load_pair(i)
         sizes.append((image.shape[0], image.shape[1]))
         digests.append(pixel_sha256(image))
+        present.update(np.unique(mask).tolist())
         images.append(resize_image(image, size))
         masks.append(resize_mask(mask, size))
         for cls in set(np.unique(mask).tolist()) - set(np.unique(masks[-1]).tolist()) - {0, 255}:
@@ -67,4 +70,5 @@ def load_support_tensors(index: SupportIndex, size: int) -> SupportTensors:
         sizes=sizes,
         pixel_sha256=digests,
         fingerprint=index.fingerprint(),
+        present_classes=present - {IGNORE_INDEX},
     )
