@@ -8,6 +8,7 @@ filesystems (the ray extra, imported only when a URI is given), whose credential
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from abc import ABC, abstractmethod
@@ -151,10 +152,18 @@ class LocalStorage(Storage):
 
     def kind(self, key: str = "") -> str:
         path = self._path(key)
-        return "file" if path.is_file() else "dir" if path.is_dir() else "missing"
+        try:
+            return "file" if path.is_file() else "dir" if path.is_dir() else "missing"
+        except PermissionError:  # in a folder that may not be searched (mode 000): a traceback before
+            raise DataError(f"Cannot look into {path.parent} (permission denied); make it readable.") from None
 
     def walk(self) -> Iterator[tuple[str, list[str], list[str]]]:
-        for folder, dirs, names in os.walk(self.root):
+        def unlistable(exc: OSError) -> None:  # os.walk passed over a folder it could not list, in silence
+            raise DataError(
+                f"Cannot list {exc.filename} ({exc.strerror}); make it readable, or leave it out of the inputs."
+            )
+
+        for folder, dirs, names in os.walk(self.root, onerror=unlistable):
             rel = Path(folder).relative_to(self.root).as_posix()
             yield ("" if rel == "." else rel), dirs, names
 
@@ -174,10 +183,12 @@ class LocalStorage(Storage):
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path, payload, unique=unique)
         except OSError as exc:  # a file where a folder must go, a name too long, a full disk
-            raise DataError(
-                f"Cannot write {path} ({exc.strerror or exc}); move what is in the way, or choose another output "
-                "folder."
-            ) from None
+            fix = (
+                "free some space, or choose another output folder"
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+                else "move what is in the way, or choose another output folder"
+            )
+            raise DataError(f"Cannot write {path} ({exc.strerror or exc}); {fix}.") from None
 
     def ensure_writable(self, flag: str) -> None:
         ensure_writable_dir(self.root, flag)

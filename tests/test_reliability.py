@@ -538,3 +538,54 @@ def test_an_interrupt_swallowed_by_a_finaliser_still_stops_training(tiny_data, t
     finally:
         clear_interrupt()
     assert not is_artifact(tmp_path / "run" / "student")
+
+
+def test_unreadable_folders_and_files_are_one_sentence_with_the_fix(tmp_path, monkeypatch, syn_data) -> None:
+    """A folder that may not be listed was a PermissionError traceback (check, distill, predict's output-folder
+    test) or passed over in silence (predict's walk); a file without read permission was told to be re-exported,
+    and a full disk to "move what is in the way"."""
+    import errno
+
+    from fsdistill import storage
+    from fsdistill.data import discover as discover_module
+    from fsdistill.data.images import read_image
+    from fsdistill.errors import DataError
+
+    root = tmp_path / "support"
+    syn_data.paired(root, n=2)
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(root / "masks"))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(discover_module, "find_pairs", denied)
+        with pytest.raises(DataError, match=r"Cannot read .*masks \(permission denied\); make it readable \(chmod\)"):
+            discover_module.discover(root)
+
+    def walk_with_a_closed_folder(top, onerror=None):
+        yield str(top), ["closed"], []
+        onerror(PermissionError(errno.EACCES, "Permission denied", str(Path(top) / "closed")))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(storage.os, "walk", walk_with_a_closed_folder)
+        with pytest.raises(DataError, match=r"Cannot list .*closed \(Permission denied\); make it readable"):
+            list(storage.LocalStorage(root).walk())
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "is_file", denied)
+        with pytest.raises(DataError, match=r"Cannot look into .* \(permission denied\)"):
+            storage.LocalStorage(root).kind("images/s0.png")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "read_bytes", denied)
+        patch.setattr("fsdistill.data.images.open_pil", denied)
+        with pytest.raises(DataError, match=r"permission denied\. Make it readable \(chmod\) or remove it\.$"):
+            read_image(root / "images" / "s0.png")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(storage, "write_atomic", full)
+        with pytest.raises(DataError, match=r"No space left on device\); free some space, or choose another"):
+            storage.LocalStorage(tmp_path / "out").write_bytes("m.png", b"x")

@@ -64,7 +64,10 @@ def read_class_names(path: Path | str) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"Cannot read names file {path}: {e}; save it as UTF-8 text.") from e
+        raise DataError(
+            f"Cannot read names file {path}: {e}; "
+            + ("make it readable (chmod)." if isinstance(e, PermissionError) else "save it as UTF-8 text.")
+        ) from e
     if path.suffix.lower() == ".txt":
         lines = [ln.strip() for ln in text.rstrip().splitlines()]  # trailing blank lines are not names
         names = [ln for ln in lines if not ln.startswith("#")]

@@ -43,6 +43,10 @@ def discover(root: Path | str) -> SupportIndex:
     try:
         found = find_pairs(folder)
         layout, decoding = _decide_decoding(found, folder)
+    except PermissionError as exc:  # a sub-folder or file that may not be listed or read: a traceback before
+        raise DataError(
+            f"Cannot read {exc.filename} (permission denied); make it readable (chmod), or move it out of {root}."
+        ) from None
     except DataError as exc:
         if folder == root:
             raise

@@ -385,7 +385,10 @@ def parse_labelmap(path: Path | str) -> tuple[list[str], list[Rgb]]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"Cannot read label map {path}: {e}; save it as UTF-8 text.") from e
+        raise DataError(
+            f"Cannot read label map {path}: {e}; "
+            + ("make it readable (chmod)." if isinstance(e, PermissionError) else "save it as UTF-8 text.")
+        ) from e
     entries: list[tuple[str, Rgb]] = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
