@@ -665,3 +665,32 @@ def test_a_corrupt_exif_block_leaves_no_library_line(tiny_binary_run, tmp_path, 
     result = api.predict(tmp_path / "in", tmp_path / "out", model=tiny_binary_run.run_dir, device="cpu", workers=0)
     assert result.written == 1
     assert not [w for w in recwarn if "EXIF" in str(w.message)]
+
+
+def test_an_output_folder_removed_during_the_run_is_said_and_resumed(tiny_binary_run, tmp_path, monkeypatch) -> None:
+    """-o removed while predict ran: "N written", exit 0, a table listing masks that were gone, and a rerun refused
+    ("masks/ that fsdistill predict did not write")."""
+    import shutil
+
+    from fsdistill.infer import predictor as predictor_module
+
+    folder = tmp_path / "in"
+    for k in range(3):
+        SynData.save(folder / f"{k}.png", SynData.image(20, 24, k))
+    out = tmp_path / "out"
+    real_write = predictor_module.write_mask
+    calls = []
+
+    def folder_removed_after_the_first(storage, key, mask, palette, text=None):
+        calls.append(key)
+        if len(calls) == 2:
+            shutil.rmtree(out)
+        real_write(storage, key, mask, palette, text)
+
+    monkeypatch.setattr(predictor_module, "write_mask", folder_removed_after_the_first)
+    with pytest.raises(DataError, match=r"was removed or emptied while predict wrote into it \(1 of the masks"):
+        api.predict(folder, out, model=tiny_binary_run.run_dir, device="cpu", workers=0)
+    monkeypatch.undo()
+    again = api.predict(folder, out, model=tiny_binary_run.run_dir, device="cpu", workers=0)
+    assert (again.written, again.skipped) == (1, 2)
+    assert len((out / "predictions.csv").read_text().splitlines()) == 1 + 3 * 2

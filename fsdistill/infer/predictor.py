@@ -530,6 +530,15 @@ def predict_files(
             result.written += 1
         if on_progress:
             on_progress(1)
+    if not out.is_file(MANIFEST_NAME):
+        # The output folder was removed (or emptied) while the run wrote into it: the masks written before are gone
+        # and a table would list them. The manifest is written again so that the rerun resumes here.
+        out.write_bytes(MANIFEST_NAME, (json.dumps(identity, indent=2) + "\n").encode("utf-8"), unique=True)
+        missing = sum(not out.is_file(key) for key in written)
+        raise DataError(
+            f"{out} was removed or emptied while predict wrote into it ({missing} of the masks written are gone); "
+            "run the same command again to write them."
+        )
     table = PREDICTIONS_CSV if shard is None else shard.csv_name()
     result.csv_path = _write_csv(out, entries, predictor.class_names, written, earlier, table)
     if shard is not None:
