@@ -163,13 +163,12 @@ NILEARN = WheelSource("nilearn", "0.14.1", ("--only-binary=:all:",))
 
 
 def default_cache_dir() -> Path:
-    """Wheel and .deb cache folder: ``wheels/`` in fsdistill's cache folder, as fsdistill finds it
-    (``$FSDISTILL_CACHE``, else ``$XDG_CACHE_HOME/fsdistill``, else ``~/.cache/fsdistill``; fsdistill unpacks zip
-    exports into ``unpacked/`` there)."""
-    if os.environ.get("FSDISTILL_CACHE"):
-        return Path(os.environ["FSDISTILL_CACHE"]).expanduser() / "wheels"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "fsdistill" / "wheels"
+    """Wheel and .deb cache folder: ``wheels/`` in fsdistill's cache folder (``$FSDISTILL_CACHE``, else
+    ``$XDG_CACHE_HOME/fsdistill``, else ``~/.cache/fsdistill``; fsdistill unpacks zip exports into ``unpacked/``
+    there)."""
+    from fsdistill.data.discover import cache_root
+
+    return cache_root() / "wheels"
 
 
 def _usable_wheel(path: Path, members: Sequence[str]) -> bool:

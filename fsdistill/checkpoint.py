@@ -299,6 +299,12 @@ def resolve_model_dir(path: Path | None, kind: str | None = None) -> Path:
             f"A model is a run or artifact folder (a str or Path), not {type(path).__name__} {path!r}."
         )
     path = Path(path).expanduser()
+    # A run being trained, given as the run or as one of its artifacts, is neither read nor touched (recovering a
+    # set-aside artifact would put its old model back in the trainer's way); this process's own run is its own.
+    for folder in (path, path.parent):
+        training = live_claim(folder, ignore_own=True)
+        if training is not None:
+            raise CheckpointError(f"{folder} is still being trained ({training}); wait for it to finish.")
     recover_artifact(path)
     if is_artifact(path):
         if kind is not None:
@@ -316,9 +322,6 @@ def resolve_model_dir(path: Path | None, kind: str | None = None) -> Path:
         if path.name in (CONFIG_FILE, WEIGHTS_FILE) and is_artifact(path.parent):
             raise CheckpointError(f"{path} is a file of the artifact {path.parent}; pass that folder (or its run).")
         raise CheckpointError(f"{path} is a file; pass a run folder or an artifact folder.")
-    training = live_claim(path)
-    if training is not None:
-        raise CheckpointError(f"{path} is still being trained ({training}); wait for it to finish.")
     if wanted == "student" and (path / "teacher").exists():
         student = path / "student"
         missing = (_missing_file(student) if student.is_dir() else None) or student

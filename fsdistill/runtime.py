@@ -15,6 +15,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -348,11 +349,17 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def is_count(value: Any) -> bool:
+    """Whether ``value`` is a whole number given as one (an int, an integer numpy scalar; not a bool, a float or a
+    string): what options that count things (batch sizes, workers, top, ways) accept."""
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
 def is_stream(path: Path) -> bool:
     """Whether ``path`` is written to in place, never through a temporary file and a rename (which would replace
-    it): a terminal, a pipe or another non-regular file (symlinks followed), or a link under /dev or /proc to an
-    open file (/dev/stdout, /dev/fd/3: redirected into a log file, it is the shell's open file, not a file to
-    swap). A regular file under /dev (/dev/shm, a tmpfs) is an ordinary file."""
+    it): a terminal, a pipe or another non-regular file (symlinks followed), or a link through a process's open
+    file (/dev/stdout, /dev/fd/3: redirected into a log file, it is the shell's open file, not a file to swap). A
+    regular file under /dev (/dev/shm, a tmpfs), or a link to one, is an ordinary file."""
     try:
         mode = os.stat(path).st_mode
     except OSError:
@@ -361,7 +368,21 @@ def is_stream(path: Path) -> bool:
         return False
     if not stat.S_ISREG(mode):
         return True
-    return Path(path).is_symlink() and Path(os.path.abspath(path)).parts[1:2] in (("dev",), ("proc",))
+    return _leads_through_an_open_file(Path(path))
+
+
+def _leads_through_an_open_file(path: Path) -> bool:
+    """Whether ``path``'s chain of symlinks passes a process's open file (``/proc/PID/fd/N``, ``/dev/fd/N``), as
+    /dev/stdout does; a link to an ordinary file (even under /dev, as on /dev/shm) does not."""
+    for _ in range(40):  # the kernel's own limit on a chain of links
+        absolute = os.path.abspath(path)
+        parts = Path(absolute).parts
+        if parts[1:2] == ("proc",) and "fd" in parts[2:4] or parts[1:3] == ("dev", "fd"):
+            return True
+        if not path.is_symlink():
+            return False
+        path = Path(os.path.dirname(absolute)) / os.readlink(path)
+    return False
 
 
 def write_atomic(path: Path, payload: bytes | str, unique: bool = False) -> Path:

@@ -669,7 +669,12 @@ def test_names_with_gaps_and_binary_masks_under_many_names_say_the_cause(runner,
     assert_user_error(runner.invoke(app, args), "Class 'class_2' (data.yaml)", "without gaps (ids 1, 2, 3, ...)")
     binary = _gapped_folder(tmp_path / "binary", values=(255,))
     (binary / "classes.txt").write_text("background\na\nb\n")
-    result = runner.invoke(app, ["check", str(binary)])
-    assert_user_error(
-        result, "are empty", "the masks are read as class ids (255 = ignore)", "a binary folder lists one"
-    )
+    for command in (["check", str(binary)], ["distill", "--support", str(binary), *args[3:]]):
+        # distill said "Class 'a' has no pixel ... its first name 'a' may be the background" (check was right)
+        result = runner.invoke(app, command)
+        assert_user_error(result, "are empty", "read as class ids (255 = ignore)", "a binary folder lists one")
+    # A names list with no gap (class_1, class_2 written out, class_2 unused) gets no "without gaps" advice.
+    listed = _gapped_folder(tmp_path / "listed", values=(1,))
+    (listed / "data.yaml").write_text("names: [background, class_1, class_2]\n")
+    line = assert_user_error(runner.invoke(app, ["distill", "--support", str(listed), *args[3:]]), "class_2")
+    assert "without gaps" not in line

@@ -519,15 +519,27 @@ def test_polygon_raster_refuses_non_finite_and_clips_huge_coordinates() -> None:
 
 def test_a_large_image_reads_without_pillows_bomb_warning(tmp_path: Path, monkeypatch) -> None:
     """Images between Pillow's warning and error sizes printed its raw DecompressionBombWarning (with the source
-    line) in every command; they are read silently, and an image above the error size is still refused."""
+    line) in every command; commands read them silently (the library leaves a Python caller's warnings alone), and
+    an image above the error size is still refused."""
     import warnings
 
+    from typer.testing import CliRunner
+
+    from fsdistill.cli import app
+
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # warns above 100 pixels, refuses above 200
-    Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(tmp_path / "large.png")
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+    Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(tmp_path / "images" / "large.png")
+    Image.fromarray(np.zeros((12, 12), np.uint8)).save(tmp_path / "masks" / "large.png")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert read_image(tmp_path / "large.png").shape == (12, 12, 3)
-        assert image_size(tmp_path / "large.png") == (12, 12)
+        assert read_image(tmp_path / "images" / "large.png").shape == (12, 12, 3)
+        assert image_size(tmp_path / "images" / "large.png") == (12, 12)
+    assert [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]  # the library's caller's
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        CliRunner().invoke(app, ["check", str(tmp_path)])
     assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "bomb.png")
     with pytest.raises(DataError, match="decompression bombs; cut it into tiles"):

@@ -324,3 +324,16 @@ def test_wrong_types_are_the_librarys_errors(tiny_binary_run, tmp_path) -> None:
         fsdistill.suggest(tmp_path, model=run, top="3")
     with pytest.raises(ConfigError, match="A path is a str or Path"):
         fsdistill.predict([tmp_path, 5], tmp_path / "out", model=run)
+
+
+def test_globs_and_numpy_numbers_are_accepted(tiny_binary_run, tmp_path) -> None:
+    """The type checks refused a generator of paths (Path.glob) and numpy numbers that had worked before."""
+    folder = tmp_path / "in"
+    for k in range(2):
+        SynData.save(folder / f"{k}.png", SynData.image(20, 24, k))
+    result = fsdistill.predict(folder.glob("*.png"), tmp_path / "out", model=tiny_binary_run.run_dir, device="cpu")
+    assert result.written == 2
+    out = tmp_path / "x.onnx"
+    pytest.importorskip("onnxruntime")
+    fsdistill.export(tiny_binary_run.run_dir, out, tolerance=np.float32(1e-2), min_agreement=np.float64(0.99))
+    assert out.is_file()

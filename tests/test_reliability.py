@@ -559,7 +559,9 @@ def test_unreadable_folders_and_files_are_one_sentence_with_the_fix(tmp_path, mo
 
     with monkeypatch.context() as patch:
         patch.setattr(discover_module, "find_pairs", denied)
-        with pytest.raises(DataError, match=r"Cannot read .*masks \(permission denied\); make it readable \(chmod\)"):
+        with pytest.raises(
+            DataError, match=r"Cannot read .*support or a file in it \(permission denied\); make it readable \(chmod\)"
+        ):
             discover_module.discover(root)
 
     def walk_with_a_closed_folder(top, onerror=None):

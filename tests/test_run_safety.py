@@ -547,11 +547,20 @@ def test_a_run_folder_another_process_trains_into_is_refused(runner, tiny_data, 
             "wait for it to finish or choose another --out",
         )
         assert sorted(p.name for p in out.iterdir()) == [runs_api.CLAIM_FILE]  # its claim kept, nothing written
-        # A run folder being trained into is not called a stopped run by the commands that read models.
+        # A run folder being trained into is not called a stopped run by the commands that read models, and its
+        # artifacts are neither read nor recovered (an --overwrite run sets the old one aside while saving).
         assert_user_error(
             runner.invoke(app, ["predict", _image(tmp_path), "-o", str(tmp_path / "o"), "--model", str(out), *CPU]),
             f"{out} is still being trained (process {other.pid}); wait for it to finish.",
         )
+        (out / "student").mkdir()
+        (out / "student" / "config.json").write_text("{}")
+        for model in (out, out / "student"):
+            assert_user_error(
+                runner.invoke(app, ["predict", _image(tmp_path), "-o", str(tmp_path / "o"), "--model", str(model)]),
+                "is still being trained",
+            )
+        shutil.rmtree(out / "student")
     finally:
         other.kill()
         other.wait()

@@ -173,13 +173,18 @@ def test_a_regular_file_under_dev_is_replaced_not_appended_to(tmp_path) -> None:
     import os
 
     target = Path("/dev/shm") / f"fsdistill-test-{os.getpid()}.json"
+    link = target.with_suffix(".link")
     try:
         target.write_text("old")
-        assert not runtime.is_stream(target)
+        link.symlink_to(target)  # a link under /dev to an ordinary file: written through, not appended to
+        assert not runtime.is_stream(target) and not runtime.is_stream(link)
         runtime.write_atomic(target, "new")
-        assert target.read_text() == "new"
+        runtime.write_atomic(link, "newer")
+        assert target.read_text() == "newer" and link.is_symlink()
     finally:
         target.unlink(missing_ok=True)
+        link.unlink(missing_ok=True)
+    assert runtime.is_stream(Path("/dev/stdout")) or not Path("/dev/stdout").exists()
 
 
 def _flushed() -> bool:

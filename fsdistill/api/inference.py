@@ -7,8 +7,9 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from numbers import Real
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,7 @@ from fsdistill.infer.ray_engine import RayRunner, resolve_engine
 from fsdistill.infer.shard import Shard, parse_shard
 from fsdistill.metrics import ConfusionMatrix
 from fsdistill.models.build import load_model
-from fsdistill.runtime import ensure_writable_dir, resolve_device
+from fsdistill.runtime import ensure_writable_dir, is_count, resolve_device
 
 if TYPE_CHECKING:
     from fsdistill.infer.export import ExportResult
@@ -195,8 +196,9 @@ def predict(
     """
     if isinstance(inputs, (str, os.PathLike)):  # one input, not a sequence of its characters
         inputs = [inputs]
-    if not isinstance(inputs, (list, tuple)):
-        raise ConfigError(f"inputs is a path or a list of paths, not {type(inputs).__name__} {inputs!r}.")
+    if not isinstance(inputs, Iterable):
+        raise ConfigError(f"inputs is a path or paths (a list, a glob, ...), not {type(inputs).__name__} {inputs!r}.")
+    inputs = list(inputs)  # a generator (Path.glob) is read once
     check_counts(batch_size, workers)
     format_options = FormatOptions.parse(formats, coco_rle, image_root_url)
     shard = parse_shard(shard)
@@ -227,14 +229,10 @@ def check_counts(batch_size: int | None, workers: int | None) -> None:
     Raises:
         ConfigError: naming the argument.
     """
-    if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
+    if batch_size is not None and (not is_count(batch_size) or batch_size < 1):
         raise ConfigError(f"batch_size must be an integer of at least 1, got {batch_size!r}.")
-    if workers is not None and (not _is_int(workers) or workers < 0):
+    if workers is not None and (not is_count(workers) or workers < 0):
         raise ConfigError(f"workers must be 0 (decode in this process) or more, got {workers!r}.")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _batch_size(given: int | None, on_gpu: bool) -> int:
@@ -338,8 +336,8 @@ def export(
 
     if format.lower() != "onnx":
         raise ConfigError(f"Unknown export format '{format}'; the only format is onnx.")
-    numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (tolerance, min_agreement))
-    if not numbers or not tolerance >= 0 or not 0.0 <= min_agreement <= 1.0:  # "not >=": NaN is refused too
+    given = all(isinstance(x, Real) and not isinstance(x, bool) for x in (tolerance, min_agreement))
+    if not given or not tolerance >= 0 or not 0.0 <= min_agreement <= 1.0:  # "not >=": NaN is refused too
         raise ConfigError("--tolerance must be >= 0 and --min-agreement within 0..1.")
     require_export_packages("onnx", "onnxruntime")
     torch_device = resolve_device(device)

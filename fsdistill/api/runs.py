@@ -195,10 +195,10 @@ def _write_run_config(run_dir: Path, cfg: AdaptCfg | DistillCfg, command: str) -
     return run_dir
 
 
-def _support_info(index: SupportIndex, support: SupportTensors, fingerprint: str) -> dict[str, Any]:
+def _support_info(index: SupportIndex, support: SupportTensors) -> dict[str, Any]:
     """What an artifact records of its support folder: each support's size and :func:`pixel_sha256` as the
-    supports were read for training (``support``), and the folder's ``fingerprint`` taken then (a file changed
-    while the run trained must not stand in the record of what it learned from)."""
+    supports were read for training (``support``), and the folder's fingerprint taken then (a file changed while
+    the run trained must not stand in the record of what it learned from)."""
     images = [
         {"key": key, "size": [width, height], "sha256": digest}
         for key, (height, width), digest in zip(support.keys, support.sizes, support.pixel_sha256)
@@ -208,7 +208,7 @@ def _support_info(index: SupportIndex, support: SupportTensors, fingerprint: str
         "layout": index.layout,
         "count": len(index),
         "keys": [s.key for s in index.samples],
-        "fingerprint": fingerprint,
+        "fingerprint": support.fingerprint,
         "images": images,
     }
     if index.coco is not None:  # predict --format coco writes its pre-labels with the folder's own category ids

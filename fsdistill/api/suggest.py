@@ -18,7 +18,7 @@ from fsdistill.errors import ConfigError, DataError
 from fsdistill.infer.predictor import list_images
 from fsdistill.infer.shard import Shard, parse_shard
 from fsdistill.models.build import load_model
-from fsdistill.runtime import ensure_writable_dir, ensure_writable_file, resolve_device, write_atomic
+from fsdistill.runtime import ensure_writable_dir, ensure_writable_file, is_count, resolve_device, write_atomic
 
 __all__ = ["SUGGEST_TOP", "SuggestResult", "suggest"]
 
@@ -163,7 +163,7 @@ def suggest(
         write_ranking_csv,
     )
 
-    if not isinstance(top, int) or isinstance(top, bool) or top < 1:
+    if not is_count(top) or top < 1:
         raise ConfigError(f"--top must be an integer of at least 1 (got {top!r}): it is how many images to suggest.")
     if student_only and teacher is not None:
         raise ConfigError("--student-only ranks without a teacher; drop --teacher or --student-only.")

@@ -123,10 +123,7 @@ def _prepare(cfg: AdaptCfg | DistillCfg) -> tuple[SupportIndex, int, torch.devic
     seed_everything(cfg.train.seed)
     support = load_support_tensors(index, cfg.model.size)
     if not bool(((support.masks > 0) & (support.masks != IGNORE_INDEX)).any()):
-        raise DataError(
-            f"All {len(index)} masks in {cfg.support} are empty: no pixel has a foreground class, so there is "
-            f"nothing to learn; {index.empty_masks_hint()}."
-        )
+        raise _all_masks_empty(index, cfg.support)
     if index.class_pixels is None:  # COCO, Label Studio, ...: the classes are counted as the masks are read
         shown = support.present_classes
         _refuse_unused_classes(index, [n for k, n in enumerate(index.class_names) if k and k not in shown], cfg.support)
@@ -141,12 +138,21 @@ def _refuse_unused_classes(index: SupportIndex, unused: list[str], support: Path
     Raises:
         DataError: naming the first of ``unused`` and how to drop it.
     """
+    if unused and len(unused) == len(index.class_names) - 1:  # no class at all: the masks are the problem
+        raise _all_masks_empty(index, support)
     if unused:
         raise DataError(
             f"Class {unused[0]!r} ({index.names_source}) has no pixel in any mask of {support}"
             f"{f' (nor do {len(unused) - 1} more)' if len(unused) > 1 else ''}, so it cannot be learned; add "
             f"images that show it or {index.drop_class_hint(unused)}."
         )
+
+
+def _all_masks_empty(index: SupportIndex, support: Path) -> DataError:
+    return DataError(
+        f"All {len(index)} masks in {support} are empty: no pixel has a foreground class, so there is nothing to "
+        f"learn; {index.empty_masks_hint()}."
+    )
 
 
 def _adapt_norm_stats(cfg: AdaptCfg | DistillCfg, teacher: DCAMATeacher, support: SupportTensors) -> dict[str, Any]:
@@ -172,7 +178,7 @@ def _artifact_fields(
         "class_names": index.class_names,
         "palette": index.palette,
         "train_config": json.loads(cfg.model_dump_json()),
-        "support_info": _support_info(index, support, support.fingerprint),
+        "support_info": _support_info(index, support),
         "training": _stats_dict(stats),
     }
 

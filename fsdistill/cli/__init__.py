@@ -48,11 +48,13 @@ def main() -> None:
 def _set_help_width() -> None:
     """Help and usage errors are drawn by rich at the terminal's width: ``COLUMNS=0`` (set by some CI runners) made
     them empty, and off a terminal (80 columns: a CI log, a file) option defaults were cut with "…". A width below
-    40 counts as unset, and off a terminal they are 120 wide, unless ``TERMINAL_WIDTH`` or ``COLUMNS`` says."""
+    40 counts as unset, and with neither stdout nor stderr a terminal they are 120 wide, unless ``TERMINAL_WIDTH``
+    or ``COLUMNS`` says."""
     from typer import rich_utils
 
     columns = os.environ.get("COLUMNS", "")
     if columns and (not columns.isdigit() or int(columns) < 40):
         del os.environ["COLUMNS"]
-    if rich_utils.MAX_WIDTH is None and "COLUMNS" not in os.environ and not sys.stdout.isatty():
+    off_a_terminal = not sys.stdout.isatty() and not sys.stderr.isatty()  # help on stdout, usage errors on stderr
+    if rich_utils.MAX_WIDTH is None and "COLUMNS" not in os.environ and off_a_terminal:
         rich_utils.MAX_WIDTH = 120

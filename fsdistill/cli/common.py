@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -228,7 +229,9 @@ def _guarded(fn: Callable) -> Callable:
         handler = _LibraryLogHandler(quiet=bool(kwargs.get("quiet")))
         library_log.addHandler(handler)
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                _quiet_pillow()
+                return fn(*args, **kwargs)
         except FsdistillError as exc:
             typer.echo(f"error: {_rank_note()}{exc}", err=True)
             raise typer.Exit(2) from None
@@ -241,6 +244,18 @@ def _guarded(fn: Callable) -> Callable:
                 signal.signal(signal.SIGINT, previous)
 
     return wrapper
+
+
+def _quiet_pillow() -> None:
+    """Keep Pillow's warnings about images it reads anyway off stderr, where they came as raw library lines (with
+    their source line) in every command: a "decompression bomb" between its warning and error sizes (89–179 Mpx;
+    above, the image is refused in a sentence), "Corrupt EXIF data" and its kind (four lines per support in
+    distill; such an image is read, its broken EXIF block counting as no rotation). Set for the command's run (the
+    library leaves a Python caller's warnings alone)."""
+    from PIL import Image
+
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
 
 class _LibraryLogHandler(logging.StreamHandler):

@@ -44,8 +44,10 @@ def discover(root: Path | str) -> SupportIndex:
         found = find_pairs(folder)
         layout, decoding = _decide_decoding(found, folder)
     except PermissionError as exc:  # a sub-folder or file that may not be listed or read: a traceback before
+        # The path is what was probed (masks/images when masks/ may not be searched): its folder is the one to open.
         raise DataError(
-            f"Cannot read {exc.filename} (permission denied); make it readable (chmod), or move it out of {root}."
+            f"Cannot read {Path(exc.filename).parent} or a file in it (permission denied); make it readable "
+            f"(chmod), or move it out of {root}."
         ) from None
     except DataError as exc:
         if folder == root:

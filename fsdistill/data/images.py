@@ -9,7 +9,6 @@ import io
 import logging
 import os
 import struct
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -164,23 +163,10 @@ def pil_image_to_rgb(img: Image.Image) -> np.ndarray:
     """An opened PIL image → H×W×3 uint8 RGB as :func:`read_image` reads its file: display orientation (EXIF
     applied to a copy), alpha dropped, 16-bit and float images scaled by their own min/max."""
     try:
-        with _pillow_warnings_silenced():
-            img = ImageOps.exif_transpose(img)
+        img = ImageOps.exif_transpose(img)
     except _EXIF_ERRORS:
         pass
     return _pil_to_rgb(img)
-
-
-@contextmanager
-def _pillow_warnings_silenced() -> Iterator[None]:
-    """A context in which Pillow's warnings about files it reads anyway stay off stderr (raw library lines in every
-    command): a "decompression bomb" between its warning and error sizes (89–179 Mpx; above, the image is refused
-    in a sentence), and "Corrupt EXIF data" and its kind (four lines per support in distill; such an image is
-    read, its broken EXIF block counting as no rotation)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
-        yield
 
 
 @contextmanager
@@ -190,13 +176,12 @@ def open_pil(source: Path | io.BytesIO) -> Iterator[Image.Image]:
     Pillow memory-maps an uncompressed single-strip file it opens by name, at the image's *display* size, while the
     strip holds the stored size: a TIFF whose orientation tag turns it by 90° (5–8) came out scrambled (Pillow 13;
     its own decoder, used for file objects, turns it right)."""
-    with _pillow_warnings_silenced():
-        if isinstance(source, Path) and _tiff_header(source):
-            with open(source, "rb") as handle, Image.open(handle) as img:
-                yield img
-        else:
-            with Image.open(source) as img:
-                yield img
+    if isinstance(source, Path) and _tiff_header(source):
+        with open(source, "rb") as handle, Image.open(handle) as img:
+            yield img
+    else:
+        with Image.open(source) as img:
+            yield img
 
 
 def read_tiff_array(

@@ -70,6 +70,8 @@ def default_palette(n: int) -> list[Rgb]:
 
 def _cannot_read_mask(path: Path, reason: str) -> DataError:
     reason = reason.strip().rstrip(".") or "unknown format"
+    if "Permission denied" in reason:  # re-exporting would not help
+        return DataError(f"Cannot read mask {path}: permission denied. Make it readable (chmod) or remove it.")
     return DataError(f"Cannot read mask {path}: {reason}. Re-export it as PNG or remove it.")
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -188,10 +187,16 @@ class SupportIndex:
 
     def _drop_class_hint(self) -> str:
         source = self.names_source
-        if source.lower().endswith((".yaml", ".yml", ".json")) and all(
-            re.fullmatch(r"class_\d+", name) for name in self.unused_classes() or ["x"]
+        unused = [self.class_names.index(name) for name in self.unused_classes()]
+        numbered = all(self.class_names[k] == f"class_{k}" for k in unused)
+        in_use = [k for k in range(1, len(self.class_names)) if k not in unused]
+        if (
+            source.lower().endswith((".yaml", ".yml", ".json"))
+            and unused
+            and numbered
+            and max(unused) < max(in_use, default=0)
         ):
-            # names: {1: a, 7: b} skips ids 2-6, which are named class_2..class_6 and shown by no mask.
+            # names: {1: a, 7: b} skips ids 2-6, named class_2..class_6 and shown by no mask, below a class in use.
             return f"number the classes in {source} and the masks without gaps (ids 1, 2, 3, ...)"
         if source == "class folder names":
             return "remove its folder"

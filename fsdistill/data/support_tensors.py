@@ -38,10 +38,11 @@ class SupportTensors:
 
 
 def load_support_tensors(index: SupportIndex, size: int) -> SupportTensors:
-    """Read every pair of ``index`` and resize it to size×size, recording each image's size and pixel hash and the
-    folder's fingerprint as read (what the artifacts record, whatever changes in the folder during training). A class that a support shows but that no pixel of
-    its resized mask keeps (a structure smaller than the input grid's cells) is said in a warning: that support
-    cannot teach it, and a class lost in every support is never learned."""
+    """Read every pair of ``index`` and resize it to size×size, recording each image's size and pixel hash, the
+    classes the masks show and the folder's fingerprint as read (what the artifacts record, whatever changes in
+    the folder during training). A class that a support shows but that no pixel of its resized mask keeps (a
+    structure smaller than the input grid's cells) is said in a warning: that support cannot teach it, and a class
+    lost in every support is never learned."""
     images, masks = [], []
     sizes, digests = [], []
     present: set[int] = set()
@@ -50,10 +51,11 @@ def load_support_tensors(index: SupportIndex, size: int) -> SupportTensors:
         image, mask = index.load_pair(i)
         sizes.append((image.shape[0], image.shape[1]))
         digests.append(pixel_sha256(image))
-        present.update(np.unique(mask).tolist())
+        shown = set(np.unique(mask).tolist())
+        present |= shown
         images.append(resize_image(image, size))
         masks.append(resize_mask(mask, size))
-        for cls in set(np.unique(mask).tolist()) - set(np.unique(masks[-1]).tolist()) - {0, 255}:
+        for cls in shown - set(np.unique(masks[-1]).tolist()) - {0, 255}:
             lost.setdefault(cls, []).append(index.samples[i].key)
     if not any((mask == 0).any() for mask in masks):
         log.warning(NO_BACKGROUND_WARNING)

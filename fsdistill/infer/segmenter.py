@@ -19,7 +19,7 @@ from fsdistill.errors import ConfigError, DataError
 from fsdistill.infer.postprocess import logits_to_mask
 from fsdistill.infer.predictor import Predictor
 from fsdistill.models.build import load_model
-from fsdistill.runtime import resolve_device
+from fsdistill.runtime import is_count, resolve_device
 
 __all__ = ["Segmenter", "load"]
 
@@ -96,7 +96,7 @@ class Segmenter:
         Raises:
             ConfigError: ``batch_size`` below 1, or one path given where a list of images is due.
         """
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if not is_count(batch_size) or batch_size < 1:
             raise ConfigError(f"batch_size must be an integer of at least 1, got {batch_size!r}.")
         if isinstance(images, (str, Path)):  # iterated, a path was one "image" per character
             raise ConfigError(f"predict_batch takes a list of images; for the one image {images} use predict().")

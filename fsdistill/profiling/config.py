@@ -9,6 +9,7 @@ from typing import Any
 from fsdistill.errors import ConfigError
 from fsdistill.models.backbone_specs import backbone_spec
 from fsdistill.models.decoder import DECODERS
+from fsdistill.runtime import is_count
 
 __all__ = ["SHOT_STEPS", "DEFAULT_WAYS", "ProfileCfg", "ProfileResult", "shot_grid"]
 
@@ -63,17 +64,17 @@ class ProfileCfg:
             ("--runs", self.runs, 1),
             ("--teacher-max-ways", self.teacher_max_ways, 0),
         ):
-            if not isinstance(value, int) or value < low:
+            if not is_count(value) or value < low:
                 raise ConfigError(f"{flag} must be an integer of at least {low}, got {value!r}.")
-        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+        if not is_count(self.seed) or not 0 <= self.seed < 2**32:
             raise ConfigError(f"--seed must be an integer from 0 to 2^32 - 1, got {self.seed!r}.")
-        if self.ways is not None and (not isinstance(self.ways, int) or self.ways < 1):
+        if self.ways is not None and (not is_count(self.ways) or self.ways < 1):
             raise ConfigError(f"--ways must be an integer of at least 1, got {self.ways!r}.")
-        if self.student_width is not None and (not isinstance(self.student_width, int) or self.student_width < 0):
+        if self.student_width is not None and (not is_count(self.student_width) or self.student_width < 0):
             raise ConfigError(f"--student-width must be 0 (the paper's width) or more, got {self.student_width!r}.")
         if self.decoder is not None and self.decoder not in DECODERS:
             raise ConfigError(f"--decoder must be one of {', '.join(sorted(DECODERS))}, got {self.decoder!r}.")
-        if self.size is not None and (not isinstance(self.size, int) or self.size < 64 or self.size % 32):
+        if self.size is not None and (not is_count(self.size) or self.size < 64 or self.size % 32):
             raise ConfigError(f"--size must be a multiple of 32 of at least 64, got {self.size!r}.")
         if self.slow_s <= 0 or self.cell_budget_s <= 0 or self.min_slow_runs < 1:
             raise ConfigError("slow_s and cell_budget_s must be positive and min_slow_runs at least 1.")
