@@ -59,6 +59,9 @@ class _Strict(BaseModel):
         kinds = set(get_args(annotation)) or {annotation}
         if isinstance(value, bool) and bool not in kinds and kinds & {int, float}:
             raise ValueError(f"expected a number, got {value}")
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53:
+            # a 5,000-digit "steps: 0xfff..." passed and failed later, writing the run's config (a traceback)
+            raise ValueError("is too large a number")
         if isinstance(value, str) and not value.strip() and Path in kinds:
             raise ValueError("is empty; give a path")
         return value
@@ -411,8 +414,15 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         data = yaml.load(path.read_bytes(), Loader=_UniqueKeyLoader)  # a SafeLoader
     except ConfigError as exc:
         raise ConfigError(f"Config file {path} {exc}.") from None
+    except yaml.constructor.ConstructorError as exc:  # valid syntax: a tag such as !!python/object, not read
+        raise ConfigError(
+            f"Config file {path} uses a YAML tag fsdistill does not read ({str(exc.problem or exc).split(' ')[-1]}); "
+            "give plain values."
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"Config file {path} is not valid YAML ({exc.__class__.__name__}); fix its syntax.") from None
+    except ValueError as exc:  # "Exceeds the limit (4300 digits) for integer string conversion"
+        raise ConfigError(f"Config file {path} holds a value fsdistill cannot read ({exc}).") from None
     except OSError as exc:
         raise ConfigError(f"Cannot read config file {path} ({exc.strerror or exc}); check its permissions.") from None
     data = {} if data is None else data  # an empty file (or comments only): no options

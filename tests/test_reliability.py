@@ -591,3 +591,80 @@ def test_unreadable_folders_and_files_are_one_sentence_with_the_fix(tmp_path, mo
         patch.setattr(storage, "write_atomic", full)
         with pytest.raises(DataError, match=r"No space left on device\); free some space, or choose another"):
             storage.LocalStorage(tmp_path / "out").write_bytes("m.png", b"x")
+
+
+def test_hostile_names_configs_and_archives_are_one_sentence(tmp_path, syn_data, monkeypatch) -> None:
+    """Found by feeding careless and hostile inputs: a names id of 99999999999 and a YAML alias bomb in names:
+    used all memory (MemoryError traceback); a 5,000-digit number or a python tag in --config was a traceback or
+    "fix its syntax"; a zip unpacking to more than the disk holds was unpacked; a labelstudio_config.xml cut short
+    was ignored in silence (classes reordered); COCO images outside the folder were used without a word."""
+    import json
+    import os
+    import shutil
+    import zipfile
+
+    from fsdistill.config import DistillCfg, load_config
+    from fsdistill.data import discover as discover_module
+    from fsdistill.data.classes import read_class_names
+    from fsdistill.data.discover import discover
+    from fsdistill.data.images import read_image
+    from fsdistill.errors import ConfigError, DataError
+
+    names = tmp_path / "data.yaml"
+    names.write_text("names: {0: background, 1: nucleus, 99999999999: x}\n")
+    with pytest.raises(DataError, match="gives the id 99999999999, but masks hold class ids up to 254"):
+        read_class_names(names)
+    names.write_text("a0: &a0 [lol, lol]\na1: &a1 [*a0, *a0]\nnames: [background, *a1]\n")
+    with pytest.raises(DataError, match="lists something other than plain names"):
+        read_class_names(names)
+
+    config = tmp_path / "c.yaml"
+    config.write_text("train:\n  steps: 1" + "0" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="holds a value fsdistill cannot read"):
+        load_config(DistillCfg, config, {"support": str(tmp_path)})
+    config.write_text("train:\n  steps: 0x" + "f" * 40 + "\n")
+    with pytest.raises(ConfigError, match="too large a number"):
+        load_config(DistillCfg, config, {"support": str(tmp_path)})
+    config.write_text("train: !!python/object/apply:os.system [echo]\n")
+    with pytest.raises(ConfigError, match="uses a YAML tag fsdistill does not read"):
+        load_config(DistillCfg, config, {"support": str(tmp_path)})
+
+    support = tmp_path / "support"
+    syn_data.paired(support, n=2)
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for path in support.rglob("*.png"):
+            z.write(path, path.relative_to(support).as_posix())
+    monkeypatch.setenv("FSDISTILL_CACHE", str(tmp_path / "cache"))
+    with monkeypatch.context() as patch:
+        usage = shutil.disk_usage
+        patch.setattr(discover_module.shutil, "disk_usage", lambda folder: usage(folder)._replace(free=10))
+        with pytest.raises(DataError, match=r"unpacks to .* GiB but .* has 0.0 GiB free"):
+            discover(archive)
+
+    ls = tmp_path / "ls"
+    ls.mkdir()
+    (ls / "labelstudio_config.xml").write_text('<View><BrushLabels name="l" toName="i"><Label value="zeta"/>')
+    (ls / "export.json").write_text(
+        json.dumps([{"id": 1, "data": {"image": "x.png"}, "annotations": [{"result": []}]}])
+    )
+    with pytest.raises(DataError, match="is not a Label Studio labelling config that can be read"):
+        discover(ls)
+
+    coco = tmp_path / "coco"
+    syn_data.save(coco / "images" / "a.png", syn_data.image(10, 12))
+    syn_data.save(tmp_path / "outside" / "secret.png", syn_data.image(10, 12))
+    data = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 12, "height": 10},
+                   {"id": 2, "file_name": "../outside/secret.png", "width": 12, "height": 10}],
+        "categories": [{"id": 1, "name": "x"}],
+        "annotations": [{"id": k, "image_id": k, "category_id": 1, "segmentation": [[0, 0, 3, 0, 3, 3]]} for k in (1, 2)],
+    }  # fmt: skip
+    (coco / "ann.json").write_text(json.dumps(data))
+    index = discover(coco)
+    assert any("1 images listed in ann.json lie outside" in w and "secret.png" in w for w in index.warnings)
+
+    fifo = tmp_path / "f.png"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match="not a regular file"):
+        read_image(fifo)

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from fsdistill.data.layouts import is_hidden
-from fsdistill.data.masks import BACKGROUND_NAMES, parse_labelmap
+from fsdistill.data.masks import BACKGROUND_NAMES, IGNORE_INDEX, parse_labelmap
 from fsdistill.errors import DataError
 
 __all__ = [
@@ -86,9 +86,18 @@ def read_class_names(path: Path | str) -> list[str]:
                 ) from e
             if not by_id or min(by_id) < 0:
                 raise DataError(f"Names file {path} has no names or a negative id; use ids 0, 1, 2, ...")
+            if max(by_id) >= IGNORE_INDEX:  # before a list of that many names is built (id 99999999999: all memory)
+                raise DataError(
+                    f"Names file {path} gives the id {max(by_id)}, but masks hold class ids up to {IGNORE_INDEX - 1} "
+                    f"({IGNORE_INDEX} means ignore); number the classes 0, 1, 2, ..."
+                )
             by_id.setdefault(0, "background")  # {1: polyp} leaves 0 to background
             names = [by_id.get(i, f"class_{i}") for i in range(max(by_id) + 1)]
         elif isinstance(raw, list):
+            if not all(isinstance(n, (str, int, float)) for n in raw):  # nested lists (YAML aliases) are no names
+                raise DataError(
+                    f"Names file {path} lists something other than plain names in names:; list one name each."
+                )
             names = [str(n) for n in raw]
         else:
             raise DataError(f"Names file {path} has no names: list or mapping; add names: [background, ...].")

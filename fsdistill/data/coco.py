@@ -92,6 +92,11 @@ def read_coco_json(path: Path | str) -> dict[str, Any] | None:
             d = json.load(f)
     except (OSError, ValueError):
         return None
+    except MemoryError:  # a JSON of hundreds of MB of objects: a traceback before
+        raise DataError(
+            f"{path} ({Path(path).stat().st_size / 2**20:.0f} MB) is too large to read in this much memory; split it, "
+            "or move it out of the folder if it is not this folder's annotations."
+        ) from None
     if isinstance(d, dict) and all(isinstance(d.get(k), list) for k in ("images", "annotations", "categories")):
         return d
     return None

@@ -160,6 +160,14 @@ def unpack_zip(path: Path) -> Path:
                         "and pass the folder."
                     )
             target.parent.mkdir(parents=True, exist_ok=True)
+            # A zip bomb (a few MB holding gigabytes) would fill the disk the cache is on: its size is known first.
+            unpacked = sum(info.file_size for info in archive.infolist())
+            free = shutil.disk_usage(target.parent).free
+            if unpacked > 0.9 * free:
+                raise DataError(
+                    f"Zip archive {path} unpacks to {unpacked / 2**30:.1f} GiB but {target.parent} has "
+                    f"{free / 2**30:.1f} GiB free; unpack what you need by hand and pass the folder."
+                )
             staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
             try:
                 archive.extractall(staging)

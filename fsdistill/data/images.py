@@ -229,8 +229,8 @@ def read_image_reduced(path: ImageSource, min_side: int | None) -> tuple[np.ndar
     """
     if isinstance(path, (str, os.PathLike)):
         path = Path(path)
-        if not path.is_file():
-            raise _cannot_read(path, "no such file")
+        if not path.is_file():  # missing, a folder, or a pipe or device (not an image file either)
+            raise _cannot_read(path, "not a regular file (a pipe or a device)" if path.exists() else "no such file")
         opened: Path | io.BytesIO = path
     else:
         try:

@@ -315,6 +315,7 @@ def _find_coco(d: Path) -> FoundPairs | None:
     samples: list[Sample] = []
     warnings: list[str] = []
     missing: list[str] = []
+    outside: list[str] = []
     keys: set[str] = set()
     for iid, im in sorted(coco.images.items(), key=lambda kv: kv[1].file_name):
         rel = Path(exported_path(im.file_name))
@@ -331,6 +332,8 @@ def _find_coco(d: Path) -> FoundPairs | None:
         if path is None:
             missing.append(im.file_name)
             continue
+        if not path.resolve().is_relative_to(d.resolve()):  # "../x.png", an absolute path: the user should know
+            outside.append(str(path))
         key = rel.with_suffix("").as_posix() if not rel.is_absolute() and ".." not in rel.parts else rel.stem
         if key in keys:
             raise DataError(f"COCO file {jpath} lists {im.file_name!r} twice; keep one entry per image.")
@@ -340,6 +343,11 @@ def _find_coco(d: Path) -> FoundPairs | None:
         warnings.append(
             f"{len(missing)} images listed in {jpath.name} were not found (e.g. {missing[0]}); put them beside the "
             "JSON or in images/."
+        )
+    if outside:
+        warnings.append(
+            f"{len(outside)} images listed in {jpath.name} lie outside {d} (e.g. {outside[0]}) and are used, their "
+            "pixels kept in the teacher; copy them into the folder if that is not meant."
         )
     hint = ""
     if not samples and missing:
@@ -357,6 +365,11 @@ def _labeling_config(d: Path) -> LabelingConfig | None:
     named = d / "labelstudio_config.xml"
     cands = [named] if named.is_file() else _visible(d, "*.xml")
     configs = [c for p in cands if (c := read_labeling_config(p)) is not None]
+    if named.is_file() and not configs:  # the class order it holds would be lost in silence
+        raise DataError(
+            f"{named} is not a Label Studio labelling config that can be read (cut short, or no <View> root); save "
+            "it again from the project's Settings > Labeling Interface > Code."
+        )
     if len(configs) > 1:
         raise DataError(
             f"Found several Label Studio labelling configs in {d} ({', '.join(c.path.name for c in configs)}); keep the "
