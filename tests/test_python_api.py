@@ -312,7 +312,7 @@ def test_wrong_types_are_the_librarys_errors(tiny_binary_run, tmp_path) -> None:
     run = tiny_binary_run.run_dir
     with pytest.raises(CheckpointError, match="not int 123"):
         fsdistill.load(123)
-    with pytest.raises(ConfigError, match="inputs is a path or a list of paths, not int 123"):
+    with pytest.raises(ConfigError, match=r"inputs is a path or paths \(a list, a glob, ...\), not int 123"):
         fsdistill.predict(123, tmp_path / "out", model=run)
     with pytest.raises(ConfigError, match="batch_size must be an integer of at least 1, got '8'"):
         fsdistill.evaluate(tmp_path, model=run, batch_size="8")
