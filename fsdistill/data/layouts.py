@@ -3,6 +3,7 @@ file names and annotation JSON only."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -135,8 +136,8 @@ def _match_paired(img_dir: Path, mask_dir: Path, images: list[Path], masks: list
         by_key[k] = p
     # Windows and macOS ignore case, and some tools append an extension to a full file name ("x.png.png"): a
     # mask matches such a name when nothing matches exactly (case-blind only where that is unambiguous).
-    lowered = [k.lower() for k in by_key]
-    by_lower_key = {k.lower(): k for k in by_key if lowered.count(k.lower()) == 1}
+    lowered = Counter(k.lower() for k in by_key)
+    by_lower_key = {k.lower(): k for k in by_key if lowered[k.lower()] == 1}
     mask_of: dict[str, Path] = {}
     orphan_masks: list[Path] = []
     for m in masks:
