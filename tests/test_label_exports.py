@@ -465,3 +465,31 @@ def test_a_model_of_a_coco_folder_writes_its_pre_labels_with_the_folders_categor
     api.predict([pictures], tmp_path / "onnx", exported.path, device="cpu", workers=0, formats="coco")
     by_onnx = json.loads((tmp_path / "onnx" / "coco.json").read_text())
     assert {c["name"]: c["id"] for c in by_onnx["categories"]} == names
+
+
+def test_exports_naming_images_in_another_case_or_zipped_on_windows_are_read(tmp_path, monkeypatch) -> None:
+    """COCO / Label Studio names in another case ("none was found", the images being there) and a zip whose
+    members use "\\" (PowerShell's Compress-Archive: one flat file per member, no layout) were not read."""
+    from fsdistill.data.coco import encode_rle
+
+    coco = tmp_path / "coco"
+    SynData.save(coco / "images" / "img_01.png", SynData.image(20, 30, 0))
+    blob = np.zeros((20, 30), bool)
+    blob[5:10, 5:10] = True
+    data = {
+        "images": [{"id": 1, "file_name": "IMG_01.PNG", "width": 30, "height": 20}],
+        "categories": [{"id": 1, "name": "cat"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "segmentation": encode_rle(blob)}],
+    }
+    (coco / "annotations.json").write_text(json.dumps(data))
+    assert [s.image_path.name for s in discover(coco).samples] == ["img_01.png"]
+
+    ls = _one_task(tmp_path / "ls", "/data/local-files/?d=X.PNG", [_brush()], save="images/x.png")
+    assert [s.image_path.name for s in discover(ls).samples] == ["x.png"]
+
+    archive = tmp_path / "windows.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for path in coco.rglob("*"):
+            if path.is_file():
+                z.write(path, str(path.relative_to(coco)).replace("/", "\\"))
+    assert [s.key for s in discover(archive).samples] == ["IMG_01"]

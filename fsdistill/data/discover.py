@@ -170,7 +170,11 @@ def unpack_zip(path: Path) -> Path:
                 )
             staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
             try:
-                archive.extractall(staging)
+                for info in archive.infolist():
+                    # A zip made on Windows (PowerShell's Compress-Archive) separates folders with "\": unpacked
+                    # as written, JPEGImages\x.png was one flat file and no layout was found.
+                    info.filename = info.filename.replace("\\", "/")
+                    archive.extract(info, staging)
                 os.replace(staging, target)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)

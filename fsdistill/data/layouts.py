@@ -4,9 +4,9 @@ file names and annotation JSON only."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from fsdistill.data.coco import CocoData, load_coco, read_coco_json
 from fsdistill.data.images import IMAGE_SUFFIXES, exported_path
@@ -285,6 +285,26 @@ def _visible(d: Path, pattern: str) -> list[Path]:
     return [p for p in sorted(d.glob(pattern)) if not is_hidden(p)]
 
 
+def _case_blind_finder(folders: list[Path]) -> Callable[[str], Path | None]:
+    """A lookup of a bare file name in ``folders`` (not below them) ignoring case, where one file alone matches:
+    an export written on Windows or macOS may name ``IMG_01.PNG`` for ``img_01.png`` (both file systems ignore
+    case). The folders are listed once, on the first lookup."""
+    table: dict[str, Path | None] = {}
+
+    def find(name: str) -> Path | None:
+        if not table and folders:
+            for folder in folders:
+                if folder.is_dir():
+                    for p in folder.iterdir():
+                        if p.is_file():
+                            key = p.name.lower()
+                            table[key] = None if key in table and table[key] != p else p
+            table.setdefault("", None)  # listed, even when empty
+        return table.get(name.lower())
+
+    return find
+
+
 def _image_bases(jpath: Path, d: Path) -> list[Path]:
     """Where an annotation file's image names may be relative to: the usual folders, then every subfolder."""
     return list(dict.fromkeys([jpath.parent, d, d / "images", *subdirs(d)]))
@@ -318,6 +338,7 @@ def _find_coco(d: Path) -> FoundPairs | None:
     missing: list[str] = []
     outside: list[str] = []
     keys: set[str] = set()
+    by_name_any_case = _case_blind_finder(name_bases)
     for iid, im in sorted(coco.images.items(), key=lambda kv: kv[1].file_name):
         rel = Path(exported_path(im.file_name))
         if rel.is_absolute():
@@ -330,6 +351,7 @@ def _find_coco(d: Path) -> FoundPairs | None:
         else:
             tried = [b / rel for b in bases]
         path = next((p for p in [*tried, *(b / rel.name for b in name_bases)] if p.is_file()), None)
+        path = path or by_name_any_case(rel.name)
         if path is None:
             missing.append(im.file_name)
             continue
@@ -404,12 +426,15 @@ def _find_labelstudio(d: Path) -> FoundPairs | None:
         )
         return FoundPairs("labelstudio", d, (), unmatched_hint=hint)
     bases = _image_bases(jpath, d)
+    by_name_any_case = _case_blind_finder(list(dict.fromkeys([jpath.parent, d, d / "images"])))
     samples: list[Sample] = []
     missing: list[str] = []
     keys: dict[str, str] = {}
     for k, task in enumerate(export.tasks):
         cands_rel = image_candidates(task.image_ref)
         hit = next(((rel, b / rel) for rel in cands_rel for b in bases if (b / rel).is_file()), None)
+        if hit is None and cands_rel and (found_path := by_name_any_case(cands_rel[-1].name)) is not None:
+            hit = (PurePosixPath(found_path.name), found_path)
         if hit is None:
             # An upload's name is shown without Label Studio's prefix: the user's copy has the original name.
             if not cands_rel:  # a reference with no file name in it ("https://host/", "..")
