@@ -59,11 +59,17 @@ class _Strict(BaseModel):
         kinds = set(get_args(annotation)) or {annotation}
         if isinstance(value, bool) and bool not in kinds and kinds & {int, float}:
             raise ValueError(f"expected a number, got {value}")
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53:
-            # a 5,000-digit "steps: 0xfff..." passed and failed later, writing the run's config (a traceback)
-            raise ValueError("is too large a number")
         if isinstance(value, str) and not value.strip() and Path in kinds:
             raise ValueError("is empty; give a path")
+        return value
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _sane_numbers(cls, value: Any) -> Any:
+        """Refuse integers beyond 2^53 once converted (``steps: 0xfff...`` or a quoted 30-digit number passed, and
+        the run's own config.resolved.yaml could not be read back, or writing it failed)."""
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53:
+            raise ValueError("is too large a number")
         return value
 
 
@@ -402,8 +408,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     """A config file's mapping of options ({} for an empty file).
 
     Raises:
-        ConfigError: a folder or a missing file, unreadable bytes, invalid YAML, a key given twice, or a file that
-            is not a mapping.
+        ConfigError: a folder or a missing file, unreadable bytes, invalid YAML, a YAML tag or value it cannot
+            build, a key given twice, or a file that is not a mapping.
     """
     if path.is_dir():
         raise ConfigError(f"Config file {path} is a folder; pass a YAML file to --config.")
@@ -414,15 +420,22 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         data = yaml.load(path.read_bytes(), Loader=_UniqueKeyLoader)  # a SafeLoader
     except ConfigError as exc:
         raise ConfigError(f"Config file {path} {exc}.") from None
-    except yaml.constructor.ConstructorError as exc:  # valid syntax: a tag such as !!python/object, not read
-        raise ConfigError(
-            f"Config file {path} uses a YAML tag fsdistill does not read ({str(exc.problem or exc).split(' ')[-1]}); "
-            "give plain values."
-        ) from None
+    except yaml.constructor.ConstructorError as exc:  # valid syntax that builds no plain value
+        problem = str(exc.problem or exc)
+        if "constructor for the tag" in problem:  # !!python/object and the like: never built
+            raise ConfigError(
+                f"Config file {path} uses a YAML tag fsdistill does not read ({problem.split(' ')[-1]}); give plain "
+                "values."
+            ) from None
+        raise ConfigError(f"Config file {path} cannot be read as options ({problem}); give plain values.") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"Config file {path} is not valid YAML ({exc.__class__.__name__}); fix its syntax.") from None
     except ValueError as exc:  # "Exceeds the limit (4300 digits) for integer string conversion"
-        raise ConfigError(f"Config file {path} holds a value fsdistill cannot read ({exc}).") from None
+        raise ConfigError(
+            f"Config file {path} holds a value fsdistill cannot read ({str(exc).split(';')[0]})."
+        ) from None
+    except TypeError as exc:  # a list or mapping as a key ("? [a, b]"): unhashable
+        raise ConfigError(f"Config file {path} uses a list or mapping as an option name ({exc}).") from None
     except OSError as exc:
         raise ConfigError(f"Cannot read config file {path} ({exc.strerror or exc}); check its permissions.") from None
     data = {} if data is None else data  # an empty file (or comments only): no options

@@ -596,7 +596,7 @@ def test_unreadable_folders_and_files_are_one_sentence_with_the_fix(tmp_path, mo
 def test_hostile_names_configs_and_archives_are_one_sentence(tmp_path, syn_data, monkeypatch) -> None:
     """Found by feeding careless and hostile inputs: a names id of 99999999999 and a YAML alias bomb in names:
     used all memory (MemoryError traceback); a 5,000-digit number or a python tag in --config was a traceback or
-    "fix its syntax"; a zip unpacking to more than the disk holds was unpacked; a labelstudio_config.xml cut short
+    "fix its syntax"; a zip unpacking to more than the free disk was unpacked; a labelstudio_config.xml cut short
     was ignored in silence (classes reordered); COCO images outside the folder were used without a word."""
     import json
     import os
@@ -614,9 +614,10 @@ def test_hostile_names_configs_and_archives_are_one_sentence(tmp_path, syn_data,
     names.write_text("names: {0: background, 1: nucleus, 99999999999: x}\n")
     with pytest.raises(DataError, match="gives the id 99999999999, but masks hold class ids up to 254"):
         read_class_names(names)
-    names.write_text("a0: &a0 [lol, lol]\na1: &a1 [*a0, *a0]\nnames: [background, *a1]\n")
-    with pytest.raises(DataError, match="lists something other than plain names"):
-        read_class_names(names)
+    for form in ("[background, *a1]", "{0: background, 1: *a1}"):  # an alias bomb, as a list or a mapping
+        names.write_text(f"a0: &a0 [lol, lol]\na1: &a1 [*a0, *a0]\nnames: {form}\n")
+        with pytest.raises(DataError, match="lists something other than plain names"):
+            read_class_names(names)
 
     config = tmp_path / "c.yaml"
     config.write_text("train:\n  steps: 1" + "0" * 5000 + "\n")
@@ -625,8 +626,17 @@ def test_hostile_names_configs_and_archives_are_one_sentence(tmp_path, syn_data,
     config.write_text("train:\n  steps: 0x" + "f" * 40 + "\n")
     with pytest.raises(ConfigError, match="too large a number"):
         load_config(DistillCfg, config, {"support": str(tmp_path)})
+    config.write_text('train:\n  steps: "100000000000000000000000000000"\n')  # quoted: converted after the check
+    with pytest.raises(ConfigError, match="too large a number"):
+        load_config(DistillCfg, config, {"support": str(tmp_path)})
     config.write_text("train: !!python/object/apply:os.system [echo]\n")
     with pytest.raises(ConfigError, match="uses a YAML tag fsdistill does not read"):
+        load_config(DistillCfg, config, {"support": str(tmp_path)})
+    config.write_text("train:\n  <<: 5\n")  # no tag: a merge of no mapping
+    with pytest.raises(ConfigError, match="cannot be read as options"):
+        load_config(DistillCfg, config, {"support": str(tmp_path)})
+    config.write_text("train:\n  ? [a, b]\n  : 3\n")  # a list as an option name was a TypeError traceback
+    with pytest.raises(ConfigError, match="uses a list or mapping as an option name"):
         load_config(DistillCfg, config, {"support": str(tmp_path)})
 
     support = tmp_path / "support"
@@ -639,7 +649,7 @@ def test_hostile_names_configs_and_archives_are_one_sentence(tmp_path, syn_data,
     with monkeypatch.context() as patch:
         usage = shutil.disk_usage
         patch.setattr(discover_module.shutil, "disk_usage", lambda folder: usage(folder)._replace(free=10))
-        with pytest.raises(DataError, match=r"unpacks to .* GiB but .* has 0.0 GiB free"):
+        with pytest.raises(DataError, match=r"unpacks to .* MB but .* has 0 MB free; set FSDISTILL_CACHE"):
             discover(archive)
 
     ls = tmp_path / "ls"
@@ -663,8 +673,15 @@ def test_hostile_names_configs_and_archives_are_one_sentence(tmp_path, syn_data,
     (coco / "ann.json").write_text(json.dumps(data))
     index = discover(coco)
     assert any("1 images listed in ann.json lie outside" in w and "secret.png" in w for w in index.warnings)
+    # An image of the folder that is a symlink into a shared store is the folder's own: no warning.
+    data["images"] = data["images"][:1]
+    data["annotations"] = data["annotations"][:1]
+    (coco / "images" / "a.png").unlink()
+    (coco / "images" / "a.png").symlink_to(tmp_path / "outside" / "secret.png")
+    (coco / "ann.json").write_text(json.dumps(data))
+    assert not [w for w in discover(coco).warnings if "outside" in w]
 
     fifo = tmp_path / "f.png"
     os.mkfifo(fifo)
-    with pytest.raises(DataError, match="not a regular file"):
+    with pytest.raises(DataError, match=r"is not a regular file \(a pipe or a device\); pass image files\.$"):
         read_image(fifo)

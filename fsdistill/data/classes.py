@@ -56,7 +56,8 @@ def read_class_names(path: Path | str) -> list[str]:
     ``names:`` (a list, or {id: name}; missing ids are named ``class_<id>``), "background" first at id 0.
 
     Raises:
-        DataError: unreadable file, no names, duplicates, or background not first.
+        DataError: unreadable file, no names, names that are not plain values, an id above 254, duplicates, or
+            background not first.
     """
     path = Path(path)
     if is_labelmap(path):
@@ -77,6 +78,12 @@ def read_class_names(path: Path | str) -> list[str]:
         except (ValueError, yaml.YAMLError) as e:
             raise DataError(f"Cannot parse names file {path}: {str(e).splitlines()[0]}; fix its syntax.") from e
         raw = data.get("names") if isinstance(data, dict) else None
+        if isinstance(raw, dict) or isinstance(raw, list):
+            values = list(raw.values()) if isinstance(raw, dict) else raw
+            if not all(isinstance(n, (str, int, float)) for n in values):  # nested lists (YAML aliases): no names
+                raise DataError(
+                    f"Names file {path} lists something other than plain names in names:; give one name each."
+                )
         if isinstance(raw, dict):
             try:
                 by_id = {int(k): str(v) for k, v in raw.items()}
@@ -94,10 +101,6 @@ def read_class_names(path: Path | str) -> list[str]:
             by_id.setdefault(0, "background")  # {1: polyp} leaves 0 to background
             names = [by_id.get(i, f"class_{i}") for i in range(max(by_id) + 1)]
         elif isinstance(raw, list):
-            if not all(isinstance(n, (str, int, float)) for n in raw):  # nested lists (YAML aliases) are no names
-                raise DataError(
-                    f"Names file {path} lists something other than plain names in names:; list one name each."
-                )
             names = [str(n) for n in raw]
         else:
             raise DataError(f"Names file {path} has no names: list or mapping; add names: [background, ...].")

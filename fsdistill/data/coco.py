@@ -86,11 +86,15 @@ def _bad(path: Path, what: str) -> DataError:
 
 def read_coco_json(path: Path | str) -> dict[str, Any] | None:
     """The parsed JSON if ``path`` is a COCO annotation file (a dict with list-valued ``images``,
-    ``annotations`` and ``categories``), else None. Unparseable JSON is also None (it may be anything)."""
+    ``annotations`` and ``categories``), else None. Unparseable JSON is also None (it may be anything).
+
+    Raises:
+        DataError: a JSON file too large for the memory at hand (it may be this folder's annotations).
+    """
     try:
         with open(path, encoding="utf-8-sig") as f:
             d = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nested deeper than Python parses
         return None
     except MemoryError:  # a JSON of hundreds of MB of objects: a traceback before
         raise DataError(

@@ -163,10 +163,11 @@ def unpack_zip(path: Path) -> Path:
             # A zip bomb (a few MB holding gigabytes) would fill the disk the cache is on: its size is known first.
             unpacked = sum(info.file_size for info in archive.infolist())
             free = shutil.disk_usage(target.parent).free
-            if unpacked > 0.9 * free:
+            if unpacked > free:
                 raise DataError(
-                    f"Zip archive {path} unpacks to {unpacked / 2**30:.1f} GiB but {target.parent} has "
-                    f"{free / 2**30:.1f} GiB free; unpack what you need by hand and pass the folder."
+                    f"Zip archive {path} unpacks to {unpacked / 2**20:,.0f} MB but {target.parent} has "
+                    f"{free / 2**20:,.0f} MB free; set FSDISTILL_CACHE to a folder with room, or unpack what you "
+                    "need by hand and pass the folder."
                 )
             staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
             try:

@@ -90,6 +90,8 @@ def _cannot_read(path: ImageSource, reason: str) -> DataError:
             f"Image {path} is a folder, not an image file; pass the images in it (fsdistill.predict takes folders)."
         )
     reason = reason.strip().rstrip(".") or "unknown format"
+    if reason.startswith("not a regular file"):
+        return DataError(f"Image {path} is {reason}; pass image files.")
     if "Permission denied" in reason:  # re-exporting would not help
         return DataError(f"Cannot read image {path}: permission denied. Make it readable (chmod) or remove it.")
     return DataError(f"Cannot read image {path}: {reason}. Re-export it as PNG or JPEG or remove it.")

@@ -3,6 +3,7 @@ file names and annotation JSON only."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -339,6 +340,7 @@ def _find_coco(d: Path) -> FoundPairs | None:
     outside: list[str] = []
     keys: set[str] = set()
     by_name_any_case = _case_blind_finder(name_bases)
+    root_here = Path(os.path.abspath(d))
     for iid, im in sorted(coco.images.items(), key=lambda kv: kv[1].file_name):
         rel = Path(exported_path(im.file_name))
         if rel.is_absolute():
@@ -355,7 +357,9 @@ def _find_coco(d: Path) -> FoundPairs | None:
         if path is None:
             missing.append(im.file_name)
             continue
-        if not path.resolve().is_relative_to(d.resolve()):  # "../x.png", an absolute path: the user should know
+        # "../x.png", an absolute path elsewhere: the user should know (not a symlink of the folder's own, which
+        # may lead into a shared image store)
+        if not Path(os.path.abspath(path)).is_relative_to(root_here):
             outside.append(str(path))
         key = rel.with_suffix("").as_posix() if not rel.is_absolute() and ".." not in rel.parts else rel.stem
         if key in keys:
@@ -389,6 +393,8 @@ def _labeling_config(d: Path) -> LabelingConfig | None:
     cands = [named] if named.is_file() else _visible(d, "*.xml")
     configs = [c for p in cands if (c := read_labeling_config(p)) is not None]
     if named.is_file() and not configs:  # the class order it holds would be lost in silence
+        if not os.access(named, os.R_OK):
+            raise DataError(f"Cannot read {named} (permission denied); make it readable (chmod).")
         raise DataError(
             f"{named} is not a Label Studio labelling config that can be read (cut short, or no <View> root); save "
             "it again from the project's Settings > Labeling Interface > Code."
