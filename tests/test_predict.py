@@ -698,3 +698,15 @@ def test_an_output_folder_removed_during_the_run_is_said_and_resumed(tiny_binary
     again = api.predict(folder, out, model=tiny_binary_run.run_dir, device="cpu", workers=0)
     assert (again.written, again.skipped) == (1, 2)
     assert len((out / "predictions.csv").read_text().splitlines()) == 1 + 3 * 2
+
+
+def test_a_pipe_given_as_an_input_is_named_as_one(tiny_binary_run, tmp_path) -> None:
+    """predict <(cat x.png) or a FIFO given directly was "does not exist" (it is there)."""
+    import os
+
+    fifo = tmp_path / "f.png"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match=r"f\.png is not a regular file \(a pipe or a device\); pass image files"):
+        api.predict(fifo, tmp_path / "out", model=tiny_binary_run.run_dir, device="cpu")
+    with pytest.raises(DataError, match="does not exist"):
+        api.predict(tmp_path / "gone.png", tmp_path / "out", model=tiny_binary_run.run_dir, device="cpu")

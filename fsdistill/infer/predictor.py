@@ -124,6 +124,8 @@ def list_images(
     for given in inputs:
         storage = open_storage(given)
         kind = storage.kind()
+        if kind == "missing" and storage.local is not None and storage.local.exists():  # a pipe, a device
+            raise DataError(f"Input {storage} is not a regular file (a pipe or a device); pass image files or folders.")
         if kind == "missing":
             raise DataError(f"Input {storage} does not exist; pass image files or folders.")
         unique_inputs.setdefault(storage.identity(), (storage, kind))
