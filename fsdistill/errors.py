@@ -6,6 +6,8 @@ turns any :class:`FsdistillError` into one line on stderr and exit code 2. Anyth
 
 from __future__ import annotations
 
+import errno
+
 __all__ = [
     "FsdistillError",
     "DataError",
@@ -14,6 +16,7 @@ __all__ = [
     "DeviceError",
     "DependencyError",
     "TrainingError",
+    "disk_full",
 ]
 
 
@@ -43,3 +46,9 @@ class DependencyError(FsdistillError):
 
 class TrainingError(FsdistillError):
     """Training cannot go on as configured (its loss diverged to inf or NaN: a learning rate too high)."""
+
+
+def disk_full(exc: OSError) -> bool:
+    """Whether a failed write ran out of room (a full disk, a quota, a file-size limit): then the message's fix is
+    space, not what is in the way."""
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)

@@ -296,7 +296,7 @@ def ensure_writable_file(path: Path, flag: str, example: str) -> Path:
         if not os.access(path, os.W_OK):
             raise DataError(f"Cannot write to {path} (permission denied); choose another {flag}.")
         return path
-    ensure_writable_dir(Path(os.path.realpath(path)).parent if path.is_symlink() else path.parent, flag)
+    ensure_writable_dir(resolved_link(path).parent, flag)
     return path
 
 
@@ -349,6 +349,11 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def resolved_link(path: Path) -> Path:
+    """The file a symlink names (the path itself when it is none): what a write through the link replaces."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
 def is_count(value: Any) -> bool:
     """Whether ``value`` is a whole number given as one (an int, an integer numpy scalar; not a bool, a float or a
     string): what options that count things (batch sizes, workers, top, ways) accept."""
@@ -399,7 +404,7 @@ def write_atomic(path: Path, payload: bytes | str, unique: bool = False) -> Path
             stream.write(data)
         return path
     # Through a symlink to the file it names: the link stays a link (renaming over it replaced it by a file).
-    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    target = resolved_link(path)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp" if unique else f".{target.name}.tmp")
     try:
         tmp.write_bytes(data)

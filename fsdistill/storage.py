@@ -8,7 +8,6 @@ filesystems (the ray extra, imported only when a URI is given), whose credential
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 from abc import ABC, abstractmethod
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from fsdistill.errors import ConfigError, DataError, DependencyError
+from fsdistill.errors import ConfigError, DataError, DependencyError, disk_full
 from fsdistill.runtime import ensure_writable_dir, write_atomic
 
 __all__ = ["Storage", "LocalStorage", "ObjectStorage", "StoredFile", "open_storage", "OBJECT_SCHEMES"]
@@ -185,7 +184,7 @@ class LocalStorage(Storage):
         except OSError as exc:  # a file where a folder must go, a name too long, a full disk
             fix = (
                 "free some space, or choose another output folder"
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+                if disk_full(exc)
                 else "move what is in the way, or choose another output folder"
             )
             raise DataError(f"Cannot write {path} ({exc.strerror or exc}); {fix}.") from None

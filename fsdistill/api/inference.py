@@ -25,7 +25,7 @@ from fsdistill.infer.ray_engine import RayRunner, resolve_engine
 from fsdistill.infer.shard import Shard, parse_shard
 from fsdistill.metrics import ConfusionMatrix
 from fsdistill.models.build import load_model
-from fsdistill.runtime import ensure_writable_dir, is_count, resolve_device
+from fsdistill.runtime import ensure_writable_dir, is_count, resolve_device, resolved_link
 
 if TYPE_CHECKING:
     from fsdistill.infer.export import ExportResult
@@ -343,8 +343,7 @@ def export(
     torch_device = resolve_device(device)
     loaded = load_model(model, kind="student")
     target = Path(out).expanduser() if out is not None else default_onnx_path(loaded.path)
-    if target.is_symlink():  # -o latest.onnx -> v3.onnx: the model it names is replaced, the link kept
-        target = Path(os.path.realpath(target))
+    target = resolved_link(target)  # -o latest.onnx -> v3.onnx: the model it names is replaced, the link kept
     # A folder: one that exists, or a new path not ending in .onnx ("-o exported/" and "-o v1.2/" arrive without
     # their "/").
     if target.is_dir() or (not target.exists() and target.suffix.lower() != ".onnx"):

@@ -176,7 +176,7 @@ def suggest(
         if not path.exists():
             raise DataError(f"Pool {path} does not exist; pass a folder (or files) of unlabelled images.")
     # The copy folder may sit inside the pool: its copies are not pool images on a rerun.
-    entries = list_images(pools, Path(copy_to) if copy_to is not None else None, writes_masks=False)
+    entries = list_images(pools, copy_to, writes_masks=False)
     if shard is not None:
         entries = shard.select(entries)
         if not entries:
@@ -184,10 +184,10 @@ def suggest(
     for path, flag, example in ((out, "--out", "ranking.csv"), (json_out, "--json", "ranking.json")):
         if path is not None:
             ensure_writable_file(path, flag, example)
-    if out is not None and json_out is not None and Path(out).absolute() == Path(json_out).absolute():
+    if out is not None and json_out is not None and out.absolute() == json_out.absolute():
         raise ConfigError(f"--out and --json both name {out}; give each its own file (the JSON would replace the CSV).")
     if copy_to is not None:
-        ensure_writable_dir(Path(copy_to), "--copy-to")
+        ensure_writable_dir(copy_to, "--copy-to")
     student = load_model(model, kind="student")
     if on_model is not None:
         on_model(str(student.path))
@@ -243,6 +243,6 @@ def suggest(
     if json_out is not None:
         result.json_path = write_atomic(Path(json_out), json.dumps(result.to_dict(), indent=2) + "\n")
     if copy_to is not None:
-        report = copy_images([Path(row.image) for row in result.shown], Path(copy_to))
-        result.copy_to, result.copied, result.already_copied = Path(copy_to), len(report.copied), len(report.present)
+        report = copy_images([Path(row.image) for row in result.shown], copy_to)
+        result.copy_to, result.copied, result.already_copied = copy_to, len(report.copied), len(report.present)
     return result

@@ -3,7 +3,6 @@ folder, whatever layout the user already has."""
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import shutil
@@ -23,7 +22,7 @@ from fsdistill.data.mask_kinds import (
 )
 from fsdistill.data.masks import IGNORE_INDEX
 from fsdistill.data.support_index import Sample, SupportIndex
-from fsdistill.errors import DataError
+from fsdistill.errors import DataError, disk_full
 
 __all__ = ["Sample", "SupportIndex", "discover", "read_class_names"]
 
@@ -192,7 +191,7 @@ def unpack_zip(path: Path) -> Path:
     except OSError as exc:
         if target.is_dir():  # another process unpacked the same archive first
             return target
-        space = "free some space, " if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else ""
+        space = "free some space, " if disk_full(exc) else ""
         raise DataError(
             f"Cannot unpack {path} into {target.parent} ({exc.strerror or exc}); {space}set FSDISTILL_CACHE to a "
             "writable folder, or unpack it by hand and pass the folder."

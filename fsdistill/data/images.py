@@ -280,10 +280,8 @@ def pixel_sha256(image: np.ndarray) -> str:
 
 
 def unread_images_note(files: list[str], where: str) -> str:
-    """One sentence naming image files of a format fsdistill does not read (:data:`OTHER_IMAGE_SUFFIXES`) found in
-    ``where``; "" when there are none."""
-    if not files:
-        return ""
+    """One sentence naming the image ``files`` (at least one) of a format fsdistill does not read
+    (:data:`OTHER_IMAGE_SUFFIXES`) found in ``where``."""
     suffixes = ", ".join(sorted({Path(f).suffix.lower() for f in files}))
     return (
         f"{len(files)} image(s) in {where} are of a format fsdistill does not read ({suffixes}; e.g. {files[0]}), "

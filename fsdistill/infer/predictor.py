@@ -108,6 +108,12 @@ def _walk_readable(storage: Storage, out: Storage | None, unread: list[str]) -> 
                 unread.append(here + name)
 
 
+def _write_manifest(out: Storage, identity: dict, unique: bool) -> None:
+    """Write ``out``'s :data:`MANIFEST_NAME` (what model and backend made its masks); ``unique``: another process
+    (a shard) may write it at the same time."""
+    out.write_bytes(MANIFEST_NAME, (json.dumps(identity, indent=2) + "\n").encode("utf-8"), unique=unique)
+
+
 def list_images(
     inputs: Sequence[Path | str], out_dir: Path | str | Storage | None = None, writes_masks: bool = True
 ) -> list[tuple[Source, Path]]:
@@ -480,7 +486,7 @@ def predict_files(
                 f"{out} holds masks predicted with the {previous.get('backend', 'torch')} backend; pass "
                 f"--overwrite or a new -o folder to predict with the {identity['backend']} backend."
             )
-    out.write_bytes(MANIFEST_NAME, (json.dumps(identity, indent=2) + "\n").encode("utf-8"), unique=shard is not None)
+    _write_manifest(out, identity, unique=shard is not None)
     if overwrite and out.local is not None:
         # Derived from the masks being replaced (written again at the end): a stopped --overwrite must not leave the
         # old model's tables beside the new model's manifest.
@@ -535,7 +541,7 @@ def predict_files(
     if not out.is_file(MANIFEST_NAME):
         # The output folder was removed (or emptied) while the run wrote into it: the masks written before are gone
         # and a table would list them. The manifest is written again so that the rerun resumes here.
-        out.write_bytes(MANIFEST_NAME, (json.dumps(identity, indent=2) + "\n").encode("utf-8"), unique=True)
+        _write_manifest(out, identity, unique=True)
         missing = sum(not out.is_file(key) for key in written)
         raise DataError(
             f"{out} was removed or emptied while predict wrote into it ({missing} of the masks written are gone); "
