@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from fsdistill import api
 from fsdistill.cli import app
 from fsdistill.config import DistillCfg, TrainCfg, load_config
+from fsdistill.errors import DataError
 from fsdistill.models.build import load_model
 from fsdistill.train.fit import train
 from fsdistill.train.losses import IGNORE_INDEX
@@ -218,6 +219,9 @@ def test_a_pool_the_teacher_cannot_be_trusted_with_is_left_unused(tiny_data, tmp
     run = api.distill(cfg)
     info = run.stats["pool"]
     assert not info["used"] and info["trusted"] == [] and "no class reaches" in info["reason"]
+    # the reason gives each class's figure (it said "a class in one support has none" whether or not one had)
+    assert all(f"{name} " in info["reason"] for name in tiny_data.multi_classes)
+    assert "none (in one support)" not in info["reason"]
     assert run.stats["steps"] == TINY_TRAIN["steps"] and "images" not in info
     # the mean labeller (the default) falls back to the student's own labels, which need no trust in the teacher
     for labeller in ("mean", "student"):
@@ -250,7 +254,7 @@ def test_bad_pools_are_one_sentence_before_any_training(tiny_data, tmp_path) -> 
     empty = tmp_path / "empty"
     empty.mkdir()
     result = runner.invoke(app, [*base, "--out", str(tmp_path / "b"), "--unlabeled", str(empty)])
-    assert_user_error(result, "No images found")
+    assert_user_error(result, f"--unlabeled {empty}: no images found")
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "x.png").write_bytes(b"junk")
@@ -289,10 +293,64 @@ def test_distill_cli_reports_the_pool(tiny_data, tmp_path) -> None:
               "cpu", "--unlabeled", str(tiny_data.multi_heldout / "images"), "--config", str(config)]  # fmt: skip
     result = CliRunner().invoke(app, [*common, "--steps", "1", "--out", str(tmp_path / "run2")])
     assert result.exit_code == 0, result.output
-    assert "unlabeled pool: the teacher is trusted with no class (leave-one-out IoU red " in result.output
+    assert "unlabeled pool: the teacher is trusted with no class (its leave-one-out IoU after the support phase red " in (
+        result.output
+    )
     assert "the student's own labels teach every class" in result.output
     # 0 steps: nothing is trained, so the pool is not used, and the run says it (it was dropped silently)
     result = CliRunner().invoke(app, [*common, "--steps", "0", "--out", str(tmp_path / "run3")])
     assert result.exit_code == 0 and "unlabeled pool: the pool was not used: 0 steps" in result.output
     result = CliRunner().invoke(app, [*common[:-4], "--unlabeled", str(tmp_path / "nope"), "--steps", "1"])
     assert_user_error(result, "does not exist; check the path of the unlabeled images")
+
+
+def test_a_labelled_folder_as_pool_gives_its_images_not_its_masks(tiny_data, tmp_path) -> None:
+    """A labelled folder (images/ + labels/, or x_mask.png beside x.png) given as the pool: its masks were labelled
+    and trained on as photographs, in silence; they are left out and counted."""
+    pool = tmp_path / "labelled"
+    shutil.copytree(tiny_data.multi_heldout / "images", pool / "images")
+    shutil.copytree(tiny_data.multi_heldout / "masks", pool / "labels")
+    first = sorted((pool / "images").iterdir())[0]
+    shutil.copy(next((pool / "labels").iterdir()), pool / "images" / f"{first.stem}_mask.png")
+    config = tmp_path / "pool.yaml"
+    config.write_text("train:\n  pool_min_iou: 0.0\n")
+    images = len(list((tiny_data.multi_heldout / "images").iterdir()))
+    result = CliRunner().invoke(
+        app,
+        ["distill", "--support", str(tiny_data.multi), "--backbone", "test-resnet", "--size", "64", "--steps", "1",
+         "--device", "cpu", "--out", str(tmp_path / "run"), "--unlabeled", str(pool), "--config", str(config)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    info = load_model(tmp_path / "run", "student").config["training"]["pool"]
+    assert info["images"] == info["pool_size"] == images and info["masks_left_out"] == images + 1
+    assert f"{images + 1} mask files of a labelled folder left out" in result.output
+
+
+def test_unreadable_pool_images_are_found_before_training_and_replaced_in_a_sample(tiny_data, tmp_path) -> None:
+    """--unlabeled-max drew its sample before unreadable files were dropped (fewer images than asked for), and a
+    pool of unreadable files was found only after the support phase had trained."""
+    pool = tmp_path / "pool"
+    shutil.copytree(tiny_data.multi_heldout / "images", pool)
+    readable = len(list(pool.iterdir()))
+    for i in range(4):
+        (pool / f"broken{i}.png").write_bytes(b"" if i % 2 else f"not an image {i}".encode())
+    run = api.distill(_distill_cfg(tiny_data.multi, tmp_path / "run", pool, unlabeled_max=readable), quiet=True)
+    info = run.stats["pool"]
+    assert info["images"] == readable and info["pool_size"] == readable + 4
+    assert all("broken" in message for message in info["skipped"])  # those the sample met, each reported
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for i in range(3):
+        (bad / f"x{i}.png").write_bytes(b"")
+    with pytest.raises(DataError, match="None of the 3 images of --unlabeled"):
+        api.distill(_distill_cfg(tiny_data.multi, tmp_path / "never", bad), quiet=True)
+    assert not (tmp_path / "never").exists()  # before the run folder, so before any training
+
+
+def test_a_pool_of_support_copies_says_so(tiny_data, tmp_path) -> None:
+    pool = tmp_path / "copies"
+    pool.mkdir()
+    for i, image in enumerate(sorted((tiny_data.multi / "images").iterdir())[:2]):
+        shutil.copy(image, pool / f"renamed{i}.png")
+    with pytest.raises(DataError, match="holds no image besides copies of the supports"):
+        api.distill(_distill_cfg(tiny_data.multi, tmp_path / "run", pool), quiet=True)

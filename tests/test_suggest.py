@@ -436,3 +436,21 @@ def test_the_runs_own_supports_are_left_out_of_the_ranking(runner, tiny_multi_ru
         extra.unlink()
     result = runner.invoke(app, [*args, "--device", "cpu", "--student-only"])
     assert_user_error(result, "Every image of the pool is a support of")
+
+
+def test_a_labelled_folder_as_pool_ranks_its_images_not_its_masks(runner, tiny_multi_run, tiny_data, tmp_path) -> None:
+    """images/ + labels/ (a mask folder name that may hold photographs elsewhere, so predict's walk keeps it): the
+    masks were ranked as images to label."""
+    pool = tmp_path / "labelled"
+    shutil.copytree(tiny_data.multi_heldout / "images", pool / "images")
+    shutil.copytree(tiny_data.multi_heldout / "masks", pool / "labels")
+    images = len(list((pool / "images").iterdir()))
+    args = ["suggest", str(pool), "--model", str(tiny_multi_run.run_dir), "--json", str(tmp_path / "r.json")]
+    result = runner.invoke(app, [*args, "--device", "cpu", "--student-only"])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["images"] == images and len(data["masks_left_out"]) == images
+    assert all("/labels/" in row["image"] or "labels" not in row["image"] for row in data["ranking"])
+    assert f"{images} files of the pool are masks of a labelled folder" in result.stderr
+    result = runner.invoke(app, [*args[:1], str(pool / "labels"), *args[2:], "--device", "cpu", "--student-only"])
+    assert result.exit_code == 0  # a folder of masks alone is no labelled folder: its files are ranked as given

@@ -15,6 +15,7 @@ from fsdistill.api.inference import _batch_size, _decode_workers, check_counts
 from fsdistill.api.runs import support_matcher
 from fsdistill.checkpoint import recover_artifact
 from fsdistill.errors import ConfigError, DataError
+from fsdistill.data.layouts import mask_files
 from fsdistill.infer.predictor import list_images
 from fsdistill.infer.shard import Shard, parse_shard
 from fsdistill.models.build import load_model
@@ -38,6 +39,7 @@ class SuggestResult:
     ranking: list[Any]  # fsdistill.infer.suggest.Suggestion, all scored images in rank order
     failed: list[tuple[str, str]] = field(default_factory=list)
     supports_left_out: list[str] = field(default_factory=list)  # pool images that are the run's own supports
+    masks_left_out: list[str] = field(default_factory=list)  # mask files of a labelled folder given as the pool
     note: str | None = None
     csv_path: Path | None = None
     json_path: Path | None = None
@@ -59,6 +61,7 @@ class SuggestResult:
             "images": len(self.ranking),
             "failed": [{"image": path, "error": reason} for path, reason in self.failed],
             "supports_left_out": self.supports_left_out,
+            "masks_left_out": self.masks_left_out,
             "top": self.top,
             "score": "(disagreement + uncertainty) / 2" if self.teacher is not None else "uncertainty",
             "note": self.note,
@@ -177,6 +180,13 @@ def suggest(
             raise DataError(f"Pool {path} does not exist; pass a folder (or files) of unlabelled images.")
     # The copy folder may sit inside the pool: its copies are not pool images on a rerun.
     entries = list_images(pools, copy_to, writes_masks=False)
+    # A labelled folder given as the pool: its masks are no images to label (left out before sharding, which
+    # must cut the same list in every process).
+    local = [source for source, _ in entries if isinstance(source, Path)]
+    masks = set().union(*(mask_files(path, local) for path in pools if path.is_dir()))
+    entries = [entry for entry in entries if entry[0] not in masks]
+    if not entries:
+        raise DataError(f"The pool holds mask files only ({len(masks)}); pass the folder of its images.")
     if shard is not None:
         entries = shard.select(entries)
         if not entries:
@@ -235,6 +245,7 @@ def suggest(
         ranking=ranking,
         failed=sorted(failed),
         supports_left_out=supports_left_out,
+        masks_left_out=sorted(map(str, masks)),
         note=note,
         seconds=time.perf_counter() - start,
     )

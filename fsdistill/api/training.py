@@ -13,7 +13,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,6 +34,8 @@ from fsdistill.api.runs import (
 from fsdistill.checkpoint import WEIGHTS_FILE, WEIGHTS_SHA_KEY, is_artifact
 from fsdistill.config import AdaptCfg, DistillCfg, ModelCfg, load_config
 from fsdistill.data.discover import SupportIndex, discover
+from fsdistill.data.images import image_size
+from fsdistill.data.layouts import mask_files
 from fsdistill.data.masks import IGNORE_INDEX
 from fsdistill.data.support_tensors import SupportTensors, load_support_tensors
 from fsdistill.errors import CheckpointError, ConfigError, DataError
@@ -350,26 +352,80 @@ def _load_teacher(cfg: DistillCfg) -> LoadedModel:
     return loaded
 
 
-def _pool_images(cfg: DistillCfg, index: SupportIndex) -> tuple[list[Path], int, int]:
-    """The pool images a run uses (support images and copies left out; a seeded sample of ``unlabeled_max`` from
-    a larger pool, in sorted order), how many distinct images the pool holds and how many copies were left out."""
+@dataclass
+class _PoolImages:
+    """The images of ``distill --unlabeled``'s pool a run labels, and what was left out of it.
+
+    ``paths``: the images to label (a seeded sample of ``unlabeled_max`` readable ones from a larger pool, in
+    sorted order). ``total``: distinct images in the pool (supports, copies and mask files not counted).
+    ``copies``: byte copies of support or earlier pool images left out. ``masks``: mask files of a labelled folder
+    left out. ``unreadable``: one message per file whose header could not be read (skipped before training, and
+    replaced from the rest of a larger pool)."""
+
+    paths: list[Path]
+    total: int
+    copies: int
+    masks: int
+    unreadable: list[str]
+
+
+def _pool_images(cfg: DistillCfg, index: SupportIndex) -> _PoolImages:
+    """The pool images a run uses, checked before any training (see :class:`_PoolImages`).
+
+    Raises:
+        DataError: a missing pool, a file, a pool without images besides the supports (and their copies and
+            masks), or none whose header can be read.
+    """
     assert cfg.unlabeled is not None
-    if not cfg.unlabeled.exists():
-        raise DataError(f"--unlabeled {cfg.unlabeled} does not exist; check the path of the unlabeled images.")
-    if not cfg.unlabeled.is_dir():
-        raise DataError(f"--unlabeled {cfg.unlabeled} is not a folder; pass a folder of unlabeled images.")
+    pool = cfg.unlabeled
+    if not pool.exists():
+        raise DataError(f"--unlabeled {pool} does not exist; check the path of the unlabeled images.")
+    if not pool.is_dir():
+        raise DataError(f"--unlabeled {pool} is not a folder; pass a folder of unlabeled images.")
+    try:
+        found = [p for p, _ in list_images([pool], writes_masks=False)]
+    except DataError as exc:  # no image file at all: say which folder of the command it is
+        raise DataError(f"--unlabeled {pool}: {str(exc)[0].lower()}{str(exc)[1:]}") from None
     # The support folder itself may be (or hold) the pool: its images and mask files are not pool images.
     supports = {p.resolve() for s in index.samples for p in (s.image_path, *s.mask_paths)}
-    listed = [p for p, _ in list_images([cfg.unlabeled], writes_masks=False) if p.resolve() not in supports]
+    listed = [p for p in found if p.resolve() not in supports]
+    # A labelled folder given as the pool: its masks are not photographs to label.
+    masks = mask_files(pool, listed)
+    images = [p for p in listed if p not in masks]
     # `suggest --copy-to` copies pool images into a folder that may lie in the pool, and a labelled image may have
     # been copied into the supports: a copy would be trained on twice, or labelled by the teacher beside its mask.
-    paths = _without_copies(listed, [s.image_path for s in index.samples])
+    paths = _without_copies(images, [s.image_path for s in index.samples])
     if not paths:
-        raise DataError(f"--unlabeled {cfg.unlabeled} holds no image besides the support images and masks.")
+        what = ["the support images and masks"] if len(listed) < len(found) else []
+        what += ["mask files"] if masks else []
+        what += ["copies of the supports"] if len(paths) < len(images) else []
+        raise DataError(
+            f"--unlabeled {pool} holds no image besides {' and '.join(what) or 'the supports'}; pass a folder of "
+            "images that are not supports."
+        )
     total = len(paths)
-    if total > cfg.unlabeled_max:
-        paths = sorted(random.Random(cfg.train.seed).sample(paths, cfg.unlabeled_max))
-    return paths, total, len(listed) - total
+    # A larger pool's seeded sample first, the rest (in a seeded order) replacing its unreadable files.
+    rng = random.Random(cfg.train.seed)
+    chosen = sorted(rng.sample(paths, cfg.unlabeled_max)) if total > cfg.unlabeled_max else paths
+    rest = [p for p in paths if p not in set(chosen)]
+    rng.shuffle(rest)
+    readable, unreadable = [], []
+    for path in (*chosen, *rest):
+        if len(readable) == cfg.unlabeled_max:
+            break
+        try:
+            image_size(path)  # the header only: an empty, truncated-header or non-image file fails here
+        except DataError as exc:
+            log.warning("skipped an unreadable pool image: %s", exc)
+            unreadable.append(str(exc))
+            continue
+        readable.append(path)
+    if not readable:
+        raise DataError(
+            f"None of the {total} images of --unlabeled {pool} could be read ({unreadable[0]}); check the files or "
+            "leave --unlabeled out."
+        )
+    return _PoolImages(sorted(readable), total, len(images) - total, len(masks), unreadable)
 
 
 def _without_copies(paths: list[Path], known: list[Path]) -> list[Path]:
@@ -443,9 +499,7 @@ def _pool_engine(
 
 def _train_on_pool(
     cfg: DistillCfg,
-    paths: list[Path],
-    total: int,
-    copies: int,
+    pool_images: _PoolImages,
     teacher: DCAMATeacher,
     teacher_cfg: ModelCfg,
     student: DistilledStudent,
@@ -470,8 +524,9 @@ def _train_on_pool(
         labeller = "student"
     base_info: dict[str, Any] = {
         "root": str(cfg.unlabeled),
-        "pool_size": total,
-        "copies_left_out": copies,
+        "pool_size": pool_images.total,
+        "copies_left_out": pool_images.copies,
+        "masks_left_out": pool_images.masks,
         "support_steps": support_stats.steps,
         "min_iou": cfg.train.pool_min_iou,
         "trusted": [c.name for c, ok in zip(check.classes, trusted) if ok],
@@ -482,12 +537,17 @@ def _train_on_pool(
         if not check.queries:
             reason = "one support image: the teacher cannot be checked on the others (add supports)"
         else:
+            scores = ", ".join(
+                f"{c.name} {c.leave_one_out:.2f}" if c.leave_one_out is not None else f"{c.name} none (in one support)"
+                for c in check.classes
+            )
             reason = (
                 f"no class reaches a leave-one-out IoU of {cfg.train.pool_min_iou} with the teacher on the supports "
-                "(a class in one support has none): its labels would teach the student its mistakes"
+                f"({scores}): its labels would teach the student its mistakes"
             )
         return support_stats, {**base_info, "used": False, "reason": f"the pool was not used: {reason}"}
     start = time.perf_counter()
+    paths = pool_images.paths
     support, trust = cache.support[0], torch.tensor(trusted, dtype=torch.bool)
     # Each image against its nearest supports, as many as a training episode had (and one per class they miss).
     args = (paths, cfg.model.size, labeller, cfg.train.pool_threshold, trust, POOL_BATCH, cfg.train.max_shots)
@@ -496,7 +556,7 @@ def _train_on_pool(
     else:
         results = label_files(teacher, student, support, *args)
     bar = progress(total=len(paths), quiet=quiet, desc="label pool", unit="img")
-    parts, labelled, skipped = [], [], []
+    parts, labelled, skipped = [], [], list(pool_images.unreadable)
     for indices, errors, batch in results:
         for _, message in errors:  # the message names the file
             log.warning("skipped an unreadable pool image: %s", message)
@@ -510,7 +570,7 @@ def _train_on_pool(
     label_seconds = time.perf_counter() - start
     if pool is None:
         raise DataError(
-            f"None of the {len(paths)} images of --unlabeled {cfg.unlabeled} could be read ({skipped[0]}); "
+            f"None of the {pool_images.total} images of --unlabeled {cfg.unlabeled} could be read ({skipped[0]}); "
             "check the files or leave --unlabeled out."
         )
     # The bytes just labelled, read now rather than after the pool phase: a file moved meanwhile has its own entry.
@@ -525,7 +585,8 @@ def _train_on_pool(
         history=support_stats.history + pool_stats.history,
         stop_reason=f"supports: {support_stats.stop_reason}; with the pool: {pool_stats.stop_reason}",
         class_queries=[a + b for a, b in zip(support_stats.class_queries, pool_stats.class_queries)],
-        precision=pool_stats.precision,  # both phases train in the run's one precision
+        precision=pool_stats.precision,  # both phases train in the run's one precision and on one device
+        device=pool_stats.device,
     )
     info = {
         **base_info,
@@ -585,7 +646,7 @@ def distill(
         cfg = cfg.model_copy(update={"model": given_teacher.model_cfg.model_copy(update=student_fields)})
     index, num_classes, device, support = _prepare(cfg)
     # Checked before any training: a bad pool must not cost the support phase first.
-    pool_paths = _pool_images(cfg, index) if cfg.unlabeled is not None else None
+    pool_images = _pool_images(cfg, index) if cfg.unlabeled is not None else None
     match = None
     if init is not None:
         init_teacher = init[0]
@@ -651,16 +712,16 @@ def distill(
         new_classes=new_classes,
     )
     pool_info = None
-    if pool_paths is not None and cfg.train.steps == 0:  # said, as any pool left unused is
+    if pool_images is not None and cfg.train.steps == 0:  # said, as any pool left unused is
         pool_info = {
             "root": str(cfg.unlabeled),
             "used": False,
             "reason": "the pool was not used: 0 steps (nothing is trained)",
         }
-    elif pool_paths is not None:
+    elif pool_images is not None:
         stats, pool_info = _train_on_pool(
             cfg,
-            *pool_paths,
+            pool_images,
             teacher,
             teacher_cfg,
             student,

@@ -452,6 +452,12 @@ def suggest(
             f"{result.supports_left_out[0]}); left out of the ranking.",
             err=True,
         )
+    if result.masks_left_out and not quiet:
+        typer.echo(
+            f"note: {len(result.masks_left_out)} files of the pool are masks of a labelled folder (e.g. "
+            f"{result.masks_left_out[0]}); left out of the ranking.",
+            err=True,
+        )
     say(f"{'rank':>4}  {'score':>6}  {'disagree':>8}  {'uncert':>6}  image")
     for row in result.shown:
         s = row.scores

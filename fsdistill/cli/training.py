@@ -290,18 +290,20 @@ def distill(
             )
             if pool["labeller"] == "student":
                 say(
-                    f"unlabeled pool: the teacher is trusted with no class (leave-one-out IoU {shown}; "
-                    f"{pool['min_iou']} needed): the student's own labels teach every class, without the teacher's "
-                    "maps"
+                    f"unlabeled pool: the teacher is trusted with no class (its leave-one-out IoU after the support "
+                    f"phase {shown}; {pool['min_iou']} needed): the student's own labels teach every class, without "
+                    "the teacher's maps"
                 )
             else:
                 say(
-                    f"unlabeled pool: the teacher's labels and maps not used for {', '.join(untrusted)} (leave-one-out "
-                    f"IoU {shown}; {pool['min_iou']} needed)"
+                    f"unlabeled pool: the teacher's labels and maps not used for {', '.join(untrusted)} (its "
+                    f"leave-one-out IoU after the support phase {shown}; {pool['min_iou']} needed)"
                 )
         skipped = f", {len(pool['skipped'])} unreadable skipped" if pool["skipped"] else ""
         if pool.get("copies_left_out"):
             skipped += f", {pool['copies_left_out']} copies of other pool or support images left out"
+        if pool.get("masks_left_out"):
+            skipped += f", {pool['masks_left_out']} mask files of a labelled folder left out"
         say(
             f"unlabeled pool: {pool['images']} of {pool['pool_size']} images labelled by "
             f"{LABELLER_WORDS[pool['labeller']]} in "

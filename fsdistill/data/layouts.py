@@ -22,7 +22,7 @@ from fsdistill.data.labelstudio import (
 from fsdistill.data.support_index import Sample
 from fsdistill.errors import DataError
 
-__all__ = ["FoundPairs", "find_pairs", "is_hidden", "mask_folders", "relative_name", "subdirs"]
+__all__ = ["FoundPairs", "find_pairs", "is_hidden", "mask_files", "mask_folders", "relative_name", "subdirs"]
 
 # Suffixes annotation tools append to a mask's stem; stripped (case-insensitively) to find its image.
 MASK_STEM_SUFFIXES = ("_segmentation", "_masks", "_mask", "-masks", "-mask", "_labels", "_label", "_gt", "_seg")
@@ -123,6 +123,27 @@ def mask_folders(names: Sequence[str]) -> set[str]:
     if any(low.endswith("input") for low in lower.values()):
         masks |= {name for name, low in lower.items() if low.endswith("groundtruth")}
     return masks
+
+
+def mask_files(root: Path, images: Sequence[Path]) -> set[Path]:
+    """Of ``images`` (image files found under ``root``), the masks: those a labelled layout in ``root`` pairs with
+    an image or leaves without one (as ``check`` reads the folder), and files named like the mask of an image beside
+    them (``x_mask.png`` beside ``x.jpg``). A labelled folder given as a pool of unlabeled images yields its images
+    only: its masks would be trained on, or ranked, as photographs."""
+    masks: set[Path] = set()
+    try:
+        found = find_pairs(root)
+    except DataError:  # no labelled layout (the usual pool), or one whose files cannot be told apart
+        found = None
+    if found is not None:
+        masks |= {p.resolve() for s in found.samples for p in s.mask_paths}
+        masks |= {p.resolve() for p in found.orphan_masks}
+    stems = {(p.parent, p.stem.lower()) for p in images}
+    for p in images:
+        base = _strip_mask_suffix(p.stem)
+        if base != p.stem and (p.parent, base.lower()) in stems:
+            masks.add(p.resolve())
+    return {p for p in images if p.resolve() in masks}
 
 
 def _match_paired(img_dir: Path, mask_dir: Path, images: list[Path], masks: list[Path]) -> FoundPairs:
