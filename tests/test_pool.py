@@ -171,6 +171,7 @@ def test_distill_with_a_pool_records_it_in_the_artifact(tiny_data, tmp_path) -> 
     assert info["trusted"] == tiny_data.multi_classes and set(info["teacher_leave_one_out"]) == set(info["trusted"])
     assert info["support_steps"] == info["pool_steps"] == TINY_TRAIN["steps"]
     assert run.stats["steps"] == 2 * TINY_TRAIN["steps"]
+    assert run.stats["device"].startswith("cpu (")  # was empty for a run with a pool
     # the run's precision is recorded for both phases (a pool run said float32 after training in bfloat16)
     bf16 = cfg.model_copy(
         update={"out": tmp_path / "bf16", "train": cfg.train.model_copy(update={"precision": "bfloat16"})}
