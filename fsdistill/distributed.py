@@ -9,7 +9,9 @@ no gradient in a step. Without ``WORLD_SIZE > 1`` nothing here is used.
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from fsdistill.errors import ConfigError, DeviceError, FsdistillError
+from fsdistill.errors import ConfigError, DeviceError, FsdistillError, TrainingError
 
 __all__ = [
     "Launch",
@@ -107,6 +109,30 @@ def _device_for(launch: Launch, device: str) -> str:
     return "gloo"
 
 
+def _needs_peers(fn: Callable[..., T]) -> Callable[..., T]:
+    """A collective's failure (the backend's RuntimeError when another process of the launch died: gloo's
+    "Connection reset by peer", nccl's DistBackendError) → one sentence, not a traceback on every survivor."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except RuntimeError as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            reason = re.sub(r"^\[[^\]]*\]\s*", "", first)  # gloo's "[…/pair.cc:545] " source location
+            raise TrainingError(
+                f"Another process of this torchrun launch stopped ({reason[:200]}), so this one stopped too; re-run "
+                "the command (an unfinished run folder is taken over)."
+            ) from None
+
+    return wrapper
+
+
+@_needs_peers
+def _barrier() -> None:
+    dist.barrier()
+
+
 @contextmanager
 def process_group(launch: Launch | None, device: str) -> Iterator[Launch | None]:
     """Open the process group of ``launch`` for the block (nothing when None); ``device``: the command's
@@ -118,7 +144,7 @@ def process_group(launch: Launch | None, device: str) -> Iterator[Launch | None]
     dist.init_process_group(backend=backend, rank=launch.rank, world_size=launch.world_size)
     try:
         yield launch
-        dist.barrier()
+        _barrier()
     finally:
         dist.destroy_process_group()
 
@@ -143,6 +169,7 @@ def _unique(params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
     return list({id(p): p for p in params}.values())
 
 
+@_needs_peers
 @torch.no_grad()
 def broadcast_parameters(params: Iterable[nn.Parameter]) -> None:
     """Overwrite ``params`` with rank 0's values, so every process starts from the same weights."""
@@ -150,6 +177,7 @@ def broadcast_parameters(params: Iterable[nn.Parameter]) -> None:
         dist.broadcast(p.data, src=0)
 
 
+@_needs_peers
 @torch.no_grad()
 def average_gradients(params: Iterable[nn.Parameter]) -> None:
     """Replace each parameter's ``.grad`` by its mean over the processes (one flat all-reduce per dtype).
@@ -178,6 +206,7 @@ def average_gradients(params: Iterable[nn.Parameter]) -> None:
             p.grad.copy_(part.view_as(p.grad))
 
 
+@_needs_peers
 def reduce_step(
     totals: dict[str, float], class_queries: list[int], device: torch.device
 ) -> tuple[dict[str, float], list[int]]:
@@ -189,6 +218,7 @@ def reduce_step(
     return {k: v / world for k, v in zip(totals, out)}, [round(c) for c in out[len(totals) :]]
 
 
+@_needs_peers
 def same_decision(stop: bool, reason: str, device: torch.device) -> tuple[bool, str]:
     """Rank 0's stop decision (and its reason when it stops) on every process: the wall-time cap reads each
     process's own clock, and one process stopping early would leave the others waiting in a collective."""
@@ -213,7 +243,9 @@ def on_main(fn: Callable[[], T]) -> T:
             result[0] = fn()
         except FsdistillError as exc:
             result[0] = exc  # broadcast like a result (the other processes get a copy), raised everywhere below
-    dist.broadcast_object_list(result, src=0)
+    _needs_peers(dist.broadcast_object_list)(result, src=0)
     if isinstance(result[0], FsdistillError):
+        if not is_main():  # rank 0 says it; the copies only stop their processes (see fsdistill.cli.common)
+            result[0].said_by_main = True
         raise result[0]
     return result[0]

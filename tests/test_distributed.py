@@ -14,12 +14,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import typer
 from typer.testing import CliRunner
 
 import fsdistill
 from fsdistill import distributed
 from fsdistill.cli import app
-from fsdistill.errors import ConfigError, DataError
+from fsdistill.errors import ConfigError, DataError, TrainingError
 
 from helpers import TINY_MODEL, assert_user_error
 
@@ -88,8 +89,10 @@ def _check_helpers(rank: int) -> None:
     def fails() -> None:
         raise DataError("Cannot create the run folder")
 
-    with pytest.raises(DataError, match="Cannot create the run folder"):  # on rank 1 too, not a hang
+    with pytest.raises(DataError, match="Cannot create the run folder") as caught:  # on rank 1 too, not a hang
         distributed.on_main(fails)
+    # rank 0 prints it; rank 1's copy only ends its process (each printed it: the same error twice)
+    assert getattr(caught.value, "said_by_main", False) == (rank == 1)
 
 
 def _check_training(rank: int, data: Path, out: Path) -> None:
@@ -167,6 +170,10 @@ def test_commands_that_do_not_train_refuse_torchrun(tiny_multi_run, tiny_data, t
     result = runner.invoke(app, ["predict", str(tiny_data.multi_heldout), "-o", str(tmp_path / "p")])
     message = assert_user_error(result, "torchrun", "--shard")
     assert message.startswith("error: rank 1: ")  # which process said it
+    # check too (it printed its report once per process and each wrote --json)
+    result = runner.invoke(app, ["check", str(tiny_data.multi), "--json", str(tmp_path / "c.json")])
+    assert_user_error(result, "check does not run under torchrun")
+    assert not (tmp_path / "c.json").exists()
     # A GPU run under torchrun on a machine without one fails before any process group is opened.
     if not torch.cuda.is_available():
         distill = ["distill", "--support", str(tiny_data.multi), "--out", str(tmp_path / "r"), "--device", "cuda"]
@@ -175,3 +182,43 @@ def test_commands_that_do_not_train_refuse_torchrun(tiny_multi_run, tiny_data, t
     distill = ["distill", "--support", str(tiny_data.multi), "--out", str(tmp_path / "r"), "--device", "cpu"]
     assert_user_error(runner.invoke(app, distill + ["--backbone", "test-resnet", "--size", "64"]), "torchrun")
     assert not (tmp_path / "r").exists()
+
+
+def test_a_lost_peer_is_one_sentence(monkeypatch) -> None:
+    """A process of a multi-node launch killed: the survivors' next collective raised gloo's RuntimeError, a
+    120-line traceback on each."""
+
+    def reset(*args, **kwargs):
+        raise RuntimeError(
+            "[../third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:29611: Connection reset by "
+            "peer\nException raised from recvAsync at ..."
+        )
+
+    monkeypatch.setattr(distributed.dist, "all_reduce", reset)
+    param = torch.nn.Parameter(torch.zeros(2))
+    param.grad = torch.ones(2)
+    expected = r"Another process of this torchrun launch stopped \(Read error \[127.0.0.1\]:29611: Connection reset"
+    with pytest.raises(TrainingError, match=expected):
+        distributed.average_gradients([param])
+
+
+def test_rank_0_alone_prints_usage_errors_and_copied_errors(monkeypatch, capsys) -> None:
+    """Every torchrun process parses the same flags: a bad one was printed once per process."""
+    from fsdistill.cli import common
+
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}
+    args = [sys.executable, "-m", "fsdistill", "distill", "--no-such-flag"]
+    quiet = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert quiet.returncode == 2 and quiet.stderr == "" and quiet.stdout == ""
+    loud = subprocess.run(args, env={**env, "RANK": "0"}, capture_output=True, text=True, timeout=120)
+    assert loud.returncode == 2 and "No such option" in loud.stderr
+    # an error rank 0 raised and sent to the others (on_main) ends them with exit 2, unprinted
+    copied = DataError("Cannot create the run folder")
+    copied.said_by_main = True
+
+    def fails() -> None:
+        raise copied
+
+    with pytest.raises(typer.Exit) as stopped:
+        common._guarded(fails)()
+    assert stopped.value.exit_code == 2 and capsys.readouterr().err == ""

@@ -395,6 +395,13 @@ def test_plateau_stop_waits_for_min_steps_coverage_and_a_flat_loss() -> None:
     assert next(t + 1 for t in range(1000) if stop.update(1.0 / (t + 1))) == 35 and "step cap" in stop.reason
     stop = PlateauStop(min_steps=10, max_steps=1000, max_seconds=0.0)
     assert stop.update(1.0) and "time cap" in stop.reason
+    # a cap under a minute in seconds (max_minutes 0.1 read "(0 min)"), longer ones in minutes
+    stop = PlateauStop(min_steps=10, max_steps=1000, max_seconds=6.0)
+    stop._start -= 10
+    assert stop.update(1.0) and stop.reason == "reached the time cap (6 s)"
+    stop = PlateauStop(min_steps=10, max_steps=1000, max_seconds=90.0)
+    stop._start -= 100
+    assert stop.update(1.0) and stop.reason == "reached the time cap (1.5 min)"
 
 
 def test_a_continued_run_stops_at_its_floors_while_the_loss_still_falls() -> None:

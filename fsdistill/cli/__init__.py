@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from fsdistill import __version__
-from fsdistill.cli.common import app
+from fsdistill.cli.common import app, torchrun_rank
 
 # Importing the command modules registers their commands; help lists them in this order.
 # isort: off
@@ -42,7 +42,25 @@ def _root(
 def main() -> None:
     """Console entry point (``fsdistill`` and ``python -m fsdistill``)."""
     _set_help_width()
+    if torchrun_rank() != "0":
+        _run_quietly_parsed()
     app()
+
+
+def _run_quietly_parsed() -> None:
+    """Run the command line in a torchrun process of rank > 0: a usage error (a bad flag) ends it with the code
+    rank 0 gives it, which prints the error once (every process parses the same arguments)."""
+    try:
+        code = app(standalone_mode=False)
+    except Exception as exc:
+        # By class name: recent typer releases carry their own copy of click, whose classes are not click's.
+        kinds = {cls.__name__ for cls in type(exc).__mro__}
+        if "ClickException" in kinds:
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+        if "Abort" in kinds:
+            sys.exit(1)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def _set_help_width() -> None:

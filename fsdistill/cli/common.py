@@ -233,7 +233,8 @@ def _guarded(fn: Callable) -> Callable:
                 _quiet_pillow()
                 return fn(*args, **kwargs)
         except FsdistillError as exc:
-            typer.echo(f"error: {_rank_note()}{exc}", err=True)
+            if not getattr(exc, "said_by_main", False):  # under torchrun, rank 0's error copied to the others
+                typer.echo(f"error: {_rank_note()}{exc}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             typer.echo(f"interrupted: {_INTERRUPTED.get(fn.__name__, _INTERRUPTED[''])}", err=True)
@@ -275,40 +276,54 @@ class _LibraryLogHandler(logging.StreamHandler):
         return text if text.startswith(("note: ", "warning: ")) else f"warning: {text}"
 
 
+def torchrun_rank() -> str:
+    """This process's rank when torchrun started it as one of several ("0" otherwise), from the environment (as
+    given: a bad one is reported by the command)."""
+    return os.environ.get("RANK", "0") if os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1") else "0"
+
+
 def _rank_note() -> str:
     """``rank R: `` in a process that torchrun started as rank R > 0, else nothing: each process reports its own
     errors (one may fail alone, on a node without the data, say), and the rank tells the copies apart."""
-    rank = os.environ.get("RANK", "0")
-    return f"rank {rank}: " if os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1") and rank != "0" else ""
+    rank = torchrun_rank()
+    return f"rank {rank}: " if rank != "0" else ""
 
 
-def command(fn: Callable) -> Callable:
-    """Register a guarded command under its function name."""
-    return app.command(cls=_Command)(_guarded(fn))
+def command(fn: Callable | None = None, *, torchrun: bool = False) -> Callable:
+    """Register a guarded command under its function name. ``torchrun``: it trains data-parallel under torchrun;
+    the others refuse to run as several torchrun processes, which would each do the whole job (and print it)."""
+
+    def register(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def one_process_only(*args: Any, **kwargs: Any) -> Any:
+            from fsdistill.distributed import launch_from_env
+
+            if not torchrun and launch_from_env() is not None:
+                raise ConfigError(
+                    f"{fn.__name__} does not run under torchrun (only adapt and distill train data-parallel); run "
+                    "it as one process (predict and suggest split their images with --shard I/N or --engine ray)."
+                )
+            return fn(*args, **kwargs)
+
+        return app.command(cls=_Command)(_guarded(one_process_only))
+
+    return register(fn) if fn is not None else register
 
 
 def model_command(fn: Callable | None = None, *, torchrun: bool = False) -> Callable:
     """Register a guarded command that runs models, after :func:`fsdistill.runtime.retain_freed_memory` and
-    :func:`fsdistill.runtime.flush_denormals`.
-    ``torchrun``: it trains data-parallel under torchrun; the others refuse to run as several torchrun processes,
-    which would each do the whole job into one folder."""
+    :func:`fsdistill.runtime.flush_denormals`; ``torchrun`` as for :func:`command`."""
 
     def register(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def set_up_then_run(*args: Any, **kwargs: Any) -> Any:
-            from fsdistill.distributed import launch_from_env
             from fsdistill.runtime import flush_denormals, retain_freed_memory
 
-            if not torchrun and launch_from_env() is not None:
-                raise ConfigError(
-                    f"{fn.__name__} does not run under torchrun (only adapt and distill train data-parallel); run it "
-                    "as one process, or split predict and suggest with --shard I/N or --engine ray."
-                )
             retain_freed_memory()
             flush_denormals()
             return fn(*args, **kwargs)
 
-        return command(set_up_then_run)
+        return command(set_up_then_run, torchrun=torchrun)
 
     return register(fn) if fn is not None else register
 

@@ -59,7 +59,10 @@ class PlateauStop:
             self.reason = f"reached the step cap ({self.max_steps})"
             return True
         if self.max_seconds is not None and time.perf_counter() - self._start >= self.max_seconds:
-            self.reason = f"reached the time cap ({self.max_seconds / 60:.0f} min)"
+            minutes = self.max_seconds / 60
+            # --config max_minutes: 0.1 read "(0 min)"
+            cap = f"{self.max_seconds:.3g} s" if minutes < 1 else f"{minutes:.3g} min"
+            self.reason = f"reached the time cap ({cap})"
             return True
         covered = not class_queries or min(class_queries) >= self.queries_per_class
         if self.steps < self.min_steps or not covered:
