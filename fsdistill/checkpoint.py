@@ -18,12 +18,17 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # Windows: claims fall back to their text
+    fcntl = None  # type: ignore[assignment]
+
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from fsdistill import __version__
-from fsdistill.errors import CheckpointError, DataError
+from fsdistill.errors import CheckpointError, DataError, disk_full
 from fsdistill.runtime import new_file_mode, process_alive
 
 __all__ = [
@@ -53,10 +58,39 @@ def claim_text() -> str:
     return f"{socket.gethostname()} {os.getpid()}"
 
 
+def claim_lock(fd: int, exclusive: bool) -> bool | None:
+    """Lock the claim file open as ``fd`` without waiting (flock: the kernel drops it when its process ends, however
+    it ends; network file systems that support locks share it between machines): True when locked, False when
+    another process holds it, None where file locks are missing (Windows, some FUSE file systems)."""
+    if fcntl is None:
+        return None
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return None
+    return True
+
+
+def _claim_held(claim: Path) -> bool | None:
+    """Whether a live process holds ``claim``'s lock (None: no such file, or no file locks here)."""
+    try:
+        fd = os.open(claim, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        locked = claim_lock(fd, exclusive=False)
+        return None if locked is None else not locked
+    finally:
+        os.close(fd)  # releases a lock taken just now
+
+
 def live_claim(run_dir: Path, ignore_own: bool = False) -> str | None:
     """Who trains into ``run_dir`` now ("process 123", "process 123 on node-7"), or None: no claim, or one whose
-    process has ended (a killed run). A process on another machine is taken to run (it cannot be checked from
-    here). ``ignore_own``: a claim of this process counts as ended."""
+    process has ended (a killed run; a claim left by another machine or a reused process id included). The
+    claim's lock decides; where file systems have no locks, its text does, and a process on another machine is
+    taken to run (it cannot be checked from here). ``ignore_own``: a claim of this process counts as ended."""
     claim = run_dir / CLAIM_FILE
     try:
         text = claim.read_text().strip()
@@ -64,13 +98,20 @@ def live_claim(run_dir: Path, ignore_own: bool = False) -> str | None:
     except OSError:
         return None
     host, _, pid = text.partition(" ")
+    own = host == socket.gethostname() and pid == str(os.getpid())
+    if ignore_own and own:
+        return None
+    who = f"process {pid}" if host == socket.gethostname() else f"process {pid} on {host}"
+    held = _claim_held(claim)  # flock: this process's own lock blocks another open of the file too
+    if held is not None:
+        return (who if pid.isdigit() else "another process") if held else None
     if not host or not pid.isdigit():
         return "another process" if age < _CLAIM_GRACE_S else None
     if host != socket.gethostname():
-        return f"process {pid} on {host}"
-    if (ignore_own and int(pid) == os.getpid()) or not process_alive(int(pid)):
+        return who
+    if not process_alive(int(pid)):
         return None
-    return f"process {pid}"
+    return who
 
 
 WEIGHTS_SHA_KEY = "weights_sha256"
@@ -110,6 +151,8 @@ def recover_artifact(directory: Path) -> Path:
     if directory.exists() or not directory.parent.is_dir():
         return directory
     retired = [p for p in directory.parent.glob(f".{directory.name}.old-*") if is_artifact(p)]
+    if retired and live_claim(directory.parent, ignore_own=True) is not None:
+        return directory  # a run saving there now set it aside: putting it back would fail that save
     for old in sorted(retired, key=lambda p: p.stat().st_mtime, reverse=True):  # the newest complete copy first
         try:
             os.replace(old, directory)
@@ -144,9 +187,10 @@ def save_artifact(directory: Path, tensors: dict[str, torch.Tensor], config: dic
     except (OSError, SafetensorError) as exc:
         # A full disk or a size limit while writing: the old artifact, if any, is still in place.
         reason = getattr(exc, "strerror", None) or str(exc).split(": ")[-1] or type(exc).__name__
+        full = not isinstance(exc, OSError) or disk_full(exc) or exc.errno is None
+        fix = "free some space or choose another output folder" if full else "make sure nothing else writes there"
         raise DataError(
-            f"Cannot write the model to {directory} ({reason}); free some space or choose another output folder, "
-            "then run the command again."
+            f"Cannot write the model to {directory} ({reason}); {fix}, then run the command again."
         ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful save
@@ -284,6 +328,12 @@ def resolve_model_dir(path: Path | None, kind: str | None = None) -> Path:
     if path is None:
         newest = _newest_run(Path("runs"), wanted)
         if newest is None and _newest_run(Path("runs"), "teacher", finished=False) is not None:
+            if wanted == "teacher":  # evaluate --teacher: only distills stopped before their student are there
+                raise CheckpointError(
+                    "No model given, and the runs under ./runs hold only distills stopped before their student; pass "
+                    "--model RUN to use one's teacher, or finish it (fsdistill distill --teacher RUN/teacher --out "
+                    "RUN)."
+                )
             raise CheckpointError(
                 f"No model given, and the runs under ./runs hold no {wanted} to use (only teachers: from adapt, or a "
                 "distill stopped before its student); run fsdistill distill, or pass --model RUN (with --teacher "
@@ -304,7 +354,10 @@ def resolve_model_dir(path: Path | None, kind: str | None = None) -> Path:
     for folder in (path, path.parent):
         training = live_claim(folder, ignore_own=True)
         if training is not None:
-            raise CheckpointError(f"{folder} is still being trained ({training}); wait for it to finish.")
+            raise CheckpointError(
+                f"{folder} is still being trained ({training}); wait for it to finish (if no run is going on, delete "
+                f"{folder / CLAIM_FILE})."
+            )
     recover_artifact(path)
     if is_artifact(path):
         if kind is not None:

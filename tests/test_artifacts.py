@@ -419,3 +419,21 @@ def test_a_full_disk_while_saving_is_one_sentence_and_keeps_the_old_artifact(tmp
         save_artifact(target, {"w": torch.zeros(3)}, {"kind": "student"})
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["student"]
+
+
+def test_a_failed_rename_is_not_called_a_full_disk(tmp_path, monkeypatch) -> None:
+    """A save whose last rename failed (another command put a folder in the way) said "free some space"."""
+    import errno
+
+    import fsdistill.checkpoint as checkpoint
+
+    real_replace = checkpoint.os.replace
+
+    def in_the_way(src, dst):
+        if ".partial-" in str(src):
+            raise OSError(errno.ENOTEMPTY, "Directory not empty")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", in_the_way)
+    with pytest.raises(DataError, match=r"\(Directory not empty\); make sure nothing else writes there, then run"):
+        save_artifact(tmp_path / "student", {"w": torch.ones(3)}, {"kind": "student"})

@@ -200,11 +200,18 @@ def test_distill_init_bad_input_is_one_sentence(tiny_multi_run, tiny_data, tmp_p
     (only_student / "student").symlink_to(tiny_multi_run.run_dir / "student", target_is_directory=True)
     result = runner.invoke(app, [*base[:-1], str(only_student), "--out", str(tmp_path / "e")])
     assert_user_error(result, "--init needs a run with its teacher")
-    only_teacher = tmp_path / "only_teacher"  # an adapt run: told to use --teacher (it was told to evaluate it)
-    only_teacher.mkdir()
-    (only_teacher / "teacher").symlink_to(tiny_multi_run.run_dir / "teacher", target_is_directory=True)
-    result = runner.invoke(app, [*base[:-1], str(only_teacher), "--out", str(tmp_path / "f")])
-    assert_user_error(result, "has no student", f"--teacher {only_teacher / 'teacher'}")
+    # a distill stopped before its student: told to finish it (it was called "an adapt run?")
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    (stopped / "teacher").symlink_to(tiny_multi_run.run_dir / "teacher", target_is_directory=True)
+    result = runner.invoke(app, [*base[:-1], str(stopped), "--out", str(tmp_path / "f")])
+    assert_user_error(result, "stopped before its student was saved", f"--teacher {stopped / 'teacher'} --out")
+    adapted = tmp_path / "adapted"  # an adapt run: told to use --teacher (it was told to evaluate it)
+    tiny = ["--backbone", "test-resnet", "--size", "64", "--device", "cpu", "--quiet"]
+    adapt = ["adapt", "--support", str(tiny_data.multi), "--steps", "1", "--out", str(adapted), *tiny]
+    assert runner.invoke(app, adapt).exit_code == 0
+    result = runner.invoke(app, [*base[:-1], str(adapted), "--out", str(tmp_path / "f")])
+    assert_user_error(result, "has no student", f"--teacher {adapted / 'teacher'}")
     # an artifact of the run instead of the run, and a path that is not there
     result = runner.invoke(app, [*base[:-1], str(tiny_multi_run.run_dir / "student"), "--out", str(tmp_path / "g")])
     assert_user_error(result, f"--init takes a run folder: pass {tiny_multi_run.run_dir}, not its student/.")

@@ -294,8 +294,9 @@ def test_distill_cli_reports_the_pool(tiny_data, tmp_path) -> None:
               "cpu", "--unlabeled", str(tiny_data.multi_heldout / "images"), "--config", str(config)]  # fmt: skip
     result = CliRunner().invoke(app, [*common, "--steps", "1", "--out", str(tmp_path / "run2")])
     assert result.exit_code == 0, result.output
-    assert "unlabeled pool: the teacher is trusted with no class (its leave-one-out IoU after the support phase red " in (
-        result.output
+    assert (
+        "unlabeled pool: the teacher is trusted with no class (its leave-one-out IoU after the support phase red "
+        in (result.output)
     )
     assert "the student's own labels teach every class" in result.output
     # 0 steps: nothing is trained, so the pool is not used, and the run says it (it was dropped silently)

@@ -27,10 +27,10 @@ from fsdistill.api import runs as runs_api
 from fsdistill.checkpoint import is_artifact, resolve_model_dir
 from fsdistill.cli import app
 from fsdistill.config import ModelCfg
-from fsdistill.errors import CheckpointError
+from fsdistill.errors import CheckpointError, DataError
 from fsdistill.models.build import load_model
 
-from helpers import SynData, assert_user_error, write_binary_folder
+from helpers import TINY_MODEL, SynData, assert_user_error, write_binary_folder
 
 CPU = ["--device", "cpu"]
 TINY = ["--backbone", "test-resnet", "--size", "64", "--device", "cpu", "--quiet"]
@@ -106,7 +106,8 @@ def test_the_default_teacher_is_never_a_stopped_distill(runner, tiny_binary_run,
     assert resolve_model_dir(None, "teacher") == Path("runs") / "a-good" / "teacher"
     assert resolve_model_dir(None) == Path("runs") / "a-good" / "student"
     shutil.rmtree(good)
-    with pytest.raises(CheckpointError, match=r"hold no teacher to use \(only teachers: from adapt, or a distill"):
+    # said as what it is (it read "hold no teacher to use (only teachers: …)" and asked for the --teacher given)
+    with pytest.raises(CheckpointError, match=r"hold only distills stopped before their student; pass --model RUN"):
         resolve_model_dir(None, "teacher")
 
 
@@ -531,16 +532,34 @@ def _distill_args(tiny_data, out: Path) -> list[str]:
     return ["distill", "--support", str(tiny_data.binary), "--out", str(out), "--steps", "1", *TINY]
 
 
+_HOLD_CLAIM = """
+import fcntl, os, socket, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, f"{socket.gethostname()} {os.getpid()}".encode())
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def _claim_in_another_process(run_dir: Path, text: str | None = None) -> subprocess.Popen:
+    """A process holding ``run_dir``'s claim as a training command does (locked, "HOST PID" in it, or ``text``)."""
+    other = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_CLAIM, str(run_dir / runs_api.CLAIM_FILE)], stdout=subprocess.PIPE, text=True
+    )
+    assert other.stdout.readline().strip() == "held"
+    if text is not None:
+        (run_dir / runs_api.CLAIM_FILE).write_text(text)
+    return other
+
+
 def test_a_run_folder_another_process_trains_into_is_refused(runner, tiny_data, tmp_path):
     """Two distills into one --out at once: the second to finish replaced the first's finished run without
     --overwrite, both exit 0 (and their saves could interleave: one run's teacher beside the other's student)."""
     out = tmp_path / "run"
     out.mkdir()
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    other = _claim_in_another_process(out)
     try:
-        import socket
-
-        (out / runs_api.CLAIM_FILE).write_text(f"{socket.gethostname()} {other.pid}")
         assert_user_error(
             runner.invoke(app, _distill_args(tiny_data, out)),
             f"Another fsdistill run (process {other.pid}) is training into {out}",
@@ -551,7 +570,8 @@ def test_a_run_folder_another_process_trains_into_is_refused(runner, tiny_data, 
         # artifacts are neither read nor recovered (an --overwrite run sets the old one aside while saving).
         assert_user_error(
             runner.invoke(app, ["predict", _image(tmp_path), "-o", str(tmp_path / "o"), "--model", str(out), *CPU]),
-            f"{out} is still being trained (process {other.pid}); wait for it to finish.",
+            f"{out} is still being trained (process {other.pid}); wait for it to finish (if no run is going on, "
+            f"delete {out / runs_api.CLAIM_FILE}).",
         )
         (out / "student").mkdir()
         (out / "student" / "config.json").write_text("{}")
@@ -668,14 +688,18 @@ def test_training_calls_from_two_threads_run_one_after_the_other(tiny_data, tmp_
     assert all(torch.equal(c[k], d[k]) for k in c)
 
 
-def test_a_claim_is_made_where_hard_links_are_not(tmp_path, monkeypatch):
-    """On a file system without hard links the claim is created exclusively instead; a live one still refuses."""
+def test_a_claim_is_made_where_hard_links_and_locks_are_not(tmp_path, monkeypatch):
+    """On a file system without file locks or hard links the claim is created exclusively instead, its text telling
+    whether its process runs; a live one still refuses."""
     import errno
+
+    from fsdistill import checkpoint
 
     def no_links(*args):
         raise OSError(errno.EPERM, "Operation not permitted")
 
     monkeypatch.setattr(runs_api.os, "link", no_links)
+    monkeypatch.setattr(checkpoint, "fcntl", None)
     run = tmp_path / "run"
     run.mkdir()
 
@@ -696,3 +720,84 @@ def test_a_claim_is_made_where_hard_links_are_not(tmp_path, monkeypatch):
         other.kill()
         other.wait()
     assert train_into(run) == runs_api.claim_text()  # its process gone: taken over
+
+
+def test_a_claim_is_its_lock_not_its_text(runner, tiny_binary_run, tmp_path):
+    """A claim left by a crash on a machine of another name (a restarted container) or naming a process id reused
+    since blocked the run folder for good, for training and reading alike; and two runs taking over one stale claim
+    both went on (each removed the other's fresh claim)."""
+    import socket
+
+    run = _copy_run(tiny_binary_run, tmp_path / "run")
+    for stale in ("node-old 4242", f"{socket.gethostname()} {os.getpid()}", f"{socket.gethostname()} 1"):
+        (run / runs_api.CLAIM_FILE).write_text(stale)  # nobody holds its lock: its process is gone
+        assert runs_api.live_claim(run) is None
+        assert resolve_model_dir(run) == run / "student"
+
+    @runs_api.training_command
+    def train_into(folder):
+        runs_api.claim_run_dir(folder)
+        taker = subprocess.run(
+            [sys.executable, "-c", "import sys; from pathlib import Path; from fsdistill.api import runs\n"
+             "try:\n    runs.claim_run_dir(Path(sys.argv[1]))\nexcept runs.DataError as e:\n    print(e)",
+             str(folder)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        return (folder / runs_api.CLAIM_FILE).read_text(), taker.stdout
+
+    text, second = train_into(run)  # takes over the stale claim; a second taker is refused meanwhile
+    assert text == runs_api.claim_text() and f"Another fsdistill run (process {os.getpid()})" in second
+    assert not (run / runs_api.CLAIM_FILE).exists()
+    # A live holder's lock decides, whatever its file says (here another machine's name).
+    other = _claim_in_another_process(run, text="node-7 99")
+    try:
+        assert runs_api.live_claim(run) == "process 99 on node-7"
+        with pytest.raises(runs_api.DataError, match="process 99 on node-7"):
+            train_into(run)
+    finally:
+        other.kill()
+        other.wait()
+    assert runs_api.live_claim(run) is None
+
+
+def test_a_run_being_saved_is_not_recovered_by_a_reader(tiny_binary_run, tmp_path):
+    """An --overwrite save sets the old teacher aside before renaming the new one in; a command reading the run
+    meanwhile (evaluate without --model) put the old one back, and the save failed ("free some space")."""
+    from fsdistill.checkpoint import recover_artifact
+
+    run = _copy_run(tiny_binary_run, tmp_path / "run")
+    aside = run / ".teacher.old-12345678"
+    (run / "teacher").rename(aside)
+    other = _claim_in_another_process(run)
+    try:
+        assert recover_artifact(run / "teacher") == run / "teacher" and not (run / "teacher").exists()
+        assert aside.is_dir()
+    finally:
+        other.kill()
+        other.wait()
+    recover_artifact(run / "teacher")  # its run gone: the set-aside copy goes back
+    assert is_artifact(run / "teacher") and not aside.exists()
+
+
+def test_a_full_disk_in_an_overwrite_says_the_replaced_student_is_gone(
+    tiny_binary_run, tiny_data, tmp_path, monkeypatch
+):
+    """The replaced run's student is removed before the new teacher is saved (never the new teacher beside the old
+    student); a full disk then left the run without its student, and the message said only "free some space"."""
+    from fsdistill.api import training
+    from fsdistill.config import DistillCfg, load_config
+
+    out = _copy_run(tiny_binary_run, tmp_path / "run")
+
+    def full(run_dir, *args, **kwargs):
+        raise DataError(f"Cannot write the model to {run_dir / 'teacher'} (No space left on device); free some space.")
+
+    monkeypatch.setattr(training, "_save_teacher", full)
+    cfg = load_config(
+        DistillCfg,
+        None,
+        {"support": tiny_data.binary, "out": out, "device": "cpu", "model": TINY_MODEL, "train": {"steps": 1}},
+    )
+    with pytest.raises(DataError, match=r"free some space\. The student of the run replaced in .* was removed"):
+        api.distill(cfg, quiet=True, overwrite=True)
+    assert is_artifact(out / "teacher") and not (out / "student").exists()

@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,6 +21,7 @@ import yaml
 from fsdistill.checkpoint import (
     CLAIM_FILE,
     RUN_CONFIG_FILE,
+    claim_lock,
     claim_text,
     is_artifact,
     live_claim,
@@ -102,7 +104,9 @@ def check_run_dir(out: Path | None, command: str, teacher: Path | None = None, o
 # One training command at a time in a process: they seed and restore the process's random generators (two at once
 # in threads were not reproducible), and a second one into the same --out must find the first one's run.
 _TRAINING = threading.Lock()
-_claimed: list[Path] = []  # run folders the running training command claimed
+# Run folders the running training command claimed, each with the open claim file whose lock it holds (None where
+# file systems have no locks).
+_claimed: list[tuple[Path, int | None]] = []
 
 
 def training_command(fn: Callable[..., T]) -> Callable[..., T]:
@@ -115,9 +119,11 @@ def training_command(fn: Callable[..., T]) -> Callable[..., T]:
             try:
                 return fn(*args, **kwargs)
             finally:
-                for run_dir in _claimed:
-                    if _own_claim(run_dir):
+                for run_dir, fd in _claimed:
+                    if _own_claim(run_dir):  # removed while locked: a run waiting for it finds a new file
                         (run_dir / CLAIM_FILE).unlink(missing_ok=True)
+                    if fd is not None:
+                        os.close(fd)
                 _claimed.clear()
 
     return wrapper
@@ -127,11 +133,62 @@ def claim_run_dir(run_dir: Path) -> None:
     """Mark ``run_dir`` as trained into by this process (:data:`~fsdistill.checkpoint.CLAIM_FILE`), so that a
     command started into it meanwhile is refused (two runs saving into one folder: the first finished run replaced
     without ``--overwrite``, or one run's teacher beside the other's student). A claim whose process has ended (a
-    killed run) is taken over. Called within a :func:`training_command`.
+    killed run, on this machine or another) is taken over. Called within a :func:`training_command`.
+
+    The claim file is locked for as long as the command runs (:func:`~fsdistill.checkpoint.claim_lock`): whoever
+    gets the lock holds the claim, so two runs taking over one stale claim cannot both win, and a claim is free the
+    moment its process dies, whatever its file says. Where file systems have no locks, the file is created
+    exclusively and its text ("HOST PID") tells whether its process still runs.
 
     Raises:
         DataError: another live process holds the claim.
     """
+    claim = run_dir / CLAIM_FILE
+    try:
+        for attempt in range(20):
+            try:
+                fd, created = os.open(claim, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
+            except FileExistsError:
+                try:
+                    fd, created = os.open(claim, os.O_RDWR), False
+                except FileNotFoundError:  # its holder just finished
+                    continue
+            locked = claim_lock(fd, exclusive=True)
+            if locked is None:  # no file locks here
+                os.close(fd)
+                if created:  # empty: it would pass for a claim being written
+                    claim.unlink(missing_ok=True)
+                _claim_by_text(run_dir)
+                return
+            if not locked:  # held by a live process (or, for a moment, by a command checking it)
+                os.close(fd)
+                holder = live_claim(run_dir, ignore_own=True)
+                if holder is not None and attempt >= 2:
+                    raise DataError(
+                        f"Another fsdistill run ({holder}) is training into {run_dir}; wait for it to finish or "
+                        f"choose another --out (if no run is going on, delete {claim})."
+                    )
+                time.sleep(0.05)
+                continue
+            try:
+                same_file = os.fstat(fd).st_ino == os.stat(claim).st_ino
+            except FileNotFoundError:
+                same_file = False
+            if not same_file:  # its holder removed it as it finished, between our open and our lock
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, claim_text().encode())
+            _claimed.append((run_dir.absolute(), fd))
+            return
+    except OSError as exc:
+        raise DataError(f"Cannot write into {run_dir} ({exc.strerror}); choose a writable --out.") from None
+    raise DataError(f"Cannot claim {run_dir}: other runs keep taking it; choose another --out.")
+
+
+def _claim_by_text(run_dir: Path) -> None:
+    """:func:`claim_run_dir` where file systems have no locks: the claim created exclusively, a dead holder's
+    (by its text) removed first."""
     claim = run_dir / CLAIM_FILE
     tmp = run_dir / f".{CLAIM_FILE}.{os.getpid()}.tmp"
     try:
@@ -148,10 +205,8 @@ def claim_run_dir(run_dir: Path) -> None:
                     ) from None
                 claim.unlink(missing_ok=True)  # its process has ended
                 continue
-            _claimed.append(run_dir.absolute())
+            _claimed.append((run_dir.absolute(), None))
             return
-    except OSError as exc:
-        raise DataError(f"Cannot write into {run_dir} ({exc.strerror}); choose a writable --out.") from None
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -14,8 +14,8 @@ import numpy as np
 from fsdistill.api.inference import _batch_size, _decode_workers, check_counts
 from fsdistill.api.runs import support_matcher
 from fsdistill.checkpoint import recover_artifact
-from fsdistill.errors import ConfigError, DataError
 from fsdistill.data.layouts import mask_files
+from fsdistill.errors import ConfigError, DataError
 from fsdistill.infer.predictor import list_images
 from fsdistill.infer.shard import Shard, parse_shard
 from fsdistill.models.build import load_model

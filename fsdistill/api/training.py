@@ -31,7 +31,7 @@ from fsdistill.api.runs import (
     new_run_dir,
     training_command,
 )
-from fsdistill.checkpoint import WEIGHTS_FILE, WEIGHTS_SHA_KEY, is_artifact
+from fsdistill.checkpoint import WEIGHTS_FILE, WEIGHTS_SHA_KEY, is_artifact, written_by_distill
 from fsdistill.config import AdaptCfg, DistillCfg, ModelCfg, load_config
 from fsdistill.data.discover import SupportIndex, discover
 from fsdistill.data.images import image_size
@@ -302,9 +302,16 @@ def _load_init(cfg: DistillCfg) -> tuple[LoadedModel, LoadedModel]:
     try:
         student = load_model(cfg.init, kind="student")
     except CheckpointError:  # an adapt run: its teacher is what distill --teacher starts from
+        teacher_dir = Path(cfg.init) / "teacher"
+        if written_by_distill(teacher_dir):  # a distill killed between its two saves, not an adapt run
+            raise ConfigError(
+                f"--init continues a finished distill run, and {cfg.init} stopped before its student was saved; "
+                f"finish it first (fsdistill distill --teacher {teacher_dir} --out {cfg.init}, with its support "
+                "folder)."
+            ) from None
         raise ConfigError(
             f"--init continues a distill run, and {cfg.init} has no student (an adapt run?); to distill from its "
-            f"teacher, pass --teacher {Path(cfg.init) / 'teacher'} instead."
+            f"teacher, pass --teacher {teacher_dir} instead."
         ) from None
     if student.class_names != teacher.class_names:
         raise ConfigError(f"The teacher and student of {cfg.init} know different classes; pass one run folder.")
@@ -763,8 +770,17 @@ def distill(
             # A replaced run's student goes first: killed between the two saves, the run holds the new teacher
             # (and this run's config) and no student (a rerun finishes it), never the new teacher beside the old
             # student.
+            replaced_student = (run_dir / "student").exists()
             _drop_stale(run_dir, keep={"teacher"})
-            teacher_dir = _save_teacher(run_dir, teacher, teacher_cfg, support, common)
+            try:
+                teacher_dir = _save_teacher(run_dir, teacher, teacher_cfg, support, common)
+            except DataError as exc:  # a full disk: the earlier teacher is still there, its student is not
+                if not replaced_student:
+                    raise
+                raise DataError(
+                    f"{exc} The student of the run replaced in {run_dir} was removed before the save (it would not "
+                    "match a new teacher); its teacher is kept."
+                ) from None
             _write_run_config(run_dir, cfg, "distill")
             keep = {"student", "teacher"}
         else:  # a frozen given teacher: a teacher/ here is kept only if it is that one
