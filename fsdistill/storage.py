@@ -274,6 +274,9 @@ class ObjectStorage(Storage):
         return StoredFile(self.fs, self._path(key), self.scheme)
 
 
+GCS_RETRY_LIMIT_S = 20  # gs:// requests: how long to retry a failing one (the URI's retry_limit_seconds= wins)
+
+
 def open_storage(location: str | os.PathLike) -> Storage:
     """The :class:`Storage` of a local path (a Path, or a str without ``scheme://``) or an object-store URI.
 
@@ -294,8 +297,13 @@ def open_storage(location: str | os.PathLike) -> Storage:
             "s3://bucket/prefix or gs://bucket/prefix."
         )
     fs_module = _pyarrow_fs()
+    uri = location
+    if scheme == "gs" and "retry_limit_seconds=" not in location:
+        # pyarrow's GCS client retries for up to 15 minutes, in silence (no credentials, no network); a bound of
+        # its own makes that one sentence within a minute. A query's own bound wins.
+        uri += f"{'&' if '?' in location else '?'}retry_limit_seconds={GCS_RETRY_LIMIT_S}"
     try:
-        fs, path = fs_module.FileSystem.from_uri(location)
+        fs, path = fs_module.FileSystem.from_uri(uri)
     except ValueError as exc:  # pyarrow.ArrowInvalid: an option of the query it does not know, a malformed URI
         raise ConfigError(f"Cannot use {location} ({_reason(exc)}); write it as {scheme}://bucket/prefix.") from None
     except OSError as exc:  # resolving an S3 bucket's region needs the endpoint

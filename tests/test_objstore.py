@@ -9,6 +9,7 @@ refuses. Tests that need pyarrow or moto skip without them; the Ray ones also ne
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -101,11 +102,20 @@ def local_reference(heldout, shaken_multi_student, tmp_path_factory) -> Path:
 
 
 def _expected(reference: Path, local_input: Path, uri: str) -> dict[str, bytes]:
-    """The reference outputs as an object-store run writes them: predictions.csv names each image by its URI, and
-    a mask of an object has no ``fsdistill:source`` chunk (a local image's size and date)."""
+    """The reference outputs as an object-store run writes them, :func:`_unstamped`: predictions.csv names each
+    image by its URI, and a mask's ``fsdistill:source`` chunk gives the object's size and date, not the file's."""
     tree = _local_tree(reference)
     tree["predictions.csv"] = tree["predictions.csv"].replace(str(local_input).encode(), uri.encode())
-    return {name: _without_source_chunk(data) if name.startswith("masks/") else data for name, data in tree.items()}
+    return _unstamped(tree)
+
+
+def _unstamped(tree: dict[str, bytes]) -> dict[str, bytes]:
+    """``tree`` with the ``fsdistill:source`` chunk of each mask left out, after checking that it has one."""
+    from fsdistill.infer.predictor import SOURCE_KEY
+
+    masks = {name: data for name, data in tree.items() if name.startswith("masks/")}
+    assert all(SOURCE_KEY.encode() + b"\0" in data for data in masks.values())  # every mask names its source
+    return tree | {name: _without_source_chunk(data) for name, data in masks.items()}
 
 
 def _without_source_chunk(png: bytes) -> bytes:
@@ -136,23 +146,34 @@ def test_s3_to_s3_equals_local_predict_and_resumes(s3, heldout, local_reference,
     assert result.written == 8 and result.skipped == 0
     assert [path for path, _ in result.failed] == [f"{source}/broken.png"]  # that image's error, not the run's
     assert f"{source}/broken.png" in result.failed[0][1]
+    assert "BytesIO" not in result.failed[0][1]  # Pillow's "cannot identify image file <_io.BytesIO object at 0x…>"
     assert result.csv_path == f"s3://{BUCKET}/local-engine/out/predictions.csv"
     expected = _expected(local_reference, heldout, source)
-    assert _download(s3, "local-engine/out") == expected  # masks, overlays, CSV and manifest, byte for byte
+    assert _unstamped(_download(s3, "local-engine/out")) == expected  # masks, overlays, CSV and manifest, byte for byte
     # Resume against the bucket: only the image whose mask is gone is predicted again.
     s3.delete_file(f"{BUCKET}/local-engine/out/masks/dsb2018_r2c1.png")
     again = _predict([source], f"s3://{BUCKET}/local-engine/out", shaken_multi_student)
     assert again.written == 1 and again.skipped == 7 and len(again.failed) == 1
-    assert _download(s3, "local-engine/out") == expected
+    assert _unstamped(_download(s3, "local-engine/out")) == expected
 
 
 @pytest.mark.examples
 def test_s3_input_to_a_local_folder_and_back(s3, heldout, local_reference, shaken_multi_student, tmp_path) -> None:
     source = _upload(s3, heldout, "mixed/in")
     _predict([source], tmp_path / "out", shaken_multi_student)
-    assert _local_tree(tmp_path / "out") == _expected(local_reference, heldout, source)
+    assert _unstamped(_local_tree(tmp_path / "out")) == _expected(local_reference, heldout, source)
     _predict([heldout], f"s3://{BUCKET}/mixed/out", shaken_multi_student)
     assert _download(s3, "mixed/out") == _local_tree(local_reference)
+    # An object replaced in the bucket is predicted again on resume (its mask kept its old prediction: object-store
+    # images had no source stamp), the others are not.
+    key = f"{BUCKET}/mixed/in/dsb2018_r2c1.png"
+    with s3.open_output_stream(key) as handle:
+        handle.write((heldout / "dsb2018_r3c0.png").read_bytes())
+    again = _predict([source], tmp_path / "out", shaken_multi_student)
+    assert again.written == 1 and again.skipped == 7
+    assert (tmp_path / "out" / "masks" / "dsb2018_r2c1.png").read_bytes() != (
+        local_reference / "masks" / "dsb2018_r2c1.png"
+    ).read_bytes()
 
 
 @pytest.mark.ray
@@ -165,11 +186,11 @@ def test_ray_engine_s3_to_s3_equals_local_predict_and_resumes(
     result = _predict([source], f"s3://{BUCKET}/ray/out", shaken_multi_student, engine="ray", workers=2)
     assert result.written == 8 and [path for path, _ in result.failed] == [f"{source}/broken.png"]
     expected = _expected(local_reference, heldout, source)
-    assert _download(s3, "ray/out") == expected
+    assert _unstamped(_download(s3, "ray/out")) == expected
     s3.delete_file(f"{BUCKET}/ray/out/masks/dsb2018_r3c0.png")
     s3.delete_file(f"{BUCKET}/ray/out/overlays/dsb2018_r3c2.png")
     again = _predict([source], f"s3://{BUCKET}/ray/out", shaken_multi_student, engine="ray", workers=1)
-    assert again.written == 2 and again.skipped == 6 and _download(s3, "ray/out") == expected
+    assert again.written == 2 and again.skipped == 6 and _unstamped(_download(s3, "ray/out")) == expected
 
 
 def test_the_output_folder_inside_an_input_prefix_is_not_read_back(s3, shaken_multi_student, tmp_path) -> None:
@@ -214,6 +235,29 @@ def test_gs_goes_to_pyarrows_gcs_filesystem() -> None:
     assert "\n" not in str(caught.value)
     with pytest.raises(ConfigError, match="gs://bucket/prefix"):
         open_storage("gs://some-bucket/images?no_such_option=1")
+
+
+def test_gs_requests_are_retried_for_a_bounded_time(monkeypatch) -> None:
+    """Without credentials or network a gs:// predict hung for GCS's 15 minutes of retries, printing nothing."""
+    pafs = pytest.importorskip("pyarrow.fs")
+    from types import SimpleNamespace
+
+    from fsdistill import storage
+
+    opened = []
+    recording = SimpleNamespace(from_uri=lambda uri: opened.append(uri) or pafs.FileSystem.from_uri(uri))
+    monkeypatch.setattr(storage, "_pyarrow_fs", lambda: SimpleNamespace(FileSystem=recording))
+    open_storage("gs://some-bucket/images")
+    open_storage("gs://some-bucket/images?endpoint_override=127.0.0.1:1&scheme=http")
+    open_storage("gs://some-bucket/images?retry_limit_seconds=300")  # the user's own bound
+    bound = f"retry_limit_seconds={storage.GCS_RETRY_LIMIT_S}"
+    assert opened == [
+        f"gs://some-bucket/images?{bound}",
+        f"gs://some-bucket/images?endpoint_override=127.0.0.1:1&scheme=http&{bound}",
+        "gs://some-bucket/images?retry_limit_seconds=300",
+    ]
+    with pytest.raises(ConfigError, match=r"^Cannot use gs://some-bucket/images\?no_such_option=1 \("):
+        open_storage("gs://some-bucket/images?no_such_option=1")  # the URI as given
     with pytest.raises(ConfigError, match="names no bucket"):
         open_storage("s3://")
 
@@ -254,10 +298,22 @@ def test_shards_into_a_bucket_merge_to_the_unsharded_outputs(
     second = _predict([source], out, shaken_multi_student, shard="1/2")
     assert second.csv_path == f"{out}/predictions.csv"
     assert first.written + second.written == 8
-    tree = _download(s3, "shards/out")
+    tree = _unstamped(_download(s3, "shards/out"))
     assert {name for name in tree if name.startswith("predictions.shard-")} == {
         "predictions.shard-0-of-2.csv",
         "predictions.shard-1-of-2.csv",
     }
     expected = _expected(local_reference, heldout, source)
     assert {k: v for k, v in tree.items() if not k.startswith("predictions.shard-")} == expected
+
+
+@pytest.mark.examples
+def test_the_summary_names_the_output_without_the_uris_query(s3, heldout, shaken_multi_student, tmp_path) -> None:
+    """`-o s3://b/out?endpoint_override=…` printed "-> s3://b/out?endpoint_override=…/masks", a path that is not."""
+    source = _upload(s3, heldout, "query/in")
+    endpoint = os.environ["AWS_ENDPOINT_URL_S3"].split("://", 1)[1]
+    out = f"s3://{BUCKET}/query/out?endpoint_override={endpoint}&scheme=http"
+    args = ["predict", source, "-o", out, "--model", str(shaken_multi_student), "--device", "cpu", "--workers", "0"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2  # broken.png
+    assert f"8 written, 0 already done, 1 failed -> s3://{BUCKET}/query/out/masks\n" in result.output

@@ -269,7 +269,9 @@ def read_image_reduced(path: ImageSource, min_side: int | None) -> tuple[np.ndar
             # many-channel, float or 16-bit RGB TIFF: Pillow gives up, tifffile does not
             image = _read_tiff(path, opened)
             return image, image.shape[:2]
-        raise _cannot_read(path, str(e) or type(e).__name__) from e
+        # Pillow names what it opened: an object's bytes as "<_io.BytesIO object at 0x…>", so the URI instead.
+        reason = (str(e) or type(e).__name__).replace(repr(opened), repr(str(path)))
+        raise _cannot_read(path, reason) from e
 
 
 def pixel_sha256(image: np.ndarray) -> str:

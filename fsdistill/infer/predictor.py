@@ -379,16 +379,21 @@ def _output_key(folder: str, rel: Path) -> str:
 # size and modification time): resume redoes a mask of another model (an --overwrite stopped half-way, then resumed)
 # or of another file (an image replaced or edited since, or another folder's image of the same relative name
 # predicted into this -o). Not the file's path, so a folder moved or copied with its dates resumes, and the same
-# model writes the same bytes from the same file. An object-store image has no source stamp (its resume checks
-# only that the mask is there); masks of earlier versions have neither and count as done.
+# model writes the same bytes from the same file. An object-store image is stamped from its listing's size and
+# modification time (one request per image); masks of earlier versions have neither and count as done.
 STAMP_KEY = "fsdistill:model"
 SOURCE_KEY = "fsdistill:source"
 
 
 def _source_stamp(source: Source) -> str | None:
-    """``size:mtime_ns`` of a local image file (None for an object-store file or one that cannot be stat'ed)."""
+    """``size:mtime_ns`` of an image file, local or in an object store (None: it cannot be stat'ed, or the store
+    gives no modification time)."""
     if not isinstance(source, Path):
-        return None
+        try:
+            info = source.fs.get_file_info(source.path)
+        except OSError:
+            return None
+        return None if info.mtime_ns is None or info.size is None else f"{info.size}:{info.mtime_ns}"
     try:
         status = source.stat()
     except OSError:
@@ -407,9 +412,9 @@ def _is_stale(mask_path: Path, model_stamp: str, source: Source) -> bool:
         return True  # unreadable: predict it again
     if model is not None and model != model_stamp:
         return True
+    if made_from is not None:
+        return made_from != _source_stamp(source)
     if isinstance(source, Path):
-        if made_from is not None:
-            return made_from != _source_stamp(source)
         try:
             return image_size(source) != size
         except DataError:
