@@ -4,6 +4,7 @@ mask 1.1" (unpacked or zip), built with predict's own writers (the labelling loo
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import zipfile
 from pathlib import Path
@@ -435,7 +436,7 @@ def test_cvat_export_without_images_says_so(predicted, tmp_path) -> None:
 
 
 def test_a_model_of_a_coco_folder_writes_its_pre_labels_with_the_folders_category_ids(
-    shaken_multi_student, pictures, tmp_path
+    shaken_multi_student, pictures, tmp_path, caplog
 ) -> None:
     """A COCO folder whose categories are 7, 3, 12: the pre-labels renumbered them 1, 2, 3, so id 3 meant another
     class than in the user's dataset (COCOeval, merging, an import by id swapped classes). The artifact records the
@@ -465,6 +466,20 @@ def test_a_model_of_a_coco_folder_writes_its_pre_labels_with_the_folders_categor
     api.predict([pictures], tmp_path / "onnx", exported.path, device="cpu", workers=0, formats="coco")
     by_onnx = json.loads((tmp_path / "onnx" / "coco.json").read_text())
     assert {c["name"]: c["id"] for c in by_onnx["categories"]} == names
+    # An artifact of an earlier version records no ids: they are read from its COCO folder while that is there
+    # with the model's classes (--format coco renumbered them 1..N, silently), else a warning says 1..N.
+    from fsdistill.data.discover import recorded_category_ids
+
+    config = load_model(run.student_dir).config
+    earlier = {**config, "support": {k: v for k, v in config["support"].items() if k != "category_ids"}}
+    assert recorded_category_ids(earlier) == [7, 3, 12]
+    gone = {**earlier, "support": {**earlier["support"], "root": str(tmp_path / "moved")}}
+    with caplog.at_level(logging.WARNING, logger="fsdistill"):
+        assert recorded_category_ids(gone) is None
+    assert "did not record its category ids" in caplog.text and str(tmp_path / "moved") in caplog.text
+    caplog.clear()
+    paired = {**earlier, "support": {**earlier["support"], "layout": "paired"}}
+    assert recorded_category_ids(paired) is None and caplog.text == ""
 
 
 def test_exports_naming_images_in_another_case_or_zipped_on_windows_are_read(tmp_path, monkeypatch) -> None:

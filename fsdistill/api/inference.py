@@ -17,7 +17,7 @@ import numpy as np
 
 from fsdistill.api.runs import _leaked_supports
 from fsdistill.checkpoint import config_sha256, resolve_model_dir
-from fsdistill.data.discover import SupportIndex, discover
+from fsdistill.data.discover import SupportIndex, discover, recorded_category_ids
 from fsdistill.errors import CheckpointError, ConfigError, DataError, FsdistillError
 from fsdistill.infer.formats import FormatOptions
 from fsdistill.infer.predictor import Predictor, PredictResult, Runner, list_images, predict_files
@@ -355,7 +355,7 @@ def export(
     real = _sample_images(loaded, images, real_samples)
     spec = loaded.config["backbone"]
     # A model of a COCO folder: its category ids, for predict --backend onnx --format coco.
-    recorded_ids = (loaded.config.get("support") or {}).get("category_ids")
+    recorded_ids = recorded_category_ids(loaded.config)
     category_ids = {"category_ids": json.dumps(recorded_ids)} if recorded_ids else {}
     result = export_onnx(
         loaded.model,

@@ -4,11 +4,14 @@ folder, whatever layout the user already has."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from fsdistill.data.classes import find_names_file, is_labelmap, read_class_names
 from fsdistill.data.images import OTHER_IMAGE_SUFFIXES, unread_images_note
@@ -24,7 +27,37 @@ from fsdistill.data.masks import IGNORE_INDEX
 from fsdistill.data.support_index import Sample, SupportIndex
 from fsdistill.errors import DataError, disk_full
 
-__all__ = ["Sample", "SupportIndex", "discover", "read_class_names"]
+__all__ = ["Sample", "SupportIndex", "discover", "read_class_names", "recorded_category_ids"]
+
+
+log = logging.getLogger(__name__)
+
+
+def recorded_category_ids(config: Mapping[str, Any]) -> list[int] | None:
+    """The COCO category ids of classes 1..N of a model trained on a COCO folder (an artifact's ``config``), for
+    ``predict --format coco``; None for other folders.
+
+    Artifacts written before the ids were recorded: read from the recorded COCO folder when it is still there
+    with the model's classes; else a warning that the classes are numbered 1..N (a merge by id with the folder's
+    own categories would swap classes)."""
+    support = config.get("support") or {}
+    if support.get("category_ids"):
+        return [int(i) for i in support["category_ids"]]
+    if support.get("layout") != "coco":
+        return None
+    root = support.get("root")
+    try:
+        index = discover(root)
+        if index.coco is not None and index.class_names == list(config.get("class_names") or []):
+            return list(index.coco.category_ids)
+    except (DataError, OSError, TypeError):
+        pass
+    log.warning(
+        "this model was trained on a COCO folder by an earlier fsdistill, which did not record its category ids, "
+        "and that folder (%s) is gone or changed: its classes get the ids 1..N; distill it again to keep the "
+        "folder's ids.", root,
+    )  # fmt: skip
+    return None
 
 
 def discover(root: Path | str) -> SupportIndex:

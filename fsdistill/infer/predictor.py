@@ -7,6 +7,7 @@ atomically, so an interrupted run leaves only complete masks and a rerun skips t
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
@@ -22,6 +23,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from fsdistill.checkpoint import config_sha256
+from fsdistill.data.discover import recorded_category_ids
 from fsdistill.data.images import (
     IMAGE_SUFFIXES,
     OTHER_IMAGE_SUFFIXES,
@@ -264,9 +266,14 @@ class Predictor(Runner):
         self.size = loaded.size
         self.class_names = loaded.class_names
         self.palette = loaded.palette
-        self.category_ids = (loaded.config.get("support") or {}).get("category_ids")
         self.channels_last = inference_memory_format(device, loaded.kind) == torch.channels_last
         for_inference(self.loaded.model, device, loaded.kind)
+
+    @functools.cached_property
+    def category_ids(self) -> list[int] | None:
+        """COCO category ids of classes 1..N (a model trained on a COCO folder), else None; read when --format coco
+        asks (an earlier artifact's may need its folder, see :func:`~fsdistill.data.discover.recorded_category_ids`)."""
+        return recorded_category_ids(self.loaded.config)
 
     @torch.inference_mode()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -563,6 +570,6 @@ def predict_files(
     if out.local is not None:
         result.format_paths = write_formats(
             out.local, entries, predictor.class_names, palette, identity["config_sha256"], formats,
-            predictor.category_ids,
+            predictor.category_ids if "coco" in formats.formats else None,
         )  # fmt: skip
     return result
