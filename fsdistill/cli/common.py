@@ -33,7 +33,39 @@ class _PlainFlags:
 
 
 class _Command(_PlainFlags, typer.core.TyperCommand):
-    pass
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        _refuse_repeated_paths(self, args)
+        return super().parse_args(ctx, args)
+
+
+def _refuse_repeated_paths(command: Any, args: list[str]) -> None:
+    """A path option given twice (``--unlabeled a --unlabeled b``): click keeps the last, so the first folder was
+    dropped in silence (the user meant both). Refused as a usage error (exit 2); repeatable options are left
+    alone."""
+    paths, takes_value = {}, set()
+    for param in command.params:
+        if getattr(param, "param_type_name", "") != "option" or getattr(param, "is_flag", False):
+            continue
+        takes_value.update(param.opts)
+        if set(param.opts) & PATH_OPTIONS and not param.multiple:
+            paths.update(dict.fromkeys(param.opts, param.opts[0]))
+    given: dict[str, list[str]] = {}
+    tokens = iter(args)
+    for token in tokens:
+        if token == "--":
+            break
+        name, eq, value = token.partition("=")
+        if name in takes_value and not eq:
+            value = next(tokens, "")  # the option's value, never read as an option itself
+        if name in paths:
+            given.setdefault(paths[name], []).append(value)
+    for option, values in given.items():
+        if len(values) > 1:
+            raise typer.BadParameter(
+                f"was given {len(values)} times ({', '.join(values)}); it takes one path (the last would be used "
+                "alone)",
+                param_hint=f"'{option}'",
+            )
 
 
 class _Group(_PlainFlags, typer.core.TyperGroup):
@@ -65,8 +97,17 @@ def non_empty_path(value: str) -> Path:
     return Path(non_empty_text(value))
 
 
-# Path options and arguments: empty values refused, and the help names them <path> (as typer shows a Path).
-path_option = functools.partial(typer.Option, parser=non_empty_path, metavar="<path>")
+# Names of the options that take one path (or URI): given twice, refused (see _refuse_repeated_paths).
+PATH_OPTIONS: set[str] = set()
+
+
+def path_option(*names: str, parser: Callable[[str], Any] = non_empty_path, **kwargs: Any) -> Any:
+    """A path option: empty values refused, the help naming it <path> (as typer shows a Path), one value only."""
+    PATH_OPTIONS.update(name for name in names if name.startswith("-"))
+    return typer.Option(*names, parser=parser, metavar=kwargs.pop("metavar", "<path>"), **kwargs)
+
+
+# Path arguments: empty values refused.
 path_argument = functools.partial(typer.Argument, parser=non_empty_path)
 
 # Option types that several commands share.

@@ -46,10 +46,11 @@ def predict(
     ],
     out: Annotated[
         str,
-        typer.Option(
+        path_option(
             "-o",
             "--out",
             parser=non_empty_text,
+            metavar="<str>",
             help="Output folder (masks/, overlays/, predictions.csv), or s3://BUCKET/PREFIX, gs://...",
         ),
     ],
