@@ -493,9 +493,10 @@ def test_quiet_keeps_warnings_and_drops_notes(runner, tiny_data, tmp_path) -> No
     assert [bool(quiet.filter(r)) for r in records] == [True, False]
 
 
-def test_a_path_option_given_twice_is_refused(runner, tiny_data, tmp_path) -> None:
+def test_a_path_option_given_twice_is_refused(runner, tiny_data, tmp_path, monkeypatch) -> None:
     """click keeps the last value of an option given twice: `--unlabeled a --unlabeled b` trained on b alone and
     said nothing of a. A path option given twice is a usage error now; repeatable options are left alone."""
+    monkeypatch.chdir(tmp_path)  # the relative outputs below must land here if a refusal ever fails
     support = str(tiny_data.multi)
     for args, option in (
         (["distill", "--support", support, "--unlabeled", "a", "--unlabeled=b"], "--unlabeled"),
@@ -503,7 +504,7 @@ def test_a_path_option_given_twice_is_refused(runner, tiny_data, tmp_path) -> No
         (["predict", support, "-o", "x", "--out", "y"], "-o"),
     ):
         result = runner.invoke(app, args)
-        assert result.exit_code == 2 and not (tmp_path / "x").exists()
+        assert result.exit_code == 2 and not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
         assert f"'{option}'" in result.stderr and "was given 2 times" in result.stderr, result.stderr
     # a value that looks like the option, a repeatable option, and anything after "--" are no repeats
     result = runner.invoke(app, ["distill", "--support", support, "--drop-class", "a", "--drop-class", "b"])
