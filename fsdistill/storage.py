@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -55,6 +55,8 @@ class StoredFile:
     fs: Any  # a pyarrow.fs.FileSystem
     path: str  # bucket/key
     scheme: str
+    # "size:mtime_ns" from the listing that found it (predict's resume check), if any; not part of its identity
+    stamp: str | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         return f"{self.scheme}://{self.path}"
@@ -205,6 +207,7 @@ class ObjectStorage(Storage):
 
     def __init__(self, fs: Any, root: str, scheme: str) -> None:
         self.fs, self.root, self.scheme = fs, root.strip("/"), scheme
+        self._stamps: dict[str, str] = {}  # "size:mtime_ns" of each file the listings found, by path
 
     def _path(self, key: str) -> str:
         return f"{self.root}/{key}" if key else self.root
@@ -234,7 +237,14 @@ class ObjectStorage(Storage):
         with self._errors("list", key):
             infos = self.fs.get_file_info(fs.FileSelector(self._path(key), recursive=True, allow_not_found=True))
         start = len(self.root) + 1
-        return {info.path[start:] for info in infos if info.type == fs.FileType.File}
+        files = [info for info in infos if info.type == fs.FileType.File]
+        # The listing gives each object's size and date: the sources' stamps, without a request per object.
+        self._stamps.update(
+            (info.path, f"{info.size}:{info.mtime_ns}")
+            for info in files
+            if info.size is not None and info.mtime_ns is not None
+        )
+        return {info.path[start:] for info in files}
 
     def walk(self) -> Iterator[tuple[str, list[str], list[str]]]:
         # One listing of the whole prefix (an object store has no folders to descend into), laid out as folders.
@@ -271,7 +281,7 @@ class ObjectStorage(Storage):
             )
 
     def source(self, key: str = "") -> StoredFile:
-        return StoredFile(self.fs, self._path(key), self.scheme)
+        return StoredFile(self.fs, self._path(key), self.scheme, self._stamps.get(self._path(key)))
 
 
 GCS_RETRY_LIMIT_S = 20  # gs:// requests: how long to retry a failing one (the URI's retry_limit_seconds= wins)

@@ -15,6 +15,8 @@ from fsdistill.data.coco import encode_rle
 from fsdistill.data.discover import discover, read_class_names
 from fsdistill.errors import DataError
 
+from helpers import SynData
+
 # ------------------------------------------------------------------------------------------------ paired
 
 
@@ -686,3 +688,36 @@ def test_examples_support_folders(examples_root: Path, name: str) -> None:
     img, m = idx.load_pair(0)
     assert img.shape[:2] == m.shape and img.dtype == np.uint8
     assert int(m[m != 255].max(initial=0)) < len(idx.class_names)
+
+
+def test_mask_files_finds_the_masks_of_labelled_folders_and_spares_photographs(tmp_path) -> None:
+    """A pool given as a labelled folder: its masks are no photographs to label. Splits (train/ + val/) and deeper
+    folders were not looked into, and names alone (inputs/ + targets/, x_seg.jpg) took photographs for masks."""
+    from fsdistill.data.layouts import mask_files
+
+    def photo(path: Path, seed: int) -> Path:  # a photograph's many colours
+        return SynData.save(path, np.random.default_rng(seed).integers(0, 256, (24, 32, 3), dtype=np.uint8))
+
+    def mask(path: Path) -> Path:
+        return SynData.save(path, (SynData.disc(24, 32, 12, 16, 6) * 2).astype(np.uint8))
+
+    masks = set()
+    for split in ("train", "val"):
+        for i in range(2):
+            photo(tmp_path / split / "images" / f"{split}{i}.png", i)
+            masks.add(mask(tmp_path / split / "labels" / f"{split}{i}.png"))
+    photo(tmp_path / "site" / "day" / "images" / "d.png", 5)
+    masks.add(mask(tmp_path / "site" / "day" / "masks" / "d.png"))
+    photo(tmp_path / "flat" / "x.jpg", 6)
+    masks.add(mask(tmp_path / "flat" / "x_mask.png"))
+    photos = {
+        photo(tmp_path / "pix2pix" / "inputs" / "p.png", 7),  # pairs of photographs named like image/mask folders
+        photo(tmp_path / "pix2pix" / "targets" / "p.png", 8),
+        photo(tmp_path / "beach" / "b.jpg", 9),
+        photo(tmp_path / "beach" / "b_seg.jpg", 10),  # a JPEG is never a label map
+        photo(tmp_path / "twins" / "t.jpg", 11),
+        photo(tmp_path / "twins" / "t.png", 11),  # the same photograph saved twice
+    }
+    images = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    found = mask_files(tmp_path, images)
+    assert found == masks and not found & photos

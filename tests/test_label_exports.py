@@ -480,6 +480,14 @@ def test_a_model_of_a_coco_folder_writes_its_pre_labels_with_the_folders_categor
     caplog.clear()
     paired = {**earlier, "support": {**earlier["support"], "layout": "paired"}}
     assert recorded_category_ids(paired) is None and caplog.text == ""
+    # --engine ray's runner gives the driver's model's ids (it gave the Runner default, None: 1..N)
+    from types import SimpleNamespace
+
+    from fsdistill.infer.ray_engine import RayRunner
+
+    ray_runner = RayRunner.__new__(RayRunner)  # no Ray needed to ask it
+    ray_runner.local = SimpleNamespace(category_ids=[7, 3, 12])
+    assert ray_runner.category_ids == [7, 3, 12]
 
 
 def test_exports_naming_images_in_another_case_or_zipped_on_windows_are_read(tmp_path, monkeypatch) -> None:

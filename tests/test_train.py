@@ -399,9 +399,10 @@ def test_plateau_stop_waits_for_min_steps_coverage_and_a_flat_loss() -> None:
     stop = PlateauStop(min_steps=10, max_steps=1000, max_seconds=6.0)
     stop._start -= 10
     assert stop.update(1.0) and stop.reason == "reached the time cap (6 s)"
-    stop = PlateauStop(min_steps=10, max_steps=1000, max_seconds=90.0)
-    stop._start -= 100
-    assert stop.update(1.0) and stop.reason == "reached the time cap (1.5 min)"
+    for seconds, said in ((90.0, "1.5 min"), (60_000.0, "1000 min"), (86_400.0, "1440 min")):  # never 1e+03
+        stop = PlateauStop(min_steps=10, max_steps=1000, max_seconds=seconds)
+        stop._start -= seconds + 1
+        assert stop.update(1.0) and stop.reason == f"reached the time cap ({said})"
 
 
 def test_a_continued_run_stops_at_its_floors_while_the_loss_still_falls() -> None:

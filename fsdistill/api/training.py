@@ -413,9 +413,12 @@ def _pool_images(cfg: DistillCfg, index: SupportIndex) -> _PoolImages:
     total = len(paths)
     # A larger pool's seeded sample first, the rest (in a seeded order) replacing its unreadable files.
     rng = random.Random(cfg.train.seed)
-    chosen = sorted(rng.sample(paths, cfg.unlabeled_max)) if total > cfg.unlabeled_max else paths
-    rest = [p for p in paths if p not in set(chosen)]
-    rng.shuffle(rest)
+    chosen, rest = paths, []
+    if total > cfg.unlabeled_max:
+        chosen = sorted(rng.sample(paths, cfg.unlabeled_max))
+        taken = set(chosen)
+        rest = [p for p in paths if p not in taken]
+        rng.shuffle(rest)
     readable, unreadable = [], []
     for path in (*chosen, *rest):
         if len(readable) == cfg.unlabeled_max:

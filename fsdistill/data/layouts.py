@@ -9,6 +9,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
+from PIL import Image
+
 from fsdistill.data.coco import CocoData, load_coco, read_coco_json
 from fsdistill.data.images import IMAGE_SUFFIXES, exported_path
 from fsdistill.data.labelstudio import (
@@ -126,24 +128,42 @@ def mask_folders(names: Sequence[str]) -> set[str]:
 
 
 def mask_files(root: Path, images: Sequence[Path]) -> set[Path]:
-    """Of ``images`` (image files found under ``root``), the masks: those a labelled layout in ``root`` pairs with
-    an image or leaves without one (as ``check`` reads the folder), and files named like the mask of an image beside
-    them (``x_mask.png`` beside ``x.jpg``). A labelled folder given as a pool of unlabeled images yields its images
-    only: its masks would be trained on, or ranked, as photographs."""
-    masks: set[Path] = set()
-    try:
-        found = find_pairs(root)
-    except DataError:  # no labelled layout (the usual pool), or one whose files cannot be told apart
-        found = None
-    if found is not None:
-        masks |= {p.resolve() for s in found.samples for p in s.mask_paths}
-        masks |= {p.resolve() for p in found.orphan_masks}
+    """Of ``images`` (image files found under ``root``), the masks: those a labelled layout in ``root`` or any
+    folder below it (``train/`` + ``val/`` splits, each ``images/`` + ``labels/``) pairs with an image or leaves
+    without one, as ``check`` reads such a folder, and files named like the mask of an image beside them
+    (``x_mask.png`` beside ``x.jpg``); each only if its pixels look like a label map (:func:`_label_map`), since
+    folder and file names alone also fit photographs (``inputs/`` + ``targets/``). A labelled folder given as a
+    pool of unlabeled images yields its images only: its masks would be trained on, or ranked, as photographs."""
+    candidates: set[Path] = set()
+    below = (d for d in root.rglob("*") if d.is_dir())
+    folders = [root, *(d for d in below if not any(is_hidden(Path(part)) for part in d.relative_to(root).parts))]
+    for folder in folders:
+        try:
+            found = _detect(folder, top=True)
+        except (DataError, OSError):  # files that cannot be told apart, an unreadable export: no masks known here
+            continue
+        if found is not None:
+            candidates |= {p.resolve() for s in found.samples for p in s.mask_paths}
+            candidates |= {p.resolve() for p in found.orphan_masks}
     stems = {(p.parent, p.stem.lower()) for p in images}
     for p in images:
         base = _strip_mask_suffix(p.stem)
         if base != p.stem and (p.parent, base.lower()) in stems:
-            masks.add(p.resolve())
-    return {p for p in images if p.resolve() in masks}
+            candidates.add(p.resolve())
+    return {p for p in images if p.resolve() in candidates and _label_map(p)}
+
+
+def _label_map(path: Path) -> bool:
+    """Whether an image file looks like a mask: not a JPEG (lossy, never a label map), and a palette or bilevel
+    image or one of at most 64 distinct colours. A file that cannot be read is no mask (it is reported as an
+    unreadable image)."""
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        return False
+    try:
+        with Image.open(path) as img:
+            return img.mode in ("1", "P") or img.getcolors(maxcolors=64) is not None
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return False
 
 
 def _match_paired(img_dir: Path, mask_dir: Path, images: list[Path], masks: list[Path]) -> FoundPairs:

@@ -386,21 +386,17 @@ def _output_key(folder: str, rel: Path) -> str:
 # size and modification time): resume redoes a mask of another model (an --overwrite stopped half-way, then resumed)
 # or of another file (an image replaced or edited since, or another folder's image of the same relative name
 # predicted into this -o). Not the file's path, so a folder moved or copied with its dates resumes, and the same
-# model writes the same bytes from the same file. An object-store image is stamped from its listing's size and
-# modification time (one request per image); masks of earlier versions have neither and count as done.
+# model writes the same bytes from the same file. An object-store image is stamped with the size and modification
+# time its listing gave; masks of earlier versions have neither and count as done.
 STAMP_KEY = "fsdistill:model"
 SOURCE_KEY = "fsdistill:source"
 
 
 def _source_stamp(source: Source) -> str | None:
-    """``size:mtime_ns`` of an image file, local or in an object store (None: it cannot be stat'ed, or the store
-    gives no modification time)."""
+    """``size:mtime_ns`` of an image file: a local one's now, an object's as the listing that found it gave it
+    (no request per object); None when it cannot be stat'ed or was not listed."""
     if not isinstance(source, Path):
-        try:
-            info = source.fs.get_file_info(source.path)
-        except OSError:
-            return None
-        return None if info.mtime_ns is None or info.size is None else f"{info.size}:{info.mtime_ns}"
+        return source.stamp
     try:
         status = source.stat()
     except OSError:

@@ -188,6 +188,11 @@ class RayRunner(Runner, RayEngine):
         self.size, self.class_names, self.palette = local.size, local.class_names, local.palette
         self.on_gpu = local.on_gpu or gpus_per_worker > 0
 
+    @property
+    def category_ids(self) -> list[int] | None:  # type: ignore[override]
+        """The model's COCO category ids (``--format coco`` wrote 1..N with this engine)."""
+        return self.local.category_ids
+
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         return self.local.logits(images)
 

@@ -61,7 +61,7 @@ class PlateauStop:
         if self.max_seconds is not None and time.perf_counter() - self._start >= self.max_seconds:
             minutes = self.max_seconds / 60
             # --config max_minutes: 0.1 read "(0 min)"
-            cap = f"{self.max_seconds:.3g} s" if minutes < 1 else f"{minutes:.3g} min"
+            cap = f"{round(self.max_seconds, 1):g} s" if minutes < 1 else f"{round(minutes, 2):g} min"
             self.reason = f"reached the time cap ({cap})"
             return True
         covered = not class_queries or min(class_queries) >= self.queries_per_class
