@@ -73,7 +73,7 @@ def claim_lock(fd: int, exclusive: bool) -> bool | None:
     return True
 
 
-def _claim_held(claim: Path) -> bool | None:
+def claim_held(claim: Path) -> bool | None:
     """Whether a live process holds ``claim``'s lock (None: no such file, or no file locks here)."""
     try:
         fd = os.open(claim, os.O_RDONLY)
@@ -102,7 +102,7 @@ def live_claim(run_dir: Path, ignore_own: bool = False) -> str | None:
     if ignore_own and own:
         return None
     who = f"process {pid}" if host == socket.gethostname() else f"process {pid} on {host}"
-    held = _claim_held(claim)  # flock: this process's own lock blocks another open of the file too
+    held = claim_held(claim)  # flock: this process's own lock blocks another open of the file too
     if held is not None:
         return (who if pid.isdigit() else "another process") if held else None
     if not host or not pid.isdigit():

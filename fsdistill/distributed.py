@@ -118,6 +118,8 @@ def _needs_peers(fn: Callable[..., T]) -> Callable[..., T]:
         try:
             return fn(*args, **kwargs)
         except RuntimeError as exc:
+            if not _lost_peer(exc):  # out of memory, a CUDA fault: this process's own error, as it is
+                raise
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             reason = re.sub(r"^\[[^\]]*\]\s*", "", first)  # gloo's "[…/pair.cc:545] " source location
             raise TrainingError(
@@ -126,6 +128,18 @@ def _needs_peers(fn: Callable[..., T]) -> Callable[..., T]:
             ) from None
 
     return wrapper
+
+
+def _lost_peer(exc: RuntimeError) -> bool:
+    """Whether a collective's error says another process of the launch is gone (nccl's DistBackendError; gloo's
+    RuntimeErrors name the transport: "Connection reset by peer", "Connection closed by peer", a timeout)."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return False
+    backend_error = getattr(dist, "DistBackendError", None)
+    if backend_error is not None and isinstance(exc, backend_error):
+        return True
+    text = str(exc).lower()
+    return any(word in text for word in ("gloo", "connection", "peer", "socket", "timed out", "timeout"))
 
 
 @_needs_peers

@@ -201,17 +201,29 @@ def test_a_lost_peer_is_one_sentence(monkeypatch) -> None:
     with pytest.raises(TrainingError, match=expected):
         distributed.average_gradients([param])
 
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(distributed.dist, "all_reduce", out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):  # this process's own error, not blamed on another
+        distributed.average_gradients([param])
+
 
 def test_rank_0_alone_prints_usage_errors_and_copied_errors(monkeypatch, capsys) -> None:
     """Every torchrun process parses the same flags: a bad one was printed once per process."""
     from fsdistill.cli import common
 
-    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1"}
+    env["MASTER_PORT"] = "29500"
     args = [sys.executable, "-m", "fsdistill", "distill", "--no-such-flag"]
     quiet = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
     assert quiet.returncode == 2 and quiet.stderr == "" and quiet.stdout == ""
     loud = subprocess.run(args, env={**env, "RANK": "0"}, capture_output=True, text=True, timeout=120)
     assert loud.returncode == 2 and "No such option" in loud.stderr
+    # WORLD_SIZE set by hand without the rest of a launch: no rank 0 would say it, so this process does
+    bare = {k: v for k, v in env.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}
+    alone = subprocess.run(args, env=bare, capture_output=True, text=True, timeout=120)
+    assert alone.returncode == 2 and "No such option" in alone.stderr
     # an error rank 0 raised and sent to the others (on_main) ends them with exit 2, unprinted
     copied = DataError("Cannot create the run folder")
     copied.said_by_main = True

@@ -801,3 +801,64 @@ def test_a_full_disk_in_an_overwrite_says_the_replaced_student_is_gone(
     with pytest.raises(DataError, match=r"free some space\. The student of the run replaced in .* was removed"):
         api.distill(cfg, quiet=True, overwrite=True)
     assert is_artifact(out / "teacher") and not (out / "student").exists()
+
+
+def test_a_claim_file_that_is_a_link_or_folder_is_never_written_through(tmp_path):
+    """A claim file that was a symlink had its target overwritten with "HOST PID" (another user's file, in a shared
+    runs folder)."""
+    run, victim = tmp_path / "run", tmp_path / "victim.txt"
+    run.mkdir()
+    victim.write_text("important")
+    (run / runs_api.CLAIM_FILE).symlink_to(victim)
+
+    @runs_api.training_command
+    def train_into(folder):
+        runs_api.claim_run_dir(folder)
+
+    with pytest.raises(DataError, match="is not a regular file; remove it"):
+        train_into(run)
+    assert victim.read_text() == "important"
+    (run / runs_api.CLAIM_FILE).unlink()
+    (run / runs_api.CLAIM_FILE).mkdir()
+    with pytest.raises(DataError, match="is not a regular file; remove it"):
+        train_into(run)
+
+
+def test_a_failed_claim_leaves_nothing_held_and_another_users_stale_claim_is_taken_over(tmp_path, monkeypatch):
+    """A claim whose write failed (a full disk) kept its lock until the process ended: the same Python session could
+    never train into the folder again. And another user's claim file (not writable) of an ended run was "Cannot
+    write into the folder"."""
+    import errno
+
+    run = tmp_path / "run"
+    run.mkdir()
+    real_write = runs_api.os.write
+    failures = iter([OSError(errno.ENOSPC, "No space left on device")])
+
+    def write_once_full(fd, data):
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return real_write(fd, data)
+
+    monkeypatch.setattr(runs_api.os, "write", write_once_full)
+
+    @runs_api.training_command
+    def train_into(folder):
+        runs_api.claim_run_dir(folder)
+        return (folder / runs_api.CLAIM_FILE).read_text()
+
+    with pytest.raises(DataError, match=r"Cannot write into .* \(No space left on device\)"):
+        train_into(run)
+    assert not (run / runs_api.CLAIM_FILE).exists()
+    assert train_into(run) == runs_api.claim_text()  # nothing of the failed try in the way
+    (run / runs_api.CLAIM_FILE).write_text("another-user-host 4242")  # its run ended: nobody holds the lock
+    real_open = runs_api._open_claim
+
+    def not_writable(claim):
+        if claim.exists():
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_open(claim)
+
+    monkeypatch.setattr(runs_api, "_open_claim", not_writable)
+    assert train_into(run) == runs_api.claim_text()

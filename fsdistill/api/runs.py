@@ -21,6 +21,7 @@ import yaml
 from fsdistill.checkpoint import (
     CLAIM_FILE,
     RUN_CONFIG_FILE,
+    claim_held,
     claim_lock,
     claim_text,
     is_artifact,
@@ -144,46 +145,81 @@ def claim_run_dir(run_dir: Path) -> None:
         DataError: another live process holds the claim.
     """
     claim = run_dir / CLAIM_FILE
-    try:
-        for attempt in range(20):
-            try:
-                fd, created = os.open(claim, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
-            except FileExistsError:
-                try:
-                    fd, created = os.open(claim, os.O_RDWR), False
-                except FileNotFoundError:  # its holder just finished
-                    continue
-            locked = claim_lock(fd, exclusive=True)
-            if locked is None:  # no file locks here
-                os.close(fd)
-                if created:  # empty: it would pass for a claim being written
-                    claim.unlink(missing_ok=True)
+    busy = 0  # tries that found the lock held
+    for _ in range(50):
+        if claim.is_symlink() or (claim.exists() and not claim.is_file()):
+            # Never written through: a link would have its target overwritten (another user's file, say).
+            raise DataError(f"{claim} is not a regular file; remove it, then run the command again.")
+        try:
+            fd, created = _open_claim(claim)
+        except FileNotFoundError:  # its holder just finished
+            continue
+        except PermissionError:  # a claim file of another user: read its lock, take it over if its run ended
+            held = claim_held(claim)
+            if held is None:  # no file locks here
                 _claim_by_text(run_dir)
                 return
-            if not locked:  # held by a live process (or, for a moment, by a command checking it)
-                os.close(fd)
-                holder = live_claim(run_dir, ignore_own=True)
-                if holder is not None and attempt >= 2:
-                    raise DataError(
-                        f"Another fsdistill run ({holder}) is training into {run_dir}; wait for it to finish or "
-                        f"choose another --out (if no run is going on, delete {claim})."
-                    )
-                time.sleep(0.05)
+            if not held:
+                _remove_stale_claim(claim)
                 continue
-            try:
-                same_file = os.fstat(fd).st_ino == os.stat(claim).st_ino
-            except FileNotFoundError:
-                same_file = False
-            if not same_file:  # its holder removed it as it finished, between our open and our lock
+            fd, created = None, False
+        except OSError as exc:
+            raise DataError(f"Cannot write into {run_dir} ({exc.strerror}); choose a writable --out.") from None
+        locked = claim_lock(fd, exclusive=True) if fd is not None else False
+        if locked is None:  # no file locks here
+            os.close(fd)
+            if created:  # empty: it would pass for a claim being written
+                claim.unlink(missing_ok=True)
+            _claim_by_text(run_dir)
+            return
+        if not locked:  # held by a live process (or, for a moment, by a command checking it)
+            if fd is not None:
                 os.close(fd)
+            busy += 1
+            holder = live_claim(run_dir, ignore_own=True)
+            if holder is not None and busy >= 3:
+                raise DataError(
+                    f"Another fsdistill run ({holder}) is training into {run_dir}; wait for it to finish or "
+                    f"choose another --out (if no run is going on, delete {claim})."
+                )
+            time.sleep(0.05)
+            continue
+        try:
+            if os.fstat(fd).st_ino != os.stat(claim, follow_symlinks=False).st_ino:
+                os.close(fd)  # its holder removed it as it finished, between our open and our lock
                 continue
             os.ftruncate(fd, 0)
             os.write(fd, claim_text().encode())
-            _claimed.append((run_dir.absolute(), fd))
-            return
-    except OSError as exc:
-        raise DataError(f"Cannot write into {run_dir} ({exc.strerror}); choose a writable --out.") from None
+        except OSError as exc:  # a full disk, say: nothing of this attempt is left behind
+            os.close(fd)
+            if created:
+                claim.unlink(missing_ok=True)
+            if isinstance(exc, FileNotFoundError):
+                continue
+            raise DataError(f"Cannot write into {run_dir} ({exc.strerror}); choose a writable --out.") from None
+        _claimed.append((run_dir.absolute(), fd))
+        return
     raise DataError(f"Cannot claim {run_dir}: other runs keep taking it; choose another --out.")
+
+
+def _open_claim(claim: Path) -> tuple[int, bool]:
+    """The claim file opened for writing, never through a link: (fd, whether this call created it)."""
+    flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        return os.open(claim, flags | os.O_CREAT | os.O_EXCL, 0o644), True
+    except FileExistsError:
+        return os.open(claim, flags), False
+
+
+def _remove_stale_claim(claim: Path) -> None:
+    """Remove a claim whose run ended, which this user may not write (another user's, in a shared folder)."""
+    try:
+        claim.unlink(missing_ok=True)
+    except OSError as exc:
+        raise DataError(
+            f"Cannot take over {claim}, left by a run that has ended ({exc.strerror}); remove it, then run the "
+            "command again."
+        ) from None
 
 
 def _claim_by_text(run_dir: Path) -> None:
@@ -207,6 +243,8 @@ def _claim_by_text(run_dir: Path) -> None:
                 continue
             _claimed.append((run_dir.absolute(), None))
             return
+    except OSError as exc:
+        raise DataError(f"Cannot write into {run_dir} ({exc.strerror}); choose a writable --out.") from None
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -42,9 +42,21 @@ def _root(
 def main() -> None:
     """Console entry point (``fsdistill`` and ``python -m fsdistill``)."""
     _set_help_width()
-    if torchrun_rank() != "0":
+    if torchrun_rank() != "0" and _valid_launch():
         _run_quietly_parsed()
     app()
+
+
+def _valid_launch() -> bool:
+    """Whether the environment is a torchrun launch (a hand-set WORLD_SIZE without the rest is not: no rank 0
+    would print this process's usage errors)."""
+    from fsdistill.distributed import launch_from_env
+    from fsdistill.errors import ConfigError
+
+    try:
+        return launch_from_env() is not None
+    except ConfigError:
+        return False
 
 
 def _run_quietly_parsed() -> None:

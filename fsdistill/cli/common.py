@@ -55,7 +55,9 @@ def _refuse_repeated_paths(command: Any, args: list[str]) -> None:
         if token == "--":
             break
         name, eq, value = token.partition("=")
-        if name in takes_value and not eq:
+        if not token.startswith("--") and token[:2] in takes_value and len(token) > 2:
+            name, eq, value = token[:2], "", token[2:]  # a short option with its value glued on: -oout
+        elif name in takes_value and not eq:
             value = next(tokens, "")  # the option's value, never read as an option itself
         if name in paths:
             given.setdefault(paths[name], []).append(value)
