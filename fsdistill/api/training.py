@@ -741,9 +741,9 @@ def distill(
             quiet,
             ray_labeller,
         )
-    if new_classes is None and cfg.train.steps != 0:
-        # Not for a continued run: it stops at its floors, as more training on the supports over-fits the classes
-        # it kept (see fsdistill.train.budget).
+    if cfg.train.steps != 0:
+        # A continued run too (it stops its joint phase at its floors, fsdistill.train.budget): polished, its kept
+        # and new classes both gained on the three example cases (benchmarks/grow.py, docs "Growing a folder").
         stats.add_polish(polish(student, cache, cfg.train, quiet))
 
     def check_and_write() -> RunResult:
