@@ -312,3 +312,19 @@ def test_an_actor_that_dies_is_restarted_and_its_batch_retried(ray_cluster, tmp_
     indices = sorted(int(i) for batch in batches for i in batch["index"])
     assert indices == list(range(len(paths)))
     assert sorted(str(p) for batch in batches for p in batch["path"]) == sorted(paths)
+
+
+def test_ray_start_up_lines_written_to_the_stderr_file_descriptor_are_silenced(capfd) -> None:
+    """Ray's C++ core printed "logging.cc:303: Set ray log level from environment variable …" on every
+    --engine ray command (it writes to descriptor 2 directly); silenced while Ray starts, and only then."""
+    import os
+
+    from fsdistill.infer.ray_engine import _stderr_silenced
+
+    with _stderr_silenced():
+        os.write(2, b"from C++\n")
+    os.write(2, b"after\n")
+    with pytest.raises(ValueError), _stderr_silenced():
+        raise ValueError("restored after an error too")
+    os.write(2, b"still there\n")
+    assert capfd.readouterr().err == "after\nstill there\n"

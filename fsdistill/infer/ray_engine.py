@@ -11,6 +11,7 @@ import logging
 import os
 import pickle
 import socket
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -348,6 +349,21 @@ def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
 
 
 @contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 sent to /dev/null for the block (C++ code writes there directly); restored after it, an
+    exception included (which then says what went wrong)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@contextmanager
 def ray_session(ray: Any, address: str | None) -> Iterator[None]:
     """Ray connected for the block (a new local instance, stopped after it, when none is running), with Ray
     Data's own progress bars and log lines off: the command shows its own bar."""
@@ -359,7 +375,8 @@ def ray_session(ray: Any, address: str | None) -> Iterator[None]:
         given = os.environ.get("RAY_BACKEND_LOG_LEVEL")
         os.environ["RAY_BACKEND_LOG_LEVEL"] = given or "fatal"
         try:
-            ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+            with _stderr_silenced():  # the core's own line "Set ray log level from environment variable …"
+                ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
         except (ValueError, ConnectionError) as exc:  # a malformed address, no cluster at "auto"
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConfigError(f"--address {address}: cannot connect to a Ray cluster ({reason}).") from None
