@@ -68,6 +68,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 sys.path.insert(0, str(ROOT / "benchmarks"))  # baselines.py, also when this file is loaded by path
 
 from baselines import FineTunedBaseline  # noqa: E402
+from common import fail, run_script, write_json  # noqa: E402
 
 from fsdistill import api  # noqa: E402
 from fsdistill.config import AdaptCfg, DistillCfg, load_config  # noqa: E402
@@ -83,6 +84,7 @@ from fsdistill.runtime import (  # noqa: E402
     library_versions,
     resolve_device,
     seed_everything,
+    write_atomic,
 )
 
 BUILTIN_CASES = ("nuclei", "brain", "macaque")
@@ -654,10 +656,8 @@ def write_docs_section(docs: Path, section: str) -> None:
         text = head + block + rest.split(END, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = docs.with_name(f".{docs.name}.tmp")
     docs.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(text)
-    tmp.replace(docs)
+    write_atomic(docs, text)
 
 
 # ------------------------------------------------------------------------------------------------------- main
@@ -746,6 +746,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.shots = sorted(set(args.shots or DEFAULT_SHOTS))
     if args.shots[0] < 1:
         parser.error("--shots must be positive")
+    if args.steps is not None and args.steps < 1:  # before any case is built or model trained
+        parser.error(f"--steps must be at least 1, got {args.steps}")
     if args.size is not None:
         args.model_args = {**args.model_args, "size": args.size}
     args.cases = list(dict.fromkeys(args.cases))  # a case named twice would be measured twice into one cell
@@ -786,6 +788,20 @@ def resolved_args(meta: dict, key: str) -> dict:
     except ConfigError as exc:  # a field this code no longer has (a run of an older version)
         raise SystemExit(f"cannot merge a run whose {key} {meta.get(key)} this code does not take: {exc}") from None
     return getattr(cfg, section).model_dump()
+
+
+def read_report(path: Path) -> dict:
+    """The report in the results.json ``path`` given to ``--merge``; ends the script with one sentence naming the
+    file when it is missing, unreadable or not a whole report (a run killed while it wrote an older version)."""
+    try:
+        report = json.loads(path.read_text())
+    except OSError as exc:
+        fail(f"--merge {path} cannot be read: {exc.strerror or exc}")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        fail(f"--merge {path} is not a whole results.json ({exc})")
+    if not isinstance(report, dict) or not {"meta", "cases", "results"} <= report.keys():
+        fail(f"--merge {path} is not a results.json of this benchmark (no meta, cases and results)")
+    return report
 
 
 def merge_reports(reports: list[dict]) -> dict:
@@ -853,26 +869,33 @@ def merge_reports(reports: list[dict]) -> dict:
 
 def write_reports(report: dict, args: argparse.Namespace) -> None:
     """results.json, results.md and accuracy.png into ``args.out``; the docs section with ``--write-docs``."""
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+    write_json(args.out / "results.json", report)
     plot(report, args.out / "accuracy.png")
-    (args.out / "results.md").write_text(markdown(report, "accuracy.png"))
+    write_atomic(args.out / "results.md", markdown(report, "accuracy.png"))
     if args.write_docs:
+        # The plot goes in under a temporary name and replaces the docs' one only once the section that describes
+        # it is written: a failure in between leaves the old plot beside the old text.
         args.docs.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(args.out / "accuracy.png", args.docs.parent / DOCS_PNG)
-        section = (
-            "## Accuracy vs number of supports\n\n"
-            + "Written by `python benchmarks/accuracy.py --write-docs`: do not edit this section by hand.\n\n"
-            + markdown(report, DOCS_PNG)
-        )
-        write_docs_section(args.docs, section)
+        png = args.docs.parent / DOCS_PNG
+        new_png = png.with_name(f".{png.name}.tmp")
+        shutil.copyfile(args.out / "accuracy.png", new_png)
+        try:
+            section = (
+                "## Accuracy vs number of supports\n\n"
+                + "Written by `python benchmarks/accuracy.py --write-docs`: do not edit this section by hand.\n\n"
+                + markdown(report, DOCS_PNG)
+            )
+            write_docs_section(args.docs, section)
+            new_png.replace(png)
+        finally:
+            new_png.unlink(missing_ok=True)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Run the benchmark (or merge runs with ``--merge``); returns the report written to ``OUT/results.json``."""
     args = parse_args(argv)
     if args.merge:
-        report = merge_reports([json.loads(path.read_text()) for path in args.merge])
+        report = merge_reports([read_report(path) for path in args.merge])
         write_reports(report, args)
         print(f"merged {len(args.merge)} runs into {args.out / 'results.json'}", flush=True)
         return report
@@ -946,7 +969,7 @@ def _run(args: argparse.Namespace, work: Path, argv: list[str]) -> dict:
 
     def save() -> None:
         meta["total_s"] = time.perf_counter() - start
-        (args.out / "results.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+        write_json(args.out / "results.json", report)
 
     def on_result(row: dict) -> None:
         report["results"].append(row)
@@ -971,4 +994,4 @@ def _run(args: argparse.Namespace, work: Path, argv: list[str]) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

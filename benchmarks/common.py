@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from fsdistill.config import ModelCfg
+from fsdistill.errors import FsdistillError
 from fsdistill.models.build import build_student, build_teacher, save_model
+from fsdistill.runtime import write_atomic
 
 
 def random_student(directory: Path, cfg: ModelCfg) -> Path:
@@ -25,9 +29,30 @@ def random_student(directory: Path, cfg: ModelCfg) -> Path:
     )
 
 
+def write_json(path: Path, data: Any) -> None:
+    """``data`` as indented JSON in ``path``, written atomically: a benchmark killed while writing its results
+    leaves the previous file whole (``--merge`` and readers of the docs read these files)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(data, indent=2, default=float) + "\n")
+
+
 def write_results(out: Path, report: dict[str, Any], table: str) -> None:
     """``out/results.json`` (the report) and ``out/results.md`` (its markdown ``table``), then the table printed."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
-    (out / "results.md").write_text(table)
+    write_json(out / "results.json", report)
+    write_atomic(out / "results.md", table)
     print(table)
+
+
+def fail(message: str) -> NoReturn:
+    """End the script as argparse ends a usage error: ``error: <message>`` on stderr and exit status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def run_script(main: Callable[[], object]) -> None:
+    """Run a benchmark's ``main`` as its ``__main__`` does: fsdistill's user errors (a missing folder, a bad option
+    value, an unreadable model) end in their one sentence and exit status 2 instead of a traceback."""
+    try:
+        main()
+    except FsdistillError as exc:
+        fail(str(exc))

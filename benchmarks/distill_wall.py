@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import write_results  # noqa: E402
+from common import run_script, write_results  # noqa: E402
 from make_examples import build_examples  # noqa: E402
 
 from fsdistill.checkpoint import load_artifact  # noqa: E402
@@ -118,7 +118,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", type=Path, default=ROOT / "examples" / "data")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "distill_wall")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.support is not None and not (args.support / "classes.txt").is_file():
+        parser.error(f"--support {args.support} is not a support folder with images/, masks/ and classes.txt")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -156,4 +159,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -23,14 +23,16 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from make_examples import build_examples  # noqa: E402
+from common import run_script, write_json  # noqa: E402
+from make_examples import CASE_CLASSES, CASES, CHECK_CASES, build_examples  # noqa: E402
 
 from fsdistill import api  # noqa: E402
 from fsdistill.checkpoint import is_artifact  # noqa: E402
 from fsdistill.config import DistillCfg, load_config  # noqa: E402
 from fsdistill.data.discover import discover  # noqa: E402
-from fsdistill.runtime import library_versions  # noqa: E402
+from fsdistill.runtime import library_versions, write_atomic  # noqa: E402
 
 
 def subset_folder(src: Path, dest: Path, classes: int, images: int | None = None) -> Path:
@@ -72,9 +74,9 @@ def _same_base(run: Path, support: Path) -> bool:
     return True
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--case", default="macaque")
+    parser.add_argument("--case", default="macaque", choices=[*CASES, *CHECK_CASES])
     parser.add_argument("--base", type=int, default=3, help="classes of the first run")
     parser.add_argument("--add", type=int, default=1, help="classes added for the continued run")
     parser.add_argument("--base-images", type=int, default=None, help="support images of the first run (all)")
@@ -85,6 +87,23 @@ def main(argv: list[str] | None = None) -> dict:
         "--reuse-base", action="store_true", help="keep a finished base run of an earlier call (same --out, seed)"
     )
     args = parser.parse_args(argv)
+    # Checked before any case is built or run is distilled: classes beyond the case's would otherwise run the whole
+    # benchmark on fewer classes than asked (the masks simply hold no such class).
+    foreground = len(CASE_CLASSES[args.case]) - 1
+    if not 1 <= args.base <= foreground:
+        parser.error(f"--base {args.base}: choose 1 to {foreground} ({args.case}'s foreground classes)")
+    if not 0 <= args.add <= foreground - args.base:
+        parser.error(
+            f"--add {args.add}: choose 0 to {foreground - args.base} ({args.case} has {foreground} foreground "
+            f"classes, --base takes {args.base})"
+        )
+    if args.base_images is not None and args.base_images < 1:
+        parser.error(f"--base-images must be at least 1, got {args.base_images}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     case = build_examples(args.data, cases=[args.case])[args.case]
     work = args.out / "work"
     grown_classes = args.base + args.add
@@ -124,8 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "versions": library_versions(),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "grow.json").write_text(json.dumps(summary, indent=2))
+    write_json(args.out / "grow.json", summary)
     m = summary["mean"]
     images = "all" if args.base_images is None else args.base_images
     lines = [
@@ -144,10 +162,11 @@ def main(argv: list[str] | None = None) -> dict:
         f"| distill wall time | {m['init']['seconds']:.0f} s | {m['scratch']['seconds']:.0f} s "
         f"(--init: {m['init']['seconds'] / m['scratch']['seconds']:.0%}) |",
     ]
-    (args.out / "grow.md").write_text("\n".join(lines) + "\n")
-    print((args.out / "grow.md").read_text())
+    table = "\n".join(lines) + "\n"
+    write_atomic(args.out / "grow.md", table)
+    print(table)
     return summary
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -16,26 +16,34 @@ Writes ``benchmarks/results/onnx_latency/results.json`` and ``results.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from common import random_student
-
-from fsdistill import api
-from fsdistill.config import ModelCfg
-from fsdistill.data.transforms import normalize
-from fsdistill.infer.onnx import OnnxRunner
-from fsdistill.models.build import for_inference, load_model
-from fsdistill.runtime import inference_memory_format, library_versions, retain_freed_memory
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # common.py, also when this file is loaded by path
+
+from common import random_student, run_script, write_json  # noqa: E402
+
+from fsdistill import api  # noqa: E402
+from fsdistill.config import ModelCfg  # noqa: E402
+from fsdistill.data.transforms import normalize  # noqa: E402
+from fsdistill.infer.onnx import OnnxRunner  # noqa: E402
+from fsdistill.models.build import for_inference, load_model  # noqa: E402
+from fsdistill.runtime import (  # noqa: E402
+    inference_memory_format,
+    library_versions,
+    retain_freed_memory,
+    write_atomic,
+)
+
 BLOCK = 5  # timed runs of one runtime in a row
 
 
@@ -46,7 +54,7 @@ def _stats(ms: list[float], batch: int) -> dict[str, float]:
     return {"p50_ms": median, "p95_ms": p95, "p50_ms_per_image": median / batch, "runs": len(ms)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, help="run or student artifact (default: random student)")
     parser.add_argument("--batch-sizes", default="1,4", help="comma-separated batch sizes")
@@ -55,10 +63,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="threads for both runtimes (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "onnx_latency")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    try:
+        batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    except ValueError:
+        parser.error(f"--batch-sizes must be comma-separated whole numbers, got {args.batch_sizes!r}")
+    if not batch_sizes or min(batch_sizes) < 1:
+        parser.error(f"--batch-sizes must be at least 1, got {args.batch_sizes!r}")
+    for flag, value, low in (("--runs", args.runs, 1), ("--warmup", args.warmup, 0), ("--threads", args.threads, 1)):
+        if value is not None and value < low:
+            parser.error(f"{flag} must be at least {low}, got {value}")
+    if args.model is not None and not args.model.exists():  # before a minute of export
+        parser.error(f"--model {args.model} does not exist")
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     retain_freed_memory()  # as the fsdistill commands do before they run a model
     work = Path(tempfile.mkdtemp(prefix="fsd-onnx-latency-"))
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -142,13 +160,12 @@ def main() -> None:
             f"Export: {onnx_info['file_mb']} MB, dynamic height/width: {onnx_info['dynamic_hw']}, max |logit diff| "
             f"{onnx_info['max_abs_diff']:.2e}, argmax agreement {onnx_info['argmax_agreement']:.4%}.",
         ]
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-        (args.out / "results.md").write_text("\n".join(lines) + "\n")
+        write_json(args.out / "results.json", report)
+        write_atomic(args.out / "results.md", "\n".join(lines) + "\n")
         print("\n".join(lines))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import accuracy  # noqa: E402
-from common import write_results  # noqa: E402
+from common import run_script, write_results  # noqa: E402
 
 from fsdistill import api  # noqa: E402
 from fsdistill.config import DistillCfg, load_config  # noqa: E402
@@ -187,4 +187,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -33,7 +33,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
-from common import random_student  # noqa: E402
+from common import random_student, run_script, write_json  # noqa: E402
 from make_examples import build_examples  # noqa: E402
 
 from fsdistill import api  # noqa: E402
@@ -60,7 +60,7 @@ def make_image_folder(folder: Path, count: int, data: Path) -> None:
         Image.fromarray(big).save(folder / f"img_{i:04d}.png")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--images", type=int, default=256)
@@ -70,7 +70,14 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data", type=Path, default=ROOT / "examples" / "data")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "predict_throughput")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    for flag, value in (("--images", args.images), ("--repeats", args.repeats), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:  # --images 0 or less ended in a misleading "No images found"
+            parser.error(f"{flag} must be at least 1, got {value}")
+    if args.workers is not None and args.workers < 0:
+        parser.error(f"--workers must be at least 0, got {args.workers}")
+    if args.model is not None and not args.model.exists():  # before the image folder is written
+        parser.error(f"--model {args.model} does not exist")
     device = resolve_device(args.device)
     if args.batch_size is None:  # predict's own default, and the backbone is timed at the same batch size
         args.batch_size = 8 if device.type == "cuda" else 2
@@ -138,12 +145,11 @@ def main() -> None:
         # the ratio of the two medians is kept beside it.
         report["ratio"] = statistics.median(p / b for p, b in zip(predict_rates, backbone_rates))
         report["ratio_of_medians"] = report["predict_images_per_s"] / report["backbone_images_per_s"]
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(json.dumps(report, indent=2))
+        write_json(args.out / "results.json", report)
         print(json.dumps(report, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

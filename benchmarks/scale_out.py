@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import random_student  # noqa: E402
+from common import random_student, run_script, write_json  # noqa: E402
 from predict_throughput import make_image_folder  # noqa: E402
 
 from fsdistill import api  # noqa: E402
@@ -94,12 +94,11 @@ def main() -> None:
         }
         if 1 in args.workers:
             report["overhead"] = 1 - medians["ray_1"] / medians["local"]
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(json.dumps(report, indent=2))
+        write_json(args.out / "results.json", report)
         print(json.dumps(report, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

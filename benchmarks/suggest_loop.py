@@ -31,10 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import accuracy  # noqa: E402
+from common import run_script, write_json  # noqa: E402
 
 from fsdistill import api  # noqa: E402
 from fsdistill.config import DistillCfg, load_config  # noqa: E402
-from fsdistill.runtime import device_name, library_versions, resolve_device  # noqa: E402
+from fsdistill.runtime import device_name, library_versions, resolve_device, write_atomic  # noqa: E402
 
 VARIANTS = ("base", "suggested", "random")
 
@@ -199,12 +200,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         },
         "results": results,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
-    (args.out / "results.md").write_text(markdown(report))
+    write_json(args.out / "results.json", report)
+    write_atomic(args.out / "results.md", markdown(report))
     print(f"wrote {args.out / 'results.md'}", flush=True)
     return report
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 sys.path.insert(0, str(ROOT / "benchmarks"))  # baselines.py, also when this file is loaded by path
 
 from baselines import PrototypeBaseline  # noqa: E402
+from common import run_script, write_json  # noqa: E402
 from make_examples import build_examples  # noqa: E402
 
 from fsdistill import api  # noqa: E402
@@ -36,7 +37,7 @@ from fsdistill.data.transforms import normalize, resize_image  # noqa: E402
 from fsdistill.infer.postprocess import logits_to_mask  # noqa: E402
 from fsdistill.metrics import ConfusionMatrix  # noqa: E402
 from fsdistill.models.build import build_teacher  # noqa: E402
-from fsdistill.runtime import device_name, library_versions, resolve_device  # noqa: E402
+from fsdistill.runtime import device_name, library_versions, resolve_device, write_atomic  # noqa: E402
 
 METHODS = ("prototype", "untuned", "adapt", "distill")
 
@@ -141,7 +142,7 @@ def markdown(results: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--cases", nargs="+", default=["nuclei", "brain", "macaque"], choices=["nuclei", "brain", "macaque"]
@@ -158,7 +159,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data", type=Path, default=ROOT / "examples" / "data")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "teacher_student")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.steps is not None and args.steps < 1:  # before any case is built or model trained
+        parser.error(f"--steps must be at least 1, got {args.steps}")
     torch.manual_seed(0)
     cases = build_examples(args.data, cases=args.cases)
     results = []
@@ -189,11 +192,10 @@ def main() -> None:
         "versions": library_versions(),
         "command": "python benchmarks/teacher_student.py " + " ".join(sys.argv[1:]),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=float))
-    (args.out / "results.md").write_text(markdown(results, meta))
+    write_json(args.out / "results.json", {"meta": meta, "results": results})
+    write_atomic(args.out / "results.md", markdown(results, meta))
     print(markdown(results, meta))
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -18,20 +18,28 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from fsdistill.config import ModelCfg
-from fsdistill.models.build import build_student, build_teacher, for_inference
-from fsdistill.models.decoder import DECODERS
-from fsdistill.runtime import inference_memory_format, library_versions, retain_freed_memory
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # common.py, also when this file is loaded by path
+
+from common import run_script, write_json  # noqa: E402
+
+from fsdistill.config import ModelCfg  # noqa: E402
+from fsdistill.models.build import build_student, build_teacher, for_inference  # noqa: E402
+from fsdistill.models.decoder import DECODERS  # noqa: E402
+from fsdistill.runtime import (  # noqa: E402
+    inference_memory_format,
+    library_versions,
+    retain_freed_memory,
+    write_atomic,
+)
 
 
 def _student(
@@ -159,8 +167,7 @@ def main(argv: list[str] | None = None) -> None:
         "versions": library_versions(),
         "rows": results,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(data, indent=2) + "\n")
+    write_json(args.out / "results.json", data)
     lines = [
         f"# Student / bare backbone by number of classes: {data['backbone']} at {args.size} px, batch "
         f"{args.batch_size}, {data['threads']} threads",
@@ -175,9 +182,9 @@ def main(argv: list[str] | None = None) -> None:
         cells = [r for r in results if r["ways"] == n]
         shown = " | ".join(f"{r['student_over_backbone']:.2f}× ({r['student_ms']:.1f})" for r in cells)
         lines.append(f"| {n} | {shown} | {cells[0]['backbone_ms']:.1f} |")
-    (args.out / "results.md").write_text("\n".join(lines) + "\n")
+    write_atomic(args.out / "results.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

