@@ -148,6 +148,13 @@ def _distill_cfg(support, out, pool, min_iou=0.0, **extra):
     return load_config(DistillCfg, None, {**overrides, "train": train, **extra})
 
 
+def _distill_cli(support, out, pool, config):
+    """``fsdistill distill`` of a tiny 1-step run with ``pool`` and the ``config`` YAML, through typer's runner."""
+    args = ["distill", "--support", str(support), "--backbone", "test-resnet", "--size", "64", "--steps", "1",
+            "--device", "cpu", "--out", str(out), "--unlabeled", str(pool), "--config", str(config)]  # fmt: skip
+    return CliRunner().invoke(app, args)
+
+
 def test_distill_with_a_pool_records_it_in_the_artifact(tiny_data, tmp_path) -> None:
     pool = tmp_path / "pool"
     shutil.copytree(tiny_data.multi_heldout / "images", pool)
@@ -232,11 +239,7 @@ def test_a_pool_the_teacher_cannot_be_trusted_with_is_left_unused(tiny_data, tmp
         assert info["used"] and info["labeller"] == "student" and info["trusted"] == []
     config = tmp_path / "teacher.yaml"
     config.write_text("train:\n  pool_labeller: teacher\n")
-    result = CliRunner().invoke(
-        app,
-        ["distill", "--support", str(tiny_data.multi), "--backbone", "test-resnet", "--size", "64", "--steps", "1",
-         "--device", "cpu", "--out", str(tmp_path / "cli"), "--unlabeled", str(pool), "--config", str(config)],
-    )  # fmt: skip
+    result = _distill_cli(tiny_data.multi, tmp_path / "cli", pool, config)
     assert result.exit_code == 0, result.output
     assert "unlabeled pool: the pool was not used: no class reaches" in result.output
 
@@ -280,12 +283,7 @@ def test_bad_pools_are_one_sentence_before_any_training(tiny_data, tmp_path) -> 
 def test_distill_cli_reports_the_pool(tiny_data, tmp_path) -> None:
     config = tmp_path / "pool.yaml"
     config.write_text("train:\n  pool_min_iou: 0.0\n")
-    result = CliRunner().invoke(
-        app,
-        ["distill", "--support", str(tiny_data.multi), "--backbone", "test-resnet", "--size", "64", "--steps", "1",
-         "--device", "cpu", "--out", str(tmp_path / "run"), "--unlabeled", str(tiny_data.multi_heldout / "images"),
-         "--config", str(config)],
-    )  # fmt: skip
+    result = _distill_cli(tiny_data.multi, tmp_path / "run", tiny_data.multi_heldout / "images", config)
     assert result.exit_code == 0, result.output
     assert "unlabeled pool: 3 of 3 images labelled by teacher and student (mean)" in result.output
     # no class trusted: the student's own labels teach every class, and the message says so with the figures
@@ -317,11 +315,7 @@ def test_a_labelled_folder_as_pool_gives_its_images_not_its_masks(tiny_data, tmp
     config = tmp_path / "pool.yaml"
     config.write_text("train:\n  pool_min_iou: 0.0\n")
     images = len(list((tiny_data.multi_heldout / "images").iterdir()))
-    result = CliRunner().invoke(
-        app,
-        ["distill", "--support", str(tiny_data.multi), "--backbone", "test-resnet", "--size", "64", "--steps", "1",
-         "--device", "cpu", "--out", str(tmp_path / "run"), "--unlabeled", str(pool), "--config", str(config)],
-    )  # fmt: skip
+    result = _distill_cli(tiny_data.multi, tmp_path / "run", pool, config)
     assert result.exit_code == 0, result.output
     info = load_model(tmp_path / "run", "student").config["training"]["pool"]
     assert info["images"] == info["pool_size"] == images and info["masks_left_out"] == images + 1
