@@ -74,9 +74,12 @@ def claim_lock(fd: int, exclusive: bool) -> bool | None:
 
 
 def claim_held(claim: Path) -> bool | None:
-    """Whether a live process holds ``claim``'s lock (None: no such file, or no file locks here)."""
+    """Whether a live process holds ``claim``'s lock (None: no such file, or no file locks here). A claim this user
+    may not read (another user's, created 0600) cannot be checked, so it counts as held."""
     try:
-        fd = os.open(claim, os.O_RDONLY)
+        fd = os.open(claim, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except PermissionError:
+        return True
     except OSError:
         return None
     try:
@@ -95,6 +98,8 @@ def live_claim(run_dir: Path, ignore_own: bool = False) -> str | None:
     try:
         text = claim.read_text().strip()
         age = time.time() - claim.stat().st_mtime
+    except PermissionError:  # another user's claim: it cannot be checked, so it is taken to be live
+        return "a run of another user, whose claim this user cannot read"
     except OSError:
         return None
     host, _, pid = text.partition(" ")

@@ -229,8 +229,10 @@ class ObjectStorage(Storage):
     def kind(self, key: str = "") -> str:
         fs = _pyarrow_fs()
         with self._errors("reach", key):
-            found = self.fs.get_file_info(self._path(key)).type
-        return {fs.FileType.File: "file", fs.FileType.Directory: "dir"}.get(found, "missing")
+            info = self.fs.get_file_info(self._path(key))
+        if info.type == fs.FileType.File and info.size is not None and info.mtime_ns is not None:
+            self._stamps[info.path] = f"{info.size}:{info.mtime_ns}"  # a file given alone is never listed
+        return {fs.FileType.File: "file", fs.FileType.Directory: "dir"}.get(info.type, "missing")
 
     def files(self, key: str) -> set[str]:
         fs = _pyarrow_fs()

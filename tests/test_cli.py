@@ -503,6 +503,7 @@ def test_a_path_option_given_twice_is_refused(runner, tiny_data, tmp_path, monke
         (["distill", "--support", support, "--support", support], "--support"),
         (["predict", support, "-o", "x", "--out", "y"], "-o"),
         (["predict", support, "-ox", "-o", "y"], "-o"),  # a short option's value glued on
+        (["predict", support, "-qo", "x", "-o", "y"], "-o"),  # or clustered after a flag
     ):
         result = runner.invoke(app, args)
         assert result.exit_code == 2 and not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

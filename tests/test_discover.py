@@ -715,9 +715,18 @@ def test_mask_files_finds_the_masks_of_labelled_folders_and_spares_photographs(t
         photo(tmp_path / "pix2pix" / "targets" / "p.png", 8),
         photo(tmp_path / "beach" / "b.jpg", 9),
         photo(tmp_path / "beach" / "b_seg.jpg", 10),  # a JPEG is never a label map
-        photo(tmp_path / "twins" / "t.jpg", 11),
-        photo(tmp_path / "twins" / "t.png", 11),  # the same photograph saved twice
+        photo(tmp_path / "twins" / "t.jpg", 11),  # x.jpg + x.png: FSS-1000's pair, the PNG taken as the mask
     }
+    twin = photo(tmp_path / "twins" / "t.png", 11)  # (a photograph saved twice: one copy stays)
+    # a binary mask saved as JPEG in labels/, and a 150-class index map, are masks all the same
+    jpeg_mask = tmp_path / "jpeg" / "labels" / "j.jpg"
+    photo(tmp_path / "jpeg" / "images" / "j.jpg", 12)
+    jpeg_mask.parent.mkdir(parents=True)
+    Image.fromarray((SynData.disc(24, 32, 12, 16, 6) * 255).astype(np.uint8)).save(jpeg_mask, quality=80)
+    many = np.arange(24 * 32, dtype=np.int64).reshape(24, 32) % 150
+    photo(tmp_path / "classes" / "images" / "c.png", 13)
+    index_map = SynData.save(tmp_path / "classes" / "labels" / "c.png", many.astype(np.uint8))
+    masks |= {jpeg_mask, index_map}
     images = sorted(p for p in tmp_path.rglob("*") if p.is_file())
     found = mask_files(tmp_path, images)
-    assert found == masks and not found & photos
+    assert found - {twin} == masks and not found & photos

@@ -171,6 +171,11 @@ def test_s3_input_to_a_local_folder_and_back(s3, heldout, local_reference, shake
         handle.write((heldout / "dsb2018_r3c0.png").read_bytes())
     again = _predict([source], tmp_path / "out", shaken_multi_student)
     assert again.written == 1 and again.skipped == 7
+    # an object given alone (never listed) is stamped too, from the request that found it
+    from fsdistill.infer.predictor import list_images
+
+    ((single, _),) = list_images([f"s3://{key}"])
+    assert single.stamp is not None
     assert (tmp_path / "out" / "masks" / "dsb2018_r2c1.png").read_bytes() != (
         local_reference / "masks" / "dsb2018_r2c1.png"
     ).read_bytes()

@@ -862,3 +862,44 @@ def test_a_failed_claim_leaves_nothing_held_and_another_users_stale_claim_is_tak
 
     monkeypatch.setattr(runs_api, "_open_claim", not_writable)
     assert train_into(run) == runs_api.claim_text()
+
+
+def test_a_claim_that_is_a_hard_link_or_cannot_be_read_is_left_alone(tmp_path, monkeypatch):
+    """A claim file hard-linked to another file had that file overwritten; another user's live claim created 0600
+    (unreadable here) was taken for one on a file system without locks, removed, and the folder trained into twice."""
+    from fsdistill import checkpoint
+
+    run, precious = tmp_path / "run", tmp_path / "precious.txt"
+    run.mkdir()
+    precious.write_text("important")
+    os.link(precious, run / runs_api.CLAIM_FILE)
+
+    @runs_api.training_command
+    def train_into(folder):
+        runs_api.claim_run_dir(folder)
+
+    with pytest.raises(DataError, match="is a hard link to another file; remove it"):
+        train_into(run)
+    assert precious.read_text() == "important"
+    (run / runs_api.CLAIM_FILE).unlink()
+    (run / runs_api.CLAIM_FILE).write_text("node-9 77")
+    real_open, real_read = checkpoint.os.open, Path.read_text
+
+    def unreadable_open(path, flags, *args):
+        if str(path).endswith(runs_api.CLAIM_FILE):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *args)
+
+    def unreadable_text(self, *args, **kwargs):
+        if self.name == runs_api.CLAIM_FILE:
+            raise PermissionError(13, "Permission denied")
+        return real_read(self, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.os, "open", unreadable_open)
+    monkeypatch.setattr(Path, "read_text", unreadable_text)
+    assert checkpoint.claim_held(run / runs_api.CLAIM_FILE) is True
+    assert runs_api.live_claim(run) == "a run of another user, whose claim this user cannot read"
+    with pytest.raises(DataError, match="Another fsdistill run \\(a run of another user"):
+        train_into(run)
+    monkeypatch.undo()
+    assert (run / runs_api.CLAIM_FILE).read_text() == "node-9 77"  # never removed

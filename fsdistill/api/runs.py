@@ -185,6 +185,9 @@ def claim_run_dir(run_dir: Path) -> None:
             time.sleep(0.05)
             continue
         try:
+            if os.fstat(fd).st_nlink > 1:  # another name of some file: writing would change that file too
+                os.close(fd)
+                raise DataError(f"{claim} is a hard link to another file; remove it, then run the command again.")
             if os.fstat(fd).st_ino != os.stat(claim, follow_symlinks=False).st_ino:
                 os.close(fd)  # its holder removed it as it finished, between our open and our lock
                 continue

@@ -55,8 +55,13 @@ def _refuse_repeated_paths(command: Any, args: list[str]) -> None:
         if token == "--":
             break
         name, eq, value = token.partition("=")
-        if not token.startswith("--") and token[:2] in takes_value and len(token) > 2:
-            name, eq, value = token[:2], "", token[2:]  # a short option with its value glued on: -oout
+        if token.startswith("-") and not token.startswith("--") and len(token) > 2:
+            # Short options clustered (-qo out) or with their value glued on (-oout): the first that takes a
+            # value takes the rest of the token, or else the next one.
+            for at in range(1, len(token)):
+                if f"-{token[at]}" in takes_value:
+                    name, value = f"-{token[at]}", token[at + 1 :] or next(tokens, "")
+                    break
         elif name in takes_value and not eq:
             value = next(tokens, "")  # the option's value, never read as an option itself
         if name in paths:

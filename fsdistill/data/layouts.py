@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
+import numpy as np
 from PIL import Image
 
 from fsdistill.data.coco import CocoData, load_coco, read_coco_json
@@ -127,13 +128,19 @@ def mask_folders(names: Sequence[str]) -> set[str]:
     return masks
 
 
+# Mask-file suffixes that are also ordinary words in photographs' names (beach_seg.jpg): such a file beside its
+# namesake is taken for a mask only if its pixels look like one (_label_map).
+_WEAK_MASK_SUFFIXES = ("_segmentation", "_labels", "_label", "_seg")
+
+
 def mask_files(root: Path, images: Sequence[Path]) -> set[Path]:
     """Of ``images`` (image files found under ``root``), the masks: those a labelled layout in ``root`` or any
     folder below it (``train/`` + ``val/`` splits, each ``images/`` + ``labels/``) pairs with an image or leaves
     without one, as ``check`` reads such a folder, and files named like the mask of an image beside them
-    (``x_mask.png`` beside ``x.jpg``); each only if its pixels look like a label map (:func:`_label_map`), since
-    folder and file names alone also fit photographs (``inputs/`` + ``targets/``). A labelled folder given as a
-    pool of unlabeled images yields its images only: its masks would be trained on, or ranked, as photographs."""
+    (``x_mask.png`` beside ``x.jpg``). Where only names say so and the names also fit photographs (folders such as
+    ``inputs/`` + ``targets/`` or ``labels/``, suffixes such as ``_seg``), a file counts only if its pixels look
+    like a label map (:func:`_label_map`). A labelled folder given as a pool of unlabeled images yields its images
+    only: its masks would be trained on, or ranked, as photographs."""
     candidates: set[Path] = set()
     below = (d for d in root.rglob("*") if d.is_dir())
     folders = [root, *(d for d in below if not any(is_hidden(Path(part)) for part in d.relative_to(root).parts))]
@@ -150,20 +157,30 @@ def mask_files(root: Path, images: Sequence[Path]) -> set[Path]:
         base = _strip_mask_suffix(p.stem)
         if base != p.stem and (p.parent, base.lower()) in stems:
             candidates.add(p.resolve())
-    return {p for p in images if p.resolve() in candidates and _label_map(p)}
+
+    def ambiguous(path: Path) -> bool:
+        folders = {part.lower() for part in path.relative_to(root).parts[:-1]}
+        return bool(folders & _ALSO_PHOTOGRAPHS) or path.stem.lower().endswith(_WEAK_MASK_SUFFIXES)
+
+    return {p for p in images if p.resolve() in candidates and (not ambiguous(p) or _label_map(p))}
 
 
 def _label_map(path: Path) -> bool:
-    """Whether an image file looks like a mask: not a JPEG (lossy, never a label map), and a palette or bilevel
-    image or one of at most 64 distinct colours. A file that cannot be read is no mask (it is reported as an
-    unreadable image)."""
-    if path.suffix.lower() in (".jpg", ".jpeg"):
-        return False
+    """Whether an image file's pixels look like a mask: a palette or bilevel image, one of few distinct values (at
+    most 64 colours; 160 grey levels, as class-index maps; 1024 values of 16 bits, as instance masks), or one
+    whose pixels lie at the two ends of the grey scale (a binary mask saved as JPEG or resized smoothly). A file
+    that cannot be read is no mask (it is reported as an unreadable image)."""
     try:
         with Image.open(path) as img:
-            return img.mode in ("1", "P") or img.getcolors(maxcolors=64) is not None
+            if img.mode in ("1", "P"):
+                return True
+            levels = {"L": 160, "I": 1024, "I;16": 1024, "F": 1024}.get(img.mode, 64)
+            if img.getcolors(maxcolors=levels) is not None:
+                return True
+            grey = np.asarray(img.convert("L"))
     except (OSError, ValueError, Image.DecompressionBombError):
         return False
+    return float(np.mean((grey < 32) | (grey > 223))) >= 0.9
 
 
 def _match_paired(img_dir: Path, mask_dir: Path, images: list[Path], masks: list[Path]) -> FoundPairs:
