@@ -290,6 +290,8 @@ def ensure_writable_file(path: Path, flag: str, example: str) -> Path:
     """Check that file ``path`` can be written (its folder created if needed) before a command's work, else raise
     DataError quoting ``flag``; a folder given where a file is due is told so, with an ``example`` name."""
     path = Path(path)
+    if str(path) == "-":  # "standard output" in many tools: here it would be a file named "-"
+        raise DataError(f"{flag} - would write a file named '-'; give a file name, or /dev/stdout for the terminal.")
     if path.is_dir():
         raise DataError(f"{path} is a folder; give {flag} a file name (for example {example}).")
     if is_stream(path):  # /dev/stdout, a pipe: no temporary file beside it

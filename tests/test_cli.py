@@ -513,3 +513,11 @@ def test_a_path_option_given_twice_is_refused(runner, tiny_data, tmp_path, monke
     assert "was given" not in result.stderr
     result = runner.invoke(app, ["predict", "--out", "--out", "--model", str(tmp_path / "none"), support])
     assert "was given" not in result.stderr
+
+
+def test_json_dash_is_refused_not_a_file_named_dash(runner, tiny_data, tmp_path, monkeypatch) -> None:
+    """`--json -` (standard output in many tools) wrote a file named "-" in silence."""
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["check", str(tiny_data.multi), "--json", "-"])
+    assert_user_error(result, "--json - would write a file named '-'", "/dev/stdout")
+    assert not (tmp_path / "-").exists()

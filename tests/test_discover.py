@@ -730,3 +730,28 @@ def test_mask_files_finds_the_masks_of_labelled_folders_and_spares_photographs(t
     images = sorted(p for p in tmp_path.rglob("*") if p.is_file())
     found = mask_files(tmp_path, images)
     assert found - {twin} == masks and not found & photos
+
+
+def test_names_in_another_unicode_form_pair_and_yaml_names_stay_as_written(tmp_path) -> None:
+    """macOS writes "é" as e + combining accent (NFD), other systems as one character (NFC): an image and its mask
+    so named did not pair. And YAML read names: [background, no, 1.10] as False and 1.1 (010 as 8, 1:30 as 90)."""
+    import unicodedata
+
+    from fsdistill.data.classes import read_class_names
+
+    nfd, nfc = unicodedata.normalize("NFD", "café"), unicodedata.normalize("NFC", "café")
+    assert nfd != nfc
+    SynData.save(tmp_path / "f" / "images" / f"{nfd}.png", SynData.image(20, 24, 0))
+    SynData.save(tmp_path / "f" / "masks" / f"{nfc}.png", SynData.disc(20, 24, 10, 12, 5).astype(np.uint8))
+    assert [s.image_path.name for s in discover(tmp_path / "f").samples] == [f"{nfd}.png"]
+    names = tmp_path / "data.yaml"
+    names.write_text("names: [background, no, 1.10, 010, 1:30]\n")
+    assert read_class_names(names) == ["background", "no", "1.10", "010", "1:30"]
+    names.write_text("names: {0: background, 1: on, 2: 0x1A}\n")
+    assert read_class_names(names) == ["background", "on", "0x1A"]
+    as_json = tmp_path / "data.json"
+    as_json.write_text('{"names": ["background", 1.10, true]}')
+    assert read_class_names(as_json) == ["background", "1.10", "true"]
+    names.write_text("names: [background, null]\n")  # still no name at all
+    with pytest.raises(DataError, match="something other than plain names"):
+        read_class_names(names)

@@ -190,6 +190,13 @@ def test_profile_with_model(tiny_run, tmp_path):
     check_schema(data, [1], [1, 2])
     assert data["backbone"] == "test-resnet" and data["size"] == 64
     assert data["weights"] == "run artifacts" and set(data["artifacts"]) == {"teacher", "student"}
+    # the run's settings (they were null beside student rows that gave them)
+    settings = load_model(tiny_run / "student").model_cfg
+    assert (data["student_width"], data["decoder"], data["refiner"]) == (
+        settings.student_width,
+        settings.decoder,
+        settings.refiner,
+    )
     student = load_model(tiny_run / "student").model
     assert all(
         r["params"] == sum(p.numel() for p in student.parameters()) for r in data["rows"] if r["model"] == "student"

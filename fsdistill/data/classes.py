@@ -73,8 +73,10 @@ def read_class_names(path: Path | str) -> list[str]:
         lines = [ln.strip() for ln in text.rstrip().splitlines()]  # trailing blank lines are not names
         names = [ln for ln in lines if not ln.startswith("#")]
     else:
+        is_json = path.suffix.lower() == ".json"
         try:
-            data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+            # Numbers as written (1.10 stays "1.10", not 1.1), in JSON and (below) in YAML.
+            data = json.loads(text, parse_int=str, parse_float=str) if is_json else yaml.safe_load(text)
         except (ValueError, yaml.YAMLError) as e:
             raise DataError(f"Cannot parse names file {path}: {str(e).splitlines()[0]}; fix its syntax.") from e
         raw = data.get("names") if isinstance(data, dict) else None
@@ -83,6 +85,13 @@ def read_class_names(path: Path | str) -> list[str]:
             if not all(isinstance(n, (str, int, float)) for n in values):  # nested lists (YAML aliases): no names
                 raise DataError(
                     f"Names file {path} lists something other than plain names in names:; give one name each."
+                )
+            if not is_json and not all(isinstance(n, str) for n in values):
+                # YAML reads no/on as booleans, 010 as 8, 1:30 as 90: each name as written in the file instead.
+                raw = (yaml.load(text, Loader=yaml.BaseLoader) or {}).get("names", raw)
+            elif is_json:
+                raw = (
+                    {k: _json_text(v) for k, v in raw.items()} if isinstance(raw, dict) else list(map(_json_text, raw))
                 )
         if isinstance(raw, dict):
             try:
@@ -107,6 +116,11 @@ def read_class_names(path: Path | str) -> list[str]:
     if not names:
         raise DataError(f"Names file {path} lists no class names; add one name per line.")
     return background_first(names, path)
+
+
+def _json_text(value: object) -> object:
+    """A JSON names value as written: true/false as such (not Python's True/False)."""
+    return json.dumps(value) if isinstance(value, bool) else value
 
 
 def find_names_file(dirs: Iterable[Path]) -> Path | None:

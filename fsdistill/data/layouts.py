@@ -4,6 +4,7 @@ file names and annotation JSON only."""
 from __future__ import annotations
 
 import os
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -183,6 +184,11 @@ def _label_map(path: Path) -> bool:
     return float(np.mean((grey < 32) | (grey > 223))) >= 0.9
 
 
+def _loose(name: str) -> str:
+    """``name`` as Windows and macOS compare file names: in one Unicode form (NFC), case folded."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
 def _match_paired(img_dir: Path, mask_dir: Path, images: list[Path], masks: list[Path]) -> FoundPairs:
     """Pair images and masks by relative path and stem (mask suffixes stripped)."""
     by_key: dict[str, Path] = {}
@@ -193,10 +199,11 @@ def _match_paired(img_dir: Path, mask_dir: Path, images: list[Path], masks: list
                 f"Images {by_key[k]} and {p} have the same name apart from the extension; remove or rename one."
             )
         by_key[k] = p
-    # Windows and macOS ignore case, and some tools append an extension to a full file name ("x.png.png"): a
-    # mask matches such a name when nothing matches exactly (case-blind only where that is unambiguous).
-    lowered = Counter(k.lower() for k in by_key)
-    by_lower_key = {k.lower(): k for k in by_key if lowered[k.lower()] == 1}
+    # Windows and macOS ignore case, macOS writes "é" as e + accent where other systems write one character, and
+    # some tools append an extension to a full file name ("x.png.png"): a mask matches such a name when nothing
+    # matches exactly (case- and form-blind only where that is unambiguous).
+    lowered = Counter(_loose(k) for k in by_key)
+    by_lower_key = {_loose(k): k for k in by_key if lowered[_loose(k)] == 1}
     mask_of: dict[str, Path] = {}
     orphan_masks: list[Path] = []
     for m in masks:
@@ -204,7 +211,7 @@ def _match_paired(img_dir: Path, mask_dir: Path, images: list[Path], masks: list
         stems = [rel, rel.with_suffix("")] if rel.suffix.lower() in IMAGE_SUFFIXES else [rel]
         names = [n for r in stems for n in (r.as_posix(), (r.parent / _strip_mask_suffix(r.name)).as_posix())]
         k = next((n for n in names if n in by_key), None)
-        k = k or next((by_lower_key[n.lower()] for n in names if n.lower() in by_lower_key), None)
+        k = k or next((by_lower_key[_loose(n)] for n in names if _loose(n) in by_lower_key), None)
         if k is None:
             orphan_masks.append(m)
             continue
@@ -356,10 +363,10 @@ def _case_blind_finder(folders: list[Path]) -> Callable[[str], Path | None]:
                 if folder.is_dir():
                     for p in folder.iterdir():
                         if p.is_file():
-                            key = p.name.lower()
+                            key = _loose(p.name)
                             table[key] = None if key in table and table[key] != p else p
             table.setdefault("", None)  # listed, even when empty
-        return table.get(name.lower())
+        return table.get(_loose(name))
 
     return find
 

@@ -66,7 +66,7 @@ def run_profile(cfg: ProfileCfg, quiet: bool = False) -> ProfileResult:
             )
         ways_grid = [info["ways"]]
         backbone_name, size = info["backbone"], info["size"]
-        factory, model_cfg = None, None
+        factory, model_cfg = None, info["model_cfg"]  # the run's own (its student's width and refiner)
         base_teacher = fixed.teacher
     else:
         backbone_name = cfg.backbone or DEFAULT_BACKBONE
@@ -454,6 +454,7 @@ def _load_run(path: Path, device: torch.device) -> tuple[_Models, dict[str, Any]
     teacher, student = models.get("teacher"), models.get("student")
     backbone = (student or teacher).backbone
     info = {
+        "model_cfg": loaded.get("student", first).model_cfg,
         "size": first.size,
         "ways": classes.pop(),
         "backbone": first.config["backbone"]["name"],
