@@ -35,6 +35,18 @@ def test_match_classes_refuses_in_one_sentence(drop, message) -> None:
         match_classes(["background", "a", "b"], ["background", "a", "c"], drop, "RUN")
 
 
+def test_dropping_classes_below_the_shared_decoders_groups_is_refused_and_a_drop_named_twice_counts_once() -> None:
+    """The shared decoder's ConvDist has one hidden group per class up to 4, each class reading them all: 5 → 3
+    classes cut a group off and the kept classes' predictions changed (7,530 pixels at --steps 0, exit 0)."""
+    cfg = ModelCfg(backbone="test-resnet", size=64, student_width=4, decoder="shared")
+    old = build_student(build_teacher(cfg, 4, pretrained=False), 4, cfg.refiner)
+    new = build_student(build_teacher(cfg, 3, pretrained=False), 4, cfg.refiner)
+    match = match_classes(["background", "a", "b", "c", "d"], ["background", "a", "b", "c"], ["d", "d"], "RUN")
+    assert match.dropped == ("d",)  # recorded and printed once (it was "d, d")
+    with pytest.raises(ConfigError, match="would have 3 ConvDist groups where the run's shared decoder has 4"):
+        copy_student_classes(new, old, match, torch.full((3,), 0.25))
+
+
 @pytest.mark.parametrize("width, decoder", [(4, "light"), (0, "light"), (4, "shared")])
 def test_kept_classes_keep_their_coarse_maps_at_their_new_position(width, decoder) -> None:
     """Copied ConvDist blocks give the same coarse maps as in the run's student; a new class starts at its prior.
@@ -213,6 +225,13 @@ def test_distill_init_bad_input_is_one_sentence(tiny_multi_run, tiny_data, tmp_p
     assert runner.invoke(app, adapt).exit_code == 0
     result = runner.invoke(app, [*base[:-1], str(adapted), "--out", str(tmp_path / "f")])
     assert_user_error(result, "has no student", f"--teacher {adapted / 'teacher'}")
+    # a run distilled from a frozen teacher kept elsewhere (it was told "pass --model …", an option distill lacks)
+    frozen = tmp_path / "frozen"
+    distill = ["distill", "--support", str(tiny_data.multi), "--teacher", str(adapted / "teacher"), "--freeze-teacher",
+               "--steps", "1", "--out", str(frozen), *tiny]  # fmt: skip
+    assert runner.invoke(app, distill).exit_code == 0
+    result = runner.invoke(app, [*base[:-1], str(frozen), "--out", str(tmp_path / "f")])
+    assert_user_error(result, "learned from the frozen teacher", f"--teacher {adapted / 'teacher'} instead")
     # an artifact of the run instead of the run, and a path that is not there
     result = runner.invoke(app, [*base[:-1], str(tiny_multi_run.run_dir / "student"), "--out", str(tmp_path / "g")])
     assert_user_error(result, f"--init takes a run folder: pass {tiny_multi_run.run_dir}, not its student/.")

@@ -284,6 +284,19 @@ def _new_teacher(cfg: AdaptCfg | DistillCfg, num_classes: int) -> tuple[DCAMATea
     return teacher, model_cfg
 
 
+def _frozen_teacher_of(run: Path) -> str | None:
+    """The frozen teacher a run's student was distilled from (``distill --teacher T --freeze-teacher``), as its
+    student records it; None for other runs or none readable."""
+    try:
+        config = json.loads((run / "student" / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    train_config = config.get("train_config") if isinstance(config, dict) else None
+    if isinstance(train_config, dict) and train_config.get("teacher") and train_config.get("freeze_teacher"):
+        return str(train_config["teacher"])
+    return None
+
+
 def _load_init(cfg: DistillCfg) -> tuple[LoadedModel, LoadedModel]:
     """The teacher and student of the run ``cfg.init`` continues from (``distill --init``)."""
     if cfg.teacher is not None:
@@ -296,6 +309,12 @@ def _load_init(cfg: DistillCfg) -> tuple[LoadedModel, LoadedModel]:
     try:
         teacher = load_model(cfg.init, kind="teacher")
     except CheckpointError as err:
+        frozen = _frozen_teacher_of(Path(cfg.init))
+        if frozen is not None:  # its student learned from a teacher kept elsewhere: nothing here to continue with
+            raise ConfigError(
+                f"--init continues a run with its own teacher, and {cfg.init} learned from the frozen teacher "
+                f"{frozen}; distill the grown folder with --teacher {frozen} instead."
+            ) from None
         raise ConfigError(
             f"--init needs a run with its teacher (RUN/teacher, written by distill without --teacher): {err}"
         ) from None

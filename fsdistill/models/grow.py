@@ -72,7 +72,7 @@ def match_classes(run_classes: list[str], folder_classes: list[str], drop: list[
         source=source,
         kept=tuple(name for name in new if name in old),
         new=tuple(name for name in new if name not in old),
-        dropped=tuple(drop),
+        dropped=tuple(dict.fromkeys(drop)),  # a class named twice is dropped (and recorded) once
     )
 
 
@@ -89,8 +89,16 @@ def _copy_convdist(target: ConvDist, source: ConvDist, kept: list[tuple[int, int
     if target.bottleneck is not None:
         hidden.append((target.bottleneck, source.bottleneck))
     if target.shared:
-        # Hidden groups are anonymous: the first min(G, G') carry over (a group of W bottleneck and hidden rows).
-        rows = min(target.groups, source.groups) * target.width
+        if target.groups < source.groups:
+            # Every class reads every group: a kept class would lose its readout of the groups cut off.
+            raise ConfigError(
+                f"The continued student would have {target.groups} ConvDist groups where the run's shared decoder "
+                f"has {source.groups} (one per class up to 4), and every class reads them all, so its kept classes "
+                f"would change; keep at least {source.groups} classes, or distill the folder from scratch."
+            )
+        # Hidden groups are anonymous: the run's G carry over, new ones start fresh (a group of W bottleneck and
+        # hidden rows).
+        rows = source.groups * target.width
         for new_layer, old_layer in hidden:
             new_layer.weight[:rows] = old_layer.weight[:rows]
             new_layer.bias[:rows] = old_layer.bias[:rows]
