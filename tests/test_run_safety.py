@@ -688,6 +688,13 @@ def test_training_calls_from_two_threads_run_one_after_the_other(tiny_data, tmp_
     assert all(torch.equal(c[k], d[k]) for k in c)
 
 
+@runs_api.training_command
+def _claim_and_read(folder: Path) -> str:
+    """A training command that only claims ``folder``: the claim's text, released when it returns."""
+    runs_api.claim_run_dir(folder)
+    return (folder / runs_api.CLAIM_FILE).read_text()
+
+
 def test_a_claim_is_made_where_hard_links_and_locks_are_not(tmp_path, monkeypatch):
     """On a file system without file locks or hard links the claim is created exclusively instead, its text telling
     whether its process runs; a live one still refuses."""
@@ -703,10 +710,7 @@ def test_a_claim_is_made_where_hard_links_and_locks_are_not(tmp_path, monkeypatc
     run = tmp_path / "run"
     run.mkdir()
 
-    @runs_api.training_command
-    def train_into(folder):
-        runs_api.claim_run_dir(folder)
-        return (folder / runs_api.CLAIM_FILE).read_text()
+    train_into = _claim_and_read
 
     assert train_into(run) == runs_api.claim_text() and not (run / runs_api.CLAIM_FILE).exists()
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -811,9 +815,7 @@ def test_a_claim_file_that_is_a_link_or_folder_is_never_written_through(tmp_path
     victim.write_text("important")
     (run / runs_api.CLAIM_FILE).symlink_to(victim)
 
-    @runs_api.training_command
-    def train_into(folder):
-        runs_api.claim_run_dir(folder)
+    train_into = _claim_and_read
 
     with pytest.raises(DataError, match="is not a regular file; remove it"):
         train_into(run)
@@ -843,10 +845,7 @@ def test_a_failed_claim_leaves_nothing_held_and_another_users_stale_claim_is_tak
 
     monkeypatch.setattr(runs_api.os, "write", write_once_full)
 
-    @runs_api.training_command
-    def train_into(folder):
-        runs_api.claim_run_dir(folder)
-        return (folder / runs_api.CLAIM_FILE).read_text()
+    train_into = _claim_and_read
 
     with pytest.raises(DataError, match=r"Cannot write into .* \(No space left on device\)"):
         train_into(run)
@@ -874,9 +873,7 @@ def test_a_claim_that_is_a_hard_link_or_cannot_be_read_is_left_alone(tmp_path, m
     precious.write_text("important")
     os.link(precious, run / runs_api.CLAIM_FILE)
 
-    @runs_api.training_command
-    def train_into(folder):
-        runs_api.claim_run_dir(folder)
+    train_into = _claim_and_read
 
     with pytest.raises(DataError, match="is a hard link to another file; remove it"):
         train_into(run)
