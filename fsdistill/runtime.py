@@ -272,6 +272,8 @@ def library_versions() -> dict[str, str]:
 def ensure_writable_dir(path: Path, flag: str) -> Path:
     """Create folder ``path`` if needed and check that a file can be written in it, else raise DataError quoting
     ``flag``, the option that named it."""
+    if str(path) == "-":  # "standard output" in many tools: here it would be a folder named "-"
+        raise DataError(f"{flag} - would write into a folder named '-'; give a folder name.")
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise DataError(f"{path} is a file, not a folder; choose a writable {flag} location.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import typer
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 
 from fsdistill.checkpoint import load_artifact
 from fsdistill.cli import app
+from fsdistill.errors import DataError
 
 from helpers import SynData, assert_user_error
 
@@ -518,6 +520,13 @@ def test_a_path_option_given_twice_is_refused(runner, tiny_data, tmp_path, monke
 def test_json_dash_is_refused_not_a_file_named_dash(runner, tiny_data, tmp_path, monkeypatch) -> None:
     """`--json -` (standard output in many tools) wrote a file named "-" in silence."""
     monkeypatch.chdir(tmp_path)
-    result = runner.invoke(app, ["check", str(tiny_data.multi), "--json", "-"])
-    assert_user_error(result, "--json - would write a file named '-'", "/dev/stdout")
+    for args in (["check", str(tiny_data.multi), "--json", "-"], ["predict", str(tiny_data.multi), "-o", "-"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and "is '-': fsdistill reads and writes files" in result.stderr
     assert not (tmp_path / "-").exists()
+    from fsdistill.runtime import ensure_writable_dir, ensure_writable_file
+
+    with pytest.raises(DataError, match="would write a file named '-'; give a file name, or /dev/stdout"):
+        ensure_writable_file(Path("-"), "--json", "report.json")  # the API's callers (suggest's json_out)
+    with pytest.raises(DataError, match="would write into a folder named '-'"):
+        ensure_writable_dir(Path("-"), "--copy-to")

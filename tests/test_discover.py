@@ -714,7 +714,9 @@ def test_mask_files_finds_the_masks_of_labelled_folders_and_spares_photographs(t
         photo(tmp_path / "pix2pix" / "inputs" / "p.png", 7),  # pairs of photographs named like image/mask folders
         photo(tmp_path / "pix2pix" / "targets" / "p.png", 8),
         photo(tmp_path / "beach" / "b.jpg", 9),
-        photo(tmp_path / "beach" / "b_seg.jpg", 10),  # a JPEG is never a label map
+        photo(tmp_path / "beach" / "b_seg.jpg", 10),  # a photograph's pixels, whatever its name
+        photo(tmp_path / "party" / "carnival.jpg", 14),
+        photo(tmp_path / "party" / "carnival_mask.jpg", 15),
         photo(tmp_path / "twins" / "t.jpg", 11),  # x.jpg + x.png: FSS-1000's pair, the PNG taken as the mask
     }
     twin = photo(tmp_path / "twins" / "t.png", 11)  # (a photograph saved twice: one copy stays)
@@ -749,6 +751,14 @@ def test_names_in_another_unicode_form_pair_and_yaml_names_stay_as_written(tmp_p
     assert read_class_names(names) == ["background", "no", "1.10", "010", "1:30"]
     names.write_text("names: {0: background, 1: on, 2: 0x1A}\n")
     assert read_class_names(names) == ["background", "on", "0x1A"]
+    names.write_text("names: {1: cat, 010: no}\n")  # the ids as YAML reads them (010 is 8), the names as written
+    read = read_class_names(names)
+    assert read[1] == "cat" and read[8] == "no" and len(read) == 9
+    # "ß" is not "ss" to any file system: no pairing across them (casefold made one)
+    SynData.save(tmp_path / "g" / "images" / "straße.png", SynData.image(20, 24, 0))
+    SynData.save(tmp_path / "g" / "masks" / "strasse.png", SynData.disc(20, 24, 10, 12, 5).astype(np.uint8))
+    with pytest.raises(DataError):
+        discover(tmp_path / "g")
     as_json = tmp_path / "data.json"
     as_json.write_text('{"names": ["background", 1.10, true]}')
     assert read_class_names(as_json) == ["background", "1.10", "true"]

@@ -87,8 +87,13 @@ def read_class_names(path: Path | str) -> list[str]:
                     f"Names file {path} lists something other than plain names in names:; give one name each."
                 )
             if not is_json and not all(isinstance(n, str) for n in values):
-                # YAML reads no/on as booleans, 010 as 8, 1:30 as 90: each name as written in the file instead.
-                raw = (yaml.load(text, Loader=yaml.BaseLoader) or {}).get("names", raw)
+                # YAML reads no/on as booleans, 010 as 8, 1:30 as 90: each name as written in the file instead (the
+                # ids as YAML reads them; where merge keys make the two readings differ, the names as read).
+                verbatim = (yaml.load(text, Loader=yaml.BaseLoader) or {}).get("names")
+                if isinstance(raw, list) and isinstance(verbatim, list) and len(verbatim) == len(raw):
+                    raw = verbatim
+                elif isinstance(raw, dict) and isinstance(verbatim, dict) and len(verbatim) == len(raw):
+                    raw = dict(zip(raw, verbatim.values()))
             elif is_json:
                 raw = (
                     {k: _json_text(v) for k, v in raw.items()} if isinstance(raw, dict) else list(map(_json_text, raw))

@@ -129,18 +129,13 @@ def mask_folders(names: Sequence[str]) -> set[str]:
     return masks
 
 
-# Mask-file suffixes that are also ordinary words in photographs' names (beach_seg.jpg): such a file beside its
-# namesake is taken for a mask only if its pixels look like one (_label_map).
-_WEAK_MASK_SUFFIXES = ("_segmentation", "_labels", "_label", "_seg")
-
-
 def mask_files(root: Path, images: Sequence[Path]) -> set[Path]:
     """Of ``images`` (image files found under ``root``), the masks: those a labelled layout in ``root`` or any
     folder below it (``train/`` + ``val/`` splits, each ``images/`` + ``labels/``) pairs with an image or leaves
     without one, as ``check`` reads such a folder, and files named like the mask of an image beside them
-    (``x_mask.png`` beside ``x.jpg``). Where only names say so and the names also fit photographs (folders such as
-    ``inputs/`` + ``targets/`` or ``labels/``, suffixes such as ``_seg``), a file counts only if its pixels look
-    like a label map (:func:`_label_map`). A labelled folder given as a pool of unlabeled images yields its images
+    (``x_mask.png`` beside ``x.jpg``). Outside folders whose names only masks carry (``masks/``, ``gt/``,
+    ``SegmentationClass/``), names also fit photographs (``inputs/`` + ``targets/``, ``labels/``, ``face_mask.jpg``
+    beside ``face.jpg``), so there a file counts only if its pixels look like a label map (:func:`_label_map`). A labelled folder given as a pool of unlabeled images yields its images
     only: its masks would be trained on, or ranked, as photographs."""
     candidates: set[Path] = set()
     below = (d for d in root.rglob("*") if d.is_dir())
@@ -159,11 +154,10 @@ def mask_files(root: Path, images: Sequence[Path]) -> set[Path]:
         if base != p.stem and (p.parent, base.lower()) in stems:
             candidates.add(p.resolve())
 
-    def ambiguous(path: Path) -> bool:
-        folders = {part.lower() for part in path.relative_to(root).parts[:-1]}
-        return bool(folders & _ALSO_PHOTOGRAPHS) or path.stem.lower().endswith(_WEAK_MASK_SUFFIXES)
+    def in_a_mask_folder(path: Path) -> bool:  # masks/, gt/, SegmentationClass/: names photographs never carry
+        return any(part.lower() in _PAIRED_MASK_DIRS for part in path.relative_to(root).parts[:-1])
 
-    return {p for p in images if p.resolve() in candidates and (not ambiguous(p) or _label_map(p))}
+    return {p for p in images if p.resolve() in candidates and (in_a_mask_folder(p) or _label_map(p))}
 
 
 def _label_map(path: Path) -> bool:
@@ -185,8 +179,9 @@ def _label_map(path: Path) -> bool:
 
 
 def _loose(name: str) -> str:
-    """``name`` as Windows and macOS compare file names: in one Unicode form (NFC), case folded."""
-    return unicodedata.normalize("NFC", name).casefold()
+    """``name`` as Windows and macOS compare file names: in one Unicode form (NFC), in lower case (not casefold:
+    neither system takes "ß" for "ss")."""
+    return unicodedata.normalize("NFC", name).lower()
 
 
 def _match_paired(img_dir: Path, mask_dir: Path, images: list[Path], masks: list[Path]) -> FoundPairs:

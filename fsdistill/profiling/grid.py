@@ -454,7 +454,7 @@ def _load_run(path: Path, device: torch.device) -> tuple[_Models, dict[str, Any]
     teacher, student = models.get("teacher"), models.get("student")
     backbone = (student or teacher).backbone
     info = {
-        "model_cfg": loaded.get("student", first).model_cfg,
+        "model_cfg": loaded["student"].model_cfg if "student" in loaded else None,  # a teacher has no student fields
         "size": first.size,
         "ways": classes.pop(),
         "backbone": first.config["backbone"]["name"],
