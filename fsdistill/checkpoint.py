@@ -99,7 +99,7 @@ def live_claim(run_dir: Path, ignore_own: bool = False) -> str | None:
         text = claim.read_text().strip()
         age = time.time() - claim.stat().st_mtime
     except PermissionError:  # another user's claim: it cannot be checked, so it is taken to be live
-        if not os.access(run_dir, os.R_OK | os.X_OK):
+        if not os.access(run_dir, os.X_OK):
             return None  # the folder itself cannot be read (reading the model says so), no claim known
         return "a run of another user, whose claim this user cannot read"
     except OSError:

@@ -523,6 +523,7 @@ def test_json_dash_is_refused_not_a_file_named_dash(runner, tiny_data, tmp_path,
     for args in (["check", str(tiny_data.multi), "--json", "-"], ["predict", str(tiny_data.multi), "-o", "-"]):
         result = runner.invoke(app, args)
         assert result.exit_code == 2 and "is '-': fsdistill reads and writes files" in result.stderr
+        assert "/dev/stdout" in result.stderr
     assert not (tmp_path / "-").exists()
     from fsdistill.runtime import ensure_writable_dir, ensure_writable_file
 

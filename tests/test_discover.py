@@ -710,13 +710,19 @@ def test_mask_files_finds_the_masks_of_labelled_folders_and_spares_photographs(t
     masks.add(mask(tmp_path / "site" / "day" / "masks" / "d.png"))
     photo(tmp_path / "flat" / "x.jpg", 6)
     masks.add(mask(tmp_path / "flat" / "x_mask.png"))
+    photo(tmp_path / "colour" / "y.jpg", 16)  # a colour mask saved as JPEG: its name says what it is
+    masks.add(
+        SynData.save(
+            tmp_path / "colour" / "y_mask.jpg", np.random.default_rng(17).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+        )
+    )
     photos = {
         photo(tmp_path / "pix2pix" / "inputs" / "p.png", 7),  # pairs of photographs named like image/mask folders
         photo(tmp_path / "pix2pix" / "targets" / "p.png", 8),
         photo(tmp_path / "beach" / "b.jpg", 9),
         photo(tmp_path / "beach" / "b_seg.jpg", 10),  # a photograph's pixels, whatever its name
         photo(tmp_path / "party" / "carnival.jpg", 14),
-        photo(tmp_path / "party" / "carnival_mask.jpg", 15),
+        photo(tmp_path / "party" / "carnival_seg.jpg", 15),
         photo(tmp_path / "twins" / "t.jpg", 11),  # x.jpg + x.png: FSS-1000's pair, the PNG taken as the mask
     }
     twin = photo(tmp_path / "twins" / "t.png", 11)  # (a photograph saved twice: one copy stays)
@@ -762,6 +768,9 @@ def test_names_in_another_unicode_form_pair_and_yaml_names_stay_as_written(tmp_p
     as_json = tmp_path / "data.json"
     as_json.write_text('{"names": ["background", 1.10, true]}')
     assert read_class_names(as_json) == ["background", "1.10", "true"]
+    names.write_text("names: {0: background, 1: cat, true: no}\n")  # true is id 1 too: which name is which?
+    with pytest.raises(DataError, match="quote the names"):
+        read_class_names(names)
     names.write_text("names: [background, null]\n")  # still no name at all
     with pytest.raises(DataError, match="something other than plain names"):
         read_class_names(names)

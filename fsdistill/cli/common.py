@@ -97,7 +97,10 @@ def non_empty_text(value: str) -> str:
     if not str(value).strip():
         raise typer.BadParameter("is empty; give a path (an unset shell variable?)")
     if str(value) == "-":  # standard input or output in many tools; here it named a file or folder "-"
-        raise typer.BadParameter("is '-': fsdistill reads and writes files, not standard input or output; give a path")
+        raise typer.BadParameter(
+            "is '-': fsdistill reads and writes files, not standard input or output; give a path (/dev/stdout for "
+            "the terminal)"
+        )
     return os.path.expanduser(str(value))
 
 

@@ -94,6 +94,11 @@ def read_class_names(path: Path | str) -> list[str]:
                     raw = verbatim
                 elif isinstance(raw, dict) and isinstance(verbatim, dict) and len(verbatim) == len(raw):
                     raw = dict(zip(raw, verbatim.values()))
+                else:  # merge keys, or ids YAML reads as one (true and 1): which name is which cannot be told
+                    raise DataError(
+                        f"Names file {path} has unquoted names YAML reads as other values (no, on, 010) together "
+                        "with merge keys or ids that collide; quote the names ('no') and give each id once."
+                    )
             elif is_json:
                 raw = (
                     {k: _json_text(v) for k, v in raw.items()} if isinstance(raw, dict) else list(map(_json_text, raw))

@@ -129,13 +129,17 @@ def mask_folders(names: Sequence[str]) -> set[str]:
     return masks
 
 
+# Mask-file suffixes no photograph's name carries (beach_seg.jpg and carnival_label.jpg may be photographs).
+_STRONG_MASK_SUFFIXES = ("_mask", "_masks", "-mask", "-masks", "_gt")
+
+
 def mask_files(root: Path, images: Sequence[Path]) -> set[Path]:
     """Of ``images`` (image files found under ``root``), the masks: those a labelled layout in ``root`` or any
     folder below it (``train/`` + ``val/`` splits, each ``images/`` + ``labels/``) pairs with an image or leaves
     without one, as ``check`` reads such a folder, and files named like the mask of an image beside them
-    (``x_mask.png`` beside ``x.jpg``). Outside folders whose names only masks carry (``masks/``, ``gt/``,
-    ``SegmentationClass/``), names also fit photographs (``inputs/`` + ``targets/``, ``labels/``, ``face_mask.jpg``
-    beside ``face.jpg``), so there a file counts only if its pixels look like a label map (:func:`_label_map`). A labelled folder given as a pool of unlabeled images yields its images
+    (``x_mask.png`` beside ``x.jpg``). Unless the folder or file is named as only masks are (``masks/``, ``gt/``,
+    ``SegmentationClass/``, ``x_mask``, ``x_gt``), names also fit photographs (``inputs/`` + ``targets/``,
+    ``labels/``, ``x_seg``), so there a file counts only if its pixels look like a label map (:func:`_label_map`). A labelled folder given as a pool of unlabeled images yields its images
     only: its masks would be trained on, or ranked, as photographs."""
     candidates: set[Path] = set()
     below = (d for d in root.rglob("*") if d.is_dir())
@@ -154,10 +158,13 @@ def mask_files(root: Path, images: Sequence[Path]) -> set[Path]:
         if base != p.stem and (p.parent, base.lower()) in stems:
             candidates.add(p.resolve())
 
-    def in_a_mask_folder(path: Path) -> bool:  # masks/, gt/, SegmentationClass/: names photographs never carry
-        return any(part.lower() in _PAIRED_MASK_DIRS for part in path.relative_to(root).parts[:-1])
+    def named_as_a_mask(path: Path) -> bool:  # masks/, gt/, x_mask.png, x_gt.png: names photographs never carry
+        folders = path.relative_to(root).parts[:-1]
+        return any(part.lower() in _PAIRED_MASK_DIRS for part in folders) or path.stem.lower().endswith(
+            _STRONG_MASK_SUFFIXES
+        )
 
-    return {p for p in images if p.resolve() in candidates and (in_a_mask_folder(p) or _label_map(p))}
+    return {p for p in images if p.resolve() in candidates and (named_as_a_mask(p) or _label_map(p))}
 
 
 def _label_map(path: Path) -> bool:
