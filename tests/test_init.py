@@ -288,3 +288,22 @@ def test_init_says_when_the_folder_reorders_the_classes(tiny_multi_run, tmp_path
     assert "untrained" not in result.output
     recorded = load_model(tmp_path / "run", "student").config["training"]["init"]["moved"]
     assert recorded == {"blue": [3, 1], "red": [1, 2], "green": [2, 3]}
+
+
+def test_the_shared_groups_refusal_comes_before_the_run_folder(tiny_data, tmp_path) -> None:
+    """The refusal came after the run folder was made and the supports' features cached."""
+    shared = {**TINY_MODEL, "decoder": "shared"}
+    run = api.distill(
+        {"support": tiny_data.multi, "out": tmp_path / "run", "device": "cpu", "model": shared, "train": TINY_TRAIN},
+        quiet=True,
+    )
+    smaller = write_multiclass_folder(tmp_path / "smaller", [f"s{i}" for i in range(4)], ["red", "green"], seed=6)
+    cfg = load_config(
+        DistillCfg,
+        None,
+        {"support": smaller, "out": tmp_path / "grown", "device": "cpu", "init": run.run_dir,
+         "drop_class": ["blue"], "train": TINY_TRAIN},
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="would have 2 ConvDist groups where the run's shared decoder has 3"):
+        api.distill(cfg, quiet=True)
+    assert not (tmp_path / "grown").exists()

@@ -50,7 +50,7 @@ from fsdistill.models.build import (
     parameter_count,
     save_model,
 )
-from fsdistill.models.grow import copy_student_classes, match_classes
+from fsdistill.models.grow import check_shared_groups, copy_student_classes, match_classes
 from fsdistill.models.student import DistilledStudent
 from fsdistill.models.teacher import DCAMATeacher
 from fsdistill.runtime import (
@@ -680,6 +680,7 @@ def distill(
     if init is not None:
         init_teacher = init[0]
         match = match_classes(init_teacher.class_names, index.class_names, cfg.drop_class, str(cfg.init))
+        check_shared_groups(init[1].model, num_classes)  # before the run folder and any feature is made
         # The teacher has no per-class weight: the run's, whole (the new one only differs in its class count),
         # so it is built from the run's own config without loading backbone or official weights a second time.
         teacher_cfg = init_teacher.model_cfg

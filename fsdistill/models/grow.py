@@ -77,6 +77,24 @@ def match_classes(run_classes: list[str], folder_classes: list[str], drop: list[
 
 
 @torch.no_grad()
+def check_shared_groups(run_student: DistilledStudent, num_classes: int) -> None:
+    """Refuse, before anything is trained, to continue a shared-decoder student with fewer classes than its
+    ConvDist groups (see :func:`_copy_convdist`)."""
+    block = run_student.convdist[0]
+    cap = run_student.decoder.convdist_groups
+    if block.shared and cap is not None and min(cap, num_classes) < block.groups:
+        raise _fewer_groups(min(cap, num_classes), block.groups)
+
+
+def _fewer_groups(new: int, old: int) -> ConfigError:
+    # Every class reads every group: a kept class would lose its readout of the groups cut off.
+    return ConfigError(
+        f"The continued student would have {new} ConvDist groups where the run's shared decoder has {old} (one per "
+        f"class up to 4), and every class reads them all, so its kept classes would change; keep at least {old} "
+        "classes, or distill the folder from scratch."
+    )
+
+
 def _copy_convdist(target: ConvDist, source: ConvDist, kept: list[tuple[int, int]]) -> None:
     """Copy the kept classes' parts of one stage's blocks (``kept``: (new class, run class) pairs): with per-class
     groups the rows of each fused conv that belong to the class; with hidden groups all classes share, those groups
@@ -90,12 +108,7 @@ def _copy_convdist(target: ConvDist, source: ConvDist, kept: list[tuple[int, int
         hidden.append((target.bottleneck, source.bottleneck))
     if target.shared:
         if target.groups < source.groups:
-            # Every class reads every group: a kept class would lose its readout of the groups cut off.
-            raise ConfigError(
-                f"The continued student would have {target.groups} ConvDist groups where the run's shared decoder "
-                f"has {source.groups} (one per class up to 4), and every class reads them all, so its kept classes "
-                f"would change; keep at least {source.groups} classes, or distill the folder from scratch."
-            )
+            raise _fewer_groups(target.groups, source.groups)
         # Hidden groups are anonymous: the run's G carry over, new ones start fresh (a group of W bottleneck and
         # hidden rows).
         rows = source.groups * target.width
