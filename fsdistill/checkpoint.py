@@ -299,15 +299,21 @@ def load_artifact(directory: Path, expected_kind: str | None = None) -> tuple[di
     return tensors, config
 
 
-def written_by_distill(artifact: Path) -> bool:
-    """Whether the artifact at ``artifact`` was written by ``distill`` (its recorded training config has distill's
-    ``teacher`` field), as a distill killed before its student leaves its teacher; not an adapt run's teacher."""
+def recorded_train_config(artifact: Path) -> dict[str, Any] | None:
+    """The training config the artifact at ``artifact`` records (None: none, or no readable config.json)."""
     try:
         config = json.loads((artifact / CONFIG_FILE).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
+        return None
     train_config = config.get("train_config") if isinstance(config, dict) else None
-    return isinstance(train_config, dict) and "teacher" in train_config
+    return train_config if isinstance(train_config, dict) else None
+
+
+def written_by_distill(artifact: Path) -> bool:
+    """Whether the artifact at ``artifact`` was written by ``distill`` (its recorded training config has distill's
+    ``teacher`` field), as a distill killed before its student leaves its teacher; not an adapt run's teacher."""
+    train_config = recorded_train_config(artifact)
+    return train_config is not None and "teacher" in train_config
 
 
 def _newest_run(root: Path, kind: str, finished: bool = True) -> Path | None:

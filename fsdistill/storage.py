@@ -230,8 +230,8 @@ class ObjectStorage(Storage):
         fs = _pyarrow_fs()
         with self._errors("reach", key):
             info = self.fs.get_file_info(self._path(key))
-        if info.type == fs.FileType.File and info.size is not None and info.mtime_ns is not None:
-            self._stamps[info.path] = f"{info.size}:{info.mtime_ns}"  # a file given alone is never listed
+        if info.type == fs.FileType.File:
+            self._remember_stamps([info])  # a file given alone is never listed
         return {fs.FileType.File: "file", fs.FileType.Directory: "dir"}.get(info.type, "missing")
 
     def files(self, key: str) -> set[str]:
@@ -240,13 +240,17 @@ class ObjectStorage(Storage):
             infos = self.fs.get_file_info(fs.FileSelector(self._path(key), recursive=True, allow_not_found=True))
         start = len(self.root) + 1
         files = [info for info in infos if info.type == fs.FileType.File]
-        # The listing gives each object's size and date: the sources' stamps, without a request per object.
+        self._remember_stamps(files)
+        return {info.path[start:] for info in files}
+
+    def _remember_stamps(self, infos: list[Any]) -> None:
+        """The size and date a request gave of each file (pyarrow FileInfo): the sources' stamps (predict's resume
+        check), without a request per object."""
         self._stamps.update(
             (info.path, f"{info.size}:{info.mtime_ns}")
-            for info in files
+            for info in infos
             if info.size is not None and info.mtime_ns is not None
         )
-        return {info.path[start:] for info in files}
 
     def walk(self) -> Iterator[tuple[str, list[str], list[str]]]:
         # One listing of the whole prefix (an object store has no folders to descend into), laid out as folders.

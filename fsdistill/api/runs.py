@@ -164,7 +164,7 @@ def claim_run_dir(run_dir: Path) -> None:
                 continue
             fd, created = None, False
         except OSError as exc:
-            raise DataError(f"Cannot write into {run_dir} ({exc.strerror}); choose a writable --out.") from None
+            raise _cannot_write(run_dir, exc) from None
         locked = claim_lock(fd, exclusive=True) if fd is not None else False
         if locked is None:  # no file locks here
             os.close(fd)
@@ -185,10 +185,11 @@ def claim_run_dir(run_dir: Path) -> None:
             time.sleep(0.05)
             continue
         try:
-            if os.fstat(fd).st_nlink > 1:  # another name of some file: writing would change that file too
+            opened = os.fstat(fd)
+            if opened.st_nlink > 1:  # another name of some file: writing would change that file too
                 os.close(fd)
                 raise DataError(f"{claim} is a hard link to another file; remove it, then run the command again.")
-            if os.fstat(fd).st_ino != os.stat(claim, follow_symlinks=False).st_ino:
+            if opened.st_ino != os.stat(claim, follow_symlinks=False).st_ino:
                 os.close(fd)  # its holder removed it as it finished, between our open and our lock
                 continue
             os.ftruncate(fd, 0)
@@ -199,10 +200,14 @@ def claim_run_dir(run_dir: Path) -> None:
                 claim.unlink(missing_ok=True)
             if isinstance(exc, FileNotFoundError):
                 continue
-            raise DataError(f"Cannot write into {run_dir} ({exc.strerror}); choose a writable --out.") from None
+            raise _cannot_write(run_dir, exc) from None
         _claimed.append((run_dir.absolute(), fd))
         return
     raise DataError(f"Cannot claim {run_dir}: other runs keep taking it; choose another --out.")
+
+
+def _cannot_write(run_dir: Path, exc: OSError) -> DataError:
+    return DataError(f"Cannot write into {run_dir} ({exc.strerror}); choose a writable --out.")
 
 
 def _open_claim(claim: Path) -> tuple[int, bool]:
@@ -247,7 +252,7 @@ def _claim_by_text(run_dir: Path) -> None:
             _claimed.append((run_dir.absolute(), None))
             return
     except OSError as exc:
-        raise DataError(f"Cannot write into {run_dir} ({exc.strerror}); choose a writable --out.") from None
+        raise _cannot_write(run_dir, exc) from None
     finally:
         tmp.unlink(missing_ok=True)
 

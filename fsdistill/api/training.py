@@ -31,7 +31,13 @@ from fsdistill.api.runs import (
     new_run_dir,
     training_command,
 )
-from fsdistill.checkpoint import WEIGHTS_FILE, WEIGHTS_SHA_KEY, is_artifact, written_by_distill
+from fsdistill.checkpoint import (
+    WEIGHTS_FILE,
+    WEIGHTS_SHA_KEY,
+    is_artifact,
+    recorded_train_config,
+    written_by_distill,
+)
 from fsdistill.config import AdaptCfg, DistillCfg, ModelCfg, load_config
 from fsdistill.data.discover import SupportIndex, discover
 from fsdistill.data.images import image_size
@@ -287,14 +293,8 @@ def _new_teacher(cfg: AdaptCfg | DistillCfg, num_classes: int) -> tuple[DCAMATea
 def _frozen_teacher_of(run: Path) -> str | None:
     """The frozen teacher a run's student was distilled from (``distill --teacher T --freeze-teacher``), as its
     student records it; None for other runs or none readable."""
-    try:
-        config = json.loads((run / "student" / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    train_config = config.get("train_config") if isinstance(config, dict) else None
-    if isinstance(train_config, dict) and train_config.get("teacher") and train_config.get("freeze_teacher"):
-        return str(train_config["teacher"])
-    return None
+    train_config = recorded_train_config(run / "student") or {}
+    return str(train_config["teacher"]) if train_config.get("teacher") and train_config.get("freeze_teacher") else None
 
 
 def _load_init(cfg: DistillCfg) -> tuple[LoadedModel, LoadedModel]:
@@ -450,11 +450,16 @@ def _pool_images(cfg: DistillCfg, index: SupportIndex) -> _PoolImages:
             continue
         readable.append(path)
     if not readable:
-        raise DataError(
-            f"None of the {total} images of --unlabeled {pool} could be read ({unreadable[0]}); check the files or "
-            "leave --unlabeled out."
-        )
+        raise _unreadable_pool(total, pool, unreadable[0])
     return _PoolImages(sorted(readable), total, len(images) - total, len(masks), unreadable)
+
+
+def _unreadable_pool(total: int, pool: Path | None, first: str) -> DataError:
+    """No image of the pool could be read (``first``: the first file's reason)."""
+    return DataError(
+        f"None of the {total} images of --unlabeled {pool} could be read ({first}); check the files or leave "
+        "--unlabeled out."
+    )
 
 
 def _without_copies(paths: list[Path], known: list[Path]) -> list[Path]:
@@ -598,10 +603,7 @@ def _train_on_pool(
     pool = join_pool(parts, trust, support.present.device)
     label_seconds = time.perf_counter() - start
     if pool is None:
-        raise DataError(
-            f"None of the {pool_images.total} images of --unlabeled {cfg.unlabeled} could be read ({skipped[0]}); "
-            "check the files or leave --unlabeled out."
-        )
+        raise _unreadable_pool(pool_images.total, cfg.unlabeled, skipped[0])
     # The bytes just labelled, read now rather than after the pool phase: a file moved meanwhile has its own entry.
     fingerprint = _pool_fingerprint(cfg.unlabeled, labelled)
     pool_stats = train(

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from fsdistill import __version__
-from fsdistill.cli.common import app, torchrun_rank
+from fsdistill.cli.common import app
 
 # Importing the command modules registers their commands; help lists them in this order.
 # isort: off
@@ -42,21 +42,22 @@ def _root(
 def main() -> None:
     """Console entry point (``fsdistill`` and ``python -m fsdistill``)."""
     _set_help_width()
-    if torchrun_rank() != "0" and _valid_launch():
+    if _another_torchrun_rank():
         _run_quietly_parsed()
     app()
 
 
-def _valid_launch() -> bool:
-    """Whether the environment is a torchrun launch (a hand-set WORLD_SIZE without the rest is not: no rank 0
-    would print this process's usage errors)."""
+def _another_torchrun_rank() -> bool:
+    """Whether this process is one of a torchrun launch other than rank 0 (a hand-set WORLD_SIZE without the rest
+    of a launch is none: no rank 0 would print this process's usage errors)."""
     from fsdistill.distributed import launch_from_env
     from fsdistill.errors import ConfigError
 
     try:
-        return launch_from_env() is not None
+        launch = launch_from_env()
     except ConfigError:
         return False
+    return launch is not None and launch.rank != 0
 
 
 def _run_quietly_parsed() -> None:

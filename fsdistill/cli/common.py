@@ -329,17 +329,11 @@ class _LibraryLogHandler(logging.StreamHandler):
         return text if text.startswith(("note: ", "warning: ")) else f"warning: {text}"
 
 
-def torchrun_rank() -> str:
-    """This process's rank when torchrun started it as one of several ("0" otherwise), from the environment (as
-    given: a bad one is reported by the command)."""
-    return os.environ.get("RANK", "0") if os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1") else "0"
-
-
 def _rank_note() -> str:
     """``rank R: `` in a process that torchrun started as rank R > 0, else nothing: each process reports its own
     errors (one may fail alone, on a node without the data, say), and the rank tells the copies apart."""
-    rank = torchrun_rank()
-    return f"rank {rank}: " if rank != "0" else ""
+    rank = os.environ.get("RANK", "0")
+    return f"rank {rank}: " if os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1") and rank != "0" else ""
 
 
 def command(fn: Callable | None = None, *, torchrun: bool = False) -> Callable:

@@ -151,8 +151,8 @@ def predict(
             gpus_per_worker=gpus_per_worker,
         )
     say = _say(quiet)
-    # An object-store URI's query (?endpoint_override=…) is no part of its path.
-    masks = f"{(str(out).split('?', 1)[0] if '://' in str(out) else str(out)).rstrip('/')}/masks"
+    # As the library reports the folder: an object-store URI without its query (?endpoint_override=…).
+    masks = f"{str(result.out_dir).rstrip('/')}/masks"
     say(f"{result.written} written, {result.skipped} already done, {len(result.failed)} failed -> {masks}")
     if result.scored:  # the model ran again on images already done: said, as it takes as long as predicting them
         say(f"{result.scored} masks of an earlier run given the class scores --format needs (their images run again)")

@@ -139,8 +139,9 @@ def mask_files(root: Path, images: Sequence[Path]) -> set[Path]:
     without one, as ``check`` reads such a folder, and files named like the mask of an image beside them
     (``x_mask.png`` beside ``x.jpg``). Unless the folder or file is named as only masks are (``masks/``, ``gt/``,
     ``SegmentationClass/``, ``x_mask``, ``x_gt``), names also fit photographs (``inputs/`` + ``targets/``,
-    ``labels/``, ``x_seg``), so there a file counts only if its pixels look like a label map (:func:`_label_map`). A labelled folder given as a pool of unlabeled images yields its images
-    only: its masks would be trained on, or ranked, as photographs."""
+    ``labels/``, ``x_seg``), so there a file counts only if its pixels look like a label map (:func:`_label_map`).
+    A labelled folder given as a pool of unlabeled images yields its images only: its masks would be trained on,
+    or ranked, as photographs."""
     candidates: set[Path] = set()
     below = (d for d in root.rglob("*") if d.is_dir())
     folders = [root, *(d for d in below if not any(is_hidden(Path(part)) for part in d.relative_to(root).parts))]

@@ -76,7 +76,6 @@ def match_classes(run_classes: list[str], folder_classes: list[str], drop: list[
     )
 
 
-@torch.no_grad()
 def check_shared_groups(run_student: DistilledStudent, num_classes: int) -> None:
     """Refuse, before anything is trained, to continue a shared-decoder student with fewer classes than its
     ConvDist groups (see :func:`_copy_convdist`)."""
@@ -95,6 +94,7 @@ def _fewer_groups(new: int, old: int) -> ConfigError:
     )
 
 
+@torch.no_grad()
 def _copy_convdist(target: ConvDist, source: ConvDist, kept: list[tuple[int, int]]) -> None:
     """Copy the kept classes' parts of one stage's blocks (``kept``: (new class, run class) pairs): with per-class
     groups the rows of each fused conv that belong to the class; with hidden groups all classes share, those groups
