@@ -108,6 +108,13 @@ def _glibc() -> Any:
     return libc
 
 
+def storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of the memory behind ``tensors``, each storage counted once (views and a tensor listed twice share
+    theirs; a view counts its whole storage)."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values())
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA, then Apple MPS, then the CPU; an explicit choice must be available."""
     name = check_device_name(name)

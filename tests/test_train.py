@@ -1106,3 +1106,84 @@ def test_a_class_that_vanishes_at_the_input_size_is_said(tmp_path, caplog) -> No
         len(messages) == 1
         and "Class 'dot' vanishes when 2 support image(s) are resized to 64 px (e.g. s0)" in (messages[0])
     )
+
+
+def test_feature_cache_automatic_flip_views_where_they_fit(monkeypatch) -> None:
+    """augment None caches the four flip views when their features fit FLIP_VIEW_BYTES, bit-identical to augment
+    True; over the bound one view, and ``views_left_out`` says how much they would have taken."""
+    from fsdistill.config import ModelCfg
+    from fsdistill.data.support_tensors import SupportTensors
+    from fsdistill.models.build import build_teacher
+    from fsdistill.runtime import storage_bytes
+    from fsdistill.train import episodes
+    from fsdistill.train.episodes import FeatureCache
+
+    torch.manual_seed(0)
+    teacher = build_teacher(ModelCfg(backbone="test-resnet", size=64), num_classes=2, pretrained=False).eval()
+    masks = torch.zeros(3, 64, 64, dtype=torch.uint8)
+    masks[:, 10:30, 5:40] = 1
+    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    support = SupportTensors(images, masks, ["a", "b", "c"])
+    cpu = torch.device("cpu")
+    auto, asked, plain = (FeatureCache(teacher, support, cpu, a) for a in (None, True, False))
+    assert (auto.views, asked.views, plain.views) == (4, 4, 1) and auto.views_left_out is None
+    for view in range(4):
+        assert torch.equal(auto.masks[view], asked.masks[view])
+        for got, want in zip(episodes._tensors(auto.feats[view]), episodes._tensors(asked.feats[view])):
+            assert torch.equal(got, want)
+        for got, want in zip(episodes._tensors(auto.support[view]), episodes._tensors(asked.support[view])):
+            assert torch.equal(got, want)
+    one_view = storage_bytes([plain.masks[0], *episodes._tensors(plain.feats[0]), *episodes._tensors(plain.support[0])])
+    monkeypatch.setattr(episodes, "FLIP_VIEW_BYTES", 4 * one_view)  # exactly fits
+    assert FeatureCache(teacher, support, cpu, None).views == 4
+    monkeypatch.setattr(episodes, "FLIP_VIEW_BYTES", 4 * one_view - 1)
+    over = FeatureCache(teacher, support, cpu, None)
+    assert over.views == 1 and over.views_left_out.startswith("their features would take 0.0 GiB, more than")
+    assert FeatureCache(teacher, support, cpu, True).views == 4  # asked for: whatever they take
+
+
+def test_storage_bytes_counts_shared_memory_once() -> None:
+    from fsdistill.runtime import storage_bytes
+
+    base = torch.zeros(10, 4)  # 160 bytes
+    assert storage_bytes([base, base, base[2:5], base.view(40)]) == 160
+    assert storage_bytes([base, torch.zeros(3, dtype=torch.uint8)]) == 163
+    assert storage_bytes([]) == 0
+
+
+def test_distill_records_its_flip_views_and_says_when_automatic_augmentation_left_them_out(
+    tmp_path, monkeypatch, tiny_data
+) -> None:
+    """The artifact records the views each support was cached in: four by default on a small folder, one with
+    --no-augment or without steps; over the memory bound the run says so in one note (and records why)."""
+    from typer.testing import CliRunner
+
+    from fsdistill.cli import app
+    from fsdistill.train import episodes
+
+    def run_cli(*args: str):
+        return CliRunner().invoke(app, list(args))
+
+    monkeypatch.chdir(tmp_path)
+    default = api.distill(_distill_cfg(tiny_data.binary, tmp_path / "default"), quiet=True)
+    assert default.stats["flip_views"] == 4 and "flip_views_left_out" not in default.stats
+    assert load_artifact(default.student_dir)[1]["training"]["flip_views"] == 4
+    plain = api.distill(_distill_cfg(tiny_data.binary, tmp_path / "plain", train={"augment": False}), quiet=True)
+    assert plain.stats["flip_views"] == 1
+    untrained = api.distill(_distill_cfg(tiny_data.binary, tmp_path / "zero", train={"steps": 0}), quiet=True)
+    assert untrained.stats["flip_views"] == 1 and "flip_views_left_out" not in untrained.stats
+    adapted = api.adapt(_adapt_cfg(tiny_data.binary, tmp_path / "adapted"), quiet=True)
+    assert adapted.stats["flip_views"] == 4
+    monkeypatch.setattr(episodes, "FLIP_VIEW_BYTES", 1)
+    over = api.distill(_distill_cfg(tiny_data.binary, tmp_path / "over"), quiet=True)
+    assert over.stats["flip_views"] == 1
+    assert over.stats["flip_views_left_out"].startswith("their features would take")
+    args = ["distill", "--support", str(tiny_data.binary), "--out", "cli", "--device", "cpu", "--steps", "1"]
+    args += ["--backbone", "test-resnet", "--size", "64"]
+    said = run_cli(*args)
+    assert said.exit_code == 0, said.output
+    assert "note: the supports were cached without their flip views (their features would take" in said.output
+    assert "--augment caches them anyway" in said.output
+    asked = run_cli(*args[:4], "asked", *args[5:], "--augment")
+    assert asked.exit_code == 0 and "flip views" not in asked.output
+    assert load_artifact(tmp_path / "asked" / "student")[1]["training"]["flip_views"] == 4

@@ -87,10 +87,13 @@ def _stats_dict(stats: TrainStats) -> dict[str, Any]:
         "precision": stats.precision,
         "device": stats.device,
         "class_queries": stats.class_queries,
+        "flip_views": stats.flip_views,
         "final_losses": {k: stats.final(k) for k in dict.fromkeys(k for h in stats.history for k in h)},
     }
     if stats.polish_steps:
         out["polish_steps"] = stats.polish_steps
+    if stats.flip_views_left_out:
+        out["flip_views_left_out"] = stats.flip_views_left_out
     if distributed.world_size() > 1:  # recorded only then: a one-process run's artifact is as before
         out["processes"] = distributed.world_size()
     return out
@@ -172,9 +175,15 @@ def _adapt_norm_stats(cfg: AdaptCfg | DistillCfg, teacher: DCAMATeacher, support
     return {"weight": weight if layers else 0.0, "layers": layers, "images": int(support.images.shape[0])}
 
 
-def _augment(cfg: AdaptCfg | DistillCfg, count: int) -> bool:
-    """Flip views when asked, or by default only for a single support image (episodes need a second view)."""
-    return cfg.train.augment if cfg.train.augment is not None else count == 1
+def _augment(cfg: AdaptCfg | DistillCfg, count: int) -> bool | None:
+    """Flip views as asked; by default none for a run without steps (nothing trains on them), always for a single
+    support image (episodes need a second view), else None: where they fit
+    (:class:`~fsdistill.train.episodes.FeatureCache`)."""
+    if cfg.train.augment is not None:
+        return cfg.train.augment
+    if cfg.train.steps == 0:
+        return False
+    return True if count == 1 else None
 
 
 def _artifact_fields(
@@ -618,6 +627,8 @@ def _train_on_pool(
         class_queries=[a + b for a, b in zip(support_stats.class_queries, pool_stats.class_queries)],
         precision=pool_stats.precision,  # both phases train in the run's one precision and on one device
         device=pool_stats.device,
+        flip_views=pool_stats.flip_views,  # one cache for both phases
+        flip_views_left_out=pool_stats.flip_views_left_out,
     )
     info = {
         **base_info,

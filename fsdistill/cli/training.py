@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -129,10 +129,21 @@ def adapt(
         result = api.adapt(cfg, quiet=quiet or not main, overwrite=overwrite)
     if not main:
         return
-    _say(quiet)(
+    say = _say(quiet)
+    say(
         f"teacher: {result.teacher_dir}  ({result.stats['steps']} steps, {result.stats['seconds']:.0f} s"
         f"{_precision_words(result.stats)})"
     )
+    _say_views_left_out(result.stats, say)
+
+
+def _say_views_left_out(stats: dict[str, Any], say: Callable[[str], None]) -> None:
+    """Where automatic augmentation cached the supports in one view: why, and how to have the flip views anyway."""
+    if stats.get("flip_views_left_out"):
+        say(
+            f"note: the supports were cached without their flip views ({stats['flip_views_left_out']}); "
+            "--augment caches them anyway, --no-augment silences this."
+        )
 
 
 @model_command(torchrun=True)
@@ -316,6 +327,7 @@ def distill(
         f"{f', then the student alone {polish} steps' if polish else ''} in {result.stats['seconds']:.0f} s"
         f"{_precision_words(result.stats)}"
     )
+    _say_views_left_out(result.stats, say)
     if result.stats["steps"] == 0 and not init:  # a continued run's student at 0 steps is the run's
         say(
             "note: 0 steps: the student is untrained and predicts nothing useful; adapt --steps 0 gives the "

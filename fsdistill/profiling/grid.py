@@ -32,6 +32,7 @@ from fsdistill.runtime import (
     resolve_device,
     retain_freed_memory,
     seed_everything,
+    storage_bytes,
     write_atomic,
 )
 
@@ -387,8 +388,8 @@ class _Models:
 
 
 def _tensors_mb(tensors: list[Tensor]) -> float:
-    """MB of the distinct ``tensors`` (one listed twice counts once)."""
-    return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values()) / 2**20
+    """MB of the memory behind ``tensors`` (one listed twice, or sharing its storage, counts once)."""
+    return storage_bytes(tensors) / 2**20
 
 
 def _weights_mb(module: nn.Module) -> float:

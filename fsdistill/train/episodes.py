@@ -18,6 +18,7 @@ from fsdistill.data.transforms import FLIP_VIEWS, flip, seeded_crop_views
 from fsdistill.models.backbone import cat_features
 from fsdistill.models.student import student_inputs
 from fsdistill.models.teacher import DCAMATeacher, Features, SupportFeatures
+from fsdistill.runtime import storage_bytes
 
 __all__ = [
     "FeatureCache",
@@ -29,11 +30,21 @@ __all__ = [
 
 # Memory for the attention sums of (query, support) pairs kept during one training run.
 PAIR_ATTENTION_BYTES = 2 * 2**30
+# Memory the supports' cached features may take in all four flip views when augmentation is automatic
+# (TrainCfg.augment None); larger folders are cached in one view (Lite0 at 384 px: ~6.6 MB per image and view).
+FLIP_VIEW_BYTES = 2 * 2**30
 # Added to the crop seed for the choice of crop views in the student's batches (the geometry's: CROP_GEOMETRY_SEED
 # of fsdistill.data.transforms).
 CROP_PICK_SEED = 777
 # Share of the student's supervised batch images drawn as one of their crop views (when there are any).
 CROP_PICK_PROBABILITY = 0.5
+
+
+def _tensors(features: Features | SupportFeatures) -> list[Tensor]:
+    """Every tensor of backbone features (levels of maps) or of a support set's teacher features."""
+    if isinstance(features, SupportFeatures):
+        return [*(m for maps in features.feats.values() for m in maps), *features.masks.values(), features.present]
+    return [m for level in features for m in level]
 
 
 def _select(feats: Features, index: int) -> Features:
@@ -61,8 +72,10 @@ class FeatureCache:
     fraction ≥ ``crop_min_area``, centred on a class's pixel with ``crop_centre_on_class``) for the student's
     supervised batches.
 
-    A crop view costs a backbone pass per support image when the cache is built and its feature maps (the ones the
-    student reads) in memory. ``crop_seed`` draws the crops and, in :meth:`batch`, which images are crop views.
+    ``augment``: cache the four flip views (True), the images as they are (False), or the flip views where their
+    features fit :data:`FLIP_VIEW_BYTES` (None; ``views_left_out`` then says why a folder got one view). A crop view
+    costs a backbone pass per support image when the cache is built and its feature maps (the ones the student
+    reads) in memory. ``crop_seed`` draws the crops and, in :meth:`batch`, which images are crop views.
     """
 
     def __init__(
@@ -70,16 +83,34 @@ class FeatureCache:
         teacher: DCAMATeacher,
         support: SupportTensors,
         device: torch.device,
-        augment: bool,
+        augment: bool | None,
         crop_views: int = 0,
         crop_min_area: float = 1.0,
         crop_seed: int = 0,
         crop_centre_on_class: bool = False,
     ) -> None:
-        self.views = len(FLIP_VIEWS) if augment else 1
-        self.masks = [flip(support.masks, v).to(device) for v in range(self.views)]
-        self.feats = [teacher.backbone.encode_batched(flip(support.images, v)) for v in range(self.views)]
-        self.support = [teacher.prepare_support(feats, masks) for feats, masks in zip(self.feats, self.masks)]
+        self.masks = [support.masks.to(device)]
+        self.feats = [teacher.backbone.encode_batched(support.images)]
+        self.support = [teacher.prepare_support(self.feats[0], self.masks[0])]
+        self.views_left_out: str | None = None
+        if augment is None:
+            # Measured from the identity view: every view's features have its shapes.
+            needed = len(FLIP_VIEWS) * storage_bytes(
+                [self.masks[0], *_tensors(self.feats[0]), *_tensors(self.support[0])]
+            )
+            augment = needed <= FLIP_VIEW_BYTES
+            if not augment:
+                gib = needed / 2**30
+                self.views_left_out = (
+                    f"their features would take {gib:.1f} GiB, more than {FLIP_VIEW_BYTES / 2**30:g} GiB"
+                )
+        for view in range(1, len(FLIP_VIEWS) if augment else 1):
+            masks = flip(support.masks, view).to(device)
+            feats = teacher.backbone.encode_batched(flip(support.images, view))
+            self.masks.append(masks)
+            self.feats.append(feats)
+            self.support.append(teacher.prepare_support(feats, masks))
+        self.views = len(self.feats)
         self.present = self.support[0].present.cpu()  # S×N, the same in every view
         # Kept across training phases and for the per-class check while the attention is frozen.
         self.pairs: PairAttention | None = None

@@ -53,6 +53,8 @@ class TrainStats:
     polish_steps: int = 0  # distill: the student's steps alone at the end (fit.polish), in ``history`` too
     precision: str = "float32"  # the forward passes' arithmetic (TrainCfg.precision resolved for the device)
     device: str = ""  # where it trained, resolved (runtime.device_name: "cpu (x86_64, 2 threads)", "cuda (…)")
+    flip_views: int = 1  # views of each support image cached (FeatureCache.views: 4 with the flip views)
+    flip_views_left_out: str | None = None  # why automatic augmentation cached one view (FeatureCache.views_left_out)
 
     def final(self, key: str) -> float | None:
         """The mean of the last 10 recorded values of a loss (None: never recorded)."""
@@ -174,7 +176,11 @@ def train(
     ``pool``: each step the student also trains on ``cfg.pool_batch`` pool images, weighted ``cfg.pool_weight``
     (focal + Dice on their pseudo-labels, w·MSE against the teacher's coarse maps of them).
     """
-    stats = TrainStats(device=device_name(cache.masks[0].device))
+    stats = TrainStats(
+        device=device_name(cache.masks[0].device),
+        flip_views=cache.views,
+        flip_views_left_out=cache.views_left_out,
+    )
     if cfg.steps == 0:
         stats.stop_reason = "no training asked for (steps 0)"
         return stats
