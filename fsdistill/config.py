@@ -235,13 +235,15 @@ class TrainCfg(_Strict):
     pool_weight: float = Field(1.0, ge=0, description="distill --unlabeled: weight of the pool images' loss")
     # The paper's default is mapper + mixer; adding merge measured better on the benchmarks (docs/benchmarks.md).
     train: list[str] = Field(default_factory=lambda: ["mapper", "merge", "mixer"])
-    # The four flip views: +0.013 student mIoU over 16 accuracy cells of the three cases, two seeds (docs/benchmarks.md,
-    # "The training recipe and why"); bounded by memory since a folder's cached features grow fourfold.
+    # The four flip views: student +0.012 mIoU over 16 accuracy cells of the three cases, two seeds, 15 ahead; the
+    # teacher adapted alone −0.006, macaque's −0.07 (docs/benchmarks.md, "The training recipe and why"). Bounded by
+    # memory since a folder's cached features grow fourfold.
     augment: bool | None = Field(
         None,
         description="cache each support image in its four flip views (horizontal, vertical, both), encoded by the "
-        "backbone, for episodes and the student's batches; None = automatic: on where those cached features fit in "
-        "2 GiB (up to ~100 images for efficientnet-lite0 at 384 px), and for a single support image always",
+        "backbone, for episodes and the student's batches; None = automatic: distill where those cached features "
+        "fit in 2 GiB (up to ~100 images for efficientnet-lite0 at 384 px), adapt never, a single support image "
+        "always",
     )
     flip_features: bool = Field(
         True,

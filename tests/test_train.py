@@ -1155,7 +1155,8 @@ def test_distill_records_its_flip_views_and_says_when_automatic_augmentation_lef
     tmp_path, monkeypatch, tiny_data
 ) -> None:
     """The artifact records the views each support was cached in: four by default on a small folder, one with
-    --no-augment or without steps; over the memory bound the run says so in one note (and records why)."""
+    --no-augment or without steps, and for adapt unless asked; over the memory bound distill says so in one note
+    (and records why)."""
     from typer.testing import CliRunner
 
     from fsdistill.cli import app
@@ -1173,7 +1174,8 @@ def test_distill_records_its_flip_views_and_says_when_automatic_augmentation_lef
     untrained = api.distill(_distill_cfg(tiny_data.binary, tmp_path / "zero", train={"steps": 0}), quiet=True)
     assert untrained.stats["flip_views"] == 1 and "flip_views_left_out" not in untrained.stats
     adapted = api.adapt(_adapt_cfg(tiny_data.binary, tmp_path / "adapted"), quiet=True)
-    assert adapted.stats["flip_views"] == 4
+    assert adapted.stats["flip_views"] == 1  # adapt caches flip views only when asked (or for a single image)
+    assert api.adapt(_adapt_cfg(tiny_data.binary, tmp_path / "a2", augment=True), quiet=True).stats["flip_views"] == 4
     monkeypatch.setattr(episodes, "FLIP_VIEW_BYTES", 1)
     over = api.distill(_distill_cfg(tiny_data.binary, tmp_path / "over"), quiet=True)
     assert over.stats["flip_views"] == 1

@@ -176,14 +176,15 @@ def _adapt_norm_stats(cfg: AdaptCfg | DistillCfg, teacher: DCAMATeacher, support
 
 
 def _augment(cfg: AdaptCfg | DistillCfg, count: int) -> bool | None:
-    """Flip views as asked; by default none for a run without steps (nothing trains on them), always for a single
-    support image (episodes need a second view), else None: where they fit
-    (:class:`~fsdistill.train.episodes.FeatureCache`)."""
+    """Flip views as asked; by default always for a single support image (episodes need a second view), else for
+    distill where they fit (None, :class:`~fsdistill.train.episodes.FeatureCache`) and never for adapt or a run
+    without steps (nothing trains on them)."""
     if cfg.train.augment is not None:
         return cfg.train.augment
-    if cfg.train.steps == 0:
-        return False
-    return True if count == 1 else None
+    if count == 1:
+        return True
+    # The student gains from them on every example case, the teacher adapted alone does not (docs/benchmarks.md).
+    return None if isinstance(cfg, DistillCfg) and cfg.train.steps != 0 else False
 
 
 def _artifact_fields(

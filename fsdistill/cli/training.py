@@ -129,16 +129,15 @@ def adapt(
         result = api.adapt(cfg, quiet=quiet or not main, overwrite=overwrite)
     if not main:
         return
-    say = _say(quiet)
-    say(
+    _say(quiet)(
         f"teacher: {result.teacher_dir}  ({result.stats['steps']} steps, {result.stats['seconds']:.0f} s"
         f"{_precision_words(result.stats)})"
     )
-    _say_views_left_out(result.stats, say)
 
 
 def _say_views_left_out(stats: dict[str, Any], say: Callable[[str], None]) -> None:
-    """Where automatic augmentation cached the supports in one view: why, and how to have the flip views anyway."""
+    """Where distill's automatic augmentation cached the supports in one view: why, and how to have the flip views
+    anyway."""
     if stats.get("flip_views_left_out"):
         say(
             f"note: the supports were cached without their flip views ({stats['flip_views_left_out']}); "

@@ -31,7 +31,7 @@ __all__ = [
 # Memory for the attention sums of (query, support) pairs kept during one training run.
 PAIR_ATTENTION_BYTES = 2 * 2**30
 # Memory the supports' cached features may take in all four flip views when augmentation is automatic
-# (TrainCfg.augment None); larger folders are cached in one view (Lite0 at 384 px: ~6.6 MB per image and view).
+# (TrainCfg.augment None); larger folders are cached in one view (Lite0 at 384 px: ~4.7 MB per image and view).
 FLIP_VIEW_BYTES = 2 * 2**30
 # Added to the crop seed for the choice of crop views in the student's batches (the geometry's: CROP_GEOMETRY_SEED
 # of fsdistill.data.transforms).
