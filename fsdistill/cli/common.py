@@ -206,7 +206,13 @@ DecoderOpt = Annotated[
         "class at 384 px).",
     ),
 ]
-AugmentOpt = Annotated[bool | None, typer.Option("--augment/--no-augment", help="Flip views of the supports.")]
+AugmentOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--augment/--no-augment",
+        help="Cache each support in its four flip views (default: distill while they fit in 2 GiB, adapt off).",
+    ),
+]
 PrecisionOpt = Annotated[
     str | None,
     typer.Option(
