@@ -35,6 +35,10 @@ __all__ = [
     "load_config",
 ]
 
+# Memory the supports' cached features may take in all four flip views when augmentation is automatic
+# (TrainCfg.augment None); larger folders are cached in one view (Lite0 at 384 px: ~4.7 MB per image and view).
+FLIP_VIEW_BYTES = 2 * 2**30
+
 # Parameter groups of the teacher that can be fine-tuned, named as in the paper (reference.md §3):
 # mapper = ConvMapper conv1–3, merge = ConvMerge conv4/5, attention = the DCAMA q/k projections,
 # mixer = the final mixer1–3 (plus the coarse-prior scale that our decoder adds).
@@ -242,8 +246,8 @@ class TrainCfg(_Strict):
         None,
         description="cache each support image in its four flip views (horizontal, vertical, both), encoded by the "
         "backbone, for episodes and the student's batches; None = automatic: distill where those cached features "
-        "fit in 2 GiB (up to ~100 images for efficientnet-lite0 at 384 px), adapt never, a single support image "
-        "always",
+        f"fit in {FLIP_VIEW_BYTES / 2**30:g} GiB (up to ~100 images for efficientnet-lite0 at 384 px), adapt never, "
+        "a single support image always",
     )
     flip_features: bool = Field(
         True,

@@ -1151,6 +1151,19 @@ def test_storage_bytes_counts_shared_memory_once() -> None:
     assert storage_bytes([]) == 0
 
 
+def test_the_flip_view_bound_is_stated_as_it_is() -> None:
+    """The automatic bound's figure in --augment's help (written out: the CLI loads no config at start-up) and in
+    TrainCfg.augment's description is FLIP_VIEW_BYTES's, the one value the cache compares with."""
+    from fsdistill.cli.common import AugmentOpt
+    from fsdistill.config import FLIP_VIEW_BYTES, TrainCfg
+    from fsdistill.train import episodes
+
+    figure = f"{FLIP_VIEW_BYTES / 2**30:g} GiB"
+    assert figure in AugmentOpt.__metadata__[0].help
+    assert figure in TrainCfg.model_fields["augment"].description
+    assert episodes.FLIP_VIEW_BYTES is FLIP_VIEW_BYTES
+
+
 def test_distill_records_its_flip_views_and_says_when_automatic_augmentation_left_them_out(
     tmp_path, monkeypatch, tiny_data
 ) -> None:

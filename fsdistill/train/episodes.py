@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from fsdistill.config import FLIP_VIEW_BYTES
 from fsdistill.data.support_tensors import SupportTensors
 from fsdistill.data.transforms import FLIP_VIEWS, flip, seeded_crop_views
 from fsdistill.models.backbone import cat_features
@@ -30,9 +31,6 @@ __all__ = [
 
 # Memory for the attention sums of (query, support) pairs kept during one training run.
 PAIR_ATTENTION_BYTES = 2 * 2**30
-# Memory the supports' cached features may take in all four flip views when augmentation is automatic
-# (TrainCfg.augment None); larger folders are cached in one view (Lite0 at 384 px: ~4.7 MB per image and view).
-FLIP_VIEW_BYTES = 2 * 2**30
 # Added to the crop seed for the choice of crop views in the student's batches (the geometry's: CROP_GEOMETRY_SEED
 # of fsdistill.data.transforms).
 CROP_PICK_SEED = 777
@@ -73,7 +71,7 @@ class FeatureCache:
     supervised batches.
 
     ``augment``: cache the four flip views (True), the images as they are (False), or the flip views where their
-    features fit :data:`FLIP_VIEW_BYTES` (None; ``views_left_out`` then says why a folder got one view). A crop view
+    features fit :data:`~fsdistill.config.FLIP_VIEW_BYTES` (None; ``views_left_out`` then says why a folder got one view). A crop view
     costs a backbone pass per support image when the cache is built and its feature maps (the ones the student
     reads) in memory. ``crop_seed`` draws the crops and, in :meth:`batch`, which images are crop views.
     """
