@@ -71,9 +71,10 @@ class FeatureCache:
     supervised batches.
 
     ``augment``: cache the four flip views (True), the images as they are (False), or the flip views where their
-    features fit :data:`~fsdistill.config.FLIP_VIEW_BYTES` (None; ``views_left_out`` then says why a folder got one view). A crop view
-    costs a backbone pass per support image when the cache is built and its feature maps (the ones the student
-    reads) in memory. ``crop_seed`` draws the crops and, in :meth:`batch`, which images are crop views.
+    features fit :data:`~fsdistill.config.FLIP_VIEW_BYTES` (None; ``views_left_out`` then says why a folder got one
+    view). A crop view costs a backbone pass per support image when the cache is built and its feature maps (the
+    ones the student reads) in memory. ``crop_seed`` draws the crops and, in :meth:`batch`, which images are crop
+    views.
     """
 
     def __init__(
