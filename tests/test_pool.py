@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -16,7 +17,7 @@ from fsdistill.errors import DataError
 from fsdistill.models.build import load_model
 from fsdistill.train.fit import train
 from fsdistill.train.losses import IGNORE_INDEX
-from fsdistill.train.pool import join_pool, label_batch, nearest_supports, pseudo_labels
+from fsdistill.train.pool import crop_gain_range, join_pool, label_batch, nearest_supports, pseudo_labels
 
 from helpers import TINY_MODEL, TINY_TRAIN, assert_user_error
 
@@ -155,6 +156,37 @@ def _distill_cli(support, out, pool, config):
     return CliRunner().invoke(app, args)
 
 
+def test_crop_gain_range_follows_a_pool_brighter_or_darker_than_the_supports(tmp_path) -> None:
+    """High: the pool's 90th-percentile brightness over the brightest support's; low: its 10th over the dimmest's;
+    within 1.25x of the supports nothing changes, beyond 2x it is capped; unreadable images are skipped."""
+    size = 32
+
+    def images(*levels: int) -> torch.Tensor:
+        out = torch.zeros(len(levels), 3, size, size, dtype=torch.uint8)
+        for i, level in enumerate(levels):
+            out[i, :, 4:20, 4:20] = level  # a bright object on a dark background: the 99th percentile is its level
+        return out
+
+    def pool(name: str, *levels: int) -> list:
+        folder = tmp_path / name
+        folder.mkdir()
+        for i, image in enumerate(images(*levels)):
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i:02d}.png")
+        return sorted(folder.iterdir())
+
+    supports = images(60, 80)
+    assert crop_gain_range(supports, pool("same", *[70] * 10), size) == (1.0, 1.0)
+    assert crop_gain_range(supports, pool("slightly", *[95] * 10, 50), size) == (1.0, 1.0)  # 95 / 80 < 1.25
+    assert crop_gain_range(supports, pool("brighter", *[120] * 10), size) == pytest.approx((1.0, 1.5))
+    assert crop_gain_range(supports, pool("much", *[250] * 10), size) == (1.0, 2.0)
+    assert crop_gain_range(supports, pool("darker", *[30] * 10), size) == pytest.approx((0.5, 1.0))
+    assert crop_gain_range(supports, pool("both", *[30] * 5, *[200] * 5), size) == pytest.approx((0.5, 2.0))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    assert crop_gain_range(supports, [broken], size) == (1.0, 1.0)
+    assert crop_gain_range(supports, [broken, *pool("one", 120)], size) == pytest.approx((1.0, 1.5))
+
+
 def test_distill_with_a_pool_records_it_in_the_artifact(tiny_data, tmp_path) -> None:
     pool = tmp_path / "pool"
     shutil.copytree(tiny_data.multi_heldout / "images", pool)
@@ -186,6 +218,9 @@ def test_distill_with_a_pool_records_it_in_the_artifact(tiny_data, tmp_path) -> 
     assert api.distill(bf16, quiet=True).stats["precision"] == "bfloat16"
     stored = load_model(run.run_dir, "student").config["training"]["pool"]
     assert stored["fingerprint"] == info["fingerprint"]
+    # the crop views' gains, from the pool's brightness against the supports'
+    low, high = info["crop_gain"]
+    assert 0.5 <= low <= 1.0 <= high <= 2.0 and stored["crop_gain"] == info["crop_gain"]
     # a pool larger than --unlabeled-max: a sample of it
     again = api.distill(_distill_cfg(tiny_data.multi, tmp_path / "run2", pool, unlabeled_max=2))
     assert again.stats["pool"]["images"] == 2 and again.stats["pool"]["pool_size"] == images + 2
@@ -286,6 +321,19 @@ def test_distill_cli_reports_the_pool(tiny_data, tmp_path) -> None:
     result = _distill_cli(tiny_data.multi, tmp_path / "run", tiny_data.multi_heldout / "images", config)
     assert result.exit_code == 0, result.output
     assert "unlabeled pool: 3 of 3 images labelled by teacher and student (mean)" in result.output
+    assert "brightness" not in result.output  # a pool like the supports: the crop views as they are
+    # a pool much darker than the supports: the student's crop views of them are darkened, and the run says so
+    dark = tmp_path / "dark"
+    dark.mkdir()
+    for path in sorted((tiny_data.multi_heldout / "images").iterdir()):
+        image = np.asarray(Image.open(path).convert("RGB"))
+        Image.fromarray((image * 0.3).astype(np.uint8)).save(dark / f"{path.stem}.png")
+    result = _distill_cli(tiny_data.multi, tmp_path / "dark_run", dark, config)
+    assert result.exit_code == 0, result.output
+    assert "unlabeled pool: its images are darker than the supports: the student's crop views of the supports were " \
+        "scaled 0.50-1.00x in brightness (train.pool_brightness)" in result.output  # fmt: skip
+    stored = load_model(tmp_path / "dark_run", "student").config["training"]["pool"]
+    assert stored["crop_gain"] == [0.5, 1.0]
     # no class trusted: the student's own labels teach every class, and the message says so with the figures
     config.write_text("train:\n  pool_min_iou: 1.0\n")
     common = ["distill", "--support", str(tiny_data.multi), "--backbone", "test-resnet", "--size", "64", "--device",

@@ -865,6 +865,62 @@ def test_feature_cache_crop_views_are_encoded_crops_mixed_into_the_student_batch
     assert 15 <= sum(k > 0 for k in kinds) <= 45 and {1, 2} <= set(kinds)
 
 
+def test_random_gains_scale_each_image_within_the_range_and_stay_uint8() -> None:
+    from fsdistill.data.transforms import random_gains
+
+    images = torch.full((64, 3, 4, 4), 100, dtype=torch.uint8)
+    images[:, :, 0, 0] = 200  # clipped where a gain pushes it past 255
+    out = random_gains(images, 0.5, 2.0, torch.Generator().manual_seed(0))
+    assert out.dtype == torch.uint8 and out.shape == images.shape
+    gains = out[:, 0, 1, 1].float() / 100
+    assert (
+        float(gains.min()) >= 0.5 and float(gains.max()) <= 2.0 and float(gains.min()) < 0.8 < 1.25 < float(gains.max())
+    )
+    plain = images[0] == 100
+    assert all(bool((out[i][plain] == out[i, 0, 1, 1]).all()) for i in range(64))  # one gain per image
+    clipped = gains > 1.28  # 200 × gain past 255
+    assert bool(clipped.any()) and bool((out[clipped][:, :, 0, 0] == 255).all())
+    # one image, one gain: every pixel scaled alike; a range of one gain is that gain exactly
+    assert torch.equal(
+        random_gains(images, 1.5, 1.5, torch.Generator()), torch.where(images == 200, 255, 150).to(torch.uint8)
+    )
+    again = random_gains(images, 0.5, 2.0, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+
+
+def test_feature_cache_crop_gain_brightens_the_crops_it_encodes() -> None:
+    """With ``crop_gain`` the cached crop views are the encoded crops of the same geometry times their gains
+    (drawn from the crop seed); the full-image views are untouched, and (1, 1) is the plain cache."""
+    from fsdistill.config import ModelCfg
+    from fsdistill.data.support_tensors import SupportTensors
+    from fsdistill.data.transforms import CROP_GEOMETRY_SEED, random_gains, random_resized_crops
+    from fsdistill.models.build import build_teacher
+    from fsdistill.models.student import student_inputs
+    from fsdistill.train.episodes import CROP_GAIN_SEED, FeatureCache
+
+    torch.manual_seed(0)
+    teacher = build_teacher(ModelCfg(backbone="test-resnet", size=64), num_classes=1, pretrained=False).eval()
+    masks = torch.zeros(2, 64, 64, dtype=torch.uint8)
+    masks[:, 10:30, 10:40] = 1
+    images = torch.randint(0, 120, (2, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    support = SupportTensors(images, masks, ["a", "b"])
+    args = (teacher, support, torch.device("cpu"), False)
+    plain = FeatureCache(*args, crop_views=2, crop_min_area=0.5, crop_seed=3)
+    same = FeatureCache(*args, crop_views=2, crop_min_area=0.5, crop_seed=3, crop_gain=(1.0, 1.0))
+    bright = FeatureCache(*args, crop_views=2, crop_min_area=0.5, crop_seed=3, crop_gain=(1.0, 2.0))
+    geometry = torch.Generator().manual_seed(3 + CROP_GEOMETRY_SEED)
+    gains = torch.Generator().manual_seed(3 + CROP_GAIN_SEED)
+    for view in range(2):
+        crop_images, crop_masks = random_resized_crops(images, masks, 0.5, geometry)
+        assert torch.equal(bright.crop_masks[view], crop_masks)
+        with torch.no_grad():
+            expected = student_inputs(teacher.backbone.encode(random_gains(crop_images, 1.0, 2.0, gains)))
+        torch.testing.assert_close(bright.crop_feats[view][-1][-1], expected[-1][-1])
+        assert torch.equal(same.crop_feats[view][-1][-1], plain.crop_feats[view][-1][-1])
+        assert not torch.equal(bright.crop_feats[view][-1][-1], plain.crop_feats[view][-1][-1])
+    assert torch.equal(bright.feats[0][-1][-1], plain.feats[0][-1][-1])
+
+
 def test_crop_views_change_only_the_student_batches() -> None:
     """With crop views the student's supervised batches differ (other losses from the same seed); the episodes,
     and so the teacher's loss of the first step, are the same."""

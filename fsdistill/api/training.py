@@ -68,7 +68,7 @@ from fsdistill.runtime import (
 )
 from fsdistill.train.episodes import FeatureCache
 from fsdistill.train.fit import TrainStats, polish, train
-from fsdistill.train.pool import join_pool, label_files
+from fsdistill.train.pool import crop_gain_range, join_pool, label_files
 from fsdistill.train.pool_ray import RayPoolLabeller
 from fsdistill.train.support_check import check_supports
 
@@ -718,6 +718,9 @@ def distill(
     run_dir, cfg = _start_run(cfg, "distill", overwrite, cfg.teacher)
     # Only the student's supervised batches read crop views.
     crops = cfg.train.crop_views if cfg.train.student_batch and cfg.train.steps != 0 else 0
+    crop_gain = (1.0, 1.0)
+    if pool_images is not None and cfg.train.pool_brightness and crops:
+        crop_gain = crop_gain_range(support.images, pool_images.paths, cfg.model.size)
     cache = FeatureCache(
         teacher,
         support,
@@ -727,6 +730,7 @@ def distill(
         crop_min_area=cfg.train.crop_min_area,
         crop_seed=cfg.train.seed + distributed.rank(),
         crop_centre_on_class=cfg.train.crop_centre == "class",
+        crop_gain=crop_gain,
     )
     # The student is the teacher's architecture (an adapted teacher's, whatever this run's --decoder says) with
     # this run's ConvDist width, and the refiner where that decoder ends at stride 4 (not the paper's).
@@ -775,6 +779,8 @@ def distill(
             quiet,
             ray_labeller,
         )
+    if pool_info is not None and crops:
+        pool_info["crop_gain"] = [round(crop_gain[0], 4), round(crop_gain[1], 4)]
     if cfg.train.steps != 0:
         # A continued run too (it stops its joint phase at its floors, fsdistill.train.budget): polished, its kept
         # and new classes both gained on the three example cases (benchmarks/grow.py, docs "Growing a folder").

@@ -287,6 +287,13 @@ def distill(
                 "masks follow this folder's class order."
             )
     pool = result.stats.get("pool")
+    low, high = pool.get("crop_gain", (1.0, 1.0)) if pool else (1.0, 1.0)
+    if low < 1 or high > 1:
+        shift = " and ".join(w for w, on in (("darker", low < 1), ("brighter", high > 1)) if on)
+        say(
+            f"unlabeled pool: its images are {shift} than the supports: the student's crop views of the supports "
+            f"were scaled {low:.2f}-{high:.2f}x in brightness (train.pool_brightness)"
+        )
     if pool and not pool["used"]:
         say(f"unlabeled pool: {pool['reason']}.")
     elif pool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import cv2
@@ -19,6 +20,7 @@ __all__ = [
     "normalize_coefficients",
     "FLIP_VIEWS",
     "flip",
+    "random_gains",
     "random_resized_crops",
     "seeded_crop_views",
 ]
@@ -118,6 +120,16 @@ def random_resized_crops(
     crops = sample(images.float(), "bilinear").round().clamp(0, 255).to(torch.uint8)
     crop_masks = sample(masks.float().unsqueeze(1), "nearest").squeeze(1).round().to(masks.dtype)
     return crops, crop_masks
+
+
+def random_gains(images: Tensor, low: float, high: float, generator: torch.Generator) -> Tensor:
+    """S×3×H×W uint8 → each image times its own gain, log-uniform in [``low``, ``high``] (drawn from ``generator``,
+    on the CPU), rounded and clipped to uint8: brighter or darker copies of the images."""
+    gains = torch.exp(
+        math.log(low) + (math.log(high) - math.log(low)) * torch.rand(images.shape[0], generator=generator)
+    )
+    scaled = images.float() * gains.view(-1, 1, 1, 1).to(images.device)
+    return scaled.round().clamp(0, 255).to(torch.uint8)
 
 
 def _class_centres(masks: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:

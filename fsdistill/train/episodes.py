@@ -15,7 +15,7 @@ from torch import Tensor
 
 from fsdistill.config import FLIP_VIEW_BYTES
 from fsdistill.data.support_tensors import SupportTensors
-from fsdistill.data.transforms import FLIP_VIEWS, flip, seeded_crop_views
+from fsdistill.data.transforms import FLIP_VIEWS, flip, random_gains, seeded_crop_views
 from fsdistill.models.backbone import cat_features
 from fsdistill.models.student import student_inputs
 from fsdistill.models.teacher import DCAMATeacher, Features, SupportFeatures
@@ -34,6 +34,8 @@ PAIR_ATTENTION_BYTES = 2 * 2**30
 # Added to the crop seed for the choice of crop views in the student's batches (the geometry's: CROP_GEOMETRY_SEED
 # of fsdistill.data.transforms).
 CROP_PICK_SEED = 777
+# Added to the crop seed for the crop views' gains (``crop_gain``; a torch generator, unrelated to the picks' draws).
+CROP_GAIN_SEED = 777
 # Share of the student's supervised batch images drawn as one of their crop views (when there are any).
 CROP_PICK_PROBABILITY = 0.5
 
@@ -74,7 +76,9 @@ class FeatureCache:
     features fit :data:`~fsdistill.config.FLIP_VIEW_BYTES` (None; ``views_left_out`` then says why a folder got one
     view). A crop view costs a backbone pass per support image when the cache is built and its feature maps (the
     ones the student reads) in memory. ``crop_seed`` draws the crops and, in :meth:`batch`, which images are crop
-    views.
+    views. ``crop_gain`` (low, high): each crop is brightened or darkened by a gain log-uniform in that range
+    (:func:`~fsdistill.data.transforms.random_gains`) before it is encoded (``distill --unlabeled``: see
+    :func:`~fsdistill.train.pool.crop_gain_range`); (1, 1) leaves the crops as they are.
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class FeatureCache:
         crop_min_area: float = 1.0,
         crop_seed: int = 0,
         crop_centre_on_class: bool = False,
+        crop_gain: tuple[float, float] = (1.0, 1.0),
     ) -> None:
         self.masks = [support.masks.to(device)]
         self.feats = [teacher.backbone.encode_batched(support.images)]
@@ -115,9 +120,12 @@ class FeatureCache:
         self.pairs: PairAttention | None = None
         self.crop_feats: list[Features] = []
         self.crop_masks: list[Tensor] = []
+        gains = torch.Generator().manual_seed(crop_seed + CROP_GAIN_SEED) if crop_gain != (1.0, 1.0) else None
         for images, masks in seeded_crop_views(
             support.images, support.masks, crop_views, crop_min_area, crop_seed, crop_centre_on_class
         ):
+            if gains is not None:
+                images = random_gains(images, *crop_gain, gains)
             self.crop_feats.append(student_inputs(teacher.backbone.encode_batched(images)))
             self.crop_masks.append(masks.to(device))
         self._crop_picks = random.Random(crop_seed + CROP_PICK_SEED)

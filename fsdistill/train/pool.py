@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -24,6 +25,7 @@ from fsdistill.train.losses import IGNORE_INDEX
 __all__ = [
     "POOL_LABELLERS",
     "PoolTargets",
+    "crop_gain_range",
     "join_pool",
     "label_batch",
     "label_files",
@@ -32,6 +34,16 @@ __all__ = [
 ]
 
 POOL_LABELLERS = ("teacher", "student", "mean", "agree")
+
+# The pool's brightness against the supports' (``train.pool_brightness``). An image's brightness is this percentile
+# of its pixel values: its bright objects, whatever share of it they cover.
+BRIGHTNESS_PERCENTILE = 99.0
+BRIGHTNESS_SAMPLE = 64  # pool images read for it (a fixed sample of a larger pool)
+# A pool less than this much brighter (or darker) than the supports is left alone: a gain of 7-11 % on the crop
+# views cost brain K = 1 0.03-0.10 (its classes are intensity levels of one scan), where nuclei's pools lie 2-4x
+# beyond their supports (docs/benchmarks-history.md, "Brightness on nuclei's failing draw").
+BRIGHTNESS_MIN_RATIO = 1.25
+BRIGHTNESS_MAX_GAIN = 2.0
 
 
 @dataclass
@@ -232,3 +244,43 @@ def label_files(
             images = torch.stack([it["image"] for it in items])
             batch = label_batch(teacher, student, support, images, labeller, threshold, trusted, shots)
         yield [it["index"] for it in items], errors, batch
+
+
+def brightness(images: Tensor) -> list[float]:
+    """B×3×H×W uint8 → each image's :data:`BRIGHTNESS_PERCENTILE` th percentile pixel value (numpy's, linear)."""
+    return [float(np.percentile(image.cpu().numpy(), BRIGHTNESS_PERCENTILE)) for image in images]
+
+
+def crop_gain_range(support_images: Tensor, paths: list[Path], size: int) -> tuple[float, float]:
+    """The gains (low, high) for the student's crop views of the supports, from how much brighter or darker the pool
+    is than the supports (``distill --unlabeled``, ``train.pool_brightness``).
+
+    ``high``: the pool's 90th-percentile brightness over the brightest support's; ``low``: its 10th percentile over
+    the dimmest support's; each clipped to :data:`BRIGHTNESS_MAX_GAIN` (or its inverse), and 1 where the pool lies
+    within :data:`BRIGHTNESS_MIN_RATIO` of the supports on that side. Read from a fixed sample of
+    :data:`BRIGHTNESS_SAMPLE` pool images, decoded and resized as the labeller decodes them; unreadable ones are
+    skipped (the labeller reports them), and with none readable the range is (1, 1).
+
+    Args:
+        support_images: S×3×size×size uint8. paths: the pool's images. size: the model's input size.
+    """
+    from fsdistill.infer.predictor import image_batches
+
+    sample = sorted(random.Random(0).sample(list(paths), min(BRIGHTNESS_SAMPLE, len(paths))))
+    # The DataLoader behind image_batches draws its seed from torch's global generator: forked, so that reading the
+    # sample leaves the run's training draws as they would be without it.
+    with torch.random.fork_rng(devices=[]):
+        pool = [
+            value
+            for items, _ in image_batches(sample, size, 8, 0)
+            if items
+            for value in brightness(torch.stack([it["image"] for it in items]))
+        ]
+    if not pool:
+        return 1.0, 1.0
+    supports = brightness(support_images)
+    high = float(np.quantile(pool, 0.9)) / max(max(supports), 1.0)
+    low = float(np.quantile(pool, 0.1)) / max(min(supports), 1.0)
+    high = min(high, BRIGHTNESS_MAX_GAIN) if high >= BRIGHTNESS_MIN_RATIO else 1.0
+    low = max(low, 1 / BRIGHTNESS_MAX_GAIN) if low <= 1 / BRIGHTNESS_MIN_RATIO else 1.0
+    return low, high
