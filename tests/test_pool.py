@@ -187,6 +187,15 @@ def test_crop_gain_range_follows_a_pool_brighter_or_darker_than_the_supports(tmp
     assert crop_gain_range(supports, [broken, *pool("one", 120)], size) == pytest.approx((1.0, 1.5))
 
 
+def test_pool_brightness_states_the_bounds_it_uses() -> None:
+    """The option's description writes the dead zone and the cap out (config loads no torch): held to the constants."""
+    from fsdistill.train.pool import BRIGHTNESS_MAX_GAIN, BRIGHTNESS_MIN_RATIO
+
+    description = TrainCfg.model_fields["pool_brightness"].description
+    assert f"at least {BRIGHTNESS_MIN_RATIO:g}x brighter" in description
+    assert f"up to {BRIGHTNESS_MAX_GAIN:g}x" in description
+
+
 def test_distill_with_a_pool_records_it_in_the_artifact(tiny_data, tmp_path) -> None:
     pool = tmp_path / "pool"
     shutil.copytree(tiny_data.multi_heldout / "images", pool)
